@@ -1,0 +1,28 @@
+# Airflow with the anomaly-pipelines library installed at the versions pinned in constraints.txt.
+# Build: docker compose build   (docker-compose.yaml uses this file through `build: .`)
+FROM apache/airflow:3.3.2-python3.11
+
+USER airflow
+WORKDIR /opt/airflow/src
+
+# Dependency layer: rebuilt only when the lock file or pyproject.toml change.
+# The requirement list is read from pyproject.toml so the project's code is not needed yet.
+COPY --chown=airflow:0 constraints.txt pyproject.toml README.md ./
+RUN python -c "import tomllib; \
+      project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+      extras = project['optional-dependencies']; \
+      print('\n'.join(project['dependencies'] + extras['s3'] + extras['postgres']))" > requirements.txt \
+ && pip install --no-cache-dir -c constraints.txt -r requirements.txt
+
+# Code layer: the library itself; its dependencies are already satisfied above.
+COPY --chown=airflow:0 pipelines/ ./pipelines/
+RUN pip install --no-cache-dir -c constraints.txt ".[s3,postgres]"
+
+WORKDIR /opt/airflow
+COPY --chown=airflow:0 dags/ /opt/airflow/dags/
+COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
+COPY --chown=airflow:0 config/ /opt/airflow/config/
+
+# Relative paths in job files (var/outputs, var/models) resolve against this folder,
+# and jobs are read from $ANOMALY_PIPELINES_BASE_DIR/config/jobs.
+ENV ANOMALY_PIPELINES_BASE_DIR=/opt/airflow

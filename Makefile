@@ -1,0 +1,49 @@
+# The two commands of the README: `make demo` (set up and run the demo jobs) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS := airflow,s3,postgres,dev
+AIRFLOW_ENV := source scripts/airflow-env.sh
+
+.PHONY: demo up test test-fast bench lock venv system-deps airflow-db clean
+
+venv: $(VENV)/.installed
+
+# Installs exactly the versions pinned in constraints.txt (the lock); reinstalls when it changes.
+$(VENV)/.installed: constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+airflow-db: venv
+	$(AIRFLOW_ENV) && $(BIN)/airflow db migrate >/dev/null && echo "Airflow metadata DB ready in $$AIRFLOW_HOME"
+
+## demo: set everything up, train and score the demo jobs through Airflow, print the results
+demo: airflow-db
+	$(AIRFLOW_ENV) && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.demo
+
+## up: the Airflow UI with this project's DAGs (airflow standalone)
+up: airflow-db
+	$(AIRFLOW_ENV) && $(BIN)/python -m pipelines.demo --setup-only && \
+	  echo "Airflow UI: http://localhost:$$AIRFLOW__API__PORT  login: admin / password in $$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE (also printed below)" && \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/airflow standalone
+
+system-deps:
+	scripts/install-system-deps.sh
+
+## test: set everything up (venv, PostgreSQL package) and run the whole test suite
+test: venv system-deps
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+## lock: re-pin constraints.txt from the current venv (after changing dependencies)
+lock:
+	$(BIN)/pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
+
+clean:
+	rm -rf var/work var/outputs var/models var/quarantine var/anomalies.db var/demo

@@ -1,0 +1,233 @@
+"""Three DAGs per job in config/jobs/: ``<job>__train``, ``<job>__predict`` and ``<job>__tune``.
+
+This file only turns validated job configs into DAGs. Every task is a few lines that call one
+function of the ``pipelines`` library and pass paths (never data) to the next task. Heavy
+libraries (pandas, scikit-learn, Great Expectations) are imported inside the tasks, so parsing
+this file costs only pydantic and YAML.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from pipelines.config import JobConfig, load_jobs
+
+DEFAULT_ARGS = {"owner": "anomaly-pipelines", "retries": 2, "retry_delay": timedelta(minutes=1)}
+
+WINDOW_PARAMS = {
+    "start": Param(
+        None,
+        type=["null", "string"],
+        title="Window start",
+        description="ISO 8601 date-time (UTC if no offset). Empty: the scheduled data interval.",
+    ),
+    "end": Param(
+        None,
+        type=["null", "string"],
+        title="Window end",
+        description="ISO 8601 date-time, exclusive. Empty: the scheduled data interval's end.",
+    ),
+}
+ONE_OFF_PARAMS = {
+    "input": Param(
+        None,
+        type=["null", "string"],
+        title="Input file (one-off scoring)",
+        description="Score this file (local path or s3://) instead of the job's source; window optional.",
+    ),
+    "output": Param(
+        None,
+        type=["null", "string"],
+        title="Output file (one-off scoring)",
+        description="Write one Parquet file here instead of the job's outputs.",
+    ),
+}
+
+
+def fail_fast(func):
+    """Bad data, bad configuration or a missing model fail the task at once: a retry cannot
+    fix them. Other errors (a database away, a file not there yet) keep their retries."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines.errors import ConfigError, DataValidationError, ModelError
+
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, DataValidationError, ModelError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    return wrapper
+
+
+def model_asset(job: JobConfig) -> Asset:
+    """Updated whenever a train run registers models for ``job``."""
+    return Asset(name=f"anomaly_pipelines__{job.name}__model", uri=f"file:///anomaly-pipelines/models/{job.name}")
+
+
+def _timetable(cron: str | None) -> CronDataIntervalTimetable | None:
+    # Data-interval timetables give contiguous windows, so every hour (or day) is scored once.
+    return CronDataIntervalTimetable(cron, timezone="UTC") if cron else None
+
+
+def _context_window() -> tuple[object, object, dict]:
+    context = get_current_context()
+    return context.get("data_interval_start"), context.get("data_interval_end"), context["params"]
+
+
+def _dag_kwargs(job: JobConfig, purpose: str, cron: str | None, params: dict) -> dict:
+    return {
+        "dag_id": f"{job.name}__{purpose}",
+        "schedule": _timetable(cron),
+        "start_date": pendulum.parse(job.start_date, tz="UTC"),
+        "catchup": False,
+        "max_active_runs": 1,  # runs of one job write the same partitions: one at a time
+        "default_args": DEFAULT_ARGS,
+        "params": params,
+        "tags": ["anomaly-pipelines", job.name, purpose],
+        "doc_md": f"**{purpose}** for job `{job.name}`. {job.description}\n\n"
+        f"Model `{job.model.kind}`, features {', '.join(job.features)}, "
+        f"dimensions {', '.join(job.dimensions) or 'none'}.",
+    }
+
+
+def build_train_dag(job: JobConfig, purpose: str = "train"):
+    """Train (or tune) every series: extract → validate → one mapped task per series → summarize."""
+    cron = job.schedules.train if purpose == "train" else job.schedules.tune
+    outlets = [model_asset(job)] if purpose == "train" else []
+
+    @dag(**_dag_kwargs(job, purpose, cron, WINDOW_PARAMS))
+    def train_dag():
+        @task
+        @fail_fast
+        def extract(run_id: str | None = None) -> dict:
+            from pipelines.extraction import extract as extract_window
+            from pipelines.workspace import training_window
+
+            _, interval_end, params = _context_window()
+            window = training_window(job, interval_end, start=params.get("start"), end=params.get("end"))
+            extracted = extract_window(job, window, run_id=run_id)
+            return {"path": extracted.path, "window": extracted.window.to_dict(), "rows": extracted.rows}
+
+        @task
+        @fail_fast
+        def validate(extracted: dict, run_id: str | None = None) -> list[str]:
+            from pipelines.extraction import validate as validate_batch
+            from pipelines.workspace import Window
+
+            window = Window.from_dict(extracted["window"])
+            return validate_batch(job, window, run_id=run_id, purpose=purpose, raw_path=extracted["path"])
+
+        @task(map_index_template="{{ series_label }}")
+        @fail_fast
+        def fit(series: str, extracted: dict, run_id: str | None = None) -> dict:
+            from pipelines.extraction import read_series
+            from pipelines.workspace import Window
+
+            get_current_context()["series_label"] = series  # names the mapped task in the UI
+
+            data = read_series(job, run_id, series)
+            if purpose == "tune":
+                from pipelines.tuning import tune_series
+
+                return tune_series(job, series, data)
+            from pipelines.training import train_series
+
+            window = Window.from_dict(extracted["window"])
+            return train_series(job, series, data, window, run_id=run_id).to_dict()
+
+        @task(outlets=outlets)
+        @fail_fast
+        def summarize(results: list[dict], run_id: str | None = None) -> dict:
+            from pipelines.runner import cleanup
+            from pipelines.reporting import log_table
+
+            results = list(results)
+            log_table(f"job {job.name}: {purpose} results", results)
+            cleanup(job, run_id)
+            return {"series": len(results), "results": results}
+
+        extracted = extract()
+        series = validate(extracted)
+        summarize(fit.partial(extracted=extracted).expand(series=series))
+
+    return train_dag()
+
+
+def build_predict_dag(job: JobConfig):
+    """Score every series: extract (+ history) → validate → one mapped task per series → publish."""
+
+    @dag(**_dag_kwargs(job, "predict", job.schedules.predict, {**WINDOW_PARAMS, **ONE_OFF_PARAMS}))
+    def predict_dag():
+        @task
+        @fail_fast
+        def extract(run_id: str | None = None) -> dict:
+            from pipelines.extraction import extract as extract_window
+            from pipelines.runner import history_rows
+            from pipelines.workspace import prediction_window
+
+            interval_start, interval_end, params = _context_window()
+            one_off = params.get("input")
+            if one_off and not (params.get("start") or params.get("end")):
+                window = None  # score the whole file
+            else:
+                window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"))
+            extracted = extract_window(
+                job, window, run_id=run_id, history_rows=0 if one_off else history_rows(job), input_path=one_off
+            )
+            return {"path": extracted.path, "window": extracted.window.to_dict(), "rows": extracted.rows}
+
+        @task
+        @fail_fast
+        def validate(extracted: dict, run_id: str | None = None) -> list[str]:
+            from pipelines.extraction import validate as validate_batch
+            from pipelines.workspace import Window
+
+            window = Window.from_dict(extracted["window"])
+            return validate_batch(job, window, run_id=run_id, purpose="predict", raw_path=extracted["path"])
+
+        @task(map_index_template="{{ series_label }}")
+        @fail_fast
+        def score(series: str, extracted: dict, run_id: str | None = None) -> dict:
+            from pipelines.extraction import read_series
+            from pipelines.scoring import score_series
+            from pipelines.workspace import Window
+
+            get_current_context()["series_label"] = series  # names the mapped task in the UI
+
+            window = Window.from_dict(extracted["window"])
+            return score_series(job, series, read_series(job, run_id, series), window, run_id=run_id).to_dict()
+
+        @task
+        @fail_fast
+        def publish(scored: list[dict], extracted: dict, run_id: str | None = None) -> dict:
+            from pipelines.reporting import log_table
+            from pipelines.runner import cleanup
+            from pipelines.scoring import publish as publish_scores
+            from pipelines.workspace import Window
+
+            params = get_current_context()["params"]
+            window = Window.from_dict(extracted["window"])
+            result = publish_scores(job, window, [s["path"] for s in scored], output=params.get("output"))
+            log_table(f"job {job.name}: scored window {window}", [dict(s) for s in scored])
+            cleanup(job, run_id)
+            return result.to_dict()
+
+        extracted = extract()
+        series = validate(extracted)
+        publish(score.partial(extracted=extracted).expand(series=series), extracted)
+
+    return predict_dag()
+
+
+for _job in load_jobs().values():
+    build_train_dag(_job, "train")
+    build_train_dag(_job, "tune")
+    build_predict_dag(_job)

@@ -1,0 +1,147 @@
+"""``anomaly-pipelines``: the library's steps from a shell, with or without Airflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines.config import get_job, jobs_dir, load_job_file, load_jobs
+from pipelines.errors import PipelineError
+from pipelines.workspace import prediction_window, training_window, utcnow
+
+
+def _run_id(command: str) -> str:
+    return f"cli__{command}__{utcnow():%Y%m%dT%H%M%S%f}"
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.paths] or sorted([*jobs_dir().glob("*.yaml"), *jobs_dir().glob("*.yml")])
+    if not paths:
+        print(f"no job files found in {jobs_dir()}", file=sys.stderr)
+        return 1
+    failed = 0
+    for path in paths:
+        try:
+            job = load_job_file(path)
+        except PipelineError as exc:
+            failed += 1
+            print(f"FAIL {exc}", file=sys.stderr)
+        else:
+            print(f"ok   {path}: job {job.name} ({job.model.kind}, {len(job.features)} features)")
+    if not args.paths and not failed:
+        load_jobs()  # also checks that names are unique across files
+    return 1 if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_train
+
+    job = get_job(args.job)
+    window = training_window(job, args.end or utcnow(), start=args.start)
+    _print_json(run_train(job, window, run_id=_run_id("train")))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_tune
+
+    job = get_job(args.job)
+    window = training_window(job, args.end or utcnow(), start=args.start)
+    _print_json(run_tune(job, window, run_id=_run_id("tune")))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_predict
+
+    job = get_job(args.job)
+    whole_file = args.input and not (args.start or args.end)
+    window = None if whole_file else prediction_window(None, None, start=args.start, end=args.end)
+    result = run_predict(job, window, run_id=_run_id("predict"), input_path=args.input, output=args.output)
+    _print_json(result.to_dict())
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from pipelines.adhoc import detect_files
+
+    frame = detect_files(
+        args.train,
+        args.input,
+        timestamp=args.timestamp,
+        features=[f.strip() for f in args.features.split(",") if f.strip()],
+        dimensions=[d.strip() for d in (args.dimensions or "").split(",") if d.strip()],
+        model=args.model,
+        params=json.loads(args.params) if args.params else {},
+        contamination=args.contamination,
+        output=args.output,
+    )
+    flagged = frame[frame["is_anomaly"]]
+    print(
+        f"scored {frame['timestamp'].nunique()} timestamps x {frame['feature'].nunique()} features "
+        f"in {frame['series'].nunique()} series: {flagged['timestamp'].nunique()} anomalous; written to {args.output}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anomaly-pipelines", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate-config", help="check job files (default: every file in config/jobs)")
+    validate.add_argument("paths", nargs="*")
+    validate.set_defaults(func=cmd_validate_config)
+
+    for name, func, helptext in (
+        ("train", cmd_train, "train every series of a job on its training window"),
+        ("tune", cmd_tune, "grid-search parameters per series; train uses the result"),
+    ):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("job")
+        sub.add_argument("--end", help="end of the training window (ISO 8601; default now)")
+        sub.add_argument("--start", help="start of the window (default: end - training_window)")
+        sub.set_defaults(func=func)
+
+    predict = commands.add_parser("predict", help="score a window with the champion models and write the outputs")
+    predict.add_argument("job")
+    predict.add_argument("--start", help="window start (ISO 8601, inclusive); required without --input")
+    predict.add_argument("--end", help="window end (ISO 8601, exclusive); required without --input")
+    predict.add_argument("--input", help="score this file instead of the job's source (one-off scoring)")
+    predict.add_argument("--output", help="write one Parquet file here instead of the job's outputs")
+    predict.set_defaults(func=cmd_predict)
+
+    detect = commands.add_parser("detect", help="train on one file and score another, no Airflow, no registry")
+    detect.add_argument("--train", required=True, help="training data (csv, jsonl or parquet)")
+    detect.add_argument("--input", required=True, help="data to score")
+    detect.add_argument("--timestamp", help="time column (default: the row number is the time axis)")
+    detect.add_argument("--features", required=True, help="comma-separated numeric columns")
+    detect.add_argument("--dimensions", help="comma-separated columns: one model per group")
+    detect.add_argument("--model", default="seasonal_mad", help="detector kind (iforest, seasonal_mad)")
+    detect.add_argument("--params", help="detector parameters as JSON")
+    detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged")
+    detect.add_argument("--output", required=True, help="Parquet file to write")
+    detect.set_defaults(func=cmd_detect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Job configuration: one YAML file per job under ``config/jobs/``, validated with pydantic.
+
+Importing this module is light (pydantic, yaml, croniter): DAG files call :func:`load_jobs`
+at every parse.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipelines.detectors.params import MODEL_PARAMS
+from pipelines.durations import parse_duration
+from pipelines.errors import ConfigError
+
+JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    return parse_duration(value)
+
+
+class SqlConnection(_Model):
+    """Where a database is: exactly one of a URL without secrets, an env var holding the URL,
+    or an Airflow connection id (credentials then stay in Airflow)."""
+
+    url: str | None = None
+    url_env: str | None = None
+    conn_id: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SqlConnection:
+        given = [name for name in ("url", "url_env", "conn_id") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of url, url_env, conn_id (got {given or 'none'})")
+        return self
+
+    def describe(self) -> str:
+        """A name for messages that never shows a password."""
+        if self.conn_id:
+            return f"Airflow connection {self.conn_id!r}"
+        if self.url_env:
+            return f"URL from ${self.url_env}"
+        return _redact_url(self.url or "")
+
+
+def _redact_url(url: str) -> str:
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+class FileSource(_Model):
+    kind: Literal["file"]
+    path: str = Field(description="A file, a glob, or a folder; local or s3://")
+    format: Literal["csv", "jsonl", "parquet"] | None = Field(
+        None, description="Inferred from the file suffix when omitted."
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options")
+
+    def describe(self) -> str:
+        return f"file source {self.path!r}"
+
+
+class SqlSource(_Model):
+    kind: Literal["sql"]
+    connection: SqlConnection
+    query: str = Field(description="SQL with :start and :end bound parameters for the window.")
+    params: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra bound parameters of the query."
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _window_is_bound(cls, query: str) -> str:
+        missing = [name for name in ("start", "end") if not re.search(rf":{name}\b", query)]
+        if missing:
+            raise ValueError(
+                "the query must bound its window with bound parameters :start and :end "
+                f"(e.g. WHERE ts >= :start AND ts < :end); missing {', '.join(':' + m for m in missing)}"
+            )
+        return query
+
+    def describe(self) -> str:
+        return f"sql source ({self.connection.describe()})"
+
+
+class BigQuerySource(_Model):
+    kind: Literal["bigquery"]
+    query: str = Field(description="Standard SQL with @start and @end query parameters.")
+    project: str | None = None
+    location: str | None = None
+    conn_id: str | None = Field(None, description="Airflow google_cloud_platform connection.")
+
+    @field_validator("query")
+    @classmethod
+    def _window_is_bound(cls, query: str) -> str:
+        missing = [name for name in ("start", "end") if not re.search(rf"@{name}\b", query)]
+        if missing:
+            raise ValueError(
+                "the query must bound its window with query parameters @start and @end; "
+                f"missing {', '.join('@' + m for m in missing)}"
+            )
+        return query
+
+    def describe(self) -> str:
+        return f"bigquery source (project {self.project or 'default'})"
+
+
+Source = Annotated[FileSource | SqlSource | BigQuerySource, Field(discriminator="kind")]
+
+
+class ModelConfig(_Model):
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_kind_and_params(self) -> ModelConfig:
+        if self.kind not in MODEL_PARAMS:
+            raise ValueError(
+                f"unknown model kind {self.kind!r}; choose one of {', '.join(sorted(MODEL_PARAMS))}"
+            )
+        try:
+            MODEL_PARAMS[self.kind](**self.params)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+                for err in exc.errors()
+            )
+            raise ValueError(f"invalid parameters for model {self.kind!r}: {problems}") from None
+        return self
+
+
+class ThresholdConfig(_Model):
+    """How scores become ``is_anomaly``.
+
+    ``contamination``: the share of training points that would be flagged (threshold = the
+    ``1 - value`` quantile of training scores). ``score``: a fixed cut on the calibrated score.
+    """
+
+    kind: Literal["contamination", "score"] = "contamination"
+    value: float = 0.005
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ThresholdConfig:
+        if self.kind == "contamination" and not 0 < self.value <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5], got {self.value}")
+        if self.kind == "score" and not 0 < self.value < 1:
+            raise ValueError(f"a score threshold must be in (0, 1), got {self.value}")
+        return self
+
+
+class Schedules(_Model):
+    train: str | None = "0 2 * * 0"
+    predict: str | None = "0 * * * *"
+    tune: str | None = None
+
+    @field_validator("train", "predict", "tune")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(
+                f"{value!r} is not a valid cron expression (five fields: minute hour day month weekday)"
+            )
+        return value
+
+
+class TableOutput(_Model):
+    connection: SqlConnection
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    db_schema: str | None = Field(None, alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class Outputs(_Model):
+    parquet: str = Field("var/outputs", description="Root of the Parquet dataset (local or s3://).")
+    table: TableOutput | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ValidationConfig(_Model):
+    min_rows: int = Field(1, ge=0, description="Fewest rows a batch may have.")
+    max_null_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="Largest share of missing values allowed per feature."
+    )
+    suite: str | None = Field(None, description="Great Expectations suite (JSON) applied on top.")
+
+
+class TuneConfig(_Model):
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Parameter values to try; empty means the detector's default grid."
+    )
+    holdout_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+class JobConfig(_Model):
+    name: str
+    description: str = ""
+    source: Source
+    timestamp: str = Field(description="Column holding the time of each row.")
+    frequency: timedelta = Field(description="Spacing of the series, e.g. '1h'.")
+    dimensions: list[str] = Field(default_factory=list, description="One model per group of these.")
+    features: list[str] = Field(min_length=1, description="Numeric columns to watch.")
+    model: ModelConfig
+    training_window: timedelta = Field(timedelta(days=28))
+    threshold: ThresholdConfig = ThresholdConfig()
+    schedules: Schedules = Schedules()
+    outputs: Outputs = Outputs()
+    validation: ValidationConfig = ValidationConfig()
+    tune: TuneConfig = TuneConfig()
+    registry: str = Field("var/models", description="Model registry root (local or s3://).")
+    start_date: str = Field("2024-01-01", description="First data interval the schedules may run.")
+
+    @field_validator("frequency", "training_window", mode="before")
+    @classmethod
+    def _parse_durations(cls, value: Any) -> timedelta:
+        return _duration(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, name: str) -> str:
+        if not JOB_NAME.match(name):
+            raise ValueError(
+                "must start with a lower-case letter and hold only a-z, 0-9 and _ (it names DAGs and tables)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _columns_are_distinct(self) -> JobConfig:
+        columns = [self.timestamp, *self.dimensions, *self.features]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise ValueError(f"columns used twice among timestamp, dimensions and features: {repeated}")
+        if self.training_window < self.frequency * 2:
+            raise ValueError("training_window must span at least two periods of frequency")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.timestamp, *self.dimensions, *self.features]
+
+
+def base_dir() -> Path:
+    """Folder that relative paths in job files are resolved against."""
+    return Path(os.environ.get("ANOMALY_PIPELINES_BASE_DIR", REPO_ROOT)).resolve()
+
+
+def jobs_dir() -> Path:
+    return Path(os.environ.get("ANOMALY_PIPELINES_JOBS_DIR", base_dir() / "config" / "jobs")).resolve()
+
+
+def resolve_path(path: str) -> str:
+    """Absolute local path or URL for ``path`` from a job file."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    return str(base_dir() / path)
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        given = err.get("input")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check its spelling, or remove it)"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        elif not isinstance(given, dict):
+            message = f"{message} (got {given!r})"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_job(data: Any, *, source: str = "<job>") -> JobConfig:
+    """Validate one job's settings; ``source`` names the file in errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a job file must hold a mapping of settings, got {type(data).__name__}")
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid job configuration\n{_format_errors(exc)}") from None
+
+
+def load_job_file(path: str | Path) -> JobConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read job file: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_job(data, source=str(path))
+
+
+def load_jobs(directory: str | Path | None = None) -> dict[str, JobConfig]:
+    """All jobs of ``directory`` (default :func:`jobs_dir`), keyed by name, in name order."""
+    directory = Path(directory) if directory else jobs_dir()
+    jobs: dict[str, JobConfig] = {}
+    origin: dict[str, Path] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        job = load_job_file(path)
+        if job.name in jobs:
+            raise ConfigError(f"{path}: job name {job.name!r} is already used by {origin[job.name]}")
+        jobs[job.name], origin[job.name] = job, path
+    return dict(sorted(jobs.items()))
+
+
+def get_job(name: str, directory: str | Path | None = None) -> JobConfig:
+    jobs = load_jobs(directory)
+    if name not in jobs:
+        raise ConfigError(f"no job named {name!r}; configured jobs: {', '.join(jobs) or 'none'}")
+    return jobs[name]

@@ -1,0 +1,333 @@
+"""What every detector is: a scikit-learn style estimator that fits on a frame of features and
+returns a :class:`Detection` for the rows it scores."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from pipelines.config import ThresholdConfig
+from pipelines.detectors.calibration import decision_threshold
+from pipelines.detectors.params import DetectorParams
+from pipelines.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FORMAT = 1
+_SCORE_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare fields yourself
+class Detection:
+    """Result of scoring rows: arrays of shape ``(n_rows, n_features)`` aligned with ``index``
+    and ``features``.
+
+    ``score`` and ``feature_score`` are calibrated to [0, 1] (higher = more anomalous) and are 0
+    where ``values`` is missing; ``lower`` and ``upper`` are where the score of a feature would
+    reach the detector's threshold.
+    """
+
+    index: pd.Index
+    features: list[str]
+    values: np.ndarray
+    expected: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    score: np.ndarray
+    feature_score: np.ndarray
+    is_anomaly: np.ndarray
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long form: one row per (row, feature), in time order then feature order."""
+        n_features = len(self.features)
+        return pd.DataFrame(
+            {
+                "timestamp": self.index.repeat(n_features),
+                "feature": np.tile(np.asarray(self.features, dtype=object), len(self.index)),
+                "value": self.values.ravel(),
+                "expected": self.expected.ravel(),
+                "lower": self.lower.ravel(),
+                "upper": self.upper.ravel(),
+                "score": self.score.ravel(),
+                "feature_score": self.feature_score.ravel(),
+                "is_anomaly": self.is_anomaly.ravel(),
+            }
+        )
+
+
+def make_detection(
+    index: pd.Index,
+    features: list[str],
+    values: np.ndarray,
+    expected: np.ndarray,
+    half_width: np.ndarray,
+    score: np.ndarray,
+    feature_score: np.ndarray,
+    is_anomaly: np.ndarray,
+) -> Detection:
+    """A :class:`Detection` where missing values score 0 and are never anomalies."""
+    missing = np.isnan(values)
+    return Detection(
+        index=index,
+        features=list(features),
+        values=values,
+        expected=expected,
+        lower=expected - half_width,
+        upper=expected + half_width,
+        score=np.where(missing, 0.0, score),
+        feature_score=np.where(missing, 0.0, feature_score),
+        is_anomaly=~missing & is_anomaly,
+    )
+
+
+class BaseDetector(BaseEstimator, metaclass=ABCMeta):
+    """Base of all detectors: parameter checks, input checks, threshold, artifacts.
+
+    Subclasses take their own parameters (those of their :attr:`params_model`) plus
+    ``threshold_kind`` and ``threshold_value`` as keyword-only ``__init__`` arguments, store
+    them unchanged, and implement ``_fit``, ``_detect``, ``_state`` and ``_restore``.
+
+    Attributes
+    ----------
+    threshold_ : float
+        Calibrated score from which a point is an anomaly (``score >= threshold_``).
+    lookback_ : int
+        Rows of history :meth:`detect` uses before the first scored row.
+    n_features_in_ : int
+        Number of features seen in :meth:`fit`.
+    feature_names_in_ : ndarray of str
+        Names of the features seen in :meth:`fit`, in order.
+    training_rows_ : int
+        Rows the detector was fitted on.
+    time_indexed_ : bool
+        Whether the training index was a DatetimeIndex (else row numbers).
+    training_score_quantiles_ : dict of str to float
+        Quantiles of the calibrated training scores that decide anomalies.
+    """
+
+    kind: ClassVar[str]
+    params_model: ClassVar[type[DetectorParams]]
+
+    # -- fitting --------------------------------------------------------------------------
+
+    def fit(self, X: pd.DataFrame) -> Self:
+        """Learn the model, its score calibration and its threshold from ``X``.
+
+        ``X`` has one column per feature and a sorted UTC DatetimeIndex or a RangeIndex; a few
+        missing values are tolerated.
+        """
+        params, policy = self._check_params()
+        X = _check_frame(X, "X")
+        if X.columns.empty:
+            raise ModelError(f"{type(self).__name__}: X has no feature columns; pass at least one")
+        empty = [str(c) for c in X.columns if X[c].isna().all()]
+        if empty:
+            raise ModelError(f"{type(self).__name__}: features {empty} have no values in the training rows")
+        self.time_indexed_ = isinstance(X.index, pd.DatetimeIndex)
+        decision_scores = self._fit(X, params)
+        self.n_features_in_ = X.shape[1]
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.training_rows_ = len(X)
+        self.threshold_ = decision_threshold(decision_scores, policy.kind, policy.value)
+        finite = decision_scores[np.isfinite(decision_scores)]
+        self.training_score_quantiles_ = {str(q): float(np.quantile(finite, q)) for q in _SCORE_QUANTILES}
+        log.info(
+            "%s fitted on %d rows x %d features; threshold %.6f",
+            type(self).__name__,
+            len(X),
+            X.shape[1],
+            self.threshold_,
+        )
+        return self
+
+    def _check_params(self) -> tuple[DetectorParams, ThresholdConfig]:
+        values = self.get_params()
+        threshold = {"kind": values.pop("threshold_kind"), "value": values.pop("threshold_value")}
+        try:
+            params = self.params_model(**values)
+        except ValidationError as exc:
+            raise self._invalid(exc, lambda loc: str(loc[0])) from None
+        try:
+            policy = ThresholdConfig(**threshold)
+        except ValidationError as exc:
+            # The range check of ThresholdConfig is about the value, whatever the kind.
+            raise self._invalid(exc, lambda loc: f"threshold_{loc[0]}" if loc else "threshold_value") from None
+        return params, policy
+
+    def _invalid(self, exc: ValidationError, name_of: Any) -> ConfigError:
+        given = self.get_params()
+        problems = []
+        for err in exc.errors():
+            name = name_of(err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"parameter {name!r}: {message} (got {given.get(name)!r})")
+        return ConfigError(
+            f"invalid {type(self).__name__} ({self.kind!r}) parameters: {'; '.join(problems)}. "
+            "Fix them in the job's model settings."
+        )
+
+    def _require_rows(self, X: pd.DataFrame, needed: int, reason: str) -> None:
+        if len(X) < needed:
+            raise ModelError(
+                f"{type(self).__name__} needs at least {needed} training rows ({reason}); got {len(X)}. "
+                "Widen the training window or wait for more data."
+            )
+
+    @abstractmethod
+    def _fit(self, X: pd.DataFrame, params: Any) -> np.ndarray:
+        """Learn the model from checked input; return the calibrated training scores that
+        :attr:`threshold_` is taken from."""
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def detect(self, X: pd.DataFrame, history: pd.DataFrame | None = None) -> Detection:
+        """Score exactly the rows of ``X``.
+
+        ``history`` holds rows right before ``X`` (only the last :attr:`lookback_` are used) so
+        that windowed statistics at the start of ``X`` match those of one longer call; without
+        it the first rows use what exists. The model is not changed.
+        """
+        check_is_fitted(self)
+        X = self._check_features(_check_frame(X, "X"), "X")
+        if history is not None and len(history):
+            history = self._check_features(_check_frame(history, "history"), "history").iloc[-self.lookback_ :]
+            if len(X) and history.index[-1] >= X.index[0]:
+                raise ModelError(
+                    f"history must end before the first scored row ({X.index[0]}), but it reaches "
+                    f"{history.index[-1]}; pass only earlier rows as history"
+                )
+        else:
+            history = X.iloc[:0]
+        return self._detect(X, history)
+
+    def _check_features(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
+        expected = [str(c) for c in self.feature_names_in_]
+        columns = [str(c) for c in frame.columns]
+        missing = [c for c in expected if c not in columns]
+        extra = [c for c in columns if c not in expected]
+        if missing or (extra and what == "X"):
+            raise ModelError(
+                f"{what} must have exactly the features the detector was fitted on {expected}: "
+                f"missing {missing}, extra {extra}. Score with the same feature columns, or retrain."
+            )
+        if isinstance(frame.index, pd.DatetimeIndex) != self.time_indexed_:
+            fitted = "timestamps" if self.time_indexed_ else "row numbers"
+            raise ModelError(f"{what} must be indexed by {fitted}, like the training data")
+        return frame.set_axis(columns, axis=1)[expected]
+
+    @abstractmethod
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+        """Score ``X`` with checked columns; ``history`` is checked and possibly empty."""
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def to_files(self) -> dict[str, bytes]:
+        """The fitted detector as files (JSON and npz, plus skops for scikit-learn objects)."""
+        check_is_fitted(self)
+        state, arrays, extra = self._state()
+        meta = {
+            "format": ARTIFACT_FORMAT,
+            "kind": self.kind,
+            "params": self.get_params(),
+            "learned": {
+                "threshold_": self.threshold_,
+                "lookback_": self.lookback_,
+                "feature_names_in_": [str(c) for c in self.feature_names_in_],
+                "training_rows_": self.training_rows_,
+                "time_indexed_": self.time_indexed_,
+                "training_score_quantiles_": self.training_score_quantiles_,
+                **state,
+            },
+        }
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        return {
+            "detector.json": json.dumps(meta, indent=2, sort_keys=True, default=_json_scalar).encode(),
+            "arrays.npz": buffer.getvalue(),
+            **extra,
+        }
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> Self:
+        """Inverse of :meth:`to_files`."""
+        missing = [name for name in ("detector.json", "arrays.npz") if name not in files]
+        if missing:
+            raise ModelError(f"the model artifact lacks {missing}; it was not written by to_files(): retrain")
+        meta = json.loads(files["detector.json"])
+        if meta.get("kind") != cls.kind or meta.get("format") != ARTIFACT_FORMAT:
+            raise ModelError(
+                f"the model artifact holds a {meta.get('kind')!r} detector in format {meta.get('format')}, "
+                f"not a {cls.kind!r} detector in format {ARTIFACT_FORMAT}: load it with its own kind, or retrain"
+            )
+        detector = cls(**meta["params"])
+        learned = meta["learned"]
+        with np.load(io.BytesIO(files["arrays.npz"]), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        detector.threshold_ = float(learned["threshold_"])
+        detector.lookback_ = int(learned["lookback_"])
+        detector.feature_names_in_ = np.asarray(learned["feature_names_in_"], dtype=object)
+        detector.n_features_in_ = len(detector.feature_names_in_)
+        detector.training_rows_ = int(learned["training_rows_"])
+        detector.time_indexed_ = bool(learned["time_indexed_"])
+        detector.training_score_quantiles_ = dict(learned["training_score_quantiles_"])
+        detector._restore(learned, arrays, files)
+        return detector
+
+    @abstractmethod
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
+        """Learned state beyond the common one: JSON-able values, arrays, extra files."""
+
+    @abstractmethod
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
+        """Set the learned attributes back from what :meth:`_state` returned."""
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able facts about the fitted detector, for the model's metadata."""
+        check_is_fitted(self)
+        return {
+            "kind": self.kind,
+            "features": [str(c) for c in self.feature_names_in_],
+            "training_rows": self.training_rows_,
+            "threshold_kind": self.threshold_kind,
+            "threshold_value": self.threshold_value,
+            "threshold": self.threshold_,
+            "lookback": self.lookback_,
+            "training_score_quantiles": self.training_score_quantiles_,
+        }
+
+
+def _json_scalar(value: Any) -> Any:
+    # Parameters from tuning grids may be numpy scalars.
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _check_frame(frame: Any, what: str) -> pd.DataFrame:
+    """``frame`` as float64, after checking its type and index."""
+    if not isinstance(frame, pd.DataFrame):
+        raise ModelError(f"{what} must be a pandas DataFrame with one column per feature, got {type(frame).__name__}")
+    index = frame.index
+    if isinstance(index, pd.DatetimeIndex):
+        if index.tz is None:
+            raise ModelError(f"{what} has a timezone-naive DatetimeIndex; localize it to UTC first")
+        if str(index.tz) != "UTC":
+            frame = frame.set_axis(index.tz_convert("UTC"))
+    elif not pd.api.types.is_integer_dtype(index.dtype):
+        raise ModelError(f"{what} must be indexed by UTC timestamps or row numbers, got a {type(index).__name__}")
+    if not (frame.index.is_monotonic_increasing and frame.index.is_unique):
+        raise ModelError(f"{what} must be sorted by its index without duplicates; sort it and drop repeated rows")
+    text = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c].dtype)]
+    if text:
+        raise ModelError(f"{what} has non-numeric feature columns {text}; features must be numbers")
+    return frame.astype("float64")

@@ -1,0 +1,183 @@
+"""Isolation Forest on causal window features of all features together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.calibration import ScoreCalibrator
+from pipelines.detectors.features import fill_missing, rolling_expected, window_features
+from pipelines.detectors.params import IsolationForestParams
+from pipelines.errors import ModelError
+
+#: Types skops must be told to trust when loading the model (all else it trusts by default).
+SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree"]
+#: Fewest training rows: the score calibration needs a spread of training scores.
+_MIN_TRAINING_ROWS = 20
+
+
+class IsolationForestDetector(BaseDetector):
+    """Multivariate detector: scikit-learn's IsolationForest on window features.
+
+    For each feature the window features are its value, its first difference, its deviation
+    from the median of the previous ``window`` rows and the standard deviation of the last
+    ``window`` rows (see :mod:`pipelines.detectors.features`), robustly standardised.
+    ``score`` is the row score, the same for every feature of a row: the larger of the forest's
+    calibrated score (``-score_samples``) and the largest calibrated feature deviation, calibrated
+    again on the training rows (a forest dilutes one signal far out of range among many normal
+    window features). ``is_anomaly`` is the row's decision repeated for each feature. ``feature_score``
+    tells which features drove it: the calibrated deviation of each feature from ``expected``
+    (the median of its previous ``window`` values), and ``lower``/``upper`` are where that
+    feature score reaches :attr:`threshold_`. Missing values are forward filled, then filled
+    with the training median, to compute the features.
+
+    Parameters
+    ----------
+    n_estimators : int, default=200
+        Number of trees.
+    max_samples : int or "auto", default="auto"
+        Rows drawn to build each tree.
+    max_features : float, default=1.0
+        Share of the window features drawn for each tree.
+    window : int, default=24
+        Rows of the rolling windows; also the history :meth:`detect` uses.
+    random_state : int, default=0
+        Seed of the forest; a fixed seed makes training reproducible.
+    threshold_kind : {"contamination", "score"}, default="contamination"
+        How :attr:`threshold_` is chosen (see :class:`pipelines.config.ThresholdConfig`).
+    threshold_value : float, default=0.005
+        Share of training rows flagged, or the fixed score threshold.
+
+    Attributes
+    ----------
+    model_ : sklearn.pipeline.Pipeline
+        RobustScaler, a constant imputer (missing window statistics count as typical) and the
+        IsolationForest, fitted on the training window features.
+    medians_ : ndarray of shape (n_features_in_,)
+        Training median of each feature, to fill missing values with no earlier value.
+    row_calibrator_ : ScoreCalibrator
+        Calibration of the forest's scores.
+    combined_calibrator_ : ScoreCalibrator
+        Calibration of the row scores (forest and largest feature deviation combined).
+    feature_calibrators_ : list of ScoreCalibrator
+        Calibration of each feature's absolute deviation from ``expected``.
+    threshold_, lookback_, n_features_in_, feature_names_in_, training_rows_ :
+        See :class:`~pipelines.detectors.base.BaseDetector`; ``lookback_`` is ``window``.
+    """
+
+    kind = "iforest"
+    params_model = IsolationForestParams
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 200,
+        max_samples: int | str = "auto",
+        max_features: float = 1.0,
+        window: int = 24,
+        random_state: int = 0,
+        threshold_kind: str = "contamination",
+        threshold_value: float = 0.005,
+    ):
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.max_features = max_features
+        self.window = window
+        self.random_state = random_state
+        self.threshold_kind = threshold_kind
+        self.threshold_value = threshold_value
+
+    def _fit(self, X: pd.DataFrame, params: IsolationForestParams) -> np.ndarray:
+        from sklearn.ensemble import IsolationForest
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import RobustScaler
+
+        self._require_rows(X, max(_MIN_TRAINING_ROWS, 2 * params.window), "two windows at least")
+        self.lookback_ = params.window
+        self.medians_ = X.median().to_numpy()
+        values = fill_missing(X, pd.Series(self.medians_, index=X.columns))
+        forest = IsolationForest(
+            n_estimators=params.n_estimators,
+            max_samples=params.max_samples,
+            max_features=params.max_features,
+            random_state=params.random_state,
+        )
+        imputer = SimpleImputer(strategy="constant", fill_value=0.0, keep_empty_features=True)
+        self.model_ = make_pipeline(RobustScaler(), imputer, forest)
+        features = window_features(values, self.lookback_).to_numpy()
+        self.model_.fit(features)
+        raw = -self.model_.score_samples(features)
+        self.row_calibrator_ = ScoreCalibrator().fit(raw)
+        deviation = np.abs(X.to_numpy() - rolling_expected(values, self.lookback_).to_numpy())
+        self.feature_calibrators_ = [ScoreCalibrator().fit(deviation[:, f]) for f in range(X.shape[1])]
+        combined = self._combined(self.row_calibrator_.transform(raw), self._feature_scores(deviation))
+        self.combined_calibrator_ = ScoreCalibrator().fit(combined)
+        return self.combined_calibrator_.transform(combined)
+
+    def _feature_scores(self, deviation: np.ndarray) -> np.ndarray:
+        return np.column_stack([c.transform(deviation[:, f]) for f, c in enumerate(self.feature_calibrators_)])
+
+    @staticmethod
+    def _combined(forest_score: np.ndarray, feature_score: np.ndarray) -> np.ndarray:
+        # An isolation forest dilutes one signal far out of range among many normal window
+        # features (each split picks that signal rarely), so the row keeps the larger of the
+        # forest's score and the largest single-feature deviation score.
+        largest = np.nan_to_num(feature_score, nan=0.0).max(axis=1) if feature_score.size else forest_score
+        return np.maximum(forest_score, largest)
+
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+        values = fill_missing(pd.concat([history, X]), pd.Series(self.medians_, index=X.columns))
+        features = window_features(values, self.lookback_).to_numpy()[len(history) :]
+        expected = rolling_expected(values, self.lookback_).to_numpy()[len(history) :]
+        observed = X.to_numpy()
+        deviation = np.abs(observed - expected)
+        feature_score = self._feature_scores(deviation)
+        if len(X):
+            forest_score = self.row_calibrator_.transform(-self.model_.score_samples(features))
+            row_score = self.combined_calibrator_.transform(self._combined(forest_score, feature_score))
+        else:  # scikit-learn refuses empty input
+            row_score = np.zeros(0)
+        half_width = np.array([float(c.inverse(self.threshold_)) for c in self.feature_calibrators_])
+        score = np.repeat(row_score[:, None], observed.shape[1], axis=1)
+        return make_detection(
+            X.index,
+            list(X.columns),
+            observed,
+            expected,
+            np.broadcast_to(half_width, observed.shape),
+            score,
+            feature_score,
+            score >= self.threshold_,
+        )
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
+        import skops.io
+
+        state = {
+            "row_calibrator_": self.row_calibrator_.to_dict(),
+            "combined_calibrator_": self.combined_calibrator_.to_dict(),
+            "feature_calibrators_": [c.to_dict() for c in self.feature_calibrators_],
+        }
+        return state, {"medians_": self.medians_}, {"model.skops": skops.io.dumps(self.model_)}
+
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
+        import skops.io
+
+        if "model.skops" not in files:
+            raise ModelError("the iforest artifact lacks model.skops; it was not written by to_files(): retrain")
+        try:
+            self.model_ = skops.io.loads(files["model.skops"], trusted=SKOPS_TRUSTED_TYPES)
+        except Exception as exc:  # skops raises several types for untrusted or damaged files
+            raise ModelError(f"cannot load the iforest model from model.skops: {exc}; retrain the model") from exc
+        self.row_calibrator_ = ScoreCalibrator.from_dict(state["row_calibrator_"])
+        self.combined_calibrator_ = ScoreCalibrator.from_dict(state["combined_calibrator_"])
+        self.feature_calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["feature_calibrators_"]]
+        self.medians_ = arrays["medians_"]
+
+    def summary(self) -> dict[str, Any]:
+        forest = self.model_[-1]
+        return {**super().summary(), "n_estimators": len(forest.estimators_), "max_samples": int(forest.max_samples_)}

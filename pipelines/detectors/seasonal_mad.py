@@ -1,0 +1,205 @@
+"""Seasonal median profile plus a rolling level, scored in robust (MAD) units per feature."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.calibration import ScoreCalibrator
+from pipelines.detectors.params import SeasonalMADParams
+from pipelines.durations import parse_duration
+from pipelines.errors import ConfigError
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+#: Scales the MAD to the standard deviation of normal noise.
+_MAD_TO_SIGMA = 1.4826
+#: Fewest points per slot for a per-slot scale. The MAD of n normal points is off by about
+#: 1.17 / sqrt(n) of itself; a slot whose scale comes out too small keeps raising false alarms.
+_MIN_SLOT_POINTS = 50
+#: Fewest training rows: the score calibration needs a spread of training scores.
+_MIN_TRAINING_ROWS = 20
+
+
+class SeasonalMADDetector(BaseDetector):
+    """Robust seasonal baseline, each feature on its own.
+
+    ``expected`` is the seasonal median profile (the median of the training values at the same
+    position within the season) plus a causal level: the median of the last ``level_window``
+    residuals before each row, which follows level shifts after a delay. The raw score is
+    ``|value - expected| / scale`` with ``scale = 1.4826 * MAD`` of the training residuals
+    (per slot of the season when every slot has enough points, else one for the feature),
+    calibrated per feature; ``score`` and ``feature_score`` are the same.
+
+    Parameters
+    ----------
+    season : str, int or None, default="1d"
+        Length of the season: a duration (``"1d"``, ``"1w"``) for timestamped data, a number of
+        rows, or None for no seasonal profile.
+    level_window : int, default=24
+        Residuals whose median is the level; also the history :meth:`detect` uses.
+    min_scale : float, default=1e-9
+        Floor of the scale, so flat series do not divide by zero.
+    threshold_kind : {"contamination", "score"}, default="contamination"
+        How :attr:`threshold_` is chosen (see :class:`pipelines.config.ThresholdConfig`).
+    threshold_value : float, default=0.005
+        Share of training points flagged, or the fixed score threshold.
+
+    Attributes
+    ----------
+    season_ : pandas.Timedelta, int or None
+        The season as a duration, in rows, or None.
+    step_ : pandas.Timedelta or None
+        Median spacing of the training timestamps (None without timestamps).
+    n_slots_ : int
+        Positions within the season (1 without season).
+    profile_ : ndarray of shape (n_slots_, n_features_in_)
+        Median training value per slot and feature.
+    level_fallback_ : ndarray of shape (n_features_in_,)
+        Level used where no earlier residual exists: the median training residual.
+    scale_ : ndarray of shape (n_slots_, n_features_in_)
+        Robust scale of the residuals per slot and feature.
+    calibrators_ : list of ScoreCalibrator
+        Calibration of the raw scores of each feature.
+    threshold_, lookback_, n_features_in_, feature_names_in_, training_rows_ :
+        See :class:`~pipelines.detectors.base.BaseDetector`; ``lookback_`` is ``level_window``.
+    """
+
+    kind = "seasonal_mad"
+    params_model = SeasonalMADParams
+
+    def __init__(
+        self,
+        *,
+        season: int | str | None = "1d",
+        level_window: int = 24,
+        min_scale: float = 1e-9,
+        threshold_kind: str = "contamination",
+        threshold_value: float = 0.005,
+    ):
+        self.season = season
+        self.level_window = level_window
+        self.min_scale = min_scale
+        self.threshold_kind = threshold_kind
+        self.threshold_value = threshold_value
+
+    def _fit(self, X: pd.DataFrame, params: SeasonalMADParams) -> np.ndarray:
+        self._require_rows(X, _MIN_TRAINING_ROWS, "to calibrate its scores")
+        self._learn_season(params.season, X.index)
+        self._require_rows(X, 2 * self.n_slots_, f"two full seasons of {self.n_slots_} rows")
+        self.lookback_ = params.level_window
+        values = X.to_numpy()
+        slots = self._slots(X.index)
+        overall = np.nanmedian(values, axis=0)
+        by_slot = pd.DataFrame(values).groupby(slots).median().reindex(range(self.n_slots_)).to_numpy()
+        self.profile_ = np.where(np.isnan(by_slot), overall, by_slot)
+        self.level_fallback_ = np.nanmedian(values - self.profile_[slots], axis=0)
+        errors = values - self._expected(values, slots)
+        self.scale_ = _robust_scale(errors, slots, self.n_slots_, params.min_scale)
+        raw = np.abs(errors) / self.scale_[slots]
+        self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]
+        return self._calibrate(raw)
+
+    def _learn_season(self, season: int | str | None, index: pd.Index) -> None:
+        self.step_ = pd.Series(index).diff().median() if self.time_indexed_ else None
+        if season is None:
+            self.season_, self.n_slots_ = None, 1
+            return
+        if isinstance(season, int):
+            self.season_, self.n_slots_ = season, season
+            return
+        if not self.time_indexed_:
+            raise ConfigError(
+                f"parameter 'season' is the duration {season!r} but the data has no timestamps; "
+                "give the season as a number of rows"
+            )
+        self.season_ = pd.Timedelta(parse_duration(season))
+        self.n_slots_ = math.ceil(self.season_ / self.step_)
+        if self.n_slots_ < 2:
+            raise ConfigError(
+                f"parameter 'season' ({season!r}) must span at least two rows of the data, "
+                f"which come every {self.step_}; choose a longer season or None"
+            )
+
+    def _slots(self, index: pd.Index) -> np.ndarray:
+        """Position of each row within the season, in [0, n_slots_)."""
+        if self.season_ is None:
+            return np.zeros(len(index), dtype=np.int64)
+        if not self.time_indexed_:
+            return np.asarray(index, dtype=np.int64) % self.season_
+        since = index - _EPOCH
+        if isinstance(self.season_, pd.Timedelta):
+            return np.minimum(np.asarray((since % self.season_) // self.step_, dtype=np.int64), self.n_slots_ - 1)
+        return np.asarray(since // self.step_, dtype=np.int64) % self.season_
+
+    def _expected(self, values: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        profile = self.profile_[slots]
+        residuals = pd.DataFrame(values - profile)
+        # Rolling medians skip missing residuals, so missing values need no filling here.
+        level = residuals.shift(1).rolling(self.lookback_, min_periods=1).median().to_numpy()
+        return profile + np.where(np.isnan(level), self.level_fallback_, level)
+
+    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        return np.column_stack([c.transform(raw[:, f]) for f, c in enumerate(self.calibrators_)])
+
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+        frame = pd.concat([history, X])
+        slots = self._slots(frame.index)
+        expected = self._expected(frame.to_numpy(), slots)[len(history) :]
+        scale = self.scale_[slots[len(history) :]]
+        values = X.to_numpy()
+        score = self._calibrate(np.abs(values - expected) / scale)
+        raw_at_threshold = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
+        return make_detection(
+            X.index,
+            list(X.columns),
+            values,
+            expected,
+            raw_at_threshold * scale,
+            score,
+            score,
+            score >= self.threshold_,
+        )
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
+        season = str(self.season_) if isinstance(self.season_, pd.Timedelta) else self.season_
+        state = {
+            "season_": season,
+            "step_": None if self.step_ is None else str(self.step_),
+            "n_slots_": self.n_slots_,
+            "calibrators_": [c.to_dict() for c in self.calibrators_],
+        }
+        arrays = {"profile_": self.profile_, "level_fallback_": self.level_fallback_, "scale_": self.scale_}
+        return state, arrays, {}
+
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
+        season = state["season_"]
+        self.season_ = pd.Timedelta(season) if isinstance(season, str) else season
+        self.step_ = None if state["step_"] is None else pd.Timedelta(state["step_"])
+        self.n_slots_ = int(state["n_slots_"])
+        self.calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["calibrators_"]]
+        self.profile_ = arrays["profile_"]
+        self.level_fallback_ = arrays["level_fallback_"]
+        self.scale_ = arrays["scale_"]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **super().summary(),
+            "season_slots": self.n_slots_,
+            "step": None if self.step_ is None else str(self.step_),
+            "median_scale": [float(s) for s in np.median(self.scale_, axis=0)],
+        }
+
+
+def _robust_scale(errors: np.ndarray, slots: np.ndarray, n_slots: int, floor: float) -> np.ndarray:
+    """``1.4826 * MAD`` per slot and feature, or per feature where some slot has too few points."""
+    frame = pd.DataFrame(errors)
+    groups = frame.groupby(slots)
+    per_slot = (frame - groups.transform("median")).abs().groupby(slots).median().reindex(range(n_slots)).to_numpy()
+    counts = groups.count().reindex(range(n_slots), fill_value=0).to_numpy()
+    overall = np.nanmedian(np.abs(errors - np.nanmedian(errors, axis=0)), axis=0)
+    use_slots = (counts >= _MIN_SLOT_POINTS).all(axis=0)
+    return np.maximum(_MAD_TO_SIGMA * np.where(use_slots, per_slot, overall), floor)

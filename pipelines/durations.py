@@ -1,0 +1,46 @@
+"""Durations written in job files (``15min``, ``1h``, ``28d``, ``1w``).
+
+Hand-written rather than pandas' parser because job files are validated while Airflow parses
+DAG files, where importing pandas would slow every parse; the accepted grammar is small.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_UNITS = {
+    "s": "seconds",
+    "sec": "seconds",
+    "min": "minutes",
+    "m": "minutes",
+    "h": "hours",
+    "d": "days",
+    "D": "days",
+    "w": "weeks",
+    "W": "weeks",
+}
+_PATTERN = re.compile(r"^\s*(\d+)\s*(s|sec|min|m|h|d|D|w|W)\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"<integer><unit>"`` with unit one of s, min, h, d, w; raise ValueError otherwise."""
+    match = _PATTERN.match(str(text))
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a duration: write an integer and a unit, "
+            "one of s, min, h, d, w (e.g. '15min', '1h', '28d')"
+        )
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount <= 0:
+        raise ValueError(f"{text!r} must be a positive duration")
+    return timedelta(**{_UNITS[unit]: amount})
+
+
+def format_duration(value: timedelta) -> str:
+    """Shortest exact spelling of ``value`` in the grammar above."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -1,0 +1,45 @@
+"""One hierarchy for every error the library raises on purpose.
+
+Each message says what failed (job, source, column, rows or window) and what to do.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class: anything the library raises deliberately."""
+
+
+class ConfigError(PipelineError):
+    """A job file or a parameter is invalid."""
+
+
+class SourceError(PipelineError):
+    """Data could not be read: missing file, bad format, SQL error, empty window..."""
+
+
+class DataValidationError(PipelineError):
+    """A batch failed validation; ``summary`` lists what failed and ``report`` is the full result."""
+
+    def __init__(self, message: str, *, report: dict | None = None, quarantine_path: str | None = None):
+        super().__init__(message)
+        self.report = report or {}
+        self.quarantine_path = quarantine_path
+
+
+class ModelError(PipelineError):
+    """Training, loading or scoring a model failed, or no model is serving."""
+
+
+class SinkError(PipelineError):
+    """Results could not be written."""
+
+
+class MissingDependencyError(PipelineError):
+    """An optional package is needed; the message gives the install command."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the optional package {package!r}: "
+            f"pip install 'anomaly-pipelines[{extra}]' (or pip install {package})"
+        )

@@ -1,0 +1,159 @@
+"""Model registry on any fsspec file system: versions of each series' model and a champion pointer.
+
+Layout under ``root`` (a local folder or ``s3://bucket/prefix``)::
+
+    <job>/<series slug>/versions/<version>/<artifact files...>
+    <job>/<series slug>/versions/<version>/metadata.json   written last: marks the version complete
+    <job>/<series slug>/champion.json                       {"version": ..., "promoted_at": ...}
+    <job>/<series slug>/tuned.json                          {"params": ..., "report": ..., "tuned_at": ...}
+
+A version without ``metadata.json`` was interrupted while being registered and is ignored.
+Pointers are replaced atomically (:func:`pipelines.storage.atomic_write`), so a reader sees the
+old champion or the new one, and a champion is always a complete version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from pipelines import storage
+from pipelines.errors import ModelError
+from pipelines.series import series_slug
+
+log = logging.getLogger(__name__)
+
+METADATA = "metadata.json"
+CHAMPION = "champion.json"
+TUNED = "tuned.json"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    job: str
+    series: str
+    version: str
+    metadata: dict[str, Any]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _new_version() -> str:
+    # The time makes versions sort in registration order; the random part keeps two
+    # registrations within one microsecond (other workers, other hosts) apart.
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
+
+
+def _dumps(document: dict[str, Any], what: str) -> bytes:
+    try:
+        return json.dumps(document, indent=2, sort_keys=True).encode()
+    except (TypeError, ValueError) as exc:
+        raise ModelError(
+            f"{what} cannot be stored as JSON ({exc}); pass plain str, int, float, bool, list and dict values"
+        ) from exc
+
+
+class ModelRegistry:
+    """Versions and champions of the models of every (job, series)."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+        self.root = root
+        self.storage_options = storage_options or {}
+
+    def _url(self, job: str, series: str, *parts: str) -> str:
+        return storage.join(self.root, job, series_slug(series), *parts)
+
+    def _read_json(self, url: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(storage.read_bytes(url, self.storage_options))
+        except FileNotFoundError:
+            return None
+
+    def _write_json(self, url: str, document: dict[str, Any], what: str) -> None:
+        storage.atomic_write(url, _dumps(document, what), self.storage_options)
+
+    def register(self, job: str, series: str, files: dict[str, bytes], metadata: dict[str, Any]) -> ModelVersion:
+        """Store a new version made of ``files`` (name -> content); it is not the champion yet."""
+        bad = [name for name in files if name in ("", ".", "..", METADATA) or "/" in name or "\\" in name]
+        if bad:
+            raise ModelError(
+                f"cannot register a model of job {job!r}, series {series!r}: invalid artifact file names {bad}; "
+                f"use plain file names other than {METADATA!r}"
+            )
+        version = _new_version()
+        metadata = {**metadata, "job": job, "series": series, "version": version, "registered_at": _now()}
+        document = _dumps(metadata, f"metadata of job {job!r}, series {series!r}")
+        for name, content in files.items():
+            storage.atomic_write(self._url(job, series, "versions", version, name), content, self.storage_options)
+        # Last: until this file exists the version is invisible, so a crash leaves no half model.
+        storage.atomic_write(self._url(job, series, "versions", version, METADATA), document, self.storage_options)
+        log.info("registered model version %s of job %s, series %s", version, job, series)
+        return ModelVersion(job, series, version, metadata)
+
+    def version(self, job: str, series: str, version: str) -> ModelVersion:
+        """One complete version; :class:`ModelError` when it does not exist or is incomplete."""
+        metadata = self._read_json(self._url(job, series, "versions", version, METADATA))
+        if metadata is None:
+            known = [v.version for v in self.versions(job, series)]
+            raise ModelError(
+                f"job {job!r}, series {series!r} has no complete model version {version!r} in {self.root}; "
+                f"known versions: {', '.join(known) or 'none (train the job first)'}"
+            )
+        return ModelVersion(job, series, version, metadata)
+
+    def promote(self, job: str, series: str, version: str) -> None:
+        """Make ``version`` the champion that scoring uses."""
+        self.version(job, series, version)
+        pointer = {"version": version, "promoted_at": _now()}
+        self._write_json(self._url(job, series, CHAMPION), pointer, "champion pointer")
+        log.info("promoted model version %s of job %s, series %s", version, job, series)
+
+    def champion(self, job: str, series: str) -> ModelVersion | None:
+        """The promoted version, or ``None`` when nothing was promoted yet."""
+        pointer = self._read_json(self._url(job, series, CHAMPION))
+        return None if pointer is None else self.version(job, series, pointer["version"])
+
+    def load_files(self, job: str, series: str, version: str) -> dict[str, bytes]:
+        """The artifact files of a complete version, by name (without ``metadata.json``)."""
+        self.version(job, series, version)
+        folder = self._url(job, series, "versions", version)
+        # Dot files are temporary files of interrupted writes.
+        names = [n for n in storage.find(folder, self.storage_options) if n != METADATA and not n.startswith(".")]
+        return {name: storage.read_bytes(storage.join(folder, name), self.storage_options) for name in names}
+
+    def versions(self, job: str, series: str) -> list[ModelVersion]:
+        """Complete versions, oldest first."""
+        folder = self._url(job, series, "versions")
+        found = []
+        for path in storage.find(folder, self.storage_options):
+            version, _, name = path.partition("/")
+            if name == METADATA:
+                metadata = json.loads(storage.read_bytes(storage.join(folder, path), self.storage_options))
+                found.append(ModelVersion(job, series, version, metadata))
+        return sorted(found, key=lambda v: v.version)
+
+    def series(self, job: str) -> list[str]:
+        """Keys of the series of ``job`` that have at least one complete version, sorted."""
+        keys = set()
+        for path in storage.find(storage.join(self.root, job), self.storage_options):
+            parts = path.split("/")
+            if len(parts) == 4 and parts[1] == "versions" and parts[3] == METADATA:
+                keys.add(unquote(parts[0]))
+        return sorted(keys)
+
+    def write_tuned_params(self, job: str, series: str, params: dict[str, Any], report: dict[str, Any]) -> None:
+        """Store the parameters chosen by tuning (replacing earlier ones) with the report that chose them."""
+        document = {"params": params, "report": report, "tuned_at": _now()}
+        self._write_json(self._url(job, series, TUNED), document, f"tuning result of job {job!r}, series {series!r}")
+
+    def tuned_params(self, job: str, series: str) -> dict[str, Any] | None:
+        """Parameters from the last tuning, or ``None`` when the series was never tuned."""
+        document = self._read_json(self._url(job, series, TUNED))
+        return None if document is None else document["params"]

@@ -1,0 +1,116 @@
+"""What every source shares: the protocol, the window and its messages, timestamp parsing.
+
+A window is ``[start, end)``: start inclusive, end exclusive, both UTC-aware; ``None`` leaves
+that side unbounded.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+import pandas as pd
+
+from pipelines.config import JobConfig
+from pipelines.errors import SourceError
+
+#: What an unbounded side of the window is bound as in a query that always compares both
+#: sides; the widest range that Python, PostgreSQL, SQLite text and BigQuery TIMESTAMP share.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+class Source(Protocol):
+    """Reads one job's rows in a window. The registry builds each source from its job."""
+
+    def __init__(self, job: JobConfig) -> None: ...
+
+    def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
+        """The job's columns that exist, raw as stored, rows in ``[start, end)``, in source order.
+
+        Missing columns are left to validation; an empty window gives an empty frame.
+        """
+        ...
+
+
+def utc_bound(value: datetime | None) -> pd.Timestamp | None:
+    """``value`` as a UTC timestamp; a naive bound is a caller's bug, not data to guess about."""
+    if value is None:
+        return None
+    bound = pd.Timestamp(value)
+    if bound.tzinfo is None:
+        raise ValueError(f"window bounds must be timezone-aware datetimes, got {value!r}")
+    return bound.tz_convert("UTC")
+
+
+def bounds(start: pd.Timestamp | None, end: pd.Timestamp | None) -> tuple[datetime, datetime]:
+    """The window for a query with both ``start`` and ``end`` parameters: aware UTC datetimes."""
+    return (
+        EARLIEST if start is None else start.to_pydatetime(),
+        LATEST if end is None else end.to_pydatetime(),
+    )
+
+
+def describe_window(start: datetime | None, end: datetime | None) -> str:
+    return f"[{start.isoformat() if start else 'unbounded'}, {end.isoformat() if end else 'unbounded'})"
+
+
+def source_error(
+    job: JobConfig, where: str, start: datetime | None, end: datetime | None, problem: str, todo: str
+) -> SourceError:
+    """A :class:`SourceError` naming the job, the source and the window, then what to do."""
+    return SourceError(
+        f"job {job.name!r}: cannot read {where} for window {describe_window(start, end)}: {problem}. {todo}"
+    )
+
+
+def job_columns(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
+    """The job's columns that ``frame`` has, in the job's order (timestamp, dimensions, features)."""
+    return frame[[column for column in job.columns if column in frame.columns]]
+
+
+def parse_timestamps(values: pd.Series) -> pd.Series:
+    """``values`` as UTC timestamps, NaT where missing or unparseable.
+
+    Naive timestamps are taken as UTC; aware ones are converted to UTC. Text is parsed value by
+    value (``format="mixed"``, as the rest of the library does). Numbers are not parsed: their
+    unit (seconds? milliseconds?) would be a guess, so they count as unparseable.
+
+    Raises ValueError when naive and aware values are mixed: the zone of the naive ones would
+    be a guess.
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.dt.tz_localize("UTC")
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    text = values.astype("string")
+    try:
+        parsed = pd.to_datetime(text, format="mixed", errors="coerce")
+    except ValueError:
+        # pandas refuses several zones without utc=True, and cannot say whether some values
+        # had none; several offsets (e.g. summer time) are fine, naive among aware is not.
+        parsed = pd.to_datetime(text, format="mixed", errors="coerce", utc=True)
+        naive = text[parsed.notna()].map(lambda value: pd.Timestamp(value).tzinfo is None)
+        if naive.any():
+            raise ValueError(
+                f"{int(naive.sum())} of {len(naive)} timestamps have no time zone while the others "
+                f"have one (first naive: {text[naive.idxmax()]!r})"
+            ) from None
+        return parsed
+    return parsed.dt.tz_localize("UTC") if parsed.dt.tz is None else parsed.dt.tz_convert("UTC")
+
+
+def window_mask(timestamps: pd.Series, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.Series:
+    """True for rows in ``[start, end)`` and for rows without a parsed timestamp.
+
+    Rows without one are kept so that validation reports them with their row numbers instead
+    of their silently vanishing.
+    """
+    inside = pd.Series(True, index=timestamps.index)
+    if start is not None:
+        inside &= timestamps >= start
+    if end is not None:
+        inside &= timestamps < end
+    return inside | timestamps.isna()

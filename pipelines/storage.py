@@ -1,0 +1,85 @@
+"""Small helpers over fsspec so that every path may be local or a URL such as ``s3://bucket/key``.
+
+``storage_options`` are passed to the fsspec file system (for s3fs: ``endpoint_url``, ``key``...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from pipelines.errors import MissingDependencyError
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """The file system holding ``url`` and the path of ``url`` inside it."""
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:
+        if fsspec.utils.get_protocol(url) in ("s3", "s3a"):
+            raise MissingDependencyError("s3fs", "s3", f"Access to {url}") from exc
+        raise
+
+
+def join(url: str, *parts: str) -> str:
+    """``url`` extended by path segments with ``/`` (valid for local paths and URLs alike)."""
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def atomic_write(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``data`` so that readers see the old content or the new one, never a partial file.
+
+    Local folders are created as needed.
+    """
+    fs, path = filesystem(url, storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        # Object stores only make an object visible once its upload completes.
+        fs.pipe_file(path, data)
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    # The temporary file is in the same folder so that os.replace stays on one file system.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """Content of the file at ``url``; raises ``FileNotFoundError`` when there is none."""
+    fs, path = filesystem(url, storage_options)
+    return fs.cat_file(path)
+
+
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return fs.exists(path)
+
+
+def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Delete the file at ``url``; a missing file is not an error."""
+    fs, path = filesystem(url, storage_options)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
+
+
+def find(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Paths of all files below the folder ``url``, relative to it and sorted; none if it is missing."""
+    fs, path = filesystem(url, storage_options)
+    # Listings are cached by some file systems (s3fs); another process may have written since.
+    fs.invalidate_cache(path)
+    prefix = path.rstrip("/") + "/"
+    return sorted(found[len(prefix) :] for found in fs.find(path) if found.startswith(prefix))

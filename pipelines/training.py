@@ -1,0 +1,166 @@
+"""Train one series' detector, register it, and promote it only if it serves at least as well.
+
+Promotion rule (documented in docs/MODELS.md): the new model is first fitted on the head of the
+training window and scored on its held-back tail, beside the serving champion scored on the same
+tail. It replaces the champion only when its normalised forecast error there is no worse than
+the champion's by more than ``PROMOTION_MARGIN``. The registered artifact is then refitted on the
+whole window. A training that raises registers nothing, so the champion keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import pipelines
+from pipelines.config import JobConfig, resolve_path
+from pipelines.detectors import BaseDetector, load_detector, make_detector
+from pipelines.errors import ModelError
+from pipelines.registry import ModelRegistry, ModelVersion
+from pipelines.workspace import Window, utcnow
+
+log = logging.getLogger(__name__)
+
+#: A challenger may be this much worse (relative error) than the champion and still be promoted:
+#: fresh data is worth a little noise in the comparison.
+PROMOTION_MARGIN = 0.05
+HOLDOUT_FRACTION = 0.2
+
+
+def registry_for(job: JobConfig) -> ModelRegistry:
+    return ModelRegistry(resolve_path(job.registry), job.outputs.storage_options)
+
+
+def detector_for(job: JobConfig, params: dict[str, Any] | None = None) -> BaseDetector:
+    return make_detector(
+        job.model.kind,
+        {**job.model.params, **(params or {})},
+        threshold_kind=job.threshold.kind,
+        threshold_value=job.threshold.value,
+    )
+
+
+def load_champion(job: JobConfig, series: str) -> tuple[ModelVersion, BaseDetector] | None:
+    registry = registry_for(job)
+    champion = registry.champion(job.name, series)
+    if champion is None:
+        return None
+    files = registry.load_files(job.name, series, champion.version)
+    return champion, load_detector(champion.metadata["model"], files)
+
+
+def holdout_error(detector: BaseDetector, holdout: pd.DataFrame, history: pd.DataFrame, scale: np.ndarray) -> float:
+    """Mean absolute error of the expected values on ``holdout``, in units of each feature's scale."""
+    detection = detector.detect(holdout, history=history)
+    errors = np.abs(detection.values - detection.expected) / scale
+    return float(np.nanmean(errors))
+
+
+def feature_scale(frame: pd.DataFrame) -> np.ndarray:
+    """A robust spread of each feature (MAD, falling back to std, then 1) to normalise errors."""
+    values = frame.to_numpy(dtype="float64")
+    median = np.nanmedian(values, axis=0)
+    mad = 1.4826 * np.nanmedian(np.abs(values - median), axis=0)
+    std = np.nanstd(values, axis=0)
+    return np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """Identifies the exact training data (timestamps, columns and values)."""
+    digest = hashlib.sha256()
+    digest.update(",".join(map(str, frame.columns)).encode())
+    digest.update(frame.index.asi8.tobytes() if isinstance(frame.index, pd.DatetimeIndex) else frame.index.to_numpy().tobytes())
+    digest.update(np.ascontiguousarray(frame.to_numpy(dtype="float64")).tobytes())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import sklearn
+
+    return {
+        "anomaly-pipelines": pipelines.__version__,
+        "pandas": pd.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    series: str
+    version: str
+    promoted: bool
+    reason: str
+    rows: int
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window, *, run_id: str) -> TrainResult:
+    """Fit, compare with the champion, register, and promote when it is no worse."""
+    if len(data) < 10:
+        raise ModelError(
+            f"job {job.name}, series {series}: only {len(data)} rows in training window {window}; "
+            "at least 10 are needed. Widen training_window or check the source."
+        )
+    registry = registry_for(job)
+    tuned = registry.tuned_params(job.name, series) or {}
+    split = int(len(data) * (1 - HOLDOUT_FRACTION))
+    head, tail = data.iloc[:split], data.iloc[split:]
+    scale = feature_scale(head)
+
+    challenger = detector_for(job, tuned).fit(head)
+    challenger_error = holdout_error(challenger, tail, head, scale)
+    metrics: dict[str, float] = {"holdout_error": challenger_error}
+
+    current = load_champion(job, series)
+    if current is None:
+        promoted, reason = True, "no champion yet"
+    else:
+        champion_version, champion = current
+        try:
+            champion_error = holdout_error(champion, tail, head, scale)
+        except Exception as exc:  # a champion that cannot score current data must be replaced
+            log.warning("job %s, series %s: champion %s cannot score: %s", job.name, series, champion_version.version, exc)
+            champion_error = float("inf")
+        metrics["champion_holdout_error"] = champion_error
+        promoted = challenger_error <= champion_error * (1 + PROMOTION_MARGIN)
+        reason = (
+            f"holdout error {challenger_error:.4g} vs champion {champion_version.version} {champion_error:.4g} "
+            f"(margin {PROMOTION_MARGIN:.0%}): {'promoted' if promoted else 'kept the champion'}"
+        )
+
+    final = detector_for(job, tuned).fit(data)
+    train_detection = final.detect(data)
+    metrics["train_anomaly_rate"] = float(train_detection.is_anomaly.any(axis=1).mean())
+    metadata = {
+        "model": job.model.kind,
+        "params": final.get_params(),
+        "tuned_params": tuned,
+        "threshold": job.threshold.model_dump(),
+        "features": list(job.features),
+        "trained_at": utcnow().isoformat(),
+        "run_id": run_id,
+        "training_window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
+        "data_start": data.index.min().isoformat(),
+        "data_end": data.index.max().isoformat(),
+        "rows": len(data),
+        "metrics": metrics,
+        "decision": {"promoted": promoted, "reason": reason},
+        "lookback": int(final.lookback_),
+        "detector": final.summary(),
+        "library_versions": library_versions(),
+        "data_fingerprint": fingerprint(data),
+    }
+    version = registry.register(job.name, series, final.to_files(), metadata)
+    if promoted:
+        registry.promote(job.name, series, version.version)
+    log.info("job %s, series %s: trained %s on %d rows; %s", job.name, series, version.version, len(data), reason)
+    return TrainResult(series, version.version, promoted, reason, len(data), metrics)

@@ -1,0 +1,134 @@
+"""Validation of raw batches with Great Expectations: built-in checks from the job's settings plus
+the job's own suite, a readable report, and quarantine of rejected batches.
+
+Failing data never raises in :func:`validate_batch`; :func:`check_and_raise` is the gate that
+stops a run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipelines.config import JobConfig
+from pipelines.errors import DataValidationError
+from pipelines.storage import atomic_write, join
+from pipelines.validation.report import SAMPLE_SIZE, CheckResult, ValidationReport, build_report
+from pipelines.validation.suite import build_suite, prepare_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from great_expectations.core import ExpectationSuite, ExpectationSuiteValidationResult
+
+__all__ = ["CheckResult", "ValidationReport", "check_and_raise", "quarantine", "save_report", "validate_batch"]
+
+log = logging.getLogger(__name__)
+
+
+def validate_batch(
+    frame: pd.DataFrame,
+    job: JobConfig,
+    *,
+    window: tuple[datetime | None, datetime | None] = (None, None),
+    suite_path: str | None = None,
+) -> ValidationReport:
+    """Check the raw ``frame`` of ``job`` for ``window``; failing data gives a failed report.
+
+    ``suite_path`` is the job's suite file, already resolved; a missing or invalid file raises
+    :class:`~pipelines.errors.ConfigError`.
+    """
+    batch = prepare_batch(frame, job)
+    result = _run(batch, build_suite(batch, job, suite_path))
+    bounds = (window[0].isoformat() if window[0] else None, window[1].isoformat() if window[1] else None)
+    report = build_report(result, job=job.name, rows=len(batch), window=bounds)
+    log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
+    return report
+
+
+def _run(batch: pd.DataFrame, suite: ExpectationSuite) -> ExpectationSuiteValidationResult:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            # In memory and without a docs site, so nothing is left on disk.
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            analytics_enabled=False,  # workers may have no network, and nothing should leave them
+            progress_bars=ProgressBarsConfig(globally=False),  # tqdm bars would flood task logs
+        ),
+    )
+    definition = (
+        context.data_sources.add_pandas("batch")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    # SUMMARY keeps a sample of unexpected values and rows; COMPLETE would keep every one of them.
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE}
+    return definition.get_batch(batch_parameters={"dataframe": batch}).validate(suite, result_format=result_format)
+
+
+def save_report(report: ValidationReport, path: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Write the report as JSON to ``path`` (local or a URL); returns ``path``."""
+    atomic_write(path, json.dumps(report.to_dict(), indent=2, allow_nan=False).encode(), storage_options)
+    return path
+
+
+def quarantine(
+    frame: pd.DataFrame,
+    report: ValidationReport,
+    directory: str,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Keep a rejected batch as ``<directory>/batch.parquet`` beside its ``validation.json``."""
+    buffer = io.BytesIO()
+    _arrow_writable(frame).to_parquet(buffer, index=False)
+    atomic_write(join(directory, "batch.parquet"), buffer.getvalue(), storage_options)
+    save_report(report, join(directory, "validation.json"), storage_options)
+    return directory
+
+
+def _arrow_writable(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each object column Arrow cannot type (mixed values) turned into strings."""
+    import pyarrow as pa
+
+    out = frame.copy()
+    for name in frame.columns[frame.dtypes == object]:
+        try:
+            pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            out[name] = frame[name].astype("str")
+    return out
+
+
+def check_and_raise(
+    frame: pd.DataFrame,
+    job: JobConfig,
+    *,
+    window: tuple[datetime | None, datetime | None] = (None, None),
+    suite_path: str | None = None,
+    report_path: str,
+    quarantine_dir: str,
+    storage_options: dict[str, Any] | None = None,
+) -> ValidationReport:
+    """Validate, save the report at ``report_path``; on failure quarantine the batch and raise
+    :class:`~pipelines.errors.DataValidationError`."""
+    report = validate_batch(frame, job, window=window, suite_path=suite_path)
+    save_report(report, report_path, storage_options)
+    if report.success:
+        return report
+    kept = quarantine(frame, report, quarantine_dir, storage_options)
+    raise DataValidationError(
+        f"{report.summary()}\nThe rejected batch is kept at {kept}; fix the source data "
+        "(or the job's validation settings) and re-run the interval.",
+        report=report.to_dict(),
+        quarantine_path=kept,
+    )

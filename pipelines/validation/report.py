@@ -1,0 +1,160 @@
+"""A GX validation result turned into what an operator needs: which check failed, on which
+column, how many values, some of them and the rows holding them; plus a JSON form."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+
+#: How many unexpected values and rows a check keeps.
+SAMPLE_SIZE = 5
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one expectation.
+
+    ``column`` is the checked column, the columns joined by ", " for multi-column checks, or
+    None for table checks. ``sample_rows`` are 0-based positions in the batch. ``detail`` is the
+    observed value of checks without per-row results, or the error GX raised.
+    """
+
+    expectation: str
+    column: str | None
+    success: bool
+    unexpected_count: int | None = None
+    sample_values: list[Any] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
+    detail: str | None = None
+
+    @classmethod
+    def from_gx(cls, result: ExpectationValidationResult) -> CheckResult:
+        config = result.expectation_config
+        kwargs = config.kwargs
+        column = kwargs.get("column") or ", ".join(kwargs.get("column_list") or []) or None
+        outcome = result.result or {}
+        error = _exception_message(result.exception_info or {})
+        if error:
+            detail = f"error: {error}"
+        elif "observed_value" in outcome:
+            detail = f"observed {_json_safe(outcome['observed_value'])}"
+        else:
+            detail = None
+        count = outcome.get("unexpected_count")
+        return cls(
+            expectation=config.type,
+            column=column,
+            success=bool(result.success),
+            unexpected_count=None if count is None else int(count),
+            sample_values=_json_safe(list(outcome.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]),
+            sample_rows=[int(row) for row in list(outcome.get("partial_unexpected_index_list") or [])[:SAMPLE_SIZE]],
+            detail=detail,
+        )
+
+    def describe(self) -> str:
+        """One line: expectation, column, count, sample values and rows, detail."""
+        parts = [self.expectation + (f" on {self.column}" if self.column else "")]
+        if self.unexpected_count is not None:
+            parts.append(f"{self.unexpected_count} unexpected")
+        if self.sample_values:
+            parts.append(f"sample values {json.dumps(self.sample_values)}")
+        if self.sample_rows:
+            parts.append(f"at rows {self.sample_rows}")
+        if self.detail:
+            parts.append(self.detail)
+        return ", ".join(parts)
+
+
+@dataclass
+class ValidationReport:
+    """The validation of one batch of one job; ``gx_result`` is GX's own result, JSON-safe."""
+
+    job: str
+    success: bool
+    checks: list[CheckResult]
+    rows: int
+    window: tuple[str | None, str | None]
+    gx_result: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [check for check in self.checks if not check.success]
+
+    def summary(self) -> str:
+        """A header line, then one line per failed check."""
+        start, end = (bound or "unbounded" for bound in self.window)
+        header = (
+            f"job {self.job}: validation of {self.rows} rows in window {start} .. {end} "
+            f"failed {len(self.failed)} of {len(self.checks)} checks"
+        )
+        return "\n".join([header, *(f"  - {check.describe()}" for check in self.failed)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "success": self.success,
+            "rows": self.rows,
+            "window": list(self.window),
+            "checks": [asdict(check) for check in self.checks],
+            "gx_result": self.gx_result,
+        }
+
+
+def build_report(
+    result: ExpectationSuiteValidationResult,
+    *,
+    job: str,
+    rows: int,
+    window: tuple[str | None, str | None],
+) -> ValidationReport:
+    checks = [CheckResult.from_gx(one) for one in result.results]
+    return ValidationReport(
+        job=job,
+        success=all(check.success for check in checks),
+        checks=checks,
+        rows=rows,
+        window=window,
+        gx_result=_json_safe(result.to_json_dict()),
+    )
+
+
+def _exception_message(info: dict[str, Any]) -> str | None:
+    # GX reports an error of the expectation itself flat, and errors of its metrics keyed by metric.
+    if "raised_exception" in info:
+        return info["exception_message"] if info["raised_exception"] else None
+    messages = {
+        str(one.get("exception_message"))
+        for one in info.values()
+        if isinstance(one, dict) and one.get("raised_exception")
+    }
+    return "; ".join(sorted(messages)) or None
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with only JSON types: missing values become null, infinities the strings "inf"/"-inf"."""
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)

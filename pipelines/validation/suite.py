@@ -1,0 +1,124 @@
+"""The Great Expectations suite a raw batch is checked against: built-in checks derived from the
+job's settings, then the expectations of the job's own suite file.
+
+Great Expectations is imported inside the functions: importing it takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
+
+from pipelines.config import JobConfig
+from pipelines.errors import ConfigError
+from pipelines.storage import read_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from great_expectations.core import ExpectationSuite
+    from great_expectations.expectations import Expectation
+
+#: Types a feature may have. GX compares a column's dtype with NumPy names and recognises pandas'
+#: nullable dtypes by their class name; in object columns it checks each value against the list,
+#: where ``int`` and ``float`` accept Python numbers.
+NUMERIC_TYPES: list[str] = [
+    *(f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)),
+    "float16",
+    "float32",
+    "float64",
+    *(f"{sign}Int{bits}Dtype" for sign in ("", "U") for bits in (8, 16, 32, 64)),
+    "Float32Dtype",
+    "Float64Dtype",
+    "int",
+    "float",
+]
+
+
+def prepare_batch(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
+    """The raw batch as GX should see it: the same rows and values, in forms GX can check and report.
+
+    Rows are renumbered 0..n-1, so the row indexes GX reports are positions in the batch.
+    """
+    batch = frame.reset_index(drop=True).infer_objects()
+    timestamp = job.timestamp
+    if timestamp in batch.columns and not is_datetime64_any_dtype(batch[timestamp]):
+        # dateutil only parses text: other values (epoch numbers, date objects) are checked as text.
+        batch[timestamp] = batch[timestamp].astype("str")
+    for name in job.features:
+        if name in batch.columns and not is_numeric_dtype(batch[name]):
+            # Numbers written as text (as CSV gives them) are numbers; the values that are not stay
+            # as they came, in an object column, where GX checks each value and names exactly them.
+            raw = batch[name].astype(object)
+            numbers = pd.to_numeric(raw, errors="coerce")
+            batch[name] = raw.where(numbers.isna(), numbers.astype(object))
+    return batch
+
+
+def build_suite(batch: pd.DataFrame, job: JobConfig, suite_path: str | None = None) -> ExpectationSuite:
+    """Built-in checks for ``batch`` (from :func:`prepare_batch`), then those of ``suite_path``.
+
+    Checks that need a missing column are left out: the column's existence check reports it.
+    """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    present = set(batch.columns)
+    timestamp = job.timestamp
+    checks: list[Expectation] = [gxe.ExpectColumnToExist(column=name) for name in job.columns]
+    if timestamp in present:
+        checks.append(gxe.ExpectColumnValuesToNotBeNull(column=timestamp))
+        if not is_datetime64_any_dtype(batch[timestamp]):
+            checks.append(gxe.ExpectColumnValuesToBeDateutilParseable(column=timestamp))
+    for name in job.features:
+        if name not in present:
+            continue
+        checks += [
+            gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES),
+            # NaN is not in the set (GX counts it as missing), so this flags exactly +/-inf.
+            gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf]),
+            gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=1 - job.validation.max_null_fraction),
+        ]
+    if present.issuperset([timestamp, *job.dimensions]):
+        # One row per timestamp and series; GX's compound check needs at least two columns.
+        checks.append(
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=[timestamp, *job.dimensions])
+            if job.dimensions
+            else gxe.ExpectColumnValuesToBeUnique(column=timestamp)
+        )
+    checks.append(gxe.ExpectTableRowCountToBeBetween(min_value=job.validation.min_rows))
+    if suite_path:
+        checks += load_expectations(suite_path)
+    return gx.ExpectationSuite(name=job.name, expectations=checks)
+
+
+def load_expectations(path: str) -> list[Expectation]:
+    """The expectations of a GX suite file (JSON, as GX writes it); raises :class:`ConfigError`."""
+    from great_expectations.core.expectation_suite import ExpectationSuiteSchema
+    from great_expectations.exceptions import GreatExpectationsError
+    from marshmallow import ValidationError
+
+    fix = "fix the file, or validation.suite in the job file"
+    try:
+        data = json.loads(read_bytes(path))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the expectation suite ({exc}); {fix}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: the expectation suite is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: an expectation suite must be a JSON object, got {type(data).__name__}; {fix}")
+    try:
+        configurations = ExpectationSuiteSchema().load(data).get("expectations", [])
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: not a valid Great Expectations suite: {exc.messages}; {fix}") from exc
+    expectations = []
+    for number, configuration in enumerate(configurations, start=1):
+        try:
+            expectations.append(configuration.to_domain_obj())
+        except (GreatExpectationsError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"{path}: expectation {number} ({configuration.type}) is not valid: {exc}; {fix}"
+            ) from exc
+    return expectations

@@ -1,0 +1,148 @@
+"""Where a run keeps its intermediate files, and the windows it works on.
+
+Tasks pass paths, not data, between each other (Airflow's XCom holds only small values):
+each run has a private folder keyed by job and run id, under ``$ANOMALY_PIPELINES_HOME/work``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipelines.config import JobConfig, base_dir, resolve_path
+from pipelines.errors import ConfigError
+from pipelines.series import series_slug
+
+
+def home() -> Path:
+    """Root of local state: work folders, quarantine, default outputs and models."""
+    return Path(os.environ.get("ANOMALY_PIPELINES_HOME", base_dir() / "var")).resolve()
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:120]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Intermediate files of one run of one job."""
+
+    job: str
+    run_id: str
+
+    @property
+    def root(self) -> Path:
+        return home() / "work" / self.job / _safe(self.run_id)
+
+    @property
+    def raw_batch(self) -> str:
+        return str(self.root / "raw.parquet")
+
+    def series_batch(self, series: str) -> str:
+        return str(self.root / "series" / f"{series_slug(series)}.parquet")
+
+    def scored(self, series: str) -> str:
+        return str(self.root / "scored" / f"{series_slug(series)}.parquet")
+
+    @property
+    def quarantine(self) -> str:
+        return str(home() / "quarantine" / self.job / _safe(self.run_id))
+
+
+def to_utc(value: datetime | str | None) -> datetime | None:
+    """A UTC-aware datetime from an ISO string or datetime; naive values are taken as UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ConfigError(f"{value!r} is not an ISO 8601 date-time (e.g. 2024-03-01T00:00:00Z)") from exc
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open time window ``[start, end)`` in UTC."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ConfigError(f"window end {self.end.isoformat()} is not after its start {self.start.isoformat()}")
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> Window:
+        """Inverse of :meth:`to_dict` (windows travel between tasks as ISO strings)."""
+        return cls(to_utc(data["start"]), to_utc(data["end"]))
+
+    def key(self) -> str:
+        return f"{self.start:%Y%m%dT%H%M%S}_{self.end:%Y%m%dT%H%M%S}"
+
+
+def prediction_window(
+    interval_start: datetime | str | None,
+    interval_end: datetime | str | None,
+    *,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+) -> Window:
+    """The window predict scores: the data interval, unless a manual run overrides either bound."""
+    chosen_start, chosen_end = to_utc(start) or to_utc(interval_start), to_utc(end) or to_utc(interval_end)
+    if chosen_start is None or chosen_end is None:
+        raise ConfigError("predict needs a window: a scheduled data interval, or both 'start' and 'end'")
+    return Window(chosen_start, chosen_end)
+
+
+def training_window(
+    job: JobConfig,
+    interval_end: datetime | str | None,
+    *,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+) -> Window:
+    """Train reads ``training_window`` back from the interval end (or the overrides)."""
+    chosen_end = to_utc(end) or to_utc(interval_end)
+    if chosen_end is None:
+        raise ConfigError("train needs an end: a scheduled data interval, or 'end'")
+    return Window(to_utc(start) or chosen_end - job.training_window, chosen_end)
+
+
+def lookback_start(window: Window, job: JobConfig, rows: int) -> datetime:
+    """Start of the history predict reads before its window so rolling features are warm."""
+    return window.start - job.frequency * rows
+
+
+def validation_report_path(job: JobConfig, purpose: str, window: Window, run_id: str) -> str:
+    """Validation results are kept next to the outputs, one JSON per run."""
+    root = resolve_path(job.outputs.parquet).rstrip("/")
+    return f"{root}/_validation/job={job.name}/{purpose}_{window.key()}_{_safe(run_id)}.json"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+__all__ = [
+    "Window",
+    "Workspace",
+    "home",
+    "lookback_start",
+    "prediction_window",
+    "to_utc",
+    "training_window",
+    "utcnow",
+    "validation_report_path",
+]

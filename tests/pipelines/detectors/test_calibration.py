@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.detectors.calibration import ScoreCalibrator, decision_threshold
+from pipelines.errors import ModelError
+
+
+@pytest.fixture
+def training_raw() -> np.ndarray:
+    return np.abs(np.random.default_rng(0).normal(size=2000))
+
+
+@pytest.fixture
+def calibrator(training_raw: np.ndarray) -> ScoreCalibrator:
+    return ScoreCalibrator().fit(training_raw)
+
+
+def test_scores_are_monotone_and_in_unit_interval(calibrator: ScoreCalibrator, training_raw: np.ndarray) -> None:
+    grid = np.linspace(-1, training_raw.max() * 3, 5000)
+    scores = calibrator.transform(grid)
+    assert np.all(np.diff(scores) >= 0)
+    assert scores.min() == 0.0 and scores.max() < 1.0
+
+
+def test_training_scores_are_roughly_uniform(calibrator: ScoreCalibrator, training_raw: np.ndarray) -> None:
+    scores = calibrator.transform(training_raw)
+    assert np.quantile(scores, [0.25, 0.5, 0.75]) == pytest.approx([0.25, 0.5, 0.75], abs=0.01)
+    assert np.mean(scores >= 0.99) == pytest.approx(0.01, abs=0.006)
+
+
+def test_tail_keeps_ranking_beyond_the_training_maximum(calibrator: ScoreCalibrator, training_raw: np.ndarray) -> None:
+    top = training_raw.max()
+    beyond = calibrator.transform(np.array([top, top + 1, top + 2, top + 4]))
+    assert np.all(np.diff(beyond) > 0)
+    assert beyond[-1] < 1.0
+
+
+@pytest.mark.parametrize("raw", [0.05, 0.7, 1.5, 3.0, 6.0])
+def test_inverse_undoes_transform(calibrator: ScoreCalibrator, raw: float) -> None:
+    assert float(calibrator.inverse(calibrator.transform(raw))) == pytest.approx(raw, rel=1e-6)
+
+
+def test_inverse_of_one_is_infinite(calibrator: ScoreCalibrator) -> None:
+    assert np.isinf(calibrator.inverse(1.0))
+
+
+def test_missing_raw_scores_stay_missing(calibrator: ScoreCalibrator) -> None:
+    out = calibrator.transform(np.array([np.nan, 1.0]))
+    assert np.isnan(out[0]) and 0 < out[1] < 1
+
+
+def test_json_round_trip_is_exact(calibrator: ScoreCalibrator) -> None:
+    restored = ScoreCalibrator.from_dict(json.loads(json.dumps(calibrator.to_dict())))
+    grid = np.linspace(0, 10, 1001)
+    np.testing.assert_array_equal(restored.transform(grid), calibrator.transform(grid))
+    np.testing.assert_array_equal(restored.inverse(grid / 10), calibrator.inverse(grid / 10))
+
+
+def test_tied_training_scores_do_not_score_high() -> None:
+    flat = ScoreCalibrator().fit(np.zeros(100))
+    assert float(flat.transform(0.0)) == 0.0
+    assert float(flat.transform(1e-6)) > 0.99
+
+
+def test_fit_needs_two_finite_scores() -> None:
+    with pytest.raises(ModelError, match="from 1 finite training score"):
+        ScoreCalibrator().fit(np.array([1.0, np.nan]))
+
+
+def test_contamination_flags_at_most_that_share_of_training() -> None:
+    scores = np.random.default_rng(1).uniform(size=1000)
+    threshold = decision_threshold(scores, "contamination", 0.01)
+    assert np.sum(scores >= threshold) == 10
+
+
+def test_contamination_threshold_is_not_undercut_by_ties() -> None:
+    scores = np.r_[np.zeros(990), np.linspace(0.5, 0.9, 10)]
+    threshold = decision_threshold(scores, "contamination", 0.2)
+    assert np.sum(scores >= threshold) == 10
+
+
+def test_contamination_too_small_to_flag_any_training_point() -> None:
+    scores = np.linspace(0, 0.9, 50)
+    threshold = decision_threshold(scores, "contamination", 0.005)
+    assert threshold > 0.9 and np.sum(scores >= threshold) == 0
+
+
+def test_score_threshold_is_the_value() -> None:
+    assert decision_threshold(np.array([0.1, 0.2]), "score", 0.97) == 0.97

@@ -1,0 +1,335 @@
+"""The contract every registered detector keeps (in the spirit of scikit-learn's
+``parametrize_with_checks``), plus the registry functions."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import pickle
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from pipelines.detectors import DETECTORS, BaseDetector, Detection, load_detector, make_detector
+from pipelines.detectors.params import MODEL_PARAMS
+from pipelines.errors import ConfigError, ModelError
+
+# Small settings keep the run short; they do not change what is checked.
+FAST_PARAMS: dict[str, dict] = {"iforest": {"n_estimators": 40, "window": 12}, "seasonal_mad": {"level_window": 12}}
+ARRAYS = ("values", "expected", "lower", "upper", "score", "feature_score", "is_anomaly")
+KINDS = sorted(DETECTORS)
+
+
+def fitted(kind: str, train: pd.DataFrame, **params) -> BaseDetector:
+    return DETECTORS[kind](**{**FAST_PARAMS.get(kind, {}), **params}).fit(train)
+
+
+def assert_same_detection(a: Detection, b: Detection, *, exact: bool = True) -> None:
+    pd.testing.assert_index_equal(a.index, b.index)
+    assert a.features == b.features
+    for name in ARRAYS:
+        left, right = getattr(a, name), getattr(b, name)
+        if exact or left.dtype == bool:
+            np.testing.assert_array_equal(left, right, err_msg=name)
+        else:
+            np.testing.assert_allclose(left, right, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.fixture
+def data(split_series: Callable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    train, test = split_series(seed=3)
+    return train, test.iloc[:48]
+
+
+def test_registry_matches_the_parameter_models() -> None:
+    assert set(DETECTORS) == set(MODEL_PARAMS)
+    for kind, cls in DETECTORS.items():
+        assert cls.kind == kind and cls.params_model is MODEL_PARAMS[kind]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_init_defaults_are_the_parameter_model_defaults(kind: str) -> None:
+    cls = DETECTORS[kind]
+    signature = inspect.signature(cls.__init__)
+    for name, field in cls.params_model.model_fields.items():
+        assert signature.parameters[name].default == field.default, name
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in signature.parameters.items() if n != "self")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fit_returns_self_and_learns(kind: str, data) -> None:
+    train, _ = data
+    detector = make_detector(kind, FAST_PARAMS.get(kind, {}))
+    assert detector.fit(train) is detector
+    assert 0.9 < detector.threshold_ < 1.0
+    assert isinstance(detector.lookback_, int) and detector.lookback_ >= 1
+    assert detector.n_features_in_ == 2 and list(detector.feature_names_in_) == ["a", "b"]
+    assert detector.training_rows_ == len(train)
+    summary = detector.summary()
+    json.dumps(summary)
+    assert summary["threshold"] == detector.threshold_ and summary["lookback"] == detector.lookback_
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_contamination_flags_about_that_share_of_training(kind: str, data) -> None:
+    train, _ = data
+    detector = fitted(kind, train, threshold_value=0.05)
+    share = detector.detect(train).score >= detector.threshold_
+    assert 0.02 <= share.mean() <= 0.05
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unfitted_detector_refuses_to_score(kind: str, data) -> None:
+    with pytest.raises(NotFittedError):
+        DETECTORS[kind]().detect(data[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_detect_does_not_change_the_model(kind: str, data) -> None:
+    train, test = data
+    detector = fitted(kind, train)
+    state, meta = pickle.dumps(detector), detector.to_files()["detector.json"]
+    detector.detect(test, history=train)
+    detector.detect(test)
+    assert pickle.dumps(detector) == state
+    assert detector.to_files()["detector.json"] == meta
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_output_shapes_types_and_ranges(kind: str, data) -> None:
+    train, test = data
+    detection = fitted(kind, train).detect(test, history=train)
+    pd.testing.assert_index_equal(detection.index, test.index)
+    assert detection.features == ["a", "b"]
+    for name in ARRAYS:
+        array = getattr(detection, name)
+        assert array.shape == test.shape, name
+        assert array.dtype == (bool if name == "is_anomaly" else np.float64), name
+    np.testing.assert_array_equal(detection.values, test.to_numpy())
+    for name in ("score", "feature_score"):
+        assert np.all((getattr(detection, name) >= 0) & (getattr(detection, name) <= 1)), name
+    assert np.all(detection.lower <= detection.expected) and np.all(detection.expected <= detection.upper)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_long_frame(kind: str, data) -> None:
+    train, test = data
+    detection = fitted(kind, train).detect(test.iloc[:3], history=train)
+    frame = detection.to_frame()
+    assert list(frame.columns) == [
+        "timestamp", "feature", "value", "expected", "lower", "upper", "score", "feature_score", "is_anomaly"
+    ]  # fmt: skip
+    assert frame["feature"].tolist() == ["a", "b"] * 3
+    assert frame["timestamp"].tolist() == [t for t in test.index[:3] for _ in range(2)]
+    assert frame["value"].tolist() == test.iloc[:3].to_numpy().ravel().tolist()
+    assert str(frame["timestamp"].dtype).endswith("UTC]") and frame["is_anomaly"].dtype == bool
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_through_files(kind: str, data) -> None:
+    train, test = data
+    detector = fitted(kind, train)
+    files = detector.to_files()
+    assert all(isinstance(content, bytes) for content in files.values())
+    assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in files)
+    restored = load_detector(kind, files)
+    assert type(restored) is type(detector) and restored.get_params() == detector.get_params()
+    assert restored.summary() == detector.summary()
+    assert_same_detection(restored.detect(test, history=train), detector.detect(test, history=train))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loading_files_of_another_kind_fails(kind: str, data) -> None:
+    other = next(k for k in KINDS if k != kind)
+    files = fitted(other, data[0]).to_files()
+    with pytest.raises(ModelError, match=f"holds a '{other}' detector"):
+        load_detector(kind, files)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_params_set_params_and_clone(kind: str, data) -> None:
+    detector = fitted(kind, data[0])
+    copy = clone(detector)
+    assert copy.get_params() == detector.get_params()
+    assert not hasattr(copy, "threshold_")
+    copy.set_params(threshold_value=0.05)
+    assert copy.get_params()["threshold_value"] == 0.05
+    assert copy.fit(data[0]).threshold_ < detector.threshold_
+
+
+BAD_PARAMS = [
+    ("iforest", "n_estimators", 1, "greater than or equal to 10"),
+    ("iforest", "window", 1, "greater than or equal to 2"),
+    ("iforest", "max_samples", 1, "'auto' or an integer >= 2"),
+    ("iforest", "max_features", 0.0, "greater than 0"),
+    ("seasonal_mad", "season", "2x", "not a duration"),
+    ("seasonal_mad", "season", 1, "at least 2"),
+    ("seasonal_mad", "level_window", 0, "greater than or equal to 1"),
+    ("seasonal_mad", "min_scale", -1.0, "greater than 0"),
+] + [
+    (kind, name, value, message)
+    for kind in KINDS
+    for name, value, message in [
+        ("threshold_kind", "top_k", "'contamination' or 'score'"),
+        ("threshold_value", 0.7, r"contamination must be in \(0, 0.5\]"),
+    ]
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "value", "message"), BAD_PARAMS)
+def test_bad_parameters_are_named(kind: str, name: str, value: object, message: str, data) -> None:
+    pattern = rf"parameter '{name}': .*{message}.*\(got {re.escape(repr(value))}\)"
+    with pytest.raises(ConfigError, match=pattern):
+        if name.startswith("threshold_"):
+            make_detector(kind, {}, **{name: value})
+        else:
+            make_detector(kind, {name: value})
+    # set_params cannot skip the check: fit checks again.
+    detector = DETECTORS[kind]().set_params(**{name: value})
+    with pytest.raises(ConfigError, match=pattern):
+        detector.fit(data[0])
+
+
+def test_unknown_kind_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown model kind 'prophet'; choose one of iforest, seasonal_mad"):
+        make_detector("prophet", {})
+    with pytest.raises(ConfigError, match="unknown model kind 'prophet'"):
+        load_detector("prophet", {})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unknown_parameter_is_named(kind: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown parameters \['windw'\] for model '{kind}'"):
+        make_detector(kind, {"windw": 3})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wrong_columns_are_named(kind: str, data) -> None:
+    train, test = data
+    detector = fitted(kind, train)
+    with pytest.raises(ModelError, match=r"missing \['b'\], extra \['c'\]"):
+        detector.detect(test.rename(columns={"b": "c"}))
+    with pytest.raises(ModelError, match=r"history must have .*missing \['b'\]"):
+        detector.detect(test, history=train[["a"]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_columns_in_another_order_are_realigned(kind: str, data) -> None:
+    train, test = data
+    detector = fitted(kind, train)
+    assert_same_detection(detector.detect(test[["b", "a"]], history=train), detector.detect(test, history=train))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_too_few_rows_says_how_many_are_needed(kind: str, data) -> None:
+    with pytest.raises(ModelError, match=r"needs at least \d+ training rows .*got 10"):
+        fitted(kind, data[0].iloc[:10])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_history_must_come_before_the_scored_rows(kind: str, data) -> None:
+    train, test = data
+    with pytest.raises(ModelError, match="history must end before the first scored row"):
+        fitted(kind, train).detect(test, history=test)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scoring_with_and_without_history(kind: str, data) -> None:
+    train, test = data
+    detector = fitted(kind, train)
+    with_history = detector.detect(test, history=train)
+    short_history = detector.detect(test, history=train.iloc[-2:])
+    without = detector.detect(test)
+    for detection in (with_history, short_history, without):
+        assert not np.isnan(detection.score).any() and not np.isnan(detection.expected).any()
+    # Once the window is past the start of the scored rows, history no longer matters.
+    late = slice(detector.lookback_ + 1, None)
+    np.testing.assert_allclose(without.score[late], with_history.score[late])
+    # Only the last lookback_ rows of history are used.
+    assert_same_detection(detector.detect(test, history=train.iloc[-detector.lookback_ :]), with_history, exact=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_split_scoring_matches_one_call(kind: str, data) -> None:
+    train, test = data
+    detector = fitted(kind, train)
+    whole = detector.detect(test, history=train)
+    first = detector.detect(test.iloc[:20], history=train)
+    second = detector.detect(test.iloc[20:], history=pd.concat([train, test.iloc[:20]]))
+    joined = Detection(
+        index=first.index.append(second.index),
+        features=first.features,
+        **{name: np.concatenate([getattr(first, name), getattr(second, name)]) for name in ARRAYS},
+    )
+    assert_same_detection(joined, whole, exact=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fixed_seed_gives_identical_results(kind: str, data) -> None:
+    train, test = data
+    first, second = fitted(kind, train), fitted(kind, train)
+    assert_same_detection(first.detect(test, history=train), second.detect(test, history=train))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_missing_values_are_reported_but_not_scored(kind: str, data) -> None:
+    train, test = data
+    train, test = train.copy(), test.copy()
+    train.iloc[[5, 50, 300], 0] = np.nan
+    test.iloc[[0, 10], 1] = np.nan
+    detection = fitted(kind, train).detect(test, history=train)
+    assert np.isnan(detection.values[[0, 10], 1]).all()
+    assert (detection.score[[0, 10], 1] == 0).all() and (detection.feature_score[[0, 10], 1] == 0).all()
+    assert not detection.is_anomaly[[0, 10], 1].any()
+    for name in ("expected", "lower", "upper", "score", "feature_score"):
+        assert not np.isnan(getattr(detection, name)).any(), name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rows_without_timestamps(kind: str, data) -> None:
+    train, test = (frame.reset_index(drop=True) for frame in data)
+    test.index += len(train)
+    params = {"season": 24} if kind == "seasonal_mad" else {}
+    detector = fitted(kind, train, **params)
+    detection = detector.detect(test, history=train)
+    pd.testing.assert_index_equal(detection.index, test.index)
+    assert_same_detection(load_detector(kind, detector.to_files()).detect(test, history=train), detection)
+    with pytest.raises(ModelError, match="must be indexed by row numbers"):
+        detector.detect(data[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_rows_to_score(kind: str, data) -> None:
+    train, test = data
+    detection = fitted(kind, train).detect(test.iloc[:0], history=train)
+    assert detection.score.shape == (0, 2) and len(detection.to_frame()) == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"a": [1.0, 2.0]}, index=pd.date_range("2024-01-01", periods=2, freq="h")), "timezone-naive"),
+        (pd.DataFrame({"a": [1.0, 2.0]}, index=[1, 0]), "sorted by its index"),
+        (pd.DataFrame({"a": ["x", "y"]}), r"non-numeric feature columns \['a'\]"),
+        (pd.DataFrame({"a": [1.0, 2.0]}, index=["p", "q"]), "indexed by UTC timestamps or row numbers"),
+        (pd.DataFrame({"a": [np.nan] * 30}), r"features \['a'\] have no values"),
+    ],
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_unusable_input_is_refused(kind: str, frame: pd.DataFrame, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        make_detector(kind, {}).fit(frame)
+
+
+def test_validating_job_files_does_not_import_the_detectors() -> None:
+    # DAG files validate jobs at every parse; pandas and scikit-learn must wait for the tasks.
+    code = "import sys, pipelines.config; print(sorted({'pandas', 'sklearn'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io
+from sklearn.preprocessing import FunctionTransformer
+
+from pipelines.detectors import load_detector
+from pipelines.detectors.iforest import IsolationForestDetector
+from pipelines.errors import ModelError
+
+SPIKE_ROWS = [9, 40, 77, 118, 151]
+
+
+@pytest.fixture
+def series(split_series: Callable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return split_series(seed=2, amplitude=2.0)
+
+
+@pytest.fixture
+def detector(series) -> IsolationForestDetector:
+    return IsolationForestDetector().fit(series[0])
+
+
+def spiked(frame: pd.DataFrame, column: int, size: float = 8.0) -> pd.DataFrame:
+    out = frame.copy()
+    out.iloc[SPIKE_ROWS, column] += size
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("column", [0, 1])
+def test_flags_injected_spikes(split_series: Callable, seed: int, column: int) -> None:
+    train, test = split_series(seed=seed, amplitude=2.0)
+    detector = IsolationForestDetector().fit(train)
+    assert detector.detect(spiked(test, column), history=train).is_anomaly[SPIKE_ROWS, column].sum() >= 4  # of 5
+
+
+def test_quiet_on_clean_data(detector: IsolationForestDetector, series) -> None:
+    train, test = series
+    assert detector.detect(test, history=train).is_anomaly.any(axis=1).mean() <= 0.02
+
+
+@pytest.mark.parametrize("column", [0, 1])
+def test_feature_score_points_at_the_disturbed_feature(detector: IsolationForestDetector, series, column: int) -> None:
+    train, test = series
+    detection = detector.detect(spiked(test, column), history=train)
+    other = 1 - column
+    assert np.all(detection.feature_score[SPIKE_ROWS, column] > detection.feature_score[SPIKE_ROWS, other])
+    assert np.all(detection.feature_score[SPIKE_ROWS, column] >= detector.threshold_)
+
+
+def test_the_row_decides_for_every_feature(detector: IsolationForestDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(spiked(test, 0), history=train)
+    np.testing.assert_array_equal(detection.score[:, 0], detection.score[:, 1])
+    np.testing.assert_array_equal(detection.is_anomaly[:, 0], detection.is_anomaly[:, 1])
+    np.testing.assert_array_equal(detection.is_anomaly[:, 0], detection.score[:, 0] >= detector.threshold_)
+
+
+def test_band_is_where_the_feature_score_reaches_the_threshold(detector: IsolationForestDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(spiked(test, 0, size=4.0), history=train)
+    outside = (detection.values < detection.lower) | (detection.values > detection.upper)
+    np.testing.assert_array_equal(outside, detection.feature_score >= detector.threshold_)
+
+
+def test_expected_is_the_median_of_the_previous_window(detector: IsolationForestDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(test, history=train)
+    assert detection.expected[0, 0] == train["a"].iloc[-24:].median()
+    assert detection.expected[30, 1] == test["b"].iloc[6:30].median()
+
+
+def test_warm_up_without_history_scores_every_row(series) -> None:
+    train, _ = series
+    detection = IsolationForestDetector(n_estimators=50).fit(train).detect(train.iloc[:30])
+    assert not np.isnan(detection.score).any() and not np.isnan(detection.feature_score).any()
+    assert detection.expected[0, 0] == train["a"].iloc[0]
+
+
+def test_summary_describes_the_forest(detector: IsolationForestDetector) -> None:
+    summary = detector.summary()
+    assert summary["n_estimators"] == 200 and summary["max_samples"] == 256
+
+
+def test_artifact_holds_the_model_as_skops(detector: IsolationForestDetector) -> None:
+    files = detector.to_files()
+    assert set(files) == {"detector.json", "arrays.npz", "model.skops"}
+    assert skops.io.get_untrusted_types(data=files["model.skops"]) == ["numpy.dtype", "sklearn.tree._tree.Tree"]
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        (lambda files: {k: v for k, v in files.items() if k != "model.skops"}, "lacks model.skops"),
+        (lambda files: {**files, "model.skops": b"not a zip"}, "cannot load the iforest model"),
+        (
+            lambda files: {**files, "model.skops": skops.io.dumps(FunctionTransformer(func=print))},
+            "cannot load the iforest model from model.skops: .*builtins.print",
+        ),
+    ],
+    ids=["missing", "damaged", "untrusted"],
+)
+def test_bad_model_file_is_refused(detector: IsolationForestDetector, replace: Callable, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        load_detector("iforest", replace(detector.to_files()))

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.detectors import Detection
+from pipelines.detectors.seasonal_mad import SeasonalMADDetector
+from pipelines.errors import ConfigError, ModelError
+
+SPIKE_ROWS = [9, 40, 77, 118, 151]
+
+
+@pytest.fixture
+def series(split_series: Callable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return split_series(seed=7)
+
+
+@pytest.fixture
+def detector(series) -> SeasonalMADDetector:
+    return SeasonalMADDetector().fit(series[0])
+
+
+def spiked(frame: pd.DataFrame, rows: list[int], column: int = 0, size: float = 8.0) -> pd.DataFrame:
+    out = frame.copy()
+    out.iloc[rows, column] += size
+    return out
+
+
+def test_flags_injected_spikes(detector: SeasonalMADDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(spiked(test, SPIKE_ROWS), history=train)
+    assert detection.is_anomaly[SPIKE_ROWS, 0].sum() >= 4
+    assert np.all(detection.score[SPIKE_ROWS, 0] > 0.999)
+
+
+def test_features_are_scored_independently(detector: SeasonalMADDetector, series) -> None:
+    train, test = series
+    clean = detector.detect(test, history=train)
+    disturbed = detector.detect(spiked(test, SPIKE_ROWS), history=train)
+    np.testing.assert_array_equal(disturbed.score[:, 1], clean.score[:, 1])
+    assert not np.array_equal(disturbed.score[:, 0], clean.score[:, 0])
+
+
+def test_quiet_on_clean_data(detector: SeasonalMADDetector, series) -> None:
+    train, test = series
+    assert detector.detect(test, history=train).is_anomaly.mean() <= 0.02
+
+
+def test_detects_a_level_shift_at_its_start_then_adapts(detector: SeasonalMADDetector, series) -> None:
+    train, test = series
+    shifted = test.copy()
+    shifted.iloc[48:, 0] += 6.0
+    flagged = detector.detect(shifted, history=train).is_anomaly[:, 0]
+    assert flagged[48:52].all()
+    assert flagged[48 + 2 * detector.lookback_ :].mean() <= 0.03
+
+
+def test_band_matches_the_decision(detector: SeasonalMADDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(spiked(test, SPIKE_ROWS, size=5.0), history=train)
+    outside = (detection.values < detection.lower) | (detection.values > detection.upper)
+    np.testing.assert_array_equal(outside, detection.is_anomaly)
+
+
+def test_expected_follows_the_daily_cycle(detector: SeasonalMADDetector, series) -> None:
+    train, test = series
+    detection: Detection = detector.detect(test, history=train)
+    hours = test.index.hour
+    peak, trough = detection.expected[hours == 6, 0].mean(), detection.expected[hours == 18, 0].mean()
+    assert peak - trough == pytest.approx(6.0, abs=0.6)
+    assert np.median(np.abs(detection.values - detection.expected)) < 1.0
+
+
+def test_season_in_rows_equals_season_as_duration(series) -> None:
+    train, test = series
+    by_rows = SeasonalMADDetector(season=24).fit(train).detect(test, history=train)
+    by_duration = SeasonalMADDetector(season="1d").fit(train).detect(test, history=train)
+    for name in ("expected", "lower", "upper", "score"):
+        np.testing.assert_array_equal(getattr(by_rows, name), getattr(by_duration, name))
+
+
+def test_without_season_the_cycle_counts_as_noise(detector: SeasonalMADDetector, series) -> None:
+    plain = SeasonalMADDetector(season=None).fit(series[0])
+    assert plain.n_slots_ == 1 and plain.profile_.shape == (1, 2)
+    assert np.all(plain.scale_[0] > 1.5 * np.median(detector.scale_, axis=0))
+
+
+def test_weekly_season_has_one_slot_per_hour_of_the_week(series) -> None:
+    assert SeasonalMADDetector(season="1w").fit(series[0]).n_slots_ == 168
+
+
+def test_scale_per_slot_when_every_slot_has_enough_points(split_series: Callable) -> None:
+    train, _ = split_series(seed=2, train_days=60)
+    train = train.copy()
+    noisy_hours = train.index.hour < 6
+    train.loc[noisy_hours, "a"] += np.random.default_rng(0).normal(scale=3.0, size=noisy_hours.sum())
+    per_slot = SeasonalMADDetector().fit(train).scale_[:, 0]
+    assert np.median(per_slot[:6]) > 2.5 * np.median(per_slot[6:])
+    pooled = SeasonalMADDetector().fit(train.iloc[: 24 * 40]).scale_[:, 0]
+    assert np.all(pooled == pooled[0])
+
+
+def test_flat_series_uses_the_scale_floor(series) -> None:
+    train, test = (frame.assign(a=5.0) for frame in series)
+    detector = SeasonalMADDetector(min_scale=0.01).fit(train)
+    assert np.all(detector.scale_[:, 0] == 0.01)
+    detection = detector.detect(test.assign(a=[5.0] * 10 + [5.5] + [5.0] * (len(test) - 11)), history=train)
+    assert np.flatnonzero(detection.is_anomaly[:, 0]).tolist() == [10]
+
+
+def test_duration_season_needs_timestamps(series) -> None:
+    with pytest.raises(ConfigError, match="parameter 'season' is the duration '1d' but the data has no timestamps"):
+        SeasonalMADDetector(season="1d").fit(series[0].reset_index(drop=True))
+
+
+def test_season_must_span_two_rows(series) -> None:
+    with pytest.raises(ConfigError, match="must span at least two rows of the data"):
+        SeasonalMADDetector(season="1h").fit(series[0])
+
+
+def test_needs_two_full_seasons(series) -> None:
+    with pytest.raises(ModelError, match=r"at least 48 training rows \(two full seasons of 24 rows\); got 30"):
+        SeasonalMADDetector().fit(series[0].iloc[:30])
+
+
+def test_summary_describes_the_season(detector: SeasonalMADDetector) -> None:
+    summary = detector.summary()
+    assert summary["season_slots"] == 24 and summary["step"] == "0 days 01:00:00"
+    assert summary["median_scale"] == pytest.approx([1.0, 1.0], abs=0.2)

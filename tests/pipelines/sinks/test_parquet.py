@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines import schema, storage
+from pipelines.errors import SinkError
+from pipelines.sinks import ParquetSink
+
+
+def at(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+def expected(*frames: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat(frames).sort_values(["series", "timestamp", "feature"], ignore_index=True)
+
+
+def test_same_window_twice_gives_the_same_rows(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    for _ in range(2):
+        paths = sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    assert paths == [str(tmp_path / "job=sales" / "date=2024-01-05" / "part-0.parquet")]
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+
+
+def test_overlapping_later_window_replaces_only_its_rows(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    first = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
+    later = make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="r2")
+    sink.write(first, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    sink.write(later, job="sales", dimensions=[], start=at("2024-01-05 12:00"), end=at("2024-01-06 12:00"))
+
+    rows = sink.read(job="sales")
+    kept = first[first["timestamp"] < at("2024-01-05 12:00")]
+    pd.testing.assert_frame_equal(rows, expected(kept, later))
+    assert set(rows.loc[rows["timestamp"] < at("2024-01-05 12:00"), "run_id"]) == {"r1"}
+    assert set(rows.loc[rows["timestamp"] >= at("2024-01-05 12:00"), "run_id"]) == {"r2"}
+
+
+def test_window_spanning_two_dates_writes_one_file_per_date(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    frame = make_frame("sales", "2024-01-05 18:00", "2024-01-06 12:00", dimensions=("region",))
+    window = {"start": at("2024-01-05 18:00"), "end": at("2024-01-06 12:00")}
+    paths = sink.write(frame, job="sales", dimensions=["region"], **window)
+
+    assert [p.split("/")[-2] for p in paths] == ["date=2024-01-05", "date=2024-01-06"]
+    first_day = pd.read_parquet(paths[0])
+    assert list(first_day.columns) == schema.output_columns(["region"])[1:]  # the job is in the folder name
+    assert set(first_day["timestamp"]) == {at("2024-01-05 18:00")}
+    assert set(first_day["region"]) == {"a", "b"}
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+    # Hive-aware readers see the whole dataset with the job and date taken from the folders.
+    dataset = pd.read_parquet(tmp_path)
+    assert len(dataset) == len(frame)
+    assert set(dataset["job"].astype(str)) == {"sales"}
+    assert set(dataset["date"].astype(str)) == {"2024-01-05", "2024-01-06"}
+
+
+def test_window_without_new_rows_removes_the_old_ones(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    frame = make_frame("sales", "2024-01-05", "2024-01-07")
+    sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-07"))
+
+    written = sink.write(frame.iloc[:0], job="sales", dimensions=[], start=at("2024-01-05 12:00"), end=at("2024-01-07"))
+
+    assert [p.split("/")[-2] for p in written] == ["date=2024-01-05"]
+    assert storage.find(str(tmp_path)) == ["job=sales/date=2024-01-05/part-0.parquet"]
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame[frame["timestamp"] < at("2024-01-05 12:00")]))
+
+
+def test_read_prunes_date_partitions_then_filters(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    frame = make_frame("sales", "2024-01-04", "2024-01-07")
+    sink.write(frame, job="sales", dimensions=[], start=at("2024-01-04"), end=at("2024-01-07"))
+    other = make_frame("other", "2024-01-05", "2024-01-06")
+    sink.write(other, job="other", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    # Files outside the asked range must not even be opened.
+    for day in ("2024-01-04", "2024-01-06"):
+        (tmp_path / "job=sales" / f"date={day}" / "part-0.parquet").write_bytes(b"not parquet")
+
+    rows = sink.read(job="sales", start=at("2024-01-05 06:00"), end=at("2024-01-06"))
+
+    inside = (frame["timestamp"] >= at("2024-01-05 06:00")) & (frame["timestamp"] < at("2024-01-06"))
+    pd.testing.assert_frame_equal(rows, expected(frame[inside]))
+    with pytest.raises(pa.ArrowInvalid, match="Parquet"):
+        sink.read(job="sales")
+
+
+def test_read_of_nothing_is_an_empty_frame_in_the_output_schema(tmp_path) -> None:
+    rows = ParquetSink(str(tmp_path)).read(job="sales", start=at("2024-01-01"), end=at("2024-01-02"))
+    assert rows.empty
+    assert list(rows.columns) == schema.output_columns([])
+    assert str(rows["timestamp"].dtype) == "datetime64[us, UTC]"
+
+
+def test_s3_round_trip(s3_bucket, make_frame) -> None:
+    bucket, options = s3_bucket
+    sink = ParquetSink(f"s3://{bucket}/outputs", options)
+    frame = make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", dimensions=("region",))
+    for _ in range(2):
+        paths = sink.write(
+            frame, job="sales", dimensions=["region"], start=at("2024-01-05 12:00"), end=at("2024-01-06 12:00")
+        )
+
+    assert paths == [f"s3://{bucket}/outputs/job=sales/date=2024-01-0{d}/part-0.parquet" for d in (5, 6)]
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+    only_day = sink.read(job="sales", start=at("2024-01-06"))
+    assert set(only_day["timestamp"].dt.date.astype(str)) == {"2024-01-06"}
+
+
+def test_rows_outside_the_window_are_refused(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    with pytest.raises(SinkError, match=r"job 'sales'.*8 of 8 rows .* outside the window"):
+        sink.write(frame, job="sales", dimensions=[], start=at("2024-01-06"), end=at("2024-01-07"))
+    with pytest.raises(SinkError, match="another job"):
+        sink.write(frame, job="other", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    assert storage.find(str(tmp_path)) == []
+
+
+def test_naive_window_is_refused(tmp_path, make_frame) -> None:
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    with pytest.raises(ValueError, match="no time zone"):
+        ParquetSink(str(tmp_path)).write(
+            frame, job="sales", dimensions=[], start=datetime(2024, 1, 5), end=at("2024-01-06")
+        )

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from pipelines.sources.base import (
+    EARLIEST,
+    LATEST,
+    bounds,
+    describe_window,
+    parse_timestamps,
+    utc_bound,
+    window_mask,
+)
+
+
+def at(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["2024-01-01 01:00:00", "2024-01-01T02:00"], [at("2024-01-01 01:00"), at("2024-01-01 02:00")]),
+        (["2024-01-01T01:00+01:00", "2024-07-01T02:00+02:00"], [at("2024-01-01 00:00"), at("2024-07-01 00:00")]),
+        (["2024-01-01T01:00:00Z", "not a time", None], [at("2024-01-01 01:00"), pd.NaT, pd.NaT]),
+        (pd.Series([1704067200, 5]), [pd.NaT, pd.NaT]),
+        (pd.Series(pd.to_datetime(["2024-01-01 01:00"])), [at("2024-01-01 01:00")]),
+        (pd.Series(pd.to_datetime(["2024-01-01 01:00"]).tz_localize("Asia/Tokyo")), [at("2023-12-31 16:00")]),
+    ],
+    ids=["naive-text", "offsets", "unparseable", "numbers", "naive-datetime", "aware-datetime"],
+)
+def test_parse_timestamps_gives_utc(values, expected) -> None:
+    parsed = parse_timestamps(pd.Series(values))
+
+    assert str(parsed.dt.tz) == "UTC"
+    assert [None if pd.isna(v) else v for v in parsed] == [None if pd.isna(v) else v for v in expected]
+
+
+def test_parse_timestamps_refuses_naive_among_aware() -> None:
+    values = pd.Series(["2024-01-01T01:00+01:00", "2024-01-01 02:00", "2024-07-01T01:00+02:00", "junk"])
+
+    with pytest.raises(ValueError, match=r"1 of 3 timestamps have no time zone .*first naive: '2024-01-01 02:00'"):
+        parse_timestamps(values)
+
+
+def test_window_mask_is_start_inclusive_end_exclusive_and_keeps_missing() -> None:
+    start, end = at("2024-01-01 01:00"), at("2024-01-01 03:00")
+    tick = pd.Timedelta(microseconds=1)
+    times = pd.Series([start - tick, start, end - tick, end, pd.NaT])
+
+    assert window_mask(times, start, end).tolist() == [False, True, True, False, True]
+    assert window_mask(times, None, None).all()
+
+
+def test_bounds_are_utc_and_unbounded_sides_are_extremes() -> None:
+    tokyo = datetime(2024, 1, 1, 9, tzinfo=timezone(timedelta(hours=9)))
+
+    assert utc_bound(tokyo) == at("2024-01-01 00:00") and str(utc_bound(tokyo).tz) == "UTC"
+    assert bounds(None, None) == (EARLIEST, LATEST)
+    assert describe_window(utc_bound(tokyo), None) == "[2024-01-01T00:00:00+00:00, unbounded)"
+    with pytest.raises(ValueError, match="window bounds must be timezone-aware"):
+        utc_bound(datetime(2024, 1, 1))

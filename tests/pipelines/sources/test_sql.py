@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pipelines.errors import ConfigError, SourceError
+from pipelines.sources import SqlReader, read_window
+from pipelines.sources.base import parse_timestamps
+
+HOSTILE = "x'; DROP TABLE metrics; --"
+
+
+def at(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+START, END = at("2024-01-01 01:00"), at("2024-01-01 03:00")
+
+
+@dataclass(frozen=True)
+class Table:
+    url: str
+    name: str
+
+    def count(self) -> int:
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as connection:
+                return connection.execute(sa.text(f"SELECT count(*) FROM {self.name}")).scalar_one()
+        finally:
+            engine.dispose()
+
+
+def make_table(url: str, hourly: pd.DataFrame, *, aware: bool) -> Table:
+    """``hourly`` written by pandas, plus a row whose host is an injection attempt."""
+    times = pd.to_datetime(hourly["ts"])
+    rows = hourly.assign(ts=times.dt.tz_localize("UTC") if aware else times)
+    rows.loc[len(rows)] = ["hostile", rows["ts"].iloc[1], HOSTILE, 9.0]
+    name = f"metrics_{uuid.uuid4().hex[:8]}"  # the PostgreSQL database lives for the whole session
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        rows.to_sql(name, connection, index=False)
+    engine.dispose()
+    return Table(url, name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def table(request: pytest.FixtureRequest, tmp_path, hourly: pd.DataFrame) -> Table:
+    """Naive UTC in SQLite (stored as text), timestamptz in PostgreSQL."""
+    if request.param == "sqlite":
+        return make_table(f"sqlite:///{tmp_path / 'metrics.db'}", hourly, aware=False)
+    return make_table(request.getfixturevalue("postgres_url"), hourly, aware=True)
+
+
+def sql_job(make_job, url: str, query: str, **params):
+    return make_job({"kind": "sql", "connection": {"url": url}, "query": query, "params": params})
+
+
+def window_query(table: Table, extra: str = "") -> str:
+    where = f"ts >= :start AND ts < :end {extra}"
+    return f"SELECT note, ts, host, value FROM {table.name} WHERE {where} ORDER BY ts, host"
+
+
+def frame_hours(frame: pd.DataFrame) -> list[str]:
+    return [ts.strftime("%H:%M") for ts in parse_timestamps(frame["ts"])]
+
+
+def test_sqlite_compares_the_bounds_with_the_text_pandas_stores(make_job, hourly, tmp_path) -> None:
+    table = make_table(f"sqlite:///{tmp_path / 'metrics.db'}", hourly, aware=False)
+    engine = sa.create_engine(table.url)
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text(f"SELECT ts FROM {table.name} ORDER BY ts LIMIT 1")).scalar_one()
+    engine.dispose()
+    assert stored == "2024-01-01 00:00:00.000000"
+
+    frame = read_window(sql_job(make_job, table.url, window_query(table)), at("2024-01-01 00:00"), START)
+
+    assert frame["ts"].tolist() == ["2024-01-01 00:00:00.000000"]  # raw, as stored
+
+
+def test_window_is_exact_at_both_bounds(make_job, table: Table) -> None:
+    frame = read_window(sql_job(make_job, table.url, window_query(table)), START, END)
+
+    assert list(frame.columns) == ["ts", "host", "value"]
+    assert list(parse_timestamps(frame["ts"])) == [START, START, at("2024-01-01 02:00")]
+    assert frame["host"].tolist() == ["b", HOSTILE, "a"]
+
+
+@pytest.mark.postgres
+def test_postgres_window_is_exact_whatever_the_session_time_zone(make_job, hourly, postgres_url: str) -> None:
+    # Tokyo is UTC+9: a bound sent without its offset would be read as Tokyo time.
+    table = make_table(f"{postgres_url}?options=-c%20timezone%3DAsia/Tokyo", hourly, aware=True)
+
+    frame = read_window(sql_job(make_job, table.url, window_query(table)), START, END)
+
+    assert list(parse_timestamps(frame["ts"])) == [START, START, at("2024-01-01 02:00")]
+
+
+def test_unbounded_window_reads_everything(make_job, table: Table) -> None:
+    job = sql_job(make_job, table.url, window_query(table))
+
+    assert len(read_window(job, None, None)) == 7
+    assert frame_hours(read_window(job, None, START)) == ["00:00"]
+    assert frame_hours(read_window(job, at("2024-01-01 04:00"), None)) == ["04:00", "05:00"]
+
+
+def test_params_are_bound(make_job, table: Table) -> None:
+    query = window_query(table, "AND host = :host AND value >= :least")
+    job = sql_job(make_job, table.url, query, host="a", least=2)
+
+    frame = read_window(job, None, None)
+
+    assert frame["host"].tolist() == ["a", "a"] and frame["value"].tolist() == [2.0, 4.0]
+
+
+def test_hostile_param_is_compared_literally(make_job, table: Table) -> None:
+    job = sql_job(make_job, table.url, window_query(table, "AND host = :host"), host=HOSTILE)
+
+    frame = read_window(job, None, None)
+
+    assert frame["host"].tolist() == [HOSTILE] and frame["value"].tolist() == [9.0]
+    assert table.count() == 7
+
+
+def test_empty_window_gives_empty_frame_with_the_columns(make_job, table: Table) -> None:
+    frame = read_window(sql_job(make_job, table.url, window_query(table)), at("2025-01-01"), None)
+
+    assert frame.empty and list(frame.columns) == ["ts", "host", "value"]
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("SELECT * FROM missing_table WHERE ts >= :start AND ts < :end", "missing_table"),
+        ("SELEC ts FROM {table} WHERE ts >= :start AND ts < :end", "syntax error"),
+        ("SELECT * FROM {table} WHERE ts >= :start AND ts < :end AND host = :host", "host"),
+    ],
+    ids=["table-missing", "syntax", "unset-param"],
+)
+def test_failing_query_is_a_source_error_naming_job_source_and_window(
+    make_job, table: Table, query: str, reason: str
+) -> None:
+    job = sql_job(make_job, table.url, query.format(table=table.name))
+
+    with pytest.raises(SourceError, match=r"^job 'cpu_load': cannot read sql source \(") as caught:
+        read_window(job, START, END)
+    message = str(caught.value)
+    assert "window [2024-01-01T01:00:00+00:00, 2024-01-01T03:00:00+00:00): the query failed (" in message
+    assert reason in message and "Check the query against the database" in message
+    assert isinstance(caught.value.__cause__, sa.exc.StatementError)
+
+
+def test_unreachable_database_is_a_source_error_without_the_password(make_job) -> None:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql+psycopg2://reader:s3cr3t@127.0.0.1:{port}/metrics"
+    job = sql_job(make_job, url, "SELECT 1 WHERE :start < :end")
+    redacted = re.escape(f"postgresql+psycopg2://reader:***@127.0.0.1:{port}/metrics")
+
+    expected = rf"(?s)^job 'cpu_load': cannot read sql source \({redacted}\) for window .*: cannot connect to"
+    with pytest.raises(SourceError, match=expected + r".*Check that the database is running") as caught:
+        read_window(job, START, END)
+    assert "s3cr3t" not in str(caught.value) and "s3cr3t" not in str(caught.value.__cause__)
+
+
+def test_url_from_the_environment(make_job, table: Table, monkeypatch) -> None:
+    monkeypatch.setenv("METRICS_DB_URL", table.url)
+    job = make_job({"kind": "sql", "connection": {"url_env": "METRICS_DB_URL"}, "query": window_query(table)})
+
+    assert len(read_window(job, START, END)) == 3
+
+
+def test_url_env_not_set_is_a_config_error(make_job, monkeypatch) -> None:
+    monkeypatch.delenv("METRICS_DB_URL", raising=False)
+    source = {"kind": "sql", "connection": {"url_env": "METRICS_DB_URL"}, "query": "SELECT :start < :end"}
+    job = make_job(source)
+
+    with pytest.raises(ConfigError, match="environment variable METRICS_DB_URL is not set"):
+        read_window(job, START, END)
+
+
+def test_params_may_not_replace_the_window(make_job) -> None:
+    job = sql_job(make_job, "sqlite://", "SELECT 1 WHERE :start < :end", start="2020-01-01")
+
+    with pytest.raises(ConfigError, match=r"source.params must not set \['start'\]"):
+        SqlReader(job)

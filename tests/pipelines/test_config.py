@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import get_job, load_job_file, load_jobs, parse_job, resolve_path
+from pipelines.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def minimal(**overrides) -> dict:
+    job = {
+        "name": "web",
+        "source": {"kind": "file", "path": "data/x.csv"},
+        "timestamp": "ts",
+        "frequency": "1h",
+        "features": ["value"],
+        "model": {"kind": "seasonal_mad"},
+    }
+    job.update(overrides)
+    return job
+
+
+def test_every_shipped_job_file_is_valid():
+    jobs = load_jobs(REPO / "config" / "jobs")
+    assert {"demo_web_metrics", "demo_sensors"} <= set(jobs)
+    for job in jobs.values():
+        assert job.features and job.schedules.predict
+
+
+def test_defaults_and_durations():
+    job = parse_job(minimal(training_window="14d", frequency="15min"))
+    assert job.frequency == timedelta(minutes=15)
+    assert job.training_window == timedelta(days=14)
+    assert job.threshold.kind == "contamination"
+    assert job.columns == ["ts", "value"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "reason"),
+    [
+        ({"bogus": 1}, "bogus", "unknown field"),
+        ({"model": {"kind": "prophet2"}}, "model", "unknown model kind 'prophet2'; choose one of iforest, seasonal_mad"),
+        ({"model": {"kind": "iforest", "params": {"n_estimators": 3}}}, "model", "params.n_estimators"),
+        ({"model": {"kind": "iforest", "params": {"trees": 3}}}, "model", "params.trees: Extra inputs"),
+        ({"schedules": {"predict": "every hour"}}, "schedules.predict", "not a valid cron expression"),
+        ({"frequency": "hourly"}, "frequency", "is not a duration"),
+        ({"features": []}, "features", "at least 1 item"),
+        ({"name": "Web-Job"}, "name", "lower-case letter"),
+        ({"dimensions": ["value"]}, "(top level)", "columns used twice"),
+        ({"threshold": {"kind": "contamination", "value": 0.9}}, "threshold", "contamination must be in (0, 0.5]"),
+        (
+            {"source": {"kind": "sql", "connection": {"url": "sqlite://"}, "query": "SELECT * FROM t"}},
+            "source.sql.query",
+            "bound parameters :start and :end",
+        ),
+        (
+            {"source": {"kind": "sql", "connection": {"url": "sqlite://", "conn_id": "x"}, "query": "x :start :end"}},
+            "source.sql.connection",
+            "exactly one of url, url_env, conn_id",
+        ),
+        ({"source": {"kind": "ftp", "path": "x"}}, "source", "does not match any of the expected tags"),
+    ],
+)
+def test_errors_name_file_field_and_reason(overrides, field, reason):
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(**overrides), source="jobs/web.yaml")
+    message = str(info.value)
+    assert message.startswith("jobs/web.yaml: invalid job configuration")
+    line = next(line for line in message.splitlines() if line.strip().startswith(f"{field}:"))
+    assert reason in line
+
+
+def test_load_jobs_rejects_duplicate_names(tmp_path):
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text(yaml.safe_dump(minimal()))
+    with pytest.raises(ConfigError, match=r"b.yaml: job name 'web' is already used by .*a.yaml"):
+        load_jobs(tmp_path)
+
+
+def test_unreadable_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_job_file(path)
+
+
+def test_get_job_lists_known_jobs(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(minimal()))
+    with pytest.raises(ConfigError, match="no job named 'nope'; configured jobs: web"):
+        get_job("nope", tmp_path)
+
+
+def test_relative_paths_resolve_against_base_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(tmp_path))
+    assert resolve_path("data/x.csv") == str(tmp_path / "data" / "x.csv")
+    assert resolve_path("s3://bucket/x.csv") == "s3://bucket/x.csv"
+    assert resolve_path("/abs/x.csv") == "/abs/x.csv"
+
+
+def test_connection_description_hides_password():
+    job = parse_job(
+        minimal(
+            source={
+                "kind": "sql",
+                "connection": {"url": "postgresql://user:s3cret@db/x"},
+                "query": "select * from t where ts >= :start and ts < :end",
+            }
+        )
+    )
+    assert "s3cret" not in job.source.describe()
+    assert "user:***@db" in job.source.describe()

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pipelines import storage
+from pipelines.errors import ModelError
+from pipelines.registry import ModelRegistry
+
+SERIES = "region=eu/west,host=a b"  # characters that must be escaped in a folder name
+
+
+@pytest.fixture(params=["local", "s3"])
+def registry(request: pytest.FixtureRequest, tmp_path) -> ModelRegistry:
+    if request.param == "local":
+        return ModelRegistry(str(tmp_path / "models"))
+    bucket, options = request.getfixturevalue("s3_bucket")
+    return ModelRegistry(f"s3://{bucket}/models", options)
+
+
+def test_register_promote_champion_round_trip(registry: ModelRegistry) -> None:
+    assert registry.champion("sales", SERIES) is None
+    first = registry.register("sales", SERIES, {"model.skops": b"m1", "scaler.skops": b"s1"}, {"score": 0.5})
+    second = registry.register("sales", SERIES, {"model.skops": b"m2"}, {"score": 0.7})
+
+    assert first.metadata["score"] == 0.5
+    assert {k: first.metadata[k] for k in ("job", "series", "version")} == {
+        "job": "sales",
+        "series": SERIES,
+        "version": first.version,
+    }
+    assert first.metadata["registered_at"].endswith("+00:00")
+    assert [v.version for v in registry.versions("sales", SERIES)] == [first.version, second.version]
+    assert registry.versions("sales", SERIES)[1] == second
+    assert registry.series("sales") == [SERIES]
+    assert registry.load_files("sales", SERIES, first.version) == {"model.skops": b"m1", "scaler.skops": b"s1"}
+
+    registry.promote("sales", SERIES, first.version)
+    assert registry.champion("sales", SERIES) == first
+    registry.promote("sales", SERIES, second.version)
+    assert registry.champion("sales", SERIES) == second
+
+
+def test_version_without_metadata_is_invisible(registry: ModelRegistry) -> None:
+    kept = registry.register("sales", "all", {"model.skops": b"ok"}, {})
+    registry.promote("sales", "all", kept.version)
+    # A registration that crashed after its artifacts, before metadata.json.
+    crashed = "29990101T000000000000Z-abcdef"
+    storage.atomic_write(
+        storage.join(registry.root, "sales", "all", "versions", crashed, "model.skops"),
+        b"partial",
+        registry.storage_options,
+    )
+    storage.atomic_write(
+        storage.join(registry.root, "sales", "other", "versions", crashed, "model.skops"),
+        b"partial",
+        registry.storage_options,
+    )
+
+    assert [v.version for v in registry.versions("sales", "all")] == [kept.version]
+    assert registry.series("sales") == ["all"]
+    with pytest.raises(ModelError, match=rf"no complete model version '{crashed}'.*known versions: {kept.version}$"):
+        registry.promote("sales", "all", crashed)
+    with pytest.raises(ModelError, match="no complete model version"):
+        registry.load_files("sales", "all", crashed)
+    assert registry.champion("sales", "all") == kept
+
+
+def test_promote_of_a_missing_version_keeps_the_champion(registry: ModelRegistry) -> None:
+    kept = registry.register("sales", "all", {"model.skops": b"ok"}, {})
+    registry.promote("sales", "all", kept.version)
+    with pytest.raises(ModelError, match="no complete model version 'nope'"):
+        registry.promote("sales", "all", "nope")
+    assert registry.champion("sales", "all") == kept
+
+
+def test_failed_champion_write_keeps_the_old_champion(tmp_path, monkeypatch) -> None:
+    registry = ModelRegistry(str(tmp_path))
+    kept = registry.register("sales", "all", {"model.skops": b"ok"}, {})
+    newer = registry.register("sales", "all", {"model.skops": b"better"}, {})
+    registry.promote("sales", "all", kept.version)
+
+    def crash(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        registry.promote("sales", "all", newer.version)
+    monkeypatch.undo()
+    assert registry.champion("sales", "all") == kept
+    assert sorted(p.name for p in (tmp_path / "sales" / "all").iterdir()) == ["champion.json", "versions"]
+
+
+def test_promote_in_an_empty_registry_says_to_train(registry: ModelRegistry) -> None:
+    with pytest.raises(ModelError, match=r"known versions: none \(train the job first\)"):
+        registry.promote("sales", "all", "nope")
+
+
+def test_many_registrations_give_unique_sorted_versions(tmp_path) -> None:
+    registry = ModelRegistry(str(tmp_path))
+    registered = [registry.register("sales", "all", {}, {"i": i}).version for i in range(30)]
+    assert len(set(registered)) == 30
+    listed = registry.versions("sales", "all")
+    assert [v.version for v in listed] == registered == sorted(registered)
+    assert [v.metadata["i"] for v in listed] == list(range(30))
+
+
+@pytest.mark.parametrize("name", ["metadata.json", "sub/model.skops", ".."])
+def test_invalid_artifact_names_are_refused(tmp_path, name: str) -> None:
+    registry = ModelRegistry(str(tmp_path))
+    with pytest.raises(ModelError, match="invalid artifact file names"):
+        registry.register("sales", "all", {name: b"x"}, {})
+    assert registry.versions("sales", "all") == []
+
+
+def test_metadata_that_is_not_json_is_refused_before_writing(tmp_path) -> None:
+    registry = ModelRegistry(str(tmp_path))
+    with pytest.raises(ModelError, match="cannot be stored as JSON.*plain str"):
+        registry.register("sales", "all", {"model.skops": b"x"}, {"fitted": object()})
+    assert storage.find(str(tmp_path)) == []
+
+
+def test_tuned_params_round_trip(registry: ModelRegistry) -> None:
+    assert registry.tuned_params("sales", SERIES) is None
+    registry.write_tuned_params("sales", SERIES, {"n_estimators": 100}, {"best_score": 0.9})
+    registry.write_tuned_params("sales", SERIES, {"n_estimators": 200}, {"best_score": 0.95})
+    assert registry.tuned_params("sales", SERIES) == {"n_estimators": 200}
+    tuned = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "tuned.json")
+    document = json.loads(storage.read_bytes(tuned, registry.storage_options))
+    assert document["report"] == {"best_score": 0.95}

@@ -1,0 +1,211 @@
+"""Whole runs through the library (what the tasks chain), and the bad inputs that must stop them.
+
+Every bad input must give a clear error naming the job and what is wrong, write nothing to the
+outputs, and leave the serving models as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from pipelines.config import get_job, load_job_file
+from pipelines.errors import ConfigError, DataValidationError, SourceError
+from pipelines.runner import run_predict, run_train
+from pipelines.training import registry_for
+from pipelines.workspace import Window, home, to_utc
+
+TRAIN = Window(to_utc("2024-02-02T00:00:00Z"), to_utc("2024-03-01T00:00:00Z"))
+DAY = Window(to_utc("2024-03-03T00:00:00Z"), to_utc("2024-03-04T00:00:00Z"))
+
+
+@pytest.fixture
+def trained(project: Path):
+    """demo_web_metrics trained and one day scored, in a private project copy."""
+    job = get_job("demo_web_metrics")
+    run_train(job, TRAIN, run_id="train-1")
+    run_predict(job, DAY, run_id="predict-1")
+    return job
+
+
+def snapshot(job, project: Path) -> dict:
+    """Everything a failed run must leave untouched: outputs, SQL rows, champions, versions."""
+    outputs = project / "var" / "outputs" / f"job={job.name}"
+    files = {
+        str(p.relative_to(outputs)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(outputs.rglob("*.parquet"))
+    }
+    engine = sa.create_engine(f"sqlite:///{project / 'var' / 'anomalies.db'}")
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT count(*), sum(score) FROM anomalies")).one()
+    registry = registry_for(job)
+    models = {
+        s: (registry.champion(job.name, s).version, len(registry.versions(job.name, s)))
+        for s in registry.series(job.name)
+    }
+    return {"files": files, "rows": tuple(rows), "models": models}
+
+
+def test_train_then_predict_writes_labeled_rows(trained, project):
+    job = trained
+    frame = pd.read_parquet(project / "var" / "outputs" / f"job={job.name}")
+    assert len(frame) == 3 * 24 * 2  # regions x hours x features
+    assert set(frame["series"]) == {"region=eu", "region=us", "region=apac"}
+    assert frame["timestamp"].min() == pd.Timestamp(DAY.start) and frame["timestamp"].max() < pd.Timestamp(DAY.end)
+    # The eu traffic spike of 2024-03-03 14:00-17:00 is found, with the expected value well below it.
+    spike = frame[(frame["series"] == "region=eu") & (frame["feature"] == "requests") & frame["is_anomaly"]]
+    assert {14, 15, 16} <= set(spike["timestamp"].dt.hour)
+    assert (spike["value"] > spike["upper"]).all() and (spike["expected"] < spike["value"]).all()
+    quiet = frame[frame["series"] != "region=eu"]
+    assert quiet["is_anomaly"].mean() < 0.03
+    assert snapshot(job, project)["rows"][0] == len(frame)
+
+
+def test_predicting_the_same_interval_twice_replaces_rows(trained, project):
+    job = trained
+    before = snapshot(job, project)
+    run_predict(job, DAY, run_id="predict-2")
+    after = snapshot(job, project)
+    assert after["rows"][0] == before["rows"][0] == 144
+    assert after["models"] == before["models"]
+
+
+def test_one_off_scoring_of_a_file(trained, project, tmp_path):
+    data = pd.read_csv(project / "data" / "demo" / "web_metrics.csv")
+    data[data["timestamp"].str.startswith("2024-03-05")].to_csv(tmp_path / "new.csv", index=False)
+    before = snapshot(trained, project)
+    result = run_predict(trained, None, run_id="one-off", input_path=str(tmp_path / "new.csv"), output=str(tmp_path / "scored.parquet"))
+    scored = pd.read_parquet(tmp_path / "scored.parquet")
+    assert len(scored) == result.rows == 3 * 24 * 2
+    assert result.anomalies["region=us"] > 0  # the latency shift of 2024-03-05 09:00
+    assert snapshot(trained, project) == before  # the job's own outputs are not touched
+
+
+def _write_job(project: Path, name: str, **changes) -> Path:
+    path = project / "config" / "jobs" / "demo_web_metrics.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _bad_csv(project: Path, mutate) -> str:
+    frame = pd.read_csv(project / "data" / "demo" / "web_metrics.csv", dtype=object)
+    frame = mutate(frame)
+    path = project / "bad.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def _in_day(frame: pd.DataFrame) -> pd.Series:
+    return frame["timestamp"].str.startswith("2024-03-03T05")
+
+
+BAD_DATA = {
+    "missing column": (lambda f: f.drop(columns=["latency_ms"]), DataValidationError, ["expect_column_to_exist", "latency_ms"]),
+    "non-numeric feature": (
+        lambda f: f.assign(requests=f["requests"].mask(_in_day(f), "twelve")),
+        DataValidationError,
+        ["requests", '"twelve"'],
+    ),
+    "duplicate timestamps": (
+        lambda f: pd.concat([f, f[_in_day(f) & (f["region"] == "eu")]]),
+        DataValidationError,
+        ["expect_compound_columns_to_be_unique", "timestamp, region"],
+    ),
+    "unparseable timestamps": (
+        lambda f: f.assign(timestamp=f["timestamp"].mask(_in_day(f) & (f["region"] == "us"), "yesterday-ish")),
+        DataValidationError,
+        ["timestamp", '"yesterday-ish"'],
+    ),
+    "NaN over the allowed share": (
+        lambda f: f.assign(latency_ms=f["latency_ms"].mask(f["timestamp"].str.startswith("2024-03-03T0"), None)),
+        DataValidationError,
+        ["expect_column_values_to_not_be_null", "latency_ms"],
+    ),
+    "infinite values": (
+        lambda f: f.assign(latency_ms=f["latency_ms"].mask(_in_day(f), "inf")),
+        DataValidationError,
+        ["latency_ms", "inf"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_stops_the_run_and_writes_nothing(trained, project, case):
+    mutate, error, fragments = BAD_DATA[case]
+    path = _bad_csv(project, mutate)
+    job = load_job_file(_write_job(project, "demo_web_metrics", source={"kind": "file", "path": path, "format": "csv"}))
+    before = snapshot(job, project)
+    with pytest.raises(error) as info:
+        run_predict(job, DAY, run_id=f"bad-{case}")
+    message = str(info.value)
+    assert message.startswith("job demo_web_metrics: validation of")
+    for fragment in fragments:
+        assert fragment in message
+    assert "The rejected batch is kept at" in message
+    assert (Path(info.value.quarantine_path) / "batch.parquet").exists()
+    assert snapshot(job, project) == before
+    # Training on the same bad batch fails the same way and leaves the champions serving.
+    with pytest.raises(error):
+        run_train(job, Window(TRAIN.start, DAY.end), run_id=f"bad-train-{case}")
+    assert snapshot(job, project) == before
+
+
+BAD_SOURCES = {
+    "empty window": ({}, Window(to_utc("2031-01-01T00:00:00Z"), to_utc("2031-01-02T00:00:00Z")), "has no rows in window"),
+    "missing file": ({"source": {"kind": "file", "path": "data/demo/nope.csv"}}, DAY, "nope.csv"),
+    "wrong file format": ({"source": {"kind": "file", "path": "data/demo/web_metrics.csv", "format": "parquet"}}, DAY, "parquet"),
+    "SQL error": (
+        {
+            "source": {
+                "kind": "sql",
+                "connection": {"url": "sqlite:///var/anomalies.db"},
+                "query": "SELECT * FROM no_such_table WHERE timestamp >= :start AND timestamp < :end",
+            }
+        },
+        DAY,
+        "no_such_table",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SOURCES))
+def test_unreadable_sources_give_clear_errors_and_write_nothing(trained, project, case):
+    changes, window, fragment = BAD_SOURCES[case]
+    job = load_job_file(_write_job(project, "demo_web_metrics", **changes))
+    before = snapshot(job, project)
+    with pytest.raises(SourceError) as info:
+        run_predict(job, window, run_id=f"bad-{case}")
+    message = str(info.value)
+    assert "demo_web_metrics" in message and fragment in message
+    assert snapshot(job, project) == before
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"model": {"kind": "deep_magic"}}, "unknown model kind 'deep_magic'"),
+        ({"schedules": {"predict": "0 25 * * *"}}, "schedules.predict: '0 25 * * *' is not a valid cron expression"),
+        ({"outputz": {}}, "outputz: unknown field"),
+    ],
+)
+def test_bad_configuration_is_rejected_before_anything_runs(trained, project, changes, fragment):
+    before = snapshot(trained, project)
+    path = _write_job(project, "demo_web_metrics", **changes)
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    assert str(path) in str(info.value) and fragment in str(info.value)
+    assert snapshot(trained, project) == before
+
+
+def test_failed_runs_leave_no_work_files(trained, project):
+    job = load_job_file(_write_job(project, "demo_web_metrics", source={"kind": "file", "path": "missing.csv"}))
+    with pytest.raises(SourceError):
+        run_predict(job, DAY, run_id="bad-missing")
+    assert not any((home() / "work").rglob("*.parquet"))

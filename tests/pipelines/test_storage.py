@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipelines import storage
+from pipelines.errors import MissingDependencyError
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path) -> tuple[str, dict]:
+    if request.param == "local":
+        return str(tmp_path / "store"), {}
+    bucket, options = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/store", options
+
+
+def test_write_read_find_remove_round_trip(root: tuple[str, dict]) -> None:
+    url, options = root
+    storage.atomic_write(storage.join(url, "a", "b.bin"), b"one", options)
+    storage.atomic_write(storage.join(url, "c.bin"), b"two", options)
+    storage.atomic_write(storage.join(url, "c.bin"), b"three", options)
+
+    assert storage.read_bytes(storage.join(url, "a", "b.bin"), options) == b"one"
+    assert storage.read_bytes(storage.join(url, "c.bin"), options) == b"three"
+    assert storage.find(url, options) == ["a/b.bin", "c.bin"]
+
+    storage.remove(storage.join(url, "c.bin"), options)
+    storage.remove(storage.join(url, "c.bin"), options)  # already gone: no error
+    assert not storage.exists(storage.join(url, "c.bin"), options)
+    assert storage.find(url, options) == ["a/b.bin"]
+
+
+def test_missing_things(root: tuple[str, dict]) -> None:
+    url, options = root
+    assert storage.find(storage.join(url, "nowhere"), options) == []
+    assert not storage.exists(storage.join(url, "nothing.bin"), options)
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(url, "nothing.bin"), options)
+
+
+def test_local_write_that_fails_keeps_the_old_file_and_no_temp_file(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "pointer.json"
+    storage.atomic_write(str(target), b"old")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        storage.atomic_write(str(target), b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pointer.json"]
+
+
+def test_missing_s3fs_gives_the_install_command(monkeypatch) -> None:
+    def no_s3fs(url: str, **options: object) -> None:
+        raise ImportError("Install s3fs to access S3")
+
+    monkeypatch.setattr(storage.fsspec.core, "url_to_fs", no_s3fs)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'anomaly-pipelines\[s3\]'"):
+        storage.filesystem("s3://bucket/key")
+
+
+def test_join_strips_a_trailing_slash() -> None:
+    assert storage.join("s3://bucket/root/", "job=a", "part-0.parquet") == "s3://bucket/root/job=a/part-0.parquet"

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+import math
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.validation.report import CheckResult, ValidationReport, _json_safe
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.float64(math.inf), "inf"),
+        (-math.inf, "-inf"),
+        (math.nan, None),
+        (pd.NA, None),
+        (pd.NaT, None),
+        (np.int64(3), 3),
+        (np.bool_(True), True),
+        (pd.Timestamp("2024-01-01T05:00", tz="UTC"), "2024-01-01T05:00:00+00:00"),
+        (date(2024, 1, 2), "2024-01-02"),
+        ({"ts": np.datetime64("NaT"), 1: (1.5, None)}, {"ts": None, "1": [1.5, None]}),
+        (b"raw", "b'raw'"),
+    ],
+)
+def test_json_safe(value: object, expected: object) -> None:
+    assert _json_safe(value) == expected
+
+
+def test_summary_lists_failed_checks_only() -> None:
+    report = ValidationReport(
+        job="web",
+        success=False,
+        checks=[
+            CheckResult("expect_column_to_exist", "timestamp", True),
+            CheckResult("expect_column_values_to_not_be_in_set", "latency_ms", False, 2, ["inf", "-inf"], [1, 4]),
+            CheckResult("expect_table_row_count_to_be_between", None, False, detail="observed 2"),
+        ],
+        rows=2,
+        window=("2024-02-01T00:00:00+00:00", None),
+        gx_result={"success": False},
+    )
+
+    assert report.summary().splitlines() == [
+        "job web: validation of 2 rows in window 2024-02-01T00:00:00+00:00 .. unbounded failed 2 of 3 checks",
+        "  - expect_column_values_to_not_be_in_set on latency_ms, 2 unexpected, "
+        'sample values ["inf", "-inf"], at rows [1, 4]',
+        "  - expect_table_row_count_to_be_between, observed 2",
+    ]
+    as_json = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert as_json["window"] == ["2024-02-01T00:00:00+00:00", None]
+    assert as_json["checks"][1]["sample_rows"] == [1, 4]
+    assert as_json["gx_result"] == {"success": False}

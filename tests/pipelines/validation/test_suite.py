@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import REPO_ROOT
+from pipelines.errors import ConfigError
+from pipelines.validation.suite import build_suite, load_expectations, prepare_batch
+
+
+def _checks(suite) -> list[tuple[str, str | None]]:
+    """(type, column) of each expectation; multi-column checks name their columns joined by ","."""
+    found = []
+    for expectation in suite.expectations:
+        kwargs = expectation.configuration.kwargs
+        found.append((expectation.expectation_type, kwargs.get("column") or ",".join(kwargs.get("column_list", [])) or None))
+    return found
+
+
+def test_prepare_batch_numbers_rows_and_shows_values_as_gx_can_check_them(make_job) -> None:
+    frame = pd.DataFrame(
+        {
+            "timestamp": [1706745600, None, 1706749200],
+            "region": ["eu", "eu", "us"],
+            "requests": ["10", "x", None],
+            "latency_ms": [1.5, 2.5, np.nan],
+        },
+        index=[7, 3, 9],
+    )
+    batch = prepare_batch(frame, make_job())
+
+    assert list(batch.index) == [0, 1, 2]
+    assert batch["timestamp"].tolist()[::2] == ["1706745600.0", "1706749200.0"]
+    assert pd.isna(batch["timestamp"][1])
+    assert batch["requests"].dtype == object
+    assert batch["latency_ms"].dtype == "float64"
+    assert list(frame.index) == [7, 3, 9]  # the caller's frame is left alone
+
+
+def test_prepare_batch_keeps_datetime_timestamps(make_job) -> None:
+    frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=2, freq="h", tz="UTC"), "requests": [1, 2]})
+    assert prepare_batch(frame, make_job()).dtypes["timestamp"] == "datetime64[us, UTC]"
+
+
+def test_build_suite_leaves_out_checks_of_missing_columns(make_job) -> None:
+    batch = prepare_batch(pd.DataFrame({"timestamp": ["2024-01-01"], "requests": [1]}), make_job())
+    checks = _checks(build_suite(batch, make_job()))
+
+    assert checks[:4] == [
+        ("expect_column_to_exist", "timestamp"),
+        ("expect_column_to_exist", "region"),
+        ("expect_column_to_exist", "requests"),
+        ("expect_column_to_exist", "latency_ms"),
+    ]
+    assert not [c for c in checks[4:] if c[1] in ("region", "latency_ms") or (c[1] and "," in c[1])]
+    assert ("expect_column_values_to_be_in_type_list", "requests") in checks
+    assert checks[-1] == ("expect_table_row_count_to_be_between", None)
+
+
+def test_build_suite_checks_series_keys_and_parseability(make_job) -> None:
+    frame = pd.DataFrame(
+        {"timestamp": pd.to_datetime(["2024-01-01"]), "region": ["eu"], "requests": [1], "latency_ms": [1.0]}
+    )
+    with_dimensions = _checks(build_suite(prepare_batch(frame, make_job()), make_job()))
+    assert ("expect_compound_columns_to_be_unique", "timestamp,region") in with_dimensions
+    # Datetime values need no parsing; text values do.
+    assert ("expect_column_values_to_be_dateutil_parseable", "timestamp") not in with_dimensions
+
+    job = make_job(dimensions=[])
+    text = frame.assign(timestamp=["2024-01-01"])
+    without_dimensions = _checks(build_suite(prepare_batch(text, job), job))
+    assert ("expect_column_values_to_be_unique", "timestamp") in without_dimensions
+    assert ("expect_column_values_to_be_dateutil_parseable", "timestamp") in without_dimensions
+
+
+def test_demo_suite_loads() -> None:
+    expectations = load_expectations(str(REPO_ROOT / "config" / "expectations" / "demo_web_metrics.json"))
+    assert [(e.expectation_type, e.column) for e in expectations] == [
+        ("expect_column_values_to_be_in_set", "region"),
+        ("expect_column_values_to_be_between", "requests"),
+        ("expect_column_values_to_be_between", "latency_ms"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read the expectation suite"),
+        ("{not json", "not valid JSON"),
+        ("[]", "must be a JSON object, got list"),
+        ('{"name": "s", "expectation": []}', "not a valid Great Expectations suite.*Unknown field"),
+        ('{"name": "s", "expectations": [{"kwargs": {}}]}', "not a valid Great Expectations suite.*type missing"),
+        (
+            '{"name": "s", "expectations": [{"type": "expect_the_moon", "kwargs": {}}]}',
+            r"expectation 1 \(expect_the_moon\) is not valid",
+        ),
+        (
+            json.dumps({"name": "s", "expectations": [
+                {"type": "expect_column_to_exist", "kwargs": {"column": "a"}},
+                {"type": "expect_column_values_to_be_between", "kwargs": {"min_value": 0}},
+            ]}),
+            r"expectation 2 \(expect_column_values_to_be_between\) is not valid.*column\s+field required",
+        ),
+    ],
+)
+def test_broken_suite_file_is_a_config_error_naming_it(tmp_path: Path, content: str | None, problem: str) -> None:
+    path = tmp_path / "suite.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=rf"(?s){path}: .*{problem}.*fix the file, or validation.suite"):
+        load_expectations(str(path))

@@ -1,0 +1,285 @@
+"""Real Great Expectations runs on small raw batches."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import storage
+from pipelines.config import REPO_ROOT, load_job_file, resolve_path
+from pipelines.errors import ConfigError, DataValidationError
+from pipelines.validation import (
+    CheckResult,
+    ValidationReport,
+    check_and_raise,
+    quarantine,
+    save_report,
+    validate_batch,
+)
+
+WINDOW = (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 1, 3, tzinfo=UTC))
+
+
+def _failed(report: ValidationReport) -> list[CheckResult]:
+    return [check for check in report.checks if not check.success]
+
+
+def _only_failure(report: ValidationReport) -> CheckResult:
+    failed = _failed(report)
+    assert len(failed) == 1, report.summary()
+    assert not report.success
+    return failed[0]
+
+
+def test_clean_batch_passes(make_job, clean_frame: pd.DataFrame) -> None:
+    # The same timestamp in two series (eu and us) is no duplicate.
+    report = validate_batch(clean_frame, make_job(validation={"min_rows": 6}), window=WINDOW)
+
+    assert report.success, report.summary()
+    assert report.rows == 6
+    assert report.window == ("2024-02-01T00:00:00+00:00", "2024-02-01T03:00:00+00:00")
+    assert report.summary() == (
+        "job web: validation of 6 rows in window 2024-02-01T00:00:00+00:00 .. 2024-02-01T03:00:00+00:00 "
+        f"failed 0 of {len(report.checks)} checks"
+    )
+    expectations = {(check.expectation, check.column) for check in report.checks}
+    assert {
+        ("expect_compound_columns_to_be_unique", "timestamp, region"),
+        ("expect_column_values_to_be_dateutil_parseable", "timestamp"),
+        ("expect_column_values_to_not_be_in_set", "latency_ms"),
+        ("expect_table_row_count_to_be_between", None),
+    } <= expectations
+    assert report.gx_result["statistics"]["evaluated_expectations"] == len(report.checks)
+
+
+@pytest.mark.parametrize("tz", [None, "UTC"])
+def test_datetime_timestamps_pass(make_job, clean_frame: pd.DataFrame, tz: str | None) -> None:
+    frame = clean_frame.assign(timestamp=pd.to_datetime(clean_frame["timestamp"]).dt.tz_convert(tz))
+    assert validate_batch(frame, make_job()).success
+
+
+def test_missing_column_fails_alone(make_job, clean_frame: pd.DataFrame) -> None:
+    report = validate_batch(clean_frame.drop(columns=["latency_ms", "region"]), make_job())
+
+    failed = _failed(report)
+    assert [(c.expectation, c.column) for c in failed] == [
+        ("expect_column_to_exist", "region"),
+        ("expect_column_to_exist", "latency_ms"),
+    ]
+    # Checks needing the missing columns were skipped, so GX raised nothing.
+    assert not [c for c in report.checks if c.detail and c.detail.startswith("error")]
+    assert "failed 2 of" in report.summary()
+    assert "expect_column_to_exist on latency_ms" in report.summary()
+
+
+def test_text_feature_names_only_the_values_that_are_not_numbers(make_job, clean_frame: pd.DataFrame) -> None:
+    # CSV gives numbers as text: those are numbers; "n/a" is not, and is the one reported.
+    frame = clean_frame.assign(requests=["732", "1869", "n/a", None, "690", "1801"])
+    check = _only_failure(validate_batch(frame, make_job(validation={"max_null_fraction": 0.2})))
+
+    assert (check.expectation, check.column) == ("expect_column_values_to_be_in_type_list", "requests")
+    assert check.unexpected_count == 1
+    assert check.sample_values == ["n/a"]
+    assert check.sample_rows == [2]
+
+
+def test_mixed_object_feature_reports_only_the_non_numbers(make_job, clean_frame: pd.DataFrame) -> None:
+    frame = clean_frame.assign(latency_ms=pd.Series([1.5, "slow", 2, 3.5, "?", 4], dtype=object))
+    check = _only_failure(validate_batch(frame, make_job()))
+
+    assert (check.column, check.unexpected_count, check.sample_values, check.sample_rows) == (
+        "latency_ms", 2, ["slow", "?"], [1, 4]
+    )
+
+
+def test_duplicate_timestamp_within_a_series_fails(make_job, clean_frame: pd.DataFrame) -> None:
+    frame = clean_frame.copy()
+    frame.loc[4, "timestamp"] = frame.loc[0, "timestamp"]  # eu twice at 00:00
+    check = _only_failure(validate_batch(frame, make_job()))
+
+    assert (check.expectation, check.column) == ("expect_compound_columns_to_be_unique", "timestamp, region")
+    assert check.unexpected_count == 2
+    assert check.sample_rows == [0, 4]
+    assert check.sample_values == [{"timestamp": "2024-02-01T00:00:00Z", "region": "eu"}] * 2
+
+
+def test_duplicate_timestamp_without_dimensions_fails(make_job, clean_frame: pd.DataFrame) -> None:
+    check = _only_failure(validate_batch(clean_frame.drop(columns="region"), make_job(dimensions=[])))
+
+    assert (check.expectation, check.column) == ("expect_column_values_to_be_unique", "timestamp")
+    assert check.unexpected_count == 6
+
+
+def test_unparseable_and_missing_timestamps_fail(make_job, clean_frame: pd.DataFrame) -> None:
+    frame = clean_frame.assign(
+        timestamp=["2024-02-01T00:00:00Z", "yesterday-ish", None, "2024-02-01 01:00", "2024-13-45", "2024-02-01T02:00Z"]
+    )
+    report = validate_batch(frame, make_job())
+
+    failed = {check.expectation: check for check in _failed(report)}
+    assert set(failed) == {"expect_column_values_to_not_be_null", "expect_column_values_to_be_dateutil_parseable"}
+    parse = failed["expect_column_values_to_be_dateutil_parseable"]
+    assert (parse.column, parse.unexpected_count, parse.sample_values, parse.sample_rows) == (
+        "timestamp", 2, ["yesterday-ish", "2024-13-45"], [1, 4]
+    )
+    null = failed["expect_column_values_to_not_be_null"]
+    assert (null.column, null.unexpected_count, null.sample_rows) == ("timestamp", 1, [2])
+
+
+def test_epoch_numbers_are_not_timestamps(make_job, clean_frame: pd.DataFrame) -> None:
+    frame = clean_frame.assign(timestamp=[1706745600 + 3600 * (i // 2) for i in range(6)])
+    check = _only_failure(validate_batch(frame, make_job()))
+
+    assert (check.expectation, check.unexpected_count) == ("expect_column_values_to_be_dateutil_parseable", 6)
+    assert check.sample_values[0] == "1706745600"
+
+
+@pytest.mark.parametrize(("nulls", "fails"), [(1, False), (2, True)])
+def test_null_fraction_limit(make_job, clean_frame: pd.DataFrame, nulls: int, fails: bool) -> None:
+    frame = clean_frame.copy()
+    frame.loc[[3, 5][:nulls], "latency_ms"] = np.nan
+    report = validate_batch(frame, make_job(validation={"max_null_fraction": 0.2}))
+
+    if not fails:
+        assert report.success, report.summary()
+        return
+    check = _only_failure(report)
+    assert (check.expectation, check.column, check.unexpected_count, check.sample_rows) == (
+        "expect_column_values_to_not_be_null", "latency_ms", 2, [3, 5]
+    )
+    assert check.sample_values == [None, None]
+
+
+def test_infinite_values_fail(make_job, clean_frame: pd.DataFrame) -> None:
+    frame = clean_frame.assign(latency_ms=[1.0, np.inf, np.nan, 2.0, -np.inf, 3.0])
+    check = _only_failure(validate_batch(frame, make_job(validation={"max_null_fraction": 0.5})))
+
+    assert (check.expectation, check.column) == ("expect_column_values_to_not_be_in_set", "latency_ms")
+    assert check.unexpected_count == 2
+    assert (check.sample_values, check.sample_rows) == (["inf", "-inf"], [1, 4])
+
+
+def test_nullable_integer_features_pass(make_job, clean_frame: pd.DataFrame) -> None:
+    frame = clean_frame.assign(requests=pd.array([1, 2, None, 4, 5, 6], dtype="Int64"))
+    assert validate_batch(frame, make_job(validation={"max_null_fraction": 0.2})).success
+
+
+def test_too_few_rows_fail(make_job, clean_frame: pd.DataFrame) -> None:
+    check = _only_failure(validate_batch(clean_frame, make_job(validation={"min_rows": 10})))
+
+    assert (check.expectation, check.column) == ("expect_table_row_count_to_be_between", None)
+    assert check.detail == "observed 6"
+
+
+def test_user_suite_is_applied_after_the_built_in_checks(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
+    suite = tmp_path / "suite.json"
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "web",
+                "expectations": [
+                    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "requests", "max_value": 1000}},
+                    {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "colour", "value_set": ["red"]}},
+                ],
+            }
+        )
+    )
+    report = validate_batch(clean_frame, make_job(), suite_path=str(suite))
+
+    failed = {check.column: check for check in _failed(report)}
+    assert set(failed) == {"requests", "colour"}
+    between = failed["requests"]
+    assert (between.expectation, between.unexpected_count, between.sample_values, between.sample_rows) == (
+        "expect_column_values_to_be_between", 3, [1869, 1790, 1801], [1, 3, 5]
+    )
+    # A user expectation on a column the batch lacks fails with GX's error; it does not raise.
+    assert failed["colour"].detail.startswith("error: ") and "colour" in failed["colour"].detail
+    assert "failed 2 of" in report.summary()
+
+
+def test_broken_user_suite_is_a_config_error(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.json: cannot read the expectation suite"):
+        validate_batch(clean_frame, make_job(), suite_path=str(tmp_path / "missing.json"))
+
+
+def test_demo_suite_passes_on_demo_data() -> None:
+    job = load_job_file(REPO_ROOT / "config" / "jobs" / "demo_web_metrics.yaml")
+    frame = pd.read_csv(REPO_ROOT / "data" / "demo" / "web_metrics.csv")
+
+    report = validate_batch(frame, job, suite_path=resolve_path(job.validation.suite))
+    assert report.success, report.summary()
+    frame.loc[2, "latency_ms"] = 0.0
+    check = _only_failure(validate_batch(frame, job, suite_path=resolve_path(job.validation.suite)))
+    assert (check.column, check.sample_rows) == ("latency_ms", [2])
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict]:
+    if request.param == "local":
+        return str(tmp_path / "out"), {}
+    bucket, options = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/out", options
+
+
+@pytest.fixture
+def failing(make_job, clean_frame: pd.DataFrame) -> tuple[pd.DataFrame, ValidationReport]:
+    # A text column mixing numbers and words: Arrow cannot write it as it is.
+    frame = clean_frame.assign(requests=pd.Series([1, "many", 3, 4, 5, 6], dtype=object))
+    return frame, validate_batch(frame, make_job(), window=WINDOW)
+
+
+def test_save_report_writes_json(root: tuple[str, dict], failing) -> None:
+    url, options = root
+    _, report = failing
+    path = save_report(report, storage.join(url, "reports", "r.json"), options)
+
+    assert json.loads(storage.read_bytes(path, options)) == report.to_dict()
+    assert storage.find(url, options) == ["reports/r.json"]  # no temporary file left behind
+
+
+def test_quarantine_keeps_raw_batch_and_report(root: tuple[str, dict], failing) -> None:
+    url, options = root
+    frame, report = failing
+    directory = quarantine(frame, report, storage.join(url, "q"), options)
+
+    assert storage.find(directory, options) == ["batch.parquet", "validation.json"]
+    kept = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(directory, "batch.parquet"), options)))
+    assert list(kept.columns) == list(frame.columns)
+    assert kept["requests"].tolist() == ["1", "many", "3", "4", "5", "6"]
+    assert kept["latency_ms"].tolist() == frame["latency_ms"].tolist()
+    assert json.loads(storage.read_bytes(storage.join(directory, "validation.json"), options))["success"] is False
+
+
+def test_check_and_raise_stops_a_failing_batch(tmp_path: Path, make_job, failing) -> None:
+    frame, _ = failing
+    report_path, quarantine_dir = str(tmp_path / "report.json"), str(tmp_path / "quarantine")
+
+    expected = (
+        r"(?s)^job web: validation of 6 rows .*failed 1 of .*requests.*"
+        r"The rejected batch is kept at .*quarantine; fix the source data"
+    )
+    with pytest.raises(DataValidationError, match=expected) as caught:
+        check_and_raise(
+            frame, make_job(), window=WINDOW, suite_path=None, report_path=report_path, quarantine_dir=quarantine_dir
+        )
+
+    assert caught.value.quarantine_path == quarantine_dir
+    assert caught.value.report["checks"] == json.loads(Path(report_path).read_text())["checks"]
+    assert sorted(p.name for p in Path(quarantine_dir).iterdir()) == ["batch.parquet", "validation.json"]
+
+
+def test_check_and_raise_passes_a_clean_batch(tmp_path: Path, make_job, clean_frame: pd.DataFrame) -> None:
+    report = check_and_raise(
+        clean_frame, make_job(), window=WINDOW, suite_path=None,
+        report_path=str(tmp_path / "report.json"), quarantine_dir=str(tmp_path / "quarantine"),
+    )
+
+    assert report.success
+    assert json.loads((tmp_path / "report.json").read_text())["success"] is True
+    assert not (tmp_path / "quarantine").exists()
