@@ -23,7 +23,8 @@ airflow-db: venv
 
 ## demo: set everything up, train and score the demo jobs through Airflow, print the results
 demo: airflow-db
-	$(AIRFLOW_ENV) && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.demo
+	$(AIRFLOW_ENV) && AIRFLOW__LOGGING__LOGGING_LEVEL=$${AIRFLOW__LOGGING__LOGGING_LEVEL:-WARNING} \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.demo
 
 ## up: the Airflow UI with this project's DAGs (airflow standalone)
 up: airflow-db

@@ -82,6 +82,12 @@ def _context_window() -> tuple[object, object, dict]:
     return context.get("data_interval_start"), context.get("data_interval_end"), context["params"]
 
 
+def _materialize(results) -> list[dict]:
+    # Indexing up to len() reads each mapped result once; iterating a lazy XCom sequence probes
+    # one past the end, which Airflow logs as an error.
+    return [dict(results[i]) for i in range(len(results))]
+
+
 def _dag_kwargs(job: JobConfig, purpose: str, cron: str | None, params: dict) -> dict:
     return {
         "dag_id": f"{job.name}__{purpose}",
@@ -149,7 +155,7 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             from pipelines.runner import cleanup
             from pipelines.reporting import log_table
 
-            results = list(results)
+            results = _materialize(results)
             log_table(f"job {job.name}: {purpose} results", results)
             cleanup(job, run_id)
             return {"series": len(results), "results": results}
@@ -215,8 +221,9 @@ def build_predict_dag(job: JobConfig):
 
             params = get_current_context()["params"]
             window = Window.from_dict(extracted["window"])
+            scored = _materialize(scored)
             result = publish_scores(job, window, [s["path"] for s in scored], output=params.get("output"))
-            log_table(f"job {job.name}: scored window {window}", [dict(s) for s in scored])
+            log_table(f"job {job.name}: scored window {window}", scored, ["series", "rows", "anomalies", "model_version"])
             cleanup(job, run_id)
             return result.to_dict()
 

@@ -84,10 +84,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
         contamination=args.contamination,
         output=args.output,
     )
-    flagged = frame[frame["is_anomaly"]]
+    axis = "row" if "row" in frame else "timestamp"
+    points = frame.drop_duplicates(["series", axis])
+    flagged = frame[frame["is_anomaly"]].drop_duplicates(["series", axis])
     print(
-        f"scored {frame['timestamp'].nunique()} timestamps x {frame['feature'].nunique()} features "
-        f"in {frame['series'].nunique()} series: {flagged['timestamp'].nunique()} anomalous; written to {args.output}"
+        f"scored {len(points)} points x {frame['feature'].nunique()} features in {frame['series'].nunique()} "
+        f"series: {len(flagged)} anomalous; written to {args.output}"
     )
     return 0
 

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 from pipelines.config import JobConfig, base_dir, load_jobs, resolve_path
@@ -36,15 +37,17 @@ def setup_demo_database(path: Path | None = None) -> Path:
 
 def _run_dag(dag_id: str, conf: dict, logical_date: str):
     import pendulum
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(base_dir() / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
     dag = bag.dags[dag_id]
+    started = time.monotonic()
     run = dag.test(logical_date=pendulum.parse(logical_date), run_conf=conf)
-    state = str(getattr(run, "state", "unknown"))
-    if not state.endswith("success"):
+    state = str(getattr(run, "state", "unknown")).rsplit(".", 1)[-1]
+    print(f"   {dag_id}: {state} in {time.monotonic() - started:.1f} s", flush=True)
+    if state != "success":
         raise RuntimeError(f"{dag_id} ended in state {state}; see the task logs above")
     return run
 
@@ -68,7 +71,7 @@ def summarize(job: JobConfig) -> str:
     rows = []
     for series, group in frame.groupby("series", sort=True):
         flagged = group[group["is_anomaly"]]
-        top = flagged.sort_values("score", ascending=False).head(1)
+        top = flagged.sort_values(["score", "feature_score"], ascending=False).head(1)
         rows.append(
             {
                 "series": series,

@@ -18,6 +18,7 @@ from pipelines.config import FileSource, JobConfig, resolve_path
 from pipelines.errors import SourceError
 from pipelines.series import series_key
 from pipelines.sources import make_source
+from pipelines.sources.base import parse_timestamps
 from pipelines.validation import check_and_raise
 from pipelines.workspace import Window, Workspace, validation_report_path
 
@@ -60,7 +61,7 @@ def extract(
     source, described = _source_for(job, input_path)
     frame = source.read(read_start, window.end if window else None)
     parsed = (
-        pd.to_datetime(frame[job.timestamp], utc=True, errors="coerce", format="mixed")
+        parse_timestamps(frame[job.timestamp])
         if job.timestamp in frame.columns
         else pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
     )
@@ -122,7 +123,7 @@ def prepare(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
     """Typed rows of a validated batch: UTC timestamps, float features, string dimensions."""
     out = pd.DataFrame(
         {
-            job.timestamp: pd.to_datetime(frame[job.timestamp], utc=True, format="mixed"),
+            job.timestamp: parse_timestamps(frame[job.timestamp]),
             **{dim: frame[dim].astype("string") for dim in job.dimensions},
             **{feature: pd.to_numeric(frame[feature]).astype("float64") for feature in job.features},
         }

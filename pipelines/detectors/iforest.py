@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,16 @@ from pipelines.errors import ModelError
 SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree"]
 #: Fewest training rows: the score calibration needs a spread of training scores.
 _MIN_TRAINING_ROWS = 20
+
+
+def _skops_io() -> ModuleType:
+    # On import skops looks names up across every loaded module; inside Airflow that touches
+    # over a thousand deprecated aliases, each logging a FutureWarning that buries the task log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import skops.io
+
+    return skops.io
 
 
 class IsolationForestDetector(BaseDetector):
@@ -155,22 +167,19 @@ class IsolationForestDetector(BaseDetector):
         )
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
-        import skops.io
-
+        model = _skops_io().dumps(self.model_)
         state = {
             "row_calibrator_": self.row_calibrator_.to_dict(),
             "combined_calibrator_": self.combined_calibrator_.to_dict(),
             "feature_calibrators_": [c.to_dict() for c in self.feature_calibrators_],
         }
-        return state, {"medians_": self.medians_}, {"model.skops": skops.io.dumps(self.model_)}
+        return state, {"medians_": self.medians_}, {"model.skops": model}
 
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
-        import skops.io
-
         if "model.skops" not in files:
             raise ModelError("the iforest artifact lacks model.skops; it was not written by to_files(): retrain")
         try:
-            self.model_ = skops.io.loads(files["model.skops"], trusted=SKOPS_TRUSTED_TYPES)
+            self.model_ = _skops_io().loads(files["model.skops"], trusted=SKOPS_TRUSTED_TYPES)
         except Exception as exc:  # skops raises several types for untrusted or damaged files
             raise ModelError(f"cannot load the iforest model from model.skops: {exc}; retrain the model") from exc
         self.row_calibrator_ = ScoreCalibrator.from_dict(state["row_calibrator_"])

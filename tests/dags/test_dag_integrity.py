@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow.models.dagbag import DagBag
+from airflow.dag_processing.dagbag import DagBag
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.config import load_jobs

@@ -13,7 +13,7 @@ import pendulum
 import pytest
 import sqlalchemy as sa
 import yaml
-from airflow.models.dagbag import DagBag
+from airflow.dag_processing.dagbag import DagBag
 
 from pipelines.demo import PREDICT_WINDOW, TRAIN_END, setup_demo_database
 

@@ -1,0 +1,123 @@
+"""Train on one file and score another, without Airflow or a registry (``anomaly-pipelines detect``).
+
+The files go through the same reader and validation as a job's; without a time column the row
+number is the time axis (the scored file's rows continue the training file's), and the output
+has ``timestamp`` empty and a ``row`` column instead.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import storage
+from pipelines.config import FileSource, JobConfig
+from pipelines.detectors import make_detector
+from pipelines.errors import DataValidationError
+from pipelines.extraction import prepare
+from pipelines.schema import conform
+from pipelines.series import series_key
+from pipelines.sources import FileReader
+from pipelines.validation import validate_batch
+
+ROW = "row"
+_ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as seconds
+
+
+def _read(job: JobConfig, path: str) -> pd.DataFrame:
+    reader_job = job.model_copy(update={"source": FileSource(kind="file", path=path)})
+    frame = FileReader(reader_job).read(None, None)
+    if job.timestamp == _ROW_CLOCK:
+        frame[ROW] = np.arange(len(frame))
+        frame[_ROW_CLOCK] = pd.to_datetime(frame[ROW], unit="s", utc=True)
+    report = validate_batch(frame, job)
+    if not report.success:
+        raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())
+    typed = prepare(frame, job)
+    if job.timestamp == _ROW_CLOCK:
+        typed[ROW] = (typed[_ROW_CLOCK] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "s")
+    return typed
+
+
+def _series(
+    frame: pd.DataFrame, job: JobConfig, offsets: dict[str, int]
+) -> dict[str, tuple[dict[str, str], pd.DataFrame, np.ndarray | None]]:
+    """Each series' dimension values, rows indexed by time or by position in the series
+    (continuing ``offsets``), and without timestamps the rows' numbers in the file."""
+    groups = frame.groupby(job.dimensions, sort=True) if job.dimensions else [((), frame)]
+    out = {}
+    for values, group in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        key = series_key(job.dimensions, values)
+        dims = dict(zip(job.dimensions, map(str, values), strict=True))
+        if job.timestamp == _ROW_CLOCK:
+            start = offsets.get(key, 0)
+            data = group[job.features].set_axis(pd.RangeIndex(start, start + len(group)))
+            out[key] = (dims, data, group[ROW].to_numpy())
+        else:
+            out[key] = (dims, group.set_index(job.timestamp)[job.features], None)
+    return out
+
+
+def detect_files(
+    train: str,
+    input: str,
+    *,
+    timestamp: str | None,
+    features: list[str],
+    dimensions: list[str],
+    model: str,
+    params: dict[str, Any],
+    contamination: float,
+    output: str,
+) -> pd.DataFrame:
+    """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows."""
+    job = JobConfig.model_validate(
+        {
+            "name": "detect",
+            "source": {"kind": "file", "path": train},
+            "timestamp": timestamp or _ROW_CLOCK,
+            "frequency": "1s",
+            "dimensions": dimensions,
+            "features": features,
+            "model": {"kind": model, "params": params},
+            "threshold": {"kind": "contamination", "value": contamination},
+        }
+    )
+    trained = _series(_read(job, train), job, {})
+    to_score = _series(_read(job, input), job, {key: len(data) for key, (_, data, _) in trained.items()})
+    frames = []
+    for key, (dims, data, rows) in to_score.items():
+        if key not in trained:
+            raise DataValidationError(f"{input}: series {key} has no rows in the training file {train}")
+        history = trained[key][1]
+        detector = make_detector(model, params, threshold_kind="contamination", threshold_value=contamination)
+        follows = data.index.min() > history.index.max()  # history only when the input continues it
+        scored = detector.fit(history).detect(data, history=history if follows else None).to_frame()
+        if job.timestamp == _ROW_CLOCK:
+            scored[ROW] = np.repeat(rows, len(features))
+            scored["timestamp"] = pd.NaT
+        frames.append(
+            scored.assign(
+                job="detect",
+                series=key,
+                model=model,
+                model_version="adhoc",
+                run_id="cli-detect",
+                interval_start=pd.NaT,
+                interval_end=pd.NaT,
+                scored_at=pd.Timestamp.now(tz="UTC"),
+                **dims,
+            )
+        )
+    result = pd.concat(frames, ignore_index=True)
+    labeled = conform(result, dimensions)
+    if ROW in result:
+        labeled[ROW] = result[ROW].astype("int64").to_numpy()
+    buffer = io.BytesIO()
+    labeled.to_parquet(buffer, index=False)
+    storage.atomic_write(output, buffer.getvalue())
+    return labeled

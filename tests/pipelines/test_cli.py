@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.training import registry_for
+from pipelines.config import get_job
+
+
+def test_validate_config_reports_each_file(tmp_path, capsys):
+    good = {
+        "name": "good",
+        "source": {"kind": "file", "path": "x.csv"},
+        "timestamp": "ts",
+        "frequency": "1h",
+        "features": ["v"],
+        "model": {"kind": "iforest"},
+    }
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(good))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**good, "name": "bad", "featurez": ["v"]}))
+    assert main(["validate-config", str(tmp_path / "good.yaml")]) == 0
+    assert "ok   " in capsys.readouterr().out
+    assert main(["validate-config", str(tmp_path / "good.yaml"), str(tmp_path / "bad.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.yaml: invalid job configuration" in err and "featurez: unknown field" in err
+
+
+def test_shipped_jobs_validate(capsys):
+    assert main(["validate-config"]) == 0
+    assert "job demo_web_metrics" in capsys.readouterr().out
+
+
+def test_train_and_predict_from_the_shell(project, capsys):
+    assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert {r["series"] for r in trained} == {"region=eu", "region=us", "region=apac"}
+    assert all(r["promoted"] for r in trained)
+    job = get_job("demo_web_metrics")
+    assert registry_for(job).champion(job.name, "region=eu").version == next(r["version"] for r in trained if r["series"] == "region=eu")
+
+    assert main(["predict", "demo_web_metrics", "--start", "2024-03-03T00:00:00Z", "--end", "2024-03-04T00:00:00Z"]) == 0
+    published = json.loads(capsys.readouterr().out)
+    assert published["rows"] == 3 * 24 * 2
+    assert published["anomalies"]["region=eu"] >= 2  # the traffic spike of 14:00-17:00
+    assert pd.read_parquet(published["parquet_paths"][0]).shape[0] == published["rows"]
+
+
+def test_errors_exit_2_with_the_message(project, capsys):
+    assert main(["predict", "demo_web_metrics", "--start", "2024-03-03T00:00:00Z", "--end", "2024-03-04T00:00:00Z"]) == 2
+    err = capsys.readouterr().err
+    assert "no champion model is serving" in err and "demo_web_metrics__train" in err
+    assert main(["train", "nope"]) == 2
+    assert "no job named 'nope'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 720
+    t = np.arange(n)
+    frame = pd.DataFrame(
+        {
+            "ts": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "a": 10 + np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.1, n),
+            "b": 5 + rng.normal(0, 0.1, n),
+        }
+    )
+    frame.iloc[:600].to_csv(tmp_path / "train.csv", index=False)
+    test = frame.iloc[600:].copy()
+    test.iloc[60, 1] += 3.0  # a spike in a at the 61st scored row (file row 60)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("model", ["seasonal_mad", "iforest"])
+def test_detect_with_timestamps(files, model, capsys):
+    out = files / "out.parquet"
+    args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv"), "--timestamp", "ts"]
+    assert main([*args, "--features", "a,b", "--model", model, "--output", str(out)]) == 0
+    assert "scored 120 points x 2 features in 1 series" in capsys.readouterr().out
+    frame = pd.read_parquet(out)
+    assert len(frame) == 240 and frame["series"].eq("all").all()
+    flagged = frame[frame["is_anomaly"] & (frame["feature"] == "a")]
+    assert pd.Timestamp("2024-01-28T12:00:00Z") in set(flagged["timestamp"])  # 600 + 60 hours after the start
+    assert len(flagged) <= 4
+
+
+def test_detect_without_timestamps_uses_row_numbers(files, capsys):
+    out = files / "rows.parquet"
+    args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv")]
+    assert main([*args, "--features", "a", "--model", "seasonal_mad", "--params", '{"season": 24}', "--output", str(out)]) == 0
+    frame = pd.read_parquet(out)
+    assert frame["timestamp"].isna().all()
+    assert frame.loc[frame["is_anomaly"], "row"].tolist() == [60]
+    # Rows continue the training file's, so the seasonal slot of row 60 is (600 + 60) % 24.
+    assert abs(frame.loc[frame["row"] == 61, "expected"].iloc[0] - (10 + np.sin(2 * np.pi * 661 / 24))) < 0.2
