@@ -16,7 +16,7 @@ import yaml
 
 from pipelines.config import get_job, load_job_file
 from pipelines.errors import ConfigError, DataValidationError, SourceError
-from pipelines.runner import run_predict, run_train
+from pipelines.runner import run_predict, run_train, run_tune
 from pipelines.training import registry_for
 from pipelines.workspace import Window, home, to_utc
 
@@ -209,3 +209,20 @@ def test_failed_runs_leave_no_work_files(trained, project):
     with pytest.raises(SourceError):
         run_predict(job, DAY, run_id="bad-missing")
     assert not any((home() / "work").rglob("*.parquet"))
+
+
+def test_tune_writes_params_that_the_next_training_uses(project):
+    job = get_job("demo_web_metrics").model_copy(
+        update={"tune": get_job("demo_web_metrics").tune.model_copy(update={"grid": {"level_window": [6, 48]}})}
+    )
+    results = run_tune(job, TRAIN, run_id="tune-1")
+    assert {r["series"] for r in results} == {"region=eu", "region=us", "region=apac"}
+    assert all(r["trials"] == 2 for r in results)
+    registry = registry_for(job)
+    run_train(job, TRAIN, run_id="train-after-tune")
+    for result in results:
+        tuned = registry.tuned_params(job.name, result["series"])
+        assert tuned == result["params"] and tuned["level_window"] in (6, 48)
+        champion = registry.champion(job.name, result["series"])
+        assert champion.metadata["tuned_params"] == tuned
+        assert champion.metadata["params"]["level_window"] == tuned["level_window"]
