@@ -38,13 +38,20 @@ ONE_OFF_PARAMS = {
         None,
         type=["null", "string"],
         title="Input file (one-off scoring)",
-        description="Score this file (local path or s3://) instead of the job's source; window optional.",
+        description="Score this whole file (local path or s3://) instead of the job's source.",
     ),
     "output": Param(
         None,
         type=["null", "string"],
         title="Output file (one-off scoring)",
-        description="Write one Parquet file here instead of the job's outputs.",
+        description="The Parquet file to write (default: _one_off/ beside the job's dataset).",
+    ),
+    "chunk_rows": Param(
+        250_000,
+        type="integer",
+        minimum=1000,
+        title="Rows per chunk (one-off scoring)",
+        description="Each chunk is validated and scored by its own task; bounds memory.",
     ),
 }
 
@@ -119,8 +126,7 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
 
             _, interval_end, params = _context_window()
             window = training_window(job, interval_end, start=params.get("start"), end=params.get("end"))
-            extracted = extract_window(job, window, run_id=run_id)
-            return {"path": extracted.path, "window": extracted.window.to_dict(), "rows": extracted.rows}
+            return extract_window(job, window, run_id=run_id).to_dict()
 
         @task
         @fail_fast
@@ -129,7 +135,7 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             from pipelines.workspace import Window
 
             window = Window.from_dict(extracted["window"])
-            return validate_batch(job, window, run_id=run_id, purpose=purpose, raw_path=extracted["path"])
+            return validate_batch(job, window, run_id=run_id, purpose=purpose, raw_path=extracted["paths"][0])
 
         @task(map_index_template="{{ series_label }}")
         @fail_fast
@@ -168,7 +174,11 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
 
 
 def build_predict_dag(job: JobConfig):
-    """Score every series: extract (+ history) → validate → one mapped task per series → publish."""
+    """Score every series: extract (+ history) → validate → one mapped task per series → publish.
+
+    With the ``input`` param (one-off scoring) the file is split into chunks instead, each
+    validated and scored by its own mapped task, and streamed into one output file.
+    """
 
     @dag(**_dag_kwargs(job, "predict", job.schedules.predict, {**WINDOW_PARAMS, **ONE_OFF_PARAMS}))
     def predict_dag():
@@ -176,40 +186,45 @@ def build_predict_dag(job: JobConfig):
         @fail_fast
         def extract(run_id: str | None = None) -> dict:
             from pipelines.extraction import extract as extract_window
+            from pipelines.extraction import extract_chunks
             from pipelines.runner import history_rows
             from pipelines.workspace import prediction_window
 
             interval_start, interval_end, params = _context_window()
-            one_off = params.get("input")
-            if one_off and not (params.get("start") or params.get("end")):
-                window = None  # score the whole file
-            else:
-                window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"))
-            extracted = extract_window(
-                job, window, run_id=run_id, history_rows=0 if one_off else history_rows(job), input_path=one_off
-            )
-            return {"path": extracted.path, "window": extracted.window.to_dict(), "rows": extracted.rows}
+            if params.get("input"):
+                extracted = extract_chunks(
+                    job, run_id=run_id, input_path=params["input"], chunk_rows=int(params["chunk_rows"])
+                )
+                return {**extracted.to_dict(), "one_off": True}
+            window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"))
+            return {**extract_window(job, window, run_id=run_id, history_rows=history_rows(job)).to_dict(), "one_off": False}
 
         @task
         @fail_fast
-        def validate(extracted: dict, run_id: str | None = None) -> list[str]:
+        def validate(extracted: dict, run_id: str | None = None) -> list[dict]:
             from pipelines.extraction import validate as validate_batch
             from pipelines.workspace import Window
 
+            if extracted["one_off"]:  # each chunk is validated by the task that scores it
+                return [{"chunk": index} for index in range(len(extracted["paths"]))]
             window = Window.from_dict(extracted["window"])
-            return validate_batch(job, window, run_id=run_id, purpose="predict", raw_path=extracted["path"])
+            keys = validate_batch(job, window, run_id=run_id, purpose="predict", raw_path=extracted["paths"][0])
+            return [{"series": key} for key in keys]
 
-        @task(map_index_template="{{ series_label }}")
+        @task(map_index_template="{{ unit_label }}")
         @fail_fast
-        def score(series: str, extracted: dict, run_id: str | None = None) -> dict:
+        def score(unit: dict, extracted: dict, run_id: str | None = None) -> dict:
             from pipelines.extraction import read_series
-            from pipelines.scoring import score_series
+            from pipelines.scoring import score_chunk, score_series
             from pipelines.workspace import Window
 
-            get_current_context()["series_label"] = series  # names the mapped task in the UI
-
             window = Window.from_dict(extracted["window"])
-            return score_series(job, series, read_series(job, run_id, series), window, run_id=run_id).to_dict()
+            if "chunk" in unit:
+                get_current_context()["unit_label"] = f"chunk {unit['chunk'] + 1} of {len(extracted['paths'])}"
+                return score_chunk(job, window, run_id=run_id, index=unit["chunk"], chunk_paths=extracted["paths"])
+            get_current_context()["unit_label"] = unit["series"]  # names the mapped task in the UI
+            data = read_series(job, run_id, unit["series"])
+            return score_series(job, unit["series"], data, window, run_id=run_id).to_dict()
 
         @task
         @fail_fast
@@ -217,19 +232,24 @@ def build_predict_dag(job: JobConfig):
             from pipelines.reporting import log_table
             from pipelines.runner import cleanup
             from pipelines.scoring import publish as publish_scores
-            from pipelines.workspace import Window
+            from pipelines.scoring import publish_file
+            from pipelines.workspace import Window, one_off_output
 
             params = get_current_context()["params"]
             window = Window.from_dict(extracted["window"])
             scored = _materialize(scored)
-            result = publish_scores(job, window, [s["path"] for s in scored], output=params.get("output"))
-            log_table(f"job {job.name}: scored window {window}", scored, ["series", "rows", "anomalies", "model_version"])
+            paths = [s["path"] for s in scored]
+            if extracted["one_off"]:
+                result = publish_file(job, window, paths, params.get("output") or one_off_output(job, run_id))
+            else:
+                result = publish_scores(job, window, paths)
+            log_table(f"job {job.name}: scored {window}", [{"series": k, "timestamps": n, "anomalous": result.anomalies[k]} for k, n in result.rows_per_series.items()])
             cleanup(job, run_id)
             return result.to_dict()
 
         extracted = extract()
-        series = validate(extracted)
-        publish(score.partial(extracted=extracted).expand(series=series), extracted)
+        units = validate(extracted)
+        publish(score.partial(extracted=extracted).expand(unit=units), extracted)
 
     return predict_dag()
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.config import get_job, jobs_dir, load_job_file, load_jobs
-from pipelines.errors import PipelineError
+from pipelines.errors import ConfigError, PipelineError
 from pipelines.workspace import prediction_window, training_window, utcnow
 
 
@@ -60,12 +60,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipelines.runner import run_predict
+    from pipelines.runner import run_predict, run_score_file
 
     job = get_job(args.job)
-    whole_file = args.input and not (args.start or args.end)
-    window = None if whole_file else prediction_window(None, None, start=args.start, end=args.end)
-    result = run_predict(job, window, run_id=_run_id("predict"), input_path=args.input, output=args.output)
+    run_id = _run_id("predict")
+    if args.input:
+        if args.start or args.end:
+            raise ConfigError("--input scores the whole file: leave out --start and --end")
+        result = run_score_file(job, args.input, run_id=run_id, output=args.output, chunk_rows=args.chunk_rows)
+    else:
+        if args.output:
+            raise ConfigError("--output goes with --input (one-off scoring); scheduled windows write the job's outputs")
+        result = run_predict(job, prediction_window(None, None, start=args.start, end=args.end), run_id=run_id)
     _print_json(result.to_dict())
     return 0
 
@@ -117,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("job")
     predict.add_argument("--start", help="window start (ISO 8601, inclusive); required without --input")
     predict.add_argument("--end", help="window end (ISO 8601, exclusive); required without --input")
-    predict.add_argument("--input", help="score this file instead of the job's source (one-off scoring)")
-    predict.add_argument("--output", help="write one Parquet file here instead of the job's outputs")
+    predict.add_argument("--input", help="score this whole file instead of the job's source (one-off scoring)")
+    predict.add_argument("--output", help="with --input: the Parquet file to write")
+    predict.add_argument("--chunk-rows", type=int, default=250_000, help="with --input: rows per chunk (bounds memory)")
     predict.set_defaults(func=cmd_predict)
 
     detect = commands.add_parser("detect", help="train on one file and score another, no Airflow, no registry")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from pipelines import storage
 from pipelines.config import FileSource, JobConfig, resolve_path
 from pipelines.errors import SourceError
 from pipelines.series import series_key
-from pipelines.sources import make_source
+from pipelines.sources import FileReader, make_source
 from pipelines.sources.base import parse_timestamps
 from pipelines.validation import check_and_raise
 from pipelines.workspace import Window, Workspace, validation_report_path
@@ -27,61 +28,78 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Extracted:
-    """What :func:`extract` kept: where the raw batch is, its size, and the window it covers."""
+    """What was extracted: the raw batch files (one, or one per chunk), rows, and the window."""
 
-    path: str
+    paths: list[str]
     rows: int
     window: Window
     read_from: str
 
+    def to_dict(self) -> dict:
+        return {"paths": self.paths, "rows": self.rows, "window": self.window.to_dict(), "read_from": self.read_from}
 
-def _source_for(job: JobConfig, input_path: str | None):
-    if not input_path:
-        return make_source(job), job.source.describe()
-    # One-off scoring: same columns and parsing rules as the job, another file.
-    one_off = job.model_copy(update={"source": FileSource(kind="file", path=input_path)})
-    return make_source(one_off), f"input file {input_path!r}"
+    @classmethod
+    def from_dict(cls, data: dict) -> Extracted:
+        return cls(list(data["paths"]), int(data["rows"]), Window.from_dict(data["window"]), data["read_from"])
 
 
-def extract(
-    job: JobConfig,
-    window: Window | None,
-    *,
-    run_id: str,
-    history_rows: int = 0,
-    input_path: str | None = None,
-) -> Extracted:
+def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 0) -> Extracted:
     """Read ``window`` (plus ``history_rows`` periods before it) and keep it in the run's workspace.
 
-    ``window=None`` reads everything (one-off scoring of a whole file); the returned window is
-    then the span of the data. Raises :class:`SourceError` when the window holds no rows:
-    scoring or training nothing is almost always a mistake in the window or the source.
+    Raises :class:`SourceError` when the window holds no rows: scoring or training nothing is
+    almost always a mistake in the window or the source.
     """
-    read_start = window.start - job.frequency * history_rows if window else None
-    source, described = _source_for(job, input_path)
-    frame = source.read(read_start, window.end if window else None)
+    read_start = window.start - job.frequency * history_rows
+    frame = make_source(job).read(read_start, window.end)
     parsed = (
         parse_timestamps(frame[job.timestamp])
         if job.timestamp in frame.columns
         else pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
     )
     # Unparseable timestamps count as in the window: validation must see and report them.
-    in_window = parsed.isna() | (parsed >= window.start) if window else pd.Series(True, index=parsed.index)
+    in_window = parsed.isna() | (parsed >= window.start)
     if not in_window.any():
         raise SourceError(
-            f"job {job.name}: {described} has no rows in window {window or '(whole source)'}. "
+            f"job {job.name}: {job.source.describe()} has no rows in window {window}. "
             "Check that the source holds data for this window, or run another window "
             "(manual runs take 'start' and 'end')."
         )
-    if window is None:
-        valid = parsed.dropna()
-        first = valid.min() if len(valid) else pd.Timestamp("1970-01-01", tz="UTC")
-        last = valid.max() if len(valid) else first
-        window = Window(first.to_pydatetime(), (last + job.frequency).to_pydatetime())
     path = Workspace(job.name, run_id).raw_batch
     storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(frame)))
-    log.info("job %s: extracted %d rows (%d in window %s) from %s", job.name, len(frame), int(in_window.sum()), window, described)
-    return Extracted(path=path, rows=len(frame), window=window, read_from=described)
+    log.info("job %s: extracted %d rows (%d in window %s) from %s", job.name, len(frame), int(in_window.sum()), window, job.source.describe())
+    return Extracted(paths=[path], rows=len(frame), window=window, read_from=job.source.describe())
+
+
+def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: int) -> Extracted:
+    """Split a file of any size into raw chunks of ``chunk_rows`` rows (one-off scoring).
+
+    Memory stays bounded by one chunk; the returned window spans the file's timestamps.
+    Rows of a series must come in time order across the file: each chunk is scored with the
+    end of the previous chunk as history.
+    """
+    workspace = Workspace(job.name, run_id)
+    one_off = job.model_copy(update={"source": FileSource(kind="file", path=input_path)})
+    first, last, rows, paths = None, None, 0, []
+    for index, chunk in enumerate(FileReader(one_off).iter_chunks(chunk_rows)):
+        if job.timestamp in chunk.columns:
+            parsed = parse_timestamps(chunk[job.timestamp]).dropna()
+            if len(parsed):
+                first = parsed.min() if first is None else min(first, parsed.min())
+                last = parsed.max() if last is None else max(last, parsed.max())
+        path = workspace.raw_chunk(index)
+        storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(chunk)))
+        paths.append(path)
+        rows += len(chunk)
+        log.info("job %s: chunk %d: %d rows (%d so far) from %s", job.name, index, len(chunk), rows, input_path)
+    if rows < max(job.validation.min_rows, 1):
+        raise SourceError(
+            f"job {job.name}: input file {input_path!r} holds {rows} rows; the job needs at least "
+            f"{max(job.validation.min_rows, 1)} (validation.min_rows)"
+        )
+    first = first if first is not None else pd.Timestamp("1970-01-01", tz="UTC")
+    last = last if last is not None else first
+    window = Window(first.to_pydatetime(), (last + job.frequency).to_pydatetime())
+    return Extracted(paths=paths, rows=rows, window=window, read_from=f"input file {input_path!r}")
 
 
 def _canonical_raw(frame: pd.DataFrame) -> pd.DataFrame:
@@ -131,15 +149,17 @@ def prepare(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
     return out.sort_values([*job.dimensions, job.timestamp], kind="stable").reset_index(drop=True)
 
 
-def validate(
-    job: JobConfig,
-    window: Window,
-    *,
-    run_id: str,
-    purpose: str,
-    raw_path: str,
-) -> list[str]:
-    """Validate the raw batch, then write one typed batch per series; returns the series keys.
+def series_groups(prepared: pd.DataFrame, job: JobConfig) -> Iterator[tuple[str, dict[str, str], pd.DataFrame]]:
+    """Each series of a prepared batch: its key, its dimension values, and its rows indexed by time."""
+    groups = prepared.groupby(job.dimensions, sort=True) if job.dimensions else [((), prepared)]
+    for values, group in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        dims = dict(zip(job.dimensions, map(str, values), strict=True))
+        yield series_key(job.dimensions, values), dims, group.set_index(job.timestamp)[job.features]
+
+
+def checked_batch(job: JobConfig, window: Window, *, run_id: str, purpose: str, raw_path: str, part: str = "") -> pd.DataFrame:
+    """The raw batch at ``raw_path``, validated, then typed by :func:`prepare`.
 
     On failure the batch is quarantined and :class:`~pipelines.errors.DataValidationError`
     stops the run before anything is trained or written.
@@ -151,18 +171,19 @@ def validate(
         job,
         window=(window.start, window.end),
         suite_path=resolve_path(job.validation.suite) if job.validation.suite else None,
-        report_path=validation_report_path(job, purpose, window, run_id),
-        quarantine_dir=workspace.quarantine,
+        report_path=validation_report_path(job, purpose, window, run_id + part),
+        quarantine_dir=workspace.quarantine + part,
         storage_options=job.outputs.storage_options,
     )
-    prepared = prepare(frame, job)
+    return prepare(frame, job)
+
+
+def validate(job: JobConfig, window: Window, *, run_id: str, purpose: str, raw_path: str) -> list[str]:
+    """Validate the raw batch, then write one typed batch per series; returns the series keys."""
+    prepared = checked_batch(job, window, run_id=run_id, purpose=purpose, raw_path=raw_path)
     keys: list[str] = []
-    groups = prepared.groupby(job.dimensions, sort=True) if job.dimensions else [((), prepared)]
-    for values, group in groups:
-        values = values if isinstance(values, tuple) else (values,)
-        key = series_key(job.dimensions, values)
-        batch = group.set_index(job.timestamp)[job.features]
-        storage.atomic_write(workspace.series_batch(key), _to_parquet_bytes(batch.reset_index()))
+    for key, _, batch in series_groups(prepared, job):
+        storage.atomic_write(Workspace(job.name, run_id).series_batch(key), _to_parquet_bytes(batch.reset_index()))
         keys.append(key)
     log.info("job %s: %d rows valid, %d series: %s", job.name, len(prepared), len(keys), ", ".join(keys))
     return keys
@@ -174,4 +195,13 @@ def read_series(job: JobConfig, run_id: str, series: str) -> pd.DataFrame:
     return frame.set_index(job.timestamp)[job.features]
 
 
-__all__ = ["Extracted", "extract", "prepare", "read_series", "validate"]
+__all__ = [
+    "Extracted",
+    "checked_batch",
+    "extract",
+    "extract_chunks",
+    "prepare",
+    "read_series",
+    "series_groups",
+    "validate",
+]

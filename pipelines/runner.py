@@ -10,11 +10,15 @@ import shutil
 from typing import Any
 
 from pipelines.config import JobConfig
-from pipelines.extraction import extract, read_series, validate
-from pipelines.scoring import PublishResult, publish, score_series
+from pipelines.errors import ConfigError
+from pipelines.extraction import extract, extract_chunks, read_series, validate
+from pipelines.scoring import PublishResult, publish, publish_file, score_chunk, score_series
 from pipelines.training import registry_for, train_series
 from pipelines.tuning import tune_series
-from pipelines.workspace import Window, Workspace
+from pipelines.workspace import Window, Workspace, one_off_output
+
+#: Rows per chunk of a one-off scoring input: bounds memory (a few hundred MB per chunk).
+DEFAULT_CHUNK_ROWS = 250_000
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ def _prepared_series(
     job: JobConfig, window: Window | None, run_id: str, purpose: str, **extract_args: Any
 ) -> tuple[Window, list[str]]:
     extracted = extract(job, window, run_id=run_id, **extract_args)
-    series = validate(job, extracted.window, run_id=run_id, purpose=purpose, raw_path=extracted.path)
+    series = validate(job, extracted.window, run_id=run_id, purpose=purpose, raw_path=extracted.paths[0])
     return extracted.window, series
 
 
@@ -54,21 +58,38 @@ def run_tune(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, A
         cleanup(job, run_id)
 
 
-def run_predict(
+def run_predict(job: JobConfig, window: Window, *, run_id: str) -> PublishResult:
+    """Score ``window`` with the champions and publish it to the job's outputs."""
+    try:
+        window, series = _prepared_series(job, window, run_id, "predict", history_rows=history_rows(job))
+        scored = [score_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
+        return publish(job, window, [result.path for result in scored])
+    finally:
+        cleanup(job, run_id)
+
+
+def run_score_file(
     job: JobConfig,
-    window: Window | None,
+    input_path: str,
     *,
     run_id: str,
-    input_path: str | None = None,
     output: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> PublishResult:
-    """Score ``window`` (``None`` with ``input_path``: the whole file) and publish it."""
+    """One-off scoring: the whole of ``input_path``, chunk by chunk, into one Parquet file.
+
+    ``output`` defaults to :func:`~pipelines.workspace.one_off_output`; the job's own dataset and
+    table are never touched.
+    """
+    if chunk_rows < 1:
+        raise ConfigError(f"chunk_rows must be a positive number of rows, got {chunk_rows}")
     try:
-        window, series = _prepared_series(
-            job, window, run_id, "predict", history_rows=history_rows(job), input_path=input_path
-        )
-        scored = [score_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
-        return publish(job, window, [result.path for result in scored], output=output)
+        extracted = extract_chunks(job, run_id=run_id, input_path=input_path, chunk_rows=chunk_rows)
+        parts = [
+            score_chunk(job, extracted.window, run_id=run_id, index=index, chunk_paths=extracted.paths)["path"]
+            for index in range(len(extracted.paths))
+        ]
+        return publish_file(job, extracted.window, parts, output or one_off_output(job, run_id))
     finally:
         cleanup(job, run_id)
 

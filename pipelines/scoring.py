@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +20,11 @@ from pipelines import storage
 from pipelines.config import JobConfig, resolve_path
 from pipelines.detectors import BaseDetector
 from pipelines.errors import ModelError
-from pipelines.schema import conform
+from pipelines.extraction import checked_batch, prepare, read_parquet, series_groups
+from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
-from pipelines.sinks import ParquetSink, SqlSink
 from pipelines.db import engine_for
+from pipelines.sinks import ParquetSink, SqlSink
 from pipelines.training import load_champion
 from pipelines.workspace import Window, Workspace, utcnow
 
@@ -29,8 +33,9 @@ log = logging.getLogger(__name__)
 
 def labeled_frame(
     detector: BaseDetector,
-    data: pd.DataFrame,
-    window: Window | None,
+    rows: pd.DataFrame,
+    history: pd.DataFrame | None,
+    interval: Window,
     *,
     job: str,
     series: str,
@@ -39,28 +44,37 @@ def labeled_frame(
     model_version: str,
     run_id: str,
 ) -> pd.DataFrame:
-    """Score the rows of ``data`` inside ``window`` (earlier rows serve as history) in output form."""
-    if window is None:
-        history, rows = None, data
-    else:
-        history = data[data.index < window.start]
-        rows = data[(data.index >= window.start) & (data.index < window.end)]
-    frame = detector.detect(rows, history=history if history is not None and len(history) else None).to_frame()
-    if window is None and len(rows):
-        index = rows.index
-        window = Window(index.min(), index.max() + (index[-1] - index[-2] if len(index) > 1 else pd.Timedelta(1, "s")))
+    """Score ``rows`` (``history``: the rows just before them) in the output schema."""
+    history = history if history is not None and len(history) else None
+    frame = detector.detect(rows, history=history).to_frame()
     frame = frame.assign(
         job=job,
         series=series,
         model=model,
         model_version=model_version,
         run_id=run_id,
-        interval_start=window.start if window else pd.NaT,
-        interval_end=window.end if window else pd.NaT,
+        interval_start=interval.start,
+        interval_end=interval.end,
         scored_at=utcnow(),
         **dimensions,
     )
     return conform(frame, list(dimensions))
+
+
+def _champion(job: JobConfig, series: str):
+    current = load_champion(job, series)
+    if current is None:
+        raise ModelError(
+            f"job {job.name}, series {series}: no champion model is serving. "
+            f"Run the train DAG ({job.name}__train) or `anomaly-pipelines train {job.name}` first."
+        )
+    return current
+
+
+def _write_parquet(frame: pd.DataFrame, path: str) -> None:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    storage.atomic_write(path, buffer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -76,17 +90,15 @@ class ScoreResult:
 
 
 def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window, *, run_id: str) -> ScoreResult:
-    """Score one series' rows in ``window`` with its champion and stage them in the workspace."""
-    current = load_champion(job, series)
-    if current is None:
-        raise ModelError(
-            f"job {job.name}, series {series}: no champion model is serving. "
-            f"Run the train DAG ({job.name}__train) or `anomaly-pipelines train {job.name}` first."
-        )
-    version, detector = current
+    """Score one series' rows in ``window`` with its champion and stage them in the workspace.
+
+    Rows of ``data`` before the window are the history the model's rolling features need.
+    """
+    version, detector = _champion(job, series)
     frame = labeled_frame(
         detector,
-        data,
+        data[(data.index >= window.start) & (data.index < window.end)],
+        data[data.index < window.start],
         window,
         job=job.name,
         series=series,
@@ -96,12 +108,46 @@ def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
         run_id=run_id,
     )
     path = Workspace(job.name, run_id).scored(series)
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    storage.atomic_write(path, buffer.getvalue())
+    _write_parquet(frame, path)
     anomalies = int(frame.loc[frame["is_anomaly"], "timestamp"].nunique())
     log.info("job %s, series %s: scored %d rows with %s, %d anomalous timestamps", job.name, series, len(frame), version.version, anomalies)
     return ScoreResult(series, path, len(frame), anomalies, version.version)
+
+
+def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chunk_paths: list[str]) -> dict[str, Any]:
+    """Validate and score chunk ``index`` of a one-off input, every series in it.
+
+    The previous chunk's last rows of each series are its history, so a chunk scores exactly as
+    it would in one piece; each chunk is validated on its own (duplicates across chunks are not
+    seen). Memory is bounded by two chunks.
+    """
+    # The job's min_rows applies to the whole file (checked when it was split), not to each chunk.
+    per_chunk = job.model_copy(update={"validation": job.validation.model_copy(update={"min_rows": 0})})
+    data = checked_batch(per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=f"-chunk{index}")
+    series = [(key, dims, rows, *_champion(job, key)) for key, dims, rows in series_groups(data, job)]
+    history = _history_before(job, chunk_paths[:index], {key: max(d.lookback_, 1) for key, _, _, _, d in series})
+    frames, versions = [], {}
+    for key, dims, rows, version, detector in series:
+        frames.append(
+            labeled_frame(
+                detector,
+                rows,
+                history.get(key),
+                window,
+                job=job.name,
+                series=key,
+                dimensions=dims,
+                model=job.model.kind,
+                model_version=version.version,
+                run_id=run_id,
+            )
+        )
+        versions[key] = version.version
+    frame = pd.concat(frames, ignore_index=True)
+    path = Workspace(job.name, run_id).scored_chunk(index)
+    _write_parquet(frame, path)
+    log.info("job %s: chunk %d of %d scored: %d rows, %d series", job.name, index + 1, len(chunk_paths), len(frame), len(versions))
+    return {"chunk": index, "path": path, "rows": len(frame)}
 
 
 @dataclass(frozen=True)
@@ -117,40 +163,86 @@ class PublishResult:
         return self.__dict__.copy()
 
 
+def _history_before(job: JobConfig, earlier: list[str], needs: dict[str, int]) -> dict[str, pd.DataFrame]:
+    """The last ``needs[series]`` rows of each series in the ``earlier`` chunks, newest chunk first.
+
+    Usually the previous chunk suffices; a series with few rows per chunk walks further back.
+    """
+    found: dict[str, pd.DataFrame] = {}
+    for path in reversed(earlier):
+        if all(len(found.get(key, ())) >= rows for key, rows in needs.items()):
+            break
+        for key, _, rows in series_groups(prepare(read_parquet(path), job), job):
+            if key in needs and len(found.get(key, ())) < needs[key]:
+                found[key] = pd.concat([rows, found[key]]) if key in found else rows
+    return {key: rows.iloc[-needs[key] :] for key, rows in found.items()}
+
+
 def publish(job: JobConfig, window: Window, scored_paths: list[str], *, output: str | None = None) -> PublishResult:
     """Write the staged scores of every series: Parquet dataset and SQL table, replacing the window.
 
-    With ``output`` (one-off scoring), everything goes to that one Parquet file instead.
+    With ``output`` (one-off scoring), the staged parts are streamed into that one Parquet file.
     """
-    frames = [pd.read_parquet(io.BytesIO(storage.read_bytes(path))) for path in scored_paths]
+    if output:
+        return publish_file(job, window, scored_paths, output)
+    frames = [read_parquet(path) for path in scored_paths]
     frame = conform(pd.concat(frames, ignore_index=True), job.dimensions) if frames else None
     if frame is None or frame.empty:
         raise ModelError(f"job {job.name}: nothing was scored in window {window}; no output written")
+    paths = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).write(
+        frame, job=job.name, dimensions=job.dimensions, start=window.start, end=window.end
+    )
     table_name = None
-    if output:
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        storage.atomic_write(output, buffer.getvalue(), job.outputs.storage_options)
-        paths = [output]
-    else:
-        paths = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).write(
+    if job.outputs.table:
+        table = job.outputs.table
+        SqlSink(engine_for(table.connection), table.name, table.db_schema).write(
             frame, job=job.name, dimensions=job.dimensions, start=window.start, end=window.end
         )
-        if job.outputs.table:
-            table = job.outputs.table
-            SqlSink(engine_for(table.connection), table.name, table.db_schema).write(
-                frame, job=job.name, dimensions=job.dimensions, start=window.start, end=window.end
-            )
-            table_name = f"{table.db_schema + '.' if table.db_schema else ''}{table.name} ({table.connection.describe()})"
+        table_name = f"{table.db_schema + '.' if table.db_schema else ''}{table.name} ({table.connection.describe()})"
+    log.info("job %s: published %d rows for window %s to %s%s", job.name, len(frame), window, ", ".join(paths), f" and {table_name}" if table_name else "")
+    return _summary(frame, paths, table_name, window)
+
+
+def _summary(frame: pd.DataFrame, paths: list[str], table: str | None, window: Window) -> PublishResult:
     anomalous = frame[frame["is_anomaly"]].groupby("series")["timestamp"].nunique()
     per_series = frame.groupby("series")["timestamp"].nunique()
-    result = PublishResult(
+    return PublishResult(
         rows=len(frame),
         anomalies={s: int(anomalous.get(s, 0)) for s in per_series.index},
         rows_per_series={s: int(n) for s, n in per_series.items()},
         parquet_paths=paths,
-        table=table_name,
+        table=table,
         window=str(window),
     )
-    log.info("job %s: published %d rows for window %s to %s%s", job.name, len(frame), window, ", ".join(paths), f" and {table_name}" if table_name else "")
-    return result
+
+
+def publish_file(job: JobConfig, window: Window, scored_paths: list[str], output: str) -> PublishResult:
+    """Stream the staged parts into one Parquet file at ``output``, which appears whole or not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema(job.dimensions)
+    rows, anomalies, timestamps = 0, Counter(), Counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        local = os.path.join(scratch, "scored.parquet")
+        with pq.ParquetWriter(local, schema) as writer:
+            for path in scored_paths:
+                part = conform(read_parquet(path), job.dimensions)
+                writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+                rows += len(part)
+                # A timestamp of one series lies in one part: counts add up across parts.
+                timestamps.update(part.drop_duplicates(["series", "timestamp"])["series"].tolist())
+                flagged = part[part["is_anomaly"]].drop_duplicates(["series", "timestamp"])
+                anomalies.update(flagged["series"].tolist())
+        if not rows:
+            raise ModelError(f"job {job.name}: nothing was scored; {output} not written")
+        storage.atomic_copy(local, output, job.outputs.storage_options)
+    log.info("job %s: wrote %d scored rows to %s", job.name, rows, output)
+    return PublishResult(
+        rows=rows,
+        anomalies={s: anomalies.get(s, 0) for s in sorted(timestamps)},
+        rows_per_series=dict(sorted(timestamps.items())),
+        parquet_paths=[output],
+        table=None,
+        window=str(window),
+    )

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -42,13 +44,27 @@ def atomic_write(url: str, data: bytes, storage_options: dict[str, Any] | None =
         # Object stores only make an object visible once its upload completes.
         fs.pipe_file(path, data)
         return
+    _replace_local(path, lambda handle: handle.write(data))
+
+
+def atomic_copy(local_file: str, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Copy a local file to ``url`` with the same guarantee as :func:`atomic_write`, in constant memory."""
+    fs, path = filesystem(url, storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        fs.put_file(local_file, path)
+        return
+    with open(local_file, "rb") as source:
+        _replace_local(path, lambda handle: shutil.copyfileobj(source, handle, 16 * 1024 * 1024))
+
+
+def _replace_local(path: str, write: Callable[[BinaryIO], object]) -> None:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     # The temporary file is in the same folder so that os.replace stays on one file system.
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -47,6 +47,12 @@ class Workspace:
     def scored(self, series: str) -> str:
         return str(self.root / "scored" / f"{series_slug(series)}.parquet")
 
+    def raw_chunk(self, index: int) -> str:
+        return str(self.root / "chunks" / f"raw-{index:06d}.parquet")
+
+    def scored_chunk(self, index: int) -> str:
+        return str(self.root / "scored" / f"chunk-{index:06d}.parquet")
+
     @property
     def quarantine(self) -> str:
         return str(home() / "quarantine" / self.job / _safe(self.run_id))
@@ -131,6 +137,12 @@ def validation_report_path(job: JobConfig, purpose: str, window: Window, run_id:
     return f"{root}/_validation/job={job.name}/{purpose}_{window.key()}_{_safe(run_id)}.json"
 
 
+def one_off_output(job: JobConfig, run_id: str) -> str:
+    """Where a one-off scoring run without an ``output`` writes: beside, never into, the job's dataset."""
+    root = resolve_path(job.outputs.parquet).rstrip("/")
+    return f"{root}/_one_off/job={job.name}/{_safe(run_id)}.parquet"
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -140,6 +152,7 @@ __all__ = [
     "Workspace",
     "home",
     "lookback_start",
+    "one_off_output",
     "prediction_window",
     "to_utc",
     "training_window",

@@ -44,8 +44,8 @@ class FileReader:
         self.job = job
         self.config = job.source
 
-    def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
-        lo, hi = utc_bound(start), utc_bound(end)
+    def _locate(self, lo: pd.Timestamp | None, hi: pd.Timestamp | None) -> tuple[str, Fail, AbstractFileSystem, list[str], str]:
+        """The resolved path, the error factory, the file system, the files and their format."""
         path = resolve_path(self.config.path)
         fail: Fail = partial(source_error, self.job, f"file source {path!r}", lo, hi)
         fs, root = url_to_fs(path, **self.config.storage_options)
@@ -54,7 +54,11 @@ class FileReader:
         fs.invalidate_cache()
         with _translated(fail, path, self.config.format or "the expected format"):
             files = self._files(fs, root, fail)
-        fmt = self._format(files, fail)
+        return path, fail, fs, files, self._format(files, fail)
+
+    def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
+        lo, hi = utc_bound(start), utc_bound(end)
+        path, fail, fs, files, fmt = self._locate(lo, hi)
         log.info("job %s: reading %d %s file(s) from %s", self.job.name, len(files), fmt, path)
         if fmt == "parquet":
             with _translated(fail, path, fmt):
@@ -76,6 +80,19 @@ class FileReader:
                 ) from exc
             frame = frame[window_mask(parsed, lo, hi)]
         return frame.reset_index(drop=True)
+
+    def iter_chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The whole source in file order, ``rows`` rows at a time (the last chunk may be
+        shorter), raw as :meth:`read` returns it: memory stays bounded whatever the file size."""
+        path, fail, fs, files, fmt = self._locate(None, None)
+        log.info("job %s: reading %d %s file(s) from %s in chunks of %d rows", self.job.name, len(files), fmt, path, rows)
+        with _translated(fail, path, fmt):
+            if fmt == "parquet":
+                yield from _parquet_chunks(fs, files, self.job, rows)
+                return
+            for file in files:
+                for chunk in _TEXT_CHUNKS[fmt](fs, file, self.job, rows):
+                    yield job_columns(chunk, self.job).reset_index(drop=True)
 
     def _files(self, fs: AbstractFileSystem, root: str, fail: Fail) -> list[str]:
         if any(char in root for char in "*?["):
@@ -156,6 +173,42 @@ def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig) -> pd.DataFrame
             dtype=dict.fromkeys(job.dimensions, str),
             encoding="utf-8-sig",
         )
+
+
+def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, rows: int) -> Iterator[pd.DataFrame]:
+    wanted = set(job.columns)
+    with fs.open(file, "rb") as handle:
+        yield from pd.read_csv(
+            handle,
+            usecols=lambda name: name in wanted,
+            dtype=dict.fromkeys(job.dimensions, str),
+            encoding="utf-8-sig",
+            chunksize=rows,
+        )
+
+
+def _jsonl_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, rows: int) -> Iterator[pd.DataFrame]:
+    with fs.open(file, "rb") as handle:
+        yield from pd.read_json(handle, lines=True, dtype=False, encoding="utf-8", chunksize=rows)
+
+
+_TEXT_CHUNKS = {"csv": _csv_chunks, "jsonl": _jsonl_chunks}
+
+
+def _parquet_chunks(fs: AbstractFileSystem, files: list[str], job: JobConfig, rows: int) -> Iterator[pd.DataFrame]:
+    dataset = ds.dataset(files, format="parquet", filesystem=fs)
+    columns = [name for name in job.columns if name in dataset.schema.names]
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    # Batches end at row-group boundaries; gather them so each chunk holds about ``rows`` rows.
+    for batch in dataset.to_batches(columns=columns, batch_size=rows):
+        pending.append(batch)
+        size += batch.num_rows
+        if size >= rows:
+            yield pa.Table.from_batches(pending).to_pandas()
+            pending, size = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).to_pandas()
 
 
 def _read_jsonl(fs: AbstractFileSystem, file: str, job: JobConfig) -> pd.DataFrame:

@@ -32,7 +32,7 @@ def test_every_job_yields_train_predict_and_tune(dagbag):
         predict = dagbag.dags[f"{name}__predict"]
         assert isinstance(predict.timetable, CronDataIntervalTimetable)
         assert predict.timetable.summary == job.schedules.predict
-        assert set(predict.params.keys()) == {"start", "end", "input", "output"}
+        assert set(predict.params.keys()) == {"start", "end", "input", "output", "chunk_rows"}
         assert predict.max_active_runs == 1
         assert [t.task_id for t in predict.topological_sort()] == ["extract", "validate", "score", "publish"]
         score = predict.get_task("score")
@@ -52,7 +52,7 @@ def test_mapped_over_series(dagbag):
     dag = dagbag.dags["demo_web_metrics__predict"]
     score = dag.get_task("score")
     assert score.is_mapped
-    assert score.map_index_template == "{{ series_label }}"
+    assert score.map_index_template == "{{ unit_label }}"
 
 
 def test_parsing_imports_nothing_heavy():

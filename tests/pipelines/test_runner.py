@@ -16,7 +16,7 @@ import yaml
 
 from pipelines.config import get_job, load_job_file
 from pipelines.errors import ConfigError, DataValidationError, SourceError
-from pipelines.runner import run_predict, run_train, run_tune
+from pipelines.runner import run_predict, run_score_file, run_train, run_tune
 from pipelines.training import registry_for
 from pipelines.workspace import Window, home, to_utc
 
@@ -75,15 +75,42 @@ def test_predicting_the_same_interval_twice_replaces_rows(trained, project):
     assert after["models"] == before["models"]
 
 
-def test_one_off_scoring_of_a_file(trained, project, tmp_path):
+@pytest.mark.parametrize("chunk_rows", [1000, 7])
+def test_one_off_scoring_of_a_file_in_chunks(trained, project, tmp_path, chunk_rows):
     data = pd.read_csv(project / "data" / "demo" / "web_metrics.csv")
     data[data["timestamp"].str.startswith("2024-03-05")].to_csv(tmp_path / "new.csv", index=False)
     before = snapshot(trained, project)
-    result = run_predict(trained, None, run_id="one-off", input_path=str(tmp_path / "new.csv"), output=str(tmp_path / "scored.parquet"))
+    result = run_score_file(
+        trained, str(tmp_path / "new.csv"), run_id=f"one-off-{chunk_rows}", output=str(tmp_path / "scored.parquet"), chunk_rows=chunk_rows
+    )
     scored = pd.read_parquet(tmp_path / "scored.parquet")
     assert len(scored) == result.rows == 3 * 24 * 2
+    assert result.rows_per_series == {"region=apac": 24, "region=eu": 24, "region=us": 24}
     assert result.anomalies["region=us"] > 0  # the latency shift of 2024-03-05 09:00
     assert snapshot(trained, project) == before  # the job's own outputs are not touched
+
+
+def test_chunked_scoring_matches_scoring_in_one_piece(trained, project, tmp_path):
+    # With the previous chunk's tail as history, chunks of 7 rows score as one chunk does.
+    data = pd.read_csv(project / "data" / "demo" / "web_metrics.csv")
+    data[data["timestamp"].str.startswith("2024-03-05")].to_csv(tmp_path / "new.csv", index=False)
+    scores = {}
+    for rows in (1000, 7):
+        out = tmp_path / f"scored-{rows}.parquet"
+        run_score_file(trained, str(tmp_path / "new.csv"), run_id=f"cmp-{rows}", output=str(out), chunk_rows=rows)
+        frame = pd.read_parquet(out).sort_values(["series", "timestamp", "feature"]).reset_index(drop=True)
+        scores[rows] = frame[["series", "timestamp", "feature", "expected", "score", "is_anomaly"]]
+    pd.testing.assert_frame_equal(scores[1000], scores[7])
+
+
+def test_one_off_scoring_stops_on_a_bad_chunk_and_writes_no_output(trained, project, tmp_path):
+    data = pd.read_csv(project / "data" / "demo" / "web_metrics.csv", dtype=object)
+    data = data[data["timestamp"].str.startswith("2024-03-05")].copy()
+    data.iloc[50, data.columns.get_loc("latency_ms")] = "slow"
+    data.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataValidationError, match='latency_ms.*"slow"'):
+        run_score_file(trained, str(tmp_path / "bad.csv"), run_id="bad-one-off", output=str(tmp_path / "out.parquet"), chunk_rows=20)
+    assert not (tmp_path / "out.parquet").exists()
 
 
 def _write_job(project: Path, name: str, **changes) -> Path:
