@@ -7,6 +7,7 @@ CLI call these functions with the same arguments.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,8 +80,9 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     """
     workspace = Workspace(job.name, run_id)
     one_off = job.model_copy(update={"source": FileSource(kind="file", path=input_path)})
-    first, last, rows, paths = None, None, 0, []
+    first, last, rows, paths, manifest = None, None, 0, [], []
     for index, chunk in enumerate(FileReader(one_off).iter_chunks(chunk_rows)):
+        manifest.append(_series_counts(chunk, job))
         if job.timestamp in chunk.columns:
             parsed = parse_timestamps(chunk[job.timestamp]).dropna()
             if len(parsed):
@@ -91,6 +93,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
         paths.append(path)
         rows += len(chunk)
         log.info("job %s: chunk %d: %d rows (%d so far) from %s", job.name, index, len(chunk), rows, input_path)
+    storage.atomic_write(workspace.chunk_manifest, json.dumps(manifest).encode())
     if rows < max(job.validation.min_rows, 1):
         raise SourceError(
             f"job {job.name}: input file {input_path!r} holds {rows} rows; the job needs at least "
@@ -100,6 +103,19 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     last = last if last is not None else first
     window = Window(first.to_pydatetime(), (last + job.frequency).to_pydatetime())
     return Extracted(paths=paths, rows=rows, window=window, read_from=f"input file {input_path!r}")
+
+
+def _series_counts(chunk: pd.DataFrame, job: JobConfig) -> dict[str, int]:
+    """Rows per series in a raw chunk, so scoring a later chunk reads only the chunks its
+    series' history is in (a missing dimension column is left to validation to report)."""
+    if not job.dimensions:
+        return {series_key([], []): len(chunk)}
+    if not set(job.dimensions) <= set(chunk.columns):
+        return {}
+    counts = chunk.groupby([chunk[d].astype("string") for d in job.dimensions], dropna=False).size()
+    return {
+        series_key(job.dimensions, key if isinstance(key, tuple) else (key,)): int(n) for key, n in counts.items()
+    }
 
 
 def _canonical_raw(frame: pd.DataFrame) -> pd.DataFrame:

@@ -7,6 +7,7 @@ then writes every series of the window at once, so the outputs never hold half a
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tempfile
@@ -125,7 +126,9 @@ def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chun
     per_chunk = job.model_copy(update={"validation": job.validation.model_copy(update={"min_rows": 0})})
     data = checked_batch(per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=f"-chunk{index}")
     series = [(key, dims, rows, *_champion(job, key)) for key, dims, rows in series_groups(data, job)]
-    history = _history_before(job, chunk_paths[:index], {key: max(d.lookback_, 1) for key, _, _, _, d in series})
+    manifest = json.loads(storage.read_bytes(Workspace(job.name, run_id).chunk_manifest))
+    needs = {key: max(detector.lookback_, 1) for key, _, _, _, detector in series}
+    history = _history_before(job, chunk_paths[:index], manifest[:index], needs)
     frames, versions = [], {}
     for key, dims, rows, version, detector in series:
         frames.append(
@@ -163,17 +166,23 @@ class PublishResult:
         return self.__dict__.copy()
 
 
-def _history_before(job: JobConfig, earlier: list[str], needs: dict[str, int]) -> dict[str, pd.DataFrame]:
-    """The last ``needs[series]`` rows of each series in the ``earlier`` chunks, newest chunk first.
+def _history_before(
+    job: JobConfig, earlier: list[str], manifest: list[dict[str, int]], needs: dict[str, int]
+) -> dict[str, pd.DataFrame]:
+    """The last ``needs[series]`` rows of each series in the ``earlier`` chunks, newest first.
 
-    Usually the previous chunk suffices; a series with few rows per chunk walks further back.
+    The manifest says which chunks hold which series, so only those are read: usually just the
+    previous chunk.
     """
     found: dict[str, pd.DataFrame] = {}
-    for path in reversed(earlier):
-        if all(len(found.get(key, ())) >= rows for key, rows in needs.items()):
-            break
+    for path, counts in zip(reversed(earlier), reversed(manifest), strict=True):
+        wanted = {key for key, rows in needs.items() if key in counts and len(found.get(key, ())) < rows}
+        if not wanted:
+            if all(len(found.get(key, ())) >= rows for key, rows in needs.items()):
+                break
+            continue
         for key, _, rows in series_groups(prepare(read_parquet(path), job), job):
-            if key in needs and len(found.get(key, ())) < needs[key]:
+            if key in wanted:
                 found[key] = pd.concat([rows, found[key]]) if key in found else rows
     return {key: rows.iloc[-needs[key] :] for key, rows in found.items()}
 

@@ -50,6 +50,11 @@ class Workspace:
     def raw_chunk(self, index: int) -> str:
         return str(self.root / "chunks" / f"raw-{index:06d}.parquet")
 
+    @property
+    def chunk_manifest(self) -> str:
+        """Which series each raw chunk holds (and how many rows), written by the split."""
+        return str(self.root / "chunks" / "manifest.json")
+
     def scored_chunk(self, index: int) -> str:
         return str(self.root / "scored" / f"chunk-{index:06d}.parquet")
 
