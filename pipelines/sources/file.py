@@ -201,7 +201,8 @@ def _parquet_chunks(fs: AbstractFileSystem, files: list[str], job: JobConfig, ro
     pending: list[pa.RecordBatch] = []
     size = 0
     # Batches end at row-group boundaries; gather them so each chunk holds about ``rows`` rows.
-    for batch in dataset.to_batches(columns=columns, batch_size=rows):
+    # No read-ahead: memory must stay at about one chunk however large the file is.
+    for batch in dataset.to_batches(columns=columns, batch_size=rows, batch_readahead=0, fragment_readahead=0):
         pending.append(batch)
         size += batch.num_rows
         if size >= rows:
