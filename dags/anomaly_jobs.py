@@ -158,8 +158,8 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
         @task(outlets=outlets)
         @fail_fast
         def summarize(results: list[dict], run_id: str | None = None) -> dict:
-            from pipelines.runner import cleanup
             from pipelines.reporting import log_table
+            from pipelines.runner import cleanup
 
             results = _materialize(results)
             log_table(f"job {job.name}: {purpose} results", results)

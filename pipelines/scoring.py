@@ -19,12 +19,12 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import JobConfig, resolve_path
+from pipelines.db import engine_for
 from pipelines.detectors import BaseDetector
 from pipelines.errors import ModelError
 from pipelines.extraction import checked_batch, prepare, read_parquet, series_groups
 from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
-from pipelines.db import engine_for
 from pipelines.sinks import ParquetSink, SqlSink
 from pipelines.training import load_champion
 from pipelines.workspace import Window, Workspace, utcnow

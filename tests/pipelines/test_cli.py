@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from pipelines.training import registry_for
 from pipelines.config import get_job
+from pipelines.training import registry_for
 
 
 def test_validate_config_reports_each_file(tmp_path, capsys):
