@@ -51,10 +51,14 @@ class ParquetSink:
         days = pd.date_range(start.normalize(), (end - pd.Timedelta(1, "us")).normalize(), freq="D")
         file_schema = schema.arrow_schema(dimensions)
         file_schema = file_schema.remove(file_schema.get_field_index("job"))
+        # Grouped once: selecting each day's rows with a mask over the whole frame would cost
+        # rows × days.
+        by_day = {day: rows for day, rows in frame.groupby(frame["timestamp"].dt.normalize(), sort=False)}
+        empty = frame.iloc[:0]
         written = []
         for day in days:
             url = self._url(job, day)
-            parts = [frame[frame["timestamp"].dt.normalize() == day]]
+            parts = [by_day.get(day, empty)]
             if storage.exists(url, self.storage_options):
                 old = self._read(url, job)
                 # A job whose dimensions changed keeps its old rows, with the new columns empty.

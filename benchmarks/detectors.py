@@ -1,0 +1,56 @@
+"""The detectors every benchmark measures: adding one to every table is one line in :data:`DETECTORS`.
+
+Parameters are general defaults chosen without looking at any benchmark's labels: the project
+never tunes a detector to the labels of a benchmark series. The one adaptation is the
+label-free :meth:`DetectorUnderTest.params_for` rule for seasons that do not fit the data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DetectorUnderTest:
+    """A model kind of :data:`pipelines.detectors.DETECTORS` with the parameters it is run with."""
+
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.kind} ({shown})" if shown else self.kind
+
+    def params_for(self, frequency: timedelta, training_rows: int) -> tuple[dict[str, Any], str | None]:
+        """The parameters for one series, and why they differ from :attr:`params` (None if not).
+
+        A season given as a duration needs two whole seasons of rows in the part of the first
+        training window the challenger is fitted on (training holds back the tail to compare
+        it with the champion); when there are fewer, the series runs without a season. The
+        rule sees only the spacing and the length of the training data, never a label.
+        """
+        season = self.params.get("season")
+        if not isinstance(season, str):
+            return dict(self.params), None
+        from pipelines.durations import parse_duration
+        from pipelines.training import HOLDOUT_FRACTION
+
+        slots = math.ceil(parse_duration(season) / frequency)
+        fitted_rows = int(training_rows * (1 - HOLDOUT_FRACTION))
+        if fitted_rows >= 2 * slots:
+            return dict(self.params), None
+        note = (
+            f"season {season} needs {2 * slots} fitted rows, the first training fits {fitted_rows}: "
+            "season None"
+        )
+        return {**self.params, "season": None}, note
+
+
+DETECTORS: list[DetectorUnderTest] = [
+    DetectorUnderTest("seasonal_mad", {"season": "1d"}),
+    DetectorUnderTest("iforest", {}),
+]
