@@ -78,6 +78,17 @@ class ScoreCalibrator:
         tail = 1.0 - self.tail_mass_ * np.exp(-excess / self.tail_scale_)
         return np.where(raw > self.tail_start_, tail, body)
 
+    def surprise(self, raw: np.ndarray) -> np.ndarray:
+        """``-log(1 - transform(raw))``: the same order, without the ceiling at 1.0.
+
+        In the tail it is linear in the raw score, so it still tells extreme points apart where
+        the calibrated score has rounded to 1.0; detectors combine surprises, never scores.
+        """
+        raw = np.asarray(raw, dtype="float64")
+        body = np.interp(raw, self.knots_raw_, self.knots_score_, left=0.0)
+        tail = -np.log(self.tail_mass_) + np.maximum(raw - self.tail_start_, 0.0) / self.tail_scale_
+        return np.where(raw > self.tail_start_, tail, -np.log1p(-np.minimum(body, 1.0 - self.tail_mass_)))
+
     def inverse(self, score: np.ndarray | float) -> np.ndarray:
         """The smallest raw score whose calibrated score reaches ``score`` (inf for 1)."""
         score = np.clip(np.asarray(score, dtype="float64"), 0.0, 1.0)

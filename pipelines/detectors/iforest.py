@@ -126,20 +126,22 @@ class IsolationForestDetector(BaseDetector):
         self.row_calibrator_ = ScoreCalibrator().fit(raw)
         deviation = np.abs(X.to_numpy() - rolling_expected(values, self.lookback_).to_numpy())
         self.feature_calibrators_ = [ScoreCalibrator().fit(deviation[:, f]) for f in range(X.shape[1])]
-        combined = self._combined(self.row_calibrator_.transform(raw), self._feature_scores(deviation))
+        combined = self._row_surprise(raw, deviation)
         self.combined_calibrator_ = ScoreCalibrator().fit(combined)
         return self.combined_calibrator_.transform(combined)
 
     def _feature_scores(self, deviation: np.ndarray) -> np.ndarray:
         return np.column_stack([c.transform(deviation[:, f]) for f, c in enumerate(self.feature_calibrators_)])
 
-    @staticmethod
-    def _combined(forest_score: np.ndarray, feature_score: np.ndarray) -> np.ndarray:
+    def _row_surprise(self, forest_raw: np.ndarray, deviation: np.ndarray) -> np.ndarray:
         # An isolation forest dilutes one signal far out of range among many normal window
-        # features (each split picks that signal rarely), so the row keeps the larger of the
-        # forest's score and the largest single-feature deviation score.
-        largest = np.nan_to_num(feature_score, nan=0.0).max(axis=1) if feature_score.size else forest_score
-        return np.maximum(forest_score, largest)
+        # features (each split picks that signal rarely), and its path lengths saturate for
+        # extreme points; so the row keeps the larger of the forest's surprise and the largest
+        # single-feature deviation surprise (unbounded, so extremes stay ranked).
+        forest = self.row_calibrator_.surprise(forest_raw)
+        features = [c.surprise(deviation[:, f]) for f, c in enumerate(self.feature_calibrators_)]
+        largest = np.nan_to_num(np.column_stack(features), nan=0.0).max(axis=1) if features else forest
+        return np.maximum(forest, largest)
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
         values = fill_missing(pd.concat([history, X]), pd.Series(self.medians_, index=X.columns))
@@ -149,8 +151,8 @@ class IsolationForestDetector(BaseDetector):
         deviation = np.abs(observed - expected)
         feature_score = self._feature_scores(deviation)
         if len(X):
-            forest_score = self.row_calibrator_.transform(-self.model_.score_samples(features))
-            row_score = self.combined_calibrator_.transform(self._combined(forest_score, feature_score))
+            row_raw = self._row_surprise(-self.model_.score_samples(features), deviation)
+            row_score = self.combined_calibrator_.transform(row_raw)
         else:  # scikit-learn refuses empty input
             row_score = np.zeros(0)
         half_width = np.array([float(c.inverse(self.threshold_)) for c in self.feature_calibrators_])

@@ -1,0 +1,141 @@
+"""The NAB replay harness in its quick mode: three short series through the real pipeline
+(GX validation, registry, Parquet outputs), then checks of what it reports."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import nab
+from benchmarks.detectors import DETECTORS, DetectorUnderTest
+from benchmarks.report import table_rows
+from pipelines.evaluation.nab import probationary_rows
+
+pytestmark = pytest.mark.slow
+
+ROOT = nab.nab_root()
+if not (ROOT / "labels" / "combined_windows.json").exists():  # pragma: no cover
+    pytest.skip(f"the NAB corpus is not at {ROOT}", allow_module_level=True)
+
+#: Cut inside a chunk that follows a retraining (rows 230-479 train first, chunk 4 at row 1230
+#: is preceded by a retraining), so the check covers both schedules and mid-window scoring.
+CAUSAL_SERIES = "realAdExchange/exchange-3_cpc_results.csv"
+CUT_ROW = 1400
+
+
+@pytest.fixture(scope="module")
+def quick() -> tuple[list[nab.DetectorRun], str]:
+    return nab.replay(quick=True)
+
+
+def test_every_row_after_probation_gets_a_calibrated_score(quick: tuple[list[nab.DetectorRun], str]) -> None:
+    runs, _ = quick
+    assert [run.detector for run in runs] == DETECTORS[:1]
+    (run,) = runs
+    assert sorted(run.series) == sorted(nab.QUICK_SERIES)
+    for key, replay in run.series.items():
+        n = len(pd.read_csv(ROOT / "data" / key))
+        probation = probationary_rows(n)
+        assert replay.score.shape == replay.is_anomaly.shape == (n,)
+        assert replay.scored[probation:].all(), key
+        assert not replay.scored[:probation].any(), key
+        scores = replay.score[probation:]
+        assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all(), key
+        assert (replay.score[:probation] == 0).all() and not replay.is_anomaly[:probation].any(), key
+        assert replay.predict_runs == math.ceil((n - probation) / nab.CHUNK_ROWS)
+        assert replay.training_runs == 1 + (replay.predict_runs - 1) // nab.RETRAIN_EVERY
+
+
+def test_the_season_falls_back_only_where_two_days_do_not_fit(quick: tuple[list[nab.DetectorRun], str]) -> None:
+    (run,) = quick[0]
+    seasons = {key: replay.params.get("season") for key, replay in run.series.items()}
+    # Hourly data: 24 slots, 184 fitted rows. 5-minute data: 288 slots, under 200 fitted rows.
+    assert seasons == {
+        "realAdExchange/exchange-3_cpc_results.csv": "1d",
+        "realAWSCloudwatch/iio_us-east-1_i-a2eb1cd9_NetworkIn.csv": None,
+        "realTraffic/speed_7578.csv": None,
+    }
+    assert run.series["realTraffic/speed_7578.csv"].note.endswith("season None")
+
+
+@pytest.mark.parametrize(
+    ("frequency", "rows", "season"),
+    [
+        (timedelta(hours=1), 60, "1d"),  # 48 fitted rows: exactly two seasons
+        (timedelta(hours=1), 59, None),  # 47 fitted rows
+        (timedelta(minutes=5), 750, "1d"),  # 600 >= 576
+        (timedelta(minutes=5), 604, None),  # 483 < 576
+    ],
+)
+def test_params_for_needs_two_seasons_in_the_fitted_rows(frequency: timedelta, rows: int, season: str | None) -> None:
+    params, note = DetectorUnderTest("seasonal_mad", {"season": "1d", "level_window": 24}).params_for(frequency, rows)
+    assert params == {"season": season, "level_window": 24}
+    assert (note is None) == (season == "1d")
+
+
+@pytest.mark.parametrize("detector", DETECTORS, ids=lambda d: d.kind)
+def test_replay_is_causal(
+    detector: DetectorUnderTest, quick: tuple[list[nab.DetectorRun], str], tmp_path: Path
+) -> None:
+    """Scores before a cut do not change when the rows after it are removed from the file."""
+    source = ROOT / "data" / CAUSAL_SERIES
+    quick_run = quick[0][0]
+    if quick_run.detector == detector:
+        full = quick_run.series[CAUSAL_SERIES]
+    else:
+        full = nab.replay_series(source, CAUSAL_SERIES, detector, tmp_path / "full")
+    truncated = tmp_path / "truncated.csv"
+    lines = source.read_text().splitlines(keepends=True)
+    truncated.write_text("".join(lines[: CUT_ROW + 1]))  # the header, then rows 0 .. CUT_ROW - 1
+    # The plan is the job's configuration (NAB's probation, the data's spacing), set in advance.
+    plan = nab.ReplayPlan.for_file(source)
+    cut = nab.replay_series(truncated, CAUSAL_SERIES, detector, tmp_path / "cut", plan)
+
+    assert cut.score.shape == (CUT_ROW,)
+    assert cut.training_runs == 2  # the probation and the retraining before the chunk at row 1230
+    assert cut.scored[plan.probation_rows :].all()
+    np.testing.assert_array_equal(cut.score, full.score[:CUT_ROW])
+    np.testing.assert_array_equal(cut.is_anomaly, full.is_anomaly[:CUT_ROW])
+    # The comparison is not vacuous: the scores vary, and the full replay scored past the cut.
+    assert np.unique(cut.score[plan.probation_rows :]).size > 100
+    assert full.scored[CUT_ROW:].all()
+
+
+def test_quick_table_has_fixed_and_swept_rows_with_nab_scores(quick: tuple[list[nab.DetectorRun], str]) -> None:
+    runs, markdown = quick
+    assert markdown.startswith("## Detection quality on NAB\n")
+    assert "| Detector | Threshold | Standard | Reward low FP | Reward low FN | Source |" in markdown
+    rows = table_rows(markdown)
+    scores_table, runs_table = rows[:2], rows[2:]  # one detector: fixed and swept, then its run
+    assert [row[1].split(":")[0] for row in scores_table] == ["fixed", "swept"]
+    assert all(row[0] == f"`{DETECTORS[0].label}`" and row[-1] == "ours, this run" for row in scores_table)
+    for row in scores_table:
+        values = [float(cell) for cell in row[2:5]]
+        assert all(math.isfinite(v) and -100 <= v <= 100 for v in values)
+    # No published row beside a slice normalised on its own: the numbers are not comparable.
+    assert "ARTime" not in markdown and "not comparable" in markdown
+    (run,) = runs
+    assert len(runs_table) == 1
+    assert runs_table[0][:3] == [f"`{DETECTORS[0].label}`", "3", str(sum(r.predict_runs for r in run.series.values()))]
+    for profile in nab.PROFILES:
+        assert -100 <= run.fixed[profile] <= 100
+        threshold, best = run.swept[profile]
+        assert math.isfinite(best) and -100 <= best <= 100
+        # "Never alarm" (score 0) is among the candidates, so the best threshold scores at least 0.
+        assert best >= 0
+        assert threshold == math.inf or 0 <= threshold <= 1
+
+
+def test_full_table_puts_the_published_scoreboard_beside_ours(quick: tuple[list[nab.DetectorRun], str]) -> None:
+    runs, _ = quick
+    markdown = nab.render(runs, quick=False, total_rows=3908, series_count=3)
+    rows = {row[0]: row for row in table_rows(markdown) if row[-1] == "published"}
+    assert list(rows) == [name for name, *_ in nab.PUBLISHED]
+    assert rows["ARTime"][2:5] == ["74.9", "65.1", "80.4"]
+    assert rows["Numenta HTM"][2:5] == ["70.5-69.7", "62.6-61.7", "75.2-74.2"]
+    assert nab.PUBLISHED_SOURCE in markdown
