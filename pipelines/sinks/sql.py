@@ -46,6 +46,34 @@ def _records(frame: pd.DataFrame) -> Iterator[list[dict[str, Any]]]:
         yield chunk.where(chunk.notna(), None).to_dict("records")
 
 
+#: How SQLAlchemy's SQLite dialect stores a DateTime: the same text keeps window comparisons exact.
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _sqlite_rows(frame: pd.DataFrame, columns: list[str]) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows as DB-API tuples already in SQLite's storage form, in batches.
+
+    Hand-converted rather than through SQLAlchemy's per-value type processing, which was most
+    of the time of a write (benchmarks/predict_scaling.py); the values are those SQLAlchemy
+    would store, so reads and window deletes through SQLAlchemy see no difference.
+    """
+    kinds = schema.OUTPUT_COLUMNS
+    for first in range(0, len(frame), BATCH_ROWS):
+        chunk = frame.iloc[first : first + BATCH_ROWS]
+        values = []
+        for name in columns:
+            column = chunk[name]
+            kind = kinds.get(name, "string")
+            if kind.startswith("timestamp"):
+                text = column.dt.tz_convert("UTC").dt.strftime(_SQLITE_DATETIME)
+                values.append(text.astype(object).where(column.notna(), None).tolist())
+            elif kind == "double":
+                values.append([None if v != v else v for v in column.astype("float64").tolist()])
+            else:
+                values.append(column.astype(object).where(column.notna(), None).tolist())
+        yield list(zip(*values, strict=True))
+
+
 class SqlSink:
     """Writes a job's output window into ``table`` in one transaction: delete the window, insert."""
 
@@ -93,8 +121,13 @@ class SqlSink:
                         table.c.job == job, table.c.timestamp >= _naive(start), table.c.timestamp < _naive(end)
                     )
                 ).rowcount
-                for records in _records(frame):
-                    conn.execute(sa.insert(table), records)
+                if conn.dialect.name == "sqlite":
+                    insert = str(sa.insert(table).compile(dialect=conn.dialect))
+                    for rows in _sqlite_rows(frame, [column.name for column in table.columns]):
+                        conn.exec_driver_sql(insert, rows)
+                else:
+                    for records in _records(frame):
+                        conn.execute(sa.insert(table), records)
         except Exception as exc:
             raise SinkError(
                 f"could not write {len(frame)} rows of job {job!r} for [{start}, {end}) to table {self.name!r}: "

@@ -124,3 +124,22 @@ def test_empty_read(sink: SqlSink, make_frame) -> None:
     rows = sink.read(job="sales", start=at("2024-02-01"))
     assert rows.empty
     assert str(rows["timestamp"].dtype) == "datetime64[us, UTC]"
+
+
+def test_sqlite_fast_path_stores_what_sqlalchemy_would(tmp_path, make_frame) -> None:
+    # SQLite rows are bound as prepared tuples (not through SQLAlchemy's per-value processing):
+    # the stored text, NULLs and booleans must be exactly those of a plain Core insert.
+    frame = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",), freq="17min")
+    frame.loc[frame.index[::5], "is_anomaly"] = True
+    frame["scored_at"] = frame["scored_at"] + pd.Timedelta(123456, "us")
+    fast = SqlSink(sa.create_engine(f"sqlite:///{tmp_path / 'fast.db'}"), "t")
+    fast.write(frame, job="sales", dimensions=["region"], start=at("2024-01-05"), end=at("2024-01-06"))
+    plain = SqlSink(sa.create_engine(f"sqlite:///{tmp_path / 'plain.db'}"), "t")
+    table = plain._definition(["region"])
+    plain._prepare(table, ["region"])
+    with plain.engine.begin() as conn:
+        for records in sql._records(frame):
+            conn.execute(sa.insert(table), records)
+    stored = [pd.read_sql("SELECT * FROM t ORDER BY series, timestamp, feature", s.engine) for s in (fast, plain)]
+    assert stored[0]["lower"].isna().all() and stored[0]["is_anomaly"].sum() > 0
+    pd.testing.assert_frame_equal(stored[0], stored[1])
