@@ -17,9 +17,8 @@ from pipelines import storage
 from pipelines.config import FileSource, JobConfig
 from pipelines.detectors import make_detector
 from pipelines.errors import DataValidationError
-from pipelines.extraction import prepare
+from pipelines.extraction import prepare, series_groups
 from pipelines.schema import conform
-from pipelines.series import series_key
 from pipelines.sources import FileReader
 from pipelines.validation import validate_batch
 
@@ -31,15 +30,11 @@ def _read(job: JobConfig, path: str) -> pd.DataFrame:
     reader_job = job.model_copy(update={"source": FileSource(kind="file", path=path)})
     frame = FileReader(reader_job).read(None, None)
     if job.timestamp == _ROW_CLOCK:
-        frame[ROW] = np.arange(len(frame))
-        frame[_ROW_CLOCK] = pd.to_datetime(frame[ROW], unit="s", utc=True)
+        frame[_ROW_CLOCK] = pd.to_datetime(np.arange(len(frame)), unit="s", utc=True)
     report = validate_batch(frame, job)
     if not report.success:
         raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())
-    typed = prepare(frame, job)
-    if job.timestamp == _ROW_CLOCK:
-        typed[ROW] = (typed[_ROW_CLOCK] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "s")
-    return typed
+    return prepare(frame, job)
 
 
 def _series(
@@ -47,18 +42,14 @@ def _series(
 ) -> dict[str, tuple[dict[str, str], pd.DataFrame, np.ndarray | None]]:
     """Each series' dimension values, rows indexed by time or by position in the series
     (continuing ``offsets``), and without timestamps the rows' numbers in the file."""
-    groups = frame.groupby(job.dimensions, sort=True) if job.dimensions else [((), frame)]
     out = {}
-    for values, group in groups:
-        values = values if isinstance(values, tuple) else (values,)
-        key = series_key(job.dimensions, values)
-        dims = dict(zip(job.dimensions, map(str, values), strict=True))
+    for key, dims, data in series_groups(frame, job):
         if job.timestamp == _ROW_CLOCK:
+            rows = ((data.index - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "s")).to_numpy()
             start = offsets.get(key, 0)
-            data = group[job.features].set_axis(pd.RangeIndex(start, start + len(group)))
-            out[key] = (dims, data, group[ROW].to_numpy())
+            out[key] = (dims, data.set_axis(pd.RangeIndex(start, start + len(data))), rows)
         else:
-            out[key] = (dims, group.set_index(job.timestamp)[job.features], None)
+            out[key] = (dims, data, None)
     return out
 
 

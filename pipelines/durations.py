@@ -36,11 +36,3 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} must be a positive duration")
     return timedelta(**{_UNITS[unit]: amount})
 
-
-def format_duration(value: timedelta) -> str:
-    """Shortest exact spelling of ``value`` in the grammar above."""
-    seconds = int(value.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

@@ -129,7 +129,7 @@ def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chun
     manifest = json.loads(storage.read_bytes(Workspace(job.name, run_id).chunk_manifest))
     needs = {key: max(detector.lookback_, 1) for key, _, _, _, detector in series}
     history = _history_before(job, chunk_paths[:index], manifest[:index], needs)
-    frames, versions = [], {}
+    frames = []
     for key, dims, rows, version, detector in series:
         frames.append(
             labeled_frame(
@@ -145,11 +145,10 @@ def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chun
                 run_id=run_id,
             )
         )
-        versions[key] = version.version
     frame = pd.concat(frames, ignore_index=True)
     path = Workspace(job.name, run_id).scored_chunk(index)
     _write_parquet(frame, path)
-    log.info("job %s: chunk %d of %d scored: %d rows, %d series", job.name, index + 1, len(chunk_paths), len(frame), len(versions))
+    log.info("job %s: chunk %d of %d scored: %d rows, %d series", job.name, index + 1, len(chunk_paths), len(frame), len(series))
     return {"chunk": index, "path": path, "rows": len(frame)}
 
 

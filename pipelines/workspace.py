@@ -131,11 +131,6 @@ def training_window(
     return Window(to_utc(start) or chosen_end - job.training_window, chosen_end)
 
 
-def lookback_start(window: Window, job: JobConfig, rows: int) -> datetime:
-    """Start of the history predict reads before its window so rolling features are warm."""
-    return window.start - job.frequency * rows
-
-
 def validation_report_path(job: JobConfig, purpose: str, window: Window, run_id: str) -> str:
     """Validation results are kept next to the outputs, one JSON per run."""
     root = resolve_path(job.outputs.parquet).rstrip("/")
@@ -156,7 +151,6 @@ __all__ = [
     "Window",
     "Workspace",
     "home",
-    "lookback_start",
     "one_off_output",
     "prediction_window",
     "to_utc",
