@@ -182,3 +182,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(tmp_path))
     monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path / "var"))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def airflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """``airflow standalone`` with this repo's DAGs and plugin over a private project copy
+    (see tests/airflow_server.py); one per test session, stopped at its end."""
+    from tests.airflow_server import start_server
+
+    server = start_server(tmp_path_factory.mktemp("airflow-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
