@@ -60,7 +60,43 @@ class SeasonalMADParams(DetectorParams):
         return value
 
 
+class MSETParams(DetectorParams):
+    """Multivariate state estimation: every signal estimated from the others by similarity to a
+    memory of training states, residuals judged by a sequential probability ratio test."""
+
+    memory_size: int = Field(256, ge=8, le=5000, description="Training states kept in the memory matrix.")
+    lags: int | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Past values of every signal added to the state; 'auto' is 0 with two or more signals "
+            "and 3 with one (a lone signal is then estimated from its own recent past)."
+        ),
+    )
+    bandwidth: float | Literal["auto"] = Field(
+        "auto", description="Width of the similarity kernel in robust standard units; 'auto' picks it on training data."
+    )
+    sprt_window: int = Field(12, ge=1, le=10_000, description="Rows of evidence the sequential test accumulates.")
+    drift: float = Field(1.0, gt=0.0, le=20.0, description="Mean shift (in residual sigmas) the test looks for.")
+    variance_ratio: float = Field(4.0, gt=1.0, le=100.0, description="Variance growth the test looks for.")
+    max_missing: float = Field(0.5, ge=0.0, lt=1.0, description="Signals missing more often than this are dropped.")
+
+    @field_validator("lags")
+    @classmethod
+    def _lags_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 48:
+            raise ValueError("must be 'auto' or an integer from 0 to 48")
+        return value
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _positive_bandwidth(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and value <= 0:
+            raise ValueError("must be 'auto' or a positive number")
+        return value
+
+
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {
     "iforest": IsolationForestParams,
+    "mset": MSETParams,
     "seasonal_mad": SeasonalMADParams,
 }

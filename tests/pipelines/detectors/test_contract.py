@@ -22,7 +22,11 @@ from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, ModelError
 
 # Small settings keep the run short; they do not change what is checked.
-FAST_PARAMS: dict[str, dict] = {"iforest": {"n_estimators": 40, "window": 12}, "seasonal_mad": {"level_window": 12}}
+FAST_PARAMS: dict[str, dict] = {
+    "iforest": {"n_estimators": 40, "window": 12},
+    "mset": {"memory_size": 64},
+    "seasonal_mad": {"level_window": 12},
+}
 ARRAYS = ("values", "expected", "lower", "upper", "score", "feature_score", "is_anomaly")
 KINDS = sorted(DETECTORS)
 
@@ -169,6 +173,10 @@ BAD_PARAMS = [
     ("iforest", "window", 1, "greater than or equal to 2"),
     ("iforest", "max_samples", 1, "'auto' or an integer >= 2"),
     ("iforest", "max_features", 0.0, "greater than 0"),
+    ("mset", "memory_size", 4, "greater than or equal to 8"),
+    ("mset", "lags", 49, "'auto' or an integer from 0 to 48"),
+    ("mset", "bandwidth", -1.0, "'auto' or a positive number"),
+    ("mset", "variance_ratio", 1.0, "greater than 1"),
     ("seasonal_mad", "season", "2x", "not a duration"),
     ("seasonal_mad", "season", 1, "at least 2"),
     ("seasonal_mad", "level_window", 0, "greater than or equal to 1"),
@@ -198,7 +206,7 @@ def test_bad_parameters_are_named(kind: str, name: str, value: object, message: 
 
 
 def test_unknown_kind_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown model kind 'prophet'; choose one of iforest, seasonal_mad"):
+    with pytest.raises(ConfigError, match="unknown model kind 'prophet'; choose one of iforest, mset, seasonal_mad"):
         make_detector("prophet", {})
     with pytest.raises(ConfigError, match="unknown model kind 'prophet'"):
         load_detector("prophet", {})

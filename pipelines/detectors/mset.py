@@ -1,0 +1,393 @@
+"""A multivariate state estimator in the family of MSET: each signal estimated from the others by
+similarity to remembered training states, residuals judged by a sequential probability ratio test.
+
+Written here rather than taken from a library: no maintained Python package implements MSET
+(Oracle's MSET2 is proprietary); the parts are a few NumPy operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.calibration import ScoreCalibrator
+from pipelines.detectors.params import MSETParams
+from pipelines.errors import ModelError
+
+#: Scales the MAD to the standard deviation of normal noise.
+_MAD_TO_SIGMA = 1.4826
+#: Fewest training rows: the memory, the bandwidth choice and the calibration need a spread.
+_MIN_TRAINING_ROWS = 30
+#: Distances per block when estimating (rows x memory states), so memory stays bounded.
+_BLOCK_ELEMENTS = 2_000_000
+#: Bandwidth candidates, as multiples of the memory's typical nearest-neighbour distance.
+_BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: Training rows the bandwidth is chosen on.
+_BANDWIDTH_SAMPLE = 2000
+_LONE_SIGNAL_LAGS = 3
+#: Contiguous stretches of training time; each is estimated from the memory of the others.
+_CALIBRATION_FOLDS = 4
+
+
+class MSETDetector(BaseDetector):
+    """Multivariate state estimation with a sequential test on the residuals.
+
+    Every kept signal is standardised (median, 1.4826 * MAD). A *state* is the standardised
+    signals at one time, plus their ``lags`` past values. The memory matrix holds up to
+    ``memory_size`` training states: for every state column the rows of its minimum and maximum
+    (so the memory spans the operating range), then rows evenly spread over the states ordered by
+    their norm. The estimate of signal *i* is a kernel-weighted mean of the memory's values of
+    *i*, the weights being a Gaussian similarity between the current state *without signal i*
+    and each memory state: every signal is estimated from the others (and from the past, with
+    lags), so a disturbed signal does not pull its own estimate along.
+
+    Residuals ``z = (value - estimate) / sigma`` (sigma: robust scale of the training residuals)
+    feed Wald's sequential probability ratio test, as a windowed CUSUM of log-likelihood ratios
+    over the last ``sprt_window`` rows, for a mean shift of ``±drift`` sigmas and for a variance
+    growing ``variance_ratio`` times: a lone noisy residual gathers little evidence, a sustained
+    or large one a lot, which is what cuts false alarms. The largest of the three statistics is a
+    signal's raw score, calibrated per signal into ``feature_score``; the row's ``score`` is the
+    calibrated largest surprise over signals, repeated per feature, and ``is_anomaly`` is the
+    row's decision. ``expected`` is the estimate; the bounds are where a single residual would
+    reach the threshold from no prior evidence.
+
+    Signals that are constant or missing in more than ``max_missing`` of the training rows are
+    dropped, with the reason kept in :attr:`dropped_signals_`; they are reported with their
+    training median as expected value and a score of 0.
+
+    Parameters
+    ----------
+    memory_size : int, default=256
+        Training states kept in the memory matrix.
+    lags : int or "auto", default="auto"
+        Past values of every signal added to the state; "auto" is 0 with two or more kept signals
+        and 3 with one.
+    bandwidth : float or "auto", default="auto"
+        Width of the Gaussian similarity in standard units; "auto" tries multiples of the memory's
+        median nearest-neighbour distance and keeps the one with the smallest training error.
+    sprt_window : int, default=12
+        Rows of evidence accumulated by the sequential test; also what :meth:`detect` needs as
+        history (with ``lags``).
+    drift : float, default=1.0
+        Mean shift, in residual sigmas, the test is tuned to.
+    variance_ratio : float, default=4.0
+        Growth of the residual variance the test is tuned to.
+    max_missing : float, default=0.5
+        Largest share of missing training values for a signal to be kept.
+    threshold_kind, threshold_value :
+        See :class:`~pipelines.config.ThresholdConfig`.
+
+    Attributes
+    ----------
+    signals_ : ndarray of str
+        Kept signals, in feature order.
+    dropped_signals_ : dict of str to str
+        Dropped signals and why.
+    center_, scale_ : ndarray of shape (n_features_in_,)
+        Median and robust scale of each feature (dropped ones included).
+    lags_ : int
+        Past values per signal in the state.
+    memory_ : ndarray of shape (n_memory, n_state)
+        The memory matrix, in standard units.
+    bandwidth_ : float
+        Width of the similarity kernel.
+    residual_scale_ : ndarray of shape (n_signals,)
+        Robust scale of each kept signal's training residuals (standard units).
+    feature_calibrators_ : list of ScoreCalibrator
+        Calibration of each kept signal's raw score.
+    row_calibrator_ : ScoreCalibrator
+        Calibration of the row's largest surprise.
+    """
+
+    kind = "mset"
+    params_model = MSETParams
+
+    def __init__(
+        self,
+        *,
+        memory_size: int = 256,
+        lags: int | str = "auto",
+        bandwidth: float | str = "auto",
+        sprt_window: int = 12,
+        drift: float = 1.0,
+        variance_ratio: float = 4.0,
+        max_missing: float = 0.5,
+        threshold_kind: str = "contamination",
+        threshold_value: float = 0.005,
+    ):
+        self.memory_size = memory_size
+        self.lags = lags
+        self.bandwidth = bandwidth
+        self.sprt_window = sprt_window
+        self.drift = drift
+        self.variance_ratio = variance_ratio
+        self.max_missing = max_missing
+        self.threshold_kind = threshold_kind
+        self.threshold_value = threshold_value
+
+    # -- fitting --------------------------------------------------------------------------
+
+    def _fit(self, X: pd.DataFrame, params: MSETParams) -> np.ndarray:
+        self._require_rows(X, _MIN_TRAINING_ROWS, "for its memory and score calibration")
+        values = X.to_numpy()
+        self.center_ = np.nanmedian(values, axis=0)
+        mad = np.nanmedian(np.abs(values - self.center_), axis=0) * _MAD_TO_SIGMA
+        std = np.nanstd(values, axis=0)
+        # A signal whose MAD is 0 but that still moves (mostly constant, with excursions) is
+        # scaled by its standard deviation instead, so its excursions stay finite.
+        self.scale_ = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
+        self.dropped_signals_ = _dropped(X, std, params.max_missing)
+        kept = [i for i, name in enumerate(X.columns) if str(name) not in self.dropped_signals_]
+        if not kept:
+            reasons = "; ".join(f"{name}: {why}" for name, why in self.dropped_signals_.items())
+            raise ModelError(f"MSETDetector has no signal left to model ({reasons}); check the training data")
+        self.signals_ = np.asarray([str(X.columns[i]) for i in kept], dtype=object)
+        self.kept_ = np.asarray(kept)
+        self.lags_ = (_LONE_SIGNAL_LAGS if len(kept) == 1 else 0) if params.lags == "auto" else params.lags
+        self.sprt_window_ = params.sprt_window
+        self.drift_, self.variance_ratio_ = params.drift, params.variance_ratio
+        self.lookback_ = params.sprt_window + self.lags_
+        self._fold_rows = -(-len(X) // _CALIBRATION_FOLDS)
+        self._require_rows(X, max(_MIN_TRAINING_ROWS, 4 * (self.lags_ + 1)), "a few states beyond its lags")
+
+        states = self._states(values)
+        complete = np.flatnonzero(~np.isnan(states).any(axis=1))
+        if complete.size < _MIN_TRAINING_ROWS:
+            raise ModelError(
+                f"MSETDetector needs at least {_MIN_TRAINING_ROWS} training rows where every kept signal "
+                f"{list(self.signals_)} has a value; got {complete.size}. Fill gaps or widen the training window."
+            )
+        picked = _memory_rows(states[complete], params.memory_size)
+        self.memory_ = states[complete][picked]
+        memory_rows = complete[picked]
+        filled = _fill(states)
+        self.bandwidth_ = (
+            float(params.bandwidth) if params.bandwidth != "auto" else self._choose_bandwidth(filled, memory_rows)
+        )
+        estimates = self._estimate(filled, positions=np.arange(len(filled)), own=memory_rows)
+        standard = self._standard(values)
+        residuals = standard - estimates
+        spread = np.nanmedian(np.abs(residuals - np.nanmedian(residuals, axis=0)), axis=0) * _MAD_TO_SIGMA
+        self.residual_scale_ = np.maximum(np.nan_to_num(spread, nan=1.0), 1e-6)
+        raw = self._evidence(residuals / self.residual_scale_)
+        self.feature_calibrators_ = [ScoreCalibrator().fit(raw[:, j]) for j in range(raw.shape[1])]
+        row_raw = self._row_surprise(raw)
+        self.row_calibrator_ = ScoreCalibrator().fit(row_raw)
+        return self.row_calibrator_.transform(row_raw)
+
+    def _standard(self, values: np.ndarray) -> np.ndarray:
+        """Kept signals in standard units."""
+        return (values[:, self.kept_] - self.center_[self.kept_]) / self.scale_[self.kept_]
+
+    def _states(self, values: np.ndarray) -> np.ndarray:
+        """One state per row: the kept signals now, then each lag's values (NaN before the start)."""
+        standard = self._standard(values)
+        columns = [standard]
+        for lag in range(1, self.lags_ + 1):
+            shifted = np.full_like(standard, np.nan)
+            shifted[lag:] = standard[:-lag]
+            columns.append(shifted)
+        return np.hstack(columns)
+
+    def _choose_bandwidth(self, states: np.ndarray, memory_rows: np.ndarray) -> float:
+        base = _typical_spacing(self.memory_)
+        rows = np.linspace(0, len(states) - 1, min(len(states), _BANDWIDTH_SAMPLE)).round().astype(int)
+        truth = states[rows, : len(self.signals_)]
+        errors = []
+        for factor in _BANDWIDTH_FACTORS:
+            self.bandwidth_ = base * factor
+            estimate = self._estimate(states[rows], positions=rows, own=memory_rows)
+            errors.append(float(np.nanmean((truth - estimate) ** 2)))
+        return float(base * _BANDWIDTH_FACTORS[int(np.argmin(errors))])
+
+    # -- estimation and evidence ------------------------------------------------------------
+
+    def _estimate(self, states: np.ndarray, positions: np.ndarray | None = None, own: np.ndarray | None = None) -> np.ndarray:
+        """Leave-one-signal-out kernel estimates of the kept signals, block by block.
+
+        In training, ``own`` names the state row each memory vector was taken from and
+        ``positions`` the rows being estimated: a row is estimated only from memory states of
+        the other folds (contiguous stretches of training time), so its residual is an honest
+        out-of-sample one; in-sample residuals would make the calibration too optimistic.
+        """
+        n_signals = len(self.signals_)
+        memory = self.memory_
+        estimates = np.empty((len(states), n_signals))
+        memory_norms = (memory**2).sum(axis=1)
+        block_rows = max(1, _BLOCK_ELEMENTS // max(len(memory), 1))
+        for start in range(0, len(states), block_rows):
+            block = states[start : start + block_rows]
+            # Squared distances by expansion: no (rows x memory x columns) array is ever built.
+            total = np.maximum((block**2).sum(axis=1)[:, None] + memory_norms[None, :] - 2.0 * block @ memory.T, 0.0)
+            if own is not None and positions is not None:
+                same_fold = positions[start : start + block_rows, None] // self._fold_rows == own[None, :] // self._fold_rows
+                total = np.where(same_fold, np.inf, total)
+            for i in range(n_signals):
+                # The state without signal i: its own term leaves the distance.
+                distance = total - (block[:, i, None] - memory[None, :, i]) ** 2
+                logits = -distance / (2.0 * self.bandwidth_**2)
+                logits -= logits.max(axis=1, keepdims=True)  # a state far from all memory still gets weights
+                weights = np.exp(logits)
+                estimates[start : start + len(block), i] = weights @ memory[:, i] / weights.sum(axis=1)
+        return estimates
+
+    def _evidence(self, z: np.ndarray) -> np.ndarray:
+        """Per signal, the largest windowed log-likelihood ratio of the three alternatives."""
+        z = np.nan_to_num(z, nan=0.0)  # a missing value brings no evidence either way
+        m, v = self.drift_, self.variance_ratio_
+        increments = (
+            m * z - m * m / 2.0,
+            -m * z - m * m / 2.0,
+            -0.5 * np.log(v) + 0.5 * z * z * (1.0 - 1.0 / v),
+        )
+        # A row is charged with the accumulated evidence only when it adds to it: after a lone
+        # large residual the following normal rows lower the statistic and are not flagged.
+        return np.maximum.reduce([np.where(inc > 0, _windowed_cusum(inc, self.sprt_window_), 0.0) for inc in increments])
+
+    def _row_surprise(self, raw: np.ndarray) -> np.ndarray:
+        surprises = np.column_stack([c.surprise(raw[:, j]) for j, c in enumerate(self.feature_calibrators_)])
+        return surprises.max(axis=1)
+
+    def _single_residual_at(self, raw: float) -> float:
+        """The |z| of one residual, from no prior evidence, whose evidence reaches ``raw``."""
+        m, v = self.drift_, self.variance_ratio_
+        mean_test = raw / m + m / 2.0
+        variance_test = np.sqrt(max(raw + 0.5 * np.log(v), 0.0) / (0.5 * (1.0 - 1.0 / v)))
+        return float(min(mean_test, variance_test))
+
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+        frame = pd.concat([history, X])
+        values = frame.to_numpy()
+        n_history = len(history)
+        expected = np.broadcast_to(self.center_, values.shape).copy()
+        half_width = np.zeros(values.shape)
+        feature_score = np.zeros(values.shape)
+        if len(frame):
+            estimates = self._estimate(_fill(self._states(values)))
+            z = (self._standard(values) - estimates) / self.residual_scale_
+            raw = self._evidence(z)
+            expected[:, self.kept_] = estimates * self.scale_[self.kept_] + self.center_[self.kept_]
+            feature_score[:, self.kept_] = np.column_stack(
+                [c.transform(raw[:, j]) for j, c in enumerate(self.feature_calibrators_)]
+            )
+            row_score = self.row_calibrator_.transform(self._row_surprise(raw))
+            widths = [
+                self._single_residual_at(float(c.inverse(self.threshold_))) for c in self.feature_calibrators_
+            ]
+            half_width[:, self.kept_] = np.asarray(widths) * self.residual_scale_ * self.scale_[self.kept_]
+        else:
+            row_score = np.zeros(0)
+        cut = slice(n_history, None)
+        score = np.repeat(row_score[:, None], values.shape[1], axis=1)[cut]
+        return make_detection(
+            X.index,
+            list(X.columns),
+            X.to_numpy(),
+            expected[cut],
+            half_width[cut],
+            score,
+            feature_score[cut],
+            score >= self.threshold_,
+        )
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
+        state = {
+            "signals_": [str(s) for s in self.signals_],
+            "dropped_signals_": self.dropped_signals_,
+            "lags_": self.lags_,
+            "bandwidth_": self.bandwidth_,
+            "sprt_window_": self.sprt_window_,
+            "drift_": self.drift_,
+            "variance_ratio_": self.variance_ratio_,
+            "feature_calibrators_": [c.to_dict() for c in self.feature_calibrators_],
+            "row_calibrator_": self.row_calibrator_.to_dict(),
+        }
+        arrays = {
+            "center_": self.center_,
+            "scale_": self.scale_,
+            "memory_": self.memory_,
+            "residual_scale_": self.residual_scale_,
+            "kept_": self.kept_,
+        }
+        return state, arrays, {}
+
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
+        self.signals_ = np.asarray(state["signals_"], dtype=object)
+        self.dropped_signals_ = dict(state["dropped_signals_"])
+        self.lags_ = int(state["lags_"])
+        self.bandwidth_ = float(state["bandwidth_"])
+        self.sprt_window_ = int(state["sprt_window_"])
+        self.drift_ = float(state["drift_"])
+        self.variance_ratio_ = float(state["variance_ratio_"])
+        self.feature_calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["feature_calibrators_"]]
+        self.row_calibrator_ = ScoreCalibrator.from_dict(state["row_calibrator_"])
+        self.center_ = arrays["center_"]
+        self.scale_ = arrays["scale_"]
+        self.memory_ = arrays["memory_"]
+        self.residual_scale_ = arrays["residual_scale_"]
+        self.kept_ = arrays["kept_"]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **super().summary(),
+            "signals": [str(s) for s in self.signals_],
+            "dropped_signals": self.dropped_signals_,
+            "memory_states": int(len(self.memory_)),
+            "lags": self.lags_,
+            "bandwidth": self.bandwidth_,
+        }
+
+
+def _dropped(X: pd.DataFrame, std: np.ndarray, max_missing: float) -> dict[str, str]:
+    reasons = {}
+    missing = X.isna().mean().to_numpy()
+    for j, name in enumerate(X.columns):
+        if missing[j] > max_missing:
+            reasons[str(name)] = f"missing in {missing[j]:.0%} of training rows (more than max_missing {max_missing:.0%})"
+        elif not std[j] > 0:
+            reasons[str(name)] = f"constant ({X.iloc[:, j].dropna().iloc[0]!r}) in every training row: nothing to estimate"
+    return reasons
+
+
+def _memory_rows(states: np.ndarray, size: int) -> np.ndarray:
+    """Row numbers of the memory: each column's extremes, then rows spread over the norm order."""
+    chosen = set(np.argmin(states, axis=0).tolist()) | set(np.argmax(states, axis=0).tolist())
+    by_norm = np.argsort(np.linalg.norm(states, axis=1), kind="stable")
+    room = max(size - len(chosen), 0)
+    spread = by_norm[np.linspace(0, len(by_norm) - 1, min(room, len(by_norm))).round().astype(int)]
+    for row in spread.tolist():
+        if len(chosen) >= size:
+            break
+        chosen.add(row)
+    return np.asarray(sorted(chosen))
+
+
+def _typical_spacing(memory: np.ndarray) -> float:
+    """Median distance from each memory state to its nearest other state (> 0)."""
+    squared = ((memory[:, None, :] - memory[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(squared, np.inf)
+    nearest = np.sqrt(squared.min(axis=1))
+    positive = nearest[np.isfinite(nearest) & (nearest > 0)]
+    return float(np.median(positive)) if positive.size else 1.0
+
+
+def _fill(states: np.ndarray) -> np.ndarray:
+    """Missing state values carried forward, then the median (0 in standard units)."""
+    frame = pd.DataFrame(states).ffill()
+    return frame.fillna(0.0).to_numpy()
+
+
+def _windowed_cusum(increments: np.ndarray, window: int) -> np.ndarray:
+    """``max(0, largest sum of the increments over the last k rows, k <= window)`` per row.
+
+    Wald's test with a reset at zero is a CUSUM; bounding its memory to ``window`` rows makes a
+    row's evidence depend only on those rows, so split scoring equals one long call.
+    """
+    totals = np.vstack([np.zeros((1, increments.shape[1])), np.cumsum(increments, axis=0)])
+    earlier = pd.DataFrame(totals[:-1]).rolling(window, min_periods=1).min().to_numpy()
+    return np.maximum(totals[1:] - earlier, 0.0)

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.detectors import load_detector
+from pipelines.detectors.mset import MSETDetector
+from pipelines.errors import ModelError
+
+TRAIN_ROWS = 24 * 21
+TEST_ROWS = 24 * 7
+
+
+def plant(rows: int, seed: int, signals: int = 4) -> pd.DataFrame:
+    """Hourly signals of one machine: a daily load drives every signal (each with its own gain
+    and offset), plus independent noise, so each signal is predictable from the others."""
+    rng = np.random.default_rng(seed)
+    index = pd.date_range("2024-01-01", periods=rows, freq="h", tz="UTC")
+    load = np.sin(2 * np.pi * index.hour.to_numpy() / 24) + 0.3 * rng.normal(size=rows)
+    return pd.DataFrame(
+        {f"s{i}": 10.0 * (i + 1) + (2.0 + i) * load + 0.2 * rng.normal(size=rows) for i in range(signals)},
+        index=index,
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = plant(TRAIN_ROWS + TEST_ROWS, seed=11)
+    return frame.iloc[:TRAIN_ROWS], frame.iloc[TRAIN_ROWS:]
+
+
+@pytest.fixture(scope="module")
+def detector(data) -> MSETDetector:
+    return MSETDetector().fit(data[0])
+
+
+def test_estimates_each_signal_from_the_others(detector: MSETDetector, data) -> None:
+    train, test = data
+    detection = detector.detect(test, history=train)
+    error = np.abs(detection.values - detection.expected)
+    # The shared load is most of each signal's swing; the estimate recovers it from the others.
+    swing = test.std().to_numpy()
+    assert (np.median(error, axis=0) < 0.25 * swing).all()
+
+
+def test_quiet_on_clean_data(detector: MSETDetector, data) -> None:
+    train, test = data
+    assert detector.detect(test, history=train).is_anomaly[:, 0].mean() <= 0.02
+
+
+@pytest.mark.parametrize(
+    ("disturb", "rows"),
+    [
+        ("spike", [30, 80, 130]),
+        ("level shift", list(range(60, 90))),
+        ("variance", list(range(100, 130))),
+    ],
+)
+def test_finds_disturbances_and_names_the_signal(detector: MSETDetector, data, disturb: str, rows: list[int]) -> None:
+    train, test = data
+    disturbed = test.copy()
+    noise = np.random.default_rng(5).normal(size=len(rows))
+    change = {"spike": 3.0, "level shift": 1.5, "variance": 2.0 * noise}[disturb]
+    disturbed.iloc[rows, 2] += change  # s2 only; its normal noise is 0.2
+    detection = detector.detect(disturbed, history=train)
+    flagged = detection.is_anomaly[rows, 0]
+    assert flagged.mean() >= (1.0 if disturb == "spike" else 0.5)
+    # The disturbed signal carries the largest contribution on the flagged rows.
+    contributions = detection.feature_score[np.asarray(rows)[flagged]]
+    assert (contributions.argmax(axis=1) == 2).mean() >= 0.9
+    elsewhere = np.setdiff1d(np.arange(len(test)), np.arange(min(rows), max(rows) + detector.lookback_ + 1))
+    assert detection.is_anomaly[elsewhere, 0].mean() <= 0.02
+
+
+def test_correlation_break_is_found_when_each_value_is_in_range(detector: MSETDetector, data) -> None:
+    """s0 keeps its normal range but stops following the load: only a multivariate model sees it."""
+    train, test = data
+    broken = test.copy()
+    rows = slice(50, 80)
+    broken.iloc[rows, 0] = test.iloc[rows, 0].to_numpy()[::-1]
+    detection = detector.detect(broken, history=train)
+    flagged = detection.is_anomaly[50:80, 0]
+    assert flagged.mean() >= 0.5
+    assert (detection.feature_score[50:80][flagged].argmax(axis=1) == 0).mean() >= 0.8
+
+
+def test_flat_and_mostly_missing_signals_are_dropped_with_a_reason(data) -> None:
+    train, test = data
+    train, test = train.copy(), test.copy()
+    train["flat"], test["flat"] = 5.0, 5.0
+    train["gappy"] = np.where(np.arange(len(train)) % 3 == 0, 1.0, np.nan)
+    test["gappy"] = 1.0
+    detector = MSETDetector().fit(train)
+    assert set(detector.dropped_signals_) == {"flat", "gappy"}
+    assert "constant" in detector.dropped_signals_["flat"]
+    assert "missing in 67%" in detector.dropped_signals_["gappy"]
+    assert detector.summary()["dropped_signals"] == detector.dropped_signals_
+    detection = detector.detect(test, history=train)
+    assert (detection.feature_score[:, 4:] == 0).all() and (detection.expected[:, 4] == 5.0).all()
+
+
+def test_a_lone_signal_is_estimated_from_its_own_past() -> None:
+    frame = plant(TRAIN_ROWS + TEST_ROWS, seed=3, signals=1)
+    train, test = frame.iloc[:TRAIN_ROWS], frame.iloc[TRAIN_ROWS:].copy()
+    detector = MSETDetector().fit(train)
+    assert detector.lags_ == 3 and detector.lookback_ == detector.sprt_window + 3
+    test.iloc[[40, 100], 0] += 4.0
+    flagged = detector.detect(test, history=train).is_anomaly[:, 0]
+    assert flagged[[40, 100]].all() and flagged.mean() <= 0.05
+
+
+def test_three_hundred_signals() -> None:
+    rng = np.random.default_rng(0)
+    rows, signals = 600, 300
+    index = pd.date_range("2024-01-01", periods=rows, freq="h", tz="UTC")
+    drivers = rng.normal(size=(rows, 3))
+    gains = rng.normal(size=(3, signals))
+    frame = pd.DataFrame(drivers @ gains + 0.1 * rng.normal(size=(rows, signals)), index=index)
+    frame.columns = [f"sensor_{i:03d}" for i in range(signals)]
+    train, test = frame.iloc[:500], frame.iloc[500:].copy()
+    detector = MSETDetector(memory_size=128).fit(train)
+    test.iloc[60, 123] += 10 * train.iloc[:, 123].std()
+    detection = detector.detect(test, history=train)
+    assert detection.is_anomaly[60, 0]
+    assert detection.feature_score[60].argmax() == 123
+
+
+def test_round_trip_keeps_dropped_signals_and_scores(data) -> None:
+    train, test = data
+    train = train.assign(flat=1.0)
+    detector = MSETDetector(memory_size=64).fit(train)
+    loaded = load_detector("mset", detector.to_files())
+    assert loaded.dropped_signals_ == detector.dropped_signals_
+    a, b = detector.detect(test.assign(flat=1.0), history=train), loaded.detect(test.assign(flat=1.0), history=train)
+    np.testing.assert_array_equal(a.score, b.score)
+    np.testing.assert_array_equal(a.expected, b.expected)
+
+
+def test_nothing_to_model_is_explained() -> None:
+    frame = pd.DataFrame({"a": 1.0, "b": 2.0}, index=pd.date_range("2024-01-01", periods=100, freq="h", tz="UTC"))
+    with pytest.raises(ModelError, match=r"no signal left to model \(a: constant .*b: constant"):
+        MSETDetector().fit(frame)
