@@ -22,9 +22,15 @@ __all__ = ["DETECTORS", "BaseDetector", "Detection", "load_detector", "make_dete
 def _registry() -> dict[str, type[BaseDetector]]:
     from pipelines.detectors.iforest import IsolationForestDetector
     from pipelines.detectors.mset import MSETDetector
+    from pipelines.detectors.prophet import ProphetDetector
     from pipelines.detectors.seasonal_mad import SeasonalMADDetector
 
-    return {"iforest": IsolationForestDetector, "mset": MSETDetector, "seasonal_mad": SeasonalMADDetector}
+    return {
+        "iforest": IsolationForestDetector,
+        "mset": MSETDetector,
+        "prophet": ProphetDetector,
+        "seasonal_mad": SeasonalMADDetector,
+    }
 
 
 def __getattr__(name: str) -> Any:

@@ -117,6 +117,8 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
 
     kind: ClassVar[str]
     params_model: ClassVar[type[DetectorParams]]
+    #: Whether the detector models calendar time and so cannot fit rows indexed by row numbers.
+    requires_timestamps: ClassVar[bool] = False
 
     # -- fitting --------------------------------------------------------------------------
 

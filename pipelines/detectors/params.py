@@ -95,8 +95,25 @@ class MSETParams(DetectorParams):
         return value
 
 
+class ProphetParams(DetectorParams):
+    """Prophet per feature; an anomaly is an actual outside the forecast interval."""
+
+    interval_width: float = Field(0.95, ge=0.5, le=0.999, description="Coverage of the forecast interval.")
+    changepoint_prior_scale: float = Field(0.05, gt=0.0, le=10.0, description="Flexibility of the trend.")
+    seasonality_prior_scale: float = Field(10.0, gt=0.0, le=100.0, description="Flexibility of the seasonalities.")
+    seasonality_mode: Literal["additive", "multiplicative"] = "additive"
+    daily_seasonality: bool | Literal["auto"] = "auto"
+    weekly_seasonality: bool | Literal["auto"] = "auto"
+    yearly_seasonality: bool | Literal["auto"] = "auto"
+    holidays_country: str | None = Field(
+        None, pattern=r"^[A-Z]{2,3}$", description="Country code whose public holidays are modelled, e.g. 'US'."
+    )
+    growth: Literal["linear", "flat"] = "linear"
+
+
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {
     "iforest": IsolationForestParams,
     "mset": MSETParams,
+    "prophet": ProphetParams,
     "seasonal_mad": SeasonalMADParams,
 }

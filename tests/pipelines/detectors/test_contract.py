@@ -177,6 +177,8 @@ BAD_PARAMS = [
     ("mset", "lags", 49, "'auto' or an integer from 0 to 48"),
     ("mset", "bandwidth", -1.0, "'auto' or a positive number"),
     ("mset", "variance_ratio", 1.0, "greater than 1"),
+    ("prophet", "interval_width", 0.2, "greater than or equal to 0.5"),
+    ("prophet", "holidays_country", "usa", "should match pattern"),
     ("seasonal_mad", "season", "2x", "not a duration"),
     ("seasonal_mad", "season", 1, "at least 2"),
     ("seasonal_mad", "level_window", 0, "greater than or equal to 1"),
@@ -206,10 +208,10 @@ def test_bad_parameters_are_named(kind: str, name: str, value: object, message: 
 
 
 def test_unknown_kind_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown model kind 'prophet'; choose one of iforest, mset, seasonal_mad"):
-        make_detector("prophet", {})
-    with pytest.raises(ConfigError, match="unknown model kind 'prophet'"):
-        load_detector("prophet", {})
+    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of iforest, mset, prophet, seasonal_mad"):
+        make_detector("arima", {})
+    with pytest.raises(ConfigError, match="unknown model kind 'arima'"):
+        load_detector("arima", {})
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -304,6 +306,10 @@ def test_missing_values_are_reported_but_not_scored(kind: str, data) -> None:
 def test_rows_without_timestamps(kind: str, data) -> None:
     train, test = (frame.reset_index(drop=True) for frame in data)
     test.index += len(train)
+    if DETECTORS[kind].requires_timestamps:
+        with pytest.raises(ModelError, match="needs timestamps"):
+            fitted(kind, train)
+        return
     params = {"season": 24} if kind == "seasonal_mad" else {}
     detector = fitted(kind, train, **params)
     detection = detector.detect(test, history=train)

@@ -1,0 +1,215 @@
+"""Prophet forecasts per feature; an anomaly is an actual outside the forecast's interval."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.calibration import ScoreCalibrator
+from pipelines.detectors.params import ProphetParams
+from pipelines.errors import MissingDependencyError, ModelError
+
+_MIN_TRAINING_ROWS = 20
+
+
+def _prophet() -> Any:
+    """Prophet, imported on first use and with its chatter silenced.
+
+    It logs a failed plotly import (plots are not used here) and cmdstanpy logs every chain
+    start and end at INFO, which would drown a task's log with one fit per feature.
+    """
+    logging.getLogger("prophet.plot").disabled = True
+    try:
+        import prophet
+        from prophet import serialize
+    except ImportError as exc:
+        raise MissingDependencyError("prophet", "prophet", "The prophet detector") from exc
+    for name in ("cmdstanpy", "prophet"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return prophet, serialize
+
+
+class ProphetDetector(BaseDetector):
+    """Prophet (trend + seasonalities + holidays) per feature, scored outside its interval.
+
+    ``expected`` is Prophet's forecast ``yhat``. The forecast interval is Prophet's own
+    predictive interval at ``interval_width`` — observation noise ``sigma_obs`` plus, beyond the
+    training data, the trend's uncertainty from future changepoints (as often as in the history,
+    Laplace-sized like the fitted ones) — computed in closed form (Gaussian approximation)
+    rather than from Monte Carlo samples: the same timestamp always gets the same interval, so a
+    window scored in pieces equals one call, and scoring is many times faster.
+
+    The raw score is the distance outside the interval relative to its width (0 inside),
+    calibrated per feature on the training rows; ``score`` and ``feature_score`` are the same,
+    and ``lower``/``upper`` are where the score reaches the threshold.
+
+    Parameters
+    ----------
+    interval_width : float, default=0.95
+        Coverage of the forecast interval.
+    changepoint_prior_scale, seasonality_prior_scale : float
+        Prophet's flexibility of the trend and of the seasonalities.
+    seasonality_mode : {"additive", "multiplicative"}
+    daily_seasonality, weekly_seasonality, yearly_seasonality : bool or "auto"
+    holidays_country : str or None
+        Country code whose public holidays Prophet models (the ``holidays`` package; offline).
+    growth : {"linear", "flat"}
+    threshold_kind, threshold_value :
+        See :class:`~pipelines.config.ThresholdConfig`.
+
+    Attributes
+    ----------
+    models_ : list of prophet.Prophet
+        One fitted model per feature.
+    calibrators_ : list of ScoreCalibrator
+        Calibration of each feature's raw score.
+    """
+
+    kind = "prophet"
+    params_model = ProphetParams
+    requires_timestamps = True
+
+    def __init__(
+        self,
+        *,
+        interval_width: float = 0.95,
+        changepoint_prior_scale: float = 0.05,
+        seasonality_prior_scale: float = 10.0,
+        seasonality_mode: str = "additive",
+        daily_seasonality: bool | str = "auto",
+        weekly_seasonality: bool | str = "auto",
+        yearly_seasonality: bool | str = "auto",
+        holidays_country: str | None = None,
+        growth: str = "linear",
+        threshold_kind: str = "contamination",
+        threshold_value: float = 0.005,
+    ):
+        self.interval_width = interval_width
+        self.changepoint_prior_scale = changepoint_prior_scale
+        self.seasonality_prior_scale = seasonality_prior_scale
+        self.seasonality_mode = seasonality_mode
+        self.daily_seasonality = daily_seasonality
+        self.weekly_seasonality = weekly_seasonality
+        self.yearly_seasonality = yearly_seasonality
+        self.holidays_country = holidays_country
+        self.growth = growth
+        self.threshold_kind = threshold_kind
+        self.threshold_value = threshold_value
+
+    def _fit(self, X: pd.DataFrame, params: ProphetParams) -> np.ndarray:
+        if not self.time_indexed_:
+            raise ModelError(
+                "ProphetDetector needs timestamps (a UTC DatetimeIndex): Prophet models time of day, "
+                "week and year. Give the job a timestamp column, or use another model."
+            )
+        self._require_rows(X, _MIN_TRAINING_ROWS, "to fit a trend and calibrate its scores")
+        prophet, _ = _prophet()
+        self.lookback_ = 1  # forecasts depend on timestamps only; no history is needed
+        self.models_ = []
+        for column in X.columns:
+            model = prophet.Prophet(
+                growth=params.growth,
+                interval_width=params.interval_width,
+                changepoint_prior_scale=params.changepoint_prior_scale,
+                seasonality_prior_scale=params.seasonality_prior_scale,
+                seasonality_mode=params.seasonality_mode,
+                daily_seasonality=params.daily_seasonality,
+                weekly_seasonality=params.weekly_seasonality,
+                yearly_seasonality=params.yearly_seasonality,
+                uncertainty_samples=0,  # the interval is computed in closed form (see the class doc)
+            )
+            if params.holidays_country:
+                model.add_country_holidays(country_name=params.holidays_country)
+            model.fit(_prophet_frame(X.index, X[column].to_numpy()), algorithm="LBFGS")
+            self.models_.append(model)
+        expected, half = self._forecast(X.index)
+        raw = _outside(X.to_numpy(), expected, half)
+        self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]
+        return self._calibrate(raw)
+
+    def _forecast(self, index: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
+        """``yhat`` and the half-width of the interval, per row and feature."""
+        frame = _prophet_frame(index)
+        z = float(norm.ppf(0.5 + self.interval_width / 2))
+        expected, half = [], []
+        for model in self.models_:
+            forecast = model.predict(frame)
+            expected.append(forecast["yhat"].to_numpy())
+            half.append(z * _predictive_sd(model, forecast))
+        return np.column_stack(expected), np.column_stack(half)
+
+    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        return np.column_stack([c.transform(raw[:, f]) for f, c in enumerate(self.calibrators_)])
+
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+        values = X.to_numpy()
+        if not len(X):
+            empty = np.zeros(values.shape)
+            return make_detection(X.index, list(X.columns), values, empty, empty, empty, empty, empty.astype(bool))
+        expected, half = self._forecast(X.index)
+        score = self._calibrate(_outside(values, expected, half))
+        beyond = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
+        return make_detection(
+            X.index,
+            list(X.columns),
+            values,
+            expected,
+            half + beyond * 2 * half,
+            score,
+            score,
+            score >= self.threshold_,
+        )
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
+        _, serialize = _prophet()
+        files = {f"prophet_{f}.json": serialize.model_to_json(m).encode() for f, m in enumerate(self.models_)}
+        return {"calibrators_": [c.to_dict() for c in self.calibrators_]}, {}, files
+
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
+        _, serialize = _prophet()
+        names = [f"prophet_{f}.json" for f in range(len(state["calibrators_"]))]
+        missing = [name for name in names if name not in files]
+        if missing:
+            raise ModelError(f"the prophet artifact lacks {missing}; it was not written by to_files(): retrain")
+        self.models_ = [serialize.model_from_json(files[name].decode()) for name in names]
+        self.calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["calibrators_"]]
+
+
+def _prophet_frame(index: pd.DatetimeIndex, values: np.ndarray | None = None) -> pd.DataFrame:
+    # Prophet refuses time-zone-aware dates; the index is UTC, so dropping the zone is exact.
+    frame = pd.DataFrame({"ds": index.tz_convert("UTC").tz_localize(None)})
+    if values is not None:
+        frame["y"] = values
+    return frame
+
+
+def _predictive_sd(model: Any, forecast: pd.DataFrame) -> np.ndarray:
+    """Standard deviation of Prophet's predictive distribution at each forecast row.
+
+    Observation noise ``sigma_obs``; beyond the history (scaled time t > 1), Prophet samples new
+    changepoints as often as in the history (S per unit of scaled time) with Laplace-distributed
+    slope changes of scale b (the mean fitted |delta|): the trend's variance at t is then
+    ``S * 2 b^2 (t - 1)^3 / 3``. Multiplicative seasonality scales the trend's part.
+    """
+    params = model.params
+    sigma = float(np.asarray(params["sigma_obs"]).ravel()[0])
+    t = ((forecast["ds"] - model.start) / model.t_scale).to_numpy(dtype="float64")
+    ahead = np.maximum(t - 1.0, 0.0)
+    variance = np.full(len(t), sigma**2)
+    if model.growth == "linear" and len(model.changepoints_t):
+        b = float(np.mean(np.abs(np.asarray(params["delta"]).ravel()))) + 1e-8
+        trend_variance = len(model.changepoints_t) * 2 * b**2 * ahead**3 / 3
+        factor = 1.0 + forecast["multiplicative_terms"].to_numpy() if model.seasonality_mode == "multiplicative" else 1.0
+        variance = variance + trend_variance * np.square(factor)
+    return np.sqrt(variance) * model.y_scale
+
+
+def _outside(values: np.ndarray, expected: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Distance outside the interval in interval widths; 0 inside; NaN where missing."""
+    width = np.maximum(2 * half, 1e-12)
+    return np.maximum(np.abs(values - expected) - half, 0.0) / width

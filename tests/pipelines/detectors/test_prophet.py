@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.detectors.prophet import ProphetDetector
+
+SPIKE_ROWS = [9, 40, 77, 118, 151]
+
+
+@pytest.fixture(scope="module")
+def series() -> tuple[pd.DataFrame, pd.DataFrame]:
+    from tests.pipelines.detectors.conftest import seasonal_frame
+
+    frame = seasonal_frame(28, seed=7)
+    return frame.iloc[: 24 * 21], frame.iloc[24 * 21 :]
+
+
+@pytest.fixture(scope="module")
+def detector(series) -> ProphetDetector:
+    return ProphetDetector().fit(series[0])
+
+
+def test_forecast_follows_the_daily_cycle(detector: ProphetDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(test)
+    # Unit noise: a good forecast misses by about 0.8 on average (the mean |N(0, 1)|).
+    assert np.abs(detection.values - detection.expected).mean() < 1.0
+    inside = (detection.values >= detection.expected - 1.96 * 1.1) & (detection.values <= detection.expected + 1.96 * 1.1)
+    assert inside.mean() > 0.9
+
+
+def test_quiet_on_clean_data(detector: ProphetDetector, series) -> None:
+    assert detector.detect(series[1]).is_anomaly.mean() <= 0.02
+
+
+def test_flags_spikes_on_their_feature_only(detector: ProphetDetector, series) -> None:
+    test = series[1].copy()
+    test.iloc[SPIKE_ROWS, 0] += 8.0
+    detection = detector.detect(test)
+    assert detection.is_anomaly[SPIKE_ROWS, 0].all()
+    assert detection.is_anomaly[:, 1].mean() <= 0.02
+
+
+def test_flags_a_level_shift(detector: ProphetDetector, series) -> None:
+    test = series[1].copy()
+    test.iloc[60:, 1] += 6.0
+    assert detector.detect(test).is_anomaly[60:, 1].mean() >= 0.9
+
+
+def test_flags_a_variance_change(detector: ProphetDetector, series) -> None:
+    test = series[1].copy()
+    test.iloc[60:120, 0] += np.random.default_rng(1).normal(scale=5.0, size=60)
+    flagged = detector.detect(test).is_anomaly[:, 0]
+    assert flagged[60:120].mean() >= 0.4 and flagged[120:].mean() <= 0.03
+
+
+def test_score_grows_with_the_distance_outside_the_interval(detector: ProphetDetector, series) -> None:
+    test = series[1].iloc[:3].copy()
+    base = detector.detect(test)
+    distances = []
+    for size in (4.0, 6.0, 9.0):
+        bumped = test.copy()
+        bumped.iloc[1, 0] = base.expected[1, 0] + size
+        distances.append(detector.detect(bumped).score[1, 0])
+    assert distances[0] < distances[1] < distances[2] <= 1.0
+
+
+def test_interval_widens_with_the_forecast_horizon(detector: ProphetDetector, series) -> None:
+    late = pd.date_range(series[1].index[-1] + pd.Timedelta("30D"), periods=24, freq="h", tz="UTC")
+    near = detector.detect(series[1].iloc[:24])
+    far = detector.detect(pd.DataFrame({"a": 10.0, "b": 20.0}, index=late))
+    assert (far.upper - far.lower).mean() > (near.upper - near.lower).mean()
+
+
+def test_holidays_are_modelled(series) -> None:
+    detector = ProphetDetector(holidays_country="US").fit(series[0])
+    assert detector.models_[0].country_holidays == "US"
+
+
+def test_fitting_does_not_flood_the_log(series, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        ProphetDetector().fit(series[0].iloc[:200])
+    chatter = [r for r in caplog.records if r.name.startswith(("cmdstanpy", "prophet"))]
+    assert chatter == []
