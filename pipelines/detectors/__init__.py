@@ -21,12 +21,14 @@ __all__ = ["DETECTORS", "BaseDetector", "Detection", "load_detector", "make_dete
 @cache
 def _registry() -> dict[str, type[BaseDetector]]:
     from pipelines.detectors.iforest import IsolationForestDetector
+    from pipelines.detectors.lstm import LSTMDetector
     from pipelines.detectors.mset import MSETDetector
     from pipelines.detectors.prophet import ProphetDetector
     from pipelines.detectors.seasonal_mad import SeasonalMADDetector
 
     return {
         "iforest": IsolationForestDetector,
+        "lstm": LSTMDetector,
         "mset": MSETDetector,
         "prophet": ProphetDetector,
         "seasonal_mad": SeasonalMADDetector,

@@ -111,8 +111,22 @@ class ProphetParams(DetectorParams):
     growth: Literal["linear", "flat"] = "linear"
 
 
+class LSTMParams(DetectorParams):
+    """LSTM forecaster (PyTorch, CPU) on sliding windows; needs the `lstm` extra."""
+
+    window: int = Field(24, ge=2, le=2000, description="Rows the forecaster reads before each row.")
+    hidden_size: int = Field(32, ge=2, le=1024)
+    num_layers: int = Field(1, ge=1, le=4)
+    max_epochs: int = Field(40, ge=1, le=1000)
+    patience: int = Field(5, ge=1, le=100, description="Epochs without improvement before stopping.")
+    learning_rate: float = Field(0.005, gt=0.0, le=1.0)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    random_state: int = Field(0, description="Seed; a fixed seed makes training reproducible.")
+
+
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {
     "iforest": IsolationForestParams,
+    "lstm": LSTMParams,
     "mset": MSETParams,
     "prophet": ProphetParams,
     "seasonal_mad": SeasonalMADParams,

@@ -24,6 +24,7 @@ from pipelines.errors import ConfigError, ModelError
 # Small settings keep the run short; they do not change what is checked.
 FAST_PARAMS: dict[str, dict] = {
     "iforest": {"n_estimators": 40, "window": 12},
+    "lstm": {"max_epochs": 8, "hidden_size": 8, "window": 12},
     "mset": {"memory_size": 64},
     "seasonal_mad": {"level_window": 12},
 }
@@ -173,6 +174,8 @@ BAD_PARAMS = [
     ("iforest", "window", 1, "greater than or equal to 2"),
     ("iforest", "max_samples", 1, "'auto' or an integer >= 2"),
     ("iforest", "max_features", 0.0, "greater than 0"),
+    ("lstm", "window", 1, "greater than or equal to 2"),
+    ("lstm", "learning_rate", 0.0, "greater than 0"),
     ("mset", "memory_size", 4, "greater than or equal to 8"),
     ("mset", "lags", 49, "'auto' or an integer from 0 to 48"),
     ("mset", "bandwidth", -1.0, "'auto' or a positive number"),
@@ -208,7 +211,7 @@ def test_bad_parameters_are_named(kind: str, name: str, value: object, message: 
 
 
 def test_unknown_kind_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of iforest, mset, prophet, seasonal_mad"):
+    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of iforest, lstm, mset, prophet, seasonal_mad"):
         make_detector("arima", {})
     with pytest.raises(ConfigError, match="unknown model kind 'arima'"):
         load_detector("arima", {})

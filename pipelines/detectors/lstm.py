@@ -1,0 +1,275 @@
+"""An LSTM forecaster in PyTorch (CPU): each row predicted from the ``window`` rows before it,
+scored by its standardised forecast error per feature."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.calibration import ScoreCalibrator
+from pipelines.detectors.params import LSTMParams
+from pipelines.errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+#: Scales the MAD to the standard deviation of normal noise.
+_MAD_TO_SIGMA = 1.4826
+_MIN_TRAINING_ROWS = 40
+#: Share of the training windows (the latest) held back for early stopping and calibration.
+_VALIDATION_SHARE = 0.2
+#: Windows per forward pass when scoring, so memory stays bounded for long inputs.
+_SCORE_BATCH = 8192
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError("torch", "lstm", "The lstm detector") from exc
+    return torch
+
+
+def _network(torch: Any, n_features: int, hidden: int, layers: int) -> Any:
+    class Forecaster(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(n_features, hidden, num_layers=layers, batch_first=True)
+            self.head = torch.nn.Linear(hidden, n_features)
+
+        def forward(self, windows: Any) -> Any:
+            output, _ = self.lstm(windows)
+            return self.head(output[:, -1, :])
+
+    return Forecaster()
+
+
+class LSTMDetector(BaseDetector):
+    """LSTM forecaster on sliding windows of all features, trained with early stopping.
+
+    Features are standardised (median, robust scale). The network reads the ``window`` rows
+    before a row and forecasts every feature of that row (``expected``). It trains with Adam
+    on the earlier 80 % of the training windows and stops when the loss on the latest 20 % has
+    not improved for ``patience`` epochs, keeping the best weights; the forecast errors on those
+    held-back windows set each feature's error scale and score calibration, so scores reflect
+    errors on data the network did not learn from. Training is deterministic for a seed
+    (PyTorch's deterministic algorithms, seeded initialisation and shuffling, one thread).
+
+    Parameters
+    ----------
+    window : int, default=24
+        Rows the forecaster reads; also the history :meth:`detect` uses.
+    hidden_size, num_layers : int
+        Size of the LSTM.
+    max_epochs, patience : int
+        Training length and early-stopping patience (epochs without improvement).
+    learning_rate : float
+    batch_size : int
+    random_state : int
+    threshold_kind, threshold_value :
+        See :class:`~pipelines.config.ThresholdConfig`.
+
+    Attributes
+    ----------
+    center_, scale_ : ndarray of shape (n_features_in_,)
+        Standardisation of the inputs.
+    error_scale_ : ndarray of shape (n_features_in_,)
+        Robust scale of the held-back forecast errors (standard units).
+    calibrators_ : list of ScoreCalibrator
+    state_dict_ : dict of str to ndarray
+        The network's weights (saved as arrays, never pickled).
+    epochs_ : int
+        Epochs trained before early stopping.
+    validation_loss_ : float
+        Best held-back mean squared error (standard units).
+    """
+
+    kind = "lstm"
+    params_model = LSTMParams
+
+    def __init__(
+        self,
+        *,
+        window: int = 24,
+        hidden_size: int = 32,
+        num_layers: int = 1,
+        max_epochs: int = 40,
+        patience: int = 5,
+        learning_rate: float = 0.005,
+        batch_size: int = 64,
+        random_state: int = 0,
+        threshold_kind: str = "contamination",
+        threshold_value: float = 0.005,
+    ):
+        self.window = window
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.threshold_kind = threshold_kind
+        self.threshold_value = threshold_value
+
+    def _fit(self, X: pd.DataFrame, params: LSTMParams) -> np.ndarray:
+        torch = _torch()
+        self._require_rows(X, max(_MIN_TRAINING_ROWS, 5 * params.window), "five windows at least")
+        self.lookback_ = params.window
+        values = X.to_numpy()
+        self.center_ = np.nanmedian(values, axis=0)
+        spread = np.nanmedian(np.abs(values - self.center_), axis=0) * _MAD_TO_SIGMA
+        std = np.nanstd(values, axis=0)
+        self.scale_ = np.where(spread > 0, spread, np.where(std > 0, std, 1.0))
+        standard = self._standard(values)
+        windows, targets = _windows(standard, params.window)
+        observed = ~np.isnan(targets)
+        split = int(len(windows) * (1 - _VALIDATION_SHARE))
+        with _deterministic(torch, params.random_state):
+            network = _network(torch, X.shape[1], params.hidden_size, params.num_layers)
+            self.epochs_, self.validation_loss_ = _train(
+                torch, network, windows, targets, observed, split, params
+            )
+            self.state_dict_ = {name: tensor.detach().numpy().copy() for name, tensor in network.state_dict().items()}
+        # Errors of every training row, computed exactly as detect() would (the first rows from
+        # a padded window), so that the threshold is taken from the scores detect() gives.
+        errors = values - self._forecast(torch, network, standard, n_history=0)
+        held_back = errors[params.window + split :] / self.scale_
+        scale = np.nanmedian(np.abs(held_back - np.nanmedian(held_back, axis=0)), axis=0) * _MAD_TO_SIGMA
+        self.error_scale_ = np.maximum(np.nan_to_num(scale, nan=1.0), 1e-6)
+        raw = np.abs(errors) / (self.error_scale_ * self.scale_)
+        # Calibrated on the held-back windows only: errors on windows it trained on are too small.
+        self.calibrators_ = [ScoreCalibrator().fit(raw[params.window + split :, f]) for f in range(raw.shape[1])]
+        log.info("LSTM trained %d epochs; held-back MSE %.4f", self.epochs_, self.validation_loss_)
+        return self._calibrate(np.nan_to_num(raw))  # a missing value scores 0, as in detect()
+
+    def _forecast(self, torch: Any, network: Any, standard: np.ndarray, n_history: int) -> np.ndarray:
+        """Forecasts, in original units, of the rows after the first ``n_history`` of ``standard``."""
+        # Rows before the first one given are unknown: they stand at the median (0 in standard units).
+        padded = np.vstack([np.zeros((self.lookback_, standard.shape[1])), standard])
+        windows = _windows(padded, self.lookback_)[0][n_history:]
+        forecast = _predict(torch, network, windows) if len(windows) else np.zeros((0, standard.shape[1]))
+        return forecast * self.scale_ + self.center_
+
+    def _standard(self, values: np.ndarray) -> np.ndarray:
+        return (values - self.center_) / self.scale_
+
+    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        return np.column_stack([c.transform(raw[:, f]) for f, c in enumerate(self.calibrators_)])
+
+    def _loaded_network(self) -> Any:
+        # Rebuilt per call (milliseconds) rather than cached on the detector: scoring must not
+        # change the detector, and a torch module is no learned state of ours (the weights are).
+        torch = _torch()
+        network = _network(torch, self.n_features_in_, self.hidden_size, self.num_layers)
+        network.load_state_dict({name: torch.from_numpy(array) for name, array in self.state_dict_.items()})
+        return network.eval()
+
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+        torch = _torch()
+        values = X.to_numpy()
+        standard = self._standard(pd.concat([history, X]).to_numpy())
+        expected = self._forecast(torch, self._loaded_network(), standard, n_history=len(history))
+        score = self._calibrate(np.abs(values - expected) / (self.error_scale_ * self.scale_))
+        beyond = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
+        half_width = np.broadcast_to(beyond * self.error_scale_ * self.scale_, values.shape)
+        return make_detection(X.index, list(X.columns), values, expected, half_width, score, score, score >= self.threshold_)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
+        state = {
+            "calibrators_": [c.to_dict() for c in self.calibrators_],
+            "epochs_": self.epochs_,
+            "validation_loss_": self.validation_loss_,
+            "state_names_": list(self.state_dict_),
+        }
+        arrays = {"center_": self.center_, "scale_": self.scale_, "error_scale_": self.error_scale_}
+        arrays.update({f"state_dict.{name}": array for name, array in self.state_dict_.items()})
+        return state, arrays, {}
+
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
+        self.calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["calibrators_"]]
+        self.epochs_ = int(state["epochs_"])
+        self.validation_loss_ = float(state["validation_loss_"])
+        self.state_dict_ = {name: arrays[f"state_dict.{name}"] for name in state["state_names_"]}
+        self.center_, self.scale_, self.error_scale_ = arrays["center_"], arrays["scale_"], arrays["error_scale_"]
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "epochs": self.epochs_, "validation_mse": self.validation_loss_}
+
+
+class _deterministic:
+    """Seeded, single-threaded, deterministic PyTorch for the duration of a training."""
+
+    def __init__(self, torch: Any, seed: int) -> None:
+        self.torch, self.seed = torch, seed
+
+    def __enter__(self) -> None:
+        torch = self.torch
+        self.saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+        torch.set_num_threads(1)  # parallel reductions may add in another order
+        torch.use_deterministic_algorithms(True)
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        threads, deterministic = self.saved
+        self.torch.set_num_threads(threads)
+        self.torch.use_deterministic_algorithms(deterministic)
+
+
+def _windows(standard: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows - window) input windows and the row after each; missing inputs carried forward."""
+    filled = pd.DataFrame(standard).ffill().fillna(0.0).to_numpy(dtype="float32")
+    views = np.lib.stride_tricks.sliding_window_view(filled, window, axis=0)[:-1]
+    return np.ascontiguousarray(views.transpose(0, 2, 1)), standard[window:]
+
+
+def _train(
+    torch: Any,
+    network: Any,
+    windows: np.ndarray,
+    targets: np.ndarray,
+    observed: np.ndarray,
+    split: int,
+    params: LSTMParams,
+) -> tuple[int, float]:
+    inputs = torch.from_numpy(windows)
+    goal = torch.from_numpy(np.nan_to_num(targets).astype("float32"))
+    weight = torch.from_numpy(observed.astype("float32"))  # missing targets teach nothing
+    optimizer = torch.optim.Adam(network.parameters(), lr=params.learning_rate)
+    generator = torch.Generator().manual_seed(params.random_state)
+    best, best_state, stale, epochs = float("inf"), None, 0, 0
+
+    def loss_of(rows: Any) -> Any:
+        error = (network(inputs[rows]) - goal[rows]) ** 2 * weight[rows]
+        return error.sum() / weight[rows].sum().clamp(min=1.0)
+
+    held_back = torch.arange(split, len(windows))
+    for epochs in range(1, params.max_epochs + 1):
+        network.train()
+        for rows in torch.randperm(split, generator=generator).split(params.batch_size):
+            optimizer.zero_grad()
+            loss_of(rows).backward()
+            optimizer.step()
+        network.eval()
+        with torch.no_grad():
+            validation = float(loss_of(held_back))
+        if validation < best - 1e-6:
+            best, stale = validation, 0
+            best_state = {name: tensor.clone() for name, tensor in network.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= params.patience:
+                break
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.eval()
+    return epochs, best
+
+
+def _predict(torch: Any, network: Any, windows: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        parts = [network(torch.from_numpy(windows[i : i + _SCORE_BATCH])).numpy() for i in range(0, len(windows), _SCORE_BATCH)]
+    return np.vstack(parts).astype("float64")

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.detectors import load_detector
+from pipelines.detectors.lstm import LSTMDetector
+
+SPIKE_ROWS = [30, 77, 118, 151]
+
+
+@pytest.fixture(scope="module")
+def series() -> tuple[pd.DataFrame, pd.DataFrame]:
+    from tests.pipelines.detectors.conftest import seasonal_frame
+
+    frame = seasonal_frame(28, seed=4)
+    return frame.iloc[: 24 * 21], frame.iloc[24 * 21 :]
+
+
+@pytest.fixture(scope="module")
+def detector(series) -> LSTMDetector:
+    return LSTMDetector(hidden_size=16, max_epochs=30).fit(series[0])
+
+
+def test_forecasts_the_cycle_and_stops_early(detector: LSTMDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(test, history=train)
+    # Unit noise: a forecast that learned the cycle misses by little more than the noise.
+    assert np.abs(detection.values - detection.expected).mean() < 1.2
+    assert detector.epochs_ < 30 or detector.validation_loss_ < 0.5
+
+
+def test_quiet_on_clean_data(detector: LSTMDetector, series) -> None:
+    train, test = series
+    assert detector.detect(test, history=train).is_anomaly.mean() <= 0.02
+
+
+def test_flags_spikes_level_shifts_and_variance_changes(detector: LSTMDetector, series) -> None:
+    train, test = series
+    disturbed = test.copy()
+    disturbed.iloc[SPIKE_ROWS, 0] += 8.0
+    disturbed.iloc[100:112, 1] += 6.0
+    detection = detector.detect(disturbed, history=train)
+    assert detection.is_anomaly[SPIKE_ROWS, 0].all()
+    # A forecaster reading the last rows follows a new level soon: the shift's start is what it flags.
+    assert detection.is_anomaly[100, 1] and detection.is_anomaly[100:103, 1].sum() >= 2
+    noisy = test.copy()
+    noisy.iloc[40:70, 0] += np.random.default_rng(1).normal(scale=5.0, size=30)
+    assert detector.detect(noisy, history=train).is_anomaly[40:70, 0].mean() >= 0.3
+
+
+def test_weights_round_trip_as_arrays(detector: LSTMDetector, series) -> None:
+    train, test = series
+    files = detector.to_files()
+    assert set(files) == {"detector.json", "arrays.npz"}  # state dict as arrays, no pickle
+    loaded = load_detector("lstm", files)
+    np.testing.assert_array_equal(loaded.detect(test, history=train).score, detector.detect(test, history=train).score)
+
+
+def test_without_torch_the_extra_is_named() -> None:
+    code = (
+        "import importlib.abc, sys\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError(\"No module named 'torch'\")\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from tests.pipelines.detectors.conftest import seasonal_frame\n"
+        "from pipelines.detectors.lstm import LSTMDetector\n"
+        "LSTMDetector().fit(seasonal_frame(10, seed=0))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "pip install 'anomaly-pipelines[lstm]'" in result.stderr
