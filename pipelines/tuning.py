@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import JobConfig
+from pipelines.detectors.synthetic import inject_spikes
 from pipelines.errors import ModelError
 from pipelines.training import detector_for, feature_scale, holdout_error, registry_for
 from pipelines.workspace import utcnow
@@ -27,23 +28,6 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "iforest": {"window": [12, 24, 48], "n_estimators": [100, 200]},
     "seasonal_mad": {"season": ["1d", "1w", None], "level_window": [6, 24, 72]},
 }
-SPIKE_SIZE = 6.0  # in robust standard deviations: clearly anomalous, yet not trivial for every model
-
-
-def inject_spikes(frame: pd.DataFrame, scale: np.ndarray, *, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
-    """A copy of ``frame`` with spikes on about 2% of rows; returns it and the spiked row mask."""
-    rng = np.random.default_rng(seed)
-    count = max(3, len(frame) // 50)
-    rows = rng.choice(np.arange(1, len(frame)), size=min(count, len(frame) - 1), replace=False)
-    columns = rng.integers(0, frame.shape[1], size=len(rows))
-    signs = rng.choice([-1.0, 1.0], size=len(rows))
-    values = frame.to_numpy(dtype="float64", copy=True)
-    values[rows, columns] += signs * SPIKE_SIZE * scale[columns]
-    mask = np.zeros(len(frame), dtype=bool)
-    mask[rows] = True
-    return pd.DataFrame(values, index=frame.index, columns=frame.columns), mask
-
-
 def _f1(flagged: np.ndarray, truth: np.ndarray) -> float:
     tp = int((flagged & truth).sum())
     if tp == 0:
@@ -63,7 +47,8 @@ def tune_series(job: JobConfig, series: str, data: pd.DataFrame) -> dict[str, An
             "(at least 10 in the head and 10 in the held-back tail); widen training_window"
         )
     scale = feature_scale(head)
-    spiked, truth = inject_spikes(tail, scale)
+    planted = inject_spikes(tail, scale)
+    spiked, truth = planted.frame, planted.rows
     names = sorted(grid)
     trials = []
     for combination in itertools.product(*(grid[name] for name in names)):

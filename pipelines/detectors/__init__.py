@@ -20,6 +20,7 @@ __all__ = ["DETECTORS", "BaseDetector", "Detection", "load_detector", "make_dete
 
 @cache
 def _registry() -> dict[str, type[BaseDetector]]:
+    from pipelines.detectors.auto import AutoDetector
     from pipelines.detectors.iforest import IsolationForestDetector
     from pipelines.detectors.lstm import LSTMDetector
     from pipelines.detectors.mset import MSETDetector
@@ -27,6 +28,7 @@ def _registry() -> dict[str, type[BaseDetector]]:
     from pipelines.detectors.seasonal_mad import SeasonalMADDetector
 
     return {
+        "auto": AutoDetector,
         "iforest": IsolationForestDetector,
         "lstm": LSTMDetector,
         "mset": MSETDetector,

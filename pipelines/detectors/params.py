@@ -124,7 +124,22 @@ class LSTMParams(DetectorParams):
     random_state: int = Field(0, description="Seed; a fixed seed makes training reproducible.")
 
 
+#: What ``model: auto`` tries, cheapest first.
+AUTO_CANDIDATES = ("seasonal_mad", "iforest", "mset", "prophet", "lstm")
+
+
+class AutoParams(DetectorParams):
+    """Chooses the detector per series by how well each finds anomalies planted in held-back data."""
+
+    candidates: list[Literal["seasonal_mad", "iforest", "mset", "prophet", "lstm"]] | None = Field(
+        None, min_length=1, description="Detector kinds to try; null tries all."
+    )
+    holdout_fraction: float = Field(0.25, ge=0.1, le=0.5, description="Share of training rows held back.")
+    random_state: int = Field(0, description="Seed of the planted anomalies.")
+
+
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {
+    "auto": AutoParams,
     "iforest": IsolationForestParams,
     "lstm": LSTMParams,
     "mset": MSETParams,

@@ -29,8 +29,12 @@ def _prophet() -> Any:
         from prophet import serialize
     except ImportError as exc:
         raise MissingDependencyError("prophet", "prophet", "The prophet detector") from exc
-    for name in ("cmdstanpy", "prophet"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    from cmdstanpy.utils import get_logger
+
+    # cmdstanpy gives its logger a handler at DEBUG on first use when nothing above it has
+    # one (a plain script); set that up now, then raise the bar.
+    get_logger().setLevel(logging.WARNING)
+    logging.getLogger("prophet").setLevel(logging.WARNING)
     return prophet, serialize
 
 

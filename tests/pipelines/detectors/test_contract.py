@@ -23,6 +23,7 @@ from pipelines.errors import ConfigError, ModelError
 
 # Small settings keep the run short; they do not change what is checked.
 FAST_PARAMS: dict[str, dict] = {
+    "auto": {"candidates": ["seasonal_mad", "mset"]},
     "iforest": {"n_estimators": 40, "window": 12},
     "lstm": {"max_epochs": 8, "hidden_size": 8, "window": 12},
     "mset": {"memory_size": 64},
@@ -170,6 +171,8 @@ def test_get_params_set_params_and_clone(kind: str, data) -> None:
 
 
 BAD_PARAMS = [
+    ("auto", "candidates", ["arima"], "'seasonal_mad', 'iforest', 'mset', 'prophet' or 'lstm'"),
+    ("auto", "holdout_fraction", 0.9, "less than or equal to 0.5"),
     ("iforest", "n_estimators", 1, "greater than or equal to 10"),
     ("iforest", "window", 1, "greater than or equal to 2"),
     ("iforest", "max_samples", 1, "'auto' or an integer >= 2"),
@@ -211,7 +214,7 @@ def test_bad_parameters_are_named(kind: str, name: str, value: object, message: 
 
 
 def test_unknown_kind_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of iforest, lstm, mset, prophet, seasonal_mad"):
+    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of auto, iforest, lstm, mset, prophet, seasonal_mad"):
         make_detector("arima", {})
     with pytest.raises(ConfigError, match="unknown model kind 'arima'"):
         load_detector("arima", {})

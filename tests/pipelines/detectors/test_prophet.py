@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -86,3 +88,14 @@ def test_fitting_does_not_flood_the_log(series, caplog: pytest.LogCaptureFixture
         ProphetDetector().fit(series[0].iloc[:200])
     chatter = [r for r in caplog.records if r.name.startswith(("cmdstanpy", "prophet"))]
     assert chatter == []
+
+
+def test_a_plain_script_is_not_flooded_either() -> None:
+    """Without logging configured, cmdstanpy installs its own handler on first use."""
+    code = (
+        "from tests.pipelines.detectors.conftest import seasonal_frame\n"
+        "from pipelines.detectors.prophet import ProphetDetector\n"
+        "ProphetDetector().fit(seasonal_frame(10, seed=0))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "cmdstanpy" not in result.stderr and "plotly" not in result.stderr

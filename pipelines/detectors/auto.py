@@ -1,0 +1,145 @@
+"""``model: auto``: picks the detector for each series from its training data alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.detectors.base import BaseDetector, Detection
+from pipelines.detectors.params import AUTO_CANDIDATES, AutoParams
+from pipelines.detectors.synthetic import event_f1, inject_anomalies, robust_scale
+from pipelines.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+_MIN_TRAINING_ROWS = 60
+#: Optional packages a candidate needs; a candidate whose package is missing is skipped.
+_NEEDS = {"prophet": "prophet", "lstm": "torch"}
+_INNER = "chosen."
+
+
+class AutoDetector(BaseDetector):
+    """Tries every candidate detector on the series and keeps the one that finds planted
+    anomalies best.
+
+    Each candidate (default parameters) is fitted on the head of the training rows; the held-back
+    tail (``holdout_fraction``) gets synthetic spikes and a level shift
+    (:mod:`pipelines.detectors.synthetic`). The candidate with the best event-wise F1 on those
+    wins; F1s within 0.01 are ties, broken by the smaller forecast error on the clean tail (mean
+    absolute error in robust units of each feature). The winner is refitted on every training
+    row and does all the scoring. Candidates that cannot fit this series (too few rows, no
+    timestamps for Prophet, a package not installed) are skipped, and every trial, with the
+    reason for the choice, is kept in :attr:`trials_` and :attr:`reason_` (and so in the
+    model's metadata).
+
+    Parameters
+    ----------
+    candidates : list of str or None, default=None
+        Detector kinds to try; None tries all of them.
+    holdout_fraction : float, default=0.25
+    random_state : int, default=0
+        Seed of the planted anomalies.
+    threshold_kind, threshold_value :
+        Passed on to every candidate.
+
+    Attributes
+    ----------
+    chosen_ : str
+    model_ : BaseDetector
+        The winner, fitted on all training rows.
+    trials_ : list of dict
+    reason_ : str
+    """
+
+    kind = "auto"
+    params_model = AutoParams
+
+    def __init__(
+        self,
+        *,
+        candidates: list[str] | None = None,
+        holdout_fraction: float = 0.25,
+        random_state: int = 0,
+        threshold_kind: str = "contamination",
+        threshold_value: float = 0.005,
+    ):
+        self.candidates = candidates
+        self.holdout_fraction = holdout_fraction
+        self.random_state = random_state
+        self.threshold_kind = threshold_kind
+        self.threshold_value = threshold_value
+
+    def _make(self, kind: str) -> BaseDetector:
+        from pipelines.detectors import make_detector
+
+        return make_detector(kind, {}, threshold_kind=self.threshold_kind, threshold_value=self.threshold_value)
+
+    def _fit(self, X: pd.DataFrame, params: AutoParams) -> np.ndarray:
+        self._require_rows(X, _MIN_TRAINING_ROWS, "to hold back rows for choosing a detector")
+        split = int(len(X) * (1 - params.holdout_fraction))
+        head, tail = X.iloc[:split], X.iloc[split:]
+        scale = robust_scale(head)
+        planted = inject_anomalies(tail, scale, seed=params.random_state)
+        self.trials_ = [self._trial(kind, head, tail, planted, scale) for kind in params.candidates or AUTO_CANDIDATES]
+        usable = [t for t in self.trials_ if "skipped" not in t]
+        if not usable:
+            reasons = "; ".join(f"{t['kind']}: {t['skipped']}" for t in self.trials_)
+            raise ModelError(f"no candidate detector could fit this series ({reasons})")
+        best = max(usable, key=lambda t: (round(t["f1"], 2), -t["holdout_error"]))
+        self.chosen_ = best["kind"]
+        others = ", ".join(f"{t['kind']} {t['f1']:.2f}" for t in usable if t is not best)
+        self.reason_ = (
+            f"{self.chosen_}: event F1 {best['f1']:.2f} on {len(planted.events)} anomalies planted in the held-back "
+            f"{len(tail)} rows (others: {others or 'none'}); forecast error {best['holdout_error']:.3g}"
+        )
+        log.info("auto chose %s", self.reason_)
+        self.model_ = self._make(self.chosen_).fit(X)
+        self.lookback_ = self.model_.lookback_
+        return self.model_.detect(X).score
+
+    def _trial(self, kind: str, head: pd.DataFrame, tail: pd.DataFrame, planted: Any, scale: np.ndarray) -> dict[str, Any]:
+        package = _NEEDS.get(kind)
+        if package and importlib.util.find_spec(package) is None:
+            return {"kind": kind, "skipped": f"{package} is not installed"}
+        started = time.perf_counter()
+        try:
+            candidate = self._make(kind).fit(head)
+            clean = candidate.detect(tail, history=head)
+            flagged = candidate.detect(planted.frame, history=head).is_anomaly.any(axis=1)
+        except (ModelError, ConfigError) as exc:
+            return {"kind": kind, "skipped": str(exc)}
+        error = float(np.nanmean(np.abs(clean.values - clean.expected) / scale))
+        return {
+            "kind": kind,
+            **{name: round(value, 4) for name, value in event_f1(flagged, planted).items()},
+            "holdout_error": round(error, 6),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+        return self.model_.detect(X, history=history)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
+        state = {"chosen_": self.chosen_, "trials_": self.trials_, "reason_": self.reason_}
+        return state, {}, {_INNER + name: data for name, data in self.model_.to_files().items()}
+
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
+        from pipelines.detectors import load_detector
+
+        self.chosen_, self.trials_, self.reason_ = state["chosen_"], state["trials_"], state["reason_"]
+        inner = {name.removeprefix(_INNER): data for name, data in files.items() if name.startswith(_INNER)}
+        self.model_ = load_detector(self.chosen_, inner)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **super().summary(),
+            "chosen": self.chosen_,
+            "reason": self.reason_,
+            "trials": self.trials_,
+            "chosen_detector": self.model_.summary(),
+        }

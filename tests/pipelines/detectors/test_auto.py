@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.detectors import load_detector
+from pipelines.detectors.auto import AutoDetector
+from pipelines.detectors.synthetic import event_f1, inject_anomalies, robust_scale
+from pipelines.errors import ModelError
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    from tests.pipelines.detectors.conftest import seasonal_frame
+
+    return seasonal_frame(28, seed=1)
+
+
+@pytest.fixture(scope="module")
+def detector(frame) -> AutoDetector:
+    return AutoDetector(candidates=["seasonal_mad", "iforest", "mset"]).fit(frame.iloc[:-48])
+
+
+def test_chooses_the_best_finder_of_planted_anomalies_and_says_why(detector: AutoDetector) -> None:
+    trials = {t["kind"]: t for t in detector.trials_}
+    assert set(trials) == {"seasonal_mad", "iforest", "mset"}
+    best_f1 = max(round(t["f1"], 2) for t in trials.values())
+    assert round(trials[detector.chosen_]["f1"], 2) == best_f1
+    tied = [t for t in trials.values() if round(t["f1"], 2) == best_f1]
+    assert trials[detector.chosen_]["holdout_error"] == min(t["holdout_error"] for t in tied)
+    assert detector.reason_.startswith(f"{detector.chosen_}: event F1")
+    summary = detector.summary()
+    assert summary["chosen"] == detector.chosen_ and summary["trials"] == detector.trials_
+
+
+def test_scores_with_the_chosen_detector_refitted_on_everything(detector: AutoDetector, frame) -> None:
+    assert detector.model_.kind == detector.chosen_ and detector.model_.training_rows_ == len(frame) - 48
+    test = frame.iloc[-48:].copy()
+    test.iloc[10, 0] += 8.0
+    detection = detector.detect(test, history=frame.iloc[:-48])
+    assert detection.is_anomaly[10, 0]
+    assert detection.is_anomaly.any(axis=1).mean() <= 0.1
+
+
+def test_round_trip_restores_the_choice(detector: AutoDetector, frame) -> None:
+    loaded = load_detector("auto", detector.to_files())
+    assert loaded.chosen_ == detector.chosen_ and loaded.reason_ == detector.reason_
+    test = frame.iloc[-48:]
+    np.testing.assert_array_equal(loaded.detect(test).score, detector.detect(test).score)
+
+
+def test_candidates_that_cannot_fit_are_skipped_with_their_reason(frame) -> None:
+    rows = frame.reset_index(drop=True)  # no timestamps: Prophet cannot model them
+    detector = AutoDetector(candidates=["prophet", "seasonal_mad", "mset"]).fit(rows)
+    trials = {t["kind"]: t for t in detector.trials_}
+    assert "needs timestamps" in trials["prophet"]["skipped"]
+    assert "no timestamps" in trials["seasonal_mad"]["skipped"]  # its default season is a duration
+    assert detector.chosen_ == "mset"
+
+
+def test_no_usable_candidate_is_an_error(frame) -> None:
+    with pytest.raises(ModelError, match="no candidate detector could fit this series .*prophet: .*needs timestamps"):
+        AutoDetector(candidates=["prophet"]).fit(frame.reset_index(drop=True))
+
+
+def test_planted_anomalies_and_event_f1(frame) -> None:
+    clean = frame.iloc[:200]
+    planted = inject_anomalies(clean, robust_scale(clean), seed=3)
+    assert len(planted.events) == 4  # 3 spikes in the first half, one level shift at the end
+    changed = (planted.frame != clean).any(axis=1).to_numpy()
+    np.testing.assert_array_equal(changed, planted.rows)
+    perfect = event_f1(planted.rows, planted)
+    assert perfect == {"f1": 1.0, "precision": 1.0, "recall": 1.0}
+    # Flagging only the shift's first row finds one event of four with full precision.
+    only_shift = np.zeros(200, dtype=bool)
+    only_shift[planted.events[-1][0]] = True
+    assert event_f1(only_shift, planted) == pytest.approx({"f1": 0.4, "precision": 1.0, "recall": 0.25})
