@@ -154,15 +154,18 @@ class ThresholdConfig(_Model):
 
     ``contamination``: the share of training points that would be flagged (threshold = the
     ``1 - value`` quantile of training scores). ``score``: a fixed cut on the calibrated score.
+    ``false_alarm_probability``: the chance that a normal point is flagged (OCI's ``targetFap``);
+    scores being calibrated probabilities, the cut is ``1 - value``.
     """
 
-    kind: Literal["contamination", "score"] = "contamination"
+    kind: Literal["contamination", "score", "false_alarm_probability"] = "contamination"
     value: float = 0.005
 
     @model_validator(mode="after")
     def _in_range(self) -> ThresholdConfig:
-        if self.kind == "contamination" and not 0 < self.value <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.value}")
+        if self.kind in ("contamination", "false_alarm_probability") and not 0 < self.value <= 0.5:
+            name = "contamination" if self.kind == "contamination" else "a false alarm probability"
+            raise ValueError(f"{name} must be in (0, 0.5], got {self.value}")
         if self.kind == "score" and not 0 < self.value < 1:
             raise ValueError(f"a score threshold must be in (0, 1), got {self.value}")
         return self

@@ -124,13 +124,16 @@ class ScoreCalibrator:
 def decision_threshold(training_scores: np.ndarray, kind: str, value: float) -> float:
     """The calibrated score from which a point is an anomaly (``score >= threshold``).
 
-    ``"score"``: ``value`` itself. ``"contamination"``: the ``1 - value`` quantile of the
+    ``"score"``: ``value`` itself. ``"false_alarm_probability"``: ``1 - value`` (scores are
+    calibrated probabilities). ``"contamination"``: the ``1 - value`` quantile of the
     training scores, taken as the smallest training score that flags at most ``value`` of the
     training points, so that ties (a flat series) never flag them all; when not even one point
     may be flagged, just above the highest training score.
     """
     if kind == "score":
         return float(value)
+    if kind == "false_alarm_probability":
+        return float(1.0 - value)
     scores = np.sort(np.asarray(training_scores, dtype="float64").ravel())
     scores = scores[np.isfinite(scores)]
     allowed = int(np.floor(value * scores.size + 1e-9))

@@ -91,3 +91,20 @@ def test_contamination_too_small_to_flag_any_training_point() -> None:
 
 def test_score_threshold_is_the_value() -> None:
     assert decision_threshold(np.array([0.1, 0.2]), "score", 0.97) == 0.97
+
+
+def test_false_alarm_probability_threshold_is_one_minus_the_value() -> None:
+    assert decision_threshold(np.array([0.1, 0.2]), "false_alarm_probability", 0.001) == pytest.approx(0.999)
+
+
+@pytest.mark.parametrize("fap", [0.01, 0.05])
+def test_false_alarm_probability_holds_on_new_normal_data(fap: float) -> None:
+    """Calibrated scores make the target false-alarm rate come true on data the model never saw."""
+    from pipelines.detectors.seasonal_mad import SeasonalMADDetector
+    from tests.pipelines.detectors.conftest import seasonal_frame
+
+    frame = seasonal_frame(21 + 70, seed=9)
+    train, new = frame.iloc[: 24 * 21], frame.iloc[24 * 21 :]
+    detector = SeasonalMADDetector(threshold_kind="false_alarm_probability", threshold_value=fap).fit(train)
+    rate = detector.detect(new, history=train).is_anomaly.mean()
+    assert fap / 2 <= rate <= fap * 2

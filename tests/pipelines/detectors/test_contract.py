@@ -193,7 +193,7 @@ BAD_PARAMS = [
     (kind, name, value, message)
     for kind in KINDS
     for name, value, message in [
-        ("threshold_kind", "top_k", "'contamination' or 'score'"),
+        ("threshold_kind", "top_k", "'contamination', 'score' or 'false_alarm_probability'"),
         ("threshold_value", 0.7, r"contamination must be in \(0, 0.5\]"),
     ]
 ]
