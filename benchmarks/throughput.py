@@ -80,7 +80,9 @@ class BareIsolationForest:
     def prepare(self, frame: pd.DataFrame) -> None:
         from pipelines.detectors.features import window_features
 
-        matrix = window_features(frame, self.params["window"]).to_numpy()
+        matrix = window_features(
+            frame, self.params["window"], lags=self.params["lags"], calendar=self.params["calendar"]
+        ).to_numpy()
         self.matrix = np.where(np.isnan(matrix), np.nanmedian(matrix, axis=0), matrix)
 
     def _forest(self):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-#: Names of the window features, in the order they appear for each series feature.
+#: Names of the window features, in the order they appear for each series feature (then lags).
 WINDOW_FEATURES = ("value", "diff", "deviation", "rolling_std")
 
 
@@ -18,20 +19,30 @@ def rolling_expected(values: pd.DataFrame, window: int) -> pd.DataFrame:
     return values.shift(1).rolling(window, min_periods=1).median().fillna(values)
 
 
-def window_features(values: pd.DataFrame, window: int) -> pd.DataFrame:
+def window_features(values: pd.DataFrame, window: int, *, lags: int = 0, calendar: bool = False) -> pd.DataFrame:
     """For every column: the value, its first difference, its deviation from
-    :func:`rolling_expected`, and the standard deviation of the last ``window`` rows.
+    :func:`rolling_expected`, the standard deviation of the last ``window`` rows, and its values
+    ``1..lags`` rows back; then, with ``calendar`` and timestamps, the hour of day and the day of
+    week as points on circles (sine, cosine), so that a value normal at noon can be unusual at 3 am.
 
     ``values`` must hold no NaN (see :func:`fill_missing`). The first row has no difference, and
     the spread is NaN until a full window exists (a spread of a few rows is mostly noise, and in
-    the training data it made the first rows the most anomalous): the caller treats NaN as
-    typical. Columns are named ``"<column>:<window feature>"``.
+    the training data it made the first rows the most anomalous); lags are NaN before the start:
+    the caller treats NaN as typical. Columns are named ``"<column>:<window feature>"`` and
+    ``"calendar:<part>"``.
     """
     parts = {
         "value": values,
         "diff": values.diff(),
         "deviation": values - rolling_expected(values, window),
         "rolling_std": values.rolling(window).std(),
+        **{f"lag{k}": values.shift(k) for k in range(1, lags + 1)},
     }
-    columns = {f"{column}:{name}": parts[name][column] for column in values.columns for name in WINDOW_FEATURES}
+    columns = {f"{column}:{name}": part[column] for column in values.columns for name, part in parts.items()}
+    if calendar and isinstance(values.index, pd.DatetimeIndex):
+        hours = values.index.hour.to_numpy() + values.index.minute.to_numpy() / 60
+        days = values.index.dayofweek.to_numpy() + hours / 24
+        for name, turn in (("hour", hours / 24), ("weekday", days / 7)):
+            columns[f"calendar:{name}_sin"] = np.sin(2 * np.pi * turn)
+            columns[f"calendar:{name}_cos"] = np.cos(2 * np.pi * turn)
     return pd.DataFrame(columns, index=values.index)

@@ -55,7 +55,11 @@ class IsolationForestDetector(BaseDetector):
     max_features : float, default=1.0
         Share of the window features drawn for each tree.
     window : int, default=24
-        Rows of the rolling windows; also the history :meth:`detect` uses.
+        Rows of the rolling windows; with ``lags``, the history :meth:`detect` uses.
+    lags : int, default=0
+        Past values of each feature added to its window features.
+    calendar : bool, default=True
+        Add the hour of day and day of week (sine and cosine), for timestamped data.
     random_state : int, default=0
         Seed of the forest; a fixed seed makes training reproducible.
     threshold_kind : {"contamination", "score"}, default="contamination"
@@ -77,7 +81,7 @@ class IsolationForestDetector(BaseDetector):
     feature_calibrators_ : list of ScoreCalibrator
         Calibration of each feature's absolute deviation from ``expected``.
     threshold_, lookback_, n_features_in_, feature_names_in_, training_rows_ :
-        See :class:`~pipelines.detectors.base.BaseDetector`; ``lookback_`` is ``window``.
+        See :class:`~pipelines.detectors.base.BaseDetector`; ``lookback_`` is ``window + lags``.
     """
 
     kind = "iforest"
@@ -90,6 +94,8 @@ class IsolationForestDetector(BaseDetector):
         max_samples: int | str = "auto",
         max_features: float = 1.0,
         window: int = 24,
+        lags: int = 0,
+        calendar: bool = True,
         random_state: int = 0,
         threshold_kind: str = "contamination",
         threshold_value: float = 0.005,
@@ -98,6 +104,8 @@ class IsolationForestDetector(BaseDetector):
         self.max_samples = max_samples
         self.max_features = max_features
         self.window = window
+        self.lags = lags
+        self.calendar = calendar
         self.random_state = random_state
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
@@ -109,7 +117,7 @@ class IsolationForestDetector(BaseDetector):
         from sklearn.preprocessing import RobustScaler
 
         self._require_rows(X, max(_MIN_TRAINING_ROWS, 2 * params.window), "two windows at least")
-        self.lookback_ = params.window
+        self.lookback_ = params.window + params.lags
         self.medians_ = X.median().to_numpy()
         values = fill_missing(X, pd.Series(self.medians_, index=X.columns))
         forest = IsolationForest(
@@ -120,15 +128,19 @@ class IsolationForestDetector(BaseDetector):
         )
         imputer = SimpleImputer(strategy="constant", fill_value=0.0, keep_empty_features=True)
         self.model_ = make_pipeline(RobustScaler(), imputer, forest)
-        features = window_features(values, self.lookback_).to_numpy()
+        features = self.features(values)
         self.model_.fit(features)
         raw = -self.model_.score_samples(features)
         self.row_calibrator_ = ScoreCalibrator().fit(raw)
-        deviation = np.abs(X.to_numpy() - rolling_expected(values, self.lookback_).to_numpy())
+        deviation = np.abs(X.to_numpy() - rolling_expected(values, self.window).to_numpy())
         self.feature_calibrators_ = [ScoreCalibrator().fit(deviation[:, f]) for f in range(X.shape[1])]
         combined = self._row_surprise(raw, deviation)
         self.combined_calibrator_ = ScoreCalibrator().fit(combined)
         return self.combined_calibrator_.transform(combined)
+
+    def features(self, values: pd.DataFrame) -> np.ndarray:
+        """The forest's input for gap-filled ``values`` (see :func:`window_features`)."""
+        return window_features(values, self.window, lags=self.lags, calendar=self.calendar).to_numpy()
 
     def _feature_scores(self, deviation: np.ndarray) -> np.ndarray:
         return np.column_stack([c.transform(deviation[:, f]) for f, c in enumerate(self.feature_calibrators_)])
@@ -145,8 +157,8 @@ class IsolationForestDetector(BaseDetector):
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
         values = fill_missing(pd.concat([history, X]), pd.Series(self.medians_, index=X.columns))
-        features = window_features(values, self.lookback_).to_numpy()[len(history) :]
-        expected = rolling_expected(values, self.lookback_).to_numpy()[len(history) :]
+        features = self.features(values)[len(history) :]
+        expected = rolling_expected(values, self.window).to_numpy()[len(history) :]
         observed = X.to_numpy()
         deviation = np.abs(observed - expected)
         feature_score = self._feature_scores(deviation)

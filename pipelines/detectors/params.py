@@ -25,6 +25,8 @@ class IsolationForestParams(DetectorParams):
     max_samples: int | Literal["auto"] = Field("auto", description="Rows drawn to build each tree.")
     max_features: float = Field(1.0, gt=0.0, le=1.0, description="Share of features drawn per tree.")
     window: int = Field(24, ge=2, le=10_000, description="Rows in the rolling window of the features.")
+    lags: int = Field(0, ge=0, le=48, description="Past values of each feature added as features.")
+    calendar: bool = Field(True, description="Add hour of day and day of week (timestamped data only).")
     random_state: int = Field(0, description="Seed; a fixed seed makes training reproducible.")
 
     @field_validator("max_samples")

@@ -51,3 +51,36 @@ def test_fill_missing_forward_fills_then_uses_the_fallback() -> None:
     frame = pd.DataFrame({"a": [np.nan, 1.0, np.nan, 3.0]})
     filled = fill_missing(frame, pd.Series({"a": 9.0}))
     assert filled["a"].tolist() == [9.0, 1.0, 1.0, 3.0]
+
+
+def test_lags_and_calendar_parts() -> None:
+    index = pd.date_range("2024-01-01", periods=48, freq="h", tz="UTC")  # a Monday
+    values = pd.DataFrame({"a": np.arange(48.0)}, index=index)
+    features = window_features(values, 5, lags=2, calendar=True)
+    assert features["a:lag2"].iloc[10] == 8.0 and np.isnan(features["a:lag2"].iloc[1])
+    # 06:00 is a quarter turn of the day; Tuesday 00:00 a seventh of the week.
+    assert features["calendar:hour_sin"].iloc[6] == pytest.approx(1.0)
+    assert features["calendar:hour_cos"].iloc[6] == pytest.approx(0.0, abs=1e-12)
+    assert features["calendar:weekday_sin"].iloc[24] == pytest.approx(np.sin(2 * np.pi / 7))
+    # Row numbers have no calendar.
+    assert not any(c.startswith("calendar:") for c in window_features(values.reset_index(drop=True), 5, calendar=True))
+
+
+def test_calendar_lets_the_forest_see_a_cycle_at_the_wrong_hours() -> None:
+    """Two days of the daily cycle running 12 hours out of phase: every value, step and spread is
+    ordinary; only the hour says it is wrong."""
+    from pipelines.detectors.iforest import IsolationForestDetector
+
+    index = pd.date_range("2024-01-01", periods=24 * 42, freq="h", tz="UTC")
+    rng = np.random.default_rng(0)
+    hours = index.hour.to_numpy()
+    frame = pd.DataFrame({"a": 10 * np.sin(2 * np.pi * hours / 24) + 0.3 * rng.normal(size=len(index))}, index=index)
+    train, test = frame.iloc[: 24 * 35], frame.iloc[24 * 35 :].copy()
+    test.iloc[48:96, 0] = 10 * np.sin(2 * np.pi * (hours[24 * 35 + 48 : 24 * 35 + 96] + 12) / 24) + 0.3 * rng.normal(size=48)
+    flagged = {}
+    for calendar in (False, True):
+        detector = IsolationForestDetector(calendar=calendar, window=6, n_estimators=100).fit(train)
+        detection = detector.detect(test, history=train)
+        flagged[calendar] = detection.is_anomaly[48:96, 0].mean()
+        assert detection.is_anomaly[100:, 0].mean() <= 0.02
+    assert flagged[False] <= 0.05 and flagged[True] >= 0.3
