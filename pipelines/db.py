@@ -1,11 +1,24 @@
-"""SQLAlchemy engines for the ``SqlConnection`` of a job (sources and the SQL sink share them)."""
+"""SQLAlchemy engines for the ``SqlConnection`` of a job (sources and the SQL sink share them).
+
+Each database is an optional extra that installs its SQLAlchemy dialect and driver; a URL naming
+only the dialect (``mysql://``) gets the driver that extra installs. An Airflow connection
+(``conn_id``) is resolved with ``airflow.sdk.Connection`` (connections, ``AIRFLOW_CONN_*`` env
+vars, secrets backends) and turned into a URL from its fields: its ``conn_type`` is an Airflow
+type, not a SQLAlchemy drivername, so it is mapped (``_AIRFLOW_SCHEMES``) unless the
+connection's extra names one (``{"sqlalchemy_scheme": "..."}``).
+
+Passwords never reach messages or logs: errors name ``SqlConnection.describe()`` and logs the
+URL with its password masked.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -15,72 +28,193 @@ from pipelines.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
+#: The extra that installs each dialect's driver, and what it installs.
+EXTRAS: dict[str, tuple[str, str]] = {
+    "postgresql": ("postgres", "psycopg2-binary"),
+    "mysql": ("mysql", "pymysql"),
+    "mariadb": ("mysql", "pymysql"),
+    "mssql": ("mssql", "pymssql"),
+    "redshift": ("redshift", "sqlalchemy-redshift"),
+    "duckdb": ("duckdb", "duckdb-engine"),
+}
+
+#: A URL naming only the dialect gets the driver its extra installs, not SQLAlchemy's default
+#: (psycopg 3, mysqlclient, pyodbc), which the extras do not install.
+_DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+psycopg2",
+    "postgres": "postgresql+psycopg2",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+    "mssql": "mssql+pymssql",
+    "redshift": "redshift+psycopg2",
+}
+
+#: Airflow connection types (``conn_type``, the scheme of an ``AIRFLOW_CONN_*`` URI) → SQLAlchemy
+#: dialect+driver. Airflow writes ``postgresql://`` URIs as type ``postgres``.
+_AIRFLOW_SCHEMES = {
+    "postgres": "postgresql+psycopg2",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+    "mssql": "mssql+pymssql",
+    "redshift": "redshift+psycopg2",
+    "sqlite": "sqlite",
+    "duckdb": "duckdb",
+}
+
+#: Keys of an Airflow connection's extra read here; every other key is a driver option.
+_SCHEME_KEY, _QUERY_KEY = "sqlalchemy_scheme", "sqlalchemy_query"
+
+#: Sessions that have a time zone of their own are set to UTC, so naive UTC window bounds and
+#: naive UTC timestamps read back are exact whatever the server's zone (MySQL ``TIMESTAMP``
+#: columns and DuckDB ``TIMESTAMPTZ`` columns are converted in the session's zone).
+_SESSION_UTC = {
+    "mysql": "SET time_zone = '+00:00'",
+    "mariadb": "SET time_zone = '+00:00'",
+    "duckdb": "SET TimeZone = 'UTC'",
+}
+
 
 def engine_for(connection: SqlConnection) -> sa.Engine:
     """The engine of ``connection``, one per URL and process, so its connection pool is reused."""
     # Errors name connection.describe(), never the URL: it may hold a password.
     described = connection.describe()
-    url = _url(connection)
+    url = _with_default_driver(_url(connection, described))
+    if _is_file(url):
+        # sqlite:///var/x.db in a job file means the project's var/, wherever Airflow runs from.
+        url = url.set(database=resolve_path(url.database or ""))
     try:
-        parsed = sa.make_url(url)
+        return _engine(url)
+    except NoSuchModuleError:
+        raise ConfigError(_no_dialect(connection, described, url)) from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"{described}: the database driver {exc.name!r} is not installed; {_install_hint(url)}"
+        ) from exc
+
+
+def _url(connection: SqlConnection, described: str) -> sa.URL:
+    if connection.conn_id:
+        return _airflow_url(connection.conn_id)
+    if connection.url:
+        text = connection.url
+    else:
+        name = connection.url_env or ""
+        text = os.environ.get(name, "")
+        if not text:
+            raise ConfigError(
+                f"environment variable {name} is not set: export it with the database URL "
+                f"(e.g. export {name}=postgresql://user:password@host:5432/db)"
+            )
+    try:
+        return sa.make_url(text)
     except ArgumentError:
         raise ConfigError(
             f"{described} is not a valid SQLAlchemy URL; write it as dialect+driver://user:password@host/db"
         ) from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        # SQLAlchemy's default PostgreSQL driver is psycopg 3; the [postgres] extra installs psycopg2.
-        parsed = parsed.set(drivername="postgresql+psycopg2")
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        # sqlite:///var/x.db in a job file means the project's var/, wherever Airflow runs from.
-        parsed = parsed.set(database=resolve_path(parsed.database))
-    try:
-        return _engine(parsed)
-    except NoSuchModuleError:
-        raise ConfigError(
-            f"{described}: SQLAlchemy has no dialect {parsed.drivername!r}; check the start of the URL "
-            "(e.g. postgresql://, sqlite:///)"
-        ) from None
-    except ImportError as exc:
-        raise ConfigError(
-            f"{described}: the database driver {exc.name!r} is not installed; install it (PostgreSQL: "
-            "pip install 'anomaly-pipelines[postgres]') or name an installed driver in the URL"
-        ) from exc
 
 
-def _url(connection: SqlConnection) -> str:
-    if connection.url:
-        return connection.url
-    if connection.url_env:
-        url = os.environ.get(connection.url_env)
-        if not url:
-            raise ConfigError(
-                f"environment variable {connection.url_env} is not set: export it with the database URL "
-                f"(e.g. export {connection.url_env}=postgresql://user:password@host:5432/db)"
-            )
-        return url
-    return _airflow_url(connection.conn_id or "")
+def _with_default_driver(url: sa.URL) -> sa.URL:
+    return url.set(drivername=_DEFAULT_DRIVERS.get(url.drivername, url.drivername))
 
 
-def _airflow_url(conn_id: str) -> str:
+def _airflow_url(conn_id: str) -> sa.URL:
     try:
         from airflow.sdk import Connection
         from airflow.sdk.exceptions import AirflowNotFoundException
     except ImportError as exc:
         raise MissingDependencyError("apache-airflow", "airflow", f"Airflow connection {conn_id!r}") from exc
     try:
-        uri = Connection.get(conn_id).get_uri()
+        conn = Connection.get(conn_id)
     except AirflowNotFoundException as exc:
         raise ConfigError(
             f"Airflow connection {conn_id!r} does not exist: create it (airflow connections add {conn_id} "
             f"--conn-uri ...) or set AIRFLOW_CONN_{conn_id.upper()}"
         ) from exc
-    return uri
+    extra = conn.extra_dejson
+    scheme = extra.get(_SCHEME_KEY) or _AIRFLOW_SCHEMES.get(conn.conn_type or "") or conn.conn_type or ""
+    if not scheme:
+        raise ConfigError(
+            f"Airflow connection {conn_id!r} has no type: set its conn_type (e.g. postgres, mysql, mssql, "
+            f'redshift, sqlite, duckdb) or its extra {{"{_SCHEME_KEY}": "dialect+driver"}}'
+        )
+    query = _driver_options(conn_id, extra)
+    if scheme.split("+")[0] in ("sqlite", "duckdb"):
+        # Airflow's sqlite (and the DuckDB providers') connections keep the file path in host.
+        return sa.URL.create(scheme, database=conn.host or conn.schema or None, query=query)
+    return sa.URL.create(
+        scheme,
+        username=conn.login or None,
+        password=conn.password or None,
+        host=conn.host or None,
+        port=conn.port or None,
+        database=conn.schema or None,
+        query=query,
+    )
+
+
+def _driver_options(conn_id: str, extra: Mapping[str, Any]) -> dict[str, str]:
+    """The extra's driver options: every scalar key but ours, then ``sqlalchemy_query`` over them.
+
+    Options of an ``AIRFLOW_CONN_*`` URI (``?sslmode=require``) arrive as extra keys, so they
+    are passed on as they would be in a SQLAlchemy URL.
+    """
+    nested = extra.get(_QUERY_KEY) or {}
+    if not isinstance(nested, Mapping):
+        raise ConfigError(
+            f"Airflow connection {conn_id!r}: extra {_QUERY_KEY!r} must be an object of driver options "
+            f'(e.g. {{"{_QUERY_KEY}": {{"sslmode": "require"}}}}), got {type(nested).__name__}'
+        )
+    options = {
+        key: value
+        for key, value in extra.items()
+        if key not in (_SCHEME_KEY, _QUERY_KEY) and isinstance(value, str | int | float | bool)
+    }
+    return {key: str(value) for key, value in {**options, **nested}.items()}
+
+
+def _no_dialect(connection: SqlConnection, described: str, url: sa.URL) -> str:
+    backend = url.get_backend_name()
+    if backend in EXTRAS:  # dialects that come as plugins (DuckDB, Redshift) are not installed
+        return f"{described}: the SQLAlchemy dialect {url.drivername!r} is not installed; {_install_hint(url)}"
+    if connection.conn_id:
+        return (
+            f"{described} has type {url.drivername!r}, which is not a SQLAlchemy dialect nor an Airflow type "
+            f"mapped to one ({', '.join(sorted(_AIRFLOW_SCHEMES))}); set its extra to "
+            f'{{"{_SCHEME_KEY}": "dialect+driver"}} (e.g. "postgresql+psycopg2")'
+        )
+    return (
+        f"{described}: SQLAlchemy has no dialect {url.drivername!r}; check the start of the URL "
+        "(e.g. postgresql://, mysql://, mssql://, redshift://, duckdb:///, sqlite:///)"
+    )
+
+
+def _install_hint(url: sa.URL) -> str:
+    extra, package = EXTRAS.get(url.get_backend_name(), (None, None))
+    if extra is None:
+        return "install the driver named in the URL, or name an installed one"
+    return f"pip install 'anomaly-pipelines[{extra}]' (or pip install {package})"
 
 
 @functools.cache
 def _engine(url: sa.URL) -> sa.Engine:
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if _is_file(url):
+        Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
+    statement = _SESSION_UTC.get(engine.dialect.name)
+    if statement:
+        sa.event.listen(engine, "connect", functools.partial(_set_session, statement))
     log.info("created database engine for %s", url.render_as_string(hide_password=True))
     return engine
+
+
+def _is_file(url: sa.URL) -> bool:
+    """A SQLite or DuckDB database in a file (not ``:memory:`` nor DuckDB's ``md:`` service)."""
+    return url.get_backend_name() in ("sqlite", "duckdb") and bool(url.database) and ":" not in (url.database or "")
+
+
+def _set_session(statement: str, dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()

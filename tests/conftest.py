@@ -63,10 +63,12 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """URL of a fresh PostgreSQL database, valid for the whole test session."""
     bin_dir = _pg_bin()
-    base = tmp_path_factory.mktemp("pg")
+    # Not under pytest's temp folder: a second pytest session resets its modes to 0700 and the
+    # postgres user would lose its way to the cluster mid-run.
+    base = Path(tempfile.mkdtemp(prefix="anomaly-pipelines-pg-"))
     data = base / "data"
     sock = base / "sock"
     data.mkdir()
@@ -116,6 +118,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             _as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
             capture_output=True,
         )
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -195,3 +198,68 @@ def airflow_server(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[str]:
+    """URL of a fresh MariaDB database (Debian's ``mariadb-server``), valid for the whole session.
+
+    The server runs in a temporary datadir on a free loopback port, its time zone at +09:00 so
+    that tests notice a bound read in the server's zone instead of UTC. The URL's user ``reader``
+    has a password (so wrong credentials fail for real) and every right on the database
+    ``anomalies``; the fixture sets them up as root, who has no password, through the socket.
+    """
+    install_db, server = shutil.which("mariadb-install-db"), shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    if not install_db or not Path(server).exists():
+        pytest.fail("MariaDB is not installed: run `make test` or `apt-get install -y mariadb-server`")
+    import pymysql
+
+    # Not under pytest's basetemp: every pytest session resets pytest-of-<user> to mode 0700,
+    # which would lock the mysql user out of a server that another session is still using.
+    base = Path(tempfile.mkdtemp(prefix="anomaly-pipelines-mariadb-"))
+    data, sock = base / "data", base / "mysqld.sock"
+    data.mkdir()
+    as_root = os.geteuid() == 0
+    if as_root:  # mariadbd drops to the mysql user, which must own the datadir
+        shutil.chown(base, "mysql")
+        shutil.chown(data, "mysql")
+    user = ["--user=mysql"] if as_root else []
+    installed = subprocess.run(
+        [install_db, "--no-defaults", *user, f"--datadir={data}", "--auth-root-authentication-method=normal",
+         "--skip-test-db"],
+        capture_output=True,
+        text=True,
+    )
+    if installed.returncode:
+        pytest.fail(f"mariadb-install-db failed:\n{installed.stdout[-2000:]}{installed.stderr[-2000:]}")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "--no-defaults", *user, f"--datadir={data}", f"--socket={sock}", f"--port={port}",
+         "--bind-address=127.0.0.1", f"--pid-file={base / 'mysqld.pid'}", f"--log-error={base / 'server.log'}",
+         "--default-time-zone=+09:00", "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=16M"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                admin = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True)
+                break
+            except pymysql.err.OperationalError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = base / "server.log"
+                    pytest.fail(f"MariaDB did not start:\n{log.read_text()[-2000:] if log.exists() else ''}")
+                time.sleep(0.2)
+        with admin, admin.cursor() as cursor:
+            cursor.execute("CREATE DATABASE anomalies")
+            cursor.execute("CREATE USER 'reader'@'127.0.0.1' IDENTIFIED BY 'Rd-pass-4-tests'")
+            cursor.execute("GRANT ALL ON anomalies.* TO 'reader'@'127.0.0.1'")
+        yield f"mysql+pymysql://reader:Rd-pass-4-tests@127.0.0.1:{port}/anomalies"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(base, ignore_errors=True)

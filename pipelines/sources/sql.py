@@ -4,14 +4,25 @@ The query owns the window (``WHERE ts >= :start AND ts < :end``); values, the wi
 job's ``params`` alike, are bound, never formatted into the SQL. An unbounded side of the
 window is bound as the earliest or latest datetime, so the query needs no special case.
 
-How the bounds are bound, per dialect: both are UTC, typed ``DateTime``.
+How the bounds are bound, per dialect: both are UTC, typed ``DateTime``; rows at ``start`` are
+in, rows at ``end`` are out. Store timestamps in UTC in the dialect's natural type:
 
-- PostgreSQL gets them aware, as ``timestamptz``: exact against ``timestamptz`` columns. A
-  ``timestamp without time zone`` column is compared in the session's ``TimeZone``, so store
-  UTC in ``timestamptz`` (or set the session to UTC, e.g. ``?options=-c timezone=UTC``).
-- Every other dialect gets them naive. SQLite has no date type: pandas and SQLAlchemy write
-  ``YYYY-MM-DD HH:MM:SS.ffffff`` text, which SQLAlchemy's ``DateTime`` renders the bounds as,
-  so the comparison is a string comparison in the same format, in UTC.
+- PostgreSQL (``timestamptz``) and Amazon Redshift (``TIMESTAMP`` or ``TIMESTAMPTZ``) get them
+  aware, sent with their offset: exact against ``timestamptz`` columns whatever the session's
+  ``TimeZone``. A column without time zone is compared in the session's ``TimeZone`` (UTC by
+  default on Redshift; on PostgreSQL set it with ``?options=-c timezone=UTC`` if the server's
+  is not UTC).
+- MySQL and MariaDB (``DATETIME``) get them naive: the driver drops any offset. Sessions are set
+  to UTC (``pipelines.db``), so ``TIMESTAMP`` columns, which the server converts in the session's
+  zone, are exact too.
+- DuckDB (``TIMESTAMP``) gets them naive; sessions are set to UTC, so ``TIMESTAMPTZ`` columns are
+  exact too.
+- Microsoft SQL Server (``datetime2``) gets them naive: ``datetime2`` has no zone. pymssql sends
+  them to the millisecond. The legacy ``datetime`` type starts in 1753, so an unbounded side
+  (bound as year 1) cannot be compared with it: use ``datetime2``.
+- SQLite has no date type: pandas and SQLAlchemy write ``YYYY-MM-DD HH:MM:SS.ffffff`` text,
+  which SQLAlchemy's ``DateTime`` renders the naive bounds as, so the comparison is a string
+  comparison in the same format, in UTC.
 """
 
 from __future__ import annotations
@@ -20,9 +31,10 @@ import logging
 import re
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import DateTime, bindparam, text
+from sqlalchemy import DateTime, TextClause, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.config import JobConfig, SqlSource
@@ -33,7 +45,7 @@ from pipelines.sources.base import bounds, job_columns, source_error, utc_bound
 log = logging.getLogger(__name__)
 
 #: Dialects whose drivers send the offset and compare in UTC; the others get naive UTC.
-AWARE_DIALECTS = frozenset({"postgresql"})
+AWARE_DIALECTS = frozenset({"postgresql", "redshift"})
 
 
 class SqlReader:
@@ -51,26 +63,34 @@ class SqlReader:
         self.job = job
         self.config = job.source
 
-    def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
-        lo, hi = utc_bound(start), utc_bound(end)
-        fail = partial(source_error, self.job, self.config.describe(), lo, hi)
-        engine = engine_for(self.config.connection)
-        aware = engine.dialect.name in AWARE_DIALECTS
-        first, last = bounds(lo, hi)
+    def statement(
+        self, dialect: str, start: pd.Timestamp | None, end: pd.Timestamp | None
+    ) -> tuple[TextClause, dict[str, Any]]:
+        """The query and its parameters for ``dialect`` (a SQLAlchemy dialect name), the UTC window
+        bound as the module's docstring says."""
+        aware = dialect in AWARE_DIALECTS
+        first, last = bounds(start, end)
         if not aware:
             first, last = first.replace(tzinfo=None), last.replace(tzinfo=None)
         query = text(self.config.query).bindparams(
             bindparam("start", type_=DateTime(timezone=aware)),
             bindparam("end", type_=DateTime(timezone=aware)),
         )
-        params = {**self.config.params, "start": first, "end": last}
+        return query, {**self.config.params, "start": first, "end": last}
+
+    def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
+        lo, hi = utc_bound(start), utc_bound(end)
+        fail = partial(source_error, self.job, self.config.describe(), lo, hi)
+        engine = engine_for(self.config.connection)
+        query, params = self.statement(engine.dialect.name, lo, hi)
+        secret = engine.url.password
         try:
             connection = engine.connect()
         except SQLAlchemyError as exc:
             raise fail(
-                f"cannot connect to the database ({_reason(exc)})",
+                f"cannot connect to the database ({_reason(exc, secret)})",
                 "Check that the database is running and reachable from this machine, and the credentials.",
-            ) from exc
+            ) from _unless_leaking(exc, secret)
         with connection:
             try:
                 frame = pd.read_sql(query, connection, params=params)
@@ -78,15 +98,31 @@ class SqlReader:
                 # pandas wraps SQLAlchemy's error in its own; the driver's message is what helps.
                 cause = exc.__cause__ if isinstance(exc.__cause__, SQLAlchemyError) else exc
                 raise fail(
-                    f"the query failed ({_reason(cause)})",
+                    f"the query failed ({_reason(cause, secret)})",
                     "Check the query against the database (tables, columns, syntax), that this user may "
                     "read them, and that every :name in it is set in `params`.",
-                ) from cause
+                ) from _unless_leaking(cause, secret)
         log.info("job %s: read %d rows from %s", self.job.name, len(frame), self.config.describe())
         return job_columns(frame, self.job).reset_index(drop=True)
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException, secret: str | None) -> str:
     # The driver's own message, without SQLAlchemy's statement echo and link to its docs.
-    message = str(getattr(exc, "orig", None) or exc)
-    return re.sub(r"\s*\(Background on this error at: \S+\)", "", message).strip()
+    orig = getattr(exc, "orig", None) or exc
+    match orig.args:
+        case (int() as code, str() | bytes() as text) | ((int() as code, str() | bytes() as text),):
+            # PyMySQL raises (code, message); pymssql ((code, message),), in bytes, lines twice.
+            text = text.decode(errors="replace") if isinstance(text, bytes) else text
+            lines = dict.fromkeys(line.strip() for line in text.splitlines() if line.strip())
+            message = f"{' '.join(lines)} (error {code})"
+        case _:
+            message = str(orig)
+    message = re.sub(r"\s*\(Background on this error at: \S+\)", "", message).strip()
+    # Drivers do not echo passwords in the messages seen so far; a future one might.
+    return message.replace(secret, "***") if secret else message
+
+
+def _unless_leaking(exc: BaseException, secret: str | None) -> BaseException | None:
+    """``exc`` as the cause to chain, or None when its text holds the password: Airflow logs the
+    whole chain, and the password must not reach the task log."""
+    return None if secret and secret in str(exc) else exc
