@@ -68,16 +68,89 @@ def _redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+class Partitioning(_Model):
+    """How one hive partition key (``date=2024-03-01``) maps to the time its files hold.
+
+    A partition whose value parses to ``t`` holds rows in ``[t, t + granularity)``, UTC.
+    """
+
+    column: str = Field(description="The partition key, e.g. date or dt.")
+    format: str = Field(description="strptime format of its values, e.g. %Y-%m-%d.")
+    granularity: timedelta | None = Field(
+        None, description="Time one partition holds; the finest field of format when omitted."
+    )
+
+    @field_validator("granularity", mode="before")
+    @classmethod
+    def _parse_granularity(cls, value: Any) -> timedelta | None:
+        return None if value is None else _duration(value)
+
+    @field_validator("format")
+    @classmethod
+    def _has_a_date(cls, value: str) -> str:
+        if "%Y" not in value:
+            raise ValueError("the format must hold the year (%Y), e.g. %Y-%m-%d or %Y-%m-%dT%H")
+        return value
+
+
 class FileSource(_Model):
     kind: Literal["file"]
-    path: str = Field(description="A file, a glob, or a folder; local or s3://")
-    format: Literal["csv", "jsonl", "parquet"] | None = Field(
+    path: str = Field(description="A file, a glob, or a folder; local, s3:// or gs://")
+    format: Literal["csv", "jsonl", "json", "parquet", "pickle"] | None = Field(
         None, description="Inferred from the file suffix when omitted."
+    )
+    encoding: str = Field("utf-8", description="Text encoding of csv, jsonl and json files.")
+    allow_pickle: bool = Field(False, description="Unpickling runs code: only for files you trust.")
+    partitioning: Partitioning | None = Field(
+        None, description="Time partition key of hive folders; inferred from year/month/day/hour/date/dt."
+    )
+    prune_partitions: bool = Field(
+        True, description="Skip partitions outside the window; false when partition times are not row times."
     )
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options")
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _pickle_is_allowed(self) -> FileSource:
+        if self.format == "pickle" and not self.allow_pickle:
+            raise ValueError(
+                "format pickle needs allow_pickle: true, because unpickling runs arbitrary code; "
+                "convert the data to Parquet, or set allow_pickle: true only for files you trust"
+            )
+        return self
+
     def describe(self) -> str:
         return f"file source {self.path!r}"
+
+
+class PythonSource(_Model):
+    kind: Literal["python"]
+    callable: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+        description="package.module:function, called as function(start, end, **params).",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the callable.")
+
+    @field_validator("params")
+    @classmethod
+    def _window_is_not_a_param(cls, params: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted({"start", "end"} & set(params))
+        if clash:
+            raise ValueError(f"must not set {clash}: start and end are the window; rename those parameters")
+        return params
+
+    def describe(self) -> str:
+        return f"python source {self.callable!r}"
 
 
 class SqlSource(_Model):
@@ -109,6 +182,12 @@ class BigQuerySource(_Model):
     project: str | None = None
     location: str | None = None
     conn_id: str | None = Field(None, description="Airflow google_cloud_platform connection.")
+    params: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra query parameters (@name), bound as STRING/INT64/FLOAT64/BOOL."
+    )
+    api_endpoint: str | None = Field(
+        None, description="Another BigQuery REST endpoint (an emulator); used without credentials."
+    )
 
     @field_validator("query")
     @classmethod
@@ -121,11 +200,22 @@ class BigQuerySource(_Model):
             )
         return query
 
+    @field_validator("params")
+    @classmethod
+    def _params_are_names(cls, params: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted({"start", "end"} & set(params))
+        if clash:
+            raise ValueError(f"must not set {clash}: @start and @end are the window; rename those parameters")
+        bad = sorted(name for name in params if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
+        if bad:
+            raise ValueError(f"parameter names must be letters, digits and _ (BigQuery @name), got {bad}")
+        return params
+
     def describe(self) -> str:
         return f"bigquery source (project {self.project or 'default'})"
 
 
-Source = Annotated[FileSource | SqlSource | BigQuerySource, Field(discriminator="kind")]
+Source = Annotated[FileSource | SqlSource | BigQuerySource | PythonSource, Field(discriminator="kind")]
 
 
 class ModelConfig(_Model):
@@ -196,9 +286,27 @@ class TableOutput(_Model):
     db_schema: str | None = Field(None, alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
+class BigQueryOutput(_Model):
+    """A BigQuery table shared by jobs; the window's rows of a job are replaced atomically."""
+
+    table: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+        description="project.dataset.table",
+    )
+    conn_id: str | None = Field(None, description="Airflow google_cloud_platform connection.")
+    location: str | None = None
+    api_endpoint: str | None = Field(
+        None, description="Another BigQuery REST endpoint (an emulator); used without credentials."
+    )
+
+    def describe(self) -> str:
+        return f"bigquery table {self.table!r}"
+
+
 class Outputs(_Model):
     parquet: str = Field("var/outputs", description="Root of the Parquet dataset (local or s3://).")
     table: TableOutput | None = None
+    bigquery: BigQueryOutput | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -217,6 +325,27 @@ class TuneConfig(_Model):
     holdout_fraction: float = Field(0.25, gt=0, lt=1)
 
 
+class ResampleConfig(_Model):
+    """How each series is put on the job's ``frequency`` grid before training and scoring.
+
+    Rows are bucketed into ``[k * frequency, (k + 1) * frequency)`` counted from the Unix epoch.
+    Several rows in one bucket are combined with ``aggregate``; a bucket without rows between the
+    series' first and last rows is left missing (the detectors score a missing value 0 and never
+    flag it) or, with ``fill: ffill``, takes the last value for at most ``ffill_limit`` buckets
+    in a row (no limit when it is omitted). Every run logs and reports the counts per series.
+    """
+
+    aggregate: Literal["mean", "sum", "min", "max", "first", "last", "median"] = "mean"
+    fill: Literal["none", "ffill"] = "none"
+    ffill_limit: int | None = Field(None, ge=1, description="Most buckets in a row one value fills.")
+
+    @model_validator(mode="after")
+    def _limit_needs_ffill(self) -> ResampleConfig:
+        if self.ffill_limit is not None and self.fill != "ffill":
+            raise ValueError("ffill_limit only applies with fill: ffill; set fill: ffill or remove ffill_limit")
+        return self
+
+
 class JobConfig(_Model):
     name: str
     description: str = ""
@@ -232,6 +361,7 @@ class JobConfig(_Model):
     outputs: Outputs = Outputs()
     validation: ValidationConfig = ValidationConfig()
     tune: TuneConfig = TuneConfig()
+    resample: ResampleConfig = ResampleConfig()
     registry: str = Field("var/models", description="Model registry root (local or s3://).")
     start_date: str = Field("2024-01-01", description="First data interval the schedules may run.")
 

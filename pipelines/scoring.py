@@ -25,7 +25,7 @@ from pipelines.errors import ModelError
 from pipelines.extraction import checked_batch, prepare, read_parquet, series_groups
 from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
-from pipelines.sinks import ParquetSink, SqlSink
+from pipelines.sinks import BigQuerySink, ParquetSink, SqlSink
 from pipelines.training import load_champion
 from pipelines.workspace import Window, Workspace, utcnow
 
@@ -85,6 +85,8 @@ class ScoreResult:
     rows: int
     anomalies: int
     model_version: str
+    #: What resampling to the job's frequency did to the rows (merged, filled, missing).
+    resampling: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -112,7 +114,7 @@ def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
     _write_parquet(frame, path)
     anomalies = int(frame.loc[frame["is_anomaly"], "timestamp"].nunique())
     log.info("job %s, series %s: scored %d rows with %s, %d anomalous timestamps", job.name, series, len(frame), version.version, anomalies)
-    return ScoreResult(series, path, len(frame), anomalies, version.version)
+    return ScoreResult(series, path, len(frame), anomalies, version.version, data.attrs.get("resampling"))
 
 
 def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chunk_paths: list[str]) -> dict[str, Any]:
@@ -187,7 +189,7 @@ def _history_before(
 
 
 def publish(job: JobConfig, window: Window, scored_paths: list[str], *, output: str | None = None) -> PublishResult:
-    """Write the staged scores of every series: Parquet dataset and SQL table, replacing the window.
+    """Write the staged scores of every series: Parquet dataset, SQL and BigQuery tables, replacing the window.
 
     With ``output`` (one-off scoring), the staged parts are streamed into that one Parquet file.
     """
@@ -207,6 +209,11 @@ def publish(job: JobConfig, window: Window, scored_paths: list[str], *, output: 
             frame, job=job.name, dimensions=job.dimensions, start=window.start, end=window.end
         )
         table_name = f"{table.db_schema + '.' if table.db_schema else ''}{table.name} ({table.connection.describe()})"
+    if job.outputs.bigquery:
+        BigQuerySink(job.outputs.bigquery).write(
+            frame, job=job.name, dimensions=job.dimensions, start=window.start, end=window.end
+        )
+        table_name = ", ".join(filter(None, [table_name, job.outputs.bigquery.describe()]))
     log.info("job %s: published %d rows for window %s to %s%s", job.name, len(frame), window, ", ".join(paths), f" and {table_name}" if table_name else "")
     return _summary(frame, paths, table_name, window)
 

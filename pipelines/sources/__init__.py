@@ -13,9 +13,10 @@ from pipelines.config import JobConfig
 from pipelines.sources.base import Source
 from pipelines.sources.bigquery import BigQueryReader
 from pipelines.sources.file import FileReader
+from pipelines.sources.python import PythonReader
 from pipelines.sources.sql import SqlReader
 
-SOURCES: dict[str, type[Source]] = {"file": FileReader, "sql": SqlReader, "bigquery": BigQueryReader}
+SOURCES: dict[str, type[Source]] = {"file": FileReader, "sql": SqlReader, "bigquery": BigQueryReader, "python": PythonReader}
 
 
 def make_source(job: JobConfig) -> Source:
@@ -27,4 +28,4 @@ def read_window(job: JobConfig, start: datetime | None, end: datetime | None) ->
     return make_source(job).read(start, end)
 
 
-__all__ = ["SOURCES", "BigQueryReader", "FileReader", "Source", "SqlReader", "make_source", "read_window"]
+__all__ = ["SOURCES", "BigQueryReader", "FileReader", "PythonReader", "Source", "SqlReader", "make_source", "read_window"]

@@ -1,22 +1,35 @@
-"""Files: one file, a glob (``data/*.csv``) or a folder; local or any fsspec URL (``s3://``).
+"""Files: one file, a glob (``data/*.csv``) or a folder; local or any fsspec URL (``s3://``, ``gs://``).
 
-Formats are csv, jsonl (JSON lines) and parquet, inferred from the suffix unless the job sets
-``format``. Parquet reads only the job's columns and, when the timestamp column has a
-timestamp type, lets Arrow skip what lies outside the window; csv and jsonl are read whole and
-filtered here. Text timestamps are parsed by :func:`~pipelines.sources.base.parse_timestamps`:
-naive ones are taken as UTC, and unparseable ones are kept for validation to report.
+Formats are csv, jsonl (JSON lines), json (one array of records), parquet and pickle (only with
+``allow_pickle``: unpickling runs code), inferred from the suffix unless the job sets ``format``.
+Parquet reads only the job's columns and, when the timestamp column has a timestamp type, lets
+Arrow skip what lies outside the window; the other formats are read whole and filtered here.
+Text timestamps are parsed by :func:`~pipelines.sources.base.parse_timestamps`: naive ones are
+taken as UTC, and unparseable ones are kept for validation to report.
+
+Folders may be hive-partitioned (``date=2024-03-01/part-0.parquet``): files in ``key=value``
+sub-folders are read too, a key the job uses as a column and the files lack becomes that column
+(as text), and partitions whose time cannot overlap the window are never opened
+(:func:`partition_span`).
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import operator
 import os
-from collections.abc import Callable, Iterator
+import pickle
+import re
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from io import StringIO
 from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -24,15 +37,45 @@ import pyarrow.dataset as ds
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
-from pipelines.config import FileSource, JobConfig, base_dir, resolve_path
-from pipelines.errors import SourceError
-from pipelines.sources.base import job_columns, parse_timestamps, source_error, utc_bound, window_mask
+from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, resolve_path
+from pipelines.errors import ConfigError, MissingDependencyError, SourceError
+from pipelines.sources.base import describe_window, job_columns, parse_timestamps, source_error, utc_bound, window_mask
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIXES = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+}
+
+#: fsspec protocol -> (package, extra of anomaly-pipelines that installs it).
+BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
+
+#: Hive's name for a missing partition value.
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+#: Formats tried for ``date``/``dt`` keys when the job sets no ``partitioning``. Values with
+#: minutes are left out on purpose: ``dt=2024-03-01T05:00`` may hold an hour or a minute, and
+#: guessing too short a span would drop rows, so such layouts need an explicit granularity.
+INFERRED_DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%Y-%m-%dT%H", "%Y-%m-%d-%H", "%Y-%m-%d %H", "%Y%m%d%H")
 
 Fail = Callable[[str, str], SourceError]
+Step = pd.Timedelta | pd.DateOffset
+
+
+@dataclass(frozen=True)
+class _File:
+    """One data file and the hive partition values (``key=value`` folders) above it."""
+
+    name: str
+    keys: dict[str, str | None] = field(default_factory=dict)
+    base: str = ""  # the folder the ``key=value`` folders are counted from
 
 
 class FileReader:
@@ -44,78 +87,169 @@ class FileReader:
         self.job = job
         self.config = job.source
 
-    def _locate(self, lo: pd.Timestamp | None, hi: pd.Timestamp | None) -> tuple[str, Fail, AbstractFileSystem, list[str], str]:
-        """The resolved path, the error factory, the file system, the files and their format."""
+    def _locate(self, lo: pd.Timestamp | None, hi: pd.Timestamp | None) -> tuple[str, Fail, AbstractFileSystem, list[_File], str]:
+        """The resolved path, the error factory, the file system, the files that can hold rows
+        of the window (all when it is unbounded) and their format."""
         path = resolve_path(self.config.path)
         fail: Fail = partial(source_error, self.job, f"file source {path!r}", lo, hi)
-        fs, root = url_to_fs(path, **self.config.storage_options)
+        fs, root = self._filesystem(path, fail)
         # fsspec shares one filesystem per URL and caches listings; a long-lived worker must
         # see the files that landed since its last read.
         fs.invalidate_cache()
         with _translated(fail, path, self.config.format or "the expected format"):
-            files = self._files(fs, root, fail)
-        return path, fail, fs, files, self._format(files, fail)
+            files = self._files(fs, root, path, fail)
+        fmt = self._format([file.name for file in files], fail)
+        if (lo is None and hi is None) or not self.config.prune_partitions:
+            return path, fail, fs, files, fmt
+        kept = [file for file in files if _overlaps(partition_span(file.keys, self.config.partitioning), lo, hi)]
+        if len(kept) < len(files):
+            log.info(
+                "job %s: partition pruning keeps %d of %d file(s) of %s for window %s",
+                self.job.name,
+                len(kept),
+                len(files),
+                path,
+                describe_window(lo, hi),
+            )
+        return path, fail, fs, kept, fmt
+
+    def _filesystem(self, path: str, fail: Fail) -> tuple[AbstractFileSystem, str]:
+        try:
+            return url_to_fs(path, **self.config.storage_options)
+        except ImportError as exc:
+            protocol = path.split("://", 1)[0]
+            if protocol in BACKENDS:
+                package, extra = BACKENDS[protocol]
+                raise MissingDependencyError(package, extra, f"job {self.job.name!r}: reading {protocol}:// ({path})") from exc
+            raise fail(f"no file system for {protocol}:// is installed ({exc})", "Install the fsspec backend it names.") from exc
+        except ValueError as exc:
+            raise fail(f"{exc}", "Use a local path or an fsspec URL such as s3://bucket/key or gs://bucket/key.") from exc
 
     def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
         lo, hi = utc_bound(start), utc_bound(end)
         path, fail, fs, files, fmt = self._locate(lo, hi)
         log.info("job %s: reading %d %s file(s) from %s", self.job.name, len(files), fmt, path)
-        if fmt == "parquet":
-            with _translated(fail, path, fmt):
-                frame, filtered = _read_parquet(fs, files, self.job, lo, hi)
+        if fmt != "parquet":
+            frames = [self._read_text(fs, file, fmt, fail) for file in files]
+        elif files:
+            # One Arrow scan over every file: far faster than file by file for many small files.
+            with _translated(fail, path, fmt), self._naming_the_bad_parquet(fs, files, fail):
+                frames = [job_columns(_read_parquet(_parquet_dataset(fs, files, self.job), self.job, lo, hi), self.job)]
         else:
             frames = []
-            for file in files:
-                with _translated(fail, fs.unstrip_protocol(file) if "://" in path else file, fmt):
-                    frames.append(job_columns(_TEXT_READERS[fmt](fs, file, self.job), self.job))
-            frame, filtered = pd.concat(frames, ignore_index=True), False
-        if not filtered and self.job.timestamp in frame.columns:
-            try:
-                parsed = parse_timestamps(frame[self.job.timestamp])
-            except ValueError as exc:
-                raise fail(
-                    f"column {self.job.timestamp!r} mixes timestamps with and without a time zone ({exc})",
-                    "Write every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one "
-                    "without (then taken as UTC).",
-                ) from exc
-            frame = frame[window_mask(parsed, lo, hi)]
+        if not frames:  # every partition pruned: nothing of the window is stored
+            return pd.DataFrame(columns=self.job.columns)
+        # Empty frames would turn typed columns into objects in concat.
+        frame = pd.concat([frame for frame in frames if len(frame)] or frames[:1], ignore_index=True)
+        if lo is not None or hi is not None:
+            frame = frame[in_window(frame, self.job, lo, hi, fail)]
         return frame.reset_index(drop=True)
+
+    def _read_text(self, fs: AbstractFileSystem, file: _File, fmt: str, fail: Fail) -> pd.DataFrame:
+        with _translated(fail, self._shown(fs, file.name), fmt):
+            frame = _READERS[fmt](fs, file.name, self.job, self.config.encoding)
+        extra = _partition_columns(file, self.job, frame.columns)
+        return job_columns(frame.assign(**extra) if extra else frame, self.job)
 
     def iter_chunks(self, rows: int) -> Iterator[pd.DataFrame]:
         """The whole source in file order, ``rows`` rows at a time (the last chunk may be
-        shorter), raw as :meth:`read` returns it: memory stays bounded whatever the file size."""
+        shorter), raw as :meth:`read` returns it. Memory stays bounded whatever the size of
+        csv, jsonl and parquet files; a json array or a pickle is read whole first (neither
+        format can be parsed in parts), then handed out in chunks."""
         path, fail, fs, files, fmt = self._locate(None, None)
         log.info("job %s: reading %d %s file(s) from %s in chunks of %d rows", self.job.name, len(files), fmt, path, rows)
-        with _translated(fail, path, fmt):
-            if fmt == "parquet":
-                yield from _parquet_chunks(fs, files, self.job, rows)
-                return
-            for file in files:
-                for chunk in _TEXT_CHUNKS[fmt](fs, file, self.job, rows):
-                    yield job_columns(chunk, self.job).reset_index(drop=True)
+        if fmt == "parquet":
+            yield from self._parquet_chunks(fs, files, rows, fail)
+            return
+        for file in files:
+            with _translated(fail, self._shown(fs, file.name), fmt):
+                for chunk in _CHUNKS[fmt](fs, file.name, self.job, self.config.encoding, rows):
+                    extra = _partition_columns(file, self.job, chunk.columns)
+                    yield job_columns(chunk.assign(**extra) if extra else chunk, self.job).reset_index(drop=True)
 
-    def _files(self, fs: AbstractFileSystem, root: str, fail: Fail) -> list[str]:
+    def _parquet_chunks(self, fs: AbstractFileSystem, files: list[_File], rows: int, fail: Fail) -> Iterator[pd.DataFrame]:
+        with _translated(fail, resolve_path(self.config.path), "parquet"), self._naming_the_bad_parquet(fs, files, fail):
+            dataset = _parquet_dataset(fs, files, self.job)
+        columns = [name for name in self.job.columns if name in dataset.schema.names]
+        pending: list[pa.RecordBatch] = []
+        size = 0
+        # File by file, so that an error names its file; the dataset's schema fills in the
+        # partition columns. Batches end at row-group boundaries; gather them so each chunk
+        # holds about ``rows`` rows. No read-ahead: memory must stay at about one chunk.
+        for fragment in dataset.get_fragments():
+            with _translated(fail, self._shown(fs, fragment.path), "parquet"):
+                batches = fragment.to_batches(
+                    schema=dataset.schema, columns=columns, batch_size=rows, batch_readahead=0, fragment_readahead=0
+                )
+                for batch in batches:
+                    pending.append(batch)
+                    size += batch.num_rows
+                    if size >= rows:
+                        yield pa.Table.from_batches(pending).to_pandas()
+                        pending, size = [], 0
+        if pending:
+            yield pa.Table.from_batches(pending).to_pandas()
+
+    @contextmanager
+    def _naming_the_bad_parquet(self, fs: AbstractFileSystem, files: list[_File], fail: Fail) -> Iterator[None]:
+        """Arrow reads many files at once and does not always say which one failed: after a
+        failure, read them one at a time so that the error names the file."""
+        try:
+            yield
+        except (OSError, ValueError, pa.ArrowException):
+            for file in files:
+                with _translated(fail, self._shown(fs, file.name), "parquet"):
+                    ds.dataset([file.name], format="parquet", filesystem=fs).to_table()
+            raise
+
+    def _shown(self, fs: AbstractFileSystem, name: str) -> str:
+        """``name`` as the job file writes it: a URL for object stores, a path for local files."""
+        return fs.unstrip_protocol(name) if "://" in self.config.path else name
+
+    def _files(self, fs: AbstractFileSystem, root: str, path: str, fail: Fail) -> list[_File]:
         if any(char in root for char in "*?["):
             matches = fs.glob(root, detail=True)
-            files = sorted(name for name, info in matches.items() if info["type"] == "file")
-            if not files:
+            names = sorted(name for name, info in matches.items() if info["type"] == "file")
+            if not names:
+                self._check_bucket(fs, root, path, fail)
                 raise fail("no file matches the pattern", "Check `path`, or whether the data has landed yet.")
-            return files
+            literal = root[: min(root.index(char) for char in "*?[" if char in root)]
+            base = literal.rsplit("/", 1)[0] if "/" in literal else ""
+            return [_File(name, _hive_keys(name, base), base) for name in names]
         try:
             info = fs.info(root)
         except FileNotFoundError as exc:
+            self._check_bucket(fs, root, path, fail)
             raise fail("no such file or folder", self._path_hint()) from exc
         if info["type"] != "directory":
-            return [root]
-        # Hidden and Hadoop-style marker files (_SUCCESS, .crc) are not data.
-        files = sorted(
-            item["name"]
-            for item in fs.ls(root, detail=True)
-            if item["type"] == "file" and not PurePosixPath(item["name"]).name.startswith((".", "_"))
-        )
+            return [_File(root)]
+        files = []
+        for name in sorted(fs.find(root)):
+            relative = PurePosixPath(name[len(root.rstrip("/")) :].lstrip("/"))
+            # Hidden and Hadoop-style marker files and folders (_SUCCESS, .crc, _temporary)
+            # are not data; sub-folders that are not key=value are not partitions.
+            if any(part.startswith((".", "_")) for part in relative.parts):
+                continue
+            if all("=" in part for part in relative.parts[:-1]):
+                files.append(_File(name, _hive_keys(name, root.rstrip("/")), root.rstrip("/")))
         if not files:
             raise fail("the folder holds no files", self._path_hint())
         return files
+
+    def _check_bucket(self, fs: AbstractFileSystem, root: str, path: str, fail: Fail) -> None:
+        """Say so when the bucket itself is missing: "no such file" would send one looking for a key."""
+        if "://" not in path or path.startswith("file://"):
+            return
+        bucket = root.split("/", 1)[0]
+        try:
+            exists = fs.exists(bucket)
+        except PermissionError:
+            return  # listing buckets may be forbidden where reading keys is not
+        if not exists:
+            raise fail(
+                f"bucket {bucket!r} does not exist (or these credentials cannot see it)",
+                "Check the bucket name in `path`, and the endpoint and credentials in `storage_options`.",
+            )
 
     def _path_hint(self) -> str:
         hint = "Check `path` in the job file"
@@ -124,16 +258,150 @@ class FileReader:
         return hint + "."
 
     def _format(self, files: list[str], fail: Fail) -> str:
-        if self.config.format:
-            return self.config.format
-        suffixes = {PurePosixPath(file).suffix.lower() for file in files}
-        formats = {SUFFIXES.get(suffix) for suffix in suffixes}
-        if len(formats) != 1 or None in formats:
-            raise fail(
-                f"cannot tell the format from the file suffixes {sorted(suffixes)}",
-                f"Set `format` to csv, jsonl or parquet, or name the files with one of {sorted(SUFFIXES)}.",
+        fmt = self.config.format
+        if not fmt:
+            suffixes = {PurePosixPath(file).suffix.lower() for file in files}
+            formats = {SUFFIXES.get(suffix) for suffix in suffixes}
+            if len(formats) != 1 or None in formats:
+                raise fail(
+                    f"cannot tell the format from the file suffixes {sorted(suffixes)}",
+                    f"Set `format` to csv, jsonl, json, parquet or pickle, or name the files with one of {sorted(SUFFIXES)}.",
+                )
+            fmt = formats.pop()
+        # The model refuses an explicit `format: pickle` without allow_pickle; this catches
+        # pickles recognised by their suffix.
+        if fmt == "pickle" and not self.config.allow_pickle:
+            raise ConfigError(
+                f"job {self.job.name!r}: {self.config.describe()} holds pickle files, and unpickling runs "
+                "arbitrary code: convert the data to Parquet, or set `allow_pickle: true` only if you "
+                "trust whoever writes these files"
             )
-        return formats.pop()
+        return fmt
+
+
+def in_window(frame: pd.DataFrame, job: JobConfig, lo: pd.Timestamp | None, hi: pd.Timestamp | None, fail: Fail) -> pd.Series:
+    """Which rows of a raw frame lie in ``[lo, hi)`` (rows without a parseable timestamp count
+    as inside, for validation to report); every row when the frame has no timestamp column."""
+    if job.timestamp not in frame.columns:
+        return pd.Series(True, index=frame.index)
+    try:
+        parsed = parse_timestamps(frame[job.timestamp])
+    except ValueError as exc:
+        raise fail(
+            f"column {job.timestamp!r} mixes timestamps with and without a time zone ({exc})",
+            "Write every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC).",
+        ) from exc
+    return window_mask(parsed, lo, hi)
+
+
+def _hive_keys(name: str, base: str) -> dict[str, str | None]:
+    """The ``key=value`` folders between ``base`` and the file ``name``, values URL-decoded."""
+    relative = PurePosixPath(name[len(base) :].lstrip("/")) if base and name.startswith(base) else PurePosixPath(name)
+    keys: dict[str, str | None] = {}
+    for part in relative.parts[:-1]:
+        if "=" in part:
+            key, value = part.split("=", 1)
+            keys[unquote(key)] = None if value == HIVE_NULL else unquote(value)
+    return keys
+
+
+def _partition_columns(file: _File, job: JobConfig, present: Iterable[str]) -> dict[str, str | None]:
+    """Partition values the job reads as columns and the file does not hold itself."""
+    have = set(present)
+    return {key: value for key, value in file.keys.items() if key in job.columns and key not in have}
+
+
+def partition_span(keys: dict[str, str | None], partitioning: Partitioning | None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The UTC time ``[start, end)`` a partition can hold, or None when its keys do not say.
+
+    With ``partitioning``, its key is parsed with its format; the span is ``granularity`` or
+    the format's finest field. Without it, ``date``/``dt`` (see :data:`INFERRED_DATE_FORMATS`)
+    or ``year`` [/``month`` [/``day``]] are read, then refined by an ``hour`` key. Values that
+    do not parse give None: the partition is read, since dropping rows would be worse than
+    reading a folder too many.
+    """
+    lower = {key.lower(): value for key, value in keys.items() if value is not None}
+    if partitioning is not None:
+        value = keys.get(partitioning.column)
+        if value is None:
+            return None
+        start = _parse(value, partitioning.format)
+        if start is None:
+            log.warning("partition %s=%r does not match format %r; reading it", partitioning.column, value, partitioning.format)
+            return None
+        step = pd.Timedelta(partitioning.granularity) if partitioning.granularity else _finest_step(partitioning.format)
+        return start, start + step
+    span: tuple[pd.Timestamp, Step] | None = None
+    for key in ("date", "dt"):
+        if key in lower:
+            parsed = ((_parse(lower[key], fmt), _finest_step(fmt)) for fmt in INFERRED_DATE_FORMATS)
+            span = next(((start, step) for start, step in parsed if start is not None), None)
+            break
+    else:
+        span = _calendar_span(lower)
+    if span is None:
+        return None
+    start, step = span
+    if (
+        isinstance(step, pd.Timedelta)
+        and step == pd.Timedelta(days=1)
+        and lower.get("hour", "").isdigit()
+        and int(lower["hour"]) < 24
+    ):
+        start, step = start + pd.Timedelta(hours=int(lower["hour"])), pd.Timedelta(hours=1)
+    return start, start + step
+
+
+def _calendar_span(keys: dict[str, str]) -> tuple[pd.Timestamp, Step] | None:
+    """``year=2024/month=03/day=01``: each key counts only under the coarser ones."""
+    fields: list[int] = []
+    for key in ("year", "month", "day"):
+        if not keys.get(key, "").isdigit():
+            break
+        fields.append(int(keys[key]))
+    if not fields:
+        return None
+    year, month, day = (*fields, 1, 1)[:3]
+    try:
+        start = pd.Timestamp(year=year, month=month, day=day, tz="UTC")
+    except ValueError:
+        return None
+    steps: list[Step] = [pd.DateOffset(years=1), pd.DateOffset(months=1), pd.Timedelta(days=1)]
+    return start, steps[len(fields) - 1]
+
+
+def _parse(value: str, fmt: str) -> pd.Timestamp | None:
+    try:
+        moment = pd.Timestamp(datetime.strptime(value, fmt))
+    except ValueError:
+        return None
+    return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+
+
+def _finest_step(fmt: str) -> Step:
+    """How much time a value written with ``fmt`` stands for: its finest field."""
+    directives = set(re.findall(r"%(.)", fmt))
+    for letters, step in (
+        ("fS", pd.Timedelta(seconds=1)),
+        ("M", pd.Timedelta(minutes=1)),
+        ("HI", pd.Timedelta(hours=1)),
+        ("dj", pd.Timedelta(days=1)),
+        ("mbB", pd.DateOffset(months=1)),
+    ):
+        if directives & set(letters):
+            return step
+    return pd.DateOffset(years=1)
+
+
+def _overlaps(span: tuple[pd.Timestamp, pd.Timestamp] | None, lo: pd.Timestamp | None, hi: pd.Timestamp | None) -> bool:
+    if span is None:
+        return True
+    start, end = span
+    return (hi is None or start < hi) and (lo is None or end > lo)
+
+
+class _UndecodableText(ValueError):
+    """A text file that is not in the configured encoding; the message says where."""
 
 
 @contextmanager
@@ -153,92 +421,160 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
             f"cannot read {what} ({exc})",
             "Check that the storage is reachable and that `storage_options` are right.",
         ) from exc
-    # ValueError covers bad encodings and the parsers' errors, and Arrow's ArrowInvalid.
+    except _UndecodableText as exc:
+        raise fail(
+            f"{what} {exc}",
+            "Set `encoding` in the source to the file's encoding (e.g. latin-1, cp1252, utf-16).",
+        ) from exc.__cause__
+    # ValueError covers the parsers' errors, and Arrow's ArrowInvalid a truncated or
+    # corrupt Parquet file.
     except (ValueError, pa.ArrowException) as exc:
         raise fail(
-            f"{what} is not valid {fmt} ({exc})",
-            f"Check that the file is complete {'' if fmt == 'parquet' else 'UTF-8 '}{fmt}; "
-            "if its suffix misleads, set `format`.",
+            f"{what} is not valid {fmt}: it may be truncated or corrupt ({exc})",
+            "Check that the file is complete; if its suffix misleads, set `format`.",
         ) from exc
 
 
-def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig) -> pd.DataFrame:
+@contextmanager
+def _decoding(fs: AbstractFileSystem, file: str, encoding: str) -> Iterator[None]:
+    """Re-raise a decoding error with the file offset of the first bad byte: the parsers
+    report positions inside their read buffer, which point nowhere useful."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise _UndecodableText(_first_undecodable(fs, file, encoding) or f"is not valid {encoding} text ({exc})") from exc
+
+
+def _first_undecodable(fs: AbstractFileSystem, file: str, encoding: str) -> str | None:
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset, lines = 0, 1
+    with fs.open(file, "rb") as handle:
+        while True:
+            block = handle.read(1 << 20)
+            pending = decoder.getstate()[0]
+            data = pending + block
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                at = offset - len(pending) + exc.start
+                lines += data[: exc.start].count(b"\n")
+                return (
+                    f"is not valid {encoding} text: byte(s) {data[exc.start : exc.end].hex(' ')} at byte offset {at} "
+                    f"(line {lines}) cannot be decoded ({exc.reason})"
+                )
+            if not block:
+                return None
+            lines += block.count(b"\n")
+            offset += len(block)
+
+
+def _text_encoding(encoding: str) -> str:
+    # utf-8-sig also drops the byte-order mark that spreadsheets write before the header.
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def _csv_options(job: JobConfig, encoding: str) -> dict[str, Any]:
     wanted = set(job.columns)
+    # CSV has no types: a dimension's text is its identity ("007" must not become 7).
+    return {
+        "usecols": lambda name: name in wanted,
+        "dtype": dict.fromkeys(job.dimensions, str),
+        "encoding": _text_encoding(encoding),
+    }
+
+
+def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
+    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
+        return pd.read_csv(handle, **_csv_options(job, encoding))
+
+
+def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
+    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
+        yield from pd.read_csv(handle, chunksize=rows, **_csv_options(job, encoding))
+
+
+# dtype=False and no date conversion keep JSON's own types, as stored: no guessing of dates or
+# numbers in strings (pandas would take numbers in a column named "timestamp" as epoch times).
+_JSON_OPTIONS = {"dtype": False, "convert_dates": False, "keep_default_dates": False}
+
+
+def _read_jsonl(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
+    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
+        return pd.read_json(handle, lines=True, encoding=_text_encoding(encoding), **_JSON_OPTIONS)
+
+
+def _jsonl_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
+    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
+        yield from pd.read_json(handle, lines=True, encoding=_text_encoding(encoding), chunksize=rows, **_JSON_OPTIONS)
+
+
+def _read_json(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
+    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
+        text = handle.read().decode(_text_encoding(encoding))
+    if not text.lstrip().startswith("["):
+        raise ValueError("a json file must hold one array of records ([{...}, {...}]); for one record per line use jsonl")
+    return pd.read_json(StringIO(text), orient="records", **_JSON_OPTIONS)
+
+
+def _read_pickle(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
     with fs.open(file, "rb") as handle:
-        # CSV has no types: a dimension's text is its identity ("007" must not become 7).
-        # utf-8-sig also drops the byte-order mark that spreadsheets write before the header.
-        return pd.read_csv(
-            handle,
-            usecols=lambda name: name in wanted,
-            dtype=dict.fromkeys(job.dimensions, str),
-            encoding="utf-8-sig",
-        )
+        try:
+            frame = pd.read_pickle(handle)
+        # Unpickling fails in many ways (a truncated stream, a class that no longer exists).
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as exc:
+            raise ValueError(f"cannot unpickle it: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"it holds a {type(frame).__module__}.{type(frame).__qualname__}, not a pandas DataFrame")
+    return frame
 
 
-def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, rows: int) -> Iterator[pd.DataFrame]:
-    wanted = set(job.columns)
-    with fs.open(file, "rb") as handle:
-        yield from pd.read_csv(
-            handle,
-            usecols=lambda name: name in wanted,
-            dtype=dict.fromkeys(job.dimensions, str),
-            encoding="utf-8-sig",
-            chunksize=rows,
-        )
+def _whole(
+    read: Callable[[AbstractFileSystem, str, JobConfig, str], pd.DataFrame],
+) -> Callable[[AbstractFileSystem, str, JobConfig, str, int], Iterator[pd.DataFrame]]:
+    """Chunks of a format that can only be read whole."""
+
+    def chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
+        frame = job_columns(read(fs, file, job, encoding), job)
+        for first in range(0, len(frame), rows):
+            yield frame.iloc[first : first + rows]
+
+    return chunks
 
 
-def _jsonl_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, rows: int) -> Iterator[pd.DataFrame]:
-    with fs.open(file, "rb") as handle:
-        yield from pd.read_json(handle, lines=True, dtype=False, encoding="utf-8", chunksize=rows)
-
-
-_TEXT_CHUNKS = {"csv": _csv_chunks, "jsonl": _jsonl_chunks}
-
-
-def _parquet_chunks(fs: AbstractFileSystem, files: list[str], job: JobConfig, rows: int) -> Iterator[pd.DataFrame]:
-    dataset = ds.dataset(files, format="parquet", filesystem=fs)
-    columns = [name for name in job.columns if name in dataset.schema.names]
-    pending: list[pa.RecordBatch] = []
-    size = 0
-    # Batches end at row-group boundaries; gather them so each chunk holds about ``rows`` rows.
-    # No read-ahead: memory must stay at about one chunk however large the file is.
-    for batch in dataset.to_batches(columns=columns, batch_size=rows, batch_readahead=0, fragment_readahead=0):
-        pending.append(batch)
-        size += batch.num_rows
-        if size >= rows:
-            yield pa.Table.from_batches(pending).to_pandas()
-            pending, size = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending).to_pandas()
-
-
-def _read_jsonl(fs: AbstractFileSystem, file: str, job: JobConfig) -> pd.DataFrame:
-    with fs.open(file, "rb") as handle:
-        # dtype=False keeps JSON's own types: no guessing of dates or numbers in strings.
-        return pd.read_json(handle, lines=True, dtype=False, encoding="utf-8")
-
-
-_TEXT_READERS: dict[str, Callable[[AbstractFileSystem, str, JobConfig], pd.DataFrame]] = {
+_READERS: dict[str, Callable[[AbstractFileSystem, str, JobConfig, str], pd.DataFrame]] = {
     "csv": _read_csv,
     "jsonl": _read_jsonl,
+    "json": _read_json,
+    "pickle": _read_pickle,
+}
+
+_CHUNKS: dict[str, Callable[[AbstractFileSystem, str, JobConfig, str, int], Iterator[pd.DataFrame]]] = {
+    "csv": _csv_chunks,
+    "jsonl": _jsonl_chunks,
+    "json": _whole(_read_json),
+    "pickle": _whole(_read_pickle),
 }
 
 
-def _read_parquet(
-    fs: AbstractFileSystem,
-    files: list[str],
-    job: JobConfig,
-    start: pd.Timestamp | None,
-    end: pd.Timestamp | None,
-) -> tuple[pd.DataFrame, bool]:
-    """The job's columns of ``files``, and whether the window was already applied."""
-    dataset = ds.dataset(files, format="parquet", filesystem=fs)
+def _parquet_dataset(fs: AbstractFileSystem, files: list[_File], job: JobConfig) -> ds.Dataset:
+    """``files`` as one Arrow dataset; partition keys that the job reads as columns and the
+    files lack come from the ``key=value`` folders, as text (Arrow decodes them as Hive does)."""
+    names = [file.name for file in files]
+    dataset = ds.dataset(names, format="parquet", filesystem=fs)
+    keys = sorted({key for file in files for key in file.keys if key in job.columns and key not in dataset.schema.names})
+    if not keys:
+        return dataset
+    partitioning = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
+    return ds.dataset(names, format="parquet", filesystem=fs, partitioning=partitioning, partition_base_dir=files[0].base)
+
+
+def _read_parquet(dataset: ds.Dataset, job: JobConfig, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
+    """The job's columns; Arrow skips what lies outside the window when the timestamp column
+    has a timestamp type."""
     columns = [name for name in job.columns if name in dataset.schema.names]
     kind = dataset.schema.field(job.timestamp).type if job.timestamp in dataset.schema.names else None
-    if not isinstance(kind, pa.TimestampType):
-        return dataset.to_table(columns=columns).to_pandas(), False
-    window = _window_filter(job.timestamp, kind, start, end)
-    return dataset.to_table(columns=columns, filter=window).to_pandas(), True
+    window = _window_filter(job.timestamp, kind, start, end) if isinstance(kind, pa.TimestampType) else None
+    return dataset.to_table(columns=columns, filter=window).to_pandas()
 
 
 def _window_filter(

@@ -1,16 +1,25 @@
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import re
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import boto3
 import pandas as pd
 import pytest
+from fsspec.core import url_to_fs
 
-from pipelines.errors import SourceError
+from pipelines.errors import ConfigError, SourceError
 from pipelines.sources import FileReader, read_window
 from pipelines.sources.base import parse_timestamps
 
@@ -28,8 +37,17 @@ def write(frame: pd.DataFrame, path: str, fmt: str, storage_options: dict | None
         frame.to_csv(path, index=False, storage_options=storage_options)
     elif fmt == "jsonl":
         frame.to_json(path, orient="records", lines=True, storage_options=storage_options)
+    elif fmt == "json":
+        frame.to_json(path, orient="records", storage_options=storage_options)
+    elif fmt == "pickle":
+        frame.to_pickle(path, storage_options=storage_options)
     else:
         frame.to_parquet(path, index=False, storage_options=storage_options)
+
+
+def file_source(path: str, fmt: str | None = None, **extra: object) -> dict:
+    """A file source config; pickles are allowed because these tests wrote them."""
+    return {"kind": "file", "path": path, **({"allow_pickle": True} if fmt == "pickle" else {}), **extra}
 
 
 def hours(frame: pd.DataFrame) -> list[str]:
@@ -49,19 +67,33 @@ def typed(tz: str | None, unit: str = "us") -> Callable[[pd.Series], pd.Series]:
     [
         ("csv", None),
         ("jsonl", None),
+        ("json", None),
+        ("pickle", None),
+        ("pickle", typed("Europe/Berlin")),
         ("parquet", None),
         ("parquet", typed(None)),
         ("parquet", typed("UTC")),
         ("parquet", typed("Europe/Berlin", "ms")),
     ],
-    ids=["csv", "jsonl", "parquet-text", "parquet-naive", "parquet-utc", "parquet-berlin-ms"],
+    ids=[
+        "csv",
+        "jsonl",
+        "json",
+        "pickle-text",
+        "pickle-berlin",
+        "parquet-text",
+        "parquet-naive",
+        "parquet-utc",
+        "parquet-berlin-ms",
+    ],
 )
 def test_window_is_exact_at_both_bounds(make_job, hourly, tmp_path: Path, fmt: str, convert) -> None:
     if convert:
         hourly = hourly.assign(ts=convert(hourly["ts"]))
-    write(hourly, str(tmp_path / f"m.{fmt}"), fmt)
+    suffix = {"pickle": "pkl"}.get(fmt, fmt)
+    write(hourly, str(tmp_path / f"m.{suffix}"), fmt)
 
-    frame = read_window(make_job({"kind": "file", "path": str(tmp_path / f"m.{fmt}")}), START, END)
+    frame = read_window(make_job(file_source(str(tmp_path / f"m.{suffix}"), fmt)), START, END)
 
     assert list(frame.columns) == ["ts", "host", "value"]
     assert hours(frame) == ["01:00", "02:00"]
@@ -81,11 +113,11 @@ def test_unbounded_sides_read_everything_on_that_side(make_job, hourly, tmp_path
     assert len(read_window(job, None, None)) == 6
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json", "parquet", "pickle"])
 def test_empty_window_gives_empty_frame_with_the_columns(make_job, hourly, tmp_path: Path, fmt: str) -> None:
     write(hourly, str(tmp_path / f"m.{fmt}"), fmt)
 
-    job = make_job({"kind": "file", "path": str(tmp_path / f"m.{fmt}")})
+    job = make_job(file_source(str(tmp_path / f"m.{fmt}"), fmt, format=fmt))
 
     frame = read_window(job, at("2025-01-01"), None)
 
@@ -239,6 +271,11 @@ def _csv_given_format_parquet(tmp_path: Path, hourly: pd.DataFrame) -> str:
     return "m.csv"
 
 
+def _object_json(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    (tmp_path / "m.json").write_text('{"ts": "2024-01-01 01:00:00", "host": "a", "value": 1}')
+    return "m.json"
+
+
 def _unknown_suffix(tmp_path: Path, hourly: pd.DataFrame) -> str:
     write(hourly, str(tmp_path / "m.txt"), "csv")
     return "m.txt"
@@ -255,10 +292,22 @@ def _empty_folder(tmp_path: Path, hourly: pd.DataFrame) -> str:
         (lambda tmp_path, hourly: "missing.csv", None, r"no such file or folder\. Check `path`", True),
         (lambda tmp_path, hourly: "*.csv", None, r"no file matches the pattern\. Check `path`", False),
         (_empty_folder, None, r"the folder holds no files", False),
-        (_truncated_parquet, None, r"is not valid parquet .*Check that the file is complete", True),
-        (_latin1_csv, None, r"is not valid csv .*'utf-8' codec can't decode.*complete UTF-8 csv", True),
+        (
+            _truncated_parquet,
+            None,
+            r"m\.parquet is not valid parquet: it may be truncated or corrupt .*Check that the file is complete",
+            True,
+        ),
+        (
+            _latin1_csv,
+            None,
+            r"m\.csv is not valid utf-8 text: byte\(s\) fc at byte offset 35 \(line 2\) cannot be decoded \(invalid start byte\)\. "
+            r"Set `encoding` in the source",
+            True,
+        ),
         (_csv_named_parquet, None, r"is not valid parquet", True),
-        (_csv_given_format_parquet, "parquet", r"is not valid parquet .*set `format`", True),
+        (_csv_given_format_parquet, "parquet", r"is not valid parquet: .*set `format`", True),
+        (_object_json, None, r"m\.json is not valid json: .*must hold one array of records", True),
         (_unknown_suffix, None, r"cannot tell the format from the file suffixes \['\.txt'\]\. Set `format`", False),
     ],
     ids=[
@@ -269,6 +318,7 @@ def _empty_folder(tmp_path: Path, hourly: pd.DataFrame) -> str:
         "latin1-csv",
         "csv-named-parquet",
         "csv-as-parquet",
+        "object-json",
         "unknown-suffix",
     ],
 )
@@ -319,3 +369,468 @@ def test_reader_refuses_another_kind_of_source(make_job) -> None:
     with pytest.raises(TypeError, match="FileReader reads file sources, not 'sql'"):
         FileReader(job)
 
+
+# Pickle runs code when it is read, so it is refused unless the job allows it.
+
+
+class _TouchWhenUnpickled:
+    """Unpickling this creates ``marker``: proof that reading a pickle runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_found_by_its_suffix_is_refused_without_being_opened(make_job, tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(_TouchWhenUnpickled(marker)))
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^job 'cpu_load': file source '.*m\.pkl' holds pickle files, and unpickling runs arbitrary code: convert the data to Parquet, or set `allow_pickle: true`",
+    ):
+        read_window(make_job({"kind": "file", "path": str(tmp_path / "m.pkl")}), START, END)
+    assert not marker.exists()
+
+    # Allowed, the pickle runs; what it gives back is not a frame, and that is said.
+    with pytest.raises(SourceError, match=r"m\.pkl is not valid pickle: .*it holds a builtins\.NoneType, not a pandas DataFrame"):
+        read_window(make_job({"kind": "file", "path": str(tmp_path / "m.pkl"), "allow_pickle": True}), START, END)
+    assert marker.exists()
+
+
+def test_format_pickle_without_allow_pickle_is_refused_at_parse(make_job, tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"source\.file: format pickle needs allow_pickle: true, because unpickling runs arbitrary code"
+    ):
+        make_job({"kind": "file", "path": str(tmp_path / "m.bin"), "format": "pickle"})
+
+
+def test_truncated_pickle_is_a_source_error(make_job, hourly, tmp_path: Path) -> None:
+    data = pickle.dumps(hourly)
+    (tmp_path / "m.pkl").write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(SourceError, match=r"m\.pkl is not valid pickle: .*cannot unpickle it"):
+        read_window(make_job(file_source(str(tmp_path / "m.pkl"), "pickle")), START, END)
+
+
+# Encodings.
+
+
+def test_encoding_option_reads_a_latin1_csv(make_job, tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_bytes("ts,host,value\n2024-01-01 01:00:00,Zürich,1\n".encode("latin-1"))
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path / "m.csv"), "encoding": "latin-1"}), START, END)
+
+    assert frame["host"].tolist() == ["Zürich"]
+
+
+def test_bad_byte_far_into_a_large_file_is_located_exactly(make_job, tmp_path: Path) -> None:
+    # Far past the parsers' read buffers and the first 1 MiB blocks of the scan.
+    lines = ["ts,host,value"] + [f"2024-01-01 01:00:00,host{i:06d},{i}" for i in range(60_000)]
+    good = ("\n".join(lines) + "\n").encode()
+    bad = "2024-01-01 02:00:00,€,1\n".encode("utf-8")[:-5] + b"\n"  # the euro sign cut after its second byte
+    (tmp_path / "m.csv").write_bytes(good + bad)
+
+    with pytest.raises(SourceError, match=rf"byte\(s\) e2 at byte offset {len(good) + 20} \(line 60002\)"):
+        read_window(make_job({"kind": "file", "path": str(tmp_path / "m.csv")}), START, END)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_json_text_in_another_encoding(make_job, tmp_path: Path, fmt: str) -> None:
+    rows = [{"ts": "2024-01-01 01:00:00", "host": "Zürich", "value": 1.0}]
+    text = (
+        "\n".join(json.dumps(row, ensure_ascii=False) for row in rows) if fmt == "jsonl" else json.dumps(rows, ensure_ascii=False)
+    )
+    (tmp_path / f"m.{fmt}").write_bytes(text.encode("cp1252"))
+    job = make_job({"kind": "file", "path": str(tmp_path / f"m.{fmt}")})
+
+    with pytest.raises(
+        SourceError, match=rf"m\.{fmt} is not valid utf-8 text: byte\(s\) fc at byte offset \d+ \(line 1\).*Set `encoding`"
+    ):
+        read_window(job, START, END)
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path / f"m.{fmt}"), "encoding": "cp1252"}), START, END)
+    assert frame["host"].tolist() == ["Zürich"]
+
+
+def test_unknown_encoding_is_refused_at_parse(make_job) -> None:
+    with pytest.raises(
+        ConfigError, match=r"source\.file\.encoding: Value error, unknown text encoding 'utf-9'|unknown text encoding 'utf-9'"
+    ):
+        make_job({"kind": "file", "path": "m.csv", "encoding": "utf-9"})
+
+
+# One-off scoring reads every format in chunks.
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json", "parquet", "pickle"])
+def test_iter_chunks_reads_every_format_in_order(make_job, hourly, tmp_path: Path, fmt: str) -> None:
+    write(hourly.iloc[:5], str(tmp_path / f"1.{fmt}"), fmt)
+    write(hourly.iloc[5:], str(tmp_path / f"2.{fmt}"), fmt)
+
+    chunks = list(FileReader(make_job(file_source(str(tmp_path / f"*.{fmt}"), fmt, format=fmt))).iter_chunks(2))
+
+    assert [len(chunk) for chunk in chunks] == [2, 2, 2] if fmt == "parquet" else [2, 2, 1, 1]
+    whole = pd.concat(chunks, ignore_index=True)
+    assert list(whole.columns) == ["ts", "host", "value"]
+    assert whole["value"].tolist() == hourly["value"].tolist()
+    assert all(chunk.index.equals(pd.RangeIndex(len(chunk))) for chunk in chunks)
+
+
+# Hive-partitioned folders: partition pruning by the window, proved with corrupt partitions.
+
+THREE_DAYS = pd.DataFrame(
+    {
+        "ts": pd.date_range("2024-01-01", periods=72, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
+        "host": ["a", "b"] * 36,
+        "value": [float(i) for i in range(72)],
+    }
+)
+GARBAGE = b"\xff\xfe\x00 not data \x00\xff" * 8
+
+LAYOUTS = {
+    "date": (lambda t: f"date={t:%Y-%m-%d}", None),
+    "year-month-day": (lambda t: f"year={t:%Y}/month={t:%m}/day={t:%d}", None),
+    "dt-hour": (lambda t: f"dt={t:%Y-%m-%dT%H}", None),
+    "date-hour": (lambda t: f"date={t:%Y-%m-%d}/hour={t:%H}", None),
+    "explicit": (lambda t: f"day_id={t:%Y%m%d}", {"column": "day_id", "format": "%Y%m%d"}),
+    # The finest field of the format is a minute; granularity says one partition holds a day.
+    "explicit-granularity": (
+        lambda t: f"batch={t:%Y-%m-%dT00-00}",
+        {"column": "batch", "format": "%Y-%m-%dT%H-%M", "granularity": "1d"},
+    ),
+}
+
+
+def write_hive(
+    root: str,
+    frame: pd.DataFrame,
+    layout: Callable[[pd.Timestamp], str],
+    fmt: str,
+    corrupt_outside: tuple[pd.Timestamp, pd.Timestamp] | None,
+    storage_options: dict | None = None,
+) -> list[str]:
+    """One ``part-0`` file per partition; with ``corrupt_outside``, the partitions that hold no
+    row of that window are unreadable bytes. Returns the corrupt files in name order."""
+    fs, _ = url_to_fs(root, **(storage_options or {}))
+    times = pd.to_datetime(frame["ts"]).dt.tz_localize("UTC")
+    corrupt = []
+    for folder, rows in frame.groupby(times.map(layout), sort=True):
+        path = f"{root}/{folder}/part-0.{fmt}"
+        inside = times[rows.index]
+        if "://" not in root:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if corrupt_outside and not ((inside >= corrupt_outside[0]) & (inside < corrupt_outside[1])).any():
+            fs.pipe_file(path, GARBAGE)
+            corrupt.append(path)
+        else:
+            write(rows, path, fmt, storage_options)
+    return sorted(corrupt)
+
+
+HIVE_START, HIVE_END = at("2024-01-02 05:00"), at("2024-01-02 07:00")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json", "parquet", "pickle"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_partitions_outside_the_window_are_never_opened(make_job, tmp_path: Path, layout: str, fmt: str) -> None:
+    folder, partitioning = LAYOUTS[layout]
+    corrupt = write_hive(str(tmp_path / "metrics"), THREE_DAYS, folder, fmt, (HIVE_START, HIVE_END))
+    source = file_source(str(tmp_path / "metrics"), fmt, **({"partitioning": partitioning} if partitioning else {}))
+    job = make_job(source)
+
+    frame = read_window(job, HIVE_START, HIVE_END)
+
+    assert frame["ts"].tolist() == ["2024-01-02 05:00:00", "2024-01-02 06:00:00"]
+    assert frame["value"].tolist() == [29.0, 30.0]
+    assert list(frame.columns) == ["ts", "host", "value"]
+    # A read over the corrupt partitions opens them, and names the first.
+    with pytest.raises(
+        SourceError, match=rf"for window \[2024-01-01T00:00:00\+00:00, unbounded\): {re.escape(corrupt[0])} is not valid"
+    ):
+        read_window(job, at("2024-01-01"), None)
+
+
+def test_pruning_can_be_turned_off_for_partitions_by_arrival_time(make_job, tmp_path: Path) -> None:
+    # Rows of 2024-01-01 that arrived a day late sit in the partition of 2024-01-02.
+    (tmp_path / "m" / "date=2024-01-02").mkdir(parents=True)
+    write(THREE_DAYS.iloc[:3], str(tmp_path / "m" / "date=2024-01-02" / "p.csv"), "csv")
+    source = {"kind": "file", "path": str(tmp_path / "m")}
+
+    assert read_window(make_job(source), START, END).empty
+    assert read_window(make_job({**source, "prune_partitions": False}), START, END)["value"].tolist() == [1.0, 2.0]
+
+
+def test_window_bounds_that_meet_partition_bounds_open_only_the_partitions_inside(make_job, tmp_path: Path) -> None:
+    day_two = (at("2024-01-02"), at("2024-01-03"))
+    write_hive(str(tmp_path / "metrics"), THREE_DAYS, LAYOUTS["date"][0], "parquet", day_two)
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path / "metrics")}), *day_two)
+
+    assert len(frame) == 24 and frame["value"].iloc[0] == 24.0
+
+
+def test_partitions_that_say_nothing_of_time_are_always_read(make_job, tmp_path: Path, caplog) -> None:
+    # region=eu has no time; the date=... value does not match the explicit format: both are read.
+    (tmp_path / "m" / "region=eu").mkdir(parents=True)
+    write(THREE_DAYS.iloc[:24], str(tmp_path / "m" / "region=eu" / "p.csv"), "csv")
+    (tmp_path / "m" / "day=yesterday").mkdir()
+    write(THREE_DAYS.iloc[24:48], str(tmp_path / "m" / "day=yesterday" / "p.csv"), "csv")
+    job = make_job(file_source(str(tmp_path / "m"), partitioning={"column": "day", "format": "%Y%m%d"}))
+
+    frame = read_window(job, at("2024-01-01 23:00"), at("2024-01-02 01:00"))
+
+    assert frame["value"].tolist() == [24.0, 23.0]  # in file name order: day=... before region=...
+    assert "partition day='yesterday' does not match format '%Y%m%d'; reading it" in caplog.text
+
+
+def test_partition_values_become_the_columns_the_files_lack(make_job, tmp_path: Path) -> None:
+    for host in ("007", "b"):
+        folder = tmp_path / "m" / f"host={host}" / "date=2024-01-01"
+        folder.mkdir(parents=True)
+        write(THREE_DAYS.iloc[:6].drop(columns=["host"]), str(folder / "p.parquet"), "parquet")
+    (tmp_path / "m" / "_temporary" / "x").mkdir(parents=True)  # a writer's leftovers are not data
+    (tmp_path / "m" / "_temporary" / "x" / "p.parquet").write_bytes(GARBAGE)
+    job = make_job({"kind": "file", "path": str(tmp_path / "m")})
+
+    frame = read_window(job, START, END)
+
+    assert list(frame.columns) == ["ts", "host", "value"]
+    assert frame["host"].tolist() == ["007", "007", "b", "b"]  # text, as dimensions are
+    chunks = list(FileReader(job).iter_chunks(4))
+    assert pd.concat(chunks)["host"].tolist() == ["007"] * 6 + ["b"] * 6
+
+
+def test_glob_over_hive_folders_prunes_too(make_job, tmp_path: Path) -> None:
+    corrupt = write_hive(str(tmp_path / "metrics"), THREE_DAYS, LAYOUTS["date"][0], "csv", (HIVE_START, HIVE_END))
+
+    job = make_job({"kind": "file", "path": str(tmp_path / "metrics" / "date=*" / "part-*.csv")})
+
+    assert read_window(job, HIVE_START, HIVE_END)["value"].tolist() == [29.0, 30.0]
+    with pytest.raises(SourceError, match=re.escape(corrupt[-1])):
+        read_window(job, HIVE_END, None)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_hive_partitions_on_s3_are_pruned(make_job, s3_bucket, fmt: str) -> None:
+    bucket, options = s3_bucket
+    root = f"s3://{bucket}/metrics"
+    corrupt = write_hive(root, THREE_DAYS, LAYOUTS["year-month-day"][0], fmt, (HIVE_START, HIVE_END), options)
+    job = make_job({"kind": "file", "path": root, "storage_options": options})
+
+    assert read_window(job, HIVE_START, HIVE_END)["value"].tolist() == [29.0, 30.0]
+    with pytest.raises(SourceError, match=rf"{re.escape(corrupt[0])} is not valid"):
+        read_window(job, None, HIVE_END)
+
+
+# Object stores: a missing bucket, a denied read, a missing backend.
+
+
+def test_missing_bucket_is_named(make_job, s3_endpoint: str) -> None:
+    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    for path in ("s3://no-such-bucket-here/m.csv", "s3://no-such-bucket-here/m/*.csv"):
+        job = make_job({"kind": "file", "path": path, "storage_options": options})
+        with pytest.raises(
+            SourceError,
+            match=rf"{re.escape(path)}.*bucket 'no-such-bucket-here' does not exist \(or these credentials cannot see it\)\. Check the bucket name",
+        ):
+            read_window(job, START, END)
+
+
+@contextmanager
+def local_server(command: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``command`` (with ``{port}`` filled in with a free loopback port) until the block
+    ends; yields its http endpoint once the port accepts connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [sys.executable, "-m", *(part.format(port=port) for part in command)]
+    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"{command[0]} did not start within 30 s")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def locked_s3() -> Iterator[tuple[str, dict]]:
+    """A second moto server that enforces IAM (INITIAL_NO_AUTH_ACTION_COUNT lets the set-up
+    calls through unauthenticated). Its bucket holds one file; the credentials yielded belong
+    to a user whose policy allows listing the bucket and nothing else."""
+    setup_calls = 5  # create bucket, put object, create user, create key, put policy
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup_calls)}
+    with local_server(["moto.server", "-H", "127.0.0.1", "-p", "{port}"], env) as endpoint:
+        admin = {
+            "endpoint_url": endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing",
+        }
+        s3, iam = boto3.client("s3", **admin), boto3.client("iam", **admin)
+        s3.create_bucket(Bucket="locked")
+        s3.put_object(Bucket="locked", Key="m/1.csv", Body=b"ts,host,value\n2024-01-01 01:00:00,a,1\n")
+        iam.create_user(UserName="lister")
+        key = iam.create_access_key(UserName="lister")["AccessKey"]
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "*"}]}
+        iam.put_user_policy(UserName="lister", PolicyName="list-only", PolicyDocument=json.dumps(policy))
+        yield "locked", {"endpoint_url": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+
+
+def test_object_store_permission_error_names_the_file(make_job, locked_s3) -> None:
+    bucket, options = locked_s3
+    job = make_job({"kind": "file", "path": f"s3://{bucket}/m/*.csv", "storage_options": options})
+
+    with pytest.raises(
+        SourceError,
+        match=rf"^job 'cpu_load': .*{WINDOW_TEXT}: permission denied reading s3://{bucket}/m/1\.csv \(Access Denied\)\. .*credentials in `storage_options`",
+    ) as caught:
+        read_window(job, START, END)
+    assert isinstance(caught.value.__cause__, PermissionError)
+
+
+def test_unknown_credentials_are_a_permission_error(make_job, locked_s3) -> None:
+    bucket, options = locked_s3
+    job = make_job(
+        {"kind": "file", "path": f"s3://{bucket}/m/1.csv", "storage_options": {**options, "key": "nobody", "secret": "x"}}
+    )
+
+    with pytest.raises(SourceError, match=rf"permission denied reading s3://{bucket}/m/1\.csv"):
+        read_window(job, START, END)
+
+
+def test_gs_without_gcsfs_names_the_extra(tmp_path: Path) -> None:
+    """gcsfs is installed here, so a child interpreter blocks its import (a stand-in for a
+    worker without the ``gcs`` extra) and reads a gs:// source."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["gcsfs"] = None  # import gcsfs now raises ImportError
+        import pandas as pd
+        from pipelines.config import parse_job
+        from pipelines.errors import MissingDependencyError
+        from pipelines.sources import read_window
+        job = parse_job({"name": "cpu_load", "source": {"kind": "file", "path": "gs://bucket/m.csv"}, "timestamp": "ts",
+                         "frequency": "1h", "features": ["value"], "model": {"kind": "iforest"}})
+        try:
+            read_window(job, pd.Timestamp("2024-01-01", tz="UTC"), None)
+        except MissingDependencyError as exc:
+            print(exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3], check=True
+    )
+
+    assert done.stdout.strip() == (
+        "job 'cpu_load': reading gs:// (gs://bucket/m.csv) needs the optional package 'gcsfs': "
+        "pip install 'anomaly-pipelines[gcs]' (or pip install gcsfs)"
+    )
+
+
+@pytest.fixture(scope="module")
+def gcs_endpoint() -> Iterator[str]:
+    """A local GCS JSON API (gcp-storage-emulator, in memory) holding a bucket ``metrics``."""
+    command = [
+        "gcp_storage_emulator",
+        "start",
+        "-H",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--in-memory",
+        "--default-bucket",
+        "metrics",
+        "-q",
+    ]
+    with local_server(command) as endpoint:
+        yield endpoint
+
+
+GS_SCRIPT = """
+import json, sys
+from tests.pipelines.sources.test_file import HIVE_END, HIVE_START, LAYOUTS, THREE_DAYS, write_hive
+from pipelines.config import parse_job
+from pipelines.errors import SourceError
+from pipelines.sources import read_window
+
+options = {"endpoint_url": sys.argv[1], "token": "anon"}
+root = "gs://metrics/" + sys.argv[2]
+corrupt = write_hive(root, THREE_DAYS, LAYOUTS["date"][0], sys.argv[2], (HIVE_START, HIVE_END), options)
+def job(path):
+    return parse_job({"name": "cpu_load", "source": {"kind": "file", "path": path, "storage_options": options},
+                      "timestamp": "ts", "frequency": "1h", "dimensions": ["host"], "features": ["value"],
+                      "model": {"kind": "iforest"}})
+def error(path, start, end):
+    try:
+        read_window(job(path), start, end)
+    except SourceError as exc:
+        return str(exc)
+print(json.dumps({
+    "corrupt": corrupt,
+    "values": read_window(job(root), HIVE_START, HIVE_END)["value"].tolist(),
+    "over_corrupt": error(root, None, None),
+    "no_bucket": error("gs://no-such-bucket/m.csv", HIVE_START, HIVE_END),
+}))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_gs_reads_and_prunes_through_gcsfs(gcs_endpoint: str, fmt: str) -> None:
+    """gcsfs against a local GCS emulator, in a child interpreter: gcsfs picks its file system
+    class at import from GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT, and its default one first asks a
+    gRPC API for the bucket layout, which no emulator serves (a minute of retries per call)."""
+    env = {**os.environ, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", GS_SCRIPT, gcs_endpoint, fmt],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert result["values"] == [29.0, 30.0]
+    assert result["corrupt"][0].startswith(f"gs://metrics/{fmt}/date=2024-01-01/")
+    assert f"{result['corrupt'][0]} is not valid" in result["over_corrupt"]
+    assert "bucket 'no-such-bucket' does not exist" in result["no_bucket"]
+
+
+@pytest.mark.parametrize(
+    "make_file",
+    [_latin1_csv, _truncated_parquet, lambda tmp_path, hourly: "*.csv"],
+    ids=["latin1-csv", "truncated-parquet", "glob-nothing"],
+)
+def test_a_failed_read_writes_nothing(make_job, hourly, tmp_path: Path, monkeypatch, make_file) -> None:
+    from pipelines.extraction import extract
+    from pipelines.workspace import Window
+
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path / "var"))
+    data = tmp_path / "data"
+    data.mkdir()
+    job = make_job({"kind": "file", "path": str(data / make_file(data, hourly))})
+
+    with pytest.raises(SourceError, match=r"job 'cpu_load': cannot read file source"):
+        extract(job, Window(START.to_pydatetime(), END.to_pydatetime()), run_id="manual__1")
+    assert not (tmp_path / "var").exists()
+
+
+def test_unknown_url_scheme_is_a_source_error(make_job) -> None:
+    job = make_job({"kind": "file", "path": "nosuchstore://bucket/m.csv"})
+
+    with pytest.raises(
+        SourceError, match=r"'nosuchstore://bucket/m\.csv'.*Protocol not known: nosuchstore\. Use a local path or an fsspec URL"
+    ):
+        read_window(job, START, END)

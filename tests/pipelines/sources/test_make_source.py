@@ -7,11 +7,13 @@ import pytest
 
 from pipelines.config import JobConfig
 from pipelines.sources import SOURCES, BigQueryReader, FileReader, SqlReader, make_source, read_window
+from pipelines.sources.python import PythonReader
 
 SOURCE_CONFIGS = {
     "file": {"kind": "file", "path": "m.csv"},
     "sql": {"kind": "sql", "connection": {"url": "sqlite://"}, "query": "SELECT 1 WHERE :start < :end"},
     "bigquery": {"kind": "bigquery", "query": "SELECT 1 WHERE @start < @end"},
+    "python": {"kind": "python", "callable": "tests.pipelines.sources.test_python:six_hours"},
 }
 
 
@@ -23,7 +25,8 @@ def test_every_configurable_kind_has_a_source() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "reader"), [("file", FileReader), ("sql", SqlReader), ("bigquery", BigQueryReader)]
+    ("kind", "reader"),
+    [("file", FileReader), ("sql", SqlReader), ("bigquery", BigQueryReader), ("python", PythonReader)],
 )
 def test_make_source_builds_the_reader_of_the_job_kind(make_job, kind: str, reader: type) -> None:
     source = make_source(make_job(SOURCE_CONFIGS[kind]))

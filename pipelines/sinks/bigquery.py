@@ -1,0 +1,197 @@
+"""Labeled anomalies in a BigQuery table shared by all jobs (``outputs.bigquery``).
+
+A write replaces the rows of a job in a window, atomically:
+
+1. the rows are loaded, as Parquet in the output schema, into a new staging table next to the
+   target (expiring after a day, so a crash leaves nothing behind for long);
+2. the target is created if missing (partitioned by day on ``timestamp``, clustered by ``job``,
+   so the window's delete reads little), or given the dimension columns it lacks;
+3. one multi-statement query, ``BEGIN TRANSACTION; DELETE`` the job's rows in ``[start, end)``;
+   ``INSERT`` the staging rows; ``COMMIT TRANSACTION``, swaps the window: BigQuery rolls the
+   transaction back when a statement fails, so the table holds the old rows or the new ones;
+4. the staging table is dropped.
+
+A failed load (step 1) never touches the target. Re-running a window replaces its rows, so a
+retry adds no duplicates. Credentials: see :mod:`pipelines.gcp`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipelines import gcp, schema
+from pipelines.config import BigQueryOutput
+from pipelines.errors import ConfigError, SinkError
+from pipelines.sinks.base import as_output, checked_batch, utc
+
+if TYPE_CHECKING:  # pragma: no cover
+    from google.cloud import bigquery
+
+log = logging.getLogger(__name__)
+
+PURPOSE = "The bigquery output"
+_TYPES = {"string": "STRING", "double": "FLOAT64", "bool": "BOOL"}
+_KEYS = ("job", "series", "timestamp", "feature")
+#: How long a staging table outlives a write that crashed before dropping it.
+STAGING_EXPIRY = timedelta(days=1)
+
+
+def _fields(dimensions: list[str], *, required_keys: bool) -> list[bigquery.SchemaField]:
+    from google.cloud import bigquery
+
+    fields = [
+        bigquery.SchemaField(
+            name,
+            "TIMESTAMP" if kind.startswith("timestamp") else _TYPES[kind],
+            mode="REQUIRED" if required_keys and name in _KEYS else "NULLABLE",
+        )
+        for name, kind in schema.OUTPUT_COLUMNS.items()
+    ]
+    return fields + [bigquery.SchemaField(dim, "STRING") for dim in dimensions]
+
+
+def _quoted(name: str) -> str:
+    return f"`{name}`"
+
+
+class BigQuerySink:
+    """Writes a job's output window into the BigQuery table of ``output`` (see the module docstring)."""
+
+    def __init__(self, output: BigQueryOutput) -> None:
+        self.output = output
+        self.table = output.table
+        self.project, self.dataset, self.table_id = output.table.rsplit(".", 2)
+
+    def _client(self) -> bigquery.Client:
+        return gcp.bigquery_client(
+            purpose=PURPOSE,
+            conn_id=self.output.conn_id,
+            project=self.project,
+            location=self.output.location,
+            api_endpoint=self.output.api_endpoint,
+        )
+
+    def write(self, frame: pd.DataFrame, *, job: str, dimensions: list[str], start: datetime, end: datetime) -> int:
+        """Replace the rows of ``job`` in ``[start, end)`` by ``frame``; returns the rows written."""
+        frame, start, end = checked_batch(frame, job=job, dimensions=dimensions, start=start, end=end)
+        bigquery = gcp.require_bigquery(PURPOSE)
+        staging = f"{self.project}.{self.dataset}._staging_{self.table_id}_{uuid.uuid4().hex[:12]}"
+        retry = gcp.call_retry()
+        try:
+            client = self._client()
+        except ConfigError as exc:
+            raise ConfigError(f"job {job!r}: {self.output.describe()}: {exc}") from exc
+        try:
+            with client:
+                try:
+                    self._load(client, frame, dimensions, staging, retry)
+                    self._prepare(client, dimensions, retry)
+                    columns = ", ".join(_quoted(c) for c in schema.output_columns(dimensions))
+                    script = (
+                        "BEGIN TRANSACTION;\n"
+                        f"DELETE FROM {_quoted(self.table)} "
+                        "WHERE `job` = @job AND `timestamp` >= @start AND `timestamp` < @end;\n"
+                        f"INSERT INTO {_quoted(self.table)} ({columns}) SELECT {columns} FROM {_quoted(staging)};\n"
+                        "COMMIT TRANSACTION;"
+                    )
+                    parameters = bigquery.QueryJobConfig(
+                        query_parameters=[
+                            bigquery.ScalarQueryParameter("job", "STRING", job),
+                            bigquery.ScalarQueryParameter("start", "TIMESTAMP", start.to_pydatetime()),
+                            bigquery.ScalarQueryParameter("end", "TIMESTAMP", end.to_pydatetime()),
+                        ]
+                    )
+                    client.query(script, job_config=parameters, retry=retry, job_retry=None).result(
+                        retry=retry, job_retry=None
+                    )
+                finally:
+                    self._drop(client, staging, retry)
+        except gcp.api_errors() as exc:
+            problem, todo = gcp.explain(exc, endpoint=self.output.api_endpoint)
+            raise SinkError(
+                f"could not write {len(frame)} rows of job {job!r} for [{start}, {end}) to {self.output.describe()}: "
+                f"{problem}; the table keeps its previous rows. {todo} Then rerun: the write replaces "
+                "the window, so a rerun adds no duplicates"
+            ) from exc
+        log.info("replaced the rows of job %s for [%s, %s) by %d in %s", job, start, end, len(frame), self.table)
+        return len(frame)
+
+    def _load(self, client: bigquery.Client, frame: pd.DataFrame, dimensions: list[str], staging: str, retry: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from google.cloud import bigquery
+
+        table = bigquery.Table(staging, schema=_fields(dimensions, required_keys=False))
+        table.expires = pd.Timestamp.now(tz="UTC").to_pydatetime() + STAGING_EXPIRY
+        client.create_table(table, retry=retry)
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(frame, schema=schema.arrow_schema(dimensions), preserve_index=False), buffer)
+        size = buffer.tell()
+        buffer.seek(0)
+        # Into the empty table made just above (WRITE_EMPTY: never onto rows it did not load), so
+        # the staging table keeps its schema and its expiry.
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET,
+            schema=table.schema,
+            write_disposition=bigquery.WriteDisposition.WRITE_EMPTY,
+            create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+        )
+        client.load_table_from_file(buffer, staging, size=size, job_config=config).result(retry=retry)
+
+    def _prepare(self, client: bigquery.Client, dimensions: list[str], retry: Any) -> None:
+        """Create the target table, or add the dimension columns it lacks (other jobs have other ones)."""
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
+        try:
+            present = {field.name for field in client.get_table(self.table, retry=retry).schema}
+        except NotFound:
+            table = bigquery.Table(self.table, schema=_fields(dimensions, required_keys=True))
+            table.time_partitioning = bigquery.TimePartitioning(field="timestamp")
+            table.clustering_fields = ["job"]
+            client.create_table(table, exists_ok=True, retry=retry)
+            log.info("created BigQuery table %s", self.table)
+            return
+        for dim in (d for d in dimensions if d not in present):
+            client.query(
+                f"ALTER TABLE {_quoted(self.table)} ADD COLUMN IF NOT EXISTS {_quoted(dim)} STRING",
+                retry=retry,
+                job_retry=None,
+            ).result(retry=retry, job_retry=None)
+            log.info("added dimension column %s to BigQuery table %s", dim, self.table)
+
+    def _drop(self, client: bigquery.Client, staging: str, retry: Any) -> None:
+        try:
+            client.delete_table(staging, not_found_ok=True, retry=retry)
+        except gcp.api_errors() as exc:
+            # The write itself is done (or already failed); the staging table expires on its own.
+            log.warning("could not drop staging table %s (it expires within %s): %s", staging, STAGING_EXPIRY, exc)
+
+    def read(self, *, job: str, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+        """Rows of ``job`` in ``[start, end)`` with UTC-aware times, in the output schema."""
+        bigquery = gcp.require_bigquery(PURPOSE)
+        parameters = [bigquery.ScalarQueryParameter("job", "STRING", job)]
+        query = f"SELECT * FROM {_quoted(self.table)} WHERE `job` = @job"
+        for name, moment, comparison in (("start", start, ">="), ("end", end, "<")):
+            if moment is not None:
+                parameters.append(bigquery.ScalarQueryParameter(name, "TIMESTAMP", utc(moment).to_pydatetime()))
+                query += f" AND `timestamp` {comparison} @{name}"
+        retry = gcp.call_retry()
+        try:
+            with self._client() as client:
+                rows = client.query(
+                    query, job_config=bigquery.QueryJobConfig(query_parameters=parameters), retry=retry, job_retry=None
+                ).result(retry=retry, job_retry=None)
+                frame = gcp.to_frame(rows, self.output.api_endpoint)
+        except gcp.api_errors() as exc:
+            problem, todo = gcp.explain(exc, endpoint=self.output.api_endpoint)
+            raise SinkError(f"could not read job {job!r} from {self.output.describe()}: {problem}. {todo}") from exc
+        # The table holds the dimension columns of every job; those of other jobs are empty here.
+        other = [c for c in frame.columns if c not in schema.OUTPUT_COLUMNS and frame[c].isna().all()]
+        return as_output(frame.drop(columns=other))

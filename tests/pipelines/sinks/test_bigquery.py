@@ -1,0 +1,266 @@
+"""The BigQuery output with the real google-cloud-bigquery client.
+
+BigQuery cannot run here: the client talks to ``tests/bigquery_standin.py``, a local HTTP
+stand-in of the BigQuery REST API that runs the load jobs (Parquet) and the multi-statement
+transactions with DuckDB (see its docstring for what it does not model).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import gcp
+from pipelines.config import BigQueryOutput, parse_job
+from pipelines.errors import SinkError
+from pipelines.scoring import publish
+from pipelines.sinks import BigQuerySink
+from pipelines.workspace import Window
+from tests.bigquery_standin import BigQueryStandIn
+
+PROJECT = "standin-project"
+TABLE = f"{PROJECT}.results.anomalies"
+
+
+def at(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+def expected(*frames: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat(frames).sort_values(["series", "timestamp", "feature"], ignore_index=True)
+
+
+@pytest.fixture
+def standin() -> Iterator[BigQueryStandIn]:
+    with BigQueryStandIn(PROJECT) as server:
+        server.create_dataset("results")
+        yield server
+
+
+@pytest.fixture
+def sink(standin: BigQueryStandIn) -> BigQuerySink:
+    return BigQuerySink(BigQueryOutput(table=TABLE, api_endpoint=standin.url))
+
+
+def count(standin: BigQueryStandIn, where: str = "true") -> int:
+    return standin.execute(f"SELECT count(*) FROM results.anomalies WHERE {where}")[0][0]
+
+
+def tables(standin: BigQueryStandIn) -> list[str]:
+    return [name for (name,) in standin.execute("SELECT table_name FROM duckdb_tables() ORDER BY table_name")]
+
+
+def test_creates_the_table_and_reads_back_what_it_wrote(standin: BigQueryStandIn, sink: BigQuerySink, make_frame) -> None:
+    frame = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+
+    assert sink.write(frame, job="sales", dimensions=["region"], start=at("2024-01-05"), end=at("2024-01-06")) == 16
+
+    assert tables(standin) == ["anomalies"]  # the staging table is gone
+    created = standin.calls("POST", r"/datasets/results/tables$")
+    target = next(r.body for r in created if r.body["tableReference"]["tableId"] == "anomalies")
+    assert target["timePartitioning"] == {"type": "DAY", "field": "timestamp"}
+    assert target["clustering"] == {"fields": ["job"]}
+    fields = {f["name"]: (f["type"], f.get("mode")) for f in target["schema"]["fields"]}
+    assert fields["timestamp"] == ("TIMESTAMP", "REQUIRED") and fields["value"] == ("FLOAT64", "NULLABLE")
+    assert list(fields)[-1] == "region"
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+
+
+def test_loads_parquet_then_swaps_the_window_in_one_transaction(
+    standin: BigQueryStandIn, sink: BigQuerySink, make_frame
+) -> None:
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    (upload,) = standin.calls("POST", r"^/upload/bigquery/v2/projects/standin-project/jobs$")
+    load = upload.body["configuration"]["load"]
+    assert load["sourceFormat"] == "PARQUET" and load["writeDisposition"] == "WRITE_EMPTY"
+    staging = load["destinationTable"]["tableId"]
+    assert staging.startswith("_staging_anomalies_")
+    (script,) = [q for q in standin.query_jobs() if "TRANSACTION" in q["query"]]
+    assert script["query"].startswith("BEGIN TRANSACTION;\nDELETE FROM `standin-project.results.anomalies` ")
+    assert f"FROM `standin-project.results.{staging}`;\nCOMMIT TRANSACTION;" in script["query"]
+    parameters = {p["name"]: (p["parameterType"]["type"], p["parameterValue"]["value"]) for p in script["queryParameters"]}
+    assert parameters == {
+        "job": ("STRING", "sales"),
+        "start": ("TIMESTAMP", "2024-01-05 00:00:00+00:00"),
+        "end": ("TIMESTAMP", "2024-01-06 00:00:00+00:00"),
+    }
+    assert standin.calls("DELETE", rf"/tables/{staging}$")
+
+
+def test_same_window_twice_gives_no_duplicates(standin: BigQueryStandIn, sink: BigQuerySink, make_frame) -> None:
+    first = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
+    again = make_frame("sales", "2024-01-05", "2024-01-06", run="r2")
+    sink.write(first, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    sink.write(again, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert count(standin) == len(again) == 8
+    rows = sink.read(job="sales")
+    assert rows["run_id"].unique().tolist() == ["r2"]
+    pd.testing.assert_frame_equal(rows, expected(again))
+
+
+def test_replacing_a_window_keeps_other_windows_and_jobs(standin: BigQueryStandIn, sink: BigQuerySink, make_frame) -> None:
+    first = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
+    other_job = make_frame("costs", "2024-01-05", "2024-01-06", run="r1")
+    later = make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="r2")
+    sink.write(first, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    sink.write(other_job, job="costs", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    sink.write(later, job="sales", dimensions=[], start=at("2024-01-05 12:00"), end=at("2024-01-06 12:00"))
+
+    kept = first[first["timestamp"] < at("2024-01-05 12:00")]
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(kept, later))
+    pd.testing.assert_frame_equal(sink.read(job="costs"), expected(other_job))
+    window = sink.read(job="sales", start=at("2024-01-05 06:00"), end=at("2024-01-05 18:00"))
+    assert list(window["timestamp"].drop_duplicates()) == [at("2024-01-05 06:00"), at("2024-01-05 12:00")]
+    assert list(window["run_id"].drop_duplicates()) == ["r1", "r2"]
+
+
+def test_second_job_adds_its_dimension_columns(standin: BigQueryStandIn, sink: BigQuerySink, make_frame) -> None:
+    plain = make_frame("sales", "2024-01-05", "2024-01-06")
+    split = make_frame("costs", "2024-01-05", "2024-01-06", dimensions=("region", "host"))
+    sink.write(plain, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    sink.write(split, job="costs", dimensions=["region", "host"], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    columns = [name for (name,) in standin.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'anomalies'")]
+    assert columns[-2:] == ["region", "host"]
+    pd.testing.assert_frame_equal(sink.read(job="costs"), expected(split))
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(plain))
+
+
+def test_a_failed_load_leaves_the_table_unchanged(standin: BigQueryStandIn, sink: BigQuerySink, make_frame) -> None:
+    old = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
+    sink.write(old, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    standin.fail_loads = True
+
+    new = make_frame("sales", "2024-01-05", "2024-01-06", run="r2")
+    with pytest.raises(SinkError) as caught:
+        sink.write(new, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert str(caught.value).startswith(
+        "could not write 8 rows of job 'sales' for [2024-01-05 00:00:00+00:00, 2024-01-06 00:00:00+00:00) to "
+        "bigquery table 'standin-project.results.anomalies': BigQuery rejected the request (Error while reading data"
+    )
+    assert "the table keeps its previous rows" in str(caught.value)
+    assert "a rerun adds no duplicates" in str(caught.value)
+    assert tables(standin) == ["anomalies"]  # the staging table was dropped all the same
+    standin.fail_loads = False
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(old))
+
+
+def test_a_failing_insert_rolls_the_delete_back(standin: BigQueryStandIn, sink: BigQuerySink, make_frame) -> None:
+    old = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
+    sink.write(old, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    # A NOT NULL column the insert leaves empty: the INSERT fails after the DELETE has run.
+    standin.execute("ALTER TABLE results.anomalies ADD COLUMN tenant VARCHAR DEFAULT 'x'")
+    standin.execute("ALTER TABLE results.anomalies ALTER COLUMN tenant SET NOT NULL")
+    standin.execute("ALTER TABLE results.anomalies ALTER COLUMN tenant DROP DEFAULT")
+
+    new = make_frame("sales", "2024-01-05", "2024-01-06", run="r2")
+    with pytest.raises(SinkError, match=r"BigQuery rejected the request \(.*NOT NULL constraint.*tenant"):
+        sink.write(new, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert count(standin) == 8
+    assert count(standin, "run_id = 'r1'") == 8
+
+
+@pytest.mark.parametrize(
+    ("case", "problem"),
+    [
+        ("permission denied", r"permission denied or credentials rejected \(Access Denied"),
+        ("missing dataset", r"a table, dataset or project was not found \(Not found: Dataset standin-project:nowhere"),
+        ("unreachable", r"cannot reach http://127\.0\.0\.1:1 or it failed"),
+    ],
+)
+def test_failures_name_the_job_window_and_table_and_write_nothing(
+    standin: BigQueryStandIn, make_frame, monkeypatch: pytest.MonkeyPatch, case: str, problem: str
+) -> None:
+    output = BigQueryOutput(table=TABLE, api_endpoint=standin.url)
+    if case == "permission denied":
+        standin.deny = True
+    elif case == "missing dataset":
+        output = BigQueryOutput(table=f"{PROJECT}.nowhere.anomalies", api_endpoint=standin.url)
+    else:
+        output = BigQueryOutput(table=TABLE, api_endpoint="http://127.0.0.1:1")
+        monkeypatch.setattr(gcp, "RETRY_TIMEOUT", 0.5)  # the default would retry for two minutes
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+
+    with pytest.raises(SinkError) as caught:
+        BigQuerySink(output).write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    message = str(caught.value)
+    assert message.startswith(
+        "could not write 8 rows of job 'sales' for [2024-01-05 00:00:00+00:00, 2024-01-06 00:00:00+00:00) "
+        f"to {output.describe()}: "
+    )
+    assert "the table keeps its previous rows" in message
+    assert re.search(problem, message), message
+    standin.deny = False
+    assert tables(standin) == []
+
+
+def test_rows_of_another_window_are_refused_before_anything_is_sent(
+    standin: BigQueryStandIn, sink: BigQuerySink, make_frame
+) -> None:
+    frame = make_frame("sales", "2024-01-05", "2024-01-07")
+
+    with pytest.raises(SinkError, match=r"rows belong to another job or lie outside the window"):
+        sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert standin.requests == []
+
+
+def test_publish_writes_the_window_to_bigquery(standin: BigQueryStandIn, make_frame, tmp_path: Path) -> None:
+    job = parse_job(
+        {
+            "name": "sales",
+            "source": {"kind": "file", "path": str(tmp_path / "in.csv")},
+            "timestamp": "ts",
+            "frequency": "6h",
+            "dimensions": ["region"],
+            "features": ["x", "y"],
+            "model": {"kind": "seasonal_mad"},
+            "outputs": {
+                "parquet": str(tmp_path / "out"),
+                "bigquery": {"table": TABLE, "api_endpoint": standin.url},
+            },
+        }
+    )
+    frame = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+    scored = tmp_path / "scored.parquet"
+    frame.to_parquet(scored)
+    window = Window(at("2024-01-05").to_pydatetime(), at("2024-01-06").to_pydatetime())
+
+    for _ in range(2):  # a rerun of the window replaces its rows
+        result = publish(job, window, [str(scored)])
+
+    assert result.table == "bigquery table 'standin-project.results.anomalies'"
+    assert count(standin) == 16
+    pd.testing.assert_frame_equal(BigQuerySink(job.outputs.bigquery).read(job="sales"), expected(frame))
+
+
+def test_large_batches_upload_through_the_resumable_protocol(
+    standin: BigQueryStandIn, sink: BigQuerySink, make_frame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.cloud.bigquery import client
+
+    # Batches above this size take the client's resumable upload; lowered so a small one does.
+    monkeypatch.setattr(client, "_MAX_MULTIPART_SIZE", 1)
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+
+    sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    uploads = standin.calls("POST", r"^/upload/") + standin.calls("PUT", r"^/upload/")
+    assert [(r.method, r.params["uploadType"]) for r in uploads][:2] == [("POST", "resumable"), ("PUT", "resumable")]
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+
+
+@pytest.mark.parametrize("table", ["anomalies", "results.anomalies", "p.d.t-1", "p.d.t; DROP"])
+def test_the_table_must_be_project_dataset_table(table: str) -> None:
+    with pytest.raises(ValueError, match="String should match pattern"):
+        BigQueryOutput(table=table)
