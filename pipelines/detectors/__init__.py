@@ -22,6 +22,7 @@ __all__ = ["DETECTORS", "BaseDetector", "Detection", "load_detector", "make_dete
 def _registry() -> dict[str, type[BaseDetector]]:
     from pipelines.detectors.auto import AutoDetector
     from pipelines.detectors.iforest import IsolationForestDetector
+    from pipelines.detectors.level_shift import LevelShiftDetector
     from pipelines.detectors.lstm import LSTMDetector
     from pipelines.detectors.mset import MSETDetector
     from pipelines.detectors.prophet import ProphetDetector
@@ -30,6 +31,7 @@ def _registry() -> dict[str, type[BaseDetector]]:
     return {
         "auto": AutoDetector,
         "iforest": IsolationForestDetector,
+        "level_shift": LevelShiftDetector,
         "lstm": LSTMDetector,
         "mset": MSETDetector,
         "prophet": ProphetDetector,

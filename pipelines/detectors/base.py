@@ -74,15 +74,19 @@ def make_detection(
     score: np.ndarray,
     feature_score: np.ndarray,
     is_anomaly: np.ndarray,
+    below: np.ndarray | None = None,
 ) -> Detection:
-    """A :class:`Detection` where missing values score 0 and are never anomalies."""
+    """A :class:`Detection` where missing values score 0 and are never anomalies.
+
+    The bounds are ``expected ± half_width``, or ``expected - below`` under it when given.
+    """
     missing = np.isnan(values)
     return Detection(
         index=index,
         features=list(features),
         values=values,
         expected=expected,
-        lower=expected - half_width,
+        lower=expected - (half_width if below is None else below),
         upper=expected + half_width,
         score=np.where(missing, 0.0, score),
         feature_score=np.where(missing, 0.0, feature_score),

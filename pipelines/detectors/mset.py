@@ -15,6 +15,7 @@ import pandas as pd
 from pipelines.detectors.base import BaseDetector, Detection, make_detection
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import MSETParams
+from pipelines.detectors.sequential import single_step_residual, sprt_evidence
 from pipelines.errors import ModelError
 
 #: Scales the MAD to the standard deviation of normal noise.
@@ -235,28 +236,12 @@ class MSETDetector(BaseDetector):
         return estimates
 
     def _evidence(self, z: np.ndarray) -> np.ndarray:
-        """Per signal, the largest windowed log-likelihood ratio of the three alternatives."""
-        z = np.nan_to_num(z, nan=0.0)  # a missing value brings no evidence either way
-        m, v = self.drift_, self.variance_ratio_
-        increments = (
-            m * z - m * m / 2.0,
-            -m * z - m * m / 2.0,
-            -0.5 * np.log(v) + 0.5 * z * z * (1.0 - 1.0 / v),
-        )
-        # A row is charged with the accumulated evidence only when it adds to it: after a lone
-        # large residual the following normal rows lower the statistic and are not flagged.
-        return np.maximum.reduce([np.where(inc > 0, _windowed_cusum(inc, self.sprt_window_), 0.0) for inc in increments])
+        """Per signal, the sequential test's evidence (mean shift either way, variance growth)."""
+        return sprt_evidence(z, self.sprt_window_, self.drift_, self.variance_ratio_)
 
     def _row_surprise(self, raw: np.ndarray) -> np.ndarray:
         surprises = np.column_stack([c.surprise(raw[:, j]) for j, c in enumerate(self.feature_calibrators_)])
         return surprises.max(axis=1)
-
-    def _single_residual_at(self, raw: float) -> float:
-        """The |z| of one residual, from no prior evidence, whose evidence reaches ``raw``."""
-        m, v = self.drift_, self.variance_ratio_
-        mean_test = raw / m + m / 2.0
-        variance_test = np.sqrt(max(raw + 0.5 * np.log(v), 0.0) / (0.5 * (1.0 - 1.0 / v)))
-        return float(min(mean_test, variance_test))
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
         frame = pd.concat([history, X])
@@ -275,7 +260,7 @@ class MSETDetector(BaseDetector):
             )
             row_score = self.row_calibrator_.transform(self._row_surprise(raw))
             widths = [
-                self._single_residual_at(float(c.inverse(self.threshold_))) for c in self.feature_calibrators_
+                float(single_step_residual(float(c.inverse(self.threshold_)), self.drift_, self.variance_ratio_)) for c in self.feature_calibrators_
             ]
             half_width[:, self.kept_] = np.asarray(widths) * self.residual_scale_ * self.scale_[self.kept_]
         else:
@@ -380,14 +365,3 @@ def _fill(states: np.ndarray) -> np.ndarray:
     """Missing state values carried forward, then the median (0 in standard units)."""
     frame = pd.DataFrame(states).ffill()
     return frame.fillna(0.0).to_numpy()
-
-
-def _windowed_cusum(increments: np.ndarray, window: int) -> np.ndarray:
-    """``max(0, largest sum of the increments over the last k rows, k <= window)`` per row.
-
-    Wald's test with a reset at zero is a CUSUM; bounding its memory to ``window`` rows makes a
-    row's evidence depend only on those rows, so split scoring equals one long call.
-    """
-    totals = np.vstack([np.zeros((1, increments.shape[1])), np.cumsum(increments, axis=0)])
-    earlier = pd.DataFrame(totals[:-1]).rolling(window, min_periods=1).min().to_numpy()
-    return np.maximum(totals[1:] - earlier, 0.0)

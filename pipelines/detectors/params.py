@@ -126,14 +126,21 @@ class LSTMParams(DetectorParams):
     random_state: int = Field(0, description="Seed; a fixed seed makes training reproducible.")
 
 
+class LevelShiftParams(SeasonalMADParams):
+    """Seasonal median/MAD baseline scored by a sequential test that accumulates sustained shifts."""
+
+    shift_window: int = Field(24, ge=1, le=10_000, description="Rows of evidence the sequential test accumulates.")
+    drift: float = Field(1.5, gt=0.0, le=20.0, description="Shift size (robust scales) the test is tuned to.")
+
+
 #: What ``model: auto`` tries, cheapest first.
-AUTO_CANDIDATES = ("seasonal_mad", "iforest", "mset", "prophet", "lstm")
+AUTO_CANDIDATES = ("seasonal_mad", "level_shift", "iforest", "mset", "prophet", "lstm")
 
 
 class AutoParams(DetectorParams):
     """Chooses the detector per series by how well each finds anomalies planted in held-back data."""
 
-    candidates: list[Literal["seasonal_mad", "iforest", "mset", "prophet", "lstm"]] | None = Field(
+    candidates: list[Literal["seasonal_mad", "level_shift", "iforest", "mset", "prophet", "lstm"]] | None = Field(
         None, min_length=1, description="Detector kinds to try; null tries all."
     )
     holdout_fraction: float = Field(0.25, ge=0.1, le=0.5, description="Share of training rows held back.")
@@ -143,6 +150,7 @@ class AutoParams(DetectorParams):
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {
     "auto": AutoParams,
     "iforest": IsolationForestParams,
+    "level_shift": LevelShiftParams,
     "lstm": LSTMParams,
     "mset": MSETParams,
     "prophet": ProphetParams,

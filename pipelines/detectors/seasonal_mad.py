@@ -99,7 +99,7 @@ class SeasonalMADDetector(BaseDetector):
         self.level_fallback_ = np.nanmedian(values - self.profile_[slots], axis=0)
         errors = values - self._expected(values, slots)
         self.scale_ = _robust_scale(errors, slots, self.n_slots_, params.min_scale)
-        raw = np.abs(errors) / self.scale_[slots]
+        raw = self._raw(errors / self.scale_[slots])
         self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]
         return self._calibrate(raw)
 
@@ -139,29 +139,42 @@ class SeasonalMADDetector(BaseDetector):
         profile = self.profile_[slots]
         residuals = pd.DataFrame(values - profile)
         # Rolling medians skip missing residuals, so missing values need no filling here.
-        level = residuals.shift(1).rolling(self.lookback_, min_periods=1).median().to_numpy()
+        level = residuals.shift(1).rolling(self.level_window, min_periods=1).median().to_numpy()
         return profile + np.where(np.isnan(level), self.level_fallback_, level)
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         return np.column_stack([c.transform(raw[:, f]) for f, c in enumerate(self.calibrators_)])
 
+    def _raw(self, z: np.ndarray) -> np.ndarray:
+        """Raw scores from residuals in robust units (rows in time order, history first)."""
+        return np.abs(z)
+
+    def _bounds(self, z: np.ndarray, raw_at_threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the residuals (robust units, above and below ``expected``) that reach the threshold."""
+        width = np.broadcast_to(raw_at_threshold, z.shape)
+        return width, width
+
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
         frame = pd.concat([history, X])
         slots = self._slots(frame.index)
-        expected = self._expected(frame.to_numpy(), slots)[len(history) :]
-        scale = self.scale_[slots[len(history) :]]
-        values = X.to_numpy()
-        score = self._calibrate(np.abs(values - expected) / scale)
+        expected = self._expected(frame.to_numpy(), slots)
+        scale = self.scale_[slots]
+        z = (frame.to_numpy() - expected) / scale
+        raw = self._raw(z)[len(history) :]
+        score = self._calibrate(raw)
         raw_at_threshold = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
+        above, below = (bound[len(history) :] for bound in self._bounds(z, raw_at_threshold))
+        scale = scale[len(history) :]
         return make_detection(
             X.index,
             list(X.columns),
-            values,
-            expected,
-            raw_at_threshold * scale,
+            X.to_numpy(),
+            expected[len(history) :],
+            above * scale,
             score,
             score,
             score >= self.threshold_,
+            below=below * scale,
         )
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:

@@ -26,6 +26,7 @@ FAST_PARAMS: dict[str, dict] = {
     "auto": {"candidates": ["seasonal_mad", "mset"]},
     "iforest": {"n_estimators": 40, "window": 12},
     "lstm": {"max_epochs": 8, "hidden_size": 8, "window": 12},
+    "level_shift": {"level_window": 12, "shift_window": 12},
     "mset": {"memory_size": 64},
     "seasonal_mad": {"level_window": 12},
 }
@@ -171,7 +172,9 @@ def test_get_params_set_params_and_clone(kind: str, data) -> None:
 
 
 BAD_PARAMS = [
-    ("auto", "candidates", ["arima"], "'seasonal_mad', 'iforest', 'mset', 'prophet' or 'lstm'"),
+    ("auto", "candidates", ["arima"], "'seasonal_mad', 'level_shift', 'iforest', 'mset', 'prophet' or 'lstm'"),
+    ("level_shift", "shift_window", 0, "greater than or equal to 1"),
+    ("level_shift", "drift", 0.0, "greater than 0"),
     ("auto", "holdout_fraction", 0.9, "less than or equal to 0.5"),
     ("iforest", "n_estimators", 1, "greater than or equal to 10"),
     ("iforest", "window", 1, "greater than or equal to 2"),
@@ -214,7 +217,7 @@ def test_bad_parameters_are_named(kind: str, name: str, value: object, message: 
 
 
 def test_unknown_kind_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of auto, iforest, lstm, mset, prophet, seasonal_mad"):
+    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of auto, iforest, level_shift, lstm, mset, prophet, seasonal_mad"):
         make_detector("arima", {})
     with pytest.raises(ConfigError, match="unknown model kind 'arima'"):
         load_detector("arima", {})
@@ -316,7 +319,7 @@ def test_rows_without_timestamps(kind: str, data) -> None:
         with pytest.raises(ModelError, match="needs timestamps"):
             fitted(kind, train)
         return
-    params = {"season": 24} if kind == "seasonal_mad" else {}
+    params = {"season": 24} if kind in ("seasonal_mad", "level_shift") else {}
     detector = fitted(kind, train, **params)
     detection = detector.detect(test, history=train)
     pd.testing.assert_index_equal(detection.index, test.index)
