@@ -53,4 +53,8 @@ class DetectorUnderTest:
 DETECTORS: list[DetectorUnderTest] = [
     DetectorUnderTest("seasonal_mad", {"season": "1d"}),
     DetectorUnderTest("iforest", {}),
+    DetectorUnderTest("level_shift", {"season": "1d"}),
+    DetectorUnderTest("mset", {}),
+    DetectorUnderTest("prophet", {}),
+    DetectorUnderTest("lstm", {}),
 ]

@@ -160,9 +160,34 @@ class BareSeasonalMAD:
         return np.abs(self.values - self.expected()) / self.scale[self.slots]
 
 
-#: Bare equivalent of each detector kind; a kind missing here is measured without one.
+class BareProphet:
+    """Prophet's own fit and forecast of the one feature, as the detector calls them (same
+    settings, ``uncertainty_samples=0``): no calibration, interval, threshold or checks."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = {k: v for k, v in params.items() if not k.startswith("threshold_") and k != "holidays_country"}
+        self.params.pop("interval_width", None)
+
+    def prepare(self, frame: pd.DataFrame) -> None:
+        from pipelines.detectors.prophet import _prophet
+
+        self.prophet, _ = _prophet()
+        self.frame = pd.DataFrame({"ds": frame.index.tz_localize(None), "y": frame.iloc[:, 0].to_numpy()})
+
+    def fit(self) -> Any:
+        self.model = self.prophet.Prophet(**self.params, uncertainty_samples=0).fit(self.frame, algorithm="LBFGS")
+        return self.model
+
+    def score(self) -> np.ndarray:
+        forecast = self.model.predict(self.frame[["ds"]])
+        return np.abs(self.frame["y"].to_numpy() - forecast["yhat"].to_numpy())
+
+
+#: Bare equivalent of each detector kind; a kind missing here (no library does its work: MSET,
+#: the sequential test, our LSTM training loop) is measured without one.
 BARE: dict[str, Callable[[dict[str, Any]], Bare]] = {
     "iforest": BareIsolationForest,
+    "prophet": BareProphet,
     "seasonal_mad": BareSeasonalMAD,
 }
 
