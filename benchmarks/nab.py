@@ -332,8 +332,11 @@ def _align(
     """Scores and decisions per row of the NAB file, from the published rows of its job.
 
     ``due`` marks the rows the pipeline had to score (one per timestamp, see :func:`source_file`).
+    Rows the pipeline added for gaps in the file (resampling keeps an empty period as a row
+    without a value, scored 0) are not rows of the file and are left out; rows of an irregular
+    file that share a period of the job's frequency share its score.
     """
-    rows = published[published["feature"] == "value"]
+    rows = published[(published["feature"] == "value") & published["value"].notna()]
     out = pd.DataFrame(
         {
             "timestamp": rows["timestamp"].astype("datetime64[ns, UTC]").to_numpy(),
@@ -342,9 +345,13 @@ def _align(
         }
     )
     expected = pd.DataFrame({"timestamp": timestamps.to_numpy()[due], "row": np.flatnonzero(due)})
-    if len(out) != len(expected):
-        raise RuntimeError(f"{key}: the pipeline published {len(out)} rows where {len(expected)} were due")
-    matched = expected.merge(out, on="timestamp", how="left", validate="one_to_one")
+    # Irregular files are put on the job's grid: a row's score is that of its period, the
+    # published row at or just before it (regular files match exactly).
+    out = out.sort_values("timestamp")
+    period = out["timestamp"].diff().median() if len(out) > 1 else pd.Timedelta(0)
+    matched = pd.merge_asof(
+        expected.sort_values("timestamp"), out, on="timestamp", direction="backward", tolerance=period
+    ).sort_values("row")
     if matched["score"].isna().any():
         missing = matched.loc[matched["score"].isna(), "timestamp"].iloc[0]
         raise RuntimeError(f"{key}: no published score for the row at {missing}")

@@ -226,7 +226,9 @@ def build_predict_dag(job: JobConfig):
             data = read_series(job, run_id, unit["series"])
             return score_series(job, unit["series"], data, window, run_id=run_id).to_dict()
 
-        @task
+        # Backfills run several intervals at once (their own max_active_runs), and two publishes
+        # rewriting one day's Parquet file at once would lose one's rows: one publish at a time.
+        @task(max_active_tis_per_dag=1)
         @fail_fast
         def publish(scored: list[dict], extracted: dict, run_id: str | None = None) -> dict:
             from pipelines.reporting import log_table

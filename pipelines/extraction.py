@@ -17,12 +17,19 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, resolve_path
-from pipelines.errors import SourceError
+from pipelines.errors import ConfigError, DataValidationError, SourceError
+from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
 from pipelines.series import series_key
 from pipelines.sources import FileReader, make_source
-from pipelines.sources.base import parse_timestamps
+from pipelines.sources.base import parse_timestamps, source_error, window_mask
 from pipelines.validation import check_and_raise
-from pipelines.workspace import Window, Workspace, validation_report_path
+from pipelines.workspace import (
+    Window,
+    Workspace,
+    schema_record_path,
+    utcnow,
+    validation_report_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +54,183 @@ class Extracted:
 def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 0) -> Extracted:
     """Read ``window`` (plus ``history_rows`` periods before it) and keep it in the run's workspace.
 
-    Raises :class:`SourceError` when the window holds no rows: scoring or training nothing is
-    almost always a mistake in the window or the source.
+    The window is first floored to the job's epoch-aligned ``frequency`` grid (see
+    :func:`grid_window`), so that every bucket of a series is scored by exactly one run.
+    Raises :class:`SourceError` when the window holds no rows (the data may not have landed yet)
+    or mixes timestamps with and without a time zone, and :class:`DataValidationError` when a
+    job column disappeared or changed its kind since the previous run of the same source.
     """
+    window = grid_window(job, window)
     read_start = window.start - job.frequency * history_rows
     frame = make_source(job).read(read_start, window.end)
-    parsed = (
-        parse_timestamps(frame[job.timestamp])
-        if job.timestamp in frame.columns
-        else pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
-    )
+    try:
+        parsed = (
+            parse_timestamps(frame[job.timestamp])
+            if job.timestamp in frame.columns
+            else pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
+        )
+    except ValueError as exc:
+        # Sources that filter in the database (SQL, BigQuery) hand the timestamps over as stored.
+        raise source_error(
+            job,
+            job.source.describe(),
+            read_start,
+            window.end,
+            f"column {job.timestamp!r} mixes timestamps with and without a time zone ({exc})",
+            "Store every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without "
+            "(then taken as UTC), then re-run the window.",
+        ) from exc
+    inside = window_mask(parsed, pd.Timestamp(read_start), pd.Timestamp(window.end))
+    if not inside.all():
+        # A query whose bounds compare wrongly (e.g. SQLite text in another format than the bound
+        # parameters) must not leak rows of the next interval into this one.
+        log.warning(
+            "job %s: %s returned %d rows outside [%s, %s); they are dropped. Check how the query "
+            "compares the window bounds with the stored timestamps.",
+            job.name, job.source.describe(), int((~inside).sum()), read_start.isoformat(), window.end.isoformat(),
+        )
+        frame, parsed = frame[inside].reset_index(drop=True), parsed[inside].reset_index(drop=True)
     # Unparseable timestamps count as in the window: validation must see and report them.
     in_window = parsed.isna() | (parsed >= window.start)
     if not in_window.any():
         raise SourceError(
-            f"job {job.name}: {job.source.describe()} has no rows in window {window}. "
-            "Check that the source holds data for this window, or run another window "
-            "(manual runs take 'start' and 'end')."
+            f"job {job.name!r}: {job.source.describe()} has no rows in window {window} "
+            f"({len(frame)} rows before it were read as history): the data may not have landed yet; "
+            "re-run when it has, or check the query/path. Nothing was written."
         )
+    kinds = schema_kinds(frame, job, parsed)
+    check_schema(job, window, kinds, set(frame.columns))
     path = Workspace(job.name, run_id).raw_batch
     storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(frame)))
+    record_schema(job, window, kinds, run_id=run_id)
     log.info("job %s: extracted %d rows (%d in window %s) from %s", job.name, len(frame), int(in_window.sum()), window, job.source.describe())
     return Extracted(paths=[path], rows=len(frame), window=window, read_from=job.source.describe())
+
+
+def grid_window(job: JobConfig, window: Window) -> Window:
+    """``window`` with both ends floored to the job's epoch-aligned ``frequency`` grid.
+
+    Resampling labels each bucket by its start; a window cutting a bucket in two would score it
+    in neither run or in both. Flooring keeps the windows of contiguous intervals contiguous,
+    so each bucket is scored exactly once (an hourly job scheduled at :15 scores the previous
+    whole hour).
+    """
+    start, end = floor_to_grid(window.start, job.frequency), floor_to_grid(window.end, job.frequency)
+    if (start, end) == (window.start, window.end):
+        return window
+    if end <= start:
+        raise ConfigError(
+            f"job {job.name!r}: window {window} holds no whole period of the job's frequency "
+            f"({job.frequency}), counted from 1970-01-01T00:00Z; choose a window covering at least one "
+            "period, or a schedule whose intervals are at least that long"
+        )
+    snapped = Window(start, end)
+    log.info("job %s: window %s floored to the %s grid: %s", job.name, window, job.frequency, snapped)
+    return snapped
+
+
+#: Non-null values of a text column looked at to decide its kind: enough to tell a number or a
+#: date column from free text, cheap on a large batch.
+_KIND_SAMPLE = 1000
+
+
+def schema_kinds(frame: pd.DataFrame, job: JobConfig, parsed: pd.Series | None = None) -> dict[str, str]:
+    """The kind (datetime, number, text, bool) of each job column of ``frame`` that has values.
+
+    Text columns are judged by what most of their values are (CSV and SQLite hand over dates and
+    sometimes numbers as text): a few bad values are a matter for validation, which names them;
+    a column that changed as a whole is schema drift.
+    """
+    kinds: dict[str, str] = {}
+    for name in job.columns:
+        if name not in frame.columns:
+            continue
+        if name == job.timestamp and parsed is not None and parsed.notna().mean() > 0.5:
+            kinds[name] = "datetime"  # parsed already, by the rules extraction reads it with
+            continue
+        kind = _column_kind(frame[name])
+        if kind is not None:
+            kinds[name] = kind
+    return kinds
+
+
+def _column_kind(column: pd.Series) -> str | None:
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "number"
+    values = column.dropna().head(_KIND_SAMPLE)
+    if values.empty:
+        return None  # nothing to judge by: the previous kind stays on record
+    if values.map(lambda v: isinstance(v, bool | np.bool_)).all():
+        return "bool"
+    if pd.to_numeric(values, errors="coerce").notna().mean() > 0.5:
+        return "number"
+    text = values.astype("string")
+    if text.str.lower().isin(["true", "false"]).all():
+        return "bool"
+    if pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna().mean() > 0.5:
+        return "datetime"
+    return "text"
+
+
+def _previous_schema(job: JobConfig) -> dict | None:
+    path = schema_record_path(job)
+    if not storage.exists(path):
+        return None
+    return json.loads(storage.read_bytes(path))
+
+
+def check_schema(job: JobConfig, window: Window, kinds: dict[str, str], present: set[str]) -> None:
+    """Raise :class:`DataValidationError` when a job column that the previous run of this source
+    had is gone (``present``: the columns read now), or holds another kind of value now.
+
+    Runs before validation, whose messages say what is wrong now but not what changed.
+    """
+    previous = _previous_schema(job)
+    if previous is None:
+        return
+    before = previous["columns"]
+    changes = []
+    for name in job.columns:
+        if name not in before:
+            continue
+        if name not in present:
+            changes.append(f"column {name!r} was {before[name]} and is missing now (renamed or dropped?)")
+        elif name in kinds and kinds[name] != before[name]:
+            changes.append(f"column {name!r} was {before[name]} and is {kinds[name]} now")
+    if not changes:
+        return
+    raise DataValidationError(
+        f"job {job.name!r}: schema drift in {job.source.describe()} for window {window}, compared with the "
+        f"previous run of this source (run {previous['run_id']!r}, window {previous['window']}): "
+        + "; ".join(changes)
+        + ". Nothing was written and the serving models are unchanged. Fix the source (or the job's columns); "
+        f"if the change is intended, delete {schema_record_path(job)} to accept the new schema "
+        "(and retrain when a feature changed), then re-run the window.",
+        report={"schema_drift": changes, "previous": previous, "current": kinds},
+    )
+
+
+def record_schema(job: JobConfig, window: Window, kinds: dict[str, str], *, run_id: str) -> None:
+    """Remember the kinds of this run's columns for the next run's :func:`check_schema`.
+
+    A column without values this time keeps the kind it had before.
+    """
+    previous = _previous_schema(job)
+    columns = {**(previous["columns"] if previous else {}), **kinds}
+    record = {
+        "job": job.name,
+        "source": job.source.describe(),
+        "run_id": run_id,
+        "window": str(window),
+        "recorded_at": utcnow().isoformat(),
+        "columns": columns,
+    }
+    storage.atomic_write(schema_record_path(job), json.dumps(record, indent=2).encode())
 
 
 def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: int) -> Extracted:
@@ -195,20 +357,58 @@ def checked_batch(job: JobConfig, window: Window, *, run_id: str, purpose: str, 
 
 
 def validate(job: JobConfig, window: Window, *, run_id: str, purpose: str, raw_path: str) -> list[str]:
-    """Validate the raw batch, then write one typed batch per series; returns the series keys."""
+    """Validate the raw batch, then write one typed batch per series, resampled to the job's
+    frequency by its ``resample`` rule; returns the series keys.
+
+    What resampling did to each series is logged, added to the validation report, and kept
+    beside the series batch so that :func:`read_series` hands it to training and scoring.
+    """
     prepared = checked_batch(job, window, run_id=run_id, purpose=purpose, raw_path=raw_path)
+    workspace = Workspace(job.name, run_id)
     keys: list[str] = []
+    stats: dict[str, dict[str, int]] = {}
     for key, _, batch in series_groups(prepared, job):
-        storage.atomic_write(Workspace(job.name, run_id).series_batch(key), _to_parquet_bytes(batch.reset_index()))
+        batch, done = resample_series(batch, job.frequency, job.resample)
+        _log_resampling(job, key, done)
+        storage.atomic_write(workspace.series_batch(key), _to_parquet_bytes(batch.rename_axis(job.timestamp).reset_index()))
+        storage.atomic_write(_stats_path(workspace, key), json.dumps(done.to_dict()).encode())
         keys.append(key)
+        stats[key] = done.to_dict()
+    _add_to_report(validation_report_path(job, purpose, window, run_id), job, stats)
     log.info("job %s: %d rows valid, %d series: %s", job.name, len(prepared), len(keys), ", ".join(keys))
     return keys
 
 
+def _log_resampling(job: JobConfig, series: str, stats: ResampleStats) -> None:
+    rule = job.resample
+    how = f"aggregate {rule.aggregate}, fill {rule.fill}" + (f" (limit {rule.ffill_limit})" if rule.ffill_limit else "")
+    level = logging.WARNING if stats.changed else logging.INFO
+    log.log(level, "job %s, series %s: resampled to %s (%s): %s", job.name, series, job.frequency, how, stats.describe())
+
+
+def _stats_path(workspace: Workspace, series: str) -> str:
+    return workspace.series_batch(series).removesuffix(".parquet") + ".resampling.json"
+
+
+def _add_to_report(path: str, job: JobConfig, stats: dict[str, dict[str, int]]) -> None:
+    """Record the resampling counts in the run's validation report (written just before)."""
+    options = job.outputs.storage_options
+    report = json.loads(storage.read_bytes(path, options))
+    report["resampling"] = {"rule": job.resample.model_dump(), "frequency": str(job.frequency), "series": stats}
+    storage.atomic_write(path, json.dumps(report, indent=2, allow_nan=False).encode(), options)
+
+
 def read_series(job: JobConfig, run_id: str, series: str) -> pd.DataFrame:
-    """The typed batch of one series: a UTC DatetimeIndex and one float column per feature."""
-    frame = read_parquet(Workspace(job.name, run_id).series_batch(series))
-    return frame.set_index(job.timestamp)[job.features]
+    """The typed batch of one series: a UTC DatetimeIndex and one float column per feature.
+
+    ``attrs["resampling"]`` holds what resampling did to it (see :class:`ResampleStats`).
+    """
+    workspace = Workspace(job.name, run_id)
+    frame = read_parquet(workspace.series_batch(series)).set_index(job.timestamp)[job.features]
+    stats_path = _stats_path(workspace, series)
+    if storage.exists(stats_path):
+        frame.attrs["resampling"] = json.loads(storage.read_bytes(stats_path))
+    return frame
 
 
 __all__ = [
@@ -216,6 +416,7 @@ __all__ = [
     "checked_batch",
     "extract",
     "extract_chunks",
+    "grid_window",
     "prepare",
     "read_series",
     "series_groups",

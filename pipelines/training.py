@@ -98,6 +98,8 @@ class TrainResult:
     reason: str
     rows: int
     metrics: dict[str, float]
+    #: What resampling to the job's frequency did to the training rows (merged, filled, missing).
+    resampling: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -152,6 +154,7 @@ def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
         "data_start": data.index.min().isoformat(),
         "data_end": data.index.max().isoformat(),
         "rows": len(data),
+        "resampling": {**job.resample.model_dump(), "counts": data.attrs.get("resampling")},
         "metrics": metrics,
         "decision": {"promoted": promoted, "reason": reason},
         "lookback": int(final.lookback_),
@@ -163,4 +166,4 @@ def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
     if promoted:
         registry.promote(job.name, series, version.version)
     log.info("job %s, series %s: trained %s on %d rows; %s", job.name, series, version.version, len(data), reason)
-    return TrainResult(series, version.version, promoted, reason, len(data), metrics)
+    return TrainResult(series, version.version, promoted, reason, len(data), metrics, data.attrs.get("resampling"))

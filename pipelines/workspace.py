@@ -6,6 +6,7 @@ each run has a private folder keyed by job and run id, under ``$ANOMALY_PIPELINE
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -72,6 +73,13 @@ def to_utc(value: datetime | str | None) -> datetime | None:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as exc:
             raise ConfigError(f"{value!r} is not an ISO 8601 date-time (e.g. 2024-03-01T00:00:00Z)") from exc
+    if type(value) is not datetime:
+        # Airflow hands over pendulum DateTimes, whose arithmetic drops a standard-library tzinfo
+        # (``start - timedelta`` came out naive): windows hold plain datetimes.
+        value = datetime(
+            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
+            tzinfo=value.tzinfo, fold=value.fold,
+        )
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
@@ -131,6 +139,16 @@ def training_window(
     return Window(to_utc(start) or chosen_end - job.training_window, chosen_end)
 
 
+def schema_record_path(job: JobConfig) -> str:
+    """The column kinds of the last run that read ``job``'s source, for schema drift checks.
+
+    Keyed by the source's settings: pointing a job at another source starts a new record rather
+    than comparing two different sources.
+    """
+    digest = hashlib.sha256(job.source.model_dump_json().encode()).hexdigest()[:16]
+    return str(home() / "work" / job.name / f"source-schema-{digest}.json")
+
+
 def validation_report_path(job: JobConfig, purpose: str, window: Window, run_id: str) -> str:
     """Validation results are kept next to the outputs, one JSON per run."""
     root = resolve_path(job.outputs.parquet).rstrip("/")
@@ -153,6 +171,7 @@ __all__ = [
     "home",
     "one_off_output",
     "prediction_window",
+    "schema_record_path",
     "to_utc",
     "training_window",
     "utcnow",

@@ -36,12 +36,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_env(home: Path, project: Path, port: int) -> dict[str, str]:
-    """The environment of the server and of every CLI call against it: one home, one project."""
+def server_env(home: Path, project: Path, port: int, database_url: str | None = None) -> dict[str, str]:
+    """The environment of the server and of every CLI call against it: one home, one project.
+
+    ``database_url`` is Airflow's metadata database (default: SQLite in the home). A scheduler,
+    an api-server and a backfill writing one SQLite file at once hit "database is locked" under
+    load, so the fixture gives it PostgreSQL.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "ANOMALY_PIPELINES"))}
     env.update(
         AIRFLOW_HOME=str(home),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=database_url or f"sqlite:///{home}/airflow.db",
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
         AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
@@ -160,8 +165,16 @@ class AirflowServer:
         )
 
     def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """The ``airflow`` CLI against this server's home."""
+        return self.run("airflow", *args, check=check, timeout=timeout)
+
+    def pipelines_cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """The ``anomaly-pipelines`` CLI on this server's project."""
+        return self.run("pipelines.cli", *args, check=check, timeout=timeout)
+
+    def run(self, module: str, *args: str, check: bool, timeout: float) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [sys.executable, "-m", "airflow", *args],
+            [sys.executable, "-m", module, *args],
             env=self.env,
             cwd=self.project,
             capture_output=True,
@@ -169,7 +182,7 @@ class AirflowServer:
             timeout=timeout,
         )
         if check and result.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(f"{module} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
@@ -197,8 +210,9 @@ class AirflowServer:
         raise TimeoutError(f"run {run_id} of {dag_id} still {state} after {timeout:.0f} s:\n{self.log_tail()}")
 
 
-def start_server(base: Path) -> AirflowServer:
+def start_server(base: Path, database_url: str | None = None) -> AirflowServer:
     port = _free_port()
     home = base / "airflow"
     project = make_project(base / "project")
-    return AirflowServer(home=home, project=project, port=port, env=server_env(home, project, port)).start()
+    env = server_env(home, project, port, database_url)
+    return AirflowServer(home=home, project=project, port=port, env=env).start()

@@ -188,12 +188,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def airflow_server(tmp_path_factory: pytest.TempPathFactory):
+def airflow_server(tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
     """``airflow standalone`` with this repo's DAGs and plugin over a private project copy
-    (see tests/airflow_server.py); one per test session, stopped at its end."""
+    (see tests/airflow_server.py), its metadata in a database of the PostgreSQL test server;
+    one per test session, stopped at its end."""
+    import sqlalchemy as sa
+
     from tests.airflow_server import start_server
 
-    server = start_server(tmp_path_factory.mktemp("airflow-server"))
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text("CREATE DATABASE airflow_server"))
+    admin.dispose()
+    url = sa.make_url(postgres_url).set(database="airflow_server").render_as_string(hide_password=False)
+    server = start_server(tmp_path_factory.mktemp("airflow-server"), database_url=url)
     try:
         yield server
     finally:

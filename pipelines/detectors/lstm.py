@@ -21,8 +21,8 @@ _MAD_TO_SIGMA = 1.4826
 _MIN_TRAINING_ROWS = 40
 #: Share of the training windows (the latest) held back for early stopping and calibration.
 _VALIDATION_SHARE = 0.2
-#: Windows per forward pass when scoring, so memory stays bounded for long inputs.
-_SCORE_BATCH = 8192
+#: Windows per forward pass when scoring (every pass has exactly this many; see _predict).
+_SCORE_BATCH = 512
 
 
 def _torch() -> Any:
@@ -270,6 +270,22 @@ def _train(
 
 
 def _predict(torch: Any, network: Any, windows: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        parts = [network(torch.from_numpy(windows[i : i + _SCORE_BATCH])).numpy() for i in range(0, len(windows), _SCORE_BATCH)]
+    """Forecasts of ``windows``, in blocks of exactly ``_SCORE_BATCH`` windows on one thread.
+
+    A row's forecast must not depend on which other rows are scored with it: matrix kernels
+    round differently for other batch shapes and thread splits, and a window scored in two
+    calls must equal one call. So every block is padded to the same size.
+    """
+    parts = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(windows), _SCORE_BATCH):
+                block = windows[start : start + _SCORE_BATCH]
+                padded = np.zeros((_SCORE_BATCH, *block.shape[1:]), dtype=block.dtype)
+                padded[: len(block)] = block
+                parts.append(network(torch.from_numpy(padded)).numpy()[: len(block)])
+    finally:
+        torch.set_num_threads(threads)
     return np.vstack(parts).astype("float64")

@@ -1,0 +1,269 @@
+"""Which rows a run reads, and the bad inputs that stop it at extraction: empty windows, time
+zones mixed, schema drift between runs.
+
+Every bad input gives a clear error naming the job, the source and the window, writes nothing to
+the outputs and leaves the serving models as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pipelines.config import FileSource, JobConfig, SqlSource, get_job
+from pipelines.errors import ConfigError, DataValidationError, SourceError
+from pipelines.extraction import extract, read_parquet
+from pipelines.runner import history_rows, run_predict, run_train
+from pipelines.sources.base import parse_timestamps
+from pipelines.training import registry_for
+from pipelines.workspace import Window, home, prediction_window, schema_record_path, to_utc, training_window
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = Window(to_utc("2024-02-02T00:00:00Z"), to_utc("2024-03-01T00:00:00Z"))
+DAY = Window(to_utc("2024-03-03T00:00:00Z"), to_utc("2024-03-04T00:00:00Z"))
+NEXT_DAY = Window(to_utc("2024-03-04T00:00:00Z"), to_utc("2024-03-05T00:00:00Z"))
+
+
+def raw_times(job: JobConfig, path: str) -> pd.Series:
+    return parse_timestamps(read_parquet(path)[job.timestamp])
+
+
+def with_csv(project: Path, frame: pd.DataFrame | None = None) -> JobConfig:
+    """demo_web_metrics reading a private copy of its CSV, which a test may change between runs."""
+    path = project / "source.csv"
+    (frame if frame is not None else pd.read_csv(REPO / "data" / "demo" / "web_metrics.csv")).to_csv(path, index=False)
+    return get_job("demo_web_metrics").model_copy(update={"source": FileSource(kind="file", path=str(path), format="csv")})
+
+
+@pytest.fixture
+def trained(project: Path) -> JobConfig:
+    """demo_web_metrics on a private CSV copy, trained and one day scored."""
+    job = with_csv(project)
+    run_train(job, TRAIN, run_id="train-1")
+    run_predict(job, DAY, run_id="predict-1")
+    return job
+
+
+def state(job: JobConfig, project: Path) -> dict:
+    """What a failed run must leave as it was: output files, SQL rows, champions."""
+    outputs = project / "var" / "outputs" / f"job={job.name}"
+    files = {str(p.relative_to(outputs)): p.read_bytes() for p in sorted(outputs.rglob("*.parquet"))}
+    with sqlite3.connect(project / "var" / "anomalies.db") as connection:
+        rows = connection.execute("SELECT count(*), sum(score) FROM anomalies").fetchone()
+    registry = registry_for(job)
+    models = {s: registry.champion(job.name, s).version for s in registry.series(job.name)}
+    return {"files": files, "rows": rows, "models": models}
+
+
+# -- the rows each run reads ----------------------------------------------------------------
+
+
+def test_predict_reads_its_interval_plus_the_models_lookback(trained: JobConfig) -> None:
+    job = trained
+    lookback = history_rows(job)
+    assert lookback == 24  # the seasonal models' level_window
+    window = prediction_window(DAY.start, DAY.end)
+    extracted = extract(job, window, run_id="bounds", history_rows=lookback)
+    times = raw_times(job, extracted.paths[0])
+    # The data runs from 2024-02-01 to 2024-03-07: rows exist on both sides of what is read.
+    assert times.min() == pd.Timestamp(DAY.start) - pd.Timedelta(hours=24)
+    assert times.max() == pd.Timestamp(DAY.end) - pd.Timedelta(hours=1)
+    assert len(times) == (24 + 24) * 3  # (lookback + interval) hours x regions
+    assert extracted.window == DAY
+
+
+def test_scheduled_intervals_from_airflow_read_the_same_bounds(trained: JobConfig) -> None:
+    # Airflow's context holds pendulum DateTimes, whose arithmetic used to drop the time zone
+    # of the history's start (every scheduled or backfilled predict run failed).
+    import pendulum
+
+    window = prediction_window(pendulum.instance(DAY.start), pendulum.instance(DAY.end))
+    assert type(window.start) is datetime
+    extracted = extract(trained, window, run_id="scheduled", history_rows=history_rows(trained))
+    times = raw_times(trained, extracted.paths[0])
+    assert times.min() == pd.Timestamp(DAY.start) - pd.Timedelta(hours=24)
+    assert times.max() == pd.Timestamp(DAY.end) - pd.Timedelta(hours=1)
+
+
+def test_train_reads_the_training_window_back_from_the_interval_end(project: Path) -> None:
+    job = with_csv(project)
+    window = training_window(job, DAY.end)
+    extracted = extract(job, window, run_id="train-bounds")
+    times = raw_times(job, extracted.paths[0])
+    assert times.min() == pd.Timestamp(DAY.end) - pd.Timedelta(days=28)
+    assert times.max() == pd.Timestamp(DAY.end) - pd.Timedelta(hours=1)
+    assert len(times) == 28 * 24 * 3
+
+
+def sensors_db(project: Path) -> JobConfig:
+    """demo_sensors with its table stored as the SQL source documents for SQLite: timestamps as
+    pandas writes datetimes (``YYYY-MM-DD HH:MM:SS.ffffff`` text), compared as text with the bounds."""
+    frame = pd.read_csv(REPO / "data" / "demo" / "sensor_readings.csv", parse_dates=["reading_time"])
+    path = project / "var" / "demo" / "sensors.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        frame.to_sql("sensor_readings", connection, if_exists="replace", index=False)
+    engine.dispose()
+    return get_job("demo_sensors")
+
+
+def test_sql_source_reads_the_same_bounds(project: Path) -> None:
+    job = sensors_db(project)
+    extracted = extract(job, DAY, run_id="sql-bounds", history_rows=3)
+    times = raw_times(job, extracted.paths[0])
+    assert times.min() == pd.Timestamp(DAY.start) - pd.Timedelta(hours=3)
+    assert times.max() == pd.Timestamp(DAY.end) - pd.Timedelta(hours=1)
+    assert len(times) == (3 + 24) * 4  # hours x machines
+
+
+def test_a_window_off_the_frequency_grid_is_floored_to_it(project: Path) -> None:
+    # demo_sensors runs at :15 every hour; its hourly buckets start on the hour, so the run at
+    # 11:15 scores 10:00-11:00, and consecutive runs still cover each bucket exactly once.
+    job = sensors_db(project)
+    window = Window(to_utc("2024-03-03T10:15:00Z"), to_utc("2024-03-03T11:15:00Z"))
+    extracted = extract(job, window, run_id="grid")
+    assert extracted.window == Window(to_utc("2024-03-03T10:00:00Z"), to_utc("2024-03-03T11:00:00Z"))
+    times = raw_times(job, extracted.paths[0])
+    assert set(times) == {pd.Timestamp("2024-03-03T10:00:00Z")}
+
+
+def test_a_window_shorter_than_one_period_is_a_config_error(project: Path) -> None:
+    job = with_csv(project)
+    window = Window(to_utc("2024-03-03T10:15:00Z"), to_utc("2024-03-03T10:45:00Z"))
+    with pytest.raises(ConfigError, match=r"job 'demo_web_metrics': window .* holds no whole period .*1:00:00"):
+        extract(job, window, run_id="short")
+
+
+# -- empty windows and time zones -----------------------------------------------------------
+
+
+def test_an_empty_predict_window_fails_before_validation_and_writes_nothing(trained: JobConfig, project: Path) -> None:
+    before = state(trained, project)
+    late = Window(to_utc("2024-03-09T00:00:00Z"), to_utc("2024-03-09T01:00:00Z"))
+    with pytest.raises(SourceError) as info:
+        run_predict(trained, late, run_id="too-early")
+    message = str(info.value)
+    assert message.startswith("job 'demo_web_metrics': file source")
+    assert "source.csv" in message and "no rows in window [2024-03-09T00:00:00+00:00, 2024-03-09T01:00:00+00:00)" in message
+    assert "the data may not have landed yet; re-run when it has, or check the query/path" in message
+    # Only the 24 hours of history before the window exist, and they are not scored.
+    assert "(0 rows before it were read as history)" in message
+    assert state(trained, project) == before
+    assert not list((project / "var" / "outputs" / "_validation").rglob("*too-early*"))
+
+
+def test_an_empty_sql_window_names_the_sql_source(project: Path) -> None:
+    job = sensors_db(project)
+    with pytest.raises(SourceError, match=r"job 'demo_sensors': sql source .* has no rows in window \[2030"):
+        extract(job, Window(to_utc("2030-01-01T00:00:00Z"), to_utc("2030-01-02T00:00:00Z")), run_id="empty-sql")
+
+
+def _mixed_zone_sql_job(project: Path) -> JobConfig:
+    db = project / "var" / "mixed.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    rows = [(f"2024-03-03 {h:02d}:00:00{'+00:00' if h % 2 else ''}", "eu", 100.0 + h, 10.0) for h in range(24)]
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE metrics (timestamp TEXT, region TEXT, requests REAL, latency_ms REAL)")
+        connection.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", rows)
+    source = SqlSource(
+        kind="sql",
+        connection={"url": f"sqlite:///{db}"},
+        query="SELECT * FROM metrics WHERE timestamp >= :start AND timestamp < :end",
+    )
+    return get_job("demo_web_metrics").model_copy(update={"source": source})
+
+
+def _mixed_zone_file_job(project: Path) -> JobConfig:
+    frame = pd.read_csv(REPO / "data" / "demo" / "web_metrics.csv")
+    frame.loc[frame["timestamp"].str.startswith("2024-03-03T05"), "timestamp"] = "2024-03-03 05:00:00"
+    return with_csv(project, frame)
+
+
+@pytest.mark.parametrize("make", [_mixed_zone_sql_job, _mixed_zone_file_job], ids=["sql", "file"])
+def test_naive_and_aware_timestamps_mixed_give_the_same_error_for_every_source(project: Path, make) -> None:
+    job = make(project)
+    with pytest.raises(SourceError) as info:
+        run_predict(job, DAY, run_id="mixed")
+    message = str(info.value)
+    assert message.startswith(f"job 'demo_web_metrics': cannot read {'sql source' if 'sql' in job.source.kind else 'file source'}")
+    assert "for window [2024-03-03T00:00:00+00:00, 2024-03-04T00:00:00+00:00)" in message
+    assert "column 'timestamp' mixes timestamps with and without a time zone" in message
+    assert "have no time zone while the others have one" in message
+    assert not (project / "var" / "outputs").exists()
+
+
+# -- schema drift between runs --------------------------------------------------------------
+
+
+def test_each_extract_records_the_sources_column_kinds(trained: JobConfig) -> None:
+    record = json.loads(Path(schema_record_path(trained)).read_text())
+    assert record["columns"] == {"timestamp": "datetime", "region": "text", "requests": "number", "latency_ms": "number"}
+    assert record["run_id"] == "predict-1" and record["window"] == str(DAY)
+    assert Path(schema_record_path(trained)).parent == home() / "work" / "demo_web_metrics"
+
+
+DRIFT = {
+    "column renamed": (
+        lambda f: f.rename(columns={"latency_ms": "latency"}),
+        "column 'latency_ms' was number and is missing now (renamed or dropped?)",
+    ),
+    "type changed": (
+        lambda f: f.assign(requests=f["requests"].map(lambda v: f"{v} req")),
+        "column 'requests' was number and is text now",
+    ),
+    "timestamps became numbers": (
+        lambda f: f.assign(timestamp=pd.to_datetime(f["timestamp"]).astype("int64") // 10**9),
+        "column 'timestamp' was datetime and is number now",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DRIFT))
+def test_schema_drift_fails_the_next_run_naming_the_previous_one(trained: JobConfig, project: Path, case: str) -> None:
+    mutate, fragment = DRIFT[case]
+    with_csv(project, mutate(pd.read_csv(REPO / "data" / "demo" / "web_metrics.csv")))
+    before = state(trained, project)
+    for run in (lambda: run_predict(trained, NEXT_DAY, run_id="drift"), lambda: run_train(trained, Window(TRAIN.start, NEXT_DAY.end), run_id="drift-train")):
+        with pytest.raises(DataValidationError) as info:
+            run()
+        message = str(info.value)
+        assert message.startswith("job 'demo_web_metrics': schema drift in file source")
+        assert "source.csv" in message and "compared with the previous run of this source (run 'predict-1', window " + str(DAY) in message
+        assert fragment in message
+        assert "Nothing was written and the serving models are unchanged" in message
+        assert f"delete {schema_record_path(trained)} to accept the new schema" in message
+        assert state(trained, project) == before
+    # The record still describes the last good run, so the error stays until the source is fixed.
+    assert json.loads(Path(schema_record_path(trained)).read_text())["run_id"] == "predict-1"
+    with_csv(project)
+    run_predict(trained, NEXT_DAY, run_id="fixed")
+
+
+def test_a_few_bad_values_are_left_to_validation_not_called_drift(trained: JobConfig, project: Path) -> None:
+    frame = pd.read_csv(REPO / "data" / "demo" / "web_metrics.csv", dtype=object)
+    frame.loc[frame["timestamp"].str.startswith("2024-03-04T05"), "requests"] = "twelve"
+    with_csv(project, frame)
+    with pytest.raises(DataValidationError) as info:
+        run_predict(trained, NEXT_DAY, run_id="bad-values")
+    assert str(info.value).startswith("job demo_web_metrics: validation of")
+    assert '"twelve"' in str(info.value) and "schema drift" not in str(info.value)
+
+
+def test_accepting_a_changed_schema_by_deleting_the_record(trained: JobConfig, project: Path) -> None:
+    frame = pd.read_csv(REPO / "data" / "demo" / "web_metrics.csv")
+    with_csv(project, frame.assign(region=frame["region"].map({"eu": 1, "us": 2, "apac": 3})))
+    with pytest.raises(DataValidationError, match="column 'region' was text and is number now"):
+        run_predict(trained, NEXT_DAY, run_id="drift")
+    Path(schema_record_path(trained)).unlink()
+    # The demo's expectation suite lists the region names; numbered regions need it dropped too.
+    job = trained.model_copy(update={"validation": trained.validation.model_copy(update={"suite": None})})
+    run_train(job, Window(TRAIN.start + timedelta(days=2), NEXT_DAY.start), run_id="retrain")
+    run_predict(job, NEXT_DAY, run_id="accepted")
+    assert json.loads(Path(schema_record_path(trained)).read_text())["columns"]["region"] == "number"

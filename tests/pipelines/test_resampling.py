@@ -1,0 +1,183 @@
+"""Series put on the job's frequency grid by its ``resample`` rule, and the counts every run
+reports of what was merged, filled and left missing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import FileSource, ResampleConfig, get_job, parse_job
+from pipelines.errors import ConfigError
+from pipelines.extraction import extract, read_series, validate
+from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
+from pipelines.runner import run_predict, run_train
+from pipelines.workspace import Window, to_utc, validation_report_path
+
+HOUR = timedelta(hours=1)
+
+
+def series(*rows: tuple[str, float, float]) -> pd.DataFrame:
+    index = pd.DatetimeIndex([pd.Timestamp(t, tz="UTC") for t, _, _ in rows], name="ts")
+    return pd.DataFrame({"a": [a for _, a, _ in rows], "b": [b for _, _, b in rows]}, index=index)
+
+
+IRREGULAR = series(
+    ("2024-01-01 00:05", 1.0, 10.0),
+    ("2024-01-01 00:40", 3.0, 30.0),  # same bucket as 00:05
+    ("2024-01-01 01:00", 5.0, 50.0),
+    # 02:00 missing: a gap of one bucket
+    ("2024-01-01 03:20", 7.0, np.nan),  # a value missing in the source stays missing
+    # 04:00 to 06:00 missing: a gap of three buckets
+    ("2024-01-01 07:00", 9.0, 90.0),
+)
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "first_bucket"),
+    [("mean", 2.0), ("sum", 4.0), ("min", 1.0), ("max", 3.0), ("first", 1.0), ("last", 3.0), ("median", 2.0)],
+)
+def test_rows_sharing_a_bucket_are_combined_by_the_aggregate(aggregate: str, first_bucket: float) -> None:
+    out, stats = resample_series(IRREGULAR, HOUR, ResampleConfig(aggregate=aggregate))
+    assert out.index[0] == pd.Timestamp("2024-01-01 00:00", tz="UTC")
+    assert out["a"].iloc[0] == first_bucket
+    assert stats.merged_rows == 2 and stats.moved_rows == 3  # 00:05, 00:40, 03:20 are off the grid
+    # An empty bucket is missing, never a summed zero.
+    assert np.isnan(out.loc["2024-01-01 02:00", "a"])
+
+
+def test_default_rule_leaves_gaps_missing_between_the_first_and_last_rows() -> None:
+    out, stats = resample_series(IRREGULAR, HOUR, ResampleConfig())
+    assert list(out.index) == list(pd.date_range("2024-01-01 00:00", "2024-01-01 07:00", freq="h", tz="UTC"))
+    assert out.index.name == "ts"
+    assert out["a"].isna().tolist() == [False, False, True, False, True, True, True, False]
+    assert np.isnan(out.loc["2024-01-01 03:00", "b"])
+    assert stats == ResampleStats(rows=5, buckets=8, merged_rows=2, moved_rows=3, filled=0, missing=4)
+
+
+def test_forward_fill_covers_gaps_up_to_the_limit() -> None:
+    out, stats = resample_series(IRREGULAR, HOUR, ResampleConfig(fill="ffill", ffill_limit=2))
+    # The one-bucket gap is filled; of the three-bucket gap only the first two buckets are.
+    assert out.loc["2024-01-01 02:00", "a"] == 5.0
+    assert out.loc["2024-01-01 04:00", "a"] == 7.0 and out.loc["2024-01-01 05:00", "a"] == 7.0
+    assert np.isnan(out.loc["2024-01-01 06:00", "a"])
+    # b was missing at 03:00 in the source: it stays missing and nothing after it is invented.
+    assert np.isnan(out.loc["2024-01-01 03:00", "b"])
+    assert out.loc["2024-01-01 02:00", "b"] == 50.0
+    assert stats.filled == 3 and stats.missing == 1
+
+
+def test_forward_fill_without_a_limit_fills_every_gap() -> None:
+    out, stats = resample_series(IRREGULAR, HOUR, ResampleConfig(fill="ffill"))
+    assert out["a"].notna().all()
+    assert stats.filled == 4 and stats.missing == 0
+
+
+def test_a_regular_series_is_returned_unchanged() -> None:
+    index = pd.date_range("2024-01-01", periods=48, freq="h", tz="UTC", name="ts")
+    rows = pd.DataFrame({"a": np.arange(48.0)}, index=index)
+    out, stats = resample_series(rows, HOUR, ResampleConfig())
+    assert out is rows
+    assert stats == ResampleStats(48, 48, 0, 0, 0, 0) and not stats.changed
+
+
+def test_buckets_are_aligned_to_the_epoch_and_left_closed() -> None:
+    rows = series(("2024-01-01 23:59:59", 1.0, 1.0), ("2024-01-02 00:00", 2.0, 2.0), ("2024-01-02 05:59", 4.0, 4.0))
+    out, _ = resample_series(rows, timedelta(hours=6), ResampleConfig())
+    assert out["a"].to_dict() == {
+        pd.Timestamp("2024-01-01 18:00", tz="UTC"): 1.0,
+        pd.Timestamp("2024-01-02 00:00", tz="UTC"): 3.0,
+    }
+    # Weekly buckets count from 1970-01-01, a Thursday.
+    assert floor_to_grid(to_utc("2024-01-01T10:00:00Z"), timedelta(weeks=1)) == to_utc("2023-12-28T00:00:00Z")
+    assert floor_to_grid(to_utc("2024-01-01T10:15:00+02:00"), HOUR) == to_utc("2024-01-01T08:00:00Z")
+
+
+def test_ffill_limit_without_ffill_is_rejected_with_the_field_path() -> None:
+    job = get_job("demo_web_metrics").model_dump(mode="json", by_alias=True)
+    job["resample"] = {"fill": "none", "ffill_limit": 3}
+    with pytest.raises(ConfigError, match="resample: ffill_limit only applies with fill: ffill"):
+        parse_job(job, source="web.yaml")
+    job["resample"] = {"aggregate": "average"}
+    with pytest.raises(ConfigError, match=r"resample.aggregate: .*'mean'.*\(got 'average'\)"):
+        parse_job(job, source="web.yaml")
+
+
+# -- through the pipeline -------------------------------------------------------------------
+
+
+def irregular_job(project: Path, **rule) -> tuple:
+    """demo_web_metrics over a CSV where 2024-03-03 has extra readings, a missing hour and a
+    three-hour outage in region eu."""
+    data = pd.read_csv(Path(__file__).resolve().parents[2] / "data" / "demo" / "web_metrics.csv")
+    stamp = pd.to_datetime(data["timestamp"])
+    eu = data["region"] == "eu"
+    day = stamp.dt.strftime("%Y-%m-%d") == "2024-03-03"
+    gap = eu & day & stamp.dt.hour.isin([4, 9, 10, 11])
+    extra = data[eu & day & stamp.dt.hour.isin([14, 15])].copy()
+    extra["timestamp"] = (pd.to_datetime(extra["timestamp"]) + pd.Timedelta(minutes=30)).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    extra["requests"] = extra["requests"] + 100
+    path = project / "irregular.csv"
+    pd.concat([data[~gap], extra]).to_csv(path, index=False)
+    job = get_job("demo_web_metrics").model_copy(
+        update={"source": FileSource(kind="file", path=str(path), format="csv"), "resample": ResampleConfig(**rule)}
+    )
+    return job, data[eu & day & stamp.dt.hour.isin([14, 15])]
+
+
+DAY = Window(to_utc("2024-03-03T00:00:00Z"), to_utc("2024-03-04T00:00:00Z"))
+
+
+def test_validate_resamples_each_series_and_reports_it(project: Path) -> None:
+    job, originals = irregular_job(project, fill="ffill", ffill_limit=1)
+    extracted = extract(job, DAY, run_id="rs")
+    keys = validate(job, DAY, run_id="rs", purpose="predict", raw_path=extracted.paths[0])
+    eu = read_series(job, "rs", "region=eu")
+    assert len(eu) == 24 and eu.index.is_monotonic_increasing
+    # 14:00 and 14:30 share a bucket: their mean.
+    assert eu.loc["2024-03-03 14:00", "requests"] == originals["requests"].iloc[0] + 50
+    assert eu.loc["2024-03-03 04:00", "requests"] == eu.loc["2024-03-03 03:00", "requests"]  # filled
+    assert eu.loc["2024-03-03 09:00", "requests"] == eu.loc["2024-03-03 08:00", "requests"]  # filled (limit 1)
+    assert eu.loc["2024-03-03 10:00":"2024-03-03 11:00", "requests"].isna().all()  # left missing
+    expected = {"rows": 22, "buckets": 24, "merged_rows": 4, "moved_rows": 2, "filled": 2, "missing": 2}
+    assert eu.attrs["resampling"] == expected
+    assert read_series(job, "rs", "region=us").attrs["resampling"] == {
+        "rows": 24, "buckets": 24, "merged_rows": 0, "moved_rows": 0, "filled": 0, "missing": 0
+    }
+    report = json.loads(Path(validation_report_path(job, "predict", DAY, "rs")).read_text())
+    assert report["resampling"]["rule"] == {"aggregate": "mean", "fill": "ffill", "ffill_limit": 1}
+    assert report["resampling"]["series"]["region=eu"] == expected
+    assert set(report["resampling"]["series"]) == set(keys)
+
+
+def test_train_and_predict_results_carry_the_counts(project: Path, caplog: pytest.LogCaptureFixture) -> None:
+    job, _ = irregular_job(project)
+    trained = run_train(job, Window(to_utc("2024-02-05T00:00:00Z"), DAY.end), run_id="train")
+    eu = next(r for r in trained if r["series"] == "region=eu")
+    assert eu["resampling"]["missing"] == 4 and eu["resampling"]["merged_rows"] == 4
+    caplog.set_level("INFO")
+    result = run_predict(job, DAY, run_id="predict")
+    assert result.rows_per_series["region=eu"] == 24  # missing hours are kept as rows without a score
+    assert "series region=eu: resampled to 1:00:00 (aggregate mean, fill none)" in caplog.text
+    assert "4 rows merged into shared buckets, 2 moved to their bucket start, 0 empty buckets forward-filled, 4 left missing" in caplog.text
+    frame = pd.read_parquet(project / "var" / "outputs" / f"job={job.name}")
+    gaps = frame[(frame["series"] == "region=eu") & frame["timestamp"].dt.hour.isin([4, 9, 10, 11])]
+    assert gaps["value"].isna().all() and not gaps["is_anomaly"].any() and (gaps["score"] == 0).all()
+
+
+def test_regular_data_off_the_epoch_grid_keep_their_timestamps() -> None:
+    """5-minute data stamped at :04, :09, ... with a gap: the gap becomes one missing row, and
+    no timestamp moves."""
+    from pipelines.config import ResampleConfig
+    from pipelines.resampling import resample_series
+
+    index = pd.date_range("2024-01-01 00:04", periods=12, freq="5min", tz="UTC").delete([5])
+    rows = pd.DataFrame({"v": np.arange(11.0)}, index=index)
+    out, stats = resample_series(rows, pd.Timedelta("5min").to_pytimedelta(), ResampleConfig())
+    assert stats.moved_rows == 0 and stats.missing == 1 and stats.merged_rows == 0
+    assert out.index.equals(pd.date_range("2024-01-01 00:04", periods=12, freq="5min", tz="UTC"))
+    assert np.isnan(out["v"].iloc[5]) and out["v"].iloc[6] == 5.0
