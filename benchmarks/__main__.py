@@ -23,6 +23,10 @@ BENCHMARKS: dict[str, str] = {
     "parse": "benchmarks.parse_time",
     "one_off": "benchmarks.one_off",
     "nab": "benchmarks.nab",
+    "train_many": "benchmarks.train_many",
+    "backfill": "benchmarks.backfill",
+    "dashboard": "benchmarks.dashboard",
+    "api": "benchmarks.api_latency",
 }
 
 log = logging.getLogger("benchmarks")

@@ -23,6 +23,7 @@ from pipelines.db import engine_for
 from pipelines.detectors import BaseDetector
 from pipelines.errors import ModelError
 from pipelines.extraction import checked_batch, prepare, read_parquet, series_groups
+from pipelines.registry import ModelVersion
 from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
 from pipelines.sinks import BigQuerySink, ParquetSink, SqlSink
@@ -33,26 +34,24 @@ log = logging.getLogger(__name__)
 
 
 def labeled_frame(
-    detector: BaseDetector,
+    job: JobConfig,
+    series: str,
+    dimensions: dict[str, str],
+    champion: tuple[ModelVersion, BaseDetector],
     rows: pd.DataFrame,
     history: pd.DataFrame | None,
     interval: Window,
-    *,
-    job: str,
-    series: str,
-    dimensions: dict[str, str],
-    model: str,
-    model_version: str,
     run_id: str,
 ) -> pd.DataFrame:
     """Score ``rows`` (``history``: the rows just before them) in the output schema."""
+    version, detector = champion
     history = history if history is not None and len(history) else None
     frame = detector.detect(rows, history=history).to_frame()
     frame = frame.assign(
-        job=job,
+        job=job.name,
         series=series,
-        model=model,
-        model_version=model_version,
+        model=job.model.kind,
+        model_version=version.version,
         run_id=run_id,
         interval_start=interval.start,
         interval_end=interval.end,
@@ -98,18 +97,9 @@ def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
     Rows of ``data`` before the window are the history the model's rolling features need.
     """
     version, detector = _champion(job, series)
-    frame = labeled_frame(
-        detector,
-        data[(data.index >= window.start) & (data.index < window.end)],
-        data[data.index < window.start],
-        window,
-        job=job.name,
-        series=series,
-        dimensions=parse_series_key(series, job.dimensions),
-        model=job.model.kind,
-        model_version=version.version,
-        run_id=run_id,
-    )
+    inside = (data.index >= window.start) & (data.index < window.end)
+    dimensions = parse_series_key(series, job.dimensions)
+    frame = labeled_frame(job, series, dimensions, (version, detector), data[inside], data[data.index < window.start], window, run_id)
     path = Workspace(job.name, run_id).scored(series)
     _write_parquet(frame, path)
     anomalies = int(frame.loc[frame["is_anomaly"], "timestamp"].nunique())
@@ -133,20 +123,7 @@ def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chun
     history = _history_before(job, chunk_paths[:index], manifest[:index], needs)
     frames = []
     for key, dims, rows, version, detector in series:
-        frames.append(
-            labeled_frame(
-                detector,
-                rows,
-                history.get(key),
-                window,
-                job=job.name,
-                series=key,
-                dimensions=dims,
-                model=job.model.kind,
-                model_version=version.version,
-                run_id=run_id,
-            )
-        )
+        frames.append(labeled_frame(job, key, dims, (version, detector), rows, history.get(key), window, run_id))
     frame = pd.concat(frames, ignore_index=True)
     path = Workspace(job.name, run_id).scored_chunk(index)
     _write_parquet(frame, path)

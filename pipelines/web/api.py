@@ -1,0 +1,370 @@
+"""The scoring API: synchronous detection, champion metadata and one-off scoring runs of files.
+
+Routes are thin: the work is done by :mod:`pipelines.web.detect`, the model registry and
+Airflow's own REST API (one-off runs are started with the caller's token, so Airflow's
+permissions apply to them as to any trigger).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path as FilePath
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi.responses import Response
+
+from pipelines.web.auth import SESSION_COOKIE, BaseUser, CurrentUser, JobAccess, authorize_job
+from pipelines.web.schemas import (
+    JOB_NAME_PATTERN,
+    MAX_DETECT_POINTS,
+    RUN_ID_PATTERN,
+    SERIES_PATTERN,
+    ChampionInfo,
+    DetectRequest,
+    DetectResponse,
+    ModelInfo,
+    ScoreFileRequest,
+    ScoreFileRun,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.config import JobConfig
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+#: Where Airflow's REST API is, when it is not the server this request came through.
+AIRFLOW_URL_ENV = "ANOMALY_PIPELINES_AIRFLOW_URL"
+REMOTE_SCHEMES = ("s3://", "gs://")
+AIRFLOW_TIMEOUT = 30.0
+
+router = APIRouter(prefix=API_PREFIX, tags=["scoring"])
+
+JobName = Annotated[str, Path(pattern=JOB_NAME_PATTERN, description="The job's name, as in config/jobs/*.yaml.")]
+
+
+def _error(code: int, description: str) -> dict[str, Any]:
+    return {code: {"description": description, "content": {"application/json": {"example": {"detail": "..."}}}}}
+
+
+_AUTH_ERRORS = {
+    **_error(401, "No valid Airflow token or session."),
+    **_error(403, "The user may not use this job's DAGs."),
+    **_error(404, "No such job."),
+}
+
+
+def _load_job(name: str) -> JobConfig:
+    from pipelines.config import load_jobs
+    from pipelines.errors import ConfigError
+
+    try:
+        jobs = load_jobs()
+    except ConfigError as exc:
+        log.error("cannot load the job configuration: %s", exc)
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            detail=f"the server's job configuration is invalid; fix it (anomaly-pipelines validate-config): {exc}",
+        ) from exc
+    if name not in jobs:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"no job named {name!r}; configured jobs: {', '.join(jobs) or 'none'}"
+        )
+    return jobs[name]
+
+
+def _authorized_job(user: BaseUser, name: str, method: JobAccess) -> JobConfig:
+    # Permission first: whether a job exists is only told to users allowed to use it.
+    authorize_job(user, name, method)
+    return _load_job(name)
+
+
+@router.post(
+    "/jobs/{job}/detect",
+    summary="Score points with the job's champion models",
+    response_model=None,
+    responses={
+        200: {"model": DetectResponse, "description": "One output row per data point, and a summary."},
+        **_AUTH_ERRORS,
+        **_error(409, "A series of the points has no champion model yet: train the job first."),
+        **_error(413, f"More than {MAX_DETECT_POINTS:,} data points: use score-file."),
+        **_error(422, "Points that do not fit the job: columns, types, timestamps, duplicates, the job's checks."),
+    },
+)
+def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
+    """Synchronous detection (at most 30,000 data points = rows x features per call)."""
+    from pipelines.errors import DataValidationError, ModelError
+    from pipelines.web.detect import detect_points, points_of
+
+    config = _authorized_job(user, job, "POST")
+    points = points_of(config, len(body.points))
+    if points > MAX_DETECT_POINTS:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail=(
+                f"job {job}: {len(body.points):,} rows x {len(config.features)} features = {points:,} data points, "
+                f"more than the {MAX_DETECT_POINTS:,} one synchronous call may score. Split them into smaller calls, "
+                f"or score the whole file with a one-off scoring run: POST {API_PREFIX}/jobs/{job}/score-file."
+            ),
+        )
+    run_id = f"api__{uuid.uuid4().hex[:16]}"
+    try:
+        detected = detect_points(config, body.points, run_id=run_id)
+    except DataValidationError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from exc
+    except ModelError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    frame = detected.frame
+    anomalous = frame.loc[frame["is_anomaly"], ["series", "timestamp"]].drop_duplicates()
+    per_series = anomalous["series"].value_counts()
+    points_per_series = frame["series"].value_counts()
+    head = {
+        "job": job,
+        "run_id": run_id,
+        "points": len(frame),
+        "anomalies": len(anomalous),
+        "series": [
+            {
+                "series": key,
+                "model_version": version,
+                "points": int(points_per_series.get(key, 0)),
+                "anomalies": int(per_series.get(key, 0)),
+                "resampling": detected.resampling[key],
+            }
+            for key, version in detected.versions.items()
+        ],
+    }
+    results = _records_json(frame)
+    content = json.dumps(head)[:-1] + ', "results": ' + results + "}"
+    return Response(content=content, media_type="application/json")
+
+
+def _records_json(frame: pd.DataFrame) -> str:
+    """``frame`` as a JSON array of records, timestamps as ISO 8601 UTC text.
+
+    30,000 rows through pydantic and jsonable_encoder take longer than the scoring itself, and
+    pandas' own ISO date formatting is three times slower than NumPy's, so the times are turned
+    into text here and pandas writes the rest (the shape is the documented DetectResponse).
+    """
+    import numpy as np
+    import pandas as pd
+
+    out = frame.copy(deep=False)
+    for name in out.columns:
+        if isinstance(out[name].dtype, pd.DatetimeTZDtype):
+            text = np.datetime_as_string(out[name].dt.tz_convert(None).to_numpy(), unit="us").astype(object) + "Z"
+            out[name] = np.where(out[name].isna().to_numpy(), None, text)
+    return out.to_json(orient="records", double_precision=15)
+
+
+@router.get(
+    "/jobs/{job}/model",
+    summary="The job's champion models: version, training time, parameters, metrics",
+    response_model=ModelInfo,
+    responses={**_AUTH_ERRORS},
+)
+def model(
+    job: JobName,
+    user: CurrentUser,
+    series: Annotated[
+        str | None, Query(pattern=SERIES_PATTERN, description="One series, e.g. 'region=eu' ('all' without dimensions).")
+    ] = None,
+) -> ModelInfo:
+    """Champion metadata per series, like OCI's model information."""
+    from pipelines.training import registry_for
+
+    config = _authorized_job(user, job, "GET")
+    registry = registry_for(config)
+    keys = registry.series(job)
+    if series is not None:
+        if series not in keys:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                detail=f"job {job} has no model for series {series!r}; series with models: {', '.join(keys) or 'none'}",
+            )
+        keys = [series]
+    champions = []
+    for key in keys:
+        version = registry.champion(job, key)
+        if version is None:
+            continue
+        meta = version.metadata
+        champions.append(
+            ChampionInfo(
+                series=key,
+                version=version.version,
+                trained_at=meta.get("trained_at"),
+                model=meta.get("model"),
+                training_window=meta.get("training_window"),
+                rows=meta.get("rows"),
+                decision=meta.get("decision"),
+                params=meta.get("params") or {},
+                threshold=meta.get("threshold"),
+                metrics=meta.get("metrics") or {},
+                features=meta.get("features") or config.features,
+                metadata=meta,
+            )
+        )
+    if not champions:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"job {job} has no champion model{' for series ' + repr(series) if series else ''} yet: "
+            f"run {job}__train (or `anomaly-pipelines train {job}`) first",
+        )
+    return ModelInfo(job=job, model=config.model.kind, features=config.features, dimensions=config.dimensions, champions=champions)
+
+
+def _bad_location(what: str, given: str, why: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"{what} {given!r} is not allowed: {why}")
+
+
+def _checked_location(what: str, given: str, *, inside: FilePath, must_exist: bool) -> str:
+    """An s3:// or gs:// URL as given, or the absolute local path of ``given`` if it stays in ``inside``.
+
+    The check is lexical (``..`` is resolved, symlinks are not): links the operator placed inside
+    the project (such as ``data/``) are trusted, a request can only name paths below it.
+    """
+    from pipelines.config import base_dir
+
+    if "\x00" in given or any(ch in given for ch in "\r\n"):
+        raise _bad_location(what, given, "it holds control characters")
+    if "://" in given:
+        scheme, _, rest = given.partition("://")
+        if f"{scheme}://" not in REMOTE_SCHEMES or not rest.strip("/") or ".." in rest.split("/"):
+            raise _bad_location(what, given, "URLs must be s3://bucket/key or gs://bucket/key")
+        return given
+    path = FilePath(given)
+    absolute = FilePath(os.path.normpath(path if path.is_absolute() else base_dir() / path))
+    if not absolute.is_relative_to(inside):
+        raise _bad_location(what, given, f"local paths must stay inside {inside} (relative paths start there)")
+    if must_exist and not absolute.is_file():
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"{what} {given!r}: no such file ({absolute}); check the path"
+        )
+    return str(absolute)
+
+
+def _airflow_url(request: Request) -> str:
+    """Airflow's REST API root: $ANOMALY_PIPELINES_AIRFLOW_URL, else the server this request came through."""
+    from pipelines.web import URL_PREFIX
+
+    if configured := os.environ.get(AIRFLOW_URL_ENV):
+        return configured.rstrip("/")
+    # Mounted in the api-server, root_path is Airflow's own root followed by our mount point.
+    root = request.scope.get("root_path", "").rstrip("/").removesuffix(URL_PREFIX)
+    return f"{request.url.scheme}://{request.url.netloc}{root}"
+
+
+def _caller_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return token.strip()
+    return request.cookies.get(SESSION_COOKIE, "")
+
+
+async def _airflow(request: Request, method: str, path: str, *, json_body: dict[str, Any] | None = None) -> Any:
+    """Call Airflow's REST API as the caller; its refusals come back as the same HTTP errors."""
+    import httpx
+
+    url = f"{_airflow_url(request)}/api/v2{path}"
+    try:
+        async with httpx.AsyncClient(timeout=AIRFLOW_TIMEOUT) as client:
+            answer = await client.request(
+                method, url, json=json_body, headers={"Authorization": f"Bearer {_caller_token(request)}"}
+            )
+    except httpx.HTTPError as exc:
+        log.error("cannot reach Airflow's REST API at %s: %s", url, exc)
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY,
+            detail=f"cannot reach Airflow's REST API at {url} ({exc.__class__.__name__}); "
+            f"check that the api-server runs, or set {AIRFLOW_URL_ENV}",
+        ) from exc
+    if answer.is_success:
+        return answer.json()
+    try:
+        detail = answer.json().get("detail", answer.text)
+    except ValueError:
+        detail = answer.text
+    log.warning("Airflow answered %s %s with %d: %s", method, url, answer.status_code, detail)
+    code = answer.status_code if answer.status_code in (401, 403, 404, 409) else status.HTTP_502_BAD_GATEWAY
+    raise HTTPException(code, detail=f"Airflow refused {method} {path}: {detail}")
+
+
+def _run_view(config: JobConfig, run: dict[str, Any], warning: str | None = None) -> ScoreFileRun:
+    from pipelines.workspace import one_off_output
+
+    conf = run.get("conf") or {}
+    return ScoreFileRun(
+        job=config.name,
+        dag_id=run["dag_id"],
+        run_id=run["dag_run_id"],
+        state=run.get("state") or "queued",
+        input=conf["input"],
+        output=conf.get("output") or one_off_output(config, run["dag_run_id"]),
+        start_date=run.get("start_date"),
+        end_date=run.get("end_date"),
+        warning=warning,
+    )
+
+
+@router.post(
+    "/jobs/{job}/score-file",
+    summary="Start a one-off scoring run of a whole file",
+    response_model=ScoreFileRun,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        **_AUTH_ERRORS,
+        **_error(409, "Airflow refused the run (conflict)."),
+        **_error(422, "Input or output not allowed, or no such file."),
+        **_error(502, "Airflow's REST API could not be reached or failed."),
+    },
+)
+async def score_file(job: JobName, body: ScoreFileRequest, request: Request, user: CurrentUser) -> ScoreFileRun:
+    """Trigger ``<job>__predict`` with ``input`` (and ``output``, ``chunk_rows``); poll the returned run id."""
+    from pipelines.config import base_dir
+    from pipelines.workspace import home
+
+    config = _authorized_job(user, job, "POST")
+    conf: dict[str, Any] = {"input": _checked_location("input", body.input, inside=base_dir(), must_exist=True)}
+    if body.output is not None:
+        if not body.output.endswith(".parquet"):
+            raise _bad_location("output", body.output, "the output is a Parquet file: its name must end with .parquet")
+        conf["output"] = _checked_location("output", body.output, inside=home(), must_exist=False)
+    if body.chunk_rows is not None:
+        conf["chunk_rows"] = body.chunk_rows
+    dag_id = f"{job}__predict"
+    run = await _airflow(request, "POST", f"/dags/{dag_id}/dagRuns", json_body={"logical_date": None, "conf": conf})
+    log.info("user %r started one-off scoring run %s of %s for %s", user.get_name(), run["dag_run_id"], dag_id, conf["input"])
+    dag = await _airflow(request, "GET", f"/dags/{dag_id}")
+    warning = f"{dag_id} is paused: the run waits until it is unpaused" if dag.get("is_paused") else None
+    return _run_view(config, run, warning)
+
+
+@router.get(
+    "/jobs/{job}/score-file/{run_id}",
+    summary="State and output location of a one-off scoring run",
+    response_model=ScoreFileRun,
+    responses={**_AUTH_ERRORS, **_error(502, "Airflow's REST API could not be reached or failed.")},
+)
+async def score_file_run(
+    job: JobName,
+    run_id: Annotated[str, Path(pattern=RUN_ID_PATTERN, description="The run id score-file returned.")],
+    request: Request,
+    user: CurrentUser,
+) -> ScoreFileRun:
+    config = _authorized_job(user, job, "GET")
+    dag_id = f"{job}__predict"
+    run = await _airflow(request, "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
+    if not (run.get("conf") or {}).get("input"):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"run {run_id} of {dag_id} is a scheduled run, not a one-off scoring run"
+        )
+    return _run_view(config, run)

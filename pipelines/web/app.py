@@ -1,0 +1,151 @@
+"""The FastAPI application of the Airflow plugin: the scoring API and the dashboard pages.
+
+Every route, including the OpenAPI document and its Swagger page, requires an Airflow login
+(:func:`pipelines.web.auth.require_user`): Airflow mounts plugin apps without any protection.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipelines import __version__
+from pipelines.web import URL_PREFIX
+from pipelines.web.auth import auth_manager, require_user
+from pipelines.web.schemas import MAX_BODY_BYTES, MAX_DETECT_POINTS
+
+log = logging.getLogger(__name__)
+
+__all__ = ["URL_PREFIX", "create_app"]
+
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"
+
+
+def _dashboard_router() -> APIRouter | None:
+    """The dashboard pages (``pipelines.web.dashboard.router``), when that module is installed."""
+    try:
+        from pipelines.web.dashboard import router
+    except ModuleNotFoundError as exc:
+        if exc.name != "pipelines.web.dashboard":
+            raise  # the dashboard exists but one of its imports is missing: say so, loudly
+        return None
+    return router
+
+
+def _routers() -> list[APIRouter]:
+    from pipelines.web.api import router as api_router
+
+    routers = [api_router]
+    if (dashboard := _dashboard_router()) is not None:
+        routers.append(dashboard)
+    return routers
+
+
+class _BodyLimit:
+    """Refuse request bodies over ``MAX_BODY_BYTES`` before they are read into memory.
+
+    Starlette has no body limit of its own; a declared Content-Length is checked at once, a
+    chunked body while it streams in.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                # An HTTPException, so FastAPI's body parsing passes it on instead of answering 400.
+                raise HTTPException(413, detail=self._detail())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self) -> str:
+        return (
+            f"the request body is larger than {self.limit // 2**20} MiB; a detect call holds at most "
+            f"{MAX_DETECT_POINTS:,} data points: score larger inputs with a one-off run (score-file)"
+        )
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"detail": self._detail()}, status_code=413)(scope, receive, send)
+
+
+async def _login_redirect_or_error(request: Request, exc: HTTPException) -> Response:
+    # A person opening a page without a session is sent to Airflow's login page and back;
+    # API clients (no text/html in Accept, or an explicit Authorization header) get the 401.
+    wants_html = "text/html" in request.headers.get("accept", "")
+    if exc.status_code == 401 and wants_html and "authorization" not in request.headers:
+        try:
+            return RedirectResponse(auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+        except Exception:  # noqa: BLE001 - a broken login URL must not hide the 401 itself
+            log.exception("cannot build Airflow's login URL; answering 401")
+    return await http_exception_handler(request, exc)
+
+
+def create_app() -> FastAPI:
+    """The plugin's FastAPI app: API routes under ``/api/v1``, dashboard pages (if installed) under ``/``."""
+    app = FastAPI(
+        title="Anomaly Pipelines",
+        version=__version__,
+        description=(
+            "Scoring API of the anomaly-pipelines Airflow plugin: score points with a job's champion "
+            "models, read their metadata, and start one-off scoring runs of whole files. Every "
+            "operation needs an Airflow login: an API token from Airflow's `POST /auth/token` sent as "
+            "`Authorization: Bearer <token>`, or the Airflow UI session cookie. See docs/API.md."
+        ),
+        openapi_url=None,  # served below, behind authentication
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(require_user)],
+    )
+    for router in _routers():
+        app.include_router(router)
+    app.add_exception_handler(HTTPException, _login_redirect_or_error)  # type: ignore[arg-type]  # Starlette types handlers loosely
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+
+    @app.get(OPENAPI_PATH, include_in_schema=False, dependencies=[Depends(require_user)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get(DOCS_PATH, include_in_schema=False, dependencies=[Depends(require_user)])
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}{OPENAPI_PATH}", title="Anomaly Pipelines API")
+
+    return app
+
+
+class LazyApp:
+    """An ASGI app that builds :func:`create_app` on its first request.
+
+    Airflow imports plugins in every process that loads them (scheduler, DAG processor, task
+    runners), while only the api-server serves this app: building it there, on first use, keeps
+    pandas and pyarrow (the dashboard's data layer) out of the others' start-up.
+    """
+
+    def __init__(self) -> None:
+        self._app: FastAPI | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:  # one event loop per api-server worker: no lock needed
+            self._app = create_app()
+        await self._app(scope, receive, send)

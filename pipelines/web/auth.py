@@ -1,0 +1,164 @@
+"""Authentication and per-job authorization for the plugin's pages and API.
+
+Airflow does not protect the FastAPI apps that plugins mount, so every route of this package
+depends on :func:`require_user`. Credentials are the ones Airflow itself issues: the JWT of
+``POST /auth/token`` sent as ``Authorization: Bearer``, or the UI session (Airflow 3 keeps the same
+JWT in the ``_token`` cookie). They are verified by the configured auth manager
+(``get_user_from_token``: signature, expiry, audience, revocation), never decoded by hand, and
+permissions come from its ``is_authorized_dag``, so the plugin follows whatever auth manager and
+roles the deployment uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Annotated, Literal
+
+# A small module without side effects; FastAPI needs the type at runtime for ``CurrentUser``.
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+
+if TYPE_CHECKING:
+    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
+
+log = logging.getLogger(__name__)
+
+# Airflow 3's UI stores its JWT in this cookie (base_auth_manager.COOKIE_NAME_JWT_TOKEN); kept as a
+# literal so importing this module (the plugin is imported by every Airflow process) stays cheap.
+SESSION_COOKIE = "_token"
+
+JobAccess = Literal["GET", "POST"]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="AirflowToken",
+    description="An Airflow API token: the `access_token` returned by Airflow's `POST /auth/token`.",
+)
+_session = APIKeyCookie(
+    name=SESSION_COOKIE,
+    auto_error=False,
+    scheme_name="AirflowSession",
+    description="The Airflow UI session (set when logging in to the Airflow UI).",
+)
+_init_lock = threading.Lock()
+
+_NOT_AUTHENTICATED = (
+    "not authenticated: send an Airflow API token as 'Authorization: Bearer <token>' "
+    "(get one from Airflow's POST /auth/token) or log in to the Airflow UI"
+)
+
+
+def auth_manager() -> BaseAuthManager:
+    """The auth manager of the running api-server, or a new one when the app runs on its own.
+
+    Inside ``airflow api-server`` the auth manager is initialised after plugins are imported, so
+    it is looked up per request, not at import. Standalone (tests, benchmarks, ``uvicorn``) it is
+    initialised once here from the same ``[core] auth_manager`` setting.
+    """
+    from airflow.api_fastapi.app import get_auth_manager, init_auth_manager
+
+    try:
+        return get_auth_manager()
+    except RuntimeError:
+        with _init_lock:
+            try:
+                return get_auth_manager()
+            except RuntimeError:
+                log.info("initialising Airflow's auth manager for the standalone anomaly-pipelines app")
+                return init_auth_manager()
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_user(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    session_token: Annotated[str | None, Depends(_session)],
+) -> BaseUser:
+    """FastAPI dependency: the Airflow user making the request; 401 without valid credentials.
+
+    An explicit bearer token wins over the session cookie, as in Airflow's own API.
+    """
+    from jwt import ExpiredSignatureError, InvalidTokenError
+
+    if bearer is not None:
+        token: str | None = bearer.credentials
+    else:
+        # Airflow's JWTRefreshMiddleware may already have validated (and refreshed) the cookie;
+        # it marks the user with a sentinel only trusted in-tree code sets.
+        from airflow.api_fastapi.core_api.security import USER_INJECTED_BY_TRUSTED_MIDDLEWARE
+
+        user = getattr(request.state, "user", None)
+        if user is not None and getattr(request.state, "user_authenticated_via", None) is USER_INJECTED_BY_TRUSTED_MIDDLEWARE:
+            return user
+        token = session_token
+    if not token:
+        raise _unauthorized(_NOT_AUTHENTICATED)
+    try:
+        return await auth_manager().get_user_from_token(token)
+    except ExpiredSignatureError:
+        raise _unauthorized("the Airflow token has expired: get a new one from POST /auth/token or log in again") from None
+    except InvalidTokenError:
+        raise _unauthorized(
+            "the Airflow token is not valid (bad signature, revoked or malformed): "
+            "get a new one from POST /auth/token or log in again"
+        ) from None
+
+
+CurrentUser = Annotated[BaseUser, Depends(require_user)]
+
+
+def job_dag_ids(job_name: str) -> list[str]:
+    """The DAGs ``dags/anomaly_jobs.py`` makes for a job."""
+    return [f"{job_name}__{kind}" for kind in ("train", "predict", "tune")]
+
+
+def _team_name(dag_id: str) -> str | None:
+    from airflow.configuration import conf
+
+    if not conf.getboolean("core", "multi_team", fallback=False):
+        return None
+    from airflow.models.dag import DagModel
+
+    return DagModel.get_team_name(dag_id)
+
+
+def is_job_authorized(user: BaseUser, job_name: str, method: JobAccess) -> bool:
+    """Whether ``user`` may read (``GET``) or run (``POST``) ``job_name``.
+
+    Reading needs read access to every DAG of the job (its models come from ``__train``, its
+    scores from ``__predict``); running, i.e. scoring with its models or starting a scoring run,
+    needs the right to trigger ``<job>__predict``, as Airflow's ``POST /dags/{dag_id}/dagRuns``.
+    """
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    manager = auth_manager()
+    if method == "GET":
+        return all(
+            manager.is_authorized_dag(method="GET", details=DagDetails(id=dag_id, team_name=_team_name(dag_id)), user=user)
+            for dag_id in job_dag_ids(job_name)
+        )
+    dag_id = f"{job_name}__predict"
+    return manager.is_authorized_dag(
+        method="POST",
+        access_entity=DagAccessEntity.RUN,
+        details=DagDetails(id=dag_id, team_name=_team_name(dag_id)),
+        user=user,
+    )
+
+
+def authorize_job(user: BaseUser, job_name: str, method: JobAccess) -> None:
+    """Raise 403 unless ``user`` may read (``GET``) or run (``POST``) ``job_name``."""
+    if is_job_authorized(user, job_name, method):
+        return
+    action = "read" if method == "GET" else "trigger runs of"
+    dags = ", ".join(job_dag_ids(job_name)) if method == "GET" else f"{job_name}__predict"
+    log.info("user %r refused %s access to job %r", user.get_name(), method, job_name)
+    raise HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        detail=f"user {user.get_name()!r} may not {action} job {job_name!r} (DAGs {dags}): ask an Airflow admin for access",
+    )

@@ -1,0 +1,299 @@
+"""The Anomalies dashboard: HTML pages and the JSON their charts load, under ``/dashboard``.
+
+Served by the plugin's app (``create_app`` includes :data:`router`) inside Airflow's api-server,
+so the pages open same-origin in the Airflow UI's iframes ("Anomalies" in the navigation and the
+"Anomalies" tab of DAG runs) and the UI's session cookie authenticates them. Every route depends
+on :func:`pipelines.web.auth.require_user`, and a job is shown only to users who may read its
+DAGs. Pages are rendered on the server (Jinja2); the charts are drawn by uPlot (vendored in
+``static/vendor``, no CDN) from the data endpoints, which aggregate on the server
+(:mod:`pipelines.web.dashboard_data`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from pipelines.config import JobConfig, load_jobs
+from pipelines.errors import ConfigError, PipelineError
+from pipelines.web import dashboard_data as data
+from pipelines.web.auth import BaseUser, CurrentUser, authorize_job, is_job_authorized, require_user
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PREFIX = "/dashboard"
+HERE = Path(__file__).resolve().parent
+#: Charts drawn on the job page when no series is chosen: the series with the most anomalies.
+DEFAULT_CHARTS = 4
+#: Most series charted at once (each chart is one request).
+MAX_CHARTS = 12
+#: Anomaly events listed on the job page, strongest first (the data endpoint gives up to 500).
+PAGE_EVENTS = 100
+
+templates = Jinja2Templates(directory=HERE / "templates")
+_static = StaticFiles(directory=HERE / "static")
+
+router = APIRouter(prefix=PREFIX, dependencies=[Depends(require_user)], include_in_schema=False)
+
+SeriesParam = Annotated[list[str], Query(description="series keys, e.g. region=eu; repeat for several")]
+StartParam = Annotated[str | None, Query(description="ISO 8601 start (inclusive); naive times are UTC")]
+EndParam = Annotated[str | None, Query(description="ISO 8601 end (exclusive); naive times are UTC")]
+ScoreParam = Annotated[float | None, Query(description="least score of the anomalies shown, in [0, 1]")]
+
+
+def _status(exc: PipelineError) -> int:
+    return status.HTTP_400_BAD_REQUEST if isinstance(exc, ConfigError) else status.HTTP_500_INTERNAL_SERVER_ERROR
+
+
+def _jobs() -> dict[str, JobConfig]:
+    try:
+        return load_jobs()
+    except ConfigError as exc:
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            detail=f"the job files cannot be loaded, so the dashboard has nothing to show: {exc}",
+        ) from exc
+
+
+def _job(name: str, user: BaseUser) -> JobConfig:
+    jobs = _jobs()
+    if name not in jobs:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"no job named {name!r}; configured jobs: {', '.join(jobs) or 'none (add a file to config/jobs)'}",
+        )
+    authorize_job(user, name, "GET")
+    return jobs[name]
+
+
+def _filters(series: list[str], start: str | None, end: str | None, min_score: float | None) -> data.Filters:
+    try:
+        return data.Filters.parse(series, start or None, end or None, min_score)
+    except ConfigError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+
+
+def _query_filters(
+    series: SeriesParam = [],  # noqa: B006 - FastAPI copies query defaults
+    start: StartParam = None,
+    end: EndParam = None,
+    min_score: ScoreParam = None,
+) -> data.Filters:
+    """The filters of a page or data request, from its query string (400 when one is invalid)."""
+    return _filters(series, start, end, min_score)
+
+
+QueryFilters = Annotated[data.Filters, Depends(_query_filters)]
+
+
+def _call(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args)``, with the library's errors turned into HTTP errors that say what to do."""
+    try:
+        return func(*args, **kwargs)
+    except PipelineError as exc:
+        log.warning("dashboard: %s failed: %s", what, exc)
+        raise HTTPException(_status(exc), detail=f"{what}: {exc}") from exc
+
+
+def _base(request: Request) -> str:
+    # Inside Airflow the app is mounted under the plugin's url_prefix (the ASGI root_path).
+    return request.scope.get("root_path", "").rstrip("/") + PREFIX
+
+
+def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, {"base": _base(request), **context})
+
+
+def _error_page(request: Request, exc: HTTPException) -> HTMLResponse:
+    response = _page(request, "error.html", status_code=exc.status_code, detail=exc.detail)
+    response.status_code = exc.status_code
+    return response
+
+
+# -- static files ---------------------------------------------------------------------------------
+
+
+@router.get("/static/{path:path}", name="dashboard_static")
+async def static(path: str, request: Request) -> Response:
+    """The dashboard's CSS, JS and vendored libraries (Starlette's StaticFiles resolves the path safely)."""
+    return await _static.get_response(path, request.scope)
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def jobs_page(request: Request, user: CurrentUser) -> HTMLResponse:
+    """All jobs at a glance."""
+    try:
+        jobs = [job for name, job in _jobs().items() if is_job_authorized(user, name, "GET")]
+        rows = _call("the jobs overview", data.overview, jobs)
+    except HTTPException as exc:
+        return _error_page(request, exc)
+    return _page(request, "jobs.html", rows=rows)
+
+
+@router.get("/jobs/{job_name}", response_class=HTMLResponse)
+def job_page(
+    request: Request,
+    job_name: str,
+    user: CurrentUser,
+    series: SeriesParam = [],  # noqa: B006 - FastAPI copies query defaults
+    start: StartParam = None,
+    end: EndParam = None,
+    min_score: ScoreParam = None,
+) -> HTMLResponse:
+    """One job: its series, a chart per series and feature, the anomaly events; filters on top."""
+    # Parsed here, not by the QueryFilters dependency: a bad filter is shown as a page, not JSON.
+    try:
+        job = _job(job_name, user)
+        filters = _filters(series, start, end, min_score)
+        return _job_view(request, job, filters)
+    except HTTPException as exc:
+        return _error_page(request, exc)
+
+
+def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict[str, Any] | None = None) -> HTMLResponse:
+    summary = _call(f"job {job.name!r}: series summary", data.series_summary, job, data.Filters((), filters.start, filters.end, filters.min_score))
+    events = _call(f"job {job.name!r}: anomaly events", data.anomaly_events, job, filters, PAGE_EVENTS)
+    known = {row["series"] for row in summary}
+    unknown = [s for s in filters.series if s not in known]
+    charted = list(filters.series[:MAX_CHARTS]) if filters.series else [row["series"] for row in summary[:DEFAULT_CHARTS]]
+
+    def link(**changes: Any) -> str:
+        """The query string of this page with some filters changed (for links in the tables)."""
+        params: dict[str, Any] = {
+            "series": list(filters.series),
+            "start": "" if run else (filters.start.isoformat() if filters.start else ""),
+            "end": "" if run else (filters.end.isoformat() if filters.end else ""),
+            "min_score": filters.min_score or "",
+            **changes,
+        }
+        pairs = [(k, v) for k, values in params.items() for v in (values if isinstance(values, list) else [values]) if v != ""]
+        return urlencode(pairs)
+
+    return _page(
+        request,
+        "job.html",
+        job=job,
+        filters=filters,
+        summary=summary,
+        selected=set(filters.series),
+        charted=[s for s in charted if s in known],
+        unknown=unknown,
+        events=events,
+        run=run,
+        multivariate=len(job.features) > 1,
+        link=link,
+    )
+
+
+@router.get("/jobs/{job_name}/models", response_class=HTMLResponse)
+def models_page(request: Request, job_name: str, user: CurrentUser) -> HTMLResponse:
+    """The model versions of every series, their metrics, the champion marked."""
+    try:
+        job = _job(job_name, user)
+        return _page(request, "models.html", job=job, models=_call(f"job {job_name!r}: models", data.models, job))
+    except HTTPException as exc:
+        return _error_page(request, exc)
+
+
+@router.get("/jobs/{job_name}/validation", response_class=HTMLResponse)
+def validation_page(request: Request, job_name: str, user: CurrentUser) -> HTMLResponse:
+    """The last validation results, failures explained."""
+    try:
+        job = _job(job_name, user)
+        results = _call(f"job {job_name!r}: validation results", data.validation_results, job)
+        return _page(request, "validation.html", job=job, results=results)
+    except HTTPException as exc:
+        return _error_page(request, exc)
+
+
+@router.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)
+def run_page(
+    request: Request,
+    dag_id: str,
+    run_id: str,
+    user: CurrentUser,
+    series: SeriesParam = [],  # noqa: B006 - FastAPI copies query defaults
+    min_score: ScoreParam = None,
+) -> HTMLResponse:
+    """The "Anomalies" tab of a DAG run: what a predict run scored and found."""
+    try:
+        found = data.job_dag_kind(dag_id, _jobs())
+        if found is None:
+            return _page(request, "run.html", dag_id=dag_id, run_id=run_id, job=None, kind=None, run=None)
+        job, kind = found
+        authorize_job(user, job.name, "GET")
+        if kind != "predict":
+            return _page(request, "run.html", dag_id=dag_id, run_id=run_id, job=job, kind=kind, run=None)
+        run = _call(f"job {job.name!r}: run {run_id}", data.run_summary, job, run_id)
+        if run is None:
+            return _page(request, "run.html", dag_id=dag_id, run_id=run_id, job=job, kind=kind, run=None)
+        filters = _filters(series, run["window"]["start"], run["window"]["end"], min_score)
+        return _job_view(request, job, filters, run={**run, "dag_id": dag_id})
+    except HTTPException as exc:
+        return _error_page(request, exc)
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@router.get("/data/jobs")
+def jobs_data(user: CurrentUser) -> JSONResponse:
+    jobs = [job for name, job in _jobs().items() if is_job_authorized(user, name, "GET")]
+    return JSONResponse(_call("the jobs overview", data.overview, jobs))
+
+
+@router.get("/data/jobs/{job_name}/series")
+def series_data(job_name: str, user: CurrentUser, filters: QueryFilters) -> JSONResponse:
+    job = _job(job_name, user)
+    rows = _call(f"job {job_name!r}: series summary", data.series_summary, job, filters)
+    return JSONResponse({"job": job_name, "filters": filters.to_dict(), "series": rows})
+
+
+@router.get("/data/jobs/{job_name}/chart")
+def chart_data(
+    job_name: str,
+    user: CurrentUser,
+    series: Annotated[str, Query(description="the series key, e.g. region=eu")],
+    start: StartParam = None,
+    end: EndParam = None,
+    min_score: ScoreParam = None,
+    buckets: Annotated[int, Query(ge=1, le=data.MAX_BUCKETS)] = data.DEFAULT_BUCKETS,
+) -> JSONResponse:
+    job = _job(job_name, user)
+    filters = _filters([series], start, end, min_score)
+    return JSONResponse(_call(f"job {job_name!r}, series {series!r}: chart", data.chart, job, series, filters, buckets))
+
+
+@router.get("/data/jobs/{job_name}/anomalies")
+def anomalies_data(
+    job_name: str,
+    user: CurrentUser,
+    filters: QueryFilters,
+    limit: Annotated[int, Query(ge=1, le=data.MAX_EVENTS)] = data.MAX_EVENTS,
+) -> JSONResponse:
+    job = _job(job_name, user)
+    return JSONResponse(_call(f"job {job_name!r}: anomaly events", data.anomaly_events, job, filters, limit))
+
+
+@router.get("/data/jobs/{job_name}/models")
+def models_data(job_name: str, user: CurrentUser) -> JSONResponse:
+    job = _job(job_name, user)
+    return JSONResponse({"job": job_name, "series": _call(f"job {job_name!r}: models", data.models, job)})
+
+
+@router.get("/data/jobs/{job_name}/validation")
+def validation_data(job_name: str, user: CurrentUser) -> JSONResponse:
+    job = _job(job_name, user)
+    return JSONResponse({"job": job_name, "results": _call(f"job {job_name!r}: validation", data.validation_results, job)})

@@ -1,0 +1,134 @@
+"""Request and response bodies of the scoring API (they are also its OpenAPI schemas)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+#: OCI Anomaly Detection's limit for synchronous detection: data points = timestamps x signals.
+MAX_DETECT_POINTS = 30_000
+#: Largest request body accepted at all (30,000 points as JSON records fit in a few MiB).
+MAX_BODY_BYTES = 16 * 1024 * 1024
+JOB_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"  # pipelines.config.JOB_NAME
+RUN_ID_PATTERN = r"^[A-Za-z0-9_.:+~-]{1,250}$"
+SERIES_PATTERN = r"^[^/\\\x00]{1,500}$"
+
+Scalar = StrictStr | StrictInt | StrictFloat | None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DetectRequest(_Body):
+    points: Annotated[list[dict[str, Scalar]], Field(min_length=1)] = Field(
+        description=(
+            "Rows to score, as JSON records with exactly the job's columns: its timestamp column "
+            "(ISO 8601 text; naive times are UTC), its dimension columns (text) and its feature "
+            "columns (numbers). A call may hold at most 30,000 data points, counted as rows x "
+            "features; more is answered 413: use score-file for larger inputs."
+        ),
+        examples=[[{"timestamp": "2024-03-03T14:00:00Z", "region": "eu", "requests": 2400, "latency_ms": 120.5}]],
+    )
+
+
+class OutputRow(BaseModel):
+    """One row of the output schema (pipelines/schema.py), plus the job's dimension columns (text)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": ["string", "null"]}})
+
+    job: str
+    series: str
+    timestamp: datetime
+    feature: str
+    value: float | None
+    expected: float | None
+    lower: float | None
+    upper: float | None
+    score: float | None
+    feature_score: float | None
+    is_anomaly: bool
+    model: str
+    model_version: str
+    run_id: str
+    interval_start: datetime
+    interval_end: datetime
+    scored_at: datetime
+
+
+class SeriesSummary(BaseModel):
+    series: str
+    model_version: str
+    points: int
+    anomalies: int = Field(description="Anomalous timestamps of this series.")
+    resampling: dict[str, int] = Field(
+        description="What putting the series on the job's frequency grid did: rows, buckets, merged_rows, moved_rows, filled, missing."
+    )
+
+
+class DetectResponse(BaseModel):
+    job: str
+    run_id: str = Field(description="Identifies this call in the results' run_id column and the server logs.")
+    points: int = Field(
+        description="Data points scored: buckets of the job's grid x features, one result row each (the points sent, when on the grid)."
+    )
+    anomalies: int = Field(description="Anomalous (series, timestamp) pairs.")
+    series: list[SeriesSummary]
+    results: list[OutputRow]
+
+
+class ChampionInfo(BaseModel):
+    series: str
+    version: str
+    trained_at: str | None
+    model: str | None
+    training_window: dict[str, str] | None = Field(description="The [start, end) the version was trained on.")
+    rows: int | None = Field(description="Training rows.")
+    params: dict[str, Any]
+    threshold: Any
+    metrics: dict[str, Any] = Field(description="Hold-out errors (challenger and champion) and the training anomaly rate.")
+    decision: dict[str, Any] | None = Field(description="Whether and why this version was promoted.")
+    features: list[str]
+    metadata: dict[str, Any] = Field(description="The whole metadata.json of the version.")
+
+
+class ModelInfo(BaseModel):
+    job: str
+    model: str = Field(description="The job's detector kind.")
+    features: list[str]
+    dimensions: list[str]
+    champions: list[ChampionInfo]
+
+
+class ScoreFileRequest(_Body):
+    input: Annotated[str, Field(min_length=1, max_length=2048)] = Field(
+        description=(
+            "The file to score: a path relative to the project folder (no '..' out of it, no absolute "
+            "path elsewhere) or an s3:// or gs:// URL."
+        ),
+        examples=["data/demo/web_metrics.csv"],
+    )
+    output: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+        None,
+        description=(
+            "Parquet file to write (ending .parquet): a path under the project's var/ folder or an "
+            "s3:// or gs:// URL. Default: _one_off/ beside the job's dataset."
+        ),
+    )
+    chunk_rows: Annotated[int, Field(ge=1000, le=10_000_000)] | None = Field(
+        None, description="Rows per scoring chunk (default 250,000)."
+    )
+
+
+class ScoreFileRun(BaseModel):
+    job: str
+    dag_id: str
+    run_id: str
+    state: str = Field(description="Airflow's state of the DAG run: queued, running, success or failed.")
+    input: str
+    output: str = Field(description="Where the scored Parquet file is (or will be) written.")
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    warning: str | None = Field(None, description="Something the caller should know, e.g. the DAG is paused.")

@@ -1,0 +1,126 @@
+// Charts of the job page: one uPlot per feature of each series card, from the server's
+// downsampled data. Dragging across a chart asks the server for that range (more detail);
+// double-clicking goes back to the page's range. Each card reports what it drew in data-*
+// attributes (state, points, anomaly markers), which the browser tests read.
+(function () {
+  "use strict";
+
+  const base = document.body.dataset.base;
+  const COLORS = {
+    value: "#0b6bcb",
+    expected: "#7c8594",
+    bound: "rgba(11, 107, 203, 0.45)",
+    band: "rgba(11, 107, 203, 0.12)",
+    anomaly: "#d62728",
+  };
+
+  function chartUrl(card, start, end, width) {
+    const params = new URLSearchParams();
+    params.set("series", card.dataset.series);
+    if (start) params.set("start", start);
+    if (end) params.set("end", end);
+    if (Number(card.dataset.minScore) > 0) params.set("min_score", card.dataset.minScore);
+    // About one bucket per pixel: each bucket sends at most four points plus its anomalies.
+    params.set("buckets", String(Math.max(50, Math.min(2000, Math.round(width)))));
+    return `${base}/data/jobs/${encodeURIComponent(card.dataset.job)}/chart?${params}`;
+  }
+
+  function options(card, feature, width, onZoom) {
+    return {
+      title: feature.feature,
+      width: width,
+      height: 220,
+      scales: { x: { time: true } },
+      // Times are shown in UTC, as everywhere in the pipelines, whatever the browser's zone.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
+      // The server downsamples: a drag asks it for the range instead of zooming into thinned data.
+      cursor: { drag: { x: true, y: false, setScale: false }, sync: { key: card.dataset.series } },
+      legend: { live: true },
+      series: [
+        { label: "time (UTC)" },
+        { label: "lower", stroke: COLORS.bound, width: 1 },
+        { label: "upper", stroke: COLORS.bound, width: 1 },
+        { label: "expected", stroke: COLORS.expected, width: 1, dash: [6, 4] },
+        { label: "value", stroke: COLORS.value, width: 1.5 },
+        {
+          label: "anomaly",
+          stroke: COLORS.anomaly,
+          fill: COLORS.anomaly,
+          paths: () => null,
+          points: { show: true, size: 9, width: 1, stroke: COLORS.anomaly, fill: COLORS.anomaly },
+        },
+      ],
+      bands: [{ series: [2, 1], fill: COLORS.band }],
+      hooks: {
+        setSelect: [
+          (u) => {
+            if (u.select.width < 2) return;
+            const from = u.posToVal(u.select.left, "x");
+            const to = u.posToVal(u.select.left + u.select.width, "x");
+            u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+            onZoom(new Date(from * 1000).toISOString(), new Date(to * 1000).toISOString());
+          },
+        ],
+      },
+    };
+  }
+
+  function render(card, payload, onZoom) {
+    const plots = card.querySelector(".plots");
+    plots.replaceChildren();
+    const width = Math.max(320, plots.clientWidth || card.clientWidth - 20);
+    let anomalies = 0;
+    let points = 0;
+    let returned = 0;
+    for (const feature of payload.features) {
+      const holder = document.createElement("div");
+      holder.className = "plot";
+      holder.dataset.feature = feature.feature;
+      holder.dataset.anomalies = String(feature.anomalies);
+      plots.appendChild(holder);
+      const data = [feature.t, feature.lower, feature.upper, feature.expected, feature.value, feature.anomaly];
+      new uPlot(options(card, feature, width, onZoom), data, holder);
+      anomalies += feature.anomalies;
+      points += feature.points;
+      returned += feature.returned;
+    }
+    card.dataset.anomalyCount = String(anomalies);
+    card.dataset.points = String(points);
+    card.dataset.returned = String(returned);
+    const status = card.querySelector(".chart-status");
+    status.textContent = payload.features.length
+      ? `${points.toLocaleString()} points (${returned.toLocaleString()} drawn), ${anomalies} anomaly markers`
+      : "no points in this range";
+  }
+
+  async function load(card, start, end) {
+    const plots = card.querySelector(".plots");
+    const status = card.querySelector(".chart-status");
+    const reset = card.querySelector(".reset-zoom");
+    const zoomed = start !== card.dataset.start || end !== card.dataset.end;
+    card.dataset.state = "loading";
+    status.textContent = "loading…";
+    try {
+      const width = plots.clientWidth || card.clientWidth;
+      const answer = await fetch(chartUrl(card, start, end, width), {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      });
+      const payload = await answer.json();
+      if (!answer.ok) throw new Error(payload.detail || `HTTP ${answer.status}`);
+      render(card, payload, (from, to) => load(card, from, to));
+      reset.hidden = !zoomed;
+      card.dataset.state = "ready";
+    } catch (error) {
+      card.dataset.state = "error";
+      status.textContent = `cannot load the chart: ${error.message}`;
+    }
+  }
+
+  for (const card of document.querySelectorAll(".chart-card")) {
+    const whole = () => load(card, card.dataset.start, card.dataset.end);
+    card.querySelector(".reset-zoom").addEventListener("click", whole);
+    card.querySelector(".plots").addEventListener("dblclick", whole);
+    whole();
+  }
+})();

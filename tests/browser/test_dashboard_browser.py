@@ -1,0 +1,175 @@
+"""The Anomalies dashboard in a real browser, inside a real Airflow UI.
+
+Playwright drives Debian's Chromium (``/usr/bin/chromium``, headless; no downloaded browsers)
+against ``airflow standalone`` started by the ``airflow_server`` fixture with this repo's plugin:
+log in as admin, open "Anomalies" in the navigation, open demo_web_metrics, see the charts with
+anomaly markers, filter by series and least score, then open the "Anomalies" tab of a predict
+DAG run. The data comes from real runs: the CLI trains and scores the demo week in the server's
+project, and a predict DAG run executed by the server's scheduler re-scores the spike day.
+Screenshots are saved to ``test-artifacts/`` at the repo root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+TRAIN_END = "2024-03-01T00:00:00Z"
+WEEK = ("2024-03-01T00:00:00Z", "2024-03-08T00:00:00Z")
+SPIKE_DAY = ("2024-03-03T00:00:00Z", "2024-03-04T00:00:00Z")
+#: demo_web_metrics without schedules: unpausing its predict DAG starts no run of its own, so
+#: the one this test triggers runs at once.
+MANUAL_JOB = "dash_manual_web"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's Chromium is not installed at /usr/bin/chromium: run scripts/install-system-deps.sh "
+        "(`make test` does) or `apt-get install chromium`",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def scored_server(airflow_server):
+    """The server's project with demo_web_metrics and a manual-only copy trained and scored by the CLI,
+    and one predict DAG run of the copy done by Airflow; returns (server, that run's id)."""
+    demo = (airflow_server.project / "config" / "jobs" / "demo_web_metrics.yaml").read_text()
+    manual = demo.replace("name: demo_web_metrics", f"name: {MANUAL_JOB}")
+    manual = manual.split("schedules:")[0] + "schedules: {train: null, predict: null, tune: null}\n" + (
+        "start_date" + manual.split("start_date", 1)[1]
+    )
+    (airflow_server.project / "config" / "jobs" / f"{MANUAL_JOB}.yaml").write_text(manual)
+    for job in ("demo_web_metrics", MANUAL_JOB):
+        airflow_server.pipelines_cli("train", job, "--end", TRAIN_END)
+        airflow_server.pipelines_cli("predict", job, "--start", WEEK[0], "--end", WEEK[1])
+    dag_id = f"{MANUAL_JOB}__predict"
+    airflow_server.unpause(dag_id)
+    answer = airflow_server.api(
+        "POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": {"start": SPIKE_DAY[0], "end": SPIKE_DAY[1]}}
+    )
+    assert answer.status_code == 200, answer.text
+    run_id = answer.json()["dag_run_id"]
+    assert airflow_server.wait_for_run(dag_id, run_id, timeout=600) == "success", airflow_server.log_tail(100)
+    return airflow_server, run_id
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(scored_server, browser, request: pytest.FixtureRequest) -> Iterator:
+    server, _ = scored_server
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{server.url}/")
+    page.locator("input[name=username]").fill(server.username)
+    page.locator("input[name=password]").fill(server.password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: "/login" not in url)
+    try:
+        yield page
+    finally:
+        # What the browser showed last: the evidence when a step above failed.
+        _shot(page, f"{request.node.name}-last")
+        context.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+
+
+def test_anomalies_in_the_airflow_ui(scored_server, page):
+    from playwright.sync_api import expect
+
+    # The navigation entry of the plugin opens the dashboard in the UI's iframe.
+    page.locator('a[href$="/plugin/anomalies"]').first.click()
+    frame = page.frame_locator('iframe[title="Anomalies"]')
+    jobs = frame.locator('[data-testid="jobs"]')
+    jobs.wait_for()
+    assert frame.locator("a.job-link").filter(has_text="demo_web_metrics").count() == 1
+    row = frame.locator('tr[data-job="demo_web_metrics"]')
+    assert "not scored yet" not in row.inner_text()
+    _shot(page, "1-jobs")
+
+    frame.locator("a.job-link").filter(has_text="demo_web_metrics").click()
+    cards = frame.locator(".chart-card")
+    cards.first.wait_for()
+    ready = frame.locator('.chart-card[data-state="ready"]')
+    ready.nth(cards.count() - 1).wait_for()
+    assert cards.count() == 3  # the three regions, most anomalous first
+    # Each card draws a uPlot canvas per feature, and marks the anomalies it was sent.
+    assert frame.locator(".chart-card canvas").count() >= 6
+    markers = {card.get_attribute("data-series"): int(card.get_attribute("data-anomaly-count")) for card in cards.all()}
+    assert markers["region=eu"] >= 3  # the eu traffic spike of the demo data
+    for series, count in markers.items():
+        # A marker per anomalous feature value; the series table counts anomalous points (times).
+        assert count >= int(frame.locator(f'tr.series-row[data-series="{series}"]').get_attribute("data-anomalies"))
+    events_before = frame.locator("tr.event").count()
+    assert events_before > 0
+    _shot(page, "2-job")
+
+    # Filter: one series, strong anomalies only.
+    frame.locator('[data-testid="filter-series"]').select_option("region=eu")
+    frame.locator('[data-testid="filter-min-score"]').fill("0.9999")
+    frame.locator('[data-testid="apply-filters"]').click()
+    # The form reloads the page: wait for the filtered one, not the card of the page before.
+    expect(frame.locator('option[value="region=eu"][selected]')).to_have_count(1)
+    expect(frame.locator(".chart-card")).to_have_count(1)
+    frame.locator('.chart-card[data-series="region=eu"][data-state="ready"]').wait_for()
+    events = frame.locator("tr.event")
+    assert 0 < events.count() < events_before
+    assert {events.nth(i).get_attribute("data-series") for i in range(events.count())} == {"region=eu"}
+    assert all(float(events.nth(i).get_attribute("data-score")) >= 0.9999 for i in range(events.count()))
+    filtered_markers = int(frame.locator('.chart-card[data-series="region=eu"]').get_attribute("data-anomaly-count"))
+    assert 0 < filtered_markers <= markers["region=eu"]
+    _shot(page, "3-job-filtered")
+
+
+def test_anomalies_tab_of_a_predict_run(scored_server, page):
+    server, run_id = scored_server
+    page.goto(f"{server.url}/dags/{MANUAL_JOB}__predict/runs/{run_id}")
+    # The run's tab (not the navigation entry of the same name) links to plugin/<url_route>.
+    tab = page.locator('a[href$="/plugin/anomalies-run"]')
+    assert "Anomalies" in tab.first.inner_text()
+    tab.first.click()
+    page.wait_for_url(lambda url: url.endswith("/plugin/anomalies-run"))
+    frame = page.frame_locator('iframe[title="Anomalies"]')
+    banner = frame.locator('[data-testid="run-banner"]')
+    banner.wait_for()
+    assert run_id in banner.inner_text()
+    assert "2024-03-03 00:00 → 2024-03-04 00:00" in banner.inner_text()
+    assert int(frame.locator('[data-testid="run-anomalies"]').inner_text()) >= 3
+    card = frame.locator('.chart-card[data-series="region=eu"]')
+    card.wait_for()
+    frame.locator('.chart-card[data-series="region=eu"][data-state="ready"]').wait_for()
+    assert card.get_attribute("data-start") == "2024-03-03T00:00:00+00:00"
+    assert int(card.get_attribute("data-points")) == 2 * 24  # two features, one day
+    assert int(card.get_attribute("data-anomaly-count")) >= 3
+    _shot(page, "4-run-tab")

@@ -1,0 +1,284 @@
+"""The scoring API with the real app and real trained models (demo_web_metrics)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipelines.schema import output_columns
+
+BASE = "/api/v1/jobs/demo_web_metrics"
+
+
+def test_detect_scores_points_in_the_output_schema(client, headers, spike_points):
+    answer = client.post(f"{BASE}/detect", json={"points": spike_points}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["job"] == "demo_web_metrics" and body["run_id"].startswith("api__")
+    assert body["points"] == len(body["results"]) == 72 * 2
+    results = pd.DataFrame(body["results"])
+    assert list(results.columns) == output_columns(["region"])
+    assert set(results["series"]) == {"region=apac", "region=eu", "region=us"}
+    assert {s["series"]: s["points"] for s in body["series"]} == {"region=apac": 48, "region=eu": 48, "region=us": 48}
+    # The eu traffic spike of 14:00-17:00 is found, with the expected value well below it.
+    spike = results[(results["series"] == "region=eu") & (results["feature"] == "requests") & results["is_anomaly"]]
+    assert {14, 15, 16} <= set(pd.to_datetime(spike["timestamp"]).dt.hour)
+    assert (spike["value"] > spike["upper"]).all()
+    assert body["anomalies"] == sum(s["anomalies"] for s in body["series"]) >= 3
+    eu = next(s for s in body["series"] if s["series"] == "region=eu")
+    champion = client.get(f"{BASE}/model", params={"series": "region=eu"}, headers=headers).json()
+    assert eu["model_version"] == champion["champions"][0]["version"] == results.loc[results["series"] == "region=eu", "model_version"].iloc[0]
+    assert results["interval_start"].min() == "2024-03-03T00:00:00.000000Z"
+    assert results["interval_end"].max() == "2024-03-04T00:00:00.000000Z"
+
+
+def test_detect_gives_the_same_scores_as_the_library(client, headers, spike_points):
+    """The API adds no scoring of its own: labeled_frame with the champion gives the same numbers."""
+    from pipelines.config import get_job
+    from pipelines.extraction import prepare, series_groups
+    from pipelines.scoring import labeled_frame
+    from pipelines.training import load_champion
+    from pipelines.workspace import Window, to_utc
+
+    body = client.post(f"{BASE}/detect", json={"points": spike_points}, headers=headers).json()
+    job = get_job("demo_web_metrics")
+    window = Window(to_utc("2024-03-03T00:00:00Z"), to_utc("2024-03-04T00:00:00Z"))
+    expected = []
+    for key, dims, rows in series_groups(prepare(pd.DataFrame(spike_points), job), job):
+        expected.append(labeled_frame(job, key, dims, load_champion(job, key), rows, None, window, "x"))
+    expected = pd.concat(expected, ignore_index=True)
+    got = pd.DataFrame(body["results"])
+    for column in ("score", "expected", "lower", "upper", "value"):
+        assert got[column].to_numpy() == pytest.approx(expected[column].to_numpy(), nan_ok=True)
+    assert got["is_anomaly"].tolist() == expected["is_anomaly"].tolist()
+
+
+def test_detect_accepts_naive_timestamps_as_utc(client, headers, spike_points):
+    points = [{**p, "timestamp": p["timestamp"].removesuffix("Z")} for p in spike_points]
+    body = client.post(f"{BASE}/detect", json={"points": points}, headers=headers).json()
+    assert body["results"][0]["timestamp"] == "2024-03-03T00:00:00.000000Z"
+
+
+def test_more_than_30000_points_is_413_pointing_to_score_file(client, headers, demo_rows):
+    # 15,001 rows x 2 features = 30,002 data points.
+    points = [dict(demo_rows[i % len(demo_rows)]) for i in range(15_001)]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 413
+    detail = answer.json()["detail"]
+    assert "15,001 rows x 2 features = 30,002 data points" in detail
+    assert "POST /api/v1/jobs/demo_web_metrics/score-file" in detail and "one-off scoring run" in detail
+
+
+def test_exactly_30000_points_are_scored(client, headers, demo_rows):
+    """15,000 rows x 2 features: distinct hourly timestamps per region from 2024-02-01 on."""
+    start = pd.Timestamp("2024-02-01T00:00:00Z")
+    points = [
+        {"timestamp": (start + pd.Timedelta(hours=i // 3)).isoformat(), "region": ("eu", "us", "apac")[i % 3],
+         "requests": 500 + (i % 97), "latency_ms": 100.0 + (i % 13)}
+        for i in range(15_000)
+    ]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 200, answer.text[:500]
+    assert answer.json()["points"] == 30_000
+
+
+def test_a_body_over_the_size_limit_is_413_before_parsing(client, headers):
+    from pipelines.web.schemas import MAX_BODY_BYTES
+
+    answer = client.post(
+        f"{BASE}/detect", content=b"x" * (MAX_BODY_BYTES + 1), headers={**headers, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 413
+    assert "score-file" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: {**p, "host": "a"}, "unknown column 'host' in points 0"),
+        (lambda p: {k: v for k, v in p.items() if k != "latency_ms"}, "missing column 'latency_ms' in points 0"),
+        (lambda p: {**p, "requests": "many"}, "requests"),
+        (lambda p: {**p, "timestamp": "yesterday-ish"}, "column 'timestamp': 1 timestamps are not ISO 8601 date-times, e.g. 'yesterday-ish' in points 0"),
+        (lambda p: {**p, "timestamp": None}, "expect_column_values_to_not_be_null"),
+        (lambda p: {**p, "requests": None}, "expect_column_values_to_not_be_null"),
+        (lambda p: {**p, "region": "mars"}, "mars"),  # the job's own expectation suite
+        (lambda p: {**p, "latency_ms": -5}, "latency_ms"),
+    ],
+)
+def test_bad_points_are_422_naming_the_column(client, headers, spike_points, change, message):
+    points = [change(spike_points[0]), *spike_points[1:]]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert "demo_web_metrics" in detail and message in detail
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_numbers_are_422(client, headers, spike_points, literal):
+    import json
+
+    body = json.dumps({"points": spike_points}).replace('"latency_ms": 121.67', f'"latency_ms": {literal}', 1)
+    assert literal in body
+    answer = client.post(f"{BASE}/detect", content=body, headers={**headers, "Content-Type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    assert "latency_ms" in answer.json()["detail"]
+
+
+def test_duplicate_points_are_422(client, headers, spike_points):
+    answer = client.post(f"{BASE}/detect", json={"points": [*spike_points, spike_points[5]]}, headers=headers)
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert "expect_compound_columns_to_be_unique" in detail and "at rows [5, 72]" in detail
+
+
+def test_mixed_naive_and_aware_timestamps_are_422(client, headers, spike_points):
+    points = [{**spike_points[0], "timestamp": "2024-03-03T00:00:00"}, *spike_points[1:]]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert "column 'timestamp': 1 of 72 timestamps have no time zone" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"points": []}, {"points": [[1, 2]]}, {"points": [{"timestamp": {"nested": 1}}]}, {"points": "x"}, {"points": [], "extra": 1}],
+)
+def test_malformed_bodies_are_422(client, headers, body):
+    assert client.post(f"{BASE}/detect", json=body, headers=headers).status_code == 422
+
+
+def test_a_series_without_champion_is_409_naming_it(client, headers):
+    points = [{"reading_time": "2024-03-03T00:00:00Z", "machine": "m1", "temperature": 60.0, "vibration": 0.1, "pressure": 1.0}]
+    answer = client.post("/api/v1/jobs/demo_sensors/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 409
+    detail = answer.json()["detail"]
+    assert "series machine=m1" in detail and "demo_sensors__train" in detail
+
+
+@pytest.mark.parametrize(("job", "code"), [("no_such_job", 404), ("Bad-Name", 422), ("..", 404), ("a" * 64, 422)])
+def test_unknown_or_invalid_job_names(client, headers, job, code):
+    answer = client.get(f"/api/v1/jobs/{job}/model", headers=headers)
+    assert answer.status_code == code
+    if code == 404 and job == "no_such_job":
+        assert answer.json()["detail"] == "no job named 'no_such_job'; configured jobs: demo_sensors, demo_web_metrics"
+
+
+def test_model_describes_each_champion(client, headers):
+    body = client.get(f"{BASE}/model", headers=headers).json()
+    assert body["job"] == "demo_web_metrics" and body["model"] == "seasonal_mad"
+    assert body["features"] == ["requests", "latency_ms"] and body["dimensions"] == ["region"]
+    assert [c["series"] for c in body["champions"]] == ["region=apac", "region=eu", "region=us"]
+    for champion in body["champions"]:
+        assert champion["version"] == champion["metadata"]["version"]
+        assert champion["trained_at"] and champion["params"]["level_window"] == 24
+        assert champion["metrics"] and champion["features"] == ["requests", "latency_ms"]
+        assert champion["model"] == "seasonal_mad" and champion["decision"] == {"promoted": True, "reason": "no champion yet"}
+        assert champion["training_window"] == {"start": "2024-02-02T00:00:00+00:00", "end": "2024-03-01T00:00:00+00:00"}
+        assert champion["rows"] == 28 * 24  # hourly, 2024-02-02 .. 2024-03-01
+
+
+def test_model_of_one_series(client, headers):
+    body = client.get(f"{BASE}/model", params={"series": "region=us"}, headers=headers).json()
+    assert [c["series"] for c in body["champions"]] == ["region=us"]
+    answer = client.get(f"{BASE}/model", params={"series": "region=mars"}, headers=headers)
+    assert answer.status_code == 404
+    assert "series with models: region=apac, region=eu, region=us" in answer.json()["detail"]
+
+
+def test_model_of_an_untrained_job_is_404(client, headers):
+    answer = client.get("/api/v1/jobs/demo_sensors/model", headers=headers)
+    assert answer.status_code == 404
+    assert "run demo_sensors__train" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"input": "../../etc/passwd"}, "must stay inside"),
+        ({"input": "data/../../outside.csv"}, "must stay inside"),
+        ({"input": "/etc/passwd"}, "must stay inside"),
+        ({"input": "data/demo/nothing.csv"}, "no such file"),
+        ({"input": "data/demo"}, "no such file"),
+        ({"input": "http://example.com/x.csv"}, "s3://bucket/key or gs://bucket/key"),
+        ({"input": "file:///etc/passwd"}, "s3://bucket/key or gs://bucket/key"),
+        ({"input": "s3://"}, "s3://bucket/key or gs://bucket/key"),
+        ({"input": "data/demo/web_metrics.csv\x00.txt"}, "control characters"),
+        ({"input": "data/demo/web_metrics.csv", "output": "config/jobs/demo_web_metrics.yaml"}, "must end with .parquet"),
+        ({"input": "data/demo/web_metrics.csv", "output": "config/x.parquet"}, "must stay inside"),
+        ({"input": "data/demo/web_metrics.csv", "output": "var/../../x.parquet"}, "must stay inside"),
+    ],
+)
+def test_score_file_rejects_paths_outside_the_project(client, headers, body, message):
+    answer = client.post(f"{BASE}/score-file", json=body, headers=headers)
+    assert answer.status_code == 422
+    assert message in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [{"input": "data/demo/web_metrics.csv", "chunk_rows": 10}, {"input": ""}, {"input": "x", "extra": 1}])
+def test_score_file_validates_its_body(client, headers, body):
+    assert client.post(f"{BASE}/score-file", json=body, headers=headers).status_code == 422
+
+
+def test_score_file_says_when_airflow_cannot_be_reached(client, headers, monkeypatch):
+    monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    answer = client.post(f"{BASE}/score-file", json={"input": "data/demo/web_metrics.csv"}, headers=headers)
+    assert answer.status_code == 502
+    assert "cannot reach Airflow's REST API at http://127.0.0.1:9/api/v2/dags/demo_web_metrics__predict/dagRuns" in answer.json()["detail"]
+
+
+def test_the_openapi_document_describes_every_operation(client, headers):
+    spec = client.get("/openapi.json", headers=headers).json()
+    assert spec["info"]["title"] == "Anomaly Pipelines"
+    assert set(spec["paths"]) == {
+        "/api/v1/jobs/{job}/detect",
+        "/api/v1/jobs/{job}/model",
+        "/api/v1/jobs/{job}/score-file",
+        "/api/v1/jobs/{job}/score-file/{run_id}",
+    }
+    detect = spec["paths"]["/api/v1/jobs/{job}/detect"]["post"]
+    assert detect["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/DetectResponse")
+    assert {"401", "403", "404", "409", "413", "422"} <= set(detect["responses"])
+    assert {"AirflowToken", "AirflowSession"} <= set(spec["components"]["securitySchemes"])
+    assert "SwaggerUIBundle" in client.get("/docs", headers=headers).text
+
+
+def test_score_file_end_to_end_through_airflows_api_server(airflow_server):
+    """The plugin mounted in the real api-server: POST score-file starts <job>__predict, the run
+    succeeds, GET reports it and the scored Parquet file exists."""
+    from pathlib import Path
+
+    import httpx
+
+    airflow_server.pipelines_cli("train", "demo_web_metrics", "--start", "2024-02-02T00:00:00Z", "--end", "2024-03-01T00:00:00Z")
+    airflow_server.unpause("demo_web_metrics__predict")
+    auth = {"Authorization": f"Bearer {airflow_server.token()}"}
+    api = f"{airflow_server.url}/anomaly-pipelines/api/v1/jobs/demo_web_metrics"
+    assert httpx.post(f"{api}/score-file", json={"input": "data/demo/web_metrics.csv"}, timeout=60).status_code == 401
+
+    started = httpx.post(f"{api}/score-file", json={"input": "data/demo/web_metrics.csv", "chunk_rows": 1000}, headers=auth, timeout=60)
+    assert started.status_code == 202, started.text
+    run = started.json()
+    assert run["dag_id"] == "demo_web_metrics__predict" and run["warning"] is None
+    assert run["input"] == str(airflow_server.project / "data" / "demo" / "web_metrics.csv")
+
+    assert airflow_server.wait_for_run("demo_web_metrics__predict", run["run_id"]) == "success"
+    status = httpx.get(f"{api}/score-file/{run['run_id']}", headers=auth, timeout=60)
+    assert status.status_code == 200, status.text
+    assert status.json()["state"] == "success" and status.json()["output"] == run["output"]
+    output = Path(run["output"])
+    assert output.is_relative_to(airflow_server.project / "var")
+    scored = pd.read_parquet(output)
+    assert len(scored) == 2592 * 2  # every row of the file x 2 features
+    assert list(scored.columns) == output_columns(["region"])
+
+
+def test_detect_puts_points_on_the_jobs_grid_like_predict(client, headers, spike_points):
+    """Two eu readings in the 14:00 hour are averaged into that bucket, as a predict run would."""
+    extra = {"timestamp": "2024-03-03T14:30:00Z", "region": "eu", "requests": 1000, "latency_ms": 100.0}
+    original = next(p for p in spike_points if p["timestamp"] == "2024-03-03T14:00:00Z" and p["region"] == "eu")
+    body = client.post(f"{BASE}/detect", json={"points": [*spike_points, extra]}, headers=headers).json()
+    assert body["points"] == 144  # 73 rows sent, 72 hourly buckets
+    eu = next(s for s in body["series"] if s["series"] == "region=eu")
+    assert eu["resampling"] == {"rows": 25, "buckets": 24, "merged_rows": 2, "moved_rows": 1, "filled": 0, "missing": 0}
+    results = pd.DataFrame(body["results"])
+    bucket = results[(results["series"] == "region=eu") & (results["timestamp"] == "2024-03-03T14:00:00.000000Z")]
+    assert bucket.set_index("feature")["value"]["requests"] == (original["requests"] + 1000) / 2

@@ -1,0 +1,165 @@
+"""The dashboard's pages and data endpoints through the plugin's real app (Airflow tokens, real
+auth manager) over real outputs of the demo jobs (see ``test_dashboard_data.build_scored_project``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import get_job
+from pipelines.web import dashboard_data as data
+from tests.pipelines.web.test_dashboard_data import PREDICT, PREDICT_RUN, build_scored_project
+
+D = "/dashboard"
+
+
+@pytest.fixture(scope="module")
+def scored_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_scored_project(tmp_path_factory.getbasetemp() / "dashboard-scored")
+
+
+@pytest.fixture
+def dash(scored_base: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path, mint) -> Iterator:
+    """A client of the real app over the scored project, with an admin's token."""
+    from fastapi.testclient import TestClient
+
+    from pipelines.web.app import create_app
+
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(scored_base))
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(scored_base / "var"))
+    data._CACHE.clear()
+    with TestClient(create_app()) as client:
+        client.headers["Authorization"] = f"Bearer {mint('admin')}"
+        yield client
+
+
+def test_nothing_is_served_without_a_login(scored_base, airflow_db, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from pipelines.web.app import create_app
+
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(scored_base))
+    client = TestClient(create_app())
+    for path in (f"{D}/data/jobs", f"{D}/data/jobs/demo_web_metrics/chart?series=region%3Deu", f"{D}/static/dashboard.js"):
+        answer = client.get(path, headers={"Accept": "application/json"})
+        assert answer.status_code == 401, path
+        assert "not authenticated" in answer.json()["detail"]
+    # A person is sent to Airflow's login page and back.
+    page = client.get(f"{D}/jobs/demo_web_metrics", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and "login" in page.headers["location"]
+
+
+def test_the_ui_session_cookie_opens_the_pages(dash):
+    """The UI's iframes send only the session cookie, no Authorization header."""
+    token = dash.headers.pop("Authorization").removeprefix("Bearer ")
+    dash.cookies.set("_token", token)
+    answer = dash.get(f"{D}/")
+    assert answer.status_code == 200 and 'href="/dashboard/jobs/demo_web_metrics"' in answer.text
+
+
+def test_jobs_overview_page_and_data(dash):
+    page = dash.get(f"{D}/")
+    assert page.status_code == 200
+    assert page.text.count('class="job-link"') == 2
+    assert 'data-job="demo_sensors"' in page.text and 'data-job="demo_web_metrics"' in page.text
+    assert PREDICT_RUN in page.text and "failed 1 of 17" in page.text  # the failed validation of the demo job
+    rows = {row["job"]: row for row in dash.get(f"{D}/data/jobs").json()}
+    assert rows["demo_web_metrics"]["last_run"]["window"] == {"start": PREDICT[0], "end": PREDICT[1]}
+    assert rows["demo_sensors"]["champions"] == 4
+
+
+def test_job_page_charts_the_most_anomalous_series_and_lists_events(dash):
+    page = dash.get(f"{D}/jobs/demo_sensors")
+    assert page.status_code == 200
+    summary = data.series_summary(get_job("demo_sensors"), data.Filters())
+    charted = [row["series"] for row in summary[:4]]
+    for series in charted:
+        assert f'class="chart-card" data-job="demo_sensors" data-series="{series}"' in page.text
+    assert page.text.count('class="chart-card"') == 4
+    assert "Top contributing signals" in page.text  # a multivariate job
+    total = sum(row["anomalies"] for row in summary)
+    assert f'data-testid="events" data-total="{total}"' in page.text
+    assert page.text.count('<tr class="event"') == total
+    # The charting library is served from the package, never a CDN.
+    assert "/dashboard/static/vendor/uplot/uPlot.iife.min.js" in page.text and "https://" not in page.text
+    assert dash.get(f"{D}/static/vendor/uplot/uPlot.iife.min.js").status_code == 200
+
+
+def test_job_page_filters_by_series_and_min_score(dash):
+    one = dash.get(f"{D}/jobs/demo_web_metrics", params={"series": "region=apac"}).text
+    assert one.count('class="chart-card"') == 1 and 'data-series="region=apac"' in one
+    assert '<option value="region=apac" selected>' in one
+    assert 'class="event" data-series="region=eu"' not in one
+    strict = dash.get(f"{D}/jobs/demo_web_metrics", params={"min_score": "1"}).text
+    loose = dash.get(f"{D}/jobs/demo_web_metrics").text
+    assert strict.count('<tr class="event"') < loose.count('<tr class="event"')
+    assert 'data-min-score="1.0"' in strict
+    week = dash.get(f"{D}/jobs/demo_web_metrics", params={"start": "2024-03-07T00:00", "end": "2024-03-08T00:00"}).text
+    assert 'value="2024-03-07T00:00"' in week and 'data-start="2024-03-07T00:00:00+00:00"' in week
+
+
+def test_chart_endpoint(dash):
+    answer = dash.get(f"{D}/data/jobs/demo_web_metrics/chart", params={"series": "region=eu", "buckets": 5})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert [f["feature"] for f in body["features"]] == ["requests", "latency_ms"]
+    requests = body["features"][0]
+    assert requests["points"] == 168 and requests["returned"] <= 4 * 5 + requests["anomalies"]
+    assert sum(v is not None for v in requests["anomaly"]) == requests["anomalies"] >= 3
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "code", "message"),
+    [
+        (f"{D}/data/jobs/nope/series", {}, 404, "no job named 'nope'; configured jobs: demo_sensors, demo_web_metrics"),
+        (f"{D}/data/jobs/demo_web_metrics/series", {"start": "soon"}, 400, "time range filter: 'soon' is not an ISO 8601"),
+        (f"{D}/data/jobs/demo_web_metrics/anomalies", {"min_score": 2}, 400, "min_score filter must be between 0 and 1"),
+        (f"{D}/data/jobs/demo_web_metrics/chart", {"series": "region=eu", "buckets": 0}, 422, "greater than or equal to 1"),
+    ],
+)
+def test_bad_requests_say_what_to_do(dash, path, params, code, message):
+    answer = dash.get(path, params=params)
+    assert answer.status_code == code
+    assert message in str(answer.json()["detail"])
+
+
+def test_pages_show_errors_as_pages(dash):
+    answer = dash.get(f"{D}/jobs/nope")
+    assert answer.status_code == 404 and answer.headers["content-type"].startswith("text/html")
+    assert "no job named &#39;nope&#39;" in answer.text
+
+
+def test_models_page_marks_the_champion(dash):
+    page = dash.get(f"{D}/jobs/demo_web_metrics/models").text
+    assert page.count('data-testid="champion"') == 3
+    assert "holdout_error" in page and "no champion yet" in page
+    body = dash.get(f"{D}/data/jobs/demo_web_metrics/models").json()
+    assert [entry["series"] for entry in body["series"]] == ["region=apac", "region=eu", "region=us"]
+
+
+def test_validation_page_explains_the_failure(dash):
+    page = dash.get(f"{D}/jobs/demo_web_metrics/validation").text
+    assert 'data-success="false"' in page and "expect_table_row_count_to_be_between" in page and "observed 6" in page
+    results = dash.get(f"{D}/data/jobs/demo_web_metrics/validation").json()["results"]
+    assert results[0]["success"] is False
+
+
+def test_run_tab_of_a_predict_run_shows_its_window(dash):
+    page = dash.get(f"{D}/runs/demo_web_metrics__predict/{PREDICT_RUN}")
+    assert page.status_code == 200
+    assert 'data-testid="run-banner"' in page.text and PREDICT_RUN in page.text
+    assert 'data-start="2024-03-01T00:00:00+00:00" data-end="2024-03-08T00:00:00+00:00"' in page.text
+    missing = dash.get(f"{D}/runs/demo_web_metrics__predict/manual__never").text
+    assert "has no rows in the job's outputs" in missing
+    train = dash.get(f"{D}/runs/demo_web_metrics__train/any").text
+    assert "trains the models of job <strong>demo_web_metrics</strong>" in train
+    other = dash.get(f"{D}/runs/some_other_dag/any").text
+    assert "is not one of the anomaly-detection jobs" in other
+
+
+def test_static_files_stay_inside_the_static_folder(dash):
+    assert dash.get(f"{D}/static/dashboard.css").status_code == 200
+    assert dash.get(f"{D}/static/..%2Fdashboard.py").status_code == 404
+    assert dash.get(f"{D}/static/nothing.js").status_code == 404

@@ -1,0 +1,360 @@
+"""The dashboard's data layer over real outputs: the demo jobs trained and scored by the library.
+
+``scored_project`` trains both demo jobs (demo_web_metrics: seasonal MAD per region; demo_sensors:
+a multivariate Isolation Forest per machine) on February 2024 and scores the demo week, as
+``make demo`` does; one training batch too small for validation leaves a failed validation report.
+Every figure the dashboard shows is checked against the outputs read back with ``ParquetSink``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import get_job
+from pipelines.errors import ConfigError
+from pipelines.web import dashboard_data as data
+
+REPO = Path(__file__).resolve().parents[3]
+PREDICT = ("2024-03-01T00:00:00+00:00", "2024-03-08T00:00:00+00:00")
+TRAIN_END = "2024-03-01T00:00:00+00:00"
+#: Two hours of three regions: 6 rows, fewer than the job's validation.min_rows (24).
+TOO_SMALL = ("2024-02-10T00:00:00+00:00", "2024-02-10T02:00:00+00:00")
+PREDICT_RUN = "test__predict__demo_week"
+
+
+def build_scored_project(base: Path) -> Path:
+    """``base`` made a project whose demo jobs are trained and have scored the demo week (idempotent:
+    test modules of one session share it through a marker file)."""
+    done = base / ".scored"
+    if done.exists():
+        return base
+    from pipelines.demo import setup_demo_database
+    from pipelines.errors import DataValidationError
+    from pipelines.runner import run_predict, run_train
+    from pipelines.workspace import Window, to_utc, training_window
+
+    shutil.copytree(REPO / "config", base / "config", dirs_exist_ok=True)
+    if not (base / "data").exists():
+        (base / "data").symlink_to(REPO / "data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(base))
+        patch.setenv("ANOMALY_PIPELINES_HOME", str(base / "var"))
+        setup_demo_database()
+        for name in ("demo_web_metrics", "demo_sensors"):
+            job = get_job(name)
+            run_train(job, training_window(job, TRAIN_END), run_id=f"test__train__{name}")
+            run_predict(job, Window(to_utc(PREDICT[0]), to_utc(PREDICT[1])), run_id=PREDICT_RUN)
+        with pytest.raises(DataValidationError):
+            run_train(get_job("demo_web_metrics"), Window(to_utc(TOO_SMALL[0]), to_utc(TOO_SMALL[1])), run_id="test__too_small")
+    done.write_text("ok")
+    return base
+
+
+@pytest.fixture(scope="module")
+def scored_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_scored_project(tmp_path_factory.getbasetemp() / "dashboard-scored")
+
+
+@pytest.fixture
+def scored(scored_base: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(scored_base))
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(scored_base / "var"))
+    data._CACHE.clear()
+    yield scored_base
+    data._CACHE.clear()
+
+
+def outputs(name: str) -> pd.DataFrame:
+    """The job's rows as the sink reads them back: the truth the dashboard must agree with."""
+    from pipelines.config import resolve_path
+    from pipelines.sinks import ParquetSink
+
+    job = get_job(name)
+    return ParquetSink(resolve_path(job.outputs.parquet)).read(job=name)
+
+
+def anomalous_points(frame: pd.DataFrame, min_score: float = 0.0) -> pd.DataFrame:
+    flagged = frame[frame["is_anomaly"] & (frame["score"] >= min_score)]
+    return flagged.drop_duplicates(["series", "timestamp"])
+
+
+# -- downsampling ----------------------------------------------------------------------------------
+
+
+def test_downsample_keeps_every_point_when_few():
+    times = np.arange(100, dtype="int64")
+    assert data.downsample(times, np.zeros(100), np.zeros(100, bool), buckets=25).tolist() == list(range(100))
+
+
+def test_downsample_keeps_extremes_of_each_bucket_and_every_anomaly():
+    rng = np.random.default_rng(3)
+    n, buckets = 100_000, 100
+    times = np.arange(n, dtype="int64") * 3600
+    values = rng.normal(size=n)
+    values[rng.choice(n, 20, replace=False)] = np.nan  # gaps never win a minimum or maximum
+    keep = np.zeros(n, bool)
+    keep[rng.choice(n, 300, replace=False)] = True
+    index = data.downsample(times, values, keep, buckets)
+    assert len(index) <= 4 * buckets + keep.sum()
+    assert np.all(np.diff(index) > 0)
+    assert set(np.flatnonzero(keep)) <= set(index.tolist())
+    # The drawn line reaches the same highs and lows in every bucket as the full data.
+    bucket = times * buckets // (times[-1] + 1)
+    full = pd.DataFrame({"b": bucket, "v": values}).groupby("b")["v"].agg(["min", "max"])
+    drawn = pd.DataFrame({"b": bucket[index], "v": values[index]}).groupby("b")["v"].agg(["min", "max"])
+    pd.testing.assert_frame_equal(drawn, full)
+
+
+# -- filters --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"start": "yesterday"}, r"time range filter: 'yesterday' is not an ISO 8601 date-time"),
+        ({"start": "2024-03-02", "end": "2024-03-01"}, r"end 2024-03-01T00:00:00\+00:00 is not after start"),
+        ({"min_score": 1.5}, r"min_score filter must be between 0 and 1 .*got 1.5"),
+        ({"min_score": -0.1}, r"min_score filter must be between 0 and 1"),
+    ],
+)
+def test_bad_filters_say_which_parameter_and_what_is_allowed(args, message):
+    with pytest.raises(ConfigError, match=message):
+        data.Filters.parse(**args)
+
+
+def test_filters_take_naive_times_as_utc_and_drop_repeated_series():
+    filters = data.Filters.parse(["region=eu", "", "region=eu", "region=us"], "2024-03-01T00:00", None, 0.5)
+    assert filters.series == ("region=eu", "region=us")
+    assert filters.start == pd.Timestamp("2024-03-01", tz="UTC")
+    assert filters.to_dict() == {"series": ["region=eu", "region=us"], "start": "2024-03-01T00:00:00+00:00", "end": None, "min_score": 0.5}
+
+
+# -- pages' data ----------------------------------------------------------------------------------
+
+
+def test_series_summary_agrees_with_the_outputs(scored):
+    job = get_job("demo_web_metrics")
+    frame = outputs("demo_web_metrics")
+    rows = data.series_summary(job, data.Filters())
+    assert {r["series"] for r in rows} == {"region=apac", "region=eu", "region=us"}
+    flagged = anomalous_points(frame).groupby("series").size()
+    for row in rows:
+        assert row["points"] == 7 * 24  # one point per hour of the scored week
+        assert row["anomalies"] == flagged.get(row["series"], 0)
+        assert row["max_score"] == pytest.approx(frame.loc[frame["series"] == row["series"], "score"].max())
+        assert row["first"] == "2024-03-01T00:00:00+00:00" and row["last"] == "2024-03-07T23:00:00+00:00"
+    # Most anomalous first; the eu traffic spike of the demo data is among them.
+    assert [r["anomalies"] for r in rows] == sorted((r["anomalies"] for r in rows), reverse=True)
+    assert next(r for r in rows if r["series"] == "region=eu")["anomalies"] >= 3
+
+
+def test_series_summary_filters_by_time_score_and_series(scored):
+    job = get_job("demo_web_metrics")
+    frame = outputs("demo_web_metrics")
+    start, end = pd.Timestamp("2024-03-03T06:00", tz="UTC"), pd.Timestamp("2024-03-07T05:00", tz="UTC")
+    inside = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < end) & (frame["series"] == "region=eu")]
+    everything = data.series_summary(job, data.Filters(("region=eu",), start, end))
+    strong = data.series_summary(job, data.Filters(("region=eu",), start, end, 0.9999))
+    assert [r["series"] for r in everything] == [r["series"] for r in strong] == ["region=eu"]
+    assert strong[0]["points"] == everything[0]["points"] == 18 + 3 * 24 + 5  # partial days cut to the range
+    assert everything[0]["anomalies"] == len(anomalous_points(inside))
+    assert strong[0]["anomalies"] == len(anomalous_points(inside, 0.9999))
+    assert 0 < strong[0]["anomalies"] < everything[0]["anomalies"]
+
+
+def test_chart_sends_every_point_of_a_week_and_marks_the_anomalies(scored):
+    job = get_job("demo_web_metrics")
+    frame = outputs("demo_web_metrics")
+    chart = data.chart(job, "region=eu", data.Filters())
+    assert [f["feature"] for f in chart["features"]] == ["requests", "latency_ms"]
+    for feature in chart["features"]:
+        rows = frame[(frame["series"] == "region=eu") & (frame["feature"] == feature["feature"])]
+        assert feature["points"] == feature["returned"] == len(feature["t"]) == 168
+        assert feature["value"] == pytest.approx(rows["value"].tolist())
+        assert feature["upper"] == pytest.approx(rows["upper"].tolist())
+        marked = [t for t, a in zip(feature["t"], feature["anomaly"], strict=True) if a is not None]
+        assert marked == [ts.timestamp() for ts in rows.loc[rows["is_anomaly"], "timestamp"]]
+        assert feature["anomalies"] == len(marked)
+    assert sum(f["anomalies"] for f in chart["features"]) > 0
+
+
+def test_chart_downsamples_but_keeps_anomalies_and_honours_the_range(scored):
+    job = get_job("demo_web_metrics")
+    start, end = "2024-03-02T00:00:00Z", "2024-03-05T00:00:00Z"
+    chart = data.chart(job, "region=eu", data.Filters.parse(start=start, end=end), buckets=3)
+    for feature in chart["features"]:
+        assert feature["points"] == 72
+        assert feature["returned"] <= 4 * 3 + feature["anomalies"] < 72
+        assert sum(a is not None for a in feature["anomaly"]) == feature["anomalies"]
+        assert pd.Timestamp(start).timestamp() <= min(feature["t"]) and max(feature["t"]) < pd.Timestamp(end).timestamp()
+    with pytest.raises(ConfigError, match="buckets must be between 1 and 2000, got 0"):
+        data.chart(job, "region=eu", data.Filters(), buckets=0)
+
+
+def test_chart_of_an_unknown_series_is_empty(scored):
+    assert data.chart(get_job("demo_web_metrics"), "region=mars", data.Filters())["features"] == []
+
+
+def test_events_of_a_multivariate_job_rank_the_contributing_signals(scored):
+    job = get_job("demo_sensors")
+    frame = outputs("demo_sensors")
+    result = data.anomaly_events(job, data.Filters())
+    expected = anomalous_points(frame)
+    assert result["total"] == len(expected) > 0
+    assert len(result["events"]) == result["total"]
+    scores = [e["score"] for e in result["events"]]
+    assert scores == sorted(scores, reverse=True)
+    for event in result["events"]:
+        # Isolation Forest decides per timestamp over all features: every signal is listed, strongest first.
+        assert {s["feature"] for s in event["signals"]} == {"temperature", "vibration", "pressure"}
+        shares = [s["feature_score"] for s in event["signals"]]
+        assert shares == sorted(shares, reverse=True)
+        rows = frame[(frame["series"] == event["series"]) & (frame["timestamp"] == pd.Timestamp(event["timestamp"]))]
+        top = rows.sort_values("feature_score", ascending=False).iloc[0]
+        assert event["signals"][0]["feature"] == top["feature"]
+        assert event["signals"][0]["feature_score"] == pytest.approx(top["feature_score"])
+
+
+def test_events_filter_by_min_score_and_limit(scored):
+    job = get_job("demo_sensors")
+    everything = data.anomaly_events(job, data.Filters())
+    cut = sorted(e["score"] for e in everything["events"])[len(everything["events"]) // 2]
+    strong = data.anomaly_events(job, data.Filters(min_score=cut))
+    assert 0 < strong["total"] < everything["total"]
+    assert all(e["score"] >= cut for e in strong["events"])
+    assert len(data.anomaly_events(job, data.Filters(), limit=2)["events"]) == 2
+    assert data.anomaly_events(job, data.Filters(), limit=2)["total"] == everything["total"]
+
+
+def test_models_mark_the_champion_with_its_metrics(scored):
+    from pipelines.training import registry_for
+
+    job = get_job("demo_web_metrics")
+    registry = registry_for(job)
+    entries = data.models(job)
+    assert [e["series"] for e in entries] == ["region=apac", "region=eu", "region=us"]
+    for entry in entries:
+        assert entry["champion"] == registry.champion(job.name, entry["series"]).version
+        (version,) = entry["versions"]
+        assert version["champion"] is True and version["promoted"] is True and version["reason"] == "no champion yet"
+        assert version["metrics"]["holdout_error"] > 0 and version["rows"] == 28 * 24
+
+
+def test_validation_results_explain_the_failure(scored):
+    results = data.validation_results(get_job("demo_web_metrics"))
+    failed = [r for r in results if not r["success"]]
+    assert len(failed) == 1 and failed[0]["rows"] == 6
+    assert failed[0]["purpose"] == "train" and failed[0]["window"]["start"].startswith("2024-02-10T00:00")
+    (check,) = failed[0]["failed"]
+    assert check["expectation"] == "expect_table_row_count_to_be_between"
+    assert "observed 6" in check["explanation"]
+    assert results[0] is failed[0]  # the newest report first
+    assert {r["purpose"] for r in results if r["success"]} == {"train", "predict"}
+
+
+def test_last_run_and_overview_describe_the_predict_run(scored):
+    jobs = [get_job("demo_sensors"), get_job("demo_web_metrics")]
+    rows = {row["job"]: row for row in data.overview(jobs)}
+    web = rows["demo_web_metrics"]
+    assert web["last_run"]["run_id"] == PREDICT_RUN
+    assert web["last_run"]["window"] == {"start": PREDICT[0], "end": PREDICT[1]}
+    assert web["last_run"]["points"] == 3 * 168 and web["last_run"]["rows"] == 3 * 168 * 2
+    assert web["last_run"]["anomalies"] == len(anomalous_points(outputs("demo_web_metrics")))
+    assert web["series_with_models"] == web["champions"] == 3
+    assert web["last_validation"]["success"] is False
+    assert web["airflow"] is None  # no Airflow DAG run: these runs came from the library
+    sensors = rows["demo_sensors"]
+    assert sensors["last_run"]["anomaly_rate"] == pytest.approx(
+        sensors["last_run"]["anomalies"] / sensors["last_run"]["points"]
+    )
+    assert sensors["last_validation"]["success"] is True
+
+
+def test_run_summary_and_dag_kinds(scored):
+    jobs = {"demo_web_metrics": get_job("demo_web_metrics")}
+    job, kind = data.job_dag_kind("demo_web_metrics__predict", jobs)
+    assert (job.name, kind) == ("demo_web_metrics", "predict")
+    assert data.job_dag_kind("demo_web_metrics__train", jobs)[1] == "train"
+    assert data.job_dag_kind("other_dag", jobs) is None
+    assert data.job_dag_kind("unknown__predict", jobs) is None
+    run = data.run_summary(job, PREDICT_RUN)
+    assert run["window"] == {"start": PREDICT[0], "end": PREDICT[1]} and run["points"] == 3 * 168
+    assert data.run_summary(job, "never_ran") is None
+
+
+def test_the_sql_table_serves_when_the_dataset_is_gone(scored, tmp_path):
+    """The demo jobs also publish to a SQLite table: without the Parquet dataset the same figures come from it."""
+    job = get_job("demo_web_metrics")
+    from_parquet = data.series_summary(job, data.Filters())
+    events = data.anomaly_events(job, data.Filters())
+    folder = scored / "var" / "outputs" / "job=demo_web_metrics"
+    shutil.move(folder, tmp_path / "moved")
+    try:
+        assert data.series_summary(job, data.Filters()) == from_parquet
+        assert data.anomaly_events(job, data.Filters()) == events
+        assert data.last_run(job)["run_id"] == PREDICT_RUN
+    finally:
+        shutil.move(tmp_path / "moved", folder)
+
+
+def test_a_rewritten_day_file_is_read_again(scored):
+    """The cache is keyed by file time and size: a predict run that rewrites a day is seen at once."""
+    from pipelines.config import resolve_path
+    from pipelines.sinks import ParquetSink
+
+    job = get_job("demo_web_metrics")
+    before = data.series_summary(job, data.Filters())
+    day = pd.Timestamp("2024-03-02", tz="UTC")
+    sink = ParquetSink(resolve_path(job.outputs.parquet))
+    rows = sink.read(job=job.name, start=day, end=day + pd.Timedelta(days=1))
+    try:
+        sink.write(rows.iloc[:0], job=job.name, dimensions=job.dimensions, start=day, end=day + pd.Timedelta(hours=12))
+        after = {r["series"]: r["points"] for r in data.series_summary(job, data.Filters())}
+        assert after == {r["series"]: r["points"] - 12 for r in before}
+    finally:
+        sink.write(rows, job=job.name, dimensions=job.dimensions, start=day, end=day + pd.Timedelta(days=1))
+
+
+def test_a_damaged_day_file_names_the_job_file_and_fix(scored):
+    from pipelines.errors import SinkError
+
+    job = get_job("demo_web_metrics")
+    path = scored / "var" / "outputs" / "job=demo_web_metrics" / "date=2024-03-05" / "part-0.parquet"
+    saved = path.read_bytes()
+    try:
+        path.write_bytes(b"not parquet")
+        with pytest.raises(SinkError, match=r"job 'demo_web_metrics': cannot read the output file .*date=2024-03-05.*re-run the predict DAG"):
+            data.series_summary(job, data.Filters())
+    finally:
+        path.write_bytes(saved)
+
+
+def test_a_job_that_never_ran_has_nothing_to_show(project):
+    """No day files and no table yet (the SQL table is made by the first publish): empty, not an error."""
+    job = get_job("demo_web_metrics")
+    data._CACHE.clear()
+    (row,) = data.overview([job])
+    assert row["error"] is None and row["last_run"] is None and row["last_validation"] is None
+    assert row["series_with_models"] == 0
+    assert data.series_summary(job, data.Filters()) == []
+    assert data.chart(job, "region=eu", data.Filters())["features"] == []
+    assert data.anomaly_events(job, data.Filters())["total"] == 0
+    assert data.models(job) == [] and data.validation_results(job) == []
+
+
+def test_one_unreadable_job_does_not_hide_the_others(scored):
+    path = scored / "var" / "outputs" / "job=demo_sensors" / "date=2024-03-05" / "part-0.parquet"
+    saved = path.read_bytes()
+    try:
+        path.write_bytes(b"not parquet")
+        rows = {row["job"]: row for row in data.overview([get_job("demo_sensors"), get_job("demo_web_metrics")])}
+    finally:
+        path.write_bytes(saved)
+    assert "cannot read the output file" in rows["demo_sensors"]["error"]
+    assert rows["demo_web_metrics"]["error"] is None and rows["demo_web_metrics"]["last_run"]["run_id"] == PREDICT_RUN
