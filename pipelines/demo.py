@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -28,10 +27,16 @@ def setup_demo_database(path: Path | None = None) -> Path:
 
     path = path or base_dir() / "var" / "demo" / "sensors.db"
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_csv(base_dir() / "data" / "demo" / "sensor_readings.csv")
-    with sqlite3.connect(path) as connection:
+    import sqlalchemy as sa
+
+    frame = pd.read_csv(base_dir() / "data" / "demo" / "sensor_readings.csv", parse_dates=["reading_time"])
+    # Through SQLAlchemy, so times are stored as its DateTime text (YYYY-MM-DD HH:MM:SS.ffffff),
+    # the form the SQL source's bound window is compared with.
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
         frame.to_sql("sensor_readings", connection, if_exists="replace", index=False)
-        connection.execute("CREATE INDEX IF NOT EXISTS ix_readings_time ON sensor_readings (reading_time)")
+        connection.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_readings_time ON sensor_readings (reading_time)"))
+    engine.dispose()
     return path
 
 

@@ -267,3 +267,17 @@ def test_accepting_a_changed_schema_by_deleting_the_record(trained: JobConfig, p
     run_train(job, Window(TRAIN.start + timedelta(days=2), NEXT_DAY.start), run_id="retrain")
     run_predict(job, NEXT_DAY, run_id="accepted")
     assert json.loads(Path(schema_record_path(trained)).read_text())["columns"]["region"] == "number"
+
+
+def test_the_demo_sensor_table_gives_the_first_row_of_a_window(project: Path) -> None:
+    """The demo loader stores times in the form the SQL source's bound window is compared with."""
+    from pipelines.demo import setup_demo_database
+    from pipelines.sources import read_window
+
+    setup_demo_database()
+    job = get_job("demo_sensors")
+    start, end = to_utc("2024-02-01T00:00:00Z"), to_utc("2024-02-01T01:00:00Z")
+    frame = read_window(job, start, end)
+    stamps = pd.to_datetime(frame[job.timestamp], utc=True)
+    assert stamps.min() == pd.Timestamp("2024-02-01T00:00:00Z") and stamps.max() < pd.Timestamp("2024-02-01T01:00:00Z")
+    assert len(frame) == 4  # four machines, one hourly reading each
