@@ -33,6 +33,21 @@ os.environ.update(
     GX_ANALYTICS_ENABLED="false",
 )
 
+@pytest.fixture(autouse=True)
+def _library_logging_as_configured() -> None:
+    """Each test starts with the library's loggers as a fresh process has them: entry points
+    called in-process (``benchmarks.__main__.main`` quiets ``pipelines`` to WARNING; Airflow's
+    logging set-up may disable loggers that existed before it) must not blind later tests
+    that read log records."""
+    import logging
+
+    logging.disable(logging.NOTSET)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in ("pipelines", "benchmarks"):
+            logger.disabled = False
+            logger.setLevel(logging.NOTSET)
+
+
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 

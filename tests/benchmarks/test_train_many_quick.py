@@ -8,7 +8,9 @@ from benchmarks import train_many
 from pipelines.registry import ModelRegistry
 
 
-def test_each_series_is_trained_and_registered_as_a_mapped_task_would(tmp_path) -> None:
+def test_each_series_is_trained_and_registered_as_a_mapped_task_would(tmp_path, monkeypatch) -> None:
+    # The worker function points the library at its own home; monkeypatch restores the variable.
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
     seconds = train_many._train_one(("seasonal_mad", 3, 400, str(tmp_path)))
     assert seconds > 0
     champion = ModelRegistry(str(tmp_path / "models")).champion("train_many", "series=3")
