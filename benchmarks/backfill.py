@@ -213,12 +213,14 @@ def backfill_range(server: Any, days: int, timeout: float) -> dict[str, Any]:
     }
 
 
-def run(quick: bool = False) -> str:
+def run(quick: bool = False, *, days: int | None = None, database_url: str | None = None) -> str:
+    """``database_url``: Airflow's metadata database (default SQLite, which may hit "database is
+    locked" with a scheduler and a long backfill writing at once; PostgreSQL does not)."""
     from tests.airflow_server import start_server
 
-    days = QUICK_DAYS if quick else FULL_DAYS
+    days = days or (QUICK_DAYS if quick else FULL_DAYS)
     with tempfile.TemporaryDirectory(prefix="backfill-bench-") as scratch:
-        server = start_server(Path(scratch))
+        server = start_server(Path(scratch), database_url=database_url)
         try:
             figures = backfill_range(server, days, timeout=600 + 30 * 24 * days)
         finally:
@@ -238,7 +240,7 @@ def run(quick: bool = False) -> str:
             "### Backfill through `airflow backfill create`",
             "",
             f"Job `{JOB}` (2 regions x 2 features, seasonal_mad), one `airflow standalone` (LocalExecutor,",
-            "SQLite metadata, parallelism 4), default backfill concurrency. Each run extracts its hour plus",
+            f"{'PostgreSQL' if database_url else 'SQLite'} metadata, parallelism 4), default backfill concurrency. Each run extracts its hour plus",
             "the models' lookback, validates, scores each series and publishes to Parquet and SQLite.",
             "",
             table(
@@ -254,7 +256,10 @@ def run(quick: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.backfill", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one day (24 runs) instead of 30 days (720 runs)")
-    print(run(parser.parse_args().quick))
+    parser.add_argument("--days", type=int, help="days of hourly intervals to backfill (default 30)")
+    parser.add_argument("--database-url", help="Airflow metadata database, e.g. postgresql+psycopg2://...")
+    args = parser.parse_args()
+    print(run(args.quick, days=args.days, database_url=args.database_url))
 
 
 if __name__ == "__main__":
