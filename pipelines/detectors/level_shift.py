@@ -12,6 +12,9 @@ from pipelines.detectors.params import LevelShiftParams
 from pipelines.detectors.seasonal_mad import SeasonalMADDetector
 from pipelines.detectors.sequential import sprt_bounds, sprt_evidence
 
+#: Largest residual (robust scales) one row brings to the shift test.
+_STEP_CAP = 3.0
+
 
 class LevelShiftDetector(SeasonalMADDetector):
     """:class:`SeasonalMADDetector`'s expected value and robust scale, scored by Wald's sequential
@@ -66,12 +69,21 @@ class LevelShiftDetector(SeasonalMADDetector):
         return scores
 
     def _raw(self, z: np.ndarray) -> np.ndarray:
-        return sprt_evidence(z, self.shift_window_, self.drift_)
+        # A lone spike is judged by its own step; the shift test sees residuals clipped at
+        # _STEP_CAP, so one large residual cannot seed enough evidence to flag the normal rows
+        # after it (without the clip, a +6 spike made the next mildly high rows alarm).
+        z = np.nan_to_num(z, nan=0.0)
+        shift = sprt_evidence(np.clip(z, -_STEP_CAP, _STEP_CAP), self.shift_window_, self.drift_)
+        return np.maximum(shift, np.maximum(self.drift_ * np.abs(z) - self.drift_**2 / 2.0, 0.0))
 
     def _bounds(self, z: np.ndarray, raw_at_threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Where a row would be flagged given the evidence the rows before it gathered: the bounds
-        # narrow while a shift is building up, and are wide after calm rows.
-        return sprt_bounds(z, self.shift_window_, self.drift_, raw_at_threshold)
+        # narrow while a shift is building up, and are wide after calm rows. Beyond the clip the
+        # shift test cannot reach the threshold; the row's own step then decides.
+        clipped = np.clip(np.nan_to_num(z, nan=0.0), -_STEP_CAP, _STEP_CAP)
+        alone = np.broadcast_to(raw_at_threshold / self.drift_ + self.drift_ / 2.0, z.shape)
+        up, down = sprt_bounds(clipped, self.shift_window_, self.drift_, raw_at_threshold)
+        return (np.minimum(np.where(up <= _STEP_CAP, up, np.inf), alone), np.minimum(np.where(down <= _STEP_CAP, down, np.inf), alone))
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
         state, arrays, files = super()._state()

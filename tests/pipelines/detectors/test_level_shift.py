@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -49,3 +50,15 @@ def test_bounds_are_where_a_lone_point_would_be_flagged(series) -> None:
         probe.iloc[row, 0] = expected + where * (upper - expected)
         flagged[where] = detector.detect(probe, history=train).is_anomaly[row, 0]
     assert flagged == {0.5: False, 1.02: True}
+
+
+def test_a_spike_does_not_make_the_rows_after_it_alarm(series) -> None:
+    train, test = series
+    detector = LevelShiftDetector().fit(train)
+    spiked = test.copy()
+    spiked.iloc[40, 0] += 10.0
+    flagged = detector.detect(spiked, history=train).is_anomaly[:, 0]
+    clean = detector.detect(test, history=train).is_anomaly[:, 0]
+    assert flagged[40] and not clean[40]
+    # The rows after the spike alarm exactly as they would without it.
+    np.testing.assert_array_equal(flagged[41:], clean[41:])
