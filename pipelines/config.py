@@ -64,6 +64,14 @@ class SqlConnection(_Model):
         return _redact_url(self.url or "")
 
 
+def _without_window(params: dict[str, Any], named: str) -> dict[str, Any]:
+    """``params`` unless they set the window's own bounds, which the source binds itself."""
+    clash = sorted({"start", "end"} & set(params))
+    if clash:
+        raise ValueError(f"must not set {clash}: {named} are the window; rename those parameters")
+    return params
+
+
 def _redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
@@ -144,10 +152,7 @@ class PythonSource(_Model):
     @field_validator("params")
     @classmethod
     def _window_is_not_a_param(cls, params: dict[str, Any]) -> dict[str, Any]:
-        clash = sorted({"start", "end"} & set(params))
-        if clash:
-            raise ValueError(f"must not set {clash}: start and end are the window; rename those parameters")
-        return params
+        return _without_window(params, "start and end")
 
     def describe(self) -> str:
         return f"python source {self.callable!r}"
@@ -203,9 +208,7 @@ class BigQuerySource(_Model):
     @field_validator("params")
     @classmethod
     def _params_are_names(cls, params: dict[str, Any]) -> dict[str, Any]:
-        clash = sorted({"start", "end"} & set(params))
-        if clash:
-            raise ValueError(f"must not set {clash}: @start and @end are the window; rename those parameters")
+        _without_window(params, "@start and @end")
         bad = sorted(name for name in params if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
         if bad:
             raise ValueError(f"parameter names must be letters, digits and _ (BigQuery @name), got {bad}")

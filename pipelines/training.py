@@ -20,6 +20,7 @@ import pandas as pd
 import pipelines
 from pipelines.config import JobConfig, resolve_path
 from pipelines.detectors import BaseDetector, load_detector, make_detector
+from pipelines.detectors.synthetic import robust_scale as feature_scale
 from pipelines.errors import ModelError
 from pipelines.registry import ModelRegistry, ModelVersion
 from pipelines.workspace import Window, utcnow
@@ -59,15 +60,6 @@ def holdout_error(detector: BaseDetector, holdout: pd.DataFrame, history: pd.Dat
     detection = detector.detect(holdout, history=history)
     errors = np.abs(detection.values - detection.expected) / scale
     return float(np.nanmean(errors))
-
-
-def feature_scale(frame: pd.DataFrame) -> np.ndarray:
-    """A robust spread of each feature (MAD, falling back to std, then 1) to normalise errors."""
-    values = frame.to_numpy(dtype="float64")
-    median = np.nanmedian(values, axis=0)
-    mad = 1.4826 * np.nanmedian(np.abs(values - median), axis=0)
-    std = np.nanstd(values, axis=0)
-    return np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
