@@ -111,8 +111,8 @@ def test_quick_table_has_fixed_and_swept_rows_with_nab_scores(quick: tuple[list[
     assert markdown.startswith("## Detection quality on NAB\n")
     assert "| Detector | Threshold | Standard | Reward low FP | Reward low FN | Source |" in markdown
     rows = table_rows(markdown)
-    scores_table, runs_table = rows[:2], rows[2:]  # one detector: fixed and swept, then its run
-    assert [row[1].split(":")[0] for row in scores_table] == ["fixed", "swept"]
+    scores_table, runs_table = rows[:4], rows[4:]  # one detector: fixed and swept, rows then alerts; its run
+    assert [row[1].split(":")[0] for row in scores_table] == ["fixed", "swept", "alerts, fixed", "alerts, swept"]
     assert all(row[0] == f"`{DETECTORS[0].label}`" and row[-1] == "ours, this run" for row in scores_table)
     for row in scores_table:
         values = [float(cell) for cell in row[2:5]]
@@ -129,6 +129,20 @@ def test_quick_table_has_fixed_and_swept_rows_with_nab_scores(quick: tuple[list[
         # "Never alarm" (score 0) is among the candidates, so the best threshold scores at least 0.
         assert best >= 0
         assert threshold == math.inf or 0 <= threshold <= 1
+        alert_threshold, alert_best = run.alerts_swept[profile]
+        assert 0 <= alert_best <= 100 and (alert_threshold == math.inf or 0 <= alert_threshold <= 1)
+        assert -100 <= run.alerts_fixed[profile] <= 100
+    # Without a snooze every flagged row is an alert: the alert rows then score as the flagged rows.
+    assert set(run.snooze_sensitivity) == set(nab.SNOOZE_SENSITIVITY)
+    assert run.snooze_sensitivity[0] == pytest.approx(run.fixed["standard"])
+
+
+def test_alerts_go_out_at_the_start_of_an_event_and_not_again_while_snoozed() -> None:
+    flagged = np.zeros(30, dtype=bool)
+    flagged[[3, 4, 5, 6, 9, 20, 21]] = True
+    assert np.flatnonzero(nab.alerts(flagged, snooze_rows=5)).tolist() == [3, 9, 20]
+    assert np.flatnonzero(nab.alerts(flagged, snooze_rows=0)).tolist() == [3, 4, 5, 6, 9, 20, 21]
+    assert np.flatnonzero(nab.alerts(flagged, snooze_rows=20)).tolist() == [3]
 
 
 def test_full_table_puts_the_published_scoreboard_beside_ours(quick: tuple[list[nab.DetectorRun], str]) -> None:
