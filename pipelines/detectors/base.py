@@ -81,6 +81,11 @@ def make_detection(
     The bounds are ``expected ± half_width``, or ``expected - below`` under it when given.
     """
     missing = np.isnan(values)
+    if missing.any():
+        same = feature_score is score
+        score = np.where(missing, 0.0, score)
+        feature_score = score if same else np.where(missing, 0.0, feature_score)
+        is_anomaly = ~missing & is_anomaly
     return Detection(
         index=index,
         features=list(features),
@@ -88,9 +93,9 @@ def make_detection(
         expected=expected,
         lower=expected - (half_width if below is None else below),
         upper=expected + half_width,
-        score=np.where(missing, 0.0, score),
-        feature_score=np.where(missing, 0.0, feature_score),
-        is_anomaly=~missing & is_anomaly,
+        score=score,
+        feature_score=feature_score,
+        is_anomaly=is_anomaly,
     )
 
 
@@ -229,6 +234,8 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         if isinstance(frame.index, pd.DatetimeIndex) != self.time_indexed_:
             fitted = "timestamps" if self.time_indexed_ else "row numbers"
             raise ModelError(f"{what} must be indexed by {fitted}, like the training data")
+        if columns == expected:  # the usual case: no renamed copy, no reordering
+            return frame
         return frame.set_axis(columns, axis=1)[expected]
 
     @abstractmethod
@@ -333,7 +340,9 @@ def _check_frame(frame: Any, what: str) -> pd.DataFrame:
         raise ModelError(f"{what} must be indexed by UTC timestamps or row numbers, got a {type(index).__name__}")
     if not (frame.index.is_monotonic_increasing and frame.index.is_unique):
         raise ModelError(f"{what} must be sorted by its index without duplicates; sort it and drop repeated rows")
-    text = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c].dtype)]
+    dtypes = frame.dtypes
+    text = [str(c) for c, dtype in zip(frame.columns, dtypes, strict=True) if not pd.api.types.is_numeric_dtype(dtype)]
     if text:
         raise ModelError(f"{what} has non-numeric feature columns {text}; features must be numbers")
-    return frame.astype("float64")
+    # A copy only when some column is not float64 yet: scoring never writes into the frame.
+    return frame if (dtypes == "float64").all() else frame.astype("float64")

@@ -16,6 +16,55 @@ from pipelines.errors import ModelError
 _MAX_KNOTS = 512
 #: Floor of the tail scale: training scores that are all equal have no excess to fit.
 _MIN_TAIL_SCALE = 1e-12
+#: Buckets of the segment lookup of :class:`_PiecewiseLinear` (16 per knot at most).
+_BUCKETS_PER_KNOT = 16
+
+
+class _PiecewiseLinear:
+    """``np.interp(x, knots, values, left=left)`` with the segment of each point found in O(1).
+
+    np.interp binary-searches the segment of every point, and that search was most of a
+    detector's scoring time beyond the model itself (about 10 ms of a 100,000-row seasonal
+    score). Here a uniform grid of buckets over the knots maps a point to its segment directly;
+    only points in the few buckets holding a knot are binary-searched. The arithmetic is
+    np.interp's own (``slope * (x - x_j) + y_j``), so results are identical.
+    """
+
+    def __init__(self, knots: np.ndarray, values: np.ndarray, left: float):
+        self.knots, self.values, self.left = knots, values, left
+        self.slopes = np.diff(values) / np.diff(knots) if knots.size > 1 else np.zeros(0)
+        self.buckets = max(1, _BUCKETS_PER_KNOT * knots.size)
+        span = float(knots[-1] - knots[0])
+        self.inverse_width = self.buckets / span if span > 0 else 0.0
+        edges = knots[0] + np.arange(self.buckets + 1) / self.inverse_width if span > 0 else knots[:1]
+        # Segment j holds [knots[j], knots[j+1]); a bucket whose two edges fall in one segment
+        # is unambiguous.
+        segment = np.searchsorted(knots, edges, side="right") - 1
+        self.bucket_segment = segment[:-1] if span > 0 else segment
+        self.ambiguous = (segment[1:] != segment[:-1]) if span > 0 else np.ones(1, dtype=bool)
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """The values at ``points`` (any shape; NaN stays NaN)."""
+        knots = self.knots
+        if knots.size < 2 or self.inverse_width == 0.0:
+            return np.asarray(np.interp(points, knots, self.values, left=self.left))
+        return self._flat(np.ravel(points)).reshape(np.shape(points))
+
+    def _flat(self, x: np.ndarray) -> np.ndarray:
+        knots = self.knots
+        inside = (x >= knots[0]) & (x < knots[-1])
+        with np.errstate(invalid="ignore"):  # NaN and inf land in a clipped bucket and are set below
+            bucket = ((x - knots[0]) * self.inverse_width).astype(np.int64, copy=False)
+        np.clip(bucket, 0, self.buckets - 1, out=bucket)
+        segment = self.bucket_segment[bucket]
+        unsure = np.flatnonzero(self.ambiguous[bucket] & inside)
+        segment[unsure] = np.searchsorted(knots, x[unsure], side="right") - 1
+        np.clip(segment, 0, knots.size - 2, out=segment)
+        out = self.slopes[segment] * (x - knots[segment]) + self.values[segment]
+        out[x < knots[0]] = self.left
+        out[x >= knots[-1]] = self.values[-1]
+        out[np.isnan(x)] = np.nan
+        return out
 
 
 class ScoreCalibrator:
@@ -68,15 +117,21 @@ class ScoreCalibrator:
         # At least one point's worth of mass, so the tail still ranks when nothing exceeded it.
         self.tail_mass_ = max(excess.size, 1) / scores.size
         self.tail_scale_ = max(float(excess.mean()) if excess.size else 0.0, _MIN_TAIL_SCALE)
+        self._body = None
         return self
+
+    def _body_map(self) -> _PiecewiseLinear:
+        if getattr(self, "_body", None) is None:
+            self._body = _PiecewiseLinear(self.knots_raw_, self.knots_score_, left=0.0)
+        return self._body
 
     def transform(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated scores in [0, 1]; NaN stays NaN."""
         raw = np.asarray(raw, dtype="float64")
-        body = np.interp(raw, self.knots_raw_, self.knots_score_, left=0.0)
-        excess = np.maximum(raw - self.tail_start_, 0.0)
-        tail = 1.0 - self.tail_mass_ * np.exp(-excess / self.tail_scale_)
-        return np.where(raw > self.tail_start_, tail, body)
+        out = self._body_map()(raw)
+        tail = raw > self.tail_start_
+        out[tail] = 1.0 - self.tail_mass_ * np.exp((self.tail_start_ - raw[tail]) / self.tail_scale_)
+        return out
 
     def surprise(self, raw: np.ndarray) -> np.ndarray:
         """``-log(1 - transform(raw))``: the same order, without the ceiling at 1.0.
@@ -85,7 +140,7 @@ class ScoreCalibrator:
         the calibrated score has rounded to 1.0; detectors combine surprises, never scores.
         """
         raw = np.asarray(raw, dtype="float64")
-        body = np.interp(raw, self.knots_raw_, self.knots_score_, left=0.0)
+        body = self._body_map()(raw)
         tail = -np.log(self.tail_mass_) + np.maximum(raw - self.tail_start_, 0.0) / self.tail_scale_
         return np.where(raw > self.tail_start_, tail, -np.log1p(-np.minimum(body, 1.0 - self.tail_mass_)))
 

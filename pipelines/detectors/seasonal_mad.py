@@ -157,7 +157,7 @@ class SeasonalMADDetector(BaseDetector):
         return width, width
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
-        frame = pd.concat([history, X])
+        frame = pd.concat([history, X]) if len(history) else X
         slots = self._slots(frame.index)
         expected = self._expected(frame.to_numpy(), slots)
         scale = self.scale_[slots]

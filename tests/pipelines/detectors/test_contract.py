@@ -110,6 +110,19 @@ def test_detect_does_not_change_the_model(kind: str, data) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_fit_and_detect_leave_the_callers_frames_unchanged(kind: str, data) -> None:
+    # Checked float64 frames are used without a copy, so no detector may write into them.
+    train, test = data
+    train = train.copy()
+    train.iloc[5, 0] = np.nan  # a missing value, which detectors fill in their own arrays
+    before_train, before_test = train.copy(), test.copy()
+    detection = fitted(kind, train).detect(test, history=train)
+    pd.testing.assert_frame_equal(train, before_train)
+    pd.testing.assert_frame_equal(test, before_test)
+    assert np.isfinite(detection.score).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_output_shapes_types_and_ranges(kind: str, data) -> None:
     train, test = data
     detection = fitted(kind, train).detect(test, history=train)
