@@ -76,10 +76,12 @@ TRAINING_PERIODS = 4000
 CONTAMINATION = 0.005
 WORKERS = 2
 #: The *alerts* rows count what a person would be sent, not every flagged row: one alert at the
-#: first flagged row of an event, then none for this long (the snooze of ``pipelines.alerts``),
-#: converted to rows of each series. One day is the usual paging snooze; it was declared before
+#: first flagged row of an event, and no new one until this long after the end of the last
+#: alerted event (``alerts.snooze`` of ``pipelines.alerts``), converted to rows of each series. One day is the usual paging snooze; it was declared before
 #: the alert rows were scored, and docs/BENCHMARKS.md shows the score for other snoozes too.
 ALERT_SNOOZE = timedelta(days=1)
+#: Unflagged rows allowed inside one event: the default ``alerts.max_gap``.
+ALERT_MAX_GAP = 1
 #: Snoozes (rows) of the sensitivity table, so the chosen one hides nothing.
 SNOOZE_SENSITIVITY = (0, 12, 50, 100, 200, 400)
 #: Thresholds tried by the alert sweep: the score quantiles ``1 - q`` of the corpus for these
@@ -458,15 +460,23 @@ def nab_scores(
     return fixed, swept
 
 
-def alerts(flagged: np.ndarray, snooze_rows: int) -> np.ndarray:
-    """The rows where an alert goes out: a flagged row more than ``snooze_rows`` rows after the
-    previous alert (the first flagged row of an event, and of a still-flagged stretch once the
-    snooze is over)."""
+def alerts(flagged: np.ndarray, snooze_rows: int, max_gap: int = ALERT_MAX_GAP) -> np.ndarray:
+    """The rows where :mod:`pipelines.alerts` would send an alert, by its rules in rows.
+
+    Flagged rows at most ``max_gap`` unflagged rows apart form one event; an event is alerted,
+    at its first row, unless it starts while the series is snoozed, i.e. within ``snooze_rows``
+    rows after the end of the last alerted event.
+    """
     sent = np.zeros(len(flagged), dtype=bool)
-    last = -snooze_rows - 1
-    for row in np.flatnonzero(flagged):
-        if row - last > snooze_rows:
-            sent[row], last = True, row
+    rows = np.flatnonzero(flagged)
+    if not rows.size:
+        return sent
+    breaks = np.flatnonzero(np.diff(rows) > max_gap + 1)
+    starts, ends = rows[np.r_[0, breaks + 1]], rows[np.r_[breaks, rows.size - 1]]
+    snoozed_until = -1
+    for start, end in zip(starts, ends, strict=True):
+        if start > snoozed_until:
+            sent[start], snoozed_until = True, end + snooze_rows
     return sent
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import pandas as pd
 from pipelines.detectors.base import BaseDetector, Detection
 from pipelines.detectors.params import AUTO_CANDIDATES, AutoParams
 from pipelines.detectors.synthetic import event_f1, inject_anomalies, robust_scale
+from pipelines.durations import parse_duration
 from pipelines.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ class AutoDetector(BaseDetector):
     Attributes
     ----------
     chosen_ : str
+    chosen_params_ : dict
+        Parameters of the winner other than its defaults: ``{"season": None}`` when the training
+        rows hold fewer than two of its default seasons (seasonal candidates then run without one).
     model_ : BaseDetector
         The winner, fitted on all training rows.
     trials_ : list of dict
@@ -74,10 +79,23 @@ class AutoDetector(BaseDetector):
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
 
-    def _make(self, kind: str) -> BaseDetector:
+    def _make(self, kind: str, params: dict[str, Any] | None = None) -> BaseDetector:
         from pipelines.detectors import make_detector
 
-        return make_detector(kind, {}, threshold_kind=self.threshold_kind, threshold_value=self.threshold_value)
+        return make_detector(kind, params or {}, threshold_kind=self.threshold_kind, threshold_value=self.threshold_value)
+
+    def _candidate_params(self, kind: str, head: pd.DataFrame) -> dict[str, Any]:
+        """Default parameters, except a season the head cannot hold twice: then no season.
+
+        A seasonal candidate needs two whole seasons to learn its profile; skipping it on a short
+        history would leave out the robust baselines exactly where they are most useful.
+        """
+        season = self._make(kind).get_params().get("season")
+        if not isinstance(season, str) or not isinstance(head.index, pd.DatetimeIndex) or len(head) < 2:
+            return {}
+        step = pd.Series(head.index).diff().median()
+        slots = math.ceil(pd.Timedelta(parse_duration(season)) / step)
+        return {} if len(head) >= 2 * slots else {"season": None}
 
     def _fit(self, X: pd.DataFrame, params: AutoParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to hold back rows for choosing a detector")
@@ -91,14 +109,14 @@ class AutoDetector(BaseDetector):
             reasons = "; ".join(f"{t['kind']}: {t['skipped']}" for t in self.trials_)
             raise ModelError(f"no candidate detector could fit this series ({reasons})")
         best = max(usable, key=lambda t: (round(t["f1"], 2), -t["holdout_error"]))
-        self.chosen_ = best["kind"]
+        self.chosen_, self.chosen_params_ = best["kind"], dict(best.get("params", {}))
         others = ", ".join(f"{t['kind']} {t['f1']:.2f}" for t in usable if t is not best)
         self.reason_ = (
             f"{self.chosen_}: event F1 {best['f1']:.2f} on {len(planted.events)} anomalies planted in the held-back "
             f"{len(tail)} rows (others: {others or 'none'}); forecast error {best['holdout_error']:.3g}"
         )
         log.info("auto chose %s", self.reason_)
-        self.model_ = self._make(self.chosen_).fit(X)
+        self.model_ = self._make(self.chosen_, self.chosen_params_).fit(X)
         self.lookback_ = self.model_.lookback_
         return self.model_.detect(X).score
 
@@ -107,8 +125,9 @@ class AutoDetector(BaseDetector):
         if package and importlib.util.find_spec(package) is None:
             return {"kind": kind, "skipped": f"{package} is not installed"}
         started = time.perf_counter()
+        params = self._candidate_params(kind, head)
         try:
-            candidate = self._make(kind).fit(head)
+            candidate = self._make(kind, params).fit(head)
             clean = candidate.detect(tail, history=head)
             flagged = candidate.detect(planted.frame, history=head).is_anomaly.any(axis=1)
         except (ModelError, ConfigError) as exc:
@@ -116,6 +135,7 @@ class AutoDetector(BaseDetector):
         error = float(np.nanmean(np.abs(clean.values - clean.expected) / scale))
         return {
             "kind": kind,
+            **({"params": params} if params else {}),
             **{name: round(value, 4) for name, value in event_f1(flagged, planted).items()},
             "holdout_error": round(error, 6),
             "seconds": round(time.perf_counter() - started, 3),
@@ -125,13 +145,14 @@ class AutoDetector(BaseDetector):
         return self.model_.detect(X, history=history)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
-        state = {"chosen_": self.chosen_, "trials_": self.trials_, "reason_": self.reason_}
+        state = {"chosen_": self.chosen_, "chosen_params_": self.chosen_params_, "trials_": self.trials_, "reason_": self.reason_}
         return state, {}, {_INNER + name: data for name, data in self.model_.to_files().items()}
 
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
         from pipelines.detectors import load_detector
 
         self.chosen_, self.trials_, self.reason_ = state["chosen_"], state["trials_"], state["reason_"]
+        self.chosen_params_ = state.get("chosen_params_", {})  # absent in models saved before the season fallback
         inner = {name.removeprefix(_INNER): data for name, data in files.items() if name.startswith(_INNER)}
         self.model_ = load_detector(self.chosen_, inner)
 
@@ -139,6 +160,7 @@ class AutoDetector(BaseDetector):
         return {
             **super().summary(),
             "chosen": self.chosen_,
+            "chosen_params": self.chosen_params_,
             "reason": self.reason_,
             "trials": self.trials_,
             "chosen_detector": self.model_.summary(),

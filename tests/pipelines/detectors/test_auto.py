@@ -76,3 +76,18 @@ def test_planted_anomalies_and_event_f1(frame) -> None:
     only_shift = np.zeros(200, dtype=bool)
     only_shift[planted.events[-1][0]] = True
     assert event_f1(only_shift, planted) == pytest.approx({"f1": 0.4, "precision": 1.0, "recall": 0.25})
+
+
+def test_a_seasonal_candidate_runs_without_a_season_on_a_short_history() -> None:
+    # 300 five-minute rows: fewer than two daily seasons (576 rows) in the fitted head, so the
+    # robust baselines are tried (and may win) without a season instead of being skipped.
+    rng = np.random.default_rng(3)
+    index = pd.date_range("2024-01-01", periods=300, freq="5min", tz="UTC")
+    frame = pd.DataFrame({"value": 10 + rng.normal(0, 1, 300)}, index=index)
+    detector = AutoDetector(candidates=["seasonal_mad", "level_shift"]).fit(frame)
+    trials = {t["kind"]: t for t in detector.trials_}
+    assert all("skipped" not in t and t["params"] == {"season": None} for t in trials.values())
+    assert detector.chosen_params_ == {"season": None} and detector.model_.season_ is None
+    restored = load_detector("auto", detector.to_files())
+    assert restored.chosen_params_ == {"season": None}
+    np.testing.assert_array_equal(restored.detect(frame).score, detector.detect(frame).score)
