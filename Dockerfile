@@ -11,12 +11,12 @@ COPY --chown=airflow:0 constraints.txt pyproject.toml README.md ./
 RUN python -c "import tomllib; \
       project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
       extras = project['optional-dependencies']; \
-      print('\n'.join(project['dependencies'] + extras['s3'] + extras['postgres']))" > requirements.txt \
+      print('\n'.join(project['dependencies'] + extras['s3'] + extras['postgres'] + extras['alerts']))" > requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r requirements.txt
 
 # Code layer: the library itself; its dependencies are already satisfied above.
 COPY --chown=airflow:0 pipelines/ ./pipelines/
-RUN pip install --no-cache-dir -c constraints.txt ".[s3,postgres]"
+RUN pip install --no-cache-dir -c constraints.txt ".[s3,postgres,alerts]"
 
 WORKDIR /opt/airflow
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only throughput,predict,parse,nab]`` (``make bench``).
+"""``python -m benchmarks [--quick] [--only throughput,predict,parse,nab,tuning,...]`` (``make bench``).
 
 Runs each benchmark module's ``run(quick) -> str`` in turn and writes what it returns as that
 benchmark's section of docs/BENCHMARKS.md. ``--quick`` runs small versions and only prints:
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "parse": "benchmarks.parse_time",
     "one_off": "benchmarks.one_off",
     "nab": "benchmarks.nab",
+    "tuning": "benchmarks.tuning",
     "train_many": "benchmarks.train_many",
     "backfill": "benchmarks.backfill",
     "dashboard": "benchmarks.dashboard",

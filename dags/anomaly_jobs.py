@@ -79,9 +79,29 @@ def model_asset(job: JobConfig) -> Asset:
     return Asset(name=f"anomaly_pipelines__{job.name}__model", uri=f"file:///anomaly-pipelines/models/{job.name}")
 
 
+def tuned_asset(job: JobConfig) -> Asset:
+    """Updated when a tune run stores new parameters for ``job``: train runs at once to use them."""
+    return Asset(name=f"anomaly_pipelines__{job.name}__tuned", uri=f"file:///anomaly-pipelines/tuned/{job.name}")
+
+
+def retrain_asset(job: JobConfig) -> Asset:
+    """Updated when a predict run finds sustained drift or an anomaly rate far from the calibrated one."""
+    return Asset(name=f"anomaly_pipelines__{job.name}__retrain", uri=f"file:///anomaly-pipelines/retrain/{job.name}")
+
+
 def _timetable(cron: str | None) -> CronDataIntervalTimetable | None:
     # Data-interval timetables give contiguous windows, so every hour (or day) is scored once.
     return CronDataIntervalTimetable(cron, timezone="UTC") if cron else None
+
+
+def _train_schedule(job: JobConfig):
+    """Train runs on its cron and as soon as tuning stores new parameters or monitoring asks
+    for a retrain; on those assets alone when the job has no train cron."""
+    from airflow.sdk import AssetOrTimeSchedule
+
+    assets = tuned_asset(job) | retrain_asset(job)
+    timetable = _timetable(job.schedules.train)
+    return assets if timetable is None else AssetOrTimeSchedule(timetable=timetable, assets=assets)
 
 
 def _context_window() -> tuple[object, object, dict]:
@@ -115,8 +135,11 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
     """Train (or tune) every series: extract → validate → one mapped task per series → summarize."""
     cron = job.schedules.train if purpose == "train" else job.schedules.tune
     outlets = [model_asset(job)] if purpose == "train" else []
+    kwargs = _dag_kwargs(job, purpose, cron, WINDOW_PARAMS)
+    if purpose == "train":
+        kwargs["schedule"] = _train_schedule(job)
 
-    @dag(**_dag_kwargs(job, purpose, cron, WINDOW_PARAMS))
+    @dag(**kwargs)
     def train_dag():
         @task
         @fail_fast
@@ -125,6 +148,20 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             from pipelines.workspace import training_window
 
             _, interval_end, params = _context_window()
+            if interval_end is None and not params.get("end"):
+                # An asset-triggered (or manual) run has no data interval (see triggered_training_end).
+                from pipelines.workspace import triggered_training_end
+
+                context = get_current_context()
+                events = context.get("triggering_asset_events") or {}
+                ends = [
+                    e.extra["end"]
+                    for asset in (tuned_asset(job), retrain_asset(job))
+                    for e in events.get(asset, [])
+                    if (e.extra or {}).get("end")
+                ]
+                due = context.get("logical_date") or getattr(context.get("dag_run"), "run_after", None)
+                interval_end = triggered_training_end(job, ends, due)
             window = training_window(job, interval_end, start=params.get("start"), end=params.get("end"))
             return extract_window(job, window, run_id=run_id).to_dict()
 
@@ -146,13 +183,13 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             get_current_context()["series_label"] = series  # names the mapped task in the UI
 
             data = read_series(job, run_id, series)
+            window = Window.from_dict(extracted["window"])
             if purpose == "tune":
                 from pipelines.tuning import tune_series
 
-                return tune_series(job, series, data)
+                return tune_series(job, series, data, window, run_id=run_id)
             from pipelines.training import train_series
 
-            window = Window.from_dict(extracted["window"])
             return train_series(job, series, data, window, run_id=run_id).to_dict()
 
         @task(outlets=outlets)
@@ -166,9 +203,25 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             cleanup(job, run_id)
             return {"series": len(results), "results": results}
 
+        # Tune only: succeeds (updating tuned_asset, which schedules train) when some series'
+        # challenger was promoted; skipped otherwise, so an unchanged model triggers no train run.
+        @task(outlets=[tuned_asset(job)])
+        def announce(summary: dict, extracted: dict, run_id: str | None = None) -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            promoted = [r["series"] for r in summary["results"] if r.get("promoted")]
+            if not promoted:
+                raise AirflowSkipException("no tuned challenger was promoted: the serving models stay, no retrain")
+            # "end": the triggered train run trains on the same window's end (see extract).
+            extra = {"end": extracted["window"]["end"], "promoted": promoted, "run_id": run_id}
+            get_current_context()["outlet_events"][tuned_asset(job)].extra = extra
+            return extra
+
         extracted = extract()
         series = validate(extracted)
-        summarize(fit.partial(extracted=extracted).expand(series=series))
+        summary = summarize(fit.partial(extracted=extracted).expand(series=series))
+        if purpose == "tune":
+            announce(summary, extracted)
 
     return train_dag()
 
@@ -249,9 +302,55 @@ def build_predict_dag(job: JobConfig):
             cleanup(job, run_id)
             return result.to_dict()
 
+        # From the published rows (the workspace is gone by then; ``published`` only orders it
+        # after publish): records drift and anomaly rates, and succeeds (updating retrain_asset, which schedules train) only when a retrain
+        # is due; otherwise it is skipped. One at a time: backfill runs decide in turn.
+        @task(outlets=[retrain_asset(job)], max_active_tis_per_dag=1)
+        @fail_fast
+        def monitor(published: dict, extracted: dict, run_id: str | None = None) -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.monitoring import monitor_window
+            from pipelines.reporting import log_table
+            from pipelines.workspace import Window
+
+            if extracted["one_off"]:
+                raise AirflowSkipException("one-off scoring does not write the job's outputs: nothing to monitor")
+            context = get_current_context()
+            window = Window.from_dict(extracted["window"])
+            result = monitor_window(job, window, run_id=run_id)
+            log_table(f"job {job.name}: drift and anomaly rate, {window}", result.rows)
+            # Kept whether or not a retrain is due (a skipped task has no return value).
+            context["ti"].xcom_push(key="monitoring", value=result.to_dict())
+            if not result.due:
+                raise AirflowSkipException(f"no retrain due: {'; '.join(result.reasons) or 'no sustained drift or anomaly rate'}")
+            # "end": the triggered train run trains on the data up to this window (see extract).
+            context["outlet_events"][retrain_asset(job)].extra = {
+                "reasons": result.reasons, "end": window.end.isoformat(), "window": str(window), "run_id": run_id
+            }
+            return result.to_dict()
+
+        # From the published rows (``published`` only orders it after publish). One at a time:
+        # every run of the job reads and writes its alert state (sent events, snoozes, digest).
+        # A failed delivery keeps its retries: the retry sends what was not sent.
+        @task(max_active_tis_per_dag=1)
+        @fail_fast
+        def alert(published: dict, extracted: dict) -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.alerts import alert_window
+            from pipelines.workspace import Window
+
+            if extracted["one_off"]:
+                raise AirflowSkipException("one-off scoring does not write the job's outputs: nothing to alert on")
+            return alert_window(job, Window.from_dict(extracted["window"]), context=get_current_context())
+
         extracted = extract()
         units = validate(extracted)
-        publish(score.partial(extracted=extracted).expand(unit=units), extracted)
+        published = publish(score.partial(extracted=extracted).expand(unit=units), extracted)
+        monitor(published, extracted)
+        if job.alerts is not None:
+            alert(published, extracted)
 
     return predict_dag()
 

@@ -100,6 +100,52 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in some containers
+        return "cli"
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from pipelines.labels import label_store
+
+    job = get_job(args.job)
+    label = label_store(job).add(
+        job.name,
+        args.series,
+        args.start,
+        args.end,
+        args.verdict == "true",
+        feature=args.feature,
+        value_min=args.value_min,
+        value_max=args.value_max,
+        note=args.note,
+        author=args.author or _user(),
+    )
+    _print_json(label.to_dict())
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from pipelines.labels import label_store
+
+    job = get_job(args.job)
+    _print_json([label.to_dict() for label in label_store(job).labels(job.name, args.series, args.start, args.end)])
+    return 0
+
+
+def cmd_labels_import(args: argparse.Namespace) -> int:
+    from pipelines.labels import import_labels
+
+    job = get_job(args.job)
+    labels = import_labels(job, args.file, author=args.author or "")
+    _print_json({"job": job.name, "file": args.file, "imported": len(labels)})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-pipelines", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -111,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, helptext in (
         ("train", cmd_train, "train every series of a job on its training window"),
-        ("tune", cmd_tune, "grid-search parameters per series; train uses the result"),
+        ("tune", cmd_tune, "search detectors and parameters per series (Optuna); promote a winning challenger"),
     ):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("job")
@@ -139,6 +185,32 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged")
     detect.add_argument("--output", required=True, help="Parquet file to write")
     detect.set_defaults(func=cmd_detect)
+
+    label = commands.add_parser("label", help="mark an anomaly event as a true anomaly or a false alarm")
+    label.add_argument("job")
+    label.add_argument("--series", required=True, help="the event's series, e.g. region=eu ('all' without dimensions)")
+    label.add_argument("--start", required=True, help="first anomalous timestamp (ISO 8601 with offset, inclusive)")
+    label.add_argument("--end", required=True, help="last anomalous timestamp (ISO 8601 with offset, inclusive)")
+    label.add_argument("--verdict", required=True, choices=("true", "false"), help="true: a real anomaly; false: a false alarm")
+    label.add_argument("--feature", help="one feature (default: the whole series)")
+    label.add_argument("--note", default="", help="why, in a few words")
+    label.add_argument("--author", help="who gives the verdict (default: your login name)")
+    label.add_argument("--value-min", type=float, help="with --value-max: the event's value range (default: from the outputs)")
+    label.add_argument("--value-max", type=float)
+    label.set_defaults(func=cmd_label)
+
+    labels = commands.add_parser("labels", help="list a job's labels as JSON")
+    labels.add_argument("job")
+    labels.add_argument("--series", help="only this series")
+    labels.add_argument("--start", help="only labels ending at or after this time (ISO 8601 with offset)")
+    labels.add_argument("--end", help="only labels starting at or before this time")
+    labels.set_defaults(func=cmd_labels)
+
+    labels_import = commands.add_parser("labels-import", help="store the labels of a CSV or JSON file of known anomalies")
+    labels_import.add_argument("job")
+    labels_import.add_argument("file", help="columns series, start, end, verdict; optional feature, note, value_min, value_max")
+    labels_import.add_argument("--author", help="author of rows without one (default: import:<file name>)")
+    labels_import.set_defaults(func=cmd_labels_import)
     return parser
 
 

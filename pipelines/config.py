@@ -322,10 +322,32 @@ class ValidationConfig(_Model):
 
 
 class TuneConfig(_Model):
+    """The search of ``<job>__tune``: see docs/MODELS.md ("Tuning") and docs/CONFIGURATION.md."""
+
+    detectors: list[str] | None = Field(
+        None, min_length=1, description="Detector kinds searched; default the auto candidates for auto, else model.kind."
+    )
+    trials: int = Field(20, ge=1, le=10_000, description="Most trials per series.")
+    timeout: timedelta = Field(timedelta(minutes=10), description="Most time per series; a running trial finishes.")
     grid: dict[str, list[Any]] = Field(
-        default_factory=dict, description="Parameter values to try; empty means the detector's default grid."
+        default_factory=dict, description="Restricts these parameters to these values; empty means the full search space."
     )
     holdout_fraction: float = Field(0.25, gt=0, lt=1)
+    promotion_margin: float = Field(0.02, ge=0.0, le=1.0, description="How much the challenger must beat the champion by.")
+    seed: int = Field(0, description="Seed of the sampler and of the planted anomalies.")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _parse_timeout(cls, value: Any) -> timedelta:
+        return _duration(value)
+
+    @model_validator(mode="after")
+    def _searchable(self) -> TuneConfig:
+        from pipelines.detectors.search_spaces import TUNABLE_KINDS, check_tune_settings
+
+        # Without tune.detectors the kinds depend on model.kind: the tune run checks them again.
+        check_tune_settings(self.detectors or list(TUNABLE_KINDS), self.grid if self.detectors else {})
+        return self
 
 
 class ResampleConfig(_Model):
@@ -349,6 +371,141 @@ class ResampleConfig(_Model):
         return self
 
 
+class LabelsConfig(_Model):
+    """Where people's verdicts on anomaly events (true anomaly / false alarm) are kept.
+
+    One table may hold the labels of many jobs (rows are keyed by job). The default is a SQLite
+    file in the project's ``var/``; point ``connection`` at a shared database when the API, the
+    CLI and Airflow's workers run on different machines.
+    """
+
+    connection: SqlConnection = Field(
+        default_factory=lambda: SqlConnection(url="sqlite:///var/labels.db"),
+        description="Database of the labels table; relative sqlite:/// paths resolve against the project root.",
+    )
+    table: str = Field("anomaly_labels", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="Table name.")
+
+
+class MonitoringConfig(_Model):
+    """When a predict run asks for a retrain (see docs/MODELS.md, "Monitoring and retraining").
+
+    Each predict run records, per series and feature, the drift of the scored values against the
+    champion's training window, and the anomaly rate. A retrain is due when one feature drifted
+    beyond ``drift_threshold`` in each of the last ``sustained_runs`` records of the serving
+    champion, or when its anomaly rate was far above the calibrated one in each of them.
+    """
+
+    enabled: bool = Field(True, description="Record drift and anomaly rates and request retrains.")
+    statistic: Literal["psi", "ks"] = Field("psi", description="Drift statistic that decides (both are recorded).")
+    drift_threshold: float | None = Field(
+        None, gt=0.0, description="Drift above this is 'drifted'; default 0.25 for psi, 0.2 for ks."
+    )
+    sustained_runs: int = Field(3, ge=1, le=1000, description="Consecutive records that must agree.")
+    min_rows: int = Field(
+        100, ge=2, le=100_000, description="Fewest timestamps a statistic is computed on (earlier published rows are added)."
+    )
+    rate_factor: float = Field(3.0, gt=1.0, description="Anomaly rate above this many times the calibrated one is far.")
+    rate_p_value: float = Field(
+        0.001, gt=0.0, lt=1.0, description="Level of the one-sided binomial test of the anomaly rate."
+    )
+    repeat_after_runs: int = Field(
+        24, ge=1, description="Predict runs after a retrain request before the same champion is reported again."
+    )
+
+    @property
+    def threshold(self) -> float:
+        if self.drift_threshold is not None:
+            return self.drift_threshold
+        return 0.25 if self.statistic == "psi" else 0.2
+
+
+#: Fields an e-mail subject may use (values of the event being alerted).
+ALERT_SUBJECT_FIELDS = ("job", "series", "start", "end", "peak_score", "peak_timestamp", "direction", "features", "rows")
+
+
+class EmailChannel(_Model):
+    """E-mail through Airflow's SMTP connection (apache-airflow-providers-smtp's SmtpNotifier)."""
+
+    to: list[str] = Field(min_length=1, description="Recipients.")
+    from_email: str | None = Field(None, description="Sender; the connection's from_email when omitted.")
+    smtp_conn_id: str = Field("smtp_default", description="Airflow SMTP connection.")
+    subject: str = Field(
+        "[anomaly] {job} {series}: {direction} {start} (score {peak_score:.3f})",
+        description="Python format string over the event's fields (see docs/ALERTS.md).",
+    )
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, to: list[str]) -> list[str]:
+        bad = [address for address in to if not re.fullmatch(r"[^@\s,;]+@[^@\s,;]+", address)]
+        if bad:
+            raise ValueError(f"not e-mail addresses: {bad} (one address per list item, e.g. oncall@example.com)")
+        return to
+
+    @field_validator("subject")
+    @classmethod
+    def _known_fields(cls, subject: str) -> str:
+        import string
+
+        try:
+            names = {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(subject) if name}
+        except ValueError as exc:
+            raise ValueError(f"not a valid format string: {exc} (write {{field}}, and {{{{ for a brace)") from None
+        unknown = sorted(names - set(ALERT_SUBJECT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}; use any of {', '.join(ALERT_SUBJECT_FIELDS)}")
+        return subject
+
+
+class SlackChannel(_Model):
+    """Slack through an incoming webhook (SlackWebhookNotifier; the webhook fixes the channel) or,
+    with ``channel``, through the Web API (SlackNotifier with a bot token connection)."""
+
+    webhook_conn_id: str | None = Field(None, description="Airflow slackwebhook connection.")
+    api_conn_id: str | None = Field(None, description="Airflow slack (API token) connection; needs channel.")
+    channel: str | None = Field(None, description="Channel of the Web API message, e.g. #alerts.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SlackChannel:
+        if bool(self.webhook_conn_id) == bool(self.api_conn_id):
+            raise ValueError("give exactly one of webhook_conn_id (incoming webhook) or api_conn_id with channel (Web API)")
+        if self.webhook_conn_id and self.channel:
+            raise ValueError("an incoming webhook posts to the channel it was created for: remove channel, or use api_conn_id")
+        if self.api_conn_id and not self.channel:
+            raise ValueError("api_conn_id needs channel (e.g. '#alerts')")
+        return self
+
+
+class DigestConfig(_Model):
+    hour: int = Field(8, ge=0, le=23, description="UTC hour: the run whose window passes it sends the past day's events.")
+
+
+class AlertsConfig(_Model):
+    """Who hears of anomaly events, and which ones (see docs/ALERTS.md)."""
+
+    email: EmailChannel | None = None
+    slack: SlackChannel | None = None
+    series: list[str] = Field(default_factory=list, description="Series keys or glob patterns; empty: all.")
+    features: list[str] = Field(default_factory=list, description="Alert on points these features drove; empty: all.")
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Least peak score of an alerted event.")
+    direction: Literal["both", "rise", "fall"] = "both"
+    max_gap: int = Field(1, ge=0, description="Normal periods allowed inside one event.")
+    snooze: int = Field(0, ge=0, description="Periods of frequency after an alerted event that hold the series' next ones.")
+    immediate: bool = Field(True, description="Send each event when found; false: only the digest.")
+    digest: DigestConfig | None = Field(None, description="A daily message listing the day's events.")
+    dashboard_url: str | None = Field(
+        None, description="Airflow's base URL for links; $AIRFLOW__API__BASE_URL, else http://localhost:8080."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_send(self) -> AlertsConfig:
+        if not (self.email or self.slack):
+            raise ValueError("configure at least one channel: email and/or slack")
+        if not (self.immediate or self.digest):
+            raise ValueError("immediate: false needs a digest (digest: {hour: 8}), or nothing would ever be sent")
+        return self
+
+
 class JobConfig(_Model):
     name: str
     description: str = ""
@@ -365,6 +522,9 @@ class JobConfig(_Model):
     validation: ValidationConfig = ValidationConfig()
     tune: TuneConfig = TuneConfig()
     resample: ResampleConfig = ResampleConfig()
+    alerts: AlertsConfig | None = None
+    labels: LabelsConfig = LabelsConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     registry: str = Field("var/models", description="Model registry root (local or s3://).")
     start_date: str = Field("2024-01-01", description="First data interval the schedules may run.")
 
@@ -390,6 +550,13 @@ class JobConfig(_Model):
             raise ValueError(f"columns used twice among timestamp, dimensions and features: {repeated}")
         if self.training_window < self.frequency * 2:
             raise ValueError("training_window must span at least two periods of frequency")
+        return self
+
+    @model_validator(mode="after")
+    def _alerted_features_exist(self) -> JobConfig:
+        unknown = sorted(set(self.alerts.features) - set(self.features)) if self.alerts else []
+        if unknown:
+            raise ValueError(f"alerts.features names {unknown}, which are not features of the job ({', '.join(self.features)})")
         return self
 
     @property

@@ -5,7 +5,8 @@ Layout under ``root`` (a local folder or ``s3://bucket/prefix``)::
     <job>/<series slug>/versions/<version>/<artifact files...>
     <job>/<series slug>/versions/<version>/metadata.json   written last: marks the version complete
     <job>/<series slug>/champion.json                       {"version": ..., "promoted_at": ...}
-    <job>/<series slug>/tuned.json                          {"params": ..., "report": ..., "tuned_at": ...}
+    <job>/<series slug>/tuned.json                          {"kind": ..., "params": ..., "report": ..., "tuned_at": ...}
+    <job>/<series slug>/tuning/<timestamp>.json             one tune run: every trial and the decision
 
 A version without ``metadata.json`` was interrupted while being registered and is ignored.
 Pointers are replaced atomically (:func:`pipelines.storage.atomic_write`), so a reader sees the
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 METADATA = "metadata.json"
 CHAMPION = "champion.json"
 TUNED = "tuned.json"
+TUNING = "tuning"
 
 
 @dataclass(frozen=True)
@@ -148,12 +150,32 @@ class ModelRegistry:
                 keys.add(unquote(parts[0]))
         return sorted(keys)
 
-    def write_tuned_params(self, job: str, series: str, params: dict[str, Any], report: dict[str, Any]) -> None:
-        """Store the parameters chosen by tuning (replacing earlier ones) with the report that chose them."""
-        document = {"params": params, "report": report, "tuned_at": _now()}
+    def write_tuned_params(
+        self, job: str, series: str, params: dict[str, Any], report: dict[str, Any], *, kind: str | None = None
+    ) -> None:
+        """Store the parameters (and detector kind) chosen by tuning, replacing earlier ones, with
+        the report that chose them. ``kind`` None: the job's configured kind."""
+        document = {"kind": kind, "params": params, "report": report, "tuned_at": _now()}
         self._write_json(self._url(job, series, TUNED), document, f"tuning result of job {job!r}, series {series!r}")
+
+    def tuned(self, job: str, series: str) -> dict[str, Any] | None:
+        """The whole ``tuned.json`` document (kind, params, report), or ``None`` when never tuned."""
+        return self._read_json(self._url(job, series, TUNED))
 
     def tuned_params(self, job: str, series: str) -> dict[str, Any] | None:
         """Parameters from the last tuning, or ``None`` when the series was never tuned."""
-        document = self._read_json(self._url(job, series, TUNED))
+        document = self.tuned(job, series)
         return None if document is None else document["params"]
+
+    def record_tuning(self, job: str, series: str, document: dict[str, Any]) -> str:
+        """Keep one tune run's trials and decision, whether or not it promoted anything; returns its name."""
+        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.json"
+        self._write_json(self._url(job, series, TUNING, name), document, f"tuning record of job {job!r}, series {series!r}")
+        return name
+
+    def tuning_history(self, job: str, series: str) -> list[dict[str, Any]]:
+        """Every recorded tune run of the series, oldest first."""
+        folder = self._url(job, series, TUNING)
+        # Dot files are temporary files of interrupted writes.
+        names = sorted(n for n in storage.find(folder, self.storage_options) if n.endswith(".json") and not n.startswith("."))
+        return [json.loads(storage.read_bytes(storage.join(folder, n), self.storage_options)) for n in names]

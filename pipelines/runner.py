@@ -53,7 +53,7 @@ def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, 
 def run_tune(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
     try:
         window, series = _prepared_series(job, window, run_id, "tune")
-        return [tune_series(job, s, read_series(job, run_id, s)) for s in series]
+        return [tune_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
     finally:
         cleanup(job, run_id)
 

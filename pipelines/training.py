@@ -2,9 +2,11 @@
 
 Promotion rule (documented in docs/MODELS.md): the new model is first fitted on the head of the
 training window and scored on its held-back tail, beside the serving champion scored on the same
-tail. It replaces the champion only when its normalised forecast error there is no worse than
-the champion's by more than ``PROMOTION_MARGIN``. The registered artifact is then refitted on the
-whole window. A training that raises registers nothing, so the champion keeps serving.
+tail. It replaces the champion only when its normalised forecast error there is not worse than
+the champion's (a tie promotes: equal error, fresher data); a worse model is registered with the
+reason but never serves. The registered artifact is then refitted on the whole window. Both fits
+warm-start from the champion when it is of the same kind and parameters and the detector allows
+it. A training that raises registers nothing, so the champion keeps serving.
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ from pipelines.config import JobConfig, resolve_path
 from pipelines.detectors import BaseDetector, load_detector, make_detector
 from pipelines.detectors.synthetic import robust_scale as feature_scale
 from pipelines.errors import ModelError
+from pipelines.monitoring import reference_profile
 from pipelines.registry import ModelRegistry, ModelVersion
 from pipelines.workspace import Window, utcnow
 
 log = logging.getLogger(__name__)
 
-#: A challenger may be this much worse (relative error) than the champion and still be promoted:
-#: fresh data is worth a little noise in the comparison.
-PROMOTION_MARGIN = 0.05
 HOLDOUT_FRACTION = 0.2
 
 
@@ -37,13 +37,32 @@ def registry_for(job: JobConfig) -> ModelRegistry:
     return ModelRegistry(resolve_path(job.registry), job.outputs.storage_options)
 
 
-def detector_for(job: JobConfig, params: dict[str, Any] | None = None) -> BaseDetector:
+def detector_for(job: JobConfig, params: dict[str, Any] | None = None, kind: str | None = None) -> BaseDetector:
+    """The job's detector with ``params`` over the configured ones; another ``kind`` (chosen by
+    tuning) starts from that kind's defaults, the configured params being for the job's kind."""
+    kind = kind or job.model.kind
     return make_detector(
-        job.model.kind,
-        {**job.model.params, **(params or {})},
+        kind,
+        {**(job.model.params if kind == job.model.kind else {}), **(params or {})},
         threshold_kind=job.threshold.kind,
         threshold_value=job.threshold.value,
     )
+
+
+def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[str, Any], str]:
+    """Params and kind from the last promoted tuning; ignored (with a warning) when the job no
+    longer searches that kind, e.g. after ``model.kind`` was changed in the job file."""
+    from pipelines.detectors.search_spaces import default_detectors
+
+    document = registry.tuned(job.name, series) or {}
+    kind = document.get("kind") or job.model.kind
+    if kind != job.model.kind and kind not in (job.tune.detectors or default_detectors(job.model.kind)):
+        log.warning(
+            "job %s, series %s: ignoring tuned %s params: the job now uses %s; run tune again to tune it",
+            job.name, series, kind, job.model.kind,
+        )
+        return {}, job.model.kind
+    return document.get("params") or {}, kind
 
 
 def load_champion(job: JobConfig, series: str) -> tuple[ModelVersion, BaseDetector] | None:
@@ -105,16 +124,17 @@ def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
             "at least 10 are needed. Widen training_window or check the source."
         )
     registry = registry_for(job)
-    tuned = registry.tuned_params(job.name, series) or {}
+    tuned, kind = _tuned(job, series, registry)
     split = int(len(data) * (1 - HOLDOUT_FRACTION))
     head, tail = data.iloc[:split], data.iloc[split:]
     scale = feature_scale(head)
 
-    challenger = detector_for(job, tuned).fit(head)
+    current = load_champion(job, series)
+    warm = current[1] if current is not None else None
+    challenger = detector_for(job, tuned, kind).fit(head, warm_start=warm)
     challenger_error = holdout_error(challenger, tail, head, scale)
     metrics: dict[str, float] = {"holdout_error": challenger_error}
 
-    current = load_champion(job, series)
     if current is None:
         promoted, reason = True, "no champion yet"
     else:
@@ -125,17 +145,47 @@ def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
             log.warning("job %s, series %s: champion %s cannot score: %s", job.name, series, champion_version.version, exc)
             champion_error = float("inf")
         metrics["champion_holdout_error"] = champion_error
-        promoted = challenger_error <= champion_error * (1 + PROMOTION_MARGIN)
+        # Never a worse model: promoted only when not worse; a NaN error compares False.
+        promoted = challenger_error <= champion_error
         reason = (
-            f"holdout error {challenger_error:.4g} vs champion {champion_version.version} {champion_error:.4g} "
-            f"(margin {PROMOTION_MARGIN:.0%}): {'promoted' if promoted else 'kept the champion'}"
+            f"holdout error {challenger_error:.4g} vs champion {champion_version.version} {champion_error:.4g}: "
+            f"{'promoted (not worse)' if promoted else 'kept the champion (the new model is worse)'}"
         )
 
-    final = detector_for(job, tuned).fit(data)
+    final = detector_for(job, tuned, kind).fit(data, warm_start=warm)
+    version = register_model(
+        job, series, final, data, window, run_id=run_id, kind=kind, tuned=tuned, metrics=metrics, promoted=promoted, reason=reason
+    )
+    metrics = version.metadata["metrics"]
+    log.info("job %s, series %s: trained %s on %d rows; %s", job.name, series, version.version, len(data), reason)
+    return TrainResult(series, version.version, promoted, reason, len(data), metrics, data.attrs.get("resampling"))
+
+
+def register_model(
+    job: JobConfig,
+    series: str,
+    final: BaseDetector,
+    data: pd.DataFrame,
+    window: Window,
+    *,
+    run_id: str,
+    kind: str,
+    tuned: dict[str, Any],
+    metrics: dict[str, float],
+    promoted: bool,
+    reason: str,
+    extra: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Register ``final`` (fitted on all of ``data``) with its metadata, and promote it if ``promoted``.
+
+    Shared by training and tuning, so a tuned model carries the same metadata as a trained one;
+    ``extra`` adds sections (tuning adds its trials and decision).
+    """
+    registry = registry_for(job)
     train_detection = final.detect(data)
-    metrics["train_anomaly_rate"] = float(train_detection.is_anomaly.any(axis=1).mean())
+    metrics = {**metrics, "train_anomaly_rate": float(train_detection.is_anomaly.any(axis=1).mean())}
     metadata = {
-        "model": job.model.kind,
+        "model": kind,
         "params": final.get_params(),
         "tuned_params": tuned,
         "threshold": job.threshold.model_dump(),
@@ -153,9 +203,12 @@ def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
         "detector": final.summary(),
         "library_versions": library_versions(),
         "data_fingerprint": fingerprint(data),
+        "warm_started": bool(getattr(final, "warm_started_", False)),
+        # What predict runs measure drift and anomaly rates against (pipelines.monitoring).
+        "monitoring": reference_profile(data, train_anomaly_rate=metrics["train_anomaly_rate"]),
+        **(extra or {}),
     }
     version = registry.register(job.name, series, final.to_files(), metadata)
     if promoted:
         registry.promote(job.name, series, version.version)
-    log.info("job %s, series %s: trained %s on %d rows; %s", job.name, series, version.version, len(data), reason)
-    return TrainResult(series, version.version, promoted, reason, len(data), metrics, data.attrs.get("resampling"))
+    return version

@@ -1,75 +1,415 @@
-"""Grid search of a detector's parameters per series, without labels.
+"""Tuning: an Optuna search over detector kinds and their parameters per series, then a
+challenger/champion decision. Documented in docs/MODELS.md ("Tuning").
 
-Objective: detectors are fitted on the head of the training window; the held-back tail gets
-synthetic spikes injected at seeded positions; a candidate scores the F1 of flagging exactly
-those rows, with the normalised forecast error breaking ties. The chosen parameters are written
-to the registry, where the next training picks them up. (A real search over detectors and
-labeled objectives is its own issue; this keeps the contract: tune writes, train uses.)
+1. The series' training window is split into a fitted head and a held-back tail
+   (:func:`prepare_holdout`). Without labels the tail gets synthetic anomalies (spikes, a level
+   shift); with labels (:mod:`pipelines.labels`) the tail is scored against what people said.
+2. Each trial fits one candidate (kind + parameters from
+   :data:`pipelines.detectors.search_spaces.SEARCH_SPACES`, narrowed by ``tune.grid``) on the
+   head and scores it on the tail (:func:`evaluate`): ``objective = F1 - 0.1 * min(error, 1)``.
+3. The best trial is the challenger. The serving champion is scored by the same function on the
+   same tail; the challenger replaces it only when it wins by ``tune.promotion_margin``. It is
+   then refitted on the whole window, registered, promoted, and ``tuned.json`` (kind + params)
+   is written, so the next train builds the same detector. Every trial and the decision are kept
+   in a tuning record per run (promoted or not) and in the registered version's metadata.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
 import logging
-from typing import Any
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from pipelines.config import JobConfig
-from pipelines.detectors.synthetic import inject_spikes
-from pipelines.errors import ModelError
-from pipelines.training import detector_for, feature_scale, holdout_error, registry_for
-from pipelines.workspace import utcnow
+from pipelines.detectors.auto import _NEEDS as _KIND_PACKAGES  # auto keeps the one list of optional packages
+from pipelines.detectors.params import MODEL_PARAMS
+from pipelines.detectors.search_spaces import (
+    Choice,
+    FloatRange,
+    IntRange,
+    Space,
+    check_tune_settings,
+    default_detectors,
+    restricted_space,
+)
+from pipelines.detectors.synthetic import Injected, event_f1, inject_anomalies
+from pipelines.errors import ConfigError, ModelError
+from pipelines.training import detector_for, feature_scale, holdout_error, load_champion, register_model, registry_for
+from pipelines.workspace import Window, utcnow
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from pipelines.detectors.base import BaseDetector
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "iforest": {"window": [12, 24, 48], "n_estimators": [100, 200]},
-    "seasonal_mad": {"season": ["1d", "1w", None], "level_window": [6, 24, 72]},
-}
-def _f1(flagged: np.ndarray, truth: np.ndarray) -> float:
-    tp = int((flagged & truth).sum())
-    if tp == 0:
-        return 0.0
-    precision, recall = tp / flagged.sum(), tp / truth.sum()
-    return float(2 * precision * recall / (precision + recall))
+#: Weight of the forecast error in the objective. F1 moves in steps of about 0.05-0.1 on a few
+#: events; the error (robust units, capped at 1) can then decide only between candidates whose
+#: F1 is nearly equal, which is when forecast quality is the better guide.
+ERROR_WEIGHT = 0.1
+#: The fitted head keeps at least this share of the window when labels pull the split earlier.
+MIN_HEAD_FRACTION = 0.5
+_MIN_ROWS = 10
 
 
-def tune_series(job: JobConfig, series: str, data: pd.DataFrame) -> dict[str, Any]:
-    """Try every combination of the grid; write and return the best parameters with all trials."""
-    grid = job.tune.grid or DEFAULT_GRIDS.get(job.model.kind, {})
-    split = int(len(data) * (1 - job.tune.holdout_fraction))
-    head, tail = data.iloc[:split], data.iloc[split:]
-    if len(head) < 10 or len(tail) < 10:
+def objective_value(f1: float, error: float) -> float:
+    """One scalar to maximise: event F1, less a small penalty for the forecast error."""
+    if not math.isfinite(error):
+        error = 1.0
+    return f1 - ERROR_WEIGHT * min(error, 1.0)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The data every candidate (and the champion) is judged on.
+
+    ``head`` is fitted; ``clean`` is the held-back tail as it is (forecast error); ``scored`` is
+    what the detections are taken on (``clean`` with planted anomalies, or ``clean`` itself when
+    true labels are scored), and ``events`` the row ranges in it that should be flagged.
+    """
+
+    objective: str
+    reason: str
+    head: pd.DataFrame
+    clean: pd.DataFrame
+    scored: pd.DataFrame
+    events: Injected
+    scale: np.ndarray
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.objective,
+            "reason": self.reason,
+            "formula": f"event F1 - {ERROR_WEIGHT} * min(forecast error, 1)",
+            "head_rows": len(self.head),
+            "held_back_rows": len(self.clean),
+            "held_back_start": _iso(self.clean.index[0]),
+            "events": len(self.events.events),
+            "labels": self.labels,
+        }
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _series_labels(job: JobConfig, series: str, data: pd.DataFrame) -> list[Any]:
+    try:
+        from pipelines.labels import label_store
+    except ImportError:  # the feedback module is optional for tuning: no labels then
+        log.debug("pipelines.labels is not available; tuning without labels")
+        return []
+    if not isinstance(data.index, pd.DatetimeIndex):
+        return []
+    start, end = data.index.min().to_pydatetime(), data.index.max().to_pydatetime()
+    return list(label_store(job).labels(job.name, series, start, end))
+
+
+def _label_rows(index: pd.DatetimeIndex, label: Any) -> np.ndarray:
+    stamps = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
+    start, end = pd.Timestamp(label.start), pd.Timestamp(label.end)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+    return np.flatnonzero((stamps >= start) & (stamps <= end))
+
+
+def prepare_holdout(job: JobConfig, series: str, data: pd.DataFrame) -> Holdout:
+    """Split ``data`` and choose the objective: labeled when the series has labels in the window.
+
+    Unlabeled: the last ``tune.holdout_fraction`` of rows is held back and gets planted anomalies.
+    Labeled: the split moves earlier to the first row of the first true label that starts after
+    ``MIN_HEAD_FRACTION`` of the rows, so that labeled anomaly is scored on data the candidate did
+    not fit; labels left inside the fitted head are counted but never scored. The true
+    labels in the tail are the events; flags anywhere else, false-alarm labels included, are
+    false positives. With only false-alarm labels in the tail, planted anomalies stand in as
+    the events and the false-alarm periods stay known-normal rows.
+    """
+    rows = len(data)
+    split = int(rows * (1 - job.tune.holdout_fraction))
+    labels = _series_labels(job, series, data)
+    true_rows = [r for label in labels if label.verdict for r in [_label_rows(data.index, label)] if len(r)]
+    # Labels starting before the smallest head can never be held back: they do not move the split.
+    reachable = [int(r[0]) for r in true_rows if r[0] >= int(rows * MIN_HEAD_FRACTION)]
+    if reachable:
+        split = min(split, min(reachable))
+    head, clean = data.iloc[:split], data.iloc[split:]
+    if len(head) < _MIN_ROWS or len(clean) < _MIN_ROWS:
         raise ModelError(
-            f"job {job.name}, series {series}: {len(data)} rows are too few to tune "
-            "(at least 10 in the head and 10 in the held-back tail); widen training_window"
+            f"job {job.name}, series {series}: {rows} rows are too few to tune (at least {_MIN_ROWS} in the fitted "
+            f"head and {_MIN_ROWS} in the held-back tail, now {len(head)} and {len(clean)}); widen training_window "
+            "or change tune.holdout_fraction"
         )
     scale = feature_scale(head)
-    planted = inject_spikes(tail, scale)
-    spiked, truth = planted.frame, planted.rows
-    names = sorted(grid)
-    trials = []
-    for combination in itertools.product(*(grid[name] for name in names)):
-        params = dict(zip(names, combination, strict=True))
-        detector = detector_for(job, params).fit(head)
-        flagged = detector.detect(spiked, history=head).is_anomaly.any(axis=1)
-        trials.append(
-            {
-                "params": params,
-                "f1": _f1(flagged, truth),
-                "holdout_error": holdout_error(detector, tail, head, scale),
-            }
+    if not labels:
+        planted = inject_anomalies(clean, scale, seed=job.tune.seed)
+        return Holdout(
+            "unlabeled",
+            "no labels for this series in the window: anomalies planted in the held-back tail",
+            head, clean, planted.frame, planted, scale,
         )
-    best = max(trials, key=lambda t: (t["f1"], -t["holdout_error"]))
-    report = {
-        "tuned_at": utcnow().isoformat(),
-        "objective": "F1 on injected spikes in the held-back tail; ties by normalised forecast error",
-        "rows": len(data),
-        "trials": trials,
-        "best": best,
+    # One event per distinct row range: labels of several features over one stretch are one event.
+    events = sorted({(int(r[0]) - split, int(r[-1]) - split) for r in true_rows if r[0] >= split})
+    counts = {
+        "true": sum(1 for label in labels if label.verdict),
+        "false": sum(1 for label in labels if not label.verdict),
+        "true_scored": len(events),
+        "true_in_fitted_part": sum(1 for r in true_rows if r[0] < split),
     }
-    registry_for(job).write_tuned_params(job.name, series, best["params"], report)
-    log.info("job %s, series %s: tuned %d trials, best %s (F1 %.3f)", job.name, series, len(trials), best["params"], best["f1"])
-    return {"series": series, "params": best["params"], "f1": best["f1"], "trials": len(trials)}
+    if events:
+        reason = f"{counts['true_scored']} true anomaly label(s) in the held-back rows are the events to find"
+        return Holdout("labeled", reason, head, clean, clean, Injected(clean, events), scale, counts)
+    planted = inject_anomalies(clean, scale, seed=job.tune.seed)
+    reason = "labels exist but no true anomaly falls in the held-back rows: planted anomalies are the events"
+    return Holdout("labeled", reason, head, clean, planted.frame, planted, scale, counts)
+
+
+def evaluate(detector: BaseDetector, holdout: Holdout) -> dict[str, float]:
+    """Score a detector fitted on ``holdout.head``: event F1, precision, recall, forecast error, objective."""
+    flagged = np.asarray(detector.detect(holdout.scored, history=holdout.head).is_anomaly).any(axis=1)
+    parts = event_f1(flagged, holdout.events)
+    error = holdout_error(detector, holdout.clean, holdout.head, holdout.scale)
+    return {
+        **{name: round(value, 4) for name, value in parts.items()},
+        "holdout_error": round(error, 6) if math.isfinite(error) else None,
+        "objective": round(objective_value(parts["f1"], error), 6),
+    }
+
+
+def _spaces(job: JobConfig) -> dict[str, dict[str, Space]]:
+    kinds = job.tune.detectors or default_detectors(job.model.kind)
+    try:
+        check_tune_settings(kinds, job.tune.grid)
+    except ValueError as exc:
+        raise ConfigError(f"job {job.name}: {exc}") from None
+    usable = {}
+    for kind in kinds:
+        package = _KIND_PACKAGES.get(kind)
+        if package and importlib.util.find_spec(package) is None:
+            log.warning("job %s: %s is not tuned: the %s package is not installed", job.name, kind, package)
+            continue
+        usable[kind] = restricted_space(kind, job.tune.grid)
+    if not usable:
+        raise ConfigError(f"job {job.name}: none of tune.detectors {kinds} can run here (packages missing)")
+    return usable
+
+
+def _defaults(job: JobConfig, kind: str, space: dict[str, Space]) -> dict[str, Any] | None:
+    """The configured (or the detector's default) values of the searched parameters, when all
+    lie in the space: that trial runs first, so tuning never ends below the starting point."""
+    base = {**MODEL_PARAMS[kind]().model_dump(), **(job.model.params if kind == job.model.kind else {})}
+    values = {name: base.get(name) for name in space}
+    return values if all(space[name].contains(value) for name, value in values.items()) else None
+
+
+def _grid(space: dict[str, Space]) -> list[dict[str, Any]] | None:
+    """Every combination when the space is finite (all choices), else None."""
+    if not all(isinstance(s, Choice) for s in space.values()):
+        return None
+    names = sorted(space)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(space[n].values for n in names))]
+
+
+def _suggest(trial: optuna.Trial, kind: str, space: dict[str, Space]) -> dict[str, Any]:
+    # Names carry the kind: Optuna needs one distribution per name, and level_shift's `drift`
+    # is not mset's.
+    params: dict[str, Any] = {}
+    for name, dist in space.items():
+        key = f"{kind}.{name}"
+        if isinstance(dist, Choice):
+            params[name] = trial.suggest_categorical(key, list(dist.values))
+        elif isinstance(dist, IntRange):
+            params[name] = trial.suggest_int(key, int(dist.low), int(dist.high), log=dist.log)
+        elif isinstance(dist, FloatRange):
+            params[name] = trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+    return params
+
+
+def _enqueued(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, **{f"{kind}.{name}": value for name, value in params.items()}}
+
+
+def _plan(job: JobConfig, spaces: dict[str, dict[str, Space]]) -> tuple[list[dict[str, Any]], int]:
+    """Trials queued before sampling, and how many trials to run in all."""
+    grids = {kind: _grid(space) for kind, space in spaces.items()}
+    if all(g is not None for g in grids.values()):
+        every = [_enqueued(kind, params) for kind, grid in grids.items() for params in grid or []]
+        if len(every) <= job.tune.trials:  # a small finite space: try each point once, no sampling
+            return every, len(every)
+    # The job's own kind first: on ties the earlier trial wins, so the configured model stays.
+    order = sorted(spaces, key=lambda kind: kind != job.model.kind)
+    queued = [_enqueued(kind, d) for kind in order if (d := _defaults(job, kind, spaces[kind])) is not None]
+    return queued[: job.tune.trials], job.tune.trials
+
+
+def _search(job: JobConfig, series: str, holdout: Holdout, spaces: dict[str, dict[str, Space]]) -> list[dict[str, Any]]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial log line says more
+    queued, total = _plan(job, spaces)
+    sampler = optuna.samplers.TPESampler(seed=job.tune.seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for params in queued:
+        study.enqueue_trial(params, skip_if_exists=True)
+    kinds = list(spaces)
+    trials: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+
+    def objective(trial: optuna.Trial) -> float:
+        kind = trial.suggest_categorical("kind", kinds)
+        params = _suggest(trial, kind, spaces[kind])
+        key = json.dumps([kind, params], sort_keys=True, default=str)
+        begun = time.perf_counter()
+        record: dict[str, Any] = {"number": trial.number, "kind": kind, "params": params}
+        if key in seen:  # TPE may propose a point again: same data, same seed, same score
+            record.update({**seen[key]["scores"], "repeat_of": seen[key]["number"]})
+        else:
+            try:
+                detector = detector_for(job, params, kind).fit(holdout.head)
+                record["scores"] = evaluate(detector, holdout)
+            except (ModelError, ConfigError) as exc:
+                record["skipped"] = str(exc)
+            if "scores" in record:
+                seen[key] = {"number": trial.number, "scores": record["scores"]}
+                record.update(record.pop("scores"))
+        record["seconds"] = round(time.perf_counter() - begun, 3)
+        trials.append(record)
+        log.info(
+            "job %s, series %s: trial %d/%d %s %s -> %s, %.1fs elapsed",
+            job.name, series, trial.number + 1, total, kind, params,
+            f"objective {record['objective']:.4f} (F1 {record['f1']:.2f})" if "objective" in record else f"skipped: {record['skipped']}",
+            time.perf_counter() - started,
+        )
+        if "skipped" in record:
+            raise optuna.TrialPruned(record["skipped"])
+        return float(record["objective"])
+
+    study.optimize(objective, n_trials=total, timeout=job.tune.timeout.total_seconds())
+    return trials
+
+
+def _score_champion(job: JobConfig, series: str, holdout: Holdout) -> tuple[str, dict[str, Any]] | None:
+    current = load_champion(job, series)
+    if current is None:
+        return None
+    version, champion = current
+    try:
+        return version.version, {"kind": version.metadata.get("model"), **evaluate(champion, holdout)}
+    except Exception as exc:  # a champion that cannot score current data must be replaceable
+        log.warning("job %s, series %s: champion %s cannot score the held-back data: %s", job.name, series, version.version, exc)
+        return version.version, {"kind": version.metadata.get("model"), "objective": float("-inf"), "error": str(exc)}
+
+
+def _default_window(job: JobConfig, data: pd.DataFrame) -> Window:
+    end = data.index.max()
+    return Window(data.index.min().to_pydatetime(), (end + pd.Timedelta(job.frequency)).to_pydatetime())
+
+
+def tune_series(
+    job: JobConfig, series: str, data: pd.DataFrame, window: Window | None = None, *, run_id: str = "tune"
+) -> dict[str, Any]:
+    """Search, decide, record; register and promote the challenger only when it wins."""
+    started = time.perf_counter()
+    spaces = _spaces(job)
+    holdout = prepare_holdout(job, series, data)
+    trials = _search(job, series, holdout, spaces)
+    scored = [t for t in trials if "objective" in t]
+    if not scored:
+        reasons = "; ".join(f"{t['kind']}: {t['skipped']}" for t in trials) or f"none ran within tune.timeout {job.tune.timeout}"
+        raise ModelError(f"job {job.name}, series {series}: no tuning trial could fit this series ({reasons})")
+    best = max(scored, key=lambda t: t["objective"])  # max keeps the first of equals: defaults run first
+    default = _default_trial(job, spaces, scored)
+
+    margin = job.tune.promotion_margin
+    champion = _score_champion(job, series, holdout)
+    if champion is None:
+        promoted, reason = True, "no champion yet"
+        champion_version, champion_scores = None, None
+    else:
+        champion_version, champion_scores = champion
+        promoted = best["objective"] >= champion_scores["objective"] + margin
+        reason = (
+            f"challenger {best['kind']} objective {best['objective']:.4f} vs champion {champion_version} "
+            f"({champion_scores['kind']}) {champion_scores['objective']:.4f}, margin {margin}: "
+            + ("promoted" if promoted else "kept the champion (the challenger does not win by the margin)")
+        )
+    decision = {
+        "promoted": promoted,
+        "reason": reason,
+        "margin": margin,
+        "challenger": {"kind": best["kind"], "params": best["params"], **_scores(best)},
+        "champion": None if champion is None else {"version": champion_version, **(champion_scores or {})},
+    }
+    record: dict[str, Any] = {
+        "job": job.name,
+        "series": series,
+        "run_id": run_id,
+        "tuned_at": utcnow().isoformat(),
+        "rows": len(data),
+        "objective": holdout.describe(),
+        "budget": {"trials": job.tune.trials, "timeout_seconds": job.tune.timeout.total_seconds()},
+        "searched": {kind: sorted(space) for kind, space in spaces.items()},
+        "trials": trials,
+        "default": None if default is None else _scores(default),
+        "decision": decision,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    registry = registry_for(job)
+    version = None
+    if promoted:
+        final = detector_for(job, best["params"], best["kind"]).fit(data)
+        registered = register_model(
+            job, series, final, data, window or _default_window(job, data),
+            run_id=run_id, kind=best["kind"], tuned=best["params"],
+            metrics={"tuning_objective": best["objective"]}, promoted=True, reason=f"tuning: {reason}",
+            extra={"tuning": {k: record[k] for k in ("objective", "budget", "trials", "decision")}},
+        )
+        version = registered.version
+        decision["version"] = version
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        registry.write_tuned_params(job.name, series, best["params"], record, kind=best["kind"])
+    record_name = registry.record_tuning(job.name, series, record)
+    log.info(
+        "job %s, series %s: %d trials (%s objective) in %.1fs; best %s %s objective %.4f; %s",
+        job.name, series, len(trials), holdout.objective, record["seconds"], best["kind"], best["params"],
+        best["objective"], reason,
+    )
+    return {
+        "series": series,
+        "objective_kind": holdout.objective,
+        "kind": best["kind"],
+        "params": best["params"],
+        "objective": best["objective"],
+        "f1": best["f1"],
+        "default_objective": None if default is None else default["objective"],
+        "champion_objective": None if champion_scores is None else champion_scores["objective"],
+        "promoted": promoted,
+        "version": version,
+        "reason": reason,
+        "trials": len(trials),
+        "record": record_name,
+        "seconds": record["seconds"],
+    }
+
+
+def _default_trial(job: JobConfig, spaces: dict[str, dict[str, Space]], scored: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The baseline to beat: the trial of the configured model; for ``auto``, the best trial
+    with default params (the kind auto's own choice would settle on); None if none ran."""
+    kinds = list(spaces) if job.model.kind == "auto" else [job.model.kind] if job.model.kind in spaces else []
+    baseline = [t for t in scored if t["kind"] in kinds and t["params"] == _defaults(job, t["kind"], spaces[t["kind"]])]
+    return max(baseline, key=lambda t: t["objective"], default=None)
+
+
+def _scores(trial: dict[str, Any]) -> dict[str, Any]:
+    return {k: trial[k] for k in ("f1", "precision", "recall", "holdout_error", "objective") if k in trial}
+

@@ -139,6 +139,19 @@ def training_window(
     return Window(to_utc(start) or chosen_end - job.training_window, chosen_end)
 
 
+def triggered_training_end(job: JobConfig, event_ends: list[str], due: datetime | None) -> datetime:
+    """Where a train run without a data interval (asset-triggered or manual) ends its window.
+
+    The latest ``end`` of the triggering asset events (the tune run's window, whose data its
+    parameters were chosen on, or the predict window whose monitoring asked for a retrain),
+    else when the run was due, else now; floored to the job's frequency grid.
+    """
+    from pipelines.resampling import floor_to_grid
+
+    latest = max((to_utc(end) for end in event_ends), default=None)
+    return floor_to_grid(latest or to_utc(due) or utcnow(), job.frequency)
+
+
 def schema_record_path(job: JobConfig) -> str:
     """The column kinds of the last run that read ``job``'s source, for schema drift checks.
 

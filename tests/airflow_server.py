@@ -197,6 +197,21 @@ class AirflowServer:
         self.wait_for_dag(dag_id)
         self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
 
+    def runs(self, dag_id: str, run_type: str) -> list[dict]:
+        """The runs of ``dag_id`` of one type (scheduled, manual, asset_triggered, backfill)."""
+        answer = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"run_type": run_type})
+        answer.raise_for_status()
+        return answer.json()["dag_runs"]
+
+    def wait_for_runs_of_type(self, dag_id: str, run_type: str, timeout: float = 180) -> list[dict]:
+        """The runs of that type once there is one (the scheduler creates them), or [] at the timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if found := self.runs(dag_id, run_type):
+                return found
+            time.sleep(2)
+        return []
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
         deadline = time.monotonic() + timeout
         state = None

@@ -417,7 +417,7 @@ def test_base_image_matches_the_airflow_pinned_in_constraints() -> None:
 
 
 def test_constraints_pin_everything_the_image_installs() -> None:
-    """Every requirement of `.[s3,postgres]` has an exact pin, so two builds install the same versions."""
+    """Every requirement of `.[s3,postgres,alerts]` has an exact pin, so two builds install the same versions."""
     if not CONSTRAINTS.exists():
         pytest.skip("constraints.txt (the lock file) is not generated yet; the lead creates it from pip freeze")
     from packaging.requirements import Requirement
@@ -429,7 +429,7 @@ def test_constraints_pin_everything_the_image_installs() -> None:
     }
     project = _pyproject()["project"]
     extras = project["optional-dependencies"]
-    wanted = [Requirement(r).name for r in [*project["dependencies"], *extras["s3"], *extras["postgres"]]]
+    wanted = [Requirement(r).name for r in [*project["dependencies"], *extras["s3"], *extras["postgres"], *extras["alerts"]]]
     unpinned = sorted({canonicalize_name(name) for name in wanted} - pinned)
     assert not unpinned, f"constraints.txt does not pin {unpinned}"
 
@@ -446,10 +446,10 @@ def test_project_is_installed_with_the_lock_as_the_airflow_user() -> None:
         # The base image runs as airflow by default, and its pip refuses to install as root.
         assert not users or users[-1] == "airflow", f"{command} runs as {users[-1]}"
 
-    project_installs = [command for _, command in installs if '".[s3,postgres]"' in command]
+    project_installs = [command for _, command in installs if '".[s3,postgres,alerts]"' in command]
     assert len(project_installs) == 1
     extras = _pyproject()["project"]["optional-dependencies"]
-    assert {"s3", "postgres"} <= set(extras)
+    assert {"s3", "postgres", "alerts"} <= set(extras)
 
 
 def test_files_are_copied_before_the_installs_that_need_them() -> None:

@@ -122,20 +122,26 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         Whether the training index was a DatetimeIndex (else row numbers).
     training_score_quantiles_ : dict of str to float
         Quantiles of the calibrated training scores that decide anomalies.
+    warm_started_ : bool
+        Whether :meth:`fit` started from a champion's learned state (see ``warm_start``).
     """
 
     kind: ClassVar[str]
     params_model: ClassVar[type[DetectorParams]]
     #: Whether the detector models calendar time and so cannot fit rows indexed by row numbers.
     requires_timestamps: ClassVar[bool] = False
+    #: Whether :meth:`fit` can start from a fitted detector of the same kind (``_fit_warm``).
+    supports_warm_start: ClassVar[bool] = False
 
     # -- fitting --------------------------------------------------------------------------
 
-    def fit(self, X: pd.DataFrame) -> Self:
+    def fit(self, X: pd.DataFrame, *, warm_start: BaseDetector | None = None) -> Self:
         """Learn the model, its score calibration and its threshold from ``X``.
 
         ``X`` has one column per feature and a sorted UTC DatetimeIndex or a RangeIndex; a few
-        missing values are tolerated.
+        missing values are tolerated. ``warm_start``: a fitted detector (the champion) to start
+        from when :meth:`can_warm_start_from` allows it; otherwise the fit is cold.
+        :attr:`warm_started_` says which it was. Calibration and threshold always come from ``X``.
         """
         params, policy = self._check_params()
         X = _check_frame(X, "X")
@@ -145,7 +151,11 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         if empty:
             raise ModelError(f"{type(self).__name__}: features {empty} have no values in the training rows")
         self.time_indexed_ = isinstance(X.index, pd.DatetimeIndex)
-        decision_scores = self._fit(X, params)
+        self.warm_started_ = warm_start is not None and self.can_warm_start_from(warm_start, list(X.columns))
+        if self.warm_started_:
+            decision_scores = self._fit_warm(X, params, warm_start)
+        else:
+            decision_scores = self._fit(X, params)
         self.n_features_in_ = X.shape[1]
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.training_rows_ = len(X)
@@ -198,6 +208,21 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
     def _fit(self, X: pd.DataFrame, params: Any) -> np.ndarray:
         """Learn the model from checked input; return the calibrated training scores that
         :attr:`threshold_` is taken from."""
+
+    def can_warm_start_from(self, other: BaseDetector, features: list[str]) -> bool:
+        """Whether :meth:`fit` on ``features`` may start from ``other``: a fitted detector of the
+        same kind, parameters and features, of a kind that supports it."""
+        return (
+            self.supports_warm_start
+            and type(other) is type(self)
+            and hasattr(other, "threshold_")
+            and other.get_params() == self.get_params()
+            and [str(c) for c in other.feature_names_in_] == [str(c) for c in features]
+        )
+
+    def _fit_warm(self, X: pd.DataFrame, params: Any, champion: BaseDetector) -> np.ndarray:
+        """Like :meth:`_fit`, starting from ``champion``'s learned state (same kind and params)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support warm starts")
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -259,6 +284,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
                 "training_rows_": self.training_rows_,
                 "time_indexed_": self.time_indexed_,
                 "training_score_quantiles_": self.training_score_quantiles_,
+                "warm_started_": bool(getattr(self, "warm_started_", False)),
                 **state,
             },
         }
@@ -293,6 +319,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         detector.training_rows_ = int(learned["training_rows_"])
         detector.time_indexed_ = bool(learned["time_indexed_"])
         detector.training_score_quantiles_ = dict(learned["training_score_quantiles_"])
+        detector.warm_started_ = bool(learned.get("warm_started_", False))  # absent before warm starts existed
         detector._restore(learned, arrays, files)
         return detector
 

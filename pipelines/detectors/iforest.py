@@ -31,6 +31,12 @@ def _skops_io() -> ModuleType:
     return skops.io
 
 
+def _warm_trees(params: IsolationForestParams) -> int:
+    """Trees a warm start adds to the champion's forest: half a forest, so the trees grown on
+    the new window are a third of the first grown forest."""
+    return max(params.n_estimators // 2, 1)
+
+
 class IsolationForestDetector(BaseDetector):
     """Multivariate detector: scikit-learn's IsolationForest on window features.
 
@@ -86,6 +92,7 @@ class IsolationForestDetector(BaseDetector):
 
     kind = "iforest"
     params_model = IsolationForestParams
+    supports_warm_start = True
 
     def __init__(
         self,
@@ -130,6 +137,33 @@ class IsolationForestDetector(BaseDetector):
         self.model_ = make_pipeline(RobustScaler(), imputer, forest)
         features = self.features(values)
         self.model_.fit(features)
+        return self._calibrate_training(X, values, features)
+
+    def _fit_warm(self, X: pd.DataFrame, params: IsolationForestParams, champion: BaseDetector) -> np.ndarray:
+        # The champion's trees split on features scaled by the champion's scaler, so that scaler
+        # is kept (refitting it would move every split); new trees are grown on the new window in
+        # the same space, and the calibration is learned again on the new window, so scores and
+        # threshold describe the forest that will serve. The forest is bounded: a champion that
+        # already holds twice n_estimators trees is not extended (the next fit is cold).
+        import copy
+
+        self._require_rows(X, max(_MIN_TRAINING_ROWS, 2 * params.window), "two windows at least")
+        forest = champion.model_[-1]
+        if len(forest.estimators_) + _warm_trees(params) > 2 * params.n_estimators:
+            self.warm_started_ = False
+            return self._fit(X, params)
+        self.lookback_ = params.window + params.lags
+        self.medians_ = X.median().to_numpy()
+        values = fill_missing(X, pd.Series(self.medians_, index=X.columns))
+        self.model_ = copy.deepcopy(champion.model_)
+        scaler, imputer, forest = self.model_
+        features = self.features(values)
+        grown = forest.set_params(warm_start=True, n_estimators=len(forest.estimators_) + _warm_trees(params))
+        grown.fit(imputer.fit_transform(scaler.transform(features)))
+        grown.set_params(warm_start=False)  # a later plain fit of this object must start afresh
+        return self._calibrate_training(X, values, features)
+
+    def _calibrate_training(self, X: pd.DataFrame, values: pd.DataFrame, features: np.ndarray) -> np.ndarray:
         raw = -self.model_.score_samples(features)
         self.row_calibrator_ = ScoreCalibrator().fit(raw)
         deviation = np.abs(X.to_numpy() - rolling_expected(values, self.window).to_numpy())

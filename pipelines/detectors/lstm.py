@@ -89,6 +89,7 @@ class LSTMDetector(BaseDetector):
 
     kind = "lstm"
     params_model = LSTMParams
+    supports_warm_start = True
 
     def __init__(
         self,
@@ -116,6 +117,16 @@ class LSTMDetector(BaseDetector):
         self.threshold_value = threshold_value
 
     def _fit(self, X: pd.DataFrame, params: LSTMParams) -> np.ndarray:
+        return self._train_network(X, params, None)
+
+    def _fit_warm(self, X: pd.DataFrame, params: LSTMParams, champion: BaseDetector) -> np.ndarray:
+        # The champion's weights already forecast this series: fine-tuning them on the new window
+        # needs fewer epochs (half, early stopping still applies). The standardisation and the
+        # error calibration follow the new window, as in a cold fit.
+        fewer = params.model_copy(update={"max_epochs": max(1, params.max_epochs // 2)})
+        return self._train_network(X, fewer, champion.state_dict_)
+
+    def _train_network(self, X: pd.DataFrame, params: LSTMParams, initial: dict[str, np.ndarray] | None) -> np.ndarray:
         torch = _torch()
         self._require_rows(X, max(_MIN_TRAINING_ROWS, 5 * params.window), "five windows at least")
         self.lookback_ = params.window
@@ -130,6 +141,8 @@ class LSTMDetector(BaseDetector):
         split = int(len(windows) * (1 - _VALIDATION_SHARE))
         with _deterministic(torch, params.random_state):
             network = _network(torch, X.shape[1], params.hidden_size, params.num_layers)
+            if initial is not None:
+                network.load_state_dict({name: torch.from_numpy(array.copy()) for name, array in initial.items()})
             self.epochs_, self.validation_loss_ = _train(
                 torch, network, windows, targets, observed, split, params
             )

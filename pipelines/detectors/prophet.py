@@ -15,6 +15,7 @@ from pipelines.detectors.params import ProphetParams
 from pipelines.errors import MissingDependencyError, ModelError
 
 _MIN_TRAINING_ROWS = 20
+log = logging.getLogger(__name__)
 
 
 def _prophet() -> Any:
@@ -77,6 +78,7 @@ class ProphetDetector(BaseDetector):
     kind = "prophet"
     params_model = ProphetParams
     requires_timestamps = True
+    supports_warm_start = True
 
     def __init__(
         self,
@@ -106,6 +108,14 @@ class ProphetDetector(BaseDetector):
         self.threshold_value = threshold_value
 
     def _fit(self, X: pd.DataFrame, params: ProphetParams) -> np.ndarray:
+        return self._fit_models(X, params, None)
+
+    def _fit_warm(self, X: pd.DataFrame, params: ProphetParams, champion: BaseDetector) -> np.ndarray:
+        # Prophet's documented warm start ("Updating fitted models"): the optimiser starts from
+        # the champion's fitted trend, changepoints, seasonalities and noise of each feature.
+        return self._fit_models(X, params, champion.models_)
+
+    def _fit_models(self, X: pd.DataFrame, params: ProphetParams, previous: list[Any] | None) -> np.ndarray:
         if not self.time_indexed_:
             raise ModelError(
                 "ProphetDetector needs timestamps (a UTC DatetimeIndex): Prophet models time of day, "
@@ -115,7 +125,7 @@ class ProphetDetector(BaseDetector):
         prophet, _ = _prophet()
         self.lookback_ = 1  # forecasts depend on timestamps only; no history is needed
         self.models_ = []
-        for column in X.columns:
+        def new_model() -> Any:
             model = prophet.Prophet(
                 growth=params.growth,
                 interval_width=params.interval_width,
@@ -129,7 +139,24 @@ class ProphetDetector(BaseDetector):
             )
             if params.holidays_country:
                 model.add_country_holidays(country_name=params.holidays_country)
-            model.fit(_prophet_frame(X.index, X[column].to_numpy()), algorithm="LBFGS")
+            return model
+
+        for f, column in enumerate(X.columns):
+            frame = _prophet_frame(X.index, X[column].to_numpy())
+            model = new_model()
+            if previous is None:
+                model.fit(frame, algorithm="LBFGS")
+            else:
+                from prophet.utilities import warm_start_params
+
+                try:
+                    model.fit(frame, algorithm="LBFGS", init=warm_start_params(previous[f]))
+                except (RuntimeError, ValueError) as exc:
+                    # "auto" seasonalities depend on the span of the data, so the champion's
+                    # parameters may not fit this window's model: then that feature fits cold.
+                    log.warning("prophet: cannot warm-start feature %s from the champion (%s); fitting it cold", column, exc)
+                    model = new_model()
+                    model.fit(frame, algorithm="LBFGS")
             self.models_.append(model)
         expected, half = self._forecast(X.index)
         raw = _outside(X.to_numpy(), expected, half)

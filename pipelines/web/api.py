@@ -7,6 +7,7 @@ permissions apply to them as to any trigger).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
+from pydantic import AwareDatetime
 
 from pipelines.web.auth import SESSION_COOKIE, BaseUser, CurrentUser, JobAccess, authorize_job
 from pipelines.web.schemas import (
@@ -27,15 +29,25 @@ from pipelines.web.schemas import (
     ChampionInfo,
     DetectRequest,
     DetectResponse,
+    EventInfo,
+    EventList,
+    EventSignal,
+    LabelInfo,
+    LabelList,
+    LabelRequest,
     ModelInfo,
     ScoreFileRequest,
     ScoreFileRun,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pandas as pd
 
     from pipelines.config import JobConfig
+    from pipelines.events import AnomalyEvent
+    from pipelines.labels import Label
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +256,18 @@ def _checked_location(what: str, given: str, *, inside: FilePath, must_exist: bo
     absolute = FilePath(os.path.normpath(path if path.is_absolute() else base_dir() / path))
     if not absolute.is_relative_to(inside):
         raise _bad_location(what, given, f"local paths must stay inside {inside} (relative paths start there)")
-    if must_exist and not absolute.is_file():
+    if must_exist and not _is_file(absolute):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"{what} {given!r}: no such file ({absolute}); check the path"
         )
     return str(absolute)
+
+
+def _is_file(path: FilePath) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name the file system cannot hold (too long) names no file either
+        return False
 
 
 def _airflow_url(request: Request) -> str:
@@ -368,3 +387,127 @@ async def score_file_run(
             status.HTTP_404_NOT_FOUND, detail=f"run {run_id} of {dag_id} is a scheduled run, not a one-off scoring run"
         )
     return _run_view(config, run)
+
+
+_LABEL_ERRORS = {
+    **_error(422, "A label that does not fit the job: series, feature, window, values, time zones."),
+    **_error(503, "The labels database could not be reached or written."),
+}
+SeriesQuery = Annotated[
+    str | None, Query(pattern=SERIES_PATTERN, description="One series, e.g. 'region=eu' ('all' without dimensions).")
+]
+StartQuery = Annotated[AwareDatetime | None, Query(description="From this time (ISO 8601 with offset).")]
+EndQuery = Annotated[AwareDatetime | None, Query(description="Up to this time (ISO 8601 with offset).")]
+
+
+@contextlib.contextmanager
+def _label_failures() -> Iterator[None]:
+    """Bad labels are the caller's 422; an unreachable labels database is a 503 worth retrying."""
+    from pipelines.errors import SinkError
+    from pipelines.labels import LabelError
+
+    try:
+        yield
+    except LabelError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    except SinkError as exc:
+        log.error("labels database failed: %s", exc)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+
+
+def _label_info(label: Label) -> LabelInfo:
+    return LabelInfo.model_validate(label.to_dict())
+
+
+@router.post(
+    "/jobs/{job}/labels",
+    summary="Mark an anomaly event as a true anomaly or a false alarm",
+    response_model=LabelInfo,
+    status_code=status.HTTP_201_CREATED,
+    responses={**_AUTH_ERRORS, **_LABEL_ERRORS},
+)
+def add_label(job: JobName, body: LabelRequest, user: CurrentUser) -> LabelInfo:
+    """Store a verdict on an event; the same (series, feature, start, end) replaces the earlier verdict.
+
+    Without value_min and value_max, the range of the event's actual values is read from the
+    published output. The author is the Airflow user. Needs the right to trigger the job's runs.
+    """
+    from pipelines.labels import label_store
+
+    config = _authorized_job(user, job, "POST")
+    with _label_failures():
+        label = label_store(config).add(
+            job,
+            body.series,
+            body.start,
+            body.end,
+            body.verdict,
+            feature=body.feature,
+            value_min=body.value_min,
+            value_max=body.value_max,
+            note=body.note,
+            author=user.get_name(),
+        )
+    return _label_info(label)
+
+
+@router.get(
+    "/jobs/{job}/labels",
+    summary="Verdicts on the job's anomaly events",
+    response_model=LabelList,
+    responses={**_AUTH_ERRORS, **_LABEL_ERRORS},
+)
+def list_labels(job: JobName, user: CurrentUser, series: SeriesQuery = None, start: StartQuery = None, end: EndQuery = None) -> LabelList:
+    """Labels overlapping [start, end] (both inclusive; unbounded where omitted), by series and start."""
+    from pipelines.labels import label_store
+
+    config = _authorized_job(user, job, "GET")
+    with _label_failures():
+        labels = label_store(config).labels(job, series, start, end)
+    return LabelList(job=job, labels=[_label_info(label) for label in labels])
+
+
+def _event_info(event: AnomalyEvent, label: Label | None) -> EventInfo:
+    return EventInfo(
+        series=event.series,
+        start=event.start,
+        end=event.end,
+        rows=event.rows,
+        peak_score=event.peak_score,
+        peak_timestamp=event.peak_timestamp,
+        direction=event.direction,
+        model_version=event.model_version,
+        top_features=list(event.top_features),
+        at_peak=[EventSignal.model_validate(signal, from_attributes=True) for signal in event.at_peak],
+        label=_label_info(label) if label is not None else None,
+    )
+
+
+@router.get(
+    "/jobs/{job}/events",
+    summary="Anomaly events of the published output, each with its current label",
+    response_model=EventList,
+    responses={**_AUTH_ERRORS, **_LABEL_ERRORS},
+)
+def list_events(
+    job: JobName,
+    user: CurrentUser,
+    series: SeriesQuery = None,
+    start: StartQuery = None,
+    end: EndQuery = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most events listed, newest first.")] = 200,
+) -> EventList:
+    """Consecutive anomalous timestamps of a series, grouped as alerts group them, in [start, end)."""
+    from pipelines.labels import as_utc, job_events, label_of, label_store
+
+    config = _authorized_job(user, job, "GET")
+    with _label_failures():
+        where = f"job {job!r}"
+        low = as_utc(start, "start", where) if start is not None else None
+        high = as_utc(end, "end", where) if end is not None else None
+        events = sorted(job_events(config, series=series, start=low, end=high), key=lambda e: (e.start, e.series), reverse=True)
+        shown = events[:limit]
+        labels = (
+            label_store(config).labels(job, series, min(e.start for e in shown), max(e.end for e in shown)) if shown else []
+        )
+    return EventList(job=job, total=len(events), events=[_event_info(event, label_of(event, labels)) for event in shown])

@@ -162,9 +162,35 @@ def job_page(
         return _error_page(request, exc)
 
 
+def _verdicts(job: JobConfig, events: list[dict[str, Any]]) -> dict[tuple[str, str], bool]:
+    """The verdict people gave on each listed anomalous point (a label of its series spanning it).
+
+    A page without verdicts is still useful: a labels database that cannot be read is logged,
+    not shown as an error page.
+    """
+    from pipelines.labels import label_store
+    from pipelines.workspace import to_utc
+
+    if not events:
+        return {}
+    times = {(event["series"], event["timestamp"]): to_utc(event["timestamp"]) for event in events}
+    try:
+        labels = label_store(job).labels(job.name, None, min(times.values()), max(times.values()))
+    except PipelineError as exc:
+        log.warning("dashboard: job %r: cannot read its labels: %s", job.name, exc)
+        return {}
+    found: dict[tuple[str, str], bool] = {}
+    for label in sorted(labels, key=lambda label: label.created_at):  # the latest verdict wins
+        for (series, text), moment in times.items():
+            if series == label.series and label.start <= moment <= label.end:
+                found[(series, text)] = label.verdict
+    return found
+
+
 def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict[str, Any] | None = None) -> HTMLResponse:
     summary = _call(f"job {job.name!r}: series summary", data.series_summary, job, data.Filters((), filters.start, filters.end, filters.min_score))
     events = _call(f"job {job.name!r}: anomaly events", data.anomaly_events, job, filters, PAGE_EVENTS)
+    verdicts = _verdicts(job, events["events"])
     known = {row["series"] for row in summary}
     unknown = [s for s in filters.series if s not in known]
     charted = list(filters.series[:MAX_CHARTS]) if filters.series else [row["series"] for row in summary[:DEFAULT_CHARTS]]
@@ -191,6 +217,8 @@ def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict
         charted=[s for s in charted if s in known],
         unknown=unknown,
         events=events,
+        verdicts=verdicts,
+        labels_url=f"{request.scope.get('root_path', '').rstrip('/')}/api/v1/jobs/{job.name}/labels",
         run=run,
         multivariate=len(job.features) > 1,
         link=link,

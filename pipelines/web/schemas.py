@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 #: OCI Anomaly Detection's limit for synchronous detection: data points = timestamps x signals.
 MAX_DETECT_POINTS = 30_000
@@ -132,3 +132,78 @@ class ScoreFileRun(BaseModel):
     start_date: datetime | None = None
     end_date: datetime | None = None
     warning: str | None = Field(None, description="Something the caller should know, e.g. the DAG is paused.")
+
+
+LabelValue = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+
+
+class LabelRequest(_Body):
+    series: Annotated[str, Field(pattern=SERIES_PATTERN)] = Field(
+        description="The series of the event, e.g. 'region=eu' ('all' for a job without dimensions).", examples=["region=eu"]
+    )
+    start: AwareDatetime = Field(description="First anomalous timestamp of the event (ISO 8601 with offset; inclusive).")
+    end: AwareDatetime = Field(description="Last anomalous timestamp of the event (inclusive).")
+    verdict: StrictBool = Field(description="true: a real anomaly; false: a false alarm.")
+    feature: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        None, description="One feature of the series; omitted: the verdict is on the whole series."
+    )
+    note: Annotated[str, Field(max_length=2000)] = Field("", description="Why, in a few words.")
+    value_min: LabelValue | None = Field(
+        None, description="Least actual value of the event's rows; with value_max, when the output does not hold the event."
+    )
+    value_max: LabelValue | None = Field(None, description="Greatest actual value of the event's rows.")
+
+
+class LabelInfo(BaseModel):
+    """A stored verdict (pipelines.labels.Label)."""
+
+    job: str
+    series: str
+    feature: str | None = Field(description="null: the verdict is on the whole series.")
+    start: datetime
+    end: datetime
+    verdict: bool = Field(description="true: a real anomaly; false: a false alarm.")
+    value_min: float | None = Field(description="Range of the actual values of the event's rows.")
+    value_max: float | None
+    note: str
+    author: str = Field(description="The Airflow user who gave the verdict (or the importer).")
+    created_at: datetime = Field(description="When this verdict was given (a later one on the same event replaces it).")
+
+
+class LabelList(BaseModel):
+    job: str
+    labels: list[LabelInfo]
+
+
+class EventSignal(BaseModel):
+    """One feature of the series at the event's peak."""
+
+    feature: str
+    actual: float | None
+    expected: float | None
+    lower: float | None
+    upper: float | None
+    feature_score: float | None
+    is_anomaly: bool
+
+
+class EventInfo(BaseModel):
+    """An anomaly event of the published output (pipelines.events.AnomalyEvent) and its current label."""
+
+    series: str
+    start: datetime = Field(description="First anomalous timestamp (inclusive).")
+    end: datetime = Field(description="Last anomalous timestamp (inclusive).")
+    rows: int = Field(description="Anomalous timestamps in the event.")
+    peak_score: float
+    peak_timestamp: datetime
+    direction: str = Field(description="rise (actual above expected) or fall.")
+    model_version: str
+    top_features: list[str] = Field(description="Features by their contribution to the event.")
+    at_peak: list[EventSignal]
+    label: LabelInfo | None = Field(description="The verdict on this event (same span, else the latest overlapping one), or null.")
+
+
+class EventList(BaseModel):
+    job: str
+    total: int = Field(description="Events in the window; at most `limit` of them, newest first, are listed.")
+    events: list[EventInfo]

@@ -3,14 +3,15 @@
 Playwright drives Debian's Chromium (``/usr/bin/chromium``, headless; no downloaded browsers)
 against ``airflow standalone`` started by the ``airflow_server`` fixture with this repo's plugin:
 log in as admin, open "Anomalies" in the navigation, open demo_web_metrics, see the charts with
-anomaly markers, filter by series and least score, then open the "Anomalies" tab of a predict
-DAG run. The data comes from real runs: the CLI trains and scores the demo week in the server's
+anomaly markers, filter by series and least score, mark an anomaly a false alarm, then open the
+"Anomalies" tab of a predict DAG run. The data comes from real runs: the CLI trains and scores the demo week in the server's
 project, and a predict DAG run executed by the server's scheduler re-scores the spike day.
 Screenshots are saved to ``test-artifacts/`` at the repo root.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,6 +151,24 @@ def test_anomalies_in_the_airflow_ui(scored_server, page):
     filtered_markers = int(frame.locator('.chart-card[data-series="region=eu"]').get_attribute("data-anomaly-count"))
     assert 0 < filtered_markers <= markers["region=eu"]
     _shot(page, "3-job-filtered")
+
+    # Feedback: the person marks the first listed point a false alarm; the verdict is stored
+    # (the CLI reads it back from the project's labels table) and shown after a reload.
+    server, _ = scored_server
+    first = events.first
+    moment = first.get_attribute("data-timestamp")
+    first.locator('button[data-mark="false"]').click()
+    expect(first).to_have_attribute("data-verdict", "false")
+    expect(first.locator(".verdict-text")).to_have_text("marked: false alarm")
+    stored = json.loads(server.pipelines_cli("labels", "demo_web_metrics", "--series", "region=eu").stdout)
+    assert [(label["start"], label["end"], label["verdict"], label["author"]) for label in stored] == [
+        (moment, moment, False, server.username)
+    ]
+    # The UI's own URL names the dashboard page too: the frame wanted is the iframe's.
+    inner = next(f for f in page.frames if f != page.main_frame and "/dashboard/jobs/demo_web_metrics" in f.url)
+    inner.goto(inner.url)  # the dashboard page again (the UI's own URL does not follow the iframe)
+    inner.locator(f'tr.event[data-timestamp="{moment}"][data-verdict="false"]').wait_for()
+    _shot(page, "3b-job-marked")
 
 
 def test_anomalies_tab_of_a_predict_run(scored_server, page):

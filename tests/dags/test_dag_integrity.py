@@ -34,14 +34,28 @@ def test_every_job_yields_train_predict_and_tune(dagbag):
         assert predict.timetable.summary == job.schedules.predict
         assert set(predict.params.keys()) == {"start", "end", "input", "output", "chunk_rows"}
         assert predict.max_active_runs == 1
-        assert [t.task_id for t in predict.topological_sort()] == ["extract", "validate", "score", "publish"]
+        order = [t.task_id for t in predict.topological_sort()]
+        assert order[:4] == ["extract", "validate", "score", "publish"]
+        # monitor follows publish and is the only task that may update the job's retrain asset.
+        monitor = predict.get_task("monitor")
+        assert "publish" in monitor.upstream_task_ids
+        assert [outlet.name for outlet in monitor.outlets] == [f"anomaly_pipelines__{name}__retrain"]
         score = predict.get_task("score")
         assert score.retries == 2
         train = dagbag.dags[f"{name}__train"]
-        assert train.timetable.summary == job.schedules.train
+        # Train runs on its cron or as soon as tuning or monitoring updates an asset.
+        assert type(train.timetable).__name__ == "AssetOrTimeSchedule"
+        assert train.timetable.timetable.summary == job.schedules.train
+        assert [a.name for a in train.timetable.asset_condition.objects] == [
+            f"anomaly_pipelines__{name}__tuned",
+            f"anomaly_pipelines__{name}__retrain",
+        ]
         summarize = train.get_task("summarize")
         assert [outlet.name for outlet in summarize.outlets] == [f"anomaly_pipelines__{name}__model"]
         tune = dagbag.dags[f"{name}__tune"]
+        assert tune.get_task("summarize").outlets == []
+        assert [outlet.name for outlet in tune.get_task("announce").outlets] == [f"anomaly_pipelines__{name}__tuned"]
+        assert "announce" not in train.task_ids
         if job.schedules.tune:
             assert tune.timetable.summary == job.schedules.tune
         else:

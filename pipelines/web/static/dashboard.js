@@ -117,6 +117,39 @@
     }
   }
 
+  // Feedback: a person marks an anomalous point as a true anomaly or a false alarm (the API's
+  // POST .../labels with the page's session; start = end = the point's time, the whole series).
+  async function mark(table, row, verdict) {
+    const text = row.querySelector(".verdict-text");
+    text.textContent = "saving…";
+    try {
+      const answer = await fetch(table.dataset.labelsUrl, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { Accept: "application/json", "Content-Type": "application/json" },
+        body: JSON.stringify({
+          series: row.dataset.series,
+          start: row.dataset.timestamp,
+          end: row.dataset.timestamp,
+          verdict: verdict,
+        }),
+      });
+      const payload = await answer.json();
+      if (!answer.ok) throw new Error(typeof payload.detail === "string" ? payload.detail : `HTTP ${answer.status}`);
+      row.dataset.verdict = String(payload.verdict);
+      text.textContent = `marked: ${payload.verdict ? "true anomaly" : "false alarm"}`;
+    } catch (error) {
+      text.textContent = `not saved: ${error.message}`;
+    }
+  }
+
+  for (const table of document.querySelectorAll("table.events[data-labels-url]")) {
+    table.addEventListener("click", (event) => {
+      const button = event.target.closest("button.mark");
+      if (button) mark(table, button.closest("tr.event"), button.dataset.mark === "true");
+    });
+  }
+
   for (const card of document.querySelectorAll(".chart-card")) {
     const whole = () => load(card, card.dataset.start, card.dataset.end);
     card.querySelector(".reset-zoom").addEventListener("click", whole);

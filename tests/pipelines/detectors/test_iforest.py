@@ -108,3 +108,50 @@ def test_artifact_holds_the_model_as_skops(detector: IsolationForestDetector) ->
 def test_bad_model_file_is_refused(detector: IsolationForestDetector, replace: Callable, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         load_detector("iforest", replace(detector.to_files()))
+
+
+# -- warm start ---------------------------------------------------------------------------------------
+
+
+def holdout_error(detector, history: pd.DataFrame, test: pd.DataFrame) -> float:
+    detection = detector.detect(test, history=history)
+    return float(np.nanmean(np.abs(detection.values - detection.expected)))
+
+
+def test_warm_start_adds_trees_to_the_champions_forest(split_series: Callable) -> None:
+    old, _ = split_series(seed=0)
+    new, test = split_series(seed=1)
+    champion = IsolationForestDetector(n_estimators=40).fit(old)
+    before = [tree.tree_.threshold.copy() for tree in champion.model_[-1].estimators_]
+    warm = IsolationForestDetector(n_estimators=40).fit(new, warm_start=champion)
+
+    assert warm.warm_started_ and not champion.warm_started_
+    trees = warm.model_[-1].estimators_
+    assert len(trees) == 60  # the champion's 40 and half a forest more, grown on the new rows
+    for kept, original in zip(trees[:40], before, strict=True):
+        np.testing.assert_array_equal(kept.tree_.threshold, original)
+    # The champion's scaler is kept (its trees split in that space); the champion is untouched.
+    np.testing.assert_array_equal(warm.model_[0].center_, champion.model_[0].center_)
+    assert len(champion.model_[-1].estimators_) == 40
+    # As good as a cold fit on the same rows: quiet on clean data, same forecast of the tail.
+    cold = IsolationForestDetector(n_estimators=40).fit(new)
+    assert warm.detect(test, history=new).is_anomaly.mean() <= 0.02
+    assert holdout_error(warm, new, test) == pytest.approx(holdout_error(cold, new, test), rel=0.05)
+    for column in (0, 1):
+        found = [d.detect(spiked(test, column), history=new).is_anomaly[SPIKE_ROWS, column].sum() for d in (warm, cold)]
+        assert found[0] >= max(found[1], 4)  # of 5, as in test_flags_injected_spikes
+    assert load_detector("iforest", warm.to_files()).warm_started_
+
+
+def test_warm_start_needs_the_same_parameters_and_stays_bounded(split_series: Callable) -> None:
+    old, _ = split_series(seed=0)
+    new, _ = split_series(seed=1)
+    champion = IsolationForestDetector(n_estimators=40).fit(old)
+    other = IsolationForestDetector(n_estimators=40, window=12).fit(new, warm_start=champion)
+    assert not other.warm_started_ and len(other.model_[-1].estimators_) == 40
+    grown = IsolationForestDetector(n_estimators=40).fit(new, warm_start=champion)
+    grown = IsolationForestDetector(n_estimators=40).fit(old, warm_start=grown)
+    assert len(grown.model_[-1].estimators_) == 80
+    # Twice n_estimators is the most a warm start keeps: the next fit is cold.
+    fresh = IsolationForestDetector(n_estimators=40).fit(new, warm_start=grown)
+    assert not fresh.warm_started_ and len(fresh.model_[-1].estimators_) == 40

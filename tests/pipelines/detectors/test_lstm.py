@@ -76,3 +76,41 @@ def test_without_torch_the_extra_is_named() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "pip install 'anomaly-pipelines[lstm]'" in result.stderr
+
+
+# -- warm start ---------------------------------------------------------------------------------------
+
+
+def test_warm_start_fine_tunes_the_champions_weights(detector: LSTMDetector, series, monkeypatch) -> None:
+    import pipelines.detectors.lstm as lstm
+    from tests.pipelines.detectors.conftest import seasonal_frame
+
+    started_from = []
+    real_train = lstm._train
+
+    def recording_train(torch, network, *args):
+        started_from.append({name: tensor.detach().numpy().copy() for name, tensor in network.state_dict().items()})
+        return real_train(torch, network, *args)
+
+    monkeypatch.setattr(lstm, "_train", recording_train)
+    frame = seasonal_frame(28, seed=5)
+    new, test = frame.iloc[: 24 * 21], frame.iloc[24 * 21 :]
+    warm = LSTMDetector(hidden_size=16, max_epochs=30).fit(new, warm_start=detector)
+    cold = LSTMDetector(hidden_size=16, max_epochs=30).fit(new)
+
+    assert warm.warm_started_ and not cold.warm_started_
+    # Training started from the champion's weights, not from a fresh initialisation.
+    assert set(started_from[0]) == set(detector.state_dict_)
+    for name, weights in detector.state_dict_.items():
+        np.testing.assert_array_equal(started_from[0][name], weights)
+        assert not np.array_equal(started_from[1][name], weights)
+    assert warm.epochs_ <= 15  # half of max_epochs
+    # As good as a cold fit: the forecast misses by about the unit noise.
+    errors = [np.abs(d.detect(test, history=new).values - d.detect(test, history=new).expected).mean() for d in (warm, cold)]
+    assert errors[0] < 1.2 and errors[0] < errors[1] * 1.1
+    assert load_detector("lstm", warm.to_files()).warm_started_
+
+
+def test_no_warm_start_across_different_parameters(detector: LSTMDetector, series) -> None:
+    other = LSTMDetector(hidden_size=8, max_epochs=2).fit(series[0], warm_start=detector)
+    assert not other.warm_started_ and other.state_dict_["head.weight"].shape == (2, 8)

@@ -99,3 +99,22 @@ def test_a_plain_script_is_not_flooded_either() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "cmdstanpy" not in result.stderr and "plotly" not in result.stderr
+
+
+# -- warm start ---------------------------------------------------------------------------------------
+
+
+def test_warm_start_from_the_champions_parameters(detector: ProphetDetector, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.pipelines.detectors.conftest import seasonal_frame
+
+    frame = seasonal_frame(28, seed=8)
+    new, test = frame.iloc[: 24 * 21], frame.iloc[24 * 21 :]
+    with caplog.at_level(logging.WARNING, logger="pipelines.detectors.prophet"):
+        warm = ProphetDetector().fit(new, warm_start=detector)
+    assert warm.warm_started_
+    assert not [r for r in caplog.records if "cannot warm-start" in r.getMessage()]  # no feature fell back to cold
+    cold = ProphetDetector().fit(new)
+    # Prophet's optimum does not depend on where LBFGS starts: the same forecast, within noise.
+    errors = [np.abs(d.detect(test).values - d.detect(test).expected).mean() for d in (warm, cold)]
+    assert errors[0] < 1.0 and errors[0] == pytest.approx(errors[1], rel=0.05)
+    assert warm.detect(test).is_anomaly.mean() <= 0.02

@@ -233,6 +233,8 @@ def test_the_openapi_document_describes_every_operation(client, headers):
         "/api/v1/jobs/{job}/model",
         "/api/v1/jobs/{job}/score-file",
         "/api/v1/jobs/{job}/score-file/{run_id}",
+        "/api/v1/jobs/{job}/labels",
+        "/api/v1/jobs/{job}/events",
     }
     detect = spec["paths"]["/api/v1/jobs/{job}/detect"]["post"]
     assert detect["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/DetectResponse")

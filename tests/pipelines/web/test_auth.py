@@ -7,12 +7,16 @@ import pytest
 DETECT = "/api/v1/jobs/demo_web_metrics/detect"
 MODEL = "/api/v1/jobs/demo_web_metrics/model"
 SCORE_FILE = "/api/v1/jobs/demo_web_metrics/score-file"
+LABELS = "/api/v1/jobs/demo_web_metrics/labels"
 
 ROUTES = [
     ("POST", DETECT, {"points": [{"timestamp": "2024-03-03T00:00:00Z", "region": "eu", "requests": 1, "latency_ms": 1}]}),
     ("GET", MODEL, None),
     ("POST", SCORE_FILE, {"input": "data/demo/web_metrics.csv"}),
     ("GET", SCORE_FILE + "/manual__2024-01-01T00:00:00+00:00", None),
+    ("POST", LABELS, {"series": "region=eu", "start": "2024-03-03T00:00:00Z", "end": "2024-03-03T01:00:00Z", "verdict": False}),
+    ("GET", LABELS, None),
+    ("GET", "/api/v1/jobs/demo_web_metrics/events", None),
     ("GET", "/openapi.json", None),
     ("GET", "/docs", None),
 ]

@@ -1,0 +1,622 @@
+"""Alerts: tell people about anomaly events through Airflow's notifiers (e-mail, Slack).
+
+After ``publish`` the predict DAG's ``alert`` task calls :func:`alert_window`: the window's
+published rows are grouped into events (:mod:`pipelines.events`), filtered by the job's
+``alerts`` settings, checked against people's "false alarm" verdicts (:mod:`pipelines.labels`),
+held while their series is snoozed, and sent through the providers' ``SmtpNotifier`` and
+``SlackWebhookNotifier`` / ``SlackNotifier``. A daily digest goes out from the run whose window
+passes the configured hour.
+
+What was sent is kept per job in ``<registry>/<job>/_alerts/state.json``, written atomically
+after every delivery: re-running an interval never sends an event twice, and a delivery that
+fails leaves its event unsent, so the task's retry sends it. See docs/ALERTS.md.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import html
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta, timezone
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pandas as pd
+
+from pipelines import storage
+from pipelines.config import AlertsConfig, JobConfig, resolve_path
+from pipelines.errors import ConfigError, MissingDependencyError, PipelineError, SinkError
+from pipelines.events import AnomalyEvent, anomaly_events
+from pipelines.web import URL_PREFIX
+from pipelines.workspace import Window
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+#: Events of a series remembered for matching continuations and re-runs (oldest dropped first).
+REMEMBERED_PER_SERIES = 50
+#: Periods shown on each side of an event in the dashboard link.
+LINK_PADDING_PERIODS = 12
+DEFAULT_AIRFLOW_URL = "http://localhost:8080"
+TEXT_ATTACHMENT = "anomaly-alert.txt"
+
+Notify = Callable[[str, "Message", Mapping[str, Any]], None]
+
+
+# -- state ----------------------------------------------------------------------------------------
+
+
+def state_url(job: JobConfig) -> str:
+    """Where the alert state of ``job`` lives: beside its models, so it moves with the registry."""
+    return storage.join(resolve_path(job.registry), job.name, "_alerts", STATE_FILE)
+
+
+@dataclass
+class AlertState:
+    """What was sent for a job, which series are snoozed, and what the digest still has to list.
+
+    ``events`` maps a series to the events of it already dealt with (``key``, ``start``, ``end``,
+    ``status`` sent/held/queued, ``channels`` delivered); ``snoozed_until`` maps a series to the
+    last timestamp its snooze covers; ``held`` maps a series to the events held while snoozed
+    (listed in its next message); ``digest`` holds the events of the digest still to be sent, by
+    key; ``digest_progress`` the channels a digest being sent has reached; ``digests_sent`` the
+    cut-off times of the digests already sent.
+    """
+
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    snoozed_until: dict[str, str] = field(default_factory=dict)
+    held: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    digest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    digest_progress: dict[str, Any] = field(default_factory=dict)
+    digests_sent: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, job: JobConfig) -> AlertState:
+        url = state_url(job)
+        try:
+            document = json.loads(storage.read_bytes(url, job.outputs.storage_options))
+        except FileNotFoundError:
+            return cls()
+        except ValueError as exc:
+            raise ConfigError(
+                f"job {job.name}: the alert state {url} is not valid JSON ({exc}); "
+                "restore it from a backup, or delete it to start afresh (events of the current window would be sent again)"
+            ) from exc
+        return cls(**{k: document.get(k, getattr(cls(), k)) for k in cls.__dataclass_fields__})
+
+    def save(self, job: JobConfig) -> None:
+        document = json.dumps(self.__dict__, indent=1, sort_keys=True).encode()
+        storage.atomic_write(state_url(job), document, job.outputs.storage_options)
+
+    def match(self, event: AnomalyEvent, limit: timedelta) -> dict[str, Any] | None:
+        """The remembered event ``event`` continues or repeats (overlapping, or at most ``limit`` apart)."""
+        for record in self.events.get(event.series, []):
+            start, end = datetime.fromisoformat(record["start"]), datetime.fromisoformat(record["end"])
+            if event.start <= end + limit and event.end >= start - limit:
+                return record
+        return None
+
+    def remember(self, event: AnomalyEvent, status: str) -> dict[str, Any]:
+        record = {"key": event.key, "start": event.start.isoformat(), "end": event.end.isoformat(), "status": status, "channels": []}
+        remembered = self.events.setdefault(event.series, [])
+        remembered.append(record)
+        del remembered[:-REMEMBERED_PER_SERIES]
+        return record
+
+
+# -- selection ------------------------------------------------------------------------------------
+
+
+def _series_wanted(alerts: AlertsConfig, series: str) -> bool:
+    return not alerts.series or any(fnmatch.fnmatchcase(series, pattern) for pattern in alerts.series)
+
+
+def alertable(job: JobConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``is_anomaly`` kept only where the job's ``series`` and ``features`` filters allow.
+
+    With ``features``, a timestamp stays anomalous only when a watched feature drove it: the
+    watched feature has the largest ``feature_score`` among the anomalous rows of that timestamp.
+    (A multivariate model flags every feature of a timestamp; its ``feature_score`` says which.)
+    """
+    alerts = _alerts(job)
+    wanted = [s for s in frame["series"].unique() if _series_wanted(alerts, str(s))]
+    keep = frame["series"].isin(wanted) & frame["is_anomaly"].astype(bool)
+    if alerts.features:
+        flagged = frame[keep]
+        leaders = (
+            flagged.sort_values(["feature_score", "feature"], ascending=[False, True], kind="stable", na_position="last")
+            .drop_duplicates(["series", "timestamp"])
+        )
+        driven = leaders[leaders["feature"].isin(alerts.features)][["series", "timestamp"]]
+        pairs = pd.MultiIndex.from_frame(frame[["series", "timestamp"]])
+        keep &= pairs.isin(pd.MultiIndex.from_frame(driven))
+    return frame.assign(is_anomaly=keep)
+
+
+def _filtered_out(alerts: AlertsConfig, event: AnomalyEvent) -> str | None:
+    """Why ``event`` is not alerted, or ``None`` when it is."""
+    if event.peak_score < alerts.min_score:
+        return f"peak score {event.peak_score:.4f} below min_score {alerts.min_score}"
+    if alerts.direction != "both" and event.direction != alerts.direction:
+        return f"direction {event.direction}, only {alerts.direction} alerted"
+    return None
+
+
+class _FalseAlarms:
+    """People's "false alarm" verdicts (:mod:`pipelines.labels`), opened once per run."""
+
+    def __init__(self, job: JobConfig):
+        self.job = job
+        self._store: Any = None
+
+    def matching(self, event: AnomalyEvent) -> Any | None:
+        """The label of a person who called an identical event (same series and top feature,
+        values within the labelled range) a false alarm, if there is one."""
+        feature = event.top_feature
+        low, high = event.value_ranges.get(feature, (None, None))
+        if low is None or high is None:
+            return None
+        try:
+            if self._store is None:
+                from pipelines.labels import label_store
+
+                self._store = label_store(self.job)
+            return self._store.known_false_alarm(self.job.name, event.series, feature, low, high)
+        except PipelineError as exc:
+            # An unreachable labels table must not silence alerts: the event is sent, and said why.
+            log.warning("job %s: cannot check event %s against false-alarm labels, sending it: %s", self.job.name, event.key, exc)
+            return None
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One alert or digest, rendered for every channel."""
+
+    subject: str
+    text: str
+    html: str
+    slack_blocks: list[dict[str, Any]]
+
+
+def _moment(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def dashboard_link(job: JobConfig, event: AnomalyEvent) -> str:
+    """The dashboard page of the event's job and series, around the event."""
+    base = _alerts(job).dashboard_url or os.environ.get("AIRFLOW__API__BASE_URL") or DEFAULT_AIRFLOW_URL
+    pad = max(job.frequency * LINK_PADDING_PERIODS, event.end - event.start)
+    query = urlencode(
+        [
+            ("series", event.series),
+            ("start", (event.start - pad).isoformat()),
+            ("end", (event.end + job.frequency + pad).isoformat()),
+        ]
+    )
+    return f"{base.rstrip('/')}{URL_PREFIX}/dashboard/jobs/{quote(job.name)}?{query}"
+
+
+def _subject_fields(job: JobConfig, event: AnomalyEvent) -> dict[str, Any]:
+    return {
+        "job": job.name,
+        "series": event.series,
+        "start": _moment(event.start),
+        "end": _moment(event.end + job.frequency),
+        "peak_score": event.peak_score,
+        "peak_timestamp": _moment(event.peak_timestamp),
+        "direction": event.direction,
+        "features": ", ".join(event.top_features),
+        "rows": event.rows,
+    }
+
+
+def _event_lines(job: JobConfig, event: AnomalyEvent) -> list[str]:
+    lines = [
+        f"Series: {event.series}",
+        f"Time range: {_moment(event.start)} to {_moment(event.end + job.frequency)} ({event.rows} anomalous periods)",
+        f"Peak score: {event.peak_score:.4f} at {_moment(event.peak_timestamp)} ({event.direction})",
+        f"Top contributing signals: {', '.join(event.top_features) or 'n/a'}",
+        "At the peak (actual vs expected [lower, upper]):",
+    ]
+    lines += [
+        f"  {f.feature}: actual {_num(f.actual)} vs expected {_num(f.expected)} [{_num(f.lower)}, {_num(f.upper)}]"
+        f"{' (anomalous)' if f.is_anomaly else ''}"
+        for f in event.at_peak
+    ]
+    lines.append(f"Model: {event.model} version {event.model_version}")
+    return lines
+
+
+def _held_lines(held: list[dict[str, Any]]) -> list[str]:
+    if not held:
+        return []
+    return [f"{len(held)} more event(s) of this series while it was snoozed:"] + [
+        f"  {h['start']} to {h['end']}, peak score {h['peak_score']:.4f}" for h in held
+    ]
+
+
+def _html_event(job: JobConfig, event: AnomalyEvent, link: str) -> str:
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(f.feature)}</td><td>{esc(_num(f.actual))}</td><td>{esc(_num(f.expected))}</td>"
+        f"<td>{esc(_num(f.lower))} – {esc(_num(f.upper))}</td><td>{esc(_num(f.feature_score))}</td>"
+        f"<td>{'yes' if f.is_anomaly else ''}</td></tr>"
+        for f in event.at_peak
+    )
+    return (
+        f"<h3>{esc(job.name)}: {esc(event.series)}</h3>"
+        f"<p><b>Time range:</b> {esc(_moment(event.start))} to {esc(_moment(event.end + job.frequency))} "
+        f"({event.rows} anomalous periods)<br>"
+        f"<b>Peak score:</b> {event.peak_score:.4f} at {esc(_moment(event.peak_timestamp))} ({esc(event.direction)})<br>"
+        f"<b>Top contributing signals:</b> {esc(', '.join(event.top_features) or 'n/a')}<br>"
+        f"<b>Model:</b> {esc(event.model)} version {esc(event.model_version)}</p>"
+        "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>feature</th><th>actual</th><th>expected</th>"
+        f"<th>normal range</th><th>contribution</th><th>anomalous</th></tr>{rows}</table>"
+        f"<p><a href=\"{esc(link, quote=True)}\">Open in the dashboard</a></p>"
+    )
+
+
+def render_event(job: JobConfig, event: AnomalyEvent, held: list[dict[str, Any]] | None = None) -> Message:
+    """The message of one event: subject, plain text, HTML and Slack blocks."""
+    held = held or []
+    email = _alerts(job).email
+    template = email.subject if email else "[anomaly] {job} {series}: {direction} {start} (score {peak_score:.3f})"
+    subject = template.format(**_subject_fields(job, event))
+    link = dashboard_link(job, event)
+    lines = [f"Anomaly in job {job.name}", *_event_lines(job, event), *_held_lines(held), f"Dashboard: {link}"]
+    held_html = "".join(f"<li>{html.escape(line.strip())}</li>" for line in _held_lines(held)[1:])
+    body = _html_event(job, event, link) + (
+        f"<p>{len(held)} more event(s) of this series while it was snoozed:</p><ul>{held_html}</ul>" if held else ""
+    )
+    text = "\n".join(lines)
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": subject[:150]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines[1:-1])[:3000]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"<{link}|Open in the dashboard>"}},
+    ]
+    return Message(subject=subject, text=text, html=f"<html><body>{body}</body></html>", slack_blocks=blocks)
+
+
+def render_digest(job: JobConfig, events: list[dict[str, Any]], cutoff: datetime) -> Message:
+    """The daily digest: every queued event of the day before ``cutoff``, in time order."""
+    ordered = sorted(events, key=lambda e: (e["start"], e["series"]))
+    subject = f"[anomaly digest] {job.name}: {len(ordered)} event(s) in the day to {_moment(cutoff)}"
+    lines = [subject]
+    parts = []
+    for data in ordered:
+        event = AnomalyEvent.from_dict(data)
+        status = data.get("status", "")
+        lines += ["", f"[{status}]" if status else "", *_event_lines(job, event), f"Dashboard: {dashboard_link(job, event)}"]
+        parts.append(_html_event(job, event, dashboard_link(job, event)))
+    text = "\n".join(line for line in lines if line is not None)
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": subject[:150]}}] + [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{e['series']}: {e['start']} to {e['end']}, peak score {e['peak_score']:.4f}"}}
+        for e in ordered[:45]  # Slack takes at most 50 blocks a message
+    ]
+    return Message(subject=subject, text=text, html=f"<html><body><h2>{html.escape(subject)}</h2>{''.join(parts)}</body></html>", slack_blocks=blocks)
+
+
+# -- delivery -------------------------------------------------------------------------------------
+
+
+def _verbatim(value: Any) -> Any:
+    """``value`` protected from the notifier's Jinja rendering of its template fields.
+
+    Notifiers render their fields with the task context before sending; the message is already
+    rendered, and a series key or a value holding ``{{`` must reach people as it is.
+    """
+    if isinstance(value, str):
+        return "{% raw %}" + value.replace("{%", "{% endraw %}{{ '{%' }}{% raw %}") + "{% endraw %}"
+    if isinstance(value, list):
+        return [_verbatim(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _verbatim(v) for k, v in value.items()}
+    return value
+
+
+def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str, Any]) -> None:
+    """Send ``message`` through ``channel`` (``email`` or ``slack``) with the providers' notifiers."""
+    alerts = _alerts(job)
+    if channel == "email" and alerts.email:
+        try:
+            from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+        except ImportError as exc:
+            raise MissingDependencyError("apache-airflow-providers-smtp", "alerts", f"Job {job.name}'s e-mail alerts") from exc
+
+        # The provider's hook builds HTML-only bodies (no text/alternative part), so the plain
+        # text version travels as an attachment, for readers and filters that skip HTML.
+        with tempfile.TemporaryDirectory(prefix="anomaly-alert-") as scratch:
+            text_file = os.path.join(scratch, TEXT_ATTACHMENT)
+            with open(text_file, "w", encoding="utf-8") as handle:
+                handle.write(message.text)
+            SmtpNotifier(
+                to=alerts.email.to,
+                from_email=alerts.email.from_email,
+                subject=_verbatim(message.subject),
+                html_content=_verbatim(message.html),
+                files=[text_file],
+                smtp_conn_id=alerts.email.smtp_conn_id,
+                custom_headers={"X-Anomaly-Job": job.name},
+            )(dict(context))
+        return
+    notifier: Any
+    if channel == "slack" and alerts.slack:
+        try:
+            from airflow.providers.slack.notifications.slack import SlackNotifier
+            from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+        except ImportError as exc:
+            raise MissingDependencyError("apache-airflow-providers-slack", "alerts", f"Job {job.name}'s Slack alerts") from exc
+    if channel == "slack" and alerts.slack and alerts.slack.webhook_conn_id:
+
+        notifier = SlackWebhookNotifier(
+            slack_webhook_conn_id=alerts.slack.webhook_conn_id,
+            text=_verbatim(message.text),
+            blocks=_verbatim(message.slack_blocks),
+        )
+    elif channel == "slack" and alerts.slack:
+        notifier = SlackNotifier(
+            slack_conn_id=alerts.slack.api_conn_id,
+            channel=alerts.slack.channel,
+            text=_verbatim(message.text),
+            blocks=_verbatim(message.slack_blocks),
+        )
+    else:
+        raise ConfigError(f"job {job.name}: alert channel {channel!r} is not configured")
+    notifier(dict(context))
+
+
+def _channels(alerts: AlertsConfig) -> list[str]:
+    return [name for name in ("email", "slack") if getattr(alerts, name)]
+
+
+def _deliver(
+    job: JobConfig, state: AlertState, what: str, message: Message, done: list[str], context: Mapping[str, Any], send: Notify
+) -> None:
+    """Send ``message`` on every channel not in ``done``, saving the state after each one."""
+    for channel in _channels(_alerts(job)):
+        if channel in done:
+            continue
+        try:
+            send(channel, message, context)
+        except PipelineError:  # configuration or a missing package: said precisely already
+            raise
+        except Exception as exc:
+            target = _target(job, channel)
+            raise SinkError(
+                f"job {job.name}: {what} could not be sent by {channel} ({target}): {exc}; "
+                "it stays unsent and the task's retry sends it (check the connection and the server)"
+            ) from exc
+        done.append(channel)
+        state.save(job)
+        log.info("job %s: sent %s by %s", job.name, what, channel)
+
+
+def _target(job: JobConfig, channel: str) -> str:
+    alerts = _alerts(job)
+    if channel == "email" and alerts.email:
+        return f"Airflow connection {alerts.email.smtp_conn_id!r}, to {', '.join(alerts.email.to)}"
+    if alerts.slack:
+        return f"Airflow connection {alerts.slack.webhook_conn_id or alerts.slack.api_conn_id!r}"
+    return "unconfigured"
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AlertSummary:
+    events: int = 0
+    sent: int = 0
+    held: int = 0
+    suppressed: int = 0
+    filtered: int = 0
+    already_sent: int = 0
+    queued: int = 0
+    digest: dict[str, Any] | None = None
+    decisions: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _alerts(job: JobConfig) -> AlertsConfig:
+    if job.alerts is None:
+        raise ConfigError(f"job {job.name} has no alerts configured; add an 'alerts' section (see docs/ALERTS.md)")
+    return job.alerts
+
+
+def _summary_entry(event: AnomalyEvent, job: JobConfig) -> dict[str, Any]:
+    return {"key": event.key, "start": _moment(event.start), "end": _moment(event.end + job.frequency), "peak_score": event.peak_score}
+
+
+def process_events(
+    job: JobConfig,
+    frame: pd.DataFrame,
+    window: Window,
+    *,
+    context: Mapping[str, Any] | None = None,
+    send: Notify | None = None,
+) -> AlertSummary:
+    """Alert on the events of ``frame`` (published rows of ``window``), then send the digest if due."""
+    alerts = _alerts(job)
+    context = context or {}
+    send = send or (lambda channel, message, ctx: notify(job, channel, message, ctx))
+    state = AlertState.load(job)
+    limit = job.frequency * (alerts.max_gap + 1)
+    events = sorted(
+        anomaly_events(alertable(job, frame), frequency=job.frequency, max_gap=alerts.max_gap), key=lambda e: (e.start, e.series)
+    )
+    summary = AlertSummary(events=len(events))
+    false_alarms = _FalseAlarms(job)
+
+    def decide(event: AnomalyEvent, decision: str, reason: str) -> None:
+        summary.decisions.append({"key": event.key, "series": event.series, "decision": decision, "reason": reason})
+        log.info("job %s: event %s of series %s: %s (%s)", job.name, event.key, event.series, decision, reason)
+
+    for event in events:
+        record = state.match(event, limit)
+        if record is not None:
+            # A re-run, or the continuation of an incident seen in an earlier window.
+            record["start"] = min(record["start"], event.start.isoformat())
+            record["end"] = max(record["end"], event.end.isoformat())
+            if record["status"] == "sent" and set(record["channels"]) >= set(_channels(alerts)):
+                if alerts.snooze:  # an incident that goes on keeps its series snoozed after its end
+                    until = (event.end + job.frequency * alerts.snooze).isoformat()
+                    state.snoozed_until[event.series] = max(state.snoozed_until.get(event.series, ""), until)
+                _queue(state, alerts, record["key"], event, "sent")
+                state.save(job)
+                summary.already_sent += 1
+                decide(event, "already sent", f"part of event {record['key']}")
+                continue
+            if record["status"] in ("held", "queued"):
+                _queue(state, alerts, record["key"], event, record["status"])
+                state.save(job)
+                summary.already_sent += 1
+                decide(event, f"already {record['status']}", f"part of event {record['key']}")
+                continue
+        why = _filtered_out(alerts, event)
+        if why:
+            summary.filtered += 1
+            decide(event, "filtered", why)
+            continue
+        label = false_alarms.matching(event)
+        if label is not None:
+            summary.suppressed += 1
+            decide(
+                event,
+                "suppressed",
+                f"an identical event ({label.series}, {label.feature or 'any feature'}, values {label.value_min:g}..{label.value_max:g}, "
+                f"{label.start.isoformat()}..{label.end.isoformat()}) was marked a false alarm by {label.author or 'someone'}"
+                + (f": {label.note}" if label.note else ""),
+            )
+            continue
+        snoozed_until = state.snoozed_until.get(event.series)
+        if record is None and snoozed_until and event.start <= datetime.fromisoformat(snoozed_until):
+            state.remember(event, "held")
+            held = state.held.setdefault(event.series, [])
+            held.append(_summary_entry(event, job))
+            del held[:-REMEMBERED_PER_SERIES]
+            _queue(state, alerts, event.key, event, "held")
+            state.save(job)
+            summary.held += 1
+            decide(event, "held", f"series snoozed until {snoozed_until}")
+            continue
+        if not alerts.immediate:
+            state.remember(event, "queued")
+            _queue(state, alerts, event.key, event, "queued")
+            state.save(job)
+            summary.queued += 1
+            decide(event, "queued", "for the digest only (immediate: false)")
+            continue
+        record = record or state.remember(event, "sending")
+        held = state.held.get(event.series, [])
+        _deliver(job, state, f"the alert for event {event.key}", render_event(job, event, held), record["channels"], context, send)
+        record["status"] = "sent"
+        state.held.pop(event.series, None)
+        if alerts.snooze:
+            state.snoozed_until[event.series] = (event.end + job.frequency * alerts.snooze).isoformat()
+        _queue(state, alerts, record["key"], event, "sent")
+        state.save(job)
+        summary.sent += 1
+        decide(event, "sent", f"by {', '.join(_channels(alerts))}")
+    summary.digest = send_digest(job, state, window, context=context, send=send)
+    return summary
+
+
+def _queue(state: AlertState, alerts: AlertsConfig, key: str, event: AnomalyEvent, status: str) -> None:
+    """Keep ``event`` (merged with what its key already holds) for the next digest, if there is one."""
+    if alerts.digest is None:
+        return
+    if key in state.digest:
+        earlier = state.digest[key]
+        if earlier["peak_score"] >= event.peak_score:
+            merged = {**earlier, "end": max(earlier["end"], event.end.isoformat()), "status": status}
+            state.digest[key] = merged
+            return
+        event_data = {**event.to_dict(), "start": min(earlier["start"], event.start.isoformat())}
+    else:
+        event_data = event.to_dict()
+    state.digest[key] = {**event_data, "status": status}
+
+
+def digest_cutoff(job: JobConfig, window: Window) -> datetime | None:
+    """The digest time this window passes (``start < cutoff <= end``), or ``None``."""
+    digest = _alerts(job).digest
+    if digest is None:
+        return None
+    day = window.end.astimezone(timezone.utc).date()
+    cutoff = datetime.combine(day, time(digest.hour), tzinfo=timezone.utc)
+    if cutoff > window.end:
+        cutoff -= timedelta(days=1)
+    return cutoff if window.start < cutoff <= window.end else None
+
+
+def send_digest(
+    job: JobConfig, state: AlertState, window: Window, *, context: Mapping[str, Any], send: Notify
+) -> dict[str, Any] | None:
+    """Send the queued events that started before the digest time this window passes."""
+    cutoff = digest_cutoff(job, window)
+    if cutoff is None:
+        return None
+    if cutoff.isoformat() in state.digests_sent:
+        log.info("job %s: the digest of %s was sent already", job.name, _moment(cutoff))
+        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "sent already"}
+    due = {k: e for k, e in state.digest.items() if datetime.fromisoformat(e["start"]) < cutoff}
+    if not due:
+        log.info("job %s: no events for the digest of %s; nothing sent", job.name, _moment(cutoff))
+        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "no events"}
+    if state.digest_progress.get("cutoff") != cutoff.isoformat():
+        state.digest_progress = {"cutoff": cutoff.isoformat(), "channels": []}
+    message = render_digest(job, list(due.values()), cutoff)
+    _deliver(job, state, f"the digest of {_moment(cutoff)}", message, state.digest_progress["channels"], context, send)
+    for key in due:
+        state.digest.pop(key, None)
+    state.digest_progress = {}
+    state.digests_sent = [*state.digests_sent, cutoff.isoformat()][-31:]
+    state.save(job)
+    return {"cutoff": cutoff.isoformat(), "events": len(due), "sent": True}
+
+
+def alert_window(job: JobConfig, window: Window, *, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Alert on the published rows of ``window`` (the predict DAG's ``alert`` task)."""
+    from pipelines.sinks import ParquetSink
+
+    frame = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(
+        job=job.name, start=window.start, end=window.end
+    )
+    summary = process_events(job, frame, window, context=context)
+    log.info(
+        "job %s: alerts for %s: %d events, %d sent, %d held (snoozed), %d suppressed (false alarms), %d filtered, %d seen before",
+        job.name, window, summary.events, summary.sent, summary.held, summary.suppressed, summary.filtered, summary.already_sent,
+    )
+    return summary.to_dict()
+
+
+__all__ = [
+    "AlertState",
+    "AlertSummary",
+    "Message",
+    "alert_window",
+    "alertable",
+    "dashboard_link",
+    "digest_cutoff",
+    "notify",
+    "process_events",
+    "render_digest",
+    "render_event",
+    "send_digest",
+    "state_url",
+]
+

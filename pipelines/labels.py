@@ -1,0 +1,579 @@
+"""People's verdicts on anomaly events: a labels table of true anomalies and false alarms.
+
+A label says that the rows of one series (optionally one feature) from ``start`` to ``end``
+(both inclusive, UTC) were a real anomaly (``verdict=True``) or a false alarm (``False``). Labels
+come from the API (``POST /api/v1/jobs/{job}/labels``), the CLI (``anomaly-pipelines label``) or
+a file of known anomalies (:func:`import_labels`). Tuning scores candidates against them, and
+alerts skip an event that repeats one a person called a false alarm (:meth:`LabelStore.known_false_alarm`).
+
+Storage is one SQL table (any SQLAlchemy 2 database, ``labels`` in the job file; a SQLite file
+in ``var/`` by default), keyed by ``(job, series, feature, start, end)``. Timestamps are stored as
+naive UTC ``DateTime``, as in :mod:`pipelines.sinks.sql` (SQLite has no time zones), and come
+back UTC-aware. "No feature" is stored as ``''`` rather than NULL because SQL unique constraints
+treat NULLs as distinct, which would let the same whole-series label be stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from pipelines.config import JobConfig, get_job, resolve_path
+from pipelines.errors import ConfigError, SinkError
+from pipelines.series import ALL_SERIES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.events import AnomalyEvent
+
+log = logging.getLogger(__name__)
+
+#: Column sizes: the unique key must fit MySQL's 3,072-byte index limit in utf8mb4.
+_JOB_CHARS, _SERIES_CHARS, _FEATURE_CHARS, _AUTHOR_CHARS = 64, 500, 128, 255
+#: Columns of a labels file: required, then optional.
+FILE_COLUMNS = ("series", "start", "end", "verdict")
+OPTIONAL_FILE_COLUMNS = ("feature", "note", "value_min", "value_max", "author")
+_TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
+
+
+class LabelError(ConfigError):
+    """A label that cannot be stored as given (bad window, series, feature, values or file row)."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """One verdict on an event of one series (and feature, when ``feature`` is set)."""
+
+    job: str
+    series: str
+    feature: str | None
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, inclusive: the last anomalous timestamp of the event
+    verdict: bool  # True: a real anomaly; False: a false alarm
+    value_min: float | None  # range of the actual values of the event's rows
+    value_max: float | None
+    note: str
+    author: str
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: times as ISO 8601 UTC text."""
+        out = asdict(self)
+        for name in ("start", "end", "created_at"):
+            out[name] = out[name].isoformat()
+        return out
+
+
+def _definition(name: str) -> sa.Table:
+    metadata = sa.MetaData()
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("job", sa.String(_JOB_CHARS), nullable=False),
+        sa.Column("series", sa.String(_SERIES_CHARS), nullable=False),
+        sa.Column("feature", sa.String(_FEATURE_CHARS), nullable=False),
+        sa.Column("start_time", sa.DateTime(timezone=False), nullable=False),
+        sa.Column("end_time", sa.DateTime(timezone=False), nullable=False),
+        sa.Column("verdict", sa.Boolean, nullable=False),
+        sa.Column("value_min", sa.Double, nullable=True),
+        sa.Column("value_max", sa.Double, nullable=True),
+        sa.Column("note", sa.Text, nullable=False),
+        sa.Column("author", sa.String(_AUTHOR_CHARS), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=False), nullable=False),
+        # The database itself refuses a second row for one event, whatever writes to the table.
+        sa.UniqueConstraint("job", "series", "feature", "start_time", "end_time", name=f"uq_{name[:50]}_event"),
+    )
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC)
+
+
+def _where(job: str, series: str | None = None, feature: str | None = None) -> str:
+    text = f"job {job!r}"
+    if series is not None:
+        text += f", series {series!r}"
+    if feature:
+        text += f", feature {feature!r}"
+    return text
+
+
+def as_utc(value: datetime | str, what: str, where: str) -> datetime:
+    """``value`` as a UTC-aware datetime; a naive time is refused, since its zone would be a guess."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise LabelError(f"{where}: {what} {value!r} is not an ISO 8601 date-time (e.g. 2024-03-03T14:00:00Z)") from None
+    if not isinstance(value, datetime):
+        raise LabelError(f"{where}: {what} must be a date-time, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise LabelError(
+            f"{where}: {what} {value.isoformat()} has no time zone; give it with its offset, e.g. "
+            f"{value.isoformat()}Z for UTC"
+        )
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:
+        moment = None
+    # Outputs are read through pandas, whose timestamps stop in 1677 and 2262.
+    if moment is None or not 1678 <= moment.year <= 2261:
+        raise LabelError(f"{where}: {what} {value.isoformat()} is out of range; use a date between 1678 and 2261")
+    return datetime(
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second, moment.microsecond, tzinfo=UTC
+    )
+
+
+def _text(value: Any, what: str, where: str, *, limit: int | None = None) -> str:
+    if not isinstance(value, str):
+        raise LabelError(f"{where}: {what} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LabelError(f"{where}: {what} is not valid Unicode text (it holds a lone surrogate)") from None
+    if "\x00" in value:
+        raise LabelError(f"{where}: {what} must not hold NUL characters")
+    if limit is not None and len(value) > limit:
+        raise LabelError(f"{where}: {what} is longer than {limit} characters")
+    return value
+
+
+def _number(value: Any, what: str, where: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise LabelError(f"{where}: {what} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LabelError(f"{where}: {what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise LabelError(f"{where}: {what} must be a finite number, got {value!r}")
+    return number
+
+
+def parse_verdict(value: Any, where: str = "label") -> bool:
+    """``True`` for a real anomaly, ``False`` for a false alarm, from a bool or text (true/false, yes/no, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise LabelError(f"{where}: verdict must be true (a real anomaly) or false (a false alarm), got {value!r}")
+
+
+def check_series(job: JobConfig, series: str, where: str) -> None:
+    """Refuse a series key that cannot be one of ``job``'s: ``all`` without dimensions, else
+    ``dim=value,...`` naming exactly the job's dimensions in order."""
+    if not job.dimensions:
+        if series != ALL_SERIES:
+            raise LabelError(f"{where}: unknown series; job {job.name!r} has no dimensions, so its only series is 'all'")
+        return
+    names = [part.split("=", 1)[0] for part in series.split(",")]
+    if names != list(job.dimensions) or any("=" not in part or not part.split("=", 1)[1] for part in series.split(",")):
+        example = ",".join(f"{d}=<value>" for d in job.dimensions)
+        raise LabelError(f"{where}: unknown series; series of job {job.name!r} are named {example}")
+
+
+def _check_known_series(job: JobConfig, series: str, where: str) -> None:
+    """Once the job has trained models, a series without any is refused as a likely typo."""
+    from pipelines.registry import ModelRegistry
+
+    known = ModelRegistry(resolve_path(job.registry), job.outputs.storage_options).series(job.name)
+    if known and series not in known:
+        raise LabelError(f"{where}: unknown series; job {job.name!r} has models for {', '.join(known)}")
+
+
+def _output_rows(job: JobConfig, start: datetime | None, end: datetime | None) -> pd.DataFrame:
+    """The job's published rows with timestamps in ``[start, end)``."""
+    from pipelines.sinks.parquet import ParquetSink
+
+    return ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(job=job.name, start=start, end=end)
+
+
+def event_value_range(job: JobConfig, series: str, feature: str | None, start: datetime, end: datetime) -> tuple[float, float]:
+    """Range of the actual values of an event's rows in the published output.
+
+    The event's rows are the anomalous rows of the series (and feature) in ``[start, end]``;
+    when none is flagged (a person labels an anomaly the model missed), all its rows there.
+    """
+    rows = _output_rows(job, start, end + timedelta(microseconds=1))  # end is inclusive
+    rows = rows[rows["series"] == series]
+    if feature is not None:
+        rows = rows[rows["feature"] == feature]
+    if rows["is_anomaly"].any():
+        rows = rows[rows["is_anomaly"]]
+    values = rows["value"].dropna()
+    if values.empty:
+        raise LabelError(
+            f"{_where(job.name, series, feature)}: no published output rows in [{start.isoformat()}, {end.isoformat()}] "
+            "to take the value range from; run predict for that window first, or give value_min and value_max"
+        )
+    return float(values.min()), float(values.max())
+
+
+class LabelStore:
+    """The labels table: ``add`` replaces a verdict atomically, reads filter by job, series and window.
+
+    ``jobs`` are the configurations the store may need (to check series and features and to
+    read published outputs); another job named in a call is loaded from the job files.
+    """
+
+    def __init__(self, engine: sa.Engine, table: str = "anomaly_labels", jobs: Mapping[str, JobConfig] | None = None):
+        self.engine = engine
+        self.name = table
+        self.table = _definition(table)
+        self._jobs = dict(jobs or {})
+        self._ready = False
+
+    def _config(self, job: str) -> JobConfig:
+        if job not in self._jobs:
+            self._jobs[job] = get_job(job)
+        return self._jobs[job]
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        try:
+            self.table.create(self.engine, checkfirst=True)
+        except sa.exc.SQLAlchemyError as exc:
+            # Another process may have created it between the check and the CREATE.
+            try:
+                created = sa.inspect(self.engine).has_table(self.name)
+            except sa.exc.SQLAlchemyError:
+                created = False
+            if not created:
+                raise self._failure("create the labels table", exc) from exc
+        self._ready = True
+
+    def _failure(self, action: str, exc: Exception) -> SinkError:
+        return SinkError(
+            f"could not {action} {self.name!r} ({self.engine.url.render_as_string(hide_password=True)}): "
+            f"{getattr(exc, 'orig', None) or exc}; check that the database is reachable and writable (labels.connection)"
+        )
+
+    def _validated(self, job: str, given: Mapping[str, Any], where: str | None = None) -> Label:
+        """The label ``add`` would store from ``given`` (its keyword names), after every check;
+        nothing is written. ``where`` names the source in errors (a file and row)."""
+        series, start, end, verdict = given["series"], given["start"], given["end"], given["verdict"]
+        feature = given.get("feature")
+        config = self._config(job)
+        series = _text(series, "series", where or _where(job), limit=_SERIES_CHARS)
+        where = where or _where(job, series, feature if isinstance(feature, str) else None)
+        if feature is not None:
+            feature = _text(feature, "feature", where) or None
+        if feature is not None and feature not in config.features:
+            raise LabelError(f"{where}: unknown feature; job {job!r} watches {', '.join(config.features)}")
+        check_series(config, series, where)
+        _check_known_series(config, series, where)
+        start_at, end_at = as_utc(start, "start", where), as_utc(end, "end", where)
+        if end_at < start_at:
+            raise LabelError(
+                f"{where}: end {end_at.isoformat()} is before start {start_at.isoformat()}; "
+                "end is the last anomalous timestamp of the event (inclusive)"
+            )
+        if not isinstance(verdict, bool):
+            raise LabelError(f"{where}: verdict must be true (a real anomaly) or false (a false alarm), got {verdict!r}")
+        low, high = _number(given.get("value_min"), "value_min", where), _number(given.get("value_max"), "value_max", where)
+        if (low is None) != (high is None):
+            raise LabelError(f"{where}: give both value_min and value_max, or neither (then the published output gives them)")
+        if low is None or high is None:
+            low, high = event_value_range(config, series, feature, start_at, end_at)
+        elif low > high:
+            raise LabelError(f"{where}: value_min {low} is larger than value_max {high}")
+        return Label(
+            job=job,
+            series=series,
+            feature=feature,
+            start=start_at,
+            end=end_at,
+            verdict=verdict,
+            value_min=low,
+            value_max=high,
+            note=_text(given.get("note") or "", "note", where),
+            author=_text(given.get("author") or "", "author", where, limit=_AUTHOR_CHARS),
+            created_at=datetime.now(UTC),
+        )
+
+    def add(
+        self,
+        job: str,
+        series: str,
+        start: datetime | str,
+        end: datetime | str,
+        verdict: bool,
+        *,
+        feature: str | None = None,
+        value_min: float | None = None,
+        value_max: float | None = None,
+        note: str = "",
+        author: str = "",
+    ) -> Label:
+        """Store a verdict; the same (job, series, feature, start, end) replaces the earlier one."""
+        details = {"feature": feature, "value_min": value_min, "value_max": value_max, "note": note, "author": author}
+        label = self._validated(job, {"series": series, "start": start, "end": end, "verdict": verdict, **details})
+        self.write([label])
+        log.info(
+            "labelled %s [%s, %s] as %s (by %r)",
+            _where(job, label.series, label.feature),
+            label.start.isoformat(),
+            label.end.isoformat(),
+            "a true anomaly" if label.verdict else "a false alarm",
+            label.author,
+        )
+        return label
+
+    def write(self, labels: Iterable[Label]) -> int:
+        """Replace the rows of these labels' keys by them, all in one transaction.
+
+        Delete-then-insert rather than a dialect's upsert (``ON CONFLICT``, ``ON DUPLICATE KEY``):
+        it is the same statement on every database, like the output table's window replace.
+        Two writers of the same key at once can still collide between the delete and the insert;
+        the unique constraint then refuses the second insert (never a duplicate) and the
+        transaction is retried once, which replaces the first writer's row.
+        """
+        labels = list(labels)
+        self._prepare()
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    for label in labels:
+                        conn.execute(sa.delete(self.table).where(*self._key(label)))
+                        conn.execute(sa.insert(self.table).values(**self._row(label)))
+                return len(labels)
+            except sa.exc.IntegrityError as exc:
+                if attempt == 2:
+                    raise self._failure("write labels to", exc) from exc
+                log.info("a concurrent writer stored one of these labels first; retrying to replace it")
+            except sa.exc.SQLAlchemyError as exc:
+                raise self._failure("write labels to", exc) from exc
+        return 0  # pragma: no cover - the loop returns or raises
+
+    def _key(self, label: Label) -> list[sa.ColumnElement[bool]]:
+        c = self.table.c
+        return [
+            c.job == label.job,
+            c.series == label.series,
+            c.feature == (label.feature or ""),
+            c.start_time == _naive(label.start),
+            c.end_time == _naive(label.end),
+        ]
+
+    @staticmethod
+    def _row(label: Label) -> dict[str, Any]:
+        return {
+            "job": label.job,
+            "series": label.series,
+            "feature": label.feature or "",
+            "start_time": _naive(label.start),
+            "end_time": _naive(label.end),
+            "verdict": label.verdict,
+            "value_min": label.value_min,
+            "value_max": label.value_max,
+            "note": label.note,
+            "author": label.author,
+            "created_at": _naive(label.created_at),
+        }
+
+    @staticmethod
+    def _label(row: sa.Row[Any]) -> Label:
+        return Label(
+            job=row.job,
+            series=row.series,
+            feature=row.feature or None,
+            start=_aware(row.start_time),
+            end=_aware(row.end_time),
+            verdict=bool(row.verdict),
+            value_min=row.value_min,
+            value_max=row.value_max,
+            note=row.note,
+            author=row.author,
+            created_at=_aware(row.created_at),
+        )
+
+    def _select(self, query: sa.Select[Any], action: str) -> list[Label]:
+        try:
+            # Reading never creates the table (a reader may have no right to): no table, no labels.
+            if not self._ready and not sa.inspect(self.engine).has_table(self.name):
+                return []
+            self._ready = True
+            with self.engine.connect() as conn:
+                return [self._label(row) for row in conn.execute(query)]
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._failure(action, exc) from exc
+
+    def labels(
+        self,
+        job: str,
+        series: str | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+    ) -> list[Label]:
+        """Labels of ``job`` (and ``series``) overlapping ``[start, end]`` (unbounded where None),
+        ordered by series, start and feature; times UTC-aware."""
+        where = _where(job, series)
+        c = self.table.c
+        query = sa.select(self.table).where(c.job == _text(job, "job", where))
+        if series is not None:
+            query = query.where(c.series == _text(series, "series", where))
+        if start is not None:
+            query = query.where(c.end_time >= _naive(as_utc(start, "start", where)))
+        if end is not None:
+            query = query.where(c.start_time <= _naive(as_utc(end, "end", where)))
+        return self._select(query.order_by(c.series, c.start_time, c.feature, c.end_time), "read labels from")
+
+    def known_false_alarm(
+        self, job: str, series: str, feature: str | None, value_min: float, value_max: float
+    ) -> Label | None:
+        """The latest False label of this series whose value range contains ``[value_min, value_max]``:
+        an event a person already called normal, repeated. A label naming a feature only matches
+        events of that feature; a whole-series label matches events of any feature."""
+        where = _where(job, series, feature)
+        low, high = _number(value_min, "value_min", where), _number(value_max, "value_max", where)
+        if low is None or high is None:
+            return None
+        c = self.table.c
+        features = [""] if not feature else ["", feature]
+        query = (
+            sa.select(self.table)
+            .where(c.job == job, c.series == series, c.verdict == sa.false(), c.feature.in_(features))
+            .where(c.value_min <= low, c.value_max >= high)
+            .order_by(c.created_at.desc())
+            .limit(1)
+        )
+        found = self._select(query, "read labels from")
+        return found[0] if found else None
+
+
+def label_store(job: JobConfig) -> LabelStore:
+    """The labels table of ``job`` (its ``labels`` settings)."""
+    from pipelines.db import engine_for
+
+    return LabelStore(engine_for(job.labels.connection), job.labels.table, {job.name: job})
+
+
+def _file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` per row of a CSV or JSON labels file, ``where`` naming file and row."""
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{path}: cannot read the labels file: {exc}") from exc
+    if suffix == ".csv":
+        import csv
+        import io
+
+        reader = csv.DictReader(io.StringIO(text))
+        header = [name.strip() for name in reader.fieldnames or []]
+        _check_columns(path, header)
+        records = []
+        for number, row in enumerate(reader, start=1):
+            if None in row:
+                raise LabelError(f"{path}: row {number} (line {reader.line_num}): more values than the header has columns")
+            records.append((f"{path}: row {number} (line {reader.line_num})", {k.strip(): v for k, v in row.items()}))
+        return records
+    if suffix in (".json", ".jsonl"):
+        try:
+            if suffix == ".json":
+                items = json.loads(text)
+            else:
+                items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise LabelError(f"{path}: not valid JSON: {exc}") from exc
+        if isinstance(items, dict) and isinstance(items.get("labels"), list):
+            items = items["labels"]
+        if not isinstance(items, list):
+            raise LabelError(f"{path}: a JSON labels file holds a list of objects (or {{\"labels\": [...]}})")
+        records = []
+        for number, item in enumerate(items, start=1):
+            if not isinstance(item, dict):
+                raise LabelError(f"{path}: row {number}: each label is an object, got {type(item).__name__}")
+            _check_columns(path, list(item), f" row {number}:")
+            records.append((f"{path}: row {number}", item))
+        return records
+    raise LabelError(f"{path}: unknown labels file type {suffix or '(none)'!r}; use .csv, .json or .jsonl")
+
+
+def _check_columns(path: Path, columns: list[str], row: str = "") -> None:
+    missing = [c for c in FILE_COLUMNS if c not in columns]
+    unknown = [c for c in columns if c not in FILE_COLUMNS + OPTIONAL_FILE_COLUMNS]
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append(f"missing column(s) {', '.join(missing)}")
+        if unknown:
+            problems.append(f"unknown column(s) {', '.join(unknown)}")
+        raise LabelError(
+            f"{path}:{row} {'; '.join(problems)}; a labels file has columns {', '.join(FILE_COLUMNS)} "
+            f"and optionally {', '.join(OPTIONAL_FILE_COLUMNS)}"
+        )
+
+
+def import_labels(job: JobConfig, path: str | Path, *, author: str = "", store: LabelStore | None = None) -> list[Label]:
+    """Store every label of a CSV or JSON file of known anomalies, all or none.
+
+    Every row is checked before anything is written; then all are written in one transaction,
+    so a bad row leaves the table as it was. Re-importing a file replaces its labels by the same
+    ones (keys are (job, series, feature, start, end)); a key given twice in one file is an error.
+    """
+    path = Path(path)
+    store = store or label_store(job)
+    labels: list[Label] = []
+    seen: dict[tuple[Any, ...], str] = {}
+    for where, record in _file_records(path):
+        feature = record.get("feature")
+        given = {
+            **record,
+            "verdict": parse_verdict(record["verdict"], where),
+            "feature": feature if feature not in ("", None) else None,
+            "author": record.get("author") or author or f"import:{path.name}",
+        }
+        label = store._validated(job.name, given, where)
+        key = (label.series, label.feature, label.start, label.end)
+        if key in seen:
+            raise LabelError(f"{where}: the same event as {seen[key].removeprefix(f'{path}: ')}; give each event once")
+        seen[key] = where
+        labels.append(label)
+    store.write(labels)
+    log.info("imported %d labels of job %s from %s", len(labels), job.name, path)
+    return labels
+
+
+def job_events(
+    job: JobConfig, *, series: str | None = None, start: datetime | None = None, end: datetime | None = None
+) -> list[AnomalyEvent]:
+    """Anomaly events of the job's published output in ``[start, end)`` (all of it where None),
+    grouped as alerts group them, so a person labels the very events alerts are sent for."""
+    from pipelines.events import anomaly_events
+
+    rows = _output_rows(job, start, end)
+    if series is not None:
+        rows = rows[rows["series"] == series]
+    alerts = getattr(job, "alerts", None)  # the alerts section, when the job has one, sets the grouping
+    max_gap = getattr(alerts, "max_gap", 1) if alerts is not None else 1
+    return anomaly_events(rows, frequency=job.frequency, max_gap=max_gap)
+
+
+def label_of(event: AnomalyEvent, labels: Iterable[Label]) -> Label | None:
+    """The label that judges ``event``: one of exactly its series and span, else the latest
+    label of its series overlapping it (``labels`` as :meth:`LabelStore.labels` returns them)."""
+    overlapping = [
+        label
+        for label in labels
+        if label.series == event.series and label.start <= event.end and label.end >= event.start
+    ]
+    exact = [label for label in overlapping if (label.start, label.end) == (event.start, event.end)]
+    chosen = sorted(exact or overlapping, key=lambda label: (label.feature is None, label.created_at))
+    return chosen[-1] if chosen else None

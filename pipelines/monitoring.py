@@ -1,0 +1,335 @@
+"""Data drift and anomaly-rate monitoring of predict runs, and when to ask for a retrain.
+
+At train time :func:`reference_profile` summarises each feature of the training window (decile
+bins for the population stability index, a quantile sketch for the Kolmogorov-Smirnov statistic)
+and the calibrated anomaly rate; :mod:`pipelines.training` stores it in the version's metadata.
+
+After each predict run publishes, :func:`monitor_window` reads the run's rows back from the
+Parquet dataset (the run's workspace is gone by then; the published rows carry each feature's
+``value`` and ``is_anomaly``), computes per series and feature the drift of the values against
+the serving champion's reference and the anomaly rate, and writes one JSON record per run and
+series, atomically::
+
+    <outputs.parquet>/_monitoring/job=<job>/<series slug>/records/<interval key>.json
+    <outputs.parquet>/_monitoring/job=<job>/<series slug>/retrain_request.json
+
+Re-running an interval replaces its record, so it never counts twice toward "sustained". The
+decision rule and the reasons for its defaults are in docs/MODELS.md ("Monitoring and
+retraining").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import storage
+from pipelines.config import JobConfig, resolve_path
+from pipelines.registry import ModelRegistry
+from pipelines.series import series_slug
+from pipelines.workspace import Window, utcnow
+
+log = logging.getLogger(__name__)
+
+#: Bins of the population stability index: deciles of the training values, the usual choice
+#: (fewer bins miss shape changes, more make small windows noisy).
+PSI_BINS = 10
+#: Points of the quantile sketch the KS statistic is computed against (error at most 1 %).
+SKETCH_POINTS = 101
+#: Share given to a bin that holds no value, so that the logarithm in the PSI stays finite.
+_PSI_FLOOR = 1e-4
+REQUEST = "retrain_request.json"
+
+
+# -- reference at train time -------------------------------------------------------------------
+
+
+def feature_reference(values: np.ndarray) -> dict[str, Any] | None:
+    """Decile edges and shares, and a quantile sketch, of one feature's training values."""
+    finite = np.asarray(values, dtype="float64")
+    finite = finite[np.isfinite(finite)]
+    if finite.size < 2:
+        return None
+    # Repeated values (counts, flat stretches) make some deciles equal: one edge each.
+    edges = np.unique(np.quantile(finite, np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
+    return {
+        "edges": edges.tolist(),
+        "shares": (counts / finite.size).tolist(),
+        "quantiles": np.quantile(finite, np.linspace(0, 1, SKETCH_POINTS)).tolist(),
+        "rows": int(finite.size),
+    }
+
+
+def calibrated_rate(train_anomaly_rate: float, rows: int) -> float:
+    """The anomaly rate the threshold implies: the share of training timestamps it flagged.
+
+    Measured rather than taken from the threshold's value, because a timestamp is anomalous when
+    any of its features is (so several features flag more often than the contamination of each),
+    and a ``score`` threshold has no nominal rate at all. Floored at one timestamp of the
+    training window: a rate of 0 would make any single anomaly "far" from it.
+    """
+    return max(float(train_anomaly_rate), 1.0 / max(rows, 1))
+
+
+def reference_profile(data: pd.DataFrame, *, train_anomaly_rate: float) -> dict[str, Any]:
+    """What drift and rate monitoring compare predict runs with (JSON, a few kB per feature)."""
+    return {
+        "features": {str(c): feature_reference(data[c].to_numpy(dtype="float64")) for c in data.columns},
+        "calibrated_anomaly_rate": calibrated_rate(train_anomaly_rate, len(data)),
+        "rows": len(data),
+    }
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+def psi(reference: dict[str, Any], values: np.ndarray) -> float | None:
+    """Population stability index of ``values`` against the training deciles of ``reference``.
+
+    Hand-written (ten lines): no maintained library in our dependencies computes it, and the
+    formula is the standard one, sum over bins of ``(actual - expected) * ln(actual / expected)``.
+    """
+    finite = np.asarray(values, dtype="float64")
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return None
+    edges = np.asarray(reference["edges"])
+    expected = np.maximum(np.asarray(reference["shares"]), _PSI_FLOOR)
+    counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
+    actual = np.maximum(counts / finite.size, _PSI_FLOOR)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def ks(reference: dict[str, Any], values: np.ndarray) -> float | None:
+    """Two-sample Kolmogorov-Smirnov statistic of ``values`` against the reference's sketch."""
+    from scipy.stats import ks_2samp
+
+    finite = np.asarray(values, dtype="float64")
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return None
+    # The sketch's evenly spaced quantiles are a sample whose empirical CDF is within 1/100 of
+    # the training one; only the statistic is used (its p-value would assume 101 draws).
+    return float(ks_2samp(np.asarray(reference["quantiles"]), finite).statistic)
+
+
+def rate_p_value(anomalous: int, rows: int, expected_rate: float) -> float:
+    """One-sided binomial test: how likely ``anomalous`` or more of ``rows`` at ``expected_rate``."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(anomalous, rows, min(max(expected_rate, 0.0), 1.0), alternative="greater").pvalue)
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+def monitoring_root(job: JobConfig) -> str:
+    return storage.join(resolve_path(job.outputs.parquet), "_monitoring", f"job={job.name}")
+
+
+def _series_folder(job: JobConfig, series: str) -> str:
+    return storage.join(monitoring_root(job), series_slug(series))
+
+
+def record_path(job: JobConfig, series: str, window: Window) -> str:
+    return storage.join(_series_folder(job, series), "records", f"{window.key()}.json")
+
+
+def read_records(job: JobConfig, series: str) -> list[dict[str, Any]]:
+    """Every record of ``series``, oldest interval first."""
+    folder = storage.join(_series_folder(job, series), "records")
+    records = []
+    for name in storage.find(folder, job.outputs.storage_options):
+        if name.endswith(".json") and not name.startswith("."):  # dot files: interrupted writes
+            records.append(json.loads(storage.read_bytes(storage.join(folder, name), job.outputs.storage_options)))
+    return sorted(records, key=lambda r: r["interval_start"])
+
+
+def _write_json(url: str, document: dict[str, Any], job: JobConfig) -> None:
+    storage.atomic_write(url, json.dumps(document, indent=2, sort_keys=True).encode(), job.outputs.storage_options)
+
+
+def read_request(job: JobConfig, series: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(storage.join(_series_folder(job, series), REQUEST), job.outputs.storage_options))
+    except FileNotFoundError:
+        return None
+
+
+# -- one run ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """What a predict run's monitoring found: whether a retrain is due, why, and the figures."""
+
+    due: bool
+    reasons: list[str]
+    window: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    records: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"due": self.due, "reasons": self.reasons, "window": self.window, "rows": self.rows, "records": self.records}
+
+
+def _monitored(rows: pd.DataFrame, window: Window, min_rows: int) -> pd.DataFrame:
+    """The window's rows, extended back by the latest earlier published timestamps up to ``min_rows``."""
+    inside = rows[rows["timestamp"] >= window.start]
+    stamps = inside["timestamp"].nunique()
+    if stamps >= min_rows:
+        return inside
+    earlier = rows.loc[rows["timestamp"] < window.start, "timestamp"].drop_duplicates().nlargest(min_rows - stamps)
+    return rows[(rows["timestamp"] >= window.start) | rows["timestamp"].isin(earlier)]
+
+
+def series_record(
+    job: JobConfig, series: str, rows: pd.DataFrame, window: Window, metadata: dict[str, Any], version: str, run_id: str
+) -> dict[str, Any]:
+    """Drift per feature and the anomaly rate of one series' published ``rows`` (window plus look-back)."""
+    settings = job.monitoring
+    monitored = _monitored(rows, window, settings.min_rows)
+    stamps = int(monitored["timestamp"].nunique())
+    profile = metadata.get("monitoring") or {}
+    references = profile.get("features") or {}
+    notes = []
+    if not references:
+        notes.append(f"model version {version} has no training reference: retrain to monitor its drift")
+    features: dict[str, dict[str, Any]] = {}
+    for feature, values in monitored.groupby("feature", sort=True)["value"]:
+        reference = references.get(str(feature))
+        enough = stamps >= settings.min_rows and reference is not None
+        stats = {
+            "psi": psi(reference, values.to_numpy()) if enough else None,
+            "ks": ks(reference, values.to_numpy()) if enough else None,
+        }
+        statistic = stats[settings.statistic]
+        features[str(feature)] = {**stats, "drifted": statistic is not None and statistic > settings.threshold}
+    # The rate is judged on rows this champion scored: earlier rows may come from another model.
+    own = monitored[monitored["model_version"] == version]
+    rate_rows = int(own["timestamp"].nunique())
+    anomalous = int(own.loc[own["is_anomaly"].astype(bool), "timestamp"].nunique())
+    expected = profile.get("calibrated_anomaly_rate")
+    if expected is None and "train_anomaly_rate" in metadata.get("metrics", {}):
+        expected = calibrated_rate(metadata["metrics"]["train_anomaly_rate"], int(metadata.get("rows", 0)))
+    p_value = rate_p_value(anomalous, rate_rows, expected) if expected is not None and rate_rows >= settings.min_rows else None
+    rate = anomalous / rate_rows if rate_rows else None
+    far = (
+        p_value is not None and rate is not None and expected is not None
+        and p_value < settings.rate_p_value and rate > settings.rate_factor * expected
+    )
+    if stamps < settings.min_rows:
+        notes.append(f"only {stamps} timestamps published up to this window; statistics need monitoring.min_rows={settings.min_rows}")
+    return {
+        "job": job.name,
+        "series": series,
+        "interval_start": window.start.isoformat(),
+        "interval_end": window.end.isoformat(),
+        "run_id": run_id,
+        "model_version": version,
+        "statistic": settings.statistic,
+        "drift_threshold": settings.threshold,
+        "timestamps": int(rows.loc[rows["timestamp"] >= window.start, "timestamp"].nunique()),
+        "monitored_timestamps": stamps,
+        "features": features,
+        "drifted_features": sorted(f for f, s in features.items() if s["drifted"]),
+        "anomalous_timestamps": anomalous,
+        "rate_timestamps": rate_rows,
+        "anomaly_rate": rate,
+        "calibrated_anomaly_rate": expected,
+        "rate_p_value": p_value,
+        "rate_far": bool(far),
+        "notes": notes,
+        "recorded_at": utcnow().isoformat(),
+    }
+
+
+def retrain_reason(job: JobConfig, records: list[dict[str, Any]], version: str) -> str | None:
+    """Why the last ``sustained_runs`` records of champion ``version`` call for a retrain, or ``None``."""
+    n = job.monitoring.sustained_runs
+    latest = [r for r in records if r["model_version"] == version][-n:]
+    if len(latest) < n:
+        return None
+    drifted = set(latest[0]["drifted_features"]).intersection(*(r["drifted_features"] for r in latest[1:]))
+    span = f"{latest[0]['interval_start']} to {latest[-1]['interval_end']}"
+    if drifted:
+        worst = {f: min(r["features"][f][job.monitoring.statistic] for r in latest) for f in sorted(drifted)}
+        figures = ", ".join(f"{f} (at least {v:.3g})" for f, v in worst.items())
+        return (
+            f"sustained drift: {job.monitoring.statistic} above {job.monitoring.threshold:g} in the last {n} runs "
+            f"({span}) for {figures}"
+        )
+    if all(r["rate_far"] for r in latest):
+        rates = ", ".join(f"{r['anomaly_rate']:.3g}" for r in latest)
+        return (
+            f"anomaly rate far above the calibrated {latest[-1]['calibrated_anomaly_rate']:.3g} in the last {n} runs "
+            f"({span}): {rates} (each over {job.monitoring.rate_factor:g}x, binomial p < {job.monitoring.rate_p_value:g})"
+        )
+    return None
+
+
+def _already_requested(job: JobConfig, request: dict[str, Any] | None, records: list[dict[str, Any]], version: str) -> bool:
+    """A retrain asked for this champion is not asked again until ``repeat_after_runs`` runs later."""
+    if request is None or request["model_version"] != version:
+        return False
+    since = [r for r in records if r["model_version"] == version and r["interval_start"] > request["interval_start"]]
+    return len(since) < job.monitoring.repeat_after_runs
+
+
+def monitor_window(job: JobConfig, window: Window, *, run_id: str, registry: ModelRegistry | None = None) -> MonitorResult:
+    """Record drift and anomaly rates of the published rows of ``window``; say whether to retrain."""
+    from pipelines.sinks import ParquetSink
+    from pipelines.training import registry_for
+
+    if not job.monitoring.enabled:
+        return MonitorResult(False, ["monitoring is disabled for this job (monitoring.enabled: false)"], str(window))
+    registry = registry or registry_for(job)
+    lookback = window.start - job.frequency * job.monitoring.min_rows
+    published = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(
+        job=job.name, start=lookback, end=window.end
+    )
+    in_window = published[published["timestamp"] >= window.start]
+    if in_window.empty:
+        log.warning("job %s: no published rows in window %s; nothing to monitor", job.name, window)
+        return MonitorResult(False, [f"no published rows in window {window}"], str(window))
+    reasons, rows, paths = [], [], []
+    for series, series_rows in published.groupby("series", sort=True):
+        series = str(series)
+        scored = in_window.loc[in_window["series"] == series, "model_version"]
+        if scored.empty:
+            continue
+        version = str(scored.iloc[-1])
+        metadata = registry.version(job.name, series, version).metadata
+        record = series_record(job, series, series_rows, window, metadata, version, run_id)
+        path = record_path(job, series, window)
+        _write_json(path, record, job)
+        paths.append(path)
+        records = [r for r in read_records(job, series) if r["interval_start"] <= record["interval_start"]]
+        reason = retrain_reason(job, records, version)
+        decision = "ok"
+        if reason is not None:
+            if _already_requested(job, read_request(job, series), records, version):
+                decision = "retrain already requested"
+                log.info("job %s, series %s: %s; a retrain was already requested for %s", job.name, series, reason, version)
+            else:
+                decision = "retrain"
+                reasons.append(f"series {series}: {reason}")
+                log.warning("job %s, series %s: retrain requested: %s", job.name, series, reason)
+                request = {"model_version": version, "interval_start": record["interval_start"], "run_id": run_id,
+                           "reason": reason, "requested_at": utcnow().isoformat()}
+                _write_json(storage.join(_series_folder(job, series), REQUEST), request, job)
+        for feature, stats in record["features"].items():
+            rows.append({
+                "series": series, "feature": feature, "psi": stats["psi"], "ks": stats["ks"], "drifted": stats["drifted"],
+                "anomaly_rate": record["anomaly_rate"], "calibrated": record["calibrated_anomaly_rate"],
+                "p_value": record["rate_p_value"], "decision": decision,
+            })
+        for note in record["notes"]:
+            log.info("job %s, series %s: %s", job.name, series, note)
+    return MonitorResult(bool(reasons), reasons, str(window), rows, paths)

@@ -1,0 +1,402 @@
+"""Alerts (pipelines/alerts.py) delivered for real: e-mail through the SMTP provider's notifier to
+a local SMTP server (aiosmtpd), Slack through the Slack provider's notifiers to a local HTTP
+server standing in for Slack's incoming-webhook endpoint and Web API."""
+
+from __future__ import annotations
+
+import email
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from email.message import Message as EmailMessage
+from email.policy import default as default_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipelines.alerts import AlertState, alert_window, process_events, state_url
+from pipelines.config import JobConfig, parse_job
+from pipelines.errors import ConfigError, SinkError
+from pipelines.sinks import ParquetSink
+from pipelines.workspace import Window
+from tests.pipelines.test_events import START, output_rows
+
+H = pd.Timedelta(hours=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Inbox:
+    """What the local SMTP server received: (envelope recipients, parsed message) per mail."""
+
+    def __init__(self) -> None:
+        self.mails: list[tuple[list[str], EmailMessage]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        self.mails.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content, policy=default_policy)))
+        return "250 Message accepted for delivery"
+
+    @property
+    def subjects(self) -> list[str]:
+        return [str(message["Subject"]) for _, message in self.mails]
+
+
+def body(message: EmailMessage) -> tuple[str, str]:
+    """(HTML body, text attachment) of a received alert."""
+    html = text = ""
+    for part in message.walk():
+        if part.get_content_type() == "text/html":
+            html = part.get_content()
+        elif part.get_filename() == "anomaly-alert.txt":
+            text = part.get_payload(decode=True).decode()
+    return html, text
+
+
+def smtp_connection(port: int) -> str:
+    return json.dumps(
+        {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": port,
+            "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 5},
+        }
+    )
+
+
+@pytest.fixture(name="smtp_port")
+def smtp_port_fixture(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A free port, and Airflow's smtp_default connection pointing at it (plain SMTP, no TLS)."""
+    port = _free_port()
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_connection(port))
+    return port
+
+
+@pytest.fixture(name="inbox")
+def inbox_fixture(smtp_port: int) -> Iterator[Inbox]:
+    """A real SMTP server (aiosmtpd) on loopback, receiving what the alerts send."""
+    from aiosmtpd.controller import Controller
+
+    handler = Inbox()
+    controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+def make_job(tmp_path: Path, **alerts: Any) -> JobConfig:
+    settings: dict[str, Any] = {"email": {"to": ["oncall@example.com", "ops@example.com"], "from_email": "anomalies@example.com"}}
+    settings.update(alerts)
+    return parse_job(
+        {
+            "name": "web",
+            "source": {"kind": "file", "path": str(tmp_path / "in.csv")},
+            "timestamp": "timestamp",
+            "frequency": "1h",
+            "dimensions": ["region"],
+            "features": ["requests", "latency_ms"],
+            "model": {"kind": "seasonal_mad"},
+            "outputs": {"parquet": str(tmp_path / "outputs")},
+            "registry": str(tmp_path / "models"),
+            "labels": {"connection": {"url": f"sqlite:///{tmp_path / 'labels.db'}"}},
+            "alerts": {"dashboard_url": "https://airflow.example.com", **settings},
+        }
+    )
+
+
+def window(first_hour: int, last_hour: int) -> Window:
+    return Window((START + first_hour * H).to_pydatetime(), (START + last_hour * H).to_pydatetime())
+
+
+def rows_in(frame: pd.DataFrame, first_hour: int, last_hour: int) -> pd.DataFrame:
+    w = window(first_hour, last_hour)
+    return frame[(frame["timestamp"] >= w.start) & (frame["timestamp"] < w.end)]
+
+
+def test_an_event_is_mailed_with_everything_a_person_needs(tmp_path: Path, inbox: Inbox):
+    job = make_job(tmp_path)
+    frame = output_rows(anomalies={5: {"requests": 150}, 6: {"requests": 180, "latency_ms": 120}, 7: {"requests": 140}})
+    summary = process_events(job, frame, window(0, 24))
+    assert (summary.events, summary.sent) == (1, 1)
+
+    [(recipients, message)] = inbox.mails
+    assert recipients == ["oncall@example.com", "ops@example.com"]
+    assert message["From"] == "anomalies@example.com"
+    assert message["Subject"] == "[anomaly] web region=eu: rise 2024-03-01 05:00 UTC (score 0.980)"
+    html, text = body(message)
+    for content in (html, text):
+        assert "region=eu" in content
+        assert "2024-03-01 05:00 UTC to 2024-03-01 08:00 UTC" in content  # end: after the last flagged hour
+        assert "0.9800" in content and "2024-03-01 06:00 UTC" in content  # peak score and when
+        assert "requests, latency_ms" in content  # top contributing signals, strongest first
+        assert "seasonal_mad" in content and "v1" in content
+    assert "requests: actual 180 vs expected 100 [90, 110] (anomalous)" in text
+    assert "<td>requests</td><td>180</td><td>100</td>" in html
+    link = (
+        "https://airflow.example.com/anomaly-pipelines/dashboard/jobs/web?series=region%3Deu"
+        "&start=2024-02-29T17%3A00%3A00%2B00%3A00&end=2024-03-01T20%3A00%3A00%2B00%3A00"
+    )
+    assert f"Dashboard: {link}" in text
+    assert f'href="{link.replace("&", "&amp;")}"' in html
+
+
+def test_rerunning_a_window_sends_nothing_new_and_a_continued_event_is_not_sent_again(tmp_path: Path, inbox: Inbox):
+    job = make_job(tmp_path)
+    frame = output_rows(anomalies={7: {"requests": 150}, 8: {"requests": 170}, 9: {"requests": 160}})
+    assert process_events(job, rows_in(frame, 0, 8), window(0, 8)).sent == 1
+    again = process_events(job, rows_in(frame, 0, 8), window(0, 8))
+    assert (again.events, again.sent, again.already_sent) == (1, 0, 1)
+    # The incident goes on into the next window: the same event, not a new alert.
+    continued = process_events(job, rows_in(frame, 8, 16), window(8, 16))
+    assert (continued.sent, continued.already_sent) == (0, 1)
+    assert len(inbox.mails) == 1
+
+
+def test_snooze_holds_the_series_next_events_and_the_next_alert_lists_them(tmp_path: Path, inbox: Inbox):
+    job = make_job(tmp_path, snooze=6)
+    frame = pd.concat(
+        [
+            output_rows("region=eu", anomalies={5: {"requests": 150}, 9: {"requests": 155}, 20: {"requests": 190}}),
+            output_rows("region=us", anomalies={9: {"requests": 160}}),
+        ],
+        ignore_index=True,
+    )
+    first = process_events(job, rows_in(frame, 0, 8), window(0, 8))
+    second = process_events(job, rows_in(frame, 8, 16), window(8, 16))
+    third = process_events(job, rows_in(frame, 16, 24), window(16, 24))
+    assert (first.sent, second.sent, second.held, third.sent) == (1, 1, 1, 1)
+    # eu at 09:00 is within 6 hours of the end of its alerted event (05:00): held; us is another series.
+    assert [s.split(": ")[0] for s in inbox.subjects] == ["[anomaly] web region=eu", "[anomaly] web region=us", "[anomaly] web region=eu"]
+    _, held_text = body(inbox.mails[2][1])
+    assert "1 more event(s) of this series while it was snoozed:" in held_text
+    assert "2024-03-01 09:00 UTC to 2024-03-01 10:00 UTC, peak score 0.9550" in held_text
+    _, first_text = body(inbox.mails[0][1])
+    assert "snoozed" not in first_text
+    # Held once, never again on a re-run.
+    assert process_events(job, rows_in(frame, 8, 16), window(8, 16)).held == 0
+    assert len(inbox.mails) == 3
+
+
+@pytest.mark.parametrize(
+    ("alerts", "expected"),
+    [
+        ({}, ["region=eu", "region=us", "site=berlin"]),
+        ({"series": ["region=*"]}, ["region=eu", "region=us"]),
+        ({"series": ["site=berlin", "region=us"]}, ["region=us", "site=berlin"]),
+        ({"features": ["latency_ms"]}, ["region=us"]),  # eu and berlin were driven by requests
+        ({"min_score": 0.96}, ["region=eu"]),
+        ({"direction": "fall"}, ["region=us"]),
+        ({"direction": "rise"}, ["region=eu", "site=berlin"]),
+    ],
+)
+def test_filters_choose_the_events_sent(tmp_path: Path, inbox: Inbox, alerts: dict, expected: list[str]):
+    job = make_job(tmp_path, **alerts)
+    frame = pd.concat(
+        [
+            output_rows("region=eu", anomalies={3: {"requests": 170, "latency_ms": 120}}),  # rise, score 0.97
+            output_rows("region=us", anomalies={3: {"latency_ms": 50}}),  # fall, score 0.95
+            output_rows("site=berlin", anomalies={3: {"requests": 140}}, dimensions={"region": "berlin"}),  # 0.94
+        ],
+        ignore_index=True,
+    )
+    summary = process_events(job, frame, window(0, 24))
+    assert sorted(s.split(": ")[0].removeprefix("[anomaly] web ") for s in inbox.subjects) == expected
+    assert summary.sent == len(expected)
+    assert summary.filtered == (3 - len(expected) if not (alerts.get("series") or alerts.get("features")) else 0)
+
+
+def test_a_failed_send_fails_clearly_and_the_retry_sends_it(tmp_path: Path, smtp_port: int):
+    from aiosmtpd.controller import Controller
+
+    job = make_job(tmp_path)
+    frame = output_rows(anomalies={4: {"requests": 160}})
+    with pytest.raises(SinkError, match=r"job web: the alert for event web\|region=eu\|2024-03-01T04:00:00\+00:00 "
+                       r"could not be sent by email \(Airflow connection 'smtp_default', to oncall@example.com") as failure:
+        process_events(job, frame, window(0, 24))
+    assert "the task's retry sends it" in str(failure.value)
+    remembered = AlertState.load(job).events.get("region=eu", [])
+    assert not [r for r in remembered if r["status"] == "sent" or r["channels"]]  # not marked sent
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    try:
+        assert process_events(job, frame, window(0, 24)).sent == 1
+        assert process_events(job, frame, window(0, 24)).sent == 0
+    finally:
+        controller.stop()
+    assert len(inbox.mails) == 1 and "region=eu" in str(inbox.mails[0][1]["Subject"])
+
+
+class SlackStandIn(BaseHTTPRequestHandler):
+    """Stands in for Slack's incoming-webhook endpoint and chat.postMessage: records the JSON posted."""
+
+    received: list[tuple[str, dict]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append((self.path, payload))
+        answer = b'{"ok": true, "channel": "C1", "ts": "1.0"}' if self.path.startswith("/api/") else b"ok"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json" if self.path.startswith("/api/") else "text/plain")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def slack() -> Iterator[tuple[int, list]]:
+    SlackStandIn.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlackStandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], SlackStandIn.received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_slack_webhook_receives_the_event(tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch):
+    port, received = slack
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T0/B0/x"})
+    )
+    job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"})
+    frame = output_rows("region=eu", anomalies={5: {"latency_ms": 30}})
+    assert process_events(job, frame, window(0, 24)).sent == 1
+    [(path, payload)] = received
+    assert path == "/services/T0/B0/x"
+    assert "region=eu" in payload["text"] and "latency_ms: actual 30 vs expected 100" in payload["text"]
+    assert payload["blocks"][0]["text"]["text"] == "[anomaly] web region=eu: fall 2024-03-01 05:00 UTC (score 0.970)"
+    assert "<https://airflow.example.com/anomaly-pipelines/dashboard/jobs/web?series=region%3Deu" in payload["blocks"][2]["text"]["text"]
+
+
+def test_slack_web_api_posts_to_the_channel(tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch):
+    port, received = slack
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_BOT",
+        json.dumps({"conn_type": "slack", "password": "xoxb-test", "extra": {"base_url": f"http://127.0.0.1:{port}/api/"}}),
+    )
+    job = make_job(tmp_path, email=None, slack={"api_conn_id": "alerts_bot", "channel": "#alerts"})
+    assert process_events(job, output_rows(anomalies={5: {"requests": 150}}), window(0, 24)).sent == 1
+    [(path, payload)] = received
+    assert path == "/api/chat.postMessage"
+    assert payload["channel"] == "#alerts" and "region=eu" in payload["text"]
+
+
+def test_digest_lists_the_days_events_once(tmp_path: Path, inbox: Inbox):
+    job = make_job(tmp_path, immediate=False, digest={"hour": 8})
+    frame = pd.concat(
+        [output_rows("region=eu", anomalies={2: {"requests": 150}}), output_rows("region=us", anomalies={5: {"requests": 165}})],
+        ignore_index=True,
+    )
+    early = process_events(job, rows_in(frame, 0, 4), window(0, 4))
+    assert (early.queued, early.digest) == (1, None) and inbox.mails == []
+    summary = process_events(job, rows_in(frame, 4, 8), window(4, 8))
+    assert summary.digest == {"cutoff": "2024-03-01T08:00:00+00:00", "events": 2, "sent": True}
+    [(_, message)] = inbox.mails
+    assert message["Subject"] == "[anomaly digest] web: 2 event(s) in the day to 2024-03-01 08:00 UTC"
+    _, text = body(message)
+    assert text.index("Series: region=eu") < text.index("Series: region=us")
+    assert process_events(job, rows_in(frame, 4, 8), window(4, 8)).digest["sent"] is False
+    assert len(inbox.mails) == 1
+
+
+def test_alert_window_reads_the_published_rows_and_keeps_state_beside_the_models(tmp_path: Path, inbox: Inbox):
+    job = make_job(tmp_path)
+    frame = output_rows(anomalies={10: {"requests": 175}})
+    w = window(0, 24)
+    ParquetSink(job.outputs.parquet).write(frame, job="web", dimensions=["region"], start=w.start, end=w.end)
+    summary = alert_window(job, w)
+    assert (summary["events"], summary["sent"]) == (1, 1)
+    assert summary["decisions"][0]["decision"] == "sent"
+    assert state_url(job) == str(tmp_path / "models" / "web" / "_alerts" / "state.json")
+    assert json.loads(Path(state_url(job)).read_text())["events"]["region=eu"][0]["status"] == "sent"
+
+
+@pytest.mark.parametrize(
+    ("alerts", "message"),
+    [
+        ({"email": None}, "configure at least one channel"),
+        ({"features": ["cpu"]}, r"alerts.features names \['cpu'\], which are not features of the job"),
+        ({"email": {"to": ["oncall"]}}, r"not e-mail addresses: \['oncall'\]"),
+        ({"email": {"to": ["a@b.c"], "subject": "{job} {severity}"}}, r"unknown fields \['severity'\]"),
+        ({"immediate": False}, "immediate: false needs a digest"),
+        ({"slack": {"webhook_conn_id": "w", "channel": "#x"}}, "an incoming webhook posts to the channel"),
+        ({"direction": "up"}, "direction"),
+    ],
+)
+def test_bad_alert_settings_are_refused_with_the_reason(tmp_path: Path, alerts: dict, message: str):
+    with pytest.raises(ConfigError, match=message):
+        make_job(tmp_path, **alerts)
+
+
+def test_an_event_a_person_called_a_false_alarm_is_not_sent_again(tmp_path: Path, inbox: Inbox, caplog: pytest.LogCaptureFixture):
+    from pipelines.labels import label_store
+
+    job = make_job(tmp_path)
+    label_store(job).add(
+        "web", "region=eu", "2024-02-20T03:00Z", "2024-02-20T04:00Z", False,
+        feature="requests", value_min=140, value_max=190, author="ana", note="the weekly load test",
+    )
+    frame = pd.concat(
+        [
+            output_rows("region=eu", anomalies={3: {"requests": 150}, 4: {"requests": 185}}),  # the same again
+            output_rows("region=eu", anomalies={3: {"requests": 250}}, start=START + 24 * H),  # beyond what was labelled
+            output_rows("region=us", anomalies={3: {"requests": 150}}),  # another series
+        ],
+        ignore_index=True,
+    )
+    with caplog.at_level("INFO", logger="pipelines.alerts"):
+        summary = process_events(job, frame, window(0, 48))
+    assert (summary.events, summary.suppressed, summary.sent) == (3, 1, 2)
+    assert sorted(inbox.subjects) == [
+        "[anomaly] web region=eu: rise 2024-03-02 03:00 UTC (score 0.999)",
+        "[anomaly] web region=us: rise 2024-03-01 03:00 UTC (score 0.950)",
+    ]
+    [decision] = [d for d in summary.decisions if d["decision"] == "suppressed"]
+    assert decision["key"] == "web|region=eu|2024-03-01T03:00:00+00:00"
+    assert "marked a false alarm by ana: the weekly load test" in decision["reason"]
+    assert "suppressed" in caplog.text and "marked a false alarm by ana" in caplog.text
+
+
+def test_message_text_reaches_people_verbatim_not_templated(tmp_path: Path, inbox: Inbox):
+    # Notifiers render their fields with Jinja; a series key holding template syntax must not be run.
+    job = make_job(tmp_path)
+    frame = output_rows("region={{ ds }}{% if x %}", anomalies={2: {"requests": 150}}, dimensions={"region": "{{ ds }}{% if x %}"})
+    assert process_events(job, frame, window(0, 24)).sent == 1
+    [(_, message)] = inbox.mails
+    assert "region={{ ds }}{% if x %}" in str(message["Subject"])
+    assert "Series: region={{ ds }}{% if x %}" in body(message)[1]
+
+
+def test_a_retry_sends_only_on_the_channels_that_failed(
+    tmp_path: Path, inbox: Inbox, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch
+):
+    port, received = slack
+    webhook = {"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{_free_port()}/services/T0/B0/x"}  # nobody there
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps(webhook))
+    job = make_job(tmp_path, slack={"webhook_conn_id": "alerts_webhook"})
+    frame = output_rows(anomalies={4: {"requests": 160}})
+    with pytest.raises(SinkError, match=r"could not be sent by slack \(Airflow connection 'alerts_webhook'\)"):
+        process_events(job, frame, window(0, 24))
+    assert len(inbox.mails) == 1  # e-mail went out before Slack failed
+
+    webhook["password"] = f"http://127.0.0.1:{port}/services/T0/B0/x"
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps(webhook))
+    assert process_events(job, frame, window(0, 24)).sent == 1
+    assert len(inbox.mails) == 1 and len(received) == 1
+    assert AlertState.load(job).events["region=eu"][0]["channels"] == ["email", "slack"]

@@ -1,0 +1,103 @@
+"""``anomaly-pipelines label``, ``labels`` and ``labels-import`` end to end on the demo job:
+trained and predicted from the shell, labels in the project's own SQLite labels table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.cli import main
+
+JOB = "demo_web_metrics"
+SPIKE = ["--series", "region=eu", "--start", "2024-03-03T14:00:00Z", "--end", "2024-03-03T16:00:00Z"]
+
+
+@pytest.fixture
+def predicted(project, capsys):
+    assert main(["train", JOB, "--end", "2024-03-01T00:00:00Z"]) == 0
+    assert main(["predict", JOB, "--start", "2024-03-03T00:00:00Z", "--end", "2024-03-04T00:00:00Z"]) == 0
+    capsys.readouterr()
+    return project
+
+
+def run(capsys, *argv: str) -> tuple[int, object, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip() else None), err
+
+
+def test_label_and_list_from_the_shell(predicted, capsys):
+    code, label, _ = run(capsys, "label", JOB, *SPIKE, "--verdict", "true", "--note", "cache outage", "--author", "ana")
+    assert code == 0
+    assert label["series"] == "region=eu" and label["verdict"] is True and label["author"] == "ana"
+    assert label["start"] == "2024-03-03T14:00:00+00:00" and label["end"] == "2024-03-03T16:00:00+00:00"
+    # The range of the event's flagged values, read from the outputs predict just wrote.
+    assert label["value_min"] is not None and label["value_min"] <= label["value_max"]
+    assert (predicted / "var" / "labels.db").is_file()
+
+    code, _, _ = run(capsys, "label", JOB, *SPIKE, "--verdict", "false", "--note", "load test")
+    assert code == 0
+    code, listed, _ = run(capsys, "labels", JOB)
+    assert code == 0
+    assert [(item["verdict"], item["note"]) for item in listed] == [(False, "load test")]
+    assert run(capsys, "labels", JOB, "--series", "region=us")[1] == []
+    assert len(run(capsys, "labels", JOB, "--start", "2024-03-03T16:00:00Z")[1]) == 1
+    assert run(capsys, "labels", JOB, "--start", "2024-03-03T16:00:01Z")[1] == []
+
+
+def test_labels_import_is_idempotent(predicted, capsys, tmp_path):
+    path = tmp_path / "known.csv"
+    path.write_text(
+        "series,start,end,verdict,feature,note\n"
+        "region=eu,2024-03-03T14:00:00Z,2024-03-03T16:00:00Z,true,requests,outage\n"
+        "region=us,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,false,,quiet night\n"
+    )
+    for _ in range(2):
+        code, summary, _ = run(capsys, "labels-import", JOB, str(path))
+        assert code == 0 and summary == {"job": JOB, "file": str(path), "imported": 2}
+    code, listed, _ = run(capsys, "labels", JOB)
+    assert [(item["series"], item["feature"], item["verdict"], item["author"]) for item in listed] == [
+        ("region=eu", "requests", True, "import:known.csv"),
+        ("region=us", None, False, "import:known.csv"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["label", JOB, "--series", "eu", "--start", "2024-03-03T14:00:00Z", "--end", "2024-03-03T16:00:00Z",
+          "--verdict", "true"], "job 'demo_web_metrics', series 'eu': unknown series"),
+        (["label", JOB, *SPIKE[:3], "2024-03-03T14:00:00", *SPIKE[4:], "--verdict", "true"],
+         "start 2024-03-03T14:00:00 has no time zone"),
+        (["label", JOB, *SPIKE, "--verdict", "true", "--feature", "cpu"], "unknown feature"),
+        (["label", JOB, *SPIKE, "--verdict", "true", "--value-min", "3"], "give both value_min and value_max"),
+        (["label", "nope", *SPIKE, "--verdict", "true"], "no job named 'nope'"),
+        (["labels", JOB, "--start", "tomorrow"], "start 'tomorrow' is not an ISO 8601 date-time"),
+    ],
+)
+def test_errors_exit_2_with_the_message(predicted, capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out is None
+    assert message in err
+    assert run(capsys, "labels", JOB)[1] == []
+
+
+def test_a_bad_import_row_names_file_and_row(predicted, capsys, tmp_path):
+    path = tmp_path / "known.csv"
+    path.write_text(
+        "series,start,end,verdict\n"
+        "region=eu,2024-03-03T14:00:00Z,2024-03-03T16:00:00Z,true\n"
+        "region=eu,2024-03-03T18:00:00Z,2024-03-03T17:00:00Z,false\n"
+    )
+    code, _, err = run(capsys, "labels-import", JOB, str(path))
+    assert code == 2
+    assert f"{path}: row 2 (line 3): end 2024-03-03T17:00:00+00:00 is before start" in err
+    assert run(capsys, "labels", JOB)[1] == []  # the good first row was not written either
+
+
+def test_a_verdict_other_than_true_or_false_is_a_usage_error(project, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["label", JOB, *SPIKE, "--verdict", "maybe"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'maybe'" in capsys.readouterr().err

@@ -1,0 +1,271 @@
+"""The labels table on real SQLite and PostgreSQL databases, filled from real published outputs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pipelines import schema
+from pipelines.config import parse_job
+from pipelines.labels import LabelError, LabelStore, import_labels, job_events, label_of, label_store
+from pipelines.sinks.parquet import ParquetSink
+
+EU, US = "region=eu", "region=us"
+
+
+def at(hour: int, minute: int = 0) -> datetime:
+    return datetime(2024, 3, 3, hour, minute, tzinfo=UTC)
+
+
+@pytest.fixture
+def job(tmp_path):
+    return parse_job(
+        {
+            "name": "web",
+            "source": {"kind": "file", "path": "x.csv"},
+            "timestamp": "ts",
+            "frequency": "1h",
+            "dimensions": ["region"],
+            "features": ["requests", "latency_ms"],
+            "model": {"kind": "seasonal_mad"},
+            "outputs": {"parquet": str(tmp_path / "outputs")},
+            "registry": str(tmp_path / "models"),
+            "labels": {"connection": {"url": f"sqlite:///{tmp_path / 'labels.db'}"}},
+        }
+    )
+
+
+@pytest.fixture
+def published(job):
+    """Hours 00-05 of 2024-03-03 for eu and us; eu requests are anomalous (and high) at 02 and 03."""
+    rows = []
+    for series in (EU, US):
+        for hour in range(6):
+            for feature, base in (("requests", 100.0), ("latency_ms", 20.0)):
+                spike = series == EU and feature == "requests" and hour in (2, 3)
+                rows.append(
+                    {
+                        "job": job.name, "series": series, "timestamp": at(hour), "feature": feature,
+                        "value": base * (5 if spike else 1) + hour, "expected": base, "lower": base - 10,
+                        "upper": base + 10, "score": 0.999 if spike else 0.2, "feature_score": 0.9 if spike else 0.1,
+                        "is_anomaly": spike, "model": "seasonal_mad", "model_version": "v1", "run_id": "r1",
+                        "interval_start": at(0), "interval_end": at(6), "scored_at": at(7),
+                        "region": series.split("=")[1],
+                    }
+                )
+    frame = schema.conform(pd.DataFrame(rows), ["region"])
+    ParquetSink(job.outputs.parquet).write(frame, job=job.name, dimensions=["region"], start=at(0), end=at(6))
+    return frame
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, job) -> LabelStore:
+    if request.param == "sqlite":
+        return label_store(job)
+    url = request.getfixturevalue("postgres_url")
+    return LabelStore(sa.create_engine(url), f"labels_{uuid.uuid4().hex[:8]}", {job.name: job})
+
+
+def rows_in(store: LabelStore) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(store.table)).scalar_one()
+
+
+def test_a_label_takes_its_value_range_from_the_published_output(store, published):
+    label = store.add("web", EU, at(2), at(3), True, feature="requests", note="deploy broke the cache", author="ana")
+    # The event's rows are the anomalous requests rows at 02:00 and 03:00: 502 and 503.
+    assert (label.value_min, label.value_max) == (502.0, 503.0)
+    [stored] = store.labels("web", EU)
+    assert stored == label
+    assert stored.start == at(2) and stored.start.tzinfo is not None and stored.start.utcoffset().total_seconds() == 0
+    assert stored.verdict is True and stored.feature == "requests" and stored.author == "ana"
+    # Without a feature, the event's rows are every anomalous row of the series in the window.
+    whole = store.add("web", US, at(1), at(2), False)
+    assert (whole.value_min, whole.value_max) == (21.0, 102.0)  # nothing flagged: all rows of us there
+
+
+def test_the_same_event_replaces_its_verdict_and_never_duplicates(store, published):
+    store.add("web", EU, at(2), at(3), True, feature="requests", note="first")
+    store.add("web", EU, at(2), at(3), False, feature="requests", note="on second thought")
+    store.add("web", EU, at(2), at(3), False, note="whole series")  # another key: no feature
+    assert rows_in(store) == 2
+    by_feature = {label.feature: label for label in store.labels("web", EU)}
+    assert by_feature["requests"].verdict is False and by_feature["requests"].note == "on second thought"
+    assert by_feature[None].note == "whole series"
+
+
+def test_labels_overlapping_a_window(store):
+    store.add("web", EU, at(1), at(2), True, value_min=1, value_max=2)
+    store.add("web", EU, at(4), at(5), False, value_min=1, value_max=2)
+    store.add("web", US, at(2), at(2), True, value_min=1, value_max=2)
+
+    def starts(**window) -> list[tuple[str, int]]:
+        return [(label.series, label.start.hour) for label in store.labels("web", **window)]
+
+    assert starts() == [(EU, 1), (EU, 4), (US, 2)]
+    assert starts(start=at(2), end=at(3)) == [(EU, 1), (US, 2)]  # both ends inclusive
+    assert starts(start=at(2, 30), end=at(3, 59)) == []
+    assert starts(series=EU, start=at(3), end="2024-03-03T04:00:00+00:00") == [(EU, 4)]
+    assert starts(start="2024-03-03T05:30:00+01:00") == [(EU, 4)]  # 04:30 UTC
+    assert store.labels("nope") == []
+
+
+@pytest.mark.parametrize(
+    ("label", "query", "matches"),
+    [
+        ((EU, "requests", 100, 200), (EU, "requests", 120, 180), True),
+        ((EU, "requests", 100, 200), (EU, "requests", 100, 200), True),
+        ((EU, "requests", 100, 200), (EU, "requests", 90, 180), False),  # wider than what was judged
+        ((EU, "requests", 100, 200), (EU, "requests", 120, 201), False),
+        ((EU, "requests", 100, 200), (US, "requests", 120, 180), False),  # another series
+        ((EU, "requests", 100, 200), (EU, "latency_ms", 120, 180), False),  # another feature
+        ((EU, "requests", 100, 200), (EU, None, 120, 180), False),  # a feature's verdict is not the series'
+        ((EU, None, 100, 200), (EU, "latency_ms", 120, 180), True),  # a whole-series verdict covers its features
+        ((EU, None, 100, 200), (EU, None, 120, 180), True),
+    ],
+)
+def test_known_false_alarm_containment(store, label, query, matches):
+    series, feature, low, high = label
+    stored = store.add("web", series, at(2), at(3), False, feature=feature, value_min=low, value_max=high)
+    found = store.known_false_alarm("web", *query)
+    assert found == (stored if matches else None)
+
+
+def test_a_true_label_is_not_a_false_alarm_and_the_latest_verdict_counts(store):
+    store.add("web", EU, at(2), at(3), True, value_min=100, value_max=200)
+    assert store.known_false_alarm("web", EU, "requests", 120, 180) is None
+    older = store.add("web", EU, at(5), at(5), False, value_min=0, value_max=1000, note="old")
+    newer = store.add("web", EU, at(4), at(4), False, value_min=50, value_max=300, note="new")
+    assert store.known_false_alarm("web", EU, "requests", 120, 180) == newer
+    assert store.known_false_alarm("web", EU, "requests", 120, 900) == older
+    assert store.known_false_alarm("other", EU, None, 120, 180) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"end": at(1)}, "job 'web', series 'region=eu': end 2024-03-03T01:00:00+00:00 is before start"),
+        ({"series": "host=a"}, "series 'host=a': unknown series; series of job 'web' are named region=<value>"),
+        ({"series": "region="}, "unknown series"),
+        ({"series": "all"}, "unknown series"),
+        ({"feature": "cpu"}, "feature 'cpu': unknown feature; job 'web' watches requests, latency_ms"),
+        ({"start": datetime(2024, 3, 3, 2)}, "start 2024-03-03T02:00:00 has no time zone"),
+        ({"end": "2024-03-03T03:00:00"}, "end 2024-03-03T03:00:00 has no time zone"),
+        ({"end": "yesterday"}, "end 'yesterday' is not an ISO 8601 date-time"),
+        ({"start": datetime(1, 1, 1, tzinfo=UTC)}, "out of range"),
+        ({"verdict": "maybe"}, "verdict must be true (a real anomaly) or false (a false alarm)"),
+        ({"value_min": 3.0}, "give both value_min and value_max, or neither"),
+        ({"value_min": 3.0, "value_max": 1.0}, "value_min 3.0 is larger than value_max 1.0"),
+        ({"value_min": float("nan"), "value_max": 1.0}, "value_min must be a finite number"),
+        ({"start": at(8), "end": at(9)}, "no published output rows in [2024-03-03T08:00:00+00:00, 2024-03-03T09:00:00+00:00]"),
+    ],
+)
+def test_bad_labels_are_refused_naming_job_and_series(store, published, change, message):
+    given = {"series": EU, "start": at(2), "end": at(3), "verdict": True, **change}
+    with pytest.raises(LabelError) as caught:
+        store.add("web", given.pop("series"), given.pop("start"), given.pop("end"), given.pop("verdict"), **given)
+    assert message in str(caught.value)
+    assert "job 'web'" in str(caught.value)
+    assert store.labels("web") == []
+
+
+def test_the_value_error_says_what_to_do(store):
+    with pytest.raises(LabelError, match="run predict for that window first, or give value_min and value_max"):
+        store.add("web", EU, at(2), at(3), True)
+
+
+def test_a_series_without_models_is_refused_once_the_job_has_models(store, job):
+    from pipelines.registry import ModelRegistry
+
+    store.add("web", US, at(1), at(1), True, value_min=1, value_max=1)  # no models at all: not checked
+    ModelRegistry(job.registry).register("web", EU, {"model.json": b"{}"}, {"model": "seasonal_mad"})
+    store.add("web", EU, at(1), at(1), True, value_min=1, value_max=1)
+    with pytest.raises(LabelError, match="series 'region=us': unknown series; job 'web' has models for region=eu"):
+        store.add("web", US, at(2), at(2), True, value_min=1, value_max=1)
+
+
+def test_import_csv_and_json_idempotently(store, published, tmp_path, job):
+    csv_file = tmp_path / "known.csv"
+    csv_file.write_text(
+        "series,start,end,verdict,feature,note\n"
+        "region=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,true,requests,cache outage\n"
+        "region=us,2024-03-03T01:00:00Z,2024-03-03T01:00:00Z,false,,\n"
+    )
+    json_file = tmp_path / "known.json"
+    json_file.write_text(
+        json.dumps([{"series": EU, "start": "2024-03-03T04:00:00+00:00", "end": "2024-03-03T05:00:00+00:00",
+                     "verdict": False, "value_min": 10, "value_max": 20}])
+    )
+    first = import_labels(job, csv_file, store=store)
+    assert [(label.series, label.verdict, label.feature) for label in first] == [(EU, True, "requests"), (US, False, None)]
+    assert first[0].value_min == 502.0 and first[0].author == "import:known.csv"
+    import_labels(job, json_file, store=store, author="ops")
+    import_labels(job, csv_file, store=store)
+    assert rows_in(store) == 3
+    assert [(label.start.hour, label.author) for label in store.labels("web", EU)] == [(2, "import:known.csv"), (4, "ops")]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.csv", "series,start,end,verdict\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,true\n"
+                    "region=eu,2024-03-03T04:00:00Z,2024-03-03T03:00:00Z,true\n", "bad.csv: row 2 (line 3): end"),
+        ("bad.csv", "series,start,end,verdict\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,perhaps\n",
+         "bad.csv: row 1 (line 2): verdict must be true"),
+        ("bad.csv", "series,start,verdict\n", "bad.csv: missing column(s) end"),
+        ("bad.csv", "series,start,end,verdict,colour\n", "bad.csv: unknown column(s) colour"),
+        ("bad.json", json.dumps([{"series": EU, "start": "2024-03-03T02:00:00Z", "end": "2024-03-03T03:00:00Z",
+                                  "verdict": True}, {"series": "region=eu", "start": "2024-03-03T02:00:00",
+                                  "end": "2024-03-03T03:00:00Z", "verdict": True}]),
+         "bad.json: row 2: start 2024-03-03T02:00:00 has no time zone"),
+        ("bad.json", json.dumps([{"series": EU, "start": "2024-03-03T02:00:00Z", "end": "2024-03-03T03:00:00Z",
+                                  "verdict": True}] * 2), "bad.json: row 2: the same event as row 1"),
+        ("bad.json", "{not json", "bad.json: not valid JSON"),
+        ("bad.txt", "x", "unknown labels file type '.txt'"),
+    ],
+)
+def test_a_bad_file_names_file_and_row_and_writes_nothing(store, published, tmp_path, job, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(LabelError) as caught:
+        import_labels(job, path, store=store)
+    assert message in str(caught.value)
+    assert store.labels("web") == []
+
+
+def test_events_of_the_published_output_with_their_labels(store, job, published):
+    [event] = job_events(job)
+    assert (event.series, event.start, event.end, event.peak_score, event.top_features) == (
+        EU, at(2), at(3), 0.999, ("requests",)
+    )
+    assert job_events(job, series=US) == []
+    assert [e.start for e in job_events(job, start=at(3), end=at(6))] == [at(3)]
+    assert label_of(event, store.labels("web")) is None
+    overlapping = store.add("web", EU, at(3), at(4), False, value_min=1, value_max=2)
+    assert label_of(event, store.labels("web")) == overlapping
+    exact = store.add("web", EU, at(2), at(3), True)
+    store.add("web", US, at(2), at(3), False, value_min=1, value_max=2)
+    assert label_of(event, store.labels("web")) == exact
+
+
+def test_reading_never_creates_the_table(store):
+    assert store.labels("web") == [] and store.known_false_alarm("web", EU, None, 1, 2) is None
+    assert not sa.inspect(store.engine).has_table(store.name)
+    store.add("web", EU, at(1), at(1), True, value_min=1, value_max=1)
+    assert sa.inspect(store.engine).has_table(store.name)
+
+
+def test_an_unreachable_database_is_a_sink_error_saying_what_to_check(job):
+    from pipelines.errors import SinkError
+
+    engine = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:1/nowhere?connect_timeout=2")
+    store = LabelStore(engine, "anomaly_labels", {job.name: job})
+    with pytest.raises(SinkError, match=r"(?s)could not create the labels table 'anomaly_labels' \(postgresql.*reachable"):
+        store.add("web", EU, at(1), at(1), True, value_min=1, value_max=1)
+    with pytest.raises(SinkError, match="could not read labels from 'anomaly_labels'"):
+        store.labels("web")

@@ -1,0 +1,121 @@
+"""Training and promotion (pipelines/training.py): a worse model never serves, warm starts from
+the champion, and the monitoring reference stored with every version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import JobConfig, parse_job
+from pipelines.detectors import load_detector
+from pipelines.errors import ModelError
+from pipelines.training import registry_for, train_series
+from pipelines.workspace import Window, to_utc
+
+DAYS = 14
+WINDOW = Window(to_utc("2024-01-01T00:00:00Z"), to_utc("2024-01-15T00:00:00Z"))
+
+
+def make_job(tmp_path: Path, kind: str = "seasonal_mad", **params) -> JobConfig:
+    return parse_job(
+        {
+            "name": "trained",
+            "source": {"kind": "python", "callable": "tests.pipelines.test_training:unused"},
+            "timestamp": "timestamp",
+            "frequency": "1h",
+            "features": ["a", "b"],
+            "model": {"kind": kind, "params": params},
+            "training_window": f"{DAYS}d",
+            "outputs": {"parquet": str(tmp_path / "outputs")},
+            "registry": str(tmp_path / "models"),
+        }
+    )
+
+
+def cycle(seed: int, phase_hours: int = 0) -> pd.DataFrame:
+    index = pd.date_range(WINDOW.start, periods=24 * DAYS, freq="h")
+    rng = np.random.default_rng(seed)
+    wave = np.sin(2 * np.pi * (index.hour.to_numpy() - phase_hours) / 24)
+    return pd.DataFrame(
+        {"a": 50 + 10 * wave + rng.normal(size=len(index)), "b": 20 + 3 * wave + rng.normal(size=len(index))},
+        index=index,
+    )
+
+
+def test_a_worse_challenger_is_registered_but_never_serves(tmp_path: Path) -> None:
+    job = make_job(tmp_path, season="1d")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    assert first.promoted and first.reason == "no champion yet"
+
+    # The head the challenger is fitted on is garbage; the held-back tail is like the champion's data.
+    worse = cycle(1)
+    head = int(len(worse) * 0.8)
+    worse.iloc[:head] = np.random.default_rng(2).normal(500, 200, size=(head, 2))
+    second = train_series(job, "all", worse, WINDOW, run_id="second")
+
+    registry = registry_for(job)
+    assert not second.promoted
+    assert second.metrics["holdout_error"] > second.metrics["champion_holdout_error"]
+    assert "kept the champion (the new model is worse)" in second.reason
+    assert registry.champion(job.name, "all").version == first.version
+    registered = registry.version(job.name, "all", second.version).metadata
+    assert registered["decision"] == {"promoted": False, "reason": second.reason}
+    assert [v.version for v in registry.versions(job.name, "all")] == [first.version, second.version]
+
+
+def test_a_better_challenger_replaces_the_champion(tmp_path: Path) -> None:
+    job = make_job(tmp_path, season="1d")
+    old = train_series(job, "all", cycle(0, phase_hours=12), WINDOW, run_id="old")  # the cycle moved since
+    new = train_series(job, "all", cycle(1), WINDOW, run_id="new")
+    assert new.promoted and "promoted (not worse)" in new.reason
+    assert new.metrics["holdout_error"] < new.metrics["champion_holdout_error"]
+    assert registry_for(job).champion(job.name, "all").version == new.version != old.version
+
+
+def test_every_version_carries_its_monitoring_reference(tmp_path: Path) -> None:
+    job = make_job(tmp_path, season="1d")
+    result = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    metadata = registry_for(job).version(job.name, "all", result.version).metadata
+    profile = metadata["monitoring"]
+    assert set(profile["features"]) == {"a", "b"} and profile["rows"] == 24 * DAYS
+    reference = profile["features"]["a"]
+    assert len(reference["edges"]) == 9 and sum(reference["shares"]) == pytest.approx(1.0)
+    assert reference["quantiles"][0] == pytest.approx(cycle(0)["a"].min())
+    assert profile["calibrated_anomaly_rate"] == max(result.metrics["train_anomaly_rate"], 1 / (24 * DAYS))
+    assert metadata["warm_started"] is False  # seasonal_mad has no warm start: always a cold fit
+
+
+def test_iforest_warm_starts_from_a_champion_with_the_same_params(tmp_path: Path) -> None:
+    job = make_job(tmp_path, "iforest", n_estimators=20, window=12)
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    second = train_series(job, "all", cycle(1), WINDOW, run_id="second")
+    registry = registry_for(job)
+    assert registry.version(job.name, "all", first.version).metadata["warm_started"] is False
+    warm = registry.version(job.name, "all", second.version).metadata
+    assert warm["warm_started"] is True
+    assert warm["detector"]["n_estimators"] == 30  # the champion's 20 trees and 10 new ones
+    stored = load_detector("iforest", registry.load_files(job.name, "all", second.version))
+    # The warm start kept every tree of the version that was serving when it trained.
+    served = load_detector("iforest", registry.load_files(job.name, "all", first.version)).model_[-1].estimators_
+    for old, kept in zip(served, stored.model_[-1].estimators_[:20], strict=True):
+        np.testing.assert_array_equal(old.tree_.threshold, kept.tree_.threshold)
+    assert stored.warm_started_ and len(stored.model_[-1].estimators_) == 30
+
+    # Other parameters: the champion's forest does not fit them, so the fit is cold.
+    other = make_job(tmp_path, "iforest", n_estimators=20, window=6)
+    third = train_series(other, "all", cycle(2), WINDOW, run_id="third")
+    cold = registry.version(job.name, "all", third.version).metadata
+    assert cold["warm_started"] is False and cold["detector"]["n_estimators"] == 20
+
+
+def test_a_failed_training_registers_nothing(tmp_path: Path) -> None:
+    job = make_job(tmp_path, season="1d")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    with pytest.raises(ModelError, match=r"job trained, series all: only 5 rows in training window"):
+        train_series(job, "all", cycle(1).iloc[:5], WINDOW, run_id="short")
+    registry = registry_for(job)
+    assert [v.version for v in registry.versions(job.name, "all")] == [first.version]
+    assert registry.champion(job.name, "all").version == first.version
