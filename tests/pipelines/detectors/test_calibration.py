@@ -108,3 +108,25 @@ def test_false_alarm_probability_holds_on_new_normal_data(fap: float) -> None:
     detector = SeasonalMADDetector(threshold_kind="false_alarm_probability", threshold_value=fap).fit(train)
     rate = detector.detect(new, history=train).is_anomaly.mean()
     assert fap / 2 <= rate <= fap * 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_segment_lookup_gives_exactly_np_interp(seed: int) -> None:
+    # The body map replaces np.interp for speed; it must not change a single score.
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(2, 5000))
+    training = [
+        np.abs(rng.standard_normal(size)),
+        rng.integers(0, 5, size).astype(float),  # heavy ties: few knots
+        np.exp(3 * rng.standard_normal(size)),  # knots spread over decades
+    ][seed % 3]
+    calibrator = ScoreCalibrator().fit(training)
+    knots = calibrator.knots_raw_
+    raw = np.concatenate(
+        [rng.uniform(-1, 2 * knots[-1] + 1, 20_000), knots, rng.choice(training, 500), [np.nan, np.inf, -np.inf, 0.0]]
+    )
+    body = np.interp(raw, knots, calibrator.knots_score_, left=0.0)
+    tail = 1.0 - calibrator.tail_mass_ * np.exp(-np.maximum(raw - calibrator.tail_start_, 0.0) / calibrator.tail_scale_)
+    expected = np.where(raw > calibrator.tail_start_, tail, body)
+    np.testing.assert_array_equal(calibrator.transform(raw), expected)
+    assert calibrator.transform(np.float64(knots[0])).shape == ()
