@@ -156,3 +156,20 @@ def test_full_table_puts_the_published_scoreboard_beside_ours(quick: tuple[list[
     assert rows["ARTime"][2:5] == ["74.9", "65.1", "80.4"]
     assert rows["Numenta HTM"][2:5] == ["70.5-69.7", "62.6-61.7", "75.2-74.2"]
     assert nab.PUBLISHED_SOURCE in markdown
+
+
+def test_direct_replay_scores_as_the_pipeline_until_the_first_refit(quick: tuple[list[nab.DetectorRun], str]) -> None:
+    """``benchmarks.nab_direct`` calls the detectors without the pipeline on the same schedule:
+    until the first refit both serve the model fitted on the probationary rows, so every score
+    must match (later, the pipeline may keep a better champion where the direct replay refits)."""
+    from benchmarks import nab_direct
+
+    key = "realAWSCloudwatch/iio_us-east-1_i-a2eb1cd9_NetworkIn.csv"  # regular 5-minute rows
+    pipeline = quick[0][0].series[key]
+    direct = nab_direct.replay_series(ROOT / "data" / key, key, DETECTORS[0])
+    probation = probationary_rows(len(direct.score))
+    before_refit = slice(probation, probation + nab.CHUNK_ROWS * nab.RETRAIN_EVERY)
+    assert direct.scored[before_refit].all() and np.unique(direct.score[before_refit]).size > 100
+    np.testing.assert_allclose(direct.score[before_refit], pipeline.score[before_refit], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(direct.is_anomaly[before_refit], pipeline.is_anomaly[before_refit])
+    assert direct.params == pipeline.params and direct.predict_runs == pipeline.predict_runs
