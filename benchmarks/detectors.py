@@ -7,7 +7,6 @@ label-free :meth:`DetectorUnderTest.params_for` rule for seasons that do not fit
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -36,10 +35,10 @@ class DetectorUnderTest:
         season = self.params.get("season")
         if not isinstance(season, str):
             return dict(self.params), None
-        from pipelines.durations import parse_duration
+        from pipelines.detectors.seasonal_mad import season_slots
         from pipelines.training import HOLDOUT_FRACTION
 
-        slots = math.ceil(parse_duration(season) / frequency)
+        slots = season_slots(season, frequency)
         fitted_rows = int(training_rows * (1 - HOLDOUT_FRACTION))
         if fitted_rows >= 2 * slots:
             return dict(self.params), None

@@ -20,7 +20,6 @@ import argparse
 import logging
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from benchmarks.nab import (
     TRAINING_PERIODS,
     ReplayPlan,
     SeriesReplay,
+    _quiet_worker,
     alert_scores,
     nab_root,
     nab_scores,
@@ -87,15 +87,9 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest) -> Seri
     )
 
 
-def _task(csv_path: str, key: str, detector: DetectorUnderTest) -> SeriesReplay:
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pipelines").setLevel(logging.WARNING)
-    return replay_series(Path(csv_path), key, detector)
-
-
 def replay(detector: DetectorUnderTest, keys: Sequence[str], root: Path, workers: int) -> dict[str, SeriesReplay]:
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {key: pool.submit(_task, str(root / "data" / key), key, detector) for key in keys}
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet_worker) as pool:
+        futures = {key: pool.submit(replay_series, root / "data" / key, key, detector) for key in keys}
         return {key: future.result() for key, future in sorted(futures.items())}
 
 

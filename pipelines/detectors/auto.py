@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import time
 from typing import Any
 
@@ -14,7 +13,6 @@ import pandas as pd
 from pipelines.detectors.base import BaseDetector, Detection
 from pipelines.detectors.params import AUTO_CANDIDATES, AutoParams
 from pipelines.detectors.synthetic import event_f1, inject_anomalies, robust_scale
-from pipelines.durations import parse_duration
 from pipelines.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -93,9 +91,10 @@ class AutoDetector(BaseDetector):
         season = self._make(kind).get_params().get("season")
         if not isinstance(season, str) or not isinstance(head.index, pd.DatetimeIndex) or len(head) < 2:
             return {}
+        from pipelines.detectors.seasonal_mad import season_slots
+
         step = pd.Series(head.index).diff().median()
-        slots = math.ceil(pd.Timedelta(parse_duration(season)) / step)
-        return {} if len(head) >= 2 * slots else {"season": None}
+        return {} if len(head) >= 2 * season_slots(season, step) else {"season": None}
 
     def _fit(self, X: pd.DataFrame, params: AutoParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to hold back rows for choosing a detector")

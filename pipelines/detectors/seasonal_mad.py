@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,11 @@ _MAD_TO_SIGMA = 1.4826
 _MIN_SLOT_POINTS = 50
 #: Fewest training rows: the score calibration needs a spread of training scores.
 _MIN_TRAINING_ROWS = 20
+
+
+def season_slots(season: str | timedelta, step: timedelta) -> int:
+    """Rows one season spans at one row per ``step`` (a season needs two of them to be learned)."""
+    return math.ceil(pd.Timedelta(parse_duration(season) if isinstance(season, str) else season) / pd.Timedelta(step))
 
 
 class SeasonalMADDetector(BaseDetector):
@@ -116,7 +122,7 @@ class SeasonalMADDetector(BaseDetector):
                 "give the season as a number of rows"
             )
         self.season_ = pd.Timedelta(parse_duration(season))
-        self.n_slots_ = math.ceil(self.season_ / self.step_)
+        self.n_slots_ = season_slots(self.season_, self.step_)
         if self.n_slots_ < 2:
             raise ConfigError(
                 f"parameter 'season' ({season!r}) must span at least two rows of the data, "
