@@ -50,9 +50,6 @@ class AutoDetector(BaseDetector):
     Attributes
     ----------
     chosen_ : str
-    chosen_params_ : dict
-        Parameters of the winner other than its defaults: ``{"season": None}`` when the training
-        rows hold fewer than two of its default seasons (seasonal candidates then run without one).
     model_ : BaseDetector
         The winner, fitted on all training rows.
     trials_ : list of dict
@@ -77,24 +74,10 @@ class AutoDetector(BaseDetector):
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
 
-    def _make(self, kind: str, params: dict[str, Any] | None = None) -> BaseDetector:
+    def _make(self, kind: str) -> BaseDetector:
         from pipelines.detectors import make_detector
 
-        return make_detector(kind, params or {}, threshold_kind=self.threshold_kind, threshold_value=self.threshold_value)
-
-    def _candidate_params(self, kind: str, head: pd.DataFrame) -> dict[str, Any]:
-        """Default parameters, except a season the head cannot hold twice: then no season.
-
-        A seasonal candidate needs two whole seasons to learn its profile; skipping it on a short
-        history would leave out the robust baselines exactly where they are most useful.
-        """
-        season = self._make(kind).get_params().get("season")
-        if not isinstance(season, str) or not isinstance(head.index, pd.DatetimeIndex) or len(head) < 2:
-            return {}
-        from pipelines.detectors.seasonal_mad import season_slots
-
-        step = pd.Series(head.index).diff().median()
-        return {} if len(head) >= 2 * season_slots(season, step) else {"season": None}
+        return make_detector(kind, {}, threshold_kind=self.threshold_kind, threshold_value=self.threshold_value)
 
     def _fit(self, X: pd.DataFrame, params: AutoParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to hold back rows for choosing a detector")
@@ -108,14 +91,14 @@ class AutoDetector(BaseDetector):
             reasons = "; ".join(f"{t['kind']}: {t['skipped']}" for t in self.trials_)
             raise ModelError(f"no candidate detector could fit this series ({reasons})")
         best = max(usable, key=lambda t: (round(t["f1"], 2), -t["holdout_error"]))
-        self.chosen_, self.chosen_params_ = best["kind"], dict(best.get("params", {}))
+        self.chosen_ = best["kind"]
         others = ", ".join(f"{t['kind']} {t['f1']:.2f}" for t in usable if t is not best)
         self.reason_ = (
             f"{self.chosen_}: event F1 {best['f1']:.2f} on {len(planted.events)} anomalies planted in the held-back "
             f"{len(tail)} rows (others: {others or 'none'}); forecast error {best['holdout_error']:.3g}"
         )
         log.info("auto chose %s", self.reason_)
-        self.model_ = self._make(self.chosen_, self.chosen_params_).fit(X)
+        self.model_ = self._make(self.chosen_).fit(X)
         self.lookback_ = self.model_.lookback_
         return self.model_.detect(X).score
 
@@ -124,9 +107,8 @@ class AutoDetector(BaseDetector):
         if package and importlib.util.find_spec(package) is None:
             return {"kind": kind, "skipped": f"{package} is not installed"}
         started = time.perf_counter()
-        params = self._candidate_params(kind, head)
         try:
-            candidate = self._make(kind, params).fit(head)
+            candidate = self._make(kind).fit(head)
             clean = candidate.detect(tail, history=head)
             flagged = candidate.detect(planted.frame, history=head).is_anomaly.any(axis=1)
         except (ModelError, ConfigError) as exc:
@@ -134,7 +116,8 @@ class AutoDetector(BaseDetector):
         error = float(np.nanmean(np.abs(clean.values - clean.expected) / scale))
         return {
             "kind": kind,
-            **({"params": params} if params else {}),
+            # A seasonal candidate on a head shorter than two seasons runs without one (and says so).
+            **({"season_fallback": candidate.season_fallback_} if getattr(candidate, "season_fallback_", None) else {}),
             **{name: round(value, 4) for name, value in event_f1(flagged, planted).items()},
             "holdout_error": round(error, 6),
             "seconds": round(time.perf_counter() - started, 3),
@@ -144,14 +127,13 @@ class AutoDetector(BaseDetector):
         return self.model_.detect(X, history=history)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
-        state = {"chosen_": self.chosen_, "chosen_params_": self.chosen_params_, "trials_": self.trials_, "reason_": self.reason_}
+        state = {"chosen_": self.chosen_, "trials_": self.trials_, "reason_": self.reason_}
         return state, {}, {_INNER + name: data for name, data in self.model_.to_files().items()}
 
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
         from pipelines.detectors import load_detector
 
         self.chosen_, self.trials_, self.reason_ = state["chosen_"], state["trials_"], state["reason_"]
-        self.chosen_params_ = state.get("chosen_params_", {})  # absent in models saved before the season fallback
         inner = {name.removeprefix(_INNER): data for name, data in files.items() if name.startswith(_INNER)}
         self.model_ = load_detector(self.chosen_, inner)
 
@@ -159,7 +141,6 @@ class AutoDetector(BaseDetector):
         return {
             **super().summary(),
             "chosen": self.chosen_,
-            "chosen_params": self.chosen_params_,
             "reason": self.reason_,
             "trials": self.trials_,
             "chosen_detector": self.model_.summary(),

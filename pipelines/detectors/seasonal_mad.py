@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,8 @@ from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import SeasonalMADParams
 from pipelines.durations import parse_duration
 from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Scales the MAD to the standard deviation of normal noise.
 _MAD_TO_SIGMA = 1.4826
@@ -43,7 +46,8 @@ class SeasonalMADDetector(BaseDetector):
     ----------
     season : str, int or None, default="1d"
         Length of the season: a duration (``"1d"``, ``"1w"``) for timestamped data, a number of
-        rows, or None for no seasonal profile.
+        rows, or None for no seasonal profile. Training rows that hold fewer than two seasons
+        fit no profile (see ``season_fallback_``).
     level_window : int, default=24
         Residuals whose median is the level; also the history :meth:`detect` uses.
     min_scale : float, default=1e-9
@@ -57,6 +61,8 @@ class SeasonalMADDetector(BaseDetector):
     ----------
     season_ : pandas.Timedelta, int or None
         The season as a duration, in rows, or None.
+    season_fallback_ : str or None
+        Why the model has no season although one was asked for (too little history), or None.
     step_ : pandas.Timedelta or None
         Median spacing of the training timestamps (None without timestamps).
     n_slots_ : int
@@ -94,7 +100,6 @@ class SeasonalMADDetector(BaseDetector):
     def _fit(self, X: pd.DataFrame, params: SeasonalMADParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to calibrate its scores")
         self._learn_season(params.season, X.index)
-        self._require_rows(X, 2 * self.n_slots_, f"two full seasons of {self.n_slots_} rows")
         self.lookback_ = params.level_window
         values = X.to_numpy()
         slots = self._slots(X.index)
@@ -110,24 +115,34 @@ class SeasonalMADDetector(BaseDetector):
 
     def _learn_season(self, season: int | str | None, index: pd.Index) -> None:
         self.step_ = pd.Series(index).diff().median() if self.time_indexed_ else None
+        self.season_fallback_ = None
         if season is None:
             self.season_, self.n_slots_ = None, 1
             return
         if isinstance(season, int):
             self.season_, self.n_slots_ = season, season
-            return
-        if not self.time_indexed_:
+        elif not self.time_indexed_:
             raise ConfigError(
                 f"parameter 'season' is the duration {season!r} but the data has no timestamps; "
                 "give the season as a number of rows"
             )
-        self.season_ = pd.Timedelta(parse_duration(season))
-        self.n_slots_ = season_slots(self.season_, self.step_)
-        if self.n_slots_ < 2:
-            raise ConfigError(
-                f"parameter 'season' ({season!r}) must span at least two rows of the data, "
-                f"which come every {self.step_}; choose a longer season or None"
+        else:
+            self.season_ = pd.Timedelta(parse_duration(season))
+            self.n_slots_ = season_slots(self.season_, self.step_)
+            if self.n_slots_ < 2:
+                raise ConfigError(
+                    f"parameter 'season' ({season!r}) must span at least two rows of the data, "
+                    f"which come every {self.step_}; choose a longer season or None"
+                )
+        if len(index) < 2 * self.n_slots_:
+            # A new job has little history: it serves without a profile now and learns the season
+            # when a later training window holds two of them, instead of failing every training.
+            self.season_fallback_ = (
+                f"season {season!r} spans {self.n_slots_} rows and a profile needs two seasons, but training "
+                f"had {len(index)} rows: fitted without a season (a training on a longer window learns it)"
             )
+            log.warning("%s: %s", self.kind, self.season_fallback_)
+            self.season_, self.n_slots_ = None, 1
 
     def _slots(self, index: pd.Index) -> np.ndarray:
         """Position of each row within the season, in [0, n_slots_)."""
@@ -191,6 +206,7 @@ class SeasonalMADDetector(BaseDetector):
             "season_": season,
             "step_": None if self.step_ is None else str(self.step_),
             "n_slots_": self.n_slots_,
+            "season_fallback_": self.season_fallback_,
             "calibrators_": [c.to_dict() for c in self.calibrators_],
         }
         arrays = {"profile_": self.profile_, "level_fallback_": self.level_fallback_, "scale_": self.scale_}
@@ -201,6 +217,7 @@ class SeasonalMADDetector(BaseDetector):
         self.season_ = pd.Timedelta(season) if isinstance(season, str) else season
         self.step_ = None if state["step_"] is None else pd.Timedelta(state["step_"])
         self.n_slots_ = int(state["n_slots_"])
+        self.season_fallback_ = state.get("season_fallback_")  # absent in models saved before the fallback
         self.calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["calibrators_"]]
         self.profile_ = arrays["profile_"]
         self.level_fallback_ = arrays["level_fallback_"]
@@ -210,6 +227,7 @@ class SeasonalMADDetector(BaseDetector):
         return {
             **super().summary(),
             "season_slots": self.n_slots_,
+            "season_fallback": self.season_fallback_,
             "step": None if self.step_ is None else str(self.step_),
             "median_scale": [float(s) for s in np.median(self.scale_, axis=0)],
         }

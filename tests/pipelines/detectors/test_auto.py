@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.detectors import load_detector
 from pipelines.detectors.auto import AutoDetector
-from pipelines.detectors.synthetic import event_f1, inject_anomalies, robust_scale
+from pipelines.detectors.synthetic import SHIFT_NEWS_ROWS, event_f1, inject_anomalies, robust_scale
 from pipelines.errors import ModelError
 
 
@@ -70,8 +70,11 @@ def test_planted_anomalies_and_event_f1(frame) -> None:
     assert len(planted.events) == 4  # 3 spikes in the first half, one level shift at the end
     changed = (planted.frame != clean).any(axis=1).to_numpy()
     np.testing.assert_array_equal(changed, planted.rows)
-    perfect = event_f1(planted.rows, planted)
+    perfect = event_f1(planted.news_rows, planted)
     assert perfect == {"f1": 1.0, "precision": 1.0, "recall": 1.0}
+    # The 50-row shift is news for its first SHIFT_NEWS_ROWS rows: flagging all of it is 26 false alarms.
+    assert planted.events[-1][1] - planted.events[-1][0] + 1 == 50
+    assert event_f1(planted.rows, planted)["precision"] == pytest.approx((3 + SHIFT_NEWS_ROWS) / (3 + 50))
     # Flagging only the shift's first row finds one event of four with full precision.
     only_shift = np.zeros(200, dtype=bool)
     only_shift[planted.events[-1][0]] = True
@@ -86,8 +89,8 @@ def test_a_seasonal_candidate_runs_without_a_season_on_a_short_history() -> None
     frame = pd.DataFrame({"value": 10 + rng.normal(0, 1, 300)}, index=index)
     detector = AutoDetector(candidates=["seasonal_mad", "level_shift"]).fit(frame)
     trials = {t["kind"]: t for t in detector.trials_}
-    assert all("skipped" not in t and t["params"] == {"season": None} for t in trials.values())
-    assert detector.chosen_params_ == {"season": None} and detector.model_.season_ is None
+    assert all("skipped" not in t and "training had 225 rows" in t["season_fallback"] for t in trials.values())
+    assert detector.model_.season_ is None and "training had 300 rows" in detector.model_.season_fallback_
     restored = load_detector("auto", detector.to_files())
-    assert restored.chosen_params_ == {"season": None}
+    assert restored.model_.season_fallback_ == detector.model_.season_fallback_
     np.testing.assert_array_equal(restored.detect(frame).score, detector.detect(frame).score)

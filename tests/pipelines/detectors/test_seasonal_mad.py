@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.detectors import Detection
+from pipelines.detectors import Detection, load_detector
 from pipelines.detectors.seasonal_mad import SeasonalMADDetector
-from pipelines.errors import ConfigError, ModelError
+from pipelines.errors import ConfigError
 
 SPIKE_ROWS = [9, 40, 77, 118, 151]
 
@@ -121,9 +121,18 @@ def test_season_must_span_two_rows(series) -> None:
         SeasonalMADDetector(season="1h").fit(series[0])
 
 
-def test_needs_two_full_seasons(series) -> None:
-    with pytest.raises(ModelError, match=r"at least 48 training rows \(two full seasons of 24 rows\); got 30"):
-        SeasonalMADDetector().fit(series[0].iloc[:30])
+def test_fewer_than_two_seasons_fit_without_a_season_and_say_why(series) -> None:
+    short = series[0].iloc[:30]  # 30 hourly rows: a daily profile needs 48
+    detector = SeasonalMADDetector().fit(short)
+    assert detector.season_ is None and detector.n_slots_ == 1
+    assert "season '1d' spans 24 rows" in detector.season_fallback_ and "training had 30 rows" in detector.season_fallback_
+    assert detector.summary()["season_fallback"] == detector.season_fallback_
+    plain = SeasonalMADDetector(season=None).fit(short)
+    np.testing.assert_array_equal(detector.detect(series[0]).score, plain.detect(series[0]).score)
+    restored = load_detector("seasonal_mad", detector.to_files())
+    assert restored.season_fallback_ == detector.season_fallback_
+    # With two seasons of history the same parameters learn the profile.
+    assert SeasonalMADDetector().fit(series[0].iloc[:48]).season_fallback_ is None
 
 
 def test_summary_describes_the_season(detector: SeasonalMADDetector) -> None:
