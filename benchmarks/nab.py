@@ -77,8 +77,10 @@ CONTAMINATION = 0.005
 WORKERS = 2
 #: The *alerts* rows count what a person would be sent, not every flagged row: one alert at the
 #: first flagged row of an event, and no new one until this long after the end of the last
-#: alerted event (``alerts.snooze`` of ``pipelines.alerts``), converted to rows of each series. One day is the usual paging snooze; it was declared before
-#: the alert rows were scored, and docs/BENCHMARKS.md shows the score for other snoozes too.
+#: alerted event (``alerts.snooze`` of ``pipelines.alerts``), converted to rows of each series,
+#: unless an event peaks higher than that alert (``alerts.escalate``, on by default). One day is
+#: the usual paging snooze; it was declared before the alert rows were scored, and
+#: docs/BENCHMARKS.md shows the score for other snoozes too.
 ALERT_SNOOZE = timedelta(days=1)
 #: Unflagged rows allowed inside one event: the default ``alerts.max_gap``.
 ALERT_MAX_GAP = 1
@@ -460,12 +462,13 @@ def nab_scores(
     return fixed, swept
 
 
-def alerts(flagged: np.ndarray, snooze_rows: int, max_gap: int = ALERT_MAX_GAP) -> np.ndarray:
+def alerts(flagged: np.ndarray, score: np.ndarray, snooze_rows: int, max_gap: int = ALERT_MAX_GAP) -> np.ndarray:
     """The rows where :mod:`pipelines.alerts` would send an alert, by its rules in rows.
 
     Flagged rows at most ``max_gap`` unflagged rows apart form one event; an event is alerted,
     at its first row, unless it starts while the series is snoozed, i.e. within ``snooze_rows``
-    rows after the end of the last alerted event.
+    rows after the end of the last alerted event, and does not peak above that event's peak
+    ``score`` (escalation, the default of ``alerts.escalate``).
     """
     sent = np.zeros(len(flagged), dtype=bool)
     rows = np.flatnonzero(flagged)
@@ -473,10 +476,11 @@ def alerts(flagged: np.ndarray, snooze_rows: int, max_gap: int = ALERT_MAX_GAP) 
         return sent
     breaks = np.flatnonzero(np.diff(rows) > max_gap + 1)
     starts, ends = rows[np.r_[0, breaks + 1]], rows[np.r_[breaks, rows.size - 1]]
-    snoozed_until = -1
+    snoozed_until, snooze_peak = -1, math.inf
     for start, end in zip(starts, ends, strict=True):
-        if start > snoozed_until:
-            sent[start], snoozed_until = True, end + snooze_rows
+        peak = float(score[start : end + 1].max())
+        if start > snoozed_until or peak > snooze_peak:
+            sent[start], snoozed_until, snooze_peak = True, end + snooze_rows, peak
     return sent
 
 
@@ -493,19 +497,19 @@ def alert_scores(
     from pipelines.evaluation.nab import score_corpus
 
     snooze = {key: snooze_rows(root / "data" / key) for key in series}
-    fixed_alerts = {key: alerts(replay.is_anomaly, snooze[key]) for key, replay in series.items()}
+    fixed_alerts = {key: alerts(replay.is_anomaly, replay.score, snooze[key]) for key, replay in series.items()}
     fixed = {p: score_corpus(fixed_alerts, root, p, partial=partial).score for p in PROFILES}
     pooled = np.concatenate([replay.score[replay.scored] for replay in series.values()])
     thresholds = sorted({float(np.quantile(pooled, 1 - q)) for q in ALERT_SWEEP_TAILS})
     swept: dict[str, tuple[float, float]] = {p: (math.inf, 0.0) for p in PROFILES}
     for threshold in thresholds:
-        sent = {key: alerts((replay.score >= threshold) & replay.scored, snooze[key]) for key, replay in series.items()}
+        sent = {key: alerts((replay.score >= threshold) & replay.scored, replay.score, snooze[key]) for key, replay in series.items()}
         for p in PROFILES:
             score = score_corpus(sent, root, p, partial=partial).score
             if score > swept[p][1]:
                 swept[p] = (threshold, score)
     sensitivity = {
-        rows: score_corpus({k: alerts(r.is_anomaly, rows) for k, r in series.items()}, root, "standard", partial=partial).score
+        rows: score_corpus({k: alerts(r.is_anomaly, r.score, rows) for k, r in series.items()}, root, "standard", partial=partial).score
         for rows in SNOOZE_SENSITIVITY
     }
     return fixed, swept, sensitivity

@@ -63,23 +63,26 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest) -> Seri
     plan = ReplayPlan.for_timestamps(stamps)
     first_chunk = int((rows < plan.probation_rows).sum())
     params, note = detector.params_for(plan.frequency, first_chunk)
-    model = make_detector(detector.kind, params).fit(frame.iloc[:first_chunk])
     score, flagged, scored = np.zeros(len(raw)), np.zeros(len(raw), dtype=bool), np.zeros(len(raw), dtype=bool)
-    trainings, failed, chunk = 1, 0, 0
+    model, trainings, failed, chunk = None, 0, 0, 0
     for start in range(first_chunk, len(frame), CHUNK_ROWS):
-        if chunk and chunk % RETRAIN_EVERY == 0:
+        if chunk % RETRAIN_EVERY == 0:
             trainings += 1
             try:
-                model = make_detector(detector.kind, params).fit(frame.iloc[max(0, start - TRAINING_PERIODS) : start])
-            except ModelError as exc:  # as in production: the serving model stays
+                since = 0 if chunk == 0 else max(0, start - TRAINING_PERIODS)  # the first fit: every probationary row
+                model = make_detector(detector.kind, params).fit(frame.iloc[since:start])
+            except ModelError as exc:  # as in production: the serving model stays, if there is one
                 failed += 1
-                log.warning("%s: refit before row %d failed, the model serves on: %s", key, start, exc)
+                log.warning("%s: training before row %d failed, %s: %s", key, start,
+                            "the model serves on" if model else "no model serves (rows unscored)", exc)
+        chunk += 1
+        if model is None:
+            continue
         end = min(len(frame), start + CHUNK_ROWS)
         history = frame.iloc[max(0, start - max(int(model.lookback_), 1)) : start]
         detection = model.detect(frame.iloc[start:end], history=history)
         at = rows[start:end]
         score[at], flagged[at], scored[at] = detection.score.max(axis=1), detection.is_anomaly.any(axis=1), True
-        chunk += 1
     return SeriesReplay(
         key=key, score=score, is_anomaly=flagged, scored=scored, params=params, note=note,
         dropped_rows=int((~kept).sum()), predict_runs=chunk, training_runs=trainings, promotions=trainings - failed,

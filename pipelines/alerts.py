@@ -18,6 +18,7 @@ import fnmatch
 import html
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -62,14 +63,16 @@ class AlertState:
 
     ``events`` maps a series to the events of it already dealt with (``key``, ``start``, ``end``,
     ``status`` sent/held/queued, ``channels`` delivered); ``snoozed_until`` maps a series to the
-    last timestamp its snooze covers; ``held`` maps a series to the events held while snoozed
-    (listed in its next message); ``digest`` holds the events of the digest still to be sent, by
-    key; ``digest_progress`` the channels a digest being sent has reached; ``digests_sent`` the
+    last timestamp its snooze covers and ``snooze_peak`` to the peak score of the alert that
+    snoozed it (an event beating it escalates through the snooze); ``held`` maps a series to the
+    events held while snoozed (listed in its next message); ``digest`` holds the events of the
+    digest still to be sent, by key; ``digest_progress`` the channels a digest being sent has reached; ``digests_sent`` the
     cut-off times of the digests already sent.
     """
 
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     snoozed_until: dict[str, str] = field(default_factory=dict)
+    snooze_peak: dict[str, float] = field(default_factory=dict)
     held: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     digest: dict[str, dict[str, Any]] = field(default_factory=dict)
     digest_progress: dict[str, Any] = field(default_factory=dict)
@@ -475,6 +478,7 @@ def process_events(
                 if alerts.snooze:  # an incident that goes on keeps its series snoozed after its end
                     until = (event.end + job.frequency * alerts.snooze).isoformat()
                     state.snoozed_until[event.series] = max(state.snoozed_until.get(event.series, ""), until)
+                    state.snooze_peak[event.series] = max(state.snooze_peak.get(event.series, 0.0), event.peak_score)
                 _queue(state, alerts, record["key"], event, "sent")
                 state.save(job)
                 summary.already_sent += 1
@@ -503,7 +507,10 @@ def process_events(
             )
             continue
         snoozed_until = state.snoozed_until.get(event.series)
-        if record is None and snoozed_until and event.start <= datetime.fromisoformat(snoozed_until):
+        snoozed = record is None and snoozed_until and event.start <= datetime.fromisoformat(snoozed_until)
+        # States written before escalation existed hold no peak: nothing escalates over those.
+        escalates = snoozed and alerts.escalate and event.peak_score > state.snooze_peak.get(event.series, math.inf)
+        if snoozed and not escalates:
             state.remember(event, "held")
             held = state.held.setdefault(event.series, [])
             held.append(_summary_entry(event, job))
@@ -527,10 +534,12 @@ def process_events(
         state.held.pop(event.series, None)
         if alerts.snooze:
             state.snoozed_until[event.series] = (event.end + job.frequency * alerts.snooze).isoformat()
+            state.snooze_peak[event.series] = event.peak_score
         _queue(state, alerts, record["key"], event, "sent")
         state.save(job)
         summary.sent += 1
-        decide(event, "sent", f"by {', '.join(_channels(alerts))}")
+        escalation = f"; peak {event.peak_score:.4f} beat the snoozing alert's, so it escalated through the snooze" if escalates else ""
+        decide(event, "sent", f"by {', '.join(_channels(alerts))}{escalation}")
     summary.digest = send_digest(job, state, window, context=context, send=send)
     return summary
 

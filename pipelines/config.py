@@ -491,6 +491,9 @@ class AlertsConfig(_Model):
     direction: Literal["both", "rise", "fall"] = "both"
     max_gap: int = Field(1, ge=0, description="Normal periods allowed inside one event.")
     snooze: int = Field(0, ge=0, description="Periods of frequency after an alerted event that hold the series' next ones.")
+    escalate: bool = Field(
+        True, description="Send an event of a snoozed series anyway when its peak score beats the alert that snoozed it."
+    )
     immediate: bool = Field(True, description="Send each event when found; false: only the digest.")
     digest: DigestConfig | None = Field(None, description="A daily message listing the day's events.")
     dashboard_url: str | None = Field(

@@ -140,12 +140,17 @@ def test_quick_table_has_fixed_and_swept_rows_with_nab_scores(quick: tuple[list[
 def test_alerts_go_out_at_the_start_of_an_event_and_not_again_while_snoozed() -> None:
     flagged = np.zeros(40, dtype=bool)
     flagged[[3, 4, 6, 7, 11, 20, 21, 35]] = True  # events (gap <= 1 row): 3-7, 11, 20-21, 35
-    assert np.flatnonzero(nab.alerts(flagged, snooze_rows=0)).tolist() == [3, 11, 20, 35]
+    score = np.where(flagged, 0.99, 0.1)  # every event peaks alike: none escalates
+    assert np.flatnonzero(nab.alerts(flagged, score, snooze_rows=0)).tolist() == [3, 11, 20, 35]
     # Snoozed until 7 + 5 = 12: the event at 11 is held; 20 is sent, snoozing until 26.
-    assert np.flatnonzero(nab.alerts(flagged, snooze_rows=5)).tolist() == [3, 20, 35]
-    assert np.flatnonzero(nab.alerts(flagged, snooze_rows=28)).tolist() == [3]
-    assert np.flatnonzero(nab.alerts(flagged, snooze_rows=0, max_gap=0)).tolist() == [3, 6, 11, 20, 35]
-    assert not nab.alerts(np.zeros(5, dtype=bool), snooze_rows=3).any()
+    assert np.flatnonzero(nab.alerts(flagged, score, snooze_rows=5)).tolist() == [3, 20, 35]
+    assert np.flatnonzero(nab.alerts(flagged, score, snooze_rows=28)).tolist() == [3]
+    assert np.flatnonzero(nab.alerts(flagged, score, snooze_rows=0, max_gap=0)).tolist() == [3, 6, 11, 20, 35]
+    # Escalation: the event at 20 peaks above the alert at 3 and goes out through the snooze;
+    # 35 peaks below 20's and stays held.
+    score[21], score[35] = 0.999, 0.995
+    assert np.flatnonzero(nab.alerts(flagged, score, snooze_rows=28)).tolist() == [3, 20]
+    assert not nab.alerts(np.zeros(5, dtype=bool), np.zeros(5), snooze_rows=3).any()
 
 
 def test_full_table_puts_the_published_scoreboard_beside_ours(quick: tuple[list[nab.DetectorRun], str]) -> None:
@@ -173,3 +178,21 @@ def test_direct_replay_scores_as_the_pipeline_until_the_first_refit(quick: tuple
     np.testing.assert_allclose(direct.score[before_refit], pipeline.score[before_refit], rtol=0, atol=1e-12)
     np.testing.assert_array_equal(direct.is_anomaly[before_refit], pipeline.is_anomaly[before_refit])
     assert direct.params == pipeline.params and direct.predict_runs == pipeline.predict_runs
+
+
+def test_direct_replay_leaves_rows_unscored_until_a_training_succeeds(tmp_path: Path) -> None:
+    """A series flat through its probation cannot train MSET (no signal left to model): no model
+    serves, so nothing is scored until the first refit, which sees the varying rows."""
+    from benchmarks import nab_direct
+
+    rng = np.random.default_rng(0)
+    values = np.r_[np.full(450, 45.0), 45 + rng.normal(0, 1, 2550)]
+    path = tmp_path / "flat_start.csv"
+    stamps = pd.date_range("2024-01-01", periods=len(values), freq="5min").strftime("%Y-%m-%d %H:%M:%S")
+    pd.DataFrame({"timestamp": stamps, "value": values}).to_csv(path, index=False)
+    direct = nab_direct.replay_series(path, "flat_start.csv", DetectorUnderTest("mset", {}))
+    probation = probationary_rows(len(values))
+    first_refit = probation + nab.CHUNK_ROWS * nab.RETRAIN_EVERY
+    assert (direct.failed_trainings, direct.training_runs) == (1, 3)
+    assert not direct.scored[:first_refit].any() and direct.scored[first_refit:].all()
+    assert (direct.score[:first_refit] == 0).all() and np.unique(direct.score[first_refit:]).size > 100

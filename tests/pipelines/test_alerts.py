@@ -165,7 +165,7 @@ def test_snooze_holds_the_series_next_events_and_the_next_alert_lists_them(tmp_p
     job = make_job(tmp_path, snooze=6)
     frame = pd.concat(
         [
-            output_rows("region=eu", anomalies={5: {"requests": 150}, 9: {"requests": 155}, 20: {"requests": 190}}),
+            output_rows("region=eu", anomalies={5: {"requests": 150}, 9: {"requests": 145}, 20: {"requests": 190}}),
             output_rows("region=us", anomalies={9: {"requests": 160}}),
         ],
         ignore_index=True,
@@ -178,12 +178,31 @@ def test_snooze_holds_the_series_next_events_and_the_next_alert_lists_them(tmp_p
     assert [s.split(": ")[0] for s in inbox.subjects] == ["[anomaly] web region=eu", "[anomaly] web region=us", "[anomaly] web region=eu"]
     _, held_text = body(inbox.mails[2][1])
     assert "1 more event(s) of this series while it was snoozed:" in held_text
-    assert "2024-03-01 09:00 UTC to 2024-03-01 10:00 UTC, peak score 0.9550" in held_text
+    assert "2024-03-01 09:00 UTC to 2024-03-01 10:00 UTC, peak score 0.9450" in held_text
     _, first_text = body(inbox.mails[0][1])
     assert "snoozed" not in first_text
     # Held once, never again on a re-run.
     assert process_events(job, rows_in(frame, 8, 16), window(8, 16)).held == 0
     assert len(inbox.mails) == 3
+
+
+@pytest.mark.parametrize(("escalate", "sent_hours"), [(True, [5, 9]), (False, [5])])
+def test_an_event_peaking_above_the_snoozing_alert_escalates_through_the_snooze(
+    tmp_path: Path, inbox: Inbox, escalate: bool, sent_hours: list[int]
+):
+    job = make_job(tmp_path, snooze=8, escalate=escalate)
+    # 09:00 (score 0.97) beats the alert of 05:00 (0.95); 12:00 (0.96) beats 05:00 but not 09:00.
+    frame = output_rows("region=eu", anomalies={5: {"requests": 150}, 9: {"requests": 170}, 12: {"requests": 160}})
+    summaries = [process_events(job, rows_in(frame, first, first + 4), window(first, first + 4)) for first in (4, 8, 12)]
+    assert [s.sent for s in summaries] == [1, 1 if escalate else 0, 0]
+    starts = [body(mail)[1].split("Time range: ")[1][:16] for _, mail in inbox.mails]
+    assert starts == [f"2024-03-01 {hour:02d}:00" for hour in sent_hours]
+    if escalate:
+        reason = next(d["reason"] for d in summaries[1].decisions if d["decision"] == "sent")
+        assert "peak 0.9700 beat the snoozing alert's, so it escalated through the snooze" in reason
+    # 12:00 is held either way: snoozed until 13:00 by 05:00's alert, or until 17:00 by 09:00's,
+    # whose peak it does not beat.
+    assert summaries[2].held == 1
 
 
 @pytest.mark.parametrize(
