@@ -305,25 +305,32 @@ def replay_series(
     window = plan.training_window
 
     trainings: list[dict[str, Any]] = []
-    failed = 0
+    failed, scored_from = 0, None
     with pipeline_home(workdir):
-        trainings += run_train(job, Window(first.to_pydatetime(), starts[0].to_pydatetime()), run_id="train_0")
         for chunk, (start, end) in enumerate(zip(starts, ends, strict=True)):
-            if chunk and chunk % plan.retrain_every == 0:
-                since = max(first, start - pd.Timedelta(window))
+            if chunk % plan.retrain_every == 0:
+                # The first training sees every probationary row; later ones the trailing window.
+                since = first if chunk == 0 else max(first, start - pd.Timedelta(window))
                 try:
                     trainings += run_train(
                         job, Window(since.to_pydatetime(), start.to_pydatetime()), run_id=f"train_{chunk}"
                     )
                 except ModelError as exc:
-                    # As in production: a failed training registers nothing; the champion serves on.
+                    # As in production: a failed training registers nothing; the champion, if
+                    # there is one, serves on.
                     failed += 1
-                    log.warning("%s: retraining before chunk %d failed, the champion serves on: %s", key, chunk, exc)
-            run_predict(job, Window(start.to_pydatetime(), end.to_pydatetime()), run_id=f"predict_{chunk}")
-        published = ParquetSink(str(workdir / "outputs")).read(job=job.name)
+                    log.warning("%s: training before chunk %d failed, %s: %s", key, chunk,
+                                "the champion serves on" if trainings else "no model serves (rows unscored)", exc)
+            if trainings:
+                run_predict(job, Window(start.to_pydatetime(), end.to_pydatetime()), run_id=f"predict_{chunk}")
+                scored_from = start if scored_from is None else scored_from
+        published = ParquetSink(str(workdir / "outputs")).read(job=job.name) if scored_from is not None else None
 
-    due = kept & (timestamps >= starts[0]).to_numpy()
-    score, is_anomaly, scored = _align(published, timestamps, due, key)
+    if published is None:
+        score, is_anomaly, scored = np.zeros(len(timestamps)), np.zeros(len(timestamps), dtype=bool), np.zeros(len(timestamps), dtype=bool)
+    else:
+        due = kept & (timestamps >= scored_from).to_numpy()
+        score, is_anomaly, scored = _align(published, timestamps, due, key)
     return SeriesReplay(
         key=key,
         score=score,

@@ -196,3 +196,18 @@ def test_direct_replay_leaves_rows_unscored_until_a_training_succeeds(tmp_path: 
     assert (direct.failed_trainings, direct.training_runs) == (1, 3)
     assert not direct.scored[:first_refit].any() and direct.scored[first_refit:].all()
     assert (direct.score[:first_refit] == 0).all() and np.unique(direct.score[first_refit:]).size > 100
+
+
+def test_pipeline_replay_leaves_rows_unscored_until_a_training_succeeds(tmp_path: Path) -> None:
+    """As the direct replay: MSET cannot train on a flat probation, so the pipeline has no
+    champion and predicts nothing until the first retraining, which sees varying rows."""
+    rng = np.random.default_rng(0)
+    values = np.r_[np.full(450, 45.0), 45 + rng.normal(0, 1, 2550)]
+    path = tmp_path / "flat_start.csv"
+    stamps = pd.date_range("2024-01-01", periods=len(values), freq="5min").strftime("%Y-%m-%d %H:%M:%S")
+    pd.DataFrame({"timestamp": stamps, "value": values}).to_csv(path, index=False)
+    replay = nab.replay_series(path, "flat_start.csv", DetectorUnderTest("mset", {}), tmp_path / "work")
+    first_refit = probationary_rows(len(values)) + nab.CHUNK_ROWS * nab.RETRAIN_EVERY
+    assert (replay.failed_trainings, replay.training_runs) == (1, 3)
+    assert not replay.scored[:first_refit].any() and replay.scored[first_refit:].all()
+    assert np.unique(replay.score[first_refit:]).size > 100
