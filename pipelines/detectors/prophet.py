@@ -15,6 +15,10 @@ from pipelines.detectors.params import ProphetParams
 from pipelines.errors import MissingDependencyError, ModelError
 
 _MIN_TRAINING_ROWS = 20
+#: Latest share of the training rows whose out-of-sample scores join the calibration.
+CALIBRATION_FRACTION = 0.2
+#: Fewest held-back rows worth calibrating on; shorter windows calibrate on the fitted rows.
+_MIN_CALIBRATION_ROWS = 50
 log = logging.getLogger(__name__)
 
 
@@ -50,8 +54,15 @@ class ProphetDetector(BaseDetector):
     window scored in pieces equals one call, and scoring is many times faster.
 
     The raw score is the distance outside the interval relative to its width (0 inside),
-    calibrated per feature on the training rows; ``score`` and ``feature_score`` are the same,
-    and ``lower``/``upper`` are where the score reaches the threshold.
+    calibrated per feature on the training rows' scores plus out-of-sample scores of the latest
+    ``CALIBRATION_FRACTION`` of them: a second model per feature, fitted on the rows before,
+    forecasts those (as in split conformal prediction). A model's errors on rows it was fitted
+    on are smaller than on new rows, so an in-sample calibration alone let the fixed threshold
+    flag many times the share of new rows asked for; the held-back scores alone may all be 0
+    when the interval widens over the held-back horizon, which leaves nothing to calibrate on.
+    Windows with fewer than 50 held-back rows calibrate on the fitted rows only. ``score`` and
+    ``feature_score`` are the same, and ``lower``/``upper`` are where the score reaches the
+    threshold.
 
     Parameters
     ----------
@@ -73,6 +84,8 @@ class ProphetDetector(BaseDetector):
         One fitted model per feature.
     calibrators_ : list of ScoreCalibrator
         Calibration of each feature's raw score.
+    calibration_rows_ : int
+        Held-back rows scored out of sample for the calibration (0: the fitted rows only).
     """
 
     kind = "prophet"
@@ -141,34 +154,48 @@ class ProphetDetector(BaseDetector):
                 model.add_country_holidays(country_name=params.holidays_country)
             return model
 
-        for f, column in enumerate(X.columns):
-            frame = _prophet_frame(X.index, X[column].to_numpy())
-            model = new_model()
-            if previous is None:
-                model.fit(frame, algorithm="LBFGS")
-            else:
-                from prophet.utilities import warm_start_params
-
-                try:
-                    model.fit(frame, algorithm="LBFGS", init=warm_start_params(previous[f]))
-                except (RuntimeError, ValueError) as exc:
-                    # "auto" seasonalities depend on the span of the data, so the champion's
-                    # parameters may not fit this window's model: then that feature fits cold.
-                    log.warning("prophet: cannot warm-start feature %s from the champion (%s); fitting it cold", column, exc)
-                    model = new_model()
+        def fit(rows: pd.DataFrame, starts: list[Any] | None, why: str) -> list[Any]:
+            models = []
+            for f, column in enumerate(rows.columns):
+                frame = _prophet_frame(rows.index, rows[column].to_numpy())
+                model = new_model()
+                if starts is None:
                     model.fit(frame, algorithm="LBFGS")
-            self.models_.append(model)
-        expected, half = self._forecast(X.index)
-        raw = _outside(X.to_numpy(), expected, half)
+                else:
+                    from prophet.utilities import warm_start_params
+
+                    try:
+                        model.fit(frame, algorithm="LBFGS", init=warm_start_params(starts[f]))
+                    except (RuntimeError, ValueError) as exc:
+                        # "auto" seasonalities depend on the span of the data, so the starting
+                        # parameters may not fit this window's model: then that feature fits cold.
+                        log.warning("prophet: cannot warm-start feature %s from %s (%s); fitting it cold", column, why, exc)
+                        model = new_model()
+                        model.fit(frame, algorithm="LBFGS")
+                models.append(model)
+            return models
+
+        self.models_ = fit(X, previous, "the champion")
+        held_back = int(len(X) * CALIBRATION_FRACTION)
+        if held_back >= _MIN_CALIBRATION_ROWS and len(X) - held_back >= _MIN_TRAINING_ROWS:
+            head, tail = X.iloc[:-held_back], X.iloc[-held_back:]
+            # Started from the whole window's optimum only to converge sooner: the MAP fit on the
+            # head is the head's own, so the tail stays out of sample.
+            expected, half = self._forecast(tail.index, fit(head, self.models_, "the whole window's fit"))
+            raw = np.vstack([_outside(X.to_numpy(), *self._forecast(X.index)), _outside(tail.to_numpy(), expected, half)])
+        else:
+            held_back = 0
+            raw = _outside(X.to_numpy(), *self._forecast(X.index))
+        self.calibration_rows_ = held_back
         self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]
         return self._calibrate(raw)
 
-    def _forecast(self, index: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
-        """``yhat`` and the half-width of the interval, per row and feature."""
+    def _forecast(self, index: pd.DatetimeIndex, models: list[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``yhat`` and the half-width of the interval, per row and feature (of ``models``, else the fitted ones)."""
         frame = _prophet_frame(index)
         z = float(norm.ppf(0.5 + self.interval_width / 2))
         expected, half = [], []
-        for model in self.models_:
+        for model in self.models_ if models is None else models:
             forecast = model.predict(frame)
             expected.append(forecast["yhat"].to_numpy())
             half.append(z * _predictive_sd(model, forecast))
@@ -196,10 +223,13 @@ class ProphetDetector(BaseDetector):
             score >= self.threshold_,
         )
 
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "calibration_rows": self.calibration_rows_}
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
         _, serialize = _prophet()
         files = {f"prophet_{f}.json": serialize.model_to_json(m).encode() for f, m in enumerate(self.models_)}
-        return {"calibrators_": [c.to_dict() for c in self.calibrators_]}, {}, files
+        return {"calibrators_": [c.to_dict() for c in self.calibrators_], "calibration_rows_": self.calibration_rows_}, {}, files
 
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
         _, serialize = _prophet()
@@ -209,6 +239,7 @@ class ProphetDetector(BaseDetector):
             raise ModelError(f"the prophet artifact lacks {missing}; it was not written by to_files(): retrain")
         self.models_ = [serialize.model_from_json(files[name].decode()) for name in names]
         self.calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["calibrators_"]]
+        self.calibration_rows_ = int(state.get("calibration_rows_", 0))  # absent before held-back calibration
 
 
 def _prophet_frame(index: pd.DatetimeIndex, values: np.ndarray | None = None) -> pd.DataFrame:

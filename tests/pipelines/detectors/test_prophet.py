@@ -118,3 +118,35 @@ def test_warm_start_from_the_champions_parameters(detector: ProphetDetector, cap
     errors = [np.abs(d.detect(test).values - d.detect(test).expected).mean() for d in (warm, cold)]
     assert errors[0] < 1.0 and errors[0] == pytest.approx(errors[1], rel=0.05)
     assert warm.detect(test).is_anomaly.mean() <= 0.02
+
+
+def _wandering(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A daily cycle on a random walk: Prophet's smooth trend fits the walk's past far better
+    than it forecasts its future."""
+    rng = np.random.default_rng(seed)
+    rows = 24 * 35
+    index = pd.date_range("2024-01-01", periods=rows, freq="1h", tz="UTC")
+    values = 10 * np.sin(2 * np.pi * np.arange(rows) / 24) + np.cumsum(rng.normal(0, 1, rows)) + rng.normal(0, 1, rows)
+    frame = pd.DataFrame({"value": values}, index=index)
+    return frame.iloc[: 24 * 28], frame.iloc[24 * 28 :]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_held_back_rows_keep_the_threshold_honest_on_new_data(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, future = _wandering(seed)
+    held_back = ProphetDetector(threshold_value=0.01).fit(train)
+    assert held_back.calibration_rows_ == int(len(train) * 0.2) and held_back.summary()["calibration_rows"] == 134
+    monkeypatch.setattr("pipelines.detectors.prophet.CALIBRATION_FRACTION", 0.0)
+    in_sample = ProphetDetector(threshold_value=0.01).fit(train)
+    assert in_sample.calibration_rows_ == 0
+    # Asked for 1 % of the rows: in-sample calibration flags 15-92 % of the next week, held-back a few %.
+    flagged_in_sample, flagged_held_back = in_sample.detect(future).is_anomaly.mean(), held_back.detect(future).is_anomaly.mean()
+    assert flagged_in_sample > 0.1 and flagged_held_back < flagged_in_sample / 3
+
+
+def test_a_short_window_calibrates_on_its_fitted_rows(series) -> None:
+    short = ProphetDetector().fit(series[0].iloc[:200])  # 40 held-back rows would be too few
+    assert short.calibration_rows_ == 0
+    from pipelines.detectors import load_detector
+
+    assert load_detector("prophet", short.to_files()).calibration_rows_ == 0
