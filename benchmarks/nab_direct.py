@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from benchmarks.nab import (
     nab_root,
     nab_scores,
 )
-from benchmarks.report import table, write_section
+from benchmarks.report import read_section, table, table_rows, write_section
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,17 @@ def parse_detector(text: str) -> DetectorUnderTest:
     return DetectorUnderTest(kind, params)
 
 
+HEADERS = ["Detector", "Flagged rows, fixed", "Flagged rows, swept", "Alerts, fixed", "Alerts, swept", "Failed refits", "Wall time"]
+
+
 def run(detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path, workers: int, partial: bool) -> str:
+    return table_text(score_rows(detectors, keys, root, workers, partial), len(keys), workers)
+
+
+def score_rows(
+    detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path, workers: int, partial: bool
+) -> list[list[str]]:
+    """One table row per detector: its four NAB standard scores, failed refits and wall time."""
     rows = []
     for detector in detectors:
         began = time.perf_counter()
@@ -127,12 +138,27 @@ def run(detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path,
             f"{(time.perf_counter() - began) / 60:.1f} min",
         ])
         log.info("%s: %s", detector.label, rows[-1])
-    headers = ["Detector", "Flagged rows, fixed", "Flagged rows, swept", "Alerts, fixed", "Alerts, swept", "Failed refits", "Wall time"]
+    return rows
+
+
+def table_text(rows: list[list[str]], series: int, workers: int) -> str:
     return "\n".join([
-        f"NAB standard profile, direct replay of {len(keys)} series (every refitted model serves; {workers} worker(s)):",
+        f"NAB standard profile, direct replay of {series} series (every refitted model serves; {workers} worker(s)):",
         "",
-        table(headers, rows, align="lrrrrrr"),
+        table(HEADERS, rows, align="lrrrrrr"),
     ])
+
+
+def merge_rows(previous: str, rows: list[list[str]]) -> tuple[list[list[str]], list[str]]:
+    """The rows of the ``previous`` section with ``rows`` replacing those of the same detector
+    (new detectors appended), and the detectors kept from it: so one detector can be replayed
+    again without replaying them all."""
+    fresh = {row[0]: row for row in rows}
+    kept = [row for row in table_rows(previous) if len(row) == len(HEADERS) and row[0] not in fresh]
+    order = [row[0] for row in table_rows(previous) if len(row) == len(HEADERS)]
+    merged = {row[0]: row for row in [*kept, *rows]}
+    labels = [label for label in order if label in merged] + [row[0] for row in rows if row[0] not in order]
+    return [merged[label] for label in labels], [row[0] for row in kept]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,14 +173,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pipelines").setLevel(logging.WARNING)
     root = nab_root()
     keys = args.series or sorted(load_windows(root))
-    markdown = section(run([parse_detector(d) for d in args.detectors], keys, root, args.workers, partial=bool(args.series)))
+    rows = score_rows([parse_detector(d) for d in args.detectors], keys, root, args.workers, partial=bool(args.series))
+    if args.series:
+        print(section(table_text(rows, len(keys), args.workers)))
+        return 0
+    previous = read_section(SECTION)
+    rows, kept = merge_rows(previous, rows)
+    note = ""
+    if kept:
+        earlier = re.search(r"Run ended ([0-9: -]+ UTC)", previous)
+        note = f"Rows of {', '.join(kept)} are from the run that ended {earlier.group(1) if earlier else 'earlier'}; the others from this one."
+    markdown = section(table_text(rows, len(keys), args.workers), note)
     print(markdown)
-    if not args.series:
-        write_section(SECTION, markdown)
+    write_section(SECTION, markdown)
     return 0
 
 
-def section(result: str) -> str:
+def section(result: str, note: str = "") -> str:
     """The Markdown section ``nab_direct`` around a :func:`run` table."""
     return "\n".join([
         "## NAB, direct replay (detectors without the pipeline)",
@@ -168,7 +203,7 @@ def section(result: str) -> str:
         "",
         result,
         "",
-        f"Run ended {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        f"Run ended {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.{' ' + note if note else ''}",
     ])
 
 

@@ -227,6 +227,16 @@ def replace_section(text: str, name: str, markdown: str) -> str:
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def read_section(name: str, path: Path | str = BENCHMARKS_MD) -> str:
+    """The body between ``name``'s markers in ``path`` (empty when absent)."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    first = text.find(start)
+    last = text.find(end, first + len(start)) if first >= 0 else -1
+    return text[first + len(start) : last] if first >= 0 and last >= 0 else ""
+
+
 def write_section(name: str, markdown: str, path: Path | str = BENCHMARKS_MD) -> Path:
     """Replace the text between ``<!-- {name}:start -->`` and ``<!-- {name}:end -->`` in ``path``
     (``docs/BENCHMARKS.md``), appending the markers if absent; everything else is kept."""

@@ -220,3 +220,15 @@ def test_pipeline_replay_leaves_rows_unscored_until_a_training_succeeds(tmp_path
     assert (replay.failed_trainings, replay.training_runs) == (1, 3)
     assert not replay.scored[:first_refit].any() and replay.scored[first_refit:].all()
     assert np.unique(replay.score[first_refit:]).size > 100
+
+
+def test_replaying_one_detector_again_replaces_only_its_row() -> None:
+    from benchmarks import nab_direct
+
+    def row(label: str, value: str) -> list[str]:
+        return [f"`{label}`", value, value, value, value, "0", "1.0 min"]
+
+    previous = nab_direct.section(nab_direct.table_text([row("a", "1.0"), row("b", "2.0"), row("c", "3.0")], 58, 2))
+    merged, kept = nab_direct.merge_rows(previous, [row("b", "9.0"), row("d", "4.0")])
+    assert merged == [row("a", "1.0"), row("b", "9.0"), row("c", "3.0"), row("d", "4.0")]
+    assert kept == ["`a`", "`c`"]
