@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.detectors.base import BaseDetector, Detection, make_detection
-from pipelines.detectors.calibration import ScoreCalibrator
+from pipelines.detectors.calibration import ScoreCalibrator, held_back_rows
 from pipelines.detectors.features import fill_missing, rolling_expected, window_features
 from pipelines.detectors.params import IsolationForestParams
 from pipelines.errors import ModelError
@@ -81,7 +81,10 @@ class IsolationForestDetector(BaseDetector):
     medians_ : ndarray of shape (n_features_in_,)
         Training median of each feature, to fill missing values with no earlier value.
     row_calibrator_ : ScoreCalibrator
-        Calibration of the forest's scores.
+        Calibration of the forest's scores: those of the training rows plus those of the latest
+        rows from a forest grown without them (:func:`~pipelines.detectors.calibration.held_back_rows`).
+    calibration_rows_ : int
+        Rows scored out of sample for the calibration (0: too short a window for it).
     combined_calibrator_ : ScoreCalibrator
         Calibration of the row scores (forest and largest feature deviation combined).
     feature_calibrators_ : list of ScoreCalibrator
@@ -165,9 +168,19 @@ class IsolationForestDetector(BaseDetector):
 
     def _calibrate_training(self, X: pd.DataFrame, values: pd.DataFrame, features: np.ndarray) -> np.ndarray:
         raw = -self.model_.score_samples(features)
-        self.row_calibrator_ = ScoreCalibrator().fit(raw)
         deviation = np.abs(X.to_numpy() - rolling_expected(values, self.window).to_numpy())
+        # Deviations are causal (from earlier rows only): in-sample is out of sample for them.
         self.feature_calibrators_ = [ScoreCalibrator().fit(deviation[:, f]) for f in range(X.shape[1])]
+        held_back = held_back_rows(len(X), max(_MIN_TRAINING_ROWS, 2 * self.window))
+        self.calibration_rows_ = held_back
+        if held_back:
+            from sklearn.base import clone
+
+            # The forest's scores of the latest rows from a forest grown without them.
+            head = clone(self.model_).fit(features[:-held_back])
+            raw = np.concatenate([raw, -head.score_samples(features[-held_back:])])
+            deviation = np.vstack([deviation, deviation[-held_back:]])
+        self.row_calibrator_ = ScoreCalibrator().fit(raw)
         combined = self._row_surprise(raw, deviation)
         self.combined_calibrator_ = ScoreCalibrator().fit(combined)
         return self.combined_calibrator_.transform(combined)
@@ -220,6 +233,7 @@ class IsolationForestDetector(BaseDetector):
             "row_calibrator_": self.row_calibrator_.to_dict(),
             "combined_calibrator_": self.combined_calibrator_.to_dict(),
             "feature_calibrators_": [c.to_dict() for c in self.feature_calibrators_],
+            "calibration_rows_": self.calibration_rows_,
         }
         return state, {"medians_": self.medians_}, {"model.skops": model}
 
@@ -234,7 +248,13 @@ class IsolationForestDetector(BaseDetector):
         self.combined_calibrator_ = ScoreCalibrator.from_dict(state["combined_calibrator_"])
         self.feature_calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["feature_calibrators_"]]
         self.medians_ = arrays["medians_"]
+        self.calibration_rows_ = int(state.get("calibration_rows_", 0))  # absent before held-back calibration
 
     def summary(self) -> dict[str, Any]:
         forest = self.model_[-1]
-        return {**super().summary(), "n_estimators": len(forest.estimators_), "max_samples": int(forest.max_samples_)}
+        return {
+            **super().summary(),
+            "n_estimators": len(forest.estimators_),
+            "max_samples": int(forest.max_samples_),
+            "calibration_rows": self.calibration_rows_,
+        }

@@ -10,15 +10,11 @@ import pandas as pd
 from scipy.stats import norm
 
 from pipelines.detectors.base import BaseDetector, Detection, make_detection
-from pipelines.detectors.calibration import ScoreCalibrator
+from pipelines.detectors.calibration import ScoreCalibrator, held_back_rows
 from pipelines.detectors.params import ProphetParams
 from pipelines.errors import MissingDependencyError, ModelError
 
 _MIN_TRAINING_ROWS = 20
-#: Latest share of the training rows whose out-of-sample scores join the calibration.
-CALIBRATION_FRACTION = 0.2
-#: Fewest held-back rows worth calibrating on; shorter windows calibrate on the fitted rows.
-_MIN_CALIBRATION_ROWS = 50
 log = logging.getLogger(__name__)
 
 
@@ -55,12 +51,9 @@ class ProphetDetector(BaseDetector):
 
     The raw score is the distance outside the interval relative to its width (0 inside),
     calibrated per feature on the training rows' scores plus out-of-sample scores of the latest
-    ``CALIBRATION_FRACTION`` of them: a second model per feature, fitted on the rows before,
-    forecasts those (as in split conformal prediction). A model's errors on rows it was fitted
-    on are smaller than on new rows, so an in-sample calibration alone let the fixed threshold
-    flag many times the share of new rows asked for; the held-back scores alone may all be 0
-    when the interval widens over the held-back horizon, which leaves nothing to calibrate on.
-    Windows with fewer than 50 held-back rows calibrate on the fitted rows only. ``score`` and
+    rows (:func:`~pipelines.detectors.calibration.held_back_rows`): a second model per feature,
+    fitted on the rows before, forecasts those. An in-sample calibration alone let the fixed
+    threshold flag many times the share of new rows asked for. ``score`` and
     ``feature_score`` are the same, and ``lower``/``upper`` are where the score reaches the
     threshold.
 
@@ -176,15 +169,14 @@ class ProphetDetector(BaseDetector):
             return models
 
         self.models_ = fit(X, previous, "the champion")
-        held_back = int(len(X) * CALIBRATION_FRACTION)
-        if held_back >= _MIN_CALIBRATION_ROWS and len(X) - held_back >= _MIN_TRAINING_ROWS:
+        held_back = held_back_rows(len(X), _MIN_TRAINING_ROWS)
+        if held_back:
             head, tail = X.iloc[:-held_back], X.iloc[-held_back:]
             # Started from the whole window's optimum only to converge sooner: the MAP fit on the
             # head is the head's own, so the tail stays out of sample.
             expected, half = self._forecast(tail.index, fit(head, self.models_, "the whole window's fit"))
             raw = np.vstack([_outside(X.to_numpy(), *self._forecast(X.index)), _outside(tail.to_numpy(), expected, half)])
         else:
-            held_back = 0
             raw = _outside(X.to_numpy(), *self._forecast(X.index))
         self.calibration_rows_ = held_back
         self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]

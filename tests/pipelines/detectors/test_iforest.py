@@ -85,6 +85,22 @@ def test_warm_up_without_history_scores_every_row(series) -> None:
 def test_summary_describes_the_forest(detector: IsolationForestDetector) -> None:
     summary = detector.summary()
     assert summary["n_estimators"] == 200 and summary["max_samples"] == 256
+    assert summary["calibration_rows"] == detector.calibration_rows_ == int(detector.training_rows_ * 0.2)
+
+
+def test_calibration_adds_scores_of_rows_the_forest_did_not_see(series, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, test = series
+    held_back = IsolationForestDetector().fit(train)
+    monkeypatch.setattr("pipelines.detectors.calibration.HELD_BACK_FRACTION", 0.0)
+    in_sample = IsolationForestDetector().fit(train)
+    assert in_sample.calibration_rows_ == 0 and held_back.calibration_rows_ > 0
+    # The same forest serves; only its calibration differs.
+    forest_scores = [d.model_.score_samples(d.features(test)) for d in (held_back, in_sample)]
+    np.testing.assert_array_equal(*forest_scores)
+    assert not np.array_equal(held_back.detect(test, history=train).score, in_sample.detect(test, history=train).score)
+    assert load_detector("iforest", held_back.to_files()).calibration_rows_ == held_back.calibration_rows_
+    # A window too short to spare 50 rows calibrates on the rows it fitted.
+    assert IsolationForestDetector().fit(train.iloc[:200]).calibration_rows_ == 0
 
 
 def test_artifact_holds_the_model_as_skops(detector: IsolationForestDetector) -> None:

@@ -136,7 +136,7 @@ def test_held_back_rows_keep_the_threshold_honest_on_new_data(seed: int, monkeyp
     train, future = _wandering(seed)
     held_back = ProphetDetector(threshold_value=0.01).fit(train)
     assert held_back.calibration_rows_ == int(len(train) * 0.2) and held_back.summary()["calibration_rows"] == 134
-    monkeypatch.setattr("pipelines.detectors.prophet.CALIBRATION_FRACTION", 0.0)
+    monkeypatch.setattr("pipelines.detectors.calibration.HELD_BACK_FRACTION", 0.0)
     in_sample = ProphetDetector(threshold_value=0.01).fit(train)
     assert in_sample.calibration_rows_ == 0
     # Asked for 1 % of the rows: in-sample calibration flags 15-92 % of the next week, held-back a few %.
