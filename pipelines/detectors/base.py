@@ -367,9 +367,13 @@ def _check_frame(frame: Any, what: str) -> pd.DataFrame:
         raise ModelError(f"{what} must be indexed by UTC timestamps or row numbers, got a {type(index).__name__}")
     if not (frame.index.is_monotonic_increasing and frame.index.is_unique):
         raise ModelError(f"{what} must be sorted by its index without duplicates; sort it and drop repeated rows")
-    dtypes = frame.dtypes
+    dtypes = frame.dtypes.tolist()
+    # The usual frame, all float64, is returned without reading its column names: with string
+    # columns that costs more than the rest of these checks.
+    if all(dtype == "float64" for dtype in dtypes):
+        return frame
     text = [str(c) for c, dtype in zip(frame.columns, dtypes, strict=True) if not pd.api.types.is_numeric_dtype(dtype)]
     if text:
         raise ModelError(f"{what} has non-numeric feature columns {text}; features must be numbers")
     # A copy only when some column is not float64 yet: scoring never writes into the frame.
-    return frame if (dtypes == "float64").all() else frame.astype("float64")
+    return frame.astype("float64")

@@ -47,21 +47,23 @@ class _PiecewiseLinear:
         # is unambiguous.
         segment = np.searchsorted(knots, edges, side="right") - 1
         self.ambiguous = (segment[1:] != segment[:-1]) if span > 0 else np.ones(1, dtype=bool)
-        # Clipped to real segments once here rather than per point: points outside the knots
-        # get their value set apart, and those inside are binary-searched to a real segment.
+        # Clipped to real segments here, once, instead of every point's segment on every call:
+        # points outside the knots get their value set apart, and those inside a bucket holding
+        # a knot are binary-searched.
         self.bucket_segment = np.clip(segment[:-1] if span > 0 else segment, 0, max(knots.size - 2, 0))
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """The values at ``points`` (any shape; NaN stays NaN)."""
+        return self.values_and_outside(np.ravel(points))[0].reshape(np.shape(points))
+
+    def values_and_outside(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The values at the points of the 1-d ``x``, and the indices of the points outside
+        ``[knots[0], knots[-1])`` (NaN included), or None when not worked out."""
         knots = self.knots
         if knots.size < 2 or self.inverse_width == 0.0:
-            return np.asarray(np.interp(points, knots, self.values, left=self.left))
-        return self._flat(np.ravel(points)).reshape(np.shape(points))
-
-    def _flat(self, x: np.ndarray) -> np.ndarray:
+            return np.asarray(np.interp(x, knots, self.values, left=self.left)), None
         # Few new arrays: at 100,000 points each costs about as much as the arithmetic on it
         # (fresh memory), so every array is reused in place once its content is no longer needed.
-        knots = self.knots
         with np.errstate(invalid="ignore"):  # NaN and inf land in a clipped bucket and are set below
             position = np.subtract(x, knots[0])
             position *= self.inverse_width
@@ -82,7 +84,7 @@ class _PiecewiseLinear:
         outside = np.flatnonzero(np.logical_not(inside, out=inside))
         beyond = x[outside]
         out[outside] = np.where(beyond < knots[0], self.left, np.where(beyond >= knots[-1], self.values[-1], np.nan))
-        return out
+        return out, outside
 
 
 class ScoreCalibrator:
@@ -146,11 +148,17 @@ class ScoreCalibrator:
     def transform(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated scores in [0, 1]; NaN stays NaN."""
         raw = np.asarray(raw, dtype="float64")
-        out = self._body_map()(raw)
-        flat_raw, flat_out = raw.reshape(-1), out.reshape(-1)
-        tail = np.flatnonzero(flat_raw > self.tail_start_)
-        flat_out[tail] = 1.0 - self.tail_mass_ * np.exp((self.tail_start_ - flat_raw[tail]) / self.tail_scale_)
-        return out
+        flat_raw = raw.reshape(-1)
+        body = self._body_map()
+        out, outside = body.values_and_outside(flat_raw)
+        if outside is not None and self.tail_start_ >= body.knots[-1]:
+            # The tail starts where the body's knots end (as fitted): only points outside them
+            # can be in it, and comparing those few is cheaper than comparing every point.
+            tail = outside[flat_raw[outside] > self.tail_start_]
+        else:
+            tail = np.flatnonzero(flat_raw > self.tail_start_)
+        out[tail] = 1.0 - self.tail_mass_ * np.exp((self.tail_start_ - flat_raw[tail]) / self.tail_scale_)
+        return out.reshape(raw.shape)
 
     def surprise(self, raw: np.ndarray) -> np.ndarray:
         """``-log(1 - transform(raw))``: the same order, without the ceiling at 1.0.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import timedelta
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,8 @@ _MAD_TO_SIGMA = 1.4826
 _MIN_SLOT_POINTS = 50
 #: Fewest training rows: the score calibration needs a spread of training scores.
 _MIN_TRAINING_ROWS = 20
+#: Nanoseconds in one tick of each unit a DatetimeIndex may have.
+_TICK_NANOSECONDS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
 def season_slots(season: str | timedelta, step: timedelta) -> int:
@@ -75,6 +77,8 @@ class SeasonalMADDetector(BaseDetector):
         Robust scale of the residuals per slot and feature.
     calibrators_ : list of ScoreCalibrator
         Calibration of the raw scores of each feature.
+    raw_at_threshold_ : ndarray of shape (n_features_in_,)
+        Raw score of each feature whose calibrated score reaches ``threshold_``.
     threshold_, lookback_, n_features_in_, feature_names_in_, training_rows_ :
         See :class:`~pipelines.detectors.base.BaseDetector`; ``lookback_`` is ``level_window``.
     """
@@ -96,6 +100,16 @@ class SeasonalMADDetector(BaseDetector):
         self.min_scale = min_scale
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
+
+    def fit(self, X: pd.DataFrame, *, warm_start: BaseDetector | None = None) -> Self:
+        """See :meth:`BaseDetector.fit`."""
+        super().fit(X, warm_start=warm_start)
+        self._learn_raw_at_threshold()
+        return self
+
+    def _learn_raw_at_threshold(self) -> None:
+        # Once per fit (threshold_ is set after _fit) rather than on every detect.
+        self.raw_at_threshold_ = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
 
     def _fit(self, X: pd.DataFrame, params: SeasonalMADParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to calibrate its scores")
@@ -150,13 +164,27 @@ class SeasonalMADDetector(BaseDetector):
             return np.zeros(len(index), dtype=np.int64)
         if not self.time_indexed_:
             return np.asarray(index, dtype=np.int64) % self.season_
-        # Integer nanoseconds since the epoch: the same arithmetic as on Timedeltas, without
-        # pandas building three intermediate indexes per call.
-        since = index.as_unit("ns").asi8
+        # Integer ticks of the index's own unit since the epoch: the same arithmetic as on
+        # Timedeltas, without pandas building intermediate indexes (or a nanosecond copy) per call.
+        # Durations that are whole ticks give the same slots in ticks as in nanoseconds.
+        since, tick = index.asi8, _TICK_NANOSECONDS[index.unit]
         step = self.step_.value
-        if isinstance(self.season_, pd.Timedelta):
-            return np.minimum((since % self.season_.value) // step, self.n_slots_ - 1)
-        return (since // step) % self.season_
+        season = self.season_.value if isinstance(self.season_, pd.Timedelta) else None
+        if step % tick or (season or 0) % tick:
+            since, tick = index.as_unit("ns").asi8, 1
+        # In place after the first operation, which must not write into the index: at 100,000
+        # rows a new array costs about as much as the arithmetic.
+        if season is not None:
+            # since % season, from floor divisions: numpy divides by a constant much faster than
+            # it takes a remainder.
+            slots = np.floor_divide(since, season // tick)
+            slots *= season // tick
+            np.subtract(since, slots, out=slots)
+            slots //= step // tick
+            return np.minimum(slots, self.n_slots_ - 1, out=slots)
+        slots = np.floor_divide(since, step // tick)
+        slots %= self.season_
+        return slots
 
     def _expected(self, values: np.ndarray, slots: np.ndarray) -> np.ndarray:
         profile = self.profile_[slots]
@@ -166,11 +194,14 @@ class SeasonalMADDetector(BaseDetector):
         return profile + np.where(np.isnan(level), self.level_fallback_, level)
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        if len(self.calibrators_) == 1:  # the one column as it is, without a stacked copy
+            return self.calibrators_[0].transform(raw)
         return np.column_stack([c.transform(raw[:, f]) for f, c in enumerate(self.calibrators_)])
 
     def _raw(self, z: np.ndarray) -> np.ndarray:
-        """Raw scores from residuals in robust units (rows in time order, history first)."""
-        return np.abs(z)
+        """Raw scores from residuals in robust units (rows in time order, history first); may
+        overwrite ``z``."""
+        return np.abs(z, out=z)
 
     def _bounds(self, z: np.ndarray, raw_at_threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per row, the residuals (robust units, above and below ``expected``) that reach the threshold."""
@@ -179,25 +210,30 @@ class SeasonalMADDetector(BaseDetector):
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
         frame = pd.concat([history, X]) if len(history) else X
+        n_history = len(history)
         slots = self._slots(frame.index)
-        expected = self._expected(frame.to_numpy(), slots)
+        values = frame.to_numpy()
+        expected = self._expected(values, slots)
         scale = self.scale_[slots]
-        z = (frame.to_numpy() - expected) / scale
-        raw = self._raw(z)[len(history) :]
-        score = self._calibrate(raw)
-        raw_at_threshold = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
-        above, below = (bound[len(history) :] for bound in self._bounds(z, raw_at_threshold))
-        scale = scale[len(history) :]
+        z = np.subtract(values, expected)
+        z /= scale
+        above, below = self._bounds(z, self.raw_at_threshold_)
+        score = self._calibrate(self._raw(z)[n_history:])  # last: it may overwrite z
+        scale = scale[n_history:]
+        # Symmetric bounds (the same array twice) are computed once, into the scale's own
+        # array: at 100,000 rows a new array costs about as much as the arithmetic.
+        below = None if below is above else below[n_history:] * scale
+        half_width = np.multiply(above[n_history:], scale, out=scale)
         return make_detection(
             X.index,
             list(X.columns),
             X.to_numpy(),
-            expected[len(history) :],
-            above * scale,
+            expected[n_history:],
+            half_width,
             score,
             score,
             score >= self.threshold_,
-            below=below * scale,
+            below=below,
         )
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
@@ -222,6 +258,7 @@ class SeasonalMADDetector(BaseDetector):
         self.profile_ = arrays["profile_"]
         self.level_fallback_ = arrays["level_fallback_"]
         self.scale_ = arrays["scale_"]
+        self._learn_raw_at_threshold()
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -130,3 +130,10 @@ def test_the_segment_lookup_gives_exactly_np_interp(seed: int) -> None:
     expected = np.where(raw > calibrator.tail_start_, tail, body)
     np.testing.assert_array_equal(calibrator.transform(raw), expected)
     assert calibrator.transform(np.float64(knots[0])).shape == ()
+
+
+def test_a_column_of_raw_scores_is_calibrated_as_a_column(calibrator: ScoreCalibrator, training_raw: np.ndarray) -> None:
+    raw = np.r_[training_raw, training_raw.max() * 2, np.nan]
+    column = calibrator.transform(raw[:, None])
+    assert column.shape == (raw.size, 1)
+    np.testing.assert_array_equal(column[:, 0], calibrator.transform(raw))

@@ -139,3 +139,16 @@ def test_summary_describes_the_season(detector: SeasonalMADDetector) -> None:
     summary = detector.summary()
     assert summary["season_slots"] == 24 and summary["step"] == "0 days 01:00:00"
     assert summary["median_scale"] == pytest.approx([1.0, 1.0], abs=0.2)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_detection_does_not_depend_on_the_unit_of_the_timestamps(series, unit: str) -> None:
+    # Slots are computed in the index's own unit; they must be those of nanoseconds.
+    def in_unit(frame: pd.DataFrame, unit: str) -> pd.DataFrame:
+        return frame.set_axis(frame.index.as_unit(unit))
+
+    train, test = series
+    reference = SeasonalMADDetector().fit(in_unit(train, "ns")).detect(in_unit(test, "ns"), history=in_unit(train, "ns"))
+    detection = SeasonalMADDetector().fit(in_unit(train, unit)).detect(in_unit(test, unit), history=in_unit(train, unit))
+    for field in ("expected", "lower", "upper", "score", "is_anomaly"):
+        np.testing.assert_array_equal(getattr(detection, field), getattr(reference, field))
