@@ -154,11 +154,10 @@ def merge_rows(previous: str, rows: list[list[str]]) -> tuple[list[list[str]], l
     (new detectors appended), and the detectors kept from it: so one detector can be replayed
     again without replaying them all."""
     fresh = {row[0]: row for row in rows}
-    kept = [row for row in table_rows(previous) if len(row) == len(HEADERS) and row[0] not in fresh]
-    order = [row[0] for row in table_rows(previous) if len(row) == len(HEADERS)]
-    merged = {row[0]: row for row in [*kept, *rows]}
-    labels = [label for label in order if label in merged] + [row[0] for row in rows if row[0] not in order]
-    return [merged[label] for label in labels], [row[0] for row in kept]
+    earlier = [row for row in table_rows(previous) if len(row) == len(HEADERS)]
+    kept = [row[0] for row in earlier if row[0] not in fresh]
+    merged = [fresh.pop(row[0], row) for row in earlier]
+    return [*merged, *fresh.values()], kept
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,8 +66,8 @@ class AlertState:
     last timestamp its snooze covers and ``snooze_peak`` to the peak score of the alert that
     snoozed it (an event beating it escalates through the snooze); ``held`` maps a series to the
     events held while snoozed (listed in its next message); ``digest`` holds the events of the
-    digest still to be sent, by key; ``digest_progress`` the channels a digest being sent has reached; ``digests_sent`` the
-    cut-off times of the digests already sent.
+    digest still to be sent, by key; ``digest_progress`` the channels a digest being sent has
+    reached; ``digests_sent`` the cut-off times of the digests already sent.
     """
 
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)

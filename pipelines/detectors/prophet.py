@@ -169,15 +169,14 @@ class ProphetDetector(BaseDetector):
             return models
 
         self.models_ = fit(X, previous, "the champion")
+        raw = _outside(X.to_numpy(), *self._forecast(X.index))
         held_back = held_back_rows(len(X), _MIN_TRAINING_ROWS)
         if held_back:
             head, tail = X.iloc[:-held_back], X.iloc[-held_back:]
             # Started from the whole window's optimum only to converge sooner: the MAP fit on the
             # head is the head's own, so the tail stays out of sample.
             expected, half = self._forecast(tail.index, fit(head, self.models_, "the whole window's fit"))
-            raw = np.vstack([_outside(X.to_numpy(), *self._forecast(X.index)), _outside(tail.to_numpy(), expected, half)])
-        else:
-            raw = _outside(X.to_numpy(), *self._forecast(X.index))
+            raw = np.vstack([raw, _outside(tail.to_numpy(), expected, half)])
         self.calibration_rows_ = held_back
         self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]
         return self._calibrate(raw)
