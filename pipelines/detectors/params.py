@@ -144,7 +144,10 @@ class AutoParams(DetectorParams):
         None, min_length=1, description="Detector kinds to try; null tries all."
     )
     holdout_fraction: float = Field(0.25, ge=0.1, le=0.5, description="Share of training rows held back.")
-    random_state: int = Field(0, description="Seed of the planted anomalies.")
+    random_state: int = Field(0, description="Seed of the first planting of anomalies.")
+    plantings: int = Field(
+        5, ge=1, le=50, description="Times anomalies are planted in the held-back rows; candidates rank by mean event F1."
+    )
 
 
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {

@@ -4,9 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.detectors import load_detector
+from pipelines.detectors import load_detector, make_detector
 from pipelines.detectors.auto import AutoDetector
-from pipelines.detectors.synthetic import SHIFT_NEWS_ROWS, event_f1, inject_anomalies, robust_scale
+from pipelines.detectors.synthetic import (
+    SHIFT_NEWS_ROWS,
+    event_f1,
+    inject_anomalies,
+    mean_event_f1,
+    plant_repeatedly,
+    robust_scale,
+)
 from pipelines.errors import ModelError
 
 
@@ -94,3 +101,28 @@ def test_a_seasonal_candidate_runs_without_a_season_on_a_short_history() -> None
     restored = load_detector("auto", detector.to_files())
     assert restored.model_.season_fallback_ == detector.model_.season_fallback_
     np.testing.assert_array_equal(restored.detect(frame).score, detector.detect(frame).score)
+
+
+def test_a_trial_is_the_mean_over_its_plantings_of_one_candidate_fitted_once(frame) -> None:
+    training = frame.iloc[:-48]
+    detector = AutoDetector(candidates=["seasonal_mad"], plantings=3, random_state=4).fit(training)
+    (trial,) = detector.trials_
+    split = int(len(training) * 0.75)
+    head, tail = training.iloc[:split], training.iloc[split:]
+    plantings = plant_repeatedly(tail, robust_scale(head), seed=4, times=3)
+    candidate = make_detector("seasonal_mad", {}).fit(head)
+    each = [event_f1(candidate.detect(p.frame, history=head).is_anomaly.any(axis=1), p) for p in plantings]
+    assert trial["f1"] == pytest.approx(np.mean([e["f1"] for e in each]), abs=1e-4)
+    assert trial["recall"] == pytest.approx(np.mean([e["recall"] for e in each]), abs=1e-4)
+    assert "mean of 3 plantings" in detector.reason_
+
+
+def test_plantings_differ_and_the_first_is_the_seed_s_own(frame) -> None:
+    clean = frame.iloc[-300:]
+    scale = robust_scale(clean)
+    plantings = plant_repeatedly(clean, scale, seed=3, times=3)
+    assert plantings[0].events == inject_anomalies(clean, scale, seed=3).events
+    assert len({tuple(p.events) for p in plantings}) == 3
+    # Found in the first planting only: a third of its F1 and recall, full precision where it flagged.
+    flags = [plantings[0].news_rows, np.zeros(len(clean), dtype=bool), np.zeros(len(clean), dtype=bool)]
+    assert mean_event_f1(flags, plantings) == pytest.approx({"f1": 1 / 3, "precision": 1 / 3, "recall": 1 / 3})
