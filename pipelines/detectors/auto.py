@@ -131,7 +131,7 @@ class AutoDetector(BaseDetector):
             "seconds": round(time.perf_counter() - started, 3),
         }
 
-    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         return self.model_.detect(X, history=history)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:

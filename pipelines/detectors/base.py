@@ -65,6 +65,14 @@ class Detection:
         )
 
 
+def with_history(X: pd.DataFrame, history: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
+    """The rows of ``history`` (if any) then those of ``X`` as one frame, and how many came from
+    ``history``."""
+    if history is None:
+        return X, 0
+    return pd.concat([history, X]), len(history)
+
+
 def make_detection(
     index: pd.Index,
     features: list[str],
@@ -243,7 +251,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
                     f"{history.index[-1]}; pass only earlier rows as history"
                 )
         else:
-            history = X.iloc[:0]
+            history = None  # not an empty frame: slicing one costs more than the checks above
         return self._detect(X, history)
 
     def _check_features(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -264,8 +272,9 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         return frame.set_axis(columns, axis=1)[expected]
 
     @abstractmethod
-    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
-        """Score ``X`` with checked columns; ``history`` is checked and possibly empty."""
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
+        """Score ``X`` with checked columns; ``history`` is checked, and None rather than empty
+        (:func:`with_history` joins them)."""
 
     # -- artifacts ------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
 from pipelines.detectors.calibration import ScoreCalibrator, held_back_rows
 from pipelines.detectors.features import fill_missing, rolling_expected, window_features
 from pipelines.detectors.params import IsolationForestParams
@@ -202,10 +202,11 @@ class IsolationForestDetector(BaseDetector):
         largest = np.nan_to_num(np.column_stack(features), nan=0.0).max(axis=1) if features else forest
         return np.maximum(forest, largest)
 
-    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
-        values = fill_missing(pd.concat([history, X]), pd.Series(self.medians_, index=X.columns))
-        features = self.features(values)[len(history) :]
-        expected = rolling_expected(values, self.window).to_numpy()[len(history) :]
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
+        frame, n_history = with_history(X, history)
+        values = fill_missing(frame, pd.Series(self.medians_, index=X.columns))
+        features = self.features(values)[n_history:]
+        expected = rolling_expected(values, self.window).to_numpy()[n_history:]
         observed = X.to_numpy()
         deviation = np.abs(observed - expected)
         feature_score = self._feature_scores(deviation)

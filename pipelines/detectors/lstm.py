@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import LSTMParams
 from pipelines.errors import MissingDependencyError
@@ -181,11 +181,12 @@ class LSTMDetector(BaseDetector):
         network.load_state_dict({name: torch.from_numpy(array) for name, array in self.state_dict_.items()})
         return network.eval()
 
-    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         torch = _torch()
         values = X.to_numpy()
-        standard = self._standard(pd.concat([history, X]).to_numpy())
-        expected = self._forecast(torch, self._loaded_network(), standard, n_history=len(history))
+        frame, n_history = with_history(X, history)
+        standard = self._standard(frame.to_numpy())
+        expected = self._forecast(torch, self._loaded_network(), standard, n_history=n_history)
         score = self._calibrate(np.abs(values - expected) / (self.error_scale_ * self.scale_))
         beyond = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
         half_width = np.broadcast_to(beyond * self.error_scale_ * self.scale_, values.shape)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import MSETParams
 from pipelines.detectors.sequential import single_step_residual, sprt_evidence
@@ -243,10 +243,9 @@ class MSETDetector(BaseDetector):
         surprises = np.column_stack([c.surprise(raw[:, j]) for j, c in enumerate(self.feature_calibrators_)])
         return surprises.max(axis=1)
 
-    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
-        frame = pd.concat([history, X])
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
+        frame, n_history = with_history(X, history)
         values = frame.to_numpy()
-        n_history = len(history)
         expected = np.broadcast_to(self.center_, values.shape).copy()
         half_width = np.zeros(values.shape)
         feature_score = np.zeros(values.shape)

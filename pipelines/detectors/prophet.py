@@ -195,7 +195,7 @@ class ProphetDetector(BaseDetector):
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         return np.column_stack([c.transform(raw[:, f]) for f, c in enumerate(self.calibrators_)])
 
-    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         values = X.to_numpy()
         if not len(X):
             empty = np.zeros(values.shape)

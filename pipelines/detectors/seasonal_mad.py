@@ -10,7 +10,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import SeasonalMADParams
 from pipelines.durations import parse_duration
@@ -208,9 +208,8 @@ class SeasonalMADDetector(BaseDetector):
         width = np.broadcast_to(raw_at_threshold, z.shape)
         return width, width
 
-    def _detect(self, X: pd.DataFrame, history: pd.DataFrame) -> Detection:
-        frame = pd.concat([history, X]) if len(history) else X
-        n_history = len(history)
+    def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
+        frame, n_history = with_history(X, history)
         slots = self._slots(frame.index)
         values = frame.to_numpy()
         expected = self._expected(values, slots)
