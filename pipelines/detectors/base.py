@@ -362,6 +362,17 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _column_dtypes(frame: pd.DataFrame) -> list[Any]:
+    """The dtype of each column of ``frame``, in order.
+
+    ``DataFrame.dtypes`` builds a Series of them, which took 0.1 ms with the caches cold after
+    scoring: 5 % of a 10,000-row seasonal_mad score. pandas' block manager lists them without
+    it; ``DataFrame.dtypes`` (public) serves if a pandas release drops that private method.
+    """
+    get_dtypes = getattr(getattr(frame, "_mgr", None), "get_dtypes", None)
+    return list(get_dtypes()) if callable(get_dtypes) else frame.dtypes.tolist()
+
+
 def _check_frame(frame: Any, what: str) -> pd.DataFrame:
     """``frame`` as float64, after checking its type and index."""
     if not isinstance(frame, pd.DataFrame):
@@ -376,7 +387,7 @@ def _check_frame(frame: Any, what: str) -> pd.DataFrame:
         raise ModelError(f"{what} must be indexed by UTC timestamps or row numbers, got a {type(index).__name__}")
     if not (frame.index.is_monotonic_increasing and frame.index.is_unique):
         raise ModelError(f"{what} must be sorted by its index without duplicates; sort it and drop repeated rows")
-    dtypes = frame.dtypes.tolist()
+    dtypes = _column_dtypes(frame)
     # The usual frame, all float64, is returned without reading its column names: with string
     # columns that costs more than the rest of these checks.
     if all(dtype == "float64" for dtype in dtypes):
