@@ -40,7 +40,7 @@ from pipelines.detectors.search_spaces import (
     default_detectors,
     restricted_space,
 )
-from pipelines.detectors.synthetic import Injected, event_f1, inject_anomalies
+from pipelines.detectors.synthetic import Injected, mean_event_f1, plant_repeatedly
 from pipelines.errors import ConfigError, ModelError
 from pipelines.training import detector_for, feature_scale, holdout_error, load_champion, register_model, registry_for
 from pipelines.workspace import Window, utcnow
@@ -72,17 +72,17 @@ def objective_value(f1: float, error: float) -> float:
 class Holdout:
     """The data every candidate (and the champion) is judged on.
 
-    ``head`` is fitted; ``clean`` is the held-back tail as it is (forecast error); ``scored`` is
-    what the detections are taken on (``clean`` with planted anomalies, or ``clean`` itself when
-    true labels are scored), and ``events`` the row ranges in it that should be flagged.
+    ``head`` is fitted; ``clean`` is the held-back tail as it is (forecast error); each of
+    ``plantings`` is a frame the detections are taken on with the row ranges in it that should be
+    flagged: ``clean`` with planted anomalies (``tune.plantings`` draws), or ``clean`` itself
+    with the true labels' rows (one).
     """
 
     objective: str
     reason: str
     head: pd.DataFrame
     clean: pd.DataFrame
-    scored: pd.DataFrame
-    events: Injected
+    plantings: list[Injected]
     scale: np.ndarray
     labels: dict[str, int] = field(default_factory=dict)
 
@@ -94,7 +94,8 @@ class Holdout:
             "head_rows": len(self.head),
             "held_back_rows": len(self.clean),
             "held_back_start": _iso(self.clean.index[0]),
-            "events": len(self.events.events),
+            "events": len(self.plantings[0].events),
+            "plantings": len(self.plantings),
             "labels": self.labels,
         }
 
@@ -151,11 +152,10 @@ def prepare_holdout(job: JobConfig, series: str, data: pd.DataFrame) -> Holdout:
         )
     scale = feature_scale(head)
     if not labels:
-        planted = inject_anomalies(clean, scale, seed=job.tune.seed)
         return Holdout(
             "unlabeled",
             "no labels for this series in the window: anomalies planted in the held-back tail",
-            head, clean, planted.frame, planted, scale,
+            head, clean, plant_repeatedly(clean, scale, seed=job.tune.seed, times=job.tune.plantings), scale,
         )
     # One event per distinct row range: labels of several features over one stretch are one event.
     events = sorted({(int(r[0]) - split, int(r[-1]) - split) for r in true_rows if r[0] >= split})
@@ -167,16 +167,16 @@ def prepare_holdout(job: JobConfig, series: str, data: pd.DataFrame) -> Holdout:
     }
     if events:
         reason = f"{counts['true_scored']} true anomaly label(s) in the held-back rows are the events to find"
-        return Holdout("labeled", reason, head, clean, clean, Injected(clean, events), scale, counts)
-    planted = inject_anomalies(clean, scale, seed=job.tune.seed)
+        return Holdout("labeled", reason, head, clean, [Injected(clean, events)], scale, counts)
+    planted = plant_repeatedly(clean, scale, seed=job.tune.seed, times=job.tune.plantings)
     reason = "labels exist but no true anomaly falls in the held-back rows: planted anomalies are the events"
-    return Holdout("labeled", reason, head, clean, planted.frame, planted, scale, counts)
+    return Holdout("labeled", reason, head, clean, planted, scale, counts)
 
 
 def evaluate(detector: BaseDetector, holdout: Holdout) -> dict[str, float]:
     """Score a detector fitted on ``holdout.head``: event F1, precision, recall, forecast error, objective."""
-    flagged = np.asarray(detector.detect(holdout.scored, history=holdout.head).is_anomaly).any(axis=1)
-    parts = event_f1(flagged, holdout.events)
+    flags = [np.asarray(detector.detect(p.frame, history=holdout.head).is_anomaly).any(axis=1) for p in holdout.plantings]
+    parts = mean_event_f1(flags, holdout.plantings)
     error = holdout_error(detector, holdout.clean, holdout.head, holdout.scale)
     return {
         **{name: round(value, 4) for name, value in parts.items()},

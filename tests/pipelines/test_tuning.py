@@ -82,7 +82,7 @@ def test_tuning_beats_the_configured_params_on_the_same_held_back_data(tmp_path,
     holdout = prepare_holdout(job, SERIES, daily)
     configured = evaluate(detector_for(job).fit(holdout.head), holdout)
     tuned = evaluate(detector_for(job, result["params"], result["kind"]).fit(holdout.head), holdout)
-    assert holdout.objective == "unlabeled" and len(holdout.events.events) >= 3
+    assert holdout.objective == "unlabeled" and len(holdout.plantings) == 5 and len(holdout.plantings[0].events) >= 3
     assert tuned["objective"] == pytest.approx(result["objective"])
     assert tuned["objective"] > configured["objective"] + 0.01
     assert result["default_objective"] == pytest.approx(configured["objective"])
@@ -216,7 +216,7 @@ def test_feedback_switches_the_next_tuning_to_the_labeled_objective(tmp_path, da
     # The champion is judged on the labeled objective too, so its score changed with the feedback.
     assert history[-1]["decision"]["champion"]["objective"] != history[0]["decision"]["challenger"]["objective"]
     holdout = prepare_holdout(job, SERIES, data)
-    assert holdout.events.events == [(len(holdout.clean) - 60, len(holdout.clean) - 55)]
+    assert [p.events for p in holdout.plantings] == [[(len(holdout.clean) - 60, len(holdout.clean) - 55)]]
 
 
 def test_labels_in_the_fitted_part_pull_the_split_but_never_score_against_themselves(tmp_path, daily, monkeypatch):
@@ -230,7 +230,7 @@ def test_labels_in_the_fitted_part_pull_the_split_but_never_score_against_themse
     # The default split (75 %) is at row 378; the first labeled row in reach is 400 > 378, so the
     # split stays; the label at row 30 lies in the fitted head and is only counted.
     assert len(holdout.head) == 378 and holdout.objective == "labeled"
-    assert holdout.events.events == [(400 - 378, 405 - 378)]
+    assert [p.events for p in holdout.plantings] == [[(400 - 378, 405 - 378)]]
     assert holdout.labels == {"true": 2, "false": 0, "true_scored": 1, "true_in_fitted_part": 1}
     assert json.dumps(holdout.describe())  # recorded as JSON in the registry
 
@@ -241,7 +241,7 @@ def test_a_label_before_the_default_split_moves_it_earlier(tmp_path, daily, monk
     start = daily.index[300].to_pydatetime().astimezone(UTC)
     monkeypatch.setattr(tuning, "_series_labels", lambda job, series, data: [_Label(start, daily.index[303].to_pydatetime(), True)])
     holdout = prepare_holdout(make_job(tmp_path, {"kind": "seasonal_mad"}), SERIES, daily)
-    assert len(holdout.head) == 300 and holdout.events.events == [(0, 3)]
+    assert len(holdout.head) == 300 and [p.events for p in holdout.plantings] == [[(0, 3)]]
 
 
 def test_train_ignores_a_tuned_kind_the_job_no_longer_uses(tmp_path, daily, caplog):
