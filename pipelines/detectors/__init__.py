@@ -21,6 +21,7 @@ __all__ = ["DETECTORS", "BaseDetector", "Detection", "load_detector", "make_dete
 @cache
 def _registry() -> dict[str, type[BaseDetector]]:
     from pipelines.detectors.auto import AutoDetector
+    from pipelines.detectors.context import ContextDetector
     from pipelines.detectors.iforest import IsolationForestDetector
     from pipelines.detectors.level_shift import LevelShiftDetector
     from pipelines.detectors.lstm import LSTMDetector
@@ -30,6 +31,7 @@ def _registry() -> dict[str, type[BaseDetector]]:
 
     return {
         "auto": AutoDetector,
+        "context": ContextDetector,
         "iforest": IsolationForestDetector,
         "level_shift": LevelShiftDetector,
         "lstm": LSTMDetector,

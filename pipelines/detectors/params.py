@@ -133,14 +133,45 @@ class LevelShiftParams(SeasonalMADParams):
     drift: float = Field(1.5, gt=0.0, le=20.0, description="Shift size (robust scales) the test is tuned to.")
 
 
+class ContextParams(DetectorParams):
+    """Contextual sequence memory (after CAD OSE): how new is each step's quantised value in the
+    context of the steps before it."""
+
+    value_bits: int = Field(3, ge=1, le=8, description="Bits of the quantised value: 2**value_bits levels.")
+    margin: float = Field(
+        1.0, ge=0.0, le=10.0,
+        description="Room left below and above the training range, in training ranges, inside the levels.",
+    )
+    rest_rows: int = Field(
+        150, ge=0, le=100_000, description="Rows scored 0 after a raw score of rest_above or more (0: none)."
+    )
+    rest_above: float = Field(0.75, gt=0.0, le=1.0, description="Raw score that starts a rest.")
+    max_left_facts: int = Field(7, ge=1, le=64, description="Largest overlap a derived context may have.")
+    max_active: int = Field(15, ge=1, le=256, description="Most active contexts carried to the next step.")
+    value_range: tuple[float, float] | None = Field(
+        None,
+        description=(
+            "Values the levels span, when known in advance (e.g. [0, 100] for a percentage): used "
+            "as given, for every feature, instead of the training range widened by margin."
+        ),
+    )
+
+    @field_validator("value_range")
+    @classmethod
+    def _increasing_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("must be [low, high] with low < high")
+        return value
+
+
 #: What ``model: auto`` tries, cheapest first.
-AUTO_CANDIDATES = ("seasonal_mad", "level_shift", "iforest", "mset", "prophet", "lstm")
+AUTO_CANDIDATES = ("seasonal_mad", "level_shift", "iforest", "context", "mset", "prophet", "lstm")
 
 
 class AutoParams(DetectorParams):
     """Chooses the detector per series by how well each finds anomalies planted in held-back data."""
 
-    candidates: list[Literal["seasonal_mad", "level_shift", "iforest", "mset", "prophet", "lstm"]] | None = Field(
+    candidates: list[Literal["seasonal_mad", "level_shift", "iforest", "context", "mset", "prophet", "lstm"]] | None = Field(
         None, min_length=1, description="Detector kinds to try; null tries all."
     )
     holdout_fraction: float = Field(0.25, ge=0.1, le=0.5, description="Share of training rows held back.")
@@ -152,6 +183,7 @@ class AutoParams(DetectorParams):
 
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {
     "auto": AutoParams,
+    "context": ContextParams,
     "iforest": IsolationForestParams,
     "level_shift": LevelShiftParams,
     "lstm": LSTMParams,

@@ -39,3 +39,10 @@ def split_series() -> Callable[..., tuple[pd.DataFrame, pd.DataFrame]]:
         return frame.iloc[: 24 * train_days], frame.iloc[24 * train_days :]
 
     return make
+
+
+def spiked(frame: pd.DataFrame, rows: list[int], column: int = 0, size: float = 8.0) -> pd.DataFrame:
+    """A copy of ``frame`` with ``size`` added to ``column`` at ``rows``."""
+    out = frame.copy()
+    out.iloc[rows, column] += size
+    return out

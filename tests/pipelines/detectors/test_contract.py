@@ -24,6 +24,9 @@ from pipelines.errors import ConfigError, ModelError
 # Small settings keep the run short; they do not change what is checked.
 FAST_PARAMS: dict[str, dict] = {
     "auto": {"candidates": ["seasonal_mad", "mset"]},
+    # Without rests and with a low floor under its threshold, so that the contamination share is
+    # what decides, as the checks below expect (rests and the floor are tested in test_context).
+    "context": {"rest_rows": 0, "rest_above": 0.05},
     "iforest": {"n_estimators": 40, "window": 12},
     "lstm": {"max_epochs": 8, "hidden_size": 8, "window": 12},
     "level_shift": {"level_window": 12, "shift_window": 12},
@@ -75,7 +78,9 @@ def test_fit_returns_self_and_learns(kind: str, data) -> None:
     train, _ = data
     detector = make_detector(kind, FAST_PARAMS.get(kind, {}))
     assert detector.fit(train) is detector
-    assert 0.9 < detector.threshold_ < 1.0
+    # Calibrated scores are probabilities, so a 0.5 % threshold is high; context's score is its
+    # memory's raw share (see ContextDetector), whose threshold can sit anywhere in (0, 1).
+    assert (0.0 if kind == "context" else 0.9) < detector.threshold_ < 1.0
     assert isinstance(detector.lookback_, int) and detector.lookback_ >= 1
     assert detector.n_features_in_ == 2 and list(detector.feature_names_in_) == ["a", "b"]
     assert detector.training_rows_ == len(train)
@@ -185,7 +190,9 @@ def test_get_params_set_params_and_clone(kind: str, data) -> None:
 
 
 BAD_PARAMS = [
-    ("auto", "candidates", ["arima"], "'seasonal_mad', 'level_shift', 'iforest', 'mset', 'prophet' or 'lstm'"),
+    ("auto", "candidates", ["arima"], "'seasonal_mad', 'level_shift', 'iforest', 'context', 'mset', 'prophet' or 'lstm'"),
+    ("context", "value_range", (5.0, 1.0), r"must be \[low, high\] with low < high"),
+    ("context", "rest_rows", -1, "greater than or equal to 0"),
     ("level_shift", "shift_window", 0, "greater than or equal to 1"),
     ("level_shift", "drift", 0.0, "greater than 0"),
     ("auto", "holdout_fraction", 0.9, "less than or equal to 0.5"),
@@ -230,7 +237,7 @@ def test_bad_parameters_are_named(kind: str, name: str, value: object, message: 
 
 
 def test_unknown_kind_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of auto, iforest, level_shift, lstm, mset, prophet, seasonal_mad"):
+    with pytest.raises(ConfigError, match="unknown model kind 'arima'; choose one of auto, context, iforest, level_shift, lstm, mset, prophet, seasonal_mad"):
         make_detector("arima", {})
     with pytest.raises(ConfigError, match="unknown model kind 'arima'"):
         load_detector("arima", {})

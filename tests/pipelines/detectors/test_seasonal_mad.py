@@ -9,6 +9,7 @@ import pytest
 from pipelines.detectors import Detection, load_detector
 from pipelines.detectors.seasonal_mad import SeasonalMADDetector
 from pipelines.errors import ConfigError
+from tests.pipelines.detectors.conftest import spiked
 
 SPIKE_ROWS = [9, 40, 77, 118, 151]
 
@@ -21,12 +22,6 @@ def series(split_series: Callable) -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture
 def detector(series) -> SeasonalMADDetector:
     return SeasonalMADDetector().fit(series[0])
-
-
-def spiked(frame: pd.DataFrame, rows: list[int], column: int = 0, size: float = 8.0) -> pd.DataFrame:
-    out = frame.copy()
-    out.iloc[rows, column] += size
-    return out
 
 
 def test_flags_injected_spikes(detector: SeasonalMADDetector, series) -> None:

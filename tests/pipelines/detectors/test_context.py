@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.detectors.context import ContextDetector
+from tests.pipelines.detectors.conftest import spiked
+
+SPIKE_ROWS = [9, 40, 77, 118, 151]
+
+
+@pytest.fixture
+def series(split_series: Callable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return split_series(seed=7)
+
+
+@pytest.fixture
+def detector(series) -> ContextDetector:
+    # A rest shorter than the spacing of the spikes below, so that each can be flagged.
+    return ContextDetector(rest_rows=12).fit(series[0])
+
+
+def test_flags_injected_spikes(detector: ContextDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(spiked(test, SPIKE_ROWS), history=train)
+    assert detection.is_anomaly[SPIKE_ROWS, 0].sum() >= 4
+    assert detection.is_anomaly[:, 0].sum() <= len(SPIKE_ROWS) + 3
+
+
+def test_quiet_on_clean_data(detector: ContextDetector, series) -> None:
+    train, test = series
+    assert detector.detect(test, history=train).is_anomaly.mean() <= 0.02
+
+
+def test_flags_a_level_shift_near_its_start_then_learns_it(detector: ContextDetector, series) -> None:
+    train, test = series
+    shifted = test.copy()
+    shifted.iloc[48:, 0] += 8.0
+    assert detector.detect(shifted, history=train).is_anomaly[48:54, 0].any()
+    score = ContextDetector(rest_rows=0).fit(train).detect(shifted, history=train).score[:, 0]
+    assert score[48:72].mean() > score[96:].mean() + 0.15
+
+
+def test_flags_a_variance_change(detector: ContextDetector, series) -> None:
+    train, test = series
+    noisy = test.copy()
+    noisy.iloc[48:, 0] += np.random.default_rng(1).normal(scale=4.0, size=len(test) - 48)
+    flagged = detector.detect(noisy, history=train).is_anomaly[:, 0]
+    assert not flagged[:48].any() and flagged[48:72].any()
+
+
+def test_a_rest_follows_a_flag(series) -> None:
+    train, test = series
+    resting = ContextDetector(rest_rows=30).fit(train)
+    # A spike up, another within the rest, and one down after it (a spike like the first would
+    # be less new by then: the memory has seen two).
+    detection = resting.detect(spiked(spiked(test, [40, 50], size=30.0), [90], size=-30.0), history=train)
+    assert detection.is_anomaly[40, 0] and detection.score[50, 0] == 0.0 and detection.is_anomaly[90, 0]
+
+
+def test_values_beyond_every_level_are_new_facts(detector: ContextDetector, series) -> None:
+    train, test = series
+    far = test.copy()
+    far.iloc[60, 0] = train["a"].max() + 20 * (train["a"].max() - train["a"].min())
+    detection = detector.detect(far, history=train)
+    assert detection.is_anomaly[60, 0] and detection.upper[61, 0] < far.iloc[60, 0]
+
+
+def test_expected_is_the_level_the_memory_predicted(detector: ContextDetector, series) -> None:
+    train, test = series
+    detection = detector.detect(test, history=train)
+    # Levels are coarse and noise crosses their edges: the predicted level is mostly the one
+    # the value falls in, else a neighbour.
+    levels_off = np.floor((detection.values - detection.lower) / detector.step_)
+    assert (levels_off == 0).mean() > 0.5 and (np.abs(levels_off) <= 1).mean() > 0.97
+    np.testing.assert_allclose(detection.upper - detection.lower, np.broadcast_to(detector.step_, test.shape))
+
+
+def test_history_after_training_is_learned_before_scoring(detector: ContextDetector, series) -> None:
+    train, test = series
+    shifted = test.copy()
+    shifted.iloc[:, 0] += 8.0  # a new level from the first scored row on
+    first, rest = shifted.iloc[:72], shifted.iloc[72:]
+    restless = ContextDetector(rest_rows=0).fit(train)
+    learned = restless.detect(rest, history=pd.concat([train, first])).score[:, 0]
+    unlearned = restless.detect(rest, history=train).score[:, 0]
+    assert learned[:24].mean() < unlearned[:24].mean() - 0.1
+
+
+def test_margin_widens_the_levels(series) -> None:
+    train, _ = series
+    span = train.max() - train.min()
+    for margin in (0.0, 1.0):
+        fitted = ContextDetector(margin=margin).fit(train)
+        np.testing.assert_allclose(fitted.step_, (1 + 2 * margin) * span / 7)
+        np.testing.assert_allclose(fitted.low_, train.min() - margin * span)
+
+
+def test_flat_series_is_quiet_until_it_moves(series) -> None:
+    train, test = (frame.assign(a=5.0) for frame in series)
+    detector = ContextDetector(rest_rows=0).fit(train)
+    moved = test.assign(a=[5.0] * 10 + [50.0] + [5.0] * (len(test) - 11))
+    assert np.flatnonzero(detector.detect(moved, history=train).is_anomaly[:, 0])[:1].tolist() == [10]
+
+
+@pytest.mark.parametrize("size", [12.0, 30.0, -30.0])
+def test_spikes_inside_and_far_beyond_the_levels_score_high(series, size: float) -> None:
+    train, test = series
+    detection = ContextDetector(rest_rows=0).fit(train).detect(spiked(test, [40], size=size), history=train)
+    assert detection.is_anomaly[40, 0] and detection.score[40, 0] >= 0.75
+
+
+def test_a_warm_start_continues_the_serving_memory(detector: ContextDetector, series) -> None:
+    train, test = series
+    before = detector.to_files()
+    later = pd.concat([train, test]).iloc[len(test) :]  # the window moved on by the scored rows
+    warm = ContextDetector(rest_rows=12).fit(later, warm_start=detector)
+    assert warm.warm_started_
+    np.testing.assert_array_equal(warm.step_, detector.step_)
+    assert all(w.memory.contexts > c.memory.contexts for w, c in zip(warm.streams_, detector.streams_, strict=True))
+    assert warm.training_end_ == test.index[-1]
+    assert detector.to_files() == before  # the champion is not changed
+    cold = ContextDetector(rest_rows=12).fit(later)
+    assert not cold.warm_started_ and cold.summary()["contexts"] != warm.summary()["contexts"]
+
+
+def test_a_warm_start_outside_the_serving_levels_is_cold(detector: ContextDetector, series) -> None:
+    train, test = series
+    moved = pd.concat([train, test + 100.0]).iloc[len(test) :]
+    refit = ContextDetector(rest_rows=12).fit(moved, warm_start=detector)
+    assert not refit.warm_started_
+    assert refit.low_[0] == pytest.approx(moved["a"].min() - (moved["a"].max() - moved["a"].min()))
+
+
+def test_a_value_range_given_in_advance_sets_the_levels(series) -> None:
+    train, _ = series
+    fitted = ContextDetector(value_range=(0.0, 70.0)).fit(train)
+    np.testing.assert_array_equal(fitted.low_, [0.0, 0.0])
+    np.testing.assert_array_equal(fitted.step_, [10.0, 10.0])
