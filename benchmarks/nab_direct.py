@@ -43,15 +43,17 @@ from benchmarks.nab import (
     nab_root,
     nab_scores,
 )
-from benchmarks.report import read_section, table, table_rows, write_section
+from benchmarks.report import merge_table_rows, read_section, table, table_rows, write_section
 
 log = logging.getLogger(__name__)
 
 SECTION = "nab_direct"
 
 
-def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest) -> SeriesReplay:
-    """Scores and decisions of ``detector`` on every row of one NAB file, causally."""
+def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest, warm_start: bool = False) -> SeriesReplay:
+    """Scores and decisions of ``detector`` on every row of one NAB file, causally; with
+    ``warm_start``, each refit starts from the serving model, as the pipeline's training does
+    from its champion (for detectors that support it)."""
     from pipelines.detectors import make_detector
     from pipelines.errors import ModelError
 
@@ -71,7 +73,7 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest) -> Seri
             trainings += 1
             try:
                 since = 0 if chunk == 0 else max(0, start - TRAINING_PERIODS)  # the first fit: every probationary row
-                model = make_detector(detector.kind, params).fit(frame.iloc[since:start])
+                model = make_detector(detector.kind, params).fit(frame.iloc[since:start], warm_start=model if warm_start else None)
             except ModelError as exc:  # as in production: the serving model stays, if there is one
                 failed += 1
                 log.warning("%s: training before row %d failed, %s: %s", key, start,
@@ -91,9 +93,11 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest) -> Seri
     )
 
 
-def replay(detector: DetectorUnderTest, keys: Sequence[str], root: Path, workers: int) -> dict[str, SeriesReplay]:
+def replay(
+    detector: DetectorUnderTest, keys: Sequence[str], root: Path, workers: int, warm_start: bool = False
+) -> dict[str, SeriesReplay]:
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet_worker) as pool:
-        futures = {key: pool.submit(replay_series, root / "data" / key, key, detector) for key in keys}
+        futures = {key: pool.submit(replay_series, root / "data" / key, key, detector, warm_start) for key in keys}
         return {key: future.result() for key, future in sorted(futures.items())}
 
 
@@ -122,17 +126,18 @@ def run(detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path,
 
 
 def score_rows(
-    detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path, workers: int, partial: bool
+    detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path, workers: int, partial: bool,
+    warm_start: bool = False,
 ) -> list[list[str]]:
     """One table row per detector: its four NAB standard scores, failed refits and wall time."""
     rows = []
     for detector in detectors:
         began = time.perf_counter()
-        series = replay(detector, keys, root, workers)
+        series = replay(detector, keys, root, workers, warm_start)
         fixed, swept = nab_scores(series, root, partial)
         alerts_fixed, alerts_swept, _ = alert_scores(series, root, partial)
         rows.append([
-            f"`{detector.label}`",
+            f"`{detector.label}`" + (", warm starts" if warm_start else ""),
             *(f"{value:.1f}" for value in (fixed["standard"], swept["standard"][1], alerts_fixed["standard"], alerts_swept["standard"][1])),
             f"{sum(r.failed_trainings for r in series.values())}",
             f"{(time.perf_counter() - began) / 60:.1f} min",
@@ -153,11 +158,7 @@ def merge_rows(previous: str, rows: list[list[str]]) -> tuple[list[list[str]], l
     """The rows of the ``previous`` section with ``rows`` replacing those of the same detector
     (new detectors appended), and the detectors kept from it: so one detector can be replayed
     again without replaying them all."""
-    fresh = {row[0]: row for row in rows}
-    earlier = [row for row in table_rows(previous) if len(row) == len(HEADERS)]
-    kept = [row[0] for row in earlier if row[0] not in fresh]
-    merged = [fresh.pop(row[0], row) for row in earlier]
-    return [*merged, *fresh.values()], kept
+    return merge_table_rows([row for row in table_rows(previous) if len(row) == len(HEADERS)], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,12 +168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("detectors", nargs="+", help="kind or kind:name=value,... (e.g. seasonal_mad:season=1d)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--series", nargs="*", help="NAB keys (default: the whole corpus)")
+    parser.add_argument(
+        "--warm-start", action="store_true",
+        help="refit from the serving model, as the pipeline does from its champion (rows labelled 'warm starts')",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pipelines").setLevel(logging.WARNING)
     root = nab_root()
     keys = args.series or sorted(load_windows(root))
-    rows = score_rows([parse_detector(d) for d in args.detectors], keys, root, args.workers, partial=bool(args.series))
+    rows = score_rows(
+        [parse_detector(d) for d in args.detectors], keys, root, args.workers, partial=bool(args.series), warm_start=args.warm_start
+    )
     if args.series:
         print(section(table_text(rows, len(keys), args.workers)))
         return 0
@@ -181,7 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     note = ""
     if kept:
         earlier = re.search(r"Run ended ([0-9: -]+ UTC)", previous)
-        note = f"Rows of {', '.join(kept)} are from the run that ended {earlier.group(1) if earlier else 'earlier'}; the others from this one."
+        note = (
+            f"Rows of {', '.join(kept)} are kept from earlier runs"
+            + (f" (the latest ended {earlier.group(1)})" if earlier else "")
+            + "; the others are from this one."
+        )
     markdown = section(table_text(rows, len(keys), args.workers), note)
     print(markdown)
     write_section(SECTION, markdown)

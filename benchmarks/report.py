@@ -198,6 +198,71 @@ def table_rows(markdown: str) -> list[list[str]]:
     return rows
 
 
+def merge_table_rows(earlier: list[list[str]], fresh: list[list[str]]) -> tuple[list[list[str]], list[str]]:
+    """The rows of ``earlier`` with those of ``fresh`` in place of every row of the same label
+    (first cell; a label may own several rows), labels new to ``earlier`` inserted before its
+    first row not labelled in backticks (the published rows) or else at the end; and the
+    backticked labels kept from ``earlier``. So one detector can be replayed without the rest."""
+    fresh_by_label: dict[str, list[list[str]]] = {}
+    for row in fresh:
+        fresh_by_label.setdefault(row[0], []).append(row)
+    merged: list[list[str]] = []
+    kept: list[str] = []
+    new_labels = [label for label in fresh_by_label if label not in {row[0] for row in earlier}]
+    for row in earlier:
+        label = row[0]
+        if new_labels and not label.startswith("`"):
+            merged += [r for new in new_labels for r in fresh_by_label[new]]
+            new_labels = []
+        if label not in fresh_by_label:
+            merged.append(row)
+            if label.startswith("`") and label not in kept:
+                kept.append(label)
+        elif not any(r[0] == label for r in merged):
+            merged += fresh_by_label[label]
+    merged += [r for new in new_labels for r in fresh_by_label[new]]
+    return merged, kept
+
+
+def merge_tables(previous: str, fresh: str) -> tuple[str, list[str]]:
+    """``fresh`` Markdown whose every table is merged (:func:`merge_table_rows`) with the table of
+    ``previous`` under the same header line; and the labels kept from ``previous``."""
+    earlier_tables = _tables(previous)
+    lines, kept = [], []
+    fresh_lines = fresh.splitlines()
+    i = 0
+    while i < len(fresh_lines):
+        line = fresh_lines[i]
+        if not (line.strip().startswith("|") and i + 1 < len(fresh_lines) and fresh_lines[i + 1].strip().startswith("|")):
+            lines.append(line)
+            i += 1
+            continue
+        end = i
+        while end < len(fresh_lines) and fresh_lines[end].strip().startswith("|"):
+            end += 1
+        header, rule = line, fresh_lines[i + 1]
+        body = table_rows("\n".join(fresh_lines[i:end]))
+        rows, table_kept = merge_table_rows(earlier_tables.get(header.strip(), []), body)
+        kept += [label for label in table_kept if label not in kept]
+        lines += [header, rule, *("| " + " | ".join(row) + " |" for row in rows)]
+        i = end
+    return "\n".join(lines) + ("\n" if fresh.endswith("\n") else ""), kept
+
+
+def _tables(markdown: str) -> dict[str, list[list[str]]]:
+    """Header line -> body rows of every Markdown table in ``markdown``."""
+    tables: dict[str, list[list[str]]] = {}
+    header, block = None, []
+    for line in [*markdown.splitlines(), ""]:
+        if line.strip().startswith("|"):
+            header = header or line.strip()
+            block.append(line)
+        elif header:
+            tables[header] = table_rows("\n".join(block))
+            header, block = None, []
+    return tables
+
+
 # -- docs/BENCHMARKS.md ------------------------------------------------------------------------
 
 
