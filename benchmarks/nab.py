@@ -183,6 +183,8 @@ class SeriesReplay:
     promotions: int
     failed_trainings: int
     seconds: float
+    #: The detector each training chose, for ``auto`` (in training order); empty for the others.
+    choices: tuple[str, ...] = ()
 
 
 def _read_timestamps(csv_path: str | Path) -> pd.Series:

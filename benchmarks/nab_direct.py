@@ -21,6 +21,7 @@ import logging
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -67,13 +68,15 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest, warm_st
     first_chunk = int((rows < plan.probation_rows).sum())
     params, note = detector.params_for(plan.frequency, first_chunk)
     score, flagged, scored = np.zeros(len(raw)), np.zeros(len(raw), dtype=bool), np.zeros(len(raw), dtype=bool)
-    model, trainings, failed, chunk = None, 0, 0, 0
+    model, trainings, failed, chunk, choices = None, 0, 0, 0, []
     for start in range(first_chunk, len(frame), CHUNK_ROWS):
         if chunk % RETRAIN_EVERY == 0:
             trainings += 1
             try:
                 since = 0 if chunk == 0 else max(0, start - TRAINING_PERIODS)  # the first fit: every probationary row
                 model = make_detector(detector.kind, params).fit(frame.iloc[since:start], warm_start=model if warm_start else None)
+                if hasattr(model, "chosen_"):
+                    choices.append(model.chosen_)
             except ModelError as exc:  # as in production: the serving model stays, if there is one
                 failed += 1
                 log.warning("%s: training before row %d failed, %s: %s", key, start,
@@ -89,7 +92,7 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest, warm_st
     return SeriesReplay(
         key=key, score=score, is_anomaly=flagged, scored=scored, params=params, note=note,
         dropped_rows=int((~kept).sum()), predict_runs=chunk, training_runs=trainings, promotions=trainings - failed,
-        failed_trainings=failed, seconds=time.perf_counter() - began,
+        failed_trainings=failed, seconds=time.perf_counter() - began, choices=tuple(choices),
     )
 
 
@@ -121,16 +124,13 @@ def parse_detector(text: str) -> DetectorUnderTest:
 HEADERS = ["Detector", "Flagged rows, fixed", "Flagged rows, swept", "Alerts, fixed", "Alerts, swept", "Failed refits", "Wall time"]
 
 
-def run(detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path, workers: int, partial: bool) -> str:
-    return table_text(score_rows(detectors, keys, root, workers, partial), len(keys), workers)
-
-
 def score_rows(
     detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path, workers: int, partial: bool,
     warm_start: bool = False,
-) -> list[list[str]]:
-    """One table row per detector: its four NAB standard scores, failed refits and wall time."""
-    rows = []
+) -> tuple[list[list[str]], list[str]]:
+    """One table row per detector (its four NAB standard scores, failed refits and wall time),
+    and for detectors that choose a detector per training (``auto``) a line of their choices."""
+    rows, choices = [], []
     for detector in detectors:
         began = time.perf_counter()
         series = replay(detector, keys, root, workers, warm_start)
@@ -143,7 +143,26 @@ def score_rows(
             f"{(time.perf_counter() - began) / 60:.1f} min",
         ])
         log.info("%s: %s", detector.label, rows[-1])
-    return rows
+        if any(r.choices for r in series.values()):
+            choices.append(choices_line(rows[-1][0], series))
+    return rows, choices
+
+
+CHOICES = "Choices of "
+
+
+def choices_line(label: str, series: dict[str, SeriesReplay]) -> str:
+    """How often each detector was chosen, over every training and over the first ones."""
+
+    def counts(picks: list[str]) -> str:
+        return ", ".join(f"`{kind}` {n}" for kind, n in Counter(picks).most_common())
+
+    every = [kind for replay in series.values() for kind in replay.choices]
+    first = [replay.choices[0] for replay in series.values() if replay.choices]
+    return (
+        f"{CHOICES}{label}: {counts(every)} of {len(every)} trainings; at the first training (the probationary rows): "
+        f"{counts(first)} of {len(first)} series."
+    )
 
 
 def table_text(rows: list[list[str]], series: int, workers: int) -> str:
@@ -159,6 +178,13 @@ def merge_rows(previous: str, rows: list[list[str]]) -> tuple[list[list[str]], l
     (new detectors appended), and the detectors kept from it: so one detector can be replayed
     again without replaying them all."""
     return merge_table_rows([row for row in table_rows(previous) if len(row) == len(HEADERS)], rows)
+
+
+def merge_choices(previous: str, kept: Sequence[str], fresh: Sequence[str]) -> list[str]:
+    """The :func:`choices_line` lines of ``previous`` for the detectors whose rows were
+    ``kept`` from it, then ``fresh``."""
+    earlier = [line for line in previous.splitlines() if line.startswith(CHOICES)]
+    return [line for line in earlier if line.split(":")[0].removeprefix(CHOICES) in kept] + list(fresh)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,14 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pipelines").setLevel(logging.WARNING)
     root = nab_root()
     keys = args.series or sorted(load_windows(root))
-    rows = score_rows(
+    rows, choices = score_rows(
         [parse_detector(d) for d in args.detectors], keys, root, args.workers, partial=bool(args.series), warm_start=args.warm_start
     )
     if args.series:
-        print(section(table_text(rows, len(keys), args.workers)))
+        print(section(table_text(rows, len(keys), args.workers), choices=choices))
         return 0
     previous = read_section(SECTION)
     rows, kept = merge_rows(previous, rows)
+    choices = merge_choices(previous, kept, choices)
     note = ""
     if kept:
         earlier = re.search(r"Run ended ([0-9: -]+ UTC)", previous)
@@ -193,14 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f" (the latest ended {earlier.group(1)})" if earlier else "")
             + "; the others are from this one."
         )
-    markdown = section(table_text(rows, len(keys), args.workers), note)
+    markdown = section(table_text(rows, len(keys), args.workers), note, choices)
     print(markdown)
     write_section(SECTION, markdown)
     return 0
 
 
-def section(result: str, note: str = "") -> str:
-    """The Markdown section ``nab_direct`` around a :func:`run` table."""
+def section(result: str, note: str = "", choices: Sequence[str] = ()) -> str:
+    """The Markdown section ``nab_direct`` around a :func:`table_text` table, with the lines
+    of :func:`choices_line` after it."""
     return "\n".join([
         "## NAB, direct replay (detectors without the pipeline)",
         "",
@@ -213,6 +241,7 @@ def section(result: str, note: str = "") -> str:
         "",
         result,
         "",
+        *(line for choice in choices for line in (choice, "")),
         f"Run ended {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.{' ' + note if note else ''}",
     ])
 

@@ -47,7 +47,10 @@ def stream_series(csv_path: Path, key: str, setting: str) -> SeriesReplay:
     probation = probationary_rows(len(frame))
     params: dict = {}
     if setting == "look-ahead":
-        params = {"value_range": (float(frame["value"].min()), float(frame["value"].max())), "rest_rows": int(probation / 5)}
+        low, high = float(frame["value"].min()), float(frame["value"].max())
+        params = {"rest_rows": int(probation / 5)}
+        if high > low:  # a flat file (art_flatline) has no range to give: the detector's own rule for flat data
+            params["value_range"] = (low, high)
     detector = make_detector("context", params).fit(frame.iloc[:probation])
     detection = detector.detect(frame.iloc[probation:])
     score, flagged, scored = np.zeros(len(frame)), np.zeros(len(frame), dtype=bool), np.zeros(len(frame), dtype=bool)

@@ -31,3 +31,12 @@ def test_the_section_names_both_settings_and_the_published_score() -> None:
     markdown = nab_lookahead.section([["look-ahead", "1.0", "2.0", "3.0", "4.0", "0.1 min"]], 58)
     assert "| look-ahead | 1.0 | 2.0 | 3.0 | 4.0 | 0.1 min |" in markdown
     assert "inputMin" not in markdown and "`nab/detectors/base.py`" in markdown and "69.9" in markdown
+
+
+def test_a_flat_file_streams_with_the_detectors_own_range() -> None:
+    key = "artificialNoAnomaly/art_flatline.csv"
+    values = pd.read_csv(ROOT / "data" / key)["value"]
+    assert values.min() == values.max()
+    ahead = nab_lookahead.stream_series(ROOT / "data" / key, key, "look-ahead")
+    assert "value_range" not in ahead.params
+    assert ahead.scored[probationary_rows(len(values)) :].all() and not ahead.is_anomaly.any()
