@@ -8,10 +8,13 @@ from pipelines.detectors import load_detector, make_detector
 from pipelines.detectors.auto import AutoDetector
 from pipelines.detectors.synthetic import (
     SHIFT_NEWS_ROWS,
+    Injected,
+    detection_f1,
     event_f1,
     inject_anomalies,
     mean_event_f1,
     plant_repeatedly,
+    pooled_event_f1,
     robust_scale,
 )
 from pipelines.errors import ModelError
@@ -111,10 +114,60 @@ def test_a_trial_is_the_mean_over_its_plantings_of_one_candidate_fitted_once(fra
     head, tail = training.iloc[:split], training.iloc[split:]
     plantings = plant_repeatedly(tail, robust_scale(head), seed=4, times=3)
     candidate = make_detector("seasonal_mad", {}).fit(head)
-    each = [event_f1(candidate.detect(p.frame, history=head).is_anomaly.any(axis=1), p) for p in plantings]
+
+    def one_by_one(planted: Injected) -> dict[str, float]:
+        copies = planted.one_by_one()
+        return pooled_event_f1([candidate.detect(c.frame, history=head).is_anomaly.any(axis=1) for c in copies], copies)
+
+    each = [one_by_one(p) for p in plantings]
     assert trial["f1"] == pytest.approx(np.mean([e["f1"] for e in each]), abs=1e-4)
     assert trial["recall"] == pytest.approx(np.mean([e["recall"] for e in each]), abs=1e-4)
-    assert "mean of 3 plantings" in detector.reason_
+    assert "mean of 3 plantings, 4 of their 4 anomalies scored one at a time" in detector.reason_
+
+
+def test_planted_events_are_scored_one_at_a_time_each_in_a_clean_copy(frame) -> None:
+    clean = frame.iloc[:200]
+    planted = inject_anomalies(clean, robust_scale(clean), seed=3)
+    copies = planted.one_by_one()
+    assert [c.events for c in copies] == [[event] for event in planted.events]
+    for copy, (first, last) in zip(copies, planted.events, strict=True):
+        changed = (copy.frame != clean).any(axis=1).to_numpy()
+        assert changed[first : last + 1].all() and changed.sum() == last - first + 1
+    assert copies[-1].news == [planted.news[-1]] and copies[-1].news[0][1] - copies[-1].news[0][0] + 1 == SHIFT_NEWS_ROWS
+    # Real labels have no clean copy: they are scored where they are.
+    labelled = Injected(clean, [(5, 6), (50, 50)])
+    assert labelled.one_by_one() == [labelled]
+    # A long tail holds many events; four are scored, spread from the first to the shift.
+    long = inject_anomalies(frame, robust_scale(frame), seed=3)
+    chosen = [c.events[0] for c in long.one_by_one()]
+    assert len(long.events) == 7 and len(chosen) == 4
+    assert chosen[0] == long.events[0] and chosen[-1] == long.events[-1]
+    # Pooled: events found among all events, right flags among all flags.
+    hits = [c.news_rows.copy() for c in copies]
+    hits[0][:] = False
+    hits[1][150] = True  # one false alarm (row 150 is in no event of the second copy)
+    assert not copies[1].news_rows[150]
+    right = sum(int(c.news_rows.sum()) for c in copies[1:])
+    assert pooled_event_f1(hits, copies)["recall"] == pytest.approx(3 / 4)
+    assert pooled_event_f1(hits, copies)["precision"] == pytest.approx(right / (right + 1))
+
+
+def test_a_detector_that_rests_after_a_report_is_judged_on_every_planted_event(frame) -> None:
+    # context stays quiet for rest_rows after a report: on a whole planting, the first event it
+    # reports silences it for the others, which is how plantings (an event every ~25 rows)
+    # differ from real anomalies, not how well it finds them.
+    one = frame[["a"]]  # one signal, one rest
+    head, tail = one.iloc[:-300], one.iloc[-300:]
+    plantings = plant_repeatedly(tail, robust_scale(head), seed=0, times=3)
+    candidate = make_detector("context", {}).fit(head)
+
+    def flag(rows: pd.DataFrame) -> np.ndarray:
+        return candidate.detect(rows, history=head).is_anomaly.any(axis=1)
+
+    whole = mean_event_f1([flag(p.frame) for p in plantings], plantings)
+    apart = detection_f1(flag, plantings)
+    assert whole["recall"] == pytest.approx(0.25)  # the first of four events, each time
+    assert apart == pytest.approx({"f1": 1.0, "precision": 1.0, "recall": 1.0})
 
 
 def test_plantings_differ_and_the_first_is_the_seed_s_own(frame) -> None:
