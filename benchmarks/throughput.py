@@ -34,8 +34,9 @@ QUICK_SIZES = (2_000,)
 #: seasonal_mad 1.17-1.30x in four runs); 25 repeats cost seconds.
 FULL_REPEATS = {10_000: 25, 100_000: 9}
 #: Kinds whose training takes minutes at 100,000 points (a model per fit, several fits per
-#: repeat): measured at 10,000 points with 3 repeats, so the whole table stays under half an hour.
-SLOW_KINDS = {"prophet": 3, "lstm": 3}
+#: repeat; ``context`` steps its memory through every row in Python, about a millisecond a row):
+#: measured at 10,000 points with 3 repeats, so the whole table stays under half an hour.
+SLOW_KINDS = {"prophet": 3, "lstm": 3, "context": 3}
 QUICK_REPEATS = 3
 STEP = pd.Timedelta("5min")
 
