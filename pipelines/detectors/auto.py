@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipelines.detectors.base import BaseDetector, Detection
 from pipelines.detectors.params import AUTO_CANDIDATES, AutoParams
-from pipelines.detectors.synthetic import Injected, detection_f1, plant_repeatedly, robust_scale
+from pipelines.detectors.synthetic import ONE_BY_ONE_EVENTS, Injected, detection_f1, plant_repeatedly, robust_scale
 from pipelines.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class AutoDetector(BaseDetector):
         others = ", ".join(f"{t['kind']} {t['f1']:.2f}" for t in usable if t is not best)
         self.reason_ = (
             f"{self.chosen_}: event F1 {best['f1']:.2f} (mean of {len(plantings)} plantings, "
-            f"{len(plantings[0].one_by_one())} of their {len(plantings[0].events)} anomalies scored one at a time in the "
+            f"{min(ONE_BY_ONE_EVENTS, len(plantings[0].events))} of their {len(plantings[0].events)} anomalies scored one at a time in the "
             f"held-back {len(tail)} rows; others: {others or 'none'}); "
             f"forecast error {best['holdout_error']:.3g}"
         )
