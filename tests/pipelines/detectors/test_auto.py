@@ -159,7 +159,9 @@ def test_a_detector_that_rests_after_a_report_is_judged_on_every_planted_event(f
     one = frame[["a"]]  # one signal, one rest
     head, tail = one.iloc[:-300], one.iloc[-300:]
     plantings = plant_repeatedly(tail, robust_scale(head), seed=0, times=3)
-    candidate = make_detector("context", {}).fit(head)
+    # A rest longer than the planted events' spacing, and room around the training range so
+    # that no clean row is a new high (a new fact, reported) and only planted events report.
+    candidate = make_detector("context", {"rest_rows": 150, "margin": 1.0}).fit(head)
 
     def flag(rows: pd.DataFrame) -> np.ndarray:
         return candidate.detect(rows, history=head).is_anomaly.any(axis=1)
