@@ -20,7 +20,6 @@ from pipelines.detectors.base import BaseDetector, Detection, make_detection
 from pipelines.detectors.calibration import decision_threshold
 from pipelines.detectors.context_memory import ContextMemory
 from pipelines.detectors.params import ContextParams
-from pipelines.errors import ModelError
 
 #: Fewest training rows: the first half fills the memory, the second sets the threshold.
 _MIN_TRAINING_ROWS = 50
@@ -160,8 +159,9 @@ class ContextDetector(BaseDetector):
     ----------
     low_, step_ : ndarray of shape (n_features_in_,)
         Lower edge of level 0 and width of a level, per feature, as fitted.
-    calibration_share_ : float
-        Share of the calibration rows (the training rows' second half) at or above the threshold.
+    calibration_share_ : float or None
+        Share of the calibration rows (the training rows' second half) at or above the threshold
+        (None for a model saved before it was recorded).
     streams_ : list
         The fitted memory of each feature and where its scoring stood after the training rows.
     training_end_ : pandas.Timestamp or int
@@ -199,7 +199,8 @@ class ContextDetector(BaseDetector):
         self._require_rows(X, _MIN_TRAINING_ROWS, "half of them fill the memory, half calibrate its scores")
         values = X.to_numpy()
         self.streams_ = []
-        for low, high in zip(np.nanmin(values, axis=0).tolist(), np.nanmax(values, axis=0).tolist(), strict=True):
+        finite = np.where(np.isfinite(values), values, np.nan)  # an infinity is beyond every level, never its edge
+        for low, high in zip(np.nanmin(finite, axis=0).tolist(), np.nanmax(finite, axis=0).tolist(), strict=True):
             if params.value_range is not None:
                 low, high = params.value_range
                 quantiser = _Quantiser.spanning(low, high, 0.0, params.value_bits)  # as given: no margin
@@ -267,7 +268,7 @@ class ContextDetector(BaseDetector):
                 column_raw[i] = score if since_high >= rest_rows else 0.0
                 since_high = 0 if score >= rest_above else since_high + 1
                 recent.append(value)
-                if not 0 <= level <= top:
+                if not 0 <= level <= top and math.isfinite(value):
                     stream.widen(value, margin)
                     quantiser, memory = stream.quantiser, stream.memory
                     facts, level_of, lowest = quantiser.facts, quantiser.level_of, quantiser.lowest
@@ -307,23 +308,28 @@ class ContextDetector(BaseDetector):
         return state, arrays, {}
 
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
-        if "calibration_share_" not in state:
-            raise ModelError(
-                "this context model was saved before its levels could widen (2026-12-02) and lacks its recent "
-                "values: retrain it (the next scheduled training does)"
-            )
-        self.calibration_share_ = float(state["calibration_share_"])
+        # Models saved before the levels could widen (2026-12-02) lack the range they were drawn
+        # over and the recent values: the range is the levels' own, less their margin, and a
+        # widening of such a model starts its memory afresh (it has no rows to relearn).
+        seen = arrays.get("seen_")
+        if seen is None:
+            span = arrays["step_"] * (2**self.value_bits - 1) / (1.0 + 2.0 * self.margin)
+            seen = np.column_stack([arrays["low_"] + self.margin * span, arrays["low_"] + (1.0 + self.margin) * span])
+        share = state.get("calibration_share_")
+        self.calibration_share_ = None if share is None else float(share)
         end = state["training_end_"]
         self.training_end_ = pd.Timestamp(end) if isinstance(end, str) else int(end)
         self.streams_ = []
-        levels = zip(arrays["low_"].tolist(), arrays["step_"].tolist(), arrays["seen_"].tolist(), strict=True)
-        for f, ((low, step, seen), since_high, last_level) in enumerate(zip(levels, state["since_high_"], state["last_level_"], strict=True)):
+        levels = zip(arrays["low_"].tolist(), arrays["step_"].tolist(), seen.tolist(), strict=True)
+        for f, ((low, step, (seen_low, seen_high)), since_high, last_level) in enumerate(
+            zip(levels, state["since_high_"], state["last_level_"], strict=True)
+        ):
             prefix = f"memory{f}_"
             own = {name.removeprefix(prefix): array for name, array in arrays.items() if name.startswith(prefix)}
             memory = ContextMemory.from_arrays(own, self.max_left_facts, self.max_active)
-            recent = deque(arrays[f"recent{f}"].tolist(), maxlen=_RELEARN_ROWS)
+            recent = deque(arrays.get(f"recent{f}", np.empty(0)).tolist(), maxlen=_RELEARN_ROWS)
             quantiser = _Quantiser(low, step, self.value_bits)
-            self.streams_.append(_Stream(quantiser, (seen[0], seen[1]), memory, recent, int(since_high), int(last_level)))
+            self.streams_.append(_Stream(quantiser, (seen_low, seen_high), memory, recent, int(since_high), int(last_level)))
         self._keep_levels()
 
     def summary(self) -> dict[str, Any]:

@@ -73,6 +73,17 @@ def test_a_value_beyond_every_level_is_a_new_fact_then_the_levels_widen_to_hold_
     np.testing.assert_array_equal(detector.step_, ContextDetector(rest_rows=12).fit(train).step_)  # the fitted model is unchanged
 
 
+def test_an_infinite_value_is_a_new_fact_and_widens_nothing(detector: ContextDetector, series) -> None:
+    train, test = series
+    broken = test.copy()
+    broken.iloc[60, 0] = np.inf
+    detection = detector.detect(broken, history=train)
+    assert detection.is_anomaly[60, 0] and detection.score[60, 0] == 1.0
+    clean = detector.detect(test, history=train)
+    np.testing.assert_array_equal(detection.upper[:60], clean.upper[:60])
+    assert np.isfinite(detection.upper[61:, 0]).all() and (detection.upper[61:, 0] - detection.lower[61:, 0] < 5).all()
+
+
 def test_widened_levels_keep_what_the_memory_knew(series) -> None:
     train, test = series
     span = train["a"].max() - train["a"].min()
@@ -178,3 +189,25 @@ def test_a_contamination_cut_is_estimated_from_at_least_ten_calibration_rows() -
     assert naive.threshold_ == 0.5 and naive.calibration_share_ > 0.5
     fap = ContextDetector(value_bits=8, rest_rows=0, threshold_kind="false_alarm_probability", threshold_value=0.1).fit(noise)
     assert fap.threshold_ == ten.threshold_  # a share of held-back rows either way: the raw score is no probability
+
+
+def test_a_model_saved_before_the_levels_could_widen_still_loads_and_scores(series) -> None:
+    import io
+    import json
+
+    train, test = series
+    fitted = ContextDetector(margin=1.0).fit(train)
+    files = fitted.to_files()
+    meta = json.loads(files["detector.json"])
+    del meta["learned"]["calibration_share_"]
+    with np.load(io.BytesIO(files["arrays.npz"])) as npz:
+        arrays = {name: npz[name] for name in npz.files if name != "seen_" and not name.startswith("recent")}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    old = ContextDetector.from_files({"detector.json": json.dumps(meta).encode(), "arrays.npz": buffer.getvalue()})
+    assert old.calibration_share_ is None
+    # The range is recovered from the levels: the training range.
+    assert old.streams_[0].seen == pytest.approx((train["a"].min(), train["a"].max()))
+    far = spiked(test, [40], size=100.0)
+    np.testing.assert_array_equal(old.detect(test, history=train).score, fitted.detect(test, history=train).score)
+    assert old.detect(far, history=train).is_anomaly[40, 0]
