@@ -209,7 +209,6 @@ class ContextDetector(BaseDetector):
             memory = ContextMemory(params.max_left_facts, params.max_active)
             self.streams_.append(_Stream(quantiser, (low, high), memory, deque(maxlen=_RELEARN_ROWS), params.rest_rows, 0))
         raw, _, _ = self._run(self.streams_, values)
-        self._keep_levels()
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
         self._calibration = raw[len(X) // 2 :]
@@ -226,7 +225,6 @@ class ContextDetector(BaseDetector):
             return self._fit(X, params)
         self.streams_ = [stream.copy() for stream in champion.streams_]
         raw, _, _ = self._run(self.streams_, values)
-        self._keep_levels()
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
         self._calibration = raw
@@ -242,9 +240,14 @@ class ContextDetector(BaseDetector):
         self.calibration_share_ = float((calibration >= self.threshold_).mean()) if calibration.size else 0.0
         return self
 
-    def _keep_levels(self) -> None:
-        self.low_ = np.array([stream.quantiser.low for stream in self.streams_])
-        self.step_ = np.array([stream.quantiser.step for stream in self.streams_])
+    # Read off the streams, which hold the levels (a widening during a warm start moves them).
+    @property
+    def low_(self) -> np.ndarray:
+        return np.array([stream.quantiser.low for stream in self.streams_])
+
+    @property
+    def step_(self) -> np.ndarray:
+        return np.array([stream.quantiser.step for stream in self.streams_])
 
     def _run(self, streams: list[_Stream], values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step every feature's stream through ``values``; the raw scores (0 in a rest or where a
@@ -330,7 +333,6 @@ class ContextDetector(BaseDetector):
             recent = deque(arrays.get(f"recent{f}", np.empty(0)).tolist(), maxlen=_RELEARN_ROWS)
             quantiser = _Quantiser(low, step, self.value_bits)
             self.streams_.append(_Stream(quantiser, (seen_low, seen_high), memory, recent, int(since_high), int(last_level)))
-        self._keep_levels()
 
     def summary(self) -> dict[str, Any]:
         return {
