@@ -167,7 +167,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         self.n_features_in_ = X.shape[1]
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.training_rows_ = len(X)
-        self.threshold_ = decision_threshold(decision_scores, policy.kind, policy.value)
+        self.threshold_ = self._decision_threshold(decision_scores, policy)
         finite = decision_scores[np.isfinite(decision_scores)]
         self.training_score_quantiles_ = {str(q): float(np.quantile(finite, q)) for q in _SCORE_QUANTILES}
         log.info(
@@ -178,6 +178,12 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
             self.threshold_,
         )
         return self
+
+    def _decision_threshold(self, decision_scores: np.ndarray, policy: ThresholdConfig) -> float:
+        """The threshold from the scores ``_fit`` returned, by the job's policy: the same rule for
+        every detector (:func:`~pipelines.detectors.calibration.decision_threshold`) unless a
+        detector's scores need their own."""
+        return decision_threshold(decision_scores, policy.kind, policy.value)
 
     def _check_params(self) -> tuple[DetectorParams, ThresholdConfig]:
         values = self.get_params()

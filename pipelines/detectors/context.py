@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.config import ThresholdConfig
 from pipelines.detectors.base import BaseDetector, Detection, make_detection
 from pipelines.detectors.calibration import decision_threshold
 from pipelines.detectors.context_memory import ContextMemory
@@ -211,8 +212,7 @@ class ContextDetector(BaseDetector):
         raw, _, _ = self._run(self.streams_, values)
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
-        self._calibration = raw[len(X) // 2 :]
-        return self._calibration
+        return raw[len(X) // 2 :]
 
     def _fit_warm(self, X: pd.DataFrame, params: ContextParams, champion: BaseDetector) -> np.ndarray:
         assert isinstance(champion, ContextDetector)
@@ -227,18 +227,18 @@ class ContextDetector(BaseDetector):
         raw, _, _ = self._run(self.streams_, values)
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
-        self._calibration = raw
         return raw
 
-    def fit(self, X: pd.DataFrame, *, warm_start: BaseDetector | None = None) -> ContextDetector:
-        super().fit(X, warm_start=warm_start)
-        calibration = self.__dict__.pop("_calibration")
-        if self.threshold_kind != "score":
-            share = max(self.threshold_value, _TAIL_ROWS / max(calibration.size, 1))
+    def _decision_threshold(self, calibration: np.ndarray, policy: ThresholdConfig) -> float:
+        """The cut flagging ``max(value, 10 / rows)`` of the calibration rows, never below
+        ``rest_above``; it also records :attr:`calibration_share_`."""
+        threshold = float(policy.value)
+        if policy.kind != "score":
+            share = max(policy.value, _TAIL_ROWS / max(calibration.size, 1))
             cut = decision_threshold(calibration, "contamination", min(share, 1.0)) if calibration.size else 0.0
-            self.threshold_ = max(cut, float(self.rest_above))
-        self.calibration_share_ = float((calibration >= self.threshold_).mean()) if calibration.size else 0.0
-        return self
+            threshold = max(cut, float(self.rest_above))
+        self.calibration_share_ = float((calibration >= threshold).mean()) if calibration.size else 0.0
+        return threshold
 
     # Read off the streams, which hold the levels (a widening during a warm start moves them).
     @property
