@@ -112,7 +112,9 @@ class ContextDetector(BaseDetector):
     learns the sequence of levels online and gives each step a raw score in [0, 1]: half the
     share of the remembered contexts the step failed to confirm, plus half the share of new
     contexts it made. After a raw score of ``rest_above`` the next ``rest_rows`` rows score 0,
-    as in CAD: one anomaly is reported once, at its start.
+    as in CAD: one anomaly is reported once, at its start. Training reports nothing, so scoring
+    after a cold fit starts out of any rest; a warm start keeps the rest of the rows it learned,
+    which the serving model scored.
 
     **The levels widen by themselves.** CAD OSE was given each NAB file's minimum and maximum
     before its first row and drew its levels over them; a deployment knows only the rows seen so
@@ -210,6 +212,11 @@ class ContextDetector(BaseDetector):
             memory = ContextMemory(params.max_left_facts, params.max_active)
             self.streams_.append(_Stream(quantiser, (low, high), memory, deque(maxlen=_RELEARN_ROWS), params.rest_rows, 0))
         raw, _, _ = self._run(self.streams_, values)
+        # Training rows are never reported, so no report rests the first rows scored: a young
+        # memory often starts a rest near the end of training, which muted up to rest_rows rows
+        # after every cold fit (auto's held-back trials of context among them).
+        for stream in self.streams_:
+            stream.since_high = params.rest_rows
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
         return raw[len(X) // 2 :]

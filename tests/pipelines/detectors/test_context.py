@@ -61,6 +61,16 @@ def test_a_rest_follows_a_flag(series) -> None:
     assert detection.is_anomaly[40, 0] and detection.score[50, 0] == 0.0 and detection.is_anomaly[90, 0]
 
 
+def test_a_rest_started_in_training_does_not_mute_the_first_rows_scored(series) -> None:
+    train, test = series
+    # A spike three rows before the end of training starts a rest there (it reports nothing);
+    # the spike five rows into scoring is the first report and is flagged.
+    spiky_end = spiked(train, [len(train) - 3], size=30.0)
+    detector = ContextDetector(rest_rows=30).fit(spiky_end)
+    detection = detector.detect(spiked(test, [5], size=-30.0), history=spiky_end)
+    assert detection.is_anomaly[5, 0]
+
+
 def test_a_value_beyond_every_level_is_a_new_fact_then_the_levels_widen_to_hold_it(detector: ContextDetector, series) -> None:
     train, test = series
     far = test.copy()
