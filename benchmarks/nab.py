@@ -27,6 +27,7 @@ chunks set the retraining points and the number of runs, nothing else.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import math
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -402,7 +403,7 @@ def _quiet_worker() -> None:
     warnings.filterwarnings("ignore", message=".*deprecated.*")
 
 
-def _replay_task(csv_path: str, key: str, detector: DetectorUnderTest, workdir: str) -> SeriesReplay:
+def _replay_task(csv_path: Path, key: str, *, detector: DetectorUnderTest, workdir: str) -> SeriesReplay:
     return replay_series(csv_path, key, detector, Path(workdir) / job_name(key))
 
 
@@ -430,6 +431,15 @@ def replay_corpus(
     detector: DetectorUnderTest, keys: Sequence[str], root: Path, workdir: Path, workers: int
 ) -> dict[str, SeriesReplay]:
     """Replay ``keys`` with ``detector``; each series in one process, ``workers`` at a time."""
+    return replay_in_pool(functools.partial(_replay_task, detector=detector, workdir=str(workdir)), keys, root, workers, detector.kind)
+
+
+def replay_in_pool(
+    task: Callable[[Path, str], SeriesReplay], keys: Sequence[str], root: Path, workers: int, label: str
+) -> dict[str, SeriesReplay]:
+    """``task(csv path, key)`` for every NAB key, longest file first, in ``workers`` processes
+    (in this one for a single worker), logging each series as it is done: a corpus replay takes
+    from minutes to hours. ``task`` must pickle (a module-level function or a partial of one)."""
     paths = {key: root / "data" / key for key in keys}
     # Longest first, so the last series to finish is a short one and no worker idles long.
     order = sorted(keys, key=lambda k: -paths[k].stat().st_size)
@@ -440,19 +450,18 @@ def replay_corpus(
         results[replay.key] = replay
         log.info(
             "%s: series %d/%d done (%s, %d predict and %d training runs, %.1f s); elapsed %.0f s",
-            detector.kind, len(results), len(keys), replay.key, replay.predict_runs,
+            label, len(results), len(keys), replay.key, replay.predict_runs,
             replay.training_runs, replay.seconds, time.perf_counter() - began,
         )
 
     if workers <= 1:
         for key in order:
-            done(replay_series(paths[key], key, detector, workdir / job_name(key)))
+            done(task(paths[key], key))
     else:
         # spawn, not fork: each worker imports the library itself instead of inheriting
         # whatever state (threads, open files) the parent happens to hold.
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet_worker) as pool:
-            futures = [pool.submit(_replay_task, str(paths[k]), k, detector, str(workdir)) for k in order]
-            for future in as_completed(futures):
+            for future in as_completed([pool.submit(task, paths[key], key) for key in order]):
                 done(future.result())
     return dict(sorted(results.items()))
 

@@ -17,15 +17,14 @@ on the whole corpus, writes it as the section ``nab_direct`` of docs/BENCHMARKS.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,10 @@ from benchmarks.nab import (
     TRAINING_PERIODS,
     ReplayPlan,
     SeriesReplay,
-    _quiet_worker,
     alert_scores,
     nab_root,
     nab_scores,
+    replay_in_pool,
 )
 from benchmarks.report import merge_table_rows, read_section, table, table_rows, write_section
 
@@ -99,9 +98,8 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest, warm_st
 def replay(
     detector: DetectorUnderTest, keys: Sequence[str], root: Path, workers: int, warm_start: bool = False
 ) -> dict[str, SeriesReplay]:
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet_worker) as pool:
-        futures = {key: pool.submit(replay_series, root / "data" / key, key, detector, warm_start) for key in keys}
-        return {key: future.result() for key, future in sorted(futures.items())}
+    label = detector.label + (", warm starts" if warm_start else "")
+    return replay_in_pool(functools.partial(replay_series, detector=detector, warm_start=warm_start), keys, root, workers, label)
 
 
 def parse_detector(text: str) -> DetectorUnderTest:

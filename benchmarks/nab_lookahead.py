@@ -18,18 +18,17 @@ and writes the section ``nab_lookahead`` of docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.nab import SeriesReplay, _quiet_worker, alert_scores, nab_root, nab_scores
+from benchmarks.nab import SeriesReplay, alert_scores, nab_root, nab_scores, replay_in_pool
 from benchmarks.report import table, write_section
 
 SECTION = "nab_lookahead"
@@ -64,9 +63,7 @@ def stream_series(csv_path: Path, key: str, setting: str) -> SeriesReplay:
 
 def score_row(setting: str, keys: Sequence[str], root: Path, workers: int, partial: bool) -> list[str]:
     began = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet_worker) as pool:
-        futures = {key: pool.submit(stream_series, root / "data" / key, key, setting) for key in keys}
-        series = {key: future.result() for key, future in sorted(futures.items())}
+    series = replay_in_pool(functools.partial(stream_series, setting=setting), keys, root, workers, f"context, {setting}")
     fixed, swept = nab_scores(series, root, partial)
     alerts_fixed, alerts_swept, _ = alert_scores(series, root, partial)
     scores = (fixed["standard"], swept["standard"][1], alerts_fixed["standard"], alerts_swept["standard"][1])
