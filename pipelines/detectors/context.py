@@ -238,9 +238,11 @@ class ContextDetector(BaseDetector):
 
     def _decision_threshold(self, calibration: np.ndarray, policy: ThresholdConfig) -> float:
         """The cut flagging ``max(value, 10 / rows)`` of the calibration rows, never below
-        ``rest_above``; it also records :attr:`calibration_share_`."""
-        threshold = float(policy.value)
-        if policy.kind != "score":
+        ``rest_above`` (a ``score`` threshold: the base's rule, as given); it also records
+        :attr:`calibration_share_`."""
+        if policy.kind == "score":
+            threshold = super()._decision_threshold(calibration, policy)
+        else:
             share = max(policy.value, _TAIL_ROWS / max(calibration.size, 1))
             cut = decision_threshold(calibration, "contamination", min(share, 1.0)) if calibration.size else 0.0
             threshold = max(cut, float(self.rest_above))
