@@ -172,11 +172,15 @@ def test_anomalies_in_the_airflow_ui(scored_server, page):
 
 
 def test_anomalies_tab_of_a_predict_run(scored_server, page):
+    from playwright.sync_api import expect
+
     server, run_id = scored_server
     page.goto(f"{server.url}/dags/{MANUAL_JOB}__predict/runs/{run_id}")
     # The run's tab (not the navigation entry of the same name) links to plugin/<url_route>.
+    # The UI mounts the link before it fills in its label (CI once read an empty one):
+    # expect retries until the label is there, a bare inner_text() reads it once.
     tab = page.locator('a[href$="/plugin/anomalies-run"]')
-    assert "Anomalies" in tab.first.inner_text()
+    expect(tab.first).to_contain_text("Anomalies", timeout=60_000)
     tab.first.click()
     page.wait_for_url(lambda url: url.endswith("/plugin/anomalies-run"))
     frame = page.frame_locator('iframe[title="Anomalies"]')
