@@ -91,11 +91,14 @@ class _Stream:
     def copy(self) -> _Stream:
         return _Stream(self.quantiser, self.seen, self.memory.copy(), self.recent.copy(), self.since_high, self.last_level)
 
-    def widen(self, value: float, margin: float) -> None:
-        """Redraw the levels over the values seen so far and ``value``, and relearn the recent
-        values (``value`` the last of them) with them: the memory keeps what it knew, at the
-        new levels."""
-        self.seen = (min(self.seen[0], value), max(self.seen[1], value))
+    def widen(self, value: float, margin: float, headroom: float) -> None:
+        """Redraw the levels over the range drawn so far and ``value``, reaching ``headroom``
+        of the new range past ``value``, and relearn the recent values (``value`` the last of
+        them) with them: the memory keeps what it knew, at the new levels."""
+        low, high = self.seen
+        new_low, new_high = min(low, value), max(high, value)
+        room = headroom * (new_high - new_low)
+        self.seen = (new_low - room if value < low else new_low, new_high + room if value > high else new_high)
         self.quantiser = quantiser = _Quantiser.spanning(*self.seen, margin, self.quantiser.bits)
         self.memory = memory = ContextMemory(self.memory.max_left_facts, self.memory.max_active)
         facts, lowest = quantiser.facts, quantiser.lowest
@@ -121,9 +124,12 @@ class ContextDetector(BaseDetector):
     far. A value beyond every level is scored with facts the memory never saw (raw score 1: a new
     fact), then the levels are redrawn over the range seen so far, that value included, and the
     memory relearns the most recent rows (at most 2,000) at the new levels: it keeps what it
-    knew instead of starting again, and the next such value is no longer new. Levels drawn over
-    the training range alone, without widening, must leave room for growth (``margin``), which
-    makes them coarse; widening lets them fit the data (``margin`` 0).
+    knew instead of starting again, and the next such value is no longer new. The new levels
+    reach ``widen_headroom`` of the new range past that value: a new level's noise makes new
+    highs for a while, and levels drawn exactly to each would be redrawn (and the memory
+    relearned) at every one. Levels drawn over the training range alone, without widening, must
+    leave room for growth (``margin``), which makes them coarse; widening lets them fit the data
+    (``margin`` 0).
 
     The raw score is the score: it is a share with the same meaning on every series, and CAD
     OSE's own cut (0.75) is one. It is *not* passed through the empirical-CDF calibration of the
@@ -153,7 +159,7 @@ class ContextDetector(BaseDetector):
 
     Parameters
     ----------
-    value_bits, margin, rest_rows, rest_above, max_left_facts, max_active, value_range :
+    value_bits, margin, rest_rows, rest_above, max_left_facts, max_active, value_range, widen_headroom :
         See :class:`~pipelines.detectors.params.ContextParams`.
     threshold_kind, threshold_value :
         See :class:`~pipelines.config.ThresholdConfig`.
@@ -185,6 +191,7 @@ class ContextDetector(BaseDetector):
         max_left_facts: int = 7,
         max_active: int = 15,
         value_range: tuple[float, float] | None = None,
+        widen_headroom: float = 0.25,
         threshold_kind: str = "contamination",
         threshold_value: float = 0.005,
     ):
@@ -195,6 +202,7 @@ class ContextDetector(BaseDetector):
         self.max_left_facts = max_left_facts
         self.max_active = max_active
         self.value_range = value_range
+        self.widen_headroom = widen_headroom
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
 
@@ -263,7 +271,7 @@ class ContextDetector(BaseDetector):
         value is missing), and the middle and half-width of the level expected at each row."""
         raw = np.zeros(values.shape)
         middle, half = np.zeros(values.shape), np.zeros(values.shape)
-        rest_rows, rest_above, margin = self.rest_rows, self.rest_above, self.margin
+        rest_rows, rest_above, margin, headroom = self.rest_rows, self.rest_above, self.margin, self.widen_headroom
         for f, stream in enumerate(streams):
             quantiser, memory, recent = stream.quantiser, stream.memory, stream.recent
             facts, level_of, lowest, top = quantiser.facts, quantiser.level_of, quantiser.lowest, quantiser.top
@@ -281,7 +289,7 @@ class ContextDetector(BaseDetector):
                 since_high = 0 if score >= rest_above else since_high + 1
                 recent.append(value)
                 if not 0 <= level <= top and math.isfinite(value):
-                    stream.widen(value, margin)
+                    stream.widen(value, margin, headroom)
                     quantiser, memory = stream.quantiser, stream.memory
                     facts, level_of, lowest = quantiser.facts, quantiser.level_of, quantiser.lowest
                     level = quantiser.level(value)

@@ -160,6 +160,14 @@ class ContextParams(DetectorParams):
         ),
     )
 
+    widen_headroom: float = Field(
+        0.25, ge=0.0, le=10.0,
+        description=(
+            "When a value leaves the levels, how far past it the new levels reach, in ranges: "
+            "room for the next values of a new level, each of which would otherwise widen them again."
+        ),
+    )
+
     @field_validator("value_range")
     @classmethod
     def _increasing_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -26,7 +26,13 @@ def detector(series) -> ContextDetector:
 def test_flags_injected_spikes(detector: ContextDetector, series) -> None:
     train, test = series
     detection = detector.detect(spiked(test, SPIKE_ROWS), history=train)
-    assert detection.is_anomaly[SPIKE_ROWS, 0].sum() >= 4
+    # Three of the five leave the training range; two fall in seasonal troughs and stay inside
+    # it. The first spike beyond the range widens the levels with room past it, and a later,
+    # smaller one can land in that room as a merely rare level (row 151 scores 0.61 with the
+    # room, 0.90 without): three of five are flagged, four without the room, with which NAB's
+    # corpus scores 2.2 to 2.6 points lower on each of its four scores (docs/CONFIGURATION.md).
+    assert detection.is_anomaly[SPIKE_ROWS, 0].sum() >= 3
+    assert detection.is_anomaly[[9, 77], 0].all()  # the first two beyond the training range
     assert detection.is_anomaly[:, 0].sum() <= len(SPIKE_ROWS) + 3
 
 
@@ -79,8 +85,26 @@ def test_a_value_beyond_every_level_is_a_new_fact_then_the_levels_widen_to_hold_
     assert detection.is_anomaly[60, 0] and detection.score[60, 0] == 1.0
     width = detection.upper[:, 0] - detection.lower[:, 0]
     seen = far.iloc[60, 0] - min(train["a"].min(), test["a"].min())
-    assert width[61:] == pytest.approx(seen / 7) and (width[:60] < seen / 7 / 5).all()
+    drawn = seen * (1 + detector.widen_headroom)  # the room past the far value
+    assert width[61:] == pytest.approx(drawn / 7) and (width[:60] < seen / 7 / 5).all()
     np.testing.assert_array_equal(detector.step_, ContextDetector(rest_rows=12).fit(train).step_)  # the fitted model is unchanged
+
+
+def test_widened_levels_leave_headroom_past_the_value_that_left_them(series) -> None:
+    train, test = series
+    low, high = train["a"].min(), train["a"].max()
+    far = test.copy()
+    far.iloc[60:, 0] += 2 * (high - low)  # a new level from row 60, its noise making new highs for a while
+    headroom = ContextDetector(rest_rows=0, widen_headroom=0.25).fit(train).detect(far, history=train)
+    exact = ContextDetector(rest_rows=0, widen_headroom=0.0).fit(train).detect(far, history=train)
+    span = far.iloc[60, 0] - min(low, test["a"].iloc[:60].min())
+    headroom_width = headroom.upper[:, 0] - headroom.lower[:, 0]
+    exact_width = exact.upper[:, 0] - exact.lower[:, 0]
+    assert headroom_width[61] == pytest.approx(span * 1.25 / 7)
+    # Without room, every new high of the new level redraws the levels (and relearns the
+    # memory); with a quarter of the range past the first, none of them does.
+    assert len(np.unique(exact_width[61:].round(9))) > 1
+    assert len(np.unique(headroom_width[61:].round(9))) == 1
 
 
 def test_an_infinite_value_is_a_new_fact_and_widens_nothing(detector: ContextDetector, series) -> None:
