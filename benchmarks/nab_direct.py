@@ -17,6 +17,7 @@ on the whole corpus, writes it as the section ``nab_direct`` of docs/BENCHMARKS.
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
 import logging
 import re
@@ -39,9 +40,11 @@ from benchmarks.nab import (
     ReplayPlan,
     SeriesReplay,
     alert_scores,
+    alerts,
     nab_root,
     nab_scores,
     replay_in_pool,
+    snooze_rows,
 )
 from benchmarks.report import merge_table_rows, read_section, table, table_rows, write_section
 
@@ -122,18 +125,46 @@ def parse_detector(text: str) -> DetectorUnderTest:
 HEADERS = ["Detector", "Flagged rows, fixed", "Flagged rows, swept", "Alerts, fixed", "Alerts, swept", "Failed refits", "Wall time"]
 
 
+PER_FILE_HEADERS = ["detector", "series", "flagged_raw", "tp", "fp", "fn", "alerts_raw", "alerts_fp", "choices"]
+
+
+def per_file_rows(label: str, series: dict[str, SeriesReplay], root: Path, partial: bool) -> list[list[str]]:
+    """Raw NAB standard scores of each file (flagged rows and alerts, threshold fixed), with the
+    detectors ``auto`` chose there: which files a detector gains or loses its corpus score on."""
+    from pipelines.evaluation.nab import score_corpus
+
+    snooze = {key: snooze_rows(root / "data" / key) for key in series}
+    flagged = score_corpus({k: r.is_anomaly for k, r in series.items()}, root, "standard", partial=partial).series
+    sent = {k: alerts(r.is_anomaly, r.score, snooze[k]) for k, r in series.items()}
+    alerted = score_corpus(sent, root, "standard", partial=partial).series
+    return [
+        [label, key, f"{flagged[key].raw:.3f}", str(flagged[key].tp), str(flagged[key].fp), str(flagged[key].fn),
+         f"{alerted[key].raw:.3f}", str(alerted[key].fp), " ".join(replay.choices)]
+        for key, replay in series.items()
+    ]
+
+
 def score_rows(
     detectors: Sequence[DetectorUnderTest], keys: Sequence[str], root: Path, workers: int, partial: bool,
-    warm_start: bool = False,
+    warm_start: bool = False, per_file: Path | None = None,
 ) -> tuple[list[list[str]], list[str]]:
     """One table row per detector (its four NAB standard scores, failed refits and wall time),
-    and for detectors that choose a detector per training (``auto``) a line of their choices."""
+    and for detectors that choose a detector per training (``auto``) a line of their choices;
+    with ``per_file``, each file's raw scores are appended to that CSV (:func:`per_file_rows`)."""
     rows, choices = [], []
     for detector in detectors:
         began = time.perf_counter()
         series = replay(detector, keys, root, workers, warm_start)
         fixed, swept = nab_scores(series, root, partial)
         alerts_fixed, alerts_swept, _ = alert_scores(series, root, partial)
+        if per_file is not None:
+            label = detector.label + (", warm starts" if warm_start else "")
+            new = not per_file.exists()
+            with per_file.open("a", newline="") as out:
+                writer = csv.writer(out)
+                if new:
+                    writer.writerow(PER_FILE_HEADERS)
+                writer.writerows(per_file_rows(label, series, root, partial))
         rows.append([
             f"`{detector.label}`" + (", warm starts" if warm_start else ""),
             *(f"{value:.1f}" for value in (fixed["standard"], swept["standard"][1], alerts_fixed["standard"], alerts_swept["standard"][1])),
@@ -196,13 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--warm-start", action="store_true",
         help="refit from the serving model, as the pipeline does from its champion (rows labelled 'warm starts')",
     )
+    parser.add_argument(
+        "--per-file", type=Path, metavar="CSV",
+        help="append each file's raw NAB standard scores (and auto's choices) to this CSV",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pipelines").setLevel(logging.WARNING)
     root = nab_root()
     keys = args.series or sorted(load_windows(root))
     rows, choices = score_rows(
-        [parse_detector(d) for d in args.detectors], keys, root, args.workers, partial=bool(args.series), warm_start=args.warm_start
+        [parse_detector(d) for d in args.detectors], keys, root, args.workers, partial=bool(args.series), warm_start=args.warm_start,
+        per_file=args.per_file,
     )
     if args.series:
         print(section(table_text(rows, len(keys), args.workers), choices=choices))

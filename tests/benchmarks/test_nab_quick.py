@@ -338,3 +338,32 @@ def test_direct_replay_can_warm_start_each_refit_from_the_serving_model() -> Non
     first_refit = probation + nab.CHUNK_ROWS * nab.RETRAIN_EVERY
     np.testing.assert_array_equal(warm.score[:first_refit], cold.score[:first_refit])
     assert not np.array_equal(warm.score[first_refit:], cold.score[first_refit:])
+
+
+def test_per_file_rows_score_each_file_and_list_the_choices() -> None:
+    """One flag at the start of nyc_taxi's first window and one far from every window: one
+    window found, one false alarm, the other windows missed; the flag runs of a day apart make
+    two alerts, and ``auto``'s choices come along."""
+    from benchmarks import nab_direct
+    from benchmarks.nab import SeriesReplay
+    from pipelines.evaluation.nab import load_windows
+
+    key = "realKnownCause/nyc_taxi.csv"
+    stamps = pd.DatetimeIndex(pd.to_datetime(pd.read_csv(ROOT / "data" / key)["timestamp"]))
+    windows = load_windows(ROOT)[key]
+    inside = int(stamps.searchsorted(windows[0][0]))
+    outside = probationary_rows(len(stamps)) + 5
+    assert all(not (start <= stamps[outside] <= end) for start, end in windows)
+    flagged = np.zeros(len(stamps), dtype=bool)
+    flagged[[inside, outside]] = True
+    replay = SeriesReplay(
+        key=key, score=flagged.astype(float), is_anomaly=flagged, scored=np.ones(len(stamps), dtype=bool), params={},
+        note=None, dropped_rows=0, predict_runs=1, training_runs=2, promotions=2, failed_trainings=0, seconds=1.0,
+        choices=("context", "lstm"),
+    )
+    [row] = nab_direct.per_file_rows("auto", {key: replay}, ROOT, partial=True)
+    assert dict(zip(nab_direct.PER_FILE_HEADERS, row, strict=True)) | {"flagged_raw": "", "alerts_raw": ""} == {
+        "detector": "auto", "series": key, "flagged_raw": "", "tp": "1", "fp": "1", "fn": str(len(windows) - 1),
+        "alerts_raw": "", "alerts_fp": "1", "choices": "context lstm",
+    }
+    assert float(row[2]) == float(row[6]) < 1 - (len(windows) - 1)  # one hit, a false alarm and the misses
