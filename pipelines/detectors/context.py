@@ -115,7 +115,9 @@ class ContextDetector(BaseDetector):
     learns the sequence of levels online and gives each step a raw score in [0, 1]: half the
     share of the remembered contexts the step failed to confirm, plus half the share of new
     contexts it made. After a raw score of ``rest_above`` the next ``rest_rows`` rows score 0,
-    as in CAD: one anomaly is reported once, at its start. Training reports nothing, so scoring
+    as in CAD: one anomaly is reported once, at its start. A value beyond every level is scored
+    even in a rest: the rest mutes the rest of an event, not something beyond anything seen (a
+    false alarm's rest muted the real anomaly after it). Training reports nothing, so scoring
     after a cold fit starts out of any rest; a warm start keeps the rest of the rows it learned,
     which the serving model scored.
 
@@ -285,10 +287,13 @@ class ContextDetector(BaseDetector):
                 score, predicted = memory.step(facts[level - lowest])
                 expected = level_of.get(predicted, last_level) if predicted else last_level
                 column_middle[i], column_half[i] = quantiser.low + (expected + 0.5) * quantiser.step, quantiser.step / 2
-                column_raw[i] = score if since_high >= rest_rows else 0.0
+                beyond = not 0 <= level <= top
+                # A value beyond every level breaks a rest: a rest mutes more of the event it
+                # reported, not a new extreme (as alerts escalate through a snooze).
+                column_raw[i] = score if since_high >= rest_rows or beyond else 0.0
                 since_high = 0 if score >= rest_above else since_high + 1
                 recent.append(value)
-                if not 0 <= level <= top and math.isfinite(value):
+                if beyond and math.isfinite(value):
                     stream.widen(value, margin, headroom)
                     quantiser, memory = stream.quantiser, stream.memory
                     facts, level_of, lowest = quantiser.facts, quantiser.level_of, quantiser.lowest

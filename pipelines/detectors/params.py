@@ -146,7 +146,8 @@ class ContextParams(DetectorParams):
         ),
     )
     rest_rows: int = Field(
-        150, ge=0, le=100_000, description="Rows scored 0 after a raw score of rest_above or more (0: none)."
+        150, ge=0, le=100_000,
+        description="Rows scored 0 after a raw score of rest_above or more (0: none); a value beyond every level is scored even then.",
     )
     rest_above: float = Field(0.75, gt=0.0, le=1.0, description="Raw score that starts a rest.")
     max_left_facts: int = Field(7, ge=1, le=64, description="Largest overlap a derived context may have.")

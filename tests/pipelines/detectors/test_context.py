@@ -67,6 +67,19 @@ def test_a_rest_follows_a_flag(series) -> None:
     assert detection.is_anomaly[40, 0] and detection.score[50, 0] == 0.0 and detection.is_anomaly[90, 0]
 
 
+def test_a_value_beyond_every_level_breaks_a_rest(series) -> None:
+    """A rest mutes more of the event it reported; a value beyond anything seen, even the room
+    the first spike left, is news and is reported inside the rest."""
+    train, test = series
+    resting = ContextDetector(rest_rows=30).fit(train)
+    same = resting.detect(spiked(test, [40, 50], size=30.0), history=train)
+    worse = resting.detect(spiked(spiked(test, [40], size=30.0), [50], size=200.0), history=train)
+    assert same.is_anomaly[40, 0] and worse.is_anomaly[40, 0]
+    assert same.score[50, 0] == 0.0 and not same.is_anomaly[41:70, 0].any()
+    assert worse.score[50, 0] == 1.0 and worse.is_anomaly[50, 0]
+    assert not worse.is_anomaly[51:80, 0].any()  # the break starts a rest of its own
+
+
 def test_a_rest_started_in_training_does_not_mute_the_first_rows_scored(series) -> None:
     train, test = series
     # A spike three rows before the end of training starts a rest there (it reports nothing);
