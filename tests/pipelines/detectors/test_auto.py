@@ -168,8 +168,10 @@ def test_a_detector_that_rests_after_a_report_is_judged_on_every_planted_event(f
 
     whole = mean_event_f1([flag(p.frame) for p in plantings], plantings)
     apart = detection_f1(flag, plantings)
-    assert whole["recall"] == pytest.approx(0.25)  # the first of four events, each time
-    assert apart == pytest.approx({"f1": 1.0, "precision": 1.0, "recall": 1.0})
+    # The first of four events each time, and two spikes beyond every level (which break a
+    # rest): 5 of 12. One at a time, every event is found (and a few rows outside them).
+    assert whole["recall"] == pytest.approx(5 / 12)
+    assert apart["recall"] == 1.0 and apart["precision"] > 0.9
 
 
 def test_plantings_differ_and_the_first_is_the_seed_s_own(frame) -> None:
