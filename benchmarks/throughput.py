@@ -112,9 +112,11 @@ class BareIsolationForest:
 class BareSeasonalMAD:
     """The seasonal median/MAD computation written directly in numpy and pandas.
 
-    Fit: the median per slot of the season (the profile), the residuals from it, their
-    causal level (median of the previous ``level_window`` residuals), and ``1.4826 * MAD`` of
-    the remaining errors (per slot when every slot has 50 points, else per feature). Score:
+    Fit: the median per slot of the season (the profile), each row's residual from the median
+    of the other rows of its slot (by the detector's own function: no library computes
+    leave-one-out medians), their causal level (median of the previous ``level_window``
+    residuals), and ``1.4826 * MAD`` of the remaining errors (per slot when every slot has 50
+    points, else per feature). Score:
     ``|value - profile - level| / scale``. No input checks, calibration or threshold.
     """
 
@@ -145,10 +147,18 @@ class BareSeasonalMAD:
         return np.where(np.isnan(level.to_numpy()), self.fallback, level.to_numpy())
 
     def fit(self) -> Any:
+        from pipelines.detectors.seasonal_mad import leave_one_out_medians
+
         values, slots = self.values, self.slots
         self.profile = pd.DataFrame(values).groupby(slots).median().reindex(range(self.n_slots)).to_numpy()
         residuals = values - self.profile[slots]
         self.fallback = np.nanmedian(residuals, axis=0)
+        overall = np.nanmedian(values, axis=0)
+        filled = np.where(np.isnan(self.profile), overall, self.profile)
+        held_out = np.column_stack([
+            leave_one_out_medians(values[:, f], slots, self.n_slots, filled[:, f], overall[f]) for f in range(values.shape[1])
+        ])
+        residuals = values - held_out
         errors = pd.DataFrame(residuals - self._level(residuals))
         by_slot = errors.groupby(slots)
         slot_mad = (errors - by_slot.transform("median")).abs().groupby(slots).median().to_numpy()

@@ -128,7 +128,7 @@ class SeasonalMADDetector(BaseDetector):
         # (with two seasons, the median is the mean of the pair and halves the residual's
         # variance: the threshold for 0.5 % flagged 16 % of new rows of NAB's pure noise).
         held_out = np.column_stack([
-            _leave_one_out_medians(values[:, f], slots, self.n_slots_, self.profile_[:, f], overall[f])
+            leave_one_out_medians(values[:, f], slots, self.n_slots_, self.profile_[:, f], overall[f])
             for f in range(values.shape[1])
         ])
         errors = values - self._expected(values, slots, held_out)
@@ -291,7 +291,7 @@ def _robust_scale(errors: np.ndarray, slots: np.ndarray, n_slots: int, floor: fl
     return np.maximum(_MAD_TO_SIGMA * np.where(use_slots, per_slot, overall), floor)
 
 
-def _leave_one_out_medians(
+def leave_one_out_medians(
     values: np.ndarray, slots: np.ndarray, n_slots: int, by_slot: np.ndarray, overall: float
 ) -> np.ndarray:
     """Per row, the median of the other finite values of its slot: ``by_slot`` (the slot's
