@@ -507,6 +507,11 @@ def snooze_rows(csv_path: Path) -> int:
     return max(1, math.ceil(ALERT_SNOOZE / ReplayPlan.for_file(csv_path).frequency))
 
 
+def fixed_alerts(series: dict[str, SeriesReplay], root: Path) -> dict[str, np.ndarray]:
+    """The rows each series' own decisions (the fixed threshold) send alerts at."""
+    return {key: alerts(replay.is_anomaly, replay.score, snooze_rows(root / "data" / key)) for key, replay in series.items()}
+
+
 def alert_scores(
     series: dict[str, SeriesReplay], root: Path, partial: bool
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[int, float]]:
@@ -515,8 +520,8 @@ def alert_scores(
     from pipelines.evaluation.nab import score_corpus
 
     snooze = {key: snooze_rows(root / "data" / key) for key in series}
-    fixed_alerts = {key: alerts(replay.is_anomaly, replay.score, snooze[key]) for key, replay in series.items()}
-    fixed = {p: score_corpus(fixed_alerts, root, p, partial=partial).score for p in PROFILES}
+    sent_fixed = fixed_alerts(series, root)
+    fixed = {p: score_corpus(sent_fixed, root, p, partial=partial).score for p in PROFILES}
     pooled = np.concatenate([replay.score[replay.scored] for replay in series.values()])
     thresholds = sorted({float(np.quantile(pooled, 1 - q)) for q in ALERT_SWEEP_TAILS})
     swept: dict[str, tuple[float, float]] = {p: (math.inf, 0.0) for p in PROFILES}

@@ -40,11 +40,10 @@ from benchmarks.nab import (
     ReplayPlan,
     SeriesReplay,
     alert_scores,
-    alerts,
+    fixed_alerts,
     nab_root,
     nab_scores,
     replay_in_pool,
-    snooze_rows,
 )
 from benchmarks.report import merge_table_rows, read_section, table, table_rows, write_section
 
@@ -133,10 +132,8 @@ def per_file_rows(label: str, series: dict[str, SeriesReplay], root: Path, parti
     detectors ``auto`` chose there: which files a detector gains or loses its corpus score on."""
     from pipelines.evaluation.nab import score_corpus
 
-    snooze = {key: snooze_rows(root / "data" / key) for key in series}
     flagged = score_corpus({k: r.is_anomaly for k, r in series.items()}, root, "standard", partial=partial).series
-    sent = {k: alerts(r.is_anomaly, r.score, snooze[k]) for k, r in series.items()}
-    alerted = score_corpus(sent, root, "standard", partial=partial).series
+    alerted = score_corpus(fixed_alerts(series, root), root, "standard", partial=partial).series
     return [
         [label, key, f"{flagged[key].raw:.3f}", str(flagged[key].tp), str(flagged[key].fp), str(flagged[key].fn),
          f"{alerted[key].raw:.3f}", str(alerted[key].fp), " ".join(replay.choices)]
@@ -157,8 +154,8 @@ def score_rows(
         series = replay(detector, keys, root, workers, warm_start)
         fixed, swept = nab_scores(series, root, partial)
         alerts_fixed, alerts_swept, _ = alert_scores(series, root, partial)
+        label = detector.label + (", warm starts" if warm_start else "")
         if per_file is not None:
-            label = detector.label + (", warm starts" if warm_start else "")
             new = not per_file.exists()
             with per_file.open("a", newline="") as out:
                 writer = csv.writer(out)
@@ -166,7 +163,7 @@ def score_rows(
                     writer.writerow(PER_FILE_HEADERS)
                 writer.writerows(per_file_rows(label, series, root, partial))
         rows.append([
-            f"`{detector.label}`" + (", warm starts" if warm_start else ""),
+            f"`{label}`",
             *(f"{value:.1f}" for value in (fixed["standard"], swept["standard"][1], alerts_fixed["standard"], alerts_swept["standard"][1])),
             f"{sum(r.failed_trainings for r in series.values())}",
             f"{(time.perf_counter() - began) / 60:.1f} min",
