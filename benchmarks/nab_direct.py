@@ -229,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="append each file's raw NAB standard scores (and auto's choices) to this CSV",
     )
     args = parser.parse_args(argv)
+    if args.per_file is not None and not args.per_file.parent.is_dir():
+        # Checked before the replay, which can take an hour, rather than when the CSV is written.
+        parser.error(f"--per-file {args.per_file}: the folder {args.per_file.parent} does not exist; create it or choose another path")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pipelines").setLevel(logging.WARNING)
     root = nab_root()

@@ -367,3 +367,12 @@ def test_per_file_rows_score_each_file_and_list_the_choices() -> None:
         "alerts_raw": "", "alerts_fp": "1", "choices": "context lstm",
     }
     assert float(row[2]) == float(row[6]) < 1 - (len(windows) - 1)  # one hit, a false alarm and the misses
+
+
+def test_a_per_file_csv_in_a_missing_folder_is_refused_before_the_replay(tmp_path: Path, capsys) -> None:
+    from benchmarks import nab_direct
+
+    with pytest.raises(SystemExit) as exited:
+        nab_direct.main(["seasonal_mad", "--per-file", str(tmp_path / "absent" / "scores.csv")])
+    assert exited.value.code == 2
+    assert f"the folder {tmp_path / 'absent'} does not exist" in capsys.readouterr().err
