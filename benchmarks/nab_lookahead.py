@@ -39,16 +39,20 @@ def stream_series(csv_path: Path, key: str, setting: str) -> SeriesReplay:
     """``context`` fitted on the probationary rows of one file, then scoring all later rows in one
     call (learning as it goes); ``setting`` is one of :data:`SETTINGS` (see the module)."""
     from pipelines.detectors import make_detector
+    from pipelines.detectors.params import ContextParams
+    from pipelines.durations import rows_spanned
     from pipelines.evaluation.nab import probationary_rows
 
     began = time.perf_counter()
     raw = pd.read_csv(csv_path)
     frame = pd.DataFrame({"value": raw["value"].to_numpy(dtype="float64")})
     probation = probationary_rows(len(frame))
-    params: dict = {}
+    if setting == "causal":  # the default rest, a duration, in rows: the frame is indexed by row
+        step = pd.to_datetime(raw["timestamp"]).diff().median()
+        params: dict = {"rest": rows_spanned(ContextParams().rest, step)}
     if setting == "look-ahead":
         low, high = float(frame["value"].min()), float(frame["value"].max())
-        params = {"rest_rows": int(probation / 5)}
+        params = {"rest": int(probation / 5)}
         if high > low:  # a flat file (art_flatline) has no range to give: the detector's own rule for flat data
             params["value_range"] = (low, high)
     detector = make_detector("context", params).fit(frame.iloc[:probation])
@@ -82,10 +86,10 @@ def section(rows: list[list[str]], series: int) -> str:
         "ARTime size their encoders with them (ARTime also gets the file's length). Here `context` (CAD OSE's "
         "algorithm) is fitted on the probationary rows and then one model scores every later row while it learns, "
         f"as NAB runs its detectors, on all {series} files: *look-ahead* spans its 8 levels over the whole file's "
-        "range with CAD's rest of a fifth of the probation (`value_range`, `rest_rows`); *causal* keeps its "
+        "range with CAD's rest of a fifth of the probation (`value_range`, `rest`); *causal* keeps its "
         "defaults: levels over the training rows' range that widen when a value leaves them (the memory relearns "
-        "its recent rows at the new levels), and a rest of 150 rows (a fifth of the probation would follow the "
-        "file's length: NAB's probation is 15 % of the file). "
+        "its recent rows at the new levels), and a rest of 12 hours, in rows of the file's median spacing (a fifth "
+        "of the probation would follow the file's length: NAB's probation is 15 % of the file). "
         "NAB standard profile; CAD OSE's published score, threshold optimised, is 69.9. Before the levels "
         "widened (2026-12-02), *causal* drew them over the training range widened by one range on each side, "
         "and its contamination cut could rest on as few as 2 rows: 43.1 / 57.4 / 41.7 / 57.4.",

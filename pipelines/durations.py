@@ -6,6 +6,7 @@ DAG files, where importing pandas would slow every parse; the accepted grammar i
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -36,3 +37,8 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} must be a positive duration")
     return timedelta(**{_UNITS[unit]: amount})
 
+
+
+def rows_spanned(duration: str | timedelta, step: timedelta) -> int:
+    """Rows ``duration`` spans at one row per ``step``, rounded up (``"1d"`` at 5 minutes: 288)."""
+    return math.ceil((parse_duration(duration) if isinstance(duration, str) else duration) / step)

@@ -140,6 +140,8 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
     requires_timestamps: ClassVar[bool] = False
     #: Whether :meth:`fit` can start from a fitted detector of the same kind (``_fit_warm``).
     supports_warm_start: ClassVar[bool] = False
+    #: Parameters renamed since models were saved: old name -> new name (:meth:`from_files`).
+    renamed_params: ClassVar[dict[str, str]] = {}
 
     # -- fitting --------------------------------------------------------------------------
 
@@ -323,7 +325,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
                 f"the model artifact holds a {meta.get('kind')!r} detector in format {meta.get('format')}, "
                 f"not a {cls.kind!r} detector in format {ARTIFACT_FORMAT}: load it with its own kind, or retrain"
             )
-        detector = cls(**meta["params"])
+        detector = cls(**{cls.renamed_params.get(name, name): value for name, value in meta["params"].items()})
         learned = meta["learned"]
         with np.load(io.BytesIO(files["arrays.npz"]), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}

@@ -21,6 +21,8 @@ from pipelines.detectors.base import BaseDetector, Detection, make_detection
 from pipelines.detectors.calibration import decision_threshold
 from pipelines.detectors.context_memory import ContextMemory
 from pipelines.detectors.params import ContextParams
+from pipelines.durations import rows_spanned
+from pipelines.errors import ConfigError
 
 #: Fewest training rows: the first half fills the memory, the second sets the threshold.
 _MIN_TRAINING_ROWS = 50
@@ -114,8 +116,11 @@ class ContextDetector(BaseDetector):
     shape of the sequence, not its noise). A :class:`~pipelines.detectors.context_memory.ContextMemory`
     learns the sequence of levels online and gives each step a raw score in [0, 1]: half the
     share of the remembered contexts the step failed to confirm, plus half the share of new
-    contexts it made. After a raw score of ``rest_above`` the next ``rest_rows`` rows score 0,
-    as in CAD: one anomaly is reported once, at its start. A value beyond every level is scored
+    contexts it made. After a raw score of ``rest_above``, the rows of the next ``rest`` score 0,
+    as in CAD: one anomaly is reported once, at its start. The rest is a duration (12 hours by
+    default; rows of the training rows' median spacing, :attr:`rest_rows_`), or a number of rows:
+    a rest of rows means a different time on every series (150 rows were six days of an hourly
+    series, and a false alarm's rest muted the real anomaly days later). A value beyond every level is scored
     even in a rest: the rest mutes the rest of an event, not something beyond anything seen (a
     false alarm's rest muted the real anomaly after it). Training reports nothing, so scoring
     after a cold fit starts out of any rest; a warm start keeps the rest of the rows it learned,
@@ -161,7 +166,7 @@ class ContextDetector(BaseDetector):
 
     Parameters
     ----------
-    value_bits, margin, rest_rows, rest_above, max_left_facts, max_active, value_range, widen_headroom :
+    value_bits, margin, rest, rest_above, max_left_facts, max_active, value_range, widen_headroom :
         See :class:`~pipelines.detectors.params.ContextParams`.
     threshold_kind, threshold_value :
         See :class:`~pipelines.config.ThresholdConfig`.
@@ -173,6 +178,8 @@ class ContextDetector(BaseDetector):
     calibration_share_ : float or None
         Share of the calibration rows (the training rows' second half) at or above the threshold
         (None for a model saved before it was recorded).
+    rest_rows_ : int
+        The rest in rows (``rest`` at the training rows' median spacing when it is a duration).
     streams_ : list
         The fitted memory of each feature and where its scoring stood after the training rows.
     training_end_ : pandas.Timestamp or int
@@ -182,13 +189,14 @@ class ContextDetector(BaseDetector):
     kind = "context"
     params_model = ContextParams
     supports_warm_start = True
+    renamed_params = {"rest_rows": "rest"}  # models saved before 2026-12-03 hold the rest in rows
 
     def __init__(
         self,
         *,
         value_bits: int = 3,
         margin: float = 0.0,
-        rest_rows: int = 150,
+        rest: int | str = "12h",
         rest_above: float = 0.75,
         max_left_facts: int = 7,
         max_active: int = 15,
@@ -199,7 +207,7 @@ class ContextDetector(BaseDetector):
     ):
         self.value_bits = value_bits
         self.margin = margin
-        self.rest_rows = rest_rows
+        self.rest = rest
         self.rest_above = rest_above
         self.max_left_facts = max_left_facts
         self.max_active = max_active
@@ -210,6 +218,7 @@ class ContextDetector(BaseDetector):
 
     def _fit(self, X: pd.DataFrame, params: ContextParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "half of them fill the memory, half calibrate its scores")
+        self.rest_rows_ = self._rest_rows(X.index, params.rest)
         values = X.to_numpy()
         self.streams_ = []
         finite = np.where(np.isfinite(values), values, np.nan)  # an infinity is beyond every level, never its edge
@@ -220,13 +229,13 @@ class ContextDetector(BaseDetector):
             else:
                 quantiser = _Quantiser.spanning(low, high, params.margin, params.value_bits)
             memory = ContextMemory(params.max_left_facts, params.max_active)
-            self.streams_.append(_Stream(quantiser, (low, high), memory, deque(maxlen=_RELEARN_ROWS), params.rest_rows, 0))
+            self.streams_.append(_Stream(quantiser, (low, high), memory, deque(maxlen=_RELEARN_ROWS), self.rest_rows_, 0))
         raw, _, _ = self._run(self.streams_, values)
         # Training rows are never reported, so no report rests the first rows scored: a young
-        # memory often starts a rest near the end of training, which muted up to rest_rows rows
-        # after every cold fit (auto's held-back trials of context among them).
+        # memory often starts a rest near the end of training, which muted the whole rest after
+        # every cold fit (auto's held-back trials of context among them).
         for stream in self.streams_:
-            stream.since_high = params.rest_rows
+            stream.since_high = self.rest_rows_
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
         return raw[len(X) // 2 :]
@@ -240,11 +249,25 @@ class ContextDetector(BaseDetector):
         if len(unseen) < _MIN_TRAINING_ROWS // 2 or not within or sum(s.memory.contexts for s in champion.streams_) > _MAX_WARM_CONTEXTS:
             self.warm_started_ = False
             return self._fit(X, params)
+        self.rest_rows_ = self._rest_rows(X.index, params.rest)
         self.streams_ = [stream.copy() for stream in champion.streams_]
         raw, _, _ = self._run(self.streams_, values)
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
         return raw
+
+    def _rest_rows(self, index: pd.Index, rest: int | str) -> int:
+        if isinstance(rest, int):
+            return rest
+        if not isinstance(index, pd.DatetimeIndex):
+            raise ConfigError(
+                f"parameter 'rest' is the duration {rest!r} but the data has no timestamps; "
+                "give the rest as a number of rows (e.g. rest: 150)"
+            )
+        step = pd.Series(index).diff().median()
+        if not step > pd.Timedelta(0):
+            raise ConfigError(f"parameter 'rest' is the duration {rest!r} but the training rows share one timestamp; give it in rows")
+        return rows_spanned(rest, step)
 
     def _decision_threshold(self, calibration: np.ndarray, policy: ThresholdConfig) -> float:
         """The cut flagging ``max(value, 10 / rows)`` of the calibration rows, never below
@@ -273,7 +296,7 @@ class ContextDetector(BaseDetector):
         value is missing), and the middle and half-width of the level expected at each row."""
         raw = np.zeros(values.shape)
         middle, half = np.zeros(values.shape), np.zeros(values.shape)
-        rest_rows, rest_above, margin, headroom = self.rest_rows, self.rest_above, self.margin, self.widen_headroom
+        rest_rows, rest_above, margin, headroom = self.rest_rows_, self.rest_above, self.margin, self.widen_headroom
         for f, stream in enumerate(streams):
             quantiser, memory, recent = stream.quantiser, stream.memory, stream.recent
             facts, level_of, lowest, top = quantiser.facts, quantiser.level_of, quantiser.lowest, quantiser.top
@@ -326,6 +349,7 @@ class ContextDetector(BaseDetector):
         time_indexed = isinstance(self.training_end_, pd.Timestamp)
         state = {
             "calibration_share_": self.calibration_share_,
+            "rest_rows_": self.rest_rows_,
             "since_high_": [s.since_high for s in self.streams_],
             "last_level_": [s.last_level for s in self.streams_],
             "training_end_": self.training_end_.isoformat() if time_indexed else int(self.training_end_),
@@ -340,6 +364,8 @@ class ContextDetector(BaseDetector):
         if seen is None:
             span = arrays["step_"] * (2**self.value_bits - 1) / (1.0 + 2.0 * self.margin)
             seen = np.column_stack([arrays["low_"] + self.margin * span, arrays["low_"] + (1.0 + self.margin) * span])
+        # A model saved before the rest could be a duration had it in rows (``rest``, renamed).
+        self.rest_rows_ = int(state.get("rest_rows_", self.rest))
         share = state.get("calibration_share_")
         self.calibration_share_ = None if share is None else float(share)
         end = state["training_end_"]
@@ -360,6 +386,7 @@ class ContextDetector(BaseDetector):
         return {
             **super().summary(),
             "levels": 2**self.value_bits,
+            "rest_rows": self.rest_rows_,
             "level_width": [float(step) for step in self.step_],
             "calibration_share": self.calibration_share_,
             "contexts": [stream.memory.contexts for stream in self.streams_],

@@ -7,9 +7,9 @@ Each detector checks its own parameters in ``fit`` through the same model.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.durations import parse_duration
 
@@ -145,9 +145,12 @@ class ContextParams(DetectorParams):
             "(the levels widen by themselves when a value leaves them)."
         ),
     )
-    rest_rows: int = Field(
-        150, ge=0, le=100_000,
-        description="Rows scored 0 after a raw score of rest_above or more (0: none); a value beyond every level is scored even then.",
+    rest: int | str = Field(
+        "12h",
+        description=(
+            "How long scores stay 0 after a raw score of rest_above or more: a duration ('12h') for "
+            "timestamped data, or a number of rows (0: no rest); a value beyond every level is scored even then."
+        ),
     )
     rest_above: float = Field(0.75, gt=0.0, le=1.0, description="Raw score that starts a rest.")
     max_left_facts: int = Field(7, ge=1, le=64, description="Largest overlap a derived context may have.")
@@ -168,6 +171,25 @@ class ContextParams(DetectorParams):
             "room for the next values of a new level, each of which would otherwise widen them again."
         ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rest_rows_renamed(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "rest_rows" in values:
+            raise ValueError(
+                f"'rest_rows' is now 'rest' (a duration such as '12h', or a number of rows): "
+                f"write rest: {values['rest_rows']!r} to keep {values['rest_rows']!r} rows"
+            )
+        return values
+
+    @field_validator("rest")
+    @classmethod
+    def _rest_is_duration_or_rows(cls, value: int | str) -> int | str:
+        if isinstance(value, str):
+            parse_duration(value)
+        elif value < 0:
+            raise ValueError("a rest in rows must be 0 (no rest) or more")
+        return value
 
     @field_validator("value_range")
     @classmethod

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from datetime import timedelta
 from typing import Any, Self
 
@@ -13,7 +12,7 @@ import pandas as pd
 from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import SeasonalMADParams
-from pipelines.durations import parse_duration
+from pipelines.durations import parse_duration, rows_spanned
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ _TICK_NANOSECONDS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 def season_slots(season: str | timedelta, step: timedelta) -> int:
     """Rows one season spans at one row per ``step`` (a season needs two of them to be learned)."""
-    return math.ceil(pd.Timedelta(parse_duration(season) if isinstance(season, str) else season) / pd.Timedelta(step))
+    return rows_spanned(season, pd.Timedelta(step))
 
 
 class SeasonalMADDetector(BaseDetector):

@@ -19,8 +19,8 @@ def test_look_ahead_spans_the_whole_file_and_causal_only_the_training_rows() -> 
     probation = probationary_rows(len(values))
     ahead = nab_lookahead.stream_series(ROOT / "data" / KEY, KEY, "look-ahead")
     causal = nab_lookahead.stream_series(ROOT / "data" / KEY, KEY, "causal")
-    assert ahead.params == {"value_range": (values.min(), values.max()), "rest_rows": int(probation / 5)}
-    assert causal.params == {}
+    assert ahead.params == {"value_range": (values.min(), values.max()), "rest": int(probation / 5)}
+    assert causal.params == {"rest": 12}  # the default rest of 12 hours, on this hourly file
     for replay in (ahead, causal):
         assert not replay.scored[:probation].any() and replay.scored[probation:].all()
         assert ((replay.score >= 0) & (replay.score <= 1)).all()

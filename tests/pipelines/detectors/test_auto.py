@@ -153,7 +153,7 @@ def test_planted_events_are_scored_one_at_a_time_each_in_a_clean_copy(frame) -> 
 
 
 def test_a_detector_that_rests_after_a_report_is_judged_on_every_planted_event(frame) -> None:
-    # context stays quiet for rest_rows after a report: on a whole planting, the first event it
+    # context stays quiet for its rest after a report: on a whole planting, the first event it
     # reports silences it for the others, which is how plantings (an event every ~25 rows)
     # differ from real anomalies, not how well it finds them.
     one = frame[["a"]]  # one signal, one rest
@@ -161,7 +161,7 @@ def test_a_detector_that_rests_after_a_report_is_judged_on_every_planted_event(f
     plantings = plant_repeatedly(tail, robust_scale(head), seed=0, times=3)
     # A rest longer than the planted events' spacing, and room around the training range so
     # that no clean row is a new high (a new fact, reported) and only planted events report.
-    candidate = make_detector("context", {"rest_rows": 150, "margin": 1.0}).fit(head)
+    candidate = make_detector("context", {"rest": 150, "margin": 1.0}).fit(head)
 
     def flag(rows: pd.DataFrame) -> np.ndarray:
         return candidate.detect(rows, history=head).is_anomaly.any(axis=1)

@@ -5,9 +5,12 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
+from pipelines.config import ModelConfig
 from pipelines.detectors.context import ContextDetector
-from tests.pipelines.detectors.conftest import spiked
+from pipelines.errors import ConfigError
+from tests.pipelines.detectors.conftest import SCORE_DAYS, TRAIN_DAYS, seasonal_frame, spiked
 
 SPIKE_ROWS = [9, 40, 77, 118, 151]
 
@@ -20,7 +23,7 @@ def series(split_series: Callable) -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture
 def detector(series) -> ContextDetector:
     # A rest shorter than the spacing of the spikes below, so that each can be flagged.
-    return ContextDetector(rest_rows=12).fit(series[0])
+    return ContextDetector(rest=12).fit(series[0])
 
 
 def test_flags_injected_spikes(detector: ContextDetector, series) -> None:
@@ -46,7 +49,7 @@ def test_flags_a_level_shift_near_its_start_then_learns_it(detector: ContextDete
     shifted = test.copy()
     shifted.iloc[48:, 0] += 8.0
     assert detector.detect(shifted, history=train).is_anomaly[48:54, 0].any()
-    score = ContextDetector(rest_rows=0).fit(train).detect(shifted, history=train).score[:, 0]
+    score = ContextDetector(rest=0).fit(train).detect(shifted, history=train).score[:, 0]
     assert score[48:72].mean() > score[96:].mean() + 0.15
 
 
@@ -60,7 +63,7 @@ def test_flags_a_variance_change(detector: ContextDetector, series) -> None:
 
 def test_a_rest_follows_a_flag(series) -> None:
     train, test = series
-    resting = ContextDetector(rest_rows=30).fit(train)
+    resting = ContextDetector(rest=30).fit(train)
     # A spike up, another within the rest, and one down after it (a spike like the first would
     # be less new by then: the memory has seen two).
     detection = resting.detect(spiked(spiked(test, [40, 50], size=30.0), [90], size=-30.0), history=train)
@@ -71,7 +74,7 @@ def test_a_value_beyond_every_level_breaks_a_rest(series) -> None:
     """A rest mutes more of the event it reported; a value beyond anything seen, even the room
     the first spike left, is news and is reported inside the rest."""
     train, test = series
-    resting = ContextDetector(rest_rows=30).fit(train)
+    resting = ContextDetector(rest=30).fit(train)
     same = resting.detect(spiked(test, [40, 50], size=30.0), history=train)
     worse = resting.detect(spiked(spiked(test, [40], size=30.0), [50], size=200.0), history=train)
     assert same.is_anomaly[40, 0] and worse.is_anomaly[40, 0]
@@ -80,12 +83,41 @@ def test_a_value_beyond_every_level_breaks_a_rest(series) -> None:
     assert not worse.is_anomaly[51:80, 0].any()  # the break starts a rest of its own
 
 
+def test_a_rest_given_as_a_duration_lasts_that_long_at_any_spacing() -> None:
+    """The default rest is 12 hours: the same values muted for 12 rows when they come hourly
+    and for 24 when they come every half hour (a rest in rows would be a different time on each)."""
+    frame = spiked(seasonal_frame(TRAIN_DAYS + SCORE_DAYS, seed=7), [24 * TRAIN_DAYS + 40], size=30.0)
+    muted = {}
+    for spacing in ("h", "30min"):
+        spaced = frame.set_axis(pd.date_range("2024-01-01", periods=len(frame), freq=spacing, tz="UTC"))
+        train, test = spaced.iloc[: 24 * TRAIN_DAYS], spaced.iloc[24 * TRAIN_DAYS :]
+        detector = ContextDetector().fit(train)
+        score = detector.detect(test, history=train).score[:, 0]
+        assert score[40] == 1.0
+        muted[spacing] = (detector.rest_rows_, int(np.argmax(score[41:] > 0)))  # rows muted after the report
+    # One row more than the rest: the step back from the spike is new too and extends it.
+    assert muted == {"h": (12, 13), "30min": (24, 25)}
+
+
+def test_a_rest_as_a_duration_needs_timestamps(series) -> None:
+    train, _ = series
+    rows = train.reset_index(drop=True)
+    with pytest.raises(ConfigError, match=r"parameter 'rest' is the duration '12h' but the data has no timestamps; give the rest as a number of rows"):
+        ContextDetector().fit(rows)
+    assert ContextDetector(rest=12).fit(rows).rest_rows_ == 12
+
+
+def test_rest_rows_of_an_older_job_is_refused_with_its_new_name() -> None:
+    with pytest.raises(ValidationError, match=r"'rest_rows' is now 'rest' .*write rest: 150 to keep 150 rows"):
+        ModelConfig(kind="context", params={"rest_rows": 150})
+
+
 def test_a_rest_started_in_training_does_not_mute_the_first_rows_scored(series) -> None:
     train, test = series
     # A spike three rows before the end of training starts a rest there (it reports nothing);
     # the spike five rows into scoring is the first report and is flagged.
     spiky_end = spiked(train, [len(train) - 3], size=30.0)
-    detector = ContextDetector(rest_rows=30).fit(spiky_end)
+    detector = ContextDetector(rest=30).fit(spiky_end)
     detection = detector.detect(spiked(test, [5], size=-30.0), history=spiky_end)
     assert detection.is_anomaly[5, 0]
 
@@ -100,7 +132,7 @@ def test_a_value_beyond_every_level_is_a_new_fact_then_the_levels_widen_to_hold_
     seen = far.iloc[60, 0] - min(train["a"].min(), test["a"].min())
     drawn = seen * (1 + detector.widen_headroom)  # the room past the far value
     assert width[61:] == pytest.approx(drawn / 7) and (width[:60] < seen / 7 / 5).all()
-    np.testing.assert_array_equal(detector.step_, ContextDetector(rest_rows=12).fit(train).step_)  # the fitted model is unchanged
+    np.testing.assert_array_equal(detector.step_, ContextDetector(rest=12).fit(train).step_)  # the fitted model is unchanged
 
 
 def test_widened_levels_leave_headroom_past_the_value_that_left_them(series) -> None:
@@ -108,8 +140,8 @@ def test_widened_levels_leave_headroom_past_the_value_that_left_them(series) -> 
     low, high = train["a"].min(), train["a"].max()
     far = test.copy()
     far.iloc[60:, 0] += 2 * (high - low)  # a new level from row 60, its noise making new highs for a while
-    headroom = ContextDetector(rest_rows=0, widen_headroom=0.25).fit(train).detect(far, history=train)
-    exact = ContextDetector(rest_rows=0, widen_headroom=0.0).fit(train).detect(far, history=train)
+    headroom = ContextDetector(rest=0, widen_headroom=0.25).fit(train).detect(far, history=train)
+    exact = ContextDetector(rest=0, widen_headroom=0.0).fit(train).detect(far, history=train)
     span = far.iloc[60, 0] - min(low, test["a"].iloc[:60].min())
     headroom_width = headroom.upper[:, 0] - headroom.lower[:, 0]
     exact_width = exact.upper[:, 0] - exact.lower[:, 0]
@@ -134,14 +166,14 @@ def test_an_infinite_value_is_a_new_fact_and_widens_nothing(detector: ContextDet
 def test_widened_levels_keep_what_the_memory_knew(series) -> None:
     train, test = series
     span = train["a"].max() - train["a"].min()
-    restless = ContextDetector(rest_rows=0).fit(train)
+    restless = ContextDetector(rest=0).fit(train)
     above = test.copy()
     above.iloc[20, 0] = train["a"].max() + 0.5 * span  # widens the levels by half
     score = restless.detect(above, history=train).score[:, 0]
     # The memory relearned the recent rows at the new levels: after the step back from the new
     # high (a context never seen, score 1) nothing is new to it, and ordinary rows score as low
     # as in a memory that had those levels from the start.
-    fresh = ContextDetector(rest_rows=0, value_range=(train["a"].min(), train["a"].max() + 0.5 * span)).fit(train)
+    fresh = ContextDetector(rest=0, value_range=(train["a"].min(), train["a"].max() + 0.5 * span)).fit(train)
     assert score[20] == 1.0 and (score[22:] < 1.0).all()
     assert score[60:].mean() < fresh.detect(test, history=train).score[60:, 0].mean() + 0.1
 
@@ -162,7 +194,7 @@ def test_history_after_training_is_learned_before_scoring(detector: ContextDetec
     shifted = test.copy()
     shifted.iloc[:, 0] += 8.0  # a new level from the first scored row on
     first, rest = shifted.iloc[:72], shifted.iloc[72:]
-    restless = ContextDetector(rest_rows=0).fit(train)
+    restless = ContextDetector(rest=0).fit(train)
     learned = restless.detect(rest, history=pd.concat([train, first])).score[:, 0]
     unlearned = restless.detect(rest, history=train).score[:, 0]
     assert learned[:24].mean() < unlearned[:24].mean() - 0.1
@@ -179,7 +211,7 @@ def test_margin_widens_the_levels(series) -> None:
 
 def test_flat_series_is_quiet_until_it_moves(series) -> None:
     train, test = (frame.assign(a=5.0) for frame in series)
-    detector = ContextDetector(rest_rows=0).fit(train)
+    detector = ContextDetector(rest=0).fit(train)
     moved = test.assign(a=[5.0] * 10 + [50.0] + [5.0] * (len(test) - 11))
     assert np.flatnonzero(detector.detect(moved, history=train).is_anomaly[:, 0])[:1].tolist() == [10]
 
@@ -187,30 +219,30 @@ def test_flat_series_is_quiet_until_it_moves(series) -> None:
 @pytest.mark.parametrize("size", [12.0, 30.0, -30.0])
 def test_spikes_inside_and_far_beyond_the_levels_score_high(series, size: float) -> None:
     train, test = series
-    detection = ContextDetector(rest_rows=0).fit(train).detect(spiked(test, [40], size=size), history=train)
+    detection = ContextDetector(rest=0).fit(train).detect(spiked(test, [40], size=size), history=train)
     assert detection.is_anomaly[40, 0] and detection.score[40, 0] >= 0.75
 
 
 def test_a_warm_start_continues_the_serving_memory(series) -> None:
     train, test = series
     # Room around the training range, so that the later rows fit in the serving levels.
-    detector = ContextDetector(rest_rows=12, margin=1.0).fit(train)
+    detector = ContextDetector(rest=12, margin=1.0).fit(train)
     before = detector.to_files()
     later = pd.concat([train, test]).iloc[len(test) :]  # the window moved on by the scored rows
-    warm = ContextDetector(rest_rows=12, margin=1.0).fit(later, warm_start=detector)
+    warm = ContextDetector(rest=12, margin=1.0).fit(later, warm_start=detector)
     assert warm.warm_started_
     np.testing.assert_array_equal(warm.step_, detector.step_)
     assert all(w.memory.contexts > c.memory.contexts for w, c in zip(warm.streams_, detector.streams_, strict=True))
     assert warm.training_end_ == test.index[-1]
     assert detector.to_files() == before  # the champion is not changed
-    cold = ContextDetector(rest_rows=12, margin=1.0).fit(later)
+    cold = ContextDetector(rest=12, margin=1.0).fit(later)
     assert not cold.warm_started_ and cold.summary()["contexts"] != warm.summary()["contexts"]
 
 
 def test_a_warm_start_outside_the_serving_levels_is_cold(detector: ContextDetector, series) -> None:
     train, test = series
     moved = pd.concat([train, test + 100.0]).iloc[len(test) :]
-    refit = ContextDetector(rest_rows=12).fit(moved, warm_start=detector)
+    refit = ContextDetector(rest=12).fit(moved, warm_start=detector)
     assert not refit.warm_started_
     assert refit.low_[0] == pytest.approx(moved["a"].min())  # a retraining is where the levels narrow again
 
@@ -227,14 +259,14 @@ def test_a_contamination_cut_is_estimated_from_at_least_ten_calibration_rows() -
     # high. The second half of 200 training rows calibrates: a cut flagging 5 % of it would rest
     # on its top 5 rows, so the cut flags 10 rows (10 %), as a 10 % contamination does.
     noise = pd.DataFrame({"a": np.random.default_rng(3).normal(size=200)})
-    naive = ContextDetector(value_bits=8, rest_rows=0, threshold_kind="score", threshold_value=0.5).fit(noise)
-    few = ContextDetector(value_bits=8, rest_rows=0, threshold_value=0.05).fit(noise)
-    ten = ContextDetector(value_bits=8, rest_rows=0, threshold_value=0.1).fit(noise)
-    more = ContextDetector(value_bits=8, rest_rows=0, threshold_value=0.3).fit(noise)
+    naive = ContextDetector(value_bits=8, rest=0, threshold_kind="score", threshold_value=0.5).fit(noise)
+    few = ContextDetector(value_bits=8, rest=0, threshold_value=0.05).fit(noise)
+    ten = ContextDetector(value_bits=8, rest=0, threshold_value=0.1).fit(noise)
+    more = ContextDetector(value_bits=8, rest=0, threshold_value=0.3).fit(noise)
     assert few.threshold_ == ten.threshold_ > 0.75 and few.calibration_share_ == pytest.approx(0.1)
     assert more.threshold_ < ten.threshold_ and more.calibration_share_ == pytest.approx(0.3)
     assert naive.threshold_ == 0.5 and naive.calibration_share_ > 0.5
-    fap = ContextDetector(value_bits=8, rest_rows=0, threshold_kind="false_alarm_probability", threshold_value=0.1).fit(noise)
+    fap = ContextDetector(value_bits=8, rest=0, threshold_kind="false_alarm_probability", threshold_value=0.1).fit(noise)
     assert fap.threshold_ == ten.threshold_  # a share of held-back rows either way: the raw score is no probability
 
 
@@ -258,3 +290,18 @@ def test_a_model_saved_before_the_levels_could_widen_still_loads_and_scores(seri
     far = spiked(test, [40], size=100.0)
     np.testing.assert_array_equal(old.detect(test, history=train).score, fitted.detect(test, history=train).score)
     assert old.detect(far, history=train).is_anomaly[40, 0]
+
+
+def test_a_model_saved_with_its_rest_in_rows_loads_and_rests_as_long(series) -> None:
+    import json
+
+    train, test = series
+    fitted = ContextDetector(rest=30).fit(train)
+    files = fitted.to_files()
+    meta = json.loads(files["detector.json"])
+    meta["params"]["rest_rows"] = meta["params"].pop("rest")  # as saved before 2026-12-03
+    del meta["learned"]["rest_rows_"]
+    old = ContextDetector.from_files({**files, "detector.json": json.dumps(meta).encode()})
+    assert old.rest == 30 and old.rest_rows_ == 30
+    spikes = spiked(test, [40, 50], size=30.0)
+    np.testing.assert_array_equal(old.detect(spikes, history=train).score, fitted.detect(spikes, history=train).score)

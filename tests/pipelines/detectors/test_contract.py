@@ -26,7 +26,7 @@ FAST_PARAMS: dict[str, dict] = {
     "auto": {"candidates": ["seasonal_mad", "mset"]},
     # Without rests and with a low floor under its threshold, so that the contamination share is
     # what decides, as the checks below expect (rests and the floor are tested in test_context).
-    "context": {"rest_rows": 0, "rest_above": 0.05},
+    "context": {"rest": 0, "rest_above": 0.05},
     "iforest": {"n_estimators": 40, "window": 12},
     "lstm": {"max_epochs": 8, "hidden_size": 8, "window": 12},
     "level_shift": {"level_window": 12, "shift_window": 12},
@@ -195,7 +195,7 @@ def test_get_params_set_params_and_clone(kind: str, data) -> None:
 BAD_PARAMS = [
     ("auto", "candidates", ["arima"], "'seasonal_mad', 'level_shift', 'iforest', 'context', 'mset', 'prophet' or 'lstm'"),
     ("context", "value_range", (5.0, 1.0), r"must be \[low, high\] with low < high"),
-    ("context", "rest_rows", -1, "greater than or equal to 0"),
+    ("context", "rest", -1, r"a rest in rows must be 0 \(no rest\) or more"),
     ("level_shift", "shift_window", 0, "greater than or equal to 1"),
     ("level_shift", "drift", 0.0, "greater than 0"),
     ("auto", "holdout_fraction", 0.9, "less than or equal to 0.5"),
