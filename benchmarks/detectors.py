@@ -38,10 +38,10 @@ class DetectorUnderTest:
         season = self.params.get("season")
         if not isinstance(season, str):
             return dict(self.params), None
-        from pipelines.detectors.seasonal_mad import season_slots
+        from pipelines.durations import rows_spanned
         from pipelines.training import HOLDOUT_FRACTION
 
-        slots = season_slots(season, frequency)
+        slots = rows_spanned(season, frequency)
         fitted_rows = int(training_rows * (1 - HOLDOUT_FRACTION))
         if fitted_rows >= 2 * slots:
             return dict(self.params), None

@@ -24,11 +24,12 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.nab import SeriesReplay, alert_scores, nab_root, nab_scores, replay_in_pool
+from benchmarks.nab import ReplayPlan, SeriesReplay, alert_scores, nab_root, nab_scores, replay_in_pool
 from benchmarks.report import table, write_section
 
 SECTION = "nab_lookahead"
@@ -47,14 +48,15 @@ def stream_series(csv_path: Path, key: str, setting: str) -> SeriesReplay:
     raw = pd.read_csv(csv_path)
     frame = pd.DataFrame({"value": raw["value"].to_numpy(dtype="float64")})
     probation = probationary_rows(len(frame))
-    if setting == "causal":  # the default rest, a duration, in rows: the frame is indexed by row
-        step = pd.to_datetime(raw["timestamp"]).diff().median()
-        params: dict = {"rest": rows_spanned(ContextParams().rest, step)}
+    params: dict[str, Any]
     if setting == "look-ahead":
         low, high = float(frame["value"].min()), float(frame["value"].max())
         params = {"rest": int(probation / 5)}
         if high > low:  # a flat file (art_flatline) has no range to give: the detector's own rule for flat data
             params["value_range"] = (low, high)
+    else:  # causal: the default rest, a duration, in rows of the file's spacing (the frame is indexed by row)
+        spacing = ReplayPlan.for_timestamps(pd.to_datetime(raw["timestamp"], utc=True)).frequency
+        params = {"rest": rows_spanned(ContextParams().rest, spacing)}
     detector = make_detector("context", params).fit(frame.iloc[:probation])
     detection = detector.detect(frame.iloc[probation:])
     score, flagged, scored = np.zeros(len(frame)), np.zeros(len(frame), dtype=bool), np.zeros(len(frame), dtype=bool)

@@ -264,10 +264,7 @@ class ContextDetector(BaseDetector):
                 f"parameter 'rest' is the duration {rest!r} but the data has no timestamps; "
                 "give the rest as a number of rows (e.g. rest: 150)"
             )
-        step = pd.Series(index).diff().median()
-        if not step > pd.Timedelta(0):
-            raise ConfigError(f"parameter 'rest' is the duration {rest!r} but the training rows share one timestamp; give it in rows")
-        return rows_spanned(rest, step)
+        return rows_spanned(rest, pd.Series(index).diff().median())  # positive: the index is unique and sorted
 
     def _decision_threshold(self, calibration: np.ndarray, policy: ThresholdConfig) -> float:
         """The cut flagging ``max(value, 10 / rows)`` of the calibration rows, never below

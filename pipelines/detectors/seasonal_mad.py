@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any, Self
 
 import numpy as np
@@ -26,11 +25,6 @@ _MIN_SLOT_POINTS = 50
 _MIN_TRAINING_ROWS = 20
 #: Nanoseconds in one tick of each unit a DatetimeIndex may have.
 _TICK_NANOSECONDS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
-
-
-def season_slots(season: str | timedelta, step: timedelta) -> int:
-    """Rows one season spans at one row per ``step`` (a season needs two of them to be learned)."""
-    return rows_spanned(season, pd.Timedelta(step))
 
 
 class SeasonalMADDetector(BaseDetector):
@@ -151,7 +145,7 @@ class SeasonalMADDetector(BaseDetector):
             )
         else:
             self.season_ = pd.Timedelta(parse_duration(season))
-            self.n_slots_ = season_slots(self.season_, self.step_)
+            self.n_slots_ = rows_spanned(self.season_, self.step_)
             if self.n_slots_ < 2:
                 raise ConfigError(
                     f"parameter 'season' ({season!r}) must span at least two rows of the data, "
