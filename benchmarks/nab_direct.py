@@ -57,6 +57,7 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest, warm_st
     ``warm_start``, each refit starts from the serving model, as the pipeline's training does
     from its champion (for detectors that support it)."""
     from pipelines.detectors import make_detector
+    from pipelines.detectors.params import MODEL_PARAMS
     from pipelines.errors import ModelError
 
     began = time.perf_counter()
@@ -68,6 +69,8 @@ def replay_series(csv_path: Path, key: str, detector: DetectorUnderTest, warm_st
     plan = ReplayPlan.for_timestamps(stamps)
     first_chunk = int((rows < plan.probation_rows).sum())
     params, note = detector.params_for(plan.frequency, first_chunk)
+    if warm_start and "warm_start" in MODEL_PARAMS[detector.kind].model_fields:
+        params = {**params, "warm_start": True}  # context continues its memory only when asked to
     score, flagged, scored = np.zeros(len(raw)), np.zeros(len(raw), dtype=bool), np.zeros(len(raw), dtype=bool)
     model, trainings, failed, chunk, choices = None, 0, 0, 0, []
     for start in range(first_chunk, len(frame), CHUNK_ROWS):

@@ -153,10 +153,12 @@ class ContextDetector(BaseDetector):
     half: a cut flagging fewer than 10 rows would be the score of its top one or two, which a
     young memory rates near 1 (on NAB's 302-row halves, a 0.5 % cut was 1.0 on several files
     and flagged nothing but new facts). :attr:`calibration_share_` is the share of those rows
-    the threshold flags. A ``score`` threshold is taken as given. A warm start (retraining with the serving model as
-    ``warm_start``) continues that model's memory and levels over the rows it has not learned,
-    when they fit in its levels; otherwise the fit is cold (a retraining is where the levels
-    narrow again). ``detect`` continues a copy of the fitted memory over the rows of ``history``
+    the threshold flags. A ``score`` threshold is taken as given. With ``warm_start``, retraining
+    with the serving model (``fit(warm_start=...)``) continues that model's memory and levels over
+    the rows it has not learned, when they fit in its levels; otherwise the fit is cold (a
+    retraining is where the levels narrow again). It is off by default: every NAB replay of warm
+    starts scored below fresh memories on the training window (0.7 to 1.7 points, four
+    measurements, docs/BENCHMARKS.md). ``detect`` continues a copy of the fitted memory over the rows of ``history``
     that came after the training rows, then over ``X``, learning (and widening) as it goes; the
     fitted model is not changed.
 
@@ -166,7 +168,7 @@ class ContextDetector(BaseDetector):
 
     Parameters
     ----------
-    value_bits, margin, rest, rest_above, max_left_facts, max_active, value_range, widen_headroom :
+    value_bits, margin, rest, rest_above, max_left_facts, max_active, value_range, widen_headroom, warm_start :
         See :class:`~pipelines.detectors.params.ContextParams`.
     threshold_kind, threshold_value :
         See :class:`~pipelines.config.ThresholdConfig`.
@@ -202,6 +204,7 @@ class ContextDetector(BaseDetector):
         max_active: int = 15,
         value_range: tuple[float, float] | None = None,
         widen_headroom: float = 0.25,
+        warm_start: bool = False,
         threshold_kind: str = "contamination",
         threshold_value: float = 0.005,
     ):
@@ -213,6 +216,7 @@ class ContextDetector(BaseDetector):
         self.max_active = max_active
         self.value_range = value_range
         self.widen_headroom = widen_headroom
+        self.warm_start = warm_start
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
 
@@ -239,6 +243,9 @@ class ContextDetector(BaseDetector):
         self.training_end_ = X.index[-1]
         self.lookback_ = min(len(X), _MAX_LOOKBACK)
         return raw[len(X) // 2 :]
+
+    def can_warm_start_from(self, other: BaseDetector, features: list[str]) -> bool:
+        return bool(self.warm_start) and super().can_warm_start_from(other, features)
 
     def _fit_warm(self, X: pd.DataFrame, params: ContextParams, champion: BaseDetector) -> np.ndarray:
         assert isinstance(champion, ContextDetector)

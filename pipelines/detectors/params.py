@@ -171,6 +171,13 @@ class ContextParams(DetectorParams):
             "room for the next values of a new level, each of which would otherwise widen them again."
         ),
     )
+    warm_start: bool = Field(
+        False,
+        description=(
+            "Retraining continues the serving model's memory (cold when the new rows leave its levels); "
+            "off, each training starts a fresh memory on the training window."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod

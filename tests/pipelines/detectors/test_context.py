@@ -226,23 +226,34 @@ def test_spikes_inside_and_far_beyond_the_levels_score_high(series, size: float)
 def test_a_warm_start_continues_the_serving_memory(series) -> None:
     train, test = series
     # Room around the training range, so that the later rows fit in the serving levels.
-    detector = ContextDetector(rest=12, margin=1.0).fit(train)
+    detector = ContextDetector(rest=12, margin=1.0, warm_start=True).fit(train)
     before = detector.to_files()
     later = pd.concat([train, test]).iloc[len(test) :]  # the window moved on by the scored rows
-    warm = ContextDetector(rest=12, margin=1.0).fit(later, warm_start=detector)
+    warm = ContextDetector(rest=12, margin=1.0, warm_start=True).fit(later, warm_start=detector)
     assert warm.warm_started_
     np.testing.assert_array_equal(warm.step_, detector.step_)
     assert all(w.memory.contexts > c.memory.contexts for w, c in zip(warm.streams_, detector.streams_, strict=True))
     assert warm.training_end_ == test.index[-1]
     assert detector.to_files() == before  # the champion is not changed
-    cold = ContextDetector(rest=12, margin=1.0).fit(later)
+    cold = ContextDetector(rest=12, margin=1.0, warm_start=True).fit(later)
     assert not cold.warm_started_ and cold.summary()["contexts"] != warm.summary()["contexts"]
 
 
-def test_a_warm_start_outside_the_serving_levels_is_cold(detector: ContextDetector, series) -> None:
+def test_retraining_starts_a_fresh_memory_unless_warm_starts_are_asked_for(series) -> None:
     train, test = series
+    later = pd.concat([train, test]).iloc[len(test) :]
+    champion = ContextDetector(rest=12, margin=1.0).fit(train)
+    refit = ContextDetector(rest=12, margin=1.0).fit(later, warm_start=champion)
+    cold = ContextDetector(rest=12, margin=1.0).fit(later)
+    assert not refit.warm_started_ and refit.summary()["contexts"] == cold.summary()["contexts"]
+    np.testing.assert_array_equal(refit.detect(later).score, cold.detect(later).score)
+
+
+def test_a_warm_start_outside_the_serving_levels_is_cold(series) -> None:
+    train, test = series
+    champion = ContextDetector(rest=12, warm_start=True).fit(train)
     moved = pd.concat([train, test + 100.0]).iloc[len(test) :]
-    refit = ContextDetector(rest=12).fit(moved, warm_start=detector)
+    refit = ContextDetector(rest=12, warm_start=True).fit(moved, warm_start=champion)
     assert not refit.warm_started_
     assert refit.low_[0] == pytest.approx(moved["a"].min())  # a retraining is where the levels narrow again
 
