@@ -221,6 +221,11 @@ class AutoParams(DetectorParams):
     plantings: int = Field(
         5, ge=1, le=50, description="Times anomalies are planted in the held-back rows; candidates rank by mean event F1."
     )
+    prefer: Literal["seasonal_mad", "level_shift", "iforest", "context", "mset", "prophet", "lstm"] | None = Field(
+        "context",
+        description="Candidate kept unless another finds the planted anomalies clearly better "
+        "(a one-sided paired t-test over the plantings at 5 %); null: the best mean F1 wins.",
+    )
 
 
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {

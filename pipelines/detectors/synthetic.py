@@ -157,7 +157,7 @@ def plant_repeatedly(frame: pd.DataFrame, scale: np.ndarray, *, seed: int, times
 def mean_event_f1(flags: list[np.ndarray], plantings: list[Injected]) -> dict[str, float]:
     """:func:`event_f1` of each planting's flags, averaged part by part."""
     parts = [event_f1(flagged, planted) for flagged, planted in zip(flags, plantings, strict=True)]
-    return _mean(parts)
+    return mean_of_parts(parts)
 
 
 def detection_f1(flag: Callable[[pd.DataFrame], np.ndarray], plantings: list[Injected]) -> dict[str, float]:
@@ -166,7 +166,7 @@ def detection_f1(flag: Callable[[pd.DataFrame], np.ndarray], plantings: list[Inj
 
     A planting puts an event in about every 25 rows, far closer than real anomalies come. Scored
     together, a detector's answer to one event would also be its answer to the one before: a
-    detector that stays quiet after a report (``context`` rests 150 rows, as CAD does) found one
+    detector that stays quiet after a report (``context`` rested 150 rows, as CAD does) found one
     event of four on every planting of nyc_taxi's probation, and one that follows levels adapts
     to the previous spike. One at a time, each event is judged on clean rows around it, and a
     false alarm weighs against one event, not four, as it does where anomalies are rare.
@@ -175,12 +175,19 @@ def detection_f1(flag: Callable[[pd.DataFrame], np.ndarray], plantings: list[Inj
     it compares settings of one kind, which share their reaction to nearby events, over dozens
     of trials, where scoring events one at a time would multiply the detections.
     """
+    return mean_of_parts(detection_f1_by_planting(flag, plantings))
+
+
+def detection_f1_by_planting(flag: Callable[[pd.DataFrame], np.ndarray], plantings: list[Injected]) -> list[dict[str, float]]:
+    """:func:`detection_f1` of each planting on its own (``auto`` compares candidates planting by
+    planting: they meet the same events)."""
     parts = []
     for planted in plantings:
         copies = planted.one_by_one()
         parts.append(pooled_event_f1([np.asarray(flag(copy.frame)) for copy in copies], copies))
-    return _mean(parts)
+    return parts
 
 
-def _mean(parts: list[dict[str, float]]) -> dict[str, float]:
+def mean_of_parts(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Each measure (f1, precision, recall) averaged over the parts."""
     return {name: float(np.mean([part[name] for part in parts])) for name in parts[0]}

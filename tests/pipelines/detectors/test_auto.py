@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from pipelines.detectors import load_detector, make_detector
-from pipelines.detectors.auto import AutoDetector
+from pipelines.detectors.auto import AutoDetector, _clearly_better
 from pipelines.detectors.synthetic import (
     SHIFT_NEWS_ROWS,
     Injected,
@@ -42,6 +42,39 @@ def test_chooses_the_best_finder_of_planted_anomalies_and_says_why(detector: Aut
     assert detector.reason_.startswith(f"{detector.chosen_}: event F1")
     summary = detector.summary()
     assert summary["chosen"] == detector.chosen_ and summary["trials"] == detector.trials_
+
+
+@pytest.mark.parametrize(
+    ("gains", "clearly"),
+    [
+        ([0.25] * 5, True),  # the same lead on every planting
+        ([0.3, 0.2, 0.25, 0.3, 0.2], True),
+        ([0.6, -0.2, 0.5, -0.3, 0.1], False),  # a larger mean lead (0.14), but within chance
+        ([0.005] * 5, False),  # a tie (within 0.01)
+        ([0.0] * 5, False),
+        ([0.2], True),  # one planting: nothing to test, more than a tie is enough
+    ],
+)
+def test_a_candidate_is_clearly_better_by_more_than_a_tie_and_beyond_chance(gains: list[float], clearly: bool) -> None:
+    preferred = {"f1_by_planting": [0.5] * len(gains)}
+    trial = {"f1_by_planting": [0.5 + gain for gain in gains]}
+    assert _clearly_better(trial, preferred) is clearly
+
+
+def test_the_preferred_candidate_is_kept_unless_another_is_clearly_better(frame) -> None:
+    candidates = ["seasonal_mad", "iforest", "mset"]
+    # seasonal_mad's lead over iforest (0.99 to 0.97) is two plantings of five: not clear.
+    kept = AutoDetector(candidates=candidates, prefer="iforest").fit(frame.iloc[:-48])
+    trials = {t["kind"]: t for t in kept.trials_}
+    assert trials["seasonal_mad"]["f1"] > trials["iforest"]["f1"] + 0.01
+    assert kept.chosen_ == "iforest" and not _clearly_better(trials["seasonal_mad"], trials["iforest"])
+    assert "kept as the preferred detector: seasonal_mad's F1 higher by 0.03" in kept.reason_
+    # mset finds about half the events on every planting: the best of the others replaces it.
+    beaten = AutoDetector(candidates=candidates, prefer="mset").fit(frame.iloc[:-48])
+    assert beaten.chosen_ == "seasonal_mad" and beaten.reason_.endswith("clearly better than the preferred mset")
+    # Without a preference (or when the preferred is not a candidate) the best mean F1 wins.
+    assert AutoDetector(candidates=candidates, prefer=None).fit(frame.iloc[:-48]).chosen_ == "seasonal_mad"
+    assert AutoDetector(candidates=candidates, prefer="context").fit(frame.iloc[:-48]).chosen_ == "seasonal_mad"
 
 
 def test_scores_with_the_chosen_detector_refitted_on_everything(detector: AutoDetector, frame) -> None:
