@@ -41,7 +41,7 @@ class AutoDetector(BaseDetector):
     (:mod:`pipelines.detectors.synthetic`), ``plantings`` times over with different draws. The
     candidate with the best event-wise F1, averaged over the plantings, wins (up to four events of
     each planting are scored one at a time, each in its own copy of the clean tail:
-    :func:`~pipelines.detectors.synthetic.detection_f1` says why); F1s within 0.01 are ties, broken by the smaller forecast error on the clean tail (mean
+    :func:`~pipelines.detectors.synthetic.detection_f1_by_planting` says why); F1s within 0.01 are ties, broken by the smaller forecast error on the clean tail (mean
     absolute error in robust units of each feature); but the ``prefer`` candidate is kept
     unless the winner is clearly better than it. The winner is refitted on every training
     row and does all the scoring. Candidates that cannot fit this series (too few rows, no
@@ -126,7 +126,7 @@ class AutoDetector(BaseDetector):
         kept = ""
         if preferred is not None and best is not preferred:
             kept = f"; clearly better than the preferred {preferred['kind']}"
-        elif best is preferred and top["f1"] > best["f1"]:
+        elif top["f1"] > best["f1"]:  # the preferred candidate kept against a higher mean
             kept = (
                 f"; kept as the preferred detector: {top['kind']}'s F1 higher by {top['f1'] - best['f1']:.2f} "
                 "was not clearly better (a tie, or within chance over the plantings)"
@@ -201,4 +201,4 @@ def _clearly_better(trial: dict[str, Any], preferred: dict[str, Any]) -> bool:
     if len(gains) < 2:
         return True
     with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # equal gains: t is infinite, p is 0
-        return bool(stats.ttest_rel(trial["f1_by_planting"], preferred["f1_by_planting"], alternative="greater").pvalue < 0.05)
+        return bool(stats.ttest_1samp(gains, 0.0, alternative="greater").pvalue < 0.05)  # the paired test, on the gains

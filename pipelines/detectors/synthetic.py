@@ -160,9 +160,10 @@ def mean_event_f1(flags: list[np.ndarray], plantings: list[Injected]) -> dict[st
     return mean_of_parts(parts)
 
 
-def detection_f1(flag: Callable[[pd.DataFrame], np.ndarray], plantings: list[Injected]) -> dict[str, float]:
-    """How well ``flag`` (a frame -> row flags) finds the events of each planting, averaged over
-    plantings; planted events are scored one at a time (:meth:`Injected.one_by_one`).
+def detection_f1_by_planting(flag: Callable[[pd.DataFrame], np.ndarray], plantings: list[Injected]) -> list[dict[str, float]]:
+    """How well ``flag`` (a frame -> row flags) finds the events of each planting, one
+    precision / recall / F1 per planting; planted events are scored one at a time
+    (:meth:`Injected.one_by_one`).
 
     A planting puts an event in about every 25 rows, far closer than real anomalies come. Scored
     together, a detector's answer to one event would also be its answer to the one before: a
@@ -171,16 +172,11 @@ def detection_f1(flag: Callable[[pd.DataFrame], np.ndarray], plantings: list[Inj
     to the previous spike. One at a time, each event is judged on clean rows around it, and a
     false alarm weighs against one event, not four, as it does where anomalies are rare.
 
-    ``auto`` ranks detector kinds this way. Tuning keeps whole plantings (:func:`mean_event_f1`):
+    ``auto`` ranks detector kinds this way, planting by planting (its candidates meet the same
+    events, so it can test their difference). Tuning keeps whole plantings (:func:`mean_event_f1`):
     it compares settings of one kind, which share their reaction to nearby events, over dozens
     of trials, where scoring events one at a time would multiply the detections.
     """
-    return mean_of_parts(detection_f1_by_planting(flag, plantings))
-
-
-def detection_f1_by_planting(flag: Callable[[pd.DataFrame], np.ndarray], plantings: list[Injected]) -> list[dict[str, float]]:
-    """:func:`detection_f1` of each planting on its own (``auto`` compares candidates planting by
-    planting: they meet the same events)."""
     parts = []
     for planted in plantings:
         copies = planted.one_by_one()
