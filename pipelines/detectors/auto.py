@@ -6,12 +6,14 @@ import importlib.util
 import logging
 import time
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pipelines.config import ThresholdConfig
 from pipelines.detectors.base import BaseDetector, Detection
 from pipelines.detectors.params import AUTO_CANDIDATES, AutoParams
 from pipelines.detectors.synthetic import (
@@ -43,11 +45,13 @@ class AutoDetector(BaseDetector):
     each planting are scored one at a time, each in its own copy of the clean tail:
     :func:`~pipelines.detectors.synthetic.detection_f1_by_planting` says why); F1s within 0.01 are ties, broken by the smaller forecast error on the clean tail (mean
     absolute error in robust units of each feature); but the ``prefer`` candidate is kept
-    unless the winner is clearly better than it. The winner is refitted on every training
-    row and does all the scoring. Candidates that cannot fit this series (too few rows, no
-    timestamps for Prophet, a package not installed) are skipped, and every trial, with the
-    reason for the choice, is kept in :attr:`trials_` and :attr:`reason_` (and so in the
-    model's metadata).
+    unless the winner is clearly better than it on each of ``stretches`` held-back stretches.
+    The winner is refitted on every training row and does all the scoring. Candidates that
+    cannot fit this series (too few rows, no timestamps for Prophet, a package not installed)
+    are skipped, and every trial, with the reason for the choice, is kept in :attr:`trials_` and
+    :attr:`reason_` (and so in the model's metadata). Its ``score`` is the chosen detector's, moved in order so that that
+    detector's threshold lands on the policy's cut (``1 - value`` for a share), which is
+    :attr:`threshold_`: ``score >= threshold_`` is ``is_anomaly``, whichever detector serves.
 
     Parameters
     ----------
@@ -67,6 +71,13 @@ class AutoDetector(BaseDetector):
         far more false alarms than ``context``, the detector with the best record across series;
         with this rule ``auto`` kept ``context`` at 302 of 370 trainings (235 before) and its false
         alarms fell from 924 rows to 578. None: the best mean F1 wins outright.
+    stretches : int, default=2
+        Held-back stretches a challenger of ``prefer`` must be clearly better on, latest first: the
+        last ``holdout_fraction`` of the rows, then the same share of the rows before them (each
+        with its own fit and plantings; only the preferred candidate and the challengers still
+        standing are tried again). A lead on one stretch of a few hundred rows that does not hold
+        on the one before is a lead that may not hold on the rows scored next either. An earlier
+        stretch is tried only while the rows before it number at least 60.
     threshold_kind, threshold_value :
         Passed on to every candidate.
 
@@ -76,6 +87,9 @@ class AutoDetector(BaseDetector):
     model_ : BaseDetector
         The winner, fitted on all training rows.
     trials_ : list of dict
+        Every candidate on the last held-back stretch.
+    earlier_trials_ : list of dict
+        The preferred candidate and its challengers on earlier stretches (``stretch``: 2, 3...).
     reason_ : str
     """
 
@@ -90,6 +104,7 @@ class AutoDetector(BaseDetector):
         random_state: int = 0,
         plantings: int = 5,
         prefer: str | None = "context",
+        stretches: int = 2,
         threshold_kind: str = "contamination",
         threshold_value: float = 0.005,
     ):
@@ -98,6 +113,7 @@ class AutoDetector(BaseDetector):
         self.random_state = random_state
         self.plantings = plantings
         self.prefer = prefer
+        self.stretches = stretches
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
 
@@ -108,39 +124,77 @@ class AutoDetector(BaseDetector):
 
     def _fit(self, X: pd.DataFrame, params: AutoParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to hold back rows for choosing a detector")
-        split = int(len(X) * (1 - params.holdout_fraction))
-        head, tail = X.iloc[:split], X.iloc[split:]
-        scale = robust_scale(head)
-        plantings = plant_repeatedly(tail, scale, seed=params.random_state, times=params.plantings)
-        self.trials_ = [self._trial(kind, head, tail, plantings, scale) for kind in params.candidates or AUTO_CANDIDATES]
+        stretches = _held_back_stretches(X, params.holdout_fraction, params.stretches)
+        head, tail = stretches[0]
+        self.trials_, plantings = self._trials(params.candidates or AUTO_CANDIDATES, head, tail, params)
+        self.earlier_trials_ = []
         usable = [t for t in self.trials_ if "skipped" not in t]
         if not usable:
             reasons = "; ".join(f"{t['kind']}: {t['skipped']}" for t in self.trials_)
             raise ModelError(f"no candidate detector could fit this series ({reasons})")
         preferred = next((t for t in usable if t["kind"] == params.prefer), None)
         contenders = usable if preferred is None else [t for t in usable if t is preferred or _clearly_better(t, preferred)]
+        unconfirmed = []
+        for number, (earlier_head, earlier_tail) in enumerate(stretches[1:], start=2):
+            challengers = [t for t in contenders if t is not preferred]
+            if preferred is None or not challengers:  # without a preference, the last stretch decides
+                break
+            again, _ = self._trials([preferred["kind"], *(t["kind"] for t in challengers)], earlier_head, earlier_tail, params)
+            self.earlier_trials_ += [{**t, "stretch": number} for t in again]
+            by_kind = {t["kind"]: t for t in again if "skipped" not in t}
+            confirmed = [t for t in challengers if _confirmed(by_kind.get(t["kind"]), by_kind.get(preferred["kind"]))]
+            unconfirmed += [(t, by_kind.get(t["kind"]), by_kind.get(preferred["kind"]), number) for t in challengers if t not in confirmed]
+            contenders = [preferred, *confirmed]
         best = max(contenders, key=lambda t: (round(t["f1"], 2), -t["holdout_error"]))
         self.chosen_ = best["kind"]
-        others = ", ".join(f"{t['kind']} {t['f1']:.2f}" for t in usable if t is not best)
-        top = max(usable, key=lambda t: t["f1"])
-        kept = ""
-        if preferred is not None and best is not preferred:
-            kept = f"; clearly better than the preferred {preferred['kind']}"
-        elif top["f1"] > best["f1"]:  # the preferred candidate kept against a higher mean
-            kept = (
-                f"; kept as the preferred detector: {top['kind']}'s F1 higher by {top['f1'] - best['f1']:.2f} "
-                "was not clearly better (a tie, or within chance over the plantings)"
-            )
-        self.reason_ = (
-            f"{self.chosen_}: event F1 {best['f1']:.2f} (mean of {len(plantings)} plantings, "
-            f"{min(ONE_BY_ONE_EVENTS, len(plantings[0].events))} of their {len(plantings[0].events)} anomalies scored one at a time in the "
-            f"held-back {len(tail)} rows; others: {others or 'none'}); "
-            f"forecast error {best['holdout_error']:.3g}{kept}"
-        )
+        self.reason_ = _reason(best, usable, preferred, unconfirmed, len(stretches), tail, plantings)
         log.info("auto chose %s", self.reason_)
         self.model_ = self._make(self.chosen_).fit(X)
         self.lookback_ = self.model_.lookback_
-        return self.model_.detect(X).score
+        return self._onto_own_cut(self.model_.detect(X), self._nominal_cut()).score
+
+    def _nominal_cut(self) -> float:
+        """The policy's cut on a calibrated score: ``1 - value`` for a share (contamination or
+        false-alarm probability), the value itself for a ``score`` threshold."""
+        return float(self.threshold_value) if self.threshold_kind == "score" else 1.0 - float(self.threshold_value)
+
+    def _decision_threshold(self, calibration: np.ndarray, policy: ThresholdConfig) -> float:
+        # The chosen detector decided already, by its own threshold; its scores are moved onto this cut.
+        return self._nominal_cut()
+
+    def _onto_own_cut(self, detection: Detection, cut: float) -> Detection:
+        """The chosen detector's ``detection`` with its scores moved, piecewise linearly and in
+        order, so that its threshold lands on ``cut``: ``score >= threshold_`` is then
+        ``is_anomaly`` whichever detector was chosen.
+
+        Scores of different detectors mean different things at the same value (``context``'s raw
+        share flags from its own cut, 0.75 or above; the CDF-calibrated detectors from about
+        ``1 - contamination``), and a retraining that chooses another detector would otherwise
+        change the meaning of one series' scores from one day to the next; and one cut on the
+        scores of many series (a dashboard's, NAB's swept threshold) would cut each kind at a
+        different place. The CDF-calibrated detectors' thresholds sit near ``cut`` already, so
+        their scores barely move."""
+        inner = float(self.model_.threshold_)
+        knots = ([0.0] if inner > 0 else []) + [inner] + ([1.0] if inner < 1 else [])
+        values = ([0.0] if inner > 0 else []) + [cut] + ([1.0] if inner < 1 else [])
+        below = np.nextafter(cut, 0.0)
+
+        def moved(scores: np.ndarray) -> np.ndarray:
+            return np.interp(scores, knots, values) if len(knots) > 1 else np.where(scores >= inner, cut, scores)
+
+        # Rounding must not move a score across the cut: the decisions stay the chosen detector's.
+        score = np.where(detection.is_anomaly, np.maximum(moved(detection.score), cut), np.minimum(moved(detection.score), below))
+        same = detection.feature_score is detection.score
+        return replace(detection, score=score, feature_score=score if same else moved(detection.feature_score))
+
+    def _trials(
+        self, kinds: list[str], head: pd.DataFrame, tail: pd.DataFrame, params: AutoParams
+    ) -> tuple[list[dict[str, Any]], list[Injected]]:
+        """Every candidate of ``kinds`` fitted on ``head`` and scored on the same plantings of
+        ``tail``; and the plantings."""
+        scale = robust_scale(head)
+        plantings = plant_repeatedly(tail, scale, seed=params.random_state, times=params.plantings)
+        return [self._trial(kind, head, tail, plantings, scale) for kind in kinds], plantings
 
     def _trial(
         self, kind: str, head: pd.DataFrame, tail: pd.DataFrame, plantings: list[Injected], scale: np.ndarray
@@ -167,16 +221,17 @@ class AutoDetector(BaseDetector):
         }
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
-        return self.model_.detect(X, history=history)
+        return self._onto_own_cut(self.model_.detect(X, history=history), self.threshold_)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
-        state = {"chosen_": self.chosen_, "trials_": self.trials_, "reason_": self.reason_}
+        state = {"chosen_": self.chosen_, "trials_": self.trials_, "earlier_trials_": self.earlier_trials_, "reason_": self.reason_}
         return state, {}, {_INNER + name: data for name, data in self.model_.to_files().items()}
 
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
         from pipelines.detectors import load_detector
 
         self.chosen_, self.trials_, self.reason_ = state["chosen_"], state["trials_"], state["reason_"]
+        self.earlier_trials_ = state.get("earlier_trials_", [])  # models saved before stretches were confirmed
         inner = {name.removeprefix(_INNER): data for name, data in files.items() if name.startswith(_INNER)}
         self.model_ = load_detector(self.chosen_, inner)
 
@@ -186,6 +241,7 @@ class AutoDetector(BaseDetector):
             "chosen": self.chosen_,
             "reason": self.reason_,
             "trials": self.trials_,
+            "earlier_trials": self.earlier_trials_,
             "chosen_detector": self.model_.summary(),
         }
 
@@ -202,3 +258,55 @@ def _clearly_better(trial: dict[str, Any], preferred: dict[str, Any]) -> bool:
         return True
     with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # equal gains: t is infinite, p is 0
         return bool(stats.ttest_1samp(gains, 0.0, alternative="greater").pvalue < 0.05)  # the paired test, on the gains
+
+
+def _confirmed(challenger: dict[str, Any] | None, preferred: dict[str, Any] | None) -> bool:
+    """Whether a challenger stays clearly better on an earlier stretch; if the preferred
+    candidate could not fit there, nothing contradicts the challenger; if the challenger could
+    not, it is not confirmed."""
+    if preferred is None:
+        return challenger is not None
+    return challenger is not None and _clearly_better(challenger, preferred)
+
+
+def _held_back_stretches(X: pd.DataFrame, fraction: float, count: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(head, tail) pairs, latest first: the last ``fraction`` of the rows held back from the rows
+    before them, then the same share of those rows from the rows before it, and so on (a rolling
+    origin), while the earlier rows still number enough to choose on."""
+    stretches, rows = [], X
+    while len(stretches) < count and len(rows) >= _MIN_TRAINING_ROWS:
+        split = int(len(rows) * (1 - fraction))
+        stretches.append((rows.iloc[:split], rows.iloc[split:]))
+        rows = rows.iloc[:split]
+    return stretches
+
+
+def _reason(
+    best: dict[str, Any], usable: list[dict[str, Any]], preferred: dict[str, Any] | None,
+    unconfirmed: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None, int]],
+    stretches: int, tail: pd.DataFrame, plantings: list[Injected],
+) -> str:
+    """Why ``best`` was chosen, in one sentence for the model's metadata."""
+    others = ", ".join(f"{t['kind']} {t['f1']:.2f}" for t in usable if t is not best)
+    top = max(usable, key=lambda t: t["f1"])
+    kept = ""
+    if preferred is not None and best is not preferred:
+        on = f" on each of {stretches} held-back stretches" if stretches > 1 else ""
+        kept = f"; clearly better than the preferred {preferred['kind']}{on}"
+    elif unconfirmed:
+        kept = "; kept as the preferred detector: " + "; ".join(
+            f"{t['kind']} was clearly better on the last held-back rows but not on stretch {number} before them "
+            + (f"(F1 {earlier['f1']:.2f} against {ref['f1']:.2f})" if earlier and ref else "(it could not fit there)")
+            for t, earlier, ref, number in unconfirmed
+        )
+    elif top["f1"] > best["f1"]:
+        kept = (
+            f"; kept as the preferred detector: {top['kind']}'s F1 higher by {top['f1'] - best['f1']:.2f} "
+            "was not clearly better (a tie, or within chance over the plantings)"
+        )
+    return (
+        f"{best['kind']}: event F1 {best['f1']:.2f} (mean of {len(plantings)} plantings, "
+        f"{min(ONE_BY_ONE_EVENTS, len(plantings[0].events))} of their {len(plantings[0].events)} anomalies scored one at a time in the "
+        f"held-back {len(tail)} rows; others: {others or 'none'}); "
+        f"forecast error {best['holdout_error']:.3g}{kept}"
+    )

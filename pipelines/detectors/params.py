@@ -226,6 +226,11 @@ class AutoParams(DetectorParams):
         description="Candidate kept unless another finds the planted anomalies clearly better "
         "(a one-sided paired t-test over the plantings at 5 %); null: the best mean F1 wins.",
     )
+    stretches: int = Field(
+        2, ge=1, le=5,
+        description="Held-back stretches, latest first (a rolling origin): another candidate replaces the preferred one "
+        "only if clearly better on each.",
+    )
 
 
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {

@@ -72,10 +72,57 @@ def test_the_preferred_candidate_is_kept_unless_another_is_clearly_better(frame)
     assert "kept as the preferred detector: seasonal_mad's F1 higher by 0.03" in kept.reason_
     # mset finds about half the events on every planting: the best of the others replaces it.
     beaten = AutoDetector(candidates=candidates, prefer="mset").fit(frame.iloc[:-48])
-    assert beaten.chosen_ == "seasonal_mad" and beaten.reason_.endswith("clearly better than the preferred mset")
+    assert beaten.chosen_ == "seasonal_mad" and beaten.reason_.endswith("clearly better than the preferred mset on each of 2 held-back stretches")
+    # ... on the stretch before the last too: the preferred candidate and the challengers are fitted again there.
+    earlier = {t["kind"]: t for t in beaten.earlier_trials_}
+    assert set(earlier) == {"mset", "seasonal_mad", "iforest"} and {t["stretch"] for t in earlier.values()} == {2}
+    assert _clearly_better(earlier["seasonal_mad"], earlier["mset"])
+    assert kept.earlier_trials_ == []  # no challenger on the last stretch: nothing to confirm
     # Without a preference (or when the preferred is not a candidate) the best mean F1 wins.
     assert AutoDetector(candidates=candidates, prefer=None).fit(frame.iloc[:-48]).chosen_ == "seasonal_mad"
     assert AutoDetector(candidates=candidates, prefer="context").fit(frame.iloc[:-48]).chosen_ == "seasonal_mad"
+
+
+@pytest.mark.parametrize(
+    ("earlier", "chosen", "reason"),
+    [
+        ({"context": [0.5] * 5, "iforest": [0.9] * 5}, "iforest", "clearly better than the preferred context on each of 2 held-back stretches"),
+        ({"context": [0.5] * 5, "iforest": [0.5] * 5}, "context",
+         "kept as the preferred detector: iforest was clearly better on the last held-back rows but not on stretch 2 before them (F1 0.50 against 0.50)"),
+        ({"context": [0.5] * 5}, "context", "iforest was clearly better on the last held-back rows but not on stretch 2 before them (it could not fit there)"),
+        ({"iforest": [0.5] * 5}, "iforest", "clearly better than the preferred context on each of 2 held-back stretches"),
+    ],
+)
+def test_a_challenger_replaces_the_preferred_candidate_only_if_clearly_better_on_each_stretch(
+    frame, monkeypatch, earlier: dict[str, list[float]], chosen: str, reason: str
+) -> None:
+    last = {"context": [0.5] * 5, "iforest": [0.9] * 5, "seasonal_mad": [0.505] * 5}
+    fitted: list[tuple[list[str], int]] = []
+
+    def scripted(self, kinds, head, tail, params):
+        outcome = earlier if fitted else last
+        fitted.append((list(kinds), len(head)))
+        trials = [
+            {"kind": kind, "f1": float(np.mean(outcome[kind])), "f1_by_planting": outcome[kind], "holdout_error": 1.0}
+            if kind in outcome else {"kind": kind, "skipped": "too few rows"}
+            for kind in kinds
+        ]
+        return trials, plant_repeatedly(tail, robust_scale(head), seed=0, times=params.plantings)
+
+    monkeypatch.setattr(AutoDetector, "_trials", scripted)
+    training = frame.iloc[:400]
+    detector = AutoDetector(candidates=["context", "iforest", "seasonal_mad"]).fit(training)
+    # The last quarter of 400 rows, then the last quarter of the 300 before it; seasonal_mad's
+    # lead (0.005) is a tie, so only iforest is tried again, with the preferred context.
+    assert fitted == [(["context", "iforest", "seasonal_mad"], 300), (["context", "iforest"], 225)]
+    assert detector.chosen_ == chosen and reason in detector.reason_
+    assert [t["stretch"] for t in detector.earlier_trials_] == [2, 2]
+
+
+def test_stretches_one_decides_on_the_last_held_back_rows_alone(frame) -> None:
+    detector = AutoDetector(candidates=["seasonal_mad", "iforest", "mset"], prefer="mset", stretches=1).fit(frame.iloc[:-48])
+    assert detector.chosen_ == "seasonal_mad" and detector.earlier_trials_ == []
+    assert detector.reason_.endswith("clearly better than the preferred mset")
 
 
 def test_scores_with_the_chosen_detector_refitted_on_everything(detector: AutoDetector, frame) -> None:
@@ -85,6 +132,29 @@ def test_scores_with_the_chosen_detector_refitted_on_everything(detector: AutoDe
     detection = detector.detect(test, history=frame.iloc[:-48])
     assert detection.is_anomaly[10, 0]
     assert detection.is_anomaly.any(axis=1).mean() <= 0.1
+
+
+@pytest.mark.parametrize(
+    ("candidates", "threshold", "cut"),
+    [(["context"], {}, 0.995), (["seasonal_mad"], {}, 0.995), (["context"], {"threshold_kind": "score", "threshold_value": 0.9}, 0.9)],
+)
+def test_scores_put_the_chosen_detectors_threshold_on_the_policys_cut(frame, candidates, threshold, cut) -> None:
+    training, test = frame.iloc[:-200], frame.iloc[-200:].copy()
+    test.iloc[[20, 90, 150], 0] += 10.0
+    detector = AutoDetector(candidates=candidates, **threshold).fit(training)
+    inner = detector.model_.detect(test, history=training)
+    outer = detector.detect(test, history=training)
+    assert detector.threshold_ == cut
+    np.testing.assert_array_equal(outer.is_anomaly, inner.is_anomaly)  # the chosen detector decides
+    assert outer.is_anomaly.any() and not outer.is_anomaly.all()
+    np.testing.assert_array_equal(outer.score >= detector.threshold_, outer.is_anomaly)
+    # In order: a higher score of the chosen detector stays higher, in [0, 1].
+    order = np.argsort(inner.score[:, 0], kind="stable")
+    assert np.all(np.diff(outer.score[order, 0]) >= 0) and 0 <= outer.score.min() and outer.score.max() <= 1
+    np.testing.assert_array_equal(outer.expected, inner.expected)
+    if candidates == ["context"] and not threshold:
+        # context's raw share flags from its own cut (0.75 or more): its scores move up onto 0.995.
+        assert detector.model_.threshold_ < 0.99 and (inner.score >= 0.99).sum() < outer.is_anomaly.sum()
 
 
 def test_round_trip_restores_the_choice(detector: AutoDetector, frame) -> None:
