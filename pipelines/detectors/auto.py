@@ -175,17 +175,14 @@ class AutoDetector(BaseDetector):
         different place. The CDF-calibrated detectors' thresholds sit near ``cut`` already, so
         their scores barely move."""
         inner = float(self.model_.threshold_)
+        # Through (0, 0), (inner, cut), (1, 1); an end knot is dropped when inner sits on it.
         knots = ([0.0] if inner > 0 else []) + [inner] + ([1.0] if inner < 1 else [])
         values = ([0.0] if inner > 0 else []) + [cut] + ([1.0] if inner < 1 else [])
-        below = np.nextafter(cut, 0.0)
-
-        def moved(scores: np.ndarray) -> np.ndarray:
-            return np.interp(scores, knots, values) if len(knots) > 1 else np.where(scores >= inner, cut, scores)
-
+        moved = np.interp(detection.score, knots, values)
         # Rounding must not move a score across the cut: the decisions stay the chosen detector's.
-        score = np.where(detection.is_anomaly, np.maximum(moved(detection.score), cut), np.minimum(moved(detection.score), below))
+        score = np.where(detection.is_anomaly, np.maximum(moved, cut), np.minimum(moved, np.nextafter(cut, 0.0)))
         same = detection.feature_score is detection.score
-        return replace(detection, score=score, feature_score=score if same else moved(detection.feature_score))
+        return replace(detection, score=score, feature_score=score if same else np.interp(detection.feature_score, knots, values))
 
     def _trials(
         self, kinds: list[str], head: pd.DataFrame, tail: pd.DataFrame, params: AutoParams
