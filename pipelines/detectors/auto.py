@@ -231,6 +231,7 @@ class AutoDetector(BaseDetector):
         self.earlier_trials_ = state.get("earlier_trials_", [])  # models saved before stretches were confirmed
         inner = {name.removeprefix(_INNER): data for name, data in files.items() if name.startswith(_INNER)}
         self.model_ = load_detector(self.chosen_, inner)
+        self.lookback_ = self.model_.lookback_  # as fitted; the chosen model's loading may have raised it
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -28,7 +28,9 @@ from pipelines.errors import ConfigError
 _MIN_TRAINING_ROWS = 50
 #: Most contexts a warm start carries on with; beyond, retraining starts a fresh memory.
 _MAX_WARM_CONTEXTS = 500_000
-#: Most rows of history a score learns from (those after the training rows).
+#: Rows of history every score asks for: the memory continues over each row after its
+#: training rows, so this caps the rows between a training and the rows it scores (a row
+#: missing from the history would make a score depend on how the rows were split into calls).
 _MAX_LOOKBACK = 10_000
 #: Most recent rows the memory relearns when its levels widen. A cost cap: every scoring call
 #: starts from the fitted model, so a series that has left the fitted levels widens them again
@@ -160,7 +162,9 @@ class ContextDetector(BaseDetector):
     starts scored below fresh memories on the training window (0.7 to 1.7 points, four
     measurements, docs/BENCHMARKS.md). ``detect`` continues a copy of the fitted memory over the rows of ``history``
     that came after the training rows, then over ``X``, learning (and widening) as it goes; the
-    fitted model is not changed.
+    fitted model is not changed. So that rows score the same however they are split into calls,
+    :attr:`lookback_` asks for 10,000 rows of history whatever the training's length: every row
+    between the training and the rows scored, up to that many.
 
     ``expected`` is the middle of the level the memory predicted from the previous step (the
     level of the most confirmed remembered context, or the previous row's level when none
@@ -241,7 +245,10 @@ class ContextDetector(BaseDetector):
         for stream in self.streams_:
             stream.since_high = self.rest_rows_
         self.training_end_ = X.index[-1]
-        self.lookback_ = min(len(X), _MAX_LOOKBACK)
+        # Not the training rows' count: after a short training (NAB's 169 probationary rows) the
+        # history of a later call lacked the first rows after training, which the memory then
+        # never learned.
+        self.lookback_ = _MAX_LOOKBACK
         return raw[len(X) // 2 :]
 
     def can_warm_start_from(self, other: BaseDetector, features: list[str]) -> bool:
@@ -260,7 +267,7 @@ class ContextDetector(BaseDetector):
         self.streams_ = [stream.copy() for stream in champion.streams_]
         raw, _, _ = self._run(self.streams_, values)
         self.training_end_ = X.index[-1]
-        self.lookback_ = min(len(X), _MAX_LOOKBACK)
+        self.lookback_ = _MAX_LOOKBACK
         return raw
 
     def _rest_rows(self, index: pd.Index, rest: int | str) -> int:
@@ -368,6 +375,8 @@ class ContextDetector(BaseDetector):
         if seen is None:
             span = arrays["step_"] * (2**self.value_bits - 1) / (1.0 + 2.0 * self.margin)
             seen = np.column_stack([arrays["low_"] + self.margin * span, arrays["low_"] + (1.0 + self.margin) * span])
+        # A model saved before 2026-12-04 asked for as many rows of history as it trained on.
+        self.lookback_ = max(self.lookback_, _MAX_LOOKBACK)
         # A model saved before the rest could be a duration had it in rows (``rest``, renamed).
         self.rest_rows_ = int(state.get("rest_rows_", self.rest))
         share = state.get("calibration_share_")

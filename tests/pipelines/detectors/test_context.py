@@ -316,3 +316,32 @@ def test_a_model_saved_with_its_rest_in_rows_loads_and_rests_as_long(series) -> 
     assert old.rest == 30 and old.rest_rows_ == 30
     spikes = spiked(test, [40, 50], size=30.0)
     np.testing.assert_array_equal(old.detect(spikes, history=train).score, fitted.detect(spikes, history=train).score)
+
+
+def test_rows_score_the_same_in_pieces_as_in_one_call_after_a_short_training(split_series) -> None:
+    train, test = split_series(seed=3, train_days=3)  # 72 training rows, then 168: more than trained on
+    model = ContextDetector(rest=12).fit(train)
+    whole = model.detect(test, history=train).score
+    pieces = [
+        model.detect(test.iloc[start : start + 24], history=pd.concat([train, test.iloc[:start]])).score
+        for start in range(0, len(test), 24)
+    ]
+    np.testing.assert_array_equal(np.vstack(pieces), whole)
+    assert model.lookback_ >= len(test)
+
+
+def test_a_model_saved_asking_for_its_training_rows_of_history_asks_for_every_row_since(split_series) -> None:
+    import json
+
+    train, test = split_series(seed=3, train_days=3)
+    fitted = ContextDetector(rest=12).fit(train)
+    files = fitted.to_files()
+    meta = json.loads(files["detector.json"])
+    meta["learned"]["lookback_"] = len(train)  # as saved before 2026-12-04
+    old = ContextDetector.from_files({**files, "detector.json": json.dumps(meta).encode()})
+    assert old.lookback_ == fitted.lookback_ > len(test)
+    late = test.iloc[120:]
+    np.testing.assert_array_equal(
+        old.detect(late, history=pd.concat([train, test.iloc[:120]])).score,
+        fitted.detect(test, history=train).score[120:],
+    )
