@@ -250,7 +250,7 @@ def build_predict_dag(job: JobConfig):
                 )
                 return {**extracted.to_dict(), "one_off": True}
             window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"))
-            return {**extract_window(job, window, run_id=run_id, history_rows=history_rows(job)).to_dict(), "one_off": False}
+            return {**extract_window(job, window, run_id=run_id, history_rows=history_rows(job, window.start)).to_dict(), "one_off": False}
 
         @task
         @fail_fast

@@ -6,8 +6,12 @@ Each function chains the same step functions that the Airflow tasks call one by 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+from datetime import datetime
 from typing import Any
+
+import pandas as pd
 
 from pipelines.config import JobConfig
 from pipelines.errors import ConfigError
@@ -23,14 +27,28 @@ DEFAULT_CHUNK_ROWS = 250_000
 log = logging.getLogger(__name__)
 
 
-def history_rows(job: JobConfig) -> int:
-    """Rows before a prediction window that the serving models need (their largest lookback)."""
+def history_rows(job: JobConfig, before: datetime | None = None) -> int:
+    """Rows before a prediction window starting at ``before`` that the serving models need
+    (their largest lookback).
+
+    A model that uses only the history after its training rows (metadata
+    ``history_after_training``: ``context`` continues its memory from them) needs at most the
+    periods from its last training row to ``before``: its lookback (10,000 rows) is a cap, and
+    reading it whole made every scheduled run read up to 10,000 rows per series for the few
+    hundred it uses.
+    """
     registry = registry_for(job)
-    lookbacks = [
-        int(champion.metadata.get("lookback", 0))
-        for series in registry.series(job.name)
-        if (champion := registry.champion(job.name, series)) is not None
-    ]
+    lookbacks = []
+    for series in registry.series(job.name):
+        champion = registry.champion(job.name, series)
+        if champion is None:
+            continue
+        rows = int(champion.metadata.get("lookback", 0))
+        data_end = champion.metadata.get("data_end")
+        if before is not None and data_end and champion.metadata.get("history_after_training"):
+            since = math.ceil((before - pd.Timestamp(data_end)) / job.frequency)
+            rows = min(rows, max(since, 0))
+        lookbacks.append(rows)
     return max(lookbacks, default=0)
 
 
@@ -61,7 +79,7 @@ def run_tune(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, A
 def run_predict(job: JobConfig, window: Window, *, run_id: str) -> PublishResult:
     """Score ``window`` with the champions and publish it to the job's outputs."""
     try:
-        window, series = _prepared_series(job, window, run_id, "predict", history_rows=history_rows(job))
+        window, series = _prepared_series(job, window, run_id, "predict", history_rows=history_rows(job, window.start))
         scored = [score_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
         return publish(job, window, [result.path for result in scored])
     finally:

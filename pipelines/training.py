@@ -200,6 +200,7 @@ def register_model(
         "metrics": metrics,
         "decision": {"promoted": promoted, "reason": reason},
         "lookback": int(final.lookback_),
+        "history_after_training": final.history_after_training,
         "detector": final.summary(),
         "library_versions": library_versions(),
         "data_fingerprint": fingerprint(data),

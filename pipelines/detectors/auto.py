@@ -224,6 +224,10 @@ class AutoDetector(BaseDetector):
         state = {"chosen_": self.chosen_, "trials_": self.trials_, "earlier_trials_": self.earlier_trials_, "reason_": self.reason_}
         return state, {}, {_INNER + name: data for name, data in self.model_.to_files().items()}
 
+    @property
+    def history_after_training(self) -> bool:
+        return self.model_.history_after_training
+
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
         from pipelines.detectors import load_detector
 

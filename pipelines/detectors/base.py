@@ -143,6 +143,12 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
     #: Parameters renamed since models were saved: old name -> new name (:meth:`from_files`).
     renamed_params: ClassVar[dict[str, str]] = {}
 
+    @property
+    def history_after_training(self) -> bool:
+        """Whether :meth:`detect` uses only the history after the training rows (the rest of
+        :attr:`lookback_` it would ignore): a scheduled run then reads no more than that."""
+        return False
+
     # -- fitting --------------------------------------------------------------------------
 
     def fit(self, X: pd.DataFrame, *, warm_start: BaseDetector | None = None) -> Self:

@@ -196,6 +196,7 @@ class ContextDetector(BaseDetector):
     params_model = ContextParams
     supports_warm_start = True
     renamed_params = {"rest_rows": "rest"}  # models saved before 2026-12-03 hold the rest in rows
+    history_after_training = True  # the memory continues from its training rows: nothing before them is read
 
     def __init__(
         self,

@@ -78,6 +78,24 @@ def test_predict_reads_its_interval_plus_the_models_lookback(trained: JobConfig)
     assert extracted.window == DAY
 
 
+def test_a_model_that_continues_from_its_training_reads_only_the_rows_after_it(project: Path) -> None:
+    from pipelines.config import ModelConfig
+
+    job = with_csv(project).model_copy(update={"model": ModelConfig(kind="context", params={"rest": 12})})
+    run_train(job, TRAIN, run_id="train-1")
+    registry = registry_for(job)
+    champion = registry.champion(job.name, registry.series(job.name)[0])
+    assert champion.metadata["history_after_training"] and champion.metadata["lookback"] == 10_000
+    # The last training row is the hour before TRAIN ends; DAY starts two days after TRAIN ends.
+    assert history_rows(job) == 10_000
+    assert history_rows(job, DAY.start) == 49
+    extracted = extract(job, DAY, run_id="bounds", history_rows=history_rows(job, DAY.start))
+    times = raw_times(job, extracted.paths[0])
+    assert times.min() == pd.Timestamp(TRAIN.end) - pd.Timedelta(hours=1)
+    published = run_predict(job, DAY, run_id="predict-1")
+    assert published.rows == 24 * 3 * len(job.features)  # long form: a row per hour, region and feature
+
+
 def test_scheduled_intervals_from_airflow_read_the_same_bounds(trained: JobConfig) -> None:
     # Airflow's context holds pendulum DateTimes, whose arithmetic used to drop the time zone
     # of the history's start (every scheduled or backfilled predict run failed).
