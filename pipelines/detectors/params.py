@@ -227,7 +227,7 @@ class AutoParams(DetectorParams):
         "(a one-sided paired t-test over the plantings at 5 %); null: the best mean F1 wins.",
     )
     stretches: int = Field(
-        2, ge=1, le=5,
+        3, ge=1, le=5,
         description="Held-back stretches, latest first (a rolling origin): another candidate replaces the preferred one "
         "only if clearly better on each.",
     )

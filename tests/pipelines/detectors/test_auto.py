@@ -71,7 +71,7 @@ def test_the_preferred_candidate_is_kept_unless_another_is_clearly_better(frame)
     assert kept.chosen_ == "iforest" and not _clearly_better(trials["seasonal_mad"], trials["iforest"])
     assert "kept as the preferred detector: seasonal_mad's F1 higher by 0.03" in kept.reason_
     # mset finds about half the events on every planting: the best of the others replaces it.
-    beaten = AutoDetector(candidates=candidates, prefer="mset").fit(frame.iloc[:-48])
+    beaten = AutoDetector(candidates=candidates, prefer="mset", stretches=2).fit(frame.iloc[:-48])
     assert beaten.chosen_ == "seasonal_mad" and beaten.reason_.endswith("clearly better than the preferred mset on each of 2 held-back stretches")
     # ... on the stretch before the last too: the preferred candidate and the challengers are fitted again there.
     earlier = {t["kind"]: t for t in beaten.earlier_trials_}
@@ -111,12 +111,35 @@ def test_a_challenger_replaces_the_preferred_candidate_only_if_clearly_better_on
 
     monkeypatch.setattr(AutoDetector, "_trials", scripted)
     training = frame.iloc[:400]
-    detector = AutoDetector(candidates=["context", "iforest", "seasonal_mad"]).fit(training)
+    detector = AutoDetector(candidates=["context", "iforest", "seasonal_mad"], stretches=2).fit(training)
     # The last quarter of 400 rows, then the last quarter of the 300 before it; seasonal_mad's
     # lead (0.005) is a tie, so only iforest is tried again, with the preferred context.
     assert fitted == [(["context", "iforest", "seasonal_mad"], 300), (["context", "iforest"], 225)]
     assert detector.chosen_ == chosen and reason in detector.reason_
     assert [t["stretch"] for t in detector.earlier_trials_] == [2, 2]
+
+
+def test_by_default_a_challenger_must_also_be_clearly_better_on_a_third_stretch(frame, monkeypatch) -> None:
+    by_stretch = [
+        {"context": [0.5] * 5, "iforest": [0.9] * 5},  # the last held-back rows
+        {"context": [0.5] * 5, "iforest": [0.9] * 5},  # the stretch before them
+        {"context": [0.8] * 5, "iforest": [0.8] * 5},  # and the one before that: a tie
+    ]
+    fitted: list[tuple[list[str], int]] = []
+
+    def scripted(self, kinds, head, tail, params):
+        outcome = by_stretch[len(fitted)]
+        fitted.append((list(kinds), len(head)))
+        trials = [{"kind": k, "f1": float(np.mean(outcome[k])), "f1_by_planting": outcome[k], "holdout_error": 1.0} for k in kinds]
+        return trials, plant_repeatedly(tail, robust_scale(head), seed=0, times=params.plantings)
+
+    monkeypatch.setattr(AutoDetector, "_trials", scripted)
+    detector = AutoDetector(candidates=["context", "iforest"]).fit(frame.iloc[:400])
+    # 400 rows: heads of 300, 225 and 168 rows; iforest led on the first two and tied on the third.
+    assert fitted == [(["context", "iforest"], 300), (["context", "iforest"], 225), (["context", "iforest"], 168)]
+    assert detector.chosen_ == "context"
+    assert "iforest was clearly better on the last held-back rows but not on stretch 3 before them (F1 0.80 against 0.80)" in detector.reason_
+    assert [t["stretch"] for t in detector.earlier_trials_] == [2, 2, 3, 3]
 
 
 def test_stretches_one_decides_on_the_last_held_back_rows_alone(frame) -> None:
