@@ -78,9 +78,9 @@ class AutoDetector(BaseDetector):
         standing are tried again). A lead on one stretch of a few hundred rows that does not hold
         on the one before is a lead that may not hold on the rows scored next either. An earlier
         stretch is tried only while the rows before it number at least 60. Three, not two: on NAB's
-        direct replay the 22 of 370 trainings where a challenger passed two stretches cost `auto`
-        3.1 points against `context` (41 false-alarm rows against 6 on one file); a third stretch
-        kept `context` at 8 of them (docs/BENCHMARKS.md).
+        direct replay the 22 of 370 trainings where a challenger passed two stretches cost ``auto``
+        3.1 points against ``context`` (41 false-alarm rows against 6 on one file); a third stretch
+        kept ``context`` at 8 of them (docs/BENCHMARKS.md).
     threshold_kind, threshold_value :
         Passed on to every candidate.
 

@@ -83,6 +83,26 @@ def test_the_preferred_candidate_is_kept_unless_another_is_clearly_better(frame)
     assert AutoDetector(candidates=candidates, prefer="context").fit(frame.iloc[:-48]).chosen_ == "seasonal_mad"
 
 
+def _script_trials(monkeypatch, by_stretch: list[dict[str, list[float]]]) -> list[tuple[list[str], int]]:
+    """Replace ``AutoDetector._trials`` by scripted F1s per planting: the n-th call (the n-th
+    held-back stretch) gets ``by_stretch[n]``, and a kind missing there could not fit. Returns
+    the list each call appends its kinds and head length to."""
+    fitted: list[tuple[list[str], int]] = []
+
+    def scripted(self, kinds, head, tail, params):
+        outcome = by_stretch[len(fitted)]
+        fitted.append((list(kinds), len(head)))
+        trials = [
+            {"kind": kind, "f1": float(np.mean(outcome[kind])), "f1_by_planting": outcome[kind], "holdout_error": 1.0}
+            if kind in outcome else {"kind": kind, "skipped": "too few rows"}
+            for kind in kinds
+        ]
+        return trials, plant_repeatedly(tail, robust_scale(head), seed=0, times=params.plantings)
+
+    monkeypatch.setattr(AutoDetector, "_trials", scripted)
+    return fitted
+
+
 @pytest.mark.parametrize(
     ("earlier", "chosen", "reason"),
     [
@@ -97,19 +117,7 @@ def test_a_challenger_replaces_the_preferred_candidate_only_if_clearly_better_on
     frame, monkeypatch, earlier: dict[str, list[float]], chosen: str, reason: str
 ) -> None:
     last = {"context": [0.5] * 5, "iforest": [0.9] * 5, "seasonal_mad": [0.505] * 5}
-    fitted: list[tuple[list[str], int]] = []
-
-    def scripted(self, kinds, head, tail, params):
-        outcome = earlier if fitted else last
-        fitted.append((list(kinds), len(head)))
-        trials = [
-            {"kind": kind, "f1": float(np.mean(outcome[kind])), "f1_by_planting": outcome[kind], "holdout_error": 1.0}
-            if kind in outcome else {"kind": kind, "skipped": "too few rows"}
-            for kind in kinds
-        ]
-        return trials, plant_repeatedly(tail, robust_scale(head), seed=0, times=params.plantings)
-
-    monkeypatch.setattr(AutoDetector, "_trials", scripted)
+    fitted = _script_trials(monkeypatch, [last, earlier])
     training = frame.iloc[:400]
     detector = AutoDetector(candidates=["context", "iforest", "seasonal_mad"], stretches=2).fit(training)
     # The last quarter of 400 rows, then the last quarter of the 300 before it; seasonal_mad's
@@ -125,15 +133,7 @@ def test_by_default_a_challenger_must_also_be_clearly_better_on_a_third_stretch(
         {"context": [0.5] * 5, "iforest": [0.9] * 5},  # the stretch before them
         {"context": [0.8] * 5, "iforest": [0.8] * 5},  # and the one before that: a tie
     ]
-    fitted: list[tuple[list[str], int]] = []
-
-    def scripted(self, kinds, head, tail, params):
-        outcome = by_stretch[len(fitted)]
-        fitted.append((list(kinds), len(head)))
-        trials = [{"kind": k, "f1": float(np.mean(outcome[k])), "f1_by_planting": outcome[k], "holdout_error": 1.0} for k in kinds]
-        return trials, plant_repeatedly(tail, robust_scale(head), seed=0, times=params.plantings)
-
-    monkeypatch.setattr(AutoDetector, "_trials", scripted)
+    fitted = _script_trials(monkeypatch, by_stretch)
     detector = AutoDetector(candidates=["context", "iforest"]).fit(frame.iloc[:400])
     # 400 rows: heads of 300, 225 and 168 rows; iforest led on the first two and tied on the third.
     assert fitted == [(["context", "iforest"], 300), (["context", "iforest"], 225), (["context", "iforest"], 168)]
