@@ -19,7 +19,9 @@ def rolling_expected(values: pd.DataFrame, window: int) -> pd.DataFrame:
     return values.shift(1).rolling(window, min_periods=1).median().fillna(values)
 
 
-def window_features(values: pd.DataFrame, window: int, *, lags: int = 0, calendar: bool = False) -> pd.DataFrame:
+def window_features(
+    values: pd.DataFrame, window: int, *, lags: int = 0, calendar: bool = False, expected: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """For every column: the value, its first difference, its deviation from
     :func:`rolling_expected`, the standard deviation of the last ``window`` rows, and its values
     ``1..lags`` rows back; then, with ``calendar`` and timestamps, the hour of day and the day of
@@ -29,12 +31,16 @@ def window_features(values: pd.DataFrame, window: int, *, lags: int = 0, calenda
     the spread is NaN until a full window exists (a spread of a few rows is mostly noise, and in
     the training data it made the first rows the most anomalous); lags are NaN before the start:
     the caller treats NaN as typical. Columns are named ``"<column>:<window feature>"`` and
-    ``"calendar:<part>"``.
+    ``"calendar:<part>"``. ``expected`` is :func:`rolling_expected` of ``values`` when the caller
+    already has it (a rolling median is the costliest feature: a detector scoring a call needs it
+    for its output too, so it is computed once).
     """
+    if expected is None:
+        expected = rolling_expected(values, window)
     parts = {
         "value": values,
         "diff": values.diff(),
-        "deviation": values - rolling_expected(values, window),
+        "deviation": values - expected,
         "rolling_std": values.rolling(window).std(),
         **{f"lag{k}": values.shift(k) for k in range(1, lags + 1)},
     }

@@ -138,9 +138,10 @@ class IsolationForestDetector(BaseDetector):
         )
         imputer = SimpleImputer(strategy="constant", fill_value=0.0, keep_empty_features=True)
         self.model_ = make_pipeline(RobustScaler(), imputer, forest)
-        features = self.features(values)
+        expected = rolling_expected(values, params.window)
+        features = self.features(values, expected)
         self.model_.fit(features)
-        return self._calibrate_training(X, values, features)
+        return self._calibrate_training(X, expected, features)
 
     def _fit_warm(self, X: pd.DataFrame, params: IsolationForestParams, champion: BaseDetector) -> np.ndarray:
         # The champion's trees split on features scaled by the champion's scaler, so that scaler
@@ -160,15 +161,16 @@ class IsolationForestDetector(BaseDetector):
         values = fill_missing(X, pd.Series(self.medians_, index=X.columns))
         self.model_ = copy.deepcopy(champion.model_)
         scaler, imputer, forest = self.model_
-        features = self.features(values)
+        expected = rolling_expected(values, params.window)
+        features = self.features(values, expected)
         grown = forest.set_params(warm_start=True, n_estimators=len(forest.estimators_) + _warm_trees(params))
         grown.fit(imputer.fit_transform(scaler.transform(features)))
         grown.set_params(warm_start=False)  # a later plain fit of this object must start afresh
-        return self._calibrate_training(X, values, features)
+        return self._calibrate_training(X, expected, features)
 
-    def _calibrate_training(self, X: pd.DataFrame, values: pd.DataFrame, features: np.ndarray) -> np.ndarray:
+    def _calibrate_training(self, X: pd.DataFrame, expected: pd.DataFrame, features: np.ndarray) -> np.ndarray:
         raw = -self.model_.score_samples(features)
-        deviation = np.abs(X.to_numpy() - rolling_expected(values, self.window).to_numpy())
+        deviation = np.abs(X.to_numpy() - expected.to_numpy())
         # Deviations are causal (from earlier rows only): in-sample is out of sample for them.
         self.feature_calibrators_ = [ScoreCalibrator().fit(deviation[:, f]) for f in range(X.shape[1])]
         held_back = held_back_rows(len(X), max(_MIN_TRAINING_ROWS, 2 * self.window))
@@ -185,9 +187,9 @@ class IsolationForestDetector(BaseDetector):
         self.combined_calibrator_ = ScoreCalibrator().fit(combined)
         return self.combined_calibrator_.transform(combined)
 
-    def features(self, values: pd.DataFrame) -> np.ndarray:
+    def features(self, values: pd.DataFrame, expected: pd.DataFrame | None = None) -> np.ndarray:
         """The forest's input for gap-filled ``values`` (see :func:`window_features`)."""
-        return window_features(values, self.window, lags=self.lags, calendar=self.calendar).to_numpy()
+        return window_features(values, self.window, lags=self.lags, calendar=self.calendar, expected=expected).to_numpy()
 
     def _feature_scores(self, deviation: np.ndarray) -> np.ndarray:
         return np.column_stack([c.transform(deviation[:, f]) for f, c in enumerate(self.feature_calibrators_)])
@@ -205,8 +207,9 @@ class IsolationForestDetector(BaseDetector):
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         frame, n_history = with_history(X, history)
         values = fill_missing(frame, pd.Series(self.medians_, index=X.columns))
-        features = self.features(values)[n_history:]
-        expected = rolling_expected(values, self.window).to_numpy()[n_history:]
+        expected_all = rolling_expected(values, self.window)
+        features = self.features(values, expected_all)[n_history:]
+        expected = expected_all.to_numpy()[n_history:]
         observed = X.to_numpy()
         deviation = np.abs(observed - expected)
         feature_score = self._feature_scores(deviation)

@@ -35,6 +35,17 @@ def test_window_statistics(values: pd.DataFrame) -> None:
     assert features["a:rolling_std"].iloc[7] == pytest.approx(a.iloc[3:8].std())
 
 
+def test_a_precomputed_expected_gives_the_same_features(values: pd.DataFrame) -> None:
+    # Detectors pass the rolling median they already computed for their output.
+    given = window_features(values, 5, lags=1, expected=rolling_expected(values, 5))
+    pd.testing.assert_frame_equal(given, window_features(values, 5, lags=1))
+    # And it is used: another expected moves the deviation, nothing else.
+    shifted = window_features(values, 5, lags=1, expected=rolling_expected(values, 5) + 1.0)
+    pd.testing.assert_series_equal(shifted["a:deviation"], given["a:deviation"] - 1.0)
+    others = ["a:deviation", "b:deviation"]
+    pd.testing.assert_frame_equal(shifted.drop(columns=others), given.drop(columns=others))
+
+
 def test_warm_up_uses_what_exists(values: pd.DataFrame) -> None:
     expected = rolling_expected(values, 5)
     assert expected["a"].iloc[0] == values["a"].iloc[0]
