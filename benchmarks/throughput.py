@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.detectors import DetectorUnderTest
-from benchmarks.report import fmt_number, fmt_ratio, interleaved, machine_line, median, table
+from benchmarks.report import fmt_number, fmt_ratio, interleaved, machine_line, median, table, timed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ FULL_REPEATS = {10_000: 25, 100_000: 9}
 #: repeat; ``context`` steps its memory through every row in Python, about a millisecond a row):
 #: measured at 10,000 points with 3 repeats, so the whole table stays under half an hour.
 SLOW_KINDS = {"prophet": 3, "lstm": 3, "context": 3}
+#: Scoring is timed for about this many seconds per variant (at least the size's repeats, at most
+#: MAX_SCORE_REPEATS): a 10,000-point seasonal score takes about 2 ms, and 25 repeats of it gave
+#: 1.16x to 1.23x in three runs on one machine, where 400 interleaved ones gave 1.15x; the budget
+#: is fixed in advance, so it does not depend on what the ratio turns out to be.
+SCORE_BUDGET_SECONDS = 1.0
+MAX_SCORE_REPEATS = 400
 QUICK_REPEATS = 3
 STEP = pd.Timedelta("5min")
 
@@ -285,6 +291,8 @@ class Throughput:
     ours_score: float
     bare_fit: float | None
     bare_score: float | None
+    #: Repeats of the scoring (``repeats`` unless a time budget asked for more).
+    score_repeats: int = 0
 
     def ratio(self, ours: float, bare: float | None) -> float | None:
         return ours / bare if bare else None
@@ -298,8 +306,12 @@ class Throughput:
         return self.ratio(self.ours_score, self.bare_score)
 
 
-def measure(under_test: DetectorUnderTest, points: int, repeats: int) -> Throughput:
-    """Median seconds of ours and bare fit and score on one ``points``-long series."""
+def measure(under_test: DetectorUnderTest, points: int, repeats: int, score_budget: float = 0.0) -> Throughput:
+    """Median seconds of ours and bare fit and score on one ``points``-long series.
+
+    Fits are repeated ``repeats`` times; scores as often as fit in ``score_budget`` seconds per
+    variant (judged by the untimed first round), at least ``repeats`` and at most MAX_SCORE_REPEATS.
+    """
     from pipelines.detectors import make_detector
 
     frame = synthetic_series(points)
@@ -312,7 +324,9 @@ def measure(under_test: DetectorUnderTest, points: int, repeats: int) -> Through
         bare.prepare(frame)
 
     # One untimed round first: imports, allocator and caches warm up on no one's clock.
-    detector.fit(frame).detect(frame)
+    one_score, _ = timed(lambda: detector.fit(frame).detect(frame))
+    one_score, _ = timed(lambda: detector.detect(frame))
+    score_repeats = max(repeats, min(MAX_SCORE_REPEATS, int(score_budget / max(one_score, 1e-9))))
     if bare is not None:
         if hasattr(bare, "follow"):  # a bare loop that must do as much work as this fit did
             bare.follow(detector)
@@ -326,7 +340,7 @@ def measure(under_test: DetectorUnderTest, points: int, repeats: int) -> Through
         scores["bare"] = bare.score
     fit_seconds = interleaved(fits, repeats)
     # Scoring is timed with both models fitted on the whole frame (the last fit above).
-    score_seconds = interleaved(scores, repeats)
+    score_seconds = interleaved(scores, score_repeats)
     return Throughput(
         kind=kind,
         label=under_test.label,
@@ -336,6 +350,7 @@ def measure(under_test: DetectorUnderTest, points: int, repeats: int) -> Through
         ours_score=median(score_seconds["ours"]),
         bare_fit=median(fit_seconds["bare"]) if bare is not None else None,
         bare_score=median(score_seconds["bare"]) if bare is not None else None,
+        score_repeats=score_repeats,
     )
 
 
@@ -347,7 +362,7 @@ def measure_all(quick: bool) -> list[Throughput]:
         for points in sizes[:1] if slow else sizes:
             repeats = SLOW_KINDS[under_test.kind] if slow else QUICK_REPEATS if quick else FULL_REPEATS[points]
             log.info("throughput: %s on %d points, %d repeats", under_test.label, points, repeats)
-            results.append(measure(under_test, points, repeats))
+            results.append(measure(under_test, points, repeats, score_budget=0.0 if quick else SCORE_BUDGET_SECONDS))
     return results
 
 
@@ -386,6 +401,13 @@ def markdown(results: list[Throughput]) -> str:
     repeats = " and ".join(f"{n} repeats at {points:,} points" for points, n in sorted(per_size.items()))
     if any(r.kind in SLOW_KINDS for r in results):
         repeats += f" ({', '.join(sorted(SLOW_KINDS))}: {max(SLOW_KINDS.values())} repeats at {FULL_SIZES[0]:,} points only)"
+    more = [r for r in results if r.score_repeats > r.repeats]
+    if more:
+        counts = ", ".join(f"{r.label} {r.score_repeats} at {r.points:,} points" for r in more)
+        repeats += (
+            f"; scores are repeated for about {SCORE_BUDGET_SECONDS:g} s per variant, at least as often "
+            f"and at most {MAX_SCORE_REPEATS} times ({counts})"
+        )
     return "\n\n".join(
         [
             "## Detector throughput: ours against the bare library call",
