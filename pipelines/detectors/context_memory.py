@@ -19,6 +19,8 @@ the training range get facts of their own, see :mod:`pipelines.detectors.context
 
 from __future__ import annotations
 
+from collections import Counter
+from itertools import chain
 from typing import Self
 
 import numpy as np
@@ -52,7 +54,7 @@ class ContextMemory:
         self._count: list[int] = []  # context id -> times confirmed
         self._zero_level: list[bool] = []  # context id -> seen whole, as (left group, facts)
         self._left_group: tuple[int, ...] = ()
-        self._left_matched: dict[int, list[int]] = {}
+        self._left_matched: dict[int, int] = {}
 
     @property
     def contexts(self) -> int:
@@ -72,14 +74,19 @@ class ContextMemory:
                 just_made = -1
         right_matched = self._cross(_RIGHT, now)
         active, selected, derived, predicted, best = [], 0, [], None, (-1, -1)
-        right_facts, counts, zero_level = self._facts[_RIGHT], self._count, self._zero_level
+        left_facts, right_facts, counts, zero_level = self._facts[_LEFT], self._facts[_RIGHT], self._count, self._zero_level
+        left_now, right_now_facts = frozenset(self._left_group), frozenset(now)
         for left, matched in self._left_matched.items():
-            whole_left = len(matched) == len(self._facts[_LEFT][left])
-            derivable = new_whole and len(matched) <= self.max_left_facts
+            whole_left = matched == len(left_facts[left])
+            derivable = new_whole and matched <= self.max_left_facts
+            if not (whole_left or derivable):
+                # Nothing below applies: most lefts share only some facts with the group, and
+                # derivations happen only at a new whole context; skipping them is most of a step.
+                continue
             for right, context in self._children[left].items():
                 if context == just_made:
                     continue
-                right_now = right_matched.get(right)
+                right_now = right_matched.get(right, 0)
                 if whole_left:
                     selected += 1
                     # The prediction: the most confirmed of the longest right sides (a
@@ -87,12 +94,12 @@ class ContextMemory:
                     rank = (len(right_facts[right]), counts[context])
                     if rank > best:
                         best, predicted = rank, right_facts[right]
-                    if right_now and len(right_now) == len(right_facts[right]):
+                    if right_now and right_now == len(right_facts[right]):
                         counts[context] += 1
                         active.append(context)
                         continue
                 if right_now and derivable and zero_level[context]:
-                    derived.append((tuple(matched), tuple(right_now)))
+                    derived.append((_present(left_facts[left], left_now), _present(right_facts[right], right_now_facts)))
         candidates.update(derived)
         confirmed = len(active) / selected if selected else 0.0
         # The most confirmed contexts become facts of the next left group (ties: the older first).
@@ -136,18 +143,14 @@ class ContextMemory:
             self._zero_level[found] = True
         return found, False
 
-    def _cross(self, side: int, facts: tuple[int, ...]) -> dict[int, list[int]]:
-        """Semi-contexts of ``side`` holding any of ``facts`` -> those of their facts present."""
-        matched: dict[int, list[int]] = {}
+    def _cross(self, side: int, facts: tuple[int, ...]) -> dict[int, int]:
+        """Semi-contexts of ``side`` holding any of ``facts`` -> how many of them, in the order
+        the semi-contexts are first met (fact by fact, each fact's in id order).
+
+        Counts only: a step needs which facts match for the few contexts it derives
+        (:func:`_present`), and counting in C was most of the cost of listing them per step."""
         by_fact = self._by_fact[side]
-        for fact in facts:
-            for semi in by_fact.get(fact, ()):
-                found = matched.get(semi)
-                if found is None:
-                    matched[semi] = [fact]
-                else:
-                    found.append(fact)
-        return matched
+        return Counter(chain.from_iterable(by_fact.get(fact, ()) for fact in facts))
 
     # -- copies and artifacts -------------------------------------------------------------
 
@@ -160,7 +163,7 @@ class ContextMemory:
         twin._children = [dict(children) for children in self._children]
         twin._count, twin._zero_level = list(self._count), list(self._zero_level)
         twin._left_group = self._left_group
-        twin._left_matched = {semi: list(facts) for semi, facts in self._left_matched.items()}
+        twin._left_matched = dict(self._left_matched)
         return twin
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -198,3 +201,9 @@ class ContextMemory:
         memory._left_group = tuple(arrays["left_group"].tolist())
         memory._left_matched = memory._cross(_LEFT, memory._left_group)
         return memory
+
+
+def _present(facts: tuple[int, ...], held: frozenset[int]) -> tuple[int, ...]:
+    """The facts of a semi-context that hold now, in its own (ascending) order: every group of
+    facts is stored sorted, so this is the order in which crossing met them."""
+    return tuple(fact for fact in facts if fact in held)
