@@ -34,7 +34,7 @@ QUICK_SIZES = (2_000,)
 #: seasonal_mad 1.17-1.30x in four runs); 25 repeats cost seconds.
 FULL_REPEATS = {10_000: 25, 100_000: 9}
 #: Kinds whose training takes minutes at 100,000 points (a model per fit, several fits per
-#: repeat; ``context`` steps its memory through every row in Python, about a millisecond a row):
+#: repeat; ``context`` steps its memory through every row in Python, about 0.2 ms a row):
 #: measured at 10,000 points with 3 repeats, so the whole table stays under half an hour.
 SLOW_KINDS = {"prophet": 3, "lstm": 3, "context": 3}
 #: Scoring is timed for about this many seconds per variant (at least the size's repeats, at most
