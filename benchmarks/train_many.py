@@ -29,7 +29,7 @@ from benchmarks.report import cores, machine_line, table, write_section
 SECTION = "train_many"
 SERIES, POINTS = 1_000, 2_000
 QUICK_SERIES, QUICK_POINTS = 8, 600
-DETECTORS = ("seasonal_mad", "iforest", "mset", "prophet", "lstm", "auto")
+DETECTORS = ("seasonal_mad", "iforest", "mset", "prophet", "lstm", "context", "auto")
 
 JOB = {
     "name": "train_many",
