@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipelines.config import ModelConfig
-from pipelines.detectors.context import ContextDetector
+from pipelines.detectors.context import ContextDetector, _Quantiser
 from pipelines.errors import ConfigError
 from tests.pipelines.detectors.conftest import SCORE_DAYS, TRAIN_DAYS, seasonal_frame, spiked
 
@@ -207,6 +207,16 @@ def test_margin_widens_the_levels(series) -> None:
         fitted = ContextDetector(margin=margin).fit(train)
         np.testing.assert_allclose(fitted.step_, (1 + 2 * margin) * span / 7)
         np.testing.assert_allclose(fitted.low_, train.min() - margin * span)
+
+
+def test_the_levels_are_strict_under_the_minimum_and_reach_a_step_over_the_maximum() -> None:
+    # Measured on NAB (docs/BENCHMARKS.md): a dip under the range seen is news, a new high by
+    # less than a level is a metric's ordinary right tail.
+    levels = _Quantiser.spanning(0.0, 7.0, 0.0, 3)
+    assert (levels.low, levels.step) == (0.0, 1.0)
+    assert levels.level(0.0) == 0 and levels.level(-1e-9) < 0
+    assert levels.level(7.0) == levels.level(7.999) == levels.top == 7
+    assert levels.level(8.0) > levels.top
 
 
 def test_flat_series_is_quiet_until_it_moves(series) -> None:
