@@ -182,8 +182,7 @@ def register_model(
     ``extra`` adds sections (tuning adds its trials and decision).
     """
     registry = registry_for(job)
-    train_detection = final.detect(data)
-    metrics = {**metrics, "train_anomaly_rate": float(train_detection.is_anomaly.any(axis=1).mean())}
+    metrics = {**metrics, "train_anomaly_rate": final.training_anomaly_rate(data)}
     metadata = {
         "model": kind,
         "params": final.get_params(),

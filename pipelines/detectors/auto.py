@@ -223,6 +223,10 @@ class AutoDetector(BaseDetector):
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         return self._onto_own_cut(self.model_.detect(X, history=history), self.threshold_)
 
+    def training_anomaly_rate(self, X: pd.DataFrame) -> float:
+        # The chosen detector's decisions are this model's (scores moved onto the cut, flags kept).
+        return self.model_.training_anomaly_rate(X)
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
         state = {"chosen_": self.chosen_, "trials_": self.trials_, "earlier_trials_": self.earlier_trials_, "reason_": self.reason_}
         return state, {}, {_INNER + name: data for name, data in self.model_.to_files().items()}

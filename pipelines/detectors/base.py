@@ -246,6 +246,13 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         """Like :meth:`_fit`, starting from ``champion``'s learned state (same kind and params)."""
         raise NotImplementedError(f"{type(self).__name__} does not support warm starts")
 
+    def training_anomaly_rate(self, X: pd.DataFrame) -> float:
+        """Share of the timestamps of ``X``, the rows this model was fitted on, that it flags (any
+        feature): the anomaly rate its threshold implies, which monitoring compares served rates
+        with. By default the rows are scored again; a detector whose scoring learns from the rows
+        it scores measures the rate during the fit instead (``ContextDetector``)."""
+        return float(self.detect(X).is_anomaly.any(axis=1).mean())
+
     # -- scoring --------------------------------------------------------------------------
 
     def detect(self, X: pd.DataFrame, history: pd.DataFrame | None = None) -> Detection:

@@ -193,6 +193,9 @@ class ContextDetector(BaseDetector):
     calibration_share_ : float or None
         Share of the calibration rows (the training rows' second half) at or above the threshold
         (None for a model saved before it was recorded).
+    calibration_rate_ : float or None
+        Share of the calibration rows' timestamps flagged on any feature: what
+        :meth:`training_anomaly_rate` returns (None for a model saved before it was recorded).
     rest_rows_ : int
         The rest in rows (``rest`` at the training rows' median spacing when it is a duration).
     streams_ : list
@@ -300,8 +303,20 @@ class ContextDetector(BaseDetector):
             share = max(policy.value, _TAIL_ROWS / max(calibration.size, 1))
             cut = decision_threshold(calibration, "contamination", min(share, 1.0)) if calibration.size else 0.0
             threshold = max(cut, float(self.rest_above))
-        self.calibration_share_ = float((calibration >= threshold).mean()) if calibration.size else 0.0
+        flagged = calibration >= threshold
+        self.calibration_share_ = float(flagged.mean()) if calibration.size else 0.0
+        self.calibration_rate_ = float(flagged.reshape(len(calibration), -1).any(axis=1).mean()) if calibration.size else 0.0
         return threshold
+
+    def training_anomaly_rate(self, X: pd.DataFrame) -> float:
+        # Scored again, the training rows come to a memory that has just learned them: it flagged
+        # none of 2,000 on five NAB series (nyc_taxi, Twitter_volume_AMZN and three others) whose
+        # next 2,000 it flagged at up to 0.2 %. The rate the threshold implies is the one of the
+        # calibration rows, each scored in the fit before the memory learned it, rests included.
+        # It also spares a second pass over the training rows: 30 % of a training's time.
+        if self.calibration_rate_ is None:  # a model saved before it was recorded
+            return super().training_anomaly_rate(X)
+        return self.calibration_rate_
 
     # Read off the streams, which hold the levels (a widening during a warm start moves them).
     @property
@@ -370,6 +385,7 @@ class ContextDetector(BaseDetector):
         time_indexed = isinstance(self.training_end_, pd.Timestamp)
         state = {
             "calibration_share_": self.calibration_share_,
+            "calibration_rate_": self.calibration_rate_,
             "rest_rows_": self.rest_rows_,
             "since_high_": [s.since_high for s in self.streams_],
             "last_level_": [s.last_level for s in self.streams_],
@@ -391,6 +407,8 @@ class ContextDetector(BaseDetector):
         self.rest_rows_ = int(state.get("rest_rows_", self.rest))
         share = state.get("calibration_share_")
         self.calibration_share_ = None if share is None else float(share)
+        rate = state.get("calibration_rate_")
+        self.calibration_rate_ = None if rate is None else float(rate)
         end = state["training_end_"]
         self.training_end_ = pd.Timestamp(end) if isinstance(end, str) else int(end)
         self.streams_ = []

@@ -140,6 +140,9 @@ def test_by_default_a_challenger_must_also_be_clearly_better_on_a_third_stretch(
     assert detector.chosen_ == "context"
     assert "iforest was clearly better on the last held-back rows but not on stretch 3 before them (F1 0.80 against 0.80)" in detector.reason_
     assert [t["stretch"] for t in detector.earlier_trials_] == [2, 2, 3, 3]
+    # Its training anomaly rate is the chosen memory's, measured as it learned (not rescored).
+    rate = detector.training_anomaly_rate(frame.iloc[:400])
+    assert rate == detector.model_.calibration_rate_ > detector.detect(frame.iloc[:400]).is_anomaly.any(axis=1).mean()
 
 
 def test_stretches_one_decides_on_the_last_held_back_rows_alone(frame) -> None:

@@ -291,6 +291,22 @@ def test_a_contamination_cut_is_estimated_from_at_least_ten_calibration_rows() -
     assert fap.threshold_ == ten.threshold_  # a share of held-back rows either way: the raw score is no probability
 
 
+def test_the_training_anomaly_rate_is_the_calibration_rows_as_scored_before_they_were_learned() -> None:
+    # Two features of white noise, no rests: the memory is surprised by most steps while it
+    # learns them, far less when the learned rows come again.
+    rng = np.random.default_rng(5)
+    noise = pd.DataFrame({"a": rng.normal(size=400), "b": rng.normal(size=400)})
+    model = ContextDetector(value_bits=6, rest=0, threshold_value=0.05).fit(noise)
+    rescored = float(model.detect(noise).is_anomaly.any(axis=1).mean())
+    rate = model.training_anomaly_rate(noise)
+    assert rate == model.calibration_rate_
+    # Any feature counts: the rate of timestamps is at least the share of single cells.
+    assert model.calibration_share_ <= rate <= 2 * model.calibration_share_
+    assert rate > 0.05 and rescored < rate / 2
+    again = ContextDetector.from_files(model.to_files())
+    assert again.training_anomaly_rate(noise) == rate
+
+
 def test_a_model_saved_before_the_levels_could_widen_still_loads_and_scores(series) -> None:
     import io
     import json
@@ -299,13 +315,15 @@ def test_a_model_saved_before_the_levels_could_widen_still_loads_and_scores(seri
     fitted = ContextDetector(margin=1.0).fit(train)
     files = fitted.to_files()
     meta = json.loads(files["detector.json"])
-    del meta["learned"]["calibration_share_"]
+    del meta["learned"]["calibration_share_"], meta["learned"]["calibration_rate_"]
     with np.load(io.BytesIO(files["arrays.npz"])) as npz:
         arrays = {name: npz[name] for name in npz.files if name != "seen_" and not name.startswith("recent")}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     old = ContextDetector.from_files({"detector.json": json.dumps(meta).encode(), "arrays.npz": buffer.getvalue()})
-    assert old.calibration_share_ is None
+    assert old.calibration_share_ is None and old.calibration_rate_ is None
+    # Without the rate measured in the fit, the training rows are scored again.
+    assert old.training_anomaly_rate(train) == float(old.detect(train).is_anomaly.any(axis=1).mean())
     # The range is recovered from the levels: the training range.
     assert old.streams_[0].seen == pytest.approx((train["a"].min(), train["a"].max()))
     far = spiked(test, [40], size=100.0)
