@@ -303,9 +303,9 @@ class ContextDetector(BaseDetector):
             share = max(policy.value, _TAIL_ROWS / max(calibration.size, 1))
             cut = decision_threshold(calibration, "contamination", min(share, 1.0)) if calibration.size else 0.0
             threshold = max(cut, float(self.rest_above))
-        flagged = calibration >= threshold
+        flagged = calibration >= threshold  # rows x features, as _fit returns them
         self.calibration_share_ = float(flagged.mean()) if calibration.size else 0.0
-        self.calibration_rate_ = float(flagged.reshape(len(calibration), -1).any(axis=1).mean()) if calibration.size else 0.0
+        self.calibration_rate_ = float(flagged.any(axis=1).mean()) if calibration.size else 0.0
         return threshold
 
     def training_anomaly_rate(self, X: pd.DataFrame) -> float:
