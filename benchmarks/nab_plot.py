@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pandas as pd
 
 from benchmarks.nab import SeriesReplay, nab_root
 from benchmarks.nab_direct import parse_detector, replay_series
-from benchmarks.report import REPO, write_section
+from benchmarks.report import REPO, read_section, table_rows, write_section
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,71 @@ def draw(key: str, label: str, replay: SeriesReplay, root: Path, out: Path) -> A
     return summary
 
 
-def section(entries: Sequence[tuple[str, Path, AlarmSummary]], label: str) -> str:
+@dataclass(frozen=True)
+class Standing:
+    """One detector's NAB standard score on flagged rows: ours with the threshold fixed in
+    advance and swept, or a published score (``fixed`` None)."""
+
+    label: str
+    fixed: float | None
+    swept: float
+
+
+def scoreboard(nab_section: str) -> list[Standing]:
+    """Our detectors' fixed and swept flagged-row scores and the published scores, from the table
+    of the section ``nab`` (the pipeline replay), best swept score first."""
+    ours: dict[str, dict[str, float]] = {}
+    published: list[Standing] = []
+    for row in table_rows(nab_section):
+        if len(row) != 6:
+            continue  # the section's other tables (snoozes, runs)
+        label, threshold, standard = row[0], row[1], float(re.match(r"-?[0-9.]+", row[2]).group())  # "70.5-69.7": a range over seeds
+        if label.startswith("`"):
+            kind = threshold.split(":")[0]
+            if kind in ("fixed", "swept"):
+                ours.setdefault(label.strip("`"), {})[kind] = standard
+        elif label not in ("Perfect", "Null"):
+            published.append(Standing(label, None, standard))
+    standings = [Standing(label, s.get("fixed"), s["swept"]) for label, s in ours.items() if "swept" in s] + published
+    return sorted(standings, key=lambda standing: -standing.swept)
+
+
+def draw_scoreboard(standings: Sequence[Standing], out: Path, floor: float = -20.0) -> None:
+    """Horizontal bars: each of our detectors' swept score (and its fixed one beside it), the
+    published scores in grey; scores under ``floor`` are drawn to it and written out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    figure, axis = plt.subplots(figsize=(9, 0.32 * len(standings) + 1.2), layout="constrained")
+    rows = np.arange(len(standings))[::-1]
+
+    def bar(row: float, value: float, height: float, color: str) -> None:
+        axis.barh(row, max(value, floor), height=height, color=color)
+        axis.text(max(value, 0.0) + 0.8, row, f"{value:.1f}", va="center", fontsize=7)
+
+    for row, standing in zip(rows, standings, strict=True):
+        if standing.fixed is None:
+            bar(row, standing.swept, 0.6, "0.7")
+        else:
+            bar(row + 0.18, standing.swept, 0.36, "tab:blue")
+            bar(row - 0.18, standing.fixed, 0.36, "tab:cyan")
+    lines = [axis.axvline(target, color=color, lw=0.8, ls="--", label=name)
+             for target, name, color in ((70.5, "Numenta HTM, 70.5", "tab:orange"), (74.9, "ARTime, 74.9", "tab:red"))]
+    handles = [Patch(color="tab:blue", label="ours, threshold swept"), Patch(color="tab:cyan", label="ours, threshold fixed in advance"),
+               Patch(color="0.7", label="published (swept)"), *lines]
+    axis.legend(handles=handles, loc="lower right", fontsize=7)
+    axis.set_yticks(rows, [f"{s.label} (ours)" if s.fixed is not None else s.label for s in standings], fontsize=8)
+    axis.set_xlim(floor, 100)
+    axis.set_xlabel("NAB standard score on flagged rows (scores under %g drawn to it)" % floor)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+
+
+def section(entries: Sequence[tuple[str, Path, AlarmSummary]], label: str, board: Path | None = None) -> str:
     lines = [
         "## NAB replays, drawn",
         "",
@@ -119,6 +184,14 @@ def section(entries: Sequence[tuple[str, Path, AlarmSummary]], label: str) -> st
         "the served scores below.",
         "",
     ]
+    if board is not None:
+        lines += [
+            "The scoreboard first, from the table of the pipeline replay (section \"Detection quality on NAB\"): every "
+            "detector's standard score on flagged rows, with the threshold swept and fixed in advance, beside the published ones.",
+            "",
+            f"![NAB standard scores]({board.relative_to(REPO / 'docs').as_posix()})",
+            "",
+        ]
     for key, image, summary in entries:
         lines += [
             f"**{key}**: {summary.found} of {summary.windows} windows found, {summary.false_alarms} false-alarm rows, "
@@ -152,7 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, image, summary in entries:
             print(f"{key}: {summary.found} of {summary.windows} windows found, {summary.false_alarms} false-alarm rows -> {image}")
         return 0
-    write_section(SECTION, section(entries, detector.label))
+    board = args.out / "nab_scoreboard.png"
+    draw_scoreboard(scoreboard(read_section("nab")), board)
+    write_section(SECTION, section(entries, detector.label, board))
     return 0
 
 

@@ -39,3 +39,30 @@ def test_the_section_links_each_image_under_docs(tmp_path) -> None:
     markdown = nab_plot.section([(KEY, nab.REPO / "docs" / "img" / "x.png", summary)], "context")
     assert f"**{KEY}**: 2 of 3 windows found, 4 false-alarm rows, raw score 0.29." in markdown
     assert "![context on realAdExchange/exchange-4_cpc_results.csv](img/x.png)" in markdown
+
+
+SECTION = """
+| Detector | Threshold | Standard | Reward low FP | Reward low FN | Source |
+| --- | --- | ---: | ---: | ---: | --- |
+| `iforest` | fixed: contamination 0.005 of each training window (as deployed), flagged rows | -21.4 | -126.2 | 15.0 | ours |
+| `iforest` | swept: best corpus-wide score threshold per profile, flagged rows | 41.3 | 34.3 | 46.2 | ours |
+| `iforest` | alerts, fixed: the fixed threshold, one alert per event | 48.6 | 19.0 | 60.3 | ours |
+| Perfect | optimised per profile by NAB | 100.0 | 100.0 | 100.0 | published |
+| Numenta HTM | optimised per profile by NAB | 70.5-69.7 | 62.6-61.7 | 75.2-74.2 | published |
+| Null | optimised per profile by NAB | 0.0 | 0.0 | 0.0 | published |
+
+| Detector | 0 | 12 | 50 | 100 | 200 | 400 |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
+| `iforest` | 15.7 | 25.2 | 35.4 | 42.2 | 48.1 | 50.2 |
+"""
+
+
+def test_the_scoreboard_reads_flagged_rows_fixed_and_swept_and_the_published_scores(tmp_path) -> None:
+    standings = nab_plot.scoreboard(SECTION)
+    assert standings == [
+        nab_plot.Standing("Numenta HTM", None, 70.5),  # the first of a range over seeds
+        nab_plot.Standing("iforest", -21.4, 41.3),  # alerts rows and the snooze table left out
+    ]
+    image = tmp_path / "board.png"
+    nab_plot.draw_scoreboard(standings, image)
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
