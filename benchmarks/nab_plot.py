@@ -212,8 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pipelines").setLevel(logging.WARNING)
+    from pipelines.evaluation.nab import load_windows
+
     root, detector = nab_root(), parse_detector(args.detector)
     keys = args.series or list(DEFAULT_SERIES)
+    unknown = sorted(set(keys) - set(load_windows(root)))
+    if unknown:  # checked before any replay, which can take a minute a series
+        parser.error(f"not a NAB series under {root / 'data'}: {', '.join(unknown)} (keys look like {DEFAULT_SERIES[0]})")
     entries = []
     for key in keys:
         replay = replay_series(root / "data" / key, key, detector)

@@ -66,3 +66,10 @@ def test_the_scoreboard_reads_flagged_rows_fixed_and_swept_and_the_published_sco
     image = tmp_path / "board.png"
     nab_plot.draw_scoreboard(standings, image)
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unknown_series_is_refused_before_any_replay(capsys) -> None:
+    with pytest.raises(SystemExit):
+        nab_plot.main(["--series", "realKnownCause/nyc_taxi.csv", "nope.csv", "--out", "/tmp/unused"])
+    error = capsys.readouterr().err
+    assert "not a NAB series" in error and "nope.csv" in error and "nyc_taxi.csv," not in error
