@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := airflow,s3,postgres,mysql,mssql,redshift,duckdb,bigquery,gcs,prophet,alerts,lstm,dev
+EXTRAS := airflow,s3,postgres,mysql,mssql,redshift,duckdb,bigquery,gcs,prophet,plot,alerts,lstm,dev
 AIRFLOW_ENV := source scripts/airflow-env.sh
 
 .PHONY: demo up test test-fast bench lock venv system-deps airflow-db clean

@@ -97,6 +97,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         f"scored {len(points)} points x {frame['feature'].nunique()} features in {frame['series'].nunique()} "
         f"series: {len(flagged)} anomalous; written to {args.output}"
     )
+    if args.plot:
+        from pipelines.plots import plot_outputs
+
+        drawn = plot_outputs(frame, args.plot, title=f"{args.model} on {args.input}")
+        print(f"drawn: {len(drawn)} panels (series x feature) in {args.plot}")
     return 0
 
 
@@ -184,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--params", help="detector parameters as JSON")
     detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged")
     detect.add_argument("--output", required=True, help="Parquet file to write")
+    detect.add_argument("--plot", metavar="PNG", help="also draw each series' values, expected band and anomalies here")
     detect.set_defaults(func=cmd_detect)
 
     label = commands.add_parser("label", help="mark an anomaly event as a true anomaly or a false alarm")

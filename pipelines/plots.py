@@ -1,0 +1,71 @@
+"""Pictures of labeled outputs: each series' values, the band the detector expected, and the
+rows it flagged, for people who would rather look than read a table of scores.
+
+Matplotlib is an optional extra (``plot``; Prophet brings it too): only this module imports it,
+and only when a picture is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.errors import DataValidationError, MissingDependencyError
+
+#: Most panels in one picture: beyond a dozen a panel is too small to read; the ones with the
+#: most flagged rows are drawn first.
+MAX_PANELS = 12
+
+_NEEDED = ("series", "feature", "value", "expected", "lower", "upper", "is_anomaly")
+
+
+def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> list[tuple[str, str, int, int]]:
+    """Draw the outputs in ``frame`` (the platform's output columns) as one PNG at ``path``: a
+    panel per series and feature, at most :data:`MAX_PANELS`, the most flagged first.
+
+    The time axis is ``timestamp``, or ``row`` where there are no timestamps (``detect``
+    without a time column). Returns what was drawn: (series, feature, flagged rows, rows) per
+    panel.
+    """
+    missing = [column for column in _NEEDED if column not in frame.columns]
+    if missing:
+        raise DataValidationError(f"cannot plot outputs without the column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise DataValidationError("no output rows to plot")
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError("matplotlib", "plot", "Plotting outputs") from exc
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    axis_column = "timestamp" if "timestamp" in frame and frame["timestamp"].notna().any() else "row"
+    groups = [(key, part.sort_values(axis_column)) for key, part in frame.groupby(["series", "feature"], sort=True)]
+    groups.sort(key=lambda item: -int(item[1]["is_anomaly"].sum()))  # stable: ties stay in name order
+    shown = groups[:MAX_PANELS]
+
+    figure, axes = plt.subplots(len(shown), 1, figsize=(11, 2.3 * len(shown) + 0.6), squeeze=False, layout="constrained")
+    drawn = []
+    for axis, ((series, feature), part) in zip(axes[:, 0], shown, strict=True):
+        x = part[axis_column].to_numpy()
+        flagged = part["is_anomaly"].to_numpy(dtype=bool)
+        axis.fill_between(x, part["lower"].to_numpy(dtype=float), part["upper"].to_numpy(dtype=float),
+                          color="tab:blue", alpha=0.15, lw=0, label="expected band")
+        axis.plot(x, part["expected"].to_numpy(dtype=float), color="tab:blue", lw=0.7, ls="--", label="expected")
+        axis.plot(x, part["value"].to_numpy(dtype=float), color="0.2", lw=0.7, label="value")
+        if flagged.any():  # no legend entry for markers that are not there
+            axis.scatter(x[flagged], part["value"].to_numpy(dtype=float)[flagged], color="tab:red", s=18, zorder=3, label="anomaly")
+        axis.set_title(f"{series} · {feature}: {int(flagged.sum())} of {len(part)} rows flagged", fontsize=9, loc="left")
+        drawn.append((str(series), str(feature), int(flagged.sum()), len(part)))
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncols=4)
+    axes[-1, 0].set_xlabel(axis_column)
+    omitted = len(groups) - len(shown)
+    heading = title + (f" ({omitted} more panels not drawn: the {len(shown)} with the most flagged rows are)" if omitted else "")
+    if heading:
+        figure.suptitle(heading, fontsize=10)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return drawn
+

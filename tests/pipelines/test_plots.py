@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.cli import main
+from pipelines.errors import DataValidationError, MissingDependencyError
+from pipelines.plots import MAX_PANELS, plot_outputs
+
+#: Matplotlib's "tab:red", the colour of the anomaly markers.
+RED = np.array([214, 39, 40]) / 255
+
+
+def outputs(series: int, flagged: dict[int, list[int]], rows: int = 48) -> pd.DataFrame:
+    """Output rows of ``series`` series of one feature; ``flagged`` maps a series to its
+    flagged row numbers."""
+    stamps = pd.date_range("2024-01-01", periods=rows, freq="h", tz="UTC")
+    parts = []
+    for s in range(series):
+        value = np.sin(np.arange(rows) / 4.0)
+        anomalous = np.isin(np.arange(rows), flagged.get(s, []))
+        parts.append(pd.DataFrame({
+            "series": f"host=h{s:02d}", "timestamp": stamps, "feature": "cpu", "value": value + 3 * anomalous,
+            "expected": value, "lower": value - 0.5, "upper": value + 0.5, "is_anomaly": anomalous,
+        }))
+    return pd.concat(parts, ignore_index=True)
+
+
+def red_pixels(path) -> int:
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)[:, :, :3]
+    return int((np.abs(image - RED).max(axis=2) < 0.05).sum())
+
+
+def test_each_series_gets_a_panel_with_its_flagged_rows_marked(tmp_path) -> None:
+    path = tmp_path / "out" / "plot.png"  # the folder is made
+    drawn = plot_outputs(outputs(2, {1: [10, 30]}), path, title="demo")
+    assert drawn == [("host=h01", "cpu", 2, 48), ("host=h00", "cpu", 0, 48)]  # the most flagged first
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and red_pixels(path) > 20
+
+
+def test_nothing_is_marked_where_nothing_was_flagged(tmp_path) -> None:
+    plot_outputs(outputs(1, {}), tmp_path / "quiet.png")
+    assert red_pixels(tmp_path / "quiet.png") == 0
+
+
+def test_a_picture_holds_at_most_a_dozen_panels_the_most_flagged(tmp_path) -> None:
+    flagged = {s: list(range(s % 5)) for s in range(MAX_PANELS + 3)}
+    drawn = plot_outputs(outputs(MAX_PANELS + 3, flagged), tmp_path / "many.png")
+    assert len(drawn) == MAX_PANELS
+    counts = [count for _, _, count, _ in drawn]
+    assert counts == sorted(counts, reverse=True)
+    left_out = {f"host=h{s:02d}" for s in range(MAX_PANELS + 3)} - {series for series, *_ in drawn}
+    assert all(len(flagged[int(series[-2:])]) == 0 for series in left_out)
+
+
+def test_rows_without_timestamps_are_drawn_by_row_number(tmp_path) -> None:
+    frame = outputs(1, {0: [5]}).assign(timestamp=pd.NaT, row=np.arange(48))
+    assert plot_outputs(frame, tmp_path / "rows.png") == [("host=h00", "cpu", 1, 48)]
+
+
+def test_bad_input_and_a_missing_matplotlib_say_what_is_wrong(tmp_path, monkeypatch) -> None:
+    with pytest.raises(DataValidationError, match="without the column\\(s\\) expected, upper"):
+        plot_outputs(outputs(1, {}).drop(columns=["expected", "upper"]), tmp_path / "x.png")
+    with pytest.raises(DataValidationError, match="no output rows"):
+        plot_outputs(outputs(1, {}).iloc[:0], tmp_path / "x.png")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib then raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'anomaly-pipelines\[plot\]'"):
+        plot_outputs(outputs(1, {}), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_detect_draws_what_it_wrote(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(3)
+    t = np.arange(720)
+    frame = pd.DataFrame({
+        "ts": pd.date_range("2024-01-01", periods=720, freq="h", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "a": 10 + np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.1, 720),
+    })
+    frame.iloc[:600].to_csv(tmp_path / "train.csv", index=False)
+    test = frame.iloc[600:].copy()
+    test.iloc[60, 1] += 3.0
+    test.to_csv(tmp_path / "test.csv", index=False)
+    args = ["detect", "--train", str(tmp_path / "train.csv"), "--input", str(tmp_path / "test.csv"), "--timestamp", "ts",
+            "--features", "a", "--output", str(tmp_path / "out.parquet"), "--plot", str(tmp_path / "out.png")]
+    assert main(args) == 0
+    assert f"drawn: 1 panels (series x feature) in {tmp_path / 'out.png'}" in capsys.readouterr().out
+    written = pd.read_parquet(tmp_path / "out.parquet")
+    assert written["is_anomaly"].any() and red_pixels(tmp_path / "out.png") > 20
