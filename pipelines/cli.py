@@ -105,6 +105,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pipelines.plots import plot_job
+
+    window = prediction_window(None, None, start=args.start, end=args.end)
+    drawn = plot_job(get_job(args.job), window.start, window.end, args.out, series=args.series)
+    flagged = sum(count for _, _, count, _ in drawn)
+    print(f"drawn: {len(drawn)} panels (series x feature), {flagged} flagged rows, in {args.out}")
+    return 0
+
+
 def _user() -> str:
     import getpass
 
@@ -191,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--output", required=True, help="Parquet file to write")
     detect.add_argument("--plot", metavar="PNG", help="also draw each series' values, expected band and anomalies here")
     detect.set_defaults(func=cmd_detect)
+
+    plot = commands.add_parser("plot", help="draw a job's published outputs for a window (values, expected band, anomalies)")
+    plot.add_argument("job")
+    plot.add_argument("--start", required=True, help="window start (ISO 8601, inclusive)")
+    plot.add_argument("--end", required=True, help="window end (ISO 8601, exclusive)")
+    plot.add_argument("--series", help="one series, e.g. region=eu (default: all, at most a dozen panels)")
+    plot.add_argument("--out", required=True, metavar="PNG", help="the picture to write")
+    plot.set_defaults(func=cmd_plot)
 
     label = commands.add_parser("label", help="mark an anomaly event as a true anomaly or a false alarm")
     label.add_argument("job")

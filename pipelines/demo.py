@@ -90,6 +90,20 @@ def summarize(job: JobConfig) -> str:
     return "\n".join(lines)
 
 
+def picture(job: JobConfig) -> str:
+    """Draw the job's outputs for the demo window next to its Parquet dataset; where it went."""
+    from pipelines.errors import MissingDependencyError
+    from pipelines.plots import plot_job
+    from pipelines.workspace import to_utc
+
+    path = Path(resolve_path(job.outputs.parquet)).parent / f"{job.name}.png"
+    try:
+        drawn = plot_job(job, to_utc(PREDICT_WINDOW["start"]), to_utc(PREDICT_WINDOW["end"]), path)
+    except MissingDependencyError as exc:  # the demo's outputs are written; only the picture is missing
+        return f"  Picture: not drawn ({exc})"
+    return f"  Picture:         {path} ({len(drawn)} panels: values, expected band, anomalies)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--setup-only", action="store_true", help="only load the demo SQLite table")
@@ -106,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         _run_dag(f"{name}__predict", PREDICT_WINDOW, PREDICT_WINDOW["end"])
     print("\n== Results")
     for name in DEMO_JOBS:
-        print(summarize(jobs[name]) + "\n")
+        print(summarize(jobs[name]))
+        print(picture(jobs[name]) + "\n")
     print("Open the Airflow UI with `make up` (http://localhost:8080; the login is printed there).")
     return 0
 

@@ -7,11 +7,16 @@ and only when a picture is asked for.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipelines.errors import DataValidationError, MissingDependencyError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipelines.config import JobConfig
 
 #: Most panels in one picture: beyond a dozen a panel is too small to read; the ones with the
 #: most flagged rows are drawn first.
@@ -58,7 +63,8 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
             axis.scatter(x[flagged], part["value"].to_numpy(dtype=float)[flagged], color="tab:red", s=18, zorder=3, label="anomaly")
         axis.set_title(f"{series} · {feature}: {int(flagged.sum())} of {len(part)} rows flagged", fontsize=9, loc="left")
         drawn.append((str(series), str(feature), int(flagged.sum()), len(part)))
-    axes[0, 0].legend(loc="upper right", fontsize=7, ncols=4)
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # the first panel is the most flagged: it has every kind
+    figure.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=4, frameon=False)
     axes[-1, 0].set_xlabel(axis_column)
     omitted = len(groups) - len(shown)
     heading = title + (f" ({omitted} more panels not drawn: the {len(shown)} with the most flagged rows are)" if omitted else "")
@@ -69,3 +75,26 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
     plt.close(figure)
     return drawn
 
+
+
+def plot_job(job: JobConfig, start: datetime, end: datetime, path: str | Path, *, series: str | None = None) -> list[tuple[str, str, int, int]]:
+    """Draw what ``job`` published for ``[start, end)`` (its Parquet outputs), one series or all."""
+    from pipelines.config import resolve_path
+    from pipelines.sinks import ParquetSink
+
+    frame = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(job=job.name, start=start, end=end)
+    if series is not None:
+        known = sorted(frame["series"].unique()) if len(frame) else []
+        frame = frame[frame["series"] == series]
+        if frame.empty and known:
+            raise DataValidationError(
+                f"job {job.name}: no series {series!r} in its outputs for {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC; "
+                f"its series there: {', '.join(known)}"
+            )
+    if frame.empty:
+        raise DataValidationError(
+            f"job {job.name}: no outputs for {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC; "
+            f"run its predict DAG (or anomaly-pipelines predict {job.name}) for that window first"
+        )
+    window = f"{start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC"
+    return plot_outputs(frame, path, title=f"job {job.name} ({job.model.kind}), {window}")

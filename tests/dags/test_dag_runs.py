@@ -15,7 +15,9 @@ import sqlalchemy as sa
 import yaml
 from airflow.dag_processing.dagbag import DagBag
 
-from pipelines.demo import PREDICT_WINDOW, TRAIN_END, setup_demo_database
+from pipelines.config import load_jobs
+from pipelines.demo import PREDICT_WINDOW, TRAIN_END, picture, setup_demo_database
+from pipelines.plots import MAX_PANELS
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -83,6 +85,13 @@ def test_train_then_predict_both_demo_jobs(demo_project: Path, postgres_url: str
     again = pd.read_parquet(demo_project / "var" / "outputs" / "job=demo_web_metrics")
     assert len(again) == len(web)
     assert len(sql_rows(postgres_url, "demo_web_metrics")) == len(web)
+
+    # The demo's pictures: a panel per series and feature of each job's week.
+    jobs = load_jobs()
+    for job, panels in (("demo_web_metrics", 3 * 2), ("demo_sensors", 4 * 3)):
+        line = picture(jobs[job])
+        assert line.endswith(f"{job}.png ({min(panels, MAX_PANELS)} panels: values, expected band, anomalies)"), line
+        assert (demo_project / "var" / f"{job}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_failed_validation_fails_the_run_and_writes_nothing(demo_project: Path):

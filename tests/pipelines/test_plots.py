@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -91,3 +92,24 @@ def test_detect_draws_what_it_wrote(tmp_path, capsys) -> None:
     assert f"drawn: 1 panels (series x feature) in {tmp_path / 'out.png'}" in capsys.readouterr().out
     written = pd.read_parquet(tmp_path / "out.parquet")
     assert written["is_anomaly"].any() and red_pixels(tmp_path / "out.png") > 20
+
+
+def test_plot_draws_what_a_job_published(project, capsys) -> None:
+    assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
+    capsys.readouterr()
+    window = ["--start", "2024-03-03T00:00:00Z", "--end", "2024-03-04T00:00:00Z"]
+    assert main(["predict", "demo_web_metrics", *window]) == 0
+    published = json.loads(capsys.readouterr().out)
+    out = project / "eu.png"
+    assert main(["plot", "demo_web_metrics", *window, "--series", "region=eu", "--out", str(out)]) == 0
+    rows = pd.concat(pd.read_parquet(path) for path in published["parquet_paths"])
+    flagged = int(rows.loc[rows["series"] == "region=eu", "is_anomaly"].sum())
+    assert flagged >= 2  # the demo's traffic spike
+    assert capsys.readouterr().out.startswith(f"drawn: 2 panels (series x feature), {flagged} flagged rows, in {out}")
+    assert red_pixels(out) > 0
+
+    assert main(["plot", "demo_web_metrics", *window, "--series", "region=mars", "--out", str(out)]) == 2
+    assert "no series 'region=mars'" in capsys.readouterr().err
+    assert main(["plot", "demo_web_metrics", "--start", "2024-05-01T00:00:00Z", "--end", "2024-05-02T00:00:00Z", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "no outputs for 2024-05-01 00:00 .. 2024-05-02 00:00 UTC" in error and "anomaly-pipelines predict demo_web_metrics" in error
