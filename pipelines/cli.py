@@ -110,7 +110,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     window = prediction_window(None, None, start=args.start, end=args.end)
     drawn = plot_job(get_job(args.job), window.start, window.end, args.out, series=args.series)
-    flagged = sum(count for _, _, count, _ in drawn)
+    flagged = sum(panel.flagged for panel in drawn)
     print(f"drawn: {len(drawn)} panels (series x feature), {flagged} flagged rows, in {args.out}")
     return 0
 

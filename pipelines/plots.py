@@ -7,6 +7,7 @@ and only when a picture is asked for.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,13 +26,26 @@ MAX_PANELS = 12
 _NEEDED = ("series", "feature", "value", "expected", "lower", "upper", "is_anomaly")
 
 
-def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> list[tuple[str, str, int, int]]:
+@dataclass(frozen=True)
+class Panel:
+    """One drawn panel: a feature of a series, its rows, the rows flagged, and of those the
+    rows where this feature contributed most to the anomaly (``feature_score``)."""
+
+    series: str
+    feature: str
+    rows: int
+    flagged: int
+    leading: int
+
+
+def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> list[Panel]:
     """Draw the outputs in ``frame`` (the platform's output columns) as one PNG at ``path``: a
     panel per series and feature, at most :data:`MAX_PANELS`, the most flagged first.
 
-    The time axis is ``timestamp``, or ``row`` where there are no timestamps (``detect``
-    without a time column). Returns what was drawn: (series, feature, flagged rows, rows) per
-    panel.
+    A multivariate detector flags a timestamp for every feature of its series; the marker is
+    filled on the feature that contributed most there (the largest ``feature_score``) and
+    hollow on the others, so the picture shows which signal moved. The time axis is
+    ``timestamp``, or ``row`` where there are no timestamps (``detect`` without a time column).
     """
     missing = [column for column in _NEEDED if column not in frame.columns]
     if missing:
@@ -46,25 +60,38 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
     import matplotlib.pyplot as plt
 
     axis_column = "timestamp" if "timestamp" in frame and frame["timestamp"].notna().any() else "row"
+    frame = frame.assign(_leads=True)
+    if "feature_score" in frame and frame["feature"].nunique() > 1:
+        # Among the features flagged at a timestamp (per-feature detectors flag each on its own);
+        # a row without a contribution leads.
+        contribution = frame["feature_score"].astype(float).fillna(float("inf")).where(frame["is_anomaly"].astype(bool), -float("inf"))
+        frame["_leads"] = contribution.eq(contribution.groupby([frame["series"], frame[axis_column]]).transform("max"))
     groups = [(key, part.sort_values(axis_column)) for key, part in frame.groupby(["series", "feature"], sort=True)]
     groups.sort(key=lambda item: -int(item[1]["is_anomaly"].sum()))  # stable: ties stay in name order
     shown = groups[:MAX_PANELS]
 
     figure, axes = plt.subplots(len(shown), 1, figsize=(11, 2.3 * len(shown) + 0.6), squeeze=False, layout="constrained")
     drawn = []
+    legend: dict[str, object] = {}
     for axis, ((series, feature), part) in zip(axes[:, 0], shown, strict=True):
-        x = part[axis_column].to_numpy()
+        x, values = part[axis_column].to_numpy(), part["value"].to_numpy(dtype=float)
         flagged = part["is_anomaly"].to_numpy(dtype=bool)
+        leads = flagged & part["_leads"].to_numpy(dtype=bool)
         axis.fill_between(x, part["lower"].to_numpy(dtype=float), part["upper"].to_numpy(dtype=float),
                           color="tab:blue", alpha=0.15, lw=0, label="expected band")
         axis.plot(x, part["expected"].to_numpy(dtype=float), color="tab:blue", lw=0.7, ls="--", label="expected")
-        axis.plot(x, part["value"].to_numpy(dtype=float), color="0.2", lw=0.7, label="value")
-        if flagged.any():  # no legend entry for markers that are not there
-            axis.scatter(x[flagged], part["value"].to_numpy(dtype=float)[flagged], color="tab:red", s=18, zorder=3, label="anomaly")
+        axis.plot(x, values, color="0.2", lw=0.7, label="value")
+        # Only markers that are there get a legend entry.
+        if leads.any():
+            axis.scatter(x[leads], values[leads], color="tab:red", s=18, zorder=3, label="anomaly")
+        if (flagged & ~leads).any():
+            axis.scatter(x[flagged & ~leads], values[flagged & ~leads], facecolors="none", edgecolors="tab:red", s=18, zorder=3,
+                         label="anomaly, another signal contributed most")
         axis.set_title(f"{series} · {feature}: {int(flagged.sum())} of {len(part)} rows flagged", fontsize=9, loc="left")
-        drawn.append((str(series), str(feature), int(flagged.sum()), len(part)))
-    handles, labels = axes[0, 0].get_legend_handles_labels()  # the first panel is the most flagged: it has every kind
-    figure.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=4, frameon=False)
+        drawn.append(Panel(str(series), str(feature), len(part), int(flagged.sum()), int(leads.sum())))
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize=7, ncols=5, frameon=False)
     axes[-1, 0].set_xlabel(axis_column)
     omitted = len(groups) - len(shown)
     heading = title + (f" ({omitted} more panels not drawn: the {len(shown)} with the most flagged rows are)" if omitted else "")
@@ -77,7 +104,7 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
 
 
 
-def plot_job(job: JobConfig, start: datetime, end: datetime, path: str | Path, *, series: str | None = None) -> list[tuple[str, str, int, int]]:
+def plot_job(job: JobConfig, start: datetime, end: datetime, path: str | Path, *, series: str | None = None) -> list[Panel]:
     """Draw what ``job`` published for ``[start, end)`` (its Parquet outputs), one series or all."""
     from pipelines.config import resolve_path
     from pipelines.sinks import ParquetSink

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.errors import DataValidationError, MissingDependencyError
-from pipelines.plots import MAX_PANELS, plot_outputs
+from pipelines.plots import MAX_PANELS, Panel, plot_outputs
 
 #: Matplotlib's "tab:red", the colour of the anomaly markers.
 RED = np.array([214, 39, 40]) / 255
@@ -40,7 +40,7 @@ def red_pixels(path) -> int:
 def test_each_series_gets_a_panel_with_its_flagged_rows_marked(tmp_path) -> None:
     path = tmp_path / "out" / "plot.png"  # the folder is made
     drawn = plot_outputs(outputs(2, {1: [10, 30]}), path, title="demo")
-    assert drawn == [("host=h01", "cpu", 2, 48), ("host=h00", "cpu", 0, 48)]  # the most flagged first
+    assert drawn == [Panel("host=h01", "cpu", 48, 2, 2), Panel("host=h00", "cpu", 48, 0, 0)]  # the most flagged first
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and red_pixels(path) > 20
 
 
@@ -49,19 +49,30 @@ def test_nothing_is_marked_where_nothing_was_flagged(tmp_path) -> None:
     assert red_pixels(tmp_path / "quiet.png") == 0
 
 
+def test_a_flagged_timestamp_is_filled_on_the_signal_that_contributed_most(tmp_path) -> None:
+    frame = outputs(1, {0: [10, 20]})
+    frame = pd.concat([frame.assign(feature_score=0.2), frame.assign(feature="disk", feature_score=0.9)], ignore_index=True)
+    frame.loc[(frame["feature"] == "cpu") & (frame["timestamp"] == frame["timestamp"].iloc[20]), "feature_score"] = 0.95
+    drawn = plot_outputs(frame, tmp_path / "two.png")
+    assert sorted(drawn, key=lambda panel: panel.feature) == [Panel("host=h00", "cpu", 48, 2, 1), Panel("host=h00", "disk", 48, 2, 1)]
+    # Per-feature detectors flag each feature on its own: an unflagged feature never takes the lead.
+    alone = frame.assign(is_anomaly=frame["is_anomaly"] & (frame["feature"] == "cpu"))
+    assert [panel.leading for panel in plot_outputs(alone, tmp_path / "alone.png") if panel.feature == "cpu"] == [2]
+
+
 def test_a_picture_holds_at_most_a_dozen_panels_the_most_flagged(tmp_path) -> None:
     flagged = {s: list(range(s % 5)) for s in range(MAX_PANELS + 3)}
     drawn = plot_outputs(outputs(MAX_PANELS + 3, flagged), tmp_path / "many.png")
     assert len(drawn) == MAX_PANELS
-    counts = [count for _, _, count, _ in drawn]
+    counts = [panel.flagged for panel in drawn]
     assert counts == sorted(counts, reverse=True)
-    left_out = {f"host=h{s:02d}" for s in range(MAX_PANELS + 3)} - {series for series, *_ in drawn}
+    left_out = {f"host=h{s:02d}" for s in range(MAX_PANELS + 3)} - {panel.series for panel in drawn}
     assert all(len(flagged[int(series[-2:])]) == 0 for series in left_out)
 
 
 def test_rows_without_timestamps_are_drawn_by_row_number(tmp_path) -> None:
     frame = outputs(1, {0: [5]}).assign(timestamp=pd.NaT, row=np.arange(48))
-    assert plot_outputs(frame, tmp_path / "rows.png") == [("host=h00", "cpu", 1, 48)]
+    assert plot_outputs(frame, tmp_path / "rows.png") == [Panel("host=h00", "cpu", 48, 1, 1)]
 
 
 def test_bad_input_and_a_missing_matplotlib_say_what_is_wrong(tmp_path, monkeypatch) -> None:
