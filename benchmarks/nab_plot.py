@@ -70,12 +70,10 @@ def classify(stamps: pd.DatetimeIndex, flagged: np.ndarray, windows: Sequence[tu
 def draw(key: str, label: str, replay: SeriesReplay, root: Path, out: Path) -> AlarmSummary:
     """Write ``out`` (PNG): values with NAB's windows (shaded), the probationary rows (grey),
     the first alarm in each window (green) and false alarms (red); the served scores below."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on a server
-    import matplotlib.pyplot as plt
-
     from pipelines.evaluation.nab import load_windows, probationary_rows, score_corpus
+    from pipelines.plots import pyplot, save
+
+    plt = pyplot()
 
     raw = pd.read_csv(root / "data" / key)
     stamps = pd.DatetimeIndex(pd.to_datetime(raw["timestamp"]))  # naive, as NAB's windows are
@@ -104,9 +102,7 @@ def draw(key: str, label: str, replay: SeriesReplay, root: Path, out: Path) -> A
     bottom.plot(stamps, np.where(replay.scored, replay.score, np.nan), lw=0.5, color="0.3")
     bottom.set_ylim(0, 1.02)
     bottom.set_ylabel("score")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90)
-    plt.close(figure)
+    save(figure, out)
     return summary
 
 
@@ -142,10 +138,9 @@ def scoreboard(nab_section: str) -> list[Standing]:
 def draw_scoreboard(standings: Sequence[Standing], out: Path, floor: float = -20.0) -> None:
     """Horizontal bars: each of our detectors' swept score (and its fixed one beside it), the
     published scores in grey; scores under ``floor`` are drawn to it and written out."""
-    import matplotlib
+    from pipelines.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # first: it names the extra when matplotlib is missing
     from matplotlib.patches import Patch
 
     figure, axis = plt.subplots(figsize=(9, 0.32 * len(standings) + 1.2), layout="constrained")
@@ -169,9 +164,7 @@ def draw_scoreboard(standings: Sequence[Standing], out: Path, floor: float = -20
     axis.set_yticks(rows, [f"{s.label} (ours)" if s.fixed is not None else s.label for s in standings], fontsize=8)
     axis.set_xlim(floor, 100)
     axis.set_xlabel("NAB standard score on flagged rows (scores under %g drawn to it)" % floor)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90)
-    plt.close(figure)
+    save(figure, out)
 
 
 def section(entries: Sequence[tuple[str, Path, AlarmSummary]], label: str, board: Path | None = None) -> str:

@@ -7,16 +7,21 @@ and only when a picture is asked for.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from pipelines import storage
 from pipelines.errors import DataValidationError, MissingDependencyError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from pipelines.config import JobConfig
 
 #: Most panels in one picture: beyond a dozen a panel is too small to read; the ones with the
@@ -24,6 +29,28 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_PANELS = 12
 
 _NEEDED = ("series", "feature", "value", "expected", "lower", "upper", "is_anomaly")
+
+
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` drawing to files only (no display on a server), or an error naming the extra."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError("matplotlib", "plot", "Drawing pictures") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(figure: Figure, path: str | Path, dpi: int = 90) -> None:
+    """Write ``figure`` as a PNG at ``path`` (a local path or URL) whole or not at all, and close it."""
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        pyplot().close(figure)
+    storage.atomic_write(str(path), buffer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -52,13 +79,7 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
         raise DataValidationError(f"cannot plot outputs without the column(s) {', '.join(missing)}")
     if frame.empty:
         raise DataValidationError("no output rows to plot")
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise MissingDependencyError("matplotlib", "plot", "Plotting outputs") from exc
-    matplotlib.use("Agg")  # files only: no display on a server
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     axis_column = "timestamp" if "timestamp" in frame and frame["timestamp"].notna().any() else "row"
     frame = frame.assign(_leads=True)
     if "feature_score" in frame and frame["feature"].nunique() > 1:
@@ -97,9 +118,7 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
     heading = title + (f" ({omitted} more panels not drawn: the {len(shown)} with the most flagged rows are)" if omitted else "")
     if heading:
         figure.suptitle(heading, fontsize=10)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    save(figure, path)
     return drawn
 
 
