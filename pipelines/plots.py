@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines import storage
-from pipelines.errors import DataValidationError, MissingDependencyError
+from pipelines.errors import DataValidationError, MissingDependencyError, SinkError
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -50,7 +50,10 @@ def save(figure: Figure, path: str | Path, dpi: int = 90) -> None:
         figure.savefig(buffer, format="png", dpi=dpi)
     finally:
         pyplot().close(figure)
-    storage.atomic_write(str(path), buffer.getvalue())
+    try:
+        storage.atomic_write(str(path), buffer.getvalue())
+    except OSError as exc:  # a folder that cannot be made or written: nothing is left behind
+        raise SinkError(f"cannot write the picture {path}: {exc.strerror or exc}; choose a writable path") from exc
 
 
 @dataclass(frozen=True)

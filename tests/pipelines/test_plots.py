@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipelines.cli import main
-from pipelines.errors import DataValidationError, MissingDependencyError
+from pipelines.errors import DataValidationError, MissingDependencyError, SinkError
 from pipelines.plots import MAX_PANELS, Panel, plot_outputs
 
 #: Matplotlib's "tab:red", the colour of the anomaly markers.
@@ -124,3 +124,12 @@ def test_plot_draws_what_a_job_published(project, capsys) -> None:
     assert main(["plot", "demo_web_metrics", "--start", "2024-05-01T00:00:00Z", "--end", "2024-05-02T00:00:00Z", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "no outputs for 2024-05-01 00:00 .. 2024-05-02 00:00 UTC" in error and "anomaly-pipelines predict demo_web_metrics" in error
+
+
+def test_a_picture_that_cannot_be_written_is_an_error_naming_it(tmp_path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    target = blocker / "plot.png"  # a folder cannot be made inside a file
+    with pytest.raises(SinkError, match=f"cannot write the picture {target}"):
+        plot_outputs(outputs(1, {0: [3]}), target)
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
