@@ -9,9 +9,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.config import get_job, jobs_dir, load_job_file, load_jobs
+from pipelines.config import find_job, jobs_dir, load_job_file, load_jobs
+from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.workspace import prediction_window, training_window, utcnow
+
+JOB_HELP = "a job's name (a file in config/jobs, or in $ANOMALY_PIPELINES_JOBS_DIR) or a job file's path"
 
 
 def _run_id(command: str) -> str:
@@ -44,7 +47,7 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.runner import run_train
 
-    job = get_job(args.job)
+    job = find_job(args.job)
     window = training_window(job, args.end or utcnow(), start=args.start)
     _print_json(run_train(job, window, run_id=_run_id("train")))
     return 0
@@ -53,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from pipelines.runner import run_tune
 
-    job = get_job(args.job)
+    job = find_job(args.job)
     window = training_window(job, args.end or utcnow(), start=args.start)
     _print_json(run_tune(job, window, run_id=_run_id("tune")))
     return 0
@@ -62,7 +65,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipelines.runner import run_predict, run_score_file
 
-    job = get_job(args.job)
+    job = find_job(args.job)
     run_id = _run_id("predict")
     if args.input:
         if args.start or args.end:
@@ -109,7 +112,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from pipelines.plots import plot_job
 
     window = prediction_window(None, None, start=args.start, end=args.end)
-    drawn = plot_job(get_job(args.job), window.start, window.end, args.out, series=args.series)
+    drawn = plot_job(find_job(args.job), window.start, window.end, args.out, series=args.series)
     flagged = sum(panel.flagged for panel in drawn)
     print(f"drawn: {len(drawn)} panels (series x feature), {flagged} flagged rows, in {args.out}")
     return 0
@@ -127,7 +130,7 @@ def _user() -> str:
 def cmd_label(args: argparse.Namespace) -> int:
     from pipelines.labels import label_store
 
-    job = get_job(args.job)
+    job = find_job(args.job)
     label = label_store(job).add(
         job.name,
         args.series,
@@ -147,7 +150,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_labels(args: argparse.Namespace) -> int:
     from pipelines.labels import label_store
 
-    job = get_job(args.job)
+    job = find_job(args.job)
     _print_json([label.to_dict() for label in label_store(job).labels(job.name, args.series, args.start, args.end)])
     return 0
 
@@ -155,7 +158,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
 def cmd_labels_import(args: argparse.Namespace) -> int:
     from pipelines.labels import import_labels
 
-    job = get_job(args.job)
+    job = find_job(args.job)
     labels = import_labels(job, args.file, author=args.author or "")
     _print_json({"job": job.name, "file": args.file, "imported": len(labels)})
     return 0
@@ -175,13 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("tune", cmd_tune, "search detectors and parameters per series (Optuna); promote a winning challenger"),
     ):
         sub = commands.add_parser(name, help=helptext)
-        sub.add_argument("job")
+        sub.add_argument("job", help=JOB_HELP)
         sub.add_argument("--end", help="end of the training window (ISO 8601; default now)")
         sub.add_argument("--start", help="start of the window (default: end - training_window)")
         sub.set_defaults(func=func)
 
     predict = commands.add_parser("predict", help="score a window with the champion models and write the outputs")
-    predict.add_argument("job")
+    predict.add_argument("job", help=JOB_HELP)
     predict.add_argument("--start", help="window start (ISO 8601, inclusive); required without --input")
     predict.add_argument("--end", help="window end (ISO 8601, exclusive); required without --input")
     predict.add_argument("--input", help="score this whole file instead of the job's source (one-off scoring)")
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--timestamp", help="time column (default: the row number is the time axis)")
     detect.add_argument("--features", required=True, help="comma-separated numeric columns")
     detect.add_argument("--dimensions", help="comma-separated columns: one model per group")
-    detect.add_argument("--model", default="seasonal_mad", help="detector kind (iforest, seasonal_mad)")
+    detect.add_argument("--model", default="seasonal_mad", help=f"detector kind: {', '.join(sorted(MODEL_PARAMS))}")
     detect.add_argument("--params", help="detector parameters as JSON")
     detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged")
     detect.add_argument("--output", required=True, help="Parquet file to write")
@@ -203,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(func=cmd_detect)
 
     plot = commands.add_parser("plot", help="draw a job's published outputs for a window (values, expected band, anomalies)")
-    plot.add_argument("job")
+    plot.add_argument("job", help=JOB_HELP)
     plot.add_argument("--start", required=True, help="window start (ISO 8601, inclusive)")
     plot.add_argument("--end", required=True, help="window end (ISO 8601, exclusive)")
     plot.add_argument("--series", help="one series, e.g. region=eu (default: all, at most a dozen panels)")
@@ -211,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=cmd_plot)
 
     label = commands.add_parser("label", help="mark an anomaly event as a true anomaly or a false alarm")
-    label.add_argument("job")
+    label.add_argument("job", help=JOB_HELP)
     label.add_argument("--series", required=True, help="the event's series, e.g. region=eu ('all' without dimensions)")
     label.add_argument("--start", required=True, help="first anomalous timestamp (ISO 8601 with offset, inclusive)")
     label.add_argument("--end", required=True, help="last anomalous timestamp (ISO 8601 with offset, inclusive)")
@@ -224,14 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     label.set_defaults(func=cmd_label)
 
     labels = commands.add_parser("labels", help="list a job's labels as JSON")
-    labels.add_argument("job")
+    labels.add_argument("job", help=JOB_HELP)
     labels.add_argument("--series", help="only this series")
     labels.add_argument("--start", help="only labels ending at or after this time (ISO 8601 with offset)")
     labels.add_argument("--end", help="only labels starting at or before this time")
     labels.set_defaults(func=cmd_labels)
 
     labels_import = commands.add_parser("labels-import", help="store the labels of a CSV or JSON file of known anomalies")
-    labels_import.add_argument("job")
+    labels_import.add_argument("job", help=JOB_HELP)
     labels_import.add_argument("file", help="columns series, start, end, verdict; optional feature, note, value_min, value_max")
     labels_import.add_argument("--author", help="author of rows without one (default: import:<file name>)")
     labels_import.set_defaults(func=cmd_labels_import)
@@ -240,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        # Only this library's progress: Great Expectations and alembic log hundreds of INFO lines
+        # about their own start-up, which would bury it. Their warnings still show.
+        logging.getLogger("pipelines").setLevel(logging.INFO)
     try:
         return args.func(args)
     except PipelineError as exc:

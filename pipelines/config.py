@@ -641,3 +641,17 @@ def get_job(name: str, directory: str | Path | None = None) -> JobConfig:
     if name not in jobs:
         raise ConfigError(f"no job named {name!r}; configured jobs: {', '.join(jobs) or 'none'}")
     return jobs[name]
+
+
+def find_job(name_or_path: str) -> JobConfig:
+    """The job a user means on a command line: a job file's path (``.yaml``/``.yml``), or a job's name in
+    :func:`jobs_dir`. A name that is not found says where jobs are read from and how to point elsewhere."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        return load_job_file(name_or_path)
+    try:
+        return get_job(name_or_path)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc} (read from {jobs_dir()}; pass a job file's path instead, "
+            "or set ANOMALY_PIPELINES_JOBS_DIR to the folder holding your job files)"
+        ) from None

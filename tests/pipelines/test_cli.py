@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -8,7 +10,7 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from pipelines.config import get_job
+from pipelines.config import get_job, load_job_file
 from pipelines.training import registry_for
 
 
@@ -56,6 +58,41 @@ def test_errors_exit_2_with_the_message(project, capsys):
     assert "no champion model is serving" in err and "demo_web_metrics__train" in err
     assert main(["train", "nope"]) == 2
     assert "no job named 'nope'" in capsys.readouterr().err
+
+
+def test_a_job_file_path_runs_without_being_in_the_jobs_folder(project, tmp_path, capsys):
+    elsewhere = tmp_path / "mine"
+    elsewhere.mkdir()
+    settings = yaml.safe_load((project / "config" / "jobs" / "demo_web_metrics.yaml").read_text())
+    (elsewhere / "web_copy.yml").write_text(yaml.safe_dump({**settings, "name": "web_copy"}))
+    assert main(["train", str(elsewhere / "web_copy.yml"), "--end", "2024-03-01T00:00:00Z"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert {r["series"] for r in trained} == {"region=eu", "region=us", "region=apac"}
+    job = load_job_file(elsewhere / "web_copy.yml")
+    served = registry_for(job).champion("web_copy", "region=eu").version
+    assert served == next(r["version"] for r in trained if r["series"] == "region=eu")
+
+    # By name it is not found: the error says where names are looked up and how to point elsewhere.
+    assert main(["train", "web_copy"]) == 2
+    err = capsys.readouterr().err
+    assert "no job named 'web_copy'" in err and str(project / "config" / "jobs") in err
+    assert "ANOMALY_PIPELINES_JOBS_DIR" in err and "job file's path" in err
+    assert main(["train", str(elsewhere / "missing.yaml")]) == 2
+    assert "missing.yaml: cannot read job file" in capsys.readouterr().err
+
+
+def test_verbose_logs_the_librarys_progress_not_its_dependencies_start_up(project):
+    # A subprocess, as a shell runs it: pytest's own log handlers would hide what -v configures.
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))",
+         "-v", "train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert any(line.startswith("INFO pipelines.validation: job demo_web_metrics") for line in lines)
+    assert sum(line.startswith("INFO pipelines.training: job demo_web_metrics, series region=") for line in lines) == 3
+    assert not [line for line in lines if line.startswith("INFO") and not line.startswith("INFO pipelines.")]
 
 
 @pytest.fixture
