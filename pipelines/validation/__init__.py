@@ -44,7 +44,8 @@ def validate_batch(
     batch = prepare_batch(frame, job)
     result = _run(batch, build_suite(batch, job, suite_path))
     bounds = (window[0].isoformat() if window[0] else None, window[1].isoformat() if window[1] else None)
-    report = build_report(result, job=job.name, rows=len(batch), window=bounds)
+    keys = batch[[name for name in (job.timestamp, *job.dimensions) if name in batch.columns]]
+    report = build_report(result, job=job.name, rows=len(batch), window=bounds, keys=keys)
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
 

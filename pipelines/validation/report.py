@@ -24,8 +24,10 @@ class CheckResult:
     """The outcome of one expectation.
 
     ``column`` is the checked column, the columns joined by ", " for multi-column checks, or
-    None for table checks. ``sample_rows`` are 0-based positions in the batch. ``detail`` is the
-    observed value of checks without per-row results, or the error GX raised.
+    None for table checks. ``sample_rows`` are 0-based positions in the batch and ``sample_where``
+    says where each of them is in the source (its timestamp and dimensions as read), since a
+    position in a window's batch is hard to find in a file or table. ``detail`` is the observed
+    value of checks without per-row results, or the error GX raised.
     """
 
     expectation: str
@@ -35,6 +37,7 @@ class CheckResult:
     sample_values: list[Any] = field(default_factory=list)
     sample_rows: list[int] = field(default_factory=list)
     detail: str | None = None
+    sample_where: list[str] = field(default_factory=list)
 
     @classmethod
     def from_gx(cls, result: ExpectationValidationResult) -> CheckResult:
@@ -68,7 +71,8 @@ class CheckResult:
         if self.sample_values:
             parts.append(f"sample values {json.dumps(self.sample_values)}")
         if self.sample_rows:
-            parts.append(f"at rows {self.sample_rows}")
+            where = f" ({'; '.join(self.sample_where)})" if self.sample_where else ""
+            parts.append(f"at rows {self.sample_rows}{where}")
         if self.detail:
             parts.append(self.detail)
         return ", ".join(parts)
@@ -115,8 +119,14 @@ def build_report(
     job: str,
     rows: int,
     window: tuple[str | None, str | None],
+    keys: pd.DataFrame | None = None,
 ) -> ValidationReport:
+    """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
+    numbered as GX numbered them) locate each sampled row in the source."""
     checks = [CheckResult.from_gx(one) for one in result.results]
+    if keys is not None and not keys.empty:
+        for check in checks:
+            check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
     return ValidationReport(
         job=job,
         success=all(check.success for check in checks),
@@ -125,6 +135,12 @@ def build_report(
         window=window,
         gx_result=_json_safe(result.to_json_dict()),
     )
+
+
+def _where(keys: pd.DataFrame, row: int) -> str:
+    """``column=value`` for each key column of ``row``, values as read (a missing one as null)."""
+    values = {name: _json_safe(value) for name, value in keys.iloc[row].items()}
+    return ", ".join(f"{name}={'null' if value is None else value}" for name, value in values.items())
 
 
 def _exception_message(info: dict[str, Any]) -> str | None:

@@ -96,6 +96,20 @@ def test_mixed_object_feature_reports_only_the_non_numbers(make_job, clean_frame
     assert (check.column, check.unexpected_count, check.sample_values, check.sample_rows) == (
         "latency_ms", 2, ["slow", "?"], [1, 4]
     )
+    # Where those rows are in the source: a batch position alone is hard to find in a file.
+    assert check.sample_where == ["timestamp=2024-02-01T00:00:00Z, region=us", "timestamp=2024-02-01T02:00:00Z, region=eu"]
+    assert "at rows [1, 4] (timestamp=2024-02-01T00:00:00Z, region=us; timestamp=2024-02-01T02:00:00Z, region=eu)" in (
+        check.describe()
+    )
+
+
+def test_rows_read_with_datetime_timestamps_are_located_in_iso_8601(make_job, clean_frame: pd.DataFrame) -> None:
+    # SQL and Parquet sources give datetimes, not text.
+    frame = clean_frame.assign(timestamp=pd.to_datetime(clean_frame["timestamp"]), latency_ms=[1.0, 2.0, 3.0, float("inf"), 5.0, 6.0])
+    check = _only_failure(validate_batch(frame, make_job()))
+
+    assert (check.column, check.sample_rows) == ("latency_ms", [3])
+    assert check.sample_where == ["timestamp=2024-02-01T01:00:00+00:00, region=us"]
 
 
 def test_duplicate_timestamp_within_a_series_fails(make_job, clean_frame: pd.DataFrame) -> None:
@@ -130,6 +144,7 @@ def test_unparseable_and_missing_timestamps_fail(make_job, clean_frame: pd.DataF
     )
     null = failed["expect_column_values_to_not_be_null"]
     assert (null.column, null.unexpected_count, null.sample_rows) == ("timestamp", 1, [2])
+    assert null.sample_where == ["timestamp=null, region=eu"]
 
 
 def test_epoch_numbers_are_not_timestamps(make_job, clean_frame: pd.DataFrame) -> None:
