@@ -75,7 +75,7 @@ def test_missing_column_fails_alone(make_job, clean_frame: pd.DataFrame) -> None
     # Checks needing the missing columns were skipped, so GX raised nothing.
     assert not [c for c in report.checks if c.detail and c.detail.startswith("error")]
     assert "failed 2 of" in report.summary()
-    assert "expect_column_to_exist on latency_ms" in report.summary()
+    assert "expect_column_to_exist on latency_ms, the source gave no such column: check its spelling" in report.summary()
 
 
 def test_text_feature_names_only_the_values_that_are_not_numbers(make_job, clean_frame: pd.DataFrame) -> None:
