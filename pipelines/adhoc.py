@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import storage
-from pipelines.config import FileSource, JobConfig
+from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
 from pipelines.errors import DataValidationError
 from pipelines.extraction import prepare, series_groups
@@ -66,7 +66,7 @@ def detect_files(
     output: str,
 ) -> pd.DataFrame:
     """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows."""
-    job = JobConfig.model_validate(
+    job = parse_job(
         {
             "name": "detect",
             "source": {"kind": "file", "path": train},
@@ -76,7 +76,8 @@ def detect_files(
             "features": features,
             "model": {"kind": model, "params": params},
             "threshold": {"kind": "contamination", "value": contamination},
-        }
+        },
+        source="detect",
     )
     trained = _series(_read(job, train), job, {})
     to_score = _series(_read(job, input), job, {key: len(data) for key, (_, data, _) in trained.items()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,26 @@ JOB_HELP = "a job's name (a file in config/jobs, or in $ANOMALY_PIPELINES_JOBS_D
 
 def _run_id(command: str) -> str:
     return f"cli__{command}__{utcnow():%Y%m%dT%H%M%S%f}"
+
+
+def _from_shell(path: str | None) -> str | None:
+    """A path typed in a shell, relative to the working directory as a shell user means it (a
+    job file's paths resolve against the project root instead); URLs are left as they are."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _json_params(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--params is not valid JSON ({exc}): give an object, e.g. '{{\"season\": \"1d\"}}'") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"--params must be a JSON object of parameter names and values, got {text!r}")
+    return params
 
 
 def _print_json(value: object) -> None:
@@ -70,7 +91,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.input:
         if args.start or args.end:
             raise ConfigError("--input scores the whole file: leave out --start and --end")
-        result = run_score_file(job, args.input, run_id=run_id, output=args.output, chunk_rows=args.chunk_rows)
+        result = run_score_file(
+            job, _from_shell(args.input), run_id=run_id, output=_from_shell(args.output), chunk_rows=args.chunk_rows
+        )
     else:
         if args.output:
             raise ConfigError("--output goes with --input (one-off scoring); scheduled windows write the job's outputs")
@@ -83,15 +106,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from pipelines.adhoc import detect_files
 
     frame = detect_files(
-        args.train,
-        args.input,
+        _from_shell(args.train),
+        _from_shell(args.input),
         timestamp=args.timestamp,
         features=[f.strip() for f in args.features.split(",") if f.strip()],
         dimensions=[d.strip() for d in (args.dimensions or "").split(",") if d.strip()],
         model=args.model,
-        params=json.loads(args.params) if args.params else {},
+        params=_json_params(args.params),
         contamination=args.contamination,
-        output=args.output,
+        output=_from_shell(args.output),
     )
     axis = "row" if "row" in frame else "timestamp"
     points = frame.drop_duplicates(["series", axis])
@@ -103,7 +126,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.plot:
         from pipelines.plots import plot_outputs
 
-        drawn = plot_outputs(frame, args.plot, title=f"{args.model} on {args.input}")
+        drawn = plot_outputs(frame, _from_shell(args.plot), title=f"{args.model} on {args.input}")
         print(f"drawn: {len(drawn)} panels (series x feature) in {args.plot}")
     return 0
 
@@ -112,7 +135,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from pipelines.plots import plot_job
 
     window = prediction_window(None, None, start=args.start, end=args.end)
-    drawn = plot_job(find_job(args.job), window.start, window.end, args.out, series=args.series)
+    drawn = plot_job(find_job(args.job), window.start, window.end, _from_shell(args.out), series=args.series)
     flagged = sum(panel.flagged for panel in drawn)
     print(f"drawn: {len(drawn)} panels (series x feature), {flagged} flagged rows, in {args.out}")
     return 0

@@ -234,8 +234,14 @@ class ModelConfig(_Model):
         try:
             MODEL_PARAMS[self.kind](**self.params)
         except ValidationError as exc:
+            known = ", ".join(sorted(MODEL_PARAMS[self.kind].model_fields))
             problems = "; ".join(
-                f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+                f"params.{'.'.join(str(p) for p in err['loc'])}: "
+                + (
+                    f"unknown parameter (check its spelling; {self.kind}'s parameters are {known})"
+                    if err["type"] == "extra_forbidden"
+                    else f"{err['msg']} (got {err.get('input')!r})"
+                )
                 for err in exc.errors()
             )
             raise ValueError(f"invalid parameters for model {self.kind!r}: {problems}") from None

@@ -136,3 +136,33 @@ def test_detect_without_timestamps_uses_row_numbers(files, capsys):
     assert frame.loc[frame["is_anomaly"], "row"].tolist() == [60]
     # Rows continue the training file's, so the seasonal slot of row 60 is (600 + 60) % 24.
     assert abs(frame.loc[frame["row"] == 61, "expected"].iloc[0] - (10 + np.sin(2 * np.pi * 661 / 24))) < 0.2
+
+
+def test_detect_reads_and_writes_paths_relative_to_the_working_directory(files, monkeypatch, capsys):
+    # The project root (ANOMALY_PIPELINES_BASE_DIR, where a job file's relative paths resolve) is
+    # elsewhere: paths typed in a shell still mean the shell's working directory.
+    project = files / "project"
+    project.mkdir()
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(project))
+    monkeypatch.chdir(files)
+    args = ["detect", "--train", "train.csv", "--input", "test.csv", "--timestamp", "ts", "--features", "a", "--output", "out/rel.parquet"]
+    assert main([*args, "--plot", "rel.png"]) == 0
+    assert "written to out/rel.parquet" in capsys.readouterr().out
+    assert len(pd.read_parquet(files / "out" / "rel.parquet")) == 120
+    assert (files / "rel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (project / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("{season: 24}", "--params is not valid JSON"),
+        ("[24]", "--params must be a JSON object"),
+        ('{"seasn": 24}', "params.seasn: unknown parameter (check its spelling; seasonal_mad's parameters are "),
+    ],
+)
+def test_detect_params_errors_name_the_problem(files, params, message, capsys):
+    args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv"), "--features", "a"]
+    assert main([*args, "--params", params, "--output", str(files / "never.parquet")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (files / "never.parquet").exists()

@@ -46,7 +46,7 @@ def test_defaults_and_durations():
         ({"bogus": 1}, "bogus", "unknown field"),
         ({"model": {"kind": "prophet2"}}, "model", "unknown model kind 'prophet2'; choose one of auto, context, iforest, level_shift, lstm, mset, prophet, seasonal_mad"),
         ({"model": {"kind": "iforest", "params": {"n_estimators": 3}}}, "model", "params.n_estimators"),
-        ({"model": {"kind": "iforest", "params": {"trees": 3}}}, "model", "params.trees: Extra inputs"),
+        ({"model": {"kind": "iforest", "params": {"trees": 3}}}, "model", "params.trees: unknown parameter (check its spelling; iforest's parameters are "),
         ({"schedules": {"predict": "every hour"}}, "schedules.predict", "not a valid cron expression"),
         ({"frequency": "hourly"}, "frequency", "is not a duration"),
         ({"features": []}, "features", "at least 1 item"),
