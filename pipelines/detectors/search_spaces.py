@@ -80,6 +80,17 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
         "drift": FloatRange(0.5, 3.0),
         "variance_ratio": FloatRange(2.0, 10.0, log=True),
     },
+    # The memory's resolution (levels), how specific its contexts are, and how long one report
+    # mutes the rest of its event. rest_above is left out: it is also the floor of the threshold,
+    # so searching it would move the threshold rather than the model. value_bits stops at 4 (16
+    # levels): each bit multiplied a trial's time by about 5 (three weeks hourly: 0.8, 4.9, 22 s
+    # at 3, 4, 5 bits), and the default is 3.
+    "context": {
+        "value_bits": IntRange(2, 4),
+        "max_left_facts": IntRange(3, 12),
+        "max_active": IntRange(8, 32, log=True),
+        "rest": Choice(("1h", "6h", "12h", "1d")),
+    },
     # Prophet and the LSTM cost seconds per fit: few, coarse dimensions, and every trial counts
     # against tune.timeout.
     "prophet": {

@@ -166,6 +166,36 @@ def test_the_trial_budget_and_the_timeout_stop_the_search(tmp_path, daily):
     assert record["budget"] == {"trials": 10_000, "timeout_seconds": 1.0}
 
 
+def test_a_context_job_is_tuned_over_its_own_space_and_train_builds_the_result(tmp_path, daily):
+    from pipelines.detectors.search_spaces import SEARCH_SPACES
+
+    # One week: each trial of the memory steps through every planting, and a planted
+    # spike beyond the levels widens them and relearns the rows before it.
+    daily = daily.iloc[: 24 * 7]
+    job = make_job(tmp_path, {"kind": "context", "params": {"value_bits": 2}}, trials=3)
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert result["kind"] == "context" and result["trials"] == 3
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    space = SEARCH_SPACES["context"]
+    # The configured values (and the detector's defaults for the rest) run first; every trial stays in the space.
+    assert record["trials"][0]["params"] == {"value_bits": 2, "max_left_facts": 7, "max_active": 15, "rest": "12h"}
+    assert all(t["kind"] == "context" and all(space[k].contains(v) for k, v in t["params"].items()) for t in record["trials"])
+    assert len({json.dumps(t["params"], sort_keys=True) for t in record["trials"]}) > 1
+    assert result["objective"] == max(t["objective"] for t in record["trials"])
+
+    trained = train_series(job, SERIES, daily, _window(daily), run_id="train-after-tune")
+    version = registry_for(job).version(job.name, SERIES, trained.version)
+    assert version.metadata["model"] == "context"
+    assert {k: version.metadata["params"][k] for k in result["params"]} == result["params"]
+
+
+def test_auto_tunes_context_among_its_candidates_by_default(tmp_path):
+    from pipelines.tuning import _spaces
+
+    job = make_job(tmp_path, {"kind": "auto"})
+    assert "context" in _spaces(job)
+
+
 @pytest.mark.parametrize(
     ("model", "tune", "where", "fragment"),
     [
