@@ -173,9 +173,10 @@ def detection_f1_by_planting(flag: Callable[[pd.DataFrame], np.ndarray], plantin
     false alarm weighs against one event, not four, as it does where anomalies are rare.
 
     ``auto`` ranks detector kinds this way, planting by planting (its candidates meet the same
-    events, so it can test their difference). Tuning keeps whole plantings (:func:`mean_event_f1`):
-    it compares settings of one kind, which share their reaction to nearby events, over dozens
-    of trials, where scoring events one at a time would multiply the detections.
+    events, so it can test their difference), and tuning scores its trials this way too: it
+    compares kinds as well, and settings that react to nearby events differently (``context``'s
+    ``rest``). With whole plantings it preferred the shortest rest and other kinds to ``context``,
+    which cost NAB's seven-series tuning benchmark 73 points (docs/BENCHMARKS.md, "Tuning on NAB").
     """
     parts = []
     for planted in plantings:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import JobConfig, parse_job
+from pipelines.detectors.synthetic import mean_event_f1
 from pipelines.errors import ConfigError
 from pipelines.training import detector_for, registry_for, train_series
 from pipelines.tuning import evaluate, prepare_holdout, tune_series
@@ -145,6 +146,19 @@ def test_a_worse_challenger_is_not_promoted(tmp_path, daily):
     assert decision["margin"] == 0.02 and "kept the champion" in decision["reason"]
 
 
+def test_the_champion_is_judged_fitted_on_the_head_as_the_trials_are(tmp_path, daily):
+    # The serving model was trained on the whole window, the held-back rows included; judged as it
+    # serves it would be scored on rows it learned.
+    job = make_job(tmp_path, {"kind": "context"}, trials=1)
+    train_series(job, SERIES, daily, _window(daily), run_id="train")
+    result = tune_series(job, SERIES, daily, _window(daily))
+    holdout = prepare_holdout(job, SERIES, daily)
+    fresh = evaluate(detector_for(job).fit(holdout.head), holdout)
+    assert result["champion_objective"] == pytest.approx(fresh["objective"])
+    # Same kind, same parameters, same footing: the one trial ties with the champion, which stays.
+    assert result["objective"] == pytest.approx(fresh["objective"]) and not result["promoted"]
+
+
 def test_a_small_grid_is_tried_exhaustively_once_per_point(tmp_path, daily):
     job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [6, 48]}, trials=20)
     result = tune_series(job, SERIES, daily)
@@ -187,6 +201,38 @@ def test_a_context_job_is_tuned_over_its_own_space_and_train_builds_the_result(t
     version = registry_for(job).version(job.name, SERIES, trained.version)
     assert version.metadata["model"] == "context"
     assert {k: version.metadata["params"][k] for k in result["params"]} == result["params"]
+
+
+def test_each_planted_event_is_judged_alone_so_a_rest_after_a_report_hides_none(tmp_path, daily):
+    # A detector that reports only the first anomalous row of whatever it is given, as a long rest
+    # would. Planted events come ~25 rows apart: judged together it would find one per planting.
+    import dataclasses
+
+    from pipelines.detectors.seasonal_mad import SeasonalMADDetector
+
+    class FirstReportOnly(SeasonalMADDetector):
+        def detect(self, X, history=None):
+            found = super().detect(X, history=history)
+            flags = np.zeros_like(found.is_anomaly)
+            rows = np.flatnonzero(found.is_anomaly.any(axis=1))
+            if rows.size:
+                flags[rows[0]] = found.is_anomaly[rows[0]]
+            return dataclasses.replace(found, is_anomaly=flags)
+
+    job = make_job(tmp_path, {"kind": "seasonal_mad"})
+    holdout = prepare_holdout(job, SERIES, daily)
+    assert all(len(p.events) >= 3 for p in holdout.plantings)
+    plain = evaluate(SeasonalMADDetector().fit(holdout.head), holdout)
+    resting = evaluate(FirstReportOnly().fit(holdout.head), holdout)
+    resting_detector = FirstReportOnly().fit(holdout.head)
+    whole = mean_event_f1(
+        [np.asarray(resting_detector.detect(p.frame, history=holdout.head).is_anomaly).any(axis=1) for p in holdout.plantings],
+        holdout.plantings,
+    )
+    # Judged on whole plantings it finds only each planting's first event; judged alone, every event
+    # the plain detector finds unless a false alarm in the clean rows before it comes first.
+    assert plain["recall"] == 1.0 and whole["recall"] == 0.25
+    assert resting["recall"] >= 0.6 > whole["recall"]
 
 
 def test_auto_tunes_context_among_its_candidates_by_default(tmp_path):
