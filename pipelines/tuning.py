@@ -86,6 +86,20 @@ class Holdout:
     scale: np.ndarray
     labels: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def planted(self) -> bool:
+        """Whether the events were planted (else they are people's true labels)."""
+        return all(planting.clean is not None for planting in self.plantings)
+
+    def replanted(self, seed: int) -> Holdout:
+        """The same rows with anomalies planted afresh from ``seed`` on (as many plantings):
+        the final decision is taken on these, not on the plantings the search maximised over,
+        whose best trial is partly the luckiest. Labeled events cannot be drawn again: the same."""
+        if not self.planted:
+            return self
+        fresh = plant_repeatedly(self.clean, self.scale, seed=seed, times=len(self.plantings))
+        return Holdout(self.objective, self.reason, self.head, self.clean, fresh, self.scale, self.labels)
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.objective,
@@ -343,23 +357,30 @@ def tune_series(
     default = _default_trial(job, spaces, scored)
 
     margin = job.tune.promotion_margin
-    champion = _score_champion(job, series, holdout)
+    # The decision is taken on anomalies planted afresh (seeds after the search's): the best of
+    # many trials on the search's plantings is partly the luckiest on them.
+    decision_holdout = holdout.replanted(job.tune.seed + len(holdout.plantings))
+    champion = _score_champion(job, series, decision_holdout)
     if champion is None:
         promoted, reason = True, "no champion yet"
-        champion_version, champion_scores = None, None
+        champion_version, champion_scores, challenger_scores = None, None, None
     else:
         champion_version, champion_scores = champion
-        promoted = best["objective"] >= champion_scores["objective"] + margin
+        challenger_scores = evaluate(detector_for(job, best["params"], best["kind"]).fit(holdout.head), decision_holdout)
+        promoted = challenger_scores["objective"] >= champion_scores["objective"] + margin
+        fresh = " on fresh plantings" if decision_holdout is not holdout else ""
         reason = (
-            f"challenger {best['kind']} objective {best['objective']:.4f} vs champion {champion_version} "
-            f"({champion_scores['kind']}) {champion_scores['objective']:.4f}, margin {margin}: "
+            f"challenger {best['kind']} objective {challenger_scores['objective']:.4f} vs champion {champion_version} "
+            f"({champion_scores['kind']}) {champion_scores['objective']:.4f}{fresh}, margin {margin}: "
             + ("promoted" if promoted else "kept the champion (the challenger does not win by the margin)")
         )
     decision = {
         "promoted": promoted,
         "reason": reason,
         "margin": margin,
+        "planted_afresh": decision_holdout is not holdout,
         "challenger": {"kind": best["kind"], "params": best["params"], **_scores(best)},
+        "challenger_on_decision": challenger_scores,
         "champion": None if champion is None else {"version": champion_version, **(champion_scores or {})},
     }
     record: dict[str, Any] = {
@@ -405,6 +426,7 @@ def tune_series(
         "f1": best["f1"],
         "default_objective": None if default is None else default["objective"],
         "champion_objective": None if champion_scores is None else champion_scores["objective"],
+        "challenger_decision_objective": None if challenger_scores is None else challenger_scores["objective"],
         "promoted": promoted,
         "version": version,
         "reason": reason,
