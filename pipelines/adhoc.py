@@ -26,9 +26,9 @@ ROW = "row"
 _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as seconds
 
 
-def _read(job: JobConfig, path: str) -> pd.DataFrame:
+def _read(job: JobConfig, path: str, option: str) -> pd.DataFrame:
     reader_job = job.model_copy(update={"source": FileSource(kind="file", path=path)})
-    frame = FileReader(reader_job).read(None, None)
+    frame = FileReader(reader_job, path_hint=f"Check the {option} path.").read(None, None)
     if job.timestamp == _ROW_CLOCK:
         frame[_ROW_CLOCK] = pd.to_datetime(np.arange(len(frame)), unit="s", utc=True)
     report = validate_batch(frame, job)
@@ -79,8 +79,8 @@ def detect_files(
         },
         source="detect",
     )
-    trained = _series(_read(job, train), job, {})
-    to_score = _series(_read(job, input), job, {key: len(data) for key, (_, data, _) in trained.items()})
+    trained = _series(_read(job, train, "--train"), job, {})
+    to_score = _series(_read(job, input, "--input"), job, {key: len(data) for key, (_, data, _) in trained.items()})
     frames = []
     for key, (dims, data, rows) in to_score.items():
         if key not in trained:

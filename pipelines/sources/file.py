@@ -81,11 +81,14 @@ class _File:
 class FileReader:
     """Reads a job's :class:`~pipelines.config.FileSource`."""
 
-    def __init__(self, job: JobConfig) -> None:
+    def __init__(self, job: JobConfig, *, path_hint: str | None = None) -> None:
+        """``path_hint`` replaces the advice given when the path holds nothing: a path given
+        elsewhere than in a job file (``anomaly-pipelines detect --train``) is fixed there."""
         if not isinstance(job.source, FileSource):
             raise TypeError(f"FileReader reads file sources, not {job.source.kind!r}")
         self.job = job
         self.config = job.source
+        self.path_hint = path_hint
 
     def _locate(self, lo: pd.Timestamp | None, hi: pd.Timestamp | None) -> tuple[str, Fail, AbstractFileSystem, list[_File], str]:
         """The resolved path, the error factory, the file system, the files that can hold rows
@@ -252,6 +255,8 @@ class FileReader:
             )
 
     def _path_hint(self) -> str:
+        if self.path_hint:
+            return self.path_hint
         hint = "Check `path` in the job file"
         if "://" not in self.config.path and not os.path.isabs(self.config.path):
             hint += f" (relative paths resolve against {base_dir()}; ANOMALY_PIPELINES_BASE_DIR changes that)"

@@ -166,3 +166,14 @@ def test_detect_params_errors_name_the_problem(files, params, message, capsys):
     assert main([*args, "--params", params, "--output", str(files / "never.parquet")]) == 2
     assert message in capsys.readouterr().err
     assert not (files / "never.parquet").exists()
+
+
+@pytest.mark.parametrize("missing", ["--train", "--input"])
+def test_detect_names_the_option_whose_file_is_missing(files, missing, capsys):
+    paths = {"--train": str(files / "train.csv"), "--input": str(files / "test.csv"), missing: str(files / "nope.csv")}
+    args = ["detect", "--train", paths["--train"], "--input", paths["--input"], "--timestamp", "ts", "--features", "a"]
+    assert main([*args, "--output", str(files / "never.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"{files / 'nope.csv'}" in err and f"no such file or folder. Check the {missing} path." in err
+    assert "job file" not in err
+    assert not (files / "never.parquet").exists()
