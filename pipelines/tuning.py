@@ -360,6 +360,7 @@ def tune_series(
     # The decision is taken on anomalies planted afresh (seeds after the search's): the best of
     # many trials on the search's plantings is partly the luckiest on them.
     decision_holdout = holdout.replanted(job.tune.seed + len(holdout.plantings))
+    afresh = decision_holdout is not holdout
     champion = _score_champion(job, series, decision_holdout)
     if champion is None:
         promoted, reason = True, "no champion yet"
@@ -368,7 +369,7 @@ def tune_series(
         champion_version, champion_scores = champion
         challenger_scores = evaluate(detector_for(job, best["params"], best["kind"]).fit(holdout.head), decision_holdout)
         promoted = challenger_scores["objective"] >= champion_scores["objective"] + margin
-        fresh = " on fresh plantings" if decision_holdout is not holdout else ""
+        fresh = " on fresh plantings" if afresh else ""
         reason = (
             f"challenger {best['kind']} objective {challenger_scores['objective']:.4f} vs champion {champion_version} "
             f"({champion_scores['kind']}) {champion_scores['objective']:.4f}{fresh}, margin {margin}: "
@@ -378,7 +379,7 @@ def tune_series(
         "promoted": promoted,
         "reason": reason,
         "margin": margin,
-        "planted_afresh": decision_holdout is not holdout,
+        "planted_afresh": afresh,
         "challenger": {"kind": best["kind"], "params": best["params"], **_scores(best)},
         "challenger_on_decision": challenger_scores,
         "champion": None if champion is None else {"version": champion_version, **(champion_scores or {})},

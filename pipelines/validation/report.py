@@ -124,12 +124,12 @@ def build_report(
     """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
     numbered as GX numbered them) locate each sampled row in the source."""
     checks = [CheckResult.from_gx(one) for one in result.results]
+    located = keys is not None and not keys.empty
     for check in checks:
         if check.expectation == "expect_column_to_exist" and not check.success and not check.detail:
             # Sources read only the job's columns, so the batch cannot list the source's own.
             check.detail = "the source gave no such column: check its spelling in the job file against the source"
-    if keys is not None and not keys.empty:
-        for check in checks:
+        if located:
             check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
     return ValidationReport(
         job=job,
