@@ -344,6 +344,11 @@ class TuneConfig(_Model):
     plantings: int = Field(
         5, ge=1, le=50, description="Times anomalies are planted in the held-back rows without labels; trials rank by mean event F1."
     )
+    stretches: int = Field(
+        3, ge=1, le=10,
+        description="Held-back stretches (latest first) a challenger must be clearly better than the champion on, "
+        "with planted anomalies; as model: auto's own rule.",
+    )
 
     @field_validator("timeout", mode="before")
     @classmethod

@@ -7,9 +7,11 @@ challenger/champion decision. Documented in docs/MODELS.md ("Tuning").
 2. Each trial fits one candidate (kind + parameters from
    :data:`pipelines.detectors.search_spaces.SEARCH_SPACES`, narrowed by ``tune.grid``) on the
    head and scores it on the tail (:func:`evaluate`): ``objective = F1 - 0.1 * min(error, 1)``.
-3. The best trial is the challenger. The serving champion is scored by the same function on the
-   same tail; the challenger replaces it only when it wins by ``tune.promotion_margin``. It is
-   then refitted on the whole window, registered, promoted, and ``tuned.json`` (kind + params)
+3. The best trial is the challenger. It and the serving champion (refitted on the head) are
+   scored by the same function on anomalies planted afresh; the challenger replaces the champion
+   only when it is clearly better (by ``tune.promotion_margin`` and beyond chance over the
+   plantings) there and on each earlier held-back stretch up to ``tune.stretches``, the rule
+   ``model: auto`` applies to its own challengers (:func:`_decide`). It is then refitted on the whole window, registered, promoted, and ``tuned.json`` (kind + params)
    is written, so the next train builds the same detector. Every trial and the decision are kept
    in a tuning record per run (promoted or not) and in the registered version's metadata.
 """
@@ -40,6 +42,7 @@ from pipelines.detectors.search_spaces import (
     default_detectors,
     restricted_space,
 )
+from pipelines.detectors.selection import compare, held_back_stretches
 from pipelines.detectors.synthetic import Injected, detection_f1_by_planting, mean_of_parts, plant_repeatedly
 from pipelines.errors import ConfigError, ModelError
 from pipelines.training import detector_for, feature_scale, holdout_error, load_champion, register_model, registry_for
@@ -99,6 +102,22 @@ class Holdout:
             return self
         fresh = plant_repeatedly(self.clean, self.scale, seed=seed, times=len(self.plantings))
         return Holdout(self.objective, self.reason, self.head, self.clean, fresh, self.scale, self.labels)
+
+    def earlier_stretches(self, fraction: float, count: int, seed: int) -> list[Holdout]:
+        """Up to ``count`` stretches before the held-back rows (a rolling origin, as ``auto``'s:
+        :func:`~pipelines.detectors.selection.held_back_stretches`), each with its own fitted head
+        and ``len(plantings)`` plantings, seeded from ``seed`` on. None for labeled events: they
+        lie where people put them."""
+        if not self.planted:
+            return []
+        times = len(self.plantings)
+        min_rows = math.ceil(_MIN_ROWS / min(fraction, 1 - fraction))
+        stretches = []
+        for number, (head, clean) in enumerate(held_back_stretches(self.head, fraction, count, min_rows)):
+            scale = feature_scale(head)
+            planted = plant_repeatedly(clean, scale, seed=seed + number * times, times=times)
+            stretches.append(Holdout(self.objective, self.reason, head, clean, planted, scale, self.labels))
+        return stretches
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -201,6 +220,8 @@ def evaluate(detector: BaseDetector, holdout: Holdout) -> dict[str, float]:
         **{name: round(value, 4) for name, value in parts.items()},
         "holdout_error": round(error, 6) if math.isfinite(error) else None,
         "objective": round(objective_value(parts["f1"], error), 6),
+        # The paired test of the challenger/champion decision compares these, planting by planting.
+        "objective_by_planting": [round(objective_value(part["f1"], error), 6) for part in by_planting],
     }
 
 
@@ -317,23 +338,88 @@ def _search(job: JobConfig, series: str, holdout: Holdout, spaces: dict[str, dic
     return trials
 
 
-def _score_champion(job: JobConfig, series: str, holdout: Holdout) -> tuple[str, dict[str, Any]] | None:
-    """The serving model judged as the trials are: its kind and parameters fitted afresh on the
-    head. As it serves, it was fitted on the held-back rows too, so it would be judged on rows it
-    learned: a memory (``context``) or a forecaster has seen their clean values, and an ``auto``
-    model has chosen its kind with them."""
+def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout) -> dict[str, Any]:
+    """Whether the challenger (``best``) replaces the serving champion: the rule ``auto`` applies to
+    its challengers (:mod:`pipelines.detectors.selection`). The challenger must be clearly better,
+    by more than ``tune.promotion_margin`` and beyond chance over the plantings, on anomalies
+    planted afresh (seeds after the search's: the best of many trials on the search's plantings is
+    partly the luckiest) in the held-back rows, and then on each of the earlier stretches up to
+    ``tune.stretches``. One search on one stretch of a few hundred rows is a weak judge: on NAB
+    (docs/BENCHMARKS.md, "Tuning on NAB") a single comparison promoted challengers that lost
+    to the untuned model on the rows scored next. With people's labels there is one set of events
+    and no test: more than the margin on the held-back rows decides.
+
+    The champion is judged as the trials are, its kind and parameters fitted afresh on each
+    stretch's head. As it serves, it was fitted on the held-back rows too, so it would be judged on
+    rows it learned: a memory (``context``) or a forecaster has seen their clean values, and an
+    ``auto`` model has chosen its kind with them."""
     from sklearn.base import clone
 
+    margin = job.tune.promotion_margin
+    decision: dict[str, Any] = {"margin": margin, "challenger": {"kind": best["kind"], "params": best["params"], **_scores(best)}}
     current = load_champion(job, series)
     if current is None:
-        return None
+        return {**decision, "promoted": True, "reason": "no champion yet", "planted_afresh": False, "stretches": [], "champion": None}
     version, champion = current
-    kind = version.metadata.get("model")
-    try:
-        return version.version, {"kind": kind, **evaluate(clone(champion).fit(holdout.head), holdout)}
-    except Exception as exc:  # a champion that cannot score current data must be replaceable
-        log.warning("job %s, series %s: champion %s cannot score the held-back data: %s", job.name, series, version.version, exc)
-        return version.version, {"kind": kind, "objective": float("-inf"), "error": str(exc)}
+    champion_kind = version.metadata.get("model")
+    first = holdout.replanted(job.tune.seed + len(holdout.plantings))
+    afresh = first is not holdout
+    earlier = first.earlier_stretches(
+        job.tune.holdout_fraction, job.tune.stretches - 1, seed=job.tune.seed + 2 * len(holdout.plantings)
+    )
+    stretches: list[dict[str, Any]] = []
+    for number, stretch in enumerate([first, *earlier], start=1):
+        entry: dict[str, Any] = {"stretch": number, "held_back_rows": len(stretch.clean), "held_back_start": _iso(stretch.clean.index[0])}
+        stretches.append(entry)
+        try:
+            entry["challenger"] = evaluate(detector_for(job, best["params"], best["kind"]).fit(stretch.head), stretch)
+        except (ModelError, ConfigError) as exc:  # it cannot fit here: nothing shows it is better
+            entry.update(challenger_error=str(exc), clearly_better=False, verdict=f"the challenger cannot fit here: {exc}")
+            break
+        try:
+            entry["champion"] = evaluate(clone(champion).fit(stretch.head), stretch)
+        except Exception as exc:  # a champion that cannot score current data must be replaceable
+            log.warning("job %s, series %s: champion %s cannot score held-back stretch %d: %s", job.name, series, version.version, number, exc)
+            entry.update(champion_error=str(exc), clearly_better=True, verdict=f"the champion cannot fit or score here: {exc}")
+            continue
+        comparison = compare(entry["challenger"]["objective_by_planting"], entry["champion"]["objective_by_planting"], margin)
+        entry.update(
+            gain=round(comparison.gain, 6), p_value=comparison.p_value, clearly_better=comparison.clearly_better, verdict=comparison.describe()
+        )
+        if not comparison.clearly_better:
+            break
+    promoted = all(entry["clearly_better"] for entry in stretches)
+    fresh = " planted afresh" if afresh else ""
+    decided = stretches[-1]
+    on = f"held-back stretch {decided['stretch']} of {job.tune.stretches}" if job.tune.stretches > 1 else "the held-back rows"
+    if promoted:
+        verdicts = "; ".join(f"stretch {e['stretch']}: {_versus(e)}" for e in stretches)
+        short = f" (only {len(stretches)}: the rows before are too few)" if len(stretches) < job.tune.stretches and afresh else ""
+        reason = (
+            f"challenger {best['kind']} clearly better than champion {version.version} ({champion_kind}) on each of "
+            f"{len(stretches)} held-back stretch(es){short}, anomalies{fresh}: {verdicts}: promoted"
+        )
+    else:
+        reason = (
+            f"kept the champion {version.version} ({champion_kind}): on {on}, anomalies{fresh}, "
+            f"challenger {best['kind']} {_versus(decided)}"
+        )
+    first_entry = stretches[0]
+    return {
+        **decision,
+        "promoted": promoted,
+        "reason": reason,
+        "planted_afresh": afresh,
+        "stretches": stretches,
+        "challenger_on_decision": first_entry.get("challenger"),
+        "champion": {"version": version.version, "kind": champion_kind, **(first_entry.get("champion") or {"objective": float("-inf")})},
+    }
+
+
+def _versus(entry: dict[str, Any]) -> str:
+    if "challenger" not in entry or "champion" not in entry:
+        return entry["verdict"]
+    return f"{entry['challenger']['objective']:.4f} vs {entry['champion']['objective']:.4f}, {entry['verdict']}"
 
 
 def _default_window(job: JobConfig, data: pd.DataFrame) -> Window:
@@ -356,34 +442,8 @@ def tune_series(
     best = max(scored, key=lambda t: t["objective"])  # max keeps the first of equals: defaults run first
     default = _default_trial(job, spaces, scored)
 
-    margin = job.tune.promotion_margin
-    # The decision is taken on anomalies planted afresh (seeds after the search's): the best of
-    # many trials on the search's plantings is partly the luckiest on them.
-    decision_holdout = holdout.replanted(job.tune.seed + len(holdout.plantings))
-    afresh = decision_holdout is not holdout
-    champion = _score_champion(job, series, decision_holdout)
-    if champion is None:
-        promoted, reason = True, "no champion yet"
-        champion_version, champion_scores, challenger_scores = None, None, None
-    else:
-        champion_version, champion_scores = champion
-        challenger_scores = evaluate(detector_for(job, best["params"], best["kind"]).fit(holdout.head), decision_holdout)
-        promoted = challenger_scores["objective"] >= champion_scores["objective"] + margin
-        fresh = " on fresh plantings" if afresh else ""
-        reason = (
-            f"challenger {best['kind']} objective {challenger_scores['objective']:.4f} vs champion {champion_version} "
-            f"({champion_scores['kind']}) {champion_scores['objective']:.4f}{fresh}, margin {margin}: "
-            + ("promoted" if promoted else "kept the champion (the challenger does not win by the margin)")
-        )
-    decision = {
-        "promoted": promoted,
-        "reason": reason,
-        "margin": margin,
-        "planted_afresh": afresh,
-        "challenger": {"kind": best["kind"], "params": best["params"], **_scores(best)},
-        "challenger_on_decision": challenger_scores,
-        "champion": None if champion is None else {"version": champion_version, **(champion_scores or {})},
-    }
+    decision = _decide(job, series, best, holdout)
+    promoted, reason = decision["promoted"], decision["reason"]
     record: dict[str, Any] = {
         "job": job.name,
         "series": series,
@@ -426,8 +486,8 @@ def tune_series(
         "objective": best["objective"],
         "f1": best["f1"],
         "default_objective": None if default is None else default["objective"],
-        "champion_objective": None if champion_scores is None else champion_scores["objective"],
-        "challenger_decision_objective": None if challenger_scores is None else challenger_scores["objective"],
+        "champion_objective": None if decision["champion"] is None else decision["champion"]["objective"],
+        "challenger_decision_objective": (decision.get("challenger_on_decision") or {}).get("objective"),
         "promoted": promoted,
         "version": version,
         "reason": reason,

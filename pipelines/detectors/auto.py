@@ -5,17 +5,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-import warnings
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from pipelines.config import ThresholdConfig
 from pipelines.detectors.base import BaseDetector, Detection
 from pipelines.detectors.params import AUTO_CANDIDATES, AutoParams
+from pipelines.detectors.selection import compare, held_back_stretches
 from pipelines.detectors.synthetic import (
     ONE_BY_ONE_EVENTS,
     Injected,
@@ -32,6 +31,8 @@ _MIN_TRAINING_ROWS = 60
 #: Optional packages a candidate needs; a candidate whose package is missing is skipped.
 _NEEDS = {"prophet": "prophet", "lstm": "torch"}
 _INNER = "chosen."
+#: F1s this close are ties.
+_TIE = 0.01
 
 
 class AutoDetector(BaseDetector):
@@ -127,7 +128,7 @@ class AutoDetector(BaseDetector):
 
     def _fit(self, X: pd.DataFrame, params: AutoParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to hold back rows for choosing a detector")
-        stretches = _held_back_stretches(X, params.holdout_fraction, params.stretches)
+        stretches = held_back_stretches(X, params.holdout_fraction, params.stretches, _MIN_TRAINING_ROWS)
         head, tail = stretches[0]
         self.trials_, plantings = self._trials(params.candidates or AUTO_CANDIDATES, head, tail, params)
         self.earlier_trials_ = []
@@ -257,16 +258,9 @@ class AutoDetector(BaseDetector):
 
 def _clearly_better(trial: dict[str, Any], preferred: dict[str, Any]) -> bool:
     """Whether ``trial`` found the planted anomalies better than ``preferred`` by more than a tie
-    (0.01 of F1) and beyond chance: a one-sided paired t-test over the plantings (both candidates
-    met the same events) at 5 %. With one planting there is nothing to test; the tie rule alone
-    decides."""
-    gains = np.subtract(trial["f1_by_planting"], preferred["f1_by_planting"])
-    if gains.mean() <= 0.01:
-        return False
-    if len(gains) < 2:
-        return True
-    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # equal gains: t is infinite, p is 0
-        return bool(stats.ttest_1samp(gains, 0.0, alternative="greater").pvalue < 0.05)  # the paired test, on the gains
+    (0.01 of F1) and beyond chance (:func:`pipelines.detectors.selection.compare`). With one
+    planting there is nothing to test; the tie rule alone decides."""
+    return compare(trial["f1_by_planting"], preferred["f1_by_planting"], margin=_TIE).clearly_better
 
 
 def _confirmed(challenger: dict[str, Any] | None, preferred: dict[str, Any] | None) -> bool:
@@ -276,18 +270,6 @@ def _confirmed(challenger: dict[str, Any] | None, preferred: dict[str, Any] | No
     if preferred is None:
         return challenger is not None
     return challenger is not None and _clearly_better(challenger, preferred)
-
-
-def _held_back_stretches(X: pd.DataFrame, fraction: float, count: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    """(head, tail) pairs, latest first: the last ``fraction`` of the rows held back from the rows
-    before them, then the same share of those rows from the rows before it, and so on (a rolling
-    origin), while the earlier rows still number enough to choose on."""
-    stretches, rows = [], X
-    while len(stretches) < count and len(rows) >= _MIN_TRAINING_ROWS:
-        split = int(len(rows) * (1 - fraction))
-        stretches.append((rows.iloc[:split], rows.iloc[split:]))
-        rows = rows.iloc[:split]
-    return stretches
 
 
 def _reason(

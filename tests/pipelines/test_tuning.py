@@ -163,7 +163,46 @@ def test_the_champion_is_judged_fitted_on_the_head_on_fresh_plantings(tmp_path, 
     # Same kind, same parameters, same footing: the challenger ties with the champion, which stays.
     assert result["challenger_decision_objective"] == pytest.approx(decided["objective"]) and not result["promoted"]
     [record] = registry_for(job).tuning_history(job.name, SERIES)
-    assert record["decision"]["planted_afresh"] and "on fresh plantings" in record["decision"]["reason"]
+    assert record["decision"]["planted_afresh"] and "planted afresh" in record["decision"]["reason"]
+
+
+def test_a_challenger_is_promoted_only_when_clearly_better_on_each_held_back_stretch(tmp_path, daily):
+    # Isolation Forest serves, with no notion of the daily cycle; the search finds level_shift. It
+    # must win beyond chance on the held-back rows and on the two stretches before them, each
+    # fitted on its own head with its own plantings.
+    train_series(make_job(tmp_path, {"kind": "iforest", "params": {"n_estimators": 50}}), SERIES, daily, _window(daily), run_id="train")
+    job = make_job(tmp_path, {"kind": "iforest"}, detectors=["level_shift"], trials=4)
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert result["promoted"] and result["kind"] == "level_shift"
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    stretches = record["decision"]["stretches"]
+    assert [s["stretch"] for s in stretches] == [1, 2, 3] and job.tune.stretches == 3
+    assert [s["held_back_rows"] for s in stretches] == [126, 95, 71]  # 504 rows, a quarter held back each time
+    assert stretches[0]["held_back_start"] > stretches[1]["held_back_start"] > stretches[2]["held_back_start"]
+    for stretch in stretches:
+        gains = np.subtract(stretch["challenger"]["objective_by_planting"], stretch["champion"]["objective_by_planting"])
+        assert stretch["clearly_better"] and stretch["gain"] == pytest.approx(gains.mean(), abs=1e-5) and gains.mean() > 0.02
+        assert stretch["p_value"] < 0.05
+    assert "on each of 3 held-back stretch(es)" in result["reason"]
+
+
+def test_a_lead_that_does_not_hold_on_an_earlier_stretch_keeps_the_champion(tmp_path, daily):
+    # No season and a 3-row level serve; a daily season with a 6- or 24-row level is searched. Its
+    # lead on the held-back rows is clear (and would have promoted it on one comparison), but on
+    # the stretch before them the champion does better.
+    bad = {"kind": "seasonal_mad", "params": {"season": None, "level_window": 3}}
+    train_series(make_job(tmp_path, bad), SERIES, daily, _window(daily), run_id="train")
+    champion = registry_for(make_job(tmp_path, bad)).champion("tuned_job", SERIES).version
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, trials=4, grid={"season": ["1d"], "level_window": [6, 24]})
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert not result["promoted"] and result["version"] is None
+    assert result["challenger_decision_objective"] > result["champion_objective"] + job.tune.promotion_margin
+    assert registry_for(job).champion(job.name, SERIES).version == champion
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    first, second = record["decision"]["stretches"]  # the third is not tried
+    assert first["clearly_better"] and first["p_value"] < 0.05
+    assert not second["clearly_better"] and second["gain"] < 0
+    assert result["reason"].startswith(f"kept the champion {champion} (seasonal_mad): on held-back stretch 2 of 3")
 
 
 def test_a_small_grid_is_tried_exhaustively_once_per_point(tmp_path, daily):
