@@ -72,6 +72,16 @@ class SeriesResult:
     objective: float
     default_objective: float | None
     promoted: bool
+    stretches: list[dict[str, Any]]
+
+    def decision(self) -> str:
+        """Promoted or not, and the stretch that decided: its mean gain over the champion and p-value."""
+        if not self.stretches:
+            return "yes (no champion)" if self.promoted else "no"
+        last = self.stretches[-1]
+        tested = "" if last["p_value"] is None else f", p {last['p_value']:.2g}"
+        gain = "" if last["gain"] is None else f": {last['gain']:+.3f}{tested}"
+        return f"{'yes' if self.promoted else 'no'}, stretch {last['stretch']}{gain}"
 
 
 def tune_and_replay(csv_path: str, key: str, workdir: str, kinds: list[str], trials: int, timeout: str) -> SeriesResult:
@@ -101,7 +111,7 @@ def tune_and_replay(csv_path: str, key: str, workdir: str, kinds: list[str], tri
     tuned = replay_series(path, key, detector, tuned_dir)
     return SeriesResult(
         key, untuned, tuned, seconds, result["kind"], result["params"], result["trials"], result["objective"],
-        result["default_objective"], bool(result["promoted"]),
+        result["default_objective"], bool(result["promoted"]), result["stretches"],
     )
 
 
@@ -166,7 +176,7 @@ def render(results: list[SeriesResult], *, kinds: list[str], trials: int, timeou
                     r.key, r.tuned_kind, ", ".join(f"{k}={_short(v)}" for k, v in sorted(r.tuned_params.items())) or "defaults",
                     str(r.trials),
                     f"{'—' if r.default_objective is None else f'{r.default_objective:.3f}'} → {r.objective:.3f}",
-                    "yes" if r.promoted else "no",
+                    r.decision(),
                     f"{untuned_raw[r.key]:.2f} → {tuned_raw[r.key]:.2f}",
                     f"{r.tuning_seconds:.1f}",
                 ]
@@ -175,8 +185,10 @@ def render(results: list[SeriesResult], *, kinds: list[str], trials: int, timeou
             align="lllrrlrr",
         ),
         "",
-        "*Promoted*: whether the tuned challenger beat the serving `auto` model by `tune.promotion_margin` on the "
-        "held-back rows (if not, the replay's trainings stay `auto`). *Raw score*: the series' NAB standard raw score "
+        "*Promoted*: whether the tuned challenger was clearly better than the serving `auto` model (by "
+        "`tune.promotion_margin` and a paired test over the plantings at 5 %) on each of `tune.stretches` (3) held-back "
+        "stretches (if not, the replay's trainings stay `auto`), and the stretch that decided, with the challenger's "
+        "mean gain in objective and the p-value. *Raw score*: the series' NAB standard raw score "
         "at the job's threshold (a found window earns up to 1, a missed one costs 1, each false-alarm row up to 0.11).",
         "",
         f"Wall time {seconds / 60:.1f} min with {workers} worker process(es). Machine: {facts['cores']} cores "

@@ -491,6 +491,8 @@ def tune_series(
         "promoted": promoted,
         "version": version,
         "reason": reason,
+        # Each stretch compared, in short (the record has both sides' scores).
+        "stretches": [{k: e.get(k) for k in ("stretch", "gain", "p_value", "clearly_better")} for e in decision["stretches"]],
         "trials": len(trials),
         "record": record_name,
         "seconds": record["seconds"],
