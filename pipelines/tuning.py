@@ -510,3 +510,34 @@ def _default_trial(job: JobConfig, spaces: dict[str, dict[str, Space]], scored: 
 def _scores(trial: dict[str, Any]) -> dict[str, Any]:
     return {k: trial[k] for k in ("f1", "precision", "recall", "holdout_error", "objective") if k in trial}
 
+
+def summarize_record(record: dict[str, Any]) -> dict[str, Any]:
+    """One tuning record in short, for people (the API's ``GET .../tuning``): when, on what, the
+    best trial, and the decision with each held-back stretch's comparison. Records written before
+    stretches were compared have none."""
+    decision = record.get("decision") or {}
+    best = decision.get("challenger") or {}
+    stretches = [
+        {
+            **{k: entry.get(k) for k in ("stretch", "held_back_rows", "held_back_start")},
+            "challenger_objective": (entry.get("challenger") or {}).get("objective"),
+            "champion_objective": (entry.get("champion") or {}).get("objective"),
+            **{k: entry.get(k) for k in ("gain", "p_value", "clearly_better", "verdict")},
+        }
+        for entry in decision.get("stretches") or []
+    ]
+    return {
+        "tuned_at": record.get("tuned_at"),
+        "run_id": record.get("run_id"),
+        "rows": record.get("rows"),
+        "objective": (record.get("objective") or {}).get("kind"),
+        "objective_reason": (record.get("objective") or {}).get("reason"),
+        "trials": len(record.get("trials") or []),
+        "best": {k: best.get(k) for k in ("kind", "params", "objective", "f1")},
+        "promoted": bool(decision.get("promoted")),
+        "reason": decision.get("reason"),
+        "version": decision.get("version"),
+        "stretches": stretches,
+        "seconds": record.get("seconds"),
+    }
+

@@ -38,6 +38,9 @@ from pipelines.web.schemas import (
     ModelInfo,
     ScoreFileRequest,
     ScoreFileRun,
+    SeriesTuning,
+    TuningHistory,
+    TuningRun,
 )
 
 if TYPE_CHECKING:
@@ -176,19 +179,18 @@ def _records_json(frame: pd.DataFrame) -> str:
     return out.to_json(orient="records", double_precision=15)
 
 
+SeriesQuery = Annotated[
+    str | None, Query(pattern=SERIES_PATTERN, description="One series, e.g. 'region=eu' ('all' without dimensions).")
+]
+
+
 @router.get(
     "/jobs/{job}/model",
     summary="The job's champion models: version, training time, parameters, metrics",
     response_model=ModelInfo,
     responses={**_AUTH_ERRORS},
 )
-def model(
-    job: JobName,
-    user: CurrentUser,
-    series: Annotated[
-        str | None, Query(pattern=SERIES_PATTERN, description="One series, e.g. 'region=eu' ('all' without dimensions).")
-    ] = None,
-) -> ModelInfo:
+def model(job: JobName, user: CurrentUser, series: SeriesQuery = None) -> ModelInfo:
     """Champion metadata per series, like OCI's model information."""
     from pipelines.training import registry_for
 
@@ -225,12 +227,47 @@ def model(
             )
         )
     if not champions:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail=f"job {job} has no champion model{' for series ' + repr(series) if series else ''} yet: "
-            f"run {job}__train (or `anomaly-pipelines train {job}`) first",
-        )
+        raise _none_yet(job, "champion model", series, "train")
     return ModelInfo(job=job, model=config.model.kind, features=config.features, dimensions=config.dimensions, champions=champions)
+
+
+@router.get(
+    "/jobs/{job}/tuning",
+    summary="The job's tune runs per series: the best trial and whether and why it replaced the serving model",
+    response_model=TuningHistory,
+    responses={**_AUTH_ERRORS},
+)
+def tuning(
+    job: JobName,
+    user: CurrentUser,
+    series: SeriesQuery = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Most runs per series, newest first.")] = 10,
+) -> TuningHistory:
+    """Every recorded tune run, promoted or not (a run that kept the champion leaves no model
+    version, so this is where its reason is kept)."""
+    from pipelines.training import registry_for
+    from pipelines.tuning import summarize_record
+
+    config = _authorized_job(user, job, "GET")
+    registry = registry_for(config)
+    keys = registry.series(job) if series is None else [series]
+    found = []
+    for key in keys:
+        records = registry.tuning_history(job, key)[::-1][:limit]
+        if records:
+            found.append(SeriesTuning(series=key, runs=[TuningRun.model_validate(summarize_record(r)) for r in records]))
+    if not found:
+        raise _none_yet(job, "tune runs", series, "tune")
+    return TuningHistory(job=job, series=found)
+
+
+def _none_yet(job: str, what: str, series: str | None, step: str) -> HTTPException:
+    """404 for a job (or series) that has not run ``step`` yet, saying how to run it."""
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        detail=f"job {job} has no {what}{' for series ' + repr(series) if series else ''} yet: "
+        f"run {job}__{step} (or `anomaly-pipelines {step} {job}`) first",
+    )
 
 
 def _bad_location(what: str, given: str, why: str) -> HTTPException:
@@ -393,9 +430,6 @@ _LABEL_ERRORS = {
     **_error(422, "A label that does not fit the job: series, feature, window, values, time zones."),
     **_error(503, "The labels database could not be reached or written."),
 }
-SeriesQuery = Annotated[
-    str | None, Query(pattern=SERIES_PATTERN, description="One series, e.g. 'region=eu' ('all' without dimensions).")
-]
 StartQuery = Annotated[AwareDatetime | None, Query(description="From this time (ISO 8601 with offset).")]
 EndQuery = Annotated[AwareDatetime | None, Query(description="Up to this time (ISO 8601 with offset).")]
 

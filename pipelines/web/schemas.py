@@ -102,6 +102,43 @@ class ModelInfo(BaseModel):
     champions: list[ChampionInfo]
 
 
+class TuningStretch(BaseModel):
+    stretch: int = Field(description="1 is the held-back rows, 2 the stretch before them, and so on.")
+    held_back_rows: int | None
+    held_back_start: str | None
+    challenger_objective: float | None
+    champion_objective: float | None
+    gain: float | None = Field(description="The challenger's mean lead in objective over the plantings.")
+    p_value: float | None = Field(description="One-sided paired t-test of the lead; null with one planting (labels).")
+    clearly_better: bool | None
+    verdict: str | None
+
+
+class TuningRun(BaseModel):
+    tuned_at: str | None
+    run_id: str | None
+    rows: int | None = Field(description="Rows of the training window tuned on.")
+    objective: str | None = Field(description="'unlabeled' (planted anomalies) or 'labeled' (people's verdicts).")
+    objective_reason: str | None
+    trials: int
+    best: dict[str, Any] = Field(description="The challenger: the best trial's kind, params, objective and event F1.")
+    promoted: bool
+    reason: str | None = Field(description="Why the challenger was or was not promoted.")
+    version: str | None = Field(description="The version registered when promoted.")
+    stretches: list[TuningStretch] = Field(description="The challenger against the champion on each held-back stretch compared.")
+    seconds: float | None
+
+
+class SeriesTuning(BaseModel):
+    series: str
+    runs: list[TuningRun] = Field(description="Newest first.")
+
+
+class TuningHistory(BaseModel):
+    job: str
+    series: list[SeriesTuning]
+
+
 class ScoreFileRequest(_Body):
     input: Annotated[str, Field(min_length=1, max_length=2048)] = Field(
         description=(

@@ -190,6 +190,41 @@ def test_model_of_an_untrained_job_is_404(client, headers):
     assert "run demo_sensors__train" in answer.json()["detail"]
 
 
+def test_tuning_lists_each_run_and_why_it_did_or_did_not_replace_the_champion(client, headers, web_project):
+    from pipelines.config import TuneConfig, get_job
+    from pipelines.runner import run_tune
+    from pipelines.training import registry_for
+    from pipelines.workspace import Window, to_utc
+
+    assert client.get(f"{BASE}/tuning", headers=headers).status_code == 404  # trained, never tuned
+    job = get_job("demo_web_metrics")
+    job = job.model_copy(update={"tune": TuneConfig(trials=3)})
+    results = {r["series"]: r for r in run_tune(job, Window(to_utc("2024-02-02T00:00:00Z"), to_utc("2024-03-01T00:00:00Z")), run_id="tune-api")}
+
+    body = client.get(f"{BASE}/tuning", headers=headers).json()
+    assert body["job"] == "demo_web_metrics"
+    assert [s["series"] for s in body["series"]] == ["region=apac", "region=eu", "region=us"]
+    registry = registry_for(job)
+    for series in body["series"]:
+        [run] = series["runs"]
+        result = results[series["series"]]
+        assert run["run_id"] == "tune-api" and run["trials"] == 3 and run["objective"] == "unlabeled"
+        assert run["best"]["kind"] == result["kind"] and run["best"]["params"] == result["params"]
+        assert run["promoted"] == result["promoted"] and run["reason"] == result["reason"]
+        # The serving model followed the decision: a promoted run's version serves, else the trained one.
+        champion = registry.champion(job.name, series["series"])
+        assert (champion.version == run["version"]) if run["promoted"] else (run["version"] is None and champion.metadata["run_id"] == "web-train")
+        stretches = run["stretches"]
+        assert stretches[0]["stretch"] == 1 and len(stretches) == len(result["stretches"])
+        assert [s["clearly_better"] for s in stretches] == [s["clearly_better"] for s in result["stretches"]]
+        assert all(s["challenger_objective"] is not None and s["verdict"] for s in stretches)
+
+    one = client.get(f"{BASE}/tuning", params={"series": "region=eu", "limit": 1}, headers=headers).json()
+    assert [s["series"] for s in one["series"]] == ["region=eu"] and len(one["series"][0]["runs"]) == 1
+    answer = client.get("/api/v1/jobs/demo_sensors/tuning", headers=headers)
+    assert answer.status_code == 404 and "run demo_sensors__tune" in answer.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -231,6 +266,7 @@ def test_the_openapi_document_describes_every_operation(client, headers):
     assert set(spec["paths"]) == {
         "/api/v1/jobs/{job}/detect",
         "/api/v1/jobs/{job}/model",
+        "/api/v1/jobs/{job}/tuning",
         "/api/v1/jobs/{job}/score-file",
         "/api/v1/jobs/{job}/score-file/{run_id}",
         "/api/v1/jobs/{job}/labels",
