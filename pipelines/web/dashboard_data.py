@@ -51,6 +51,8 @@ DEFAULT_BUCKETS = 600
 MAX_EVENTS = 500
 #: Validation reports listed per job, newest first.
 VALIDATION_LIMIT = 20
+#: Tune runs shown per series on the models page (the API gives up to 100).
+TUNING_RUNS = 5
 
 _DAG_KINDS = ("train", "predict", "tune")
 
@@ -603,7 +605,11 @@ def _registry(job: JobConfig) -> ModelRegistry:
 
 
 def models(job: JobConfig) -> list[dict[str, Any]]:
-    """Per series: every complete model version (newest first) with its metrics, the champion marked."""
+    """Per series: every complete model version (newest first) with its metrics, the champion
+    marked; and its latest tune runs (newest first, :func:`pipelines.tuning.summarize_record`),
+    promoted or not: a run that kept the champion registers no version."""
+    from pipelines.tuning import summarize_record  # tuning pulls in the detectors: only when the page is asked for
+
     registry = _registry(job)
     out = []
     for series in registry.series(job.name):
@@ -627,7 +633,8 @@ def models(job: JobConfig) -> list[dict[str, Any]]:
                     "reason": decision.get("reason"),
                 }
             )
-        out.append({"series": series, "champion": champion_version, "versions": versions})
+        tuning = [summarize_record(record) for record in reversed(registry.tuning_history(job.name, series)[-TUNING_RUNS:])]
+        out.append({"series": series, "champion": champion_version, "versions": versions, "tuning": tuning})
     return out
 
 

@@ -50,6 +50,17 @@ def web_project(project: Path, trained_models: Path) -> Path:
 
 
 @pytest.fixture
+def tuned(web_project: Path) -> dict[str, dict]:
+    """``web_project`` after one tune run of demo_web_metrics (3 trials per series): its results by series."""
+    from pipelines.config import TuneConfig, get_job
+    from pipelines.runner import run_tune
+    from pipelines.workspace import Window, to_utc
+
+    job = get_job("demo_web_metrics").model_copy(update={"tune": TuneConfig(trials=3)})
+    return {r["series"]: r for r in run_tune(job, Window(to_utc(TRAIN_START), to_utc(TRAIN_END)), run_id="tune-web")}
+
+
+@pytest.fixture
 def app(web_project: Path, airflow_db: Path):
     """The real app; Airflow's metadata DB is needed because token revocation is checked there."""
     from pipelines.web.app import create_app

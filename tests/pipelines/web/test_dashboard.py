@@ -139,6 +139,21 @@ def test_models_page_marks_the_champion(dash):
     assert [entry["series"] for entry in body["series"]] == ["region=apac", "region=eu", "region=us"]
 
 
+def test_models_page_shows_each_tune_run_and_its_decision(client, headers, tuned):
+    import html
+
+    page = client.get(f"{D}/jobs/demo_web_metrics/models", headers=headers).text
+    assert page.count('data-run="tune-web"') == 3
+    assert page.count('data-promoted="true"') == sum(r["promoted"] for r in tuned.values())
+    assert page.count("data-stretch=") == sum(len(r["stretches"]) for r in tuned.values())
+    for result in tuned.values():
+        assert html.escape(result["reason"]) in page
+    body = client.get(f"{D}/data/jobs/demo_web_metrics/models", headers=headers).json()
+    for entry in body["series"]:
+        [run] = entry["tuning"]
+        assert run["run_id"] == "tune-web" and run["best"]["kind"] == tuned[entry["series"]]["kind"]
+
+
 def test_validation_page_explains_the_failure(dash):
     page = dash.get(f"{D}/jobs/demo_web_metrics/validation").text
     assert 'data-success="false"' in page and "expect_table_row_count_to_be_between" in page and "observed 6" in page
