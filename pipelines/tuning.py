@@ -11,8 +11,9 @@ challenger/champion decision. Documented in docs/MODELS.md ("Tuning").
    scored by the same function on anomalies planted afresh; the challenger replaces the champion
    only when it is clearly better (by ``tune.promotion_margin`` and beyond chance over the
    plantings) there and on each earlier held-back stretch up to ``tune.stretches``, the rule
-   ``model: auto`` applies to its own challengers (:func:`_decide`). It is then refitted on the whole window, registered, promoted, and ``tuned.json`` (kind + params)
-   is written, so the next train builds the same detector. Every trial and the decision are kept
+   ``model: auto`` applies to its own challengers (:func:`_decide`). It is then refitted on the
+   whole window, registered, promoted, and ``tuned.json`` (kind + params) is written, so the
+   next train builds the same detector. Every trial and the decision are kept
    in a tuning record per run (promoted or not) and in the registered version's metadata.
 """
 
@@ -389,19 +390,19 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
         if not comparison.clearly_better:
             break
     promoted = all(entry["clearly_better"] for entry in stretches)
-    fresh = " planted afresh" if afresh else ""
-    decided = stretches[-1]
-    on = f"held-back stretch {decided['stretch']} of {job.tune.stretches}" if job.tune.stretches > 1 else "the held-back rows"
+    events = "anomalies planted afresh" if afresh else "people's labeled anomalies"
+    total, decided = 1 + len(earlier), stretches[-1]
     if promoted:
         verdicts = "; ".join(f"stretch {e['stretch']}: {_versus(e)}" for e in stretches)
-        short = f" (only {len(stretches)}: the rows before are too few)" if len(stretches) < job.tune.stretches and afresh else ""
+        short = f" (of {job.tune.stretches} asked: the rows before are too few)" if afresh and total < job.tune.stretches else ""
         reason = (
             f"challenger {best['kind']} clearly better than champion {version.version} ({champion_kind}) on each of "
-            f"{len(stretches)} held-back stretch(es){short}, anomalies{fresh}: {verdicts}: promoted"
+            f"{total} held-back stretch(es){short}, {events}: {verdicts}: promoted"
         )
     else:
+        on = f"held-back stretch {decided['stretch']} of {total}" if total > 1 else "the held-back rows"
         reason = (
-            f"kept the champion {version.version} ({champion_kind}): on {on}, anomalies{fresh}, "
+            f"kept the champion {version.version} ({champion_kind}): on {on}, {events}, "
             f"challenger {best['kind']} {_versus(decided)}"
         )
     first_entry = stretches[0]

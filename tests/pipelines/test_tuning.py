@@ -337,6 +337,10 @@ def test_feedback_switches_the_next_tuning_to_the_labeled_objective(tmp_path, da
     assert labeled["events"] == 1 and labeled["labels"] == {"true": 1, "false": 1, "true_scored": 1, "true_in_fitted_part": 0}
     # The champion is judged on the labeled objective too, so its score changed with the feedback.
     assert history[-1]["decision"]["champion"]["objective"] != history[0]["decision"]["challenger"]["objective"]
+    # People's labels cannot be planted again or moved to an earlier stretch: one comparison decides.
+    decision = history[-1]["decision"]
+    assert not decision["planted_afresh"] and len(decision["stretches"]) == 1 and decision["stretches"][0]["p_value"] is None
+    assert "people's labeled anomalies" in decision["reason"] and "stretch 1 of" not in decision["reason"]
     holdout = prepare_holdout(job, SERIES, data)
     assert [p.events for p in holdout.plantings] == [[(len(holdout.clean) - 60, len(holdout.clean) - 55)]]
 
