@@ -196,3 +196,25 @@ def test_anomalies_tab_of_a_predict_run(scored_server, page):
     assert int(card.get_attribute("data-points")) == 2 * 24  # two features, one day
     assert int(card.get_attribute("data-anomaly-count")) >= 3
     _shot(page, "4-run-tab")
+
+
+def test_tune_runs_on_the_models_page(scored_server, page):
+    """The CLI tunes demo_web_metrics in the server's project; the Models tab shows each series'
+    run: promoted or kept, why, and a badge per held-back stretch."""
+    from playwright.sync_api import expect
+
+    server, _ = scored_server
+    results = json.loads(server.pipelines_cli("tune", "demo_web_metrics", "--end", TRAIN_END).stdout)
+    page.locator('a[href$="/plugin/anomalies"]').first.click()
+    frame = page.frame_locator('iframe[title="Anomalies"]')
+    frame.locator("a.job-link").filter(has_text="demo_web_metrics").click()
+    frame.locator("nav.tabs a").filter(has_text="Models").click()
+    runs = frame.locator("table.tuning tr[data-run]")
+    expect(runs).to_have_count(3)
+    for result in results:
+        run = frame.locator(f'section[data-series="{result["series"]}"] table.tuning tr[data-run]')
+        expect(run).to_have_attribute("data-promoted", "true" if result["promoted"] else "false")
+        expect(run).to_contain_text(result["reason"])
+        assert run.locator("[data-stretch]").count() == len(result["stretches"])
+        assert run.locator(".badge").filter(has_text="not clearly better").count() == sum(not s["clearly_better"] for s in result["stretches"])
+    _shot(page, "5-models-tuning")
