@@ -339,7 +339,7 @@ class TuneConfig(_Model):
         default_factory=dict, description="Restricts these parameters to these values; empty means the full search space."
     )
     holdout_fraction: float = Field(0.25, gt=0, lt=1)
-    promotion_margin: float = Field(0.02, ge=0.0, le=1.0, description="How much the challenger must beat the champion by.")
+    promotion_margin: float = Field(0.02, ge=0.0, le=1.0, description="How much the challenger must beat the champion by (mean over the plantings).")
     seed: int = Field(0, description="Seed of the sampler and of the first planting of anomalies.")
     plantings: int = Field(
         5, ge=1, le=50, description="Times anomalies are planted in the held-back rows without labels; trials rank by mean event F1."
