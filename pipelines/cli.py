@@ -178,6 +178,18 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tuning(args: argparse.Namespace) -> int:
+    from pipelines.tuning import tuning_runs
+
+    job = find_job(args.job)
+    runs = tuning_runs(job, args.series, args.limit)
+    if not runs:
+        print(f"job {job.name} has no tune runs{' for series ' + args.series if args.series else ''} yet: "
+              f"run `anomaly-pipelines tune {job.name}` (or {job.name}__tune)", file=sys.stderr)
+    _print_json(runs)
+    return 0
+
+
 def cmd_labels_import(args: argparse.Namespace) -> int:
     from pipelines.labels import import_labels
 
@@ -255,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--start", help="only labels ending at or after this time (ISO 8601 with offset)")
     labels.add_argument("--end", help="only labels starting at or before this time")
     labels.set_defaults(func=cmd_labels)
+
+    tuning = commands.add_parser("tuning", help="list a job's tune runs as JSON: best trial, promoted or not and why, per series")
+    tuning.add_argument("job", help=JOB_HELP)
+    tuning.add_argument("--series", help="only this series")
+    tuning.add_argument("--limit", type=int, default=10, help="most runs per series, newest first (default 10)")
+    tuning.set_defaults(func=cmd_tuning)
 
     labels_import = commands.add_parser("labels-import", help="store the labels of a CSV or JSON file of known anomalies")
     labels_import.add_argument("job", help=JOB_HELP)

@@ -542,3 +542,16 @@ def summarize_record(record: dict[str, Any]) -> dict[str, Any]:
         "seconds": record.get("seconds"),
     }
 
+
+def tuning_runs(job: JobConfig, series: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+    """Each series' recorded tune runs in short (:func:`summarize_record`), newest first, at most
+    ``limit`` per series: ``[{"series", "runs"}]``; series never tuned are left out. What the API's
+    ``GET .../tuning``, the dashboard and ``anomaly-pipelines tuning`` show."""
+    registry = registry_for(job)
+    out = []
+    for key in registry.series(job.name) if series is None else [series]:
+        records = registry.tuning_history(job.name, key)[::-1][:limit]
+        if records:
+            out.append({"series": key, "runs": [summarize_record(record) for record in records]})
+    return out
+

@@ -40,7 +40,6 @@ from pipelines.web.schemas import (
     ScoreFileRun,
     SeriesTuning,
     TuningHistory,
-    TuningRun,
 )
 
 if TYPE_CHECKING:
@@ -245,17 +244,10 @@ def tuning(
 ) -> TuningHistory:
     """Every recorded tune run, promoted or not (a run that kept the champion leaves no model
     version, so this is where its reason is kept)."""
-    from pipelines.training import registry_for
-    from pipelines.tuning import summarize_record
+    from pipelines.tuning import tuning_runs
 
     config = _authorized_job(user, job, "GET")
-    registry = registry_for(config)
-    keys = registry.series(job) if series is None else [series]
-    found = []
-    for key in keys:
-        records = registry.tuning_history(job, key)[::-1][:limit]
-        if records:
-            found.append(SeriesTuning(series=key, runs=[TuningRun.model_validate(summarize_record(r)) for r in records]))
+    found = [SeriesTuning.model_validate(entry) for entry in tuning_runs(config, series, limit)]
     if not found:
         raise _none_yet(job, "tune runs", series, "tune")
     return TuningHistory(job=job, series=found)

@@ -606,9 +606,9 @@ def _registry(job: JobConfig) -> ModelRegistry:
 
 def models(job: JobConfig) -> list[dict[str, Any]]:
     """Per series: every complete model version (newest first) with its metrics, the champion
-    marked; and its latest tune runs (newest first, :func:`pipelines.tuning.summarize_record`),
+    marked; and its latest tune runs (newest first, :func:`pipelines.tuning.tuning_runs`),
     promoted or not: a run that kept the champion registers no version."""
-    from pipelines.tuning import summarize_record  # tuning pulls in the detectors: only when the page is asked for
+    from pipelines.tuning import tuning_runs  # tuning pulls in the detectors: only when the page is asked for
 
     registry = _registry(job)
     out = []
@@ -633,7 +633,7 @@ def models(job: JobConfig) -> list[dict[str, Any]]:
                     "reason": decision.get("reason"),
                 }
             )
-        tuning = [summarize_record(record) for record in reversed(registry.tuning_history(job.name, series)[-TUNING_RUNS:])]
+        tuning = [run for entry in tuning_runs(job, series, TUNING_RUNS) for run in entry["runs"]]
         out.append({"series": series, "champion": champion_version, "versions": versions, "tuning": tuning})
     return out
 

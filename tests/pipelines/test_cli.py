@@ -52,6 +52,28 @@ def test_train_and_predict_from_the_shell(project, capsys):
     assert pd.read_parquet(published["parquet_paths"][0]).shape[0] == published["rows"]
 
 
+def test_tuning_lists_each_series_runs_after_tune(project, capsys):
+    # Before any tune run: an empty list, and stderr says how to get one.
+    assert main(["tuning", "demo_web_metrics"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [] and "run `anomaly-pipelines tune demo_web_metrics`" in err
+    assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
+    capsys.readouterr()
+    assert main(["tune", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
+    tuned = {r["series"]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(["tuning", "demo_web_metrics"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [entry["series"] for entry in listed] == sorted(tuned)
+    for entry in listed:
+        [run] = entry["runs"]
+        result = tuned[entry["series"]]
+        assert run["reason"] == result["reason"] and run["promoted"] == result["promoted"]
+        assert run["best"]["kind"] == result["kind"] and run["best"]["params"] == result["params"]
+        assert [s["stretch"] for s in run["stretches"]] == [s["stretch"] for s in result["stretches"]]
+    assert main(["tuning", "demo_web_metrics", "--series", "region=eu", "--limit", "1"]) == 0
+    assert [entry["series"] for entry in json.loads(capsys.readouterr().out)] == ["region=eu"]
+
+
 def test_errors_exit_2_with_the_message(project, capsys):
     assert main(["predict", "demo_web_metrics", "--start", "2024-03-03T00:00:00Z", "--end", "2024-03-04T00:00:00Z"]) == 2
     err = capsys.readouterr().err
