@@ -173,9 +173,12 @@ class ModelRegistry:
         self._write_json(self._url(job, series, TUNING, name), document, f"tuning record of job {job!r}, series {series!r}")
         return name
 
-    def tuning_history(self, job: str, series: str) -> list[dict[str, Any]]:
-        """Every recorded tune run of the series, oldest first."""
+    def tuning_history(self, job: str, series: str, newest: int | None = None) -> list[dict[str, Any]]:
+        """Every recorded tune run of the series, oldest first; with ``newest``, only the last that
+        many (only those are read)."""
         folder = self._url(job, series, TUNING)
         # Dot files are temporary files of interrupted writes.
         names = sorted(n for n in storage.find(folder, self.storage_options) if n.endswith(".json") and not n.startswith("."))
+        if newest is not None:
+            names = names[len(names) - newest :] if newest > 0 else []
         return [json.loads(storage.read_bytes(storage.join(folder, n), self.storage_options)) for n in names]

@@ -550,8 +550,7 @@ def tuning_runs(job: JobConfig, series: str | None = None, limit: int = 10) -> l
     registry = registry_for(job)
     out = []
     for key in registry.series(job.name) if series is None else [series]:
-        records = registry.tuning_history(job.name, key)[::-1][:limit]
+        records = registry.tuning_history(job.name, key, newest=limit)[::-1]
         if records:
             out.append({"series": key, "runs": [summarize_record(record) for record in records]})
     return out
-

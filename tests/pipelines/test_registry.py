@@ -130,3 +130,12 @@ def test_tuned_params_round_trip(registry: ModelRegistry) -> None:
     tuned = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "tuned.json")
     document = json.loads(storage.read_bytes(tuned, registry.storage_options))
     assert document["report"] == {"best_score": 0.95}
+
+
+def test_tuning_history_reads_oldest_first_or_only_the_newest(registry: ModelRegistry) -> None:
+    for number in range(4):
+        registry.record_tuning("sales", SERIES, {"run": number})
+    assert [r["run"] for r in registry.tuning_history("sales", SERIES)] == [0, 1, 2, 3]
+    assert [r["run"] for r in registry.tuning_history("sales", SERIES, newest=2)] == [2, 3]
+    assert [r["run"] for r in registry.tuning_history("sales", SERIES, newest=10)] == [0, 1, 2, 3]
+    assert registry.tuning_history("sales", SERIES, newest=0) == []
