@@ -199,6 +199,12 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-pipelines", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -271,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     tuning = commands.add_parser("tuning", help="list a job's tune runs as JSON: best trial, promoted or not and why, per series")
     tuning.add_argument("job", help=JOB_HELP)
     tuning.add_argument("--series", help="only this series")
-    tuning.add_argument("--limit", type=int, default=10, help="most runs per series, newest first (default 10)")
+    tuning.add_argument("--limit", type=_positive, default=10, help="most runs per series, newest first (default 10)")
     tuning.set_defaults(func=cmd_tuning)
 
     labels_import = commands.add_parser("labels-import", help="store the labels of a CSV or JSON file of known anomalies")

@@ -72,6 +72,9 @@ def test_tuning_lists_each_series_runs_after_tune(project, capsys):
         assert [s["stretch"] for s in run["stretches"]] == [s["stretch"] for s in result["stretches"]]
     assert main(["tuning", "demo_web_metrics", "--series", "region=eu", "--limit", "1"]) == 0
     assert [entry["series"] for entry in json.loads(capsys.readouterr().out)] == ["region=eu"]
+    with pytest.raises(SystemExit) as exited:
+        main(["tuning", "demo_web_metrics", "--limit", "0"])
+    assert exited.value.code == 2 and "'0' is not a whole number of at least 1" in capsys.readouterr().err
 
 
 def test_errors_exit_2_with_the_message(project, capsys):
