@@ -178,6 +178,17 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipelines.training import champion_models
+
+    job = find_job(args.job)
+    champions = champion_models(job, args.series)
+    if not champions:
+        print(f"job {job.name} has no trained model yet: run `anomaly-pipelines train {job.name}` (or {job.name}__train)", file=sys.stderr)
+    _print_json(champions if args.full else [{k: v for k, v in c.items() if k != "metadata"} for c in champions])
+    return 0
+
+
 def cmd_tuning(args: argparse.Namespace) -> int:
     from pipelines.tuning import tuning_runs
 
@@ -273,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--start", help="only labels ending at or after this time (ISO 8601 with offset)")
     labels.add_argument("--end", help="only labels starting at or before this time")
     labels.set_defaults(func=cmd_labels)
+
+    models = commands.add_parser(
+        "models", help="list a job's serving models as JSON: version, training, threshold, metrics; for auto, the detector chosen and why"
+    )
+    models.add_argument("job", help=JOB_HELP)
+    models.add_argument("--series", help="only this series")
+    models.add_argument("--full", action="store_true", help="add each model's whole metadata.json")
+    models.set_defaults(func=cmd_models)
 
     tuning = commands.add_parser("tuning", help="list a job's tune runs as JSON: best trial, promoted or not and why, per series")
     tuning.add_argument("job", help=JOB_HELP)

@@ -74,6 +74,48 @@ def load_champion(job: JobConfig, series: str) -> tuple[ModelVersion, BaseDetect
     return champion, load_detector(champion.metadata["model"], files)
 
 
+def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str, Any]]:
+    """Each series' serving model from its metadata: version, training window and rows,
+    parameters, threshold, metrics, why it was promoted, and for ``auto`` the detector it chose
+    and why (``chosen``, ``choice_reason``); ``metadata`` is the whole metadata.json. Series
+    without a champion are left out. What ``GET .../model`` and ``anomaly-pipelines models`` show.
+
+    Raises :class:`ModelError` naming the series that have models when ``series`` has none.
+    """
+    registry = registry_for(job)
+    keys = registry.series(job.name)
+    if series is not None:
+        if series not in keys:
+            raise ModelError(f"job {job.name} has no model for series {series!r}; series with models: {', '.join(keys) or 'none'}")
+        keys = [series]
+    out = []
+    for key in keys:
+        version = registry.champion(job.name, key)
+        if version is None:
+            continue
+        meta = version.metadata
+        detector = meta.get("detector") or {}
+        out.append(
+            {
+                "series": key,
+                "version": version.version,
+                "trained_at": meta.get("trained_at"),
+                "model": meta.get("model"),
+                "chosen": detector.get("chosen"),
+                "choice_reason": detector.get("reason") if "chosen" in detector else None,
+                "training_window": meta.get("training_window"),
+                "rows": meta.get("rows"),
+                "decision": meta.get("decision"),
+                "params": meta.get("params") or {},
+                "threshold": meta.get("threshold"),
+                "metrics": meta.get("metrics") or {},
+                "features": meta.get("features") or list(job.features),
+                "metadata": meta,
+            }
+        )
+    return out
+
+
 def holdout_error(detector: BaseDetector, holdout: pd.DataFrame, history: pd.DataFrame, scale: np.ndarray) -> float:
     """Mean absolute error of the expected values on ``holdout``, in units of each feature's scale."""
     detection = detector.detect(holdout, history=history)

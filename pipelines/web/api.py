@@ -185,46 +185,20 @@ SeriesQuery = Annotated[
 
 @router.get(
     "/jobs/{job}/model",
-    summary="The job's champion models: version, training time, parameters, metrics",
+    summary="The job's champion models: version, training time, parameters, metrics; for auto, the detector chosen and why",
     response_model=ModelInfo,
     responses={**_AUTH_ERRORS},
 )
 def model(job: JobName, user: CurrentUser, series: SeriesQuery = None) -> ModelInfo:
     """Champion metadata per series, like OCI's model information."""
-    from pipelines.training import registry_for
+    from pipelines.errors import ModelError
+    from pipelines.training import champion_models
 
     config = _authorized_job(user, job, "GET")
-    registry = registry_for(config)
-    keys = registry.series(job)
-    if series is not None:
-        if series not in keys:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                detail=f"job {job} has no model for series {series!r}; series with models: {', '.join(keys) or 'none'}",
-            )
-        keys = [series]
-    champions = []
-    for key in keys:
-        version = registry.champion(job, key)
-        if version is None:
-            continue
-        meta = version.metadata
-        champions.append(
-            ChampionInfo(
-                series=key,
-                version=version.version,
-                trained_at=meta.get("trained_at"),
-                model=meta.get("model"),
-                training_window=meta.get("training_window"),
-                rows=meta.get("rows"),
-                decision=meta.get("decision"),
-                params=meta.get("params") or {},
-                threshold=meta.get("threshold"),
-                metrics=meta.get("metrics") or {},
-                features=meta.get("features") or config.features,
-                metadata=meta,
-            )
-        )
+    try:
+        champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, series)]
+    except ModelError as exc:  # a series without a model
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     if not champions:
         raise _none_yet(job, "champion model", series, "train")
     return ModelInfo(job=job, model=config.model.kind, features=config.features, dimensions=config.dimensions, champions=champions)

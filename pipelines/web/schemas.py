@@ -84,6 +84,8 @@ class ChampionInfo(BaseModel):
     version: str
     trained_at: str | None
     model: str | None
+    chosen: str | None = Field(None, description="For model 'auto': the detector it chose for this series.")
+    choice_reason: str | None = Field(None, description="For model 'auto': why it chose that detector.")
     training_window: dict[str, str] | None = Field(description="The [start, end) the version was trained on.")
     rows: int | None = Field(description="Training rows.")
     params: dict[str, Any]

@@ -52,6 +52,26 @@ def test_train_and_predict_from_the_shell(project, capsys):
     assert pd.read_parquet(published["parquet_paths"][0]).shape[0] == published["rows"]
 
 
+def test_models_lists_each_series_serving_model(project, capsys):
+    assert main(["models", "demo_web_metrics"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [] and "run `anomaly-pipelines train demo_web_metrics`" in err
+    assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
+    trained = {r["series"]: r["version"] for r in json.loads(capsys.readouterr().out)}
+
+    assert main(["models", "demo_web_metrics"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {m["series"]: m["version"] for m in listed} == trained
+    for model in listed:
+        assert model["model"] == "seasonal_mad" and model["chosen"] is None and "metadata" not in model
+        assert model["decision"] == {"promoted": True, "reason": "no champion yet"} and model["rows"] == 28 * 24
+    assert main(["models", "demo_web_metrics", "--series", "region=eu", "--full"]) == 0
+    [full] = json.loads(capsys.readouterr().out)
+    assert full["version"] == trained["region=eu"] and full["metadata"]["version"] == trained["region=eu"]
+    assert main(["models", "demo_web_metrics", "--series", "region=mars"]) == 2
+    assert "series with models: region=apac, region=eu, region=us" in capsys.readouterr().err
+
+
 def test_tuning_lists_each_series_runs_after_tune(project, capsys):
     # Before any tune run: an empty list, and stderr says how to get one.
     assert main(["tuning", "demo_web_metrics"]) == 0

@@ -119,3 +119,32 @@ def test_a_failed_training_registers_nothing(tmp_path: Path) -> None:
     registry = registry_for(job)
     assert [v.version for v in registry.versions(job.name, "all")] == [first.version]
     assert registry.champion(job.name, "all").version == first.version
+
+
+def test_champion_models_say_what_auto_chose_and_why(tmp_path: Path) -> None:
+    from pipelines.training import champion_models
+
+    job = make_job(tmp_path, "auto", candidates=["seasonal_mad", "level_shift"], prefer=None)
+    assert champion_models(job) == []  # nothing trained yet
+    trained = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+
+    [champion] = champion_models(job)
+    version = registry_for(job).champion(job.name, "all")
+    assert champion["series"] == "all" and champion["version"] == trained.version == version.version
+    assert champion["model"] == "auto" and champion["chosen"] in ("seasonal_mad", "level_shift")
+    assert champion["chosen"] == version.metadata["detector"]["chosen"]
+    assert champion["choice_reason"] == version.metadata["detector"]["reason"] and champion["chosen"] in champion["choice_reason"]
+    assert champion["decision"] == {"promoted": True, "reason": "no champion yet"}
+    assert champion["rows"] == 24 * DAYS and champion["metadata"] == version.metadata
+
+    with pytest.raises(ModelError, match=r"job trained has no model for series 'b=1'; series with models: all"):
+        champion_models(job, "b=1")
+
+
+def test_champion_models_of_a_single_detector_have_no_choice(tmp_path: Path) -> None:
+    from pipelines.training import champion_models
+
+    job = make_job(tmp_path, season="1d")
+    train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    [champion] = champion_models(job, "all")
+    assert champion["model"] == "seasonal_mad" and champion["chosen"] is None and champion["choice_reason"] is None

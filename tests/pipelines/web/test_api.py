@@ -172,6 +172,7 @@ def test_model_describes_each_champion(client, headers):
         assert champion["trained_at"] and champion["params"]["level_window"] == 24
         assert champion["metrics"] and champion["features"] == ["requests", "latency_ms"]
         assert champion["model"] == "seasonal_mad" and champion["decision"] == {"promoted": True, "reason": "no champion yet"}
+        assert champion["chosen"] is None and champion["choice_reason"] is None  # only auto chooses
         assert champion["training_window"] == {"start": "2024-02-02T00:00:00+00:00", "end": "2024-03-01T00:00:00+00:00"}
         assert champion["rows"] == 28 * 24  # hourly, 2024-02-02 .. 2024-03-01
 
