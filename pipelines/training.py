@@ -74,6 +74,15 @@ def load_champion(job: JobConfig, series: str) -> tuple[ModelVersion, BaseDetect
     return champion, load_detector(champion.metadata["model"], files)
 
 
+def model_choice(metadata: dict[str, Any]) -> dict[str, str | None]:
+    """For a version of ``model: auto``, the detector it chose and why (``chosen``,
+    ``choice_reason``, from its ``detector`` summary); both None for any other kind."""
+    detector = metadata.get("detector") or {}
+    if "chosen" not in detector:
+        return {"chosen": None, "choice_reason": None}
+    return {"chosen": detector["chosen"], "choice_reason": detector.get("reason")}
+
+
 def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str, Any]]:
     """Each series' serving model from its metadata: version, training window and rows,
     parameters, threshold, metrics, why it was promoted, and for ``auto`` the detector it chose
@@ -94,15 +103,13 @@ def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str,
         if version is None:
             continue
         meta = version.metadata
-        detector = meta.get("detector") or {}
         out.append(
             {
                 "series": key,
                 "version": version.version,
                 "trained_at": meta.get("trained_at"),
                 "model": meta.get("model"),
-                "chosen": detector.get("chosen"),
-                "choice_reason": detector.get("reason") if "chosen" in detector else None,
+                **model_choice(meta),
                 "training_window": meta.get("training_window"),
                 "rows": meta.get("rows"),
                 "decision": meta.get("decision"),

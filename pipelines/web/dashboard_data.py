@@ -608,6 +608,7 @@ def models(job: JobConfig) -> list[dict[str, Any]]:
     """Per series: every complete model version (newest first) with its metrics, the champion
     marked; and its latest tune runs (newest first, :func:`pipelines.tuning.tuning_runs`),
     promoted or not: a run that kept the champion registers no version."""
+    from pipelines.training import model_choice
     from pipelines.tuning import tuning_runs  # tuning pulls in the detectors: only when the page is asked for
 
     registry = _registry(job)
@@ -623,6 +624,8 @@ def models(job: JobConfig) -> list[dict[str, Any]]:
                 {
                     "version": version.version,
                     "champion": version.version == champion_version,
+                    "model": meta.get("model"),
+                    **model_choice(meta),
                     "trained_at": meta.get("trained_at"),
                     "training_window": meta.get("training_window"),
                     "rows": meta.get("rows"),

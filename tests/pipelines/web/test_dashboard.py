@@ -154,6 +154,33 @@ def test_models_page_shows_each_tune_run_and_its_decision(client, headers, tuned
         assert run["run_id"] == "tune-web" and run["best"]["kind"] == tuned[entry["series"]]["kind"]
 
 
+def test_models_page_says_what_auto_chose_and_why(client, headers, web_project):
+    import html
+
+    import yaml
+
+    from pipelines.runner import run_train
+    from pipelines.workspace import Window, to_utc
+    from tests.pipelines.web.conftest import TRAIN_END, TRAIN_START
+
+    spec = yaml.safe_load((web_project / "config" / "jobs" / "demo_web_metrics.yaml").read_text())
+    spec.update(name="demo_web_auto", model={"kind": "auto", "params": {"candidates": ["seasonal_mad", "level_shift"], "prefer": None}})
+    (web_project / "config" / "jobs" / "demo_web_auto.yaml").write_text(yaml.safe_dump(spec))
+    job = get_job("demo_web_auto")
+    run_train(job, Window(to_utc(TRAIN_START), to_utc(TRAIN_END)), run_id="auto-train")
+
+    page = client.get(f"{D}/jobs/demo_web_auto/models", headers=headers).text
+    champions = {entry["series"]: entry for entry in client.get(f"{D}/data/jobs/demo_web_auto/models", headers=headers).json()["series"]}
+    assert sorted(champions) == ["region=apac", "region=eu", "region=us"]
+    for entry in champions.values():
+        [version] = entry["versions"]
+        assert version["model"] == "auto" and version["chosen"] in ("seasonal_mad", "level_shift")
+        assert f'data-chosen="{version["chosen"]}"' in page and html.escape(version["choice_reason"]) in page
+    # demo_web_metrics is a single detector: its page names the kind and no choice.
+    plain = client.get(f"{D}/jobs/demo_web_metrics/models", headers=headers).text
+    assert "data-chosen=" not in plain and plain.count('<span class="mono">seasonal_mad</span>') == 3
+
+
 def test_validation_page_explains_the_failure(dash):
     page = dash.get(f"{D}/jobs/demo_web_metrics/validation").text
     assert 'data-success="false"' in page and "expect_table_row_count_to_be_between" in page and "observed 6" in page
