@@ -74,19 +74,33 @@ def load_champion(job: JobConfig, series: str) -> tuple[ModelVersion, BaseDetect
     return champion, load_detector(champion.metadata["model"], files)
 
 
-def model_choice(metadata: dict[str, Any]) -> dict[str, str | None]:
-    """For a version of ``model: auto``, the detector it chose and why (``chosen``,
-    ``choice_reason``, from its ``detector`` summary); both None for any other kind."""
-    detector = metadata.get("detector") or {}
-    if "chosen" not in detector:
-        return {"chosen": None, "choice_reason": None}
-    return {"chosen": detector["chosen"], "choice_reason": detector.get("reason")}
+def version_summary(version: ModelVersion) -> dict[str, Any]:
+    """What a registered version is, from its metadata: version, training time, window and rows,
+    kind, parameters, threshold, metrics, the promotion decision, and for ``model: auto`` the
+    detector it chose and why (``chosen``, ``choice_reason``; both None for any other kind). What
+    ``GET .../model``, ``anomaly-pipelines models`` and the dashboard's Models tab show of a version."""
+    meta = version.metadata
+    detector = meta.get("detector") or {}
+    chosen = "chosen" in detector
+    return {
+        "version": version.version,
+        "trained_at": meta.get("trained_at"),
+        "model": meta.get("model"),
+        "chosen": detector["chosen"] if chosen else None,
+        "choice_reason": detector.get("reason") if chosen else None,
+        "training_window": meta.get("training_window"),
+        "rows": meta.get("rows"),
+        "decision": meta.get("decision"),
+        "params": meta.get("params") or {},
+        "threshold": meta.get("threshold"),
+        "metrics": meta.get("metrics") or {},
+    }
 
 
 def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str, Any]]:
     """Each series' serving model from its metadata: version, training window and rows,
     parameters, threshold, metrics, why it was promoted, and for ``auto`` the detector it chose
-    and why (``chosen``, ``choice_reason``); ``metadata`` is the whole metadata.json. Series
+    and why (:func:`version_summary`); ``metadata`` is the whole metadata.json. Series
     without a champion are left out. What ``GET .../model`` and ``anomaly-pipelines models`` show.
 
     Raises :class:`ModelError` naming the series that have models when ``series`` has none.
@@ -104,21 +118,7 @@ def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str,
             continue
         meta = version.metadata
         out.append(
-            {
-                "series": key,
-                "version": version.version,
-                "trained_at": meta.get("trained_at"),
-                "model": meta.get("model"),
-                **model_choice(meta),
-                "training_window": meta.get("training_window"),
-                "rows": meta.get("rows"),
-                "decision": meta.get("decision"),
-                "params": meta.get("params") or {},
-                "threshold": meta.get("threshold"),
-                "metrics": meta.get("metrics") or {},
-                "features": meta.get("features") or list(job.features),
-                "metadata": meta,
-            }
+            {"series": key, **version_summary(version), "features": meta.get("features") or list(job.features), "metadata": meta}
         )
     return out
 

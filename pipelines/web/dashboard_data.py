@@ -608,7 +608,7 @@ def models(job: JobConfig) -> list[dict[str, Any]]:
     """Per series: every complete model version (newest first) with its metrics, the champion
     marked; and its latest tune runs (newest first, :func:`pipelines.tuning.tuning_runs`),
     promoted or not: a run that kept the champion registers no version."""
-    from pipelines.training import model_choice
+    from pipelines.training import version_summary
     from pipelines.tuning import tuning_runs  # tuning pulls in the detectors: only when the page is asked for
 
     registry = _registry(job)
@@ -618,20 +618,13 @@ def models(job: JobConfig) -> list[dict[str, Any]]:
         champion_version = champion.version if champion else None
         versions = []
         for version in reversed(registry.versions(job.name, series)):
-            meta = version.metadata
-            decision = meta.get("decision") or {}
+            summary = version_summary(version)
+            decision = summary.pop("decision") or {}
             versions.append(
                 {
-                    "version": version.version,
+                    **summary,
                     "champion": version.version == champion_version,
-                    "model": meta.get("model"),
-                    **model_choice(meta),
-                    "trained_at": meta.get("trained_at"),
-                    "training_window": meta.get("training_window"),
-                    "rows": meta.get("rows"),
-                    "params": meta.get("params"),
-                    "threshold": meta.get("threshold"),
-                    "metrics": {k: _number(v) for k, v in (meta.get("metrics") or {}).items()},
+                    "metrics": {k: _number(v) for k, v in summary["metrics"].items()},
                     "promoted": decision.get("promoted"),
                     "reason": decision.get("reason"),
                 }
