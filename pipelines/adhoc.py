@@ -8,10 +8,15 @@ has ``timestamp`` empty and a ``row`` column instead.
 from __future__ import annotations
 
 import io
+from functools import partial
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
 
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
@@ -31,10 +36,37 @@ def _read(job: JobConfig, path: str, option: str) -> pd.DataFrame:
     frame = FileReader(reader_job, path_hint=f"Check the {option} path.").read(None, None)
     if job.timestamp == _ROW_CLOCK:
         frame[_ROW_CLOCK] = pd.to_datetime(np.arange(len(frame)), unit="s", utc=True)
-    report = validate_batch(frame, job)
+    report = validate_batch(frame, job, missing_column_hint=partial(_missing_column_hint, job, path))
     if not report.success:
         raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())
     return prepare(frame, job)
+
+
+def _missing_column_hint(job: JobConfig, path: str, column: str) -> str:
+    """A column the file lacks was typed on the command line, not in a job file: which option
+    named it and, when the header can be read, which columns the file has."""
+    found = _columns_of(path)
+    option = "--timestamp" if column == job.timestamp else "--dimensions" if column in job.dimensions else "--features"
+    listed = f" ({', '.join(found)})" if found else ""
+    return f"the file has no such column: check {option} against its columns{listed}"
+
+
+def _columns_of(path: str) -> list[str] | None:
+    """The column names of one csv, jsonl or parquet file, read from its header or schema;
+    None for a folder, another format or an unreadable file (the hint then lists nothing)."""
+    suffix = PurePosixPath(path).suffix.lower()
+    try:
+        fs, name = url_to_fs(path)
+        with fs.open(name, "rb") as handle:
+            if suffix == ".csv":
+                return [str(column) for column in pd.read_csv(handle, nrows=0, encoding="utf-8-sig").columns]
+            if suffix == ".jsonl":
+                return [str(column) for column in pd.read_json(handle, lines=True, nrows=1).columns]
+            if suffix == ".parquet":
+                return list(pq.read_schema(handle).names)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    return None
 
 
 def _series(

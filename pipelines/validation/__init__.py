@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,17 +36,20 @@ def validate_batch(
     *,
     window: tuple[datetime | None, datetime | None] = (None, None),
     suite_path: str | None = None,
+    missing_column_hint: Callable[[str], str] | None = None,
 ) -> ValidationReport:
     """Check the raw ``frame`` of ``job`` for ``window``; failing data gives a failed report.
 
     ``suite_path`` is the job's suite file, already resolved; a missing or invalid file raises
-    :class:`~pipelines.errors.ConfigError`.
+    :class:`~pipelines.errors.ConfigError`. ``missing_column_hint`` (see
+    :func:`~pipelines.validation.report.build_report`) is for callers whose columns were not
+    named in a job file.
     """
     batch = prepare_batch(frame, job)
     result = _run(batch, build_suite(batch, job, suite_path))
     bounds = (window[0].isoformat() if window[0] else None, window[1].isoformat() if window[1] else None)
     keys = batch[[name for name in (job.timestamp, *job.dimensions) if name in batch.columns]]
-    report = build_report(result, job=job.name, rows=len(batch), window=bounds, keys=keys)
+    report = build_report(result, job=job.name, rows=len(batch), window=bounds, keys=keys, missing_column_hint=missing_column_hint)
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
 

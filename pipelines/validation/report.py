@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -120,15 +121,21 @@ def build_report(
     rows: int,
     window: tuple[str | None, str | None],
     keys: pd.DataFrame | None = None,
+    missing_column_hint: Callable[[str], str] | None = None,
 ) -> ValidationReport:
     """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
-    numbered as GX numbered them) locate each sampled row in the source."""
+    numbered as GX numbered them) locate each sampled row in the source; ``missing_column_hint``
+    says, for a column the source lacks, what to check (by default the job file)."""
     checks = [CheckResult.from_gx(one) for one in result.results]
     located = keys is not None and not keys.empty
     for check in checks:
         if check.expectation == "expect_column_to_exist" and not check.success and not check.detail:
             # Sources read only the job's columns, so the batch cannot list the source's own.
-            check.detail = "the source gave no such column: check its spelling in the job file against the source"
+            check.detail = (
+                missing_column_hint(check.column or "")
+                if missing_column_hint
+                else "the source gave no such column: check its spelling in the job file against the source"
+            )
         if located:
             check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
     return ValidationReport(

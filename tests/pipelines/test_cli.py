@@ -222,3 +222,18 @@ def test_detect_names_the_option_whose_file_is_missing(files, missing, capsys):
     assert f"{files / 'nope.csv'}" in err and f"no such file or folder. Check the {missing} path." in err
     assert "job file" not in err
     assert not (files / "never.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "column"),
+    [("--features", "a,c", "c"), ("--timestamp", "time", "time")],
+)
+def test_detect_names_the_option_whose_column_the_file_lacks(files, option, value, column, capsys):
+    given = {"--timestamp": "ts", "--features": "a", option: value}
+    args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv")]
+    args += [part for pair in given.items() for part in pair]
+    assert main([*args, "--output", str(files / "never.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"expect_column_to_exist on {column}, the file has no such column: check {option} against its columns (ts, a, b)" in err
+    assert "job file" not in err
+    assert not (files / "never.parquet").exists()
