@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 ALL_SERIES = "all"
 
+# A dimension value may hold the key's own separators ("Paris, FR", "a=b"): they are
+# percent-encoded, so every key parses back to the values it was made of and two groups never
+# share a key. Values without ",", "=" or "%" keep their plain form (keys already stored stay valid).
+_ESCAPES = (("%", "%25"), (",", "%2C"), ("=", "%3D"))
+
+
+def _escaped(text: object) -> str:
+    text = str(text)
+    for char, code in _ESCAPES:
+        text = text.replace(char, code)
+    return text
+
 
 def series_key(dimensions: Sequence[str], values: Sequence[object] | Mapping[str, object]) -> str:
-    """``"region=eu,host=a"`` for a dimension group, ``"all"`` when the job has no dimensions."""
+    """``"region=eu,host=a"`` for a dimension group, ``"all"`` when the job has no dimensions;
+    ``,``, ``=`` and ``%`` inside names and values are percent-encoded."""
     if not dimensions:
         return ALL_SERIES
     if isinstance(values, Mapping):
         values = [values[d] for d in dimensions]
-    return ",".join(f"{d}={v}" for d, v in zip(dimensions, values, strict=True))
+    return ",".join(f"{_escaped(d)}={_escaped(v)}" for d, v in zip(dimensions, values, strict=True))
 
 
 def parse_series_key(key: str, dimensions: Sequence[str]) -> dict[str, str]:
     """Inverse of :func:`series_key` (values come back as strings)."""
     if not dimensions:
         return {}
-    parts = dict(part.split("=", 1) for part in key.split(","))
+    parts = {}
+    for part in key.split(","):
+        name, _, value = part.partition("=")
+        parts[unquote(name)] = unquote(value)
     return {d: parts[d] for d in dimensions}
 
 

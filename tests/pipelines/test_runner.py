@@ -7,6 +7,7 @@ outputs, and leave the serving models as they were.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -253,3 +254,22 @@ def test_tune_writes_params_that_the_next_training_uses(project):
         champion = registry.champion(job.name, result["series"])
         assert champion.metadata["tuned_params"] == tuned
         assert champion.metadata["params"]["level_window"] == tuned["level_window"]
+
+
+def test_dimension_values_holding_the_key_separators_train_and_score(project):
+    # "," and "=" separate a series key's parts: a value holding them must still name one
+    # series that parses back to its own value when scored.
+    odd = "eu, 50% west=1"
+    frame = pd.read_csv(project / "data" / "demo" / "web_metrics.csv", dtype=object)
+    frame["region"] = frame["region"].replace({"eu": odd})
+    frame.to_csv(project / "odd.csv", index=False)
+    suite = project / "config" / "expectations" / "demo_web_metrics.json"
+    suite.write_text(suite.read_text().replace('"eu"', json.dumps(odd)))
+    job = load_job_file(_write_job(project, "demo_web_metrics", source={"kind": "file", "path": str(project / "odd.csv")}))
+    trained = run_train(job, TRAIN, run_id="train-odd")
+    assert sorted(t["series"] for t in trained) == ["region=apac", "region=eu%2C 50%25 west%3D1", "region=us"]
+    for attempt in ("predict-odd-1", "predict-odd-2"):
+        run_predict(job, DAY, run_id=attempt)
+    out = pd.read_parquet(project / "var" / "outputs" / f"job={job.name}")
+    assert len(out) == 3 * 24 * 2  # the second run replaced the first's rows
+    assert dict(zip(out["series"], out["region"])) == {"region=apac": "apac", "region=eu%2C 50%25 west%3D1": odd, "region=us": "us"}

@@ -1,0 +1,43 @@
+"""Series keys: one per dimension group, parsed back to the group's values."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.series import ALL_SERIES, parse_series_key, series_key, series_slug
+
+
+def test_a_job_without_dimensions_has_one_series():
+    assert series_key([], []) == ALL_SERIES
+    assert parse_series_key(ALL_SERIES, []) == {}
+
+
+def test_plain_values_keep_their_readable_key():
+    assert series_key(["region", "host"], ["eu", "a-1"]) == "region=eu,host=a-1"
+    assert series_key(["region"], {"region": "eu"}) == "region=eu"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ("Paris, FR", "h1"),
+        ("eu,host=h9", "h1"),
+        ("100%", "%2C"),
+        ("=", ","),
+        ("", "x y/ü"),
+    ],
+)
+def test_keys_parse_back_to_the_values_they_were_made_of(values):
+    dimensions = ["region", "host"]
+    key = series_key(dimensions, values)
+    assert parse_series_key(key, dimensions) == dict(zip(dimensions, values, strict=True))
+
+
+def test_groups_holding_the_separators_never_share_a_key():
+    # Unescaped, both were "a=x,b=y,b=z".
+    assert series_key(["a", "b"], ["x,b=y", "z"]) != series_key(["a", "b"], ["x", "y,b=z"])
+
+
+def test_slugs_of_escaped_keys_stay_distinct():
+    keys = {series_key(["city"], [value]) for value in ("Paris, FR", "Paris%2C FR", "Paris,FR")}
+    assert len(keys) == 3 and len({series_slug(key) for key in keys}) == 3
