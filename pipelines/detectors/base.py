@@ -7,7 +7,7 @@ import io
 import json
 import logging
 from abc import ABCMeta, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -33,8 +33,9 @@ class Detection:
     and ``features``.
 
     ``score`` and ``feature_score`` are calibrated to [0, 1] (higher = more anomalous) and are 0
-    where ``values`` is missing; ``lower`` and ``upper`` are where the score of a feature would
-    reach the detector's threshold.
+    where ``values`` is missing; an infinite value scores 1 and is an anomaly (see
+    :class:`BaseDetector`); ``lower`` and ``upper`` are where the score of a feature would reach
+    the detector's threshold.
     """
 
     index: pd.Index
@@ -114,6 +115,17 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
     ``threshold_kind`` and ``threshold_value`` as keyword-only ``__init__`` arguments, store
     them unchanged, and implement ``_fit``, ``_detect``, ``_state`` and ``_restore``.
 
+    Infinite values (+inf or -inf) follow one rule for every detector, applied here so that no
+    ``_fit`` or ``_detect`` ever sees one: numeric libraries (scikit-learn, Prophet, torch) refuse
+    them or turn them into NaN statistics, while an overflowing sensor or a division by zero
+    upstream is just what people want flagged. In :meth:`fit` an infinite value is not a
+    measurement: it is treated as missing, and a feature with no finite training value is refused
+    like one with no value at all. In :meth:`detect` it is beyond anything seen: the detector
+    scores the rows (and history) with it missing, then that cell gets ``feature_score`` 1, its
+    row ``score`` 1 and ``is_anomaly`` True (every feature of the row with a value, for a detector
+    that scores whole rows), whatever the threshold; ``values`` keeps the infinity, and
+    ``expected``, ``lower`` and ``upper`` stay what the detector estimated from the other values.
+
     Attributes
     ----------
     threshold_ : float
@@ -163,9 +175,13 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         X = _check_frame(X, "X")
         if X.columns.empty:
             raise ModelError(f"{type(self).__name__}: X has no feature columns; pass at least one")
-        empty = [str(c) for c in X.columns if X[c].isna().all()]
+        X, _ = _without_infinities(X)
+        empty = [str(c) for c, seen in zip(X.columns, np.isfinite(X.to_numpy()).any(axis=0).tolist(), strict=True) if not seen]
         if empty:
-            raise ModelError(f"{type(self).__name__}: features {empty} have no values in the training rows")
+            raise ModelError(
+                f"{type(self).__name__}: features {empty} have no values in the training rows (each one is "
+                "missing or infinite); fix them at the source, or leave them out of the job's features"
+            )
         self.time_indexed_ = isinstance(X.index, pd.DatetimeIndex)
         self.warm_started_ = warm_start is not None and self.can_warm_start_from(warm_start, list(X.columns))
         if self.warm_started_:
@@ -260,7 +276,8 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
 
         ``history`` holds rows right before ``X`` (only the last :attr:`lookback_` are used) so
         that windowed statistics at the start of ``X`` match those of one longer call; without
-        it the first rows use what exists. The model is not changed.
+        it the first rows use what exists. The model is not changed. An infinite value is an
+        anomaly of score 1 (see :class:`BaseDetector`).
         """
         check_is_fitted(self)
         X = self._check_features(_check_frame(X, "X"), "X")
@@ -271,9 +288,12 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
                     f"history must end before the first scored row ({X.index[0]}), but it reaches "
                     f"{history.index[-1]}; pass only earlier rows as history"
                 )
+            history, _ = _without_infinities(history)
         else:
             history = None  # not an empty frame: slicing one costs more than the checks above
-        return self._detect(X, history)
+        finite_X, infinite = _without_infinities(X)
+        detection = self._detect(finite_X, history)
+        return detection if infinite is None else _flag_infinite(detection, X.to_numpy(), infinite)
 
     def _check_features(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
         expected = [str(c) for c in self.feature_names_in_]
@@ -381,6 +401,35 @@ def _json_scalar(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _without_infinities(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``frame`` with its infinite values missing, and where they were (None when nowhere: the
+    frame is then returned as it is, without a copy)."""
+    infinite = np.isinf(frame.to_numpy())
+    if not infinite.any():
+        return frame, None
+    return frame.mask(infinite), infinite
+
+
+def _flag_infinite(detection: Detection, values: np.ndarray, infinite: np.ndarray) -> Detection:
+    """``detection``, made from the rows with their infinite values missing, with those values
+    put back as anomalies of score 1 (the rule in :class:`BaseDetector`)."""
+    feature_score = np.where(infinite, 1.0, detection.feature_score)
+    if detection.feature_score is detection.score:  # scored cell by cell (make_detection keeps them one array)
+        score, flagged = feature_score, infinite
+    else:
+        # One score per row, repeated over the row's features except where a value is missing:
+        # the whole row is anomalous, as for any other row the detector flags.
+        flagged = infinite.any(axis=1, keepdims=True) & ~np.isnan(values)
+        score = np.where(flagged, 1.0, detection.score)
+    return replace(
+        detection,
+        values=np.where(infinite, values, detection.values),
+        score=score,
+        feature_score=feature_score,
+        is_anomaly=detection.is_anomaly | flagged,
+    )
 
 
 def _column_dtypes(frame: pd.DataFrame) -> list[Any]:

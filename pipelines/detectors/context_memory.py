@@ -198,9 +198,13 @@ class ContextMemory:
     def from_arrays(cls, arrays: dict[str, np.ndarray], max_left_facts: int, max_active: int) -> Self:
         memory = cls(max_left_facts, max_active)
         for name, side in (("left", _LEFT), ("right", _RIGHT)):
-            ends = np.cumsum(arrays[f"{name}_sizes"])
+            sizes = arrays[f"{name}_sizes"]
+            ends = np.cumsum(sizes)
             flat = arrays[f"{name}_facts"].tolist()
-            for start, end in zip(np.r_[0, ends[:-1]].tolist(), ends.tolist(), strict=True):
+            # Starts from the ends and sizes, not by shifting the ends: a memory that has not made
+            # a context yet (one value learned) has no semi-contexts, and a shift would leave a
+            # start with no end.
+            for start, end in zip((ends - sizes).tolist(), ends.tolist(), strict=True):
                 memory._semi_context(side, tuple(flat[start:end]))
         # Contexts come back in id order, so every left side lists its children in the order
         # they were made, as during learning.

@@ -373,3 +373,16 @@ def test_a_model_saved_asking_for_its_training_rows_of_history_asks_for_every_ro
         old.detect(late, history=pd.concat([train, test.iloc[:120]])).score,
         fitted.detect(test, history=train).score[120:],
     )
+
+
+def test_a_feature_with_one_training_value_round_trips_through_files(series) -> None:
+    # Its memory made no context from a single value: loading it must still give the same model.
+    train, test = series
+    sparse = train.copy()
+    sparse.iloc[1:, 0] = np.nan
+    fitted = ContextDetector().fit(sparse)
+    restored = ContextDetector.from_files(fitted.to_files())
+    before, after = fitted.detect(test, history=sparse), restored.detect(test, history=sparse)
+    assert before.score[:, 0].max() == 1.0  # the feature is scored, not skipped: its values are all new
+    for name in ("expected", "lower", "upper", "score", "feature_score", "is_anomaly"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)

@@ -60,3 +60,14 @@ def test_arrays_rebuild_a_memory_that_steps_identically() -> None:
     rebuilt = ContextMemory.from_arrays(arrays, max_left_facts=5, max_active=4)
     more = [CYCLE[i % 4] if i % 7 else {5, 9} for i in range(50)]
     assert [memory.step(s) for s in more] == [rebuilt.step(s) for s in more]
+
+
+def test_arrays_rebuild_a_memory_that_has_made_no_context_yet() -> None:
+    # After one step (a feature with a single value in its training rows) nothing is remembered
+    # but the left group the next step starts from.
+    memory = ContextMemory()
+    memory.step(CYCLE[0])
+    arrays = memory.to_arrays()
+    assert arrays["left_sizes"].size == 0 and arrays["right_sizes"].size == 0 and len(arrays["contexts"]) == 0
+    rebuilt = ContextMemory.from_arrays(arrays, max_left_facts=7, max_active=15)
+    assert [memory.step(s) for s in CYCLE * 3] == [rebuilt.step(s) for s in CYCLE * 3]

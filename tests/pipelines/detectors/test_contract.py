@@ -371,12 +371,65 @@ def test_no_rows_to_score(kind: str, data) -> None:
         (pd.DataFrame({"a": ["x", "y"]}), r"non-numeric feature columns \['a'\]"),
         (pd.DataFrame({"a": [1.0, 2.0]}, index=["p", "q"]), "indexed by UTC timestamps or row numbers"),
         (pd.DataFrame({"a": [np.nan] * 30}), r"features \['a'\] have no values"),
+        # Infinities are no measurements: a feature with nothing else is as empty (and named).
+        (pd.DataFrame({"a": np.arange(30.0), "b": [np.inf, -np.inf, np.nan] * 10}), r"features \['b'\] have no values .*missing or infinite"),
     ],
 )
 @pytest.mark.parametrize("kind", KINDS)
 def test_unusable_input_is_refused(kind: str, frame: pd.DataFrame, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         make_detector(kind, {}).fit(frame)
+
+
+def _skip_without_package(kind: str) -> None:
+    if kind in ("lstm", "prophet"):
+        pytest.importorskip("torch" if kind == "lstm" else "prophet")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_infinite_training_values_are_treated_as_missing(kind: str, data) -> None:
+    _skip_without_package(kind)
+    train, test = data
+    infinite, missing = train.copy(), train.copy()
+    infinite.iloc[5, 0], infinite.iloc[300, 1] = np.inf, -np.inf
+    missing.iloc[5, 0], missing.iloc[300, 1] = np.nan, np.nan
+    # The same model as with those values missing (fits are seeded): nothing learned from them.
+    assert_same_detection(fitted(kind, infinite).detect(test, history=infinite), fitted(kind, missing).detect(test, history=missing))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_infinite_value_is_an_anomaly_of_score_one(kind: str, data) -> None:
+    _skip_without_package(kind)
+    train, test = data
+    detector = fitted(kind, train)
+    cells = [(10, 0), (30, 1)]
+    infinite, missing = test.copy(), test.copy()
+    for (row, column), value in zip(cells, (np.inf, -np.inf), strict=True):
+        infinite.iloc[row, column], missing.iloc[row, column] = value, np.nan
+    # An infinity in the history is not scored; the rows after it see it as missing.
+    history_infinite, history_missing = train.copy(), train.copy()
+    history_infinite.iloc[-2, 0], history_missing.iloc[-2, 0] = np.inf, np.nan
+    flagged = detector.detect(infinite, history=history_infinite)
+    reference = detector.detect(missing, history=history_missing)  # what the detector made of the other values
+
+    np.testing.assert_array_equal(flagged.values, infinite.to_numpy())
+    for name in ("expected", "lower", "upper"):
+        np.testing.assert_array_equal(getattr(flagged, name), getattr(reference, name), err_msg=name)
+    rows = [row for row, _ in cells]
+    others = np.setdiff1d(np.arange(len(test)), rows)
+    for name in ("score", "feature_score", "is_anomaly"):
+        np.testing.assert_array_equal(getattr(flagged, name)[others], getattr(reference, name)[others], err_msg=name)
+    row_scores = reference.feature_score is not reference.score  # one score per row (iforest, mset)
+    for row, column in cells:
+        other = 1 - column
+        assert flagged.feature_score[row, column] == 1.0 and flagged.score[row, column] == 1.0
+        assert flagged.is_anomaly[row, column]
+        assert flagged.feature_score[row, other] == reference.feature_score[row, other]
+        if row_scores:  # the row is the anomaly, as for any row such a detector flags
+            assert flagged.score[row, other] == 1.0 and flagged.is_anomaly[row, other]
+        else:
+            assert flagged.score[row, other] == reference.score[row, other]
+            assert flagged.is_anomaly[row, other] == reference.is_anomaly[row, other]
 
 
 def test_validating_job_files_does_not_import_the_detectors() -> None:
