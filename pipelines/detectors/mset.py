@@ -152,7 +152,10 @@ class MSETDetector(BaseDetector):
         self.drift_, self.variance_ratio_ = params.drift, params.variance_ratio
         self.lookback_ = params.sprt_window + self.lags_
         self._fold_rows = -(-len(X) // _CALIBRATION_FOLDS)
-        self._require_rows(X, max(_MIN_TRAINING_ROWS, 4 * (self.lags_ + 1)), "a few states beyond its lags")
+        # The first ``lags_`` rows only give the lags of the rows after them: they make no state.
+        self._require_rows(
+            X, max(_MIN_TRAINING_ROWS + self.lags_, 4 * (self.lags_ + 1)), f"{_MIN_TRAINING_ROWS} states after its {self.lags_} lags"
+        )
 
         states = self._states(values)
         complete = np.flatnonzero(~np.isnan(states).any(axis=1))

@@ -110,6 +110,14 @@ def test_a_lone_signal_is_estimated_from_its_own_past() -> None:
     assert flagged[[40, 100]].all() and flagged.mean() <= 0.05
 
 
+def test_a_lone_signal_needs_its_lags_on_top_of_the_fewest_rows() -> None:
+    # The first 3 rows only give lags: 32 rows make 29 states, and the error says so (it blamed gaps).
+    frame = plant(33, seed=4, signals=1)
+    with pytest.raises(ModelError, match=r"needs at least 33 training rows \(30 states after its 3 lags\); got 32"):
+        MSETDetector().fit(frame.iloc[:32])
+    assert MSETDetector().fit(frame).memory_.shape[0] > 0
+
+
 def test_three_hundred_signals() -> None:
     rng = np.random.default_rng(0)
     rows, signals = 600, 300
