@@ -72,6 +72,8 @@ def build_suite(batch: pd.DataFrame, job: JobConfig, suite_path: str | None = No
         checks.append(gxe.ExpectColumnValuesToNotBeNull(column=timestamp))
         if not is_datetime64_any_dtype(batch[timestamp]):
             checks.append(gxe.ExpectColumnValuesToBeDateutilParseable(column=timestamp))
+    # A row without a dimension value belongs to no series: grouping would drop it unseen.
+    checks += [gxe.ExpectColumnValuesToNotBeNull(column=name) for name in job.dimensions if name in present]
     for name in job.features:
         if name not in present:
             continue

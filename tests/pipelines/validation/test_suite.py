@@ -67,6 +67,7 @@ def test_build_suite_checks_series_keys_and_parseability(make_job) -> None:
     )
     with_dimensions = _checks(build_suite(prepare_batch(frame, make_job()), make_job()))
     assert ("expect_compound_columns_to_be_unique", "timestamp,region") in with_dimensions
+    assert ("expect_column_values_to_not_be_null", "region") in with_dimensions
     # Datetime values need no parsing; text values do.
     assert ("expect_column_values_to_be_dateutil_parseable", "timestamp") not in with_dimensions
 

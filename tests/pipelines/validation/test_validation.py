@@ -180,6 +180,15 @@ def test_infinite_values_fail(make_job, clean_frame: pd.DataFrame) -> None:
     assert (check.sample_values, check.sample_rows) == (["inf", "-inf"], [1, 4])
 
 
+def test_a_row_without_its_dimension_value_fails(make_job, clean_frame: pd.DataFrame) -> None:
+    # It belongs to no series: grouping by the dimensions would have dropped it without a word.
+    frame = clean_frame.assign(region=clean_frame["region"].where(clean_frame.index != 2))
+    check = _only_failure(validate_batch(frame, make_job()))
+
+    assert (check.expectation, check.column) == ("expect_column_values_to_not_be_null", "region")
+    assert (check.unexpected_count, check.sample_rows) == (1, [2])
+
+
 def test_nullable_integer_features_pass(make_job, clean_frame: pd.DataFrame) -> None:
     frame = clean_frame.assign(requests=pd.array([1, 2, None, 4, 5, 6], dtype="Int64"))
     assert validate_batch(frame, make_job(validation={"max_null_fraction": 0.2})).success
