@@ -36,7 +36,7 @@ JOB = {
     "source": {"kind": "file", "path": "unused.parquet"},
     "timestamp": "ts",
     "frequency": "1h",
-    "dimensions": ["series"],
+    "dimensions": ["sensor"],
     "features": ["value"],
     "training_window": "120d",
     "schedules": {"train": None, "predict": None, "tune": None},
@@ -64,7 +64,7 @@ def _train_one(args: tuple[str, int, int, str]) -> float:
     data = series_frame(number, points)
     window = Window(data.index[0], data.index[-1] + pd.Timedelta("1h"))
     started = time.perf_counter()
-    train_series(job, f"series={number}", data, window, run_id="benchmark")
+    train_series(job, f"sensor={number}", data, window, run_id="benchmark")
     return time.perf_counter() - started
 
 

@@ -25,6 +25,7 @@ from pydantic import (
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.durations import parse_duration
 from pipelines.errors import ConfigError
+from pipelines.schema import OUTPUT_COLUMNS
 
 JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -565,6 +566,14 @@ class JobConfig(_Model):
         repeated = sorted({c for c in columns if columns.count(c) > 1})
         if repeated:
             raise ValueError(f"columns used twice among timestamp, dimensions and features: {repeated}")
+        # Dimension columns are copied into the output beside its own columns and the Parquet
+        # dataset's date partition: a clash trained, then failed every predict run's write.
+        taken = sorted(set(self.dimensions) & {*OUTPUT_COLUMNS, "date"})
+        if taken:
+            raise ValueError(
+                f"dimensions {taken} share their names with columns of the output ({', '.join([*OUTPUT_COLUMNS, 'date'])}); "
+                "rename them in the source (an alias in a SQL query, a header in a file)"
+            )
         if self.training_window < self.frequency * 2:
             raise ValueError("training_window must span at least two periods of frequency")
         return self

@@ -13,7 +13,7 @@ def test_each_series_is_trained_and_registered_as_a_mapped_task_would(tmp_path, 
     monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
     seconds = train_many._train_one(("seasonal_mad", 3, 400, str(tmp_path)))
     assert seconds > 0
-    champion = ModelRegistry(str(tmp_path / "models")).champion("train_many", "series=3")
+    champion = ModelRegistry(str(tmp_path / "models")).champion("train_many", "sensor=3")
     assert champion is not None and champion.metadata["rows"] == 400
 
 

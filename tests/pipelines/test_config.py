@@ -52,6 +52,7 @@ def test_defaults_and_durations():
         ({"features": []}, "features", "at least 1 item"),
         ({"name": "Web-Job"}, "name", "lower-case letter"),
         ({"dimensions": ["value"]}, "(top level)", "columns used twice"),
+        ({"dimensions": ["feature", "date"]}, "(top level)", "dimensions ['date', 'feature'] share their names with columns of the output"),
         ({"threshold": {"kind": "contamination", "value": 0.9}}, "threshold", "contamination must be in (0, 0.5]"),
         (
             {"source": {"kind": "sql", "connection": {"url": "sqlite://"}, "query": "SELECT * FROM t"}},
