@@ -4,14 +4,13 @@ column, how many values, some of them and the rows holding them; plus a JSON for
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
+
+from pipelines.json_values import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
@@ -50,7 +49,7 @@ class CheckResult:
         if error:
             detail = f"error: {error}"
         elif "observed_value" in outcome:
-            detail = f"observed {_json_safe(outcome['observed_value'])}"
+            detail = f"observed {json_safe(outcome['observed_value'])}"
         else:
             detail = None
         count = outcome.get("unexpected_count")
@@ -59,7 +58,7 @@ class CheckResult:
             column=column,
             success=bool(result.success),
             unexpected_count=None if count is None else int(count),
-            sample_values=_json_safe(list(outcome.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]),
+            sample_values=json_safe(list(outcome.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]),
             sample_rows=[int(row) for row in list(outcome.get("partial_unexpected_index_list") or [])[:SAMPLE_SIZE]],
             detail=detail,
         )
@@ -144,13 +143,13 @@ def build_report(
         checks=checks,
         rows=rows,
         window=window,
-        gx_result=_json_safe(result.to_json_dict()),
+        gx_result=json_safe(result.to_json_dict()),
     )
 
 
 def _where(keys: pd.DataFrame, row: int) -> str:
     """``column=value`` for each key column of ``row``, values as read (a missing one as null)."""
-    values = {name: _json_safe(value) for name, value in keys.iloc[row].items()}
+    values = {name: json_safe(value) for name, value in keys.iloc[row].items()}
     return ", ".join(f"{name}={'null' if value is None else value}" for name, value in values.items())
 
 
@@ -164,24 +163,3 @@ def _exception_message(info: dict[str, Any]) -> str | None:
         if isinstance(one, dict) and one.get("raised_exception")
     }
     return "; ".join(sorted(messages)) or None
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with only JSON types: missing values become null, infinities the strings "inf"/"-inf"."""
-    if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value)

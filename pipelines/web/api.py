@@ -115,7 +115,7 @@ def _authorized_job(user: BaseUser, name: str, method: JobAccess) -> JobConfig:
 def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
     """Synchronous detection (at most 30,000 data points = rows x features per call)."""
     from pipelines.errors import DataValidationError, ModelError
-    from pipelines.web.detect import detect_points, points_of
+    from pipelines.web.detect import TooManyPoints, detect_points, points_of
 
     config = _authorized_job(user, job, "POST")
     points = points_of(config, len(body.points))
@@ -131,6 +131,8 @@ def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
     run_id = f"api__{uuid.uuid4().hex[:16]}"
     try:
         detected = detect_points(config, body.points, run_id=run_id)
+    except TooManyPoints as exc:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=str(exc)) from exc
     except DataValidationError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from exc
     except ModelError as exc:
@@ -274,14 +276,24 @@ def _is_file(path: FilePath) -> bool:
 
 
 def _airflow_url(request: Request) -> str:
-    """Airflow's REST API root: $ANOMALY_PIPELINES_AIRFLOW_URL, else the server this request came through."""
+    """Airflow's REST API root: $ANOMALY_PIPELINES_AIRFLOW_URL, else Airflow's ``[api] base_url``,
+    else the api-server's own port on the loopback address.
+
+    Never the request's Host header: the caller chooses it, and the caller's token is sent to
+    this address (a forged Host sent the token to any server named there).
+    """
+    from airflow.configuration import conf
+
     from pipelines.web import URL_PREFIX
 
     if configured := os.environ.get(AIRFLOW_URL_ENV):
         return configured.rstrip("/")
-    # Mounted in the api-server, root_path is Airflow's own root followed by our mount point.
+    if base := conf.get("api", "base_url", fallback=None):
+        return base.rstrip("/")
+    # Mounted in the api-server, root_path is Airflow's own root followed by our mount point;
+    # it is set by the server, not by the request.
     root = request.scope.get("root_path", "").rstrip("/").removesuffix(URL_PREFIX)
-    return f"{request.url.scheme}://{request.url.netloc}{root}"
+    return f"http://127.0.0.1:{conf.getint('api', 'port', fallback=8080)}{root}"
 
 
 def _caller_token(request: Request) -> str:
@@ -309,12 +321,21 @@ async def _airflow(request: Request, method: str, path: str, *, json_body: dict[
             detail=f"cannot reach Airflow's REST API at {url} ({exc.__class__.__name__}); "
             f"check that the api-server runs, or set {AIRFLOW_URL_ENV}",
         ) from exc
-    if answer.is_success:
-        return answer.json()
     try:
-        detail = answer.json().get("detail", answer.text)
+        body = answer.json()
     except ValueError:
-        detail = answer.text
+        body = None
+    if answer.is_success:
+        if not isinstance(body, dict):
+            # e.g. a proxy's HTML login page in front of the api-server.
+            log.error("Airflow's REST API at %s answered %s %s with a body that is not a JSON object: %.200s", url, method, path, answer.text)
+            raise HTTPException(
+                status.HTTP_502_BAD_GATEWAY,
+                detail=f"{url} answered {answer.status_code} with something other than Airflow's JSON; "
+                f"set {AIRFLOW_URL_ENV} to the api-server's own address",
+            )
+        return body
+    detail = body.get("detail", answer.text) if isinstance(body, dict) else answer.text
     log.warning("Airflow answered %s %s with %d: %s", method, url, answer.status_code, detail)
     code = answer.status_code if answer.status_code in (401, 403, 404, 409) else status.HTTP_502_BAD_GATEWAY
     raise HTTPException(code, detail=f"Airflow refused {method} {path}: {detail}")
@@ -324,6 +345,11 @@ def _run_view(config: JobConfig, run: dict[str, Any], warning: str | None = None
     from pipelines.workspace import one_off_output
 
     conf = run.get("conf") or {}
+    missing = [key for key in ("dag_id", "dag_run_id") if key not in run] + ([] if "input" in conf else ["conf.input"])
+    if missing:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, detail=f"Airflow's answer about the run lacks {', '.join(missing)}: is {AIRFLOW_URL_ENV} Airflow's api-server?"
+        )
     return ScoreFileRun(
         job=config.name,
         dag_id=run["dag_id"],
@@ -364,7 +390,7 @@ async def score_file(job: JobName, body: ScoreFileRequest, request: Request, use
         conf["chunk_rows"] = body.chunk_rows
     dag_id = f"{job}__predict"
     run = await _airflow(request, "POST", f"/dags/{dag_id}/dagRuns", json_body={"logical_date": None, "conf": conf})
-    log.info("user %r started one-off scoring run %s of %s for %s", user.get_name(), run["dag_run_id"], dag_id, conf["input"])
+    log.info("user %r started one-off scoring run %s of %s for %s", user.get_name(), run.get("dag_run_id"), dag_id, conf["input"])
     dag = await _airflow(request, "GET", f"/dags/{dag_id}")
     warning = f"{dag_id} is paused: the run waits until it is unpaused" if dag.get("is_paused") else None
     return _run_view(config, run, warning)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -89,6 +91,14 @@ class _BodyLimit:
         await JSONResponse({"detail": self._detail()}, status_code=413)(scope, receive, send)
 
 
+async def _unprocessable(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's own handler echoes each refused value back; a NaN or an Infinity in the body
+    # (Python's JSON reader accepts both) then made the answer itself fail, a 500 for a 422.
+    from pipelines.json_values import json_safe  # pandas: not at import, which every Airflow process does
+
+    return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
 async def _login_redirect_or_error(request: Request, exc: HTTPException) -> Response:
     # A person opening a page without a session is sent to Airflow's login page and back;
     # API clients (no text/html in Accept, or an explicit Authorization header) get the 401.
@@ -120,6 +130,7 @@ def create_app() -> FastAPI:
     for router in _routers():
         app.include_router(router)
     app.add_exception_handler(HTTPException, _login_redirect_or_error)  # type: ignore[arg-type]  # Starlette types handlers loosely
+    app.add_exception_handler(RequestValidationError, _unprocessable)  # type: ignore[arg-type]
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.get(OPENAPI_PATH, include_in_schema=False, dependencies=[Depends(require_user)])

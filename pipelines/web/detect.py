@@ -22,11 +22,18 @@ from pipelines.scoring import labeled_frame
 from pipelines.sources.base import parse_timestamps
 from pipelines.training import load_champion
 from pipelines.validation import validate_batch
+from pipelines.web.schemas import MAX_DETECT_POINTS
 from pipelines.workspace import Window
 
 log = logging.getLogger(__name__)
 
 _SHOWN = 5  # rows or names quoted in an error message; the count says how many more there are
+#: Timestamps the scoring grid can hold (pandas' nanosecond range, in whole years).
+_EARLIEST, _LATEST = pd.Timestamp("1678-01-01", tz="UTC"), pd.Timestamp("2262-01-01", tz="UTC")
+
+
+class TooManyPoints(DataValidationError):
+    """The points' series, on the job's grid, hold more data points than one call may score."""
 
 
 def _listing(items: list[Any]) -> str:
@@ -83,7 +90,29 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
             f"e.g. {_listing([repr(values[row]) for row in rows])} in points {_listing(rows)}. "
             "Send text such as 2024-03-03T14:00:00Z (naive times are taken as UTC)."
         )
+    far = parsed.notna() & ((parsed < _EARLIEST) | (parsed >= _LATEST))
+    if far.any():
+        rows = list(values.index[far])
+        raise DataValidationError(
+            f"job {job.name}: column {job.timestamp!r}: {len(rows)} timestamps are out of range, "
+            f"e.g. {_listing([repr(values[row]) for row in rows])} in points {_listing(rows)}; use dates between 1678 and 2261."
+        )
     return parsed
+
+
+def _check_grid_size(job: JobConfig, groups: list[tuple[str, dict[str, str], pd.DataFrame]]) -> None:
+    """Each series is scored on the job's grid from its first point to its last: two points a
+    year apart are 8,760 hourly rows. The call's limit counts those rows, not the points sent."""
+    buckets = {key: int((rows.index.max() - rows.index.min()) // job.frequency) + 1 for key, _, rows in groups}
+    points = sum(buckets.values()) * len(job.features)
+    if points > MAX_DETECT_POINTS:
+        widest = max(buckets, key=buckets.__getitem__)
+        raise TooManyPoints(
+            f"job {job.name}: on the job's {job.frequency} grid the points span {sum(buckets.values()):,} rows x "
+            f"{len(job.features)} features = {points:,} data points (series {widest} alone {buckets[widest]:,} rows), "
+            f"more than the {MAX_DETECT_POINTS:,} one call may score. Send points closer together, or score the "
+            "whole file with a one-off scoring run (score-file)."
+        )
 
 
 @dataclass(frozen=True)
@@ -113,6 +142,7 @@ def detect_points(job: JobConfig, records: list[dict[str, Any]], *, run_id: str)
         )
     prepared = prepare(raw, job)
     groups = list(series_groups(prepared, job))
+    _check_grid_size(job, groups)
     champions = {key: load_champion(job, key) for key, _, _ in groups}
     untrained = [key for key, champion in champions.items() if champion is None]
     if untrained:

@@ -15,7 +15,10 @@ JOB_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"  # pipelines.config.JOB_NAME
 RUN_ID_PATTERN = r"^[A-Za-z0-9_.:+~-]{1,250}$"
 SERIES_PATTERN = r"^[^/\\\x00]{1,500}$"
 
-Scalar = StrictStr | StrictInt | StrictFloat | None
+#: Whole numbers a float64 column holds exactly enough (JSON has no limit: 10**400 parsed, then
+#: overflowed deep in the scoring as a 500).
+BoundedInt = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+Scalar = StrictStr | BoundedInt | StrictFloat | None
 
 
 class _Body(BaseModel):
@@ -173,7 +176,7 @@ class ScoreFileRun(BaseModel):
     warning: str | None = Field(None, description="Something the caller should know, e.g. the DAG is paused.")
 
 
-LabelValue = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+LabelValue = Annotated[StrictFloat, Field(allow_inf_nan=False)] | BoundedInt
 
 
 class LabelRequest(_Body):

@@ -1,34 +1,8 @@
 from __future__ import annotations
 
 import json
-import math
-from datetime import date
 
-import numpy as np
-import pandas as pd
-import pytest
-
-from pipelines.validation.report import CheckResult, ValidationReport, _json_safe
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (np.float64(math.inf), "inf"),
-        (-math.inf, "-inf"),
-        (math.nan, None),
-        (pd.NA, None),
-        (pd.NaT, None),
-        (np.int64(3), 3),
-        (np.bool_(True), True),
-        (pd.Timestamp("2024-01-01T05:00", tz="UTC"), "2024-01-01T05:00:00+00:00"),
-        (date(2024, 1, 2), "2024-01-02"),
-        ({"ts": np.datetime64("NaT"), 1: (1.5, None)}, {"ts": None, "1": [1.5, None]}),
-        (b"raw", "b'raw'"),
-    ],
-)
-def test_json_safe(value: object, expected: object) -> None:
-    assert _json_safe(value) == expected
+from pipelines.validation.report import CheckResult, ValidationReport
 
 
 def test_summary_lists_failed_checks_only() -> None:

@@ -320,3 +320,79 @@ def test_detect_puts_points_on_the_jobs_grid_like_predict(client, headers, spike
     results = pd.DataFrame(body["results"])
     bucket = results[(results["series"] == "region=eu") & (results["timestamp"] == "2024-03-03T14:00:00.000000Z")]
     assert bucket.set_index("feature")["value"]["requests"] == (original["requests"] + 1000) / 2
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("detect", '{"points": NaN}'),
+        ("detect", '{"points": [NaN]}'),
+        ("detect", '{"points": [{"timestamp": "2024-03-03T00:00:00Z", "region": "eu", "requests": 1' + "0" * 400 + ', "latency_ms": 1}]}'),
+        ("score-file", '{"input": "data/demo/web_metrics.csv", "extra": Infinity}'),
+        ("score-file", '{"input": "data/demo/web_metrics.csv", "chunk_rows": NaN}'),
+    ],
+)
+def test_refused_bodies_holding_non_finite_or_huge_numbers_are_422(client, headers, path, raw):
+    # FastAPI echoes refused values back, and JSON has no NaN: these answers were 500s.
+    answer = client.post(f"{BASE}/{path}", content=raw, headers={**headers, "Content-Type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"][0] == "body"
+
+
+def test_timestamps_outside_the_scoring_range_are_422_naming_the_points(client, headers, spike_points):
+    points = [*spike_points[:3], {**spike_points[3], "timestamp": "9999-12-31T23:59:59Z"}]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 422
+    assert "1 timestamps are out of range, e.g. '9999-12-31T23:59:59Z' in points 3; use dates between 1678 and 2261" in answer.json()["detail"]
+
+
+def test_points_far_apart_count_every_row_of_the_grid_between_them(client, headers):
+    # Two points four years apart are 35,065 hourly rows x 2 features once on the job's grid.
+    points = [
+        {"timestamp": when, "region": "eu", "requests": 500, "latency_ms": 100.0}
+        for when in ("2020-03-03T00:00:00Z", "2024-03-03T00:00:00Z")
+    ]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 413
+    assert "span 35,065 rows x 2 features = 70,130 data points (series region=eu alone 35,065 rows)" in answer.json()["detail"]
+
+
+def test_score_file_never_sends_the_token_to_the_host_the_request_names(monkeypatch):
+    from starlette.requests import Request
+
+    from pipelines.web.api import _airflow_url
+
+    monkeypatch.delenv("ANOMALY_PIPELINES_AIRFLOW_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
+    monkeypatch.setenv("AIRFLOW__API__PORT", "8123")
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [(b"host", b"attacker.example:80")],
+             "scheme": "http", "server": ("attacker.example", 80), "root_path": "/anomaly-pipelines", "query_string": b""}
+    assert _airflow_url(Request(scope)) == "http://127.0.0.1:8123"
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.internal/af/")
+    assert _airflow_url(Request(scope)) == "https://airflow.internal/af"
+
+
+def test_score_file_says_when_the_airflow_address_answers_something_else(client, headers, monkeypatch):
+    # e.g. a single-sign-on proxy's login page in front of the api-server: 502 naming the fix.
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class LoginPage(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>please log in</html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), LoginPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", f"http://127.0.0.1:{server.server_port}")
+        answer = client.post(f"{BASE}/score-file", json={"input": "data/demo/web_metrics.csv"}, headers=headers)
+    finally:
+        server.shutdown()
+    assert answer.status_code == 502
+    assert "answered 200 with something other than Airflow's JSON; set ANOMALY_PIPELINES_AIRFLOW_URL" in answer.json()["detail"]

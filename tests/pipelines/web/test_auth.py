@@ -118,3 +118,10 @@ def test_authorization_goes_through_the_auth_manager(mint):
     assert not is_job_authorized(viewer, "demo_web_metrics", "POST")
     assert is_job_authorized(op, "demo_web_metrics", "POST")
     assert not is_job_authorized(nobody, "demo_web_metrics", "GET")
+
+
+def test_a_token_with_a_role_the_auth_manager_does_not_know_is_403(client, mint):
+    # Signed by the server, for a role since removed from its configuration: refused, not a 500.
+    answer = client.get(MODEL, headers={"Authorization": f"Bearer {mint('nosuchrole')}"})
+    assert answer.status_code == 403
+    assert "may not read job 'demo_web_metrics'" in answer.json()["detail"]

@@ -1,0 +1,32 @@
+"""Values made fit for JSON: what the standard encoder refuses (NaN, infinities, NumPy and
+pandas scalars, dates) turned into JSON's own types."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with only JSON types: missing values become null, infinities the strings "inf"/"-inf"."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)

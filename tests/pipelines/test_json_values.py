@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.json_values import json_safe
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.float64(math.inf), "inf"),
+        (-math.inf, "-inf"),
+        (math.nan, None),
+        (pd.NA, None),
+        (pd.NaT, None),
+        (np.int64(3), 3),
+        (np.bool_(True), True),
+        (pd.Timestamp("2024-01-01T05:00", tz="UTC"), "2024-01-01T05:00:00+00:00"),
+        (date(2024, 1, 2), "2024-01-02"),
+        ({"ts": np.datetime64("NaT"), 1: (1.5, None)}, {"ts": None, "1": [1.5, None]}),
+        (b"raw", "b'raw'"),
+    ],
+)
+def testjson_safe(value: object, expected: object) -> None:
+    assert json_safe(value) == expected
