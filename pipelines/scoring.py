@@ -21,7 +21,7 @@ from pipelines import storage
 from pipelines.config import JobConfig, resolve_path
 from pipelines.db import engine_for
 from pipelines.detectors import BaseDetector
-from pipelines.errors import ModelError
+from pipelines.errors import ModelError, SinkError
 from pipelines.extraction import checked_batch, prepare, read_parquet, series_groups
 from pipelines.registry import ModelVersion
 from pipelines.schema import arrow_schema, conform
@@ -168,6 +168,11 @@ def _history_before(
 def publish(job: JobConfig, window: Window, scored_paths: list[str], *, output: str | None = None) -> PublishResult:
     """Write the staged scores of every series: Parquet dataset, SQL and BigQuery tables, replacing the window.
 
+    The outputs take the new rows together as far as they can: the SQL table commits only after
+    the Parquet files are written, so a failure of either leaves both as they were. A failure
+    after that (the table's commit, BigQuery) raises a SinkError naming the outputs that already
+    hold the new rows; rerunning the interval makes them all agree.
+
     With ``output`` (one-off scoring), the staged parts are streamed into that one Parquet file.
     """
     if output:
@@ -176,21 +181,37 @@ def publish(job: JobConfig, window: Window, scored_paths: list[str], *, output: 
     frame = conform(pd.concat(frames, ignore_index=True), job.dimensions) if frames else None
     if frame is None or frame.empty:
         raise ModelError(f"job {job.name}: nothing was scored in window {window}; no output written")
-    paths = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).write(
-        frame, job=job.name, dimensions=job.dimensions, start=window.start, end=window.end
-    )
+    window_args = {"job": job.name, "dimensions": job.dimensions, "start": window.start, "end": window.end}
+    root = resolve_path(job.outputs.parquet)
+    parquet = ParquetSink(root, job.outputs.storage_options)
+    # The outputs that hold the new rows, for an honest error if a later one fails.
+    replaced: list[str] = []
     table_name = None
-    if job.outputs.table:
-        table = job.outputs.table
-        SqlSink(engine_for(table.connection), table.name, table.db_schema).write(
-            frame, job=job.name, dimensions=job.dimensions, start=window.start, end=window.end
-        )
-        table_name = f"{table.db_schema + '.' if table.db_schema else ''}{table.name} ({table.connection.describe()})"
-    if job.outputs.bigquery:
-        BigQuerySink(job.outputs.bigquery).write(
-            frame, job=job.name, dimensions=job.dimensions, start=window.start, end=window.end
-        )
-        table_name = ", ".join(filter(None, [table_name, job.outputs.bigquery.describe()]))
+    try:
+        if job.outputs.table:
+            table = job.outputs.table
+            table_name = f"{table.db_schema + '.' if table.db_schema else ''}{table.name} ({table.connection.describe()})"
+            # The table's transaction commits after the Parquet files are written: a failed
+            # Parquet write rolls the table back, so both keep their previous rows.
+            with SqlSink(engine_for(table.connection), table.name, table.db_schema).replacing(frame, **window_args):
+                paths = parquet.write(frame, **window_args)
+                replaced.append(f"the Parquet dataset {root}")
+            replaced.append(f"table {table_name}")
+        else:
+            paths = parquet.write(frame, **window_args)
+            replaced.append(f"the Parquet dataset {root}")
+        if job.outputs.bigquery:
+            BigQuerySink(job.outputs.bigquery).write(frame, **window_args)
+            table_name = ", ".join(filter(None, [table_name, job.outputs.bigquery.describe()]))
+    except Exception as exc:
+        if not replaced:
+            raise
+        raise SinkError(
+            f"job {job.name}, window {window}: {exc}. The outputs disagree for this window: "
+            f"{' and '.join(replaced)} already {'hold' if len(replaced) > 1 else 'holds'} its new rows. Fix the cause, then rerun the interval "
+            "(an Airflow retry of publish does): every write replaces the window, so the rerun writes "
+            "the same rows into all outputs and adds no duplicates"
+        ) from exc
     log.info("job %s: published %d rows for window %s to %s%s", job.name, len(frame), window, ", ".join(paths), f" and {table_name}" if table_name else "")
     return _summary(frame, paths, table_name, window)
 

@@ -57,6 +57,20 @@ def atomic_copy(local_file: str, url: str, storage_options: dict[str, Any] | Non
         _replace_local(path, lambda handle: shutil.copyfileobj(source, handle, 16 * 1024 * 1024))
 
 
+def move(source: str, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Move the file at ``source`` onto ``url`` on the same file system, replacing what is there.
+
+    Readers see the old content or the new one: a rename locally (so ``source`` must be on the
+    same file system, e.g. in the same folder), a server-side copy on object stores.
+    """
+    fs, path = filesystem(url, storage_options)
+    _, source_path = filesystem(source, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        os.replace(source_path, path)
+        return
+    fs.mv(source_path, path)
+
+
 def _replace_local(path: str, write: Callable[[BinaryIO], object]) -> None:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)

@@ -4,12 +4,21 @@
 
 As hive partitioning expects, the ``job`` column lives in the folder name and not in the files,
 so that ``pd.read_parquet(root)``, DuckDB or Spark read the whole dataset without a type clash.
+
+A window may span several day files, and they change together: every new file is first written
+under a hidden temporary name next to its target (hive readers skip names starting with ``.``),
+then moved onto it; if anything fails before the last target is replaced, the targets already
+replaced get their old content back (kept in memory, since it was read anyway), so each day file
+holds all its old rows or all its new ones for the window.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,11 +27,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import schema, storage
+from pipelines.errors import SinkError
 from pipelines.sinks.base import as_output, checked_batch, utc
 
 log = logging.getLogger(__name__)
 
 PART = "part-0.parquet"
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What a write does to one day file: ``new`` is ``None`` to delete it, ``old`` when there was none."""
+
+    url: str
+    new: bytes | None
+    old: bytes | None
 
 
 class ParquetSink:
@@ -35,9 +54,11 @@ class ParquetSink:
     def _url(self, job: str, day: pd.Timestamp) -> str:
         return storage.join(self.root, f"job={job}", f"date={day:%Y-%m-%d}", PART)
 
+    def _frame(self, data: bytes, job: str) -> pd.DataFrame:
+        return pq.read_table(io.BytesIO(data)).to_pandas().assign(job=job)
+
     def _read(self, url: str, job: str) -> pd.DataFrame:
-        frame = pq.read_table(io.BytesIO(storage.read_bytes(url, self.storage_options))).to_pandas()
-        return frame.assign(job=job)
+        return self._frame(storage.read_bytes(url, self.storage_options), job)
 
     def write(
         self, frame: pd.DataFrame, *, job: str, dimensions: list[str], start: datetime, end: datetime
@@ -45,9 +66,10 @@ class ParquetSink:
         """Replace the rows of ``job`` in ``[start, end)`` by ``frame``; returns the files written.
 
         A day file is rewritten whole (old rows outside the window kept), and deleted when
-        nothing is left in it.
+        nothing is left in it. The day files change together (see the module docstring).
         """
         frame, start, end = checked_batch(frame, job=job, dimensions=dimensions, start=start, end=end)
+        where = f"job {job!r}, window [{start}, {end})"
         days = pd.date_range(start.normalize(), (end - pd.Timedelta(1, "us")).normalize(), freq="D")
         file_schema = schema.arrow_schema(dimensions)
         file_schema = file_schema.remove(file_schema.get_field_index("job"))
@@ -55,29 +77,96 @@ class ParquetSink:
         # rows × days.
         by_day = {day: rows for day, rows in frame.groupby(frame["timestamp"].dt.normalize(), sort=False)}
         empty = frame.iloc[:0]
-        written = []
+        changes = []
         for day in days:
             url = self._url(job, day)
             parts = [by_day.get(day, empty)]
-            if storage.exists(url, self.storage_options):
-                old = self._read(url, job)
-                # A job whose dimensions changed keeps its old rows, with the new columns empty.
-                old = schema.conform(old.reindex(columns=schema.output_columns(dimensions)), dimensions)
-                parts.append(old[(old["timestamp"] < start) | (old["timestamp"] >= end)])
-            elif parts[0].empty:
-                continue
-            rows = pd.concat(parts, ignore_index=True).sort_values(["series", "timestamp", "feature"])
-            if rows.empty:
-                storage.remove(url, self.storage_options)
-                log.info("removed %s: its only rows were in the replaced window", url)
-                continue
-            table = pa.Table.from_pandas(rows.drop(columns="job"), schema=file_schema, preserve_index=False)
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer)
-            storage.atomic_write(url, buffer.getvalue(), self.storage_options)
-            written.append(url)
+            try:
+                try:
+                    old_data = storage.read_bytes(url, self.storage_options)
+                except FileNotFoundError:
+                    old_data = None
+                if old_data is None and parts[0].empty:
+                    continue
+                if old_data is not None:
+                    old = self._frame(old_data, job)
+                    # A job whose dimensions changed keeps its old rows, with the new columns empty.
+                    old = schema.conform(old.reindex(columns=schema.output_columns(dimensions)), dimensions)
+                    parts.append(old[(old["timestamp"] < start) | (old["timestamp"] >= end)])
+                rows = pd.concat(parts, ignore_index=True).sort_values(["series", "timestamp", "feature"])
+                new_data = None
+                if not rows.empty:
+                    table = pa.Table.from_pandas(rows.drop(columns="job"), schema=file_schema, preserve_index=False)
+                    buffer = io.BytesIO()
+                    pq.write_table(table, buffer)
+                    new_data = buffer.getvalue()
+            except Exception as exc:
+                raise SinkError(
+                    f"{where}: could not read or rebuild {url}: {exc}; no file was changed. Fix or remove that "
+                    "file, then rerun: the write replaces the window, so a rerun adds no duplicates"
+                ) from exc
+            changes.append(_Change(url, new_data, old_data))
+        written = self._apply(changes, where)
         log.info("wrote %d rows of job %s for [%s, %s) to %d files", len(frame), job, start, end, len(written))
         return written
+
+    def _apply(self, changes: list[_Change], where: str) -> list[str]:
+        """Make every change or none: stage the new files, then replace the targets, undoing on failure."""
+        token = uuid.uuid4().hex[:12]
+        staged: dict[str, str] = {}
+        touched: list[_Change] = []
+        doing = ""
+        try:
+            for change in changes:
+                if change.new is not None:
+                    folder, _, name = change.url.rpartition("/")
+                    staged[change.url] = f"{folder}/.{name}.{token}.tmp"
+                    doing = f"writing {change.url} (as {staged[change.url]})"
+                    storage.atomic_write(staged[change.url], change.new, self.storage_options)
+            for change in changes:
+                # Counted before it is done: a move that fails half-way may have replaced the target.
+                touched.append(change)
+                if change.new is None:
+                    doing = f"removing {change.url}"
+                    storage.remove(change.url, self.storage_options)
+                else:
+                    doing = f"replacing {change.url}"
+                    storage.move(staged[change.url], change.url, self.storage_options)
+                    del staged[change.url]
+        except Exception as exc:
+            unrestored = self._undo(touched, staged)
+            if unrestored:
+                state = (
+                    f"could not restore {', '.join(unrestored)}, which may hold the new rows while other day files "
+                    "hold the old ones"
+                )
+            else:
+                state = "every day file of the window keeps its previous rows"
+            raise SinkError(
+                f"{where}: {doing} failed: {exc}; {state}. Fix the cause and rerun: the write replaces the "
+                "window, so a rerun adds no duplicates and makes all day files agree"
+            ) from exc
+        for change in changes:
+            if change.new is None:
+                log.info("removed %s: its only rows were in the replaced window", change.url)
+        return [change.url for change in changes if change.new is not None]
+
+    def _undo(self, touched: list[_Change], staged: dict[str, str]) -> list[str]:
+        """Put back the old content of the ``touched`` files and drop the ``staged`` ones; the files not restored."""
+        unrestored = []
+        for change in touched:
+            try:
+                if change.old is None:
+                    storage.remove(change.url, self.storage_options)
+                else:
+                    storage.atomic_write(change.url, change.old, self.storage_options)
+            except Exception as exc:
+                log.error("could not restore %s after a failed write: %s", change.url, exc)
+                unrestored.append(change.url)
+        for temporary in staged.values():
+            with contextlib.suppress(Exception):
+                storage.remove(temporary, self.storage_options)
+        return unrestored
 
     def read(self, *, job: str, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
         """Rows of ``job`` in ``[start, end)``, reading only the day files of that range."""

@@ -2,10 +2,17 @@
 
 Timestamps are stored as naive UTC ``DateTime``: SQLite has no time zones, and one convention
 for every database keeps the comparisons of the window identical everywhere.
+
+Two writes of the same job may overlap in time (a CLI ``predict`` during a scheduled publish, an
+Airflow retry while the first attempt still runs). Each deletes the window then inserts, so
+unless they take turns both inserts survive and every row is doubled: writers of one job on one
+table are serialized inside the write transaction (see :meth:`SqlSink._serialize`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator
 from datetime import datetime
@@ -24,6 +31,16 @@ BATCH_ROWS = 5_000
 
 _TYPES: dict[str, type[sa.types.TypeEngine[Any]]] = {"string": sa.Text, "double": sa.Double, "bool": sa.Boolean}
 _KEYS = ("job", "series", "timestamp", "feature")
+#: Dialects whose column names ignore case even when quoted: "Region" and "region" are one column
+#: there, so a job's dimension must not be added again in another case (ALTER TABLE would fail).
+#: PostgreSQL is not one of them: SQLAlchemy quotes any name with capitals, which keeps its case.
+_CASE_INSENSITIVE_COLUMNS = frozenset({"sqlite", "mysql", "mariadb", "mssql", "duckdb"})
+
+
+def _lock_key(*parts: str) -> int:
+    """A signed 64-bit key for ``pg_advisory_xact_lock``, the same in every process (unlike ``hash``)."""
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _column(name: str, kind: str) -> sa.Column[Any]:
@@ -95,27 +112,70 @@ class SqlSink:
     def _prepare(self, table: sa.Table, dimensions: list[str]) -> None:
         """Create the table, or add the dimension columns it lacks (other jobs have other dimensions)."""
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two first writes (of any jobs) would both see no table and both create it.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("prepare", self.name)})
             inspector = sa.inspect(conn)
             if not inspector.has_table(self.table, schema=self.db_schema):
                 table.create(conn)
                 log.info("created table %s", self.name)
                 return
             present = {column["name"] for column in inspector.get_columns(self.table, schema=self.db_schema)}
+            if conn.dialect.name in _CASE_INSENSITIVE_COLUMNS:
+                # The rows of a job with dimension "region" go into an existing column "Region".
+                present = {name.lower() for name in present}
+                missing = [d for d in dimensions if d.lower() not in present]
+            else:
+                missing = [d for d in dimensions if d not in present]
             quote = conn.dialect.identifier_preparer
             text_type = sa.Text().compile(dialect=conn.dialect)
-            for dim in (d for d in dimensions if d not in present):
+            for dim in missing:
                 conn.execute(
                     sa.text(f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(dim)} {text_type}")
                 )
                 log.info("added dimension column %s to table %s", dim, self.name)
 
+    def _serialize(self, conn: sa.Connection, job: str) -> None:
+        """Wait, inside the write transaction, until no other write of ``job`` to this table is open.
+
+        Needed on PostgreSQL: under READ COMMITTED a DELETE does not see the rows another open
+        transaction is inserting, so two overlapping writes would both keep their inserts. The
+        advisory lock is released with the transaction; writers of other jobs do not wait.
+        SQLite needs nothing: it allows one writer per database file, and the DELETE takes the
+        write lock that the transaction keeps until it ends (a second writer waits for it, up to
+        the driver's busy timeout). Other databases get no lock here; MySQL's InnoDB is expected
+        to serialize such writers by locking the window's index range in the DELETE (untested).
+        """
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("write", self.name, job)})
+
     def write(self, frame: pd.DataFrame, *, job: str, dimensions: list[str], start: datetime, end: datetime) -> int:
         """Replace the rows of ``job`` in ``[start, end)`` by ``frame``; returns the rows written."""
+        with self.replacing(frame, job=job, dimensions=dimensions, start=start, end=end) as rows:
+            return rows
+
+    @contextlib.contextmanager
+    def replacing(
+        self, frame: pd.DataFrame, *, job: str, dimensions: list[str], start: datetime, end: datetime
+    ) -> Iterator[int]:
+        """:meth:`write`, committed only when the ``with`` block ends without an error.
+
+        For writing another output in between: an error in the block rolls the table back, so
+        the table takes the new rows only if that output took them too. The table stays locked
+        for other writers of the job (on SQLite: of the database) while the block runs.
+        """
         frame, start, end = checked_batch(frame, job=job, dimensions=dimensions, start=start, end=end)
         table = self._definition(dimensions)
         try:
             self._prepare(table, dimensions)
-            with self.engine.begin() as conn:
+            conn = self.engine.connect()
+        except Exception as exc:
+            raise self._failure(exc, frame, job, start, end) from exc
+        # Closing the connection rolls back whatever was not committed.
+        with conn:
+            try:
+                transaction = conn.begin()
+                self._serialize(conn, job)
                 deleted = conn.execute(
                     sa.delete(table).where(
                         table.c.job == job, table.c.timestamp >= _naive(start), table.c.timestamp < _naive(end)
@@ -128,16 +188,28 @@ class SqlSink:
                 else:
                     for records in _records(frame):
                         conn.execute(sa.insert(table), records)
-        except Exception as exc:
-            raise SinkError(
-                f"could not write {len(frame)} rows of job {job!r} for [{start}, {end}) to table {self.name!r}: "
-                f"{getattr(exc, 'orig', None) or exc}; the window keeps its previous rows (rolled back). "
-                "Fix the cause and rerun: the write replaces the window, so a rerun adds no duplicates"
-            ) from exc
+            except Exception as exc:
+                raise self._failure(exc, frame, job, start, end) from exc
+            yield len(frame)
+            try:
+                transaction.commit()
+            except Exception as exc:
+                # SQLAlchemy counts the transaction as ended and would pool the connection as it
+                # is: still inside the transaction on SQLite, keeping the write lock and showing
+                # its rows to the next user. Discarding the connection rolls it back.
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
+                raise self._failure(exc, frame, job, start, end) from exc
         log.info(
             "replaced %d rows by %d of job %s for [%s, %s) in table %s", deleted, len(frame), job, start, end, self.name
         )
-        return len(frame)
+
+    def _failure(self, exc: Exception, frame: pd.DataFrame, job: str, start: pd.Timestamp, end: pd.Timestamp) -> SinkError:
+        return SinkError(
+            f"could not write {len(frame)} rows of job {job!r} for [{start}, {end}) to table {self.name!r}: "
+            f"{getattr(exc, 'orig', None) or exc}; the table keeps its previous rows of the window (rolled back). "
+            "Fix the cause and rerun: the write replaces the window, so a rerun adds no duplicates"
+        )
 
     def read(self, *, job: str, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
         """Rows of ``job`` in ``[start, end)`` with UTC-aware times, in the output schema."""

@@ -129,3 +129,80 @@ def test_naive_window_is_refused(tmp_path, make_frame) -> None:
         ParquetSink(str(tmp_path)).write(
             frame, job="sales", dimensions=[], start=datetime(2024, 1, 5), end=at("2024-01-06")
         )
+
+
+def failing_on_second_call(real, message: str):
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise OSError(message)
+        return real(*args, **kwargs)
+
+    return fake
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize(
+    "step, doing",
+    [("atomic_write", r"writing \S*date=2024-01-06/part-0.parquet \(as "), ("move", r"replacing \S*date=2024-01-06/part-0.parquet failed")],
+    ids=["staging", "replacing"],
+)
+def test_failure_on_a_later_day_file_leaves_every_day_file_old(
+    tmp_path, make_frame, monkeypatch, request, where, step, doing
+) -> None:
+    # The window spans two day files: the second one fails once the first is staged or replaced.
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        sink = ParquetSink(f"s3://{bucket}/outputs", options)
+    else:
+        sink = ParquetSink(str(tmp_path))
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05 12:00"), "end": at("2024-01-06 12:00")}
+    before = make_frame("sales", "2024-01-05", "2024-01-05 12:00", run="kept")
+    sink.write(before, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-05 12:00"))
+    old = make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="old")
+    sink.write(old, **window)
+    files = {url: storage.read_bytes(url, sink.storage_options) for url in sink.write(old, **window)}
+
+    monkeypatch.setattr(storage, step, failing_on_second_call(getattr(storage, step), "disk full"))
+    new = make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="new")
+    message = rf"job 'sales', window \[2024-01-05 12:00:00\+00:00, 2024-01-06 12:00:00\+00:00\): {doing}.*disk full; every day file of the window keeps its previous rows"
+    with pytest.raises(SinkError, match=message):
+        sink.write(new, **window)
+    monkeypatch.undo()
+
+    assert {url: storage.read_bytes(url, sink.storage_options) for url in files} == files
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(before, old))
+    # No staged file is left behind.
+    assert storage.find(sink.root, sink.storage_options) == [
+        "job=sales/date=2024-01-05/part-0.parquet",
+        "job=sales/date=2024-01-06/part-0.parquet",
+    ]
+
+
+def test_failed_write_removes_the_day_files_it_created(tmp_path, make_frame, monkeypatch) -> None:
+    sink = ParquetSink(str(tmp_path))
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05 12:00"), "end": at("2024-01-06 12:00")}
+    monkeypatch.setattr(storage, "move", failing_on_second_call(storage.move, "network error"))
+    with pytest.raises(SinkError, match=r"network error; every day file of the window keeps its previous rows"):
+        sink.write(make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00"), **window)
+    assert storage.find(str(tmp_path)) == []
+
+
+def test_unrestorable_file_is_named(tmp_path, make_frame, monkeypatch) -> None:
+    sink = ParquetSink(str(tmp_path))
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05 12:00"), "end": at("2024-01-06 12:00")}
+    sink.write(make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="old"), **window)
+    monkeypatch.setattr(storage, "move", failing_on_second_call(storage.move, "network error"))
+    real_write = storage.atomic_write
+
+    def no_restore(url, data, storage_options=None) -> None:
+        if not url.rpartition("/")[2].startswith("."):  # staging works, restoring the target does not
+            raise OSError("read-only file system")
+        real_write(url, data, storage_options)
+
+    monkeypatch.setattr(storage, "atomic_write", no_restore)
+    first = tmp_path / "job=sales" / "date=2024-01-05" / "part-0.parquet"
+    with pytest.raises(SinkError, match=rf"network error; could not restore {first}, .*rerun"):
+        sink.write(make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="new"), **window)

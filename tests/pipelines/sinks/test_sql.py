@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -143,3 +146,106 @@ def test_sqlite_fast_path_stores_what_sqlalchemy_would(tmp_path, make_frame) -> 
     stored = [pd.read_sql("SELECT * FROM t ORDER BY series, timestamp, feature", s.engine) for s in (fast, plain)]
     assert stored[0]["lower"].isna().all() and stored[0]["is_anomaly"].sum() > 0
     pd.testing.assert_frame_equal(stored[0], stored[1])
+
+
+@pytest.mark.postgres
+def test_overlapping_writes_of_one_window_leave_one_copy(postgres_url: str, make_frame) -> None:
+    # A CLI predict during a scheduled publish, or a retry while the first attempt still runs:
+    # writer B starts while writer A has deleted the window but not yet inserted.
+    table = f"anomalies_{uuid.uuid4().hex[:8]}"
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
+    engines = {name: sa.create_engine(postgres_url) for name in ("setup", "A", "B")}
+    SqlSink(engines["setup"], table).write(make_frame("sales", "2024-01-05", "2024-01-06", run="old"), **window)
+    a_between, b_in_transaction = threading.Event(), threading.Event()
+
+    def hold_a_before_its_insert(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("INSERT") and not a_between.is_set():
+            a_between.set()
+            # Long enough for B's next statement to reach the server (and, unfixed, its DELETE to run).
+            assert b_in_transaction.wait(timeout=30)
+            time.sleep(0.5)
+
+    def note_b(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith(("DELETE", "SELECT pg_advisory_xact_lock")):
+            b_in_transaction.set()
+
+    sa.event.listen(engines["A"], "before_cursor_execute", hold_a_before_its_insert)
+    sa.event.listen(engines["B"], "before_cursor_execute", note_b)
+
+    def write(name: str) -> int:
+        return SqlSink(engines[name], table).write(make_frame("sales", "2024-01-05", "2024-01-06", run=name), **window)
+
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(write, "A")
+            assert a_between.wait(timeout=30)
+            second = pool.submit(write, "B")
+            assert first.result(timeout=60) == second.result(timeout=60) == 8
+        rows = SqlSink(engines["setup"], table).read(job="sales")
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+
+    assert len(rows) == 8 and not rows.duplicated(["job", "series", "timestamp", "feature"]).any()
+    assert set(rows["run_id"]) == {"B"}  # B waited for A's commit, then replaced A's rows
+
+
+@pytest.mark.postgres
+def test_writes_of_other_jobs_do_not_wait(postgres_url: str, make_frame) -> None:
+    engine = sa.create_engine(postgres_url)
+    sink = SqlSink(engine, f"anomalies_{uuid.uuid4().hex[:8]}")
+    window = {"dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
+    try:
+        with sink.replacing(make_frame("sales", "2024-01-05", "2024-01-06"), job="sales", **window):
+            # Inside sales' open transaction: a write of costs (another connection) goes through.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                costs = make_frame("costs", "2024-01-05", "2024-01-06")
+                assert pool.submit(sink.write, costs, job="costs", **window).result(timeout=10) == 8
+        assert len(sink.read(job="sales")) == len(sink.read(job="costs")) == 8
+    finally:
+        engine.dispose()
+
+
+def test_error_inside_replacing_rolls_the_table_back(sink: SqlSink, make_frame) -> None:
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
+    old = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
+    sink.write(old, **window)
+    with pytest.raises(OSError, match="parquet failed"):
+        with sink.replacing(make_frame("sales", "2024-01-05", "2024-01-06", run="r2"), **window) as rows:
+            assert rows == 8
+            raise OSError("parquet failed")
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(old))
+
+
+@pytest.mark.parametrize("first, second", [("Region", "region"), ("region", "REGION")])
+def test_sqlite_dimension_differing_only_in_case_reuses_the_column(tmp_path, make_frame, first, second) -> None:
+    # SQLite column names ignore case: adding "region" next to "Region" failed every write.
+    sink = SqlSink(sa.create_engine(f"sqlite:///{tmp_path / 'out.db'}"), "anomalies")
+    window = {"start": at("2024-01-05"), "end": at("2024-01-06")}
+    costs = make_frame("costs", "2024-01-05", "2024-01-06", dimensions=(first,))
+    sales = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=(second,))
+    sink.write(costs, job="costs", dimensions=[first], **window)
+    assert sink.write(sales, job="sales", dimensions=[second], **window) == 16
+
+    assert [c["name"] for c in sa.inspect(sink.engine).get_columns("anomalies")][-1:] == [first]
+    pd.testing.assert_frame_equal(sink.read(job="costs"), expected(costs))
+    # The rows come back under the table's spelling of the column.
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(sales).rename(columns={second: first}))
+
+
+@pytest.mark.postgres
+def test_postgres_dimensions_differing_in_case_are_two_columns(postgres_url: str, make_frame) -> None:
+    # SQLAlchemy quotes a name with capitals, so PostgreSQL keeps "Region" apart from region.
+    engine = sa.create_engine(postgres_url)
+    sink = SqlSink(engine, f"anomalies_{uuid.uuid4().hex[:8]}")
+    window = {"start": at("2024-01-05"), "end": at("2024-01-06")}
+    costs = make_frame("costs", "2024-01-05", "2024-01-06", dimensions=("Region",))
+    sales = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+    try:
+        sink.write(costs, job="costs", dimensions=["Region"], **window)
+        sink.write(sales, job="sales", dimensions=["region"], **window)
+        assert [c["name"] for c in sa.inspect(engine).get_columns(sink.table)][-2:] == ["Region", "region"]
+        pd.testing.assert_frame_equal(sink.read(job="sales"), expected(sales))
+        pd.testing.assert_frame_equal(sink.read(job="costs"), expected(costs))
+    finally:
+        engine.dispose()

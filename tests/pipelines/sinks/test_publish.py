@@ -1,0 +1,142 @@
+"""publish() over several sinks: the outputs take a window's new rows together, or an error says
+which ones hold them (tests/pipelines/test_scoring.py does not exist; these test the sinks' use)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pipelines import scoring, storage
+from pipelines.config import JobConfig, parse_job
+from pipelines.db import engine_for
+from pipelines.errors import SinkError
+from pipelines.sinks import ParquetSink, SqlSink
+from pipelines.workspace import Window
+
+START, END = pd.Timestamp("2024-01-05", tz="UTC"), pd.Timestamp("2024-01-06", tz="UTC")
+
+
+def job_config(tmp_path: Path, *, bigquery: bool = False) -> JobConfig:
+    outputs = {"parquet": str(tmp_path / "out"), "table": {"connection": {"url": f"sqlite:///{tmp_path}/out.db"}, "name": "anomalies"}}
+    if bigquery:
+        outputs["bigquery"] = {"table": "proj.dataset.anomalies"}
+    return parse_job(
+        {
+            "name": "sales",
+            "source": {"kind": "file", "path": str(tmp_path / "in.csv")},
+            "timestamp": "ts",
+            "frequency": "6h",
+            "features": ["x", "y"],
+            "model": {"kind": "seasonal_mad"},
+            "outputs": outputs,
+        }
+    )
+
+
+def publish_run(job: JobConfig, tmp_path: Path, make_frame, run: str) -> scoring.PublishResult:
+    path = tmp_path / f"{run}.parquet"
+    make_frame("sales", "2024-01-05", "2024-01-06", run=run).to_parquet(path)
+    return scoring.publish(job, Window(START.to_pydatetime(), END.to_pydatetime()), [str(path)])
+
+
+def run_ids(job: JobConfig) -> tuple[set[str], set[str]]:
+    parquet = ParquetSink(job.outputs.parquet).read(job="sales")
+    table = SqlSink(engine_for(job.outputs.table.connection), "anomalies").read(job="sales")
+    assert len(parquet) == len(table) == 8
+    return set(parquet["run_id"]), set(table["run_id"])
+
+
+@pytest.fixture
+def listen(tmp_path: Path):
+    """Attach a listener to the job's (cached, shared) engine for the test only."""
+    attached = []
+
+    def attach(job: JobConfig, event: str, listener) -> None:
+        engine = engine_for(job.outputs.table.connection)
+        sa.event.listen(engine, event, listener)
+        attached.append((engine, event, listener))
+
+    yield attach
+    for engine, event, listener in attached:
+        sa.event.remove(engine, event, listener)
+
+
+def test_failed_table_insert_leaves_both_outputs_as_they_were(tmp_path, make_frame, listen) -> None:
+    job = job_config(tmp_path)
+    publish_run(job, tmp_path, make_frame, "old")
+
+    def lose_connection(conn, cursor, statement, *args) -> None:
+        if statement.startswith("INSERT"):
+            raise RuntimeError("db connection lost")
+
+    listen(job, "before_cursor_execute", lose_connection)
+    with pytest.raises(SinkError, match="db connection lost; the table keeps its previous rows") as caught:
+        publish_run(job, tmp_path, make_frame, "new")
+    assert "already hold" not in str(caught.value)
+    assert run_ids(job) == ({"old"}, {"old"})
+
+
+def test_failed_parquet_write_rolls_the_table_back(tmp_path, make_frame, monkeypatch) -> None:
+    job = job_config(tmp_path)
+    publish_run(job, tmp_path, make_frame, "old")
+
+    def disk_full(url, data, storage_options=None) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(storage, "atomic_write", disk_full)
+    with pytest.raises(SinkError, match=r"job 'sales'.*No space left on device") as caught:
+        publish_run(job, tmp_path, make_frame, "new")
+    assert "already hold" not in str(caught.value)
+    assert run_ids(job) == ({"old"}, {"old"})
+
+
+def test_failed_table_commit_says_the_parquet_dataset_holds_the_new_rows(tmp_path, make_frame, listen) -> None:
+    job = job_config(tmp_path)
+    publish_run(job, tmp_path, make_frame, "old")
+
+    inserted, refusing = [], [True]
+
+    def note_insert(conn, cursor, statement, *args) -> None:
+        inserted.append(statement.startswith("INSERT"))
+
+    def refuse_commit(conn) -> None:
+        if refusing and any(inserted):  # the write's commit, not that of creating the table
+            raise RuntimeError("server went away at commit")
+
+    listen(job, "before_cursor_execute", note_insert)
+    listen(job, "commit", refuse_commit)
+    with pytest.raises(SinkError) as caught:
+        publish_run(job, tmp_path, make_frame, "new")
+    message = str(caught.value)
+    assert "server went away at commit" in message
+    assert f"the Parquet dataset {tmp_path / 'out'} already holds its new rows" in message
+    assert "rerun the interval (an Airflow retry of publish does)" in message and "no duplicates" in message
+    assert run_ids(job) == ({"new"}, {"old"})
+
+    refusing.clear()
+    publish_run(job, tmp_path, make_frame, "retry")  # the retry the message asks for
+    assert run_ids(job) == ({"retry"}, {"retry"})
+
+
+def test_failed_bigquery_write_names_the_outputs_already_replaced(tmp_path, make_frame, monkeypatch) -> None:
+    job = job_config(tmp_path, bigquery=True)
+
+    class UnreachableBigQuery:
+        def __init__(self, output) -> None:
+            pass
+
+        def write(self, frame, **window) -> int:
+            raise SinkError("could not write 8 rows to bigquery table 'proj.dataset.anomalies': 503 unavailable")
+
+    monkeypatch.setattr(scoring, "BigQuerySink", UnreachableBigQuery)
+    with pytest.raises(SinkError) as caught:
+        publish_run(job, tmp_path, make_frame, "new")
+    message = str(caught.value)
+    assert message.startswith("job sales, window ")
+    assert "503 unavailable" in message
+    assert f"the Parquet dataset {tmp_path / 'out'} and table anomalies (" in message
+    assert "already hold its new rows" in message and "rerun the interval" in message
+    assert run_ids(job) == ({"new"}, {"new"})
