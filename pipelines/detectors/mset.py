@@ -167,11 +167,10 @@ class MSETDetector(BaseDetector):
         picked = _memory_rows(states[complete], params.memory_size)
         self.memory_ = states[complete][picked]
         memory_rows = complete[picked]
-        filled = _fill(states)
         self.bandwidth_ = (
-            float(params.bandwidth) if params.bandwidth != "auto" else self._choose_bandwidth(filled, memory_rows)
+            float(params.bandwidth) if params.bandwidth != "auto" else self._choose_bandwidth(states, memory_rows)
         )
-        estimates = self._estimate(filled, positions=np.arange(len(filled)), own=memory_rows)
+        estimates = self._estimate(states, positions=np.arange(len(states)), own=memory_rows)
         standard = self._standard(values)
         residuals = standard - estimates
         spread = np.nanmedian(np.abs(residuals - np.nanmedian(residuals, axis=0)), axis=0) * _MAD_TO_SIGMA
@@ -222,20 +221,44 @@ class MSETDetector(BaseDetector):
         estimates = np.empty((len(states), n_signals))
         memory_norms = (memory**2).sum(axis=1)
         block_rows = max(1, _BLOCK_ELEMENTS // max(len(memory), 1))
+        size = memory.shape[1]
         for start in range(0, len(states), block_rows):
             block = states[start : start + block_rows]
+            observed = ~np.isnan(block)
+            gaps = not observed.all()
             # Squared distances by expansion: no (rows x memory x columns) array is ever built.
-            total = np.maximum((block**2).sum(axis=1)[:, None] + memory_norms[None, :] - 2.0 * block @ memory.T, 0.0)
+            # A missing value (a signal that dropped out, a lag before the first row) leaves the
+            # distance rather than being filled in: a stale or median stand-in made the other
+            # signals' estimates wrong, and a dropped-out signal flagged the ones still reporting.
+            if gaps:
+                known = np.where(observed, block, 0.0)
+                total = (known**2).sum(axis=1)[:, None] + observed.astype(float) @ (memory**2).T - 2.0 * known @ memory.T
+            else:
+                total = (block**2).sum(axis=1)[:, None] + memory_norms[None, :] - 2.0 * block @ memory.T
+            total = np.maximum(total, 0.0)
             if own is not None and positions is not None:
                 same_fold = positions[start : start + block_rows, None] // self._fold_rows == own[None, :] // self._fold_rows
                 total = np.where(same_fold, np.inf, total)
             for i in range(n_signals):
                 # The state without signal i: its own term leaves the distance.
-                distance = total - (block[:, i, None] - memory[None, :, i]) ** 2
+                own_term = (block[:, i, None] - memory[None, :, i]) ** 2
+                if gaps:
+                    # Over fewer values a distance is smaller: scaled to a whole state's, so one
+                    # bandwidth serves every row.
+                    others = observed.sum(axis=1) - observed[:, i]
+                    own_term = np.where(observed[:, i, None], own_term, 0.0)
+                    distance = (total - own_term) * ((size - 1) / np.maximum(others, 1))[:, None]
+                else:
+                    others, distance = None, total - own_term
                 logits = -distance / (2.0 * self.bandwidth_**2)
                 logits -= logits.max(axis=1, keepdims=True)  # a state far from all memory still gets weights
                 weights = np.exp(logits)
-                estimates[start : start + len(block), i] = weights @ memory[:, i] / weights.sum(axis=1)
+                estimate = weights @ memory[:, i] / weights.sum(axis=1)
+                if others is not None:
+                    # Nothing else observed in the state: no estimate, so no evidence either way
+                    # (the memory's average is not an estimate of where this signal is now).
+                    estimate = np.where(others > 0, estimate, np.nan)
+                estimates[start : start + len(block), i] = estimate
         return estimates
 
     def _evidence(self, z: np.ndarray) -> np.ndarray:
@@ -253,10 +276,13 @@ class MSETDetector(BaseDetector):
         half_width = np.zeros(values.shape)
         feature_score = np.zeros(values.shape)
         if len(frame):
-            estimates = self._estimate(_fill(self._states(values)))
+            estimates = self._estimate(self._states(values))
             z = (self._standard(values) - estimates) / self.residual_scale_
             raw = self._evidence(z)
-            expected[:, self.kept_] = estimates * self.scale_[self.kept_] + self.center_[self.kept_]
+            # A signal with no other one observed has no estimate and gives no evidence; it is
+            # shown at its training median (0 in standard units), never as a gap in the output.
+            shown = np.where(np.isnan(estimates), 0.0, estimates)
+            expected[:, self.kept_] = shown * self.scale_[self.kept_] + self.center_[self.kept_]
             feature_score[:, self.kept_] = np.column_stack(
                 [c.transform(raw[:, j]) for j, c in enumerate(self.feature_calibrators_)]
             )
@@ -361,9 +387,3 @@ def _typical_spacing(memory: np.ndarray) -> float:
     nearest = np.sqrt(squared.min(axis=1))
     positive = nearest[np.isfinite(nearest) & (nearest > 0)]
     return float(np.median(positive)) if positive.size else 1.0
-
-
-def _fill(states: np.ndarray) -> np.ndarray:
-    """Missing state values carried forward, then the median (0 in standard units)."""
-    frame = pd.DataFrame(states).ffill()
-    return frame.fillna(0.0).to_numpy()

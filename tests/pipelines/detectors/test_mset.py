@@ -73,6 +73,23 @@ def test_finds_disturbances_and_names_the_signal(detector: MSETDetector, data, d
     assert detection.is_anomaly[elsewhere, 0].mean() <= 0.02
 
 
+def test_a_signal_that_drops_out_leaves_the_others_estimated_from_the_rest(detector: MSETDetector, data) -> None:
+    # s1 stops reporting for the whole week: the other signals are estimated from what is still
+    # observed (a stale stand-in for s1 flagged them), and a spike on s2 is still found.
+    train, test = data
+    dropped = test.copy()
+    dropped["s1"] = np.nan
+    quiet = detector.detect(dropped, history=train)
+    assert quiet.is_anomaly.any(axis=1).mean() <= 0.02
+    clean = detector.detect(test, history=train)
+    others = [0, 2, 3]
+    assert np.abs(quiet.expected[:, others] - clean.expected[:, others]).max() < 1.0  # the noise is 0.2, the gains 2-5
+    assert np.isnan(quiet.expected[:, 1]).sum() == 0  # s1 itself is still estimated from the others
+    dropped.iloc[[40, 100], 2] += 3.0
+    flagged = detector.detect(dropped, history=train)
+    assert flagged.is_anomaly[[40, 100], 0].all() and (flagged.feature_score[[40, 100]].argmax(axis=1) == 2).all()
+
+
 def test_correlation_break_is_found_when_each_value_is_in_range(detector: MSETDetector, data) -> None:
     """s0 keeps its normal range but stops following the load: only a multivariate model sees it."""
     train, test = data
