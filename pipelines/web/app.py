@@ -65,7 +65,12 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and not declared.isdigit():
+            await JSONResponse({"detail": f"Content-Length {declared.decode('latin-1')!r} is not a number of bytes"}, status_code=400)(
+                scope, receive, send
+            )
+            return
+        if declared is not None and int(declared) > self.limit:
             await self._refuse(scope, receive, send)
             return
         seen = 0
