@@ -25,6 +25,7 @@ from pipelines.errors import DataValidationError
 from pipelines.extraction import prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
+from pipelines.sources.file import SUFFIXES
 from pipelines.validation import validate_batch
 
 ROW = "row"
@@ -54,19 +55,19 @@ def _missing_column_hint(job: JobConfig, path: str, column: str) -> str:
 def _columns_of(path: str) -> list[str] | None:
     """The column names of one csv, jsonl or parquet file, read from its header or schema;
     None for a folder, another format or an unreadable file (the hint then lists nothing)."""
-    suffix = PurePosixPath(path).suffix.lower()
+    fmt = SUFFIXES.get(PurePosixPath(path).suffix.lower())  # the file reader's own table
+    if fmt not in ("csv", "jsonl", "parquet"):
+        return None
     try:
         fs, name = url_to_fs(path)
         with fs.open(name, "rb") as handle:
-            if suffix == ".csv":
+            if fmt == "csv":
                 return [str(column) for column in pd.read_csv(handle, nrows=0, encoding="utf-8-sig").columns]
-            if suffix == ".jsonl":
+            if fmt == "jsonl":
                 return [str(column) for column in pd.read_json(handle, lines=True, nrows=1).columns]
-            if suffix == ".parquet":
-                return list(pq.read_schema(handle).names)
+            return list(pq.read_schema(handle).names)
     except (OSError, ValueError, pa.ArrowException):
         return None
-    return None
 
 
 def _series(

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from pipelines.config import JobConfig, get_job, resolve_path
 from pipelines.errors import ConfigError, SinkError
 from pipelines.series import ALL_SERIES
+from pipelines.sources.base import SUPPORTED_YEARS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -129,9 +130,9 @@ def as_utc(value: datetime | str, what: str, where: str) -> datetime:
         moment = value.astimezone(UTC)
     except OverflowError:
         moment = None
-    # Outputs are read through pandas, whose timestamps stop in 1677 and 2262.
-    if moment is None or not 1678 <= moment.year <= 2261:
-        raise LabelError(f"{where}: {what} {value.isoformat()} is out of range; use a date between 1678 and 2261")
+    first, last = SUPPORTED_YEARS  # outputs are read through pandas
+    if moment is None or not first <= moment.year <= last:
+        raise LabelError(f"{where}: {what} {value.isoformat()} is out of range; use a date between {first} and {last}")
     return datetime(
         moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second, moment.microsecond, tzinfo=UTC
     )

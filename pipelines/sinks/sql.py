@@ -37,10 +37,13 @@ _KEYS = ("job", "series", "timestamp", "feature")
 _CASE_INSENSITIVE_COLUMNS = frozenset({"sqlite", "mysql", "mariadb", "mssql", "duckdb"})
 
 
-def _lock_key(*parts: str) -> int:
-    """A signed 64-bit key for ``pg_advisory_xact_lock``, the same in every process (unlike ``hash``)."""
-    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
+    """On PostgreSQL, wait for the advisory lock named by ``parts``, held until the transaction
+    ends; elsewhere nothing (see :meth:`SqlSink._serialize`). The key is a signed 64-bit digest,
+    the same in every process (unlike ``hash``)."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest(), "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _column(name: str, kind: str) -> sa.Column[Any]:
@@ -112,9 +115,8 @@ class SqlSink:
     def _prepare(self, table: sa.Table, dimensions: list[str]) -> None:
         """Create the table, or add the dimension columns it lacks (other jobs have other dimensions)."""
         with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Two first writes (of any jobs) would both see no table and both create it.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("prepare", self.name)})
+            # Two first writes (of any jobs) would both see no table and both create it.
+            _lock_for_transaction(conn, "prepare", self.name)
             inspector = sa.inspect(conn)
             if not inspector.has_table(self.table, schema=self.db_schema):
                 table.create(conn)
@@ -146,8 +148,7 @@ class SqlSink:
         the driver's busy timeout). Other databases get no lock here; MySQL's InnoDB is expected
         to serialize such writers by locking the window's index range in the DELETE (untested).
         """
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("write", self.name, job)})
+        _lock_for_transaction(conn, "write", self.name, job)
 
     def write(self, frame: pd.DataFrame, *, job: str, dimensions: list[str], start: datetime, end: datetime) -> int:
         """Replace the rows of ``job`` in ``[start, end)`` by ``frame``; returns the rows written."""

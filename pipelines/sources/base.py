@@ -69,6 +69,11 @@ def job_columns(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
     return frame[[column for column in job.columns if column in frame.columns]]
 
 
+#: Years whose every instant pandas' nanosecond timestamps hold (they stop in 1677 and 2262):
+#: data, windows and labels outside them cannot be resampled, scored or read back.
+SUPPORTED_YEARS = (1678, 2261)
+
+
 def parse_timestamps(values: pd.Series) -> pd.Series:
     """``values`` as UTC timestamps, NaT where missing or unparseable.
 

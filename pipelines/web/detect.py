@@ -19,7 +19,7 @@ from pipelines.errors import DataValidationError, ModelError
 from pipelines.extraction import prepare, series_groups
 from pipelines.resampling import resample_series
 from pipelines.scoring import labeled_frame
-from pipelines.sources.base import parse_timestamps
+from pipelines.sources.base import SUPPORTED_YEARS, parse_timestamps
 from pipelines.training import load_champion
 from pipelines.validation import validate_batch
 from pipelines.web.schemas import MAX_DETECT_POINTS
@@ -28,8 +28,6 @@ from pipelines.workspace import Window
 log = logging.getLogger(__name__)
 
 _SHOWN = 5  # rows or names quoted in an error message; the count says how many more there are
-#: Timestamps the scoring grid can hold (pandas' nanosecond range, in whole years).
-_EARLIEST, _LATEST = pd.Timestamp("1678-01-01", tz="UTC"), pd.Timestamp("2262-01-01", tz="UTC")
 
 
 class TooManyPoints(DataValidationError):
@@ -90,12 +88,13 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
             f"e.g. {_listing([repr(values[row]) for row in rows])} in points {_listing(rows)}. "
             "Send text such as 2024-03-03T14:00:00Z (naive times are taken as UTC)."
         )
-    far = parsed.notna() & ((parsed < _EARLIEST) | (parsed >= _LATEST))
+    first, last = SUPPORTED_YEARS
+    far = parsed.notna() & ~parsed.dt.year.between(first, last)
     if far.any():
         rows = list(values.index[far])
         raise DataValidationError(
             f"job {job.name}: column {job.timestamp!r}: {len(rows)} timestamps are out of range, "
-            f"e.g. {_listing([repr(values[row]) for row in rows])} in points {_listing(rows)}; use dates between 1678 and 2261."
+            f"e.g. {_listing([repr(values[row]) for row in rows])} in points {_listing(rows)}; use dates between {first} and {last}."
         )
     return parsed
 
@@ -104,7 +103,7 @@ def _check_grid_size(job: JobConfig, groups: list[tuple[str, dict[str, str], pd.
     """Each series is scored on the job's grid from its first point to its last: two points a
     year apart are 8,760 hourly rows. The call's limit counts those rows, not the points sent."""
     buckets = {key: int((rows.index.max() - rows.index.min()) // job.frequency) + 1 for key, _, rows in groups}
-    points = sum(buckets.values()) * len(job.features)
+    points = points_of(job, sum(buckets.values()))
     if points > MAX_DETECT_POINTS:
         widest = max(buckets, key=buckets.__getitem__)
         raise TooManyPoints(
