@@ -4,6 +4,10 @@
 
 As hive partitioning expects, the ``job`` column lives in the folder name and not in the files,
 so that ``pd.read_parquet(root)``, DuckDB or Spark read the whole dataset without a type clash.
+After a job's dimensions change, its day files differ in their dimension columns: ``read`` takes
+the union, as do DuckDB's ``read_parquet(..., union_by_name=true)`` and
+``pyarrow.dataset.dataset(..., schema=pa.unify_schemas(...))``; ``pd.read_parquet`` of the folder
+takes the columns of the first file it meets.
 
 A window may span several day files, and they change together: every new file is first written
 under a hidden temporary name next to its target (hive readers skip names starting with ``.``),
@@ -71,8 +75,6 @@ class ParquetSink:
         frame, start, end = checked_batch(frame, job=job, dimensions=dimensions, start=start, end=end)
         where = f"job {job!r}, window [{start}, {end})"
         days = pd.date_range(start.normalize(), (end - pd.Timedelta(1, "us")).normalize(), freq="D")
-        file_schema = schema.arrow_schema(dimensions)
-        file_schema = file_schema.remove(file_schema.get_field_index("job"))
         # Grouped once: selecting each day's rows with a mask over the whole frame would cost
         # rows × days.
         by_day = {day: rows for day, rows in frame.groupby(frame["timestamp"].dt.normalize(), sort=False)}
@@ -88,14 +90,21 @@ class ParquetSink:
                     old_data = None
                 if old_data is None and parts[0].empty:
                     continue
+                file_dimensions = list(dimensions)
                 if old_data is not None:
                     old = self._frame(old_data, job)
-                    # A job whose dimensions changed keeps its old rows, with the new columns empty.
-                    old = schema.conform(old.reindex(columns=schema.output_columns(dimensions)), dimensions)
+                    # A job whose dimensions changed keeps its old rows whole: a dimension the job
+                    # dropped stays a column of the day file (empty on new rows), one it added is
+                    # empty on old rows. The SQL sink keeps both columns the same way.
+                    file_dimensions += [c for c in old.columns if c not in schema.OUTPUT_COLUMNS and c not in dimensions]
+                    old = old.reindex(columns=schema.output_columns(file_dimensions))
                     parts.append(old[(old["timestamp"] < start) | (old["timestamp"] >= end)])
-                rows = pd.concat(parts, ignore_index=True).sort_values(["series", "timestamp", "feature"])
+                rows = pd.concat([part.reindex(columns=schema.output_columns(file_dimensions)) for part in parts])
+                rows = schema.conform(rows, file_dimensions).sort_values(["series", "timestamp", "feature"])
                 new_data = None
                 if not rows.empty:
+                    file_schema = schema.arrow_schema(file_dimensions)
+                    file_schema = file_schema.remove(file_schema.get_field_index("job"))
                     table = pa.Table.from_pandas(rows.drop(columns="job"), schema=file_schema, preserve_index=False)
                     buffer = io.BytesIO()
                     pq.write_table(table, buffer)

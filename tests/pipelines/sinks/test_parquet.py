@@ -61,6 +61,24 @@ def test_window_spanning_two_dates_writes_one_file_per_date(tmp_path, make_frame
     assert set(dataset["date"].astype(str)) == {"2024-01-05", "2024-01-06"}
 
 
+def test_a_job_whose_dimensions_changed_keeps_the_old_dimension_on_its_old_rows(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    by_region = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+    by_host = make_frame("sales", "2024-01-05 12:00", "2024-01-06", run="r2", dimensions=("host",))
+    sink.write(by_region, job="sales", dimensions=["region"], start=at("2024-01-05"), end=at("2024-01-06"))
+    sink.write(by_host, job="sales", dimensions=["host"], start=at("2024-01-05 12:00"), end=at("2024-01-06"))
+
+    rows = sink.read(job="sales")
+    kept = by_region[by_region["timestamp"] < at("2024-01-05 12:00")]
+    assert len(rows) == len(kept) + len(by_host)
+    old_rows = rows[rows["run_id"] == "r1"]
+    new_rows = rows[rows["run_id"] == "r2"]
+    assert set(old_rows["region"]) == {"a", "b"} and old_rows["host"].isna().all()
+    assert set(new_rows["host"]) == {"a", "b"} and new_rows["region"].isna().all()
+    day_file = pd.read_parquet(tmp_path / "job=sales" / "date=2024-01-05" / "part-0.parquet")
+    assert list(day_file.columns)[-2:] == ["host", "region"]
+
+
 def test_window_without_new_rows_removes_the_old_ones(tmp_path, make_frame) -> None:
     sink = ParquetSink(str(tmp_path))
     frame = make_frame("sales", "2024-01-05", "2024-01-07")
