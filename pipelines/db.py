@@ -195,11 +195,20 @@ def _install_hint(url: sa.URL) -> str:
     return f"pip install 'anomaly-pipelines[{extra}]' (or pip install {package})"
 
 
+SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
+
+
 @functools.cache
 def _engine(url: sa.URL) -> sa.Engine:
     if _is_file(url):
         Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url)
+    connect_args = {}
+    if url.get_backend_name() == "sqlite" and "timeout" not in url.query:
+        # publish keeps its SQL transaction open while it writes the Parquet files (so both
+        # outputs change together); another writer of the same file waits for the lock, and the
+        # driver's 5 s default is shorter than a large window's Parquet write. ?timeout= overrides.
+        connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_SECONDS
+    engine = sa.create_engine(url, connect_args=connect_args)
     statement = _SESSION_UTC.get(engine.dialect.name)
     if statement:
         sa.event.listen(engine, "connect", functools.partial(_set_session, statement))

@@ -140,3 +140,31 @@ def test_failed_bigquery_write_names_the_outputs_already_replaced(tmp_path, make
     assert f"the Parquet dataset {tmp_path / 'out'} and table anomalies (" in message
     assert "already hold its new rows" in message and "rerun the interval" in message
     assert run_ids(job) == ({"new"}, {"new"})
+
+
+def test_another_sqlite_writer_waits_for_a_publish_whose_parquet_write_is_slow(tmp_path, make_frame, monkeypatch) -> None:
+    """The publish holds the SQLite write lock while it writes Parquet; a writer of another job to
+    the same file must wait for it rather than fail at the driver's 5 s default timeout."""
+    import threading
+    import time
+
+    job = job_config(tmp_path)
+    publish_run(job, tmp_path, make_frame, "old")
+    slow_write, parquet_started = ParquetSink.write, threading.Event()
+
+    def slow_parquet(self, *args, **kwargs):
+        parquet_started.set()
+        time.sleep(6)
+        return slow_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(ParquetSink, "write", slow_parquet)
+    publishing = threading.Thread(target=publish_run, args=(job, tmp_path, make_frame, "new"))
+    publishing.start()
+    assert parquet_started.wait(10)
+    other = make_frame("costs", "2024-01-05", "2024-01-06")
+    written = SqlSink(engine_for(job.outputs.table.connection), "anomalies").write(
+        other, job="costs", dimensions=[], start=START, end=END
+    )
+    publishing.join()
+    assert written == len(other)
+    assert run_ids(job) == ({"new"}, {"new"})
