@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines import __version__
 from pipelines.web import URL_PREFIX
-from pipelines.web.auth import auth_manager, require_user
+from pipelines.web.auth import auth_manager, authenticate, require_user
 from pipelines.web.schemas import MAX_BODY_BYTES, MAX_DETECT_POINTS
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,11 @@ class _BodyLimit:
         await JSONResponse({"detail": self._detail()}, status_code=413)(scope, receive, send)
 
 
-async def _unprocessable(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _unprocessable(request: Request, exc: RequestValidationError) -> Response:
+    try:
+        await authenticate(request)
+    except HTTPException as refused:
+        return await _login_redirect_or_error(request, refused)
     # FastAPI's own handler echoes each refused value back; a NaN or an Infinity in the body
     # (Python's JSON reader accepts both) then made the answer itself fail, a 500 for a 422.
     from pipelines.json_values import json_safe  # pandas: not at import, which every Airflow process does

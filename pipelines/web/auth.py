@@ -112,6 +112,16 @@ async def require_user(
 CurrentUser = Annotated[BaseUser, Depends(require_user)]
 
 
+async def authenticate(request: Request) -> BaseUser:
+    """:func:`require_user` outside dependency injection; 401 (HTTPException) without valid credentials.
+
+    FastAPI parses a request's body before it runs the route's dependencies, so a malformed body
+    reaches the validation-error handler without the user having been checked: the handler calls
+    this first, so that an anonymous caller learns nothing about the route but that it needs a login.
+    """
+    return await require_user(request, await _bearer(request), await _session(request))
+
+
 def job_dag_ids(job_name: str) -> list[str]:
     """The DAGs ``dags/anomaly_jobs.py`` makes for a job."""
     return [f"{job_name}__{kind}" for kind in ("train", "predict", "tune")]

@@ -30,6 +30,20 @@ def test_every_route_needs_credentials(client, method, path, body):
     assert "POST /auth/token" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "body", [b"{not json", b'{"points": "none"}', b'{"points": [{"timestamp": NaN}]}'], ids=["malformed", "wrong-type", "nan"]
+)
+def test_a_bad_body_without_credentials_is_401_not_a_description_of_the_route(client, headers, body):
+    plain = {"Content-Type": "application/json"}
+    anonymous = client.post(DETECT, content=body, headers=plain)
+    assert anonymous.status_code == 401
+    assert "POST /auth/token" in anonymous.json()["detail"]
+    assert client.post(DETECT, content=body, headers={**plain, "Authorization": "Bearer not.a.jwt"}).status_code == 401
+    # With a login the same body is the usual 422 naming what is wrong.
+    answer = client.post(DETECT, content=body, headers={**plain, **headers})
+    assert answer.status_code == 422, answer.text
+
+
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
 def test_a_token_signed_with_another_secret_is_refused(client, method, path, body):
     from airflow.api_fastapi.auth.tokens import JWTGenerator
