@@ -14,7 +14,10 @@ from pipelines.errors import ModelError
 
 #: Most points of the empirical CDF kept (the artifact stays small for long training windows).
 _MAX_KNOTS = 512
-#: Floor of the tail scale: training scores that are all equal have no excess to fit.
+#: Floor of the tail scale, as a share of the largest training score's magnitude (1 when all are
+#: 0): training scores that are all equal have no excess to fit. Relative, because some raw scores
+#: are in the data's unit (a deviation from the expected value): an absolute 1e-12 was larger
+#: than every excess of a series measured in units of 1e-12.
 _MIN_TAIL_SCALE = 1e-12
 #: Buckets of the segment lookup of :class:`_PiecewiseLinear` per knot. More buckets leave fewer
 #: points in the buckets holding a knot, which are binary-searched; 32 measured fastest at 100,000
@@ -136,7 +139,8 @@ class ScoreCalibrator:
         self.tail_start_ = start
         # At least one point's worth of mass, so the tail still ranks when nothing exceeded it.
         self.tail_mass_ = max(excess.size, 1) / scores.size
-        self.tail_scale_ = max(float(excess.mean()) if excess.size else 0.0, _MIN_TAIL_SCALE)
+        magnitude = float(np.abs(scores).max()) or 1.0
+        self.tail_scale_ = max(float(excess.mean()) if excess.size else 0.0, _MIN_TAIL_SCALE * magnitude)
         self._body = None
         return self
 

@@ -50,7 +50,10 @@ class SeasonalMADParams(DetectorParams):
     level_window: int = Field(
         24, ge=1, le=100_000, description="Rows of recent residuals whose median tracks level changes."
     )
-    min_scale: float = Field(1e-9, gt=0, description="Floor of the robust scale, for flat series.")
+    min_scale: float = Field(1e-9, gt=0, description=(
+        "Floor of the robust scale, for flat series, as a share of the series' typical magnitude "
+        "(median absolute training value)."
+    ))
 
     @field_validator("season")
     @classmethod

@@ -48,7 +48,8 @@ class SeasonalMADDetector(BaseDetector):
     level_window : int, default=24
         Residuals whose median is the level; also the history :meth:`detect` uses.
     min_scale : float, default=1e-9
-        Floor of the scale, so flat series do not divide by zero.
+        Floor of the scale as a share of the series' typical magnitude (see :func:`scale_floor`),
+        so flat series do not divide by zero.
     threshold_kind : {"contamination", "score"}, default="contamination"
         How :attr:`threshold_` is chosen (see :class:`pipelines.config.ThresholdConfig`).
     threshold_value : float, default=0.005
@@ -125,7 +126,7 @@ class SeasonalMADDetector(BaseDetector):
             for f in range(values.shape[1])
         ])
         errors = values - self._expected(values, slots, held_out)
-        self.scale_ = _robust_scale(errors, slots, self.n_slots_, params.min_scale)
+        self.scale_ = _robust_scale(errors, slots, self.n_slots_, scale_floor(values, params.min_scale))
         raw = self._raw(errors / self.scale_[slots])
         self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]
         return self._calibrate(raw)
@@ -273,7 +274,19 @@ class SeasonalMADDetector(BaseDetector):
         }
 
 
-def _robust_scale(errors: np.ndarray, slots: np.ndarray, n_slots: int, floor: float) -> np.ndarray:
+def scale_floor(values: np.ndarray, share: float) -> np.ndarray:
+    """Per feature, the floor of the robust scale: ``share`` of the feature's typical magnitude
+    (the median of its training rows' absolute values; their largest where that is 0; 1 where
+    every value is 0). An absolute floor (it was 1e-9) flattened every residual of a series
+    measured in units of 1e-12, and :class:`LevelShiftDetector` saw no shift in it.
+    """
+    magnitude = np.abs(values)
+    typical = np.nanmedian(magnitude, axis=0)
+    largest = np.nanmax(magnitude, axis=0)
+    return share * np.where(typical > 0, typical, np.where(largest > 0, largest, 1.0))
+
+
+def _robust_scale(errors: np.ndarray, slots: np.ndarray, n_slots: int, floor: np.ndarray) -> np.ndarray:
     """``1.4826 * MAD`` per slot and feature, or per feature where some slot has too few points."""
     frame = pd.DataFrame(errors)
     groups = frame.groupby(slots)

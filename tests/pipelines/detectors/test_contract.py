@@ -437,3 +437,21 @@ def test_validating_job_files_does_not_import_the_detectors() -> None:
     code = "import sys, pipelines.config; print(sorted({'pandas', 'sklearn'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("unit", [1e-12, 1e12], ids=["pico", "tera"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_unit_of_the_data_does_not_change_what_is_flagged(kind: str, unit: float, data) -> None:
+    """The same series in another unit (seconds or picoseconds) scores alike: no floor or
+    tolerance of a detector may be an absolute number of the data's unit."""
+    train, test = data
+    test = test.copy()
+    test.iloc[20, 0] += 6 * train.iloc[:, 0].std()  # something to flag
+    plain = fitted(kind, train).detect(test, history=train)
+    scaled = fitted(kind, train * unit).detect(test * unit, history=train * unit)
+    assert plain.is_anomaly[20, 0]
+    np.testing.assert_array_equal(scaled.is_anomaly, plain.is_anomaly)
+    np.testing.assert_allclose(scaled.score, plain.score, atol=1e-6)
+    # Prophet fits by L-BFGS, which stops within a relative tolerance of the optimum.
+    tolerance = 1e-3 if kind == "prophet" else 1e-6
+    np.testing.assert_allclose(scaled.expected / unit, plain.expected, rtol=tolerance, atol=1e-6)
