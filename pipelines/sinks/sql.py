@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import mssql, mysql
 
 from pipelines import schema
 from pipelines.errors import SinkError
@@ -31,6 +32,7 @@ BATCH_ROWS = 5_000
 
 _TYPES: dict[str, type[sa.types.TypeEngine[Any]]] = {"string": sa.Text, "double": sa.Double, "bool": sa.Boolean}
 _KEYS = ("job", "series", "timestamp", "feature")
+_JOB_NAME_LENGTH = 64  # pipelines.config.JOB_NAME allows 63 characters
 #: Dialects whose column names ignore case even when quoted: "Region" and "region" are one column
 #: there, so a job's dimension must not be added again in another case (ALTER TABLE would fail).
 #: PostgreSQL is not one of them: SQLAlchemy quotes any name with capitals, which keeps its case.
@@ -47,7 +49,20 @@ def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
 
 
 def _column(name: str, kind: str) -> sa.Column[Any]:
-    type_ = sa.DateTime(timezone=False) if kind.startswith("timestamp") else _TYPES[kind]()
+    if kind.startswith("timestamp"):
+        # MySQL/MariaDB's DATETIME and SQL Server's DATETIME drop microseconds (rows of a
+        # sub-second series would then share a key): ask for six fractional digits there.
+        type_ = (
+            sa.DateTime(timezone=False)
+            .with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+            .with_variant(mssql.DATETIME2(precision=6), "mssql")
+        )
+    else:
+        type_ = _TYPES[kind]()
+    if name == "job":
+        # The column is indexed, and MySQL/MariaDB (and SQL Server) cannot index a TEXT column
+        # (MariaDB: "Specified key was too long"); a job name has at most 63 characters.
+        type_ = type_.with_variant(sa.String(_JOB_NAME_LENGTH), "mysql", "mariadb", "mssql")
     return sa.Column(name, type_, nullable=name not in _KEYS)
 
 
@@ -145,8 +160,10 @@ class SqlSink:
         advisory lock is released with the transaction; writers of other jobs do not wait.
         SQLite needs nothing: it allows one writer per database file, and the DELETE takes the
         write lock that the transaction keeps until it ends (a second writer waits for it, up to
-        the driver's busy timeout). Other databases get no lock here; MySQL's InnoDB is expected
-        to serialize such writers by locking the window's index range in the DELETE (untested).
+        the driver's busy timeout). MySQL/MariaDB need nothing either: InnoDB's DELETE locks the
+        index range of the window until the transaction ends, and a second writer's DELETE waits
+        for it (tests/pipelines/sinks/test_sql.py races two writers on a real MariaDB server).
+        Other databases get no lock here.
         """
         _lock_for_transaction(conn, "write", self.name, job)
 

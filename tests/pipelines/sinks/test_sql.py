@@ -22,9 +22,11 @@ def expected(*frames: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames).sort_values(["series", "timestamp", "feature"], ignore_index=True)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)]
+)
 def engine(request: pytest.FixtureRequest, tmp_path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 'out.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = f"sqlite:///{tmp_path / 'out.db'}" if request.param == "sqlite" else request.getfixturevalue(f"{request.param}_url")
     engine = sa.create_engine(url)
     yield engine
     engine.dispose()
@@ -32,7 +34,7 @@ def engine(request: pytest.FixtureRequest, tmp_path) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def sink(engine: sa.Engine) -> SqlSink:
-    # The PostgreSQL database lives for the whole session: each test gets its own table.
+    # The PostgreSQL and MariaDB databases live for the whole session: each test gets its own table.
     return SqlSink(engine, f"anomalies_{uuid.uuid4().hex[:8]}")
 
 
@@ -116,6 +118,14 @@ def test_second_job_adds_its_dimension_columns(sink: SqlSink, make_frame) -> Non
     pd.testing.assert_frame_equal(sink.read(job="sales"), expected(plain))
 
 
+def test_times_keep_their_microseconds(sink: SqlSink, make_frame) -> None:
+    frame = make_frame("sales", "2024-01-05", "2024-01-06", freq="1h")
+    frame["timestamp"] += pd.Timedelta(microseconds=123_456)
+    frame["scored_at"] = at("2024-06-01 10:11:12.654321")
+    sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+
+
 def test_read_of_a_missing_table_says_what_to_check(sink: SqlSink) -> None:
     with pytest.raises(SinkError, match=rf"could not read job 'sales' from table '{sink.table}'.*table exists"):
         sink.read(job="sales")
@@ -148,13 +158,16 @@ def test_sqlite_fast_path_stores_what_sqlalchemy_would(tmp_path, make_frame) -> 
     pd.testing.assert_frame_equal(stored[0], stored[1])
 
 
-@pytest.mark.postgres
-def test_overlapping_writes_of_one_window_leave_one_copy(postgres_url: str, make_frame) -> None:
+@pytest.mark.parametrize(
+    "server", [pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)]
+)
+def test_overlapping_writes_of_one_window_leave_one_copy(server: str, request, make_frame) -> None:
     # A CLI predict during a scheduled publish, or a retry while the first attempt still runs:
     # writer B starts while writer A has deleted the window but not yet inserted.
+    url = request.getfixturevalue(f"{server}_url")
     table = f"anomalies_{uuid.uuid4().hex[:8]}"
     window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
-    engines = {name: sa.create_engine(postgres_url) for name in ("setup", "A", "B")}
+    engines = {name: sa.create_engine(url) for name in ("setup", "A", "B")}
     SqlSink(engines["setup"], table).write(make_frame("sales", "2024-01-05", "2024-01-06", run="old"), **window)
     a_between, b_in_transaction = threading.Event(), threading.Event()
 
@@ -166,7 +179,7 @@ def test_overlapping_writes_of_one_window_leave_one_copy(postgres_url: str, make
             time.sleep(0.5)
 
     def note_b(conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement.startswith(("DELETE", "SELECT pg_advisory_xact_lock")):
+        if statement.startswith(("DELETE", "SELECT pg_advisory_xact_lock", "SELECT GET_LOCK")):
             b_in_transaction.set()
 
     sa.event.listen(engines["A"], "before_cursor_execute", hold_a_before_its_insert)
