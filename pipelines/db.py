@@ -198,6 +198,21 @@ def _install_hint(url: sa.URL) -> str:
 SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
 
 
+def precise_datetime() -> sa.types.TypeEngine[Any]:
+    """A naive (UTC) date-time column type that keeps microseconds on every database.
+
+    MySQL/MariaDB's ``DATETIME`` and SQL Server's ``DATETIME`` round them away, so rows of a
+    sub-second series would share a key and a time read back would differ from the one written.
+    """
+    from sqlalchemy.dialects import mssql, mysql
+
+    return (
+        sa.DateTime(timezone=False)
+        .with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+        .with_variant(mssql.DATETIME2(precision=6), "mssql")
+    )
+
+
 @functools.cache
 def _engine(url: sa.URL) -> sa.Engine:
     if _is_file(url):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from pipelines.config import JobConfig, get_job, resolve_path
+from pipelines.db import engine_for, precise_datetime
 from pipelines.errors import ConfigError, SinkError
 from pipelines.series import ALL_SERIES
 from pipelines.sources.base import SUPPORTED_YEARS
@@ -82,14 +83,14 @@ def _definition(name: str) -> sa.Table:
         sa.Column("job", sa.String(_JOB_CHARS), nullable=False),
         sa.Column("series", sa.String(_SERIES_CHARS), nullable=False),
         sa.Column("feature", sa.String(_FEATURE_CHARS), nullable=False),
-        sa.Column("start_time", sa.DateTime(timezone=False), nullable=False),
-        sa.Column("end_time", sa.DateTime(timezone=False), nullable=False),
+        sa.Column("start_time", precise_datetime(), nullable=False),
+        sa.Column("end_time", precise_datetime(), nullable=False),
         sa.Column("verdict", sa.Boolean, nullable=False),
         sa.Column("value_min", sa.Double, nullable=True),
         sa.Column("value_max", sa.Double, nullable=True),
         sa.Column("note", sa.Text, nullable=False),
         sa.Column("author", sa.String(_AUTHOR_CHARS), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=False), nullable=False),
+        sa.Column("created_at", precise_datetime(), nullable=False),
         # The database itself refuses a second row for one event, whatever writes to the table.
         sa.UniqueConstraint("job", "series", "feature", "start_time", "end_time", name=f"uq_{name[:50]}_event"),
     )
@@ -460,8 +461,6 @@ class LabelStore:
 
 def label_store(job: JobConfig) -> LabelStore:
     """The labels table of ``job`` (its ``labels`` settings)."""
-    from pipelines.db import engine_for
-
     return LabelStore(engine_for(job.labels.connection), job.labels.table, {job.name: job})
 
 

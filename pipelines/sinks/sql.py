@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import mssql, mysql
 
 from pipelines import schema
+from pipelines.db import precise_datetime
 from pipelines.errors import SinkError
 from pipelines.sinks.base import as_output, checked_batch, utc
 
@@ -49,16 +49,7 @@ def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
 
 
 def _column(name: str, kind: str) -> sa.Column[Any]:
-    if kind.startswith("timestamp"):
-        # MySQL/MariaDB's DATETIME and SQL Server's DATETIME drop microseconds (rows of a
-        # sub-second series would then share a key): ask for six fractional digits there.
-        type_ = (
-            sa.DateTime(timezone=False)
-            .with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-            .with_variant(mssql.DATETIME2(precision=6), "mssql")
-        )
-    else:
-        type_ = _TYPES[kind]()
+    type_ = precise_datetime() if kind.startswith("timestamp") else _TYPES[kind]()
     if name == "job":
         # The column is indexed, and MySQL/MariaDB (and SQL Server) cannot index a TEXT column
         # (MariaDB: "Specified key was too long"); a job name has at most 63 characters.

@@ -63,11 +63,13 @@ def published(job):
     return frame
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)]
+)
 def store(request, job) -> LabelStore:
     if request.param == "sqlite":
         return label_store(job)
-    url = request.getfixturevalue("postgres_url")
+    url = request.getfixturevalue(f"{request.param}_url")
     return LabelStore(sa.create_engine(url), f"labels_{uuid.uuid4().hex[:8]}", {job.name: job})
 
 
