@@ -119,8 +119,15 @@ class ModelRegistry:
 
     def champion(self, job: str, series: str) -> ModelVersion | None:
         """The promoted version, or ``None`` when nothing was promoted yet."""
+        version = self.champion_version(job, series)
+        return None if version is None else self.version(job, series, version)
+
+    def champion_version(self, job: str, series: str) -> str | None:
+        """The version the champion pointer names, without loading it (it may be unreadable), or
+        ``None`` when nothing was promoted yet: what a promotion checks has not changed since it
+        compared its model with the champion."""
         pointer = self._read_json(self._url(job, series, CHAMPION))
-        return None if pointer is None else self.version(job, series, pointer["version"])
+        return None if pointer is None else pointer["version"]
 
     def load_files(self, job: str, series: str, version: str) -> dict[str, bytes]:
         """The artifact files of a complete version, by name (without ``metadata.json``)."""

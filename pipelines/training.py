@@ -66,12 +66,26 @@ def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[s
 
 
 def load_champion(job: JobConfig, series: str) -> tuple[ModelVersion, BaseDetector] | None:
+    """The serving version and its detector, or ``None`` when nothing was promoted yet.
+
+    Raises :class:`ModelError` naming the version when its artifact cannot be loaded (an older
+    format, corrupt or missing files); storage errors (``OSError``) pass through unchanged, as a
+    retry may fix them.
+    """
     registry = registry_for(job)
     champion = registry.champion(job.name, series)
     if champion is None:
         return None
     files = registry.load_files(job.name, series, champion.version)
-    return champion, load_detector(champion.metadata["model"], files)
+    try:
+        return champion, load_detector(champion.metadata["model"], files)
+    except OSError:
+        raise
+    except Exception as exc:  # a corrupt file raises whatever its parser raises (BadZipFile, JSONDecodeError...)
+        raise ModelError(
+            f"job {job.name}, series {series}: the serving model version {champion.version} cannot be loaded "
+            f"({type(exc).__name__}: {exc}); run the job's train to register and promote a new model"
+        ) from exc
 
 
 def version_summary(version: ModelVersion) -> dict[str, Any]:
@@ -178,13 +192,26 @@ def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
     head, tail = data.iloc[:split], data.iloc[split:]
     scale = feature_scale(head)
 
-    current = load_champion(job, series)
+    serving = registry.champion_version(job.name, series)
+    try:
+        current = load_champion(job, series)
+    except ModelError as exc:
+        # A champion that cannot be loaded cannot score either: training must be able to replace
+        # it (its error tells people to retrain), so it is treated like a champion that cannot score.
+        log.warning("job %s, series %s: champion %s cannot be loaded: %s", job.name, series, serving, exc)
+        current, unloadable = None, str(exc)
+    else:
+        unloadable = None
+        serving = current[0].version if current is not None else None
     warm = current[1] if current is not None else None
     challenger = detector_for(job, tuned, kind).fit(head, warm_start=warm)
     challenger_error = holdout_error(challenger, tail, head, scale)
     metrics: dict[str, float] = {"holdout_error": challenger_error}
 
-    if current is None:
+    if unloadable is not None:
+        promoted, reason = True, f"the champion cannot be loaded, so it is replaced: {unloadable}"
+        metrics["champion_holdout_error"] = float("inf")
+    elif current is None:
         promoted, reason = True, "no champion yet"
     else:
         champion_version, champion = current
@@ -203,8 +230,10 @@ def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
 
     final = detector_for(job, tuned, kind).fit(data, warm_start=warm)
     version = register_model(
-        job, series, final, data, window, run_id=run_id, kind=kind, tuned=tuned, metrics=metrics, promoted=promoted, reason=reason
+        job, series, final, data, window, run_id=run_id, kind=kind, tuned=tuned, metrics=metrics, promoted=promoted, reason=reason,
+        compared_with=serving,
     )
+    promoted, reason = version.metadata["decision"]["promoted"], version.metadata["decision"]["reason"]
     metrics = version.metadata["metrics"]
     log.info("job %s, series %s: trained %s on %d rows; %s", job.name, series, version.version, len(data), reason)
     return TrainResult(series, version.version, promoted, reason, len(data), metrics, data.attrs.get("resampling"))
@@ -223,14 +252,29 @@ def register_model(
     metrics: dict[str, float],
     promoted: bool,
     reason: str,
+    compared_with: str | None,
     extra: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Register ``final`` (fitted on all of ``data``) with its metadata, and promote it if ``promoted``.
 
+    ``compared_with`` is the champion version the decision was taken against (None: there was
+    none). If another run (a tune beside a train, a CLI train beside a scheduled one, a retry
+    beside its first attempt) promoted another version meanwhile, this one was never compared
+    with the model now serving: it is registered but not promoted, and the decision says why.
     Shared by training and tuning, so a tuned model carries the same metadata as a trained one;
     ``extra`` adds sections (tuning adds its trials and decision).
     """
     registry = registry_for(job)
+    if promoted:
+        serving = registry.champion_version(job.name, series)
+        if serving != compared_with:
+            promoted = False
+            reason = (
+                f"{reason}; not promoted after all: another run promoted version {serving} while this model was "
+                f"compared with {compared_with or 'no champion'}, and it was never compared with {serving}. "
+                "Run train (or tune) again to compare with it"
+            )
+            log.warning("job %s, series %s: %s", job.name, series, reason)
     metrics = {**metrics, "train_anomaly_rate": final.training_anomaly_rate(data)}
     metadata = {
         "model": kind,

@@ -320,6 +320,9 @@ def _search(job: JobConfig, series: str, holdout: Holdout, spaces: dict[str, dic
                 record["scores"] = evaluate(detector, holdout)
             except (ModelError, ConfigError) as exc:
                 record["skipped"] = str(exc)
+            except Exception as exc:  # one candidate's numerical failure (LinAlgError...) must not end the study
+                log.warning("job %s, series %s: trial %d %s %s failed", job.name, series, trial.number + 1, kind, params, exc_info=True)
+                record["skipped"] = f"failed: {type(exc).__name__}: {exc}"
             if "scores" in record:
                 seen[key] = {"number": trial.number, "scores": record["scores"]}
                 record.update(record.pop("scores"))
@@ -358,7 +361,15 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
 
     margin = job.tune.promotion_margin
     decision: dict[str, Any] = {"margin": margin, "challenger": {"kind": best["kind"], "params": best["params"], **_scores(best)}}
-    current = load_champion(job, series)
+    try:
+        current = load_champion(job, series)
+    except ModelError as exc:  # a champion that cannot be loaded cannot serve: it must be replaceable
+        serving = registry_for(job).champion_version(job.name, series)
+        log.warning("job %s, series %s: champion %s cannot be loaded: %s", job.name, series, serving, exc)
+        return {
+            **decision, "promoted": True, "reason": f"the champion cannot be loaded, so it is replaced: {exc}",
+            "planted_afresh": False, "stretches": [], "champion": {"version": serving, "error": str(exc)},
+        }
     if current is None:
         return {**decision, "promoted": True, "reason": "no champion yet", "planted_afresh": False, "stretches": [], "champion": None}
     version, champion = current
@@ -374,7 +385,7 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
         stretches.append(entry)
         try:
             entry["challenger"] = evaluate(detector_for(job, best["params"], best["kind"]).fit(stretch.head), stretch)
-        except (ModelError, ConfigError) as exc:  # it cannot fit here: nothing shows it is better
+        except Exception as exc:  # it cannot fit here (a numerical failure included): nothing shows it is better
             entry.update(challenger_error=str(exc), clearly_better=False, verdict=f"the challenger cannot fit here: {exc}")
             break
         try:
@@ -467,12 +478,17 @@ def tune_series(
             job, series, final, data, window or _default_window(job, data),
             run_id=run_id, kind=best["kind"], tuned=best["params"],
             metrics={"tuning_objective": best["objective"]}, promoted=True, reason=f"tuning: {reason}",
+            compared_with=(decision["champion"] or {}).get("version"),
             extra={"tuning": {k: record[k] for k in ("objective", "budget", "trials", "decision")}},
         )
         version = registered.version
         decision["version"] = version
         record["seconds"] = round(time.perf_counter() - started, 3)
-        registry.write_tuned_params(job.name, series, best["params"], record, kind=best["kind"])
+        if registered.metadata["decision"]["promoted"]:
+            registry.write_tuned_params(job.name, series, best["params"], record, kind=best["kind"])
+        else:  # another run promoted a model while this one tuned: it was never compared with that one
+            promoted = decision["promoted"] = False
+            reason = decision["reason"] = registered.metadata["decision"]["reason"].removeprefix("tuning: ")
     record_name = registry.record_tuning(job.name, series, record)
     log.info(
         "job %s, series %s: %d trials (%s objective) in %.1fs; best %s %s objective %.4f; %s",
@@ -487,7 +503,7 @@ def tune_series(
         "objective": best["objective"],
         "f1": best["f1"],
         "default_objective": None if default is None else default["objective"],
-        "champion_objective": None if decision["champion"] is None else decision["champion"]["objective"],
+        "champion_objective": (decision["champion"] or {}).get("objective"),
         "challenger_decision_objective": (decision.get("challenger_on_decision") or {}).get("objective"),
         "promoted": promoted,
         "version": version,

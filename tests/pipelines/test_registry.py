@@ -139,3 +139,16 @@ def test_tuning_history_reads_oldest_first_or_only_the_newest(registry: ModelReg
     assert [r["run"] for r in registry.tuning_history("sales", SERIES, newest=2)] == [2, 3]
     assert [r["run"] for r in registry.tuning_history("sales", SERIES, newest=10)] == [0, 1, 2, 3]
     assert registry.tuning_history("sales", SERIES, newest=0) == []
+
+
+def test_champion_version_names_the_pointer_even_when_it_cannot_be_loaded(registry: ModelRegistry) -> None:
+    assert registry.champion_version("sales", SERIES) is None
+    kept = registry.register("sales", SERIES, {"model.skops": b"ok"}, {})
+    registry.promote("sales", SERIES, kept.version)
+    assert registry.champion_version("sales", SERIES) == kept.version
+    # The pointer outlived its version (deleted by hand, or by a bucket's lifecycle rule).
+    storage.remove(storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "versions", kept.version, "metadata.json"),
+                   registry.storage_options)
+    assert registry.champion_version("sales", SERIES) == kept.version
+    with pytest.raises(ModelError, match=f"no complete model version '{kept.version}'"):
+        registry.champion("sales", SERIES)

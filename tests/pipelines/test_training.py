@@ -148,3 +148,66 @@ def test_champion_models_of_a_single_detector_have_no_choice(tmp_path: Path) -> 
     train_series(job, "all", cycle(0), WINDOW, run_id="first")
     [champion] = champion_models(job, "all")
     assert champion["model"] == "seasonal_mad" and champion["chosen"] is None and champion["choice_reason"] is None
+
+
+def _older_format(files: dict[str, bytes]) -> tuple[str, bytes]:
+    import json
+
+    meta = json.loads(files["detector.json"])
+    return "detector.json", json.dumps({**meta, "format": 0}).encode()
+
+
+@pytest.mark.parametrize(
+    "spoil, cause",
+    [
+        (_older_format, r"ModelError: the model artifact holds a 'seasonal_mad' detector in format 0"),
+        (lambda files: ("arrays.npz", files["arrays.npz"][:40]), "BadZipFile"),  # cut short
+    ],
+    ids=["older-format", "truncated"],
+)
+def test_a_champion_that_cannot_be_loaded_is_replaced_by_the_next_training(tmp_path: Path, spoil, cause) -> None:
+    from pipelines import storage
+    from pipelines.training import load_champion
+
+    job = make_job(tmp_path, season="1d")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    registry = registry_for(job)
+    name, content = spoil(registry.load_files(job.name, "all", first.version))
+    storage.atomic_write(storage.join(registry.root, job.name, "all", "versions", first.version, name), content)
+    with pytest.raises(ModelError, match=rf"job trained, series all: the serving model version {first.version} cannot be "
+                                         rf"loaded \({cause}.*run the job's train"):
+        load_champion(job, "all")
+
+    # Scoring fails and says to retrain: the retrain must be able to replace it.
+    second = train_series(job, "all", cycle(1), WINDOW, run_id="second")
+    assert second.promoted and second.reason.startswith("the champion cannot be loaded, so it is replaced: ")
+    assert second.metrics["champion_holdout_error"] == float("inf")
+    assert registry.champion(job.name, "all").version == second.version
+    assert load_champion(job, "all")[0].version == second.version
+
+
+def test_a_model_compared_with_a_champion_replaced_meanwhile_is_not_promoted(tmp_path: Path, monkeypatch) -> None:
+    from pipelines import training
+
+    job = make_job(tmp_path, season="1d")
+    old = train_series(job, "all", cycle(0, phase_hours=8), WINDOW, run_id="old")
+    register = training.register_model
+    others = []
+
+    def another_run_promotes_first(*args, **kwargs):
+        # Another run (a tune, a CLI train, a retry) promotes its model while this one was fitting.
+        monkeypatch.setattr(training, "register_model", register)
+        others.append(train_series(job, "all", cycle(3), WINDOW, run_id="other"))
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(training, "register_model", another_run_promotes_first)
+    late = train_series(job, "all", cycle(1), WINDOW, run_id="late")
+    [other] = others
+    assert other.promoted and f"vs champion {old.version}" in other.reason
+    # The late model beat the old champion, but was never compared with the one now serving.
+    assert f"vs champion {old.version}" in late.reason and late.metrics["holdout_error"] < late.metrics["champion_holdout_error"]
+    assert not late.promoted
+    assert f"not promoted after all: another run promoted version {other.version}" in late.reason
+    registry = registry_for(job)
+    assert registry.champion(job.name, "all").version == other.version
+    assert registry.version(job.name, "all", late.version).metadata["decision"] == {"promoted": False, "reason": late.reason}

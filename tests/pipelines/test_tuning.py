@@ -377,3 +377,90 @@ def test_train_ignores_a_tuned_kind_the_job_no_longer_uses(tmp_path, daily, capl
     version = registry_for(changed).version(changed.name, SERIES, trained.version)
     assert version.metadata["model"] == "iforest" and version.metadata["tuned_params"] == {}
     assert "ignoring tuned seasonal_mad params" in caplog.text
+
+
+def _fails_when(monkeypatch: pytest.MonkeyPatch, cls: type, failing) -> None:
+    """``cls.fit`` raises a numerical error (not a ModelError) when ``failing(detector, X)``."""
+    fit = cls.fit
+
+    def flaky(self, X, *args, **kwargs):
+        if failing(self, X):
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return fit(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "fit", flaky)
+
+
+def test_a_trial_that_fails_is_recorded_and_the_search_goes_on(tmp_path, daily, monkeypatch):
+    from pipelines.detectors.seasonal_mad import SeasonalMADDetector
+
+    _fails_when(monkeypatch, SeasonalMADDetector, lambda detector, X: detector.level_window == 6)
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [6, 48]}, trials=20)
+    result = tune_series(job, SERIES, daily)
+    assert result["trials"] == 2 and result["params"] == {"level_window": 48} and result["promoted"]
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    failed, scored = record["trials"]
+    assert failed["params"] == {"level_window": 6} and "objective" not in failed
+    assert failed["skipped"] == "failed: LinAlgError: SVD did not converge"
+    assert scored["params"] == {"level_window": 48} and "objective" in scored
+
+
+def test_a_challenger_that_fails_on_an_earlier_stretch_keeps_the_champion(tmp_path, daily, monkeypatch):
+    from pipelines.detectors.level_shift import LevelShiftDetector
+
+    # As in the test above where level_shift wins every stretch; here it cannot fit the shorter heads.
+    train_series(make_job(tmp_path, {"kind": "iforest", "params": {"n_estimators": 50}}), SERIES, daily, _window(daily), run_id="train")
+    champion = registry_for(make_job(tmp_path, {"kind": "iforest"})).champion("tuned_job", SERIES).version
+    _fails_when(monkeypatch, LevelShiftDetector, lambda detector, X: len(X) < 300)
+    job = make_job(tmp_path, {"kind": "iforest"}, detectors=["level_shift"], trials=4)
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert not result["promoted"] and result["version"] is None
+    assert result["reason"].endswith("on held-back stretch 2 of 3, anomalies planted afresh, challenger level_shift "
+                                     "the challenger cannot fit here: SVD did not converge")
+    assert registry_for(job).champion(job.name, SERIES).version == champion
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    assert [s["clearly_better"] for s in record["decision"]["stretches"]] == [True, False]
+
+
+def test_tuning_replaces_a_champion_that_cannot_be_loaded(tmp_path, daily):
+    from pipelines import storage
+
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [24]})
+    old = train_series(job, SERIES, daily, _window(daily), run_id="train")
+    registry = registry_for(job)
+    spoiled = storage.join(registry.root, job.name, SERIES, "versions", old.version, "arrays.npz")
+    storage.atomic_write(spoiled, b"not a zip file")
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert result["promoted"] and result["champion_objective"] is None
+    assert result["reason"].startswith(f"the champion cannot be loaded, so it is replaced: job tuned_job, series {SERIES}: "
+                                       f"the serving model version {old.version} cannot be loaded (ValueError")
+    assert registry.champion(job.name, SERIES).version == result["version"] != old.version
+    [record] = registry.tuning_history(job.name, SERIES)
+    assert record["decision"]["champion"]["version"] == old.version
+
+
+def test_a_challenger_is_not_promoted_over_a_champion_promoted_while_it_was_tuned(tmp_path, daily, monkeypatch):
+    from pipelines import tuning
+
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [24]})
+    register = tuning.register_model
+    trained = []
+
+    def a_train_run_promotes_first(*args, **kwargs):
+        monkeypatch.setattr(tuning, "register_model", register)
+        trained.append(train_series(job, SERIES, daily, _window(daily), run_id="train"))
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "register_model", a_train_run_promotes_first)
+    result = tune_series(job, SERIES, daily, _window(daily))
+    [train] = trained
+    assert train.promoted and not result["promoted"]
+    assert result["reason"] == (
+        f"no champion yet; not promoted after all: another run promoted version {train.version} while this model was "
+        f"compared with no champion, and it was never compared with {train.version}. Run train (or tune) again to compare with it"
+    )
+    registry = registry_for(job)
+    assert registry.champion(job.name, SERIES).version == train.version
+    assert registry.tuned(job.name, SERIES) is None  # later trains do not build the unproven parameters
+    [record] = registry.tuning_history(job.name, SERIES)
+    assert not record["decision"]["promoted"] and record["decision"]["reason"] == result["reason"]
