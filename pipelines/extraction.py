@@ -246,7 +246,14 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     for index, chunk in enumerate(FileReader(one_off).iter_chunks(chunk_rows)):
         manifest.append(_series_counts(chunk, job))
         if job.timestamp in chunk.columns:
-            parsed = parse_timestamps(chunk[job.timestamp]).dropna()
+            try:
+                parsed = parse_timestamps(chunk[job.timestamp]).dropna()
+            except ValueError as exc:
+                raise SourceError(
+                    f"job {job.name!r}: input file {input_path!r}, rows {rows + 1} to {rows + len(chunk)}: column "
+                    f"{job.timestamp!r} mixes timestamps with and without a time zone ({exc}). Store every timestamp "
+                    "with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC), then re-run."
+                ) from exc
             if len(parsed):
                 first = parsed.min() if first is None else min(first, parsed.min())
                 last = parsed.max() if last is None else max(last, parsed.max())

@@ -134,10 +134,14 @@ class FileReader:
         log.info("job %s: reading %d %s file(s) from %s", self.job.name, len(files), fmt, path)
         if fmt != "parquet":
             frames = [self._read_text(fs, file, fmt, fail) for file in files]
+            # A file without rows lacks nothing (an empty jsonl file has no columns at all).
+            held = [(self._shown(fs, file.name), frame.columns) for file, frame in zip(files, frames, strict=True) if len(frame)]
+            _same_columns([name for name, _ in held], [columns for _, columns in held], fail)
         elif files:
             # One Arrow scan over every file: far faster than file by file for many small files.
             with _translated(fail, path, fmt), self._naming_the_bad_parquet(fs, files, fail):
-                frames = [job_columns(_read_parquet(_parquet_dataset(fs, files, self.job), self.job, lo, hi), self.job)]
+                dataset = _parquet_dataset(fs, files, self.job, fail, partial(self._shown, fs))
+                frames = [job_columns(_read_parquet(dataset, self.job, lo, hi), self.job)]
         else:
             frames = []
         if not frames:  # every partition pruned: nothing of the window is stored
@@ -172,7 +176,7 @@ class FileReader:
 
     def _parquet_chunks(self, fs: AbstractFileSystem, files: list[_File], rows: int, fail: Fail) -> Iterator[pd.DataFrame]:
         with _translated(fail, resolve_path(self.config.path), "parquet"), self._naming_the_bad_parquet(fs, files, fail):
-            dataset = _parquet_dataset(fs, files, self.job)
+            dataset = _parquet_dataset(fs, files, self.job, fail, partial(self._shown, fs))
         columns = [name for name in self.job.columns if name in dataset.schema.names]
         pending: list[pa.RecordBatch] = []
         size = 0
@@ -297,6 +301,19 @@ def in_window(frame: pd.DataFrame, job: JobConfig, lo: pd.Timestamp | None, hi: 
             "Write every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC).",
         ) from exc
     return window_mask(parsed, lo, hi)
+
+
+def _same_columns(names: list[str], columns: list[pd.Index], fail: Fail) -> None:
+    """Raise the source error when a job column is in some files and not in others: their rows
+    would read as nulls, which validation could let through as a few missing values."""
+    for name in dict.fromkeys(name for present in columns for name in present):
+        lacking = [file for file, present in zip(names, columns, strict=True) if name not in present]
+        if lacking:
+            raise fail(
+                f"column {name!r} is missing from {len(lacking)} of {len(names)} files while the others have it "
+                f"(first without it: {lacking[0]}); their rows would have no {name!r}",
+                f"Write {name!r} into every file, or move the files without it out of `path`.",
+            )
 
 
 def _hive_keys(name: str, base: str) -> dict[str, str | None]:
@@ -561,16 +578,70 @@ _CHUNKS: dict[str, Callable[[AbstractFileSystem, str, JobConfig, str, int], Iter
 }
 
 
-def _parquet_dataset(fs: AbstractFileSystem, files: list[_File], job: JobConfig) -> ds.Dataset:
+def _parquet_dataset(
+    fs: AbstractFileSystem, files: list[_File], job: JobConfig, fail: Fail, shown: Callable[[str], str]
+) -> ds.Dataset:
     """``files`` as one Arrow dataset; partition keys that the job reads as columns and the
-    files lack come from the ``key=value`` folders, as text (Arrow decodes them as Hive does)."""
+    files lack come from the ``key=value`` folders, as text (Arrow decodes them as Hive does).
+
+    Arrow takes the schema of the first file only: a job column missing from it would be
+    dropped from every file, one missing from a later file would read as nulls, and a type
+    another file disagrees with fails as if the file were corrupt. The job's columns are
+    therefore compared across the files first (:func:`_job_schema`)."""
     names = [file.name for file in files]
     dataset = ds.dataset(names, format="parquet", filesystem=fs)
-    keys = sorted({key for file in files for key in file.keys if key in job.columns and key not in dataset.schema.names})
+    schema = _job_schema(dataset, job, fail, shown) if len(files) > 1 else dataset.schema
+    keys = sorted({key for file in files for key in file.keys if key in job.columns and key not in schema.names})
     if not keys:
-        return dataset
+        return dataset if schema is dataset.schema else ds.dataset(names, schema=schema, format="parquet", filesystem=fs)
     partitioning = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
-    return ds.dataset(names, format="parquet", filesystem=fs, partitioning=partitioning, partition_base_dir=files[0].base)
+    schema = pa.schema([*schema, *partitioning.schema])
+    return ds.dataset(
+        names, schema=schema, format="parquet", filesystem=fs, partitioning=partitioning, partition_base_dir=files[0].base
+    )
+
+
+def _job_schema(dataset: ds.Dataset, job: JobConfig, fail: Fail, shown: Callable[[str], str]) -> pa.Schema:
+    """The job's columns that the files hold, each with a type every file's values fit in
+    (an integer column in one file and a float one in another read as floats).
+
+    Raises the source error when a column is in some files and not in others, or when files
+    disagree on its type (text in one, numbers in another; timestamps with and without a zone).
+    """
+    fragments = list(dataset.get_fragments())
+    schemas = [fragment.physical_schema for fragment in fragments]
+    fields = []
+    for name in job.columns:
+        types = [schema.field(name).type if name in schema.names else None for schema in schemas]
+        if all(kind is None for kind in types):
+            continue  # in no file: validation names it (or a partition folder provides it)
+        lacking = [
+            shown(fragment.path)
+            for fragment, kind in zip(fragments, types, strict=True)
+            if kind is None and fragment.metadata.num_rows  # a file without rows lacks nothing
+        ]
+        if lacking:
+            raise fail(
+                f"column {name!r} is missing from {len(lacking)} of {len(fragments)} files while the others have it "
+                f"(first without it: {lacking[0]}); their rows would have no {name!r}",
+                f"Write {name!r} into every file, or move the files without it out of `path`.",
+            )
+        distinct = list(dict.fromkeys(types))
+        try:
+            unified = pa.unify_schemas([pa.schema([(name, kind)]) for kind in distinct], promote_options="permissive")
+            kind = unified.field(name).type
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            if not all(isinstance(kind, pa.TimestampType) and kind.tz for kind in distinct):
+                first = {kind: shown(fragment.path) for fragment, kind in reversed(list(zip(fragments, types, strict=True)))}
+                raise fail(
+                    f"column {name!r} has different types in different files: "
+                    + ", ".join(f"{kind} in {first[kind]}" for kind in distinct),
+                    f"Write {name!r} with one type in every file (for timestamps: all with a time zone, or all without).",
+                ) from None
+            # Timestamps in different zones are instants all the same: compare them in UTC.
+            kind = pa.timestamp("ns" if any(kind.unit == "ns" for kind in distinct) else "us", "UTC")
+        fields.append(pa.field(name, kind))
+    return pa.schema(fields)
 
 
 def _read_parquet(dataset: ds.Dataset, job: JobConfig, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:

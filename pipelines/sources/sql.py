@@ -20,9 +20,10 @@ in, rows at ``end`` are out. Store timestamps in UTC in the dialect's natural ty
 - Microsoft SQL Server (``datetime2``) gets them naive: ``datetime2`` has no zone. pymssql sends
   them to the millisecond. The legacy ``datetime`` type starts in 1753, so an unbounded side
   (bound as year 1) cannot be compared with it: use ``datetime2``.
-- SQLite has no date type: pandas and SQLAlchemy write ``YYYY-MM-DD HH:MM:SS.ffffff`` text,
-  which SQLAlchemy's ``DateTime`` renders the naive bounds as, so the comparison is a string
-  comparison in the same format, in UTC.
+- SQLite has no date type: the comparison is a string comparison with UTC text. pandas and
+  SQLAlchemy write ``YYYY-MM-DD HH:MM:SS.ffffff``, SQLite's own ``datetime()`` and
+  ``CURRENT_TIMESTAMP`` write ``YYYY-MM-DD HH:MM:SS``; the bounds are bound as text without their
+  trailing zero fields (:func:`_sqlite_text`), which compares exactly with both.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from functools import partial
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import DateTime, TextClause, bindparam, text
+from sqlalchemy import DateTime, String, TextClause, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.config import JobConfig, SqlSource
@@ -70,6 +71,9 @@ class SqlReader:
         bound as the module's docstring says."""
         aware = dialect in AWARE_DIALECTS
         first, last = bounds(start, end)
+        if dialect == "sqlite":
+            query = text(self.config.query).bindparams(bindparam("start", type_=String()), bindparam("end", type_=String()))
+            return query, {**self.config.params, "start": _sqlite_text(first), "end": _sqlite_text(last)}
         if not aware:
             first, last = first.replace(tzinfo=None), last.replace(tzinfo=None)
         query = text(self.config.query).bindparams(
@@ -104,6 +108,22 @@ class SqlReader:
                 ) from _unless_leaking(cause, secret)
         log.info("job %s: read %d rows from %s", self.job.name, len(frame), self.config.describe())
         return job_columns(frame, self.job).reset_index(drop=True)
+
+
+def _sqlite_text(moment: datetime) -> str:
+    """``moment`` (UTC) as SQLite text, its trailing zero fields dropped (02:00:00 gives ``2024-01-01 02``).
+
+    A bound written with more digits than the stored text would miss rows exactly at it:
+    ``'2024-01-01 02:00:00' < '2024-01-01 02:00:00.000000'``. A stored text with extra zero
+    digits sorts after the shorter bound, and one of an earlier time differs within the bound's
+    digits, so the shortest form compares exactly with every precision of the same layout.
+    """
+    stamp = moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds").rstrip("0").removesuffix(".")
+    for zeros in (":00", ":00", " 00"):  # seconds, minutes, then the hour of midnight
+        if not stamp.endswith(zeros):
+            break
+        stamp = stamp.removesuffix(zeros)
+    return stamp
 
 
 def _reason(exc: BaseException, secret: str | None) -> str:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from pipelines.config import FileSource, JobConfig, SqlSource, get_job
 from pipelines.errors import ConfigError, DataValidationError, SourceError
-from pipelines.extraction import extract, read_parquet
+from pipelines.extraction import extract, extract_chunks, read_parquet
 from pipelines.runner import history_rows, run_predict, run_train
 from pipelines.sources.base import parse_timestamps
 from pipelines.training import registry_for
@@ -215,6 +215,19 @@ def test_naive_and_aware_timestamps_mixed_give_the_same_error_for_every_source(p
     assert "column 'timestamp' mixes timestamps with and without a time zone" in message
     assert "have no time zone while the others have one" in message
     assert not (project / "var" / "outputs").exists()
+
+
+def test_naive_and_aware_timestamps_mixed_in_a_one_off_input_file_name_the_rows(project: Path) -> None:
+    path = project / "input.csv"
+    rows = [f"2024-03-03T0{hour}:00:00Z,eu,{hour},1.5\n" for hour in range(4)] + ["2024-03-03 04:00:00,eu,4,1.5\n"]
+    path.write_text("timestamp,region,requests,latency_ms\n" + "".join(rows))
+
+    with pytest.raises(SourceError) as info:
+        extract_chunks(get_job("demo_web_metrics"), run_id="one-off", input_path=str(path), chunk_rows=3)
+
+    message = str(info.value)
+    assert message.startswith(f"job 'demo_web_metrics': input file {str(path)!r}, rows 4 to 5: column 'timestamp' mixes")
+    assert "Store every timestamp with its offset" in message
 
 
 # -- schema drift between runs --------------------------------------------------------------

@@ -240,6 +240,73 @@ def test_missing_columns_are_left_to_validation(make_job, hourly, tmp_path: Path
     assert list(frame.columns) == ["ts", "host"] and len(frame) == 2
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("lacking", [0, 1], ids=["first-file", "later-file"])
+def test_a_column_missing_from_one_of_several_files_names_the_column_and_the_file(
+    make_job, hourly, tmp_path: Path, fmt: str, lacking: int
+) -> None:
+    # Arrow takes the first file's schema: the column was dropped from every file (first) or
+    # read as nulls (later), as csv and jsonl read it as nulls.
+    if fmt == "parquet":
+        hourly = hourly.assign(ts=pd.to_datetime(hourly["ts"]).dt.tz_localize("UTC"))
+    parts = [hourly.iloc[:3], hourly.iloc[3:]]
+    parts[lacking] = parts[lacking].drop(columns=["value"])
+    for index, part in enumerate(parts):
+        write(part, str(tmp_path / f"part-{index}.{fmt}"), fmt)
+
+    with pytest.raises(SourceError) as raised:
+        read_window(make_job({"kind": "file", "path": str(tmp_path)}), None, None)
+
+    message = str(raised.value)
+    assert "job 'cpu_load'" in message and "column 'value' is missing from 1 of 2 files" in message
+    assert f"part-{lacking}.{fmt}" in message and "Write 'value' into every file" in message
+
+
+def test_an_empty_file_among_others_lacks_no_column(make_job, hourly, tmp_path: Path) -> None:
+    write(hourly, str(tmp_path / "part-0.jsonl"), "jsonl")
+    (tmp_path / "part-1.jsonl").write_text("")
+
+    assert len(read_window(make_job({"kind": "file", "path": str(tmp_path)}), START, END)) == 2
+
+
+@pytest.mark.parametrize(
+    ("other", "says"),
+    [
+        (
+            {"value": ["x", "y", "z"]},
+            r"column 'value' has different types in different files: "
+            r"double in \S*part-0\.parquet, \w*string in \S*part-1\.parquet",
+        ),
+        (
+            {"ts": pd.date_range("2024-01-01 03:00", periods=3, freq="h")},
+            r"column 'ts' has different types .*timestamp\[\w+\] in \S*part-1\.parquet",
+        ),
+    ],
+    ids=["text-and-numbers", "naive-and-aware"],
+)
+def test_parquet_files_disagreeing_on_a_type_name_the_column_and_files(make_job, hourly, tmp_path: Path, other, says) -> None:
+    hourly = hourly.assign(ts=pd.to_datetime(hourly["ts"]).dt.tz_localize("UTC"))
+    write(hourly.iloc[:3], str(tmp_path / "part-0.parquet"), "parquet")
+    write(hourly.iloc[3:].reset_index(drop=True).assign(**other), str(tmp_path / "part-1.parquet"), "parquet")
+
+    with pytest.raises(SourceError, match=says) as raised:
+        read_window(make_job({"kind": "file", "path": str(tmp_path)}), START, END)
+    assert "truncated or corrupt" not in str(raised.value)
+
+
+def test_parquet_files_with_compatible_types_are_read_together(make_job, hourly, tmp_path: Path) -> None:
+    # Integers in the first file and floats in the next; the same instants in two zones.
+    hourly = hourly.assign(ts=pd.to_datetime(hourly["ts"]).dt.tz_localize("UTC"))
+    write(hourly.iloc[:3].astype({"value": "int64"}), str(tmp_path / "part-0.parquet"), "parquet")
+    later = hourly.iloc[3:].assign(ts=hourly["ts"].iloc[3:].dt.tz_convert("Asia/Tokyo"), value=[3.5, 4.5, 5.5])
+    write(later, str(tmp_path / "part-1.parquet"), "parquet")
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path)}), at("2024-01-01 02:00"), at("2024-01-01 05:00"))
+
+    assert frame["value"].tolist() == [2.0, 3.5, 4.5]
+    assert list(parse_timestamps(frame["ts"])) == [at("2024-01-01 02:00"), at("2024-01-01 03:00"), at("2024-01-01 04:00")]
+
+
 def test_csv_dimensions_keep_their_text_and_a_byte_order_mark_is_ignored(make_job, tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("ts,host,value\n2024-01-01 01:00:00,007,1.5\n", encoding="utf-8-sig")
 

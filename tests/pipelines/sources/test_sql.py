@@ -110,6 +110,34 @@ def test_sqlite_compares_the_bounds_with_the_text_pandas_stores(make_job, hourly
     assert frame["ts"].tolist() == ["2024-01-01 00:00:00.000000"]  # raw, as stored
 
 
+@pytest.mark.parametrize(
+    ("stored", "offset"),
+    [
+        ("%Y-%m-%d %H:%M:%S", "0s"),  # SQLite's own datetime() and CURRENT_TIMESTAMP
+        ("%Y-%m-%d %H:%M", "0s"),
+        ("%Y-%m-%d %H:%M:%S.%f", "0s"),  # pandas and SQLAlchemy
+        ("%Y-%m-%d %H:%M:%S", "30min 15s"),  # bounds with minutes and seconds
+    ],
+)
+def test_sqlite_window_is_exact_whatever_the_precision_of_the_stored_text(make_job, tmp_path, stored, offset) -> None:
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    engine = sa.create_engine(url)
+    times = pd.date_range("2024-01-01 00:00", periods=6, freq="h") + pd.Timedelta(offset)
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE m (ts TEXT, host TEXT, value REAL)"))
+        connection.execute(
+            sa.text("INSERT INTO m VALUES (:ts, 'a', :value)"),
+            [{"ts": t.strftime(stored), "value": float(i)} for i, t in enumerate(times)],
+        )
+    engine.dispose()
+
+    job = sql_job(make_job, url, "SELECT ts, host, value FROM m WHERE ts >= :start AND ts < :end")
+    frame = read_window(job, at(times[2]), at(times[4]))
+
+    # The row exactly at the start is in, the one exactly at the end out.
+    assert frame["value"].tolist() == [2.0, 3.0]
+
+
 def test_window_is_exact_at_both_bounds(make_job, table: Table) -> None:
     frame = read_window(sql_job(make_job, table.url, window_query(table)), START, END)
 
