@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from pipelines import storage
 from pipelines.errors import ModelError
-from pipelines.series import series_slug
+from pipelines.series import series_slug, slug_may_be_cut
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +150,16 @@ class ModelRegistry:
 
     def series(self, job: str) -> list[str]:
         """Keys of the series of ``job`` that have at least one complete version, sorted."""
-        keys = set()
-        for path in storage.find(storage.join(self.root, job), self.storage_options):
+        keys: dict[str, str] = {}
+        folder = storage.join(self.root, job)
+        for path in storage.find(folder, self.storage_options):
             parts = path.split("/")
-            if len(parts) == 4 and parts[1] == "versions" and parts[3] == METADATA:
-                keys.add(unquote(parts[0]))
-        return sorted(keys)
+            if len(parts) == 4 and parts[1] == "versions" and parts[3] == METADATA and parts[0] not in keys:
+                if slug_may_be_cut(parts[0]):  # a long key's slug is cut: its metadata holds the key
+                    keys[parts[0]] = json.loads(storage.read_bytes(storage.join(folder, path), self.storage_options))["series"]
+                else:
+                    keys[parts[0]] = unquote(parts[0])
+        return sorted(keys.values())
 
     def write_tuned_params(
         self, job: str, series: str, params: dict[str, Any], report: dict[str, Any], *, kind: str | None = None

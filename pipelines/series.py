@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote, unquote
 
@@ -41,6 +42,24 @@ def parse_series_key(key: str, dimensions: Sequence[str]) -> dict[str, str]:
     return {d: parts[d] for d in dimensions}
 
 
+#: Longest slug: file systems allow 255 bytes per name, and the workspace adds ".parquet". A key
+#: of 28 CJK characters is already 252 bytes once percent-encoded.
+MAX_SLUG_CHARS = 200
+_DIGEST_CHARS = 16
+
+
 def series_slug(key: str) -> str:
-    """A file-system-safe, reversible name for a series (used for directories)."""
-    return quote(key, safe="=,-_.")
+    """A file-system-safe name for a series (used for directories): the percent-encoded key,
+    which ``unquote`` reverses. A key whose encoding is longer than :data:`MAX_SLUG_CHARS` is cut
+    and ends with ``~`` and a digest of the whole key, so it stays distinct; such a slug is exactly
+    :data:`MAX_SLUG_CHARS` long, and the key must then be read from what is stored under it."""
+    slug = quote(key, safe="=,-_.")
+    if len(slug) <= MAX_SLUG_CHARS:
+        return slug
+    digest = hashlib.blake2b(key.encode(), digest_size=_DIGEST_CHARS // 2).hexdigest()
+    return f"{slug[: MAX_SLUG_CHARS - _DIGEST_CHARS - 1]}~{digest}"
+
+
+def slug_may_be_cut(slug: str) -> bool:
+    """Whether ``unquote(slug)`` may not be the series key (see :func:`series_slug`)."""
+    return len(slug) == MAX_SLUG_CHARS

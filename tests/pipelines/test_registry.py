@@ -152,3 +152,14 @@ def test_champion_version_names_the_pointer_even_when_it_cannot_be_loaded(regist
     assert registry.champion_version("sales", SERIES) == kept.version
     with pytest.raises(ModelError, match=f"no complete model version '{kept.version}'"):
         registry.champion("sales", SERIES)
+
+
+def test_long_and_non_ascii_series_keys_are_stored_and_listed(registry: ModelRegistry) -> None:
+    # 30 CJK characters are 270 bytes once percent-encoded: over the 255 a local file name may hold.
+    tokyo, osaka = "city=" + "東京都" * 30, "city=" + "東京都" * 29 + "大阪"
+    short = "city=Zürich"
+    for key, content in ((tokyo, b"t"), (osaka, b"o"), (short, b"z")):
+        registry.promote("sales", key, registry.register("sales", key, {"model.skops": content}, {}).version)
+    assert registry.series("sales") == sorted([tokyo, osaka, short])
+    assert registry.load_files("sales", tokyo, registry.champion("sales", tokyo).version) == {"model.skops": b"t"}
+    assert registry.load_files("sales", osaka, registry.champion("sales", osaka).version) == {"model.skops": b"o"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.series import ALL_SERIES, parse_series_key, series_key, series_slug
+from pipelines.series import ALL_SERIES, MAX_SLUG_CHARS, parse_series_key, series_key, series_slug, slug_may_be_cut
 
 
 def test_a_job_without_dimensions_has_one_series():
@@ -41,3 +41,12 @@ def test_groups_holding_the_separators_never_share_a_key():
 def test_slugs_of_escaped_keys_stay_distinct():
     keys = {series_key(["city"], [value]) for value in ("Paris, FR", "Paris%2C FR", "Paris,FR")}
     assert len(keys) == 3 and len({series_slug(key) for key in keys}) == 3
+
+
+def test_a_long_key_gets_a_bounded_slug_that_stays_distinct():
+    long_a, long_b = "host=" + "x" * 300 + "a", "host=" + "x" * 300 + "b"
+    slugs = {series_slug(long_a), series_slug(long_b)}
+    assert len(slugs) == 2 and all(len(slug) == MAX_SLUG_CHARS for slug in slugs)
+    assert all(slug_may_be_cut(slug) for slug in slugs)
+    # Keys that fit keep their reversible slug, so models already stored stay where they are.
+    assert series_slug("region=eu west,host=a") == "region=eu%20west,host=a" and not slug_may_be_cut("region=eu%20west,host=a")
