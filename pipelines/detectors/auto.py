@@ -210,6 +210,9 @@ class AutoDetector(BaseDetector):
             by_planting = detection_f1_by_planting(lambda frame: candidate.detect(frame, history=head).is_anomaly.any(axis=1), plantings)
         except (ModelError, ConfigError) as exc:
             return {"kind": kind, "skipped": str(exc)}
+        except Exception as exc:  # one candidate's numerical failure (LinAlgError...) must not fail the choice
+            log.warning("auto: candidate %s failed on %d rows", kind, len(head), exc_info=True)
+            return {"kind": kind, "skipped": f"failed: {type(exc).__name__}: {exc}"}
         error = float(np.nanmean(np.abs(clean.values - clean.expected) / scale))
         return {
             "kind": kind,

@@ -199,6 +199,19 @@ def test_candidates_that_cannot_fit_are_skipped_with_their_reason(frame) -> None
     assert detector.chosen_ == "mset"
 
 
+def test_a_candidate_failing_with_any_error_is_skipped_and_named(frame, monkeypatch) -> None:
+    from pipelines.detectors.mset import MSETDetector
+
+    def diverge(self, X, **kwargs):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(MSETDetector, "fit", diverge)
+    detector = AutoDetector(candidates=["mset", "seasonal_mad"], prefer=None).fit(frame)
+    trials = {t["kind"]: t for t in detector.trials_}
+    assert trials["mset"]["skipped"] == "failed: LinAlgError: SVD did not converge"
+    assert detector.chosen_ == "seasonal_mad"
+
+
 def test_no_usable_candidate_is_an_error(frame) -> None:
     with pytest.raises(ModelError, match="no candidate detector could fit this series .*prophet: .*needs timestamps"):
         AutoDetector(candidates=["prophet"]).fit(frame.reset_index(drop=True))
