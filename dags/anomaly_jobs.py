@@ -15,7 +15,8 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines.config import JobConfig, load_jobs
+from pipelines.config import JobConfig, scan_jobs
+from pipelines.errors import ConfigError
 
 DEFAULT_ARGS = {"owner": "anomaly-pipelines", "retries": 2, "retry_delay": timedelta(minutes=1)}
 
@@ -104,8 +105,16 @@ def _train_schedule(job: JobConfig):
     return assets if timetable is None else AssetOrTimeSchedule(timetable=timetable, assets=assets)
 
 
-def _context_window() -> tuple[object, object, dict]:
+def _context_window(declared: dict) -> tuple[object, object, dict]:
     context = get_current_context()
+    # Airflow accepts any key in a run's conf: a misspelt one ("inptu") would quietly score the
+    # data interval instead of the file that was asked for.
+    unknown = sorted(set(getattr(context.get("dag_run"), "conf", None) or {}) - set(declared))
+    if unknown:
+        raise ConfigError(
+            f"unknown run conf key(s) {', '.join(unknown)}; "
+            f"{context['dag'].dag_id} takes {', '.join(declared)} (check the spelling and trigger again)"
+        )
     return context.get("data_interval_start"), context.get("data_interval_end"), context["params"]
 
 
@@ -147,7 +156,7 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             from pipelines.extraction import extract as extract_window
             from pipelines.workspace import training_window
 
-            _, interval_end, params = _context_window()
+            _, interval_end, params = _context_window(WINDOW_PARAMS)
             if interval_end is None and not params.get("end"):
                 # An asset-triggered (or manual) run has no data interval (see triggered_training_end).
                 from pipelines.workspace import triggered_training_end
@@ -243,7 +252,7 @@ def build_predict_dag(job: JobConfig):
             from pipelines.runner import history_rows
             from pipelines.workspace import prediction_window
 
-            interval_start, interval_end, params = _context_window()
+            interval_start, interval_end, params = _context_window({**WINDOW_PARAMS, **ONE_OFF_PARAMS})
             if params.get("input"):
                 extracted = extract_chunks(
                     job, run_id=run_id, input_path=params["input"], chunk_rows=int(params["chunk_rows"])
@@ -355,7 +364,9 @@ def build_predict_dag(job: JobConfig):
     return predict_dag()
 
 
-for _job in load_jobs().values():
+# A job file that does not validate makes no DAGs, and the other jobs keep theirs (one exception
+# here would drop every DAG of this file); anomaly_job_errors.py reports it as an import error.
+for _job in scan_jobs().jobs.values():
     build_train_dag(_job, "train")
     build_train_dag(_job, "tune")
     build_predict_dag(_job)

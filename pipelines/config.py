@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -643,24 +644,60 @@ def load_job_file(path: str | Path) -> JobConfig:
     return parse_job(data, source=str(path))
 
 
-def load_jobs(directory: str | Path | None = None) -> dict[str, JobConfig]:
-    """All jobs of ``directory`` (default :func:`jobs_dir`), keyed by name, in name order."""
+@dataclass(frozen=True)
+class JobScan:
+    """The job files of a folder: every job that validates, and why the others make no job."""
+
+    jobs: dict[str, JobConfig]  # by name, in name order
+    errors: list[str]  # one per file that makes no job: its validation error, or a name already used
+
+
+def scan_jobs(directory: str | Path | None = None) -> JobScan:
+    """Every job file of ``directory`` (default :func:`jobs_dir`), one bad file not hiding the others.
+
+    Airflow's DAG files, the dashboard and the API serve the jobs that validate, so that one
+    broken file does not take every job down with it; of two files with one job name, the first
+    in file-name order keeps it. :func:`load_jobs` is the strict reading.
+    """
     directory = Path(directory) if directory else jobs_dir()
     jobs: dict[str, JobConfig] = {}
     origin: dict[str, Path] = {}
+    errors: list[str] = []
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
-        job = load_job_file(path)
+        try:
+            job = load_job_file(path)
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
         if job.name in jobs:
-            raise ConfigError(f"{path}: job name {job.name!r} is already used by {origin[job.name]}")
+            errors.append(f"{path}: job name {job.name!r} is already used by {origin[job.name]}; rename one of them")
+            continue
         jobs[job.name], origin[job.name] = job, path
-    return dict(sorted(jobs.items()))
+    return JobScan(dict(sorted(jobs.items())), errors)
+
+
+def load_jobs(directory: str | Path | None = None) -> dict[str, JobConfig]:
+    """All jobs of ``directory`` (default :func:`jobs_dir`), keyed by name, in name order;
+    :class:`ConfigError` with the error of every file that makes no job."""
+    scan = scan_jobs(directory)
+    if scan.errors:
+        raise ConfigError("\n\n".join(scan.errors))
+    return scan.jobs
 
 
 def get_job(name: str, directory: str | Path | None = None) -> JobConfig:
-    jobs = load_jobs(directory)
-    if name not in jobs:
-        raise ConfigError(f"no job named {name!r}; configured jobs: {', '.join(jobs) or 'none'}")
-    return jobs[name]
+    """The job named ``name``; another job file that does not validate does not hide it."""
+    scan = scan_jobs(directory)
+    if name not in scan.jobs:
+        raise ConfigError(f"no job named {name!r}; configured jobs: {', '.join(scan.jobs) or 'none'}{broken_files(scan)}")
+    return scan.jobs[name]
+
+
+def broken_files(scan: JobScan) -> str:
+    """A sentence to append to "no job named ...": the job may be in a file that does not validate."""
+    if not scan.errors:
+        return ""
+    return f". {len(scan.errors)} job file(s) make no job until fixed:\n" + "\n".join(scan.errors)
 
 
 def find_job(name_or_path: str) -> JobConfig:

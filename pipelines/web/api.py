@@ -76,22 +76,18 @@ _AUTH_ERRORS = {
 
 
 def _load_job(name: str) -> JobConfig:
-    from pipelines.config import load_jobs
-    from pipelines.errors import ConfigError
+    from pipelines.config import broken_files, scan_jobs
 
-    try:
-        jobs = load_jobs()
-    except ConfigError as exc:
-        log.error("cannot load the job configuration: %s", exc)
+    # Another job's broken file does not take this job down (as in Airflow's DAG files).
+    scan = scan_jobs()
+    if name not in scan.jobs:
+        if scan.errors:
+            log.error("job files that make no job: %s", scan.errors)
         raise HTTPException(
-            status.HTTP_500_INTERNAL_SERVER_ERROR,
-            detail=f"the server's job configuration is invalid; fix it (anomaly-pipelines validate-config): {exc}",
-        ) from exc
-    if name not in jobs:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, detail=f"no job named {name!r}; configured jobs: {', '.join(jobs) or 'none'}"
+            status.HTTP_404_NOT_FOUND,
+            detail=f"no job named {name!r}; configured jobs: {', '.join(scan.jobs) or 'none'}{broken_files(scan)}",
         )
-    return jobs[name]
+    return scan.jobs[name]
 
 
 def _authorized_job(user: BaseUser, name: str, method: JobAccess) -> JobConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,23 @@ def test_every_job_yields_train_predict_and_tune(dagbag):
             assert tune.timetable.summary == job.schedules.tune
         else:
             assert type(tune.timetable).__name__ == "NullTimetable"
+
+
+def test_a_broken_job_file_keeps_the_other_jobs_dags_and_says_what_is_wrong(tmp_path, monkeypatch):
+    for path in (REPO / "config" / "jobs").glob("*.yaml"):
+        shutil.copy(path, tmp_path)
+    broken = (REPO / "config" / "jobs" / "demo_web_metrics.yaml").read_text()
+    broken = broken.replace("name: demo_web_metrics", "name: broken_web").replace("value: 0.005", "value: 7")
+    (tmp_path / "broken_web.yaml").write_text(broken)
+    monkeypatch.setenv("ANOMALY_PIPELINES_JOBS_DIR", str(tmp_path))
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert {f"{name}__{purpose}" for name in ("demo_sensors", "demo_web_metrics") for purpose in ("train", "predict", "tune")} == set(
+        bag.dag_ids
+    )
+    [(path, error)] = bag.import_errors.items()
+    assert path.endswith("anomaly_job_errors.py")
+    assert f"{tmp_path / 'broken_web.yaml'}: invalid job configuration\n  threshold: contamination must be in (0, 0.5], got 7.0" in error
 
 
 def test_mapped_over_series(dagbag):

@@ -110,3 +110,12 @@ def test_failed_validation_fails_the_run_and_writes_nothing(demo_project: Path):
     reports = list((demo_project / "var" / "outputs" / "_validation").rglob("predict_*.json"))
     assert reports and '"success": false' in reports[0].read_text()
     assert list((demo_project / "var" / "quarantine" / "demo_web_metrics").rglob("batch.parquet"))
+
+
+def test_a_misspelt_run_conf_key_fails_the_run_instead_of_scoring_the_interval(project: Path, airflow_db, capfd):
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["demo_web_metrics__predict"]
+    dagrun = dag.test(logical_date=pendulum.parse(PREDICT_WINDOW["end"]), run_conf={"inptu": str(project / "big.parquet")})
+    states = {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
+    assert states["extract"].endswith("failed"), states
+    # Airflow's task log goes to stdout under dag.test().
+    assert "unknown run conf key(s) inptu; demo_web_metrics__predict takes start, end, input, output, chunk_rows" in capfd.readouterr().out

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import get_job, load_job_file, load_jobs, parse_job, resolve_path
+from pipelines.config import get_job, load_job_file, load_jobs, parse_job, resolve_path, scan_jobs
 from pipelines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,6 +94,24 @@ def test_get_job_lists_known_jobs(tmp_path):
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(minimal()))
     with pytest.raises(ConfigError, match="no job named 'nope'; configured jobs: web"):
         get_job("nope", tmp_path)
+
+
+def test_one_broken_job_file_does_not_hide_the_others(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(minimal()))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**minimal(), "name": "costs", "threshold": {"kind": "contamination", "value": 7}}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(minimal()))  # the name of a.yaml again
+    scan = scan_jobs(tmp_path)
+    assert list(scan.jobs) == ["web"] and scan.jobs["web"] == load_job_file(tmp_path / "a.yaml")
+    assert len(scan.errors) == 2
+    assert scan.errors[0].startswith(f"{tmp_path / 'b.yaml'}: invalid job configuration") and "got 7" in scan.errors[0]
+    assert "c.yaml: job name 'web' is already used by" in scan.errors[1]
+    assert get_job("web", tmp_path).name == "web"
+    # Asking for the broken job says why it is not there.
+    with pytest.raises(ConfigError, match=r"(?s)no job named 'costs'; configured jobs: web\. 2 job file\(s\) make no job.*b.yaml"):
+        get_job("costs", tmp_path)
+    # The strict reading (validate-config) names every bad file.
+    with pytest.raises(ConfigError, match=r"(?s)b.yaml: invalid job configuration.*c.yaml: job name 'web'"):
+        load_jobs(tmp_path)
 
 
 def test_relative_paths_resolve_against_base_dir(monkeypatch, tmp_path):

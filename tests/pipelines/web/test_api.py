@@ -162,6 +162,14 @@ def test_unknown_or_invalid_job_names(client, headers, job, code):
         assert answer.json()["detail"] == "no job named 'no_such_job'; configured jobs: demo_sensors, demo_web_metrics"
 
 
+def test_a_broken_job_file_leaves_the_other_jobs_served(client, headers, web_project):
+    (web_project / "config" / "jobs" / "broken.yaml").write_text("name: broken\nfrequency: 1h\n")
+    assert client.get(f"{BASE}/model", headers=headers).status_code == 200
+    answer = client.get("/api/v1/jobs/broken/model", headers=headers)
+    assert answer.status_code == 404
+    assert "1 job file(s) make no job until fixed" in answer.json()["detail"] and "broken.yaml" in answer.json()["detail"]
+
+
 def test_model_describes_each_champion(client, headers):
     body = client.get(f"{BASE}/model", headers=headers).json()
     assert body["job"] == "demo_web_metrics" and body["model"] == "seasonal_mad"
