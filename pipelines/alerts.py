@@ -484,7 +484,12 @@ def process_events(
                 summary.already_sent += 1
                 decide(event, "already sent", f"part of event {record['key']}")
                 continue
-            if record["status"] in ("held", "queued"):
+            # A held incident that grows worse than the alert that snoozed its series escalates
+            # below, as it would have had the window held all of it (hourly windows split it).
+            held_escalates = (
+                record["status"] == "held" and alerts.escalate and event.peak_score > state.snooze_peak.get(event.series, math.inf)
+            )
+            if record["status"] in ("held", "queued") and not held_escalates:
                 _queue(state, alerts, record["key"], event, record["status"])
                 state.save(job)
                 summary.already_sent += 1
@@ -507,7 +512,8 @@ def process_events(
             )
             continue
         snoozed_until = state.snoozed_until.get(event.series)
-        snoozed = record is None and snoozed_until and event.start <= datetime.fromisoformat(snoozed_until)
+        was_held = record is not None and record["status"] == "held"
+        snoozed = was_held or (record is None and snoozed_until and event.start <= datetime.fromisoformat(snoozed_until))
         # States written before escalation existed hold no peak: nothing escalates over those.
         escalates = snoozed and alerts.escalate and event.peak_score > state.snooze_peak.get(event.series, math.inf)
         if snoozed and not escalates:

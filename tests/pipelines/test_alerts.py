@@ -205,6 +205,20 @@ def test_an_event_peaking_above_the_snoozing_alert_escalates_through_the_snooze(
     assert summaries[2].held == 1
 
 
+@pytest.mark.parametrize("windows", [[(4, 8), (8, 16)], [(4, 8), (8, 10), (10, 16)]])
+def test_a_held_incident_escalates_when_it_worsens_in_a_later_window(tmp_path: Path, inbox: Inbox, windows: list[tuple[int, int]]):
+    job = make_job(tmp_path, snooze=6)
+    # 05:00 (0.95) is sent and snoozes eu; the incident from 09:00 starts at 0.945 (held), then peaks
+    # at 0.99 at 10:00: escalated whether one window holds all of it or hourly windows split it.
+    frame = output_rows("region=eu", anomalies={5: {"requests": 150}, 9: {"requests": 145}, 10: {"requests": 190}})
+    summaries = [process_events(job, rows_in(frame, first, last), window(first, last)) for first, last in windows]
+    assert sum(s.sent for s in summaries) == 2
+    assert "escalated through the snooze" in next(d["reason"] for d in summaries[-1].decisions if d["decision"] == "sent")
+    # Re-running any of the windows sends nothing more.
+    assert sum(process_events(job, rows_in(frame, first, last), window(first, last)).sent for first, last in windows) == 0
+    assert len(inbox.mails) == 2
+
+
 @pytest.mark.parametrize(
     ("alerts", "expected"),
     [
