@@ -27,6 +27,7 @@ from pipelines.schema import conform
 from pipelines.sources import FileReader
 from pipelines.sources.file import SUFFIXES
 from pipelines.validation import validate_batch
+from pipelines.workspace import check_output_file
 
 ROW = "row"
 _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as seconds
@@ -35,6 +36,9 @@ _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as 
 def _read(job: JobConfig, path: str, option: str) -> pd.DataFrame:
     reader_job = job.model_copy(update={"source": FileSource(kind="file", path=path)})
     frame = FileReader(reader_job, path_hint=f"Check the {option} path.").read(None, None)
+    if frame.empty:
+        # Validation would only report "expect_table_row_count_to_be_between, observed 0".
+        raise DataValidationError(f"{path}: the {option} file holds no rows (only a header, or nothing): give a file with data")
     if job.timestamp == _ROW_CLOCK:
         frame[_ROW_CLOCK] = pd.to_datetime(np.arange(len(frame)), unit="s", utc=True)
     report = validate_batch(frame, job, missing_column_hint=partial(_missing_column_hint, job, path))
@@ -99,6 +103,7 @@ def detect_files(
     output: str,
 ) -> pd.DataFrame:
     """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows."""
+    check_output_file(output, "--output")
     job = parse_job(
         {
             "name": "detect",

@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +29,10 @@ def _from_shell(path: str | None) -> str | None:
     job file's paths resolve against the project root instead); URLs are left as they are."""
     if path is None or "://" in path:
         return path
-    return os.path.abspath(os.path.expanduser(path))
+    absolute = os.path.abspath(os.path.expanduser(path))
+    # abspath drops a trailing separator, which says the user meant a folder: keep it, so that an
+    # output given as `out/` is refused as a folder instead of becoming a file named `out`.
+    return absolute + os.sep if path.endswith(("/", os.sep)) and absolute != os.sep else absolute
 
 
 def _json_params(text: str | None) -> dict:
@@ -43,7 +48,8 @@ def _json_params(text: str | None) -> dict:
 
 
 def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2, default=str))
+    # Series keys hold dimension values as typed (region=zürich): print them so, not as \u escapes.
+    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
@@ -241,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--end", help="window end (ISO 8601, exclusive); required without --input")
     predict.add_argument("--input", help="score this whole file instead of the job's source (one-off scoring)")
     predict.add_argument("--output", help="with --input: the Parquet file to write")
-    predict.add_argument("--chunk-rows", type=int, default=250_000, help="with --input: rows per chunk (bounds memory)")
+    predict.add_argument("--chunk-rows", type=_positive, default=250_000, help="with --input: rows per chunk (bounds memory)")
     predict.set_defaults(func=cmd_predict)
 
     detect = commands.add_parser("detect", help="train on one file and score another, no Airflow, no registry")
@@ -307,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (`kill`, a timeout, a container stopping) ends Python without running `finally`
+    # blocks, so a stopped run left its work folder behind (for one-off scoring, a copy of the
+    # whole input in chunks). As SystemExit it unwinds like Ctrl-C: the work folder is removed.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -314,11 +327,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only this library's progress: Great Expectations and alembic log hundreds of INFO lines
         # about their own start-up, which would bury it. Their warnings still show.
         logging.getLogger("pipelines").setLevel(logging.INFO)
+    # Signal handlers can only be set in the main thread (main() may be called from others).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
     try:
         return args.func(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:  # None: set outside Python, cannot be put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -243,7 +243,9 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     workspace = Workspace(job.name, run_id)
     one_off = job.model_copy(update={"source": FileSource(kind="file", path=input_path)})
     first, last, rows, paths, manifest = None, None, 0, [], []
-    for index, chunk in enumerate(FileReader(one_off).iter_chunks(chunk_rows)):
+    # The path came from the command line (--input) or the run's conf (input), not the job file.
+    reader = FileReader(one_off, path_hint="Check the input path (predict's --input, or the run's `input`).")
+    for index, chunk in enumerate(reader.iter_chunks(chunk_rows)):
         manifest.append(_series_counts(chunk, job))
         if job.timestamp in chunk.columns:
             try:

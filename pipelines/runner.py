@@ -19,7 +19,7 @@ from pipelines.extraction import extract, extract_chunks, read_series, validate
 from pipelines.scoring import PublishResult, publish, publish_file, score_chunk, score_series
 from pipelines.training import registry_for, train_series
 from pipelines.tuning import tune_series
-from pipelines.workspace import Window, Workspace, one_off_output
+from pipelines.workspace import Window, Workspace, check_output_file, one_off_output
 
 #: Rows per chunk of a one-off scoring input: bounds memory (a few hundred MB per chunk).
 DEFAULT_CHUNK_ROWS = 250_000
@@ -101,6 +101,8 @@ def run_score_file(
     """
     if chunk_rows < 1:
         raise ConfigError(f"chunk_rows must be a positive number of rows, got {chunk_rows}")
+    if output:
+        check_output_file(output, f"job {job.name}: output")
     try:
         extracted = extract_chunks(job, run_id=run_id, input_path=input_path, chunk_rows=chunk_rows)
         parts = [

@@ -28,7 +28,7 @@ from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
 from pipelines.sinks import BigQuerySink, ParquetSink, SqlSink
 from pipelines.training import load_champion
-from pipelines.workspace import Window, Workspace, utcnow
+from pipelines.workspace import Window, Workspace, check_output_file, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ def publish_file(job: JobConfig, window: Window, scored_paths: list[str], output
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_output_file(output, f"job {job.name}: output")
     schema = arrow_schema(job.dimensions)
     rows, anomalies, timestamps = 0, Counter(), Counter()
     with tempfile.TemporaryDirectory() as scratch:

@@ -174,6 +174,16 @@ def one_off_output(job: JobConfig, run_id: str) -> str:
     return f"{root}/_one_off/job={job.name}/{_safe(run_id)}.parquet"
 
 
+def check_output_file(path: str, what: str = "output") -> None:
+    """Fail before any work when ``path`` names a folder: the output is one file, and finding out
+    when it is moved into place came after scoring the whole input, as a traceback."""
+    if "://" in path:
+        return  # an object store has no folders to collide with
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        suggestion = os.path.join(path, "scored.parquet")
+        raise ConfigError(f"{what} {path!r} is a folder: give the path of the Parquet file to write, e.g. {suggestion!r}")
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -181,6 +191,7 @@ def utcnow() -> datetime:
 __all__ = [
     "Window",
     "Workspace",
+    "check_output_file",
     "home",
     "one_off_output",
     "prediction_window",

@@ -237,3 +237,90 @@ def test_detect_names_the_option_whose_column_the_file_lacks(files, option, valu
     assert f"expect_column_to_exist on {column}, the file has no such column: check {option} against its columns (ts, a, b)" in err
     assert "job file" not in err
     assert not (files / "never.parquet").exists()
+
+
+@pytest.mark.parametrize(("name", "tail"), [("existing", ""), ("missing", "/")])
+def test_predict_input_refuses_an_output_that_is_a_folder_before_scoring(project, tmp_path, name, tail, capsys):
+    # Found only when the file was moved into place, after the whole input was scored: a traceback.
+    (tmp_path / "existing").mkdir()
+    output = str(tmp_path / name) + tail
+    args = ["predict", "demo_web_metrics", "--input", str(project / "data" / "demo" / "web_metrics.csv"), "--output", output]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"job demo_web_metrics: output {output!r} is a folder: give the path of the Parquet file to write" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "missing").exists()  # `missing/` did not become a file named `missing`
+
+
+def test_detect_refuses_an_output_that_is_a_folder(files, capsys):
+    (files / "out").mkdir()
+    args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv"), "--timestamp", "ts"]
+    assert main([*args, "--features", "a", "--output", str(files / "out")]) == 2
+    assert f"--output {str(files / 'out')!r} is a folder" in capsys.readouterr().err
+    assert list((files / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--train", "--input"])
+def test_detect_names_the_option_whose_file_holds_only_a_header(files, option, capsys):
+    (files / "header.csv").write_text("ts,a,b\n")
+    paths = {"--train": str(files / "train.csv"), "--input": str(files / "test.csv"), option: str(files / "header.csv")}
+    args = ["detect", "--train", paths["--train"], "--input", paths["--input"], "--timestamp", "ts", "--features", "a"]
+    assert main([*args, "--output", str(files / "never.parquet")]) == 2
+    assert f"{files / 'header.csv'}: the {option} file holds no rows (only a header, or nothing)" in capsys.readouterr().err
+    assert not (files / "never.parquet").exists()
+
+
+def test_chunk_rows_below_one_names_the_option(project, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "demo_web_metrics", "--input", "x.csv", "--output", "y.parquet", "--chunk-rows", "0"])
+    assert exited.value.code == 2
+    assert "argument --chunk-rows: '0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_json_output_keeps_non_ascii_dimension_values_readable(capsys):
+    from pipelines.cli import _print_json
+
+    _print_json([{"series": "region=zürich"}])
+    out = capsys.readouterr().out
+    assert '"series": "region=zürich"' in out and json.loads(out) == [{"series": "region=zürich"}]
+
+
+def test_sigterm_removes_the_runs_work_folder(project):
+    # A subprocess that stops itself with SIGTERM once the input is split into chunks, as `kill`
+    # or a timeout would: the run's work folder must go, as it does on Ctrl-C or an error.
+    script = """
+import os, signal, sys
+import pipelines.runner as runner
+from pipelines.cli import main
+
+real = runner.extract_chunks
+
+def extract_then_terminate(*args, **kwargs):
+    extracted = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return extracted
+
+runner.extract_chunks = extract_then_terminate
+sys.exit(main(sys.argv[1:]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, "predict", "demo_web_metrics", "--input", str(project / "data" / "demo" / "web_metrics.csv"),
+         "--output", str(project / "out.parquet")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 128 + 15, done.stderr
+    work = project / "var" / "work" / "demo_web_metrics"
+    assert not [p for p in work.iterdir() if p.is_dir()]
+    assert not (project / "out.parquet").exists()
+
+
+def test_a_missing_one_off_input_says_to_check_the_input_not_the_job_file(project, tmp_path, capsys):
+    assert main(["predict", "demo_web_metrics", "--input", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.csv" in err and "no such file or folder" in err and "Check the input path" in err
+    assert "job file" not in err
+
+
+def test_python_dash_m_pipelines_is_the_cli():
+    done = subprocess.run([sys.executable, "-m", "pipelines", "validate-config", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: anomaly-pipelines validate-config" in done.stdout

@@ -273,3 +273,16 @@ def test_dimension_values_holding_the_key_separators_train_and_score(project):
     out = pd.read_parquet(project / "var" / "outputs" / f"job={job.name}")
     assert len(out) == 3 * 24 * 2  # the second run replaced the first's rows
     assert dict(zip(out["series"], out["region"])) == {"region=apac": "apac", "region=eu%2C 50%25 west%3D1": odd, "region=us": "us"}
+
+
+def test_publishing_a_one_off_run_into_a_folder_is_a_configuration_error(trained, project, tmp_path):
+    # The DAG's publish gets `output` from the run's conf: a folder there failed on the final move
+    # with IsADirectoryError, which Airflow retried as if it could pass.
+    from pipelines.extraction import extract_chunks
+    from pipelines.scoring import publish_file, score_chunk
+
+    extracted = extract_chunks(trained, run_id="to-folder", input_path=str(project / "data" / "demo" / "web_metrics.csv"), chunk_rows=10_000)
+    part = score_chunk(trained, extracted.window, run_id="to-folder", index=0, chunk_paths=extracted.paths)["path"]
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match=r"job demo_web_metrics: output '.*/out' is a folder: give the path of the Parquet file"):
+        publish_file(trained, extracted.window, [part], str(tmp_path / "out"))
