@@ -295,8 +295,7 @@ def build_predict_dag(job: JobConfig):
         def publish(scored: list[dict], extracted: dict, run_id: str | None = None) -> dict:
             from pipelines.reporting import log_table
             from pipelines.runner import cleanup
-            from pipelines.scoring import publish as publish_scores
-            from pipelines.scoring import publish_file
+            from pipelines.scoring import publish_file, publish_scored
             from pipelines.workspace import Window, one_off_output
 
             params = get_current_context()["params"]
@@ -306,8 +305,10 @@ def build_predict_dag(job: JobConfig):
             if extracted["one_off"]:
                 result = publish_file(job, window, paths, params.get("output") or one_off_output(job, run_id))
             else:
-                result = publish_scores(job, window, paths)
-            log_table(f"job {job.name}: scored {window}", [{"series": k, "timestamps": n, "anomalous": result.anomalies[k]} for k, n in result.rows_per_series.items()])
+                result = publish_scored(job, window, scored)
+            summary = [{"series": k, "timestamps": n, "anomalous": result.anomalies[k]} for k, n in result.rows_per_series.items()]
+            summary += [{"series": k, "timestamps": 0, "anomalous": "not scored: no model yet"} for k in result.unscored]
+            log_table(f"job {job.name}: scored {window}", summary)
             cleanup(job, run_id)
             return result.to_dict()
 
@@ -327,7 +328,7 @@ def build_predict_dag(job: JobConfig):
                 raise AirflowSkipException("one-off scoring does not write the job's outputs: nothing to monitor")
             context = get_current_context()
             window = Window.from_dict(extracted["window"])
-            result = monitor_window(job, window, run_id=run_id)
+            result = monitor_window(job, window, run_id=run_id, unscored=published.get("unscored"))
             log_table(f"job {job.name}: drift and anomaly rate, {window}", result.rows)
             # Kept whether or not a retrain is due (a skipped task has no return value).
             context["ti"].xcom_push(key="monitoring", value=result.to_dict())

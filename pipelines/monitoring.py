@@ -282,8 +282,21 @@ def _already_requested(job: JobConfig, request: dict[str, Any] | None, records: 
     return len(since) < job.monitoring.repeat_after_runs
 
 
-def monitor_window(job: JobConfig, window: Window, *, run_id: str, registry: ModelRegistry | None = None) -> MonitorResult:
-    """Record drift and anomaly rates of the published rows of ``window``; say whether to retrain."""
+def monitor_window(
+    job: JobConfig,
+    window: Window,
+    *,
+    run_id: str,
+    registry: ModelRegistry | None = None,
+    unscored: dict[str, str] | None = None,
+) -> MonitorResult:
+    """Record drift and anomaly rates of the published rows of ``window``; say whether to retrain.
+
+    ``unscored`` are the window's series that had no model (:func:`pipelines.scoring.score_series`):
+    a retrain is asked for each once, so that a new dimension value gets its model before the
+    next scheduled training; not again while that request stands (a series with too few rows to
+    train would otherwise ask at every run).
+    """
     from pipelines.sinks import ParquetSink
     from pipelines.training import registry_for
 
@@ -299,6 +312,15 @@ def monitor_window(job: JobConfig, window: Window, *, run_id: str, registry: Mod
         log.warning("job %s: no published rows in window %s; nothing to monitor", job.name, window)
         return MonitorResult(False, [f"no published rows in window {window}"], str(window))
     reasons, rows, paths = [], [], []
+    for series in sorted(unscored or {}):
+        request = read_request(job, series)
+        if request is not None and request["model_version"] is None:
+            log.info("job %s, series %s: no model yet; a training was already requested", job.name, series)
+            continue
+        reasons.append(f"series {series}: no model yet, so its rows were not scored")
+        request = {"model_version": None, "interval_start": window.start.isoformat(), "run_id": run_id,
+                   "reason": "no model yet", "requested_at": utcnow().isoformat()}
+        _write_json(storage.join(_series_folder(job, series), REQUEST), request, job)
     for series, series_rows in published.groupby("series", sort=True):
         series = str(series)
         scored = in_window.loc[in_window["series"] == series, "model_version"]

@@ -16,7 +16,7 @@ import pandas as pd
 from pipelines.config import JobConfig
 from pipelines.errors import ConfigError
 from pipelines.extraction import extract, extract_chunks, read_series, validate
-from pipelines.scoring import PublishResult, publish, publish_file, score_chunk, score_series
+from pipelines.scoring import PublishResult, publish_file, publish_scored, score_chunk, score_series
 from pipelines.training import registry_for, train_series
 from pipelines.tuning import tune_series
 from pipelines.workspace import Window, Workspace, check_output_file, one_off_output
@@ -81,7 +81,7 @@ def run_predict(job: JobConfig, window: Window, *, run_id: str) -> PublishResult
     try:
         window, series = _prepared_series(job, window, run_id, "predict", history_rows=history_rows(job, window.start))
         scored = [score_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
-        return publish(job, window, [result.path for result in scored])
+        return publish_scored(job, window, [result.to_dict() for result in scored])
     finally:
         cleanup(job, run_id)
 

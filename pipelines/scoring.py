@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -61,13 +61,17 @@ def labeled_frame(
     return conform(frame, list(dimensions))
 
 
+def _no_model(job: JobConfig, series: str) -> str:
+    return (
+        f"job {job.name}, series {series}: no champion model is serving. "
+        f"Run the train DAG ({job.name}__train) or `anomaly-pipelines train {job.name}` first."
+    )
+
+
 def _champion(job: JobConfig, series: str):
     current = load_champion(job, series)
     if current is None:
-        raise ModelError(
-            f"job {job.name}, series {series}: no champion model is serving. "
-            f"Run the train DAG ({job.name}__train) or `anomaly-pipelines train {job.name}` first."
-        )
+        raise ModelError(_no_model(job, series))
     return current
 
 
@@ -80,12 +84,14 @@ def _write_parquet(frame: pd.DataFrame, path: str) -> None:
 @dataclass(frozen=True)
 class ScoreResult:
     series: str
-    path: str
+    path: str | None  # None: not scored (see ``unscored``)
     rows: int
     anomalies: int
-    model_version: str
+    model_version: str | None
     #: What resampling to the job's frequency did to the rows (merged, filled, missing).
     resampling: dict[str, int] | None = None
+    #: Why the series was not scored: it has no model yet.
+    unscored: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -95,8 +101,15 @@ def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
     """Score one series' rows in ``window`` with its champion and stage them in the workspace.
 
     Rows of ``data`` before the window are the history the model's rolling features need.
+    A series without a model yet (a new dimension value since the last training) is not scored:
+    the result says so, and :func:`publish` writes the other series and names it, rather than one
+    new region stopping every other region's scores until someone trains.
     """
-    version, detector = _champion(job, series)
+    current = load_champion(job, series)
+    if current is None:
+        log.warning("%s The other series are scored; this one is not.", _no_model(job, series))
+        return ScoreResult(series, None, 0, 0, None, data.attrs.get("resampling"), unscored=_no_model(job, series))
+    version, detector = current
     inside = (data.index >= window.start) & (data.index < window.end)
     dimensions = parse_series_key(series, job.dimensions)
     frame = labeled_frame(job, series, dimensions, (version, detector), data[inside], data[data.index < window.start], window, run_id)
@@ -139,6 +152,8 @@ class PublishResult:
     parquet_paths: list[str]
     table: str | None
     window: str
+    #: Series of the window not scored, and why (they have no model yet).
+    unscored: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -163,6 +178,24 @@ def _history_before(
             if key in wanted:
                 found[key] = pd.concat([rows, found[key]]) if key in found else rows
     return {key: rows.iloc[-needs[key] :] for key, rows in found.items()}
+
+
+def publish_scored(job: JobConfig, window: Window, results: list[dict[str, Any]]) -> PublishResult:
+    """:func:`publish` of :meth:`ScoreResult.to_dict` results, some of which may be unscored series.
+
+    Every series unscored (nothing has a model): the error says to train. Some: the others are
+    published and the result names the unscored ones (monitoring then asks for a retrain).
+    """
+    unscored = {r["series"]: r["unscored"] for r in results if r.get("unscored")}
+    if unscored and len(unscored) == len(results):
+        raise ModelError(
+            f"job {job.name}: no champion model is serving for any series of window {window} ({', '.join(unscored)}). "
+            f"Run the train DAG ({job.name}__train) or `anomaly-pipelines train {job.name}` first."
+        )
+    result = publish(job, window, [r["path"] for r in results if not r.get("unscored")])
+    if unscored:
+        log.warning("job %s, window %s: %d series not scored, no model yet: %s", job.name, window, len(unscored), ", ".join(unscored))
+    return replace(result, unscored=unscored)
 
 
 def publish(job: JobConfig, window: Window, scored_paths: list[str], *, output: str | None = None) -> PublishResult:

@@ -286,3 +286,29 @@ def test_publishing_a_one_off_run_into_a_folder_is_a_configuration_error(trained
     (tmp_path / "out").mkdir()
     with pytest.raises(ConfigError, match=r"job demo_web_metrics: output '.*/out' is a folder: give the path of the Parquet file"):
         publish_file(trained, extracted.window, [part], str(tmp_path / "out"))
+
+
+def test_a_series_without_a_model_is_named_and_the_others_are_published(project):
+    # A region that first appears after the last training has no model: the other regions are
+    # still scored and published, the new one is named, and monitoring asks for a training once.
+    from pipelines.monitoring import monitor_window, read_request
+
+    frame = pd.read_csv(project / "data" / "demo" / "web_metrics.csv", dtype=object)
+    new = frame[(frame["region"] == "eu") & frame["timestamp"].str.startswith("2024-03-03")].assign(region="sa")
+    pd.concat([frame, new]).to_csv(project / "new_region.csv", index=False)
+    suite = project / "config" / "expectations" / "demo_web_metrics.json"
+    suite.write_text(suite.read_text().replace('["eu", "us", "apac"]', '["eu", "us", "apac", "sa"]'))
+    job = load_job_file(_write_job(project, "demo_web_metrics", source={"kind": "file", "path": str(project / "new_region.csv")}))
+    run_train(job, TRAIN, run_id="train-before-sa")
+
+    result = run_predict(job, DAY, run_id="predict-with-sa")
+    assert list(result.unscored) == ["region=sa"] and "no champion model is serving" in result.unscored["region=sa"]
+    assert sorted(result.rows_per_series) == ["region=apac", "region=eu", "region=us"]
+    out = pd.read_parquet(project / "var" / "outputs" / f"job={job.name}")
+    assert set(out["series"]) == {"region=apac", "region=eu", "region=us"} and len(out) == 3 * 24 * 2
+
+    first = monitor_window(job, DAY, run_id="predict-with-sa", unscored=result.unscored)
+    assert first.due and "series region=sa: no model yet, so its rows were not scored" in first.reasons
+    assert read_request(job, "region=sa")["model_version"] is None
+    again = monitor_window(job, DAY, run_id="predict-with-sa-2", unscored=result.unscored)
+    assert not any("region=sa" in reason for reason in again.reasons)  # asked once, not at every run
