@@ -111,7 +111,9 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
         if (flagged & ~leads).any():
             axis.scatter(x[flagged & ~leads], values[flagged & ~leads], facecolors="none", edgecolors="tab:red", s=18, zorder=3,
                          label="anomaly, another signal contributed most")
-        axis.set_title(f"{series} · {feature}: {int(flagged.sum())} of {len(part)} rows flagged", fontsize=9, loc="left")
+        # Names are data, not markup: matplotlib would read "$...$" in a dimension value ("price=$5 to $10")
+        # as mathematical notation, and fail on "$$".
+        axis.set_title(f"{series} · {feature}: {int(flagged.sum())} of {len(part)} rows flagged", fontsize=9, loc="left", parse_math=False)
         drawn.append(Panel(str(series), str(feature), len(part), int(flagged.sum()), int(leads.sum())))
         for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
@@ -120,7 +122,7 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
     omitted = len(groups) - len(shown)
     heading = title + (f" ({omitted} more panels not drawn: the {len(shown)} with the most flagged rows are)" if omitted else "")
     if heading:
-        figure.suptitle(heading, fontsize=10)
+        figure.suptitle(heading, fontsize=10, parse_math=False)
     save(figure, path)
     return drawn
 

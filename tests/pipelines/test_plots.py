@@ -133,3 +133,12 @@ def test_a_picture_that_cannot_be_written_is_an_error_naming_it(tmp_path, capsys
     with pytest.raises(SinkError, match=f"cannot write the picture {target}"):
         plot_outputs(outputs(1, {0: [3]}), target)
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("value", ["$$", "$\\frac$", "price $5 to $10"])
+def test_dollar_signs_in_names_are_drawn_as_text(tmp_path, value) -> None:
+    """Dimension values are data: matplotlib must not read "$...$" in them as math (it fails on "$$")."""
+    frame = outputs(1, {0: [5]}).assign(series=f"plan={value}")
+    path = tmp_path / "dollars.png"
+    panels = plot_outputs(frame, path, title=f"job costs ({value})")
+    assert panels == [Panel(f"plan={value}", "cpu", 48, 1, 1)] and path.stat().st_size > 0
