@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
-from pipelines.web.auth import SESSION_COOKIE, BaseUser, CurrentUser, JobAccess, authorize_job
+from pipelines.web.auth import SESSION_COOKIE, CurrentUser, served_job
 from pipelines.web.schemas import (
     JOB_NAME_PATTERN,
     MAX_DETECT_POINTS,
@@ -75,27 +75,6 @@ _AUTH_ERRORS = {
 }
 
 
-def _load_job(name: str) -> JobConfig:
-    from pipelines.config import broken_files, scan_jobs
-
-    # Another job's broken file does not take this job down (as in Airflow's DAG files).
-    scan = scan_jobs()
-    if name not in scan.jobs:
-        if scan.errors:
-            log.error("job files that make no job: %s", scan.errors)
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail=f"no job named {name!r}; configured jobs: {', '.join(scan.jobs) or 'none'}{broken_files(scan)}",
-        )
-    return scan.jobs[name]
-
-
-def _authorized_job(user: BaseUser, name: str, method: JobAccess) -> JobConfig:
-    # Permission first: whether a job exists is only told to users allowed to use it.
-    authorize_job(user, name, method)
-    return _load_job(name)
-
-
 @router.post(
     "/jobs/{job}/detect",
     summary="Score points with the job's champion models",
@@ -113,7 +92,7 @@ def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
     from pipelines.errors import DataValidationError, ModelError
     from pipelines.web.detect import TooManyPoints, detect_points, points_of
 
-    config = _authorized_job(user, job, "POST")
+    config = served_job(user, job, "POST")
     points = points_of(config, len(body.points))
     if points > MAX_DETECT_POINTS:
         raise HTTPException(
@@ -192,7 +171,7 @@ def model(job: JobName, user: CurrentUser, series: SeriesQuery = None) -> ModelI
     from pipelines.errors import ModelError
     from pipelines.training import champion_models
 
-    config = _authorized_job(user, job, "GET")
+    config = served_job(user, job, "GET")
     try:
         champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, series)]
     except ModelError as exc:  # a series without a model
@@ -218,7 +197,7 @@ def tuning(
     version, so this is where its reason is kept)."""
     from pipelines.tuning import tuning_runs
 
-    config = _authorized_job(user, job, "GET")
+    config = served_job(user, job, "GET")
     found = [SeriesTuning.model_validate(entry) for entry in tuning_runs(config, series, limit)]
     if not found:
         raise _none_yet(job, "tune runs", series, "tune")
@@ -376,7 +355,7 @@ async def score_file(job: JobName, body: ScoreFileRequest, request: Request, use
     from pipelines.config import base_dir
     from pipelines.workspace import home
 
-    config = _authorized_job(user, job, "POST")
+    config = served_job(user, job, "POST")
     conf: dict[str, Any] = {"input": _checked_location("input", body.input, inside=base_dir(), must_exist=True)}
     if body.output is not None:
         if not body.output.endswith(".parquet"):
@@ -404,7 +383,7 @@ async def score_file_run(
     request: Request,
     user: CurrentUser,
 ) -> ScoreFileRun:
-    config = _authorized_job(user, job, "GET")
+    config = served_job(user, job, "GET")
     dag_id = f"{job}__predict"
     run = await _airflow(request, "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
     if not (run.get("conf") or {}).get("input"):
@@ -456,7 +435,7 @@ def add_label(job: JobName, body: LabelRequest, user: CurrentUser) -> LabelInfo:
     """
     from pipelines.labels import label_store
 
-    config = _authorized_job(user, job, "POST")
+    config = served_job(user, job, "POST")
     with _label_failures():
         label = label_store(config).add(
             job,
@@ -483,7 +462,7 @@ def list_labels(job: JobName, user: CurrentUser, series: SeriesQuery = None, sta
     """Labels overlapping [start, end] (both inclusive; unbounded where omitted), by series and start."""
     from pipelines.labels import label_store
 
-    config = _authorized_job(user, job, "GET")
+    config = served_job(user, job, "GET")
     with _label_failures():
         labels = label_store(config).labels(job, series, start, end)
     return LabelList(job=job, labels=[_label_info(label) for label in labels])
@@ -522,7 +501,7 @@ def list_events(
     """Consecutive anomalous timestamps of a series, grouped as alerts group them, in [start, end)."""
     from pipelines.labels import as_utc, job_events, label_of, label_store
 
-    config = _authorized_job(user, job, "GET")
+    config = served_job(user, job, "GET")
     with _label_failures():
         where = f"job {job!r}"
         low = as_utc(start, "start", where) if start is not None else None

@@ -23,6 +23,8 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
 
+    from pipelines.config import JobConfig
+
 log = logging.getLogger(__name__)
 
 # Airflow 3's UI stores its JWT in this cookie (base_auth_manager.COOKIE_NAME_JWT_TOKEN); kept as a
@@ -177,4 +179,31 @@ def authorize_job(user: BaseUser, job_name: str, method: JobAccess) -> None:
     raise HTTPException(
         status.HTTP_403_FORBIDDEN,
         detail=f"user {user.get_name()!r} may not {action} job {job_name!r} (DAGs {dags}): ask an Airflow admin for access",
+    )
+
+
+def served_job(user: BaseUser, name: str, method: JobAccess) -> JobConfig:
+    """The job ``name`` if ``user`` may use it (403 otherwise, whether or not it exists); 404 naming
+    only the jobs the user may read when it does not exist.
+
+    Job files that do not validate leave the other jobs served (:func:`pipelines.config.scan_jobs`);
+    their errors go to the log, not to the caller, as they show other jobs' settings.
+    """
+    from pipelines.config import scan_jobs
+
+    authorize_job(user, name, method)
+    scan = scan_jobs()
+    if name in scan.jobs:
+        return scan.jobs[name]
+    readable = [job for job in scan.jobs if is_job_authorized(user, job, "GET")]
+    broken = ""
+    if scan.errors:
+        log.error("job files that make no job: %s", scan.errors)
+        broken = (
+            f"; {len(scan.errors)} job file(s) make no job until fixed (the server log and "
+            "`anomaly-pipelines validate-config` say why)"
+        )
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        detail=f"no job named {name!r}; jobs you may read: {', '.join(readable) or 'none (add a file to config/jobs)'}{broken}",
     )

@@ -22,10 +22,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from pipelines.config import JobConfig, load_jobs
+from pipelines.config import JobConfig, scan_jobs
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.web import dashboard_data as data
-from pipelines.web.auth import BaseUser, CurrentUser, authorize_job, is_job_authorized, require_user
+from pipelines.web.auth import BaseUser, CurrentUser, authorize_job, is_job_authorized, require_user, served_job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,24 +55,15 @@ def _status(exc: PipelineError) -> int:
 
 
 def _jobs() -> dict[str, JobConfig]:
-    try:
-        return load_jobs()
-    except ConfigError as exc:
-        raise HTTPException(
-            status.HTTP_500_INTERNAL_SERVER_ERROR,
-            detail=f"the job files cannot be loaded, so the dashboard has nothing to show: {exc}",
-        ) from exc
+    # The valid jobs: one broken job file does not hide the others (its error goes to the log).
+    scan = scan_jobs()
+    if scan.errors:
+        log.error("job files that make no job: %s", scan.errors)
+    return scan.jobs
 
 
 def _job(name: str, user: BaseUser) -> JobConfig:
-    jobs = _jobs()
-    if name not in jobs:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail=f"no job named {name!r}; configured jobs: {', '.join(jobs) or 'none (add a file to config/jobs)'}",
-        )
-    authorize_job(user, name, "GET")
-    return jobs[name]
+    return served_job(user, name, "GET")
 
 
 def _filters(series: list[str], start: str | None, end: str | None, min_score: float | None) -> data.Filters:
@@ -257,11 +248,14 @@ def run_page(
 ) -> HTMLResponse:
     """The "Anomalies" tab of a DAG run: what a predict run scored and found."""
     try:
+        name, _, kind = dag_id.rpartition("__")
+        if name and kind in data.DAG_KINDS:
+            # Before the job is looked up, as for the other pages: a job's existence is not told.
+            authorize_job(user, name, "GET")
         found = data.job_dag_kind(dag_id, _jobs())
         if found is None:
             return _page(request, "run.html", dag_id=dag_id, run_id=run_id, job=None, kind=None, run=None)
         job, kind = found
-        authorize_job(user, job.name, "GET")
         if kind != "predict":
             return _page(request, "run.html", dag_id=dag_id, run_id=run_id, job=job, kind=kind, run=None)
         run = _call(f"job {job.name!r}: run {run_id}", data.run_summary, job, run_id)

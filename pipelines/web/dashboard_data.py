@@ -25,7 +25,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,7 +54,8 @@ VALIDATION_LIMIT = 20
 #: Tune runs shown per series on the models page (the API gives up to 100).
 TUNING_RUNS = 5
 
-_DAG_KINDS = ("train", "predict", "tune")
+#: The DAGs ``dags/anomaly_jobs.py`` makes per job: ``<job>__<kind>``.
+DAG_KINDS = ("train", "predict", "tune")
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,13 @@ class _Part:
         return (filters.start is None or filters.start <= self.start) and (filters.end is None or self.end <= filters.end)
 
     def series_lines(self, series: str, filters: Filters) -> pa.Table:
-        """Rows of one series inside the time range (a zero-copy slice when the part is within it)."""
+        """Rows of one series inside the time range, in buffers of their own."""
         offset, length = self.slices.get(series, (0, 0))
         rows = self.lines.slice(offset, length)
-        return rows if self.within(filters) else _in_range(rows, filters)
+        # A copy (a series is a small share of a day): a zero-copy slice would keep the whole
+        # day's buffers alive after the cache dropped the part, so a chart over a year would
+        # hold every day of every series in memory at once.
+        return rows.take(np.arange(length)) if self.within(filters) else _in_range(rows, filters)
 
 
 def _in_range(table: pa.Table, filters: Filters) -> pa.Table:
@@ -307,15 +311,19 @@ class JobOutputs:
             ) from exc
         return _Part.build(table, day, day + pd.Timedelta(days=1))
 
-    def parts(self, filters: Filters) -> list[_Part]:
-        """The parts holding the rows of the filters' time range, oldest first."""
+    def parts(self, filters: Filters) -> Iterator[_Part]:
+        """The parts holding the rows of the filters' time range, oldest first, read one at a time.
+
+        A generator, not a list: callers keep only each part's aggregates, so a range of more days
+        than the cache holds (a year of 5-minute rows of 500 series is gigabytes) never has more
+        than the cache and one day in memory.
+        """
         files = self.day_files(filters.start, filters.end)
         if not files and self.job.outputs.table is not None and not self.day_files():
-            return self._table_parts(filters)
-        return [
-            _CACHE.get((url, modified, size), lambda url=url, day=day: self._load(url, day))
-            for day, url, modified, size in files
-        ]
+            yield from self._table_parts(filters)
+            return
+        for day, url, modified, size in files:
+            yield _CACHE.get((url, modified, size), lambda url=url, day=day: self._load(url, day))
 
     def _table_parts(self, filters: Filters) -> list[_Part]:
         # The SQL table is read per request, for the filters' window only: it has no day files to
@@ -452,7 +460,7 @@ def downsample(timestamps: np.ndarray, values: np.ndarray, keep: np.ndarray, buc
 def job_dag_kind(dag_id: str, jobs: dict[str, JobConfig]) -> tuple[JobConfig, str] | None:
     """``(job, "train" | "predict" | "tune")`` for a DAG made by ``dags/anomaly_jobs.py``, else ``None``."""
     name, _, kind = dag_id.rpartition("__")
-    if kind in _DAG_KINDS and name in jobs:
+    if kind in DAG_KINDS and name in jobs:
         return jobs[name], kind
     return None
 
@@ -678,7 +686,7 @@ def validation_results(job: JobConfig, limit: int = VALIDATION_LIMIT) -> list[di
     return results
 
 
-def _run_rows(parts: list[_Part], run_id: str | None = None) -> pd.DataFrame:
+def _run_rows(parts: Iterable[_Part], run_id: str | None = None) -> pd.DataFrame:
     """Per run id over ``parts``: rows, points, anomalous points, window, scored time (sums and extremes)."""
     runs = _concat([p.runs for p in parts], _EMPTY_RUNS)
     if run_id is not None:

@@ -113,7 +113,7 @@ def test_chart_endpoint(dash):
 @pytest.mark.parametrize(
     ("path", "params", "code", "message"),
     [
-        (f"{D}/data/jobs/nope/series", {}, 404, "no job named 'nope'; configured jobs: demo_sensors, demo_web_metrics"),
+        (f"{D}/data/jobs/nope/series", {}, 404, "no job named 'nope'; jobs you may read: demo_sensors, demo_web_metrics"),
         (f"{D}/data/jobs/demo_web_metrics/series", {"start": "soon"}, 400, "time range filter: 'soon' is not an ISO 8601"),
         (f"{D}/data/jobs/demo_web_metrics/anomalies", {"min_score": 2}, 400, "min_score filter must be between 0 and 1"),
         (f"{D}/data/jobs/demo_web_metrics/chart", {"series": "region=eu", "buckets": 0}, 422, "greater than or equal to 1"),
@@ -205,3 +205,56 @@ def test_static_files_stay_inside_the_static_folder(dash):
     assert dash.get(f"{D}/static/dashboard.css").status_code == 200
     assert dash.get(f"{D}/static/..%2Fdashboard.py").status_code == 404
     assert dash.get(f"{D}/static/nothing.js").status_code == 404
+
+
+@pytest.fixture
+def web_metrics_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The auth manager lets users read only demo_web_metrics' DAGs (as a deployment granting
+    per-DAG access would; SimpleAuthManager's roles cover all DAGs alike)."""
+    from pipelines.web.auth import auth_manager
+
+    manager = type(auth_manager())
+    original = manager.is_authorized_dag
+
+    def is_authorized_dag(self, *, method, access_entity=None, details=None, user):
+        if details is None or not (details.id or "").startswith("demo_web_metrics__"):
+            return False
+        return original(self, method=method, access_entity=access_entity, details=details, user=user)
+
+    monkeypatch.setattr(manager, "is_authorized_dag", is_authorized_dag)
+
+
+@pytest.mark.parametrize("path", [f"{D}/", f"{D}/data/jobs", f"{D}/jobs/nope", f"{D}/data/jobs/nope/series"])
+def test_a_job_the_user_may_not_read_is_not_listed(dash, web_metrics_only, path):
+    answer = dash.get(path)
+    assert "demo_sensors" not in answer.text
+    assert "demo_web_metrics" in dash.get(f"{D}/").text
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        (f"{D}/jobs/{{job}}", 403),
+        (f"{D}/data/jobs/{{job}}/series", 403),
+        (f"{D}/runs/{{job}}__predict/{PREDICT_RUN}", 403),
+        (f"{D}/runs/{{job}}__train/any", 403),
+    ],
+)
+def test_a_job_the_user_may_not_read_answers_as_a_missing_one(dash, web_metrics_only, path, code):
+    """Whether a job exists is told only to users who may read it."""
+    assert dash.get(path.format(job="demo_sensors")).status_code == code
+    assert dash.get(path.format(job="nope")).status_code == code
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        (f"{D}/", "<th>Last run (UTC)</th>"),
+        (f"{D}/jobs/demo_web_metrics", "<th>From (UTC)</th><th>To (UTC)</th>"),
+        (f"{D}/jobs/demo_web_metrics/models", "<th>Trained (UTC)</th><th>Training window (UTC)</th>"),
+        (f"{D}/jobs/demo_web_metrics/validation", "2024-03-08 00:00 UTC"),
+    ],
+)
+def test_every_time_shown_says_its_zone(dash, path, label):
+    """Times are shown in UTC, whatever the reader's zone: each table or line says so."""
+    assert label in dash.get(path).text

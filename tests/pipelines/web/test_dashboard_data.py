@@ -360,3 +360,48 @@ def test_one_unreadable_job_does_not_hide_the_others(scored):
         path.write_bytes(saved)
     assert "cannot read the output file" in rows["demo_sensors"]["error"]
     assert rows["demo_web_metrics"]["error"] is None and rows["demo_web_metrics"]["last_run"]["run_id"] == PREDICT_RUN
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda job: data.series_summary(job, data.Filters()),
+        lambda job: data.anomaly_events(job, data.Filters()),
+        lambda job: data.chart(job, "region=eu", data.Filters()),
+        lambda job: data.run_summary(job, PREDICT_RUN),
+    ],
+    ids=["series_summary", "anomaly_events", "chart", "run_summary"],
+)
+def test_a_request_over_more_days_than_the_cache_holds_keeps_one_day_at_a_time(scored, monkeypatch, read):
+    """A year of a big job does not fit in memory: the days beyond the cache's budget are read,
+    aggregated and let go one by one, and nothing kept from them holds the day's buffers."""
+    import gc
+    import weakref
+
+    monkeypatch.setenv("ANOMALY_PIPELINES_DASHBOARD_CACHE_MB", "0")  # the cache keeps only the last day
+    loaded: list[weakref.ref] = []
+    alive_at_load: list[int] = []
+    build = data._Part.build.__func__
+
+    def counting_build(cls, table, start, end):
+        gc.collect()
+        alive_at_load.append(sum(ref() is not None for ref in loaded))
+        part = build(cls, table, start, end)
+        loaded.append(weakref.ref(part))
+        return part
+
+    monkeypatch.setattr(data._Part, "build", classmethod(counting_build))
+    read(get_job("demo_web_metrics"))
+    assert len(alive_at_load) == 7  # the demo week's day files
+    assert max(alive_at_load) <= 1, alive_at_load  # the cached previous day, nothing else
+
+
+def test_chart_lines_do_not_share_the_days_buffers(scored):
+    """A chart keeps a series' rows of each day: in buffers of their own, or a year's chart would
+    keep every day of every series alive after the cache dropped them."""
+    [part] = data.JobOutputs(get_job("demo_web_metrics")).parts(data.Filters.parse([], "2024-03-02", "2024-03-03"))
+    rows = part.series_lines("region=eu", data.Filters())
+    assert rows.num_rows == 24 * 2
+    day = {buffer.address for column in part.lines.columns for chunk in column.chunks for buffer in chunk.buffers() if buffer}
+    mine = {buffer.address for column in rows.columns for chunk in column.chunks for buffer in chunk.buffers() if buffer}
+    assert not day & mine
