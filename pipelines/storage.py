@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -75,7 +75,7 @@ def _replace_local(path: str, write: Callable[[BinaryIO], object]) -> None:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     # The temporary file is in the same folder so that os.replace stays on one file system.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = _create_temporary(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -88,14 +88,30 @@ def _replace_local(path: str, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def _create_temporary(folder: str, name: str) -> tuple[int, str]:
+    """A new empty file in ``folder`` for the content of ``name``: its descriptor and path."""
+    while True:
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            # Mode 0o666 lets the umask (and default ACLs) decide, as for files other tools create;
+            # tempfile.mkstemp would give 0o600, which os.replace then keeps.
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """Content of the file at ``url``; raises ``FileNotFoundError`` when there is none."""
     fs, path = filesystem(url, storage_options)
+    # s3fs answers from a listing cached by an earlier find(): a file written since by another
+    # process would be missing, one deleted since would still be read from the listing.
+    fs.invalidate_cache(path)
     return fs.cat_file(path)
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = filesystem(url, storage_options)
+    fs.invalidate_cache(path)  # as in read_bytes: not from a stale cached listing
     return fs.exists(path)
 
 

@@ -65,3 +65,42 @@ def test_missing_s3fs_gives_the_install_command(monkeypatch) -> None:
 
 def test_join_strips_a_trailing_slash() -> None:
     assert storage.join("s3://bucket/root/", "job=a", "part-0.parquet") == "s3://bucket/root/job=a/part-0.parquet"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=oct)
+def test_local_files_and_folders_get_the_usual_permissions(tmp_path, umask: int) -> None:
+    # As other tools create them: 0o666 (folders 0o777) less the umask, not tempfile's 0o600.
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"data")
+    previous = os.umask(umask)
+    try:
+        storage.atomic_write(str(tmp_path / "new" / "written.json"), b"{}")
+        storage.atomic_copy(str(source), str(tmp_path / "new" / "copied.bin"))
+        storage.atomic_write(str(tmp_path / "new" / "written.json"), b"[]")  # replacing keeps them
+    finally:
+        os.umask(previous)
+
+    def mode(name: str) -> int:
+        return (tmp_path / name).stat().st_mode & 0o777
+
+    assert mode("new") == 0o777 & ~umask
+    assert mode("new/written.json") == mode("new/copied.bin") == 0o666 & ~umask
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["copied.bin", "written.json"]
+
+
+def test_s3_reads_see_what_another_process_wrote_after_a_listing(s3_bucket: tuple[str, dict]) -> None:
+    import boto3
+
+    bucket, options = s3_bucket
+    url = f"s3://{bucket}/store"
+    storage.atomic_write(storage.join(url, "old.json"), b"old", options)
+    assert storage.find(url, options) == ["old.json"]  # s3fs caches this listing
+    client = boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1")
+    client.put_object(Bucket=bucket, Key="store/new.json", Body=b"new")
+    client.delete_object(Bucket=bucket, Key="store/old.json")
+
+    assert storage.exists(storage.join(url, "new.json"), options)
+    assert storage.read_bytes(storage.join(url, "new.json"), options) == b"new"
+    assert not storage.exists(storage.join(url, "old.json"), options)
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(url, "old.json"), options)
