@@ -49,7 +49,10 @@ def validate_batch(
     result = _run(batch, build_suite(batch, job, suite_path))
     bounds = (window[0].isoformat() if window[0] else None, window[1].isoformat() if window[1] else None)
     keys = batch[[name for name in (job.timestamp, *job.dimensions) if name in batch.columns]]
-    report = build_report(result, job=job.name, rows=len(batch), window=bounds, keys=keys, missing_column_hint=missing_column_hint)
+    report = build_report(
+        result, job=job.name, rows=len(batch), window=bounds, keys=keys, missing_column_hint=missing_column_hint,
+        columns=list(batch.columns),
+    )
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
 

@@ -4,7 +4,7 @@ column, how many values, some of them and the rows holding them; plus a JSON for
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ class CheckResult:
     def from_gx(cls, result: ExpectationValidationResult) -> CheckResult:
         config = result.expectation_config
         kwargs = config.kwargs
-        column = kwargs.get("column") or ", ".join(kwargs.get("column_list") or []) or None
+        column = ", ".join(_columns(kwargs)) or None
         outcome = result.result or {}
         error = _exception_message(result.exception_info or {})
         if error:
@@ -69,7 +69,8 @@ class CheckResult:
         if self.unexpected_count is not None:
             parts.append(f"{self.unexpected_count} unexpected")
         if self.sample_values:
-            parts.append(f"sample values {json.dumps(self.sample_values)}")
+            # Non-ASCII values as they are: "\u00e9" in a message is hard to match with the source's "é".
+            parts.append(f"sample values {json.dumps(self.sample_values, ensure_ascii=False)}")
         if self.sample_rows:
             where = f" ({'; '.join(self.sample_where)})" if self.sample_where else ""
             parts.append(f"at rows {self.sample_rows}{where}")
@@ -121,13 +122,29 @@ def build_report(
     window: tuple[str | None, str | None],
     keys: pd.DataFrame | None = None,
     missing_column_hint: Callable[[str], str] | None = None,
+    columns: Collection[str] | None = None,
 ) -> ValidationReport:
     """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
     numbered as GX numbered them) locate each sampled row in the source; ``missing_column_hint``
-    says, for a column the source lacks, what to check (by default the job file)."""
+    says, for a column the source lacks, what to check (by default the job file); ``columns``, the
+    batch's, let an expectation of the suite file that names another column say so."""
     checks = [CheckResult.from_gx(one) for one in result.results]
     located = keys is not None and not keys.empty
-    for check in checks:
+    # A job's column the source lacks is explained by its failed existence check.
+    explained = {check.column for check in checks if check.expectation == "expect_column_to_exist" and not check.success}
+    for one, check in zip(result.results, checks, strict=True):
+        absent = [
+            name
+            for name in _columns(one.expectation_config.kwargs)
+            if columns is not None and name not in columns and name not in explained
+        ]
+        if absent and not check.success:
+            # GX only says the column does not exist; the fix is in the suite file, not the data.
+            check.detail = (
+                f"{check.detail + '; ' if check.detail else ''}the batch has no column {', '.join(absent)}: "
+                f"it has only {', '.join(map(str, columns or []))}; correct the column's name in the expectation "
+                "suite (validation.suite in the job file), or remove the expectation"
+            )
         if check.expectation == "expect_column_to_exist" and not check.success and not check.detail:
             # Sources read only the job's columns, so the batch cannot list the source's own.
             check.detail = (
@@ -145,6 +162,13 @@ def build_report(
         window=window,
         gx_result=json_safe(result.to_json_dict()),
     )
+
+
+def _columns(kwargs: dict[str, Any]) -> list[str]:
+    """The columns an expectation checks: ``column``, ``column_list``, or a pair's ``column_A`` and ``column_B``."""
+    if kwargs.get("column"):
+        return [kwargs["column"]]
+    return list(kwargs.get("column_list") or []) or [kwargs[name] for name in ("column_A", "column_B") if kwargs.get(name)]
 
 
 def _where(keys: pd.DataFrame, row: int) -> str:

@@ -29,3 +29,11 @@ def test_summary_lists_failed_checks_only() -> None:
     assert as_json["window"] == ["2024-02-01T00:00:00+00:00", None]
     assert as_json["checks"][1]["sample_rows"] == [1, 4]
     assert as_json["gx_result"] == {"success": False}
+
+
+def test_sample_values_are_shown_as_they_are_not_as_escapes() -> None:
+    check = CheckResult("expect_column_values_to_be_in_type_list", "requests", False, 2, ["n/д", "—"], [1, 4])
+
+    assert check.describe() == (
+        'expect_column_values_to_be_in_type_list on requests, 2 unexpected, sample values ["n/д", "—"], at rows [1, 4]'
+    )

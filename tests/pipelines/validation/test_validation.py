@@ -227,6 +227,38 @@ def test_user_suite_is_applied_after_the_built_in_checks(make_job, clean_frame: 
     assert "failed 2 of" in report.summary()
 
 
+def test_suite_expectation_on_a_column_the_batch_lacks_says_to_fix_the_suite(
+    make_job, clean_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    suite = tmp_path / "suite.json"
+    expectations = [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "latency", "min_value": 0}},
+        {"type": "expect_column_pair_values_a_to_be_greater_than_b", "kwargs": {"column_A": "requests", "column_B": "latncy"}},
+    ]
+    suite.write_text(json.dumps({"name": "web", "expectations": expectations}))
+    report = validate_batch(clean_frame, make_job(), suite_path=str(suite))
+
+    failed = {check.column: check for check in _failed(report)}
+    assert set(failed) == {"latency", "requests, latncy"}
+    fix = "correct the column's name in the expectation suite (validation.suite in the job file), or remove the expectation"
+    assert failed["latency"].detail.endswith(
+        f"the batch has no column latency: it has only timestamp, region, requests, latency_ms; {fix}"
+    )
+    assert failed["requests, latncy"].detail.endswith(f"the batch has no column latncy: it has only {', '.join(clean_frame)}; {fix}")
+    assert "expect_column_values_to_be_between on latency, error: " in report.summary()
+
+
+def test_column_pair_check_names_both_columns(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
+    suite = tmp_path / "suite.json"
+    pair = {"type": "expect_column_pair_values_a_to_be_greater_than_b", "kwargs": {"column_A": "requests", "column_B": "latency_ms"}}
+    suite.write_text(json.dumps({"name": "web", "expectations": [pair]}))
+    frame = clean_frame.assign(latency_ms=[109.9, 120.4, 5000.0, 118.0, 108.7, 121.3])
+    check = _only_failure(validate_batch(frame, make_job(), suite_path=str(suite)))
+
+    assert (check.column, check.unexpected_count, check.sample_rows) == ("requests, latency_ms", 1, [2])
+    assert check.describe().startswith("expect_column_pair_values_a_to_be_greater_than_b on requests, latency_ms, 1 unexpected")
+
+
 def test_broken_user_suite_is_a_config_error(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"missing\.json: cannot read the expectation suite"):
         validate_batch(clean_frame, make_job(), suite_path=str(tmp_path / "missing.json"))
