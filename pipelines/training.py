@@ -23,7 +23,7 @@ import pipelines
 from pipelines.config import JobConfig, resolve_path
 from pipelines.detectors import BaseDetector, load_detector, make_detector
 from pipelines.detectors.synthetic import robust_scale as feature_scale
-from pipelines.errors import ModelError
+from pipelines.errors import ConfigError, ModelError
 from pipelines.monitoring import reference_profile
 from pipelines.registry import ModelRegistry, ModelVersion
 from pipelines.workspace import Window, utcnow
@@ -180,7 +180,20 @@ class TrainResult:
 
 
 def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window, *, run_id: str) -> TrainResult:
-    """Fit, compare with the champion, register, and promote when it is no worse."""
+    """Fit, compare with the champion, register, and promote when it is no worse.
+
+    A detector's own error (too few rows, a parameter the data does not allow) is given the job,
+    the series and the window: the detector knows none of them, and a run trains many series.
+    """
+    try:
+        return _train_series(job, series, data, window, run_id=run_id)
+    except (ModelError, ConfigError) as exc:
+        if str(exc).startswith(f"job {job.name}"):
+            raise
+        raise type(exc)(f"job {job.name}, series {series}, training window {window}: {exc}") from exc
+
+
+def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window, *, run_id: str) -> TrainResult:
     if len(data) < 10:
         raise ModelError(
             f"job {job.name}, series {series}: only {len(data)} rows in training window {window}; "

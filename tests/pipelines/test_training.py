@@ -121,6 +121,13 @@ def test_a_failed_training_registers_nothing(tmp_path: Path) -> None:
     assert registry.champion(job.name, "all").version == first.version
 
 
+def test_a_detectors_own_error_names_the_job_the_series_and_the_window(tmp_path: Path) -> None:
+    job = make_job(tmp_path, season="1d")
+    with pytest.raises(ModelError, match=r"^job trained, series all, training window .*: SeasonalMADDetector needs at least"):
+        train_series(job, "all", cycle(1).iloc[:12], WINDOW, run_id="twelve-rows")
+    assert registry_for(job).versions(job.name, "all") == []
+
+
 def test_champion_models_say_what_auto_chose_and_why(tmp_path: Path) -> None:
     from pipelines.training import champion_models
 
