@@ -51,7 +51,7 @@ STEPS = {
     "validate": "validate",
     "read_series": "score",
     "score_series": "score",
-    "publish": "publish",
+    "publish_scored": "publish",
 }
 
 

@@ -263,7 +263,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
         storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(chunk)))
         paths.append(path)
         rows += len(chunk)
-        log.info("job %s: chunk %d: %d rows (%d so far) from %s", job.name, index, len(chunk), rows, input_path)
+        log.info("job %s: chunk %d: %d rows (%d so far) from %s", job.name, index + 1, len(chunk), rows, input_path)  # counted from 1, as scoring does
     storage.atomic_write(workspace.chunk_manifest, json.dumps(manifest).encode())
     if rows < max(job.validation.min_rows, 1):
         raise SourceError(
