@@ -225,6 +225,11 @@ def api_errors() -> tuple[type[BaseException], ...]:
     return (GoogleAPIError, GoogleAuthError, requests.RequestException, concurrent.futures.TimeoutError)
 
 
+def _reason(exc: BaseException) -> str | None:
+    errors = getattr(exc, "errors", None) or []
+    return errors[0].get("reason") if errors and isinstance(errors[0], dict) else None
+
+
 def _message(exc: BaseException) -> str:
     errors = getattr(exc, "errors", None) or []
     first = errors[0] if errors and isinstance(errors[0], dict) else {}
@@ -241,6 +246,14 @@ def explain(exc: BaseException, *, endpoint: str | None = None) -> tuple[str, st
     if isinstance(exc, api.RetryError) and exc.cause is not None:
         exc = exc.cause
     where = endpoint or "the BigQuery API"
+    # BigQuery answers an exceeded quota or rate limit with 403 Forbidden (reason quotaExceeded
+    # or rateLimitExceeded), not only 429: the reason, not the status, tells it from a denial.
+    if isinstance(exc, api.TooManyRequests) or _reason(exc) in ("quotaExceeded", "rateLimitExceeded"):
+        return (
+            f"a BigQuery quota or rate limit was exceeded ({_message(exc)})",
+            "Wait and let the task's retries try again; if it keeps failing, raise the quota named in the "
+            "message (IAM & Admin > Quotas) or spread the jobs out.",
+        )
     if isinstance(exc, api.NotFound):
         return (
             f"a table, dataset or project was not found ({_message(exc)})",
@@ -268,11 +281,14 @@ def to_frame(rows: Any, api_endpoint: str | None) -> Any:
     (nullable, so a NULL stays missing), TIMESTAMP as ``datetime64[us, UTC]``, FLOAT64 as float64.
 
     Through Arrow rather than ``RowIterator.to_dataframe``, which google-cloud-bigquery deprecates
-    in favour of pandas-gbq; the Arrow path is the one both use underneath.
+    in favour of pandas-gbq; the Arrow path is the one both use underneath. The Arrow table is
+    freed column by column while it converts (``self_destruct``), so a large result is not held
+    twice in memory.
     """
     import pandas as pd
     import pyarrow as pa
 
     nullable = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
     table = rows.to_arrow(create_bqstorage_client=use_storage_api(api_endpoint))
-    return table.to_pandas(types_mapper=nullable.get)
+    # Nothing else refers to the table: self_destruct makes it unusable after this call.
+    return table.to_pandas(types_mapper=nullable.get, split_blocks=True, self_destruct=True)

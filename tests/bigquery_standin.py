@@ -18,7 +18,8 @@ transaction, rolled back when a statement fails.
 
 Errors come back as BigQuery reports them: a failed query job is ``DONE`` with an
 ``errorResult`` (``invalidQuery``, ``notFound``), a missing table is an HTTP 404 ``notFound``,
-and ``deny = True`` answers every call with HTTP 403 ``accessDenied``. ``fail_loads`` makes load
+``deny = True`` answers every call with HTTP 403 ``accessDenied``, and ``fail_with`` (an
+:class:`ApiError`, e.g. 403 ``quotaExceeded``) answers every call with that error. ``fail_loads`` makes load
 jobs fail (``invalid``) without touching any table. Every request is kept in ``requests`` so tests
 can check what the client sent.
 
@@ -192,6 +193,7 @@ class BigQueryStandIn:
         self.project = project
         self.page_size = page_size
         self.deny = False
+        self.fail_with: ApiError | None = None
         self.fail_loads = False
         self.requests: list[Request] = []
         self._db = duckdb.connect()
@@ -291,6 +293,8 @@ class BigQueryStandIn:
         with self._lock:
             self.requests.append(request)
             try:
+                if self.fail_with is not None:
+                    raise self.fail_with
                 if self.deny:
                     raise ApiError(
                         403, "accessDenied", f"Access Denied: Project {self.project}: User does not have permission"

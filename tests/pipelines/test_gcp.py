@@ -7,6 +7,7 @@ credentials from them needs no network, so nothing here talks to Google.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,23 @@ def test_without_the_client_the_error_names_the_bigquery_extra(monkeypatch: pyte
         r"pip install 'anomaly-pipelines\[bigquery\]'",
     ):
         gcp.bigquery_client(purpose="The bigquery output", project="p")
+
+
+def test_a_large_result_is_not_held_twice_in_memory(tmp_path: Path) -> None:
+    # In a child process: its peak resident memory is the measure, and it must start fresh.
+    script = tmp_path / "peak.py"
+    script.write_text(
+        "import resource\n"
+        "import numpy as np, pyarrow as pa\n"
+        "from pipelines import gcp\n"
+        "class Rows:  # what QueryJob.result() gives, with a 256 MB result\n"
+        "    def to_arrow(self, create_bqstorage_client):\n"
+        "        return pa.table({f'c{i}': np.arange(8_000_000, dtype='float64') for i in range(4)})\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "frame = gcp.to_frame(Rows(), 'http://localhost:9050')\n"
+        "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024\n"
+        "print(grown / frame.memory_usage().sum())\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+
+    assert float(done.stdout.split()[-1]) < 1.5  # Arrow table and frame together would be 2

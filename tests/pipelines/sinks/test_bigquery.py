@@ -20,7 +20,7 @@ from pipelines.errors import SinkError
 from pipelines.scoring import publish
 from pipelines.sinks import BigQuerySink
 from pipelines.workspace import Window
-from tests.bigquery_standin import BigQueryStandIn
+from tests.bigquery_standin import ApiError, BigQueryStandIn
 
 PROJECT = "standin-project"
 TABLE = f"{PROJECT}.results.anomalies"
@@ -175,6 +175,7 @@ def test_a_failing_insert_rolls_the_delete_back(standin: BigQueryStandIn, sink: 
         ("permission denied", r"permission denied or credentials rejected \(Access Denied"),
         ("missing dataset", r"a table, dataset or project was not found \(Not found: Dataset standin-project:nowhere"),
         ("unreachable", r"cannot reach http://127\.0\.0\.1:1 or it failed"),
+        ("table update rate limit", r"a BigQuery quota or rate limit was exceeded \(Exceeded rate limits: too many table update"),
     ],
 )
 def test_failures_name_the_job_window_and_table_and_write_nothing(
@@ -183,6 +184,9 @@ def test_failures_name_the_job_window_and_table_and_write_nothing(
     output = BigQueryOutput(table=TABLE, api_endpoint=standin.url)
     if case == "permission denied":
         standin.deny = True
+    elif case == "table update rate limit":  # BigQuery's 403 for too many writes to one table
+        standin.fail_with = ApiError(403, "rateLimitExceeded", "Exceeded rate limits: too many table update operations")
+        monkeypatch.setattr(gcp, "RETRY_TIMEOUT", 0.5)  # the client retries rate limits for two minutes
     elif case == "missing dataset":
         output = BigQueryOutput(table=f"{PROJECT}.nowhere.anomalies", api_endpoint=standin.url)
     else:
@@ -200,7 +204,7 @@ def test_failures_name_the_job_window_and_table_and_write_nothing(
     )
     assert "the table keeps its previous rows" in message
     assert re.search(problem, message), message
-    standin.deny = False
+    standin.deny, standin.fail_with = False, None
     assert tables(standin) == []
 
 

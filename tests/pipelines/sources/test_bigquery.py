@@ -20,7 +20,7 @@ from pipelines import gcp
 from pipelines.config import JobConfig, parse_job
 from pipelines.errors import ConfigError, MissingDependencyError, SourceError
 from pipelines.sources import BigQueryReader, read_window
-from tests.bigquery_standin import BigQueryStandIn
+from tests.bigquery_standin import ApiError, BigQueryStandIn
 
 PROJECT = "standin-project"
 QUERY = f"SELECT ts, host, value, note FROM `{PROJECT}.metrics.cpu` WHERE ts >= @start AND ts < @end ORDER BY ts, host"
@@ -251,6 +251,32 @@ def test_failures_name_the_job_source_and_window_and_what_to_do(
     )
     assert re.search(problem, message), message
     assert todo in message
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "text"),
+    [
+        (403, "quotaExceeded", "Quota exceeded: Your project exceeded quota for free query bytes scanned"),
+        (403, "rateLimitExceeded", "Exceeded rate limits: too many concurrent queries for this project"),
+        (429, "rateLimitExceeded", "Exceeded rate limits: too many api requests per user per method"),
+    ],
+)
+def test_an_exceeded_quota_is_not_reported_as_permission_denied(
+    standin: BigQueryStandIn, monkeypatch: pytest.MonkeyPatch, code: int, reason: str, text: str
+) -> None:
+    # BigQuery answers exceeded quotas and rate limits with 403 (as a denial) or 429; see
+    # https://cloud.google.com/bigquery/docs/troubleshoot-quotas
+    standin.fail_with = ApiError(code, reason, text)
+    monkeypatch.setattr(gcp, "RETRY_TIMEOUT", 0.5)  # the client retries rate limits for two minutes
+
+    with pytest.raises(SourceError) as caught:
+        read_window(bigquery_job(standin), at("2024-01-01"), at("2024-01-02"))
+
+    message = str(caught.value)
+    assert message.startswith("job 'cpu_load': cannot read bigquery source (project standin-project) for window ")
+    assert f"a BigQuery quota or rate limit was exceeded ({text})" in message
+    assert "the task's retries try again" in message
+    assert "permission denied" not in message and "roles/bigquery.jobUser" not in message
 
 
 def test_a_project_is_required(standin: BigQueryStandIn) -> None:
