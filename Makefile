@@ -5,8 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS := airflow,s3,postgres,mysql,mssql,redshift,duckdb,bigquery,gcs,prophet,plot,alerts,lstm,dev
 AIRFLOW_ENV := source scripts/airflow-env.sh
+# torch (the lstm extra) comes from PyTorch's CPU-only index, at the version pinned in constraints.txt:
+# PyPI's Linux torch wheels are CUDA builds that pull GBs of nvidia-* packages constraints.txt does not pin.
+# A local wheel (pip's find-links) serves as well; TORCH_INDEX= (empty) skips the index.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH := torch==$(shell sed -n 's/^torch==\([^+]*\).*/\1/p' constraints.txt)+cpu
 
-.PHONY: demo up test test-fast bench lock venv system-deps airflow-db clean
+.PHONY: demo up test bench lock venv system-deps airflow-db clean
 
 venv: $(VENV)/.installed
 
@@ -15,6 +20,7 @@ $(VENV)/.installed: constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --no-deps $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
@@ -35,7 +41,7 @@ up: airflow-db
 system-deps:
 	scripts/install-system-deps.sh
 
-## test: set everything up (venv, PostgreSQL package) and run the whole test suite
+## test: set everything up (venv; Debian's PostgreSQL, MariaDB and Chromium) and run the whole test suite
 test: venv system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
