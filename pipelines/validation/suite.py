@@ -10,6 +10,7 @@ import json
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
 
@@ -52,6 +53,11 @@ def prepare_batch(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
             # Numbers written as text (as CSV gives them) are numbers; the values that are not stay
             # as they came, in an object column, where GX checks each value and names exactly them.
             raw = batch[name].astype(object)
+            # True and False are not measurements, though pandas reads them as 1 and 0 (a JSON
+            # source can mix them with numbers), and GX's type check takes a bool for an int: as
+            # text, the type check names them.
+            flags = raw.map(lambda value: isinstance(value, (bool, np.bool_)))
+            raw = raw.where(~flags, raw.map(str))
             numbers = pd.to_numeric(raw, errors="coerce")
             batch[name] = raw.where(numbers.isna(), numbers.astype(object))
     return batch

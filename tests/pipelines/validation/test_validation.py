@@ -103,6 +103,16 @@ def test_mixed_object_feature_reports_only_the_non_numbers(make_job, clean_frame
     )
 
 
+def test_true_and_false_among_numbers_are_not_numbers(make_job, clean_frame: pd.DataFrame) -> None:
+    # A JSON source can mix them with numbers; pandas would read them as 1 and 0.
+    frame = clean_frame.assign(latency_ms=pd.Series([1.5, True, 2, 3.5, False, 4], dtype=object))
+    check = _only_failure(validate_batch(frame, make_job()))
+
+    assert (check.column, check.unexpected_count, check.sample_values, check.sample_rows) == (
+        "latency_ms", 2, ["True", "False"], [1, 4]
+    )
+
+
 def test_rows_read_with_datetime_timestamps_are_located_in_iso_8601(make_job, clean_frame: pd.DataFrame) -> None:
     # SQL and Parquet sources give datetimes, not text.
     frame = clean_frame.assign(timestamp=pd.to_datetime(clean_frame["timestamp"]), latency_ms=[1.0, 2.0, 3.0, float("inf"), 5.0, 6.0])
