@@ -107,8 +107,9 @@ def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
     """
     current = load_champion(job, series)
     if current is None:
-        log.warning("%s The other series are scored; this one is not.", _no_model(job, series))
-        return ScoreResult(series, None, 0, 0, None, data.attrs.get("resampling"), unscored=_no_model(job, series))
+        why = _no_model(job, series)
+        log.warning("%s The other series are scored; this one is not.", why)
+        return ScoreResult(series, None, 0, 0, None, data.attrs.get("resampling"), unscored=why)
     version, detector = current
     inside = (data.index >= window.start) & (data.index < window.end)
     dimensions = parse_series_key(series, job.dimensions)

@@ -205,12 +205,12 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
     head, tail = data.iloc[:split], data.iloc[split:]
     scale = feature_scale(head)
 
-    serving = registry.champion_version(job.name, series)
     try:
         current = load_champion(job, series)
     except ModelError as exc:
         # A champion that cannot be loaded cannot score either: training must be able to replace
         # it (its error tells people to retrain), so it is treated like a champion that cannot score.
+        serving = registry.champion_version(job.name, series)
         log.warning("job %s, series %s: champion %s cannot be loaded: %s", job.name, series, serving, exc)
         current, unloadable = None, str(exc)
     else:

@@ -610,22 +610,18 @@ def _job_schema(dataset: ds.Dataset, job: JobConfig, fail: Fail, shown: Callable
     """
     fragments = list(dataset.get_fragments())
     schemas = [fragment.physical_schema for fragment in fragments]
+    # A file without rows lacks nothing.
+    held = [(fragment, schema) for fragment, schema in zip(fragments, schemas, strict=True) if fragment.metadata.num_rows]
+    _same_columns(
+        [shown(fragment.path) for fragment, _ in held],
+        [[name for name in schema.names if name in job.columns] for _, schema in held],
+        fail,
+    )
     fields = []
     for name in job.columns:
         types = [schema.field(name).type if name in schema.names else None for schema in schemas]
         if all(kind is None for kind in types):
             continue  # in no file: validation names it (or a partition folder provides it)
-        lacking = [
-            shown(fragment.path)
-            for fragment, kind in zip(fragments, types, strict=True)
-            if kind is None and fragment.metadata.num_rows  # a file without rows lacks nothing
-        ]
-        if lacking:
-            raise fail(
-                f"column {name!r} is missing from {len(lacking)} of {len(fragments)} files while the others have it "
-                f"(first without it: {lacking[0]}); their rows would have no {name!r}",
-                f"Write {name!r} into every file, or move the files without it out of `path`.",
-            )
         distinct = list(dict.fromkeys(types))
         try:
             unified = pa.unify_schemas([pa.schema([(name, kind)]) for kind in distinct], promote_options="permissive")
