@@ -10,6 +10,10 @@ AIRFLOW_ENV := source scripts/airflow-env.sh
 # A local wheel (pip's find-links) serves as well; TORCH_INDEX= (empty) skips the index.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH := torch==$(shell sed -n 's/^torch==\([^+]*\).*/\1/p' constraints.txt)+cpu
+# pip and the build backend (setuptools, which builds this project's editable install) are pinned in
+# constraints.txt too: `pip freeze` leaves them out unless asked (--all), and the build backend is
+# fetched into an isolated environment that `-c` does not constrain (`--build-constraint` does).
+PIP := $(shell grep '^pip==' constraints.txt)
 
 .PHONY: demo up test bench lock venv system-deps airflow-db clean
 
@@ -19,9 +23,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(PIP)"
 	$(BIN)/pip install --quiet --no-deps $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet -c constraints.txt --build-constraint constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 airflow-db: venv
@@ -49,8 +53,10 @@ bench: venv
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 ## lock: re-pin constraints.txt from the current venv (after changing dependencies)
+# --all keeps pip and setuptools. torch's local label (+cpu) is dropped: which build to take is the
+# install's business (TORCH above), and `torch==X` in the lock is satisfied by the installed X+cpu.
 lock:
-	$(BIN)/pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
+	$(BIN)/pip freeze --all --exclude-editable | grep -v '^-e ' | sed -E 's/^(torch==[^+]+)\+cpu$$/\1/' > constraints.txt
 
 clean:
 	rm -rf var/work var/outputs var/models var/quarantine var/anomalies.db var/demo
