@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -88,10 +89,29 @@ def _replace_local(path: str, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+# The longest file name most file systems take (ext4, XFS, btrfs: 255 bytes).
+_NAME_MAX_BYTES = 255
+
+
+def temporary_name(name: str, token: str) -> str:
+    """A hidden name beside ``name`` for staging its content, within the file system's name limit.
+
+    The name is shortened (by whole characters) when needed: a target of 250 bytes is a valid
+    file name, and its staging file must not be the one that fails. A shortened name ends with a
+    digest of the whole one, so two long names staged with one token stay apart.
+    """
+    if len(f".{name}.{token}.tmp".encode()) <= _NAME_MAX_BYTES:
+        return f".{name}.{token}.tmp"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = _NAME_MAX_BYTES - len(f".~{digest}.{token}.tmp".encode())
+    kept = name.encode()[:room].decode(errors="ignore")
+    return f".{kept}~{digest}.{token}.tmp"
+
+
 def _create_temporary(folder: str, name: str) -> tuple[int, str]:
     """A new empty file in ``folder`` for the content of ``name``: its descriptor and path."""
     while True:
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(folder, temporary_name(name, secrets.token_hex(4)))
         try:
             # Mode 0o666 lets the umask (and default ACLs) decide, as for files other tools create;
             # tempfile.mkstemp would give 0o600, which os.replace then keeps.

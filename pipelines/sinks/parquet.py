@@ -129,7 +129,7 @@ class ParquetSink:
             for change in changes:
                 if change.new is not None:
                     folder, _, name = change.url.rpartition("/")
-                    staged[change.url] = f"{folder}/.{name}.{token}.tmp"
+                    staged[change.url] = f"{folder}/{storage.temporary_name(name, token)}"
                     doing = f"writing {change.url} (as {staged[change.url]})"
                     storage.atomic_write(staged[change.url], change.new, self.storage_options)
             for change in changes:

@@ -54,6 +54,24 @@ def test_local_write_that_fails_keeps_the_old_file_and_no_temp_file(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pointer.json"]
 
 
+@pytest.mark.parametrize("name", ["a" * 250 + ".csv", "é" * 125 + ".csv"], ids=["ascii", "two-byte"])
+def test_a_file_name_near_the_limit_is_written_whole(tmp_path, name: str) -> None:
+    # 254 bytes is a valid name on ext4/XFS/btrfs; its staging file must fit too.
+    target = tmp_path / name
+    storage.atomic_write(str(target), b"rows")
+    storage.atomic_write(str(target), b"rows again")
+    assert target.read_bytes() == b"rows again"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_shortened_temporary_names_stay_apart_and_within_the_limit() -> None:
+    first, second = "x" * 250 + "-1.parquet", "x" * 250 + "-2.parquet"
+    names = {storage.temporary_name(name, "0123456789ab") for name in (first, second)}
+    assert len(names) == 2
+    assert all(len(name.encode()) <= 255 and name.startswith(".xxx") for name in names)
+    assert storage.temporary_name("day.parquet", "ab12") == ".day.parquet.ab12.tmp"
+
+
 def test_missing_s3fs_gives_the_install_command(monkeypatch) -> None:
     def no_s3fs(url: str, **options: object) -> None:
         raise ImportError("Install s3fs to access S3")
