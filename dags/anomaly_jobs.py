@@ -20,18 +20,27 @@ from pipelines.errors import ConfigError
 
 DEFAULT_ARGS = {"owner": "anomaly-pipelines", "retries": 2, "retry_delay": timedelta(minutes=1)}
 
+# The ISO 8601 forms the window's start and end take (a subset of what `workspace.to_utc` parses):
+# Airflow checks a run's params when the run is created, so a typo is refused at trigger time,
+# in the form or by `airflow dags trigger`, instead of failing `extract` later.
+ISO_DATE_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+
 WINDOW_PARAMS = {
     "start": Param(
         None,
         type=["null", "string"],
+        pattern=ISO_DATE_TIME,
         title="Window start",
-        description="ISO 8601 date-time (UTC if no offset). Empty: the scheduled data interval.",
+        description="ISO 8601 date or date-time, e.g. 2024-03-01T00:00:00Z (UTC if no offset). "
+        "Empty: the scheduled data interval.",
     ),
     "end": Param(
         None,
         type=["null", "string"],
+        pattern=ISO_DATE_TIME,
         title="Window end",
-        description="ISO 8601 date-time, exclusive. Empty: the scheduled data interval's end.",
+        description="ISO 8601 date or date-time, exclusive, e.g. 2024-03-08 (UTC if no offset). "
+        "Empty: the scheduled data interval's end.",
     ),
 }
 ONE_OFF_PARAMS = {

@@ -101,3 +101,47 @@ def test_parsing_imports_nothing_heavy():
         check=True,
     )
     assert out.stdout.strip() == ""
+
+
+def _scheduler_params(dagbag, dag_id: str):
+    """The DAG's params as the API server and scheduler hold them: from its serialized form."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags[dag_id])).params
+
+
+@pytest.mark.parametrize("purpose", ["train", "predict", "tune"])
+@pytest.mark.parametrize(("key", "value"), [("start", "yesterday"), ("end", "8 March 2024"), ("start", "03/01/2024")])
+def test_a_window_that_is_not_a_date_time_is_refused_when_the_run_is_created(dagbag, purpose, key, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    job = next(iter(load_jobs(REPO / "config" / "jobs")))
+    params = _scheduler_params(dagbag, f"{job}__{purpose}")
+    # What Airflow does with a run's conf when the run is created (trigger form, REST API, CLI).
+    with pytest.raises(ParamValidationError, match=f"param {key}:.*{value}"):
+        params.deep_merge({key: value}).validate()
+
+
+def test_a_date_time_of_the_right_shape_but_no_such_day_is_refused_by_extract(dagbag):
+    from pipelines.errors import ConfigError
+    from pipelines.workspace import to_utc
+
+    job = next(iter(load_jobs(REPO / "config" / "jobs")))
+    # The pattern checks the shape only; the window's parse names the value.
+    _scheduler_params(dagbag, f"{job}__predict").deep_merge({"start": "2024-13-01"}).validate()
+    with pytest.raises(ConfigError, match="'2024-13-01' is not an ISO 8601 date-time"):
+        to_utc("2024-13-01")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2024-03-01", "2024-03-01T00:00", "2024-03-01 00:00:00", "2024-03-01T00:00:00Z",
+     "2024-03-01T00:00:00.123456+02:00", "2024-03-01T00:00:00-0530"],
+)
+def test_every_date_time_the_form_takes_is_one_the_window_parses(dagbag, value):
+    from pipelines.workspace import to_utc
+
+    job = next(iter(load_jobs(REPO / "config" / "jobs")))
+    params = _scheduler_params(dagbag, f"{job}__predict")
+    validated = params.deep_merge({"start": value, "end": value}).validate()
+    assert validated["start"] == value and to_utc(value).tzinfo is not None
