@@ -5,12 +5,17 @@ Layout under ``root`` (a local folder or ``s3://bucket/prefix``)::
     <job>/<series slug>/versions/<version>/<artifact files...>
     <job>/<series slug>/versions/<version>/metadata.json   written last: marks the version complete
     <job>/<series slug>/champion.json                       {"version": ..., "promoted_at": ...}
+    <job>/<series slug>/champion.json.lock                  local folders: the lock of champion writes
     <job>/<series slug>/tuned.json                          {"kind": ..., "params": ..., "report": ..., "tuned_at": ...}
     <job>/<series slug>/tuning/<timestamp>.json             one tune run: every trial and the decision
 
 A version without ``metadata.json`` was interrupted while being registered and is ignored.
 Pointers are replaced atomically (:func:`pipelines.storage.atomic_write`), so a reader sees the
-old champion or the new one, and a champion is always a complete version.
+old champion or the new one, and a champion is always a complete version. The champion pointer is
+only replaced by a conditional write (:func:`pipelines.storage.replace_if_unchanged`: a lock on
+local folders, ``If-Match`` on S3), so a promotion that checks which champion serves and replaces
+it (:meth:`ModelRegistry.promote_if_champion`) is one atomic step: of two runs promoting from the
+same champion, one wins and the other learns which version won.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ METADATA = "metadata.json"
 CHAMPION = "champion.json"
 TUNED = "tuned.json"
 TUNING = "tuning"
+#: Rounds of read, compare and conditional write in one promotion. Another round follows a failed
+#: write only when the pointer read again still names the expected version (rewritten meanwhile).
+_PROMOTION_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -111,11 +119,40 @@ class ModelRegistry:
         return ModelVersion(job, series, version, metadata)
 
     def promote(self, job: str, series: str, version: str) -> None:
-        """Make ``version`` the champion that scoring uses."""
+        """Make ``version`` the champion that scoring uses, whichever version serves now."""
+        # Conditional too, so that it never lands between the check and the write of a
+        # promote_if_champion (which would then replace it unseen): retried until it holds.
+        while self.promote_if_champion(job, series, version, self.champion_version(job, series)) != version:
+            pass
+
+    def promote_if_champion(self, job: str, series: str, version: str, expected: str | None) -> str | None:
+        """Make ``version`` the champion only if the champion is still ``expected`` (None: there is
+        none), in one atomic step, and return the version serving afterwards: ``version`` when it
+        was promoted, else the one that replaced ``expected`` (None: the pointer was removed)."""
         self.version(job, series, version)
-        pointer = {"version": version, "promoted_at": _now()}
-        self._write_json(self._url(job, series, CHAMPION), pointer, "champion pointer")
-        log.info("promoted model version %s of job %s, series %s", version, job, series)
+        url = self._url(job, series, CHAMPION)
+        pointer = _dumps({"version": version, "promoted_at": _now()}, "champion pointer")
+        for _ in range(_PROMOTION_TRIES):
+            seen = storage.read_snapshot(url, self.storage_options)
+            serving = None if seen.data is None else json.loads(seen.data)["version"]
+            if serving != expected:
+                return serving
+            if storage.replace_if_unchanged(url, pointer, seen, self.storage_options):
+                log.info("promoted model version %s of job %s, series %s", version, job, series)
+                return version
+            # Written since it was read: the next read says by whom. It may name this version when
+            # a retried request of this write was refused because its first try had landed.
+        return self.champion_version(job, series)
+
+    def amend(self, job: str, series: str, version: str, changes: dict[str, Any]) -> ModelVersion:
+        """Replace top-level sections of a complete version's metadata (its decision, when the
+        promotion it was registered for did not happen); job, series, version and registration
+        time stay."""
+        current = self.version(job, series, version).metadata
+        fixed = {k: current[k] for k in ("job", "series", "version", "registered_at") if k in current}
+        metadata = {**current, **changes, **fixed}
+        self._write_json(self._url(job, series, "versions", version, METADATA), metadata, f"metadata of job {job!r}, series {series!r}")
+        return ModelVersion(job, series, version, metadata)
 
     def champion(self, job: str, series: str) -> ModelVersion | None:
         """The promoted version, or ``None`` when nothing was promoted yet."""

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import fsspec
@@ -18,6 +21,15 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+#: Longest wait for the lock of a local conditional replace (:func:`replace_if_unchanged`): its
+#: holder only reads and writes one small file, so a longer wait means a hung process.
+LOCK_TIMEOUT_SECONDS = 60.0
+#: Tries of a conditional PUT that S3 answers 409 ConditionalRequestConflict (another conditional
+#: write to the key was in progress; AWS says to retry).
+_CONFLICT_TRIES = 5
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
@@ -118,6 +130,112 @@ def _create_temporary(folder: str, name: str) -> tuple[int, str]:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
             continue
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A file as :func:`read_snapshot` read it, to replace it only if nobody wrote it since
+    (:func:`replace_if_unchanged`). ``data`` is None when there was no file; ``etag`` is the S3
+    ETag read before the content (None elsewhere)."""
+
+    data: bytes | None
+    etag: str | None = None
+
+
+def read_snapshot(url: str, storage_options: dict[str, Any] | None = None) -> Snapshot:
+    """The content of the file at ``url`` (None when there is none), for :func:`replace_if_unchanged`."""
+    fs, path = filesystem(url, storage_options)
+    etag = None
+    if _is_s3(fs):
+        # The ETag before the content: content read after it is as new or newer, so a write in
+        # between makes the conditional PUT fail (a spurious "changed"), never succeed wrongly.
+        fs.invalidate_cache(path)
+        with contextlib.suppress(FileNotFoundError):
+            etag = fs.info(path).get("ETag")
+    try:
+        return Snapshot(read_bytes(url, storage_options), etag)
+    except FileNotFoundError:
+        return Snapshot(None)
+
+
+def replace_if_unchanged(url: str, data: bytes, seen: Snapshot, storage_options: dict[str, Any] | None = None) -> bool:
+    """Replace the file at ``url`` by ``data`` only if it still holds what ``seen`` read (create it
+    only if there was none), in one atomic step; False, writing nothing, when it was written,
+    created or removed since. Readers see the old content or the new one, as with :func:`atomic_write`.
+
+    - Local folders: under an exclusive lock (``fcntl.flock``, through filelock) on
+      ``<file>.lock`` beside the file, which every writer through this function takes; readers
+      need none. The lock file stays (removing it would let a waiting writer lock a file no longer
+      there). It holds between threads and processes on one host, and between hosts sharing the
+      folder only where the network file system carries ``flock`` across hosts (Linux NFS v4
+      does); where ``flock`` is missing (ENOSYS), filelock falls back to a lock file created exclusively.
+    - S3: one conditional PUT, ``If-Match`` the ETag ``seen`` was read under (``If-None-Match: *``
+      when there was no file), which S3 itself decides (AWS S3 since 2024-11). An S3-compatible
+      store must support conditional writes: one that rejects them fails the write, one that
+      ignores the header writes unconditionally.
+    - Other file systems (``gs://``...): compared, then written: two requests, so a write between
+      them is not seen.
+    """
+    fs, path = filesystem(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return _replace_local_if_unchanged(path, data, seen.data)
+    if _is_s3(fs):
+        return _replace_s3_if_unchanged(fs, path, data, seen)
+    log.debug("%s: %s has no conditional write; comparing, then writing", url, type(fs).__name__)
+    if read_snapshot(url, storage_options).data != seen.data:
+        return False
+    fs.pipe_file(path, data)
+    return True
+
+
+def _replace_local_if_unchanged(path: str, data: bytes, expected: bytes | None) -> bool:
+    from filelock import FileLock
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_SECONDS):
+        try:
+            with open(path, "rb") as handle:
+                current: bytes | None = handle.read()
+        except FileNotFoundError:
+            current = None
+        if current != expected:
+            return False
+        _replace_local(path, lambda handle: handle.write(data))
+        return True
+
+
+def _replace_s3_if_unchanged(fs: AbstractFileSystem, path: str, data: bytes, seen: Snapshot) -> bool:
+    condition = {"IfMatch": seen.etag} if seen.etag is not None else {"IfNoneMatch": "*"}
+    for attempt in range(1, _CONFLICT_TRIES + 1):
+        try:
+            fs.pipe_file(path, data, **condition)
+            return True
+        except FileNotFoundError:  # If-Match on a key removed since
+            return False
+        except OSError as exc:
+            code = _s3_error_code(exc)
+            if code == "PreconditionFailed":
+                return False
+            if code != "ConditionalRequestConflict" or attempt == _CONFLICT_TRIES:
+                raise
+            time.sleep(0.1 * attempt)
+    return False  # not reached: the last try returns or raises
+
+
+def _is_s3(fs: AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "s3" in protocols
+
+
+def _s3_error_code(exc: BaseException) -> str | None:
+    """The S3 error code of the botocore error s3fs turned into ``exc`` (its cause), if any."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            return response["Error"].get("Code")
+        cause = cause.__cause__
+    return None
 
 
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,29 +267,22 @@ def register_model(
     promoted: bool,
     reason: str,
     compared_with: str | None,
-    extra: dict[str, Any] | None = None,
+    extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> ModelVersion:
     """Register ``final`` (fitted on all of ``data``) with its metadata, and promote it if ``promoted``.
 
     ``compared_with`` is the champion version the decision was taken against (None: there was
-    none). If another run (a tune beside a train, a CLI train beside a scheduled one, a retry
-    beside its first attempt) promoted another version meanwhile, this one was never compared
-    with the model now serving: it is registered but not promoted, and the decision says why.
-    Shared by training and tuning, so a tuned model carries the same metadata as a trained one;
-    ``extra`` adds sections (tuning adds its trials and decision).
+    none). The promotion replaces the champion only if it is still that version, in one atomic
+    step (:meth:`~pipelines.registry.ModelRegistry.promote_if_champion`). If another run (a tune
+    beside a train, a CLI train beside a scheduled one, a retry beside its first attempt) promoted
+    another version meanwhile, this one was never compared with the model now serving: it stays
+    registered but not promoted, and its stored decision says why. Shared by training and tuning,
+    so a tuned model carries the same metadata as a trained one; ``extra(decision)`` adds sections
+    given the final decision (tuning adds its trials and its own copy of the decision).
     """
     registry = registry_for(job)
-    if promoted:
-        serving = registry.champion_version(job.name, series)
-        if serving != compared_with:
-            promoted = False
-            reason = (
-                f"{reason}; not promoted after all: another run promoted version {serving} while this model was "
-                f"compared with {compared_with or 'no champion'}, and it was never compared with {serving}. "
-                "Run train (or tune) again to compare with it"
-            )
-            log.warning("job %s, series %s: %s", job.name, series, reason)
     metrics = {**metrics, "train_anomaly_rate": final.training_anomaly_rate(data)}
+    decision = {"promoted": promoted, "reason": reason}
     metadata = {
         "model": kind,
         "params": final.get_params(),
@@ -303,7 +297,7 @@ def register_model(
         "rows": len(data),
         "resampling": {**job.resample.model_dump(), "counts": data.attrs.get("resampling")},
         "metrics": metrics,
-        "decision": {"promoted": promoted, "reason": reason},
+        "decision": decision,
         "lookback": int(final.lookback_),
         "history_after_training": final.history_after_training,
         "detector": final.summary(),
@@ -312,9 +306,21 @@ def register_model(
         "warm_started": bool(getattr(final, "warm_started_", False)),
         # What predict runs measure drift and anomaly rates against (pipelines.monitoring).
         "monitoring": reference_profile(data, train_anomaly_rate=metrics["train_anomaly_rate"]),
-        **(extra or {}),
+        **(extra(decision) if extra else {}),
     }
     version = registry.register(job.name, series, final.to_files(), metadata)
-    if promoted:
-        registry.promote(job.name, series, version.version)
-    return version
+    if not promoted:
+        return version
+    serving = registry.promote_if_champion(job.name, series, version.version, compared_with)
+    if serving == version.version:
+        return version
+    changed = (
+        f"another run promoted version {serving} while this model was compared with {compared_with or 'no champion'}, "
+        f"and it was never compared with {serving}"
+        if serving is not None
+        else f"the champion pointer to {compared_with} was removed while this model was compared with it"
+    )
+    decision = {"promoted": False, "reason": f"{reason}; not promoted after all: {changed}. Run train (or tune) again to compare with it"}
+    log.warning("job %s, series %s: %s", job.name, series, decision["reason"])
+    # Registered as promoted (a champion must be a complete version): the metadata says otherwise now.
+    return registry.amend(job.name, series, version.version, {"decision": decision, **(extra(decision) if extra else {})})

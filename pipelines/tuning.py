@@ -472,14 +472,20 @@ def tune_series(
     }
     registry = registry_for(job)
     version = None
+
+    def tuning_section(final: dict[str, Any]) -> dict[str, Any]:
+        # The version's copy of the decision says what became of it, as its own decision does:
+        # a promotion that another run's overtook registers the version unpromoted.
+        agreed = {**decision, "promoted": final["promoted"], "reason": final["reason"].removeprefix("tuning: ")}
+        return {"tuning": {**{k: record[k] for k in ("objective", "budget", "trials")}, "decision": agreed}}
+
     if promoted:
         final = detector_for(job, best["params"], best["kind"]).fit(data)
         registered = register_model(
             job, series, final, data, window or _default_window(job, data),
             run_id=run_id, kind=best["kind"], tuned=best["params"],
             metrics={"tuning_objective": best["objective"]}, promoted=True, reason=f"tuning: {reason}",
-            compared_with=(decision["champion"] or {}).get("version"),
-            extra={"tuning": {k: record[k] for k in ("objective", "budget", "trials", "decision")}},
+            compared_with=(decision["champion"] or {}).get("version"), extra=tuning_section,
         )
         version = registered.version
         decision["version"] = version

@@ -90,7 +90,29 @@ def test_failed_champion_write_keeps_the_old_champion(tmp_path, monkeypatch) -> 
         registry.promote("sales", "all", newer.version)
     monkeypatch.undo()
     assert registry.champion("sales", "all") == kept
-    assert sorted(p.name for p in (tmp_path / "sales" / "all").iterdir()) == ["champion.json", "versions"]
+    # No temporary file is left; the lock of champion writes stays (see storage.replace_if_unchanged).
+    assert sorted(p.name for p in (tmp_path / "sales" / "all").iterdir()) == ["champion.json", "champion.json.lock", "versions"]
+
+
+def test_promote_if_champion_promotes_only_over_the_expected_champion(registry: ModelRegistry) -> None:
+    first, second, third = (registry.register("sales", SERIES, {"model.skops": b"m"}, {}) for _ in range(3))
+    assert registry.promote_if_champion("sales", SERIES, first.version, "an-older-version") is None  # none serves
+    assert registry.champion_version("sales", SERIES) is None
+    assert registry.promote_if_champion("sales", SERIES, first.version, None) == first.version
+    # Compared with no champion, but the first serves now: not promoted, and told which serves.
+    assert registry.promote_if_champion("sales", SERIES, second.version, None) == first.version
+    assert registry.promote_if_champion("sales", SERIES, second.version, first.version) == second.version
+    assert registry.promote_if_champion("sales", SERIES, third.version, first.version) == second.version
+    assert registry.champion("sales", SERIES) == second
+    registry.promote("sales", SERIES, first.version)  # unconditional: whatever serves
+    assert registry.champion("sales", SERIES) == first
+
+
+def test_amend_replaces_sections_but_keeps_the_identity(registry: ModelRegistry) -> None:
+    kept = registry.register("sales", SERIES, {"model.skops": b"m"}, {"decision": {"promoted": True}, "score": 1})
+    amended = registry.amend("sales", SERIES, kept.version, {"decision": {"promoted": False}, "version": "forged"})
+    assert amended == registry.version("sales", SERIES, kept.version)
+    assert amended.metadata == {**kept.metadata, "decision": {"promoted": False}}
 
 
 def test_promote_in_an_empty_registry_says_to_train(registry: ModelRegistry) -> None:

@@ -122,3 +122,48 @@ def test_s3_reads_see_what_another_process_wrote_after_a_listing(s3_bucket: tupl
     assert not storage.exists(storage.join(url, "old.json"), options)
     with pytest.raises(FileNotFoundError):
         storage.read_bytes(storage.join(url, "old.json"), options)
+
+
+def test_replace_if_unchanged_refuses_a_file_written_created_or_removed_since_it_was_read(root: tuple[str, dict]) -> None:
+    url, options = root
+    target = storage.join(url, "pointer.json")
+    missing = storage.read_snapshot(target, options)
+    assert missing.data is None
+    assert storage.replace_if_unchanged(target, b"one", missing, options)  # created: there was none
+    assert not storage.replace_if_unchanged(target, b"two", missing, options)  # created since
+    assert storage.read_bytes(target, options) == b"one"
+
+    one = storage.read_snapshot(target, options)
+    assert one.data == b"one"
+    assert storage.replace_if_unchanged(target, b"three", one, options)
+    assert not storage.replace_if_unchanged(target, b"four", one, options)  # written since
+    assert storage.read_bytes(target, options) == b"three"
+
+    three = storage.read_snapshot(target, options)
+    storage.remove(target, options)
+    assert not storage.replace_if_unchanged(target, b"five", three, options)  # removed since
+    assert not storage.exists(target, options)
+
+
+def test_replace_if_unchanged_lets_one_of_two_racing_writers_win(root: tuple[str, dict]) -> None:
+    import threading
+
+    url, options = root
+    target = storage.join(url, "pointer.json")
+    storage.atomic_write(target, b"old", options)
+    both_read = threading.Barrier(2, timeout=30)
+    won: dict[bytes, bool] = {}
+
+    def write(data: bytes) -> None:
+        seen = storage.read_snapshot(target, options)
+        both_read.wait()  # both read "old" before either writes
+        won[data] = storage.replace_if_unchanged(target, data, seen, options)
+
+    threads = [threading.Thread(target=write, args=(data,)) for data in (b"a", b"b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(won.values()) == [False, True]
+    [winner] = [data for data, ok in won.items() if ok]
+    assert storage.read_bytes(target, options) == winner

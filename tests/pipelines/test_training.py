@@ -218,3 +218,70 @@ def test_a_model_compared_with_a_champion_replaced_meanwhile_is_not_promoted(tmp
     registry = registry_for(job)
     assert registry.champion(job.name, "all").version == other.version
     assert registry.version(job.name, "all", late.version).metadata["decision"] == {"promoted": False, "reason": late.reason}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_of_two_promotions_racing_from_the_same_champion_exactly_one_wins(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from pipelines import storage, training
+
+    job = make_job(tmp_path, season="1d")
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        job = job.model_copy(
+            update={"registry": f"s3://{bucket}/models", "outputs": job.outputs.model_copy(update={"storage_options": options})}
+        )
+    data = cycle(0)
+    racers = {"racer-0", "racer-1"}
+    both_read = threading.Barrier(len(racers), timeout=30)
+    waited: set[str] = set()
+    read = storage.read_bytes
+
+    def read_then_wait_for_the_other(url: str, storage_options: dict | None = None) -> bytes:
+        # Each racer's first read of the champion pointer waits until the other has read it too:
+        # both compared with the same champion (none), and neither has written yet.
+        try:
+            return read(url, storage_options)
+        finally:
+            me = threading.current_thread().name
+            if url.endswith("/champion.json") and me in racers and me not in waited:
+                waited.add(me)
+                both_read.wait()
+
+    monkeypatch.setattr(storage, "read_bytes", read_then_wait_for_the_other)
+    results: dict[str, object] = {}
+
+    def promote(name: str) -> None:
+        try:
+            results[name] = training.register_model(
+                job, "all", training.detector_for(job).fit(data), data, WINDOW, run_id=name, kind=job.model.kind, tuned={},
+                metrics={"holdout_error": 0.0}, promoted=True, reason="no champion yet", compared_with=None,
+            )
+        except BaseException as exc:  # the assertion below shows it
+            results[name] = exc
+
+    threads = [threading.Thread(target=promote, args=(name,), name=name) for name in sorted(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    errors = {name: result for name, result in results.items() if isinstance(result, BaseException)}
+    assert not errors and len(results) == 2 and waited == racers
+
+    winners = [v for v in results.values() if v.metadata["decision"]["promoted"]]
+    losers = [v for v in results.values() if not v.metadata["decision"]["promoted"]]
+    assert len(winners) == 1 and len(losers) == 1, [v.metadata["decision"] for v in results.values()]
+    [winner], [loser] = winners, losers
+    assert loser.metadata["decision"]["reason"] == (
+        f"no champion yet; not promoted after all: another run promoted version {winner.version} while this model was "
+        f"compared with no champion, and it was never compared with {winner.version}. Run train (or tune) again to compare with it"
+    )
+    registry = registry_for(job)
+    assert registry.champion(job.name, "all").version == winner.version
+    # Both are registered, and what is stored says what happened to each.
+    assert sorted(v.version for v in registry.versions(job.name, "all")) == sorted([winner.version, loser.version])
+    assert registry.version(job.name, "all", loser.version).metadata["decision"] == loser.metadata["decision"]
+    assert registry.version(job.name, "all", winner.version).metadata["decision"] == {"promoted": True, "reason": "no champion yet"}

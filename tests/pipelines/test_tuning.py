@@ -464,3 +464,27 @@ def test_a_challenger_is_not_promoted_over_a_champion_promoted_while_it_was_tune
     assert registry.tuned(job.name, SERIES) is None  # later trains do not build the unproven parameters
     [record] = registry.tuning_history(job.name, SERIES)
     assert not record["decision"]["promoted"] and record["decision"]["reason"] == result["reason"]
+
+
+def test_a_tuned_version_not_promoted_after_all_says_so_in_its_tuning_section(tmp_path, daily, monkeypatch):
+    from pipelines import tuning
+
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [24]})
+    register = tuning.register_model
+
+    def a_train_run_promotes_first(*args, **kwargs):
+        monkeypatch.setattr(tuning, "register_model", register)
+        train_series(job, SERIES, daily, _window(daily), run_id="train")
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "register_model", a_train_run_promotes_first)
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert not result["promoted"] and "not promoted after all" in result["reason"]
+    stored = registry_for(job).version(job.name, SERIES, result["version"]).metadata
+    assert stored["decision"] == {"promoted": False, "reason": f"tuning: {result['reason']}"}
+    # The copy of the tuning decision in the version agrees with the version's decision and the tuning record.
+    assert stored["tuning"]["decision"]["promoted"] is False and stored["tuning"]["decision"]["reason"] == result["reason"]
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    assert {k: v for k, v in stored["tuning"]["decision"].items() if k != "version"} == {
+        k: v for k, v in record["decision"].items() if k != "version"
+    }
