@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.config import find_job, jobs_dir, load_job_file, load_jobs
+from pipelines.config import find_job, jobs_dir, load_job_file
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.workspace import prediction_window, training_window, utcnow
@@ -54,20 +54,29 @@ def _print_json(value: object) -> None:
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or sorted([*jobs_dir().glob("*.yaml"), *jobs_dir().glob("*.yml")])
+    unique: dict[Path, Path] = {}
+    for path in paths:  # a file named twice (a glob and its name) is checked once
+        unique.setdefault(path.resolve(), path)
+    paths = list(unique.values())
     if not paths:
         print(f"no job files found in {jobs_dir()}", file=sys.stderr)
         return 1
     failed = 0
+    origin: dict[str, Path] = {}  # job names are unique across the files checked, as scan_jobs requires
     for path in paths:
         try:
             job = load_job_file(path)
         except PipelineError as exc:
             failed += 1
             print(f"FAIL {exc}", file=sys.stderr)
-        else:
-            print(f"ok   {path}: job {job.name} ({job.model.kind}, {len(job.features)} features)")
-    if not args.paths and not failed:
-        load_jobs()  # also checks that names are unique across files
+            continue
+        if job.name in origin:
+            failed += 1
+            print(f"FAIL {path}: job name {job.name!r} is already used by {origin[job.name]}; rename one of them",
+                  file=sys.stderr)
+            continue
+        origin[job.name] = path
+        print(f"ok   {path}: job {job.name} ({job.model.kind}, {len(job.features)} features)")
     return 1 if failed else 0
 
 
@@ -177,9 +186,14 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    from pipelines.labels import label_store
+    from pipelines.labels import LabelError, as_utc, label_store
 
     job = find_job(args.job)
+    if args.start and args.end:
+        # A reversed window matches no label: say so rather than print an empty list.
+        start, end = as_utc(args.start, "--start", f"job {job.name}"), as_utc(args.end, "--end", f"job {job.name}")
+        if end < start:
+            raise LabelError(f"job {job.name}: --end {args.end} is before --start {args.start}; swap them")
     _print_json([label.to_dict() for label in label_store(job).labels(job.name, args.series, args.start, args.end)])
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -552,6 +552,20 @@ class JobConfig(_Model):
     def _parse_durations(cls, value: Any) -> timedelta:
         return _duration(value)
 
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _start_date_is_a_date(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2024-02-01 as a date; the DAG files parse the text, and a text
+        # they cannot parse would fail the whole DAG file, so every job would lose its DAGs.
+        if isinstance(value, date):
+            return value.isoformat()
+        if isinstance(value, str):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError("must be an ISO 8601 date or date-time, e.g. 2024-02-01 or 2024-02-01T06:00:00Z") from None
+        return value
+
     @field_validator("name")
     @classmethod
     def _name_is_identifier(cls, name: str) -> str:
@@ -566,7 +580,10 @@ class JobConfig(_Model):
         columns = [self.timestamp, *self.dimensions, *self.features]
         repeated = sorted({c for c in columns if columns.count(c) > 1})
         if repeated:
-            raise ValueError(f"columns used twice among timestamp, dimensions and features: {repeated}")
+            raise ValueError(
+                f"columns used twice among timestamp, dimensions and features: {repeated}; "
+                "a column is the time, a dimension or a feature: keep it in one place"
+            )
         # Dimension columns are copied into the output beside its own columns and the Parquet
         # dataset's date partition: a clash trained, then failed every predict run's write.
         taken = sorted(set(self.dimensions) & {*OUTPUT_COLUMNS, "date"})
@@ -617,7 +634,7 @@ def _format_errors(exc: ValidationError) -> str:
             message = "unknown field (check its spelling, or remove it)"
         elif err["type"] == "missing":
             message = "required field is missing"
-        elif not isinstance(given, dict):
+        elif not isinstance(given, dict) and not message.startswith(repr(given)):  # "'0 25 * * *' is not ..." names it already
             message = f"{message} (got {given!r})"
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
@@ -639,6 +656,8 @@ def load_job_file(path: str | Path) -> JobConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the job file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return parse_job(data, source=str(path))

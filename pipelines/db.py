@@ -90,6 +90,11 @@ def engine_for(connection: SqlConnection) -> sa.Engine:
         raise ConfigError(
             f"{described}: the database driver {exc.name!r} is not installed; {_install_hint(url)}"
         ) from exc
+    except OSError as exc:  # the folder of a database file cannot be made
+        raise ConfigError(
+            f"{described}: cannot create the folder of its database file ({exc.strerror or exc}: {exc.filename}); "
+            "create it, or point the URL at a writable path"
+        ) from exc
 
 
 def _url(connection: SqlConnection, described: str) -> sa.URL:

@@ -171,6 +171,8 @@ def parse_verdict(value: Any, where: str = "label") -> bool:
     """``True`` for a real anomaly, ``False`` for a false alarm, from a bool or text (true/false, yes/no, 1/0)."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and value in (0, 1):  # a JSON file's 1/0, as documented for files
+        return value == 1
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise LabelError(f"{where}: verdict must be true (a real anomaly) or false (a false alarm), got {value!r}")
@@ -205,11 +207,14 @@ def _output_rows(job: JobConfig, start: datetime | None, end: datetime | None) -
     return ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(job=job.name, start=start, end=end)
 
 
-def event_value_range(job: JobConfig, series: str, feature: str | None, start: datetime, end: datetime) -> tuple[float, float]:
+def event_value_range(
+    job: JobConfig, series: str, feature: str | None, start: datetime, end: datetime, where: str | None = None
+) -> tuple[float, float]:
     """Range of the actual values of an event's rows in the published output.
 
     The event's rows are the anomalous rows of the series (and feature) in ``[start, end]``;
     when none is flagged (a person labels an anomaly the model missed), all its rows there.
+    ``where`` names the label's source in errors (a file's row) before its job, series and feature.
     """
     rows = _output_rows(job, start, end + timedelta(microseconds=1))  # end is inclusive
     rows = rows[rows["series"] == series]
@@ -220,7 +225,8 @@ def event_value_range(job: JobConfig, series: str, feature: str | None, start: d
     values = rows["value"].dropna()
     if values.empty:
         raise LabelError(
-            f"{_where(job.name, series, feature)}: no published output rows in [{start.isoformat()}, {end.isoformat()}] "
+            f"{where + ': ' if where else ''}{_where(job.name, series, feature)}: "
+            f"no published output rows in [{start.isoformat()}, {end.isoformat()}] "
             "to take the value range from; run predict for that window first, or give value_min and value_max"
         )
     return float(values.min()), float(values.max())
@@ -271,6 +277,7 @@ class LabelStore:
         nothing is written. ``where`` names the source in errors (a file and row)."""
         series, start, end, verdict = given["series"], given["start"], given["end"], given["verdict"]
         feature = given.get("feature")
+        row = where  # a file's row, or None
         config = self._config(job)
         series = _text(series, "series", where or _where(job), limit=_SERIES_CHARS)
         where = where or _where(job, series, feature if isinstance(feature, str) else None)
@@ -292,7 +299,7 @@ class LabelStore:
         if (low is None) != (high is None):
             raise LabelError(f"{where}: give both value_min and value_max, or neither (then the published output gives them)")
         if low is None or high is None:
-            low, high = event_value_range(config, series, feature, start_at, end_at)
+            low, high = event_value_range(config, series, feature, start_at, end_at, row)
         elif low > high:
             raise LabelError(f"{where}: value_min {low} is larger than value_max {high}")
         return Label(
@@ -468,7 +475,8 @@ def _file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """``(where, record)`` per row of a CSV or JSON labels file, ``where`` naming file and row."""
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: spreadsheets write "CSV UTF-8" with a byte order mark, which would stick to the first column's name.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelError(f"{path}: cannot read the labels file: {exc}") from exc
     if suffix == ".csv":
@@ -478,10 +486,18 @@ def _file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         reader = csv.DictReader(io.StringIO(text))
         header = [name.strip() for name in reader.fieldnames or []]
         _check_columns(path, header)
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:  # DictReader would keep the last one's values silently
+            raise LabelError(f"{path}: column(s) {', '.join(repeated)} given more than once in the header; keep one of each")
         records = []
         for number, row in enumerate(reader, start=1):
             if None in row:
                 raise LabelError(f"{path}: row {number} (line {reader.line_num}): more values than the header has columns")
+            if None in row.values():  # DictReader's filler for the columns a short row lacks
+                raise LabelError(
+                    f"{path}: row {number} (line {reader.line_num}): fewer values than the header has columns "
+                    f"({', '.join(header)}); leave an optional value empty, but keep its comma"
+                )
             records.append((f"{path}: row {number} (line {reader.line_num})", {k.strip(): v for k, v in row.items()}))
         return records
     if suffix in (".json", ".jsonl"):

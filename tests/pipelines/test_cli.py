@@ -32,6 +32,31 @@ def test_validate_config_reports_each_file(tmp_path, capsys):
     assert "bad.yaml: invalid job configuration" in err and "featurez: unknown field" in err
 
 
+def test_validate_config_fails_a_job_name_used_by_two_files(tmp_path, monkeypatch, capsys):
+    job = {
+        "name": "web",
+        "source": {"kind": "file", "path": "x.csv"},
+        "timestamp": "ts",
+        "frequency": "1h",
+        "features": ["v"],
+        "model": {"kind": "iforest"},
+    }
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text(yaml.safe_dump(job))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**job, "name": "other", "featurez": ["v"]}))
+    expected = f"FAIL {tmp_path / 'b.yaml'}: job name 'web' is already used by {tmp_path / 'a.yaml'}; rename one of them"
+    # Named on the command line (as `validate-config config/jobs/*.yaml` does in CI).
+    assert main(["validate-config", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")]) == 1
+    assert expected in capsys.readouterr().err
+    # The whole folder, where another broken file must not hide the clash.
+    monkeypatch.setenv("ANOMALY_PIPELINES_JOBS_DIR", str(tmp_path))
+    assert main(["validate-config"]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "featurez: unknown field" in err
+    # The same file given twice is one file.
+    assert main(["validate-config", str(tmp_path / "a.yaml"), str(tmp_path / "a.yaml")]) == 0
+
+
 def test_shipped_jobs_validate(capsys):
     assert main(["validate-config"]) == 0
     assert "job demo_web_metrics" in capsys.readouterr().out

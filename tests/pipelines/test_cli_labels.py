@@ -74,6 +74,8 @@ def test_labels_import_is_idempotent(predicted, capsys, tmp_path):
         (["label", JOB, *SPIKE, "--verdict", "true", "--value-min", "3"], "give both value_min and value_max"),
         (["label", "nope", *SPIKE, "--verdict", "true"], "no job named 'nope'"),
         (["labels", JOB, "--start", "tomorrow"], "start 'tomorrow' is not an ISO 8601 date-time"),
+        (["labels", JOB, "--start", "2024-03-04T00:00:00Z", "--end", "2024-03-03T00:00:00Z"],
+         "job demo_web_metrics: --end 2024-03-03T00:00:00Z is before --start 2024-03-04T00:00:00Z; swap them"),
     ],
 )
 def test_errors_exit_2_with_the_message(predicted, capsys, argv, message):

@@ -51,9 +51,11 @@ def test_defaults_and_durations():
         ({"frequency": "hourly"}, "frequency", "is not a duration"),
         ({"features": []}, "features", "at least 1 item"),
         ({"name": "Web-Job"}, "name", "lower-case letter"),
-        ({"dimensions": ["value"]}, "(top level)", "columns used twice"),
+        ({"dimensions": ["value"]}, "(top level)", "columns used twice among timestamp, dimensions and features: ['value']; "
+                                                   "a column is the time, a dimension or a feature: keep it in one place"),
         ({"dimensions": ["feature", "date"]}, "(top level)", "dimensions ['date', 'feature'] share their names with columns of the output"),
         ({"threshold": {"kind": "contamination", "value": 0.9}}, "threshold", "contamination must be in (0, 0.5]"),
+        ({"start_date": "yesterday"}, "start_date", "must be an ISO 8601 date or date-time, e.g. 2024-02-01"),
         (
             {"source": {"kind": "sql", "connection": {"url": "sqlite://"}, "query": "SELECT * FROM t"}},
             "source.sql.query",
@@ -76,6 +78,16 @@ def test_errors_name_file_field_and_reason(overrides, field, reason):
     assert reason in line
 
 
+def test_a_message_that_names_the_value_does_not_repeat_it():
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(schedules={"predict": "0 25 * * *"}, frequency="1 hour", threshold={"value": 0.9}))
+    lines = str(info.value).splitlines()[1:]
+    # As docs/CONFIGURATION.md shows it, without "(got '0 25 * * *')" after it.
+    assert "  schedules.predict: '0 25 * * *' is not a valid cron expression (five fields: minute hour day month weekday)" in lines
+    assert any(line.startswith("  frequency: '1 hour' is not a duration") and "got" not in line for line in lines)
+    assert any(line.startswith("  threshold: contamination must be in (0, 0.5], got 0.9") for line in lines)
+
+
 def test_load_jobs_rejects_duplicate_names(tmp_path):
     for name in ("a.yaml", "b.yaml"):
         (tmp_path / name).write_text(yaml.safe_dump(minimal()))
@@ -88,6 +100,22 @@ def test_unreadable_yaml_names_the_file(tmp_path):
     path.write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_job_file(path)
+
+
+def test_a_job_file_that_is_not_utf8_is_a_config_error_and_hides_no_other_job(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(minimal()))
+    (tmp_path / "b.yaml").write_bytes((yaml.safe_dump(minimal(name="costs")) + "description: Kosten für Zürich\n").encode("latin-1"))
+    with pytest.raises(ConfigError, match="b.yaml: not UTF-8 text .*; save the job file as UTF-8"):
+        load_job_file(tmp_path / "b.yaml")
+    scan = scan_jobs(tmp_path)
+    assert list(scan.jobs) == ["web"] and "b.yaml: not UTF-8 text" in scan.errors[0]
+
+
+def test_start_date_is_checked_and_may_be_an_unquoted_yaml_date(tmp_path):
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(minimal()) + "start_date: 2024-02-01\n")  # YAML reads a date, not text
+    assert load_job_file(path).start_date == "2024-02-01"
+    assert parse_job(minimal(start_date="2024-02-01T06:00:00Z")).start_date == "2024-02-01T06:00:00Z"
 
 
 def test_get_job_lists_known_jobs(tmp_path):

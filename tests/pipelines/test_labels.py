@@ -212,6 +212,19 @@ def test_import_csv_and_json_idempotently(store, published, tmp_path, job):
     assert [(label.start.hour, label.author) for label in store.labels("web", EU)] == [(2, "import:known.csv"), (4, "ops")]
 
 
+def test_import_a_spreadsheet_csv_with_a_byte_order_mark_and_json_verdicts_as_1_and_0(store, published, tmp_path, job):
+    csv_file = tmp_path / "excel.csv"  # "CSV UTF-8" of spreadsheets starts with a byte order mark
+    csv_file.write_bytes(b"\xef\xbb\xbfseries,start,end,verdict\r\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,yes\r\n")
+    json_file = tmp_path / "export.json"
+    json_file.write_text(json.dumps([{"series": US, "start": "2024-03-03T01:00:00Z", "end": "2024-03-03T01:00:00Z",
+                                      "verdict": verdict, "feature": feature} for verdict, feature in ((0, "requests"), (1, None))]))
+    assert [(label.series, label.verdict) for label in import_labels(job, csv_file, store=store)] == [(EU, True)]
+    assert [label.verdict for label in import_labels(job, json_file, store=store)] == [False, True]
+    json_file.write_text(json.dumps([{"series": US, "start": "2024-03-03T01:00:00Z", "end": "2024-03-03T01:00:00Z", "verdict": 2}]))
+    with pytest.raises(LabelError, match="row 1: verdict must be true .* got 2"):
+        import_labels(job, json_file, store=store)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
@@ -221,6 +234,13 @@ def test_import_csv_and_json_idempotently(store, published, tmp_path, job):
          "bad.csv: row 1 (line 2): verdict must be true"),
         ("bad.csv", "series,start,verdict\n", "bad.csv: missing column(s) end"),
         ("bad.csv", "series,start,end,verdict,colour\n", "bad.csv: unknown column(s) colour"),
+        ("bad.csv", "series,start,end,verdict\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,true\n"
+                    "region=eu,2024-03-04T02:00:00Z,2024-03-04T03:00:00Z,true\n",
+         "bad.csv: row 2 (line 3): job 'web', series 'region=eu': no published output rows in [2024-03-04T02:00:00+00:00"),
+        ("bad.csv", "series,start,end,verdict,series\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,true,region=us\n",
+         "bad.csv: column(s) series given more than once in the header"),
+        ("bad.csv", "series,start,end,verdict,note\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z\n",
+         "bad.csv: row 1 (line 2): fewer values than the header has columns (series, start, end, verdict, note)"),
         ("bad.json", json.dumps([{"series": EU, "start": "2024-03-03T02:00:00Z", "end": "2024-03-03T03:00:00Z",
                                   "verdict": True}, {"series": "region=eu", "start": "2024-03-03T02:00:00",
                                   "end": "2024-03-03T03:00:00Z", "verdict": True}]),
