@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import ConfigError, MissingDependencyError
@@ -230,22 +231,96 @@ def _reason(exc: BaseException) -> str | None:
     return errors[0].get("reason") if errors and isinstance(errors[0], dict) else None
 
 
-def _message(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """BigQuery's own message in ``exc`` (its first error), whole; else the exception's text."""
     errors = getattr(exc, "errors", None) or []
     first = errors[0] if errors and isinstance(errors[0], dict) else {}
-    text = first.get("message") or getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    text = " ".join(str(text).split())
+    return str(first.get("message") or getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(error_text(exc).split())
     return text if len(text) <= 400 else text[:400] + "..."
 
 
-def explain(exc: BaseException, *, endpoint: str | None = None) -> tuple[str, str]:
-    """What went wrong in a BigQuery call and what to do, for a message naming job and window."""
+def wait(job: Any, *, retry: Any) -> Any:
+    """``job.result(retry=retry)`` for a job other than a query (a load): its failure carries the job,
+    as google-cloud-bigquery attaches a failed query's job (``query_job``), for :func:`failed_job`."""
+    from google.api_core.exceptions import GoogleAPIError
+
+    try:
+        return job.result(retry=retry)
+    except GoogleAPIError as exc:
+        if getattr(exc, "query_job", None) is None:
+            exc.bigquery_job = job  # type: ignore[attr-defined]
+        raise
+
+
+def failed_job(exc: BaseException) -> Any | None:
+    """The BigQuery job whose failure ``exc`` reports, to be looked up in the console; None when
+    there is none to look up: the request was refused before BigQuery answered with a job (the
+    client names a job ID it made up), or the job was a dry run, which BigQuery does not keep."""
+    job = getattr(exc, "query_job", None) or getattr(exc, "bigquery_job", None)
+    if job is None or getattr(job, "state", None) is None or getattr(job, "dry_run", False):
+        return None
+    return job
+
+
+def job_reference(job: Any) -> str:
+    """``project:location.job_id``, the full ID the BigQuery console shows and searches for."""
+    location = f"{job.location}." if job.location else ""
+    return f"{job.project}:{location}{job.job_id}"
+
+
+_CONCURRENT_UPDATE = re.compile(r"due to concurrent update|could not serialize access", re.IGNORECASE)
+
+
+def is_concurrent_update(exc: BaseException) -> bool:
+    """Whether BigQuery aborted a statement because another write changed the same table meanwhile.
+
+    BigQuery says so with reason ``aborted``, or (for years, and still for DML statements) with
+    reason ``invalidQuery`` and HTTP 400: "Could not serialize access to table ... due to concurrent
+    update", or for a multi-statement transaction "Transaction is aborted due to concurrent update
+    against table ...". The aborted statement or transaction changed nothing; one that replaces
+    what it writes can run again.
+    """
     from google.api_core import exceptions as api
-    from google.auth.exceptions import GoogleAuthError
 
     if isinstance(exc, api.RetryError) and exc.cause is not None:
         exc = exc.cause
+    return _reason(exc) == "aborted" or bool(_CONCURRENT_UPDATE.search(error_text(exc)))
+
+
+def explain(exc: BaseException, *, endpoint: str | None = None) -> tuple[str, str]:
+    """What went wrong in a BigQuery call and what to do, for a message naming job and window;
+    when BigQuery ran a job, the problem names it (``project:location.job_id``) and the advice says
+    where to look it up."""
+    from google.api_core import exceptions as api
+
+    if isinstance(exc, api.RetryError) and exc.cause is not None:
+        exc = exc.cause
+    problem, todo = _explain(exc, endpoint=endpoint)
+    job = failed_job(exc)
+    if job is None:
+        return problem, todo
+    location = f" --location={job.location}" if job.location else ""
+    return (
+        f"{problem} in BigQuery job {job_reference(job)}",
+        f"{todo} The job's details: BigQuery console > Job history, or bq show -j{location} {job.project}:{job.job_id}.",
+    )
+
+
+def _explain(exc: BaseException, *, endpoint: str | None) -> tuple[str, str]:
+    from google.api_core import exceptions as api
+    from google.auth.exceptions import GoogleAuthError
+
     where = endpoint or "the BigQuery API"
+    if is_concurrent_update(exc):
+        return (
+            f"another write to the same table ran at the same time and BigQuery aborted this one ({_message(exc)})",
+            "Nothing was changed (BigQuery rolled the statement back). Let the task's retries run it again; if it "
+            "keeps happening, keep other jobs or runs from writing the same table at the same time.",
+        )
     # BigQuery answers an exceeded quota or rate limit with 403 Forbidden (reason quotaExceeded
     # or rateLimitExceeded), not only 429: the reason, not the status, tells it from a denial.
     if isinstance(exc, api.TooManyRequests) or _reason(exc) in ("quotaExceeded", "rateLimitExceeded"):

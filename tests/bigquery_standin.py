@@ -16,17 +16,44 @@ backtick-quoted column name becomes a double-quoted one). A script (several stat
 statement by statement; ``BEGIN TRANSACTION`` ... ``COMMIT TRANSACTION`` is a DuckDB
 transaction, rolled back when a statement fails.
 
-Errors come back as BigQuery reports them: a failed query job is ``DONE`` with an
-``errorResult`` (``invalidQuery``, ``notFound``), a missing table is an HTTP 404 ``notFound``,
-``deny = True`` answers every call with HTTP 403 ``accessDenied``, and ``fail_with`` (an
-:class:`ApiError`, e.g. 403 ``quotaExceeded``) answers every call with that error. ``fail_loads`` makes load
-jobs fail (``invalid``) without touching any table. Every request is kept in ``requests`` so tests
-can check what the client sent.
+Errors come back as BigQuery reports them: a failed job (query or load) has a job ID and is
+``DONE`` with an ``errorResult`` (``invalidQuery``, ``notFound``), which ``jobs.get`` and
+``jobs.getQueryResults`` report too; a missing table is an HTTP 404 ``notFound``; ``deny = True``
+answers every call with HTTP 403 ``accessDenied``, and ``fail_with`` (an :class:`ApiError`, e.g.
+403 ``quotaExceeded``) answers every call with that error. ``fail_loads`` makes load jobs fail
+(``invalid``) without touching any table. ``abort_commits`` holds errors (see
+:func:`concurrent_update`) that abort the next transactions at ``COMMIT TRANSACTION``, one each:
+the statements before it have run, the transaction is rolled back and the job fails, as BigQuery
+aborts a transaction that conflicts with another write to its table. Every request is kept in
+``requests`` so tests can check what the client sent.
+
+Dry runs (``configuration.dryRun``) are checked, never run: the answer is the job with the
+result's schema and no job is kept; an invalid query is an HTTP 400 from ``jobs.insert``, as
+BigQuery answers a dry run.
+
+Types: BigQuery's TIMESTAMP is DuckDB's ``TIMESTAMPTZ``, DATETIME is ``TIMESTAMP`` (naive) and
+DATE is ``DATE``; query parameters of those types are bound as such. BigQuery converts neither
+DATETIME nor DATE to TIMESTAMP (nor back) implicitly, while DuckDB does; so before a statement
+runs, its bound plan (DuckDB's ``json_serialize_plan``, parameters inlined as typed literals) is
+searched for DuckDB's implicit cast of a DATETIME or DATE to TIMESTAMP, and the statement is
+refused as BigQuery refuses it: ``invalidQuery`` "No matching signature for operator >= for
+argument types: DATETIME, TIMESTAMP". DATE to DATETIME, which BigQuery does convert, is allowed.
+What this check cannot catch:
+
+* the SQL is DuckDB's, not rewritten: BigQuery's ``TIMESTAMP '...'`` literal and
+  ``CAST(x AS TIMESTAMP)`` are DATETIME to DuckDB (so comparing them with a TIMESTAMP is refused
+  here but not by BigQuery), and BigQuery's ``DATETIME(ts)``/``TIMESTAMP(dt)`` conversions do not
+  exist in DuckDB (so a query written with them cannot run here at all);
+* BigQuery's message also names the position (`` at [1:38]``) and, for ``BETWEEN``, the operator
+  BETWEEN: DuckDB's plan has turned ``BETWEEN`` into ``>=`` and ``<=``, and the message here names
+  neither position nor BETWEEN;
+* other type rules of BigQuery (e.g. INT64 against STRING, which DuckDB refuses too, or NUMERIC
+  against FLOAT64) are DuckDB's, not BigQuery's.
 
 Not modelled: ``jobs.query`` and ``tabledata.list`` (``Client.query(...).result()`` calls
 neither), BigQuery's SQL dialect beyond what DuckDB shares with it (``@name`` is rewritten
 roughly: a string literal holding ``@word`` would be rewritten too), the Storage Read API (gRPC),
-locations, quotas and authentication.
+locations, quotas and authentication; a dry run of a script checks each statement on its own.
 """
 
 from __future__ import annotations
@@ -63,6 +90,19 @@ _BQ_TYPES = (
     ("BOOLEAN", "BOOLEAN"),
     ("DATE", "DATE"),
 )
+#: Query parameter types the stand-in binds, as DuckDB types.
+_PARAMETER_TYPES = {
+    "TIMESTAMP": "TIMESTAMPTZ",
+    "DATETIME": "TIMESTAMP",
+    "DATE": "DATE",
+    "INT64": "BIGINT",
+    "INTEGER": "BIGINT",
+    "FLOAT64": "DOUBLE",
+    "FLOAT": "DOUBLE",
+    "BOOL": "BOOLEAN",
+    "BOOLEAN": "BOOLEAN",
+    "STRING": "VARCHAR",
+}
 #: BigQuery types (legacy and standard names) as DuckDB column types, for tables.insert.
 _DUCK_TYPES = {
     "TIMESTAMP": "TIMESTAMPTZ",
@@ -97,6 +137,28 @@ class ApiError(Exception):
 
     def error_result(self) -> dict[str, Any]:
         return {"reason": self.reason, "message": self.message}
+
+
+#: The shapes of BigQuery's error for a write aborted by a concurrent update of its table: the
+#: ``invalidQuery``/400 of a conflicting DML statement (BigQuery's answer for years), the same
+#: reason with the wording of an aborted multi-statement transaction, and reason ``aborted``/409.
+CONCURRENT_UPDATE_SHAPES = ("serialize", "transaction", "aborted")
+
+
+def concurrent_update(table: str, shape: str = "serialize") -> ApiError:
+    """BigQuery's error for a write to ``table`` (``project:dataset.table``) that another write to it
+    aborted, in one of :data:`CONCURRENT_UPDATE_SHAPES`."""
+    if shape == "serialize":
+        return ApiError(400, "invalidQuery", f"Could not serialize access to table {table} due to concurrent update")
+    message = (
+        f"Transaction is aborted due to concurrent update against table {table}. "
+        "Transaction ID: 65f1d0a2-0000-2c3e-a6c4-14223bb1e6a0"
+    )
+    if shape == "transaction":
+        return ApiError(400, "invalidQuery", f"Query error: {message}")
+    if shape == "aborted":
+        return ApiError(409, "aborted", message)
+    raise ValueError(f"shape must be one of {CONCURRENT_UPDATE_SHAPES}, not {shape!r}")
 
 
 @dataclass
@@ -155,23 +217,129 @@ def _parameter(spec: dict[str, Any]) -> tuple[str, Any]:
     """A named query parameter as a Python value of its BigQuery type."""
     kind = spec["parameterType"]["type"]
     raw = (spec.get("parameterValue") or {}).get("value")
+    if kind not in _PARAMETER_TYPES:
+        raise ApiError(400, "invalidQuery", f"the stand-in does not bind parameters of type {kind}")
     if raw is None:
         return spec["name"], None
+    try:
+        return spec["name"], _parameter_value(kind, raw)
+    except ValueError:  # e.g. a year written without its four digits
+        raise ApiError(400, "invalidQuery", f"Invalid {kind} value for query parameter {spec['name']}: {raw}") from None
+
+
+def _parameter_value(kind: str, raw: Any) -> Any:
     if kind == "TIMESTAMP":
         value: Any = datetime.fromisoformat(raw.replace(" UTC", "+00:00"))
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
+    elif kind == "DATETIME":  # naive: a DuckDB TIMESTAMP
+        value = datetime.fromisoformat(raw)
+        if value.tzinfo is not None:
+            raise ValueError("a DATETIME has no time zone")
+    elif kind == "DATE":
+        value = date.fromisoformat(raw)
     elif kind in ("INT64", "INTEGER"):
         value = int(raw)
     elif kind in ("FLOAT64", "FLOAT"):
         value = float(raw)
     elif kind in ("BOOL", "BOOLEAN"):
         value = raw.lower() == "true"
-    elif kind == "STRING":
-        value = raw
     else:
-        raise ApiError(400, "invalidQuery", f"the stand-in does not bind parameters of type {kind}")
-    return spec["name"], value
+        value = raw
+    return value
+
+
+def _literal(kind: str, value: Any) -> str:
+    """A parameter's value as a DuckDB literal of its type, for :func:`type_error`'s plan."""
+    if value is None:
+        text = "NULL"
+    elif isinstance(value, datetime | date):
+        text = f"'{value.isoformat()}'"
+    elif isinstance(value, bool):
+        text = "'true'" if value else "'false'"
+    else:
+        text = "'" + (repr(value) if isinstance(value, float) else str(value)).replace("'", "''") + "'"
+    return f"CAST({text} AS {_PARAMETER_TYPES[kind]})"
+
+
+#: DuckDB types of BigQuery's DATETIME and DATE, which BigQuery never converts to TIMESTAMP (DuckDB's
+#: TIMESTAMPTZ) implicitly.
+_ZONELESS = ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE")
+_ZONED = "TIMESTAMP WITH TIME ZONE"
+
+
+def _type_of(node: dict[str, Any]) -> str:
+    """The DuckDB type of an expression of a serialized plan (a constant keeps it in its value)."""
+    if "return_type" in node:
+        return node["return_type"]["id"]
+    return ((node.get("value") or {}).get("type") or {}).get("id", "")
+
+
+def _standard_name(duck_type: str) -> str:
+    try:
+        name = _bq_type(duck_type)
+    except ApiError:
+        return duck_type
+    return {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}.get(name, name)
+
+
+def _zone_coercion(node: dict[str, Any]) -> dict[str, Any] | None:
+    """The operand of ``node`` if ``node`` casts a DATETIME or DATE to TIMESTAMP: in BigQuery SQL
+    run here such a cast is DuckDB's implicit one (BigQuery SQL has no TIMESTAMPTZ to cast to)."""
+    if node.get("type") != "OPERATOR_CAST" or _type_of(node) != _ZONED:
+        return None
+    operands = [child for child in node.get("children", []) if isinstance(child, dict)]
+    return operands[0] if len(operands) == 1 and _type_of(operands[0]) in _ZONELESS else None
+
+
+def _operands(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sub-expressions of an expression of a serialized plan (``CASE`` keeps them in pairs)."""
+    found = []
+    for value in node.values():
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, dict):
+                continue
+            if "expression_class" in item:
+                found.append(item)
+            else:  # a CASE's {when_expr, then_expr}
+                found.extend(v for v in item.values() if isinstance(v, dict) and "expression_class" in v)
+    return found
+
+
+def _mismatch(node: dict[str, Any] | None, operands: list[dict[str, Any]]) -> ApiError:
+    """BigQuery's error for ``node`` applied to ``operands``, one of them a DATETIME or DATE that
+    DuckDB cast to TIMESTAMP."""
+    types = ", ".join(_standard_name(_type_of(_zone_coercion(o) or o)) for o in operands)
+    if node is None:
+        return ApiError(400, "invalidQuery", f"Query has incompatible types: {types}")
+    name = ((node.get("qname") or {}).get("path") or [""])[-1]
+    kind = node.get("type", "")
+    if kind.startswith("COMPARE_") and name:
+        message = f"No matching signature for operator {name} for argument types: {types}. Supported signature: ANY {name} ANY"
+    elif kind == "COMPARE_IN":
+        message = f"No matching signature for operator IN for argument types: {types}"
+    elif node.get("expression_class") == "BOUND_FUNCTION" and name:
+        message = f"No matching signature for function {name.upper()} for argument types: {types}"
+    else:
+        message = f"No matching signature for operator {kind} for argument types: {types}"
+    return ApiError(400, "invalidQuery", message)
+
+
+def type_error(plan: Any, parent: dict[str, Any] | None = None) -> ApiError | None:
+    """BigQuery's error for the first DATETIME or DATE that DuckDB converts to TIMESTAMP in
+    ``plan`` (the JSON of ``json_serialize_plan``), or None when BigQuery would take the types."""
+    if isinstance(plan, list):
+        return next((e for e in (type_error(item, parent) for item in plan) if e is not None), None)
+    if not isinstance(plan, dict):
+        return None
+    if "expression_class" not in plan:
+        return type_error(list(plan.values()))
+    operands = _operands(plan)
+    if any(_zone_coercion(operand) is not None for operand in operands):
+        return _mismatch(plan, operands)
+    if parent is None and (operand := _zone_coercion(plan)) is not None:  # e.g. a UNION's column
+        return _mismatch(None, [operand, {"return_type": {"id": _ZONED}}])
+    return type_error(operands, plan)
 
 
 def _identifier(quoted: str) -> str:
@@ -195,11 +363,13 @@ class BigQueryStandIn:
         self.deny = False
         self.fail_with: ApiError | None = None
         self.fail_loads = False
+        self.abort_commits: list[ApiError] = []
         self.requests: list[Request] = []
         self._db = duckdb.connect()
         self._db.execute("SET TimeZone = 'UTC'")
         self._lock = threading.RLock()
         self._jobs: dict[str, dict[str, Any]] = {}
+        self._errors: dict[str, ApiError] = {}
         self._results: dict[str, _Result] = {}
         self._uploads: dict[str, dict[str, Any]] = {}
         self._scratch = tempfile.TemporaryDirectory(prefix="bigquery-standin-")
@@ -266,15 +436,22 @@ class BigQueryStandIn:
     def create_dataset(self, dataset: str) -> None:
         self.execute(f'CREATE SCHEMA IF NOT EXISTS "{dataset}"')
 
-    def query_jobs(self) -> list[dict[str, Any]]:
-        """The ``configuration.query`` of every query job the client sent, in order."""
+    def query_jobs(self, *, dry_run: bool = False) -> list[dict[str, Any]]:
+        """The ``configuration.query`` of every query job the client sent, in order: the jobs that
+        ran, or with ``dry_run`` the dry runs."""
         sent = []
         for request in self.requests:
             if request.method == "POST" and isinstance(request.body, dict):
-                query = request.body.get("configuration", {}).get("query")
-                if query is not None:
+                configuration = request.body.get("configuration", {})
+                query = configuration.get("query")
+                if query is not None and bool(configuration.get("dryRun")) == dry_run:
                     sent.append(query)
         return sent
+
+    def failed_jobs(self) -> list[dict[str, Any]]:
+        """Every job that failed (``status.errorResult``), in order."""
+        with self._lock:
+            return [job for job in self._jobs.values() if "errorResult" in job["status"]]
 
     def calls(self, method: str, pattern: str) -> list[Request]:
         """Requests of ``method`` whose path matches the regular expression ``pattern``."""
@@ -397,7 +574,9 @@ class BigQueryStandIn:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def _job_resource(self, project: str, body: dict[str, Any], error: ApiError | None) -> dict[str, Any]:
+    def _job_resource(
+        self, project: str, body: dict[str, Any], error: ApiError | None, *, keep: bool = True
+    ) -> dict[str, Any]:
         reference = dict(body.get("jobReference") or {})
         reference.setdefault("jobId", uuid.uuid4().hex)
         reference["projectId"] = reference.get("projectId") or project
@@ -415,13 +594,22 @@ class BigQueryStandIn:
             "status": status,
             "statistics": {"creationTime": now, "startTime": now, "endTime": now},
         }
-        self._jobs[reference["jobId"]] = job
+        if keep:  # BigQuery keeps no dry run
+            self._jobs[reference["jobId"]] = job
+            if error is not None:
+                self._errors[reference["jobId"]] = error
         return job
 
     def _insert_job(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
         configuration = body.get("configuration", {})
         if "query" not in configuration:
             raise ApiError(400, "invalid", "the stand-in runs query jobs here; load jobs come through uploads")
+        if configuration.get("dryRun"):  # an invalid query is the HTTP error of jobs.insert itself
+            checked = self._run_query(configuration["query"], dry_run=True)
+            job = self._job_resource(project, body, None, keep=False)
+            statistics = {"totalBytesProcessed": "0", "schema": {"fields": checked.fields or []}}
+            job["statistics"].update(totalBytesProcessed="0", query=statistics)
+            return job
         error = None
         try:
             result = self._run_query(configuration["query"])
@@ -441,9 +629,8 @@ class BigQueryStandIn:
 
     def _query_results(self, job_id: str, params: dict[str, str]) -> dict[str, Any]:
         job = self._get_job(job_id)
-        if "errorResult" in job["status"]:
-            error = job["status"]["errorResult"]
-            raise ApiError({"notFound": 404, "accessDenied": 403}.get(error["reason"], 400), error["reason"], error["message"])
+        if job_id in self._errors:
+            raise self._errors[job_id]
         result = self._results.get(job_id, _Result())
         response: dict[str, Any] = {
             "kind": "bigquery#getQueryResultsResponse",
@@ -480,14 +667,30 @@ class BigQueryStandIn:
 
     # -- SQL -------------------------------------------------------------------------------------
 
-    def _run_query(self, query: dict[str, Any]) -> _Result:
+    def _run_query(self, query: dict[str, Any], *, dry_run: bool = False) -> _Result:
         if query.get("useLegacySql", True) is not False and "useLegacySql" in query:
             raise ApiError(400, "invalidQuery", "the stand-in speaks standard SQL only")
-        parameters = dict(_parameter(spec) for spec in query.get("queryParameters", []))
-        return self._run(translate(query["query"]), parameters)
+        specs = query.get("queryParameters", [])
+        parameters = dict(_parameter(spec) for spec in specs)
+        literals = {spec["name"]: _literal(spec["parameterType"]["type"], parameters[spec["name"]]) for spec in specs}
+        return self._run(translate(query["query"]), parameters, literals, dry_run=dry_run)
 
-    def _run(self, sql: str, parameters: dict[str, Any]) -> _Result:
-        """Run ``sql`` statement by statement; the last statement's rows are the result."""
+    def _check_types(self, text: str, literals: dict[str, str]) -> dict[str, Any] | None:
+        """Refuse ``text`` as BigQuery would if it mixes DATETIME or DATE with TIMESTAMP (see the
+        module docstring); returns DuckDB's error for a statement it cannot plan, else None."""
+        probe = re.sub(r"\$([A-Za-z_]\w*)", lambda m: literals.get(m.group(1), m.group(0)), text)
+        ((serialized,),) = self._db.execute("SELECT json_serialize_plan(?)", [probe]).fetchall()
+        plan = json.loads(serialized)
+        if plan.get("error"):  # DuckDB reports it, not raises: running the statement raises it
+            return plan
+        error = type_error(plan.get("plans", []))
+        if error is not None:
+            raise error
+        return None
+
+    def _run(self, sql: str, parameters: dict[str, Any], literals: dict[str, str], *, dry_run: bool = False) -> _Result:
+        """Run ``sql`` statement by statement; the last statement's rows are the result. A dry run
+        checks each statement and answers the schema of the last query, running nothing."""
         try:
             statements = self._db.extract_statements(sql)
         except duckdb.Error as exc:
@@ -498,14 +701,30 @@ class BigQueryStandIn:
             for statement in statements:
                 text = statement.query.strip().rstrip(";").strip()
                 words = text.upper().split()
+                if dry_run and (words[:1] in (["BEGIN"], ["COMMIT"], ["ROLLBACK"])):
+                    continue
                 if words[:2] == ["BEGIN", "TRANSACTION"] or words == ["BEGIN"]:
                     in_transaction = True
+                elif words[:1] == ["COMMIT"] and in_transaction and self.abort_commits:
+                    raise self.abort_commits.pop(0)  # rolled back below, as BigQuery aborts it
                 elif words[:1] in (["COMMIT"], ["ROLLBACK"]):
                     in_transaction = False
                 bound = {name: parameters[name] for name in statement.named_parameters if name in parameters}
                 missing = sorted(set(statement.named_parameters) - set(bound))
                 if missing:
                     raise ApiError(400, "invalidQuery", f"Query parameter '{missing[0]}' not found")
+                unplanned = self._check_types(text, literals)
+                if dry_run and statement.type != duckdb.StatementType.SELECT:
+                    if unplanned is not None and unplanned.get("error_type") == "catalog":
+                        raise ApiError(404, "notFound", f"Not found: {unplanned.get('error_message')}")
+                    if unplanned is not None:
+                        raise ApiError(400, "invalidQuery", str(unplanned.get("error_message")))
+                    continue
+                if statement.type == duckdb.StatementType.SELECT and dry_run:
+                    columns = self._db.execute(f"DESCRIBE {text}", bound).fetchall()
+                    fields = [{"name": name, "type": _bq_type(kind), "mode": "NULLABLE"} for name, kind, *_ in columns]
+                    result = _Result(fields=fields)
+                    continue
                 if statement.type == duckdb.StatementType.SELECT:
                     relation = self._db.sql(text, params=bound)
                     fields = [

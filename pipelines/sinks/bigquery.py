@@ -12,13 +12,19 @@ A write replaces the rows of a job in a window, atomically:
 4. the staging table is dropped.
 
 A failed load (step 1) never touches the target. Re-running a window replaces its rows, so a
-retry adds no duplicates. Credentials: see :mod:`pipelines.gcp`.
+retry adds no duplicates. When another write to the table conflicts with the transaction, BigQuery
+aborts it ("... due to concurrent update") and rolls it back; since it replaces the window from the
+staging table, which is still there, it simply runs again, up to :data:`CONFLICT_ATTEMPTS` times
+with growing pauses (as does adding a column, ``ADD COLUMN IF NOT EXISTS``). Errors name the
+BigQuery job that failed. Credentials: see :mod:`pipelines.gcp`.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import random
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,6 +46,12 @@ _TYPES = {"string": "STRING", "double": "FLOAT64", "bool": "BOOL"}
 _KEYS = ("job", "series", "timestamp", "feature")
 #: How long a staging table outlives a write that crashed before dropping it.
 STAGING_EXPIRY = timedelta(days=1)
+#: How many times a statement that replaces what it writes runs when a concurrent update of the
+#: table aborts it; then the error goes to the task (whose retries rerun the whole write).
+CONFLICT_ATTEMPTS = 3
+#: Seconds before the second attempt, doubled before each further one, with jitter (so writers
+#: that collided do not collide again).
+CONFLICT_BACKOFF = 2.0
 
 
 def _fields(dimensions: list[str], *, required_keys: bool) -> list[bigquery.SchemaField]:
@@ -107,9 +119,7 @@ class BigQuerySink:
                             bigquery.ScalarQueryParameter("end", "TIMESTAMP", end.to_pydatetime()),
                         ]
                     )
-                    client.query(script, job_config=parameters, retry=retry, job_retry=None).result(
-                        retry=retry, job_retry=None
-                    )
+                    self._run_again_on_conflict(client, script, parameters, retry)
                 finally:
                     self._drop(client, staging, retry)
         except gcp.api_errors() as exc:
@@ -142,7 +152,32 @@ class BigQuerySink:
             write_disposition=bigquery.WriteDisposition.WRITE_EMPTY,
             create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
         )
-        client.load_table_from_file(buffer, staging, size=size, job_config=config).result(retry=retry)
+        gcp.wait(client.load_table_from_file(buffer, staging, size=size, job_config=config), retry=retry)
+
+    def _run_again_on_conflict(
+        self, client: bigquery.Client, sql: str, config: bigquery.QueryJobConfig | None, retry: Any
+    ) -> None:
+        """Run ``sql``, again when a concurrent update of the table aborted it (see the module
+        docstring): only for a statement that BigQuery rolls back whole when aborted and that
+        replaces what it writes (the window's transaction, ``ADD COLUMN IF NOT EXISTS``)."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                client.query(sql, job_config=config, retry=retry, job_retry=None).result(retry=retry, job_retry=None)
+                return
+            except gcp.api_errors() as exc:
+                if attempt == CONFLICT_ATTEMPTS or not gcp.is_concurrent_update(exc):
+                    raise
+                pause = CONFLICT_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+                failed = gcp.failed_job(exc)
+                log.warning(
+                    "a concurrent update of BigQuery table %s aborted job %s (attempt %d of %d); running it again in %.1f s",
+                    self.table,
+                    gcp.job_reference(failed) if failed is not None else "(no job)",
+                    attempt,
+                    CONFLICT_ATTEMPTS,
+                    pause,
+                )
+                time.sleep(pause)
 
     def _prepare(self, client: bigquery.Client, dimensions: list[str], retry: Any) -> None:
         """Create the target table, or add the dimension columns it lacks (other jobs have other ones)."""
@@ -159,11 +194,8 @@ class BigQuerySink:
             log.info("created BigQuery table %s", self.table)
             return
         for dim in (d for d in dimensions if d not in present):
-            client.query(
-                f"ALTER TABLE {_quoted(self.table)} ADD COLUMN IF NOT EXISTS {_quoted(dim)} STRING",
-                retry=retry,
-                job_retry=None,
-            ).result(retry=retry, job_retry=None)
+            sql = f"ALTER TABLE {_quoted(self.table)} ADD COLUMN IF NOT EXISTS {_quoted(dim)} STRING"
+            self._run_again_on_conflict(client, sql, None, retry)
             log.info("added dimension column %s to BigQuery table %s", dim, self.table)
 
     def _drop(self, client: bigquery.Client, staging: str, retry: Any) -> None:

@@ -207,3 +207,26 @@ def test_a_large_result_is_not_held_twice_in_memory(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
 
     assert float(done.stdout.split()[-1]) < 1.5  # Arrow table and frame together would be 2
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "message", "conflict"),
+    [
+        (400, "invalidQuery", "Could not serialize access to table p:d.t due to concurrent update", True),
+        (400, "invalidQuery", "Query error: Transaction is aborted due to concurrent update against table p:d.t.", True),
+        (409, "aborted", "Transaction is aborted due to concurrent update against table p:d.t.", True),
+        (500, "aborted", "", True),  # what the client makes of a job whose errorResult reason is aborted
+        (409, "duplicate", "Already Exists: Table p:d.t", False),
+        (400, "invalidQuery", "Unrecognized name: x at [1:8]", False),
+        (403, "rateLimitExceeded", "Exceeded rate limits: too many table update operations for this table", False),
+    ],
+)
+def test_a_concurrent_update_is_told_from_other_errors(code: int, reason: str, message: str, conflict: bool) -> None:
+    from google.api_core.exceptions import from_http_status
+
+    error = from_http_status(code, message, errors=[{"reason": reason, "message": message}])
+
+    assert gcp.is_concurrent_update(error) is conflict
+    problem, todo = gcp.explain(error)
+    assert problem.startswith("another write to the same table ran at the same time") is conflict
+    assert ("Fix the query" in todo) is (not conflict and code == 400)

@@ -7,6 +7,7 @@ transactions with DuckDB (see its docstring for what it does not model).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from pipelines.config import BigQueryOutput, parse_job
 from pipelines.errors import SinkError
 from pipelines.scoring import publish
 from pipelines.sinks import BigQuerySink
+from pipelines.sinks import bigquery as bigquery_sink
 from pipelines.workspace import Window
-from tests.bigquery_standin import ApiError, BigQueryStandIn
+from tests.bigquery_standin import CONCURRENT_UPDATE_SHAPES, ApiError, BigQueryStandIn, concurrent_update
 
 PROJECT = "standin-project"
 TABLE = f"{PROJECT}.results.anomalies"
@@ -148,6 +150,9 @@ def test_a_failed_load_leaves_the_table_unchanged(standin: BigQueryStandIn, sink
     )
     assert "the table keeps its previous rows" in str(caught.value)
     assert "a rerun adds no duplicates" in str(caught.value)
+    (failed,) = standin.failed_jobs()  # the load job, named so it can be looked up
+    assert "load" in failed["configuration"]
+    assert f") in BigQuery job standin-project:US.{failed['jobReference']['jobId']}; " in str(caught.value)
     assert tables(standin) == ["anomalies"]  # the staging table was dropped all the same
     standin.fail_loads = False
     pd.testing.assert_frame_equal(sink.read(job="sales"), expected(old))
@@ -162,9 +167,12 @@ def test_a_failing_insert_rolls_the_delete_back(standin: BigQueryStandIn, sink: 
     standin.execute("ALTER TABLE results.anomalies ALTER COLUMN tenant DROP DEFAULT")
 
     new = make_frame("sales", "2024-01-05", "2024-01-06", run="r2")
-    with pytest.raises(SinkError, match=r"BigQuery rejected the request \(.*NOT NULL constraint.*tenant"):
+    with pytest.raises(SinkError, match=r"BigQuery rejected the request \(.*NOT NULL constraint.*tenant") as caught:
         sink.write(new, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
 
+    (failed,) = standin.failed_jobs()
+    assert "BEGIN TRANSACTION" in failed["configuration"]["query"]["query"]
+    assert f"in BigQuery job standin-project:US.{failed['jobReference']['jobId']}; " in str(caught.value)
     assert count(standin) == 8
     assert count(standin, "run_id = 'r1'") == 8
 
@@ -204,6 +212,7 @@ def test_failures_name_the_job_window_and_table_and_write_nothing(
     )
     assert "the table keeps its previous rows" in message
     assert re.search(problem, message), message
+    assert "BigQuery job" not in message  # refused before BigQuery made a job: none to look up
     standin.deny, standin.fail_with = False, None
     assert tables(standin) == []
 
@@ -268,3 +277,74 @@ def test_large_batches_upload_through_the_resumable_protocol(
 def test_the_table_must_be_project_dataset_table(table: str) -> None:
     with pytest.raises(ValueError, match="String should match pattern"):
         BigQueryOutput(table=table)
+
+
+def transactions(standin: BigQueryStandIn) -> list[dict]:
+    return [q for q in standin.query_jobs() if "TRANSACTION" in q["query"]]
+
+
+@pytest.mark.parametrize("shape", CONCURRENT_UPDATE_SHAPES)
+def test_a_transaction_aborted_by_a_concurrent_update_runs_again(
+    standin: BigQueryStandIn,
+    sink: BigQuerySink,
+    make_frame,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    shape: str,
+) -> None:
+    monkeypatch.setattr(bigquery_sink, "CONFLICT_BACKOFF", 0.0)
+    old = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
+    sink.write(old, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    standin.abort_commits = [concurrent_update("standin-project:results.anomalies", shape)]
+    new = make_frame("sales", "2024-01-05", "2024-01-06", run="r2")
+
+    with caplog.at_level(logging.WARNING, logger="pipelines.sinks.bigquery"):
+        written = sink.write(new, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert written == 8
+    (aborted,) = standin.failed_jobs()  # rolled back at COMMIT after its DELETE and INSERT had run
+    assert aborted["status"]["errorResult"]["reason"] == ("aborted" if shape == "aborted" else "invalidQuery")
+    assert len(transactions(standin)) == 3  # the first write, the aborted one, the one run again
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(new))  # once: no duplicates, no r1
+    (warning,) = caplog.records
+    assert f"aborted job standin-project:US.{aborted['jobReference']['jobId']} (attempt 1 of 3)" in warning.getMessage()
+    assert tables(standin) == ["anomalies"]
+
+
+@pytest.mark.parametrize("shape", CONCURRENT_UPDATE_SHAPES)
+def test_a_write_that_keeps_conflicting_fails_as_a_conflict_not_as_a_query_to_fix(
+    standin: BigQueryStandIn, sink: BigQuerySink, make_frame, monkeypatch: pytest.MonkeyPatch, shape: str
+) -> None:
+    monkeypatch.setattr(bigquery_sink, "CONFLICT_BACKOFF", 0.0)
+    old = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
+    sink.write(old, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    error = concurrent_update("standin-project:results.anomalies", shape)
+    standin.abort_commits = [error] * (bigquery_sink.CONFLICT_ATTEMPTS + 1)
+
+    new = make_frame("sales", "2024-01-05", "2024-01-06", run="r2")
+    with pytest.raises(SinkError) as caught:
+        sink.write(new, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    message = str(caught.value)
+    last = standin.failed_jobs()[-1]["jobReference"]["jobId"]
+    assert (
+        "another write to the same table ran at the same time and BigQuery aborted this one "
+        f"({error.message}) in BigQuery job standin-project:US.{last}; the table keeps its previous rows. "
+        "Nothing was changed" in message
+    )
+    assert "Fix the query" not in message and "cannot reach" not in message
+    assert len(transactions(standin)) == 1 + bigquery_sink.CONFLICT_ATTEMPTS  # bounded
+    assert len(standin.abort_commits) == 1
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(old))
+    assert tables(standin) == ["anomalies"]
+
+
+def test_a_transaction_failing_otherwise_is_not_run_again(standin: BigQueryStandIn, sink: BigQuerySink, make_frame) -> None:
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    standin.abort_commits = [ApiError(400, "invalidQuery", "Query error: division by zero")]
+
+    with pytest.raises(SinkError, match=r"BigQuery rejected the request \(Query error: division by zero\)"):
+        sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert len(transactions(standin)) == 2

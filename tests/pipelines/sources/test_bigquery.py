@@ -15,11 +15,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from google.api_core.exceptions import BadRequest
 
 from pipelines import gcp
 from pipelines.config import JobConfig, parse_job
 from pipelines.errors import ConfigError, MissingDependencyError, SourceError
 from pipelines.sources import BigQueryReader, read_window
+from pipelines.sources.bigquery import compared_type
 from tests.bigquery_standin import ApiError, BigQueryStandIn
 
 PROJECT = "standin-project"
@@ -58,7 +60,39 @@ def bigquery_job(standin: BigQueryStandIn, query: str = QUERY, **source: Any) ->
 
 def sent_parameters(standin: BigQueryStandIn) -> dict[str, tuple[str, str]]:
     (query,) = standin.query_jobs()
+    return parameters_of(query)
+
+
+def parameters_of(query: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {p["name"]: (p["parameterType"]["type"], p["parameterValue"]["value"]) for p in query["queryParameters"]}
+
+
+@pytest.fixture
+def civil(standin: BigQueryStandIn) -> BigQueryStandIn:
+    """``metrics.civil``: host a every hour of 2024-01-01 and -02 with a DATETIME ``dt`` (UTC wall
+    time), its DATE ``day`` and its TIMESTAMP ``ts``."""
+    standin.execute(
+        "CREATE TABLE metrics.civil AS SELECT TIMESTAMP '2024-01-01 00:00:00' + to_hours(i) AS dt, "
+        "CAST(TIMESTAMP '2024-01-01 00:00:00' + to_hours(i) AS DATE) AS day, "
+        "TIMESTAMPTZ '2024-01-01 00:00:00+00' + to_hours(i) AS ts, 'a' AS host, i::DOUBLE AS value FROM range(48) t(i)"
+    )
+    return standin
+
+
+def civil_job(standin: BigQueryStandIn, column: str, where: str | None = None, **source: Any) -> JobConfig:
+    where = where or f"{column} >= @start AND {column} < @end"
+    query = f"SELECT {column}, host, value FROM `{PROJECT}.metrics.civil` WHERE {where} ORDER BY {column}, value"
+    return parse_job(
+        {
+            "name": "civil",
+            "source": {"kind": "bigquery", "query": query, "project": PROJECT, "api_endpoint": standin.url, **source},
+            "timestamp": column,
+            "frequency": "1h",
+            "dimensions": ["host"],
+            "features": ["value"],
+            "model": {"kind": "iforest"},
+        }
+    )
 
 
 def test_without_the_package_the_error_gives_the_install_command(make_job, monkeypatch) -> None:
@@ -285,3 +319,131 @@ def test_a_project_is_required(standin: BigQueryStandIn) -> None:
 
     with pytest.raises(ConfigError, match=r"^job 'cpu_load': cannot read bigquery source .*: no Google Cloud project"):
         read_window(job, None, None)
+
+
+NO_MATCH = "No matching signature for operator >= for argument types:"
+
+
+@pytest.mark.parametrize(
+    ("column", "kind", "value", "error"),
+    [
+        ("dt", "TIMESTAMP", "2024-01-01 06:00:00+00:00", f"{NO_MATCH} DATETIME, TIMESTAMP"),
+        ("day", "TIMESTAMP", "2024-01-01 06:00:00+00:00", f"{NO_MATCH} DATE, TIMESTAMP"),
+        ("ts", "DATETIME", "2024-01-01T06:00:00", f"{NO_MATCH} TIMESTAMP, DATETIME"),
+        ("ts", "DATE", "2024-01-01", f"{NO_MATCH} TIMESTAMP, DATE"),
+        ("dt", "DATETIME", "2024-01-01T06:00:00", None),
+        ("day", "DATE", "2024-01-01", None),
+        ("day", "DATETIME", "2024-01-01T06:00:00", None),  # BigQuery converts DATE to DATETIME
+        ("ts", "TIMESTAMP", "2024-01-01 06:00:00+00:00", None),
+    ],
+)
+def test_the_standin_refuses_to_compare_timestamp_with_datetime_or_date_as_bigquery_does(
+    civil: BigQueryStandIn, column: str, kind: str, value: str, error: str | None
+) -> None:
+    from google.cloud import bigquery
+
+    client = gcp.bigquery_client(purpose="test", project=PROJECT, api_endpoint=civil.url)
+    config = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("start", kind, value)])
+    query = f"SELECT {column} FROM `{PROJECT}.metrics.civil` WHERE {column} >= @start"
+
+    with client:
+        if error is None:
+            assert len(list(client.query(query, job_config=config).result())) > 0
+            return
+        with pytest.raises(BadRequest) as caught:
+            client.query(query, job_config=config).result()
+        with pytest.raises(BadRequest, match=re.escape(error)):  # a dry run: jobs.insert answers 400 itself
+            client.query(query, job_config=bigquery.QueryJobConfig(dry_run=True, query_parameters=config.query_parameters))
+
+    assert caught.value.errors[0]["reason"] == "invalidQuery"
+    assert caught.value.errors[0]["message"].startswith(f"{error}. Supported signature: ANY >= ANY")
+    (failed,) = civil.failed_jobs()  # a job BigQuery keeps, to look up; the dry run left none
+    assert caught.value.query_job.job_id == failed["jobReference"]["jobId"]
+    assert failed["status"]["state"] == "DONE" and failed["status"]["errorResult"]["reason"] == "invalidQuery"
+
+
+def test_a_datetime_column_is_compared_with_the_window_as_utc_datetimes(civil: BigQueryStandIn) -> None:
+    job = civil_job(civil, "dt")
+
+    frame = read_window(job, pd.Timestamp("2024-01-01 08:00", tz="Europe/Berlin"), at("2024-01-01 09:00"))
+
+    assert frame["dt"].tolist() == [pd.Timestamp("2024-01-01 07:00"), pd.Timestamp("2024-01-01 08:00")]
+    assert sent_parameters(civil) == {
+        "start": ("DATETIME", "2024-01-01T07:00:00.000000"),
+        "end": ("DATETIME", "2024-01-01T09:00:00.000000"),
+    }
+    dry_runs = civil.query_jobs(dry_run=True)  # how the type was learnt: BigQuery refused TIMESTAMP
+    assert [parameters_of(q)["start"][0] for q in dry_runs] == ["TIMESTAMP", "DATETIME"]
+    assert civil.failed_jobs() == []  # dry runs leave no failed job behind
+
+
+def test_an_unbounded_window_binds_the_widest_datetimes(civil: BigQueryStandIn) -> None:
+    frame = read_window(civil_job(civil, "dt"), None, None)
+
+    assert len(frame) == 48
+    assert sent_parameters(civil) == {  # with four-digit years, which BigQuery needs
+        "start": ("DATETIME", "0001-01-01T00:00:00.000000"),
+        "end": ("DATETIME", "9999-12-31T23:59:59.999999"),
+    }
+
+
+def test_a_date_column_is_read_for_the_days_whose_midnight_lies_in_the_window(civil: BigQueryStandIn) -> None:
+    civil.execute("CREATE TABLE metrics.daily AS SELECT DATE '2024-01-01' + i::INT AS day, i::DOUBLE AS value FROM range(6) t(i)")
+    query = f"SELECT day, value FROM `{PROJECT}.metrics.daily` WHERE day >= @start AND day < @end ORDER BY day"
+    job = bigquery_job(civil, query)
+
+    frame = read_window(job, at("2024-01-02 06:00"), at("2024-01-04 06:00"))
+
+    assert frame["value"].tolist() == [2.0, 3.0]  # 2024-01-03 and -04; the 2nd's midnight is before 06:00
+    assert sent_parameters(civil) == {"start": ("DATE", "2024-01-03"), "end": ("DATE", "2024-01-05")}
+
+
+def test_a_window_compared_with_two_types_fails_with_bigquerys_error_and_how_to_convert(civil: BigQueryStandIn) -> None:
+    job = civil_job(civil, "dt", where="dt >= @start AND ts < @end")
+
+    with pytest.raises(SourceError) as caught:
+        read_window(job, at("2024-01-01 06:00"), at("2024-01-01 09:00"))
+
+    message = str(caught.value)
+    (failed,) = civil.failed_jobs()  # the query ran (with TIMESTAMP parameters) and failed
+    assert "No matching signature for operator >= for argument types: DATETIME, TIMESTAMP" in message
+    assert f"in BigQuery job standin-project:US.{failed['jobReference']['jobId']}" in message
+    assert "dt >= DATETIME(@start) AND dt < DATETIME(@end)" in message
+
+
+@pytest.mark.parametrize(
+    ("message", "compared"),
+    [
+        ("No matching signature for operator >= for argument types: DATETIME, TIMESTAMP. Supported signature: "
+         "ANY >= ANY at [1:56]", "DATETIME"),
+        ("No matching signature for operator BETWEEN for argument types: DATE, TIMESTAMP, TIMESTAMP. Supported "
+         "signature: (ANY) BETWEEN (ANY) AND (ANY) at [3:9]", "DATE"),
+        ("No matching signature for operator >= for argument types: TIMESTAMP, DATETIME\n  Signature: T1 >= T1\n"
+         "    Unable to find common supertype for templated argument <T1>\n      Input types for <T1>: "
+         "{TIMESTAMP, DATETIME} at [1:50]", "DATETIME"),
+        ("No matching signature for function GREATEST for argument types: DATE, DATETIME, TIMESTAMP", "DATETIME"),
+        ("No matching signature for operator = for argument types: INT64, STRING. Supported signature: ANY = ANY", None),
+        ("No matching signature for operator >= for argument types: DATETIME, DATE", None),
+        ("Unrecognized name: dt at [1:8]", None),
+    ],
+)
+def test_the_type_compared_with_the_window_is_read_from_bigquerys_error(message: str, compared: str | None) -> None:
+    error = BadRequest(message, errors=[{"reason": "invalidQuery", "message": message}])
+
+    assert compared_type(error) == compared
+
+
+def test_a_failed_query_names_its_bigquery_job_and_location(standin: BigQueryStandIn) -> None:
+    job = bigquery_job(standin, QUERY.replace("note", "no_such_column"), location="EU")
+
+    with pytest.raises(SourceError) as caught:
+        read_window(job, at("2024-01-01"), at("2024-01-02"))
+
+    (failed,) = standin.failed_jobs()
+    job_id = failed["jobReference"]["jobId"]
+    assert failed["jobReference"]["location"] == "EU"
+    message = str(caught.value)
+    assert "BigQuery rejected the request (" in message and f") in BigQuery job standin-project:EU.{job_id}. " in message
+    assert message.endswith(
+        f"The job's details: BigQuery console > Job history, or bq show -j --location=EU standin-project:{job_id}."
+    )
