@@ -15,7 +15,7 @@ from pathlib import Path
 from pipelines.config import find_job, jobs_dir, load_job_file
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, PipelineError
-from pipelines.workspace import prediction_window, training_window, utcnow
+from pipelines.workspace import prediction_window, to_utc, training_window, utcnow
 
 JOB_HELP = "a job's name (a file in config/jobs, or in $ANOMALY_PIPELINES_JOBS_DIR) or a job file's path"
 
@@ -236,6 +236,15 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _date_time(text: str) -> str:
+    """A window bound as given, once it parses: argparse then names the option it was given to."""
+    try:
+        to_utc(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-pipelines", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -251,14 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("job", help=JOB_HELP)
-        sub.add_argument("--end", help="end of the training window (ISO 8601; default now)")
-        sub.add_argument("--start", help="start of the window (default: end - training_window)")
+        sub.add_argument("--end", type=_date_time, help="end of the training window (ISO 8601; default now)")
+        sub.add_argument("--start", type=_date_time, help="start of the window (default: end - training_window)")
         sub.set_defaults(func=func)
 
     predict = commands.add_parser("predict", help="score a window with the champion models and write the outputs")
     predict.add_argument("job", help=JOB_HELP)
-    predict.add_argument("--start", help="window start (ISO 8601, inclusive); required without --input")
-    predict.add_argument("--end", help="window end (ISO 8601, exclusive); required without --input")
+    predict.add_argument("--start", type=_date_time, help="window start (ISO 8601, inclusive); required without --input")
+    predict.add_argument("--end", type=_date_time, help="window end (ISO 8601, exclusive); required without --input")
     predict.add_argument("--input", help="score this whole file instead of the job's source (one-off scoring)")
     predict.add_argument("--output", help="with --input: the Parquet file to write")
     predict.add_argument("--chunk-rows", type=_positive, default=250_000, help="with --input: rows per chunk (bounds memory)")
@@ -279,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="draw a job's published outputs for a window (values, expected band, anomalies)")
     plot.add_argument("job", help=JOB_HELP)
-    plot.add_argument("--start", required=True, help="window start (ISO 8601, inclusive)")
-    plot.add_argument("--end", required=True, help="window end (ISO 8601, exclusive)")
+    plot.add_argument("--start", required=True, type=_date_time, help="window start (ISO 8601, inclusive)")
+    plot.add_argument("--end", required=True, type=_date_time, help="window end (ISO 8601, exclusive)")
     plot.add_argument("--series", help="one series, e.g. region=eu (default: all, at most a dozen panels)")
     plot.add_argument("--out", required=True, metavar="PNG", help="the picture to write")
     plot.set_defaults(func=cmd_plot)

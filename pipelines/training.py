@@ -124,7 +124,10 @@ def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str,
     keys = registry.series(job.name)
     if series is not None:
         if series not in keys:
-            raise ModelError(f"job {job.name} has no model for series {series!r}; series with models: {', '.join(keys) or 'none'}")
+            raise ModelError(
+                f"job {job.name} has no model for series {series!r}; series with models: {', '.join(keys) or 'none'}"
+                f"{'' if keys else ' (train the job first)'}"
+            )
         keys = [series]
     out = []
     for key in keys:

@@ -302,6 +302,24 @@ def test_chunk_rows_below_one_names_the_option(project, capsys):
     assert "argument --chunk-rows: '0' is not a whole number of at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [(["train", "demo_web_metrics"], "--end"), (["tune", "demo_web_metrics"], "--start"),
+     (["predict", "demo_web_metrics", "--end", "2024-03-02"], "--start"),
+     (["plot", "demo_web_metrics", "--end", "2024-03-02", "--out", "x.png"], "--start")],
+)
+def test_a_window_bound_that_is_not_a_date_time_names_the_option(project, capsys, command, option):
+    with pytest.raises(SystemExit) as exited:
+        main([*command, option, "yesterday"])
+    assert exited.value.code == 2
+    assert f"argument {option}: 'yesterday' is not an ISO 8601 date-time" in capsys.readouterr().err
+
+
+def test_models_of_a_series_of_a_job_never_trained_says_to_train(project, capsys):
+    assert main(["models", "demo_web_metrics", "--series", "region=eu"]) == 2
+    assert "series with models: none (train the job first)" in capsys.readouterr().err
+
+
 def test_json_output_keeps_non_ascii_dimension_values_readable(capsys):
     from pipelines.cli import _print_json
 
