@@ -22,9 +22,10 @@ from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
 from pipelines.errors import DataValidationError
-from pipelines.extraction import prepare, series_groups
+from pipelines.extraction import TimestampZone, first_zone, prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
+from pipelines.sources.base import parse_timestamps
 from pipelines.sources.file import SUFFIXES
 from pipelines.validation import validate_batch
 from pipelines.workspace import check_output_file
@@ -33,7 +34,8 @@ ROW = "row"
 _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as seconds
 
 
-def _read(job: JobConfig, path: str, option: str) -> pd.DataFrame:
+def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, TimestampZone | None]:
+    """The file's rows, validated and typed, and whether its timestamps have a time zone."""
     reader_job = job.model_copy(update={"source": FileSource(kind="file", path=path)})
     frame = FileReader(reader_job, path_hint=f"Check the {option} path.").read(None, None)
     if frame.empty:
@@ -44,7 +46,26 @@ def _read(job: JobConfig, path: str, option: str) -> pd.DataFrame:
     report = validate_batch(frame, job, missing_column_hint=partial(_missing_column_hint, job, path))
     if not report.success:
         raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())
-    return prepare(frame, job)
+    if job.timestamp == _ROW_CLOCK:
+        return prepare(frame, job), None
+    try:
+        parsed = parse_timestamps(frame[job.timestamp])
+    except ValueError as exc:
+        raise DataValidationError(
+            f"{path}: the {option} file's column {job.timestamp!r} mixes timestamps with and without a time zone "
+            f"({exc}). {_ONE_WAY} Nothing was written."
+        ) from exc
+    return prepare(frame, job), first_zone(frame[job.timestamp], parsed)
+
+
+_ONE_WAY = (
+    "Write every timestamp of both files with its offset (e.g. 2024-01-01T00:00:00Z) or every one without "
+    "(then taken as UTC), then re-run."
+)
+
+
+def _zone(zone: TimestampZone) -> str:
+    return f"{'with' if zone.aware else 'without'} a time zone (first at row {zone.row}: {zone.value!r})"
 
 
 def _missing_column_hint(job: JobConfig, path: str, column: str) -> str:
@@ -117,8 +138,18 @@ def detect_files(
         },
         source="detect",
     )
-    trained = _series(_read(job, train, "--train"), job, {})
-    to_score = _series(_read(job, input, "--input"), job, {key: len(data) for key, (_, data, _) in trained.items()})
+    train_rows, train_zone = _read(job, train, "--train")
+    input_rows, input_zone = _read(job, input, "--input")
+    if train_zone and input_zone and train_zone.aware != input_zone.aware:
+        # Each file parsed alone would take its naive times as UTC beside the other's aware ones: a
+        # model trained on one clock would score the other.
+        raise DataValidationError(
+            f"{input}: column {job.timestamp!r} has timestamps {_zone(input_zone)} in the --input file and "
+            f"{_zone(train_zone)} in the --train file {train}; taking the ones without as UTC would be a guess. "
+            f"{_ONE_WAY} Nothing was written."
+        )
+    trained = _series(train_rows, job, {})
+    to_score = _series(input_rows, job, {key: len(data) for key, (_, data, _) in trained.items()})
     frames = []
     for key, (dims, data, rows) in to_score.items():
         if key not in trained:

@@ -243,19 +243,35 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     workspace = Workspace(job.name, run_id)
     one_off = job.model_copy(update={"source": FileSource(kind="file", path=input_path)})
     first, last, rows, paths, manifest = None, None, 0, [], []
+    zone: TimestampZone | None = None  # of the file's first timestamp: every later chunk must agree
     # The path came from the command line (--input) or the run's conf (input), not the job file.
     reader = FileReader(one_off, path_hint="Check the input path (predict's --input, or the run's `input`).")
     for index, chunk in enumerate(reader.iter_chunks(chunk_rows)):
         manifest.append(_series_counts(chunk, job))
         if job.timestamp in chunk.columns:
             try:
-                parsed = parse_timestamps(chunk[job.timestamp]).dropna()
+                parsed = parse_timestamps(chunk[job.timestamp])
             except ValueError as exc:
                 raise SourceError(
                     f"job {job.name!r}: input file {input_path!r}, rows {rows + 1} to {rows + len(chunk)}: column "
                     f"{job.timestamp!r} mixes timestamps with and without a time zone ({exc}). Store every timestamp "
                     "with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC), then re-run."
                 ) from exc
+            here = first_zone(chunk[job.timestamp], parsed, chunk=index, offset=rows)
+            # Each chunk is parsed alone, so naive chunks would be taken as UTC beside aware ones:
+            # the guess the check above refuses within a chunk. Stopped here, before any chunk is
+            # scored, so no output is begun.
+            if zone is None:
+                zone = here
+            elif here is not None and here.aware != zone.aware:
+                raise SourceError(
+                    f"job {job.name!r}: input file {input_path!r}: column {job.timestamp!r} mixes timestamps with and "
+                    f"without a time zone across chunks of {chunk_rows} rows: {zone.describe()}, {here.describe()}; "
+                    "taking the ones without as UTC would be a guess. Store every timestamp with its offset "
+                    "(e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC), then re-run. "
+                    "Nothing was scored or written."
+                )
+            parsed = parsed.dropna()
             if len(parsed):
                 first = parsed.min() if first is None else min(first, parsed.min())
                 last = parsed.max() if last is None else max(last, parsed.max())
@@ -274,6 +290,35 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     last = last if last is not None else first
     window = Window(first.to_pydatetime(), (last + job.frequency).to_pydatetime())
     return Extracted(paths=paths, rows=rows, window=window, read_from=f"input file {input_path!r}")
+
+
+@dataclass(frozen=True)
+class TimestampZone:
+    """Whether timestamps carry a time zone, told by the first that parsed: its row (counted from
+    1 in the file, header excluded), its chunk (counted from 0) and the value as written."""
+
+    aware: bool
+    row: int
+    value: str
+    chunk: int = 0
+
+    def describe(self) -> str:
+        return f"chunk {self.chunk + 1} has them {'with' if self.aware else 'without'} (first at row {self.row}: {self.value!r})"
+
+
+def first_zone(raw: pd.Series, parsed: pd.Series, *, chunk: int = 0, offset: int = 0) -> TimestampZone | None:
+    """The :class:`TimestampZone` of ``raw`` (``parsed`` by :func:`parse_timestamps`, which has
+    checked that its values agree), None when no value parsed; ``offset`` rows come before ``raw``."""
+    found = parsed.notna().to_numpy()
+    if not found.any():
+        return None
+    position = int(found.argmax())
+    if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
+        aware = isinstance(raw.dtype, pd.DatetimeTZDtype)
+    else:
+        # Parsed as parse_timestamps parses text, so both judge a value alike.
+        aware = pd.to_datetime(raw.iloc[[position]].astype("string"), format="mixed").dt.tz is not None
+    return TimestampZone(aware, offset + position + 1, str(raw.iloc[position]), chunk)
 
 
 def _series_counts(chunk: pd.DataFrame, job: JobConfig) -> dict[str, int]:

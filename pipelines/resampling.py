@@ -18,6 +18,7 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
 from pipelines.config import ResampleConfig
@@ -31,7 +32,8 @@ class ResampleStats:
 
     ``merged_rows``: rows that shared a bucket with at least one other row (combined into one
     by the aggregate); ``moved_rows``: rows whose timestamp was not a bucket start (relabelled to
-    their bucket's start); ``filled``: empty buckets forward-filled; ``missing``: empty buckets
+    their bucket's start); ``filled``: empty buckets forward-filled (at least one feature took a
+    value; a feature missing in the bucket filled from stays missing); ``missing``: empty buckets
     left missing.
     """
 
@@ -90,11 +92,18 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
     empty = (counts == 0).to_numpy()
     filled = 0
     if rule.fill == "ffill" and empty.any():
-        forward = out.ffill(limit=rule.ffill_limit)
-        # Only empty buckets are filled: a value missing in the source stays missing (validation
-        # decided how many of those are acceptable).
-        out = out.where(pd.Series(~empty, index=out.index), forward, axis=0)
-        filled = int((empty & out.notna().any(axis=1).to_numpy()).sum())
+        # An empty bucket takes the last bucket with rows as it is, a value missing there included:
+        # pandas' ffill would reach across a value the source reported missing and repeat the one
+        # before it, a measurement nobody made for that time. Only empty buckets are filled: a value
+        # missing in the source stays missing (validation decided how many of those are acceptable).
+        position = np.arange(len(out))
+        # The first bucket always has rows (buckets start at the series' first row).
+        last = pd.Series(np.where(empty, np.nan, position)).ffill().to_numpy(dtype="int64")
+        reach = position - last  # 1 for the first empty bucket after rows, 2 for the next...
+        fill = empty & (reach <= (rule.ffill_limit or len(out)))
+        forward = out.iloc[last].set_axis(out.index)
+        out = out.where(pd.Series(~fill, index=out.index), forward, axis=0)
+        filled = int((fill & out.notna().any(axis=1).to_numpy()).sum())
     stats = ResampleStats(
         rows=len(rows),
         buckets=len(out),

@@ -4,7 +4,7 @@ column, how many values, some of them and the rows holding them; plus a JSON for
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,11 +123,13 @@ def build_report(
     keys: pd.DataFrame | None = None,
     missing_column_hint: Callable[[str], str] | None = None,
     columns: Collection[str] | None = None,
+    more: Sequence[CheckResult] = (),
 ) -> ValidationReport:
     """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
     numbered as GX numbered them) locate each sampled row in the source; ``missing_column_hint``
     says, for a column the source lacks, what to check (by default the job file); ``columns``, the
-    batch's, let an expectation of the suite file that names another column say so."""
+    batch's, let an expectation of the suite file that names another column say so; ``more`` are
+    checks run outside GX, reported after GX's."""
     checks = [CheckResult.from_gx(one) for one in result.results]
     located = keys is not None and not keys.empty
     # A job's column the source lacks is explained by its failed existence check.
@@ -154,6 +156,10 @@ def build_report(
             )
         if located:
             check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
+    for check in more:
+        if located:
+            check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
+        checks.append(check)
     return ValidationReport(
         job=job,
         success=all(check.success for check in checks),

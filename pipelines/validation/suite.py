@@ -16,7 +16,10 @@ from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
 
 from pipelines.config import JobConfig
 from pipelines.errors import ConfigError
+from pipelines.json_values import json_safe
+from pipelines.sources.base import parse_timestamps
 from pipelines.storage import read_bytes
+from pipelines.validation.report import SAMPLE_SIZE, CheckResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from great_expectations.core import ExpectationSuite
@@ -89,17 +92,64 @@ def build_suite(batch: pd.DataFrame, job: JobConfig, suite_path: str | None = No
             gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf]),
             gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=1 - job.validation.max_null_fraction),
         ]
-    if present.issuperset([timestamp, *job.dimensions]):
-        # One row per timestamp and series; GX's compound check needs at least two columns.
-        checks.append(
-            gxe.ExpectCompoundColumnsToBeUnique(column_list=[timestamp, *job.dimensions])
-            if job.dimensions
-            else gxe.ExpectColumnValuesToBeUnique(column=timestamp)
-        )
+    # One row per timestamp and series: checked by duplicate_instants, not here (see there why).
     checks.append(gxe.ExpectTableRowCountToBeBetween(min_value=job.validation.min_rows))
     if suite_path:
         checks += load_expectations(suite_path)
     return gx.ExpectationSuite(name=job.name, expectations=checks)
+
+
+def duplicate_instants(frame: pd.DataFrame, batch: pd.DataFrame, job: JobConfig) -> CheckResult | None:
+    """The built-in duplicate check: one row per instant and series, for the raw ``frame`` and its
+    ``batch`` (from :func:`prepare_batch`); None when a column it needs is missing.
+
+    ``2024-01-01T00:00:00Z``, ``2024-01-01 00:00:00+00:00`` and ``2024-01-01T02:00:00+02:00`` are
+    one instant, which resampling would merge (only logging it). GX compares values as written;
+    comparing instants there would need them as a column of the batch, which a job's own suite
+    (``expect_table_columns_to_match_set``...) would then see. So it runs here, on the instants
+    parsed as the pipeline parses them, and is reported as GX's uniqueness check was, showing the
+    values as written. A timestamp that does not parse is compared as written; a missing one is
+    left to the not-null check.
+    """
+    keys = [job.timestamp, *job.dimensions]
+    if not set(keys) <= set(batch.columns):
+        return None
+    shown = batch[job.timestamp]
+    try:
+        parsed = parse_timestamps(frame[job.timestamp].reset_index(drop=True))
+    except ValueError:
+        # Naive among aware: the instant of a naive one would be a guess (extraction refuses such
+        # a batch, naming the rows); compare them as written.
+        parsed = pd.Series(pd.NaT, index=shown.index, dtype="datetime64[ns, UTC]")
+    # A row is its instant, or its value as written when that did not parse, and its series.
+    identity = pd.DataFrame(
+        {"instant": parsed, "written": shown.where(parsed.isna()), **{name: batch[name] for name in job.dimensions}}
+    )
+    repeated = identity.duplicated(keep=False).to_numpy() & shown.notna().to_numpy()
+    rows = np.flatnonzero(repeated)[:SAMPLE_SIZE].tolist()
+    sample = batch.loc[rows, keys]
+    check = CheckResult(
+        # Named as GX's check was, so reports, messages and what reads them stay as they were.
+        expectation="expect_compound_columns_to_be_unique" if job.dimensions else "expect_column_values_to_be_unique",
+        column=", ".join(keys),
+        success=not repeated.any(),
+        unexpected_count=int(repeated.sum()),
+        sample_values=json_safe(sample.to_dict("records") if job.dimensions else sample[job.timestamp].tolist()),
+        sample_rows=rows,
+    )
+    if not check.success:
+        groups = identity.loc[rows].groupby(list(identity.columns), sort=False, dropna=False).groups
+        shared = "; ".join(
+            f"{repr(key[1]) if pd.isna(key[0]) else key[0]} at rows {[int(row) for row in found]}"
+            for key, found in groups.items()
+        )
+        series = " and series" if job.dimensions else ""
+        check.detail = (
+            f"rows of column {job.timestamp!r} naming the same instant{' in one series' if job.dimensions else ''} "
+            f"are duplicates however it is written (UTC: {shared}); keep one row per timestamp{series} in the "
+            "source, then re-run"
+        )
+    return check
 
 
 def load_expectations(path: str) -> list[Expectation]:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pipelines.config import FileSource, JobConfig, SqlSource, get_job
 from pipelines.errors import ConfigError, DataValidationError, SourceError
 from pipelines.extraction import extract, extract_chunks, read_parquet
-from pipelines.runner import history_rows, run_predict, run_train
+from pipelines.runner import history_rows, run_predict, run_score_file, run_train
 from pipelines.sources.base import parse_timestamps
 from pipelines.training import registry_for
 from pipelines.workspace import Window, home, prediction_window, schema_record_path, to_utc, training_window
@@ -228,6 +228,52 @@ def test_naive_and_aware_timestamps_mixed_in_a_one_off_input_file_name_the_rows(
     message = str(info.value)
     assert message.startswith(f"job 'demo_web_metrics': input file {str(path)!r}, rows 4 to 5: column 'timestamp' mixes")
     assert "Store every timestamp with its offset" in message
+
+
+@pytest.mark.parametrize(
+    ("naive_chunk", "chunks"),
+    [
+        (
+            1,
+            (
+                "chunk 1 has them without (first at row 1: '2024-03-05 00:00:00'), "
+                "chunk 2 has them with (first at row 37: '2024-03-05T12:00:00Z')"
+            ),
+        ),
+        (
+            2,
+            (
+                "chunk 1 has them with (first at row 1: '2024-03-05T00:00:00Z'), "
+                "chunk 2 has them without (first at row 37: '2024-03-05 12:00:00')"
+            ),
+        ),
+    ],
+    ids=["naive-then-aware", "aware-then-naive"],
+)
+def test_naive_and_aware_timestamps_in_different_chunks_of_a_one_off_input_stop_it_before_scoring(
+    trained: JobConfig, project: Path, tmp_path: Path, naive_chunk: int, chunks: str
+) -> None:
+    # Each chunk alone is consistent; parsed alone, the naive one would be taken as UTC.
+    data = pd.read_csv(REPO / "data" / "demo" / "web_metrics.csv")
+    data = data[data["timestamp"].str.startswith("2024-03-05")].reset_index(drop=True)  # 72 rows: 2 chunks of 36
+    naive = data.index // 36 == naive_chunk - 1
+    data.loc[naive, "timestamp"] = data.loc[naive, "timestamp"].str.replace("T", " ").str.removesuffix("Z")
+    data.to_csv(tmp_path / "input.csv", index=False)
+    before = state(trained, project)
+
+    with pytest.raises(SourceError) as info:
+        run_score_file(
+            trained, str(tmp_path / "input.csv"), run_id="mixed-chunks", output=str(tmp_path / "out.parquet"), chunk_rows=36
+        )
+
+    assert str(info.value) == (
+        f"job 'demo_web_metrics': input file {str(tmp_path / 'input.csv')!r}: column 'timestamp' mixes timestamps with "
+        f"and without a time zone across chunks of 36 rows: {chunks}; taking the ones without as UTC would be a guess. "
+        "Store every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC), "
+        "then re-run. Nothing was scored or written."
+    )
+    assert not (tmp_path / "out.parquet").exists()
+    assert state(trained, project) == before
 
 
 # -- schema drift between runs --------------------------------------------------------------

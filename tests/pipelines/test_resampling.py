@@ -71,6 +71,23 @@ def test_forward_fill_covers_gaps_up_to_the_limit() -> None:
     assert stats.filled == 3 and stats.missing == 1
 
 
+@pytest.mark.parametrize("limit", [None, 1, 2])
+def test_forward_fill_never_reaches_across_a_value_missing_in_the_source(limit: int | None) -> None:
+    # a was reported missing at 01:00: the empty 02:00 and 03:00 follow a missing value, not 1.0.
+    rows = series(("2024-01-01 00:00", 1.0, 10.0), ("2024-01-01 01:00", np.nan, 20.0), ("2024-01-01 04:00", 4.0, 40.0))
+    out, stats = resample_series(rows, HOUR, ResampleConfig(fill="ffill", ffill_limit=limit))
+
+    assert out["a"].isna().tolist() == [False, True, True, True, False]
+    assert out["b"].tolist()[:3] == [10.0, 20.0, 20.0]  # b was measured at 01:00: it fills
+    assert np.isnan(out.loc["2024-01-01 03:00", "b"]) == (limit == 1)
+    # In IRREGULAR, b was missing at 03:00: nothing after it is invented either.
+    irregular, _ = resample_series(IRREGULAR, HOUR, ResampleConfig(fill="ffill", ffill_limit=limit))
+    assert irregular.loc["2024-01-01 04:00":"2024-01-01 06:00", "b"].isna().all()
+    assert irregular.loc["2024-01-01 04:00", "a"] == 7.0
+    # A bucket counts as filled when any feature was filled (b here).
+    assert (stats.filled, stats.missing) == ((1, 1) if limit == 1 else (2, 0))
+
+
 def test_forward_fill_without_a_limit_fills_every_gap() -> None:
     out, stats = resample_series(IRREGULAR, HOUR, ResampleConfig(fill="ffill"))
     assert out["a"].notna().all()

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config import REPO_ROOT
 from pipelines.errors import ConfigError
-from pipelines.validation.suite import build_suite, load_expectations, prepare_batch
+from pipelines.validation.suite import build_suite, duplicate_instants, load_expectations, prepare_batch
 
 
 def _checks(suite) -> list[tuple[str, str | None]]:
@@ -46,6 +46,33 @@ def test_prepare_batch_keeps_datetime_timestamps(make_job) -> None:
     assert prepare_batch(frame, make_job()).dtypes["timestamp"] == "datetime64[us, UTC]"
 
 
+@pytest.mark.parametrize(
+    ("written", "rows"),
+    [
+        # One instant three ways: all three are duplicates of each other.
+        (["2024-01-01T00:00:00Z", "2024-01-01 00:00:00+00:00", "2024-01-01T02:00:00+02:00", "2024-01-01T01:00Z"], [0, 1, 2]),
+        # What does not parse is compared as written; missing ones are the not-null check's.
+        (["soon", "soon", "Soon", None, None], [0, 1]),
+        # Naive among aware: which instant a naive one names would be a guess, so as written.
+        (["2024-01-01T00:00:00Z", "2024-01-01 00:00:00", "2024-01-01 00:00:00"], [1, 2]),
+    ],
+    ids=["one-instant", "unparsed-and-missing", "naive-among-aware"],
+)
+def test_duplicate_instants_compares_timestamps_as_the_utc_instants_they_name(make_job, written, rows) -> None:
+    job = make_job(dimensions=[])
+    frame = pd.DataFrame({"timestamp": written, "requests": range(len(written))})
+    check = duplicate_instants(frame, prepare_batch(frame, job), job)
+
+    assert (check.expectation, check.column, check.success) == ("expect_column_values_to_be_unique", "timestamp", False)
+    assert (check.unexpected_count, check.sample_rows) == (len(rows), rows)
+    assert check.sample_values == [written[row] for row in rows]  # as written, not as parsed
+
+
+def test_duplicate_instants_needs_the_timestamp_and_dimension_columns(make_job) -> None:
+    frame = pd.DataFrame({"timestamp": ["2024-01-01T00:00:00Z"], "requests": [1]})
+    assert duplicate_instants(frame, prepare_batch(frame, make_job()), make_job()) is None  # no region
+
+
 def test_build_suite_leaves_out_checks_of_missing_columns(make_job) -> None:
     batch = prepare_batch(pd.DataFrame({"timestamp": ["2024-01-01"], "requests": [1]}), make_job())
     checks = _checks(build_suite(batch, make_job()))
@@ -66,7 +93,8 @@ def test_build_suite_checks_series_keys_and_parseability(make_job) -> None:
         {"timestamp": pd.to_datetime(["2024-01-01"]), "region": ["eu"], "requests": [1], "latency_ms": [1.0]}
     )
     with_dimensions = _checks(build_suite(prepare_batch(frame, make_job()), make_job()))
-    assert ("expect_compound_columns_to_be_unique", "timestamp,region") in with_dimensions
+    # Duplicates are instants, however written: duplicate_instants checks them, not GX.
+    assert not [check for check in with_dimensions if "unique" in check[0]]
     assert ("expect_column_values_to_not_be_null", "region") in with_dimensions
     # Datetime values need no parsing; text values do.
     assert ("expect_column_values_to_be_dateutil_parseable", "timestamp") not in with_dimensions
@@ -74,7 +102,6 @@ def test_build_suite_checks_series_keys_and_parseability(make_job) -> None:
     job = make_job(dimensions=[])
     text = frame.assign(timestamp=["2024-01-01"])
     without_dimensions = _checks(build_suite(prepare_batch(text, job), job))
-    assert ("expect_column_values_to_be_unique", "timestamp") in without_dimensions
     assert ("expect_column_values_to_be_dateutil_parseable", "timestamp") in without_dimensions
 
 

@@ -55,7 +55,8 @@ def test_clean_batch_passes(make_job, clean_frame: pd.DataFrame) -> None:
         ("expect_column_values_to_not_be_in_set", "latency_ms"),
         ("expect_table_row_count_to_be_between", None),
     } <= expectations
-    assert report.gx_result["statistics"]["evaluated_expectations"] == len(report.checks)
+    # All but the duplicate check, which compares instants outside GX (suite.duplicate_instants).
+    assert report.gx_result["statistics"]["evaluated_expectations"] == len(report.checks) - 1
 
 
 @pytest.mark.parametrize("tz", [None, "UTC"])
@@ -131,6 +132,70 @@ def test_duplicate_timestamp_within_a_series_fails(make_job, clean_frame: pd.Dat
     assert check.unexpected_count == 2
     assert check.sample_rows == [0, 4]
     assert check.sample_values == [{"timestamp": "2024-02-01T00:00:00Z", "region": "eu"}] * 2
+
+
+@pytest.mark.parametrize(
+    "same_instant",
+    ["2024-02-01 00:00:00+00:00", "2024-02-01T02:00:00+02:00", "2024-01-31T19:00:00-05:00"],
+    ids=["other-spelling", "other-offset", "negative-offset"],
+)
+def test_one_instant_written_two_ways_is_a_duplicate_named_as_written(
+    make_job, clean_frame: pd.DataFrame, same_instant: str
+) -> None:
+    # Resampling would merge the two rows into one bucket: validation must refuse them first.
+    frame = clean_frame.copy()
+    frame.loc[4, "timestamp"] = same_instant  # eu at 2024-02-01T00:00:00Z, a second time
+    report = validate_batch(frame, make_job())
+    check = _only_failure(report)
+
+    assert (check.expectation, check.column) == ("expect_compound_columns_to_be_unique", "timestamp, region")
+    assert (check.unexpected_count, check.sample_rows) == (2, [0, 4])
+    assert check.sample_values == [
+        {"timestamp": "2024-02-01T00:00:00Z", "region": "eu"},
+        {"timestamp": same_instant, "region": "eu"},
+    ]
+    assert check.sample_where == ["timestamp=2024-02-01T00:00:00Z, region=eu", f"timestamp={same_instant}, region=eu"]
+    assert check.detail == (
+        "rows of column 'timestamp' naming the same instant in one series are duplicates however it is written "
+        "(UTC: 2024-02-01 00:00:00+00:00 at rows [0, 4]); keep one row per timestamp and series in the source, then re-run"
+    )
+    summary = report.summary()
+    assert summary.startswith("job web: validation of 6 rows")
+    assert f'{{"timestamp": "{same_instant}", "region": "eu"}}' in summary
+
+
+def test_one_instant_written_two_ways_without_dimensions_is_a_duplicate(make_job) -> None:
+    frame = pd.DataFrame(
+        {"timestamp": ["2024-02-01T00:00:00Z", "2024-02-01T01:00:00Z", "2024-02-01 00:00:00+00:00"], "requests": [1, 2, 3]}
+    )
+    check = _only_failure(validate_batch(frame, make_job(dimensions=[], features=["requests"])))
+
+    assert (check.expectation, check.column) == ("expect_column_values_to_be_unique", "timestamp")
+    assert (check.sample_rows, check.sample_values) == ([0, 2], ["2024-02-01T00:00:00Z", "2024-02-01 00:00:00+00:00"])
+    assert "(UTC: 2024-02-01 00:00:00+00:00 at rows [0, 2]); keep one row per timestamp in the source" in check.detail
+
+
+def test_the_duplicate_check_leaves_the_batch_a_jobs_suite_sees_as_read(
+    make_job, clean_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    # Instants compared through a column added to GX's batch would fail these.
+    columns = ["timestamp", "region", "requests", "latency_ms"]
+    expectations = [
+        {"type": "expect_table_columns_to_match_set", "kwargs": {"column_set": columns, "exact_match": True}},
+        {"type": "expect_table_column_count_to_equal", "kwargs": {"value": 4}},
+    ]
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"name": "web", "expectations": expectations}))
+    frame = clean_frame.copy()
+    frame.loc[4, "timestamp"] = "2024-02-01 00:00:00+00:00"
+    check = _only_failure(validate_batch(frame, make_job(), suite_path=str(suite)))
+    assert check.expectation == "expect_compound_columns_to_be_unique"
+
+
+def test_one_instant_in_two_series_is_no_duplicate(make_job, clean_frame: pd.DataFrame) -> None:
+    frame = clean_frame.copy()
+    frame.loc[1, "timestamp"] = "2024-02-01T02:00:00+02:00"  # us at eu's 00:00Z, as us always was
+    assert validate_batch(frame, make_job()).success
 
 
 def test_duplicate_timestamp_without_dimensions_fails(make_job, clean_frame: pd.DataFrame) -> None:

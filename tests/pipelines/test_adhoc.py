@@ -1,0 +1,87 @@
+"""``anomaly-pipelines detect`` (train on one file, score another): timestamps must say the same
+thing about their time zone in both files, or nothing is written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.adhoc import detect_files
+from pipelines.errors import DataValidationError
+
+
+def _write(path: Path, start: str, hours: int, *, aware: bool) -> str:
+    times = pd.date_range(start, periods=hours, freq="h")
+    stamps = times.strftime("%Y-%m-%dT%H:%M:%SZ" if aware else "%Y-%m-%d %H:%M:%S")
+    pd.DataFrame({"ts": stamps, "v": [hour % 5 for hour in range(hours)]}).to_csv(path, index=False)
+    return str(path)
+
+
+def _detect(train: str, input: str, output: Path) -> pd.DataFrame:
+    return detect_files(
+        train, input, timestamp="ts", features=["v"], dimensions=[], model="iforest", params={},
+        contamination=0.05, output=str(output),
+    )
+
+
+@pytest.mark.parametrize(
+    ("train_aware", "message"),
+    [
+        (
+            False,
+            (
+                "has timestamps with a time zone (first at row 1: '2024-03-05T00:00:00Z') in the --input file and "
+                "without a time zone (first at row 1: '2024-03-01 00:00:00') in the --train file"
+            ),
+        ),
+        (
+            True,
+            (
+                "has timestamps without a time zone (first at row 1: '2024-03-05 00:00:00') in the --input file and "
+                "with a time zone (first at row 1: '2024-03-01T00:00:00Z') in the --train file"
+            ),
+        ),
+    ],
+    ids=["naive-train", "aware-train"],
+)
+def test_train_and_input_files_whose_time_zones_disagree_stop_before_writing(
+    tmp_path: Path, train_aware: bool, message: str
+) -> None:
+    train = _write(tmp_path / "train.csv", "2024-03-01", 96, aware=train_aware)
+    input = _write(tmp_path / "input.csv", "2024-03-05", 24, aware=not train_aware)
+
+    with pytest.raises(DataValidationError) as info:
+        _detect(train, input, tmp_path / "out.parquet")
+
+    assert str(info.value) == (
+        f"{input}: column 'ts' {message} {train}; taking the ones without as UTC would be a guess. Write every "
+        "timestamp of both files with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC), "
+        "then re-run. Nothing was written."
+    )
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_an_input_file_mixing_time_zones_names_its_option_and_column(tmp_path: Path) -> None:
+    train = _write(tmp_path / "train.csv", "2024-03-01", 96, aware=True)
+    input = tmp_path / "input.csv"
+    _write(input, "2024-03-05", 24, aware=True)
+    frame = pd.read_csv(input)
+    frame.loc[5, "ts"] = "2024-03-05 05:00:00"
+    frame.to_csv(input, index=False)
+
+    with pytest.raises(DataValidationError, match=(
+        f"^{re.escape(str(input))}: the --input file's column 'ts' mixes timestamps with and without a time zone "
+        r"\(1 of 24 timestamps have no time zone while the others have one \(first naive: '2024-03-05 05:00:00'\)\)"
+    )):
+        _detect(train, str(input), tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_train_and_input_files_both_with_time_zones_are_scored(tmp_path: Path) -> None:
+    train = _write(tmp_path / "train.csv", "2024-03-01", 96, aware=True)
+    input = _write(tmp_path / "input.csv", "2024-03-05", 24, aware=True)
+    scored = _detect(train, input, tmp_path / "out.parquet")
+    assert len(scored) == 24 and (tmp_path / "out.parquet").exists()
