@@ -372,8 +372,8 @@ class ResampleConfig(_Model):
     Rows are bucketed into ``[k * frequency, (k + 1) * frequency)`` counted from the Unix epoch.
     Several rows in one bucket are combined with ``aggregate``; a bucket without rows between the
     series' first and last rows is left missing (the detectors score a missing value 0 and never
-    flag it) or, with ``fill: ffill``, takes the last value for at most ``ffill_limit`` buckets
-    in a row (no limit when it is omitted). Every run logs and reports the counts per series.
+    flag it) or, with ``fill: ffill``, takes the last bucket with rows as it is (a value missing
+    there stays missing) for at most ``ffill_limit`` buckets in a row (no limit when it is omitted). Every run logs and reports the counts per series.
     """
 
     aggregate: Literal["mean", "sum", "min", "max", "first", "last", "median"] = "mean"
