@@ -1,0 +1,219 @@
+"""What the documentation promises about job files and the CLI holds for the code.
+
+Every YAML example in README.md and docs/*.md validates as a job (a fragment such as
+``alerts: ...`` on top of the demo web job), every ``anomaly-pipelines`` command line the docs
+show parses with the real argument parser, and the field and parameter tables of
+docs/CONFIGURATION.md name settings that exist, with the defaults the code has.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from pipelines.cli import build_parser
+from pipelines.config import BigQuerySource, JobConfig, parse_job
+from pipelines.detectors.params import MODEL_PARAMS
+from pipelines.durations import parse_duration
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CONFIGURATION = ROOT / "docs" / "CONFIGURATION.md"
+#: Fragments are laid over this job, so they may name its columns (region, requests, latency_ms).
+BASE_JOB = ROOT / "config" / "jobs" / "demo_web_metrics.yaml"
+
+
+def _fenced(language: str) -> list[tuple[str, str]]:
+    """(``file:line``, text) of every fenced block in ``language`` of the docs."""
+    blocks = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(rf"^```{language}\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
+            blocks.append((f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}", match.group(1)))
+    return blocks
+
+
+def _documents(block: str) -> list[str]:
+    """A block cut where a top-level key repeats (a list of alternatives, e.g. four ``source:``)."""
+    documents, lines, keys = [], [], set()
+    for line in block.splitlines():
+        key = re.match(r"^([A-Za-z_]\w*):", line)
+        if key and key.group(1) in keys:
+            documents.append("\n".join(lines))
+            lines, keys = [], set()
+        if key:
+            keys.add(key.group(1))
+        lines.append(line)
+    return [*documents, "\n".join(lines)]
+
+
+YAML_EXAMPLES = [
+    pytest.param(document, id=f"{where}#{n}")
+    for where, block in _fenced("ya?ml")
+    for n, document in enumerate(_documents(block))
+]
+
+
+@pytest.mark.parametrize("document", YAML_EXAMPLES)
+def test_every_yaml_example_of_the_docs_is_a_valid_job(document: str) -> None:
+    data = yaml.safe_load(document)
+    assert isinstance(data, dict), "a YAML example should be a mapping of job settings"
+    if not {"name", "source"} <= set(data):
+        data = {**yaml.safe_load(BASE_JOB.read_text(encoding="utf-8")), **data}
+    parse_job(data, source="example")  # raises ConfigError naming the field
+
+
+def _command_lines() -> list[Any]:
+    lines = []
+    for where, block in _fenced("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if line.startswith("anomaly-pipelines "):
+                lines.append(pytest.param(line, id=f"{where}:{line[18:60]}"))
+    return lines
+
+
+@pytest.mark.parametrize("line", _command_lines())
+def test_every_documented_cli_command_parses(line: str) -> None:
+    build_parser().parse_args(shlex.split(line)[1:])  # argparse exits on an unknown command or flag
+
+
+def test_the_docs_show_cli_commands_and_yaml_examples() -> None:
+    # Guards the extraction itself: a change of fence style must not make the tests above vacuous.
+    assert len(YAML_EXAMPLES) >= 15 and len(_command_lines()) >= 10
+
+
+# -- docs/CONFIGURATION.md's tables ------------------------------------------------------------
+
+
+def _tables(header: str) -> list[tuple[str, list[list[str]]]]:
+    """(the nearest ``#`` heading or `kind` paragraph above, rows) of each table with ``header``."""
+    tables, above, rows, inside = [], "", [], False
+    for line in CONFIGURATION.read_text(encoding="utf-8").splitlines():
+        if inside and line.startswith("|"):
+            if not line.startswith("| ---"):
+                rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+            continue
+        if inside:
+            tables.append((above, rows))
+            inside, rows = False, []
+        if line.strip() == header:
+            inside = True
+        elif line.startswith("#") or re.match(r"^`\w+` — ", line):
+            above = line
+    if inside:
+        tables.append((above, rows))
+    return tables
+
+
+def _names(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X | None``, a discriminated union's first)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, type(int | None)) or get_args(annotation):
+        for arg in get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _field(root: type[BaseModel], path: str):
+    model, parts = root, path.split(".")
+    for part in parts[:-1]:
+        assert part in model.model_fields, f"{path}: {model.__name__} has no field {part!r}"
+        model = _model_of(model.model_fields[part].annotation)
+        assert model is not None, f"{path}: {part!r} holds no settings"
+    by_alias = {f.alias or name: f for name, f in model.model_fields.items()}
+    assert parts[-1] in by_alias, f"{path}: {model.__name__} has no field {parts[-1]!r}"
+    return by_alias[parts[-1]]
+
+
+def _same(documented: str, default: Any) -> bool:
+    if isinstance(default, timedelta):
+        return parse_duration(documented) == default
+    if isinstance(default, str):
+        return documented in (default, repr(default), f'"{default}"')  # `""` is the empty text
+    value = yaml.safe_load(documented)
+    if isinstance(default, float) and isinstance(value, str):
+        value = float(value)  # YAML 1.1 reads 1e-9 as text
+    return value == default
+
+
+FIELD_ROWS = [
+    pytest.param(row, BigQuerySource if above == "### BigQuery" else JobConfig, id=row[0])
+    for above, rows in _tables("| field | default | meaning |")
+    for row in rows
+]
+
+
+@pytest.mark.parametrize(("row", "root"), FIELD_ROWS)
+def test_documented_job_fields_exist_with_their_defaults(row: list[str], root: type[BaseModel]) -> None:
+    names = _names(row[0])
+    # "`schedules.train` / `predict`": a bare name after a dotted path is its sibling.
+    parent = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
+    paths = [names[0], *(name if "." in name else parent + name for name in names[1:])]
+    fields = [_field(root, path) for path in paths]
+    defaults = _names(row[1])
+    # Only a default cell of exactly one value per field, with nothing else, is checked literally.
+    if len(defaults) == len(fields) and re.fullmatch(r"(`[^`]+`)( / `[^`]+`|, `[^`]+`)*", row[1]):
+        for path, field, documented in zip(paths, fields, defaults, strict=True):
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel | dict | list) or default is None:
+                continue  # a whole section or an empty container: documented in words
+            assert _same(documented, default), f"{path}: documented default {documented}, the code's is {default!r}"
+
+
+def _kind(paragraph: str) -> str:
+    """``iforest`` of "`iforest` — scikit-learn Isolation Forest ...", the paragraph above a table."""
+    return re.match(r"^`(\w+)`", paragraph).group(1)
+
+
+PARAM_ROWS = [
+    pytest.param(_kind(above), row, id=f"{_kind(above)}:{row[0]}")
+    for above, rows in _tables("| param | default | meaning |")
+    for row in rows
+]
+
+
+@pytest.mark.parametrize(("kind", "row"), PARAM_ROWS)
+def test_documented_detector_parameters_exist_with_their_defaults(kind: str, row: list[str]) -> None:
+    fields = MODEL_PARAMS[kind].model_fields
+    names, defaults = _names(row[0]), _names(row[1])
+    for name in names:
+        assert name in fields, f"{kind} has no parameter {name!r}; it has {', '.join(fields)}"
+    if len(defaults) == len(names):
+        for name, documented in zip(names, defaults, strict=True):
+            assert _same(documented, fields[name].default), f"{kind}.{name}: documented {documented}, code {fields[name].default!r}"
+
+
+@pytest.mark.parametrize("kind", sorted(MODEL_PARAMS))
+def test_every_detector_parameter_is_documented(kind: str) -> None:
+    documented = {name for k, row in ((p.values[0], p.values[1]) for p in PARAM_ROWS) if k == kind for name in _names(row[0])}
+    # level_shift's table lists only what it adds to seasonal_mad's ("those of seasonal_mad plus").
+    inherited = set(MODEL_PARAMS["seasonal_mad"].model_fields) if kind == "level_shift" else set()
+    missing = set(MODEL_PARAMS[kind].model_fields) - documented - inherited
+    assert not missing, f"docs/CONFIGURATION.md documents no {sorted(missing)} of {kind}"
+
+
+@pytest.mark.parametrize(
+    ("field", "allowed"),
+    [
+        ("model.kind", sorted(MODEL_PARAMS)),
+        ("threshold", sorted(get_args(JobConfig.model_fields["threshold"].annotation.model_fields["kind"].annotation))),
+    ],
+)
+def test_the_field_table_names_every_allowed_kind(field: str, allowed: list[str]) -> None:
+    row = next(row for _, rows in _tables("| field | default | meaning |") for row in rows if _names(row[0]) == [field])
+    assert set(allowed) <= set(_names(row[2])), f"docs/CONFIGURATION.md's {field} row misses {sorted(set(allowed) - set(_names(row[2])))}"
