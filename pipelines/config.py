@@ -237,17 +237,24 @@ class ModelConfig(_Model):
             MODEL_PARAMS[self.kind](**self.params)
         except ValidationError as exc:
             known = ", ".join(sorted(MODEL_PARAMS[self.kind].model_fields))
-            problems = "; ".join(
-                f"params.{'.'.join(str(p) for p in err['loc'])}: "
-                + (
-                    f"unknown parameter (check its spelling; {self.kind}'s parameters are {known})"
-                    if err["type"] == "extra_forbidden"
-                    else f"{err['msg']} (got {err.get('input')!r})"
-                )
-                for err in exc.errors()
-            )
+            problems = "; ".join(_param_problem(err, self.kind, known) for err in exc.errors())
             raise ValueError(f"invalid parameters for model {self.kind!r}: {problems}") from None
         return self
+
+
+def _naming_input(message: str, given: Any) -> str:
+    """``message`` with the value it was given, unless it names it already ("'0 25 * * *' is not ...")."""
+    return message if repr(given) in message else f"{message} (got {given!r})"
+
+
+def _param_problem(err: Any, kind: str, known: str) -> str:
+    """One detector-parameter error as ``params.<name>: <what is wrong>``."""
+    if err["type"] == "extra_forbidden":
+        return f"params.{'.'.join(str(p) for p in err['loc'])}: unknown parameter (check its spelling; {kind}'s parameters are {known})"
+    message = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a check of the parameters together: its message names them, the input is all of them
+        return f"params: {message}"
+    return f"params.{'.'.join(str(p) for p in err['loc'])}: {_naming_input(message, err.get('input'))}"
 
 
 class ThresholdConfig(_Model):
@@ -634,8 +641,8 @@ def _format_errors(exc: ValidationError) -> str:
             message = "unknown field (check its spelling, or remove it)"
         elif err["type"] == "missing":
             message = "required field is missing"
-        elif not isinstance(given, dict) and not message.startswith(repr(given)):  # "'0 25 * * *' is not ..." names it already
-            message = f"{message} (got {given!r})"
+        elif not isinstance(given, dict):
+            message = _naming_input(message, given)
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 

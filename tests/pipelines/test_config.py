@@ -88,6 +88,29 @@ def test_a_message_that_names_the_value_does_not_repeat_it():
     assert any(line.startswith("  threshold: contamination must be in (0, 0.5], got 0.9") for line in lines)
 
 
+@pytest.mark.parametrize(
+    ("params", "line"),
+    [
+        # A check of the parameters together: no empty field name, no "Value error, ", no dict echoed.
+        ({"rest_rows": 150}, "params: 'rest_rows' is now 'rest' (a duration such as '12h', or a number of rows): "
+                             "write rest: 150 to keep 150 rows"),
+        ({"rest": "abc"}, "params.rest: 'abc' is not a duration: write an integer and a unit, one of s, min, h, d, w "
+                          "(e.g. '15min', '1h', '28d')"),
+    ],
+)
+def test_a_detector_parameter_error_names_the_parameter_once(params, line):
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(model={"kind": "context", "params": params}))
+    assert str(info.value).splitlines()[1:] == [f"  model: invalid parameters for model 'context': {line}"]
+
+
+def test_a_detector_parameter_of_the_wrong_type_names_it_and_the_value_once():
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(model={"kind": "context", "params": {"margin": "wide"}}))
+    [line] = str(info.value).splitlines()[1:]
+    assert line.startswith("  model: invalid parameters for model 'context': params.margin: ") and line.count("'wide'") == 1
+
+
 def test_load_jobs_rejects_duplicate_names(tmp_path):
     for name in ("a.yaml", "b.yaml"):
         (tmp_path / name).write_text(yaml.safe_dump(minimal()))
