@@ -57,7 +57,7 @@ def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[s
 
     document = registry.tuned(job.name, series) or {}
     kind = document.get("kind") or job.model.kind
-    if kind != job.model.kind and kind not in (job.tune.detectors or default_detectors(job.model.kind)):
+    if kind != job.model.kind and kind not in (job.tune.detectors or default_detectors(job.model.kind, job.model.params)):
         log.warning(
             "job %s, series %s: ignoring tuned %s params: the job now uses %s; run tune again to tune it",
             job.name, series, kind, job.model.kind,

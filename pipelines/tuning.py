@@ -227,7 +227,7 @@ def evaluate(detector: BaseDetector, holdout: Holdout) -> dict[str, float]:
 
 
 def _spaces(job: JobConfig) -> dict[str, dict[str, Space]]:
-    kinds = job.tune.detectors or default_detectors(job.model.kind)
+    kinds = job.tune.detectors or default_detectors(job.model.kind, job.model.params)
     try:
         check_tune_settings(kinds, job.tune.grid)
     except ValueError as exc:

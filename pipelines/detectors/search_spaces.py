@@ -110,9 +110,13 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
 TUNABLE_KINDS = tuple(kind for kind in AUTO_CANDIDATES if kind in SEARCH_SPACES)
 
 
-def default_detectors(model_kind: str) -> list[str]:
-    """What tuning searches when ``tune.detectors`` is not set."""
-    return list(TUNABLE_KINDS) if model_kind == "auto" else [model_kind]
+def default_detectors(model_kind: str, model_params: dict[str, Any] | None = None) -> list[str]:
+    """What tuning searches when ``tune.detectors`` is not set: the model's kind, or for ``auto``
+    its ``candidates`` (every tunable kind when it names none), since a job that left a kind out
+    of ``auto`` (a slow or uninstalled one) does not want it tuned either."""
+    if model_kind != "auto":
+        return [model_kind]
+    return list((model_params or {}).get("candidates") or TUNABLE_KINDS)
 
 
 def restricted_space(kind: str, grid: dict[str, list[Any]]) -> dict[str, Space]:

@@ -288,6 +288,16 @@ def test_auto_tunes_context_among_its_candidates_by_default(tmp_path):
     assert "context" in _spaces(job)
 
 
+def test_auto_tunes_only_the_candidates_its_job_names(tmp_path):
+    from pipelines.tuning import _spaces
+
+    job = make_job(tmp_path, {"kind": "auto", "params": {"candidates": ["seasonal_mad", "level_shift"]}})
+    assert list(_spaces(job)) == ["seasonal_mad", "level_shift"]
+    # Set explicitly, tune.detectors still decides.
+    job = make_job(tmp_path, {"kind": "auto", "params": {"candidates": ["seasonal_mad"]}}, detectors=["iforest"])
+    assert list(_spaces(job)) == ["iforest"]
+
+
 @pytest.mark.parametrize(
     ("model", "tune", "where", "fragment"),
     [
