@@ -175,6 +175,10 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         X = _check_frame(X, "X")
         if X.columns.empty:
             raise ModelError(f"{type(self).__name__}: X has no feature columns; pass at least one")
+        names = [str(c) for c in X.columns]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # scoring finds features by name: two columns of one name cannot be told apart
+            raise ModelError(f"{type(self).__name__}: X has repeated feature columns {repeated}; give each feature one column")
         X, _ = _without_infinities(X)
         empty = [str(c) for c, seen in zip(X.columns, np.isfinite(X.to_numpy()).any(axis=0).tolist(), strict=True) if not seen]
         if empty:

@@ -27,6 +27,8 @@ _BUCKETS_PER_KNOT = 32
 HELD_BACK_FRACTION = 0.2
 #: Fewest held-back rows worth calibrating on: shorter windows calibrate on the fitted rows only.
 MIN_HELD_BACK_ROWS = 50
+#: The highest contamination threshold: the largest float below 1.0 (see :func:`decision_threshold`).
+_BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
 class _PiecewiseLinear:
@@ -228,7 +230,15 @@ def decision_threshold(training_scores: np.ndarray, kind: str, value: float) -> 
     calibrated probabilities). ``"contamination"``: the ``1 - value`` quantile of the
     training scores, taken as the smallest training score that flags at most ``value`` of the
     training points, so that ties (a flat series) never flag them all; when not even one point
-    may be flagged, just above the highest training score.
+    may be flagged, just above the highest training score. Never above the largest score below
+    1.0, though.
+
+    Calibrated scores end at 1.0, and training points far out in the tail all round to it: above
+    1.0 a cut would flag nothing ever again, however far out a new point lies (a forecaster
+    trained over a level step, whose calibration rows came after it, stayed mute to a 1e9 spike).
+    Just below 1.0 it flags what scores as high as the most extreme training points, and the
+    raw score it stands for is finite (:meth:`ScoreCalibrator.inverse` of 1.0 is not), so the
+    bounds of a flagged value stay finite and exclude it.
     """
     if kind == "score":
         return float(value)
@@ -237,11 +247,11 @@ def decision_threshold(training_scores: np.ndarray, kind: str, value: float) -> 
     scores = np.sort(np.asarray(training_scores, dtype="float64").ravel())
     scores = scores[np.isfinite(scores)]
     allowed = int(np.floor(value * scores.size + 1e-9))
-    above_max = float(np.nextafter(scores[-1], np.inf))
+    above_max = min(float(np.nextafter(scores[-1], np.inf)), _BELOW_ONE)
     if allowed == 0:
         return above_max
     candidate = scores[scores.size - allowed]
     if np.searchsorted(scores, candidate, side="left") < scores.size - allowed:
         higher = scores[scores > candidate]
-        return float(higher[0]) if higher.size else above_max
-    return float(candidate)
+        return min(float(higher[0]), _BELOW_ONE) if higher.size else above_max
+    return min(float(candidate), _BELOW_ONE)

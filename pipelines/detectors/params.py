@@ -7,15 +7,51 @@ Each detector checks its own parameters in ``fit`` through the same model.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pipelines.durations import parse_duration
 
 
 class DetectorParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinite or NaN numbers pass bounds like gt=0 (min_scale: inf muted seasonal_mad; bandwidth:
+    # nan muted mset); no parameter has a use for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_numbers_or_booleans_as_text(cls, value: Any, info: ValidationInfo) -> Any:
+        # Detectors keep their parameters as given (scikit-learn's convention) and compute with
+        # them, while pydantic reads the text "24" as 24 and "no" as False: a quoted window then
+        # failed deep inside a fit, and calendar: "no" turned the calendar on. Text is taken only
+        # where the parameter is text (a duration, a country) or one of its named choices.
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        text, choices, others = _accepted(cls.model_fields[info.field_name].annotation)
+        if text or value in choices or not others:  # a wrong choice alone: pydantic lists the choices
+            return value
+        kinds = [repr(choice) for choice in choices] + [
+            kind for kind, types in (("a number", (int, float)), ("true or false", (bool,))) if others & set(types)
+        ]
+        raise ValueError(f"must be {' or '.join(kinds)} written without quotes, not the text {value!r}")
+
+
+def _accepted(annotation: Any) -> tuple[bool, tuple[str, ...], set[type]]:
+    """What a parameter of type ``annotation`` takes: any text, its named text choices, and
+    its other scalar types (int, float, bool)."""
+    origin = get_origin(annotation)
+    if annotation is str or origin in (list, tuple):  # items of a list or pair are checked by type
+        return True, (), set()
+    if origin is Literal:
+        return False, tuple(a for a in get_args(annotation) if isinstance(a, str)), set()
+    if annotation in (int, float, bool):
+        return False, (), {annotation}
+    text, choices, others = False, (), set()
+    for arg in get_args(annotation):
+        arg_text, arg_choices, arg_others = _accepted(arg)
+        text, choices, others = text or arg_text, choices + arg_choices, others | arg_others
+    return text, choices, others
 
 
 class IsolationForestParams(DetectorParams):

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from pipelines.config import ThresholdConfig
 from pipelines.detectors.base import BaseDetector, Detection, make_detection
 from pipelines.detectors.calibration import ScoreCalibrator, held_back_rows
 from pipelines.detectors.params import ProphetParams
-from pipelines.errors import MissingDependencyError, ModelError
+from pipelines.errors import ConfigError, MissingDependencyError, ModelError
 
 _MIN_TRAINING_ROWS = 20
 log = logging.getLogger(__name__)
@@ -112,6 +113,12 @@ class ProphetDetector(BaseDetector):
         self.growth = growth
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
+
+    def _check_params(self) -> tuple[ProphetParams, ThresholdConfig]:
+        params, policy = super()._check_params()
+        if params.holidays_country:
+            _check_country(params.holidays_country)
+        return params, policy
 
     def _fit(self, X: pd.DataFrame, params: ProphetParams) -> np.ndarray:
         return self._fit_models(X, params, None)
@@ -231,6 +238,26 @@ class ProphetDetector(BaseDetector):
         self.models_ = [serialize.model_from_json(files[name].decode()) for name in names]
         self.calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["calibrators_"]]
         self.calibration_rows_ = int(state.get("calibration_rows_", 0))  # absent before held-back calibration
+
+
+def _check_country(country: str) -> None:
+    """Refuse a country whose holidays Prophet cannot model, as a parameter error: the pattern of
+    :class:`ProphetParams` lets any code through, and Prophet refused it only inside the fit, with
+    an AttributeError that named neither the parameter nor the known codes."""
+    try:
+        _prophet()
+        import holidays
+        from prophet.make_holidays import get_country_holidays_class
+    except (ImportError, MissingDependencyError):
+        return  # the fit says which package to install
+    try:
+        get_country_holidays_class(country)
+    except AttributeError:
+        codes = ", ".join(sorted(code for code in holidays.list_supported_countries() if len(code) == 2))
+        raise ConfigError(
+            f"invalid ProphetDetector ('prophet') parameters: parameter 'holidays_country': no public holidays are "
+            f"known for it; choose one of {codes} (got {country!r}). Fix them in the job's model settings."
+        ) from None
 
 
 def _prophet_frame(index: pd.DatetimeIndex, values: np.ndarray | None = None) -> pd.DataFrame:

@@ -89,6 +89,21 @@ def test_contamination_too_small_to_flag_any_training_point() -> None:
     assert threshold > 0.9 and np.sum(scores >= threshold) == 0
 
 
+@pytest.mark.parametrize("value", [0.005, 0.01])
+def test_contamination_threshold_stays_below_the_top_of_the_scale(value: float) -> None:
+    # Extreme training points tie at 1.0 (their tail probability rounds to 0): a cut above 1.0
+    # would flag nothing ever again, not even a point far beyond every training point.
+    below_one = np.nextafter(1.0, 0.0)
+    scores = np.r_[np.linspace(0.0, 0.9, 90), np.ones(10)]
+    assert decision_threshold(scores, "contamination", value) == below_one
+    assert decision_threshold(np.r_[np.linspace(0.0, 0.9, 50), 1.0], "contamination", 0.005) == below_one
+    assert decision_threshold(np.r_[np.linspace(0.0, 0.9, 90), np.ones(10)], "contamination", 0.1) == below_one
+    # The raw score at that cut is finite, so a flagged value lies outside its bounds.
+    calibrator = ScoreCalibrator().fit(np.r_[np.abs(np.random.default_rng(0).normal(size=9990)), np.full(10, 1e6)])
+    assert float(calibrator.transform(1e6)) == 1.0
+    assert np.isfinite(calibrator.inverse(below_one)) and calibrator.inverse(below_one) < 1e6
+
+
 def test_score_threshold_is_the_value() -> None:
     assert decision_threshold(np.array([0.1, 0.2]), "score", 0.97) == 0.97
 

@@ -220,6 +220,15 @@ BAD_PARAMS = [
     ("seasonal_mad", "season", 1, "at least 2"),
     ("seasonal_mad", "level_window", 0, "greater than or equal to 1"),
     ("seasonal_mad", "min_scale", -1.0, "greater than 0"),
+    # Infinite or NaN numbers pass bounds such as gt=0 and made models that flag nothing.
+    ("seasonal_mad", "min_scale", float("inf"), "a finite number"),
+    ("mset", "bandwidth", float("nan"), "a finite number"),
+    # Quoted numbers and booleans: detectors compute with the value as given ("24" failed inside
+    # the fit; calendar "no" was truthy and turned the calendar on).
+    ("iforest", "window", "24", "must be a number written without quotes, not the text '24'"),
+    ("iforest", "calendar", "no", "must be true or false written without quotes"),
+    ("mset", "lags", "3", "must be 'auto' or a number written without quotes"),
+    ("context", "warm_start", "false", "must be true or false written without quotes"),
 ] + [
     (kind, name, value, message)
     for kind in KINDS
@@ -371,6 +380,9 @@ def test_no_rows_to_score(kind: str, data) -> None:
         (pd.DataFrame({"a": ["x", "y"]}), r"non-numeric feature columns \['a'\]"),
         (pd.DataFrame({"a": [1.0, 2.0]}, index=["p", "q"]), "indexed by UTC timestamps or row numbers"),
         (pd.DataFrame({"a": [np.nan] * 30}), r"features \['a'\] have no values"),
+        # Scoring finds features by name (iforest failed inside pandas; others scored both as one name).
+        (pd.DataFrame(np.ones((30, 3)), columns=["a", "a", "b"]), r"repeated feature columns \['a'\]"),
+        (pd.DataFrame(np.ones((30, 2)), columns=[0, "0"]), r"repeated feature columns \['0'\]"),
         # Infinities are no measurements: a feature with nothing else is as empty (and named).
         (pd.DataFrame({"a": np.arange(30.0), "b": [np.inf, -np.inf, np.nan] * 10}), r"features \['b'\] have no values .*missing or infinite"),
     ],

@@ -83,6 +83,19 @@ def test_holidays_are_modelled(series) -> None:
     assert detector.models_[0].country_holidays == "US"
 
 
+def test_a_country_without_known_holidays_is_a_parameter_error(series) -> None:
+    # The parameter's pattern lets "XX" through; Prophet refused it only inside the fit, with an
+    # AttributeError naming neither the parameter nor the codes it knows.
+    from pipelines.detectors import make_detector
+    from pipelines.errors import ConfigError
+
+    message = r"parameter 'holidays_country': no public holidays are known for it; choose one of .*\bUS\b.*\(got 'XX'\)"
+    with pytest.raises(ConfigError, match=message):
+        make_detector("prophet", {"holidays_country": "XX"})
+    with pytest.raises(ConfigError, match=message):  # set_params cannot skip the check
+        ProphetDetector().set_params(holidays_country="XX").fit(series[0])
+
+
 def test_fitting_does_not_flood_the_log(series, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         ProphetDetector().fit(series[0].iloc[:200])
