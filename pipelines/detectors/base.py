@@ -219,7 +219,8 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         try:
             params = self.params_model(**values)
         except ValidationError as exc:
-            raise self._invalid(exc, lambda loc: str(loc[0])) from None
+            # An empty location is a check of the parameters together, whose message names them.
+            raise self._invalid(exc, lambda loc: str(loc[0]) if loc else None) from None
         try:
             policy = ThresholdConfig(**threshold)
         except ValidationError as exc:
@@ -233,7 +234,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         for err in exc.errors():
             name = name_of(err["loc"])
             message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"parameter {name!r}: {message} (got {given.get(name)!r})")
+            problems.append(message if name is None else f"parameter {name!r}: {message} (got {given.get(name)!r})")
         return ConfigError(
             f"invalid {type(self).__name__} ({self.kind!r}) parameters: {'; '.join(problems)}. "
             "Fix them in the job's model settings."

@@ -26,9 +26,14 @@ class DetectorParams(BaseModel):
         # them, while pydantic reads the text "24" as 24 and "no" as False: a quoted window then
         # failed deep inside a fit, and calendar: "no" turned the calendar on. Text is taken only
         # where the parameter is text (a duration, a country) or one of its named choices.
-        if not isinstance(value, str) or info.field_name is None:
+        if info.field_name is None or not isinstance(value, (str, bool)):
             return value
         text, choices, others = _accepted(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool):
+            # pydantic takes true for 1 in a number (lags: true became one lag): a slip, not a count.
+            if others and bool not in others:
+                raise ValueError(f"must be a number, not {str(value).lower()}")
+            return value
         if text or value in choices or not others:  # a wrong choice alone: pydantic lists the choices
             return value
         kinds = [repr(choice) for choice in choices] + [
@@ -270,6 +275,23 @@ class AutoParams(DetectorParams):
         description="Held-back stretches, latest first (a rolling origin): another candidate replaces the preferred one "
         "only if clearly better on each.",
     )
+
+    @model_validator(mode="after")
+    def _candidates_and_preference_agree(self) -> AutoParams:
+        if self.candidates is None:
+            return self
+        repeated = sorted({kind for kind in self.candidates if self.candidates.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"candidates name {', '.join(repeated)} more than once; list each kind once")
+        # The default preference (context) simply does not apply when context is left out; another
+        # one left out of the candidates is a slip. (Whether it was written cannot be told: a
+        # detector hands every parameter over, defaults included.)
+        default = type(self).model_fields["prefer"].default
+        if self.prefer not in (None, default) and self.prefer not in self.candidates:
+            raise ValueError(
+                f"prefer {self.prefer!r} is not among the candidates {self.candidates}: add it to them, or set prefer: null"
+            )
+        return self
 
 
 MODEL_PARAMS: dict[str, type[DetectorParams]] = {

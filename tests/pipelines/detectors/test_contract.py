@@ -229,6 +229,9 @@ BAD_PARAMS = [
     ("iforest", "calendar", "no", "must be true or false written without quotes"),
     ("mset", "lags", "3", "must be 'auto' or a number written without quotes"),
     ("context", "warm_start", "false", "must be true or false written without quotes"),
+    # pydantic takes true for 1 in a number: lags: true became one lag.
+    ("mset", "lags", True, "must be a number, not true"),
+    ("iforest", "window", False, "must be a number, not false"),
 ] + [
     (kind, name, value, message)
     for kind in KINDS
@@ -251,6 +254,27 @@ def test_bad_parameters_are_named(kind: str, name: str, value: object, message: 
     detector = DETECTORS[kind]().set_params(**{name: value})
     with pytest.raises(ConfigError, match=pattern):
         detector.fit(data[0])
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"candidates": ["iforest", "mset", "iforest"]}, "candidates name iforest more than once; list each kind once"),
+        ({"candidates": ["iforest"], "prefer": "mset"},
+         r"prefer 'mset' is not among the candidates \['iforest'\]: add it to them, or set prefer: null"),
+    ],
+)
+def test_parameters_that_disagree_with_each_other_are_named(params: dict, message: str, data) -> None:
+    pattern = rf"invalid AutoDetector \('auto'\) parameters: {message}\. Fix them"
+    with pytest.raises(ConfigError, match=pattern):
+        make_detector("auto", params)
+    with pytest.raises(ConfigError, match=pattern):
+        DETECTORS["auto"]().set_params(**params).fit(data[0])
+
+
+def test_auto_without_context_among_its_candidates_has_no_preference_to_keep() -> None:
+    # The default preference (context) does not apply: not an error.
+    make_detector("auto", {"candidates": ["seasonal_mad", "iforest"]})
 
 
 def test_unknown_kind_lists_the_known_ones() -> None:
