@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -62,7 +62,8 @@ class AlertState:
     """What was sent for a job, which series are snoozed, and what the digest still has to list.
 
     ``events`` maps a series to the events of it already dealt with (``key``, ``start``, ``end``,
-    ``status`` sent/held/queued, ``channels`` delivered); ``snoozed_until`` maps a series to the
+    ``status`` sent/held/queued, ``channels`` delivered; while held, ``periods``: the anomalous
+    periods of each window's part, by the part's start); ``snoozed_until`` maps a series to the
     last timestamp its snooze covers and ``snooze_peak`` to the peak score of the alert that
     snoozed it (an event beating it escalates through the snooze); ``held`` maps a series to the
     events held while snoozed (listed in its next message); ``digest`` holds the events of the
@@ -105,11 +106,23 @@ class AlertState:
         return None
 
     def remember(self, event: AnomalyEvent, status: str) -> dict[str, Any]:
-        record = {"key": event.key, "start": event.start.isoformat(), "end": event.end.isoformat(), "status": status, "channels": []}
+        record: dict[str, Any] = {
+            "key": event.key, "start": event.start.isoformat(), "end": event.end.isoformat(), "status": status, "channels": []
+        }
+        if status == "held":
+            record["periods"] = {event.start.isoformat(): event.rows}
         remembered = self.events.setdefault(event.series, [])
         remembered.append(record)
         del remembered[:-REMEMBERED_PER_SERIES]
         return record
+
+
+def _whole_incident(event: AnomalyEvent, record: dict[str, Any]) -> AnomalyEvent:
+    """``event``, the part of a held incident found in a later window, as the whole incident:
+    from the incident's first start, counting the periods held in earlier windows."""
+    periods = {**record.get("periods", {}), event.start.isoformat(): event.rows}
+    first = min(event.start, datetime.fromisoformat(record["start"]))
+    return replace(event, start=first, rows=sum(periods.values()))
 
 
 # -- selection ------------------------------------------------------------------------------------
@@ -271,17 +284,32 @@ def _html_event(job: JobConfig, event: AnomalyEvent, link: str) -> str:
     )
 
 
-def render_event(job: JobConfig, event: AnomalyEvent, held: list[dict[str, Any]] | None = None) -> Message:
-    """The message of one event: subject, plain text, HTML and Slack blocks."""
+def _escalation_line(event: AnomalyEvent) -> str:
+    return (
+        f"Escalated: continues an incident held since {_moment(event.start)} while the series was snoozed; "
+        "its peak beat the alert that snoozed it"
+    )
+
+
+def render_event(
+    job: JobConfig, event: AnomalyEvent, held: list[dict[str, Any]] | None = None, *, continues_held: bool = False
+) -> Message:
+    """The message of one event: subject, plain text, HTML and Slack blocks.
+
+    ``continues_held``: ``event`` is a held incident escalating in a later window (from its first start).
+    """
     held = held or []
     email = _alerts(job).email
     template = email.subject if email else "[anomaly] {job} {series}: {direction} {start} (score {peak_score:.3f})"
     subject = template.format(**_subject_fields(job, event))
     link = dashboard_link(job, event)
-    lines = [f"Anomaly in job {job.name}", *_event_lines(job, event), *_held_lines(held), f"Dashboard: {link}"]
+    escalation = [_escalation_line(event)] if continues_held else []
+    lines = [f"Anomaly in job {job.name}", *_event_lines(job, event), *escalation, *_held_lines(held), f"Dashboard: {link}"]
     held_html = "".join(f"<li>{html.escape(line.strip())}</li>" for line in _held_lines(held)[1:])
-    body = _html_event(job, event, link) + (
-        f"<p>{len(held)} more event(s) of this series while it was snoozed:</p><ul>{held_html}</ul>" if held else ""
+    body = (
+        _html_event(job, event, link)
+        + "".join(f"<p><b>{html.escape(line)}</b></p>" for line in escalation)
+        + (f"<p>{len(held)} more event(s) of this series while it was snoozed:</p><ul>{held_html}</ul>" if held else "")
     )
     text = "\n".join(lines)
     blocks = [
@@ -474,6 +502,8 @@ def process_events(
             # A re-run, or the continuation of an incident seen in an earlier window.
             record["start"] = min(record["start"], event.start.isoformat())
             record["end"] = max(record["end"], event.end.isoformat())
+            if record["status"] == "held":  # by the part's start: a re-run of a window counts its part once
+                record.setdefault("periods", {})[event.start.isoformat()] = event.rows
             if record["status"] == "sent" and set(record["channels"]) >= set(_channels(alerts)):
                 if alerts.snooze:  # an incident that goes on keeps its series snoozed after its end
                     until = (event.end + job.frequency * alerts.snooze).isoformat()
@@ -534,17 +564,25 @@ def process_events(
             decide(event, "queued", "for the digest only (immediate: false)")
             continue
         record = record or state.remember(event, "sending")
-        held = state.held.get(event.series, [])
-        _deliver(job, state, f"the alert for event {event.key}", render_event(job, event, held), record["channels"], context, send)
+        # A held incident escalating in a later window (hourly windows split incidents) is told
+        # as the whole incident, from its first start, as one window holding all of it would tell it;
+        # its own "held" entry is that start, not another event.
+        incident = _whole_incident(event, record) if was_held else event
+        held = [h for h in state.held.get(event.series, []) if not (was_held and h.get("key") == record["key"])]
+        message = render_event(job, incident, held, continues_held=was_held and incident.start < event.start)
+        _deliver(job, state, f"the alert for event {incident.key}", message, record["channels"], context, send)
         record["status"] = "sent"
+        record.pop("periods", None)
         state.held.pop(event.series, None)
         if alerts.snooze:
             state.snoozed_until[event.series] = (event.end + job.frequency * alerts.snooze).isoformat()
             state.snooze_peak[event.series] = event.peak_score
-        _queue(state, alerts, record["key"], event, "sent")
+        _queue(state, alerts, record["key"], incident, "sent")
         state.save(job)
         summary.sent += 1
         escalation = f"; peak {event.peak_score:.4f} beat the snoozing alert's, so it escalated through the snooze" if escalates else ""
+        if incident.start < event.start:
+            escalation += f"; it continues the incident held since {_moment(incident.start)}"
         decide(event, "sent", f"by {', '.join(_channels(alerts))}{escalation}")
     summary.digest = send_digest(job, state, window, context=context, send=send)
     return summary

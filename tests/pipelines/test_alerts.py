@@ -220,6 +220,38 @@ def test_a_held_incident_escalates_when_it_worsens_in_a_later_window(tmp_path: P
 
 
 @pytest.mark.parametrize(
+    "windows",
+    [
+        [(4, 8), (8, 16)],
+        # Hourly windows split the incident; re-running one of them counts its part once.
+        [(4, 8), (8, 10), (10, 11), (10, 11), (11, 16)],
+    ],
+    ids=["one-window", "split-and-rerun"],
+)
+def test_an_escalated_held_incident_is_told_from_its_first_start(tmp_path: Path, inbox: Inbox, windows: list[tuple[int, int]]):
+    job = make_job(tmp_path, snooze=6)
+    # 05:00 (0.95) is sent and snoozes eu; the incident 09:00-11:00 is held at 0.945 and 0.94,
+    # then peaks at 0.99 at 11:00: the escalated alert tells the whole incident, from 09:00.
+    scores = {5: 150, 9: 145, 10: 140, 11: 190}  # requests; scores 0.95, 0.945, 0.94, 0.99
+    frame = output_rows("region=eu", anomalies={hour: {"requests": value} for hour, value in scores.items()})
+    summaries = [process_events(job, rows_in(frame, first, last), window(first, last)) for first, last in windows]
+    assert sum(s.sent for s in summaries) == 2
+    _, escalated = inbox.mails[-1]
+    assert escalated["Subject"] == "[anomaly] web region=eu: rise 2024-03-01 09:00 UTC (score 0.990)"
+    html, text = body(escalated)
+    for content in (html, text):
+        assert "2024-03-01 09:00 UTC to 2024-03-01 12:00 UTC (3 anomalous periods)" in content
+        assert "more event(s) of this series while it was snoozed" not in content  # the incident is not listed as another one
+    assert "Dashboard: https://airflow.example.com/anomaly-pipelines/dashboard/jobs/web?series=region%3Deu&start=2024-02-29T21" in text
+    split = len(windows) > 2
+    continues = "Escalated: continues an incident held since 2024-03-01 09:00 UTC while the series was snoozed"
+    assert (continues in text) is split and (continues in html) is split
+    reason = next(d["reason"] for d in summaries[-1].decisions if d["decision"] == "sent")
+    assert ("it continues the incident held since 2024-03-01 09:00 UTC" in reason) is split
+    assert "periods" not in AlertState.load(job).events["region=eu"][-1]  # kept only while held
+
+
+@pytest.mark.parametrize(
     ("alerts", "expected"),
     [
         ({}, ["region=eu", "region=us", "site=berlin"]),
