@@ -23,7 +23,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
 
-    from pipelines.config import JobConfig
+    from pipelines.config import JobConfig, JobScan
 
 log = logging.getLogger(__name__)
 
@@ -182,23 +182,45 @@ def authorize_job(user: BaseUser, job_name: str, method: JobAccess) -> None:
     )
 
 
-def served_job(user: BaseUser, name: str, method: JobAccess) -> JobConfig:
+def job_scan() -> JobScan:
+    """The job files for one request: the jobs that validate, and the errors of the files that make
+    no job, logged here (:func:`pipelines.config.scan_jobs`).
+
+    The one place the web app logs broken job files: a request scans once (a route that needs the
+    whole list and :func:`served_job` passes its scan on), so it logs them once.
+    """
+    from pipelines.config import scan_jobs
+
+    scan = scan_jobs()
+    _log_broken(scan)
+    return scan
+
+
+def _log_broken(scan: JobScan) -> None:
+    if scan.errors:
+        log.error("job files that make no job: %s", scan.errors)
+
+
+def served_job(user: BaseUser, name: str, method: JobAccess, scan: JobScan | None = None) -> JobConfig:
     """The job ``name`` if ``user`` may use it (403 otherwise, whether or not it exists); 404 naming
     only the jobs the user may read when it does not exist.
 
     Job files that do not validate leave the other jobs served (:func:`pipelines.config.scan_jobs`);
-    their errors go to the log, not to the caller, as they show other jobs' settings.
+    their errors go to the log (:func:`job_scan`; ``scan``: the request's, already logged), not to
+    the caller, as they show other jobs' settings.
     """
     from pipelines.config import scan_jobs
 
     authorize_job(user, name, method)
-    scan = scan_jobs()
+    scanned_here = scan is None
+    scan = scan_jobs() if scan is None else scan
     if name in scan.jobs:
         return scan.jobs[name]
+    if scanned_here:  # logged only when they may be why the job is missing
+        _log_broken(scan)
     readable = [job for job in scan.jobs if is_job_authorized(user, job, "GET")]
     broken = ""
     if scan.errors:
-        log.error("job files that make no job: %s", scan.errors)
         broken = (
             f"; {len(scan.errors)} job file(s) make no job until fixed (the server log and "
             "`anomaly-pipelines validate-config` say why)"

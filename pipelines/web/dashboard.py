@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
@@ -22,10 +23,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from pipelines.config import JobConfig, scan_jobs
+from pipelines.config import JobConfig
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.web import dashboard_data as data
-from pipelines.web.auth import BaseUser, CurrentUser, authorize_job, is_job_authorized, require_user, served_job
+from pipelines.web.auth import BaseUser, CurrentUser, authorize_job, is_job_authorized, job_scan, require_user, served_job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +48,12 @@ router = APIRouter(prefix=PREFIX, dependencies=[Depends(require_user)], include_
 SeriesParam = Annotated[list[str], Query(description="series keys, e.g. region=eu; repeat for several")]
 StartParam = Annotated[str | None, Query(description="ISO 8601 start (inclusive); naive times are UTC")]
 EndParam = Annotated[str | None, Query(description="ISO 8601 end (exclusive); naive times are UTC")]
-ScoreParam = Annotated[float | None, Query(description="least score of the anomalies shown, in [0, 1]")]
+# Text, not a float: a form's empty field sends min_score= , which means no least score (Filters.parse).
+ScoreParam = Annotated[str | None, Query(description="least score of the anomalies shown, in [0, 1]")]
+FeatureParam = Annotated[list[str], Query(description="features shown, e.g. requests; repeat for several; none: all")]
+OnlyAnomaliesParam = Annotated[
+    str | None, Query(description="true: only the series with at least one anomaly in the range (true or false)")
+]
 
 
 def _status(exc: PipelineError) -> int:
@@ -55,20 +61,35 @@ def _status(exc: PipelineError) -> int:
 
 
 def _jobs() -> dict[str, JobConfig]:
-    # The valid jobs: one broken job file does not hide the others (its error goes to the log).
-    scan = scan_jobs()
-    if scan.errors:
-        log.error("job files that make no job: %s", scan.errors)
-    return scan.jobs
+    # The valid jobs: one broken job file does not hide the others (job_scan logs its error, once).
+    return job_scan().jobs
 
 
 def _job(name: str, user: BaseUser) -> JobConfig:
     return served_job(user, name, "GET")
 
 
-def _filters(series: list[str], start: str | None, end: str | None, min_score: float | None) -> data.Filters:
+def _filters(
+    series: list[str],
+    start: str | None,
+    end: str | None,
+    min_score: str | None,
+    features: list[str] | None = None,
+    only_anomalies: str | None = None,
+    job: JobConfig | None = None,
+) -> data.Filters:
+    """Filters from query parameters (400 naming the bad value and what is allowed); with ``job``,
+    checked against it too (its features): only after the user was allowed to see the job."""
     try:
-        return data.Filters.parse(series, start or None, end or None, min_score)
+        filters = data.Filters.parse(series, start or None, end or None, min_score, features or (), only_anomalies)
+    except ConfigError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+    return filters if job is None else _for_job(filters, job)
+
+
+def _for_job(filters: data.Filters, job: JobConfig) -> data.Filters:
+    try:
+        return filters.for_job(job)
     except ConfigError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
 
@@ -78,9 +99,14 @@ def _query_filters(
     start: StartParam = None,
     end: EndParam = None,
     min_score: ScoreParam = None,
+    feature: FeatureParam = [],  # noqa: B006
+    only_anomalies: OnlyAnomaliesParam = None,
 ) -> data.Filters:
-    """The filters of a page or data request, from its query string (400 when one is invalid)."""
-    return _filters(series, start, end, min_score)
+    """The filters of a page or data request, from its query string (400 when one is invalid).
+
+    The features are checked against the job by the route (:func:`_for_job`), after its permission check.
+    """
+    return _filters(series, start, end, min_score, feature, only_anomalies)
 
 
 QueryFilters = Annotated[data.Filters, Depends(_query_filters)]
@@ -142,12 +168,14 @@ def job_page(
     start: StartParam = None,
     end: EndParam = None,
     min_score: ScoreParam = None,
+    feature: FeatureParam = [],  # noqa: B006
+    only_anomalies: OnlyAnomaliesParam = None,
 ) -> HTMLResponse:
     """One job: its series, a chart per series and feature, the anomaly events; filters on top."""
     # Parsed here, not by the QueryFilters dependency: a bad filter is shown as a page, not JSON.
     try:
         job = _job(job_name, user)
-        filters = _filters(series, start, end, min_score)
+        filters = _filters(series, start, end, min_score, feature, only_anomalies, job=job)
         return _job_view(request, job, filters)
     except HTTPException as exc:
         return _error_page(request, exc)
@@ -179,12 +207,20 @@ def _verdicts(job: JobConfig, events: list[dict[str, Any]]) -> dict[tuple[str, s
 
 
 def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict[str, Any] | None = None) -> HTMLResponse:
-    summary = _call(f"job {job.name!r}: series summary", data.series_summary, job, data.Filters((), filters.start, filters.end, filters.min_score))
+    # Every series, for the series selector; the table and the charts show what the filters keep.
+    summary = _call(
+        f"job {job.name!r}: series summary", data.series_summary, job, replace(filters, series=(), only_anomalies=False)
+    )
+    shown = data.shown_series(summary, filters)
     events = _call(f"job {job.name!r}: anomaly events", data.anomaly_events, job, filters, PAGE_EVENTS)
     verdicts = _verdicts(job, events["events"])
     known = {row["series"] for row in summary}
     unknown = [s for s in filters.series if s not in known]
-    charted = list(filters.series[:MAX_CHARTS]) if filters.series else [row["series"] for row in summary[:DEFAULT_CHARTS]]
+    chartable = [row["series"] for row in shown]
+    if filters.series:
+        charted = [s for s in filters.series if s in chartable][:MAX_CHARTS]
+    else:
+        charted = chartable[:DEFAULT_CHARTS]
 
     def link(**changes: Any) -> str:
         """The query string of this page with some filters changed (for links in the tables)."""
@@ -193,6 +229,8 @@ def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict
             "start": "" if run else (filters.start.isoformat() if filters.start else ""),
             "end": "" if run else (filters.end.isoformat() if filters.end else ""),
             "min_score": filters.min_score or "",
+            "feature": list(filters.features),
+            "only_anomalies": "true" if filters.only_anomalies else "",
             **changes,
         }
         pairs = [(k, v) for k, values in params.items() for v in (values if isinstance(values, list) else [values]) if v != ""]
@@ -204,8 +242,9 @@ def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict
         job=job,
         filters=filters,
         summary=summary,
+        shown=shown,
         selected=set(filters.series),
-        charted=[s for s in charted if s in known],
+        charted=charted,
         unknown=unknown,
         events=events,
         verdicts=verdicts,
@@ -245,6 +284,8 @@ def run_page(
     user: CurrentUser,
     series: SeriesParam = [],  # noqa: B006 - FastAPI copies query defaults
     min_score: ScoreParam = None,
+    feature: FeatureParam = [],  # noqa: B006
+    only_anomalies: OnlyAnomaliesParam = None,
 ) -> HTMLResponse:
     """The "Anomalies" tab of a DAG run: what a predict run scored and found."""
     try:
@@ -261,7 +302,7 @@ def run_page(
         run = _call(f"job {job.name!r}: run {run_id}", data.run_summary, job, run_id)
         if run is None:
             return _page(request, "run.html", dag_id=dag_id, run_id=run_id, job=job, kind=kind, run=None)
-        filters = _filters(series, run["window"]["start"], run["window"]["end"], min_score)
+        filters = _filters(series, run["window"]["start"], run["window"]["end"], min_score, feature, only_anomalies, job=job)
         return _job_view(request, job, filters, run={**run, "dag_id": dag_id})
     except HTTPException as exc:
         return _error_page(request, exc)
@@ -279,6 +320,7 @@ def jobs_data(user: CurrentUser) -> JSONResponse:
 @router.get("/data/jobs/{job_name}/series")
 def series_data(job_name: str, user: CurrentUser, filters: QueryFilters) -> JSONResponse:
     job = _job(job_name, user)
+    filters = _for_job(filters, job)
     rows = _call(f"job {job_name!r}: series summary", data.series_summary, job, filters)
     return JSONResponse({"job": job_name, "filters": filters.to_dict(), "series": rows})
 
@@ -291,10 +333,13 @@ def chart_data(
     start: StartParam = None,
     end: EndParam = None,
     min_score: ScoreParam = None,
+    feature: FeatureParam = [],  # noqa: B006
     buckets: Annotated[int, Query(ge=1, le=data.MAX_BUCKETS)] = data.DEFAULT_BUCKETS,
 ) -> JSONResponse:
+    # No only_anomalies: which series are charted is the page's choice (the series endpoint's
+    # rule); a chart shows the series asked for, zoomed into any range.
     job = _job(job_name, user)
-    filters = _filters([series], start, end, min_score)
+    filters = _filters([series], start, end, min_score, feature, job=job)
     return JSONResponse(_call(f"job {job_name!r}, series {series!r}: chart", data.chart, job, series, filters, buckets))
 
 
@@ -306,6 +351,7 @@ def anomalies_data(
     limit: Annotated[int, Query(ge=1, le=data.MAX_EVENTS)] = data.MAX_EVENTS,
 ) -> JSONResponse:
     job = _job(job_name, user)
+    filters = _for_job(filters, job)
     return JSONResponse(_call(f"job {job_name!r}: anomaly events", data.anomaly_events, job, filters, limit))
 
 

@@ -3,8 +3,9 @@
 Playwright drives Debian's Chromium (``/usr/bin/chromium``, headless; no downloaded browsers)
 against ``airflow standalone`` started by the ``airflow_server`` fixture with this repo's plugin:
 log in as admin, open "Anomalies" in the navigation, open demo_web_metrics, see the charts with
-anomaly markers, filter by series and least score, mark an anomaly a false alarm, then open the
-"Anomalies" tab of a predict DAG run. The data comes from real runs: the CLI trains and scores the demo week in the server's
+anomaly markers, filter by series and least score, mark an anomaly a false alarm, filter by feature
+and "only series with anomalies" and share that view by its URL, then open the "Anomalies" tab of a
+predict DAG run. The data comes from real runs: the CLI trains and scores the demo week in the server's
 project, and a predict DAG run executed by the server's scheduler re-scores the spike day.
 Screenshots are saved to ``test-artifacts/`` at the repo root.
 """
@@ -169,6 +170,61 @@ def test_anomalies_in_the_airflow_ui(scored_server, page):
     inner.goto(inner.url)  # the dashboard page again (the UI's own URL does not follow the iframe)
     inner.locator(f'tr.event[data-timestamp="{moment}"][data-verdict="false"]').wait_for()
     _shot(page, "3b-job-marked")
+
+
+def test_feature_and_only_anomalies_filters_make_a_shareable_view(scored_server, page):
+    """Choose a feature and "only series with anomalies": the table and the charts keep the series
+    with an anomaly of that feature, each chart draws that feature only, and the page's URL, opened
+    by someone else, shows the same view."""
+    from playwright.sync_api import expect
+
+    server, _ = scored_server
+    # What the series endpoint counts, per series, for that feature (the browser's session).
+    answer = page.request.get(f"{server.url}/anomaly-pipelines/dashboard/data/jobs/demo_web_metrics/series?feature=latency_ms")
+    assert answer.ok, answer.text()
+    rows = answer.json()["series"]
+    anomalous = {row["series"] for row in rows if row["anomalies"]}
+    assert 0 < len(anomalous) < len(rows)  # the demo week has a series without latency anomalies
+
+    page.locator('a[href$="/plugin/anomalies"]').first.click()
+    frame = page.frame_locator('iframe[title="Anomalies"]')
+    frame.locator("a.job-link").filter(has_text="demo_web_metrics").click()
+    frame.locator(".chart-card").first.wait_for()
+    expect(frame.locator("tr.series-row")).to_have_count(len(rows))
+    frame.locator('[data-testid="filter-feature"]').select_option("latency_ms")
+    frame.locator('[data-testid="filter-only-anomalies"]').check()
+    frame.locator('[data-testid="apply-filters"]').click()
+
+    def shows_the_filtered_view(view) -> None:
+        expect(view.locator('[data-testid="filter-only-anomalies"]')).to_be_checked()
+        expect(view.locator('[data-testid="filter-feature"] option[value="latency_ms"][selected]')).to_have_count(1)
+        expect(view.locator("tr.series-row")).to_have_count(len(anomalous))
+        table = view.locator("tr.series-row")
+        assert {table.nth(i).get_attribute("data-series") for i in range(table.count())} == anomalous
+        assert all(int(table.nth(i).get_attribute("data-anomalies")) > 0 for i in range(table.count()))
+        cards = view.locator(".chart-card")
+        expect(cards).to_have_count(len(anomalous))
+        expect(view.locator('.chart-card[data-state="ready"]')).to_have_count(len(anomalous))
+        # One plot per card, of the chosen feature, with its anomaly markers.
+        expect(view.locator(".chart-card .plot")).to_have_count(len(anomalous))
+        expect(view.locator('.chart-card .plot[data-feature="latency_ms"]')).to_have_count(len(anomalous))
+        assert all(int(cards.nth(i).get_attribute("data-anomaly-count")) > 0 for i in range(cards.count()))
+        events = view.locator("tr.event")
+        assert events.count() > 0
+        assert {events.nth(i).get_attribute("data-series") for i in range(events.count())} <= anomalous
+
+    shows_the_filtered_view(frame)
+    _shot(page, "6-job-feature-only-anomalies")
+
+    # The filters are in the dashboard page's URL: opened in another tab, it shows the same view.
+    inner = next(f for f in page.frames if f != page.main_frame and "/dashboard/jobs/demo_web_metrics" in f.url)
+    assert "feature=latency_ms" in inner.url and "only_anomalies=true" in inner.url
+    shared = page.context.new_page()
+    try:
+        shared.goto(inner.url)
+        shows_the_filtered_view(shared)
+    finally:
+        shared.close()
 
 
 def test_anomalies_tab_of_a_predict_run(scored_server, page):

@@ -20,6 +20,7 @@
     if (start) params.set("start", start);
     if (end) params.set("end", end);
     if (Number(card.dataset.minScore) > 0) params.set("min_score", card.dataset.minScore);
+    for (const feature of JSON.parse(card.dataset.features || "[]")) params.append("feature", feature);
     // About one bucket per pixel: each bucket sends at most four points plus its anomalies.
     params.set("buckets", String(Math.max(50, Math.min(2000, Math.round(width)))));
     return `${base}/data/jobs/${encodeURIComponent(card.dataset.job)}/chart?${params}`;

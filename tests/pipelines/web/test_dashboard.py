@@ -3,6 +3,8 @@ auth manager) over real outputs of the demo jobs (see ``test_dashboard_data.buil
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from pipelines.web import dashboard_data as data
 from tests.pipelines.web.test_dashboard_data import PREDICT, PREDICT_RUN, build_scored_project
 
 D = "/dashboard"
+CHECKED = re.compile(r'name="only_anomalies" value="true"\s+checked')
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,45 @@ def test_job_page_filters_by_series_and_min_score(dash):
     assert 'value="2024-03-07T00:00"' in week and 'data-start="2024-03-07T00:00:00+00:00"' in week
 
 
+def test_job_page_shows_some_features_and_only_the_series_with_anomalies(dash):
+    rows = data.series_summary(get_job("demo_web_metrics"), data.Filters(features=("latency_ms",)))
+    anomalous = [row["series"] for row in rows if row["anomalies"]]
+    assert 0 < len(anomalous) < len(rows)  # the demo data has a series without latency anomalies
+
+    page = dash.get(f"{D}/jobs/demo_web_metrics", params={"feature": "latency_ms", "only_anomalies": "true"}).text
+    assert re.findall(r'<tr class="series-row[^"]*" data-series="([^"]+)"', page) == anomalous
+    assert re.findall(r'class="chart-card" data-job="demo_web_metrics" data-series="([^"]+)"', page) == anomalous
+    assert page.count("""data-features='["latency_ms"]'""") == len(anomalous)  # the charts ask for that feature only
+    assert set(re.findall(r'<span class="signal" [^>]*>\s*(\w+)', page)) == {"latency_ms"}
+    # The form shows the filters, and still offers every series; links in the table keep them.
+    assert '<option value="latency_ms" selected>' in page and '<option value="requests" >' in page
+    assert CHECKED.search(page)
+    assert all(f'<option value="{row["series"]}"' in page for row in rows)
+    assert "feature=latency_ms&amp;only_anomalies=true" in page
+    # Without the toggle every series is listed; without the feature, all features are charted.
+    every = dash.get(f"{D}/jobs/demo_web_metrics", params={"feature": "latency_ms"}).text
+    assert len(re.findall(r'<tr class="series-row', every)) == len(rows)
+    plain = dash.get(f"{D}/jobs/demo_web_metrics").text
+    assert not CHECKED.search(plain) and 'name="only_anomalies"' in plain and "data-features='[]'" in plain
+
+    body = dash.get(f"{D}/data/jobs/demo_web_metrics/series", params={"feature": "latency_ms", "only_anomalies": "1"}).json()
+    assert [row["series"] for row in body["series"]] == anomalous
+    assert body["filters"]["features"] == ["latency_ms"] and body["filters"]["only_anomalies"] is True
+    chart = dash.get(f"{D}/data/jobs/demo_web_metrics/chart", params={"series": "region=eu", "feature": "latency_ms"}).json()
+    assert [f["feature"] for f in chart["features"]] == ["latency_ms"]
+    events = dash.get(f"{D}/data/jobs/demo_web_metrics/anomalies", params={"feature": "latency_ms"}).json()
+    assert {s["feature"] for e in events["events"] for s in e["signals"]} == {"latency_ms"}
+
+
+def test_the_filter_form_with_empty_fields_shows_everything(dash):
+    """The form sends every field, empty ones as name= (a 422 for an empty least score once)."""
+    empty = {"start": "", "end": "", "min_score": "", "only_anomalies": ""}
+    answer = dash.get(f"{D}/jobs/demo_web_metrics", params=empty)
+    assert answer.status_code == 200
+    assert answer.text.count('<tr class="series-row') == 3 and 'data-min-score="0.0"' in answer.text
+    assert dash.get(f"{D}/data/jobs/demo_web_metrics/anomalies", params=empty).json()["filters"]["min_score"] == 0.0
+
+
 def test_chart_endpoint(dash):
     answer = dash.get(f"{D}/data/jobs/demo_web_metrics/chart", params={"series": "region=eu", "buckets": 5})
     assert answer.status_code == 200
@@ -117,6 +159,20 @@ def test_chart_endpoint(dash):
         (f"{D}/data/jobs/demo_web_metrics/series", {"start": "soon"}, 400, "time range filter: 'soon' is not an ISO 8601"),
         (f"{D}/data/jobs/demo_web_metrics/anomalies", {"min_score": 2}, 400, "min_score filter must be between 0 and 1"),
         (f"{D}/data/jobs/demo_web_metrics/chart", {"series": "region=eu", "buckets": 0}, 422, "greater than or equal to 1"),
+        (
+            f"{D}/data/jobs/demo_web_metrics/series",
+            {"feature": ["requests", "cpu"]},
+            400,
+            "feature filter: 'cpu' is not a feature of job 'demo_web_metrics'; choose among requests, latency_ms (or none for all)",
+        ),
+        (f"{D}/data/jobs/demo_web_metrics/chart", {"series": "region=eu", "feature": "cpu"}, 400, "'cpu' is not a feature of job"),
+        (f"{D}/data/jobs/demo_web_metrics/anomalies", {"feature": "cpu"}, 400, "'cpu' is not a feature of job"),
+        (
+            f"{D}/data/jobs/demo_web_metrics/series",
+            {"only_anomalies": "maybe"},
+            400,
+            "only_anomalies filter must be true or false (or 1/0, yes/no, on/off), got 'maybe'",
+        ),
     ],
 )
 def test_bad_requests_say_what_to_do(dash, path, params, code, message):
@@ -129,6 +185,13 @@ def test_pages_show_errors_as_pages(dash):
     answer = dash.get(f"{D}/jobs/nope")
     assert answer.status_code == 404 and answer.headers["content-type"].startswith("text/html")
     assert "no job named &#39;nope&#39;" in answer.text
+    for params, message in [
+        ({"feature": "cpu"}, "feature filter: &#39;cpu&#39; is not a feature of job &#39;demo_web_metrics&#39;; choose among requests"),
+        ({"only_anomalies": "maybe"}, "only_anomalies filter must be true or false"),
+    ]:
+        answer = dash.get(f"{D}/jobs/demo_web_metrics", params=params)
+        assert answer.status_code == 400 and answer.headers["content-type"].startswith("text/html")
+        assert message in answer.text
 
 
 def test_models_page_marks_the_champion(dash):
@@ -238,6 +301,10 @@ def test_a_job_the_user_may_not_read_is_not_listed(dash, web_metrics_only, path)
         (f"{D}/data/jobs/{{job}}/series", 403),
         (f"{D}/runs/{{job}}__predict/{PREDICT_RUN}", 403),
         (f"{D}/runs/{{job}}__train/any", 403),
+        # A feature filter is checked against the job after the permission: its features are not told.
+        (f"{D}/jobs/{{job}}?feature=cpu", 403),
+        (f"{D}/data/jobs/{{job}}/chart?series=machine%3Dpump_1&feature=cpu", 403),
+        (f"{D}/data/jobs/{{job}}/anomalies?feature=cpu&only_anomalies=true", 403),
     ],
 )
 def test_a_job_the_user_may_not_read_answers_as_a_missing_one(dash, web_metrics_only, path, code):
@@ -258,3 +325,23 @@ def test_a_job_the_user_may_not_read_answers_as_a_missing_one(dash, web_metrics_
 def test_every_time_shown_says_its_zone(dash, path, label):
     """Times are shown in UTC, whatever the reader's zone: each table or line says so."""
     assert label in dash.get(path).text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{D}/",
+        f"{D}/data/jobs",
+        f"{D}/jobs/nope",
+        f"{D}/data/jobs/nope/series",
+        f"{D}/runs/nope__predict/any",
+        f"{D}/runs/demo_web_metrics__predict/any",
+        "/api/v1/jobs/nope/model",
+    ],
+)
+def test_a_broken_job_file_is_logged_once_per_request(client, headers, web_project, caplog, path):
+    (web_project / "config" / "jobs" / "broken.yaml").write_text("name: broken\nfrequency: 1h\n")
+    caplog.set_level(logging.INFO, logger="pipelines")
+    assert client.get(path, headers=headers).status_code in (200, 404)
+    logged = [r for r in caplog.records if r.getMessage().startswith("job files that make no job")]
+    assert len(logged) == 1 and "broken.yaml" in logged[0].getMessage()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from pipelines.config import get_job
@@ -121,6 +122,8 @@ def test_downsample_keeps_extremes_of_each_bucket_and_every_anomaly():
         ({"start": "2024-03-02", "end": "2024-03-01"}, r"end 2024-03-01T00:00:00\+00:00 is not after start"),
         ({"min_score": 1.5}, r"min_score filter must be between 0 and 1 .*got 1.5"),
         ({"min_score": -0.1}, r"min_score filter must be between 0 and 1"),
+        ({"min_score": "high"}, r"min_score filter must be a number between 0 and 1, got 'high'"),
+        ({"only_anomalies": "maybe"}, r"only_anomalies filter must be true or false \(or 1/0, yes/no, on/off\), got 'maybe'"),
     ],
 )
 def test_bad_filters_say_which_parameter_and_what_is_allowed(args, message):
@@ -132,7 +135,39 @@ def test_filters_take_naive_times_as_utc_and_drop_repeated_series():
     filters = data.Filters.parse(["region=eu", "", "region=eu", "region=us"], "2024-03-01T00:00", None, 0.5)
     assert filters.series == ("region=eu", "region=us")
     assert filters.start == pd.Timestamp("2024-03-01", tz="UTC")
-    assert filters.to_dict() == {"series": ["region=eu", "region=us"], "start": "2024-03-01T00:00:00+00:00", "end": None, "min_score": 0.5}
+    # What a form with empty fields sends: no filter.
+    assert data.Filters.parse([""], "", "", "", [""], "") == data.Filters()
+    assert data.Filters.parse(min_score=" 0.5 ").min_score == 0.5
+    assert filters.to_dict() == {
+        "series": ["region=eu", "region=us"],
+        "start": "2024-03-01T00:00:00+00:00",
+        "end": None,
+        "min_score": 0.5,
+        "features": [],
+        "only_anomalies": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(None, False), ("", False), ("false", False), ("0", False), ("true", True), ("TRUE", True), ("1", True), ("on", True)],
+)
+def test_only_anomalies_takes_what_links_and_forms_send(text, expected):
+    assert data.Filters.parse(only_anomalies=text).only_anomalies is expected
+
+
+def test_a_feature_filter_names_the_features_of_the_job():
+    job = get_job("demo_sensors")
+    filters = data.Filters.parse(features=["vibration", "", "vibration", "pressure"])
+    assert filters.features == ("vibration", "pressure") and filters.for_job(job) is filters
+    with pytest.raises(
+        ConfigError,
+        match=r"feature filter: 'cpu' is not a feature of job 'demo_sensors'; "
+        r"choose among temperature, vibration, pressure \(or none for all\)",
+    ):
+        data.Filters.parse(features=["vibration", "cpu"]).for_job(job)
+    with pytest.raises(ConfigError, match=r"'cpu', 'ram' are not features of job 'demo_sensors'"):
+        data.series_summary(job, data.Filters(features=("cpu", "ram")))
 
 
 # -- pages' data ----------------------------------------------------------------------------------
@@ -168,6 +203,27 @@ def test_series_summary_filters_by_time_score_and_series(scored):
     assert 0 < strong[0]["anomalies"] < everything[0]["anomalies"]
 
 
+def test_series_summary_of_some_features_and_only_the_series_with_anomalies(scored):
+    job = get_job("demo_web_metrics")
+    frame = outputs("demo_web_metrics")
+    latency = frame[frame["feature"] == "latency_ms"]
+    flagged = anomalous_points(latency).groupby("series").size()
+    rows = data.series_summary(job, data.Filters(features=("latency_ms",)))
+    assert {r["series"]: r["anomalies"] for r in rows} == {s: int(flagged.get(s, 0)) for s in frame["series"].unique()}
+    assert all(r["points"] == 7 * 24 for r in rows)
+    top = latency.groupby("series")["score"].max()
+    assert [r["max_score"] for r in rows] == pytest.approx([top[r["series"]] for r in rows])
+    # Only anomalies: the series without a latency anomaly (the demo data has one) are left out.
+    only = data.series_summary(job, data.Filters(features=("latency_ms",), only_anomalies=True))
+    assert [r["series"] for r in only] == [r["series"] for r in rows if r["anomalies"]]
+    assert 0 < len(only) < len(rows)
+    # ... and it counts with min_score: a series whose anomalies are all weaker is left out too.
+    strong = data.series_summary(job, data.Filters(min_score=0.9999, only_anomalies=True))
+    expected = anomalous_points(frame, 0.9999)["series"].unique()
+    assert sorted(r["series"] for r in strong) == sorted(expected) and all(r["anomalies"] for r in strong)
+    assert data.shown_series(rows, data.Filters(only_anomalies=True)) == only
+
+
 def test_chart_sends_every_point_of_a_week_and_marks_the_anomalies(scored):
     job = get_job("demo_web_metrics")
     frame = outputs("demo_web_metrics")
@@ -197,6 +253,17 @@ def test_chart_downsamples_but_keeps_anomalies_and_honours_the_range(scored):
         data.chart(job, "region=eu", data.Filters(), buckets=0)
 
 
+def test_chart_of_some_features(scored):
+    job = get_job("demo_sensors")
+    every = data.chart(job, "machine=press_2", data.Filters())
+    some = data.chart(job, "machine=press_2", data.Filters(features=("pressure", "vibration")))
+    # In the job's order, whatever the order asked.
+    assert [f["feature"] for f in every["features"]] == ["temperature", "vibration", "pressure"]
+    assert [f["feature"] for f in some["features"]] == ["vibration", "pressure"]
+    assert some["features"] == every["features"][1:]
+    assert some["filters"]["features"] == ["pressure", "vibration"]
+
+
 def test_chart_of_an_unknown_series_is_empty(scored):
     assert data.chart(get_job("demo_web_metrics"), "region=mars", data.Filters())["features"] == []
 
@@ -219,6 +286,16 @@ def test_events_of_a_multivariate_job_rank_the_contributing_signals(scored):
         top = rows.sort_values("feature_score", ascending=False).iloc[0]
         assert event["signals"][0]["feature"] == top["feature"]
         assert event["signals"][0]["feature_score"] == pytest.approx(top["feature_score"])
+
+
+def test_events_of_some_features_list_only_their_signals(scored):
+    job = get_job("demo_web_metrics")
+    frame = outputs("demo_web_metrics")
+    result = data.anomaly_events(job, data.Filters(features=("latency_ms",)))
+    assert result["total"] == len(anomalous_points(frame[frame["feature"] == "latency_ms"])) > 0
+    assert result["total"] < data.anomaly_events(job, data.Filters())["total"]
+    assert {s["feature"] for e in result["events"] for s in e["signals"]} == {"latency_ms"}
+    assert result["filters"]["features"] == ["latency_ms"]
 
 
 def test_events_filter_by_min_score_and_limit(scored):
@@ -394,6 +471,25 @@ def test_a_request_over_more_days_than_the_cache_holds_keeps_one_day_at_a_time(s
     read(get_job("demo_web_metrics"))
     assert len(alive_at_load) == 7  # the demo week's day files
     assert max(alive_at_load) <= 1, alive_at_load  # the cached previous day, nothing else
+
+
+def test_a_part_of_rows_out_of_order_is_sorted_and_one_in_order_kept():
+    """Day files come sorted by series and time from the sink (the check spares sorting them
+    again); rows in another order (an SQL table's) are sorted, so each series is one slice."""
+    from pipelines.schema import arrow_schema
+
+    times = pd.date_range("2024-03-01", periods=3, freq="h", tz="UTC")
+    rows = [{"series": s, "timestamp": t, "feature": "f", "value": 1.0, "is_anomaly": False} for t in times for s in ("b", "a")]
+    shuffled = pa.Table.from_pylist(rows, schema=arrow_schema([]))
+    in_order = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["series"], r["timestamp"])), schema=arrow_schema([]))
+    assert not data._in_series_time_order(shuffled) and data._in_series_time_order(in_order)
+    day = pd.Timestamp("2024-03-01", tz="UTC")
+    for table in (shuffled, in_order):
+        part = data._Part.build(table, day, day + pd.Timedelta(days=1))
+        assert part.slices == {"a": (0, 3), "b": (3, 3)}
+        assert part.lines["timestamp"].to_pylist() == [*times, *times]
+    # A missing series or time is not known to be in order: sorted (nulls last).
+    assert not data._in_series_time_order(pa.table({"series": ["a", None], "timestamp": pa.array(times[:2])}))
 
 
 def test_chart_lines_do_not_share_the_days_buffers(scored):
