@@ -67,18 +67,19 @@ ONE_OFF_PARAMS = {
 
 
 def fail_fast(func):
-    """Bad data, bad configuration or a missing model fail the task at once: a retry cannot
-    fix them. Other errors (a database away, a file not there yet) keep their retries."""
+    """Bad data, bad configuration, a missing model or a package not installed fail the task at
+    once: a retry cannot fix them. Other errors (a database away, a file not there yet) keep their
+    retries."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.errors import ConfigError, DataValidationError, ModelError
+        from pipelines.errors import ConfigError, DataValidationError, MissingDependencyError, ModelError
 
         try:
             return func(*args, **kwargs)
-        except (ConfigError, DataValidationError, ModelError) as exc:
+        except (ConfigError, DataValidationError, ModelError, MissingDependencyError) as exc:
             raise AirflowFailException(str(exc)) from exc
 
     return wrapper
@@ -258,10 +259,17 @@ def build_predict_dag(job: JobConfig):
         def extract(run_id: str | None = None) -> dict:
             from pipelines.extraction import extract as extract_window
             from pipelines.extraction import extract_chunks
-            from pipelines.runner import history_rows
+            from pipelines.runner import check_one_off, history_rows
+            from pipelines.scoring import check_serving
             from pipelines.workspace import prediction_window
 
             interval_start, interval_end, params = _context_window({**WINDOW_PARAMS, **ONE_OFF_PARAMS})
+            # Bad one-off values fail here, not in publish after every chunk is scored.
+            check_one_off(
+                job, input_path=params.get("input"), output=params.get("output"), chunk_rows=int(params["chunk_rows"]),
+                start=params.get("start"), end=params.get("end"),
+            )
+            check_serving(job)  # before the first training: "train first", not a validation failure
             if params.get("input"):
                 extracted = extract_chunks(
                     job, run_id=run_id, input_path=params["input"], chunk_rows=int(params["chunk_rows"])

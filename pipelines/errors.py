@@ -27,6 +27,12 @@ class DataValidationError(PipelineError):
         self.quarantine_path = quarantine_path
 
 
+class SourceDataError(SourceError, DataValidationError):
+    """The source was read, but what it holds cannot be used (e.g. timestamps with and without a
+    time zone): reading it again gives the same rows, so a retry cannot fix it. A source error for
+    whoever catches those, and bad data for Airflow's tasks, which fail at once instead of retrying."""
+
+
 class ModelError(PipelineError):
     """Training, loading or scoring a model failed, or no model is serving."""
 

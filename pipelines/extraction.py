@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, resolve_path
-from pipelines.errors import ConfigError, DataValidationError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, SourceDataError, SourceError
 from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
 from pipelines.series import series_key
 from pipelines.sources import FileReader, make_source
@@ -56,8 +56,9 @@ def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 
 
     The window is first floored to the job's epoch-aligned ``frequency`` grid (see
     :func:`grid_window`), so that every bucket of a series is scored by exactly one run.
-    Raises :class:`SourceError` when the window holds no rows (the data may not have landed yet)
-    or mixes timestamps with and without a time zone, and :class:`DataValidationError` when a
+    Raises :class:`SourceError` when the window holds no rows (the data may not have landed yet),
+    :class:`SourceDataError` when it mixes timestamps with and without a time zone (a retry reads
+    the same), and :class:`DataValidationError` when a
     job column disappeared or changed its kind since the previous run of the same source.
     """
     window = grid_window(job, window)
@@ -79,6 +80,7 @@ def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 
             f"column {job.timestamp!r} mixes timestamps with and without a time zone ({exc})",
             "Store every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without "
             "(then taken as UTC), then re-run the window.",
+            kind=SourceDataError,
         ) from exc
     inside = window_mask(parsed, pd.Timestamp(read_start), pd.Timestamp(window.end))
     if not inside.all():
@@ -252,7 +254,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
             try:
                 parsed = parse_timestamps(chunk[job.timestamp])
             except ValueError as exc:
-                raise SourceError(
+                raise SourceDataError(
                     f"job {job.name!r}: input file {input_path!r}, rows {rows + 1} to {rows + len(chunk)}: column "
                     f"{job.timestamp!r} mixes timestamps with and without a time zone ({exc}). Store every timestamp "
                     "with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC), then re-run."
@@ -264,7 +266,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
             if zone is None:
                 zone = here
             elif here is not None and here.aware != zone.aware:
-                raise SourceError(
+                raise SourceDataError(
                     f"job {job.name!r}: input file {input_path!r}: column {job.timestamp!r} mixes timestamps with and "
                     f"without a time zone across chunks of {chunk_rows} rows: {zone.describe()}, {here.describe()}; "
                     "taking the ones without as UTC would be a guess. Store every timestamp with its offset "
@@ -282,7 +284,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
         log.info("job %s: chunk %d: %d rows (%d so far) from %s", job.name, index + 1, len(chunk), rows, input_path)  # counted from 1, as scoring does
     storage.atomic_write(workspace.chunk_manifest, json.dumps(manifest).encode())
     if rows < max(job.validation.min_rows, 1):
-        raise SourceError(
+        raise SourceDataError(
             f"job {job.name}: input file {input_path!r} holds {rows} rows; the job needs at least "
             f"{max(job.validation.min_rows, 1)} (validation.min_rows)"
         )

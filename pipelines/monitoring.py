@@ -274,9 +274,15 @@ def retrain_reason(job: JobConfig, records: list[dict[str, Any]], version: str) 
     return None
 
 
-def _already_requested(job: JobConfig, request: dict[str, Any] | None, records: list[dict[str, Any]], version: str) -> bool:
-    """A retrain asked for this champion is not asked again until ``repeat_after_runs`` runs later."""
-    if request is None or request["model_version"] != version:
+def _already_requested(
+    job: JobConfig, request: dict[str, Any] | None, records: list[dict[str, Any]], version: str, run_id: str
+) -> bool:
+    """A retrain asked for this champion is not asked again until ``repeat_after_runs`` runs later.
+
+    Except by the run that asked: its retry (or clear) must ask again, since the asset event that
+    carries the request is emitted only when the task succeeds.
+    """
+    if request is None or request["model_version"] != version or request.get("run_id") == run_id:
         return False
     since = [r for r in records if r["model_version"] == version and r["interval_start"] > request["interval_start"]]
     return len(since) < job.monitoring.repeat_after_runs
@@ -314,7 +320,7 @@ def monitor_window(
     reasons, rows, paths = [], [], []
     for series in sorted(unscored or {}):
         request = read_request(job, series)
-        if request is not None and request["model_version"] is None:
+        if request is not None and request["model_version"] is None and request.get("run_id") != run_id:
             log.info("job %s, series %s: no model yet; a training was already requested", job.name, series)
             continue
         reasons.append(f"series {series}: no model yet, so its rows were not scored")
@@ -336,7 +342,7 @@ def monitor_window(
         reason = retrain_reason(job, records, version)
         decision = "ok"
         if reason is not None:
-            if _already_requested(job, read_request(job, series), records, version):
+            if _already_requested(job, read_request(job, series), records, version, run_id):
                 decision = "retrain already requested"
                 log.info("job %s, series %s: %s; a retrain was already requested for %s", job.name, series, reason, version)
             else:

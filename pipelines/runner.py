@@ -99,10 +99,7 @@ def run_score_file(
     ``output`` defaults to :func:`~pipelines.workspace.one_off_output`; the job's own dataset and
     table are never touched.
     """
-    if chunk_rows < 1:
-        raise ConfigError(f"chunk_rows must be a positive number of rows, got {chunk_rows}")
-    if output:
-        check_output_file(output, f"job {job.name}: output")
+    check_one_off(job, input_path=input_path, output=output, chunk_rows=chunk_rows)
     try:
         extracted = extract_chunks(job, run_id=run_id, input_path=input_path, chunk_rows=chunk_rows)
         parts = [
@@ -112,6 +109,35 @@ def run_score_file(
         return publish_file(job, extracted.window, parts, output or one_off_output(job, run_id))
     finally:
         cleanup(job, run_id)
+
+
+def check_one_off(
+    job: JobConfig,
+    *,
+    input_path: str | None,
+    output: str | None,
+    chunk_rows: int,
+    start: str | None = None,
+    end: str | None = None,
+) -> None:
+    """Refuse a one-off scoring request that cannot be right, before anything is read or scored.
+
+    An ``output`` without ``input`` would score the window into the job's own outputs, and a
+    window beside ``input`` would be ignored: neither is what was asked for.
+    """
+    if not input_path:
+        if output:
+            raise ConfigError(
+                f"job {job.name}: output {output!r} goes with input (one-off scoring); a window is scored into the "
+                "job's own outputs. Give input too, or leave output out"
+            )
+        return
+    if start or end:
+        raise ConfigError(f"job {job.name}: input {input_path!r} is scored whole: leave out start and end")
+    if chunk_rows < 1:
+        raise ConfigError(f"chunk_rows must be a positive number of rows, got {chunk_rows}")
+    if output:
+        check_output_file(output, f"job {job.name}: output")
 
 
 def cleanup(job: JobConfig, run_id: str) -> None:

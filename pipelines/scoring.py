@@ -27,7 +27,7 @@ from pipelines.registry import ModelVersion
 from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
 from pipelines.sinks import BigQuerySink, ParquetSink, SqlSink
-from pipelines.training import load_champion
+from pipelines.training import load_champion, registry_for
 from pipelines.workspace import Window, Workspace, check_output_file, utcnow
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,18 @@ def _no_model(job: JobConfig, series: str) -> str:
         f"job {job.name}, series {series}: no champion model is serving. "
         f"Run the train DAG ({job.name}__train) or `anomaly-pipelines train {job.name}` first."
     )
+
+
+def check_serving(job: JobConfig) -> None:
+    """Fail before anything is read when no series of ``job`` has a champion yet: a predict run
+    before the first training (a short scheduled window would otherwise fail validation's
+    ``min_rows``, its history rows not being read without models, and blame the data)."""
+    registry = registry_for(job)
+    if not any(registry.champion(job.name, series) is not None for series in registry.series(job.name)):
+        raise ModelError(
+            f"job {job.name}: no champion model is serving for any series (registry {registry.root}). "
+            f"Run the train DAG ({job.name}__train) or `anomaly-pipelines train {job.name}` first."
+        )
 
 
 def _champion(job: JobConfig, series: str):

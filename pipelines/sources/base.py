@@ -56,10 +56,18 @@ def describe_window(start: datetime | None, end: datetime | None) -> str:
 
 
 def source_error(
-    job: JobConfig, where: str, start: datetime | None, end: datetime | None, problem: str, todo: str
+    job: JobConfig,
+    where: str,
+    start: datetime | None,
+    end: datetime | None,
+    problem: str,
+    todo: str,
+    *,
+    kind: type[SourceError] = SourceError,
 ) -> SourceError:
-    """A :class:`SourceError` naming the job, the source and the window, then what to do."""
-    return SourceError(
+    """A :class:`SourceError` naming the job, the source and the window, then what to do;
+    ``kind=SourceDataError`` when the rows were read but cannot be used (no retry can help)."""
+    return kind(
         f"job {job.name!r}: cannot read {where} for window {describe_window(start, end)}: {problem}. {todo}"
     )
 

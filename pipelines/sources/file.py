@@ -38,7 +38,7 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
 from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, resolve_path
-from pipelines.errors import ConfigError, MissingDependencyError, SourceError
+from pipelines.errors import ConfigError, MissingDependencyError, SourceDataError, SourceError
 from pipelines.sources.base import describe_window, job_columns, parse_timestamps, source_error, utc_bound, window_mask
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 #: guessing too short a span would drop rows, so such layouts need an explicit granularity.
 INFERRED_DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%Y-%m-%dT%H", "%Y-%m-%d-%H", "%Y-%m-%d %H", "%Y%m%d%H")
 
-Fail = Callable[[str, str], SourceError]
+Fail = Callable[..., SourceError]  # (problem, todo, *, kind=SourceError): see source_error
 Step = pd.Timedelta | pd.DateOffset
 
 
@@ -299,6 +299,7 @@ def in_window(frame: pd.DataFrame, job: JobConfig, lo: pd.Timestamp | None, hi: 
         raise fail(
             f"column {job.timestamp!r} mixes timestamps with and without a time zone ({exc})",
             "Write every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC).",
+            kind=SourceDataError,
         ) from exc
     return window_mask(parsed, lo, hi)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,15 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.config import load_jobs
+from pipelines.errors import (
+    ConfigError,
+    DataValidationError,
+    MissingDependencyError,
+    ModelError,
+    SinkError,
+    SourceDataError,
+    SourceError,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,3 +155,33 @@ def test_every_date_time_the_form_takes_is_one_the_window_parses(dagbag, value):
     params = _scheduler_params(dagbag, f"{job}__predict")
     validated = params.deep_merge({"start": value, "end": value}).validate()
     assert validated["start"] == value and to_utc(value).tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("error", "fails_at_once"),
+    [
+        (ConfigError("bad job"), True),
+        (DataValidationError("bad batch"), True),
+        (ModelError("no champion"), True),
+        # A package that is not installed is not installed on the retry either.
+        (MissingDependencyError("adlfs", "azure", "Reading abfs://"), True),
+        # Timestamps with and without a time zone: a source error, but one each retry reads again.
+        (SourceDataError("mixes timestamps with and without a time zone"), True),
+        (SourceError("no rows in window: the data may not have landed yet"), False),
+        (SinkError("the table's commit failed"), False),
+        (OSError("connection reset"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+def test_permanent_errors_fail_the_task_at_once_and_transient_ones_keep_their_retries(dagbag, error, fails_at_once):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    task = dagbag.dags["demo_web_metrics__predict"].get_task("extract")
+    fail_fast = inspect.getmodule(task.python_callable).fail_fast
+
+    def step():
+        raise error
+
+    with pytest.raises(AirflowFailException if fails_at_once else type(error)) as raised:
+        fail_fast(step)()
+    assert raised.value is not error if fails_at_once else raised.value is error

@@ -119,3 +119,50 @@ def test_a_misspelt_run_conf_key_fails_the_run_instead_of_scoring_the_interval(p
     assert states["extract"].endswith("failed"), states
     # Airflow's task log goes to stdout under dag.test().
     assert "unknown run conf key(s) inptu; demo_web_metrics__predict takes start, end, input, output, chunk_rows" in capfd.readouterr().out
+
+
+def task_states(dag_id: str, conf: dict, logical_date: str | None) -> dict[str, tuple[str, int]]:
+    """State and try number of each task (mapped ones by ``task_id[i]``) of one ``dag.test()`` run."""
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags[dag_id]
+    dagrun = dag.test(logical_date=pendulum.parse(logical_date) if logical_date else None, run_conf=conf)
+    return {
+        ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): (str(ti.state).split(".")[-1].lower(), ti.try_number)
+        for ti in dagrun.get_task_instances()
+    }
+
+
+def test_predict_before_any_training_says_to_train_first(project: Path, airflow_db, capfd):
+    # An hourly interval holds 3 rows, below the job's validation.min_rows (24): without models
+    # no history rows are read, and validation failed first, blaming the data.
+    states = task_states("demo_web_metrics__predict", {}, "2024-03-01T05:00:00Z")
+    assert states["extract"] == ("failed", 1), states
+    out = capfd.readouterr().out
+    assert "job demo_web_metrics: no champion model is serving for any series" in out
+    assert "Run the train DAG (demo_web_metrics__train)" in out
+    assert not (project / "var" / "quarantine").exists()
+
+
+def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, capfd):
+    assert run("demo_web_metrics__train", {"end": TRAIN_END}, TRAIN_END).endswith("success")
+    data = REPO / "data" / "demo" / "web_metrics.csv"
+    folder = project / "out"
+    folder.mkdir()
+    # Naive timestamps after aware ones: bad data, which a retry reads again (it was a
+    # SourceError and took both retries, a minute apart, before failing).
+    lines = data.read_text().splitlines()[:301]
+    mixed = project / "mixed.csv"
+    mixed.write_text("\n".join(lines[:200] + [line.replace("Z,", ",", 1) for line in lines[200:]]) + "\n")
+    cases = [
+        ({"input": str(mixed), "chunk_rows": 1000}, "mixes timestamps with and without a time zone"),
+        # Found in publish, after every chunk was scored.
+        ({"input": str(data), "output": str(folder)}, f"output {str(folder)!r} is a folder"),
+        # Ignored: the interval was scored into the job's own outputs.
+        ({"output": str(project / "scored.parquet")}, "goes with input (one-off scoring)"),
+        ({"input": str(data), "start": "2024-03-01", "end": "2024-03-02"}, "is scored whole: leave out start and end"),
+    ]
+    for conf, message in cases:
+        states = task_states("demo_web_metrics__predict", conf, None)
+        assert states["extract"] == ("failed", 1), (conf, states)
+        assert not any(task.startswith("score") and state == "success" for task, (state, _) in states.items()), states
+        assert message in capfd.readouterr().out, conf
+    assert not (project / "scored.parquet").exists() and not (project / "var" / "outputs" / "_one_off").exists()

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.config import FileSource, JobConfig, SqlSource, get_job
-from pipelines.errors import ConfigError, DataValidationError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, SourceDataError, SourceError
 from pipelines.extraction import extract, extract_chunks, read_parquet
 from pipelines.runner import history_rows, run_predict, run_score_file, run_train
 from pipelines.sources.base import parse_timestamps
@@ -215,6 +215,24 @@ def test_naive_and_aware_timestamps_mixed_give_the_same_error_for_every_source(p
     assert "column 'timestamp' mixes timestamps with and without a time zone" in message
     assert "have no time zone while the others have one" in message
     assert not (project / "var" / "outputs").exists()
+
+
+@pytest.mark.parametrize("make", [_mixed_zone_sql_job, _mixed_zone_file_job], ids=["sql", "file"])
+def test_naive_and_aware_timestamps_mixed_are_bad_data_that_no_retry_fixes(project: Path, make) -> None:
+    # Airflow's tasks fail at once on DataValidationError; a plain SourceError keeps its retries,
+    # and every retry read the same mixed timestamps again.
+    with pytest.raises(SourceDataError) as info:
+        extract(make(project), DAY, run_id="mixed")
+    assert isinstance(info.value, SourceError) and isinstance(info.value, DataValidationError)
+
+
+def test_naive_and_aware_timestamps_mixed_in_a_one_off_input_are_bad_data(project: Path) -> None:
+    path = project / "input.csv"
+    rows = [f"2024-03-03T0{hour}:00:00Z,eu,{hour},1.5\n" for hour in range(4)] + ["2024-03-03 04:00:00,eu,4,1.5\n"]
+    path.write_text("timestamp,region,requests,latency_ms\n" + "".join(rows))
+    for chunk_rows in (3, 1000):  # across chunks, and within one
+        with pytest.raises(DataValidationError, match="mixes timestamps with and without a time zone"):
+            extract_chunks(get_job("demo_web_metrics"), run_id=f"one-off-{chunk_rows}", input_path=str(path), chunk_rows=chunk_rows)
 
 
 def test_naive_and_aware_timestamps_mixed_in_a_one_off_input_file_name_the_rows(project: Path) -> None:

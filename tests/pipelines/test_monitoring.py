@@ -183,6 +183,24 @@ def test_sustained_drift_requests_one_retrain_per_champion(isolated: Path) -> No
     assert latest["model_version"] == new and latest["features"]["b"]["psi"] < 0.25
 
 
+def test_a_retry_of_the_run_that_asked_for_a_retrain_asks_again(isolated: Path) -> None:
+    # The asset event is emitted only when the monitor task succeeds: a failure after the request
+    # was written (a later series, the XCom push, a lost worker) retries the task, and the retry
+    # found "retrain already requested" and skipped: no retrain was ever triggered.
+    data = hourly(26, seed=1)
+    job = make_job(isolated, shifted_from(data, pd.Timestamp(WINDOWS[1].start), "b", 4.0))
+    run_train(job, TRAIN, run_id="train")
+    due = [predict_and_monitor(job, w, f"predict-{k}").due for k, w in enumerate(WINDOWS[:4])]
+    assert due == [False, False, False, True]
+
+    retry = monitor_window(job, WINDOWS[3], run_id="predict-3")
+    assert retry.due and "sustained drift" in retry.reasons[0]
+    assert read_request(job, "all")["run_id"] == "predict-3"
+    # Any other run still does not ask again for this champion.
+    assert not monitor_window(job, WINDOWS[3], run_id="predict-3-again").due
+    assert not predict_and_monitor(job, WINDOWS[4], "predict-4").due
+
+
 def test_a_drift_that_outlasts_the_retrain_is_reported_again(isolated: Path) -> None:
     data = hourly(26, seed=1)
     job = make_job(isolated, shifted_from(data, pd.Timestamp(WINDOWS[1].start), "b", 4.0), repeat_after_runs=2)

@@ -17,7 +17,7 @@ import yaml
 
 from pipelines.config import get_job, load_job_file
 from pipelines.errors import ConfigError, DataValidationError, SourceError
-from pipelines.runner import run_predict, run_score_file, run_train, run_tune
+from pipelines.runner import check_one_off, run_predict, run_score_file, run_train, run_tune
 from pipelines.training import registry_for
 from pipelines.workspace import Window, home, to_utc
 
@@ -286,6 +286,28 @@ def test_publishing_a_one_off_run_into_a_folder_is_a_configuration_error(trained
     (tmp_path / "out").mkdir()
     with pytest.raises(ConfigError, match=r"job demo_web_metrics: output '.*/out' is a folder: give the path of the Parquet file"):
         publish_file(trained, extracted.window, [part], str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"input_path": None, "output": "scored.parquet"}, r"output 'scored.parquet' goes with input \(one-off scoring\)"),
+        ({"start": "2024-03-01"}, r"input 'in.csv' is scored whole: leave out start and end"),
+        ({"chunk_rows": 0}, r"chunk_rows must be a positive number of rows, got 0"),
+        ({"output": "{folder}"}, r"job demo_web_metrics: output '.*/out' is a folder: give the path of the Parquet file"),
+    ],
+    ids=["output-without-input", "window-with-input", "chunk-rows", "output-folder"],
+)
+def test_bad_one_off_arguments_are_refused_before_any_work(project, tmp_path, args, message):
+    # The predict DAG's extract checks its conf with this: an output folder was found by publish,
+    # after every chunk was scored; an output without input, or a window beside it, was ignored.
+    (tmp_path / "out").mkdir()
+    given = {"input_path": "in.csv", "output": None, "chunk_rows": 1000, **args}
+    given["output"] = given["output"] and given["output"].replace("{folder}", str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=message):
+        check_one_off(get_job("demo_web_metrics"), **given)
+    check_one_off(get_job("demo_web_metrics"), input_path="in.csv", output=str(tmp_path / "out" / "s.parquet"), chunk_rows=1000)
+    check_one_off(get_job("demo_web_metrics"), input_path=None, output=None, chunk_rows=1000, start="2024-03-01")
 
 
 def test_a_series_without_a_model_is_named_and_the_others_are_published(project):
