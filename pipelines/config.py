@@ -291,7 +291,8 @@ class Schedules(_Model):
             return None
         from croniter import croniter
 
-        if not croniter.is_valid(value):
+        # croniter also takes a sixth field (seconds), which Airflow's timetables do not mean.
+        if not croniter.is_valid(value) or (not value.startswith("@") and len(value.split()) != 5):
             raise ValueError(
                 f"{value!r} is not a valid cron expression (five fields: minute hour day month weekday)"
             )

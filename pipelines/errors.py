@@ -33,6 +33,12 @@ class SourceDataError(SourceError, DataValidationError):
     whoever catches those, and bad data for Airflow's tasks, which fail at once instead of retrying."""
 
 
+class SourceConfigError(SourceError, ConfigError):
+    """The source cannot be read as configured (a URL scheme no installed file system knows, a
+    format its files do not tell): a retry reads nothing more. A source error for whoever catches
+    those, and bad configuration for Airflow's tasks, which fail at once instead of retrying."""
+
+
 class ModelError(PipelineError):
     """Training, loading or scoring a model failed, or no model is serving."""
 

@@ -38,7 +38,7 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
 from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, resolve_path
-from pipelines.errors import ConfigError, MissingDependencyError, SourceDataError, SourceError
+from pipelines.errors import ConfigError, MissingDependencyError, SourceConfigError, SourceDataError, SourceError
 from pipelines.sources.base import describe_window, job_columns, parse_timestamps, source_error, utc_bound, window_mask
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,14 @@ class FileReader:
             if protocol in BACKENDS:
                 package, extra = BACKENDS[protocol]
                 raise MissingDependencyError(package, extra, f"job {self.job.name!r}: reading {protocol}:// ({path})") from exc
-            raise fail(f"no file system for {protocol}:// is installed ({exc})", "Install the fsspec backend it names.") from exc
+            raise fail(
+                f"no file system for {protocol}:// is installed ({exc})", "Install the fsspec backend it names.",
+                kind=SourceConfigError,
+            ) from exc
         except ValueError as exc:
-            raise fail(f"{exc}", "Use a local path or an fsspec URL such as s3://bucket/key or gs://bucket/key.") from exc
+            raise fail(
+                f"{exc}", "Use a local path or an fsspec URL such as s3://bucket/key or gs://bucket/key.", kind=SourceConfigError
+            ) from exc
 
     def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
         lo, hi = utc_bound(start), utc_bound(end)
@@ -275,6 +280,7 @@ class FileReader:
                 raise fail(
                     f"cannot tell the format from the file suffixes {sorted(suffixes)}",
                     f"Set `format` to csv, jsonl, json, parquet or pickle, or name the files with one of {sorted(SUFFIXES)}.",
+                    kind=SourceConfigError,
                 )
             fmt = formats.pop()
         # The model refuses an explicit `format: pickle` without allow_pickle; this catches
@@ -314,6 +320,7 @@ def _same_columns(names: list[str], columns: list[pd.Index], fail: Fail) -> None
                 f"column {name!r} is missing from {len(lacking)} of {len(names)} files while the others have it "
                 f"(first without it: {lacking[0]}); their rows would have no {name!r}",
                 f"Write {name!r} into every file, or move the files without it out of `path`.",
+                kind=SourceDataError,
             )
 
 
@@ -448,6 +455,7 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
         raise fail(
             f"{what} {exc}",
             "Set `encoding` in the source to the file's encoding (e.g. latin-1, cp1252, utf-16).",
+            kind=SourceDataError,
         ) from exc.__cause__
     # ValueError covers the parsers' errors, and Arrow's ArrowInvalid a truncated or
     # corrupt Parquet file.

@@ -48,6 +48,8 @@ def test_defaults_and_durations():
         ({"model": {"kind": "iforest", "params": {"n_estimators": 3}}}, "model", "params.n_estimators"),
         ({"model": {"kind": "iforest", "params": {"trees": 3}}}, "model", "params.trees: unknown parameter (check its spelling; iforest's parameters are "),
         ({"schedules": {"predict": "every hour"}}, "schedules.predict", "not a valid cron expression"),
+        # croniter takes seconds as a sixth field; Airflow's cron has five.
+        ({"schedules": {"train": "0 0 * * * *"}}, "schedules.train", "not a valid cron expression (five fields"),
         ({"frequency": "hourly"}, "frequency", "is not a duration"),
         ({"features": []}, "features", "at least 1 item"),
         ({"name": "Web-Job"}, "name", "lower-case letter"),

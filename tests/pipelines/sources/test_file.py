@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from fsspec.core import url_to_fs
 
-from pipelines.errors import ConfigError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, SourceError
 from pipelines.sources import FileReader, read_window
 from pipelines.sources.base import parse_timestamps
 
@@ -260,6 +260,7 @@ def test_a_column_missing_from_one_of_several_files_names_the_column_and_the_fil
     message = str(raised.value)
     assert "job 'cpu_load'" in message and "column 'value' is missing from 1 of 2 files" in message
     assert f"part-{lacking}.{fmt}" in message and "Write 'value' into every file" in message
+    assert isinstance(raised.value, DataValidationError)  # a retry reads the same files: fail at once
 
 
 def test_an_empty_file_among_others_lacks_no_column(make_job, hourly, tmp_path: Path) -> None:
@@ -399,6 +400,28 @@ def test_unreadable_files_are_source_errors_naming_job_path_and_window(
     with pytest.raises(SourceError, match=expected) as caught:
         read_window(job, START, END)
     assert (caught.value.__cause__ is not None) == wrapped
+
+
+@pytest.mark.parametrize(
+    ("make_file", "permanent"),
+    [
+        (lambda tmp_path, hourly: "missing.csv", None),  # the data may land later
+        (_truncated_parquet, None),  # a file still being written may complete
+        (_latin1_csv, DataValidationError),
+        (_unknown_suffix, ConfigError),
+    ],
+    ids=["missing", "truncated-parquet", "latin1-csv", "unknown-suffix"],
+)
+def test_source_errors_no_retry_can_fix_are_also_data_or_config_errors(
+    make_job, hourly, tmp_path: Path, make_file, permanent: type[Exception] | None
+) -> None:
+    # Airflow's tasks fail data and configuration errors at once and retry the others.
+    job = make_job({"kind": "file", "path": str(tmp_path / make_file(tmp_path, hourly))})
+    with pytest.raises(SourceError) as caught:
+        read_window(job, START, END)
+    assert isinstance(caught.value, (ConfigError, DataValidationError)) == (permanent is not None)
+    if permanent is not None:
+        assert isinstance(caught.value, permanent)
 
 
 def test_relative_missing_path_says_where_it_was_looked_for(make_job, tmp_path: Path, monkeypatch) -> None:
@@ -899,5 +922,6 @@ def test_unknown_url_scheme_is_a_source_error(make_job) -> None:
 
     with pytest.raises(
         SourceError, match=r"'nosuchstore://bucket/m\.csv'.*Protocol not known: nosuchstore\. Use a local path or an fsspec URL"
-    ):
+    ) as caught:
         read_window(job, START, END)
+    assert isinstance(caught.value, ConfigError)  # fails the Airflow task at once: a retry knows no more schemes
