@@ -408,10 +408,20 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+#: Magnitudes taken as infinite: beyond it a square overflows float64, so variances, distances
+#: and rolling statistics of the value turn infinite inside the detectors (scikit-learn then
+#: refused the rows; MSET's similarity of every row went to 0). Such numbers are no measurement;
+#: ``-1.7e308`` is a common "no data" marker.
+_TOO_LARGE = float(np.sqrt(np.finfo(np.float64).max))
+
+
 def _without_infinities(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """``frame`` with its infinite values missing, and where they were (None when nowhere: the
-    frame is then returned as it is, without a copy)."""
-    infinite = np.isinf(frame.to_numpy())
+    """``frame`` with its infinite values (and those too large to compute with, see
+    :data:`_TOO_LARGE`) missing, and where they were (None when nowhere: the frame is then
+    returned as it is, without a copy)."""
+    values = frame.to_numpy()
+    with np.errstate(invalid="ignore"):
+        infinite = np.abs(values) >= _TOO_LARGE
     if not infinite.any():
         return frame, None
     return frame.mask(infinite), infinite

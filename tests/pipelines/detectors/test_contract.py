@@ -422,29 +422,36 @@ def _skip_without_package(kind: str) -> None:
         pytest.importorskip("torch" if kind == "lstm" else "prophet")
 
 
+# Values too large to compute with (a square overflows) are infinite to the detectors: 1e200
+# crashed iforest's rolling features ("Input X contains infinity"), -1.7e308 is a "no data" marker.
+EXTREMES = pytest.mark.parametrize("extremes", [(np.inf, -np.inf), (1e200, -1.7e308)], ids=["infinite", "too-large"])
+
+
+@EXTREMES
 @pytest.mark.parametrize("kind", KINDS)
-def test_infinite_training_values_are_treated_as_missing(kind: str, data) -> None:
+def test_infinite_training_values_are_treated_as_missing(kind: str, data, extremes) -> None:
     _skip_without_package(kind)
     train, test = data
     infinite, missing = train.copy(), train.copy()
-    infinite.iloc[5, 0], infinite.iloc[300, 1] = np.inf, -np.inf
+    infinite.iloc[5, 0], infinite.iloc[300, 1] = extremes
     missing.iloc[5, 0], missing.iloc[300, 1] = np.nan, np.nan
     # The same model as with those values missing (fits are seeded): nothing learned from them.
     assert_same_detection(fitted(kind, infinite).detect(test, history=infinite), fitted(kind, missing).detect(test, history=missing))
 
 
+@EXTREMES
 @pytest.mark.parametrize("kind", KINDS)
-def test_an_infinite_value_is_an_anomaly_of_score_one(kind: str, data) -> None:
+def test_an_infinite_value_is_an_anomaly_of_score_one(kind: str, data, extremes) -> None:
     _skip_without_package(kind)
     train, test = data
     detector = fitted(kind, train)
     cells = [(10, 0), (30, 1)]
     infinite, missing = test.copy(), test.copy()
-    for (row, column), value in zip(cells, (np.inf, -np.inf), strict=True):
+    for (row, column), value in zip(cells, extremes, strict=True):
         infinite.iloc[row, column], missing.iloc[row, column] = value, np.nan
     # An infinity in the history is not scored; the rows after it see it as missing.
     history_infinite, history_missing = train.copy(), train.copy()
-    history_infinite.iloc[-2, 0], history_missing.iloc[-2, 0] = np.inf, np.nan
+    history_infinite.iloc[-2, 0], history_missing.iloc[-2, 0] = extremes[0], np.nan
     flagged = detector.detect(infinite, history=history_infinite)
     reference = detector.detect(missing, history=history_missing)  # what the detector made of the other values
 
