@@ -66,6 +66,25 @@ def floor_to_grid(moment: datetime, frequency: timedelta) -> datetime:
     return pd.Timestamp(stamp.value - stamp.value % step, tz="UTC").to_pydatetime()
 
 
+def _grid_offset(stamps: np.ndarray, step: int) -> int:
+    """The grid's offset from the epoch grid (ns): that of every row when they all share one, else 0.
+
+    Data stamped with one offset from the epoch grid (every 5 minutes at :04, :09, ...) keep
+    their own timestamps: the grid is shifted by that offset rather than the rows moved.
+    """
+    phases = stamps % step
+    return int(phases[0]) if (phases == phases[0]).all() else 0
+
+
+def grid_buckets(index: pd.DatetimeIndex, frequency: timedelta) -> int:
+    """How many buckets :func:`resample_series` makes of rows stamped ``index`` (first to last)."""
+    if index.empty:
+        return 0
+    stamps, step = index.as_unit("ns").asi8, pd.Timedelta(frequency).value
+    offset = _grid_offset(stamps, step)
+    return int((stamps.max() - offset) // step - (stamps.min() - offset) // step) + 1
+
+
 def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConfig) -> tuple[pd.DataFrame, ResampleStats]:
     """``rows`` (sorted UTC DatetimeIndex, float feature columns) on the ``frequency`` grid."""
     step = pd.Timedelta(frequency)
@@ -73,9 +92,7 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
         return rows, ResampleStats(0, 0, 0, 0, 0, 0)
     stamps = rows.index.as_unit("ns").asi8
     phases = stamps % step.value
-    # Data stamped with one offset from the epoch grid (every 5 minutes at :04, :09, ...) keep
-    # their own timestamps: the grid is shifted by that offset rather than the rows moved.
-    offset = int(phases[0]) if (phases == phases[0]).all() else 0
+    offset = _grid_offset(stamps, step.value)
     on_grid = phases == offset
     if on_grid.all() and (len(stamps) < 2 or (pd.Series(stamps).diff().iloc[1:] == step.value).all()):
         # Already one row per period without gaps: nothing to change, and no copy of large batches.
@@ -115,4 +132,4 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
     return out.astype("float64"), stats
 
 
-__all__ = ["ResampleStats", "floor_to_grid", "resample_series"]
+__all__ = ["ResampleStats", "floor_to_grid", "grid_buckets", "resample_series"]

@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
-from pipelines.web.auth import SESSION_COOKIE, CurrentUser, served_job
+from pipelines.web.auth import SESSION_COOKIE, CurrentUser, job_scan, served_job
 from pipelines.web.schemas import (
     JOB_NAME_PATTERN,
     MAX_DETECT_POINTS,
@@ -43,7 +43,7 @@ from pipelines.web.schemas import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     import pandas as pd
 
@@ -142,17 +142,26 @@ def _records_json(frame: pd.DataFrame) -> str:
 
     30,000 rows through pydantic and jsonable_encoder take longer than the scoring itself, and
     pandas' own ISO date formatting is three times slower than NumPy's, so the times are turned
-    into text here and pandas writes the rest (the shape is the documented DetectResponse).
+    into text here and each column into Python values, written by ``json`` (the shape is the
+    documented DetectResponse). Not pandas' ``to_json``: its ``double_precision`` counts decimal
+    places, so 1.5e-15 was sent as 2e-15 and 1.2345678901234567e-07 as 0.000000123456789.
     """
     import numpy as np
     import pandas as pd
 
-    out = frame.copy(deep=False)
-    for name in out.columns:
-        if isinstance(out[name].dtype, pd.DatetimeTZDtype):
-            text = np.datetime_as_string(out[name].dt.tz_convert(None).to_numpy(), unit="us").astype(object) + "Z"
-            out[name] = np.where(out[name].isna().to_numpy(), None, text)
-    return out.to_json(orient="records", double_precision=15)
+    columns = []
+    for name in frame.columns:
+        values = frame[name]
+        if isinstance(values.dtype, pd.DatetimeTZDtype):
+            text = np.datetime_as_string(values.dt.tz_convert(None).to_numpy(), unit="us").astype(object) + "Z"
+            columns.append(np.where(values.isna().to_numpy(), None, text).tolist())
+        elif values.dtype.kind == "f":
+            numbers = values.to_numpy()
+            columns.append(np.where(np.isfinite(numbers), numbers.astype(object), None).tolist())  # JSON has no NaN
+        else:
+            columns.append(values.astype(object).where(values.notna(), None).tolist() if values.hasnans else values.tolist())
+    names = [str(name) for name in frame.columns]
+    return json.dumps([dict(zip(names, row)) for row in zip(*columns)], allow_nan=False)
 
 
 SeriesQuery = Annotated[
@@ -229,7 +238,8 @@ def _checked_location(what: str, given: str, *, inside: FilePath, must_exist: bo
         raise _bad_location(what, given, "it holds control characters")
     if "://" in given:
         scheme, _, rest = given.partition("://")
-        if f"{scheme}://" not in REMOTE_SCHEMES or not rest.strip("/") or ".." in rest.split("/"):
+        bucket, _, key = rest.partition("/")
+        if f"{scheme}://" not in REMOTE_SCHEMES or not bucket or not key.strip("/") or ".." in rest.split("/"):
             raise _bad_location(what, given, "URLs must be s3://bucket/key or gs://bucket/key")
         return given
     path = FilePath(given)
@@ -241,6 +251,37 @@ def _checked_location(what: str, given: str, *, inside: FilePath, must_exist: bo
             status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"{what} {given!r}: no such file ({absolute}); check the path"
         )
     return str(absolute)
+
+
+def _state_folders(jobs: Iterable[JobConfig]) -> list[str]:
+    """Where the pipelines keep state: every job's published dataset and model registry, and the
+    runs' work and quarantine folders (a one-off output there would replace or join that state)."""
+    from pipelines.config import resolve_path
+    from pipelines.workspace import home
+
+    folders = {str(home() / "work"), str(home() / "quarantine")}
+    for job in jobs:
+        folders.add(f"{resolve_path(job.outputs.parquet).rstrip('/')}/job={job.name}")
+        folders.add(resolve_path(job.registry).rstrip("/"))
+    return [folder if "://" in folder else os.path.normpath(folder) for folder in folders]
+
+
+def _check_not_state(what: str, location: str, given: str, jobs: Iterable[JobConfig]) -> None:
+    """Refuse an input or output among the pipelines' state: an output there would replace or join
+    it, and an input there would hand any job's scores, models or job files (which may name
+    connections) to a caller allowed to score with one job, through that job's output."""
+    from pipelines.config import jobs_dir
+
+    folders = [*_state_folders(jobs), os.path.normpath(str(jobs_dir()))]
+    if any(location == folder or location.startswith(f"{folder}/") for folder in folders):
+        # Not naming the folder: it may be another job's, which the caller may not know of.
+        example = "var/scored/<name>.parquet" if what == "output" else "a data file of your own, e.g. under data/"
+        raise _bad_location(
+            what,
+            given,
+            "it lies in a folder the pipelines keep their own state or job files in (a job's published dataset, "
+            f"a model registry, the runs' work or quarantine folders, the job files); choose {example}",
+        )
 
 
 def _is_file(path: FilePath) -> bool:
@@ -355,12 +396,15 @@ async def score_file(job: JobName, body: ScoreFileRequest, request: Request, use
     from pipelines.config import base_dir
     from pipelines.workspace import home
 
-    config = served_job(user, job, "POST")
+    scan = job_scan()
+    config = served_job(user, job, "POST", scan)
     conf: dict[str, Any] = {"input": _checked_location("input", body.input, inside=base_dir(), must_exist=True)}
+    _check_not_state("input", conf["input"], body.input, scan.jobs.values())
     if body.output is not None:
         if not body.output.endswith(".parquet"):
             raise _bad_location("output", body.output, "the output is a Parquet file: its name must end with .parquet")
         conf["output"] = _checked_location("output", body.output, inside=home(), must_exist=False)
+        _check_not_state("output", conf["output"], body.output, scan.jobs.values())
     if body.chunk_rows is not None:
         conf["chunk_rows"] = body.chunk_rows
     dag_id = f"{job}__predict"
@@ -385,6 +429,10 @@ async def score_file_run(
 ) -> ScoreFileRun:
     config = served_job(user, job, "GET")
     dag_id = f"{job}__predict"
+    if not run_id.strip("."):
+        # "." and ".." are path steps, not run ids: sent on, they named another Airflow resource
+        # (GET /dags/<job>__predict/dagRuns/.. is GET /dags/<job>__predict).
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{run_id!r} is not a run id of {dag_id}")
     run = await _airflow(request, "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
     if not (run.get("conf") or {}).get("input"):
         raise HTTPException(

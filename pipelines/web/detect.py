@@ -17,7 +17,7 @@ import pandas as pd
 from pipelines.config import JobConfig, resolve_path
 from pipelines.errors import DataValidationError, ModelError
 from pipelines.extraction import prepare, series_groups
-from pipelines.resampling import resample_series
+from pipelines.resampling import grid_buckets, resample_series
 from pipelines.scoring import labeled_frame
 from pipelines.sources.base import SUPPORTED_YEARS, parse_timestamps
 from pipelines.training import load_champion
@@ -67,6 +67,19 @@ def check_columns(job: JobConfig, records: list[dict[str, Any]]) -> None:
         )
 
 
+def check_feature_types(job: JobConfig, records: list[dict[str, Any]]) -> None:
+    """Features are JSON numbers or null: text ("2400", "NaN") is refused here, naming the points,
+    rather than converted (or reported by the suite as an error about mixed types)."""
+    problems = []
+    for name in job.features:
+        rows = [row for row, record in enumerate(records) if isinstance(record[name], str)]
+        if rows:
+            shown = _listing([repr(records[row][name]) for row in rows])
+            problems.append(f"column {name!r}: text where a number (or null) belongs, e.g. {shown} in points {_listing(rows)}")
+    if problems:
+        raise DataValidationError(f"job {job.name}: {'; '.join(problems)}. Send features as JSON numbers, e.g. 2400 or 120.5.")
+
+
 def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
     """The timestamps parsed as files' are (:func:`parse_timestamps`), or an error naming the bad ones.
 
@@ -85,7 +98,7 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
         rows = list(values.index[bad])
         raise DataValidationError(
             f"job {job.name}: column {job.timestamp!r}: {len(rows)} timestamps are not ISO 8601 date-times, "
-            f"e.g. {_listing([repr(values[row]) for row in rows])} in points {_listing(rows)}. "
+            f"e.g. {_listing([repr(value) for value in values[bad].tolist()])} in points {_listing(rows)}. "
             "Send text such as 2024-03-03T14:00:00Z (naive times are taken as UTC)."
         )
     first, last = SUPPORTED_YEARS
@@ -102,7 +115,7 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
 def _check_grid_size(job: JobConfig, groups: list[tuple[str, dict[str, str], pd.DataFrame]]) -> None:
     """Each series is scored on the job's grid from its first point to its last: two points a
     year apart are 8,760 hourly rows. The call's limit counts those rows, not the points sent."""
-    buckets = {key: int((rows.index.max() - rows.index.min()) // job.frequency) + 1 for key, _, rows in groups}
+    buckets = {key: grid_buckets(rows.index, job.frequency) for key, _, rows in groups}
     points = points_of(job, sum(buckets.values()))
     if points > MAX_DETECT_POINTS:
         widest = max(buckets, key=buckets.__getitem__)
@@ -129,6 +142,7 @@ def detect_points(job: JobConfig, records: list[dict[str, Any]], *, run_id: str)
     ``lookback`` points have only the points before them in the call as context.
     """
     check_columns(job, records)
+    check_feature_types(job, records)
     raw = pd.DataFrame.from_records(records, columns=job.columns)
     raw[job.timestamp] = _parsed_times(job, raw[job.timestamp])
     # A single request is a batch of any size: the job's min_rows is about scheduled windows.

@@ -198,3 +198,20 @@ def test_regular_data_off_the_epoch_grid_keep_their_timestamps() -> None:
     assert stats.moved_rows == 0 and stats.missing == 1 and stats.merged_rows == 0
     assert out.index.equals(pd.date_range("2024-01-01 00:04", periods=12, freq="5min", tz="UTC"))
     assert np.isnan(out["v"].iloc[5]) and out["v"].iloc[6] == 5.0
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        ["2024-01-01 00:59", "2024-01-01 02:00"],  # 61 minutes apart, yet on three hourly buckets
+        ["2024-01-01 00:05", "2024-01-01 00:40", "2024-01-01 01:00", "2024-01-01 03:20", "2024-01-01 07:00"],
+        ["2024-01-01 00:04", "2024-01-01 05:04", "2024-01-01 09:04"],  # one offset: the grid shifts
+        ["2024-01-01 00:00"],
+    ],
+)
+def test_grid_buckets_counts_the_buckets_resample_series_makes(stamps: list[str]) -> None:
+    from pipelines.resampling import grid_buckets
+
+    rows = pd.DataFrame({"a": np.arange(float(len(stamps)))}, index=pd.DatetimeIndex(stamps, tz="UTC"))
+    out, stats = resample_series(rows, HOUR, ResampleConfig())
+    assert grid_buckets(rows.index, HOUR) == len(out) == stats.buckets

@@ -53,6 +53,18 @@ def test_detect_gives_the_same_scores_as_the_library(client, headers, spike_poin
     assert got["is_anomaly"].tolist() == expected["is_anomaly"].tolist()
 
 
+def test_detect_sends_every_digit_of_the_numbers(client, headers, spike_points):
+    # Written with pandas' to_json(double_precision=15), i.e. 15 decimal places: 1.5e-15 came back 2e-15.
+    tiny = [1.5e-15, 1.2345678901234567e-07, 0.30000000000000004]
+    points = [{**point, "latency_ms": tiny[i]} if i < 3 else point for i, point in enumerate(spike_points)]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 200, answer.text[:300]
+    results = pd.DataFrame(answer.json()["results"])
+    sent = {(f"region={p['region']}", p["timestamp"].replace("Z", ".000000Z")): p["latency_ms"] for p in points[:3]}
+    latency = results[results["feature"] == "latency_ms"].set_index(["series", "timestamp"])["value"]
+    assert {key: latency[key] for key in sent} == sent
+
+
 def test_detect_accepts_naive_timestamps_as_utc(client, headers, spike_points):
     points = [{**p, "timestamp": p["timestamp"].removesuffix("Z")} for p in spike_points]
     body = client.post(f"{BASE}/detect", json={"points": points}, headers=headers).json()
@@ -98,6 +110,8 @@ def test_a_body_over_the_size_limit_is_413_before_parsing(client, headers):
         (lambda p: {**p, "host": "a"}, "unknown column 'host' in points 0"),
         (lambda p: {k: v for k, v in p.items() if k != "latency_ms"}, "missing column 'latency_ms' in points 0"),
         (lambda p: {**p, "requests": "many"}, "requests"),
+        (lambda p: {**p, "requests": "2400"}, "column 'requests': text where a number (or null) belongs, e.g. '2400' in points 0"),
+        (lambda p: {**p, "latency_ms": "NaN"}, "column 'latency_ms': text where a number (or null) belongs, e.g. 'NaN' in points 0"),
         (lambda p: {**p, "timestamp": "yesterday-ish"}, "column 'timestamp': 1 timestamps are not ISO 8601 date-times, e.g. 'yesterday-ish' in points 0"),
         (lambda p: {**p, "timestamp": None}, "expect_column_values_to_not_be_null"),
         (lambda p: {**p, "requests": None}, "expect_column_values_to_not_be_null"),
@@ -122,6 +136,13 @@ def test_non_finite_numbers_are_422(client, headers, spike_points, literal):
     answer = client.post(f"{BASE}/detect", content=body, headers={**headers, "Content-Type": "application/json"})
     assert answer.status_code == 422, answer.text
     assert "latency_ms" in answer.json()["detail"]
+
+
+def test_numbers_for_timestamps_are_422_quoting_them_as_sent(client, headers, spike_points):
+    points = [{**point, "timestamp": 1709424000 + 3600 * i} for i, point in enumerate(spike_points[:2])]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 422
+    assert "2 timestamps are not ISO 8601 date-times, e.g. 1709424000, 1709427600 in points 0, 1" in answer.json()["detail"]
 
 
 def test_duplicate_points_are_422(client, headers, spike_points):
@@ -246,6 +267,10 @@ def test_tuning_lists_each_run_and_why_it_did_or_did_not_replace_the_champion(cl
         ({"input": "http://example.com/x.csv"}, "s3://bucket/key or gs://bucket/key"),
         ({"input": "file:///etc/passwd"}, "s3://bucket/key or gs://bucket/key"),
         ({"input": "s3://"}, "s3://bucket/key or gs://bucket/key"),
+        ({"input": "s3://bucket"}, "s3://bucket/key or gs://bucket/key"),
+        ({"input": "gs://bucket/"}, "s3://bucket/key or gs://bucket/key"),
+        ({"input": "s3:///key.csv"}, "s3://bucket/key or gs://bucket/key"),
+        ({"input": "data/demo/web_metrics.csv", "output": "s3://scores.parquet"}, "s3://bucket/key or gs://bucket/key"),
         ({"input": "data/demo/web_metrics.csv\x00.txt"}, "control characters"),
         ({"input": "data/demo/web_metrics.csv", "output": "config/jobs/demo_web_metrics.yaml"}, "must end with .parquet"),
         ({"input": "data/demo/web_metrics.csv", "output": "config/x.parquet"}, "must stay inside"),
@@ -256,6 +281,46 @@ def test_score_file_rejects_paths_outside_the_project(client, headers, body, mes
     answer = client.post(f"{BASE}/score-file", json=body, headers=headers)
     assert answer.status_code == 422
     assert message in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "var/outputs/job=demo_sensors/date=2024-03-03/part-0.parquet",  # another job's published scores
+        "var/outputs/job=demo_web_metrics/date=2024-03-03/part-0.parquet",  # the job's own
+        "var/models/demo_sensors/x.parquet",
+        "var/work/demo_sensors/scheduled__2024/scored/machine=m1.parquet",  # a running job's staged scores
+        "var/quarantine/x.parquet",
+    ],
+)
+def test_score_file_output_may_not_replace_the_pipelines_state(client, headers, monkeypatch, output):
+    monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", "http://127.0.0.1:9")  # nothing listens: a trigger would be 502
+    answer = client.post(f"{BASE}/score-file", json={"input": "data/demo/web_metrics.csv", "output": output}, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert "a folder the pipelines keep their own state or job files in" in answer.json()["detail"]
+    beside = client.post(f"{BASE}/score-file", json={"input": "data/demo/web_metrics.csv", "output": "var/outputs/_one_off/mine.parquet"}, headers=headers)
+    assert beside.status_code == 502  # allowed: it got as far as calling Airflow
+
+
+@pytest.mark.parametrize(
+    "input_path",
+    [
+        "var/outputs/job=demo_sensors/date=2024-03-03/part-0.parquet",  # another job's published scores
+        "var/models/demo_web_metrics/region=eu/champion.json",
+        "config/jobs/demo_sensors.yaml",  # job files may name connections
+    ],
+)
+def test_score_file_input_may_not_read_the_pipelines_state_or_job_files(client, headers, web_project, monkeypatch, input_path):
+    # A caller allowed to score with one job would read any job's data through that job's output.
+    monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", "http://127.0.0.1:9")  # nothing listens: a trigger would be 502
+    target = web_project / input_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.write_bytes(b"ts,value\n")
+    answer = client.post(f"{BASE}/score-file", json={"input": input_path}, headers=headers)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert "a folder the pipelines keep their own state or job files in" in detail and "demo_sensors" not in detail.split(":", 1)[1]
 
 
 @pytest.mark.parametrize("body", [{"input": "data/demo/web_metrics.csv", "chunk_rows": 10}, {"input": ""}, {"input": "x", "extra": 1}])
@@ -367,6 +432,20 @@ def test_points_far_apart_count_every_row_of_the_grid_between_them(client, heade
     assert "span 35,065 rows x 2 features = 70,130 data points (series region=eu alone 35,065 rows)" in answer.json()["detail"]
 
 
+def test_the_grid_limit_counts_the_buckets_of_points_off_the_hour(client, headers):
+    # 00:59 to 5,000 h later, 5,000 h apart give 5,001 hourly buckets (00:00 .. the last hour):
+    # counted as 5,000 per series, 3 series x 5,001 rows x 2 features = 30,006 points were scored.
+    first = pd.Timestamp("2024-01-01T00:59:00Z")
+    points = [
+        {"timestamp": when.isoformat(), "region": region, "requests": 500, "latency_ms": 100.0}
+        for region in ("eu", "us", "apac")
+        for when in (first, first + pd.Timedelta(hours=4999, minutes=1))
+    ]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 413, answer.text[:300]
+    assert "span 15,003 rows x 2 features = 30,006 data points" in answer.json()["detail"]
+
+
 def test_score_file_never_sends_the_token_to_the_host_the_request_names(monkeypatch):
     from starlette.requests import Request
 
@@ -380,6 +459,15 @@ def test_score_file_never_sends_the_token_to_the_host_the_request_names(monkeypa
     assert _airflow_url(Request(scope)) == "http://127.0.0.1:8123"
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.internal/af/")
     assert _airflow_url(Request(scope)) == "https://airflow.internal/af"
+
+
+@pytest.mark.parametrize("run_id", ["%2E", "%2E%2E"])
+def test_a_run_id_of_dots_is_404_without_asking_airflow(client, headers, monkeypatch, run_id):
+    # "..", sent on as a path step, made the question GET /dags/demo_web_metrics__predict (the DAG).
+    monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", "http://127.0.0.1:9")  # nothing listens: a call would be 502
+    answer = client.get(f"{BASE}/score-file/{run_id}", headers=headers)
+    assert answer.status_code == 404, answer.text
+    assert "is not a run id of demo_web_metrics__predict" in answer.json()["detail"]
 
 
 def test_score_file_says_when_the_airflow_address_answers_something_else(client, headers, monkeypatch):
