@@ -357,7 +357,17 @@ async def _airflow(request: Request, method: str, path: str, *, json_body: dict[
     raise HTTPException(code, detail=f"Airflow refused {method} {path}: {detail}")
 
 
-def _run_view(config: JobConfig, run: dict[str, Any], warning: str | None = None) -> ScoreFileRun:
+def _status_url(request: Request, run_id: str) -> str:
+    """The GET address of a one-off run, from the address this request came to (POST .../score-file
+    or GET .../score-file/<run_id>). Not ``url_for``: mounted in Airflow's api-server, the app's
+    route names are not the ones the outer router resolves."""
+    collection = request.url.path.rstrip("/")
+    if request.method != "POST":
+        collection = collection.rsplit("/", 1)[0]
+    return str(request.url.replace(path=f"{collection}/{quote(run_id, safe='')}", query=None))
+
+
+def _run_view(config: JobConfig, run: dict[str, Any], request: Request, warning: str | None = None) -> ScoreFileRun:
     from pipelines.workspace import one_off_output
 
     conf = run.get("conf") or {}
@@ -376,6 +386,7 @@ def _run_view(config: JobConfig, run: dict[str, Any], warning: str | None = None
         start_date=run.get("start_date"),
         end_date=run.get("end_date"),
         warning=warning,
+        status_url=_status_url(request, run["dag_run_id"]),
     )
 
 
@@ -391,7 +402,9 @@ def _run_view(config: JobConfig, run: dict[str, Any], warning: str | None = None
         **_error(502, "Airflow's REST API could not be reached or failed."),
     },
 )
-async def score_file(job: JobName, body: ScoreFileRequest, request: Request, user: CurrentUser) -> ScoreFileRun:
+async def score_file(
+    job: JobName, body: ScoreFileRequest, request: Request, response: Response, user: CurrentUser
+) -> ScoreFileRun:
     """Trigger ``<job>__predict`` with ``input`` (and ``output``, ``chunk_rows``); poll the returned run id."""
     from pipelines.config import base_dir
     from pipelines.workspace import home
@@ -412,7 +425,9 @@ async def score_file(job: JobName, body: ScoreFileRequest, request: Request, use
     log.info("user %r started one-off scoring run %s of %s for %s", user.get_name(), run.get("dag_run_id"), dag_id, conf["input"])
     dag = await _airflow(request, "GET", f"/dags/{dag_id}")
     warning = f"{dag_id} is paused: the run waits until it is unpaused" if dag.get("is_paused") else None
-    return _run_view(config, run, warning)
+    view = _run_view(config, run, request, warning)
+    response.headers["Location"] = view.status_url
+    return view
 
 
 @router.get(
@@ -438,7 +453,7 @@ async def score_file_run(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, detail=f"run {run_id} of {dag_id} is a scheduled run, not a one-off scoring run"
         )
-    return _run_view(config, run)
+    return _run_view(config, run, request)
 
 
 _LABEL_ERRORS = {

@@ -174,6 +174,7 @@ class ScoreFileRun(BaseModel):
     start_date: datetime | None = None
     end_date: datetime | None = None
     warning: str | None = Field(None, description="Something the caller should know, e.g. the DAG is paused.")
+    status_url: str = Field(description="Where to ask for the run's state (GET; the 202's Location header too).")
 
 
 LabelValue = Annotated[StrictFloat, Field(allow_inf_nan=False)] | BoundedInt

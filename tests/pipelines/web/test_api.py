@@ -374,7 +374,8 @@ def test_score_file_end_to_end_through_airflows_api_server(airflow_server):
     assert run["input"] == str(airflow_server.project / "data" / "demo" / "web_metrics.csv")
 
     assert airflow_server.wait_for_run("demo_web_metrics__predict", run["run_id"]) == "success"
-    status = httpx.get(f"{api}/score-file/{run['run_id']}", headers=auth, timeout=60)
+    assert started.headers["Location"] == run["status_url"]
+    status = httpx.get(run["status_url"], headers=auth, timeout=60)  # the address the answer gave
     assert status.status_code == 200, status.text
     assert status.json()["state"] == "success" and status.json()["output"] == run["output"]
     output = Path(run["output"])
@@ -494,3 +495,48 @@ def test_score_file_says_when_the_airflow_address_answers_something_else(client,
         server.shutdown()
     assert answer.status_code == 502
     assert "answered 200 with something other than Airflow's JSON; set ANOMALY_PIPELINES_AIRFLOW_URL" in answer.json()["detail"]
+
+
+def test_score_file_answers_where_to_follow_the_run(client, headers, monkeypatch):
+    # A stand-in for Airflow's REST API (the end-to-end test above uses the real one).
+    import json as json_module
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    run = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__2024-03-03T00:00:00+00:00", "state": "queued"}
+
+    class Airflow(BaseHTTPRequestHandler):
+        def _answer(self, body: dict) -> None:
+            data = json_module.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            conf = json_module.loads(self.rfile.read(int(self.headers["Content-Length"])))["conf"]
+            self._answer({**run, "conf": conf})
+
+        def do_GET(self):  # noqa: N802
+            self._answer({"dag_id": run["dag_id"], "is_paused": False} if self.path.endswith("__predict") else
+                         {**run, "conf": {"input": "/x.csv"}})
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Airflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", f"http://127.0.0.1:{server.server_port}")
+        started = client.post(f"{BASE}/score-file", json={"input": "data/demo/web_metrics.csv"}, headers=headers)
+        assert started.status_code == 202, started.text
+        status_url = started.json()["status_url"]
+        assert started.headers["Location"] == status_url
+        assert status_url == f"http://testserver{BASE}/score-file/manual__2024-03-03T00%3A00%3A00%2B00%3A00"
+        followed = client.get(status_url, headers=headers)
+    finally:
+        server.shutdown()
+    assert followed.status_code == 200, followed.text
+    assert followed.json()["run_id"] == run["dag_run_id"] and followed.json()["status_url"] == status_url
+
