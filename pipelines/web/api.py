@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
-from pydantic import AwareDatetime
 
 from pipelines.web.auth import SESSION_COOKIE, CurrentUser, job_scan, served_job
 from pipelines.web.schemas import (
@@ -32,6 +31,7 @@ from pipelines.web.schemas import (
     EventInfo,
     EventList,
     EventSignal,
+    IsoTime,
     LabelInfo,
     LabelList,
     LabelRequest,
@@ -460,8 +460,8 @@ _LABEL_ERRORS = {
     **_error(422, "A label that does not fit the job: series, feature, window, values, time zones."),
     **_error(503, "The labels database could not be reached or written."),
 }
-StartQuery = Annotated[AwareDatetime | None, Query(description="From this time (ISO 8601 with offset).")]
-EndQuery = Annotated[AwareDatetime | None, Query(description="Up to this time (ISO 8601 with offset).")]
+StartQuery = Annotated[IsoTime | None, Query(description="From this time (ISO 8601 with offset).")]
+EndQuery = Annotated[IsoTime | None, Query(description="Up to this time (ISO 8601 with offset).")]
 
 
 @contextlib.contextmanager

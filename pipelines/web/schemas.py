@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 #: OCI Anomaly Detection's limit for synchronous detection: data points = timestamps x signals.
 MAX_DETECT_POINTS = 30_000
@@ -14,6 +14,18 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 JOB_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"  # pipelines.config.JOB_NAME
 RUN_ID_PATTERN = r"^[A-Za-z0-9_.:+~-]{1,250}$"
 SERIES_PATTERN = r"^[^/\\\x00]{1,500}$"
+
+def _not_a_number(value: Any) -> Any:
+    # pydantic reads a number (or digits as text, as query strings come) as Unix seconds: a label
+    # "start": 0 was stored as 1970-01-01. The API promises ISO 8601 times with their offset.
+    text = value.strip() if isinstance(value, str) else None
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)) or (text and text.lstrip("+-").replace(".", "", 1).isdigit()):
+        raise ValueError(f"give an ISO 8601 time with its offset, e.g. 2024-03-03T14:00:00Z, not the number {value!r}")
+    return value
+
+
+#: A time as the API takes it: ISO 8601 with an offset, never a number of seconds.
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 
 #: Whole numbers a float64 column holds exactly enough (JSON has no limit: 10**400 parsed, then
 #: overflowed deep in the scoring as a 500).
@@ -184,8 +196,8 @@ class LabelRequest(_Body):
     series: Annotated[str, Field(pattern=SERIES_PATTERN)] = Field(
         description="The series of the event, e.g. 'region=eu' ('all' for a job without dimensions).", examples=["region=eu"]
     )
-    start: AwareDatetime = Field(description="First anomalous timestamp of the event (ISO 8601 with offset; inclusive).")
-    end: AwareDatetime = Field(description="Last anomalous timestamp of the event (inclusive).")
+    start: IsoTime = Field(description="First anomalous timestamp of the event (ISO 8601 with offset; inclusive).")
+    end: IsoTime = Field(description="Last anomalous timestamp of the event (inclusive).")
     verdict: StrictBool = Field(description="true: a real anomaly; false: a false alarm.")
     feature: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
         None, description="One feature of the series; omitted: the verdict is on the whole series."

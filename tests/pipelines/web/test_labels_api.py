@@ -92,6 +92,9 @@ def test_labels_are_filtered_by_series_and_window(client, headers, scored):
         ({"start": "2024-05-01T00:00:00Z", "end": "2024-05-01T01:00:00Z"}, "no published output rows"),
         ({"value_min": 5}, "give both value_min and value_max"),
         ({"start": f"{SPIKE_DAY}T14:00:00"}, "timezone"),
+        # pydantic reads numbers as Unix seconds: "start": 0 was stored as 1970-01-01.
+        ({"start": 0}, "give an ISO 8601 time with its offset, e.g. 2024-03-03T14:00:00Z, not the number 0"),
+        ({"end": "1709478000"}, "not the number '1709478000'"),
         ({"verdict": "yes"}, "valid boolean"),
         ({"colour": "red"}, "Extra inputs are not permitted"),
     ],
@@ -137,6 +140,9 @@ def test_events_of_a_window_newest_first_with_a_limit(client, headers, scored):
     assert none == {"job": "demo_web_metrics", "total": 0, "events": []}
     answer = client.get(f"{BASE}/events", params={"start": "0001-01-01T00:00:00+01:00"}, headers=headers)
     assert answer.status_code == 422 and "out of range" in answer.json()["detail"]
+    for query in ({"start": "1709478000"}, {"end": "1709478000.5"}):  # epoch seconds are not ISO 8601
+        answer = client.get(f"{BASE}/events", params=query, headers=headers)
+        assert answer.status_code == 422 and "give an ISO 8601 time with its offset" in str(answer.json()["detail"])
 
 
 def test_a_file_name_too_long_for_the_file_system_is_422_not_500(client, headers):
