@@ -9,9 +9,16 @@ import pandas as pd
 WINDOW_FEATURES = ("value", "diff", "deviation", "rolling_std")
 
 
-def fill_missing(values: pd.DataFrame, fallback: pd.Series) -> pd.DataFrame:
-    """Forward fill, then ``fallback`` (a training statistic per column) where nothing came before."""
-    return values.ffill().fillna(fallback)
+def fill_missing(values: pd.DataFrame, fallback: pd.Series, *, limit: int) -> pd.DataFrame:
+    """Forward fill at most ``limit`` rows, then ``fallback`` (a training statistic per column)
+    where no value came in the ``limit`` rows before.
+
+    The bound makes a filled row depend on its ``limit`` rows before only, so a detector whose
+    features read ``reach`` rows back scores a row alike from any history of ``reach + limit``
+    rows; an unbounded fill carried a value from before a long gap into one call and not into a
+    call whose history started inside the gap.
+    """
+    return values.ffill(limit=limit).fillna(fallback)
 
 
 def rolling_expected(values: pd.DataFrame, window: int) -> pd.DataFrame:

@@ -31,6 +31,21 @@ def _skops_io() -> ModuleType:
     return skops.io
 
 
+def _fill_limit(window: int, lags: int) -> int:
+    """Rows a missing value is carried forward: as far back as a row's window features read."""
+    return window + lags
+
+
+def _lookback(window: int, lags: int) -> int:
+    # A row's features read window + lags rows back, and the filled value of each of those rows
+    # reads up to _fill_limit rows further back. Bounding the fill keeps a row's score a function
+    # of its lookback_ rows before, so scoring rows in pieces (each given lookback_ rows of
+    # history) equals one call; an unbounded fill carried a value from before a long gap into
+    # one call but not into a call whose history started inside the gap. A value older than the
+    # rows the features read is stale anyway: the training median stands in for it.
+    return window + lags + _fill_limit(window, lags)
+
+
 def _warm_trees(params: IsolationForestParams) -> int:
     """Trees a warm start adds to the champion's forest: half a forest, so the trees grown on
     the new window are a third of the first grown forest."""
@@ -49,8 +64,8 @@ class IsolationForestDetector(BaseDetector):
     window features). ``is_anomaly`` is the row's decision repeated for each feature. ``feature_score``
     tells which features drove it: the calibrated deviation of each feature from ``expected``
     (the median of its previous ``window`` values), and ``lower``/``upper`` are where that
-    feature score reaches :attr:`threshold_`. Missing values are forward filled, then filled
-    with the training median, to compute the features.
+    feature score reaches :attr:`threshold_`. Missing values are forward filled, at most
+    ``window + lags`` rows, then filled with the training median, to compute the features.
 
     Parameters
     ----------
@@ -61,7 +76,7 @@ class IsolationForestDetector(BaseDetector):
     max_features : float, default=1.0
         Share of the window features drawn for each tree.
     window : int, default=24
-        Rows of the rolling windows; with ``lags``, the history :meth:`detect` uses.
+        Rows of the rolling windows; with ``lags``, the history :meth:`detect` uses (see ``lookback_``).
     lags : int, default=0
         Past values of each feature added to its window features.
     calendar : bool, default=True
@@ -90,7 +105,8 @@ class IsolationForestDetector(BaseDetector):
     feature_calibrators_ : list of ScoreCalibrator
         Calibration of each feature's absolute deviation from ``expected``.
     threshold_, lookback_, n_features_in_, feature_names_in_, training_rows_ :
-        See :class:`~pipelines.detectors.base.BaseDetector`; ``lookback_`` is ``window + lags``.
+        See :class:`~pipelines.detectors.base.BaseDetector`; ``lookback_`` is ``2 * (window + lags)``:
+        the rows the features read, and as many again that a missing value may be carried from.
     """
 
     kind = "iforest"
@@ -127,9 +143,9 @@ class IsolationForestDetector(BaseDetector):
         from sklearn.preprocessing import RobustScaler
 
         self._require_rows(X, max(_MIN_TRAINING_ROWS, 2 * params.window), "two windows at least")
-        self.lookback_ = params.window + params.lags
+        self.lookback_ = _lookback(params.window, params.lags)
         self.medians_ = X.median().to_numpy()
-        values = fill_missing(X, pd.Series(self.medians_, index=X.columns))
+        values = fill_missing(X, pd.Series(self.medians_, index=X.columns), limit=_fill_limit(params.window, params.lags))
         forest = IsolationForest(
             n_estimators=params.n_estimators,
             max_samples=params.max_samples,
@@ -156,9 +172,9 @@ class IsolationForestDetector(BaseDetector):
         if len(forest.estimators_) + _warm_trees(params) > 2 * params.n_estimators:
             self.warm_started_ = False
             return self._fit(X, params)
-        self.lookback_ = params.window + params.lags
+        self.lookback_ = _lookback(params.window, params.lags)
         self.medians_ = X.median().to_numpy()
-        values = fill_missing(X, pd.Series(self.medians_, index=X.columns))
+        values = fill_missing(X, pd.Series(self.medians_, index=X.columns), limit=_fill_limit(params.window, params.lags))
         self.model_ = copy.deepcopy(champion.model_)
         scaler, imputer, forest = self.model_
         expected = rolling_expected(values, params.window)
@@ -206,7 +222,7 @@ class IsolationForestDetector(BaseDetector):
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         frame, n_history = with_history(X, history)
-        values = fill_missing(frame, pd.Series(self.medians_, index=X.columns))
+        values = fill_missing(frame, pd.Series(self.medians_, index=X.columns), limit=_fill_limit(self.window, self.lags))
         expected_all = rolling_expected(values, self.window)
         features = self.features(values, expected_all)[n_history:]
         expected = expected_all.to_numpy()[n_history:]
@@ -253,6 +269,9 @@ class IsolationForestDetector(BaseDetector):
         self.feature_calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["feature_calibrators_"]]
         self.medians_ = arrays["medians_"]
         self.calibration_rows_ = int(state.get("calibration_rows_", 0))  # absent before held-back calibration
+        # A model saved before 2026-12-06 asked for window + lags rows of history, too few for the
+        # bounded forward fill to score rows in pieces as in one call.
+        self.lookback_ = max(self.lookback_, _lookback(self.window, self.lags))
 
     def summary(self) -> dict[str, Any]:
         forest = self.model_[-1]

@@ -61,7 +61,8 @@ class LSTMDetector(BaseDetector):
     Parameters
     ----------
     window : int, default=24
-        Rows the forecaster reads; also the history :meth:`detect` uses.
+        Rows the forecaster reads. :meth:`detect` uses twice that as history (``lookback_``):
+        a missing input is carried forward from at most ``window`` rows before it.
     hidden_size, num_layers : int
         Size of the LSTM.
     max_epochs, patience : int
@@ -129,7 +130,12 @@ class LSTMDetector(BaseDetector):
     def _train_network(self, X: pd.DataFrame, params: LSTMParams, initial: dict[str, np.ndarray] | None) -> np.ndarray:
         torch = _torch()
         self._require_rows(X, max(_MIN_TRAINING_ROWS, 5 * params.window), "five windows at least")
-        self.lookback_ = params.window
+        # The forecaster reads window rows, and a missing one among them is carried from at most
+        # window rows further back (_windows). Bounding the fill keeps a forecast a function of
+        # the lookback_ rows before it, so scoring rows in pieces (each given lookback_ rows of
+        # history) equals one call; an unbounded fill carried a value from before a long gap into
+        # one call but not into a call whose history started inside the gap.
+        self.lookback_ = 2 * params.window
         values = X.to_numpy()
         self.center_ = np.nanmedian(values, axis=0)
         spread = np.nanmedian(np.abs(values - self.center_), axis=0) * _MAD_TO_SIGMA
@@ -162,8 +168,8 @@ class LSTMDetector(BaseDetector):
     def _forecast(self, torch: Any, network: Any, standard: np.ndarray, n_history: int) -> np.ndarray:
         """Forecasts, in original units, of the rows after the first ``n_history`` of ``standard``."""
         # Rows before the first one given are unknown: they stand at the median (0 in standard units).
-        padded = np.vstack([np.zeros((self.lookback_, standard.shape[1])), standard])
-        windows = _windows(padded, self.lookback_)[0][n_history:]
+        padded = np.vstack([np.zeros((self.window, standard.shape[1])), standard])
+        windows = _windows(padded, self.window)[0][n_history:]
         forecast = _predict(torch, network, windows) if len(windows) else np.zeros((0, standard.shape[1]))
         return forecast * self.scale_ + self.center_
 
@@ -209,6 +215,9 @@ class LSTMDetector(BaseDetector):
         self.validation_loss_ = float(state["validation_loss_"])
         self.state_dict_ = {name: arrays[f"state_dict.{name}"] for name in state["state_names_"]}
         self.center_, self.scale_, self.error_scale_ = arrays["center_"], arrays["scale_"], arrays["error_scale_"]
+        # A model saved before 2026-12-06 asked for window rows of history, too few for the
+        # bounded forward fill to score rows in pieces as in one call.
+        self.lookback_ = max(self.lookback_, 2 * self.window)
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "epochs": self.epochs_, "validation_mse": self.validation_loss_}
@@ -234,8 +243,9 @@ class _deterministic:
 
 
 def _windows(standard: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows - window) input windows and the row after each; missing inputs carried forward."""
-    filled = pd.DataFrame(standard).ffill().fillna(0.0).to_numpy(dtype="float32")
+    """(rows - window) input windows and the row after each; a missing input is carried forward
+    at most ``window`` rows (see ``lookback_``), then stands at the median (0)."""
+    filled = pd.DataFrame(standard).ffill(limit=window).fillna(0.0).to_numpy(dtype="float32")
     views = np.lib.stride_tricks.sliding_window_view(filled, window, axis=0)[:-1]
     return np.ascontiguousarray(views.transpose(0, 2, 1)), standard[window:]
 

@@ -351,6 +351,35 @@ def test_split_scoring_matches_one_call(kind: str, data) -> None:
     assert_same_detection(joined, whole, exact=False)
 
 
+@pytest.mark.parametrize("gap", ["longer_than_lookback", "over_the_history_start"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_split_scoring_matches_one_call_across_a_gap(kind: str, gap: str, split_series: Callable) -> None:
+    """Rows after a gap (every feature missing) score alike in one call and in two, the second
+    given as history only the ``lookback_`` rows before it, as the next chunk of a one-off file
+    or the next scheduled run gets. Filling the gap forward reached past that history: iforest
+    and lstm carried the last value from before the gap into the second call's rows."""
+    train, test = split_series(seed=3)
+    detector = fitted(kind, train)
+    reach = min(detector.lookback_, 60)  # context looks back further than the rows here
+    if gap == "longer_than_lookback":  # the second call's history lies wholly inside the gap
+        start, length, split = 5, reach + 4, reach + 7
+    else:  # a short gap over the first rows of the second call's history
+        split = reach + 10
+        start, length = split - reach - 3, 6
+    scored = test.iloc[: split + reach + 24].copy()
+    scored.iloc[start : start + length] = np.nan
+    whole = detector.detect(scored, history=train)
+    first = detector.detect(scored.iloc[:split], history=train)
+    before_split = pd.concat([train, scored.iloc[:split]]).iloc[-detector.lookback_ :]
+    second = detector.detect(scored.iloc[split:], history=before_split)
+    joined = Detection(
+        index=first.index.append(second.index),
+        features=first.features,
+        **{name: np.concatenate([getattr(first, name), getattr(second, name)]) for name in ARRAYS},
+    )
+    assert_same_detection(joined, whole, exact=False)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_fixed_seed_gives_identical_results(kind: str, data) -> None:
     train, test = data

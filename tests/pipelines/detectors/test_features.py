@@ -60,8 +60,16 @@ def test_warm_up_uses_what_exists(values: pd.DataFrame) -> None:
 
 def test_fill_missing_forward_fills_then_uses_the_fallback() -> None:
     frame = pd.DataFrame({"a": [np.nan, 1.0, np.nan, 3.0]})
-    filled = fill_missing(frame, pd.Series({"a": 9.0}))
+    filled = fill_missing(frame, pd.Series({"a": 9.0}), limit=2)
     assert filled["a"].tolist() == [9.0, 1.0, 1.0, 3.0]
+
+
+def test_fill_missing_carries_a_value_at_most_limit_rows() -> None:
+    # Beyond the limit a value is stale: the fallback stands in, so a filled row depends on its
+    # limit rows before only (what lets detectors score rows in pieces as in one call).
+    frame = pd.DataFrame({"a": [1.0, np.nan, np.nan, np.nan, 5.0]})
+    filled = fill_missing(frame, pd.Series({"a": 9.0}), limit=2)
+    assert filled["a"].tolist() == [1.0, 1.0, 1.0, 9.0, 5.0]
 
 
 def test_lags_and_calendar_parts() -> None:

@@ -171,3 +171,17 @@ def test_warm_start_needs_the_same_parameters_and_stays_bounded(split_series: Ca
     # Twice n_estimators is the most a warm start keeps: the next fit is cold.
     fresh = IsolationForestDetector(n_estimators=40).fit(new, warm_start=grown)
     assert not fresh.warm_started_ and len(fresh.model_[-1].estimators_) == 40
+
+
+def test_a_model_saved_asking_for_window_rows_of_history_asks_for_what_its_fill_reads(detector, series) -> None:
+    import json
+
+    train, test = series
+    files = detector.to_files()
+    meta = json.loads(files["detector.json"])
+    meta["learned"]["lookback_"] = detector.window + detector.lags  # as saved before 2026-12-06
+    old = load_detector("iforest", {**files, "detector.json": json.dumps(meta).encode()})
+    # The window features read window + lags rows back, and a missing value among them is carried
+    # from as far again: scoring in pieces needs both as history.
+    assert old.lookback_ == detector.lookback_ == 2 * (detector.window + detector.lags)
+    np.testing.assert_array_equal(old.detect(test, history=train).score, detector.detect(test, history=train).score)

@@ -114,3 +114,17 @@ def test_warm_start_fine_tunes_the_champions_weights(detector: LSTMDetector, ser
 def test_no_warm_start_across_different_parameters(detector: LSTMDetector, series) -> None:
     other = LSTMDetector(hidden_size=8, max_epochs=2).fit(series[0], warm_start=detector)
     assert not other.warm_started_ and other.state_dict_["head.weight"].shape == (2, 8)
+
+
+def test_a_model_saved_asking_for_window_rows_of_history_asks_for_what_its_fill_reads(detector: LSTMDetector, series) -> None:
+    import json
+
+    train, test = series
+    files = detector.to_files()
+    meta = json.loads(files["detector.json"])
+    meta["learned"]["lookback_"] = detector.window  # as saved before 2026-12-06
+    old = load_detector("lstm", {**files, "detector.json": json.dumps(meta).encode()})
+    # The forecaster reads window rows, and a missing one among them is carried from at most
+    # window rows further back: scoring in pieces needs both as history.
+    assert old.lookback_ == detector.lookback_ == 2 * detector.window
+    np.testing.assert_array_equal(old.detect(test, history=train).score, detector.detect(test, history=train).score)
