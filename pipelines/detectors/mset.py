@@ -15,7 +15,7 @@ import pandas as pd
 from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import MSETParams
-from pipelines.detectors.sequential import single_step_residual, sprt_evidence
+from pipelines.detectors.sequential import single_step_residual
 from pipelines.errors import ModelError
 
 #: Scales the MAD to the standard deviation of normal noise.
@@ -46,14 +46,24 @@ class MSETDetector(BaseDetector):
     lags), so a disturbed signal does not pull its own estimate along.
 
     Residuals ``z = (value - estimate) / sigma`` (sigma: robust scale of the training residuals)
-    feed Wald's sequential probability ratio test, as a windowed CUSUM of log-likelihood ratios
-    over the last ``sprt_window`` rows, for a mean shift of ``±drift`` sigmas and for a variance
-    growing ``variance_ratio`` times: a lone noisy residual gathers little evidence, a sustained
-    or large one a lot, which is what cuts false alarms. The largest of the three statistics is a
-    signal's raw score, calibrated per signal into ``feature_score``; the row's ``score`` is the
-    calibrated largest surprise over signals, repeated per feature, and ``is_anomaly`` is the
-    row's decision. ``expected`` is the estimate; the bounds are where a single residual would
-    reach the threshold from no prior evidence.
+    feed Wald's sequential probability ratio test, as a CUSUM of log-likelihood ratios over the
+    last ``sprt_window`` rows, for a mean shift of ``±drift`` sigmas and for a variance growing
+    ``variance_ratio`` times: a lone noisy residual gathers little evidence, a sustained or large
+    one a lot, which is what cuts false alarms. The largest of the three statistics is a signal's
+    raw score, calibrated per signal into ``feature_score``; the row's ``score`` is the calibrated
+    largest surprise over signals, repeated per feature, and ``is_anomaly`` is the row's decision.
+    As in Wald's test (and MSET2's SPRT), the tests restart from no evidence after a decision for
+    an anomaly: after a row that is an alarm (some signal's raw score reaches the level at which
+    it alone makes the row's score reach the threshold), every signal's tests restart. The
+    evidence behind an alarm is spent on it, so the rows after a spike are judged on their own
+    residuals (before, any of them with ``|z| > drift / 2`` was charged the spike's whole evidence
+    while the spike was in the window), and a sustained shift gathers evidence again and raises
+    an alarm every few rows; restarting every signal, not only the one that reached its level,
+    keeps the others from piling up the spill-over of the disturbed signal into their estimates
+    and taking the blame. The training evidence restarts at the levels of a first calibration
+    without restarts.
+    ``expected`` is the estimate; the bounds are where a single residual would reach the threshold
+    from no prior evidence.
 
     Signals that are constant or missing in more than ``max_missing`` of the training rows are
     dropped, with the reason kept in :attr:`dropped_signals_`; they are reported with their
@@ -175,7 +185,17 @@ class MSETDetector(BaseDetector):
         residuals = standard - estimates
         spread = np.nanmedian(np.abs(residuals - np.nanmedian(residuals, axis=0)), axis=0) * _MAD_TO_SIGMA
         self.residual_scale_ = np.maximum(np.nan_to_num(spread, nan=1.0), 1e-6)
-        raw = self._evidence(residuals / self.residual_scale_)
+        z = residuals / self.residual_scale_
+        # Where a test restarts depends on the calibration, which depends on the evidence: a first
+        # calibration without restarts gives the levels, the final one is fitted on evidence that
+        # restarts there, the way scoring computes it.
+        scores = self._calibrate(self._evidence(z, np.full(len(self.signals_), np.inf)))
+        _, policy = self._check_params()
+        restart = self._restart_levels(self._decision_threshold(scores, policy))
+        return self._calibrate(self._evidence(z, restart))
+
+    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Fit the signal and row calibrations on training evidence; the calibrated row scores."""
         self.feature_calibrators_ = [ScoreCalibrator().fit(raw[:, j]) for j in range(raw.shape[1])]
         row_raw = self._row_surprise(raw)
         self.row_calibrator_ = ScoreCalibrator().fit(row_raw)
@@ -261,9 +281,16 @@ class MSETDetector(BaseDetector):
                 estimates[start : start + len(block), i] = estimate
         return estimates
 
-    def _evidence(self, z: np.ndarray) -> np.ndarray:
-        """Per signal, the sequential test's evidence (mean shift either way, variance growth)."""
-        return sprt_evidence(z, self.sprt_window_, self.drift_, self.variance_ratio_)
+    def _evidence(self, z: np.ndarray, restart: np.ndarray) -> np.ndarray:
+        """Per signal, the sequential test's evidence (mean shift either way, variance growth),
+        restarting after the rows where some signal's reaches its ``restart`` level."""
+        return _restarting_sprt(z, self.sprt_window_, self.drift_, self.variance_ratio_, restart)
+
+    def _restart_levels(self, threshold: float) -> np.ndarray:
+        """Per signal, the smallest raw score with which that signal alone makes the row's score
+        reach ``threshold`` (inf when nothing does)."""
+        surprise = float(self.row_calibrator_.inverse(threshold))
+        return np.asarray([_raw_for_surprise(c, surprise) for c in self.feature_calibrators_])
 
     def _row_surprise(self, raw: np.ndarray) -> np.ndarray:
         surprises = np.column_stack([c.surprise(raw[:, j]) for j, c in enumerate(self.feature_calibrators_)])
@@ -278,7 +305,7 @@ class MSETDetector(BaseDetector):
         if len(frame):
             estimates = self._estimate(self._states(values))
             z = (self._standard(values) - estimates) / self.residual_scale_
-            raw = self._evidence(z)
+            raw = self._evidence(z, self._restart_levels(self.threshold_))
             # A signal with no other one observed has no estimate and gives no evidence; it is
             # shown at its training median (0 in standard units), never as a gap in the output.
             shown = np.where(np.isnan(estimates), 0.0, estimates)
@@ -378,6 +405,60 @@ def _memory_rows(states: np.ndarray, size: int) -> np.ndarray:
             break
         chosen.add(row)
     return np.asarray(sorted(chosen))
+
+
+def _raw_for_surprise(calibrator: ScoreCalibrator, surprise: float) -> float:
+    """The smallest raw score whose :meth:`ScoreCalibrator.surprise` reaches ``surprise``."""
+    if not np.isfinite(surprise):
+        return float("inf")
+    tail = -np.log(calibrator.tail_mass_)
+    if surprise > tail:
+        # Solved in the tail itself: through the calibrated score, 1 - exp(-surprise) rounds to
+        # 1.0 (an infinite level) from a surprise of about 37.
+        return float(calibrator.tail_start_ + calibrator.tail_scale_ * (surprise - tail))
+    return float(calibrator.inverse(-np.expm1(-surprise)))
+
+
+def _restarting_sprt(z: np.ndarray, window: int, drift: float, variance_ratio: float, restart: np.ndarray) -> np.ndarray:
+    """Per column, the largest of the three CUSUMs of log-likelihood ratios (mean up, mean down,
+    variance growth) over the last ``window`` rows, every test restarting from zero after a row
+    where the largest of some column reaches that column's ``restart`` level (the decision for H1
+    on the row).
+
+    A row's value is that of the test run over its own window, from no evidence at the window's
+    start, so it depends on those rows only and split scoring equals one long call. Without a
+    restart it is :func:`~pipelines.detectors.sequential.sprt_evidence`: a windowed CUSUM charged
+    to a row only when the row adds to it. The restart is what that gating alone missed: a normal
+    row after a spike adds a little (any ``|z| > drift / 2`` does) and so was charged with the
+    spike's whole evidence as long as the spike was in the window. Missing residuals bring no
+    evidence.
+    """
+    z = np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0)
+    rows, columns = z.shape
+    increments = np.stack(
+        [
+            drift * z - drift * drift / 2.0,
+            -drift * z - drift * drift / 2.0,
+            -0.5 * np.log(variance_ratio) + 0.5 * z * z * (1.0 - 1.0 / variance_ratio),
+        ]
+    )
+    # Rows before the first bring nothing: a zero increment leaves a test at zero.
+    padded = np.concatenate([np.zeros((3, window - 1, columns)), increments], axis=1)
+    restart = np.asarray(restart, dtype="float64")
+    evidence = np.empty((rows, columns))
+    block_rows = max(1, _BLOCK_ELEMENTS // max(3 * columns, 1))
+    for start in range(0, rows, block_rows):
+        stop = min(rows, start + block_rows)
+        # Every row's own run, side by side: step k adds the increment k rows into its window.
+        tests = np.zeros((3, stop - start, columns))
+        for k in range(window):
+            tests += padded[:, start + k : stop + k]
+            np.maximum(tests, 0.0, out=tests)
+            if k < window - 1:  # a row's own decision restarts the rows after it, not its score
+                alarm = (tests.max(axis=0) >= restart).any(axis=1)
+                tests *= ~alarm[:, None]
+        evidence[start:stop] = np.where(increments[:, start:stop] > 0, tests, 0.0).max(axis=0)
+    return evidence
 
 
 def _typical_spacing(memory: np.ndarray) -> float:

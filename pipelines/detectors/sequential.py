@@ -27,8 +27,10 @@ def sprt_evidence(z: np.ndarray, window: int, drift: float, variance_ratio: floa
     when ``variance_ratio`` is given, for the variance growing that many times.
 
     A row is charged with the accumulated evidence only when it adds to it, so after a lone large
-    residual the following normal rows (which lower the statistic) are not flagged. Missing
-    residuals bring no evidence.
+    residual the following rows that lower the statistic are not flagged; a row that adds a little
+    (|z| above ``drift / 2``) within ``window`` rows of it is charged with the large residual's
+    evidence too. That suits ``level_shift``, for which a shift is a lasting state; ``mset`` restarts
+    its test after each alarm instead (``MSETDetector``). Missing residuals bring no evidence.
     """
     z = np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0)
     increments = [drift * z - drift * drift / 2.0, -drift * z - drift * drift / 2.0]

@@ -65,7 +65,9 @@ def test_finds_disturbances_and_names_the_signal(detector: MSETDetector, data, d
     disturbed.iloc[rows, 2] += change  # s2 only; its normal noise is 0.2
     detection = detector.detect(disturbed, history=train)
     flagged = detection.is_anomaly[rows, 0]
-    assert flagged.mean() >= (1.0 if disturb == "spike" else 0.5)
+    # The test restarts after each alarm (Wald's SPRT, as MSET2 runs it), so a lasting disturbance
+    # alarms every few rows rather than on every row: a row is flagged on its own evidence since.
+    assert flagged.mean() >= {"spike": 1.0, "level shift": 0.5, "variance": 0.35}[disturb]
     # The disturbed signal carries the largest contribution on the flagged rows.
     contributions = detection.feature_score[np.asarray(rows)[flagged]]
     assert (contributions.argmax(axis=1) == 2).mean() >= 0.9
@@ -98,7 +100,7 @@ def test_correlation_break_is_found_when_each_value_is_in_range(detector: MSETDe
     broken.iloc[rows, 0] = test.iloc[rows, 0].to_numpy()[::-1]
     detection = detector.detect(broken, history=train)
     flagged = detection.is_anomaly[50:80, 0]
-    assert flagged.mean() >= 0.5
+    assert flagged.mean() >= 0.35 and flagged[:5].any()  # found at once, then every few rows (the test restarts)
     assert (detection.feature_score[50:80][flagged].argmax(axis=1) == 0).mean() >= 0.8
 
 
@@ -166,3 +168,43 @@ def test_nothing_to_model_is_explained() -> None:
     frame = pd.DataFrame({"a": 1.0, "b": 2.0}, index=pd.date_range("2024-01-01", periods=100, freq="h", tz="UTC"))
     with pytest.raises(ModelError, match=r"no signal left to model \(a: constant .*b: constant"):
         MSETDetector().fit(frame)
+
+
+@pytest.fixture(scope="module")
+def three_signals() -> dict[int, tuple[MSETDetector, pd.DataFrame, pd.DataFrame]]:
+    fitted = {}
+    for seed in (1, 3):
+        frame = plant(2500, seed=seed, signals=3)
+        train, test = frame.iloc[:2000], frame.iloc[2000:]
+        fitted[seed] = (MSETDetector().fit(train), train, test)
+    return fitted
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+@pytest.mark.parametrize("sigmas", [10, 30])
+def test_a_spike_is_not_charged_to_the_rows_after_it(three_signals, seed: int, sigmas: int) -> None:
+    # The sequential test restarts after an alarm: a normal row after a spike that adds a little
+    # evidence (any |z| > drift / 2) was charged the spike's whole evidence while the spike was in
+    # the window, so a 10-sigma spike also flagged the row 3 rows later and a 30-sigma one more.
+    detector, train, test = three_signals[seed]
+    clean = detector.detect(test, history=train).is_anomaly[:, 0]
+    spiked = test.copy()
+    spiked.iloc[250, 1] += sigmas * 0.2  # s1's own noise is 0.2
+    detection = detector.detect(spiked, history=train)
+    added = np.flatnonzero(detection.is_anomaly[:, 0] & ~clean)
+    assert added.tolist() == [250]
+    if sigmas == 10:  # at 30 sigmas the spill-over into the others' estimates also scores 1.0
+        assert detection.feature_score[250].argmax() == 1
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_sustained_shift_raises_an_alarm_every_few_rows(three_signals, seed: int) -> None:
+    detector, train, test = three_signals[seed]
+    shifted = test.copy()
+    rows = np.arange(200, 248)
+    shifted.iloc[rows, 1] += 3 * 0.2
+    detection = detector.detect(shifted, history=train)
+    flagged = detection.is_anomaly[rows, 0]
+    assert flagged.mean() >= 0.25
+    assert (detection.feature_score[rows[flagged]].argmax(axis=1) == 1).mean() >= 0.9
+    assert not detection.is_anomaly[248 : 248 + detector.lookback_, 0].any()
