@@ -82,6 +82,14 @@ def engine_for(connection: SqlConnection) -> sa.Engine:
     if _is_file(url):
         # sqlite:///var/x.db in a job file means the project's var/, wherever Airflow runs from.
         url = url.set(database=resolve_path(url.database or ""))
+        folder = Path(url.database or "").parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{described}: cannot create the folder of its database file, {folder} ({exc.strerror or exc}); "
+                "create it, or point the URL at a writable path"
+            ) from exc
     try:
         return _engine(url)
     except NoSuchModuleError:
@@ -89,11 +97,6 @@ def engine_for(connection: SqlConnection) -> sa.Engine:
     except ImportError as exc:
         raise ConfigError(
             f"{described}: the database driver {exc.name!r} is not installed; {_install_hint(url)}"
-        ) from exc
-    except OSError as exc:  # the folder of a database file cannot be made
-        raise ConfigError(
-            f"{described}: cannot create the folder of its database file ({exc.strerror or exc}: {exc.filename}); "
-            "create it, or point the URL at a writable path"
         ) from exc
 
 
@@ -220,8 +223,6 @@ def precise_datetime() -> sa.types.TypeEngine[Any]:
 
 @functools.cache
 def _engine(url: sa.URL) -> sa.Engine:
-    if _is_file(url):
-        Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
     connect_args = {}
     if url.get_backend_name() == "sqlite" and "timeout" not in url.query:
         # publish keeps its SQL transaction open while it writes the Parquet files (so both

@@ -121,9 +121,15 @@ class ModelRegistry:
     def promote(self, job: str, series: str, version: str) -> None:
         """Make ``version`` the champion that scoring uses, whichever version serves now."""
         # Conditional too, so that it never lands between the check and the write of a
-        # promote_if_champion (which would then replace it unseen): retried until it holds.
-        while self.promote_if_champion(job, series, version, self.champion_version(job, series)) != version:
-            pass
+        # promote_if_champion (which would then replace it unseen): retried while others write.
+        for _ in range(_PROMOTION_TRIES):
+            if self.promote_if_champion(job, series, version, self.champion_version(job, series)) == version:
+                return
+        raise ModelError(
+            f"job {job}, series {series}: could not promote version {version}: the champion pointer changed at each "
+            f"of {_PROMOTION_TRIES} tries (other runs promoting at once, or a store whose conditional writes fail); "
+            "run again"
+        )
 
     def promote_if_champion(self, job: str, series: str, version: str, expected: str | None) -> str | None:
         """Make ``version`` the champion only if the champion is still ``expected`` (None: there is

@@ -135,7 +135,7 @@ def check_one_off(
     if start or end:
         raise ConfigError(f"job {job.name}: input {input_path!r} is scored whole: leave out start and end")
     if chunk_rows < 1:
-        raise ConfigError(f"chunk_rows must be a positive number of rows, got {chunk_rows}")
+        raise ConfigError(f"job {job.name}: chunk_rows must be a positive number of rows, got {chunk_rows}")
     if output:
         check_output_file(output, f"job {job.name}: output")
 

@@ -182,10 +182,7 @@ def replace_if_unchanged(url: str, data: bytes, seen: Snapshot, storage_options:
     if _is_s3(fs):
         return _replace_s3_if_unchanged(fs, path, data, seen)
     log.debug("%s: %s has no conditional write; comparing, then writing", url, type(fs).__name__)
-    if read_snapshot(url, storage_options).data != seen.data:
-        return False
-    fs.pipe_file(path, data)
-    return True
+    return _compare_then_write(fs, path, data, seen.data)
 
 
 def _replace_local_if_unchanged(path: str, data: bytes, expected: bytes | None) -> bool:
@@ -205,6 +202,10 @@ def _replace_local_if_unchanged(path: str, data: bytes, expected: bytes | None) 
 
 
 def _replace_s3_if_unchanged(fs: AbstractFileSystem, path: str, data: bytes, seen: Snapshot) -> bool:
+    if seen.data is not None and seen.etag is None:
+        # A store that lists no ETag: If-None-Match would fail on the existing key at every try.
+        log.warning("s3://%s has no ETag: comparing, then writing (not atomic on this store)", path)
+        return _compare_then_write(fs, path, data, seen.data)
     condition = {"IfMatch": seen.etag} if seen.etag is not None else {"IfNoneMatch": "*"}
     for attempt in range(1, _CONFLICT_TRIES + 1):
         try:
@@ -220,6 +221,19 @@ def _replace_s3_if_unchanged(fs: AbstractFileSystem, path: str, data: bytes, see
                 raise
             time.sleep(0.1 * attempt)
     return False  # not reached: the last try returns or raises
+
+
+def _compare_then_write(fs: AbstractFileSystem, path: str, data: bytes, expected: bytes | None) -> bool:
+    """Where no conditional write is possible: two requests, so a write between them is not seen."""
+    fs.invalidate_cache(path)
+    try:
+        current: bytes | None = fs.cat_file(path)
+    except FileNotFoundError:
+        current = None
+    if current != expected:
+        return False
+    fs.pipe_file(path, data)
+    return True
 
 
 def _is_s3(fs: AbstractFileSystem) -> bool:

@@ -253,34 +253,47 @@ def _checked_location(what: str, given: str, *, inside: FilePath, must_exist: bo
     return str(absolute)
 
 
-def _state_folders(jobs: Iterable[JobConfig]) -> list[str]:
-    """Where the pipelines keep state: every job's published dataset and model registry, and the
-    runs' work and quarantine folders (a one-off output there would replace or join that state)."""
-    from pipelines.config import resolve_path
+def _state_folders(jobs: Iterable[JobConfig], caller: str) -> list[str]:
+    """Where the pipelines keep state: every job's published dataset and model registry, the other
+    jobs' one-off results, the runs' work and quarantine folders, and the job files. Local folders
+    come as written and with symbolic links resolved (``var`` or ``config/jobs`` may be links)."""
+    from pipelines.config import jobs_dir, resolve_path
     from pipelines.workspace import home
 
-    folders = {str(home() / "work"), str(home() / "quarantine")}
+    folders = {str(home() / "work"), str(home() / "quarantine"), str(jobs_dir())}
     for job in jobs:
-        folders.add(f"{resolve_path(job.outputs.parquet).rstrip('/')}/job={job.name}")
+        outputs = resolve_path(job.outputs.parquet).rstrip("/")
+        folders.add(f"{outputs}/job={job.name}")
+        if job.name != caller:
+            folders.add(f"{outputs}/_one_off/job={job.name}")
         folders.add(resolve_path(job.registry).rstrip("/"))
-    return [folder if "://" in folder else os.path.normpath(folder) for folder in folders]
+    return sorted(_spellings(folders))
 
 
-def _check_not_state(what: str, location: str, given: str, jobs: Iterable[JobConfig]) -> None:
+def _spellings(locations: Iterable[str]) -> set[str]:
+    """Each location as written (normalised) and, when local, with its symbolic links resolved."""
+    out = set()
+    for location in locations:
+        if "://" in location:
+            out.add(location)
+        else:
+            out |= {os.path.normpath(location), os.path.realpath(location)}
+    return out
+
+
+def _check_not_state(what: str, location: str, given: str, caller: str, jobs: Iterable[JobConfig]) -> None:
     """Refuse an input or output among the pipelines' state: an output there would replace or join
     it, and an input there would hand any job's scores, models or job files (which may name
     connections) to a caller allowed to score with one job, through that job's output."""
-    from pipelines.config import jobs_dir
-
-    folders = [*_state_folders(jobs), os.path.normpath(str(jobs_dir()))]
-    if any(location == folder or location.startswith(f"{folder}/") for folder in folders):
+    folders = _state_folders(jobs, caller)
+    if any(place == folder or place.startswith(f"{folder}/") for place in _spellings([location]) for folder in folders):
         # Not naming the folder: it may be another job's, which the caller may not know of.
         example = "var/scored/<name>.parquet" if what == "output" else "a data file of your own, e.g. under data/"
         raise _bad_location(
             what,
             given,
-            "it lies in a folder the pipelines keep their own state or job files in (a job's published dataset, "
-            f"a model registry, the runs' work or quarantine folders, the job files); choose {example}",
+            "it lies in a folder the pipelines keep their own state or job files in (a job's published dataset "
+            f"or one-off results, a model registry, the runs' work or quarantine folders, the job files); choose {example}",
         )
 
 
@@ -412,12 +425,12 @@ async def score_file(
     scan = job_scan()
     config = served_job(user, job, "POST", scan)
     conf: dict[str, Any] = {"input": _checked_location("input", body.input, inside=base_dir(), must_exist=True)}
-    _check_not_state("input", conf["input"], body.input, scan.jobs.values())
+    _check_not_state("input", conf["input"], body.input, config.name, scan.jobs.values())
     if body.output is not None:
         if not body.output.endswith(".parquet"):
             raise _bad_location("output", body.output, "the output is a Parquet file: its name must end with .parquet")
         conf["output"] = _checked_location("output", body.output, inside=home(), must_exist=False)
-        _check_not_state("output", conf["output"], body.output, scan.jobs.values())
+        _check_not_state("output", conf["output"], body.output, config.name, scan.jobs.values())
     if body.chunk_rows is not None:
         conf["chunk_rows"] = body.chunk_rows
     dag_id = f"{job}__predict"

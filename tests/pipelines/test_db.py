@@ -34,7 +34,7 @@ def test_url_makes_the_sqlite_folder_and_reuses_the_engine(tmp_path) -> None:
 def test_a_database_folder_that_cannot_be_made_is_a_config_error(tmp_path) -> None:
     (tmp_path / "taken").write_text("a file, not a folder")
     url = f"sqlite:///{tmp_path / 'taken' / 'labels.db'}"
-    with pytest.raises(ConfigError, match=r"cannot create the folder of its database file \(.*taken\); create it, or point"):
+    with pytest.raises(ConfigError, match=r"cannot create the folder of its database file, .*taken \(.*\); create it, or point"):
         engine_for(SqlConnection(url=url))
 
 

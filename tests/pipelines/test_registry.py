@@ -108,6 +108,14 @@ def test_promote_if_champion_promotes_only_over_the_expected_champion(registry: 
     assert registry.champion("sales", SERIES) == first
 
 
+def test_promote_gives_up_with_a_model_error_when_the_pointer_keeps_changing(registry: ModelRegistry, monkeypatch) -> None:
+    version = registry.register("sales", SERIES, {"model.skops": b"m"}, {}).version
+    # Another writer wins every round (or a store's conditional writes always fail): no endless loop.
+    monkeypatch.setattr(storage, "replace_if_unchanged", lambda *args, **kwargs: False)
+    with pytest.raises(ModelError, match=rf"could not promote version {version}: the champion pointer changed at each of 5 tries"):
+        registry.promote("sales", SERIES, version)
+
+
 def test_amend_replaces_sections_but_keeps_the_identity(registry: ModelRegistry) -> None:
     kept = registry.register("sales", SERIES, {"model.skops": b"m"}, {"decision": {"promoted": True}, "score": 1})
     amended = registry.amend("sales", SERIES, kept.version, {"decision": {"promoted": False}, "version": "forged"})

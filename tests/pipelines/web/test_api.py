@@ -291,6 +291,7 @@ def test_score_file_rejects_paths_outside_the_project(client, headers, body, mes
         "var/models/demo_sensors/x.parquet",
         "var/work/demo_sensors/scheduled__2024/scored/machine=m1.parquet",  # a running job's staged scores
         "var/quarantine/x.parquet",
+        "var/outputs/_one_off/job=demo_sensors/run.parquet",  # another job's one-off result
     ],
 )
 def test_score_file_output_may_not_replace_the_pipelines_state(client, headers, monkeypatch, output):
@@ -321,6 +322,18 @@ def test_score_file_input_may_not_read_the_pipelines_state_or_job_files(client, 
     assert answer.status_code == 422, answer.text
     detail = answer.json()["detail"]
     assert "a folder the pipelines keep their own state or job files in" in detail and "demo_sensors" not in detail.split(":", 1)[1]
+
+
+def test_score_file_sees_the_state_folders_through_symbolic_links(client, headers, web_project, monkeypatch, tmp_path):
+    # config/jobs kept elsewhere and linked in, as deployments do: the path a request names is the
+    # link's, the folder the check knows is where the link leads.
+    monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", "http://127.0.0.1:9")
+    elsewhere = tmp_path / "shared-jobs"
+    (web_project / "config" / "jobs").rename(elsewhere)
+    (web_project / "config" / "jobs").symlink_to(elsewhere)
+    answer = client.post(f"{BASE}/score-file", json={"input": "config/jobs/demo_sensors.yaml"}, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert "a folder the pipelines keep their own state or job files in" in answer.json()["detail"]
 
 
 @pytest.mark.parametrize("body", [{"input": "data/demo/web_metrics.csv", "chunk_rows": 10}, {"input": ""}, {"input": "x", "extra": 1}])
