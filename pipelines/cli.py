@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.config import find_job, jobs_dir, load_job_file
+from pipelines.config import find_job, jobs_dir, scan_job_files
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.workspace import prediction_window, to_utc, training_window, utcnow
@@ -61,23 +61,14 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     if not paths:
         print(f"no job files found in {jobs_dir()}", file=sys.stderr)
         return 1
-    failed = 0
-    origin: dict[str, Path] = {}  # job names are unique across the files checked, as scan_jobs requires
-    for path in paths:
-        try:
-            job = load_job_file(path)
-        except PipelineError as exc:
-            failed += 1
-            print(f"FAIL {exc}", file=sys.stderr)
-            continue
-        if job.name in origin:
-            failed += 1
-            print(f"FAIL {path}: job name {job.name!r} is already used by {origin[job.name]}; rename one of them",
-                  file=sys.stderr)
-            continue
-        origin[job.name] = path
+    # Job names are unique across the files checked, as Airflow's DAG files require.
+    scan = scan_job_files(paths)
+    for error in scan.errors:
+        print(f"FAIL {error}", file=sys.stderr)
+    for name, path in sorted(scan.files.items(), key=lambda item: paths.index(item[1])):
+        job = scan.jobs[name]
         print(f"ok   {path}: job {job.name} ({job.model.kind}, {len(job.features)} features)")
-    return 1 if failed else 0
+    return 1 if scan.errors else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -677,6 +677,7 @@ class JobScan:
 
     jobs: dict[str, JobConfig]  # by name, in name order
     errors: list[str]  # one per file that makes no job: its validation error, or a name already used
+    files: dict[str, Path]  # the file of each job, by name
 
 
 def scan_jobs(directory: str | Path | None = None) -> JobScan:
@@ -687,10 +688,16 @@ def scan_jobs(directory: str | Path | None = None) -> JobScan:
     in file-name order keeps it. :func:`load_jobs` is the strict reading.
     """
     directory = Path(directory) if directory else jobs_dir()
+    return scan_job_files(sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]))
+
+
+def scan_job_files(paths: list[Path]) -> JobScan:
+    """The jobs of the files ``paths``, in that order: of two files with one job name, the first
+    keeps it (what :func:`scan_jobs` does for a folder, and ``validate-config`` for the files named)."""
     jobs: dict[str, JobConfig] = {}
     origin: dict[str, Path] = {}
     errors: list[str] = []
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+    for path in paths:
         try:
             job = load_job_file(path)
         except ConfigError as exc:
@@ -700,7 +707,7 @@ def scan_jobs(directory: str | Path | None = None) -> JobScan:
             errors.append(f"{path}: job name {job.name!r} is already used by {origin[job.name]}; rename one of them")
             continue
         jobs[job.name], origin[job.name] = job, path
-    return JobScan(dict(sorted(jobs.items())), errors)
+    return JobScan(dict(sorted(jobs.items())), errors, origin)
 
 
 def load_jobs(directory: str | Path | None = None) -> dict[str, JobConfig]:

@@ -33,6 +33,9 @@ from pipelines.workspace import (
 
 log = logging.getLogger(__name__)
 
+#: What to do about timestamps with and without a time zone in one source.
+_ONE_ZONE = "Store every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC)"
+
 
 @dataclass(frozen=True)
 class Extracted:
@@ -78,8 +81,7 @@ def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 
             read_start,
             window.end,
             f"column {job.timestamp!r} mixes timestamps with and without a time zone ({exc})",
-            "Store every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without "
-            "(then taken as UTC), then re-run the window.",
+            f"{_ONE_ZONE}, then re-run the window.",
             kind=SourceDataError,
         ) from exc
     inside = window_mask(parsed, pd.Timestamp(read_start), pd.Timestamp(window.end))
@@ -256,8 +258,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
             except ValueError as exc:
                 raise SourceDataError(
                     f"job {job.name!r}: input file {input_path!r}, rows {rows + 1} to {rows + len(chunk)}: column "
-                    f"{job.timestamp!r} mixes timestamps with and without a time zone ({exc}). Store every timestamp "
-                    "with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC), then re-run."
+                    f"{job.timestamp!r} mixes timestamps with and without a time zone ({exc}). {_ONE_ZONE}, then re-run."
                 ) from exc
             here = first_zone(chunk[job.timestamp], parsed, chunk=index, offset=rows)
             # Each chunk is parsed alone, so naive chunks would be taken as UTC beside aware ones:
@@ -269,9 +270,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
                 raise SourceDataError(
                     f"job {job.name!r}: input file {input_path!r}: column {job.timestamp!r} mixes timestamps with and "
                     f"without a time zone across chunks of {chunk_rows} rows: {zone.describe()}, {here.describe()}; "
-                    "taking the ones without as UTC would be a guess. Store every timestamp with its offset "
-                    "(e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC), then re-run. "
-                    "Nothing was scored or written."
+                    f"taking the ones without as UTC would be a guess. {_ONE_ZONE}, then re-run. Nothing was scored or written."
                 )
             parsed = parsed.dropna()
             if len(parsed):
