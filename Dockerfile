@@ -8,6 +8,9 @@ WORKDIR /opt/airflow/src
 # Dependency layer: rebuilt only when the lock file or pyproject.toml change.
 # The requirement list is read from pyproject.toml so the project's code is not needed yet.
 COPY --chown=airflow:0 constraints.txt pyproject.toml README.md ./
+# pip first, at the version the lock pins: older pips lack --build-constraint (below), and the
+# base image's pip is whatever its release shipped.
+RUN pip install --no-cache-dir -c constraints.txt pip
 RUN python -c "import tomllib; \
       project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
       extras = project['optional-dependencies']; \
@@ -16,7 +19,9 @@ RUN python -c "import tomllib; \
 
 # Code layer: the library itself; its dependencies are already satisfied above.
 COPY --chown=airflow:0 pipelines/ ./pipelines/
-RUN pip install --no-cache-dir -c constraints.txt ".[s3,postgres,alerts]"
+# The build backend that builds this project runs in an isolated environment that `-c` does not
+# reach; --build-constraint pins it (setuptools) too.
+RUN pip install --no-cache-dir -c constraints.txt --build-constraint constraints.txt ".[s3,postgres,alerts]"
 
 WORKDIR /opt/airflow
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

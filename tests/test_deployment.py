@@ -452,6 +452,17 @@ def test_project_is_installed_with_the_lock_as_the_airflow_user() -> None:
     assert {"s3", "postgres", "alerts"} <= set(extras)
 
 
+def test_pip_and_the_build_backend_come_from_the_lock() -> None:
+    """pip is brought to its pinned version before anything else, and the project's own build
+    (run by pip in an isolated environment that `-c` does not reach) is pinned by --build-constraint."""
+    installs = [shlex.split(command) for _, command in _pip_installs(_dockerfile_instructions())]
+    first = [word for word in installs[0] if not word.startswith("-") and word not in ("pip", "install", "constraints.txt")]
+    assert installs[0][:2] == ["pip", "install"] and "pip" in installs[0][2:] and not first, installs[0]
+    assert re.search(r"^pip==\S+$", CONSTRAINTS.read_text(encoding="utf-8"), re.MULTILINE), "constraints.txt must pin pip"
+    project = next(words for words in installs if ".[s3,postgres,alerts]" in words)
+    assert project[project.index("--build-constraint") + 1] == "constraints.txt", project
+
+
 def test_files_are_copied_before_the_installs_that_need_them() -> None:
     instructions = _dockerfile_instructions()
     installs = [index for index, _ in _pip_installs(instructions)]
