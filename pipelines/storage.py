@@ -280,4 +280,8 @@ def find(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     # Listings are cached by some file systems (s3fs); another process may have written since.
     fs.invalidate_cache(path)
     prefix = path.rstrip("/") + "/"
-    return sorted(found[len(prefix) :] for found in fs.find(path) if found.startswith(prefix))
+    # Keys ending in "/" are the empty folder markers that S3 consoles and some tools create:
+    # s3fs lists them as files.
+    return sorted(
+        found[len(prefix) :] for found in fs.find(path) if found.startswith(prefix) and not found.endswith("/")
+    )

@@ -24,7 +24,18 @@ def home() -> Path:
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:120]
+    """``text`` (a run id) as one file name, distinct for distinct texts.
+
+    Airflow accepts run ids such as ``..`` (its default ``allowed_run_id_pattern`` allows dots):
+    taken as is, ``work/<job>/..`` is the work folder of every job, which cleanup then deletes.
+    A name that had to be changed (characters replaced, cut, or a leading dot) therefore ends
+    with a digest of the whole text, so that two run ids never share a folder.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+    if safe == text and len(safe) <= 120 and not safe.startswith("."):
+        return safe
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{safe.lstrip('.')[:107]}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -177,9 +188,9 @@ def one_off_output(job: JobConfig, run_id: str) -> str:
 def check_output_file(path: str, what: str = "output") -> None:
     """Fail before any work when ``path`` names a folder: the output is one file, and finding out
     when it is moved into place came after scoring the whole input, as a traceback."""
-    if "://" in path:
-        return  # an object store has no folders to collide with
-    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+    # An object store has no folders to collide with, but a URL ending in "/" names one all the
+    # same: s3fs drops the slash and writes an object with the folder's name.
+    if path.endswith(("/", os.sep)) or ("://" not in path and os.path.isdir(path)):
         suggestion = os.path.join(path, "scored.parquet")
         raise ConfigError(f"{what} {path!r} is a folder: give the path of the Parquet file to write, e.g. {suggestion!r}")
 

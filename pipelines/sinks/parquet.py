@@ -187,7 +187,13 @@ class ParquetSink:
             partition, _, name = path.partition("/")
             if name != PART or not partition.startswith("date="):
                 continue
-            day = pd.Timestamp(partition.removeprefix("date="), tz="UTC")
+            try:
+                day = pd.Timestamp(partition.removeprefix("date="), tz="UTC")
+            except ValueError:
+                # Not a folder this sink wrote (a copy such as "date=2024-01-05 (copy)"); the
+                # dashboard skips it the same way.
+                log.warning("job %s: ignoring %s/%s: not a date=YYYY-MM-DD folder", job, folder, path)
+                continue
             if (low is not None and day + pd.Timedelta(days=1) <= low) or (high is not None and day >= high):
                 continue
             frames.append(self._read(storage.join(folder, path), job))

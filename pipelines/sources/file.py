@@ -21,6 +21,7 @@ import operator
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -222,12 +223,15 @@ class FileReader:
         if any(char in root for char in "*?["):
             matches = fs.glob(root, detail=True)
             names = sorted(name for name, info in matches.items() if info["type"] == "file")
-            if not names:
+            if names:
+                literal = root[: min(root.index(char) for char in "*?[" if char in root)]
+                base = literal.rsplit("/", 1)[0] if "/" in literal else ""
+                return [_File(name, _hive_keys(name, base), base) for name in names]
+            # A pattern does not match a name holding its own brackets ("report [final].csv"):
+            # when the path exists as written, that is what is meant.
+            if not fs.exists(root):
                 self._check_bucket(fs, root, path, fail)
                 raise fail("no file matches the pattern", "Check `path`, or whether the data has landed yet.")
-            literal = root[: min(root.index(char) for char in "*?[" if char in root)]
-            base = literal.rsplit("/", 1)[0] if "/" in literal else ""
-            return [_File(name, _hive_keys(name, base), base) for name in names]
         try:
             info = fs.info(root)
         except FileNotFoundError as exc:
@@ -236,7 +240,9 @@ class FileReader:
         if info["type"] != "directory":
             return [_File(root)]
         files = []
-        for name in sorted(fs.find(root)):
+        # Keys ending in "/" are the empty folder markers that S3 consoles and some tools
+        # create: s3fs lists them as files.
+        for name in sorted(name for name in fs.find(root) if not name.endswith("/")):
             relative = PurePosixPath(name[len(root.rstrip("/")) :].lstrip("/"))
             # Hidden and Hadoop-style marker files and folders (_SUCCESS, .crc, _temporary)
             # are not data; sub-folders that are not key=value are not partitions.
@@ -464,6 +470,20 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
             f"{what} is not valid {fmt}: it may be truncated or corrupt ({exc})",
             "Check that the file is complete; if its suffix misleads, set `format`.",
         ) from exc
+    except Exception as exc:
+        if not _missing_credentials(exc):
+            raise
+        raise fail(
+            f"no credentials to read {what} ({exc})",
+            "Set `key` and `secret` in `storage_options`, or give this worker credentials "
+            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role).",
+        ) from exc
+
+
+def _missing_credentials(exc: BaseException) -> bool:
+    """botocore found no (or half the) credentials: s3fs passes that on as it is, not as an OSError."""
+    botocore = sys.modules.get("botocore.exceptions")  # not loaded: not botocore's error
+    return botocore is not None and isinstance(exc, (botocore.NoCredentialsError, botocore.PartialCredentialsError))
 
 
 @contextmanager
@@ -629,9 +649,13 @@ def _job_schema(dataset: ds.Dataset, job: JobConfig, fail: Fail, shown: Callable
     fields = []
     for name in job.columns:
         types = [schema.field(name).type if name in schema.names else None for schema in schemas]
+        if not all(kind is None or pa.types.is_dictionary(kind) for kind in types):
+            # pandas writes a categorical column as a dictionary of its values: beside a plain
+            # column of another file it holds values of the same type, which Arrow decodes.
+            types = [kind.value_type if kind is not None and pa.types.is_dictionary(kind) else kind for kind in types]
         if all(kind is None for kind in types):
             continue  # in no file: validation names it (or a partition folder provides it)
-        distinct = list(dict.fromkeys(types))
+        distinct = list(dict.fromkeys(kind for kind in types if kind is not None))  # a file without rows may lack it
         try:
             unified = pa.unify_schemas([pa.schema([(name, kind)]) for kind in distinct], promote_options="permissive")
             kind = unified.field(name).type

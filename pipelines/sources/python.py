@@ -61,6 +61,13 @@ class PythonReader:
         frame = result
         if self.job.timestamp not in frame.columns and frame.index.name == self.job.timestamp:
             frame = frame.reset_index()
+        twice = sorted({name for name in frame.columns[frame.columns.duplicated()] if name in self.job.columns})
+        if twice:
+            # Each would read as a frame where one column is expected, failing far from here.
+            raise fail(
+                f"the callable returned more than one column named {', '.join(map(repr, twice))}",
+                "Return each of the job's columns once (rename or drop the duplicates).",
+            )
         frame = job_columns(frame, self.job)
         inside = in_window(frame, self.job, lo, hi, fail)
         if not inside.all():

@@ -179,3 +179,15 @@ def test_an_s3_store_without_etags_is_compared_then_written(s3_bucket: tuple[str
     assert storage.replace_if_unchanged(url, b"new", storage.Snapshot(b"old", None), options)
     assert storage.read_bytes(url, options) == b"new"
 
+
+
+def test_find_skips_the_folder_markers_of_s3_consoles(s3_bucket: tuple[str, dict]) -> None:
+    import boto3
+
+    bucket, options = s3_bucket
+    client = boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1")
+    for key in ("store/", "store/date=2024-01-05/"):  # what "Create folder" in the AWS console writes
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    storage.atomic_write(f"s3://{bucket}/store/date=2024-01-05/part-0.parquet", b"x", options)
+
+    assert storage.find(f"s3://{bucket}/store", options) == ["date=2024-01-05/part-0.parquet"]

@@ -1,11 +1,17 @@
-"""Windows of runs without a data interval (asset-triggered or manual train runs)."""
+"""Windows of runs without a data interval (asset-triggered or manual train runs), and where runs keep their files."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from pipelines.config import parse_job
-from pipelines.workspace import triggered_training_end
+from pipelines.errors import ConfigError
+from pipelines.runner import cleanup
+from pipelines.workspace import Workspace, check_output_file, triggered_training_end
 
 JOB = parse_job(
     {
@@ -33,3 +39,33 @@ def test_without_events_or_due_time_it_ends_now() -> None:
     before = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     end = triggered_training_end(JOB, [], None)
     assert end >= before and end.minute == 0 and end.second == 0
+
+
+@pytest.mark.parametrize(
+    "run_ids",
+    [
+        ["..", "."],  # Airflow's default allowed_run_id_pattern accepts both
+        ["manual__2024-03-01T00:00:00+00:00", "manual__2024-03-01T00_00_00_00_00"],
+        ["r" * 120 + "a", "r" * 120 + "b"],
+    ],
+)
+def test_each_run_id_gets_its_own_folder_inside_the_job(tmp_path: Path, monkeypatch, run_ids: list[str]) -> None:
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
+    jobs = tmp_path / "work"
+    other = Workspace("other_job", "scheduled__2024-03-01")
+    os.makedirs(other.root)
+    roots = [Workspace(JOB.name, run_id).root for run_id in run_ids]
+    for root in roots:
+        assert root.parent == jobs / JOB.name and not root.name.startswith(".")
+    assert len(set(roots)) == len(roots)
+    for run_id in run_ids:
+        cleanup(JOB, run_id)
+    assert other.root.is_dir()  # a run's cleanup never reaches another job's (or run's) files
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/scores/", "gs://bucket/scores/"])
+def test_an_output_url_ending_in_a_slash_is_a_folder(url: str) -> None:
+    # s3fs drops the slash and writes an object named "scores" in place of a file in the folder.
+    with pytest.raises(ConfigError, match=rf"output '{url}' is a folder: .*'{url}scored.parquet'"):
+        check_output_file(url)
+    check_output_file(url + "scored.parquet")

@@ -109,6 +109,18 @@ def test_read_prunes_date_partitions_then_filters(tmp_path, make_frame) -> None:
         sink.read(job="sales")
 
 
+def test_read_skips_a_folder_that_is_not_a_day(tmp_path, make_frame, caplog) -> None:
+    sink = ParquetSink(str(tmp_path))
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    (written,) = sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    copy = tmp_path / "job=sales" / "date=2024-01-05 (copy)"
+    copy.mkdir()
+    (copy / "part-0.parquet").write_bytes(storage.read_bytes(written))
+
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+    assert "ignoring" in caplog.text and "date=2024-01-05 (copy)" in caplog.text
+
+
 def test_read_of_nothing_is_an_empty_frame_in_the_output_schema(tmp_path) -> None:
     rows = ParquetSink(str(tmp_path)).read(job="sales", start=at("2024-01-01"), end=at("2024-01-02"))
     assert rows.empty

@@ -137,6 +137,18 @@ def test_glob_reads_matching_files_in_name_order(make_job, hourly, tmp_path: Pat
     assert frame.index.equals(pd.RangeIndex(2))
 
 
+def test_a_path_whose_name_holds_brackets_is_read_as_written(make_job, hourly, tmp_path: Path) -> None:
+    # "[final]" as a pattern matches one letter, never the file's own name.
+    for name in ("report [final].csv", "export [2024]/part.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        hourly.to_csv(tmp_path / name, index=False)
+    for path in (tmp_path / "report [final].csv", tmp_path / "export [2024]"):
+        assert hours(read_window(make_job(file_source(str(path))), START, END)) == ["01:00", "02:00"]
+    # A pattern that matches nothing is still said to be one.
+    with pytest.raises(SourceError, match="no file matches the pattern"):
+        read_window(make_job(file_source(str(tmp_path / "report [x].csv"))), START, END)
+
+
 def test_folder_reads_its_files_but_not_marker_files(make_job, hourly, tmp_path: Path) -> None:
     folder = tmp_path / "metrics"
     folder.mkdir()
@@ -306,6 +318,24 @@ def test_parquet_files_with_compatible_types_are_read_together(make_job, hourly,
 
     assert frame["value"].tolist() == [2.0, 3.5, 4.5]
     assert list(parse_timestamps(frame["ts"])) == [at("2024-01-01 02:00"), at("2024-01-01 03:00"), at("2024-01-01 04:00")]
+
+
+def test_a_categorical_column_in_one_parquet_file_reads_with_the_plain_one_of_another(make_job, hourly, tmp_path: Path) -> None:
+    # pandas writes a categorical column as an Arrow dictionary of its values.
+    hourly = hourly.assign(ts=pd.to_datetime(hourly["ts"]).dt.tz_localize("UTC"))
+    write(hourly.iloc[:3].astype({"host": "category", "value": "category"}), str(tmp_path / "part-0.parquet"), "parquet")
+    write(hourly.iloc[3:], str(tmp_path / "part-1.parquet"), "parquet")
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path)}), at("2024-01-01 02:00"), at("2024-01-01 05:00"))
+
+    assert frame["host"].tolist() == ["a", "b", "a"] and frame["value"].tolist() == [2.0, 3.0, 4.0]
+
+
+def test_an_empty_parquet_file_without_columns_among_others_lacks_no_column(make_job, hourly, tmp_path: Path) -> None:
+    write(hourly.assign(ts=pd.to_datetime(hourly["ts"])), str(tmp_path / "part-0.parquet"), "parquet")
+    write(pd.DataFrame(), str(tmp_path / "part-1.parquet"), "parquet")
+
+    assert hours(read_window(make_job({"kind": "file", "path": str(tmp_path)}), START, END)) == ["01:00", "02:00"]
 
 
 def test_csv_dimensions_keep_their_text_and_a_byte_order_mark_is_ignored(make_job, tmp_path: Path) -> None:
@@ -717,6 +747,18 @@ def test_hive_partitions_on_s3_are_pruned(make_job, s3_bucket, fmt: str) -> None
 # Object stores: a missing bucket, a denied read, a missing backend.
 
 
+def test_s3_folder_markers_are_not_files(make_job, hourly, s3_bucket) -> None:
+    # "Create folder" in the AWS console (and some sync tools) writes empty keys ending in "/".
+    bucket, options = s3_bucket
+    client = boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1")
+    for key in ("m/", "m/date=2024-01-01/"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    write(hourly, f"s3://{bucket}/m/date=2024-01-01/1.csv", "csv", options)
+    job = make_job({"kind": "file", "path": f"s3://{bucket}/m", "storage_options": options})
+
+    assert hours(read_window(job, START, END)) == ["01:00", "02:00"]
+
+
 def test_missing_bucket_is_named(make_job, s3_endpoint: str) -> None:
     options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
     for path in ("s3://no-such-bucket-here/m.csv", "s3://no-such-bucket-here/m/*.csv"):
@@ -797,6 +839,24 @@ def test_unknown_credentials_are_a_permission_error(make_job, locked_s3) -> None
 
     with pytest.raises(SourceError, match=rf"permission denied reading s3://{bucket}/m/1\.csv"):
         read_window(job, START, END)
+
+
+def test_missing_credentials_are_a_source_error_that_says_where_to_set_them(
+    make_job, s3_bucket, tmp_path: Path, monkeypatch
+) -> None:
+    bucket, options = s3_bucket
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no wait for an instance role
+    # A new S3 file system: a cached one would still hold the credentials of earlier tests.
+    no_keys = {"endpoint_url": options["endpoint_url"], "skip_instance_cache": True}
+    for path in (f"s3://{bucket}/m.csv", f"s3://{bucket}/m/*.csv"):
+        job = make_job({"kind": "file", "path": path, "storage_options": no_keys})
+        says = rf"no credentials to read {re.escape(path)} .*Set `key` and `secret` in `storage_options`"
+        with pytest.raises(SourceError, match=says):
+            read_window(job, START, END)
 
 
 def test_gs_without_gcsfs_names_the_extra(tmp_path: Path) -> None:

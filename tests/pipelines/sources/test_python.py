@@ -56,6 +56,11 @@ def mixed_zones(start: datetime | None, end: datetime | None) -> pd.DataFrame:
     return pd.DataFrame({"ts": ["2024-01-01T01:00:00Z", "2024-01-01 02:00:00"], "host": "a", "value": [1.0, 2.0]})
 
 
+def twice_value(start: datetime | None, end: datetime | None) -> pd.DataFrame:
+    # A join that did not suffix its overlapping columns.
+    return pd.DataFrame([["2024-01-01 01:00:00", "a", 1.0, 2.0]], columns=["ts", "host", "value", "value"])
+
+
 NOT_A_FUNCTION = 42
 
 
@@ -133,8 +138,9 @@ def test_make_source_builds_a_python_reader() -> None:
         ),
         ("raises", SourceError, r"the callable raised ConnectionError: upstream API answered 503\. Fix the function"),
         ("mixed_zones", SourceError, r"column 'ts' mixes timestamps with and without a time zone"),
+        ("twice_value", SourceError, r"the callable returned more than one column named 'value'\. Return each"),
     ],
-    ids=["no-module", "no-attribute", "not-callable", "wrong-type", "raises", "mixed-zones"],
+    ids=["no-module", "no-attribute", "not-callable", "wrong-type", "raises", "mixed-zones", "duplicate-column"],
 )
 def test_failures_name_the_job_the_callable_and_the_window(function: str, error: type, problem: str) -> None:
     job = python_job(function)
