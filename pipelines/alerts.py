@@ -67,7 +67,8 @@ class AlertState:
     last timestamp its snooze covers and ``snooze_peak`` to the peak score of the alert that
     snoozed it (an event beating it escalates through the snooze); ``held`` maps a series to the
     events held while snoozed (listed in its next message); ``digest`` holds the events of the
-    digest still to be sent, by key; ``digest_progress`` the channels a digest being sent has
+    digest still to be sent, by key (``parts``: the anomalous periods of each window's part, by
+    the part's start); ``digest_progress`` the channels a digest being sent has
     reached; ``digests_sent`` the cut-off times of the digests already sent.
     """
 
@@ -117,10 +118,21 @@ class AlertState:
         return record
 
 
+def _with_part(parts: dict[str, int], event: AnomalyEvent) -> dict[str, int]:
+    """``parts`` (anomalous periods of an incident's parts, by part start) with ``event``'s part.
+
+    Windows split an incident into parts, one per window. Keyed by its start, a re-run window's
+    part replaces itself rather than being counted twice; a longer re-run's part (a backfill over
+    several windows) replaces the parts that start inside it, which it holds.
+    """
+    start, end = event.start.isoformat(), event.end.isoformat()
+    return {**{s: n for s, n in parts.items() if not start <= s <= end}, start: event.rows}
+
+
 def _whole_incident(event: AnomalyEvent, record: dict[str, Any]) -> AnomalyEvent:
     """``event``, the part of a held incident found in a later window, as the whole incident:
     from the incident's first start, counting the periods held in earlier windows."""
-    periods = {**record.get("periods", {}), event.start.isoformat(): event.rows}
+    periods = _with_part(record.get("periods", {}), event)
     first = min(event.start, datetime.fromisoformat(record["start"]))
     return replace(event, start=first, rows=sum(periods.values()))
 
@@ -301,7 +313,15 @@ def render_event(
     held = held or []
     email = _alerts(job).email
     template = email.subject if email else "[anomaly] {job} {series}: {direction} {start} (score {peak_score:.3f})"
-    subject = template.format(**_subject_fields(job, event))
+    try:
+        subject = template.format(**_subject_fields(job, event))
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        # Loading the job checks the field names only: a format spec that does not fit the field's
+        # value ("{peak_score:d}" on a float, "{start:%Y}" on text) fails here, on the first event.
+        raise ConfigError(
+            f"job {job.name}: alerts.email.subject {template!r} cannot be formatted for event {event.key}: {exc}; "
+            "start, end and peak_timestamp are text, peak_score a number, rows an integer (see docs/ALERTS.md)"
+        ) from exc
     link = dashboard_link(job, event)
     escalation = [_escalation_line(event)] if continues_held else []
     lines = [f"Anomaly in job {job.name}", *_event_lines(job, event), *escalation, *_held_lines(held), f"Dashboard: {link}"]
@@ -503,7 +523,7 @@ def process_events(
             record["start"] = min(record["start"], event.start.isoformat())
             record["end"] = max(record["end"], event.end.isoformat())
             if record["status"] == "held":  # by the part's start: a re-run of a window counts its part once
-                record.setdefault("periods", {})[event.start.isoformat()] = event.rows
+                record["periods"] = _with_part(record.get("periods", {}), event)
             if record["status"] == "sent" and set(record["channels"]) >= set(_channels(alerts)):
                 if alerts.snooze:  # an incident that goes on keeps its series snoozed after its end
                     until = (event.end + job.frequency * alerts.snooze).isoformat()
@@ -594,13 +614,15 @@ def _queue(state: AlertState, alerts: AlertsConfig, key: str, event: AnomalyEven
         return
     if key in state.digest:
         earlier = state.digest[key]
+        # An incident split by the windows is queued part by part: its periods are those of all its parts.
+        parts = _with_part(earlier.get("parts", {earlier["start"]: earlier["rows"]}), event)
         if earlier["peak_score"] >= event.peak_score:
-            merged = {**earlier, "end": max(earlier["end"], event.end.isoformat()), "status": status}
-            state.digest[key] = merged
+            end = max(earlier["end"], event.end.isoformat())
+            state.digest[key] = {**earlier, "end": end, "rows": sum(parts.values()), "parts": parts, "status": status}
             return
-        event_data = {**event.to_dict(), "start": min(earlier["start"], event.start.isoformat())}
+        event_data = {**event.to_dict(), "start": min(earlier["start"], event.start.isoformat()), "rows": sum(parts.values()), "parts": parts}
     else:
-        event_data = event.to_dict()
+        event_data = {**event.to_dict(), "parts": _with_part({}, event)}
     state.digest[key] = {**event_data, "status": status}
 
 

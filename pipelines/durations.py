@@ -22,6 +22,9 @@ _UNITS = {
     "W": "weeks",
 }
 _PATTERN = re.compile(r"^\s*(\d+)\s*(s|sec|min|m|h|d|D|w|W)\s*$")
+#: The longest span pandas can hold (``pd.Timedelta.max``, about 292 years): every duration ends
+#: up in pandas arithmetic, where a longer one would overflow far from the job file that gave it.
+_LONGEST = timedelta(microseconds=(2**63 - 1) // 1000)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -35,7 +38,13 @@ def parse_duration(text: str) -> timedelta:
     amount, unit = int(match.group(1)), match.group(2)
     if amount <= 0:
         raise ValueError(f"{text!r} must be a positive duration")
-    return timedelta(**{_UNITS[unit]: amount})
+    try:
+        duration = timedelta(**{_UNITS[unit]: amount})
+    except OverflowError:  # beyond timedelta's range: pydantic reports only ValueError with the field path
+        duration = None
+    if duration is None or duration > _LONGEST:
+        raise ValueError(f"{text!r} is too long a duration; the longest is {_LONGEST.days} days")
+    return duration
 
 
 

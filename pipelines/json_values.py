@@ -17,6 +17,13 @@ def json_safe(value: Any) -> Any:
         return {str(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(item) for item in value]
+    if isinstance(value, np.ndarray):  # item by item: .tolist() too gives nanosecond datetimes as integers
+        return [json_safe(item) for item in value] if value.ndim else json_safe(value[()])
+    if isinstance(value, np.datetime64):
+        # .item() turns a nanosecond datetime64 (pandas' unit) into an integer count of nanoseconds.
+        return json_safe(pd.Timestamp(value))
+    if isinstance(value, np.timedelta64):
+        return json_safe(pd.Timedelta(value))
     if isinstance(value, np.generic):
         return json_safe(value.item())
     if value is None or value is pd.NA or value is pd.NaT:

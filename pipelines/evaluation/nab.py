@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,7 +368,21 @@ def score_series(
 def _corpus_layouts(nab_root: str | Path, names: Sequence[str] | None = None) -> dict[str, _Layout]:
     windows = load_windows(nab_root)
     data = Path(nab_root) / "data"
-    return {name: _layout(_read_timestamps(data / name), windows[name]) for name in sorted(names or windows)}
+    layouts = {}
+    for name in sorted(names or windows):
+        with _naming(name):
+            layouts[name] = _layout(_read_timestamps(data / name), windows[name])
+    return layouts
+
+
+@contextmanager
+def _naming(series: str) -> Iterator[None]:
+    """Prefix the series to a :class:`ConfigError` raised inside: scoring a corpus of dozens of
+    series, "detections have shape (4031,)" alone does not say which results file is short."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(f"NAB series {series}: {e}") from e
 
 
 def _check_names(given: Mapping[str, object], known: Mapping[str, object], partial: bool) -> list[str]:
@@ -418,7 +433,10 @@ def score_corpus(
 def _score_layouts(
     layouts: Mapping[str, _Layout], detections: Mapping[str, np.ndarray], profile: Profile
 ) -> CorpusScore:
-    series = {name: _score(layout, np.asarray(detections[name]), profile) for name, layout in layouts.items()}
+    series = {}
+    for name, layout in layouts.items():
+        with _naming(name):
+            series[name] = _score(layout, np.asarray(detections[name]), profile)
     bounds = [_null_and_perfect(layout, profile) for layout in layouts.values()]
     raw = sum(s.raw for s in series.values())
     null = sum(b[0] for b in bounds)
@@ -591,7 +609,8 @@ def sweep_threshold(
     raw = np.zeros(len(thresholds))
     null = perfect = 0.0
     for name in names:
-        raw += _sweep_raw(layouts[name], scores[name], thresholds, profile)
+        with _naming(name):
+            raw += _sweep_raw(layouts[name], scores[name], thresholds, profile)
         lo, hi = _null_and_perfect(layouts[name], profile)
         null, perfect = null + lo, perfect + hi
     _normalise(0.0, null, perfect)  # fails early if the series hold no window

@@ -225,8 +225,10 @@ def test_a_held_incident_escalates_when_it_worsens_in_a_later_window(tmp_path: P
         [(4, 8), (8, 16)],
         # Hourly windows split the incident; re-running one of them counts its part once.
         [(4, 8), (8, 10), (10, 11), (10, 11), (11, 16)],
+        # A longer re-run (a backfill over two of them) holds their parts: counted once.
+        [(4, 8), (8, 10), (10, 11), (8, 11), (11, 16)],
     ],
-    ids=["one-window", "split-and-rerun"],
+    ids=["one-window", "split-and-rerun", "split-and-longer-rerun"],
 )
 def test_an_escalated_held_incident_is_told_from_its_first_start(tmp_path: Path, inbox: Inbox, windows: list[tuple[int, int]]):
     job = make_job(tmp_path, snooze=6)
@@ -379,6 +381,34 @@ def test_digest_lists_the_days_events_once(tmp_path: Path, inbox: Inbox):
     assert process_events(job, rows_in(frame, 4, 8), window(4, 8)).digest["sent"] is False
     assert len(inbox.mails) == 1
 
+
+@pytest.mark.parametrize(
+    "windows",
+    [[(4, 8), (8, 16)], [(4, 8), (4, 8), (8, 10), (8, 10), (10, 16)], [(4, 8), (8, 10), (4, 10), (10, 16)]],
+    ids=["two-windows", "split-and-rerun", "longer-rerun"],
+)
+def test_the_digest_counts_every_period_of_an_incident_split_by_the_windows(
+    tmp_path: Path, inbox: Inbox, windows: list[tuple[int, int]]
+):
+    job = make_job(tmp_path, immediate=False, digest={"hour": 12})
+    # One incident from 06:00 to 09:00 (4 periods), its peak in the second window.
+    frame = output_rows("region=eu", anomalies={6: {"requests": 150}, 7: {"requests": 160}, 8: {"requests": 180}, 9: {"requests": 170}})
+    for first, last in windows:
+        process_events(job, rows_in(frame, first, last), window(first, last))
+    [(_, message)] = inbox.mails
+    _, text = body(message)
+    assert "Time range: 2024-03-01 06:00 UTC to 2024-03-01 10:00 UTC (4 anomalous periods)" in text
+    assert "Peak score: 0.9800 at 2024-03-01 08:00 UTC" in text
+
+
+
+def test_a_subject_format_that_does_not_fit_its_field_is_a_config_error_naming_it(tmp_path: Path):
+    # Loading the job checks the field names; "{peak_score:d}" (a float) only fails on an event.
+    job = make_job(tmp_path, email={"to": ["oncall@example.com"], "subject": "{series}: {peak_score:d}"})
+    with pytest.raises(ConfigError, match=r"job web: alerts.email.subject '\{series\}: \{peak_score:d\}' cannot be formatted "
+                       r"for event web\|region=eu\|2024-03-01T05:00:00\+00:00: Unknown format code 'd'"):
+        process_events(job, output_rows(anomalies={5: {"requests": 150}}), window(0, 24))
+    assert not [r for r in AlertState.load(job).events.get("region=eu", []) if r["status"] == "sent"]
 
 def test_alert_window_reads_the_published_rows_and_keeps_state_beside_the_models(tmp_path: Path, inbox: Inbox):
     job = make_job(tmp_path)

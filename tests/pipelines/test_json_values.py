@@ -24,6 +24,12 @@ from pipelines.json_values import json_safe
         (date(2024, 1, 2), "2024-01-02"),
         ({"ts": np.datetime64("NaT"), 1: (1.5, None)}, {"ts": None, "1": [1.5, None]}),
         (b"raw", "b'raw'"),
+        # NumPy's .item() gives nanosecond datetimes (pandas' unit) as an integer count of nanoseconds.
+        (np.datetime64("2024-01-01T05:00:00.000000000"), "2024-01-01T05:00:00"),
+        (np.timedelta64(90, "m"), "0 days 01:30:00"),
+        (np.array([1.5, np.nan, np.inf]), [1.5, None, "inf"]),
+        (np.array(["2024-01-01T05:00"], dtype="datetime64[ns]"), ["2024-01-01T05:00:00"]),
+        (np.array(2), 2),
     ],
 )
 def testjson_safe(value: object, expected: object) -> None:

@@ -231,6 +231,16 @@ def test_results_dir_uses_thresholds_json(toy_root: Path) -> None:
         nab.score_results_dir(results, toy_root, "other")
 
 
+
+def test_a_series_of_the_wrong_length_is_named(toy_root: Path) -> None:
+    # Scoring dozens of series, a shape alone does not say which results file is short.
+    scores = toy_scores(np.random.default_rng(0))
+    scores["catB/two.csv"] = scores["catB/two.csv"][:-1]
+    with pytest.raises(ConfigError, match=r"NAB series catB/two.csv: detections have shape \(99,\)"):
+        nab.score_corpus({name: values >= 0.9 for name, values in scores.items()}, toy_root, "standard")
+    with pytest.raises(ConfigError, match=r"NAB series catB/two.csv: scores have shape \(99,\)"):
+        nab.sweep_threshold(scores, toy_root, "standard")
+
 def test_sweep_finds_the_separating_threshold(toy_root: Path) -> None:
     scores = toy_scores(np.random.default_rng(1))
     assert nab.sweep_threshold(scores, toy_root, "standard") == (0.9, pytest.approx(100.0))
