@@ -8,9 +8,16 @@ its import errors (UI, ``airflow dags list-import-errors``) until the file is fi
 
 from __future__ import annotations
 
-from pipelines.config import scan_jobs
+from pipelines.config import jobs_dir, scan_jobs
 from pipelines.errors import ConfigError
 
+# A folder that is not there (a misspelt $ANOMALY_PIPELINES_JOBS_DIR, a volume not mounted) made
+# no DAGs and no error at all: Airflow looked like a project without jobs.
+if not jobs_dir().is_dir():
+    raise ConfigError(
+        f"the job folder {jobs_dir()} does not exist, so no job has DAGs: create it, or point "
+        "$ANOMALY_PIPELINES_JOBS_DIR (default: config/jobs under $ANOMALY_PIPELINES_BASE_DIR) at the folder holding the job files"
+    )
 _errors = scan_jobs().errors
 if _errors:
     raise ConfigError(

@@ -128,6 +128,14 @@ def _context_window(declared: dict) -> tuple[object, object, dict]:
     return context.get("data_interval_start"), context.get("data_interval_end"), context["params"]
 
 
+def _conf_path(path: str | None) -> str | None:
+    """A path of the run's conf: a relative one resolves against the project root, as ``input`` and
+    the job file's paths do (it was written relative to whatever folder the worker ran in)."""
+    from pipelines.config import resolve_path
+
+    return resolve_path(path) if path else path
+
+
 def _materialize(results) -> list[dict]:
     # Indexing up to len() reads each mapped result once; iterating a lazy XCom sequence probes
     # one past the end, which Airflow logs as an error.
@@ -138,7 +146,7 @@ def _dag_kwargs(job: JobConfig, purpose: str, cron: str | None, params: dict) ->
     return {
         "dag_id": f"{job.name}__{purpose}",
         "schedule": _timetable(cron),
-        "start_date": pendulum.parse(job.start_date, tz="UTC"),
+        "start_date": pendulum.instance(job.start_datetime),
         "catchup": False,
         "max_active_runs": 1,  # runs of one job write the same partitions: one at a time
         "default_args": DEFAULT_ARGS,
@@ -266,7 +274,7 @@ def build_predict_dag(job: JobConfig):
             interval_start, interval_end, params = _context_window({**WINDOW_PARAMS, **ONE_OFF_PARAMS})
             # Bad one-off values fail here, not in publish after every chunk is scored.
             check_one_off(
-                job, input_path=params.get("input"), output=params.get("output"), chunk_rows=int(params["chunk_rows"]),
+                job, input_path=params.get("input"), output=_conf_path(params.get("output")), chunk_rows=int(params["chunk_rows"]),
                 start=params.get("start"), end=params.get("end"),
             )
             check_serving(job)  # before the first training: "train first", not a validation failure
@@ -320,7 +328,7 @@ def build_predict_dag(job: JobConfig):
             scored = _materialize(scored)
             paths = [s["path"] for s in scored]
             if extracted["one_off"]:
-                result = publish_file(job, window, paths, params.get("output") or one_off_output(job, run_id))
+                result = publish_file(job, window, paths, _conf_path(params.get("output")) or one_off_output(job, run_id))
             else:
                 result = publish_scored(job, window, scored)
             summary = [{"series": k, "timestamps": n, "anomalous": result.anomalies[k]} for k, n in result.rows_per_series.items()]

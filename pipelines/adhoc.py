@@ -21,7 +21,7 @@ from fsspec.core import url_to_fs
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
-from pipelines.errors import DataValidationError
+from pipelines.errors import ConfigError, DataValidationError
 from pipelines.extraction import TimestampZone, first_zone, prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
@@ -125,6 +125,13 @@ def detect_files(
 ) -> pd.DataFrame:
     """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows."""
     check_output_file(output, "--output")
+    if timestamp is None and ROW in dimensions:
+        # Without timestamps the output gains a `row` column of row numbers: a dimension of that
+        # name overwrote it (its values written as row numbers, or a crash on text).
+        raise ConfigError(
+            f"--dimensions names {ROW!r}, the column the output numbers rows in when there is no --timestamp: "
+            "rename that column in both files, or give the time column with --timestamp"
+        )
     job = parse_job(
         {
             "name": "detect",

@@ -52,14 +52,21 @@ def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
+def _job_files(folder: Path) -> list[Path]:
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
 def cmd_validate_config(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.paths] or sorted([*jobs_dir().glob("*.yaml"), *jobs_dir().glob("*.yml")])
+    given = [Path(p) for p in args.paths] or [jobs_dir()]
+    # A folder stands for its job files, as config/jobs does by default: it was read as one job
+    # file and failed with "Is a directory".
+    paths = [file for path in given for file in (_job_files(path) if path.is_dir() else [path])]
     unique: dict[Path, Path] = {}
     for path in paths:  # a file named twice (a glob and its name) is checked once
         unique.setdefault(path.resolve(), path)
     paths = list(unique.values())
     if not paths:
-        print(f"no job files found in {jobs_dir()}", file=sys.stderr)
+        print(f"no job files (*.yaml, *.yml) found in {', '.join(map(str, given))}", file=sys.stderr)
         return 1
     # Job names are unique across the files checked, as Airflow's DAG files require.
     scan = scan_job_files(paths)
@@ -242,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate-config", help="check job files (default: every file in config/jobs)")
-    validate.add_argument("paths", nargs="*")
+    validate.add_argument("paths", nargs="*", help="job files, or folders of them (default: config/jobs or $ANOMALY_PIPELINES_JOBS_DIR)")
     validate.set_defaults(func=cmd_validate_config)
 
     for name, func, helptext in (

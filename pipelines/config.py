@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -221,6 +221,7 @@ class BigQuerySource(_Model):
 
 
 Source = Annotated[FileSource | SqlSource | BigQuerySource | PythonSource, Field(discriminator="kind")]
+SOURCE_KINDS = ("file", "sql", "bigquery", "python")
 
 
 class ModelConfig(_Model):
@@ -296,6 +297,17 @@ class Schedules(_Model):
             raise ValueError(
                 f"{value!r} is not a valid cron expression (five fields: minute hour day month weekday)"
             )
+        # A day no month named has (`0 0 31 2 *`) parses, but Airflow then finds no run to
+        # schedule: the DAG never ran, with only a traceback in the DAG processor's log.
+        from croniter import CroniterBadDateError
+
+        try:
+            croniter(value).get_next()
+        except CroniterBadDateError:
+            raise ValueError(
+                f"{value!r} never fires: none of its months has that day of the month; "
+                "check the day and month fields (`null` makes the DAG run only when triggered)"
+            ) from None
         return value
 
 
@@ -615,6 +627,17 @@ class JobConfig(_Model):
     def columns(self) -> list[str]:
         return [self.timestamp, *self.dimensions, *self.features]
 
+    @property
+    def start_datetime(self) -> datetime:
+        """``start_date`` as an aware datetime (UTC when it names no offset).
+
+        Parsed by the function that validated it: the DAG file once used pendulum's parser, which
+        refuses ISO forms this one takes (``2024-02-01T0600``), so a job that passed
+        ``validate-config`` failed the whole DAG file and every job lost its DAGs.
+        """
+        parsed = datetime.fromisoformat(self.start_date)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
 
 def base_dir() -> Path:
     """Folder that relative paths in job files are resolved against."""
@@ -642,6 +665,10 @@ def _format_errors(exc: ValidationError) -> str:
             message = "unknown field (check its spelling, or remove it)"
         elif err["type"] == "missing":
             message = "required field is missing"
+        elif err["type"] == "union_tag_not_found":
+            # pydantic says "Unable to extract tag using discriminator 'kind'"; the source is the
+            # only union told apart by a field, so name the field and the kinds it takes.
+            message = f"required field {err['ctx']['discriminator']} is missing: one of {', '.join(SOURCE_KINDS)}"
         elif not isinstance(given, dict):
             message = _naming_input(message, given)
         lines.append(f"  {where}: {message}")

@@ -74,13 +74,21 @@ def test_every_job_yields_train_predict_and_tune(dagbag):
             assert type(tune.timetable).__name__ == "NullTimetable"
 
 
-def test_a_broken_job_file_keeps_the_other_jobs_dags_and_says_what_is_wrong(tmp_path, monkeypatch):
+def _jobs_with_a_variant(folder: Path, monkeypatch, name: str, *replacements: tuple[str, str]) -> None:
+    """The shipped jobs, plus demo_web_metrics renamed to ``name`` with ``replacements`` made, as
+    the job folder the DAG files read."""
     for path in (REPO / "config" / "jobs").glob("*.yaml"):
-        shutil.copy(path, tmp_path)
-    broken = (REPO / "config" / "jobs" / "demo_web_metrics.yaml").read_text()
-    broken = broken.replace("name: demo_web_metrics", "name: broken_web").replace("value: 0.005", "value: 7")
-    (tmp_path / "broken_web.yaml").write_text(broken)
-    monkeypatch.setenv("ANOMALY_PIPELINES_JOBS_DIR", str(tmp_path))
+        shutil.copy(path, folder)
+    text = (REPO / "config" / "jobs" / "demo_web_metrics.yaml").read_text()
+    for old, new in [("name: demo_web_metrics", f"name: {name}"), *replacements]:
+        assert old in text, old
+        text = text.replace(old, new)
+    (folder / f"{name}.yaml").write_text(text)
+    monkeypatch.setenv("ANOMALY_PIPELINES_JOBS_DIR", str(folder))
+
+
+def test_a_broken_job_file_keeps_the_other_jobs_dags_and_says_what_is_wrong(tmp_path, monkeypatch):
+    _jobs_with_a_variant(tmp_path, monkeypatch, "broken_web", ("value: 0.005", "value: 7"))
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert {f"{name}__{purpose}" for name in ("demo_sensors", "demo_web_metrics") for purpose in ("train", "predict", "tune")} == set(
@@ -89,6 +97,28 @@ def test_a_broken_job_file_keeps_the_other_jobs_dags_and_says_what_is_wrong(tmp_
     [(path, error)] = bag.import_errors.items()
     assert path.endswith("anomaly_job_errors.py")
     assert f"{tmp_path / 'broken_web.yaml'}: invalid job configuration\n  threshold: contamination must be in (0, 0.5], got 7.0" in error
+
+
+def test_a_job_folder_that_does_not_exist_is_an_import_error(tmp_path, monkeypatch):
+    # It made no DAGs and no error: Airflow looked like a project without jobs.
+    monkeypatch.setenv("ANOMALY_PIPELINES_JOBS_DIR", str(tmp_path / "jobz"))
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.dag_ids == []
+    [(path, error)] = bag.import_errors.items()
+    assert path.endswith("anomaly_job_errors.py")
+    assert f"the job folder {tmp_path / 'jobz'} does not exist, so no job has DAGs" in error
+
+
+def test_every_start_date_validate_config_takes_makes_dags(tmp_path, monkeypatch):
+    # A start_date Python's ISO parser takes (which validates it) but pendulum's did not: the DAG
+    # file raised while building that job, and every job lost its DAGs.
+    _jobs_with_a_variant(tmp_path, monkeypatch, "compact_time", ('start_date: "2024-02-01"', 'start_date: "2024-02-01T0630"'))
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    assert {"demo_sensors__predict", "demo_web_metrics__predict", "compact_time__predict"} <= set(bag.dag_ids)
+    assert bag.dags["compact_time__train"].start_date.isoformat() == "2024-02-01T06:30:00+00:00"
 
 
 def test_mapped_over_series(dagbag):

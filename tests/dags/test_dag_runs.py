@@ -142,7 +142,7 @@ def test_predict_before_any_training_says_to_train_first(project: Path, airflow_
     assert not (project / "var" / "quarantine").exists()
 
 
-def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, capfd):
+def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, capfd, tmp_path_factory, monkeypatch):
     assert run("demo_web_metrics__train", {"end": TRAIN_END}, TRAIN_END).endswith("success")
     data = REPO / "data" / "demo" / "web_metrics.csv"
     folder = project / "out"
@@ -166,3 +166,12 @@ def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, ca
         assert not any(task.startswith("score") and state == "success" for task, (state, _) in states.items()), states
         assert message in capfd.readouterr().out, conf
     assert not (project / "scored.parquet").exists() and not (project / "var" / "outputs" / "_one_off").exists()
+
+    # A relative output resolves against the project root, as the input does: it went to the folder
+    # the worker happened to run in.
+    elsewhere = tmp_path_factory.mktemp("worker_cwd")
+    monkeypatch.chdir(elsewhere)
+    states = task_states("demo_web_metrics__predict", {"input": "data/demo/web_metrics.csv", "output": "scored/web.parquet"}, None)
+    assert states["publish"] == ("success", 1), states
+    assert len(pd.read_parquet(project / "scored" / "web.parquet")) > 0
+    assert not (elsewhere / "scored").exists()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipelines.adhoc import detect_files
-from pipelines.errors import DataValidationError
+from pipelines.errors import ConfigError, DataValidationError
 
 
 def _write(path: Path, start: str, hours: int, *, aware: bool) -> str:
@@ -85,3 +85,17 @@ def test_train_and_input_files_both_with_time_zones_are_scored(tmp_path: Path) -
     input = _write(tmp_path / "input.csv", "2024-03-05", 24, aware=True)
     scored = _detect(train, input, tmp_path / "out.parquet")
     assert len(scored) == 24 and (tmp_path / "out.parquet").exists()
+
+
+def test_a_dimension_named_row_without_timestamps_is_refused_before_writing(tmp_path: Path) -> None:
+    # Without --timestamp the output numbers rows in a `row` column; a dimension named `row`
+    # overwrote it: a traceback for text values, the dimension's values as row numbers otherwise.
+    for name in ("train", "input"):
+        pd.DataFrame({"row": ["a", "b"] * 50, "v": range(100)}).to_csv(tmp_path / f"{name}.csv", index=False)
+
+    with pytest.raises(ConfigError, match="--dimensions names 'row', the column the output numbers rows in"):
+        detect_files(
+            str(tmp_path / "train.csv"), str(tmp_path / "input.csv"), timestamp=None, features=["v"], dimensions=["row"],
+            model="iforest", params={}, contamination=0.05, output=str(tmp_path / "out.parquet"),
+        )
+    assert not (tmp_path / "out.parquet").exists()

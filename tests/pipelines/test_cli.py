@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,8 @@ import yaml
 from pipelines.cli import main
 from pipelines.config import get_job, load_job_file
 from pipelines.training import registry_for
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_validate_config_reports_each_file(tmp_path, capsys):
@@ -55,6 +58,19 @@ def test_validate_config_fails_a_job_name_used_by_two_files(tmp_path, monkeypatc
     assert expected in err and "featurez: unknown field" in err
     # The same file given twice is one file.
     assert main(["validate-config", str(tmp_path / "a.yaml"), str(tmp_path / "a.yaml")]) == 0
+
+
+def test_validate_config_checks_the_job_files_of_a_folder(tmp_path, capsys):
+    # A folder was read as one job file: "cannot read job file: [Errno 21] Is a directory".
+    job = yaml.safe_load((REPO / "config" / "jobs" / "demo_web_metrics.yaml").read_text())
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "web.yml").write_text(yaml.safe_dump(job))
+    (tmp_path / "jobs" / "notes.txt").write_text("not a job")
+    assert main(["validate-config", str(tmp_path / "jobs")]) == 0
+    assert capsys.readouterr().out == f"ok   {tmp_path / 'jobs' / 'web.yml'}: job demo_web_metrics (seasonal_mad, 2 features)\n"
+    (tmp_path / "empty").mkdir()
+    assert main(["validate-config", str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().err == f"no job files (*.yaml, *.yml) found in {tmp_path / 'empty'}\n"
 
 
 def test_shipped_jobs_validate(capsys):

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
-from pipelines.config import get_job, load_job_file, load_jobs, parse_job, resolve_path, scan_jobs
+from pipelines.config import SOURCE_KINDS, Source, get_job, load_job_file, load_jobs, parse_job, resolve_path, scan_jobs
 from pipelines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +24,10 @@ def minimal(**overrides) -> dict:
     }
     job.update(overrides)
     return job
+
+
+def test_the_source_kinds_named_in_errors_are_the_source_kinds():
+    assert SOURCE_KINDS == tuple(get_args(source.model_fields["kind"].annotation)[0] for source in get_args(get_args(Source)[0]))
 
 
 def test_every_shipped_job_file_is_valid():
@@ -50,6 +55,8 @@ def test_defaults_and_durations():
         ({"schedules": {"predict": "every hour"}}, "schedules.predict", "not a valid cron expression"),
         # croniter takes seconds as a sixth field; Airflow's cron has five.
         ({"schedules": {"train": "0 0 * * * *"}}, "schedules.train", "not a valid cron expression (five fields"),
+        # Parses, but no February has a 31st: Airflow scheduled no run, logging a traceback.
+        ({"schedules": {"predict": "0 0 31 2 *"}}, "schedules.predict", "'0 0 31 2 *' never fires: none of its months has that day"),
         ({"frequency": "hourly"}, "frequency", "is not a duration"),
         ({"features": []}, "features", "at least 1 item"),
         ({"name": "Web-Job"}, "name", "lower-case letter"),
@@ -69,6 +76,8 @@ def test_defaults_and_durations():
             "exactly one of url, url_env, conn_id",
         ),
         ({"source": {"kind": "ftp", "path": "x"}}, "source", "does not match any of the expected tags"),
+        # pydantic's own words were "Unable to extract tag using discriminator 'kind'".
+        ({"source": {"path": "x.csv"}}, "source", "required field 'kind' is missing: one of file, sql, bigquery, python"),
     ],
 )
 def test_errors_name_file_field_and_reason(overrides, field, reason):
