@@ -8,7 +8,7 @@ type, not a SQLAlchemy drivername, so it is mapped (``_AIRFLOW_SCHEMES``) unless
 connection's extra names one (``{"sqlalchemy_scheme": "..."}``).
 
 Passwords never reach messages or logs: errors name ``SqlConnection.describe()`` and logs the
-URL with its password masked.
+URL with its password and secret driver options (``sslpassword``...) masked.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,18 @@ def _install_hint(url: sa.URL) -> str:
     return f"pip install 'anomaly-pipelines[{extra}]' (or pip install {package})"
 
 
+#: Driver options whose values are secrets: libpq's ``sslpassword`` (the client key's passphrase),
+#: a token or an access key, given in the URL's query or an Airflow connection's extra.
+_SECRET_OPTION = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
+
+
+def _loggable(url: sa.URL) -> str:
+    """``url`` with its password and the values of its secret driver options masked."""
+    hidden = {key: "***" for key in url.query if _SECRET_OPTION.search(key)}
+    # Rendering escapes the mask as it would a value; shown as the password's mask is.
+    return url.update_query_dict(hidden).render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+
+
 SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
 
 
@@ -233,7 +246,7 @@ def _engine(url: sa.URL) -> sa.Engine:
     statement = _SESSION_UTC.get(engine.dialect.name)
     if statement:
         sa.event.listen(engine, "connect", functools.partial(_set_session, statement))
-    log.info("created database engine for %s", url.render_as_string(hide_password=True))
+    log.info("created database engine for %s", _loggable(url))
     return engine
 
 

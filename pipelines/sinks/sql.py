@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import random
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -37,6 +39,11 @@ _JOB_NAME_LENGTH = 64  # pipelines.config.JOB_NAME allows 63 characters
 #: there, so a job's dimension must not be added again in another case (ALTER TABLE would fail).
 #: PostgreSQL is not one of them: SQLAlchemy quotes any name with capitals, which keeps its case.
 _CASE_INSENSITIVE_COLUMNS = frozenset({"sqlite", "mysql", "mariadb", "mssql", "duckdb"})
+#: Looks at the table before creating it or adding columns (see :meth:`SqlSink._prepare`).
+_PREPARE_ATTEMPTS = 3
+#: Runs of a write transaction that InnoDB chose as a deadlock victim (see :func:`_deadlocked`).
+_WRITE_ATTEMPTS = 5
+_DEADLOCK_BACKOFF_SECONDS = 0.2
 
 
 def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
@@ -46,6 +53,18 @@ def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
     if conn.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest(), "big", signed=True)
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _deadlocked(exc: Exception) -> bool:
+    """MySQL/MariaDB's deadlock error (1213): InnoDB rolled the whole transaction back, so
+    running it again is safe, and what MySQL's manual advises.
+
+    Writers of different jobs to one table deadlock there (the tests make two do it): under REPEATABLE
+    READ each window DELETE also locks the gap up to the next job's rows, and each INSERT then
+    waits for the other's gap lock.
+    """
+    orig = getattr(exc, "orig", None)
+    return isinstance(exc, sa.exc.OperationalError) and getattr(orig, "args", ())[:1] == (1213,)
 
 
 def _column(name: str, kind: str) -> sa.Column[Any]:
@@ -114,12 +133,31 @@ class SqlSink:
         columns += [sa.Column(dim, sa.Text, nullable=True) for dim in dimensions]
         # The naming convention shortens the index name where the database limits its length.
         metadata = sa.MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s"})
-        table = sa.Table(self.table, metadata, *columns, schema=self.db_schema)
+        # utf8mb4 on MySQL/MariaDB: their databases often default to latin1 (MariaDB's own default
+        # before 11.6), where a dimension value such as 東京 failed every write of the job.
+        table = sa.Table(self.table, metadata, *columns, schema=self.db_schema, mysql_charset="utf8mb4")
         sa.Index(None, table.c.job, table.c.timestamp)
         return table
 
     def _prepare(self, table: sa.Table, dimensions: list[str]) -> None:
-        """Create the table, or add the dimension columns it lacks (other jobs have other dimensions)."""
+        """Create the table, or add the dimension columns it lacks (other jobs have other dimensions).
+
+        Only PostgreSQL's look-then-change is serialized (an advisory lock): elsewhere another
+        writer, say a job publishing at the same hour, may create the table or add the same
+        column between this one's look and its change, which then fails ("already exists",
+        "duplicate column", a deadlock on MariaDB). That change is committed by then, so a new
+        look finds it; an error of another cause fails every attempt.
+        """
+        for attempt in range(1, _PREPARE_ATTEMPTS + 1):
+            try:
+                self._create_or_extend(table, dimensions)
+                return
+            except sa.exc.DBAPIError as exc:
+                if attempt == _PREPARE_ATTEMPTS:
+                    raise
+                log.info("preparing table %s failed (%s), looking at it again", self.name, getattr(exc, "orig", None) or exc)
+
+    def _create_or_extend(self, table: sa.Table, dimensions: list[str]) -> None:
         with self.engine.begin() as conn:
             # Two first writes (of any jobs) would both see no table and both create it.
             _lock_for_transaction(conn, "prepare", self.name)
@@ -128,7 +166,7 @@ class SqlSink:
                 table.create(conn)
                 log.info("created table %s", self.name)
                 return
-            present = {column["name"] for column in inspector.get_columns(self.table, schema=self.db_schema)}
+            present = set(self._stored_columns(conn))
             if conn.dialect.name in _CASE_INSENSITIVE_COLUMNS:
                 # The rows of a job with dimension "region" go into an existing column "Region".
                 present = {name.lower() for name in present}
@@ -143,6 +181,16 @@ class SqlSink:
                 )
                 log.info("added dimension column %s to table %s", dim, self.name)
 
+    def _stored_columns(self, conn: sa.Connection) -> list[str]:
+        """The names of the table's columns, as stored.
+
+        Read from the keys of a query that selects no row, not through SQLAlchemy's inspector:
+        DuckDB's dialect (duckdb-engine) cannot reflect columns under SQLAlchemy 2.1 (its query
+        names pg_catalog.pg_collation, which DuckDB lacks), so every write after the first failed.
+        """
+        everything = sa.select(sa.text("*")).select_from(sa.table(self.table, schema=self.db_schema)).where(sa.false())
+        return list(conn.execute(everything).keys())
+
     def _serialize(self, conn: sa.Connection, job: str) -> None:
         """Wait, inside the write transaction, until no other write of ``job`` to this table is open.
 
@@ -153,7 +201,8 @@ class SqlSink:
         write lock that the transaction keeps until it ends (a second writer waits for it, up to
         the driver's busy timeout). MySQL/MariaDB need nothing either: InnoDB's DELETE locks the
         index range of the window until the transaction ends, and a second writer's DELETE waits
-        for it (tests/pipelines/sinks/test_sql.py races two writers on a real MariaDB server).
+        for it (tests/pipelines/sinks/test_sql.py races two writers on a real MariaDB server); it
+        may deadlock with a writer of another job, which :meth:`replacing` runs again.
         Other databases get no lock here.
         """
         _lock_for_transaction(conn, "write", self.name, job)
@@ -177,11 +226,13 @@ class SqlSink:
         table = self._definition(dimensions)
         try:
             self._prepare(table, dimensions)
-            conn = self.engine.connect()
         except Exception as exc:
             raise self._failure(exc, frame, job, start, end) from exc
-        # Closing the connection rolls back whatever was not committed.
-        with conn:
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                conn = self.engine.connect()
+            except Exception as exc:
+                raise self._failure(exc, frame, job, start, end) from exc
             try:
                 transaction = conn.begin()
                 self._serialize(conn, job)
@@ -197,8 +248,20 @@ class SqlSink:
                 else:
                     for records in _records(frame):
                         conn.execute(sa.insert(table), records)
+                break
             except Exception as exc:
+                conn.close()  # rolls back whatever was not committed
+                if attempt < _WRITE_ATTEMPTS and _deadlocked(exc):
+                    log.warning(
+                        "writing job %s to table %s: deadlock with another writer (attempt %d of %d), writing again",
+                        job, self.name, attempt, _WRITE_ATTEMPTS,
+                    )
+                    # Random, so that the writers that deadlocked do not meet again.
+                    time.sleep(random.uniform(0, _DEADLOCK_BACKOFF_SECONDS * attempt))
+                    continue
                 raise self._failure(exc, frame, job, start, end) from exc
+        # Closing the connection rolls back whatever was not committed.
+        with conn:
             yield len(frame)
             try:
                 transaction.commit()
@@ -224,7 +287,11 @@ class SqlSink:
         """Rows of ``job`` in ``[start, end)`` with UTC-aware times, in the output schema."""
         try:
             with self.engine.connect() as conn:
-                table = sa.Table(self.table, sa.MetaData(), schema=self.db_schema, autoload_with=conn)
+                if not sa.inspect(conn).has_table(self.table, schema=self.db_schema):
+                    raise sa.exc.NoSuchTableError(self.name)
+                # The output columns typed as written (see _stored_columns for why not reflected).
+                stored = self._stored_columns(conn)
+                table = self._definition([name for name in stored if name not in schema.OUTPUT_COLUMNS])
                 query = sa.select(table).where(table.c.job == job)
                 if start is not None:
                     query = query.where(table.c.timestamp >= _naive(utc(start)))

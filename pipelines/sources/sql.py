@@ -101,9 +101,13 @@ class SqlReader:
             except (pd.errors.DatabaseError, SQLAlchemyError) as exc:
                 # pandas wraps SQLAlchemy's error in its own; the driver's message is what helps.
                 cause = exc.__cause__ if isinstance(exc.__cause__, SQLAlchemyError) else exc
+                unbound = re.search(r"A value is required for bind parameter '(\w+)'", str(cause))
                 raise fail(
                     f"the query failed ({_reason(cause, secret)})",
-                    "Check the query against the database (tables, columns, syntax), that this user may "
+                    f"Set :{unbound[1]} in `params`; if that colon does not start a parameter (it is inside "
+                    f"a string or a comment), write it as \\:{unbound[1]}."
+                    if unbound
+                    else "Check the query against the database (tables, columns, syntax), that this user may "
                     "read them, and that every :name in it is set in `params`.",
                 ) from _unless_leaking(cause, secret)
         log.info("job %s: read %d rows from %s", self.job.name, len(frame), self.config.describe())

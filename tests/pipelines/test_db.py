@@ -250,3 +250,19 @@ def airflow_fields(url: sa.URL, conn_type: str) -> dict:
         "password": url.password,
         "schema": url.database,
     }
+
+
+def test_secret_driver_options_are_not_logged(monkeypatch, caplog) -> None:
+    # libpq's sslpassword (from the URL, or an Airflow connection's extra) was logged in clear.
+    monkeypatch.setenv("ANOMALY_TEST_DB", "postgresql://user:s3cret@localhost:2/db?sslmode=require&sslpassword=k3y-phrase")
+    extra = {"sslpassword": "k3y-phrase-2", "sslmode": "require"}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ANOMALY_TEST_SSL",
+        json.dumps({"conn_type": "postgres", "host": "localhost", "port": 3, "login": "user", "password": "s3cret", "extra": extra}),
+    )
+    with caplog.at_level(logging.INFO, logger="pipelines.db"):
+        engine_for(SqlConnection(url_env="ANOMALY_TEST_DB"))
+        engine_for(SqlConnection(conn_id="anomaly_test_ssl"))
+    assert "postgresql+psycopg2://user:***@localhost:2/db?sslmode=require&sslpassword=***" in caplog.text
+    assert "postgresql+psycopg2://user:***@localhost:3?sslmode=require&sslpassword=***" in caplog.text
+    assert "k3y" not in caplog.text and "s3cret" not in caplog.text
