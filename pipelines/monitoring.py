@@ -99,8 +99,14 @@ def psi(reference: dict[str, Any], values: np.ndarray) -> float | None:
     finite = finite[np.isfinite(finite)]
     if not finite.size:
         return None
-    edges = np.asarray(reference["edges"])
-    expected = np.maximum(np.asarray(reference["shares"]), _PSI_FLOOR)
+    edges, shares = np.asarray(reference["edges"]), np.asarray(reference["shares"])
+    if edges.size and edges[-1] >= reference["quantiles"][-1]:
+        # The top decile is the training maximum (a constant feature, an error count that was
+        # always 0): the top bin [max, inf) held every training value equal to it, so values
+        # above anything seen in training fell in it too and a jump upward was no drift at all.
+        # An edge just above the maximum gives them their own bin, which held no training value.
+        edges, shares = np.append(edges, np.nextafter(edges[-1], np.inf)), np.append(shares, 0.0)
+    expected = np.maximum(shares, _PSI_FLOOR)
     counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
     actual = np.maximum(counts / finite.size, _PSI_FLOOR)
     return float(np.sum((actual - expected) * np.log(actual / expected)))

@@ -8,15 +8,16 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
 from pipelines.config import JobConfig
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, ModelError, PipelineError
 from pipelines.extraction import extract, extract_chunks, read_series, validate
-from pipelines.scoring import PublishResult, publish_file, publish_scored, score_chunk, score_series
+from pipelines.scoring import PublishResult, check_serving, publish_file, publish_scored, score_chunk, score_series
 from pipelines.training import registry_for, train_series
 from pipelines.tuning import tune_series
 from pipelines.workspace import Window, Workspace, check_output_file, one_off_output
@@ -60,10 +61,44 @@ def _prepared_series(
     return extracted.window, series
 
 
+def _fit_each(
+    job: JobConfig, series: list[str], fit: Callable[[str], dict[str, Any]], purpose: str
+) -> list[dict[str, Any]]:
+    """``fit`` every series, then raise if any failed, naming each failed series and the others.
+
+    One series' bad data (a new region with too few rows) must not stop the others being
+    trained, as in Airflow, where each series is its own mapped task: the run still fails, after
+    every other series got its model. Other errors (storage, bugs) stop the run at once.
+    """
+    results: list[dict[str, Any]] = []
+    failed: dict[str, PipelineError] = {}
+    for key in series:
+        try:
+            results.append(fit(key))
+        except PipelineError as exc:
+            log.error("job %s, series %s: %s failed (the other series go on): %s", job.name, key, purpose, exc)
+            failed[key] = exc
+    if not failed:
+        return results
+    first = next(iter(failed.values()))
+    messages = list(dict.fromkeys(str(exc).rstrip(".") for exc in failed.values()))
+    if not results and len(messages) == 1:  # one series, or an error of the whole job: as it was raised
+        raise first
+    kinds = {type(exc) for exc in failed.values()}
+    error = kinds.pop() if len(kinds) == 1 else ModelError
+    past = {"train": "trained", "tune": "tuned"}[purpose]
+    raise error(
+        f"job {job.name}: {purpose} failed for {len(failed)} of {len(series)} series ({', '.join(failed)}): "
+        f"{'; '.join(messages)}. The other series were {past}: {', '.join(r['series'] for r in results) or 'none'}"
+    ) from first
+
+
 def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
     try:
         window, series = _prepared_series(job, window, run_id, "train")
-        return [train_series(job, s, read_series(job, run_id, s), window, run_id=run_id).to_dict() for s in series]
+        return _fit_each(
+            job, series, lambda s: train_series(job, s, read_series(job, run_id, s), window, run_id=run_id).to_dict(), "train"
+        )
     finally:
         cleanup(job, run_id)
 
@@ -71,7 +106,7 @@ def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, 
 def run_tune(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
     try:
         window, series = _prepared_series(job, window, run_id, "tune")
-        return [tune_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
+        return _fit_each(job, series, lambda s: tune_series(job, s, read_series(job, run_id, s), window, run_id=run_id), "tune")
     finally:
         cleanup(job, run_id)
 
@@ -79,7 +114,13 @@ def run_tune(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, A
 def run_predict(job: JobConfig, window: Window, *, run_id: str) -> PublishResult:
     """Score ``window`` with the champions and publish it to the job's outputs."""
     try:
-        window, series = _prepared_series(job, window, run_id, "predict", history_rows=history_rows(job, window.start))
+        extracted = extract(job, window, run_id=run_id, history_rows=history_rows(job, window.start))
+        # Before the first training: "train first", not a validation failure of a short window
+        # whose history is not read without models (with a good batch quarantined). The predict
+        # DAG checks it in its extract task.
+        check_serving(job)
+        window = extracted.window
+        series = validate(job, window, run_id=run_id, purpose="predict", raw_path=extracted.paths[0])
         scored = [score_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
         return publish_scored(job, window, [result.to_dict() for result in scored])
     finally:

@@ -43,14 +43,27 @@ def labeled_frame(
     interval: Window,
     run_id: str,
 ) -> pd.DataFrame:
-    """Score ``rows`` (``history``: the rows just before them) in the output schema."""
+    """Score ``rows`` (``history``: the rows just before them) in the output schema.
+
+    ``model`` is the kind of the version that scored, not the job's configured kind: tuning may
+    have promoted another kind, and a job whose ``model.kind`` was changed is scored by its old
+    champion until it is trained again.
+    """
     version, detector = champion
     history = history if history is not None and len(history) else None
-    frame = detector.detect(rows, history=history).to_frame()
+    try:
+        detection = detector.detect(rows, history=history)
+    except ModelError as exc:
+        # The detector knows neither the job, nor the series, nor the version (e.g. features
+        # changed in the job file since this version was trained): a run scores many series.
+        raise ModelError(
+            f"job {job.name}, series {series}, window {interval}: model version {version.version} cannot score: {exc}"
+        ) from exc
+    frame = detection.to_frame()
     frame = frame.assign(
         job=job.name,
         series=series,
-        model=job.model.kind,
+        model=version.metadata.get("model") or job.model.kind,
         model_version=version.version,
         run_id=run_id,
         interval_start=interval.start,

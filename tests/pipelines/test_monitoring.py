@@ -72,6 +72,16 @@ def test_reference_of_repeated_values_is_small_json() -> None:
     assert feature_reference(np.array([np.nan, 1.0])) is None
 
 
+
+@pytest.mark.parametrize("after", [100.0, -5.0])
+def test_a_feature_constant_in_training_drifts_when_it_moves_either_way(after: float) -> None:
+    # An error count that was always 0 in training: its one decile edge is 0, and the top bin
+    # [0, inf) held every training value, so a jump to 100 landed in it too and had a PSI of 0.
+    reference = feature_reference(np.zeros(500))
+    assert psi(reference, np.zeros(200)) == pytest.approx(0.0, abs=1e-9)
+    assert psi(reference, np.full(200, after)) > 0.25
+    assert ks(reference, np.full(200, after)) == 1.0
+
 # -- whole runs ---------------------------------------------------------------------------------------
 
 

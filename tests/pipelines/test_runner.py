@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import yaml
 
 from pipelines.config import get_job, load_job_file
-from pipelines.errors import ConfigError, DataValidationError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, ModelError, SourceError
 from pipelines.runner import check_one_off, run_predict, run_score_file, run_train, run_tune
 from pipelines.training import registry_for
 from pipelines.workspace import Window, home, to_utc
@@ -310,17 +310,23 @@ def test_bad_one_off_arguments_are_refused_before_any_work(project, tmp_path, ar
     check_one_off(get_job("demo_web_metrics"), input_path=None, output=None, chunk_rows=1000, start="2024-03-01")
 
 
+def _job_with_a_new_region(project, region: str, when: str):
+    """demo_web_metrics over its data plus a copy of region eu's rows whose time starts with
+    ``when``, as ``region`` (which its expectation suite allows)."""
+    frame = pd.read_csv(project / "data" / "demo" / "web_metrics.csv", dtype=object)
+    new = frame[(frame["region"] == "eu") & frame["timestamp"].str.startswith(when)].assign(region=region)
+    pd.concat([frame, new]).to_csv(project / "new_region.csv", index=False)
+    suite = project / "config" / "expectations" / "demo_web_metrics.json"
+    suite.write_text(suite.read_text().replace('["eu", "us", "apac"]', f'["eu", "us", "apac", "{region}"]'))
+    return load_job_file(_write_job(project, "demo_web_metrics", source={"kind": "file", "path": str(project / "new_region.csv")}))
+
+
 def test_a_series_without_a_model_is_named_and_the_others_are_published(project):
     # A region that first appears after the last training has no model: the other regions are
     # still scored and published, the new one is named, and monitoring asks for a training once.
     from pipelines.monitoring import monitor_window, read_request
 
-    frame = pd.read_csv(project / "data" / "demo" / "web_metrics.csv", dtype=object)
-    new = frame[(frame["region"] == "eu") & frame["timestamp"].str.startswith("2024-03-03")].assign(region="sa")
-    pd.concat([frame, new]).to_csv(project / "new_region.csv", index=False)
-    suite = project / "config" / "expectations" / "demo_web_metrics.json"
-    suite.write_text(suite.read_text().replace('["eu", "us", "apac"]', '["eu", "us", "apac", "sa"]'))
-    job = load_job_file(_write_job(project, "demo_web_metrics", source={"kind": "file", "path": str(project / "new_region.csv")}))
+    job = _job_with_a_new_region(project, "sa", "2024-03-03")
     run_train(job, TRAIN, run_id="train-before-sa")
 
     result = run_predict(job, DAY, run_id="predict-with-sa")
@@ -334,3 +340,32 @@ def test_a_series_without_a_model_is_named_and_the_others_are_published(project)
     assert read_request(job, "region=sa")["model_version"] is None
     again = monitor_window(job, DAY, run_id="predict-with-sa-2", unscored=result.unscored)
     assert not any("region=sa" in reason for reason in again.reasons)  # asked once, not at every run
+
+
+def test_a_series_too_short_to_train_fails_the_run_after_the_others_are_trained(project):
+    # A region that appeared two days before the end of the training window ("af", sorted first)
+    # has too few rows for its model. It stopped the run before any region was trained; the DAG's
+    # mapped tasks train every other region, and so must the CLI's run.
+    job = _job_with_a_new_region(project, "af", "2024-02-28T0")
+    with pytest.raises(
+        ModelError,
+        match=r"^job demo_web_metrics: train failed for 1 of 4 series \(region=af\): job demo_web_metrics, series region=af, "
+        r"training window .*got 8\. Widen the training window or wait for more data\. "
+        r"The other series were trained: region=apac, region=eu, region=us$",
+    ):
+        run_train(job, TRAIN, run_id="train-with-af")
+    registry = registry_for(job)
+    assert registry.series(job.name) == ["region=apac", "region=eu", "region=us"]
+    assert all(registry.champion(job.name, s) is not None for s in registry.series(job.name))
+    assert not (home() / "work" / job.name / "train-with-af").exists()
+
+
+def test_predicting_before_the_first_training_says_to_train(project):
+    # One hour has 3 rows: without models no history is read, and the job's min_rows of 24 failed
+    # validation, quarantining a good batch and telling people to fix the source data.
+    job = get_job("demo_web_metrics")
+    hour = Window(to_utc("2024-03-03T05:00:00Z"), to_utc("2024-03-03T06:00:00Z"))
+    train_first = r"^job demo_web_metrics: no champion model is serving for any series .*`anomaly-pipelines train demo_web_metrics` first"
+    with pytest.raises(ModelError, match=train_first):
+        run_predict(job, hour, run_id="predict-untrained")
+    assert not (home() / "quarantine").exists() and not (home() / "work" / job.name / "predict-untrained").exists()

@@ -1,0 +1,71 @@
+"""Scoring one series with its champion (pipelines/scoring.py): what the scored rows say about the
+model that scored them, and errors that name the job and the series. Publishing over several
+sinks is tested in tests/pipelines/sinks/test_publish.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import JobConfig, parse_job
+from pipelines.errors import ModelError
+from pipelines.scoring import score_series
+from pipelines.training import train_series
+from pipelines.workspace import Window, to_utc
+
+TRAIN = Window(to_utc("2024-01-01T00:00:00Z"), to_utc("2024-01-15T00:00:00Z"))
+DAY = Window(to_utc("2024-01-15T00:00:00Z"), to_utc("2024-01-16T00:00:00Z"))
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path / "var"))
+
+
+def make_job(tmp_path: Path, kind: str = "seasonal_mad", features: tuple[str, ...] = ("a", "b"), **params) -> JobConfig:
+    return parse_job(
+        {
+            "name": "scored",
+            "source": {"kind": "file", "path": "unused.csv"},
+            "timestamp": "timestamp",
+            "frequency": "1h",
+            "features": list(features),
+            "model": {"kind": kind, "params": params},
+            "outputs": {"parquet": str(tmp_path / "outputs")},
+            "registry": str(tmp_path / "models"),
+        }
+    )
+
+
+def hourly(days: int, features: tuple[str, ...] = ("a", "b")) -> pd.DataFrame:
+    index = pd.date_range(TRAIN.start, periods=24 * days, freq="h")
+    rng = np.random.default_rng(0)
+    wave = np.sin(2 * np.pi * index.hour.to_numpy() / 24)
+    return pd.DataFrame({f: 50 + 10 * wave + rng.normal(size=len(index)) for f in features}, index=index)
+
+
+def test_scored_rows_name_the_kind_of_the_model_that_scored_them(tmp_path: Path) -> None:
+    # The champion is seasonal_mad; the job file now says iforest (or tuning promoted another
+    # kind than the configured one). Until a training replaces it, seasonal_mad scores, and the
+    # rows (and the alerts made from them) must say so, not the configured kind.
+    trained = train_series(make_job(tmp_path, season="1d"), "all", hourly(14), TRAIN, run_id="train")
+    result = score_series(make_job(tmp_path, kind="iforest"), "all", hourly(16), DAY, run_id="predict")
+    frame = pd.read_parquet(result.path)
+    assert result.model_version == trained.version
+    assert set(frame["model"]) == {"seasonal_mad"} and set(frame["model_version"]) == {trained.version}
+
+
+def test_a_champion_that_cannot_score_the_job_s_features_names_the_job_series_and_version(tmp_path: Path) -> None:
+    # A feature was added to the job file after the champion was trained: the detector's own error
+    # named no job, series or version, and a predict run scores many series.
+    trained = train_series(make_job(tmp_path, season="1d"), "all", hourly(14), TRAIN, run_id="train")
+    job = make_job(tmp_path, features=("a", "b", "c"), season="1d")
+    with pytest.raises(
+        ModelError,
+        match=rf"^job scored, series all, window \[2024-01-15T00:00:00\+00:00, .*\): model version {trained.version} "
+        r"cannot score: .*extra \['c'\].*retrain",
+    ):
+        score_series(job, "all", hourly(16, ("a", "b", "c")), DAY, run_id="predict")
