@@ -188,6 +188,20 @@ def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, dict]]:
     yield name, {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
 
 
+@pytest.fixture
+def s3_without_credentials(s3_bucket: tuple[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict]:
+    """``s3_bucket`` reached with no credentials anywhere botocore looks; yields (bucket name,
+    storage_options naming only the endpoint)."""
+    bucket, options = s3_bucket
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no wait for an instance role
+    # A new S3 file system: a cached one would still hold the credentials of earlier tests.
+    return bucket, {"endpoint_url": options["endpoint_url"], "skip_instance_cache": True}
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated Airflow metadata database (SQLite) in the throwaway AIRFLOW_HOME."""

@@ -2,6 +2,8 @@
 
 Formats are csv, jsonl (JSON lines), json (one array of records), parquet and pickle (only with
 ``allow_pickle``: unpickling runs code), inferred from the suffix unless the job sets ``format``.
+Text and pickle files may be compressed (``m.csv.gz``, ``.bz2``, ``.xz``, ``.zip``: what fsspec
+infers from the last suffix); they are decompressed as they are read, never whole in memory.
 Parquet reads only the job's columns and, when the timestamp column has a timestamp type, lets
 Arrow skip what lies outside the window; the other formats are read whole and filtered here.
 Text timestamps are parsed by :func:`~pipelines.sources.base.parse_timestamps`: naive ones are
@@ -16,31 +18,36 @@ sub-folders are read too, a key the job uses as a column and the files lack beco
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import logging
 import operator
 import os
 import pickle
 import re
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from io import StringIO
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 from fsspec import AbstractFileSystem
+from fsspec.compression import compr
 from fsspec.core import url_to_fs
+from fsspec.utils import compressions, infer_compression
 
 from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, resolve_path
 from pipelines.errors import ConfigError, MissingDependencyError, SourceConfigError, SourceDataError, SourceError
 from pipelines.sources.base import describe_window, job_columns, parse_timestamps, source_error, utc_bound, window_mask
+from pipelines.storage import credentials_hint, missing_credentials
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,9 @@ SUFFIXES = {
     ".pkl": "pickle",
     ".pickle": "pickle",
 }
+
+#: Compression suffixes fsspec knows only once a package is installed -> that package.
+COMPRESSION_PACKAGES = {".zst": "zstandard", ".lz4": "lz4"}
 
 #: fsspec protocol -> (package, extra of anomaly-pipelines that installs it).
 BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
@@ -103,6 +113,7 @@ class FileReader:
         with _translated(fail, path, self.config.format or "the expected format"):
             files = self._files(fs, root, path, fail)
         fmt = self._format([file.name for file in files], fail)
+        self._check_compression(fs, files, fmt, fail)
         if (lo is None and hi is None) or not self.config.prune_partitions:
             return path, fail, fs, files, fmt
         kept = [file for file in files if _overlaps(partition_span(file.keys, self.config.partitioning), lo, hi)]
@@ -161,6 +172,7 @@ class FileReader:
     def _read_text(self, fs: AbstractFileSystem, file: _File, fmt: str, fail: Fail) -> pd.DataFrame:
         with _translated(fail, self._shown(fs, file.name), fmt):
             frame = _READERS[fmt](fs, file.name, self.job, self.config.encoding)
+            _check_unique(frame.columns, self.job)
         extra = _partition_columns(file, self.job, frame.columns)
         return job_columns(frame.assign(**extra) if extra else frame, self.job)
 
@@ -177,6 +189,7 @@ class FileReader:
         for file in files:
             with _translated(fail, self._shown(fs, file.name), fmt):
                 for chunk in _CHUNKS[fmt](fs, file.name, self.job, self.config.encoding, rows):
+                    _check_unique(chunk.columns, self.job)
                     extra = _partition_columns(file, self.job, chunk.columns)
                     yield job_columns(chunk.assign(**extra) if extra else chunk, self.job).reset_index(drop=True)
 
@@ -269,6 +282,29 @@ class FileReader:
                 "Check the bucket name in `path`, and the endpoint and credentials in `storage_options`.",
             )
 
+    def _check_compression(self, fs: AbstractFileSystem, files: list[_File], fmt: str, fail: Fail) -> None:
+        for file in (file.name for file in files):
+            suffix = PurePosixPath(file).suffix.lower()
+            if suffix in COMPRESSION_PACKAGES and not _compression(file):
+                package = COMPRESSION_PACKAGES[suffix]
+                raise fail(
+                    f"{self._shown(fs, file)} is compressed ({suffix}), and reading it needs the package {package!r}",
+                    f"pip install {package} (or store the files with .gz compression).",
+                    kind=SourceConfigError,
+                )
+            # Parquet compresses its own columns (snappy, zstd, gzip inside the file), and Arrow
+            # seeks to the footer and to the job's columns: a compressed stream has to be
+            # decompressed whole into memory first, which would undo both the column selection
+            # and the bounded memory of chunked reads. So it is refused rather than supported.
+            if fmt == "parquet" and _compression(file):
+                raise fail(
+                    f"{self._shown(fs, file)} is a {_compression(file)}-compressed Parquet file; Parquet compresses "
+                    "its columns itself, and Arrow must seek inside the file to read only what the job needs",
+                    "Decompress it, or write it uncompressed with Parquet's own compression "
+                    "(pandas: to_parquet(..., compression='zstd')).",
+                    kind=SourceConfigError,
+                )
+
     def _path_hint(self) -> str:
         if self.path_hint:
             return self.path_hint
@@ -280,12 +316,14 @@ class FileReader:
     def _format(self, files: list[str], fail: Fail) -> str:
         fmt = self.config.format
         if not fmt:
-            suffixes = {PurePosixPath(file).suffix.lower() for file in files}
+            # "m.csv.gz" is csv: the suffix before the compression's tells the format.
+            suffixes = {_data_suffix(file) for file in files}
             formats = {SUFFIXES.get(suffix) for suffix in suffixes}
             if len(formats) != 1 or None in formats:
                 raise fail(
                     f"cannot tell the format from the file suffixes {sorted(suffixes)}",
-                    f"Set `format` to csv, jsonl, json, parquet or pickle, or name the files with one of {sorted(SUFFIXES)}.",
+                    f"Set `format` to csv, jsonl, json, parquet or pickle, or name the files with one of {sorted(SUFFIXES)} "
+                    f"(compressed files add a compression suffix: {', '.join(_compression_suffixes())}).",
                     kind=SourceConfigError,
                 )
             fmt = formats.pop()
@@ -440,6 +478,35 @@ class _UndecodableText(ValueError):
     """A text file that is not in the configured encoding; the message says where."""
 
 
+class _RepeatedColumn(ValueError):
+    """A file holding two columns of one name that the job reads: which one is meant cannot be
+    told, and a frame with repeated names breaks every step after the read."""
+
+
+def _check_unique(columns: Iterable[Hashable], job: JobConfig) -> None:
+    counts = Counter(name for name in columns if name in job.columns)
+    for name, count in counts.items():
+        if count > 1:
+            raise _RepeatedColumn(f"holds {count} columns named {name!r}")
+
+
+class _CorruptArchive(ValueError):
+    """A compressed file that cannot be decompressed (truncated, corrupt, or not compressed);
+    the message says what, ``todo`` what to do."""
+
+    def __init__(self, compression: str, suffix: str, cause: BaseException) -> None:
+        super().__init__(f"is not valid {compression}: it may be truncated or corrupt ({type(cause).__name__}: {cause})")
+        self.todo = f"Check that the file is complete; if it is not {compression}-compressed, name it without {suffix!r}."
+        self.kind: type[SourceError] = SourceError  # a file still being written may complete
+
+
+class _ZipOfManyFiles(_CorruptArchive):
+    def __init__(self, count: int) -> None:
+        ValueError.__init__(self, f"is a zip archive of {count} files, and a file source reads zip archives of one file")
+        self.todo = "Zip each file on its own, or unzip the archive into a folder and point `path` at it."
+        self.kind = SourceDataError
+
+
 @contextmanager
 def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
     """Turn what reading ``what`` raised into a :class:`SourceError` that says what to do."""
@@ -457,6 +524,14 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
             f"cannot read {what} ({exc})",
             "Check that the storage is reachable and that `storage_options` are right.",
         ) from exc
+    except _RepeatedColumn as exc:
+        raise fail(
+            f"{what} {exc}, and which one the job should read cannot be told",
+            "Give each column of the file its own name.",
+            kind=SourceDataError,
+        ) from None
+    except _CorruptArchive as exc:
+        raise fail(f"{what} {exc}", exc.todo, kind=exc.kind) from exc.__cause__
     except _UndecodableText as exc:
         raise fail(
             f"{what} {exc}",
@@ -471,19 +546,107 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
             "Check that the file is complete; if its suffix misleads, set `format`.",
         ) from exc
     except Exception as exc:
-        if not _missing_credentials(exc):
+        if not missing_credentials(exc):
             raise
-        raise fail(
-            f"no credentials to read {what} ({exc})",
-            "Set `key` and `secret` in `storage_options`, or give this worker credentials "
-            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role).",
-        ) from exc
+        raise fail(f"no credentials to read {what} ({exc})", credentials_hint("`storage_options`")) from exc
 
 
-def _missing_credentials(exc: BaseException) -> bool:
-    """botocore found no (or half the) credentials: s3fs passes that on as it is, not as an OSError."""
-    botocore = sys.modules.get("botocore.exceptions")  # not loaded: not botocore's error
-    return botocore is not None and isinstance(exc, (botocore.NoCredentialsError, botocore.PartialCredentialsError))
+def _compression(name: str) -> str | None:
+    """The compression fsspec infers from the last suffix of ``name`` (gzip for ``m.csv.gz``), or None."""
+    return infer_compression(name)
+
+
+def _compression_suffixes() -> list[str]:
+    """The suffixes of the compressions that can be read here."""
+    return [f".{suffix}" for suffix, name in sorted(compressions.items()) if name in compr]
+
+
+def _data_suffix(name: str) -> str:
+    """The suffix that tells the format: the one before a compression suffix (``.csv`` of ``m.csv.gz``)."""
+    path = PurePosixPath(name)
+    if _compression(name) or path.suffix.lower() in COMPRESSION_PACKAGES:
+        path = PurePosixPath(path.stem)
+    return path.suffix.lower()
+
+
+class _Stored:
+    """The bytes of a compressed file as stored; remembers a failure of the storage itself, so
+    that a network or permission error is not taken for a corrupt archive."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.failed: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._handle.read(size)
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, seekable... as the file has them
+        return getattr(self._handle, name)
+
+
+class _Decompressed(io.RawIOBase):
+    """The decompressed stream, raising :class:`_CorruptArchive` for what the decompressor
+    rejects (gzip's BadGzipFile, bz2's bare OSError, EOFError of a truncated file...)."""
+
+    def __init__(self, stream: Any, stored: _Stored, compression: str, suffix: str) -> None:
+        self._stream = stream
+        self._stored = stored
+        self._compression = compression
+        self._suffix = suffix
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._stream.read(len(buffer))
+        except Exception as exc:
+            if self._stored.failed is not None:
+                raise
+            raise _CorruptArchive(self._compression, self._suffix, exc) from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextmanager
+def _open(fs: AbstractFileSystem, file: str) -> Iterator[BinaryIO]:
+    """``file`` opened for reading, decompressed as it is read when its suffix names a compression."""
+    compression = _compression(file)
+    with fs.open(file, "rb") as handle:
+        if compression is None:
+            yield handle
+            return
+        stored = _Stored(handle)
+        suffix = PurePosixPath(file).suffix
+        try:
+            if compression == "zip":
+                stream = _zip_member(stored)
+            else:
+                stream = compr[compression](stored, mode="rb")
+        except _ZipOfManyFiles:
+            raise
+        except Exception as exc:
+            if stored.failed is not None:
+                raise
+            raise _CorruptArchive(compression, suffix, exc) from exc
+        with stream, io.BufferedReader(_Decompressed(stream, stored, compression, suffix), 1 << 20) as decompressed:
+            yield decompressed
+
+
+def _zip_member(stored: _Stored) -> BinaryIO:
+    """The one file of a zip archive. fsspec would read the first of several and silently
+    drop the others' rows."""
+    import zipfile
+
+    archive = zipfile.ZipFile(stored)  # type: ignore[arg-type]
+    members = [info for info in archive.infolist() if not info.is_dir()]
+    if len(members) != 1:
+        raise _ZipOfManyFiles(len(members))
+    return archive.open(members[0])
 
 
 @contextmanager
@@ -499,7 +662,8 @@ def _decoding(fs: AbstractFileSystem, file: str, encoding: str) -> Iterator[None
 def _first_undecodable(fs: AbstractFileSystem, file: str, encoding: str) -> str | None:
     decoder = codecs.getincrementaldecoder(encoding)()
     offset, lines = 0, 1
-    with fs.open(file, "rb") as handle:
+    # In a compressed file, the offset is the one in its decompressed text.
+    with _open(fs, file) as handle:
         while True:
             block = handle.read(1 << 20)
             pending = decoder.getstate()[0]
@@ -524,24 +688,40 @@ def _text_encoding(encoding: str) -> str:
     return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
-def _csv_options(job: JobConfig, encoding: str) -> dict[str, Any]:
+def _csv_options(job: JobConfig, encoding: str, seen: list[str]) -> dict[str, Any]:
     wanted = set(job.columns)
     # CSV has no types: a dimension's text is its identity ("007" must not become 7).
     return {
-        "usecols": lambda name: name in wanted,
+        "usecols": lambda name: seen.append(name) or name in wanted,
         "dtype": dict.fromkeys(job.dimensions, str),
         "encoding": _text_encoding(encoding),
     }
 
 
+def _check_csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, seen: list[str]) -> None:
+    """pandas renames a repeated header ("value", "value.1") and the job would silently read the
+    first: read the header as written when pandas' names look renamed (a file may also name a
+    column "value.1" itself)."""
+    if not any(re.fullmatch(rf"{re.escape(name)}\.\d+", str(other)) for name in job.columns for other in seen):
+        return
+    with _open(fs, file) as handle, io.TextIOWrapper(handle, encoding=_text_encoding(encoding), newline="") as text:
+        _check_unique(next(csv.reader(text), []), job)
+
+
 def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
-        return pd.read_csv(handle, **_csv_options(job, encoding))
+    seen: list[str] = []
+    with _decoding(fs, file, encoding), _open(fs, file) as handle:
+        frame = pd.read_csv(handle, **_csv_options(job, encoding, seen))
+    _check_csv_header(fs, file, job, encoding, seen)
+    return frame
 
 
 def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
-    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
-        yield from pd.read_csv(handle, chunksize=rows, **_csv_options(job, encoding))
+    seen: list[str] = []
+    with _decoding(fs, file, encoding), _open(fs, file) as handle:
+        chunks = pd.read_csv(handle, chunksize=rows, **_csv_options(job, encoding, seen))
+        _check_csv_header(fs, file, job, encoding, seen)  # the reader has read the header
+        yield from chunks
 
 
 # dtype=False and no date conversion keep JSON's own types, as stored: no guessing of dates or
@@ -550,17 +730,17 @@ _JSON_OPTIONS = {"dtype": False, "convert_dates": False, "keep_default_dates": F
 
 
 def _read_jsonl(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
+    with _decoding(fs, file, encoding), _open(fs, file) as handle:
         return pd.read_json(handle, lines=True, encoding=_text_encoding(encoding), **_JSON_OPTIONS)
 
 
 def _jsonl_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
-    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
+    with _decoding(fs, file, encoding), _open(fs, file) as handle:
         yield from pd.read_json(handle, lines=True, encoding=_text_encoding(encoding), chunksize=rows, **_JSON_OPTIONS)
 
 
 def _read_json(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    with _decoding(fs, file, encoding), fs.open(file, "rb") as handle:
+    with _decoding(fs, file, encoding), _open(fs, file) as handle:
         text = handle.read().decode(_text_encoding(encoding))
     if not text.lstrip().startswith("["):
         raise ValueError("a json file must hold one array of records ([{...}, {...}]); for one record per line use jsonl")
@@ -568,7 +748,7 @@ def _read_json(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str)
 
 
 def _read_pickle(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    with fs.open(file, "rb") as handle:
+    with _open(fs, file) as handle:
         try:
             frame = pd.read_pickle(handle)
         # Unpickling fails in many ways (a truncated stream, a class that no longer exists).

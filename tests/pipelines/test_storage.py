@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pipelines import storage
-from pipelines.errors import MissingDependencyError
+from pipelines.errors import ConfigError, DataValidationError, MissingDependencyError, ModelError, PipelineError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -191,3 +191,27 @@ def test_find_skips_the_folder_markers_of_s3_consoles(s3_bucket: tuple[str, dict
     storage.atomic_write(f"s3://{bucket}/store/date=2024-01-05/part-0.parquet", b"x", options)
 
     assert storage.find(f"s3://{bucket}/store", options) == ["date=2024-01-05/part-0.parquet"]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda url, options: storage.read_bytes(url, options),
+        lambda url, options: storage.atomic_write(url, b"one", options),
+        lambda url, options: storage.exists(url, options),
+        lambda url, options: storage.find(url, options),
+        lambda url, options: storage.remove(url, options),
+        lambda url, options: storage.read_snapshot(url, options),
+        lambda url, options: storage.replace_if_unchanged(url, b"one", storage.Snapshot(None), options),
+        lambda url, options: storage.move(url + ".tmp", url, options),
+    ],
+    ids=["read_bytes", "atomic_write", "exists", "find", "remove", "read_snapshot", "replace_if_unchanged", "move"],
+)
+def test_missing_s3_credentials_say_where_to_set_them(s3_without_credentials: tuple[str, dict], call) -> None:
+    bucket, no_keys = s3_without_credentials
+    url = f"s3://{bucket}/store/m.bin"
+
+    with pytest.raises(PipelineError, match=rf"^no credentials to reach {url} \(.*\)\. Set `key` and `secret` in .*AWS_PROFILE") as caught:
+        call(url, no_keys)
+    # Neither bad data nor bad configuration: Airflow retries it, as credentials may appear.
+    assert not isinstance(caught.value, (ConfigError, DataValidationError, ModelError))

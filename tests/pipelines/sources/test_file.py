@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -17,6 +19,7 @@ from pathlib import Path
 import boto3
 import pandas as pd
 import pytest
+from fsspec.compression import compr
 from fsspec.core import url_to_fs
 
 from pipelines.errors import ConfigError, DataValidationError, SourceError
@@ -535,6 +538,40 @@ def test_truncated_pickle_is_a_source_error(make_job, hourly, tmp_path: Path) ->
         read_window(make_job(file_source(str(tmp_path / "m.pkl"), "pickle")), START, END)
 
 
+# Two columns of one name.
+
+
+def _pickle_with_value_twice(path: Path) -> None:
+    pd.DataFrame([["2024-01-01 01:00:00", "a", 1.0, 2.0]], columns=["ts", "host", "value", "value"]).to_pickle(path)
+
+
+def _csv_with_value_twice(path: Path) -> None:
+    path.write_text("ts,host,value,value\n2024-01-01 01:00:00,a,1,2\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "make"), [("m.pkl", _pickle_with_value_twice), ("m.csv", _csv_with_value_twice)], ids=["pickle", "csv"]
+)
+def test_a_file_with_two_columns_of_one_name_the_job_reads_is_refused(make_job, tmp_path: Path, name: str, make) -> None:
+    make(tmp_path / name)
+    path = str(tmp_path / name)
+    reader = FileReader(make_job(file_source(path, "pickle" if name.endswith("pkl") else None)))
+    says = rf"^job 'cpu_load': cannot read file source '{re.escape(path)}' .*: {re.escape(path)} holds 2 columns named 'value'"
+
+    for read in (lambda: reader.read(START, END), lambda: list(reader.iter_chunks(10))):
+        with pytest.raises(DataValidationError, match=says):
+            read()
+
+
+def test_a_csv_column_named_like_a_renamed_repeat_is_read(make_job, tmp_path: Path) -> None:
+    # pandas would rename a second "value" to "value.1": here the file names it so itself.
+    (tmp_path / "m.csv").write_text("ts,host,value,value.1\n2024-01-01 01:00:00,a,1,2\n")
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path / "m.csv")}), START, END)
+
+    assert frame["value"].tolist() == [1]
+
+
 # Encodings.
 
 
@@ -579,6 +616,156 @@ def test_unknown_encoding_is_refused_at_parse(make_job) -> None:
         ConfigError, match=r"source\.file\.encoding: Value error, unknown text encoding 'utf-9'|unknown text encoding 'utf-9'"
     ):
         make_job({"kind": "file", "path": "m.csv", "encoding": "utf-9"})
+
+
+# Compressed files.
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "extra"),
+    [
+        ("m.csv.gz", "csv", {}),
+        ("m.csv.gz", "csv", {"format": "csv"}),
+        ("m.csv.bz2", "csv", {}),
+        ("M.CSV.GZ", "csv", {}),
+        ("m.jsonl.xz", "jsonl", {}),
+        ("m.ndjson.gz", "jsonl", {}),
+        ("m.json.gz", "json", {}),
+        ("m.pkl.gz", "pickle", {"allow_pickle": True}),
+        ("m.csv.zip", "csv", {}),
+    ],
+)
+def test_compressed_files_are_read_by_the_suffix_before_the_compression(
+    make_job, hourly, tmp_path: Path, name: str, fmt: str, extra: dict
+) -> None:
+    write(hourly, str(tmp_path / name), fmt)  # pandas compresses by the suffix too
+    assert (tmp_path / name).read_bytes()[:2] != b"ts"
+    job = make_job({"kind": "file", "path": str(tmp_path / name), **extra})
+
+    assert hours(read_window(job, START, END)) == ["01:00", "02:00"]
+    chunks = list(FileReader(job).iter_chunks(4))
+    assert [len(chunk) for chunk in chunks] == [4, 2]
+    assert pd.concat(chunks)["value"].tolist() == hourly["value"].tolist()
+
+
+def test_a_folder_of_compressed_and_plain_files_is_read_together(make_job, hourly, tmp_path: Path) -> None:
+    write(hourly.iloc[:3], str(tmp_path / "1.csv.gz"), "csv")
+    write(hourly.iloc[3:], str(tmp_path / "2.csv"), "csv")
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path)}), None, None)
+
+    assert frame["value"].tolist() == hourly["value"].tolist()
+
+
+def test_a_large_compressed_file_is_read_in_chunks_not_whole(make_job, tmp_path: Path, monkeypatch) -> None:
+    import pipelines.sources.file as file_module
+
+    lines = "".join(f"2024-01-01 01:00:00,h{i},{i}\n" for i in range(100_000))
+    with gzip.open(tmp_path / "m.csv.gz", "wt") as handle:
+        handle.write("ts,host,value\n" + lines)
+    decompressed = []
+    readinto = file_module._Decompressed.readinto
+    monkeypatch.setattr(
+        file_module._Decompressed, "readinto", lambda self, buffer: decompressed.append(len(buffer)) or readinto(self, buffer)
+    )
+
+    reader = FileReader(make_job({"kind": "file", "path": str(tmp_path / "m.csv.gz")}))
+    first = next(reader.iter_chunks(1000))
+
+    assert len(first) == 1000
+    assert sum(decompressed) < len(lines) / 2  # only what the first chunk needs was decompressed
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_compressed_files_on_s3(make_job, hourly, s3_bucket, fmt: str) -> None:
+    bucket, options = s3_bucket
+    write(hourly.iloc[:3], f"s3://{bucket}/m/1.{fmt}.gz", fmt, options)
+    write(hourly.iloc[3:], f"s3://{bucket}/m/2.{fmt}.gz", fmt, options)
+    job = make_job({"kind": "file", "path": f"s3://{bucket}/m", "storage_options": options})
+
+    assert hours(read_window(job, START, None)) == ["01:00", "02:00", "03:00", "04:00", "05:00"]
+    assert [len(chunk) for chunk in FileReader(job).iter_chunks(2)] == [2, 1, 2, 1]
+
+    # Corruption is said as such on S3 too.
+    client = boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1")
+    client.put_object(Bucket=bucket, Key=f"m/2.{fmt}.gz", Body=gzip.compress(b"x" * 100)[:-4])
+    with pytest.raises(SourceError, match=rf"s3://{bucket}/m/2\.{fmt}\.gz is not valid gzip: it may be truncated"):
+        read_window(job, START, None)
+
+
+def _truncated_gzip(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    data = gzip.compress(hourly.to_csv(index=False).encode())
+    (tmp_path / "m.csv.gz").write_bytes(data[: len(data) // 2])
+    return "m.csv.gz"
+
+
+def _plain_csv_named_gz(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    hourly.to_csv(tmp_path / "m.csv.gz", index=False, compression=None)
+    return "m.csv.gz"
+
+
+def _plain_csv_named_bz2(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    hourly.to_csv(tmp_path / "m.csv.bz2", index=False, compression=None)
+    return "m.csv.bz2"
+
+
+def _zip_of_two(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    with zipfile.ZipFile(tmp_path / "m.csv.zip", "w") as archive:
+        archive.writestr("1.csv", hourly.to_csv(index=False))
+        archive.writestr("2.csv", hourly.to_csv(index=False))
+    return "m.csv.zip"
+
+
+def _gzipped_parquet(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    hourly.to_parquet(tmp_path / "m.parquet")
+    (tmp_path / "m.parquet.gz").write_bytes(gzip.compress((tmp_path / "m.parquet").read_bytes()))
+    (tmp_path / "m.parquet").unlink()
+    return "m.parquet.gz"
+
+
+def _zstd_without_its_package(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    (tmp_path / "m.csv.zst").write_bytes(b"(\xb5/\xfd")  # zstd's magic number
+    return "m.csv.zst"
+
+
+@pytest.mark.parametrize(
+    ("make_file", "fmt", "problem", "permanent"),
+    [
+        (
+            _truncated_gzip,
+            None,
+            r"m\.csv\.gz is not valid gzip: it may be truncated or corrupt \(EOFError: .*\)\. Check that the file is complete",
+            None,
+        ),
+        (_truncated_gzip, "csv", r"m\.csv\.gz is not valid gzip: it may be truncated or corrupt", None),
+        (
+            _plain_csv_named_gz,
+            "csv",
+            r"m\.csv\.gz is not valid gzip: .*Not a gzipped file.*if it is not gzip-compressed, name it without '\.gz'",
+            None,
+        ),
+        (_plain_csv_named_bz2, None, r"m\.csv\.bz2 is not valid bz2: it may be truncated or corrupt", None),
+        (_zip_of_two, None, r"m\.csv\.zip is a zip archive of 2 files, and a file source reads zip archives of one", DataValidationError),
+        (_gzipped_parquet, None, r"m\.parquet\.gz is a gzip-compressed Parquet file.*Decompress it", ConfigError),
+        (_zstd_without_its_package, None, r"m\.csv\.zst is compressed \(\.zst\), and reading it needs the package", ConfigError),
+    ],
+    ids=["truncated-gzip", "truncated-gzip-format-csv", "plain-named-gz", "plain-named-bz2", "zip-of-two", "parquet-gz", "zst"],
+)
+def test_unreadable_compressed_files_say_what_is_wrong_with_the_archive(
+    make_job, hourly, tmp_path: Path, make_file, fmt: str | None, problem: str, permanent: type[Exception] | None
+) -> None:
+    if make_file is _zstd_without_its_package and "zstd" in compr:
+        pytest.skip("a zstd package is installed here")
+    path = str(tmp_path / make_file(tmp_path, hourly))
+    job = make_job({"kind": "file", "path": path, "format": fmt})
+
+    expected = rf"^job 'cpu_load': cannot read file source '{re.escape(path)}' for window {WINDOW_TEXT}: .*{problem}"
+    with pytest.raises(SourceError, match=expected) as caught:
+        read_window(job, START, END)
+    assert "encoding" not in str(caught.value)
+    assert isinstance(caught.value, (ConfigError, DataValidationError)) == (permanent is not None)
+    if permanent is not None:
+        assert isinstance(caught.value, permanent)
 
 
 # One-off scoring reads every format in chunks.
@@ -800,7 +987,7 @@ def locked_s3() -> Iterator[tuple[str, dict]]:
     """A second moto server that enforces IAM (INITIAL_NO_AUTH_ACTION_COUNT lets the set-up
     calls through unauthenticated). Its bucket holds one file; the credentials yielded belong
     to a user whose policy allows listing the bucket and nothing else."""
-    setup_calls = 5  # create bucket, put object, create user, create key, put policy
+    setup_calls = 6  # create bucket, put 2 objects, create user, create key, put policy
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup_calls)}
     with local_server(["moto.server", "-H", "127.0.0.1", "-p", "{port}"], env) as endpoint:
         admin = {
@@ -812,6 +999,7 @@ def locked_s3() -> Iterator[tuple[str, dict]]:
         s3, iam = boto3.client("s3", **admin), boto3.client("iam", **admin)
         s3.create_bucket(Bucket="locked")
         s3.put_object(Bucket="locked", Key="m/1.csv", Body=b"ts,host,value\n2024-01-01 01:00:00,a,1\n")
+        s3.put_object(Bucket="locked", Key="m/1.csv.gz", Body=gzip.compress(b"ts,host,value\n2024-01-01 01:00:00,a,1\n"))
         iam.create_user(UserName="lister")
         key = iam.create_access_key(UserName="lister")["AccessKey"]
         policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "*"}]}
@@ -831,6 +1019,15 @@ def test_object_store_permission_error_names_the_file(make_job, locked_s3) -> No
     assert isinstance(caught.value.__cause__, PermissionError)
 
 
+def test_a_storage_error_under_a_compressed_file_is_not_taken_for_a_corrupt_archive(make_job, locked_s3) -> None:
+    bucket, options = locked_s3
+    job = make_job({"kind": "file", "path": f"s3://{bucket}/m/*.csv.gz", "storage_options": options})
+
+    with pytest.raises(SourceError, match=rf"permission denied reading s3://{bucket}/m/1\.csv\.gz \(Access Denied\)") as caught:
+        read_window(job, START, END)
+    assert isinstance(caught.value.__cause__, PermissionError)
+
+
 def test_unknown_credentials_are_a_permission_error(make_job, locked_s3) -> None:
     bucket, options = locked_s3
     job = make_job(
@@ -841,17 +1038,8 @@ def test_unknown_credentials_are_a_permission_error(make_job, locked_s3) -> None
         read_window(job, START, END)
 
 
-def test_missing_credentials_are_a_source_error_that_says_where_to_set_them(
-    make_job, s3_bucket, tmp_path: Path, monkeypatch
-) -> None:
-    bucket, options = s3_bucket
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no wait for an instance role
-    # A new S3 file system: a cached one would still hold the credentials of earlier tests.
-    no_keys = {"endpoint_url": options["endpoint_url"], "skip_instance_cache": True}
+def test_missing_credentials_are_a_source_error_that_says_where_to_set_them(make_job, s3_without_credentials) -> None:
+    bucket, no_keys = s3_without_credentials
     for path in (f"s3://{bucket}/m.csv", f"s3://{bucket}/m/*.csv"):
         job = make_job({"kind": "file", "path": path, "storage_options": no_keys})
         says = rf"no credentials to read {re.escape(path)} .*Set `key` and `secret` in `storage_options`"
