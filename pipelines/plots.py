@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from pipelines import storage
@@ -27,6 +28,13 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Most panels in one picture: beyond a dozen a panel is too small to read; the ones with the
 #: most flagged rows are drawn first.
 MAX_PANELS = 12
+
+#: A picture's width (inches) and resolution (dots per inch): together the pixel columns a line can show.
+_WIDTH = 11
+_DPI = 90
+#: A long line is cut into this many stretches of its time axis, four per pixel column: with one, a
+#: noisy series' thin value line came out visibly lighter than drawing every row does.
+_STRETCHES = 4 * _WIDTH * _DPI
 
 _NEEDED = ("series", "feature", "value", "expected", "lower", "upper", "is_anomaly")
 
@@ -43,7 +51,7 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def save(figure: Figure, path: str | Path, dpi: int = 90) -> None:
+def save(figure: Figure, path: str | Path, dpi: int = _DPI) -> None:
     """Write ``figure`` as a PNG at ``path`` (a local path or URL) whole or not at all, and close it."""
     buffer = io.BytesIO()
     try:
@@ -54,6 +62,58 @@ def save(figure: Figure, path: str | Path, dpi: int = 90) -> None:
         storage.atomic_write(str(path), buffer.getvalue())
     except OSError as exc:  # a folder that cannot be made or written: nothing is left behind
         raise SinkError(f"cannot write the picture {path}: {exc.strerror or exc}; choose a writable path") from exc
+
+
+def _drawn_rows(x: np.ndarray, lines: list[np.ndarray], stretches: int) -> np.ndarray:
+    """Positions of the rows of ``lines`` (arrays along ``x``, which is sorted) to draw so that the
+    picture shows what drawing every row would. A long series is cut into ``stretches`` equal
+    stretches of ``x``; within each stretch and run of drawable rows the first, last, lowest and
+    highest row of each line is kept (min/max or "M4" decimation), so a lone spike is still drawn
+    at its height. The first row of each gap (a NaN) is kept, so a gap stays a gap. A series too
+    short to gain anything is drawn whole.
+
+    Plain numpy: no downsampling library is a dependency, and the usual one-point-per-bucket
+    method (LTTB) may drop a spike that min/max keeps.
+    """
+    if len(x) <= 4 * stretches:
+        return np.arange(len(x))
+    drawable = np.isfinite(x) & np.logical_and.reduce([np.isfinite(line) for line in lines])
+    gaps = np.flatnonzero(~drawable & np.r_[True, drawable[:-1]])
+    rows = np.flatnonzero(drawable)
+    if not rows.size:
+        return gaps
+    at = x[rows]
+    low, high = at.min(), at.max()
+    stretch = np.minimum(((at - low) * (stretches / ((high - low) or 1.0))).astype(np.int64), stretches - 1)
+    run = np.cumsum(np.r_[True, np.diff(rows) > 1])
+    new = np.r_[True, (stretch[1:] != stretch[:-1]) | (run[1:] != run[:-1])]
+    starts = np.flatnonzero(new)
+    group = np.cumsum(new) - 1
+    keep = [starts, np.r_[starts[1:] - 1, rows.size - 1]]
+    for line in lines:
+        values = line[rows]
+        for extreme in (np.minimum, np.maximum):
+            hits = np.flatnonzero(values == extreme.reduceat(values, starts)[group])
+            keep.append(hits[np.r_[True, group[hits][1:] != group[hits][:-1]]])  # the first such row of a group
+    return np.union1d(rows[np.concatenate(keep)], gaps)
+
+
+def _along(column: pd.Series) -> tuple[np.ndarray, np.ndarray, tzinfo | None]:
+    """The time (or row) axis of a panel: what matplotlib draws, numbers to cut it into stretches,
+    and the time zone of its labels. Timestamps go to matplotlib as UTC ``datetime64`` (the zone set
+    on the axis), not as ``Timestamp`` objects, which it converts one by one (seconds a million rows)."""
+    tz = None
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        tz, column = column.dt.tz, column.dt.tz_convert(None)
+    if pd.api.types.is_datetime64_dtype(column.dtype):
+        x = column.to_numpy()
+        numbers = x.astype("datetime64[ns]").view(np.int64).astype(float)
+        numbers[np.isnat(x)] = np.nan
+        return x, numbers, tz
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        x = column.to_numpy(dtype=float)
+        return x, x, None
+    return column.to_numpy(), np.arange(len(column), dtype=float), None  # drawn as it is, one stretch a row apart
 
 
 @dataclass(frozen=True)
@@ -76,6 +136,8 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
     filled on the feature that contributed most there (the largest ``feature_score``) and
     hollow on the others, so the picture shows which signal moved. The time axis is
     ``timestamp``, or ``row`` where there are no timestamps (``detect`` without a time column).
+    A series longer than the picture has pixels is thinned to what they can show (its spikes and
+    gaps kept, see :func:`_drawn_rows`); every flagged row is marked all the same.
     """
     missing = [column for column in _NEEDED if column not in frame.columns]
     if missing:
@@ -94,17 +156,25 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
     groups.sort(key=lambda item: -int(item[1]["is_anomaly"].sum()))  # stable: ties stay in name order
     shown = groups[:MAX_PANELS]
 
-    figure, axes = plt.subplots(len(shown), 1, figsize=(11, 2.3 * len(shown) + 0.6), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(len(shown), 1, figsize=(_WIDTH, 2.3 * len(shown) + 0.6), squeeze=False, layout="constrained")
     drawn = []
     legend: dict[str, object] = {}
     for axis, ((series, feature), part) in zip(axes[:, 0], shown, strict=True):
-        x, values = part[axis_column].to_numpy(), part["value"].to_numpy(dtype=float)
+        x, position, tz = _along(part[axis_column])
+        if tz is not None:
+            axis.xaxis_date(tz)
+        values, expected = part["value"].to_numpy(dtype=float), part["expected"].to_numpy(dtype=float)
+        lower, upper = part["lower"].to_numpy(dtype=float), part["upper"].to_numpy(dtype=float)
         flagged = part["is_anomaly"].to_numpy(dtype=bool)
         leads = flagged & part["_leads"].to_numpy(dtype=bool)
-        axis.fill_between(x, part["lower"].to_numpy(dtype=float), part["upper"].to_numpy(dtype=float),
-                          color="tab:blue", alpha=0.15, lw=0, label="expected band")
-        axis.plot(x, part["expected"].to_numpy(dtype=float), color="tab:blue", lw=0.7, ls="--", label="expected")
-        axis.plot(x, values, color="0.2", lw=0.7, label="value")
+        # A long series is thinned to what the picture's pixels can show (a million rows took half a
+        # minute and look the same); the flagged rows are all marked below, whatever the thinning kept.
+        band = _drawn_rows(position, [lower, upper], _STRETCHES)
+        axis.fill_between(x[band], lower[band], upper[band], color="tab:blue", alpha=0.15, lw=0, label="expected band")
+        line = _drawn_rows(position, [expected], _STRETCHES)
+        axis.plot(x[line], expected[line], color="tab:blue", lw=0.7, ls="--", label="expected")
+        line = _drawn_rows(position, [values], _STRETCHES)
+        axis.plot(x[line], values[line], color="0.2", lw=0.7, label="value")
         # Only markers that are there get a legend entry.
         if leads.any():
             axis.scatter(x[leads], values[leads], color="tab:red", s=18, zorder=3, label="anomaly")

@@ -142,3 +142,65 @@ def test_dollar_signs_in_names_are_drawn_as_text(tmp_path, value) -> None:
     path = tmp_path / "dollars.png"
     panels = plot_outputs(frame, path, title=f"job costs ({value})")
     assert panels == [Panel(f"plan={value}", "cpu", 48, 1, 1)] and path.stat().st_size > 0
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures ``plot_outputs`` saves, to read what each panel drew."""
+    import pipelines.plots
+
+    figures, real = [], pipelines.plots.save
+    monkeypatch.setattr(pipelines.plots, "save", lambda figure, path: (figures.append(figure), real(figure, path)))
+    return figures
+
+
+def layers(axis) -> tuple:
+    """The value line, the band and the anomaly markers of a panel."""
+    value = next(line for line in axis.get_lines() if line.get_label() == "value")
+    band = next(c for c in axis.collections if c.get_label() == "expected band")
+    markers = [c for c in axis.collections if c.get_label().startswith("anomaly")]
+    return value, band, markers
+
+
+def test_a_long_series_is_thinned_to_the_pixels_keeping_spikes_gaps_and_every_flagged_row(tmp_path, drawn) -> None:
+    """A million rows took half a minute to draw: each line is thinned to the picture's pixel columns,
+    but a lone spike keeps its height, a gap stays a gap and every flagged row is marked."""
+    rows = 1_000_000
+    rng = np.random.default_rng(5)
+    stamps = pd.date_range("2024-01-01", periods=rows, freq="min", tz="UTC")
+    base = np.sin(np.arange(rows) / 50.0) + rng.normal(0, 0.1, rows)
+    flagged = np.zeros(rows, dtype=bool)
+    flagged[rng.choice(np.r_[:500_000, 500_100:rows], 500, replace=False)] = True  # none in the gap
+    value = base + 3 * flagged
+    value[777_900] = 40.0  # a spike the detector missed, mid-stretch: still to be seen
+    value[500_000:500_100] = np.nan
+    lower, upper = base - 0.5, base + 0.5
+    lower[200_000:200_010] = np.nan
+    frame = pd.DataFrame({"series": "host=a", "timestamp": stamps, "feature": "cpu", "value": value, "expected": base,
+                          "lower": lower, "upper": upper, "is_anomaly": flagged})
+    assert plot_outputs(frame, tmp_path / "long.png") == [Panel("host=a", "cpu", rows, 500, 500)]
+
+    line, band, markers = layers(drawn[0].axes[0])
+    x, y = line.get_xdata(), line.get_ydata()
+    assert len(y) < rows / 20  # thinned
+    assert np.nanmax(y) == 40.0 and np.nanmin(y) == np.nanmin(value)
+    # The gap: nothing drawn between its neighbours but the break itself.
+    inside = (x > stamps[499_999].tz_convert(None).to_datetime64()) & (x < stamps[500_100].tz_convert(None).to_datetime64())
+    assert inside.any() and np.isnan(y[inside]).all()
+    assert len(band.get_paths()) == 2  # the band is broken where its bounds are missing
+    marked = np.concatenate([c.get_offsets()[:, 1] for c in markers])
+    assert sorted(marked) == sorted(value[flagged])
+
+
+def test_a_short_series_is_drawn_row_by_row(tmp_path, drawn) -> None:
+    frame = outputs(1, {0: [5, 700]}, rows=3000).assign(timestamp=lambda f: f["timestamp"].dt.tz_convert("Europe/Paris"))
+    frame.loc[100:110, "value"] = np.nan
+    plot_outputs(frame, tmp_path / "short.png")
+    axis = drawn[0].axes[0]
+    line, band, markers = layers(axis)
+    assert np.array_equal(line.get_ydata(), frame["value"].to_numpy(), equal_nan=True)
+    assert np.array_equal(line.get_xdata(), frame["timestamp"].dt.tz_convert(None).to_numpy())
+    expected = next(line for line in axis.get_lines() if line.get_label() == "expected")
+    assert np.array_equal(expected.get_ydata(), frame["expected"].to_numpy())
+    assert len(band.get_paths()[0].vertices) > 2 * 3000
+    assert str(axis.xaxis.get_units()) == "Europe/Paris"  # dates labelled in the series' own zone
