@@ -24,7 +24,6 @@ from pipelines.web.schemas import (
     JOB_NAME_PATTERN,
     MAX_DETECT_POINTS,
     RUN_ID_PATTERN,
-    SERIES_PATTERN,
     ChampionInfo,
     DetectRequest,
     DetectResponse,
@@ -38,6 +37,7 @@ from pipelines.web.schemas import (
     ModelInfo,
     ScoreFileRequest,
     ScoreFileRun,
+    SeriesKey,
     SeriesTuning,
     TuningHistory,
 )
@@ -73,6 +73,8 @@ _AUTH_ERRORS = {
     **_error(403, "The user may not use this job's DAGs."),
     **_error(404, "No such job."),
 }
+#: Operations with a body (pipelines.web.app._unprocessable answers 415).
+_NOT_JSON = _error(415, "The body was not sent as JSON: send it with 'Content-Type: application/json'.")
 
 
 @router.post(
@@ -84,6 +86,7 @@ _AUTH_ERRORS = {
         **_AUTH_ERRORS,
         **_error(409, "A series of the points has no champion model yet: train the job first."),
         **_error(413, f"More than {MAX_DETECT_POINTS:,} data points: use score-file."),
+        **_NOT_JSON,
         **_error(422, "Points that do not fit the job: columns, types, timestamps, duplicates, the job's checks."),
     },
 )
@@ -164,9 +167,7 @@ def _records_json(frame: pd.DataFrame) -> str:
     return json.dumps([dict(zip(names, row)) for row in zip(*columns)], allow_nan=False)
 
 
-SeriesQuery = Annotated[
-    str | None, Query(pattern=SERIES_PATTERN, description="One series, e.g. 'region=eu' ('all' without dimensions).")
-]
+SeriesQuery = Annotated[SeriesKey | None, Query(description="One series, e.g. 'region=eu' ('all' without dimensions).")]
 
 
 @router.get(
@@ -411,6 +412,7 @@ def _run_view(config: JobConfig, run: dict[str, Any], request: Request, warning:
     responses={
         **_AUTH_ERRORS,
         **_error(409, "Airflow refused the run (conflict)."),
+        **_NOT_JSON,
         **_error(422, "Input or output not allowed, or no such file."),
         **_error(502, "Airflow's REST API could not be reached or failed."),
     },
@@ -501,7 +503,7 @@ def _label_info(label: Label) -> LabelInfo:
     summary="Mark an anomaly event as a true anomaly or a false alarm",
     response_model=LabelInfo,
     status_code=status.HTTP_201_CREATED,
-    responses={**_AUTH_ERRORS, **_LABEL_ERRORS},
+    responses={**_AUTH_ERRORS, **_NOT_JSON, **_LABEL_ERRORS},
 )
 def add_label(job: JobName, body: LabelRequest, user: CurrentUser) -> LabelInfo:
     """Store a verdict on an event; the same (series, feature, start, end) replaces the earlier verdict.

@@ -101,11 +101,28 @@ async def _unprocessable(request: Request, exc: RequestValidationError) -> Respo
         await authenticate(request)
     except HTTPException as refused:
         return await _login_redirect_or_error(request, refused)
+    if _body_not_json(request, exc):
+        # FastAPI reads a body as JSON only when the request says it is: `curl -d @points.json`
+        # (form-encoded) got "Input should be a valid dictionary", with the whole body echoed back.
+        given = request.headers.get("content-type")
+        sent = f"its Content-Type is {given!r}" if given else "it has no Content-Type"
+        detail = f"the request body must be JSON, sent with 'Content-Type: application/json'; {sent}"
+        return JSONResponse({"detail": detail}, status_code=415)
     # FastAPI's own handler echoes each refused value back; a NaN or an Infinity in the body
     # (Python's JSON reader accepts both) then made the answer itself fail, a 500 for a 422.
     from pipelines.json_values import json_safe  # pandas: not at import, which every Airflow process does
 
     return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _body_not_json(request: Request, exc: RequestValidationError) -> bool:
+    """Whether the body was refused because the request did not say it is JSON (FastAPI's own test)."""
+    content_type = request.headers.get("content-type", "")
+    kind, _, rest = content_type.partition("/")
+    subtype = rest.split(";", 1)[0].strip().lower()
+    if kind.strip().lower() == "application" and (subtype == "json" or subtype.endswith("+json")):
+        return False
+    return any(tuple(error.get("loc", ())) == ("body",) for error in exc.errors())
 
 
 async def _login_redirect_or_error(request: Request, exc: HTTPException) -> Response:
@@ -143,8 +160,14 @@ def create_app() -> FastAPI:
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.get(OPENAPI_PATH, include_in_schema=False, dependencies=[Depends(require_user)])
-    async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
+    async def openapi(request: Request) -> JSONResponse:
+        spec = app.openapi()
+        # Mounted in the api-server, the paths are below Airflow's mount point: without a server
+        # naming it, Swagger UI's "Try it out" and generated clients called /api/v1/... at the
+        # server's root, Airflow's 404 (FastAPI's own openapi route adds it; this one replaces that).
+        if root := request.scope.get("root_path", "").rstrip("/"):
+            spec = {**spec, "servers": [{"url": root}]}
+        return JSONResponse(spec)
 
     @app.get(DOCS_PATH, include_in_schema=False, dependencies=[Depends(require_user)])
     async def docs(request: Request) -> HTMLResponse:

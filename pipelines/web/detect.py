@@ -60,8 +60,10 @@ def check_columns(job: JobConfig, records: list[dict[str, Any]]) -> None:
         f"unknown column {name!r} in points {_listing(rows)}" for name, rows in sorted(unknown.items())
     ] + [f"missing column {name!r} in points {_listing(rows)}" for name, rows in sorted(missing.items())]
     if problems:
+        # Capped like the rows: points with 200,000 keys of their own made a 7 MB error message.
+        more = f"; and {len(problems) - _SHOWN} more unknown or missing columns" if len(problems) > _SHOWN else ""
         raise DataValidationError(
-            f"job {job.name}: the points do not have the job's columns: {'; '.join(problems)}. "
+            f"job {job.name}: the points do not have the job's columns: {'; '.join(problems[:_SHOWN])}{more}. "
             f"Each point needs exactly {', '.join(job.columns)} (timestamp {job.timestamp!r}, "
             f"dimensions {job.dimensions or 'none'}, features {job.features}); points are numbered from 0."
         )

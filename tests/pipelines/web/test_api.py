@@ -138,6 +138,16 @@ def test_non_finite_numbers_are_422(client, headers, spike_points, literal):
     assert "latency_ms" in answer.json()["detail"]
 
 
+def test_many_unknown_columns_are_named_a_few_at_a_time(client, headers, spike_points):
+    """Each unknown key of the points was named: 200,000 of them made a 7 MB error message."""
+    point = {**spike_points[0], **{f"extra_{i:04d}": 0 for i in range(1000)}}
+    answer = client.post(f"{BASE}/detect", json={"points": [point]}, headers=headers)
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert "unknown column 'extra_0004' in points 0; and 995 more unknown or missing columns." in detail
+    assert "extra_0005" not in detail and len(detail) < 1000
+
+
 def test_numbers_for_timestamps_are_422_quoting_them_as_sent(client, headers, spike_points):
     points = [{**point, "timestamp": 1709424000 + 3600 * i} for i, point in enumerate(spike_points[:2])]
     answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
@@ -362,9 +372,27 @@ def test_the_openapi_document_describes_every_operation(client, headers):
     }
     detect = spec["paths"]["/api/v1/jobs/{job}/detect"]["post"]
     assert detect["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/DetectResponse")
-    assert {"401", "403", "404", "409", "413", "422"} <= set(detect["responses"])
+    assert {"401", "403", "404", "409", "413", "415", "422"} <= set(detect["responses"])
     assert {"AirflowToken", "AirflowSession"} <= set(spec["components"]["securitySchemes"])
     assert "SwaggerUIBundle" in client.get("/docs", headers=headers).text
+
+
+def test_the_openapi_document_names_the_mount_point_as_its_server(app, headers):
+    """Airflow mounts the app under /anomaly-pipelines: without a server naming it, Swagger UI's
+    "Try it out" and generated clients called /api/v1/... at Airflow's root (404)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pipelines.web import URL_PREFIX
+
+    outer = FastAPI()
+    outer.mount(URL_PREFIX, app)
+    client = TestClient(outer)
+    spec = client.get(f"{URL_PREFIX}/openapi.json", headers=headers).json()
+    assert spec["servers"] == [{"url": URL_PREFIX}]
+    path = next(p for p in spec["paths"] if p.endswith("/model")).replace("{job}", "demo_web_metrics")
+    assert client.get(spec["servers"][0]["url"] + path, headers=headers).status_code == 200
+    assert "servers" not in TestClient(app).get("/openapi.json", headers=headers).json()  # served at the root
 
 
 def test_score_file_end_to_end_through_airflows_api_server(airflow_server):
@@ -553,3 +581,53 @@ def test_score_file_answers_where_to_follow_the_run(client, headers, monkeypatch
     assert followed.status_code == 200, followed.text
     assert followed.json()["run_id"] == run["dag_run_id"] and followed.json()["status_url"] == status_url
 
+
+
+def test_a_series_whose_dimension_value_holds_a_slash_is_served(client, headers, web_project):
+    """Dimension values such as URL paths or "eu/west" make series keys with '/': every route that
+    names a series refused them (422) although the API listed them."""
+    import shutil
+
+    models = web_project / "var" / "models" / "demo_web_metrics"
+    shutil.copytree(models / "region=eu", models / "region=eu%2Fwest")  # the folder series_slug makes
+    answer = client.get(f"{BASE}/model", params={"series": "region=eu/west"}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert [c["series"] for c in answer.json()["champions"]] == ["region=eu/west"]
+    for route in ("events", "labels"):
+        assert client.get(f"{BASE}/{route}", params={"series": "region=eu/west"}, headers=headers).status_code == 200
+    label = {"series": "region=eu/west", "start": "2024-03-03T14:00:00Z", "end": "2024-03-03T14:00:00Z", "verdict": False}
+    answer = client.post(f"{BASE}/labels", json={**label, "value_min": 1, "value_max": 2}, headers=headers)
+    assert answer.status_code == 201, answer.text
+
+
+@pytest.mark.parametrize("series", [".", ".."])
+def test_a_series_of_dots_is_422_not_a_folder_of_the_registry(client, headers, web_project, series):
+    """series_slug keeps dots: '..' named the registry folder of a job called "tuning", which
+    GET .../tuning then read for a caller who may not read that job."""
+    other = web_project / "var" / "models" / "tuning" / "region=eu" / "tuning"
+    other.mkdir(parents=True)
+    (other / "20240301T000000Z.json").write_text('{"run_id": "another job\'s tune run", "trials": 7}')
+    for route in ("tuning", "model", "events", "labels"):
+        answer = client.get(f"{BASE}/{route}", params={"series": series}, headers=headers)
+        assert answer.status_code == 422, (route, answer.text)
+        assert f"{series!r} is not a series key" in str(answer.json()["detail"])
+    label = {"series": series, "start": "2024-03-03T14:00:00Z", "end": "2024-03-03T14:00:00Z", "verdict": False}
+    assert client.post(f"{BASE}/labels", json=label, headers=headers).status_code == 422
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
+@pytest.mark.parametrize("route", ["detect", "labels", "score-file"])
+def test_a_json_body_sent_without_its_content_type_is_415_saying_so(client, headers, spike_points, route, content_type):
+    """`curl -d @points.json` sends form encoding: FastAPI then did not read the body as JSON and
+    answered "Input should be a valid dictionary", echoing the whole body back."""
+    import json
+
+    raw = json.dumps({"points": spike_points})
+    sent = {**headers, **({"Content-Type": content_type} if content_type else {})}
+    answer = client.post(f"{BASE}/{route}", content=raw, headers=sent)
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["detail"].startswith("the request body must be JSON, sent with 'Content-Type: application/json'")
+    assert "2024-03-03" not in answer.text  # the body is not echoed
+    # A JSON body with its type (also with a charset) is read as before.
+    sent["Content-Type"] = "application/json; charset=utf-8"
+    assert client.post(f"{BASE}/detect", content=raw, headers=sent).status_code == 200

@@ -133,6 +133,20 @@ def test_job_page_shows_some_features_and_only_the_series_with_anomalies(dash):
     assert {s["feature"] for e in events["events"] for s in e["signals"]} == {"latency_ms"}
 
 
+def test_the_series_table_lists_the_most_anomalous_series_and_the_selector_all(dash, monkeypatch):
+    """A job of 10,000 series listed each in the table: a 4 MB page that took seconds to draw."""
+    from pipelines.web import dashboard
+
+    monkeypatch.setattr(dashboard, "PAGE_SERIES", 2)
+    rows = data.series_summary(get_job("demo_web_metrics"), data.Filters())
+    page = dash.get(f"{D}/jobs/demo_web_metrics").text
+    assert re.findall(r'<tr class="series-row[^"]*" data-series="([^"]+)"', page) == [row["series"] for row in rows[:2]]
+    assert 'data-testid="series-listed">The 2 series with the most anomalies are listed' in page
+    assert all(f'<option value="{row["series"]}"' in page for row in rows)  # any series can still be chosen
+    monkeypatch.setattr(dashboard, "PAGE_SERIES", 3)
+    assert 'data-testid="series-listed"' not in dash.get(f"{D}/jobs/demo_web_metrics").text
+
+
 def test_the_filter_form_with_empty_fields_shows_everything(dash):
     """The form sends every field, empty ones as name= (a 422 for an empty least score once)."""
     empty = {"start": "", "end": "", "min_score": "", "only_anomalies": ""}
