@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,6 +35,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Counts and other numbers as YAML numbers, never as text or booleans: pydantic's lax mode reads
+# `min_rows: true` as 1 and `trials: "20"` as 20, which hides a slip in the job file (detector
+# parameters are checked the same way, pipelines.detectors.params).
+Count = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
+#: A column of the source: an empty name matched no column, and the failure came at extraction.
+Column = Annotated[str, Field(min_length=1)]
+#: A folder or URL: an empty one resolved to the project root itself.
+Location = Annotated[str, Field(min_length=1)]
 
 
 def _duration(value: Any) -> timedelta:
@@ -268,7 +280,7 @@ class ThresholdConfig(_Model):
     """
 
     kind: Literal["contamination", "score", "false_alarm_probability"] = "contamination"
-    value: float = 0.005
+    value: Number = 0.005
 
     @model_validator(mode="after")
     def _in_range(self) -> ThresholdConfig:
@@ -335,15 +347,15 @@ class BigQueryOutput(_Model):
 
 
 class Outputs(_Model):
-    parquet: str = Field("var/outputs", description="Root of the Parquet dataset (local or s3://).")
+    parquet: Location = Field("var/outputs", description="Root of the Parquet dataset (local or s3://).")
     table: TableOutput | None = None
     bigquery: BigQueryOutput | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ValidationConfig(_Model):
-    min_rows: int = Field(1, ge=0, description="Fewest rows a batch may have.")
-    max_null_fraction: float = Field(
+    min_rows: Count = Field(1, ge=0, description="Fewest rows a batch may have.")
+    max_null_fraction: Number = Field(
         0.0, ge=0.0, le=1.0, description="Largest share of missing values allowed per feature."
     )
     suite: str | None = Field(None, description="Great Expectations suite (JSON) applied on top.")
@@ -355,18 +367,18 @@ class TuneConfig(_Model):
     detectors: list[str] | None = Field(
         None, min_length=1, description="Detector kinds searched; default the auto candidates for auto, else model.kind."
     )
-    trials: int = Field(20, ge=1, le=10_000, description="Most trials per series.")
+    trials: Count = Field(20, ge=1, le=10_000, description="Most trials per series.")
     timeout: timedelta = Field(timedelta(minutes=10), description="Most time per series; a running trial finishes.")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Restricts these parameters to these values; empty means the full search space."
     )
-    holdout_fraction: float = Field(0.25, gt=0, lt=1)
-    promotion_margin: float = Field(0.02, ge=0.0, le=1.0, description="How much the challenger must beat the champion by (mean over the plantings).")
-    seed: int = Field(0, description="Seed of the sampler and of the first planting of anomalies.")
-    plantings: int = Field(
+    holdout_fraction: Number = Field(0.25, gt=0, lt=1)
+    promotion_margin: Number = Field(0.02, ge=0.0, le=1.0, description="How much the challenger must beat the champion by (mean over the plantings).")
+    seed: Count = Field(0, description="Seed of the sampler and of the first planting of anomalies.")
+    plantings: Count = Field(
         5, ge=1, le=50, description="Times anomalies are planted in the held-back rows without labels; trials rank by mean event F1."
     )
-    stretches: int = Field(
+    stretches: Count = Field(
         3, ge=1, le=10,
         description="Held-back stretches (latest first) a challenger must be clearly better than the champion on, "
         "with planted anomalies; as model: auto's own rule.",
@@ -398,7 +410,7 @@ class ResampleConfig(_Model):
 
     aggregate: Literal["mean", "sum", "min", "max", "first", "last", "median"] = "mean"
     fill: Literal["none", "ffill"] = "none"
-    ffill_limit: int | None = Field(None, ge=1, description="Most buckets in a row one value fills.")
+    ffill_limit: Count | None = Field(None, ge=1, description="Most buckets in a row one value fills.")
 
     @model_validator(mode="after")
     def _limit_needs_ffill(self) -> ResampleConfig:
@@ -433,18 +445,18 @@ class MonitoringConfig(_Model):
 
     enabled: bool = Field(True, description="Record drift and anomaly rates and request retrains.")
     statistic: Literal["psi", "ks"] = Field("psi", description="Drift statistic that decides (both are recorded).")
-    drift_threshold: float | None = Field(
+    drift_threshold: Number | None = Field(
         None, gt=0.0, description="Drift above this is 'drifted'; default 0.25 for psi, 0.2 for ks."
     )
-    sustained_runs: int = Field(3, ge=1, le=1000, description="Consecutive records that must agree.")
-    min_rows: int = Field(
+    sustained_runs: Count = Field(3, ge=1, le=1000, description="Consecutive records that must agree.")
+    min_rows: Count = Field(
         100, ge=2, le=100_000, description="Fewest timestamps a statistic is computed on (earlier published rows are added)."
     )
-    rate_factor: float = Field(3.0, gt=1.0, description="Anomaly rate above this many times the calibrated one is far.")
-    rate_p_value: float = Field(
+    rate_factor: Number = Field(3.0, gt=1.0, description="Anomaly rate above this many times the calibrated one is far.")
+    rate_p_value: Number = Field(
         0.001, gt=0.0, lt=1.0, description="Level of the one-sided binomial test of the anomaly rate."
     )
-    repeat_after_runs: int = Field(
+    repeat_after_runs: Count = Field(
         24, ge=1, description="Predict runs after a retrain request before the same champion is reported again."
     )
 
@@ -513,7 +525,7 @@ class SlackChannel(_Model):
 
 
 class DigestConfig(_Model):
-    hour: int = Field(8, ge=0, le=23, description="UTC hour: the run whose window passes it sends the past day's events.")
+    hour: Count = Field(8, ge=0, le=23, description="UTC hour: the run whose window passes it sends the past day's events.")
 
 
 class AlertsConfig(_Model):
@@ -523,10 +535,10 @@ class AlertsConfig(_Model):
     slack: SlackChannel | None = None
     series: list[str] = Field(default_factory=list, description="Series keys or glob patterns; empty: all.")
     features: list[str] = Field(default_factory=list, description="Alert on points these features drove; empty: all.")
-    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Least peak score of an alerted event.")
+    min_score: Number = Field(0.0, ge=0.0, le=1.0, description="Least peak score of an alerted event.")
     direction: Literal["both", "rise", "fall"] = "both"
-    max_gap: int = Field(1, ge=0, description="Normal periods allowed inside one event.")
-    snooze: int = Field(0, ge=0, description="Periods of frequency after an alerted event that hold the series' next ones.")
+    max_gap: Count = Field(1, ge=0, description="Normal periods allowed inside one event.")
+    snooze: Count = Field(0, ge=0, description="Periods of frequency after an alerted event that hold the series' next ones.")
     escalate: bool = Field(
         True, description="Send an event of a snoozed series anyway when its peak score beats the alert that snoozed it."
     )
@@ -549,10 +561,10 @@ class JobConfig(_Model):
     name: str
     description: str = ""
     source: Source
-    timestamp: str = Field(description="Column holding the time of each row.")
+    timestamp: Column = Field(description="Column holding the time of each row.")
     frequency: timedelta = Field(description="Spacing of the series, e.g. '1h'.")
-    dimensions: list[str] = Field(default_factory=list, description="One model per group of these.")
-    features: list[str] = Field(min_length=1, description="Numeric columns to watch.")
+    dimensions: list[Column] = Field(default_factory=list, description="One model per group of these.")
+    features: list[Column] = Field(min_length=1, description="Numeric columns to watch.")
     model: ModelConfig
     training_window: timedelta = Field(timedelta(days=28))
     threshold: ThresholdConfig = ThresholdConfig()
@@ -564,7 +576,7 @@ class JobConfig(_Model):
     alerts: AlertsConfig | None = None
     labels: LabelsConfig = LabelsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
-    registry: str = Field("var/models", description="Model registry root (local or s3://).")
+    registry: Location = Field("var/models", description="Model registry root (local or s3://).")
     start_date: str = Field("2024-01-01", description="First data interval the schedules may run.")
 
     @field_validator("frequency", "training_window", mode="before")
@@ -671,6 +683,8 @@ def _format_errors(exc: ValidationError) -> str:
             message = f"required field {err['ctx']['discriminator']} is missing: one of {', '.join(SOURCE_KINDS)}"
         elif not isinstance(given, dict):
             message = _naming_input(message, given)
+            if err["type"] in ("int_type", "float_type") and isinstance(given, (str, bool)):
+                message += ": write a number, without quotes" if isinstance(given, str) else ": write a number, not true or false"
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 
@@ -685,10 +699,35 @@ def parse_job(data: Any, *, source: str = "<job>") -> JobConfig:
         raise ConfigError(f"{source}: invalid job configuration\n{_format_errors(exc)}") from None
 
 
+class _JobFileLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping.
+
+    PyYAML keeps the last of two equal keys without a word: a second `threshold:` lower down
+    silently replaced the first. ruamel.yaml refuses them, but reads YAML 1.2, where `no` and
+    `off` are text, not false, which would change what existing job files mean.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: keys written beside it override the merged ones, by design
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                first = seen[key].start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"{key!r} is set twice in one mapping (first on line {first.line + 1}): keep one of them",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_job_file(path: str | Path) -> JobConfig:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_JobFileLoader)  # noqa: S506 (a safe loader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc}") from exc
     except UnicodeDecodeError as exc:

@@ -78,6 +78,16 @@ def test_defaults_and_durations():
         ({"source": {"kind": "ftp", "path": "x"}}, "source", "does not match any of the expected tags"),
         # pydantic's own words were "Unable to extract tag using discriminator 'kind'".
         ({"source": {"path": "x.csv"}}, "source", "required field 'kind' is missing: one of file, sql, bigquery, python"),
+        # pydantic's lax mode read these as 1, 20 and 1.0: a slip in the job file went unseen.
+        ({"validation": {"min_rows": True}}, "validation.min_rows", "valid integer (got True): write a number, not true or false"),
+        ({"tune": {"trials": "20"}}, "tune.trials", "valid integer (got '20'): write a number, without quotes"),
+        ({"alerts": {"max_gap": 1.5}}, "alerts.max_gap", "valid integer (got 1.5)"),
+        ({"threshold": {"value": True}}, "threshold.value", "valid number (got True): write a number, not true or false"),
+        # An empty column matched nothing until extraction; an empty location was the project root.
+        ({"features": ["value", ""]}, "features.1", "at least 1 character"),
+        ({"timestamp": ""}, "timestamp", "at least 1 character"),
+        ({"outputs": {"parquet": ""}}, "outputs.parquet", "at least 1 character"),
+        ({"registry": ""}, "registry", "at least 1 character"),
     ],
 )
 def test_errors_name_file_field_and_reason(overrides, field, reason):
@@ -133,6 +143,21 @@ def test_unreadable_yaml_names_the_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_job_file(path)
+
+
+def test_a_key_set_twice_is_refused_naming_both_lines(tmp_path):
+    # PyYAML kept the second threshold without a word.
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(minimal(threshold={"kind": "contamination", "value": 0.01}), sort_keys=False)
+                    + "threshold: {kind: score, value: 0.9}\n")
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("threshold:"))
+    with pytest.raises(ConfigError, match=rf"web.yaml: not valid YAML: 'threshold' is set twice in one mapping \(first on line {line}\)"):
+        load_job_file(path)
+    # Equal keys in different mappings, and YAML's merge key, are not repeats.
+    path.write_text("base: &base {kind: contamination, value: 0.01}\n" + yaml.safe_dump({k: v for k, v in minimal().items()}, sort_keys=False)
+                    + "threshold:\n  <<: *base\n  value: 0.02\n")
+    with pytest.raises(ConfigError, match="base: unknown field"):  # parsed: only the job's own check refuses it
         load_job_file(path)
 
 
