@@ -7,6 +7,10 @@ the champion's (a tie promotes: equal error, fresher data); a worse model is reg
 reason but never serves. The registered artifact is then refitted on the whole window. Both fits
 warm-start from the champion when it is of the same kind and parameters and the detector allows
 it. A training that raises registers nothing, so the champion keeps serving.
+
+One exception: when the job's ``model`` (kind, params) or ``threshold`` is no longer the one the
+champion was trained or tuned under (``configured_model`` in its metadata), people changed the job
+file, and the new model is promoted without the comparison (:func:`model_change`).
 """
 
 from __future__ import annotations
@@ -50,14 +54,91 @@ def detector_for(job: JobConfig, params: dict[str, Any] | None = None, kind: str
     )
 
 
-def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[str, Any], str]:
-    """Params and kind from the last promoted tuning; ignored (with a warning) when the job no
-    longer searches that kind, e.g. after ``model.kind`` was changed in the job file."""
+def configured_model(job: JobConfig) -> dict[str, Any]:
+    """The job's ``model`` as its file says (kind and params), recorded with every trained or
+    tuned version and tuning result as ``configured_model``: a tuned version records the job's
+    model in force, not the kind it tuned, so a later change of the job file can be told apart."""
+    return job.model.model_dump(mode="json")
+
+
+def _model_params(kind: str, params: dict[str, Any]) -> Any:
+    # Compared through the parameter model, so that a default written out is no change; a record
+    # the current library cannot read (a kind or parameter removed since) compares as changed.
+    from pipelines.detectors.params import MODEL_PARAMS
+
+    try:
+        return MODEL_PARAMS[kind](**params)
+    except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+        return (kind, params)
+
+
+def _model_difference(recorded: dict[str, Any], job: JobConfig) -> str | None:
+    """How ``job.model`` differs from a recorded :func:`configured_model`, or None when it does not."""
+    old_kind, old_params = recorded.get("kind"), recorded.get("params") or {}
+    if old_kind != job.model.kind:
+        return f"{old_kind} → {job.model.kind}"
+    before, now = _model_params(old_kind, old_params), _model_params(job.model.kind, job.model.params)
+    if before == now:
+        return None
+    if isinstance(before, tuple) or isinstance(now, tuple):
+        return f"{job.model.kind} params {old_params} → {job.model.params}"
+    old_values, new_values = before.model_dump(mode="json"), now.model_dump(mode="json")
+    moved = [name for name in sorted(new_values) if old_values.get(name) != new_values.get(name)]
+    return f"{job.model.kind} params: " + ", ".join(f"{name} {old_values.get(name)!r} → {new_values[name]!r}" for name in moved)
+
+
+def model_change(job: JobConfig, champion: ModelVersion, kind: str) -> str | None:
+    """How the job's model or threshold changed since ``champion`` was trained or tuned, e.g.
+    ``model changed (seasonal_mad → iforest)``; None when neither did. ``kind`` is what this
+    training builds.
+
+    Compared with the champion's ``configured_model`` (the job's model in force when it was trained
+    or tuned) and its ``threshold``. Versions registered before ``configured_model`` was recorded
+    have none: unchanged when their kind is the one this training builds (the job's kind, or the
+    tuned kind in force), or when tuning promoted them and the job still searches their kind (a
+    tuned kind differs from the job's by design); else the job's kind was changed.
+    """
+    meta = champion.metadata
+    recorded = meta.get("configured_model")
+    if recorded is not None:
+        changed = _model_difference(recorded, job)
+    elif meta.get("model") in (job.model.kind, kind) or ("tuning" in meta and meta.get("model") in _searched(job)):
+        changed = None
+    else:
+        changed = f"{meta.get('model')} → {job.model.kind}"
+    parts = [] if changed is None else [f"model changed ({changed})"]
+    # The threshold is the job's too, and forecast error cannot tell thresholds apart.
+    threshold, now = meta.get("threshold"), job.threshold.model_dump(mode="json")
+    if threshold is not None and threshold != now:
+        moved = ", ".join(f"{name} {threshold.get(name)!r} → {now[name]!r}" for name in now if threshold.get(name) != now[name])
+        parts.append(f"threshold changed ({moved})")
+    return " and ".join(parts) or None
+
+
+def _searched(job: JobConfig) -> list[str]:
+    """The kinds tuning searches for ``job``: a tuned kind outside them is no longer the job's."""
     from pipelines.detectors.search_spaces import default_detectors
 
+    return list(job.tune.detectors or default_detectors(job.model.kind, job.model.params))
+
+
+def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[str, Any], str]:
+    """Params and kind from the last promoted tuning; ignored (with a warning) when the job's
+    ``model`` changed since that tuning (its result was searched from the old one and would
+    override what the job file now says) or, for tunings recorded before that was kept, when the
+    job no longer searches the tuned kind."""
     document = registry.tuned(job.name, series) or {}
+    recorded = (document.get("report") or {}).get("configured_model")
+    changed = _model_difference(recorded, job) if recorded is not None else None
+    if changed is not None:
+        log.warning(
+            "job %s, series %s: ignoring tuned %s params: the job's model changed since that tuning (%s); "
+            "run tune again to tune it",
+            job.name, series, document.get("kind") or recorded.get("kind"), changed,
+        )
+        return {}, job.model.kind
     kind = document.get("kind") or job.model.kind
-    if kind != job.model.kind and kind not in (job.tune.detectors or default_detectors(job.model.kind, job.model.params)):
+    if kind != job.model.kind and kind not in _searched(job):
         log.warning(
             "job %s, series %s: ignoring tuned %s params: the job now uses %s; run tune again to tune it",
             job.name, series, kind, job.model.kind,
@@ -184,7 +265,8 @@ class TrainResult:
 
 
 def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window, *, run_id: str) -> TrainResult:
-    """Fit, compare with the champion, register, and promote when it is no worse.
+    """Fit, compare with the champion, register, and promote when it is no worse (or when the job
+    file changed the model or threshold since the champion: :func:`model_change`).
 
     A detector's own error (too few rows, a parameter the data does not allow) is given the job,
     the series and the window: the detector knows none of them, and a run trains many series.
@@ -238,12 +320,17 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
             log.warning("job %s, series %s: champion %s cannot score: %s", job.name, series, champion_version.version, exc)
             champion_error = float("inf")
         metrics["champion_holdout_error"] = champion_error
-        # Never a worse model: promoted only when not worse; a NaN error compares False.
-        promoted = challenger_error <= champion_error
-        reason = (
-            f"holdout error {challenger_error:.4g} vs champion {champion_version.version} {champion_error:.4g}: "
-            f"{'promoted (not worse)' if promoted else 'kept the champion (the new model is worse)'}"
-        )
+        compared = f"holdout error {challenger_error:.4g} vs champion {champion_version.version} {champion_error:.4g}"
+        change = model_change(job, champion_version, kind)
+        if change is not None:
+            # People changed the job file: they asked for this model. Compared by forecast error,
+            # kinds that forecast less well (iforest, context) would never replace the champion.
+            promoted = True
+            reason = f"promoted: the job's {change}, so the new model serves without a comparison ({compared})"
+        else:
+            # Never a worse model: promoted only when not worse; a NaN error compares False.
+            promoted = challenger_error <= champion_error
+            reason = f"{compared}: {'promoted (not worse)' if promoted else 'kept the champion (the new model is worse)'}"
 
     final = detector_for(job, tuned, kind).fit(data, warm_start=warm)
     version = register_model(
@@ -289,6 +376,8 @@ def register_model(
     metadata = {
         "model": kind,
         "params": final.get_params(),
+        # The job's model in force (not the tuned kind): what the next training checks for a change.
+        "configured_model": configured_model(job),
         "tuned_params": tuned,
         "threshold": job.threshold.model_dump(),
         "features": list(job.features),

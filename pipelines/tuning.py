@@ -13,7 +13,8 @@ challenger/champion decision. Documented in docs/MODELS.md ("Tuning").
    plantings) there and on each earlier held-back stretch up to ``tune.stretches``, the rule
    ``model: auto`` applies to its own challengers (:func:`_decide`). It is then refitted on the
    whole window, registered, promoted, and ``tuned.json`` (kind + params) is written, so the
-   next train builds the same detector. Every trial and the decision are kept
+   next train builds the same detector (until the job file changes ``model``: the record keeps
+   ``configured_model``, the job's model the search started from). Every trial and the decision are kept
    in a tuning record per run (promoted or not) and in the registered version's metadata.
 """
 
@@ -46,7 +47,15 @@ from pipelines.detectors.search_spaces import (
 from pipelines.detectors.selection import compare, held_back_stretches
 from pipelines.detectors.synthetic import Injected, detection_f1_by_planting, mean_of_parts, plant_repeatedly
 from pipelines.errors import ConfigError, ModelError
-from pipelines.training import detector_for, feature_scale, holdout_error, load_champion, register_model, registry_for
+from pipelines.training import (
+    configured_model,
+    detector_for,
+    feature_scale,
+    holdout_error,
+    load_champion,
+    register_model,
+    registry_for,
+)
 from pipelines.workspace import Window, utcnow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -462,6 +471,8 @@ def tune_series(
         "run_id": run_id,
         "tuned_at": utcnow().isoformat(),
         "rows": len(data),
+        # The job's model the search started from: train ignores tuned.json once the job file changes it.
+        "configured_model": configured_model(job),
         "objective": holdout.describe(),
         "budget": {"trials": job.tune.trials, "timeout_seconds": job.tune.timeout.total_seconds()},
         "searched": {kind: sorted(space) for kind, space in spaces.items()},

@@ -285,3 +285,69 @@ def test_of_two_promotions_racing_from_the_same_champion_exactly_one_wins(
     assert sorted(v.version for v in registry.versions(job.name, "all")) == sorted([winner.version, loser.version])
     assert registry.version(job.name, "all", loser.version).metadata["decision"] == loser.metadata["decision"]
     assert registry.version(job.name, "all", winner.version).metadata["decision"] == {"promoted": True, "reason": "no champion yet"}
+
+
+def _worse_head(seed: int) -> pd.DataFrame:
+    """Like :func:`cycle`, with a garbage head: a challenger fitted on it forecasts worse than the champion."""
+    worse = cycle(seed)
+    head = int(len(worse) * 0.8)
+    worse.iloc[:head] = np.random.default_rng(seed + 1).normal(500, 200, size=(head, 2))
+    return worse
+
+
+@pytest.mark.parametrize(
+    "kind, params, threshold, said",
+    [
+        ("iforest", {"n_estimators": 20}, None, "model changed (seasonal_mad → iforest)"),
+        ("seasonal_mad", {"season": "1d", "level_window": 48}, None, "model changed (seasonal_mad params: level_window 24 → 48)"),
+        ("seasonal_mad", {"season": "1d"}, 0.02, "threshold changed (value 0.005 → 0.02)"),
+    ],
+    ids=["kind", "params", "threshold"],
+)
+def test_a_model_changed_in_the_job_file_serves_after_the_next_training(tmp_path: Path, kind, params, threshold, said) -> None:
+    job = make_job(tmp_path, season="1d")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    changed = make_job(tmp_path, kind, **params)
+    if threshold is not None:
+        changed = changed.model_copy(update={"threshold": changed.threshold.model_copy(update={"value": threshold})})
+
+    # Worse by forecast error, but the job file asks for it: it serves, and the reason says why.
+    second = train_series(changed, "all", _worse_head(1), WINDOW, run_id="second")
+    assert second.metrics["holdout_error"] > second.metrics["champion_holdout_error"]
+    assert second.promoted and second.reason.startswith(
+        f"promoted: the job's {said}, so the new model serves without a comparison (holdout error "
+    ), second.reason
+    registry = registry_for(job)
+    assert registry.champion(job.name, "all").version == second.version != first.version
+    assert registry.version(job.name, "all", second.version).metadata["configured_model"] == {"kind": kind, "params": params}
+
+    # The job unchanged since: compared again, a worse model never replaces it (iforest's rolling
+    # median forecasts alike whatever the forest: a tie, which promotes).
+    third = train_series(changed, "all", _worse_head(3), WINDOW, run_id="third")
+    assert third.reason.startswith("holdout error ") and "the job's" not in third.reason
+    assert third.promoted is (third.metrics["holdout_error"] <= third.metrics["champion_holdout_error"])
+    assert registry.champion(job.name, "all").version == (third.version if third.promoted else second.version)
+
+
+@pytest.mark.parametrize(
+    "kind, params, promoted",
+    [("seasonal_mad", {"season": "1d", "level_window": 48}, False), ("iforest", {"n_estimators": 20}, True)],
+    ids=["same-kind-is-unchanged", "other-kind-is-changed"],
+)
+def test_a_champion_registered_before_the_job_model_was_recorded(tmp_path: Path, kind, params, promoted) -> None:
+    import json
+
+    from pipelines import storage
+
+    job = make_job(tmp_path, season="1d")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    registry = registry_for(job)
+    old = {k: v for k, v in registry.version(job.name, "all", first.version).metadata.items() if k != "configured_model"}
+    url = storage.join(registry.root, job.name, "all", "versions", first.version, "metadata.json")
+    storage.atomic_write(url, json.dumps(old).encode())
+
+    # Without a record, params cannot be told apart: the same kind is compared; another kind is a change.
+    second = train_series(make_job(tmp_path, kind, **params), "all", _worse_head(1), WINDOW, run_id="second")
+    assert second.promoted is promoted
+    assert ("model changed (seasonal_mad → iforest)" in second.reason) is promoted
+    assert ("kept the champion (the new model is worse)" in second.reason) is not promoted

@@ -498,3 +498,43 @@ def test_a_tuned_version_not_promoted_after_all_says_so_in_its_tuning_section(tm
     assert {k: v for k, v in stored["tuning"]["decision"].items() if k != "version"} == {
         k: v for k, v in record["decision"].items() if k != "version"
     }
+
+
+def test_a_tuned_champion_of_another_kind_survives_the_next_scheduled_train(tmp_path, daily):
+    import json
+
+    from pipelines import storage
+    from pipelines.series import series_slug
+
+    job = make_job(tmp_path, {"kind": "iforest", "params": {"n_estimators": 50}}, detectors=["iforest", "level_shift"],
+                   grid={"level_window": [6]}, trials=3)
+    tuned = tune_series(job, SERIES, daily, _window(daily))
+    assert tuned["promoted"] and tuned["kind"] == "level_shift"
+    registry = registry_for(job)
+    champion = registry.champion(job.name, SERIES)
+    # Tuning records the job's model in force, not the kind it tuned.
+    assert champion.metadata["configured_model"] == {"kind": "iforest", "params": {"n_estimators": 50}}
+    assert registry.tuned(job.name, SERIES)["report"]["configured_model"] == champion.metadata["configured_model"]
+
+    trained = train_series(job, SERIES, daily, _window(daily), run_id="scheduled")
+    assert trained.reason.startswith("holdout error ") and "the job's" not in trained.reason
+
+    # A tuned champion registered before the record was kept: still the job's own model.
+    meta = {k: v for k, v in champion.metadata.items() if k != "configured_model"}
+    storage.atomic_write(storage.join(registry.root, job.name, series_slug(SERIES), "versions", champion.version, "metadata.json"),
+                         json.dumps(meta).encode())
+    registry.promote(job.name, SERIES, champion.version)
+    again = train_series(job, SERIES, daily, _window(daily), run_id="scheduled-again")
+    assert again.reason.startswith("holdout error ") and "the job's" not in again.reason
+
+
+def test_train_ignores_tuned_params_once_the_job_file_changes_its_model(tmp_path, daily, caplog):
+    tuned = tune_series(make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [6]}), SERIES, daily)
+    assert tuned["promoted"] and tuned["params"] == {"level_window": 6}
+    # The user sets the parameter tuning chose: the job file wins over the older tuning.
+    changed = make_job(tmp_path, {"kind": "seasonal_mad", "params": {"level_window": 48}})
+    trained = train_series(changed, SERIES, daily, _window(daily), run_id="after-params-change")
+    version = registry_for(changed).version(changed.name, SERIES, trained.version)
+    assert version.metadata["params"]["level_window"] == 48 and version.metadata["tuned_params"] == {}
+    assert "ignoring tuned seasonal_mad params: the job's model changed since that tuning" in caplog.text
+    assert trained.promoted and trained.reason.startswith("promoted: the job's model changed (seasonal_mad params: level_window ")
