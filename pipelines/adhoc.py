@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from functools import partial
-from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from pipelines.extraction import TimestampZone, first_zone, prepare, series_grou
 from pipelines.schema import conform
 from pipelines.sources import FileReader
 from pipelines.sources.base import parse_timestamps
-from pipelines.sources.file import SUFFIXES
+from pipelines.sources.file import open_data, suffix_format
 from pipelines.validation import validate_batch
 from pipelines.workspace import check_output_file
 
@@ -78,14 +77,15 @@ def _missing_column_hint(job: JobConfig, path: str, column: str) -> str:
 
 
 def _columns_of(path: str) -> list[str] | None:
-    """The column names of one csv, jsonl or parquet file, read from its header or schema;
-    None for a folder, another format or an unreadable file (the hint then lists nothing)."""
-    fmt = SUFFIXES.get(PurePosixPath(path).suffix.lower())  # the file reader's own table
+    """The column names of one csv, jsonl or parquet file (compressed too: ``m.csv.gz``), read
+    from its header or schema; None for a folder, another format or an unreadable file (the hint
+    then lists nothing)."""
+    fmt = suffix_format(path)  # as the file reader infers it
     if fmt not in ("csv", "jsonl", "parquet"):
         return None
     try:
         fs, name = url_to_fs(path)
-        with fs.open(name, "rb") as handle:
+        with open_data(fs, name) as handle:
             if fmt == "csv":
                 return [str(column) for column in pd.read_csv(handle, nrows=0, encoding="utf-8-sig").columns]
             if fmt == "jsonl":

@@ -39,6 +39,12 @@ class SourceConfigError(SourceError, ConfigError):
     those, and bad configuration for Airflow's tasks, which fail at once instead of retrying."""
 
 
+class StorageError(PipelineError):
+    """A file or object store could not be reached: no credentials, an endpoint that does not
+    answer. Neither bad data nor bad configuration: credentials that appear later (a refreshed
+    role, a mounted secret) or a store back up make a retry succeed, so Airflow's tasks retry it."""
+
+
 class ModelError(PipelineError):
     """Training, loading or scoring a model failed, or no model is serving."""
 

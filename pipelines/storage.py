@@ -23,7 +23,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.errors import MissingDependencyError, PipelineError
+from pipelines.errors import MissingDependencyError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,13 @@ def missing_credentials(exc: BaseException) -> bool:
     return botocore is not None and isinstance(exc, (botocore.NoCredentialsError, botocore.PartialCredentialsError))
 
 
+def unreachable(exc: BaseException) -> bool:
+    """botocore could not connect to the endpoint, or lost it (refused, timed out, closed): s3fs
+    passes that on as it is, and only some of those errors are OSErrors."""
+    botocore = sys.modules.get("botocore.exceptions")
+    return botocore is not None and isinstance(exc, (botocore.ConnectionError, botocore.HTTPClientError))
+
+
 def credentials_hint(options: str = "storage_options") -> str:
     """What to do when :func:`missing_credentials`; ``options`` names where the job file sets fsspec options."""
     return (
@@ -53,10 +60,11 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _credentials_said(func: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Missing credentials as a :class:`PipelineError` naming the URL and where to set them,
-    instead of botocore's bare NoCredentialsError. Not a configuration error: credentials that
-    appear later (a refreshed role, a mounted secret) make a retry succeed."""
+def _storage_said(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Missing credentials and an unreachable store as a :class:`StorageError` naming the URL and
+    what to check, instead of botocore's bare NoCredentialsError or EndpointConnectionError. Not a
+    configuration error: credentials that appear later (a refreshed role, a mounted secret) or a
+    store back up make a retry succeed."""
     signature = inspect.signature(func)
 
     @functools.wraps(func)
@@ -64,11 +72,16 @@ def _credentials_said(func: Callable[_P, _R]) -> Callable[_P, _R]:
         try:
             return func(*args, **kwargs)
         except Exception as exc:
-            if not missing_credentials(exc):
+            if not (missing_credentials(exc) or unreachable(exc)):
                 raise
             url = signature.bind(*args, **kwargs).arguments["url"]
             where = "the `storage_options` of that location (a job's `outputs.storage_options` for its outputs and models)"
-            raise PipelineError(f"no credentials to reach {url} ({exc}). {credentials_hint(where)}") from exc
+            if missing_credentials(exc):
+                raise StorageError(f"no credentials to reach {url} ({exc}). {credentials_hint(where)}") from exc
+            raise StorageError(
+                f"cannot reach {url} ({exc}). Check that the store is up and that `endpoint_url` in {where} is "
+                "right; a retry succeeds once it answers."
+            ) from exc
 
     return wrapper
 
@@ -88,7 +101,7 @@ def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *parts])
 
 
-@_credentials_said
+@_storage_said
 def atomic_write(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
     """Write ``data`` so that readers see the old content or the new one, never a partial file.
 
@@ -102,7 +115,7 @@ def atomic_write(url: str, data: bytes, storage_options: dict[str, Any] | None =
     _replace_local(path, lambda handle: handle.write(data))
 
 
-@_credentials_said
+@_storage_said
 def atomic_copy(local_file: str, url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Copy a local file to ``url`` with the same guarantee as :func:`atomic_write`, in constant memory."""
     fs, path = filesystem(url, storage_options)
@@ -113,7 +126,7 @@ def atomic_copy(local_file: str, url: str, storage_options: dict[str, Any] | Non
         _replace_local(path, lambda handle: shutil.copyfileobj(source, handle, 16 * 1024 * 1024))
 
 
-@_credentials_said
+@_storage_said
 def move(source: str, url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Move the file at ``source`` onto ``url`` on the same file system, replacing what is there.
 
@@ -186,7 +199,7 @@ class Snapshot:
     etag: str | None = None
 
 
-@_credentials_said
+@_storage_said
 def read_snapshot(url: str, storage_options: dict[str, Any] | None = None) -> Snapshot:
     """The content of the file at ``url`` (None when there is none), for :func:`replace_if_unchanged`."""
     fs, path = filesystem(url, storage_options)
@@ -203,7 +216,7 @@ def read_snapshot(url: str, storage_options: dict[str, Any] | None = None) -> Sn
         return Snapshot(None)
 
 
-@_credentials_said
+@_storage_said
 def replace_if_unchanged(url: str, data: bytes, seen: Snapshot, storage_options: dict[str, Any] | None = None) -> bool:
     """Replace the file at ``url`` by ``data`` only if it still holds what ``seen`` read (create it
     only if there was none), in one atomic step; False, writing nothing, when it was written,
@@ -298,7 +311,7 @@ def _s3_error_code(exc: BaseException) -> str | None:
     return None
 
 
-@_credentials_said
+@_storage_said
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """Content of the file at ``url``; raises ``FileNotFoundError`` when there is none."""
     fs, path = filesystem(url, storage_options)
@@ -308,14 +321,14 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
     return fs.cat_file(path)
 
 
-@_credentials_said
+@_storage_said
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = filesystem(url, storage_options)
     fs.invalidate_cache(path)  # as in read_bytes: not from a stale cached listing
     return fs.exists(path)
 
 
-@_credentials_said
+@_storage_said
 def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Delete the file at ``url``; a missing file is not an error."""
     fs, path = filesystem(url, storage_options)
@@ -323,7 +336,7 @@ def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
         fs.rm_file(path)
 
 
-@_credentials_said
+@_storage_said
 def find(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Paths of all files below the folder ``url``, relative to it and sorted; none if it is missing."""
     fs, path = filesystem(url, storage_options)

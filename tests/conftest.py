@@ -202,6 +202,24 @@ def s3_without_credentials(s3_bucket: tuple[str, dict], tmp_path: Path, monkeypa
     return bucket, {"endpoint_url": options["endpoint_url"], "skip_instance_cache": True}
 
 
+@pytest.fixture
+def unreachable_s3_options() -> dict:
+    """storage_options for an S3 endpoint on a local port nothing listens on, tried once (botocore
+    would otherwise retry with back-off for seconds)."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    return {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "key": "testing",
+        "secret": "testing",
+        "skip_instance_cache": True,
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2},
+    }
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated Airflow metadata database (SQLite) in the throwaway AIRFLOW_HOME."""

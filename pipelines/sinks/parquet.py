@@ -31,12 +31,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import schema, storage
-from pipelines.errors import SinkError
+from pipelines.errors import SinkError, StorageError
 from pipelines.sinks.base import as_output, checked_batch, utc
 
 log = logging.getLogger(__name__)
 
 PART = "part-0.parquet"
+
+_BAD_FILE = (
+    "Fix or remove that file (removing it drops the rows of its day), then rerun: the write replaces the window, "
+    "so a rerun adds no duplicates"
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,11 @@ class ParquetSink:
         return pq.read_table(io.BytesIO(data)).to_pandas().assign(job=job)
 
     def _read(self, url: str, job: str) -> pd.DataFrame:
-        return self._frame(storage.read_bytes(url, self.storage_options), job)
+        data = storage.read_bytes(url, self.storage_options)
+        try:
+            return self._frame(data, job)
+        except (ValueError, pa.ArrowException) as exc:  # a truncated or foreign file, not this sink's
+            raise SinkError(f"job {job!r}: {url} is not a readable Parquet file ({exc}). {_BAD_FILE}") from exc
 
     def write(
         self, frame: pd.DataFrame, *, job: str, dimensions: list[str], start: datetime, end: datetime
@@ -83,13 +92,10 @@ class ParquetSink:
         for day in days:
             url = self._url(job, day)
             parts = [by_day.get(day, empty)]
+            old_data = self._read_old(url, where)
+            if old_data is None and parts[0].empty:
+                continue
             try:
-                try:
-                    old_data = storage.read_bytes(url, self.storage_options)
-                except FileNotFoundError:
-                    old_data = None
-                if old_data is None and parts[0].empty:
-                    continue
                 file_dimensions = list(dimensions)
                 if old_data is not None:
                     old = self._frame(old_data, job)
@@ -110,14 +116,27 @@ class ParquetSink:
                     pq.write_table(table, buffer)
                     new_data = buffer.getvalue()
             except Exception as exc:
-                raise SinkError(
-                    f"{where}: could not read or rebuild {url}: {exc}; no file was changed. Fix or remove that "
-                    "file, then rerun: the write replaces the window, so a rerun adds no duplicates"
-                ) from exc
+                raise SinkError(f"{where}: could not read or rebuild {url}: {exc}; no file was changed. {_BAD_FILE}") from exc
             changes.append(_Change(url, new_data, old_data))
         written = self._apply(changes, where)
         log.info("wrote %d rows of job %s for [%s, %s) to %d files", len(frame), job, start, end, len(written))
         return written
+
+    def _read_old(self, url: str, where: str) -> bytes | None:
+        """The day file's current content, None when there is none. A store out of reach is no
+        fault of the file: "fix or remove that file" would be the wrong advice for it."""
+        try:
+            return storage.read_bytes(url, self.storage_options)
+        except FileNotFoundError:
+            return None
+        except StorageError as exc:  # says itself what to check (credentials, endpoint)
+            raise StorageError(f"{where}: {exc} No file was changed.") from exc
+        except Exception as exc:  # permissions, a network error s3fs passes on as it is...
+            raise SinkError(
+                f"{where}: could not read {url}: {exc}; no file was changed. Check that the storage is reachable, "
+                "that this process may read and write there and that `outputs.storage_options` are right, then "
+                "rerun: the write replaces the window, so a rerun adds no duplicates"
+            ) from exc
 
     def _apply(self, changes: list[_Change], where: str) -> list[str]:
         """Make every change or none: stage the new files, then replace the targets, undoing on failure."""

@@ -27,7 +27,7 @@ import pickle
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -47,7 +47,7 @@ from fsspec.utils import compressions, infer_compression
 from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, resolve_path
 from pipelines.errors import ConfigError, MissingDependencyError, SourceConfigError, SourceDataError, SourceError
 from pipelines.sources.base import describe_window, job_columns, parse_timestamps, source_error, utc_bound, window_mask
-from pipelines.storage import credentials_hint, missing_credentials
+from pipelines.storage import credentials_hint, missing_credentials, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +507,13 @@ class _ZipOfManyFiles(_CorruptArchive):
         self.kind = SourceDataError
 
 
+class _UnnamedArchive(_CorruptArchive):
+    def __init__(self, compression: str, suffix: str, name: str) -> None:
+        ValueError.__init__(self, f"is not text: it looks {compression}-compressed, and its name ends in no compression suffix")
+        self.todo = f"Name it {name}{suffix}: files are decompressed by the suffix of their name."
+        self.kind = SourceDataError
+
+
 @contextmanager
 def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
     """Turn what reading ``what`` raised into a :class:`SourceError` that says what to do."""
@@ -546,6 +553,11 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
             "Check that the file is complete; if its suffix misleads, set `format`.",
         ) from exc
     except Exception as exc:
+        if unreachable(exc):
+            raise fail(
+                f"cannot reach the store holding {what} ({exc})",
+                "Check that the store is up and that `endpoint_url` in `storage_options` names it; a retry may succeed.",
+            ) from exc
         if not missing_credentials(exc):
             raise
         raise fail(f"no credentials to read {what} ({exc})", credentials_hint("`storage_options`")) from exc
@@ -567,6 +579,17 @@ def _data_suffix(name: str) -> str:
     if _compression(name) or path.suffix.lower() in COMPRESSION_PACKAGES:
         path = PurePosixPath(path.stem)
     return path.suffix.lower()
+
+
+def suffix_format(name: str) -> str | None:
+    """The format a file source infers from the name of one file (csv for ``m.csv.gz``), or None."""
+    return SUFFIXES.get(_data_suffix(name))
+
+
+def open_data(fs: AbstractFileSystem, file: str) -> AbstractContextManager[BinaryIO]:
+    """``file`` opened for reading as a file source reads it: decompressed as it is read when its
+    suffix names a compression. A corrupt archive raises a ValueError."""
+    return _open(fs, file)
 
 
 class _Stored:
@@ -656,7 +679,34 @@ def _decoding(fs: AbstractFileSystem, file: str, encoding: str) -> Iterator[None
     try:
         yield
     except UnicodeDecodeError as exc:
+        compressed = _compressed_unnamed(fs, file)
+        if compressed:
+            raise _UnnamedArchive(*compressed, PurePosixPath(file).name) from exc
         raise _UndecodableText(_first_undecodable(fs, file, encoding) or f"is not valid {encoding} text ({exc})") from exc
+
+
+#: How compressed files begin -> the compression and its suffix. Only looked for in a file that is
+#: not valid text: a text file may begin with "BZh" too.
+_MAGIC = (
+    (b"\x1f\x8b", "gzip", ".gz"),
+    (b"BZh", "bz2", ".bz2"),
+    (b"\xfd7zXZ\x00", "xz", ".xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
+    (b"PK\x03\x04", "zip", ".zip"),
+)
+
+
+def _compressed_unnamed(fs: AbstractFileSystem, file: str) -> tuple[str, str] | None:
+    """The compression and suffix of a file whose name names none but whose first bytes are a
+    compression's: "set `encoding`" would send one looking for a text encoding."""
+    if _compression(file):
+        return None
+    try:
+        with fs.open(file, "rb") as handle:
+            head = handle.read(6)
+    except Exception:  # the decoding error is reported as it is
+        return None
+    return next(((name, suffix) for magic, name, suffix in _MAGIC if head.startswith(magic)), None)
 
 
 def _first_undecodable(fs: AbstractFileSystem, file: str, encoding: str) -> str | None:

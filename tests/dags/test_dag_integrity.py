@@ -22,6 +22,7 @@ from pipelines.errors import (
     SourceConfigError,
     SourceDataError,
     SourceError,
+    StorageError,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,6 +202,8 @@ def test_every_date_time_the_form_takes_is_one_the_window_parses(dagbag, value):
         (SourceConfigError("Protocol not known: nosuchstore"), True),
         (SourceError("no rows in window: the data may not have landed yet"), False),
         (SinkError("the table's commit failed"), False),
+        # Credentials that appear later (a refreshed role, a mounted secret) make the retry succeed.
+        (StorageError("no credentials to reach s3://bucket/models"), False),
         (OSError("connection reset"), False),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),

@@ -99,3 +99,22 @@ def test_a_dimension_named_row_without_timestamps_is_refused_before_writing(tmp_
             model="iforest", params={}, contamination=0.05, output=str(tmp_path / "out.parquet"),
         )
     assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".jsonl.bz2"])
+def test_compressed_files_are_scored_and_a_missing_column_lists_their_columns(tmp_path: Path, suffix: str) -> None:
+    files = {}
+    for name, start, hours in (("train", "2024-03-01", 96), ("input", "2024-03-05", 24)):
+        frame = pd.DataFrame({"ts": pd.date_range(start, periods=hours, freq="h").astype(str), "v": range(hours)})
+        files[name] = str(tmp_path / f"{name}{suffix}")
+        if suffix.startswith(".csv"):
+            frame.to_csv(files[name], index=False)
+        else:
+            frame.to_json(files[name], orient="records", lines=True)
+
+    assert len(_detect(files["train"], files["input"], tmp_path / "out.parquet")) == 24
+    with pytest.raises(DataValidationError, match=re.escape("no such column: check --features against its columns (ts, v)")):
+        detect_files(
+            files["train"], files["input"], timestamp="ts", features=["v", "w"], dimensions=[], model="iforest",
+            params={}, contamination=0.05, output=str(tmp_path / "never.parquet"),
+        )

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pipelines import storage
-from pipelines.errors import ConfigError, DataValidationError, MissingDependencyError, ModelError, PipelineError
+from pipelines.errors import ConfigError, DataValidationError, MissingDependencyError, ModelError, StorageError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -193,7 +193,7 @@ def test_find_skips_the_folder_markers_of_s3_consoles(s3_bucket: tuple[str, dict
     assert storage.find(f"s3://{bucket}/store", options) == ["date=2024-01-05/part-0.parquet"]
 
 
-@pytest.mark.parametrize(
+EVERY_CALL = pytest.mark.parametrize(
     "call",
     [
         lambda url, options: storage.read_bytes(url, options),
@@ -207,11 +207,23 @@ def test_find_skips_the_folder_markers_of_s3_consoles(s3_bucket: tuple[str, dict
     ],
     ids=["read_bytes", "atomic_write", "exists", "find", "remove", "read_snapshot", "replace_if_unchanged", "move"],
 )
+
+
+@EVERY_CALL
 def test_missing_s3_credentials_say_where_to_set_them(s3_without_credentials: tuple[str, dict], call) -> None:
     bucket, no_keys = s3_without_credentials
     url = f"s3://{bucket}/store/m.bin"
 
-    with pytest.raises(PipelineError, match=rf"^no credentials to reach {url} \(.*\)\. Set `key` and `secret` in .*AWS_PROFILE") as caught:
+    with pytest.raises(StorageError, match=rf"^no credentials to reach {url} \(.*\)\. Set `key` and `secret` in .*AWS_PROFILE") as caught:
         call(url, no_keys)
     # Neither bad data nor bad configuration: Airflow retries it, as credentials may appear.
     assert not isinstance(caught.value, (ConfigError, DataValidationError, ModelError))
+
+
+@EVERY_CALL
+def test_an_unreachable_s3_endpoint_is_a_storage_error_naming_the_url(unreachable_s3_options: dict, call) -> None:
+    options = unreachable_s3_options
+    url = "s3://bucket/store/m.bin"
+
+    with pytest.raises(StorageError, match=rf"^cannot reach {url} \(.*Could not connect.*\)\. Check that the store is up and that `endpoint_url`"):
+        call(url, options)

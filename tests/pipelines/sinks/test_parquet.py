@@ -3,11 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from pipelines import schema, storage
-from pipelines.errors import SinkError
+from pipelines.errors import SinkError, StorageError
 from pipelines.sinks import ParquetSink
 
 
@@ -105,7 +104,7 @@ def test_read_prunes_date_partitions_then_filters(tmp_path, make_frame) -> None:
 
     inside = (frame["timestamp"] >= at("2024-01-05 06:00")) & (frame["timestamp"] < at("2024-01-06"))
     pd.testing.assert_frame_equal(rows, expected(frame[inside]))
-    with pytest.raises(pa.ArrowInvalid, match="Parquet"):
+    with pytest.raises(SinkError, match=r"date=2024-01-04/part-0.parquet is not a readable Parquet file"):
         sink.read(job="sales")
 
 
@@ -236,3 +235,45 @@ def test_unrestorable_file_is_named(tmp_path, make_frame, monkeypatch) -> None:
     first = tmp_path / "job=sales" / "date=2024-01-05" / "part-0.parquet"
     with pytest.raises(SinkError, match=rf"network error; could not restore {first}, .*rerun"):
         sink.write(make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="new"), **window)
+
+
+def test_a_corrupt_day_file_is_named_with_what_to_do_on_write_and_read(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
+    sink.write(make_frame("sales", "2024-01-05", "2024-01-06"), **window)
+    day_file = tmp_path / "job=sales" / "date=2024-01-05" / "part-0.parquet"
+    day_file.write_bytes(b"not parquet")
+
+    with pytest.raises(SinkError, match=rf"could not read or rebuild {day_file}: .*no file was changed\. Fix or remove that file"):
+        sink.write(make_frame("sales", "2024-01-05", "2024-01-06"), **window)
+    # Reading (alerts, plots, monitoring) names the file too, instead of Arrow's "<Buffer>".
+    with pytest.raises(SinkError, match=rf"^job 'sales': {day_file} is not a readable Parquet file .*Fix or remove that file"):
+        sink.read(job="sales")
+    assert day_file.read_bytes() == b"not parquet"
+
+
+def test_missing_s3_credentials_say_where_to_set_them_not_to_remove_the_file(s3_without_credentials, make_frame) -> None:
+    bucket, no_keys = s3_without_credentials
+    sink = ParquetSink(f"s3://{bucket}/outputs", no_keys)
+
+    with pytest.raises(StorageError, match=r"^job 'sales', window .*: no credentials to reach s3://.*Set `key` and `secret`") as caught:
+        sink.write(make_frame("sales", "2024-01-05", "2024-01-06"), job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    assert "No file was changed" in str(caught.value)
+    assert "remove that file" not in str(caught.value)
+
+
+def test_a_day_file_that_cannot_be_read_is_no_reason_to_remove_it(tmp_path, make_frame, monkeypatch) -> None:
+    sink = ParquetSink(str(tmp_path))
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
+    sink.write(make_frame("sales", "2024-01-05", "2024-01-06", run="old"), **window)
+    before = storage.read_bytes(sink.write(make_frame("sales", "2024-01-05", "2024-01-06", run="old"), **window)[0])
+
+    def refused(url, storage_options=None):
+        raise PermissionError(13, "Permission denied", url)
+
+    monkeypatch.setattr(storage, "read_bytes", refused)
+    with pytest.raises(SinkError, match=r"could not read \S*part-0.parquet: .*Permission denied.*Check that the storage is reachable") as caught:
+        sink.write(make_frame("sales", "2024-01-05", "2024-01-06", run="new"), **window)
+    assert "remove that file" not in str(caught.value)
+    monkeypatch.undo()
+    assert storage.read_bytes(str(tmp_path / "job=sales" / "date=2024-01-05" / "part-0.parquet")) == before

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import os
 import pickle
 import re
@@ -594,6 +596,29 @@ def test_bad_byte_far_into_a_large_file_is_located_exactly(make_job, tmp_path: P
         read_window(make_job({"kind": "file", "path": str(tmp_path / "m.csv")}), START, END)
 
 
+@pytest.mark.parametrize(
+    ("name", "source", "compress", "compression", "suffix"),
+    [
+        ("m.csv", {}, gzip.compress, "gzip", ".gz"),
+        ("m.txt", {"format": "csv"}, gzip.compress, "gzip", ".gz"),
+        ("m.jsonl", {}, bz2.compress, "bz2", ".bz2"),
+        ("m.csv", {}, lzma.compress, "xz", ".xz"),
+    ],
+    ids=["gzip", "gzip-format-csv", "bz2", "xz"],
+)
+def test_a_compressed_file_without_its_suffix_is_told_to_get_one_not_an_encoding(
+    make_job, tmp_path: Path, hourly, name: str, source: dict, compress, compression: str, suffix: str
+) -> None:
+    text = hourly.to_csv(index=False) if name.endswith((".csv", ".txt")) else hourly.to_json(orient="records", lines=True)
+    (tmp_path / name).write_bytes(compress(text.encode()))
+
+    with pytest.raises(SourceError, match=rf"{name} is not text: it looks {compression}-compressed.*Name it {re.escape(name + suffix)}:") as caught:
+        read_window(make_job({"kind": "file", "path": str(tmp_path / name), **source}), START, END)
+    assert "encoding" not in str(caught.value)
+    (tmp_path / name).rename(tmp_path / f"{name}{suffix}")
+    assert len(read_window(make_job({"kind": "file", "path": str(tmp_path / f"{name}{suffix}"), **source}), START, END)) == 2
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "json"])
 def test_json_text_in_another_encoding(make_job, tmp_path: Path, fmt: str) -> None:
     rows = [{"ts": "2024-01-01 01:00:00", "host": "Zürich", "value": 1.0}]
@@ -1044,6 +1069,14 @@ def test_missing_credentials_are_a_source_error_that_says_where_to_set_them(make
         job = make_job({"kind": "file", "path": path, "storage_options": no_keys})
         says = rf"no credentials to read {re.escape(path)} .*Set `key` and `secret` in `storage_options`"
         with pytest.raises(SourceError, match=says):
+            read_window(job, START, END)
+
+
+def test_an_unreachable_store_is_a_source_error_that_says_to_check_the_endpoint(make_job, unreachable_s3_options) -> None:
+    # botocore's EndpointConnectionError came through as it was, a traceback.
+    for path in ("s3://bucket/m.csv", "s3://bucket/m/*.csv"):
+        job = make_job({"kind": "file", "path": path, "storage_options": unreachable_s3_options})
+        with pytest.raises(SourceError, match=r"cannot reach the store holding .*Check that the store is up and that `endpoint_url`"):
             read_window(job, START, END)
 
 
