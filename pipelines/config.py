@@ -75,7 +75,10 @@ class SqlConnection(_Model):
             return f"Airflow connection {self.conn_id!r}"
         if self.url_env:
             return f"URL from ${self.url_env}"
-        return _redact_url(self.url or "")
+        # One masking rule for messages and logs (pipelines.db imports this module, hence here).
+        from pipelines.db import describe_url
+
+        return describe_url(self.url or "")
 
 
 def _without_window(params: dict[str, Any], named: str) -> dict[str, Any]:
@@ -84,10 +87,6 @@ def _without_window(params: dict[str, Any], named: str) -> dict[str, Any]:
     if clash:
         raise ValueError(f"must not set {clash}: {named} are the window; rename those parameters")
     return params
-
-
-def _redact_url(url: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 class Partitioning(_Model):
@@ -190,6 +189,12 @@ class SqlSource(_Model):
                 f"(e.g. WHERE ts >= :start AND ts < :end); missing {', '.join(':' + m for m in missing)}"
             )
         return query
+
+    @field_validator("params")
+    @classmethod
+    def _window_is_not_a_param(cls, params: dict[str, Any]) -> dict[str, Any]:
+        # Checked here, not when reading: validate-config passed and every run then failed.
+        return _without_window(params, ":start and :end")
 
     def describe(self) -> str:
         return f"sql source ({self.connection.describe()})"
@@ -368,7 +373,7 @@ class TuneConfig(_Model):
         None, min_length=1, description="Detector kinds searched; default the auto candidates for auto, else model.kind."
     )
     trials: Count = Field(20, ge=1, le=10_000, description="Most trials per series.")
-    timeout: timedelta = Field(timedelta(minutes=10), description="Most time per series; a running trial finishes.")
+    timeout: timedelta = Field(timedelta(minutes=10), description="Most time of the search per series; a running trial finishes (the decision and the final refit come on top).")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Restricts these parameters to these values; empty means the full search space."
     )

@@ -115,11 +115,36 @@ def _url(connection: SqlConnection, described: str) -> sa.URL:
                 f"(e.g. export {name}=postgresql://user:password@host:5432/db)"
             )
     try:
-        return sa.make_url(text)
-    except ArgumentError:
+        return _parse(text)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(
-            f"{described} is not a valid SQLAlchemy URL; write it as dialect+driver://user:password@host/db"
+            f"{described} is not a valid SQLAlchemy URL; write it as dialect+driver://user:password@host:port/db "
+            "(the port a number; in the user and password, write @ : / ? as %40 %3A %2F %3F)"
         ) from None
+
+
+def _parse(text: str) -> sa.URL:
+    """``text`` as a URL whose password runs to the last ``@`` before the host, as :mod:`urllib` reads it.
+
+    SQLAlchemy ends the password at its first ``@``: ``user:p@ss@host`` gave password ``p`` and
+    host ``ss@host``, so the rest of the password was shown as a host in messages and logs and
+    sent to DNS. A host never holds ``@``, so what precedes its last one is the password's.
+    """
+    url = sa.make_url(text)
+    if url.host and "@" in url.host and url.password is not None:
+        rest, _, host = url.host.rpartition("@")
+        url = url.set(password=f"{url.password}@{rest}", host=host)
+    return url
+
+
+def describe_url(text: str) -> str:
+    """The URL ``text`` for messages: its password and secret driver options masked (what
+    ``SqlConnection.describe()`` shows)."""
+    try:
+        return _loggable(_parse(text))
+    except (ArgumentError, ValueError):
+        # Unparsed, nothing tells where a password would be in it.
+        return "the URL (hidden: it does not parse, so a password in it could not be masked)"
 
 
 def _with_default_driver(url: sa.URL) -> sa.URL:

@@ -3,6 +3,10 @@
 Timestamps are stored as naive UTC ``DateTime``: SQLite has no time zones, and one convention
 for every database keeps the comparisons of the window identical everywhere.
 
+Infinite numbers (an unbounded ``lower`` or ``upper``) are stored as NULL on MySQL/MariaDB and SQL
+Server, whose floating-point columns have no infinity, so they read back as missing there; the other
+databases keep them (see :data:`_NO_INFINITY`).
+
 Two writes of the same job may overlap in time (a CLI ``predict`` during a scheduled publish, an
 Airflow retry while the first attempt still runs). Each deletes the window then inserts, so
 unless they take turns both inserts survive and every row is doubled: writers of one job on one
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -43,6 +48,11 @@ _CASE_INSENSITIVE_COLUMNS = frozenset({"sqlite", "mysql", "mariadb", "mssql", "d
 _PREPARE_ATTEMPTS = 3
 #: Runs of a write transaction that InnoDB chose as a deadlock victim (see :func:`_deadlocked`).
 _WRITE_ATTEMPTS = 5
+#: Dialects whose floating-point columns cannot hold ±inf (MySQL/MariaDB's DOUBLE, SQL Server's
+#: FLOAT): the driver refused the whole write ("inf can not be used with MySQL"). An unbounded side
+#: of the expected range (``lower``/``upper``) is legitimately infinite, so ±inf is stored as NULL
+#: there and reads back as missing; PostgreSQL, SQLite and DuckDB store it as written.
+_NO_INFINITY = frozenset({"mysql", "mariadb", "mssql"})
 _DEADLOCK_BACKOFF_SECONDS = 0.2
 
 
@@ -80,13 +90,16 @@ def _naive(moment: pd.Timestamp) -> datetime:
     return moment.tz_convert("UTC").tz_localize(None).to_pydatetime()
 
 
-def _records(frame: pd.DataFrame) -> Iterator[list[dict[str, Any]]]:
-    """Rows as plain Python values (naive UTC times, ``None`` for missing), in batches."""
+def _records(frame: pd.DataFrame, *, finite: bool = False) -> Iterator[list[dict[str, Any]]]:
+    """Rows as plain Python values (naive UTC times, ``None`` for missing), in batches; with
+    ``finite``, ``None`` for ±inf too (see :data:`_NO_INFINITY`)."""
     for first in range(0, len(frame), BATCH_ROWS):
         chunk = frame.iloc[first : first + BATCH_ROWS].copy()
         for name, kind in schema.OUTPUT_COLUMNS.items():
             if kind.startswith("timestamp"):
                 chunk[name] = chunk[name].dt.tz_convert("UTC").dt.tz_localize(None)
+            elif kind == "double" and finite:
+                chunk[name] = chunk[name].where(np.isfinite(chunk[name]))
         chunk = chunk.astype(object)
         yield chunk.where(chunk.notna(), None).to_dict("records")
 
@@ -246,7 +259,7 @@ class SqlSink:
                     for rows in _sqlite_rows(frame, [column.name for column in table.columns]):
                         conn.exec_driver_sql(insert, rows)
                 else:
-                    for records in _records(frame):
+                    for records in _records(frame, finite=conn.dialect.name in _NO_INFINITY):
                         conn.execute(sa.insert(table), records)
                 break
             except Exception as exc:

@@ -40,7 +40,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.config import JobConfig, SqlSource
 from pipelines.db import engine_for
-from pipelines.errors import ConfigError
 from pipelines.sources.base import bounds, job_columns, source_error, utc_bound
 
 log = logging.getLogger(__name__)
@@ -55,12 +54,6 @@ class SqlReader:
     def __init__(self, job: JobConfig) -> None:
         if not isinstance(job.source, SqlSource):
             raise TypeError(f"SqlReader reads sql sources, not {job.source.kind!r}")
-        clash = sorted({"start", "end"} & set(job.source.params))
-        if clash:
-            raise ConfigError(
-                f"job {job.name!r}: source.params must not set {clash}: :start and :end are the window. "
-                "Rename those parameters in the query and in params."
-            )
         self.job = job
         self.config = job.source
 

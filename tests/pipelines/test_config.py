@@ -7,7 +7,17 @@ from typing import get_args
 import pytest
 import yaml
 
-from pipelines.config import SOURCE_KINDS, Source, get_job, load_job_file, load_jobs, parse_job, resolve_path, scan_jobs
+from pipelines.config import (
+    SOURCE_KINDS,
+    Source,
+    SqlConnection,
+    get_job,
+    load_job_file,
+    load_jobs,
+    parse_job,
+    resolve_path,
+    scan_jobs,
+)
 from pipelines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,3 +230,22 @@ def test_connection_description_hides_password():
     )
     assert "s3cret" not in job.source.describe()
     assert "user:***@db" in job.source.describe()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # The regex read up to the first ":" and "@": an empty user showed the password, an "@" in
+        # the password showed what follows it, and secret driver options were shown as written.
+        ("postgresql://:s3cret@db/x", "postgresql://:***@db/x"),
+        ("postgresql://user:s3@cret@db:5432/x", "postgresql://user:***@db:5432/x"),
+        ("postgresql://user@db/x?sslpassword=s3cret&sslmode=require", "postgresql://user@db/x?sslmode=require&sslpassword=***"),
+        ("mysql://user:pw@db/x?auth_token=s3cret", "mysql://user:***@db/x?auth_token=***"),
+        ("postgresql://user:s3cret@db:port/x", "the URL (hidden: it does not parse"),
+    ],
+    ids=["empty-user", "at-in-password", "sslpassword", "token", "unparsable"],
+)
+def test_connection_description_never_shows_a_secret(url: str, shown: str) -> None:
+    described = SqlConnection(url=url).describe()
+    assert described.startswith(shown)
+    assert "s3" not in described and "cret" not in described

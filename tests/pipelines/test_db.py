@@ -89,6 +89,22 @@ def test_password_is_neither_logged_nor_shown(tmp_path, monkeypatch, caplog) -> 
     assert "s3cret" not in str(info.value)
 
 
+def test_an_at_sign_in_the_password_stays_in_the_password(caplog) -> None:
+    # SQLAlchemy ends the password at its first "@": host "cret@localhost" reached DNS and the
+    # messages and logs, with the end of the password in it.
+    with caplog.at_level(logging.INFO, logger="pipelines.db"):
+        engine = engine_for(SqlConnection(url="postgresql://user:s3@cret@localhost:1/db"))
+    assert (engine.url.password, engine.url.host, engine.url.port) == ("s3@cret", "localhost", 1)
+    assert "postgresql+psycopg2://user:***@localhost:1/db" in caplog.text and "cret" not in caplog.text
+
+
+def test_a_port_that_is_not_a_number_is_a_config_error() -> None:
+    # Was int()'s ValueError, a traceback without the job's URL or what to fix.
+    with pytest.raises(ConfigError, match=r"is not a valid SQLAlchemy URL; .*\(the port a number; ") as info:
+        engine_for(SqlConnection(url="postgresql://user:s3cret@localhost:54x/db"))
+    assert "s3cret" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("url", "drivername"),
     [

@@ -367,3 +367,19 @@ def test_duckdb_table_takes_every_write(tmp_path, make_frame) -> None:
         pd.testing.assert_frame_equal(sink.read(job="costs"), expected(costs))
     finally:
         sink.engine.dispose()
+
+
+def test_infinite_bounds_are_stored_where_the_database_can(sink: SqlSink, make_frame) -> None:
+    # An unbounded side of the expected range is ±inf. MySQL/MariaDB have no infinity ("inf can
+    # not be used with MySQL" failed the whole write): the value is stored as NULL there.
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    frame["lower"], frame["upper"] = float("-inf"), float("inf")
+    frame.loc[0, "score"] = float("inf")
+
+    sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    rows = sink.read(job="sales")
+    if sink.engine.dialect.name in ("mysql", "mariadb"):
+        frame[["lower", "upper"]] = float("nan")
+        frame.loc[0, "score"] = float("nan")
+    pd.testing.assert_frame_equal(rows, expected(frame))
