@@ -11,6 +11,12 @@ in ``var/`` by default), keyed by ``(job, series, feature, start, end)``. Timest
 naive UTC ``DateTime``, as in :mod:`pipelines.sinks.sql` (SQLite has no time zones), and come
 back UTC-aware. "No feature" is stored as ``''`` rather than NULL because SQL unique constraints
 treat NULLs as distinct, which would let the same whole-series label be stored twice.
+
+A whole-series label also keeps one value range per feature (``value_ranges``, JSON text), since
+the features' values have different units: one min/max over ``requests`` and ``latency_ms`` rows
+would let a dismissed ``requests`` spike silence a real ``latency_ms`` one. Tables created before
+that column existed get it added by the first write; their older whole-series rows hold one range
+only, read as described in :meth:`LabelStore.known_false_alarm`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +51,8 @@ _JOB_CHARS, _SERIES_CHARS, _FEATURE_CHARS, _AUTHOR_CHARS = 64, 500, 128, 255
 FILE_COLUMNS = ("series", "start", "end", "verdict")
 OPTIONAL_FILE_COLUMNS = ("feature", "note", "value_min", "value_max", "author")
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
+#: The column of a whole-series label's per-feature value ranges.
+_RANGES = "value_ranges"
 
 
 class LabelError(ConfigError):
@@ -66,12 +74,17 @@ class Label:
     note: str
     author: str
     created_at: datetime
+    # Whole-series labels: the range of each feature's values (value_min/value_max span them all);
+    # None on a feature's label, and on whole-series labels stored before these were kept.
+    value_ranges: dict[str, tuple[float, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 UTC text."""
         out = asdict(self)
         for name in ("start", "end", "created_at"):
             out[name] = out[name].isoformat()
+        if self.value_ranges is not None:
+            out["value_ranges"] = {feature: list(bounds) for feature, bounds in self.value_ranges.items()}
         return out
 
 
@@ -91,8 +104,12 @@ def _definition(name: str) -> sa.Table:
         sa.Column("note", sa.Text, nullable=False),
         sa.Column("author", sa.String(_AUTHOR_CHARS), nullable=False),
         sa.Column("created_at", precise_datetime(), nullable=False),
+        sa.Column(_RANGES, sa.Text, nullable=True),  # added last: older tables get it by ALTER TABLE
         # The database itself refuses a second row for one event, whatever writes to the table.
         sa.UniqueConstraint("job", "series", "feature", "start_time", "end_time", name=f"uq_{name[:50]}_event"),
+        # utf8mb4 on MySQL/MariaDB: their databases often default to latin1 (MariaDB's own default
+        # before 11.6), where a label on series city=東京 or a note in Greek failed to be stored.
+        mysql_charset="utf8mb4",
     )
 
 
@@ -117,7 +134,9 @@ def as_utc(value: datetime | str, what: str, where: str) -> datetime:
     """``value`` as a UTC-aware datetime; a naive time is refused, since its zone would be a guess."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            text = value.strip()
+            # RFC 3339 allows a lowercase "z", which fromisoformat refuses (the API's times took it).
+            value = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
         except ValueError:
             raise LabelError(f"{where}: {what} {value!r} is not an ISO 8601 date-time (e.g. 2024-03-03T14:00:00Z)") from None
     if not isinstance(value, datetime):
@@ -207,14 +226,15 @@ def _output_rows(job: JobConfig, start: datetime | None, end: datetime | None) -
     return ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(job=job.name, start=start, end=end)
 
 
-def event_value_range(
+def event_value_ranges(
     job: JobConfig, series: str, feature: str | None, start: datetime, end: datetime, where: str | None = None
-) -> tuple[float, float]:
-    """Range of the actual values of an event's rows in the published output.
+) -> dict[str, tuple[float, float]]:
+    """Range of the actual values of an event's rows in the published output, per feature.
 
     The event's rows are the anomalous rows of the series (and feature) in ``[start, end]``;
-    when none is flagged (a person labels an anomaly the model missed), all its rows there.
-    ``where`` names the label's source in errors (a file's row) before its job, series and feature.
+    when none is flagged (a person labels an anomaly the model missed), all its rows there. A
+    feature without rows among them has no range. ``where`` names the label's source in errors
+    (a file's row) before its job, series and feature.
     """
     rows = _output_rows(job, start, end + timedelta(microseconds=1))  # end is inclusive
     rows = rows[rows["series"] == series]
@@ -222,14 +242,15 @@ def event_value_range(
         rows = rows[rows["feature"] == feature]
     if rows["is_anomaly"].any():
         rows = rows[rows["is_anomaly"]]
-    values = rows["value"].dropna()
-    if values.empty:
+    rows = rows.dropna(subset=["value"])
+    if rows.empty:
         raise LabelError(
             f"{where + ': ' if where else ''}{_where(job.name, series, feature)}: "
             f"no published output rows in [{start.isoformat()}, {end.isoformat()}] "
             "to take the value range from; run predict for that window first, or give value_min and value_max"
         )
-    return float(values.min()), float(values.max())
+    values = rows.groupby("feature", observed=True)["value"]
+    return {str(name): (float(low), float(high)) for name, low, high in zip(values.min().index, values.min(), values.max())}
 
 
 class LabelStore:
@@ -264,7 +285,27 @@ class LabelStore:
                 created = False
             if not created:
                 raise self._failure("create the labels table", exc) from exc
+        self._add_ranges_column()
         self._ready = True
+
+    def _ranges_column_exists(self) -> bool:
+        return _RANGES in {column["name"] for column in sa.inspect(self.engine).get_columns(self.name)}
+
+    def _add_ranges_column(self) -> None:
+        """Give a table made before per-feature ranges were kept their column (nullable: old rows keep NULL)."""
+        try:
+            if self._ranges_column_exists():
+                return
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {self.engine.dialect.identifier_preparer.quote(self.name)} ADD COLUMN {_RANGES} TEXT"))
+        except sa.exc.SQLAlchemyError as exc:
+            # Another writer may have added it between the check and the ALTER.
+            try:
+                added = self._ranges_column_exists()
+            except sa.exc.SQLAlchemyError:
+                added = False
+            if not added:
+                raise self._failure(f"add column {_RANGES} to the labels table", exc) from exc
 
     def _failure(self, action: str, exc: Exception) -> SinkError:
         return SinkError(
@@ -298,10 +339,15 @@ class LabelStore:
         low, high = _number(given.get("value_min"), "value_min", where), _number(given.get("value_max"), "value_max", where)
         if (low is None) != (high is None):
             raise LabelError(f"{where}: give both value_min and value_max, or neither (then the published output gives them)")
+        ranges: dict[str, tuple[float, float]] | None
         if low is None or high is None:
-            low, high = event_value_range(config, series, feature, start_at, end_at, row)
+            ranges = event_value_ranges(config, series, feature, start_at, end_at, row)
+            low, high = min(lo for lo, _ in ranges.values()), max(hi for _, hi in ranges.values())
         elif low > high:
             raise LabelError(f"{where}: value_min {low} is larger than value_max {high}")
+        else:
+            # A range given for the whole series is the person's word for each of its features.
+            ranges = {name: (low, high) for name in config.features}
         return Label(
             job=job,
             series=series,
@@ -314,6 +360,7 @@ class LabelStore:
             note=_text(given.get("note") or "", "note", where),
             author=_text(given.get("author") or "", "author", where, limit=_AUTHOR_CHARS),
             created_at=datetime.now(UTC),
+            value_ranges=ranges if feature is None else None,
         )
 
     def add(
@@ -394,10 +441,13 @@ class LabelStore:
             "note": label.note,
             "author": label.author,
             "created_at": _naive(label.created_at),
+            _RANGES: None if label.value_ranges is None else json.dumps({k: list(v) for k, v in label.value_ranges.items()}),
         }
 
     @staticmethod
     def _label(row: sa.Row[Any]) -> Label:
+        text = getattr(row, _RANGES, None)
+        ranges = None if text is None else {str(k): (float(v[0]), float(v[1])) for k, v in json.loads(text).items()}
         return Label(
             job=row.job,
             series=row.series,
@@ -410,14 +460,19 @@ class LabelStore:
             note=row.note,
             author=row.author,
             created_at=_aware(row.created_at),
+            value_ranges=ranges,
         )
 
     def _select(self, query: sa.Select[Any], action: str) -> list[Label]:
         try:
             # Reading never creates the table (a reader may have no right to): no table, no labels.
-            if not self._ready and not sa.inspect(self.engine).has_table(self.name):
-                return []
-            self._ready = True
+            if not self._ready:
+                if not sa.inspect(self.engine).has_table(self.name):
+                    return []
+                # A table made before value_ranges existed is read without it (a write adds it).
+                self._ready = self._ranges_column_exists()
+                if not self._ready:
+                    query = query.with_only_columns(*(c for c in self.table.c if c.name != _RANGES))
             with self.engine.connect() as conn:
                 return [self._label(row) for row in conn.execute(query)]
         except sa.exc.SQLAlchemyError as exc:
@@ -447,8 +502,17 @@ class LabelStore:
         self, job: str, series: str, feature: str | None, value_min: float, value_max: float
     ) -> Label | None:
         """The latest False label of this series whose value range contains ``[value_min, value_max]``:
-        an event a person already called normal, repeated. A label naming a feature only matches
-        events of that feature; a whole-series label matches events of any feature."""
+        an event a person already called normal, repeated.
+
+        A label naming a feature only matches events of that feature. A whole-series label matches
+        an event of a feature against that feature's range in the labelled event (a feature with no
+        flagged rows there has none, and is not matched); the label is returned with value_min and
+        value_max set to that range. Without ``feature``, the span of all features is used. A
+        whole-series label stored before per-feature ranges were kept holds one range over all
+        features, in mixed units: it is read as its feature's range when the job has a single
+        feature, and matches no feature's event otherwise (re-mark the event to store its ranges):
+        a doubtful match must not silence an alert.
+        """
         where = _where(job, series, feature)
         low, high = _number(value_min, "value_min", where), _number(value_max, "value_max", where)
         if low is None or high is None:
@@ -458,12 +522,21 @@ class LabelStore:
         query = (
             sa.select(self.table)
             .where(c.job == job, c.series == series, c.verdict == sa.false(), c.feature.in_(features))
+            # The span holds every feature's range: a label outside it cannot match.
             .where(c.value_min <= low, c.value_max >= high)
             .order_by(c.created_at.desc())
-            .limit(1)
         )
-        found = self._select(query, "read labels from")
-        return found[0] if found else None
+        for label in self._select(query, "read labels from"):
+            if label.feature is not None or not feature:
+                return label
+            if label.value_ranges is None:  # an older whole-series label: one range over all features
+                if list(self._config(job).features) == [feature]:
+                    return label
+                continue
+            bounds = label.value_ranges.get(feature)
+            if bounds is not None and bounds[0] <= low and high <= bounds[1]:
+                return replace(label, value_min=bounds[0], value_max=bounds[1])
+        return None
 
 
 def label_store(job: JobConfig) -> LabelStore:

@@ -698,16 +698,22 @@ def _registry(job: JobConfig) -> ModelRegistry:
     return ModelRegistry(resolve_path(job.registry), job.outputs.storage_options)
 
 
-def models(job: JobConfig) -> list[dict[str, Any]]:
-    """Per series: every complete model version (newest first) with its metrics, the champion
-    marked; and its latest tune runs (newest first, :func:`pipelines.tuning.tuning_runs`),
-    promoted or not: a run that kept the champion registers no version."""
+def model_series(job: JobConfig) -> list[str]:
+    """Keys of the series of ``job`` that have a model, sorted."""
+    return _registry(job).series(job.name)
+
+
+def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Per series (``series``, else every series with a model): every complete model version
+    (newest first) with its metrics, the champion marked; and its latest tune runs (newest first,
+    :func:`pipelines.tuning.tuning_runs`), promoted or not: a run that kept the champion registers
+    no version."""
     from pipelines.training import version_summary
     from pipelines.tuning import tuning_runs  # tuning pulls in the detectors: only when the page is asked for
 
     registry = _registry(job)
     out = []
-    for series in registry.series(job.name):
+    for series in registry.series(job.name) if series is None else series:
         champion = registry.champion(job.name, series)
         champion_version = champion.version if champion else None
         versions = []

@@ -245,8 +245,16 @@ class LabelInfo(BaseModel):
     start: datetime
     end: datetime
     verdict: bool = Field(description="true: a real anomaly; false: a false alarm.")
-    value_min: float | None = Field(description="Range of the actual values of the event's rows.")
+    value_min: float | None = Field(description="Range of the actual values of the event's rows (over all features).")
     value_max: float | None
+    value_ranges: dict[str, list[float]] | None = Field(
+        None,
+        description=(
+            "Whole-series verdicts: the range [min, max] of each feature's values in the event (a feature "
+            "without flagged rows there has none); a repeat is matched against its feature's range. null "
+            "on a feature's verdict and on whole-series verdicts stored before ranges were kept per feature."
+        ),
+    )
     note: str
     author: str = Field(description="The Airflow user who gave the verdict (or the importer).")
     created_at: datetime = Field(description="When this verdict was given (a later one on the same event replaces it).")

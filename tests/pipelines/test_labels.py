@@ -291,3 +291,49 @@ def test_an_unreachable_database_is_a_sink_error_saying_what_to_check(job):
         store.add("web", EU, at(1), at(1), True, value_min=1, value_max=1)
     with pytest.raises(SinkError, match="could not read labels from 'anomaly_labels'"):
         store.labels("web")
+
+
+def test_a_whole_series_false_alarm_keeps_a_range_per_feature(store, published):
+    # Only requests was flagged at 02-03 (502, 503); latency_ms stayed normal (22, 23).
+    label = store.add("web", EU, at(2), at(3), False, note="load test")
+    # One range over every feature's rows mixed units: a latency of 502 ms inside the requests
+    # range was silenced by a verdict on requests.
+    assert store.known_false_alarm("web", EU, "latency_ms", 502.5, 502.5) is None
+    assert label.value_ranges == {"requests": (502.0, 503.0)}
+    assert store.labels("web", EU) == [label]
+    found = store.known_false_alarm("web", EU, "requests", 502.0, 503.0)
+    assert found is not None and found.note == "load test" and (found.value_min, found.value_max) == (502.0, 503.0)
+    assert store.known_false_alarm("web", EU, "requests", 500.0, 503.0) is None
+
+
+def test_a_label_on_non_latin_text_is_stored(store):
+    # MariaDB before 11.6 makes tables latin1 by default: this failed there.
+    label = store.add("web", "region=東京", at(1), at(2), True, value_min=1, value_max=2, note="Übertragung ausgefallen — 停電")
+    assert store.labels("web", "region=東京") == [label]
+
+
+def test_labels_of_a_table_made_before_per_feature_ranges_are_read_and_the_table_is_altered(store, job):
+    old = sa.Table(store.name, sa.MetaData(), *(c.copy() for c in store.table.c if c.name != "value_ranges"))
+    old.create(store.engine)
+    row = {
+        "job": "web", "series": EU, "feature": "", "start_time": datetime(2024, 3, 3, 2), "end_time": datetime(2024, 3, 3, 3),
+        "verdict": False, "value_min": 20.0, "value_max": 600.0, "note": "old", "author": "ana",
+        "created_at": datetime(2024, 3, 4),
+    }
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(old).values(**row))
+    [read] = store.labels("web", EU)
+    assert read.note == "old" and read.value_ranges is None and (read.value_min, read.value_max) == (20.0, 600.0)
+    # Its one range mixed the two features' units: in a job of two features it silences neither.
+    assert store.known_false_alarm("web", EU, "latency_ms", 100, 100) is None
+    single = LabelStore(store.engine, store.name, {"web": job.model_copy(update={"features": ["latency_ms"]})})
+    assert single.known_false_alarm("web", EU, "latency_ms", 100, 100) == read
+    store.add("web", US, at(1), at(1), False, value_min=1, value_max=2)  # the first write adds the column
+    assert [label.value_ranges for label in store.labels("web")] == [None, {"requests": (1.0, 2.0), "latency_ms": (1.0, 2.0)}]
+
+
+def test_times_with_a_lowercase_z_are_utc(store):
+    # RFC 3339 allows "z"; datetime.fromisoformat refuses it, so files and the CLI refused such times.
+    label = store.add("web", EU, "2024-03-03T02:00:00z", "2024-03-03t03:00:00z", True, value_min=1, value_max=2)
+    assert (label.start, label.end) == (at(2), at(3))
+    assert store.labels("web", start="2024-03-03T03:00:00z") == [label]

@@ -14,6 +14,19 @@
     anomaly: "#d62728",
   };
 
+  // An error answer's detail is a sentence, or (FastAPI's 422 on a malformed request) a list of
+  // pydantic errors, which showed as a bare "HTTP 422": say the first one's field and message.
+  function errorText(payload, status) {
+    const detail = payload && payload.detail;
+    if (typeof detail === "string" && detail) return detail;
+    const first = Array.isArray(detail) ? detail[0] : null;
+    if (first && typeof first.msg === "string") {
+      const field = (Array.isArray(first.loc) ? first.loc : []).filter((part) => part !== "body" && part !== "query").join(".");
+      return field ? `${field}: ${first.msg}` : first.msg;
+    }
+    return `HTTP ${status}`;
+  }
+
   function chartUrl(card, start, end, width) {
     const params = new URLSearchParams();
     params.set("series", card.dataset.series);
@@ -107,8 +120,9 @@
         credentials: "same-origin",
         headers: { Accept: "application/json" },
       });
-      const payload = await answer.json();
-      if (!answer.ok) throw new Error(payload.detail || `HTTP ${answer.status}`);
+      // A proxy's error page is not JSON: say its status rather than a JSON parser's complaint.
+      const payload = await answer.json().catch(() => null);
+      if (!answer.ok) throw new Error(errorText(payload, answer.status));
       render(card, payload, (from, to) => load(card, from, to));
       reset.hidden = !zoomed;
       card.dataset.state = "ready";
@@ -135,8 +149,9 @@
           verdict: verdict,
         }),
       });
-      const payload = await answer.json();
-      if (!answer.ok) throw new Error(typeof payload.detail === "string" ? payload.detail : `HTTP ${answer.status}`);
+      // A proxy's error page is not JSON: say its status rather than a JSON parser's complaint.
+      const payload = await answer.json().catch(() => null);
+      if (!answer.ok) throw new Error(errorText(payload, answer.status));
       row.dataset.verdict = String(payload.verdict);
       text.textContent = `marked: ${payload.verdict ? "true anomaly" : "false alarm"}`;
     } catch (error) {

@@ -216,6 +216,24 @@ def test_models_page_marks_the_champion(dash):
     assert [entry["series"] for entry in body["series"]] == ["region=apac", "region=eu", "region=us"]
 
 
+def test_models_page_of_many_series_is_paged(dash, monkeypatch):
+    """A job of 10,000 trained series read every version and tune record of each: 8 s a page."""
+    from pipelines.web import dashboard
+
+    monkeypatch.setattr(dashboard, "MODELS_PAGE_SERIES", 2)
+
+    def listed(**params) -> list[str]:
+        return re.findall(r'<section class="series-models" data-series="([^"]+)"', dash.get(f"{D}/jobs/demo_web_metrics/models", params=params).text)
+
+    assert listed() == ["region=apac", "region=eu"] and listed(page=2) == ["region=us"] and listed(page=3) == []
+    first = dash.get(f"{D}/jobs/demo_web_metrics/models").text
+    assert "Series 1–2 of 3, by key (page 1 of 2" in first and 'href="?page=2" data-testid="models-next"' in first
+    assert 'href="?page=1" data-testid="models-previous"' in dash.get(f"{D}/jobs/demo_web_metrics/models", params={"page": 2}).text
+    assert "No series on page 3: the 3 series fill 2 page(s)" in dash.get(f"{D}/jobs/demo_web_metrics/models", params={"page": 3}).text
+    monkeypatch.setattr(dashboard, "MODELS_PAGE_SERIES", 3)
+    assert 'data-testid="models-paged"' not in dash.get(f"{D}/jobs/demo_web_metrics/models").text
+
+
 def test_models_page_shows_each_tune_run_and_its_decision(client, headers, tuned):
     import html
 

@@ -52,6 +52,8 @@ def test_a_person_marks_an_event_and_sees_the_verdict(client, headers, scored):
     # The value range comes from the published rows of the event: the spike's requests are in it.
     requests_at_peak = next(s for s in event["at_peak"] if s["feature"] == "requests")["actual"]
     assert label["value_min"] <= requests_at_peak <= label["value_max"]
+    low, high = label["value_ranges"]["requests"]  # each feature keeps its own range
+    assert low <= requests_at_peak <= high
 
     listed = client.get(f"{BASE}/labels", params={"series": "region=eu"}, headers=headers).json()
     assert listed == {"job": "demo_web_metrics", "labels": [label]}
@@ -80,6 +82,8 @@ def test_labels_are_filtered_by_series_and_window(client, headers, scored):
     assert listed(series="region=us") == ["region=us"]
     assert listed(start=f"{SPIKE_DAY}T04:00:00Z") == ["region=us"]
     assert listed(end=f"{SPIKE_DAY}T03:00:00+00:00") == ["region=eu"]
+    # RFC 3339 allows a lowercase t and z (pydantic takes them; pipelines.labels.as_utc must too).
+    assert listed(start=f"{SPIKE_DAY}t04:00:00z") == ["region=us"]
 
 
 @pytest.mark.parametrize(
