@@ -20,7 +20,14 @@ from pipelines.config import JobConfig
 from pipelines.errors import DataValidationError
 from pipelines.storage import atomic_write, join
 from pipelines.validation.report import SAMPLE_SIZE, CheckResult, ValidationReport, build_report
-from pipelines.validation.suite import build_suite, duplicate_instants, prepare_batch
+from pipelines.validation.suite import (
+    build_suite,
+    duplicate_instants,
+    far_instants,
+    instants,
+    prepare_batch,
+    unread_instants,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from great_expectations.core import ExpectationSuite, ExpectationSuiteValidationResult
@@ -49,10 +56,19 @@ def validate_batch(
     result = _run(batch, build_suite(batch, job, suite_path))
     bounds = (window[0].isoformat() if window[0] else None, window[1].isoformat() if window[1] else None)
     keys = batch[[name for name in (job.timestamp, *job.dimensions) if name in batch.columns]]
-    duplicates = duplicate_instants(frame, batch, job)
+    parsed = instants(frame, job) if job.timestamp in frame.columns else None
+    more = [
+        check
+        for check in (
+            duplicate_instants(frame, batch, job, parsed=parsed),
+            unread_instants(batch, job, parsed),
+            far_instants(batch, job, parsed),
+        )
+        if check
+    ]
     report = build_report(
         result, job=job.name, rows=len(batch), window=bounds, keys=keys, missing_column_hint=missing_column_hint,
-        columns=list(batch.columns), more=[duplicates] if duplicates else [],
+        columns=list(batch.columns), more=more,
     )
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report

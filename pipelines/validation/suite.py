@@ -17,7 +17,7 @@ from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
 from pipelines.config import JobConfig
 from pipelines.errors import ConfigError
 from pipelines.json_values import json_safe
-from pipelines.sources.base import parse_timestamps
+from pipelines.sources.base import SUPPORTED_YEARS, parse_timestamps
 from pipelines.storage import read_bytes
 from pipelines.validation.report import SAMPLE_SIZE, CheckResult
 
@@ -99,9 +99,23 @@ def build_suite(batch: pd.DataFrame, job: JobConfig, suite_path: str | None = No
     return gx.ExpectationSuite(name=job.name, expectations=checks)
 
 
-def duplicate_instants(frame: pd.DataFrame, batch: pd.DataFrame, job: JobConfig) -> CheckResult | None:
+def instants(frame: pd.DataFrame, job: JobConfig) -> pd.Series | None:
+    """The timestamps of the raw ``frame`` (which must have the column) parsed as the pipeline
+    parses them, numbered as the batch, NaT where one does not parse; None when naive and aware
+    ones are mixed: the instant of a naive one would be a guess (extraction refuses such a batch,
+    naming the rows)."""
+    try:
+        return parse_timestamps(frame[job.timestamp].reset_index(drop=True))
+    except ValueError:
+        return None
+
+
+def duplicate_instants(
+    frame: pd.DataFrame, batch: pd.DataFrame, job: JobConfig, *, parsed: pd.Series | None = None
+) -> CheckResult | None:
     """The built-in duplicate check: one row per instant and series, for the raw ``frame`` and its
-    ``batch`` (from :func:`prepare_batch`); None when a column it needs is missing.
+    ``batch`` (from :func:`prepare_batch`); None when a column it needs is missing. ``parsed`` is
+    :func:`instants` of ``frame``, when the caller has it already (and it is not None).
 
     ``2024-01-01T00:00:00Z``, ``2024-01-01 00:00:00+00:00`` and ``2024-01-01T02:00:00+02:00`` are
     one instant, which resampling would merge (only logging it). GX compares values as written;
@@ -115,11 +129,9 @@ def duplicate_instants(frame: pd.DataFrame, batch: pd.DataFrame, job: JobConfig)
     if not set(keys) <= set(batch.columns):
         return None
     shown = batch[job.timestamp]
-    try:
-        parsed = parse_timestamps(frame[job.timestamp].reset_index(drop=True))
-    except ValueError:
-        # Naive among aware: the instant of a naive one would be a guess (extraction refuses such
-        # a batch, naming the rows); compare them as written.
+    parsed = instants(frame, job) if parsed is None else parsed
+    if parsed is None:
+        # Naive among aware: compare them as written.
         parsed = pd.Series(pd.NaT, index=shown.index, dtype="datetime64[ns, UTC]")
     # A row is its instant, or its value as written when that did not parse, and its series.
     identity = pd.DataFrame(
@@ -148,6 +160,85 @@ def duplicate_instants(frame: pd.DataFrame, batch: pd.DataFrame, job: JobConfig)
             f"rows of column {job.timestamp!r} naming the same instant{' in one series' if job.dimensions else ''} "
             f"are duplicates however it is written (UTC: {shared}); keep one row per timestamp{series} in the "
             "source, then re-run"
+        )
+    return check
+
+
+def unread_instants(batch: pd.DataFrame, job: JobConfig, parsed: pd.Series | None) -> CheckResult | None:
+    """The built-in check that every timestamp GX's parseable check passes is one the pipeline
+    reads (``parsed``, :func:`instants` of the raw batch); None without a timestamp column, or
+    when ``parsed`` is None (naive among aware timestamps, which extraction refuses).
+
+    dateutil, which GX's check uses, takes a zone abbreviation (``2024-02-01 00:00 EST``, with a
+    warning that it ignores it) or a bare number (``12``, the 12th of this month) as a date;
+    :func:`~pipelines.sources.base.parse_timestamps` reads neither, and resampling dropped such
+    rows without a word. Values GX's check fails are left to it, so no row is reported twice.
+    """
+    if parsed is None or job.timestamp not in batch.columns:
+        return None
+    import warnings
+
+    from dateutil import parser
+
+    values = batch[job.timestamp]
+    suspects = np.flatnonzero((values.notna() & parsed.isna()).to_numpy())
+
+    def parseable(value: object) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "tzname EST identified but not understood"
+            try:
+                parser.parse(str(value))
+            except (ValueError, OverflowError):
+                return False
+        return True
+
+    unread = [row for row in suspects.tolist() if parseable(values.iloc[row])]
+    rows = unread[:SAMPLE_SIZE]
+    check = CheckResult(
+        expectation="expect_column_values_to_be_readable_timestamps",
+        column=job.timestamp,
+        success=not unread,
+        unexpected_count=len(unread),
+        sample_values=json_safe(values.iloc[rows].tolist()),
+        sample_rows=rows,
+    )
+    if unread:
+        check.detail = (
+            "these values look like dates but name no instant the pipeline can read (a zone abbreviation such as "
+            "EST? a bare number?); write them in ISO 8601 with a numeric offset (e.g. 2024-02-01T00:00:00-05:00) "
+            "in the source, then re-run"
+        )
+    return check
+
+
+def far_instants(batch: pd.DataFrame, job: JobConfig, parsed: pd.Series | None) -> CheckResult | None:
+    """The built-in range check: every timestamp (``parsed``, :func:`instants` of the raw batch)
+    within :data:`~pipelines.sources.base.SUPPORTED_YEARS`; None without a timestamp column or
+    ``parsed``.
+
+    A sentinel such as 0001-01-01 or 9999-12-31 is a valid date, so GX's parseable check passes
+    it, but resampling (nanosecond timestamps, which end in 1677 and 2262) would crash on it with
+    a bare OutOfBoundsDatetime, or make millions of buckets between it and the real rows. Sources
+    read for a window drop such rows as outside it; a file scored whole (score-file, detect-file)
+    has no window, so they are reported here, with their rows.
+    """
+    if parsed is None or job.timestamp not in batch.columns:
+        return None
+    first, last = SUPPORTED_YEARS
+    far = (parsed.notna() & ~parsed.dt.year.between(first, last)).to_numpy()
+    rows = np.flatnonzero(far)[:SAMPLE_SIZE].tolist()
+    check = CheckResult(
+        expectation="expect_column_values_to_be_between",
+        column=job.timestamp,
+        success=not far.any(),
+        unexpected_count=int(far.sum()),
+        sample_values=json_safe(batch.loc[rows, job.timestamp].tolist()),
+        sample_rows=rows,
+    )
+    if not check.success:
+        check.detail = (
+            f"timestamps must lie in the years {first} to {last} (pandas' timestamps end in 1677 and 2262); "
+            "drop or correct these rows (placeholder dates such as 0001-01-01 or 9999-12-31?) in the source, then re-run"
         )
     return check
 

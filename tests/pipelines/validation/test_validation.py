@@ -55,8 +55,9 @@ def test_clean_batch_passes(make_job, clean_frame: pd.DataFrame) -> None:
         ("expect_column_values_to_not_be_in_set", "latency_ms"),
         ("expect_table_row_count_to_be_between", None),
     } <= expectations
-    # All but the duplicate check, which compares instants outside GX (suite.duplicate_instants).
-    assert report.gx_result["statistics"]["evaluated_expectations"] == len(report.checks) - 1
+    # All but the duplicate, readability and range checks, which look at instants outside GX
+    # (suite.duplicate_instants, suite.unread_instants, suite.far_instants).
+    assert report.gx_result["statistics"]["evaluated_expectations"] == len(report.checks) - 3
 
 
 @pytest.mark.parametrize("tz", [None, "UTC"])
@@ -220,6 +221,49 @@ def test_unparseable_and_missing_timestamps_fail(make_job, clean_frame: pd.DataF
     null = failed["expect_column_values_to_not_be_null"]
     assert (null.column, null.unexpected_count, null.sample_rows) == ("timestamp", 1, [2])
     assert null.sample_where == ["timestamp=null, region=eu"]
+
+
+def test_timestamps_dateutil_takes_but_the_pipeline_cannot_read_fail(make_job, clean_frame: pd.DataFrame) -> None:
+    # GX's parseable check (dateutil) passed a zone abbreviation and a bare number; the pipeline read no
+    # instant from them, and resampling dropped those rows without a word.
+    frame = clean_frame.assign(
+        timestamp=["2024-02-01T00:00:00", "2024-02-01 00:00 EST", "2024-02-01T01:00:00", "12", "yesterday-ish",
+                   "2024-02-01T02:00:00"]
+    )
+    failed = {check.expectation: check for check in _failed(validate_batch(frame, make_job()))}
+
+    assert set(failed) == {"expect_column_values_to_be_readable_timestamps", "expect_column_values_to_be_dateutil_parseable"}
+    unread = failed["expect_column_values_to_be_readable_timestamps"]
+    assert (unread.column, unread.unexpected_count, unread.sample_values, unread.sample_rows) == (
+        "timestamp", 2, ["2024-02-01 00:00 EST", "12"], [1, 3]
+    )
+    assert unread.sample_where[0] == "timestamp=2024-02-01 00:00 EST, region=us"
+    assert "numeric offset" in unread.detail
+    # Only GX's check reports a value dateutil cannot parse either.
+    assert failed["expect_column_values_to_be_dateutil_parseable"].sample_rows == [4]
+
+
+def test_naive_among_aware_timestamps_are_not_called_unreadable(make_job, clean_frame: pd.DataFrame) -> None:
+    # Extraction refuses such a batch with its own message; validation must not call every row unreadable.
+    frame = clean_frame.assign(timestamp=[f"2024-02-01T0{hour}:00:00{zone}" for hour, zone in zip((0, 0, 1, 1, 2, 2), ["Z", ""] * 3)])
+    assert validate_batch(frame, make_job()).success
+
+
+def test_placeholder_dates_beyond_pandas_range_fail_naming_their_rows(make_job, clean_frame: pd.DataFrame) -> None:
+    # Valid dates, so GX's parseable check passes them, but resampling a batch holding them crashed with
+    # a bare OutOfBoundsDatetime (a file scored whole has no window to drop them).
+    frame = clean_frame.assign(
+        timestamp=["2024-02-01T00:00:00Z", "0001-01-01T00:00:00Z", "2024-02-01T01:00:00Z", "9999-12-31T23:59:59Z",
+                   "1677-09-22T00:00:00Z", "2024-02-01T02:00:00Z"]
+    )
+    check = _only_failure(validate_batch(frame, make_job()))
+
+    assert (check.expectation, check.column, check.unexpected_count, check.sample_rows) == (
+        "expect_column_values_to_be_between", "timestamp", 3, [1, 3, 4]
+    )
+    assert check.sample_values == ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "1677-09-22T00:00:00Z"]
+    assert check.sample_where[0] == "timestamp=0001-01-01T00:00:00Z, region=us"
+    assert "years 1678 to 2261" in check.detail and "re-run" in check.detail
 
 
 def test_epoch_numbers_are_not_timestamps(make_job, clean_frame: pd.DataFrame) -> None:
