@@ -168,7 +168,8 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
 
         ``X`` has one column per feature and a sorted UTC DatetimeIndex or a RangeIndex; a few
         missing values are tolerated. ``warm_start``: a fitted detector (the champion) to start
-        from when :meth:`can_warm_start_from` allows it; otherwise the fit is cold.
+        from when :meth:`can_warm_start_from` allows it and it was fitted on the same kind of index
+        (timestamps or row numbers); otherwise the fit is cold.
         :attr:`warm_started_` says which it was. Calibration and threshold always come from ``X``.
         """
         params, policy = self._check_params()
@@ -187,7 +188,14 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
                 "missing or infinite); fix them at the source, or leave them out of the job's features"
             )
         self.time_indexed_ = isinstance(X.index, pd.DatetimeIndex)
-        self.warm_started_ = warm_start is not None and self.can_warm_start_from(warm_start, list(X.columns))
+        # A champion fitted on the other kind of index learned from other inputs (iforest's
+        # calendar features exist only with timestamps, context compares its training end with
+        # the new index): starting from it crashed inside scikit-learn or pandas, so the fit is cold.
+        self.warm_started_ = (
+            warm_start is not None
+            and getattr(warm_start, "time_indexed_", None) == self.time_indexed_
+            and self.can_warm_start_from(warm_start, list(X.columns))
+        )
         if self.warm_started_:
             decision_scores = self._fit_warm(X, params, warm_start)
         else:

@@ -390,7 +390,8 @@ def _dropped(X: pd.DataFrame, std: np.ndarray, max_missing: float) -> dict[str, 
         if missing[j] > max_missing:
             reasons[str(name)] = f"missing in {missing[j]:.0%} of training rows (more than max_missing {max_missing:.0%})"
         elif not std[j] > 0:
-            reasons[str(name)] = f"constant ({X.iloc[:, j].dropna().iloc[0]!r}) in every training row: nothing to estimate"
+            # A Python float: the repr of a numpy scalar ("np.float64(5.0)") reached users' messages and the model metadata.
+            reasons[str(name)] = f"constant ({float(X.iloc[:, j].dropna().iloc[0])!r}) in every training row: nothing to estimate"
     return reasons
 
 

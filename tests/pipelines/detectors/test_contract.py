@@ -418,6 +418,23 @@ def test_rows_without_timestamps(kind: str, data) -> None:
         detector.detect(data[1])
 
 
+WARM_KINDS = [kind for kind in KINDS if DETECTORS[kind].supports_warm_start and not DETECTORS[kind].requires_timestamps]
+
+
+@pytest.mark.parametrize("champion_on", ["row_numbers", "timestamps"])
+@pytest.mark.parametrize("kind", WARM_KINDS)
+def test_no_warm_start_from_a_champion_of_the_other_index_kind(kind: str, champion_on: str, data) -> None:
+    # iforest's calendar features exist only with timestamps (scikit-learn refused the other
+    # width) and context compared its training end with the new index (a TypeError): both raw.
+    train, _ = data
+    numbered = train.reset_index(drop=True)
+    old, new = (numbered, train) if champion_on == "row_numbers" else (train, numbered)
+    params = {"warm_start": True, "rest": 3} if kind == "context" else {}
+    champion = fitted(kind, old, **params)
+    detector = DETECTORS[kind](**{**FAST_PARAMS.get(kind, {}), **params}).fit(new, warm_start=champion)
+    assert not detector.warm_started_
+    assert np.isfinite(detector.detect(new.iloc[-24:]).score).all()
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_no_rows_to_score(kind: str, data) -> None:
     train, test = data
