@@ -67,7 +67,7 @@ def test_jobs_overview_page_and_data(dash):
     assert page.status_code == 200
     assert page.text.count('class="job-link"') == 2
     assert 'data-job="demo_sensors"' in page.text and 'data-job="demo_web_metrics"' in page.text
-    assert PREDICT_RUN in page.text and "failed 1 of 18" in page.text  # the failed validation of the demo job
+    assert PREDICT_RUN in page.text and "failed 1 of 20" in page.text  # the failed validation of the demo job
     rows = {row["job"]: row for row in dash.get(f"{D}/data/jobs").json()}
     assert rows["demo_web_metrics"]["last_run"]["window"] == {"start": PREDICT[0], "end": PREDICT[1]}
     assert rows["demo_sensors"]["champions"] == 4
