@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from pipelines import storage
 from pipelines.config import JobConfig, resolve_path
-from pipelines.errors import ConfigError, PipelineError, SinkError
+from pipelines.errors import ConfigError, ModelError, PipelineError, SinkError
 from pipelines.registry import ModelRegistry
 from pipelines.validation.report import CheckResult
 from pipelines.workspace import to_utc
@@ -707,15 +707,21 @@ def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str
     """Per series (``series``, else every series with a model): every complete model version
     (newest first) with its metrics, the champion marked; and its latest tune runs (newest first,
     :func:`pipelines.tuning.tuning_runs`), promoted or not: a run that kept the champion registers
-    no version."""
+    no version. ``error`` says why the champion of a series cannot be told (an unreadable
+    ``champion.json``; the other series are still listed), else None."""
     from pipelines.training import version_summary
     from pipelines.tuning import tuning_runs  # tuning pulls in the detectors: only when the page is asked for
 
     registry = _registry(job)
     out = []
     for series in registry.series(job.name) if series is None else series:
-        champion = registry.champion(job.name, series)
-        champion_version = champion.version if champion else None
+        error = None
+        try:
+            # The pointer only: the versions listed below carry the champion's metadata.
+            champion_version = registry.champion_version(job.name, series)
+        except ModelError as exc:  # one damaged pointer does not hide the other series
+            log.warning("dashboard: job %s, series %s: %s", job.name, series, exc)
+            champion_version, error = None, str(exc)
         versions = []
         for version in reversed(registry.versions(job.name, series)):
             summary = version_summary(version)
@@ -730,17 +736,21 @@ def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str
                 }
             )
         tuning = [run for entry in tuning_runs(job, series, TUNING_RUNS) for run in entry["runs"]]
-        out.append({"series": series, "champion": champion_version, "versions": versions, "tuning": tuning})
+        out.append({"series": series, "champion": champion_version, "versions": versions, "tuning": tuning, "error": error})
     return out
 
 
 def champions(job: JobConfig) -> dict[str, str | None]:
-    """The serving version of each series that has a model."""
+    """The serving version of each series that has a model (None: none, or its pointer is unreadable)."""
     registry = _registry(job)
     out: dict[str, str | None] = {}
     for series in registry.series(job.name):
-        champion = registry.champion(job.name, series)
-        out[series] = champion.version if champion else None
+        try:
+            # The pointer only (one read per series): the overview shows no metadata.
+            out[series] = registry.champion_version(job.name, series)
+        except ModelError as exc:  # one damaged pointer does not hide the job's row
+            log.warning("dashboard: job %s, series %s: %s", job.name, series, exc)
+            out[series] = None
     return out
 
 

@@ -193,3 +193,85 @@ def test_long_and_non_ascii_series_keys_are_stored_and_listed(registry: ModelReg
     assert registry.series("sales") == sorted([tokyo, osaka, short])
     assert registry.load_files("sales", tokyo, registry.champion("sales", tokyo).version) == {"model.skops": b"t"}
     assert registry.load_files("sales", osaka, registry.champion("sales", osaka).version) == {"model.skops": b"o"}
+
+
+def test_series_of_a_local_registry_do_not_walk_every_file(tmp_path, monkeypatch) -> None:
+    registry = ModelRegistry(str(tmp_path))
+    for key in ("all", SERIES):
+        registry.promote("sales", key, registry.register("sales", key, {"model.skops": b"m"}, {}).version)
+    registry.record_tuning("sales", "tuned only", {"run": 1})
+    # Walking every artifact and tune record took 3 s for 10,000 series: one listing per series' versions instead.
+    monkeypatch.setattr(storage, "find", lambda *args, **kwargs: pytest.fail("series() walked the whole job folder"))
+    assert registry.series("sales") == sorted(["all", SERIES])
+    assert registry.series("no such job") == []
+
+
+#: What a full disk, a killed copy or a hand edit leaves: empty, cut short, not an object.
+DAMAGED = [b"", b'{"version": "2026', b"[]"]
+
+
+@pytest.mark.parametrize("content", DAMAGED)
+def test_a_damaged_metadata_file_names_itself_and_hides_only_its_version(registry: ModelRegistry, content: bytes) -> None:
+    kept = registry.register("sales", SERIES, {"model.skops": b"ok"}, {})
+    damaged = registry.register("sales", SERIES, {"model.skops": b"ok"}, {})
+    registry.promote("sales", SERIES, damaged.version)
+    other = registry.register("sales", "all", {"model.skops": b"ok"}, {})
+    folder = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "versions", damaged.version)
+    storage.atomic_write(storage.join(folder, "metadata.json"), content, registry.storage_options)
+
+    assert registry.series("sales") == sorted(["all", SERIES])
+    assert registry.versions("sales", SERIES) == [kept]  # left out, with a warning
+    assert registry.versions("sales", "all") == [other]
+    message = rf"{folder}/metadata.json (is not valid JSON|holds a JSON list).*run the job's train.*delete the version's folder"
+    with pytest.raises(ModelError, match=message):
+        registry.champion("sales", SERIES)
+    with pytest.raises(ModelError, match=message):
+        registry.load_files("sales", SERIES, damaged.version)
+    assert registry.champion_version("sales", SERIES) == damaged.version  # training replaces what it cannot load
+    registry.promote("sales", SERIES, kept.version)
+    assert registry.champion("sales", SERIES) == kept
+
+
+@pytest.mark.parametrize("content", [*DAMAGED, b'{"promoted_at": "2026-01-01"}'])
+def test_a_damaged_champion_pointer_names_itself_and_what_to_do(registry: ModelRegistry, content: bytes) -> None:
+    version = registry.register("sales", SERIES, {"model.skops": b"ok"}, {}).version
+    other = registry.register("sales", "all", {"model.skops": b"ok"}, {})
+    registry.promote("sales", "all", other.version)
+    pointer = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "champion.json")
+    storage.atomic_write(pointer, content, registry.storage_options)
+
+    message = rf"{pointer} (is not valid JSON|holds a JSON list|names no version).*delete it, then run the job's train"
+    with pytest.raises(ModelError, match=message):
+        registry.champion_version("sales", SERIES)
+    with pytest.raises(ModelError, match=message):
+        registry.champion("sales", SERIES)
+    with pytest.raises(ModelError, match=message):
+        registry.promote("sales", SERIES, version)
+    assert registry.series("sales") == sorted(["all", SERIES])
+    assert registry.champion("sales", "all") == other
+    storage.remove(pointer, registry.storage_options)  # what the message says to do
+    registry.promote("sales", SERIES, version)
+    assert registry.champion_version("sales", SERIES) == version
+
+
+def test_damaged_tuning_files_name_themselves_and_one_record_does_not_hide_the_others(registry: ModelRegistry) -> None:
+    first = registry.record_tuning("sales", SERIES, {"run": 0})
+    registry.record_tuning("sales", SERIES, {"run": 1})
+    folder = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b")
+    storage.atomic_write(storage.join(folder, "tuning", first), b'{"run": ', registry.storage_options)
+    assert registry.tuning_history("sales", SERIES) == [{"run": 1}]
+    storage.atomic_write(storage.join(folder, "tuned.json"), b"", registry.storage_options)
+    with pytest.raises(ModelError, match=r"tuned.json is not valid JSON.*delete it to train with the job's configured model"):
+        registry.tuned_params("sales", SERIES)
+
+
+def test_a_cut_slug_takes_its_key_from_a_readable_version(tmp_path) -> None:
+    registry = ModelRegistry(str(tmp_path))
+    tokyo = "city=" + "東京都" * 30
+    registry.register("sales", tokyo, {"model.skops": b"old"}, {})
+    newest = registry.register("sales", tokyo, {"model.skops": b"new"}, {})
+    (damaged,) = (tmp_path / "sales").glob(f"*/versions/{newest.version}/metadata.json")
+    damaged.write_bytes(b"")
+    assert registry.series("sales") == [tokyo]
+    damaged.parent.parent.joinpath(sorted(p.name for p in damaged.parent.parent.iterdir())[0], "metadata.json").write_bytes(b"{")
+    assert registry.series("sales") == []  # no key to tell: left out, with a warning, not a crash

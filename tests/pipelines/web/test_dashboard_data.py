@@ -427,6 +427,28 @@ def test_a_job_that_never_ran_has_nothing_to_show(project):
     assert data.models(job) == [] and data.validation_results(job) == []
 
 
+def test_one_damaged_model_file_does_not_hide_the_other_series(project):
+    from pipelines import storage
+    from pipelines.training import registry_for
+
+    job = get_job("demo_web_metrics")
+    registry = registry_for(job)
+    for key in ("region=eu", "region=us"):
+        registry.promote(job.name, key, registry.register(job.name, key, {"model.skops": b"m"}, {"model": "mad"}).version)
+    kept = registry.register(job.name, "region=us", {"model.skops": b"m"}, {"model": "mad"})
+    registry.promote(job.name, "region=us", kept.version)
+    pointer = storage.join(registry.root, job.name, "region=eu", "champion.json")
+    storage.atomic_write(pointer, b'{"version": "2024', registry.storage_options)  # cut short
+
+    eu, us = data.models(job)
+    assert eu["series"] == "region=eu" and eu["champion"] is None and len(eu["versions"]) == 1
+    assert eu["error"].startswith(f"{pointer} is not valid JSON") and "delete it" in eu["error"]
+    assert us["champion"] == kept.version and us["error"] is None and [v["champion"] for v in us["versions"]] == [True, False]
+    assert data.champions(job) == {"region=eu": None, "region=us": kept.version}
+    (row,) = data.overview([job])
+    assert row["error"] is None and row["series_with_models"] == 2 and row["champions"] == 1
+
+
 def test_one_unreadable_job_does_not_hide_the_others(scored):
     path = scored / "var" / "outputs" / "job=demo_sensors" / "date=2024-03-05" / "part-0.parquet"
     saved = path.read_bytes()
