@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,11 @@ REMEMBERED_PER_SERIES = 50
 LINK_PADDING_PERIODS = 12
 DEFAULT_AIRFLOW_URL = "http://localhost:8080"
 TEXT_ATTACHMENT = "anomaly-alert.txt"
+#: Slack's limits: a section's text holds at most 3,000 characters, a message at most 50 blocks,
+#: and Slack truncates a message's ``text`` beyond 40,000 characters.
+SLACK_SECTION_CHARS = 3000
+SLACK_TEXT_CHARS = 40_000
+SLACK_DIGEST_EVENTS = 45
 
 Notify = Callable[[str, "Message", Mapping[str, Any]], None]
 
@@ -222,9 +228,20 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _airflow_base_url() -> str | None:
+    """Airflow's ``[api] base_url``: from airflow.cfg as well as $AIRFLOW__API__BASE_URL, as the
+    dashboard's own links take it (reading the variable alone sent links from a deployment
+    configured in airflow.cfg to localhost)."""
+    try:
+        from airflow.configuration import conf
+    except ImportError:  # the library without Airflow
+        return os.environ.get("AIRFLOW__API__BASE_URL")
+    return conf.get("api", "base_url", fallback=None)
+
+
 def dashboard_link(job: JobConfig, event: AnomalyEvent) -> str:
     """The dashboard page of the event's job and series, around the event."""
-    base = _alerts(job).dashboard_url or os.environ.get("AIRFLOW__API__BASE_URL") or DEFAULT_AIRFLOW_URL
+    base = _alerts(job).dashboard_url or _airflow_base_url() or DEFAULT_AIRFLOW_URL
     pad = max(job.frequency * LINK_PADDING_PERIODS, event.end - event.start)
     query = urlencode(
         [
@@ -265,6 +282,36 @@ def _event_lines(job: JobConfig, event: AnomalyEvent) -> list[str]:
     ]
     lines.append(f"Model: {event.model} version {event.model_version}")
     return lines
+
+
+def _mrkdwn(text: str) -> str:
+    """``text`` escaped for Slack's mrkdwn, where ``&``, ``<`` and ``>`` are control characters:
+    a series key such as ``region=<!channel>`` would otherwise notify the whole channel."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_fit(lines: list[str], limit: int) -> str:
+    """``lines`` (mrkdwn) joined, within ``limit`` characters: whole lines are kept while they fit,
+    then one line says how many were left out, rather than Slack cutting the text anywhere."""
+    text = "\n".join(lines)
+    if len(text) <= limit:
+        return text
+
+    def note(left: int) -> str:
+        return f"… {left} more line(s), too long for Slack: see the dashboard" if left else ""
+
+    kept: list[str] = []
+    size = 0
+    for index, line in enumerate(lines):
+        left = len(lines) - index
+        if size + len(line) + 1 + len(note(left)) > limit:
+            if not kept:  # one line longer than the limit (a huge series key): cut it, not inside an entity
+                left -= 1
+                kept.append(re.sub(r"&[a-z]*$", "", line[: max(0, limit - len(note(left)) - 2)]) + "…")
+            return "\n".join(filter(None, [*kept, note(left)]))
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join(kept)
 
 
 def _held_lines(held: list[dict[str, Any]]) -> list[str]:
@@ -314,7 +361,9 @@ def render_event(
     email = _alerts(job).email
     template = email.subject if email else "[anomaly] {job} {series}: {direction} {start} (score {peak_score:.3f})"
     try:
-        subject = template.format(**_subject_fields(job, event))
+        # A subject is one header line: a line break in a series key (a dimension value) made every
+        # send fail ("header value appears to contain an embedded header"), and so every retry.
+        subject = " ".join(template.format(**_subject_fields(job, event)).splitlines())
     except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         # Loading the job checks the field names only: a format spec that does not fit the field's
         # value ("{peak_score:d}" on a float, "{start:%Y}" on text) fails here, on the first event.
@@ -332,9 +381,11 @@ def render_event(
         + (f"<p>{len(held)} more event(s) of this series while it was snoozed:</p><ul>{held_html}</ul>" if held else "")
     )
     text = "\n".join(lines)
+    details = _slack_fit([_mrkdwn(line) for line in lines[1:-1]], SLACK_SECTION_CHARS)
     blocks = [
         {"type": "header", "text": {"type": "plain_text", "text": subject[:150]}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines[1:-1])[:3000]}},
+        # verbatim: no mention or channel name in the data is turned into a ping or a link.
+        {"type": "section", "text": {"type": "mrkdwn", "verbatim": True, "text": details}},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"<{link}|Open in the dashboard>"}},
     ]
     return Message(subject=subject, text=text, html=f"<html><body>{body}</body></html>", slack_blocks=blocks)
@@ -352,10 +403,24 @@ def render_digest(job: JobConfig, events: list[dict[str, Any]], cutoff: datetime
         lines += ["", f"[{status}]" if status else "", *_event_lines(job, event), f"Dashboard: {dashboard_link(job, event)}"]
         parts.append(_html_event(job, event, dashboard_link(job, event)))
     text = "\n".join(line for line in lines if line is not None)
+    listed = [AnomalyEvent.from_dict(data) for data in ordered[:SLACK_DIGEST_EVENTS]]  # Slack takes at most 50 blocks
     blocks = [{"type": "header", "text": {"type": "plain_text", "text": subject[:150]}}] + [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{e['series']}: {e['start']} to {e['end']}, peak score {e['peak_score']:.4f}"}}
-        for e in ordered[:45]  # Slack takes at most 50 blocks a message
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "verbatim": True,
+                "text": _slack_fit(
+                    [f"{_mrkdwn(e.series)}: {_moment(e.start)} to {_moment(e.end + job.frequency)}, peak score {e.peak_score:.4f}"],
+                    SLACK_SECTION_CHARS,
+                ),
+            },
+        }
+        for e in listed
     ]
+    if len(ordered) > len(listed):
+        more = f"… and {len(ordered) - len(listed)} more event(s), too many for one Slack message: see the dashboard"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": more}})
     return Message(subject=subject, text=text, html=f"<html><body><h2>{html.escape(subject)}</h2>{''.join(parts)}</body></html>", slack_blocks=blocks)
 
 
@@ -375,6 +440,12 @@ def _verbatim(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _verbatim(v) for k, v in value.items()}
     return value
+
+
+def _slack_text(message: Message) -> str:
+    """The message's plain text as Slack's ``text`` (mrkdwn, what notifications show): escaped, and
+    cut with a count of the lines left out where Slack would truncate it (a digest of many events)."""
+    return _slack_fit([_mrkdwn(line) for line in message.text.splitlines()], SLACK_TEXT_CHARS)
 
 
 def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str, Any]) -> None:
@@ -413,14 +484,14 @@ def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str,
 
         notifier = SlackWebhookNotifier(
             slack_webhook_conn_id=alerts.slack.webhook_conn_id,
-            text=_verbatim(message.text),
+            text=_verbatim(_slack_text(message)),
             blocks=_verbatim(message.slack_blocks),
         )
     elif channel == "slack" and alerts.slack:
         notifier = SlackNotifier(
             slack_conn_id=alerts.slack.api_conn_id,
             channel=alerts.slack.channel,
-            text=_verbatim(message.text),
+            text=_verbatim(_slack_text(message)),
             blocks=_verbatim(message.slack_blocks),
         )
     else:
@@ -458,8 +529,10 @@ def _target(job: JobConfig, channel: str) -> str:
     alerts = _alerts(job)
     if channel == "email" and alerts.email:
         return f"Airflow connection {alerts.email.smtp_conn_id!r}, to {', '.join(alerts.email.to)}"
-    if alerts.slack:
-        return f"Airflow connection {alerts.slack.webhook_conn_id or alerts.slack.api_conn_id!r}"
+    if alerts.slack and alerts.slack.webhook_conn_id:
+        return f"Airflow connection {alerts.slack.webhook_conn_id!r}"
+    if alerts.slack:  # Slack's answer ("channel_not_found", "not_in_channel") does not name the channel
+        return f"Airflow connection {alerts.slack.api_conn_id!r}, channel {alerts.slack.channel}"
     return "unconfigured"
 
 

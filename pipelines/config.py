@@ -550,7 +550,7 @@ class AlertsConfig(_Model):
     immediate: bool = Field(True, description="Send each event when found; false: only the digest.")
     digest: DigestConfig | None = Field(None, description="A daily message listing the day's events.")
     dashboard_url: str | None = Field(
-        None, description="Airflow's base URL for links; $AIRFLOW__API__BASE_URL, else http://localhost:8080."
+        None, description="Airflow's base URL for links; default: Airflow's [api] base_url, else http://localhost:8080."
     )
 
     @model_validator(mode="after")

@@ -313,6 +313,8 @@ class SlackStandIn(BaseHTTPRequestHandler):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).received.append((self.path, payload))
         answer = b'{"ok": true, "channel": "C1", "ts": "1.0"}' if self.path.startswith("/api/") else b"ok"
+        if payload.get("channel") == "#missing":  # as Slack answers for a channel the bot cannot see
+            answer = b'{"ok": false, "error": "channel_not_found"}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json" if self.path.startswith("/api/") else "text/plain")
         self.send_header("Content-Length", str(len(answer)))
@@ -362,6 +364,17 @@ def test_slack_web_api_posts_to_the_channel(tmp_path: Path, slack: tuple[int, li
     [(path, payload)] = received
     assert path == "/api/chat.postMessage"
     assert payload["channel"] == "#alerts" and "region=eu" in payload["text"]
+
+
+def test_a_slack_channel_not_found_names_the_channel(tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch):
+    port, _ = slack
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_BOT",
+        json.dumps({"conn_type": "slack", "password": "xoxb-test", "extra": {"base_url": f"http://127.0.0.1:{port}/api/"}}),
+    )
+    job = make_job(tmp_path, email=None, slack={"api_conn_id": "alerts_bot", "channel": "#missing"})
+    with pytest.raises(SinkError, match=r"by slack \(Airflow connection 'alerts_bot', channel #missing\): (?s:.*)channel_not_found"):
+        process_events(job, output_rows(anomalies={5: {"requests": 150}}), window(0, 24))
 
 
 def test_digest_lists_the_days_events_once(tmp_path: Path, inbox: Inbox):
@@ -495,3 +508,98 @@ def test_a_retry_sends_only_on_the_channels_that_failed(
     assert process_events(job, frame, window(0, 24)).sent == 1
     assert len(inbox.mails) == 1 and len(received) == 1
     assert AlertState.load(job).events["region=eu"][0]["channels"] == ["email", "slack"]
+
+
+def test_slack_messages_escape_series_keys_so_they_cannot_ping_the_channel(
+    tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch
+):
+    # '&', '<' and '>' are mrkdwn's control characters: a dimension value "<!channel>" notified everyone.
+    port, received = slack
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T0/B0/x"})
+    )
+    job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"})
+    value = "<!channel> & <https://evil.example|login>"
+    assert process_events(job, output_rows(f"region={value}", anomalies={5: {"requests": 150}}, dimensions={"region": value}),
+                          window(0, 24)).sent == 1
+    [(_, payload)] = received
+    details = payload["blocks"][1]["text"]
+    assert details["verbatim"] is True  # Slack turns no name in the data into a link or mention
+    for text in (payload["text"], details["text"]):
+        assert "<!channel>" not in text and "<https://evil" not in text
+        assert "Series: region=&lt;!channel&gt; &amp; &lt;https://evil.example|login&gt;" in text
+
+
+def test_slack_details_too_long_for_a_section_say_how_many_lines_are_left_out(
+    tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch
+):
+    # A section holds at most 3,000 characters; the features at the peak of a wide job were cut mid-line.
+    port, received = slack
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T0/B0/x"})
+    )
+    job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"})
+    features = tuple(f"feature_{i:03d}" for i in range(120))
+    assert process_events(job, output_rows(features=features, anomalies={5: {"feature_000": 150}}), window(0, 24)).sent == 1
+    [(_, payload)] = received
+    details = payload["blocks"][1]["text"]["text"]
+    assert len(details) <= 3000
+    *shown, note = details.split("\n")
+    assert note == f"… {120 + 6 - len(shown)} more line(s), too long for Slack: see the dashboard"  # 6 lines besides features
+    assert all(line.endswith(("]", "(anomalous)")) for line in shown if line.startswith("  feature_"))  # whole lines
+
+
+def test_a_slack_digest_of_more_events_than_blocks_lists_what_fits_and_counts_the_rest(
+    tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch
+):
+    port, received = slack
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T0/B0/x"})
+    )
+    job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"}, immediate=False, digest={"hour": 8})
+    features = ("requests", *(f"signal_{i}" for i in range(9)))  # about 1,000 characters of text per event
+    frame = pd.concat(
+        [output_rows(f"region=r{i:02d}", features=features, hours=8, anomalies={2: {"requests": 150}}, dimensions={"region": f"r{i:02d}"})
+         for i in range(48)],
+        ignore_index=True,
+    )
+    assert process_events(job, frame, window(0, 8)).digest == {"cutoff": "2024-03-01T08:00:00+00:00", "events": 48, "sent": True}
+    [(_, payload)] = received
+    # The text (what notifications show), beyond what Slack keeps (40,000 characters), is cut
+    # between lines and says so, rather than cut by Slack without a word.
+    assert len(payload["text"]) <= 40_000 and "region=r00" in payload["text"]
+    assert payload["text"].rsplit("\n", 1)[-1].endswith("more line(s), too long for Slack: see the dashboard")
+    blocks = payload["blocks"]
+    assert len(blocks) <= 50  # Slack's limit
+    # Times as in the e-mail: UTC stated, the end after the last anomalous period (was raw ISO, end = start).
+    assert blocks[1]["text"]["text"] == "region=r00: 2024-03-01 02:00 UTC to 2024-03-01 03:00 UTC, peak score 0.9500"
+    assert blocks[-1]["text"]["text"].startswith("… and 3 more event(s), too many for one Slack message")
+
+
+def test_a_line_break_in_a_series_key_does_not_break_the_mail_subject(tmp_path: Path, inbox: Inbox):
+    # The subject is one header line; the line break made every send (and retry) fail with
+    # "header value appears to contain an embedded header", holding up the job's alerts.
+    job = make_job(tmp_path)
+    value = "eu\r\nBcc: someone@example.com"
+    assert process_events(job, output_rows(f"region={value}", anomalies={5: {"requests": 150}}, dimensions={"region": value}),
+                          window(0, 24)).sent == 1
+    [(recipients, message)] = inbox.mails
+    assert recipients == ["oncall@example.com", "ops@example.com"] and message["Bcc"] is None
+    assert message["Subject"] == "[anomaly] web region=eu Bcc: someone@example.com: rise 2024-03-01 05:00 UTC (score 0.950)"
+
+
+def test_dashboard_links_use_airflows_base_url_from_its_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # [api] base_url set in airflow.cfg (not in the environment) gave links to http://localhost:8080.
+    from airflow.configuration import conf
+
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
+    conf.set("api", "base_url", "https://example.com/airflow/")
+    try:
+        sent: list = []
+        job = make_job(tmp_path, dashboard_url=None)
+        frame = output_rows("region=eu west/2", anomalies={5: {"requests": 150}}, dimensions={"region": "eu west/2"})
+        process_events(job, frame, window(0, 24), send=lambda channel, message, context: sent.append(message))
+    finally:
+        conf.remove_option("api", "base_url")
+    [message] = sent
+    assert "Dashboard: https://example.com/airflow/anomaly-pipelines/dashboard/jobs/web?series=region%3Deu+west%2F2&start=" in message.text
