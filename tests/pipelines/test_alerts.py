@@ -338,11 +338,18 @@ def slack() -> Iterator[tuple[int, list]]:
         server.server_close()
 
 
-def test_slack_webhook_receives_the_event(tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture
+def slack_webhook(slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch) -> list:
+    """The Slack stand-in behind the Airflow connection ``alerts_webhook``; what it received."""
     port, received = slack
     monkeypatch.setenv(
         "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T0/B0/x"})
     )
+    return received
+
+
+def test_slack_webhook_receives_the_event(tmp_path: Path, slack_webhook: list):
+    received = slack_webhook
     job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"})
     frame = output_rows("region=eu", anomalies={5: {"latency_ms": 30}})
     assert process_events(job, frame, window(0, 24)).sent == 1
@@ -510,14 +517,9 @@ def test_a_retry_sends_only_on_the_channels_that_failed(
     assert AlertState.load(job).events["region=eu"][0]["channels"] == ["email", "slack"]
 
 
-def test_slack_messages_escape_series_keys_so_they_cannot_ping_the_channel(
-    tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch
-):
+def test_slack_messages_escape_series_keys_so_they_cannot_ping_the_channel(tmp_path: Path, slack_webhook: list):
     # '&', '<' and '>' are mrkdwn's control characters: a dimension value "<!channel>" notified everyone.
-    port, received = slack
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T0/B0/x"})
-    )
+    received = slack_webhook
     job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"})
     value = "<!channel> & <https://evil.example|login>"
     assert process_events(job, output_rows(f"region={value}", anomalies={5: {"requests": 150}}, dimensions={"region": value}),
@@ -530,14 +532,9 @@ def test_slack_messages_escape_series_keys_so_they_cannot_ping_the_channel(
         assert "Series: region=&lt;!channel&gt; &amp; &lt;https://evil.example|login&gt;" in text
 
 
-def test_slack_details_too_long_for_a_section_say_how_many_lines_are_left_out(
-    tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch
-):
+def test_slack_details_too_long_for_a_section_say_how_many_lines_are_left_out(tmp_path: Path, slack_webhook: list):
     # A section holds at most 3,000 characters; the features at the peak of a wide job were cut mid-line.
-    port, received = slack
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T0/B0/x"})
-    )
+    received = slack_webhook
     job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"})
     features = tuple(f"feature_{i:03d}" for i in range(120))
     assert process_events(job, output_rows(features=features, anomalies={5: {"feature_000": 150}}), window(0, 24)).sent == 1
@@ -549,13 +546,8 @@ def test_slack_details_too_long_for_a_section_say_how_many_lines_are_left_out(
     assert all(line.endswith(("]", "(anomalous)")) for line in shown if line.startswith("  feature_"))  # whole lines
 
 
-def test_a_slack_digest_of_more_events_than_blocks_lists_what_fits_and_counts_the_rest(
-    tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch
-):
-    port, received = slack
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T0/B0/x"})
-    )
+def test_a_slack_digest_of_more_events_than_blocks_lists_what_fits_and_counts_the_rest(tmp_path: Path, slack_webhook: list):
+    received = slack_webhook
     job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"}, immediate=False, digest={"hour": 8})
     features = ("requests", *(f"signal_{i}" for i in range(9)))  # about 1,000 characters of text per event
     frame = pd.concat(
