@@ -36,20 +36,45 @@ _CONFLICT_TRIES = 5
 
 
 def missing_credentials(exc: BaseException) -> bool:
-    """botocore found no (or half the) credentials: s3fs passes that on as it is, not as an OSError."""
+    """No credentials to reach the store, passed on as it is rather than as an OSError: botocore
+    found none (or half) for s3fs; google-auth found no Application Default Credentials for gcsfs
+    (``token: google_default``); or GCS answered 401, which it does to the anonymous requests gcsfs
+    falls back to when it finds no credentials, and to credentials it does not accept."""
     botocore = sys.modules.get("botocore.exceptions")  # not loaded: not botocore's error
-    return botocore is not None and isinstance(exc, (botocore.NoCredentialsError, botocore.PartialCredentialsError))
+    if botocore is not None and isinstance(exc, (botocore.NoCredentialsError, botocore.PartialCredentialsError)):
+        return True
+    return _google_credentials(exc)
+
+
+def _google_credentials(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is google-auth or gcsfs saying that there are no (accepted) credentials."""
+    google_auth = sys.modules.get("google.auth.exceptions")
+    if google_auth is not None and isinstance(exc, google_auth.DefaultCredentialsError):
+        return True
+    gcsfs_retry = sys.modules.get("gcsfs.retry")
+    return gcsfs_retry is not None and isinstance(exc, gcsfs_retry.HttpError) and exc.code == 401
 
 
 def unreachable(exc: BaseException) -> bool:
-    """botocore could not connect to the endpoint, or lost it (refused, timed out, closed): s3fs
-    passes that on as it is, and only some of those errors are OSErrors."""
+    """The client could not connect to the endpoint, or lost it (refused, timed out, closed): s3fs
+    passes botocore's errors on as they are, gcsfs aiohttp's, and only some of those are OSErrors."""
     botocore = sys.modules.get("botocore.exceptions")
-    return botocore is not None and isinstance(exc, (botocore.ConnectionError, botocore.HTTPClientError))
+    if botocore is not None and isinstance(exc, (botocore.ConnectionError, botocore.HTTPClientError)):
+        return True
+    aiohttp = sys.modules.get("aiohttp")  # gcsfs talks to GCS through aiohttp
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientConnectionError)
 
 
-def credentials_hint(options: str = "storage_options") -> str:
-    """What to do when :func:`missing_credentials`; ``options`` names where the job file sets fsspec options."""
+def credentials_hint(options: str = "storage_options", exc: BaseException | None = None) -> str:
+    """What to do when :func:`missing_credentials` said so of ``exc``; ``options`` names where the
+    job file sets fsspec options."""
+    if _google_credentials(exc):
+        return (
+            f"Set `token` to the path of a service-account key file (\"anon\" for a public bucket) in {options}, "
+            "or give this worker Google credentials (GOOGLE_APPLICATION_CREDENTIALS naming a "
+            "service-account key, `gcloud auth application-default login`, or the metadata server's "
+            "service account) that may use the bucket."
+        )
     return (
         f"Set `key` and `secret` in {options}, or give this worker credentials "
         "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role)."
@@ -77,7 +102,7 @@ def _storage_said(func: Callable[_P, _R]) -> Callable[_P, _R]:
             url = signature.bind(*args, **kwargs).arguments["url"]
             where = "the `storage_options` of that location (a job's `outputs.storage_options` for its outputs and models)"
             if missing_credentials(exc):
-                raise StorageError(f"no credentials to reach {url} ({exc}). {credentials_hint(where)}") from exc
+                raise StorageError(f"no credentials to reach {url} ({exc}). {credentials_hint(where, exc)}") from exc
             raise StorageError(
                 f"cannot reach {url} ({exc}). Check that the store is up and that `endpoint_url` in {where} is "
                 "right; a retry succeeds once it answers."
@@ -91,8 +116,11 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except ImportError as exc:
-        if fsspec.utils.get_protocol(url) in ("s3", "s3a"):
+        protocol = fsspec.utils.get_protocol(url)
+        if protocol in ("s3", "s3a"):
             raise MissingDependencyError("s3fs", "s3", f"Access to {url}") from exc
+        if protocol in ("gs", "gcs"):
+            raise MissingDependencyError("gcsfs", "gcs", f"Access to {url}") from exc
         raise
 
 

@@ -144,6 +144,11 @@ class FileReader:
             raise fail(
                 f"{exc}", "Use a local path or an fsspec URL such as s3://bucket/key or gs://bucket/key.", kind=SourceConfigError
             ) from exc
+        except Exception as exc:
+            # gcsfs looks for credentials when it is made (token: google_default), before any read.
+            if not missing_credentials(exc):
+                raise
+            raise fail(f"no credentials to read {path} ({exc})", credentials_hint("`storage_options`", exc)) from exc
 
     def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
         lo, hi = utc_bound(start), utc_bound(end)
@@ -560,7 +565,7 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
             ) from exc
         if not missing_credentials(exc):
             raise
-        raise fail(f"no credentials to read {what} ({exc})", credentials_hint("`storage_options`")) from exc
+        raise fail(f"no credentials to read {what} ({exc})", credentials_hint("`storage_options`", exc)) from exc
 
 
 def _compression(name: str) -> str | None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -72,13 +73,20 @@ def test_shortened_temporary_names_stay_apart_and_within_the_limit() -> None:
     assert storage.temporary_name("day.parquet", "ab12") == ".day.parquet.ab12.tmp"
 
 
-def test_missing_s3fs_gives_the_install_command(monkeypatch) -> None:
-    def no_s3fs(url: str, **options: object) -> None:
-        raise ImportError("Install s3fs to access S3")
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("gs://bucket/key", r"Access to gs://bucket/key needs .*'gcsfs'.*pip install 'anomaly-pipelines\[gcs\]'"),
+        ("s3://bucket/key", r"pip install 'anomaly-pipelines\[s3\]'"),
+    ],
+)
+def test_a_missing_file_system_package_gives_the_install_command(monkeypatch, url: str, says: str) -> None:
+    def not_installed(url: str, **options: object) -> None:
+        raise ImportError("Please install the package to access this store")
 
-    monkeypatch.setattr(storage.fsspec.core, "url_to_fs", no_s3fs)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'anomaly-pipelines\[s3\]'"):
-        storage.filesystem("s3://bucket/key")
+    monkeypatch.setattr(storage.fsspec.core, "url_to_fs", not_installed)
+    with pytest.raises(MissingDependencyError, match=says):
+        storage.filesystem(url)
 
 
 def test_join_strips_a_trailing_slash() -> None:
@@ -226,4 +234,93 @@ def test_an_unreachable_s3_endpoint_is_a_storage_error_naming_the_url(unreachabl
     url = "s3://bucket/store/m.bin"
 
     with pytest.raises(StorageError, match=rf"^cannot reach {url} \(.*Could not connect.*\)\. Check that the store is up and that `endpoint_url`"):
+        call(url, options)
+
+
+@pytest.fixture
+def plain_gcsfs(monkeypatch) -> None:
+    """gs:// through gcsfs's plain file system, with no pause between its retries. Its default
+    (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT, read once at import) first asks a gRPC API for the bucket
+    layout, retrying for a minute where none answers; the retries' pauses add half a minute more."""
+    import importlib
+    import types
+
+    import gcsfs.core
+    import gcsfs.retry
+
+    fsspec_registry = importlib.import_module("fsspec.registry")  # the module; fsspec.registry is a mapping
+
+    async def no_pause(seconds: float) -> None:
+        return None
+
+    monkeypatch.setitem(fsspec_registry._registry, "gs", gcsfs.core.GCSFileSystem)
+    monkeypatch.setattr(gcsfs.retry, "asyncio", types.SimpleNamespace(sleep=no_pause))
+
+
+@pytest.fixture(scope="module")
+def gcs_refusing_anonymous_callers() -> Iterator[str]:
+    """A GCS JSON API endpoint answering every request as GCS answers an anonymous one to a private bucket."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refusing(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            message = "Anonymous caller does not have storage.objects.get access to the Google Cloud Storage object."
+            body = json.dumps({"error": {"code": 401, "message": message, "errors": [{"reason": "required"}]}}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+GCS_HINT = r"Set `token` to the path of a service-account key file .*GOOGLE_APPLICATION_CREDENTIALS"
+
+
+@EVERY_CALL
+def test_missing_google_credentials_say_where_to_set_them(monkeypatch, tmp_path, call) -> None:
+    # google-auth's DefaultCredentialsError came through as it was, a traceback.
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud login
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # no metadata server
+    url = "gs://bucket/store/m.bin"
+
+    with pytest.raises(StorageError, match=rf"^no credentials to reach {url} \(Your default credentials were not found.*\)\. {GCS_HINT}"):
+        call(url, {"token": "google_default"})
+
+
+@EVERY_CALL
+def test_gcs_refusing_an_anonymous_caller_says_where_to_set_credentials(plain_gcsfs, gcs_refusing_anonymous_callers, call) -> None:
+    # gcsfs falls back to anonymous requests when it finds no credentials; GCS answers them 401,
+    # which came through as gcsfs's HttpError, a traceback.
+    url = "gs://bucket/store/m.bin"
+    options = {"endpoint_url": gcs_refusing_anonymous_callers, "token": "anon", "skip_instance_cache": True}
+
+    with pytest.raises(StorageError, match=rf"^no credentials to reach {url} \(Anonymous caller .*\)\. {GCS_HINT}"):
+        call(url, options)
+
+
+@EVERY_CALL
+def test_an_unreachable_gcs_endpoint_is_a_storage_error_naming_the_url(plain_gcsfs, unreachable_s3_options: dict, call) -> None:
+    # aiohttp's ClientConnectorError came through as it was, a traceback.
+    url = "gs://bucket/store/m.bin"
+    options = {"endpoint_url": unreachable_s3_options["endpoint_url"], "token": "anon", "skip_instance_cache": True}
+
+    with pytest.raises(StorageError, match=rf"^cannot reach {url} \(Cannot connect to host.*\)\. Check that the store is up and that `endpoint_url`"):
         call(url, options)

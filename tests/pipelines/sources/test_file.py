@@ -1080,6 +1080,22 @@ def test_an_unreachable_store_is_a_source_error_that_says_to_check_the_endpoint(
             read_window(job, START, END)
 
 
+def test_gs_without_google_credentials_is_a_source_error_that_says_where_to_set_them(make_job, monkeypatch, tmp_path) -> None:
+    # gcsfs looks for Application Default Credentials when it is made: google-auth's
+    # DefaultCredentialsError came through as it was, a traceback.
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud login
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # no metadata server
+    job = make_job({"kind": "file", "path": "gs://bucket/m.csv", "storage_options": {"token": "google_default"}})
+
+    with pytest.raises(
+        SourceError,
+        match=r"no credentials to read gs://bucket/m\.csv \(Your default credentials were not found.*\)\. "
+        r"Set `token` to the path of a service-account key file .* in `storage_options`.*GOOGLE_APPLICATION_CREDENTIALS",
+    ):
+        read_window(job, START, END)
+
+
 def test_gs_without_gcsfs_names_the_extra(tmp_path: Path) -> None:
     """gcsfs is installed here, so a child interpreter blocks its import (a stand-in for a
     worker without the ``gcs`` extra) and reads a gs:// source."""
