@@ -623,7 +623,10 @@ class JobConfig(_Model):
             )
         # Dimension columns are copied into the output beside its own columns and the Parquet
         # dataset's date partition: a clash trained, then failed every predict run's write.
-        taken = sorted(set(self.dimensions) & {*OUTPUT_COLUMNS, "date"})
+        # Compared without case: BigQuery, DuckDB, MySQL and SQL Server fold the case of column
+        # names, so a dimension "Timestamp" passed here, then failed every write ("already exists").
+        reserved = {name.lower() for name in (*OUTPUT_COLUMNS, "date")}
+        taken = sorted(name for name in self.dimensions if name.lower() in reserved)
         if taken:
             raise ValueError(
                 f"dimensions {taken} share their names with columns of the output ({', '.join([*OUTPUT_COLUMNS, 'date'])}); "

@@ -73,6 +73,8 @@ def test_defaults_and_durations():
         ({"dimensions": ["value"]}, "(top level)", "columns used twice among timestamp, dimensions and features: ['value']; "
                                                    "a column is the time, a dimension or a feature: keep it in one place"),
         ({"dimensions": ["feature", "date"]}, "(top level)", "dimensions ['date', 'feature'] share their names with columns of the output"),
+        # Databases that fold the case of names (BigQuery, DuckDB, MySQL) took "Timestamp" for "timestamp".
+        ({"dimensions": ["Timestamp", "host"]}, "(top level)", "dimensions ['Timestamp'] share their names with columns of the output"),
         ({"threshold": {"kind": "contamination", "value": 0.9}}, "threshold", "contamination must be in (0, 0.5]"),
         ({"start_date": "yesterday"}, "start_date", "must be an ISO 8601 date or date-time, e.g. 2024-02-01"),
         (
