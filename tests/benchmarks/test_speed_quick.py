@@ -128,9 +128,10 @@ def test_throughput_without_bare_equivalent_reports_ours_only(monkeypatch):
 
 def test_throughput_scores_as_often_as_the_budget_allows():
     (under_test,) = [d for d in DETECTORS if d.kind == "seasonal_mad"]
-    result = throughput.measure(under_test, 1_000, repeats=1, score_budget=0.05)
+    result = throughput.measure(under_test, 1_000, repeats=1, score_budget=0.5)
 
-    # A 1,000-point seasonal score takes well under a millisecond: the budget buys many repeats.
+    # A 1,000-point seasonal score takes about a millisecond: the budget buys many repeats (0.5 s: a
+    # loaded machine, several times slower, still affords more than 10).
     assert 10 < result.score_repeats <= throughput.MAX_SCORE_REPEATS
     assert f"seasonal_mad (season=1d) {result.score_repeats} at 1,000 points" in throughput.markdown([result])
     assert throughput.measure(under_test, 1_000, repeats=2).score_repeats == 2  # no budget: as asked
