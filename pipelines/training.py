@@ -199,7 +199,9 @@ def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str,
     and why (:func:`version_summary`); ``metadata`` is the whole metadata.json. Series
     without a champion are left out. What ``GET .../model`` and ``anomaly-pipelines models`` show.
 
-    Raises :class:`ModelError` naming the series that have models when ``series`` has none.
+    Raises :class:`ModelError` naming the series that have models when ``series`` has none, or
+    when the champion of ``series`` cannot be read; listing every series, such a series is left
+    out with a warning naming it and why.
     """
     registry = registry_for(job)
     keys = registry.series(job.name)
@@ -212,7 +214,14 @@ def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str,
         keys = [series]
     out = []
     for key in keys:
-        version = registry.champion(job.name, key)
+        try:
+            version = registry.champion(job.name, key)
+        except ModelError as exc:
+            if series is not None:
+                raise
+            # One damaged champion.json or metadata.json must not hide every other series' model.
+            log.warning("job %s, series %s: left out of the champion models: %s", job.name, key, exc)
+            continue
         if version is None:
             continue
         meta = version.metadata

@@ -9,7 +9,10 @@ from airflow.plugins_manager import AirflowPlugin
 
 from pipelines.web.app import URL_PREFIX, LazyApp
 
-_DASHBOARD = f"{URL_PREFIX}/dashboard"
+# Relative (no leading slash): the UI resolves its iframe and icon URLs against its <base href>,
+# which ends in [api] base_url's path. "/anomaly-pipelines/..." left out that path: below a
+# sub-path (base_url http://host:8080/airflow) the Anomalies view and its icon were a 404.
+_DASHBOARD = f"{URL_PREFIX.lstrip('/')}/dashboard"
 
 
 class AnomalyPipelinesPlugin(AirflowPlugin):

@@ -60,6 +60,35 @@ FeatureParam = Annotated[list[str], Query(description="features shown, e.g. requ
 OnlyAnomaliesParam = Annotated[
     str | None, Query(description="true: only the series with at least one anomaly in the range (true or false)")
 ]
+# Text, not an int: FastAPI's 422 for ?page=abc was JSON, not the error page a person should see.
+PageParam = Annotated[str | None, Query(description=f"page of {MODELS_PAGE_SERIES} series, by key, from 1")]
+#: Largest page number taken (a bound, so that no absurd number is multiplied out).
+MAX_PAGE = 1_000_000
+
+
+def _page_number(page: str | None) -> int:
+    """The page of ``?page=`` (1 when not given); 400 saying what is allowed when it is no page number."""
+    text = (page or "").strip()
+    if not text:
+        return 1
+    # The length first: int() refuses (ValueError) numbers of over 4,300 digits.
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_PAGE)) or not 1 <= int(text) <= MAX_PAGE:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, detail=f"page must be a whole number from 1 to {MAX_PAGE:,}, got {page!r}"
+        )
+    return int(text)
+
+
+def _models_page(job: JobConfig, page: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The models of the series on ``page`` (MODELS_PAGE_SERIES a page, by key), and where it is:
+    ``page``, ``pages``, ``total``, ``first`` (0-based index of its first series), ``page_size``.
+    A page past the end holds no series (its answer still says how many pages there are)."""
+    keys = _call(f"job {job.name!r}: models", data.model_series, job)
+    first = (page - 1) * MODELS_PAGE_SERIES
+    shown = keys[first : first + MODELS_PAGE_SERIES]
+    models = _call(f"job {job.name!r}: models", data.models, job, shown)
+    pages = max(1, -(-len(keys) // MODELS_PAGE_SERIES))
+    return models, {"page": page, "pages": pages, "total": len(keys), "first": first, "page_size": MODELS_PAGE_SERIES}
 
 
 def _status(exc: PipelineError) -> int:
@@ -263,21 +292,12 @@ def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict
 
 
 @router.get("/jobs/{job_name}/models", response_class=HTMLResponse)
-def models_page(
-    request: Request, job_name: str, user: CurrentUser, page: Annotated[int, Query(ge=1, le=1_000_000)] = 1
-) -> HTMLResponse:
+def models_page(request: Request, job_name: str, user: CurrentUser, page: PageParam = None) -> HTMLResponse:
     """The model versions of the series, MODELS_PAGE_SERIES at a time, their metrics, the champion marked."""
     try:
         job = _job(job_name, user)
-        keys = _call(f"job {job_name!r}: models", data.model_series, job)
-        first = (page - 1) * MODELS_PAGE_SERIES
-        shown = keys[first : first + MODELS_PAGE_SERIES]
-        models = _call(f"job {job_name!r}: models", data.models, job, shown)
-        pages = max(1, -(-len(keys) // MODELS_PAGE_SERIES))
-        return _page(
-            request, "models.html", job=job, models=models, total=len(keys), first=first, page=page, pages=pages,
-            page_size=MODELS_PAGE_SERIES,
-        )
+        models, where = _models_page(job, _page_number(page))
+        return _page(request, "models.html", job=job, models=models, **where)
     except HTTPException as exc:
         return _error_page(request, exc)
 
@@ -373,9 +393,13 @@ def anomalies_data(
 
 
 @router.get("/data/jobs/{job_name}/models")
-def models_data(job_name: str, user: CurrentUser) -> JSONResponse:
+def models_data(job_name: str, user: CurrentUser, page: PageParam = None) -> JSONResponse:
+    """Every series' models, or with ``page`` those of one page as on the models page (and where it is)."""
     job = _job(job_name, user)
-    return JSONResponse({"job": job_name, "series": _call(f"job {job_name!r}: models", data.models, job)})
+    if page is None:  # every series, as before pages: a job of 10,000 series takes seconds
+        return JSONResponse({"job": job_name, "series": _call(f"job {job_name!r}: models", data.models, job)})
+    models, where = _models_page(job, _page_number(page))
+    return JSONResponse({"job": job_name, **{k: v for k, v in where.items() if k != "first"}, "series": models})
 
 
 @router.get("/data/jobs/{job_name}/validation")

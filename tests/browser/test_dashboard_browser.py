@@ -279,3 +279,77 @@ def test_tune_runs_on_the_models_page(scored_server, page):
         assert run.locator("[data-stretch]").count() == len(result["stretches"])
         assert run.locator(".badge").filter(has_text="not clearly better").count() == sum(not s["clearly_better"] for s in result["stretches"])
     _shot(page, "5-models-tuning")
+
+
+@pytest.fixture(scope="module")
+def prefixed_api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``airflow api-server`` alone (no scheduler: the pages need none) with this repo's plugin,
+    served below ``/airflow`` ([api] base_url); yields that URL, stopped at the module's end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.airflow_server import PASSWORD, USERNAME, _free_port, make_project, server_env
+
+    base = tmp_path_factory.mktemp("prefixed-airflow")
+    home, project, port = base / "home", make_project(base / "project"), _free_port()
+    home.mkdir()
+    (home / "passwords.json").write_text(json.dumps({USERNAME: PASSWORD}))
+    url = f"http://127.0.0.1:{port}/airflow"
+    env = {**server_env(home, project, port), "AIRFLOW__API__BASE_URL": url}
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    with (base / "api-server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "api-server", "--port", str(port)],
+            env=env, cwd=project, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, (base / "api-server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_anomalies_below_a_url_prefix(prefixed_api_server, browser):
+    """Below [api] base_url http://host:8080/airflow the Anomalies view and its icon were a 404:
+    the plugin named them "/anomaly-pipelines/...", outside the UI's path."""
+    from tests.airflow_server import PASSWORD, USERNAME
+
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{prefixed_api_server}/")
+        page.locator("input[name=username]").fill(USERNAME)
+        page.locator("input[name=password]").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(lambda url: "/login" not in url)
+        page.locator('a[href$="/plugin/anomalies"]').first.click()
+        frame = page.frame_locator('iframe[title="Anomalies"]')
+        frame.locator('[data-testid="jobs"]').wait_for()
+        frame.locator("a.job-link").filter(has_text="demo_web_metrics").click()
+        # The UI's address follows the iframe's page (/airflow/plugin/anomalies/<the iframe's path>).
+        page.wait_for_url(lambda url: url.endswith("/anomaly-pipelines/dashboard/jobs/demo_web_metrics"))
+        inner = next(f for f in page.frames if "/dashboard/jobs/demo_web_metrics" in f.url and f != page.main_frame)
+        assert inner.url == f"{prefixed_api_server}/anomaly-pipelines/dashboard/jobs/demo_web_metrics"
+        icon = page.locator('img[src$="anomalies.svg"]').first
+        assert icon.evaluate("img => img.complete && img.naturalWidth > 0"), icon.evaluate("img => img.src")
+    finally:
+        _shot(page, "prefix-last")
+        context.close()

@@ -157,6 +157,27 @@ def test_champion_models_of_a_single_detector_have_no_choice(tmp_path: Path) -> 
     assert champion["model"] == "seasonal_mad" and champion["chosen"] is None and champion["choice_reason"] is None
 
 
+@pytest.mark.parametrize("spoiled", ["champion.json", "metadata.json"])
+def test_listing_the_champion_models_leaves_out_a_damaged_series_only(tmp_path: Path, caplog, spoiled) -> None:
+    """A damaged champion pointer or champion metadata stopped ``GET .../model`` and ``models`` for every series."""
+    from pipelines import storage
+    from pipelines.training import champion_models
+
+    job = make_job(tmp_path, season="1d")
+    damaged = train_series(job, "a=1", cycle(0), WINDOW, run_id="first")
+    train_series(job, "b=2", cycle(1), WINDOW, run_id="first")
+    folder = storage.join(registry_for(job).root, job.name, "a=1")
+    path = storage.join(folder, "champion.json") if spoiled == "champion.json" else storage.join(folder, "versions", damaged.version, spoiled)
+    storage.atomic_write(path, b'{"version": ')  # cut short
+    train_series(job, "c=3", cycle(2), WINDOW, run_id="first")
+
+    with caplog.at_level("WARNING", logger="pipelines.training"):
+        assert [champion["series"] for champion in champion_models(job)] == ["b=2", "c=3"]
+    assert "series a=1: left out of the champion models" in caplog.text
+    with pytest.raises(ModelError, match="a=1"):  # asked for by name: its error, not an empty answer
+        champion_models(job, "a=1")
+
+
 def _older_format(files: dict[str, bytes]) -> tuple[str, bytes]:
     import json
 

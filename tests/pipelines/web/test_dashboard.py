@@ -234,6 +234,61 @@ def test_models_page_of_many_series_is_paged(dash, monkeypatch):
     assert 'data-testid="models-paged"' not in dash.get(f"{D}/jobs/demo_web_metrics/models").text
 
 
+def test_models_data_is_paged_like_the_page_when_asked(dash, monkeypatch):
+    """The JSON read every series of the job (10,000 series: some 8 s) with no way to ask for fewer."""
+    from pipelines.web import dashboard
+
+    monkeypatch.setattr(dashboard, "MODELS_PAGE_SERIES", 2)
+
+    def body(**params) -> dict:
+        answer = dash.get(f"{D}/data/jobs/demo_web_metrics/models", params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    assert [e["series"] for e in body()["series"]] == ["region=apac", "region=eu", "region=us"]  # no page: every series
+    first = body(page=1)
+    assert [e["series"] for e in first["series"]] == ["region=apac", "region=eu"]
+    assert {k: first[k] for k in ("page", "pages", "total", "page_size")} == {"page": 1, "pages": 2, "total": 3, "page_size": 2}
+    assert [e["series"] for e in body(page=2)["series"]] == ["region=us"]
+    past = body(page=3)  # past the end: no series, and how many pages there are
+    assert past["series"] == [] and past["pages"] == 2 and past["total"] == 3
+
+
+@pytest.mark.parametrize("page", ["0", "abc", "-1", "1.5", "1000001", "9" * 5000])
+def test_a_bad_models_page_is_refused_naming_it(dash, page):
+    """?page=0 or ?page=abc on the models page answered FastAPI's JSON 422, not an error page."""
+    message = f"page must be a whole number from 1 to 1,000,000, got &#39;{page}&#39;"
+    answer = dash.get(f"{D}/jobs/demo_web_metrics/models", params={"page": page}, headers={"Accept": "text/html"})
+    assert answer.status_code == 400 and answer.headers["content-type"].startswith("text/html")
+    assert 'data-testid="error"' in answer.text and message in answer.text
+    data_answer = dash.get(f"{D}/data/jobs/demo_web_metrics/models", params={"page": page})
+    assert data_answer.status_code == 400 and data_answer.json()["detail"] == message.replace("&#39;", "'")
+
+
+def test_models_page_says_why_the_champion_of_a_series_cannot_be_told(client, headers, web_project):
+    """A damaged champion.json showed "champion: none" on that series with no reason."""
+    from markupsafe import escape
+
+    from pipelines.web.dashboard_data import _registry
+
+    job = get_job("demo_web_metrics")
+    registry = _registry(job)
+    pointer = Path(registry.root) / job.name / "region=eu" / "champion.json"
+    pointer.write_text('{"version": "<b>cut')
+    [entry] = [e for e in client.get(f"{D}/data/jobs/demo_web_metrics/models", headers=headers).json()["series"] if e["error"]]
+    page = client.get(f"{D}/jobs/demo_web_metrics/models", headers=headers).text
+    assert entry["series"] == "region=eu" and "is not valid JSON" in entry["error"]
+    assert page.count('data-testid="champion-error"') == 1
+    assert f'cannot tell the champion of this series: {escape(entry["error"])}' in page and "<b>cut" not in page
+
+    # A readable pointer to a version whose metadata.json is damaged: that version is not listed.
+    serving = registry.champion_version(job.name, "region=us")
+    (Path(registry.root) / job.name / "region=us" / "versions" / serving / "metadata.json").write_text("{")
+    page = client.get(f"{D}/jobs/demo_web_metrics/models", headers=headers).text
+    assert page.count('data-testid="champion-error"') == 2
+    assert f"the champion, version <span class=\"mono\">{serving}</span>, is not among the readable versions" in page
+
+
 def test_models_page_shows_each_tune_run_and_its_decision(client, headers, tuned):
     import html
 
@@ -377,3 +432,28 @@ def test_a_broken_job_file_is_logged_once_per_request(client, headers, web_proje
     assert client.get(path, headers=headers).status_code in (200, 404)
     logged = [r for r in caplog.records if r.getMessage().startswith("job files that make no job")]
     assert len(logged) == 1 and "broken.yaml" in logged[0].getMessage()
+
+
+def test_every_link_stays_below_airflows_url_prefix(scored_base, monkeypatch, airflow_db, mint):
+    """Airflow served below a sub-path ([api] base_url http://host:8080/airflow) mounts the app at
+    /airflow/anomaly-pipelines: pages, static files, data, label POSTs and the login's way back."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pipelines.web.app import create_app
+
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(scored_base))
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(scored_base / "var"))
+    airflow = FastAPI(root_path="/airflow")  # as Airflow's api-server builds itself
+    airflow.mount("/anomaly-pipelines", create_app())
+    client = TestClient(airflow)
+    root = "/airflow/anomaly-pipelines"
+    auth = {"Authorization": f"Bearer {mint('admin')}"}
+    page = client.get(f"{root}{D}/jobs/demo_web_metrics", headers=auth).text
+    links = set(re.findall(r'(?:href|src|data-base|data-labels-url)="(/[^"]*)"', page))
+    assert links and all(link.startswith(f"{root}/") for link in links), sorted(links)
+    assert f'data-labels-url="{root}/api/v1/jobs/demo_web_metrics/labels"' in page and f'data-base="{root}{D}"' in page
+    assert client.get(f"{root}{D}/static/dashboard.js", headers=auth).status_code == 200
+    assert client.get(f"{root}{D}/data/jobs/demo_web_metrics/models", headers=auth, params={"page": 1}).status_code == 200
+    login = client.get(f"{root}{D}/", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert login.status_code == 303 and "next=http%3A%2F%2Ftestserver%2Fairflow%2Fanomaly-pipelines%2Fdashboard%2F" in login.headers["location"]
