@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.config import find_job, jobs_dir, scan_job_files
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.workspace import prediction_window, to_utc, training_window, utcnow
+
+if TYPE_CHECKING:  # the scoring stack is imported by the commands that need it
+    from pipelines.scoring import PublishResult
 
 JOB_HELP = "a job's name (a file in config/jobs, or in $ANOMALY_PIPELINES_JOBS_DIR) or a job file's path"
 
@@ -35,6 +40,24 @@ def _from_shell(path: str | None) -> str | None:
     return absolute + os.sep if path.endswith(("/", os.sep)) and absolute != os.sep else absolute
 
 
+def _refuse_overwriting(written: dict[str, str | None], read: dict[str, str | None]) -> None:
+    """Fail before any work when a file to write is a file the command reads (or another one it
+    writes): the scores replaced the data they came from, and nothing said so."""
+
+    def same(path: str) -> str:
+        return path if "://" in path else os.path.realpath(path)  # symlinks and ./ spellings too
+
+    seen = {same(path): option for option, path in read.items() if path}
+    for option, path in written.items():
+        if not path:
+            continue
+        if same(path) in seen:
+            raise ConfigError(
+                f"{option} {path!r} is the {seen[same(path)]} file: writing it would replace that file; give another path"
+            )
+        seen[same(path)] = option
+
+
 def _json_params(text: str | None) -> dict:
     if not text:
         return {}
@@ -47,9 +70,43 @@ def _json_params(text: str | None) -> dict:
     return params
 
 
+def _finite(value: object) -> object:
+    """``value`` with NaN and infinities as null, as the API's pydantic answers give them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def _print_json(value: object) -> None:
-    # Series keys hold dimension values as typed (region=zürich): print them so, not as \u escapes.
-    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+    # A champion that cannot be loaded is compared at an infinite holdout error, which Python wrote
+    # as `Infinity`: not JSON (JSON.parse, Go and serde refuse the whole document).
+    value = _finite(value)
+    # Series keys hold dimension values as typed (region=zürich): print them so, not as \u escapes,
+    # unless stdout cannot hold them (an ASCII or cp1252 console): then escaped, still the same JSON,
+    # instead of a UnicodeEncodeError traceback.
+    text = json.dumps(value, indent=2, default=str, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(value, indent=2, default=str, allow_nan=False)
+    print(text)
+
+
+def _fit_summary(job: str, results: list[dict], past: str) -> None:
+    # On stderr, so that stdout stays one JSON document: with hundreds of series the JSON scrolls
+    # by, and this last line is what a shell user reads.
+    promoted = sum(1 for r in results if r.get("promoted"))
+    print(f"job {job}: {past} {len(results)} series: {promoted} promoted, {len(results) - promoted} kept the serving model",
+          file=sys.stderr)
+
+
+def _common_folder(paths: list[str]) -> str:
+    # commonpath would turn s3://bucket into s3:/bucket.
+    return os.path.dirname(os.path.commonprefix(paths)) or "."
 
 
 def _job_files(folder: Path) -> list[Path]:
@@ -83,7 +140,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     job = find_job(args.job)
     window = training_window(job, args.end or utcnow(), start=args.start)
-    _print_json(run_train(job, window, run_id=_run_id("train")))
+    results = run_train(job, window, run_id=_run_id("train"))
+    _print_json(results)
+    _fit_summary(job.name, results, "trained")
     return 0
 
 
@@ -92,7 +151,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     job = find_job(args.job)
     window = training_window(job, args.end or utcnow(), start=args.start)
-    _print_json(run_tune(job, window, run_id=_run_id("tune")))
+    results = run_tune(job, window, run_id=_run_id("tune"))
+    _print_json(results)
+    _fit_summary(job.name, results, "tuned")
     return 0
 
 
@@ -104,20 +165,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.input:
         if args.start or args.end:
             raise ConfigError("--input scores the whole file: leave out --start and --end")
+        _refuse_overwriting({"--output": _from_shell(args.output)}, {"--input": _from_shell(args.input)})
         result = run_score_file(
             job, _from_shell(args.input), run_id=run_id, output=_from_shell(args.output), chunk_rows=args.chunk_rows
         )
     else:
         if args.output:
             raise ConfigError("--output goes with --input (one-off scoring); scheduled windows write the job's outputs")
+        if not (args.start and args.end):
+            # The library's "a scheduled data interval, or both 'start' and 'end'" names no option.
+            raise ConfigError(f"job {job.name}: give the window to score with --start and --end, or a file with --input")
         result = run_predict(job, prediction_window(None, None, start=args.start, end=args.end), run_id=run_id)
     _print_json(result.to_dict())
+    _predict_summary(job.name, result)
     return 0
+
+
+def _predict_summary(job: str, result: PublishResult) -> None:
+    # As detect's line: points are (series, timestamp) pairs, as the JSON's anomalies count them.
+    paths = result.parquet_paths
+    where = [f"{len(paths)} Parquet files under {_common_folder(paths)}"] if len(paths) > 1 else list(paths)
+    where += [f"table {result.table}"] if result.table else []
+    unscored = f", {len(result.unscored)} not scored (no model yet)" if result.unscored else ""
+    print(f"job {job}: scored {sum(result.rows_per_series.values())} points in {len(result.rows_per_series)} series{unscored}: "
+          f"{sum(result.anomalies.values())} anomalous; written to {' and '.join(where) or 'nothing'}", file=sys.stderr)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from pipelines.adhoc import detect_files
 
+    _refuse_overwriting(
+        {"--output": _from_shell(args.output), "--plot": _from_shell(args.plot)},
+        {"--train": _from_shell(args.train), "--input": _from_shell(args.input)},
+    )
     frame = detect_files(
         _from_shell(args.train),
         _from_shell(args.input),
@@ -267,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--start", type=_date_time, help="window start (ISO 8601, inclusive); required without --input")
     predict.add_argument("--end", type=_date_time, help="window end (ISO 8601, exclusive); required without --input")
     predict.add_argument("--input", help="score this whole file instead of the job's source (one-off scoring)")
-    predict.add_argument("--output", help="with --input: the Parquet file to write")
+    predict.add_argument(
+        "--output", help="with --input: the Parquet file to write (default: <outputs.parquet>/_one_off/job=<job>/<run id>.parquet)"
+    )
     predict.add_argument("--chunk-rows", type=_positive, default=250_000, help="with --input: rows per chunk (bounds memory)")
     predict.set_defaults(func=cmd_predict)
 
@@ -352,10 +434,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit, where Python would print its traceback
+        return status
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: the run's `finally` blocks have removed its work folder; a traceback would only
+        # show where it happened to stop.
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # The reader went away (`anomaly-pipelines models job | head -1`): stop quietly, as other
+        # shell tools do, and point stdout at /dev/null so that Python's flush at exit does not
+        # fail on the closed pipe again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (captured)
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a tool stopped by a closed pipe
+    except OSError as exc:
+        # A path the system refuses (no such folder, permission denied, disk full) outside the
+        # library's own checks: the system's message names the path.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:  # None: set outside Python, cannot be put back
             signal.signal(signal.SIGTERM, previous)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,16 +81,25 @@ def test_shipped_jobs_validate(capsys):
 
 def test_train_and_predict_from_the_shell(project, capsys):
     assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
-    trained = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    trained = json.loads(out)
     assert {r["series"] for r in trained} == {"region=eu", "region=us", "region=apac"}
     assert all(r["promoted"] for r in trained)
+    # A last line for the shell user, on stderr so that stdout stays one JSON document.
+    assert err.endswith("job demo_web_metrics: trained 3 series: 3 promoted, 0 kept the serving model\n")
     job = get_job("demo_web_metrics")
     assert registry_for(job).champion(job.name, "region=eu").version == next(r["version"] for r in trained if r["series"] == "region=eu")
 
     assert main(["predict", "demo_web_metrics", "--start", "2024-03-03T00:00:00Z", "--end", "2024-03-04T00:00:00Z"]) == 0
-    published = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    published = json.loads(out)
     assert published["rows"] == 3 * 24 * 2
     assert published["anomalies"]["region=eu"] >= 2  # the traffic spike of 14:00-17:00
+    [path] = published["parquet_paths"]
+    assert err.endswith(
+        f"job demo_web_metrics: scored 72 points in 3 series: {sum(published['anomalies'].values())} anomalous; "
+        f"written to {path} and table {published['table']}\n"
+    )
     assert pd.read_parquet(published["parquet_paths"][0]).shape[0] == published["rows"]
 
 
@@ -121,7 +131,10 @@ def test_tuning_lists_each_series_runs_after_tune(project, capsys):
     assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
     capsys.readouterr()
     assert main(["tune", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
-    tuned = {r["series"]: r for r in json.loads(capsys.readouterr().out)}
+    out, err = capsys.readouterr()
+    tuned = {r["series"]: r for r in json.loads(out)}
+    promoted = sum(r["promoted"] for r in tuned.values())
+    assert err.endswith(f"job demo_web_metrics: tuned 3 series: {promoted} promoted, {3 - promoted} kept the serving model\n")
     assert main(["tuning", "demo_web_metrics"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [entry["series"] for entry in listed] == sorted(tuned)
@@ -344,6 +357,15 @@ def test_json_output_keeps_non_ascii_dimension_values_readable(capsys):
     assert '"series": "region=zürich"' in out and json.loads(out) == [{"series": "region=zürich"}]
 
 
+def test_json_output_on_a_console_that_cannot_show_the_values_is_escaped_json(tmp_path):
+    # An ASCII or cp1252 stdout: a UnicodeEncodeError traceback, and no output at all.
+    script = "from pipelines.cli import _print_json; _print_json([{'series': 'region=zürich', 'note': '☕'}])"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"region=z\\u00fcrich" in done.stdout and json.loads(done.stdout) == [{"series": "region=zürich", "note": "☕"}]
+
+
 def test_sigterm_removes_the_runs_work_folder(project):
     # A subprocess that stops itself with SIGTERM once the input is split into chunks, as `kill`
     # or a timeout would: the run's work folder must go, as it does on Ctrl-C or an error.
@@ -383,3 +405,104 @@ def test_a_missing_one_off_input_says_to_check_the_input_not_the_job_file(projec
 def test_python_dash_m_pipelines_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "pipelines", "validate-config", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "usage: anomaly-pipelines validate-config" in done.stdout
+
+
+def test_a_one_off_scoring_says_what_it_found_and_where_it_wrote(project, tmp_path, capsys):
+    assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
+    capsys.readouterr()
+    output = tmp_path / "scored.parquet"
+    args = ["predict", "demo_web_metrics", "--input", str(project / "data" / "demo" / "web_metrics.csv"), "--output", str(output)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    published = json.loads(out)
+    points, flagged = sum(published["rows_per_series"].values()), sum(published["anomalies"].values())
+    assert err.endswith(f"job demo_web_metrics: scored {points} points in 3 series: {flagged} anomalous; written to {output}\n")
+
+
+def test_ctrl_c_says_interrupted_exits_130_and_removes_the_work_folder(project, monkeypatch, capsys):
+    # Ctrl-C printed a traceback dozens of frames deep (wherever pandas or Optuna happened to be).
+    import pipelines.runner as runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "read_series", interrupted)
+    assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and err == "interrupted\n"
+    work = project / "var" / "work" / "demo_web_metrics"
+    assert not [p for p in work.iterdir() if p.is_dir()]
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    # `anomaly-pipelines validate-config | head -0`: a BrokenPipeError traceback, twice (once more
+    # when Python flushed stdout at exit).
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipelines", "validate-config"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_path_the_system_refuses_is_one_line_not_a_traceback(files, capsys):
+    (files / "plain").write_text("a file, not a folder")
+    args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv"), "--timestamp", "ts"]
+    assert main([*args, "--features", "a", "--output", str(files / "plain" / "out.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(files / "plain") in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--output", "./test.csv"], "--output '{files}/test.csv' is the --input file"),
+     (["--output", "train.csv"], "--output '{files}/train.csv' is the --train file"),
+     (["--output", "out.parquet", "--plot", "out.parquet"], "--plot '{files}/out.parquet' is the --output file")],
+)
+def test_detect_refuses_to_write_over_a_file_it_reads(files, monkeypatch, extra, message, capsys):
+    # The scores silently replaced the data they were computed from.
+    monkeypatch.chdir(files)
+    before = {name: (files / name).read_bytes() for name in ("train.csv", "test.csv")}
+    assert main(["detect", "--train", "train.csv", "--input", "test.csv", "--timestamp", "ts", "--features", "a", *extra]) == 2
+    assert message.format(files=files) + ": writing it would replace that file; give another path" in capsys.readouterr().err
+    assert {name: (files / name).read_bytes() for name in before} == before and not (files / "out.parquet").exists()
+
+
+def test_predict_input_refuses_an_output_that_is_the_input(project, tmp_path, capsys):
+    data = tmp_path / "web.csv"
+    data.write_bytes((project / "data" / "demo" / "web_metrics.csv").read_bytes())
+    (tmp_path / "link.csv").symlink_to(data)
+    assert main(["predict", "demo_web_metrics", "--input", str(data), "--output", str(tmp_path / "link.csv")]) == 2
+    assert f"--output '{tmp_path / 'link.csv'}' is the --input file" in capsys.readouterr().err
+    assert data.read_bytes() == (project / "data" / "demo" / "web_metrics.csv").read_bytes()
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_when_a_champion_cannot_be_loaded(project, capsys):
+    # The champion is then compared at an infinite holdout error, printed as `Infinity`: Python
+    # reads it back, but JSON.parse, Go and serde refuse the whole document.
+    assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
+    version = {r["series"]: r["version"] for r in json.loads(capsys.readouterr().out)}["region=eu"]
+    (project / "var" / "models" / "demo_web_metrics" / "region=eu" / "versions" / version / "detector.json").write_text("garbage")
+    assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 0
+    [retrained] = [r for r in _strict_json(capsys.readouterr().out) if r["series"] == "region=eu"]
+    assert retrained["promoted"] and retrained["metrics"]["champion_holdout_error"] is None
+    assert main(["models", "demo_web_metrics", "--series", "region=eu", "--full"]) == 0
+    [model] = _strict_json(capsys.readouterr().out)
+    assert model["metadata"]["metrics"]["champion_holdout_error"] is None
+
+
+@pytest.mark.parametrize("given", [[], ["--start", "2024-03-03T00:00:00Z"], ["--end", "2024-03-04T00:00:00Z"]])
+def test_predict_without_a_whole_window_names_the_options(project, given, capsys):
+    # It said "a scheduled data interval, or both 'start' and 'end'": no option, and no schedule here.
+    assert main(["predict", "demo_web_metrics", *given]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: job demo_web_metrics: give the window to score with --start and --end, or a file with --input\n"
