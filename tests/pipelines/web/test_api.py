@@ -346,6 +346,20 @@ def test_score_file_sees_the_state_folders_through_symbolic_links(client, header
     assert "a folder the pipelines keep their own state or job files in" in answer.json()["detail"]
 
 
+def test_score_file_output_may_not_be_its_input(client, headers, web_project, monkeypatch):
+    # The run would have replaced the data it reads with its scores.
+    monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", "http://127.0.0.1:9")  # nothing listens: a trigger would be 502
+    upload = web_project / "var" / "uploads" / "points.parquet"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    upload.write_bytes(b"PAR1")
+    for output in ("var/uploads/points.parquet", "var/uploads/../uploads/points.parquet"):
+        answer = client.post(f"{BASE}/score-file", json={"input": "var/uploads/points.parquet", "output": output}, headers=headers)
+        assert answer.status_code == 422, answer.text
+        assert "it is the input file: scoring would replace the data it reads" in answer.json()["detail"]
+    other = client.post(f"{BASE}/score-file", json={"input": "var/uploads/points.parquet", "output": "var/uploads/scored.parquet"}, headers=headers)
+    assert other.status_code == 502  # allowed: it got as far as calling Airflow
+
+
 @pytest.mark.parametrize("body", [{"input": "data/demo/web_metrics.csv", "chunk_rows": 10}, {"input": ""}, {"input": "x", "extra": 1}])
 def test_score_file_validates_its_body(client, headers, body):
     assert client.post(f"{BASE}/score-file", json=body, headers=headers).status_code == 422
