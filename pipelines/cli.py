@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--params", help="detector parameters as JSON")
     detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged")
     detect.add_argument("--output", required=True, help="Parquet file to write")
-    detect.add_argument("--plot", metavar="PNG", help="also draw each series' values, expected band and anomalies here")
+    detect.add_argument("--plot", metavar="PICTURE", help="also draw each series' values, expected band and anomalies here (.png, .svg or .pdf)")
     detect.set_defaults(func=cmd_detect)
 
     plot = commands.add_parser("plot", help="draw a job's published outputs for a window (values, expected band, anomalies)")
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--start", required=True, type=_date_time, help="window start (ISO 8601, inclusive)")
     plot.add_argument("--end", required=True, type=_date_time, help="window end (ISO 8601, exclusive)")
     plot.add_argument("--series", help="one series, e.g. region=eu (default: all, at most a dozen panels)")
-    plot.add_argument("--out", required=True, metavar="PNG", help="the picture to write")
+    plot.add_argument("--out", required=True, metavar="PICTURE", help="the picture to write (.png, .svg or .pdf)")
     plot.set_defaults(func=cmd_plot)
 
     label = commands.add_parser("label", help="mark an anomaly event as a true anomaly or a false alarm")

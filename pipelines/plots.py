@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -52,10 +52,16 @@ def pyplot() -> ModuleType:
 
 
 def save(figure: Figure, path: str | Path, dpi: int = _DPI) -> None:
-    """Write ``figure`` as a PNG at ``path`` (a local path or URL) whole or not at all, and close it."""
+    """Write ``figure`` at ``path`` (a local path or URL) whole or not at all, and close it: in the
+    format its suffix names (``.svg``, ``.pdf``...; PNG without one). PNG bytes were written under
+    any name, so ``scores.svg`` was a PNG no SVG viewer opens."""
+    suffix = PurePosixPath(str(path)).suffix.lower().lstrip(".")
     buffer = io.BytesIO()
     try:
-        figure.savefig(buffer, format="png", dpi=dpi)
+        known = figure.canvas.get_supported_filetypes()
+        if suffix and suffix not in known:
+            raise SinkError(f"cannot draw the picture {path}: .{suffix} is not a picture format; name it .png, .svg or .pdf")
+        figure.savefig(buffer, format=suffix or "png", dpi=dpi)
     finally:
         pyplot().close(figure)
     try:

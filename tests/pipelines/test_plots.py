@@ -135,6 +135,16 @@ def test_a_picture_that_cannot_be_written_is_an_error_naming_it(tmp_path, capsys
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+@pytest.mark.parametrize(("name", "start"), [("plot.svg", b"<?xml"), ("plot.pdf", b"%PDF"), ("plot", b"\x89PNG")])
+def test_a_picture_is_written_in_the_format_its_name_says(tmp_path, name: str, start: bytes) -> None:
+    # PNG bytes were written under any name: scores.svg opened in no SVG viewer.
+    plot_outputs(outputs(1, {0: [3]}), tmp_path / name)
+    assert (tmp_path / name).read_bytes().startswith(start)
+    with pytest.raises(SinkError, match=r"\.txt is not a picture format; name it \.png, \.svg or \.pdf"):
+        plot_outputs(outputs(1, {0: [3]}), tmp_path / "plot.txt")
+    assert not (tmp_path / "plot.txt").exists()
+
+
 @pytest.mark.parametrize("value", ["$$", "$\\frac$", "price $5 to $10"])
 def test_dollar_signs_in_names_are_drawn_as_text(tmp_path, value) -> None:
     """Dimension values are data: matplotlib must not read "$...$" in them as math (it fails on "$$")."""
