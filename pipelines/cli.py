@@ -324,7 +324,7 @@ def _date_time(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anomaly-pipelines", description=__doc__)
+    parser = argparse.ArgumentParser(prog="anomaly-pipelines", description=(__doc__ or "").replace("``", ""))  # the docstring is reST
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -506,3 +506,11 @@ def test_predict_without_a_whole_window_names_the_options(project, given, capsys
     assert main(["predict", "demo_web_metrics", *given]) == 2
     err = capsys.readouterr().err
     assert err == "error: job demo_web_metrics: give the window to score with --start and --end, or a file with --input\n"
+
+
+def test_the_help_is_plain_text(capsys):
+    # The module docstring is reST: its ``anomaly-pipelines`` was shown with the backticks.
+    with pytest.raises(SystemExit) as stopped:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert stopped.value.code == 0 and "anomaly-pipelines: the library's steps from a shell" in out and "``" not in out
