@@ -10,7 +10,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,20 @@ def _fit_summary(job: str, results: list[dict], past: str) -> None:
           file=sys.stderr)
 
 
+@contextmanager
+def _reporting_partial(job: str, past: str) -> Iterator[None]:
+    """When some series failed, print what the others got (stdout's JSON, the summary) before the
+    error: their versions were registered, and a script reading stdout found nothing."""
+    try:
+        yield
+    except PipelineError as exc:
+        done = getattr(exc, "completed", None)
+        if done:
+            _print_json(done)
+            _fit_summary(job, done, past)
+        raise
+
+
 def _common_folder(paths: list[str]) -> str:
     # commonpath would turn s3://bucket into s3:/bucket.
     return os.path.dirname(os.path.commonprefix(paths)) or "."
@@ -140,7 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     job = find_job(args.job)
     window = training_window(job, args.end or utcnow(), start=args.start)
-    results = run_train(job, window, run_id=_run_id("train"))
+    with _reporting_partial(job.name, "trained"):
+        results = run_train(job, window, run_id=_run_id("train"))
     _print_json(results)
     _fit_summary(job.name, results, "trained")
     return 0
@@ -151,7 +167,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     job = find_job(args.job)
     window = training_window(job, args.end or utcnow(), start=args.start)
-    results = run_tune(job, window, run_id=_run_id("tune"))
+    with _reporting_partial(job.name, "tuned"):
+        results = run_tune(job, window, run_id=_run_id("tune"))
     _print_json(results)
     _fit_summary(job.name, results, "tuned")
     return 0

@@ -87,10 +87,14 @@ def _fit_each(
     kinds = {type(exc) for exc in failed.values()}
     error = kinds.pop() if len(kinds) == 1 else ModelError
     past = {"train": "trained", "tune": "tuned"}[purpose]
-    raise error(
+    combined = error(
         f"job {job.name}: {purpose} failed for {len(failed)} of {len(series)} series ({', '.join(failed)}): "
         f"{'; '.join(messages)}. The other series were {past}: {', '.join(r['series'] for r in results) or 'none'}"
-    ) from first
+    )
+    # What the other series got (their versions, promoted or not): a caller that reports results
+    # (the CLI's JSON) still has them, though the run as a whole failed.
+    combined.completed = results  # type: ignore[attr-defined]
+    raise combined from first
 
 
 def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:

@@ -352,8 +352,9 @@ def test_a_series_too_short_to_train_fails_the_run_after_the_others_are_trained(
         match=r"^job demo_web_metrics: train failed for 1 of 4 series \(region=af\): job demo_web_metrics, series region=af, "
         r"training window .*got 8\. Widen the training window or wait for more data\. "
         r"The other series were trained: region=apac, region=eu, region=us$",
-    ):
+    ) as caught:
         run_train(job, TRAIN, run_id="train-with-af")
+    assert [result["series"] for result in caught.value.completed] == ["region=apac", "region=eu", "region=us"]
     registry = registry_for(job)
     assert registry.series(job.name) == ["region=apac", "region=eu", "region=us"]
     assert all(registry.champion(job.name, s) is not None for s in registry.series(job.name))
@@ -369,3 +370,14 @@ def test_predicting_before_the_first_training_says_to_train(project):
     with pytest.raises(ModelError, match=train_first):
         run_predict(job, hour, run_id="predict-untrained")
     assert not (home() / "quarantine").exists() and not (home() / "work" / job.name / "predict-untrained").exists()
+
+
+def test_the_cli_prints_what_the_other_series_got_when_one_fails(project, capsys):
+    # It exited 2 with an empty stdout: the versions the other series got were lost to scripts.
+    from pipelines.cli import main
+
+    _job_with_a_new_region(project, "af", "2024-02-28T0")
+    assert main(["train", "demo_web_metrics", "--end", TRAIN.end.isoformat()]) == 2
+    out, err = capsys.readouterr()
+    assert [result["series"] for result in json.loads(out)] == ["region=apac", "region=eu", "region=us"]
+    assert "job demo_web_metrics: trained 3 series" in err and "train failed for 1 of 4 series (region=af)" in err
