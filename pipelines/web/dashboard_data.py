@@ -708,7 +708,8 @@ def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str
     (newest first) with its metrics, the champion marked; and its latest tune runs (newest first,
     :func:`pipelines.tuning.tuning_runs`), promoted or not: a run that kept the champion registers
     no version. ``error`` says why the champion of a series cannot be told (an unreadable
-    ``champion.json``; the other series are still listed), else None."""
+    ``champion.json``, or a champion whose ``metadata.json`` cannot be read; the other series are
+    still listed), else None."""
     from pipelines.training import version_summary
     from pipelines.tuning import tuning_runs  # tuning pulls in the detectors: only when the page is asked for
 
@@ -734,6 +735,12 @@ def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str
                     "promoted": decision.get("promoted"),
                     "reason": decision.get("reason"),
                 }
+            )
+        if champion_version is not None and not any(v["champion"] for v in versions):
+            # The pointer names a version whose metadata cannot be read (versions() left it out).
+            error = (
+                f"the champion {champion_version} is not among the readable versions (its metadata.json is "
+                f"missing or damaged): run {job.name}__train to register and promote a new model"
             )
         tuning = [run for entry in tuning_runs(job, series, TUNING_RUNS) for run in entry["runs"]]
         out.append({"series": series, "champion": champion_version, "versions": versions, "tuning": tuning, "error": error})

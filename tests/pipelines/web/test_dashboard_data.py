@@ -448,6 +448,13 @@ def test_one_damaged_model_file_does_not_hide_the_other_series(project):
     (row,) = data.overview([job])
     assert row["error"] is None and row["series_with_models"] == 2 and row["champions"] == 1
 
+    # A readable pointer to a version whose metadata.json is damaged: the version is left out, and said so.
+    metadata = storage.join(registry.root, job.name, "region=us", "versions", kept.version, "metadata.json")
+    storage.atomic_write(metadata, b"", registry.storage_options)
+    us = data.models(job, ["region=us"])[0]
+    assert us["champion"] == kept.version and not any(v["champion"] for v in us["versions"])
+    assert us["error"].startswith(f"the champion {kept.version} is not among the readable versions")
+
 
 def test_one_unreadable_job_does_not_hide_the_others(scored):
     path = scored / "var" / "outputs" / "job=demo_sensors" / "date=2024-03-05" / "part-0.parquet"
