@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.config import find_job, jobs_dir, scan_job_files
+from pipelines.config import find_job, job_files, jobs_dir, scan_job_files
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, PipelineError
-from pipelines.workspace import prediction_window, to_utc, training_window, utcnow
+from pipelines.workspace import file_identity, prediction_window, to_utc, training_window, utcnow
 
 if TYPE_CHECKING:  # the scoring stack is imported by the commands that need it
     from pipelines.scoring import PublishResult
@@ -44,19 +44,14 @@ def _from_shell(path: str | None) -> str | None:
 def _refuse_overwriting(written: dict[str, str | None], read: dict[str, str | None]) -> None:
     """Fail before any work when a file to write is a file the command reads (or another one it
     writes): the scores replaced the data they came from, and nothing said so."""
-
-    def same(path: str) -> str:
-        return path if "://" in path else os.path.realpath(path)  # symlinks and ./ spellings too
-
-    seen = {same(path): option for option, path in read.items() if path}
+    seen = {file_identity(path): option for option, path in read.items() if path}
     for option, path in written.items():
         if not path:
             continue
-        if same(path) in seen:
-            raise ConfigError(
-                f"{option} {path!r} is the {seen[same(path)]} file: writing it would replace that file; give another path"
-            )
-        seen[same(path)] = option
+        identity = file_identity(path)
+        if identity in seen:
+            raise ConfigError(f"{option} {path!r} is the {seen[identity]} file: writing it would replace that file; give another path")
+        seen[identity] = option
 
 
 def _json_params(text: str | None) -> dict:
@@ -124,15 +119,11 @@ def _common_folder(paths: list[str]) -> str:
     return os.path.dirname(os.path.commonprefix(paths)) or "."
 
 
-def _job_files(folder: Path) -> list[Path]:
-    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
-
-
 def cmd_validate_config(args: argparse.Namespace) -> int:
     given = [Path(p) for p in args.paths] or [jobs_dir()]
     # A folder stands for its job files, as config/jobs does by default: it was read as one job
     # file and failed with "Is a directory".
-    paths = [file for path in given for file in (_job_files(path) if path.is_dir() else [path])]
+    paths = [file for path in given for file in (job_files(path) if path.is_dir() else [path])]
     unique: dict[Path, Path] = {}
     for path in paths:  # a file named twice (a glob and its name) is checked once
         unique.setdefault(path.resolve(), path)

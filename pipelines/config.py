@@ -761,8 +761,12 @@ def scan_jobs(directory: str | Path | None = None) -> JobScan:
     broken file does not take every job down with it; of two files with one job name, the first
     in file-name order keeps it. :func:`load_jobs` is the strict reading.
     """
-    directory = Path(directory) if directory else jobs_dir()
-    return scan_job_files(sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]))
+    return scan_job_files(job_files(Path(directory) if directory else jobs_dir()))
+
+
+def job_files(folder: Path) -> list[Path]:
+    """The job files of ``folder`` (``*.yaml`` and ``*.yml``), in file-name order."""
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
 
 
 def scan_job_files(paths: list[Path]) -> JobScan:

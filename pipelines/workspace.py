@@ -185,6 +185,13 @@ def one_off_output(job: JobConfig, run_id: str) -> str:
     return f"{root}/_one_off/job={job.name}/{_safe(run_id)}.parquet"
 
 
+def file_identity(path: str) -> str:
+    """What tells two names of one file apart from two files: a URL as written, a local path with
+    symbolic links and ``./``/``..`` resolved (an output that is the input must be caught however
+    it is spelled)."""
+    return path if "://" in path else os.path.realpath(path)
+
+
 def check_output_file(path: str, what: str = "output") -> None:
     """Fail before any work when ``path`` names a folder: the output is one file, and finding out
     when it is moved into place came after scoring the whole input, as a traceback."""

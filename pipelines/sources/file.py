@@ -27,7 +27,7 @@ import pickle
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -591,11 +591,6 @@ def suffix_format(name: str) -> str | None:
     return SUFFIXES.get(_data_suffix(name))
 
 
-def open_data(fs: AbstractFileSystem, file: str) -> AbstractContextManager[BinaryIO]:
-    """``file`` opened for reading as a file source reads it: decompressed as it is read when its
-    suffix names a compression. A corrupt archive raises a ValueError."""
-    return _open(fs, file)
-
 
 class _Stored:
     """The bytes of a compressed file as stored; remembers a failure of the storage itself, so
@@ -641,7 +636,7 @@ class _Decompressed(io.RawIOBase):
 
 
 @contextmanager
-def _open(fs: AbstractFileSystem, file: str) -> Iterator[BinaryIO]:
+def open_data(fs: AbstractFileSystem, file: str) -> Iterator[BinaryIO]:
     """``file`` opened for reading, decompressed as it is read when its suffix names a compression."""
     compression = _compression(file)
     with fs.open(file, "rb") as handle:
@@ -718,7 +713,7 @@ def _first_undecodable(fs: AbstractFileSystem, file: str, encoding: str) -> str 
     decoder = codecs.getincrementaldecoder(encoding)()
     offset, lines = 0, 1
     # In a compressed file, the offset is the one in its decompressed text.
-    with _open(fs, file) as handle:
+    with open_data(fs, file) as handle:
         while True:
             block = handle.read(1 << 20)
             pending = decoder.getstate()[0]
@@ -759,13 +754,13 @@ def _check_csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encodin
     column "value.1" itself)."""
     if not any(re.fullmatch(rf"{re.escape(name)}\.\d+", str(other)) for name in job.columns for other in seen):
         return
-    with _open(fs, file) as handle, io.TextIOWrapper(handle, encoding=_text_encoding(encoding), newline="") as text:
+    with open_data(fs, file) as handle, io.TextIOWrapper(handle, encoding=_text_encoding(encoding), newline="") as text:
         _check_unique(next(csv.reader(text), []), job)
 
 
 def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
     seen: list[str] = []
-    with _decoding(fs, file, encoding), _open(fs, file) as handle:
+    with _decoding(fs, file, encoding), open_data(fs, file) as handle:
         frame = pd.read_csv(handle, **_csv_options(job, encoding, seen))
     _check_csv_header(fs, file, job, encoding, seen)
     return frame
@@ -773,7 +768,7 @@ def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) 
 
 def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
     seen: list[str] = []
-    with _decoding(fs, file, encoding), _open(fs, file) as handle:
+    with _decoding(fs, file, encoding), open_data(fs, file) as handle:
         chunks = pd.read_csv(handle, chunksize=rows, **_csv_options(job, encoding, seen))
         _check_csv_header(fs, file, job, encoding, seen)  # the reader has read the header
         yield from chunks
@@ -785,17 +780,17 @@ _JSON_OPTIONS = {"dtype": False, "convert_dates": False, "keep_default_dates": F
 
 
 def _read_jsonl(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    with _decoding(fs, file, encoding), _open(fs, file) as handle:
+    with _decoding(fs, file, encoding), open_data(fs, file) as handle:
         return pd.read_json(handle, lines=True, encoding=_text_encoding(encoding), **_JSON_OPTIONS)
 
 
 def _jsonl_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
-    with _decoding(fs, file, encoding), _open(fs, file) as handle:
+    with _decoding(fs, file, encoding), open_data(fs, file) as handle:
         yield from pd.read_json(handle, lines=True, encoding=_text_encoding(encoding), chunksize=rows, **_JSON_OPTIONS)
 
 
 def _read_json(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    with _decoding(fs, file, encoding), _open(fs, file) as handle:
+    with _decoding(fs, file, encoding), open_data(fs, file) as handle:
         text = handle.read().decode(_text_encoding(encoding))
     if not text.lstrip().startswith("["):
         raise ValueError("a json file must hold one array of records ([{...}, {...}]); for one record per line use jsonl")
@@ -803,7 +798,7 @@ def _read_json(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str)
 
 
 def _read_pickle(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    with _open(fs, file) as handle:
+    with open_data(fs, file) as handle:
         try:
             frame = pd.read_pickle(handle)
         # Unpickling fails in many ways (a truncated stream, a class that no longer exists).

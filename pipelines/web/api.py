@@ -422,7 +422,7 @@ async def score_file(
 ) -> ScoreFileRun:
     """Trigger ``<job>__predict`` with ``input`` (and ``output``, ``chunk_rows``); poll the returned run id."""
     from pipelines.config import base_dir
-    from pipelines.workspace import home
+    from pipelines.workspace import file_identity, home
 
     scan = job_scan()
     config = served_job(user, job, "POST", scan)
@@ -433,8 +433,7 @@ async def score_file(
             raise _bad_location("output", body.output, "the output is a Parquet file: its name must end with .parquet")
         conf["output"] = _checked_location("output", body.output, inside=home(), must_exist=False)
         _check_not_state("output", conf["output"], body.output, config.name, scan.jobs.values())
-        same = conf["output"] if "://" in conf["output"] else os.path.realpath(conf["output"])
-        if same == (conf["input"] if "://" in conf["input"] else os.path.realpath(conf["input"])):
+        if file_identity(conf["output"]) == file_identity(conf["input"]):
             # The run would replace the data it reads with its scores.
             raise _bad_location("output", body.output, "it is the input file: scoring would replace the data it reads; give another path")
     if body.chunk_rows is not None:

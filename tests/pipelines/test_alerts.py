@@ -360,12 +360,19 @@ def test_slack_webhook_receives_the_event(tmp_path: Path, slack_webhook: list):
     assert "<https://airflow.example.com/anomaly-pipelines/dashboard/jobs/web?series=region%3Deu" in payload["blocks"][2]["text"]["text"]
 
 
-def test_slack_web_api_posts_to_the_channel(tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture
+def slack_bot(slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch) -> list:
+    """The Slack stand-in behind the Airflow connection ``alerts_bot`` (Web API, bot token); what it received."""
     port, received = slack
     monkeypatch.setenv(
         "AIRFLOW_CONN_ALERTS_BOT",
         json.dumps({"conn_type": "slack", "password": "xoxb-test", "extra": {"base_url": f"http://127.0.0.1:{port}/api/"}}),
     )
+    return received
+
+
+def test_slack_web_api_posts_to_the_channel(tmp_path: Path, slack_bot: list):
+    received = slack_bot
     job = make_job(tmp_path, email=None, slack={"api_conn_id": "alerts_bot", "channel": "#alerts"})
     assert process_events(job, output_rows(anomalies={5: {"requests": 150}}), window(0, 24)).sent == 1
     [(path, payload)] = received
@@ -373,12 +380,7 @@ def test_slack_web_api_posts_to_the_channel(tmp_path: Path, slack: tuple[int, li
     assert payload["channel"] == "#alerts" and "region=eu" in payload["text"]
 
 
-def test_a_slack_channel_not_found_names_the_channel(tmp_path: Path, slack: tuple[int, list], monkeypatch: pytest.MonkeyPatch):
-    port, _ = slack
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_ALERTS_BOT",
-        json.dumps({"conn_type": "slack", "password": "xoxb-test", "extra": {"base_url": f"http://127.0.0.1:{port}/api/"}}),
-    )
+def test_a_slack_channel_not_found_names_the_channel(tmp_path: Path, slack_bot: list):
     job = make_job(tmp_path, email=None, slack={"api_conn_id": "alerts_bot", "channel": "#missing"})
     with pytest.raises(SinkError, match=r"by slack \(Airflow connection 'alerts_bot', channel #missing\): (?s:.*)channel_not_found"):
         process_events(job, output_rows(anomalies={5: {"requests": 150}}), window(0, 24))
