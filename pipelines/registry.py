@@ -13,7 +13,7 @@ A version without ``metadata.json`` was interrupted while being registered and i
 Pointers are replaced atomically (:func:`pipelines.storage.atomic_write`), so a reader sees the
 old champion or the new one, and a champion is always a complete version. The champion pointer is
 only replaced by a conditional write (:func:`pipelines.storage.replace_if_unchanged`: a lock on
-local folders, ``If-Match`` on S3), so a promotion that checks which champion serves and replaces
+local folders, ``If-Match`` on S3, ``ifGenerationMatch`` on GCS), so a promotion that checks which champion serves and replaces
 it (:meth:`ModelRegistry.promote_if_champion`) is one atomic step: of two runs promoting from the
 same champion, one wins and the other learns which version won.
 """

@@ -221,25 +221,31 @@ def _create_temporary(folder: str, name: str) -> tuple[int, str]:
 class Snapshot:
     """A file as :func:`read_snapshot` read it, to replace it only if nobody wrote it since
     (:func:`replace_if_unchanged`). ``data`` is None when there was no file; ``etag`` is the S3
-    ETag read before the content (None elsewhere)."""
+    ETag and ``generation`` the GCS object generation, each read before the content (None elsewhere)."""
 
     data: bytes | None
     etag: str | None = None
+    generation: str | None = None
 
 
 @_storage_said
 def read_snapshot(url: str, storage_options: dict[str, Any] | None = None) -> Snapshot:
     """The content of the file at ``url`` (None when there is none), for :func:`replace_if_unchanged`."""
     fs, path = filesystem(url, storage_options)
-    etag = None
+    etag = generation = None
+    # The ETag (S3) or generation (GCS) before the content: content read after it is as new or
+    # newer, so a write in between makes the conditional write fail (a spurious "changed"), never
+    # succeed wrongly.
     if _is_s3(fs):
-        # The ETag before the content: content read after it is as new or newer, so a write in
-        # between makes the conditional PUT fail (a spurious "changed"), never succeed wrongly.
         fs.invalidate_cache(path)
         with contextlib.suppress(FileNotFoundError):
             etag = fs.info(path).get("ETag")
+    elif _is_gcs(fs):
+        fs.invalidate_cache(path)
+        with contextlib.suppress(FileNotFoundError):
+            generation = fs.info(path).get("generation")
     try:
-        return Snapshot(read_bytes(url, storage_options), etag)
+        return Snapshot(read_bytes(url, storage_options), etag, None if generation is None else str(generation))
     except FileNotFoundError:
         return Snapshot(None)
 
@@ -260,14 +266,17 @@ def replace_if_unchanged(url: str, data: bytes, seen: Snapshot, storage_options:
       when there was no file), which S3 itself decides (AWS S3 since 2024-11). An S3-compatible
       store must support conditional writes: one that rejects them fails the write, one that
       ignores the header writes unconditionally.
-    - Other file systems (``gs://``...): compared, then written: two requests, so a write between
-      them is not seen.
+    - GCS (``gs://``): one upload with the precondition ``ifGenerationMatch``, the generation
+      ``seen`` was read under (0 when there was no file), which GCS itself decides.
+    - Other file systems: compared, then written: two requests, so a write between them is not seen.
     """
     fs, path = filesystem(url, storage_options)
     if isinstance(fs, LocalFileSystem):
         return _replace_local_if_unchanged(path, data, seen.data)
     if _is_s3(fs):
         return _replace_s3_if_unchanged(fs, path, data, seen)
+    if _is_gcs(fs):
+        return _replace_gcs_if_unchanged(fs, path, data, seen)
     log.debug("%s: %s has no conditional write; comparing, then writing", url, type(fs).__name__)
     return _compare_then_write(fs, path, data, seen.data)
 
@@ -310,6 +319,33 @@ def _replace_s3_if_unchanged(fs: AbstractFileSystem, path: str, data: bytes, see
     return False  # not reached: the last try returns or raises
 
 
+def _replace_gcs_if_unchanged(fs: AbstractFileSystem, path: str, data: bytes, seen: Snapshot) -> bool:
+    if seen.data is not None and seen.generation is None:
+        # GCS gives every object a generation: this one was created between the two reads of
+        # read_snapshot, so it was not there when the caller looked.
+        return False
+    # gcsfs's pipe_file offers only "must not exist" (mode="create"), not a generation to match:
+    # the JSON API's single-request upload through gcsfs's own session, credentials, endpoint and
+    # retries. A retry whose first try had landed is refused (412): a spurious "changed".
+    bucket, key, _ = fs.split_path(path)  # type: ignore[attr-defined]
+    try:
+        fs.call(  # type: ignore[attr-defined]
+            "POST",
+            f"{fs._location}/upload/storage/v1/b/{{}}/o",  # type: ignore[attr-defined]
+            bucket,
+            uploadType="media",
+            name=key,
+            ifGenerationMatch=seen.generation or "0",
+            headers={"Content-Type": "application/octet-stream"},
+            data=data,
+        )
+    except FileExistsError:  # gcsfs's 412 Precondition Failed: written, created or removed since
+        return False
+    finally:
+        fs.invalidate_cache(path)
+    return True
+
+
 def _compare_then_write(fs: AbstractFileSystem, path: str, data: bytes, expected: bytes | None) -> bool:
     """Where no conditional write is possible: two requests, so a write between them is not seen."""
     fs.invalidate_cache(path)
@@ -323,9 +359,16 @@ def _compare_then_write(fs: AbstractFileSystem, path: str, data: bytes, expected
     return True
 
 
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def _is_s3(fs: AbstractFileSystem) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return "s3" in protocols
+    return "s3" in _protocols(fs)
+
+
+def _is_gcs(fs: AbstractFileSystem) -> bool:
+    return "gs" in _protocols(fs) or "gcs" in _protocols(fs)
 
 
 def _s3_error_code(exc: BaseException) -> str | None:

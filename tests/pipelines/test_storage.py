@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -9,12 +11,115 @@ from pipelines import storage
 from pipelines.errors import ConfigError, DataValidationError, MissingDependencyError, ModelError, StorageError
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gs"])
 def root(request: pytest.FixtureRequest, tmp_path) -> tuple[str, dict]:
     if request.param == "local":
         return str(tmp_path / "store"), {}
+    if request.param == "gs":
+        request.getfixturevalue("plain_gcsfs")
+        emulator: GcsEmulator = request.getfixturevalue("gcs_emulator")
+        return f"gs://{emulator.bucket}/{tmp_path.name}", emulator.options
     bucket, options = request.getfixturevalue("s3_bucket")
     return f"s3://{bucket}/store", options
+
+
+@dataclass
+class GcsEmulator:
+    """gcp-storage-emulator (in memory, in this process) with what it lacks of GCS: the upload
+    precondition ``ifGenerationMatch`` (412 unless the object's generation is the one given; 0:
+    unless there is no object), which the emulator ignores, storing every upload. GCS decides it
+    with the write, so uploads are served one at a time. ``requests`` is its request log;
+    ``before_next_upload`` runs before the next upload is served: another writer's request
+    landing just before it."""
+
+    endpoint: str
+    bucket: str = "bucket"
+    requests: list[str] = field(default_factory=list)
+    before_next_upload: Callable[[], object] | None = None
+    uploads: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def options(self) -> dict:
+        return {"endpoint_url": self.endpoint, "token": "anon", "skip_instance_cache": True}
+
+
+def _answer_gcs_error(handler, code: int, message: str, reason: str) -> None:
+    """Answer ``handler``'s request as the GCS JSON API answers an error."""
+    import json
+
+    handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+    body = json.dumps({"error": {"code": code, "message": message, "errors": [{"reason": reason}]}}).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator() -> Iterator[GcsEmulator]:
+    import functools
+    import sys
+    from http.server import ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers.buckets import create_bucket
+    from gcp_storage_emulator.server import RequestHandler
+    from gcp_storage_emulator.storage import Storage
+
+    emulator = GcsEmulator(endpoint="")
+
+    class WithPreconditions(RequestHandler):
+        def do_POST(self) -> None:
+            emulator.requests.append(f"POST {self.path}")
+            url = urlsplit(self.path)
+            if not url.path.startswith("/upload/"):
+                return super().do_POST()
+            hook, emulator.before_next_upload = emulator.before_next_upload, None
+            if hook is not None:
+                hook()
+            query = parse_qs(url.query)
+            with emulator.uploads:
+                expected = query.get("ifGenerationMatch", [None])[0]
+                if expected is not None:
+                    try:
+                        generation = self.storage.get_file_obj(url.path.split("/")[5], query["name"][0])["generation"]
+                    except NotFound:
+                        generation = "0"
+                    if generation != expected:
+                        return self.precondition_failed()
+                return super().do_POST()
+
+        def do_GET(self) -> None:
+            emulator.requests.append(f"GET {self.path}")
+            super().do_GET()
+
+        def precondition_failed(self) -> None:
+            _answer_gcs_error(self, 412, "At least one of the pre-conditions you specified did not hold.", "conditionNotMet")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            # gcsfs's info() drops the listing it asked for beside the object once the object answers.
+            if not isinstance(sys.exc_info()[1], ConnectionError):
+                super().handle_error(request, client_address)
+
+    store = Storage(use_memory_fs=True)
+    create_bucket(emulator.bucket, store)
+    server = Server(("127.0.0.1", 0), functools.partial(WithPreconditions, store))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    emulator.endpoint = f"http://127.0.0.1:{server.server_port}"
+    try:
+        yield emulator
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_write_read_find_remove_round_trip(root: tuple[str, dict]) -> None:
@@ -177,6 +282,63 @@ def test_replace_if_unchanged_lets_one_of_two_racing_writers_win(root: tuple[str
     assert storage.read_bytes(target, options) == winner
 
 
+def test_gcs_replace_if_unchanged_is_one_upload_under_the_generation_read(plain_gcsfs, gcs_emulator: GcsEmulator, tmp_path) -> None:
+    # gs:// was compared, then written (a GET, then an unconditional upload): a write between the two was lost.
+    # The series folder is percent-encoded; "+" and " " mean different things in a query string.
+    url = f"gs://{gcs_emulator.bucket}/{tmp_path.name}/host%3Da é+b/champion.json"
+    options = gcs_emulator.options
+    storage.atomic_write(url, b"one", options)
+    fs, path = storage.filesystem(url, options)
+    generation = fs.info(path)["generation"]
+
+    seen = storage.read_snapshot(url, options)
+    assert (seen.data, seen.generation) == (b"one", generation)
+    del gcs_emulator.requests[:]
+    assert storage.replace_if_unchanged(url, b"two", seen, options)
+    [upload] = gcs_emulator.requests
+    assert upload.startswith(f"POST /upload/storage/v1/b/{gcs_emulator.bucket}/o?")
+    assert f"&ifGenerationMatch={generation}" in upload
+    assert storage.read_bytes(url, options) == b"two"  # the upload named the object read
+    del gcs_emulator.requests[:]
+    # Created between read_snapshot's two reads (no generation, then content): not there when looked at.
+    assert not storage.replace_if_unchanged(url, b"three", storage.Snapshot(b"two"), options)
+    assert gcs_emulator.requests == []
+
+    missing = storage.read_snapshot(url + ".new", options)
+    assert missing == storage.Snapshot(None)
+    del gcs_emulator.requests[:]
+    assert storage.replace_if_unchanged(url + ".new", b"first", missing, options)
+    [upload] = gcs_emulator.requests
+    assert "&ifGenerationMatch=0" in upload
+
+
+@pytest.mark.parametrize(
+    ("before", "meanwhile", "after"),
+    [(b"old", b"other", b"other"), (None, b"other", b"other"), (b"old", None, None)],
+    ids=["written", "created", "removed"],
+)
+def test_gcs_replace_if_unchanged_keeps_a_write_that_lands_just_before_its_own(
+    plain_gcsfs, gcs_emulator: GcsEmulator, tmp_path, before: bytes | None, meanwhile: bytes | None, after: bytes | None
+) -> None:
+    # Two runs promoting on a gs:// registry could both win: the other run's champion was overwritten unseen.
+    url = f"gs://{gcs_emulator.bucket}/{tmp_path.name}/champion.json"
+    options = gcs_emulator.options
+    if before is not None:
+        storage.atomic_write(url, before, options)
+    seen = storage.read_snapshot(url, options)
+
+    def other_writer() -> None:
+        if meanwhile is None:
+            storage.remove(url, options)
+        else:
+            storage.atomic_write(url, meanwhile, options)
+
+    gcs_emulator.before_next_upload = other_writer
+    assert not storage.replace_if_unchanged(url, b"mine", seen, options)
+    assert gcs_emulator.before_next_upload is None  # the other write did land first
+    assert (storage.read_bytes(url, options) if storage.exists(url, options) else None) == after
+
+
 def test_an_s3_store_without_etags_is_compared_then_written(s3_bucket: tuple[str, dict]) -> None:
     # Some S3-compatible stores list no ETag; If-None-Match on the existing key failed at every try.
     bucket, options = s3_bucket
@@ -260,20 +422,13 @@ def plain_gcsfs(monkeypatch) -> None:
 @pytest.fixture(scope="module")
 def gcs_refusing_anonymous_callers() -> Iterator[str]:
     """A GCS JSON API endpoint answering every request as GCS answers an anonymous one to a private bucket."""
-    import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Refusing(BaseHTTPRequestHandler):
         def answer(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             message = "Anonymous caller does not have storage.objects.get access to the Google Cloud Storage object."
-            body = json.dumps({"error": {"code": 401, "message": message, "errors": [{"reason": "required"}]}}).encode()
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _answer_gcs_error(self, 401, message, "required")
 
         do_GET = do_POST = do_PUT = do_DELETE = answer
 
