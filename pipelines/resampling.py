@@ -10,6 +10,12 @@ Buckets are ``[k * frequency, (k + 1) * frequency)`` counted from the Unix epoch
 the series has the same offset from that grid (5-minute data stamped at :04, :09, ...): the grid
 is then shifted by the offset, so regular data keep their own timestamps. Only buckets between a
 series' first and last rows exist: nothing is invented before or after the data.
+
+A ``frequency`` of whole days keeps UTC buckets (the windows runs read are floored to them), but
+a bucket whose rows all carry one timestamp is labelled by it, and an empty bucket takes the time
+of day of the last bucket with rows: data stamped at a local midnight (05:00Z in New York's
+winter, 04:00Z in its summer) keep their own timestamps across a daylight-saving change, the same
+in every run, instead of moving to 00:00Z whenever a run's rows happen to straddle the change.
 """
 
 from __future__ import annotations
@@ -66,6 +72,15 @@ def floor_to_grid(moment: datetime, frequency: timedelta) -> datetime:
     return pd.Timestamp(stamp.value - stamp.value % step, tz="UTC").to_pydatetime()
 
 
+#: One day in nanoseconds: frequencies that are a multiple of it label their buckets by the rows' own
+#: time of day (see the module docstring).
+_DAY = pd.Timedelta(days=1).value
+
+
+def _whole_days(step: int) -> bool:
+    return step % _DAY == 0
+
+
 def _grid_offset(stamps: np.ndarray, step: int) -> int:
     """The grid's offset from the epoch grid (ns): that of every row when they all share one, else 0.
 
@@ -81,7 +96,7 @@ def grid_buckets(index: pd.DatetimeIndex, frequency: timedelta) -> int:
     if index.empty:
         return 0
     stamps, step = index.as_unit("ns").asi8, pd.Timedelta(frequency).value
-    offset = _grid_offset(stamps, step)
+    offset = 0 if _whole_days(step) else _grid_offset(stamps, step)
     return int((stamps.max() - offset) // step - (stamps.min() - offset) // step) + 1
 
 
@@ -91,6 +106,8 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
     if rows.empty:
         return rows, ResampleStats(0, 0, 0, 0, 0, 0)
     stamps = rows.index.as_unit("ns").asi8
+    if _whole_days(step.value):
+        return _resample_days(rows, stamps, step, rule)
     phases = stamps % step.value
     offset = _grid_offset(stamps, step.value)
     on_grid = phases == offset
@@ -98,7 +115,60 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
         # Already one row per period without gaps: nothing to change, and no copy of large batches.
         return rows, ResampleStats(len(rows), len(rows), 0, 0, 0, 0)
 
-    origin = pd.Timestamp(offset, tz="UTC")
+    out, counts, filled = _aggregate(rows, step, pd.Timestamp(offset, tz="UTC"), rule)
+    stats = ResampleStats(
+        rows=len(rows),
+        buckets=len(out),
+        merged_rows=int(counts[counts > 1].sum()),
+        moved_rows=int((~on_grid).sum()),
+        filled=filled,
+        missing=int((counts == 0).sum()) - filled,
+    )
+    return out.astype("float64"), stats
+
+
+def _resample_days(rows: pd.DataFrame, stamps: np.ndarray, step: pd.Timedelta, rule: ResampleConfig) -> tuple[pd.DataFrame, ResampleStats]:
+    """:func:`resample_series` for a frequency of whole days: UTC buckets labelled by their rows' own time.
+
+    A daily series stamped at a zone's local midnight has two times of day, an hour apart, on
+    either side of a daylight-saving change. Shifting the grid by one shared offset (as for
+    sub-daily data) then depends on whether a run's rows straddle the change, so the same day
+    was published at 05:00Z by one run and 00:00Z by the next. Labelling each bucket by its rows'
+    timestamp when they all carry one keeps every day's stamp whatever the window, and the
+    buckets stay those the windows are floored to, so a label never leaves its run's window.
+    """
+    index = stamps // step.value
+    if len(index) < 2 or (np.diff(index) == 1).all():
+        # One row per bucket without gaps: every row keeps its timestamp, nothing to change.
+        return rows, ResampleStats(len(rows), len(rows), 0, 0, 0, 0)
+    out, counts, filled = _aggregate(rows, step, pd.Timestamp(0, tz="UTC"), rule)
+    position = index - index[0]  # of each row's bucket in ``out`` (the rows are sorted)
+    starts = out.index.as_unit("ns").asi8
+    held, first = np.unique(position, return_index=True)
+    last = len(position) - 1 - np.unique(position[::-1], return_index=True)[1]
+    # The time of day of a bucket whose rows share one timestamp, else none (rows merged: the
+    # bucket's start); an empty bucket takes that of the last bucket with rows, so a missing
+    # local day sits at the local midnight of the day before it. Integers throughout: a float
+    # cannot hold a nanosecond timestamp exactly.
+    shift = np.full(len(out), -1, dtype="int64")
+    shift[held] = np.where(stamps[first] == stamps[last], stamps[first] - starts[held], 0)
+    shift = shift[np.maximum.accumulate(np.where(shift >= 0, np.arange(len(out)), 0))]
+    labels = starts + shift
+    out = out.set_axis(pd.DatetimeIndex(labels, tz="UTC", name=rows.index.name).as_unit(rows.index.unit))
+    stats = ResampleStats(
+        rows=len(rows),
+        buckets=len(out),
+        merged_rows=int(counts[counts > 1].sum()),
+        moved_rows=int((stamps != labels[position]).sum()),
+        filled=filled,
+        missing=int((counts == 0).sum()) - filled,
+    )
+    return out.astype("float64"), stats
+
+
+def _aggregate(rows: pd.DataFrame, step: pd.Timedelta, origin: pd.Timestamp, rule: ResampleConfig) -> tuple[pd.DataFrame, pd.Series, int]:
+    """``rows`` in buckets of ``step`` from ``origin`` labelled by their starts, combined and filled
+    by ``rule``; with the rows per bucket and the number of empty buckets forward-filled."""
     buckets = rows.resample(step, origin=origin, closed="left", label="left")
     counts = buckets.size()
     if rule.aggregate == "sum":
@@ -121,15 +191,7 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
         forward = out.iloc[last].set_axis(out.index)
         out = out.where(pd.Series(~fill, index=out.index), forward, axis=0)
         filled = int((fill & out.notna().any(axis=1).to_numpy()).sum())
-    stats = ResampleStats(
-        rows=len(rows),
-        buckets=len(out),
-        merged_rows=int(counts[counts > 1].sum()),
-        moved_rows=int((~on_grid).sum()),
-        filled=filled,
-        missing=int(empty.sum()) - filled,
-    )
-    return out.astype("float64"), stats
+    return out, counts, filled
 
 
 __all__ = ["ResampleStats", "floor_to_grid", "grid_buckets", "resample_series"]

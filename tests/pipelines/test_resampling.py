@@ -14,7 +14,7 @@ import pytest
 from pipelines.config import FileSource, ResampleConfig, get_job, parse_job
 from pipelines.errors import ConfigError
 from pipelines.extraction import extract, read_series, validate
-from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
+from pipelines.resampling import ResampleStats, floor_to_grid, grid_buckets, resample_series
 from pipelines.runner import run_predict, run_train
 from pipelines.workspace import Window, to_utc, validation_report_path
 
@@ -215,3 +215,96 @@ def test_grid_buckets_counts_the_buckets_resample_series_makes(stamps: list[str]
     rows = pd.DataFrame({"a": np.arange(float(len(stamps)))}, index=pd.DatetimeIndex(stamps, tz="UTC"))
     out, stats = resample_series(rows, HOUR, ResampleConfig())
     assert grid_buckets(rows.index, HOUR) == len(out) == stats.buckets
+
+
+# -- daily data stamped at a local midnight, across daylight-saving changes ---------------------
+
+
+@pytest.mark.parametrize(
+    ("zone", "first", "last"),
+    [
+        ("America/New_York", "2024-03-01", "2024-03-20"),  # 05:00Z, then 04:00Z from 2024-03-11
+        ("America/New_York", "2024-10-25", "2024-11-10"),  # 04:00Z, then 05:00Z from 2024-11-04
+        ("Europe/Berlin", "2024-03-20", "2024-04-05"),  # 23:00Z, then 22:00Z the day before
+        ("Australia/Sydney", "2024-03-28", "2024-04-15"),  # 13:00Z, then 14:00Z the day before
+    ],
+)
+@pytest.mark.parametrize("days", [1, 7])
+def test_days_at_local_midnight_keep_their_stamps_across_a_dst_change_in_every_window(
+    zone: str, first: str, last: str, days: int
+) -> None:
+    """Before: rows with two times of day shared no grid offset, so a window straddling the
+    change moved every day to 00:00Z while a window on one side kept 05:00Z or 04:00Z: the same
+    day was published under another stamp depending on the run (and in New York on the previous
+    local date)."""
+    local = pd.date_range(first, periods=40 if days == 7 else None, end=None if days == 7 else last, freq=f"{days}D", tz=zone)
+    stamps = local.tz_convert("UTC").rename("ts")
+    rows = pd.DataFrame({"a": np.arange(float(len(stamps)))}, index=stamps)
+    frequency = timedelta(days=days)
+    for start in range(len(rows) - 1):
+        for end in (start + 2, len(rows)):
+            out, stats = resample_series(rows.iloc[start:end], frequency, ResampleConfig())
+            assert out.index.equals(stamps[start:end]) and not stats.changed, (start, end)
+    # A missing day sits at the time of day of the one before it, on its own UTC day.
+    out, stats = resample_series(rows.drop(stamps[5]), frequency, ResampleConfig())
+    assert stats == ResampleStats(len(rows) - 1, len(rows), 0, 0, 0, 1)
+    assert out.index[5] == stamps[4] + frequency and np.isnan(out["a"].iloc[5])
+    assert out.index.drop(stamps[5:6]).equals(stamps.drop(stamps[5]))
+    assert grid_buckets(rows.drop(stamps[5]).index, frequency) == len(out)
+
+
+def test_daily_rows_at_different_times_of_one_utc_day_are_merged_at_its_start() -> None:
+    rows = series(("2024-01-01 05:00", 1.0, 1.0), ("2024-01-01 17:00", 3.0, 3.0), ("2024-01-03 05:00", 5.0, 5.0))
+    out, stats = resample_series(rows, timedelta(days=1), ResampleConfig(fill="ffill"))
+    assert out["a"].to_dict() == {
+        pd.Timestamp("2024-01-01 00:00", tz="UTC"): 2.0,
+        pd.Timestamp("2024-01-02 00:00", tz="UTC"): 2.0,  # the time of day of the bucket filled from
+        pd.Timestamp("2024-01-03 05:00", tz="UTC"): 5.0,
+    }
+    assert stats == ResampleStats(rows=3, buckets=3, merged_rows=2, moved_rows=2, filled=1, missing=0)
+
+
+def test_a_daily_job_publishes_each_local_day_once_under_one_stamp_in_every_run(project: Path) -> None:
+    """A daily job over a CSV stamped at New York midnight with offsets (-05:00, -04:00): each
+    local day is published once, at its local midnight, whether it is scored alone or by a
+    re-run of a longer window, around the March and the November changes."""
+    import sqlalchemy as sa
+
+    local = pd.date_range("2024-01-01", "2024-12-31", freq="D", tz="America/New_York")
+    values = 100 + np.sin(np.arange(len(local)))
+    path = project / "daily.csv"
+    pd.DataFrame(
+        {"timestamp": [t.isoformat() for t in local], "region": "us", "requests": values, "latency_ms": values / 2}
+    ).to_csv(path, index=False)
+    base = get_job("demo_web_metrics")
+    job = base.model_copy(
+        update={
+            "source": FileSource(kind="file", path=str(path), format="csv"),
+            "frequency": timedelta(days=1),
+            "model": base.model.model_copy(update={"params": {"season": None, "level_window": 3}}),
+            "validation": base.validation.model_copy(update={"min_rows": 3, "suite": None}),
+        }
+    )
+    run_train(job, Window(to_utc("2024-02-01T00:00:00Z"), to_utc("2024-02-29T00:00:00Z")), run_id="train")
+    engine = sa.create_engine(f"sqlite:///{project / 'var' / 'anomalies.db'}")
+
+    def published(start: str, end: str) -> tuple[list[pd.Timestamp], list[pd.Timestamp]]:
+        parquet = pd.read_parquet(project / "var" / "outputs" / f"job={job.name}")
+        parquet = parquet[(parquet["feature"] == "requests") & parquet["timestamp"].between(start, end, inclusive="left")]
+        with engine.connect() as connection:
+            table = pd.read_sql("SELECT timestamp FROM anomalies WHERE feature = 'requests' ORDER BY timestamp", connection)
+        stamps = pd.to_datetime(table["timestamp"], utc=True)
+        return sorted(parquet["timestamp"]), sorted(stamps[stamps.between(start, end, inclusive="left")])
+
+    # The days after each change: the history a one-day run reads straddles it.
+    for first, last in (("2024-03-09", "2024-03-12"), ("2024-11-02", "2024-11-05")):
+        days = pd.date_range(first, last, freq="D", tz="UTC")
+        end = days[-1] + pd.Timedelta(days=1)
+        expected = list(pd.date_range(first, last, freq="D", tz="America/New_York").tz_convert("UTC"))
+        for day in days[-2:]:  # the scheduled runs, one day each
+            run_predict(job, Window(day.to_pydatetime(), (day + pd.Timedelta(days=1)).to_pydatetime()), run_id=f"p{day:%m%d}")
+        assert published(str(days[-2]), str(end)) == (expected[-2:], expected[-2:])
+        # A backfill of the whole stretch replaces those rows under the same stamps, and adds the others.
+        run_predict(job, Window(days[0].to_pydatetime(), end.to_pydatetime()), run_id=f"b{first}")
+        assert published(first, str(end)) == (expected, expected)
+    engine.dispose()
