@@ -9,7 +9,8 @@ events built here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -18,6 +19,16 @@ import pandas as pd
 from pipelines.schema import OUTPUT_COLUMNS
 
 Direction = Literal["rise", "fall"]
+
+#: Most periods :func:`window_events` reads beyond each edge of a window to find where an event
+#: overlapping it begins or ends. Without a bound, a series flagged for months (a dead sensor, a
+#: level shift the model never learned) would make every listing read its whole history; 10,000
+#: periods is more than a year of hourly data and a week of minutes, longer than any incident a
+#: person looks at as one. An event still going on there says so (``cut_at_start``/``cut_at_end``).
+MAX_EXTENSION_PERIODS = 10_000
+
+#: Reads the published rows with timestamps in ``[start, end)`` (``None``: unbounded).
+RowReader = Callable[[datetime | None, datetime | None], pd.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,10 @@ class AnomalyEvent:
 
     ``start`` and ``end`` are the first and the last anomalous timestamps (both inclusive);
     ``value_ranges`` holds, per feature, the least and the greatest actual value of the event's
-    anomalous rows (what a person's "false alarm" verdict is matched against).
+    anomalous rows (what a person's "false alarm" verdict is matched against). ``cut_at_start``
+    (``cut_at_end``): the run of anomalous rows goes on before ``start`` (after ``end``) beyond
+    what was read, so ``start`` (``end``) is where reading stopped, not where the incident did
+    (:func:`window_events` reads at most :data:`MAX_EXTENSION_PERIODS` beyond a window).
     """
 
     job: str
@@ -62,6 +76,8 @@ class AnomalyEvent:
     at_peak: tuple[FeatureAtPeak, ...]
     top_features: tuple[str, ...]
     value_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    cut_at_start: bool = False
+    cut_at_end: bool = False
 
     @property
     def key(self) -> str:
@@ -90,6 +106,8 @@ class AnomalyEvent:
             "at_peak": [{**f.__dict__} for f in self.at_peak],
             "top_features": list(self.top_features),
             "value_ranges": {k: list(v) for k, v in self.value_ranges.items()},
+            "cut_at_start": self.cut_at_start,
+            "cut_at_end": self.cut_at_end,
         }
 
     @classmethod
@@ -110,6 +128,9 @@ class AnomalyEvent:
             at_peak=tuple(FeatureAtPeak(**f) for f in data["at_peak"]),
             top_features=tuple(data["top_features"]),
             value_ranges={k: (float(v[0]), float(v[1])) for k, v in (data.get("value_ranges") or {}).items()},
+            # Events remembered (alert state) before these flags existed were never cut.
+            cut_at_start=bool(data.get("cut_at_start", False)),
+            cut_at_end=bool(data.get("cut_at_end", False)),
         )
 
 
@@ -200,4 +221,99 @@ def anomaly_events(frame: pd.DataFrame, *, frequency: timedelta, max_gap: int = 
     return events
 
 
-__all__ = ["AnomalyEvent", "Direction", "FeatureAtPeak", "anomaly_events"]
+def _edge_series(
+    frame: pd.DataFrame,
+    limit: timedelta,
+    *,
+    low: datetime | None,
+    high: datetime | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> tuple[set[str], set[str]]:
+    """Series whose run of anomalous rows overlapping ``[start, end)`` may go on before ``low``
+    (first set) or from ``high`` on (second set): an anomalous row there would join it."""
+    before: set[str] = set()
+    after: set[str] = set()
+    flagged = frame.loc[frame["is_anomaly"].astype(bool), ["series", "timestamp"]]
+    flagged = flagged.assign(timestamp=pd.to_datetime(flagged["timestamp"], utc=True))
+
+    def in_window(run: tuple[pd.Timestamp, pd.Timestamp]) -> bool:
+        # A run wholly in what was read beyond the window is not listed: no need to read on for it.
+        return (start is None or run[1] >= start) and (end is None or run[0] < end)
+
+    for series, times in flagged.groupby("series", sort=True)["timestamp"]:
+        runs = _runs(times.drop_duplicates(), limit)
+        first, last = runs[0], runs[-1]
+        if low is not None and in_window(first) and first[0] - limit < low:
+            before.add(str(series))
+        if high is not None and in_window(last) and last[1] + limit >= high:
+            after.add(str(series))
+    return before, after
+
+
+def window_events(
+    read: RowReader,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    frequency: timedelta,
+    max_gap: int = 1,
+    max_periods: int = MAX_EXTENSION_PERIODS,
+) -> list[AnomalyEvent]:
+    """The events (as :func:`anomaly_events` groups them) overlapping ``[start, end)``, each whole.
+
+    An event straddling an edge of the window is read on beyond it until its run of anomalous
+    rows ends (no anomalous row within ``max_gap`` periods), at most ``max_periods`` periods beyond
+    each edge; one still going on there is marked ``cut_at_start``/``cut_at_end``. So the same
+    incident has the same start, end, peak, rows, signals and :attr:`AnomalyEvent.key` whatever
+    the window (a label, kept by the event's span, stays with it), and two adjoining windows list
+    it once each, identically, instead of as two events. ``read(low, high)`` gives the published
+    rows in ``[low, high)``, of the series wanted only.
+    """
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be 0 or more periods, got {max_gap}")
+    frame = read(start, end)
+    if frame.empty or not frame["is_anomaly"].any():
+        return []
+    limit = frequency * (max_gap + 1)
+    cap = frequency * max_periods
+    low, high = start, end
+    before, after = _edge_series(frame, limit, low=low, high=high, start=start, end=end)
+    # Read outwards in growing steps: most events end a few periods past the edge, a few go on
+    # for days, and each read opens the day files of its range.
+    step = limit * 8
+    while True:
+        grow_before = bool(before) and start is not None and low is not None and start - low < cap
+        grow_after = bool(after) and end is not None and high is not None and high - end < cap
+        if not (grow_before or grow_after):
+            break  # every run ends inside what was read, or the cap is reached
+        parts = [frame]
+        if grow_before:
+            new_low = max(low - step, start - cap)
+            rows = read(new_low, low)
+            parts.append(rows[rows["series"].isin(before)])
+            low = new_low
+        if grow_after:
+            new_high = min(high + step, end + cap)
+            rows = read(high, new_high)
+            parts.append(rows[rows["series"].isin(after)])
+            high = new_high
+        parts = [part for part in parts if not part.empty]
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        step *= 2
+        before, after = _edge_series(frame, limit, low=low, high=high, start=start, end=end)
+    events = []
+    for event in anomaly_events(frame, frequency=frequency, max_gap=max_gap):
+        if (start is not None and event.end < start) or (end is not None and event.start >= end):
+            continue  # wholly in what was read beyond the window
+        events.append(
+            replace(
+                event,
+                cut_at_start=event.series in before and low is not None and event.start - limit < low,
+                cut_at_end=event.series in after and high is not None and event.end + limit >= high,
+            )
+        )
+    return events
+
+
+__all__ = ["MAX_EXTENSION_PERIODS", "AnomalyEvent", "Direction", "FeatureAtPeak", "RowReader", "anomaly_events", "window_events"]

@@ -561,6 +561,8 @@ def _event_info(event: AnomalyEvent, label: Label | None) -> EventInfo:
         model_version=event.model_version,
         top_features=list(event.top_features),
         at_peak=[EventSignal.model_validate(signal, from_attributes=True) for signal in event.at_peak],
+        cut_at_start=event.cut_at_start,
+        cut_at_end=event.cut_at_end,
         label=_label_info(label) if label is not None else None,
     )
 

@@ -290,6 +290,10 @@ class EventInfo(BaseModel):
     model_version: str
     top_features: list[str] = Field(description="Features by their contribution to the event.")
     at_peak: list[EventSignal]
+    cut_at_start: bool = Field(
+        description="The event goes on before `start`, further back than the listing reads beyond its window (10,000 periods)."
+    )
+    cut_at_end: bool = Field(description="The event goes on after `end`, further than the listing reads beyond its window.")
     label: LabelInfo | None = Field(description="The verdict on this event (same span, else the latest overlapping one), or null.")
 
 

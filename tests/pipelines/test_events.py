@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.events import AnomalyEvent, anomaly_events
+from pipelines.events import AnomalyEvent, anomaly_events, window_events
 from pipelines.schema import conform
 
 HOUR = timedelta(hours=1)
@@ -118,3 +118,79 @@ def test_no_anomalies_no_events_and_round_trip():
     assert AnomalyEvent.from_dict(event.to_dict()) == event
     with pytest.raises(ValueError, match="max_gap must be 0 or more"):
         anomaly_events(output_rows(), frequency=HOUR, max_gap=-1)
+
+
+# -- events of a window (what GET …/events lists for start/end) -------------------------------------
+
+
+class Reader:
+    """Reads a job's published Parquet output as the API does, remembering the ranges it read."""
+
+    def __init__(self, root: str):
+        from pipelines.sinks.parquet import ParquetSink
+
+        self.sink = ParquetSink(root)
+        self.calls: list[tuple[object, object]] = []
+
+    def __call__(self, low, high) -> pd.DataFrame:
+        self.calls.append((low, high))
+        return self.sink.read(job="web", start=low, end=high)
+
+
+@pytest.fixture
+def published(tmp_path) -> Reader:
+    """A real published Parquet output of two days: eu anomalous from 20:00 of day one to 04:00 of
+    day two (growing, peak at 04:00), us from 02:00 to 03:00 of day two."""
+    eu = output_rows("region=eu", hours=48, anomalies={hour: {"requests": 120.0 + 5 * (hour - 20)} for hour in range(20, 29)})
+    us = output_rows("region=us", hours=48, anomalies={26: {"requests": 150}, 27: {"requests": 160}})
+    reader = Reader(str(tmp_path / "outputs"))
+    frame = pd.concat([eu, us], ignore_index=True)
+    reader.sink.write(frame, job="web", dimensions=["region"], start=START, end=START + 48 * HOUR)
+    return reader
+
+
+def test_an_event_straddling_the_window_is_returned_whole_whatever_the_window(published):
+    whole = [e for e in window_events(published, start=None, end=None, frequency=HOUR) if e.series == "region=eu"]
+    assert [(e.start, e.end, e.rows) for e in whole] == [(START + 20 * HOUR, START + 28 * HOUR, 9)]
+    for start, end in [(24, None), (None, 24), (22, 26), (28, 29), (19, 21), (0, 48)]:
+        low = None if start is None else START + start * HOUR
+        high = None if end is None else START + end * HOUR
+        [event] = [e for e in window_events(published, start=low, end=high, frequency=HOUR) if e.series == "region=eu"]
+        # Cut to the window (the defect), the start, rows, peak and key changed with the window:
+        # a label kept by the event's span no longer matched it exactly, and two adjoining
+        # windows listed one incident as two events.
+        assert event == whole[0], (start, end)
+        assert event.key == f"web|region=eu|{(START + 20 * HOUR).isoformat()}"
+        assert event.peak_timestamp == START + 28 * HOUR and event.value_ranges == {"requests": (120.0, 160.0)}
+        assert not event.cut_at_start and not event.cut_at_end
+    # Adjoining pages list the incident once each, as the same event.
+    [before] = window_events(published, start=START, end=START + 24 * HOUR, frequency=HOUR)
+    after = window_events(published, start=START + 24 * HOUR, end=START + 48 * HOUR, frequency=HOUR)
+    assert before in after and before.key in {e.key for e in after}
+
+
+def test_events_only_beyond_the_window_are_not_listed_and_the_gap_rule_holds_at_the_edge(published):
+    # us (02:00-03:00 of day two) lies wholly after this window; eu ends at 04:00 of day two.
+    assert [e.series for e in window_events(published, start=START, end=START + 24 * HOUR, frequency=HOUR)] == ["region=eu"]
+    assert window_events(published, start=START + 29 * HOUR, end=START + 48 * HOUR, frequency=HOUR, max_gap=0) == []
+    # 29:00 is normal: with one normal period allowed, a window from there still joins nothing
+    # (30:00 on is normal too), and a window ending at 20:00 does not list the event starting there.
+    assert window_events(published, start=START + 29 * HOUR, end=START + 48 * HOUR, frequency=HOUR, max_gap=1) == []
+    assert window_events(published, start=START, end=START + 20 * HOUR, frequency=HOUR) == []
+    with pytest.raises(ValueError, match="max_gap must be 0 or more"):
+        window_events(published, start=None, end=None, frequency=HOUR, max_gap=-1)
+
+
+def test_reading_beyond_the_window_is_capped_and_a_still_cut_event_says_so(published):
+    [event] = window_events(published, start=START + 24 * HOUR, end=START + 25 * HOUR, frequency=HOUR, max_periods=2)
+    assert (event.start, event.end) == (START + 22 * HOUR, START + 26 * HOUR)
+    assert event.cut_at_start and event.cut_at_end
+    assert all(START + 22 * HOUR <= low and high <= START + 27 * HOUR for low, high in published.calls)
+    assert AnomalyEvent.from_dict(event.to_dict()) == event
+    # One remembered before the flags existed (the alert state) reads as never cut.
+    old = {k: v for k, v in event.to_dict().items() if not k.startswith("cut_")}
+    assert not AnomalyEvent.from_dict(old).cut_at_start
+    # A window whose events end well inside it reads nothing beyond it.
+    published.calls.clear()
+    window_events(published, start=START + 25 * HOUR, end=START + 29 * HOUR, frequency=HOUR, max_gap=0)
+    assert published.calls[0] == (START + 25 * HOUR, START + 29 * HOUR)

@@ -266,7 +266,7 @@ def test_events_of_the_published_output_with_their_labels(store, job, published)
         EU, at(2), at(3), 0.999, ("requests",)
     )
     assert job_events(job, series=US) == []
-    assert [e.start for e in job_events(job, start=at(3), end=at(6))] == [at(3)]
+    assert [e.start for e in job_events(job, start=at(3), end=at(6))] == [at(2)]  # whole, not cut to the window
     assert label_of(event, store.labels("web")) is None
     overlapping = store.add("web", EU, at(3), at(4), False, value_min=1, value_max=2)
     assert label_of(event, store.labels("web")) == overlapping

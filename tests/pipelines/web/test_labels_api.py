@@ -182,3 +182,16 @@ def test_the_openapi_document_describes_the_feedback_operations(client, headers)
     assert labels["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/LabelList")
     assert events["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/EventList")
     assert [p["name"] for p in events["get"]["parameters"]] == ["job", "series", "start", "end", "limit"]
+
+
+def test_an_event_straddling_the_window_is_listed_whole_with_its_label(client, headers, scored):
+    whole = eu_spike(client, headers)
+    assert parse(whole["end"]) > parse(whole["start"]), whole  # the spike lasts more than one period
+    body = {"series": "region=eu", "start": whole["start"], "end": whole["end"], "verdict": False, "note": "load test"}
+    assert client.post(f"{BASE}/labels", json=body, headers=headers).status_code == 201
+    # A window starting inside the incident (a page of "since …", the next page of a listing)
+    # lists it whole, with the verdict given on it: not a shorter event under another key.
+    answer = client.get(f"{BASE}/events", params={"series": "region=eu", "start": whole["end"]}, headers=headers)
+    [inside] = [e for e in answer.json()["events"] if e["peak_timestamp"] == whole["peak_timestamp"]]
+    assert {**inside, "label": None} == {**eu_spike(client, headers), "label": None}
+    assert inside["label"]["note"] == "load test"
