@@ -20,7 +20,7 @@ from fsspec.core import url_to_fs
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
-from pipelines.errors import ConfigError, DataValidationError
+from pipelines.errors import ConfigError, DataValidationError, ModelError
 from pipelines.extraction import TimestampZone, first_zone, prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
@@ -61,6 +61,10 @@ _ONE_WAY = (
     "Write every timestamp of both files with its offset (e.g. 2024-01-01T00:00:00Z) or every one without "
     "(then taken as UTC), then re-run."
 )
+
+
+#: How a detector's "too few training rows" ends: advice for a job, not for two files.
+_JOB_ADVICE = " Widen the training window or wait for more data."
 
 
 def _zone(zone: TimestampZone) -> str:
@@ -164,7 +168,17 @@ def detect_files(
         history = trained[key][1]
         detector = make_detector(model, params, threshold_kind="contamination", threshold_value=contamination)
         follows = data.index.min() > history.index.max()  # history only when the input continues it
-        scored = detector.fit(history).detect(data, history=history if follows else None).to_frame()
+        try:
+            detector.fit(history)
+        except ModelError as exc:
+            # The detector names neither the file nor the series (which of several is short?), and
+            # its advice is a scheduled job's, which has a window to widen: a file has none.
+            reason = str(exc).removesuffix(_JOB_ADVICE).rstrip(". ")
+            raise ModelError(
+                f"{train}: series {key} of the --train file cannot be trained on: {reason}. Give that series more "
+                "rows in the --train file, or leave it out of the --input file. Nothing was written."
+            ) from exc
+        scored = detector.detect(data, history=history if follows else None).to_frame()
         if job.timestamp == _ROW_CLOCK:
             scored[ROW] = np.repeat(rows, len(features))
             scored["timestamp"] = pd.NaT

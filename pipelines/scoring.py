@@ -150,8 +150,8 @@ def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chun
     """Validate and score chunk ``index`` of a one-off input, every series in it.
 
     The previous chunk's last rows of each series are its history, so a chunk scores exactly as
-    it would in one piece; each chunk is validated on its own (duplicates across chunks are not
-    seen). Memory is bounded by two chunks.
+    it would in one piece; each chunk is validated on its own (a series repeating an instant or
+    going back in time across chunks was refused by ``extract_chunks``). Memory is bounded by two chunks.
     """
     # The job's min_rows applies to the whole file (checked when it was split), not to each chunk.
     per_chunk = job.model_copy(update={"validation": job.validation.model_copy(update={"min_rows": 0})})

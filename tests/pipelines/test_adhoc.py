@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipelines.adhoc import detect_files
-from pipelines.errors import ConfigError, DataValidationError
+from pipelines.errors import ConfigError, DataValidationError, ModelError
 
 
 def _write(path: Path, start: str, hours: int, *, aware: bool) -> str:
@@ -118,3 +118,28 @@ def test_compressed_files_are_scored_and_a_missing_column_lists_their_columns(tm
             files["train"], files["input"], timestamp="ts", features=["v", "w"], dimensions=[], model="iforest",
             params={}, contamination=0.05, output=str(tmp_path / "never.parquet"),
         )
+
+
+def test_a_series_too_short_to_train_on_is_named_with_the_train_file(tmp_path: Path) -> None:
+    # The detector's own error named neither (which of the hosts?) and said to widen a training
+    # window, which two files do not have.
+    hours = pd.date_range("2024-03-01", periods=96, freq="h")
+    short = pd.DataFrame({"ts": hours[:10], "host": "b", "v": range(10)})
+    long = pd.DataFrame({"ts": hours, "host": "a", "v": [hour % 5 for hour in range(96)]})
+    pd.concat([long, short]).to_csv(tmp_path / "train.csv", index=False)
+    later = pd.concat([long, short]).assign(ts=lambda frame: frame["ts"] + pd.Timedelta(days=5))
+    later.to_csv(tmp_path / "input.csv", index=False)
+    train = str(tmp_path / "train.csv")
+
+    with pytest.raises(ModelError) as info:
+        detect_files(
+            train, str(tmp_path / "input.csv"), timestamp="ts", features=["v"], dimensions=["host"], model="seasonal_mad",
+            params={}, contamination=0.05, output=str(tmp_path / "out.parquet"),
+        )
+
+    assert str(info.value) == (
+        f"{train}: series host=b of the --train file cannot be trained on: SeasonalMADDetector needs at least 20 "
+        "training rows (to calibrate its scores); got 10. Give that series more rows in the --train file, or leave it "
+        "out of the --input file. Nothing was written."
+    )
+    assert not (tmp_path / "out.parquet").exists()

@@ -294,6 +294,97 @@ def test_naive_and_aware_timestamps_in_different_chunks_of_a_one_off_input_stop_
     assert state(trained, project) == before
 
 
+def _one_off_input(path: Path, rows: list[tuple[str, str]]) -> str:
+    """A one-off input of (timestamp as written, region) rows, in this order."""
+    lines = [f"{stamp},{region},{number},1.5\n" for number, (stamp, region) in enumerate(rows)]
+    path.write_text("timestamp,region,requests,latency_ms\n" + "".join(lines))
+    return str(path)
+
+
+H0, H1, H2, H3 = (f"2024-03-03T0{hour}:00:00Z" for hour in range(4))
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        (
+            [(H0, "eu"), (H1, "eu"), (H1, "eu"), (H2, "eu")],
+            "series region=eu: row 3 (chunk 2: '2024-03-03T01:00:00Z') has timestamp 2024-03-03T01:00:00+00:00, "
+            "which repeats the instant of row 2 (chunk 1: '2024-03-03T01:00:00Z'), a duplicate across chunks of 2 rows",
+        ),
+        (  # the same instant written with another offset
+            [(H0, "eu"), (H1, "eu"), ("2024-03-03T02:00:00+01:00", "eu"), (H2, "eu")],
+            "series region=eu: row 3 (chunk 2: '2024-03-03T02:00:00+01:00') has timestamp 2024-03-03T01:00:00+00:00, "
+            "which repeats the instant of row 2 (chunk 1: '2024-03-03T01:00:00Z'), a duplicate across chunks of 2 rows",
+        ),
+        (  # the series is absent from the chunk between
+            [(H0, "eu"), (H1, "eu"), (H0, "us"), (H1, "us"), (H3, "eu"), (H0, "eu")],
+            "series region=eu: row 6 (chunk 3: '2024-03-03T00:00:00Z') has timestamp 2024-03-03T00:00:00+00:00, "
+            "which comes before row 2 (chunk 1: '2024-03-03T01:00:00Z') in an earlier chunk of 2 rows",
+        ),
+        (
+            [(H2, "eu"), (H3, "eu"), (H0, "eu"), (H1, "eu")],
+            "series region=eu: row 3 (chunk 2: '2024-03-03T00:00:00Z') has timestamp 2024-03-03T00:00:00+00:00, "
+            "which comes before row 2 (chunk 1: '2024-03-03T03:00:00Z') in an earlier chunk of 2 rows",
+        ),
+    ],
+    ids=["duplicate", "duplicate-other-offset", "duplicate-chunks-apart", "out-of-order"],
+)
+def test_a_series_repeating_or_going_back_in_time_across_chunks_of_a_one_off_input_stops_it_at_extract(
+    project: Path, rows: list[tuple[str, str]], problem: str
+) -> None:
+    # Validation sees one chunk at a time: each chunk here is clean on its own.
+    path = _one_off_input(project / "input.csv", rows)
+
+    with pytest.raises(SourceDataError) as info:
+        extract_chunks(get_job("demo_web_metrics"), run_id="one-off", input_path=path, chunk_rows=2)
+
+    assert str(info.value) == (
+        f"job 'demo_web_metrics': input file {path!r}, {problem}. Each chunk is scored with the end of the series "
+        "in earlier chunks as history, so rows of a series must come in time order through the file, one per "
+        "timestamp: sort the file by time (or by series, then time) and keep one row per timestamp and series, "
+        "then re-run. Nothing was scored or written."
+    )
+
+
+def test_one_off_input_whose_series_interleave_in_time_order_passes_across_chunks(project: Path) -> None:
+    # Series may be in any order, and rows in any order within a chunk: only each series' order
+    # from chunk to chunk counts.
+    path = _one_off_input(project / "input.csv", [(H0, "us"), (H0, "eu"), (H2, "eu"), (H1, "eu"), (H1, "us"), (H3, "eu")])
+    job = get_job("demo_web_metrics")
+    job = job.model_copy(update={"validation": job.validation.model_copy(update={"min_rows": 6})})
+
+    extracted = extract_chunks(job, run_id="one-off", input_path=path, chunk_rows=2)
+
+    assert (len(extracted.paths), extracted.rows) == (3, 6)
+
+
+def test_one_off_input_without_dimensions_is_checked_across_chunks_too(project: Path) -> None:
+    job = get_job("demo_web_metrics").model_copy(update={"dimensions": []})
+    path = _one_off_input(project / "input.csv", [(H0, "eu"), (H1, "us"), (H1, "eu")])
+
+    with pytest.raises(SourceDataError, match=r"series all: row 3 \(chunk 2: .*repeats the instant of row 2 \(chunk 1"):
+        extract_chunks(job, run_id="one-off", input_path=path, chunk_rows=2)
+
+
+def test_a_duplicate_across_chunks_of_a_one_off_input_is_refused_before_any_chunk_is_scored(
+    trained: JobConfig, project: Path, tmp_path: Path
+) -> None:
+    # It used to fail only when its chunk was scored, after the chunks before it, as a model
+    # version that "cannot score" with history "reaching" past the first row, naming no file or row.
+    data = pd.read_csv(REPO / "data" / "demo" / "web_metrics.csv")
+    data = data[data["timestamp"].str.startswith("2024-03-05")].reset_index(drop=True)
+    pd.concat([data, data.iloc[[0]]]).to_csv(tmp_path / "input.csv", index=False)  # 73 rows: the last repeats the first
+    before = state(trained, project)
+
+    with pytest.raises(SourceDataError, match=r"series region=apac: row 73 \(chunk 4: '2024-03-05T00:00:00Z'\) has "):
+        run_score_file(trained, str(tmp_path / "input.csv"), run_id="dup", output=str(tmp_path / "out.parquet"), chunk_rows=20)
+
+    assert not (tmp_path / "out.parquet").exists()
+    assert not (project / "var" / "work" / trained.name / "dup").exists()
+    assert state(trained, project) == before
+
+
 # -- schema drift between runs --------------------------------------------------------------
 
 
