@@ -9,7 +9,8 @@ passes the configured hour.
 
 What was sent is kept per job in ``<registry>/<job>/_alerts/state.json``, written atomically
 after every delivery: re-running an interval never sends an event twice, and a delivery that
-fails leaves its event unsent, so the task's retry sends it. See docs/ALERTS.md.
+fails leaves its event unsent, so the task's retry sends it, while the run's other events are
+still sent. See docs/ALERTS.md.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta, timezone
+from time import sleep
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -51,6 +53,13 @@ TEXT_ATTACHMENT = "anomaly-alert.txt"
 SLACK_SECTION_CHARS = 3000
 SLACK_TEXT_CHARS = 40_000
 SLACK_DIGEST_EVENTS = 45
+#: Slack answers HTTP 429 with ``Retry-After`` (seconds) when an app posts faster than it allows
+#: (about one message a second per channel, more in bursts): a send waits that long and tries
+#: again, at most this many times. A wait longer than ``SLACK_RATE_LIMIT_MAX_WAIT`` seconds is left
+#: to the task's retry: the task holds a worker slot while it sleeps, and a long wait means a
+#: throttled app that a few more tries in a row would not cure.
+SLACK_RATE_LIMIT_RETRIES = 3
+SLACK_RATE_LIMIT_MAX_WAIT = 60.0
 
 Notify = Callable[[str, "Message", Mapping[str, Any]], None]
 
@@ -290,6 +299,19 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _slack_data(text: str) -> dict[str, Any]:
+    """A Block Kit text object showing ``text`` (escaped by :func:`_mrkdwn`) literally.
+
+    Series keys, feature and model names are data: in a ``mrkdwn`` object, even ``verbatim``
+    (which only stops links and mentions), ``*prod_db*`` showed as bold "prod_db", ``_x_`` as
+    italics, ``~`` as strikethrough, backticks as code, and Slack documents no escape for those
+    characters. ``plain_text`` is what Slack offers for unformatted text; ``&``, ``<`` and ``>``
+    stay escaped as Slack asks for every text object, and ``emoji: false`` keeps ``:name:`` as
+    written.
+    """
+    return {"type": "plain_text", "emoji": False, "text": text}
+
+
 def _slack_fit(lines: list[str], limit: int) -> str:
     """``lines`` (mrkdwn) joined, within ``limit`` characters: whole lines are kept while they fit,
     then one line says how many were left out, rather than Slack cutting the text anywhere."""
@@ -383,9 +405,9 @@ def render_event(
     text = "\n".join(lines)
     details = _slack_fit([_mrkdwn(line) for line in lines[1:-1]], SLACK_SECTION_CHARS)
     blocks = [
-        {"type": "header", "text": {"type": "plain_text", "text": subject[:150]}},
-        # verbatim: no mention or channel name in the data is turned into a ping or a link.
-        {"type": "section", "text": {"type": "mrkdwn", "verbatim": True, "text": details}},
+        {"type": "header", "text": {"type": "plain_text", "emoji": False, "text": subject[:150]}},
+        # plain text: no mention, channel name or formatting character in the data is acted on.
+        {"type": "section", "text": _slack_data(details)},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"<{link}|Open in the dashboard>"}},
     ]
     return Message(subject=subject, text=text, html=f"<html><body>{body}</body></html>", slack_blocks=blocks)
@@ -404,17 +426,15 @@ def render_digest(job: JobConfig, events: list[dict[str, Any]], cutoff: datetime
         parts.append(_html_event(job, event, dashboard_link(job, event)))
     text = "\n".join(line for line in lines if line is not None)
     listed = [AnomalyEvent.from_dict(data) for data in ordered[:SLACK_DIGEST_EVENTS]]  # Slack takes at most 50 blocks
-    blocks = [{"type": "header", "text": {"type": "plain_text", "text": subject[:150]}}] + [
+    blocks = [{"type": "header", "text": {"type": "plain_text", "emoji": False, "text": subject[:150]}}] + [
         {
             "type": "section",
-            "text": {
-                "type": "mrkdwn",
-                "verbatim": True,
-                "text": _slack_fit(
+            "text": _slack_data(
+                _slack_fit(
                     [f"{_mrkdwn(e.series)}: {_moment(e.start)} to {_moment(e.end + job.frequency)}, peak score {e.peak_score:.4f}"],
                     SLACK_SECTION_CHARS,
-                ),
-            },
+                )
+            ),
         }
         for e in listed
     ]
@@ -448,6 +468,57 @@ def _slack_text(message: Message) -> str:
     return _slack_fit([_mrkdwn(line) for line in message.text.splitlines()], SLACK_TEXT_CHARS)
 
 
+class _RateLimited(Exception):
+    """Slack still answered HTTP 429 (rate limited) after the waits a send allows."""
+
+
+def _rate_limit_wait(seconds: float) -> None:
+    sleep(seconds)
+
+
+class _SlackRateLimit:
+    """A retry handler of slack_sdk's clients (their ``RetryHandler`` interface) for HTTP 429:
+    waits ``Retry-After`` seconds and tries again, at most ``SLACK_RATE_LIMIT_RETRIES`` times and
+    never longer than ``SLACK_RATE_LIMIT_MAX_WAIT`` seconds; remembers the last answer's wait, for
+    the error when it gives up. (slack_sdk's own ``RateLimitErrorRetryHandler`` sleeps whatever
+    Slack asks, with no cap.)"""
+
+    def __init__(self) -> None:
+        self.max_retry_count = SLACK_RATE_LIMIT_RETRIES
+        self.limited = 0  # 429 answers received
+        self.retry_after = 0.0  # what the last one asked
+        self.gave_up = False
+        self._wait = _rate_limit_wait  # looked up per send: tests replace it rather than sleep
+
+    def can_retry(self, *, state: Any, request: Any, response: Any = None, error: Any = None) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        self.limited += 1
+        headers = {k.lower(): v for k, v in (response.headers or {}).items()}
+        value = headers.get("retry-after", ["1"])
+        try:  # whole seconds, as Slack sends it; anything else: a second, as slack_sdk assumes
+            self.retry_after = max(0.0, float(value[0] if isinstance(value, list) else value))
+        except (TypeError, ValueError, IndexError):
+            self.retry_after = 1.0
+        self.gave_up = state.current_attempt >= self.max_retry_count or self.retry_after > SLACK_RATE_LIMIT_MAX_WAIT
+        return not self.gave_up
+
+    def prepare_for_next_attempt(self, *, state: Any, request: Any, response: Any = None, error: Any = None) -> None:
+        log.warning("Slack rate-limited the alert (HTTP 429): waiting %g s as it asks, then trying again", self.retry_after)
+        state.next_attempt_requested = True
+        self._wait(self.retry_after)
+        state.increment_current_attempt()
+
+    def error(self) -> _RateLimited:
+        when = (datetime.now(timezone.utc) + timedelta(seconds=self.retry_after)).strftime("%H:%M:%S UTC")
+        why = (
+            f"it asked to wait {self.retry_after:g} s, longer than a send waits ({SLACK_RATE_LIMIT_MAX_WAIT:g} s)"
+            if self.retry_after > SLACK_RATE_LIMIT_MAX_WAIT
+            else f"still so after {self.limited - 1} wait(s) as it asked (last: {self.retry_after:g} s)"
+        )
+        return _RateLimited(f"rate-limited by Slack (HTTP 429): {why}; retry after {when}")
+
+
 def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str, Any]) -> None:
     """Send ``message`` through ``channel`` (``email`` or ``slack``) with the providers' notifiers."""
     alerts = _alerts(job)
@@ -478,14 +549,17 @@ def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str,
         try:
             from airflow.providers.slack.notifications.slack import SlackNotifier
             from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+            from slack_sdk.http_retry import ConnectionErrorRetryHandler
         except ImportError as exc:
             raise MissingDependencyError("apache-airflow-providers-slack", "alerts", f"Job {job.name}'s Slack alerts") from exc
+    # Handlers given replace the clients' defaults: keep their retry of a dropped connection.
+    rate_limit = _SlackRateLimit()
     if channel == "slack" and alerts.slack and alerts.slack.webhook_conn_id:
-
         notifier = SlackWebhookNotifier(
             slack_webhook_conn_id=alerts.slack.webhook_conn_id,
             text=_verbatim(_slack_text(message)),
             blocks=_verbatim(message.slack_blocks),
+            retry_handlers=[ConnectionErrorRetryHandler(), rate_limit],
         )
     elif channel == "slack" and alerts.slack:
         notifier = SlackNotifier(
@@ -493,36 +567,67 @@ def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str,
             channel=alerts.slack.channel,
             text=_verbatim(_slack_text(message)),
             blocks=_verbatim(message.slack_blocks),
+            retry_handlers=[ConnectionErrorRetryHandler(), rate_limit],
         )
     else:
         raise ConfigError(f"job {job.name}: alert channel {channel!r} is not configured")
-    notifier(dict(context))
+    try:
+        notifier(dict(context))
+    except Exception as exc:
+        if rate_limit.gave_up:  # the clients' own error shows only the status, not when to try again
+            raise rate_limit.error() from exc
+        raise
 
 
 def _channels(alerts: AlertsConfig) -> list[str]:
     return [name for name in ("email", "slack") if getattr(alerts, name)]
 
 
+#: One delivery that failed: what it was, by which channel and why (a line of the task's error), and the error.
+_Failure = tuple[str, Exception]
+
+
 def _deliver(
     job: JobConfig, state: AlertState, what: str, message: Message, done: list[str], context: Mapping[str, Any], send: Notify
-) -> None:
-    """Send ``message`` on every channel not in ``done``, saving the state after each one."""
+) -> list[_Failure]:
+    """Send ``message`` on every channel not in ``done``, saving the state after each one; the failures.
+
+    Every channel is tried: a channel that fails (a server down, a message refused) must not keep
+    the message from the others. A channel that failed stays out of ``done``, so the task's retry
+    sends it there, and only there.
+    """
+    failures: list[_Failure] = []
     for channel in _channels(_alerts(job)):
         if channel in done:
             continue
         try:
             send(channel, message, context)
-        except PipelineError:  # configuration or a missing package: said precisely already
+        except PipelineError:  # configuration or a missing package: said precisely already, and the same for every event
             raise
         except Exception as exc:
-            target = _target(job, channel)
-            raise SinkError(
-                f"job {job.name}: {what} could not be sent by {channel} ({target}): {exc}; "
-                "it stays unsent and the task's retry sends it (check the connection and the server)"
-            ) from exc
+            failures.append((f"{what} could not be sent by {channel} ({_target(job, channel)}): {exc}", exc))
+            log.warning("job %s: %s", job.name, failures[-1][0])
+            continue
         done.append(channel)
         state.save(job)
         log.info("job %s: sent %s by %s", job.name, what, channel)
+    return failures
+
+
+def _raise_failures(job: JobConfig, failures: list[_Failure]) -> None:
+    """Fail the task, once every event was tried, naming each delivery that failed (so Airflow shows
+    the run failed and retries it; the retry sends only what did not go through)."""
+    if not failures:
+        return
+    lines = "; ".join(line for line, _ in failures)
+    if len(failures) == 1:
+        raise SinkError(
+            f"job {job.name}: {lines}; it stays unsent and the task's retry sends it (check the connection and the server)"
+        ) from failures[0][1]
+    raise SinkError(
+        f"job {job.name}: {len(failures)} deliveries failed, the rest went out: {lines}; they stay unsent and the task's "
+        "retry sends them, not what went out (check the connections and the servers)"
+    ) from failures[0][1]
 
 
 def _target(job: JobConfig, channel: str) -> str:
@@ -584,6 +689,8 @@ def process_events(
     )
     summary = AlertSummary(events=len(events))
     false_alarms = _FalseAlarms(job)
+    failures: list[_Failure] = []
+    unsent: list[datetime] = []  # starts of the events that could not be sent everywhere
 
     def decide(event: AnomalyEvent, decision: str, reason: str) -> None:
         summary.decisions.append({"key": event.key, "series": event.series, "decision": decision, "reason": reason})
@@ -663,12 +770,23 @@ def process_events(
         incident = _whole_incident(event, record) if was_held else event
         held = [h for h in state.held.get(event.series, []) if not (was_held and h.get("key") == record["key"])]
         message = render_event(job, incident, held, continues_held=was_held and incident.start < event.start)
-        _deliver(job, state, f"the alert for event {incident.key}", message, record["channels"], context, send)
+        failed = _deliver(job, state, f"the alert for event {incident.key}", message, record["channels"], context, send)
+        if failed:
+            # Kept as it is ("sending", with the channels it reached) for the task's retry, which
+            # sends it on the other channels only; the later events are still tried.
+            state.save(job)
+            failures += failed
+            unsent.append(incident.start)
+            decide(event, "failed", "; ".join(line for line, _ in failed))
+            continue
         record["status"] = "sent"
         record.pop("periods", None)
         state.held.pop(event.series, None)
-        if alerts.snooze:
-            state.snoozed_until[event.series] = (event.end + job.frequency * alerts.snooze).isoformat()
+        until = (event.end + job.frequency * alerts.snooze).isoformat()
+        # A retry sending an event that failed earlier, after a later event of its series went
+        # out, must not shorten the snooze that later alert started.
+        if alerts.snooze and until >= state.snoozed_until.get(event.series, ""):
+            state.snoozed_until[event.series] = until
             state.snooze_peak[event.series] = event.peak_score
         _queue(state, alerts, record["key"], incident, "sent")
         state.save(job)
@@ -677,7 +795,8 @@ def process_events(
         if incident.start < event.start:
             escalation += f"; it continues the incident held since {_moment(incident.start)}"
         decide(event, "sent", f"by {', '.join(_channels(alerts))}{escalation}")
-    summary.digest = send_digest(job, state, window, context=context, send=send)
+    summary.digest, digest_failures = _send_digest(job, state, window, context=context, send=send, unsent=unsent)
+    _raise_failures(job, failures + digest_failures)
     return summary
 
 
@@ -715,26 +834,44 @@ def send_digest(
     job: JobConfig, state: AlertState, window: Window, *, context: Mapping[str, Any], send: Notify
 ) -> dict[str, Any] | None:
     """Send the queued events that started before the digest time this window passes."""
+    result, failures = _send_digest(job, state, window, context=context, send=send)
+    _raise_failures(job, failures)
+    return result
+
+
+def _send_digest(
+    job: JobConfig, state: AlertState, window: Window, *, context: Mapping[str, Any], send: Notify, unsent: Sequence[datetime] = ()
+) -> tuple[dict[str, Any] | None, list[_Failure]]:
+    """:func:`send_digest`, with the failed deliveries returned. ``unsent``: the starts of this run's
+    events that could not be sent; the digest waits for those it would list (the task's retry)."""
     cutoff = digest_cutoff(job, window)
     if cutoff is None:
-        return None
+        return None, []
     if cutoff.isoformat() in state.digests_sent:
         log.info("job %s: the digest of %s was sent already", job.name, _moment(cutoff))
-        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "sent already"}
+        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "sent already"}, []
+    waiting = sum(start < cutoff for start in unsent)
+    if waiting:
+        # Sent now, it would miss them, and once sent it is never sent again: it goes out with
+        # them, from the task's retry.
+        log.warning("job %s: the digest of %s waits for %d event(s) that could not be sent", job.name, _moment(cutoff), waiting)
+        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": f"waits for {waiting} unsent event(s)"}, []
     due = {k: e for k, e in state.digest.items() if datetime.fromisoformat(e["start"]) < cutoff}
     if not due:
         log.info("job %s: no events for the digest of %s; nothing sent", job.name, _moment(cutoff))
-        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "no events"}
+        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "no events"}, []
     if state.digest_progress.get("cutoff") != cutoff.isoformat():
         state.digest_progress = {"cutoff": cutoff.isoformat(), "channels": []}
     message = render_digest(job, list(due.values()), cutoff)
-    _deliver(job, state, f"the digest of {_moment(cutoff)}", message, state.digest_progress["channels"], context, send)
+    failures = _deliver(job, state, f"the digest of {_moment(cutoff)}", message, state.digest_progress["channels"], context, send)
+    if failures:
+        return {"cutoff": cutoff.isoformat(), "events": len(due), "sent": False, "reason": "delivery failed"}, failures
     for key in due:
         state.digest.pop(key, None)
     state.digest_progress = {}
     state.digests_sent = [*state.digests_sent, cutoff.isoformat()][-31:]
     state.save(job)
-    return {"cutoff": cutoff.isoformat(), "events": len(due), "sent": True}
+    return {"cutoff": cutoff.isoformat(), "events": len(due), "sent": True}, []
 
 
 def alert_window(job: JobConfig, window: Window, *, context: Mapping[str, Any] | None = None) -> dict[str, Any]:

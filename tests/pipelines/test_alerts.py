@@ -305,12 +305,21 @@ def test_a_failed_send_fails_clearly_and_the_retry_sends_it(tmp_path: Path, smtp
 
 
 class SlackStandIn(BaseHTTPRequestHandler):
-    """Stands in for Slack's incoming-webhook endpoint and chat.postMessage: records the JSON posted."""
+    """Stands in for Slack's incoming-webhook endpoint and chat.postMessage: records the JSON posted.
+    While ``rate_limited`` holds Retry-After values, each request takes one and is answered HTTP 429
+    with it, as Slack answers an app posting too fast (and not recorded: Slack drops it)."""
 
     received: list[tuple[str, dict]] = []
+    rate_limited: list[str] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if type(self).rate_limited:
+            self.send_response(429)
+            self.send_header("Retry-After", type(self).rate_limited.pop(0))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         type(self).received.append((self.path, payload))
         answer = b'{"ok": true, "channel": "C1", "ts": "1.0"}' if self.path.startswith("/api/") else b"ok"
         if payload.get("channel") == "#missing":  # as Slack answers for a channel the bot cannot see
@@ -328,6 +337,7 @@ class SlackStandIn(BaseHTTPRequestHandler):
 @pytest.fixture
 def slack() -> Iterator[tuple[int, list]]:
     SlackStandIn.received = []
+    SlackStandIn.rate_limited = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), SlackStandIn)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -528,7 +538,7 @@ def test_slack_messages_escape_series_keys_so_they_cannot_ping_the_channel(tmp_p
                           window(0, 24)).sent == 1
     [(_, payload)] = received
     details = payload["blocks"][1]["text"]
-    assert details["verbatim"] is True  # Slack turns no name in the data into a link or mention
+    assert details["type"] == "plain_text"  # Slack turns no name in the data into a link or mention
     for text in (payload["text"], details["text"]):
         assert "<!channel>" not in text and "<https://evil" not in text
         assert "Series: region=&lt;!channel&gt; &amp; &lt;https://evil.example|login&gt;" in text
@@ -597,3 +607,157 @@ def test_dashboard_links_use_airflows_base_url_from_its_configuration(tmp_path: 
         conf.remove_option("api", "base_url")
     [message] = sent
     assert "Dashboard: https://example.com/airflow/anomaly-pipelines/dashboard/jobs/web?series=region%3Deu+west%2F2&start=" in message.text
+
+
+class PickyInbox(Inbox):
+    """An SMTP server refusing the mails whose subject holds ``refuse`` (as a content filter would)."""
+
+    def __init__(self, refuse: str | None) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        if self.refuse and self.refuse in str(email.message_from_bytes(envelope.content, policy=default_policy)["Subject"]):
+            return "554 5.7.1 Message rejected by the content filter"
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_an_event_that_cannot_be_sent_holds_up_no_other_and_the_retry_sends_only_it(
+    tmp_path: Path, smtp_port: int, slack_webhook: list
+):
+    # One mail refused made the task stop there: the later events of the run were not sent at all,
+    # the other channel not tried, until the refused one went through.
+    from aiosmtpd.controller import Controller
+
+    received = slack_webhook
+    job = make_job(tmp_path, slack={"webhook_conn_id": "alerts_webhook"}, digest={"hour": 12})
+    frame = pd.concat(
+        [output_rows(f"region={r}", anomalies={hour: {"requests": 150}}, dimensions={"region": r}) for r, hour in
+         (("eu", 2), ("us", 5), ("ap", 8))],
+        ignore_index=True,
+    )
+    inbox = PickyInbox(refuse="region=us")
+    controller = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    try:
+        with pytest.raises(SinkError, match=r"job web: the alert for event web\|region=us\|2024-03-01T05:00:00\+00:00 could not be "
+                           r"sent by email \(Airflow connection 'smtp_default', (?s:.*)rejected by the content filter(?s:.*)"
+                           r"it stays unsent and the task's retry sends it"):
+            process_events(job, frame, window(0, 24))
+        # Every event was tried, on every channel; the digest waits for the one missing.
+        assert [s.split(":")[0] for s in inbox.subjects] == ["[anomaly] web region=eu", "[anomaly] web region=ap"]
+        assert ["region=us" in payload["text"] for _, payload in received] == [False, True, False]
+        [us] = AlertState.load(job).events["region=us"]
+        assert (us["status"], us["channels"]) == ("sending", ["slack"])
+
+        inbox.refuse = None  # the task's retry: only the refused mail goes, then the digest
+        retry = process_events(job, frame, window(0, 24))
+        assert (retry.sent, retry.already_sent, retry.digest["events"]) == (1, 2, 3)
+        assert process_events(job, frame, window(0, 24)).sent == 0
+    finally:
+        controller.stop()
+    assert [s.split(":")[0] for s in inbox.subjects] == [
+        "[anomaly] web region=eu", "[anomaly] web region=ap", "[anomaly] web region=us", "[anomaly digest] web"
+    ]
+    assert len(received) == 4  # three alerts and the digest, none twice
+
+
+def test_every_failed_event_is_named_and_none_marked_sent(tmp_path: Path):
+    job = make_job(tmp_path)
+    frame = pd.concat(
+        [output_rows(f"region={r}", anomalies={hour: {"requests": 150}}, dimensions={"region": r}) for r, hour in
+         (("eu", 2), ("us", 5), ("ap", 8))],
+        ignore_index=True,
+    )
+
+    def send(channel: str, message: Any, context: Any) -> None:
+        if "region=ap" not in message.subject:
+            raise ConnectionError("connection reset")
+
+    with pytest.raises(SinkError, match=r"job web: 2 deliveries failed, the rest went out: the alert for event web\|region=eu\|.*"
+                       r"; the alert for event web\|region=us\|.*; they stay unsent and the task's retry sends them"):
+        process_events(job, frame, window(0, 24), send=send)
+    state = AlertState.load(job)
+    assert {series: records[0]["status"] for series, records in state.events.items()} == {
+        "region=eu": "sending", "region=us": "sending", "region=ap": "sent"
+    }
+
+
+@pytest.mark.parametrize("via", ["slack_webhook", "slack_bot"])
+def test_a_slack_rate_limit_is_waited_out_as_slack_asks(tmp_path: Path, via: str, request: pytest.FixtureRequest,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    # An HTTP 429 failed the send at once, for the task's retry minutes later, whatever Retry-After said.
+    import pipelines.alerts
+
+    received = request.getfixturevalue(via)
+    waits: list[float] = []
+    monkeypatch.setattr(pipelines.alerts, "_rate_limit_wait", waits.append)
+    slack = {"webhook_conn_id": "alerts_webhook"} if via == "slack_webhook" else {"api_conn_id": "alerts_bot", "channel": "#alerts"}
+    job = make_job(tmp_path, email=None, slack=slack)
+    SlackStandIn.rate_limited = ["1"]
+    assert process_events(job, output_rows(anomalies={5: {"requests": 150}}), window(0, 24)).sent == 1
+    assert waits == [1.0] and len(received) == 1
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "waited", "why"),
+    [
+        (["120"], [], r"it asked to wait 120 s, longer than a send waits \(60 s\)"),
+        (["1"] * 10, [1.0] * 3, r"still so after 3 wait\(s\) as it asked \(last: 1 s\)"),
+    ],
+    ids=["beyond-the-cap", "beyond-the-retries"],
+)
+def test_a_slack_rate_limit_beyond_what_a_send_waits_fails_saying_when_to_retry(
+    tmp_path: Path, slack_webhook: list, monkeypatch: pytest.MonkeyPatch, retry_after: list[str], waited: list[float], why: str
+):
+    import pipelines.alerts
+
+    waits: list[float] = []
+    monkeypatch.setattr(pipelines.alerts, "_rate_limit_wait", waits.append)
+    job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"})
+    SlackStandIn.rate_limited = retry_after
+    with pytest.raises(SinkError, match=rf"by slack \(Airflow connection 'alerts_webhook'\): rate-limited by Slack \(HTTP 429\): "
+                       rf"{why}; retry after \d\d:\d\d:\d\d UTC; it stays unsent"):
+        process_events(job, output_rows(anomalies={5: {"requests": 150}}), window(0, 24))
+    assert waits == waited and slack_webhook == []
+
+
+def test_slack_shows_formatting_characters_of_the_data_literally(tmp_path: Path, slack_webhook: list):
+    # Sections were mrkdwn (verbatim stops only links and mentions): "*prod_db*" showed as bold "prod_db".
+    received = slack_webhook
+    job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"}, digest={"hour": 8})
+    value = "*prod_db* _x_ ~y~ `z` :fire:"
+    assert process_events(job, output_rows(f"db={value}", anomalies={5: {"requests": 150}}, dimensions={"db": value}),
+                          window(0, 8)).sent == 1
+    [(_, alert), (_, digest)] = received
+    for block in (alert["blocks"][1], digest["blocks"][1]):
+        assert block["text"]["type"] == "plain_text" and block["text"]["emoji"] is False
+        assert "db=*prod_db* _x_ ~y~ `z` :fire:" in block["text"]["text"]
+    assert alert["blocks"][1]["text"]["text"].startswith("Series: db=*prod_db* _x_ ~y~ `z` :fire:\n")
+    assert alert["blocks"][0]["text"]["emoji"] is False and ":fire:" in alert["blocks"][0]["text"]["text"]  # the subject
+
+
+def test_a_retried_earlier_event_does_not_shorten_the_snooze_of_a_later_one(tmp_path: Path):
+    # 02:00 fails; the next window's 12:00 (same series) goes out, snoozing it to 19:00; the retry
+    # of the first window sending 02:00 set the snooze back to 09:00, so 16:00 paged again.
+    job = make_job(tmp_path, snooze=6)
+    frame = output_rows("region=eu", anomalies={2: {"requests": 150}, 12: {"requests": 150}, 16: {"requests": 150}})
+    sent: list[str] = []
+    refuse = ["02:00"]
+
+    def send(channel: str, message: Any, context: Any) -> None:
+        if any(f"2024-03-01 {hour} UTC" in message.subject for hour in refuse):
+            raise ConnectionError("connection reset")
+        sent.append(message.subject)
+
+    def run(first: int, last: int):
+        return process_events(job, rows_in(frame, first, last), window(first, last), send=send)
+
+    with pytest.raises(SinkError, match="02:00"):
+        run(0, 8)
+    assert run(8, 14).sent == 1
+    refuse.clear()
+    assert run(0, 8).sent == 1  # the first window's retry
+    later = run(14, 24)
+    assert (later.sent, later.held) == (0, 1)
+    assert [s.split("rise ")[1][11:16] for s in sent] == ["12:00", "02:00"]
