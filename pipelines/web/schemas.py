@@ -132,7 +132,10 @@ class ChampionInfo(BaseModel):
     rows: int | None = Field(description="Training rows.")
     params: dict[str, Any]
     threshold: Any
-    metrics: dict[str, Any] = Field(description="Hold-out errors (challenger and champion) and the training anomaly rate.")
+    metrics: dict[str, Any] = Field(
+        description="Hold-out errors (challenger and champion, on the compared rows), `compared_rows`, "
+        "`compared_out_of_sample` (the champion was trained on none of them) and the training anomaly rate."
+    )
     decision: dict[str, Any] | None = Field(description="Whether and why this version was promoted.")
     features: list[str]
     metadata: dict[str, Any] = Field(description="The whole metadata.json of the version.")

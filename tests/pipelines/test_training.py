@@ -372,3 +372,108 @@ def test_a_champion_registered_before_the_job_model_was_recorded(tmp_path: Path,
     assert second.promoted is promoted
     assert ("model changed (seasonal_mad → iforest)" in second.reason) is promoted
     assert ("kept the champion (the new model is worse)" in second.reason) is not promoted
+
+
+def _weekly(days: int, seed: int = 0) -> pd.DataFrame:
+    """Hourly rows from WINDOW.start: one fixed weekly profile (a value per hour of the week) plus noise."""
+    index = pd.date_range(WINDOW.start, periods=24 * days, freq="h")
+    rng = np.random.default_rng(seed)
+    week = rng.normal(0, 5, size=(24 * 7, 2))
+    values = week[np.arange(len(index)) % (24 * 7)] + rng.normal(size=(len(index), 2)) + [50, 20]
+    return pd.DataFrame(values, index=index, columns=["a", "b"])
+
+
+def _weekly_job(tmp_path: Path, days: int) -> JobConfig:
+    job = make_job(tmp_path, season="1w")
+    return job.model_copy(update={"training_window": pd.Timedelta(days=days).to_pytimedelta()})
+
+
+def _day(days: float):
+    return (pd.Timestamp(WINDOW.start) + pd.Timedelta(days=days)).to_pydatetime()
+
+
+def _errors_on_last(job: JobConfig, champion_version: str, data: pd.DataFrame, rows: int) -> tuple[float, float]:
+    """Challenger (fitted on the head of ``data``) and champion errors on the last ``rows`` rows,
+    each given every row before them as history: what the comparison must compute."""
+    from pipelines.detectors.synthetic import robust_scale
+    from pipelines.training import HOLDOUT_FRACTION, detector_for, holdout_error
+
+    head = data.iloc[: int(len(data) * (1 - HOLDOUT_FRACTION))]
+    registry = registry_for(job)
+    champion = load_detector("seasonal_mad", registry.load_files(job.name, "all", champion_version))
+    compared, history, scale = data.iloc[-rows:], data.iloc[:-rows], robust_scale(head)
+    return (
+        holdout_error(detector_for(job).fit(head), compared, history, scale),
+        holdout_error(champion, compared, history, scale),
+    )
+
+
+def test_the_champion_is_compared_only_on_rows_it_was_not_trained_on(tmp_path: Path) -> None:
+    """The champion was scored on the whole held-back tail, though it was trained on most of it.
+
+    Yesterday's champion was trained on the job's former 14-day window, so its weekly profile is
+    the mean of two weeks (it holds half of each of its training rows), one of them a day of bad
+    readings. The job's window is 30 days now; today's tail is its last 6 days, 5 of which the champion was trained
+    on: there it looked better than the new model (0.17 vs 0.21) and kept it out, though on the
+    day it had not seen it is clearly worse (0.40 vs 0.24).
+    """
+    data = _weekly(31)
+    data.loc[(data.index >= _day(23)) & (data.index < _day(24))] -= 6  # a day of bad readings a week ago
+    yesterday = data[(data.index >= _day(16)) & (data.index < _day(30))]
+    old = train_series(_weekly_job(tmp_path, 14), "all", yesterday, Window(_day(16), _day(30)), run_id="yesterday")
+    job = _weekly_job(tmp_path, 30)
+    today = data[data.index >= _day(1)]
+    new = train_series(job, "all", today, Window(_day(1), _day(31)), run_id="today")
+
+    assert new.promoted, new.reason
+    assert new.reason.startswith(f"holdout error {new.metrics['holdout_error']:.4g} vs champion {old.version} ")
+    assert ("on the last 24 of 144 held-back rows, after the champion's last training row (2024-01-30T23:00:00+00:00): "
+            "promoted (not worse)") in new.reason
+    assert new.metrics["compared_rows"] == 24 and new.metrics["compared_out_of_sample"] is True
+    assert new.metrics["holdout_error"] < 0.7 * new.metrics["champion_holdout_error"]
+    # Both scored on today's last day, with every row before it as history.
+    expected = _errors_on_last(job, old.version, today, 24)
+    assert (new.metrics["holdout_error"], new.metrics["champion_holdout_error"]) == pytest.approx(expected)
+    assert registry_for(job).champion(job.name, "all").version == new.version
+
+
+@pytest.mark.parametrize(
+    "unseen, missing, fresh", [(0, 0, 0), (5, 0, 5), (24, 21, 3)], ids=["re-run", "five-new-rows", "a-gap-after-training"]
+)
+def test_with_too_few_rows_after_the_champions_training_the_whole_tail_is_compared(
+    tmp_path: Path, unseen: int, missing: int, fresh: int
+) -> None:
+    """Re-running an interval, retraining a few rows later, or a gap in the source since leaves too
+    few held-back rows with values the champion was not trained on: the whole tail is compared, as
+    before, and the reason says so."""
+    job = make_job(tmp_path, season="1d")
+    data = cycle(0)
+    old = train_series(job, "all", data.iloc[: len(data) - unseen], WINDOW, run_id="old")
+    data.iloc[len(data) - unseen : len(data) - unseen + missing] = np.nan  # as resampling leaves a gap
+    again = train_series(job, "all", data, WINDOW, run_id="again")
+
+    tail = len(data) - int(len(data) * 0.8)
+    assert again.metrics["compared_rows"] == tail and again.metrics["compared_out_of_sample"] is False
+    assert f"on all {tail} held-back rows: only {fresh} with values come after the champion's last training row (" in again.reason
+    assert f"fewer than 10, so it is also judged on {tail - unseen} rows it was trained on, which favours it" in again.reason
+    # The numbers of the whole-tail comparison, and its decision.
+    assert (again.metrics["holdout_error"], again.metrics["champion_holdout_error"]) == pytest.approx(
+        _errors_on_last(job, old.version, data, tail)
+    )
+    assert again.promoted is (again.metrics["holdout_error"] <= again.metrics["champion_holdout_error"])
+
+
+def test_a_worse_model_compared_out_of_sample_still_never_serves(tmp_path: Path) -> None:
+    job = _weekly_job(tmp_path, 30)
+    data = _weekly(31)
+    old = train_series(job, "all", data[data.index < _day(30)], Window(_day(0), _day(30)), run_id="yesterday")
+    today = data[data.index >= _day(1)].copy()
+    head = int(len(today) * 0.8)
+    today.iloc[:head] = np.random.default_rng(2).normal(500, 200, size=(head, 2))  # the new model learns garbage
+    new = train_series(job, "all", today, Window(_day(1), _day(31)), run_id="today")
+
+    assert not new.promoted and "kept the champion (the new model is worse)" in new.reason
+    assert "on the last 24 of 144 held-back rows, after the champion's last training row" in new.reason
+    assert new.metrics["compared_rows"] == 24 and new.metrics["compared_out_of_sample"] is True
+    assert new.metrics["holdout_error"] > new.metrics["champion_holdout_error"]
+    assert registry_for(job).champion(job.name, "all").version == old.version
