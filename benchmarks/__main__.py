@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "backfill": "benchmarks.backfill",
     "dashboard": "benchmarks.dashboard",
     "api": "benchmarks.api_latency",
+    "sql_read": "benchmarks.sql_read",
 }
 
 log = logging.getLogger("benchmarks")

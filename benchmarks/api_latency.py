@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import REPO, fmt_number, machine_line, table, write_section
+from benchmarks.report import REPO, fmt_number, machine_line, publish, table
 
 JOB = "demo_web_metrics"
 FEATURES = 2
@@ -202,10 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    section = run(quick=args.quick)
-    print(section)
-    if not args.quick:
-        write_section("api", section)
+    publish("api", run(quick=args.quick), quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from benchmarks.report import fmt_number, interleaved, machine_line, table, timed, write_section
+from benchmarks.report import fmt_number, interleaved, machine_line, publish, table, timed
 
 SERIES = 100
 DAYS = 365
@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 series x 30 days; print only")
     args = parser.parse_args(argv)
-    section = run(args.quick)
-    print(section)
-    if not args.quick:
-        write_section("dashboard", section)
+    publish("dashboard", run(args.quick), quick=args.quick)
     return 0
 
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import REPO, fmt_bytes, machine_line, table, write_section
+from benchmarks.report import REPO, fmt_bytes, machine_line, publish, table
 
 SERIES = 10
 FREQUENCY_MINUTES = 1
@@ -191,10 +191,7 @@ def main() -> None:
     elif args.score:
         print(json.dumps(score(Path(args.score[1]), int(args.score[0]))))
     else:
-        section = run(quick=args.quick)
-        print(section)
-        if not args.quick:
-            write_section("one_off", section)
+        publish("one_off", run(quick=args.quick), quick=args.quick)
 
 
 if __name__ == "__main__":

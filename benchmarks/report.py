@@ -313,3 +313,11 @@ def write_section(name: str, markdown: str, path: Path | str = BENCHMARKS_MD) ->
         handle.truncate()
         handle.write(updated)
     return path
+
+
+def publish(name: str, markdown: str, *, quick: bool) -> None:
+    """Print a benchmark's section, and write it into docs/BENCHMARKS.md unless the run was quick
+    (a quick run checks the benchmark works; its figures are not the documented ones)."""
+    print(markdown)
+    if not quick:
+        write_section(name, markdown)

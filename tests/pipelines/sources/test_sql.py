@@ -254,3 +254,121 @@ def test_params_may_not_replace_the_window(make_job) -> None:
     # every run failed at read time.
     with pytest.raises(ConfigError, match=r"source.sql.params: must not set \['end', 'start'\]: :start and :end"):
         sql_job(make_job, "sqlite://", "SELECT 1 WHERE :start < :end", start="2020-01-01", end="2021-01-01")
+
+
+# Columns whose dtype, read three rows at a time, differs from chunk to chunk: all NULL in one
+# chunk (object) and numbers, text or timestamps in the others; ints in one chunk and ints with
+# NULLs (float64) in another; booleans with and without NULLs; NUMERIC (Decimal); timestamps.
+TRICKY_TYPES = {
+    # dialect: (timestamp, boolean, numeric) column types
+    "sqlite": ("TEXT", "BOOLEAN", "NUMERIC(10, 2)"),
+    "postgres": ("TIMESTAMPTZ", "BOOLEAN", "NUMERIC(10, 2)"),
+    "mariadb": ("DATETIME(6)", "BOOLEAN", "DECIMAL(10, 2)"),
+    "duckdb": ("TIMESTAMPTZ", "BOOLEAN", "DECIMAL(10, 2)"),
+}
+TRICKY_ROWS = [
+    # ts, host, value (int), sparse (float), flag, amount, note
+    (None, None, 1, None, True, "1.50", None),
+    (None, None, 2, None, False, "2.25", None),
+    (None, None, 3, None, True, None, None),
+    ("2024-03-30 12:00:00", "a", None, 1.5, None, None, "x"),
+    ("2024-03-30 13:00:00", "b", 5, None, None, None, None),
+    ("2024-03-30 14:00:00", None, 6, 2.0, None, None, "y"),
+    # Summer time from here in Europe/Paris (the PostgreSQL session's zone below): +02:00, not +01:00.
+    ("2024-04-02 12:00:00", "a", 7, 3.25, True, "7.00", "z"),
+    ("2024-04-02 13:00:00", "b", 8, 4.0, False, "8.10", "w"),
+    ("2024-04-02 14:00:00", "a", 9, 5.0, True, "9.99", "v"),
+    (None, None, None, None, None, None, None),
+    (None, None, None, None, None, None, None),
+    (None, None, None, None, None, None, None),
+]
+
+
+def tricky_table(request: pytest.FixtureRequest, tmp_path, dialect: str) -> Table:
+    url = {
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'tricky.db'}",
+        # A zone with summer time: each chunk has one offset, the whole window two (object in pandas).
+        "postgres": lambda: f"{request.getfixturevalue('postgres_url')}?options=-c%20timezone%3DEurope/Paris",
+        "mariadb": lambda: request.getfixturevalue("mysql_url"),
+        "duckdb": lambda: f"duckdb:///{tmp_path / 'tricky.duckdb'}",
+    }[dialect]()
+    stamp, boolean, numeric = TRICKY_TYPES[dialect]
+    name = f"tricky_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            f"CREATE TABLE {name} (id INTEGER, ts {stamp}, host VARCHAR(10), value INTEGER, sparse DOUBLE PRECISION, "
+            f"flag {boolean}, amount {numeric}, note VARCHAR(10))"
+        ))
+        # TIMESTAMPTZ from UTC text; DATETIME and SQLite's TEXT take the text as it is.
+        stamped, utc = ("CAST(:ts AS TIMESTAMPTZ)", "+00") if stamp == "TIMESTAMPTZ" else (":ts", "")
+        fields = ["ts", "host", "value", "sparse", "flag", "amount", "note"]
+        rows = [dict(zip(fields, row), id=i) for i, row in enumerate(TRICKY_ROWS)]
+        connection.execute(
+            sa.text(f"INSERT INTO {name} VALUES (:id, {stamped}, :host, :value, :sparse, :flag, :amount, :note)"),
+            [row | {"ts": row["ts"] and row["ts"] + utc} for row in rows],
+        )
+    engine.dispose()
+    return Table(url, name)
+
+
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "mariadb", "duckdb"]
+)
+def test_read_in_chunks_gives_the_frame_of_one_read(request, tmp_path, monkeypatch, dialect: str) -> None:
+    """Chunks whose dtypes disagree give, together, the dtypes and values of one ``pd.read_sql``."""
+    from pipelines.config import parse_job
+    from pipelines.sources import SqlReader, sql
+
+    table = tricky_table(request, tmp_path, dialect)
+    query = f"SELECT ts, host, value, sparse, flag, amount, note FROM {table.name} WHERE :start < :end ORDER BY id"
+    job = parse_job({
+        "name": "tricky", "source": {"kind": "sql", "connection": {"url": table.url}, "query": query},
+        "timestamp": "ts", "frequency": "1h", "dimensions": ["host", "note", "flag"],
+        "features": ["value", "sparse", "amount"], "model": {"kind": "iforest"},
+    })
+    engine = sa.create_engine(table.url)
+    with engine.connect() as connection:
+        statement, params = SqlReader(job).statement(engine.dialect.name, None, None)
+        one_read = pd.read_sql(statement, connection, params=params)
+    engine.dispose()
+    converted = []
+    convert = sql._convert
+    monkeypatch.setattr(sql, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(sql, "_convert", lambda rows, columns: converted.append(len(rows)) or convert(rows, columns))
+
+    frame = read_window(job, None, None)
+
+    assert converted[:4] == [3, 3, 3, 3]  # really read in chunks (then columns whose chunks disagree)
+    pd.testing.assert_frame_equal(frame, one_read[frame.columns], check_exact=True)
+    assert list(frame.columns) == ["ts", "host", "note", "flag", "value", "sparse", "amount"]
+    for column in frame.columns:  # the same Python objects where the column holds objects
+        assert list(map(type, frame[column])) == list(map(type, one_read[column])), column
+
+
+@pytest.mark.postgres
+def test_postgres_query_of_several_statements_is_read(make_job, postgres_url: str) -> None:
+    # psycopg2 streams through DECLARE ... CURSOR FOR <query>, which refuses these; pd.read_sql ran them.
+    job = sql_job(make_job, postgres_url, "SET LOCAL statement_timeout = 60000; SELECT 1 AS value WHERE :start < :end")
+
+    assert read_window(job, START, END)["value"].tolist() == [1]
+
+
+@pytest.mark.postgres
+def test_postgres_failing_query_is_named_as_written_not_as_a_cursor(make_job, postgres_url: str) -> None:
+    job = sql_job(make_job, postgres_url, "SELEC 1 AS value WHERE :start < :end")
+
+    with pytest.raises(SourceError, match=r'the query failed \(syntax error at or near "SELEC"') as caught:
+        read_window(job, START, END)
+    assert "CURSOR WITHOUT HOLD" not in str(caught.value)  # psycopg2 wraps it in "DECLARE ... CURSOR WITHOUT HOLD FOR"
+
+
+@pytest.mark.postgres
+def test_failure_in_a_later_chunk_is_a_source_error(make_job, postgres_url: str, monkeypatch) -> None:
+    from pipelines.sources import sql
+
+    monkeypatch.setattr(sql, "CHUNK_ROWS", 3)  # the fourth row fails, in the second fetch
+    query = "SELECT 1 / (x - 4) AS value FROM generate_series(1, 9) AS x WHERE :start < :end"
+
+    with pytest.raises(SourceError, match=r"^job 'cpu_load': cannot read sql source .*the query failed \(division by zero\)"):
+        read_window(sql_job(make_job, postgres_url, query), START, END)
