@@ -26,7 +26,7 @@ from pipelines.schema import conform
 from pipelines.sources import FileReader
 from pipelines.sources.base import parse_timestamps
 from pipelines.sources.file import open_data, suffix_format
-from pipelines.validation import validate_batch
+from pipelines.validation import RowNumbers, validate_batch
 from pipelines.workspace import check_output_file
 
 ROW = "row"
@@ -42,7 +42,10 @@ def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, Timesta
         raise DataValidationError(f"{path}: the {option} file holds no rows (only a header, or nothing): give a file with data")
     if job.timestamp == _ROW_CLOCK:
         frame[_ROW_CLOCK] = pd.to_datetime(np.arange(len(frame)), unit="s", utc=True)
-    report = validate_batch(frame, job, missing_column_hint=partial(_missing_column_hint, job, path))
+    report = validate_batch(
+        frame, job, missing_column_hint=partial(_missing_column_hint, job, path),
+        rows=RowNumbers(first=1, of=f"the {option} file, counting its first data row as 1"),
+    )
     if not report.success:
         raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())
     if job.timestamp == _ROW_CLOCK:

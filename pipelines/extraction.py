@@ -22,7 +22,7 @@ from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
 from pipelines.series import series_key
 from pipelines.sources import FileReader, make_source
 from pipelines.sources.base import parse_timestamps, source_error, window_mask
-from pipelines.validation import check_and_raise
+from pipelines.validation import WINDOW_ROWS, RowNumbers, check_and_raise
 from pipelines.workspace import (
     Window,
     Workspace,
@@ -473,11 +473,14 @@ def series_groups(prepared: pd.DataFrame, job: JobConfig) -> Iterator[tuple[str,
         yield series_key(job.dimensions, values), dims, group.set_index(job.timestamp)[job.features]
 
 
-def checked_batch(job: JobConfig, window: Window, *, run_id: str, purpose: str, raw_path: str, part: str = "") -> pd.DataFrame:
+def checked_batch(
+    job: JobConfig, window: Window, *, run_id: str, purpose: str, raw_path: str, part: str = "", rows: RowNumbers = WINDOW_ROWS
+) -> pd.DataFrame:
     """The raw batch at ``raw_path``, validated, then typed by :func:`prepare`.
 
     On failure the batch is quarantined and :class:`~pipelines.errors.DataValidationError`
-    stops the run before anything is trained or written.
+    stops the run before anything is trained or written. ``rows``: how the errors number the
+    batch's rows (by default as rows of a window read).
     """
     frame = read_parquet(raw_path)
     workspace = Workspace(job.name, run_id)
@@ -489,6 +492,7 @@ def checked_batch(job: JobConfig, window: Window, *, run_id: str, purpose: str, 
         report_path=validation_report_path(job, purpose, window, run_id + part),
         quarantine_dir=workspace.quarantine + part,
         storage_options=job.outputs.storage_options,
+        rows=rows,
     )
     return prepare(frame, job)
 

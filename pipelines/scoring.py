@@ -28,6 +28,7 @@ from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
 from pipelines.sinks import BigQuerySink, ParquetSink, SqlSink
 from pipelines.training import load_champion, registry_for
+from pipelines.validation import RowNumbers
 from pipelines.workspace import Window, Workspace, check_output_file, utcnow
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,15 @@ def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chun
     """
     # The job's min_rows applies to the whole file (checked when it was split), not to each chunk.
     per_chunk = job.model_copy(update={"validation": job.validation.model_copy(update={"min_rows": 0})})
-    data = checked_batch(per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=f"-chunk{index}")
-    series = [(key, dims, rows, *_champion(job, key)) for key, dims, rows in series_groups(data, job)]
     manifest = json.loads(storage.read_bytes(Workspace(job.name, run_id).chunk_manifest))
+    # Rows numbered as rows of the file (from 1, as extraction's errors count them): positions in
+    # the chunk sent users to the wrong rows.
+    first = _rows_before(chunk_paths[:index], manifest[:index]) + 1
+    data = checked_batch(
+        per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=f"-chunk{index}",
+        rows=RowNumbers(first=first, of="the input file, counting its first data row as 1"),
+    )
+    series = [(key, dims, rows, *_champion(job, key)) for key, dims, rows in series_groups(data, job)]
     needs = {key: max(detector.lookback_, 1) for key, _, _, _, detector in series}
     history = _history_before(job, chunk_paths[:index], manifest[:index], needs)
     frames = []
@@ -168,6 +175,23 @@ def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chun
     _write_parquet(frame, path)
     log.info("job %s: chunk %d of %d scored: %d rows, %d series", job.name, index + 1, len(chunk_paths), len(frame), len(series))
     return {"chunk": index, "path": path, "rows": len(frame)}
+
+
+def _rows_before(earlier: list[str], manifest: list[dict[str, int]]) -> int:
+    """Rows of the input file in the ``earlier`` chunks: the sum of the manifest's rows per
+    series, or, for a chunk whose series could not be told (a dimension column missing, which
+    validation reports), the row count in its Parquet footer."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path, counts in zip(earlier, manifest, strict=True):
+        if counts:
+            total += sum(counts.values())
+            continue
+        fs, inner = storage.filesystem(path)
+        with fs.open(inner, "rb") as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
 
 
 @dataclass(frozen=True)

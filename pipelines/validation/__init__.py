@@ -19,7 +19,7 @@ import pandas as pd
 from pipelines.config import JobConfig
 from pipelines.errors import DataValidationError
 from pipelines.storage import atomic_write, join
-from pipelines.validation.report import SAMPLE_SIZE, CheckResult, ValidationReport, build_report
+from pipelines.validation.report import SAMPLE_SIZE, CheckResult, RowNumbers, ValidationReport, build_report
 from pipelines.validation.suite import (
     build_suite,
     duplicate_instants,
@@ -32,7 +32,13 @@ from pipelines.validation.suite import (
 if TYPE_CHECKING:  # pragma: no cover
     from great_expectations.core import ExpectationSuite, ExpectationSuiteValidationResult
 
-__all__ = ["CheckResult", "ValidationReport", "check_and_raise", "quarantine", "save_report", "validate_batch"]
+__all__ = ["CheckResult", "RowNumbers", "ValidationReport", "check_and_raise", "quarantine", "save_report", "validate_batch"]
+
+#: How :func:`check_and_raise` numbers the rows of a window read from a job's source: counted
+#: from 1, as extraction's errors count the rows of a file. They are rows of the batch as read
+#: (and as quarantined), not of a table or file the window was read from; each is also located
+#: by its timestamp and dimensions.
+WINDOW_ROWS = RowNumbers(first=1, of="the batch read, counting the first row the source returned as 1")
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +50,15 @@ def validate_batch(
     window: tuple[datetime | None, datetime | None] = (None, None),
     suite_path: str | None = None,
     missing_column_hint: Callable[[str], str] | None = None,
+    rows: RowNumbers = RowNumbers(),
 ) -> ValidationReport:
     """Check the raw ``frame`` of ``job`` for ``window``; failing data gives a failed report.
 
     ``suite_path`` is the job's suite file, already resolved; a missing or invalid file raises
     :class:`~pipelines.errors.ConfigError`. ``missing_column_hint`` (see
     :func:`~pipelines.validation.report.build_report`) is for callers whose columns were not
-    named in a job file.
+    named in a job file. ``rows`` says how the report numbers the rows of ``frame`` (by default
+    0-based positions in it): e.g. a chunk of a file numbers them as rows of the file.
     """
     batch = prepare_batch(frame, job)
     result = _run(batch, build_suite(batch, job, suite_path))
@@ -60,7 +68,7 @@ def validate_batch(
     more = [
         check
         for check in (
-            duplicate_instants(frame, batch, job, parsed=parsed),
+            duplicate_instants(frame, batch, job, parsed=parsed, first_row=rows.first),
             unread_instants(batch, job, parsed),
             far_instants(batch, job, parsed),
         )
@@ -68,7 +76,7 @@ def validate_batch(
     ]
     report = build_report(
         result, job=job.name, rows=len(batch), window=bounds, keys=keys, missing_column_hint=missing_column_hint,
-        columns=list(batch.columns), more=more,
+        columns=list(batch.columns), more=more, numbers=rows,
     )
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
@@ -143,10 +151,12 @@ def check_and_raise(
     report_path: str,
     quarantine_dir: str,
     storage_options: dict[str, Any] | None = None,
+    rows: RowNumbers = WINDOW_ROWS,
 ) -> ValidationReport:
     """Validate, save the report at ``report_path``; on failure quarantine the batch and raise
-    :class:`~pipelines.errors.DataValidationError`."""
-    report = validate_batch(frame, job, window=window, suite_path=suite_path)
+    :class:`~pipelines.errors.DataValidationError`. ``rows``: see :func:`validate_batch`; by
+    default :data:`WINDOW_ROWS`."""
+    report = validate_batch(frame, job, window=window, suite_path=suite_path, rows=rows)
     save_report(report, report_path, storage_options)
     if report.success:
         return report

@@ -19,15 +19,31 @@ if TYPE_CHECKING:  # pragma: no cover
 SAMPLE_SIZE = 5
 
 
+@dataclass(frozen=True)
+class RowNumbers:
+    """How a report numbers the rows of a batch: its first row is ``first``, and ``of`` says
+    what the numbers count, as the report's messages show it (e.g. "the input file (row 1 = its
+    first data row)"). The default, positions in the batch from 0 and unsaid, suits a caller that
+    says it itself (a web call's points are "numbered from 0").
+
+    A batch is often part of something larger (a chunk of a file, a window of a table): the
+    numbers must be those the user can find there, with the same convention as other errors.
+    """
+
+    first: int = 0
+    of: str | None = None
+
+
 @dataclass
 class CheckResult:
     """The outcome of one expectation.
 
     ``column`` is the checked column, the columns joined by ", " for multi-column checks, or
-    None for table checks. ``sample_rows`` are 0-based positions in the batch and ``sample_where``
-    says where each of them is in the source (its timestamp and dimensions as read), since a
-    position in a window's batch is hard to find in a file or table. ``detail`` is the observed
-    value of checks without per-row results, or the error GX raised.
+    None for table checks. ``sample_rows`` are the rows numbered as ``rows_of`` says (None:
+    0-based positions in the batch; see :class:`RowNumbers`) and ``sample_where`` says where each
+    of them is in the source (its timestamp and dimensions as read), since a position in a
+    window's batch is hard to find in a file or table. ``detail`` is the observed value of checks
+    without per-row results, or the error GX raised.
     """
 
     expectation: str
@@ -38,6 +54,7 @@ class CheckResult:
     sample_rows: list[int] = field(default_factory=list)
     detail: str | None = None
     sample_where: list[str] = field(default_factory=list)
+    rows_of: str | None = None
 
     @classmethod
     def from_gx(cls, result: ExpectationValidationResult) -> CheckResult:
@@ -73,7 +90,8 @@ class CheckResult:
             parts.append(f"sample values {json.dumps(self.sample_values, ensure_ascii=False)}")
         if self.sample_rows:
             where = f" ({'; '.join(self.sample_where)})" if self.sample_where else ""
-            parts.append(f"at rows {self.sample_rows}{where}")
+            of = f" of {self.rows_of}" if self.rows_of else ""
+            parts.append(f"at rows {self.sample_rows}{of}{where}")
         if self.detail:
             parts.append(self.detail)
         return ", ".join(parts)
@@ -124,12 +142,14 @@ def build_report(
     missing_column_hint: Callable[[str], str] | None = None,
     columns: Collection[str] | None = None,
     more: Sequence[CheckResult] = (),
+    numbers: RowNumbers = RowNumbers(),
 ) -> ValidationReport:
     """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
     numbered as GX numbered them) locate each sampled row in the source; ``missing_column_hint``
     says, for a column the source lacks, what to check (by default the job file); ``columns``, the
     batch's, let an expectation of the suite file that names another column say so; ``more`` are
-    checks run outside GX, reported after GX's."""
+    checks run outside GX, reported after GX's. The checks' ``sample_rows`` are positions in the
+    batch; the report numbers them as ``numbers`` says."""
     checks = [CheckResult.from_gx(one) for one in result.results]
     located = keys is not None and not keys.empty
     # A job's column the source lacks is explained by its failed existence check.
@@ -160,6 +180,10 @@ def build_report(
         if located:
             check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
         checks.append(check)
+    for check in checks:
+        if check.sample_rows:
+            check.sample_rows = [numbers.first + row for row in check.sample_rows]
+            check.rows_of = numbers.of
     return ValidationReport(
         job=job,
         success=all(check.success for check in checks),

@@ -111,11 +111,14 @@ def instants(frame: pd.DataFrame, job: JobConfig) -> pd.Series | None:
 
 
 def duplicate_instants(
-    frame: pd.DataFrame, batch: pd.DataFrame, job: JobConfig, *, parsed: pd.Series | None = None
+    frame: pd.DataFrame, batch: pd.DataFrame, job: JobConfig, *, parsed: pd.Series | None = None, first_row: int = 0
 ) -> CheckResult | None:
     """The built-in duplicate check: one row per instant and series, for the raw ``frame`` and its
     ``batch`` (from :func:`prepare_batch`); None when a column it needs is missing. ``parsed`` is
     :func:`instants` of ``frame``, when the caller has it already (and it is not None).
+    ``sample_rows`` are positions in the batch, as GX's are; the detail, which names the rows of
+    each instant, numbers them from ``first_row`` (see
+    :class:`~pipelines.validation.report.RowNumbers`), as the report will number ``sample_rows``.
 
     ``2024-01-01T00:00:00Z``, ``2024-01-01 00:00:00+00:00`` and ``2024-01-01T02:00:00+02:00`` are
     one instant, which resampling would merge (only logging it). GX compares values as written;
@@ -152,7 +155,7 @@ def duplicate_instants(
     if not check.success:
         groups = identity.loc[rows].groupby(list(identity.columns), sort=False, dropna=False).groups
         shared = "; ".join(
-            f"{repr(key[1]) if pd.isna(key[0]) else key[0]} at rows {[int(row) for row in found]}"
+            f"{repr(key[1]) if pd.isna(key[0]) else key[0]} at rows {[first_row + int(row) for row in found]}"
             for key, found in groups.items()
         )
         series = " and series" if job.dimensions else ""

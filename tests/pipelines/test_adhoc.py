@@ -143,3 +143,13 @@ def test_a_series_too_short_to_train_on_is_named_with_the_train_file(tmp_path: P
         "out of the --input file. Nothing was written."
     )
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_bad_row_is_named_by_its_row_in_the_file(tmp_path: Path) -> None:
+    train = _write(tmp_path / "train.csv", "2024-03-01", 72, aware=True)
+    rows = pd.read_csv(_write(tmp_path / "input.csv", "2024-03-05", 60, aware=True), dtype=str)
+    rows.loc[50, "v"] = "slow"  # the file's 51st data row (line 52, after the header)
+    rows.to_csv(tmp_path / "input.csv", index=False)
+    with pytest.raises(DataValidationError, match=re.escape("at rows [51] of the --input file, counting its first data row as 1")):
+        _detect(train, str(tmp_path / "input.csv"), tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from pipelines.config import JobConfig, parse_job
-from pipelines.errors import ModelError
-from pipelines.scoring import score_series
+from pipelines.errors import DataValidationError, ModelError
+from pipelines.extraction import extract_chunks
+from pipelines.scoring import score_chunk, score_series
 from pipelines.training import train_series
 from pipelines.workspace import Window, to_utc
 
@@ -69,3 +70,42 @@ def test_a_champion_that_cannot_score_the_job_s_features_names_the_job_series_an
         r"cannot score: .*extra \['c'\].*retrain",
     ):
         score_series(job, "all", hourly(16, ("a", "b", "c")), DAY, run_id="predict")
+
+
+def regional(hours: int) -> pd.DataFrame:
+    """A one-off input as read from CSV: ``hours`` hours of the series eu and us, time-ordered."""
+    index = pd.date_range(TRAIN.start, periods=hours, freq="h").strftime("%Y-%m-%dT%H:%M:%SZ")
+    return pd.DataFrame(
+        {"timestamp": index.repeat(2), "region": ["eu", "us"] * hours, "a": np.arange(2 * hours, dtype=float), "b": 1.0}
+    ).astype(object)
+
+
+@pytest.mark.parametrize(
+    ("dimensions", "row", "column", "value", "expected"),
+    [
+        # Chunk 3 holds rows 21-30 of the file: file row 24 is its 4th row, and was named "row 3".
+        (["region"], 24, "a", "slow", r'sample values \["slow"\], at rows \[24\] of the input file, counting its first data row as 1'),
+        (["region"], 27, "b", None, r"not_be_null on b, 1 unexpected, sample values \[null\], at rows \[27\] of the input file"),
+        # Row 25 repeats row 23 (eu at 11:00); the duplicate's detail names the rows too.
+        (
+            ["region"], 25, "timestamp", "2024-01-01T11:00:00Z",
+            r"at rows \[23, 25\] of the input file.*\(UTC: 2024-01-01 11:00:00\+00:00 at rows \[23, 25\]\)",
+        ),
+        # The file lacks the dimension column, so the manifest could not count the chunks' rows by series.
+        (["site"], 24, "a", "slow", r'sample values \["slow"\], at rows \[24\] of the input file'),
+    ],
+    ids=["text-feature", "null-feature", "duplicate", "missing-dimension"],
+)
+def test_a_bad_row_in_a_later_chunk_is_named_by_its_row_in_the_file(
+    tmp_path: Path, dimensions, row, column, value, expected
+) -> None:
+    # Each chunk is validated alone: its rows were numbered from 0 within the chunk, so the error
+    # sent the user to the wrong row of the file. Rows are counted as extraction's errors count them.
+    job = make_job(tmp_path).model_copy(update={"dimensions": dimensions})
+    frame = regional(20)
+    frame.loc[row - 1, column] = value
+    frame.to_csv(tmp_path / "input.csv", index=False)
+    extracted = extract_chunks(job, run_id="one-off", input_path=str(tmp_path / "input.csv"), chunk_rows=10)
+
+    with pytest.raises(DataValidationError, match=expected):
+        score_chunk(job, extracted.window, run_id="one-off", index=2, chunk_paths=extracted.paths)

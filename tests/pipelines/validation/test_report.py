@@ -37,3 +37,15 @@ def test_sample_values_are_shown_as_they_are_not_as_escapes() -> None:
     assert check.describe() == (
         'expect_column_values_to_be_in_type_list on requests, 2 unexpected, sample values ["n/д", "—"], at rows [1, 4]'
     )
+
+
+def test_rows_say_what_they_count() -> None:
+    check = CheckResult(
+        "expect_column_values_to_not_be_null", "requests", False, 1, [None], [73],
+        sample_where=["ts=2024-01-01T00:00:00Z"], rows_of="the input file, counting its first data row as 1",
+    )
+
+    assert check.describe() == (
+        "expect_column_values_to_not_be_null on requests, 1 unexpected, sample values [null], "
+        "at rows [73] of the input file, counting its first data row as 1 (ts=2024-01-01T00:00:00Z)"
+    )

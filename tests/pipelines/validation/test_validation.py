@@ -16,6 +16,7 @@ from pipelines.config import REPO_ROOT, load_job_file, resolve_path
 from pipelines.errors import ConfigError, DataValidationError
 from pipelines.validation import (
     CheckResult,
+    RowNumbers,
     ValidationReport,
     check_and_raise,
     quarantine,
@@ -133,6 +134,26 @@ def test_duplicate_timestamp_within_a_series_fails(make_job, clean_frame: pd.Dat
     assert check.unexpected_count == 2
     assert check.sample_rows == [0, 4]
     assert check.sample_values == [{"timestamp": "2024-02-01T00:00:00Z", "region": "eu"}] * 2
+
+
+def test_rows_are_numbered_as_the_caller_says(make_job, clean_frame: pd.DataFrame) -> None:
+    # A chunk of a file starting at its row 41: the rows the user can find are rows of the file,
+    # in the sample, the message and the duplicate's detail alike; they are located as before.
+    frame = clean_frame.assign(latency_ms=pd.Series([1.5, "slow", 2, 3.5, 4, 5], dtype=object))
+    frame.loc[4, "timestamp"] = frame.loc[0, "timestamp"]  # eu twice at 00:00
+    numbers = RowNumbers(first=41, of="the input file, counting its first data row as 1")
+    report = validate_batch(frame, make_job(), rows=numbers)
+    failed = {check.expectation: check for check in _failed(report)}
+    text, duplicate = failed["expect_column_values_to_be_in_type_list"], failed["expect_compound_columns_to_be_unique"]
+
+    assert (text.sample_rows, duplicate.sample_rows) == ([42], [41, 45])
+    assert text.sample_where == ["timestamp=2024-02-01T00:00:00Z, region=us"]
+    assert 'at rows [42] of the input file, counting its first data row as 1 (timestamp=2024-02-01T00:00:00Z, region=us)' in (
+        report.summary()
+    )
+    assert "(UTC: 2024-02-01 00:00:00+00:00 at rows [41, 45])" in duplicate.detail
+    saved = [check for check in report.to_dict()["checks"] if check["sample_rows"]]
+    assert [(check["sample_rows"], check["rows_of"]) for check in saved] == [([42], numbers.of), ([41, 45], numbers.of)]
 
 
 @pytest.mark.parametrize(
@@ -447,6 +468,22 @@ def test_check_and_raise_stops_a_failing_batch(tmp_path: Path, make_job, failing
     assert caught.value.quarantine_path == quarantine_dir
     assert caught.value.report["checks"] == json.loads(Path(report_path).read_text())["checks"]
     assert sorted(p.name for p in Path(quarantine_dir).iterdir()) == ["batch.parquet", "validation.json"]
+
+
+def test_check_and_raise_numbers_the_rows_of_a_window_from_1_and_says_what_they_count(tmp_path: Path, make_job, failing) -> None:
+    # A scheduled window: its rows were numbered from 0, unsaid, while extraction's errors count
+    # rows from 1; and they are rows of the batch read (and quarantined), not of the source table.
+    frame, _ = failing  # "many" in the 2nd row
+    with pytest.raises(DataValidationError) as caught:
+        check_and_raise(
+            frame, make_job(), window=WINDOW, report_path=str(tmp_path / "report.json"), quarantine_dir=str(tmp_path / "q")
+        )
+
+    assert 'sample values ["many"], at rows [2] of the batch read, counting the first row the source returned as 1 (' in str(
+        caught.value
+    )
+    saved = [check for check in json.loads((tmp_path / "report.json").read_text())["checks"] if check["sample_rows"]]
+    assert [(check["sample_values"], check["sample_rows"]) for check in saved] == [(["many"], [2])]
 
 
 def test_check_and_raise_passes_a_clean_batch(tmp_path: Path, make_job, clean_frame: pd.DataFrame) -> None:
