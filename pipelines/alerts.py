@@ -9,8 +9,9 @@ passes the configured hour.
 
 What was sent is kept per job in ``<registry>/<job>/_alerts/state.json``, written atomically
 after every delivery: re-running an interval never sends an event twice, and a delivery that
-fails leaves its event unsent, so the task's retry sends it, while the run's other events are
-still sent. See docs/ALERTS.md.
+fails leaves its event unsent, so the task's retry sends it (or, once the retries ran out, the
+job's next runs, for up to ``PENDING_MAX_AGE``), while the run's other events are still sent.
+See docs/ALERTS.md.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 #: Events of a series remembered for matching continuations and re-runs (oldest dropped first).
 REMEMBERED_PER_SERIES = 50
+#: An alert that could not be sent everywhere (the task's retries ran out) is sent by later runs
+#: of the job, on the channels it did not reach, until it goes through; one whose event ended more
+#: than this long (data time) before a run's window ends is given up, with a warning and a decision
+#: in that run's summary (and in the next digest, marked "given up"): a week after the fact, an
+#: incident has been found and handled otherwise (the dashboard, someone clearing the task), and a
+#: page about it is noise, not news. (Clearing the event's own window still sends it: a person asked.)
+PENDING_MAX_AGE = timedelta(days=7)
 #: Periods shown on each side of an event in the dashboard link.
 LINK_PADDING_PERIODS = 12
 DEFAULT_AIRFLOW_URL = "http://localhost:8080"
@@ -77,8 +85,10 @@ class AlertState:
     """What was sent for a job, which series are snoozed, and what the digest still has to list.
 
     ``events`` maps a series to the events of it already dealt with (``key``, ``start``, ``end``,
-    ``status`` sent/held/queued, ``channels`` delivered; while held, ``periods``: the anomalous
-    periods of each window's part, by the part's start); ``snoozed_until`` maps a series to the
+    ``status`` sent/held/queued/sending/given up/suppressed, ``channels`` delivered; while held, ``periods``:
+    the anomalous periods of each window's part, by the part's start; while its alert is not sent
+    everywhere, ``event``: the event told, as :meth:`AnomalyEvent.to_dict`, and ``continues_held``,
+    from which a later run re-renders it); ``snoozed_until`` maps a series to the
     last timestamp its snooze covers and ``snooze_peak`` to the peak score of the alert that
     snoozed it (an event beating it escalates through the snooze); ``held`` maps a series to the
     events held while snoozed (listed in its next message); ``digest`` holds the events of the
@@ -129,8 +139,21 @@ class AlertState:
             record["periods"] = {event.start.isoformat(): event.rows}
         remembered = self.events.setdefault(event.series, [])
         remembered.append(record)
-        del remembered[:-REMEMBERED_PER_SERIES]
+        while len(remembered) > REMEMBERED_PER_SERIES:
+            # The oldest finished record goes first: a pending alert forgotten would never be sent.
+            del remembered[next((i for i, r in enumerate(remembered) if not _pending(r)), 0)]
         return record
+
+    def pending(self) -> list[tuple[str, dict[str, Any]]]:
+        """(series, record) of the alerts still to be sent on some channel (of any window), oldest first."""
+        found = [(series, r) for series, records in self.events.items() for r in records if _pending(r)]
+        return sorted(found, key=lambda item: (item[1]["start"], item[0]))
+
+
+def _pending(record: dict[str, Any]) -> bool:
+    """Whether ``record``'s alert was started and is not sent on every channel: ``sending``, or a
+    held incident whose escalated alert failed (it stays ``held`` for its window's retry)."""
+    return record["status"] == "sending" or (record["status"] == "held" and "event" in record)
 
 
 def _with_part(parts: dict[str, int], event: AnomalyEvent) -> dict[str, int]:
@@ -188,6 +211,14 @@ def _filtered_out(alerts: AlertsConfig, event: AnomalyEvent) -> str | None:
     if alerts.direction != "both" and event.direction != alerts.direction:
         return f"direction {event.direction}, only {alerts.direction} alerted"
     return None
+
+
+def _false_alarm_reason(label: Any) -> str:
+    return (
+        f"an identical event ({label.series}, {label.feature or 'any feature'}, values {label.value_min:g}..{label.value_max:g}, "
+        f"{label.start.isoformat()}..{label.end.isoformat()}) was marked a false alarm by {label.author or 'someone'}"
+        + (f": {label.note}" if label.note else "")
+    )
 
 
 class _FalseAlarms:
@@ -653,6 +684,10 @@ class AlertSummary:
     filtered: int = 0
     already_sent: int = 0
     queued: int = 0
+    #: Alerts of earlier windows, left unsent when their runs' retries ran out, sent by this run.
+    sent_late: int = 0
+    #: Such alerts given up (older than PENDING_MAX_AGE, or kept without their event's details).
+    given_up: int = 0
     digest: dict[str, Any] | None = None
     decisions: list[dict[str, str]] = field(default_factory=list)
 
@@ -696,12 +731,23 @@ def process_events(
         summary.decisions.append({"key": event.key, "series": event.series, "decision": decision, "reason": reason})
         log.info("job %s: event %s of series %s: %s (%s)", job.name, event.key, event.series, decision, reason)
 
+    keys = {event.key for event in events}
+    failures += _send_pending(job, state, window, keys, summary, false_alarms, context, send)
+    failed_again = {record["key"] for _, record in state.pending()} - keys  # by _send_pending, just now
     for event in events:
         record = state.match(event, limit)
         if record is not None:
             # A re-run, or the continuation of an incident seen in an earlier window.
             record["start"] = min(record["start"], event.start.isoformat())
             record["end"] = max(record["end"], event.end.isoformat())
+            if record["key"] in failed_again:
+                # Continues an earlier window's alert that failed again just now: not tried a second
+                # time as this part; the alert kept tells the incident so far, from its start.
+                record["event"] = _merged(record["event"], event)
+                state.save(job)
+                summary.already_sent += 1
+                decide(event, "already sending", f"part of event {record['key']}, whose alert is still unsent")
+                continue
             if record["status"] == "held":  # by the part's start: a re-run of a window counts its part once
                 record["periods"] = _with_part(record.get("periods", {}), event)
             if record["status"] == "sent" and set(record["channels"]) >= set(_channels(alerts)):
@@ -733,13 +779,7 @@ def process_events(
         label = false_alarms.matching(event)
         if label is not None:
             summary.suppressed += 1
-            decide(
-                event,
-                "suppressed",
-                f"an identical event ({label.series}, {label.feature or 'any feature'}, values {label.value_min:g}..{label.value_max:g}, "
-                f"{label.start.isoformat()}..{label.end.isoformat()}) was marked a false alarm by {label.author or 'someone'}"
-                + (f": {label.note}" if label.note else ""),
-            )
+            decide(event, "suppressed", _false_alarm_reason(label))
             continue
         snoozed_until = state.snoozed_until.get(event.series)
         was_held = record is not None and record["status"] == "held"
@@ -769,7 +809,11 @@ def process_events(
         # its own "held" entry is that start, not another event.
         incident = _whole_incident(event, record) if was_held else event
         held = [h for h in state.held.get(event.series, []) if not (was_held and h.get("key") == record["key"])]
-        message = render_event(job, incident, held, continues_held=was_held and incident.start < event.start)
+        continues_held = was_held and incident.start < event.start
+        message = render_event(job, incident, held, continues_held=continues_held)
+        # Kept until it went out everywhere: a later run re-renders it from these, should this
+        # window's retries run out first (see _send_pending).
+        record["event"], record["continues_held"] = incident.to_dict(), continues_held
         failed = _deliver(job, state, f"the alert for event {incident.key}", message, record["channels"], context, send)
         if failed:
             # Kept as it is ("sending", with the channels it reached) for the task's retry, which
@@ -779,17 +823,7 @@ def process_events(
             unsent.append(incident.start)
             decide(event, "failed", "; ".join(line for line, _ in failed))
             continue
-        record["status"] = "sent"
-        record.pop("periods", None)
-        state.held.pop(event.series, None)
-        until = (event.end + job.frequency * alerts.snooze).isoformat()
-        # A retry sending an event that failed earlier, after a later event of its series went
-        # out, must not shorten the snooze that later alert started.
-        if alerts.snooze and until >= state.snoozed_until.get(event.series, ""):
-            state.snoozed_until[event.series] = until
-            state.snooze_peak[event.series] = event.peak_score
-        _queue(state, alerts, record["key"], incident, "sent")
-        state.save(job)
+        _mark_sent(job, state, record, incident)
         summary.sent += 1
         escalation = f"; peak {event.peak_score:.4f} beat the snoozing alert's, so it escalated through the snooze" if escalates else ""
         if incident.start < event.start:
@@ -800,22 +834,122 @@ def process_events(
     return summary
 
 
+def _settle(record: dict[str, Any], status: str) -> None:
+    """Give ``record`` its final ``status``, without what it kept only until then."""
+    record["status"] = status
+    for kept in ("periods", "event", "continues_held"):
+        record.pop(kept, None)
+
+
+def _mark_sent(job: JobConfig, state: AlertState, record: dict[str, Any], incident: AnomalyEvent) -> None:
+    """``record``'s alert (telling ``incident``) went out on every channel: snooze its series, queue
+    it for the digest, and save."""
+    alerts = _alerts(job)
+    _settle(record, "sent")
+    state.held.pop(incident.series, None)
+    until = (incident.end + job.frequency * alerts.snooze).isoformat()
+    # A retry (or a later run) sending an event that failed earlier, after a later event of its
+    # series went out, must not shorten the snooze that later alert started.
+    if alerts.snooze and until >= state.snoozed_until.get(incident.series, ""):
+        state.snoozed_until[incident.series] = until
+        state.snooze_peak[incident.series] = incident.peak_score
+    _queue(state, alerts, record["key"], incident, "sent")
+    state.save(job)
+
+
+def _send_pending(
+    job: JobConfig,
+    state: AlertState,
+    window: Window,
+    keys: set[str],
+    summary: AlertSummary,
+    false_alarms: _FalseAlarms,
+    context: Mapping[str, Any],
+    send: Notify,
+) -> list[_Failure]:
+    """Send the alerts of earlier windows still unsent on some channel (their runs' retries ran out),
+    on the channels they did not reach, re-rendered from what the state kept; the failures.
+
+    Those of events in ``keys`` (this run's events: its window's retry) are left to the run, which
+    tells them from its rows. Those whose event ended more than :data:`PENDING_MAX_AGE` before the
+    window's end, or kept without their event (state written before the event was kept: nothing to
+    tell but a key), are given up with a warning; one a person marked a false alarm meanwhile
+    (seen on the channel it reached) is not sent, as its window's retry would not send it. Sent
+    before the window's own events, in time order, as they would have gone had their runs
+    succeeded: their snooze applies to what follows.
+    """
+    failures: list[_Failure] = []
+
+    def decide(key: str, series: str, decision: str, reason: str) -> None:
+        summary.decisions.append({"key": key, "series": series, "decision": decision, "reason": reason})
+        log.log(
+            logging.WARNING if decision in ("given up", "failed") else logging.INFO,
+            "job %s: event %s of series %s, from an earlier window: %s (%s)", job.name, key, series, decision, reason,
+        )
+
+    for series, record in state.pending():
+        if record["key"] in keys:
+            continue
+        age = window.end - datetime.fromisoformat(record["end"])
+        missing = [c for c in _channels(_alerts(job)) if c not in record["channels"]]
+        why = None
+        if age > PENDING_MAX_AGE:
+            why = f"it ended {age} before this window's end, more than {PENDING_MAX_AGE} (PENDING_MAX_AGE): too late to page"
+        elif "event" not in record:
+            why = "the alert state, written by an earlier version, kept no details of it to tell"
+        if why:
+            if "event" in record:  # not a page, but the daily summary (if any) lists it, marked so
+                _queue(state, _alerts(job), record["key"], AnomalyEvent.from_dict(record["event"]), "given up")
+            _settle(record, "given up")
+            state.save(job)
+            summary.given_up += 1
+            never = ", ".join(missing) or "a channel now removed"
+            decide(record["key"], series, "given up", f"never sent by {never}: {why}; see the dashboard")
+            continue
+        incident = AnomalyEvent.from_dict(record["event"])
+        label = false_alarms.matching(incident)
+        if label is not None:
+            _settle(record, "suppressed")
+            state.save(job)
+            summary.suppressed += 1
+            decide(record["key"], series, "suppressed", _false_alarm_reason(label))
+            continue
+        held = [h for h in state.held.get(series, []) if h.get("key") != record["key"]]
+        message = render_event(job, incident, held, continues_held=bool(record.get("continues_held")))
+        failed = _deliver(job, state, f"the alert for event {incident.key}", message, record["channels"], context, send)
+        if failed:
+            state.save(job)
+            failures += failed
+            decide(record["key"], series, "failed", "; ".join(line for line, _ in failed))
+            continue
+        _mark_sent(job, state, record, incident)
+        summary.sent_late += 1
+        # No channel missing: the one(s) it lacked were taken out of the job's alerts since.
+        how = f"by {', '.join(missing)}" if missing else "on no channel (those it missed are no longer configured)"
+        decide(record["key"], series, "sent late", f"{how}, left unsent by the runs of its window")
+    return failures
+
+
 def _queue(state: AlertState, alerts: AlertsConfig, key: str, event: AnomalyEvent, status: str) -> None:
     """Keep ``event`` (merged with what its key already holds) for the next digest, if there is one."""
     if alerts.digest is None:
         return
     if key in state.digest:
-        earlier = state.digest[key]
-        # An incident split by the windows is queued part by part: its periods are those of all its parts.
-        parts = _with_part(earlier.get("parts", {earlier["start"]: earlier["rows"]}), event)
-        if earlier["peak_score"] >= event.peak_score:
-            end = max(earlier["end"], event.end.isoformat())
-            state.digest[key] = {**earlier, "end": end, "rows": sum(parts.values()), "parts": parts, "status": status}
-            return
-        event_data = {**event.to_dict(), "start": min(earlier["start"], event.start.isoformat()), "rows": sum(parts.values()), "parts": parts}
+        state.digest[key] = {**_merged(state.digest[key], event), "status": status}
     else:
-        event_data = {**event.to_dict(), "parts": _with_part({}, event)}
-    state.digest[key] = {**event_data, "status": status}
+        state.digest[key] = {**event.to_dict(), "parts": _with_part({}, event), "status": status}
+
+
+def _merged(earlier: dict[str, Any], event: AnomalyEvent) -> dict[str, Any]:
+    """``earlier`` (an incident as :meth:`AnomalyEvent.to_dict`, with ``parts``) with ``event``, a
+    part of it found in another window: from the first start, the peak of the stronger part.
+
+    An incident split by the windows is kept part by part: its periods are those of all its parts.
+    """
+    parts = _with_part(earlier.get("parts", {earlier["start"]: earlier["rows"]}), event)
+    if earlier["peak_score"] >= event.peak_score:
+        return {**earlier, "end": max(earlier["end"], event.end.isoformat()), "rows": sum(parts.values()), "parts": parts}
+    return {**event.to_dict(), "start": min(earlier["start"], event.start.isoformat()), "rows": sum(parts.values()), "parts": parts}
 
 
 def digest_cutoff(job: JobConfig, window: Window) -> datetime | None:
@@ -883,8 +1017,10 @@ def alert_window(job: JobConfig, window: Window, *, context: Mapping[str, Any] |
     )
     summary = process_events(job, frame, window, context=context)
     log.info(
-        "job %s: alerts for %s: %d events, %d sent, %d held (snoozed), %d suppressed (false alarms), %d filtered, %d seen before",
+        "job %s: alerts for %s: %d events, %d sent, %d held (snoozed), %d suppressed (false alarms), %d filtered, "
+        "%d seen before; of earlier windows: %d sent late, %d given up",
         job.name, window, summary.events, summary.sent, summary.held, summary.suppressed, summary.filtered, summary.already_sent,
+        summary.sent_late, summary.given_up,
     )
     return summary.to_dict()
 

@@ -8,7 +8,7 @@ import email
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from email.message import Message as EmailMessage
 from email.policy import default as default_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -737,27 +737,186 @@ def test_slack_shows_formatting_characters_of_the_data_literally(tmp_path: Path,
     assert alert["blocks"][0]["text"]["emoji"] is False and ":fire:" in alert["blocks"][0]["text"]["text"]  # the subject
 
 
-def test_a_retried_earlier_event_does_not_shorten_the_snooze_of_a_later_one(tmp_path: Path):
+class FlakySend:
+    """A send failing as a server down does (every message, while ``down``) or as one refusing the
+    alerts of some hours of 2024-03-01 (``hours``), keeping the messages that went out."""
+
+    def __init__(self, *, down: bool = False, hours: Iterable[str] = ()) -> None:
+        self.down, self.hours, self.sent = down, list(hours), []
+
+    def __call__(self, channel: str, message: Any, context: Any) -> None:
+        if self.down or any(f"2024-03-01 {hour} UTC" in message.subject for hour in self.hours):
+            raise ConnectionError("connection refused")
+        self.sent.append(message)
+
+
+@pytest.mark.parametrize("sent_by", ["its-windows-retry", "a-later-run"])
+def test_a_retried_earlier_event_does_not_shorten_the_snooze_of_a_later_one(tmp_path: Path, sent_by: str):
     # 02:00 fails; the next window's 12:00 (same series) goes out, snoozing it to 19:00; the retry
-    # of the first window sending 02:00 set the snooze back to 09:00, so 16:00 paged again.
+    # of the first window sending 02:00 set the snooze back to 09:00, so 16:00 paged again. A later
+    # run sending 02:00 (the first window's retries ran out) must not shorten it either.
     job = make_job(tmp_path, snooze=6)
     frame = output_rows("region=eu", anomalies={2: {"requests": 150}, 12: {"requests": 150}, 16: {"requests": 150}})
-    sent: list[str] = []
-    refuse = ["02:00"]
-
-    def send(channel: str, message: Any, context: Any) -> None:
-        if any(f"2024-03-01 {hour} UTC" in message.subject for hour in refuse):
-            raise ConnectionError("connection reset")
-        sent.append(message.subject)
+    send = FlakySend(hours=["02:00"])
 
     def run(first: int, last: int):
         return process_events(job, rows_in(frame, first, last), window(first, last), send=send)
 
     with pytest.raises(SinkError, match="02:00"):
         run(0, 8)
-    assert run(8, 14).sent == 1
-    refuse.clear()
-    assert run(0, 8).sent == 1  # the first window's retry
+    with pytest.raises(SinkError, match="02:00"):  # the next run tries 02:00 again; 12:00 still goes out
+        run(8, 14)
+    assert len(send.sent) == 1
+    send.hours.clear()
+    if sent_by == "its-windows-retry":
+        assert run(0, 8).sent == 1
     later = run(14, 24)
-    assert (later.sent, later.held) == (0, 1)
-    assert [s.split("rise ")[1][11:16] for s in sent] == ["12:00", "02:00"]
+    assert (later.sent, later.held, later.sent_late) == (0, 1, int(sent_by == "a-later-run"))
+    assert [m.subject.split("rise ")[1][11:16] for m in send.sent] == ["12:00", "02:00"]
+
+
+def test_an_alert_whose_retries_ran_out_is_sent_by_the_next_run_only_where_it_was_not(
+    tmp_path: Path, smtp_port: int, slack_webhook: list
+):
+    # The SMTP server was down for the first window's run and its retries: the next window's run,
+    # whose rows no longer hold that event, never sent it (nor did any later one).
+    from aiosmtpd.controller import Controller
+
+    received = slack_webhook
+    job = make_job(tmp_path, slack={"webhook_conn_id": "alerts_webhook"})
+    frame = output_rows("region=eu", anomalies={4: {"requests": 160}, 14: {"requests": 170}})
+    with pytest.raises(SinkError, match=r"web\|region=eu\|2024-03-01T04:00:00\+00:00 could not be sent by email"):
+        process_events(job, rows_in(frame, 0, 8), window(0, 8))  # nobody listens on the SMTP port
+    assert len(received) == 1  # Slack had it
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    try:
+        summary = process_events(job, rows_in(frame, 8, 16), window(8, 16))
+        assert (summary.events, summary.sent, summary.sent_late) == (1, 1, 1)
+        late = next(d for d in summary.decisions if d["decision"] == "sent late")
+        assert late["key"] == "web|region=eu|2024-03-01T04:00:00+00:00" and late["reason"].startswith("by email")
+        # Re-running either window sends nothing more, on any channel.
+        for first, last in ((8, 16), (0, 8), (8, 16)):
+            again = process_events(job, rows_in(frame, first, last), window(first, last))
+            assert (again.sent, again.sent_late) == (0, 0)
+    finally:
+        controller.stop()
+    # In time order, the late one told in full, as its own run would have told it.
+    assert [s.split("rise ")[1][11:16] for s in inbox.subjects] == ["04:00", "14:00"]
+    _, text = body(inbox.mails[0][1])
+    assert "requests: actual 160 vs expected 100 [90, 110] (anomalous)" in text
+    assert "Time range: 2024-03-01 04:00 UTC to 2024-03-01 05:00 UTC (1 anomalous periods)" in text
+    assert ["14:00" in payload["text"] for _, payload in received] == [False, True]  # Slack: not twice
+    [record] = [r for r in AlertState.load(job).events["region=eu"] if r["key"].endswith("04:00:00+00:00")]
+    assert (record["status"], record["channels"], "event" in record) == ("sent", ["slack", "email"], False)
+
+
+@pytest.mark.parametrize(("days", "decision"), [(6, "sent late"), (8, "given up")])
+def test_an_unsent_alert_older_than_the_limit_is_given_up_and_said_so(
+    tmp_path: Path, days: int, decision: str, caplog: pytest.LogCaptureFixture
+):
+    job = make_job(tmp_path, digest={"hour": 7})
+    send = FlakySend(down=True)
+
+    with pytest.raises(SinkError):
+        process_events(job, output_rows(anomalies={4: {"requests": 160}}, hours=8), window(0, 8), send=send)
+    send.down = False
+    later = output_rows(start=START + days * 24 * H, hours=8)  # no anomaly; passes the digest's 07:00
+    with caplog.at_level("WARNING", logger="pipelines.alerts"):
+        summary = process_events(job, later, window(days * 24, days * 24 + 8), send=send)
+    [made] = summary.decisions
+    assert made["decision"] == decision and made["key"] == "web|region=eu|2024-03-01T04:00:00+00:00"
+    assert (summary.sent_late, summary.given_up, summary.digest["events"]) == ((1, 0, 1) if days < 7 else (0, 1, 1))
+    if decision == "given up":
+        assert "never sent by email: it ended 8 days, 4:00:00 before this window's end, more than 7 days" in made["reason"]
+        assert "given up" in caplog.text
+        assert AlertState.load(job).events["region=eu"][0]["status"] == "given up"
+    # Not paged about after the limit; the digest lists it either way, saying which.
+    assert [m.subject.split(":")[0] for m in send.sent] == ["[anomaly] web region=eu"] * (days < 7) + ["[anomaly digest] web"]
+    assert f"[{'sent' if days < 7 else 'given up'}]\nSeries: region=eu" in send.sent[-1].text
+    # Decided once: later runs neither send it nor report it again.
+    again = process_events(job, later, window(days * 24, days * 24 + 8), send=send)
+    assert (again.decisions, len(send.sent)) == ([], 1 + (days < 7))
+
+
+def test_an_unsent_alert_kept_without_its_event_by_an_older_state_is_given_up(tmp_path: Path):
+    job = make_job(tmp_path)
+
+    def refuse(channel: str, message: Any, context: Any) -> None:
+        raise ConnectionError("connection refused")
+
+    with pytest.raises(SinkError):
+        process_events(job, output_rows(anomalies={4: {"requests": 160}}), window(0, 8), send=refuse)
+    state = AlertState.load(job)
+    del state.events["region=eu"][0]["event"], state.events["region=eu"][0]["continues_held"]  # as fb37c00 wrote it
+    state.save(job)
+    sent: list[str] = []
+    summary = process_events(job, output_rows(anomalies={}), window(8, 16), send=lambda c, m, ctx: sent.append(m.subject))
+    assert summary.given_up == 1 and sent == []
+    assert "kept no details of it to tell" in summary.decisions[0]["reason"]
+
+
+def test_an_unsent_alert_is_not_forgotten_among_many_later_events_of_its_series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # The oldest remembered events of a series are dropped beyond REMEMBERED_PER_SERIES: an unsent one with them.
+    import pipelines.alerts
+
+    monkeypatch.setattr(pipelines.alerts, "REMEMBERED_PER_SERIES", 2)
+    job = make_job(tmp_path)
+    frame = output_rows(anomalies={hour: {"requests": 150} for hour in (2, 10, 14, 18)}, hours=30)
+    send = FlakySend(hours=["02:00"])
+
+    for first, last in ((0, 8), (8, 24)):
+        with pytest.raises(SinkError, match="02:00"):
+            process_events(job, rows_in(frame, first, last), window(first, last), send=send)
+    send.hours.clear()
+    assert process_events(job, rows_in(frame, 24, 30), window(24, 30), send=send).sent_late == 1
+    assert [m.subject.split("rise ")[1][11:16] for m in send.sent] == ["10:00", "14:00", "18:00", "02:00"]
+
+
+def test_an_unsent_alert_of_an_incident_going_on_is_tried_once_per_run_and_told_whole(tmp_path: Path):
+    # The incident (06:00-09:00) goes on into the next window while its alert still cannot be sent:
+    # that run tries the alert once (not again as the 08:00 part), and it goes out whole when it can.
+    job = make_job(tmp_path)
+    frame = output_rows(anomalies={6: {"requests": 150}, 7: {"requests": 160}, 8: {"requests": 190}, 9: {"requests": 170}})
+    send = FlakySend(down=True)
+
+    def run(first: int, last: int):
+        return process_events(job, rows_in(frame, first, last), window(first, last), send=send)
+
+    with pytest.raises(SinkError):
+        run(0, 8)
+    with pytest.raises(SinkError, match=r"job web: the alert for event web\|region=eu\|2024-03-01T06:00:00\+00:00 could not be sent"):
+        run(8, 16)  # one failure, not two
+    send.down = False
+    assert run(16, 24).sent_late == 1
+    [message] = send.sent
+    assert message.subject == "[anomaly] web region=eu: rise 2024-03-01 06:00 UTC (score 0.990)"
+    assert "Time range: 2024-03-01 06:00 UTC to 2024-03-01 10:00 UTC (4 anomalous periods)" in message.text
+    assert "Peak score: 0.9900 at 2024-03-01 08:00 UTC (rise)" in message.text
+    assert (run(8, 16).sent, run(0, 8).sent, len(send.sent)) == (0, 0, 1)
+
+
+def test_an_unsent_alert_marked_a_false_alarm_meanwhile_is_not_sent_late(tmp_path: Path):
+    # Slack had it, e-mail did not; someone on Slack called it a false alarm before the next run.
+    from pipelines.labels import label_store
+
+    job = make_job(tmp_path, slack={"webhook_conn_id": "alerts_webhook"})
+    sent: list[str] = []
+    mail_down = True
+
+    def send(channel: str, message: Any, context: Any) -> None:
+        if channel == "email" and mail_down:
+            raise ConnectionError("connection refused")
+        sent.append(channel)
+
+    with pytest.raises(SinkError):
+        process_events(job, output_rows(anomalies={4: {"requests": 160}}), window(0, 8), send=send)
+    label_store(job).add("web", "region=eu", "2024-03-01T04:00Z", "2024-03-01T05:00Z", False, feature="requests",
+                         value_min=150, value_max=170, author="ana", note="a deploy")
+    mail_down = False
+    summary = process_events(job, output_rows(anomalies={}), window(8, 16), send=send)
+    assert (summary.suppressed, summary.sent_late, sent) == (1, 0, ["slack"])
+    assert "marked a false alarm by ana: a deploy" in summary.decisions[0]["reason"]
+    assert process_events(job, output_rows(anomalies={}), window(8, 16), send=send).decisions == []
