@@ -379,7 +379,8 @@ class TuneConfig(_Model):
     )
     holdout_fraction: Number = Field(0.25, gt=0, lt=1)
     promotion_margin: Number = Field(0.02, ge=0.0, le=1.0, description="How much the challenger must beat the champion by (mean over the plantings).")
-    seed: Count = Field(0, description="Seed of the sampler and of the first planting of anomalies.")
+    # 0 to 2**32 - 1: Optuna's sampler and NumPy refuse other seeds, which failed every tune run.
+    seed: Count = Field(0, ge=0, le=2**32 - 1, description="Seed of the sampler and of the first planting of anomalies.")
     plantings: Count = Field(
         5, ge=1, le=50, description="Times anomalies are planted in the held-back rows without labels; trials rank by mean event F1."
     )

@@ -217,3 +217,29 @@ def test_every_detector_parameter_is_documented(kind: str) -> None:
 def test_the_field_table_names_every_allowed_kind(field: str, allowed: list[str]) -> None:
     row = next(row for _, rows in _tables("| field | default | meaning |") for row in rows if _names(row[0]) == [field])
     assert set(allowed) <= set(_names(row[2])), f"docs/CONFIGURATION.md's {field} row misses {sorted(set(allowed) - set(_names(row[2])))}"
+
+
+def test_the_search_space_table_is_the_search_spaces() -> None:
+    # docs/MODELS.md ("Tuning") lists every tuned parameter and its range; nothing checked it.
+    from pipelines.detectors.search_spaces import SEARCH_SPACES, Choice, IntRange
+
+    def described(space: Any) -> str:
+        if isinstance(space, Choice):
+            return "one of " + ", ".join("none" if v is None else f"`{v}`" if isinstance(v, str) else str(v) for v in space.values)
+        return f"{'integer ' if isinstance(space, IntRange) else ''}{space.low:g}–{space.high:g}{' (log)' if space.log else ''}"
+
+    text = (ROOT / "docs" / "MODELS.md").read_text(encoding="utf-8")
+    table = text.split("| kind | parameter | range |\n| --- | --- | --- |\n", 1)[1].split("\n\n", 1)[0]
+    documented: dict[str, dict[str, str]] = {}
+    kind = ""
+    for line in table.splitlines():
+        kind_cell, names, documented_range = (cell.strip() for cell in line.strip("|").split(" | "))
+        kind = _names(kind_cell)[0] if kind_cell else kind
+        for name in _names(names):
+            documented.setdefault(kind, {})[name] = documented_range
+    assert set(documented) == set(SEARCH_SPACES)
+    for kind, space in SEARCH_SPACES.items():
+        assert set(documented[kind]) == set(space), f"docs/MODELS.md's search spaces of {kind}: {sorted(documented[kind])}"
+        for name, dist in space.items():
+            row = documented[kind][name]
+            assert row.startswith("as ") or row.startswith(described(dist)), f"{kind}.{name}: documented {row}, code {described(dist)}"

@@ -7,9 +7,9 @@ Each detector checks its own parameters in ``fit`` through the same model.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator, model_validator
 
 from pipelines.durations import parse_duration
 
@@ -26,7 +26,7 @@ class DetectorParams(BaseModel):
         # them, while pydantic reads the text "24" as 24 and "no" as False: a quoted window then
         # failed deep inside a fit, and calendar: "no" turned the calendar on. Text is taken only
         # where the parameter is text (a duration, a country) or one of its named choices.
-        if info.field_name is None or not isinstance(value, (str, bool)):
+        if info.field_name is None or not isinstance(value, (str, bool, int, float)):
             return value
         text, choices, others = _accepted(cls.model_fields[info.field_name].annotation)
         if isinstance(value, bool):
@@ -34,12 +34,31 @@ class DetectorParams(BaseModel):
             if others and bool not in others:
                 raise ValueError(f"must be a number, not {str(value).lower()}")
             return value
+        if not isinstance(value, str):
+            return _number_of_the_right_kind(value, text, choices, others)
         if text or value in choices or not others:  # a wrong choice alone: pydantic lists the choices
             return value
         kinds = [repr(choice) for choice in choices] + [
             kind for kind, types in (("a number", (int, float)), ("true or false", (bool,))) if others & set(types)
         ]
         raise ValueError(f"must be {' or '.join(kinds)} written without quotes, not the text {value!r}")
+
+
+def _number_of_the_right_kind(value: float, text: bool, choices: tuple[str, ...], others: set[type]) -> float:
+    """``value`` unless it is a number where the parameter takes none, or a float where it takes
+    only whole numbers."""
+    # The parameters that take a whole number or text (season, rest) take a duration as text.
+    named = [repr(choice) for choice in choices] + (["a duration such as '1d'"] if text else [])
+    if others and not others & {int, float}:
+        # pydantic takes 1 for true: Prophet's daily_seasonality: 1 (its own API reads a number as
+        # a Fourier order) silently became the default seasonality.
+        raise ValueError(f"must be {' or '.join([*named, 'true or false'])}, not the number {value!r}")
+    if isinstance(value, float) and int in others and float not in others:
+        # pydantic takes 24.0 for 24, but detectors compute with the value as given: a window of
+        # 24.0 failed inside pandas' rolling at scoring, lags of 2.0 and value_bits of 3.0 inside Python.
+        hint = f": write {int(value)}, without the decimal point" if value.is_integer() else ""
+        raise ValueError(f"must be {' or '.join([*named, 'a whole number'])}, not {value!r}{hint}")
+    return value
 
 
 def _accepted(annotation: Any) -> tuple[bool, tuple[str, ...], set[type]]:
@@ -59,6 +78,13 @@ def _accepted(annotation: Any) -> tuple[bool, tuple[str, ...], set[type]]:
     return text, choices, others
 
 
+#: What every random generator used takes (scikit-learn's and NumPy's refuse a negative seed or
+#: one of 2**32 or more): such a seed passed the job file and failed every fit.
+_Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: A bound of a range: true read as 1 and "100" as 100, a slip hidden in the job file.
+_Bound = Annotated[float, Strict()]
+
+
 class IsolationForestParams(DetectorParams):
     """Isolation Forest on windowed features (value, change, deviation from a rolling median)."""
 
@@ -68,7 +94,7 @@ class IsolationForestParams(DetectorParams):
     window: int = Field(24, ge=2, le=10_000, description="Rows in the rolling window of the features.")
     lags: int = Field(0, ge=0, le=48, description="Past values of each feature added as features.")
     calendar: bool = Field(True, description="Add hour of day and day of week (timestamped data only).")
-    random_state: int = Field(0, description="Seed; a fixed seed makes training reproducible.")
+    random_state: _Seed = Field(0, description="Seed; a fixed seed makes training reproducible.")
 
     @field_validator("max_samples")
     @classmethod
@@ -156,6 +182,23 @@ class ProphetParams(DetectorParams):
     )
     growth: Literal["linear", "flat"] = "linear"
 
+    @field_validator("holidays_country")
+    @classmethod
+    def _known_country(cls, value: str | None) -> str | None:
+        # The pattern lets any code through; an unknown one failed only at the fit, hours after the
+        # job file was accepted. Checked here as Prophet looks it up (prophet.make_holidays), through
+        # the holidays package alone (pure Python), so the parse of DAG files imports no Prophet.
+        if value is None:
+            return value
+        try:
+            import holidays
+        except ImportError:  # without the prophet extra the fit names the package to install
+            return value
+        if not hasattr(holidays, {"TU": "TR"}.get(value, value)):
+            codes = ", ".join(sorted(code for code in holidays.list_supported_countries() if len(code) == 2))
+            raise ValueError(f"no public holidays are known for it; choose one of {codes}")
+        return value
+
 
 class LSTMParams(DetectorParams):
     """LSTM forecaster (PyTorch, CPU) on sliding windows; needs the `lstm` extra."""
@@ -167,7 +210,7 @@ class LSTMParams(DetectorParams):
     patience: int = Field(5, ge=1, le=100, description="Epochs without improvement before stopping.")
     learning_rate: float = Field(0.005, gt=0.0, le=1.0)
     batch_size: int = Field(64, ge=1, le=65_536)
-    random_state: int = Field(0, description="Seed; a fixed seed makes training reproducible.")
+    random_state: _Seed = Field(0, description="Seed; a fixed seed makes training reproducible.")
 
 
 class LevelShiftParams(SeasonalMADParams):
@@ -199,7 +242,7 @@ class ContextParams(DetectorParams):
     rest_above: float = Field(0.75, gt=0.0, le=1.0, description="Raw score that starts a rest.")
     max_left_facts: int = Field(7, ge=1, le=64, description="Largest overlap a derived context may have.")
     max_active: int = Field(15, ge=1, le=256, description="Most active contexts carried to the next step.")
-    value_range: tuple[float, float] | None = Field(
+    value_range: tuple[_Bound, _Bound] | None = Field(
         None,
         description=(
             "Values the levels span, when known in advance (e.g. [0, 100] for a percentage): used "
@@ -261,7 +304,7 @@ class AutoParams(DetectorParams):
         None, min_length=1, description="Detector kinds to try; null tries all."
     )
     holdout_fraction: float = Field(0.25, ge=0.1, le=0.5, description="Share of training rows held back.")
-    random_state: int = Field(0, description="Seed of the first planting of anomalies.")
+    random_state: _Seed = Field(0, description="Seed of the first planting of anomalies.")
     plantings: int = Field(
         5, ge=1, le=50, description="Times anomalies are planted in the held-back rows; candidates rank by mean event F1."
     )

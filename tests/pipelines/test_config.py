@@ -93,6 +93,9 @@ def test_defaults_and_durations():
         # pydantic's lax mode read these as 1, 20 and 1.0: a slip in the job file went unseen.
         ({"validation": {"min_rows": True}}, "validation.min_rows", "valid integer (got True): write a number, not true or false"),
         ({"tune": {"trials": "20"}}, "tune.trials", "valid integer (got '20'): write a number, without quotes"),
+        # Optuna's sampler and NumPy refuse such seeds: every tune run failed.
+        ({"tune": {"seed": -1}}, "tune.seed", "greater than or equal to 0"),
+        ({"tune": {"seed": 2**32}}, "tune.seed", "less than or equal to 4294967295"),
         ({"alerts": {"max_gap": 1.5}}, "alerts.max_gap", "valid integer (got 1.5)"),
         ({"threshold": {"value": True}}, "threshold.value", "valid number (got True): write a number, not true or false"),
         # An empty column matched nothing until extraction; an empty location was the project root.
