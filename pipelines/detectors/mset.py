@@ -29,6 +29,8 @@ _BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Training rows the bandwidth is chosen on.
 _BANDWIDTH_SAMPLE = 2000
 _LONE_SIGNAL_LAGS = 3
+#: Signals named in an error about missing values, so it stays readable with hundreds of them.
+_NAMED_SIGNALS = 5
 #: Contiguous stretches of training time; each is estimated from the memory of the others.
 _CALIBRATION_FOLDS = 4
 
@@ -40,7 +42,8 @@ class MSETDetector(BaseDetector):
     signals at one time, plus their ``lags`` past values. The memory matrix holds up to
     ``memory_size`` training states: for every state column the rows of its minimum and maximum
     (so the memory spans the operating range), then rows evenly spread over the states ordered by
-    their norm. The estimate of signal *i* is a kernel-weighted mean of the memory's values of
+    their norm (with more extremes than ``memory_size``, that many of them spread over the norm
+    order). The estimate of signal *i* is a kernel-weighted mean of the memory's values of
     *i*, the weights being a Gaussian similarity between the current state *without signal i*
     and each memory state: every signal is estimated from the others (and from the past, with
     lags), so a disturbed signal does not pull its own estimate along.
@@ -141,7 +144,7 @@ class MSETDetector(BaseDetector):
 
     # -- fitting --------------------------------------------------------------------------
 
-    def _fit(self, X: pd.DataFrame, params: MSETParams) -> np.ndarray:
+    def _fit(self, X: pd.DataFrame, params: MSETParams, unmeasurable: dict[str, str] | None = None) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "for its memory and score calibration")
         values = X.to_numpy()
         self.center_ = np.nanmedian(values, axis=0)
@@ -150,7 +153,7 @@ class MSETDetector(BaseDetector):
         # A signal whose MAD is 0 but that still moves (mostly constant, with excursions) is
         # scaled by its standard deviation instead, so its excursions stay finite.
         self.scale_ = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
-        self.dropped_signals_ = _dropped(X, std, params.max_missing)
+        self.dropped_signals_ = {**_dropped(X, std, params.max_missing), **(unmeasurable or {})}
         kept = [i for i, name in enumerate(X.columns) if str(name) not in self.dropped_signals_]
         if not kept:
             reasons = "; ".join(f"{name}: {why}" for name, why in self.dropped_signals_.items())
@@ -170,10 +173,7 @@ class MSETDetector(BaseDetector):
         states = self._states(values)
         complete = np.flatnonzero(~np.isnan(states).any(axis=1))
         if complete.size < _MIN_TRAINING_ROWS:
-            raise ModelError(
-                f"MSETDetector needs at least {_MIN_TRAINING_ROWS} training rows where every kept signal "
-                f"{list(self.signals_)} has a value; got {complete.size}. Fill gaps or widen the training window."
-            )
+            raise ModelError(_too_few_complete_rows(X.iloc[:, self.kept_], complete.size, self.lags_))
         picked = _memory_rows(states[complete], params.memory_size)
         self.memory_ = states[complete][picked]
         memory_rows = complete[picked]
@@ -183,6 +183,27 @@ class MSETDetector(BaseDetector):
         estimates = self._estimate(states, positions=np.arange(len(states)), own=memory_rows)
         standard = self._standard(values)
         residuals = standard - estimates
+        # A row is estimated only from memory states of other stretches of training time: a signal
+        # reporting within one stretch alone (kept with a high max_missing) had no residual at all,
+        # so it got a made-up residual scale of 1 and a calibration on no evidence, and never scored.
+        # Such a signal is uninformative here: dropped with the reason, and the others fitted again.
+        unmeasured = np.flatnonzero(np.isnan(residuals).all(axis=0))
+        if unmeasured.size:
+            share = np.isnan(values[:, self.kept_[unmeasured]]).mean(axis=0)
+            reasons = {
+                str(name): (
+                    f"reports within too short a stretch of the training rows (missing in {100 * v:.3g}% of them) for any "
+                    "of its values to be estimated from the states of other times: it could never be scored"
+                )
+                for name, v in zip(self.signals_[unmeasured], share, strict=True)
+            }
+            if unmeasured.size == len(self.signals_):
+                named = "; ".join(f"{name}: {why}" for name, why in reasons.items())
+                raise ModelError(
+                    f"MSETDetector has no signal left to model ({named}). Leave such signals out of the job's features "
+                    "until they have reported for longer."
+                )
+            return self._fit(X, params, {**(unmeasurable or {}), **reasons})
         spread = np.nanmedian(np.abs(residuals - np.nanmedian(residuals, axis=0)), axis=0) * _MAD_TO_SIGMA
         self.residual_scale_ = np.maximum(np.nan_to_num(spread, nan=1.0), 1e-6)
         z = residuals / self.residual_scale_
@@ -271,7 +292,10 @@ class MSETDetector(BaseDetector):
                 else:
                     others, distance = None, total - own_term
                 logits = -distance / (2.0 * self.bandwidth_**2)
-                logits -= logits.max(axis=1, keepdims=True)  # a state far from all memory still gets weights
+                # In training, a row whose stretch of time holds every memory state has no distance
+                # left: its estimate is NaN (no evidence), without a RuntimeWarning per signal.
+                with np.errstate(invalid="ignore"):
+                    logits -= logits.max(axis=1, keepdims=True)  # a state far from all memory still gets weights
                 weights = np.exp(logits)
                 estimate = weights @ memory[:, i] / weights.sum(axis=1)
                 if others is not None:
@@ -388,17 +412,49 @@ def _dropped(X: pd.DataFrame, std: np.ndarray, max_missing: float) -> dict[str, 
     missing = X.isna().mean().to_numpy()
     for j, name in enumerate(X.columns):
         if missing[j] > max_missing:
-            reasons[str(name)] = f"missing in {missing[j]:.0%} of training rows (more than max_missing {max_missing:.0%})"
+            # Three significant digits, not whole percents: 1 gap in 504 rows with max_missing 0 read
+            # "missing in 0% of training rows (more than max_missing 0%)".
+            reasons[str(name)] = (
+                f"missing in {100 * missing[j]:.3g}% of training rows (more than max_missing {100 * max_missing:.3g}%)"
+            )
         elif not std[j] > 0:
             # A Python float: the repr of a numpy scalar ("np.float64(5.0)") reached users' messages and the model metadata.
             reasons[str(name)] = f"constant ({float(X.iloc[:, j].dropna().iloc[0])!r}) in every training row: nothing to estimate"
     return reasons
 
 
+def _too_few_complete_rows(kept: pd.DataFrame, complete: int, lags: int) -> str:
+    """Why training stopped for want of rows with every kept signal: the signals missing most.
+
+    With many signals, a few gaps each in different rows leave almost no complete row (300
+    signals each missing 2 % of rows left 7 of 2,000): the message listed every kept signal
+    (4,000 characters), not the ones to fix, and widening the window does not help then.
+    """
+    missing = kept.isna().mean()
+    worst = missing[missing > 0].sort_values(ascending=False, kind="stable")
+    named = ", ".join(f"{name} ({share:.1%})" for name, share in worst.iloc[:_NAMED_SIGNALS].items()) or "none"
+    if len(worst) > _NAMED_SIGNALS:
+        named += f" and {len(worst) - _NAMED_SIGNALS} more"
+    after_lags = f" (and in its {lags} lags)" if lags else ""
+    return (
+        f"MSETDetector needs at least {_MIN_TRAINING_ROWS} training rows where each of its {kept.shape[1]} kept "
+        f"signals has a value{after_lags}; got {complete} of {len(kept)}. Signals missing most often: {named}. "
+        "Fill those gaps at the source, drop the gappiest signals from the job's features (or set max_missing "
+        "below their share), or widen the training window."
+    )
+
+
 def _memory_rows(states: np.ndarray, size: int) -> np.ndarray:
-    """Row numbers of the memory: each column's extremes, then rows spread over the norm order."""
+    """Row numbers of the memory: each column's extremes, then rows spread over the norm order;
+    never more than ``size`` rows."""
     chosen = set(np.argmin(states, axis=0).tolist()) | set(np.argmax(states, axis=0).tolist())
     by_norm = np.argsort(np.linalg.norm(states, axis=1), kind="stable")
+    if len(chosen) > size:
+        # More extremes than room (many signals, or lags). Keeping them all ignored memory_size:
+        # 300 signals with 5 lags made a memory of 1,523 states (256 asked), and the bandwidth
+        # choice then asked for 31 GiB. ``size`` of them are kept, spread over the norm order.
+        extremes = by_norm[np.isin(by_norm, list(chosen))]
+        return np.sort(extremes[np.linspace(0, len(extremes) - 1, size).round().astype(int)])
     room = max(size - len(chosen), 0)
     spread = by_norm[np.linspace(0, len(by_norm) - 1, min(room, len(by_norm))).round().astype(int)]
     for row in spread.tolist():
@@ -464,8 +520,14 @@ def _restarting_sprt(z: np.ndarray, window: int, drift: float, variance_ratio: f
 
 def _typical_spacing(memory: np.ndarray) -> float:
     """Median distance from each memory state to its nearest other state (> 0)."""
-    squared = ((memory[:, None, :] - memory[None, :, :]) ** 2).sum(axis=2)
-    np.fill_diagonal(squared, np.inf)
-    nearest = np.sqrt(squared.min(axis=1))
+    # Block by block: the whole (memory x memory x state) array of differences took 60 GB for
+    # 5,000 states of 300 signals. Each distance is summed as before, so the result is identical.
+    nearest = np.empty(len(memory))
+    block_rows = max(1, _BLOCK_ELEMENTS // max(memory.size, 1))
+    for start in range(0, len(memory), block_rows):
+        block = memory[start : start + block_rows]
+        squared = ((block[:, None, :] - memory[None, :, :]) ** 2).sum(axis=2)
+        squared[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
+        nearest[start : start + len(block)] = np.sqrt(squared.min(axis=1))
     positive = nearest[np.isfinite(nearest) & (nearest > 0)]
     return float(np.median(positive)) if positive.size else 1.0

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import re
+import tracemalloc
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipelines.detectors import load_detector
-from pipelines.detectors.mset import MSETDetector
+from pipelines.detectors.mset import MSETDetector, _typical_spacing
 from pipelines.errors import ModelError
 
 TRAIN_ROWS = 24 * 21
@@ -113,7 +117,7 @@ def test_flat_and_mostly_missing_signals_are_dropped_with_a_reason(data) -> None
     detector = MSETDetector().fit(train)
     assert set(detector.dropped_signals_) == {"flat", "gappy"}
     assert "constant" in detector.dropped_signals_["flat"]
-    assert "missing in 67%" in detector.dropped_signals_["gappy"]
+    assert "missing in 66.7%" in detector.dropped_signals_["gappy"]
     assert detector.summary()["dropped_signals"] == detector.dropped_signals_
     detection = detector.detect(test, history=train)
     assert (detection.feature_score[:, 4:] == 0).all() and (detection.expected[:, 4] == 5.0).all()
@@ -208,3 +212,84 @@ def test_a_sustained_shift_raises_an_alarm_every_few_rows(three_signals, seed: i
     assert flagged.mean() >= 0.25
     assert (detection.feature_score[rows[flagged]].argmax(axis=1) == 1).mean() >= 0.9
     assert not detection.is_anomaly[248 : 248 + detector.lookback_, 0].any()
+
+
+def test_the_memory_holds_at_most_memory_size_states_with_many_signals() -> None:
+    # 60 signals (the same holds for 300, or for lags) have up to 120 rows of extremes: all of
+    # them were kept whatever memory_size said, and 300 signals with 5 lags asked for 31 GiB.
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.normal(size=(200, 60))).add_prefix("s")
+    detector = MSETDetector(memory_size=16).fit(frame)
+    assert detector.memory_.shape[0] == detector.summary()["memory_states"] == 16
+    spike = frame.iloc[-20:].copy()
+    spike.iloc[10, 7] += 20.0
+    assert detector.detect(spike, history=frame.iloc[:-20]).feature_score[10].argmax() == 7
+
+
+def test_the_bandwidth_choice_never_builds_the_whole_difference_array() -> None:
+    # (memory x memory x state) differences took 60 GB for 5,000 states of 300 signals.
+    memory = np.random.default_rng(3).normal(size=(400, 200))
+    tracemalloc.start()
+    try:
+        spacing = _typical_spacing(memory)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6  # the whole array is 256 MB
+    some = memory[:50]  # small enough to compare with the distances computed at once
+    nearest = np.sqrt(np.where(np.eye(50, dtype=bool), np.inf, ((some[:, None] - some[None]) ** 2).sum(axis=2)).min(axis=1))
+    assert _typical_spacing(some) == np.median(nearest) and spacing > 0
+
+
+def test_a_share_missing_is_not_rounded_to_the_limit() -> None:
+    # One gap in 504 rows with max_missing 0 read "missing in 0% ... (more than max_missing 0%)".
+    train = plant(TRAIN_ROWS, seed=6)
+    train.iloc[3, 1] = np.nan
+    detector = MSETDetector(max_missing=0.0).fit(train)
+    assert detector.dropped_signals_ == {"s1": "missing in 0.198% of training rows (more than max_missing 0%)"}
+
+
+def test_too_few_complete_rows_names_the_signals_missing_most() -> None:
+    # 40 signals, each missing in its own rows: few rows have them all. The error listed every
+    # signal (4,000 characters with 300 of them), not the ones whose gaps to fix.
+    frame = plant(185, seed=7, signals=40)
+    for j in range(40):
+        frame.iloc[j * 4 : j * 4 + (12 if j == 9 else 4), j] = np.nan
+    with pytest.raises(ModelError) as caught:
+        MSETDetector().fit(frame)
+    message = str(caught.value)
+    assert re.search(r"each of its 40 kept signals has a value; got 25 of 185\. Signals missing most often: s9 \(6\.5%\), s0 \(2\.2%\)", message)
+    assert "and 35 more" in message and "s39" not in message and len(message) < 500
+
+
+def test_a_signal_reporting_in_one_stretch_of_training_alone_is_dropped_with_the_reason(data) -> None:
+    # Kept by a high max_missing, s3 has no value estimable from the memory of other times: it got
+    # a made-up residual scale of 1 and never scored (a spike of 7 sigmas scored 0), silently.
+    train, test = data
+    train = train.copy()
+    train.iloc[:404, 3] = np.nan
+    detector = MSETDetector(max_missing=0.9).fit(train)
+    assert list(detector.signals_) == ["s0", "s1", "s2"]
+    assert re.fullmatch(r"reports within too short a stretch .*missing in 80\.2% .*could never be scored", detector.dropped_signals_["s3"])
+    disturbed = test.copy()
+    disturbed.iloc[40, 2] += 3.0  # the signals kept still find a spike, and name it
+    detection = detector.detect(disturbed, history=train)
+    assert detection.is_anomaly[40, 0] and detection.feature_score[40].argmax() == 2  # s2, of s0..s3
+    # With no signal left that can be measured, it says so for each.
+    alone = train[["s3"]].copy()
+    alone.iloc[:404, 0] = np.nan
+    with pytest.raises(ModelError, match=r"no signal left to model \(s3: reports within too short a stretch"):
+        MSETDetector(max_missing=0.9, lags=0).fit(alone)
+
+
+def test_rows_without_memory_from_other_times_fit_without_warnings(data) -> None:
+    # s3 installed half-way, s1 gone later: every row with all signals lies in one stretch of time,
+    # whose rows have no memory state of another time to be estimated from (no evidence, by design);
+    # each fit printed 24 RuntimeWarnings "invalid value encountered in subtract" into the task log.
+    train = data[0].copy()
+    train.iloc[:252, 3] = np.nan
+    train.iloc[310:, 1] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detector = MSETDetector().fit(train)
+    assert np.isfinite(detector.residual_scale_).all() and detector.dropped_signals_ == {}
