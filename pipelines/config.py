@@ -6,6 +6,7 @@ at every parse.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pydantic import (
 )
 
 from pipelines.detectors.params import MODEL_PARAMS
-from pipelines.durations import parse_duration
+from pipelines.durations import parse_duration, rows_spanned
 from pipelines.errors import ConfigError
 from pipelines.schema import OUTPUT_COLUMNS
 
@@ -50,6 +51,9 @@ Location = Annotated[str, Field(min_length=1)]
 
 def _duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
+        # As parse_duration refuses "0h" in a job file: the checks that count rows divide by it.
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
         return value
     return parse_duration(value)
 
@@ -563,6 +567,65 @@ class AlertsConfig(_Model):
         return self
 
 
+class _FieldError(ValueError):
+    """A check of several fields together, reported at the field ``where`` (``model.params.window``)
+    rather than at the top level of the job, where pydantic puts the checks of a whole model."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(message)
+        self.where = where
+
+
+def _duration_text(value: timedelta) -> str:
+    """``value`` as a job file writes it (``2h``, ``90min``, ``3d``)."""
+    seconds = math.ceil(value.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+#: Share of the training window's latest rows that training holds back to compare the new model
+#: with the serving one, fitting the new model on the rows before them first. The source of truth
+#: is ``HOLDOUT_FRACTION`` of pipelines/training.py, which imports pandas (a test checks both agree).
+_TRAINING_HOLDOUT = 0.2
+#: Fewest training rows of each detector whatever its parameters: ``_MIN_TRAINING_ROWS`` of
+#: pipelines/detectors/<kind>.py, the source of truth (see :func:`_fewest_training_rows`).
+_FEWEST_ROWS = {
+    "auto": 60, "context": 50, "iforest": 20, "level_shift": 20, "lstm": 40, "mset": 30, "prophet": 20, "seasonal_mad": 20,
+}
+#: Windows of rows the window detectors fit on at least (their ``_require_rows``: "two windows at least").
+_WINDOWS_FITTED = {"iforest": 2, "lstm": 5}
+#: Lags MSET takes with ``lags: auto`` for a lone signal (``_LONE_SIGNAL_LAGS`` of mset.py).
+_MSET_LONE_SIGNAL_LAGS = 3
+
+
+def _fewest_training_rows(kind: str, params: dict[str, Any], n_features: int) -> tuple[int, str | None, str]:
+    """The fewest rows a ``kind`` detector with ``params`` (every parameter, as validated) fits on,
+    the parameter that raises them above the detector's own floor (None when none does), and why.
+
+    Duplicated from the ``_require_rows`` calls of each detector's ``fit``, the source of truth:
+    those modules import pandas and scikit-learn, which the parse of DAG files must not.
+    tests/pipelines/test_config.py fits each detector on one row fewer to check that both agree.
+    """
+    fewest = _FEWEST_ROWS[kind]
+    if kind in _WINDOWS_FITTED:
+        windows, window = _WINDOWS_FITTED[kind], params["window"]
+        needed = windows * window
+        return max(fewest, needed), "window" if needed > fewest else None, f"{windows} windows of {window} rows"
+    if kind == "mset":
+        # The first `lags` rows only give lags to the rows after them: they make no state.
+        lags = params["lags"] if params["lags"] != "auto" else (_MSET_LONE_SIGNAL_LAGS if n_features == 1 else 0)
+        needed = max(fewest + lags, 4 * (lags + 1))
+        return needed, "lags" if params["lags"] != "auto" and needed > fewest else None, f"{fewest} states after its {lags} lags"
+    return fewest, None, f"{kind}'s least"
+
+
+def _fitted_rows(rows: int) -> int:
+    """Of a training window of ``rows`` rows, the rows training fits the new model on first."""
+    return int(rows * (1 - _TRAINING_HOLDOUT))
+
+
 class JobConfig(_Model):
     name: str
     description: str = ""
@@ -638,6 +701,88 @@ class JobConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _season_spans_two_rows(self) -> JobConfig:
+        # The seasonal detectors refuse, at every fit, a season that the frequency puts in one row.
+        if "season" not in MODEL_PARAMS[self.model.kind].model_fields:
+            return self
+        written = "season" in self.model.params
+        default = MODEL_PARAMS[self.model.kind].model_fields["season"].default
+        season = self.model.params["season"] if written else default
+        # A whole number is rows (at least 2, checked with the parameters); None is no season.
+        if not isinstance(season, str) or rows_spanned(season, self.frequency) >= 2:
+            return self
+        # Not "a whole number of periods": the detector rounds a season up to whole rows (1d at 7min).
+        named = f"season {season}" if written else f"the default season {default}"
+        instead = (
+            f"leave season out (the default {default})"
+            if written and rows_spanned(default, self.frequency) >= 2
+            else "season: null for no season"
+        )
+        raise _FieldError(
+            "model.params.season",
+            f"{named} is not longer than one period of frequency {_duration_text(self.frequency)}, so a season would "
+            f"hold one row and a seasonal profile needs two: use at least {_duration_text(2 * self.frequency)}, or {instead}",
+        )
+
+    @model_validator(mode="after")
+    def _training_window_holds_enough_rows(self) -> JobConfig:
+        # Each detector refuses too few training rows at every fit; the rows a scheduled training has
+        # are known from the job file: at most the training window's periods of frequency, of which
+        # the new model is fitted first on all but the held-back share.
+        params = MODEL_PARAMS[self.model.kind](**self.model.params)
+        needed, param, why = _fewest_training_rows(self.model.kind, dict(params), len(self.features))
+        rows = math.ceil(self.training_window / self.frequency)
+        fitted = _fitted_rows(rows)
+        if fitted >= needed:
+            return self
+        least_rows = next(r for r in range(rows, 2 * needed + 10) if _fitted_rows(r) >= needed)
+        least = least_rows * self.frequency
+        if least >= timedelta(days=1):  # a whole number of days reads better, and is still enough
+            least = timedelta(days=math.ceil(least / timedelta(days=1)))
+        holds = "holds" if rows * self.frequency == self.training_window else "holds at most"
+        window = (
+            f"a training_window of {_duration_text(self.training_window)} {holds} {rows} rows of {_duration_text(self.frequency)}, "
+            f"and training fits the new model on the first {fitted} of them (the last {_TRAINING_HOLDOUT:.0%} are held "
+            "back to compare it with the serving model)"
+        )
+        widen = f"a training_window of at least {_duration_text(least)}"
+        if param is None:
+            raise _FieldError("training_window", f"model {self.model.kind} needs at least {needed} training rows, but {window}: use {widen}")
+        value = getattr(params, param)
+        smaller = next(
+            (v for v in range(value - 1, -1, -1)
+             if _fewest_training_rows(self.model.kind, {**dict(params), param: v}, len(self.features))[0] <= fitted),
+            None,
+        )
+        if smaller is not None:  # a value the parameter takes (a window of 1 would be refused)
+            try:
+                MODEL_PARAMS[self.model.kind](**{**self.model.params, param: smaller})
+            except ValidationError:
+                smaller = None
+        raise _FieldError(
+            f"model.params.{param}",
+            f"{self.model.kind} with {param} {value} needs at least {needed} training rows ({why}), but {window}: "
+            + (f"use a {param} of at most {smaller}, or {widen}" if smaller is not None else f"use {widen}"),
+        )
+
+    @model_validator(mode="after")
+    def _tune_grid_fits_the_model(self) -> JobConfig:
+        # With tune.detectors set, TuneConfig checks the grid alone; without, the kinds searched
+        # come from the model, so the grid is checked here, not hours later when a tune run starts.
+        if self.tune.detectors is not None or not self.tune.grid:
+            return self
+        from pipelines.detectors.search_spaces import check_tune_settings, default_detectors
+
+        kinds = default_detectors(self.model.kind, self.model.params)
+        try:
+            check_tune_settings(kinds, self.tune.grid)
+        except ValueError as exc:
+            where, _, message = str(exc).partition(": ")
+            searched = "the candidates of model auto" if self.model.kind == "auto" else f"model.kind {self.model.kind}"
+            raise _FieldError(where, f"{message} (tune.detectors is not set, so tuning searches {searched})") from None
+        return self
+
+    @model_validator(mode="after")
     def _alerted_features_exist(self) -> JobConfig:
         unknown = sorted(set(self.alerts.features) - set(self.features)) if self.alerts else []
         if unknown:
@@ -680,6 +825,9 @@ def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        blamed = err.get("ctx", {}).get("error")
+        if isinstance(blamed, _FieldError):
+            where = blamed.where
         message = err["msg"].removeprefix("Value error, ")
         given = err.get("input")
         if err["type"] == "extra_forbidden":

@@ -18,6 +18,7 @@ from pipelines.config import (
     resolve_path,
     scan_jobs,
 )
+from pipelines.durations import parse_duration
 from pipelines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -254,3 +255,169 @@ def test_connection_description_never_shows_a_secret(url: str, shown: str) -> No
     described = SqlConnection(url=url).describe()
     assert described.startswith(shown)
     assert "s3" not in described and "cret" not in described
+
+
+# -- checks of several fields together: what failed every training, hours after the job file loaded --
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        # The seasonal detectors refuse a season of one row at every fit.
+        ({"model": {"kind": "seasonal_mad", "params": {"season": "30m"}}},
+         "model.params.season: season 30m is not longer than one period of frequency 1h, so a season would hold one row "
+         "and a seasonal profile needs two: use at least 2h, or leave season out (the default 1d)"),
+        ({"model": {"kind": "level_shift", "params": {"season": "1h"}}}, "model.params.season: season 1h is not longer"),
+        # A daily job with the default season: leaving it out is no way out.
+        ({"frequency": "1d", "training_window": "365d"},
+         "model.params.season: the default season 1d is not longer than one period of frequency 1d, so a season would hold "
+         "one row and a seasonal profile needs two: use at least 2d, or season: null for no season"),
+        ({"frequency": "1d", "training_window": "365d", "model": {"kind": "level_shift", "params": {"season": "1d"}}},
+         "model.params.season: season 1d is not longer than one period of frequency 1d, so a season would hold one row "
+         "and a seasonal profile needs two: use at least 2d, or season: null for no season"),
+        # Training fits the new model on the first 80 % of a window's rows before comparing it.
+        ({"model": {"kind": "iforest", "params": {"window": 1000}}},
+         "model.params.window: iforest with window 1000 needs at least 2000 training rows (2 windows of 1000 rows), but a "
+         "training_window of 28d holds 672 rows of 1h, and training fits the new model on the first 537 of them (the last 20% "
+         "are held back to compare it with the serving model): use a window of at most 268, or a training_window of at least 105d"),
+        ({"model": {"kind": "iforest", "params": {"window": 300}}}, "model.params.window: iforest with window 300 needs at least 600"),
+        ({"model": {"kind": "lstm", "params": {"window": 200}}},
+         "model.params.window: lstm with window 200 needs at least 1000 training rows (5 windows of 200 rows), but"),
+        ({"model": {"kind": "mset", "params": {"lags": 48}}, "training_window": "7d"},
+         "model.params.lags: mset with lags 48 needs at least 196 training rows (30 states after its 48 lags), but a "
+         "training_window of 7d holds 168 rows of 1h, and training fits the new model on the first 134 of them"),
+        ({"model": {"kind": "context"}, "training_window": "2d"},
+         "training_window: model context needs at least 50 training rows, but a training_window of 2d holds 48 rows of 1h, "
+         "and training fits the new model on the first 38 of them (the last 20% are held back to compare it with the "
+         "serving model): use a training_window of at least 3d"),
+        ({"model": {"kind": "auto"}, "training_window": "74h"}, "training_window: model auto needs at least 60 training rows"),
+        ({"model": {"kind": "iforest", "params": {"window": 1000}}, "training_window": "10d", "frequency": "7min"},
+         "model.params.window: iforest with window 1000 needs at least 2000 training rows (2 windows of 1000 rows), but a "
+         "training_window of 10d holds at most 2058 rows of 7min, and training fits the new model on the first 1646 of them"),
+        # tune.grid without tune.detectors: checked against the kinds the model makes tuning search.
+        ({"tune": {"grid": {"windw": [3]}}},
+         "tune.grid.windw: no searched detector (seasonal_mad) tunes 'windw'; tunable parameters: level_window, season "
+         "(tune.detectors is not set, so tuning searches model.kind seasonal_mad)"),
+        ({"model": {"kind": "iforest"}, "tune": {"grid": {"window": [1]}}},
+         "tune.grid.window: [1] outside the search space of 'iforest' (integer 6–168 (log)); use values in that range"),
+        ({"model": {"kind": "iforest"}, "tune": {"grid": {"window": []}}}, "tune.grid.window: give at least one value"),
+        ({"model": {"kind": "auto", "params": {"candidates": ["context", "mset"]}}, "tune": {"grid": {"level_window": [6]}}},
+         "tune.grid.level_window: no searched detector (context, mset) tunes 'level_window'"),
+    ],
+)
+def test_settings_that_fail_every_training_together_are_refused_at_the_field(overrides, line):
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(**overrides), source="jobs/web.yaml")
+    lines = str(info.value).splitlines()
+    assert lines[0] == "jobs/web.yaml: invalid job configuration"
+    assert len(lines) == 2 and lines[1].startswith(f"  {line}")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # Not a whole number of periods: the detector rounds a season up to whole rows.
+        {"frequency": "7min", "training_window": "14d"},
+        {"model": {"kind": "seasonal_mad", "params": {"season": "90m"}}},
+        {"model": {"kind": "level_shift", "params": {"season": "2h"}}},
+        {"frequency": "1d", "training_window": "365d", "model": {"kind": "seasonal_mad", "params": {"season": None}}},
+        {"frequency": "1d", "training_window": "365d", "model": {"kind": "seasonal_mad", "params": {"season": 7}}},
+        {"frequency": "1d", "training_window": "365d", "model": {"kind": "iforest"}},  # no season parameter
+        # At the limit: 537 fitted rows of 672.
+        {"model": {"kind": "iforest", "params": {"window": 268}}},
+        {"model": {"kind": "lstm", "params": {"window": 107}}},
+        {"model": {"kind": "mset", "params": {"lags": 48}}},
+        {"model": {"kind": "context"}, "training_window": "63h"},
+        {"model": {"kind": "iforest"}, "tune": {"grid": {"window": [6, 168]}}},
+        {"model": {"kind": "iforest"}, "tune": {"detectors": ["seasonal_mad"], "grid": {"level_window": [6]}}},
+    ],
+)
+def test_settings_that_train_together_are_accepted(overrides):
+    parse_job(minimal(**overrides))
+
+
+def _one_row_fewer_than(kind: str, params: dict, features: int = 1):
+    """The detector's own error when fitted on one row fewer than the job file check asks for."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.config import _fewest_training_rows
+    from pipelines.detectors import make_detector
+    from pipelines.detectors.params import MODEL_PARAMS
+    from pipelines.errors import ModelError
+
+    needed, _, _ = _fewest_training_rows(kind, dict(MODEL_PARAMS[kind](**params)), features)
+    index = pd.date_range("2024-01-01", periods=needed - 1, freq="1h", tz="UTC")
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(needed - 1, features)), index=index,
+                         columns=[f"f{i}" for i in range(features)])
+    with pytest.raises(ModelError) as info:
+        make_detector(kind, params).fit(frame)
+    return needed, str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "features"),
+    [
+        ("seasonal_mad", {}, 1), ("level_shift", {}, 1), ("context", {}, 1), ("auto", {}, 1), ("prophet", {}, 1),
+        ("iforest", {"window": 5}, 1), ("iforest", {"window": 40}, 2),
+        ("lstm", {"window": 4}, 1), ("lstm", {"window": 30}, 1),
+        ("mset", {}, 1), ("mset", {}, 2), ("mset", {"lags": 2}, 2), ("mset", {"lags": 48}, 1),
+    ],
+)
+def test_the_rows_the_job_file_check_asks_for_are_the_detectors_own(kind, params, features):
+    # The check duplicates the detectors' minimums (their modules are too heavy for the DAG parse).
+    if kind in ("lstm", "prophet"):
+        pytest.importorskip("torch" if kind == "lstm" else "prophet")
+    needed, message = _one_row_fewer_than(kind, params, features)
+    assert f"needs at least {needed} training rows" in message
+
+
+@pytest.mark.parametrize("frequency", [timedelta(0), timedelta(hours=-1)])
+def test_a_frequency_given_as_a_timedelta_must_be_positive(frequency):
+    # The checks that count rows divide by it: a zero frequency raised a raw ZeroDivisionError.
+    with pytest.raises(ConfigError, match="frequency: must be a positive duration"):
+        parse_job(minimal(frequency=frequency))
+
+
+def test_the_duplicated_constants_are_the_sources():
+    from pipelines import config, training
+    from pipelines.detectors import mset
+
+    assert config._TRAINING_HOLDOUT == training.HOLDOUT_FRACTION
+    assert config._MSET_LONE_SIGNAL_LAGS == mset._LONE_SIGNAL_LAGS
+
+
+@pytest.mark.parametrize(("season", "frequency"), [("30m", "1h"), ("1h", "1h"), ("90m", "1h"), ("2h", "1h"), ("1d", "7min"), ("1d", "1d")])
+def test_the_season_check_refuses_what_the_detector_refuses(season, frequency):
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.detectors.seasonal_mad import SeasonalMADDetector
+
+    index = pd.date_range("2024-01-01", periods=400, freq=parse_duration(frequency), tz="UTC")
+    try:
+        SeasonalMADDetector(season=season).fit(pd.DataFrame({"value": np.random.default_rng(0).normal(size=400)}, index=index))
+        fits = True
+    except ConfigError as exc:
+        assert "must span at least two rows" in str(exc)
+        fits = False
+    try:
+        parse_job(minimal(frequency=frequency, training_window="400d", model={"kind": "seasonal_mad", "params": {"season": season}}))
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert accepted == fits
+
+
+def test_the_checks_of_fields_together_import_nothing_heavy():
+    # Job files are validated at every DAG parse: the detectors' own modules stay unimported.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pipelines.config import parse_job; "
+        "parse_job({'name': 'w', 'source': {'kind': 'file', 'path': 'x.csv'}, 'timestamp': 'ts', 'frequency': '1h', "
+        "'features': ['v'], 'model': {'kind': 'lstm', 'params': {'window': 50}}, 'tune': {'grid': {'window': [12]}}}); "
+        "print(sorted({'numpy', 'pandas', 'sklearn', 'torch', 'prophet', 'optuna'} & set(sys.modules)))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

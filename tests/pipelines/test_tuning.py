@@ -304,8 +304,8 @@ def test_auto_tunes_only_the_candidates_its_job_names(tmp_path):
         ({"kind": "seasonal_mad"}, {"detectors": ["seasonal_mad", "nope"]}, "parse", "'nope' cannot be tuned"),
         ({"kind": "seasonal_mad"}, {"detectors": ["auto"]}, "parse", "'auto' cannot be tuned"),
         ({"kind": "seasonal_mad"}, {"detectors": ["seasonal_mad"], "grid": {"level_window": [2]}}, "parse", "integer 3–168"),
-        ({"kind": "iforest"}, {"grid": {"season": ["1d"]}}, "tune", "no searched detector (iforest) tunes 'season'"),
-        ({"kind": "seasonal_mad"}, {"grid": {"level_window": [100_000]}}, "tune", "outside the search space of 'seasonal_mad'"),
+        ({"kind": "iforest"}, {"grid": {"season": ["1d"]}}, "parse", "no searched detector (iforest) tunes 'season'"),
+        ({"kind": "seasonal_mad"}, {"grid": {"level_window": [100_000]}}, "parse", "outside the search space of 'seasonal_mad'"),
     ],
 )
 def test_bad_tune_settings_are_clear_config_errors(tmp_path, daily, model, tune, where, fragment):
