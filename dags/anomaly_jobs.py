@@ -308,7 +308,9 @@ def build_predict_dag(job: JobConfig):
             window = Window.from_dict(extracted["window"])
             if "chunk" in unit:
                 get_current_context()["unit_label"] = f"chunk {unit['chunk'] + 1} of {len(extracted['paths'])}"
-                return score_chunk(job, window, run_id=run_id, index=unit["chunk"], chunk_paths=extracted["paths"])
+                return score_chunk(
+                    job, window, run_id=run_id, index=unit["chunk"], chunk_paths=extracted["paths"], read_from=extracted["read_from"]
+                )
             get_current_context()["unit_label"] = unit["series"]  # names the mapped task in the UI
             data = read_series(job, run_id, unit["series"])
             return score_series(job, unit["series"], data, window, run_id=run_id).to_dict()

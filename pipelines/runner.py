@@ -148,7 +148,9 @@ def run_score_file(
     try:
         extracted = extract_chunks(job, run_id=run_id, input_path=input_path, chunk_rows=chunk_rows)
         parts = [
-            score_chunk(job, extracted.window, run_id=run_id, index=index, chunk_paths=extracted.paths)["path"]
+            score_chunk(
+                job, extracted.window, run_id=run_id, index=index, chunk_paths=extracted.paths, read_from=extracted.read_from
+            )["path"]
             for index in range(len(extracted.paths))
         ]
         return publish_file(job, extracted.window, parts, output or one_off_output(job, run_id))

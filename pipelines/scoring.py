@@ -147,8 +147,11 @@ def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
     return ScoreResult(series, path, len(frame), anomalies, version.version, data.attrs.get("resampling"))
 
 
-def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chunk_paths: list[str]) -> dict[str, Any]:
-    """Validate and score chunk ``index`` of a one-off input, every series in it.
+def score_chunk(
+    job: JobConfig, window: Window, *, run_id: str, index: int, chunk_paths: list[str], read_from: str
+) -> dict[str, Any]:
+    """Validate and score chunk ``index`` of a one-off input, every series in it; ``read_from``
+    names the input (``Extracted.read_from`` of ``extract_chunks``) for its validation errors.
 
     The previous chunk's last rows of each series are its history, so a chunk scores exactly as
     it would in one piece; each chunk is validated on its own (a series repeating an instant or
@@ -160,9 +163,18 @@ def score_chunk(job: JobConfig, window: Window, *, run_id: str, index: int, chun
     # Rows numbered as rows of the file (from 1, as extraction's errors count them): positions in
     # the chunk sent users to the wrong rows.
     first = _rows_before(chunk_paths[:index], manifest[:index]) + 1
+    last = _rows_before(chunk_paths[: index + 1], manifest[: index + 1])
+    # Said as a one-off's: which file and which of its rows (the window spans the whole file),
+    # and that the file is to be fixed and scored again (there is no interval to re-run).
+    numbers = RowNumbers(
+        first=first,
+        of="the input file, counting its first data row as 1",
+        batch=f"rows {first} to {last} of {read_from} (chunk {index + 1} of {len(chunk_paths)})",
+        fix="fix the input file (or the job's validation settings) and score it again (predict --input, or a predict "
+        "run with `input`). No output was written.",
+    )
     data = checked_batch(
-        per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=f"-chunk{index}",
-        rows=RowNumbers(first=first, of="the input file, counting its first data row as 1"),
+        per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=f"-chunk{index}", rows=numbers
     )
     series = [(key, dims, rows, *_champion(job, key)) for key, dims, rows in series_groups(data, job)]
     needs = {key: max(detector.lookback_, 1) for key, _, _, _, detector in series}

@@ -155,15 +155,15 @@ def check_and_raise(
 ) -> ValidationReport:
     """Validate, save the report at ``report_path``; on failure quarantine the batch and raise
     :class:`~pipelines.errors.DataValidationError`. ``rows``: see :func:`validate_batch`; by
-    default :data:`WINDOW_ROWS`."""
+    default :data:`WINDOW_ROWS`. Its ``fix`` is the error's advice (by default, for a window)."""
     report = validate_batch(frame, job, window=window, suite_path=suite_path, rows=rows)
     save_report(report, report_path, storage_options)
     if report.success:
         return report
     kept = quarantine(frame, report, quarantine_dir, storage_options)
+    fix = rows.fix or "fix the source data (or the job's validation settings) and re-run the interval."
     raise DataValidationError(
-        f"{report.summary()}\nThe rejected batch is kept at {kept}; fix the source data "
-        "(or the job's validation settings) and re-run the interval.",
+        f"{report.summary()}\nThe rejected batch is kept at {kept}; {fix}",
         report=report.to_dict(),
         quarantine_path=kept,
     )

@@ -32,6 +32,13 @@ class RowNumbers:
 
     first: int = 0
     of: str | None = None
+    #: What the batch is, for the report's header, when "N rows in window ..." would not let the
+    #: user find it: e.g. "rows 33 to 64 of input file 'in.csv' (chunk 2 of 4)". The caller
+    #: that knows how the rows are numbered is the one that knows what they are part of.
+    batch: str | None = None
+    #: What to do when the batch is rejected, for :func:`~pipelines.validation.check_and_raise`'s
+    #: error (None: fix the source and re-run the interval, as for a scheduled window).
+    fix: str | None = None
 
 
 @dataclass
@@ -107,6 +114,8 @@ class ValidationReport:
     rows: int
     window: tuple[str | None, str | None]
     gx_result: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: What the batch is (see :attr:`RowNumbers.batch`); None: its rows in its window.
+    batch: str | None = None
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -115,10 +124,10 @@ class ValidationReport:
     def summary(self) -> str:
         """A header line, then one line per failed check."""
         start, end = (bound or "unbounded" for bound in self.window)
-        header = (
-            f"job {self.job}: validation of {self.rows} rows in window {start} .. {end} "
-            f"failed {len(self.failed)} of {len(self.checks)} checks"
-        )
+        # A chunk of a one-off file is named as such: the window then spans the whole file, and
+        # "32 rows in window ..." said neither which file nor which of its rows.
+        what = self.batch or f"{self.rows} rows in window {start} .. {end}"
+        header = f"job {self.job}: validation of {what} failed {len(self.failed)} of {len(self.checks)} checks"
         return "\n".join([header, *(f"  - {check.describe()}" for check in self.failed)])
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +136,7 @@ class ValidationReport:
             "success": self.success,
             "rows": self.rows,
             "window": list(self.window),
+            "batch": self.batch,
             "checks": [asdict(check) for check in self.checks],
             "gx_result": self.gx_result,
         }
@@ -184,6 +194,7 @@ def build_report(
         if check.sample_rows:
             check.sample_rows = [numbers.first + row for row in check.sample_rows]
             check.rows_of = numbers.of
+    _explain_untyped([(_columns(one.expectation_config.kwargs), check) for one, check in zip(result.results, checks)])
     return ValidationReport(
         job=job,
         success=all(check.success for check in checks),
@@ -191,7 +202,42 @@ def build_report(
         rows=rows,
         window=window,
         gx_result=json_safe(result.to_json_dict()),
+        batch=numbers.batch,
     )
+
+
+#: The built-in check that a feature holds numbers (see ``suite.build_suite``).
+_TYPE_CHECK = "expect_column_values_to_be_in_type_list"
+
+
+def _explain_untyped(checks: list[tuple[list[str], CheckResult]]) -> None:
+    """Say why a check of GX (with the columns it checks) errored on a column holding values that
+    are not numbers, in place of GX's error.
+
+    A range check of the job's suite (``expect_column_values_to_be_between``) on a column with
+    text in it cannot compare: GX raises "Column values, min_value, and max_value must either be
+    None or of the same type", which reads like a fault of the suite, beside the type check that
+    names the actual values. The check stays failed, since the column's range was not checked (a
+    value out of range may hide among its numbers); the line says so and points to the values.
+    """
+    untyped = {
+        check.column: check for _, check in checks if check.expectation == _TYPE_CHECK and not check.success and check.column
+    }
+    for columns, check in checks:
+        if check.success or check.expectation == _TYPE_CHECK or not (check.detail or "").startswith("error: "):
+            continue
+        causes = [untyped[name] for name in columns if name in untyped]
+        if not causes:
+            continue
+        why = "; ".join(_not_numbers(cause) for cause in causes)
+        only = " and ".join(cause.column or "" for cause in causes)
+        check.detail = f"not checked: {why}; it runs once {only} {'hold' if len(causes) > 1 else 'holds'} only numbers"
+
+
+def _not_numbers(check: CheckResult) -> str:
+    """What the failed type ``check`` found, briefly: its own line gives the count and the rows."""
+    values = ", ".join(dict.fromkeys(json.dumps(value, ensure_ascii=False) for value in check.sample_values))
+    return f"{check.column} holds values that are not numbers ({values}; see {_TYPE_CHECK} on {check.column})"
 
 
 def _columns(kwargs: dict[str, Any]) -> list[str]:

@@ -109,9 +109,23 @@ def test_one_off_scoring_stops_on_a_bad_chunk_and_writes_no_output(trained, proj
     data = data[data["timestamp"].str.startswith("2024-03-05")].copy()
     data.iloc[50, data.columns.get_loc("latency_ms")] = "slow"
     data.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(DataValidationError, match='latency_ms.*"slow"'):
+    with pytest.raises(DataValidationError, match='latency_ms.*"slow"') as failure:
         run_score_file(trained, str(tmp_path / "bad.csv"), run_id="bad-one-off", output=str(tmp_path / "out.parquet"), chunk_rows=20)
     assert not (tmp_path / "out.parquet").exists()
+    # The error names the file and the chunk's rows in it (it said "32 rows in window <the file's
+    # span>" and rows "of the input file"), says to score the file again (not "re-run the
+    # interval"), and the demo suite's range check on latency_ms says why it could not run (it
+    # gave GX's "Column values, min_value, and max_value must either be None or of the same type").
+    lines = str(failure.value).splitlines()
+    bad = str(tmp_path / "bad.csv")
+    assert lines[0].startswith(f"job demo_web_metrics: validation of rows 41 to 60 of input file {bad!r} (chunk 3 of 4) failed 2 of ")
+    typed, between = "  - expect_column_values_to_be_in_type_list on latency_ms", "  - expect_column_values_to_be_between on latency_ms"
+    assert any(line.startswith(typed) and "at rows [51] of the input file" in line for line in lines)
+    assert any(line.startswith(f"{between}, not checked: latency_ms holds values that are not numbers") for line in lines)
+    assert lines[-1].endswith(
+        "fix the input file (or the job's validation settings) and score it again (predict --input, or a predict run "
+        "with `input`). No output was written."
+    )
 
 
 def _write_job(project: Path, name: str, **changes) -> Path:
@@ -282,7 +296,9 @@ def test_publishing_a_one_off_run_into_a_folder_is_a_configuration_error(trained
     from pipelines.scoring import publish_file, score_chunk
 
     extracted = extract_chunks(trained, run_id="to-folder", input_path=str(project / "data" / "demo" / "web_metrics.csv"), chunk_rows=10_000)
-    part = score_chunk(trained, extracted.window, run_id="to-folder", index=0, chunk_paths=extracted.paths)["path"]
+    part = score_chunk(
+        trained, extracted.window, run_id="to-folder", index=0, chunk_paths=extracted.paths, read_from=extracted.read_from
+    )["path"]
     (tmp_path / "out").mkdir()
     with pytest.raises(ConfigError, match=r"job demo_web_metrics: output '.*/out' is a folder: give the path of the Parquet file"):
         publish_file(trained, extracted.window, [part], str(tmp_path / "out"))

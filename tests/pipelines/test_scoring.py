@@ -108,4 +108,27 @@ def test_a_bad_row_in_a_later_chunk_is_named_by_its_row_in_the_file(
     extracted = extract_chunks(job, run_id="one-off", input_path=str(tmp_path / "input.csv"), chunk_rows=10)
 
     with pytest.raises(DataValidationError, match=expected):
-        score_chunk(job, extracted.window, run_id="one-off", index=2, chunk_paths=extracted.paths)
+        score_chunk(job, extracted.window, run_id="one-off", index=2, chunk_paths=extracted.paths, read_from=extracted.read_from)
+
+
+def test_a_bad_chunk_is_named_by_its_file_and_rows_and_the_advice_is_to_score_the_file_again(tmp_path: Path) -> None:
+    # A chunk's failure said "validation of 10 rows in window <the whole file's span>", rows "of
+    # the input file" without naming it, and ended "re-run the interval": a one-off has none.
+    job = make_job(tmp_path).model_copy(update={"dimensions": ["region"]})
+    frame = regional(20)
+    frame.loc[23, "a"] = "slow"
+    frame.to_csv(tmp_path / "input.csv", index=False)
+    extracted = extract_chunks(job, run_id="one-off", input_path=str(tmp_path / "input.csv"), chunk_rows=10)
+
+    with pytest.raises(DataValidationError) as failure:
+        score_chunk(job, extracted.window, run_id="one-off", index=2, chunk_paths=extracted.paths, read_from=extracted.read_from)
+    message = str(failure.value)
+    assert message.startswith(
+        f"job scored: validation of rows 21 to 30 of input file {str(tmp_path / 'input.csv')!r} (chunk 3 of 4) failed 1 of "
+    )
+    assert message.endswith(
+        "-chunk2; fix the input file (or the job's validation settings) and score it again (predict --input, or a predict "
+        "run with `input`). No output was written."
+    )
+    assert "window" not in message and "interval" not in message
+    assert failure.value.report["batch"] == f"rows 21 to 30 of input file {str(tmp_path / 'input.csv')!r} (chunk 3 of 4)"

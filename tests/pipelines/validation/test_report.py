@@ -49,3 +49,17 @@ def test_rows_say_what_they_count() -> None:
         "expect_column_values_to_not_be_null on requests, 1 unexpected, sample values [null], "
         "at rows [73] of the input file, counting its first data row as 1 (ts=2024-01-01T00:00:00Z)"
     )
+
+
+def test_a_batch_that_is_part_of_a_file_is_named_in_the_header() -> None:
+    # A chunk of a one-off file: its window spans the whole file, so "32 rows in window ..." said
+    # neither which file nor which of its rows.
+    report = ValidationReport(
+        job="web", success=False, checks=[CheckResult("expect_table_row_count_to_be_between", None, False, detail="observed 0")],
+        rows=32, window=("2024-02-01T00:00:00+00:00", None), batch="rows 33 to 64 of input file 'in.csv' (chunk 2 of 4)",
+    )
+
+    assert report.summary().splitlines()[0] == (
+        "job web: validation of rows 33 to 64 of input file 'in.csv' (chunk 2 of 4) failed 1 of 1 checks"
+    )
+    assert report.to_dict()["batch"] == "rows 33 to 64 of input file 'in.csv' (chunk 2 of 4)"

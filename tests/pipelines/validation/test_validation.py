@@ -415,6 +415,47 @@ def test_demo_suite_passes_on_demo_data() -> None:
     assert (check.column, check.sample_rows) == ("latency_ms", [2])
 
 
+
+def test_a_suite_range_check_on_a_column_with_text_says_it_could_not_run_and_why() -> None:
+    # The demo suite bounds requests. A word among its numbers failed the type check (naming the
+    # word) and the range check with GX's raw "Column values, min_value, and max_value must either
+    # be None or of the same type", which reads like a fault of the suite.
+    job = load_job_file(REPO_ROOT / "config" / "jobs" / "demo_web_metrics.yaml")
+    frame = pd.read_csv(REPO_ROOT / "data" / "demo" / "web_metrics.csv", dtype=object).head(48)
+    frame.loc[[5, 9], "requests"] = ["slow", "n/a"]
+    frame.loc[7, "latency_ms"] = "slow"
+
+    report = validate_batch(frame, job, suite_path=resolve_path(job.validation.suite), rows=RowNumbers(first=1))
+
+    failed = {(check.expectation, check.column): check for check in _failed(report)}
+    assert set(failed) == {
+        (expectation, column)
+        for expectation in ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_between")
+        for column in ("requests", "latency_ms")
+    }
+    # Still failed: the column's range was not checked.
+    assert failed["expect_column_values_to_be_between", "requests"].describe() == (
+        'expect_column_values_to_be_between on requests, not checked: requests holds values that are not numbers ("slow", "n/a"; '
+        "see expect_column_values_to_be_in_type_list on requests); it runs once requests holds only numbers"
+    )
+    assert failed["expect_column_values_to_be_between", "latency_ms"].detail.startswith(
+        'not checked: latency_ms holds values that are not numbers ("slow"; '
+    )
+    assert failed["expect_column_values_to_be_in_type_list", "requests"].sample_rows == [6, 10]
+    assert "same type" not in report.summary()
+
+
+def test_a_suite_error_on_a_numeric_column_is_still_gx_s_own(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
+    # Only an error on a column whose type check failed is explained away: a bound of the wrong
+    # type in the suite itself is the suite's fault, and GX's error says so.
+    suite = tmp_path / "suite.json"
+    between = {"type": "expect_column_values_to_be_between", "kwargs": {"column": "requests", "min_value": "2024-01-01"}}
+    suite.write_text(json.dumps({"name": "web", "expectations": [between]}))
+
+    check = _only_failure(validate_batch(clean_frame, make_job(), suite_path=str(suite)))
+    assert check.detail == "error: '>=' not supported between instances of 'int' and 'datetime.date'"
+
+
 @pytest.fixture(params=["local", "s3"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict]:
     if request.param == "local":
