@@ -1,7 +1,8 @@
 """Alerts: tell people about anomaly events through Airflow's notifiers (e-mail, Slack).
 
 After ``publish`` the predict DAG's ``alert`` task calls :func:`alert_window`: the window's
-published rows are grouped into events (:mod:`pipelines.events`), filtered by the job's
+published rows are grouped into events (:mod:`pipelines.events`; one overlapping an edge of the
+window is read on beyond it, told whole as the API tells it), filtered by the job's
 ``alerts`` settings, checked against people's "false alarm" verdicts (:mod:`pipelines.labels`),
 held while their series is snoozed, and sent through the providers' ``SmtpNotifier`` and
 ``SlackWebhookNotifier`` / ``SlackNotifier``. A daily digest goes out from the run whose window
@@ -36,7 +37,7 @@ import pandas as pd
 from pipelines import storage
 from pipelines.config import AlertsConfig, JobConfig, resolve_path
 from pipelines.errors import ConfigError, MissingDependencyError, PipelineError, SinkError
-from pipelines.events import AnomalyEvent, anomaly_events
+from pipelines.events import MAX_EXTENSION_PERIODS, AnomalyEvent, RowReader, anomaly_events, window_events
 from pipelines.web import URL_PREFIX
 from pipelines.workspace import Window
 
@@ -93,8 +94,12 @@ class AlertState:
     snoozed it (an event beating it escalates through the snooze); ``held`` maps a series to the
     events held while snoozed (listed in its next message); ``digest`` holds the events of the
     digest still to be sent, by key (``parts``: the anomalous periods of each window's part, by
-    the part's start); ``digest_progress`` the channels a digest being sent has
-    reached; ``digests_sent`` the cut-off times of the digests already sent.
+    the part's start); ``digest_progress`` the digests that went out on some channels but not yet
+    on all, by cut-off time: ``channels`` reached and ``events``, what the digest lists (taken out
+    of ``digest`` when it was first tried, so each channel lists each event once); ``digests_sent``
+    the cut-off times of the digests sent on every channel. A record of ``events`` listed by a
+    digest keeps ``digested_until``: the end of what the digest listed, which a re-run of its
+    window does not queue again.
     """
 
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -117,7 +122,13 @@ class AlertState:
                 f"job {job.name}: the alert state {url} is not valid JSON ({exc}); "
                 "restore it from a backup, or delete it to start afresh (events of the current window would be sent again)"
             ) from exc
-        return cls(**{k: document.get(k, getattr(cls(), k)) for k in cls.__dataclass_fields__})
+        state = cls(**{k: document.get(k, getattr(cls(), k)) for k in cls.__dataclass_fields__})
+        if "cutoff" in state.digest_progress:
+            # Written before digests were kept per cut-off: one digest, its events still queued.
+            old = state.digest_progress
+            state.digest_progress = {}
+            state.take_digest(old["cutoff"])["channels"] = list(old.get("channels", []))
+        return state
 
     def save(self, job: JobConfig) -> None:
         document = json.dumps(self.__dict__, indent=1, sort_keys=True).encode()
@@ -143,6 +154,20 @@ class AlertState:
             # The oldest finished record goes first: a pending alert forgotten would never be sent.
             del remembered[next((i for i, r in enumerate(remembered) if not _pending(r)), 0)]
         return record
+
+    def take_digest(self, cutoff: str) -> dict[str, Any]:
+        """The digest of ``cutoff``: the queued events that started before it, taken out of the
+        queue (events queued later, and later parts of these, go to the next digest) and kept with
+        the channels it reached until it reached every one; a re-run of a window does not queue
+        again what it lists (``digested_until``)."""
+        due = {k: e for k, e in self.digest.items() if datetime.fromisoformat(e["start"]) < datetime.fromisoformat(cutoff)}
+        for key, entry in due.items():
+            del self.digest[key]
+            for record in self.events.get(entry["series"], []):
+                if record["key"] == key:
+                    record["digested_until"] = max(record.get("digested_until", ""), entry["end"])
+        self.digest_progress[cutoff] = {"channels": [], "events": due}
+        return self.digest_progress[cutoff]
 
     def pending(self) -> list[tuple[str, dict[str, Any]]]:
         """(series, record) of the alerts still to be sent on some channel (of any window), oldest first."""
@@ -712,16 +737,20 @@ def process_events(
     *,
     context: Mapping[str, Any] | None = None,
     send: Notify | None = None,
+    read: RowReader | None = None,
 ) -> AlertSummary:
-    """Alert on the events of ``frame`` (published rows of ``window``), then send the digest if due."""
+    """Alert on the events of ``frame`` (published rows of ``window``), then send the digest if due.
+
+    ``read(low, high)``: the job's published rows in ``[low, high)``, read beyond the window's edges
+    to tell an event overlapping one whole (see :func:`_window_events`); without it, the events of
+    ``frame`` alone.
+    """
     alerts = _alerts(job)
     context = context or {}
     send = send or (lambda channel, message, ctx: notify(job, channel, message, ctx))
     state = AlertState.load(job)
     limit = job.frequency * (alerts.max_gap + 1)
-    events = sorted(
-        anomaly_events(alertable(job, frame), frequency=job.frequency, max_gap=alerts.max_gap), key=lambda e: (e.start, e.series)
-    )
+    events = sorted(_window_events(job, frame, window, read), key=lambda e: (e.start, e.series))
     summary = AlertSummary(events=len(events))
     false_alarms = _FalseAlarms(job)
     failures: list[_Failure] = []
@@ -809,7 +838,8 @@ def process_events(
         # its own "held" entry is that start, not another event.
         incident = _whole_incident(event, record) if was_held else event
         held = [h for h in state.held.get(event.series, []) if not (was_held and h.get("key") == record["key"])]
-        continues_held = was_held and incident.start < event.start
+        # Held before this window's part of it (an event told whole starts before the window).
+        continues_held = was_held and incident.start < max(event.start, window.start)
         message = render_event(job, incident, held, continues_held=continues_held)
         # Kept until it went out everywhere: a later run re-renders it from these, should this
         # window's retries run out first (see _send_pending).
@@ -826,12 +856,36 @@ def process_events(
         _mark_sent(job, state, record, incident)
         summary.sent += 1
         escalation = f"; peak {event.peak_score:.4f} beat the snoozing alert's, so it escalated through the snooze" if escalates else ""
-        if incident.start < event.start:
+        if continues_held:
             escalation += f"; it continues the incident held since {_moment(incident.start)}"
         decide(event, "sent", f"by {', '.join(_channels(alerts))}{escalation}")
     summary.digest, digest_failures = _send_digest(job, state, window, context=context, send=send, unsent=unsent)
     _raise_failures(job, failures + digest_failures)
     return summary
+
+
+def _window_events(job: JobConfig, frame: pd.DataFrame, window: Window, read: RowReader | None) -> list[AnomalyEvent]:
+    """The events of ``frame`` (``window``'s rows), each whole when ``read`` gives the rows beyond.
+
+    An incident that began in an earlier window is told from its first anomalous row, as the API
+    and the dashboard tell it (:func:`pipelines.labels.job_events`, same key): built from this
+    window's rows alone, it was told as starting at the window's start, under another key, when
+    no alert went out for its earlier part (below ``min_score`` there, or that run skipped).
+    Read at most :data:`PENDING_MAX_AGE` beyond each edge (a series flagged for months must not
+    make every run read months): older than that, an incident is not news.
+    """
+    alerts = _alerts(job)
+    if read is None:
+        return anomaly_events(alertable(job, frame), frequency=job.frequency, max_gap=alerts.max_gap)
+
+    def rows(low: datetime | None, high: datetime | None) -> pd.DataFrame:
+        inside = low is not None and high is not None and window.start <= low and high <= window.end
+        return alertable(job, frame if inside else read(low, high))
+
+    periods = min(MAX_EXTENSION_PERIODS, max(1, int(PENDING_MAX_AGE / job.frequency)))
+    return window_events(
+        rows, start=window.start, end=window.end, frequency=job.frequency, max_gap=alerts.max_gap, max_periods=periods
+    )
 
 
 def _settle(record: dict[str, Any], status: str) -> None:
@@ -934,6 +988,10 @@ def _queue(state: AlertState, alerts: AlertsConfig, key: str, event: AnomalyEven
     """Keep ``event`` (merged with what its key already holds) for the next digest, if there is one."""
     if alerts.digest is None:
         return
+    listed = next((r.get("digested_until") for r in state.events.get(event.series, []) if r["key"] == key), None)
+    if listed and event.end.isoformat() <= listed:
+        # A re-run of a window whose digest was sent (or is being sent) listing this: once is enough.
+        return
     if key in state.digest:
         state.digest[key] = {**_merged(state.digest[key], event), "status": status}
     else:
@@ -977,45 +1035,93 @@ def _send_digest(
     job: JobConfig, state: AlertState, window: Window, *, context: Mapping[str, Any], send: Notify, unsent: Sequence[datetime] = ()
 ) -> tuple[dict[str, Any] | None, list[_Failure]]:
     """:func:`send_digest`, with the failed deliveries returned. ``unsent``: the starts of this run's
-    events that could not be sent; the digest waits for those it would list (the task's retry)."""
+    events that could not be sent; the digest waits for those it would list (the task's retry).
+
+    Earlier digests that reached some channels only (their runs' retries ran out) are first sent
+    on the others, as they were (see :meth:`AlertState.take_digest`)."""
+    failures = _send_unfinished_digests(job, state, window, context, send)
     cutoff = digest_cutoff(job, window)
     if cutoff is None:
-        return None, []
+        return None, failures
     if cutoff.isoformat() in state.digests_sent:
         log.info("job %s: the digest of %s was sent already", job.name, _moment(cutoff))
-        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "sent already"}, []
+        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "sent already"}, failures
     waiting = sum(start < cutoff for start in unsent)
-    if waiting:
+    if waiting and cutoff.isoformat() not in state.digest_progress:
         # Sent now, it would miss them, and once sent it is never sent again: it goes out with
         # them, from the task's retry.
         log.warning("job %s: the digest of %s waits for %d event(s) that could not be sent", job.name, _moment(cutoff), waiting)
-        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": f"waits for {waiting} unsent event(s)"}, []
-    due = {k: e for k, e in state.digest.items() if datetime.fromisoformat(e["start"]) < cutoff}
-    if not due:
-        log.info("job %s: no events for the digest of %s; nothing sent", job.name, _moment(cutoff))
-        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "no events"}, []
-    if state.digest_progress.get("cutoff") != cutoff.isoformat():
-        state.digest_progress = {"cutoff": cutoff.isoformat(), "channels": []}
-    message = render_digest(job, list(due.values()), cutoff)
-    failures = _deliver(job, state, f"the digest of {_moment(cutoff)}", message, state.digest_progress["channels"], context, send)
-    if failures:
-        return {"cutoff": cutoff.isoformat(), "events": len(due), "sent": False, "reason": "delivery failed"}, failures
-    for key in due:
-        state.digest.pop(key, None)
-    state.digest_progress = {}
-    state.digests_sent = [*state.digests_sent, cutoff.isoformat()][-31:]
-    state.save(job)
-    return {"cutoff": cutoff.isoformat(), "events": len(due), "sent": True}, []
+        return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": f"waits for {waiting} unsent event(s)"}, failures
+    progress = state.digest_progress.get(cutoff.isoformat())
+    if progress is None:
+        if not any(datetime.fromisoformat(e["start"]) < cutoff for e in state.digest.values()):
+            log.info("job %s: no events for the digest of %s; nothing sent", job.name, _moment(cutoff))
+            return {"cutoff": cutoff.isoformat(), "events": 0, "sent": False, "reason": "no events"}, failures
+        progress = state.take_digest(cutoff.isoformat())
+        state.save(job)
+    events = len(progress["events"])
+    failed = _deliver_digest(job, state, cutoff.isoformat(), context, send)
+    if failed:
+        return {"cutoff": cutoff.isoformat(), "events": events, "sent": False, "reason": "delivery failed"}, failures + failed
+    return {"cutoff": cutoff.isoformat(), "events": events, "sent": True}, failures
+
+
+def _deliver_digest(job: JobConfig, state: AlertState, cutoff: str, context: Mapping[str, Any], send: Notify) -> list[_Failure]:
+    """Send the digest of ``cutoff`` (taken) on the channels it has not reached; once it reached
+    every one, mark it sent. The failures."""
+    progress = state.digest_progress[cutoff]
+    when = datetime.fromisoformat(cutoff)
+    message = render_digest(job, list(progress["events"].values()), when)
+    failures = _deliver(job, state, f"the digest of {_moment(when)}", message, progress["channels"], context, send)
+    if not failures:
+        del state.digest_progress[cutoff]
+        state.digests_sent = [*state.digests_sent, cutoff][-31:]
+        state.save(job)
+    return failures
+
+
+def _send_unfinished_digests(
+    job: JobConfig, state: AlertState, window: Window, context: Mapping[str, Any], send: Notify
+) -> list[_Failure]:
+    """Send the digests of earlier cut-offs on the channels they missed (their runs' retries ran
+    out), each as it was, oldest first; given up (a warning) once older than PENDING_MAX_AGE,
+    as an unsent alert is. The failures."""
+    failures: list[_Failure] = []
+    current = digest_cutoff(job, window)
+    for cutoff in sorted(state.digest_progress):
+        if current is not None and cutoff == current.isoformat():
+            continue  # this window's own digest: its retry
+        progress = state.digest_progress[cutoff]
+        missing = [c for c in _channels(_alerts(job)) if c not in progress["channels"]]
+        age = window.end - datetime.fromisoformat(cutoff)
+        if age > PENDING_MAX_AGE:
+            del state.digest_progress[cutoff]
+            state.save(job)
+            log.warning(
+                "job %s: the digest of %s (%d event(s)) was never sent by %s and is given up: it is %s old, more than %s "
+                "(PENDING_MAX_AGE); see the dashboard",
+                job.name, _moment(datetime.fromisoformat(cutoff)), len(progress["events"]), ", ".join(missing) or "a channel now removed",
+                age, PENDING_MAX_AGE,
+            )
+            continue
+        failed = _deliver_digest(job, state, cutoff, context, send)
+        failures += failed
+        if not failed:
+            log.info("job %s: the digest of %s sent late by %s", job.name, _moment(datetime.fromisoformat(cutoff)), ", ".join(missing))
+    return failures
 
 
 def alert_window(job: JobConfig, window: Window, *, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Alert on the published rows of ``window`` (the predict DAG's ``alert`` task)."""
     from pipelines.sinks import ParquetSink
 
-    frame = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(
-        job=job.name, start=window.start, end=window.end
-    )
-    summary = process_events(job, frame, window, context=context)
+    sink = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options)
+
+    def read(low: datetime | None, high: datetime | None) -> pd.DataFrame:
+        return sink.read(job=job.name, start=low, end=high)
+
+    frame = read(window.start, window.end)
+    summary = process_events(job, frame, window, context=context, read=read)
     log.info(
         "job %s: alerts for %s: %d events, %d sent, %d held (snoozed), %d suppressed (false alarms), %d filtered, "
         "%d seen before; of earlier windows: %d sent late, %d given up",
