@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from tests.project_copy import copy_project
+
 REPO = Path(__file__).resolve().parent.parent
 TEST_JOBS = Path(__file__).resolve().parent / "airflow_jobs"
 USERNAME = PASSWORD = "admin"
@@ -74,10 +76,9 @@ def server_env(home: Path, project: Path, port: int, database_url: str | None = 
 
 def make_project(project: Path) -> Path:
     """The repo's config (plus the test-only jobs) and a link to its data, under ``project``."""
-    shutil.copytree(REPO / "config", project / "config")
+    copy_project(project)
     for job in sorted(TEST_JOBS.glob("*.yaml")) if TEST_JOBS.is_dir() else []:
         shutil.copy(job, project / "config" / "jobs" / job.name)
-    (project / "data").symlink_to(REPO / "data")
     return project
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.project_copy import copy_project
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Airflow reads its configuration when first imported: point it at a private, throwaway home
@@ -231,8 +233,7 @@ def airflow_db() -> Path:
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the project's configuration in ``tmp_path``: the demo jobs read the shipped
     data but write their models, outputs and SQLite tables under ``tmp_path``."""
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    (tmp_path / "data").symlink_to(REPO / "data")
+    copy_project(tmp_path)
     monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(tmp_path))
     monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path / "var"))
     return tmp_path

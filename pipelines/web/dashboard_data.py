@@ -164,6 +164,18 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _metric(value: Any) -> bool | int | float | str | None:
+    """A model metric as JSON and the page show it: a flag stays a flag (``compared_out_of_sample``
+    read 1 or 0 when every metric was made a float), a count an integer (``compared_rows``), a
+    number a finite float (else None), anything else its JSON text: metadata written by another
+    version of the library must not make the models page an error."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return _number(value)
+    return json.dumps(value, default=str)
+
+
 def _numbers(values: np.ndarray) -> list[float | None]:
     values = np.asarray(values, dtype="float64")
     out: list[float | None] = values.tolist()
@@ -731,7 +743,7 @@ def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str
                 {
                     **summary,
                     "champion": version.version == champion_version,
-                    "metrics": {k: _number(v) for k, v in summary["metrics"].items()},
+                    "metrics": {k: _metric(v) for k, v in summary["metrics"].items()},
                     "promoted": decision.get("promoted"),
                     "reason": decision.get("reason"),
                 }

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.project_copy import using_project
+
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -353,3 +355,118 @@ def test_anomalies_below_a_url_prefix(prefixed_api_server, browser):
     finally:
         _shot(page, "prefix-last")
         context.close()
+
+
+#: One hour of demo_web_metrics scored by a predict run (as each run of its hourly schedule does).
+ONE_HOUR = ("2024-03-03T14:00:00+00:00", "2024-03-03T15:00:00+00:00")
+ONE_HOUR_RUN = "scheduled__2024-03-03T14:00:00+00:00"
+#: A series published with every value missing (a sensor that reported nothing that day), its key
+#: 300 characters without a space (as a host name or a URL can be).
+VOID = "void" * 74
+VOID_DAY = ("2024-03-05T00:00:00+00:00", "2024-03-06T00:00:00+00:00")
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The plugin's app alone (uvicorn in a thread, mounted below ``/anomaly-pipelines`` as Airflow
+    mounts it) over a project where demo_web_metrics was trained and one predict run scored one
+    hour, plus a day of a series whose values are all missing. For what only a browser shows
+    (what the charts draw), in seconds: the user is an admin without a login (the Airflow tests
+    above log in for real). Yields the dashboard's URL."""
+    import threading
+    import time
+
+    import numpy as np
+    import pandas as pd
+    import uvicorn
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from pipelines.config import get_job, resolve_path
+    from pipelines.runner import run_predict, run_train
+    from pipelines.sinks import ParquetSink
+    from pipelines.web.app import create_app
+    from pipelines.web.auth import require_user
+    from pipelines.workspace import Window, to_utc, training_window
+    from tests.airflow_server import _free_port
+
+    base = tmp_path_factory.mktemp("dashboard-app")
+    with using_project(base):
+        job = get_job("demo_web_metrics")
+        run_train(job, training_window(job, TRAIN_END), run_id="browser-train")
+        run_predict(job, Window(to_utc(ONE_HOUR[0]), to_utc(ONE_HOUR[1])), run_id=ONE_HOUR_RUN)
+        start, end = pd.Timestamp(VOID_DAY[0]), pd.Timestamp(VOID_DAY[1])
+        hours = pd.date_range(start, end, freq="h", inclusive="left")
+        void = pd.DataFrame(
+            [
+                {"job": job.name, "series": f"region={VOID}", "region": VOID, "timestamp": t, "feature": feature,
+                 "value": np.nan, "expected": np.nan, "lower": np.nan, "upper": np.nan, "score": np.nan,
+                 "feature_score": np.nan, "is_anomaly": False, "model": "seasonal_mad", "model_version": "v",
+                 "run_id": "void", "interval_start": start, "interval_end": end, "scored_at": end}
+                for t in hours for feature in job.features
+            ]
+        )  # fmt: skip
+        ParquetSink(resolve_path(job.outputs.parquet)).write(void, job=job.name, dimensions=job.dimensions, start=start, end=end)
+
+        app = create_app()
+        app.dependency_overrides[require_user] = lambda: SimpleAuthManagerUser(username="admin", role="admin")
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Mount("/anomaly-pipelines", app=app)]), port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}/anomaly-pipelines/dashboard"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+
+def test_a_chart_spans_the_range_asked_for_even_around_one_point(app_server, browser):
+    """The Anomalies tab of an hourly predict run (one hour: one point per series), or of a daily
+    series' run, drew its point against the left edge of a time axis spanning years. And a series
+    whose values are all missing drew empty frames under "48 points (48 drawn)", and its long key
+    made the page twice as wide as the frame."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        page.goto(f"{app_server}/runs/demo_web_metrics__predict/{ONE_HOUR_RUN}")
+        cards = page.locator(".chart-card")
+        cards.first.wait_for()
+        page.locator('.chart-card[data-state="ready"]').nth(cards.count() - 1).wait_for()
+        window = [pd_epoch(moment) for moment in ONE_HOUR]
+        plots = page.locator(".chart-card .plot")
+        assert plots.count() == 2 * cards.count() > 0
+        for i in range(plots.count()):
+            assert [float(plots.nth(i).get_attribute(a)) for a in ("data-x-min", "data-x-max")] == window
+        _shot(page, "7-one-hour-run")
+
+        width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        page.goto(f"{app_server}/jobs/demo_web_metrics")
+        page.locator('.chart-card[data-state="ready"]').first.wait_for()
+        assert page.locator(f'tr.series-row[data-series="region={VOID}"]').count() == 1
+        scrolled, shown = page.evaluate(width)
+        assert scrolled <= shown, "the page is wider than the frame"
+        page.goto(f"{app_server}/jobs/demo_web_metrics?series=region%3D{VOID}")
+        card = page.locator(f'.chart-card[data-series="region={VOID}"][data-state="ready"]')
+        card.wait_for()
+        assert card.locator(".chart-status").inner_text() == "48 points, every value missing: nothing to draw"
+        scrolled, shown = page.evaluate(width)
+        assert scrolled <= shown, "the page is wider than the frame"
+        assert problems == []  # nor a missing favicon below the prefix
+    finally:
+        context.close()
+
+
+def pd_epoch(moment: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(moment).timestamp()

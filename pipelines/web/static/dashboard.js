@@ -39,12 +39,31 @@
     return `${base}/data/jobs/${encodeURIComponent(card.dataset.job)}/chart?${params}`;
   }
 
-  function options(card, feature, width, onZoom) {
+  // The time axis spans the range the chart was asked for (the page's filters, a run's window,
+  // a zoom), else the data's. uPlot's own range around a single point (a daily series' run, an
+  // hourly run's one hour) spanned years, the point squeezed against the left edge.
+  function timeRange(filters) {
+    const asked = (text) => (text ? Date.parse(text) / 1000 : null);
+    const start = asked(filters && filters.start);
+    const end = asked(filters && filters.end);
+    return (u, min, max) => {
+      let low = start !== null ? start : min;
+      let high = end !== null ? end : max;
+      if (!(high > low)) {
+        // One instant and no range asked for: an hour either side of it.
+        low -= 3600;
+        high += 3600;
+      }
+      return [low, high];
+    };
+  }
+
+  function options(card, feature, filters, width, onZoom) {
     return {
       title: feature.feature,
       width: width,
       height: 220,
-      scales: { x: { time: true } },
+      scales: { x: { time: true, range: timeRange(filters) } },
       // Times are shown in UTC, as everywhere in the pipelines, whatever the browser's zone.
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       // The server downsamples: a drag asks it for the range instead of zooming into thinned data.
@@ -66,6 +85,14 @@
       ],
       bands: [{ series: [2, 1], fill: COLORS.band }],
       hooks: {
+        // The time range drawn, for the browser tests (uPlot sets its scales after the constructor).
+        setScale: [
+          (u, key) => {
+            if (key !== "x") return;
+            u.root.parentNode.dataset.xMin = String(u.scales.x.min);
+            u.root.parentNode.dataset.xMax = String(u.scales.x.max);
+          },
+        ],
         setSelect: [
           (u) => {
             if (u.select.width < 2) return;
@@ -86,6 +113,7 @@
     let anomalies = 0;
     let points = 0;
     let returned = 0;
+    let valued = 0;
     for (const feature of payload.features) {
       const holder = document.createElement("div");
       holder.className = "plot";
@@ -93,18 +121,21 @@
       holder.dataset.anomalies = String(feature.anomalies);
       plots.appendChild(holder);
       const data = [feature.t, feature.lower, feature.upper, feature.expected, feature.value, feature.anomaly];
-      new uPlot(options(card, feature, width, onZoom), data, holder);
+      new uPlot(options(card, feature, payload.filters, width, onZoom), data, holder);
       anomalies += feature.anomalies;
       points += feature.points;
       returned += feature.returned;
+      valued += feature.value.filter((value) => value !== null).length;
     }
     card.dataset.anomalyCount = String(anomalies);
     card.dataset.points = String(points);
     card.dataset.returned = String(returned);
     const status = card.querySelector(".chart-status");
-    status.textContent = payload.features.length
-      ? `${points.toLocaleString()} points (${returned.toLocaleString()} drawn), ${anomalies} anomaly markers`
-      : "no points in this range";
+    card.dataset.valued = String(valued);
+    // A series whose values are all missing drew empty frames under "N points drawn": say why.
+    if (!payload.features.length) status.textContent = "no points in this range";
+    else if (!valued) status.textContent = `${points.toLocaleString()} points, every value missing: nothing to draw`;
+    else status.textContent = `${points.toLocaleString()} points (${returned.toLocaleString()} drawn), ${anomalies} anomaly markers`;
   }
 
   async function load(card, start, end) {

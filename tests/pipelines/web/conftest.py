@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.airflow_server import JWT_SECRET
+from tests.project_copy import using_project
 
 # Before any token is signed or checked (Airflow caches its signer and validator).
 os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = JWT_SECRET
@@ -33,11 +34,7 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipelines.workspace import Window, to_utc
 
     base = tmp_path_factory.mktemp("trained")
-    shutil.copytree(REPO / "config", base / "config")
-    (base / "data").symlink_to(REPO / "data")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(base))
-        patch.setenv("ANOMALY_PIPELINES_HOME", str(base / "var"))
+    with using_project(base):
         run_train(get_job("demo_web_metrics"), Window(to_utc(TRAIN_START), to_utc(TRAIN_END)), run_id="web-train")
     return base / "var" / "models"
 

@@ -289,6 +289,22 @@ def test_models_page_says_why_the_champion_of_a_series_cannot_be_told(client, he
     assert f"the champion, version <span class=\"mono\">{serving}</span>, is not among the readable versions" in page
 
 
+def test_models_page_shows_flags_as_yes_or_no_and_any_metric_as_it_is(client, headers, web_project):
+    """compared_out_of_sample showed as 1 or 0, compared_rows of 12,345 as 1.234e+04, and a metric
+    that is no number made the whole page a 500."""
+    from pipelines.training import registry_for
+
+    job = get_job("demo_web_metrics")
+    registry = registry_for(job)
+    metrics = {"holdout_error": 0.123456, "compared_rows": 12345, "compared_out_of_sample": False, "note": "<b>n/a"}
+    registry.register(job.name, "region=eu", {"model.skops": b"m"}, {"model": "mad", "metrics": metrics})
+    answer = client.get(f"{D}/jobs/demo_web_metrics/models", headers=headers)
+    assert answer.status_code == 200, answer.text
+    shown = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", answer.text))
+    assert "compared_out_of_sample no" in shown and "compared_rows 12,345" in shown and "holdout_error 0.1235" in shown
+    assert "note &lt;b&gt;n/a" in shown
+
+
 def test_models_page_shows_each_tune_run_and_its_decision(client, headers, tuned):
     import html
 

@@ -20,6 +20,7 @@ import pytest
 from pipelines.config import get_job
 from pipelines.errors import ConfigError
 from pipelines.web import dashboard_data as data
+from tests.project_copy import using_project
 
 REPO = Path(__file__).resolve().parents[3]
 PREDICT = ("2024-03-01T00:00:00+00:00", "2024-03-08T00:00:00+00:00")
@@ -40,12 +41,7 @@ def build_scored_project(base: Path) -> Path:
     from pipelines.runner import run_predict, run_train
     from pipelines.workspace import Window, to_utc, training_window
 
-    shutil.copytree(REPO / "config", base / "config", dirs_exist_ok=True)
-    if not (base / "data").exists():
-        (base / "data").symlink_to(REPO / "data")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(base))
-        patch.setenv("ANOMALY_PIPELINES_HOME", str(base / "var"))
+    with using_project(base):
         setup_demo_database()
         for name in ("demo_web_metrics", "demo_sensors"):
             job = get_job(name)
@@ -454,6 +450,27 @@ def test_one_damaged_model_file_does_not_hide_the_other_series(project):
     us = data.models(job, ["region=us"])[0]
     assert us["champion"] == kept.version and not any(v["champion"] for v in us["versions"])
     assert us["error"].startswith(f"the champion {kept.version} is not among the readable versions")
+
+
+def test_model_metrics_keep_their_kind_and_an_odd_one_breaks_nothing(project):
+    """compared_out_of_sample (a flag) read 1.0 and compared_rows (a count) 72.0: every metric was
+    made a float; and a metric that is no number (metadata of another library version) raised
+    ValueError, a 500 for the whole models page."""
+    from pipelines.training import registry_for
+
+    job = get_job("demo_web_metrics")
+    registry = registry_for(job)
+    metrics = {
+        "holdout_error": 0.25, "champion_holdout_error": float("inf"), "compared_rows": 72, "compared_out_of_sample": True,
+        "note": "n/a", "per_feature": {"requests": 0.1}, "missing": None,
+    }  # fmt: skip
+    version = registry.register(job.name, "region=eu", {"model.skops": b"m"}, {"model": "mad", "metrics": metrics})
+    registry.promote(job.name, "region=eu", version.version)
+    [entry] = data.models(job)
+    assert entry["versions"][0]["metrics"] == {
+        "holdout_error": 0.25, "champion_holdout_error": None, "compared_rows": 72, "compared_out_of_sample": True,
+        "note": "n/a", "per_feature": '{"requests": 0.1}', "missing": None,
+    }  # fmt: skip
 
 
 def test_one_unreadable_job_does_not_hide_the_others(scored):
