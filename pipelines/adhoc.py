@@ -44,7 +44,7 @@ def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, Timesta
         frame[_ROW_CLOCK] = pd.to_datetime(np.arange(len(frame)), unit="s", utc=True)
     report = validate_batch(
         frame, job, missing_column_hint=partial(_missing_column_hint, job, path),
-        rows=RowNumbers(first=1, of=f"the {option} file, counting its first data row as 1"),
+        rows=RowNumbers(first=1, of=f"the {option} file, counting its first data row as 1", batch=f"the {option} file {path}"),
     )
     if not report.success:
         raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())

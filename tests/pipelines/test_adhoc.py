@@ -150,6 +150,8 @@ def test_a_bad_row_is_named_by_its_row_in_the_file(tmp_path: Path) -> None:
     rows = pd.read_csv(_write(tmp_path / "input.csv", "2024-03-05", 60, aware=True), dtype=str)
     rows.loc[50, "v"] = "slow"  # the file's 51st data row (line 52, after the header)
     rows.to_csv(tmp_path / "input.csv", index=False)
-    with pytest.raises(DataValidationError, match=re.escape("at rows [51] of the --input file, counting its first data row as 1")):
+    with pytest.raises(DataValidationError, match=re.escape("at rows [51] of the --input file, counting its first data row as 1")) as info:
         _detect(train, str(tmp_path / "input.csv"), tmp_path / "out.parquet")
+    # Named as the file it is, not as "60 rows in window unbounded .. unbounded".
+    assert f"validation of the --input file {tmp_path / 'input.csv'} failed" in str(info.value)
     assert not (tmp_path / "out.parquet").exists()
