@@ -370,6 +370,15 @@ class ValidationConfig(_Model):
     suite: str | None = Field(None, description="Great Expectations suite (JSON) applied on top.")
 
 
+class _FieldError(ValueError):
+    """A check of several fields together, reported at the field ``where`` (``model.params.window``)
+    rather than at the top level of the job, where pydantic puts the checks of a whole model."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(message)
+        self.where = where
+
+
 class TuneConfig(_Model):
     """The search of ``<job>__tune``: see docs/MODELS.md ("Tuning") and docs/CONFIGURATION.md."""
 
@@ -404,7 +413,11 @@ class TuneConfig(_Model):
         from pipelines.detectors.search_spaces import TUNABLE_KINDS, check_tune_settings
 
         # Without tune.detectors the kinds depend on model.kind: the tune run checks them again.
-        check_tune_settings(self.detectors or list(TUNABLE_KINDS), self.grid if self.detectors else {})
+        try:
+            check_tune_settings(self.detectors or list(TUNABLE_KINDS), self.grid if self.detectors else {})
+        except ValueError as exc:  # its message starts with the field: report it there, not as "tune: tune.grid.x: ..."
+            where, _, message = str(exc).partition(": ")
+            raise _FieldError(where, message) from None
         return self
 
 
@@ -567,15 +580,6 @@ class AlertsConfig(_Model):
         return self
 
 
-class _FieldError(ValueError):
-    """A check of several fields together, reported at the field ``where`` (``model.params.window``)
-    rather than at the top level of the job, where pydantic puts the checks of a whole model."""
-
-    def __init__(self, where: str, message: str):
-        super().__init__(message)
-        self.where = where
-
-
 def _duration_text(value: timedelta) -> str:
     """``value`` as a job file writes it (``2h``, ``90min``, ``3d``)."""
     seconds = math.ceil(value.total_seconds())
@@ -621,9 +625,21 @@ def _fewest_training_rows(kind: str, params: dict[str, Any], n_features: int) ->
     return fewest, None, f"{kind}'s least"
 
 
-def _fitted_rows(rows: int) -> int:
-    """Of a training window of ``rows`` rows, the rows training fits the new model on first."""
-    return int(rows * (1 - _TRAINING_HOLDOUT))
+def _fitted_rows(rows: int, held_back: float = _TRAINING_HOLDOUT) -> int:
+    """Of a training window of ``rows`` rows, the rows training fits the new model on first (a tune
+    trial: ``held_back`` is ``tune.holdout_fraction``). The expression of training and tuning."""
+    return int(rows * (1 - held_back))
+
+
+def _least_window(rows: int, needed: int, frequency: timedelta, held_back: float) -> timedelta:
+    """The shortest training window (from ``rows`` rows on) whose fitted rows are ``needed``."""
+    least_rows = max(rows, math.floor(needed / (1 - held_back)) - 2)  # a few steps below the answer, whatever the share
+    while _fitted_rows(least_rows, held_back) < needed:
+        least_rows += 1
+    least = least_rows * frequency
+    if least >= timedelta(days=1):  # a whole number of days reads better, and is still enough
+        least = timedelta(days=math.ceil(least / timedelta(days=1)))
+    return least
 
 
 class JobConfig(_Model):
@@ -676,8 +692,37 @@ class JobConfig(_Model):
             )
         return name
 
-    @model_validator(mode="after")
-    def _columns_are_distinct(self) -> JobConfig:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _fields_agree(cls, data: Any, handler: Any) -> JobConfig:
+        # Each check of several fields together is run and every problem reported at once: as
+        # after-validators, the first to fail hid the others, so a job file with two problems
+        # showed one, and the next only once that one was fixed.
+        job = handler(data)
+        problems = []
+        for check in job._checks():
+            try:
+                check()
+            except ValueError as exc:
+                problems.append(exc)
+        if problems:
+            raise ValidationError.from_exception_data(
+                cls.__name__, [{"type": "value_error", "loc": (), "input": data, "ctx": {"error": exc}} for exc in problems]
+            )
+        return job
+
+    def _checks(self) -> list[Any]:
+        """The checks of several fields together, in the order their problems are reported."""
+        checks = [self._columns_are_distinct, self._dimensions_are_not_output_columns, self._training_window_spans_two_periods]
+        if self.training_window >= self.frequency * 2:  # else the line above says it: the rows checks would repeat it
+            checks.append(self._training_window_holds_enough_rows)
+        checks.extend([self._season_spans_two_rows, self._tune_grid_fits_the_model])
+        if self._tune_grid_is_known():  # else the line above (or TuneConfig's) names what is wrong with the grid
+            checks.extend(lambda name=name: self._tune_grid_values_fit(name) for name in self.tune.grid)
+        checks.append(self._alerted_features_exist)
+        return checks
+
+    def _columns_are_distinct(self) -> None:
         columns = [self.timestamp, *self.dimensions, *self.features]
         repeated = sorted({c for c in columns if columns.count(c) > 1})
         if repeated:
@@ -685,6 +730,8 @@ class JobConfig(_Model):
                 f"columns used twice among timestamp, dimensions and features: {repeated}; "
                 "a column is the time, a dimension or a feature: keep it in one place"
             )
+
+    def _dimensions_are_not_output_columns(self) -> None:
         # Dimension columns are copied into the output beside its own columns and the Parquet
         # dataset's date partition: a clash trained, then failed every predict run's write.
         # Compared without case: BigQuery, DuckDB, MySQL and SQL Server fold the case of column
@@ -696,21 +743,21 @@ class JobConfig(_Model):
                 f"dimensions {taken} share their names with columns of the output ({', '.join([*OUTPUT_COLUMNS, 'date'])}); "
                 "rename them in the source (an alias in a SQL query, a header in a file)"
             )
+
+    def _training_window_spans_two_periods(self) -> None:
         if self.training_window < self.frequency * 2:
             raise ValueError("training_window must span at least two periods of frequency")
-        return self
 
-    @model_validator(mode="after")
-    def _season_spans_two_rows(self) -> JobConfig:
+    def _season_spans_two_rows(self) -> None:
         # The seasonal detectors refuse, at every fit, a season that the frequency puts in one row.
         if "season" not in MODEL_PARAMS[self.model.kind].model_fields:
-            return self
+            return
         written = "season" in self.model.params
         default = MODEL_PARAMS[self.model.kind].model_fields["season"].default
         season = self.model.params["season"] if written else default
         # A whole number is rows (at least 2, checked with the parameters); None is no season.
         if not isinstance(season, str) or rows_spanned(season, self.frequency) >= 2:
-            return self
+            return
         # Not "a whole number of periods": the detector rounds a season up to whole rows (1d at 7min).
         named = f"season {season}" if written else f"the default season {default}"
         instead = (
@@ -724,8 +771,7 @@ class JobConfig(_Model):
             f"hold one row and a seasonal profile needs two: use at least {_duration_text(2 * self.frequency)}, or {instead}",
         )
 
-    @model_validator(mode="after")
-    def _training_window_holds_enough_rows(self) -> JobConfig:
+    def _training_window_holds_enough_rows(self) -> None:
         # Each detector refuses too few training rows at every fit; the rows a scheduled training has
         # are known from the job file: at most the training window's periods of frequency, of which
         # the new model is fitted first on all but the held-back share.
@@ -734,18 +780,12 @@ class JobConfig(_Model):
         rows = math.ceil(self.training_window / self.frequency)
         fitted = _fitted_rows(rows)
         if fitted >= needed:
-            return self
-        least_rows = next(r for r in range(rows, 2 * needed + 10) if _fitted_rows(r) >= needed)
-        least = least_rows * self.frequency
-        if least >= timedelta(days=1):  # a whole number of days reads better, and is still enough
-            least = timedelta(days=math.ceil(least / timedelta(days=1)))
-        holds = "holds" if rows * self.frequency == self.training_window else "holds at most"
+            return
         window = (
-            f"a training_window of {_duration_text(self.training_window)} {holds} {rows} rows of {_duration_text(self.frequency)}, "
-            f"and training fits the new model on the first {fitted} of them (the last {_TRAINING_HOLDOUT:.0%} are held "
-            "back to compare it with the serving model)"
+            f"{self._window_rows(rows)}, and training fits the new model on the first {fitted} of them (the last "
+            f"{_TRAINING_HOLDOUT:.0%} are held back to compare it with the serving model)"
         )
-        widen = f"a training_window of at least {_duration_text(least)}"
+        widen = f"a training_window of at least {_duration_text(_least_window(rows, needed, self.frequency, _TRAINING_HOLDOUT))}"
         if param is None:
             raise _FieldError("training_window", f"model {self.model.kind} needs at least {needed} training rows, but {window}: use {widen}")
         value = getattr(params, param)
@@ -765,12 +805,11 @@ class JobConfig(_Model):
             + (f"use a {param} of at most {smaller}, or {widen}" if smaller is not None else f"use {widen}"),
         )
 
-    @model_validator(mode="after")
-    def _tune_grid_fits_the_model(self) -> JobConfig:
+    def _tune_grid_fits_the_model(self) -> None:
         # With tune.detectors set, TuneConfig checks the grid alone; without, the kinds searched
         # come from the model, so the grid is checked here, not hours later when a tune run starts.
         if self.tune.detectors is not None or not self.tune.grid:
-            return self
+            return
         from pipelines.detectors.search_spaces import check_tune_settings, default_detectors
 
         kinds = default_detectors(self.model.kind, self.model.params)
@@ -780,14 +819,91 @@ class JobConfig(_Model):
             where, _, message = str(exc).partition(": ")
             searched = "the candidates of model auto" if self.model.kind == "auto" else f"model.kind {self.model.kind}"
             raise _FieldError(where, f"{message} (tune.detectors is not set, so tuning searches {searched})") from None
-        return self
 
-    @model_validator(mode="after")
-    def _alerted_features_exist(self) -> JobConfig:
+    def _tuned_kinds(self) -> list[str]:
+        from pipelines.detectors.search_spaces import default_detectors
+
+        return self.tune.detectors or default_detectors(self.model.kind, self.model.params)
+
+    def _tune_grid_is_known(self) -> bool:
+        """Whether each parameter of ``tune.grid`` is tuned by a kind searched, with values in its space."""
+        from pipelines.detectors.search_spaces import check_tune_settings
+
+        try:
+            check_tune_settings(self._tuned_kinds(), self.tune.grid)
+        except ValueError:
+            return False
+        return True
+
+    def _window_rows(self, rows: int) -> str:
+        holds = "holds" if rows * self.frequency == self.training_window else "holds at most"
+        return f"a training_window of {_duration_text(self.training_window)} {holds} {rows} rows of {_duration_text(self.frequency)}"
+
+    def _tune_grid_values_fit(self, name: str) -> None:
+        # A tune run searches the training window's rows, and each trial fits its candidate on all
+        # but the last tune.holdout_fraction of them (pipelines.tuning.prepare_holdout; labels can
+        # only move the split earlier). A grid value the detector refuses there, a window needing
+        # more rows or a season of one row at this frequency, skipped every trial it was in, and a
+        # grid of such values failed the tune run: hours after the job file loaded.
+        from pipelines.detectors.search_spaces import SEARCH_SPACES, Choice, IntRange
+
+        rows = math.ceil(self.training_window / self.frequency)
+        held_back = self.tune.holdout_fraction
+        fitted = _fitted_rows(rows, held_back)
+        values = self.tune.grid[name]
+        for kind in self._tuned_kinds():
+            space = SEARCH_SPACES[kind].get(name)
+            if space is None:
+                continue
+            if name == "season":  # the frequency decides, as for model.params.season
+                refused = [v for v in values if isinstance(v, str) and rows_spanned(v, self.frequency) < 2]
+                if refused:
+                    fitting = [v for v in space.values if not isinstance(v, str) or rows_spanned(v, self.frequency) >= 2]
+                    raise _FieldError(
+                        f"tune.grid.{name}",
+                        f"season {', '.join(refused)} is not longer than one period of frequency {_duration_text(self.frequency)}, "
+                        f"so a season would hold one row and a seasonal profile needs two: every {kind} trial with it would fail; "
+                        f"use seasons of at least {_duration_text(2 * self.frequency)}"
+                        + (f" (of the search space: {', '.join('null' if v is None else str(v) for v in fitting)})" if fitting else ""),
+                    )
+                continue
+            if self.training_window < self.frequency * 2:  # reported on its own: no line per grid value on that cause
+                return
+            base = {**MODEL_PARAMS[kind]().model_dump(), **(self.model.params if kind == self.model.kind else {})}
+
+            def needs(value: Any, kind: str = kind, base: dict[str, Any] = base) -> tuple[int, str | None, str] | None:
+                try:
+                    params = MODEL_PARAMS[kind](**{**base, name: value})
+                except ValidationError:  # refused with the job's other parameters: not a question of rows
+                    return None
+                return _fewest_training_rows(kind, dict(params), len(self.features))
+
+            # Only values that raise the rows needed themselves: a kind's own floor is no fault of the grid.
+            need = {v: n for v in values if (n := needs(v)) is not None and n[1] == name and n[0] > fitted}
+            if not need:
+                continue
+            refused = list(need)
+            needed, _, why = need[min(refused)]
+            most = _least_window(rows, need[max(refused)][0], self.frequency, held_back)
+            if isinstance(space, IntRange):
+                fits = next((v for v in range(min(refused) - 1, int(space.low) - 1, -1) if (n := needs(v)) and n[0] <= fitted), None)
+                instead = f"a {name} of at most {fits}" if fits is not None else None
+            else:
+                fits_all = [v for v in space.values if (n := needs(v)) and n[0] <= fitted] if isinstance(space, Choice) else []
+                instead = f"{name} among {', '.join(map(str, fits_all))}" if fits_all else None
+            raise _FieldError(
+                f"tune.grid.{name}",
+                f"{kind} with {name} {min(refused)} needs at least {needed} training rows ({why}), but {self._window_rows(rows)}, "
+                f"and a tune trial fits on the first {fitted} of them (tune.holdout_fraction holds the last {held_back:.0%} "
+                f"back to score it): every {kind} trial with {name} {', '.join(map(str, refused))} would fail; use "
+                + (f"{instead}, or " if instead else "")
+                + f"a training_window of at least {_duration_text(most)}",
+            )
+
+    def _alerted_features_exist(self) -> None:
         unknown = sorted(set(self.alerts.features) - set(self.features)) if self.alerts else []
         if unknown:
             raise ValueError(f"alerts.features names {unknown}, which are not features of the job ({', '.join(self.features)})")
-        return self
 
     @property
     def columns(self) -> list[str]:

@@ -303,6 +303,27 @@ def test_connection_description_never_shows_a_secret(url: str, shown: str) -> No
         ({"model": {"kind": "iforest"}, "tune": {"grid": {"window": []}}}, "tune.grid.window: give at least one value"),
         ({"model": {"kind": "auto", "params": {"candidates": ["context", "mset"]}}, "tune": {"grid": {"level_window": [6]}}},
          "tune.grid.level_window: no searched detector (context, mset) tunes 'level_window'"),
+        # Too short a window: that line alone, not the rows check's on the same cause.
+        ({"training_window": "1h"}, "(top level): training_window must span at least two periods of frequency"),
+        # Grid values every tune trial would fail with: a trial fits on all but tune.holdout_fraction of the rows.
+        ({"frequency": "1d", "training_window": "365d", "model": {"kind": "seasonal_mad", "params": {"season": "1w"}},
+          "tune": {"grid": {"season": ["1d", "1w"]}}},
+         "tune.grid.season: season 1d is not longer than one period of frequency 1d, so a season would hold one row and a "
+         "seasonal profile needs two: every seasonal_mad trial with it would fail; use seasons of at least 2d (of the search "
+         "space: 1w, null)"),
+        ({"training_window": "14d", "model": {"kind": "lstm", "params": {"window": 12}}, "tune": {"grid": {"window": [24, 96, 60]}}},
+         "tune.grid.window: lstm with window 60 needs at least 300 training rows (5 windows of 60 rows), but a training_window "
+         "of 14d holds 336 rows of 1h, and a tune trial fits on the first 252 of them (tune.holdout_fraction holds the last 25% "
+         "back to score it): every lstm trial with window 96, 60 would fail; use a window of at most 50, or a training_window "
+         "of at least 27d"),
+        # With tune.detectors, at the grid's field once ("tune: tune.grid.window: ..." before).
+        ({"model": {"kind": "iforest"}, "tune": {"detectors": ["iforest", "seasonal_mad"], "grid": {"window": [253]}}},
+         "tune.grid.window: [253] outside the search space of 'iforest' (integer 6–168 (log)); use values in that range"),
+        ({"model": {"kind": "iforest"}, "tune": {"holdout_fraction": 0.6, "grid": {"window": [6, 168]}}},
+         "tune.grid.window: iforest with window 168 needs at least 336 training rows (2 windows of 168 rows), but a "
+         "training_window of 28d holds 672 rows of 1h, and a tune trial fits on the first 268 of them (tune.holdout_fraction "
+         "holds the last 60% back to score it): every iforest trial with window 168 would fail; use a window of at most 134, "
+         "or a training_window of at least 35d"),
     ],
 )
 def test_settings_that_fail_every_training_together_are_refused_at_the_field(overrides, line):
@@ -330,10 +351,60 @@ def test_settings_that_fail_every_training_together_are_refused_at_the_field(ove
         {"model": {"kind": "context"}, "training_window": "63h"},
         {"model": {"kind": "iforest"}, "tune": {"grid": {"window": [6, 168]}}},
         {"model": {"kind": "iforest"}, "tune": {"detectors": ["seasonal_mad"], "grid": {"level_window": [6]}}},
+        # A trial fits on 252 of 336 rows: five lstm windows of 50, two iforest windows of 126.
+        {"training_window": "14d", "model": {"kind": "lstm", "params": {"window": 12}}, "tune": {"grid": {"window": [12, 50]}}},
+        {"training_window": "14d", "model": {"kind": "iforest"}, "tune": {"grid": {"window": [126]}}},
+        {"frequency": "1d", "training_window": "365d", "model": {"kind": "seasonal_mad", "params": {"season": None}},
+         "tune": {"grid": {"season": ["1w", None]}}},
     ],
 )
 def test_settings_that_train_together_are_accepted(overrides):
     parse_job(minimal(**overrides))
+
+
+def test_every_check_of_fields_together_is_reported_at_once():
+    # Each failing check hid those after it: the user fixed one line, loaded again, and saw the next.
+    job = minimal(
+        dimensions=["Score"], model={"kind": "iforest", "params": {"window": 1000}},
+        tune={"grid": {"windw": [3]}},
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_job(job, source="jobs/web.yaml")
+    assert [line.split(":")[0] for line in str(info.value).splitlines()] == [
+        "jobs/web.yaml", "  (top level)", "  model.params.window", "  tune.grid.windw",
+    ]
+    assert "dimensions ['Score'] share their names with columns of the output" in str(info.value)
+    job = minimal(
+        frequency="1d", training_window="365d", model={"kind": "level_shift", "params": {"season": "1d"}},
+        tune={"holdout_fraction": 0.9, "grid": {"season": ["1d"], "shift_window": [96, 4]}},
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_job(job, source="jobs/web.yaml")
+    assert [line.split(":")[0] for line in str(info.value).splitlines()[1:]] == [
+        "  model.params.season", "  tune.grid.season",
+    ]
+
+
+def test_a_tune_trial_fits_on_the_rows_the_job_file_check_counts(monkeypatch):
+    # The grid check counts the rows of pipelines.tuning's split, fewer than training's: a window
+    # that trains (2 x 126 <= 268 of 336) but needs more than a trial's 252 failed every trial.
+    import numpy as np
+    import pandas as pd
+
+    from pipelines import tuning
+    from pipelines.detectors.iforest import IsolationForestDetector
+    from pipelines.errors import ModelError
+
+    job = parse_job(minimal(model={"kind": "iforest"}, training_window="14d", tune={"grid": {"window": [126]}}))
+    with pytest.raises(ConfigError, match="tune.grid.window: iforest with window 127 needs at least 254 training rows"):
+        parse_job(minimal(model={"kind": "iforest"}, training_window="14d", tune={"grid": {"window": [127]}}))
+    monkeypatch.setattr(tuning, "_series_labels", lambda *args: [])  # no label store: the unlabeled split
+    index = pd.date_range("2024-01-01", periods=336, freq="1h", tz="UTC")
+    data = pd.DataFrame({"value": np.random.default_rng(0).normal(size=336)}, index=index)
+    head = tuning.prepare_holdout(job, "all", data).head
+    IsolationForestDetector(window=126, n_estimators=10).fit(head)
+    with pytest.raises(ModelError, match="needs at least 254 training rows"):
+        IsolationForestDetector(window=127, n_estimators=10).fit(head)
 
 
 def _one_row_fewer_than(kind: str, params: dict, features: int = 1):
