@@ -75,6 +75,21 @@ _AUTH_ERRORS = {
 }
 #: Operations with a body (pipelines.web.app._unprocessable answers 415).
 _NOT_JSON = _error(415, "The body was not sent as JSON: send it with 'Content-Type: application/json'.")
+#: Operations that read the model registry.
+_STORE_DOWN = _error(503, "The model registry's store (e.g. S3) could not be reached; retry later.")
+
+
+@contextlib.contextmanager
+def _storage_failures() -> Iterator[None]:
+    """A registry on a store that does not answer is a 503 worth retrying, with the library's
+    message naming the location and what to check: it was a bare 500 "Internal Server Error"."""
+    from pipelines.errors import StorageError
+
+    try:
+        yield
+    except StorageError as exc:
+        log.error("model registry unreachable: %s", exc)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
 
 
 @router.post(
@@ -88,6 +103,7 @@ _NOT_JSON = _error(415, "The body was not sent as JSON: send it with 'Content-Ty
         **_error(413, f"More than {MAX_DETECT_POINTS:,} data points: use score-file."),
         **_NOT_JSON,
         **_error(422, "Points that do not fit the job: columns, types, timestamps, duplicates, the job's checks."),
+        **_STORE_DOWN,
     },
 )
 def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
@@ -108,7 +124,8 @@ def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
         )
     run_id = f"api__{uuid.uuid4().hex[:16]}"
     try:
-        detected = detect_points(config, body.points, run_id=run_id)
+        with _storage_failures():
+            detected = detect_points(config, body.points, run_id=run_id)
     except TooManyPoints as exc:
         raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=str(exc)) from exc
     except DataValidationError as exc:
@@ -174,7 +191,7 @@ SeriesQuery = Annotated[SeriesKey | None, Query(description="One series, e.g. 'r
     "/jobs/{job}/model",
     summary="The job's champion models: version, training time, parameters, metrics; for auto, the detector chosen and why",
     response_model=ModelInfo,
-    responses={**_AUTH_ERRORS},
+    responses={**_AUTH_ERRORS, **_STORE_DOWN},
 )
 def model(job: JobName, user: CurrentUser, series: SeriesQuery = None) -> ModelInfo:
     """Champion metadata per series, like OCI's model information."""
@@ -183,7 +200,8 @@ def model(job: JobName, user: CurrentUser, series: SeriesQuery = None) -> ModelI
 
     config = served_job(user, job, "GET")
     try:
-        champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, series)]
+        with _storage_failures():
+            champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, series)]
     except ModelError as exc:  # a series without a model
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     if not champions:
@@ -195,7 +213,7 @@ def model(job: JobName, user: CurrentUser, series: SeriesQuery = None) -> ModelI
     "/jobs/{job}/tuning",
     summary="The job's tune runs per series: the best trial and whether and why it replaced the serving model",
     response_model=TuningHistory,
-    responses={**_AUTH_ERRORS},
+    responses={**_AUTH_ERRORS, **_STORE_DOWN},
 )
 def tuning(
     job: JobName,
@@ -208,7 +226,8 @@ def tuning(
     from pipelines.tuning import tuning_runs
 
     config = served_job(user, job, "GET")
-    found = [SeriesTuning.model_validate(entry) for entry in tuning_runs(config, series, limit)]
+    with _storage_failures():
+        found = [SeriesTuning.model_validate(entry) for entry in tuning_runs(config, series, limit)]
     if not found:
         raise _none_yet(job, "tune runs", series, "tune")
     return TuningHistory(job=job, series=found)
@@ -334,7 +353,9 @@ def _caller_token(request: Request) -> str:
     return request.cookies.get(SESSION_COOKIE, "")
 
 
-async def _airflow(request: Request, method: str, path: str, *, json_body: dict[str, Any] | None = None) -> Any:
+async def _airflow(
+    request: Request, method: str, path: str, *, json_body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+) -> Any:
     """Call Airflow's REST API as the caller; its refusals come back as the same HTTP errors."""
     import httpx
 
@@ -342,7 +363,7 @@ async def _airflow(request: Request, method: str, path: str, *, json_body: dict[
     try:
         async with httpx.AsyncClient(timeout=AIRFLOW_TIMEOUT) as client:
             answer = await client.request(
-                method, url, json=json_body, headers={"Authorization": f"Bearer {_caller_token(request)}"}
+                method, url, json=json_body, params=params, headers={"Authorization": f"Bearer {_caller_token(request)}"}
             )
     except httpx.HTTPError as exc:
         log.error("cannot reach Airflow's REST API at %s: %s", url, exc)
@@ -381,7 +402,13 @@ def _status_url(request: Request, run_id: str) -> str:
     return str(request.url.replace(path=f"{collection}/{quote(run_id, safe='')}", query=None))
 
 
-def _run_view(config: JobConfig, run: dict[str, Any], request: Request, warning: str | None = None) -> ScoreFileRun:
+def _run_view(
+    config: JobConfig,
+    run: dict[str, Any],
+    request: Request,
+    warning: str | None = None,
+    failure: tuple[list[str], str] | None = None,
+) -> ScoreFileRun:
     from pipelines.workspace import one_off_output
 
     conf = run.get("conf") or {}
@@ -400,8 +427,109 @@ def _run_view(config: JobConfig, run: dict[str, Any], request: Request, warning:
         start_date=run.get("start_date"),
         end_date=run.get("end_date"),
         warning=warning,
+        failed_tasks=failure[0] if failure else [],
+        error=failure[1] if failure else None,
         status_url=_status_url(request, run["dag_run_id"]),
     )
+
+
+def _run_output(config: JobConfig, run: dict[str, Any]) -> str | None:
+    """Where a one-off run of ``config``'s predict DAG writes (None: not a one-off run)."""
+    from pipelines.workspace import one_off_output
+
+    conf = run.get("conf") or {}
+    if not conf.get("input"):
+        return None
+    return conf.get("output") or one_off_output(config, str(run.get("dag_run_id")))
+
+
+async def _run_writing(request: Request, config: JobConfig, output: str) -> dict[str, Any] | None:
+    """A queued or running one-off scoring run (of any predict DAG the caller may read) writing ``output``.
+
+    Two runs given one output both succeeded and both answered it as their result, which held
+    the scores of whichever finished last. Finished runs are no conflict: a later run replaces
+    their file, as re-running an interval replaces its rows. (Two requests racing through this
+    check in the same instant are not caught; Airflow has no lock to take.)
+    """
+    from pipelines.workspace import file_identity
+
+    wanted = file_identity(output)
+    offset = 0
+    while True:
+        page = await _airflow(
+            request, "GET", "/dags/~/dagRuns", params={"state": ["queued", "running"], "limit": 100, "offset": offset}
+        )
+        runs = page.get("dag_runs") or []
+        for run in runs:
+            dag_id = str(run.get("dag_id", ""))
+            conf = run.get("conf") or {}
+            if not dag_id.endswith("__predict") or not conf.get("input"):
+                continue
+            # A run without output writes its default file, known for the caller's own job only.
+            written = _run_output(config, run) if dag_id == f"{config.name}__predict" else conf.get("output")
+            if written and file_identity(written) == wanted:
+                return run
+        offset += len(runs)
+        if not runs or offset >= int(page.get("total_entries") or 0):
+            return None
+
+
+#: Failed tasks whose Airflow log is read for the exception (a run of many chunks may fail in each).
+_LOGS_READ = 3
+_ERROR_CHARS = 2000
+
+
+def _task_name(task: dict[str, Any]) -> str:
+    index = task.get("map_index", -1)
+    return f"{task.get('task_id')}[{index}]" if isinstance(index, int) and index >= 0 else str(task.get("task_id"))
+
+
+def _logged_error(content: Any) -> str | None:
+    """The last exception (type: message) in a task log as Airflow's REST API returns it, else its last error line."""
+    events = [event for event in content if isinstance(event, dict)] if isinstance(content, list) else []
+    for event in reversed(events):
+        for key in ("error_detail", "exception"):
+            details = event.get(key)
+            if isinstance(details, list) and details and isinstance(details[-1], dict):
+                last = details[-1]
+                return f"{last.get('exc_type', 'error')}: {last.get('exc_value', '')}".strip()
+    errors = [event for event in events if str(event.get("level", "")).lower() in ("error", "critical")]
+    return str(errors[-1].get("event")) if errors else None
+
+
+async def _failure(request: Request, dag_id: str, run_id: str, output: str) -> tuple[list[str], str]:
+    """The failed tasks of a failed one-off run and, from their logs, why it failed.
+
+    Airflow's run state alone said "failed", next to the output location where an earlier run's
+    file may well lie: the caller had no reason and could take that file for this run's result.
+    Best effort: a log that cannot be read leaves the reason to Airflow's UI, never fails the answer.
+    """
+    path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances"
+    wrote_nothing = f"it wrote nothing to {output} (a file there is another run's)"
+    try:
+        tasks = await _airflow(request, "GET", path, params={"state": ["failed"]})
+    except HTTPException as exc:
+        log.warning("cannot list the failed tasks of run %s of %s: %s", run_id, dag_id, exc.detail)
+        return [], f"run {run_id} of {dag_id} failed; {wrote_nothing}. Its task logs in Airflow say why."
+    failed = [task for task in tasks.get("task_instances") or [] if task.get("state") == "failed"]
+    names = [_task_name(task) for task in failed]
+    reasons = []
+    for task in failed[:_LOGS_READ]:
+        try:
+            logged = await _airflow(
+                request,
+                "GET",
+                f"{path}/{quote(str(task.get('task_id')), safe='')}/logs/{task.get('try_number') or 1}",
+                params={"map_index": task.get("map_index", -1)},
+            )
+        except HTTPException as exc:
+            log.warning("cannot read the log of task %s of run %s of %s: %s", _task_name(task), run_id, dag_id, exc.detail)
+            continue
+        if reason := _logged_error(logged.get("content")):
+            reasons.append(f"{_task_name(task)}: {reason[:_ERROR_CHARS].rstrip('.')}")
+    where = f"in task {', '.join(names)}" if names else "(no task of it is marked failed: was it stopped?)"
+    why = f" {'; '.join(reasons)}." if reasons else " The task's log in Airflow says why."
+    return names, f"run {run_id} of {dag_id} failed {where}; {wrote_nothing}.{why}"
 
 
 @router.post(
@@ -411,7 +539,7 @@ def _run_view(config: JobConfig, run: dict[str, Any], request: Request, warning:
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         **_AUTH_ERRORS,
-        **_error(409, "Airflow refused the run (conflict)."),
+        **_error(409, "Another queued or running one-off run writes the same output, or Airflow refused the run (conflict)."),
         **_NOT_JSON,
         **_error(422, "Input or output not allowed, or no such file."),
         **_error(502, "Airflow's REST API could not be reached or failed."),
@@ -436,6 +564,13 @@ async def score_file(
         if file_identity(conf["output"]) == file_identity(conf["input"]):
             # The run would replace the data it reads with its scores.
             raise _bad_location("output", body.output, "it is the input file: scoring would replace the data it reads; give another path")
+        if (busy := await _run_writing(request, config, conf["output"])) is not None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail=f"output {body.output!r} is being written by run {busy.get('dag_run_id')} of {busy.get('dag_id')} "
+                f"({busy.get('state')}): two runs would both answer it as their result, holding the scores of whichever "
+                "finished last. Wait for that run to finish, or give another output",
+            )
     if body.chunk_rows is not None:
         conf["chunk_rows"] = body.chunk_rows
     dag_id = f"{job}__predict"
@@ -467,11 +602,13 @@ async def score_file_run(
         # (GET /dags/<job>__predict/dagRuns/.. is GET /dags/<job>__predict).
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{run_id!r} is not a run id of {dag_id}")
     run = await _airflow(request, "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
-    if not (run.get("conf") or {}).get("input"):
+    output = _run_output(config, run)
+    if output is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, detail=f"run {run_id} of {dag_id} is a scheduled run, not a one-off scoring run"
         )
-    return _run_view(config, run, request)
+    failure = await _failure(request, dag_id, run_id, output) if run.get("state") == "failed" else None
+    return _run_view(config, run, request, failure=failure)
 
 
 _LABEL_ERRORS = {

@@ -216,6 +216,14 @@ class ScoreFileRun(BaseModel):
     start_date: datetime | None = None
     end_date: datetime | None = None
     warning: str | None = Field(None, description="Something the caller should know, e.g. the DAG is paused.")
+    failed_tasks: list[str] = Field(
+        [], description="A failed run's failed tasks, e.g. 'score[0]' (the first chunk's scoring); empty otherwise."
+    )
+    error: str | None = Field(
+        None,
+        description="Why a failed run failed (the exception its failed task logged, when Airflow's log holds it), "
+        "and that it wrote nothing to `output`: a file there is another run's. null unless the run failed.",
+    )
     status_url: str = Field(description="Where to ask for the run's state (GET; the 202's Location header too).")
 
 

@@ -645,3 +645,118 @@ def test_a_json_body_sent_without_its_content_type_is_415_saying_so(client, head
     # A JSON body with its type (also with a charset) is read as before.
     sent["Content-Type"] = "application/json; charset=utf-8"
     assert client.post(f"{BASE}/detect", content=raw, headers=sent).status_code == 200
+
+
+@pytest.fixture
+def stand_in_airflow(monkeypatch):
+    """A stand-in for Airflow's REST API: ``routes[(method, path)]`` is the JSON it answers
+    (``path`` without ``/api/v2``, percent-encoded as sent, without the query); the requests it
+    got are in ``requests`` as (method, path, query)."""
+    import json as json_module
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    routes: dict[tuple[str, str], dict] = {}
+    requests: list[tuple[str, str, dict]] = []
+
+    class Airflow(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            url = urlsplit(self.path)
+            path = url.path.removeprefix("/api/v2")
+            requests.append((self.command, path, parse_qs(url.query)))
+            if length := int(self.headers.get("Content-Length") or 0):
+                self.rfile.read(length)
+            body = routes.get((self.command, path))
+            data = json_module.dumps(body if body is not None else {"detail": "not found"}).encode()
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer  # noqa: N815 - http.server's naming
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Airflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", f"http://127.0.0.1:{server.server_port}")
+    yield routes, requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_score_file_refuses_an_output_a_queued_or_running_run_writes(client, headers, web_project, stand_in_airflow):
+    # Both runs were started; both then answered success with the same file as their result,
+    # which held the scores of whichever finished last.
+    routes, requests = stand_in_airflow
+    output = str(web_project / "var" / "scored" / "web.parquet")
+    writing = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__1", "state": "running",
+               "conf": {"input": "/x.csv", "output": output}}
+    other = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__0", "state": "queued", "conf": {"input": "/y.csv"}}
+    routes["GET", "/dags/~/dagRuns"] = {"dag_runs": [other, writing], "total_entries": 2}
+    body = {"input": "data/demo/web_metrics.csv", "output": "var/scored/web.parquet"}
+    answer = client.post(f"{BASE}/score-file", json=body, headers=headers)
+    assert answer.status_code == 409, answer.text
+    assert "output 'var/scored/web.parquet' is being written by run manual__1 of demo_web_metrics__predict (running)" in answer.json()["detail"]
+    assert not [r for r in requests if r[0] == "POST"]  # nothing was triggered
+    assert requests[0][2]["state"] == ["queued", "running"]
+    # Another output is free; the run is started.
+    run = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__2", "state": "queued",
+           "conf": {"input": "/x.csv", "output": str(web_project / "var" / "scored" / "other.parquet")}}
+    routes["POST", "/dags/demo_web_metrics__predict/dagRuns"] = run
+    routes["GET", "/dags/demo_web_metrics__predict"] = {"dag_id": "demo_web_metrics__predict", "is_paused": False}
+    answer = client.post(f"{BASE}/score-file", json={**body, "output": "var/scored/other.parquet"}, headers=headers)
+    assert answer.status_code == 202, answer.text
+
+
+def test_a_failed_score_file_run_says_which_task_failed_why_and_that_it_wrote_nothing(client, headers, stand_in_airflow):
+    # The answer was only "failed", beside an output location that held an earlier run's file.
+    routes, requests = stand_in_airflow
+    run_path = "/dags/demo_web_metrics__predict/dagRuns/manual__7"
+    routes["GET", run_path] = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__7", "state": "failed",
+                               "conf": {"input": "/in.csv", "output": "/var/scored/x.parquet"}}
+    routes["GET", f"{run_path}/taskInstances"] = {"task_instances": [
+        {"task_id": "score", "map_index": 0, "try_number": 1, "state": "failed"}], "total_entries": 1}
+    routes["GET", f"{run_path}/taskInstances/score/logs/1"] = {"content": [
+        {"event": "scoring chunk 0", "level": "info"},
+        {"event": "Task failed with exception", "level": "error", "error_detail": [
+            {"exc_type": "DataValidationError", "exc_value": "job demo_web_metrics: column 'requests' holds text.", "frames": []}]},
+    ], "continuation_token": None}
+    answer = client.get(f"{BASE}/score-file/manual__7", headers=headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["state"] == "failed" and body["failed_tasks"] == ["score[0]"]
+    assert body["error"] == (
+        "run manual__7 of demo_web_metrics__predict failed in task score[0]; it wrote nothing to /var/scored/x.parquet "
+        "(a file there is another run's). score[0]: DataValidationError: job demo_web_metrics: column 'requests' holds text."
+    )
+    assert ("GET", f"{run_path}/taskInstances/score/logs/1", {"map_index": ["0"]}) in requests
+    # A log that cannot be read leaves the reason to Airflow's UI, and the answer stands.
+    del routes["GET", f"{run_path}/taskInstances/score/logs/1"]
+    body = client.get(f"{BASE}/score-file/manual__7", headers=headers).json()
+    assert body["failed_tasks"] == ["score[0]"] and body["error"].endswith("The task's log in Airflow says why.")
+    # Runs that did not fail carry no error and ask for no tasks.
+    routes["GET", run_path]["state"] = "success"
+    requests.clear()
+    body = client.get(f"{BASE}/score-file/manual__7", headers=headers).json()
+    assert body["error"] is None and body["failed_tasks"] == [] and len(requests) == 1
+
+
+def test_a_registry_that_cannot_be_reached_is_503_naming_it(client, headers, spike_points, web_project, unreachable_s3_options):
+    # The store's StorageError reached FastAPI: a bare 500 "Internal Server Error" in text/plain.
+    import yaml
+
+    job = yaml.safe_load((web_project / "config" / "jobs" / "demo_web_metrics.yaml").read_text())
+    job.update(name="s3_metrics", registry="s3://bucket/models", outputs={"parquet": "s3://bucket/out", "storage_options": unreachable_s3_options})
+    (web_project / "config" / "jobs" / "s3_metrics.yaml").write_text(yaml.safe_dump(job))
+    api = "/api/v1/jobs/s3_metrics"
+    for answer in (
+        client.post(f"{api}/detect", json={"points": spike_points}, headers=headers),
+        client.get(f"{api}/model", headers=headers),
+        client.get(f"{api}/tuning", headers=headers),
+    ):
+        assert answer.status_code == 503, answer.text[:300]
+        assert answer.json()["detail"].startswith("cannot reach s3://bucket/models/s3_metrics")
