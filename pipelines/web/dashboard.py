@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
@@ -241,6 +242,22 @@ def _verdicts(job: JobConfig, events: list[dict[str, Any]]) -> dict[tuple[str, s
     return found
 
 
+def _form_time(moment: datetime | None, seconds: bool) -> tuple[str, str | None]:
+    """A UTC time as the value of a ``datetime-local`` input, and the input's ``step``.
+
+    Minutes only (the input's default step of 60 s) unless the job's points are less than a minute
+    apart (``seconds``) or the time has seconds: a URL's ``start=...T14:00:30`` was cut to 14:00,
+    so applying the form moved the filter. A fraction keeps its milliseconds (the input's finest).
+    """
+    if moment is None:
+        return "", None
+    if moment.microsecond:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23], "0.001"
+    if seconds or moment.second:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S"), "1"
+    return moment.strftime("%Y-%m-%dT%H:%M"), None
+
+
 def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict[str, Any] | None = None) -> HTMLResponse:
     # Every series, for the series selector; the table and the charts show what the filters keep.
     summary = _call(
@@ -288,6 +305,10 @@ def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict
         run=run,
         multivariate=len(job.features) > 1,
         link=link,
+        # Points less than a minute apart: times show their seconds (two anomalies 30 s apart
+        # showed the same minute).
+        seconds=job.frequency < timedelta(minutes=1),
+        form_time=_form_time,
     )
 
 

@@ -453,6 +453,12 @@ def test_a_chart_spans_the_range_asked_for_even_around_one_point(app_server, bro
         page.goto(f"{app_server}/jobs/demo_web_metrics")
         page.locator('.chart-card[data-state="ready"]').first.wait_for()
         assert page.locator(f'tr.series-row[data-series="region={VOID}"]').count() == 1
+        # No range asked for and one point (the hourly run's): an hour either side of it, where
+        # uPlot's own range around one point ran 1,000 days on.
+        plot = page.locator('.chart-card[data-series="region=eu"][data-state="ready"] .plot').first
+        plot.wait_for()
+        hour = pd_epoch(ONE_HOUR[0])
+        assert [float(plot.get_attribute(a)) for a in ("data-x-min", "data-x-max")] == [hour - 3600, hour + 3600]
         scrolled, shown = page.evaluate(width)
         assert scrolled <= shown, "the page is wider than the frame"
         page.goto(f"{app_server}/jobs/demo_web_metrics?series=region%3D{VOID}")
@@ -470,3 +476,31 @@ def pd_epoch(moment: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(moment).timestamp()
+
+
+def test_chart_times_are_24_hour_utc_like_the_tables(app_server, browser):
+    """The charts' axes said "2pm" and "2:10pm" under dates like "3/3/24", their legend
+    "2024-03-03 2:00pm", while every table says "2024-03-03 14:00"."""
+    import re
+
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        for path in (f"runs/demo_web_metrics__predict/{ONE_HOUR_RUN}", "jobs/demo_web_metrics?series=region%3Deu"):
+            page.goto(f"{app_server}/{path}")
+            plot = page.locator('.chart-card[data-state="ready"] .plot').first
+            plot.wait_for()
+            ticks = plot.get_attribute("data-x-ticks").split("|")
+            assert len(ticks) > 1, ticks
+            for tick in ticks:
+                assert re.fullmatch(r"\d\d:\d\d(\n2024-03-0\d)?|\d\d-\d\d(\n2024)?", tick), ticks
+            assert "\n2024" in ticks[0]  # the first tick says the date (or year)
+        page.goto(f"{app_server}/runs/demo_web_metrics__predict/{ONE_HOUR_RUN}")
+        plot = page.locator('.chart-card[data-state="ready"] .plot').first
+        plot.wait_for()
+        plot.locator(".u-over").hover()
+        assert plot.locator(".u-legend .u-series").first.locator(".u-value").inner_text() == "2024-03-03 14:00"
+        assert "14:00\n2024-03-03" in plot.get_attribute("data-x-ticks").split("|")
+    finally:
+        context.close()

@@ -47,8 +47,11 @@
     const start = asked(filters && filters.start);
     const end = asked(filters && filters.end);
     return (u, min, max) => {
-      let low = start !== null ? start : min;
-      let high = end !== null ? end : max;
+      // The data's own span from its times (sorted): for a single point uPlot hands the range
+      // function a span of 1,000 days after it (a one-hour series on the job page ended in 2026).
+      const times = u.data && u.data[0] && u.data[0].length ? u.data[0] : [min, max];
+      let low = start !== null ? start : times[0];
+      let high = end !== null ? end : times[times.length - 1];
       if (!(high > low)) {
         // One instant and no range asked for: an hour either side of it.
         low -= 3600;
@@ -58,7 +61,51 @@
     };
   }
 
-  function options(card, feature, filters, width, onZoom) {
+  // Times as the tables show them: 24-hour UTC, ISO dates ("2024-03-03 14:00"). uPlot's own
+  // labels were 12-hour ("2pm", "2:30pm") with US dates ("3/3/24"). A time's seconds show when the
+  // job's points are under a minute apart (the card's data-seconds) or the time has any.
+  function isoUtc(ts) {
+    return new Date(ts * 1000).toISOString(); // 2024-03-03T14:00:30.000Z
+  }
+
+  function legendTime(seconds) {
+    return (u, ts) => {
+      if (ts == null) return "--";
+      const iso = isoUtc(ts);
+      const fine = seconds || iso.slice(17, 23) !== "00.000";
+      return `${iso.slice(0, 10)} ${iso.slice(11, fine ? (iso.slice(19, 23) !== ".000" ? 23 : 19) : 16)}`;
+    };
+  }
+
+  // The x axis' tick labels (uPlot's axis values function): the clock time, or the date for ticks a
+  // day or more apart; under the first tick and wherever the day (or year) changes, the date.
+  function axisTimes(holder) {
+    return (u, splits, axisIdx, space, incr) => {
+      const labels = [];
+      let previous = null;
+      for (const ts of splits) {
+        const iso = isoUtc(ts);
+        const day = iso.slice(0, 10);
+        let label;
+        if (incr >= 365 * 86400) label = iso.slice(0, 4);
+        else if (incr >= 28 * 86400) label = iso.slice(0, 7);
+        else if (incr >= 86400) {
+          label = iso.slice(5, 10);
+          if (previous === null || previous.slice(0, 4) !== day.slice(0, 4)) label += `\n${day.slice(0, 4)}`;
+        } else {
+          label = iso.slice(11, incr < 1 ? 23 : incr < 60 ? 19 : 16);
+          if (previous !== day) label += `\n${day}`;
+        }
+        previous = day;
+        labels.push(label);
+      }
+      // What the axis says, for the browser tests (uPlot draws it on a canvas).
+      holder.dataset.xTicks = labels.join("|");
+      return labels;
+    };
+  }
+
+  function options(card, feature, filters, width, onZoom, holder) {
     return {
       title: feature.feature,
       width: width,
@@ -69,8 +116,9 @@
       // The server downsamples: a drag asks it for the range instead of zooming into thinned data.
       cursor: { drag: { x: true, y: false, setScale: false }, sync: { key: card.dataset.series } },
       legend: { live: true },
+      axes: [{ values: axisTimes(holder) }, {}],
       series: [
-        { label: "time (UTC)" },
+        { label: "time (UTC)", value: legendTime(card.dataset.seconds === "true") },
         { label: "lower", stroke: COLORS.bound, width: 1 },
         { label: "upper", stroke: COLORS.bound, width: 1 },
         { label: "expected", stroke: COLORS.expected, width: 1, dash: [6, 4] },
@@ -121,7 +169,7 @@
       holder.dataset.anomalies = String(feature.anomalies);
       plots.appendChild(holder);
       const data = [feature.t, feature.lower, feature.upper, feature.expected, feature.value, feature.anomaly];
-      new uPlot(options(card, feature, payload.filters, width, onZoom), data, holder);
+      new uPlot(options(card, feature, payload.filters, width, onZoom, holder), data, holder);
       anomalies += feature.anomalies;
       points += feature.points;
       returned += feature.returned;

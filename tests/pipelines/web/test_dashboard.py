@@ -156,6 +156,90 @@ def test_the_filter_form_with_empty_fields_shows_everything(dash):
     assert dash.get(f"{D}/data/jobs/demo_web_metrics/anomalies", params=empty).json()["filters"]["min_score"] == 0.0
 
 
+@pytest.mark.parametrize(
+    ("value", "seconds", "shown"),
+    [
+        ("2024-03-03T14:00:00+00:00", False, "2024-03-03 14:00"),
+        ("2024-03-03T14:00:30+00:00", False, "2024-03-03 14:00:30"),  # 30 s after the one above
+        ("2024-03-03T14:00:00+00:00", True, "2024-03-03 14:00:00"),  # a job of points under a minute apart
+        ("2024-03-03T14:00:00.250000+00:00", False, "2024-03-03 14:00:00.250"),
+        (None, False, "—"),
+    ],
+)
+def test_times_show_their_seconds_when_they_have_some(value, seconds, shown):
+    """Two anomalies 30 s apart (a 30s job) both showed 14:00: the macro cut every time to minutes."""
+    from pipelines.web.dashboard import templates
+
+    macro = templates.env.from_string('{% from "_macros.html" import when %}{{ when(value, seconds) }}')
+    assert macro.render(value=value, seconds=seconds) == shown
+
+
+def test_a_job_of_points_under_a_minute_apart_shows_seconds(dash, monkeypatch):
+    from datetime import timedelta
+
+    from pipelines.web import dashboard
+
+    fast = get_job("demo_web_metrics").model_copy(update={"frequency": timedelta(seconds=30)})
+    hourly = dash.get(f"{D}/jobs/demo_web_metrics").text
+    monkeypatch.setattr(dashboard, "_job", lambda name, user: fast)
+    page = dash.get(f"{D}/jobs/demo_web_metrics").text
+    times = re.findall(r'<td class="mono">([^<]+)</td>', page)
+    assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in times), times
+    assert 'data-seconds="true"' in page and 'name="start" value="" step="1"' in page
+    assert re.findall(r'<td class="mono">([^<]+)</td>', hourly) == [t[:16] for t in times]
+    assert 'data-seconds=""' in hourly and 'name="start" value="" data-testid' in hourly
+
+
+@pytest.mark.parametrize(
+    ("start", "value"),
+    [
+        ("2024-03-07T00:00", 'value="2024-03-07T00:00" data-testid'),
+        ("2024-03-07T00:00:30", 'value="2024-03-07T00:00:30" step="1" data-testid'),
+        ("2024-03-07T00:00:30.25Z", 'value="2024-03-07T00:00:30.250" step="0.001" data-testid'),
+        ("2024-03-07T02:00:30+02:00", 'value="2024-03-07T00:00:30" step="1" data-testid'),
+    ],
+)
+def test_the_time_filters_keep_the_seconds_of_the_url(dash, start, value):
+    """A URL's start=...T00:00:30 showed 00:00 in the form: applying the form moved the filter."""
+    page = dash.get(f"{D}/jobs/demo_web_metrics", params={"start": start}).text
+    assert f'name="start" {value}="filter-start"' in page
+
+
+def test_an_empty_range_says_so_instead_of_empty_tables(dash):
+    """A range without data said "the 0 series with the most anomalies", drew an empty series table
+    and a series selector of no option that Chromium draws as a dropdown saying "0 selected"."""
+    page = dash.get(f"{D}/jobs/demo_web_metrics", params={"start": "2030-01-01T00:00"}).text
+    assert "the 0 series" not in page and "drag across a chart" not in page
+    assert 'data-testid="no-data"' in page and 'data-testid="no-series"' in page and '<tr class="series-row' not in page
+    assert "No series has points in this range" in page
+    assert '<select name="series"' not in page and 'data-testid="filter-series-none"' in page
+    none = dash.get(f"{D}/jobs/demo_web_metrics", params={"feature": "latency_ms", "min_score": "1", "only_anomalies": "true"}).text
+    assert "None of the 3 series has an anomaly with these filters" in none and "<thead><tr><th>Series</th>" not in none
+
+
+def test_a_series_selector_of_one_series_is_a_list(dash, monkeypatch):
+    """A one-row multiple select is drawn by Chromium as a dropdown saying "0 selected"."""
+    every = dash.get(f"{D}/jobs/demo_sensors").text
+    assert '<select name="series" multiple size="4"' in every
+    summary = data.series_summary
+    monkeypatch.setattr(data, "series_summary", lambda *args: summary(*args)[:1])
+    page = dash.get(f"{D}/jobs/demo_web_metrics").text
+    select = re.search(r'<select name="series" multiple size="(\d+)".*?</select>', page, re.S)
+    assert select and select[1] == "2" and select[0].count("<option") == 1
+
+
+def test_the_verdict_buttons_name_their_point(dash):
+    """Each button was named "true anomaly" or "false alarm" alone: a screen reader heard "true anomaly"
+    once per row, not whose point it marks."""
+    page = dash.get(f"{D}/jobs/demo_web_metrics").text
+    rows = re.findall(r'<tr class="event" data-series="([^"]+)".*?<td class="mono">([^<]+)</td>', page, re.S)
+    assert rows
+    for verdict in ("true anomaly", "false alarm"):
+        labels = re.findall(rf'aria-label="{verdict}: ([^"]+) at ([^"]+) UTC"', page)
+        assert labels == rows
+    assert len(set(rows)) == len(rows)
+
+
 def test_chart_endpoint(dash):
     answer = dash.get(f"{D}/data/jobs/demo_web_metrics/chart", params={"series": "region=eu", "buckets": 5})
     assert answer.status_code == 200
