@@ -35,7 +35,8 @@ class Detection:
     ``score`` and ``feature_score`` are calibrated to [0, 1] (higher = more anomalous) and are 0
     where ``values`` is missing; an infinite value scores 1 and is an anomaly (see
     :class:`BaseDetector`); ``lower`` and ``upper`` are where the score of a feature would reach
-    the detector's threshold.
+    the detector's threshold. ``expected``, ``lower`` and ``upper`` are NaN where the detector has
+    no estimate of a feature (MSET's signals dropped as missing or unmeasurable).
     """
 
     index: pd.Index

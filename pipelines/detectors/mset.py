@@ -33,6 +33,12 @@ _LONE_SIGNAL_LAGS = 3
 _NAMED_SIGNALS = 5
 #: Contiguous stretches of training time; each is estimated from the memory of the others.
 _CALIBRATION_FOLDS = 4
+#: Relative difference from a signal's training constant below which a scored value is that same
+#: constant. A constant that went through text or an aggregation comes back a few units in the last
+#: place off (the mean of three readings of 0.1 is 0.10000000000000002): the same reading, not a
+#: change. 1e-9 is millions of such units, and far below any change of a sensor or a setting. Being
+#: relative, a constant of 0 allows no other value: an error counter leaving 0 is a change.
+_CONSTANT_RTOL = 1e-9
 
 
 class MSETDetector(BaseDetector):
@@ -68,9 +74,15 @@ class MSETDetector(BaseDetector):
     ``expected`` is the estimate; the bounds are where a single residual would reach the threshold
     from no prior evidence.
 
-    Signals that are constant or missing in more than ``max_missing`` of the training rows are
-    dropped, with the reason kept in :attr:`dropped_signals_`; they are reported with their
-    training median as expected value and a score of 0.
+    Signals that are constant or missing in more than ``max_missing`` of the training rows, or
+    that report within too short a stretch of them to be estimated, are dropped, with the reason
+    kept in :attr:`dropped_signals_`. A constant one keeps its constant as ``expected``, ``lower``
+    and ``upper`` (:attr:`constant_signals_`): a scored value that differs from it (beyond
+    floating-point noise) was never seen in training, so it gets ``feature_score`` 1 and its row
+    ``score`` 1, an anomaly whatever the threshold (a sensor coming alive, a setting changed, an
+    error counter leaving 0); the same value, or none, scores 0. Such an alarm does not restart
+    the other signals' tests: it spends none of their evidence. The other dropped signals have no
+    estimate: ``expected``, ``lower`` and ``upper`` are NaN and their ``feature_score`` is 0.
 
     Parameters
     ----------
@@ -100,6 +112,8 @@ class MSETDetector(BaseDetector):
         Kept signals, in feature order.
     dropped_signals_ : dict of str to str
         Dropped signals and why.
+    constant_signals_ : dict of str to float
+        The dropped signals that were constant in training, and their constant.
     center_, scale_ : ndarray of shape (n_features_in_,)
         Median and robust scale of each feature (dropped ones included).
     lags_ : int
@@ -153,7 +167,8 @@ class MSETDetector(BaseDetector):
         # A signal whose MAD is 0 but that still moves (mostly constant, with excursions) is
         # scaled by its standard deviation instead, so its excursions stay finite.
         self.scale_ = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
-        self.dropped_signals_ = {**_dropped(X, std, params.max_missing), **(unmeasurable or {})}
+        dropped, self.constant_signals_ = _dropped(X, std, params.max_missing)
+        self.dropped_signals_ = {**dropped, **(unmeasurable or {})}
         kept = [i for i, name in enumerate(X.columns) if str(name) not in self.dropped_signals_]
         if not kept:
             reasons = "; ".join(f"{name}: {why}" for name, why in self.dropped_signals_.items())
@@ -323,7 +338,12 @@ class MSETDetector(BaseDetector):
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         frame, n_history = with_history(X, history)
         values = frame.to_numpy()
-        expected = np.broadcast_to(self.center_, values.shape).copy()
+        # A dropped signal has no estimate (its training median claimed bounds of zero width that
+        # nothing measured), except a constant one, whose constant is all there is to expect.
+        constant = np.full(values.shape[1], np.nan)
+        for j, name in enumerate(frame.columns):
+            constant[j] = self.constant_signals_.get(str(name), np.nan)
+        expected = np.broadcast_to(constant, values.shape).copy()
         half_width = np.zeros(values.shape)
         feature_score = np.zeros(values.shape)
         if len(frame):
@@ -344,6 +364,13 @@ class MSETDetector(BaseDetector):
             half_width[:, self.kept_] = np.asarray(widths) * self.residual_scale_ * self.scale_[self.kept_]
         else:
             row_score = np.zeros(0)
+        # A constant signal that moved is beyond anything seen in training, like an infinite value
+        # (see BaseDetector): feature score 1 and row score 1, above any threshold, so the value
+        # outside its bounds is flagged. A missing value (NaN) compares as no change.
+        with np.errstate(invalid="ignore"):
+            moved = np.abs(values - constant) > _CONSTANT_RTOL * np.abs(constant)
+        feature_score = np.where(moved, 1.0, feature_score)
+        row_score = np.where(moved.any(axis=1), 1.0, row_score)
         cut = slice(n_history, None)
         score = np.repeat(row_score[:, None], values.shape[1], axis=1)[cut]
         return make_detection(
@@ -363,6 +390,7 @@ class MSETDetector(BaseDetector):
         state = {
             "signals_": [str(s) for s in self.signals_],
             "dropped_signals_": self.dropped_signals_,
+            "constant_signals_": self.constant_signals_,
             "lags_": self.lags_,
             "bandwidth_": self.bandwidth_,
             "sprt_window_": self.sprt_window_,
@@ -383,6 +411,16 @@ class MSETDetector(BaseDetector):
     def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]) -> None:
         self.signals_ = np.asarray(state["signals_"], dtype=object)
         self.dropped_signals_ = dict(state["dropped_signals_"])
+        if "constant_signals_" in state:
+            self.constant_signals_ = {str(name): float(value) for name, value in state["constant_signals_"].items()}
+        else:
+            # Saved before the constants were: a constant signal's training median is its constant.
+            names = [str(c) for c in self.feature_names_in_]
+            self.constant_signals_ = {
+                name: float(arrays["center_"][names.index(name)])
+                for name, why in self.dropped_signals_.items()
+                if why.startswith("constant (")
+            }
         self.lags_ = int(state["lags_"])
         self.bandwidth_ = float(state["bandwidth_"])
         self.sprt_window_ = int(state["sprt_window_"])
@@ -407,8 +445,9 @@ class MSETDetector(BaseDetector):
         }
 
 
-def _dropped(X: pd.DataFrame, std: np.ndarray, max_missing: float) -> dict[str, str]:
-    reasons = {}
+def _dropped(X: pd.DataFrame, std: np.ndarray, max_missing: float) -> tuple[dict[str, str], dict[str, float]]:
+    """The signals to drop and why, and the constant ones' constants."""
+    reasons, constants = {}, {}
     missing = X.isna().mean().to_numpy()
     for j, name in enumerate(X.columns):
         if missing[j] > max_missing:
@@ -419,8 +458,9 @@ def _dropped(X: pd.DataFrame, std: np.ndarray, max_missing: float) -> dict[str, 
             )
         elif not std[j] > 0:
             # A Python float: the repr of a numpy scalar ("np.float64(5.0)") reached users' messages and the model metadata.
-            reasons[str(name)] = f"constant ({float(X.iloc[:, j].dropna().iloc[0])!r}) in every training row: nothing to estimate"
-    return reasons
+            constants[str(name)] = float(X.iloc[:, j].dropna().iloc[0])
+            reasons[str(name)] = f"constant ({constants[str(name)]!r}) in every training row: nothing to estimate"
+    return reasons, constants
 
 
 def _too_few_complete_rows(kept: pd.DataFrame, complete: int, lags: int) -> str:

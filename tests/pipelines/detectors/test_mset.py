@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import tracemalloc
 import warnings
@@ -293,3 +294,56 @@ def test_rows_without_memory_from_other_times_fit_without_warnings(data) -> None
         warnings.simplefilter("error")
         detector = MSETDetector().fit(train)
     assert np.isfinite(detector.residual_scale_).all() and detector.dropped_signals_ == {}
+
+
+@pytest.fixture(scope="module")
+def with_constants(data) -> tuple[MSETDetector, pd.DataFrame, pd.DataFrame]:
+    """Fitted with a signal stuck at 5, an error counter at 0 and a mostly missing one."""
+    train, test = data
+    train = train.assign(flat=5.0, errors=0.0, gappy=np.where(np.arange(len(train)) % 3 == 0, 1.0, np.nan))
+    test = test.assign(flat=5.0, errors=0.0, gappy=1.0)
+    return MSETDetector().fit(train), train, test
+
+
+def test_a_signal_constant_in_training_that_moves_is_an_anomaly(with_constants) -> None:
+    # flat read 5 in every training row and 172 when scored: the row said expected 5, lower = upper
+    # = 5, feature_score 0 and is_anomaly False, a value outside its own bounds left unflagged.
+    detector, train, test = with_constants
+    assert detector.constant_signals_ == {"flat": 5.0, "errors": 0.0}
+    clean = detector.detect(test, history=train)
+    moved = test.copy()
+    moved.iloc[[20, 21], 4] = 172.0
+    moved.iloc[90, 5] = 1.0  # the error counter leaves 0
+    moved.iloc[40, 4] = np.mean([5.0, 5.0, 5.0 + 1e-15])  # floating-point noise: the same reading
+    moved.iloc[[60, 61], 4] = np.nan  # missing: no evidence either way
+    detection = detector.detect(moved, history=train)
+    added = np.flatnonzero(detection.is_anomaly[:, 0] & ~clean.is_anomaly[:, 0])
+    assert added.tolist() == [20, 21, 90]
+    assert (detection.feature_score[[20, 21], 4] == 1.0).all() and detection.feature_score[90, 5] == 1.0
+    assert (detection.score[[20, 21, 90], :4] >= detector.threshold_).all()
+    assert (detection.feature_score[[40, 60, 61], 4] == 0).all() and not detection.is_anomaly[[60, 61], 4].any()
+    # The kept signals' scores are not changed by it; the constant stays the expected value and both bounds.
+    np.testing.assert_array_equal(detection.feature_score[:, :4], clean.feature_score[:, :4])
+    assert (detection.expected[:, 4] == 5.0).all() and (detection.lower[:, 4] == 5.0).all() and (detection.upper[:, 4] == 5.0).all()
+    # The mostly missing signal has no estimate: no bounds are claimed for it (its median was shown as both).
+    assert np.isnan(detection.expected[:, 6]).all() and np.isnan(detection.lower[:, 6]).all() and np.isnan(detection.upper[:, 6]).all()
+    assert (detection.feature_score[:, 6] == 0).all()
+
+
+def test_round_trip_keeps_the_constants(with_constants) -> None:
+    detector, train, test = with_constants
+    moved = test.copy()
+    moved.iloc[20, 4] = 172.0
+    files = detector.to_files()
+    assert json.loads(files["detector.json"])["learned"]["constant_signals_"] == {"flat": 5.0, "errors": 0.0}
+    a = detector.detect(moved, history=train)
+    # A model saved before the constants were stored takes them from its training medians.
+    meta = json.loads(files["detector.json"])
+    del meta["learned"]["constant_signals_"]
+    older = {**files, "detector.json": json.dumps(meta).encode()}
+    for loaded in (load_detector("mset", files), load_detector("mset", older)):
+        assert loaded.constant_signals_ == detector.constant_signals_
+        b = loaded.detect(moved, history=train)
+        assert b.is_anomaly[20, 0] and b.feature_score[20, 4] == 1.0
+        np.testing.assert_array_equal(a.score, b.score)
+        np.testing.assert_array_equal(a.expected, b.expected)
