@@ -151,6 +151,9 @@ def _pyproject() -> dict[str, Any]:
     return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
 
 
+#: The extras the image installs: Prophet is one of the platform's detectors, plots are cheap;
+#: torch (lstm) and the other warehouses' drivers are left to deployments that need them.
+IMAGE_EXTRAS = ("s3", "postgres", "alerts", "prophet", "plot")
 BASE_IMAGE = re.compile(r"^apache/airflow:(?P<airflow>3\.3\.\d+)-python(?P<python>3\.11)$")
 
 
@@ -446,10 +449,17 @@ def test_project_is_installed_with_the_lock_as_the_airflow_user() -> None:
         # The base image runs as airflow by default, and its pip refuses to install as root.
         assert not users or users[-1] == "airflow", f"{command} runs as {users[-1]}"
 
-    project_installs = [command for _, command in installs if '".[s3,postgres,alerts]"' in command]
+    project_installs = [command for _, command in installs if f'".[{",".join(IMAGE_EXTRAS)}]"' in command]
     assert len(project_installs) == 1
     extras = _pyproject()["project"]["optional-dependencies"]
-    assert {"s3", "postgres", "alerts"} <= set(extras)
+    assert set(IMAGE_EXTRAS) <= set(extras)
+
+
+def test_the_dependency_layer_installs_the_extras_the_project_layer_does() -> None:
+    """The dependency layer's requirements (built from pyproject.toml) and the project install name
+    the same extras, so the project layer installs nothing the lock has not pinned already."""
+    [listed] = [args for keyword, args in _dockerfile_instructions() if keyword == "RUN" and "requirements.txt" in args]
+    assert re.search(r"for name in \(([^)]*)\)", listed).group(1) == ", ".join(repr(name) for name in IMAGE_EXTRAS), listed
 
 
 def test_pip_and_the_build_backend_come_from_the_lock() -> None:
@@ -459,7 +469,7 @@ def test_pip_and_the_build_backend_come_from_the_lock() -> None:
     first = [word for word in installs[0] if not word.startswith("-") and word not in ("pip", "install", "constraints.txt")]
     assert installs[0][:2] == ["pip", "install"] and "pip" in installs[0][2:] and not first, installs[0]
     assert re.search(r"^pip==\S+$", CONSTRAINTS.read_text(encoding="utf-8"), re.MULTILINE), "constraints.txt must pin pip"
-    project = next(words for words in installs if ".[s3,postgres,alerts]" in words)
+    project = next(words for words in installs if f".[{','.join(IMAGE_EXTRAS)}]" in words)
     assert project[project.index("--build-constraint") + 1] == "constraints.txt", project
 
 
