@@ -280,6 +280,11 @@ def _is_file(url: sa.URL) -> bool:
     return url.get_backend_name() in ("sqlite", "duckdb") and bool(url.database) and ":" not in (url.database or "")
 
 
+def file_database(url: sa.URL) -> Path | None:
+    """The file of a SQLite or DuckDB database at ``url`` (as :func:`engine_for` resolved it), else None."""
+    return Path(url.database or "") if _is_file(url) else None
+
+
 def _set_session(statement: str, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:

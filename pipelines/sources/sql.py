@@ -41,7 +41,7 @@ from sqlalchemy import Connection, DateTime, String, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from pipelines.config import JobConfig, SqlSource
-from pipelines.db import engine_for
+from pipelines.db import engine_for, file_database
 from pipelines.sources.base import bounds, job_columns, source_error, utc_bound
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,16 @@ class SqlReader:
         lo, hi = utc_bound(start), utc_bound(end)
         fail = partial(source_error, self.job, self.config.describe(), lo, hi)
         engine = engine_for(self.config.connection)
+        database = file_database(engine.url)
+        if database is not None and not database.exists():
+            # SQLite and DuckDB create a missing file on connect: a mistyped path, or a database
+            # not loaded yet, read as an empty new one and failed with "no such table", leaving an
+            # empty file behind.
+            raise fail(
+                f"the database file {database} does not exist",
+                "Check the path in the URL (a relative one is resolved against the project root), or create and load "
+                "the database first.",
+            )
         query, params = self.statement(engine.dialect.name, lo, hi)
         secret = engine.url.password
         try:

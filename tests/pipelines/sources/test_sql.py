@@ -372,3 +372,13 @@ def test_failure_in_a_later_chunk_is_a_source_error(make_job, postgres_url: str,
 
     with pytest.raises(SourceError, match=r"^job 'cpu_load': cannot read sql source .*the query failed \(division by zero\)"):
         read_window(sql_job(make_job, postgres_url, query), START, END)
+
+
+def test_a_missing_database_file_is_named_and_not_created(make_job, tmp_path) -> None:
+    # SQLite creates a missing file on connect: a mistyped path read as an empty new database,
+    # failed with "no such table" and left the empty file behind.
+    missing = tmp_path / "typo" / "metrics.db"
+    job = sql_job(make_job, f"sqlite:///{missing}", "SELECT ts, host, value FROM metrics WHERE ts >= :start AND ts < :end")
+    with pytest.raises(SourceError, match=rf"the database file {re.escape(str(missing))} does not exist\. Check the path"):
+        read_window(job, START, END)
+    assert not missing.exists()
