@@ -215,6 +215,10 @@ def _create_temporary(folder: str, name: str) -> tuple[int, str]:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
             continue
+        except OSError as exc:
+            # Named as the file asked for: "No such file or directory: '/proc/.out.parquet.5dd918e6.tmp'"
+            # named a staging file nobody typed.
+            raise OSError(exc.errno, exc.strerror, os.path.join(folder, name)) from exc
 
 
 @dataclass(frozen=True)

@@ -479,3 +479,10 @@ def test_an_unreachable_gcs_endpoint_is_a_storage_error_naming_the_url(plain_gcs
 
     with pytest.raises(StorageError, match=rf"^cannot reach {url} \(Cannot connect to host.*\)\. Check that the store is up and that `endpoint_url`"):
         call(url, options)
+
+
+def test_a_local_write_that_cannot_start_names_the_file_asked_for() -> None:
+    # /proc takes no new files: the error named the hidden staging file ('/proc/.out.parquet.5dd918e6.tmp').
+    with pytest.raises(FileNotFoundError) as info:
+        storage.atomic_write("/proc/out.parquet", b"scores")
+    assert info.value.filename == "/proc/out.parquet" and ".tmp" not in str(info.value)
