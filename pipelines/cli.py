@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.config import find_job, job_files, jobs_dir, scan_job_files
 from pipelines.detectors.params import MODEL_PARAMS
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.errors import ConfigError, PipelineError, SinkError
 from pipelines.workspace import file_identity, prediction_window, to_utc, training_window, utcnow
 
 if TYPE_CHECKING:  # the scoring stack is imported by the commands that need it
@@ -242,6 +242,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refused_path(exc: PipelineError) -> bool:
+    """Whether ``exc`` is a write the system refused on a path (no such folder, permission denied,
+    disk full), said in the library's words (``plot --out /proc/x.png``): the exit status of a
+    refused path is 1, whether the library or the system said it. The system's error names the
+    path; a network or mail server's does not."""
+    cause = exc.__cause__
+    return isinstance(exc, SinkError) and isinstance(cause, OSError) and cause.filename is not None
+
+
 def _user() -> str:
     import getpass
 
@@ -447,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if _refused_path(exc) else 2
     except KeyboardInterrupt:
         # Ctrl-C: the run's `finally` blocks have removed its work folder; a traceback would only
         # show where it happened to stop.

@@ -447,6 +447,14 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly():
     assert (done.returncode, done.stderr) == (141, "")
 
 
+def test_a_picture_path_the_system_refuses_exits_1_as_any_refused_path(files, capsys):
+    # The library says it ("cannot write the picture ..."); the status was 2, where detect and
+    # predict answer a refused path with 1, as the README says.
+    args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv"), "--timestamp", "ts"]
+    assert main([*args, "--features", "a", "--output", str(files / "out.parquet"), "--plot", "/proc/w.png"]) == 1
+    assert "cannot write the picture /proc/w.png" in capsys.readouterr().err
+
+
 def test_a_path_the_system_refuses_is_one_line_not_a_traceback(files, capsys):
     (files / "plain").write_text("a file, not a folder")
     args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv"), "--timestamp", "ts"]
