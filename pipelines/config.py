@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from pipelines.detectors.params import MODEL_PARAMS
-from pipelines.durations import parse_duration, rows_spanned
+from pipelines.durations import duration_text, parse_duration, rows_spanned
 from pipelines.errors import ConfigError
 from pipelines.schema import OUTPUT_COLUMNS
 
@@ -580,15 +580,6 @@ class AlertsConfig(_Model):
         return self
 
 
-def _duration_text(value: timedelta) -> str:
-    """``value`` as a job file writes it (``2h``, ``90min``, ``3d``)."""
-    seconds = math.ceil(value.total_seconds())
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 #: Share of the training window's latest rows that training holds back to compare the new model
 #: with the serving one, fitting the new model on the rows before them first. The source of truth
 #: is ``HOLDOUT_FRACTION`` of pipelines/training.py, which imports pandas (a test checks both agree).
@@ -767,8 +758,8 @@ class JobConfig(_Model):
         )
         raise _FieldError(
             "model.params.season",
-            f"{named} is not longer than one period of frequency {_duration_text(self.frequency)}, so a season would "
-            f"hold one row and a seasonal profile needs two: use at least {_duration_text(2 * self.frequency)}, or {instead}",
+            f"{named} is not longer than one period of frequency {duration_text(self.frequency)}, so a season would "
+            f"hold one row and a seasonal profile needs two: use at least {duration_text(2 * self.frequency)}, or {instead}",
         )
 
     def _training_window_holds_enough_rows(self) -> None:
@@ -785,7 +776,7 @@ class JobConfig(_Model):
             f"{self._window_rows(rows)}, and training fits the new model on the first {fitted} of them (the last "
             f"{_TRAINING_HOLDOUT:.0%} are held back to compare it with the serving model)"
         )
-        widen = f"a training_window of at least {_duration_text(_least_window(rows, needed, self.frequency, _TRAINING_HOLDOUT))}"
+        widen = f"a training_window of at least {duration_text(_least_window(rows, needed, self.frequency, _TRAINING_HOLDOUT))}"
         if param is None:
             raise _FieldError("training_window", f"model {self.model.kind} needs at least {needed} training rows, but {window}: use {widen}")
         value = getattr(params, param)
@@ -837,7 +828,7 @@ class JobConfig(_Model):
 
     def _window_rows(self, rows: int) -> str:
         holds = "holds" if rows * self.frequency == self.training_window else "holds at most"
-        return f"a training_window of {_duration_text(self.training_window)} {holds} {rows} rows of {_duration_text(self.frequency)}"
+        return f"a training_window of {duration_text(self.training_window)} {holds} {rows} rows of {duration_text(self.frequency)}"
 
     def _tune_grid_values_fit(self, name: str) -> None:
         # A tune run searches the training window's rows, and each trial fits its candidate on all
@@ -861,9 +852,9 @@ class JobConfig(_Model):
                     fitting = [v for v in space.values if not isinstance(v, str) or rows_spanned(v, self.frequency) >= 2]
                     raise _FieldError(
                         f"tune.grid.{name}",
-                        f"season {', '.join(refused)} is not longer than one period of frequency {_duration_text(self.frequency)}, "
+                        f"season {', '.join(refused)} is not longer than one period of frequency {duration_text(self.frequency)}, "
                         f"so a season would hold one row and a seasonal profile needs two: every {kind} trial with it would fail; "
-                        f"use seasons of at least {_duration_text(2 * self.frequency)}"
+                        f"use seasons of at least {duration_text(2 * self.frequency)}"
                         + (f" (of the search space: {', '.join('null' if v is None else str(v) for v in fitting)})" if fitting else ""),
                     )
                 continue
@@ -897,7 +888,7 @@ class JobConfig(_Model):
                 f"and a tune trial fits on the first {fitted} of them (tune.holdout_fraction holds the last {held_back:.0%} "
                 f"back to score it): every {kind} trial with {name} {', '.join(map(str, refused))} would fail; use "
                 + (f"{instead}, or " if instead else "")
-                + f"a training_window of at least {_duration_text(most)}",
+                + f"a training_window of at least {duration_text(most)}",
             )
 
     def _alerted_features_exist(self) -> None:

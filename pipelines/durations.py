@@ -48,6 +48,16 @@ def parse_duration(text: str) -> timedelta:
 
 
 
+def duration_text(value: timedelta) -> str:
+    """``value`` as a job file writes it (``2h``, ``90min``, ``3d``): what :func:`parse_duration`
+    reads back, in the largest unit that divides it (seconds rounded up)."""
+    seconds = math.ceil(value.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def rows_spanned(duration: str | timedelta, step: timedelta) -> int:
     """Rows ``duration`` spans at one row per ``step``, rounded up (``"1d"`` at 5 minutes: 288)."""
     return math.ceil((parse_duration(duration) if isinstance(duration, str) else duration) / step)

@@ -163,7 +163,7 @@ def score_chunk(
     # Rows numbered as rows of the file (from 1, as extraction's errors count them): positions in
     # the chunk sent users to the wrong rows.
     first = _rows_before(chunk_paths[:index], manifest[:index]) + 1
-    last = _rows_before(chunk_paths[: index + 1], manifest[: index + 1])
+    last = first - 1 + _rows_before(chunk_paths[index : index + 1], manifest[index : index + 1])
     # Said as a one-off's: which file and which of its rows (the window spans the whole file),
     # and that the file is to be fixed and scored again (there is no interval to re-run).
     numbers = RowNumbers(

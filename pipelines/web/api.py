@@ -79,19 +79,6 @@ _NOT_JSON = _error(415, "The body was not sent as JSON: send it with 'Content-Ty
 _STORE_DOWN = _error(503, "The model registry's store (e.g. S3) could not be reached; retry later.")
 
 
-@contextlib.contextmanager
-def _storage_failures() -> Iterator[None]:
-    """A registry on a store that does not answer is a 503 worth retrying, with the library's
-    message naming the location and what to check: it was a bare 500 "Internal Server Error"."""
-    from pipelines.errors import StorageError
-
-    try:
-        yield
-    except StorageError as exc:
-        log.error("model registry unreachable: %s", exc)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
-
-
 @router.post(
     "/jobs/{job}/detect",
     summary="Score points with the job's champion models",
@@ -124,8 +111,7 @@ def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
         )
     run_id = f"api__{uuid.uuid4().hex[:16]}"
     try:
-        with _storage_failures():
-            detected = detect_points(config, body.points, run_id=run_id)
+        detected = detect_points(config, body.points, run_id=run_id)
     except TooManyPoints as exc:
         raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=str(exc)) from exc
     except DataValidationError as exc:
@@ -200,8 +186,7 @@ def model(job: JobName, user: CurrentUser, series: SeriesQuery = None) -> ModelI
 
     config = served_job(user, job, "GET")
     try:
-        with _storage_failures():
-            champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, series)]
+        champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, series)]
     except ModelError as exc:  # a series without a model
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     if not champions:
@@ -226,8 +211,7 @@ def tuning(
     from pipelines.tuning import tuning_runs
 
     config = served_job(user, job, "GET")
-    with _storage_failures():
-        found = [SeriesTuning.model_validate(entry) for entry in tuning_runs(config, series, limit)]
+    found = [SeriesTuning.model_validate(entry) for entry in tuning_runs(config, series, limit)]
     if not found:
         raise _none_yet(job, "tune runs", series, "tune")
     return TuningHistory(job=job, series=found)

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines import __version__
+from pipelines.errors import StorageError
 from pipelines.web import URL_PREFIX
 from pipelines.web.auth import auth_manager, authenticate, require_user
 from pipelines.web.schemas import MAX_BODY_BYTES, MAX_DETECT_POINTS
@@ -137,6 +138,14 @@ async def _login_redirect_or_error(request: Request, exc: HTTPException) -> Resp
     return await http_exception_handler(request, exc)
 
 
+async def _store_unreachable(request: Request, exc: Exception) -> Response:
+    # A registry or output store that does not answer (the library's StorageError, e.g. S3 down)
+    # is a 503 worth retrying, with the library's message naming the location and what to check,
+    # on every route that reads it: it was a bare 500 "Internal Server Error".
+    log.error("store unreachable: %s", exc)
+    return await http_exception_handler(request, HTTPException(503, detail=str(exc)))
+
+
 def create_app() -> FastAPI:
     """The plugin's FastAPI app: API routes under ``/api/v1``, dashboard pages (if installed) under ``/``."""
     app = FastAPI(
@@ -157,6 +166,7 @@ def create_app() -> FastAPI:
         app.include_router(router)
     app.add_exception_handler(HTTPException, _login_redirect_or_error)  # type: ignore[arg-type]  # Starlette types handlers loosely
     app.add_exception_handler(RequestValidationError, _unprocessable)  # type: ignore[arg-type]
+    app.add_exception_handler(StorageError, _store_unreachable)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.get(OPENAPI_PATH, include_in_schema=False, dependencies=[Depends(require_user)])
