@@ -665,7 +665,16 @@ def _deliver(
             log.warning("job %s: %s", job.name, failures[-1][0])
             continue
         done.append(channel)
-        state.save(job)
+        try:
+            state.save(job)
+        except Exception as exc:
+            # Saved after each delivery, so only this one is not recorded: say that it went out, and
+            # that the retry sends it once more there (a bare PermissionError or StorageError did not).
+            raise SinkError(
+                f"job {job.name}: {what} went out by {channel}, but the alert state {state_url(job)} could not be saved "
+                f"afterwards ({exc}); the task's retry sends it by {channel} once more (what went out before is recorded): "
+                "check that the job's registry storage is reachable and writable"
+            ) from exc
         log.info("job %s: sent %s by %s", job.name, what, channel)
     return failures
 
@@ -714,6 +723,10 @@ class AlertSummary:
     #: Such alerts given up (older than PENDING_MAX_AGE, or kept without their event's details).
     given_up: int = 0
     digest: dict[str, Any] | None = None
+    #: Digests of earlier days that reached some channels only (their runs' retries ran out), dealt
+    #: with by this run: ``cutoff``, ``events``, ``decision`` (sent late, given up, failed) and
+    #: ``reason``; said here, not only in the log, so the task's summary (XCom) shows them.
+    earlier_digests: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -749,6 +762,16 @@ def process_events(
     context = context or {}
     send = send or (lambda channel, message, ctx: notify(job, channel, message, ctx))
     state = AlertState.load(job)
+    try:
+        # Written once before anything is sent: a store that cannot take the state (down, read-only,
+        # full) fails the run here, rather than after a delivery that the run and each of its
+        # retries would then send again, unrecorded.
+        state.save(job)
+    except Exception as exc:
+        raise SinkError(
+            f"job {job.name}: the alert state {state_url(job)} cannot be saved ({exc}); nothing was sent: check that the "
+            "job's registry storage is reachable and writable, and the task's retry sends the alerts"
+        ) from exc
     limit = job.frequency * (alerts.max_gap + 1)
     events = sorted(_window_events(job, frame, window, read), key=lambda e: (e.start, e.series))
     summary = AlertSummary(events=len(events))
@@ -859,7 +882,9 @@ def process_events(
         if continues_held:
             escalation += f"; it continues the incident held since {_moment(incident.start)}"
         decide(event, "sent", f"by {', '.join(_channels(alerts))}{escalation}")
-    summary.digest, digest_failures = _send_digest(job, state, window, context=context, send=send, unsent=unsent)
+    summary.digest, digest_failures = _send_digest(
+        job, state, window, context=context, send=send, unsent=unsent, earlier=summary.earlier_digests
+    )
     _raise_failures(job, failures + digest_failures)
     return summary
 
@@ -1032,14 +1057,22 @@ def send_digest(
 
 
 def _send_digest(
-    job: JobConfig, state: AlertState, window: Window, *, context: Mapping[str, Any], send: Notify, unsent: Sequence[datetime] = ()
+    job: JobConfig,
+    state: AlertState,
+    window: Window,
+    *,
+    context: Mapping[str, Any],
+    send: Notify,
+    unsent: Sequence[datetime] = (),
+    earlier: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any] | None, list[_Failure]]:
     """:func:`send_digest`, with the failed deliveries returned. ``unsent``: the starts of this run's
     events that could not be sent; the digest waits for those it would list (the task's retry).
 
     Earlier digests that reached some channels only (their runs' retries ran out) are first sent
-    on the others, as they were (see :meth:`AlertState.take_digest`)."""
-    failures = _send_unfinished_digests(job, state, window, context, send)
+    on the others, as they were (see :meth:`AlertState.take_digest`); what became of each is
+    appended to ``earlier`` (:attr:`AlertSummary.earlier_digests`)."""
+    failures = _send_unfinished_digests(job, state, window, context, send, [] if earlier is None else earlier)
     cutoff = digest_cutoff(job, window)
     if cutoff is None:
         return None, failures
@@ -1081,33 +1114,39 @@ def _deliver_digest(job: JobConfig, state: AlertState, cutoff: str, context: Map
 
 
 def _send_unfinished_digests(
-    job: JobConfig, state: AlertState, window: Window, context: Mapping[str, Any], send: Notify
+    job: JobConfig, state: AlertState, window: Window, context: Mapping[str, Any], send: Notify, earlier: list[dict[str, Any]]
 ) -> list[_Failure]:
     """Send the digests of earlier cut-offs on the channels they missed (their runs' retries ran
     out), each as it was, oldest first; given up (a warning) once older than PENDING_MAX_AGE,
-    as an unsent alert is. The failures."""
+    as an unsent alert is. Each outcome is appended to ``earlier``; the failures returned."""
     failures: list[_Failure] = []
     current = digest_cutoff(job, window)
     for cutoff in sorted(state.digest_progress):
         if current is not None and cutoff == current.isoformat():
             continue  # this window's own digest: its retry
         progress = state.digest_progress[cutoff]
-        missing = [c for c in _channels(_alerts(job)) if c not in progress["channels"]]
+        missing = ", ".join(c for c in _channels(_alerts(job)) if c not in progress["channels"])
         age = window.end - datetime.fromisoformat(cutoff)
+        outcome = {"cutoff": cutoff, "events": len(progress["events"])}
         if age > PENDING_MAX_AGE:
             del state.digest_progress[cutoff]
             state.save(job)
-            log.warning(
-                "job %s: the digest of %s (%d event(s)) was never sent by %s and is given up: it is %s old, more than %s "
-                "(PENDING_MAX_AGE); see the dashboard",
-                job.name, _moment(datetime.fromisoformat(cutoff)), len(progress["events"]), ", ".join(missing) or "a channel now removed",
-                age, PENDING_MAX_AGE,
+            reason = (
+                f"never sent by {missing or 'a channel now removed'}: it is {age} old, more than {PENDING_MAX_AGE} "
+                "(PENDING_MAX_AGE); see the dashboard"
             )
+            earlier.append({**outcome, "decision": "given up", "reason": reason})
+            log.warning("job %s: the digest of %s (%d event(s)) is given up: %s",
+                        job.name, _moment(datetime.fromisoformat(cutoff)), outcome["events"], reason)
             continue
         failed = _deliver_digest(job, state, cutoff, context, send)
         failures += failed
-        if not failed:
-            log.info("job %s: the digest of %s sent late by %s", job.name, _moment(datetime.fromisoformat(cutoff)), ", ".join(missing))
+        if failed:
+            earlier.append({**outcome, "decision": "failed", "reason": "; ".join(line for line, _ in failed)})
+        else:
+            how = f"by {missing}" if missing else "on no channel (those it missed are no longer configured)"
+            earlier.append({**outcome, "decision": "sent late", "reason": f"{how}, left unsent by the runs of its day"})
+            log.info("job %s: the digest of %s sent late %s", job.name, _moment(datetime.fromisoformat(cutoff)), how)
     return failures
 
 
@@ -1124,9 +1163,10 @@ def alert_window(job: JobConfig, window: Window, *, context: Mapping[str, Any] |
     summary = process_events(job, frame, window, context=context, read=read)
     log.info(
         "job %s: alerts for %s: %d events, %d sent, %d held (snoozed), %d suppressed (false alarms), %d filtered, "
-        "%d seen before; of earlier windows: %d sent late, %d given up",
+        "%d seen before; of earlier windows: %d sent late, %d given up; digests of earlier days: %s",
         job.name, window, summary.events, summary.sent, summary.held, summary.suppressed, summary.filtered, summary.already_sent,
         summary.sent_late, summary.given_up,
+        ", ".join(f"{d['cutoff']} {d['decision']}" for d in summary.earlier_digests) or "none",
     )
     return summary.to_dict()
 

@@ -1036,3 +1036,86 @@ def test_an_incident_flagged_for_longer_than_a_week_is_read_back_a_week_only(tmp
     summary = process_events(job, rows_in(frame, last - 8, last), window(last - 8, last), read=reader, send=lambda *a: None)
     assert min(low for low, _ in asked) == window(last - 8, last).start - pd.Timedelta(days=7)
     assert summary.decisions[0]["key"] == f"web|region=eu|{(START + (last - 8) * H - pd.Timedelta(days=7)).isoformat()}"
+
+
+@pytest.mark.parametrize(("days", "decision"), [(1, "sent late"), (8, "given up")])
+def test_a_digest_of_an_earlier_day_sent_late_or_given_up_is_in_the_runs_summary(tmp_path: Path, days: int, decision: str):
+    # Only the log said so: the task's summary (its XCom) showed nothing of an earlier digest.
+    job = make_job(tmp_path, immediate=False, digest={"hour": 8}, slack={"webhook_conn_id": "alerts_webhook"})
+    slack_down = True
+
+    def send(channel: str, message: Any, context: Any) -> None:
+        if channel == "slack" and slack_down:
+            raise ConnectionError("connection refused")
+
+    with pytest.raises(SinkError):
+        process_events(job, output_rows(anomalies={2: {"requests": 150}}, hours=8), window(0, 8), send=send)
+    slack_down = False
+    later = window(days * 24 + 8, days * 24 + 16)  # after that day's digest hour: no digest of its own
+    summary = process_events(job, output_rows(start=START + (days * 24 + 8) * H, hours=8), later, send=send)
+    [outcome] = summary.earlier_digests
+    assert outcome["cutoff"] == "2024-03-01T08:00:00+00:00" and (outcome["events"], outcome["decision"]) == (1, decision)
+    assert outcome["reason"].startswith("by slack" if days < 7 else "never sent by slack: it is 8 days, 8:00:00 old")
+    assert summary.to_dict()["earlier_digests"] == [outcome]
+    assert process_events(job, output_rows(start=START + (days * 24 + 8) * H, hours=8), later, send=send).earlier_digests == []
+
+
+def test_a_state_save_failing_after_a_send_names_what_went_out_and_only_that_is_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The state is saved after each delivery; one that cannot be (the registry's store refusing the
+    # write) failed the task with a bare PermissionError, saying nothing of the alert that went out.
+    import pipelines.alerts
+
+    job = make_job(tmp_path, slack={"webhook_conn_id": "alerts_webhook"})
+    frame = pd.concat(
+        [output_rows("region=eu", anomalies={2: {"requests": 150}}), output_rows("region=us", anomalies={3: {"requests": 150}})],
+        ignore_index=True,
+    )
+    sent: list[tuple[str, str]] = []
+    saves = {"left": 2}  # the run's first save (before sending) and its first delivery are recorded, the second one is not
+    real_write = pipelines.alerts.storage.atomic_write
+
+    def atomic_write(url: str, data: bytes, storage_options: Any = None) -> None:
+        if saves["left"] == 0:
+            raise PermissionError(13, "Permission denied", url)
+        saves["left"] -= 1
+        real_write(url, data, storage_options)
+
+    monkeypatch.setattr(pipelines.alerts.storage, "atomic_write", atomic_write)
+    send = lambda channel, message, context: sent.append((channel, message.subject[14:23]))  # noqa: E731
+    with pytest.raises(SinkError, match=r"job web: the alert for event web\|region=eu\|2024-03-01T02:00:00\+00:00 went out by slack, "
+                       r"but the alert state .*state.json could not be saved afterwards \(\[Errno 13\] Permission denied.*\); "
+                       r"the task's retry sends it by slack once more"):
+        process_events(job, frame, window(0, 8), send=send)
+    saves["left"] = 1_000
+    assert process_events(job, frame, window(0, 8), send=send).sent == 2
+    assert sent == [("email", "region=eu"), ("slack", "region=eu"), ("slack", "region=eu"), ("email", "region=us"), ("slack", "region=us")]
+
+
+def test_a_store_refusing_the_state_fails_the_run_before_anything_is_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A registry store that refuses writes (read-only, full): the run and each of its retries sent
+    # the alert, then failed to record it, so people got it once per attempt.
+    import pipelines.alerts
+
+    job = make_job(tmp_path)
+    refusing = True
+    real_write = pipelines.alerts.storage.atomic_write
+
+    def atomic_write(url: str, data: bytes, storage_options: Any = None) -> None:
+        if refusing:
+            raise PermissionError(13, "Permission denied", url)
+        real_write(url, data, storage_options)
+
+    monkeypatch.setattr(pipelines.alerts.storage, "atomic_write", atomic_write)
+    sent: list[str] = []
+    frame = output_rows(anomalies={2: {"requests": 150}})
+    for _ in range(3):  # the run and its retries
+        with pytest.raises(SinkError, match=r"job web: the alert state .*state.json cannot be saved \(\[Errno 13\] Permission denied"
+                           r".*\); nothing was sent: check that the job's registry storage is reachable and writable"):
+            process_events(job, frame, window(0, 8), send=lambda channel, message, context: sent.append(channel))
+    assert sent == []
+    refusing = False
+    assert process_events(job, frame, window(0, 8), send=lambda channel, message, context: sent.append(channel)).sent == 1
+    assert sent == ["email"]
+
