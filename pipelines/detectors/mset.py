@@ -33,6 +33,12 @@ _LONE_SIGNAL_LAGS = 3
 _NAMED_SIGNALS = 5
 #: Contiguous stretches of training time; each is estimated from the memory of the others.
 _CALIBRATION_FOLDS = 4
+#: Surprise (``-log(1 - calibrated score)``) above which a signal's ``feature_score`` leaves the
+#: calibrated score for a slower, logarithmic tail. The calibrated score rounds to 1.0 from a
+#: surprise of about 37, so every signal far out tied at 1.0 and the top contributor was the first
+#: of them, not the most disturbed; at 20 the score is 1 - 2e-9, beyond any threshold in use, and
+#: float64 still tells surprises a few in 10,000 apart up to 1e12.
+_CONTRIBUTION_KNEE = 20.0
 #: Relative difference from a signal's training constant below which a scored value is that same
 #: constant. A constant that went through text or an aggregation comes back a few units in the last
 #: place off (the mean of three readings of 0.1 is 0.10000000000000002): the same reading, not a
@@ -59,8 +65,14 @@ class MSETDetector(BaseDetector):
     last ``sprt_window`` rows, for a mean shift of ``±drift`` sigmas and for a variance growing
     ``variance_ratio`` times: a lone noisy residual gathers little evidence, a sustained or large
     one a lot, which is what cuts false alarms. The largest of the three statistics is a signal's
-    raw score, calibrated per signal into ``feature_score``; the row's ``score`` is the calibrated
-    largest surprise over signals, repeated per feature, and ``is_anomaly`` is the row's decision.
+    raw score, calibrated per signal into ``feature_score`` (from a surprise of 20, a score of
+    1 - 2e-9, continued by a slower tail that stays below 1, so that of several signals far out
+    the most surprising still has the largest); the row's ``score`` is the calibrated largest
+    surprise over signals, repeated per feature, and ``is_anomaly`` is the row's decision.
+    Near-identical signals (one a copy of another plus noise) are each estimated mostly from the
+    other, so a disturbance of one shows in its twin's residual too: where other signals pin the
+    operating state the disturbed one's residual stays the larger and it is named, but the twins
+    alone cannot be told apart and share the blame (keep one of them in the job's features).
     As in Wald's test (and MSET2's SPRT), the tests restart from no evidence after a decision for
     an anomaly: after a row that is an alarm (some signal's raw score reaches the level at which
     it alone makes the row's score reach the threshold), every signal's tests restart. The
@@ -205,6 +217,11 @@ class MSETDetector(BaseDetector):
         unmeasured = np.flatnonzero(np.isnan(residuals).all(axis=0))
         if unmeasured.size:
             share = np.isnan(values[:, self.kept_[unmeasured]]).mean(axis=0)
+            # Only the gappiest go; the others are fitted again. With two signals, one reporting
+            # within one stretch leaves the other no row to be estimated from either: both were
+            # dropped, the complete one as "missing in 0% of them", and the fit failed.
+            worst = share >= share.max()
+            unmeasured, share = unmeasured[worst], share[worst]
             reasons = {
                 str(name): (
                     f"reports within too short a stretch of the training rows (missing in {100 * v:.3g}% of them) for any "
@@ -259,7 +276,11 @@ class MSETDetector(BaseDetector):
         for factor in _BANDWIDTH_FACTORS:
             self.bandwidth_ = base * factor
             estimate = self._estimate(states[rows], positions=rows, own=memory_rows)
-            errors.append(float(np.nanmean((truth - estimate) ** 2)))
+            squared = (truth - estimate) ** 2
+            measured = ~np.isnan(squared)
+            # Nothing estimable (a signal reporting within one stretch of training, dropped right
+            # after): any width will do, without numpy's "Mean of empty slice" in the task log.
+            errors.append(float(squared[measured].mean()) if measured.any() else np.inf)
         return float(base * _BANDWIDTH_FACTORS[int(np.argmin(errors))])
 
     # -- estimation and evidence ------------------------------------------------------------
@@ -303,7 +324,11 @@ class MSETDetector(BaseDetector):
                     # bandwidth serves every row.
                     others = observed.sum(axis=1) - observed[:, i]
                     own_term = np.where(observed[:, i, None], own_term, 0.0)
-                    distance = (total - own_term) * ((size - 1) / np.maximum(others, 1))[:, None]
+                    # A lone signal without lags has no other value (a factor of 0): a distance to
+                    # another fold's memory is inf and gives NaN, no estimate, as intended, and
+                    # no "invalid value encountered in multiply" in the task log.
+                    with np.errstate(invalid="ignore"):
+                        distance = (total - own_term) * ((size - 1) / np.maximum(others, 1))[:, None]
                 else:
                     others, distance = None, total - own_term
                 logits = -distance / (2.0 * self.bandwidth_**2)
@@ -355,7 +380,7 @@ class MSETDetector(BaseDetector):
             shown = np.where(np.isnan(estimates), 0.0, estimates)
             expected[:, self.kept_] = shown * self.scale_[self.kept_] + self.center_[self.kept_]
             feature_score[:, self.kept_] = np.column_stack(
-                [c.transform(raw[:, j]) for j, c in enumerate(self.feature_calibrators_)]
+                [_contribution(c, raw[:, j]) for j, c in enumerate(self.feature_calibrators_)]
             )
             row_score = self.row_calibrator_.transform(self._row_surprise(raw))
             widths = [
@@ -502,6 +527,25 @@ def _memory_rows(states: np.ndarray, size: int) -> np.ndarray:
             break
         chosen.add(row)
     return np.asarray(sorted(chosen))
+
+
+def _contribution(calibrator: ScoreCalibrator, raw: np.ndarray) -> np.ndarray:
+    """A signal's ``feature_score``: its calibrated score up to a surprise of
+    :data:`_CONTRIBUTION_KNEE`, then ``1 - exp(-knee) / (1 + knee * log(surprise / knee))``.
+
+    The tail joins the calibrated score with the same value and slope at the knee, stays below 1.0
+    for every finite surprise, and keeps the order of the surprises, which are comparable across
+    signals (the row's score is the largest of them): the most disturbed signal has the largest
+    ``feature_score`` however far out several signals are.
+    """
+    score = calibrator.transform(raw)
+    surprise = calibrator.surprise(raw)
+    beyond = surprise > _CONTRIBUTION_KNEE
+    if not beyond.any():
+        return score
+    with np.errstate(divide="ignore", invalid="ignore"):  # only the rows below the knee, not taken
+        tail = 1.0 - np.exp(-_CONTRIBUTION_KNEE) / (1.0 + _CONTRIBUTION_KNEE * np.log(surprise / _CONTRIBUTION_KNEE))
+    return np.where(beyond, tail, score)
 
 
 def _raw_for_surprise(calibrator: ScoreCalibrator, surprise: float) -> float:
