@@ -593,6 +593,9 @@ _FEWEST_ROWS = {
 _WINDOWS_FITTED = {"iforest": 2, "lstm": 5}
 #: Lags MSET takes with ``lags: auto`` for a lone signal (``_LONE_SIGNAL_LAGS`` of mset.py).
 _MSET_LONE_SIGNAL_LAGS = 3
+#: Fewest rows of a tune run's fitted head and of its held-back tail, where anomalies are planted
+#: (``_MIN_ROWS`` of pipelines/tuning.py, which imports pandas; a test checks both agree).
+_TUNE_MIN_ROWS = 10
 
 
 def _fewest_training_rows(kind: str, params: dict[str, Any], n_features: int) -> tuple[int, str | None, str]:
@@ -709,6 +712,8 @@ class JobConfig(_Model):
             checks.append(self._training_window_holds_enough_rows)
         checks.extend([self._season_spans_two_rows, self._tune_grid_fits_the_model])
         if self._tune_grid_is_known():  # else the line above (or TuneConfig's) names what is wrong with the grid
+            if self.training_window >= self.frequency * 2 and self._trains():  # else a line above says the window is short
+                checks.append(self._tune_trials_have_rows)
             checks.extend(lambda name=name: self._tune_grid_values_fit(name) for name in self.tune.grid)
         checks.append(self._alerted_features_exist)
         return checks
@@ -796,6 +801,12 @@ class JobConfig(_Model):
             + (f"use a {param} of at most {smaller}, or {widen}" if smaller is not None else f"use {widen}"),
         )
 
+    def _trains(self) -> bool:
+        """Whether training fits the model on its rows (else :meth:`_training_window_holds_enough_rows` says why)."""
+        params = MODEL_PARAMS[self.model.kind](**self.model.params)
+        needed, _, _ = _fewest_training_rows(self.model.kind, dict(params), len(self.features))
+        return _fitted_rows(math.ceil(self.training_window / self.frequency)) >= needed
+
     def _tune_grid_fits_the_model(self) -> None:
         # With tune.detectors set, TuneConfig checks the grid alone; without, the kinds searched
         # come from the model, so the grid is checked here, not hours later when a tune run starts.
@@ -848,6 +859,25 @@ class JobConfig(_Model):
                 continue
             if name == "season":  # the frequency decides, as for model.params.season
                 refused = [v for v in values if isinstance(v, str) and rows_spanned(v, self.frequency) < 2]
+                # A season the trial's rows hold fewer than two of is not refused by the detector: it
+                # fits without one (a new job's fallback), so each trial judged no season under the
+                # season's name, and a winning one became a seasonal model no trial had scored.
+                unlearned = [
+                    v for v in values if isinstance(v, str) and v not in refused and 2 * rows_spanned(v, self.frequency) > fitted
+                ]
+                if unlearned and not refused:
+                    fitting = [v for v in space.values if not isinstance(v, str) or 2 <= rows_spanned(v, self.frequency) <= fitted // 2]
+                    longest = max(unlearned, key=lambda v: rows_spanned(v, self.frequency))
+                    most = _least_window(rows, 2 * rows_spanned(longest, self.frequency), self.frequency, held_back)
+                    raise _FieldError(
+                        f"tune.grid.{name}",
+                        f"season {', '.join(unlearned)} needs two seasons of rows to learn a profile "
+                        f"({2 * rows_spanned(longest, self.frequency)} rows for {longest}), but {self._window_rows(rows)}, and a tune "
+                        f"trial fits on the first {fitted} of them (tune.holdout_fraction holds the last {held_back:.0%} back to score "
+                        f"it): every {kind} trial with it would fit without a season, scored under its name; use "
+                        + (f"season among {', '.join('null' if v is None else str(v) for v in fitting)}, or " if fitting else "")
+                        + f"a training_window of at least {duration_text(most)}",
+                    )
                 if refused:
                     fitting = [v for v in space.values if not isinstance(v, str) or rows_spanned(v, self.frequency) >= 2]
                     raise _FieldError(
@@ -890,6 +920,74 @@ class JobConfig(_Model):
                 + (f"{instead}, or " if instead else "")
                 + f"a training_window of at least {duration_text(most)}",
             )
+
+    def _cheapest_trial(self, kind: str) -> tuple[int, str]:
+        """The fewest rows any tune trial of ``kind`` fits on, and why: the parameters that raise
+        them at their smallest searched values, the others at the job's (or the detector's) own."""
+        from pipelines.detectors.search_spaces import Choice, IntRange, restricted_space
+
+        base = {**MODEL_PARAMS[kind]().model_dump(), **(self.model.params if kind == self.model.kind else {})}
+        candidates = [base]
+        for name, space in restricted_space(kind, self.tune.grid).items():
+            if name in ("window", "lags"):  # the parameters _fewest_training_rows reads
+                values = space.values if isinstance(space, Choice) else [int(space.low)] if isinstance(space, IntRange) else []
+                candidates = [{**params, name: value} for params in candidates for value in values] or candidates
+        needs = []
+        for params in candidates:
+            try:
+                validated = MODEL_PARAMS[kind](**params)
+            except ValidationError:  # refused with the job's other parameters: the grid checks say so
+                continue
+            needs.append(_fewest_training_rows(kind, dict(validated), len(self.features))[::2])
+        return min(needs, default=(_FEWEST_ROWS[kind], f"{kind}'s least"))
+
+    def _tune_trials_have_rows(self) -> None:
+        # A tune run splits the training window's rows into a fitted head and a held-back tail of
+        # tune.holdout_fraction (pipelines.tuning.prepare_holdout), anomalies planted in the tail:
+        # a tail or head of fewer than _TUNE_MIN_ROWS rows, or a head fewer than every searched
+        # kind fits on, failed the whole tune run, hours after the job file loaded. Checked for a
+        # job that tunes (a tune schedule or a tune section), not for one that only trains.
+        if self.schedules.tune is None and "tune" not in self.model_fields_set:
+            return
+        rows = math.ceil(self.training_window / self.frequency)
+        held_back = self.tune.holdout_fraction
+        fitted = _fitted_rows(rows, held_back)
+        kinds = self._tuned_kinds()
+        needed, why = min(self._cheapest_trial(kind) for kind in kinds)
+        needed = max(needed, _TUNE_MIN_ROWS)
+        why = "" if why.endswith("'s least") else f" ({why})"
+
+        def works(rows: int, held_back: float) -> bool:
+            return _fitted_rows(rows, held_back) >= needed and rows - _fitted_rows(rows, held_back) >= _TUNE_MIN_ROWS
+
+        if works(rows, held_back):
+            return
+        if rows - fitted < _TUNE_MIN_ROWS:
+            problem = (
+                f"{self._window_rows(rows)}, and tune.holdout_fraction {held_back:g} holds back the last {rows - fitted} of them "
+                f"to plant anomalies in and score each trial on, which needs at least {_TUNE_MIN_ROWS}: every tune run would fail"
+            )
+        else:
+            searched = f"{kinds[0]} needs" if len(kinds) == 1 else f"the fewest of the kinds searched ({', '.join(kinds)}) is"
+            problem = (
+                f"{searched} at least {needed} training rows{why}, but {self._window_rows(rows)}, and a tune trial fits on the "
+                f"first {fitted} of them (tune.holdout_fraction holds the last {held_back:.0%} back to score it): every trial would fail"
+            )
+        # Below the answer (a tail holds fewer than rows * share + 1), a few steps: a share of 1e-9 asks 10**10 rows.
+        least_rows = max(rows, math.floor(max(needed / (1 - held_back), (_TUNE_MIN_ROWS - 1) / held_back)) - 2)
+        while not works(least_rows, held_back):
+            least_rows += 1
+        least = least_rows * self.frequency
+        if least >= timedelta(days=1):  # a whole number of days reads better, and is still enough
+            least = timedelta(days=math.ceil(least / timedelta(days=1)))
+        fractions = [f / 100 for f in range(1, 100) if works(rows, f / 100)]
+        if not fractions:
+            raise _FieldError("training_window", f"{problem}; use a training_window of at least {duration_text(least)}")
+        better = f"at least {fractions[0]:g}" if fractions[0] > held_back else f"at most {fractions[-1]:g}"
+        raise _FieldError(
+            "tune.holdout_fraction",
+            f"{problem}; use a tune.holdout_fraction of {better}, or a training_window of at least {duration_text(least)}",
+        )
 
     def _alerted_features_exist(self) -> None:
         unknown = sorted(set(self.alerts.features) - set(self.features)) if self.alerts else []

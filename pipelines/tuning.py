@@ -326,7 +326,18 @@ def _search(job: JobConfig, series: str, holdout: Holdout, spaces: dict[str, dic
         else:
             try:
                 detector = detector_for(job, params, kind).fit(holdout.head)
-                record["scores"] = evaluate(detector, holdout)
+                fallback = getattr(detector, "season_fallback_", None)
+                if fallback and "season" in params:
+                    # The searched season did not fit twice in the head, so the detector fitted
+                    # without one: scored, the trial judged no season under the season's name,
+                    # and a winner became a seasonal model (refitted on the whole window) that no
+                    # trial scored. The job's own season falls back in training too: kept.
+                    record["skipped"] = (
+                        f"season {params['season']} needs two seasons of rows, more than the {len(holdout.head)} a trial fits "
+                        "on: it would fit without a season (widen training_window to tune it)"
+                    )
+                else:
+                    record["scores"] = evaluate(detector, holdout)
             except (ModelError, ConfigError) as exc:
                 record["skipped"] = str(exc)
             except Exception as exc:  # one candidate's numerical failure (LinAlgError...) must not end the study

@@ -324,6 +324,32 @@ def test_connection_description_never_shows_a_secret(url: str, shown: str) -> No
          "training_window of 28d holds 672 rows of 1h, and a tune trial fits on the first 268 of them (tune.holdout_fraction "
          "holds the last 60% back to score it): every iforest trial with window 168 would fail; use a window of at most 134, "
          "or a training_window of at least 35d"),
+        # A season the trial's rows hold fewer than two of: each trial fitted without one, under its name.
+        ({"training_window": "14d", "tune": {"grid": {"season": ["1d", "1w"]}}},
+         "tune.grid.season: season 1w needs two seasons of rows to learn a profile (336 rows for 1w), but a training_window "
+         "of 14d holds 336 rows of 1h, and a tune trial fits on the first 252 of them (tune.holdout_fraction holds the last "
+         "25% back to score it): every seasonal_mad trial with it would fit without a season, scored under its name; use "
+         "season among 1d, null, or a training_window of at least 19d"),
+        # Rows every tune run needs, in a job that tunes: it failed at its first tune run, not at load.
+        ({"frequency": "1d", "training_window": "30d", "model": {"kind": "seasonal_mad", "params": {"season": None}},
+          "schedules": {"tune": "0 3 * * 0"}},
+         "tune.holdout_fraction: a training_window of 30d holds 30 rows of 1d, and tune.holdout_fraction 0.25 holds back the "
+         "last 8 of them to plant anomalies in and score each trial on, which needs at least 10: every tune run would fail; "
+         "use a tune.holdout_fraction of at least 0.31, or a training_window of at least 37d"),
+        ({"training_window": "7d", "tune": {"holdout_fraction": 0.04}},
+         "tune.holdout_fraction: a training_window of 7d holds 168 rows of 1h, and tune.holdout_fraction 0.04 holds back the "
+         "last 7 of them"),
+        ({"model": {"kind": "context"}, "training_window": "63h", "tune": {}},
+         "tune.holdout_fraction: context needs at least 50 training rows, but a training_window of 63h holds 63 rows of 1h, "
+         "and a tune trial fits on the first 47 of them (tune.holdout_fraction holds the last 25% back to score it): every "
+         "trial would fail; use a tune.holdout_fraction of at most 0.2, or a training_window of at least 3d"),
+        ({"model": {"kind": "iforest"}, "training_window": "62h", "tune": {"grid": {"n_estimators": [100]}}},
+         "tune.holdout_fraction: iforest needs at least 48 training rows (2 windows of 24 rows), but"),
+        ({"frequency": "1d", "training_window": "26d", "model": {"kind": "seasonal_mad", "params": {"season": None}},
+          "tune": {"trials": 5}},
+         "training_window: a training_window of 26d holds 26 rows of 1d, and tune.holdout_fraction 0.25 holds back the last 7 "
+         "of them to plant anomalies in and score each trial on, which needs at least 10: every tune run would fail; use a "
+         "training_window of at least 37d"),
     ],
 )
 def test_settings_that_fail_every_training_together_are_refused_at_the_field(overrides, line):
@@ -356,6 +382,13 @@ def test_settings_that_fail_every_training_together_are_refused_at_the_field(ove
         {"training_window": "14d", "model": {"kind": "iforest"}, "tune": {"grid": {"window": [126]}}},
         {"frequency": "1d", "training_window": "365d", "model": {"kind": "seasonal_mad", "params": {"season": None}},
          "tune": {"grid": {"season": ["1w", None]}}},
+        # Two weeks of a trial's rows: 1w is learned. A job that only trains is not held to tuning's rows.
+        {"training_window": "19d", "tune": {"grid": {"season": ["1d", "1w"]}}},
+        {"frequency": "1d", "training_window": "30d", "model": {"kind": "seasonal_mad", "params": {"season": None}}},
+        {"frequency": "1d", "training_window": "30d", "model": {"kind": "seasonal_mad", "params": {"season": None}},
+         "tune": {"holdout_fraction": 0.31}},
+        # The search space's smallest window fits a trial where the job's own would not.
+        {"model": {"kind": "iforest"}, "training_window": "62h", "tune": {}},
     ],
 )
 def test_settings_that_train_together_are_accepted(overrides):
@@ -407,6 +440,30 @@ def test_a_tune_trial_fits_on_the_rows_the_job_file_check_counts(monkeypatch):
         IsolationForestDetector(window=127, n_estimators=10).fit(head)
 
 
+def test_a_tune_run_has_the_rows_the_job_file_check_counts(monkeypatch):
+    # At the limit the split of pipelines.tuning succeeds; one day fewer, the job file is refused
+    # and the split fails as every tune run of it did.
+    import numpy as np
+    import pandas as pd
+
+    from pipelines import tuning
+    from pipelines.errors import ModelError
+
+    monkeypatch.setattr(tuning, "_series_labels", lambda *args: [])
+    daily = {"frequency": "1d", "model": {"kind": "seasonal_mad", "params": {"season": None}}, "tune": {}}
+    job = parse_job(minimal(training_window="37d", **daily))
+    with pytest.raises(ConfigError, match="tune.holdout_fraction 0.25 holds back the last 9"):
+        parse_job(minimal(training_window="36d", **daily))
+    for rows in (37, 36):
+        index = pd.date_range("2024-01-01", periods=rows, freq="1D", tz="UTC")
+        data = pd.DataFrame({"value": np.random.default_rng(0).normal(size=rows)}, index=index)
+        if rows == 37:
+            assert len(tuning.prepare_holdout(job, "all", data).clean) == 10
+        else:
+            with pytest.raises(ModelError, match="too few to tune"):
+                tuning.prepare_holdout(job, "all", data)
+
+
 def _one_row_fewer_than(kind: str, params: dict, features: int = 1):
     """The detector's own error when fitted on one row fewer than the job file check asks for."""
     import numpy as np
@@ -451,11 +508,12 @@ def test_a_frequency_given_as_a_timedelta_must_be_positive(frequency):
 
 
 def test_the_duplicated_constants_are_the_sources():
-    from pipelines import config, training
+    from pipelines import config, training, tuning
     from pipelines.detectors import mset
 
     assert config._TRAINING_HOLDOUT == training.HOLDOUT_FRACTION
     assert config._MSET_LONE_SIGNAL_LAGS == mset._LONE_SIGNAL_LAGS
+    assert config._TUNE_MIN_ROWS == tuning._MIN_ROWS
 
 
 @pytest.mark.parametrize(("season", "frequency"), [("30m", "1h"), ("1h", "1h"), ("90m", "1h"), ("2h", "1h"), ("1d", "7min"), ("1d", "1d")])

@@ -215,6 +215,20 @@ def test_a_small_grid_is_tried_exhaustively_once_per_point(tmp_path, daily):
     assert registry_for(job).champion(job.name, SERIES).metadata["params"]["season"] == "1d"
 
 
+def test_a_searched_season_a_trial_cannot_learn_is_skipped_not_scored_as_no_season(tmp_path, daily):
+    # Two weeks of history (a new series): a trial fits on 252 rows, fewer than two weeks, and the
+    # detector fitted without a season. The 1w trial scored as null did, won as the first of
+    # equals, and the refit on all 336 rows served a weekly profile that no trial had scored.
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"season": ["1w", None]})
+    result = tune_series(job, SERIES, daily.iloc[: 14 * 24])
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    weekly, none = record["trials"]
+    assert weekly["params"] == {"season": "1w"} and "objective" not in weekly
+    assert weekly["skipped"].startswith("season 1w needs two seasons of rows, more than the 252 a trial fits on")
+    assert none["params"] == {"season": None} and "objective" in none
+    assert result["params"] == {"season": None}
+
+
 def test_the_trial_budget_and_the_timeout_stop_the_search(tmp_path, daily):
     job = make_job(tmp_path, {"kind": "level_shift"}, trials=4)
     assert tune_series(job, SERIES, daily)["trials"] == 4
