@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from pipelines.config import SqlConnection, resolve_path
-from pipelines.errors import ConfigError, MissingDependencyError
+from pipelines.errors import ConfigError, MissingDependencyError, install_hint
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _install_hint(url: sa.URL) -> str:
     extra, package = EXTRAS.get(url.get_backend_name(), (None, None))
     if extra is None:
         return "install the driver named in the URL, or name an installed one"
-    return f"pip install 'anomaly-pipelines[{extra}]' (or pip install {package})"
+    return install_hint(package, extra)
 
 
 #: Driver options whose values are secrets: libpq's ``sslpassword`` (the client key's passphrase),

@@ -53,11 +53,15 @@ class SinkError(PipelineError):
     """Results could not be written."""
 
 
+def install_hint(package: str, extra: str) -> str:
+    """The command that installs ``extra``: anomaly-pipelines is installed from its repository
+    (``make`` runs ``pip install -e``), not from PyPI, where ``pip install 'anomaly-pipelines[extra]'``
+    finds no such project; ``-c constraints.txt`` keeps the versions the lock pins."""
+    return f"pip install -c constraints.txt -e '.[{extra}]' in the anomaly-pipelines repository (or pip install {package})"
+
+
 class MissingDependencyError(PipelineError):
     """An optional package is needed; the message gives the install command."""
 
     def __init__(self, package: str, extra: str, purpose: str):
-        super().__init__(
-            f"{purpose} needs the optional package {package!r}: "
-            f"pip install 'anomaly-pipelines[{extra}]' (or pip install {package})"
-        )
+        super().__init__(f"{purpose} needs the optional package {package!r}: {install_hint(package, extra)}")

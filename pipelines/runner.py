@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
 
-from pipelines.config import JobConfig
-from pipelines.errors import ConfigError, ModelError, PipelineError
+from pipelines.config import JobConfig, resolve_path
+from pipelines.errors import ConfigError, ModelError, PipelineError, SourceConfigError
 from pipelines.extraction import extract, extract_chunks, read_series, validate
 from pipelines.scoring import PublishResult, check_serving, publish_file, publish_scored, score_chunk, score_series
 from pipelines.training import registry_for, train_series
 from pipelines.tuning import tune_series
-from pipelines.workspace import Window, Workspace, check_output_file, one_off_output
+from pipelines.workspace import Window, Workspace, check_output_file, file_identity, one_off_output
 
 #: Rows per chunk of a one-off scoring input: bounds memory (a few hundred MB per chunk).
 DEFAULT_CHUNK_ROWS = 250_000
@@ -170,7 +172,9 @@ def check_one_off(
     """Refuse a one-off scoring request that cannot be right, before anything is read or scored.
 
     An ``output`` without ``input`` would score the window into the job's own outputs, and a
-    window beside ``input`` would be ignored: neither is what was asked for.
+    window beside ``input`` would be ignored: neither is what was asked for. An ``output`` that
+    is the input file (or one its glob matches) would replace the data with its scores, and one
+    in the job's Parquet dataset would be read as its published scores.
     """
     if not input_path:
         if output:
@@ -183,8 +187,37 @@ def check_one_off(
         raise ConfigError(f"job {job.name}: input {input_path!r} is scored whole: leave out start and end")
     if chunk_rows < 1:
         raise ConfigError(f"job {job.name}: chunk_rows must be a positive number of rows, got {chunk_rows}")
+    # A job's source may not have landed yet, so reading it fails as a source error, which Airflow
+    # retries; a misspelt input of a one-off run does not appear on a retry, and the predict DAG
+    # spent its two retries (minutes) on it. A local file is checked here, as a configuration error.
+    read_from = resolve_path(input_path)
+    if "://" not in read_from and not any(char in read_from for char in "*?[") and not os.path.exists(read_from):
+        raise SourceConfigError(
+            f"job {job.name}: input {input_path!r} ({read_from}): no such file or folder. "
+            "Check the input path (predict's --input, or the run's `input`)"
+        )
     if output:
         check_output_file(output, f"job {job.name}: output")
+        # The CLI refused this itself, but the predict DAG's run conf came here unchecked: the
+        # scored Parquet file replaced the very input it came from. The input resolves as the
+        # reader resolves it (against the project root); the output is written as given.
+        read, written = file_identity(read_from), file_identity(output)
+        if written == read or PurePosixPath(written).match(read):
+            raise ConfigError(
+                f"job {job.name}: output {output!r} is the input file ({input_path!r}): writing the scores "
+                "there would replace the data they come from; give another output path, or leave it out"
+            )
+        # A file in the job's Parquet dataset is read as the job's scores (or replaces a partition
+        # of them): a one-off file there duplicated every published row it covered. Parquet
+        # readers skip names starting with "_" or ".", as the default _one_off/ folder is.
+        root = file_identity(resolve_path(job.outputs.parquet)).rstrip("/")
+        inside = written.removeprefix(root + "/") if written.startswith(root + "/") else None
+        if inside is not None and not any(part.startswith(("_", ".")) for part in inside.split("/")):
+            raise ConfigError(
+                f"job {job.name}: output {output!r} is inside the Parquet dataset of the job's outputs ({root}), "
+                "where it would be read as published scores; write it elsewhere, or leave output out "
+                f"(it then goes to {root}/_one_off/)"
+            )
 
 
 def cleanup(job: JobConfig, run_id: str) -> None:

@@ -136,7 +136,7 @@ def test_a_missing_driver_names_the_extra_to_install(url, module, extra, tmp_pat
     monkeypatch.setitem(sys.modules, module, None)
     url = url.format(db=f"missing_{module}", tmp=tmp_path)  # a URL no earlier test made an engine for
 
-    with pytest.raises(ConfigError, match=re.escape(f"pip install 'anomaly-pipelines[{extra}]'")) as info:
+    with pytest.raises(ConfigError, match=re.escape(f"pip install -c constraints.txt -e '.[{extra}]' in the anomaly-pipelines repository")) as info:
         engine_for(SqlConnection(url=url))
     assert "s3cret" not in str(info.value)
 

@@ -184,7 +184,7 @@ def test_without_the_client_the_error_names_the_bigquery_extra(monkeypatch: pyte
     with pytest.raises(
         MissingDependencyError,
         match=r"^The bigquery output needs the optional package 'google-cloud-bigquery': "
-        r"pip install 'anomaly-pipelines\[bigquery\]'",
+        r"pip install -c constraints.txt -e '\.\[bigquery\]' in the anomaly-pipelines repository",
     ):
         gcp.bigquery_client(purpose="The bigquery output", project="p")
 

@@ -81,7 +81,7 @@ def test_bad_input_and_a_missing_matplotlib_say_what_is_wrong(tmp_path, monkeypa
     with pytest.raises(DataValidationError, match="no output rows"):
         plot_outputs(outputs(1, {}).iloc[:0], tmp_path / "x.png")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib then raises ImportError
-    with pytest.raises(MissingDependencyError, match=r"pip install 'anomaly-pipelines\[plot\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install -c constraints.txt -e '\.\[plot\]' in the anomaly-pipelines repository"):
         plot_outputs(outputs(1, {}), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 

@@ -311,18 +311,35 @@ def test_publishing_a_one_off_run_into_a_folder_is_a_configuration_error(trained
         ({"start": "2024-03-01"}, r"input 'in.csv' is scored whole: leave out start and end"),
         ({"chunk_rows": 0}, r"chunk_rows must be a positive number of rows, got 0"),
         ({"output": "{folder}"}, r"job demo_web_metrics: output '.*/out' is a folder: give the path of the Parquet file"),
+        # The input resolves against the project root: the same file, however each is spelt.
+        ({"output": "{base}/in.csv"}, r"output '.*/in.csv' is the input file \('in.csv'\): writing the scores there would replace"),
+        ({"input_path": "batches/*.csv", "output": "{base}/batches/b.csv"}, r"output '.*/batches/b.csv' is the input file"),
+        # Read as the job's published scores: every row it covered was there twice.
+        (
+            {"output": "{base}/var/outputs/job=demo_web_metrics/scored.parquet"},
+            r"output '.*/job=demo_web_metrics/scored.parquet' is inside the Parquet dataset of the job's outputs",
+        ),
+        # A configuration error, which the DAG fails at once: as a source error it took both retries.
+        ({"input_path": "inn.csv"}, r"input 'inn.csv' \(.*/inn.csv\): no such file or folder. Check the input path"),
     ],
-    ids=["output-without-input", "window-with-input", "chunk-rows", "output-folder"],
+    ids=[
+        "output-without-input", "window-with-input", "chunk-rows", "output-folder", "output-is-input", "output-in-input-glob",
+        "output-in-the-dataset", "missing-input",
+    ],
 )
 def test_bad_one_off_arguments_are_refused_before_any_work(project, tmp_path, args, message):
     # The predict DAG's extract checks its conf with this: an output folder was found by publish,
     # after every chunk was scored; an output without input, or a window beside it, was ignored.
     (tmp_path / "out").mkdir()
+    (project / "in.csv").touch()
     given = {"input_path": "in.csv", "output": None, "chunk_rows": 1000, **args}
-    given["output"] = given["output"] and given["output"].replace("{folder}", str(tmp_path / "out"))
+    given["output"] = given["output"] and given["output"].replace("{folder}", str(tmp_path / "out")).replace("{base}", str(project))
     with pytest.raises(ConfigError, match=message):
         check_one_off(get_job("demo_web_metrics"), **given)
     check_one_off(get_job("demo_web_metrics"), input_path="in.csv", output=str(tmp_path / "out" / "s.parquet"), chunk_rows=1000)
+    check_one_off(get_job("demo_web_metrics"), input_path="batches/*.csv", output=str(project / "batches.parquet"), chunk_rows=1000)
+    # Beside the dataset's partitions, in a folder Parquet readers skip, as the default _one_off/ is.
+    check_one_off(get_job("demo_web_metrics"), input_path="in.csv", output=str(project / "var/outputs/_mine/s.parquet"), chunk_rows=1000)
     check_one_off(get_job("demo_web_metrics"), input_path=None, output=None, chunk_rows=1000, start="2024-03-01")
 
 

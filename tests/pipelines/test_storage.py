@@ -181,8 +181,8 @@ def test_shortened_temporary_names_stay_apart_and_within_the_limit() -> None:
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("gs://bucket/key", r"Access to gs://bucket/key needs .*'gcsfs'.*pip install 'anomaly-pipelines\[gcs\]'"),
-        ("s3://bucket/key", r"pip install 'anomaly-pipelines\[s3\]'"),
+        ("gs://bucket/key", r"Access to gs://bucket/key needs .*'gcsfs'.*pip install -c constraints.txt -e '\.\[gcs\]'"),
+        ("s3://bucket/key", r"pip install -c constraints.txt -e '\.\[s3\]' in the anomaly-pipelines repository"),
     ],
 )
 def test_a_missing_file_system_package_gives_the_install_command(monkeypatch, url: str, says: str) -> None:

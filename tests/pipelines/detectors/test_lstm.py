@@ -75,7 +75,7 @@ def test_without_torch_the_extra_is_named() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
-    assert "pip install 'anomaly-pipelines[lstm]'" in result.stderr
+    assert "pip install -c constraints.txt -e '.[lstm]' in the anomaly-pipelines repository" in result.stderr
 
 
 # -- warm start ---------------------------------------------------------------------------------------

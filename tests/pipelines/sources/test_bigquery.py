@@ -102,7 +102,7 @@ def test_without_the_package_the_error_gives_the_install_command(make_job, monke
     with pytest.raises(
         MissingDependencyError,
         match=r"^The bigquery source needs the optional package 'google-cloud-bigquery': "
-        r"pip install 'anomaly-pipelines\[bigquery\]' \(or pip install google-cloud-bigquery\)$",
+        r"pip install -c constraints.txt -e '\.\[bigquery\]' in the anomaly-pipelines repository \(or pip install google-cloud-bigquery\)$",
     ):
         read_window(job, pd.Timestamp("2024-01-01", tz="UTC"), None)
 
