@@ -241,9 +241,15 @@ class FileReader:
         if any(char in root for char in "*?["):
             matches = fs.glob(root, detail=True)
             names = sorted(name for name, info in matches.items() if info["type"] == "file")
+            literal = root[: min(root.index(char) for char in "*?[" if char in root)]
+            base = literal.rsplit("/", 1)[0] if "/" in literal else ""
+            # fsspec's "*" matches hidden names too, unlike a shell's: as in a folder, hidden and
+            # Hadoop-style files and folders (.part-0.csv, _temporary/) are not data, and
+            # "data/**/*.csv" read a writer's unfinished attempt beside its output. A pattern
+            # naming such a part itself (data/_staging/*.csv below "data/*") is taken at its word.
+            if not any(part.startswith((".", "_")) for part in PurePosixPath(root[len(base) :].lstrip("/")).parts):
+                names = [name for name in names if not _hidden(name, base)]
             if names:
-                literal = root[: min(root.index(char) for char in "*?[" if char in root)]
-                base = literal.rsplit("/", 1)[0] if "/" in literal else ""
                 return [_File(name, _hive_keys(name, base), base) for name in names]
             # A pattern does not match a name holding its own brackets ("report [final].csv"):
             # when the path exists as written, that is what is meant.
@@ -382,6 +388,12 @@ def _hive_keys(name: str, base: str) -> dict[str, str | None]:
             key, value = part.split("=", 1)
             keys[unquote(key)] = None if value == HIVE_NULL else unquote(value)
     return keys
+
+
+def _hidden(name: str, base: str) -> bool:
+    """Whether a file or folder between ``base`` and ``name`` is hidden or Hadoop's (``_SUCCESS``)."""
+    relative = PurePosixPath(name[len(base) :].lstrip("/")) if base and name.startswith(base) else PurePosixPath(name)
+    return any(part.startswith((".", "_")) for part in relative.parts)
 
 
 def _partition_columns(file: _File, job: JobConfig, present: Iterable[str]) -> dict[str, str | None]:
@@ -532,6 +544,11 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
     except FileNotFoundError as exc:
         raise fail(f"{what} vanished while it was read ({exc})", "Run again once the data is in place.") from exc
     except OSError as exc:
+        if _replaced(exc):
+            raise fail(
+                f"{what} changed while it was read ({exc})",
+                "Run again once the writer has finished: the next read takes the new version whole.",
+            ) from exc
         raise fail(
             f"cannot read {what} ({exc})",
             "Check that the storage is reachable and that `storage_options` are right.",
@@ -566,6 +583,16 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
         if not missing_credentials(exc):
             raise
         raise fail(f"no credentials to read {what} ({exc})", credentials_hint("`storage_options`", exc)) from exc
+
+
+def _replaced(exc: OSError) -> bool:
+    """Whether s3fs refused to read on because the object changed since it was listed (its ETag):
+    "check that the storage is reachable" would send one checking the endpoint and credentials."""
+    try:
+        from s3fs.utils import FileExpired
+    except ImportError:  # without s3fs, nothing raises it
+        return False
+    return isinstance(exc, FileExpired)
 
 
 def _compression(name: str) -> str | None:
@@ -761,7 +788,10 @@ def _check_csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encodin
 def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
     seen: list[str] = []
     with _decoding(fs, file, encoding), open_data(fs, file) as handle:
-        frame = pd.read_csv(handle, **_csv_options(job, encoding, seen))
+        try:
+            frame = pd.read_csv(handle, **_csv_options(job, encoding, seen))
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()  # see _csv_chunks
     _check_csv_header(fs, file, job, encoding, seen)
     return frame
 
@@ -769,7 +799,13 @@ def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) 
 def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
     seen: list[str] = []
     with _decoding(fs, file, encoding), open_data(fs, file) as handle:
-        chunks = pd.read_csv(handle, chunksize=rows, **_csv_options(job, encoding, seen))
+        try:
+            chunks = pd.read_csv(handle, chunksize=rows, **_csv_options(job, encoding, seen))
+        except pd.errors.EmptyDataError:
+            # A file without even a header holds no rows, as an empty jsonl file does: Spark and
+            # other writers leave one per empty partition, and it failed the whole read as
+            # "truncated or corrupt".
+            return
         _check_csv_header(fs, file, job, encoding, seen)  # the reader has read the header
         yield from chunks
 
@@ -898,7 +934,15 @@ def _job_schema(dataset: ds.Dataset, job: JobConfig, fail: Fail, shown: Callable
                     f"Write {name!r} with one type in every file (for timestamps: all with a time zone, or all without).",
                 ) from None
             # Timestamps in different zones are instants all the same: compare them in UTC.
-            kind = pa.timestamp("ns" if any(kind.unit == "ns" for kind in distinct) else "us", "UTC")
+            utc = pa.timestamp("ns" if any(kind.unit == "ns" for kind in distinct) else "us", "UTC")
+            # Arrow compares a file's row-group statistics with the window only when one cast
+            # makes their types alike: a file differing from ``utc`` in both zone and unit
+            # failed the read ("no kernel matching input types"). Its window is then applied
+            # to the values read instead (see _window_filter).
+            if any(kind.unit != utc.unit and kind.tz != utc.tz for kind in distinct):
+                fields.append(pa.field(name, utc, metadata={_NO_STATISTICS: b"1"}))
+                continue
+            kind = utc
         fields.append(pa.field(name, kind))
     return pa.schema(fields)
 
@@ -907,23 +951,40 @@ def _read_parquet(dataset: ds.Dataset, job: JobConfig, start: pd.Timestamp | Non
     """The job's columns; Arrow skips what lies outside the window when the timestamp column
     has a timestamp type."""
     columns = [name for name in job.columns if name in dataset.schema.names]
-    kind = dataset.schema.field(job.timestamp).type if job.timestamp in dataset.schema.names else None
-    window = _window_filter(job.timestamp, kind, start, end) if isinstance(kind, pa.TimestampType) else None
+    field = dataset.schema.field(job.timestamp) if job.timestamp in dataset.schema.names else None
+    window = None
+    if field is not None and isinstance(field.type, pa.TimestampType):
+        statistics = not (field.metadata and _NO_STATISTICS in field.metadata)
+        window = _window_filter(job.timestamp, field.type, start, end, statistics=statistics)
     return dataset.to_table(columns=columns, filter=window).to_pandas()
 
 
+#: Field metadata of a timestamp column whose row-group statistics Arrow cannot compare with
+#: the window in every file (see _job_schema).
+_NO_STATISTICS = b"anomaly_pipelines.no_statistics"
+
+#: What nanosecond timestamps can hold: every value of such a column lies in between.
+_NANOSECONDS = (pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC"))
+
+
 def _window_filter(
-    name: str, kind: pa.TimestampType, start: pd.Timestamp | None, end: pd.Timestamp | None
+    name: str, kind: pa.TimestampType, start: pd.Timestamp | None, end: pd.Timestamp | None, *, statistics: bool = True
 ) -> ds.Expression | None:
-    column = ds.field(name)
+    # A cast hides the column from Arrow's statistics: every row group is read, then filtered.
+    column = ds.field(name) if statistics else ds.field(name).cast(kind)
     inside: ds.Expression | None = None
     for bound, compare in ((start, operator.ge), (end, operator.lt)):
         if bound is None:
             continue
-        # Arrow compares only identical types. Rounding the bound up to the column's unit keeps
-        # both ">= start" and "< end" exact; a naive column holds UTC wall times.
-        value = bound.ceil(kind.unit)
-        condition = compare(column, pa.scalar(value if kind.tz else value.tz_convert(None), type=kind))
+        if kind.unit == "ns" and not _NANOSECONDS[0] <= bound <= _NANOSECONDS[1]:
+            # A bound such as --start 1000-01-01 has no nanosecond value (OverflowError): it
+            # keeps every row of the column on its side, or none.
+            condition = ds.scalar((bound < _NANOSECONDS[0]) == (compare is operator.ge))
+        else:
+            # Arrow compares only identical types. Rounding the bound up to the column's unit
+            # keeps both ">= start" and "< end" exact; a naive column holds UTC wall times.
+            value = bound.ceil(kind.unit)
+            condition = compare(column, pa.scalar(value if kind.tz else value.tz_convert(None), type=kind))
         inside = condition if inside is None else inside & condition
     # Rows without a timestamp stay, as for csv: validation reports them.
     return None if inside is None else inside | column.is_null()

@@ -142,6 +142,19 @@ def test_glob_reads_matching_files_in_name_order(make_job, hourly, tmp_path: Pat
     assert frame.index.equals(pd.RangeIndex(2))
 
 
+def test_glob_skips_hidden_and_hadoop_files_unless_the_pattern_names_them(make_job, hourly, tmp_path: Path) -> None:
+    # fsspec's "*" matches ".part-0.csv" and "**" descends into a writer's "_temporary/": their
+    # rows were read a second time.
+    for name in ("date=2024-01-01/part-0.csv", "date=2024-01-01/.part-0.csv", "_temporary/0/date=2024-01-01/part-0.csv"):
+        (tmp_path / "m" / name).parent.mkdir(parents=True, exist_ok=True)
+        write(hourly, str(tmp_path / "m" / name), "csv")
+
+    for pattern in ("m/**/*.csv", "m/*/*.csv", "m/date=*/*"):
+        assert hours(read_window(make_job(file_source(str(tmp_path / pattern))), START, END)) == ["01:00", "02:00"]
+    named = make_job(file_source(str(tmp_path / "m" / "_temporary" / "*" / "*" / "*.csv")))
+    assert hours(read_window(named, START, END)) == ["01:00", "02:00"]
+
+
 def test_a_path_whose_name_holds_brackets_is_read_as_written(make_job, hourly, tmp_path: Path) -> None:
     # "[final]" as a pattern matches one letter, never the file's own name.
     for name in ("report [final].csv", "export [2024]/part.csv"):
@@ -287,6 +300,17 @@ def test_an_empty_file_among_others_lacks_no_column(make_job, hourly, tmp_path: 
     assert len(read_window(make_job({"kind": "file", "path": str(tmp_path)}), START, END)) == 2
 
 
+@pytest.mark.parametrize("empty", [b"", b"\n", gzip.compress(b"")], ids=["nothing", "a-blank-line", "gzip-of-nothing"])
+def test_an_empty_csv_file_among_others_holds_no_rows(make_job, hourly, tmp_path: Path, empty: bytes) -> None:
+    # Spark leaves an empty part file per empty partition; it failed every read as "truncated or corrupt".
+    write(hourly, str(tmp_path / "part-0.csv"), "csv")
+    (tmp_path / ("part-1.csv.gz" if empty.startswith(b"\x1f\x8b") else "part-1.csv")).write_bytes(empty)
+    job = make_job({"kind": "file", "path": str(tmp_path)})
+
+    assert hours(read_window(job, START, END)) == ["01:00", "02:00"]
+    assert [len(chunk) for chunk in FileReader(job).iter_chunks(4)] == [4, 2]
+
+
 @pytest.mark.parametrize(
     ("other", "says"),
     [
@@ -323,6 +347,34 @@ def test_parquet_files_with_compatible_types_are_read_together(make_job, hourly,
 
     assert frame["value"].tolist() == [2.0, 3.5, 4.5]
     assert list(parse_timestamps(frame["ts"])) == [at("2024-01-01 02:00"), at("2024-01-01 03:00"), at("2024-01-01 04:00")]
+
+
+@pytest.mark.parametrize(("first", "later"), [("us", "ms"), ("ms", "ms"), ("ns", "us")])
+def test_parquet_files_in_other_zones_and_units_are_read_together(make_job, hourly, tmp_path: Path, first, later) -> None:
+    # Arrow could not compare the statistics of a file differing from the common type (UTC,
+    # the finest unit) in both zone and unit with the window: "truncated or corrupt".
+    ts = pd.to_datetime(hourly["ts"]).dt.tz_localize("UTC")
+    write(hourly.iloc[:3].assign(ts=ts.iloc[:3].astype(f"datetime64[{first}, UTC]")), str(tmp_path / "p0.parquet"), "parquet")
+    tokyo = ts.iloc[3:].dt.tz_convert("Asia/Tokyo").astype(f"datetime64[{later}, Asia/Tokyo]")
+    write(hourly.iloc[3:].assign(ts=tokyo), str(tmp_path / "p1.parquet"), "parquet")
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path)}), at("2024-01-01 02:00"), at("2024-01-01 05:00"))
+
+    assert hours(frame) == ["02:00", "03:00", "04:00"]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [("1000-01-01", "2024-01-01 02:00", ["00:00", "01:00"]), ("2024-01-01 04:00", "9999-01-01", ["04:00", "05:00"]),
+     ("2300-01-01", None, []), (None, "1600-01-01", [])],
+)
+def test_window_bounds_beyond_nanosecond_timestamps_read_parquet(make_job, hourly, tmp_path: Path, start, end, expected) -> None:
+    # Every nanosecond timestamp lies in 1677-2262; --start 1000-01-01 was a raw OverflowError.
+    write(hourly.assign(ts=pd.to_datetime(hourly["ts"]).astype("datetime64[ns]")), str(tmp_path / "m.parquet"), "parquet")
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path / "m.parquet")}), start and at(start), end and at(end))
+
+    assert hours(frame) == expected
 
 
 def test_a_categorical_column_in_one_parquet_file_reads_with_the_plain_one_of_another(make_job, hourly, tmp_path: Path) -> None:
@@ -971,6 +1023,29 @@ def test_s3_folder_markers_are_not_files(make_job, hourly, s3_bucket) -> None:
     assert hours(read_window(job, START, END)) == ["01:00", "02:00"]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_s3_object_replaced_while_it_is_read_says_so(make_job, hourly, s3_bucket, tmp_path: Path, monkeypatch, fmt: str) -> None:
+    # s3fs refuses to read on once the ETag changed since the listing; the error said to check
+    # that the storage is reachable.
+    bucket, options = s3_bucket
+    write(hourly.iloc[:1], f"s3://{bucket}/m/day.{fmt}", fmt, options)
+    write(hourly, str(tmp_path / f"day.{fmt}"), fmt)
+    listed = FileReader._files
+
+    def files_then_replaced(self, *args):
+        files = listed(self, *args)
+        # Another process writes: the reader's file system has not seen it.
+        client = boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1")
+        client.put_object(Bucket=bucket, Key=f"m/day.{fmt}", Body=(tmp_path / f"day.{fmt}").read_bytes())
+        return files
+
+    monkeypatch.setattr(FileReader, "_files", files_then_replaced)
+    job = make_job({"kind": "file", "path": f"s3://{bucket}/m", "storage_options": options})
+
+    with pytest.raises(SourceError, match=rf"m/day\.{fmt} changed while it was read .*Run again once the writer has finished"):
+        read_window(job, None, None)
+
+
 def test_missing_bucket_is_named(make_job, s3_endpoint: str) -> None:
     options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
     for path in ("s3://no-such-bucket-here/m.csv", "s3://no-such-bucket-here/m/*.csv"):
@@ -1121,7 +1196,7 @@ def test_gs_without_gcsfs_names_the_extra(tmp_path: Path) -> None:
 
     assert done.stdout.strip() == (
         "job 'cpu_load': reading gs:// (gs://bucket/m.csv) needs the optional package 'gcsfs': "
-        "pip install 'anomaly-pipelines[gcs]' (or pip install gcsfs)"
+        "pip install -c constraints.txt -e '.[gcs]' in the anomaly-pipelines repository (or pip install gcsfs)"
     )
 
 
