@@ -280,6 +280,20 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unlabel(args: argparse.Namespace) -> int:
+    from pipelines.labels import LabelError, label_store
+
+    job = find_job(args.job)
+    removed = label_store(job).remove(job.name, args.series, args.start, args.end, feature=args.feature)
+    if removed is None:
+        raise LabelError(
+            f"job {job.name}, series {args.series!r}{', feature ' + repr(args.feature) if args.feature else ''}: "
+            f"no label on [{args.start}, {args.end}]; `anomaly-pipelines labels {job.name}` lists them with their exact start and end"
+        )
+    _print_json(removed.to_dict())
+    return 0
+
+
 def cmd_labels(args: argparse.Namespace) -> int:
     from pipelines.labels import LabelError, as_utc, label_store
 
@@ -403,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--value-min", type=float, help="with --value-max: the event's value range (default: from the outputs)")
     label.add_argument("--value-max", type=float)
     label.set_defaults(func=cmd_label)
+
+    unlabel = commands.add_parser("unlabel", help="withdraw the verdict on an event (the label given by `label`)")
+    unlabel.add_argument("job", help=JOB_HELP)
+    unlabel.add_argument("--series", required=True, help="the label's series")
+    unlabel.add_argument("--start", required=True, help="the label's start (ISO 8601 with offset)")
+    unlabel.add_argument("--end", required=True, help="the label's end (ISO 8601 with offset)")
+    unlabel.add_argument("--feature", help="the label's feature (default: the whole-series label)")
+    unlabel.set_defaults(func=cmd_unlabel)
 
     labels = commands.add_parser("labels", help="list a job's labels as JSON")
     labels.add_argument("job", help=JOB_HELP)

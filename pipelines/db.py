@@ -291,3 +291,16 @@ def _set_session(statement: str, dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(statement)
     finally:
         cursor.close()
+
+
+def deadlocked(exc: Exception) -> bool:
+    """MySQL/MariaDB's deadlock error (1213): InnoDB rolled the whole transaction back, so
+    running it again is safe, and what MySQL's manual advises (the output table's writes and the
+    label store's retry on it).
+
+    Writers of different jobs to one table deadlock there (the tests make two do it): under REPEATABLE
+    READ each window DELETE also locks the gap up to the next job's rows, and each INSERT then
+    waits for the other's gap lock.
+    """
+    orig = getattr(exc, "orig", None)
+    return isinstance(exc, sa.exc.OperationalError) and getattr(orig, "args", ())[:1] == (1213,)

@@ -21,21 +21,25 @@ only, read as described in :meth:`LabelStore.known_false_alarm`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
+import random
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 
 from pipelines.config import JobConfig, get_job, resolve_path
-from pipelines.db import engine_for, precise_datetime
+from pipelines.db import deadlocked, engine_for, precise_datetime
 from pipelines.errors import ConfigError, SinkError
-from pipelines.series import ALL_SERIES
+from pipelines.series import ALL_SERIES, series_key
 from pipelines.sources.base import SUPPORTED_YEARS
 
 if TYPE_CHECKING:
@@ -53,6 +57,10 @@ OPTIONAL_FILE_COLUMNS = ("feature", "note", "value_min", "value_max", "author")
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
 #: The column of a whole-series label's per-feature value ranges.
 _RANGES = "value_ranges"
+#: Runs of a label write that collided with another writer's (see :meth:`LabelStore.write`).
+_WRITE_ATTEMPTS, _RETRY_BACKOFF_SECONDS = 5, 0.1
+#: Most series keys an "unknown series" error lists; beyond, it names the nearest to the one given.
+_SERIES_NAMED = 10
 
 
 class LabelError(ConfigError):
@@ -110,6 +118,10 @@ def _definition(name: str) -> sa.Table:
         # utf8mb4 on MySQL/MariaDB: their databases often default to latin1 (MariaDB's own default
         # before 11.6), where a label on series city=東京 or a note in Greek failed to be stored.
         mysql_charset="utf8mb4",
+        # A binary collation: their default ones ignore case and accents, so "region=EU" was the
+        # key of "region=eu" and "city=Koln" of "city=Köln": labelling one series deleted another's
+        # label, and a false alarm on one silenced the alerts of the other.
+        mysql_collate="utf8mb4_bin",
     )
 
 
@@ -199,15 +211,23 @@ def parse_verdict(value: Any, where: str = "label") -> bool:
 
 def check_series(job: JobConfig, series: str, where: str) -> None:
     """Refuse a series key that cannot be one of ``job``'s: ``all`` without dimensions, else
-    ``dim=value,...`` naming exactly the job's dimensions in order."""
+    ``dim=value,...`` naming exactly the job's dimensions in order, written as
+    :func:`pipelines.series.series_key` writes them."""
     if not job.dimensions:
         if series != ALL_SERIES:
             raise LabelError(f"{where}: unknown series; job {job.name!r} has no dimensions, so its only series is 'all'")
         return
-    names = [part.split("=", 1)[0] for part in series.split(",")]
-    if names != list(job.dimensions) or any("=" not in part or not part.split("=", 1)[1] for part in series.split(",")):
-        example = ",".join(f"{d}=<value>" for d in job.dimensions)
-        raise LabelError(f"{where}: unknown series; series of job {job.name!r} are named {example}")
+    # Names and values are compared decoded and the key re-encoded: a dimension named "disk%" is
+    # "disk%25" in every key, and a value given raw ("host=a=b", "load=100%") is not the key its
+    # rows are stored under (a label on it would never judge them).
+    parts = [part.partition("=") for part in series.split(",")]
+    names, values = [unquote(name) for name, _, _ in parts], [unquote(value) for _, _, value in parts]
+    if names != list(job.dimensions) or not all(values) or series_key(job.dimensions, values) != series:
+        example = series_key(job.dimensions, ["<value>"] * len(job.dimensions))
+        raise LabelError(
+            f"{where}: unknown series; series of job {job.name!r} are named {example}, "
+            "with ',', '=' and '%' inside a value written %2C, %3D and %25"
+        )
 
 
 def _check_known_series(job: JobConfig, series: str, where: str) -> None:
@@ -216,7 +236,12 @@ def _check_known_series(job: JobConfig, series: str, where: str) -> None:
 
     known = ModelRegistry(resolve_path(job.registry), job.outputs.storage_options).series(job.name)
     if known and series not in known:
-        raise LabelError(f"{where}: unknown series; job {job.name!r} has models for {', '.join(known)}")
+        listed = ", ".join(known)
+        if len(known) > _SERIES_NAMED:
+            # A job may have thousands of series: naming them all made a 300 kB error for one typo.
+            near = difflib.get_close_matches(series, known, n=3) or known[:3]
+            listed = f"{len(known)} series, e.g. {', '.join(near)} (`anomaly-pipelines models {job.name}` lists them)"
+        raise LabelError(f"{where}: unknown series; job {job.name!r} has models for {listed}")
 
 
 def _output_rows(job: JobConfig, start: datetime | None, end: datetime | None) -> pd.DataFrame:
@@ -396,26 +421,54 @@ class LabelStore:
 
         Delete-then-insert rather than a dialect's upsert (``ON CONFLICT``, ``ON DUPLICATE KEY``):
         it is the same statement on every database, like the output table's window replace.
-        Two writers of the same key at once can still collide between the delete and the insert;
-        the unique constraint then refuses the second insert (never a duplicate) and the
-        transaction is retried once, which replaces the first writer's row.
+        Two writers at once can still collide between the delete and the insert: on the same key
+        the unique constraint refuses the second insert (never a duplicate); on MySQL/MariaDB even
+        two different events of one series can deadlock, as each DELETE also locks the gap where
+        the other inserts, and InnoDB rolls one transaction back. Either way the refused
+        transaction is run again, which stores its labels (replacing the first writer's row on the
+        same key): a person's verdict is not lost because someone else labelled at that moment.
         """
         labels = list(labels)
         self._prepare()
-        for attempt in (1, 2):
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 with self.engine.begin() as conn:
                     for label in labels:
                         conn.execute(sa.delete(self.table).where(*self._key(label)))
                         conn.execute(sa.insert(self.table).values(**self._row(label)))
                 return len(labels)
-            except sa.exc.IntegrityError as exc:
-                if attempt == 2:
-                    raise self._failure("write labels to", exc) from exc
-                log.info("a concurrent writer stored one of these labels first; retrying to replace it")
             except sa.exc.SQLAlchemyError as exc:
-                raise self._failure("write labels to", exc) from exc
+                if attempt == _WRITE_ATTEMPTS or not (isinstance(exc, sa.exc.IntegrityError) or deadlocked(exc)):
+                    raise self._failure("write labels to", exc) from exc
+                log.info("a concurrent writer of labels got in the way (attempt %d of %d); writing again", attempt, _WRITE_ATTEMPTS)
+                # Random, so that two writers that collided do not meet again.
+                time.sleep(random.uniform(0, _RETRY_BACKOFF_SECONDS * attempt))
         return 0  # pragma: no cover - the loop returns or raises
+
+    def remove(
+        self, job: str, series: str, start: datetime | str, end: datetime | str, *, feature: str | None = None
+    ) -> Label | None:
+        """Withdraw the verdict on one event (the key :meth:`add` stored it under); the removed
+        label, or None when there was none. A verdict given by mistake must be retractable:
+        flipping it to the opposite verdict still leaves a verdict that counts (a false alarm
+        silences alerts, a true anomaly is what tuning scores against)."""
+        where = _where(job, series, feature)
+        series = _text(series, "series", where)
+        if feature is not None:
+            feature = _text(feature, "feature", where) or None
+        start_at, end_at = as_utc(start, "start", where), as_utc(end, "end", where)
+        c = self.table.c
+        key = [c.job == job, c.series == series, c.feature == (feature or ""), c.start_time == _naive(start_at), c.end_time == _naive(end_at)]
+        [found] = self._select(sa.select(self.table).where(*key), "read labels from") or [None]
+        if found is None:
+            return None
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.delete(self.table).where(*key))
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._failure("remove a label from", exc) from exc
+        log.info("withdrew the verdict on %s [%s, %s]", where, start_at.isoformat(), end_at.isoformat())
+        return found
 
     def _key(self, label: Label) -> list[sa.ColumnElement[bool]]:
         c = self.table.c

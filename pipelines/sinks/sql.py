@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines import schema
-from pipelines.db import precise_datetime
+from pipelines.db import deadlocked, precise_datetime
 from pipelines.errors import SinkError
 from pipelines.sinks.base import as_output, checked_batch, utc
 
@@ -46,7 +46,7 @@ _JOB_NAME_LENGTH = 64  # pipelines.config.JOB_NAME allows 63 characters
 _CASE_INSENSITIVE_COLUMNS = frozenset({"sqlite", "mysql", "mariadb", "mssql", "duckdb"})
 #: Looks at the table before creating it or adding columns (see :meth:`SqlSink._prepare`).
 _PREPARE_ATTEMPTS = 3
-#: Runs of a write transaction that InnoDB chose as a deadlock victim (see :func:`_deadlocked`).
+#: Runs of a write transaction that InnoDB chose as a deadlock victim (see :func:`pipelines.db.deadlocked`).
 _WRITE_ATTEMPTS = 5
 #: Dialects whose floating-point columns cannot hold ±inf (MySQL/MariaDB's DOUBLE, SQL Server's
 #: FLOAT): the driver refused the whole write ("inf can not be used with MySQL"). An unbounded side
@@ -63,18 +63,6 @@ def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
     if conn.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest(), "big", signed=True)
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-
-
-def _deadlocked(exc: Exception) -> bool:
-    """MySQL/MariaDB's deadlock error (1213): InnoDB rolled the whole transaction back, so
-    running it again is safe, and what MySQL's manual advises.
-
-    Writers of different jobs to one table deadlock there (the tests make two do it): under REPEATABLE
-    READ each window DELETE also locks the gap up to the next job's rows, and each INSERT then
-    waits for the other's gap lock.
-    """
-    orig = getattr(exc, "orig", None)
-    return isinstance(exc, sa.exc.OperationalError) and getattr(orig, "args", ())[:1] == (1213,)
 
 
 def _column(name: str, kind: str) -> sa.Column[Any]:
@@ -264,7 +252,7 @@ class SqlSink:
                 break
             except Exception as exc:
                 conn.close()  # rolls back whatever was not committed
-                if attempt < _WRITE_ATTEMPTS and _deadlocked(exc):
+                if attempt < _WRITE_ATTEMPTS and deadlocked(exc):
                     log.warning(
                         "writing job %s to table %s: deadlock with another writer (attempt %d of %d), writing again",
                         job, self.name, attempt, _WRITE_ATTEMPTS,

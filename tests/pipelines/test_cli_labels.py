@@ -103,3 +103,20 @@ def test_a_verdict_other_than_true_or_false_is_a_usage_error(project, capsys):
         main(["label", JOB, *SPIKE, "--verdict", "maybe"])
     assert exited.value.code == 2
     assert "invalid choice: 'maybe'" in capsys.readouterr().err
+
+
+def test_a_verdict_given_by_mistake_is_withdrawn(project, capsys):
+    # There was no way back from a wrong verdict: flipping it still counted (a mistaken false alarm
+    # silencing alerts, or a true anomaly scored by tuning); only SQL on the table removed it.
+    values = ["--value-min", "1", "--value-max", "2"]
+    assert run(capsys, "label", JOB, *SPIKE, "--verdict", "false", *values)[0] == 0
+    assert run(capsys, "label", JOB, *SPIKE, "--verdict", "true", "--feature", "requests", *values)[0] == 0
+    code, removed, _ = run(capsys, "unlabel", JOB, "--series", "region=eu", "--start", "2024-03-03T15:00:00+01:00",
+                           "--end", "2024-03-03T16:00:00Z")
+    assert code == 0 and removed["verdict"] is False and removed["feature"] is None
+    assert [(item["feature"], item["verdict"]) for item in run(capsys, "labels", JOB)[1]] == [("requests", True)]
+    code, out, err = run(capsys, "unlabel", JOB, *SPIKE)
+    assert code == 2 and out is None
+    assert "job demo_web_metrics, series 'region=eu': no label on [2024-03-03T14:00:00Z, 2024-03-03T16:00:00Z]" in err
+    assert run(capsys, "unlabel", JOB, *SPIKE, "--feature", "requests")[1]["verdict"] is True
+    assert run(capsys, "labels", JOB)[1] == []

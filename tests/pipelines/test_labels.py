@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -337,3 +338,113 @@ def test_times_with_a_lowercase_z_are_utc(store):
     label = store.add("web", EU, "2024-03-03T02:00:00z", "2024-03-03t03:00:00z", True, value_min=1, value_max=2)
     assert (label.start, label.end) == (at(2), at(3))
     assert store.labels("web", start="2024-03-03T03:00:00z") == [label]
+
+
+@pytest.mark.parametrize("server", [pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)])
+@pytest.mark.parametrize("same_event", [False, True], ids=["two-events", "one-event"])
+def test_two_people_labelling_at_once_both_get_stored(request, job, server, same_event):
+    import threading
+
+    url, table = request.getfixturevalue(f"{server}_url"), f"labels_{uuid.uuid4().hex[:8]}"
+    LabelStore(sa.create_engine(url), table, {job.name: job}).add("web", US, at(0), at(0), True, value_min=1, value_max=1)
+    # Both transactions have deleted before either inserts: on MariaDB each DELETE locked the gap
+    # the other inserts into, InnoDB killed one as a deadlock and that person's label was lost (503).
+    both_deleted = threading.Barrier(2, timeout=5)
+    failures: list[Exception] = []
+
+    def label(author: str, hour: int) -> None:
+        engine = sa.create_engine(url)
+        waited = []
+
+        @sa.event.listens_for(engine, "after_cursor_execute")
+        def meet(conn, cursor, statement, *args):
+            if statement.startswith("DELETE") and not waited:
+                waited.append(True)
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    both_deleted.wait()
+
+        try:
+            LabelStore(engine, table, {job.name: job}).add("web", EU, at(hour), at(hour), True, value_min=1, value_max=2, author=author)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=label, args=(author, 2 if same_event else hour)) for author, hour in (("ana", 2), ("bo", 3))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    stored = LabelStore(sa.create_engine(url), table, {job.name: job}).labels("web", EU)
+    assert len(stored) == (1 if same_event else 2)  # the same event keeps one verdict, never two
+
+
+@pytest.mark.parametrize(
+    ("values", "given", "stored"),
+    [
+        (["Paris, FR"], "region=Paris%2C FR", True),  # the key the outputs and the events API use
+        (["Paris, FR"], "region=Paris, FR", False),
+        (["a=b"], "region=a=b", False),  # a raw '=' was taken as part of the value: a key no row has
+        (["100%"], "region=100%", False),
+        (["100%"], "region=100%25", True),
+    ],
+)
+def test_a_series_key_with_special_characters_is_labelled_under_its_encoded_key(job, values, given, stored):
+    from pipelines.series import series_key
+
+    store = label_store(job)
+    if stored:
+        assert given == series_key(job.dimensions, values)
+        assert store.add("web", given, at(1), at(1), True, value_min=1, value_max=1).series == given
+    else:
+        with pytest.raises(LabelError, match="unknown series; .* with ',', '=' and '%' inside a value written %2C, %3D and %25"):
+            store.add("web", given, at(1), at(1), True, value_min=1, value_max=1)
+
+
+def test_a_dimension_named_with_a_percent_sign_can_be_labelled(tmp_path, job):
+    from pipelines.series import series_key
+
+    # Dimension names are encoded in keys too: "disk%" is "disk%25", so its real keys were refused
+    # as unknown and "disk%=..." (which no row has) accepted.
+    odd = LabelStore(sa.create_engine(f"sqlite:///{tmp_path / 'odd.db'}"), jobs={"web": job.model_copy(update={"dimensions": ["disk%"]})})
+    key = series_key(["disk%"], ["sda"])
+    assert odd.add("web", key, at(1), at(1), False, value_min=1, value_max=1).series == key == "disk%25=sda"
+    with pytest.raises(LabelError, match="series of job 'web' are named disk%25=<value>"):
+        odd.add("web", "disk%=sda", at(1), at(1), False, value_min=1, value_max=1)
+
+
+def test_an_unknown_series_of_a_job_with_many_series_names_the_nearest_not_all(job):
+    from pipelines.registry import ModelRegistry
+
+    registry = ModelRegistry(job.registry)
+    for number in range(40):
+        registry.register("web", f"region=zone-{number:03d}", {"model.json": b"{}"}, {"model": "seasonal_mad"})
+    with pytest.raises(LabelError) as caught:
+        label_store(job).add("web", "region=zone-O17", at(1), at(1), True, value_min=1, value_max=1)
+    # Every key was listed: thousands of series made one typo's error hundreds of kilobytes long.
+    message = str(caught.value)
+    assert "unknown series; job 'web' has models for 40 series, e.g. region=zone-017" in message
+    assert "`anomaly-pipelines models web` lists them" in message and "zone-039" not in message
+
+
+def test_series_differing_only_in_case_or_accents_keep_their_own_labels(store):
+    # MariaDB's default collation made "region=EU" the key of "region=eu" (and Koln of Köln):
+    # labelling one deleted the other's label, and its false alarm silenced the other's alerts.
+    for series, verdict in (("region=eu", False), ("region=EU", True), ("region=Köln", False), ("region=Koln", True)):
+        store.add("web", series, at(1), at(1), verdict, value_min=1, value_max=2, note=series)
+    assert sorted(label.note for label in store.labels("web")) == ["region=EU", "region=Koln", "region=Köln", "region=eu"]
+    assert [label.note for label in store.labels("web", "region=eu")] == ["region=eu"]
+    assert store.known_false_alarm("web", "region=EU", None, 1, 2) is None
+    assert store.known_false_alarm("web", "region=Koln", None, 1, 2) is None
+
+
+def test_a_label_is_withdrawn_by_its_key_and_stops_silencing_alerts(store):
+    assert store.remove("web", EU, at(2), at(3)) is None  # no table yet: nothing to withdraw
+    mistaken = store.add("web", EU, at(2), at(3), False, value_min=100, value_max=200)
+    kept = store.add("web", EU, at(2), at(3), False, feature="requests", value_min=100, value_max=200)
+    assert store.known_false_alarm("web", EU, "latency_ms", 120, 180) == mistaken
+    assert store.remove("web", EU, "2024-03-03T03:00:00+01:00", at(3)) == mistaken
+    assert store.labels("web") == [kept]
+    assert store.known_false_alarm("web", EU, "latency_ms", 120, 180) is None
+    assert store.remove("web", EU, at(2), at(3)) is None
