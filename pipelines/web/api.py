@@ -7,19 +7,23 @@ permissions apply to them as to any trigger).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
+import re
 import uuid
+import weakref
 from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
-from pipelines.web.auth import SESSION_COOKIE, CurrentUser, job_scan, served_job
+from pipelines.web.auth import SESSION_COOKIE, CurrentUser, authenticate, job_scan, served_job
 from pipelines.web.schemas import (
     JOB_NAME_PATTERN,
     MAX_DETECT_POINTS,
@@ -43,7 +47,7 @@ from pipelines.web.schemas import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Coroutine, Iterable, Iterator
 
     import pandas as pd
 
@@ -59,7 +63,100 @@ AIRFLOW_URL_ENV = "ANOMALY_PIPELINES_AIRFLOW_URL"
 REMOTE_SCHEMES = ("s3://", "gs://")
 AIRFLOW_TIMEOUT = 30.0
 
-router = APIRouter(prefix=API_PREFIX, tags=["scoring"])
+#: JSON values any body may hold unchecked: parsed, that many cost a few MiB whatever they are.
+_CHEAP_VALUES = MAX_DETECT_POINTS
+#: A JSON string, or what is counted as a value: a comma (before each one but the first of an array or
+#: object) or an opening bracket (an array or object).
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[,{\[]')
+
+
+def _json_values_over(body: bytes, most: int) -> bool:
+    """Whether the JSON text ``body`` holds more than ``most`` values, counted without parsing it:
+    commas and opening brackets, first anywhere (C speed), then, when that is too many, only those
+    outside strings, token by token up to ``most`` (a regex substitution over millions of strings
+    held as many MiB as the parsing it is meant to spare)."""
+    if body.count(b",") + body.count(b"{") + body.count(b"[") <= most:
+        return False
+    count = 0
+    for token in _JSON_TOKEN.finditer(body):
+        if token.end() - token.start() == 1:  # a string is at least its two quotes
+            count += 1
+            if count > most:
+                return True
+    return False
+
+
+def _detect_values(config: JobConfig) -> int:
+    """The values of the largest detect body ``config`` takes: its rows, objects of the job's columns."""
+    rows = MAX_DETECT_POINTS // len(config.features)
+    return rows * (len(config.columns) + 1) + 2
+
+
+def _may_be_parsed(request: Request) -> bool:
+    """Whether FastAPI may parse the body as JSON: its Content-Type says so, or it has none (a
+    route with ``strict_content_type=False`` parses that too)."""
+    if not (content_type := request.headers.get("content-type")):
+        return True
+    kind, _, rest = content_type.partition("/")
+    subtype = rest.split(";", 1)[0].strip().lower()
+    return kind.strip().lower() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+class _BoundedJsonRoute(APIRoute):
+    """A route that refuses (413) a JSON body holding far more values than it takes, before FastAPI parses it.
+
+    Python's JSON reader makes an object of every value and pydantic copies them, all before the
+    route can count the points: 16 MiB of empty records (``{}``, 3 bytes each) took ~850 MB of the
+    api-server to be answered "too many points", and a few such calls at once could take it down.
+    A detect body may hold twice its job's largest call, so that a call a little too large still
+    gets the route's own 413, which counts its rows and data points.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def bounded(request: Request) -> Response:
+            if self.body_field is not None and _may_be_parsed(request):
+                await self._check_values(request)
+            return await handle(request)
+
+        return bounded
+
+    async def _check_values(self, request: Request) -> None:
+        from pipelines.config import scan_jobs
+
+        body = await request.body()  # kept by the request for FastAPI's own reading
+        if not _json_values_over(body, _CHEAP_VALUES):
+            return
+        job = request.path_params.get("job", "")
+        detect = self.name == "detect"
+        scan = scan_jobs() if detect else None  # job_scan() would log broken job files a second time
+        config = scan.jobs.get(job) if scan is not None else None
+        most = 2 * _detect_values(config) if config is not None else _CHEAP_VALUES
+        if not _json_values_over(body, most):
+            return
+        # An anonymous caller, or one who may not use the job, learns no more than the route would tell.
+        user = await authenticate(request)
+        if detect:
+            config = served_job(user, job, "POST", scan)
+            allowed = (
+                f"{MAX_DETECT_POINTS:,} data points of job {job} are at most {MAX_DETECT_POINTS // len(config.features):,} "
+                f"rows of its {len(config.columns)} columns ({_detect_values(config):,} values)"
+            )
+            advice = (
+                "split the points into smaller calls, or score the whole file with a one-off scoring run: "
+                f"POST {API_PREFIX}/jobs/{job}/score-file"
+            )
+        else:
+            allowed = "this operation takes a few"
+            advice = "send only the documented fields"
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"the request body holds more than {most:,} JSON values; {allowed}: {advice}.",
+        )
+
+
+router = APIRouter(prefix=API_PREFIX, tags=["scoring"], route_class=_BoundedJsonRoute)
 
 JobName = Annotated[str, Path(pattern=JOB_NAME_PATTERN, description="The job's name, as in config/jobs/*.yaml.")]
 
@@ -427,13 +524,25 @@ def _run_output(config: JobConfig, run: dict[str, Any]) -> str | None:
     return conf.get("output") or one_off_output(config, str(run.get("dag_run_id")))
 
 
+#: Per event loop (one per api-server worker; tests run several): asyncio locks belong to one.
+_OUTPUT_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _output_lock() -> asyncio.Lock:
+    """Held by score-file from its check for a run writing the output until its own run is started.
+
+    Airflow has no lock to take, so calls reaching different api-server workers (``airflow
+    api-server --workers``) in the same instant can still both start a run.
+    """
+    return _OUTPUT_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
 async def _run_writing(request: Request, config: JobConfig, output: str) -> dict[str, Any] | None:
     """A queued or running one-off scoring run (of any predict DAG the caller may read) writing ``output``.
 
     Two runs given one output both succeeded and both answered it as their result, which held
     the scores of whichever finished last. Finished runs are no conflict: a later run replaces
-    their file, as re-running an interval replaces its rows. (Two requests racing through this
-    check in the same instant are not caught; Airflow has no lock to take.)
+    their file, as re-running an interval replaces its rows. Called under :func:`_output_lock`.
     """
     from pipelines.workspace import file_identity
 
@@ -548,17 +657,20 @@ async def score_file(
         if file_identity(conf["output"]) == file_identity(conf["input"]):
             # The run would replace the data it reads with its scores.
             raise _bad_location("output", body.output, "it is the input file: scoring would replace the data it reads; give another path")
-        if (busy := await _run_writing(request, config, conf["output"])) is not None:
+    if body.chunk_rows is not None:
+        conf["chunk_rows"] = body.chunk_rows
+    dag_id = f"{job}__predict"
+    # Checking for a run writing the output and starting this one are one step (in this process):
+    # two calls in the same instant both found no run writing it, and both started one.
+    async with _output_lock() if body.output is not None else contextlib.nullcontext():
+        if body.output is not None and (busy := await _run_writing(request, config, conf["output"])) is not None:
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 detail=f"output {body.output!r} is being written by run {busy.get('dag_run_id')} of {busy.get('dag_id')} "
                 f"({busy.get('state')}): two runs would both answer it as their result, holding the scores of whichever "
                 "finished last. Wait for that run to finish, or give another output",
             )
-    if body.chunk_rows is not None:
-        conf["chunk_rows"] = body.chunk_rows
-    dag_id = f"{job}__predict"
-    run = await _airflow(request, "POST", f"/dags/{dag_id}/dagRuns", json_body={"logical_date": None, "conf": conf})
+        run = await _airflow(request, "POST", f"/dags/{dag_id}/dagRuns", json_body={"logical_date": None, "conf": conf})
     log.info("user %r started one-off scoring run %s of %s for %s", user.get_name(), run.get("dag_run_id"), dag_id, conf["input"])
     dag = await _airflow(request, "GET", f"/dags/{dag_id}")
     warning = f"{dag_id} is paused: the run waits until it is unpaused" if dag.get("is_paused") else None

@@ -649,9 +649,9 @@ def test_a_json_body_sent_without_its_content_type_is_415_saying_so(client, head
 
 @pytest.fixture
 def stand_in_airflow(monkeypatch):
-    """A stand-in for Airflow's REST API: ``routes[(method, path)]`` is the JSON it answers
-    (``path`` without ``/api/v2``, percent-encoded as sent, without the query); the requests it
-    got are in ``requests`` as (method, path, query)."""
+    """A stand-in for Airflow's REST API: ``routes[(method, path)]`` is the JSON it answers, or a
+    function called for it (``path`` without ``/api/v2``, percent-encoded as sent, without the
+    query); the requests it got are in ``requests`` as (method, path, query)."""
     import json as json_module
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -668,6 +668,7 @@ def stand_in_airflow(monkeypatch):
             if length := int(self.headers.get("Content-Length") or 0):
                 self.rfile.read(length)
             body = routes.get((self.command, path))
+            body = body() if callable(body) else body
             data = json_module.dumps(body if body is not None else {"detail": "not found"}).encode()
             self.send_response(200 if body is not None else 404)
             self.send_header("Content-Type", "application/json")
@@ -760,3 +761,83 @@ def test_a_registry_that_cannot_be_reached_is_503_naming_it(client, headers, spi
     ):
         assert answer.status_code == 503, answer.text[:300]
         assert answer.json()["detail"].startswith("cannot reach s3://bucket/models/s3_metrics")
+
+
+@pytest.fixture
+def json_parsed(monkeypatch) -> list[bytes]:
+    """The bodies the app parsed as JSON (Starlette's Request.json), in order."""
+    from starlette.requests import Request
+
+    parsed: list[bytes] = []
+    original = Request.json
+
+    async def recording(self):
+        parsed.append(await self.body())
+        return await original(self)
+
+    monkeypatch.setattr(Request, "json", recording)
+    return parsed
+
+
+def test_a_body_of_far_more_values_than_the_job_takes_is_413_before_it_is_parsed(client, headers, mint, json_parsed):
+    # 16 MiB of empty records ({}, 3 bytes each) were parsed and copied by pydantic, ~850 MB of the
+    # api-server, before the route counted 5.6 million rows and answered 413.
+    raw = b'{"points": [' + b",".join([b"{}"] * 160_000) + b"]}"
+    sent = {**headers, "Content-Type": "application/json"}
+    answer = client.post(f"{BASE}/detect", content=raw, headers=sent)
+    assert answer.status_code == 413, answer.text[:300]
+    assert answer.json()["detail"] == (
+        "the request body holds more than 150,004 JSON values; 30,000 data points of job demo_web_metrics are at most "
+        "15,000 rows of its 4 columns (75,002 values): split the points into smaller calls, or score the whole file "
+        "with a one-off scoring run: POST /api/v1/jobs/demo_web_metrics/score-file."
+    )
+    assert json_parsed == []
+    # Callers who may not use the job learn no more than before: 401, 403, 404.
+    assert client.post(f"{BASE}/detect", content=raw, headers={"Content-Type": "application/json"}).status_code == 401
+    viewer = {"Authorization": f"Bearer {mint('viewer')}", "Content-Type": "application/json"}
+    assert client.post(f"{BASE}/detect", content=raw, headers=viewer).status_code == 403
+    assert client.post("/api/v1/jobs/no_such_job/detect", content=raw, headers=sent).status_code == 404
+    # Other bodies take a few values: a score-file body padded with 40,000 is refused unparsed too.
+    padded = b'{"input": "data/demo/web_metrics.csv", "x": [' + b",".join([b"0"] * 40_000) + b"]}"
+    answer = client.post(f"{BASE}/score-file", content=padded, headers=sent)
+    assert answer.status_code == 413 and "this operation takes a few" in answer.json()["detail"]
+    assert json_parsed == []
+
+
+def test_commas_and_brackets_inside_strings_are_not_counted_as_values(client, headers, spike_points, json_parsed):
+    # 72 points whose region holds 3,000 commas and brackets: 360 values, 216,000 commas and brackets.
+    points = [{**point, "region": ",[{" * 1000} for point in spike_points]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 422, answer.text[:300]  # parsed and checked: the job's suite knows no such region
+    assert "expect_column_values_to_be_in_set on region" in answer.json()["detail"]
+    assert len(json_parsed) == 1
+
+
+def test_two_score_file_calls_at_once_for_one_output_start_one_run(app, headers, web_project, stand_in_airflow):
+    # Both passed the check for a run writing the output before either had started its run, and
+    # both were started: two runs answered one file as their result.
+    import asyncio
+
+    import httpx
+
+    routes, requests = stand_in_airflow
+    listed: list[dict] = []
+    routes["GET", "/dags/~/dagRuns"] = lambda: {"dag_runs": listed, "total_entries": len(listed)}
+    routes["GET", "/dags/demo_web_metrics__predict"] = {"dag_id": "demo_web_metrics__predict", "is_paused": False}
+
+    def trigger() -> dict:
+        run = {"dag_id": "demo_web_metrics__predict", "dag_run_id": f"manual__{len(listed)}", "state": "queued",
+               "conf": {"input": "/x.csv", "output": str(web_project / "var" / "scored" / "web.parquet")}}
+        listed.append(run)
+        return run
+
+    routes["POST", "/dags/demo_web_metrics__predict/dagRuns"] = trigger
+    body = {"input": "data/demo/web_metrics.csv", "output": "var/scored/web.parquet"}
+
+    async def both() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+            answers = await asyncio.gather(*(client.post(f"{BASE}/score-file", json=body, headers=headers) for _ in range(2)))
+        return sorted(answer.status_code for answer in answers)
+
+    assert asyncio.run(both()) == [202, 409]
+    assert len([r for r in requests if r[0] == "POST"]) == 1
