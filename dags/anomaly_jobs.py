@@ -283,7 +283,7 @@ def build_predict_dag(job: JobConfig):
                     job, run_id=run_id, input_path=params["input"], chunk_rows=int(params["chunk_rows"])
                 )
                 return {**extracted.to_dict(), "one_off": True}
-            window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"))
+            window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"), job=job.name)
             return {**extract_window(job, window, run_id=run_id, history_rows=history_rows(job, window.start)).to_dict(), "one_off": False}
 
         @task

@@ -36,7 +36,7 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import AlertsConfig, JobConfig, resolve_path
-from pipelines.errors import ConfigError, MissingDependencyError, PipelineError, SinkError
+from pipelines.errors import ConfigError, MissingDependencyError, PipelineError, SinkError, StorageError
 from pipelines.events import MAX_EXTENSION_PERIODS, AnomalyEvent, RowReader, anomaly_events, window_events
 from pipelines.web import URL_PREFIX
 from pipelines.workspace import Window
@@ -122,6 +122,21 @@ class AlertState:
                 f"job {job.name}: the alert state {url} is not valid JSON ({exc}); "
                 "restore it from a backup, or delete it to start afresh (events of the current window would be sent again)"
             ) from exc
+        except (OSError, StorageError) as exc:
+            # A store refusing the read (access denied, a folder in the file's place) failed as a bare
+            # PermissionError or IsADirectoryError naming no job; as a save that fails, it is retried.
+            raise SinkError(
+                f"job {job.name}: the alert state {url} could not be read ({exc}); nothing was sent: check that the "
+                "job's registry storage is reachable and readable, and the task's retry sends the alerts"
+            ) from exc
+        wrong = cls._misshapen(document)
+        if wrong:
+            # Valid JSON of another shape (edited by hand, or overwritten by something else) failed
+            # later as a bare AttributeError or TypeError, naming neither the job nor the file.
+            raise ConfigError(
+                f"job {job.name}: the alert state {url} {wrong}; restore it from a backup, or delete it to start "
+                "afresh (events of the current window would be sent again)"
+            )
         state = cls(**{k: document.get(k, getattr(cls(), k)) for k in cls.__dataclass_fields__})
         if "cutoff" in state.digest_progress:
             # Written before digests were kept per cut-off: one digest, its events still queued.
@@ -130,7 +145,35 @@ class AlertState:
             state.take_digest(old["cutoff"])["channels"] = list(old.get("channels", []))
         return state
 
+    @classmethod
+    def _misshapen(cls, document: Any) -> str | None:
+        """What is wrong with the shape of a state ``document`` read from JSON, or ``None``."""
+        if not isinstance(document, dict):
+            return f"holds {_json_kind(document)}, not an object"
+        for key, empty in cls().__dict__.items():
+            if key in document and not isinstance(document[key], type(empty)):
+                return f"has {key!r} as {_json_kind(document[key])}, not {_json_kind(empty)}"
+        return None
+
     def save(self, job: JobConfig) -> None:
+        """Write the state; a store that refuses it is a :class:`SinkError` naming the job and the file.
+
+        Saved after each delivery (see :func:`_deliver`), so a save failing elsewhere (marking an
+        alert sent, held or given up, taking or finishing a digest) loses no record of what went
+        out: the retry sends nothing twice, only records the rest. It failed as a bare
+        PermissionError or StorageError, naming neither.
+        """
+        try:
+            self._write(job)
+        except Exception as exc:
+            raise SinkError(
+                f"job {job.name}: the alert state {state_url(job)} could not be saved ({exc}); every delivery so far is "
+                "recorded, so the task's retry sends nothing twice and records the rest: check that the job's registry "
+                "storage is reachable and writable"
+            ) from exc
+
+    def _write(self, job: JobConfig) -> None:
+        """:meth:`save` without its error, for callers that say more precisely what a failure means."""
         document = json.dumps(self.__dict__, indent=1, sort_keys=True).encode()
         storage.atomic_write(state_url(job), document, job.outputs.storage_options)
 
@@ -173,6 +216,16 @@ class AlertState:
         """(series, record) of the alerts still to be sent on some channel (of any window), oldest first."""
         found = [(series, r) for series, records in self.events.items() for r in records if _pending(r)]
         return sorted(found, key=lambda item: (item[1]["start"], item[0]))
+
+
+def _json_kind(value: Any) -> str:
+    """What ``value`` (parsed from JSON) is, in JSON's words."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (dict, "an object"), (list, "an array"), (str, "a string")):
+        if isinstance(value, kind):
+            return name
+    return "a number"
 
 
 def _pending(record: dict[str, Any]) -> bool:
@@ -666,7 +719,7 @@ def _deliver(
             continue
         done.append(channel)
         try:
-            state.save(job)
+            state._write(job)
         except Exception as exc:
             # Saved after each delivery, so only this one is not recorded: say that it went out, and
             # that the retry sends it once more there (a bare PermissionError or StorageError did not).
@@ -766,7 +819,7 @@ def process_events(
         # Written once before anything is sent: a store that cannot take the state (down, read-only,
         # full) fails the run here, rather than after a delivery that the run and each of its
         # retries would then send again, unrecorded.
-        state.save(job)
+        state._write(job)
     except Exception as exc:
         raise SinkError(
             f"job {job.name}: the alert state {state_url(job)} cannot be saved ({exc}); nothing was sent: check that the "

@@ -183,7 +183,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not (args.start and args.end):
             # The library's "a scheduled data interval, or both 'start' and 'end'" names no option.
             raise ConfigError(f"job {job.name}: give the window to score with --start and --end, or a file with --input")
-        result = run_predict(job, prediction_window(None, None, start=args.start, end=args.end), run_id=run_id)
+        result = run_predict(job, prediction_window(None, None, start=args.start, end=args.end, job=job.name), run_id=run_id)
     _print_json(result.to_dict())
     _predict_summary(job.name, result)
     return 0
@@ -235,8 +235,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pipelines.plots import plot_job
 
-    window = prediction_window(None, None, start=args.start, end=args.end)
-    drawn = plot_job(find_job(args.job), window.start, window.end, _from_shell(args.out), series=args.series)
+    job = find_job(args.job)
+    window = prediction_window(None, None, start=args.start, end=args.end, job=job.name)
+    drawn = plot_job(job, window.start, window.end, _from_shell(args.out), series=args.series)
     flagged = sum(panel.flagged for panel in drawn)
     print(f"drawn: {len(drawn)} panels (series x feature), {flagged} flagged rows, in {args.out}")
     return 0

@@ -89,14 +89,29 @@ def _fit_each(
     kinds = {type(exc) for exc in failed.values()}
     error = kinds.pop() if len(kinds) == 1 else ModelError
     past = {"train": "trained", "tune": "tuned"}[purpose]
-    combined = error(
+    combined = _rebuilt(
+        error,
         f"job {job.name}: {purpose} failed for {len(failed)} of {len(series)} series ({', '.join(failed)}): "
-        f"{'; '.join(messages)}. The other series were {past}: {', '.join(r['series'] for r in results) or 'none'}"
+        f"{'; '.join(messages)}. The other series were {past}: {', '.join(r['series'] for r in results) or 'none'}",
     )
     # What the other series got (their versions, promoted or not): a caller that reports results
     # (the CLI's JSON) still has them, though the run as a whole failed.
     combined.completed = results  # type: ignore[attr-defined]
     raise combined from first
+
+
+def _rebuilt(kind: type[PipelineError], message: str) -> PipelineError:
+    """An error of ``kind`` saying ``message``, whatever its constructor takes.
+
+    The type is kept (Airflow's tasks fail at once on some types and retry others), but not every
+    error is built from a message: ``MissingDependencyError(package, extra, purpose)`` writes its
+    own, and calling it with the combined message alone failed as a TypeError that hid every
+    series' error. Such an error is made without its constructor, carrying the message as is.
+    """
+    try:
+        return kind(message)
+    except TypeError:
+        return kind.__new__(kind, message)
 
 
 def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:

@@ -122,18 +122,46 @@ class Window:
         return f"{self.start:%Y%m%dT%H%M%S}_{self.end:%Y%m%dT%H%M%S}"
 
 
+def _job_said(job: JobConfig | None) -> str:
+    """The start of an error about ``job``'s window: every error names its job."""
+    return f"job {job.name}: " if job is not None else ""
+
+
+def _bound(job: JobConfig | None, name: str, value: datetime | str | None) -> datetime | None:
+    """:func:`to_utc` of a window's ``name`` bound, its error naming the job and the bound."""
+    try:
+        return to_utc(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{_job_said(job)}{name} {exc}") from exc
+
+
+def _run_window(job: JobConfig | None, start: datetime, end: datetime) -> Window:
+    """``Window(start, end)``, refused naming the job: :class:`Window`'s own check knows no job,
+    and a run's window comes from people (a run's conf, the CLI's options)."""
+    if end <= start:
+        raise ConfigError(
+            f"{_job_said(job)}window end {end.isoformat()} is not after its start {start.isoformat()}; give a start before the end"
+        )
+    return Window(start, end)
+
+
 def prediction_window(
     interval_start: datetime | str | None,
     interval_end: datetime | str | None,
     *,
     start: datetime | str | None = None,
     end: datetime | str | None = None,
+    job: JobConfig | None = None,
 ) -> Window:
-    """The window predict scores: the data interval, unless a manual run overrides either bound."""
-    chosen_start, chosen_end = to_utc(start) or to_utc(interval_start), to_utc(end) or to_utc(interval_end)
+    """The window predict scores: the data interval, unless a manual run overrides either bound.
+
+    ``job``: the job it is for, named by the errors (every error names its job).
+    """
+    chosen_start = _bound(job, "start", start) or _bound(job, "interval start", interval_start)
+    chosen_end = _bound(job, "end", end) or _bound(job, "interval end", interval_end)
     if chosen_start is None or chosen_end is None:
-        raise ConfigError("predict needs a window: a scheduled data interval, or both 'start' and 'end'")
-    return Window(chosen_start, chosen_end)
+        raise ConfigError(f"{_job_said(job)}predict needs a window: a scheduled data interval, or both 'start' and 'end'")
+    return _run_window(job, chosen_start, chosen_end)
 
 
 def training_window(
@@ -144,10 +172,10 @@ def training_window(
     end: datetime | str | None = None,
 ) -> Window:
     """Train reads ``training_window`` back from the interval end (or the overrides)."""
-    chosen_end = to_utc(end) or to_utc(interval_end)
+    chosen_end = _bound(job, "end", end) or _bound(job, "interval end", interval_end)
     if chosen_end is None:
-        raise ConfigError("train needs an end: a scheduled data interval, or 'end'")
-    return Window(to_utc(start) or chosen_end - job.training_window, chosen_end)
+        raise ConfigError(f"{_job_said(job)}the training window needs an end: a scheduled data interval, or 'end'")
+    return _run_window(job, _bound(job, "start", start) or chosen_end - job.training_window, chosen_end)
 
 
 def triggered_training_end(job: JobConfig, event_ends: list[str], due: datetime | None) -> datetime:

@@ -1119,3 +1119,57 @@ def test_a_store_refusing_the_state_fails_the_run_before_anything_is_sent(tmp_pa
     assert process_events(job, frame, window(0, 8), send=lambda channel, message, context: sent.append(channel)).sent == 1
     assert sent == ["email"]
 
+
+
+def test_a_state_save_failing_after_every_delivery_names_the_job_and_the_file_and_the_retry_sends_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The save marking an alert sent (after its deliveries were each saved) failed the task with a
+    # bare PermissionError, naming neither the job nor the state file.
+    import pipelines.alerts
+
+    job = make_job(tmp_path)
+    saves = {"left": 2}  # the run's first save and the one after the e-mail went out; not the one marking it sent
+    real_write = pipelines.alerts.storage.atomic_write
+
+    def atomic_write(url: str, data: bytes, storage_options: Any = None) -> None:
+        if saves["left"] == 0:
+            raise PermissionError(13, "Permission denied", url)
+        saves["left"] -= 1
+        real_write(url, data, storage_options)
+
+    monkeypatch.setattr(pipelines.alerts.storage, "atomic_write", atomic_write)
+    sent: list[str] = []
+    frame = output_rows(anomalies={2: {"requests": 150}})
+    with pytest.raises(SinkError, match=r"job web: the alert state .*state.json could not be saved \(\[Errno 13\] Permission "
+                       r"denied.*\); every delivery so far is recorded, so the task's retry sends nothing twice") as caught:
+        process_events(job, frame, window(0, 8), send=lambda channel, message, context: sent.append(channel))
+    assert isinstance(caught.value.__cause__, PermissionError)
+    saves["left"] = 1_000
+    process_events(job, frame, window(0, 8), send=lambda channel, message, context: sent.append(channel))
+    assert sent == ["email"]
+    assert [r["status"] for r in AlertState.load(job).events["region=eu"]] == ["sent"]
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [("[]", "holds an array, not an object"), ("null", "holds null, not an object"),
+     ('{"events": []}', "has 'events' as an array, not an object"), ('{"digests_sent": {}}', "has 'digests_sent' as an object, not an array")],
+)
+def test_an_alert_state_of_valid_json_but_another_shape_is_refused_naming_the_file(tmp_path: Path, content: str, said: str):
+    # Failed as a bare AttributeError ('list' object has no attribute 'get') or TypeError.
+    job = make_job(tmp_path)
+    path = Path(state_url(job))
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=rf"job web: the alert state {path}.* {said}; restore it from a backup, or delete it"):
+        AlertState.load(job)
+
+
+def test_an_alert_state_that_cannot_be_read_names_the_job_and_the_file(tmp_path: Path):
+    # A folder in the state file's place (as a store refusing the read) failed as a bare IsADirectoryError.
+    job = make_job(tmp_path)
+    Path(state_url(job)).mkdir(parents=True)
+    with pytest.raises(SinkError, match=r"job web: the alert state .*state.json could not be read \(\[Errno 21\] Is a directory.*\); "
+                       r"nothing was sent: check that the job's registry storage is reachable and readable"):
+        process_events(job, output_rows(anomalies={2: {"requests": 150}}), window(0, 8), send=lambda *args: None)

@@ -414,3 +414,26 @@ def test_the_cli_prints_what_the_other_series_got_when_one_fails(project, capsys
     out, err = capsys.readouterr()
     assert [result["series"] for result in json.loads(out)] == ["region=apac", "region=eu", "region=us"]
     assert "job demo_web_metrics: trained 3 series" in err and "train failed for 1 of 4 series (region=af)" in err
+
+
+def test_series_failing_for_want_of_an_optional_package_are_each_named_as_that_error(project):
+    # MissingDependencyError is built from (package, extra, purpose), not from a message: combining
+    # several series' failures called it with the message alone and crashed with a TypeError.
+    from pipelines.errors import MissingDependencyError
+    from pipelines.runner import _fit_each
+
+    job = get_job("demo_web_metrics")
+
+    def fit(series: str) -> dict:
+        if series == "region=eu":
+            return {"series": series}
+        raise MissingDependencyError("prophet", "prophet", f"the model of series {series}")
+
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"^job demo_web_metrics: train failed for 2 of 3 series \(region=apac, region=us\): the model of series "
+        r"region=apac needs the optional package 'prophet': pip install .*; the model of series region=us needs .*"
+        r"The other series were trained: region=eu$",
+    ) as caught:
+        _fit_each(job, ["region=apac", "region=eu", "region=us"], fit, "train")
+    assert caught.value.completed == [{"series": "region=eu"}]

@@ -11,7 +11,7 @@ import pytest
 from pipelines.config import parse_job
 from pipelines.errors import ConfigError
 from pipelines.runner import cleanup
-from pipelines.workspace import Workspace, check_output_file, triggered_training_end
+from pipelines.workspace import Workspace, check_output_file, prediction_window, training_window, triggered_training_end
 
 JOB = parse_job(
     {
@@ -69,3 +69,25 @@ def test_an_output_url_ending_in_a_slash_is_a_folder(url: str) -> None:
     with pytest.raises(ConfigError, match=rf"output '{url}' is a folder: .*'{url}scored.parquet'"):
         check_output_file(url)
     check_output_file(url + "scored.parquet")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: prediction_window(None, None, start="2024-03-01T00:00:00Z", job=JOB),
+         r"^job hourly: predict needs a window: a scheduled data interval, or both 'start' and 'end'$"),
+        (lambda: prediction_window("2024-03-01T00:00:00Z", "2024-03-02T00:00:00Z", end="2024-02-29T00:00:00Z", job=JOB),
+         r"^job hourly: window end 2024-02-29T00:00:00\+00:00 is not after its start 2024-03-01T00:00:00\+00:00; give a start before"),
+        (lambda: prediction_window(None, None, start="soon", end="2024-03-01T00:00:00Z", job=JOB),
+         r"^job hourly: start 'soon' is not an ISO 8601 date-time"),
+        (lambda: training_window(JOB, "2024-03-01T00:00:00Z", start="2024-03-05T00:00:00Z"),
+         r"^job hourly: window end 2024-03-01T00:00:00\+00:00 is not after its start 2024-03-05T00:00:00\+00:00; give a start before"),
+        (lambda: training_window(JOB, None), r"^job hourly: the training window needs an end: a scheduled data interval, or 'end'$"),
+        (lambda: training_window(JOB, None, end="2024-02-30"), r"^job hourly: end '2024-02-30' is not an ISO 8601 date-time"),
+    ],
+)
+def test_a_run_window_that_cannot_be_is_refused_naming_the_job(make, message: str) -> None:
+    # "window end ... is not after its start" and "predict needs a window" named no job: in a
+    # scheduler running many jobs, nothing said whose run conf or command was wrong.
+    with pytest.raises(ConfigError, match=message):
+        make()
