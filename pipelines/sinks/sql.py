@@ -54,6 +54,8 @@ _WRITE_ATTEMPTS = 5
 #: there and reads back as missing; PostgreSQL, SQLite and DuckDB store it as written.
 _NO_INFINITY = frozenset({"mysql", "mariadb", "mssql"})
 _DEADLOCK_BACKOFF_SECONDS = 0.2
+#: The collation of the text columns on MySQL/MariaDB (see :meth:`SqlSink._definition`).
+_BINARY_COLLATION = "utf8mb4_bin"
 
 
 def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
@@ -134,9 +136,19 @@ class SqlSink:
         columns += [sa.Column(dim, sa.Text, nullable=True) for dim in dimensions]
         # The naming convention shortens the index name where the database limits its length.
         metadata = sa.MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s"})
-        # utf8mb4 on MySQL/MariaDB: their databases often default to latin1 (MariaDB's own default
-        # before 11.6), where a dimension value such as 東京 failed every write of the job.
-        table = sa.Table(self.table, metadata, *columns, schema=self.db_schema, mysql_charset="utf8mb4")
+        table = sa.Table(
+            self.table,
+            metadata,
+            *columns,
+            schema=self.db_schema,
+            # utf8mb4 on MySQL/MariaDB: their databases often default to latin1 (MariaDB's own default
+            # before 11.6), where a dimension value such as 東京 failed every write of the job.
+            mysql_charset="utf8mb4",
+            # A binary collation: their default ones ignore case and accents, so in any query on the
+            # table "region=EU" was the series "region=eu" and "city=Koln" was "city=Köln" (one
+            # group, a WHERE on one returned both), and a job "Sales" replaced the window of "sales".
+            mysql_collate=_BINARY_COLLATION,
+        )
         sa.Index(None, table.c.job, table.c.timestamp)
         return table
 
@@ -149,6 +161,18 @@ class SqlSink:
         "duplicate column", a deadlock on MariaDB). That change is committed by then, so a new
         look finds it; an error of another cause fails every attempt.
         """
+        if self.engine.dialect.name == "postgresql":
+            # PostgreSQL cuts a longer name to its first bytes (with only a NOTICE): the first write
+            # created the cut column, then every later one found the full name missing and failed
+            # to add it again ("already exists"). MySQL/MariaDB refuse such a name themselves.
+            limit = self.engine.dialect.max_identifier_length
+            long = [dim for dim in dimensions if len(dim.encode()) > limit]
+            if long:
+                raise SinkError(
+                    f"dimension {long[0]!r} has a name of {len(long[0].encode())} bytes in UTF-8, and PostgreSQL "
+                    f"keeps at most {limit} bytes of a column name; give the dimension a shorter name "
+                    "(e.g. rename the column in the source's query)"
+                )
         for attempt in range(1, _PREPARE_ATTEMPTS + 1):
             try:
                 self._create_or_extend(table, dimensions)
@@ -167,6 +191,8 @@ class SqlSink:
                 table.create(conn)
                 log.info("created table %s", self.name)
                 return
+            if conn.dialect.name in ("mysql", "mariadb"):
+                self._warn_if_case_insensitive(conn, table)
             present = set(self._stored_columns(conn))
             if conn.dialect.name in _CASE_INSENSITIVE_COLUMNS:
                 # The rows of a job with dimension "region" go into an existing column "Region".
@@ -177,10 +203,36 @@ class SqlSink:
             quote = conn.dialect.identifier_preparer
             text_type = sa.Text().compile(dialect=conn.dialect)
             for dim in missing:
-                conn.execute(
-                    sa.text(f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(dim)} {text_type}")
-                )
+                # Run as the driver's own SQL, not as sa.text: that doubles a "%" for the drivers that
+                # format parameters (psycopg2, PyMySQL), so a dimension "share%" became a column
+                # "share%%" and every insert of the job failed; it would also read ":name" as a parameter.
+                conn.exec_driver_sql(f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(dim)} {text_type}")
                 log.info("added dimension column %s to table %s", dim, self.name)
+
+    def _warn_if_case_insensitive(self, conn: sa.Connection, table: sa.Table) -> None:
+        """Say how to convert a MySQL/MariaDB table created before it was made ``utf8mb4_bin``.
+
+        A warning, not an error: the writes and reads of a job are right either way (job names
+        are lowercase ASCII), what it confuses is the queries people run on the table. Converting
+        rewrites the whole table, which is theirs to schedule, so it is never done here.
+        """
+        rows = conn.execute(
+            sa.text(
+                "SELECT column_name, collation_name FROM information_schema.columns "
+                "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table"
+            ),
+            {"schema": self.db_schema, "table": self.table},
+        ).all()
+        # "_ci": case-insensitive (and, but for MySQL 8's "_as_ci", accent-insensitive too).
+        loose = {name: collation for name, collation in rows if collation and collation.lower().endswith("_ci")}
+        if loose:
+            log.warning(
+                "table %s: columns %s compare text ignoring case (collation %s), so series differing only in case "
+                "or accents, such as 'region=EU' and 'region=eu', are one in queries on the table; convert it "
+                "once (this rewrites the table) with: ALTER TABLE %s CONVERT TO CHARACTER SET utf8mb4 COLLATE %s",
+                self.name, ", ".join(sorted(loose)), ", ".join(sorted(set(loose.values()))),
+                conn.dialect.identifier_preparer.format_table(table), _BINARY_COLLATION,
+            )
 
     def _stored_columns(self, conn: sa.Connection) -> list[str]:
         """The names of the table's columns, as stored.

@@ -383,3 +383,87 @@ def test_infinite_bounds_are_stored_where_the_database_can(sink: SqlSink, make_f
         frame[["lower", "upper"]] = float("nan")
         frame.loc[0, "score"] = float("nan")
     pd.testing.assert_frame_equal(rows, expected(frame))
+
+
+def test_series_differing_in_case_or_accents_stay_apart_in_the_table(sink: SqlSink, make_frame) -> None:
+    # MySQL/MariaDB's default collations ignore case and accents: a query on the table made
+    # "region=EU" one series with "region=eu" (and "Koln" with "Köln"), and a write of job "Sales"
+    # replaced the window of job "sales". New tables are created utf8mb4_bin.
+    window = {"start": at("2024-01-05"), "end": at("2024-01-06")}
+    one = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+    frame = pd.concat([one.assign(region=value) for value in ("EU", "eu", "Koln", "Köln")], ignore_index=True)
+    frame["region"] = frame["region"].astype("string")
+    frame["series"] = ("region=" + frame["region"]).astype("string")
+    sink.write(frame, job="sales", dimensions=["region"], **window)
+    upper = make_frame("Sales", "2024-01-05", "2024-01-06")
+    sink.write(upper, job="Sales", dimensions=[], **window)
+
+    with sink.engine.connect() as conn:
+        groups = conn.execute(sa.text(f"SELECT region, count(*) FROM {sink.table} WHERE job = 'sales' GROUP BY region")).all()
+        eu = conn.execute(sa.text(f"SELECT count(*) FROM {sink.table} WHERE series = 'region=eu'")).scalar_one()
+    assert sorted(groups) == [("EU", 16), ("Koln", 16), ("Köln", 16), ("eu", 16)]
+    assert eu == 16
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+    pd.testing.assert_frame_equal(sink.read(job="Sales"), expected(upper))
+
+
+@pytest.mark.mysql
+def test_case_insensitive_table_of_an_older_version_says_how_to_convert_it(mysql_url: str, make_frame, caplog) -> None:
+    engine = sa.create_engine(mysql_url)
+    sink = SqlSink(engine, f"anomalies_{uuid.uuid4().hex[:8]}")
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    try:
+        sink.write(frame, **window)
+        assert "compare text ignoring case" not in caplog.text
+        with engine.begin() as conn:  # as tables were created before
+            conn.execute(sa.text(f"ALTER TABLE {sink.table} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"))
+        sink.write(frame, **window)
+        assert f"table {sink.table}: columns feature, job, model, model_version, run_id, series compare text" in caplog.text
+        command = caplog.text.split("with: ")[1].splitlines()[0]
+        assert command == f"ALTER TABLE {sink.table} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+
+        caplog.clear()
+        with engine.begin() as conn:
+            conn.execute(sa.text(command))
+        sink.write(frame, **window)
+        assert "compare text ignoring case" not in caplog.text
+        pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("dimension", ["share%", "a :b"])
+def test_dimension_added_to_a_table_keeps_its_name(sink: SqlSink, make_frame, dimension: str) -> None:
+    # The column was added through sa.text, which doubles "%" for psycopg2 and PyMySQL (the table
+    # got a column "share%%" and every write of the job failed: "Unknown column 'share%'") and
+    # reads ":b" as a bound parameter (on every database: "A value is required for bind parameter").
+    window = {"start": at("2024-01-05"), "end": at("2024-01-06")}
+    sink.write(make_frame("costs", "2024-01-05", "2024-01-06"), job="costs", dimensions=[], **window)
+    frame = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=(dimension,))
+    for _ in range(2):
+        assert sink.write(frame, job="sales", dimensions=[dimension], **window) == 16
+
+    assert [c["name"] for c in sa.inspect(sink.engine).get_columns(sink.table)][-1] == dimension
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+
+
+@pytest.mark.postgres
+def test_postgres_refuses_a_dimension_name_it_would_cut(postgres_url: str, make_frame) -> None:
+    # PostgreSQL cuts a column name to 63 bytes: the first write created the cut column, and
+    # every later one failed adding the full name ("already exists").
+    engine = sa.create_engine(postgres_url)
+    sink = SqlSink(engine, f"anomalies_{uuid.uuid4().hex[:8]}")
+    window = {"start": at("2024-01-05"), "end": at("2024-01-06")}
+    fits, too_long = "é" * 31 + "x", "é" * 32  # 63 and 64 bytes in UTF-8
+    try:
+        frame = make_frame("costs", "2024-01-05", "2024-01-06", dimensions=(fits,))
+        for _ in range(2):
+            sink.write(frame, job="costs", dimensions=[fits], **window)
+        frame = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=(too_long,))
+        message = rf"job 'sales'.*dimension '{too_long}' has a name of 64 bytes .* at most 63 .* shorter name"
+        with pytest.raises(SinkError, match=message):
+            sink.write(frame, job="sales", dimensions=[too_long], **window)
+        assert [c["name"] for c in sa.inspect(engine).get_columns(sink.table)][-1] == fits
+    finally:
+        engine.dispose()
