@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -125,6 +126,8 @@ class FileSource(_Model):
         None, description="Inferred from the file suffix when omitted."
     )
     encoding: str = Field("utf-8", description="Text encoding of csv, jsonl and json files.")
+    delimiter: str = Field(",", description="What separates the fields of csv files (';' and '\\t' are common).")
+    decimal: str = Field(".", description="The decimal point of numbers in csv files (',' in many European exports).")
     allow_pickle: bool = Field(False, description="Unpickling runs code: only for files you trust.")
     partitioning: Partitioning | None = Field(
         None, description="Time partition key of hive folders; inferred from year/month/day/hour/date/dt."
@@ -144,6 +147,27 @@ class FileSource(_Model):
         except LookupError:
             raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
         return value
+
+    @field_validator("delimiter", "decimal")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        # pandas takes a longer delimiter as a regular expression and reads it with its slow
+        # Python engine, and a quote or a line break cannot separate fields at all.
+        if len(value) != 1 or value in "\r\n\"":
+            raise ValueError(
+                f"must be one character other than a quote or a line break, got {value!r} "
+                "(write a tab in double quotes: \"\\t\")"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _delimiter_is_not_the_decimal(self) -> FileSource:
+        if self.delimiter == self.decimal:
+            raise ValueError(
+                f"delimiter and decimal are both {self.delimiter!r}: a number could not be told from two fields; "
+                "files with decimal commas usually separate fields with ';' (delimiter: ';', decimal: ',')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pickle_is_allowed(self) -> FileSource:
@@ -264,9 +288,65 @@ class ModelConfig(_Model):
         return self
 
 
+#: Most characters of a given value that an error shows, and of one line of an error. The error
+#: of a job file is stored as Airflow's import error of the DAG file and printed by every command:
+#: a list of a million items (or a YAML alias bomb) made a message of megabytes, seconds to build.
+_SHOWN_CHARS = 200
+_LINE_CHARS = 2000
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, _SHOWN_CHARS, _SHOWN_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdict = 10
+
+
+def _few_values(value: Any, budget: int = _SHOWN_CHARS) -> bool:
+    """Whether ``value`` holds few values and little text, so that its whole ``repr`` is cheap;
+    the walk stops at the budget, however large (or self-referring) ``value`` is."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        budget -= 1 + (len(item) if isinstance(item, str | bytes) else 0)
+        if budget < 0:
+            return False
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple | set | frozenset):
+            pending += item
+    return True
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, or when longer than :data:`_SHOWN_CHARS` its start, an ellipsis and its size."""
+    text = repr(value) if _few_values(value) else _REPR.repr(value)
+    if len(text) <= _SHOWN_CHARS and _few_values(value):
+        return text
+    if isinstance(value, str | bytes):
+        size = f"{len(value):,} characters"
+    elif isinstance(value, dict):
+        size = f"a mapping of {len(value):,} keys"
+    elif isinstance(value, list | tuple | set | frozenset):
+        size = f"a list of {len(value):,} item{'' if len(value) == 1 else 's'}"
+    else:
+        size = type(value).__name__
+    return f"{text[:_SHOWN_CHARS]}… ({size})"
+
+
+def _bounded(line: str) -> str:
+    """``line`` cut in the middle when longer than :data:`_LINE_CHARS`: a check's own message may
+    quote a given value whole ("... is not a duration: ..."); its end says what to do."""
+    if len(line) <= _LINE_CHARS:
+        return line
+    head, tail = line[: _LINE_CHARS // 2], line[-_LINE_CHARS // 4 :]
+    return f"{head}… ({len(line) - len(head) - len(tail):,} characters left out) …{tail}"
+
+
 def _naming_input(message: str, given: Any) -> str:
     """``message`` with the value it was given, unless it names it already ("'0 25 * * *' is not ...")."""
-    return message if repr(given) in message else f"{message} (got {given!r})"
+    shown = _shown(given)
+    # A long value is shown cut ("'abc...xyz'… (9,000 characters)"): what comes before the first
+    # cut begins its repr, which a message quoting the value whole holds.
+    start = re.split(r"\.\.\.|…", shown, maxsplit=1)[0]
+    return message if shown in message or (len(start) >= 20 and start in message) else f"{message} (got {shown})"
 
 
 def _param_problem(err: Any, kind: str, known: str) -> str:
@@ -1047,7 +1127,7 @@ def _format_errors(exc: ValidationError) -> str:
             message = _naming_input(message, given)
             if err["type"] in ("int_type", "float_type") and isinstance(given, (str, bool)):
                 message += ": write a number, without quotes" if isinstance(given, str) else ": write a number, not true or false"
-        lines.append(f"  {where}: {message}")
+        lines.append(_bounded(f"  {where}: {message}"))
     return "\n".join(lines)
 
 
@@ -1085,6 +1165,57 @@ class _JobFileLoader(yaml.SafeLoader):
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
 
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_aliases(node)
+        return super().construct_document(node)
+
+
+#: Most values that the aliases (``*name``) of a job file may add to those it writes out. An alias
+#: shares its anchor's value when loaded, but validation and its errors walk every use: ten
+#: nested lists of ten aliases each (a "billion laughs" of a few hundred bytes) took seconds and
+#: made a 70 MB error at every DAG parse, and one level more would time the DAG file out.
+ALIAS_VALUES = 10_000
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand to more than :data:`ALIAS_VALUES` values, counted
+    on the composed nodes (an alias is its anchor's node object: a walk that remembers the count
+    of each node costs what the file holds, not what it expands to)."""
+    expanded: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while pending:
+        node, done = pending.pop()
+        children = (
+            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode)
+            else node.value if isinstance(node, yaml.SequenceNode) else []
+        )
+        if done:
+            open_nodes.discard(id(node))
+            expanded[id(node)] = 1 + sum(expanded[id(child)] for child in children)
+        elif id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to the value that holds it, which never ends: write the value out", node.start_mark
+            )
+        elif id(node) not in expanded:
+            open_nodes.add(id(node))
+            pending += [(node, True), *((child, False) for child in children)]
+    added = expanded[id(root)] - len(expanded)
+    if added <= ALIAS_VALUES:
+        return
+    # Name the top-level setting that expands the most, at its line.
+    pairs = root.value if isinstance(root, yaml.MappingNode) else [(root, root)]
+    key, value = max(pairs, key=lambda pair: expanded[id(pair[1])])
+    size = expanded[id(value)]
+    named = f"{key.value!r}" if isinstance(key, yaml.ScalarNode) and key is not root else "the document"
+    raise yaml.constructor.ConstructorError(
+        None, None,
+        f"{named} expands through aliases (*name) to {f'{size:,}' if size < 10**15 else f'about 10^{len(str(size)) - 1}'} "
+        f"values, and a job file's aliases may add at most {ALIAS_VALUES:,} to what it writes out: "
+        "write the values out, or use fewer nested aliases",
+        value.start_mark,
+    )
+
 
 def load_job_file(path: str | Path) -> JobConfig:
     path = Path(path)
@@ -1096,6 +1227,13 @@ def load_job_file(path: str | Path) -> JobConfig:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the job file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        # PyYAML composes nested values recursively: a value nested a thousand deep escaped as a
+        # RecursionError, which no caller expects, and failed the DAG file of every job.
+        raise ConfigError(
+            f"{path}: values are nested too deeply to read ([[[[... or {{a: {{b: ... hundreds deep); "
+            "a job file's settings nest a few levels: check the brackets and indentation"
+        ) from None
     return parse_job(data, source=str(path))
 
 

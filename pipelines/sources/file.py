@@ -561,6 +561,8 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
         ) from None
     except _CorruptArchive as exc:
         raise fail(f"{what} {exc}", exc.todo, kind=exc.kind) from exc.__cause__
+    except _WrongDelimiter as exc:
+        raise fail(f"{what} {exc}", exc.todo, kind=SourceConfigError) from None
     except _UndecodableText as exc:
         raise fail(
             f"{what} {exc}",
@@ -765,6 +767,10 @@ def _text_encoding(encoding: str) -> str:
     return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
+def _delimiter(job: JobConfig) -> str:
+    return job.source.delimiter if isinstance(job.source, FileSource) else ","
+
+
 def _csv_options(job: JobConfig, encoding: str, seen: list[str]) -> dict[str, Any]:
     wanted = set(job.columns)
     # CSV has no types: a dimension's text is its identity ("007" must not become 7).
@@ -772,17 +778,41 @@ def _csv_options(job: JobConfig, encoding: str, seen: list[str]) -> dict[str, An
         "usecols": lambda name: seen.append(name) or name in wanted,
         "dtype": dict.fromkeys(job.dimensions, str),
         "encoding": _text_encoding(encoding),
+        "sep": _delimiter(job),
+        "decimal": job.source.decimal if isinstance(job.source, FileSource) else ".",
     }
+
+
+class _WrongDelimiter(ValueError):
+    """A csv header read as one field that another delimiter splits into the job's columns."""
+
+    def __init__(self, header: str, delimiter: str) -> None:
+        shown = "\\t" if delimiter == "\t" else delimiter
+        super().__init__(f"has the header {header!r}, which looks {shown}-separated")
+        self.todo = f"Set source.delimiter: \"{shown}\" in the job file."
+
+
+#: Delimiters looked for in a header that the configured one does not split.
+_OTHER_DELIMITERS = (";", "\t", ",", "|")
 
 
 def _check_csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, seen: list[str]) -> None:
     """pandas renames a repeated header ("value", "value.1") and the job would silently read the
     first: read the header as written when pandas' names look renamed (a file may also name a
-    column "value.1" itself)."""
+    column "value.1" itself).
+
+    A file written with another delimiter reads as one column whose name is the whole header:
+    the job's columns were then reported missing at validation, with no word of the delimiter."""
+    wanted = set(job.columns)
+    if not wanted & {str(name) for name in seen}:
+        for name in seen:
+            for other in _OTHER_DELIMITERS:
+                if other != _delimiter(job) and other in str(name) and wanted & set(next(csv.reader([str(name)], delimiter=other))):
+                    raise _WrongDelimiter(str(name), other)
     if not any(re.fullmatch(rf"{re.escape(name)}\.\d+", str(other)) for name in job.columns for other in seen):
         return
     with open_data(fs, file) as handle, io.TextIOWrapper(handle, encoding=_text_encoding(encoding), newline="") as text:
-        _check_unique(next(csv.reader(text), []), job)
+        _check_unique(next(csv.reader(text, delimiter=_delimiter(job)), []), job)
 
 
 def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import get_args
@@ -104,6 +106,13 @@ def test_defaults_and_durations():
         ({"timestamp": ""}, "timestamp", "at least 1 character"),
         ({"outputs": {"parquet": ""}}, "outputs.parquet", "at least 1 character"),
         ({"registry": ""}, "registry", "at least 1 character"),
+        # Longer delimiters are regular expressions to pandas; a quote or a line break separates nothing.
+        ({"source": {"kind": "file", "path": "x.csv", "delimiter": ";;"}}, "source.file.delimiter",
+         "must be one character other than a quote or a line break, got ';;'"),
+        ({"source": {"kind": "file", "path": "x.csv", "delimiter": ""}}, "source.file.delimiter", "must be one character"),
+        ({"source": {"kind": "file", "path": "x.csv", "decimal": '"'}}, "source.file.decimal", "must be one character"),
+        ({"source": {"kind": "file", "path": "x.csv", "decimal": ","}}, "source.file",
+         "delimiter and decimal are both ',': a number could not be told from two fields"),
     ],
 )
 def test_errors_name_file_field_and_reason(overrides, field, reason):
@@ -175,6 +184,71 @@ def test_a_key_set_twice_is_refused_naming_both_lines(tmp_path):
                     + "threshold:\n  <<: *base\n  value: 0.02\n")
     with pytest.raises(ConfigError, match="base: unknown field"):  # parsed: only the job's own check refuses it
         load_job_file(path)
+
+
+def _alias_bomb(levels: int, used_by: str) -> str:
+    """Ten aliases of the level below on each of ``levels`` levels: 10**levels values in a few hundred bytes."""
+    anchors = ["_l0: &l0 [" + ", ".join(["lol"] * 10) + "]"]
+    anchors += [f"_l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(anchors) + "\n" + yaml.safe_dump(minimal(), sort_keys=False) + f"{used_by}: *l{levels - 1}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    # Seven levels took seconds and made a 72 MB error (the value repeated after "got"), stored as
+    # Airflow's import error at every parse; one level more would time the DAG file out.
+    (tmp_path / "a.yaml").write_text(_alias_bomb(7, "description"))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(minimal(name="costs")))
+    started = time.perf_counter()
+    scan = scan_jobs(tmp_path)
+    assert time.perf_counter() - started < 1
+    assert list(scan.jobs) == ["costs"] and len(scan.errors[0]) < 1000
+    assert re.search(
+        r"a\.yaml: not valid YAML: '_l6' expands through aliases \(\*name\) to 11,111,111 values, and a job file's aliases "
+        r"may add at most 10,000 to what it writes out: write the values out.*line 7", scan.errors[0], re.S
+    )
+
+
+def test_an_alias_that_holds_itself_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(minimal(), sort_keys=False) + "description: &d [*d]\n")
+    with pytest.raises(ConfigError, match="not valid YAML: an alias refers to the value that holds it"):
+        load_job_file(tmp_path / "a.yaml")
+
+
+def test_aliases_that_add_few_values_are_read(tmp_path):
+    (tmp_path / "a.yaml").write_text(
+        yaml.safe_dump(minimal(), sort_keys=False).replace("- value\n", "- a\n- b\n- c\n")
+        + "alerts: {features: &f [a, b, c], series: *f, slack: {webhook_conn_id: hook}}\n"
+    )
+    assert load_job_file(tmp_path / "a.yaml").alerts.series == ["a", "b", "c"]
+
+
+def test_values_nested_too_deeply_are_a_config_error_that_hides_no_other_job(tmp_path):
+    # PyYAML composes recursively: a RecursionError escaped, failing the DAG file of every job.
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(minimal(), sort_keys=False) + "description: " + "[" * 3000 + "]" * 3000 + "\n")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(minimal(name="costs")))
+    scan = scan_jobs(tmp_path)
+    assert list(scan.jobs) == ["costs"] and "a.yaml: values are nested too deeply to read" in scan.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "shown"),
+    [
+        ({"timestamp": ["x"] * 100_000}, "timestamp", "(got ['x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', ...]… (a list of 100,000 items))"),
+        ({"model": {"kind": "iforest", "params": {"n_estimators": list(range(100_000))}}}, "model",
+         "params.n_estimators: Input should be a valid integer (got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]… (a list of 100,000 items))"),
+        ({"name": "x" * 100_000}, "name", "… (100,000 characters))"),
+        # The check's own message quotes the value whole: cut in the middle, its advice kept.
+        ({"frequency": "y" * 100_000}, "frequency", "characters left out) …yyy"),
+    ],
+    ids=["long-list", "detector-parameter", "long-text", "quoted-by-the-check"],
+)
+def test_a_large_value_is_shown_cut_with_its_size(overrides, field, shown):
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(**overrides))
+    [line] = [line for line in str(info.value).splitlines() if line.startswith(f"  {field}:")]
+    assert shown in line and len(line) <= 2000 and line.count("(got ") <= 1
+    if field == "frequency":
+        assert line.endswith("y' is not a duration: write an integer and a unit, one of s, min, h, d, w (e.g. '15min', '1h', '28d')")
 
 
 def test_a_job_file_that_is_not_utf8_is_a_config_error_and_hides_no_other_job(tmp_path):

@@ -626,6 +626,69 @@ def test_a_csv_column_named_like_a_renamed_repeat_is_read(make_job, tmp_path: Pa
     assert frame["value"].tolist() == [1]
 
 
+# Delimiters and decimal commas.
+
+EUROPEAN = "ts;host;value\n2024-01-01 01:00:00;007;1,5\n2024-01-01 02:00:00;b;-2,25\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "options"),
+    [
+        ("m.csv", EUROPEAN, {"delimiter": ";", "decimal": ","}),
+        ("m.csv.gz", EUROPEAN, {"delimiter": ";", "decimal": ","}),
+        ("m.csv", EUROPEAN.replace(";", "\t").replace(",", "."), {"delimiter": "\t"}),
+    ],
+    ids=["semicolon-decimal-comma", "gzip", "tab"],
+)
+def test_delimiter_and_decimal_options_read_csv_whole_and_in_chunks(
+    make_job, tmp_path: Path, name: str, text: str, options: dict
+) -> None:
+    data = text.encode("cp1252")
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    reader = FileReader(make_job(file_source(str(tmp_path / name), **options)))
+
+    for frame in (reader.read(START, END), pd.concat(list(reader.iter_chunks(1)), ignore_index=True)):
+        assert list(frame.columns) == ["ts", "host", "value"]
+        assert frame["host"].tolist() == ["007", "b"] and frame["value"].tolist() == [1.5, -2.25]
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "says"),
+    [
+        (EUROPEAN, {}, r"has the header 'ts;host;value', which looks ;-separated\. Set source\.delimiter: \";\" in the job file\."),
+        ('"ts";"host";"value"\n', {}, r"which looks ;-separated\. Set source\.delimiter: \";\""),
+        ("ts\thost\tvalue\n2024-01-01 01:00:00\ta\t1\n", {}, r"which looks \\t-separated\. Set source\.delimiter: \"\\t\""),
+        ("ts,host,value\n2024-01-01 01:00:00,a,1\n", {"delimiter": ";"}, r"which looks ,-separated\. Set source\.delimiter: \",\""),
+    ],
+    ids=["semicolon", "quoted-semicolon", "tab", "comma-read-as-semicolon"],
+)
+def test_a_csv_read_with_the_wrong_delimiter_says_which_one_to_set(
+    make_job, tmp_path: Path, text: str, options: dict, says: str
+) -> None:
+    # It read as one column named after the whole header: validation then reported every column
+    # of the job missing, without a word of the delimiter.
+    (tmp_path / "m.csv").write_text(text)
+    reader = FileReader(make_job(file_source(str(tmp_path / "m.csv"), **options)))
+
+    for read in (lambda: reader.read(START, END), lambda: list(reader.iter_chunks(10))):
+        with pytest.raises(ConfigError, match=rf"^job 'cpu_load': cannot read file source .*m\.csv .*{says}"):
+            read()
+
+
+def test_a_header_without_the_jobs_columns_is_left_to_validation(make_job, tmp_path: Path) -> None:
+    # A semicolon in a header that holds none of the job's columns is no sign of a wrong delimiter.
+    (tmp_path / "m.csv").write_text("a;b,c\n1,2\n")
+
+    assert FileReader(make_job(file_source(str(tmp_path / "m.csv")))).read(None, None).empty
+
+
+def test_a_repeated_column_is_refused_in_a_semicolon_separated_csv(make_job, tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("ts;host;value;value\n2024-01-01 01:00:00;a;1;2\n")
+
+    with pytest.raises(DataValidationError, match=r"m\.csv holds 2 columns named 'value'"):
+        read_window(make_job(file_source(str(tmp_path / "m.csv"), delimiter=";")), START, END)
+
+
 # Encodings.
 
 
