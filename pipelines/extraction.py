@@ -247,7 +247,11 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     any chunk is scored.
     """
     workspace = Workspace(job.name, run_id)
-    one_off = job.model_copy(update={"source": FileSource(kind="file", path=input_path)})
+    # A one-off file is most often an export like the job's own files: it is read with their text
+    # options, so a job reading ;-separated files with decimal commas scores such a file too (read
+    # with pandas' defaults it was one column, and the error said to set the delimiter it had set).
+    text = {name: getattr(job.source, name) for name in ("encoding", "delimiter", "decimal")} if isinstance(job.source, FileSource) else {}
+    one_off = job.model_copy(update={"source": FileSource(kind="file", path=input_path, **text)})
     first, last, rows, paths, manifest = None, None, 0, [], []
     zone: TimestampZone | None = None  # of the file's first timestamp: every later chunk must agree
     # Each series' latest row so far. Validation sees one chunk at a time, so it cannot see a

@@ -359,6 +359,24 @@ def test_one_off_input_whose_series_interleave_in_time_order_passes_across_chunk
     assert (len(extracted.paths), extracted.rows) == (3, 6)
 
 
+def test_a_one_off_input_is_read_with_the_csv_options_of_the_jobs_file_source(project: Path) -> None:
+    path = project / "input.csv"
+    path.write_text("timestamp;region;requests;latency_ms\n" + "".join(f"{stamp};eu;{n};1,5\n" for n, stamp in enumerate((H0, H1, H2))))
+    job = get_job("demo_web_metrics")
+    job = job.model_copy(
+        update={
+            "source": FileSource(kind="file", path=str(project / "source.csv"), delimiter=";", decimal=","),
+            "validation": job.validation.model_copy(update={"min_rows": 3}),
+        }
+    )
+
+    extracted = extract_chunks(job, run_id="one-off", input_path=str(path), chunk_rows=2)
+
+    chunks = pd.concat(read_parquet(p) for p in extracted.paths)
+    assert chunks["latency_ms"].tolist() == [1.5, 1.5, 1.5]
+    assert chunks["requests"].tolist() == [0, 1, 2]
+
+
 def test_one_off_input_without_dimensions_is_checked_across_chunks_too(project: Path) -> None:
     job = get_job("demo_web_metrics").model_copy(update={"dimensions": []})
     path = _one_off_input(project / "input.csv", [(H0, "eu"), (H1, "us"), (H1, "eu")])
