@@ -570,6 +570,11 @@ async def _run_writing(request: Request, config: JobConfig, output: str) -> dict
 #: Failed tasks whose Airflow log is read for the exception (a run of many chunks may fail in each).
 _LOGS_READ = 3
 _ERROR_CHARS = 2000
+#: Failed tasks named in a failed run's error (``failed_tasks`` holds them all).
+_TASKS_NAMED = 10
+#: Task instances asked for per page: Airflow answers 50 unless asked for more, and at most its
+#: ``[api] maximum_page_limit`` (100 by default) whatever is asked.
+_PAGE = 100
 
 
 def _task_name(task: dict[str, Any]) -> str:
@@ -590,6 +595,20 @@ def _logged_error(content: Any) -> str | None:
     return str(errors[-1].get("event")) if errors else None
 
 
+async def _failed_tasks(request: Request, path: str) -> list[dict[str, Any]]:
+    """Every failed task instance of a run (``path``: its taskInstances), page by page: asked once,
+    Airflow answered its first 50, and a run with more failed chunks was said to fail in those only."""
+    failed: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = await _airflow(request, "GET", path, params={"state": ["failed"], "limit": _PAGE, "offset": offset})
+        tasks = page.get("task_instances") or []
+        failed += [task for task in tasks if task.get("state") == "failed"]
+        offset += len(tasks)
+        if not tasks or offset >= int(page.get("total_entries") or 0):
+            return failed
+
+
 async def _failure(request: Request, dag_id: str, run_id: str, output: str) -> tuple[list[str], str]:
     """The failed tasks of a failed one-off run and, from their logs, why it failed.
 
@@ -600,11 +619,10 @@ async def _failure(request: Request, dag_id: str, run_id: str, output: str) -> t
     path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances"
     wrote_nothing = f"it wrote nothing to {output} (a file there is another run's)"
     try:
-        tasks = await _airflow(request, "GET", path, params={"state": ["failed"]})
+        failed = await _failed_tasks(request, path)
     except HTTPException as exc:
         log.warning("cannot list the failed tasks of run %s of %s: %s", run_id, dag_id, exc.detail)
         return [], f"run {run_id} of {dag_id} failed; {wrote_nothing}. Its task logs in Airflow say why."
-    failed = [task for task in tasks.get("task_instances") or [] if task.get("state") == "failed"]
     names = [_task_name(task) for task in failed]
     reasons = []
     for task in failed[:_LOGS_READ]:
@@ -620,8 +638,13 @@ async def _failure(request: Request, dag_id: str, run_id: str, output: str) -> t
             continue
         if reason := _logged_error(logged.get("content")):
             reasons.append(f"{_task_name(task)}: {reason[:_ERROR_CHARS].rstrip('.')}")
-    where = f"in task {', '.join(names)}" if names else "(no task of it is marked failed: was it stopped?)"
-    why = f" {'; '.join(reasons)}." if reasons else " The task's log in Airflow says why."
+    if len(names) > 1:  # a run of many chunks may fail in hundreds: name a few, count them all
+        more = f" and {len(names) - _TASKS_NAMED} more" if len(names) > _TASKS_NAMED else ""
+        where = f"in {len(names)} tasks: {', '.join(names[:_TASKS_NAMED])}{more}"
+    else:
+        where = f"in task {names[0]}" if names else "(no task of it is marked failed: was it stopped?)"
+    unread = " Their logs in Airflow say why." if len(names) > 1 else " The task's log in Airflow says why."
+    why = f" {'; '.join(reasons)}." if reasons else unread
     return names, f"run {run_id} of {dag_id} failed {where}; {wrote_nothing}.{why}"
 
 
@@ -780,6 +803,62 @@ def list_labels(job: JobName, user: CurrentUser, series: SeriesQuery = None, sta
     with _label_failures():
         labels = label_store(config).labels(job, series, start, end)
     return LabelList(job=job, labels=[_label_info(label) for label in labels])
+
+
+#: Labels near a missing one named in the 404 (a feature's label, or one of a slightly different span).
+_LABELS_NAMED = 3
+
+
+@router.delete(
+    "/jobs/{job}/labels",
+    summary="Withdraw the verdict on an event (the label's series, start, end and feature)",
+    response_model=LabelInfo,
+    responses={
+        **_AUTH_ERRORS,
+        **_error(404, "No such job, or no label with that series, start, end and feature: GET the labels to see them."),
+        **_LABEL_ERRORS,
+    },
+)
+def remove_label(
+    job: JobName,
+    user: CurrentUser,
+    series: Annotated[SeriesKey, Query(description="The label's series, e.g. 'region=eu'.")],
+    start: Annotated[IsoTime, Query(description="The label's start (ISO 8601 with offset), as GET labels lists it.")],
+    end: Annotated[IsoTime, Query(description="The label's end (ISO 8601 with offset).")],
+    feature: Annotated[
+        str | None, Query(min_length=1, max_length=128, description="The label's feature; omitted: the whole-series label.")
+    ] = None,
+) -> LabelInfo:
+    """Withdraw a verdict given by mistake and answer it (POST it again to restore it): giving the
+    opposite verdict instead still counts (a false alarm silences alerts, a true anomaly is what
+    tuning scores against). Needs the right to trigger the job's runs, as giving a verdict does.
+    """
+    from pipelines.labels import label_store
+
+    config = served_job(user, job, "POST")
+    with _label_failures():
+        store = label_store(config)
+        removed = store.remove(job, series, start, end, feature=feature)
+        # Reads only when nothing was removed: labels of the series the key may have been meant for.
+        near = [] if removed is not None else store.labels(job, series, start, end)[:_LABELS_NAMED]
+    if removed is None:
+        what = f"job {job}, series {series!r}{', feature ' + repr(feature) if feature else ''}"
+        listing = f"GET {API_PREFIX}/jobs/{job}/labels?series={quote(series, safe='=')}"
+        hint = ""
+        if near:
+            keys = "; ".join(
+                f"[{label.start.isoformat()}, {label.end.isoformat()}]"
+                + (f" feature {label.feature!r}" if label.feature else " whole series")
+                for label in near
+            )
+            hint = f" (labels of the series overlapping it: {keys})"
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"{what}: no label on [{start.isoformat()}, {end.isoformat()}]{hint}; "
+            f"{listing} lists them with their exact start, end and feature",
+        )
+    log.info("user %r withdrew the verdict on job %s, series %r [%s, %s]", user.get_name(), job, series, start, end)
+    return _label_info(removed)
 
 
 def _event_info(event: AnomalyEvent, label: Label | None) -> EventInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -39,6 +40,22 @@ def _not_a_number(value: Any) -> Any:
     return value
 
 
+#: An ISO 8601 time whose offset's '+' became a space: a query string reads '+' as a space.
+_LOST_PLUS = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)? (\d\d(?::?\d\d)?)")
+
+
+def _no_lost_plus(value: Any) -> Any:
+    # A time copied into a URL as listed (2024-03-03T14:00:00+00:00) reached the route as
+    # "2024-03-03T14:00:00 00:00", refused as having "unexpected extra characters".
+    if isinstance(value, str) and (lost := _LOST_PLUS.fullmatch(value.strip())):
+        encoded = f"{value.strip()[: lost.start(1) - 1]}%2B{lost.group(1)}"
+        raise ValueError(
+            f"{value!r} has a space where its offset's '+' was ('+' in a URL's query string reads as a space): "
+            f"write it %2B ({encoded}, or curl -G --data-urlencode), or give the time in UTC with Z"
+        )
+    return value
+
+
 def _not_a_path_step(value: str) -> str:
     # series_slug keeps dots, so "." and ".." named the job's registry folder or the one above it:
     # GET .../tuning?series=.. read the registry of a job named "tuning", whatever the caller's rights.
@@ -52,7 +69,7 @@ def _not_a_path_step(value: str) -> str:
 SeriesKey = Annotated[str, Field(pattern=SERIES_PATTERN), AfterValidator(_not_a_path_step)]
 
 #: A time as the API takes it: ISO 8601 with an offset, never a number of seconds.
-IsoTime = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_not_a_number), BeforeValidator(_no_lost_plus)]
 
 #: Whole numbers a float64 column holds exactly enough (JSON has no limit: 10**400 parsed, then
 #: overflowed deep in the scoring as a 500).

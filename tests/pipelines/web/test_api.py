@@ -746,6 +746,31 @@ def test_a_failed_score_file_run_says_which_task_failed_why_and_that_it_wrote_no
     assert body["error"] is None and body["failed_tasks"] == [] and len(requests) == 1
 
 
+def test_a_run_failed_in_more_chunks_than_airflow_lists_at_once_names_and_counts_them_all(client, headers, stand_in_airflow):
+    # Airflow answers 50 task instances unless asked for more, and at most 100 ([api]
+    # maximum_page_limit) whatever is asked: a run failed in 130 chunks was said to fail in 50.
+    routes, requests = stand_in_airflow
+    run_path = "/dags/demo_web_metrics__predict/dagRuns/manual__8"
+    routes["GET", run_path] = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__8", "state": "failed",
+                               "conf": {"input": "/in.csv", "output": "/var/scored/x.parquet"}}
+    failed = [{"task_id": "score", "map_index": index, "try_number": 1, "state": "failed"} for index in range(130)]
+
+    def page() -> dict:  # as Airflow pages: the query of the request being answered
+        query = requests[-1][2]
+        limit = min(int(query.get("limit", ["50"])[0]) or 50, 100)
+        offset = int(query.get("offset", ["0"])[0])
+        return {"task_instances": failed[offset:offset + limit], "total_entries": len(failed)}
+
+    routes["GET", f"{run_path}/taskInstances"] = page
+    body = client.get(f"{BASE}/score-file/manual__8", headers=headers).json()
+    assert body["failed_tasks"] == [f"score[{index}]" for index in range(130)]
+    assert body["error"].startswith(
+        "run manual__8 of demo_web_metrics__predict failed in 130 tasks: score[0], score[1], score[2], score[3], score[4], "
+        "score[5], score[6], score[7], score[8], score[9] and 120 more; it wrote nothing to /var/scored/x.parquet"
+    )
+    assert body["error"].endswith("Their logs in Airflow say why.")
+
+
 def test_a_registry_that_cannot_be_reached_is_503_naming_it(client, headers, spike_points, web_project, unreachable_s3_options):
     # The store's StorageError reached FastAPI: a bare 500 "Internal Server Error" in text/plain.
     import yaml

@@ -182,6 +182,12 @@ def test_the_openapi_document_describes_the_feedback_operations(client, headers)
     assert labels["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/LabelList")
     assert events["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/EventList")
     assert [p["name"] for p in events["get"]["parameters"]] == ["job", "series", "start", "end", "limit"]
+    # Withdrawing takes the label's key in the query (a DELETE body has no defined meaning, and proxies may drop it).
+    withdraw = labels["delete"]
+    assert {"200", "401", "403", "404", "422", "503"} <= set(withdraw["responses"]) and "requestBody" not in withdraw
+    assert [(p["name"], p["in"], p["required"]) for p in withdraw["parameters"]] == [
+        ("job", "path", True), ("series", "query", True), ("start", "query", True), ("end", "query", True), ("feature", "query", False)
+    ]
 
 
 def test_an_event_straddling_the_window_is_listed_whole_with_its_label(client, headers, scored):
@@ -195,3 +201,86 @@ def test_an_event_straddling_the_window_is_listed_whole_with_its_label(client, h
     [inside] = [e for e in answer.json()["events"] if e["peak_timestamp"] == whole["peak_timestamp"]]
     assert {**inside, "label": None} == {**eu_spike(client, headers), "label": None}
     assert inside["label"]["note"] == "load test"
+
+
+def test_a_verdict_given_by_mistake_is_withdrawn_and_no_longer_silences_alerts(client, headers, scored):
+    # Only the CLI could withdraw a verdict: through the API, flipping it still left a verdict that
+    # counted (a false alarm silencing alerts, a true anomaly scored by tuning).
+    from pipelines.labels import label_store
+
+    body = {"series": "region=eu", "start": f"{SPIKE_DAY}T14:00:00Z", "end": f"{SPIKE_DAY}T16:00:00Z",
+            "verdict": False, "value_min": 1, "value_max": 2}
+    assert client.post(f"{BASE}/labels", json=body, headers=headers).status_code == 201
+    feature = client.post(f"{BASE}/labels", json={**body, "verdict": True, "feature": "requests"}, headers=headers).json()
+    store = label_store(scored)
+    assert store.known_false_alarm("demo_web_metrics", "region=eu", "requests", 1.5, 1.5) is not None
+    # The label's key as GET lists it, in any offset: the whole-series one is withdrawn, the feature's stays.
+    key = {"series": "region=eu", "start": f"{SPIKE_DAY}T15:00:00+01:00", "end": f"{SPIKE_DAY}T16:00:00Z"}
+    answer = client.delete(f"{BASE}/labels", params=key, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["verdict"], answer.json()["feature"], answer.json()["author"]) == (False, None, "admin")
+    assert client.get(f"{BASE}/labels", headers=headers).json()["labels"] == [feature]
+    assert store.known_false_alarm("demo_web_metrics", "region=eu", "requests", 1.5, 1.5) is None
+    # Again: nothing to withdraw. The 404 says how to list the labels and names the one of the feature.
+    answer = client.delete(f"{BASE}/labels", params=key, headers=headers)
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == (
+        "job demo_web_metrics, series 'region=eu': no label on [2024-03-03T15:00:00+01:00, 2024-03-03T16:00:00+00:00] "
+        "(labels of the series overlapping it: [2024-03-03T14:00:00+00:00, 2024-03-03T16:00:00+00:00] feature 'requests'); "
+        "GET /api/v1/jobs/demo_web_metrics/labels?series=region=eu lists them with their exact start, end and feature"
+    )
+    assert client.delete(f"{BASE}/labels", params={**key, "feature": "requests"}, headers=headers).status_code == 200
+    assert client.get(f"{BASE}/labels", headers=headers).json()["labels"] == []
+
+
+def test_withdrawing_a_verdict_needs_the_right_to_give_one(client, headers, mint, scored):
+    body = {"series": "region=eu", "start": f"{SPIKE_DAY}T14:00:00Z", "end": f"{SPIKE_DAY}T16:00:00Z",
+            "verdict": True, "value_min": 1, "value_max": 2}
+    assert client.post(f"{BASE}/labels", json=body, headers=headers).status_code == 201
+    key = {name: body[name] for name in ("series", "start", "end")}
+    viewer = {"Authorization": f"Bearer {mint('viewer')}"}
+    answer = client.delete(f"{BASE}/labels", params=key, headers=viewer)
+    assert answer.status_code == 403
+    assert "user 'viewer' may not trigger runs of job 'demo_web_metrics'" in answer.json()["detail"]
+    assert client.delete(f"{BASE}/labels", params=key).status_code == 401
+    assert len(client.get(f"{BASE}/labels", headers=viewer).json()["labels"]) == 1  # still there
+    answer = client.delete("/api/v1/jobs/no_such_job/labels", params=key, headers=headers)
+    assert answer.status_code == 404 and "no job named 'no_such_job'" in answer.json()["detail"]
+    user = {"Authorization": f"Bearer {mint('user', username='ops')}"}
+    assert client.delete(f"{BASE}/labels", params=key, headers=user).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"start": "1709478000"}, "not the number '1709478000'"),
+        ({"start": f"{SPIKE_DAY}T14:00:00"}, "timezone"),
+        ({"end": "0001-01-01T00:00:00+01:00"}, "out of range"),
+        ({"feature": ""}, "at least 1 character"),
+        ({"series": ".."}, "'..' is not a series key"),
+    ],
+)
+def test_a_bad_key_to_withdraw_is_422(client, headers, scored, change, message):
+    key = {"series": "region=eu", "start": f"{SPIKE_DAY}T14:00:00Z", "end": f"{SPIKE_DAY}T16:00:00Z", **change}
+    answer = client.delete(f"{BASE}/labels", params=key, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert message in str(answer.json()["detail"])
+    missing = client.delete(f"{BASE}/labels", params={"series": "region=eu"}, headers=headers)
+    assert missing.status_code == 422 and "start" in str(missing.json()["detail"])
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_time_whose_plus_a_query_string_turned_into_a_space_is_422_saying_so(client, headers, method):
+    # Copied into a URL as listed ("+00:00"), the time came as "2024-03-03T14:00:00 00:00" and was
+    # refused as having "unexpected extra characters at the end of the input".
+    url = f"{BASE}/labels?series=region%3Deu&start={SPIKE_DAY}T14:00:00+00:00&end={SPIKE_DAY}T16:00:00.5+0100"
+    answer = client.request(method, url, headers=headers)
+    assert answer.status_code == 422, answer.text
+    [start, end] = [error["msg"] for error in answer.json()["detail"]]
+    assert start == (
+        "Value error, '2024-03-03T14:00:00 00:00' has a space where its offset's '+' was ('+' in a URL's query string "
+        "reads as a space): write it %2B (2024-03-03T14:00:00%2B00:00, or curl -G --data-urlencode), or give the time in UTC with Z"
+    )
+    assert "(2024-03-03T16:00:00.5%2B0100," in end
+    encoded = client.request(method, url.replace("+", "%2B"), headers=headers)
+    assert encoded.status_code == (200 if method == "GET" else 404), encoded.text
