@@ -12,6 +12,10 @@ and the detector allows it. A training that raises registers nothing, so the cha
 One exception: when the job's ``model`` (kind, params) or ``threshold`` is no longer the one the
 champion was trained or tuned under (``configured_model`` in its metadata), people changed the job
 file, and the new model is promoted without the comparison (:func:`model_change`).
+
+Values people confirmed as anomalies (true labels, :mod:`pipelines.labels`) are left out of what
+the model learns as normal: they are made missing before any fit (:func:`leave_out_confirmed`),
+overlapping labels resolved by :func:`label_verdicts`, the rule tuning uses too.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,10 +34,13 @@ import pipelines
 from pipelines.config import JobConfig, resolve_path
 from pipelines.detectors import BaseDetector, load_detector, make_detector
 from pipelines.detectors.synthetic import robust_scale as feature_scale
-from pipelines.errors import ConfigError, ModelError
+from pipelines.errors import ConfigError, ModelError, SinkError
 from pipelines.monitoring import reference_profile
 from pipelines.registry import ModelRegistry, ModelVersion
 from pipelines.workspace import Window, utcnow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipelines.labels import Label
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +161,111 @@ def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[s
         )
         return {}, job.model.kind
     return document.get("params") or {}, kind
+
+
+def series_labels(job: JobConfig, series: str, data: pd.DataFrame) -> list[Label]:
+    """People's labels of ``series`` overlapping the rows of ``data`` (none without timestamps).
+
+    A labels table that cannot be read raises :class:`SinkError` naming the job and the series:
+    training on without it would learn the confirmed anomalies as normal, and a failed training
+    leaves the champion serving until a retry can read them.
+    """
+    if not isinstance(data.index, pd.DatetimeIndex) or data.empty:
+        return []
+    from pipelines.labels import label_store
+
+    start, end = (_utc(moment).to_pydatetime() for moment in (data.index.min(), data.index.max()))
+    try:
+        return list(label_store(job).labels(job.name, series, start, end))
+    except SinkError as exc:
+        raise SinkError(f"job {job.name}, series {series}: cannot read people's labels of the training rows: {exc}") from exc
+
+
+def _utc(moment: Any) -> pd.Timestamp:
+    # The rows' times are UTC; a naive index (a file without offsets) is read as UTC, as labels are.
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def label_rows(index: pd.DatetimeIndex, label: Label) -> np.ndarray:
+    """Positions of the rows of ``index`` from ``label.start`` to ``label.end`` (both inclusive)."""
+    stamps = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
+    return np.flatnonzero((stamps >= _utc(label.start)) & (stamps <= _utc(label.end)))
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """What people said of each row and feature: ``values`` is 1.0 (a true anomaly), 0.0 (a
+    false alarm) or NaN (no label), rows x features; ``overruled`` counts the labels overlapping
+    the rows that decide none of them (other labels win everywhere they lie)."""
+
+    values: np.ndarray
+    overruled: int = 0
+
+    @property
+    def confirmed(self) -> np.ndarray:
+        return self.values == 1.0
+
+
+def label_verdicts(index: pd.Index, features: Sequence[Any], labels: Iterable[Label]) -> Verdicts:
+    """The verdict that holds on each row and feature of ``index`` (:class:`Verdicts`).
+
+    Labels may overlap: an event re-scored and re-labelled with another span keeps its first
+    label, and a feature may be judged apart from its whole series. Each row and feature takes
+    the verdict of the most specific label over it (a feature's label over a whole-series one),
+    and of those the most recently written (``created_at``): the later word on the same values.
+    A label of a feature the job no longer watches decides nothing. Training and tuning both
+    read labels through this, so they never disagree on what a label means.
+    """
+    values = np.full((len(index), len(features)), np.nan)
+    if not isinstance(index, pd.DatetimeIndex):
+        return Verdicts(values)
+    columns = {str(feature): number for number, feature in enumerate(features)}
+    owner = np.full(values.shape, -1)
+    ordered = sorted(labels, key=lambda label: (label.feature is not None, label.created_at))
+    for number, label in enumerate(ordered):
+        if label.feature is not None and label.feature not in columns:
+            continue
+        rows = label_rows(index, label)
+        where = (rows, slice(None)) if label.feature is None else (rows, columns[label.feature])
+        values[where], owner[where] = float(label.verdict), number
+    deciding = {int(number) for number in np.unique(owner) if number >= 0}
+    return Verdicts(values, sum(1 for number, label in enumerate(ordered) if number not in deciding))
+
+
+def leave_out_confirmed(data: pd.DataFrame, verdicts: Verdicts) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``data`` with the values people confirmed as anomalies (true verdicts) made missing, and
+    what was left out (recorded as ``label_masking`` in the version's metadata).
+
+    A model learns its training rows as normal: fitted over a confirmed incident, it learned the
+    incident and stayed quiet when it came again. Missing rather than dropped, as every detector
+    takes missing values and the rows keep their regular times (seasons, windows): a whole-series
+    label leaves its rows missing, a feature's label that feature's values only (for a
+    multivariate model, as a sensor that did not report). Without a true label ``data`` itself is
+    returned: the fit is exactly the one without labels.
+    """
+    confirmed = verdicts.confirmed & data.notna().to_numpy()
+    if not confirmed.any():
+        return data, {"rows": 0, "values": 0}
+    left_out = {
+        "rows": int(confirmed.any(axis=1).sum()),
+        "values": int(confirmed.sum()),
+        "by_feature": {str(name): int(count) for name, count in zip(data.columns, confirmed.sum(axis=0), strict=True) if count},
+        "reason": "inside people's true anomaly labels: left out of what the model learns as normal",
+    }
+    return data.mask(confirmed), left_out
+
+
+def _check_left_out(job: JobConfig, series: str, window: Window, before: pd.DataFrame, after: pd.DataFrame, part: str) -> None:
+    """Refuse a fit that the labels left without values of a feature: the detector would say the
+    feature has none, and send people to the source when the labels are the cause."""
+    emptied = [str(name) for name in after.columns if after[name].isna().all() and before[name].notna().any()]
+    if emptied:
+        raise ModelError(
+            f"job {job.name}, series {series}, training window {window}: true anomaly labels cover every value of "
+            f"feature(s) {', '.join(emptied)} in {part}, so nothing normal is left to learn; widen training_window, "
+            "or withdraw or narrow the labels (anomaly-pipelines labels / unlabel)"
+        )
 
 
 def load_champion(job: JobConfig, series: str) -> tuple[ModelVersion, BaseDetector] | None:
@@ -346,8 +458,13 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
         )
     registry = registry_for(job)
     tuned, kind = _tuned(job, series, registry)
+    given = data
+    data, masking = leave_out_confirmed(data, label_verdicts(data.index, data.columns, series_labels(job, series, data)))
     split = int(len(data) * (1 - HOLDOUT_FRACTION))
     head, tail = data.iloc[:split], data.iloc[split:]
+    if masking["values"]:
+        _check_left_out(job, series, window, given, data, "the window")
+        _check_left_out(job, series, window, given.iloc[:split], head, "the first 80% of the rows (the model compared is fitted on them)")
     scale = feature_scale(head)
 
     try:
@@ -404,11 +521,12 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
     final = detector_for(job, tuned, kind).fit(data, warm_start=warm)
     version = register_model(
         job, series, final, data, window, run_id=run_id, kind=kind, tuned=tuned, metrics=metrics, promoted=promoted, reason=reason,
-        compared_with=serving,
+        compared_with=serving, masking=masking,
     )
     promoted, reason = version.metadata["decision"]["promoted"], version.metadata["decision"]["reason"]
     metrics = version.metadata["metrics"]
-    log.info("job %s, series %s: trained %s on %d rows; %s", job.name, series, version.version, len(data), reason)
+    left_out = f" ({masking['values']} values in {masking['rows']} rows left out: confirmed anomalies)" if masking["values"] else ""
+    log.info("job %s, series %s: trained %s on %d rows%s; %s", job.name, series, version.version, len(data), left_out, reason)
     return TrainResult(series, version.version, promoted, reason, len(data), metrics, data.attrs.get("resampling"))
 
 
@@ -427,6 +545,7 @@ def register_model(
     reason: str,
     compared_with: str | None,
     extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    masking: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Register ``final`` (fitted on all of ``data``) with its metadata, and promote it if ``promoted``.
 
@@ -438,6 +557,8 @@ def register_model(
     registered but not promoted, and its stored decision says why. Shared by training and tuning,
     so a tuned model carries the same metadata as a trained one; ``extra(decision)`` adds sections
     given the final decision (tuning adds its trials and its own copy of the decision).
+    ``masking`` says which values of ``data`` people's true labels left out
+    (:func:`leave_out_confirmed`); ``data`` is as fitted, with them missing.
     """
     registry = registry_for(job)
     metrics = {**metrics, "train_anomaly_rate": final.training_anomaly_rate(data)}
@@ -457,6 +578,7 @@ def register_model(
         "data_end": data.index.max().isoformat(),
         "rows": len(data),
         "resampling": {**job.resample.model_dump(), "counts": data.attrs.get("resampling")},
+        "label_masking": masking or {"rows": 0, "values": 0},
         "metrics": metrics,
         "decision": decision,
         "lookback": int(final.lookback_),

@@ -3,7 +3,8 @@ challenger/champion decision. Documented in docs/MODELS.md ("Tuning").
 
 1. The series' training window is split into a fitted head and a held-back tail
    (:func:`prepare_holdout`). Without labels the tail gets synthetic anomalies (spikes, a level
-   shift); with labels (:mod:`pipelines.labels`) the tail is scored against what people said.
+   shift); with labels (:mod:`pipelines.labels`) the tail is scored against what people said,
+   and the values they confirmed anomalous are left out of what is fitted, as in training.
 2. Each trial fits one candidate (kind + parameters from
    :data:`pipelines.detectors.search_spaces.SEARCH_SPACES`, narrowed by ``tune.grid``) on the
    head and scores it on the tail (:func:`evaluate`): ``objective = F1 - 0.1 * min(error, 1)``.
@@ -52,9 +53,12 @@ from pipelines.training import (
     detector_for,
     feature_scale,
     holdout_error,
+    label_verdicts,
+    leave_out_confirmed,
     load_champion,
     register_model,
     registry_for,
+    series_labels,
 )
 from pipelines.workspace import Window, utcnow
 
@@ -148,50 +152,59 @@ def _iso(value: Any) -> str:
 
 
 def _series_labels(job: JobConfig, series: str, data: pd.DataFrame) -> list[Any]:
-    try:
-        from pipelines.labels import label_store
-    except ImportError:  # the feedback module is optional for tuning: no labels then
-        log.debug("pipelines.labels is not available; tuning without labels")
-        return []
-    if not isinstance(data.index, pd.DatetimeIndex):
-        return []
-    start, end = data.index.min().to_pydatetime(), data.index.max().to_pydatetime()
-    return list(label_store(job).labels(job.name, series, start, end))
+    return series_labels(job, series, data)
 
 
-def _label_rows(index: pd.DatetimeIndex, label: Any) -> np.ndarray:
-    stamps = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
-    start, end = pd.Timestamp(label.start), pd.Timestamp(label.end)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
-    end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
-    return np.flatnonzero((stamps >= start) & (stamps <= end))
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) positions of each run of consecutive True in ``rows``."""
+    edges = np.diff(np.concatenate([[0], rows.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist(), strict=True))
 
 
-def prepare_holdout(job: JobConfig, series: str, data: pd.DataFrame) -> Holdout:
+def prepare_holdout(job: JobConfig, series: str, data: pd.DataFrame, labels: list[Any] | None = None) -> Holdout:
     """Split ``data`` and choose the objective: labeled when the series has labels in the window.
 
     Unlabeled: the last ``tune.holdout_fraction`` of rows is held back and gets planted anomalies.
-    Labeled: the split moves earlier to the first row of the first true label that starts after
+    Labeled: the split moves earlier to the first row of the first true anomaly that starts after
     ``MIN_HEAD_FRACTION`` of the rows, so that labeled anomaly is scored on data the candidate did
-    not fit; labels left inside the fitted head are counted but never scored. The true
-    labels in the tail are the events; flags anywhere else, false-alarm labels included, are
+    not fit; anomalies left inside the fitted head are counted but never scored. The true
+    anomalies in the tail are the events; flags anywhere else, false-alarm labels included, are
     false positives. With only false-alarm labels in the tail, planted anomalies stand in as
     the events and the false-alarm periods stay known-normal rows.
+
+    Where labels overlap, each row and feature takes one verdict
+    (:func:`~pipelines.training.label_verdicts`, as training does); a true anomaly is a run of
+    rows with a true verdict on any feature, so labels of several features over one stretch are
+    one event. The values confirmed anomalous are left out of the fitted head
+    (:func:`~pipelines.training.leave_out_confirmed`), as training leaves them out: a candidate
+    is not fitted to learn them as normal. An anomaly that starts in the head and runs on into the
+    tail can be neither an event (its start was not held back) nor normal rows: its rows in the
+    tail are left missing, so a flag there is not counted against a candidate. ``labels``: the
+    series' labels when the caller read them already (else they are read here).
     """
     rows = len(data)
     split = int(rows * (1 - job.tune.holdout_fraction))
-    labels = _series_labels(job, series, data)
-    true_rows = [r for label in labels if label.verdict for r in [_label_rows(data.index, label)] if len(r)]
-    # Labels starting before the smallest head can never be held back: they do not move the split.
-    reachable = [int(r[0]) for r in true_rows if r[0] >= int(rows * MIN_HEAD_FRACTION)]
+    labels = _series_labels(job, series, data) if labels is None else labels
+    verdicts = label_verdicts(data.index, data.columns, labels)
+    true_runs = _runs(verdicts.confirmed.any(axis=1))
+    # Anomalies starting before the smallest head can never be held back: they do not move the split.
+    reachable = [first for first, _ in true_runs if first >= int(rows * MIN_HEAD_FRACTION)]
     if reachable:
         split = min(split, min(reachable))
-    head, clean = data.iloc[:split], data.iloc[split:]
+    fitted, _ = leave_out_confirmed(data, verdicts)
+    head, clean = fitted.iloc[:split], data.iloc[split:]
     if len(head) < _MIN_ROWS or len(clean) < _MIN_ROWS:
         raise ModelError(
             f"job {job.name}, series {series}: {rows} rows are too few to tune (at least {_MIN_ROWS} in the fitted "
             f"head and {_MIN_ROWS} in the held-back tail, now {len(head)} and {len(clean)}); widen training_window "
             "or change tune.holdout_fraction"
+        )
+    emptied = [str(name) for name in head.columns if head[name].isna().all() and data[name].iloc[:split].notna().any()]
+    if emptied:
+        raise ModelError(
+            f"job {job.name}, series {series}: true anomaly labels cover every value of feature(s) {', '.join(emptied)} "
+            f"in the {split} rows tuning fits on (before {_iso(data.index[split])}), so nothing normal is left to learn; "
+            "widen training_window, or withdraw or narrow the labels (anomaly-pipelines labels / unlabel)"
         )
     scale = feature_scale(head)
     if not labels:
@@ -200,13 +213,19 @@ def prepare_holdout(job: JobConfig, series: str, data: pd.DataFrame) -> Holdout:
             "no labels for this series in the window: anomalies planted in the held-back tail",
             head, clean, plant_repeatedly(clean, scale, seed=job.tune.seed, times=job.tune.plantings), scale,
         )
-    # One event per distinct row range: labels of several features over one stretch are one event.
-    events = sorted({(int(r[0]) - split, int(r[-1]) - split) for r in true_rows if r[0] >= split})
+    straddling = [(first, last) for first, last in true_runs if first < split <= last]
+    if straddling:
+        clean = clean.copy()
+        for _, last in straddling:
+            clean.iloc[: last - split + 1] = np.nan
+    events = [(first - split, last - split) for first, last in true_runs if first >= split]
     counts = {
         "true": sum(1 for label in labels if label.verdict),
         "false": sum(1 for label in labels if not label.verdict),
         "true_scored": len(events),
-        "true_in_fitted_part": sum(1 for r in true_rows if r[0] < split),
+        "true_in_fitted_part": sum(1 for first, _ in true_runs if first < split),
+        # Labels that another label (more specific, or written later) overrules on every row they cover.
+        "overruled": verdicts.overruled,
     }
     if events:
         reason = f"{counts['true_scored']} true anomaly label(s) in the held-back rows are the events to find"
@@ -465,7 +484,11 @@ def tune_series(
     """Search, decide, record; register and promote the challenger only when it wins."""
     started = time.perf_counter()
     spaces = _spaces(job)
-    holdout = prepare_holdout(job, series, data)
+    labels = _series_labels(job, series, data)
+    holdout = prepare_holdout(job, series, data, labels)
+    # The model registered is fitted on the whole window with people's confirmed anomalies left
+    # out, as the trials' heads were and as train fits it.
+    fitted, masking = leave_out_confirmed(data, label_verdicts(data.index, data.columns, labels))
     trials = _search(job, series, holdout, spaces)
     scored = [t for t in trials if "objective" in t]
     if not scored:
@@ -502,12 +525,12 @@ def tune_series(
         return {"tuning": {**{k: record[k] for k in ("objective", "budget", "trials")}, "decision": agreed}}
 
     if promoted:
-        final = detector_for(job, best["params"], best["kind"]).fit(data)
+        final = detector_for(job, best["params"], best["kind"]).fit(fitted)
         registered = register_model(
-            job, series, final, data, window or _default_window(job, data),
+            job, series, final, fitted, window or _default_window(job, data),
             run_id=run_id, kind=best["kind"], tuned=best["params"],
             metrics={"tuning_objective": best["objective"]}, promoted=True, reason=f"tuning: {reason}",
-            compared_with=(decision["champion"] or {}).get("version"), extra=tuning_section,
+            compared_with=(decision["champion"] or {}).get("version"), extra=tuning_section, masking=masking,
         )
         version = registered.version
         decision["version"] = version

@@ -3,7 +3,9 @@ the champion, and the monitoring reference stored with every version."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,11 +14,18 @@ import pytest
 from pipelines.config import JobConfig, parse_job
 from pipelines.detectors import load_detector
 from pipelines.errors import ModelError
-from pipelines.training import registry_for, train_series
+from pipelines.training import fingerprint, label_verdicts, registry_for, train_series
 from pipelines.workspace import Window, to_utc
 
 DAYS = 14
 WINDOW = Window(to_utc("2024-01-01T00:00:00Z"), to_utc("2024-01-15T00:00:00Z"))
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Training reads the job's labels (sqlite:///var/labels.db by default): never the working copy's.
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path / "var"))
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(tmp_path))
 
 
 def make_job(tmp_path: Path, kind: str = "seasonal_mad", **params) -> JobConfig:
@@ -477,3 +486,93 @@ def test_a_worse_model_compared_out_of_sample_still_never_serves(tmp_path: Path)
     assert new.metrics["compared_rows"] == 24 and new.metrics["compared_out_of_sample"] is True
     assert new.metrics["holdout_error"] > new.metrics["champion_holdout_error"]
     assert registry_for(job).champion(job.name, "all").version == old.version
+
+
+def _label(start: int, end: int, verdict: bool, feature: str | None = None, written: int = 0) -> SimpleNamespace:
+    """What label_verdicts reads of a pipelines.labels.Label: rows ``start`` to ``end`` of WINDOW's hours."""
+    index = cycle(0).index
+    return SimpleNamespace(
+        start=index[start].to_pydatetime(), end=index[end].to_pydatetime(), verdict=verdict, feature=feature,
+        created_at=datetime(2024, 2, 1, written, tzinfo=UTC),
+    )
+
+
+T, F, N = 1.0, 0.0, np.nan
+
+
+@pytest.mark.parametrize(
+    ("labels", "a", "b", "overruled"),
+    [
+        # An event re-scored and re-labelled with another span: the later verdict holds where they overlap.
+        ([_label(2, 5, True, written=1), _label(4, 7, False, written=2)], [N, N, T, T, F, F, F, F], [N, N, T, T, F, F, F, F], 0),
+        ([_label(2, 5, True, written=2), _label(4, 7, False, written=1)], [N, N, T, T, T, T, F, F], [N, N, T, T, T, T, F, F], 0),
+        # A feature's label decides its feature over a whole-series label, written before or after it.
+        ([_label(2, 5, False, written=1), _label(3, 4, True, "a", written=2)], [N, N, F, T, T, F, N, N], [N, N, F, F, F, F, N, N], 0),
+        ([_label(3, 4, True, "a", written=1), _label(2, 5, False, written=2)], [N, N, F, T, T, F, N, N], [N, N, F, F, F, F, N, N], 0),
+        # Relabelled as a whole: the first verdict decides nothing any more; a feature the job dropped neither.
+        ([_label(3, 4, True, written=1), _label(2, 5, False, written=2)], [N, N, F, F, F, F, N, N], [N, N, F, F, F, F, N, N], 1),
+        ([_label(3, 4, True, "gone")], [N] * 8, [N] * 8, 1),
+    ],
+)
+def test_overlapping_labels_give_each_row_and_feature_one_verdict(labels, a, b, overruled) -> None:
+    index = cycle(0).index[:8]
+    verdicts = label_verdicts(index, ["a", "b"], labels)
+    np.testing.assert_array_equal(verdicts.values, np.column_stack([a, b]))
+    assert verdicts.overruled == overruled
+
+
+def _incident() -> tuple[pd.DataFrame, pd.Timestamp, pd.Timestamp]:
+    """Two calm weeks with a confirmed two-day incident: feature a at 80 instead of 50."""
+    data = cycle(0)
+    data.iloc[100:148, 0] = 80 + np.random.default_rng(5).normal(size=48)
+    return data, data.index[100], data.index[147]
+
+
+def test_confirmed_anomalies_are_left_out_of_what_the_model_learns(tmp_path: Path) -> None:
+    from pipelines.labels import label_store
+
+    job = make_job(tmp_path, "iforest", n_estimators=20, window=12)
+    data, start, end = _incident()
+    label_store(job).add(job.name, "all", start.to_pydatetime(), end.to_pydatetime(), True, value_min=0, value_max=100)
+    result = train_series(job, "all", data, WINDOW, run_id="after-the-incident")
+    version = registry_for(job).version(job.name, "all", result.version)
+    assert version.metadata["label_masking"] == {
+        "rows": 48, "values": 96, "by_feature": {"a": 48, "b": 48},
+        "reason": "inside people's true anomaly labels: left out of what the model learns as normal",
+    }
+    assert result.rows == len(data) and version.metadata["data_fingerprint"] != fingerprint(data)
+    # The incident comes again: the model did not learn it as normal (fitted on it, it flagged none of these).
+    detector = load_detector("iforest", registry_for(job).load_files(job.name, "all", result.version))
+    again = pd.DataFrame({"a": [80.0] * 5, "b": [20.0] * 5}, index=pd.date_range(WINDOW.end, periods=5, freq="h"))
+    assert detector.detect(again, history=data).is_anomaly.any(axis=1).all()
+
+
+def test_a_feature_label_leaves_out_that_feature_and_false_alarms_change_nothing(tmp_path: Path) -> None:
+    from pipelines.labels import label_store
+
+    job = make_job(tmp_path, season="1d")
+    data, start, end = _incident()
+    store = label_store(job)
+    store.add(job.name, "all", data.index[10].to_pydatetime(), data.index[20].to_pydatetime(), False, value_min=0, value_max=100)
+    plain = train_series(job, "all", data, WINDOW, run_id="false-alarm-only")
+    metadata = registry_for(job).version(job.name, "all", plain.version).metadata
+    # No true label: the very data is fitted (a job without labels trains as it always did).
+    assert metadata["label_masking"] == {"rows": 0, "values": 0} and metadata["data_fingerprint"] == fingerprint(data)
+
+    store.add(job.name, "all", start.to_pydatetime(), end.to_pydatetime(), True, feature="a", value_min=0, value_max=100)
+    masked = train_series(job, "all", data, WINDOW, run_id="feature-label")
+    masking = registry_for(job).version(job.name, "all", masked.version).metadata["label_masking"]
+    assert (masking["rows"], masking["values"], masking["by_feature"]) == (48, 48, {"a": 48})
+
+
+def test_labels_that_leave_a_feature_nothing_to_learn_are_named(tmp_path: Path) -> None:
+    from pipelines.labels import label_store
+
+    job = make_job(tmp_path, season="1d")
+    data = cycle(0)
+    first = data.index[0].to_pydatetime()
+    label_store(job).add(job.name, "all", first, data.index[-1].to_pydatetime(), True, feature="b", value_min=0, value_max=100)
+    with pytest.raises(ModelError, match=r"^job trained, series all, training window .*: true anomaly labels cover every value "
+                       r"of feature\(s\) b in the window, so nothing normal is left to learn; widen training_window, or withdraw"):
+        train_series(job, "all", data, WINDOW, run_id="all-labelled")
+    assert registry_for(job).versions(job.name, "all") == []

@@ -30,6 +30,8 @@ class _Label:
     start: datetime
     end: datetime
     verdict: bool
+    feature: str | None = None
+    created_at: datetime = datetime(2024, 6, 1, tzinfo=UTC)
 
 
 def make_job(tmp_path: Path, model: dict[str, Any], **tune: Any) -> JobConfig:
@@ -358,7 +360,9 @@ def test_feedback_switches_the_next_tuning_to_the_labeled_objective(tmp_path, da
     history = registry_for(job).tuning_history(job.name, SERIES)
     assert [h["objective"]["kind"] for h in history] == ["unlabeled", "labeled"]
     labeled = history[-1]["objective"]
-    assert labeled["events"] == 1 and labeled["labels"] == {"true": 1, "false": 1, "true_scored": 1, "true_in_fitted_part": 0}
+    assert labeled["events"] == 1 and labeled["labels"] == {
+        "true": 1, "false": 1, "true_scored": 1, "true_in_fitted_part": 0, "overruled": 0
+    }
     # The champion is judged on the labeled objective too, so its score changed with the feedback.
     assert history[-1]["decision"]["champion"]["objective"] != history[0]["decision"]["challenger"]["objective"]
     # People's labels cannot be planted again or moved to an earlier stretch: one comparison decides.
@@ -381,7 +385,7 @@ def test_labels_in_the_fitted_part_pull_the_split_but_never_score_against_themse
     # split stays; the label at row 30 lies in the fitted head and is only counted.
     assert len(holdout.head) == 378 and holdout.objective == "labeled"
     assert [p.events for p in holdout.plantings] == [[(400 - 378, 405 - 378)]]
-    assert holdout.labels == {"true": 2, "false": 0, "true_scored": 1, "true_in_fitted_part": 1}
+    assert holdout.labels == {"true": 2, "false": 0, "true_scored": 1, "true_in_fitted_part": 1, "overruled": 0}
     assert json.dumps(holdout.describe())  # recorded as JSON in the registry
 
 
@@ -392,6 +396,62 @@ def test_a_label_before_the_default_split_moves_it_earlier(tmp_path, daily, monk
     monkeypatch.setattr(tuning, "_series_labels", lambda job, series, data: [_Label(start, daily.index[303].to_pydatetime(), True)])
     holdout = prepare_holdout(make_job(tmp_path, {"kind": "seasonal_mad"}), SERIES, daily)
     assert len(holdout.head) == 300 and [p.events for p in holdout.plantings] == [[(0, 3)]]
+
+
+def _rows(daily: pd.DataFrame, first: int, last: int, verdict: bool, feature: str | None = None, written: int = 1) -> _Label:
+    return _Label(
+        daily.index[first].to_pydatetime(), daily.index[last].to_pydatetime(), verdict, feature, datetime(2024, 6, 1, written, tzinfo=UTC)
+    )
+
+
+@pytest.mark.parametrize(
+    ("later", "events", "overruled"),
+    [
+        # The event re-scored with a wider span and judged a false alarm: the first verdict is no event.
+        ([(398, 410, False, None)], [], 1),
+        # A false alarm on one feature: the other feature's anomaly is still the event.
+        ([(400, 405, False, "requests")], [(22, 27)], 0),
+        # Both features judged false alarms: more specific than the whole-series verdict, whenever written.
+        ([(400, 405, False, "requests"), (400, 405, False, "latency")], [], 1),
+    ],
+)
+def test_overlapping_labels_score_the_verdict_that_holds(tmp_path, daily, monkeypatch, later, events, overruled):
+    from pipelines import tuning
+
+    first = _rows(daily, 400, 405, True, written=5)  # written after the feature labels: specificity still wins
+    found = [first, *(_rows(daily, a, b, verdict, feature, written=6 if feature is None else 1) for a, b, verdict, feature in later)]
+    monkeypatch.setattr(tuning, "_series_labels", lambda job, series, data: found)
+    holdout = prepare_holdout(make_job(tmp_path, {"kind": "seasonal_mad"}), SERIES, daily)
+    assert len(holdout.head) == 378 and holdout.objective == "labeled"
+    assert holdout.planted == (not events) and (events == [] or [p.events for p in holdout.plantings] == [events])
+    assert holdout.labels["true_scored"] == len(events) and holdout.labels["overruled"] == overruled
+
+
+def test_confirmed_anomalies_are_left_out_of_what_tuning_fits(tmp_path, daily, monkeypatch):
+    from pipelines import tuning
+
+    found = [_rows(daily, 30, 35, True), _rows(daily, 100, 101, True, "latency")]
+    monkeypatch.setattr(tuning, "_series_labels", lambda job, series, data: found)
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, trials=1, grid={"level_window": [24]})
+    holdout = prepare_holdout(job, SERIES, daily)
+    assert holdout.head.iloc[30:36].isna().all().all() and holdout.head.iloc[100:102]["latency"].isna().all()
+    assert holdout.head.drop(holdout.head.index[[*range(30, 36), 100, 101]]).notna().all().all()
+    assert holdout.head["requests"].iloc[100:102].notna().all()
+
+    result = tune_series(job, SERIES, daily, _window(daily))
+    masking = registry_for(job).version(job.name, SERIES, result["version"]).metadata["label_masking"]
+    assert (masking["rows"], masking["values"], masking["by_feature"]) == (8, 14, {"requests": 6, "latency": 8})
+
+
+def test_an_anomaly_running_from_the_fitted_head_into_the_held_back_rows_is_not_scored(tmp_path, daily, monkeypatch):
+    from pipelines import tuning
+
+    # Starts before half of the rows, so it cannot move the split (378): its held-back rows are neither
+    # an event (its start was not held back) nor normal rows a flag would be a false alarm on.
+    monkeypatch.setattr(tuning, "_series_labels", lambda job, series, data: [_rows(daily, 200, 390, True)])
+    holdout = prepare_holdout(make_job(tmp_path, {"kind": "seasonal_mad"}), SERIES, daily)
+    assert len(holdout.head) == 378 and holdout.labels["true_in_fitted_part"] == 1 and holdout.labels["true_scored"] == 0
+    assert holdout.clean.iloc[: 390 - 378 + 1].isna().all().all() and holdout.clean.iloc[390 - 378 + 1 :].notna().all().all()
 
 
 def test_train_ignores_a_tuned_kind_the_job_no_longer_uses(tmp_path, daily, caplog):
