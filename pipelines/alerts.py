@@ -308,7 +308,8 @@ class _FalseAlarms:
 
     def matching(self, event: AnomalyEvent) -> Any | None:
         """The label of a person who called an identical event (same series and top feature,
-        values within the labelled range) a false alarm, if there is one."""
+        values within the labelled range) a false alarm, if there is one and no later or more
+        specific label overrules it, nor confirms this event (:meth:`~pipelines.labels.LabelStore.known_false_alarm`)."""
         feature = event.top_feature
         low, high = event.value_ranges.get(feature, (None, None))
         if low is None or high is None:
@@ -318,7 +319,9 @@ class _FalseAlarms:
                 from pipelines.labels import label_store
 
                 self._store = label_store(self.job)
-            return self._store.known_false_alarm(self.job.name, event.series, feature, low, high)
+            return self._store.known_false_alarm(
+                self.job.name, event.series, feature, low, high, span=(event.start, event.end), flagged=event.value_ranges
+            )
         except PipelineError as exc:
             # An unreachable labels table must not silence alerts: the event is sent, and said why.
             log.warning("job %s: cannot check event %s against false-alarm labels, sending it: %s", self.job.name, event.key, exc)

@@ -3,8 +3,10 @@
 A label says that the rows of one series (optionally one feature) from ``start`` to ``end``
 (both inclusive, UTC) were a real anomaly (``verdict=True``) or a false alarm (``False``). Labels
 come from the API (``POST /api/v1/jobs/{job}/labels``), the CLI (``anomaly-pipelines label``) or
-a file of known anomalies (:func:`import_labels`). Tuning scores candidates against them, and
-alerts skip an event that repeats one a person called a false alarm (:meth:`LabelStore.known_false_alarm`).
+a file of known anomalies (:func:`import_labels`). Tuning scores candidates against them, training
+leaves confirmed anomalies out of what a model learns, and alerts skip an event that repeats one a
+person called a false alarm (:meth:`LabelStore.known_false_alarm`). All three resolve overlapping
+labels by one rule, :func:`label_verdicts`.
 
 Storage is one SQL table (any SQLAlchemy 2 database, ``labels`` in the job file; a SQLite file
 in ``var/`` by default), keyed by ``(job, series, feature, start, end)``. Timestamps are stored as
@@ -27,13 +29,15 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 
 from pipelines.config import JobConfig, get_job, resolve_path
@@ -43,8 +47,6 @@ from pipelines.series import ALL_SERIES, series_key
 from pipelines.sources.base import SUPPORTED_YEARS
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from pipelines.events import AnomalyEvent
 
 log = logging.getLogger(__name__)
@@ -552,10 +554,18 @@ class LabelStore:
         return self._select(query.order_by(c.series, c.start_time, c.feature, c.end_time), "read labels from")
 
     def known_false_alarm(
-        self, job: str, series: str, feature: str | None, value_min: float, value_max: float
+        self,
+        job: str,
+        series: str,
+        feature: str | None,
+        value_min: float,
+        value_max: float,
+        *,
+        span: tuple[datetime, datetime] | None = None,
+        flagged: Iterable[str] = (),
     ) -> Label | None:
-        """The latest False label of this series whose value range contains ``[value_min, value_max]``:
-        an event a person already called normal, repeated.
+        """The latest False label of this series whose value range contains ``[value_min, value_max]``
+        and whose verdict still stands: an event a person already called normal, repeated.
 
         A label naming a feature only matches events of that feature. A whole-series label matches
         an event of a feature against that feature's range in the labelled event (a feature with no
@@ -565,6 +575,15 @@ class LabelStore:
         features, in mixed units: it is read as its feature's range when the job has a single
         feature, and matches no feature's event otherwise (re-mark the event to store its ranges):
         a doubtful match must not silence an alert.
+
+        Overlapping labels are read by the rule of training and tuning (:func:`label_verdicts`: the
+        most specific label, then the latest). A False label stands only while no label overruling
+        it says True at any moment of its span, for ``feature`` (for any feature, without one): its
+        range then holds values a person called a real anomaly (an event first dismissed, then
+        re-scored and confirmed; a whole-series false alarm whose feature was confirmed). ``span``
+        is the event's own first and last anomalous timestamps and ``flagged`` its flagged features:
+        a True verdict on one of them (or ``feature``) at any moment of ``span`` means a person
+        confirmed this very event, and nothing silences it.
         """
         where = _where(job, series, feature)
         low, high = _number(value_min, "value_min", where), _number(value_max, "value_max", where)
@@ -579,7 +598,20 @@ class LabelStore:
             .where(c.value_min <= low, c.value_max >= high)
             .order_by(c.created_at.desc())
         )
-        for label in self._select(query, "read labels from"):
+        candidates = self._select(query, "read labels from")
+        if not candidates:
+            return None
+        # Every label that may overrule a candidate or judge the event itself (one more query, only
+        # when there is a candidate: most events match none).
+        moments = [moment for label in candidates for moment in (label.start, label.end)] + list(span or ())
+        overlapping = self.labels(job, series, min(moments), max(moments))
+        # Without a feature every feature counts; "" stands for those no label names (whole-series verdicts only).
+        judged = [feature] if feature else sorted({label.feature for label in overlapping if label.feature}) + [""]
+        if span is not None and _confirmed_between(overlapping, *span, sorted({*judged, *flagged})):
+            return None
+        for label in candidates:
+            if _confirmed_between(overlapping, label.start, label.end, judged):
+                continue
             if label.feature is not None or not feature:
                 return label
             if label.value_ranges is None:  # an older whole-series label: one range over all features
@@ -721,3 +753,68 @@ def label_of(event: AnomalyEvent, labels: Iterable[Label]) -> Label | None:
     exact = [label for label in overlapping if (label.start, label.end) == (event.start, event.end)]
     chosen = sorted(exact or overlapping, key=lambda label: (label.feature is None, label.created_at))
     return chosen[-1] if chosen else None
+
+
+def utc_stamp(moment: Any) -> pd.Timestamp:
+    """``moment`` as a UTC timestamp."""
+    # The rows' times are UTC; a naive index (a file without offsets) is read as UTC, as labels are.
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def label_rows(index: pd.DatetimeIndex, label: Label) -> np.ndarray:
+    """Positions of the rows of ``index`` from ``label.start`` to ``label.end`` (both inclusive)."""
+    stamps = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
+    return np.flatnonzero((stamps >= utc_stamp(label.start)) & (stamps <= utc_stamp(label.end)))
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """What people said of each row and feature: ``values`` is 1.0 (a true anomaly), 0.0 (a
+    false alarm) or NaN (no label), rows x features; ``overruled`` counts the labels overlapping
+    the rows that decide none of them (other labels win everywhere they lie)."""
+
+    values: np.ndarray
+    overruled: int = 0
+
+    @property
+    def confirmed(self) -> np.ndarray:
+        return self.values == 1.0
+
+
+def label_verdicts(index: pd.Index, features: Sequence[Any], labels: Iterable[Label]) -> Verdicts:
+    """The verdict that holds on each row and feature of ``index`` (:class:`Verdicts`).
+
+    Labels may overlap: an event re-scored and re-labelled with another span keeps its first
+    label, and a feature may be judged apart from its whole series. Each row and feature takes
+    the verdict of the most specific label over it (a feature's label over a whole-series one),
+    and of those the most recently written (``created_at``): the later word on the same values.
+    A label of a feature the job no longer watches decides nothing. Training, tuning and alerts
+    (:meth:`LabelStore.known_false_alarm`) all read labels through this, so they never disagree on
+    what a label means.
+    """
+    values = np.full((len(index), len(features)), np.nan)
+    if not isinstance(index, pd.DatetimeIndex):
+        return Verdicts(values)
+    columns = {str(feature): number for number, feature in enumerate(features)}
+    owner = np.full(values.shape, -1)
+    ordered = sorted(labels, key=lambda label: (label.feature is not None, label.created_at))
+    for number, label in enumerate(ordered):
+        if label.feature is not None and label.feature not in columns:
+            continue
+        rows = label_rows(index, label)
+        where = (rows, slice(None)) if label.feature is None else (rows, columns[label.feature])
+        values[where], owner[where] = float(label.verdict), number
+    deciding = {int(number) for number in np.unique(owner) if number >= 0}
+    return Verdicts(values, sum(1 for number, label in enumerate(ordered) if number not in deciding))
+
+
+def _confirmed_between(labels: Sequence[Label], start: datetime, end: datetime, features: Sequence[str]) -> bool:
+    """Whether :func:`label_verdicts` gives a True verdict on one of ``features`` at some moment of
+    ``[start, end]``. Verdicts change only at the labels' starts and ends, so the rule is applied at
+    those inside the span, at its edges and between each two: every moment, without the rows."""
+    edges = {utc_stamp(start), utc_stamp(end)}
+    edges |= {utc_stamp(moment) for label in labels for moment in (label.start, label.end) if start <= moment <= end}
+    ordered = sorted(edges)
+    moments = ordered + [low + (high - low) / 2 for low, high in zip(ordered, ordered[1:], strict=False)]
+    return bool(label_verdicts(pd.DatetimeIndex(sorted(moments)), features, labels).confirmed.any())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from pipelines.config import JobConfig, resolve_path
 from pipelines.detectors import BaseDetector, load_detector, make_detector
 from pipelines.detectors.synthetic import robust_scale as feature_scale
 from pipelines.errors import ConfigError, ModelError, SinkError
+from pipelines.labels import Verdicts, label_verdicts, utc_stamp  # the one rule for overlapping labels, which alerts apply too
 from pipelines.monitoring import reference_profile
 from pipelines.registry import ModelRegistry, ModelVersion
 from pipelines.workspace import Window, utcnow
@@ -174,63 +175,11 @@ def series_labels(job: JobConfig, series: str, data: pd.DataFrame) -> list[Label
         return []
     from pipelines.labels import label_store
 
-    start, end = (_utc(moment).to_pydatetime() for moment in (data.index.min(), data.index.max()))
+    start, end = (utc_stamp(moment).to_pydatetime() for moment in (data.index.min(), data.index.max()))
     try:
         return list(label_store(job).labels(job.name, series, start, end))
     except SinkError as exc:
         raise SinkError(f"job {job.name}, series {series}: cannot read people's labels of the training rows: {exc}") from exc
-
-
-def _utc(moment: Any) -> pd.Timestamp:
-    # The rows' times are UTC; a naive index (a file without offsets) is read as UTC, as labels are.
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
-def label_rows(index: pd.DatetimeIndex, label: Label) -> np.ndarray:
-    """Positions of the rows of ``index`` from ``label.start`` to ``label.end`` (both inclusive)."""
-    stamps = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
-    return np.flatnonzero((stamps >= _utc(label.start)) & (stamps <= _utc(label.end)))
-
-
-@dataclass(frozen=True)
-class Verdicts:
-    """What people said of each row and feature: ``values`` is 1.0 (a true anomaly), 0.0 (a
-    false alarm) or NaN (no label), rows x features; ``overruled`` counts the labels overlapping
-    the rows that decide none of them (other labels win everywhere they lie)."""
-
-    values: np.ndarray
-    overruled: int = 0
-
-    @property
-    def confirmed(self) -> np.ndarray:
-        return self.values == 1.0
-
-
-def label_verdicts(index: pd.Index, features: Sequence[Any], labels: Iterable[Label]) -> Verdicts:
-    """The verdict that holds on each row and feature of ``index`` (:class:`Verdicts`).
-
-    Labels may overlap: an event re-scored and re-labelled with another span keeps its first
-    label, and a feature may be judged apart from its whole series. Each row and feature takes
-    the verdict of the most specific label over it (a feature's label over a whole-series one),
-    and of those the most recently written (``created_at``): the later word on the same values.
-    A label of a feature the job no longer watches decides nothing. Training and tuning both
-    read labels through this, so they never disagree on what a label means.
-    """
-    values = np.full((len(index), len(features)), np.nan)
-    if not isinstance(index, pd.DatetimeIndex):
-        return Verdicts(values)
-    columns = {str(feature): number for number, feature in enumerate(features)}
-    owner = np.full(values.shape, -1)
-    ordered = sorted(labels, key=lambda label: (label.feature is not None, label.created_at))
-    for number, label in enumerate(ordered):
-        if label.feature is not None and label.feature not in columns:
-            continue
-        rows = label_rows(index, label)
-        where = (rows, slice(None)) if label.feature is None else (rows, columns[label.feature])
-        values[where], owner[where] = float(label.verdict), number
-    deciding = {int(number) for number in np.unique(owner) if number >= 0}
-    return Verdicts(values, sum(1 for number, label in enumerate(ordered) if number not in deciding))
 
 
 def leave_out_confirmed(data: pd.DataFrame, verdicts: Verdicts) -> tuple[pd.DataFrame, dict[str, Any]]:

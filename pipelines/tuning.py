@@ -48,12 +48,12 @@ from pipelines.detectors.search_spaces import (
 from pipelines.detectors.selection import compare, held_back_stretches
 from pipelines.detectors.synthetic import Injected, detection_f1_by_planting, mean_of_parts, plant_repeatedly
 from pipelines.errors import ConfigError, ModelError
+from pipelines.labels import label_verdicts
 from pipelines.training import (
     configured_model,
     detector_for,
     feature_scale,
     holdout_error,
-    label_verdicts,
     leave_out_confirmed,
     load_champion,
     register_model,
@@ -173,7 +173,7 @@ def prepare_holdout(job: JobConfig, series: str, data: pd.DataFrame, labels: lis
     the events and the false-alarm periods stay known-normal rows.
 
     Where labels overlap, each row and feature takes one verdict
-    (:func:`~pipelines.training.label_verdicts`, as training does); a true anomaly is a run of
+    (:func:`~pipelines.labels.label_verdicts`, as training does); a true anomaly is a run of
     rows with a true verdict on any feature, so labels of several features over one stretch are
     one event. The values confirmed anomalous are left out of the fitted head
     (:func:`~pipelines.training.leave_out_confirmed`), as training leaves them out: a candidate

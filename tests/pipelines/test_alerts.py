@@ -517,6 +517,22 @@ def test_an_event_a_person_called_a_false_alarm_is_not_sent_again(tmp_path: Path
     assert "suppressed" in caplog.text and "marked a false alarm by ana" in caplog.text
 
 
+def test_a_false_alarm_people_later_confirmed_true_no_longer_silences_its_repeats(tmp_path: Path, inbox: Inbox):
+    from pipelines.labels import label_store
+
+    job = make_job(tmp_path)
+    store = label_store(job)
+    store.add("web", "region=eu", "2024-02-20T03:00Z", "2024-02-20T04:00Z", False, feature="requests",
+              value_min=140, value_max=190, author="ana", note="the weekly load test")
+    # Re-scored, the incident ran 02:00-04:00, and ben confirmed it: the later word on those values.
+    store.add("web", "region=eu", "2024-02-20T02:00Z", "2024-02-20T04:00Z", True, feature="requests",
+              value_min=140, value_max=230, author="ben", note="it was the cache")
+    frame = output_rows("region=eu", anomalies={3: {"requests": 150}, 4: {"requests": 185}})
+    summary = process_events(job, frame, window(0, 24))
+    assert (summary.events, summary.suppressed, summary.sent) == (1, 0, 1)
+    assert inbox.subjects == ["[anomaly] web region=eu: rise 2024-03-01 03:00 UTC (score 0.985)"]
+
+
 def test_message_text_reaches_people_verbatim_not_templated(tmp_path: Path, inbox: Inbox):
     # Notifiers render their fields with Jinja; a series key holding template syntax must not be run.
     job = make_job(tmp_path)

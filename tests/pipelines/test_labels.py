@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from pipelines import schema
 from pipelines.config import parse_job
-from pipelines.labels import LabelError, LabelStore, import_labels, job_events, label_of, label_store
+from pipelines.labels import Label, LabelError, LabelStore, import_labels, job_events, label_of, label_store
 from pipelines.sinks.parquet import ParquetSink
 
 EU, US = "region=eu", "region=us"
@@ -305,6 +305,46 @@ def test_a_whole_series_false_alarm_keeps_a_range_per_feature(store, published):
     found = store.known_false_alarm("web", EU, "requests", 502.0, 503.0)
     assert found is not None and found.note == "load test" and (found.value_min, found.value_max) == (502.0, 503.0)
     assert store.known_false_alarm("web", EU, "requests", 500.0, 503.0) is None
+
+
+def test_a_false_alarm_later_confirmed_true_no_longer_silences(store):
+    # First dismissed, then re-scored (02-04) and confirmed: the later word holds on 02-03, so the
+    # dismissal's range holds values a person called a real anomaly.
+    store.add("web", EU, at(2), at(3), False, feature="requests", value_min=100, value_max=200)
+    store.add("web", EU, at(2), at(4), True, feature="requests", value_min=100, value_max=250)
+    assert store.known_false_alarm("web", EU, "requests", 120, 180) is None
+    # The other way round, the dismissal is the later word: it silences.
+    store.add("web", US, at(2), at(4), True, feature="requests", value_min=100, value_max=250)
+    dismissed = store.add("web", US, at(2), at(3), False, feature="requests", value_min=100, value_max=200)
+    assert store.known_false_alarm("web", US, "requests", 120, 180) == dismissed
+    # A confirmation of another feature, or beside the dismissal, leaves it standing.
+    store.add("web", US, at(2), at(3), True, feature="latency_ms", value_min=1, value_max=2)
+    store.add("web", US, at(5), at(5), True, feature="requests", value_min=100, value_max=250)
+    assert store.known_false_alarm("web", US, "requests", 120, 180) == dismissed
+
+
+def test_a_whole_series_false_alarm_overruled_by_a_feature_confirmation_silences_only_the_other_features(store):
+    ranges = {"requests": (100.0, 200.0), "latency_ms": (10.0, 30.0)}
+    whole = Label("web", EU, None, at(2), at(3), False, 10, 200, "load test", "ana", datetime.now(UTC), ranges)
+    store.write([whole])
+    # A feature's label is more specific than the whole series', whenever written.
+    store.add("web", EU, at(3), at(3), True, feature="latency_ms", value_min=25, value_max=30)
+    assert store.known_false_alarm("web", EU, "latency_ms", 12, 20) is None
+    found = store.known_false_alarm("web", EU, "requests", 120, 180)
+    assert found is not None and found.note == "load test"
+    # Without a feature, every feature's verdict counts: one confirmed is enough.
+    assert store.known_false_alarm("web", EU, None, 12, 20) is None
+
+
+def test_an_event_confirmed_itself_is_not_silenced_by_a_matching_false_alarm(store):
+    dismissed = store.add("web", EU, at(2), at(3), False, feature="requests", value_min=100, value_max=200)
+    # The event of 02-03 again (a late alert), whose latency a person has since confirmed.
+    store.add("web", EU, at(2), at(3), True, feature="latency_ms", value_min=300, value_max=400)
+    event = {"span": (at(2), at(3)), "flagged": ["requests", "latency_ms"]}
+    assert store.known_false_alarm("web", EU, "requests", 120, 180, **event) is None
+    # A repeat on another day, or the event with requests flagged only, still matches the dismissal.
+    assert store.known_false_alarm("web", EU, "requests", 120, 180, span=(at(20), at(21)), flagged=["requests"]) == dismissed
+    assert store.known_false_alarm("web", EU, "requests", 120, 180, span=(at(2), at(3)), flagged=["requests"]) == dismissed
 
 
 def test_a_label_on_non_latin_text_is_stored(store):
