@@ -23,11 +23,12 @@ from pipelines.db import engine_for
 from pipelines.detectors import BaseDetector
 from pipelines.errors import ModelError, SinkError
 from pipelines.extraction import checked_batch, prepare, read_parquet, series_groups
+from pipelines.labels import label_verdicts, utc_stamp
 from pipelines.registry import ModelVersion
 from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
 from pipelines.sinks import BigQuerySink, ParquetSink, SqlSink
-from pipelines.training import load_champion, registry_for
+from pipelines.training import leave_out_confirmed, load_champion, registry_for
 from pipelines.validation import RowNumbers
 from pipelines.workspace import Window, Workspace, check_output_file, utcnow
 
@@ -118,6 +119,9 @@ class ScoreResult:
     resampling: dict[str, int] | None = None
     #: Why the series was not scored: it has no model yet.
     unscored: str | None = None
+    #: What people's true labels left out of the history rows the model read before the window
+    #: (:func:`history_without_confirmed`); None when not scored.
+    history_masking: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -126,7 +130,8 @@ class ScoreResult:
 def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window, *, run_id: str) -> ScoreResult:
     """Score one series' rows in ``window`` with its champion and stage them in the workspace.
 
-    Rows of ``data`` before the window are the history the model's rolling features need.
+    Rows of ``data`` before the window are the history the model's rolling features need, less
+    the values people confirmed as anomalies (:func:`history_without_confirmed`).
     A series without a model yet (a new dimension value since the last training) is not scored:
     the result says so, and :func:`publish` writes the other series and names it, rather than one
     new region stopping every other region's scores until someone trains.
@@ -139,12 +144,58 @@ def score_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
     version, detector = current
     inside = (data.index >= window.start) & (data.index < window.end)
     dimensions = parse_series_key(series, job.dimensions)
-    frame = labeled_frame(job, series, dimensions, (version, detector), data[inside], data[data.index < window.start], window, run_id)
+    history, masking = history_without_confirmed(job, series, current, data[data.index < window.start], window)
+    frame = labeled_frame(job, series, dimensions, (version, detector), data[inside], history, window, run_id)
     path = Workspace(job.name, run_id).scored(series)
     _write_parquet(frame, path)
     anomalies = int(frame.loc[frame["is_anomaly"], "timestamp"].nunique())
-    log.info("job %s, series %s: scored %d rows with %s, %d anomalous timestamps", job.name, series, len(frame), version.version, anomalies)
-    return ScoreResult(series, path, len(frame), anomalies, version.version, data.attrs.get("resampling"))
+    log.info(
+        "job %s, series %s: scored %d rows with %s, %d anomalous timestamps%s",
+        job.name, series, len(frame), version.version, anomalies,
+        f"; {masking['values']} history values in true anomaly labels left out" if masking["values"] else "",
+    )
+    return ScoreResult(series, path, len(frame), anomalies, version.version, data.attrs.get("resampling"), history_masking=masking)
+
+
+def history_without_confirmed(
+    job: JobConfig, series: str, champion: tuple[ModelVersion, BaseDetector], history: pd.DataFrame, window: Window
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``history`` with the values people confirmed as anomalies made missing, as training leaves
+    them out (:func:`~pipelines.training.leave_out_confirmed`), and what was left out.
+
+    Detectors learn from or condition on the rows before the window (``context`` continues its
+    memory over them, ``seasonal_mad``'s level and ``iforest``'s lags read them): a confirmed
+    incident there was taken as normal, and the same incident going on or coming again in the
+    window scored lower. Only the history the model reads is looked at (its last ``lookback_``
+    rows; for a model that reads only the rows after its training, those), never the window's
+    rows, which are scored and published as they are. Without a true label there ``history``
+    itself is returned: the scores are exactly those without labels.
+    """
+    version, detector = champion
+    used = history.iloc[-detector.lookback_ :]
+    data_end = version.metadata.get("data_end")
+    if detector.history_after_training and data_end and isinstance(used.index, pd.DatetimeIndex):
+        end = utc_stamp(data_end) if used.index.tz is not None else utc_stamp(data_end).tz_localize(None)
+        used = used[used.index > end]  # the earlier rows were training rows (masked by training), not read
+    if used.empty or not isinstance(used.index, pd.DatetimeIndex):
+        return history, {"rows": 0, "values": 0}
+    from pipelines.labels import label_store
+
+    first, last = (utc_stamp(moment).to_pydatetime() for moment in (used.index.min(), used.index.max()))
+    try:
+        labels = label_store(job).labels(job.name, series, first, last)
+    except SinkError as exc:
+        # Scored on without them, the window would score differently from a rerun that reads them.
+        raise SinkError(
+            f"job {job.name}, series {series}, window {window}: cannot read people's labels of the history rows "
+            f"before the window ({exc}); nothing was scored: rerun the interval once the labels table can be read"
+        ) from exc
+    masked, masking = leave_out_confirmed(used, label_verdicts(used.index, used.columns, labels))
+    if not masking["values"]:
+        return history, masking
+    masking["reason"] = "inside people's true anomaly labels: left out of the history the model reads before the window"
+    # ``used`` is the end of ``history`` (its index is sorted): the earlier rows stay as they are.
+    return pd.concat([history.iloc[: len(history) - len(used)], masked]), masking
 
 
 def score_chunk(

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import JobConfig, parse_job
-from pipelines.errors import DataValidationError, ModelError
+from pipelines.errors import DataValidationError, ModelError, SinkError
 from pipelines.extraction import extract_chunks
 from pipelines.scoring import score_chunk, score_series
 from pipelines.training import train_series
@@ -24,6 +24,8 @@ DAY = Window(to_utc("2024-01-15T00:00:00Z"), to_utc("2024-01-16T00:00:00Z"))
 @pytest.fixture(autouse=True)
 def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path / "var"))
+    # Scoring reads the job's labels (sqlite:///var/labels.db by default): never the working copy's.
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(tmp_path))
 
 
 def make_job(tmp_path: Path, kind: str = "seasonal_mad", features: tuple[str, ...] = ("a", "b"), **params) -> JobConfig:
@@ -70,6 +72,60 @@ def test_a_champion_that_cannot_score_the_job_s_features_names_the_job_series_an
         r"cannot score: .*extra \['c'\].*retrain",
     ):
         score_series(job, "all", hourly(16, ("a", "b", "c")), DAY, run_id="predict")
+
+
+NEXT_DAY = Window(to_utc("2024-01-16T00:00:00Z"), to_utc("2024-01-17T00:00:00Z"))
+
+
+def _incident_going_on() -> tuple[pd.DataFrame, pd.Timestamp, pd.Timestamp]:
+    """Two days after training: feature a 40 above normal from 06:00 of the first to 05:00 of
+    the second (NEXT_DAY), and the start and end of the part before NEXT_DAY."""
+    data = hourly(16)
+    data.loc[(data.index >= "2024-01-15T06:00Z") & (data.index < "2024-01-16T06:00Z"), "a"] += 40
+    return data, pd.Timestamp("2024-01-15T06:00Z"), pd.Timestamp("2024-01-15T23:00Z")
+
+
+@pytest.mark.parametrize(("kind", "params"), [("seasonal_mad", {"season": "1d"}), ("context", {})])
+def test_a_confirmed_incident_in_the_history_is_not_taken_as_normal_when_it_goes_on(tmp_path: Path, kind, params) -> None:
+    # The history before the window (seasonal_mad's level, context's memory continued since
+    # training) held an incident people had confirmed: read as normal, the same incident going on
+    # in the window was not flagged. Its values are left out of the history, as training leaves them out.
+    from pipelines.labels import label_store
+
+    job = make_job(tmp_path, kind=kind, **params)
+    train_series(job, "all", hourly(14), TRAIN, run_id="train")
+    data, start, end = _incident_going_on()
+    going_on = data.loc[NEXT_DAY.start : "2024-01-16T05:00Z"].index
+
+    def scored(run_id: str):
+        result = score_series(job, "all", data, NEXT_DAY, run_id=run_id)
+        frame = pd.read_parquet(result.path).set_index(["feature", "timestamp"]).loc["a"].loc[going_on]
+        return result, frame
+
+    unlabeled, before = scored("unlabeled")
+    assert unlabeled.history_masking == {"rows": 0, "values": 0}
+    label_store(job).add(job.name, "all", start.to_pydatetime(), end.to_pydatetime(), True, value_min=0, value_max=200)
+    labeled, after = scored("labeled")
+    assert after["is_anomaly"].sum() > before["is_anomaly"].sum() and after["score"].sum() > before["score"].sum()
+    assert after["value"].equals(before["value"])  # the window's own rows are scored and published as they are
+    assert labeled.history_masking == {
+        "rows": 18, "values": 36, "by_feature": {"a": 18, "b": 18},
+        "reason": "inside people's true anomaly labels: left out of the history the model reads before the window",
+    }
+
+
+def test_labels_that_cannot_be_read_stop_scoring_with_the_job_series_and_window(tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    train_series(job, "all", hourly(14), TRAIN, run_id="train")
+    (tmp_path / "labels.db").write_text("not a database")
+    connection = job.labels.connection.model_copy(update={"url": f"sqlite:///{tmp_path}/labels.db"})
+    job = job.model_copy(update={"labels": job.labels.model_copy(update={"connection": connection})})
+    with pytest.raises(
+        SinkError,
+        match=r"^job scored, series all, window \[2024-01-15T00:00:00\+00:00, .*\): cannot read people's labels of the history rows "
+        r"before the window \(.*\); nothing was scored: rerun the interval",
+    ):
+        score_series(job, "all", hourly(16), DAY, run_id="predict")
 
 
 def regional(hours: int) -> pd.DataFrame:
