@@ -7,7 +7,9 @@ has ``timestamp`` empty and a ``row`` column instead.
 
 from __future__ import annotations
 
+import codecs
 import io
+import re
 from functools import partial
 from typing import Any
 
@@ -16,11 +18,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
+from pydantic import ValidationError
 
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
-from pipelines.errors import ConfigError, DataValidationError, ModelError
+from pipelines.errors import ConfigError, DataValidationError, ModelError, SourceError
 from pipelines.extraction import TimestampZone, first_zone, prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
@@ -35,8 +38,12 @@ _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as 
 
 def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, TimestampZone | None]:
     """The file's rows, validated and typed, and whether its timestamps have a time zone."""
-    reader_job = job.model_copy(update={"source": FileSource(kind="file", path=path)})
-    frame = FileReader(reader_job, path_hint=f"Check the {option} path.").read(None, None)
+    # The csv options (--encoding, --delimiter, --decimal) are the job's, for both files.
+    reader_job = job.model_copy(update={"source": job.source.model_copy(update={"path": path})})
+    try:
+        frame = FileReader(reader_job, path_hint=f"Check the {option} path.").read(None, None)
+    except SourceError as exc:
+        raise _with_options(exc) from exc
     if frame.empty:
         # Validation would only report "expect_table_row_count_to_be_between, observed 0".
         raise DataValidationError(f"{path}: the {option} file holds no rows (only a header, or nothing): give a file with data")
@@ -45,6 +52,7 @@ def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, Timesta
     report = validate_batch(
         frame, job, missing_column_hint=partial(_missing_column_hint, job, path),
         rows=RowNumbers(first=1, of=f"the {option} file, counting its first data row as 1", batch=f"the {option} file {path}"),
+        decimal_hint="give --decimal ','",
     )
     if not report.success:
         raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())
@@ -66,6 +74,38 @@ _ONE_WAY = (
 )
 
 
+#: The file reader's advice that names a job file's csv settings -> the same said with this
+#: command's options, which set them here. The tab the reader shows as \t is typed as '\t'.
+_OPTION_ADVICE = (
+    (re.compile(r'Set source\.delimiter: "(.+?)" in the job file\.'), r"Give --delimiter '\1'."),
+    (re.compile(r"Set `encoding` in the source to the file's encoding"), "Give --encoding with the file's encoding"),
+)
+
+
+def _with_options(exc: SourceError) -> SourceError:
+    """``exc`` saying which option to give where it said which setting of a job file to change:
+    there is no job file here."""
+    message = str(exc)
+    for advice, option in _OPTION_ADVICE:
+        message = advice.sub(option, message)
+    return exc if message == str(exc) else type(exc)(message)
+
+
+def _csv_source(path: str, *, encoding: str, delimiter: str, decimal: str) -> FileSource:
+    """The file source both files are read as; errors name the options, not a job file's fields."""
+    if delimiter == decimal:  # the source's own error gives the fix in a job file's words
+        raise ConfigError(
+            f"--delimiter and --decimal are both {delimiter!r}: a number could not be told from two fields; files "
+            "with decimal commas usually separate fields with ';' (--delimiter ';' --decimal ',')"
+        )
+    try:
+        return FileSource(kind="file", path=path, encoding=encoding, delimiter=delimiter, decimal=decimal)
+    except ValidationError as exc:
+        # Each error is one option's (the fields' own checks): "--delimiter: must be one character ..."
+        problems = [f"--{error['loc'][0]}: {error['msg'].removeprefix('Value error, ')}" for error in exc.errors()]
+        raise ConfigError("; ".join(problems)) from None
+
+
 #: How a detector's "too few training rows" ends: advice for a job, not for two files.
 _JOB_ADVICE = " Widen the training window or wait for more data."
 
@@ -77,16 +117,16 @@ def _zone(zone: TimestampZone) -> str:
 def _missing_column_hint(job: JobConfig, path: str, column: str) -> str:
     """A column the file lacks was typed on the command line, not in a job file: which option
     named it and, when the header can be read, which columns the file has."""
-    found = _columns_of(path)
+    found = _columns_of(path, job.source)
     option = "--timestamp" if column == job.timestamp else "--dimensions" if column in job.dimensions else "--features"
     listed = f" ({', '.join(found)})" if found else ""
     return f"the file has no such column: check {option} against its columns{listed}"
 
 
-def _columns_of(path: str) -> list[str] | None:
+def _columns_of(path: str, source: FileSource) -> list[str] | None:
     """The column names of one csv, jsonl or parquet file (compressed too: ``m.csv.gz``), read
-    from its header or schema; None for a folder, another format or an unreadable file (the hint
-    then lists nothing)."""
+    from its header or schema with the csv options of ``source``; None for a folder, another
+    format or an unreadable file (the hint then lists nothing)."""
     fmt = suffix_format(path)  # as the file reader infers it
     if fmt not in ("csv", "jsonl", "parquet"):
         return None
@@ -94,12 +134,21 @@ def _columns_of(path: str) -> list[str] | None:
         fs, name = url_to_fs(path)
         with open_data(fs, name) as handle:
             if fmt == "csv":
-                return [str(column) for column in pd.read_csv(handle, nrows=0, encoding="utf-8-sig").columns]
+                # A header read with another delimiter than the file reader's would list one
+                # column named after the whole header.
+                header = pd.read_csv(handle, nrows=0, encoding=_text_encoding(source.encoding), sep=source.delimiter)
+                return [str(column) for column in header.columns]
             if fmt == "jsonl":
-                return [str(column) for column in pd.read_json(handle, lines=True, nrows=1).columns]
+                first = pd.read_json(handle, lines=True, nrows=1, encoding=_text_encoding(source.encoding))
+                return [str(column) for column in first.columns]
             return list(pq.read_schema(handle).names)
     except (OSError, ValueError, pa.ArrowException):
         return None
+
+
+def _text_encoding(encoding: str) -> str:
+    # As the file reader decodes: utf-8-sig also drops a spreadsheet's byte-order mark.
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
 def _series(
@@ -129,9 +178,16 @@ def detect_files(
     params: dict[str, Any],
     contamination: float,
     output: str,
+    encoding: str = "utf-8",
+    delimiter: str = ",",
+    decimal: str = ".",
 ) -> pd.DataFrame:
-    """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows."""
+    """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows.
+
+    ``encoding``, ``delimiter`` and ``decimal`` are the csv options of both files, as a file
+    source's (see :class:`~pipelines.config.FileSource`)."""
     check_output_file(output, "--output")
+    source = _csv_source(train, encoding=encoding, delimiter=delimiter, decimal=decimal)
     if timestamp is None and ROW in dimensions:
         # Without timestamps the output gains a `row` column of row numbers: a dimension of that
         # name overwrote it (its values written as row numbers, or a crash on text).
@@ -142,7 +198,7 @@ def detect_files(
     job = parse_job(
         {
             "name": "detect",
-            "source": {"kind": "file", "path": train},
+            "source": source.model_dump(),
             "timestamp": timestamp or _ROW_CLOCK,
             "frequency": "1s",
             "dimensions": dimensions,

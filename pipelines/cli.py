@@ -216,6 +216,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         params=_json_params(args.params),
         contamination=args.contamination,
         output=_from_shell(args.output),
+        encoding=args.encoding,
+        delimiter=_typed_character(args.delimiter),
+        decimal=_typed_character(args.decimal),
     )
     axis = "row" if "row" in frame else "timestamp"
     points = frame.drop_duplicates(["series", axis])
@@ -230,6 +233,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         drawn = plot_outputs(frame, _from_shell(args.plot), title=f"{args.model} on {args.input}")
         print(f"drawn: {len(drawn)} panels (series x feature) in {args.plot}")
     return 0
+
+
+def _typed_character(value: str) -> str:
+    # A tab is hard to type in a shell: '\t' is written as two characters, as a job file writes it.
+    return "\t" if value == "\\t" else value
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -395,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--params", help="detector parameters as JSON")
     detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged")
     detect.add_argument("--output", required=True, help="Parquet file to write")
+    detect.add_argument("--encoding", default="utf-8", help="text encoding of csv and jsonl files (e.g. latin-1, cp1252)")
+    detect.add_argument("--delimiter", default=",", help="what separates the fields of csv files: ';', '\\t' for a tab, '|'")
+    detect.add_argument("--decimal", default=".", help="the decimal point of numbers in csv files: ',' for 1,5")
     detect.add_argument("--plot", metavar="PICTURE", help="also draw each series' values, expected band and anomalies here (.png, .svg or .pdf)")
     detect.set_defaults(func=cmd_detect)
 

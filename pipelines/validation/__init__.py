@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipelines.config import JobConfig
+from pipelines.config import FileSource, JobConfig
 from pipelines.errors import DataValidationError
 from pipelines.storage import atomic_write, join
 from pipelines.validation.report import SAMPLE_SIZE, CheckResult, RowNumbers, ValidationReport, build_report
@@ -51,6 +51,7 @@ def validate_batch(
     suite_path: str | None = None,
     missing_column_hint: Callable[[str], str] | None = None,
     rows: RowNumbers = RowNumbers(),
+    decimal_hint: str | None = None,
 ) -> ValidationReport:
     """Check the raw ``frame`` of ``job`` for ``window``; failing data gives a failed report.
 
@@ -59,6 +60,8 @@ def validate_batch(
     :func:`~pipelines.validation.report.build_report`) is for callers whose columns were not
     named in a job file. ``rows`` says how the report numbers the rows of ``frame`` (by default
     0-based positions in it): e.g. a chunk of a file numbers them as rows of the file.
+    ``decimal_hint`` says what to do about a feature's numbers written with a decimal comma (by
+    default, what the job's source can be told): for callers whose csv options are not a job file's.
     """
     batch = prepare_batch(frame, job)
     result = _run(batch, build_suite(batch, job, suite_path))
@@ -76,10 +79,22 @@ def validate_batch(
     ]
     report = build_report(
         result, job=job.name, rows=len(batch), window=bounds, keys=keys, missing_column_hint=missing_column_hint,
-        columns=list(batch.columns), more=more, numbers=rows,
+        columns=list(batch.columns), more=more, numbers=rows, decimal_hint=decimal_hint or _decimal_hint(job),
     )
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
+
+
+def _decimal_hint(job: JobConfig) -> str:
+    """What to do when a feature's values read as text like "1,5": a csv file source reads them
+    as numbers once told its decimal point; other sources hand over what they hold."""
+    if isinstance(job.source, FileSource) and job.source.decimal != ",":
+        from pipelines.sources.file import suffix_format
+
+        # A folder or a glob names no format: it may hold csv files.
+        if (job.source.format or suffix_format(job.source.path) or "csv") == "csv":
+            return 'set source.decimal: "," in the job file'
+    return "write them with a decimal point in the source, or convert them to numbers there"
 
 
 def _run(batch: pd.DataFrame, suite: ExpectationSuite) -> ExpectationSuiteValidationResult:

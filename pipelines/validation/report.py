@@ -4,6 +4,7 @@ column, how many values, some of them and the rows holding them; plus a JSON for
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -153,13 +154,16 @@ def build_report(
     columns: Collection[str] | None = None,
     more: Sequence[CheckResult] = (),
     numbers: RowNumbers = RowNumbers(),
+    decimal_hint: str | None = None,
 ) -> ValidationReport:
     """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
     numbered as GX numbered them) locate each sampled row in the source; ``missing_column_hint``
     says, for a column the source lacks, what to check (by default the job file); ``columns``, the
     batch's, let an expectation of the suite file that names another column say so; ``more`` are
     checks run outside GX, reported after GX's. The checks' ``sample_rows`` are positions in the
-    batch; the report numbers them as ``numbers`` says."""
+    batch; the report numbers them as ``numbers`` says. ``decimal_hint`` says what to do when a
+    feature's values that are not numbers all look like numbers written with a decimal comma
+    ("1,5"; None: nothing is said)."""
     checks = [CheckResult.from_gx(one) for one in result.results]
     located = keys is not None and not keys.empty
     # A job's column the source lacks is explained by its failed existence check.
@@ -184,6 +188,8 @@ def build_report(
                 if missing_column_hint
                 else "the source gave no such column: check its spelling in the job file against the source"
             )
+        if decimal_hint and check.expectation == _TYPE_CHECK and not check.success and _decimal_commas(check.sample_values):
+            check.detail = f"{check.detail + '; ' if check.detail else ''}{_DECIMAL_COMMA_SAID}: {decimal_hint}"
         if located:
             check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
     for check in more:
@@ -208,6 +214,20 @@ def build_report(
 
 #: The built-in check that a feature holds numbers (see ``suite.build_suite``).
 _TYPE_CHECK = "expect_column_values_to_be_in_type_list"
+
+
+#: A number written with a decimal comma ("1,5", "-0,25") as it reads where "." is the decimal
+#: point: text. A csv exported in many European locales holds nothing else.
+_DECIMAL_COMMA = re.compile(r"[-+]?\d*,\d+")
+
+_DECIMAL_COMMA_SAID = "these look like numbers written with a decimal comma (1,5 for 1.5)"
+
+
+def _decimal_commas(values: list[Any]) -> bool:
+    """Whether every sampled value is a number written with a decimal comma: one sample of other
+    text ("n/a", "slow") means the column holds more than a locale's numbers, and the hint would
+    mislead."""
+    return bool(values) and all(isinstance(value, str) and _DECIMAL_COMMA.fullmatch(value.strip()) for value in values)
 
 
 def _explain_untyped(checks: list[tuple[list[str], CheckResult]]) -> None:

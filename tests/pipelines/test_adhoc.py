@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipelines.adhoc import detect_files
-from pipelines.errors import ConfigError, DataValidationError, ModelError
+from pipelines.errors import ConfigError, DataValidationError, ModelError, SourceConfigError, SourceDataError
 
 
 def _write(path: Path, start: str, hours: int, *, aware: bool) -> str:
@@ -155,3 +155,100 @@ def test_a_bad_row_is_named_by_its_row_in_the_file(tmp_path: Path) -> None:
     # Named as the file it is, not as "60 rows in window unbounded .. unbounded".
     assert f"validation of the --input file {tmp_path / 'input.csv'} failed" in str(info.value)
     assert not (tmp_path / "out.parquet").exists()
+
+
+def _european(path: Path, start: str, hours: int, *, sep: str = ";", encoding: str = "utf-8") -> str:
+    """A spreadsheet's export: fields separated by ``sep``, numbers with decimal commas."""
+    times = pd.date_range(start, periods=hours, freq="h").strftime("%Y-%m-%dT%H:%M:%SZ")
+    frame = pd.DataFrame({"ts": times, "région": "île", "v": [hour % 5 + 0.5 for hour in range(hours)]})
+    frame.to_csv(path, sep=sep, decimal=",", index=False, encoding=encoding)
+    return str(path)
+
+
+def _detect_csv(train: str, input: str, output: Path, **options: str) -> pd.DataFrame:
+    return detect_files(
+        train, input, timestamp="ts", features=["v"], dimensions=["région"], model="iforest", params={},
+        contamination=0.05, output=str(output), **options,
+    )
+
+
+@pytest.mark.parametrize(("sep", "encoding"), [(";", "utf-8"), ("\t", "latin-1")])
+def test_files_with_another_delimiter_decimal_commas_and_encoding_are_scored(tmp_path: Path, sep: str, encoding: str) -> None:
+    # detect read every file with utf-8, "," and ".": such exports could not be scored at all.
+    train = _european(tmp_path / "train.csv", "2024-03-01", 96, sep=sep, encoding=encoding)
+    input = _european(tmp_path / "input.csv", "2024-03-05", 24, sep=sep, encoding=encoding)
+
+    scored = _detect_csv(train, input, tmp_path / "out.parquet", delimiter=sep, decimal=",", encoding=encoding)
+
+    assert len(scored) == 24 and set(scored["value"]) == {0.5, 1.5, 2.5, 3.5, 4.5}
+    assert scored["région"].eq("île").all()
+
+
+@pytest.mark.parametrize(("sep", "shown"), [(";", ";"), ("\t", "\\t")])
+def test_a_file_with_another_delimiter_names_the_option_to_give(tmp_path: Path, sep: str, shown: str) -> None:
+    # The reader's advice was a job file's ("Set source.delimiter: ";" in the job file."): detect has none.
+    train = _european(tmp_path / "train.csv", "2024-03-01", 96, sep=sep)
+    input = _european(tmp_path / "input.csv", "2024-03-05", 24, sep=sep)
+
+    with pytest.raises(SourceConfigError) as info:
+        _detect_csv(train, input, tmp_path / "out.parquet")
+
+    assert str(info.value).endswith(f"which looks {shown}-separated. Give --delimiter '{shown}'.")
+    assert "job file" not in str(info.value)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_file_in_another_encoding_names_the_option_to_give(tmp_path: Path) -> None:
+    train = _european(tmp_path / "train.csv", "2024-03-01", 96, encoding="latin-1")
+    input = _european(tmp_path / "input.csv", "2024-03-05", 24, encoding="latin-1")
+
+    with pytest.raises(SourceDataError) as info:
+        _detect_csv(train, input, tmp_path / "out.parquet", delimiter=";", decimal=",")
+
+    assert "is not valid utf-8 text: byte(s) e9 at byte offset 4 (line 1)" in str(info.value)
+    assert str(info.value).endswith("Give --encoding with the file's encoding (e.g. latin-1, cp1252, utf-16).")
+
+
+def test_decimal_commas_read_as_text_name_the_option_to_give(tmp_path: Path) -> None:
+    train = _european(tmp_path / "train.csv", "2024-03-01", 96)
+    input = _european(tmp_path / "input.csv", "2024-03-05", 24)
+
+    with pytest.raises(DataValidationError) as info:
+        _detect_csv(train, input, tmp_path / "out.parquet", delimiter=";")
+
+    assert str(info.value).endswith(
+        'sample values ["0,5", "1,5", "2,5", "3,5", "4,5"], at rows [1, 2, 3, 4, 5] of the --train file, counting its '
+        "first data row as 1 (ts=2024-03-01T00:00:00Z, région=île; ts=2024-03-01T01:00:00Z, région=île; "
+        "ts=2024-03-01T02:00:00Z, région=île; ts=2024-03-01T03:00:00Z, région=île; ts=2024-03-01T04:00:00Z, région=île), "
+        "these look like numbers written with a decimal comma (1,5 for 1.5): give --decimal ','"
+    )
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_missing_column_lists_the_columns_split_by_the_delimiter(tmp_path: Path) -> None:
+    # The hint read the header with ",": one column named after the whole header ('ts;région;v').
+    train = _european(tmp_path / "train.csv", "2024-03-01", 96, encoding="latin-1")
+    input = _european(tmp_path / "input.csv", "2024-03-05", 24, encoding="latin-1")
+
+    with pytest.raises(DataValidationError, match=re.escape("check --features against its columns (ts, région, v)")):
+        detect_files(
+            train, input, timestamp="ts", features=["v", "w"], dimensions=[], model="iforest", params={},
+            contamination=0.05, output=str(tmp_path / "out.parquet"), delimiter=";", decimal=",", encoding="latin-1",
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delimiter": ";", "decimal": ";"}, "--delimiter and --decimal are both ';': a number could not be told from two "
+         "fields; files with decimal commas usually separate fields with ';' (--delimiter ';' --decimal ',')"),
+        ({"delimiter": ";;"}, "--delimiter: must be one character other than a quote or a line break, got ';;'"),
+        ({"encoding": "latin-9x"}, "--encoding: unknown text encoding 'latin-9x' (e.g. utf-8, latin-1, cp1252, utf-16)"),
+    ],
+)
+def test_bad_csv_options_name_the_option(tmp_path: Path, options: dict[str, str], message: str) -> None:
+    train = _european(tmp_path / "train.csv", "2024-03-01", 96)
+    with pytest.raises(ConfigError) as info:
+        _detect_csv(train, train, tmp_path / "out.parquet", **options)
+    assert str(info.value).startswith(message)
+    assert "source" not in str(info.value)

@@ -293,6 +293,20 @@ def test_detect_names_the_option_whose_column_the_file_lacks(files, option, valu
     assert not (files / "never.parquet").exists()
 
 
+def test_detect_reads_a_tab_separated_export_with_decimal_commas(files, capsys):
+    # A tab is typed as '\t' (two characters), as a job file writes it; detect had no csv options.
+    for name in ("train", "test"):
+        pd.read_csv(files / f"{name}.csv").to_csv(files / f"{name}.tsv.csv", sep="\t", decimal=",", index=False)
+    args = ["detect", "--train", str(files / "train.tsv.csv"), "--input", str(files / "test.tsv.csv"), "--timestamp", "ts"]
+    assert main([*args, "--features", "a,b", "--output", str(files / "out.parquet"), "--delimiter", "\\t", "--decimal", ","]) == 0
+    assert "scored 120 points x 2 features in 1 series" in capsys.readouterr().out
+
+    assert main([*args, "--features", "a,b", "--output", str(files / "never.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "has the header 'ts\\ta\\tb', which looks \\t-separated. Give --delimiter '\\t'." in err
+    assert "job file" not in err and not (files / "never.parquet").exists()
+
+
 @pytest.mark.parametrize(("name", "tail"), [("existing", ""), ("missing", "/")])
 def test_predict_input_refuses_an_output_that_is_a_folder_before_scoring(project, tmp_path, name, tail, capsys):
     # Found only when the file was moved into place, after the whole input was scored: a traceback.

@@ -106,6 +106,54 @@ def test_mixed_object_feature_reports_only_the_non_numbers(make_job, clean_frame
     )
 
 
+_DECIMAL_COMMAS = "these look like numbers written with a decimal comma (1,5 for 1.5): "
+_IN_THE_SOURCE = "write them with a decimal point in the source, or convert them to numbers there"
+
+
+@pytest.mark.parametrize(
+    ("source", "hint"),
+    [
+        ({"kind": "file", "path": "web.csv", "delimiter": ";"}, 'set source.decimal: "," in the job file'),
+        ({"kind": "file", "path": "exports/"}, 'set source.decimal: "," in the job file'),  # a folder may hold csv
+        ({"kind": "file", "path": "web.jsonl"}, _IN_THE_SOURCE),
+        ({"kind": "sql", "connection": {"url": "sqlite://"}, "query": "SELECT * FROM t WHERE ts >= :start AND ts < :end"},
+         _IN_THE_SOURCE),
+    ],
+    ids=["csv", "folder", "jsonl", "sql"],
+)
+def test_numbers_with_decimal_commas_say_how_to_read_them(make_job, clean_frame: pd.DataFrame, source, hint) -> None:
+    # A European export read with "." as the decimal point: every value of the column was text,
+    # reported with its samples and nothing about the setting that reads them as numbers.
+    frame = clean_frame.assign(latency_ms=["109,9", "120,4", "-1,25", ",5", " 108,7", "121"])
+    check = _only_failure(validate_batch(frame, make_job(source=source)))
+
+    assert (check.column, check.unexpected_count) == ("latency_ms", 5)
+    assert check.detail == _DECIMAL_COMMAS + hint
+    assert check.describe().endswith(f"at rows [0, 1, 2, 3, 4] (timestamp=2024-02-01T00:00:00Z, region=eu; "
+                                     "timestamp=2024-02-01T00:00:00Z, region=us; timestamp=2024-02-01T01:00:00Z, region=eu; "
+                                     "timestamp=2024-02-01T01:00:00Z, region=us; timestamp=2024-02-01T02:00:00Z, region=eu), "
+                                     f"{_DECIMAL_COMMAS}{hint}")
+
+
+def test_a_caller_gives_its_own_decimal_hint(make_job, clean_frame: pd.DataFrame) -> None:
+    frame = clean_frame.assign(latency_ms=["109,9", "120,4", "111,2", "118", "108,7", "121,3"])
+    check = _only_failure(validate_batch(frame, make_job(), decimal_hint="give --decimal ','"))
+    assert check.detail == _DECIMAL_COMMAS + "give --decimal ','"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["109,9", "n/a", "111,2", "118", "108,7", "121,3"],  # other text too: more than a locale's numbers
+        ["1,2,3", "120,4", "111,2", "118", "108,7", "121,3"],
+        ["109.9", "120,4.5", "111", "118", "108", "121"],
+    ],
+)
+def test_text_that_is_not_all_decimal_commas_gets_no_decimal_hint(make_job, clean_frame: pd.DataFrame, values) -> None:
+    check = _only_failure(validate_batch(clean_frame.assign(latency_ms=values), make_job()))
+    assert check.detail is None
+
+
 def test_true_and_false_among_numbers_are_not_numbers(make_job, clean_frame: pd.DataFrame) -> None:
     # A JSON source can mix them with numbers; pandas would read them as 1 and 0.
     frame = clean_frame.assign(latency_ms=pd.Series([1.5, True, 2, 3.5, False, 4], dtype=object))
