@@ -743,16 +743,40 @@ def job_events(
 
 
 def label_of(event: AnomalyEvent, labels: Iterable[Label]) -> Label | None:
-    """The label that judges ``event``: one of exactly its series and span, else the latest
-    label of its series overlapping it (``labels`` as :meth:`LabelStore.labels` returns them)."""
+    """The label that shows the verdict on ``event`` (``labels`` as :meth:`LabelStore.labels` returns them).
+
+    Labels are read by the rule alerts read them with (:func:`label_verdicts`), over the features
+    alerts check (the event's top feature and those with anomalous rows) at every moment of its
+    span. The event is a true anomaly when some label decides True on one of them somewhere: alerts
+    then always send it, a person confirmed this very event. Else it is a false alarm when some
+    label decides False there. Of the labels deciding that verdict, the one shown is the label of
+    the top feature at the peak, what the event is about; else the latest written. So a
+    whole-series false alarm overruled by a later true verdict on the event's feature shows the
+    latter, as alerts send the event; a label that decides nothing of the event (overruled all over
+    it, or of a feature not flagged in it) is not shown.
+    """
     overlapping = [
         label
         for label in labels
         if label.series == event.series and label.start <= event.end and label.end >= event.start
     ]
-    exact = [label for label in overlapping if (label.start, label.end) == (event.start, event.end)]
-    chosen = sorted(exact or overlapping, key=lambda label: (label.feature is None, label.created_at))
-    return chosen[-1] if chosen else None
+    if not overlapping:
+        return None
+    # The features known_false_alarm is asked about (the alerts' top feature first), so the label
+    # shown never says "false alarm" of an event alerts send as confirmed.
+    features = list(dict.fromkeys([event.top_feature, *event.value_ranges]))
+    peak = utc_stamp(event.peak_timestamp)
+    index = _moments(overlapping, event.start, event.end).union(pd.DatetimeIndex([peak]))
+    ordered, owner = _deciding(index, features, overlapping)
+    at_peak = int(owner[index.get_loc(peak), 0])
+    for verdict in (True, False):  # one true verdict confirms the event, whatever else was said of it
+        deciding = {int(number) for number in np.unique(owner) if number >= 0 and ordered[number].verdict is verdict}
+        if not deciding:
+            continue
+        if at_peak in deciding:
+            return ordered[at_peak]
+        return ordered[max(deciding, key=lambda number: (ordered[number].created_at, number))]
+    return None
 
 
 def utc_stamp(moment: Any) -> pd.Timestamp:
@@ -793,28 +817,40 @@ def label_verdicts(index: pd.Index, features: Sequence[Any], labels: Iterable[La
     (:meth:`LabelStore.known_false_alarm`) all read labels through this, so they never disagree on
     what a label means.
     """
-    values = np.full((len(index), len(features)), np.nan)
     if not isinstance(index, pd.DatetimeIndex):
-        return Verdicts(values)
+        return Verdicts(np.full((len(index), len(features)), np.nan))
+    ordered, owner = _deciding(index, features, labels)
+    verdicts = np.array([float(label.verdict) for label in ordered] + [np.nan])
+    values = verdicts[owner]  # owner -1 (no label) picks the NaN at the end
+    deciding = {int(number) for number in np.unique(owner) if number >= 0}
+    return Verdicts(values, sum(1 for number, label in enumerate(ordered) if number not in deciding))
+
+
+def _deciding(index: pd.DatetimeIndex, features: Sequence[Any], labels: Iterable[Label]) -> tuple[list[Label], np.ndarray]:
+    """The rule of :func:`label_verdicts`, saying which label decides: ``labels`` in the order they
+    apply, and per row and feature of ``index`` the position of the deciding one there (-1: none)."""
     columns = {str(feature): number for number, feature in enumerate(features)}
-    owner = np.full(values.shape, -1)
+    owner = np.full((len(index), len(features)), -1)
     ordered = sorted(labels, key=lambda label: (label.feature is not None, label.created_at))
     for number, label in enumerate(ordered):
         if label.feature is not None and label.feature not in columns:
             continue
         rows = label_rows(index, label)
-        where = (rows, slice(None)) if label.feature is None else (rows, columns[label.feature])
-        values[where], owner[where] = float(label.verdict), number
-    deciding = {int(number) for number in np.unique(owner) if number >= 0}
-    return Verdicts(values, sum(1 for number, label in enumerate(ordered) if number not in deciding))
+        owner[(rows, slice(None)) if label.feature is None else (rows, columns[label.feature])] = number
+    return ordered, owner
 
 
 def _confirmed_between(labels: Sequence[Label], start: datetime, end: datetime, features: Sequence[str]) -> bool:
     """Whether :func:`label_verdicts` gives a True verdict on one of ``features`` at some moment of
     ``[start, end]``. Verdicts change only at the labels' starts and ends, so the rule is applied at
     those inside the span, at its edges and between each two: every moment, without the rows."""
+    return bool(label_verdicts(_moments(labels, start, end), features, labels).confirmed.any())
+
+
+def _moments(labels: Sequence[Label], start: datetime, end: datetime) -> pd.DatetimeIndex:
+    """Moments of ``[start, end]`` that see every verdict ``labels`` give on it: those of their
+    starts and ends inside it, its edges, and one between each two (verdicts change only there)."""
     edges = {utc_stamp(start), utc_stamp(end)}
     edges |= {utc_stamp(moment) for label in labels for moment in (label.start, label.end) if start <= moment <= end}
     ordered = sorted(edges)
-    moments = ordered + [low + (high - low) / 2 for low, high in zip(ordered, ordered[1:], strict=False)]
-    return bool(label_verdicts(pd.DatetimeIndex(sorted(moments)), features, labels).confirmed.any())
+    return pd.DatetimeIndex(sorted(ordered + [low + (high - low) / 2 for low, high in zip(ordered, ordered[1:], strict=False)]))

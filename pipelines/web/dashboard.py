@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
+import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -218,12 +219,16 @@ def job_page(
 
 
 def _verdicts(job: JobConfig, events: list[dict[str, Any]]) -> dict[tuple[str, str], bool]:
-    """The verdict people gave on each listed anomalous point (a label of its series spanning it).
+    """The verdict people gave on each listed anomalous point, by the rule alerts and training read
+    labels with (:func:`pipelines.labels.label_verdicts`: the most specific label, then the latest):
+    a true anomaly when a label decides True on one of the point's signals (its anomalous features
+    listed), else a false alarm when one decides False, as :func:`pipelines.labels.label_of` shows
+    an event's.
 
     A page without verdicts is still useful: a labels database that cannot be read is logged,
     not shown as an error page.
     """
-    from pipelines.labels import label_store
+    from pipelines.labels import label_store, label_verdicts
     from pipelines.workspace import to_utc
 
     if not events:
@@ -235,10 +240,20 @@ def _verdicts(job: JobConfig, events: list[dict[str, Any]]) -> dict[tuple[str, s
         log.warning("dashboard: job %r: cannot read its labels: %s", job.name, exc)
         return {}
     found: dict[tuple[str, str], bool] = {}
-    for label in sorted(labels, key=lambda label: label.created_at):  # the latest verdict wins
-        for (series, text), moment in times.items():
-            if series == label.series and label.start <= moment <= label.end:
-                found[(series, text)] = label.verdict
+    for series in {event["series"] for event in events}:
+        own = [label for label in labels if label.series == series]
+        if not own:
+            continue
+        points = [event for event in events if event["series"] == series]
+        features = sorted({signal["feature"] for event in points for signal in event["signals"]})
+        index = pd.DatetimeIndex([times[(series, event["timestamp"])] for event in points])
+        values = label_verdicts(index, features, own).values
+        for row, event in enumerate(points):
+            shown = values[row, [features.index(signal["feature"]) for signal in event["signals"]]]
+            if (shown == 1.0).any():
+                found[(series, event["timestamp"])] = True
+            elif (shown == 0.0).any():
+                found[(series, event["timestamp"])] = False
     return found
 
 

@@ -488,3 +488,25 @@ def test_a_label_is_withdrawn_by_its_key_and_stops_silencing_alerts(store):
     assert store.labels("web") == [kept]
     assert store.known_false_alarm("web", EU, "latency_ms", 120, 180) is None
     assert store.remove("web", EU, at(2), at(3)) is None
+
+
+def test_an_event_shows_the_label_whose_verdict_holds_on_it_as_alerts_read_it(store, job, published):
+    # The events listing showed a whole-series false alarm over a later true verdict on the event's
+    # feature (and a label of a feature the event never flagged): the one rule (label_verdicts)
+    # says true, and alerts send the event.
+    [event] = job_events(job)  # requests flagged at 02 and 03, peak at 02
+    dismissed = store.add("web", EU, at(2), at(3), False, value_min=500, value_max=510)
+    confirmed = store.add("web", EU, at(2), at(3), True, feature="requests")
+    assert label_of(event, store.labels("web")) == confirmed
+    requests = event.value_ranges["requests"]
+    assert store.known_false_alarm("web", EU, "requests", *requests, span=(event.start, event.end)) is None
+    assert label_of(event, [dismissed]) == dismissed
+    # True after the peak only still confirms the event (alerts send it); otherwise the label at the peak shows.
+    later = store.add("web", EU, at(3), at(3), True, feature="requests")
+    assert label_of(event, [dismissed, later]) == later
+    peak = store.add("web", EU, at(2), at(2), False, feature="requests")
+    assert label_of(event, [dismissed, peak]) == peak
+    # A label of latency_ms, not anomalous in the event, says nothing of it.
+    latency = store.add("web", EU, at(1), at(4), False, feature="latency_ms", value_min=1, value_max=2)
+    assert label_of(event, [latency]) is None
+    assert label_of(event, [dismissed, latency]) == dismissed

@@ -557,3 +557,47 @@ def test_every_link_stays_below_airflows_url_prefix(scored_base, monkeypatch, ai
     assert client.get(f"{root}{D}/data/jobs/demo_web_metrics/models", headers=auth, params={"page": 1}).status_code == 200
     login = client.get(f"{root}{D}/", headers={"Accept": "text/html"}, follow_redirects=False)
     assert login.status_code == 303 and "next=http%3A%2F%2Ftestserver%2Fairflow%2Fanomaly-pipelines%2Fdashboard%2F" in login.headers["location"]
+
+
+def test_a_points_verdict_follows_the_rule_alerts_and_training_read_labels_by(tmp_path):
+    # The events table showed whichever label of the series was written last: a whole-series false
+    # alarm over a point whose feature a person confirmed, a label of another feature as its verdict.
+    from datetime import UTC, datetime
+
+    from pipelines.config import parse_job
+    from pipelines.labels import label_store
+    from pipelines.web.dashboard import _verdicts
+
+    job = parse_job(
+        {
+            "name": "web", "source": {"kind": "file", "path": "x.csv"}, "timestamp": "ts", "frequency": "1h",
+            "dimensions": ["region"], "features": ["requests", "latency_ms"], "model": {"kind": "seasonal_mad"},
+            "outputs": {"parquet": str(tmp_path / "outputs")}, "registry": str(tmp_path / "models"),
+            "labels": {"connection": {"url": f"sqlite:///{tmp_path / 'labels.db'}"}},
+        }
+    )
+    store = label_store(job)
+
+    def at(hour: int) -> datetime:
+        return datetime(2024, 3, 3, hour, tzinfo=UTC)
+
+    def point(series: str, hour: int, *features: str) -> dict:
+        signals = [{"feature": feature, "feature_score": 0.5, "value": 1.0, "expected": 0.0} for feature in features]
+        return {"series": series, "timestamp": f"2024-03-03T{hour:02d}:00:00Z", "score": 0.99, "signals": signals}
+
+    store.add("web", "region=eu", at(2), at(3), True, feature="requests", value_min=1, value_max=2)
+    store.add("web", "region=eu", at(2), at(5), False, value_min=1, value_max=2)  # later, but less specific
+    store.add("web", "region=eu", at(6), at(6), False, feature="latency_ms", value_min=1, value_max=2)
+    store.add("web", "region=us", at(2), at(2), True, value_min=1, value_max=2)
+    points = [
+        point("region=eu", 2, "requests"), point("region=eu", 3, "latency_ms", "requests"), point("region=eu", 4, "requests"),
+        point("region=eu", 5, "latency_ms"), point("region=eu", 6, "requests"), point("region=us", 2, "requests"),
+    ]
+    assert _verdicts(job, points) == {
+        ("region=eu", "2024-03-03T02:00:00Z"): True,  # its feature's label over the whole series' later one
+        ("region=eu", "2024-03-03T03:00:00Z"): True,  # confirmed on one of its signals
+        ("region=eu", "2024-03-03T04:00:00Z"): False,
+        ("region=eu", "2024-03-03T05:00:00Z"): False,
+        # 06: only latency_ms, not anomalous there, was judged
+        ("region=us", "2024-03-03T02:00:00Z"): True,
+    }
