@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import io
-import re
 from functools import partial
 from typing import Any
 
@@ -23,7 +22,7 @@ from pydantic import ValidationError
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
-from pipelines.errors import ConfigError, DataValidationError, ModelError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, ModelError
 from pipelines.extraction import TimestampZone, first_zone, prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
@@ -36,14 +35,23 @@ ROW = "row"
 _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as seconds
 
 
+#: The file source's fields that this command's options set (see FileReader's ``options``): the
+#: reader's advice names these, not a job file's. Pickles cannot be allowed (unpickling runs
+#: code), nor storage options given: fsspec takes credentials from the environment.
+_OPTIONS = {
+    "format": "--format", "encoding": "--encoding", "delimiter": "--delimiter", "decimal": "--decimal",
+    "allow_pickle": None, "storage_options": None,
+}
+
+#: What --format offers: a file source's formats but pickle, which needs allow_pickle.
+FORMATS = ("csv", "jsonl", "json", "parquet")
+
+
 def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, TimestampZone | None]:
     """The file's rows, validated and typed, and whether its timestamps have a time zone."""
-    # The csv options (--encoding, --delimiter, --decimal) are the job's, for both files.
+    # The file options (--format, --encoding, --delimiter, --decimal) are the job's, for both files.
     reader_job = job.model_copy(update={"source": job.source.model_copy(update={"path": path})})
-    try:
-        frame = FileReader(reader_job, path_hint=f"Check the {option} path.").read(None, None)
-    except SourceError as exc:
-        raise _with_options(exc) from exc
+    frame = FileReader(reader_job, options={**_OPTIONS, "path": option}).read(None, None)
     if frame.empty:
         # Validation would only report "expect_table_row_count_to_be_between, observed 0".
         raise DataValidationError(f"{path}: the {option} file holds no rows (only a header, or nothing): give a file with data")
@@ -74,32 +82,21 @@ _ONE_WAY = (
 )
 
 
-#: The file reader's advice that names a job file's csv settings -> the same said with this
-#: command's options, which set them here. The tab the reader shows as \t is typed as '\t'.
-_OPTION_ADVICE = (
-    (re.compile(r'Set source\.delimiter: "(.+?)" in the job file\.'), r"Give --delimiter '\1'."),
-    (re.compile(r"Set `encoding` in the source to the file's encoding"), "Give --encoding with the file's encoding"),
-)
-
-
-def _with_options(exc: SourceError) -> SourceError:
-    """``exc`` saying which option to give where it said which setting of a job file to change:
-    there is no job file here."""
-    message = str(exc)
-    for advice, option in _OPTION_ADVICE:
-        message = advice.sub(option, message)
-    return exc if message == str(exc) else type(exc)(message)
-
-
-def _csv_source(path: str, *, encoding: str, delimiter: str, decimal: str) -> FileSource:
+def _file_source(path: str, *, format: str | None, encoding: str, delimiter: str, decimal: str) -> FileSource:
     """The file source both files are read as; errors name the options, not a job file's fields."""
+    if format is not None and format not in FORMATS:
+        # The source's own error would offer pickle "with allow_pickle: true", which is no option here.
+        raise ConfigError(
+            f"--format must be one of {', '.join(FORMATS)}, got {format!r}"
+            + ("; pickles are not read here (unpickling runs arbitrary code): convert the data to Parquet" if format == "pickle" else "")
+        )
     if delimiter == decimal:  # the source's own error gives the fix in a job file's words
         raise ConfigError(
             f"--delimiter and --decimal are both {delimiter!r}: a number could not be told from two fields; files "
             "with decimal commas usually separate fields with ';' (--delimiter ';' --decimal ',')"
         )
     try:
-        return FileSource(kind="file", path=path, encoding=encoding, delimiter=delimiter, decimal=decimal)
+        return FileSource(kind="file", path=path, format=format, encoding=encoding, delimiter=delimiter, decimal=decimal)
     except ValidationError as exc:
         # Each error is one option's (the fields' own checks): "--delimiter: must be one character ..."
         problems = [f"--{error['loc'][0]}: {error['msg'].removeprefix('Value error, ')}" for error in exc.errors()]
@@ -125,9 +122,9 @@ def _missing_column_hint(job: JobConfig, path: str, column: str) -> str:
 
 def _columns_of(path: str, source: FileSource) -> list[str] | None:
     """The column names of one csv, jsonl or parquet file (compressed too: ``m.csv.gz``), read
-    from its header or schema with the csv options of ``source``; None for a folder, another
+    from its header or schema with the options of ``source``; None for a folder, another
     format or an unreadable file (the hint then lists nothing)."""
-    fmt = suffix_format(path)  # as the file reader infers it
+    fmt = source.format or suffix_format(path)  # as the file reader takes it
     if fmt not in ("csv", "jsonl", "parquet"):
         return None
     try:
@@ -178,16 +175,18 @@ def detect_files(
     params: dict[str, Any],
     contamination: float,
     output: str,
+    format: str | None = None,
     encoding: str = "utf-8",
     delimiter: str = ",",
     decimal: str = ".",
 ) -> pd.DataFrame:
     """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows.
 
-    ``encoding``, ``delimiter`` and ``decimal`` are the csv options of both files, as a file
-    source's (see :class:`~pipelines.config.FileSource`)."""
+    ``format`` (one of :data:`FORMATS`; by default inferred from each file's suffix), ``encoding``,
+    ``delimiter`` and ``decimal`` are the options of both files, as a file source's (see
+    :class:`~pipelines.config.FileSource`)."""
     check_output_file(output, "--output")
-    source = _csv_source(train, encoding=encoding, delimiter=delimiter, decimal=decimal)
+    source = _file_source(train, format=format, encoding=encoding, delimiter=delimiter, decimal=decimal)
     if timestamp is None and ROW in dimensions:
         # Without timestamps the output gains a `row` column of row numbers: a dimension of that
         # name overwrote it (its values written as row numbers, or a crash on text).

@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # the scoring stack is imported by the commands that need it
 
 JOB_HELP = "a job's name (a file in config/jobs, or in $ANOMALY_PIPELINES_JOBS_DIR) or a job file's path"
 
+#: detect's --format choices: pipelines.adhoc.FORMATS, written out so that building the parser
+#: does not import the scoring stack.
+DETECT_FORMATS = ("csv", "jsonl", "json", "parquet")
+
 
 def _run_id(command: str) -> str:
     return f"cli__{command}__{utcnow():%Y%m%dT%H%M%S%f}"
@@ -216,6 +220,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         params=_json_params(args.params),
         contamination=args.contamination,
         output=_from_shell(args.output),
+        format=args.format,
         encoding=args.encoding,
         delimiter=_typed_character(args.delimiter),
         decimal=_typed_character(args.decimal),
@@ -394,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     detect = commands.add_parser("detect", help="train on one file and score another, no Airflow, no registry")
-    detect.add_argument("--train", required=True, help="training data (csv, jsonl or parquet)")
+    detect.add_argument("--train", required=True, help="training data (csv, jsonl, json or parquet)")
     detect.add_argument("--input", required=True, help="data to score")
     detect.add_argument("--timestamp", help="time column (default: the row number is the time axis)")
     detect.add_argument("--features", required=True, help="comma-separated numeric columns")
@@ -403,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--params", help="detector parameters as JSON")
     detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged")
     detect.add_argument("--output", required=True, help="Parquet file to write")
+    # No pickle: unpickling runs arbitrary code, and a job file's allow_pickle has no option here.
+    detect.add_argument(
+        "--format", choices=DETECT_FORMATS, help="format of both files (default: from each file's suffix, e.g. .csv, .jsonl.gz)"
+    )
     detect.add_argument("--encoding", default="utf-8", help="text encoding of csv and jsonl files (e.g. latin-1, cp1252)")
     detect.add_argument("--delimiter", default=",", help="what separates the fields of csv files: ';', '\\t' for a tab, '|'")
     detect.add_argument("--decimal", default=".", help="the decimal point of numbers in csv files: ',' for 1,5")

@@ -26,7 +26,7 @@ import os
 import pickle
 import re
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,6 +81,30 @@ Step = pd.Timedelta | pd.DateOffset
 
 
 @dataclass(frozen=True)
+class Advice:
+    """Advice that names a source option, worded for where the reader's user sets it.
+
+    ``options`` maps a :class:`~pipelines.config.FileSource` field to the command-line option
+    that sets it (``{"delimiter": "--delimiter", "path": "--train"}``), or to None when the
+    caller offers no way to set it; a field it leaves out is set in the job file, and the advice
+    names the job file's field."""
+
+    options: Mapping[str, str | None] = field(default_factory=dict)
+
+    def __call__(self, option: str, job: str, given: Callable[[str], str], unset: str = "") -> str:
+        """``job`` when ``option`` is set in the job file, ``given(flag)`` when the command's
+        ``flag`` sets it, ``unset`` when nothing can."""
+        if option not in self.options:
+            return job
+        flag = self.options[option]
+        return unset if flag is None else given(flag)
+
+    def settable(self, option: str) -> bool:
+        """Whether the reader's user has a way to set ``option``."""
+        return self.options.get(option, "") is not None
+
+
+@dataclass(frozen=True)
 class _File:
     """One data file and the hive partition values (``key=value`` folders) above it."""
 
@@ -92,14 +116,19 @@ class _File:
 class FileReader:
     """Reads a job's :class:`~pipelines.config.FileSource`."""
 
-    def __init__(self, job: JobConfig, *, path_hint: str | None = None) -> None:
-        """``path_hint`` replaces the advice given when the path holds nothing: a path given
-        elsewhere than in a job file (``anomaly-pipelines detect --train``) is fixed there."""
+    def __init__(
+        self, job: JobConfig, *, path_hint: str | None = None, options: Mapping[str, str | None] | None = None
+    ) -> None:
+        """``options`` says how a caller without a job file lets its user set the source's fields
+        (see :class:`Advice`): the errors' advice then names those (``Give --delimiter ';'.``),
+        not a job file's. ``path_hint`` replaces the whole advice given when the path holds
+        nothing (``Check the input path (predict's --input, or the run's `input`).``)."""
         if not isinstance(job.source, FileSource):
             raise TypeError(f"FileReader reads file sources, not {job.source.kind!r}")
         self.job = job
         self.config = job.source
         self.path_hint = path_hint
+        self.advice = Advice(options or {})
 
     def _locate(self, lo: pd.Timestamp | None, hi: pd.Timestamp | None) -> tuple[str, Fail, AbstractFileSystem, list[_File], str]:
         """The resolved path, the error factory, the file system, the files that can hold rows
@@ -110,7 +139,7 @@ class FileReader:
         # fsspec shares one filesystem per URL and caches listings; a long-lived worker must
         # see the files that landed since its last read.
         fs.invalidate_cache()
-        with _translated(fail, path, self.config.format or "the expected format"):
+        with _translated(self.advice, fail, path, self.config.format or "the expected format"):
             files = self._files(fs, root, path, fail)
         fmt = self._format([file.name for file in files], fail)
         self._check_compression(fs, files, fmt, fail)
@@ -158,10 +187,10 @@ class FileReader:
             frames = [self._read_text(fs, file, fmt, fail) for file in files]
             # A file without rows lacks nothing (an empty jsonl file has no columns at all).
             held = [(self._shown(fs, file.name), frame.columns) for file, frame in zip(files, frames, strict=True) if len(frame)]
-            _same_columns([name for name, _ in held], [columns for _, columns in held], fail)
+            _same_columns([name for name, _ in held], [columns for _, columns in held], fail, self.advice)
         elif files:
             # One Arrow scan over every file: far faster than file by file for many small files.
-            with _translated(fail, path, fmt), self._naming_the_bad_parquet(fs, files, fail):
+            with _translated(self.advice, fail, path, fmt), self._naming_the_bad_parquet(fs, files, fail):
                 dataset = _parquet_dataset(fs, files, self.job, fail, partial(self._shown, fs))
                 frames = [job_columns(_read_parquet(dataset, self.job, lo, hi), self.job)]
         else:
@@ -175,7 +204,7 @@ class FileReader:
         return frame.reset_index(drop=True)
 
     def _read_text(self, fs: AbstractFileSystem, file: _File, fmt: str, fail: Fail) -> pd.DataFrame:
-        with _translated(fail, self._shown(fs, file.name), fmt):
+        with _translated(self.advice, fail, self._shown(fs, file.name), fmt):
             frame = _READERS[fmt](fs, file.name, self.job, self.config.encoding)
             _check_unique(frame.columns, self.job)
         extra = _partition_columns(file, self.job, frame.columns)
@@ -192,14 +221,15 @@ class FileReader:
             yield from self._parquet_chunks(fs, files, rows, fail)
             return
         for file in files:
-            with _translated(fail, self._shown(fs, file.name), fmt):
+            with _translated(self.advice, fail, self._shown(fs, file.name), fmt):
                 for chunk in _CHUNKS[fmt](fs, file.name, self.job, self.config.encoding, rows):
                     _check_unique(chunk.columns, self.job)
                     extra = _partition_columns(file, self.job, chunk.columns)
                     yield job_columns(chunk.assign(**extra) if extra else chunk, self.job).reset_index(drop=True)
 
     def _parquet_chunks(self, fs: AbstractFileSystem, files: list[_File], rows: int, fail: Fail) -> Iterator[pd.DataFrame]:
-        with _translated(fail, resolve_path(self.config.path), "parquet"), self._naming_the_bad_parquet(fs, files, fail):
+        parquet = _translated(self.advice, fail, resolve_path(self.config.path), "parquet")
+        with parquet, self._naming_the_bad_parquet(fs, files, fail):
             dataset = _parquet_dataset(fs, files, self.job, fail, partial(self._shown, fs))
         columns = [name for name in self.job.columns if name in dataset.schema.names]
         pending: list[pa.RecordBatch] = []
@@ -208,7 +238,7 @@ class FileReader:
         # partition columns. Batches end at row-group boundaries; gather them so each chunk
         # holds about ``rows`` rows. No read-ahead: memory must stay at about one chunk.
         for fragment in dataset.get_fragments():
-            with _translated(fail, self._shown(fs, fragment.path), "parquet"):
+            with _translated(self.advice, fail, self._shown(fs, fragment.path), "parquet"):
                 batches = fragment.to_batches(
                     schema=dataset.schema, columns=columns, batch_size=rows, batch_readahead=0, fragment_readahead=0
                 )
@@ -229,7 +259,7 @@ class FileReader:
             yield
         except (OSError, ValueError, pa.ArrowException):
             for file in files:
-                with _translated(fail, self._shown(fs, file.name), "parquet"):
+                with _translated(self.advice, fail, self._shown(fs, file.name), "parquet"):
                     ds.dataset([file.name], format="parquet", filesystem=fs).to_table()
             raise
 
@@ -255,7 +285,7 @@ class FileReader:
             # when the path exists as written, that is what is meant.
             if not fs.exists(root):
                 self._check_bucket(fs, root, path, fail)
-                raise fail("no file matches the pattern", "Check `path`, or whether the data has landed yet.")
+                raise fail("no file matches the pattern", self._path_hint("Check `path`, or whether the data has landed yet."))
         try:
             info = fs.info(root)
         except FileNotFoundError as exc:
@@ -290,7 +320,13 @@ class FileReader:
         if not exists:
             raise fail(
                 f"bucket {bucket!r} does not exist (or these credentials cannot see it)",
-                "Check the bucket name in `path`, and the endpoint and credentials in `storage_options`.",
+                self.advice("path", "Check the bucket name in `path`", lambda flag: f"Check the bucket name in the {flag} path")
+                + self.advice(
+                    "storage_options",
+                    ", and the endpoint and credentials in `storage_options`.",
+                    lambda flag: f", and the endpoint and credentials given with {flag}.",
+                    unset=", and the credentials of this process.",
+                ),
             )
 
     def _check_compression(self, fs: AbstractFileSystem, files: list[_File], fmt: str, fail: Fail) -> None:
@@ -316,13 +352,17 @@ class FileReader:
                     kind=SourceConfigError,
                 )
 
-    def _path_hint(self) -> str:
+    def _path_hint(self, job: str | None = None) -> str:
+        """What to do about a path that holds nothing; ``job`` is that advice for a job file's
+        `path` (by default: check it, and where a relative one resolves)."""
         if self.path_hint:
             return self.path_hint
-        hint = "Check `path` in the job file"
-        if "://" not in self.config.path and not os.path.isabs(self.config.path):
-            hint += f" (relative paths resolve against {base_dir()}; ANOMALY_PIPELINES_BASE_DIR changes that)"
-        return hint + "."
+        if job is None:
+            job = "Check `path` in the job file"
+            if "://" not in self.config.path and not os.path.isabs(self.config.path):
+                job += f" (relative paths resolve against {base_dir()}; ANOMALY_PIPELINES_BASE_DIR changes that)"
+            job += "."
+        return self.advice("path", job, lambda flag: f"Check the {flag} path.")
 
     def _format(self, files: list[str], fail: Fail) -> str:
         fmt = self.config.format
@@ -331,9 +371,17 @@ class FileReader:
             suffixes = {_data_suffix(file) for file in files}
             formats = {SUFFIXES.get(suffix) for suffix in suffixes}
             if len(formats) != 1 or None in formats:
+                # Where pickles cannot be allowed, neither the format nor its suffixes are a way out.
+                offered = [
+                    name for name in dict.fromkeys(SUFFIXES.values())
+                    if name != "pickle" or self.advice.settable("allow_pickle")
+                ]
+                listed = f"{', '.join(offered[:-1])} or {offered[-1]}"
+                named = sorted(suffix for suffix, name in SUFFIXES.items() if name in offered)
                 raise fail(
                     f"cannot tell the format from the file suffixes {sorted(suffixes)}",
-                    f"Set `format` to csv, jsonl, json, parquet or pickle, or name the files with one of {sorted(SUFFIXES)} "
+                    self.advice("format", f"Set `format` to {listed}", lambda flag: f"Give {flag} {listed}")
+                    + f", or name the files with one of {named} "
                     f"(compressed files add a compression suffix: {', '.join(_compression_suffixes())}).",
                     kind=SourceConfigError,
                 )
@@ -341,10 +389,14 @@ class FileReader:
         # The model refuses an explicit `format: pickle` without allow_pickle; this catches
         # pickles recognised by their suffix.
         if fmt == "pickle" and not self.config.allow_pickle:
+            allow = self.advice(
+                "allow_pickle",
+                ", or set `allow_pickle: true` only if you trust whoever writes these files",
+                lambda flag: f", or give {flag} only if you trust whoever writes these files",
+            )
             raise ConfigError(
                 f"job {self.job.name!r}: {self.config.describe()} holds pickle files, and unpickling runs "
-                "arbitrary code: convert the data to Parquet, or set `allow_pickle: true` only if you "
-                "trust whoever writes these files"
+                f"arbitrary code: convert the data to Parquet{allow}"
             )
         return fmt
 
@@ -365,7 +417,7 @@ def in_window(frame: pd.DataFrame, job: JobConfig, lo: pd.Timestamp | None, hi: 
     return window_mask(parsed, lo, hi)
 
 
-def _same_columns(names: list[str], columns: list[pd.Index], fail: Fail) -> None:
+def _same_columns(names: list[str], columns: list[pd.Index], fail: Fail, advice: Advice = Advice()) -> None:
     """Raise the source error when a job column is in some files and not in others: their rows
     would read as nulls, which validation could let through as a few missing values."""
     for name in dict.fromkeys(name for present in columns for name in present):
@@ -374,7 +426,8 @@ def _same_columns(names: list[str], columns: list[pd.Index], fail: Fail) -> None
             raise fail(
                 f"column {name!r} is missing from {len(lacking)} of {len(names)} files while the others have it "
                 f"(first without it: {lacking[0]}); their rows would have no {name!r}",
-                f"Write {name!r} into every file, or move the files without it out of `path`.",
+                f"Write {name!r} into every file, or move the files without it "
+                + advice("path", "out of `path`.", lambda flag: f"out of the {flag} path."),
                 kind=SourceDataError,
             )
 
@@ -516,12 +569,20 @@ class _CorruptArchive(ValueError):
         self.todo = f"Check that the file is complete; if it is not {compression}-compressed, name it without {suffix!r}."
         self.kind: type[SourceError] = SourceError  # a file still being written may complete
 
+    def advise(self, advice: Advice) -> str:
+        """What to do, naming the source's options as ``advice`` does."""
+        return self.todo
+
 
 class _ZipOfManyFiles(_CorruptArchive):
     def __init__(self, count: int) -> None:
         ValueError.__init__(self, f"is a zip archive of {count} files, and a file source reads zip archives of one file")
-        self.todo = "Zip each file on its own, or unzip the archive into a folder and point `path` at it."
         self.kind = SourceDataError
+
+    def advise(self, advice: Advice) -> str:
+        return "Zip each file on its own, or unzip the archive into a folder and point " + advice(
+            "path", "`path` at it.", lambda flag: f"{flag} at it."
+        )
 
 
 class _UnnamedArchive(_CorruptArchive):
@@ -532,14 +593,21 @@ class _UnnamedArchive(_CorruptArchive):
 
 
 @contextmanager
-def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
-    """Turn what reading ``what`` raised into a :class:`SourceError` that says what to do."""
+def _translated(advice: Advice, fail: Fail, what: str, fmt: str) -> Iterator[None]:
+    """Turn what reading ``what`` raised into a :class:`SourceError` that says what to do, naming
+    the source's options as ``advice`` does."""
     try:
         yield
     except PermissionError as exc:
         raise fail(
             f"permission denied reading {what} ({exc})",
-            "Grant this process read access, or check the credentials in `storage_options`.",
+            "Grant this process read access"
+            + advice(
+                "storage_options",
+                ", or check the credentials in `storage_options`.",
+                lambda flag: f", or check the credentials given with {flag}.",
+                unset=".",
+            ),
         ) from exc
     except FileNotFoundError as exc:
         raise fail(f"{what} vanished while it was read ({exc})", "Run again once the data is in place.") from exc
@@ -551,7 +619,8 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
             ) from exc
         raise fail(
             f"cannot read {what} ({exc})",
-            "Check that the storage is reachable and that `storage_options` are right.",
+            "Check that the storage is reachable"
+            + advice("storage_options", " and that `storage_options` are right.", lambda flag: f" and that {flag} is right.", unset="."),
         ) from exc
     except _RepeatedColumn as exc:
         raise fail(
@@ -560,13 +629,19 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
             kind=SourceDataError,
         ) from None
     except _CorruptArchive as exc:
-        raise fail(f"{what} {exc}", exc.todo, kind=exc.kind) from exc.__cause__
+        raise fail(f"{what} {exc}", exc.advise(advice), kind=exc.kind) from exc.__cause__
     except _WrongDelimiter as exc:
-        raise fail(f"{what} {exc}", exc.todo, kind=SourceConfigError) from None
+        shown = exc.shown  # a tab is shown, and typed on a command line, as \t
+        raise fail(
+            f"{what} {exc}",
+            advice("delimiter", f'Set source.delimiter: "{shown}" in the job file.', lambda flag: f"Give {flag} '{shown}'."),
+            kind=SourceConfigError,
+        ) from None
     except _UndecodableText as exc:
         raise fail(
             f"{what} {exc}",
-            "Set `encoding` in the source to the file's encoding (e.g. latin-1, cp1252, utf-16).",
+            advice("encoding", "Set `encoding` in the source to", lambda flag: f"Give {flag} with")
+            + " the file's encoding (e.g. latin-1, cp1252, utf-16).",
             kind=SourceDataError,
         ) from exc.__cause__
     # ValueError covers the parsers' errors, and Arrow's ArrowInvalid a truncated or
@@ -574,13 +649,20 @@ def _translated(fail: Fail, what: str, fmt: str) -> Iterator[None]:
     except (ValueError, pa.ArrowException) as exc:
         raise fail(
             f"{what} is not valid {fmt}: it may be truncated or corrupt ({exc})",
-            "Check that the file is complete; if its suffix misleads, set `format`.",
+            "Check that the file is complete; if its suffix misleads, "
+            + advice("format", "set `format`.", lambda flag: f"give {flag}.", unset="rename it."),
         ) from exc
     except Exception as exc:
         if unreachable(exc):
             raise fail(
                 f"cannot reach the store holding {what} ({exc})",
-                "Check that the store is up and that `endpoint_url` in `storage_options` names it; a retry may succeed.",
+                "Check that the store is up"
+                + advice(
+                    "storage_options",
+                    " and that `endpoint_url` in `storage_options` names it",
+                    lambda flag: f" and that the endpoint given with {flag} names it",
+                )
+                + "; a retry may succeed.",
             ) from exc
         if not missing_credentials(exc):
             raise
@@ -787,9 +869,8 @@ class _WrongDelimiter(ValueError):
     """A csv header read as one field that another delimiter splits into the job's columns."""
 
     def __init__(self, header: str, delimiter: str) -> None:
-        shown = "\\t" if delimiter == "\t" else delimiter
-        super().__init__(f"has the header {header!r}, which looks {shown}-separated")
-        self.todo = f"Set source.delimiter: \"{shown}\" in the job file."
+        self.shown = "\\t" if delimiter == "\t" else delimiter
+        super().__init__(f"has the header {header!r}, which looks {self.shown}-separated")
 
 
 #: Delimiters looked for in a header that the configured one does not split.
@@ -840,9 +921,11 @@ def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str
         yield from chunks
 
 
-# dtype=False and no date conversion keep JSON's own types, as stored: no guessing of dates or
-# numbers in strings (pandas would take numbers in a column named "timestamp" as epoch times).
-_JSON_OPTIONS = {"dtype": False, "convert_dates": False, "keep_default_dates": False}
+# dtype=False keeps JSON's own types, as stored: no guessing of dates or numbers in strings (pandas
+# would take numbers in a column named "timestamp" as epoch times). It also turns off the date
+# conversion that convert_dates/keep_default_dates turned off before pandas 3.1 deprecated them
+# (a Pandas4Warning on every read, an error once pandas 4 removes them).
+_JSON_OPTIONS = {"dtype": False}
 
 
 def _read_jsonl(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipelines.adhoc import detect_files
-from pipelines.errors import ConfigError, DataValidationError, ModelError, SourceConfigError, SourceDataError
+from pipelines.errors import ConfigError, DataValidationError, ModelError, PipelineError, SourceConfigError, SourceDataError
 
 
 def _write(path: Path, start: str, hours: int, *, aware: bool) -> str:
@@ -252,3 +252,67 @@ def test_bad_csv_options_name_the_option(tmp_path: Path, options: dict[str, str]
         _detect_csv(train, train, tmp_path / "out.parquet", **options)
     assert str(info.value).startswith(message)
     assert "source" not in str(info.value)
+
+
+def test_files_whose_suffix_tells_no_format_are_read_with_the_format_given(tmp_path: Path) -> None:
+    # detect had no --format, and the reader's advice said to "Set `format`": a .txt or .dat
+    # export could only be renamed.
+    train = _write(tmp_path / "train.txt", "2024-03-01", 96, aware=True)
+    input = _write(tmp_path / "input.dat", "2024-03-05", 24, aware=True)
+
+    with pytest.raises(SourceConfigError) as info:
+        _detect(train, input, tmp_path / "out.parquet")
+    assert "cannot tell the format from the file suffixes ['.txt']. Give --format csv, jsonl, json or parquet, or name" in str(info.value)
+    assert "`" not in str(info.value)
+
+    scored = detect_files(
+        train, input, timestamp="ts", features=["v"], dimensions=[], model="iforest", params={}, contamination=0.05,
+        output=str(tmp_path / "out.parquet"), format="csv",
+    )
+    assert len(scored) == 24
+    with pytest.raises(DataValidationError, match=re.escape("no such column: check --features against its columns (ts, v)")):
+        detect_files(
+            train, input, timestamp="ts", features=["v", "w"], dimensions=[], model="iforest", params={}, contamination=0.05,
+            output=str(tmp_path / "never.parquet"), format="csv",
+        )
+
+
+@pytest.mark.parametrize(
+    ("make_train", "advice"),
+    [
+        (lambda tmp_path: str(tmp_path / "none-*.csv"), "no file matches the pattern. Check the --train path."),
+        (
+            lambda tmp_path: pd.read_csv(_write(tmp_path / "t.csv", "2024-03-01", 96, aware=True)).to_pickle(tmp_path / "t.pkl")
+            or str(tmp_path / "t.pkl"),
+            "holds pickle files, and unpickling runs arbitrary code: convert the data to Parquet",
+        ),
+        (
+            lambda tmp_path: _write(tmp_path / "t.parquet", "2024-03-01", 96, aware=True),
+            "Check that the file is complete; if its suffix misleads, give --format.",
+        ),
+    ],
+    ids=["glob-nothing", "pickle", "csv-named-parquet"],
+)
+def test_the_readers_advice_names_detects_options_not_a_job_files(tmp_path: Path, make_train, advice: str) -> None:
+    # Only the delimiter's and the encoding's advice were reworded (by regular expressions); the
+    # others named `path`, `format` and `allow_pickle: true`, which detect has no way to set.
+    input = _write(tmp_path / "input.csv", "2024-03-05", 24, aware=True)
+
+    with pytest.raises(PipelineError) as info:
+        _detect(make_train(tmp_path), input, tmp_path / "out.parquet")
+
+    assert advice in str(info.value)
+    assert "`" not in str(info.value) and "job file" not in str(info.value)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_format_pickle_is_refused_naming_the_option(tmp_path: Path) -> None:
+    train = _write(tmp_path / "train.csv", "2024-03-01", 96, aware=True)
+    with pytest.raises(ConfigError, match=re.escape(
+        "--format must be one of csv, jsonl, json, parquet, got 'pickle'; pickles are not read here (unpickling runs "
+        "arbitrary code): convert the data to Parquet"
+    )):
+        detect_files(
+            train, train, timestamp="ts", features=["v"], dimensions=[], model="iforest", params={}, contamination=0.05,
+            output=str(tmp_path / "out.parquet"), format="pickle",
+        )

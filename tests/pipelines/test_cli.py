@@ -307,6 +307,27 @@ def test_detect_reads_a_tab_separated_export_with_decimal_commas(files, capsys):
     assert "job file" not in err and not (files / "never.parquet").exists()
 
 
+def test_detect_reads_files_without_a_known_suffix_with_format(files, capsys):
+    # The advice said "Set `format`", and detect had no way to: a .tsv export could only be renamed.
+    for name in ("train", "test"):
+        pd.read_csv(files / f"{name}.csv").to_csv(files / f"{name}.tsv", sep="\t", index=False)
+    args = ["detect", "--train", str(files / "train.tsv"), "--input", str(files / "test.tsv"), "--timestamp", "ts", "--features", "a,b"]
+    assert main([*args, "--output", str(files / "never.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell the format from the file suffixes ['.tsv']. Give --format csv, jsonl, json or parquet, or name" in err
+    assert "`" not in err
+
+    assert main([*args, "--output", str(files / "out.parquet"), "--format", "csv", "--delimiter", "\\t"]) == 0
+    assert "scored 120 points x 2 features in 1 series" in capsys.readouterr().out
+
+
+def test_detect_format_choices_are_the_ones_detect_reads():
+    from pipelines.adhoc import FORMATS
+    from pipelines.cli import DETECT_FORMATS
+
+    assert DETECT_FORMATS == FORMATS
+
+
 @pytest.mark.parametrize(("name", "tail"), [("existing", ""), ("missing", "/")])
 def test_predict_input_refuses_an_output_that_is_a_folder_before_scoring(project, tmp_path, name, tail, capsys):
     # Found only when the file was moved into place, after the whole input was scored: a traceback.

@@ -1360,3 +1360,99 @@ def test_unknown_url_scheme_is_a_source_error(make_job) -> None:
     ) as caught:
         read_window(job, START, END)
     assert isinstance(caught.value, ConfigError)  # fails the Airflow task at once: a retry knows no more schemes
+
+
+def _pickled(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    hourly.to_pickle(tmp_path / "m.pkl")
+    return "m.pkl"
+
+
+def _folder_of_two_headers(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    (tmp_path / "d").mkdir()
+    hourly.to_csv(tmp_path / "d" / "1.csv", index=False)
+    hourly.drop(columns="value").to_csv(tmp_path / "d" / "2.csv", index=False)
+    return "d"
+
+
+def _semicolons(tmp_path: Path, hourly: pd.DataFrame) -> str:
+    hourly.to_csv(tmp_path / "m.csv", sep=";", index=False)
+    return "m.csv"
+
+
+#: How a command without a job file sets the source (anomaly-pipelines detect).
+COMMAND_OPTIONS = {
+    "path": "--train", "format": "--format", "encoding": "--encoding", "delimiter": "--delimiter",
+    "allow_pickle": None, "storage_options": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("make_file", "in_job_file", "on_command_line"),
+    [
+        (lambda tmp_path, hourly: "*.csv", "Check `path`, or whether the data has landed yet.", "Check the --train path."),
+        (lambda tmp_path, hourly: "missing.csv", "Check `path` in the job file.", "Check the --train path."),
+        (
+            _unknown_suffix,
+            "Set `format` to csv, jsonl, json, parquet or pickle, or name the files with one of "
+            "['.csv', '.json', '.jsonl', '.ndjson', '.parquet', '.pickle', '.pkl', '.pq'] (compressed",
+            # No pickle: nothing on this command line can allow it.
+            "Give --format csv, jsonl, json or parquet, or name the files with one of "
+            "['.csv', '.json', '.jsonl', '.ndjson', '.parquet', '.pq'] (compressed",
+        ),
+        (
+            _truncated_parquet,
+            "Check that the file is complete; if its suffix misleads, set `format`.",
+            "Check that the file is complete; if its suffix misleads, give --format.",
+        ),
+        (
+            _pickled,
+            "convert the data to Parquet, or set `allow_pickle: true` only if you trust whoever writes these files",
+            "unpickling runs arbitrary code: convert the data to Parquet",
+        ),
+        (
+            _zip_of_two,
+            "unzip the archive into a folder and point `path` at it.",
+            "unzip the archive into a folder and point --train at it.",
+        ),
+        (
+            _folder_of_two_headers,
+            "Write 'value' into every file, or move the files without it out of `path`.",
+            "Write 'value' into every file, or move the files without it out of the --train path.",
+        ),
+        (_semicolons, 'which looks ;-separated. Set source.delimiter: ";" in the job file.', "which looks ;-separated. Give --delimiter ';'."),
+        (
+            _latin1_csv,
+            "(invalid start byte). Set `encoding` in the source to the file's encoding (e.g. latin-1, cp1252, utf-16).",
+            "(invalid start byte). Give --encoding with the file's encoding (e.g. latin-1, cp1252, utf-16).",
+        ),
+    ],
+    ids=["glob-nothing", "missing", "unknown-suffix", "truncated-parquet", "pickle", "zip-of-two", "two-headers", "semicolons", "latin1"],
+)
+def test_advice_names_the_callers_options_where_it_has_no_job_file(
+    make_job, hourly, tmp_path: Path, make_file, in_job_file: str, on_command_line: str
+) -> None:
+    # detect rewrote the job file's advice with regular expressions, and only the delimiter's and
+    # the encoding's: the others said "Set `format`", "point `path`", "set `allow_pickle: true`",
+    # settings that a command line without a job file does not have.
+    job = make_job({"kind": "file", "path": str(tmp_path / make_file(tmp_path, hourly))})
+
+    with pytest.raises((SourceError, ConfigError)) as in_a_job:
+        FileReader(job).read(START, END)
+    with pytest.raises(type(in_a_job.value)) as on_a_command_line:
+        FileReader(job, options=COMMAND_OPTIONS).read(START, END)
+
+    assert in_job_file in str(in_a_job.value)  # as the job file's users have always read it
+    told = str(on_a_command_line.value)
+    assert on_command_line in told
+    assert "`" not in told and "job file" not in told
+
+
+def test_a_missing_bucket_is_named_without_storage_options_where_none_can_be_given(make_job, s3_endpoint: str) -> None:
+    job = make_job({"kind": "file", "path": "s3://no-such-bucket-here/m.csv", "storage_options": {"endpoint_url": s3_endpoint}})
+
+    with pytest.raises(SourceError) as caught:
+        FileReader(job, options=COMMAND_OPTIONS).read(START, END)
+    assert str(caught.value).endswith(
+        "bucket 'no-such-bucket-here' does not exist (or these credentials cannot see it). "
+        "Check the bucket name in the --train path, and the credentials of this process."
+    )
