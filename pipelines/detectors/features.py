@@ -54,7 +54,8 @@ def window_features(
     columns = {f"{column}:{name}": part[column] for column in values.columns for name, part in parts.items()}
     if calendar and isinstance(values.index, pd.DatetimeIndex):
         hours = values.index.hour.to_numpy() + values.index.minute.to_numpy() / 60
-        days = values.index.dayofweek.to_numpy() + hours / 24
+        # day_of_week, not its alias dayofweek: pandas 3.1 deprecates the alias (Pandas4Warning).
+        days = values.index.day_of_week.to_numpy() + hours / 24
         for name, turn in (("hour", hours / 24), ("weekday", days / 7)):
             columns[f"calendar:{name}_sin"] = np.sin(2 * np.pi * turn)
             columns[f"calendar:{name}_cos"] = np.cos(2 * np.pi * turn)

@@ -6,6 +6,16 @@ import pytest
 
 from pipelines.detectors.features import fill_missing, rolling_expected, window_features
 
+# Deprecations and future changes that our own code triggers (pandas attributes its warnings to
+# the caller) are errors here: pyproject.toml ignores DeprecationWarning for third-party noise,
+# which hid pandas 3.1's Pandas4Warning for DatetimeIndex.dayofweek in the calendar features.
+# Warnings raised inside prophet or scikit-learn are attributed to them and stay ignored.
+pytestmark = [
+    pytest.mark.filterwarnings(r"error::DeprecationWarning:pipelines\."),
+    pytest.mark.filterwarnings(r"error::PendingDeprecationWarning:pipelines\."),
+    pytest.mark.filterwarnings(r"error::FutureWarning:pipelines\."),
+]
+
 
 @pytest.fixture
 def values() -> pd.DataFrame:
