@@ -377,6 +377,21 @@ def test_a_one_off_input_is_read_with_the_csv_options_of_the_jobs_file_source(pr
     assert chunks["requests"].tolist() == [0, 1, 2]
 
 
+def test_a_one_off_inputs_advice_names_no_job_file_setting_it_cannot_use(project: Path) -> None:
+    # A one-off input is never unpickled, whatever the job file says: "set allow_pickle: true"
+    # sent the user to a setting the run does not read.
+    path = project / "input.pkl"
+    pd.DataFrame({"timestamp": [H0], "region": ["eu"], "requests": [1], "latency_ms": [1.5]}).to_pickle(path)
+
+    with pytest.raises(ConfigError) as raised:
+        extract_chunks(get_job("demo_web_metrics"), run_id="one-off", input_path=str(path), chunk_rows=10)
+
+    assert str(raised.value) == (
+        f"job 'demo_web_metrics': file source {str(path)!r} holds pickle files, and unpickling runs arbitrary code: "
+        "convert the data to Parquet"
+    )
+
+
 def test_one_off_input_without_dimensions_is_checked_across_chunks_too(project: Path) -> None:
     job = get_job("demo_web_metrics").model_copy(update={"dimensions": []})
     path = _one_off_input(project / "input.csv", [(H0, "eu"), (H1, "us"), (H1, "eu")])
