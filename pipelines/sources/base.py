@@ -67,9 +67,10 @@ def source_error(
 ) -> SourceError:
     """A :class:`SourceError` naming the job, the source and the window, then what to do;
     ``kind=SourceDataError`` when the rows were read but cannot be used (no retry can help)."""
-    return kind(
-        f"job {job.name!r}: cannot read {where} for window {describe_window(start, end)}: {problem}. {todo}"
-    )
+    # A whole read (a one-off input, detect's files) has no window: "for window [unbounded,
+    # unbounded)" said nothing but noise.
+    window = f" for window {describe_window(start, end)}" if start is not None or end is not None else ""
+    return kind(f"job {job.name!r}: cannot read {where}{window}: {problem}. {todo}")
 
 
 def job_columns(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:

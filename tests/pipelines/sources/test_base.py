@@ -5,12 +5,14 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
+from pipelines.config import get_job
 from pipelines.sources.base import (
     EARLIEST,
     LATEST,
     bounds,
     describe_window,
     parse_timestamps,
+    source_error,
     utc_bound,
     window_mask,
 )
@@ -63,3 +65,17 @@ def test_bounds_are_utc_and_unbounded_sides_are_extremes() -> None:
     assert describe_window(utc_bound(tokyo), None) == "[2024-01-01T00:00:00+00:00, unbounded)"
     with pytest.raises(ValueError, match="window bounds must be timezone-aware"):
         utc_bound(datetime(2024, 1, 1))
+
+
+def test_a_source_error_names_the_window_only_when_there_is_one() -> None:
+    job = get_job("demo_web_metrics")
+    start = datetime(2024, 3, 3, tzinfo=timezone.utc)
+
+    windowed = source_error(job, "file source 'm.csv'", start, None, "no such file", "Check `path`.")
+    whole = source_error(job, "file source 'm.csv'", None, None, "no such file", "Check `path`.")
+
+    assert str(windowed) == (
+        "job 'demo_web_metrics': cannot read file source 'm.csv' for window [2024-03-03T00:00:00+00:00, unbounded): "
+        "no such file. Check `path`."
+    )
+    assert str(whole) == "job 'demo_web_metrics': cannot read file source 'm.csv': no such file. Check `path`."

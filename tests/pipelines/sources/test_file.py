@@ -610,7 +610,7 @@ def test_a_file_with_two_columns_of_one_name_the_job_reads_is_refused(make_job, 
     make(tmp_path / name)
     path = str(tmp_path / name)
     reader = FileReader(make_job(file_source(path, "pickle" if name.endswith("pkl") else None)))
-    says = rf"^job 'cpu_load': cannot read file source '{re.escape(path)}' .*: {re.escape(path)} holds 2 columns named 'value'"
+    says = rf"^job 'cpu_load': cannot read file source '{re.escape(path)}'.*: {re.escape(path)} holds 2 columns named 'value'"
 
     for read in (lambda: reader.read(START, END), lambda: list(reader.iter_chunks(10))):
         with pytest.raises(DataValidationError, match=says):
