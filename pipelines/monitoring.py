@@ -100,12 +100,17 @@ def psi(reference: dict[str, Any], values: np.ndarray) -> float | None:
     if not finite.size:
         return None
     edges, shares = np.asarray(reference["edges"]), np.asarray(reference["shares"])
-    if edges.size and edges[-1] >= reference["quantiles"][-1]:
+    top = max(edges[-1], reference["quantiles"][-1]) if edges.size else None
+    if top is not None and (edges[-1] >= top or shares[-1] > 2 / PSI_BINS):
         # The top decile is the training maximum (a constant feature, an error count that was
-        # always 0): the top bin [max, inf) held every training value equal to it, so values
-        # above anything seen in training fell in it too and a jump upward was no drift at all.
-        # An edge just above the maximum gives them their own bin, which held no training value.
-        edges, shares = np.append(edges, np.nextafter(edges[-1], np.inf)), np.append(shares, 0.0)
+        # always 0), or the top bin holds several deciles (a value repeated at its edge merged
+        # them: an error flag that was 0 in 96 % of training rows and 1 in the others): either
+        # way the top bin [edge, inf) held (nearly) every training value, so values above
+        # anything seen in training fell in it too and a jump upward was no drift at all. An
+        # edge just above the maximum gives them their own bin, which held no training value.
+        # (Not for a top bin of one decile: values just past a continuous tail's maximum are
+        # common in a new window and would each add noise, while a jump already fills that bin.)
+        edges, shares = np.append(edges, np.nextafter(top, np.inf)), np.append(shares, 0.0)
     expected = np.maximum(shares, _PSI_FLOOR)
     counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
     actual = np.maximum(counts / finite.size, _PSI_FLOOR)
@@ -208,12 +213,30 @@ def series_record(
     if not references:
         notes.append(f"model version {version} has no training reference: retrain to monitor its drift")
     features: dict[str, dict[str, Any]] = {}
-    for feature, values in monitored.groupby("feature", sort=True)["value"]:
+    # Each feature's statistics take its own latest min_rows values: counted per timestamp, a
+    # feature missing at most timestamps (a sensor offline, gaps left missing) got a PSI over a
+    # handful of values, far above the threshold by chance, and asked for a retrain that cannot
+    # help; and one missing value must not cost a feature its statistics either.
+    present_rows = rows[np.isfinite(rows["value"].to_numpy(dtype="float64"))]
+    for feature in sorted(monitored["feature"].unique()):
+        own_rows = _monitored(present_rows[present_rows["feature"] == feature], window, settings.min_rows)
+        values = own_rows["value"].to_numpy(dtype="float64")
         reference = references.get(str(feature))
-        enough = stamps >= settings.min_rows and reference is not None
+        present = len(values)
+        enough = present >= settings.min_rows and reference is not None
+        if references and reference is None:
+            notes.append(
+                f"feature {feature}: model version {version} has no training reference for it (added after that "
+                "training, or missing in all its rows): retrain to monitor its drift"
+            )
+        elif reference is not None and stamps >= settings.min_rows and not enough:
+            notes.append(
+                f"feature {feature}: only {present} values published up to this window (the others are missing); "
+                f"its drift needs monitoring.min_rows={settings.min_rows}"
+            )
         stats = {
-            "psi": psi(reference, values.to_numpy()) if enough else None,
-            "ks": ks(reference, values.to_numpy()) if enough else None,
+            "psi": psi(reference, values) if enough else None,
+            "ks": ks(reference, values) if enough else None,
         }
         statistic = stats[settings.statistic]
         features[str(feature)] = {**stats, "drifted": statistic is not None and statistic > settings.threshold}
@@ -262,16 +285,29 @@ def retrain_reason(job: JobConfig, records: list[dict[str, Any]], version: str) 
     latest = [r for r in records if r["model_version"] == version][-n:]
     if len(latest) < n:
         return None
-    drifted = set(latest[0]["drifted_features"]).intersection(*(r["drifted_features"] for r in latest[1:]))
+    # Judged on the recorded figures with today's settings, not on each record's "drifted" and
+    # "rate_far": after a setting was changed (to quiet a false alarm), records made under the
+    # old one asked for a retrain "above 1 ... at least 0.3" until sustained_runs new ones came.
+    statistic, threshold = job.monitoring.statistic, job.monitoring.threshold
+
+    def over(record: dict[str, Any]) -> set[str]:
+        return {f for f, s in record["features"].items() if s.get(statistic) is not None and s[statistic] > threshold}
+
+    drifted = over(latest[0]).intersection(*(over(r) for r in latest[1:]))
     span = f"{latest[0]['interval_start']} to {latest[-1]['interval_end']}"
     if drifted:
-        worst = {f: min(r["features"][f][job.monitoring.statistic] for r in latest) for f in sorted(drifted)}
+        worst = {f: min(r["features"][f][statistic] for r in latest) for f in sorted(drifted)}
         figures = ", ".join(f"{f} (at least {v:.3g})" for f, v in worst.items())
         return (
             f"sustained drift: {job.monitoring.statistic} above {job.monitoring.threshold:g} in the last {n} runs "
             f"({span}) for {figures}"
         )
-    if all(r["rate_far"] for r in latest):
+    settings = job.monitoring
+    if all(
+        r["rate_p_value"] is not None and r["rate_p_value"] < settings.rate_p_value
+        and r["anomaly_rate"] > settings.rate_factor * r["calibrated_anomaly_rate"]
+        for r in latest
+    ):
         rates = ", ".join(f"{r['anomaly_rate']:.3g}" for r in latest)
         return (
             f"anomaly rate far above the calibrated {latest[-1]['calibrated_anomaly_rate']:.3g} in the last {n} runs "
@@ -315,7 +351,9 @@ def monitor_window(
     if not job.monitoring.enabled:
         return MonitorResult(False, ["monitoring is disabled for this job (monitoring.enabled: false)"], str(window))
     registry = registry or registry_for(job)
-    lookback = window.start - job.frequency * job.monitoring.min_rows
+    # Twice min_rows periods: missing values and gaps (a source silent at night) take part of it,
+    # and each feature's statistics need min_rows values (series_record).
+    lookback = window.start - job.frequency * (2 * job.monitoring.min_rows)
     published = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(
         job=job.name, start=lookback, end=window.end
     )

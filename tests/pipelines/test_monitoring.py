@@ -20,6 +20,7 @@ from pipelines.monitoring import (
     read_records,
     read_request,
     reference_profile,
+    retrain_reason,
 )
 from pipelines.runner import run_predict, run_train
 from pipelines.training import registry_for
@@ -82,6 +83,20 @@ def test_a_feature_constant_in_training_drifts_when_it_moves_either_way(after: f
     assert psi(reference, np.full(200, after)) > 0.25
     assert ks(reference, np.full(200, after)) == 1.0
 
+
+def test_a_near_constant_feature_drifts_when_it_jumps_above_its_training_maximum() -> None:
+    # An error flag, 0 in 96 % of training rows and 1 in the others: every decile is 0, so the
+    # one bin [0, inf) held all training values, and a jump to 10 landed in it too: a PSI of 0.
+    flags = np.zeros(500)
+    flags[::25] = 1.0
+    reference = feature_reference(flags)
+    assert reference["edges"] == [0.0] and reference["quantiles"][-1] == 1.0
+    assert psi(reference, flags) == pytest.approx(0.0, abs=1e-9)
+    assert psi(reference, np.full(200, 10.0)) > 0.25
+    # A continuous feature keeps its ten bins: a few values past its training maximum are noise.
+    normal = np.random.default_rng(5).normal(size=500)
+    assert psi(feature_reference(normal), np.append(np.random.default_rng(6).normal(size=99), normal.max() + 0.1)) < 0.25
+
 # -- whole runs ---------------------------------------------------------------------------------------
 
 
@@ -94,7 +109,7 @@ def hourly(days: int, seed: int) -> pd.DataFrame:
     )
 
 
-def make_job(tmp_path: Path, data: pd.DataFrame, **monitoring) -> object:
+def make_job(tmp_path: Path, data: pd.DataFrame, validation: dict | None = None, **monitoring) -> object:
     source = tmp_path / "source"
     source.mkdir(exist_ok=True)
     data.to_csv(source / "data.csv", index=False)
@@ -110,6 +125,7 @@ def make_job(tmp_path: Path, data: pd.DataFrame, **monitoring) -> object:
             "outputs": {"parquet": str(tmp_path / "outputs")},
             "registry": str(tmp_path / "models"),
             "monitoring": {"min_rows": 96, **monitoring},
+            "validation": validation or {},
         }
     )
 
@@ -247,6 +263,42 @@ def test_a_few_anomalies_are_not_a_far_rate(isolated: Path) -> None:
     assert [r.due for r in results] == [False] * 4
     assert read_records(job, "all")[1]["anomalous_timestamps"] >= 1
     assert not any(r["rate_far"] for r in read_records(job, "all"))
+
+
+def test_a_feature_missing_at_most_timestamps_is_not_drift(isolated: Path) -> None:
+    # A sensor mostly offline from window 1 on (one value a day, from the same distribution): its
+    # PSI over those four values of 96 monitored timestamps was about 5.7, and three such runs
+    # asked for a retrain. One value missing from a window must not cost a feature its figures.
+    data = hourly(24, seed=5)
+    after = data["timestamp"] >= pd.Timestamp(WINDOWS[1].start)
+    data.loc[after & (np.arange(len(data)) % 24 != 0), "b"] = np.nan
+    data.loc[data.index[24 * 19 + 7], "a"] = np.nan
+    job = make_job(isolated, data, validation={"max_null_fraction": 1.0})
+    run_train(job, TRAIN, run_id="train")
+    results = [predict_and_monitor(job, w, f"predict-{k}") for k, w in enumerate(WINDOWS[:4])]
+    assert [r.due for r in results] == [False] * 4
+    for record in read_records(job, "all")[1:]:
+        assert record["features"]["b"]["psi"] is None and not record["features"]["b"]["drifted"]
+        assert any(note.startswith("feature b: only ") and "min_rows=96" in note for note in record["notes"])
+        assert record["features"]["a"]["psi"] < 0.25
+
+
+def test_changed_drift_settings_apply_to_the_records_already_made(tmp_path: Path) -> None:
+    # Raising drift_threshold to quiet a false alarm: the next run still asked for a retrain, from
+    # the "drifted" of records made under 0.25, saying "psi above 1 ... for b (at least 0.3)".
+    records = [
+        {"model_version": "v1", "interval_start": f"2024-01-0{k}", "interval_end": f"2024-01-0{k + 1}",
+         "features": {"b": {"psi": 0.3, "ks": 0.1, "drifted": True}}, "drifted_features": ["b"],
+         "anomaly_rate": 0.1, "calibrated_anomaly_rate": 0.02, "rate_p_value": 1e-5, "rate_far": True}
+        for k in range(1, 4)
+    ]
+    data = hourly(1, seed=0)
+    assert "for b (at least 0.3)" in retrain_reason(make_job(tmp_path, data), records, "v1")
+    quiet = {"drift_threshold": 1.0, "rate_factor": 10.0}
+    assert retrain_reason(make_job(tmp_path, data, **quiet), records, "v1") is None
+    assert retrain_reason(make_job(tmp_path, data, statistic="ks", rate_p_value=1e-6), records, "v1") is None
+    assert "anomaly rate far above" in retrain_reason(make_job(tmp_path, data, drift_threshold=1.0), records, "v1")
+    assert "ks above 0.05" in retrain_reason(make_job(tmp_path, data, statistic="ks", drift_threshold=0.05), records, "v1")
 
 
 def test_disabled_monitoring_records_nothing(isolated: Path) -> None:
