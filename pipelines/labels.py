@@ -840,6 +840,13 @@ def _deciding(index: pd.DatetimeIndex, features: Sequence[Any], labels: Iterable
     return ordered, owner
 
 
+def deciding_labels(labels: Sequence[Label], start: datetime, end: datetime, features: Sequence[str]) -> list[Label]:
+    """The labels of ``labels`` that decide the verdict (:func:`label_verdicts`) at some moment of
+    ``[start, end]`` on one of ``features``, in the order the rule applies them."""
+    ordered, owner = _deciding(_moments(labels, start, end), features, labels)
+    return [ordered[number] for number in sorted({number for number in owner.ravel().tolist() if number >= 0})]
+
+
 def _confirmed_between(labels: Sequence[Label], start: datetime, end: datetime, features: Sequence[str]) -> bool:
     """Whether :func:`label_verdicts` gives a True verdict on one of ``features`` at some moment of
     ``[start, end]``. Verdicts change only at the labels' starts and ends, so the rule is applied at

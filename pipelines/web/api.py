@@ -35,6 +35,7 @@ from pipelines.web.schemas import (
     EventList,
     EventSignal,
     IsoTime,
+    LabelAdded,
     LabelInfo,
     LabelList,
     LabelRequest,
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
     from pipelines.config import JobConfig
     from pipelines.events import AnomalyEvent
-    from pipelines.labels import Label
+    from pipelines.labels import Label, LabelStore
 
 log = logging.getLogger(__name__)
 
@@ -760,21 +761,23 @@ def _label_info(label: Label) -> LabelInfo:
 @router.post(
     "/jobs/{job}/labels",
     summary="Mark an anomaly event as a true anomaly or a false alarm",
-    response_model=LabelInfo,
+    response_model=LabelAdded,
     status_code=status.HTTP_201_CREATED,
     responses={**_AUTH_ERRORS, **_NOT_JSON, **_LABEL_ERRORS},
 )
-def add_label(job: JobName, body: LabelRequest, user: CurrentUser) -> LabelInfo:
+def add_label(job: JobName, body: LabelRequest, user: CurrentUser) -> LabelAdded:
     """Store a verdict on an event; the same (series, feature, start, end) replaces the earlier verdict.
 
     Without value_min and value_max, the range of the event's actual values is read from the
     published output. The author is the Airflow user. Needs the right to trigger the job's runs.
+    The answer names the stored labels that outrank it where they say otherwise (``overruled_by``).
     """
     from pipelines.labels import label_store
 
     config = served_job(user, job, "POST")
     with _label_failures():
-        label = label_store(config).add(
+        store = label_store(config)
+        label = store.add(
             job,
             body.series,
             body.start,
@@ -786,7 +789,28 @@ def add_label(job: JobName, body: LabelRequest, user: CurrentUser) -> LabelInfo:
             note=body.note,
             author=user.get_name(),
         )
-    return _label_info(label)
+    return LabelAdded(**_label_info(label).model_dump(), overruled_by=_overruling(store, label, config.features))
+
+
+def _overruling(store: LabelStore, label: Label, features: Iterable[str]) -> list[LabelInfo] | None:
+    """The stored labels whose other verdict holds somewhere in ``label``'s span, on a feature it judges.
+
+    A feature's own label outranks a whole-series verdict (:func:`pipelines.labels.label_verdicts`),
+    which then changes nothing where that label says otherwise: answered as if it held, the
+    dashboard showed a click that a reload took back. None when the labels cannot be read back:
+    the verdict is stored, and a 503 would have the caller believe it was not.
+    """
+    from pipelines.errors import SinkError
+    from pipelines.labels import deciding_labels
+
+    try:
+        overlapping = store.labels(label.job, label.series, label.start, label.end)
+    except SinkError as exc:
+        log.warning("labels database failed reading back the labels over a new one: %s", exc)
+        return None
+    judged = list(features) if label.feature is None else [label.feature]
+    deciding = deciding_labels(overlapping, label.start, label.end, judged)
+    return [_label_info(other) for other in deciding if other.verdict != label.verdict]
 
 
 @router.get(

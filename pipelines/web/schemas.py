@@ -288,6 +288,20 @@ class LabelInfo(BaseModel):
     created_at: datetime = Field(description="When this verdict was given (a later one on the same event replaces it).")
 
 
+class LabelAdded(LabelInfo):
+    """The verdict just stored (the answer of POST labels), and the labels that outrank it."""
+
+    overruled_by: list[LabelInfo] | None = Field(
+        description=(
+            "Stored labels with the other verdict that still hold somewhere in this one's span, on a feature it "
+            "judges, by the one rule training, tuning and alerts read labels with (a feature's label outranks a "
+            "whole-series one, then the later written wins): there this verdict changed nothing. Empty: it holds "
+            "over its whole span. To make it hold there, post it again with that label's feature (it is then the "
+            "later word), or withdraw that label. null: the labels could not be read back (the verdict is stored)."
+        ),
+    )
+
+
 class LabelList(BaseModel):
     job: str
     labels: list[LabelInfo]

@@ -504,3 +504,59 @@ def test_chart_times_are_24_hour_utc_like_the_tables(app_server, browser):
         assert "14:00\n2024-03-03" in plot.get_attribute("data-x-ticks").split("|")
     finally:
         context.close()
+
+
+def test_a_click_on_a_point_holds_over_a_feature_label_that_said_otherwise(app_server, browser):
+    """A colleague's label on the point's signal (requests: a true anomaly) outranks a whole-series
+    one, which is what "false alarm" posted: the page said "marked: false alarm" at once, and a
+    reload showed "true anomaly" again, the click stored but changing nothing."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    labels = app_server.replace("/dashboard", "/api/v1/jobs/demo_web_metrics/labels")
+    point = {"series": "region=eu", "start": ONE_HOUR[0], "end": ONE_HOUR[0]}  # the eu spike's first hour
+    try:
+        view = f"{app_server}/jobs/demo_web_metrics?series=region%3Deu"
+        page.goto(view)
+        row = page.locator(f'tr.event[data-timestamp="{ONE_HOUR[0]}"]')
+        assert "requests" in row.locator(".signals").inner_text()  # its only signal
+        answer = context.request.post(labels, data={**point, "verdict": True, "feature": "requests"})
+        assert answer.status == 201, answer.text()
+        page.goto(view)
+        expect(row).to_have_attribute("data-verdict", "true")
+
+        row.locator('button[data-mark="false"]').click()
+        expect(row.locator(".verdict-text")).to_have_text("marked: false alarm (also on requests, whose own label said true anomaly)")
+        expect(row).to_have_attribute("data-verdict", "false")
+        page.goto(view)
+        expect(row).to_have_attribute("data-verdict", "false")
+        expect(row.locator(".verdict-text")).to_have_text("marked: false alarm")
+        _shot(page, "8-click-over-a-feature-label")
+
+        # The feature's label cannot be said again (the database went away between the two
+        # writes): the page does not claim the click's verdict, and a reload shows the one that holds.
+        assert context.request.post(labels, data={**point, "verdict": True, "feature": "requests"}).status == 201
+        page.goto(view)
+        expect(row).to_have_attribute("data-verdict", "true")
+
+        def refuse_feature_labels(route) -> None:
+            if route.request.method == "POST" and "feature" in route.request.post_data_json:
+                route.fulfill(status=503, json={"detail": "the labels database is down"})
+            else:
+                route.continue_()
+
+        page.route("**/labels", refuse_feature_labels)
+        row.locator('button[data-mark="false"]').click()
+        expect(row.locator(".verdict-text")).to_have_text(
+            "saved for the series, not on requests, whose own label outranks it: the labels database is down; "
+            "reload to see the verdict that holds"
+        )
+        expect(row).to_have_attribute("data-verdict", "")
+        page.goto(view)
+        expect(row).to_have_attribute("data-verdict", "true")
+    finally:
+        for feature in (None, "requests"):  # the server is the module's: leave its labels as they were
+            context.request.delete(labels, params={**point, **({"feature": feature} if feature else {})})
+        context.close()

@@ -213,29 +213,52 @@
 
   // Feedback: a person marks an anomalous point as a true anomaly or a false alarm (the API's
   // POST .../labels with the page's session; start = end = the point's time, the whole series).
+  async function post(table, body) {
+    const answer = await fetch(table.dataset.labelsUrl, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    // A proxy's error page is not JSON: say its status rather than a JSON parser's complaint.
+    const payload = await answer.json().catch(() => null);
+    if (!answer.ok) throw new Error(errorText(payload, answer.status));
+    return payload;
+  }
+
+  function said(verdict) {
+    return verdict ? "true anomaly" : "false alarm";
+  }
+
   async function mark(table, row, verdict) {
     const text = row.querySelector(".verdict-text");
     text.textContent = "saving…";
+    const point = { series: row.dataset.series, start: row.dataset.timestamp, end: row.dataset.timestamp, verdict: verdict };
+    let label;
     try {
-      const answer = await fetch(table.dataset.labelsUrl, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { Accept: "application/json", "Content-Type": "application/json" },
-        body: JSON.stringify({
-          series: row.dataset.series,
-          start: row.dataset.timestamp,
-          end: row.dataset.timestamp,
-          verdict: verdict,
-        }),
-      });
-      // A proxy's error page is not JSON: say its status rather than a JSON parser's complaint.
-      const payload = await answer.json().catch(() => null);
-      if (!answer.ok) throw new Error(errorText(payload, answer.status));
-      row.dataset.verdict = String(payload.verdict);
-      text.textContent = `marked: ${payload.verdict ? "true anomaly" : "false alarm"}`;
+      label = await post(table, point);
     } catch (error) {
       text.textContent = `not saved: ${error.message}`;
+      return;
     }
+    // A feature's own label outranks a whole-series one (pipelines.labels.label_verdicts): where one
+    // says otherwise at this point, the click alone changed nothing, yet the page said it did and a
+    // reload showed the old verdict. The click means the point: say it on those features too, the
+    // later word on each (a label of that one time, so their labels still hold around it).
+    const features = [...new Set((label.overruled_by || []).map((other) => other.feature).filter((f) => f !== null))];
+    for (const feature of features) {
+      try {
+        await post(table, { ...point, feature: feature });
+      } catch (error) {
+        // The whole-series label is stored, but the feature's own label still holds on it: which
+        // verdict the point shows depends on its signals, as the page reads them on a reload.
+        row.dataset.verdict = "";
+        text.textContent = `saved for the series, not on ${feature}, whose own label outranks it: ${error.message}; reload to see the verdict that holds`;
+        return;
+      }
+    }
+    row.dataset.verdict = String(verdict);
+    text.textContent = `marked: ${said(verdict)}` + (features.length ? ` (also on ${features.join(", ")}, whose own label said ${said(!verdict)})` : "");
   }
 
   for (const table of document.querySelectorAll("table.events[data-labels-url]")) {

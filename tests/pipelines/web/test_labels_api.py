@@ -46,6 +46,7 @@ def test_a_person_marks_an_event_and_sees_the_verdict(client, headers, scored):
     answer = client.post(f"{BASE}/labels", json=body, headers=headers)
     assert answer.status_code == 201, answer.text
     label = answer.json()
+    assert label.pop("overruled_by") == []  # no other label says otherwise: the verdict holds
     assert label["author"] == "admin" and label["verdict"] is True and label["feature"] is None
     assert (parse(label["start"]), parse(label["end"])) == (parse(event["start"]), parse(event["end"]))
     assert parse(event["start"]).hour == 14
@@ -174,6 +175,32 @@ def test_the_dashboard_shows_the_verdict_on_a_marked_point(client, headers, scor
     assert all(verdict == "" for when, verdict in marked.items() if when != moment)
 
 
+def test_a_verdict_says_which_labels_outrank_it(client, headers, scored):
+    """A whole-series verdict was answered as if it held where a feature's own label says otherwise
+    (that label outranks it), so the dashboard showed a click a reload took back."""
+    moment = f"{SPIKE_DAY}T14:00:00Z"
+    point = {"series": "region=eu", "start": moment, "end": moment}
+
+    def post(**body) -> dict:
+        answer = client.post(f"{BASE}/labels", json={**point, **body}, headers=headers)
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+    assert post(verdict=True, feature="requests")["overruled_by"] == []
+    colleague = post(verdict=False, feature="latency_ms")
+    assert colleague.pop("overruled_by") == []
+    whole = post(verdict=False)
+    # The false alarm on latency_ms agrees; the true anomaly on requests holds on requests.
+    assert [(label["feature"], label["verdict"]) for label in whole["overruled_by"]] == [("requests", True)]
+    assert {key: value for key, value in whole.items() if key != "overruled_by"} in client.get(
+        f"{BASE}/labels", headers=headers
+    ).json()["labels"]
+    assert post(verdict=True)["overruled_by"] == [colleague]
+    # Said again on that feature, it is the later word there: nothing outranks it any more.
+    assert post(verdict=False, feature="requests")["overruled_by"] == []
+    assert post(verdict=False)["overruled_by"] == []
+
+
 def test_the_openapi_document_describes_the_feedback_operations(client, headers):
     spec = client.get("/openapi.json", headers=headers).json()
     labels, events = spec["paths"]["/api/v1/jobs/{job}/labels"], spec["paths"]["/api/v1/jobs/{job}/events"]
@@ -212,6 +239,7 @@ def test_a_verdict_given_by_mistake_is_withdrawn_and_no_longer_silences_alerts(c
             "verdict": False, "value_min": 1, "value_max": 2}
     assert client.post(f"{BASE}/labels", json=body, headers=headers).status_code == 201
     feature = client.post(f"{BASE}/labels", json={**body, "verdict": True, "feature": "requests"}, headers=headers).json()
+    assert feature.pop("overruled_by") == []
     store = label_store(scored)
     # latency_ms: requests is confirmed by its own label, which overrules the whole-series false alarm there.
     assert store.known_false_alarm("demo_web_metrics", "region=eu", "latency_ms", 1.5, 1.5) is not None
