@@ -200,7 +200,7 @@ def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
     points = points_of(config, len(body.points))
     if points > MAX_DETECT_POINTS:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             detail=(
                 f"job {job}: {len(body.points):,} rows x {len(config.features)} features = {points:,} data points, "
                 f"more than the {MAX_DETECT_POINTS:,} one synchronous call may score. Split them into smaller calls, "
@@ -211,9 +211,9 @@ def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
     try:
         detected = detect_points(config, body.points, run_id=run_id)
     except TooManyPoints as exc:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=str(exc)) from exc
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from exc
     except DataValidationError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     except ModelError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     frame = detected.frame
@@ -325,7 +325,7 @@ def _none_yet(job: str, what: str, series: str | None, step: str) -> HTTPExcepti
 
 
 def _bad_location(what: str, given: str, why: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"{what} {given!r} is not allowed: {why}")
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"{what} {given!r} is not allowed: {why}")
 
 
 def _checked_location(what: str, given: str, *, inside: FilePath, must_exist: bool) -> str:
@@ -350,7 +350,7 @@ def _checked_location(what: str, given: str, *, inside: FilePath, must_exist: bo
         raise _bad_location(what, given, f"local paths must stay inside {inside} (relative paths start there)")
     if must_exist and not _is_file(absolute):
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"{what} {given!r}: no such file ({absolute}); check the path"
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"{what} {given!r}: no such file ({absolute}); check the path"
         )
     return str(absolute)
 
