@@ -259,12 +259,15 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     # the latest timestamp is all a later chunk is compared with: memory grows with the number of
     # series, not of rows.
     latest: dict[object, _Latest] = {}
-    # The path came from the command line (--input) or the run's conf (input), not the job file,
-    # and a one-off input is never unpickled nor read with the job's storage options.
+    # The path came from the command line (--input) or the run's conf (input), not the job file;
+    # a one-off input's format is its suffix's, and it is never unpickled nor read with the job's
+    # storage options.
     reader = FileReader(
         one_off,
         path_hint="Check the input path (predict's --input, or the run's `input`).",
-        options={"path": "input (predict's --input, or the run's `input`)", "allow_pickle": None, "storage_options": None},
+        options={
+            "path": "input (predict's --input, or the run's `input`)", "format": None, "allow_pickle": None, "storage_options": None,
+        },
     )
     for index, chunk in enumerate(reader.iter_chunks(chunk_rows)):
         manifest.append(_series_counts(chunk, job))

@@ -770,7 +770,7 @@ def label_of(event: AnomalyEvent, labels: Iterable[Label]) -> Label | None:
     ordered, owner = _deciding(index, features, overlapping)
     at_peak = int(owner[index.get_loc(peak), 0])
     for verdict in (True, False):  # one true verdict confirms the event, whatever else was said of it
-        deciding = {int(number) for number in np.unique(owner) if number >= 0 and ordered[number].verdict is verdict}
+        deciding = {int(number) for number in np.unique(owner) if number >= 0 and ordered[number].verdict == verdict}
         if not deciding:
             continue
         if at_peak in deciding:

@@ -380,8 +380,13 @@ class FileReader:
                 named = sorted(suffix for suffix, name in SUFFIXES.items() if name in offered)
                 raise fail(
                     f"cannot tell the format from the file suffixes {sorted(suffixes)}",
-                    self.advice("format", f"Set `format` to {listed}", lambda flag: f"Give {flag} {listed}")
-                    + f", or name the files with one of {named} "
+                    self.advice(
+                        "format",
+                        f"Set `format` to {listed}, or name the files",
+                        lambda flag: f"Give {flag} {listed}, or name the files",
+                        unset="Name the files",  # a caller that infers the format from the suffix alone
+                    )
+                    + f" with one of {named} "
                     f"(compressed files add a compression suffix: {', '.join(_compression_suffixes())}).",
                     kind=SourceConfigError,
                 )

@@ -392,6 +392,18 @@ def test_a_one_off_inputs_advice_names_no_job_file_setting_it_cannot_use(project
     )
 
 
+def test_a_one_off_input_whose_suffix_tells_no_format_is_told_to_be_renamed(project: Path) -> None:
+    # Its format is its suffix's: "Set `format`" named a job-file setting the run does not read.
+    path = project / "input.txt"
+    path.write_text("timestamp,region,requests,latency_ms\n2024-03-03T00:00:00Z,eu,1,1.5\n")
+
+    with pytest.raises(ConfigError) as raised:
+        extract_chunks(get_job("demo_web_metrics"), run_id="one-off", input_path=str(path), chunk_rows=10)
+
+    assert "cannot tell the format from the file suffixes ['.txt']. Name the files with one of ['.csv'," in str(raised.value)
+    assert "format`" not in str(raised.value)
+
+
 def test_one_off_input_without_dimensions_is_checked_across_chunks_too(project: Path) -> None:
     job = get_job("demo_web_metrics").model_copy(update={"dimensions": []})
     path = _one_off_input(project / "input.csv", [(H0, "eu"), (H1, "us"), (H1, "eu")])
