@@ -1081,8 +1081,6 @@ def test_a_state_save_failing_after_a_send_names_what_went_out_and_only_that_is_
 ):
     # The state is saved after each delivery; one that cannot be (the registry's store refusing the
     # write) failed the task with a bare PermissionError, saying nothing of the alert that went out.
-    import pipelines.alerts
-
     job = make_job(tmp_path, slack={"webhook_conn_id": "alerts_webhook"})
     frame = pd.concat(
         [output_rows("region=eu", anomalies={2: {"requests": 150}}), output_rows("region=us", anomalies={3: {"requests": 150}})],
@@ -1090,6 +1088,22 @@ def test_a_state_save_failing_after_a_send_names_what_went_out_and_only_that_is_
     )
     sent: list[tuple[str, str]] = []
     saves = {"left": 2}  # the run's first save (before sending) and its first delivery are recorded, the second one is not
+    _state_writes_fail_after(monkeypatch, saves)
+    send = lambda channel, message, context: sent.append((channel, message.subject[14:23]))  # noqa: E731
+    with pytest.raises(SinkError, match=r"job web: the alert for event web\|region=eu\|2024-03-01T02:00:00\+00:00 went out by slack, "
+                       r"but the alert state .*state.json could not be saved afterwards \(\[Errno 13\] Permission denied.*\); "
+                       r"the task's retry sends it by slack once more"):
+        process_events(job, frame, window(0, 8), send=send)
+    saves["left"] = 1_000
+    assert process_events(job, frame, window(0, 8), send=send).sent == 2
+    assert sent == [("email", "region=eu"), ("slack", "region=eu"), ("slack", "region=eu"), ("email", "region=us"), ("slack", "region=us")]
+
+
+def _state_writes_fail_after(monkeypatch: pytest.MonkeyPatch, saves: dict[str, int]) -> None:
+    """The alert state's writes succeed ``saves["left"]`` times, then fail as a read-only store
+    does (PermissionError); raising ``saves["left"]`` lets later ones through."""
+    import pipelines.alerts
+
     real_write = pipelines.alerts.storage.atomic_write
 
     def atomic_write(url: str, data: bytes, storage_options: Any = None) -> None:
@@ -1099,14 +1113,6 @@ def test_a_state_save_failing_after_a_send_names_what_went_out_and_only_that_is_
         real_write(url, data, storage_options)
 
     monkeypatch.setattr(pipelines.alerts.storage, "atomic_write", atomic_write)
-    send = lambda channel, message, context: sent.append((channel, message.subject[14:23]))  # noqa: E731
-    with pytest.raises(SinkError, match=r"job web: the alert for event web\|region=eu\|2024-03-01T02:00:00\+00:00 went out by slack, "
-                       r"but the alert state .*state.json could not be saved afterwards \(\[Errno 13\] Permission denied.*\); "
-                       r"the task's retry sends it by slack once more"):
-        process_events(job, frame, window(0, 8), send=send)
-    saves["left"] = 1_000
-    assert process_events(job, frame, window(0, 8), send=send).sent == 2
-    assert sent == [("email", "region=eu"), ("slack", "region=eu"), ("slack", "region=eu"), ("email", "region=us"), ("slack", "region=us")]
 
 
 def test_a_store_refusing_the_state_fails_the_run_before_anything_is_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -1142,19 +1148,10 @@ def test_a_state_save_failing_after_every_delivery_names_the_job_and_the_file_an
 ):
     # The save marking an alert sent (after its deliveries were each saved) failed the task with a
     # bare PermissionError, naming neither the job nor the state file.
-    import pipelines.alerts
 
     job = make_job(tmp_path)
     saves = {"left": 2}  # the run's first save and the one after the e-mail went out; not the one marking it sent
-    real_write = pipelines.alerts.storage.atomic_write
-
-    def atomic_write(url: str, data: bytes, storage_options: Any = None) -> None:
-        if saves["left"] == 0:
-            raise PermissionError(13, "Permission denied", url)
-        saves["left"] -= 1
-        real_write(url, data, storage_options)
-
-    monkeypatch.setattr(pipelines.alerts.storage, "atomic_write", atomic_write)
+    _state_writes_fail_after(monkeypatch, saves)
     sent: list[str] = []
     frame = output_rows(anomalies={2: {"requests": 150}})
     with pytest.raises(SinkError, match=r"job web: the alert state .*state.json could not be saved \(\[Errno 13\] Permission "
