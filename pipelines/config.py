@@ -128,6 +128,9 @@ class FileSource(_Model):
     encoding: str = Field("utf-8", description="Text encoding of csv, jsonl and json files.")
     delimiter: str = Field(",", description="What separates the fields of csv files (';' and '\\t' are common).")
     decimal: str = Field(".", description="The decimal point of numbers in csv files (',' in many European exports).")
+    thousands: str | None = Field(
+        None, description="What groups the thousands of numbers in csv files (',' for 1,234.5; '.' for 1.234,5)."
+    )
     allow_pickle: bool = Field(False, description="Unpickling runs code: only for files you trust.")
     partitioning: Partitioning | None = Field(
         None, description="Time partition key of hive folders; inferred from year/month/day/hour/date/dt."
@@ -148,12 +151,12 @@ class FileSource(_Model):
             raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
         return value
 
-    @field_validator("delimiter", "decimal")
+    @field_validator("delimiter", "decimal", "thousands")
     @classmethod
-    def _one_character(cls, value: str) -> str:
+    def _one_character(cls, value: str | None) -> str | None:
         # pandas takes a longer delimiter as a regular expression and reads it with its slow
         # Python engine, and a quote or a line break cannot separate fields at all.
-        if len(value) != 1 or value in "\r\n\"":
+        if value is not None and (len(value) != 1 or value in "\r\n\""):
             raise ValueError(
                 f"must be one character other than a quote or a line break, got {value!r} "
                 "(write a tab in double quotes: \"\\t\")"
@@ -166,6 +169,12 @@ class FileSource(_Model):
             raise ValueError(
                 f"delimiter and decimal are both {self.delimiter!r}: a number could not be told from two fields; "
                 "files with decimal commas usually separate fields with ';' (delimiter: ';', decimal: ',')"
+            )
+        # thousands may equal the delimiter: a comma-separated export quotes "1,234.5", which reads.
+        if self.thousands is not None and self.thousands == self.decimal:
+            raise ValueError(
+                f"thousands and decimal are both {self.thousands!r}: a number could not be read; a file with "
+                "1,234.5 has thousands: ',' and decimal: '.', one with 1.234,5 thousands: '.' and decimal: ','"
             )
         return self
 

@@ -250,7 +250,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     # A one-off file is most often an export like the job's own files: it is read with their text
     # options, so a job reading ;-separated files with decimal commas scores such a file too (read
     # with pandas' defaults it was one column, and the error said to set the delimiter it had set).
-    text = {name: getattr(job.source, name) for name in ("encoding", "delimiter", "decimal")} if isinstance(job.source, FileSource) else {}
+    text = {name: getattr(job.source, name) for name in ("encoding", "delimiter", "decimal", "thousands")} if isinstance(job.source, FileSource) else {}
     one_off = job.model_copy(update={"source": FileSource(kind="file", path=input_path, **text)})
     first, last, rows, paths, manifest = None, None, 0, [], []
     zone: TimestampZone | None = None  # of the file's first timestamp: every later chunk must agree

@@ -113,6 +113,9 @@ def test_defaults_and_durations():
         ({"source": {"kind": "file", "path": "x.csv", "decimal": '"'}}, "source.file.decimal", "must be one character"),
         ({"source": {"kind": "file", "path": "x.csv", "decimal": ","}}, "source.file",
          "delimiter and decimal are both ',': a number could not be told from two fields"),
+        ({"source": {"kind": "file", "path": "x.csv", "thousands": "."}}, "source.file",
+         "thousands and decimal are both '.': a number could not be read"),
+        ({"source": {"kind": "file", "path": "x.csv", "thousands": ", "}}, "source.file.thousands", "must be one character"),
     ],
 )
 def test_errors_name_file_field_and_reason(overrides, field, reason):

@@ -361,11 +361,11 @@ def test_one_off_input_whose_series_interleave_in_time_order_passes_across_chunk
 
 def test_a_one_off_input_is_read_with_the_csv_options_of_the_jobs_file_source(project: Path) -> None:
     path = project / "input.csv"
-    path.write_text("timestamp;region;requests;latency_ms\n" + "".join(f"{stamp};eu;{n};1,5\n" for n, stamp in enumerate((H0, H1, H2))))
+    path.write_text("timestamp;region;requests;latency_ms\n" + "".join(f"{stamp};eu;{n};1.001,5\n" for n, stamp in enumerate((H0, H1, H2))))
     job = get_job("demo_web_metrics")
     job = job.model_copy(
         update={
-            "source": FileSource(kind="file", path=str(project / "source.csv"), delimiter=";", decimal=","),
+            "source": FileSource(kind="file", path=str(project / "source.csv"), delimiter=";", decimal=",", thousands="."),
             "validation": job.validation.model_copy(update={"min_rows": 3}),
         }
     )
@@ -373,7 +373,7 @@ def test_a_one_off_input_is_read_with_the_csv_options_of_the_jobs_file_source(pr
     extracted = extract_chunks(job, run_id="one-off", input_path=str(path), chunk_rows=2)
 
     chunks = pd.concat(read_parquet(p) for p in extracted.paths)
-    assert chunks["latency_ms"].tolist() == [1.5, 1.5, 1.5]
+    assert chunks["latency_ms"].tolist() == [1001.5, 1001.5, 1001.5]
     assert chunks["requests"].tolist() == [0, 1, 2]
 
 

@@ -653,6 +653,29 @@ def test_delimiter_and_decimal_options_read_csv_whole_and_in_chunks(
 
 
 @pytest.mark.parametrize(
+    ("text", "options"),
+    [
+        # A comma-separated export quotes the numbers its thousands commas would split.
+        ('ts,host,value\n2024-01-01 01:00:00,007,"1,234.5"\n2024-01-01 02:00:00,b,"-12,345,678"\n', {"thousands": ","}),
+        ("ts;host;value\n2024-01-01 01:00:00;007;1.234,5\n2024-01-01 02:00:00;b;-12.345.678\n",
+         {"delimiter": ";", "decimal": ",", "thousands": "."}),
+        ("ts;host;value\n2024-01-01 01:00:00;007;1\u00a0234,5\n2024-01-01 02:00:00;b;-12\u00a0345\u00a0678\n",
+         {"delimiter": ";", "decimal": ",", "thousands": "\u00a0"}),
+    ],
+    ids=["comma-quoted", "dot-thousands-decimal-comma", "no-break-space"],
+)
+def test_thousands_separators_are_read_as_numbers_whole_and_in_chunks(make_job, tmp_path: Path, text: str, options: dict) -> None:
+    # Without the option every value holding a separator was text, and validation refused the
+    # window; with it they are the numbers written.
+    (tmp_path / "m.csv").write_text(text, encoding="utf-8")
+    reader = FileReader(make_job(file_source(str(tmp_path / "m.csv"), **options)))
+
+    for frame in (reader.read(START, END), pd.concat(list(reader.iter_chunks(1)), ignore_index=True)):
+        assert frame["value"].tolist() == [1234.5, -12345678.0]
+        assert frame["host"].tolist() == ["007", "b"]
+
+
+@pytest.mark.parametrize(
     ("text", "options", "says"),
     [
         (EUROPEAN, {}, r"has the header 'ts;host;value', which looks ;-separated\. Set source\.delimiter: \";\" in the job file\."),
