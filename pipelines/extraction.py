@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -104,11 +105,46 @@ def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 
         )
     kinds = schema_kinds(frame, job, parsed)
     check_schema(job, window, kinds, set(frame.columns))
+    _refuse_numbered_times(job, frame, read_start, window.end)  # after drift, which says what changed
     path = Workspace(job.name, run_id).raw_batch
     storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(frame)))
     record_schema(job, window, kinds, run_id=run_id)
     log.info("job %s: extracted %d rows (%d in window %s) from %s", job.name, len(frame), int(in_window.sum()), window, job.source.describe())
     return Extracted(paths=[path], rows=len(frame), window=window, read_from=job.source.describe())
+
+
+#: How to turn epoch seconds into timestamps where the rows are read, per source kind.
+_FROM_EPOCH = {
+    "sql": "in the query, e.g. to_timestamp(ts) AS ts (PostgreSQL), FROM_UNIXTIME(ts) AS ts (MySQL/MariaDB), "
+    "datetime(ts, 'unixepoch') AS ts (SQLite), divided by 1000 first for milliseconds",
+    "bigquery": "in the query, e.g. TIMESTAMP_SECONDS(ts) AS ts (TIMESTAMP_MILLIS for milliseconds)",
+    "python": "in the callable, e.g. pd.to_datetime(frame['ts'], unit='s', utc=True) (unit='ms' for milliseconds)",
+    "file": "in the file, as text such as 2024-01-01T00:00:00Z",
+}
+
+
+def _refuse_numbered_times(job: JobConfig, frame: pd.DataFrame, start: datetime, end: datetime) -> None:
+    """Raise :class:`SourceDataError` when the timestamp column holds numbers (epoch times).
+
+    Numbers are not parsed (seconds or milliseconds would be a guess): every row failed validation
+    as "not dateutil parseable", whose advice to fix the source data named no way to do it.
+    """
+    column = frame[job.timestamp] if job.timestamp in frame.columns else None
+    if column is None or pd.api.types.is_bool_dtype(column.dtype) or not pd.api.types.is_numeric_dtype(column.dtype):
+        return
+    values = column.dropna()
+    if values.empty:
+        return
+    raise source_error(
+        job,
+        job.source.describe(),
+        start,
+        end,
+        f"column {job.timestamp!r} holds numbers (e.g. {values.iloc[0]}), not timestamps; whether they count "
+        "seconds or milliseconds since 1970 would be a guess",
+        f"Convert them to UTC timestamps {_FROM_EPOCH.get(job.source.kind, 'in the source')}, then re-run the window.",
+        kind=SourceDataError,
+    )
 
 
 def grid_window(job: JobConfig, window: Window) -> Window:
@@ -435,7 +471,9 @@ def _canonical_raw(frame: pd.DataFrame) -> pd.DataFrame:
     Object columns whose values are all numbers (e.g. SQL DECIMAL) become float64; any other
     object column becomes strings, so an unparseable timestamp or a text feature stays visible.
     """
-    out = frame.copy()
+    # Shallow: only object columns are replaced (copy-on-write keeps ``frame`` as it was); a deep copy
+    # held a second copy of every timestamp and number of a large window while it was written.
+    out = frame.copy(deep=False)
     for name in out.columns:
         column = out[name]
         if column.dtype != object:

@@ -11,7 +11,7 @@ in, rows at ``end`` are out. Store timestamps in UTC in the dialect's natural ty
   aware, sent with their offset: exact against ``timestamptz`` columns whatever the session's
   ``TimeZone``. A column without time zone is compared in the session's ``TimeZone`` (UTC by
   default on Redshift; on PostgreSQL set it with ``?options=-c timezone=UTC`` if the server's
-  is not UTC).
+  is not UTC); a read that returns such timestamps from a session in another zone is refused.
 - MySQL and MariaDB (``DATETIME``) get them naive: the driver drops any offset. Sessions are set
   to UTC (``pipelines.db``), so ``TIMESTAMP`` columns, which the server converts in the session's
   zone, are exact too.
@@ -23,7 +23,11 @@ in, rows at ``end`` are out. Store timestamps in UTC in the dialect's natural ty
 - SQLite has no date type: the comparison is a string comparison with UTC text. pandas and
   SQLAlchemy write ``YYYY-MM-DD HH:MM:SS.ffffff``, SQLite's own ``datetime()`` and
   ``CURRENT_TIMESTAMP`` write ``YYYY-MM-DD HH:MM:SS``; the bounds are bound as text without their
-  trailing zero fields (:func:`_sqlite_text`), which compares exactly with both.
+  trailing zero fields (:func:`_sqlite_text`), which compares exactly with both and is a time
+  string SQLite's date functions read (``unixepoch(:start)`` for epoch seconds). A query comparing
+  the column itself with the bounds while it holds ISO text with a ``T`` or a local offset is
+  refused: such text does not sort with the bounds; compare ``datetime(ts)`` instead (the same
+  for a MySQL or MariaDB ``VARCHAR``, compared as text with the bound: ``CAST(ts AS DATETIME(6))``).
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -42,6 +47,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from pipelines.config import JobConfig, SqlSource
 from pipelines.db import engine_for, file_database
+from pipelines.errors import SourceConfigError
 from pipelines.sources.base import bounds, job_columns, source_error, utc_bound
 
 log = logging.getLogger(__name__)
@@ -122,6 +128,45 @@ class SqlReader:
                     else "Check the query against the database (tables, columns, syntax), that this user may "
                     "read them, and that every :name in it is set in `params`.",
                 ) from _unless_leaking(cause, secret)
+            zone = _local_session_zone(connection, frame, self.job.timestamp)
+        if zone:
+            raise fail(
+                f"column {self.job.timestamp!r} is a timestamp without time zone, which the database compares with the "
+                f"window's UTC bounds in the session's time zone, {zone}: the window read is shifted by that zone's offset",
+                "Add ?options=-c%20timezone%3DUTC to the URL (the session then compares, and the rows are read, in UTC), "
+                "or store the column as timestamptz.",
+                kind=SourceConfigError,
+            )
+        twice = sorted({name for name in frame.columns[frame.columns.duplicated()] if name in self.job.columns})
+        if twice:
+            # A join's ``a.*, b.*`` returns the key twice; each would read as a frame where one
+            # column is expected, and extract failed with "'DataFrame' object has no attribute 'dtype'".
+            raise fail(
+                f"the query returned more than one column named {', '.join(map(repr, twice))}",
+                "Select each of the job's columns once: list the columns instead of `table.*`, or give the others "
+                "another name with AS.",
+                kind=SourceConfigError,
+            )
+        if engine.dialect.name in _TEXT_TODO:
+            misread = _text_misread(self.job.timestamp, self.config.query, frame, params, (lo, hi))
+            if misread:
+                raise fail(misread, _TEXT_TODO[engine.dialect.name].format(ts=self.job.timestamp), kind=SourceConfigError)
+        returned = {str(name).casefold(): str(name) for name in frame.columns}
+        folded = [
+            (name, returned[name.casefold()]) for name in self.job.columns
+            if name not in frame.columns and name.casefold() in returned
+        ]
+        if folded:
+            # PostgreSQL folds unquoted names to lower case (``AS Value`` returns ``value``): the
+            # missing column then failed validation as misspelt, though the query reads as spelt right.
+            raise fail(
+                "the query returned "
+                + ", ".join(f"column {got!r} where the job names {name!r}" for name, got in folded)
+                + ", and column names are compared exactly",
+                "Quote the name in the query to keep its case (AS \"Value\"; the database folds unquoted names), "
+                "or write it in the job file as the query returns it.",
+                kind=SourceConfigError,
+            )
         log.info("job %s: read %d rows from %s", self.job.name, len(frame), self.config.describe())
         return job_columns(frame, self.job).reset_index(drop=True)
 
@@ -146,6 +191,36 @@ def _read_frame(connection: Connection, query: TextClause, params: dict[str, Any
         chunk = _convert([tuple(row) for row in rows], columns)
         chunks.append([chunk.iloc[:, i] for i in range(len(columns))])
     return _assemble(chunks, columns)
+
+
+def _local_session_zone(connection: Connection, frame: pd.DataFrame, timestamp: str) -> str | None:
+    """The session's time zone when it is not UTC and ``timestamp`` came back without a zone, on
+    PostgreSQL and Redshift; else None.
+
+    Bounds are sent there with their offset, and a ``timestamp`` column is compared with them in the
+    session's zone: stored UTC, a window [01:00Z, 03:00Z) read 02:00 and 03:00 in Paris, while the
+    naive values were then taken as UTC. Nothing in the rows shows it.
+    """
+    if connection.dialect.name not in AWARE_DIALECTS or list(frame.columns).count(timestamp) != 1:
+        return None  # twice is refused after this
+    if not pd.api.types.is_datetime64_dtype(frame[timestamp].dtype):  # aware ones are exact
+        return None
+    try:
+        # A SELECT: the connection streams through DECLARE ... CURSOR, which refuses SHOW.
+        zone = str(connection.execute(text("SELECT current_setting('TimeZone')")).scalar())
+    except SQLAlchemyError:
+        return None
+    return None if _always_utc(zone) else zone
+
+
+def _always_utc(zone: str) -> bool:
+    if zone.upper() in ("UTC", "GMT", "Z", "ZULU", "UCT", "UNIVERSAL", "GREENWICH"):
+        return True
+    try:
+        info = ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        return False  # a POSIX zone such as <+09>-09
+    return all(info.utcoffset(datetime(2024, month, 1)) == timedelta(0) for month in (1, 7))
 
 
 def _convert(rows: Sequence[tuple], columns: list[str]) -> pd.DataFrame:
@@ -205,19 +280,66 @@ def _driver_values(part: pd.Series) -> Iterable[Any]:
 
 
 def _sqlite_text(moment: datetime) -> str:
-    """``moment`` (UTC) as SQLite text, its trailing zero fields dropped (02:00:00 gives ``2024-01-01 02``).
+    """``moment`` (UTC) as SQLite text, its trailing zero fields dropped (02:00:00 gives
+    ``2024-01-01 02:00``, midnight ``2024-01-01``).
 
     A bound written with more digits than the stored text would miss rows exactly at it:
     ``'2024-01-01 02:00:00' < '2024-01-01 02:00:00.000000'``. A stored text with extra zero
     digits sorts after the shorter bound, and one of an earlier time differs within the bound's
     digits, so the shortest form compares exactly with every precision of the same layout.
+    Hours keep their minutes: ``2024-01-01 02`` is no SQLite time string, so ``unixepoch(:start)``
+    or ``datetime(:start)`` (epoch integers, ISO text with ``T``) were NULL and the window empty.
     """
     stamp = moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds").rstrip("0").removesuffix(".")
-    for zeros in (":00", ":00", " 00"):  # seconds, minutes, then the hour of midnight
-        if not stamp.endswith(zeros):
-            break
-        stamp = stamp.removesuffix(zeros)
-    return stamp
+    stamp = stamp.removesuffix(":00")  # seconds
+    return stamp.removesuffix(" 00:00")  # the time of midnight: a date alone is a SQLite time string too
+
+
+#: Dialects that compare a text column with the bounds as text (SQLite has no date type; MySQL
+#: and MariaDB compare a VARCHAR with the bound's literal), and what to do when the text does not
+#: sort with them.
+_TEXT_TODO = {
+    "sqlite": "Compare the column through SQLite's datetime(), which reads the T and converts offsets to UTC: "
+    "WHERE datetime({ts}) >= datetime(:start) AND datetime({ts}) < datetime(:end); or store UTC text as "
+    "YYYY-MM-DD HH:MM:SS.",
+    "mysql": "Compare CAST({ts} AS DATETIME(6)) with :start and :end, which reads the T (not an offset: store "
+    "such text in UTC), or store the column as DATETIME(6) in UTC.",
+}
+_TEXT_TODO["mariadb"] = _TEXT_TODO["mysql"]
+
+#: Stored text that does not sort with the bounds' ``YYYY-MM-DD HH:MM``: a ``T`` sorts after the
+#: space, and a local time with an offset sorts by its local digits.
+_T_LAYOUT = re.compile(r"^\d{4}-\d{2}-\d{2}T")
+_LOCAL_OFFSET = re.compile(r"[+-](?!00:?00$)\d{2}:?\d{2}$")
+
+
+def _text_misread(
+    timestamp: str, query: str, frame: pd.DataFrame, params: dict[str, Any], window: tuple[pd.Timestamp | None, pd.Timestamp | None]
+) -> str | None:
+    """What is wrong when ``query`` compares the stored text of ``timestamp`` itself with the bounds
+    of ``window``, and the rows it returned show text that does not sort with them; else None.
+
+    The rows were read, so nothing else tells: ``ts >= :start`` over ``2024-01-01T02:00:00Z`` missed
+    every row of the end's day before the end, and an hourly window on one day came back empty,
+    read as "the data may not have landed yet".
+    """
+    bounded = [bound for bound in window if bound is not None]  # unbounded sides read every row
+    if not bounded or timestamp not in frame.columns or frame[timestamp].dtype.kind not in "OT":
+        return None
+    column = rf'(?:\w+\.)?(?:"{re.escape(timestamp)}"|`{re.escape(timestamp)}`|\[{re.escape(timestamp)}\]|{re.escape(timestamp)}\b)'
+    compared = rf"(?<![\w.(]){column}\s*(?:>=|>|<=|<)\s*:(?:start|end)\b|:(?:start|end)\s*(?:<=|<|>=|>)\s*{column}(?!\s*\()"
+    if not re.search(compared, query, re.IGNORECASE):
+        return None
+    stored = pd.Series([value for value in frame[timestamp].dropna().head(1000) if isinstance(value, str)], dtype=object)
+    timed = any(bound != bound.normalize() for bound in bounded)  # a date alone sorts before both layouts alike
+    odd = stored[stored.str.contains(_LOCAL_OFFSET) | (timed & stored.str.contains(_T_LAYOUT))]
+    if odd.empty:
+        return None
+    return (
+        f"column {timestamp!r} holds text such as {odd.iloc[0]!r}, which the query compares as text with the window's "
+        f"bounds ('{params['start']}', '{params['end']}'), and such text does not sort with them, so rows inside "
+        "the window may be missed and rows outside it read"
+    )
 
 
 def _reason(exc: BaseException, secret: str | None) -> str:

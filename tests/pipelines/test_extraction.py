@@ -226,6 +226,27 @@ def test_naive_and_aware_timestamps_mixed_are_bad_data_that_no_retry_fixes(proje
     assert isinstance(info.value, SourceError) and isinstance(info.value, DataValidationError)
 
 
+def test_epoch_numbers_as_timestamps_are_refused_saying_how_to_convert_them(project: Path) -> None:
+    # Every row failed validation as "not dateutil parseable", told to "fix the source data".
+    db = project / "var" / "epoch.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    first = int(pd.Timestamp(DAY.start).timestamp())
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE metrics (timestamp INTEGER, region TEXT, requests REAL, latency_ms REAL)")
+        connection.executemany("INSERT INTO metrics VALUES (?, 'eu', 1.0, 2.0)", [(first + 3600 * h,) for h in range(24)])
+    query = "SELECT * FROM metrics WHERE timestamp >= unixepoch(:start) AND timestamp < unixepoch(:end)"
+    source = SqlSource(kind="sql", connection={"url": f"sqlite:///{db}"}, query=query)
+    job = get_job("demo_web_metrics").model_copy(update={"source": source})
+
+    with pytest.raises(SourceDataError) as info:
+        extract(job, DAY, run_id="epoch")
+    message = str(info.value)
+    assert message.startswith("job 'demo_web_metrics': cannot read sql source")
+    assert f"column 'timestamp' holds numbers (e.g. {first}), not timestamps" in message
+    assert "datetime(ts, 'unixepoch') AS ts (SQLite)" in message
+    assert not (project / "var" / "outputs").exists()
+
+
 def test_naive_and_aware_timestamps_mixed_in_a_one_off_input_are_bad_data(project: Path) -> None:
     path = project / "input.csv"
     rows = [f"2024-03-03T0{hour}:00:00Z,eu,{hour},1.5\n" for hour in range(4)] + ["2024-03-03 04:00:00,eu,4,1.5\n"]
@@ -512,3 +533,23 @@ def test_the_demo_sensor_table_gives_the_first_row_of_a_window(project: Path) ->
     stamps = pd.to_datetime(frame[job.timestamp], utc=True)
     assert stamps.min() == pd.Timestamp("2024-02-01T00:00:00Z") and stamps.max() < pd.Timestamp("2024-02-01T01:00:00Z")
     assert len(frame) == 4  # four machines, one hourly reading each
+
+
+def test_the_raw_batch_is_stored_without_a_second_copy_of_its_timestamps_and_numbers() -> None:
+    # A deep copy held every timestamp and number of a large window twice while it was written.
+    import pandas._testing as tm
+
+    from pipelines.extraction import _canonical_raw
+
+    frame = pd.DataFrame({
+        "timestamp": pd.date_range("2024-03-03", periods=3, freq="h", tz="UTC"),
+        "requests": [1.0, 2.0, 3.0],
+        "region": pd.Series(["eu", None, 7], dtype=object),
+    })
+
+    raw = _canonical_raw(frame)
+
+    for name in ("timestamp", "requests"):
+        assert tm.shares_memory(raw[name].array, frame[name].array), name
+    assert raw["region"].tolist() == ["eu", pd.NA, "7"]
+    assert frame["region"].tolist() == ["eu", None, 7]  # the window read is left as it was

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipelines.errors import ConfigError, SourceError
+from pipelines.errors import ConfigError, SourceConfigError, SourceError
 from pipelines.sources import read_window
 from pipelines.sources.base import parse_timestamps
 
@@ -136,6 +136,34 @@ def test_sqlite_window_is_exact_whatever_the_precision_of_the_stored_text(make_j
 
     # The row exactly at the start is in, the one exactly at the end out.
     assert frame["value"].tolist() == [2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("column", "stored", "where"),
+    [
+        ("INTEGER", lambda t: int(t.timestamp()), "ts >= unixepoch(:start) AND ts < unixepoch(:end)"),
+        ("INTEGER", lambda t: int(t.timestamp()), "ts >= CAST(strftime('%s', :start) AS INTEGER) AND ts < CAST(strftime('%s', :end) AS INTEGER)"),
+        ("TEXT", lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime(ts) >= datetime(:start) AND datetime(ts) < datetime(:end)"),
+    ],
+    ids=["epoch-unixepoch", "epoch-strftime", "iso-text-through-datetime"],
+)
+def test_sqlite_bounds_are_time_strings_that_sqlites_date_functions_read(make_job, tmp_path, column, stored, where) -> None:
+    # A bound on the hour was bound as '2024-01-01 01', which SQLite's date functions read as NULL:
+    # every hourly window of epoch integers or ISO text with a T was empty.
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    engine = sa.create_engine(url)
+    times = pd.date_range("2024-01-01 00:00", periods=6, freq="h", tz="UTC")
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"CREATE TABLE m (ts {column}, host TEXT, value REAL)"))
+        connection.execute(
+            sa.text("INSERT INTO m VALUES (:ts, 'a', :value)"), [{"ts": stored(t), "value": float(i)} for i, t in enumerate(times)]
+        )
+    engine.dispose()
+    read_as = "datetime(ts, 'unixepoch')" if column == "INTEGER" else "datetime(ts)"
+    job = sql_job(make_job, url, f"SELECT {read_as} AS ts, host, value FROM m WHERE {where}")
+
+    for start, end, expected in [(START, END, [1.0, 2.0]), (at("2024-01-01 00:00"), at("2024-01-01 00:30"), [0.0])]:
+        assert read_window(job, start, end)["value"].tolist() == expected
 
 
 def test_window_is_exact_at_both_bounds(make_job, table: Table) -> None:
@@ -382,3 +410,69 @@ def test_a_missing_database_file_is_named_and_not_created(make_job, tmp_path) ->
     with pytest.raises(SourceError, match=rf"the database file {re.escape(str(missing))} does not exist\. Check the path"):
         read_window(job, START, END)
     assert not missing.exists()
+
+
+def test_a_job_column_returned_twice_is_named_with_what_to_do(make_job, table: Table) -> None:
+    # A join's a.*, b.* gives its key twice: extract then failed with "'DataFrame' object has no
+    # attribute 'dtype'", naming neither the job nor the column.
+    query = f"SELECT m.*, m.ts, m.host, m.note FROM {table.name} m WHERE ts >= :start AND ts < :end"
+
+    with pytest.raises(SourceConfigError, match=r"^job 'cpu_load': cannot read sql source \(.*\) for window \[2024-01-01T01:00:00") as caught:
+        read_window(sql_job(make_job, table.url, query), START, END)
+    message = str(caught.value)
+    assert "the query returned more than one column named 'host', 'ts'. Select each of the job's columns once" in message
+    assert "'note'" not in message  # not a job column: read and dropped as before
+
+
+@pytest.mark.postgres
+def test_a_column_whose_case_the_database_folded_is_named_with_what_to_do(make_job, postgres_url: str) -> None:
+    # PostgreSQL returns ``AS Value`` as "value": validation then said the job's 'Value' was
+    # misspelt, though the query spells it so.
+    source = {"kind": "sql", "connection": {"url": postgres_url}, "query": "SELECT now() AS ts, 'a' AS host, 1.5 AS Value WHERE :start < :end"}
+    job = make_job(source).model_copy(update={"features": ["Value"]})
+
+    with pytest.raises(SourceConfigError, match=r"^job 'cpu_load': cannot read sql source \(.*\) for window \[2024-01-01T01:00") as caught:
+        read_window(job, START, END)
+    message = str(caught.value)
+    assert "the query returned column 'value' where the job names 'Value', and column names are compared exactly" in message
+    assert 'Quote the name in the query to keep its case (AS "Value"' in message
+    quoted = make_job({**source, "query": source["query"].replace("AS Value", 'AS "Value"')}).model_copy(update={"features": ["Value"]})
+    assert read_window(quoted, START, END)["Value"].tolist() == [1.5]
+
+
+@pytest.mark.parametrize(
+    ("stored", "where", "start", "end", "refused"),
+    [
+        ("%Y-%m-%dT%H:%M:%SZ", "ts >= :start AND ts < :end", START, at("2024-01-02 03:00"), "'2024-01-01T00:00:00Z'"),
+        ("%Y-%m-%dT%H:%M:%SZ", "m.ts >= :start AND :end > m.ts", START, at("2024-01-02 03:00"), "'2024-01-01T00:00:00Z'"),
+        ("%Y-%m-%d %H:%M:%S+01:00", "ts >= :start AND ts < :end", START, at("2024-01-02 03:00"), "'2024-01-01 01:00:00+01:00'"),
+        # A date alone sorts before a T as before a space: a daily window compares right.
+        ("%Y-%m-%dT%H:%M:%SZ", "ts >= :start AND ts < :end", at("2024-01-01"), at("2024-01-02"), None),
+        ("%Y-%m-%dT%H:%M:%SZ", "datetime(ts) >= datetime(:start) AND datetime(ts) < datetime(:end)", START, at("2024-01-02 03:00"), None),
+        ("%Y-%m-%d %H:%M:%S+00:00", "ts >= :start AND ts < :end", START, at("2024-01-02 03:00"), None),
+        ("%Y-%m-%dT%H:%M:%S+01:00", "ts >= :start AND ts < :end", None, None, None),  # a whole read compares right
+    ],
+    ids=["t", "t-qualified-reversed", "offset", "t-daily-window", "t-through-datetime", "utc-offset", "t-offset-unbounded"],
+)
+def test_sqlite_text_that_does_not_sort_with_the_bounds_is_refused(make_job, tmp_path, stored, where, start, end, refused) -> None:
+    # Compared as text, '2024-01-02T02:00:00Z' < '2024-01-02 03:00' is false: the rows of the end's
+    # day before the end were missed silently, and those of the start's day before it read.
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    engine = sa.create_engine(url)
+    times = pd.date_range("2024-01-01", periods=48, freq="h")
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE m (ts TEXT, host TEXT, value REAL)"))
+        connection.execute(sa.text("INSERT INTO m VALUES (:ts, 'a', 1.0)"), [{"ts": t.strftime(stored)} for t in times])
+    engine.dispose()
+    job = sql_job(make_job, url, f"SELECT ts, host, value FROM m WHERE {where}")
+
+    if refused is None:
+        hours = parse_timestamps(read_window(job, start, end)["ts"])
+        first, last = parse_timestamps(pd.Series([times[0].strftime(stored), times[-1].strftime(stored)]))
+        assert (hours.min(), hours.max() + pd.Timedelta(hours=1)) == (start or first, end or last + pd.Timedelta(hours=1))
+        return
+    with pytest.raises(SourceConfigError, match=r"^job 'cpu_load': cannot read sql source \(.*\) for window \[2024-01-01T01:00") as caught:
+        read_window(job, start, end)
+    message = str(caught.value)
+    assert f"column 'ts' holds text such as {refused}, which the query compares as text with the window's bounds" in message
+    assert "WHERE datetime(ts) >= datetime(:start) AND datetime(ts) < datetime(:end)" in message

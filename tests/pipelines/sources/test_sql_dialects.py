@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.db import engine_for
-from pipelines.errors import SourceError
+from pipelines.errors import SourceConfigError, SourceError
 from pipelines.sources import SqlReader, read_window
 from pipelines.sources.base import parse_timestamps
 from tests.pipelines.sources.test_sql import END, HOSTILE, START, at, make_table, redshift_url, sql_job
@@ -242,3 +242,51 @@ def assert_never_shown(
         assert secret not in record.getMessage() and secret not in (record.exc_text or "")
     if capfd is not None:
         assert secret not in "".join(capfd.readouterr())
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("dialect", ["postgresql", "redshift"])
+def test_postgres_timestamp_without_zone_in_a_local_session_is_refused(make_job, postgres_url: str, dialect: str) -> None:
+    # A timestamp column is compared with the aware bounds in the session's zone: stored in UTC, the
+    # window [01:00Z, 03:00Z) read 02:00 and 03:00 in Paris, silently.
+    engine = sa.create_engine(postgres_url)
+    name = f"naive_{dialect}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TABLE {name} (ts timestamp, host text, value float)"))
+        conn.execute(sa.text(f"INSERT INTO {name} VALUES (:ts, 'a', 1.0)"), [{"ts": hour} for hour in HOURS])
+    engine.dispose()
+    url = redshift_url(postgres_url) + "&" if dialect == "redshift" else postgres_url + "?"
+
+    paris = sql_job(make_job, url + "options=-c%20timezone%3DEurope/Paris", query(name))
+    with pytest.raises(SourceConfigError, match=r"^job 'cpu_load': cannot read sql source \(.*\) for window \[2024-01-01T01:00") as caught:
+        read_window(paris, START, END)
+    message = str(caught.value)
+    assert "column 'ts' is a timestamp without time zone, which the database compares with the window's UTC bounds in " \
+        "the session's time zone, Europe/Paris" in message
+    assert "Add ?options=-c%20timezone%3DUTC to the URL" in message
+
+    for zone in ("UTC", "Etc/UTC"):
+        utc = sql_job(make_job, url + f"options=-c%20timezone%3D{zone}", query(name))
+        assert window_hours(read_window(utc, START, END)) == IN_WINDOW
+
+
+def test_mariadb_varchar_timestamps_that_do_not_sort_with_the_bounds_are_refused(make_job, mysql_url: str) -> None:
+    # A VARCHAR is compared as text with the bound's literal: '2024-01-01T00:00:00Z' >= '2024-01-01 01:00:00',
+    # so the start's day was read whole and the rows of the end's day before the end were missed.
+    days = [f"2024-01-0{day}T{hour:02d}:00:00Z" for day in (1, 2) for hour in range(24)]
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE iso_text (ts VARCHAR(40), host VARCHAR(20), value DOUBLE)"))
+        conn.execute(sa.text("INSERT INTO iso_text VALUES (:ts, 'a', 1.0)"), [{"ts": ts} for ts in days])
+    engine.dispose()
+
+    with pytest.raises(SourceConfigError, match=r"^job 'cpu_load': cannot read sql source \(.*\) for window \[2024-01-01T01:00") as caught:
+        read_window(sql_job(make_job, mysql_url, query("iso_text")), START, at("2024-01-02 03:00"))
+    message = str(caught.value)
+    assert "column 'ts' holds text such as '2024-01-01T00:00:00Z', which the query compares as text with the window's " \
+        "bounds ('2024-01-01 01:00:00', '2024-01-02 03:00:00')" in message
+    assert "Compare CAST(ts AS DATETIME(6)) with :start and :end" in message
+
+    cast = "SELECT ts, host, value FROM iso_text WHERE CAST(ts AS DATETIME(6)) >= :start AND CAST(ts AS DATETIME(6)) < :end ORDER BY ts"
+    hours = window_hours(read_window(sql_job(make_job, mysql_url, cast), START, at("2024-01-02 03:00")))
+    assert (len(hours), hours[0], hours[-1]) == (26, START, at("2024-01-02 02:00"))
