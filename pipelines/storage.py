@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import inspect
@@ -413,13 +414,20 @@ def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
 
 @_storage_said
 def find(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Paths of all files below the folder ``url``, relative to it and sorted; none if it is missing."""
+    """Paths of all files below the folder ``url``, relative to it and sorted; none if it is missing
+    (a FileNotFoundError naming ``url`` if its bucket is)."""
     fs, path = filesystem(url, storage_options)
     # Listings are cached by some file systems (s3fs); another process may have written since.
     fs.invalidate_cache(path)
     prefix = path.rstrip("/") + "/"
+    try:
+        listed = fs.find(path)
+    except FileNotFoundError as exc:
+        # A missing folder lists nothing; s3fs and gcsfs raise for a missing bucket, in words that
+        # name neither the bucket nor the URL ("The specified bucket does not exist", "b/nope/o").
+        raise FileNotFoundError(
+            errno.ENOENT, f"cannot list a folder of a bucket that does not exist ({exc}); check the bucket name", url
+        ) from exc
     # Keys ending in "/" are the empty folder markers that S3 consoles and some tools create:
     # s3fs lists them as files.
-    return sorted(
-        found[len(prefix) :] for found in fs.find(path) if found.startswith(prefix) and not found.endswith("/")
-    )
+    return sorted(found[len(prefix) :] for found in listed if found.startswith(prefix) and not found.endswith("/"))

@@ -45,6 +45,17 @@ def checked_batch(
         frame = schema.conform(frame, dimensions)
     except ValueError as exc:
         raise SinkError(f"{where}: {exc}; build the frame with pipelines.schema.conform") from exc
+    # Parquet takes a row without a key, which the BigQuery table (REQUIRED) then refuses after
+    # the day files were replaced, naming no row: the outputs disagree at every retry.
+    for column in ("series", "timestamp", "feature"):
+        missing = frame[column].isna()
+        if missing.any():
+            first = frame[missing].iloc[0]
+            raise SinkError(
+                f"{where}: {int(missing.sum())} of {len(frame)} rows have no {column} (first: series {first['series']!r}, "
+                f"feature {first['feature']!r} at {first['timestamp']}); every output row needs a series, a timestamp "
+                "and a feature: drop or fix those rows; nothing was written"
+            )
     inside = frame["job"].eq(job).fillna(False) & frame["timestamp"].ge(start) & frame["timestamp"].lt(end)
     stray = frame[~inside]
     if len(stray):

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 PURPOSE = "The bigquery output"
 _TYPES = {"string": "STRING", "double": "FLOAT64", "bool": "BOOL"}
 _KEYS = ("job", "series", "timestamp", "feature")
+#: The legacy type names tables.get answers with, as the standard names of :data:`_TYPES`.
+_STANDARD = {"FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "INTEGER": "INT64"}
 #: How long a staging table outlives a write that crashed before dropping it.
 STAGING_EXPIRY = timedelta(days=1)
 #: How many times a statement that replaces what it writes runs when a concurrent update of the
@@ -103,7 +105,8 @@ class BigQuerySink:
             with client:
                 try:
                     self._load(client, frame, dimensions, staging, retry)
-                    self._prepare(client, dimensions, retry)
+                    where = f"could not write {len(frame)} rows of job {job!r} for [{start}, {end}) to {self.output.describe()}"
+                    self._prepare(client, dimensions, retry, where)
                     columns = ", ".join(_quoted(c) for c in schema.output_columns(dimensions))
                     script = (
                         "BEGIN TRANSACTION;\n"
@@ -179,21 +182,40 @@ class BigQuerySink:
                 )
                 time.sleep(pause)
 
-    def _prepare(self, client: bigquery.Client, dimensions: list[str], retry: Any) -> None:
-        """Create the target table, or add the dimension columns it lacks (other jobs have other ones)."""
+    def _prepare(self, client: bigquery.Client, dimensions: list[str], retry: Any, where: str) -> None:
+        """Create the target table, or add the dimension columns it lacks (other jobs have other ones);
+        an output column missing or of another type is refused before the window's rows are touched."""
         from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
 
         try:
-            present = {field.name for field in client.get_table(self.table, retry=retry).schema}
+            existing = client.get_table(self.table, retry=retry)
         except NotFound:
             table = bigquery.Table(self.table, schema=_fields(dimensions, required_keys=True))
             table.time_partitioning = bigquery.TimePartitioning(field="timestamp")
             table.clustering_fields = ["job"]
-            client.create_table(table, exists_ok=True, retry=retry)
+            # Another job's first write may have created it since get_table, with its own
+            # dimensions: exists_ok returns that table, which may still lack ours.
+            existing = client.create_table(table, exists_ok=True, retry=retry)
             log.info("created BigQuery table %s", self.table)
-            return
-        for dim in (d for d in dimensions if d not in present):
+        # BigQuery column names ignore case: a job's "region" is another job's "Region" column.
+        present = {field.name.lower(): field for field in existing.schema}
+        # The INSERT failed on such a column with BigQuery's words alone, and "Fix the query".
+        wrong = []
+        for field in _fields(dimensions, required_keys=False):
+            found = present.get(field.name.lower())
+            if found is None:
+                if field.name in schema.OUTPUT_COLUMNS:  # dimension columns are added below
+                    wrong.append(f"{field.name} ({field.field_type}) is missing")
+            elif _STANDARD.get(found.field_type, found.field_type) != field.field_type:
+                wrong.append(f"{found.name} is {found.field_type}, not {field.field_type}")
+        if wrong:
+            raise SinkError(
+                f"{where}: the table's columns do not match the output's: {'; '.join(wrong)}; the table keeps its "
+                "previous rows. Change or add those columns (ALTER TABLE ... ALTER COLUMN ... SET DATA TYPE, where "
+                "BigQuery allows it; ADD COLUMN) or set outputs.bigquery.table to a new table, which the next run creates"
+            )
+        for dim in (d for d in dimensions if d.lower() not in present):
             sql = f"ALTER TABLE {_quoted(self.table)} ADD COLUMN IF NOT EXISTS {_quoted(dim)} STRING"
             self._run_again_on_conflict(client, sql, None, retry)
             log.info("added dimension column %s to BigQuery table %s", dim, self.table)
@@ -226,4 +248,20 @@ class BigQuerySink:
             raise SinkError(f"could not read job {job!r} from {self.output.describe()}: {problem}. {todo}") from exc
         # The table holds the dimension columns of every job; those of other jobs are empty here.
         other = [c for c in frame.columns if c not in schema.OUTPUT_COLUMNS and frame[c].isna().all()]
-        return as_output(frame.drop(columns=other))
+        return as_output(_as_spelled_by_the_job(frame.drop(columns=other)))
+
+
+def _as_spelled_by_the_job(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its dimension columns named as the job's series keys name them: BigQuery
+    column names ignore case, so a job's "region" is stored in, and read back from, the "Region"
+    column another job created."""
+    from urllib.parse import unquote
+
+    spelled: dict[str, str] = {}
+    for key in frame["series"].dropna().unique():
+        for part in str(key).split(","):
+            name, equals, _ = part.partition("=")
+            if equals:
+                spelled[unquote(name).lower()] = unquote(name)
+    renamed = {c: spelled[c.lower()] for c in frame.columns if c not in schema.OUTPUT_COLUMNS and c.lower() in spelled}
+    return frame.rename(columns=renamed)

@@ -201,8 +201,14 @@ class ParquetSink:
         low = utc(start) if start is not None else None
         high = utc(end) if end is not None else None
         folder = storage.join(self.root, f"job={job}")
+        try:
+            found = storage.find(folder, self.storage_options)
+        except FileNotFoundError as exc:
+            raise SinkError(
+                f"job {job!r}: {exc}. Check `outputs.parquet` ({self.root}) and `outputs.storage_options` in the job file"
+            ) from exc
         frames = []
-        for path in storage.find(folder, self.storage_options):
+        for path in found:
             partition, _, name = path.partition("/")
             if name != PART or not partition.startswith("date="):
                 continue

@@ -486,3 +486,19 @@ def test_a_local_write_that_cannot_start_names_the_file_asked_for() -> None:
     with pytest.raises(FileNotFoundError) as info:
         storage.atomic_write("/proc/out.parquet", b"scores")
     assert info.value.filename == "/proc/out.parquet" and ".tmp" not in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["s3", "gs"])
+def test_listing_in_a_missing_bucket_names_the_url(request: pytest.FixtureRequest, where: str) -> None:
+    # s3fs said only "The specified bucket does not exist", gcsfs "b/nope/o": neither named the URL.
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        url = f"s3://{bucket}-missing/outputs/job=sales"
+    else:
+        request.getfixturevalue("plain_gcsfs")
+        options = request.getfixturevalue("gcs_emulator").options
+        url = "gs://missing-bucket/outputs/job=sales"
+
+    with pytest.raises(FileNotFoundError, match=r"bucket that does not exist .*check the bucket name") as caught:
+        storage.find(url, options)
+    assert caught.value.filename == url

@@ -349,3 +349,84 @@ def test_a_transaction_failing_otherwise_is_not_run_again(standin: BigQueryStand
         sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
 
     assert len(transactions(standin)) == 2
+
+
+def test_a_table_another_job_created_meanwhile_gets_the_dimensions_this_job_lacks(
+    standin: BigQueryStandIn, sink: BigQuerySink, make_frame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two jobs' first writes to a new shared table: the one whose create_table found it created was
+    # told "does not have a column with name host ... Fix the query or the table".
+    from google.cloud import bigquery
+
+    costs = make_frame("costs", "2024-01-05", "2024-01-06", dimensions=("region",))
+    sales = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("host",))
+    real_create = bigquery.Client.create_table
+    other_writes = [lambda: sink.write(costs, job="costs", dimensions=["region"], start=at("2024-01-05"), end=at("2024-01-06"))]
+
+    def other_job_first(client, table, *args, **kwargs):
+        if getattr(table, "table_id", None) == "anomalies" and other_writes:
+            other_writes.pop()()  # lands between this write's get_table (not found) and its create_table
+        return real_create(client, table, *args, **kwargs)
+
+    monkeypatch.setattr(bigquery.Client, "create_table", other_job_first)
+    sink.write(sales, job="sales", dimensions=["host"], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert other_writes == []
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(sales))
+    pd.testing.assert_frame_equal(sink.read(job="costs"), expected(costs))
+
+
+def test_a_dimension_column_of_another_case_is_not_added_again(standin: BigQueryStandIn, sink: BigQuerySink, make_frame) -> None:
+    # BigQuery column names ignore case: each write of the second job ran an ALTER TABLE that
+    # changed nothing but counted against the table's limit on metadata updates.
+    costs = make_frame("costs", "2024-01-05", "2024-01-06", dimensions=("Region",))
+    sales = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+    sink.write(costs, job="costs", dimensions=["Region"], start=at("2024-01-05"), end=at("2024-01-06"))
+    for _ in range(2):
+        sink.write(sales, job="sales", dimensions=["region"], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert [q["query"] for q in standin.query_jobs() if "ALTER TABLE" in q["query"]] == []
+    assert count(standin) == len(costs) + len(sales)
+
+
+def test_a_dimension_stored_in_a_column_of_another_case_reads_back_under_the_jobs_name(
+    standin: BigQueryStandIn, sink: BigQuerySink, make_frame
+) -> None:
+    # The job's "region" came back as "Region", the column another job had created.
+    costs = make_frame("costs", "2024-01-05", "2024-01-06", dimensions=("Region",))
+    sales = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+    sink.write(costs, job="costs", dimensions=["Region"], start=at("2024-01-05"), end=at("2024-01-06"))
+    sink.write(sales, job="sales", dimensions=["region"], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(sales))
+    pd.testing.assert_frame_equal(sink.read(job="costs"), expected(costs))
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ("DROP COLUMN region; ALTER TABLE results.anomalies ADD COLUMN region BIGINT", "region is INTEGER, not STRING"),
+        ("ALTER COLUMN is_anomaly TYPE VARCHAR", "is_anomaly is STRING, not BOOL"),
+        ("DROP COLUMN feature_score", r"feature_score \(FLOAT64\) is missing"),
+    ],
+)
+def test_a_table_whose_columns_differ_from_the_output_is_named_before_anything_is_replaced(
+    standin: BigQueryStandIn, sink: BigQuerySink, make_frame, change: str, says: str
+) -> None:
+    # The transaction failed with BigQuery's words alone ("Could not convert string 'a' to INT64")
+    # and the advice to fix a query the user never wrote.
+    old = make_frame("sales", "2024-01-05", "2024-01-06", run="r1", dimensions=("region",))
+    sink.write(old, job="sales", dimensions=["region"], start=at("2024-01-05"), end=at("2024-01-06"))
+    standin.execute(f"ALTER TABLE results.anomalies {change}")
+
+    new = make_frame("sales", "2024-01-05", "2024-01-06", run="r2", dimensions=("region",))
+    with pytest.raises(
+        SinkError,
+        match=rf"^could not write 16 rows of job 'sales' for .*: the table's columns do not match the output's: {says}; "
+        r"the table keeps its previous rows\. Change or add those columns .* or set outputs.bigquery.table to a new table",
+    ):
+        sink.write(new, job="sales", dimensions=["region"], start=at("2024-01-05"), end=at("2024-01-06"))
+
+    assert len(transactions(standin)) == 1  # the window's transaction never ran
+    assert count(standin, "run_id = 'r1'") == 16
+    assert tables(standin) == ["anomalies"]

@@ -8,6 +8,7 @@ import pytest
 from pipelines import schema, storage
 from pipelines.errors import SinkError, StorageError
 from pipelines.sinks import ParquetSink
+from tests.pipelines.test_storage import gcs_emulator, plain_gcsfs  # noqa: F401 (fixtures)
 
 
 def at(text: str) -> pd.Timestamp:
@@ -172,7 +173,7 @@ def failing_on_second_call(real, message: str):
     return fake
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "gs"])
 @pytest.mark.parametrize(
     "step, doing",
     [("atomic_write", r"writing \S*date=2024-01-06/part-0.parquet \(as "), ("move", r"replacing \S*date=2024-01-06/part-0.parquet failed")],
@@ -185,6 +186,10 @@ def test_failure_on_a_later_day_file_leaves_every_day_file_old(
     if where == "s3":
         bucket, options = request.getfixturevalue("s3_bucket")
         sink = ParquetSink(f"s3://{bucket}/outputs", options)
+    elif where == "gs":
+        request.getfixturevalue("plain_gcsfs")
+        emulator = request.getfixturevalue("gcs_emulator")
+        sink = ParquetSink(f"gs://{emulator.bucket}/{tmp_path.name}/outputs", emulator.options)
     else:
         sink = ParquetSink(str(tmp_path))
     window = {"job": "sales", "dimensions": [], "start": at("2024-01-05 12:00"), "end": at("2024-01-06 12:00")}
@@ -194,12 +199,13 @@ def test_failure_on_a_later_day_file_leaves_every_day_file_old(
     sink.write(old, **window)
     files = {url: storage.read_bytes(url, sink.storage_options) for url in sink.write(old, **window)}
 
-    monkeypatch.setattr(storage, step, failing_on_second_call(getattr(storage, step), "disk full"))
+    real = getattr(storage, step)
+    monkeypatch.setattr(storage, step, failing_on_second_call(real, "disk full"))
     new = make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="new")
     message = rf"job 'sales', window \[2024-01-05 12:00:00\+00:00, 2024-01-06 12:00:00\+00:00\): {doing}.*disk full; every day file of the window keeps its previous rows"
     with pytest.raises(SinkError, match=message):
         sink.write(new, **window)
-    monkeypatch.undo()
+    monkeypatch.setattr(storage, step, real)  # not undo(): that would undo plain_gcsfs too
 
     assert {url: storage.read_bytes(url, sink.storage_options) for url in files} == files
     pd.testing.assert_frame_equal(sink.read(job="sales"), expected(before, old))
@@ -277,3 +283,29 @@ def test_a_day_file_that_cannot_be_read_is_no_reason_to_remove_it(tmp_path, make
     assert "remove that file" not in str(caught.value)
     monkeypatch.undo()
     assert storage.read_bytes(str(tmp_path / "job=sales" / "date=2024-01-05" / "part-0.parquet")) == before
+
+
+def test_reading_from_a_missing_bucket_names_the_job_and_what_to_check(s3_bucket) -> None:
+    # A mistyped bucket gave alerts, plots and monitoring a bare "The specified bucket does not exist".
+    bucket, options = s3_bucket
+    sink = ParquetSink(f"s3://{bucket}-missing/outputs", options)
+
+    with pytest.raises(
+        SinkError,
+        match=rf"^job 'sales': .*bucket that does not exist .*: 's3://{bucket}-missing/outputs/job=sales'\. Check `outputs.parquet`",
+    ):
+        sink.read(job="sales")
+
+
+@pytest.mark.parametrize("column", ["series", "timestamp", "feature"])
+def test_rows_without_a_key_are_refused_naming_the_column_and_a_row(tmp_path, make_frame, column: str) -> None:
+    # Parquet took them; the BigQuery table (REQUIRED keys) then refused the window, naming no row.
+    sink = ParquetSink(str(tmp_path))
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    frame.loc[3, column] = None
+
+    with pytest.raises(
+        SinkError, match=rf"^job 'sales', window .*: 1 of 8 rows have no {column} \(first: series .*\); .*nothing was written"
+    ):
+        sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+    assert storage.find(str(tmp_path)) == []
