@@ -195,7 +195,19 @@ class ModelRegistry:
     def champion(self, job: str, series: str) -> ModelVersion | None:
         """The promoted version, or ``None`` when nothing was promoted yet."""
         version = self.champion_version(job, series)
-        return None if version is None else self.version(job, series, version)
+        if version is None:
+            return None
+        metadata = self._metadata(job, series, version)
+        if metadata is None:
+            # version()'s "known versions" told people neither that the pointer is the problem
+            # nor what to run (a version folder deleted by hand, or by a cleanup of old versions).
+            known = [v.version for v in self.versions(job, series)]
+            raise ModelError(
+                f"job {job}, series {series}: the champion pointer {self._url(job, series, CHAMPION)} names a version that "
+                f"is gone: no complete model version {version!r} in {self.root} (its folder or its {METADATA} is missing; "
+                f"complete versions: {', '.join(known) or 'none'}); run the job's train to register and promote a new model"
+            )
+        return ModelVersion(job, series, version, metadata)
 
     def champion_version(self, job: str, series: str) -> str | None:
         """The version the champion pointer names, without loading it (it may be unreadable), or

@@ -28,7 +28,7 @@ from pipelines.registry import ModelVersion
 from pipelines.schema import arrow_schema, conform
 from pipelines.series import parse_series_key
 from pipelines.sinks import BigQuerySink, ParquetSink, SqlSink
-from pipelines.training import leave_out_confirmed, load_champion, registry_for
+from pipelines.training import frequency_change, leave_out_confirmed, load_champion, registry_for
 from pipelines.validation import RowNumbers
 from pipelines.workspace import Window, Workspace, check_output_file, utcnow
 
@@ -52,6 +52,14 @@ def labeled_frame(
     champion until it is trained again.
     """
     version, detector = champion
+    moved = frequency_change(job, version)
+    if moved is not None:
+        # Its windows and lags count rows of the old grid: it would score these rows without error, wrongly.
+        raise ModelError(
+            f"job {job.name}, series {series}, window {interval}: model version {version.version} cannot score: the job's "
+            f"{moved} since it was trained, and the model counts its windows in rows of its own frequency. "
+            f"Run the train DAG ({job.name}__train) or `anomaly-pipelines train {job.name}` to train it on the new grid"
+        )
     history = history if history is not None and len(history) else None
     try:
         detection = detector.detect(rows, history=history)

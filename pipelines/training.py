@@ -9,9 +9,10 @@ registered with the reason but never serves. The registered artifact is then ref
 whole window. Both fits warm-start from the champion when it is of the same kind and parameters
 and the detector allows it. A training that raises registers nothing, so the champion keeps serving.
 
-One exception: when the job's ``model`` (kind, params) or ``threshold`` is no longer the one the
-champion was trained or tuned under (``configured_model`` in its metadata), people changed the job
-file, and the new model is promoted without the comparison (:func:`model_change`).
+One exception: when the job's ``model`` (kind, params), ``threshold`` or ``frequency`` is no longer
+the one the champion was trained or tuned under (``configured_model``, ``threshold`` and
+``frequency`` in its metadata), people changed the job file, and the new model is promoted without
+the comparison (:func:`model_change`).
 
 Values people confirmed as anomalies (true labels, :mod:`pipelines.labels`) are left out of what
 the model learns as normal: they are made missing before any fit (:func:`leave_out_confirmed`),
@@ -34,6 +35,7 @@ import pipelines
 from pipelines.config import JobConfig, resolve_path
 from pipelines.detectors import BaseDetector, load_detector, make_detector
 from pipelines.detectors.synthetic import robust_scale as feature_scale
+from pipelines.durations import duration_text, parse_duration
 from pipelines.errors import ConfigError, ModelError, SinkError
 from pipelines.labels import Verdicts, label_verdicts, utc_stamp  # the one rule for overlapping labels, which alerts apply too
 from pipelines.monitoring import reference_profile
@@ -105,13 +107,13 @@ def _model_difference(recorded: dict[str, Any], job: JobConfig) -> str | None:
 
 
 def model_change(job: JobConfig, champion: ModelVersion, kind: str) -> str | None:
-    """How the job's model or threshold changed since ``champion`` was trained or tuned, e.g.
-    ``model changed (seasonal_mad → iforest)``; None when neither did. ``kind`` is what this
-    training builds.
+    """How the job's model, threshold or frequency changed since ``champion`` was trained or
+    tuned, e.g. ``model changed (seasonal_mad → iforest)``; None when none did. ``kind`` is what
+    this training builds.
 
     Compared with the champion's ``configured_model`` (the job's model in force when it was trained
-    or tuned) and its ``threshold``. Versions registered before ``configured_model`` was recorded
-    have none: unchanged when their kind is the one this training builds (the job's kind, or the
+    or tuned), its ``threshold`` and its ``frequency``. Versions registered before
+    ``configured_model`` was recorded have none: unchanged when their kind is the one this training builds (the job's kind, or the
     tuned kind in force), or when tuning promoted them and the job still searches their kind (a
     tuned kind differs from the job's by design); else the job's kind was changed.
     """
@@ -124,12 +126,34 @@ def model_change(job: JobConfig, champion: ModelVersion, kind: str) -> str | Non
     else:
         changed = f"{meta.get('model')} → {job.model.kind}"
     parts = [] if changed is None else [f"model changed ({changed})"]
+    moved = frequency_change(job, champion)
+    if moved is not None:
+        parts.append(moved)
     # The threshold is the job's too, and forecast error cannot tell thresholds apart.
     threshold, now = meta.get("threshold"), job.threshold.model_dump(mode="json")
     if threshold is not None and threshold != now:
         moved = ", ".join(f"{name} {threshold.get(name)!r} → {now[name]!r}" for name in now if threshold.get(name) != now[name])
         parts.append(f"threshold changed ({moved})")
     return " and ".join(parts) or None
+
+
+def frequency_change(job: JobConfig, version: ModelVersion) -> str | None:
+    """``frequency changed (1h → 10min)`` when ``version`` was trained on another grid than the
+    job's ``frequency`` now; None when it was not, or did not record its frequency (older versions).
+
+    Detectors count their windows, lags, seasons and lookback in rows: a model trained on hourly
+    rows reads 10-minute rows as if they were hours, and scores them without any error.
+    """
+    return _frequency_difference(version.metadata.get("frequency"), job)
+
+
+def _frequency_difference(recorded: Any, job: JobConfig) -> str | None:
+    try:
+        if recorded is None or parse_duration(recorded) == job.frequency:
+            return None
+    except ValueError:  # a record the current library cannot read compares as changed
+        pass
+    return f"frequency changed ({recorded} → {duration_text(job.frequency)})"
 
 
 def _searched(job: JobConfig) -> list[str]:
@@ -145,13 +169,22 @@ def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[s
     override what the job file now says) or, for tunings recorded before that was kept, when the
     job no longer searches the tuned kind."""
     document = registry.tuned(job.name, series) or {}
-    recorded = (document.get("report") or {}).get("configured_model")
+    report = document.get("report") or {}
+    recorded = report.get("configured_model")
     changed = _model_difference(recorded, job) if recorded is not None else None
     if changed is not None:
         log.warning(
             "job %s, series %s: ignoring tuned %s params: the job's model changed since that tuning (%s); "
             "run tune again to tune it",
             job.name, series, document.get("kind") or recorded.get("kind"), changed,
+        )
+        return {}, job.model.kind
+    # Windows and levels in rows were searched on the old grid: 24 rows of 1h are 4 hours of 10min.
+    moved = _frequency_difference(report.get("frequency"), job)
+    if moved is not None:
+        log.warning(
+            "job %s, series %s: ignoring tuned %s params: the job's %s since that tuning; run tune again to tune it",
+            job.name, series, document.get("kind") or job.model.kind, moved,
         )
         return {}, job.model.kind
     kind = document.get("kind") or job.model.kind
@@ -302,10 +335,14 @@ def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str,
 
 
 def holdout_error(detector: BaseDetector, holdout: pd.DataFrame, history: pd.DataFrame, scale: np.ndarray) -> float:
-    """Mean absolute error of the expected values on ``holdout``, in units of each feature's scale."""
+    """Mean absolute error of the expected values on ``holdout``, in units of each feature's scale,
+    over the values and expectations that are finite (NaN when none is)."""
     detection = detector.detect(holdout, history=history)
     errors = np.abs(detection.values - detection.expected) / scale
-    return float(np.nanmean(errors))
+    # An infinite value (an overflowed reading, which detectors score as missing) made both models'
+    # errors inf, and inf <= inf promoted any challenger, however bad.
+    errors = np.where(np.isfinite(errors), errors, np.nan)
+    return float(np.nanmean(errors)) if not np.isnan(errors).all() else float("nan")
 
 
 def compared_rows(champion: ModelVersion, tail: pd.DataFrame) -> tuple[int, int | None, str]:
@@ -400,9 +437,14 @@ def train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window
 
 
 def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Window, *, run_id: str) -> TrainResult:
-    if len(data) < 10:
+    # Rows with a value, not rows: resampling leaves a gap in the source as missing rows, and a
+    # series with two values a day apart (25 hourly rows) was trained, scored nothing on its
+    # held-back rows (holdout error NaN) and was promoted as the first champion.
+    valued = int(data.notna().any(axis=1).sum())
+    if valued < 10:
+        held = f" with a value (of {len(data)} on the job's frequency grid)" if valued < len(data) else ""
         raise ModelError(
-            f"job {job.name}, series {series}: only {len(data)} rows in training window {window}; "
+            f"job {job.name}, series {series}: only {valued} rows{held} in training window {window}; "
             "at least 10 are needed. Widen training_window or check the source."
         )
     registry = registry_for(job)
@@ -427,7 +469,8 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
     else:
         unloadable = None
         serving = current[0].version if current is not None else None
-    warm = current[1] if current is not None else None
+    # A model of another frequency learned other rows: nothing of it carries over.
+    warm = current[1] if current is not None and frequency_change(job, current[0]) is None else None
     challenger = detector_for(job, tuned, kind).fit(head, warm_start=warm)
     challenger_error = holdout_error(challenger, tail, head, scale)
     metrics: dict[str, float] = {"holdout_error": challenger_error}
@@ -465,7 +508,14 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
         else:
             # Never a worse model: promoted only when not worse; a NaN error compares False.
             promoted = challenger_error <= champion_error
-            reason = f"{compared}: {'promoted (not worse)' if promoted else 'kept the champion (the new model is worse)'}"
+            if promoted:
+                verdict = "promoted (not worse)"
+            elif math.isnan(challenger_error) or math.isnan(champion_error):
+                # "Worse" sent people looking at the new model when the compared rows held no value.
+                verdict = "kept the champion (the errors cannot be compared: no forecast of a compared row with a value)"
+            else:
+                verdict = "kept the champion (the new model is worse)"
+            reason = f"{compared}: {verdict}"
 
     final = detector_for(job, tuned, kind).fit(data, warm_start=warm)
     version = register_model(
@@ -520,6 +570,8 @@ def register_model(
         "tuned_params": tuned,
         "threshold": job.threshold.model_dump(),
         "features": list(job.features),
+        # The grid the rows were on: scoring refuses rows of another (frequency_change).
+        "frequency": duration_text(job.frequency),
         "trained_at": utcnow().isoformat(),
         "run_id": run_id,
         "training_window": {"start": window.start.isoformat(), "end": window.end.isoformat()},

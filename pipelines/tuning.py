@@ -47,12 +47,14 @@ from pipelines.detectors.search_spaces import (
 )
 from pipelines.detectors.selection import compare, held_back_stretches
 from pipelines.detectors.synthetic import Injected, detection_f1_by_planting, mean_of_parts, plant_repeatedly
+from pipelines.durations import duration_text
 from pipelines.errors import ConfigError, ModelError
 from pipelines.labels import label_verdicts
 from pipelines.training import (
     configured_model,
     detector_for,
     feature_scale,
+    frequency_change,
     holdout_error,
     leave_out_confirmed,
     load_champion,
@@ -193,11 +195,15 @@ def prepare_holdout(job: JobConfig, series: str, data: pd.DataFrame, labels: lis
         split = min(split, min(reachable))
     fitted, _ = leave_out_confirmed(data, verdicts)
     head, clean = fitted.iloc[:split], data.iloc[split:]
-    if len(head) < _MIN_ROWS or len(clean) < _MIN_ROWS:
+    # Rows with a value: resampling leaves a gap in the source as missing rows, and a series with
+    # a few values among them was tuned on nothing (every trial's F1 0) and promoted as the champion.
+    in_head, in_tail = (int(part.notna().any(axis=1).sum()) for part in (data.iloc[:split], clean))
+    if in_head < _MIN_ROWS or in_tail < _MIN_ROWS:
+        sparse = " with a value" if (in_head, in_tail) != (len(head), len(clean)) else ""
         raise ModelError(
             f"job {job.name}, series {series}: {rows} rows are too few to tune (at least {_MIN_ROWS} in the fitted "
-            f"head and {_MIN_ROWS} in the held-back tail, now {len(head)} and {len(clean)}); widen training_window "
-            "or change tune.holdout_fraction"
+            f"head and {_MIN_ROWS} in the held-back tail, now {in_head} and {in_tail}{sparse}, held back from "
+            f"{_iso(clean.index[0]) if len(clean) else 'the end'}); widen training_window or change tune.holdout_fraction"
         )
     emptied = [str(name) for name in head.columns if head[name].isna().all() and data[name].iloc[:split].notna().any()]
     if emptied:
@@ -413,6 +419,15 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
         return {**decision, "promoted": True, "reason": "no champion yet", "planted_afresh": False, "stretches": [], "champion": None}
     version, champion = current
     champion_kind = version.metadata.get("model")
+    moved = frequency_change(job, version)
+    if moved is not None:
+        # Scoring refuses a model of another grid: kept, it would leave nothing serving.
+        return {
+            **decision, "promoted": True,
+            "reason": f"the job's {moved} since champion {version.version} ({champion_kind}) was trained: it cannot score "
+            "rows of the new frequency, so it is replaced without a comparison",
+            "planted_afresh": False, "stretches": [], "champion": {"version": version.version, "kind": champion_kind},
+        }
     first = holdout.replanted(job.tune.seed + len(holdout.plantings))
     afresh = first is not holdout
     earlier = first.earlier_stretches(
@@ -507,6 +522,8 @@ def tune_series(
         "rows": len(data),
         # The job's model the search started from: train ignores tuned.json once the job file changes it.
         "configured_model": configured_model(job),
+        # The grid it was tuned on: train ignores tuned.json once the job file changes it.
+        "frequency": duration_text(job.frequency),
         "objective": holdout.describe(),
         "budget": {"trials": job.tune.trials, "timeout_seconds": job.tune.timeout.total_seconds()},
         "searched": {kind: sorted(space) for kind, space in spaces.items()},

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -181,6 +182,24 @@ def test_champion_version_names_the_pointer_even_when_it_cannot_be_loaded(regist
                    registry.storage_options)
     assert registry.champion_version("sales", SERIES) == kept.version
     with pytest.raises(ModelError, match=f"no complete model version '{kept.version}'"):
+        registry.champion("sales", SERIES)
+
+
+def test_a_champion_whose_version_is_gone_names_the_pointer_and_says_to_train(registry: ModelRegistry) -> None:
+    # Scoring said only "no complete model version ...; known versions: <the others>": neither
+    # that the champion pointer was the problem nor what to run.
+    older = registry.register("sales", SERIES, {"model.skops": b"old"}, {})
+    kept = registry.register("sales", SERIES, {"model.skops": b"ok"}, {})
+    registry.promote("sales", SERIES, kept.version)
+    folder = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "versions", kept.version)
+    for name in storage.find(folder, registry.storage_options):
+        storage.remove(storage.join(folder, name), registry.storage_options)
+    with pytest.raises(
+        ModelError,
+        match=rf"^job sales, series {re.escape(SERIES)}: the champion pointer .*champion\.json names a version that is gone: "
+        rf"no complete model version '{kept.version}' in .* \(its folder or its metadata\.json is missing; complete versions: "
+        rf"{older.version}\); run the job's train to register and promote a new model$",
+    ):
         registry.champion("sales", SERIES)
 
 

@@ -74,6 +74,22 @@ def test_a_champion_that_cannot_score_the_job_s_features_names_the_job_series_an
         score_series(job, "all", hourly(16, ("a", "b", "c")), DAY, run_id="predict")
 
 
+def test_a_champion_of_another_frequency_refuses_to_score_naming_the_job_series_version_and_frequencies(tmp_path: Path) -> None:
+    # The job file now says 30min: the hourly champion's season, level and lookback count rows,
+    # so it scored the new rows without any error, as if each were an hour.
+    trained = train_series(make_job(tmp_path, season="1d"), "all", hourly(14), TRAIN, run_id="train")
+    job = make_job(tmp_path, season="1d")
+    job = job.model_copy(update={"frequency": pd.Timedelta("30min").to_pytimedelta()})
+    data = hourly(8).set_axis(pd.date_range("2024-01-12", periods=24 * 8, freq="30min", tz="UTC"))
+    with pytest.raises(
+        ModelError,
+        match=rf"^job scored, series all, window \[2024-01-15T00:00:00\+00:00, .*\): model version {trained.version} "
+        r"cannot score: the job's frequency changed \(1h → 30min\) since it was trained.*"
+        r"`anomaly-pipelines train scored` to train it on the new grid",
+    ):
+        score_series(job, "all", data, DAY, run_id="predict")
+
+
 NEXT_DAY = Window(to_utc("2024-01-16T00:00:00Z"), to_utc("2024-01-17T00:00:00Z"))
 
 

@@ -75,6 +75,18 @@ def test_a_worse_challenger_is_registered_but_never_serves(tmp_path: Path) -> No
     assert [v.version for v in registry.versions(job.name, "all")] == [first.version, second.version]
 
 
+def test_an_infinite_value_in_the_held_back_rows_does_not_let_a_worse_challenger_serve(tmp_path: Path) -> None:
+    # One overflowed reading made both errors inf, and inf <= inf promoted the garbage model.
+    job = make_job(tmp_path, season="1d")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    worse = _worse_head(1)
+    worse.iloc[-3, 0] = np.inf
+    second = train_series(job, "all", worse, WINDOW, run_id="second")
+    assert np.isfinite(second.metrics["holdout_error"]) and np.isfinite(second.metrics["champion_holdout_error"])
+    assert not second.promoted and "kept the champion (the new model is worse)" in second.reason
+    assert registry_for(job).champion(job.name, "all").version == first.version
+
+
 def test_a_better_challenger_replaces_the_champion(tmp_path: Path) -> None:
     job = make_job(tmp_path, season="1d")
     old = train_series(job, "all", cycle(0, phase_hours=12), WINDOW, run_id="old")  # the cycle moved since
@@ -128,6 +140,35 @@ def test_a_failed_training_registers_nothing(tmp_path: Path) -> None:
     registry = registry_for(job)
     assert [v.version for v in registry.versions(job.name, "all")] == [first.version]
     assert registry.champion(job.name, "all").version == first.version
+
+
+def test_a_window_of_mostly_missing_rows_is_too_short_to_train(tmp_path: Path) -> None:
+    # A new region that reported twice a day apart: resampling gives 25 hourly rows, 23 missing.
+    job = make_job(tmp_path, season="1d")
+    sparse = cycle(0).iloc[:25].copy()
+    sparse.iloc[1:-1] = np.nan
+    with pytest.raises(
+        ModelError,
+        match=r"job trained, series new: only 2 rows with a value \(of 25 on the job's frequency grid\) in "
+        r"training window \[2024-01-01T00:00:00\+00:00, .*\); at least 10 are needed. Widen training_window",
+    ):
+        train_series(job, "new", sparse, WINDOW, run_id="sparse")
+    registry = registry_for(job)
+    assert registry.versions(job.name, "new") == [] and registry.champion(job.name, "new") is None
+
+
+def test_a_training_whose_held_back_rows_hold_no_value_keeps_the_champion_and_says_why(tmp_path: Path) -> None:
+    # The source sent its last rows without values: neither model can be judged there, and the
+    # reason said the new model was worse, sending people to look at it.
+    job = make_job(tmp_path, season="1d")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    silent = cycle(1)
+    silent.iloc[int(len(silent) * 0.8) :] = np.nan
+    second = train_series(job, "all", silent, WINDOW, run_id="second")
+    assert not second.promoted and second.reason.endswith(
+        "kept the champion (the errors cannot be compared: no forecast of a compared row with a value)"
+    ), second.reason
+    assert registry_for(job).champion(job.name, "all").version == first.version
 
 
 def test_a_detectors_own_error_names_the_job_the_series_and_the_window(tmp_path: Path) -> None:
@@ -357,6 +398,24 @@ def test_a_model_changed_in_the_job_file_serves_after_the_next_training(tmp_path
     assert third.reason.startswith("holdout error ") and "the job's" not in third.reason
     assert third.promoted is (third.metrics["holdout_error"] <= third.metrics["champion_holdout_error"])
     assert registry.champion(job.name, "all").version == (third.version if third.promoted else second.version)
+
+
+def test_a_frequency_changed_in_the_job_file_serves_after_the_next_training_without_a_warm_start(tmp_path: Path) -> None:
+    # iforest's lags count rows: a forest of hourly rows learned nothing of 30-minute rows, and a
+    # comparison on them could keep it serving, scoring the new rows as if they were hours.
+    job = make_job(tmp_path, "iforest", n_estimators=20)
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    faster = job.model_copy(update={"frequency": pd.Timedelta("30min").to_pytimedelta()})
+    data = _worse_head(1).set_axis(pd.date_range(WINDOW.start, periods=24 * DAYS, freq="30min"))
+    second = train_series(faster, "all", data, WINDOW, run_id="second")
+    assert second.promoted and second.reason.startswith(
+        "promoted: the job's frequency changed (1h → 30min), so the new model serves without a comparison"
+    ), second.reason
+    registry = registry_for(job)
+    assert registry.champion(job.name, "all").version == second.version != first.version
+    metadata = registry.version(job.name, "all", second.version).metadata
+    assert metadata["frequency"] == "30min" and metadata["warm_started"] is False
+    assert registry.version(job.name, "all", first.version).metadata["frequency"] == "1h"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.config import JobConfig, parse_job
 from pipelines.detectors.synthetic import mean_event_f1
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, ModelError
 from pipelines.training import detector_for, registry_for, train_series
 from pipelines.tuning import evaluate, prepare_holdout, tune_series
 from pipelines.workspace import Window
@@ -612,3 +612,52 @@ def test_train_ignores_tuned_params_once_the_job_file_changes_its_model(tmp_path
     assert version.metadata["params"]["level_window"] == 48 and version.metadata["tuned_params"] == {}
     assert "ignoring tuned seasonal_mad params: the job's model changed since that tuning" in caplog.text
     assert trained.promoted and trained.reason.startswith("promoted: the job's model changed (seasonal_mad params: level_window ")
+
+
+def test_train_ignores_tuned_params_once_the_job_file_changes_its_frequency(tmp_path, daily, caplog):
+    from datetime import timedelta
+
+    tuned = tune_series(make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [6]}), SERIES, daily)
+    assert tuned["promoted"] and tuned["params"] == {"level_window": 6}
+    # 6 rows were 6 hours; at 30 minutes they are 3: what tuning chose is not what it means now.
+    faster = make_job(tmp_path, {"kind": "seasonal_mad"}).model_copy(update={"frequency": timedelta(minutes=30)})
+    data = daily.set_axis(pd.date_range("2024-01-01", periods=len(daily), freq="30min", tz="UTC"))
+    trained = train_series(faster, SERIES, data, _window(data), run_id="after-frequency-change")
+    version = registry_for(faster).version(faster.name, SERIES, trained.version)
+    assert version.metadata["params"]["level_window"] == 24 and version.metadata["tuned_params"] == {}
+    assert "ignoring tuned seasonal_mad params: the job's frequency changed (1h → 30min) since that tuning" in caplog.text
+    assert trained.promoted and trained.reason.startswith("promoted: the job's frequency changed (1h → 30min)")
+
+
+def test_a_window_of_mostly_missing_rows_is_too_short_to_tune(tmp_path, daily):
+    # A new site that reported a few times: resampling leaves the hours between missing. Tuned,
+    # every trial scored F1 0 on a held-back tail of missing rows and the first one was promoted.
+    job = make_job(tmp_path, {"kind": "seasonal_mad", "params": {"season": None}}, trials=4)
+    sparse = daily.iloc[:200].copy()
+    sparse.iloc[3:-3] = np.nan
+    with pytest.raises(
+        ModelError,
+        match=r"job tuned_job, series site=a: 200 rows are too few to tune \(at least 10 in the fitted head and 10 in the "
+        r"held-back tail, now 3 and 3 with a value, held back from 2024-01-07T06:00:00\+00:00\); widen training_window",
+    ):
+        tune_series(job, SERIES, sparse, _window(sparse))
+    registry = registry_for(job)
+    assert registry.champion(job.name, SERIES) is None and registry.versions(job.name, SERIES) == []
+
+
+def test_tuning_replaces_a_champion_of_another_frequency(tmp_path, daily):
+    from datetime import timedelta
+
+    first = tune_series(make_job(tmp_path, {"kind": "seasonal_mad"}, trials=10), SERIES, daily)
+    assert first["promoted"]
+    # Scoring refuses the hourly champion once the job is at 30 minutes: kept because a weak
+    # challenger was not clearly better than it, it left the series with nothing that can score.
+    worse = make_job(tmp_path, {"kind": "seasonal_mad"}, trials=10, grid={"season": [None], "level_window": [3]})
+    faster = worse.model_copy(update={"frequency": timedelta(minutes=30)})
+    data = daily.set_axis(pd.date_range("2024-01-01", periods=len(daily), freq="30min", tz="UTC"))
+    second = tune_series(faster, SERIES, data, _window(data))
+    assert second["promoted"] and second["reason"].startswith(
+        f"the job's frequency changed (1h → 30min) since champion {first['version']} (seasonal_mad) was trained"
+    ), second["reason"]
+    champion = registry_for(faster).champion(faster.name, SERIES)
+    assert champion.version == second["version"] != first["version"] and champion.metadata["frequency"] == "30min"
