@@ -12,7 +12,7 @@ import pandas as pd
 from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import LSTMParams
-from pipelines.errors import MissingDependencyError
+from pipelines.errors import MissingDependencyError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,12 @@ _MIN_TRAINING_ROWS = 40
 _VALIDATION_SHARE = 0.2
 #: Windows per forward pass when scoring (every pass has exactly this many; see _predict).
 _SCORE_BATCH = 512
+#: Largest standardised magnitude the network reads or learns (robust scales). The network runs
+#: in float32: a value the base class lets through (below 1e154) overflowed it, e.g. a float32
+#: "no data" marker (3.4e38) on a series of scale 0.01, and an infinite target turned every
+#: weight into NaN. A million scales saturate the LSTM's gates anyway, and squared errors of that
+#: size still sum finitely in float32.
+_STANDARD_BOUND = 1e6
 
 
 def _torch() -> Any:
@@ -129,7 +135,11 @@ class LSTMDetector(BaseDetector):
 
     def _train_network(self, X: pd.DataFrame, params: LSTMParams, initial: dict[str, np.ndarray] | None) -> np.ndarray:
         torch = _torch()
-        self._require_rows(X, max(_MIN_TRAINING_ROWS, 5 * params.window), "five windows at least")
+        # Names the parameter: a smaller window is often the fix when the history cannot grow.
+        self._require_rows(
+            X, max(_MIN_TRAINING_ROWS, 5 * params.window),
+            f"five windows at least, of window={params.window} rows; a smaller window needs fewer",
+        )
         # The forecaster reads window rows, and a missing one among them is carried from at most
         # window rows further back (_windows). Bounding the fill keeps a forecast a function of
         # the lookback_ rows before it, so scoring rows in pieces (each given lookback_ rows of
@@ -157,6 +167,15 @@ class LSTMDetector(BaseDetector):
         # a padded window), so that the threshold is taken from the scores detect() gives.
         errors = values - self._forecast(torch, network, standard, n_history=0)
         held_back = errors[params.window + split :] / self.scale_
+        counts = np.isfinite(held_back).sum(axis=0)
+        sparse = {str(c): int(n) for c, n in zip(X.columns, counts.tolist(), strict=True) if n < 2}
+        if sparse:  # the calibration refused them with a message naming no feature nor rows
+            raise ModelError(
+                f"LSTMDetector: some features have fewer than 2 values in the latest {len(held_back)} training rows "
+                f"(from {X.index[params.window + split]} to {X.index[-1]}), which set their error scale and score "
+                f"calibration (feature: values): {sparse}; fix them at the source, widen the training window, or "
+                "leave them out of the job's features"
+            )
         scale = np.nanmedian(np.abs(held_back - np.nanmedian(held_back, axis=0)), axis=0) * _MAD_TO_SIGMA
         self.error_scale_ = np.maximum(np.nan_to_num(scale, nan=1.0), 1e-6)
         raw = np.abs(errors) / (self.error_scale_ * self.scale_)
@@ -245,7 +264,7 @@ class _deterministic:
 def _windows(standard: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows - window) input windows and the row after each; a missing input is carried forward
     at most ``window`` rows (see ``lookback_``), then stands at the median (0)."""
-    filled = pd.DataFrame(standard).ffill(limit=window).fillna(0.0).to_numpy(dtype="float32")
+    filled = pd.DataFrame(standard).ffill(limit=window).fillna(0.0).clip(-_STANDARD_BOUND, _STANDARD_BOUND).to_numpy(dtype="float32")
     views = np.lib.stride_tricks.sliding_window_view(filled, window, axis=0)[:-1]
     return np.ascontiguousarray(views.transpose(0, 2, 1)), standard[window:]
 
@@ -260,7 +279,7 @@ def _train(
     params: LSTMParams,
 ) -> tuple[int, float]:
     inputs = torch.from_numpy(windows)
-    goal = torch.from_numpy(np.nan_to_num(targets).astype("float32"))
+    goal = torch.from_numpy(np.clip(np.nan_to_num(targets), -_STANDARD_BOUND, _STANDARD_BOUND).astype("float32"))
     weight = torch.from_numpy(observed.astype("float32"))  # missing targets teach nothing
     optimizer = torch.optim.Adam(network.parameters(), lr=params.learning_rate)
     generator = torch.Generator().manual_seed(params.random_state)

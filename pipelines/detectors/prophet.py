@@ -135,6 +135,14 @@ class ProphetDetector(BaseDetector):
                 "week and year. Give the job a timestamp column, or use another model."
             )
         self._require_rows(X, _MIN_TRAINING_ROWS, "to fit a trend and calibrate its scores")
+        counts = np.isfinite(X.to_numpy()).sum(axis=0)
+        sparse = {str(c): int(n) for c, n in zip(X.columns, counts.tolist(), strict=True) if n < 2}
+        if sparse:  # Prophet refused them with a bare ValueError naming no feature
+            raise ModelError(
+                f"ProphetDetector: some features have fewer than 2 values in the {len(X)} training rows from "
+                f"{X.index[0]} to {X.index[-1]}, too few to fit a trend (feature: values): {sparse}; fix them at the "
+                "source, widen the training window, or leave them out of the job's features"
+            )
         prophet, _ = _prophet()
         self.lookback_ = 1  # forecasts depend on timestamps only; no history is needed
         self.models_ = []
@@ -180,10 +188,17 @@ class ProphetDetector(BaseDetector):
         held_back = held_back_rows(len(X), _MIN_TRAINING_ROWS)
         if held_back:
             head, tail = X.iloc[:-held_back], X.iloc[-held_back:]
-            # Started from the whole window's optimum only to converge sooner: the MAP fit on the
-            # head is the head's own, so the tail stays out of sample.
-            expected, half = self._forecast(tail.index, fit(head, self.models_, "the whole window's fit"))
-            raw = np.vstack([raw, _outside(tail.to_numpy(), expected, half)])
+            # A feature with fewer than 2 values before the held-back rows (a sensor added lately)
+            # has no model to forecast them from: it calibrates on its fitted rows alone.
+            fitted = np.flatnonzero(np.isfinite(head.to_numpy()).sum(axis=0) >= 2)
+            out_of_sample = np.full(tail.shape, np.nan)
+            if fitted.size:
+                # Started from the whole window's optimum only to converge sooner: the MAP fit on the
+                # head is the head's own, so the tail stays out of sample.
+                starts = [self.models_[f] for f in fitted]
+                expected, half = self._forecast(tail.index, fit(head.iloc[:, fitted], starts, "the whole window's fit"))
+                out_of_sample[:, fitted] = _outside(tail.iloc[:, fitted].to_numpy(), expected, half)
+            raw = np.vstack([raw, out_of_sample])
         self.calibration_rows_ = held_back
         self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]
         return self._calibrate(raw)
@@ -251,8 +266,11 @@ def _check_country(country: str) -> None:
     except (ImportError, MissingDependencyError):
         return  # the fit says which package to install
     try:
-        get_country_holidays_class(country)
-    except AttributeError:
+        # Built once, as the fit would: the holidays package also exports calendar constants
+        # (MON, JAN, SUN...) that pass the code's pattern and Prophet's lookup, then failed the
+        # fit with "'int' object is not callable".
+        get_country_holidays_class(country)(years=[2000])
+    except (AttributeError, TypeError):
         codes = ", ".join(sorted(code for code in holidays.list_supported_countries() if len(code) == 2))
         raise ConfigError(
             f"invalid ProphetDetector ('prophet') parameters: parameter 'holidays_country': no public holidays are "

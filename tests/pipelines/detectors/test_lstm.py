@@ -128,3 +128,40 @@ def test_a_model_saved_asking_for_window_rows_of_history_asks_for_what_its_fill_
     # window rows further back: scoring in pieces needs both as history.
     assert old.lookback_ == detector.lookback_ == 2 * detector.window
     np.testing.assert_array_equal(old.detect(test, history=train).score, detector.detect(test, history=train).score)
+
+
+def test_a_feature_missing_from_the_held_back_rows_is_named_with_those_rows(series) -> None:
+    # A sensor dead over the latest training rows left nothing to calibrate its errors on: the
+    # calibration refused with "cannot calibrate scores from 0 finite training score(s)".
+    from pipelines.errors import ModelError
+
+    train = series[0].copy()
+    train.iloc[-100:, 1] = np.nan
+    message = (
+        r"LSTMDetector: some features have fewer than 2 values in the latest 96 training rows "
+        r"\(from 2024-01-18 00:00:00\+00:00 to 2024-01-21 23:00:00\+00:00\).*\{'b': 0\}; fix them at the source"
+    )
+    with pytest.raises(ModelError, match=message):
+        LSTMDetector(hidden_size=8, max_epochs=1).fit(train)
+
+
+def test_a_float32_no_data_marker_in_training_does_not_break_the_network(series) -> None:
+    # 3.4e38 is finite (the base class takes only magnitudes from 1e154 as infinite), but on a series
+    # of scale 0.01 it overflowed the network's float32 windows and targets: every weight turned NaN
+    # and the fit failed on "missing" held-back values.
+    train, test = (frame * 0.01 for frame in series)
+    train.iloc[100, 0] = float(np.finfo(np.float32).max)
+    detector = LSTMDetector(hidden_size=8, max_epochs=3).fit(train)
+    assert all(np.isfinite(weights).all() for weights in detector.state_dict_.values())
+    test = test.copy()
+    test.iloc[20, 0] += 0.3  # thirty sigma
+    detection = detector.detect(test, history=train)
+    assert detection.is_anomaly[20, 0] and detection.is_anomaly.mean() < 0.02
+
+
+def test_too_few_rows_for_the_window_names_the_parameter(series) -> None:
+    from pipelines.errors import ModelError
+
+    message = r"needs at least 240 training rows \(five windows at least, of window=48 rows; a smaller window needs fewer\); got 200"
+    with pytest.raises(ModelError, match=message):
+        LSTMDetector(window=48).fit(series[0].iloc[:200])

@@ -173,3 +173,36 @@ def test_a_short_window_calibrates_on_its_fitted_rows(series) -> None:
     from pipelines.detectors import load_detector
 
     assert load_detector("prophet", short.to_files()).calibration_rows_ == 0
+
+
+def test_a_feature_with_fewer_than_two_values_is_named(series) -> None:
+    # Prophet refused it inside the fit with a bare ValueError ("Dataframe has less than 2 non-NaN rows.").
+    from pipelines.errors import ModelError
+
+    train = series[0].iloc[:200].copy()
+    train.iloc[:-1, 1] = np.nan
+    with pytest.raises(ModelError, match=r"fewer than 2 values in the 200 training rows from .* \(feature: values\): \{'b': 1\}"):
+        ProphetDetector().fit(train)
+
+
+def test_a_feature_added_within_the_held_back_rows_calibrates_on_its_fitted_rows(series) -> None:
+    # Its values all fall in the held-back rows: the head had none to fit a model on, and the fit
+    # failed with Prophet's ValueError after a warning about a warm start.
+    train = series[0].copy()
+    train.iloc[:-30, 1] = np.nan
+    detector = ProphetDetector().fit(train)
+    assert detector.calibration_rows_ == 100
+    # The other feature keeps its held-back calibration, as if fitted alone.
+    alone = ProphetDetector().fit(train[["a"]])
+    assert detector.calibrators_[0].to_dict() == alone.calibrators_[0].to_dict()
+    assert np.isfinite(detector.detect(series[1]).score).all()
+
+
+@pytest.mark.parametrize("code", ["MON", "JAN", "SUN"])
+def test_a_calendar_constant_of_the_holidays_package_is_no_country(series, code: str) -> None:
+    # holidays exports MON = 0, JAN = 1...: they passed the check, then the fit failed with
+    # "TypeError: 'int' object is not callable".
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"parameter 'holidays_country': no public holidays are known for it.*\(got '{code}'\)"):
+        ProphetDetector(holidays_country=code).fit(series[0].iloc[:200])
