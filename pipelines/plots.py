@@ -104,6 +104,12 @@ def _drawn_rows(x: np.ndarray, lines: list[np.ndarray], stretches: int) -> np.nd
     return np.union1d(rows[np.concatenate(keep)], gaps)
 
 
+def _alone(position: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """Rows of ``line`` that can be drawn but whose neighbours (along ``position``, sorted) cannot."""
+    drawable = np.isfinite(position) & np.isfinite(line)
+    return drawable & ~np.r_[False, drawable[:-1]] & ~np.r_[drawable[1:], False]
+
+
 def _along(column: pd.Series) -> tuple[np.ndarray, np.ndarray, tzinfo | None]:
     """The time (or row) axis of a panel: what matplotlib draws, numbers to cut it into stretches,
     and the time zone of its labels. Timestamps go to matplotlib as UTC ``datetime64`` (the zone set
@@ -181,6 +187,17 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
         axis.plot(x[line], expected[line], color="tab:blue", lw=0.7, ls="--", label="expected")
         line = _drawn_rows(position, [values], _STRETCHES)
         axis.plot(x[line], values[line], color="0.2", lw=0.7, label="value")
+        # A value between gaps (or a series of one row) is a line of one point, which draws nothing:
+        # such values were missing from the picture, and a one-row series showed an empty panel.
+        for curve, style in ((expected, {"color": "tab:blue"}), (values, {"color": "0.2"})):  # the value on top
+            alone = _alone(position, curve)
+            if alone.any():
+                axis.plot(x[alone], curve[alone], ls="none", marker="o", ms=2.5, label="_alone", **style)
+        placed = np.isfinite(position)
+        if placed.any() and np.issubdtype(x.dtype, np.datetime64) and position[placed].min() == position[placed].max():
+            # One instant: matplotlib spans it by years either side; an hour either side, as the dashboard does.
+            moment = x[placed][0]
+            axis.set_xlim(moment - np.timedelta64(1, "h"), moment + np.timedelta64(1, "h"))
         # Only markers that are there get a legend entry.
         if leads.any():
             axis.scatter(x[leads], values[leads], color="tab:red", s=18, zorder=3, label="anomaly")
@@ -189,12 +206,16 @@ def plot_outputs(frame: pd.DataFrame, path: str | Path, *, title: str = "") -> l
                          label="anomaly, another signal contributed most")
         # Names are data, not markup: matplotlib would read "$...$" in a dimension value ("price=$5 to $10")
         # as mathematical notation, and fail on "$$".
-        axis.set_title(f"{series} · {feature}: {int(flagged.sum())} of {len(part)} rows flagged", fontsize=9, loc="left", parse_math=False)
+        missing = "" if np.isfinite(values).any() else "; every value missing"
+        caption = f"{series} · {feature}: {int(flagged.sum())} of {len(part)} rows flagged{missing}"
+        axis.set_title(caption, fontsize=9, loc="left", parse_math=False)
         drawn.append(Panel(str(series), str(feature), len(part), int(flagged.sum()), int(leads.sum())))
         for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
     figure.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize=7, ncols=5, frameon=False)
-    axes[-1, 0].set_xlabel(axis_column)
+    # The zone the times are labelled in (the outputs are UTC): "01 00:00" did not say which.
+    zone = _along(shown[-1][1][axis_column])[2]
+    axes[-1, 0].set_xlabel(f"{axis_column} ({zone})" if zone is not None else axis_column)
     omitted = len(groups) - len(shown)
     heading = title + (f" ({omitted} more panels not drawn: the {len(shown)} with the most flagged rows are)" if omitted else "")
     if heading:

@@ -25,7 +25,8 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    return "" if value is None else str(value)
+    # One line a row: a reason of several lines (an error message) broke the table in a task's log.
+    return "" if value is None else " ".join(str(value).splitlines())
 
 
 def log_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:

@@ -257,6 +257,16 @@ def _verdicts(job: JobConfig, events: list[dict[str, Any]]) -> dict[tuple[str, s
     return found
 
 
+def _listed(shown: list[dict[str, Any]], chosen: set[str]) -> list[dict[str, Any]]:
+    """The rows of the series table, in ``shown``'s order: the chosen series, then as many of the others
+    as fit in PAGE_SERIES. A series chosen in the filters, as the page tells people to do to see one
+    past the first PAGE_SERIES, was still left out of the table."""
+    picked = [row for row in shown if row["series"] in chosen][:PAGE_SERIES]
+    others = [row for row in shown if row["series"] not in chosen][: PAGE_SERIES - len(picked)]
+    kept = {row["series"] for row in picked + others}
+    return [row for row in shown if row["series"] in kept]
+
+
 def _form_time(moment: datetime | None, seconds: bool) -> tuple[str, str | None]:
     """A UTC time as the value of a ``datetime-local`` input, and the input's ``step``.
 
@@ -310,7 +320,7 @@ def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict
         filters=filters,
         summary=summary,
         shown=shown,
-        listed=shown[:PAGE_SERIES],
+        listed=_listed(shown, set(filters.series)),
         selected=set(filters.series),
         charted=charted,
         unknown=unknown,

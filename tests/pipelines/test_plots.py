@@ -214,3 +214,34 @@ def test_a_short_series_is_drawn_row_by_row(tmp_path, drawn) -> None:
     assert np.array_equal(expected.get_ydata(), frame["expected"].to_numpy())
     assert len(band.get_paths()[0].vertices) > 2 * 3000
     assert str(axis.xaxis.get_units()) == "Europe/Paris"  # dates labelled in the series' own zone
+
+
+def test_a_lone_value_is_drawn_and_one_row_gets_a_readable_time_axis(tmp_path, drawn) -> None:
+    """A line of one point draws nothing: a series of one row showed an empty panel spanning four
+    years, and a value between two gaps was left out of the picture."""
+    one = outputs(1, {}, rows=1)
+    plot_outputs(one, tmp_path / "one.png")
+    axis = drawn[-1].axes[0]
+    dots = [line for line in axis.get_lines() if line.get_label() == "_alone"]
+    assert [list(line.get_ydata()) for line in dots] == [one["expected"].tolist(), one["value"].tolist()]
+    low, high = axis.get_xlim()
+    assert high - low == pytest.approx(2 / 24)  # an hour either side, in matplotlib's days
+
+    sparse = outputs(1, {}, rows=48)
+    sparse.loc[sparse.index % 2 == 1, "value"] = np.nan  # every other row missing: no two values adjacent
+    plot_outputs(sparse, tmp_path / "sparse.png")
+    value = [line for line in drawn[-1].axes[0].get_lines() if line.get_label() == "_alone"][-1]
+    assert np.array_equal(value.get_ydata(), sparse["value"].dropna().to_numpy())
+
+
+def test_a_panel_says_when_every_value_is_missing_and_the_axis_its_zone(tmp_path, drawn) -> None:
+    """A series whose values were all missing drew its band alone under "0 of 48 rows flagged", and
+    the time axis ("01 00:00") did not say in which zone it was labelled."""
+    frame = outputs(2, {}).assign(timestamp=lambda f: f["timestamp"].dt.tz_convert("Europe/Paris"))
+    frame.loc[frame["series"] == "host=h01", "value"] = np.nan
+    plot_outputs(frame, tmp_path / "void.png")
+    titles = {axis.get_title(loc="left") for axis in drawn[0].axes if axis.get_title(loc="left")}
+    assert titles == {"host=h00 · cpu: 0 of 48 rows flagged", "host=h01 · cpu: 0 of 48 rows flagged; every value missing"}
+    assert drawn[0].axes[1].get_xlabel() == "timestamp (Europe/Paris)"
+    plot_outputs(outputs(1, {}), tmp_path / "utc.png")
+    assert drawn[-1].axes[0].get_xlabel() == "timestamp (UTC)"

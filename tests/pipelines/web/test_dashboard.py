@@ -147,6 +147,22 @@ def test_the_series_table_lists_the_most_anomalous_series_and_the_selector_all(d
     assert 'data-testid="series-listed"' not in dash.get(f"{D}/jobs/demo_web_metrics").text
 
 
+def test_a_series_chosen_past_the_listed_ones_is_listed(dash, monkeypatch):
+    """The page says to choose a series in the filters to see one past the first PAGE_SERIES; chosen,
+    it was charted but still left out of the table."""
+    from pipelines.web import dashboard
+
+    monkeypatch.setattr(dashboard, "PAGE_SERIES", 2)
+    rows = [row["series"] for row in data.series_summary(get_job("demo_web_metrics"), data.Filters())]
+    page = dash.get(f"{D}/jobs/demo_web_metrics", params={"series": rows[-1]}).text
+    listed = re.findall(r'<tr class="series-row([^"]*)" data-series="([^"]+)"', page)
+    assert listed == [("", rows[0]), (" selected", rows[-1])]  # the most anomalous other, then the chosen one
+    assert 'data-testid="series-listed">The 2 series chosen or with the most anomalies are listed' in page
+    monkeypatch.setattr(dashboard, "PAGE_SERIES", 1)
+    page = dash.get(f"{D}/jobs/demo_web_metrics", params={"series": rows[-1]}).text
+    assert re.findall(r'<tr class="series-row[^"]*" data-series="([^"]+)"', page) == [rows[-1]]
+
+
 def test_the_filter_form_with_empty_fields_shows_everything(dash):
     """The form sends every field, empty ones as name= (a 422 for an empty least score once)."""
     empty = {"start": "", "end": "", "min_score": "", "only_anomalies": ""}
