@@ -277,13 +277,16 @@ def build_predict_dag(job: JobConfig):
                 job, input_path=params.get("input"), output=_conf_path(params.get("output")), chunk_rows=int(params["chunk_rows"]),
                 start=params.get("start"), end=params.get("end"),
             )
+            # A window typed wrong is refused as such, even before the job's first training.
+            window = None if params.get("input") else prediction_window(
+                interval_start, interval_end, start=params.get("start"), end=params.get("end"), job=job
+            )
             check_serving(job)  # before the first training: "train first", not a validation failure
-            if params.get("input"):
+            if window is None:
                 extracted = extract_chunks(
                     job, run_id=run_id, input_path=params["input"], chunk_rows=int(params["chunk_rows"])
                 )
                 return {**extracted.to_dict(), "one_off": True}
-            window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"), job=job.name)
             return {**extract_window(job, window, run_id=run_id, history_rows=history_rows(job, window.start)).to_dict(), "one_off": False}
 
         @task

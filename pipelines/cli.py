@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from pipelines.config import find_job, job_files, jobs_dir, scan_job_files
@@ -56,6 +56,16 @@ def _refuse_overwriting(written: dict[str, str | None], read: dict[str, str | No
         if identity in seen:
             raise ConfigError(f"{option} {path!r} is the {seen[identity]} file: writing it would replace that file; give another path")
         seen[identity] = option
+
+
+def _check_parquet_output(path: str | None, option: str) -> None:
+    """Fail before any work when the output's name says another format: Parquet was written under
+    any name, so ``scores.csv`` was a Parquet file no CSV reader opens."""
+    from pipelines.sources.file import suffix_format
+
+    written = suffix_format(path) if path else None
+    if written not in (None, "parquet"):
+        raise ConfigError(f"{option} {path!r} names a {written} file, but the scores are written as Parquet: give a .parquet name")
 
 
 def _json_params(text: str | None) -> dict:
@@ -124,6 +134,11 @@ def _common_folder(paths: list[str]) -> str:
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
+    if not args.paths and not jobs_dir().is_dir():
+        # It was read as one job file: "FAIL /x: cannot read job file: No such file or directory".
+        print(f"the job folder {jobs_dir()} does not exist: create it, or point $ANOMALY_PIPELINES_JOBS_DIR "
+              "(default: config/jobs under $ANOMALY_PIPELINES_BASE_DIR) at the folder holding the job files", file=sys.stderr)
+        return 1
     given = [Path(p) for p in args.paths] or [jobs_dir()]
     # A folder stands for its job files, as config/jobs does by default: it was read as one job
     # file and failed with "Is a directory".
@@ -178,6 +193,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.start or args.end:
             raise ConfigError("--input scores the whole file: leave out --start and --end")
         _refuse_overwriting({"--output": _from_shell(args.output)}, {"--input": _from_shell(args.input)})
+        _check_parquet_output(args.output, "--output")
         result = run_score_file(
             job, _from_shell(args.input), run_id=run_id, output=_from_shell(args.output), chunk_rows=args.chunk_rows
         )
@@ -187,7 +203,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not (args.start and args.end):
             # The library's "a scheduled data interval, or both 'start' and 'end'" names no option.
             raise ConfigError(f"job {job.name}: give the window to score with --start and --end, or a file with --input")
-        result = run_predict(job, prediction_window(None, None, start=args.start, end=args.end, job=job.name), run_id=run_id)
+        result = run_predict(job, prediction_window(None, None, start=args.start, end=args.end, job=job), run_id=run_id)
     _print_json(result.to_dict())
     _predict_summary(job.name, result)
     return 0
@@ -203,6 +219,21 @@ def _predict_summary(job: str, result: PublishResult) -> None:
           f"{sum(result.anomalies.values())} anomalous; written to {' and '.join(where) or 'nothing'}", file=sys.stderr)
 
 
+def _check_picture(path: str, option: str) -> None:
+    """Fail before any work when the picture cannot be drawn there: detect had scored and written
+    its output when the picture failed, and a folder's name (``out/``) became a PNG file of that name."""
+    from pipelines.plots import pyplot
+
+    pyplot()  # matplotlib not installed: the install command, before any work
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = PurePosixPath(path).suffix.lower().lstrip(".")
+    if suffix and suffix not in FigureCanvasBase.get_supported_filetypes():
+        raise ConfigError(f"{option} {path!r}: .{suffix} is not a picture format; name it .png, .svg or .pdf")
+    if path.endswith(("/", os.sep)) or ("://" not in path and os.path.isdir(path)):
+        raise ConfigError(f"{option} {path!r} is a folder: give the picture's file name, e.g. {os.path.join(path, 'anomalies.png')!r}")
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     from pipelines.adhoc import detect_files
 
@@ -210,6 +241,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         {"--output": _from_shell(args.output), "--plot": _from_shell(args.plot)},
         {"--train": _from_shell(args.train), "--input": _from_shell(args.input)},
     )
+    _check_parquet_output(args.output, "--output")
+    if args.plot:
+        _check_picture(_from_shell(args.plot), "--plot")
     frame = detect_files(
         _from_shell(args.train),
         _from_shell(args.input),
@@ -249,7 +283,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from pipelines.plots import plot_job
 
     job = find_job(args.job)
-    window = prediction_window(None, None, start=args.start, end=args.end, job=job.name)
+    _check_picture(_from_shell(args.out), "--out")
+    window = prediction_window(None, None, start=args.start, end=args.end, job=job)
     drawn = plot_job(job, window.start, window.end, _from_shell(args.out), series=args.series)
     flagged = sum(panel.flagged for panel in drawn)
     print(f"drawn: {len(drawn)} panels (series x feature), {flagged} flagged rows, in {args.out}")

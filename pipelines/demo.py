@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from pipelines.config import JobConfig, base_dir, get_job, resolve_path
+from pipelines.errors import PipelineError
 
 DEMO_JOBS = ("demo_web_metrics", "demo_sensors")
 TRAIN_END = "2024-03-01T00:00:00+00:00"
@@ -40,6 +41,10 @@ def setup_demo_database(path: Path | None = None) -> Path:
     return path
 
 
+class DemoError(RuntimeError):
+    """A step of the demo that failed; the task logs above it say why."""
+
+
 def _loaded_dags():
     from airflow.dag_processing.dagbag import DagBag
 
@@ -54,7 +59,7 @@ def _run_dag(dag_id: str, conf: dict, logical_date: str):
     # with it (pipelines.config.scan_jobs): it is shown, and the demo goes on.
     errors = "\n".join(f"{path}: {error}" for path, error in bag.import_errors.items())
     if dag_id not in bag.dags:
-        raise RuntimeError(f"the DAG {dag_id} was not loaded; DAG import errors:\n{errors or 'none'}")
+        raise DemoError(f"the DAG {dag_id} was not loaded; DAG import errors:\n{errors or 'none'}")
     if errors:
         print(f"   (DAG import errors, not of the demo jobs:\n{errors})", flush=True)
     dag = bag.dags[dag_id]
@@ -63,7 +68,7 @@ def _run_dag(dag_id: str, conf: dict, logical_date: str):
     state = str(getattr(run, "state", "unknown")).rsplit(".", 1)[-1]
     print(f"   {dag_id}: {state} in {time.monotonic() - started:.1f} s", flush=True)
     if state != "success":
-        raise RuntimeError(f"{dag_id} ended in state {state}; see the task logs above")
+        raise DemoError(f"{dag_id} ended in state {state}; see the task logs above")
     return run
 
 
@@ -123,11 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo SQLite table sensor_readings loaded into {database}")
     if args.setup_only:
         return 0
-    jobs = {name: get_job(name) for name in DEMO_JOBS}  # another job file that does not validate hides none
-    for name in DEMO_JOBS:
-        print(f"\n== {name}: train (window ending {TRAIN_END}) then predict {PREDICT_WINDOW}", flush=True)
-        _run_dag(f"{name}__train", {"end": TRAIN_END}, TRAIN_END)
-        _run_dag(f"{name}__predict", PREDICT_WINDOW, PREDICT_WINDOW["end"])
+    try:
+        jobs = {name: get_job(name) for name in DEMO_JOBS}  # another job file that does not validate hides none
+        for name in DEMO_JOBS:
+            print(f"\n== {name}: train (window ending {TRAIN_END}) then predict {PREDICT_WINDOW}", flush=True)
+            _run_dag(f"{name}__train", {"end": TRAIN_END}, TRAIN_END)
+            _run_dag(f"{name}__predict", PREDICT_WINDOW, PREDICT_WINDOW["end"])
+    except (DemoError, PipelineError) as exc:
+        # What failed, as the last line `make demo` prints, not a traceback of the demo's own code.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print("\n== Results")
     for name in DEMO_JOBS:
         print(summarize(jobs[name]))

@@ -175,3 +175,15 @@ def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, ca
     assert states["publish"] == ("success", 1), states
     assert len(pd.read_parquet(project / "scored" / "web.parquet")) > 0
     assert not (elsewhere / "scored").exists()
+
+
+@pytest.mark.parametrize("purpose", ["predict", "train"])
+def test_a_window_ending_before_it_starts_fails_extract_at_once_naming_the_job(project: Path, airflow_db, capfd, purpose):
+    # predict handed the job's name where its config was expected: an AttributeError, which is no
+    # permanent error, so the run took both retries (a minute apart) before failing with a traceback.
+    states = task_states(f"demo_web_metrics__{purpose}", {"start": "2024-03-08T00:00:00Z", "end": "2024-03-01T00:00:00Z"}, None)
+    assert states["extract"] == ("failed", 1), states
+    assert (
+        "job demo_web_metrics: window end 2024-03-01T00:00:00+00:00 is not after its start 2024-03-08T00:00:00+00:00; "
+        "give a start before the end" in capfd.readouterr().out
+    )

@@ -557,3 +557,60 @@ def test_the_help_is_plain_text(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert stopped.value.code == 0 and "anomaly-pipelines: the library's steps from a shell" in out and "``" not in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["predict", "demo_web_metrics"], ["plot", "demo_web_metrics", "--out", "x.png"],
+     ["train", "demo_web_metrics"], ["tune", "demo_web_metrics"]],
+)
+def test_a_window_ending_before_it_starts_names_the_job_and_says_what_to_do(project, command, capsys):
+    # predict and plot handed the job's name where its config was expected: an AttributeError
+    # traceback instead of the window's error.
+    assert main([*command, "--start", "2024-03-08T00:00:00Z", "--end", "2024-03-01T00:00:00Z"]) == 2
+    assert capsys.readouterr().err == (
+        "error: job demo_web_metrics: window end 2024-03-01T00:00:00+00:00 is not after its start 2024-03-08T00:00:00+00:00; "
+        "give a start before the end\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("picture", "message"),
+    [("scores.bmp", "--plot '{files}/scores.bmp': .bmp is not a picture format; name it .png, .svg or .pdf"),
+     ("pictures/", "--plot '{files}/pictures/' is a folder: give the picture's file name, e.g. '{files}/pictures/anomalies.png'"),
+     ("existing", "--plot '{files}/existing' is a folder: give the picture's file name, e.g. '{files}/existing/anomalies.png'")],
+)
+def test_detect_refuses_a_picture_it_cannot_draw_before_writing_anything(files, monkeypatch, picture, message, capsys):
+    # The output was scored and written, then the picture failed (exit 2, "written to" on stdout);
+    # a folder's name with a trailing slash became a PNG file named like the folder.
+    monkeypatch.chdir(files)
+    (files / "existing").mkdir()
+    args = ["detect", "--train", "train.csv", "--input", "test.csv", "--timestamp", "ts", "--features", "a"]
+    assert main([*args, "--output", "out.parquet", "--plot", picture]) == 2
+    assert capsys.readouterr().err == f"error: {message.format(files=files)}\n"
+    assert not (files / "out.parquet").exists() and not (files / "pictures").exists()
+
+
+def test_plot_refuses_a_folder_for_the_picture(project, tmp_path, capsys):
+    window = ["--start", "2024-03-01T00:00:00Z", "--end", "2024-03-02T00:00:00Z"]
+    assert main(["plot", "demo_web_metrics", *window, "--out", f"{tmp_path}/pictures/"]) == 2
+    assert f"--out '{tmp_path}/pictures/' is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("output", "kind"), [("scores.csv", "csv"), ("scores.jsonl.gz", "jsonl"), ("scores.json", "json")])
+def test_an_output_named_as_another_format_is_refused_before_scoring(files, project, output, kind, capsys):
+    # Parquet bytes were written under the name: a `scores.csv` that no CSV reader opens.
+    message = f"--output {str(files / output)!r} names a {kind} file, but the scores are written as Parquet: give a .parquet name"
+    detect = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv"), "--timestamp", "ts", "--features", "a"]
+    assert main([*detect, "--output", str(files / output)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    predict = ["predict", "demo_web_metrics", "--input", str(project / "data" / "demo" / "web_metrics.csv")]
+    assert main([*predict, "--output", str(files / output)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (files / output).exists()
+
+
+def test_validate_config_says_the_job_folder_does_not_exist(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ANOMALY_PIPELINES_JOBS_DIR", str(tmp_path / "jobz"))
+    assert main(["validate-config"]) == 1
+    assert capsys.readouterr().err.startswith(f"the job folder {tmp_path / 'jobz'} does not exist: create it, or point $ANOMALY_PIPELINES_JOBS_DIR")

@@ -21,3 +21,13 @@ def test_a_broken_job_file_of_the_user_hides_no_demo_job(project: Path) -> None:
     assert {f"{name}__predict" for name in demo.DEMO_JOBS} <= set(bag_dags.dags)
     with pytest.raises(RuntimeError, match=r"(?s)the DAG mine__train was not loaded; DAG import errors:\n.*mine\.yaml: invalid job configuration"):
         demo._run_dag("mine__train", {}, demo.TRAIN_END)
+
+
+def test_a_demo_job_that_cannot_run_is_one_error_line_not_a_traceback(project: Path, capsys) -> None:
+    # `make demo` ended in a traceback of the demo's own code, the reason in its last line.
+    (project / "config" / "jobs" / "demo_sensors.yaml").write_text("name: demo_sensors\nfeatures: []\n")
+
+    assert demo.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no job named 'demo_sensors'; configured jobs: demo_web_metrics. 1 job file(s) make no job until fixed:")
+    assert "demo_sensors.yaml: invalid job configuration" in err
