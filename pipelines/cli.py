@@ -58,16 +58,6 @@ def _refuse_overwriting(written: dict[str, str | None], read: dict[str, str | No
         seen[identity] = option
 
 
-def _check_parquet_output(path: str | None, option: str) -> None:
-    """Fail before any work when the output's name says another format: Parquet was written under
-    any name, so ``scores.csv`` was a Parquet file no CSV reader opens."""
-    from pipelines.sources.file import suffix_format
-
-    written = suffix_format(path) if path else None
-    if written not in (None, "parquet"):
-        raise ConfigError(f"{option} {path!r} names a {written} file, but the scores are written as Parquet: give a .parquet name")
-
-
 def _json_params(text: str | None) -> dict:
     if not text:
         return {}
@@ -193,7 +183,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.start or args.end:
             raise ConfigError("--input scores the whole file: leave out --start and --end")
         _refuse_overwriting({"--output": _from_shell(args.output)}, {"--input": _from_shell(args.input)})
-        _check_parquet_output(args.output, "--output")
         result = run_score_file(
             job, _from_shell(args.input), run_id=run_id, output=_from_shell(args.output), chunk_rows=args.chunk_rows
         )
@@ -241,7 +230,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
         {"--output": _from_shell(args.output), "--plot": _from_shell(args.plot)},
         {"--train": _from_shell(args.train), "--input": _from_shell(args.input)},
     )
-    _check_parquet_output(args.output, "--output")
     if args.plot:
         _check_picture(_from_shell(args.plot), "--plot")
     frame = detect_files(

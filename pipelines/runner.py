@@ -212,7 +212,6 @@ def check_one_off(
             "Check the input path (predict's --input, or the run's `input`)"
         )
     if output:
-        check_output_file(output, f"job {job.name}: output")
         # The CLI refused this itself, but the predict DAG's run conf came here unchecked: the
         # scored Parquet file replaced the very input it came from. The input resolves as the
         # reader resolves it (against the project root); the output is written as given.
@@ -233,6 +232,8 @@ def check_one_off(
                 "where it would be read as published scores; write it elsewhere, or leave output out "
                 f"(it then goes to {root}/_one_off/)"
             )
+        # Last: "is the input file" tells more than "names a csv file" of the same path.
+        check_output_file(output, f"job {job.name}: output")
 
 
 def cleanup(job: JobConfig, run_id: str) -> None:

@@ -221,13 +221,20 @@ def file_identity(path: str) -> str:
 
 
 def check_output_file(path: str, what: str = "output") -> None:
-    """Fail before any work when ``path`` names a folder: the output is one file, and finding out
-    when it is moved into place came after scoring the whole input, as a traceback."""
+    """Fail before any work when ``path`` names a folder or another format than Parquet: the output
+    is one Parquet file, and finding out when it is moved into place came after scoring the whole
+    input, as a traceback."""
     # An object store has no folders to collide with, but a URL ending in "/" names one all the
     # same: s3fs drops the slash and writes an object with the folder's name.
     if path.endswith(("/", os.sep)) or ("://" not in path and os.path.isdir(path)):
         suggestion = os.path.join(path, "scored.parquet")
         raise ConfigError(f"{what} {path!r} is a folder: give the path of the Parquet file to write, e.g. {suggestion!r}")
+    from pipelines.sources.file import suffix_format  # pandas and pyarrow: not at this module's import
+
+    # Parquet was written under any name: scores.csv was a Parquet file no CSV reader opens.
+    written = suffix_format(path)
+    if written not in (None, "parquet"):
+        raise ConfigError(f"{what} {path!r} names a {written} file, but the scores are written as Parquet: give a .parquet name")
 
 
 def utcnow() -> datetime:

@@ -321,10 +321,12 @@ def test_publishing_a_one_off_run_into_a_folder_is_a_configuration_error(trained
         ),
         # A configuration error, which the DAG fails at once: as a source error it took both retries.
         ({"input_path": "inn.csv"}, r"input 'inn.csv' \(.*/inn.csv\): no such file or folder. Check the input path"),
+        # A run's conf naming a csv output got Parquet bytes under that name.
+        ({"output": "{base}/scores.csv"}, r"output '.*/scores.csv' names a csv file, but the scores are written as Parquet"),
     ],
     ids=[
         "output-without-input", "window-with-input", "chunk-rows", "output-folder", "output-is-input", "output-in-input-glob",
-        "output-in-the-dataset", "missing-input",
+        "output-in-the-dataset", "missing-input", "output-named-csv",
     ],
 )
 def test_bad_one_off_arguments_are_refused_before_any_work(project, tmp_path, args, message):
