@@ -26,6 +26,7 @@ from pipelines.validation.suite import (
     far_instants,
     instants,
     prepare_batch,
+    unparseable_instants,
     unread_instants,
 )
 
@@ -68,11 +69,13 @@ def validate_batch(
     bounds = (window[0].isoformat() if window[0] else None, window[1].isoformat() if window[1] else None)
     keys = batch[[name for name in (job.timestamp, *job.dimensions) if name in batch.columns]]
     parsed = instants(frame, job) if job.timestamp in frame.columns else None
+    verdicts: dict[str, bool] = {}  # dateutil's, on timestamps as written: slow, so taken once
     more = [
         check
         for check in (
+            unparseable_instants(batch, job, verdicts=verdicts),
             duplicate_instants(frame, batch, job, parsed=parsed, first_row=rows.first),
-            unread_instants(batch, job, parsed),
+            unread_instants(batch, job, parsed, verdicts=verdicts),
             far_instants(batch, job, parsed),
         )
         if check
@@ -80,6 +83,7 @@ def validate_batch(
     report = build_report(
         result, job=job.name, rows=len(batch), window=bounds, keys=keys, missing_column_hint=missing_column_hint,
         columns=list(batch.columns), more=more, numbers=rows, decimal_hint=decimal_hint or _decimal_hint(job),
+        suite=suite_path,
     )
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
@@ -145,14 +149,17 @@ def quarantine(
 
 
 def _arrow_writable(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with each object column Arrow cannot type (mixed values) turned into strings."""
+    """``frame`` with each object column Arrow cannot type (mixed values, integers beyond 64 bits)
+    turned into strings."""
     import pyarrow as pa
 
     out = frame.copy()
     for name in frame.columns[frame.dtypes == object]:
         try:
             pa.array(frame[name], from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # OverflowError: a JSON source's counter beyond int64 (2**64 - 1 beside a -1) is an
+        # object column of Python ints, which Arrow cannot hold as numbers.
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             out[name] = frame[name].astype("str")
     return out
 

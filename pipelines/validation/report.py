@@ -155,15 +155,22 @@ def build_report(
     more: Sequence[CheckResult] = (),
     numbers: RowNumbers = RowNumbers(),
     decimal_hint: str | None = None,
+    suite: str | None = None,
 ) -> ValidationReport:
     """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
     numbered as GX numbered them) locate each sampled row in the source; ``missing_column_hint``
     says, for a column the source lacks, what to check (by default the job file); ``columns``, the
-    batch's, let an expectation of the suite file that names another column say so; ``more`` are
+    batch's (the job's columns it has: sources read no others), let an expectation of the suite
+    file ``suite`` that names another column say so; ``more`` are
     checks run outside GX, reported after GX's. The checks' ``sample_rows`` are positions in the
     batch; the report numbers them as ``numbers`` says. ``decimal_hint`` says what to do when a
     feature's values that are not numbers all look like numbers written with a decimal comma
     ("1,5"; None: nothing is said)."""
+    for one in result.results:
+        if one.result:
+            # GX's own JSON form raises on values it does not know (a Timedelta of an interval
+            # column, a UUID): the report would crash where it should name them.
+            one.result = json_safe(one.result)
     checks = [CheckResult.from_gx(one) for one in result.results]
     located = keys is not None and not keys.empty
     # A job's column the source lacks is explained by its failed existence check.
@@ -175,11 +182,13 @@ def build_report(
             if columns is not None and name not in columns and name not in explained
         ]
         if absent and not check.success:
-            # GX only says the column does not exist; the fix is in the suite file, not the data.
+            # GX only says the column does not exist; the fix is in the suite file, not the data. The
+            # column may well be in the source: "correct its name" alone sent users looking for a typo.
             check.detail = (
                 f"{check.detail + '; ' if check.detail else ''}the batch has no column {', '.join(absent)}: "
-                f"it has only {', '.join(map(str, columns or []))}; correct the column's name in the expectation "
-                "suite (validation.suite in the job file), or remove the expectation"
+                f"it has only {', '.join(map(str, columns or []))} (a source reads only the job's timestamp, "
+                f"dimension and feature columns); correct the column's name in the expectation suite"
+                f"{f' {suite}' if suite else ''} (validation.suite in the job file), or remove the expectation"
             )
         if check.expectation == "expect_column_to_exist" and not check.success and not check.detail:
             # Sources read only the job's columns, so the batch cannot list the source's own.

@@ -9,7 +9,13 @@ import pytest
 
 from pipelines.config import REPO_ROOT
 from pipelines.errors import ConfigError
-from pipelines.validation.suite import build_suite, duplicate_instants, load_expectations, prepare_batch
+from pipelines.validation.suite import (
+    build_suite,
+    duplicate_instants,
+    load_expectations,
+    prepare_batch,
+    unparseable_instants,
+)
 
 
 def _checks(suite) -> list[tuple[str, str | None]]:
@@ -96,13 +102,54 @@ def test_build_suite_checks_series_keys_and_parseability(make_job) -> None:
     # Duplicates are instants, however written: duplicate_instants checks them, not GX.
     assert not [check for check in with_dimensions if "unique" in check[0]]
     assert ("expect_column_values_to_not_be_null", "region") in with_dimensions
-    # Datetime values need no parsing; text values do.
+    # Whether text parses: unparseable_instants checks it, not GX.
     assert ("expect_column_values_to_be_dateutil_parseable", "timestamp") not in with_dimensions
 
     job = make_job(dimensions=[])
     text = frame.assign(timestamp=["2024-01-01"])
     without_dimensions = _checks(build_suite(prepare_batch(text, job), job))
-    assert ("expect_column_values_to_be_dateutil_parseable", "timestamp") in without_dimensions
+    assert ("expect_column_values_to_not_be_null", "timestamp") in without_dimensions
+    assert ("expect_column_values_to_be_dateutil_parseable", "timestamp") not in without_dimensions
+
+
+def test_unparseable_instants_checks_text_timestamps_only(make_job) -> None:
+    job = make_job(dimensions=[])
+    # Datetime values need no parsing; text values do.
+    dates = pd.DataFrame({"timestamp": pd.to_datetime(["2024-01-01"]), "requests": [1]})
+    assert unparseable_instants(prepare_batch(dates, job), job) is None
+    assert unparseable_instants(prepare_batch(dates.drop(columns="timestamp"), job), job) is None
+    text = dates.assign(timestamp=["2024-01-01"])
+    check = unparseable_instants(prepare_batch(text, job), job)
+    assert (check.expectation, check.column, check.success, check.unexpected_count) == (
+        "expect_column_values_to_be_dateutil_parseable", "timestamp", True, 0
+    )
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        # What dateutil takes, as GX's check took it: ISO 8601 and not; zone names; bare numbers.
+        "2024-02-01T00:00:00Z", "20240201T000000Z", "2024-02-01T00:00:00,5Z", "2024-02-01t00:00:00z",
+        "2024-02-01 00:00 EST", "Feb 1 2024", "12", "0001-01-01T00:00:00Z", "2024-02-01T00:00:00-25:00",
+        # What it does not: pandas reads "now" and "today" as ISO 8601, dateutil does not.
+        "now", "Today", "yesterday-ish", "2024-13-45", "2024-02-30", "2024-02-01T24:00:00", "+2024-02-01", "1706745600.0",
+    ],
+)
+def test_unparseable_instants_judges_each_value_as_dateutil_does(make_job, written: str) -> None:
+    from dateutil import parser
+
+    try:
+        parser.parse(written)
+        parseable = True
+    except (ValueError, OverflowError):
+        parseable = False
+    job = make_job(dimensions=[])
+    frame = pd.DataFrame({"timestamp": ["2024-02-01T01:00:00Z", written, None], "requests": [1, 2, 3]})
+    check = unparseable_instants(prepare_batch(frame, job), job)
+
+    assert (check.success, check.unexpected_count, check.sample_rows) == (
+        (True, 0, []) if parseable else (False, 1, [1])
+    )
 
 
 def test_demo_suite_loads() -> None:

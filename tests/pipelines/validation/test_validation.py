@@ -56,9 +56,9 @@ def test_clean_batch_passes(make_job, clean_frame: pd.DataFrame) -> None:
         ("expect_column_values_to_not_be_in_set", "latency_ms"),
         ("expect_table_row_count_to_be_between", None),
     } <= expectations
-    # All but the duplicate, readability and range checks, which look at instants outside GX
-    # (suite.duplicate_instants, suite.unread_instants, suite.far_instants).
-    assert report.gx_result["statistics"]["evaluated_expectations"] == len(report.checks) - 3
+    # All but the parseable, duplicate, readability and range checks, which look at timestamps outside
+    # GX (suite.unparseable_instants, suite.duplicate_instants, suite.unread_instants, suite.far_instants).
+    assert report.gx_result["statistics"]["evaluated_expectations"] == len(report.checks) - 4
 
 
 @pytest.mark.parametrize("tz", [None, "UTC"])
@@ -428,12 +428,40 @@ def test_suite_expectation_on_a_column_the_batch_lacks_says_to_fix_the_suite(
 
     failed = {check.column: check for check in _failed(report)}
     assert set(failed) == {"latency", "requests, latncy"}
-    fix = "correct the column's name in the expectation suite (validation.suite in the job file), or remove the expectation"
-    assert failed["latency"].detail.endswith(
-        f"the batch has no column latency: it has only timestamp, region, requests, latency_ms; {fix}"
+    fix = (
+        "(a source reads only the job's timestamp, dimension and feature columns); correct the column's name in the "
+        f"expectation suite {suite} (validation.suite in the job file), or remove the expectation"
     )
-    assert failed["requests, latncy"].detail.endswith(f"the batch has no column latncy: it has only {', '.join(clean_frame)}; {fix}")
+    assert failed["latency"].detail.endswith(
+        f"the batch has no column latency: it has only timestamp, region, requests, latency_ms {fix}"
+    )
+    assert failed["requests, latncy"].detail.endswith(f"the batch has no column latncy: it has only {', '.join(clean_frame)} {fix}")
     assert "expect_column_values_to_be_between on latency, error: " in report.summary()
+
+
+def test_suite_expectation_on_a_source_column_outside_the_job_says_only_the_job_s_columns_are_read(
+    make_job, tmp_path: Path
+) -> None:
+    # The file has the column, so "correct the column's name" alone sent the user looking for a typo;
+    # and the suite was not named, though a job's suite may be any file.
+    from pipelines.sources import make_source
+
+    data = tmp_path / "web.csv"
+    data.write_text("timestamp,region,requests,latency_ms,status\n2024-02-01T00:00:00Z,eu,1,1.5,ok\n")
+    suite = tmp_path / "web_suite.json"
+    status = {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "status", "value_set": ["ok"]}}
+    suite.write_text(json.dumps({"name": "web", "expectations": [status]}))
+    job = make_job(source={"kind": "file", "path": str(data)}, validation={"suite": str(suite)})
+    report = validate_batch(make_source(job).read(None, None), job, suite_path=str(suite))
+
+    check = _only_failure(report)
+    assert check.column == "status"
+    assert check.detail.endswith(
+        "the batch has no column status: it has only timestamp, region, requests, latency_ms (a source reads only the "
+        f"job's timestamp, dimension and feature columns); correct the column's name in the expectation suite {suite} "
+        "(validation.suite in the job file), or remove the expectation"
+    )
+    assert report.summary().startswith("job web: ")
 
 
 def test_column_pair_check_names_both_columns(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -584,3 +612,84 @@ def test_check_and_raise_passes_a_clean_batch(tmp_path: Path, make_job, clean_fr
     assert report.success
     assert json.loads((tmp_path / "report.json").read_text())["success"] is True
     assert not (tmp_path / "quarantine").exists()
+
+
+def test_text_timestamps_are_not_each_parsed_by_dateutil(make_job, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GX's parseable check ran dateutil on every value, some 0.2 ms each: a csv window of a million
+    # rows spent minutes there. Only values that are not ISO 8601 need it, each distinct one once
+    # (the readability check asks about "x" too).
+    import dateutil.parser
+    from great_expectations.expectations.metrics.column_map_metrics import column_values_dateutil_parseable as gx_check
+
+    calls: list[str] = []
+
+    def spy(value, *args, **kwargs):
+        calls.append(value)
+        return real(value, *args, **kwargs)
+
+    real = dateutil.parser.parse
+    monkeypatch.setattr(dateutil.parser, "parse", spy)
+    monkeypatch.setattr(gx_check, "parse", spy)
+    stamps = pd.date_range("2024-02-01", periods=1000, freq="min", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
+    stamps[10:13] = ["Feb 1 2024 05:00 +00:00", "x", "x"]
+    frame = pd.DataFrame({"timestamp": stamps, "requests": range(1000), "latency_ms": 1.0})
+    report = validate_batch(frame, make_job(dimensions=[]))
+
+    failed = {check.expectation: check for check in _failed(report)}
+    parse = failed["expect_column_values_to_be_dateutil_parseable"]
+    assert (parse.unexpected_count, parse.sample_values, parse.sample_rows) == (2, ["x", "x"], [11, 12])
+    assert sorted(calls) == ["Feb 1 2024 05:00 +00:00", "x"]
+
+
+def test_one_series_written_as_a_number_and_as_text_is_one_series(make_job) -> None:
+    # A JSON source keeps JSON's types: 7 and "7" passed as two series, then were typed as one series
+    # "7" holding every instant twice, which resampling merged without a word.
+    frame = pd.DataFrame(
+        {
+            "timestamp": ["2024-02-01T00:00:00Z", "2024-02-01T00:00:00Z", "2024-02-01T01:00:00Z"],
+            "region": pd.Series([7, "7", 7], dtype=object),
+            "requests": [1, 2, 3],
+        }
+    )
+    check = _only_failure(validate_batch(frame, make_job(features=["requests"])))
+
+    assert (check.expectation, check.unexpected_count, check.sample_rows) == ("expect_compound_columns_to_be_unique", 2, [0, 1])
+    assert check.sample_values == [{"timestamp": "2024-02-01T00:00:00Z", "region": 7}, {"timestamp": "2024-02-01T00:00:00Z", "region": "7"}]
+
+
+def test_values_gx_cannot_write_as_json_are_reported_not_raised(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
+    # An interval column (PostgreSQL's INTERVAL reads as Timedelta) listed as a feature, and a uuid
+    # dimension checked by the job's suite: GX's own JSON form of the result raised TypeError
+    # ("... is of type Timedelta which cannot be serialized"), so no report named the values.
+    import uuid
+
+    hosts = [uuid.UUID(int=number % 2) for number in range(6)]
+    frame = clean_frame.assign(latency_ms=pd.to_timedelta([1, 2, 3, 4, 5, 6], unit="s"), region=hosts)
+    suite = tmp_path / "suite.json"
+    in_set = {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "region", "value_set": ["eu"]}}
+    suite.write_text(json.dumps({"name": "web", "expectations": [in_set]}))
+    report = validate_batch(frame, make_job(), suite_path=str(suite))
+
+    failed = {check.column: check for check in _failed(report)}
+    assert set(failed) == {"latency_ms", "region"}
+    assert (failed["latency_ms"].expectation, failed["latency_ms"].sample_values[:2]) == (
+        "expect_column_values_to_be_in_type_list", ["0 days 00:00:01", "0 days 00:00:02"]
+    )
+    assert (failed["region"].unexpected_count, failed["region"].sample_values[:2]) == (6, [str(hosts[0]), str(hosts[1])])
+    save_report(report, str(tmp_path / "report.json"))
+    assert json.loads((tmp_path / "report.json").read_text())["checks"] == json.loads(json.dumps(report.to_dict()["checks"]))
+
+
+def test_a_rejected_batch_with_integers_beyond_64_bits_is_quarantined(tmp_path: Path, make_job, clean_frame: pd.DataFrame) -> None:
+    # A JSON source's byte counter (2**64 - 1 beside a -1) is an object column of Python ints: Arrow
+    # raised OverflowError, so the batch was not kept and the run failed with that, not with the report.
+    frame = clean_frame.assign(
+        requests=pd.Series([2**64 - 1, -1, 3, 4, 5, 6], dtype=object), latency_ms=[1.0, np.inf, 2.0, 3.0, 4.0, 5.0]
+    )
+    quarantine_dir = tmp_path / "quarantine"
+    with pytest.raises(DataValidationError, match=r"(?s)expect_column_values_to_not_be_in_set on latency_ms.*kept at"):
+        check_and_raise(frame, make_job(), window=WINDOW, report_path=str(tmp_path / "report.json"), quarantine_dir=str(quarantine_dir))
+
+    kept = pd.read_parquet(quarantine_dir / "batch.parquet")
+    assert kept["requests"].tolist() == [str(2**64 - 1), "-1", "3", "4", "5", "6"]
+    assert kept["latency_ms"].tolist() == frame["latency_ms"].tolist()
