@@ -40,7 +40,7 @@ _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as 
 #: code), nor storage options given: fsspec takes credentials from the environment.
 _OPTIONS = {
     "format": "--format", "encoding": "--encoding", "delimiter": "--delimiter", "decimal": "--decimal",
-    "allow_pickle": None, "storage_options": None,
+    "thousands": "--thousands", "allow_pickle": None, "storage_options": None,
 }
 
 #: What --format offers: a file source's formats but pickle, which needs allow_pickle.
@@ -49,7 +49,7 @@ FORMATS = ("csv", "jsonl", "json", "parquet")
 
 def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, TimestampZone | None]:
     """The file's rows, validated and typed, and whether its timestamps have a time zone."""
-    # The file options (--format, --encoding, --delimiter, --decimal) are the job's, for both files.
+    # The file options (--format, --encoding, --delimiter, --decimal, --thousands) are the job's, for both files.
     reader_job = job.model_copy(update={"source": job.source.model_copy(update={"path": path})})
     frame = FileReader(reader_job, options={**_OPTIONS, "path": option}).read(None, None)
     if frame.empty:
@@ -60,7 +60,7 @@ def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, Timesta
     report = validate_batch(
         frame, job, missing_column_hint=partial(_missing_column_hint, job, path),
         rows=RowNumbers(first=1, of=f"the {option} file, counting its first data row as 1", batch=f"the {option} file {path}"),
-        decimal_hint="give --decimal ','",
+        number_hint=_number_hint,
     )
     if not report.success:
         raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())
@@ -82,7 +82,13 @@ _ONE_WAY = (
 )
 
 
-def _file_source(path: str, *, format: str | None, encoding: str, delimiter: str, decimal: str) -> FileSource:
+def _number_hint(settings: dict[str, str]) -> str:
+    return "give " + " ".join(f"--{name} '{value}'" for name, value in settings.items())
+
+
+def _file_source(
+    path: str, *, format: str | None, encoding: str, delimiter: str, decimal: str, thousands: str | None
+) -> FileSource:
     """The file source both files are read as; errors name the options, not a job file's fields."""
     if format is not None and format not in FORMATS:
         # The source's own error would offer pickle "with allow_pickle: true", which is no option here.
@@ -95,8 +101,15 @@ def _file_source(path: str, *, format: str | None, encoding: str, delimiter: str
             f"--delimiter and --decimal are both {delimiter!r}: a number could not be told from two fields; files "
             "with decimal commas usually separate fields with ';' (--delimiter ';' --decimal ',')"
         )
+    if thousands is not None and thousands == decimal:
+        raise ConfigError(
+            f"--thousands and --decimal are both {thousands!r}: a number could not be read; a file with 1,234.5 "
+            "takes --thousands ',' (and --decimal '.'), one with 1.234,5 --thousands '.' --decimal ','"
+        )
     try:
-        return FileSource(kind="file", path=path, format=format, encoding=encoding, delimiter=delimiter, decimal=decimal)
+        return FileSource(
+            kind="file", path=path, format=format, encoding=encoding, delimiter=delimiter, decimal=decimal, thousands=thousands
+        )
     except ValidationError as exc:
         # Each error is one option's (the fields' own checks): "--delimiter: must be one character ..."
         problems = [f"--{error['loc'][0]}: {error['msg'].removeprefix('Value error, ')}" for error in exc.errors()]
@@ -179,14 +192,15 @@ def detect_files(
     encoding: str = "utf-8",
     delimiter: str = ",",
     decimal: str = ".",
+    thousands: str | None = None,
 ) -> pd.DataFrame:
     """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows.
 
     ``format`` (one of :data:`FORMATS`; by default inferred from each file's suffix), ``encoding``,
-    ``delimiter`` and ``decimal`` are the options of both files, as a file source's (see
+    ``delimiter``, ``decimal`` and ``thousands`` are the options of both files, as a file source's (see
     :class:`~pipelines.config.FileSource`)."""
     check_output_file(output, "--output")
-    source = _file_source(train, format=format, encoding=encoding, delimiter=delimiter, decimal=decimal)
+    source = _file_source(train, format=format, encoding=encoding, delimiter=delimiter, decimal=decimal, thousands=thousands)
     if timestamp is None and ROW in dimensions:
         # Without timestamps the output gains a `row` column of row numbers: a dimension of that
         # name overwrote it (its values written as row numbers, or a crash on text).

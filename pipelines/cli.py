@@ -246,6 +246,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         encoding=args.encoding,
         delimiter=_typed_character(args.delimiter),
         decimal=_typed_character(args.decimal),
+        thousands=_typed_character(args.thousands) if args.thousands is not None else None,
     )
     axis = "row" if "row" in frame else "timestamp"
     points = frame.drop_duplicates(["series", axis])
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--encoding", default="utf-8", help="text encoding of csv and jsonl files (e.g. latin-1, cp1252)")
     detect.add_argument("--delimiter", default=",", help="what separates the fields of csv files: ';', '\\t' for a tab, '|'")
     detect.add_argument("--decimal", default=".", help="the decimal point of numbers in csv files: ',' for 1,5")
+    detect.add_argument("--thousands", help="what groups thousands in numbers of csv files: ',' for 1,234.5, '.' for 1.234,5")
     detect.add_argument("--plot", metavar="PICTURE", help="also draw each series' values, expected band and anomalies here (.png, .svg or .pdf)")
     detect.set_defaults(func=cmd_detect)
 

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -52,7 +53,7 @@ def validate_batch(
     suite_path: str | None = None,
     missing_column_hint: Callable[[str], str] | None = None,
     rows: RowNumbers = RowNumbers(),
-    decimal_hint: str | None = None,
+    number_hint: Callable[[dict[str, str]], str] | None = None,
 ) -> ValidationReport:
     """Check the raw ``frame`` of ``job`` for ``window``; failing data gives a failed report.
 
@@ -61,8 +62,9 @@ def validate_batch(
     :func:`~pipelines.validation.report.build_report`) is for callers whose columns were not
     named in a job file. ``rows`` says how the report numbers the rows of ``frame`` (by default
     0-based positions in it): e.g. a chunk of a file numbers them as rows of the file.
-    ``decimal_hint`` says what to do about a feature's numbers written with a decimal comma (by
-    default, what the job's source can be told): for callers whose csv options are not a job file's.
+    ``number_hint`` says how to set csv options (``{"decimal": ","}``) that read a feature's
+    numbers as a locale writes them ("1,5", "1,234.5"; by default, what the job's source can be
+    told): for callers whose csv options are not a job file's.
     """
     batch = prepare_batch(frame, job)
     result = _run(batch, build_suite(batch, job, suite_path))
@@ -82,23 +84,26 @@ def validate_batch(
     ]
     report = build_report(
         result, job=job.name, rows=len(batch), window=bounds, keys=keys, missing_column_hint=missing_column_hint,
-        columns=list(batch.columns), more=more, numbers=rows, decimal_hint=decimal_hint or _decimal_hint(job),
+        columns=list(batch.columns), more=more, numbers=rows, number_hint=number_hint or partial(_number_hint, job),
         suite=suite_path,
     )
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
 
 
-def _decimal_hint(job: JobConfig) -> str:
-    """What to do when a feature's values read as text like "1,5": a csv file source reads them
-    as numbers once told its decimal point; other sources hand over what they hold."""
-    if isinstance(job.source, FileSource) and job.source.decimal != ",":
+def _number_hint(job: JobConfig, settings: dict[str, str]) -> str:
+    """How to read a feature's values that read as text like "1,5" or "1,234.5": a csv file
+    source reads them as numbers once told its ``settings`` (those it has already are left out);
+    other sources hand over what they hold."""
+    if isinstance(job.source, FileSource):
         from pipelines.sources.file import suffix_format
 
         # A folder or a glob names no format: it may hold csv files.
         if (job.source.format or suffix_format(job.source.path) or "csv") == "csv":
-            return 'set source.decimal: "," in the job file'
-    return "write them with a decimal point in the source, or convert them to numbers there"
+            needed = {name: value for name, value in settings.items() if getattr(job.source, name) != value}
+            if needed:
+                return "set " + " and ".join(f'source.{name}: "{value}"' for name, value in needed.items()) + " in the job file"
+    return "write them as plain numbers (1234.5) in the source, or convert them to numbers there"
 
 
 def _run(batch: pd.DataFrame, suite: ExpectationSuite) -> ExpectationSuiteValidationResult:

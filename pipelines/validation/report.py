@@ -154,7 +154,7 @@ def build_report(
     columns: Collection[str] | None = None,
     more: Sequence[CheckResult] = (),
     numbers: RowNumbers = RowNumbers(),
-    decimal_hint: str | None = None,
+    number_hint: Callable[[dict[str, str]], str] | None = None,
     suite: str | None = None,
 ) -> ValidationReport:
     """The report of ``result``; ``keys`` (the batch's timestamp and dimension columns, rows
@@ -163,9 +163,10 @@ def build_report(
     batch's (the job's columns it has: sources read no others), let an expectation of the suite
     file ``suite`` that names another column say so; ``more`` are
     checks run outside GX, reported after GX's. The checks' ``sample_rows`` are positions in the
-    batch; the report numbers them as ``numbers`` says. ``decimal_hint`` says what to do when a
-    feature's values that are not numbers all look like numbers written with a decimal comma
-    ("1,5"; None: nothing is said)."""
+    batch; the report numbers them as ``numbers`` says. When a feature's values that are not
+    numbers all look like numbers as a locale writes them ("1,5", "1,234.5", "1.234,5"),
+    ``number_hint`` says how to set the csv options that read them, given as ``{"decimal": ","}``
+    (None: nothing is said)."""
     for one in result.results:
         if one.result:
             # GX's own JSON form raises on values it does not know (a Timedelta of an interval
@@ -197,8 +198,9 @@ def build_report(
                 if missing_column_hint
                 else "the source gave no such column: check its spelling in the job file against the source"
             )
-        if decimal_hint and check.expectation == _TYPE_CHECK and not check.success and _decimal_commas(check.sample_values):
-            check.detail = f"{check.detail + '; ' if check.detail else ''}{_DECIMAL_COMMA_SAID}: {decimal_hint}"
+        advice = _number_advice(check.sample_values, number_hint) if number_hint and check.expectation == _TYPE_CHECK else None
+        if advice and not check.success:
+            check.detail = f"{check.detail + '; ' if check.detail else ''}{advice}"
         if located:
             check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
     for check in more:
@@ -225,18 +227,42 @@ def build_report(
 _TYPE_CHECK = "expect_column_values_to_be_in_type_list"
 
 
-#: A number written with a decimal comma ("1,5", "-0,25") as it reads where "." is the decimal
-#: point: text. A csv exported in many European locales holds nothing else.
-_DECIMAL_COMMA = re.compile(r"[-+]?\d*,\d+")
+#: Numbers as a locale writes them, which read as text where "." is the decimal point and nothing
+#: groups thousands: what each is said to be, and the csv options that read it.
+_GROUPED = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")  # 1,234.5 or 12,345,678
+_ONE_GROUP = re.compile(r"[-+]?\d{1,3},\d{3}")  # 1,234: a decimal comma, or a thousands one
+_DECIMAL_COMMA = re.compile(r"[-+]?\d*,\d+")  # 1,5 or -0,25
+_DOT_GROUPED = re.compile(r"[-+]?\d{1,3}(\.\d{3})+(,\d+)?")  # 1.234,5 or 12.345.678
 
 _DECIMAL_COMMA_SAID = "these look like numbers written with a decimal comma (1,5 for 1.5)"
 
 
-def _decimal_commas(values: list[Any]) -> bool:
-    """Whether every sampled value is a number written with a decimal comma: one sample of other
-    text ("n/a", "slow") means the column holds more than a locale's numbers, and the hint would
-    mislead."""
-    return bool(values) and all(isinstance(value, str) and _DECIMAL_COMMA.fullmatch(value.strip()) for value in values)
+def _number_advice(values: list[Any], hint: Callable[[dict[str, str]], str]) -> str | None:
+    """What ``values`` (a feature's sampled values that are not numbers) look like and what to
+    set, when every one of them is a number as some locale writes it; else None: one sample of
+    other text ("n/a", "slow") means the column holds more than a locale's numbers.
+
+    "1,234" is ambiguous: told it was a decimal comma, a reader would take it for 1.234, a
+    thousandth of the number a thousands comma means, so both readings are given.
+    """
+    texts = [value.strip() for value in values if isinstance(value, str)]
+    if not texts or len(texts) < len(values):
+        return None
+    if all(_ONE_GROUP.fullmatch(text) for text in texts):
+        return (
+            f"{_DECIMAL_COMMA_SAID} or with a comma between thousands (1,234 for 1234), which the samples cannot tell "
+            f"apart: for decimal commas {hint({'decimal': ','})}; for thousands {hint({'thousands': ','})}"
+        )
+    if all(_GROUPED.fullmatch(text) for text in texts):
+        return f"these look like numbers with a comma between thousands (1,234.5 for 1234.5): {hint({'thousands': ','})}"
+    if all(_DECIMAL_COMMA.fullmatch(text) for text in texts):
+        return f"{_DECIMAL_COMMA_SAID}: {hint({'decimal': ','})}"
+    if all(_DOT_GROUPED.fullmatch(text) or _DECIMAL_COMMA.fullmatch(text) for text in texts):
+        return (
+            "these look like numbers with a point between thousands and a decimal comma (1.234,5 for 1234.5): "
+            f"{hint({'thousands': '.', 'decimal': ','})}"
+        )
+    return None
 
 
 def _explain_untyped(checks: list[tuple[list[str], CheckResult]]) -> None:

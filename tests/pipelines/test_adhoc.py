@@ -225,6 +225,23 @@ def test_decimal_commas_read_as_text_name_the_option_to_give(tmp_path: Path) -> 
     assert not (tmp_path / "out.parquet").exists()
 
 
+def test_numbers_grouped_in_thousands_are_read_with_thousands_and_named_without(tmp_path: Path) -> None:
+    def grouped(path: Path, start: str, hours: int) -> str:
+        times = pd.date_range(start, periods=hours, freq="h").strftime("%Y-%m-%dT%H:%M:%SZ")
+        path.write_text("ts,région,v\n" + "".join(f'{t},île,"{1000 + hour % 5:,}.5"\n' for hour, t in enumerate(times)))
+        return str(path)
+
+    train, input = grouped(tmp_path / "train.csv", "2024-03-01", 96), grouped(tmp_path / "input.csv", "2024-03-05", 24)
+
+    with pytest.raises(DataValidationError) as info:
+        _detect_csv(train, input, tmp_path / "out.parquet")
+    assert str(info.value).endswith(
+        "these look like numbers with a comma between thousands (1,234.5 for 1234.5): give --thousands ','"
+    )
+    scored = _detect_csv(train, input, tmp_path / "out.parquet", thousands=",")
+    assert sorted(scored["value"].unique()) == [1000.5, 1001.5, 1002.5, 1003.5, 1004.5]
+
+
 def test_a_missing_column_lists_the_columns_split_by_the_delimiter(tmp_path: Path) -> None:
     # The hint read the header with ",": one column named after the whole header ('ts;région;v').
     train = _european(tmp_path / "train.csv", "2024-03-01", 96, encoding="latin-1")

@@ -107,7 +107,7 @@ def test_mixed_object_feature_reports_only_the_non_numbers(make_job, clean_frame
 
 
 _DECIMAL_COMMAS = "these look like numbers written with a decimal comma (1,5 for 1.5): "
-_IN_THE_SOURCE = "write them with a decimal point in the source, or convert them to numbers there"
+_IN_THE_SOURCE = "write them as plain numbers (1234.5) in the source, or convert them to numbers there"
 
 
 @pytest.mark.parametrize(
@@ -135,10 +135,40 @@ def test_numbers_with_decimal_commas_say_how_to_read_them(make_job, clean_frame:
                                      f"{_DECIMAL_COMMAS}{hint}")
 
 
-def test_a_caller_gives_its_own_decimal_hint(make_job, clean_frame: pd.DataFrame) -> None:
+def test_a_caller_gives_its_own_number_hint(make_job, clean_frame: pd.DataFrame) -> None:
     frame = clean_frame.assign(latency_ms=["109,9", "120,4", "111,2", "118", "108,7", "121,3"])
-    check = _only_failure(validate_batch(frame, make_job(), decimal_hint="give --decimal ','"))
+    hint = lambda settings: "give " + " ".join(f"--{k} '{v}'" for k, v in settings.items())  # noqa: E731
+    check = _only_failure(validate_batch(frame, make_job(), number_hint=hint))
     assert check.detail == _DECIMAL_COMMAS + "give --decimal ','"
+
+
+@pytest.mark.parametrize(
+    ("values", "source", "says"),
+    [
+        # Only thousands commas read 12,345,678 or 1,234.5: a decimal comma would misread them.
+        (["1,234.5", "12,345,678", "-2,000", "118", "1,000.25", "121"], {},
+         'these look like numbers with a comma between thousands (1,234.5 for 1234.5): set source.thousands: "," in the job file'),
+        # 1,234 is 1.234 to a decimal comma and 1234 to a thousands one: told only the first, the
+        # reader took every value for a thousandth of itself, without an error.
+        (["1,234", "2,500", "-3,125", "118", "1,000", "121"], {},
+         'these look like numbers written with a decimal comma (1,5 for 1.5) or with a comma between thousands (1,234 for '
+         '1234), which the samples cannot tell apart: for decimal commas set source.decimal: "," in the job file; for '
+         'thousands set source.thousands: "," in the job file'),
+        (["1.234,5", "12.345.678", "-2,25", "118", "1.000", "121"], {"delimiter": ";"},
+         "these look like numbers with a point between thousands and a decimal comma (1.234,5 for 1234.5): "
+         'set source.thousands: "." and source.decimal: "," in the job file'),
+        # The decimal comma is set already: only the thousands point is missing.
+        (["1.234,5", "12.345.678"], {"delimiter": ";", "decimal": ","},
+         "these look like numbers with a point between thousands and a decimal comma (1.234,5 for 1234.5): "
+         'set source.thousands: "." in the job file'),
+    ],
+    ids=["comma-thousands", "ambiguous", "point-thousands", "point-thousands-decimal-set"],
+)
+def test_numbers_grouped_in_thousands_say_which_options_read_them(make_job, clean_frame, values, source, says) -> None:
+    values = (values + ["118"] * 6)[:6]
+    job = make_job(source={"kind": "file", "path": "web.csv", **source})
+    check = _only_failure(validate_batch(clean_frame.assign(latency_ms=values), job))
+    assert check.detail == says
 
 
 @pytest.mark.parametrize(
