@@ -186,7 +186,8 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         if empty:
             raise ModelError(
                 f"{type(self).__name__}: features {empty} have no values in the training rows (each one is "
-                "missing or infinite); fix them at the source, or leave them out of the job's features"
+                f"missing or infinite, or too large to compute with: |value| >= {_TOO_LARGE:.3g}); fix them at "
+                "the source, or leave them out of the job's features"
             )
         self.time_indexed_ = isinstance(X.index, pd.DatetimeIndex)
         # A champion fitted on the other kind of index learned from other inputs (iforest's
@@ -281,6 +282,12 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         feature): the anomaly rate its threshold implies, which monitoring compares served rates
         with. By default the rows are scored again; a detector whose scoring learns from the rows
         it scores measures the rate during the fit instead (``ContextDetector``)."""
+        if not len(X):
+            # The mean of no rows is NaN, which monitoring took for the expected rate of every later run.
+            raise ModelError(
+                f"{type(self).__name__}: X has no rows to measure the training anomaly rate on; "
+                "pass the rows the model was fitted on"
+            )
         return float(self.detect(X).is_anomaly.any(axis=1).mean())
 
     # -- scoring --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from pipelines.errors import ModelError
+from pipelines.errors import ConfigError, ModelError
 
 #: Most points of the empirical CDF kept (the artifact stays small for long training windows).
 _MAX_KNOTS = 512
@@ -27,6 +27,9 @@ _BUCKETS_PER_KNOT = 32
 HELD_BACK_FRACTION = 0.2
 #: Fewest held-back rows worth calibrating on: shorter windows calibrate on the fitted rows only.
 MIN_HELD_BACK_ROWS = 50
+#: Floor of the tail scale where even the relative floor is 0 (training scores near 1e-320): a
+#: tail scale of 0 divides by zero.
+_SMALLEST_SCALE = float(np.finfo(np.float64).smallest_subnormal)
 #: The highest contamination threshold: the largest float below 1.0 (see :func:`decision_threshold`).
 _BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
@@ -43,10 +46,18 @@ class _PiecewiseLinear:
 
     def __init__(self, knots: np.ndarray, values: np.ndarray, left: float):
         self.knots, self.values, self.left = knots, values, left
-        self.slopes = np.diff(values) / np.diff(knots) if knots.size > 1 else np.zeros(0)
         self.buckets = max(1, _BUCKETS_PER_KNOT * knots.size)
-        span = float(knots[-1] - knots[0])
-        self.inverse_width = self.buckets / span if span > 0 else 0.0
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            self.slopes = np.diff(values) / np.diff(knots) if knots.size > 1 else np.zeros(0)
+            span = float(knots[-1] - knots[0])
+            self.inverse_width = self.buckets / span if span > 0 else 0.0
+        # Knots a subnormal apart (raw scores near 1e-310) overflow a slope, and knots spanning
+        # more than the largest float overflow the grid: training points then scored inf, and a
+        # knot NaN (a slope of inf times a distance of 0). np.interp computes the same slopes, so
+        # such knots take :meth:`_without_overflow` instead.
+        self.overflows = not (np.isfinite(self.slopes).all() and np.isfinite(span) and np.isfinite(self.inverse_width))
+        if self.overflows:
+            self.inverse_width, span = 0.0, 0.0
         edges = knots[0] + np.arange(self.buckets + 1) / self.inverse_width if span > 0 else knots[:1]
         # Segment j holds [knots[j], knots[j+1]); a bucket whose two edges fall in one segment
         # is unambiguous.
@@ -65,6 +76,8 @@ class _PiecewiseLinear:
         """The values at the points of the 1-d ``x``, and the indices of the points outside
         ``[knots[0], knots[-1])`` (NaN included), or None when not worked out."""
         knots = self.knots
+        if self.overflows:
+            return self._without_overflow(x), None
         if knots.size < 2 or self.inverse_width == 0.0:
             return np.asarray(np.interp(x, knots, self.values, left=self.left)), None
         # Few new arrays: at 100,000 points each costs about as much as the arithmetic on it
@@ -90,6 +103,20 @@ class _PiecewiseLinear:
         beyond = x[outside]
         out[outside] = np.where(beyond < knots[0], self.left, np.where(beyond >= knots[-1], self.values[-1], np.nan))
         return out, outside
+
+    def _without_overflow(self, x: np.ndarray) -> np.ndarray:
+        """The values at ``x`` as the share of its segment it has covered, a ratio in [0, 1]: the
+        difference of two distinct floats is never 0, even between subnormals, and halved
+        operands cannot overflow."""
+        knots, values = self.knots, self.values
+        segment = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, knots.size - 2)
+        low, high = knots[segment], knots[segment + 1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            share = (x - low) / (high - low)
+            halved = (x / 2 - low / 2) / (high / 2 - low / 2)
+        share = np.clip(np.where(np.isfinite(share), share, halved), 0.0, 1.0)
+        out = values[segment] + (values[segment + 1] - values[segment]) * share
+        return np.where(x < knots[0], self.left, np.where(x >= knots[-1], values[-1], np.where(np.isnan(x), np.nan, out)))
 
 
 class ScoreCalibrator:
@@ -142,7 +169,7 @@ class ScoreCalibrator:
         # At least one point's worth of mass, so the tail still ranks when nothing exceeded it.
         self.tail_mass_ = max(excess.size, 1) / scores.size
         magnitude = float(np.abs(scores).max()) or 1.0
-        self.tail_scale_ = max(float(excess.mean()) if excess.size else 0.0, _MIN_TAIL_SCALE * magnitude)
+        self.tail_scale_ = max(_mean_excess(excess), _MIN_TAIL_SCALE * magnitude, _SMALLEST_SCALE)
         self._body = None
         return self
 
@@ -209,6 +236,37 @@ class ScoreCalibrator:
         return calibrator
 
 
+def fit_per_feature(raw: np.ndarray, features: list[str], owner: str) -> list[ScoreCalibrator]:
+    """A :class:`ScoreCalibrator` fitted on each column of ``raw`` (rows x ``features``); an error
+    names ``owner`` (the detector) and the feature that has too few scores."""
+    calibrators = []
+    for f, name in enumerate(features):
+        try:
+            calibrators.append(ScoreCalibrator().fit(raw[:, f]))
+        except ModelError as exc:
+            # Without the feature's name, a job of many features could not tell which one to fix.
+            scored = int(np.isfinite(raw[:, f]).sum())
+            raise ModelError(
+                f"{owner}: feature {name!r} has {scored} training row(s) with a value to score, too few to calibrate "
+                "its scores (2 at least); widen the training window, fix the feature at the source, or leave it out "
+                "of the job's features"
+            ) from exc
+    return calibrators
+
+
+def _mean_excess(excess: np.ndarray) -> float:
+    """Mean of the excesses (0 for none), without overflowing: the sum of excesses near 1e307
+    is infinite, and a tail scale of inf gave every point above the tail start the same score."""
+    if not excess.size:
+        return 0.0
+    with np.errstate(over="ignore"):
+        mean = float(excess.mean())
+    if np.isfinite(mean):
+        return mean
+    top = float(excess.max())
+    return float(np.mean(excess / top)) * top
+
+
 def held_back_rows(training_rows: int, min_fitted_rows: int) -> int:
     """Rows at the end of a training window to score out of sample for the calibration (split
     conformal): the latest :data:`HELD_BACK_FRACTION`, or 0 when that is fewer than
@@ -240,12 +298,18 @@ def decision_threshold(training_scores: np.ndarray, kind: str, value: float) -> 
     raw score it stands for is finite (:meth:`ScoreCalibrator.inverse` of 1.0 is not), so the
     bounds of a flagged value stay finite and exclude it.
     """
+    _check_policy(kind, value)
     if kind == "score":
         return float(value)
     if kind == "false_alarm_probability":
         return float(1.0 - value)
     scores = np.sort(np.asarray(training_scores, dtype="float64").ravel())
     scores = scores[np.isfinite(scores)]
+    if not scores.size:
+        raise ModelError(
+            "cannot take a contamination threshold: no training row has a finite score; "
+            "train on rows with values, or set threshold_kind to 'score' or 'false_alarm_probability'"
+        )
     allowed = int(np.floor(value * scores.size + 1e-9))
     above_max = min(float(np.nextafter(scores[-1], np.inf)), _BELOW_ONE)
     if allowed == 0:
@@ -255,3 +319,28 @@ def decision_threshold(training_scores: np.ndarray, kind: str, value: float) -> 
         higher = scores[scores > candidate]
         return min(float(higher[0]), _BELOW_ONE) if higher.size else above_max
     return min(float(candidate), _BELOW_ONE)
+
+
+#: Values each threshold kind takes: (low, high, whether high itself is allowed). Contamination
+#: may reach 1 here (a detector may ask to flag every calibration row, see ``ContextDetector``).
+_POLICY_RANGES = {
+    "contamination": (0.0, 1.0, True),
+    "false_alarm_probability": (0.0, 1.0, False),
+    "score": (0.0, 1.0, False),
+}
+
+
+def _check_policy(kind: str, value: float) -> None:
+    # A NaN value passed every comparison below as a threshold of NaN (which flags nothing,
+    # silently) or failed as "cannot convert float NaN to integer"; an unknown kind was taken
+    # for contamination.
+    if kind not in _POLICY_RANGES:
+        raise ConfigError(f"threshold_kind must be one of {', '.join(map(repr, _POLICY_RANGES))}, got {kind!r}")
+    low, high, high_allowed = _POLICY_RANGES[kind]
+    number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+    if not (number and low < value and (value < high or (high_allowed and value == high))):
+        bound = "]" if high_allowed else ")"
+        raise ConfigError(
+            f"threshold_value for threshold_kind {kind!r} must be a number in ({low:g}, {high:g}{bound}, got {value!r}; "
+            "fix it in the job's threshold settings"
+        )

@@ -48,7 +48,7 @@ def window_features(
         "value": values,
         "diff": values.diff(),
         "deviation": values - expected,
-        "rolling_std": values.rolling(window).std(),
+        "rolling_std": _rolling_std(values, window),
         **{f"lag{k}": values.shift(k) for k in range(1, lags + 1)},
     }
     columns = {f"{column}:{name}": part[column] for column in values.columns for name, part in parts.items()}
@@ -60,3 +60,18 @@ def window_features(
             columns[f"calendar:{name}_sin"] = np.sin(2 * np.pi * turn)
             columns[f"calendar:{name}_cos"] = np.cos(2 * np.pi * turn)
     return pd.DataFrame(columns, index=values.index)
+
+
+def _rolling_std(values: pd.DataFrame, window: int) -> pd.DataFrame:
+    """Standard deviation of the last ``window`` rows, finite for any finite values."""
+    spread = values.rolling(window).std()
+    overflowed = np.isinf(spread.to_numpy()).any(axis=0)
+    if not overflowed.any():
+        return spread
+    # Squares of values near 1e154 (still measurements: see base._TOO_LARGE) summed past the
+    # largest float, and the infinite spread made scikit-learn refuse the whole fit. Scaled by
+    # its largest magnitude, a column's squares stay at most 1 each.
+    columns = values.columns[overflowed]
+    magnitude = values[columns].abs().max()
+    spread[columns] = (values[columns] / magnitude).rolling(window).std() * magnitude
+    return spread

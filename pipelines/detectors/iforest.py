@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
-from pipelines.detectors.calibration import ScoreCalibrator, held_back_rows
+from pipelines.detectors.calibration import ScoreCalibrator, fit_per_feature, held_back_rows
 from pipelines.detectors.features import fill_missing, rolling_expected, window_features
 from pipelines.detectors.params import IsolationForestParams
 from pipelines.errors import ModelError
@@ -188,7 +188,7 @@ class IsolationForestDetector(BaseDetector):
         raw = -self.model_.score_samples(features)
         deviation = np.abs(X.to_numpy() - expected.to_numpy())
         # Deviations are causal (from earlier rows only): in-sample is out of sample for them.
-        self.feature_calibrators_ = [ScoreCalibrator().fit(deviation[:, f]) for f in range(X.shape[1])]
+        self.feature_calibrators_ = fit_per_feature(deviation, [str(c) for c in X.columns], type(self).__name__)
         held_back = held_back_rows(len(X), max(_MIN_TRAINING_ROWS, 2 * self.window))
         self.calibration_rows_ = held_back
         if held_back:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
-from pipelines.detectors.calibration import ScoreCalibrator
+from pipelines.detectors.calibration import ScoreCalibrator, fit_per_feature
 from pipelines.detectors.params import SeasonalMADParams
 from pipelines.durations import parse_duration, rows_spanned
 from pipelines.errors import ConfigError
@@ -128,7 +128,7 @@ class SeasonalMADDetector(BaseDetector):
         errors = values - self._expected(values, slots, held_out)
         self.scale_ = _robust_scale(errors, slots, self.n_slots_, scale_floor(values, params.min_scale))
         raw = self._raw(errors / self.scale_[slots])
-        self.calibrators_ = [ScoreCalibrator().fit(raw[:, f]) for f in range(raw.shape[1])]
+        self.calibrators_ = fit_per_feature(raw, [str(c) for c in X.columns], type(self).__name__)
         return self._calibrate(raw)
 
     def _learn_season(self, season: int | str | None, index: pd.Index) -> None:
@@ -283,7 +283,11 @@ def scale_floor(values: np.ndarray, share: float) -> np.ndarray:
     magnitude = np.abs(values)
     typical = np.nanmedian(magnitude, axis=0)
     largest = np.nanmax(magnitude, axis=0)
-    return share * np.where(typical > 0, typical, np.where(largest > 0, largest, 1.0))
+    with np.errstate(over="ignore"):
+        floor = share * np.where(typical > 0, typical, np.where(largest > 0, largest, 1.0))
+    # A share near 1e308 overflowed the floor: a scale of inf scored every row 0 (a spike of 1e6
+    # on a series of 10 went unflagged) and made every bound NaN.
+    return np.minimum(floor, np.finfo(np.float64).max)
 
 
 def _robust_scale(errors: np.ndarray, slots: np.ndarray, n_slots: int, floor: np.ndarray) -> np.ndarray:

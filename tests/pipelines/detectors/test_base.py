@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from pipelines.detectors.base import _check_frame, _column_dtypes
+from pipelines.detectors.seasonal_mad import SeasonalMADDetector
 from pipelines.errors import ModelError
 
 INDEX = pd.date_range("2024-01-01", periods=3, freq="h", tz="UTC")
@@ -35,3 +36,24 @@ def test_only_frames_of_float64_columns_are_returned_as_they_are() -> None:
         assert checked.dtypes.tolist() == ["float64"] * 3
     with pytest.raises(ModelError, match=r"non-numeric feature columns \['c'\]"):
         _check_frame(floats.assign(c=["x", "y", "z"]), "X")
+
+
+def _noise(rows: int = 200) -> pd.DataFrame:
+    index = pd.date_range("2024-01-01", periods=rows, freq="h", tz="UTC")
+    return pd.DataFrame({"a": np.random.default_rng(0).normal(size=rows)}, index=index)
+
+
+def test_training_anomaly_rate_of_no_rows_is_refused_not_nan() -> None:
+    # The mean over no rows was NaN (with a RuntimeWarning), and monitoring's calibrated rate
+    # took NaN for the rate every later run was compared with.
+    detector = SeasonalMADDetector(season=None).fit(_noise())
+    with pytest.raises(ModelError, match="X has no rows to measure the training anomaly rate on; pass the rows"):
+        detector.training_anomaly_rate(_noise().iloc[:0])
+    assert 0.0 <= detector.training_anomaly_rate(_noise()) <= 0.05
+
+
+def test_a_feature_of_values_too_large_to_compute_with_is_named_as_such() -> None:
+    # -1.7e308 is a common "no data" marker; it is treated as infinite, which the message said
+    # without saying why a finite number counted as infinite.
+    with pytest.raises(ModelError, match=r"features \['b'\] have no values .*too large to compute with: \|value\| >= 1.34e\+154"):
+        SeasonalMADDetector(season=None).fit(_noise().assign(b=-1.7e308))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.detectors.calibration import ScoreCalibrator, decision_threshold
-from pipelines.errors import ModelError
+from pipelines.errors import ConfigError, ModelError
 
 
 @pytest.fixture
@@ -152,3 +152,54 @@ def test_a_column_of_raw_scores_is_calibrated_as_a_column(calibrator: ScoreCalib
     column = calibrator.transform(raw[:, None])
     assert column.shape == (raw.size, 1)
     np.testing.assert_array_equal(column[:, 0], calibrator.transform(raw))
+
+
+@pytest.mark.parametrize("scale", [1e-310, 1e-320])
+def test_subnormal_raw_scores_calibrate_into_the_unit_interval(scale: float) -> None:
+    # Knots a subnormal apart overflowed the slopes of the segment lookup (and of np.interp):
+    # training points scored inf, and one NaN.
+    raw = np.abs(np.random.default_rng(0).normal(size=500)) * scale
+    calibrator = ScoreCalibrator().fit(raw)
+    scores = calibrator.transform(np.r_[raw, 0.0, raw.max() * 2])
+    assert np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0
+    assert np.all(np.diff(calibrator.transform(np.sort(raw))) >= 0)
+    np.testing.assert_allclose(calibrator.transform(calibrator.knots_raw_), calibrator.knots_score_, atol=1e-12)
+    assert np.quantile(scores[:-2], 0.5) == pytest.approx(0.5, abs=0.01)
+    assert np.isfinite(calibrator.surprise(raw)).all()
+
+
+def test_raw_scores_near_the_largest_float_keep_their_tail() -> None:
+    # The mean of excesses near 1e307 overflowed: a tail scale of inf gave every point of the
+    # tail the same score, and the threshold's raw bound was infinite.
+    rng = np.random.default_rng(0)
+    raw = np.r_[-1.7e308, rng.uniform(-1, 1, 300) * 1e308, 1.7e308, 1.79e308]
+    calibrator = ScoreCalibrator().fit(raw)
+    assert np.isfinite(calibrator.tail_scale_)
+    top = np.sort(raw)[-5:]
+    assert np.all(np.diff(calibrator.transform(top)) > 0)
+    assert np.isfinite(calibrator.inverse(0.999))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "message"),
+    [
+        ("contamination", float("nan"), r"threshold_value for threshold_kind 'contamination' must be a number in \(0, 1\], got nan"),
+        ("score", float("nan"), r"threshold_value for threshold_kind 'score' must be a number in \(0, 1\), got nan"),
+        ("false_alarm_probability", float("inf"), r"threshold_value .* got inf"),
+        ("false_alarm_probability", 1.0, r"must be a number in \(0, 1\), got 1.0"),
+        ("contamination", -0.1, r"got -0.1"),
+        ("contamination", True, r"got True"),
+        ("fap", 0.01, r"threshold_kind must be one of 'contamination', 'false_alarm_probability', 'score', got 'fap'"),
+    ],
+)
+def test_a_bad_threshold_policy_names_the_parameter(kind: str, value: float, message: str) -> None:
+    # A NaN score threshold came back as NaN (flagging nothing), a NaN contamination failed with
+    # "cannot convert float NaN to integer", and an unknown kind was taken for contamination.
+    with pytest.raises(ConfigError, match=message):
+        decision_threshold(np.linspace(0.0, 0.9, 100), kind, value)
+
+
+@pytest.mark.parametrize("scores", [np.array([]), np.full(5, np.nan)])
+def test_contamination_without_finite_training_scores_says_what_to_do(scores: np.ndarray) -> None:
+    with pytest.raises(ModelError, match="no training row has a finite score; train on rows with values"):
+        decision_threshold(scores, "contamination", 0.01)

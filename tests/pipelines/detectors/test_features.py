@@ -113,3 +113,13 @@ def test_calendar_lets_the_forest_see_a_cycle_at_the_wrong_hours() -> None:
         flagged[calendar] = detection.is_anomaly[48:96, 0].mean()
         assert detection.is_anomaly[100:, 0].mean() <= 0.02
     assert flagged[False] <= 0.05 and flagged[True] >= 0.3
+
+
+def test_rolling_spread_of_values_near_the_largest_measurable_is_finite() -> None:
+    # Values below 1.34e154 are measurements (base._TOO_LARGE), but their squares summed over a
+    # window overflowed: an infinite spread made scikit-learn refuse the iforest fit.
+    values = pd.DataFrame({"a": np.random.default_rng(0).normal(size=200) * 5e153, "b": np.arange(200.0)})
+    spread = window_features(values, 6)
+    assert np.isfinite(spread["a:rolling_std"].iloc[5:]).all()
+    np.testing.assert_allclose(spread["a:rolling_std"].iloc[5:], (values["a"] / 5e153).rolling(6).std().iloc[5:] * 5e153, rtol=1e-12)
+    np.testing.assert_array_equal(spread["b:rolling_std"], values["b"].rolling(6).std())

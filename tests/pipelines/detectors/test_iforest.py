@@ -195,3 +195,12 @@ def test_a_model_saved_asking_for_window_rows_of_history_asks_for_what_its_fill_
     # from as far again: scoring in pieces needs both as history.
     assert old.lookback_ == detector.lookback_ == 2 * (detector.window + detector.lags)
     np.testing.assert_array_equal(old.detect(test, history=train).score, detector.detect(test, history=train).score)
+
+
+def test_values_just_below_the_infinite_cut_are_scored() -> None:
+    # Such values are measurements, but the rolling spread of a window of them overflowed and
+    # scikit-learn refused the fit ("Input X contains infinity").
+    X = pd.DataFrame({"a": np.random.default_rng(0).normal(size=200) * 5e153}, index=pd.RangeIndex(200))
+    detector = IsolationForestDetector(n_estimators=10, window=6).fit(X)
+    scores = detector.detect(X).score
+    assert np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0

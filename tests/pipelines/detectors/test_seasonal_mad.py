@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.detectors import Detection, load_detector
+from pipelines.detectors import Detection, load_detector, make_detector
 from pipelines.detectors.seasonal_mad import SeasonalMADDetector
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, ModelError
 from tests.pipelines.detectors.conftest import spiked
 
 SPIKE_ROWS = [9, 40, 77, 118, 151]
@@ -106,6 +106,17 @@ def test_flat_series_uses_the_scale_floor(series) -> None:
     assert np.flatnonzero(detection.is_anomaly[:, 0]).tolist() == [10]
 
 
+@pytest.mark.parametrize("kind", ["seasonal_mad", "level_shift"])
+def test_a_huge_scale_floor_keeps_scores_in_the_unit_interval(series, kind: str) -> None:
+    # Residuals over a floor near the largest float are subnormal raw scores, whose calibration
+    # scored normal rows inf.
+    train, test = series
+    detector = make_detector(kind, {"min_scale": 1e306}).fit(train)
+    detection = detector.detect(test, history=train)
+    for scores in (detection.score, detection.feature_score):
+        assert np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0
+
+
 def test_duration_season_needs_timestamps(series) -> None:
     with pytest.raises(ConfigError, match="parameter 'season' is the duration '1d' but the data has no timestamps"):
         SeasonalMADDetector(season="1d").fit(series[0].reset_index(drop=True))
@@ -166,3 +177,22 @@ def test_two_seasons_of_noise_flag_about_the_share_asked_of_new_rows(kind: str) 
         assert detector.season_fallback_ is None
         shares.append(detector.detect(later, history=train).is_anomaly.mean())
     assert np.mean(shares) <= 0.01
+
+
+@pytest.mark.parametrize("kind", ["seasonal_mad", "iforest"])
+def test_a_feature_with_one_training_value_is_named(series, kind: str) -> None:
+    # The error said "cannot calibrate scores from 1 finite training score(s)" without naming the
+    # detector or the feature: a job of many features could not tell which one to fix.
+    train = series[0].assign(sparse=np.r_[[1.0], np.full(len(series[0]) - 1, np.nan)])
+    message = r"Detector: feature 'sparse' has 1 training row\(s\) with a value to score, too few to calibrate .*leave it out"
+    with pytest.raises(ModelError, match=message):
+        make_detector(kind, {}).fit(train)
+
+
+def test_a_scale_floor_beyond_the_largest_float_does_not_mute_the_detector(series) -> None:
+    # share * magnitude overflowed to a scale of inf: every row scored 0 and every bound was NaN.
+    train, test = series
+    detector = SeasonalMADDetector(min_scale=1e308).fit(train)
+    assert np.isfinite(detector.scale_).all()
+    detection = detector.detect(spiked(test, [20], size=1e6), history=train)
+    assert detection.is_anomaly[20, 0] and np.isfinite(detection.lower).all() and np.isfinite(detection.upper).all()
