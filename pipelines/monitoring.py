@@ -66,15 +66,23 @@ def feature_reference(values: np.ndarray) -> dict[str, Any] | None:
     }
 
 
-def calibrated_rate(train_anomaly_rate: float, rows: int) -> float:
-    """The anomaly rate the threshold implies: the share of training timestamps it flagged.
+def calibrated_rate(train_anomaly_rate: Any, rows: int) -> float | None:
+    """The anomaly rate the threshold implies: the share of training timestamps it flagged; None
+    when ``train_anomaly_rate`` is no rate (missing, NaN, or outside [0, 1]).
 
     Measured rather than taken from the threshold's value, because a timestamp is anomalous when
     any of its features is (so several features flag more often than the contamination of each),
     and a ``score`` threshold has no nominal rate at all. Floored at one timestamp of the
     training window: a rate of 0 would make any single anomaly "far" from it.
     """
-    return max(float(train_anomaly_rate), 1.0 / max(rows, 1))
+    # A NaN passed max() and crashed the rate test in scipy ("p (nan) must be in range"), and a
+    # null read from metadata raised TypeError: a model without a rate is not rate-monitored.
+    if isinstance(train_anomaly_rate, bool) or not isinstance(train_anomaly_rate, (int, float, np.number)):
+        return None
+    rate = float(train_anomaly_rate)
+    if not 0.0 <= rate <= 1.0:  # NaN fails both comparisons
+        return None
+    return max(rate, 1.0 / max(rows, 1))
 
 
 def reference_profile(data: pd.DataFrame, *, train_anomaly_rate: float) -> dict[str, Any]:
@@ -253,6 +261,11 @@ def series_record(
         p_value is not None and rate is not None and expected is not None
         and p_value < settings.rate_p_value and rate > settings.rate_factor * expected
     )
+    if expected is None:
+        notes.append(
+            f"model version {version} recorded no usable training anomaly rate, so its rate is not monitored; "
+            "train the series again to record one"
+        )
     if stamps < settings.min_rows:
         notes.append(f"only {stamps} timestamps published up to this window; statistics need monitoring.min_rows={settings.min_rows}")
     return {

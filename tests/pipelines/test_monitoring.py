@@ -13,6 +13,7 @@ import pytest
 from pipelines.config import parse_job
 from pipelines.monitoring import (
     SKETCH_POINTS,
+    calibrated_rate,
     feature_reference,
     ks,
     monitor_window,
@@ -252,6 +253,35 @@ def test_an_anomaly_rate_far_above_the_calibrated_one_requests_a_retrain(isolate
     record = read_records(job, "all")[-1]
     assert record["rate_far"] and record["anomaly_rate"] > 0.15 > 3 * record["calibrated_anomaly_rate"]
     assert record["rate_p_value"] < 0.001
+
+
+@pytest.mark.parametrize("recorded", [float("nan"), None, float("inf"), -0.1, 1.5, "0.1", True])
+def test_a_recorded_rate_that_is_no_rate_is_not_monitored(recorded) -> None:
+    # NaN passed max() into scipy's binomial test ("p (nan) must be in range [0, 1]") and failed
+    # the monitor task; a null read back from metadata raised TypeError.
+    assert calibrated_rate(recorded, 100) is None
+    assert calibrated_rate(0.0, 100) == 0.01 and calibrated_rate(0.2, 100) == 0.2
+
+
+def test_a_champion_without_a_usable_rate_is_monitored_for_drift_and_says_why_not_its_rate(isolated: Path) -> None:
+    data = hourly(24, seed=2)
+    job = make_job(isolated, data, drift_threshold=1000.0)
+    run_train(job, TRAIN, run_id="train")
+    registry = registry_for(job)
+    version = registry.champion(job.name, "all")
+    path = Path(registry._url(job.name, "all", "versions", version.version, "metadata.json"))
+    metadata = json.loads(path.read_text())
+    metadata["monitoring"]["calibrated_anomaly_rate"] = None
+    metadata["metrics"]["train_anomaly_rate"] = None  # as NaN reads back from JSON
+    path.write_text(json.dumps(metadata))
+
+    results = [predict_and_monitor(job, w, f"predict-{k}") for k, w in enumerate(WINDOWS[:2])]
+
+    assert not any(r.due for r in results)
+    record = read_records(job, "all")[-1]
+    assert record["rate_p_value"] is None and record["calibrated_anomaly_rate"] is None
+    assert f"model version {version.version} recorded no usable training anomaly rate" in " ".join(record["notes"])
+    assert "b" in record["features"] and record["features"]["b"]["psi"] is not None
 
 
 def test_a_few_anomalies_are_not_a_far_rate(isolated: Path) -> None:
