@@ -58,6 +58,10 @@ def test_a_country_without_known_holidays_is_refused_when_the_job_is_loaded() ->
     pytest.importorskip("holidays")
     with pytest.raises(ConfigError, match=r"params.holidays_country: no public holidays are known for it; choose one of .*\bUS\b.*\(got 'ZZZ'\)"):
         parse_job(_job("prophet", {"holidays_country": "ZZZ"}))
+    # The holidays package's calendar constants passed as countries and failed the fit.
+    for constant in ("MON", "JAN", "SUN"):
+        with pytest.raises(ConfigError, match=rf"no public holidays are known for it; .*\(got '{constant}'\)"):
+            parse_job(_job("prophet", {"holidays_country": constant}))
     for code in ("US", "USA", "TU"):  # what Prophet takes: alpha-3 codes, its alias of Turkey
         parse_job(_job("prophet", {"holidays_country": code}))
 
