@@ -194,9 +194,9 @@ class ProphetParams(DetectorParams):
             import holidays
         except ImportError:  # without the prophet extra the fit names the package to install
             return value
-        # A class, as Prophet builds it: the package also exports calendar constants (MON = 0,
+        # Callable, as Prophet builds it: the package also exports calendar constants (MON = 0,
         # JAN = 1) whose names pass the pattern and failed the fit with "'int' object is not callable".
-        if not isinstance(getattr(holidays, {"TU": "TR"}.get(value, value), None), type):
+        if not callable(getattr(holidays, {"TU": "TR"}.get(value, value), None)):
             codes = ", ".join(sorted(code for code in holidays.list_supported_countries() if len(code) == 2))
             raise ValueError(f"no public holidays are known for it; choose one of {codes}")
         return value
