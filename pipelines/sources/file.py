@@ -642,6 +642,16 @@ def _translated(advice: Advice, fail: Fail, what: str, fmt: str) -> Iterator[Non
             advice("delimiter", f'Set source.delimiter: "{shown}" in the job file.', lambda flag: f"Give {flag} '{shown}'."),
             kind=SourceConfigError,
         ) from None
+    except _ForeignHeader as exc:
+        raise fail(
+            f"{what} {exc}",
+            advice(
+                "path",
+                "Check that `path` points at this job's files, and that the job's column names are the header's.",
+                lambda flag: f"Check {flag}: it should hold the job's columns.",
+            ),
+            kind=SourceConfigError,
+        ) from None
     except _UndecodableText as exc:
         raise fail(
             f"{what} {exc}",
@@ -885,6 +895,15 @@ class _WrongDelimiter(ValueError):
         super().__init__(f"has the header {header!r}, which looks {self.shown}-separated")
 
 
+class _ForeignHeader(ValueError):
+    """A csv header that holds none of the job's columns: another export than the job's."""
+
+    def __init__(self, header: list[str], job: JobConfig) -> None:
+        super().__init__(
+            f"has the header {','.join(header)!r}, which holds none of the job's columns ({', '.join(job.columns)})"
+        )
+
+
 #: Delimiters looked for in a header that the configured one does not split.
 _OTHER_DELIMITERS = (";", "\t", ",", "|")
 
@@ -902,6 +921,10 @@ def _check_csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encodin
             for other in _OTHER_DELIMITERS:
                 if other != _delimiter(job) and other in str(name) and wanted & set(next(csv.reader([str(name)], delimiter=other))):
                     raise _WrongDelimiter(str(name), other)
+        # pandas drops every row when no column is kept: the file read as 0 rows ("holds 0 rows;
+        # the job needs at least 24"), with no word of its columns.
+        if seen:
+            raise _ForeignHeader(list(dict.fromkeys(str(name) for name in seen)), job)  # pandas asks twice of each
     if not any(re.fullmatch(rf"{re.escape(name)}\.\d+", str(other)) for name in job.columns for other in seen):
         return
     with open_data(fs, file) as handle, io.TextIOWrapper(handle, encoding=_text_encoding(encoding), newline="") as text:

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.config import FileSource, JobConfig, SqlSource, get_job
-from pipelines.errors import ConfigError, DataValidationError, SourceDataError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, SourceConfigError, SourceDataError, SourceError
 from pipelines.extraction import extract, extract_chunks, read_parquet
 from pipelines.runner import history_rows, run_predict, run_score_file, run_train
 from pipelines.sources.base import parse_timestamps
@@ -396,6 +396,20 @@ def test_a_one_off_input_is_read_with_the_csv_options_of_the_jobs_file_source(pr
     chunks = pd.concat(read_parquet(p) for p in extracted.paths)
     assert chunks["latency_ms"].tolist() == [1001.5, 1001.5, 1001.5]
     assert chunks["requests"].tolist() == [0, 1, 2]
+
+
+def test_a_one_off_input_of_other_columns_is_named_as_such_not_as_empty(project: Path) -> None:
+    # It said "holds 0 rows; the job needs at least 24": pandas keeps no row of a csv when it keeps no column.
+    path = project / "other.csv"
+    path.write_text("a,b\n1,2\n3,4\n")
+
+    with pytest.raises(SourceConfigError) as raised:
+        extract_chunks(get_job("demo_web_metrics"), run_id="one-off", input_path=str(path), chunk_rows=10)
+
+    assert str(raised.value).endswith(
+        "has the header 'a,b', which holds none of the job's columns (timestamp, region, requests, latency_ms). "
+        "Check input (predict's --input, or the run's `input`): it should hold the job's columns."
+    )
 
 
 def test_a_one_off_inputs_advice_names_no_job_file_setting_it_cannot_use(project: Path) -> None:

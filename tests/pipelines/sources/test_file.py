@@ -24,7 +24,7 @@ import pytest
 from fsspec.compression import compr
 from fsspec.core import url_to_fs
 
-from pipelines.errors import ConfigError, DataValidationError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, SourceConfigError, SourceError
 from pipelines.sources import FileReader, read_window
 from pipelines.sources.base import parse_timestamps
 
@@ -652,6 +652,19 @@ def test_delimiter_and_decimal_options_read_csv_whole_and_in_chunks(
         assert frame["host"].tolist() == ["007", "b"] and frame["value"].tolist() == [1.5, -2.25]
 
 
+def test_a_csv_holding_none_of_the_jobs_columns_says_so_whole_and_in_chunks(make_job, tmp_path: Path) -> None:
+    # pandas keeps no row when it keeps no column: the file read as empty, and the run said
+    # "no rows" (or, for a one-off input, "holds 0 rows; the job needs at least 24").
+    (tmp_path / "m.csv").write_text("when,site,reading\n2024-01-01 01:00:00,a,1\n")
+    reader = FileReader(make_job(file_source(str(tmp_path / "m.csv"))))
+
+    for read in (lambda: reader.read(START, END), lambda: list(reader.iter_chunks(1))):
+        with pytest.raises(SourceConfigError) as info:
+            read()
+        assert "m.csv has the header 'when,site,reading', which holds none of the job's columns (ts, host, value)" in str(info.value)
+        assert str(info.value).endswith("Check that `path` points at this job's files, and that the job's column names are the header's.")
+
+
 @pytest.mark.parametrize(
     ("text", "options"),
     [
@@ -698,11 +711,15 @@ def test_a_csv_read_with_the_wrong_delimiter_says_which_one_to_set(
             read()
 
 
-def test_a_header_without_the_jobs_columns_is_left_to_validation(make_job, tmp_path: Path) -> None:
-    # A semicolon in a header that holds none of the job's columns is no sign of a wrong delimiter.
+def test_a_header_without_the_jobs_columns_is_no_sign_of_a_wrong_delimiter(make_job, tmp_path: Path) -> None:
+    # A semicolon in a header that holds none of the job's columns is no sign of a wrong delimiter:
+    # the file is named as another export, not told to be read with ";".
     (tmp_path / "m.csv").write_text("a;b,c\n1,2\n")
 
-    assert FileReader(make_job(file_source(str(tmp_path / "m.csv")))).read(None, None).empty
+    with pytest.raises(SourceConfigError) as info:
+        FileReader(make_job(file_source(str(tmp_path / "m.csv")))).read(None, None)
+    assert "has the header 'a;b,c', which holds none of the job's columns" in str(info.value)
+    assert "delimiter" not in str(info.value)
 
 
 def test_a_repeated_column_is_refused_in_a_semicolon_separated_csv(make_job, tmp_path: Path) -> None:
