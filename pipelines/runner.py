@@ -5,13 +5,14 @@ Each function chains the same step functions that the Airflow tasks call one by 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
 from collections.abc import Callable
-from datetime import datetime
-from pathlib import PurePosixPath
+from datetime import datetime, timedelta, timezone
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -236,6 +237,35 @@ def check_one_off(
         check_output_file(output, f"job {job.name}: output")
 
 
-def cleanup(job: JobConfig, run_id: str) -> None:
-    """Remove a run's intermediate files (never its outputs, models or quarantine)."""
-    shutil.rmtree(Workspace(job.name, run_id).root, ignore_errors=True)
+#: How long the work folder of a run that never finished is kept: a failed Airflow run can be
+#: cleared and re-run from its failed task within it (the task's inputs are there); after it, the
+#: folder is swept, as failed one-off runs each left a chunked copy of their input behind for ever.
+ABANDONED_AFTER = timedelta(days=7)
+
+
+def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None) -> list[str]:
+    """Remove a run's intermediate files (never its outputs, models or quarantine), and those of
+    the job's runs that have been untouched for :data:`ABANDONED_AFTER` (failed runs clean up
+    nothing); returns the run folders swept."""
+    here = Workspace(job.name, run_id).root
+    shutil.rmtree(here, ignore_errors=True)
+    cutoff = (now or datetime.now(timezone.utc)).timestamp() - ABANDONED_AFTER.total_seconds()
+    swept = []
+    for folder in sorted(here.parent.iterdir()) if here.parent.is_dir() else []:
+        if folder.is_dir() and not folder.is_symlink() and _last_touched(folder) < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            swept.append(folder.name)
+    if swept:
+        log.info("job %s: removed the work folders of %d runs untouched for %s: %s", job.name, len(swept), ABANDONED_AFTER, swept)
+    return swept
+
+
+def _last_touched(folder: Path) -> float:
+    """The latest modification time of ``folder`` or anything in it: a folder's own time changes
+    only when its direct entries do, and a running run writes deeper."""
+    latest = folder.stat().st_mtime
+    for parent, folders, files in os.walk(folder):
+        for name in (*folders, *files):
+            with contextlib.suppress(OSError):  # removed meanwhile by its own run
+                latest = max(latest, os.lstat(os.path.join(parent, name)).st_mtime)
+    return latest

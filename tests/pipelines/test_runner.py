@@ -439,3 +439,34 @@ def test_series_failing_for_want_of_an_optional_package_are_each_named_as_that_e
     ) as caught:
         _fit_each(job, ["region=apac", "region=eu", "region=us"], fit, "train")
     assert caught.value.completed == [{"series": "region=eu"}]
+
+
+def test_a_finished_run_sweeps_the_work_folders_runs_left_a_week_ago(project: Path) -> None:
+    # A failed run never cleans up: each failed one-off run left a chunked copy of its input in
+    # var/work for ever. A week is the time to clear and re-run its failed tasks in Airflow.
+    import os
+    import time
+
+    from pipelines.runner import ABANDONED_AFTER, cleanup
+    from pipelines.workspace import Workspace
+
+    job = get_job("demo_web_metrics")
+    folders = {run: Path(Workspace(job.name, run).root) for run in ("failed-long-ago", "failed-yesterday", "this-run", "running")}
+    for folder in folders.values():
+        (folder / "chunks").mkdir(parents=True)
+        (folder / "chunks" / "raw-000000.parquet").write_bytes(b"x")
+    schema = Path(home()) / "work" / job.name / "source-schema-abc.json"
+    schema.write_text("{}")
+    now = time.time()
+    long_ago = now - ABANDONED_AFTER.total_seconds() - 3600
+    for path in (folders["failed-long-ago"], folders["failed-long-ago"] / "chunks", folders["failed-long-ago"] / "chunks" / "raw-000000.parquet",
+                 folders["running"], folders["running"] / "chunks", schema):
+        os.utime(path, (long_ago, long_ago))
+    # A run still writing: its top folders are old, a file deep inside is fresh.
+    (folders["running"] / "chunks" / "raw-000001.parquet").write_bytes(b"x")
+    os.utime(folders["running"] / "chunks", (long_ago, long_ago))
+
+    assert cleanup(job, "this-run") == ["failed-long-ago"]
+
+    assert [run for run, folder in folders.items() if folder.exists()] == ["failed-yesterday", "running"]
+    assert schema.exists()
