@@ -31,6 +31,7 @@ from pipelines.web.schemas import (
     ChampionInfo,
     DetectRequest,
     DetectResponse,
+    ErrorBody,
     EventInfo,
     EventList,
     EventSignal,
@@ -119,9 +120,55 @@ class _BoundedJsonRoute(APIRoute):
         async def bounded(request: Request) -> Response:
             if self.body_field is not None and _may_be_parsed(request):
                 await self._check_values(request)
+                if request.headers.get("content-type"):  # without one FastAPI answers 415 unparsed
+                    await self._parse_once(request)
             return await handle(request)
 
         return bounded
+
+    async def _parse_once(self, request: Request) -> None:
+        """Parse the body, refusing (422) an object that names a key twice, and keep the result for FastAPI.
+
+        Python's JSON reader keeps the last of repeated keys: a point holding two timestamps was
+        scored at the second, and the caller never learnt the first was dropped.
+        """
+        body = await request.body()
+        if not body:
+            return
+        repeated: list[str] = []
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            obj = dict(items)
+            if len(obj) < len(items):
+                seen: set[str] = set()
+                for key, _ in items:
+                    if key in seen:
+                        repeated.append(key)
+                    seen.add(key)
+            return obj
+
+        try:
+            parsed = json.loads(body, object_pairs_hook=pairs)
+        except UnicodeDecodeError as exc:
+            # FastAPI answered it 400 "There was an error parsing the body", saying neither where nor what.
+            await authenticate(request)
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                detail=f"the request body is not UTF-8 text (byte {exc.start:,} is not): send the JSON encoded as UTF-8",
+            ) from None
+        except ValueError:  # not JSON: FastAPI's own reading answers it (422 naming where)
+            return
+        if repeated:
+            await authenticate(request)  # an anonymous caller learns only that a login is needed
+            names = sorted(set(repeated))
+            shown = ", ".join(repr(name[:60]) for name in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"the request body repeats a key within one JSON object: {shown} ({len(repeated):,} repeats in all). "
+                "Only one value of a key would be read, and which was meant is unknown: send each key once per object.",
+            )
+        # Starlette's cache of Request.json(): FastAPI reads the body from it instead of parsing it again.
+        request._json = parsed
 
     async def _check_values(self, request: Request) -> None:
         from pipelines.config import scan_jobs
@@ -163,7 +210,8 @@ JobName = Annotated[str, Path(pattern=JOB_NAME_PATTERN, description="The job's n
 
 
 def _error(code: int, description: str) -> dict[str, Any]:
-    return {code: {"description": description, "content": {"application/json": {"example": {"detail": "..."}}}}}
+    # With its schema: an example alone let generated clients and schemathesis take any body.
+    return {code: {"model": ErrorBody, "description": description}}
 
 
 _AUTH_ERRORS = {
@@ -171,8 +219,13 @@ _AUTH_ERRORS = {
     **_error(403, "The user may not use this job's DAGs."),
     **_error(404, "No such job."),
 }
-#: Operations with a body (pipelines.web.app._unprocessable answers 415).
-_NOT_JSON = _error(415, "The body was not sent as JSON: send it with 'Content-Type: application/json'.")
+#: Operations with a body (pipelines.web.app._unprocessable answers 415; _BoundedJsonRoute and
+#: pipelines.web.app._BodyLimit the 400 and 413).
+_NOT_JSON = {
+    **_error(400, "The body is not UTF-8 text, or its Content-Length is not a number."),
+    **_error(413, "The body is larger than 16 MiB, or holds far more JSON values than the operation takes."),
+    **_error(415, "The body was not sent as JSON: send it with 'Content-Type: application/json'."),
+}
 #: Operations that read the model registry.
 _STORE_DOWN = _error(503, "The model registry's store (e.g. S3) could not be reached; retry later.")
 
@@ -185,8 +238,8 @@ _STORE_DOWN = _error(503, "The model registry's store (e.g. S3) could not be rea
         200: {"model": DetectResponse, "description": "One output row per data point, and a summary."},
         **_AUTH_ERRORS,
         **_error(409, "A series of the points has no champion model yet: train the job first."),
-        **_error(413, f"More than {MAX_DETECT_POINTS:,} data points: use score-file."),
         **_NOT_JSON,
+        **_error(413, f"More than {MAX_DETECT_POINTS:,} data points: use score-file."),
         **_error(422, "Points that do not fit the job: columns, types, timestamps, duplicates, the job's checks."),
         **_STORE_DOWN,
     },
@@ -306,11 +359,18 @@ def tuning(
 ) -> TuningHistory:
     """Every recorded tune run, promoted or not (a run that kept the champion leaves no model
     version, so this is where its reason is kept)."""
+    from pipelines.training import registry_for
     from pipelines.tuning import tuning_runs
 
     config = served_job(user, job, "GET")
     found = [SeriesTuning.model_validate(entry) for entry in tuning_runs(config, series, limit)]
     if not found:
+        # A mistyped series was told to run the tune DAG, which would never give it tune runs.
+        if series is not None and series not in (keys := registry_for(config).series(job)):
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                detail=f"job {job} has no series {series!r}; series with models: {', '.join(keys) or 'none (train the job first)'}",
+            )
         raise _none_yet(job, "tune runs", series, "tune")
     return TuningHistory(job=job, series=found)
 

@@ -28,6 +28,11 @@ from pipelines.workspace import Window
 log = logging.getLogger(__name__)
 
 _SHOWN = 5  # rows or names quoted in an error message; the count says how many more there are
+_QUOTED_CHARS = 60  # of one name or value quoted in an error message
+#: Longer than any ISO 8601 date-time (2024-03-03T14:00:00.123456789+05:30 is 35 characters).
+_LONGEST_TIME = 64
+#: Of a dimension value: a name (a region, a host), far longer than any.
+_LONGEST_DIMENSION = 10_000
 
 
 class TooManyPoints(DataValidationError):
@@ -37,6 +42,13 @@ class TooManyPoints(DataValidationError):
 def _listing(items: list[Any]) -> str:
     shown = ", ".join(map(str, items[:_SHOWN]))
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+def _quoted(value: Any) -> str:
+    """``repr(value)``, cut short: a 16 MiB key or text value was echoed whole into the 422."""
+    if isinstance(value, str) and len(value) > _QUOTED_CHARS:
+        return f"{value[:_QUOTED_CHARS]!r}... ({len(value):,} characters)"
+    return repr(value)
 
 
 def points_of(job: JobConfig, rows: int) -> int:
@@ -57,7 +69,7 @@ def check_columns(job: JobConfig, records: list[dict[str, Any]]) -> None:
         for name in expected - record.keys():
             missing.setdefault(name, []).append(row)
     problems = [
-        f"unknown column {name!r} in points {_listing(rows)}" for name, rows in sorted(unknown.items())
+        f"unknown column {_quoted(name)} in points {_listing(rows)}" for name, rows in sorted(unknown.items())
     ] + [f"missing column {name!r} in points {_listing(rows)}" for name, rows in sorted(missing.items())]
     if problems:
         # Capped like the rows: points with 200,000 keys of their own made a 7 MB error message.
@@ -76,10 +88,23 @@ def check_feature_types(job: JobConfig, records: list[dict[str, Any]]) -> None:
     for name in job.features:
         rows = [row for row, record in enumerate(records) if isinstance(record[name], str)]
         if rows:
-            shown = _listing([repr(records[row][name]) for row in rows])
+            shown = _listing([_quoted(records[row][name]) for row in rows])
             problems.append(f"column {name!r}: text where a number (or null) belongs, e.g. {shown} in points {_listing(rows)}")
     if problems:
         raise DataValidationError(f"job {job.name}: {'; '.join(problems)}. Send features as JSON numbers, e.g. 2400 or 120.5.")
+
+
+def check_dimension_lengths(job: JobConfig, records: list[dict[str, Any]]) -> None:
+    """Dimension values are names: one far longer than any is refused here, quoted short, instead of
+    being echoed whole by the suite (a 16 MiB value made a 32 MiB answer and took ~300 MB of the api-server)."""
+    problems = []
+    for name in job.dimensions:
+        rows = [row for row, record in enumerate(records) if isinstance(record[name], str) and len(record[name]) > _LONGEST_DIMENSION]
+        if rows:
+            shown = _listing([_quoted(records[row][name]) for row in rows])
+            problems.append(f"column {name!r}: values longer than {_LONGEST_DIMENSION:,} characters, e.g. {shown} in points {_listing(rows)}")
+    if problems:
+        raise DataValidationError(f"job {job.name}: {'; '.join(problems)}. Send the dimension values the job's series are named by.")
 
 
 def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
@@ -88,8 +113,11 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
     Parsed here, vectorised, rather than by the validation suite's per-value dateutil check,
     which takes seconds for 30,000 points; missing timestamps stay NaT for the suite to report.
     """
+    # dateutil's parsing takes time growing with the square of a text's length: one 1 MB
+    # "timestamp" held a worker for 75 s, 16 MiB for hours. No ISO 8601 time is that long.
+    too_long = pd.Series([isinstance(value, str) and len(value) > _LONGEST_TIME for value in values], index=values.index, dtype=bool)
     try:
-        parsed = parse_timestamps(values)
+        parsed = parse_timestamps(values.where(~too_long) if too_long.any() else values)
     except ValueError as exc:  # it refuses to guess the zone of naive times among aware ones
         raise DataValidationError(
             f"job {job.name}: column {job.timestamp!r}: {exc}. Send every timestamp with its offset "
@@ -100,7 +128,7 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
         rows = list(values.index[bad])
         raise DataValidationError(
             f"job {job.name}: column {job.timestamp!r}: {len(rows)} timestamps are not ISO 8601 date-times, "
-            f"e.g. {_listing([repr(value) for value in values[bad].tolist()])} in points {_listing(rows)}. "
+            f"e.g. {_listing([_quoted(value) for value in values[bad].tolist()])} in points {_listing(rows)}. "
             "Send text such as 2024-03-03T14:00:00Z (naive times are taken as UTC)."
         )
     first, last = SUPPORTED_YEARS
@@ -109,7 +137,7 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
         rows = list(values.index[far])
         raise DataValidationError(
             f"job {job.name}: column {job.timestamp!r}: {len(rows)} timestamps are out of range, "
-            f"e.g. {_listing([repr(values[row]) for row in rows])} in points {_listing(rows)}; use dates between {first} and {last}."
+            f"e.g. {_listing([_quoted(values[row]) for row in rows])} in points {_listing(rows)}; use dates between {first} and {last}."
         )
     return parsed
 
@@ -125,7 +153,7 @@ def _check_grid_size(job: JobConfig, groups: list[tuple[str, dict[str, str], pd.
             f"job {job.name}: on the job's {job.frequency} grid the points span {sum(buckets.values()):,} rows x "
             f"{len(job.features)} features = {points:,} data points (series {widest} alone {buckets[widest]:,} rows), "
             f"more than the {MAX_DETECT_POINTS:,} one call may score. Send points closer together, or score the "
-            "whole file with a one-off scoring run (score-file)."
+            f"whole file with a one-off scoring run: POST /api/v1/jobs/{job.name}/score-file."
         )
 
 
@@ -145,6 +173,7 @@ def detect_points(job: JobConfig, records: list[dict[str, Any]], *, run_id: str)
     """
     check_columns(job, records)
     check_feature_types(job, records)
+    check_dimension_lengths(job, records)
     raw = pd.DataFrame.from_records(records, columns=job.columns)
     raw[job.timestamp] = _parsed_times(job, raw[job.timestamp])
     # A single request is a batch of any size: the job's min_rows is about scheduled windows.

@@ -93,6 +93,15 @@ class DetectRequest(_Body):
     )
 
 
+class ErrorBody(BaseModel):
+    """Every error answer (4xx, 5xx)."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        description="What is wrong and what to do; for a body or parameter of the wrong shape, "
+        "FastAPI's list of errors, each with its location (loc), message (msg) and type."
+    )
+
+
 class OutputRow(BaseModel):
     """One row of the output schema (pipelines/schema.py), plus the job's dimension columns (text)."""
 

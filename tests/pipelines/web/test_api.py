@@ -866,3 +866,100 @@ def test_two_score_file_calls_at_once_for_one_output_start_one_run(app, headers,
 
     assert asyncio.run(both()) == [202, 409]
     assert len([r for r in requests if r[0] == "POST"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: {**p, "k" * 100_000: 1}, "unknown column 'kkkkk"),
+        (lambda p: {**p, "requests": "9" * 100_000}, "column 'requests': text where a number (or null) belongs, e.g. '99999"),
+        (lambda p: {**p, "timestamp": "x" * 100_000}, "column 'timestamp': 1 timestamps are not ISO 8601 date-times, e.g. 'xxxxx"),
+    ],
+    ids=["key", "feature", "timestamp"],
+)
+def test_a_huge_name_or_value_is_quoted_cut_short_in_the_422(client, headers, spike_points, change, message):
+    """Each was echoed whole: a 16 MiB key or text value made a 16 MiB error message."""
+    answer = client.post(f"{BASE}/detect", json={"points": [change(spike_points[0])]}, headers=headers)
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert message in detail and "... (100,000 characters)" in detail and len(detail) < 1000
+
+
+def test_tuning_of_an_unknown_series_is_404_naming_the_jobs_series(client, headers):
+    """It said to run the tune DAG, which never gives a mistyped series tune runs."""
+    answer = client.get(f"{BASE}/tuning", params={"series": "region=EU"}, headers=headers)
+    assert answer.status_code == 404
+    detail = answer.json()["detail"]
+    assert detail == "job demo_web_metrics has no series 'region=EU'; series with models: region=apac, region=eu, region=us"
+
+
+def test_a_key_repeated_in_one_object_of_the_body_is_422_naming_it(client, headers, spike_points):
+    """JSON readers keep the last value: a point with two timestamps was scored at the second."""
+    import json
+
+    point = json.dumps(spike_points[0])
+    twice = point.replace('"region"', '"timestamp": "2024-03-04T00:00:00Z", "region"', 1)
+    sent = {**headers, "Content-Type": "application/json"}
+    answer = client.post(f"{BASE}/detect", content=f'{{"points": [{twice}]}}', headers=sent)
+    assert answer.status_code == 422, answer.text[:300]
+    assert "repeats a key within one JSON object: 'timestamp' (1 repeats in all)" in answer.json()["detail"]
+    label = '{"series": "region=eu", "start": "2024-03-03T14:00:00Z", "end": "2024-03-03T15:00:00Z", "verdict": true, "verdict": false}'
+    answer = client.post(f"{BASE}/labels", content=label, headers=sent)
+    assert answer.status_code == 422 and "'verdict'" in answer.json()["detail"]
+    # Without credentials only the login is asked for; well-formed bodies are still parsed once.
+    assert client.post(f"{BASE}/detect", content=f'{{"points": [{twice}]}}', headers={"Content-Type": "application/json"}).status_code == 401
+    assert client.post(f"{BASE}/detect", json={"points": spike_points}, headers=headers).status_code == 200
+
+
+def test_a_timestamp_longer_than_any_iso_time_is_refused_without_parsing_it(client, headers, spike_points, monkeypatch):
+    """Parsing takes time growing with the square of a text's length: a 1 MB "timestamp" held a worker 75 s."""
+    import pipelines.web.detect as detect
+
+    parsed: list[object] = []
+    real = detect.parse_timestamps
+    monkeypatch.setattr(detect, "parse_timestamps", lambda values: parsed.extend(values.tolist()) or real(values))
+    points = [{**spike_points[0], "timestamp": "2024-03-03T00:00:00Z" + " " * 100}, spike_points[1]]
+    answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
+    assert answer.status_code == 422
+    assert "1 timestamps are not ISO 8601 date-times, e.g. '2024-03-03T00:00:00Z" in answer.json()["detail"]
+    assert "(120 characters) in points 0." in answer.json()["detail"]
+    assert max(len(value) for value in parsed if isinstance(value, str)) == len(spike_points[1]["timestamp"])
+
+
+def test_the_openapi_document_gives_every_error_answer_its_schema(client, headers):
+    """Error answers had an example and no schema, and the 400 and 413 of bodies were not listed."""
+    spec = client.get("/openapi.json", headers=headers).json()
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for code, answer in operation["responses"].items():
+                if code.startswith(("4", "5")) and not (code == "422" and "requestBody" not in operation):
+                    assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody"), (method, path, code)
+            if "requestBody" in operation:
+                assert {"400", "413", "415", "422"} <= set(operation["responses"]), (method, path)
+    detect = spec["paths"]["/api/v1/jobs/{job}/detect"]["post"]["responses"]
+    assert detect["413"]["description"] == "More than 30,000 data points: use score-file."
+    # What the app answers has that shape: a refusal of ours (text) and FastAPI's (a list).
+    answer = client.post(f"{BASE}/detect", json={"points": "x"}, headers=headers)
+    assert answer.status_code == 422 and isinstance(answer.json()["detail"], list)
+    from pipelines.web.schemas import ErrorBody
+
+    ErrorBody.model_validate(answer.json())
+
+
+def test_a_body_that_is_not_utf8_is_400_saying_so(client, headers):
+    # FastAPI answered 400 "There was an error parsing the body".
+    raw = b'{"points": [{"region": "caf\xe9"}]}'
+    answer = client.post(f"{BASE}/detect", content=raw, headers={**headers, "Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == "the request body is not UTF-8 text (byte 27 is not): send the JSON encoded as UTF-8"
+    assert client.post(f"{BASE}/detect", content=raw, headers={"Content-Type": "application/json"}).status_code == 401
+
+
+def test_a_dimension_value_longer_than_any_name_is_422_quoted_short(client, headers, spike_points):
+    """The suite echoed it whole, twice: a 16 MiB value made a 32 MiB answer."""
+    answer = client.post(f"{BASE}/detect", json={"points": [{**spike_points[0], "region": "x" * 100_000}]}, headers=headers)
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert "column 'region': values longer than 10,000 characters, e.g. 'xxx" in detail
+    assert "... (100,000 characters) in points 0." in detail and len(detail) < 1000
