@@ -83,12 +83,17 @@ def job_columns(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
 SUPPORTED_YEARS = (1678, 2261)
 
 
+#: Longer than any date-time as text (2024-03-03T14:00:00.123456789+05:30 is 35 characters).
+LONGEST_TIMESTAMP = 64
+
+
 def parse_timestamps(values: pd.Series) -> pd.Series:
     """``values`` as UTC timestamps, NaT where missing or unparseable.
 
     Naive timestamps are taken as UTC; aware ones are converted to UTC. Text is parsed value by
-    value (``format="mixed"``, as the rest of the library does). Numbers are not parsed: their
-    unit (seconds? milliseconds?) would be a guess, so they count as unparseable.
+    value (``format="mixed"``, as the rest of the library does); text longer than
+    :data:`LONGEST_TIMESTAMP` is unparseable. Numbers are not parsed: their unit (seconds?
+    milliseconds?) would be a guess, so they count as unparseable.
 
     Raises ValueError when naive and aware values are mixed: the zone of the naive ones would
     be a guess.
@@ -100,6 +105,9 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values.dtype):
         return pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
     text = values.astype("string")
+    # dateutil's time grows with the square of a text's length: one 1 MB cell held a worker for
+    # 75 s, 16 MiB for hours. No date-time is that long, so such text is unparseable unread.
+    text = text.where(~(text.str.len() > LONGEST_TIMESTAMP).fillna(False))
     try:
         parsed = pd.to_datetime(text, format="mixed", errors="coerce")
     except ValueError:

@@ -17,7 +17,7 @@ from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
 from pipelines.config import JobConfig
 from pipelines.errors import ConfigError
 from pipelines.json_values import json_safe
-from pipelines.sources.base import SUPPORTED_YEARS, parse_timestamps
+from pipelines.sources.base import LONGEST_TIMESTAMP, SUPPORTED_YEARS, parse_timestamps
 from pipelines.storage import read_bytes
 from pipelines.validation.report import SAMPLE_SIZE, CheckResult
 
@@ -260,6 +260,8 @@ def _dateutil_parseable(value: object) -> bool:
 
     from dateutil import parser
 
+    if len(str(value)) > LONGEST_TIMESTAMP:  # dateutil's time grows with the square of the length
+        return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "tzname EST identified but not understood"
         try:

@@ -911,19 +911,15 @@ def test_a_key_repeated_in_one_object_of_the_body_is_422_naming_it(client, heade
     assert client.post(f"{BASE}/detect", json={"points": spike_points}, headers=headers).status_code == 200
 
 
-def test_a_timestamp_longer_than_any_iso_time_is_refused_without_parsing_it(client, headers, spike_points, monkeypatch):
-    """Parsing takes time growing with the square of a text's length: a 1 MB "timestamp" held a worker 75 s."""
-    import pipelines.web.detect as detect
-
-    parsed: list[object] = []
-    real = detect.parse_timestamps
-    monkeypatch.setattr(detect, "parse_timestamps", lambda values: parsed.extend(values.tolist()) or real(values))
+def test_a_timestamp_longer_than_any_iso_time_is_refused_without_parsing_it(client, headers, spike_points):
+    """Parsing takes time growing with the square of a text's length: a 1 MB "timestamp" held a
+    worker 75 s. parse_timestamps leaves such text unread (tests/pipelines/sources/test_base.py):
+    here, a time the parser would read through its trailing blanks is refused, quoted short."""
     points = [{**spike_points[0], "timestamp": "2024-03-03T00:00:00Z" + " " * 100}, spike_points[1]]
     answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
     assert answer.status_code == 422
     assert "1 timestamps are not ISO 8601 date-times, e.g. '2024-03-03T00:00:00Z" in answer.json()["detail"]
     assert "(120 characters) in points 0." in answer.json()["detail"]
-    assert max(len(value) for value in parsed if isinstance(value, str)) == len(spike_points[1]["timestamp"])
 
 
 def test_the_openapi_document_gives_every_error_answer_its_schema(client, headers):
