@@ -78,7 +78,9 @@ class _Quantiser:
     def spanning(cls, low: float, high: float, margin: float, bits: int) -> _Quantiser:
         """Levels over [low, high] widened by ``margin`` ranges on each side."""
         span = high - low
-        if not span > 0:
+        # A span of a few subnormal units (values like 1e-323 and 0) makes a step of 0, and every
+        # level a division by zero: it is drawn as flat.
+        if not span / (2**bits - 1) > 0:
             span = max(abs(high), 1.0)  # a flat series: a level of its own size
         return cls(low - margin * span, (1.0 + 2.0 * margin) * span / (2**bits - 1), bits)
 
@@ -272,7 +274,9 @@ class ContextDetector(BaseDetector):
         unseen = X.loc[X.index > champion.training_end_]
         values = unseen.to_numpy()
         top = champion.low_ + 2**params.value_bits * champion.step_
-        within = bool(np.all((np.nanmin(values, axis=0) >= champion.low_) & (np.nanmax(values, axis=0) < top))) if len(values) else False
+        # A feature silent since the champion's training has no value to leave its levels: its
+        # NaN minimum compared False and made every such retraining cold (with an All-NaN warning).
+        within = bool(np.all(np.isnan(values) | ((values >= champion.low_) & (values < top)))) if len(values) else False
         if len(unseen) < _MIN_TRAINING_ROWS // 2 or not within or sum(s.memory.contexts for s in champion.streams_) > _MAX_WARM_CONTEXTS:
             self.warm_started_ = False
             return self._fit(X, params)

@@ -45,6 +45,12 @@ _CONTRIBUTION_KNEE = 20.0
 #: change. 1e-9 is millions of such units, and far below any change of a sensor or a setting. Being
 #: relative, a constant of 0 allows no other value: an error counter leaving 0 is a change.
 _CONSTANT_RTOL = 1e-9
+#: Largest distance from the training median, and largest residual, in robust units that the
+#: estimate and the sequential test compute with. A value 1e165 of its signal's scales away (a
+#: signal in units of 1e-165 reading 1.0) squared to infinity: the distances became inf - inf,
+#: every estimate NaN, and the row scored 0, unflagged. Capped, its square summed over 15,000
+#: state columns and 10,000 rows of evidence stays finite; no measurement comes near it.
+_STANDARD_CAP = 1e100
 
 
 class MSETDetector(BaseDetector):
@@ -179,12 +185,21 @@ class MSETDetector(BaseDetector):
         # A signal whose MAD is 0 but that still moves (mostly constant, with excursions) is
         # scaled by its standard deviation instead, so its excursions stay finite.
         self.scale_ = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
-        dropped, self.constant_signals_ = _dropped(X, std, params.max_missing)
+        # Constant means every value equal, not a standard deviation of 0: the mean of 1,000 copies
+        # of 0.1 is off in its last bit, so their std was 1e-17 and the signal was kept, flagging its
+        # own constant after an aggregation; and the squares of values near 1e-170 underflow, so such
+        # a signal's std was 0 and it was taken for a constant that moved at every row.
+        varies = np.nanmax(values, axis=0) > np.nanmin(values, axis=0)
+        dropped, self.constant_signals_ = _dropped(X, varies, params.max_missing)
         self.dropped_signals_ = {**dropped, **(unmeasurable or {})}
         kept = [i for i, name in enumerate(X.columns) if str(name) not in self.dropped_signals_]
         if not kept:
-            reasons = "; ".join(f"{name}: {why}" for name, why in self.dropped_signals_.items())
-            raise ModelError(f"MSETDetector has no signal left to model ({reasons}); check the training data")
+            raise ModelError(
+                f"MSETDetector has no signal left to model ({_named_reasons(self.dropped_signals_)}). It needs a signal "
+                f"that varies and has a value in at least {100 * (1 - params.max_missing):.3g}% of the training rows: "
+                "widen the training window to a time the signals moved, or leave the constant and gappy ones out of "
+                "the job's features."
+            )
         self.signals_ = np.asarray([str(X.columns[i]) for i in kept], dtype=object)
         self.kept_ = np.asarray(kept)
         self.lags_ = (_LONE_SIGNAL_LAGS if len(kept) == 1 else 0) if params.lags == "auto" else params.lags
@@ -230,10 +245,9 @@ class MSETDetector(BaseDetector):
                 for name, v in zip(self.signals_[unmeasured], share, strict=True)
             }
             if unmeasured.size == len(self.signals_):
-                named = "; ".join(f"{name}: {why}" for name, why in reasons.items())
                 raise ModelError(
-                    f"MSETDetector has no signal left to model ({named}). Leave such signals out of the job's features "
-                    "until they have reported for longer."
+                    f"MSETDetector has no signal left to model ({_named_reasons(reasons)}). Leave such signals out of the "
+                    "job's features until they have reported for longer."
                 )
             return self._fit(X, params, {**(unmeasurable or {}), **reasons})
         spread = np.nanmedian(np.abs(residuals - np.nanmedian(residuals, axis=0)), axis=0) * _MAD_TO_SIGMA
@@ -256,7 +270,8 @@ class MSETDetector(BaseDetector):
 
     def _standard(self, values: np.ndarray) -> np.ndarray:
         """Kept signals in standard units."""
-        return (values[:, self.kept_] - self.center_[self.kept_]) / self.scale_[self.kept_]
+        standard = (values[:, self.kept_] - self.center_[self.kept_]) / self.scale_[self.kept_]
+        return np.clip(standard, -_STANDARD_CAP, _STANDARD_CAP)
 
     def _states(self, values: np.ndarray) -> np.ndarray:
         """One state per row: the kept signals now, then each lag's values (NaN before the start)."""
@@ -470,7 +485,7 @@ class MSETDetector(BaseDetector):
         }
 
 
-def _dropped(X: pd.DataFrame, std: np.ndarray, max_missing: float) -> tuple[dict[str, str], dict[str, float]]:
+def _dropped(X: pd.DataFrame, varies: np.ndarray, max_missing: float) -> tuple[dict[str, str], dict[str, float]]:
     """The signals to drop and why, and the constant ones' constants."""
     reasons, constants = {}, {}
     missing = X.isna().mean().to_numpy()
@@ -481,11 +496,18 @@ def _dropped(X: pd.DataFrame, std: np.ndarray, max_missing: float) -> tuple[dict
             reasons[str(name)] = (
                 f"missing in {100 * missing[j]:.3g}% of training rows (more than max_missing {100 * max_missing:.3g}%)"
             )
-        elif not std[j] > 0:
+        elif not varies[j]:
             # A Python float: the repr of a numpy scalar ("np.float64(5.0)") reached users' messages and the model metadata.
             constants[str(name)] = float(X.iloc[:, j].dropna().iloc[0])
             reasons[str(name)] = f"constant ({constants[str(name)]!r}) in every training row: nothing to estimate"
     return reasons, constants
+
+
+def _named_reasons(reasons: dict[str, str]) -> str:
+    """The first signals dropped and why, then how many more: 300 constant signals (a machine off
+    over the training window) made an error of 22,000 characters."""
+    named = "; ".join(f"{name}: {why}" for name, why in list(reasons.items())[:_NAMED_SIGNALS])
+    return named + (f"; and {len(reasons) - _NAMED_SIGNALS} more" if len(reasons) > _NAMED_SIGNALS else "")
 
 
 def _too_few_complete_rows(kept: pd.DataFrame, complete: int, lags: int) -> str:
@@ -574,7 +596,7 @@ def _restarting_sprt(z: np.ndarray, window: int, drift: float, variance_ratio: f
     spike's whole evidence as long as the spike was in the window. Missing residuals bring no
     evidence.
     """
-    z = np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0)
+    z = np.clip(np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0), -_STANDARD_CAP, _STANDARD_CAP)
     rows, columns = z.shape
     increments = np.stack(
         [

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -219,6 +220,14 @@ def test_the_levels_are_strict_under_the_minimum_and_reach_a_step_over_the_maxim
     assert levels.level(8.0) > levels.top
 
 
+def test_a_span_too_small_for_a_step_is_drawn_as_flat() -> None:
+    # 1e-323 over 7 levels is a step of 0: every level was a division by zero.
+    index = pd.date_range("2024-01-01", periods=100, freq="h", tz="UTC")
+    frame = pd.DataFrame({"a": np.where(np.arange(100) % 2, 0.0, 1e-323)}, index=index)
+    detector = ContextDetector().fit(frame)
+    assert detector.step_[0] > 0 and not detector.detect(frame).is_anomaly.any()
+
+
 def test_flat_series_is_quiet_until_it_moves(series) -> None:
     train, test = (frame.assign(a=5.0) for frame in series)
     detector = ContextDetector(rest=0).fit(train)
@@ -257,6 +266,20 @@ def test_retraining_starts_a_fresh_memory_unless_warm_starts_are_asked_for(serie
     cold = ContextDetector(rest=12, margin=1.0).fit(later)
     assert not refit.warm_started_ and refit.summary()["contexts"] == cold.summary()["contexts"]
     np.testing.assert_array_equal(refit.detect(later).score, cold.detect(later).score)
+
+
+def test_a_warm_start_continues_when_a_feature_was_silent_since_the_serving_training(series) -> None:
+    # Its NaN minimum compared False against the levels: the retraining went cold, with a warning.
+    train, test = series
+    champion = ContextDetector(rest=12, margin=1.0, warm_start=True).fit(train)
+    later = pd.concat([train, test.assign(b=np.nan)]).iloc[len(test) :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refit = ContextDetector(rest=12, margin=1.0, warm_start=True).fit(later, warm_start=champion)
+    assert refit.warm_started_ and refit.training_end_ == test.index[-1]
+    # A value outside the levels in a feature that did report still makes it cold.
+    moved = pd.concat([train, test.assign(b=np.nan, a=test["a"] + 1000.0)]).iloc[len(test) :]
+    assert not ContextDetector(rest=12, margin=1.0, warm_start=True).fit(moved, warm_start=champion).warm_started_
 
 
 def test_a_warm_start_outside_the_serving_levels_is_cold(series) -> None:

@@ -402,3 +402,50 @@ def test_round_trip_keeps_the_constants(with_constants) -> None:
         assert b.is_anomaly[20, 0] and b.feature_score[20, 4] == 1.0
         np.testing.assert_array_equal(a.score, b.score)
         np.testing.assert_array_equal(a.expected, b.expected)
+
+
+def test_a_constant_is_one_whatever_its_binary_value_and_a_tiny_signal_is_no_constant(data) -> None:
+    # 504 copies of 1.1 have a std of 4e-16 (their mean is off in its last bit): the signal was kept
+    # and the same reading, averaged, flagged; signals near 1e-170 have a std of 0 (the squares
+    # underflow) and were taken for constants that moved at every row.
+    def with_both(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(flat=1.1, tiny=frame["s1"] * 1e-170)
+
+    train, test = (with_both(frame) for frame in data)
+    assert np.std(train["flat"]) > 0
+    detector = MSETDetector().fit(train)
+    assert detector.constant_signals_ == {"flat": 1.1}
+    assert "tiny" in detector.signals_
+    moved = test.copy()
+    moved.iloc[10, 4] = np.mean([1.1] * 7)  # the same reading, off in its last bit (1.0999999999999999)
+    moved.iloc[20, 4] = 2.2
+    detection = detector.detect(moved, history=train)
+    assert detection.feature_score[10, 4] == 0 and detection.feature_score[20, 4] == 1.0 and detection.is_anomaly[20, 0]
+    assert detector.detect(test, history=train).is_anomaly.any(axis=1).mean() < 0.05
+
+
+def test_nothing_to_model_among_hundreds_of_signals_names_a_few_and_says_what_to_do() -> None:
+    # 300 signals constant over the window (a machine switched off) made an error of 22,000 characters.
+    index = pd.date_range("2024-01-01", periods=100, freq="h", tz="UTC")
+    frame = pd.DataFrame({f"sensor_{j:03d}": float(j) for j in range(300)}, index=index)
+    with pytest.raises(ModelError) as caught:
+        MSETDetector().fit(frame)
+    message = str(caught.value)
+    assert len(message) < 1000
+    assert re.search(r"sensor_000: constant \(0\.0\).*sensor_004: constant \(4\.0\).*; and 295 more\)", message)
+    assert "sensor_005" not in message and "leave the constant and gappy ones out of the job's features" in message
+
+
+def test_a_value_whose_square_overflows_in_its_signals_units_is_flagged_not_lost(data) -> None:
+    # A signal in units of 1e-165 reading 1.0: its distance to every memory state squared to
+    # infinity, every estimate of the row was NaN and the row scored 0.
+    train, test = (frame.assign(tiny=frame["s1"] * 1e-165) for frame in data)
+    detector = MSETDetector().fit(train)
+    moved = test.copy()
+    moved.iloc[30, 4] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detection = detector.detect(moved, history=train)
+    assert detection.is_anomaly[30].all() and detection.score[30, 0] == 1.0
+    assert detection.feature_score[30].argmax() == 4
+    assert np.isfinite(detection.expected[30]).all()
