@@ -319,6 +319,11 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
     def _check_features(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
         expected = [str(c) for c in self.feature_names_in_]
         columns = [str(c) for c in frame.columns]
+        repeated = sorted({name for name in columns if columns.count(name) > 1})
+        if repeated:
+            # fit refuses them too: scoring silently read the first of two "b" columns (or one of
+            # MSET's reindexing failed on the history), and which one was meant cannot be told.
+            raise ModelError(f"{what} has repeated feature columns {repeated}; give each feature one column")
         missing = [c for c in expected if c not in columns]
         extra = [c for c in columns if c not in expected]
         if missing or (extra and what == "X"):

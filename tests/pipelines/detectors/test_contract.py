@@ -463,6 +463,20 @@ def test_unusable_input_is_refused(kind: str, frame: pd.DataFrame, message: str)
         make_detector(kind, {}).fit(frame)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_repeated_feature_columns_are_refused_when_scoring_too(kind: str, data) -> None:
+    # fit refused them, detect did not: a second "b" (ten times the first) was silently ignored,
+    # and MSET failed inside pandas' reindexing on such a history.
+    _skip_without_package(kind)
+    train, test = data
+    detector = fitted(kind, train)
+    doubled = pd.concat([test, test[["b"]] * 10], axis=1)
+    with pytest.raises(ModelError, match=r"X has repeated feature columns \['b'\]"):
+        detector.detect(doubled, history=train)
+    with pytest.raises(ModelError, match=r"history has repeated feature columns \['b'\]"):
+        detector.detect(test, history=pd.concat([train, train[["b"]]], axis=1))
+
+
 def _skip_without_package(kind: str) -> None:
     if kind in ("lstm", "prophet"):
         pytest.importorskip("torch" if kind == "lstm" else "prophet")
