@@ -62,6 +62,11 @@ TEXT_ATTACHMENT = "anomaly-alert.txt"
 SLACK_SECTION_CHARS = 3000
 SLACK_TEXT_CHARS = 40_000
 SLACK_DIGEST_EVENTS = 45
+#: A digest e-mail details its first events as an alert does, lists the next ones a line each,
+#: and counts the rest: a bad day of thousands of events (many series, an upstream outage) made an
+#: e-mail of many megabytes, which SMTP servers refuse over their size limit on every retry.
+DIGEST_DETAILED_EVENTS = 50
+DIGEST_LISTED_EVENTS = 1000
 #: Slack answers HTTP 429 with ``Retry-After`` (seconds) when an app posts faster than it allows
 #: (about one message a second per channel, more in bursts): a send waits that long and tries
 #: again, at most this many times. A wait longer than ``SLACK_RATE_LIMIT_MAX_WAIT`` seconds is left
@@ -531,11 +536,27 @@ def render_digest(job: JobConfig, events: list[dict[str, Any]], cutoff: datetime
     subject = f"[anomaly digest] {job.name}: {len(ordered)} event(s) in the day to {_moment(cutoff)}"
     lines = [subject]
     parts = []
-    for data in ordered:
+    for data in ordered[:DIGEST_DETAILED_EVENTS]:
         event = AnomalyEvent.from_dict(data)
         status = data.get("status", "")
         lines += ["", f"[{status}]" if status else "", *_event_lines(job, event), f"Dashboard: {dashboard_link(job, event)}"]
         parts.append(_html_event(job, event, dashboard_link(job, event)))
+    brief = ordered[DIGEST_DETAILED_EVENTS:DIGEST_LISTED_EVENTS]
+    if brief:
+        lines += ["", f"{len(brief)} more event(s), a line each:"]
+        rows = []
+        for data in brief:
+            event = AnomalyEvent.from_dict(data)
+            status = f" [{data['status']}]" if data.get("status") else ""
+            line = f"{event.series}: {_moment(event.start)} to {_moment(event.end + job.frequency)}, peak score {event.peak_score:.4f}"
+            lines.append(f"  {line}{status}")
+            rows.append(f"<li><a href=\"{html.escape(dashboard_link(job, event), quote=True)}\">{html.escape(line)}</a>"
+                        f"{html.escape(status)}</li>")
+        parts.append(f"<h3>{len(brief)} more event(s)</h3><ul>{''.join(rows)}</ul>")
+    if len(ordered) > DIGEST_LISTED_EVENTS:
+        more = f"… and {len(ordered) - DIGEST_LISTED_EVENTS} more event(s), too many for one message: see the dashboard"
+        lines += ["", more]
+        parts.append(f"<p>{html.escape(more)}</p>")
     text = "\n".join(line for line in lines if line is not None)
     listed = [AnomalyEvent.from_dict(data) for data in ordered[:SLACK_DIGEST_EVENTS]]  # Slack takes at most 50 blocks
     blocks = [{"type": "header", "text": {"type": "plain_text", "emoji": False, "text": subject[:150]}}] + [
@@ -575,8 +596,9 @@ def _verbatim(value: Any) -> Any:
 
 
 def _slack_text(message: Message) -> str:
-    """The message's plain text as Slack's ``text`` (mrkdwn, what notifications show): escaped, and
-    cut with a count of the lines left out where Slack would truncate it (a digest of many events)."""
+    """The message's plain text as Slack's ``text`` (what notifications show; sent with ``mrkdwn:
+    false``, see :func:`_slack_notifiers`): ``&``, ``<`` and ``>`` escaped, as Slack asks of every
+    text, and cut with a count of the lines left out where Slack would truncate it (a digest of many events)."""
     return _slack_fit([_mrkdwn(line) for line in message.text.splitlines()], SLACK_TEXT_CHARS)
 
 
@@ -631,6 +653,38 @@ class _SlackRateLimit:
         return _RateLimited(f"rate-limited by Slack (HTTP 429): {why}; retry after {when}")
 
 
+def _slack_notifiers() -> tuple[type, type]:
+    """The providers' ``SlackNotifier`` and ``SlackWebhookNotifier``, posting ``mrkdwn: false``.
+
+    The message's ``text`` (what notifications and screen readers show) is mrkdwn by default, and
+    Slack documents an escape for ``&``, ``<`` and ``>`` only: a series ``db=*prod_db*`` showed as
+    bold "prod_db", ``_x_`` in italics, ``~y~`` struck through. ``mrkdwn: false`` (chat.postMessage,
+    incoming webhooks) is Slack's way to take the text as written; the notifiers cannot pass it.
+    """
+    from airflow.providers.slack.notifications.slack import SlackNotifier
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+    class _PlainSlackNotifier(SlackNotifier):
+        def notify(self, context: Any) -> None:
+            self.hook.call(
+                "chat.postMessage",
+                json={
+                    "channel": self.channel, "username": self.username, "text": self.text, "icon_url": self.icon_url,
+                    "attachments": json.dumps(self.attachments), "blocks": json.dumps(self.blocks),
+                    "unfurl_links": self.unfurl_links, "unfurl_media": self.unfurl_media, "mrkdwn": False,
+                },
+            )
+
+    class _PlainSlackWebhookNotifier(SlackWebhookNotifier):
+        def notify(self, context: Any) -> None:
+            self.hook.send(
+                text=self.text, blocks=self.blocks, unfurl_links=self.unfurl_links, unfurl_media=self.unfurl_media,
+                attachments=self.attachments, mrkdwn=False,
+            )
+
+    return _PlainSlackNotifier, _PlainSlackWebhookNotifier
+
+
 def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str, Any]) -> None:
     """Send ``message`` through ``channel`` (``email`` or ``slack``) with the providers' notifiers."""
     alerts = _alerts(job)
@@ -659,9 +713,9 @@ def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str,
     notifier: Any
     if channel == "slack" and alerts.slack:
         try:
-            from airflow.providers.slack.notifications.slack import SlackNotifier
-            from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
             from slack_sdk.http_retry import ConnectionErrorRetryHandler
+
+            SlackNotifier, SlackWebhookNotifier = _slack_notifiers()
         except ImportError as exc:
             raise MissingDependencyError("apache-airflow-providers-slack", "alerts", f"Job {job.name}'s Slack alerts") from exc
     # Handlers given replace the clients' defaults: keep their retry of a dropped connection.

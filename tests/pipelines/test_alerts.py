@@ -431,6 +431,26 @@ def test_digest_lists_the_days_events_once(tmp_path: Path, inbox: Inbox):
     assert len(inbox.mails) == 1
 
 
+def test_a_digest_of_a_day_of_thousands_of_events_stays_small_enough_to_mail(tmp_path: Path):
+    # 2,000 events made 5 MB of HTML and text (7 MB encoded): over an SMTP server's size limit, the
+    # digest failed on every retry and the day's summary never arrived.
+    from pipelines.alerts import alertable, render_digest
+    from pipelines.events import anomaly_events
+
+    job = make_job(tmp_path, immediate=False, digest={"hour": 8})
+    features = ("requests", *(f"signal_{i}" for i in range(9)))
+    rows = output_rows("region=r", features=features, hours=8, anomalies={2: {"requests": 150}}, dimensions={"region": "r"})
+    [event] = anomaly_events(alertable(job, rows), frequency=job.frequency, max_gap=1)
+    events = [{**event.to_dict(), "series": f"region=<r&{i:04d}>", "status": "queued"} for i in range(3000)]
+    message = render_digest(job, events, pd.Timestamp("2024-03-01 08:00", tz="UTC").to_pydatetime())
+    assert len(message.html) + len(message.text) < 1_000_000
+    assert message.subject == "[anomaly digest] web: 3000 event(s) in the day to 2024-03-01 08:00 UTC"
+    assert message.text.count("Series: ") == 50  # detailed as an alert, then a line each
+    assert "\n  region=<r&0050>: 2024-03-01 02:00 UTC to 2024-03-01 03:00 UTC, peak score " in message.text
+    assert "region=&lt;r&amp;0999&gt;: 2024-03-01 02:00 UTC" in message.html and "r&1000" not in message.text
+    assert message.text.endswith("… and 2000 more event(s), too many for one message: see the dashboard")
+    assert "<r&" not in message.html  # names are escaped in the HTML
+
 @pytest.mark.parametrize(
     "windows",
     [[(4, 8), (8, 16)], [(4, 8), (4, 8), (8, 10), (8, 10), (10, 16)], [(4, 8), (8, 10), (4, 10), (10, 16)]],
@@ -769,6 +789,23 @@ def test_slack_shows_formatting_characters_of_the_data_literally(tmp_path: Path,
     assert alert["blocks"][1]["text"]["text"].startswith("Series: db=*prod_db* _x_ ~y~ `z` :fire:\n")
     assert alert["blocks"][0]["text"]["emoji"] is False and ":fire:" in alert["blocks"][0]["text"]["text"]  # the subject
 
+
+
+@pytest.mark.parametrize("via", ["slack_webhook", "slack_bot"])
+def test_slack_notification_text_shows_formatting_characters_of_the_data_literally(
+    tmp_path: Path, via: str, request: pytest.FixtureRequest
+):
+    # The top-level text (notifications, screen readers) was mrkdwn: "*prod_db*" showed as bold
+    # "prod_db" there, and Slack has no escape for * _ ~; mrkdwn: false takes the text as written.
+    received = request.getfixturevalue(via)
+    slack = {"webhook_conn_id": "alerts_webhook"} if via == "slack_webhook" else {"api_conn_id": "alerts_bot", "channel": "#alerts"}
+    job = make_job(tmp_path, email=None, slack=slack)
+    value = "*prod_db* _x_ ~y~ <!here>"
+    assert process_events(job, output_rows(f"db={value}", anomalies={5: {"requests": 150}}, dimensions={"db": value}),
+                          window(0, 24)).sent == 1
+    [(_, payload)] = received
+    assert payload["mrkdwn"] is False
+    assert "Series: db=*prod_db* _x_ ~y~ &lt;!here&gt;\n" in payload["text"]  # control characters still escaped
 
 class FlakySend:
     """A send failing as a server down does (every message, while ``down``) or as one refusing the
