@@ -214,6 +214,9 @@ def detect_files(
             "source": source.model_dump(),
             "timestamp": timestamp or _ROW_CLOCK,
             "frequency": "1s",
+            # No window is read: the files are. As long as any file's span, so no check of what a
+            # scheduled training window holds (two seasons of rows) refuses a season the file holds.
+            "training_window": "36500d",
             "dimensions": dimensions,
             "features": features,
             "model": {"kind": model, "params": params},

@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
@@ -46,8 +48,62 @@ Count = Annotated[int, Strict()]
 Number = Annotated[float, Strict()]
 #: A column of the source: an empty name matched no column, and the failure came at extraction.
 Column = Annotated[str, Field(min_length=1)]
+
+
+def _written_out(path: str) -> str:
+    """``path`` unless it asks for an expansion that job files do not get (``$VAR``, ``${VAR}``, ``~``)."""
+    # Paths are taken as written and relative ones resolve against the project root: registry:
+    # ${MODELS} stored models in a folder named "${MODELS}" there, and ~/data/*.csv read nothing.
+    # Not a `$name` folder inside a path: one may exist, and one-off input files come here too.
+    reference = re.search(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|^\$([A-Za-z_][A-Za-z0-9_]*)", path)
+    if reference:
+        name = reference.group(1) or reference.group(2)
+        raise ValueError(
+            f"job files are not expanded, so ${name} would be taken as written, a folder named so: write the path itself "
+            "(a relative one resolves against the project root, which ANOMALY_PIPELINES_BASE_DIR sets)"
+        )
+    if path.startswith("~"):
+        raise ValueError(
+            "job files are not expanded, so ~ would be a folder of that name under the project root: "
+            "write the absolute path (/home/<user>/...) or one relative to the project root"
+        )
+    return path
+
+
+def _no_references(options: dict[str, Any]) -> dict[str, Any]:
+    """fsspec ``options`` unless a value refers to an environment variable, which nothing expands."""
+    # key: ${AWS_ACCESS_KEY_ID} reached s3fs as those very characters: every read was refused as
+    # unauthorized, far from the job file. s3fs and gcsfs read their credentials from the environment.
+    for name, value in options.items():
+        reference = re.search(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|^\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*$", value) if isinstance(value, str) else None
+        if reference:
+            variable = reference.group(1) or reference.group(2)
+            raise ValueError(
+                f"{name}: job files are not expanded, so ${variable} would be passed as written: remove {name}, and let "
+                "the filesystem read its credentials from the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://)"
+            )
+    return options
+
+
+def _connection_id(conn_id: str) -> str:
+    """``conn_id`` unless Airflow would refuse it as a connection id (its ``RE_SANITIZE_CONN_ID``)."""
+    # "${WAREHOUSE}" passed, and each run failed with "The conn_id `${WAREHOUSE}` isn't defined".
+    if re.fullmatch(r"[\w#!()\-.:/\\]{1,250}", conn_id):
+        return conn_id
+    reference = re.fullmatch(r"\s*\$\{?([A-Za-z0-9_.-]+)\}?\s*", conn_id)
+    if reference:
+        raise ValueError(
+            f"job files are not expanded: write the connection's id itself ({reference.group(1)}); Airflow finds it "
+            "among its connections, or in an AIRFLOW_CONN_<ID> environment variable"
+        )
+    raise ValueError("an Airflow connection id holds only letters, digits and _ # ! ( ) - . : / \\, e.g. warehouse")
+
+
+#: An Airflow connection's id.
+ConnId = Annotated[str, AfterValidator(_connection_id)]
 #: A folder or URL: an empty one resolved to the project root itself.
-Location = Annotated[str, Field(min_length=1)]
+Location = Annotated[str, Field(min_length=1), AfterValidator(_written_out)]
 
 
 def _duration(value: Any) -> timedelta:
@@ -65,7 +121,38 @@ class SqlConnection(_Model):
 
     url: str | None = None
     url_env: str | None = None
-    conn_id: str | None = None
+    conn_id: ConnId | None = None
+
+    @field_validator("url_env")
+    @classmethod
+    def _names_a_variable(cls, value: str | None) -> str | None:
+        # Read with os.environ[url_env] at every run: "${DB_URL}" or a URL itself passed here, and
+        # each run failed with "environment variable ${DB_URL} is not set".
+        if value is None or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            return value
+        reference = re.fullmatch(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", value.strip())
+        if reference:
+            raise ValueError(f"names the environment variable itself: write url_env: {reference.group(1)} (without $ or braces)")
+        if "://" in value:
+            raise ValueError(
+                "is the name of an environment variable holding the URL, not the URL: export it "
+                "(export METRICS_DB_URL='dialect://...') and write url_env: METRICS_DB_URL"
+            )
+        raise ValueError("must be the name of an environment variable: letters, digits and _, e.g. METRICS_DB_URL")
+
+    @field_validator("url")
+    @classmethod
+    def _is_not_a_reference(cls, value: str | None) -> str | None:
+        # Job files are not expanded: "${DB_URL}" was taken as the URL itself, and every run
+        # failed on a URL that was never meant, or connected with the words written.
+        reference = re.search(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|^\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*$", value or "")
+        if reference:
+            name = reference.group(1) or reference.group(2)
+            raise ValueError(
+                f"job files are not expanded, so ${name} would be read as written: "
+                f"give the variable holding the whole URL as url_env: {name} instead of url"
+            )
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SqlConnection:
@@ -84,6 +171,20 @@ class SqlConnection(_Model):
         from pipelines.db import describe_url
 
         return describe_url(self.url or "")
+
+
+def _no_dates(params: Any) -> Any:
+    """Query parameters unless one is a YAML date, which no parameter type takes."""
+    # YAML reads an unquoted 2024-01-01 as a date: pydantic tried each type of the union and
+    # reported four lines (str, int, float, bool), none saying to quote it.
+    if isinstance(params, dict):
+        dated = sorted(str(name) for name, value in params.items() if isinstance(value, date))
+        if dated:
+            raise ValueError(
+                f"{', '.join(dated)}: YAML reads an unquoted date or date-time as a date, which a query parameter cannot "
+                f"be; quote it ({dated[0]}: '{params[dated[0]]}') to bind it as text"
+            )
+    return params
 
 
 def _without_window(params: dict[str, Any], named: str) -> dict[str, Any]:
@@ -121,7 +222,7 @@ class Partitioning(_Model):
 
 class FileSource(_Model):
     kind: Literal["file"]
-    path: str = Field(description="A file, a glob, or a folder; local, s3:// or gs://")
+    path: Annotated[str, AfterValidator(_written_out)] = Field(description="A file, a glob, or a folder; local, s3:// or gs://")
     format: Literal["csv", "jsonl", "json", "parquet", "pickle"] | None = Field(
         None, description="Inferred from the file suffix when omitted."
     )
@@ -138,7 +239,7 @@ class FileSource(_Model):
     prune_partitions: bool = Field(
         True, description="Skip partitions outside the window; false when partition times are not row times."
     )
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options")
+    storage_options: Annotated[dict[str, Any], AfterValidator(_no_references)] = Field(default_factory=dict, description="fsspec options")
 
     @field_validator("encoding")
     @classmethod
@@ -212,7 +313,7 @@ class SqlSource(_Model):
     kind: Literal["sql"]
     connection: SqlConnection
     query: str = Field(description="SQL with :start and :end bound parameters for the window.")
-    params: dict[str, str | int | float | bool] = Field(
+    params: Annotated[dict[str, str | int | float | bool], BeforeValidator(_no_dates)] = Field(
         default_factory=dict, description="Extra bound parameters of the query."
     )
 
@@ -242,8 +343,8 @@ class BigQuerySource(_Model):
     query: str = Field(description="Standard SQL with @start and @end query parameters.")
     project: str | None = None
     location: str | None = None
-    conn_id: str | None = Field(None, description="Airflow google_cloud_platform connection.")
-    params: dict[str, str | int | float | bool] = Field(
+    conn_id: ConnId | None = Field(None, description="Airflow google_cloud_platform connection.")
+    params: Annotated[dict[str, str | int | float | bool], BeforeValidator(_no_dates)] = Field(
         default_factory=dict, description="Extra query parameters (@name), bound as STRING/INT64/FLOAT64/BOOL."
     )
     api_endpoint: str | None = Field(
@@ -434,7 +535,7 @@ class BigQueryOutput(_Model):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
         description="project.dataset.table",
     )
-    conn_id: str | None = Field(None, description="Airflow google_cloud_platform connection.")
+    conn_id: ConnId | None = Field(None, description="Airflow google_cloud_platform connection.")
     location: str | None = None
     api_endpoint: str | None = Field(
         None, description="Another BigQuery REST endpoint (an emulator); used without credentials."
@@ -448,7 +549,7 @@ class Outputs(_Model):
     parquet: Location = Field("var/outputs", description="Root of the Parquet dataset (local or s3://).")
     table: TableOutput | None = None
     bigquery: BigQueryOutput | None = None
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: Annotated[dict[str, Any], AfterValidator(_no_references)] = Field(default_factory=dict)
 
 
 class ValidationConfig(_Model):
@@ -456,7 +557,7 @@ class ValidationConfig(_Model):
     max_null_fraction: Number = Field(
         0.0, ge=0.0, le=1.0, description="Largest share of missing values allowed per feature."
     )
-    suite: str | None = Field(None, description="Great Expectations suite (JSON) applied on top.")
+    suite: Annotated[str, AfterValidator(_written_out)] | None = Field(None, description="Great Expectations suite (JSON) applied on top.")
 
 
 class _FieldError(ValueError):
@@ -588,7 +689,7 @@ class EmailChannel(_Model):
 
     to: list[str] = Field(min_length=1, description="Recipients.")
     from_email: str | None = Field(None, description="Sender; the connection's from_email when omitted.")
-    smtp_conn_id: str = Field("smtp_default", description="Airflow SMTP connection.")
+    smtp_conn_id: ConnId = Field("smtp_default", description="Airflow SMTP connection.")
     subject: str = Field(
         "[anomaly] {job} {series}: {direction} {start} (score {peak_score:.3f})",
         description="Python format string over the event's fields (see docs/ALERTS.md).",
@@ -621,8 +722,8 @@ class SlackChannel(_Model):
     """Slack through an incoming webhook (SlackWebhookNotifier; the webhook fixes the channel) or,
     with ``channel``, through the Web API (SlackNotifier with a bot token connection)."""
 
-    webhook_conn_id: str | None = Field(None, description="Airflow slackwebhook connection.")
-    api_conn_id: str | None = Field(None, description="Airflow slack (API token) connection; needs channel.")
+    webhook_conn_id: ConnId | None = Field(None, description="Airflow slackwebhook connection.")
+    api_conn_id: ConnId | None = Field(None, description="Airflow slack (API token) connection; needs channel.")
     channel: str | None = Field(None, description="Channel of the Web API message, e.g. #alerts.")
 
     @model_validator(mode="after")
@@ -685,6 +786,11 @@ _MSET_LONE_SIGNAL_LAGS = 3
 #: Fewest rows of a tune run's fitted head and of its held-back tail, where anomalies are planted
 #: (``_MIN_ROWS`` of pipelines/tuning.py, which imports pandas; a test checks both agree).
 _TUNE_MIN_ROWS = 10
+
+
+#: Fires of the predict schedule whose data intervals are checked against the frequency: a
+#: cron's gaps repeat within a day (an hourly cron's 24 fires) or less; checked at every DAG parse.
+_CRON_FIRES_CHECKED = 48
 
 
 def _fewest_training_rows(kind: str, params: dict[str, Any], n_features: int) -> tuple[int, str | None, str]:
@@ -769,9 +875,12 @@ class JobConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name_is_identifier(cls, name: str) -> str:
-        if not JOB_NAME.match(name):
+        # fullmatch: `$` also matches before a final line break, and a YAML block scalar (`name: |`)
+        # ends with one: "web\n" passed, and made DAG ids and file names with a line break in them.
+        if not JOB_NAME.fullmatch(name):
             raise ValueError(
-                "must start with a lower-case letter and hold only a-z, 0-9 and _ (it names DAGs and tables)"
+                "must start with a lower-case letter, hold only a-z, 0-9 and _, and have at most 63 characters "
+                "(it names DAGs, tables and files), e.g. web_metrics"
             )
         return name
 
@@ -799,12 +908,12 @@ class JobConfig(_Model):
         checks = [self._columns_are_distinct, self._dimensions_are_not_output_columns, self._training_window_spans_two_periods]
         if self.training_window >= self.frequency * 2:  # else the line above says it: the rows checks would repeat it
             checks.append(self._training_window_holds_enough_rows)
-        checks.extend([self._season_spans_two_rows, self._tune_grid_fits_the_model])
+        checks.extend([self._season_spans_two_rows, self._season_is_learned, self._tune_grid_fits_the_model])
         if self._tune_grid_is_known():  # else the line above (or TuneConfig's) names what is wrong with the grid
             if self.training_window >= self.frequency * 2 and self._trains():  # else a line above says the window is short
                 checks.append(self._tune_trials_have_rows)
             checks.extend(lambda name=name: self._tune_grid_values_fit(name) for name in self.tune.grid)
-        checks.append(self._alerted_features_exist)
+        checks.extend([self._alerted_features_exist, self._predict_runs_hold_a_period])
         return checks
 
     def _columns_are_distinct(self) -> None:
@@ -854,6 +963,32 @@ class JobConfig(_Model):
             "model.params.season",
             f"{named} is not longer than one period of frequency {duration_text(self.frequency)}, so a season would "
             f"hold one row and a seasonal profile needs two: use at least {duration_text(2 * self.frequency)}, or {instead}",
+        )
+
+    def _season_is_learned(self) -> None:
+        # A seasonal detector fits without its season when its rows hold fewer than two (a new
+        # job's fallback, seasonal_mad._learn_season): a training window that never holds two made
+        # every training serve a model without the season the job file asks for, with a warning
+        # in the task logs only.
+        if "season" not in MODEL_PARAMS[self.model.kind].model_fields or self.training_window < self.frequency * 2:
+            return
+        written = "season" in self.model.params
+        season = self.model.params["season"] if written else MODEL_PARAMS[self.model.kind].model_fields["season"].default
+        if season is None:
+            return
+        season_rows = season if isinstance(season, int) else rows_spanned(season, self.frequency)
+        rows = math.ceil(self.training_window / self.frequency)
+        fitted = _fitted_rows(rows)
+        if season_rows < 2 or 2 * season_rows <= fitted:  # a season of one row: _season_spans_two_rows says it
+            return
+        named = f"season {season}" if written else f"the default season {season}"
+        least = _least_window(rows, 2 * season_rows, self.frequency, _TRAINING_HOLDOUT)
+        raise _FieldError(
+            "model.params.season" if written else "training_window",
+            f"{named} needs two seasons of rows to learn a profile ({2 * season_rows} rows of {duration_text(self.frequency)}), "
+            f"but {self._window_rows(rows)}, and training fits the new model on the first {fitted} of them (the last "
+            f"{_TRAINING_HOLDOUT:.0%} are held back to compare it with the serving model): every training would fit without "
+            f"a season; use a training_window of at least {duration_text(least)}, a shorter season, or season: null for none",
         )
 
     def _training_window_holds_enough_rows(self) -> None:
@@ -1078,6 +1213,36 @@ class JobConfig(_Model):
             f"{problem}; use a tune.holdout_fraction of {better}, or a training_window of at least {duration_text(least)}",
         )
 
+    def _predict_runs_hold_a_period(self) -> None:
+        # A predict run scores its data interval floored to the epoch-aligned frequency grid
+        # (pipelines.extraction.grid_window): an interval holding no grid point, as most of a
+        # */5 schedule's are for an hourly job, failed its run ("holds no whole period").
+        # Only a written schedule: the default (hourly) under a longer frequency is the same fault,
+        # but refusing it would refuse job files that load today; that default should follow the frequency.
+        if self.schedules.predict is None or "predict" not in self.schedules.model_fields_set:
+            return
+        from croniter import croniter
+
+        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+        def floor(moment: datetime) -> datetime:
+            return epoch + (moment - epoch) // self.frequency * self.frequency
+
+        # A cron's gaps repeat within a day or a week: the first fires show a short one.
+        fires = croniter(self.schedules.predict, self.start_datetime.astimezone(timezone.utc))
+        start = fires.get_next(datetime)
+        for _ in range(_CRON_FIRES_CHECKED):
+            end = fires.get_next(datetime)
+            if floor(end) <= floor(start):
+                raise _FieldError(
+                    "schedules.predict",
+                    f"{self.schedules.predict!r} gives data intervals shorter than frequency {duration_text(self.frequency)} "
+                    f"([{start.isoformat()}, {end.isoformat()}) holds no whole period of it, counted from 1970-01-01T00:00Z), "
+                    f"and such predict runs would fail: use a schedule whose runs are at least {duration_text(self.frequency)} "
+                    "apart, or a shorter frequency",
+                )
+            start = end
+
     def _alerted_features_exist(self) -> None:
         unknown = sorted(set(self.alerts.features) - set(self.features)) if self.alerts else []
         if unknown:
@@ -1115,6 +1280,11 @@ def resolve_path(path: str) -> str:
     return str(base_dir() / path)
 
 
+#: Fields whose given value an error never shows: a database URL (or one written where its
+#: variable's name belongs) holds a password, and the error goes to Airflow's UI and every log.
+_SECRET_FIELDS = ("url", "url_env")
+
+
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -1132,18 +1302,44 @@ def _format_errors(exc: ValidationError) -> str:
             # pydantic says "Unable to extract tag using discriminator 'kind'"; the source is the
             # only union told apart by a field, so name the field and the kinds it takes.
             message = f"required field {err['ctx']['discriminator']} is missing: one of {', '.join(SOURCE_KINDS)}"
+        elif err["loc"] and err["loc"][-1] in _SECRET_FIELDS:
+            pass  # the value may hold a password: the messages of these fields say what is wrong without it
         elif not isinstance(given, dict):
             message = _naming_input(message, given)
             if err["type"] in ("int_type", "float_type") and isinstance(given, (str, bool)):
                 message += ": write a number, without quotes" if isinstance(given, str) else ": write a number, not true or false"
+            elif err["type"] == "list_type" and isinstance(given, str | int | float):
+                message += f": write a list, even of one item: [{given}]"
+            elif err["loc"][:1] == ("schedules",) and isinstance(given, bool):
+                # `predict: off` (YAML's false) means no schedule; quoting it, as below, would not.
+                message += ": write null for no schedule (the DAG then runs only when triggered)"
+            elif err["type"] in ("model_type", "dict_type") and given is False:
+                message += ": leave the setting out for its default (none for an optional one), or give its settings as a mapping"
+            elif err["type"] == "string_type" and isinstance(given, int | float | date) and not isinstance(given, bool):
+                message += f": YAML reads {given} unquoted as a {'date' if isinstance(given, date) else 'number'}; quote it ('{given}')"
+            elif err["type"] in ("string_type", "literal_error") and isinstance(given, bool):
+                # YAML 1.1 (PyYAML) reads unquoted yes/no/on/off as booleans: Norway's code NO
+                # among alerts.series was "Input should be a valid string (got False)".
+                message += (
+                    ": YAML reads an unquoted yes, no, on, off, true or false (also in capitals) as a boolean; "
+                    "quote the text (e.g. 'NO', 'off')"
+                )
         lines.append(_bounded(f"  {where}: {message}"))
     return "\n".join(lines)
 
 
 def parse_job(data: Any, *, source: str = "<job>") -> JobConfig:
     """Validate one job's settings; ``source`` names the file in errors."""
+    if data is None:  # "got NoneType" said nothing of an empty file, or one of comments only
+        raise ConfigError(
+            f"{source}: the job file is empty (or holds only comments): write the job's settings, at least "
+            "name, source, timestamp, frequency, features and model (see docs/CONFIGURATION.md)"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a job file must hold a mapping of settings, got {type(data).__name__}")
+        given = "a list (lines starting with '- ')" if isinstance(data, list) else f"a single {type(data).__name__} value"
+        raise ConfigError(
+            f"{source}: a job file must hold a mapping of settings (name: web, frequency: 1h, ...), got {given}"
+        )
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:

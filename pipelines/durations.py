@@ -29,6 +29,13 @@ _LONGEST = timedelta(microseconds=(2**63 - 1) // 1000)
 
 def parse_duration(text: str) -> timedelta:
     """Parse ``"<integer><unit>"`` with unit one of s, min, h, d, w; raise ValueError otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+        # YAML reads `frequency: 3600` as a number, and an unquoted `1:30` as the number 90
+        # (sexagesimal, YAML 1.1): the unit the writer meant is unknown, so it must be written.
+        raise ValueError(
+            f"{text!r} is a number without a unit: write the unit, as in '{text}s' (seconds) or '{text}min' (minutes); "
+            "units are s, min, h, d, w (e.g. '15min', '1h', '28d'), and an unquoted 1:30 is the number 90 to YAML"
+        )
     match = _PATTERN.match(str(text))
     if not match:
         raise ValueError(

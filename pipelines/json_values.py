@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,12 @@ def json_safe(value: Any) -> Any:
         return value if math.isfinite(value) else str(value)
     if isinstance(value, (str, bool, int)):
         return value
+    if isinstance(value, Decimal):
+        # SQL NUMERIC columns arrive as Decimal: str() gave the number as text ("1.50"), and NaN
+        # and infinities as "NaN" and "Infinity" rather than null and "inf".
+        if value.is_finite() and value == value.to_integral_value():
+            return int(value)
+        return None if value.is_nan() else json_safe(float(value))
     if isinstance(value, date):
         return value.isoformat()
     return str(value)

@@ -333,3 +333,17 @@ def test_format_pickle_is_refused_naming_the_option(tmp_path: Path) -> None:
             train, train, timestamp="ts", features=["v"], dimensions=[], model="iforest", params={}, contamination=0.05,
             output=str(tmp_path / "out.parquet"), format="pickle",
         )
+
+
+def test_a_season_longer_than_a_scheduled_windows_half_is_no_configuration_error(tmp_path: Path) -> None:
+    # detect's job had the default 28-day training window, and a job file's check that the window
+    # holds two seasons refused season 2w, though detect reads the files, not a window.
+    train = _european(tmp_path / "train.csv", "2024-03-01", 96)
+    input = _european(tmp_path / "input.csv", "2024-03-05", 24)
+
+    scored = detect_files(
+        train, input, timestamp="ts", features=["v"], dimensions=["région"], model="seasonal_mad",
+        params={"season": "2w"}, contamination=0.05, output=str(tmp_path / "out.parquet"), delimiter=";", decimal=",",
+    )
+
+    assert len(scored) == 24

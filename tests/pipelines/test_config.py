@@ -73,6 +73,47 @@ def test_defaults_and_durations():
         ({"frequency": "hourly"}, "frequency", "is not a duration"),
         ({"features": []}, "features", "at least 1 item"),
         ({"name": "Web-Job"}, "name", "lower-case letter"),
+        # `$` of re.match also matched before a final line break: a block scalar's name passed.
+        ({"name": "web\n"}, "name", "lower-case letter, hold only a-z, 0-9 and _, and have at most 63 characters"),
+        ({"name": "w" * 64}, "name", "at most 63 characters"),
+        # Each run then failed: "environment variable ${DB_URL} is not set", or a URL that was never meant.
+        ({"source": {"kind": "sql", "connection": {"url_env": "${DB_URL}"}, "query": "x :start :end"}},
+         "source.sql.connection.url_env", "names the environment variable itself: write url_env: DB_URL (without $ or braces)"),
+        ({"source": {"kind": "sql", "connection": {"url_env": "$DB_URL"}, "query": "x :start :end"}},
+         "source.sql.connection.url_env", "write url_env: DB_URL"),
+        ({"outputs": {"table": {"connection": {"url_env": "db-url"}, "name": "t"}}},
+         "outputs.table.connection.url_env", "must be the name of an environment variable"),
+        ({"labels": {"connection": {"url": "${LABELS_DB_URL}"}}},
+         "labels.connection.url", "job files are not expanded, so $LABELS_DB_URL would be read as written: give the variable "
+                                  "holding the whole URL as url_env: LABELS_DB_URL instead of url"),
+        # Nothing expands a job file: these made folders named "${DATA_DIR}" and "~" under the project
+        # root (models stored there), or reached s3fs as the credential itself.
+        ({"source": {"kind": "file", "path": "${DATA_DIR}/x.csv"}}, "source.file.path",
+         "job files are not expanded, so $DATA_DIR would be taken as written, a folder named so: write the path itself"),
+        ({"registry": "$MODELS"}, "registry", "job files are not expanded, so $MODELS would be taken as written"),
+        ({"outputs": {"parquet": "s3://bucket/${STAGE}/out"}}, "outputs.parquet", "so $STAGE would be taken as written"),
+        ({"validation": {"suite": "~/suite.json"}}, "validation.suite",
+         "job files are not expanded, so ~ would be a folder of that name under the project root: write the absolute path"),
+        ({"outputs": {"storage_options": {"key": "${AWS_ACCESS_KEY_ID}"}}}, "outputs.storage_options",
+         "key: job files are not expanded, so $AWS_ACCESS_KEY_ID would be passed as written: remove key, and let the "
+         "filesystem read its credentials from the environment"),
+        # Each run failed: "The conn_id `${WAREHOUSE}` isn't defined".
+        ({"source": {"kind": "sql", "connection": {"conn_id": "${WAREHOUSE}"}, "query": "x :start :end"}},
+         "source.sql.connection.conn_id", "job files are not expanded: write the connection's id itself (WAREHOUSE); Airflow finds it"),
+        ({"alerts": {"slack": {"webhook_conn_id": "slack hook"}}}, "alerts.slack.webhook_conn_id",
+         "an Airflow connection id holds only letters, digits and _ # ! ( ) - . : / \\, e.g. warehouse (got 'slack hook')"),
+        # One item written without brackets.
+        ({"features": "value"}, "features", "Input should be a valid list (got 'value'): write a list, even of one item: [value]"),
+        ({"alerts": {"email": {"to": "oncall@example.com"}}}, "alerts.email.to", "write a list, even of one item: [oncall@example.com]"),
+        # A bare number has no unit (and an unquoted 1:30 is YAML's number 90).
+        ({"frequency": 3600}, "frequency", "3600 is a number without a unit: write the unit, as in '3600s' (seconds) or '3600min'"),
+        ({"training_window": 90}, "training_window", "90 is a number without a unit"),
+        # A predict run scores its interval floored to the frequency grid: these held no whole period.
+        ({"schedules": {"predict": "*/5 * * * *"}}, "schedules.predict",
+         "'*/5 * * * *' gives data intervals shorter than frequency 1h ([2024-01-01T00:05:00+00:00, 2024-01-01T00:10:00+00:00) "
+         "holds no whole period of it, counted from 1970-01-01T00:00Z), and such predict runs would fail: use a schedule whose "
+         "runs are at least 1h apart, or a shorter frequency"),
+        ({"frequency": "5h", "schedules": {"predict": "0 */7 * * *"}}, "schedules.predict", "[2024-01-03T21:00:00+00:00, 2024-01-04T00:00:00+00:00)"),
         ({"dimensions": ["value"]}, "(top level)", "columns used twice among timestamp, dimensions and features: ['value']; "
                                                    "a column is the time, a dimension or a feature: keep it in one place"),
         ({"dimensions": ["feature", "date"]}, "(top level)", "dimensions ['date', 'feature'] share their names with columns of the output"),
@@ -127,6 +168,86 @@ def test_errors_name_file_field_and_reason(overrides, field, reason):
     assert reason in line
 
 
+def test_a_url_written_as_url_env_is_refused_without_showing_its_password():
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(source={"kind": "sql", "connection": {"url_env": "postgresql://reader:hunter2@db/metrics"},
+                                  "query": "x :start :end"}), source="jobs/web.yaml")
+    message = str(info.value)
+    assert "source.sql.connection.url_env: is the name of an environment variable holding the URL, not the URL" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("alerts:\n  email: {to: [oncall@example.com]}\n  series: [NO, SE]\n", "alerts.series.0"),
+        ("resample: {fill: off}\n", "resample.fill"),
+        ("dimensions: [on]\n", "dimensions.0"),
+    ],
+)
+def test_yaml_booleans_written_for_text_say_to_quote_them(tmp_path, text, field):
+    # PyYAML reads YAML 1.1: Norway's NO is false. The error said only "should be a valid string (got False)".
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(minimal(), sort_keys=False) + text)
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    line = next(line for line in str(info.value).splitlines() if line.startswith(f"  {field}:"))
+    assert line.endswith("YAML reads an unquoted yes, no, on, off, true or false (also in capitals) as a boolean; "
+                         "quote the text (e.g. 'NO', 'off')")
+
+
+@pytest.mark.parametrize(
+    ("frequency", "schedules"),
+    [
+        ("1h", {"predict": "15 * * * *"}),  # an hourly job at :15 scores the previous whole hour
+        ("2h", {"predict": "0 1,2,5,6,9,10,13,14,17,18,21,22 * * *"}),  # 1h and 3h apart: each holds a 2h grid point
+        ("2h", {"predict": None}),
+        ("2h", {"train": "0 3 * * *"}),  # the default hourly predict is not checked (see _predict_runs_hold_a_period)
+    ],
+)
+def test_predict_schedules_whose_intervals_each_hold_a_period_are_accepted(frequency, schedules):
+    parse_job(minimal(frequency=frequency, schedules=schedules))
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("dimensions: [2024]\n", "dimensions.0: Input should be a valid string (got 2024): YAML reads 2024 unquoted as a number; quote it ('2024')"),
+        ("alerts: {email: {to: [oncall@example.com]}, series: [2024-03-01]}\n",
+         "alerts.series.0: Input should be a valid string (got datetime.date(2024, 3, 1)): YAML reads 2024-03-01 unquoted as a date; "
+         "quote it ('2024-03-01')"),
+        # pydantic reported four lines, one per type of the union (str, int, float, bool), none saying to quote it.
+        ("source: {kind: sql, connection: {conn_id: warehouse}, query: 'x :start :end :since', params: {since: 2024-03-01}}\n",
+         "source.sql.params: since: YAML reads an unquoted date or date-time as a date, which a query parameter cannot be; "
+         "quote it (since: '2024-03-01') to bind it as text"),
+    ],
+)
+def test_yaml_numbers_and_dates_written_for_text_say_to_quote_them(tmp_path, text, line):
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in minimal().items() if k != "source" or "source:" not in text}, sort_keys=False) + text)
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    assert str(info.value).splitlines()[1:] == [f"  {line}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        # `off` meant no schedule: quoting it, as for text, would not have done that.
+        ("schedules: {predict: off}\n", "schedules.predict: Input should be a valid string (got False): write null for no schedule"),
+        ("alerts: {email: {to: [oncall@example.com]}, digest: off}\n",
+         "alerts.digest: Input should be a valid dictionary or instance of DigestConfig (got False): leave the setting out for its "
+         "default (none for an optional one), or give its settings as a mapping"),
+    ],
+)
+def test_a_setting_turned_off_with_a_yaml_boolean_says_what_to_write(tmp_path, text, line):
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(minimal(), sort_keys=False) + text)
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    assert f"  {line}" in str(info.value).splitlines()[1]
+
+
 def test_a_message_that_names_the_value_does_not_repeat_it():
     with pytest.raises(ConfigError) as info:
         parse_job(minimal(schedules={"predict": "0 25 * * *"}, frequency="1 hour", threshold={"value": 0.9}))
@@ -165,6 +286,21 @@ def test_load_jobs_rejects_duplicate_names(tmp_path):
         (tmp_path / name).write_text(yaml.safe_dump(minimal()))
     with pytest.raises(ConfigError, match=r"b.yaml: job name 'web' is already used by .*a.yaml"):
         load_jobs(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("# to do\n", "web.yaml: the job file is empty (or holds only comments): write the job's settings, at least name, source"),
+        ("- name: web\n", "web.yaml: a job file must hold a mapping of settings (name: web, frequency: 1h, ...), got a list (lines starting"),
+        ("web\n", "got a single str value"),
+    ],
+)
+def test_a_job_file_without_a_mapping_says_what_it_holds(tmp_path, text, message):
+    # An empty file was "must hold a mapping of settings, got NoneType".
+    (tmp_path / "web.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_job_file(tmp_path / "web.yaml")
 
 
 def test_unreadable_yaml_names_the_file(tmp_path):
@@ -301,6 +437,12 @@ def test_relative_paths_resolve_against_base_dir(monkeypatch, tmp_path):
     assert resolve_path("/abs/x.csv") == "/abs/x.csv"
 
 
+def test_paths_holding_a_dollar_or_tilde_that_ask_no_expansion_are_accepted():
+    job = parse_job(minimal(source={"kind": "file", "path": "data/$prices/x~1.csv", "storage_options": {"anon": True}},
+                            registry="/srv/models", outputs={"parquet": "s3://bucket/out$"}))
+    assert job.source.path == "data/$prices/x~1.csv"
+
+
 def test_connection_description_hides_password():
     job = parse_job(
         minimal(
@@ -427,6 +569,17 @@ def test_connection_description_never_shows_a_secret(url: str, shown: str) -> No
          "training_window: a training_window of 26d holds 26 rows of 1d, and tune.holdout_fraction 0.25 holds back the last 7 "
          "of them to plant anomalies in and score each trial on, which needs at least 10: every tune run would fail; use a "
          "training_window of at least 37d"),
+        # Fewer than two seasons of rows: every training fitted without the season, warning only in the task log.
+        ({"training_window": "7d", "model": {"kind": "seasonal_mad", "params": {"season": "1w"}}},
+         "model.params.season: season 1w needs two seasons of rows to learn a profile (336 rows of 1h), but a training_window "
+         "of 7d holds 168 rows of 1h, and training fits the new model on the first 134 of them (the last 20% are held back to "
+         "compare it with the serving model): every training would fit without a season; use a training_window of at least "
+         "18d, a shorter season, or season: null for none"),
+        ({"training_window": "2d", "model": {"kind": "level_shift"}},
+         "training_window: the default season 1d needs two seasons of rows to learn a profile (48 rows of 1h), but a "
+         "training_window of 2d holds 48 rows of 1h"),
+        ({"frequency": "1d", "training_window": "365d", "model": {"kind": "seasonal_mad", "params": {"season": 200}}},
+         "model.params.season: season 200 needs two seasons of rows to learn a profile (400 rows of 1d)"),
     ],
 )
 def test_settings_that_fail_every_training_together_are_refused_at_the_field(overrides, line):

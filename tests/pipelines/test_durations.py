@@ -24,6 +24,8 @@ def test_a_duration_is_an_integer_and_a_unit(text: str, expected: timedelta) -> 
         ("1h30m", "is not a duration: write an integer and a unit"),
         ("P1D", "is not a duration"),
         ("0min", "must be a positive duration"),
+        # YAML gives `frequency: 3600` (and an unquoted 1:00) as a number: which unit was meant is unknown.
+        (3600, r"3600 is a number without a unit: write the unit, as in '3600s' \(seconds\) or '3600min' \(minutes\)"),
         # Beyond timedelta's range (an OverflowError, which pydantic would not report as a field
         # error), or beyond pandas' (which overflowed later, in resampling or scoring).
         ("99999999999d", "too long a duration; the longest is 106751 days"),

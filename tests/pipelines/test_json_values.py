@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from datetime import date
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,8 @@ from pipelines.json_values import json_safe
         (np.array([1.5, np.nan, np.inf]), [1.5, None, "inf"]),
         (np.array(["2024-01-01T05:00"], dtype="datetime64[ns]"), ["2024-01-01T05:00:00"]),
         (np.array(2), 2),
+        # SQL NUMERIC values: they were text ("1.50", "NaN", "Infinity").
+        ([Decimal("1.50"), Decimal("12"), Decimal("NaN"), Decimal("sNaN"), Decimal("-Infinity")], [1.5, 12, None, None, "-inf"]),
     ],
 )
 def testjson_safe(value: object, expected: object) -> None:
