@@ -41,7 +41,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines.config import JobConfig, get_job, resolve_path
-from pipelines.db import deadlocked, engine_for, precise_datetime
+from pipelines.db import deadlocked, engine_for, file_database, precise_datetime
 from pipelines.errors import ConfigError, SinkError
 from pipelines.series import ALL_SERIES, series_key
 from pipelines.sources.base import SUPPORTED_YEARS
@@ -63,6 +63,10 @@ _RANGES = "value_ranges"
 _WRITE_ATTEMPTS, _RETRY_BACKOFF_SECONDS = 5, 0.1
 #: Most series keys an "unknown series" error lists; beyond, it names the nearest to the one given.
 _SERIES_NAMED = 10
+#: Columns of the unique key of a label.
+_KEY = ("job", "series", "feature", "start_time", "end_time")
+#: Tables (engine, name) seen with every column, so that a new store reads them without looking again.
+_READY_TABLES: set[tuple[sa.Engine, str]] = set()
 
 
 class LabelError(ConfigError):
@@ -232,11 +236,17 @@ def check_series(job: JobConfig, series: str, where: str) -> None:
         )
 
 
-def _check_known_series(job: JobConfig, series: str, where: str) -> None:
-    """Once the job has trained models, a series without any is refused as a likely typo."""
+def _models_series(job: JobConfig) -> list[str]:
+    """Keys of the series of ``job`` that have trained models (a listing of its registry)."""
     from pipelines.registry import ModelRegistry
 
-    known = ModelRegistry(resolve_path(job.registry), job.outputs.storage_options).series(job.name)
+    return ModelRegistry(resolve_path(job.registry), job.outputs.storage_options).series(job.name)
+
+
+def _check_known_series(job: JobConfig, series: str, where: str, known: Sequence[str] | None = None) -> None:
+    """Once the job has trained models, a series without any is refused as a likely typo.
+    ``known``: the series with models, when the caller listed them already."""
+    known = _models_series(job) if known is None else known
     if known and series not in known:
         listed = ", ".join(known)
         if len(known) > _SERIES_NAMED:
@@ -270,6 +280,16 @@ def event_value_ranges(
     if rows["is_anomaly"].any():
         rows = rows[rows["is_anomaly"]]
     rows = rows.dropna(subset=["value"])
+    # An infinite value (scored as an anomaly) would make the range unbounded: a false alarm on
+    # an event holding one silenced every later spike of any size above its least value.
+    finite = rows[np.isfinite(rows["value"].astype(float))]
+    if finite.empty and not rows.empty:
+        raise LabelError(
+            f"{where + ': ' if where else ''}{_where(job.name, series, feature)}: the event's values in "
+            f"[{start.isoformat()}, {end.isoformat()}] are all infinite, which gives no value range; "
+            "give value_min and value_max"
+        )
+    rows = finite
     if rows.empty:
         raise LabelError(
             f"{where + ': ' if where else ''}{_where(job.name, series, feature)}: "
@@ -314,6 +334,7 @@ class LabelStore:
                 raise self._failure("create the labels table", exc) from exc
         self._add_ranges_column()
         self._ready = True
+        _READY_TABLES.add((self.engine, self.name))
 
     def _ranges_column_exists(self) -> bool:
         return _RANGES in {column["name"] for column in sa.inspect(self.engine).get_columns(self.name)}
@@ -340,9 +361,12 @@ class LabelStore:
             f"{getattr(exc, 'orig', None) or exc}; check that the database is reachable and writable (labels.connection)"
         )
 
-    def _validated(self, job: str, given: Mapping[str, Any], where: str | None = None) -> Label:
+    def _validated(
+        self, job: str, given: Mapping[str, Any], where: str | None = None, known: Sequence[str] | None = None
+    ) -> Label:
         """The label ``add`` would store from ``given`` (its keyword names), after every check;
-        nothing is written. ``where`` names the source in errors (a file and row)."""
+        nothing is written. ``where`` names the source in errors (a file and row); ``known`` the
+        series with models, listed once for many labels."""
         series, start, end, verdict = given["series"], given["start"], given["end"], given["verdict"]
         feature = given.get("feature")
         row = where  # a file's row, or None
@@ -354,7 +378,7 @@ class LabelStore:
         if feature is not None and feature not in config.features:
             raise LabelError(f"{where}: unknown feature; job {job!r} watches {', '.join(config.features)}")
         check_series(config, series, where)
-        _check_known_series(config, series, where)
+        _check_known_series(config, series, where, known)
         start_at, end_at = as_utc(start, "start", where), as_utc(end, "end", where)
         if end_at < start_at:
             raise LabelError(
@@ -431,13 +455,19 @@ class LabelStore:
         same key): a person's verdict is not lost because someone else labelled at that moment.
         """
         labels = list(labels)
+        # One statement per kind, run for all rows (executemany): a statement per label took
+        # 15 s to import 20,000 labels into SQLite. The last label of a key given twice wins.
+        rows = list({tuple(row[name] for name in _KEY): row for row in map(self._row, labels)}.values())
+        c = self.table.c
+        delete = sa.delete(self.table).where(*(c[name] == sa.bindparam(f"key_{name}") for name in _KEY))
+        keys = [{f"key_{name}": row[name] for name in _KEY} for row in rows]
         self._prepare()
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 with self.engine.begin() as conn:
-                    for label in labels:
-                        conn.execute(sa.delete(self.table).where(*self._key(label)))
-                        conn.execute(sa.insert(self.table).values(**self._row(label)))
+                    if rows:
+                        conn.execute(delete, keys)
+                        conn.execute(sa.insert(self.table), rows)
                 return len(labels)
             except sa.exc.SQLAlchemyError as exc:
                 if attempt == _WRITE_ATTEMPTS or not (isinstance(exc, sa.exc.IntegrityError) or deadlocked(exc)):
@@ -471,16 +501,6 @@ class LabelStore:
             raise self._failure("remove a label from", exc) from exc
         log.info("withdrew the verdict on %s [%s, %s]", where, start_at.isoformat(), end_at.isoformat())
         return found
-
-    def _key(self, label: Label) -> list[sa.ColumnElement[bool]]:
-        c = self.table.c
-        return [
-            c.job == label.job,
-            c.series == label.series,
-            c.feature == (label.feature or ""),
-            c.start_time == _naive(label.start),
-            c.end_time == _naive(label.end),
-        ]
 
     @staticmethod
     def _row(label: Label) -> dict[str, Any]:
@@ -519,18 +539,33 @@ class LabelStore:
         )
 
     def _select(self, query: sa.Select[Any], action: str) -> list[Label]:
+        # Training and scoring read each series through a store of their own: looking the table
+        # up again for each (two catalogue queries) took longer than reading its labels.
+        seen = not self._ready and (self.engine, self.name) in _READY_TABLES
+        self._ready = self._ready or seen
         try:
             # Reading never creates the table (a reader may have no right to): no table, no labels.
             if not self._ready:
+                # Connecting to SQLite makes its file: a read before any label was written left
+                # an empty database behind (and failed where the folder is read-only).
+                database = file_database(self.engine.url)
+                if database is not None and not database.exists():
+                    return []
                 if not sa.inspect(self.engine).has_table(self.name):
                     return []
                 # A table made before value_ranges existed is read without it (a write adds it).
                 self._ready = self._ranges_column_exists()
                 if not self._ready:
                     query = query.with_only_columns(*(c for c in self.table.c if c.name != _RANGES))
+                else:
+                    _READY_TABLES.add((self.engine, self.name))
             with self.engine.connect() as conn:
                 return [self._label(row) for row in conn.execute(query)]
         except sa.exc.SQLAlchemyError as exc:
+            if seen:  # the table may have been dropped since another store saw it: look it up again
+                _READY_TABLES.discard((self.engine, self.name))
+                self._ready = False
+                return self._select(query, action)
             raise self._failure(action, exc) from exc
 
     def labels(
@@ -586,6 +621,8 @@ class LabelStore:
         confirmed this very event, and nothing silences it.
         """
         where = _where(job, series, feature)
+        if any(isinstance(value, float) and math.isinf(value) for value in (value_min, value_max)):
+            return None  # labels hold finite ranges: none contains an infinite value
         low, high = _number(value_min, "value_min", where), _number(value_max, "value_max", where)
         if low is None or high is None:
             return None
@@ -634,8 +671,14 @@ def _file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     try:
         # utf-8-sig: spreadsheets write "CSV UTF-8" with a byte order mark, which would stick to the first column's name.
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = path.read_bytes().decode("utf-8-sig")  # whole, so a decoding error's position is the file's
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise LabelError(
+            f"{path}: line {line} is not UTF-8 text (byte {exc.object[exc.start]:#04x}); save the labels file as UTF-8 "
+            "(in a spreadsheet: CSV UTF-8)"
+        ) from exc
+    except OSError as exc:
         raise LabelError(f"{path}: cannot read the labels file: {exc}") from exc
     if suffix == ".csv":
         import csv
@@ -643,6 +686,13 @@ def _file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
         reader = csv.DictReader(io.StringIO(text))
         header = [name.strip() for name in reader.fieldnames or []]
+        unnamed = [str(number) for number, name in enumerate(header, start=1) if not name]
+        if unnamed and len(unnamed) < len(header):  # an empty file is told its missing columns below
+            # Said apart: "unknown column(s) " with an empty name read as a bug, not as a trailing comma.
+            raise LabelError(
+                f"{path}: column(s) {', '.join(unnamed)} of the header have no name (a trailing comma makes one); "
+                "name them or remove them from every line"
+            )
         _check_columns(path, header)
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:  # DictReader would keep the last one's values silently
@@ -659,23 +709,35 @@ def _file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
             records.append((f"{path}: row {number} (line {reader.line_num})", {k.strip(): v for k, v in row.items()}))
         return records
     if suffix in (".json", ".jsonl"):
-        try:
-            if suffix == ".json":
+        rows: list[tuple[str, Any]]
+        if suffix == ".json":
+            try:
                 items = json.loads(text)
-            else:
-                items = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise LabelError(f"{path}: not valid JSON: {exc}") from exc
-        if isinstance(items, dict) and isinstance(items.get("labels"), list):
-            items = items["labels"]
-        if not isinstance(items, list):
-            raise LabelError(f"{path}: a JSON labels file holds a list of objects (or {{\"labels\": [...]}})")
+            except json.JSONDecodeError as exc:
+                raise LabelError(f"{path}: not valid JSON: {exc}") from exc
+            if isinstance(items, dict) and isinstance(items.get("labels"), list):
+                items = items["labels"]
+            if not isinstance(items, list):
+                raise LabelError(f"{path}: a JSON labels file holds a list of objects (or {{\"labels\": [...]}})")
+            rows = [(f"row {number}", item) for number, item in enumerate(items, start=1)]
+        else:
+            # Each line is parsed alone: the decoder's own "line 1" named the wrong line of the file.
+            lines = [(line_number, line) for line_number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+            rows = []
+            for number, (line_number, line) in enumerate(lines, start=1):
+                try:
+                    rows.append((f"row {number} (line {line_number})", json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise LabelError(
+                        f"{path}: row {number} (line {line_number}) is not valid JSON: {exc.msg} at column {exc.colno}; "
+                        "a .jsonl file holds one label object per line"
+                    ) from exc
         records = []
-        for number, item in enumerate(items, start=1):
+        for row, item in rows:
             if not isinstance(item, dict):
-                raise LabelError(f"{path}: row {number}: each label is an object, got {type(item).__name__}")
-            _check_columns(path, list(item), f" row {number}:")
-            records.append((f"{path}: row {number}", item))
+                raise LabelError(f"{path}: {row}: each label is an object, got {type(item).__name__}")
+            _check_columns(path, list(item), f" {row}:")
+            records.append((f"{path}: {row}", item))
         return records
     raise LabelError(f"{path}: unknown labels file type {suffix or '(none)'!r}; use .csv, .json or .jsonl")
 
@@ -706,7 +768,11 @@ def import_labels(job: JobConfig, path: str | Path, *, author: str = "", store: 
     store = store or label_store(job)
     labels: list[Label] = []
     seen: dict[tuple[Any, ...], str] = {}
-    for where, record in _file_records(path):
+    records = _file_records(path)
+    # Listed once: per row, a registry of thousands of series (one recursive listing of an
+    # object store each time) made importing a file take minutes.
+    known = _models_series(job) if records else []
+    for where, record in records:
         feature = record.get("feature")
         given = {
             **record,
@@ -714,7 +780,7 @@ def import_labels(job: JobConfig, path: str | Path, *, author: str = "", store: 
             "feature": feature if feature not in ("", None) else None,
             "author": record.get("author") or author or f"import:{path.name}",
         }
-        label = store._validated(job.name, given, where)
+        label = store._validated(job.name, given, where, known)
         key = (label.series, label.feature, label.start, label.end)
         if key in seen:
             raise LabelError(f"{where}: the same event as {seen[key].removeprefix(f'{path}: ')}; give each event once")

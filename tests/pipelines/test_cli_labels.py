@@ -120,3 +120,9 @@ def test_a_verdict_given_by_mistake_is_withdrawn(project, capsys):
     assert "job demo_web_metrics, series 'region=eu': no label on [2024-03-03T14:00:00Z, 2024-03-03T16:00:00Z]" in err
     assert run(capsys, "unlabel", JOB, *SPIKE, "--feature", "requests")[1]["verdict"] is True
     assert run(capsys, "labels", JOB)[1] == []
+
+
+def test_listing_labels_before_any_was_given_leaves_no_database_behind(project, capsys):
+    # The first read made an empty var/labels.db (SQLite creates its file on connecting).
+    assert run(capsys, "labels", JOB) == (0, [], "")
+    assert not (project / "var" / "labels.db").exists()

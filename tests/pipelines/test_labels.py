@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -213,6 +214,24 @@ def test_import_csv_and_json_idempotently(store, published, tmp_path, job):
     assert [(label.start.hour, label.author) for label in store.labels("web", EU)] == [(2, "import:known.csv"), (4, "ops")]
 
 
+def test_an_import_lists_the_registry_once_and_still_refuses_a_series_without_models(store, tmp_path, job, monkeypatch):
+    from pipelines.registry import ModelRegistry
+
+    registry = ModelRegistry(job.registry)
+    registry.register("web", EU, {"model.json": b"{}"}, {"model": "seasonal_mad"})
+    listings = []
+    listed = ModelRegistry.series
+    monkeypatch.setattr(ModelRegistry, "series", lambda self, name: listings.append(name) or listed(self, name))
+    path = tmp_path / "known.csv"
+    rows = [f"region=eu,2024-03-03T{hour:02d}:00:00Z,2024-03-03T{hour:02d}:00:00Z,false,1,2" for hour in range(20)]
+    path.write_text("series,start,end,verdict,value_min,value_max\n" + "\n".join(rows) + "\n")
+    assert len(import_labels(job, path, store=store)) == 20
+    assert listings == ["web"]  # one listing (a recursive one on object stores), not one per row
+    path.write_text(path.read_text() + "region=us,2024-03-03T01:00:00Z,2024-03-03T01:00:00Z,true,1,2\n")
+    with pytest.raises(LabelError, match=r"known.csv: row 21 \(line 22\): unknown series; job 'web' has models for region=eu"):
+        import_labels(job, path, store=store)
+
+
 def test_import_a_spreadsheet_csv_with_a_byte_order_mark_and_json_verdicts_as_1_and_0(store, published, tmp_path, job):
     csv_file = tmp_path / "excel.csv"  # "CSV UTF-8" of spreadsheets starts with a byte order mark
     csv_file.write_bytes(b"\xef\xbb\xbfseries,start,end,verdict\r\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,yes\r\n")
@@ -235,6 +254,8 @@ def test_import_a_spreadsheet_csv_with_a_byte_order_mark_and_json_verdicts_as_1_
          "bad.csv: row 1 (line 2): verdict must be true"),
         ("bad.csv", "series,start,verdict\n", "bad.csv: missing column(s) end"),
         ("bad.csv", "series,start,end,verdict,colour\n", "bad.csv: unknown column(s) colour"),
+        ("bad.csv", "series,start,end,verdict,\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,true,\n",
+         "bad.csv: column(s) 5 of the header have no name (a trailing comma makes one)"),
         ("bad.csv", "series,start,end,verdict\nregion=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,true\n"
                     "region=eu,2024-03-04T02:00:00Z,2024-03-04T03:00:00Z,true\n",
          "bad.csv: row 2 (line 3): job 'web', series 'region=eu': no published output rows in [2024-03-04T02:00:00+00:00"),
@@ -249,6 +270,8 @@ def test_import_a_spreadsheet_csv_with_a_byte_order_mark_and_json_verdicts_as_1_
         ("bad.json", json.dumps([{"series": EU, "start": "2024-03-03T02:00:00Z", "end": "2024-03-03T03:00:00Z",
                                   "verdict": True}] * 2), "bad.json: row 2: the same event as row 1"),
         ("bad.json", "{not json", "bad.json: not valid JSON"),
+        ("bad.jsonl", json.dumps({"series": EU, "start": "2024-03-03T02:00:00Z", "end": "2024-03-03T03:00:00Z",
+                                  "verdict": True}) + "\n\n{not json\n", "bad.jsonl: row 2 (line 3) is not valid JSON"),
         ("bad.txt", "x", "unknown labels file type '.txt'"),
     ],
 )
@@ -259,6 +282,14 @@ def test_a_bad_file_names_file_and_row_and_writes_nothing(store, published, tmp_
         import_labels(job, path, store=store)
     assert message in str(caught.value)
     assert store.labels("web") == []
+
+
+def test_a_file_not_in_utf8_names_the_line_and_says_to_save_it_as_utf8(store, tmp_path, job):
+    path = tmp_path / "known.csv"
+    good = "region=eu,2024-03-03T02:00:00Z,2024-03-03T03:00:00Z,true,fine\n" * 3000  # beyond one read buffer
+    path.write_bytes(("series,start,end,verdict,note\n" + good + "region=eu,x,y,true,café\n").encode("latin-1"))
+    with pytest.raises(LabelError, match=r"known.csv: line 3002 is not UTF-8 text \(byte 0xe9\); save the labels file as UTF-8"):
+        import_labels(job, path, store=store)
 
 
 def test_events_of_the_published_output_with_their_labels(store, job, published):
@@ -283,6 +314,42 @@ def test_reading_never_creates_the_table(store):
     assert sa.inspect(store.engine).has_table(store.name)
 
 
+def test_reading_labels_of_a_sqlite_file_never_written_creates_no_file(job, tmp_path):
+    store = label_store(job)
+    assert store.labels("web") == [] and store.known_false_alarm("web", EU, None, 1, 2) is None
+    assert store.remove("web", EU, at(1), at(1)) is None
+    assert not (tmp_path / "labels.db").exists()
+
+
+def test_a_store_per_series_reads_with_one_query_and_a_dropped_table_is_looked_up_again(store, job):
+    store.add("web", EU, at(1), at(1), True, value_min=1, value_max=1)
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    fresh = LabelStore(store.engine, store.name, {job.name: job})  # as training builds one per series
+    assert [label.series for label in fresh.labels("web", EU)] == [EU]
+    assert len(statements) == 1, statements
+
+    store.table.drop(store.engine)
+    assert LabelStore(store.engine, store.name, {job.name: job}).labels("web") == []
+    LabelStore(store.engine, store.name, {job.name: job}).add("web", US, at(1), at(1), False, value_min=1, value_max=1)
+    assert [label.series for label in LabelStore(store.engine, store.name, {job.name: job}).labels("web")] == [US]
+
+
+def test_many_labels_are_written_in_two_statements_and_a_key_given_twice_keeps_the_last(store):
+    store.add("web", EU, at(1), at(1), True, value_min=1, value_max=1)  # the table exists
+    first = store.labels("web")[0]
+    labels = [replace(first, start=at(0, minute), end=at(0, minute), note=str(minute)) for minute in range(60)]
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    store.write([*labels, replace(labels[0], verdict=False, note="later")])
+    # A statement per label took 15 s to import 20,000 labels into SQLite.
+    assert [statement.split()[0] for statement in statements] == ["DELETE", "INSERT"]
+    stored = store.labels("web", EU, at(0), at(0, 59))
+    assert len(stored) == 60 and (stored[0].verdict, stored[0].note) == (False, "later")
+    store.write(labels)  # again: replaced, never duplicated
+    assert rows_in(store) == 61
+
+
 def test_an_unreachable_database_is_a_sink_error_saying_what_to_check(job):
     from pipelines.errors import SinkError
 
@@ -305,6 +372,22 @@ def test_a_whole_series_false_alarm_keeps_a_range_per_feature(store, published):
     found = store.known_false_alarm("web", EU, "requests", 502.0, 503.0)
     assert found is not None and found.note == "load test" and (found.value_min, found.value_max) == (502.0, 503.0)
     assert store.known_false_alarm("web", EU, "requests", 500.0, 503.0) is None
+
+
+def test_a_false_alarm_on_an_event_with_an_infinite_value_does_not_silence_every_larger_spike(store, published, job):
+    frame = published.copy()
+    frame.loc[(frame["series"] == EU) & (frame["feature"] == "requests") & (frame["timestamp"] == at(3)), "value"] = float("inf")
+    ParquetSink(job.outputs.parquet).write(frame, job=job.name, dimensions=["region"], start=at(0), end=at(6))
+    label = store.add("web", EU, at(2), at(3), False)
+    assert label.value_ranges["requests"] == (502.0, 502.0) and label.value_max == 502.0  # the finite values
+    assert store.known_false_alarm("web", EU, "requests", 502.0, 502.0) is not None
+    # Before, the range was [502, inf]: a person's "false alarm" silenced any later spike above 502.
+    assert store.known_false_alarm("web", EU, "requests", 600.0, 1e9) is None
+    assert store.known_false_alarm("web", EU, "requests", 502.0, float("inf")) is None
+    only_infinite = frame.assign(value=frame["value"].where(frame["timestamp"] != at(2), float("inf")))
+    ParquetSink(job.outputs.parquet).write(only_infinite, job=job.name, dimensions=["region"], start=at(0), end=at(6))
+    with pytest.raises(LabelError, match=r"feature 'requests': the event's values in .* are all infinite.*give value_min"):
+        store.add("web", EU, at(2), at(3), False, feature="requests")
 
 
 def test_a_false_alarm_later_confirmed_true_no_longer_silences(store):
