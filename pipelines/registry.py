@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -137,13 +138,17 @@ class ModelRegistry:
     def version(self, job: str, series: str, version: str) -> ModelVersion:
         """One complete version; :class:`ModelError` when it does not exist, is incomplete or its
         metadata cannot be read."""
+        return self._complete(
+            job, series, version,
+            lambda known: f"job {job!r}, series {series!r} has no complete model version {version!r} in {self.root}; "
+            f"known versions: {known or 'none (train the job first)'}",
+        )
+
+    def _complete(self, job: str, series: str, version: str, gone: Callable[[str], str]) -> ModelVersion:
+        """``version`` if complete, else :class:`ModelError` saying ``gone`` of the complete versions (joined)."""
         metadata = self._metadata(job, series, version)
         if metadata is None:
-            known = [v.version for v in self.versions(job, series)]
-            raise ModelError(
-                f"job {job!r}, series {series!r} has no complete model version {version!r} in {self.root}; "
-                f"known versions: {', '.join(known) or 'none (train the job first)'}"
-            )
+            raise ModelError(gone(", ".join(v.version for v in self.versions(job, series))))
         return ModelVersion(job, series, version, metadata)
 
     def _metadata(self, job: str, series: str, version: str) -> dict[str, Any] | None:
@@ -197,17 +202,14 @@ class ModelRegistry:
         version = self.champion_version(job, series)
         if version is None:
             return None
-        metadata = self._metadata(job, series, version)
-        if metadata is None:
-            # version()'s "known versions" told people neither that the pointer is the problem
-            # nor what to run (a version folder deleted by hand, or by a cleanup of old versions).
-            known = [v.version for v in self.versions(job, series)]
-            raise ModelError(
-                f"job {job}, series {series}: the champion pointer {self._url(job, series, CHAMPION)} names a version that "
-                f"is gone: no complete model version {version!r} in {self.root} (its folder or its {METADATA} is missing; "
-                f"complete versions: {', '.join(known) or 'none'}); run the job's train to register and promote a new model"
-            )
-        return ModelVersion(job, series, version, metadata)
+        # version()'s "known versions" told people neither that the pointer is the problem nor
+        # what to run (a version folder deleted by hand, or by a cleanup of old versions).
+        return self._complete(
+            job, series, version,
+            lambda known: f"job {job}, series {series}: the champion pointer {self._url(job, series, CHAMPION)} names a "
+            f"version that is gone: no complete model version {version!r} in {self.root} (its folder or its {METADATA} is "
+            f"missing; complete versions: {known or 'none'}); run the job's train to register and promote a new model",
+        )
 
     def champion_version(self, job: str, series: str) -> str | None:
         """The version the champion pointer names, without loading it (it may be unreadable), or

@@ -147,10 +147,10 @@ class SqlReader:
                 "another name with AS.",
                 kind=SourceConfigError,
             )
-        if engine.dialect.name in _TEXT_TODO:
+        if engine.dialect.name in _TEXT_ADVICE:
             misread = _text_misread(self.job.timestamp, self.config.query, frame, params, (lo, hi))
             if misread:
-                raise fail(misread, _TEXT_TODO[engine.dialect.name].format(ts=self.job.timestamp), kind=SourceConfigError)
+                raise fail(misread, _TEXT_ADVICE[engine.dialect.name].format(ts=self.job.timestamp), kind=SourceConfigError)
         returned = {str(name).casefold(): str(name) for name in frame.columns}
         folded = [
             (name, returned[name.casefold()]) for name in self.job.columns
@@ -298,14 +298,14 @@ def _sqlite_text(moment: datetime) -> str:
 #: Dialects that compare a text column with the bounds as text (SQLite has no date type; MySQL
 #: and MariaDB compare a VARCHAR with the bound's literal), and what to do when the text does not
 #: sort with them.
-_TEXT_TODO = {
+_TEXT_ADVICE = {
     "sqlite": "Compare the column through SQLite's datetime(), which reads the T and converts offsets to UTC: "
     "WHERE datetime({ts}) >= datetime(:start) AND datetime({ts}) < datetime(:end); or store UTC text as "
     "YYYY-MM-DD HH:MM:SS.",
     "mysql": "Compare CAST({ts} AS DATETIME(6)) with :start and :end, which reads the T (not an offset: store "
     "such text in UTC), or store the column as DATETIME(6) in UTC.",
 }
-_TEXT_TODO["mariadb"] = _TEXT_TODO["mysql"]
+_TEXT_ADVICE["mariadb"] = _TEXT_ADVICE["mysql"]
 
 #: Stored text that does not sort with the bounds' ``YYYY-MM-DD HH:MM``: a ``T`` sorts after the
 #: space, and a local time with an offset sorts by its local digits.
