@@ -493,7 +493,7 @@ class ThresholdConfig(_Model):
 
 class Schedules(_Model):
     train: str | None = "0 2 * * 0"
-    predict: str | None = "0 * * * *"
+    predict: str | None = "0 * * * *"  # under a frequency longer than an hour, default_predict_schedule's
     tune: str | None = None
 
     @field_validator("train", "predict", "tune")
@@ -831,6 +831,19 @@ def _least_window(rows: int, needed: int, frequency: timedelta, held_back: float
     return least
 
 
+def default_predict_schedule(frequency: timedelta) -> str:
+    """The predict schedule of a job file that writes none: hourly, or once a period when the
+    ``frequency`` is longer than an hour and its epoch-aligned grid has a cron (whole hours that
+    divide a day; a week, whose grid starts on Thursdays, as 1970-01-01 did). Others stay hourly,
+    which :meth:`JobConfig._predict_runs_hold_a_period` refuses, asking for a schedule."""
+    hours, rest = divmod(frequency, timedelta(hours=1))
+    if frequency <= timedelta(hours=1) or rest:
+        return "0 * * * *"
+    if 24 % hours == 0:
+        return "0 0 * * *" if hours == 24 else f"0 */{hours} * * *"
+    return "0 0 * * 4" if frequency == timedelta(weeks=1) else "0 * * * *"
+
+
 class JobConfig(_Model):
     name: str
     description: str = ""
@@ -891,6 +904,11 @@ class JobConfig(_Model):
         # after-validators, the first to fail hid the others, so a job file with two problems
         # showed one, and the next only once that one was fixed.
         job = handler(data)
+        # An hourly predict under a daily frequency failed 23 of its 24 runs ("holds no whole period").
+        written = "predict" in job.schedules.model_fields_set
+        if not written and job.schedules.predict != default_predict_schedule(job.frequency):
+            schedules = job.schedules.model_copy(update={"predict": default_predict_schedule(job.frequency)})
+            job = job.model_copy(update={"schedules": schedules})
         problems = []
         for check in job._checks():
             try:
@@ -1217,10 +1235,10 @@ class JobConfig(_Model):
         # A predict run scores its data interval floored to the epoch-aligned frequency grid
         # (pipelines.extraction.grid_window): an interval holding no grid point, as most of a
         # */5 schedule's are for an hourly job, failed its run ("holds no whole period").
-        # Only a written schedule: the default (hourly) under a longer frequency is the same fault,
-        # but refusing it would refuse job files that load today; that default should follow the frequency.
-        if self.schedules.predict is None or "predict" not in self.schedules.model_fields_set:
+        # The default follows the frequency (default_predict_schedule), except where no cron can.
+        if self.schedules.predict is None:
             return
+        written = self.schedules.predict != default_predict_schedule(self.frequency) or "predict" in self.schedules.model_fields_set
         from croniter import croniter
 
         epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -1236,7 +1254,8 @@ class JobConfig(_Model):
             if floor(end) <= floor(start):
                 raise _FieldError(
                     "schedules.predict",
-                    f"{self.schedules.predict!r} gives data intervals shorter than frequency {duration_text(self.frequency)} "
+                    f"{repr(self.schedules.predict) if written else 'the default, hourly,'} gives data intervals shorter than "
+                    f"frequency {duration_text(self.frequency)} "
                     f"([{start.isoformat()}, {end.isoformat()}) holds no whole period of it, counted from 1970-01-01T00:00Z), "
                     f"and such predict runs would fail: use a schedule whose runs are at least {duration_text(self.frequency)} "
                     "apart, or a shorter frequency",

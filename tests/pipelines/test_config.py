@@ -780,3 +780,23 @@ def test_the_checks_of_fields_together_import_nothing_heavy():
         "print(sorted({'numpy', 'pandas', 'sklearn', 'torch', 'prophet', 'optuna'} & set(sys.modules)))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("frequency", "schedule"),
+    [("15min", "0 * * * *"), ("1h", "0 * * * *"), ("6h", "0 */6 * * *"), ("1d", "0 0 * * *"), ("1w", "0 0 * * 4")],
+)
+def test_the_default_predict_schedule_runs_once_a_period_of_a_longer_frequency(frequency, schedule):
+    # Hourly under a daily frequency: 23 of every 24 predict runs held no whole day and failed.
+    job = parse_job(minimal(frequency=frequency, training_window="800d", model={"kind": "iforest"}))
+    assert job.schedules.predict == schedule
+    assert parse_job(minimal(frequency=frequency, training_window="800d", model={"kind": "iforest"},
+                             schedules={"predict": "0 0 * * 0"})).schedules.predict == "0 0 * * 0"  # written: kept
+
+
+def test_a_frequency_no_cron_follows_needs_a_written_predict_schedule():
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(frequency="5h", training_window="400d", model={"kind": "iforest"}), source="jobs/web.yaml")
+    assert "schedules.predict: the default, hourly, gives data intervals shorter than frequency 5h" in str(info.value)
+    assert parse_job(minimal(frequency="5h", training_window="400d", model={"kind": "iforest"},
+                             schedules={"predict": "0 0 * * *"})).schedules.predict == "0 0 * * *"
