@@ -870,20 +870,22 @@ def _delimiter(job: JobConfig) -> str:
 
 def _csv_options(job: JobConfig, encoding: str, seen: list[str]) -> dict[str, Any]:
     wanted = set(job.columns)
-    source = job.source if isinstance(job.source, FileSource) else FileSource(kind="file", path="")
-    marks = (source.delimiter, source.decimal, source.thousands or "")
+    source = job.source if isinstance(job.source, FileSource) else None
+    marks = {
+        "sep": _delimiter(job),
+        "decimal": source.decimal if source else ".",
+        "thousands": source.thousands if source else None,
+    }
     # CSV has no types: a dimension's text is its identity ("007" must not become 7).
     return {
         "usecols": lambda name: seen.append(name) or name in wanted,
         "dtype": dict.fromkeys(job.dimensions, str),
         "encoding": _text_encoding(encoding),
-        "sep": source.delimiter,
-        "decimal": source.decimal,
-        "thousands": source.thousands,
+        **marks,
         # pandas' C reader matches these marks as single bytes of UTF-8: it ignores a no-break
         # space between thousands (1 234,5 in French exports) and warns of a § delimiter. Its
         # Python reader, several times slower, reads them; ASCII marks keep the fast one.
-        "engine": "c" if all(mark.isascii() for mark in marks) else "python",
+        "engine": "c" if all(mark.isascii() for mark in marks.values() if mark) else "python",
     }
 
 
