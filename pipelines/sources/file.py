@@ -7,7 +7,10 @@ infers from the last suffix); they are decompressed as they are read, never whol
 Parquet reads only the job's columns and, when the timestamp column has a timestamp type, lets
 Arrow skip what lies outside the window; the other formats are read whole and filtered here.
 Text timestamps are parsed by :func:`~pipelines.sources.base.parse_timestamps`: naive ones are
-taken as UTC, and unparseable ones are kept for validation to report.
+taken as UTC, and unparseable ones are kept for validation to report. Text files are cut to
+the window one at a time; the files of one window read must agree on whether their timestamps
+carry a zone, and one instant of a series in two of them is refused, naming both: neither row
+wins (Parquet files are read as one dataset, and such repeats are left to validation).
 
 Folders may be hive-partitioned (``date=2024-03-01/part-0.parquet``): files in ``key=value``
 sub-folders are read too, a key the job uses as a column and the files lack becomes that column
@@ -36,6 +39,7 @@ from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -46,6 +50,7 @@ from fsspec.utils import compressions, infer_compression
 
 from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, resolve_path
 from pipelines.errors import ConfigError, MissingDependencyError, SourceConfigError, SourceDataError, SourceError
+from pipelines.series import series_key
 from pipelines.sources.base import describe_window, job_columns, parse_timestamps, source_error, utc_bound, window_mask
 from pipelines.storage import credentials_hint, missing_credentials, unreachable
 
@@ -184,10 +189,7 @@ class FileReader:
         path, fail, fs, files, fmt = self._locate(lo, hi)
         log.info("job %s: reading %d %s file(s) from %s", self.job.name, len(files), fmt, path)
         if fmt != "parquet":
-            frames = [self._read_text(fs, file, fmt, fail) for file in files]
-            # A file without rows lacks nothing (an empty jsonl file has no columns at all).
-            held = [(self._shown(fs, file.name), frame.columns) for file, frame in zip(files, frames, strict=True) if len(frame)]
-            _same_columns([name for name, _ in held], [columns for _, columns in held], fail, self.advice)
+            frames = self._read_texts(fs, files, fmt, fail, lo, hi)
         elif files:
             # One Arrow scan over every file: far faster than file by file for many small files.
             with _translated(self.advice, fail, path, fmt), self._naming_the_bad_parquet(fs, files, fail):
@@ -199,9 +201,46 @@ class FileReader:
             return pd.DataFrame(columns=self.job.columns)
         # Empty frames would turn typed columns into objects in concat.
         frame = pd.concat([frame for frame in frames if len(frame)] or frames[:1], ignore_index=True)
-        if lo is not None or hi is not None:
+        if fmt == "parquet" and (lo is not None or hi is not None):
             frame = frame[in_window(frame, self.job, lo, hi, fail)]
         return frame.reset_index(drop=True)
+
+    def _read_texts(
+        self, fs: AbstractFileSystem, files: list[_File], fmt: str, fail: Fail, lo: pd.Timestamp | None, hi: pd.Timestamp | None
+    ) -> list[pd.DataFrame]:
+        """Each file's rows in the window. Each file is cut to the window as soon as it is read:
+        holding every file whole until the end took memory for all of them (1.1 GB for a day of
+        350 MB of csv). A timestamp zone is therefore judged file by file, and the files must agree."""
+        frames, held, instants = [], [], []
+        zone: tuple[bool, str, int, str] | None = None  # (aware, file, row, value) of the first timestamp
+        for file in files:
+            frame = self._read_text(fs, file, fmt, fail)
+            shown = self._shown(fs, file.name)
+            if len(frame):  # a file without rows lacks nothing (an empty jsonl file has no columns at all)
+                held.append((shown, frame.columns))
+            if (lo is not None or hi is not None) and self.job.timestamp in frame.columns:
+                # The error names the file when the source has several.
+                parsed = _timestamps(frame, self.job, fail, f" of {shown}" if len(files) > 1 else "")
+                here = _first_zone(frame[self.job.timestamp], parsed)
+                if zone is None and here is not None:
+                    zone = (here[0], shown, *here[1:])
+                elif zone is not None and here is not None and here[0] != zone[0]:
+                    raise fail(
+                        f"column {self.job.timestamp!r} has timestamps {_with(zone[0])} a time zone in {zone[1]} (row {zone[2]}: "
+                        f"{zone[3]!r}) and {_with(here[0])} one in {shown} (row {here[1]}: {here[2]!r}); taking the ones "
+                        "without as UTC would be a guess",
+                        "Write every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without "
+                        "(then taken as UTC), in every file.",
+                        kind=SourceDataError,
+                    )
+                inside = window_mask(parsed, lo, hi)
+                frame = frame[inside]
+                if len(files) > 1:
+                    instants.append((shown, frame, _instants(frame, parsed[inside], self.job)))
+            frames.append(frame)
+        _same_columns([name for name, _ in held], [columns for _, columns in held], fail, self.advice)
+        _refuse_repeats_across_files(instants, self.job, fail)
+        return frames
 
     def _read_text(self, fs: AbstractFileSystem, file: _File, fmt: str, fail: Fail) -> pd.DataFrame:
         with _translated(self.advice, fail, self._shown(fs, file.name), fmt):
@@ -411,15 +450,96 @@ def in_window(frame: pd.DataFrame, job: JobConfig, lo: pd.Timestamp | None, hi: 
     as inside, for validation to report); every row when the frame has no timestamp column."""
     if job.timestamp not in frame.columns:
         return pd.Series(True, index=frame.index)
+    return window_mask(_timestamps(frame, job, fail), lo, hi)
+
+
+def _timestamps(frame: pd.DataFrame, job: JobConfig, fail: Fail, where: str = "") -> pd.Series:
+    """The timestamp column parsed; ``where`` names the file it came from (\" of m.csv\")."""
     try:
-        parsed = parse_timestamps(frame[job.timestamp])
+        return parse_timestamps(frame[job.timestamp])
     except ValueError as exc:
         raise fail(
-            f"column {job.timestamp!r} mixes timestamps with and without a time zone ({exc})",
+            f"column {job.timestamp!r}{where} mixes timestamps with and without a time zone ({exc})",
             "Write every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC).",
             kind=SourceDataError,
         ) from exc
-    return window_mask(parsed, lo, hi)
+
+
+def _first_zone(raw: pd.Series, parsed: pd.Series) -> tuple[bool, int, str] | None:
+    """Whether the timestamps of ``raw`` (which :func:`parse_timestamps` found to agree) carry a
+    zone, with the row (from 1) and value that tell; None when none parsed."""
+    found = parsed.notna().to_numpy()
+    if not found.any():
+        return None
+    position = int(found.argmax())
+    if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
+        aware = isinstance(raw.dtype, pd.DatetimeTZDtype)
+    else:
+        # Parsed as parse_timestamps parses text, so both judge a value alike.
+        aware = pd.to_datetime(raw.iloc[[position]].astype("string"), format="mixed").dt.tz is not None
+    return aware, position + 1, str(raw.iloc[position])
+
+
+_Instants = tuple[np.ndarray, np.ndarray, tuple[pd.Timestamp, pd.Timestamp] | None]
+
+
+def _instants(frame: pd.DataFrame, parsed: pd.Series, job: JobConfig) -> _Instants | None:
+    """A hash of the instant and series of each row of ``frame`` with a parsed timestamp, its index
+    label, and the first and last instants (None without any); None when a dimension column is
+    missing (validation reports it). Hashes keep the comparison at 16 bytes a row, whatever the
+    text of the series."""
+    if not set(job.dimensions) <= set(frame.columns):
+        return None
+    found = parsed.notna().to_numpy()
+    keys = pd.DataFrame(
+        {"instant": parsed[found].dt.tz_convert("UTC").dt.as_unit("ns").reset_index(drop=True),
+         **{name: frame[name][found].astype("string").reset_index(drop=True) for name in job.dimensions}}
+    )
+    span = (keys["instant"].min(), keys["instant"].max()) if found.any() else None
+    return pd.util.hash_pandas_object(keys, index=False).to_numpy(), frame.index.to_numpy()[found], span
+
+
+def _refuse_repeats_across_files(
+    instants: list[tuple[str, pd.DataFrame, _Instants | None]], job: JobConfig, fail: Fail
+) -> None:
+    """Raise the source error when one instant of one series is in two files (a file delivered
+    twice under two names, a backfill overlapping the regular export): neither row wins, and
+    validation, which sees the files as one batch, could name only row numbers of that batch.
+    ``instants`` holds each file's name, rows and :func:`_instants`."""
+    if len(instants) < 2 or any(hashed is None for _, _, hashed in instants):
+        return
+    spans = sorted(hashed[2] for _, _, hashed in instants if hashed is not None and hashed[2] is not None)
+    if all(earlier[1] < later[0] for earlier, later in zip(spans, spans[1:])):
+        return  # files of successive times (the usual export) cannot share an instant
+    hashes = pd.DataFrame(
+        {
+            "hash": np.concatenate([hashed[0] for _, _, hashed in instants]),  # type: ignore[index]
+            "file": np.repeat(np.arange(len(instants)), [len(hashed[0]) for _, _, hashed in instants]),  # type: ignore[index]
+            "label": np.concatenate([hashed[1] for _, _, hashed in instants]),  # type: ignore[index]
+        }
+    )
+    repeated = hashes[hashes["hash"].duplicated(keep=False)]
+    across = repeated.groupby("hash", sort=False)["file"].transform("nunique") > 1
+    if not across.any():
+        return
+    first = repeated[across]
+    same = first[first["hash"] == first["hash"].iloc[0]]
+    _, frame, _ = instants[int(same["file"].iloc[0])]
+    row = frame.loc[same["label"].iloc[0]]
+    instant = parse_timestamps(pd.Series([row[job.timestamp]])).iloc[0]
+    series = "" if not job.dimensions else f" of series {series_key(job.dimensions, [row[name] for name in job.dimensions])}"
+    raise fail(
+        f"{int(across.sum())} rows share their instant and series with a row of another file; the first: "
+        f"{instant.isoformat()}{series} is in "
+        + " and ".join(f"{instants[int(code)][0]} (row {int(label) + 1})" for code, label in zip(same["file"], same["label"], strict=True))
+        + ", and which one to keep cannot be told",
+        "Remove the file delivered twice, or the overlap between the files, so that each instant of a series is in one file.",
+        kind=SourceDataError,
+    )
+
+
+def _with(aware: bool) -> str:
+    return "with" if aware else "without"
 
 
 def _same_columns(names: list[str], columns: list[pd.Index], fail: Fail, advice: Advice = Advice()) -> None:
@@ -805,6 +925,9 @@ def _decoding(fs: AbstractFileSystem, file: str, encoding: str) -> Iterator[None
     try:
         yield
     except UnicodeDecodeError as exc:
+        foreign = _foreign_format(fs, file)
+        if foreign:
+            raise _ForeignFormat(*foreign, PurePosixPath(file).name) from exc
         compressed = _compressed_unnamed(fs, file)
         if compressed:
             raise _UnnamedArchive(*compressed, PurePosixPath(file).name) from exc
@@ -820,6 +943,43 @@ _MAGIC = (
     (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
     (b"PK\x03\x04", "zip", ".zip"),
 )
+
+
+def _foreign_format(fs: AbstractFileSystem, file: str) -> tuple[str, str | None] | None:
+    """The format and suffix (None when no file source reads it) of a file that is not text but
+    a Parquet file or an Excel workbook: a Parquet file named ``.csv`` was reported as undecodable
+    text ("set `encoding`"), and a workbook as a zip archive to be named ``.zip``."""
+    try:
+        with open_data(fs, file) as handle:
+            head = handle.read(8)
+            if head.startswith(b"PAR1"):
+                return "Parquet file", ".parquet"
+            if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # the container of Excel 97-2003's .xls
+                return "Excel workbook", None
+            if head.startswith(b"PK\x03\x04"):
+                import zipfile
+
+                handle.seek(0)
+                if any(name.startswith("xl/") for name in zipfile.ZipFile(handle).namelist()):  # type: ignore[arg-type]
+                    return "Excel workbook", None
+    except Exception:  # the decoding error is reported as it is
+        return None
+    return None
+
+
+class _ForeignFormat(_CorruptArchive):
+    def __init__(self, what: str, suffix: str | None, name: str) -> None:
+        ValueError.__init__(self, f"is not text but a{'n' if what[0] in 'AEIOU' else ''} {what}, whatever its name says")
+        self.suffix, self.name = suffix, name
+        self.kind = SourceDataError
+
+    def advise(self, advice: Advice) -> str:
+        if self.suffix is None:
+            return "Export it from the spreadsheet as CSV (File > Save As > CSV UTF-8)."
+        stem = PurePosixPath(self.name).stem
+        return f"Name it {stem}{self.suffix}" + advice(
+            "format", ", or set `format: parquet`.", lambda flag: f", or give {flag} parquet.", unset="."
+        )
 
 
 def _compressed_unnamed(fs: AbstractFileSystem, file: str) -> tuple[str, str] | None:
@@ -925,6 +1085,9 @@ def _check_csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encodin
                     raise _WrongDelimiter(str(name), other)
         # pandas drops every row when no column is kept: the file read as 0 rows ("holds 0 rows;
         # the job needs at least 24"), with no word of its columns.
+        foreign = _foreign_format(fs, file)  # e.g. a Parquet file read as latin-1 text
+        if foreign:
+            raise _ForeignFormat(*foreign, PurePosixPath(file).name)
         if seen:
             raise _ForeignHeader(list(dict.fromkeys(str(name) for name in seen)), job)  # pandas asks twice of each
     if not any(re.fullmatch(rf"{re.escape(name)}\.\d+", str(other)) for name in job.columns for other in seen):
@@ -1038,7 +1201,11 @@ def _parquet_dataset(
     schema = _job_schema(dataset, job, fail, shown) if len(files) > 1 else dataset.schema
     keys = sorted({key for file in files for key in file.keys if key in job.columns and key not in schema.names})
     if not keys:
-        return dataset if schema is dataset.schema else ds.dataset(names, schema=schema, format="parquet", filesystem=fs)
+        if schema is dataset.schema:
+            return dataset
+        # The fragments that _job_schema inspected keep their footers: a new dataset of the same
+        # paths read every footer again, a second request per file to an object store.
+        return ds.FileSystemDataset(list(dataset.get_fragments()), schema=schema, format=dataset.format, filesystem=dataset.filesystem)
     partitioning = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
     schema = pa.schema([*schema, *partitioning.schema])
     return ds.dataset(

@@ -59,8 +59,12 @@ class PythonReader:
                 "Return a pandas.DataFrame with the job's timestamp, dimension and feature columns.",
             )
         frame = result
-        if self.job.timestamp not in frame.columns and frame.index.name == self.job.timestamp:
-            frame = frame.reset_index()
+        # A frame indexed by the timestamp, or by timestamp and dimensions as groupby().agg()
+        # returns it: a MultiIndex's levels were dropped, and validation reported the job's
+        # columns missing from a frame that held them.
+        levels = [name for name in frame.index.names if name in self.job.columns and name not in frame.columns]
+        if levels:
+            frame = frame.reset_index(level=levels)
         twice = sorted({name for name in frame.columns[frame.columns.duplicated()] if name in self.job.columns})
         if twice:
             # Each would read as a frame where one column is expected, failing far from here.

@@ -24,7 +24,7 @@ import pytest
 from fsspec.compression import compr
 from fsspec.core import url_to_fs
 
-from pipelines.errors import ConfigError, DataValidationError, SourceConfigError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, SourceConfigError, SourceDataError, SourceError
 from pipelines.sources import FileReader, read_window
 from pipelines.sources.base import parse_timestamps
 
@@ -235,6 +235,69 @@ def test_naive_and_aware_timestamps_mixed_are_a_source_error(make_job, tmp_path:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_files_disagreeing_on_a_time_zone_are_named(make_job, tmp_path: Path, fmt: str) -> None:
+    (tmp_path / "data").mkdir()
+    for name, stamp in (("a", "2024-01-01 01:00:00"), ("b", "2024-01-01T02:00:00+01:00")):
+        write(pd.DataFrame({"ts": [stamp], "host": ["a"], "value": [1.0]}), str(tmp_path / "data" / f"{name}.{fmt}"), fmt)
+    job = make_job({"kind": "file", "path": str(tmp_path / "data")})
+
+    problem = (
+        rf"column 'ts' has timestamps without a time zone in .*a\.{fmt} \(row 1: '2024-01-01 01:00:00'\) "
+        rf"and with one in .*b\.{fmt} \(row 1: '2024-01-01T02:00:00\+01:00'\).*in every file\."
+    )
+    with pytest.raises(SourceDataError, match=rf"'cpu_load'.*{WINDOW_TEXT}: {problem}"):
+        read_window(job, START, END)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_instant_of_a_series_in_two_files_names_both(make_job, hourly, tmp_path: Path, fmt: str) -> None:
+    # A file delivered twice under two names: validation saw one batch and could name only its
+    # row numbers, which say nothing of the files.
+    (tmp_path / "data").mkdir()
+    write(hourly, str(tmp_path / "data" / f"m.{fmt}"), fmt)
+    again = hourly.iloc[1:3].assign(ts=["2024-01-01T01:00", "2024-01-01 02:00:00.000"])  # the same instants, written otherwise
+    write(again, str(tmp_path / "data" / f"m (1).{fmt}"), fmt)
+    job = make_job({"kind": "file", "path": str(tmp_path / "data")})
+
+    problem = (
+        rf"4 rows share their instant and series with a row of another file; the first: 2024-01-01T01:00:00\+00:00 of series "
+        rf"host=b is in \S+m \(1\)\.{fmt} \(row 1\) and \S+m\.{fmt} \(row 2\), and which one to keep cannot be told\. "
+        r"Remove the file delivered twice"
+    )
+    with pytest.raises(SourceDataError, match=rf"'cpu_load'.*{WINDOW_TEXT}: {problem}"):
+        read_window(job, START, END)
+    # Other series, or other instants, in another file are no repeat.
+    write(again.assign(host=["c", "c"]), str(tmp_path / "data" / f"m (1).{fmt}"), fmt)
+    assert len(read_window(job, START, END)) == 4
+
+
+def test_a_file_mixing_time_zones_among_several_is_named(make_job, hourly, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    write(hourly, str(tmp_path / "data" / "a.csv"), "csv")
+    (tmp_path / "data" / "b.csv").write_text("ts,host,value\n2024-01-01 02:00:00,a,1\n2024-01-01T02:00:00Z,b,2\n")
+
+    with pytest.raises(SourceDataError, match=r"column 'ts' of \S+b\.csv mixes timestamps with and without a time zone"):
+        read_window(make_job({"kind": "file", "path": str(tmp_path / "data")}), START, END)
+
+
+def test_each_text_file_is_cut_to_the_window_before_the_files_are_gathered(
+    make_job, hourly, tmp_path: Path, monkeypatch
+) -> None:
+    # Gathering every file whole before cutting held them all in memory at once (1.1 GB to read
+    # one day of 350 MB of csv): only the window's rows may reach the concatenation.
+    (tmp_path / "data").mkdir()
+    for day in range(5):
+        write(hourly.assign(ts=hourly["ts"].str.replace("01-01", f"01-0{day + 1}")), str(tmp_path / "data" / f"{day}.csv"), "csv")
+    gathered: list[int] = []
+    concat = pd.concat
+    monkeypatch.setattr(pd, "concat", lambda frames, **kw: gathered.append(sum(map(len, frames))) or concat(frames, **kw))
+
+    frame = read_window(make_job({"kind": "file", "path": str(tmp_path / "data")}), START, END)
+
+    assert hours(frame) == ["01:00", "02:00"] and gathered == [2]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_unparseable_and_missing_timestamps_are_kept_in_place(make_job, tmp_path: Path, fmt: str) -> None:
     rows = pd.DataFrame(
         {
@@ -347,6 +410,26 @@ def test_parquet_files_with_compatible_types_are_read_together(make_job, hourly,
 
     assert frame["value"].tolist() == [2.0, 3.5, 4.5]
     assert list(parse_timestamps(frame["ts"])) == [at("2024-01-01 02:00"), at("2024-01-01 03:00"), at("2024-01-01 04:00")]
+
+
+def test_each_parquet_file_of_several_is_opened_once(make_job, hourly, s3_bucket, monkeypatch) -> None:
+    # Comparing the files' schemas read every footer, then a new dataset of the same paths read
+    # them all again: two requests per file to the object store, for files outside the window too.
+    from s3fs import S3FileSystem
+
+    bucket, options = s3_bucket
+    hourly = hourly.assign(ts=pd.to_datetime(hourly["ts"]).dt.tz_localize("UTC"))
+    for part in range(4):
+        write(hourly.assign(ts=hourly["ts"] + pd.Timedelta(days=part)), f"s3://{bucket}/m/part-{part}.parquet", "parquet", options)
+    opened: list[str] = []
+    open_file = S3FileSystem._open
+    monkeypatch.setattr(S3FileSystem, "_open", lambda fs, path, *a, **kw: opened.append(path.rsplit("/", 1)[-1]) or open_file(fs, path, *a, **kw))
+
+    frame = read_window(make_job({"kind": "file", "path": f"s3://{bucket}/m", "storage_options": options}), START, END)
+
+    assert hours(frame) == ["01:00", "02:00"]
+    # The files outside the window are opened once, for their footers; part-0 also for its schema and its rows.
+    assert [name for name in opened if name != "part-0.parquet"] == [f"part-{part}.parquet" for part in (1, 2, 3)]
 
 
 @pytest.mark.parametrize(("first", "later"), [("us", "ms"), ("ms", "ms"), ("ns", "us")])
@@ -772,6 +855,36 @@ def test_a_compressed_file_without_its_suffix_is_told_to_get_one_not_an_encoding
     assert "encoding" not in str(caught.value)
     (tmp_path / name).rename(tmp_path / f"{name}{suffix}")
     assert len(read_window(make_job({"kind": "file", "path": str(tmp_path / f"{name}{suffix}"), **source}), START, END)) == 2
+
+
+def _xlsx(path: Path, hourly: pd.DataFrame) -> None:
+    with zipfile.ZipFile(path, "w") as book:  # the parts of a workbook that tell it from other zips
+        book.writestr("[Content_Types].xml", "<Types/>")
+        book.writestr("xl/workbook.xml", "<workbook/>")
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "make", "says"),
+    [
+        ("m.csv", {}, lambda path, hourly: hourly.to_parquet(path), r"a Parquet file.*Name it m\.parquet, or set `format: parquet`\."),
+        ("m.csv", {"encoding": "latin-1"}, lambda path, hourly: hourly.to_parquet(path), r"a Parquet file.*Name it m\.parquet"),
+        ("m.jsonl", {}, lambda path, hourly: hourly.to_parquet(path), r"a Parquet file.*Name it m\.parquet"),
+        ("m.csv", {}, _xlsx, r"an Excel workbook.*Export it from the spreadsheet as CSV"),
+    ],
+    ids=["parquet-as-csv", "parquet-as-latin1-csv", "parquet-as-jsonl", "xlsx-as-csv"],
+)
+def test_a_file_of_another_format_than_its_suffix_says_is_named_as_such(
+    make_job, tmp_path: Path, hourly, name: str, source: dict, make, says: str
+) -> None:
+    # A Parquet file named .csv was reported as undecodable text ("set `encoding`"), or under
+    # latin-1 as a header holding none of the job's columns; a workbook as a zip to rename .zip.
+    make(tmp_path / name, hourly)
+    job = make_job({"kind": "file", "path": str(tmp_path / name), **source})
+
+    for read in (lambda: read_window(job, START, END), lambda: list(FileReader(job).iter_chunks(2))):
+        with pytest.raises(SourceError, match=rf"{re.escape(name)} is not text but {says}") as caught:
+            read()
+        assert "encoding" not in str(caught.value) and ".zip" not in str(caught.value)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json"])

@@ -39,6 +39,12 @@ def indexed_by_time(start: datetime | None, end: datetime | None) -> pd.DataFram
     return pd.DataFrame({"host": "a", "value": [0.0, 1.0, 2.0, 3.0]}, index=index)
 
 
+def aggregated(start: datetime | None, end: datetime | None) -> pd.DataFrame:
+    # What groupby().agg() returns: the timestamp and the dimension as the levels of the index.
+    raw = pd.DataFrame({"ts": pd.date_range("2024-01-01", periods=4, freq="h", tz="UTC").repeat(2), "host": "a", "value": range(8)})
+    return raw.groupby(["ts", "host"]).agg(value=("value", "mean"))
+
+
 def window_types(start: datetime | None, end: datetime | None) -> pd.DataFrame:
     kinds = [f"{type(bound).__name__}:{bound.tzinfo == UTC if bound else None}" for bound in (start, end)]
     return pd.DataFrame({"ts": [start], "host": " ".join(kinds), "value": [1.0]})
@@ -111,6 +117,14 @@ def test_a_timestamp_index_becomes_the_column_and_aware_times_compare_in_utc() -
 
     assert frame["value"].tolist() == [2.0, 3.0]
     assert str(frame["ts"].dt.tz) == "Europe/Berlin"  # raw: the returned type comes back as it was
+
+
+def test_a_timestamp_and_dimension_multiindex_becomes_the_columns() -> None:
+    # The levels were dropped, and validation said the job's columns were missing.
+    frame = read_window(python_job("aggregated"), START, END)
+
+    assert list(frame.columns) == ["ts", "host", "value"]
+    assert frame["host"].tolist() == ["a", "a"] and frame["value"].tolist() == [2.5, 4.5]
 
 
 def test_make_source_builds_a_python_reader() -> None:
