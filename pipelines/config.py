@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     Strict,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -148,9 +149,35 @@ class SqlConnection(_Model):
         reference = re.search(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|^\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*$", value or "")
         if reference:
             name = reference.group(1) or reference.group(2)
+            if reference.group(0).strip() != (value or "").strip():
+                # postgresql://reader:${DB_PASSWORD}@db/x was told to name DB_PASSWORD, a password, as url_env.
+                raise ValueError(
+                    f"job files are not expanded, so ${name} would be read as written, and a URL is not put together from "
+                    "variables: export the whole URL in one (export METRICS_DB_URL='dialect://user:password@host/db') "
+                    "and write url_env: METRICS_DB_URL instead of url"
+                )
             raise ValueError(
                 f"job files are not expanded, so ${name} would be read as written: "
                 f"give the variable holding the whole URL as url_env: {name} instead of url"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _holds_no_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Only in a job file (parse_job's context): it is kept in git and shown to whoever reads
+        # the config, and a password written there was accepted. Code may build a connection from
+        # a URL it holds in memory (an environment variable, a test database's fixture).
+        if value is None or not isinstance(info.context, dict) or "job" not in info.context:
+            return value
+        secret = _url_secret(value)
+        if secret:
+            job = info.context["job"]
+            raise ValueError(
+                f"{f'job {job!r}: ' if job else ''}the URL holds {secret}, and a job file is kept in version control and "
+                "shown to whoever reads the job's settings: export the URL in an environment variable and write "
+                "url_env: METRICS_DB_URL (its name) instead of url, or write conn_id: <an Airflow connection's id>; "
+                "a URL without a password may stay (postgresql://reader@db/metrics, the password in ~/.pgpass)"
             )
         return value
 
@@ -173,10 +200,35 @@ class SqlConnection(_Model):
         return describe_url(self.url or "")
 
 
+#: Driver options of a URL's query whose values are secrets (libpq's sslpassword, a token);
+#: libpq's passfile is a path, and stays.
+_SECRET_QUERY_OPTION = re.compile(r"password|secret|token", re.IGNORECASE)
+
+
+def _url_secret(url: str) -> str | None:
+    """What secret the database URL ``url`` holds ("a password", "the option sslpassword"), else None."""
+    if "@" not in url and "?" not in url:  # no user nor options: nothing to parse (nor sqlalchemy to import)
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        # Left to the run, which says how to write the URL; a password may still be in it, so guess
+        # from the text: "user:password@" before the host.
+        return "a password" if re.match(r"[^:/]+://[^/@]*:[^/@]+@", url) else None
+    if parsed.password:
+        return "a password"
+    options = sorted(key for key in parsed.query if _SECRET_QUERY_OPTION.search(key))
+    return f"the option {options[0]}" if options else None
+
+
 def _no_dates(params: Any) -> Any:
-    """Query parameters unless one is a YAML date, which no parameter type takes."""
+    """Query parameters unless one is a YAML date, empty, a list or a mapping, which no parameter type takes."""
     # YAML reads an unquoted 2024-01-01 as a date: pydantic tried each type of the union and
-    # reported four lines (str, int, float, bool), none saying to quote it.
+    # reported four lines (str, int, float, bool), none saying to quote it; so for `region:` (null)
+    # and `[a, b]`.
     if isinstance(params, dict):
         dated = sorted(str(name) for name, value in params.items() if isinstance(value, date))
         if dated:
@@ -184,6 +236,38 @@ def _no_dates(params: Any) -> Any:
                 f"{', '.join(dated)}: YAML reads an unquoted date or date-time as a date, which a query parameter cannot "
                 f"be; quote it ({dated[0]}: '{params[dated[0]]}') to bind it as text"
             )
+        empty = sorted(str(name) for name, value in params.items() if value is None)
+        if empty:
+            raise ValueError(
+                f"{', '.join(empty)}: no value is given (YAML reads an empty value or null as none), and a query parameter "
+                f"is text, a number, true or false; write the value, '' for empty text, or remove the parameter"
+            )
+        several = sorted(str(name) for name, value in params.items() if isinstance(value, list | dict))
+        if several:
+            raise ValueError(
+                f"{', '.join(several)}: a query parameter is one value (text, a number, true or false), not a "
+                f"{'list' if isinstance(params[several[0]], list) else 'mapping'}: give each value its own parameter "
+                "(for IN, one per value)"
+            )
+    return params
+
+
+def _as_written(params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """``params`` unless the job file wrote one as text that YAML 1.1 reads as another value: an
+    unquoted yes, no, on or off (booleans), 012 (octal 10), 1_000 or 12:30 (base 60: 750)."""
+    # `region: NO` (Norway) was bound as false, and `code: 0123` as 83: the query compared its text
+    # column with them and read no row, and the run blamed the data.
+    surprising = info.context.get("surprising_scalars", {}) if isinstance(info.context, dict) else {}
+    written = {path[2]: text for path, text in surprising.items() if len(path) == 3 and path[:2] == ("source", "params")}
+    misread = [name for name in written if isinstance(params.get(name), bool | int | float)]
+    if misread:
+        name = misread[0]
+        value = params[name]
+        shown, kind = (str(value).lower(), "boolean") if isinstance(value, bool) else (repr(value), "number")
+        raise ValueError(
+            f"{', '.join(misread)}: YAML reads the unquoted {written[name]} as the {kind} {shown}, which the source would be "
+            f"given; quote it ({name}: '{written[name]}') to pass the text, or write {shown} for the {kind}"
+        )
     return params
 
 
@@ -302,8 +386,8 @@ class PythonSource(_Model):
 
     @field_validator("params")
     @classmethod
-    def _window_is_not_a_param(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return _without_window(params, "start and end")
+    def _window_is_not_a_param(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _as_written(_without_window(params, "start and end"), info)
 
     def describe(self) -> str:
         return f"python source {self.callable!r}"
@@ -320,7 +404,17 @@ class SqlSource(_Model):
     @field_validator("query")
     @classmethod
     def _window_is_bound(cls, query: str) -> str:
-        missing = [name for name in ("start", "end") if not re.search(rf":{name}\b", query)]
+        # What SQLAlchemy's text() takes for a bound parameter: not after a colon, a word character
+        # or a backslash, nor followed by a colon.
+        missing = [name for name in ("start", "end") if not re.search(rf"(?<![:\w\\]):{name}\b(?!:)", query)]
+        cast = re.search(r"(?<![:\w\\]):(start|end)::(\w+)", query)
+        if cast:
+            # `:start::timestamptz` (PostgreSQL's, DuckDB's cast) is no parameter to SQLAlchemy:
+            # the job loaded, and every run failed with "doesn't define a bound parameter named 'start'".
+            raise ValueError(
+                f"SQLAlchemy does not read :{cast[1]} followed by :: as a bound parameter; write the cast as "
+                f"CAST(:{cast[1]} AS {cast[2]})"
+            )
         if missing:
             raise ValueError(
                 "the query must bound its window with bound parameters :start and :end "
@@ -330,9 +424,15 @@ class SqlSource(_Model):
 
     @field_validator("params")
     @classmethod
-    def _window_is_not_a_param(cls, params: dict[str, Any]) -> dict[str, Any]:
+    def _window_is_not_a_param(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         # Checked here, not when reading: validate-config passed and every run then failed.
-        return _without_window(params, ":start and :end")
+        _as_written(_without_window(params, ":start and :end"), info)
+        # SQLAlchemy's :name is letters, digits and _: `:my-region` in the query is :my, which no
+        # parameter set, and each run failed.
+        bad = sorted(name for name in params if not re.fullmatch(r"\w+", name))
+        if bad:
+            raise ValueError(f"parameter names must be letters, digits and _ (the query's :name), got {bad}")
+        return params
 
     def describe(self) -> str:
         return f"sql source ({self.connection.describe()})"
@@ -364,8 +464,8 @@ class BigQuerySource(_Model):
 
     @field_validator("params")
     @classmethod
-    def _params_are_names(cls, params: dict[str, Any]) -> dict[str, Any]:
-        _without_window(params, "@start and @end")
+    def _params_are_names(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _as_written(_without_window(params, "@start and @end"), info)
         bad = sorted(name for name in params if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
         if bad:
             raise ValueError(f"parameter names must be letters, digits and _ (BigQuery @name), got {bad}")
@@ -1299,12 +1399,17 @@ def resolve_path(path: str) -> str:
     return str(base_dir() / path)
 
 
+#: Where a value sits in a job file: its keys and list positions from the top.
+_Path = tuple[str | int, ...]
+
+
 #: Fields whose given value an error never shows: a database URL (or one written where its
 #: variable's name belongs) holds a password, and the error goes to Airflow's UI and every log.
 _SECRET_FIELDS = ("url", "url_env")
 
 
-def _format_errors(exc: ValidationError) -> str:
+def _format_errors(exc: ValidationError, surprising: dict[_Path, str] | None = None) -> str:
+    """``exc`` as one line per error; ``surprising``: what the job file wrote where YAML read another value."""
     lines = []
     for err in exc.errors():
         where = ".".join(str(part) for part in err["loc"]) or "(top level)"
@@ -1335,7 +1440,9 @@ def _format_errors(exc: ValidationError) -> str:
             elif err["type"] in ("model_type", "dict_type") and given is False:
                 message += ": leave the setting out for its default (none for an optional one), or give its settings as a mapping"
             elif err["type"] == "string_type" and isinstance(given, int | float | date) and not isinstance(given, bool):
-                message += f": YAML reads {given} unquoted as a {'date' if isinstance(given, date) else 'number'}; quote it ('{given}')"
+                # Quoting what YAML read would be wrong where it read another value: 0123 is 83.
+                written = (surprising or {}).get(_written_at(err["loc"]), given)
+                message += f": YAML reads {written} unquoted as a {'date' if isinstance(given, date) else 'number'}; quote it ('{written}')"
             elif err["type"] in ("string_type", "literal_error") and isinstance(given, bool):
                 # YAML 1.1 (PyYAML) reads unquoted yes/no/on/off as booleans: Norway's code NO
                 # among alerts.series was "Input should be a valid string (got False)".
@@ -1347,8 +1454,19 @@ def _format_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _written_at(loc: tuple[str | int, ...]) -> _Path:
+    """Where in the job file the value at pydantic's ``loc`` is: without the source's kind, which
+    pydantic adds to tell the kinds of source apart (``source.sql.query``)."""
+    return (loc[0], *loc[2:]) if loc[:1] == ("source",) and len(loc) > 1 and loc[1] in SOURCE_KINDS else tuple(loc)
+
+
 def parse_job(data: Any, *, source: str = "<job>") -> JobConfig:
     """Validate one job's settings; ``source`` names the file in errors."""
+    return _parse_job(data, source, {})
+
+
+def _parse_job(data: Any, source: str, surprising: dict[_Path, str]) -> JobConfig:
+    """:func:`parse_job`; ``surprising``: the values whose text a job file's YAML read as another value, by where they are."""
     if data is None:  # "got NoneType" said nothing of an empty file, or one of comments only
         raise ConfigError(
             f"{source}: the job file is empty (or holds only comments): write the job's settings, at least "
@@ -1359,10 +1477,13 @@ def parse_job(data: Any, *, source: str = "<job>") -> JobConfig:
         raise ConfigError(
             f"{source}: a job file must hold a mapping of settings (name: web, frequency: 1h, ...), got {given}"
         )
+    name = data.get("name")
     try:
-        return JobConfig.model_validate(data)
+        # The context marks settings written in a job file, which some checks hold to more (SqlConnection.url).
+        context = {"job": name if isinstance(name, str) else None, "surprising_scalars": surprising}
+        return JobConfig.model_validate(data, context=context)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid job configuration\n{_format_errors(exc)}") from None
+        raise ConfigError(f"{source}: invalid job configuration\n{_format_errors(exc, surprising)}") from None
 
 
 class _JobFileLoader(yaml.SafeLoader):
@@ -1389,9 +1510,56 @@ class _JobFileLoader(yaml.SafeLoader):
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        # 2024-02-30 has a date's form but is none: PyYAML's ValueError ("day is out of range for
+        # month") escaped every caller, so one such job file failed the DAG file of every job.
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"{node.value!r} is written as a date but is none ({exc}): correct it, or quote it ('{node.value}') for text",
+                node.start_mark,
+            ) from None
+
     def construct_document(self, node: yaml.Node) -> Any:
         _check_aliases(node)
+        self.surprising_scalars = _surprising_scalars(node)
         return super().construct_document(node)
+
+
+def _surprising_scalars(root: yaml.Node) -> dict[_Path, str]:
+    """The unquoted values whose text YAML 1.1 reads as another value than it shows, as written, by
+    where they are: yes, no, on and off (in any case) are booleans, as true and false are; 012 is
+    octal (10), 1_000 is 1000, 12:30 is base 60 (750). Only the text tells them apart. Values
+    merged in (``<<: *base``) are not looked at."""
+    def surprising(node: yaml.ScalarNode) -> bool:
+        text, kind = node.value, node.tag.rpartition(":")[2]
+        if node.style is not None:  # quoted: text
+            return False
+        if kind == "bool":
+            return text.lower() in ("yes", "no", "on", "off")
+        if kind == "int":
+            return bool(re.fullmatch(r"[-+]?0[0-7_]+|[-+]?[0-9][0-9_]*:[0-9:]+|[-+]?[0-9]+_[0-9_]*", text))
+        return kind == "float" and bool(re.search(r"[_:]", text))
+
+    found: dict[_Path, str] = {}
+    pending: list[tuple[_Path, yaml.Node]] = [((), root)]  # not recursive: a job file may nest deeply
+    while pending:
+        path, node = pending.pop()
+        if isinstance(node, yaml.MappingNode):
+            pending += [
+                ((*path, key.value), value) for key, value in node.value
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge"
+            ]
+        elif isinstance(node, yaml.SequenceNode):
+            pending += [((*path, index), item) for index, item in enumerate(node.value)]
+        elif isinstance(node, yaml.ScalarNode) and surprising(node):
+            found[path] = node.value
+    return found
+
+
+_JobFileLoader.add_constructor("tag:yaml.org,2002:timestamp", _JobFileLoader.construct_yaml_timestamp)
 
 
 #: Most values that the aliases (``*name``) of a job file may add to those it writes out. An alias
@@ -1443,8 +1611,10 @@ def _check_aliases(root: yaml.Node) -> None:
 
 def load_job_file(path: str | Path) -> JobConfig:
     path = Path(path)
+    loader: _JobFileLoader | None = None
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_JobFileLoader)  # noqa: S506 (a safe loader)
+        loader = _JobFileLoader(path.read_text(encoding="utf-8"))  # what yaml.load does, keeping the loader
+        data = loader.get_single_data()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -1458,7 +1628,10 @@ def load_job_file(path: str | Path) -> JobConfig:
             f"{path}: values are nested too deeply to read ([[[[... or {{a: {{b: ... hundreds deep); "
             "a job file's settings nest a few levels: check the brackets and indentation"
         ) from None
-    return parse_job(data, source=str(path))
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return _parse_job(data, str(path), getattr(loader, "surprising_scalars", {}))
 
 
 @dataclass(frozen=True)

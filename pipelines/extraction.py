@@ -105,7 +105,7 @@ def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 
         )
     kinds = schema_kinds(frame, job, parsed)
     check_schema(job, window, kinds, set(frame.columns))
-    _refuse_numbered_times(job, frame, read_start, window.end)  # after drift, which says what changed
+    _refuse_numbered_times(job, frame, parsed, read_start, window.end)  # after drift, which says what changed
     path = Workspace(job.name, run_id).raw_batch
     storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(frame)))
     record_schema(job, window, kinds, run_id=run_id)
@@ -121,30 +121,65 @@ _FROM_EPOCH = {
     "python": "in the callable, e.g. pd.to_datetime(frame['ts'], unit='s', utc=True) (unit='ms' for milliseconds)",
     "file": "in the file, as text such as 2024-01-01T00:00:00Z",
 }
+#: The same for numbers stored as text, which some functions take only once cast to a number.
+_FROM_EPOCH_TEXT = {
+    "sql": "in the query, e.g. to_timestamp(CAST(ts AS bigint)) AS ts (PostgreSQL), FROM_UNIXTIME(CAST(ts AS UNSIGNED)) "
+    "AS ts (MySQL/MariaDB), datetime(CAST(ts AS INTEGER), 'unixepoch') AS ts (SQLite), divided by 1000 first for "
+    "milliseconds; compare the converted time with :start and :end, as text does not sort as time",
+    "bigquery": "in the query, e.g. TIMESTAMP_SECONDS(CAST(ts AS INT64)) AS ts (TIMESTAMP_MILLIS for milliseconds)",
+    "python": "in the callable, e.g. pd.to_datetime(pd.to_numeric(frame['ts']), unit='s', utc=True) (unit='ms' for milliseconds)",
+    "file": "in the file, as text such as 2024-01-01T00:00:00Z",
+}
+#: A number written as text: what an epoch time stored in a text column looks like.
+_NUMBER_TEXT = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 
 
-def _refuse_numbered_times(job: JobConfig, frame: pd.DataFrame, start: datetime, end: datetime) -> None:
-    """Raise :class:`SourceDataError` when the timestamp column holds numbers (epoch times).
+def _refuse_numbered_times(job: JobConfig, frame: pd.DataFrame, parsed: pd.Series, start: datetime, end: datetime) -> None:
+    """Raise :class:`SourceDataError` when the timestamp column holds numbers (epoch times): of a
+    numeric type, or as text of which none parses as a timestamp (``parsed``).
 
     Numbers are not parsed (seconds or milliseconds would be a guess): every row failed validation
     as "not dateutil parseable", whose advice to fix the source data named no way to do it.
     """
-    column = frame[job.timestamp] if job.timestamp in frame.columns else None
-    if column is None or pd.api.types.is_bool_dtype(column.dtype) or not pd.api.types.is_numeric_dtype(column.dtype):
+    found = _epoch_numbers(frame[job.timestamp], parsed) if job.timestamp in frame.columns else None
+    if found is None:
         return
-    values = column.dropna()
-    if values.empty:
-        return
+    what, as_text = found
+    advice = _FROM_EPOCH_TEXT if as_text else _FROM_EPOCH
     raise source_error(
         job,
         job.source.describe(),
         start,
         end,
-        f"column {job.timestamp!r} holds numbers (e.g. {values.iloc[0]}), not timestamps; whether they count "
-        "seconds or milliseconds since 1970 would be a guess",
-        f"Convert them to UTC timestamps {_FROM_EPOCH.get(job.source.kind, 'in the source')}, then re-run the window.",
+        f"column {job.timestamp!r} holds {what}, not timestamps; whether they count seconds or milliseconds since 1970 "
+        "would be a guess",
+        f"Convert them to UTC timestamps {advice.get(job.source.kind, 'in the source')}, then re-run the window.",
         kind=SourceDataError,
     )
+
+
+def _epoch_numbers(column: pd.Series, parsed: pd.Series) -> tuple[str, bool] | None:
+    """What ``column`` holds ("numbers (e.g. 1704067200)") and whether as text, when it holds numbers
+    rather than timestamps (``parsed`` from it); else None."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return None
+    values = column.dropna()
+    if values.empty:
+        return None
+    if not pd.api.types.is_numeric_dtype(column.dtype):
+        # A TEXT column of epoch seconds got no hint: every row failed validation. Text of which
+        # some values parse is left to validation, which names the rows; 20240101 is a date, and parses.
+        if parsed.notna().any() or not (column.dtype == object or isinstance(column.dtype, pd.StringDtype)):
+            return None
+        sample = values.head(_KIND_SAMPLE)
+        as_text = sample.map(lambda value: isinstance(value, str))
+        numbers = sample.map(lambda value: isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_))
+        if not (numbers | (as_text & sample.astype("string").str.match(_NUMBER_TEXT).fillna(False))).all():
+            return None
+    first = values.iloc[0]
+    if isinstance(first, str):
+        return f"numbers stored as text (e.g. {first!r})", True
+    return f"numbers (e.g. {first})", False
 
 
 def grid_window(job: JobConfig, window: Window) -> Window:
@@ -315,6 +350,15 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
                     f"job {job.name!r}: input file {input_path!r}, rows {rows + 1} to {rows + len(chunk)}: column "
                     f"{job.timestamp!r} mixes timestamps with and without a time zone ({exc}). {_ONE_ZONE}, then re-run."
                 ) from exc
+            numbers = _epoch_numbers(chunk[job.timestamp], parsed)
+            if numbers is not None:
+                # Every row failed validation as "not dateutil parseable", in a window made up from 1970.
+                raise SourceDataError(
+                    f"job {job.name!r}: input file {input_path!r}, rows {rows + 1} to {rows + len(chunk)}: column "
+                    f"{job.timestamp!r} holds {numbers[0]}, not timestamps; whether they count seconds or milliseconds "
+                    f"since 1970 would be a guess. Convert them to UTC timestamps {_FROM_EPOCH['file']}, then re-run. "
+                    "Nothing was scored or written."
+                )
             here = first_zone(chunk[job.timestamp], parsed, chunk=index, offset=rows)
             # Each chunk is parsed alone, so naive chunks would be taken as UTC beside aware ones:
             # the guess the check above refuses within a chunk. Stopped here, before any chunk is

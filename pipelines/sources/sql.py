@@ -47,7 +47,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from pipelines.config import JobConfig, SqlSource
 from pipelines.db import engine_for, file_database
-from pipelines.errors import SourceConfigError
+from pipelines.errors import ConfigError, SourceConfigError
 from pipelines.sources.base import bounds, job_columns, source_error, utc_bound
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,13 @@ class SqlReader:
     def read(self, start: datetime | None, end: datetime | None) -> pd.DataFrame:
         lo, hi = utc_bound(start), utc_bound(end)
         fail = partial(source_error, self.job, self.config.describe(), lo, hi)
-        engine = engine_for(self.config.connection)
+        try:
+            engine = engine_for(self.config.connection)
+        except ConfigError as exc:
+            # "environment variable METRICS_DB_URL is not set" named neither the job nor the window
+            # whose run it failed.
+            problem = str(exc).removeprefix(f"{self.config.connection.describe()}: ").removesuffix(".")
+            raise fail(problem, "Nothing was read: fix that, then re-run the window.", kind=SourceConfigError) from exc
         database = file_database(engine.url)
         if database is not None and not database.exists():
             # SQLite and DuckDB create a missing file on connect: a mistyped path, or a database

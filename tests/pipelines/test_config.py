@@ -13,6 +13,7 @@ from pipelines.config import (
     SOURCE_KINDS,
     Source,
     SqlConnection,
+    SqlSource,
     get_job,
     load_job_file,
     load_jobs,
@@ -194,6 +195,143 @@ def test_yaml_booleans_written_for_text_say_to_quote_them(tmp_path, text, field)
     line = next(line for line in str(info.value).splitlines() if line.startswith(f"  {field}:"))
     assert line.endswith("YAML reads an unquoted yes, no, on, off, true or false (also in capitals) as a boolean; "
                          "quote the text (e.g. 'NO', 'off')")
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("ts >= :start::timestamptz AND ts < :end", "SQLAlchemy does not read :start followed by :: as a bound parameter; "
+         "write the cast as CAST(:start AS timestamptz)"),
+        ("ts >= :start AND ts < :end::date", "write the cast as CAST(:end AS date)"),
+        (r"ts >= \:start AND ts < :end", "missing :start"),  # escaped: a colon, not a parameter
+        ("ts >= :start_date AND ts < :end", "missing :start"),
+    ],
+)
+def test_a_window_bound_that_sqlalchemy_does_not_bind_is_refused(where: str, message: str):
+    # `:start::timestamptz` loaded, then every run failed with SQLAlchemy's ArgumentError ("This
+    # text() construct doesn't define a bound parameter named 'start'"), naming no job.
+    source = {"kind": "sql", "connection": {"url": "sqlite://"}, "query": f"SELECT * FROM t WHERE {where}"}
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(source=source), source="jobs/web.yaml")
+    line = str(info.value).splitlines()[1]
+    assert line.startswith("  source.sql.query: ") and message in line
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [("start_date: 2024-02-30\n", "2024-02-30"), ("source: {kind: python, callable: 'a:b', params: {since: 2023-02-29}}\n", "2023-02-29")],
+)
+def test_a_date_that_does_not_exist_is_an_error_of_its_file_only(tmp_path, text, written):
+    # PyYAML's ValueError ("day is out of range for month") escaped scan_jobs: the DAG file of
+    # every job failed for one mistyped date.
+    settings = {key: value for key, value in minimal(name="bad").items() if not text.startswith(f"{key}:")}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(settings) + text)
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(minimal()))
+    scan = scan_jobs(tmp_path)
+    assert list(scan.jobs) == ["web"]
+    assert scan.errors[0].startswith(
+        f"{tmp_path / 'bad.yaml'}: not valid YAML: '{written}' is written as a date but is none (day is out of range for month): "
+        f"correct it, or quote it ('{written}') for text"
+    )
+    assert "line " in scan.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        ("dimensions: [0123]\n", "dimensions.0", "YAML reads 0123 unquoted as a number; quote it ('0123')"),
+        ("timestamp: 12:30\n", "timestamp", "YAML reads 12:30 unquoted as a number; quote it ('12:30')"),
+        ("source: {kind: sql, connection: {url: 'sqlite://'}, query: 0_1}\n", "source.sql.query", "YAML reads 0_1 unquoted as a number; quote it ('0_1')"),
+        ("timestamp: 2024\n", "timestamp", "YAML reads 2024 unquoted as a number; quote it ('2024')"),
+    ],
+)
+def test_text_that_yaml_reads_as_another_number_is_quoted_as_written(tmp_path, text, field, hint):
+    # The hint quoted what YAML read: a column named 0123 was to be written '83'.
+    settings = {key: value for key, value in minimal().items() if not text.startswith(f"{key}:")}
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(settings) + text)
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    line = next(line for line in str(info.value).splitlines() if line.startswith(f"  {field}:"))
+    assert line.endswith(hint)
+
+
+SOURCES_WITH_PARAMS = {
+    "sql": "  kind: sql\n  connection: {url: 'sqlite:///var/x.db'}\n  query: SELECT * FROM t WHERE region = :region AND ts >= :start AND ts < :end\n",
+    "bigquery": "  kind: bigquery\n  query: SELECT * FROM t WHERE region = @region AND ts >= @start AND ts < @end\n",
+    "python": "  kind: python\n  callable: metrics.read:rows\n",
+}
+
+
+@pytest.mark.parametrize("kind", SOURCES_WITH_PARAMS)
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("NO", "the boolean false"),  # Norway
+        ("off", "the boolean false"),
+        ("Yes", "the boolean true"),
+        ("0123", "the number 83"),  # octal in YAML 1.1
+        ("12:30", "the number 750"),  # base 60
+        ("1_000", "the number 1000"),
+    ],
+)
+def test_source_params_that_yaml_reads_as_another_value_say_to_quote_them(tmp_path, kind, written, read):
+    # `region: NO` was bound as false: the query compared its text column with false and read no rows.
+    path = tmp_path / "web.yaml"
+    job = {key: value for key, value in minimal().items() if key != "source"}
+    path.write_text(f"source:\n{SOURCES_WITH_PARAMS[kind]}  params: {{region: {written}}}\n" + yaml.safe_dump(job))
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    shown = read.rpartition(" ")[2]
+    assert str(info.value).splitlines()[1] == (
+        f"  source.{kind}.params: region: YAML reads the unquoted {written} as {read}, which the source would be given; "
+        f"quote it (region: '{written}') to pass the text, or write {shown} for the {read.split()[1]}"
+    )
+
+    path.write_text(path.read_text().replace(f"region: {written}", f"region: '{written}'"))
+    assert load_job_file(path).source.params == {"region": written}
+
+
+def test_sql_param_names_that_the_query_cannot_name_are_refused():
+    # `:my-region` in the query is the parameter :my: every run failed with "Set :my in `params`".
+    source = {"kind": "sql", "connection": {"url": "sqlite://"}, "query": "SELECT :start, :end, :my-region",
+              "params": {"my-region": "eu", "my region": "us", "region_2": "ok"}}
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(source=source))
+    assert str(info.value).splitlines()[1] == (
+        "  source.sql.params: parameter names must be letters, digits and _ (the query's :name), got ['my region', 'my-region']"
+    )
+
+
+@pytest.mark.parametrize("kind", ["sql", "bigquery"])
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("", "region: no value is given (YAML reads an empty value or null as none), and a query parameter is text, "
+             "a number, true or false; write the value, '' for empty text, or remove the parameter"),
+        ("null", "region: no value is given"),
+        ("[eu, us]", "region: a query parameter is one value (text, a number, true or false), not a list: give each "
+                     "value its own parameter (for IN, one per value)"),
+        ("{a: 1}", "region: a query parameter is one value (text, a number, true or false), not a mapping"),
+    ],
+)
+def test_query_params_that_are_no_single_value_say_what_to_write(tmp_path, kind, written, message):
+    # Each was four lines, one per type tried (str, int, float, bool), none saying what to write.
+    path = tmp_path / "web.yaml"
+    job = {key: value for key, value in minimal().items() if key != "source"}
+    path.write_text(f"source:\n{SOURCES_WITH_PARAMS[kind]}  params: {{region: {written}}}\n" + yaml.safe_dump(job))
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == 1 and lines[0].startswith(f"  source.{kind}.params: {message}")
+
+
+@pytest.mark.parametrize("written", ["true", "False", "7", "-3", "0", "2.5", "0x1F"])
+def test_source_params_written_as_they_are_read_stay(tmp_path, written):
+    path = tmp_path / "web.yaml"
+    job = {key: value for key, value in minimal().items() if key != "source"}
+    path.write_text(f"source:\n{SOURCES_WITH_PARAMS['sql']}  params: {{region: {written}}}\n" + yaml.safe_dump(job))
+    assert load_job_file(path).source.params == yaml.safe_load(f"region: {written}")
 
 
 @pytest.mark.parametrize(
@@ -444,17 +582,64 @@ def test_paths_holding_a_dollar_or_tilde_that_ask_no_expansion_are_accepted():
 
 
 def test_connection_description_hides_password():
-    job = parse_job(
-        minimal(
-            source={
-                "kind": "sql",
-                "connection": {"url": "postgresql://user:s3cret@db/x"},
-                "query": "select * from t where ts >= :start and ts < :end",
-            }
-        )
+    # Built in code: a job file may not write the password (test_a_password_written_in_a_url_is_refused).
+    source = SqlSource(kind="sql", connection=SqlConnection(url="postgresql://user:s3cret@db/x"),
+                       query="select * from t where ts >= :start and ts < :end")
+    assert "s3cret" not in source.describe()
+    assert "user:***@db" in source.describe()
+
+
+@pytest.mark.parametrize(
+    ("where", "url", "secret"),
+    [
+        ("source.sql.connection.url", "postgresql://reader:hunter2@db:5432/metrics", "a password"),
+        ("source.sql.connection.url", "postgresql://reader:hunter2@db:port/metrics", "a password"),  # does not parse
+        ("source.sql.connection.url", "postgresql://reader@db/metrics?sslpassword=hunter2", "the option sslpassword"),
+        ("outputs.table.connection.url", "mysql://writer:hunter2@db/out", "a password"),
+        ("labels.connection.url", "postgresql://labeler:hunter2@db/labels", "a password"),
+    ],
+    ids=["password", "unparsable", "secret-option", "output-table", "labels"],
+)
+def test_a_password_written_in_a_url_is_refused(tmp_path: Path, where: str, url: str, secret: str):
+    # It was accepted: kept in git beside the job, and shown to whoever reads the job's settings.
+    query = "select * from t where ts >= :start and ts < :end"
+    settings = {
+        "source.sql.connection.url": {"source": {"kind": "sql", "connection": {"url": url}, "query": query}},
+        "outputs.table.connection.url": {"outputs": {"table": {"connection": {"url": url}, "name": "anomalies"}}},
+        "labels.connection.url": {"labels": {"connection": {"url": url}}},
+    }[where]
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(minimal(**settings)))
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid job configuration\n  {where}: job 'web': the URL holds {secret}, ")
+    assert "write url_env: METRICS_DB_URL (its name) instead of url, or write conn_id: " in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("url", ["postgresql://reader:${DB_PASSWORD}@db/metrics", "postgresql://${DB_HOST}/metrics"])
+def test_a_url_put_together_from_variables_says_to_export_the_whole_url(url: str):
+    # It was told to write url_env: DB_PASSWORD, naming a variable that holds a password, not a URL.
+    query = "select * from t where ts >= :start and ts < :end"
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(source={"kind": "sql", "connection": {"url": url}, "query": query}))
+    name = re.search(r"\$\{(\w+)\}", url)[1]
+    assert str(info.value).splitlines()[1] == (
+        f"  source.sql.connection.url: job files are not expanded, so ${name} would be read as written, and a URL is not "
+        "put together from variables: export the whole URL in one (export METRICS_DB_URL='dialect://user:password@host/db') "
+        "and write url_env: METRICS_DB_URL instead of url"
     )
-    assert "s3cret" not in job.source.describe()
-    assert "user:***@db" in job.source.describe()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://reader@db/metrics?passfile=/etc/pgpass", "postgresql://reader:@db/metrics", "sqlite:///var/x.db", "duckdb:///:memory:"],
+)
+def test_a_url_without_a_password_stays_in_the_job_file(url: str):
+    query = "select * from t where ts >= :start and ts < :end"
+    job = parse_job(minimal(source={"kind": "sql", "connection": {"url": url}, "query": query}))
+    assert job.source.connection.url == url
 
 
 @pytest.mark.parametrize(

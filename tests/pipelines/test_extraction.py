@@ -247,6 +247,64 @@ def test_epoch_numbers_as_timestamps_are_refused_saying_how_to_convert_them(proj
     assert not (project / "var" / "outputs").exists()
 
 
+@pytest.mark.parametrize("unit", [1, 1000], ids=["seconds", "milliseconds"])
+def test_epoch_numbers_stored_as_text_are_refused_saying_how_to_convert_them(project: Path, unit: int) -> None:
+    # Numbers in a TEXT column were taken as text that does not parse: every row failed validation
+    # as "not dateutil parseable", told to "fix the source data", with no word of epoch times.
+    db = project / "var" / "epoch.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    first = int(pd.Timestamp(DAY.start).timestamp()) * unit
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE metrics (timestamp TEXT, region TEXT, requests REAL, latency_ms REAL)")
+        connection.executemany("INSERT INTO metrics VALUES (?, 'eu', 1.0, 2.0)", [(str(first + 3600 * unit * h),) for h in range(24)])
+    since = f"CAST(timestamp AS INTEGER) / {unit}"
+    query = f"SELECT * FROM metrics WHERE {since} >= unixepoch(:start) AND {since} < unixepoch(:end)"
+    source = SqlSource(kind="sql", connection={"url": f"sqlite:///{db}"}, query=query)
+    job = get_job("demo_web_metrics").model_copy(update={"source": source})
+
+    with pytest.raises(SourceDataError) as info:
+        extract(job, DAY, run_id="epoch")
+    message = str(info.value)
+    assert message.startswith("job 'demo_web_metrics': cannot read sql source (sqlite:///")
+    assert "for window [2024-03-03T00:00:00+00:00, 2024-03-04T00:00:00+00:00): " in message
+    assert f"column 'timestamp' holds numbers stored as text (e.g. '{first}'), not timestamps" in message
+    assert "datetime(CAST(ts AS INTEGER), 'unixepoch') AS ts (SQLite), divided by 1000 first for milliseconds" in message
+    assert "compare the converted time with :start and :end" in message
+    assert not (project / "var" / "outputs").exists()
+
+
+@pytest.mark.parametrize("stored", ["2024-03-03 00:00:00", "20240303"])
+def test_text_timestamps_of_digits_that_parse_are_read(project: Path, stored: str) -> None:
+    # A compact date is digits too, and a timestamp: not taken for an epoch time.
+    db = project / "var" / "digits.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE metrics (timestamp TEXT, region TEXT, requests REAL, latency_ms REAL)")
+        connection.execute("INSERT INTO metrics VALUES (?, 'eu', 1.0, 2.0)", (stored,))
+    source = SqlSource(kind="sql", connection={"url": f"sqlite:///{db}"}, query="SELECT * FROM metrics WHERE :start < :end")
+    job = get_job("demo_web_metrics").model_copy(update={"source": source})
+    assert extract(job, DAY, run_id="digits").rows == 1
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["numbers", "text"])
+def test_epoch_numbers_in_a_one_off_input_are_refused_naming_the_rows(project: Path, quoted: bool) -> None:
+    # Every row failed validation as "not dateutil parseable", in a window of 1970 made up for
+    # want of a timestamp, with no word of how to write them.
+    path = project / "input.jsonl"
+    first = int(pd.Timestamp(DAY.start).timestamp())
+    stamps = [f'"{first + 3600 * h}"' if quoted else str(first + 3600 * h) for h in range(30)]
+    path.write_text("".join(f'{{"timestamp": {stamp}, "region": "eu", "requests": 1, "latency_ms": 1.5}}\n' for stamp in stamps))
+
+    with pytest.raises(SourceDataError) as info:
+        extract_chunks(get_job("demo_web_metrics"), run_id="one-off", input_path=str(path), chunk_rows=20)
+    shown = f"numbers stored as text (e.g. '{first}')" if quoted else f"numbers (e.g. {first})"
+    assert str(info.value) == (
+        f"job 'demo_web_metrics': input file {str(path)!r}, rows 1 to 20: column 'timestamp' holds {shown}, not timestamps; "
+        "whether they count seconds or milliseconds since 1970 would be a guess. Convert them to UTC timestamps in the "
+        "file, as text such as 2024-01-01T00:00:00Z, then re-run. Nothing was scored or written."
+    )
+
+
 def test_naive_and_aware_timestamps_mixed_in_a_one_off_input_are_bad_data(project: Path) -> None:
     path = project / "input.csv"
     rows = [f"2024-03-03T0{hour}:00:00Z,eu,{hour},1.5\n" for hour in range(4)] + ["2024-03-03 04:00:00,eu,4,1.5\n"]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from pipelines.config import JobConfig, SqlConnection
 from pipelines.errors import ConfigError, SourceConfigError, SourceError
 from pipelines.sources import read_window
 from pipelines.sources.base import parse_timestamps
@@ -85,7 +86,18 @@ def table(request: pytest.FixtureRequest, tmp_path, hourly: pd.DataFrame) -> Tab
 
 
 def sql_job(make_job, url: str, query: str, **params):
-    return make_job({"kind": "sql", "connection": {"url": url}, "query": query, "params": params})
+    job = make_job({"kind": "sql", "connection": {"url": "sqlite://" if holds_password(url) else url}, "query": query, "params": params})
+    return with_url(job, url) if holds_password(url) else job
+
+
+def holds_password(url: str) -> bool:
+    return bool(sa.make_url(url).password)
+
+
+def with_url(job: JobConfig, url: str) -> JobConfig:
+    """``job`` reading ``url``, given in code: a job file may not hold a password (MariaDB's, SQL
+    Server's), and the reader's messages are to show it masked."""
+    return job.model_copy(update={"source": job.source.model_copy(update={"connection": SqlConnection(url=url)})})
 
 
 def window_query(table: Table, extra: str = "") -> str:
@@ -277,6 +289,30 @@ def test_url_env_not_set_is_a_config_error(make_job, monkeypatch) -> None:
         read_window(job, START, END)
 
 
+@pytest.mark.parametrize(
+    ("connection", "problem"),
+    [
+        ({"url_env": "METRICS_DB_URL"}, "environment variable METRICS_DB_URL is not set: export it with the database URL"),
+        ({"url": "postgresqlx://db/x"}, "SQLAlchemy has no dialect 'postgresqlx'; check the start of the URL"),
+        ({"conn_id": "anomaly_missing"}, "Airflow connection 'anomaly_missing' does not exist: create it"),
+    ],
+    ids=["url-env-not-set", "unknown-dialect", "unknown-conn-id"],
+)
+def test_a_connection_that_makes_no_engine_names_the_job_and_window(make_job, monkeypatch, connection, problem) -> None:
+    # The message named neither the job nor the window whose run failed.
+    monkeypatch.delenv("METRICS_DB_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_ANOMALY_MISSING", raising=False)
+    job = make_job({"kind": "sql", "connection": connection, "query": "SELECT :start < :end"})
+
+    with pytest.raises(SourceConfigError) as caught:
+        read_window(job, START, END)
+    message = str(caught.value)
+    assert message.startswith(
+        f"job 'cpu_load': cannot read {job.source.describe()} for window [2024-01-01T01:00:00+00:00, 2024-01-01T03:00:00+00:00): {problem}"
+    )
+    assert message.endswith(". Nothing was read: fix that, then re-run the window.")
+
+
 def test_params_may_not_replace_the_window(make_job) -> None:
     # Refused by the configuration, as for BigQuery and Python sources: validate-config passed and
     # every run failed at read time.
@@ -350,11 +386,11 @@ def test_read_in_chunks_gives_the_frame_of_one_read(request, tmp_path, monkeypat
 
     table = tricky_table(request, tmp_path, dialect)
     query = f"SELECT ts, host, value, sparse, flag, amount, note FROM {table.name} WHERE :start < :end ORDER BY id"
-    job = parse_job({
-        "name": "tricky", "source": {"kind": "sql", "connection": {"url": table.url}, "query": query},
+    job = with_url(parse_job({
+        "name": "tricky", "source": {"kind": "sql", "connection": {"url": "sqlite://"}, "query": query},
         "timestamp": "ts", "frequency": "1h", "dimensions": ["host", "note", "flag"],
         "features": ["value", "sparse", "amount"], "model": {"kind": "iforest"},
-    })
+    }), table.url)
     engine = sa.create_engine(table.url)
     with engine.connect() as connection:
         statement, params = SqlReader(job).statement(engine.dialect.name, None, None)
