@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import logging
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
-from pipelines.errors import ConfigError, DataValidationError, ModelError
+from pipelines.errors import ConfigError, DataValidationError, ModelError, PipelineError
 from pipelines.extraction import TimestampZone, first_zone, prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
@@ -31,7 +32,13 @@ from pipelines.sources.file import open_data, suffix_format
 from pipelines.validation import RowNumbers, validate_batch
 from pipelines.workspace import check_output_file
 
+log = logging.getLogger(__name__)
+
 ROW = "row"
+#: The key of the returned frame's ``attrs`` naming the series not scored, and why.
+UNSCORED = "unscored"
+#: How many reasons an error of every series without a model spells out (the rest it names).
+_REASONS_SHOWN = 10
 _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as seconds
 
 
@@ -118,6 +125,27 @@ def _file_source(
 
 #: How a detector's "too few training rows" ends: advice for a job, not for two files.
 _JOB_ADVICE = " Widen the training window or wait for more data."
+
+
+def _check_columns(timestamp: str | None, features: list[str], dimensions: list[str]) -> None:
+    """The job file's checks of these said "features: List should have at least 1 item after
+    validation" and "columns used twice among timestamp, dimensions and features": a job file's
+    fields, where the user typed options."""
+    if not features:
+        raise ConfigError("--features names no column: give the numeric columns to score, comma-separated (--features a,b)")
+    named = [("--timestamp", timestamp)] if timestamp else []
+    named += [("--dimensions", column) for column in dimensions] + [("--features", column) for column in features]
+    options: dict[str, list[str]] = {}
+    for option, column in named:
+        options.setdefault(column, []).append(option)
+    repeated = [
+        f"{column!r} ({' and '.join(given) if len(set(given)) > 1 else given[0] + ' twice'})"
+        for column, given in options.items() if len(given) > 1
+    ]
+    if repeated:
+        raise ConfigError(
+            f"columns named twice: {', '.join(repeated)}; a column is the time, a dimension or a feature: name each once"
+        )
 
 
 def _zone(zone: TimestampZone) -> str:
@@ -208,6 +236,7 @@ def detect_files(
             f"--dimensions names {ROW!r}, the column the output numbers rows in when there is no --timestamp: "
             "rename that column in both files, or give the time column with --timestamp"
         )
+    _check_columns(timestamp, features, dimensions)
     job = parse_job(
         {
             "name": "detect",
@@ -237,9 +266,17 @@ def detect_files(
     trained = _series(train_rows, job, {})
     to_score = _series(input_rows, job, {key: len(data) for key, (_, data, _) in trained.items()})
     frames = []
-    for key, (dims, data, rows) in to_score.items():
+    # Series of the --input file that have no model, and why: one new or short group among
+    # thousands must not cost the others their scores (as a scheduled predict publishes the other
+    # series and names the ones without a model).
+    unscored: dict[str, PipelineError] = {}
+    for done, (key, (dims, data, rows)) in enumerate(to_score.items(), start=1):
         if key not in trained:
-            raise DataValidationError(f"{input}: series {key} has no rows in the training file {train}")
+            unscored[key] = DataValidationError(
+                f"{input}: series {key} of the --input file has no rows in the --train file {train}, so no model: "
+                "add its rows to the --train file and run detect again"
+            )
+            continue
         history = trained[key][1]
         detector = make_detector(model, params, threshold_kind="contamination", threshold_value=contamination)
         follows = data.index.min() > history.index.max()  # history only when the input continues it
@@ -249,11 +286,15 @@ def detect_files(
             # The detector names neither the file nor the series (which of several is short?), and
             # its advice is a scheduled job's, which has a window to widen: a file has none.
             reason = str(exc).removesuffix(_JOB_ADVICE).rstrip(". ")
-            raise ModelError(
+            unscored[key] = ModelError(
                 f"{train}: series {key} of the --train file cannot be trained on: {reason}. Give that series more "
-                "rows in the --train file, or leave it out of the --input file. Nothing was written."
-            ) from exc
+                "rows in the --train file, or leave it out of the --input file"
+            )
+            unscored[key].__cause__ = exc
+            continue
         scored = detector.detect(data, history=history if follows else None).to_frame()
+        # The detector's own line names no series: with thousands, `-v` showed no progress.
+        log.info("detect: series %s (%d of %d) scored: %d rows", key, done, len(to_score), len(data))
         if job.timestamp == _ROW_CLOCK:
             scored[ROW] = np.repeat(rows, len(features))
             scored["timestamp"] = pd.NaT
@@ -270,11 +311,45 @@ def detect_files(
                 **dims,
             )
         )
+    if not frames:
+        # Nothing to write: an empty output with a success status would pass a script's `&&` as
+        # if every point had been scored normal. With some series scored the output is written
+        # and the run succeeds (the caller reports the rest), as a partial result is still usable.
+        raise _nothing_scored(unscored, input)
+    # Each step below copies the scored rows: what the earlier ones held is let go at once, or a
+    # file of millions of rows needed the files, the parts, the joined and the typed copies together.
+    total = len(to_score)
+    del trained, to_score, train_rows, input_rows
     result = pd.concat(frames, ignore_index=True)
+    frames.clear()
     labeled = conform(result, dimensions)
     if ROW in result:
         labeled[ROW] = result[ROW].astype("int64").to_numpy()
+    del result
     buffer = io.BytesIO()
     labeled.to_parquet(buffer, index=False)
     storage.atomic_write(output, buffer.getvalue())
+    if unscored:
+        log.warning("detect: %d of %d series of %s not scored, no model: %s", len(unscored), total, input, ", ".join(unscored))
+    # Why each series of the --input file that has no model was not scored (see UNSCORED).
+    labeled.attrs[UNSCORED] = {key: str(exc) for key, exc in unscored.items()}
     return labeled
+
+
+def _nothing_scored(unscored: dict[str, PipelineError], input: str) -> PipelineError:
+    """The error of a run none of whose series has a model: that one series' own, or all of them."""
+    errors = list(unscored.values())
+    kinds = {type(exc) for exc in errors}
+    kind = kinds.pop() if len(kinds) == 1 else ModelError
+    if len(errors) == 1:
+        error = kind(f"{errors[0]}. Nothing was written.")
+    else:
+        reasons = [str(exc).removeprefix(f"{input}: ") for exc in errors[:_REASONS_SHOWN]]
+        if len(errors) > _REASONS_SHOWN:  # thousands of new groups made an error of thousands of lines
+            reasons.append(f"and {len(errors) - _REASONS_SHOWN} more: {', '.join(list(unscored)[_REASONS_SHOWN:])}")
+        error = kind(
+            f"{input}: none of the {len(errors)} series of the --input file has a model, so nothing was scored or "
+            "written: " + "; ".join(reasons)
+        )
+    error.__cause__ = errors[0].__cause__
+    return error

@@ -206,6 +206,12 @@ def _predict_summary(job: str, result: PublishResult) -> None:
     unscored = f", {len(result.unscored)} not scored (no model yet)" if result.unscored else ""
     print(f"job {job}: scored {sum(result.rows_per_series.values())} points in {len(result.rows_per_series)} series{unscored}: "
           f"{sum(result.anomalies.values())} anomalous; written to {' and '.join(where) or 'nothing'}", file=sys.stderr)
+    if result.unscored:
+        # The count alone said neither which groups nor what to do; the JSON's reasons scroll by.
+        keys = list(result.unscored)
+        shown = ", ".join(keys[:UNSCORED_SHOWN]) + (f" and {len(keys) - UNSCORED_SHOWN} more" if len(keys) > UNSCORED_SHOWN else "")
+        print(f"not scored, no model yet: {shown}. Train them with `anomaly-pipelines train {job}` (or the {job}__train DAG) "
+              "on a window holding their rows, then score again", file=sys.stderr)
 
 
 def _check_picture(path: str, option: str) -> None:
@@ -224,7 +230,7 @@ def _check_picture(path: str, option: str) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from pipelines.adhoc import detect_files
+    from pipelines.adhoc import UNSCORED, detect_files
 
     _refuse_overwriting(
         {"--output": _from_shell(args.output), "--plot": _from_shell(args.plot)},
@@ -255,12 +261,30 @@ def cmd_detect(args: argparse.Namespace) -> int:
         f"scored {len(points)} points x {frame['feature'].nunique()} features in {frame['series'].nunique()} "
         f"series: {len(flagged)} anomalous; written to {args.output}"
     )
+    _unscored_summary(frame.attrs.get(UNSCORED, {}))
     if args.plot:
         from pipelines.plots import plot_outputs
 
         drawn = plot_outputs(frame, _from_shell(args.plot), title=f"{args.model} on {args.input}")
         print(f"drawn: {len(drawn)} panels (series x feature) in {args.plot}")
     return 0
+
+
+#: How many unscored series detect explains one by one: thousands of lines would bury the summary.
+UNSCORED_SHOWN = 10
+
+
+def _unscored_summary(unscored: dict[str, str]) -> None:
+    """Say on stderr which series of the --input file were not scored, and why (the others were
+    written: the exit status is 0, so this is what tells the user the output is not complete)."""
+    if not unscored:
+        return
+    print(f"not scored: {len(unscored)} series without a model (their rows are not in the output):", file=sys.stderr)
+    for why in list(unscored.values())[:UNSCORED_SHOWN]:
+        print(f"  - {why}", file=sys.stderr)
+    if len(unscored) > UNSCORED_SHOWN:
+        rest = list(unscored)[UNSCORED_SHOWN:]
+        print(f"  - and {len(rest)} more: {', '.join(rest)}", file=sys.stderr)
 
 
 def _typed_character(value: str) -> str:
@@ -419,26 +443,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--output", help="with --input: the Parquet file to write (default: <outputs.parquet>/_one_off/job=<job>/<run id>.parquet)"
     )
-    predict.add_argument("--chunk-rows", type=_positive, default=250_000, help="with --input: rows per chunk (bounds memory)")
+    predict.add_argument("--chunk-rows", type=_positive, default=250_000, help="with --input: rows per chunk (bounds memory; default %(default)s)")
     predict.set_defaults(func=cmd_predict)
 
     detect = commands.add_parser("detect", help="train on one file and score another, no Airflow, no registry")
     detect.add_argument("--train", required=True, help="training data (csv, jsonl, json or parquet)")
-    detect.add_argument("--input", required=True, help="data to score")
+    detect.add_argument(
+        "--input", required=True, help="data to score; a group without a model (no or too few rows in --train) is named, not scored"
+    )
     detect.add_argument("--timestamp", help="time column (default: the row number is the time axis)")
     detect.add_argument("--features", required=True, help="comma-separated numeric columns")
     detect.add_argument("--dimensions", help="comma-separated columns: one model per group")
-    detect.add_argument("--model", default="seasonal_mad", help=f"detector kind: {', '.join(sorted(MODEL_PARAMS))}")
+    detect.add_argument("--model", default="seasonal_mad", help=f"detector kind: {', '.join(sorted(MODEL_PARAMS))} (default %(default)s)")
     detect.add_argument("--params", help="detector parameters as JSON")
-    detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged")
+    detect.add_argument("--contamination", type=float, default=0.005, help="share of training points flagged (default %(default)s)")
     detect.add_argument("--output", required=True, help="Parquet file to write")
     # No pickle: unpickling runs arbitrary code, and a job file's allow_pickle has no option here.
     detect.add_argument(
         "--format", choices=DETECT_FORMATS, help="format of both files (default: from each file's suffix, e.g. .csv, .jsonl.gz)"
     )
-    detect.add_argument("--encoding", default="utf-8", help="text encoding of csv and jsonl files (e.g. latin-1, cp1252)")
-    detect.add_argument("--delimiter", default=",", help="what separates the fields of csv files: ';', '\\t' for a tab, '|'")
-    detect.add_argument("--decimal", default=".", help="the decimal point of numbers in csv files: ',' for 1,5")
+    detect.add_argument("--encoding", default="utf-8", help="text encoding of csv and jsonl files (default %(default)s; e.g. latin-1, cp1252)")
+    detect.add_argument("--delimiter", default=",", help="what separates the fields of csv files (default '%(default)s'): ';', '\\t' for a tab, '|'")
+    detect.add_argument("--decimal", default=".", help="the decimal point of numbers in csv files (default '%(default)s'): ',' for 1,5")
     detect.add_argument("--thousands", help="what groups thousands in numbers of csv files: ',' for 1,234.5, '.' for 1.234,5")
     detect.add_argument("--plot", metavar="PICTURE", help="also draw each series' values, expected band and anomalies here (.png, .svg or .pdf)")
     detect.set_defaults(func=cmd_detect)
@@ -493,11 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--limit", type=_positive, default=10, help="most runs per series, newest first (default 10)")
     tuning.set_defaults(func=cmd_tuning)
 
-    labels_import = commands.add_parser("labels-import", help="store the labels of a CSV or JSON file of known anomalies")
+    labels_import = commands.add_parser("labels-import", help="store the labels of a CSV, JSON or JSONL file of known anomalies")
     labels_import.add_argument("job", help=JOB_HELP)
-    labels_import.add_argument("file", help="columns series, start, end, verdict; optional feature, note, value_min, value_max")
+    labels_import.add_argument(
+        "file", help=".csv, .json or .jsonl; columns series, start, end, verdict; optional feature, note, value_min, value_max"
+    )
     labels_import.add_argument("--author", help="author of rows without one (default: import:<file name>)")
     labels_import.set_defaults(func=cmd_labels_import)
+    for sub in commands.choices.values():
+        # `anomaly-pipelines detect ... -v` was refused as an unrecognized argument: -v was only
+        # read before the command. SUPPRESS: not given after it, the one given before stands.
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress to stderr")
     return parser
 
 

@@ -120,7 +120,8 @@ def picture(job: JobConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    # The docstring is reST: its ``make demo`` was shown with the backticks, and "demo.py" named no command.
+    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=(__doc__ or "").replace("``", "`"))
     parser.add_argument("--setup-only", action="store_true", help="only load the demo SQLite table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -127,7 +127,8 @@ def test_a_series_too_short_to_train_on_is_named_with_the_train_file(tmp_path: P
     short = pd.DataFrame({"ts": hours[:10], "host": "b", "v": range(10)})
     long = pd.DataFrame({"ts": hours, "host": "a", "v": [hour % 5 for hour in range(96)]})
     pd.concat([long, short]).to_csv(tmp_path / "train.csv", index=False)
-    later = pd.concat([long, short]).assign(ts=lambda frame: frame["ts"] + pd.Timedelta(days=5))
+    # Only host b to score: with host a too, a would be scored and b reported (see the next test).
+    later = short.assign(ts=lambda frame: frame["ts"] + pd.Timedelta(days=5))
     later.to_csv(tmp_path / "input.csv", index=False)
     train = str(tmp_path / "train.csv")
 
@@ -143,6 +144,73 @@ def test_a_series_too_short_to_train_on_is_named_with_the_train_file(tmp_path: P
         "out of the --input file. Nothing was written."
     )
     assert not (tmp_path / "out.parquet").exists()
+
+
+def _hosts(path: Path, start: str, hours: dict[str, int]) -> str:
+    times = pd.date_range(start, periods=max(hours.values()), freq="h", tz="UTC")
+    frames = [pd.DataFrame({"ts": times[:n], "host": host, "v": [hour % 5 for hour in range(n)]}) for host, n in hours.items()]
+    pd.concat(frames).to_csv(path, index=False)
+    return str(path)
+
+
+def test_series_without_a_model_are_reported_and_the_others_scored_and_written(tmp_path: Path) -> None:
+    # One host missing from the training file, or too short in it, failed the whole file: a user
+    # scoring millions of points got nothing for the hosts that had a model.
+    train = _hosts(tmp_path / "train.csv", "2024-03-01", {"a": 96, "b": 10})
+    input = _hosts(tmp_path / "input.csv", "2024-03-06", {"a": 24, "b": 24, "c": 24})
+    output = tmp_path / "out.parquet"
+
+    scored = detect_files(
+        train, input, timestamp="ts", features=["v"], dimensions=["host"], model="seasonal_mad", params={},
+        contamination=0.05, output=str(output),
+    )
+
+    written = pd.read_parquet(output)
+    assert set(written["series"]) == set(scored["series"]) == {"host=a"} and len(written) == 24
+    assert scored.attrs["unscored"] == {
+        "host=b": (
+            f"{train}: series host=b of the --train file cannot be trained on: SeasonalMADDetector needs at least 20 "
+            "training rows (to calibrate its scores); got 10. Give that series more rows in the --train file, or leave "
+            "it out of the --input file"
+        ),
+        "host=c": (
+            f"{input}: series host=c of the --input file has no rows in the --train file {train}, so no model: add its "
+            "rows to the --train file and run detect again"
+        ),
+    }
+
+
+def test_no_series_with_a_model_fails_naming_each_and_writes_nothing(tmp_path: Path) -> None:
+    train = _hosts(tmp_path / "train.csv", "2024-03-01", {"a": 96, "b": 10})
+    input = _hosts(tmp_path / "input.csv", "2024-03-06", {"b": 24, "c": 24})
+
+    with pytest.raises(ModelError) as info:
+        detect_files(
+            train, input, timestamp="ts", features=["v"], dimensions=["host"], model="seasonal_mad", params={},
+            contamination=0.05, output=str(tmp_path / "out.parquet"),
+        )
+
+    assert str(info.value).startswith(
+        f"{input}: none of the 2 series of the --input file has a model, so nothing was scored or written: {train}: "
+        "series host=b of the --train file cannot be trained on: SeasonalMADDetector needs at least 20"
+    )
+    assert str(info.value).endswith(f"; series host=c of the --input file has no rows in the --train file {train}, "
+                                    "so no model: add its rows to the --train file and run detect again")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_thousands_of_series_without_a_model_are_named_not_each_explained(tmp_path: Path) -> None:
+    train = _hosts(tmp_path / "train.csv", "2024-03-01", {"a": 96})
+    input = _hosts(tmp_path / "input.csv", "2024-03-06", {f"n{i:02d}": 24 for i in range(12)})
+
+    with pytest.raises(DataValidationError) as info:
+        detect_files(
+            train, input, timestamp="ts", features=["v"], dimensions=["host"], model="seasonal_mad", params={},
+            contamination=0.05, output=str(tmp_path / "out.parquet"),
+        )
+
+    assert str(info.value).count("so no model: add its rows") == 10
+    assert str(info.value).endswith("; and 2 more: host=n10, host=n11")
 
 
 def test_a_bad_row_is_named_by_its_row_in_the_file(tmp_path: Path) -> None:

@@ -31,3 +31,11 @@ def test_a_demo_job_that_cannot_run_is_one_error_line_not_a_traceback(project: P
     err = capsys.readouterr().err
     assert err.startswith("error: no job named 'demo_sensors'; configured jobs: demo_web_metrics. 1 job file(s) make no job until fixed:")
     assert "demo_sensors.yaml: invalid job configuration" in err
+
+
+def test_the_demos_help_names_its_command_in_plain_text(capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["--help"])
+    out = capsys.readouterr().out
+    assert stopped.value.code == 0 and out.startswith("usage: python -m pipelines.demo [-h] [--setup-only]")
+    assert "``" not in out and "`make demo`" in out
