@@ -83,14 +83,13 @@ def engine_for(connection: SqlConnection) -> sa.Engine:
     if _is_file(url):
         # sqlite:///var/x.db in a job file means the project's var/, wherever Airflow runs from.
         url = url.set(database=resolve_path(url.database or ""))
+        # Only looked at: the folder is made when a connection is opened (_make_folder), so that
+        # a reader of a missing database, which checks for the file first, creates nothing.
         folder = Path(url.database or "").parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"{described}: cannot create the folder of its database file, {folder} ({exc.strerror or exc}); "
-                "create it, or point the URL at a writable path"
-            ) from exc
+        # os.path's exists: Path.exists raises PermissionError under a folder this user cannot search.
+        existing = next(parent for parent in (folder, *folder.parents) if os.path.exists(parent))
+        if not os.path.isdir(existing):
+            raise ConfigError(_no_folder(described, folder, f"{existing} is a file, not a folder"))
     try:
         return _engine(url)
     except NoSuchModuleError:
@@ -99,6 +98,18 @@ def engine_for(connection: SqlConnection) -> sa.Engine:
         raise ConfigError(
             f"{described}: the database driver {exc.name!r} is not installed; {_install_hint(url)}"
         ) from exc
+
+
+def _no_folder(described: str, folder: Path, reason: str) -> str:
+    return f"{described}: cannot create the folder of its database file, {folder} ({reason}); create it, or point the URL at a writable path"
+
+
+def _make_folder(folder: Path, described: str, *_event: Any) -> None:
+    """Before a SQLite or DuckDB file database is opened (which creates the file), create its folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(_no_folder(described, folder, exc.strerror or str(exc))) from exc
 
 
 def _url(connection: SqlConnection, described: str) -> sa.URL:
@@ -268,6 +279,9 @@ def _engine(url: sa.URL) -> sa.Engine:
         # driver's 5 s default is shorter than a large window's Parquet write. ?timeout= overrides.
         connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_SECONDS
     engine = sa.create_engine(url, connect_args=connect_args)
+    database = file_database(url)
+    if database is not None:
+        sa.event.listen(engine, "do_connect", functools.partial(_make_folder, database.parent, _loggable(url)))
     statement = _SESSION_UTC.get(engine.dialect.name)
     if statement:
         sa.event.listen(engine, "connect", functools.partial(_set_session, statement))

@@ -24,7 +24,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.errors import MissingDependencyError, StorageError
+from pipelines.errors import ConfigError, MissingDependencyError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +130,33 @@ def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *parts])
 
 
+def _writable(fs: AbstractFileSystem, url: str) -> AbstractFileSystem:
+    """``fs`` if a file written there appears whole or not at all (see :func:`atomic_write`).
+
+    Elsewhere fsspec writes into the target as the bytes arrive (SFTP, FTP, SMB, WebDAV, a
+    ``dir::`` or caching wrapper...): readers see a half-written file, and a failure or a killed
+    process leaves one. Refused before anything is written, rather than written unsafely.
+    """
+    if isinstance(fs, LocalFileSystem) or _is_s3(fs) or _is_gcs(fs) or _is_memory(fs):
+        return fs
+    raise ConfigError(
+        f"cannot write {url}: the {'/'.join(_protocols(fs))} file system ({type(fs).__name__}) cannot replace a file in "
+        "one step, so readers, a failure or a killed process could leave it half-written. Write to a local path, "
+        "s3:// or gs:// instead"
+    )
+
+
 @_storage_said
 def atomic_write(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
     """Write ``data`` so that readers see the old content or the new one, never a partial file.
 
-    Local folders are created as needed.
+    Local folders are created as needed. Other stores than local folders, S3, GCS and fsspec's
+    in-process ``memory://`` are refused (:class:`ConfigError`), since they write a file in place.
     """
     fs, path = filesystem(url, storage_options)
-    if not isinstance(fs, LocalFileSystem):
-        # Object stores only make an object visible once its upload completes.
+    if not isinstance(_writable(fs, url), LocalFileSystem):
+        # Object stores only make an object visible once its upload completes; memory:// stores
+        # the bytes given to pipe_file in one step.
         fs.pipe_file(path, data)
         return
     _replace_local(path, lambda handle: handle.write(data))
@@ -146,8 +164,14 @@ def atomic_write(url: str, data: bytes, storage_options: dict[str, Any] | None =
 
 @_storage_said
 def atomic_copy(local_file: str, url: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Copy a local file to ``url`` with the same guarantee as :func:`atomic_write`, in constant memory."""
+    """Copy a local file to ``url`` with the same guarantee as :func:`atomic_write`, in constant memory
+    (but on ``memory://``, which holds it in memory anyway)."""
     fs, path = filesystem(url, storage_options)
+    if _is_memory(_writable(fs, url)):
+        # Its put_file commits the file when it opens it, then appends each chunk to it.
+        with open(local_file, "rb") as source:
+            fs.pipe_file(path, source.read())
+        return
     if not isinstance(fs, LocalFileSystem):
         fs.put_file(local_file, path)
         return
@@ -164,7 +188,7 @@ def move(source: str, url: str, storage_options: dict[str, Any] | None = None) -
     """
     fs, path = filesystem(url, storage_options)
     _, source_path = filesystem(source, storage_options)
-    if isinstance(fs, LocalFileSystem):
+    if isinstance(_writable(fs, url), LocalFileSystem):
         os.replace(source_path, path)
         return
     fs.mv(source_path, path)
@@ -273,7 +297,8 @@ def replace_if_unchanged(url: str, data: bytes, seen: Snapshot, storage_options:
       ignores the header writes unconditionally.
     - GCS (``gs://``): one upload with the precondition ``ifGenerationMatch``, the generation
       ``seen`` was read under (0 when there was no file), which GCS itself decides.
-    - Other file systems: compared, then written: two requests, so a write between them is not seen.
+    - ``memory://``: compared, then written: two steps, so a write between them is not seen.
+    - Other file systems are refused, as by :func:`atomic_write`.
     """
     fs, path = filesystem(url, storage_options)
     if isinstance(fs, LocalFileSystem):
@@ -282,6 +307,7 @@ def replace_if_unchanged(url: str, data: bytes, seen: Snapshot, storage_options:
         return _replace_s3_if_unchanged(fs, path, data, seen)
     if _is_gcs(fs):
         return _replace_gcs_if_unchanged(fs, path, data, seen)
+    _writable(fs, url)
     log.debug("%s: %s has no conditional write; comparing, then writing", url, type(fs).__name__)
     return _compare_then_write(fs, path, data, seen.data)
 
@@ -374,6 +400,12 @@ def _is_s3(fs: AbstractFileSystem) -> bool:
 
 def _is_gcs(fs: AbstractFileSystem) -> bool:
     return "gs" in _protocols(fs) or "gcs" in _protocols(fs)
+
+
+def _is_memory(fs: AbstractFileSystem) -> bool:
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    return isinstance(fs, MemoryFileSystem)
 
 
 def _s3_error_code(exc: BaseException) -> str | None:

@@ -56,6 +56,16 @@ def checked_batch(
                 f"feature {first['feature']!r} at {first['timestamp']}); every output row needs a series, a timestamp "
                 "and a feature: drop or fix those rows; nothing was written"
             )
+    # The key of an output row: the tables have no unique constraint, so a row given twice was
+    # stored twice, and counted twice by every reader, until the window was replaced.
+    repeated = frame.duplicated(["series", "timestamp", "feature"], keep=False)
+    if repeated.any():
+        first = frame[repeated].iloc[0]
+        raise SinkError(
+            f"{where}: {int(repeated.sum())} of {len(frame)} rows share their series, timestamp and feature with another "
+            f"(first: series {first['series']!r}, feature {first['feature']!r} at {first['timestamp']}); each key may "
+            "appear once: drop the repeated rows (or publish each series' scores once); nothing was written"
+        )
     inside = frame["job"].eq(job).fillna(False) & frame["timestamp"].ge(start) & frame["timestamp"].lt(end)
     stray = frame[~inside]
     if len(stray):

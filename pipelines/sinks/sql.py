@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines import schema
-from pipelines.db import deadlocked, precise_datetime
+from pipelines.db import deadlocked, file_database, precise_datetime
 from pipelines.errors import SinkError
 from pipelines.sinks.base import as_output, checked_batch, utc
 
@@ -338,10 +338,18 @@ class SqlSink:
 
     def read(self, *, job: str, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
         """Rows of ``job`` in ``[start, end)`` with UTC-aware times, in the output schema."""
+        database = file_database(self.engine.url)
+        if database is not None and not database.exists():
+            # Connecting would create it, empty (and its folder), and then fail on the table.
+            raise SinkError(
+                f"could not read job {job!r} from table {self.name!r}: its database file {database} does not exist; "
+                "check the path in the URL (a relative one is resolved against the project root) and that the table exists (the job's "
+                "first publish creates both)"
+            )
         try:
             with self.engine.connect() as conn:
                 if not sa.inspect(conn).has_table(self.table, schema=self.db_schema):
-                    raise sa.exc.NoSuchTableError(self.name)
+                    raise sa.exc.NoSuchTableError(f"no table {self.name!r} in the database")
                 # The output columns typed as written (see _stored_columns for why not reflected).
                 stored = self._stored_columns(conn)
                 table = self._definition([name for name in stored if name not in schema.OUTPUT_COLUMNS])

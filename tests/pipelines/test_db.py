@@ -38,6 +38,23 @@ def test_a_database_folder_that_cannot_be_made_is_a_config_error(tmp_path) -> No
         engine_for(SqlConnection(url=url))
 
 
+@pytest.mark.parametrize("scheme", ["sqlite", "duckdb"])
+def test_reading_a_missing_database_names_it_and_creates_nothing(tmp_path, scheme: str) -> None:
+    # engine_for made the folder of the file, and SqlSink.read's connection the file itself, empty:
+    # a mistyped path failed with "anomalies" (the missing table's name) and left both behind.
+    from pipelines.errors import SinkError
+    from pipelines.sinks import SqlSink
+
+    missing = tmp_path / "typo" / "deeper" / "outputs.db"
+    engine = engine_for(SqlConnection(url=f"{scheme}:///{missing}"))
+    with pytest.raises(SinkError, match=rf"table 'anomalies': its database file {re.escape(str(missing))} does not exist; check the path"):
+        SqlSink(engine, "anomalies").read(job="sales")
+    assert list(tmp_path.iterdir()) == []
+    # A writer's first connection still makes the folder.
+    assert select_one(engine) == 1
+    assert missing.exists()
+
+
 @pytest.mark.parametrize("url", ["sqlite:///var/relative.db", "duckdb:///var/relative.duckdb"])
 def test_a_relative_database_file_is_in_the_project(url: str, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(tmp_path))

@@ -502,3 +502,46 @@ def test_listing_in_a_missing_bucket_names_the_url(request: pytest.FixtureReques
     with pytest.raises(FileNotFoundError, match=r"bucket that does not exist .*check the bucket name") as caught:
         storage.find(url, options)
     assert caught.value.filename == url
+
+
+def test_a_copy_to_memory_is_never_seen_half_written(tmp_path, monkeypatch) -> None:
+    from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
+
+    url = f"memory://{tmp_path.name}/big.bin"
+    storage.atomic_write(url, b"old")
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(3 * 2**20))
+    monkeypatch.setattr(MemoryFileSystem, "blocksize", 2**20)
+    seen, write = [], MemoryFile.write
+
+    def recording(self, data) -> int:  # what a reader would read while the copy is under way
+        seen.append(storage.read_bytes(url))
+        return write(self, data)
+
+    monkeypatch.setattr(MemoryFile, "write", recording)
+    try:
+        storage.atomic_copy(str(source), url)
+        assert storage.read_bytes(url) == source.read_bytes()
+        assert all(content in (b"old", source.read_bytes()) for content in seen), sorted({len(c) for c in seen})
+    finally:
+        storage.remove(url)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda url, options: storage.atomic_write(url, b"new", options),
+        lambda url, options: storage.atomic_copy(__file__, url, options),
+        lambda url, options: storage.move(url + ".tmp", url, options),
+        lambda url, options: storage.replace_if_unchanged(url, b"new", storage.Snapshot(None), options),
+    ],
+    ids=["atomic_write", "atomic_copy", "move", "replace_if_unchanged"],
+)
+def test_a_store_that_writes_files_in_place_is_refused_naming_the_url(tmp_path, call) -> None:
+    # fsspec's dir:// (a folder as a file system) writes into the target as bytes arrive, as do
+    # SFTP, FTP, SMB, WebDAV...: a failure half-way would leave a half-written file.
+    options = {"path": str(tmp_path), "target_protocol": "file"}
+    (tmp_path / "out.bin.tmp").write_bytes(b"staged")
+    with pytest.raises(ConfigError, match=r"^cannot write dir://out\.bin: the dir file system .*half-written.*local path, s3:// or gs://"):
+        call("dir://out.bin", options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin.tmp"]

@@ -233,7 +233,8 @@ def test_unrestorable_file_is_named(tmp_path, make_frame, monkeypatch) -> None:
     real_write = storage.atomic_write
 
     def no_restore(url, data, storage_options=None) -> None:
-        if not url.rpartition("/")[2].startswith("."):  # staging works, restoring the target does not
+        # Staging and the write's journal work, restoring the target does not.
+        if not url.rpartition("/")[2].startswith(".") and "/_pending/" not in url:
             raise OSError("read-only file system")
         real_write(url, data, storage_options)
 
@@ -309,3 +310,132 @@ def test_rows_without_a_key_are_refused_naming_the_column_and_a_row(tmp_path, ma
     ):
         sink.write(frame, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
     assert storage.find(str(tmp_path)) == []
+
+
+# Run in a child process that SIGKILLs itself right after the first day file of the window was
+# replaced: nothing in the sink gets to undo anything.
+_KILLED_WRITE = """
+import json, os, signal, sys
+import pandas as pd
+from pipelines import storage
+from pipelines.sinks import ParquetSink
+
+root, options, frame, start, end = json.loads(sys.argv[1])
+if root.startswith("gs://"):  # as the plain_gcsfs fixture does
+    import types
+
+    import fsspec
+    import gcsfs.core
+    import gcsfs.retry
+
+    async def no_pause(seconds):
+        return None
+
+    fsspec.register_implementation("gs", gcsfs.core.GCSFileSystem, clobber=True)
+    gcsfs.retry.asyncio = types.SimpleNamespace(sleep=no_pause)
+real = storage.move
+
+def move(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+storage.move = move
+window = {"start": pd.Timestamp(start), "end": pd.Timestamp(end)}
+ParquetSink(root, options).write(pd.read_parquet(frame), job="sales", dimensions=[], **window)
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "s3", "gs"])
+@pytest.mark.parametrize("then", ["same window", "another window"])
+def test_a_write_killed_between_day_files_is_finished_by_the_next_write(
+    tmp_path, make_frame, request, where: str, then: str
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        sink = ParquetSink(f"s3://{bucket}/outputs", options)
+    elif where == "gs":
+        request.getfixturevalue("plain_gcsfs")
+        emulator = request.getfixturevalue("gcs_emulator")
+        sink = ParquetSink(f"gs://{emulator.bucket}/{tmp_path.name}/outputs", emulator.options)
+    else:
+        sink = ParquetSink(str(tmp_path / "outputs"))
+    sink.write(make_frame("sales", "2024-01-04", "2024-01-09", run="old"), job="sales", dimensions=[], start=at("2024-01-04"), end=at("2024-01-09"))
+    window = {"start": at("2024-01-05 12:00"), "end": at("2024-01-07 12:00")}
+    new = make_frame("sales", "2024-01-05 12:00", "2024-01-07 12:00", run="new")
+    new.to_parquet(tmp_path / "new.parquet")
+    arguments = json.dumps([sink.root, sink.storage_options, str(tmp_path / "new.parquet"), *map(str, window.values())])
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITE, arguments], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    # Killed half-way: some days replaced, others not.
+    assert set(sink.read(job="sales", **window)["run_id"]) == {"old", "new"}
+
+    if then == "same window":
+        sink.write(new, job="sales", dimensions=[], **window)
+    else:  # e.g. the next interval: the killed one is finished all the same
+        sink.write(make_frame("sales", "2024-01-08", "2024-01-09", run="next"), job="sales", dimensions=[], start=at("2024-01-08"), end=at("2024-01-09"))
+
+    rows = sink.read(job="sales")
+    inside = rows["timestamp"].ge(window["start"]) & rows["timestamp"].lt(window["end"])
+    pd.testing.assert_frame_equal(rows[inside].reset_index(drop=True), expected(new))
+    assert len(rows[~inside]) == len(make_frame("sales", "2024-01-04", "2024-01-09")) - len(new)
+    # No staged file nor journal is left behind.
+    assert storage.find(sink.root, sink.storage_options) == [f"job=sales/date=2024-01-0{day}/part-0.parquet" for day in range(4, 9)]
+
+
+def test_two_writes_of_one_job_to_the_same_day_file_keep_both_windows(tmp_path, make_frame, monkeypatch) -> None:
+    # Each write reads the day file, then replaces it: two at once (a CLI predict during a
+    # scheduled publish) both read it before either replaced it, and the later one dropped the
+    # hour the other wrote.
+    import threading
+    import time
+
+    sink = ParquetSink(str(tmp_path))
+    kept = make_frame("sales", "2024-01-05 05:00", "2024-01-05 06:00", freq="1h", run="kept")
+    sink.write(kept, job="sales", dimensions=[], start=at("2024-01-05 05:00"), end=at("2024-01-05 06:00"))
+    real = storage.read_bytes
+
+    def slow(*args, **kwargs) -> bytes:
+        data = real(*args, **kwargs)
+        time.sleep(0.5)  # long enough for the other write to read the same day file meanwhile
+        return data
+
+    monkeypatch.setattr(storage, "read_bytes", slow)
+    hours = [make_frame("sales", f"2024-01-05 0{h}:00", f"2024-01-05 0{h + 1}:00", freq="1h", run=f"h{h}") for h in (0, 1)]
+    errors = []
+
+    def write(frame: pd.DataFrame) -> None:
+        try:
+            sink.write(frame, job="sales", dimensions=[], start=frame["interval_start"].iloc[0], end=frame["interval_end"].iloc[0])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(frame,)) for frame in hours]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.setattr(storage, "read_bytes", real)
+    assert errors == []
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(kept, *hours))
+
+
+def test_a_day_file_removed_after_the_listing_is_read_as_empty(tmp_path, make_frame, monkeypatch) -> None:
+    # A dashboard read listed the day files, then a publish whose window left a day empty removed
+    # that day's file: the read failed with a bare FileNotFoundError.
+    sink = ParquetSink(str(tmp_path))
+    both = make_frame("sales", "2024-01-05", "2024-01-07")
+    sink.write(both, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-07"))
+    real = storage.find
+
+    def find_then_empty_the_first_day(*args, **kwargs) -> list[str]:
+        listed = real(*args, **kwargs)
+        monkeypatch.setattr(storage, "find", real)
+        sink.write(both.iloc[:0], job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
+        return listed
+
+    monkeypatch.setattr(storage, "find", find_then_empty_the_first_day)
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(both[both["timestamp"] >= at("2024-01-06")]))

@@ -168,3 +168,16 @@ def test_another_sqlite_writer_waits_for_a_publish_whose_parquet_write_is_slow(t
     publishing.join()
     assert written == len(other)
     assert run_ids(job) == ({"new"}, {"new"})
+
+
+def test_a_series_scored_twice_is_refused_and_neither_output_changes(tmp_path, make_frame) -> None:
+    # Two staged parts holding the same rows (a part staged again under another name): every
+    # output stored each row twice, and readers counted each anomaly twice.
+    job = job_config(tmp_path)
+    publish_run(job, tmp_path, make_frame, "r1")
+    path = tmp_path / "r2.parquet"
+    make_frame("sales", "2024-01-05", "2024-01-06", run="r2").to_parquet(path)
+    window = Window(START.to_pydatetime(), END.to_pydatetime())
+    with pytest.raises(SinkError, match=r"^job 'sales', window .*: 16 of 16 rows share their series, timestamp and feature with another \(first: series 'all', feature 'x' at 2024-01-05 00:00:00\+00:00\).*nothing was written"):
+        scoring.publish(job, window, [str(path), str(path)])
+    assert run_ids(job) == ({"r1"}, {"r1"})

@@ -391,6 +391,7 @@ def test_series_differing_in_case_or_accents_stay_apart_in_the_table(sink: SqlSi
     # replaced the window of job "sales". New tables are created utf8mb4_bin.
     window = {"start": at("2024-01-05"), "end": at("2024-01-06")}
     one = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+    one = one[one["series"] == "region=a"]  # one series per region: a key may appear once in a write
     frame = pd.concat([one.assign(region=value) for value in ("EU", "eu", "Koln", "Köln")], ignore_index=True)
     frame["region"] = frame["region"].astype("string")
     frame["series"] = ("region=" + frame["region"]).astype("string")
@@ -401,8 +402,8 @@ def test_series_differing_in_case_or_accents_stay_apart_in_the_table(sink: SqlSi
     with sink.engine.connect() as conn:
         groups = conn.execute(sa.text(f"SELECT region, count(*) FROM {sink.table} WHERE job = 'sales' GROUP BY region")).all()
         eu = conn.execute(sa.text(f"SELECT count(*) FROM {sink.table} WHERE series = 'region=eu'")).scalar_one()
-    assert sorted(groups) == [("EU", 16), ("Koln", 16), ("Köln", 16), ("eu", 16)]
-    assert eu == 16
+    assert sorted(groups) == [("EU", 8), ("Koln", 8), ("Köln", 8), ("eu", 8)]
+    assert eu == 8
     pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
     pd.testing.assert_frame_equal(sink.read(job="Sales"), expected(upper))
 
