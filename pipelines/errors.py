@@ -65,3 +65,5 @@ class MissingDependencyError(PipelineError):
 
     def __init__(self, package: str, extra: str, purpose: str):
         super().__init__(f"{purpose} needs the optional package {package!r}: {install_hint(package, extra)}")
+        # Kept so that a caller can say the same for its own purpose (which job, series and model).
+        self.package, self.extra = package, extra

@@ -6,7 +6,8 @@ Layout under ``root`` (a local folder or ``s3://bucket/prefix``)::
     <job>/<series slug>/versions/<version>/metadata.json   written last: marks the version complete
     <job>/<series slug>/champion.json                       {"version": ..., "promoted_at": ...}
     <job>/<series slug>/champion.json.lock                  local folders: the lock of champion writes
-    <job>/<series slug>/tuned.json                          {"kind": ..., "params": ..., "report": ..., "tuned_at": ...}
+    <job>/<series slug>/tuned.json                          {"kind": ..., "params": ..., "report": ..., "version": ...}
+    <job>/<series slug>/tuned.json.lock                     local folders: the lock of tuned.json writes
     <job>/<series slug>/tuning/<timestamp>.json             one tune run: every trial and the decision
 
 A version without ``metadata.json`` was interrupted while being registered and is ignored.
@@ -76,14 +77,26 @@ def _parsed(data: bytes, url: str, remedy: str) -> dict[str, Any]:
     return document
 
 
-def _pointer_version(data: bytes, url: str) -> str:
-    version = _parsed(data, url, _CHAMPION_REMEDY).get("version")
+def _pointer_version(data: bytes, url: str, job: str, series: str) -> str:
+    # The url names the job and the series only as folders (the series as a slug): say them.
+    remedy = f"it is the champion pointer of job {job}, series {series}: {_CHAMPION_REMEDY.format(job=job)}"
+    version = _parsed(data, url, remedy).get("version")
     if not isinstance(version, str):
-        raise ModelError(f"{url} names no version (its 'version' is {version!r}); {_CHAMPION_REMEDY}")
+        raise ModelError(f"{url} names no version (its 'version' is {version!r}); {remedy}")
     return version
 
 
-_CHAMPION_REMEDY = "delete it, then run the job's train to register and promote a new model"
+#: What an unreadable champion pointer (cut short, emptied, edited by hand) is expected as by
+#: :meth:`ModelRegistry.promote_if_champion`: no version is named so (versions are timestamps).
+#: Decision: the registry does not fall back to the newest complete version when the pointer is
+#: unreadable, as the newest may be a model that lost its comparison and must never serve; scoring
+#: fails naming the pointer, and the next train or tune replaces the pointer with the model it
+#: registers (as it replaces a champion that cannot be loaded), so no hand repair is needed.
+UNREADABLE = "(unreadable champion pointer)"
+_CHAMPION_REMEDY = (
+    "run the job's train (`anomaly-pipelines train {job}`, or the train DAG): it registers a model and replaces this "
+    "pointer; or delete it, then run the job's train to register and promote a new model"
+)
 _METADATA_REMEDY = "run the job's train to register and promote a new model, or delete the version's folder {folder}"
 
 
@@ -94,6 +107,17 @@ def _dumps(document: dict[str, Any], what: str) -> bytes:
         raise ModelError(
             f"{what} cannot be stored as JSON ({exc}); pass plain str, int, float, bool, list and dict values"
         ) from exc
+
+
+def tuned_version(document: Any) -> str | None:
+    """The version a ``tuned.json`` document was promoted with; None when it names none (written
+    before versions were kept, or not a document)."""
+    if not isinstance(document, dict):
+        return None
+    report = document.get("report")
+    decision = report.get("decision") if isinstance(report, dict) else None
+    version = document.get("version") or (decision.get("version") if isinstance(decision, dict) else None)
+    return version if isinstance(version, str) else None
 
 
 class ModelRegistry:
@@ -177,7 +201,7 @@ class ModelRegistry:
         pointer = _dumps({"version": version, "promoted_at": _now()}, "champion pointer")
         for _ in range(_PROMOTION_TRIES):
             seen = storage.read_snapshot(url, self.storage_options)
-            serving = None if seen.data is None else _pointer_version(seen.data, url)
+            serving = self._serving(seen.data, url, job, series, expected == UNREADABLE)
             if serving != expected:
                 return serving
             if storage.replace_if_unchanged(url, pointer, seen, self.storage_options):
@@ -185,7 +209,20 @@ class ModelRegistry:
                 return version
             # Written since it was read: the next read says by whom. It may name this version when
             # a retried request of this write was refused because its first try had landed.
-        return self.champion_version(job, series)
+        return self.champion_version(job, series, unreadable=expected == UNREADABLE)
+
+    @staticmethod
+    def _serving(data: bytes | None, url: str, job: str, series: str, unreadable: bool) -> str | None:
+        """The version the pointer ``data`` names (None: no pointer); :data:`UNREADABLE` for a
+        damaged one when ``unreadable``, else its :class:`ModelError`."""
+        if data is None:
+            return None
+        try:
+            return _pointer_version(data, url, job, series)
+        except ModelError:
+            if unreadable:
+                return UNREADABLE
+            raise
 
     def amend(self, job: str, series: str, version: str, changes: dict[str, Any]) -> ModelVersion:
         """Replace top-level sections of a complete version's metadata (its decision, when the
@@ -211,15 +248,17 @@ class ModelRegistry:
             f"missing; complete versions: {known or 'none'}); run the job's train to register and promote a new model",
         )
 
-    def champion_version(self, job: str, series: str) -> str | None:
+    def champion_version(self, job: str, series: str, *, unreadable: bool = False) -> str | None:
         """The version the champion pointer names, without loading it (it may be unreadable), or
         ``None`` when nothing was promoted yet: what a promotion checks has not changed since it
-        compared its model with the champion."""
+        compared its model with the champion. A damaged pointer raises :class:`ModelError`, or
+        with ``unreadable`` gives :data:`UNREADABLE`, which a promotion may then replace."""
         url = self._url(job, series, CHAMPION)
         try:
-            return _pointer_version(storage.read_bytes(url, self.storage_options), url)
+            data = storage.read_bytes(url, self.storage_options)
         except FileNotFoundError:
             return None
+        return self._serving(data, url, job, series, unreadable)
 
     def load_files(self, job: str, series: str, version: str) -> dict[str, bytes]:
         """The artifact files of a complete version, by name (without ``metadata.json``)."""
@@ -298,18 +337,55 @@ class ModelRegistry:
         return {slug: sorted(versions, reverse=True) for slug, versions in found.items()}
 
     def write_tuned_params(
-        self, job: str, series: str, params: dict[str, Any], report: dict[str, Any], *, kind: str | None = None
-    ) -> None:
+        self,
+        job: str,
+        series: str,
+        params: dict[str, Any],
+        report: dict[str, Any],
+        *,
+        kind: str | None = None,
+        version: str | None = None,
+    ) -> bool:
         """Store the parameters (and detector kind) chosen by tuning, replacing earlier ones, with
-        the report that chose them. ``kind`` None: the job's configured kind."""
-        document = {"kind": kind, "params": params, "report": report, "tuned_at": _now()}
-        self._write_json(self._url(job, series, TUNED), document, f"tuning result of job {job!r}, series {series!r}")
+        the report that chose them. ``kind`` None: the job's configured kind. ``version``: the
+        version promoted with them; a document naming a later version is kept (returns False).
+
+        A tune run writes this file after its promotion, so of two tune runs promoted one after the
+        other, the first one's write could land last and leave the parameters of a model no longer
+        serving for every later train. The run promoted last registered its version last (it was
+        compared with the other's model, or its promotion would have failed), so the later version
+        wins, whatever the order of the writes; written conditionally (:func:`pipelines.storage.replace_if_unchanged`), so a
+        write landing in between is seen.
+        """
+        url = self._url(job, series, TUNED)
+        document = {"kind": kind, "params": params, "report": report, "tuned_at": _now(), "version": version}
+        data = _dumps(document, f"tuning result of job {job!r}, series {series!r}")
+        for _ in range(_PROMOTION_TRIES):
+            seen = storage.read_snapshot(url, self.storage_options)
+            try:
+                stored = tuned_version(json.loads(seen.data) if seen.data is not None else None)
+            except ValueError:  # unreadable: tuning replaces it
+                stored = None
+            if version is not None and stored is not None and stored > version:
+                log.warning(
+                    "job %s, series %s: tuned parameters of version %s not stored: %s holds those of the later version %s",
+                    job, series, version, url, stored,
+                )
+                return False
+            if storage.replace_if_unchanged(url, data, seen, self.storage_options):
+                return True
+        raise ModelError(
+            f"job {job}, series {series}: could not store the tuned parameters of version {version} in {url}: it changed at "
+            f"each of {_PROMOTION_TRIES} tries (other tune runs writing at once); run the job's tune again"
+        )
 
     def tuned(self, job: str, series: str) -> dict[str, Any] | None:
         """The whole ``tuned.json`` document (kind, params, report), or ``None`` when never tuned."""
+        # "Or run the job's tune again" was no remedy: a tune run that keeps the champion writes nothing.
         return self._read_json(
             self._url(job, series, TUNED),
-            "delete it to train with the job's configured model and parameters, or run the job's tune again",
+            f"it holds the tuned parameters of job {job}, series {series}: delete it to train with the job's configured "
+            "model and parameters (a tune run writes it again when it promotes a model)",
         )
 
     def tuned_params(self, job: str, series: str) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -115,27 +115,34 @@ def _rebuilt(kind: type[PipelineError], message: str) -> PipelineError:
         return kind.__new__(kind, message)
 
 
-def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def _cleaned_up(job: JobConfig, run_id: str) -> Iterator[None]:
+    """:func:`cleanup` after the run, telling it whether the run succeeded."""
     try:
+        yield
+    except BaseException:
+        cleanup(job, run_id, succeeded=False)
+        raise
+    cleanup(job, run_id)
+
+
+def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
+    with _cleaned_up(job, run_id):
         window, series = _prepared_series(job, window, run_id, "train")
         return _fit_each(
             job, series, lambda s: train_series(job, s, read_series(job, run_id, s), window, run_id=run_id).to_dict(), "train"
         )
-    finally:
-        cleanup(job, run_id)
 
 
 def run_tune(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
-    try:
+    with _cleaned_up(job, run_id):
         window, series = _prepared_series(job, window, run_id, "tune")
         return _fit_each(job, series, lambda s: tune_series(job, s, read_series(job, run_id, s), window, run_id=run_id), "tune")
-    finally:
-        cleanup(job, run_id)
 
 
 def run_predict(job: JobConfig, window: Window, *, run_id: str) -> PublishResult:
     """Score ``window`` with the champions and publish it to the job's outputs."""
-    try:
+    with _cleaned_up(job, run_id):
         extracted = extract(job, window, run_id=run_id, history_rows=history_rows(job, window.start))
         # Before the first training: "train first", not a validation failure of a short window
         # whose history is not read without models (with a good batch quarantined). The predict
@@ -145,8 +152,6 @@ def run_predict(job: JobConfig, window: Window, *, run_id: str) -> PublishResult
         series = validate(job, window, run_id=run_id, purpose="predict", raw_path=extracted.paths[0])
         scored = [score_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
         return publish_scored(job, window, [result.to_dict() for result in scored])
-    finally:
-        cleanup(job, run_id)
 
 
 def run_score_file(
@@ -163,7 +168,7 @@ def run_score_file(
     table are never touched.
     """
     check_one_off(job, input_path=input_path, output=output, chunk_rows=chunk_rows)
-    try:
+    with _cleaned_up(job, run_id):
         extracted = extract_chunks(job, run_id=run_id, input_path=input_path, chunk_rows=chunk_rows)
         parts = [
             score_chunk(
@@ -172,8 +177,6 @@ def run_score_file(
             for index in range(len(extracted.paths))
         ]
         return publish_file(job, extracted.window, parts, output or one_off_output(job, run_id))
-    finally:
-        cleanup(job, run_id)
 
 
 def check_one_off(
@@ -243,12 +246,28 @@ def check_one_off(
 ABANDONED_AFTER = timedelta(days=7)
 
 
-def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None) -> list[str]:
-    """Remove a run's intermediate files (never its outputs, models or quarantine), and those of
-    the job's runs that have been untouched for :data:`ABANDONED_AFTER` (failed runs clean up
-    nothing); returns the run folders swept."""
-    here = Workspace(job.name, run_id).root
+def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None, succeeded: bool = True) -> list[str]:
+    """Remove a run's intermediate files (never its outputs or models), and those of the job's
+    runs that have been untouched for :data:`ABANDONED_AFTER` (failed runs clean up nothing);
+    returns the run folders swept.
+
+    A run that ``succeeded`` also removes its quarantine folders: they hold what a failed attempt
+    of the same run (an Airflow retry, a cleared task: one run id) rejected, and the attempt that
+    succeeded validated the interval again, so the batch kept there was left as a failure of an
+    interval that is done, sending people to fix data that was fixed. A failed run keeps them.
+    """
+    workspace = Workspace(job.name, run_id)
+    here = workspace.root
     shutil.rmtree(here, ignore_errors=True)
+    if succeeded:
+        cleared = workspace.quarantines()
+        for folder in cleared:
+            shutil.rmtree(folder, ignore_errors=True)
+        if cleared:
+            log.info(
+                "job %s, run %s: removed the quarantine a failed attempt of this run left, as this one succeeded: %s",
+                job.name, run_id, [str(folder) for folder in cleared],
+            )
     cutoff = (now or datetime.now(timezone.utc)).timestamp() - ABANDONED_AFTER.total_seconds()
     swept = []
     for folder in sorted(here.parent.iterdir()) if here.parent.is_dir() else []:

@@ -36,10 +36,10 @@ from pipelines.config import JobConfig, resolve_path
 from pipelines.detectors import BaseDetector, load_detector, make_detector
 from pipelines.detectors.synthetic import robust_scale as feature_scale
 from pipelines.durations import duration_text, parse_duration
-from pipelines.errors import ConfigError, ModelError, SinkError
+from pipelines.errors import ConfigError, MissingDependencyError, ModelError, SinkError
 from pipelines.labels import Verdicts, label_verdicts, utc_stamp  # the one rule for overlapping labels, which alerts apply too
 from pipelines.monitoring import reference_profile
-from pipelines.registry import ModelRegistry, ModelVersion
+from pipelines.registry import ModelRegistry, ModelVersion, tuned_version
 from pipelines.workspace import Window, utcnow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -168,7 +168,7 @@ def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[s
     ``model`` changed since that tuning (its result was searched from the old one and would
     override what the job file now says) or, for tunings recorded before that was kept, when the
     job no longer searches the tuned kind."""
-    document = registry.tuned(job.name, series) or {}
+    document = _serving_tuned(job, series, registry, registry.tuned(job.name, series) or {})
     report = document.get("report") or {}
     recorded = report.get("configured_model")
     changed = _model_difference(recorded, job) if recorded is not None else None
@@ -195,6 +195,38 @@ def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[s
         )
         return {}, job.model.kind
     return document.get("params") or {}, kind
+
+
+def _serving_tuned(job: JobConfig, series: str, registry: ModelRegistry, document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` (``tuned.json``), unless the champion is a tuned model promoted after the
+    version it names: then the champion's own kind, parameters and record.
+
+    A tune run promotes its model, then writes ``tuned.json``: a train starting in between read
+    the parameters the tuned model had just beaten, and built (and could promote) them beside it.
+    A ``tuned.json`` naming no version (written before versions were kept, or none at all: deleted
+    to train with the job's model) is taken as it is.
+    """
+    named = tuned_version(document)
+    if named is None:
+        return document
+    try:
+        champion = registry.champion(job.name, series)
+    except ModelError:  # a champion that cannot be read is replaced by this training: tuned.json stands
+        return document
+    if champion is None or "tuning" not in champion.metadata or champion.version <= named:
+        return document
+    meta = champion.metadata
+    log.warning(
+        "job %s, series %s: tuned.json holds the parameters of version %s, but the tuned version %s serves: "
+        "training builds the serving one's (%s %s)",
+        job.name, series, named, champion.version, meta.get("model"), meta.get("tuned_params"),
+    )
+    return {
+        "kind": meta.get("model"),
+        "params": meta.get("tuned_params") or {},
+        "report": {"configured_model": meta.get("configured_model"), "frequency": meta.get("frequency")},
+        "version": champion.version,
+    }
 
 
 def series_labels(job: JobConfig, series: str, data: pd.DataFrame) -> list[Label]:
@@ -266,6 +298,9 @@ def load_champion(job: JobConfig, series: str) -> tuple[ModelVersion, BaseDetect
         return champion, load_detector(champion.metadata["model"], files)
     except OSError:
         raise
+    except MissingDependencyError as exc:  # not corrupt: this worker lacks a package (a retry elsewhere may load it)
+        serving = f"job {job.name}, series {series}: the serving model version {champion.version} ({champion.metadata['model']})"
+        raise MissingDependencyError(exc.package, exc.extra, serving) from exc
     except Exception as exc:  # a corrupt file raises whatever its parser raises (BadZipFile, JSONDecodeError...)
         raise ModelError(
             f"job {job.name}, series {series}: the serving model version {champion.version} cannot be loaded "
@@ -463,7 +498,7 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
     except ModelError as exc:
         # A champion that cannot be loaded cannot score either: training must be able to replace
         # it (its error tells people to retrain), so it is treated like a champion that cannot score.
-        serving = registry.champion_version(job.name, series)
+        serving = registry.champion_version(job.name, series, unreadable=True)
         log.warning("job %s, series %s: champion %s cannot be loaded: %s", job.name, series, serving, exc)
         current, unloadable = None, str(exc)
     else:
@@ -488,6 +523,8 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
             challenger_error = holdout_error(challenger, tail.iloc[offset:], data.iloc[: split + offset], scale)
         try:
             champion_error = holdout_error(champion, tail.iloc[offset:], data.iloc[: split + offset], scale)
+        except MissingDependencyError as exc:
+            raise champion_needs(job, series, champion_version, exc) from exc
         except Exception as exc:  # a champion that cannot score current data must be replaced
             log.warning("job %s, series %s: champion %s cannot score: %s", job.name, series, champion_version.version, exc)
             champion_error = float("inf")
@@ -527,6 +564,17 @@ def _train_series(job: JobConfig, series: str, data: pd.DataFrame, window: Windo
     left_out = f" ({masking['values']} values in {masking['rows']} rows left out: confirmed anomalies)" if masking["values"] else ""
     log.info("job %s, series %s: trained %s on %d rows%s; %s", job.name, series, version.version, len(data), left_out, reason)
     return TrainResult(series, version.version, promoted, reason, len(data), metrics, data.attrs.get("resampling"))
+
+
+def champion_needs(job: JobConfig, series: str, champion: ModelVersion, exc: MissingDependencyError) -> MissingDependencyError:
+    """The error of a champion that cannot score here for want of a package: this worker lacks it,
+    the model is not broken. Taken as a champion that cannot score, it was replaced by any model
+    (an ``auto`` job's, which skips the candidates it cannot run), compared with nothing."""
+    return MissingDependencyError(
+        exc.package, exc.extra,
+        f"job {job.name}, series {series}: the serving model version {champion.version} ({champion.metadata.get('model')}), "
+        "which a new model is compared with before it may replace it,",
+    )
 
 
 def register_model(

@@ -48,9 +48,10 @@ from pipelines.detectors.search_spaces import (
 from pipelines.detectors.selection import compare, held_back_stretches
 from pipelines.detectors.synthetic import Injected, detection_f1_by_planting, mean_of_parts, plant_repeatedly
 from pipelines.durations import duration_text
-from pipelines.errors import ConfigError, ModelError
+from pipelines.errors import ConfigError, MissingDependencyError, ModelError
 from pipelines.labels import label_verdicts
 from pipelines.training import (
+    champion_needs,
     configured_model,
     detector_for,
     feature_scale,
@@ -409,7 +410,7 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
     try:
         current = load_champion(job, series)
     except ModelError as exc:  # a champion that cannot be loaded cannot serve: it must be replaceable
-        serving = registry_for(job).champion_version(job.name, series)
+        serving = registry_for(job).champion_version(job.name, series, unreadable=True)
         log.warning("job %s, series %s: champion %s cannot be loaded: %s", job.name, series, serving, exc)
         return {
             **decision, "promoted": True, "reason": f"the champion cannot be loaded, so it is replaced: {exc}",
@@ -444,6 +445,8 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
             break
         try:
             entry["champion"] = evaluate(clone(champion).fit(stretch.head), stretch)
+        except MissingDependencyError as exc:  # this worker lacks a package: the champion is not broken
+            raise champion_needs(job, series, version, exc) from exc
         except Exception as exc:  # a champion that cannot score current data must be replaceable
             log.warning("job %s, series %s: champion %s cannot score held-back stretch %d: %s", job.name, series, version.version, number, exc)
             entry.update(champion_error=str(exc), clearly_better=True, verdict=f"the champion cannot fit or score here: {exc}")
@@ -553,7 +556,7 @@ def tune_series(
         decision["version"] = version
         record["seconds"] = round(time.perf_counter() - started, 3)
         if registered.metadata["decision"]["promoted"]:
-            registry.write_tuned_params(job.name, series, best["params"], record, kind=best["kind"])
+            registry.write_tuned_params(job.name, series, best["params"], record, kind=best["kind"], version=version)
         else:  # another run promoted a model while this one tuned: it was never compared with that one
             promoted = decision["promoted"] = False
             reason = decision["reason"] = registered.metadata["decision"]["reason"].removeprefix("tuning: ")

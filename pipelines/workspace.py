@@ -74,6 +74,18 @@ class Workspace:
     def quarantine(self) -> str:
         return str(home() / "quarantine" / self.job / _safe(self.run_id))
 
+    def quarantines(self) -> list[Path]:
+        """The run's quarantine folders there are: its batch's, and each one-off chunk's
+        (:attr:`quarantine` followed by ``-chunk<N>``, as :func:`pipelines.scoring.score_chunk` names them)."""
+        own = Path(self.quarantine)
+        try:
+            names = os.listdir(own.parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        pattern = re.compile(re.escape(own.name) + r"(-chunk[0-9]+)?")
+        found = [own.parent / name for name in names if pattern.fullmatch(name)]
+        return sorted(folder for folder in found if folder.is_dir() and not folder.is_symlink())
+
 
 def to_utc(value: datetime | str | None) -> datetime | None:
     """A UTC-aware datetime from an ISO string or datetime; naive values are taken as UTC."""

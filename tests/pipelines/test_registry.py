@@ -8,7 +8,7 @@ import pytest
 
 from pipelines import storage
 from pipelines.errors import ModelError
-from pipelines.registry import ModelRegistry
+from pipelines.registry import UNREADABLE, ModelRegistry
 
 SERIES = "region=eu/west,host=a b"  # characters that must be escaped in a folder name
 
@@ -163,6 +163,33 @@ def test_tuned_params_round_trip(registry: ModelRegistry) -> None:
     assert document["report"] == {"best_score": 0.95}
 
 
+def test_tuned_params_of_an_earlier_version_landing_last_do_not_replace_a_later_ones(registry: ModelRegistry) -> None:
+    """Two tune runs promoted one after the other: the first one's write landed last, and every
+    later train built the parameters of a model no longer serving."""
+    earlier = registry.register("sales", SERIES, {"model.skops": b"ok"}, {}).version
+    later = registry.register("sales", SERIES, {"model.skops": b"ok"}, {}).version
+    assert registry.write_tuned_params("sales", SERIES, {"n_estimators": 200}, {"run": "later"}, version=later)
+    assert not registry.write_tuned_params("sales", SERIES, {"n_estimators": 100}, {"run": "earlier"}, version=earlier)
+    assert registry.tuned("sales", SERIES)["version"] == later and registry.tuned_params("sales", SERIES) == {"n_estimators": 200}
+    # A damaged file names no version: tuning replaces it.
+    tuned = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "tuned.json")
+    storage.atomic_write(tuned, b'{"version": "9', registry.storage_options)
+    assert registry.write_tuned_params("sales", SERIES, {"n_estimators": 100}, {"run": "earlier"}, version=earlier)
+    assert registry.tuned_params("sales", SERIES) == {"n_estimators": 100}
+
+
+def test_a_damaged_tuned_params_file_names_the_job_and_the_series_and_a_remedy_that_works(registry: ModelRegistry) -> None:
+    """It said "or run the job's tune again", but a tune run that keeps the champion writes nothing."""
+    tuned = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "tuned.json")
+    storage.atomic_write(tuned, b'{"params": ', registry.storage_options)
+    with pytest.raises(ModelError) as caught:
+        registry.tuned("sales", SERIES)
+    message = str(caught.value)
+    assert message.startswith(f"{tuned} is not valid JSON")
+    assert f"it holds the tuned parameters of job sales, series {SERIES}: delete it to train with the job's configured model" in message
+    assert "run the job's tune again" not in message
+
+
 def test_tuning_history_reads_oldest_first_or_only_the_newest(registry: ModelRegistry) -> None:
     for number in range(4):
         registry.record_tuning("sales", SERIES, {"run": number})
@@ -249,6 +276,28 @@ def test_a_damaged_metadata_file_names_itself_and_hides_only_its_version(registr
     assert registry.champion_version("sales", SERIES) == damaged.version  # training replaces what it cannot load
     registry.promote("sales", SERIES, kept.version)
     assert registry.champion("sales", SERIES) == kept
+
+
+@pytest.mark.parametrize("content", [*DAMAGED, b'{"promoted_at": "2026-01-01"}'])
+def test_a_damaged_champion_pointer_names_the_job_the_series_and_the_command_and_a_promotion_may_replace_it(
+    registry: ModelRegistry, content: bytes
+) -> None:
+    """The error named only a file path (the series as a slug), and nothing could replace the pointer but a hand."""
+    version = registry.register("sales", SERIES, {"model.skops": b"ok"}, {}).version
+    pointer = storage.join(registry.root, "sales", "region=eu%2Fwest,host=a%20b", "champion.json")
+    storage.atomic_write(pointer, content, registry.storage_options)
+
+    said = rf"{re.escape(pointer)} .*; it is the champion pointer of job sales, series {re.escape(SERIES)}: .*`anomaly-pipelines train sales`"
+    with pytest.raises(ModelError, match=said):
+        registry.champion("sales", SERIES)
+    with pytest.raises(ModelError, match=said):  # a promotion that expected a version does not overwrite it
+        registry.promote_if_champion("sales", SERIES, version, "20260101T000000000000Z-abcdef")
+    assert registry.champion_version("sales", SERIES, unreadable=True) == UNREADABLE
+    assert registry.promote_if_champion("sales", SERIES, version, UNREADABLE) == version
+    assert registry.champion("sales", SERIES).version == version
+    # Once repaired, a promotion that still expects the damaged pointer learns which version serves.
+    other = registry.register("sales", SERIES, {"model.skops": b"ok"}, {}).version
+    assert registry.promote_if_champion("sales", SERIES, other, UNREADABLE) == version
 
 
 @pytest.mark.parametrize("content", [*DAMAGED, b'{"promoted_at": "2026-01-01"}'])

@@ -470,3 +470,50 @@ def test_a_finished_run_sweeps_the_work_folders_runs_left_a_week_ago(project: Pa
 
     assert [run for run, folder in folders.items() if folder.exists()] == ["failed-yesterday", "running"]
     assert schema.exists()
+
+
+def test_a_successful_retry_of_a_run_clears_the_quarantine_its_failed_attempt_left(project: Path, tmp_path: Path) -> None:
+    """The failed attempt's rejected batch stayed after the same run (an Airflow retry, a cleared
+    task: one run id) validated the fixed source and succeeded, sending people to fix fixed data."""
+    import shutil
+
+    good = project / "data" / "demo" / "web_metrics.csv"
+    source = tmp_path / "source.csv"
+    in_train = lambda f: f["timestamp"].str.startswith("2024-02-10T05")  # noqa: E731
+    shutil.copy(_bad_csv(project, lambda f: f.assign(requests=f["requests"].mask(in_train(f), "twelve"))), source)
+    job = load_job_file(_write_job(project, "demo_web_metrics", source={"kind": "file", "path": str(source), "format": "csv"}))
+    with pytest.raises(DataValidationError) as failed:
+        run_train(job, TRAIN, run_id="scheduled__2024-03-01")
+    kept = Path(failed.value.quarantine_path)
+    assert (kept / "batch.parquet").exists()
+    other = home() / "quarantine" / job.name / "scheduled__2024-02-01"  # another run's: not this run's to clear
+    shutil.copytree(kept, other)
+
+    # A failed retry keeps it.
+    with pytest.raises(DataValidationError):
+        run_train(job, TRAIN, run_id="scheduled__2024-03-01")
+    assert (kept / "batch.parquet").exists()
+
+    shutil.copy(good, source)
+    [*results] = run_train(job, TRAIN, run_id="scheduled__2024-03-01")
+    assert len(results) == 3 and all(result["promoted"] for result in results)
+    assert not kept.exists()
+    assert (other / "batch.parquet").exists() and (other / "validation.json").exists()
+
+
+def test_a_successful_retry_of_a_one_off_run_clears_its_chunks_quarantine(trained, project: Path, tmp_path: Path) -> None:
+    frame = pd.read_parquet(project / "var" / "outputs" / f"job={trained.name}")
+    wide = frame.pivot_table(index=["timestamp", "region"], columns="feature", values="value").reset_index()
+    wide["timestamp"] = wide["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    bad = wide.astype(object)
+    bad.loc[50, "latency_ms"] = "slow"
+    path = tmp_path / "input.csv"
+    bad.to_csv(path, index=False)
+    with pytest.raises(DataValidationError) as failed:
+        run_score_file(trained, str(path), run_id="one-off", chunk_rows=20)
+    kept = Path(failed.value.quarantine_path)
+    assert kept.name.startswith("one-off-chunk") and (kept / "batch.parquet").exists()
+
+    wide.to_csv(path, index=False)
+    run_score_file(trained, str(path), run_id="one-off", chunk_rows=20)
+    assert not kept.exists()

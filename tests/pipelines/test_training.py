@@ -264,6 +264,80 @@ def test_a_champion_that_cannot_be_loaded_is_replaced_by_the_next_training(tmp_p
     assert load_champion(job, "all")[0].version == second.version
 
 
+@pytest.mark.parametrize("content", [b"", b'{"version": ', b"[]", b'{"promoted_at": "2026-01-01"}', b'{"version": "gone"}'])
+def test_a_damaged_champion_pointer_is_replaced_by_the_next_training(tmp_path: Path, content: bytes) -> None:
+    """Its error said to run the job's train, and the train failed on the same pointer: only a hand repair helped."""
+    from pipelines import storage
+    from pipelines.scoring import check_serving
+
+    job = make_job(tmp_path, season="1d")
+    train_series(job, "all", cycle(0), WINDOW, run_id="first")
+    registry = registry_for(job)
+    pointer = storage.join(registry.root, job.name, "all", "champion.json")
+    storage.atomic_write(pointer, content)
+    with pytest.raises(ModelError, match=rf"{pointer} .*it is the champion pointer of job trained, series all: run the job's train "
+                       r"\(`anomaly-pipelines train trained`" if content != b'{"version": "gone"}'
+                       else rf"job trained, series all: the champion pointer {pointer}"):
+        registry.champion(job.name, "all")
+    with pytest.raises(ModelError, match="job trained"):
+        check_serving(job)
+
+    second = train_series(job, "all", cycle(1), WINDOW, run_id="second")
+    assert second.promoted and second.reason.startswith("the champion cannot be loaded, so it is replaced: ")
+    assert registry.champion(job.name, "all").version == second.version
+    check_serving(job)
+
+
+def test_a_worker_without_the_champion_s_package_does_not_replace_it_unjudged(tmp_path: Path, monkeypatch) -> None:
+    """An auto champion that chose lstm, trained again on a worker without torch: its "cannot score"
+    was taken for a broken model (error inf), and the auto model without lstm replaced it, compared with nothing."""
+    import importlib.util
+
+    from pipelines.detectors import lstm
+    from pipelines.errors import MissingDependencyError
+    from pipelines.training import load_champion
+
+    job = make_job(tmp_path, kind="auto", candidates=["lstm", "seasonal_mad"], prefer="lstm")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="with-torch")
+    assert load_champion(job, "all")[1].summary()["chosen"] == "lstm"
+
+    # This worker has no torch: what auto's candidates and the lstm detector look for.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "torch" else find_spec(name, *args))
+
+    def no_torch():
+        raise MissingDependencyError("torch", "lstm", "The lstm detector")
+
+    monkeypatch.setattr(lstm, "_torch", no_torch)
+    message = (rf"job trained, series all: the serving model version {first.version} \(auto\), which a new model is compared "
+               r"with before it may replace it, needs the optional package 'torch': pip install .*\[lstm\]")
+    with pytest.raises(MissingDependencyError, match=message):
+        train_series(job, "all", cycle(1), WINDOW, run_id="without-torch")
+    registry = registry_for(job)
+    assert registry.champion(job.name, "all").version == first.version and len(registry.versions(job.name, "all")) == 1
+
+
+def test_a_champion_that_needs_a_package_to_load_is_not_taken_for_a_broken_one(tmp_path: Path, monkeypatch) -> None:
+    """A prophet champion on a worker without prophet "could not be loaded": the next train replaced it unjudged."""
+    from pipelines.detectors import prophet
+    from pipelines.errors import MissingDependencyError
+    from pipelines.training import load_champion
+
+    job = make_job(tmp_path, kind="prophet")
+    first = train_series(job, "all", cycle(0), WINDOW, run_id="with-prophet")
+
+    def no_prophet():
+        raise MissingDependencyError("prophet", "prophet", "The prophet detector")
+
+    monkeypatch.setattr(prophet, "_prophet", no_prophet)
+    message = rf"job trained, series all: the serving model version {first.version} \(prophet\) needs the optional package 'prophet'"
+    with pytest.raises(MissingDependencyError, match=message):
+        load_champion(job, "all")
+    with pytest.raises(MissingDependencyError, match=message):
+        train_series(job, "all", cycle(1), WINDOW, run_id="without-prophet")
+    assert registry_for(job).champion(job.name, "all").version == first.version
+
+
 def test_a_model_compared_with_a_champion_replaced_meanwhile_is_not_promoted(tmp_path: Path, monkeypatch) -> None:
     from pipelines import training
 

@@ -523,6 +523,46 @@ def test_tuning_replaces_a_champion_that_cannot_be_loaded(tmp_path, daily):
     assert record["decision"]["champion"]["version"] == old.version
 
 
+def test_tuning_replaces_a_damaged_champion_pointer(tmp_path, daily):
+    """The pointer's error said to retrain, and tune (and train) failed on the same pointer."""
+    from pipelines import storage
+    from pipelines.registry import UNREADABLE
+
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [24]})
+    train_series(job, SERIES, daily, _window(daily), run_id="train")
+    registry = registry_for(job)
+    storage.atomic_write(storage.join(registry.root, job.name, SERIES, "champion.json"), b'{"version": ')
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert result["promoted"] and result["reason"].startswith("the champion cannot be loaded, so it is replaced: ")
+    assert f"it is the champion pointer of job tuned_job, series {SERIES}" in result["reason"]
+    assert registry.champion(job.name, SERIES).version == result["version"]
+    [record] = registry.tuning_history(job.name, SERIES)
+    assert record["decision"]["champion"]["version"] == UNREADABLE
+
+
+def test_a_tune_on_a_worker_without_the_champion_s_package_does_not_replace_it_unjudged(tmp_path, daily, monkeypatch):
+    """The lstm champion could not be refitted on a worker without torch: "the champion cannot fit
+    or score here" counted as the challenger clearly better, and it was promoted, compared with nothing."""
+    import importlib.util
+
+    from pipelines.detectors import lstm
+    from pipelines.errors import MissingDependencyError
+
+    job = make_job(tmp_path, {"kind": "lstm", "params": {"max_epochs": 2}}, detectors=["seasonal_mad"], grid={"level_window": [24]})
+    first = train_series(job, SERIES, daily, _window(daily), run_id="with-torch")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "torch" else find_spec(name, *args))
+
+    def no_torch():
+        raise MissingDependencyError("torch", "lstm", "The lstm detector")
+
+    monkeypatch.setattr(lstm, "_torch", no_torch)
+    with pytest.raises(MissingDependencyError, match=rf"job tuned_job, series {SERIES}: the serving model version {first.version} \(lstm\)"):
+        tune_series(job, SERIES, daily, _window(daily))
+    registry = registry_for(job)
+    assert registry.champion(job.name, SERIES).version == first.version and registry.tuned(job.name, SERIES) is None
+
+
 def test_a_challenger_is_not_promoted_over_a_champion_promoted_while_it_was_tuned(tmp_path, daily, monkeypatch):
     from pipelines import tuning
 
@@ -600,6 +640,37 @@ def test_a_tuned_champion_of_another_kind_survives_the_next_scheduled_train(tmp_
     registry.promote(job.name, SERIES, champion.version)
     again = train_series(job, SERIES, daily, _window(daily), run_id="scheduled-again")
     assert again.reason.startswith("holdout error ") and "the job's" not in again.reason
+
+
+def test_a_train_between_a_tune_promotion_and_its_tuned_params_builds_the_serving_tuned_model(tmp_path, daily, caplog):
+    """A tune run promotes, then writes tuned.json: a train starting in between built the parameters
+    the tuned model had just beaten (here level_window 6 beside a serving 12), and could promote them."""
+    from pipelines.training import register_model
+
+    job = make_job(tmp_path, {"kind": "iforest", "params": {"n_estimators": 50}}, detectors=["iforest", "level_shift"],
+                   grid={"level_window": [6]}, trials=3)
+    first = tune_series(job, SERIES, daily, _window(daily), run_id="tune-1")
+    assert first["promoted"] and first["params"] == {"level_window": 6}
+    registry = registry_for(job)
+    # The state a second tune run leaves between its promotion and its write of tuned.json.
+    params = {"level_window": 12}
+    serving = register_model(
+        job, SERIES, detector_for(job, params, "level_shift").fit(daily), daily, _window(daily), run_id="tune-2",
+        kind="level_shift", tuned=params, metrics={}, promoted=True, reason="tuning: clearly better",
+        compared_with=first["version"], extra=lambda decision: {"tuning": {"decision": decision}},
+    )
+    assert registry.champion(job.name, SERIES).version == serving.version
+    assert registry.tuned_params(job.name, SERIES) == {"level_window": 6}
+
+    with caplog.at_level("WARNING", logger="pipelines.training"):
+        trained = train_series(job, SERIES, daily, _window(daily), run_id="train-in-between")
+    built = registry.version(job.name, SERIES, trained.version).metadata
+    assert built["model"] == "level_shift" and built["tuned_params"] == params
+    assert f"tuned.json holds the parameters of version {first['version']}, but the tuned version {serving.version} serves" in caplog.text
+
+    registry.promote(job.name, SERIES, first["version"])  # tuned.json names the serving version: it stands
+    third = train_series(job, SERIES, daily, _window(daily), run_id="train-third")
+    assert registry.version(job.name, SERIES, third.version).metadata["tuned_params"] == {"level_window": 6}
 
 
 def test_train_ignores_tuned_params_once_the_job_file_changes_its_model(tmp_path, daily, caplog):

@@ -91,3 +91,24 @@ def test_a_run_window_that_cannot_be_is_refused_naming_the_job(make, message: st
     # scheduler running many jobs, nothing said whose run conf or command was wrong.
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+@pytest.mark.parametrize("run_id", ["scheduled__2024-03-01", "manual__2024-03-01T00:00:00+00:00"])
+def test_a_run_s_quarantines_are_its_batch_s_and_its_chunks_only(tmp_path: Path, monkeypatch, run_id: str) -> None:
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
+    run = Workspace(JOB.name, run_id)
+    mine = [Path(run.quarantine), Path(run.quarantine + "-chunk0"), Path(run.quarantine + "-chunk12")]
+    others = [
+        Path(Workspace(JOB.name, "scheduled__2024-03-02").quarantine),
+        Path(run.quarantine + "-chunkX"),
+        Path(run.quarantine + "-chunk1-chunk2"),
+        Path(Workspace("other_job", run_id).quarantine),
+    ]
+    assert run.quarantines() == []
+    for folder in [*mine, *others]:
+        folder.mkdir(parents=True)
+    assert run.quarantines() == sorted(mine)
+    cleanup(JOB, run_id, succeeded=False)
+    assert all(folder.is_dir() for folder in [*mine, *others])
+    cleanup(JOB, run_id)
+    assert [folder for folder in [*mine, *others] if folder.exists()] == others
