@@ -1003,7 +1003,7 @@ def _window_events(job: JobConfig, frame: pd.DataFrame, window: Window, read: Ro
     """The events of ``frame`` (``window``'s rows), each whole when ``read`` gives the rows beyond.
 
     An incident that began in an earlier window is told from its first anomalous row, as the API
-    and the dashboard tell it (:func:`pipelines.labels.job_events`, same key): built from this
+    and the dashboard tell it (:func:`pipelines.events.published_events`, same key): built from this
     window's rows alone, it was told as starting at the window's start, under another key, when
     no alert went out for its earlier part (below ``min_score`` there, or that run skipped).
     Read at most :data:`PENDING_MAX_AGE` beyond each edge (a series flagged for months must not

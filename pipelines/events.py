@@ -12,11 +12,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
 from pipelines.schema import OUTPUT_COLUMNS
+
+if TYPE_CHECKING:
+    from pipelines.config import JobConfig
 
 Direction = Literal["rise", "fall"]
 
@@ -316,4 +319,51 @@ def window_events(
     return events
 
 
-__all__ = ["MAX_EXTENSION_PERIODS", "AnomalyEvent", "Direction", "FeatureAtPeak", "RowReader", "anomaly_events", "window_events"]
+def watched(job: JobConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``is_anomaly`` kept where the job's ``alerts.features`` allow, by the rule alerts
+    use (:func:`pipelines.alerts.alertable`): a timestamp stays anomalous only when a watched feature
+    drove it. Every series is kept: ``alerts.series`` chooses what is sent, not what happened, and a
+    verdict on any series is read by training and tuning.
+    """
+    alerts = getattr(job, "alerts", None)
+    if alerts is None or not alerts.features:
+        return frame
+    from pipelines.alerts import alertable
+
+    return alertable(job.model_copy(update={"alerts": alerts.model_copy(update={"series": []})}), frame)
+
+
+def published_events(
+    job: JobConfig, *, series: str | None = None, start: datetime | None = None, end: datetime | None = None
+) -> list[AnomalyEvent]:
+    """Events of the job's published output overlapping ``[start, end)`` (unbounded where None), each
+    whole, built as alerts build them: grouped by ``alerts.max_gap`` and from the points the
+    ``alerts.features`` drove (:func:`watched`). Built from every anomalous point instead, an event
+    the alert told as 06:00-07:00 was listed as 05:00-08:00 under another key, and a label given on
+    it never reached the alert (nor the event alerts never sent about, on an unwatched feature).
+    """
+    from pipelines.config import resolve_path
+    from pipelines.sinks.parquet import ParquetSink
+
+    sink = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options)
+
+    def read(low: datetime | None, high: datetime | None) -> pd.DataFrame:
+        rows = sink.read(job=job.name, start=low, end=high)
+        return watched(job, rows if series is None else rows[rows["series"] == series])
+
+    alerts = getattr(job, "alerts", None)
+    max_gap = alerts.max_gap if alerts is not None else 1
+    return window_events(read, start=start, end=end, frequency=job.frequency, max_gap=max_gap)
+
+
+__all__ = [
+    "MAX_EXTENSION_PERIODS",
+    "AnomalyEvent",
+    "Direction",
+    "FeatureAtPeak",
+    "RowReader",
+    "anomaly_events",
+    "published_events",
+    "watched",
+    "window_events",
+]

@@ -791,23 +791,6 @@ def import_labels(job: JobConfig, path: str | Path, *, author: str = "", store: 
     return labels
 
 
-def job_events(
-    job: JobConfig, *, series: str | None = None, start: datetime | None = None, end: datetime | None = None
-) -> list[AnomalyEvent]:
-    """Anomaly events of the job's published output overlapping ``[start, end)`` (all of it where
-    None), each whole (read beyond the window until it ends), grouped as alerts group them, so a
-    person labels the very events alerts are sent for."""
-    from pipelines.events import window_events
-
-    def read(low: datetime | None, high: datetime | None) -> pd.DataFrame:
-        rows = _output_rows(job, low, high)
-        return rows if series is None else rows[rows["series"] == series]
-
-    alerts = getattr(job, "alerts", None)  # the alerts section, when the job has one, sets the grouping
-    max_gap = getattr(alerts, "max_gap", 1) if alerts is not None else 1
-    return window_events(read, start=start, end=end, frequency=job.frequency, max_gap=max_gap)
-
-
 def label_of(event: AnomalyEvent, labels: Iterable[Label]) -> Label | None:
     """The label that shows the verdict on ``event`` (``labels`` as :meth:`LabelStore.labels` returns them).
 

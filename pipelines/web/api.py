@@ -118,6 +118,7 @@ class _BoundedJsonRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def bounded(request: Request) -> Response:
+            self._check_query_names(request)
             if self.body_field is not None and _may_be_parsed(request):
                 await self._check_values(request)
                 if request.headers.get("content-type"):  # without one FastAPI answers 415 unparsed
@@ -125,6 +126,29 @@ class _BoundedJsonRoute(APIRoute):
             return await handle(request)
 
         return bounded
+
+    def _check_query_names(self, request: Request) -> None:
+        """Refuse (422, as FastAPI refuses a bad value: the app's handler checks the login first) a query
+        parameter the operation does not take: ``?serie=region=eu`` listed the events of every series,
+        ``?lmit=5`` all 200 of them, as if the parameter had been read."""
+        from fastapi.dependencies.utils import get_flat_dependant
+        from fastapi.exceptions import RequestValidationError
+
+        taken = [param.alias for param in get_flat_dependant(self.dependant).query_params]
+        unknown = [name for name in dict.fromkeys(request.query_params.keys()) if name not in taken]
+        if unknown:
+            allowed = f"it takes {', '.join(taken)}" if taken else "it takes none"
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "extra_forbidden",
+                        "loc": ("query", name),
+                        "msg": f"unknown query parameter {name[:60]!r} of {request.method} {self.path_format}: {allowed}",
+                        "input": request.query_params.get(name, "")[:200],
+                    }
+                    for name in unknown[:5]
+                ]
+            )
 
     async def _parse_once(self, request: Request) -> None:
         """Parse the body, refusing (422) an object that names a key twice, and keep the result for FastAPI.
@@ -799,6 +823,19 @@ StartQuery = Annotated[IsoTime | None, Query(description="From this time (ISO 86
 EndQuery = Annotated[IsoTime | None, Query(description="Up to this time (ISO 8601 with offset).")]
 
 
+def _check_range(job: str, start: Any, end: Any, *, end_inclusive: bool) -> None:
+    """422 for a window that holds nothing: an end before the start (or at it, when the end is
+    exclusive) answered an empty list, as if nothing had happened in it."""
+    if start is None or end is None or end > start or (end_inclusive and end == start):
+        return
+    before = "before" if end < start else "at"
+    raise HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=f"job {job}: end {end.isoformat()} is {before} start {start.isoformat()}, a window holding nothing: "
+        "give an end after the start (or leave either out)",
+    )
+
+
 @contextlib.contextmanager
 def _label_failures() -> Iterator[None]:
     """Bad labels are the caller's 422; an unreachable labels database is a 503 worth retrying."""
@@ -877,15 +914,22 @@ def _overruling(store: LabelStore, label: Label, features: Iterable[str]) -> lis
     "/jobs/{job}/labels",
     summary="Verdicts on the job's anomaly events",
     response_model=LabelList,
-    responses={**_AUTH_ERRORS, **_LABEL_ERRORS},
+    responses={
+        **_AUTH_ERRORS,
+        **_error(404, "No such job, or the job has no model for the series: the job's model lists its series."),
+        **_LABEL_ERRORS,
+    },
 )
 def list_labels(job: JobName, user: CurrentUser, series: SeriesQuery = None, start: StartQuery = None, end: EndQuery = None) -> LabelList:
     """Labels overlapping [start, end] (both inclusive; unbounded where omitted), by series and start."""
     from pipelines.labels import label_store
 
     config = served_job(user, job, "GET")
+    _check_range(job, start, end, end_inclusive=True)
     with _label_failures():
         labels = label_store(config).labels(job, series, start, end)
+        if series is not None and not labels:
+            _check_known_series(config, series)
     return LabelList(job=job, labels=[_label_info(label) for label in labels])
 
 
@@ -945,6 +989,35 @@ def remove_label(
     return _label_info(removed)
 
 
+#: Series keys a 404 for an unknown one names: a job may have thousands.
+_SERIES_NAMED = 5
+
+
+def _check_known_series(config: JobConfig, series: str) -> None:
+    """404 naming ``series`` and where the known ones are listed, when ``config`` has no model for it:
+    an empty answer for a typo read as "no events" (a known series without any stays ``[]``)."""
+    import difflib
+
+    from pipelines.config import resolve_path
+    from pipelines.errors import PipelineError
+    from pipelines.registry import ModelRegistry
+
+    try:
+        known = ModelRegistry(resolve_path(config.registry), config.outputs.storage_options).series(config.name)
+    except PipelineError as exc:
+        log.error("job %s: cannot list the series of its registry: %s", config.name, exc)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"job {config.name}: {exc}") from exc
+    if series in known:
+        return
+    listing = f"GET {API_PREFIX}/jobs/{config.name}/model lists them"
+    if not known:
+        has = "has no trained series yet: train it, then run its predict DAG"
+    else:
+        near = difflib.get_close_matches(series, known, n=_SERIES_NAMED) or known[:_SERIES_NAMED]
+        has = f"has models for {len(known):,} series, e.g. {', '.join(near)} ({listing})"
+    raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {config.name} has no series {series!r}: it {has}")
+
+
 def _event_info(event: AnomalyEvent, label: Label | None) -> EventInfo:
     return EventInfo(
         series=event.series,
@@ -967,7 +1040,11 @@ def _event_info(event: AnomalyEvent, label: Label | None) -> EventInfo:
     "/jobs/{job}/events",
     summary="Anomaly events of the published output, each with its current label",
     response_model=EventList,
-    responses={**_AUTH_ERRORS, **_LABEL_ERRORS},
+    responses={
+        **_AUTH_ERRORS,
+        **_error(404, "No such job, or the job has no model for the series: the job's model lists its series."),
+        **_LABEL_ERRORS,
+    },
 )
 def list_events(
     job: JobName,
@@ -977,15 +1054,21 @@ def list_events(
     end: EndQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most events listed, newest first.")] = 200,
 ) -> EventList:
-    """Consecutive anomalous timestamps of a series, grouped as alerts group them, in [start, end)."""
-    from pipelines.labels import as_utc, job_events, label_of, label_store
+    """Consecutive anomalous timestamps of a series, grouped as alerts group them (``alerts.max_gap``,
+    from the points ``alerts.features`` drove), in [start, end). A series the job has no model for is 404."""
+    from pipelines.events import published_events
+    from pipelines.labels import as_utc, label_of, label_store
 
     config = served_job(user, job, "GET")
+    _check_range(job, start, end, end_inclusive=False)
     with _label_failures():
         where = f"job {job!r}"
         low = as_utc(start, "start", where) if start is not None else None
         high = as_utc(end, "end", where) if end is not None else None
-        events = sorted(job_events(config, series=series, start=low, end=high), key=lambda e: (e.start, e.series), reverse=True)
+        found = published_events(config, series=series, start=low, end=high)
+        if series is not None and not found:
+            _check_known_series(config, series)
+        events = sorted(found, key=lambda e: (e.start, e.series), reverse=True)
         shown = events[:limit]
         labels = (
             label_store(config).labels(job, series, min(e.start for e in shown), max(e.end for e in shown)) if shown else []

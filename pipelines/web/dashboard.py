@@ -41,9 +41,19 @@ DEFAULT_CHARTS = 4
 MAX_CHARTS = 12
 #: Anomaly events listed on the job page, strongest first (the data endpoint gives up to 500).
 PAGE_EVENTS = 100
-#: Rows of the job page's series table, most anomalous first (the series selector and the data
-#: endpoint keep every series): a job of 10,000 series made a 4 MB page that took seconds to draw.
+#: Rows of the job page's series table, most anomalous first (the selector's search finds the
+#: others): a job of 10,000 series made a 4 MB page that took seconds to draw.
 PAGE_SERIES = 500
+#: Options of the job page's series selector: the chosen series, then the most anomalous others.
+#: Its search box finds the rest through the series data endpoint: an option per series made a
+#: job of 10,000 series a 1 MB page.
+SELECTOR_SERIES = 50
+#: Series the series data endpoint answers by default (``?limit=``, at most MAX_SERIES_LIMIT;
+#: ``?offset=`` for the next ones): every series at once was megabytes for a job of 10,000.
+SERIES_LIMIT = 500
+MAX_SERIES_LIMIT = 5_000
+#: Series the selector's search box suggests at once.
+SEARCH_SERIES = 20
 #: Series of the models page at once, in key order (?page=N for the others): a job of 10,000
 #: trained series read every champion, version and tune record, some 8 s on a local disk.
 MODELS_PAGE_SERIES = 200
@@ -267,6 +277,15 @@ def _listed(shown: list[dict[str, Any]], chosen: set[str]) -> list[dict[str, Any
     return [row for row in shown if row["series"] in kept]
 
 
+def _choices(summary: list[dict[str, Any]], chosen: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The options of the series selector, most anomalous first: the chosen series (kept selected
+    when the form is applied again), then as many others as fit in SELECTOR_SERIES."""
+    picked = [row for row in summary if row["series"] in chosen]
+    others = [row for row in summary if row["series"] not in chosen][: max(0, SELECTOR_SERIES - len(picked))]
+    kept = {row["series"] for row in picked + others}
+    return [row for row in summary if row["series"] in kept]
+
+
 def _form_time(moment: datetime | None, seconds: bool) -> tuple[str, str | None]:
     """A UTC time as the value of a ``datetime-local`` input, and the input's ``step``.
 
@@ -321,6 +340,15 @@ def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict
         summary=summary,
         shown=shown,
         listed=_listed(shown, set(filters.series)),
+        choices=_choices(summary, filters.series),
+        search_url=f"{_base(request)}/data/jobs/{job.name}/series?"
+        + urlencode(
+            # The range of the page (a run's window too): the series found are those the selector would list.
+            [(k, moment.isoformat()) for k, moment in (("start", filters.start), ("end", filters.end)) if moment]
+            + [("min_score", filters.min_score)]
+            + [("feature", f) for f in filters.features]
+            + [("limit", SEARCH_SERIES)]
+        ),
         selected=set(filters.series),
         charted=charted,
         unknown=unknown,
@@ -401,11 +429,42 @@ def jobs_data(user: CurrentUser) -> JSONResponse:
 
 
 @router.get("/data/jobs/{job_name}/series")
-def series_data(job_name: str, user: CurrentUser, filters: QueryFilters) -> JSONResponse:
+def series_data(
+    job_name: str,
+    user: CurrentUser,
+    filters: QueryFilters,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1, le=MAX_SERIES_LIMIT, description=f"most series answered (default {SERIES_LIMIT}, at most {MAX_SERIES_LIMIT})"
+        ),
+    ] = SERIES_LIMIT,
+    offset: Annotated[
+        int, Query(ge=0, le=10**9, description="series skipped, in the answer's order: next_offset of the last answer")
+    ] = 0,
+    q: Annotated[str, Query(max_length=500, description="only the series whose key holds this text (any case)")] = "",
+) -> JSONResponse:
+    """The series summary, most anomalous first, ``limit`` at a time from ``offset``: ``total`` says how
+    many match, ``next_offset`` where the next ones start (null after the last)."""
     job = _job(job_name, user)
     filters = _for_job(filters, job)
     rows = _call(f"job {job_name!r}: series summary", data.series_summary, job, filters)
-    return JSONResponse({"job": job_name, "filters": filters.to_dict(), "series": rows})
+    if needle := q.strip().casefold():
+        rows = [row for row in rows if needle in row["series"].casefold()]
+    page = rows[offset : offset + limit]
+    after = offset + len(page)
+    return JSONResponse(
+        {
+            "job": job_name,
+            "filters": filters.to_dict(),
+            "q": q.strip(),
+            "total": len(rows),
+            "offset": offset,
+            "limit": limit,
+            "next_offset": after if after < len(rows) else None,
+            "series": page,
+        }
+    )
 
 
 @router.get("/data/jobs/{job_name}/chart")

@@ -560,3 +560,40 @@ def test_a_click_on_a_point_holds_over_a_feature_label_that_said_otherwise(app_s
         for feature in (None, "requests"):  # the server is the module's: leave its labels as they were
             context.request.delete(labels, params={**point, **({"feature": feature} if feature else {})})
         context.close()
+
+
+def test_the_series_selector_finds_a_series_it_does_not_list(app_server, browser, monkeypatch):
+    """The selector held an option per series (about 1 MB of page for 10,000 series): it lists the
+    most anomalous, and its search box finds the others on the server and applies the one chosen."""
+    from playwright.sync_api import expect
+
+    from pipelines.web import dashboard
+
+    monkeypatch.setattr(dashboard, "SELECTOR_SERIES", 1)
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        page.goto(f"{app_server}/jobs/demo_web_metrics")
+        listed = page.locator('select[name="series"] option')
+        expect(listed).to_have_count(1)
+        assert listed.first.get_attribute("value") != f"region={VOID}"  # the most anomalous, not the void one
+        search = page.get_by_test_id("filter-series-search")
+        search.press_sequentially("VOID")  # any case
+        found = page.locator("#series-found option")
+        expect(found).to_have_count(1)
+        assert found.first.get_attribute("value") == f"region={VOID}"
+        expect(search).to_have_attribute("data-found", "1")
+        search.fill(f"region={VOID}")  # what picking the suggestion does
+        page.get_by_test_id("apply-filters").click()
+        page.locator(f'.chart-card[data-series="region={VOID}"][data-state="ready"]').wait_for()
+        assert f"series=region%3D{VOID}" in page.url
+        chosen = page.locator('select[name="series"] option:checked')
+        expect(chosen).to_have_count(1)
+        assert chosen.first.get_attribute("value") == f"region={VOID}"
+        _shot(page, "9-series-search")
+        assert problems == []
+    finally:
+        context.close()

@@ -1054,7 +1054,7 @@ def test_an_incident_begun_in_an_earlier_window_is_alerted_whole_under_the_apis_
     # 06:00-09:00, one incident; the 06:00-08:00 window's part alone was no alert (too weak, or that
     # window's alert task never ran). The next window's alert said it began at 08:00 (2 periods),
     # keyed ...T08:00, while the dashboard and the labels API know it from 06:00 (4 periods).
-    from pipelines.labels import job_events
+    from pipelines.events import published_events
 
     job = make_job(tmp_path, min_score=0.95)
     frame = output_rows(anomalies={6: {"requests": 130}, 7: {"requests": 135}, 8: {"requests": 190}, 9: {"requests": 170}})
@@ -1065,7 +1065,7 @@ def test_an_incident_begun_in_an_earlier_window_is_alerted_whole_under_the_apis_
         sink.write(rows_in(frame, first, last), job="web", dimensions=["region"], start=w.start, end=w.end)
         if earlier == "below-min-score" or first == 8:
             decisions += alert_window(job, w)["decisions"]
-    [api_event] = job_events(job)
+    [api_event] = published_events(job)
     assert [(d["key"], d["decision"]) for d in decisions][-1] == (api_event.key, "sent")
     [(_, message)] = inbox.mails
     assert message["Subject"] == "[anomaly] web region=eu: rise 2024-03-01 06:00 UTC (score 0.990)"

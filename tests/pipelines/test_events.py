@@ -194,3 +194,51 @@ def test_reading_beyond_the_window_is_capped_and_a_still_cut_event_says_so(publi
     published.calls.clear()
     window_events(published, start=START + 25 * HOUR, end=START + 29 * HOUR, frequency=HOUR, max_gap=0)
     assert published.calls[0] == (START + 25 * HOUR, START + 29 * HOUR)
+
+
+def _published_job(tmp_path, frame: pd.DataFrame, **alerts):
+    from pipelines.config import parse_job
+    from pipelines.sinks import ParquetSink
+
+    job = parse_job(
+        {
+            "name": "web",
+            "source": {"kind": "file", "path": str(tmp_path / "in.csv")},
+            "timestamp": "timestamp",
+            "frequency": "1h",
+            "dimensions": ["region"],
+            "features": ["requests", "latency_ms"],
+            "model": {"kind": "seasonal_mad"},
+            "outputs": {"parquet": str(tmp_path / "outputs")},
+            "registry": str(tmp_path / "models"),
+            "alerts": {"dashboard_url": "https://airflow.example.com", "email": {"to": ["oncall@example.com"]}, **alerts},
+        }
+    )
+    end = START + 24 * HOUR
+    ParquetSink(job.outputs.parquet).write(frame, job="web", dimensions=["region"], start=START.to_pydatetime(), end=end.to_pydatetime())
+    return job
+
+
+def test_published_events_are_built_from_the_features_alerts_watch(tmp_path):
+    """The events API listed an incident built from every anomalous point while alerts, with
+    ``alerts.features``, built it from the watched features' points only: latency at 04-05 then
+    requests at 06-07 was one event 04:00-07:00 in the API and a 06:00 alert under another key, so
+    a verdict on the listed event never reached the alert."""
+    from pipelines.alerts import alertable
+    from pipelines.events import published_events
+
+    flagged = {4: {"latency_ms": 150}, 5: {"latency_ms": 150}, 6: {"requests": 180}, 7: {"requests": 160}}
+    frame = pd.concat([output_rows(anomalies=flagged), output_rows("region=us", anomalies=flagged)], ignore_index=True)
+    every = _published_job(tmp_path / "every", frame)
+    assert [(e.series, e.start, e.end) for e in published_events(every)] == [
+        (series, START + 4 * HOUR, START + 7 * HOUR) for series in ("region=eu", "region=us")
+    ]
+
+    watched = _published_job(tmp_path / "watched", frame, features=["requests"], series=["region=eu"])
+    events = published_events(watched)
+    alerted = anomaly_events(alertable(watched, frame), frequency=HOUR)
+    eu = [e for e in events if e.series == "region=eu"]
+    assert [e.key for e in eu] == [e.key for e in alerted] and [(e.start, e.end, e.rows) for e in eu] == [(START + 6 * HOUR, START + 7 * HOUR, 2)]
+    # alerts.series chooses what is sent, not what happened: the other series' incident is listed, from the same features.
+    assert [(e.series, e.start) for e in events if e.series != "region=eu"] == [("region=us", START + 6 * HOUR)]
+    assert published_events(watched, series="region=us", start=(START + 5 * HOUR).to_pydatetime())[0].start == START + 6 * HOUR

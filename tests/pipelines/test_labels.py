@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from pipelines import schema
 from pipelines.config import parse_job
-from pipelines.labels import Label, LabelError, LabelStore, import_labels, job_events, label_of, label_store
+from pipelines.events import published_events
+from pipelines.labels import Label, LabelError, LabelStore, import_labels, label_of, label_store
 from pipelines.sinks.parquet import ParquetSink
 
 EU, US = "region=eu", "region=us"
@@ -293,12 +294,12 @@ def test_a_file_not_in_utf8_names_the_line_and_says_to_save_it_as_utf8(store, tm
 
 
 def test_events_of_the_published_output_with_their_labels(store, job, published):
-    [event] = job_events(job)
+    [event] = published_events(job)
     assert (event.series, event.start, event.end, event.peak_score, event.top_features) == (
         EU, at(2), at(3), 0.999, ("requests",)
     )
-    assert job_events(job, series=US) == []
-    assert [e.start for e in job_events(job, start=at(3), end=at(6))] == [at(2)]  # whole, not cut to the window
+    assert published_events(job, series=US) == []
+    assert [e.start for e in published_events(job, start=at(3), end=at(6))] == [at(2)]  # whole, not cut to the window
     assert label_of(event, store.labels("web")) is None
     overlapping = store.add("web", EU, at(3), at(4), False, value_min=1, value_max=2)
     assert label_of(event, store.labels("web")) == overlapping
@@ -577,7 +578,7 @@ def test_an_event_shows_the_label_whose_verdict_holds_on_it_as_alerts_read_it(st
     # The events listing showed a whole-series false alarm over a later true verdict on the event's
     # feature (and a label of a feature the event never flagged): the one rule (label_verdicts)
     # says true, and alerts send the event.
-    [event] = job_events(job)  # requests flagged at 02 and 03, peak at 02
+    [event] = published_events(job)  # requests flagged at 02 and 03, peak at 02
     dismissed = store.add("web", EU, at(2), at(3), False, value_min=500, value_max=510)
     confirmed = store.add("web", EU, at(2), at(3), True, feature="requests")
     assert label_of(event, store.labels("web")) == confirmed

@@ -268,6 +268,47 @@
     });
   }
 
+  // The series selector lists the most anomalous series only: the search box asks the server
+  // (the series data endpoint, q=) for the keys holding what was typed and offers them.
+  for (const input of document.querySelectorAll("input[data-search-url]")) {
+    const found = document.getElementById(input.getAttribute("list"));
+    const status = input.parentElement.querySelector(".search-status");
+    let timer = null;
+    let asked = 0;
+    input.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        const text = input.value.trim();
+        const mine = ++asked;
+        if (!text) {
+          found.replaceChildren();
+          return;
+        }
+        try {
+          const answer = await fetch(`${input.dataset.searchUrl}&q=${encodeURIComponent(text)}`, {
+            credentials: "same-origin",
+            headers: { Accept: "application/json" },
+          });
+          const payload = await answer.json().catch(() => null);
+          if (!answer.ok) throw new Error(errorText(payload, answer.status));
+          if (mine !== asked) return; // a later search answered first: keep its suggestions
+          found.replaceChildren(
+            ...payload.series.map((row) => {
+              const option = document.createElement("option");
+              option.value = row.series;
+              option.label = `${row.series} (${row.anomalies})`;
+              return option;
+            }),
+          );
+          input.dataset.found = String(payload.total);
+        } catch (error) {
+          // Not a validity error: that would block applying the form with a key typed in full.
+          if (status) status.textContent = `cannot search the series: ${error.message}`;
+        }
+      }, 250);
+    });
+  }
+
   for (const card of document.querySelectorAll(".chart-card")) {
     const whole = () => load(card, card.dataset.start, card.dataset.end);
     card.querySelector(".reset-zoom").addEventListener("click", whole);

@@ -617,3 +617,54 @@ def test_a_points_verdict_follows_the_rule_alerts_and_training_read_labels_by(tm
         # 06: only latency_ms, not anomalous there, was judged
         ("region=us", "2024-03-03T02:00:00Z"): True,
     }
+
+
+def test_the_series_data_is_paged_and_searchable(dash):
+    """Every series at once: megabytes of JSON for a job of 10,000 series."""
+    from pipelines.web import dashboard
+
+    url = f"{D}/data/jobs/demo_web_metrics/series"
+    whole = [row["series"] for row in data.series_summary(get_job("demo_web_metrics"), data.Filters())]
+    first = dash.get(url).json()
+    assert (first["total"], first["offset"], first["limit"], first["next_offset"]) == (3, 0, dashboard.SERIES_LIMIT, None)
+    assert [row["series"] for row in first["series"]] == whole
+    pages, offset = [], 0
+    while offset is not None:
+        answer = dash.get(url, params={"limit": 2, "offset": offset}).json()
+        assert answer["total"] == 3 and len(answer["series"]) <= 2
+        pages += answer["series"]
+        offset = answer["next_offset"]
+    assert pages == first["series"]
+    assert dash.get(url, params={"offset": 7}).json() | {"series": None} == first | {"offset": 7, "series": None}
+    found = dash.get(url, params={"q": " EU "}).json()
+    assert [row["series"] for row in found["series"]] == ["region=eu"] and found["total"] == 1 and found["q"] == "EU"
+    for params, name in (({"limit": 0}, "limit"), ({"limit": dashboard.MAX_SERIES_LIMIT + 1}, "limit"), ({"offset": -1}, "offset")):
+        answer = dash.get(url, params=params)
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", name], answer.text
+
+
+def test_the_series_selector_lists_the_most_anomalous_and_finds_the_others(dash, monkeypatch):
+    """The selector held an option per series: about 1 MB of page for a job of 10,000 series."""
+    import html
+
+    from pipelines.web import dashboard
+
+    monkeypatch.setattr(dashboard, "SELECTOR_SERIES", 1)
+    rows = [row["series"] for row in data.series_summary(get_job("demo_web_metrics"), data.Filters())]
+
+    def options(page: str) -> list[str]:
+        select = re.search(r'<select name="series".*?</select>', page, re.S)
+        return re.findall(r'<option value="([^"]+)"', select[0]) if select else []
+
+    page = dash.get(f"{D}/jobs/demo_web_metrics", params={"start": "2024-03-01T00:00:00Z"}).text
+    assert options(page) == rows[:1]
+    assert 'data-testid="filter-series-count">1 of 3 series listed above' in page
+    search = html.unescape(re.search(r'<input type="search" name="series"[^>]*data-search-url="([^"]+)"', page, re.S)[1])
+    assert search.startswith(f"{D}/data/jobs/demo_web_metrics/series?start=2024-03-01T00") and "limit=" in search
+    found = dash.get(f"{search}&q={rows[-1].split('=')[1]}").json()
+    assert [row["series"] for row in found["series"]] == [rows[-1]]
+    # A series found (or typed) and applied stays chosen in the selector.
+    chosen = dash.get(f"{D}/jobs/demo_web_metrics", params={"series": ["", rows[-1]]}).text
+    assert options(chosen) == [rows[-1]] and f'<option value="{rows[-1]}" selected' in chosen
+    monkeypatch.setattr(dashboard, "SELECTOR_SERIES", 3)
+    assert 'data-testid="filter-series-search"' not in dash.get(f"{D}/jobs/demo_web_metrics").text

@@ -313,3 +313,88 @@ def test_a_time_whose_plus_a_query_string_turned_into_a_space_is_422_saying_so(c
     assert "(2024-03-03T16:00:00.5%2B0100," in end
     encoded = client.request(method, url.replace("+", "%2B"), headers=headers)
     assert encoded.status_code == (200 if method == "GET" else 404), encoded.text
+
+
+def test_events_of_an_unknown_series_are_404_naming_it_and_where_the_known_ones_are(client, headers, scored):
+    """An unknown series answered [] (200), as a known one without events does: a typo read as "no incidents"."""
+    answer = client.get(f"{BASE}/events", params={"series": "region=europe"}, headers=headers)
+    assert answer.status_code == 404, answer.text
+    detail = answer.json()["detail"]
+    assert "job demo_web_metrics has no series 'region=europe'" in detail and "region=eu" in detail
+    assert f"GET {BASE}/model lists them" in detail
+    # A known series without events in the window stays an empty list.
+    quiet = client.get(f"{BASE}/events", params={"series": "region=eu", "start": "2024-05-01T00:00:00Z"}, headers=headers)
+    assert quiet.status_code == 200 and quiet.json() == {"job": "demo_web_metrics", "total": 0, "events": []}
+    # A job never trained has no series at all yet: say what to do.
+    untrained = client.get("/api/v1/jobs/demo_sensors/events", params={"series": "sensor=s1"}, headers=headers)
+    assert untrained.status_code == 404 and "has no trained series yet: train it" in untrained.json()["detail"]
+    spec = client.get("/openapi.json", headers=headers).json()
+    assert "no model for the series" in spec["paths"]["/api/v1/jobs/{job}/events"]["get"]["responses"]["404"]["description"]
+
+
+WATCHED_JOB = """
+name: watched_web
+source: {kind: file, path: data/demo/web_metrics.csv, format: csv}
+timestamp: timestamp
+frequency: 1h
+dimensions: [region]
+features: [requests, latency_ms]
+model: {kind: seasonal_mad}
+outputs: {parquet: var/watched-outputs}
+registry: var/watched-models
+alerts:
+  dashboard_url: https://airflow.example.com
+  email: {to: [oncall@example.com]}
+  features: [requests]
+"""
+
+
+def test_events_are_built_from_the_features_alerts_watch(client, headers, web_project):
+    """With alerts.features, latency at 04-05 then requests at 06-07 was listed as one event from 04:00,
+    while alerts tell it from 06:00 under another key: a verdict on the listed event missed the alert."""
+    import pandas as pd
+
+    from pipelines.config import get_job, resolve_path
+    from pipelines.sinks import ParquetSink
+    from tests.pipelines.test_events import START, output_rows
+
+    (web_project / "config" / "jobs" / "watched_web.yaml").write_text(WATCHED_JOB)
+    job = get_job("watched_web")
+    frame = output_rows(anomalies={4: {"latency_ms": 150}, 5: {"latency_ms": 150}, 6: {"requests": 180}, 7: {"requests": 160}}, job=job.name)
+    end = START + pd.Timedelta(hours=24)
+    ParquetSink(resolve_path(job.outputs.parquet)).write(frame, job=job.name, dimensions=["region"], start=START, end=end)
+    answer = client.get("/api/v1/jobs/watched_web/events", headers=headers)
+    assert answer.status_code == 200, answer.text
+    [event] = answer.json()["events"]
+    assert (parse(event["start"]), parse(event["end"]), event["rows"]) == (START + pd.Timedelta(hours=6), START + pd.Timedelta(hours=7), 2)
+    assert event["top_features"] == ["requests"]
+
+
+def test_a_query_parameter_the_operation_does_not_take_is_422_naming_it(client, headers, scored):
+    """?serie=region=eu listed the events of every series, and ?lmit=5 all of them, as if read."""
+    answer = client.get(f"{BASE}/events", params={"serie": "region=eu", "lmit": "5"}, headers=headers)
+    assert answer.status_code == 422, answer.text
+    errors = answer.json()["detail"]
+    assert [error["loc"] for error in errors] == [["query", "serie"], ["query", "lmit"]]
+    assert "unknown query parameter 'serie' of GET /api/v1/jobs/{job}/events: it takes series, start, end, limit" in errors[0]["msg"]
+    answer = client.get(f"{BASE}/model", params={"serie": "region=eu"}, headers=headers)
+    assert answer.status_code == 422 and "it takes series" in answer.json()["detail"][0]["msg"]
+    assert client.get(f"{BASE}/events", params={"lmit": "5"}).status_code == 401  # no login: nothing about the route
+    assert client.get(f"{BASE}/events", params={"limit": "5"}, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(("route", "start", "end", "word"), [
+    ("events", "2024-03-04T00:00:00Z", "2024-03-03T00:00:00Z", "before"),
+    ("events", "2024-03-03T00:00:00Z", "2024-03-03T01:00:00+01:00", "at"),  # [start, end) holds nothing
+    ("labels", "2024-03-04T00:00:00Z", "2024-03-03T00:00:00Z", "before"),
+])  # fmt: skip
+def test_a_window_ending_before_it_starts_is_422_not_an_empty_list(client, headers, route, start, end, word):
+    answer = client.get(f"{BASE}/{route}", params={"start": start, "end": end}, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert f"is {word} start" in answer.json()["detail"] and "give an end after the start" in answer.json()["detail"]
+
+
+def test_labels_of_an_unknown_series_are_404_naming_it(client, headers, scored):
+    answer = client.get(f"{BASE}/labels", params={"series": "region=europe"}, headers=headers)
+    assert answer.status_code == 404 and "job demo_web_metrics has no series 'region=europe'" in answer.json()["detail"]
+    assert client.get(f"{BASE}/labels", params={"series": "region=eu"}, headers=headers).json()["labels"] == []
