@@ -48,7 +48,7 @@ ONE_OFF_PARAMS = {
         None,
         type=["null", "string"],
         title="Input file (one-off scoring)",
-        description="Score this whole file (local path or s3://) instead of the job's source.",
+        description="Score this whole file (a local path, s3:// or gs://) instead of the job's source.",
     ),
     "output": Param(
         None,

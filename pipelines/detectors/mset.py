@@ -24,8 +24,18 @@ _MAD_TO_SIGMA = 1.4826
 _MIN_TRAINING_ROWS = 30
 #: Distances per block when estimating (rows x memory states), so memory stays bounded.
 _BLOCK_ELEMENTS = 2_000_000
+#: State values per chunk of rows when scoring (whole blocks of the estimate, at least one): the
+#: arrays of a chunk are then small beside the frame and the scores' own arrays.
+_CHUNK_ELEMENTS = 250_000
 #: Bandwidth candidates, as multiples of the memory's typical nearest-neighbour distance.
 _BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: Distance in standard units below which two memory states count as the same for the bandwidth
+#: choice. A signal reading exactly 0 most of the time and dust (1e-158) some of the time made the
+#: typical spacing 1e-158: a kernel that narrow weighs states by the rounding of their distances
+#: (computed by expansion, about 1e-8 of a state's size), and from about 1e-154 its logits
+#: overflowed and no row had an estimate. Data recorded to a few digits have states 1e-7 apart
+#: (NAB's art_daily_flatmiddle): those still count.
+_DISTINCT_SPACING = 1e-8
 #: Training rows the bandwidth is chosen on.
 _BANDWIDTH_SAMPLE = 2000
 _LONE_SIGNAL_LAGS = 3
@@ -181,7 +191,17 @@ class MSETDetector(BaseDetector):
         values = X.to_numpy()
         self.center_ = np.nanmedian(values, axis=0)
         mad = np.nanmedian(np.abs(values - self.center_), axis=0) * _MAD_TO_SIGMA
-        std = np.nanstd(values, axis=0)
+        with np.errstate(over="ignore"):
+            std = np.nanstd(values, axis=0)
+        # The squares of values within 1e-162 of their mean underflow, and those of values near
+        # 1e154 overflow: such a signal's std was 0 (scaled by 1, it stayed in its median's
+        # 1e-162, and no value of it ever scored) or inf. Measured on the values over their
+        # largest magnitude instead.
+        lost = ~np.isfinite(std) | (std == 0)
+        if lost.any():
+            size = np.nanmax(np.abs(values[:, lost]), axis=0)
+            size = np.where(size > 0, size, 1.0)
+            std[lost] = np.nanstd(values[:, lost] / size, axis=0) * size
         # A signal whose MAD is 0 but that still moves (mostly constant, with excursions) is
         # scaled by its standard deviation instead, so its excursions stay finite.
         self.scale_ = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
@@ -312,8 +332,12 @@ class MSETDetector(BaseDetector):
         memory = self.memory_
         estimates = np.empty((len(states), n_signals))
         memory_norms = (memory**2).sum(axis=1)
-        block_rows = max(1, _BLOCK_ELEMENTS // max(len(memory), 1))
+        block_rows = _estimate_block_rows(len(memory))
         size = memory.shape[1]
+        try:
+            width = 2.0 * self.bandwidth_**2
+        except OverflowError:  # a float's square beyond 1.8e308: every state as near as any other
+            width = np.inf
         for start in range(0, len(states), block_rows):
             block = states[start : start + block_rows]
             observed = ~np.isnan(block)
@@ -322,36 +346,59 @@ class MSETDetector(BaseDetector):
             # A missing value (a signal that dropped out, a lag before the first row) leaves the
             # distance rather than being filled in: a stale or median stand-in made the other
             # signals' estimates wrong, and a dropped-out signal flagged the ones still reporting.
+            # (In place where it can be: the same operations, with fewer arrays of rows x memory.)
             if gaps:
                 known = np.where(observed, block, 0.0)
-                total = (known**2).sum(axis=1)[:, None] + observed.astype(float) @ (memory**2).T - 2.0 * known @ memory.T
+                total = 2.0 * known @ memory.T
+                np.subtract((known**2).sum(axis=1)[:, None] + observed.astype(float) @ (memory**2).T, total, out=total)
             else:
-                total = (block**2).sum(axis=1)[:, None] + memory_norms[None, :] - 2.0 * block @ memory.T
-            total = np.maximum(total, 0.0)
+                total = 2.0 * block @ memory.T
+                np.subtract((block**2).sum(axis=1)[:, None] + memory_norms[None, :], total, out=total)
+            np.maximum(total, 0.0, out=total)
             if own is not None and positions is not None:
                 same_fold = positions[start : start + block_rows, None] // self._fold_rows == own[None, :] // self._fold_rows
                 total = np.where(same_fold, np.inf, total)
             for i in range(n_signals):
-                # The state without signal i: its own term leaves the distance.
-                own_term = (block[:, i, None] - memory[None, :, i]) ** 2
+                # The state without signal i: its own term leaves the distance. The arrays of
+                # (rows x memory) are worked on in place, each step the same operation as before:
+                # a copy per step made them most of the memory of scoring a narrow frame.
+                own_term = block[:, i, None] - memory[None, :, i]
+                np.square(own_term, out=own_term)
                 if gaps:
                     # Over fewer values a distance is smaller: scaled to a whole state's, so one
                     # bandwidth serves every row.
                     others = observed.sum(axis=1) - observed[:, i]
-                    own_term = np.where(observed[:, i, None], own_term, 0.0)
+                    own_term[~observed[:, i]] = 0.0
+                    distance = np.subtract(total, own_term, out=own_term)
                     # A lone signal without lags has no other value (a factor of 0): a distance to
                     # another fold's memory is inf and gives NaN, no estimate, as intended, and
                     # no "invalid value encountered in multiply" in the task log.
                     with np.errstate(invalid="ignore"):
-                        distance = (total - own_term) * ((size - 1) / np.maximum(others, 1))[:, None]
+                        distance *= ((size - 1) / np.maximum(others, 1))[:, None]
                 else:
-                    others, distance = None, total - own_term
-                logits = -distance / (2.0 * self.bandwidth_**2)
+                    others, distance = None, np.subtract(total, own_term, out=own_term)
                 # In training, a row whose stretch of time holds every memory state has no distance
                 # left: its estimate is NaN (no evidence), without a RuntimeWarning per signal.
-                with np.errstate(invalid="ignore"):
-                    logits -= logits.max(axis=1, keepdims=True)  # a state far from all memory still gets weights
-                weights = np.exp(logits)
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    # The largest logit is the nearest state's (dividing keeps the order), so a
+                    # state far from all memory still gets weights.
+                    nearest = distance.min(axis=1, keepdims=True)
+                    top = -nearest / width
+                    # A bandwidth whose square underflows (below 1e-162) made every logit -inf or
+                    # 0/0, one whose square overflows raised OverflowError, and one below about
+                    # 1e-154 turned a row's every logit to -inf: no estimate at all, and a fit that
+                    # failed with "reports within too short a stretch of the training rows (missing
+                    # in 0% of them)". Those rows are weighed from their nearest state instead:
+                    # the same weights in exact arithmetic.
+                    broken = np.flatnonzero((~np.isfinite(top[:, 0]) | (width == np.inf)) & np.isfinite(nearest[:, 0]))
+                    beyond = distance[broken] - nearest[broken]
+                    logits = np.negative(distance, out=distance)
+                    logits /= width
+                    if broken.size:
+                        logits[broken] = -(beyond / self.bandwidth_) / (2.0 * self.bandwidth_)
+                        top[broken] = 0.0
+                    logits -= top
+                weights = np.exp(logits, out=logits)
                 estimate = weights @ memory[:, i] / weights.sum(axis=1)
                 if others is not None:
                     # Nothing else observed in the state: no estimate, so no evidence either way
@@ -384,33 +431,47 @@ class MSETDetector(BaseDetector):
         for j, name in enumerate(frame.columns):
             constant[j] = self.constant_signals_.get(str(name), np.nan)
         expected = np.broadcast_to(constant, values.shape).copy()
-        half_width = np.zeros(values.shape)
         feature_score = np.zeros(values.shape)
+        row_score = np.zeros(len(values))
+        half_width = np.zeros(values.shape[1])
         if len(frame):
-            estimates = self._estimate(self._states(values))
-            z = (self._standard(values) - estimates) / self.residual_scale_
-            raw = self._evidence(z, self._restart_levels(self.threshold_))
-            # A signal with no other one observed has no estimate and gives no evidence; it is
-            # shown at its training median (0 in standard units), never as a gap in the output.
-            shown = np.where(np.isnan(estimates), 0.0, estimates)
-            expected[:, self.kept_] = shown * self.scale_[self.kept_] + self.center_[self.kept_]
-            feature_score[:, self.kept_] = np.column_stack(
-                [_contribution(c, raw[:, j]) for j, c in enumerate(self.feature_calibrators_)]
-            )
-            row_score = self.row_calibrator_.transform(self._row_surprise(raw))
+            restart = self._restart_levels(self.threshold_)
+            # In chunks of rows: the states, estimates, residuals and evidence of every row at once
+            # took about 14 times the frame. A chunk is whole blocks of the estimate (a block's
+            # rows are multiplied together, and a product's last bits depend on its shape) and
+            # carries the residuals of the sequential test's window before it, so each score is
+            # the same number as from one pass over all rows.
+            block_rows = _estimate_block_rows(len(self.memory_))
+            chunk_rows = block_rows * max(1, _CHUNK_ELEMENTS // (block_rows * self.memory_.shape[1]))
+            carried = np.zeros((0, len(self.signals_)))
+            for start in range(0, len(values), chunk_rows):
+                stop = min(len(values), start + chunk_rows)
+                # Each state needs its signals' lags_ values before it.
+                states = self._states(values[max(0, start - self.lags_) : stop])[start - max(0, start - self.lags_) :]
+                estimates = self._estimate(states)
+                z = (self._standard(values[start:stop]) - estimates) / self.residual_scale_
+                window = np.concatenate([carried, z])
+                raw = self._evidence(window, restart)[len(carried) :]
+                carried = window[len(window) - min(len(window), self.sprt_window_ - 1) :]
+                # A signal with no other one observed has no estimate and gives no evidence; it is
+                # shown at its training median (0 in standard units), never as a gap in the output.
+                shown = np.where(np.isnan(estimates), 0.0, estimates)
+                expected[start:stop, self.kept_] = shown * self.scale_[self.kept_] + self.center_[self.kept_]
+                feature_score[start:stop, self.kept_] = np.column_stack(
+                    [_contribution(c, raw[:, j]) for j, c in enumerate(self.feature_calibrators_)]
+                )
+                row_score[start:stop] = self.row_calibrator_.transform(self._row_surprise(raw))
             widths = [
                 float(single_step_residual(float(c.inverse(self.threshold_)), self.drift_, self.variance_ratio_)) for c in self.feature_calibrators_
             ]
-            half_width[:, self.kept_] = np.asarray(widths) * self.residual_scale_ * self.scale_[self.kept_]
-        else:
-            row_score = np.zeros(0)
+            half_width[self.kept_] = np.asarray(widths) * self.residual_scale_ * self.scale_[self.kept_]
         # A constant signal that moved is beyond anything seen in training, like an infinite value
         # (see BaseDetector): feature score 1 and row score 1, above any threshold, so the value
         # outside its bounds is flagged. A missing value (NaN) compares as no change.
         with np.errstate(invalid="ignore"):
             moved = np.abs(values - constant) > _CONSTANT_RTOL * np.abs(constant)
-        feature_score = np.where(moved, 1.0, feature_score)
-        row_score = np.where(moved.any(axis=1), 1.0, row_score)
+        feature_score[moved] = 1.0
+        row_score[moved.any(axis=1)] = 1.0
         cut = slice(n_history, None)
         score = np.repeat(row_score[:, None], values.shape[1], axis=1)[cut]
         return make_detection(
@@ -418,7 +479,7 @@ class MSETDetector(BaseDetector):
             list(X.columns),
             X.to_numpy(),
             expected[cut],
-            half_width[cut],
+            np.broadcast_to(half_width, (len(X), values.shape[1])),
             score,
             feature_score[cut],
             score >= self.threshold_,
@@ -596,36 +657,53 @@ def _restarting_sprt(z: np.ndarray, window: int, drift: float, variance_ratio: f
     spike's whole evidence as long as the spike was in the window. Missing residuals bring no
     evidence.
     """
-    z = np.clip(np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0), -_STANDARD_CAP, _STANDARD_CAP)
+    z = np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0)
+    np.clip(z, -_STANDARD_CAP, _STANDARD_CAP, out=z)
     rows, columns = z.shape
-    increments = np.stack(
+    restart = np.asarray(restart, dtype="float64")
+    evidence = np.empty((rows, columns))
+    block_rows = max(1, _BLOCK_ELEMENTS // max(3 * columns, 1))
+    for start in range(0, rows, block_rows):
+        stop = min(rows, start + block_rows)
+        # The increments of this block's rows and of the window - 1 rows before them, made block by
+        # block: made for every row at once, with their padded copy, they were six arrays the size
+        # of z, most of the peak memory of scoring. The same numbers, so the same evidence.
+        first = max(0, start - window + 1)
+        increments = _increments(z[first:stop], drift, variance_ratio)
+        # Rows before the first bring nothing: a zero increment leaves a test at zero.
+        padded = np.concatenate([np.zeros((3, window - 1 - (start - first), columns)), increments], axis=1)
+        # Every row's own run, side by side: step k adds the increment k rows into its window.
+        tests = np.zeros((3, stop - start, columns))
+        for k in range(window):
+            tests += padded[:, k : k + stop - start]
+            np.maximum(tests, 0.0, out=tests)
+            if k < window - 1:  # a row's own decision restarts the rows after it, not its score
+                alarm = (tests.max(axis=0) >= restart).any(axis=1)
+                tests *= ~alarm[:, None]
+        evidence[start:stop] = np.where(padded[:, window - 1 :] > 0, tests, 0.0).max(axis=0)
+    return evidence
+
+
+def _increments(z: np.ndarray, drift: float, variance_ratio: float) -> np.ndarray:
+    """Per row and column, the log-likelihood ratio increments of the three tests: mean up, mean
+    down, variance growth."""
+    return np.stack(
         [
             drift * z - drift * drift / 2.0,
             -drift * z - drift * drift / 2.0,
             -0.5 * np.log(variance_ratio) + 0.5 * z * z * (1.0 - 1.0 / variance_ratio),
         ]
     )
-    # Rows before the first bring nothing: a zero increment leaves a test at zero.
-    padded = np.concatenate([np.zeros((3, window - 1, columns)), increments], axis=1)
-    restart = np.asarray(restart, dtype="float64")
-    evidence = np.empty((rows, columns))
-    block_rows = max(1, _BLOCK_ELEMENTS // max(3 * columns, 1))
-    for start in range(0, rows, block_rows):
-        stop = min(rows, start + block_rows)
-        # Every row's own run, side by side: step k adds the increment k rows into its window.
-        tests = np.zeros((3, stop - start, columns))
-        for k in range(window):
-            tests += padded[:, start + k : stop + k]
-            np.maximum(tests, 0.0, out=tests)
-            if k < window - 1:  # a row's own decision restarts the rows after it, not its score
-                alarm = (tests.max(axis=0) >= restart).any(axis=1)
-                tests *= ~alarm[:, None]
-        evidence[start:stop] = np.where(increments[:, start:stop] > 0, tests, 0.0).max(axis=0)
-    return evidence
+
+
+def _estimate_block_rows(memory_states: int) -> int:
+    """Rows estimated together (their distances to the memory in one product)."""
+    return max(1, _BLOCK_ELEMENTS // max(memory_states, 1))
 
 
 def _typical_spacing(memory: np.ndarray) -> float:
-    """Median distance from each memory state to its nearest other state (> 0)."""
+    """Median distance from each memory state to its nearest other state, over the states that
+    have a distinct one (farther than :data:`_DISTINCT_SPACING`)."""
     # Block by block: the whole (memory x memory x state) array of differences took 60 GB for
     # 5,000 states of 300 signals. Each distance is summed as before, so the result is identical.
     nearest = np.empty(len(memory))
@@ -635,5 +713,5 @@ def _typical_spacing(memory: np.ndarray) -> float:
         squared = ((block[:, None, :] - memory[None, :, :]) ** 2).sum(axis=2)
         squared[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
         nearest[start : start + len(block)] = np.sqrt(squared.min(axis=1))
-    positive = nearest[np.isfinite(nearest) & (nearest > 0)]
+    positive = nearest[np.isfinite(nearest) & (nearest > _DISTINCT_SPACING)]
     return float(np.median(positive)) if positive.size else 1.0

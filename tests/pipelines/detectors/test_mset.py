@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.detectors import load_detector
+from pipelines.detectors import load_detector, mset
 from pipelines.detectors.mset import MSETDetector, _typical_spacing
 from pipelines.errors import ModelError
 
@@ -449,3 +449,103 @@ def test_a_value_whose_square_overflows_in_its_signals_units_is_flagged_not_lost
     assert detection.is_anomaly[30].all() and detection.score[30, 0] == 1.0
     assert detection.feature_score[30].argmax() == 4
     assert np.isfinite(detection.expected[30]).all()
+
+
+@pytest.mark.parametrize("bandwidth", [1e-200, 1e-160, 1e200])
+def test_a_bandwidth_at_the_float_limits_still_estimates(data, bandwidth: float) -> None:
+    # Below 1e-162 its square was 0 and every logit -inf or 0/0: no row had an estimate, and the
+    # fit failed with "reports within too short a stretch of the training rows (missing in 0% of
+    # them)" for every signal; 1e200 raised OverflowError.
+    train, test = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detector = MSETDetector(bandwidth=bandwidth).fit(train)
+        spiked = test.copy()
+        spiked.iloc[30, 2] += 3.0 if bandwidth < 1 else 30.0
+        detection = detector.detect(spiked, history=train)
+    assert detector.dropped_signals_ == {} and np.isfinite(detection.expected).all()
+    assert detection.is_anomaly[30, 0] and detection.feature_score[30].argmax() == 2
+    if bandwidth > 1:  # every memory state equally near: each signal's estimate is the memory's mean
+        np.testing.assert_allclose(detection.expected[0], detector.memory_.mean(axis=0) * detector.scale_ + detector.center_)
+
+
+def _zeros_dust_and_readings(rows: int, dust: float, seed: int) -> pd.DataFrame:
+    """Two signals reading exactly 0 most of the time, float dust some of the time, and values."""
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(3, size=rows, p=[0.55, 0.33, 0.12])
+    index = pd.date_range("2024-01-01", periods=rows, freq="h", tz="UTC")
+    return pd.DataFrame(
+        {name: np.where(kind == 0, 0.0, np.where(kind == 1, dust * rng.random(rows), 1 + rng.random(rows))) for name in "ab"},
+        index=index,
+    )
+
+
+@pytest.mark.parametrize("dust", [1e-100, 1e-158])
+def test_the_automatic_bandwidth_is_not_chosen_on_float_dust(dust: float) -> None:
+    # The memory's typical spacing was the dust's (3.5e-100, 7e-160): a kernel weighing states by
+    # the rounding of their distances, and from 1e-154 logits that overflowed (a RuntimeWarning per
+    # signal and block, no estimate, a threshold of 5e-324 and nothing ever flagged).
+    frame = _zeros_dust_and_readings(700, dust, seed=3)
+    train, test = frame.iloc[:600], frame.iloc[600:].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detector = MSETDetector().fit(train)
+        assert detector.bandwidth_ > 1e-3 and detector.threshold_ > 0.5
+        test.iloc[50, 0] = 4.0  # twice the largest reading
+        detection = detector.detect(test, history=train)
+    assert detection.is_anomaly[50, 0] and detection.feature_score[50].argmax() == 0
+
+
+@pytest.mark.parametrize("size", [1e-165, 1.6e153])
+def test_a_mostly_constant_signal_is_scaled_whatever_the_size_of_its_values(data, size: float) -> None:
+    # Mostly 0 (a MAD of 0), so scaled by its standard deviation, whose squares underflowed below
+    # 1e-162 (a std of 0, a scale of 1: the signal stayed within 1e-162 of its median and nothing
+    # it did was ever scored) and overflowed from about 1e153 (a scale of inf: every value
+    # standardised to 0, and a RuntimeWarning in the task log).
+    train, test = data
+    rng = np.random.default_rng(5)
+    train = train.assign(rare=np.where(rng.random(len(train)) < 0.4, size * (0.5 + 0.5 * rng.random(len(train))), 0.0))
+    test = test.assign(rare=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detector = MSETDetector().fit(train)
+    assert 0 < detector.scale_[4] < size
+    test.iloc[40, 4] = 8 * size
+    detection = detector.detect(test, history=train)
+    assert detection.is_anomaly[40, 0] and detection.feature_score[40].argmax() == 4
+
+
+@pytest.mark.parametrize(("signals", "gaps", "sprt_window"), [(1, 0.0, 12), (3, 0.02, 12), (3, 0.0, 1), (2, 0.0, 40)])
+def test_scoring_in_chunks_gives_the_same_numbers_as_one_pass(monkeypatch, signals: int, gaps: float, sprt_window: int) -> None:
+    frame = plant(TRAIN_ROWS + 20_000, seed=21, signals=signals)
+    frame = frame.mask(np.random.default_rng(6).random(frame.shape) < gaps)
+    train, test = frame.iloc[:TRAIN_ROWS], frame.iloc[TRAIN_ROWS:].copy()
+    test.iloc[[7_811, 7_812, 15_630], 0] += 5.0  # around the first chunk's end, and in the third chunk
+    detector = MSETDetector(sprt_window=sprt_window).fit(train)
+    assert 20_000 > 2 * mset._estimate_block_rows(len(detector.memory_))
+    monkeypatch.setattr(mset, "_CHUNK_ELEMENTS", 1)  # a chunk is one block of the estimate
+    chunked = detector.detect(test, history=train)
+    monkeypatch.setattr(mset, "_CHUNK_ELEMENTS", 10**12)
+    whole = detector.detect(test, history=train)
+    for field in ("score", "feature_score", "expected", "lower", "upper", "is_anomaly"):
+        np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field), err_msg=field)
+    assert chunked.is_anomaly[[7_811, 15_630], 0].all()
+
+
+def test_scoring_takes_a_few_times_the_frame_in_memory(monkeypatch) -> None:
+    # States, estimates, residuals and three sequential tests of every row at once, with their
+    # copies, took 13 to 15 times the frame (2 GiB for 1,000,000 rows of 20 signals); the
+    # detection's own arrays are 5 times it. Small blocks and chunks keep their fixed share (tens
+    # of MB, whatever the frame) out of the measure on a frame this small.
+    monkeypatch.setattr(mset, "_BLOCK_ELEMENTS", 20_000)
+    monkeypatch.setattr(mset, "_CHUNK_ELEMENTS", 20_000)
+    frame = plant(TRAIN_ROWS + 20_000, seed=22, signals=20)
+    train, test = frame.iloc[:TRAIN_ROWS], frame.iloc[TRAIN_ROWS:]
+    detector = MSETDetector(memory_size=64).fit(train)
+    tracemalloc.start()
+    try:
+        detector.detect(test)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 7 * test.to_numpy().nbytes  # 13.1 before
