@@ -333,7 +333,9 @@ def build_predict_dag(job: JobConfig):
             scored = _materialize(scored)
             paths = [s["path"] for s in scored]
             if extracted["one_off"]:
-                result = publish_file(job, window, paths, _conf_path(params.get("output")) or one_off_output(job, run_id))
+                unscored = {key: why for s in scored for key, why in s.get("unscored", {}).items()}
+                output = _conf_path(params.get("output")) or one_off_output(job, run_id)
+                result = publish_file(job, window, paths, output, unscored=unscored)
             else:
                 result = publish_scored(job, window, scored)
             summary = [{"series": k, "timestamps": n, "anomalous": result.anomalies[k]} for k, n in result.rows_per_series.items()]

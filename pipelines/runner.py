@@ -170,13 +170,13 @@ def run_score_file(
     check_one_off(job, input_path=input_path, output=output, chunk_rows=chunk_rows)
     with _cleaned_up(job, run_id):
         extracted = extract_chunks(job, run_id=run_id, input_path=input_path, chunk_rows=chunk_rows)
-        parts = [
-            score_chunk(
-                job, extracted.window, run_id=run_id, index=index, chunk_paths=extracted.paths, read_from=extracted.read_from
-            )["path"]
+        chunks = [
+            score_chunk(job, extracted.window, run_id=run_id, index=index, chunk_paths=extracted.paths, read_from=extracted.read_from)
             for index in range(len(extracted.paths))
         ]
-        return publish_file(job, extracted.window, parts, output or one_off_output(job, run_id))
+        unscored = {key: why for chunk in chunks for key, why in chunk.get("unscored", {}).items()}
+        parts = [chunk["path"] for chunk in chunks]
+        return publish_file(job, extracted.window, parts, output or one_off_output(job, run_id), unscored=unscored)
 
 
 def check_one_off(

@@ -103,13 +103,6 @@ def check_serving(job: JobConfig) -> None:
         )
 
 
-def _champion(job: JobConfig, series: str):
-    current = load_champion(job, series)
-    if current is None:
-        raise ModelError(_no_model(job, series))
-    return current
-
-
 def _write_parquet(frame: pd.DataFrame, path: str) -> None:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
@@ -235,7 +228,20 @@ def score_chunk(
     data = checked_batch(
         per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=f"-chunk{index}", rows=numbers
     )
-    series = [(key, dims, rows, *_champion(job, key)) for key, dims, rows in series_groups(data, job)]
+    # A series without a model yet (a new dimension value) is not scored, as in a scheduled window:
+    # one new group failed the whole file, and the groups with a model got nothing.
+    series, unscored = [], {}
+    for key, dims, rows in series_groups(data, job):
+        current = load_champion(job, key)
+        if current is None:
+            unscored[key] = _no_model(job, key)
+        else:
+            series.append((key, dims, rows, *current))
+    if unscored:
+        log.info("job %s: chunk %d of %d: %d series not scored, no model yet: %s",
+                 job.name, index + 1, len(chunk_paths), len(unscored), ", ".join(unscored))
+    if not series:
+        return {"chunk": index, "path": None, "rows": 0, "unscored": unscored}
     needs = {key: max(detector.lookback_, 1) for key, _, _, _, detector in series}
     history = _history_before(job, chunk_paths[:index], manifest[:index], needs)
     frames = []
@@ -245,7 +251,7 @@ def score_chunk(
     path = Workspace(job.name, run_id).scored_chunk(index)
     _write_parquet(frame, path)
     log.info("job %s: chunk %d of %d scored: %d rows, %d series", job.name, index + 1, len(chunk_paths), len(frame), len(series))
-    return {"chunk": index, "path": path, "rows": len(frame)}
+    return {"chunk": index, "path": path, "rows": len(frame), "unscored": unscored}
 
 
 def _rows_before(earlier: list[str], manifest: list[dict[str, int]]) -> int:
@@ -383,8 +389,17 @@ def _summary(frame: pd.DataFrame, paths: list[str], table: str | None, window: W
     )
 
 
-def publish_file(job: JobConfig, window: Window, scored_paths: list[str], output: str) -> PublishResult:
-    """Stream the staged parts into one Parquet file at ``output``, which appears whole or not at all."""
+def publish_file(
+    job: JobConfig, window: Window, scored_paths: list[str | None], output: str, *, unscored: dict[str, str] | None = None
+) -> PublishResult:
+    """Stream the staged parts into one Parquet file at ``output``, which appears whole or not at all.
+
+    ``unscored`` names the series of the input without a model (a chunk of only those staged no
+    part: None). The others are written and the result names these; with none scored nothing is
+    written and the error says to train: a run that succeeded with an empty file would read as
+    "no anomalies" to whoever looks at its status only.
+    """
+    unscored = unscored or {}
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -394,7 +409,7 @@ def publish_file(job: JobConfig, window: Window, scored_paths: list[str], output
     with tempfile.TemporaryDirectory() as scratch:
         local = os.path.join(scratch, "scored.parquet")
         with pq.ParquetWriter(local, schema) as writer:
-            for path in scored_paths:
+            for path in filter(None, scored_paths):
                 part = conform(read_parquet(path), job.dimensions)
                 writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
                 rows += len(part)
@@ -403,9 +418,17 @@ def publish_file(job: JobConfig, window: Window, scored_paths: list[str], output
                 flagged = part[part["is_anomaly"]].drop_duplicates(["series", "timestamp"])
                 anomalies.update(flagged["series"].tolist())
         if not rows:
+            if unscored:
+                raise ModelError(
+                    f"job {job.name}: no champion model is serving for any series of the input ({', '.join(unscored)}); "
+                    f"nothing was scored and {output} was not written. Run the train DAG ({job.name}__train) or "
+                    f"`anomaly-pipelines train {job.name}` on data holding these series first, then score the file again."
+                )
             raise ModelError(f"job {job.name}: nothing was scored; {output} not written")
         storage.atomic_copy(local, output, job.outputs.storage_options)
     log.info("job %s: wrote %d scored rows to %s", job.name, rows, output)
+    if unscored:
+        log.warning("job %s: %d series of the input not scored, no model yet: %s", job.name, len(unscored), ", ".join(unscored))
     return PublishResult(
         rows=rows,
         anomalies={s: anomalies.get(s, 0) for s in sorted(timestamps)},
@@ -413,4 +436,5 @@ def publish_file(job: JobConfig, window: Window, scored_paths: list[str], output
         parquet_paths=[output],
         table=None,
         window=str(window),
+        unscored=unscored,
     )
