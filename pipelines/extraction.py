@@ -333,13 +333,14 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     # The path came from the command line (--input) or the run's conf (input), not the job file;
     # a one-off input's format is its suffix's, and it is never unpickled nor read with the job's
     # storage options.
-    reader = FileReader(
-        one_off,
-        path_hint="Check the input path (predict's --input, or the run's `input`).",
-        options={
-            "path": "input (predict's --input, or the run's `input`)", "format": None, "allow_pickle": None, "storage_options": None,
-        },
-    )
+    options: dict[str, str | None] = {
+        "path": "input (predict's --input, or the run's `input`)", "format": None, "allow_pickle": None, "storage_options": None,
+    }
+    if not text:
+        # A job reading SQL or BigQuery has no text options to set ("Set source.delimiter" named a
+        # field its source refuses): the advice is to convert the file.
+        options.update(dict.fromkeys(("encoding", "delimiter", "decimal", "thousands")))
+    reader = FileReader(one_off, path_hint="Check the input path (predict's --input, or the run's `input`).", options=options)
     for index, chunk in enumerate(reader.iter_chunks(chunk_rows)):
         manifest.append(_series_counts(chunk, job))
         if job.timestamp in chunk.columns:

@@ -759,7 +759,12 @@ def _translated(advice: Advice, fail: Fail, what: str, fmt: str) -> Iterator[Non
         shown = exc.shown  # a tab is shown, and typed on a command line, as \t
         raise fail(
             f"{what} {exc}",
-            advice("delimiter", f'Set source.delimiter: "{shown}" in the job file.', lambda flag: f"Give {flag} '{shown}'."),
+            advice(
+                "delimiter",
+                f'Set source.delimiter: "{shown}" in the job file.',
+                lambda flag: f"Give {flag} '{shown}'.",
+                unset=f"Save it with ',' between fields and '.' as the decimal point, or as Parquet: {_NOT_SETTABLE}",
+            ),
             kind=SourceConfigError,
         ) from None
     except _ForeignHeader as exc:
@@ -775,8 +780,12 @@ def _translated(advice: Advice, fail: Fail, what: str, fmt: str) -> Iterator[Non
     except _UndecodableText as exc:
         raise fail(
             f"{what} {exc}",
-            advice("encoding", "Set `encoding` in the source to", lambda flag: f"Give {flag} with")
-            + " the file's encoding (e.g. latin-1, cp1252, utf-16).",
+            advice(
+                "encoding",
+                f"Set `encoding` in the source to {_ENCODINGS}",
+                lambda flag: f"Give {flag} with {_ENCODINGS}",
+                unset=f"Save it as UTF-8, or as Parquet: {_NOT_SETTABLE}",
+            ),
             kind=SourceDataError,
         ) from exc.__cause__
     # ValueError covers the parsers' errors, and Arrow's ArrowInvalid a truncated or
@@ -943,6 +952,12 @@ _MAGIC = (
     (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
     (b"PK\x03\x04", "zip", ".zip"),
 )
+
+
+_ENCODINGS = "the file's encoding (e.g. latin-1, cp1252, utf-16)."
+#: Why a file of a caller without text options (one-off scoring by a job whose source is SQL or
+#: BigQuery) must be converted rather than read differently.
+_NOT_SETTABLE = "this job's source is not a file, so nothing sets how this file is read."
 
 
 def _foreign_format(fs: AbstractFileSystem, file: str) -> tuple[str, str | None] | None:

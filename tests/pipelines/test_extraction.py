@@ -485,6 +485,26 @@ def test_a_one_off_inputs_advice_names_no_job_file_setting_it_cannot_use(project
     )
 
 
+@pytest.mark.parametrize("written", ["delimiter", "encoding"])
+def test_a_one_off_input_of_a_sql_job_is_told_to_be_converted_not_a_setting_its_source_refuses(project: Path, written: str) -> None:
+    # demo_sensors reads SQL: "Set source.delimiter" (or `encoding`) named a field its source
+    # refuses, and a one-off input of a non-file job is read with utf-8, ',' and '.' whatever it says.
+    path = project / "sensors.csv"
+    frame = pd.DataFrame({"reading_time": ["2024-03-01 00:00:00"], "machine": ["m1"], "temperature": [1.5],
+                          "vibration": [0.1], "pressure": [2.0]})
+    if written == "delimiter":
+        frame.to_csv(path, sep=";", index=False)
+    else:
+        path.write_bytes(frame.assign(machine="Bär").to_csv(index=False).encode("cp1252"))
+
+    with pytest.raises(SourceError) as raised:
+        extract_chunks(get_job("demo_sensors"), run_id="one-off", input_path=str(path), chunk_rows=10)
+
+    message = str(raised.value)
+    assert "source." not in message and "`encoding`" not in message, message
+    assert message.endswith(", or as Parquet: this job's source is not a file, so nothing sets how this file is read."), message
+
+
 def test_a_one_off_input_whose_suffix_tells_no_format_is_told_to_be_renamed(project: Path) -> None:
     # Its format is its suffix's: "Set `format`" named a job-file setting the run does not read.
     path = project / "input.txt"
