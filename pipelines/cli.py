@@ -257,8 +257,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     axis = "row" if "row" in frame else "timestamp"
     points = frame.drop_duplicates(["series", axis])
     flagged = frame[frame["is_anomaly"]].drop_duplicates(["series", axis])
+    features, series = frame["feature"].nunique(), frame["series"].nunique()
     print(
-        f"scored {len(points)} points x {frame['feature'].nunique()} features in {frame['series'].nunique()} "
+        f"scored {len(points)} points x {features} feature{'s' * (features != 1)} in {series} "
         f"series: {len(flagged)} anomalous; written to {args.output}"
     )
     _unscored_summary(frame.attrs.get(UNSCORED, {}))

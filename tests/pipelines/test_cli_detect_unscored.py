@@ -30,7 +30,7 @@ def test_detect_writes_the_series_with_a_model_and_names_the_others_with_what_to
     assert main(_detect(train, input, str(output))) == 0
 
     out, err = capsys.readouterr()
-    assert out.startswith("scored 24 points x 1 features in 1 series: ")
+    assert out.startswith("scored 24 points x 1 feature in 1 series: ")
     assert (
         "not scored: 1 series without a model (their rows are not in the output):\n"
         f"  - {input}: series host=new of the --input file has no rows in the --train file {train}, so no model: "
