@@ -412,12 +412,17 @@ class JobOutputs:
         # cache. Every job writes its Parquet dataset and only some a table, so the table is the fallback.
         import sqlalchemy as sa
 
-        from pipelines.db import engine_for
+        from pipelines.db import engine_for, file_database
         from pipelines.sinks import SqlSink
 
         table = self.job.outputs.table
         assert table is not None  # checked by the caller; narrows the type
         engine = engine_for(table.connection)
+        database = file_database(engine.url)
+        if database is not None and not database.exists():
+            # Connecting to look for the table created an empty SQLite or DuckDB file (and its
+            # folder) where the job's first publish will write: nothing is published there yet.
+            return []
         try:
             # The table is created by the job's first publish: until then there is nothing to show.
             if not sa.inspect(engine).has_table(table.name, schema=table.db_schema):

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipelines.config import get_job
+from pipelines.config import SqlConnection, get_job
 from pipelines.errors import ConfigError
 from pipelines.web import dashboard_data as data
 from tests.project_copy import using_project
@@ -398,6 +398,20 @@ def test_the_sql_table_serves_when_the_dataset_is_gone(scored, tmp_path):
         assert data.last_run(job)["run_id"] == PREDICT_RUN
     finally:
         shutil.move(tmp_path / "moved", folder)
+
+
+def test_a_job_with_no_output_yet_shows_nothing_and_creates_no_database(tmp_path):
+    # Looking for the table connected to its SQLite file, which created it (and its folder) empty
+    # where the job's first publish was to write.
+    database = tmp_path / "not-yet" / "anomalies.db"
+    job = get_job("demo_web_metrics")
+    job = job.model_copy(update={"outputs": job.outputs.model_copy(update={
+        "parquet": str(tmp_path / "outputs"),
+        "table": job.outputs.table.model_copy(update={"connection": SqlConnection(url=f"sqlite:///{database}")}),
+    })})
+
+    assert data.series_summary(job, data.Filters()) == []
+    assert not database.parent.exists()
 
 
 def test_a_rewritten_day_file_is_read_again(scored):
