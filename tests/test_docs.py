@@ -435,3 +435,63 @@ def test_every_extra_the_docs_name_exists() -> None:
     named = {name for group in re.findall(r"\.\[([a-z0-9_,-]+)\]", text) for name in group.split(",")}
     named |= set(re.findall(r"`([a-z0-9_-]+)` extra", text))
     assert named and named <= extras, f"no such extra: {sorted(named - extras)}"
+
+
+#: What docs/CONFIGURATION.md says a job file's SQL source refuses: the field, the value as a job
+#: file writes it, the way the docs say to write it instead (None: they give none to check), and
+#: the words of the docs that name the case.
+SQL_REFUSALS = [
+    ("connection", "{url: 'postgresql://reader:secret@db/metrics'}", "{url: 'postgresql://reader@db/metrics'}", "holding a password"),
+    ("connection", "{url: 'postgresql://reader@db/metrics?sslpassword=x'}", None, "(`sslpassword`"),
+    ("params", "{region: NO}", "{region: 'NO'}", "(`region: 'NO'`)"),
+    ("params", "{code: 0123}", "{code: '0123'}", "`0123` (octal, 83)"),
+    ("params", "{n: 1_000}", "{n: 1000}", "`1_000` (1000)"),
+    ("params", "{t: 12:30}", "{t: '12:30'}", "`12:30` (base 60, 750)"),
+    ("params", "{region: }", "{region: ''}", "(`region:`, null)"),
+    ("params", "{region: [a, b]}", None, "a list or mapping"),
+    ("params", "{my-region: a}", None, "`:my-region` would be `:my`"),
+    ("query", "SELECT ts, cpu FROM m WHERE ts >= :start::timestamptz AND ts < :end",
+     "SELECT ts, cpu FROM m WHERE ts >= CAST(:start AS timestamptz) AND ts < :end", "Write `CAST(:start AS timestamptz)`"),
+]
+
+
+@pytest.mark.parametrize(("field", "refused", "accepted", "words"), SQL_REFUSALS)
+def test_the_documented_sql_source_refusals_are_the_loaders(
+    tmp_path: Path, field: str, refused: str, accepted: str | None, words: str
+) -> None:
+    # YAML 1.1 misreads show only in the text of a file, so these go through load_job_file.
+    from pipelines.config import load_job_file
+    from pipelines.errors import ConfigError
+
+    assert words in " ".join(CONFIGURATION.read_text(encoding="utf-8").split()), f"docs/CONFIGURATION.md changed: update {words!r}"
+    source = {
+        "connection": "{url: 'sqlite:///var/x.db'}",
+        "query": "SELECT ts, cpu FROM m WHERE ts >= :start AND ts < :end",
+        "params": "{}",
+    }
+
+    def job(**given: str) -> Path:
+        path = tmp_path / "web.yaml"
+        path.write_text(
+            "name: web\ntimestamp: ts\nfrequency: 1h\nfeatures: [cpu]\nmodel: {kind: seasonal_mad}\nsource:\n  kind: sql\n"
+            + "".join(f"  {key}: {value}\n" for key, value in {**source, **given}.items()),
+            encoding="utf-8",
+        )
+        return path
+
+    with pytest.raises(ConfigError, match=f"source.sql.{field}"):
+        load_job_file(job(**{field: refused}))
+    if accepted is not None:
+        load_job_file(job(**{field: accepted}))
+
+
+def test_the_dashboards_series_paging_is_the_codes() -> None:
+    from pipelines.web import dashboard
+
+    text = " ".join((ROOT / "docs" / "DASHBOARD.md").read_text(encoding="utf-8").split())
+    assert f"`limit` (default {dashboard.SERIES_LIMIT}, at most {dashboard.MAX_SERIES_LIMIT:,})" in text
+    assert f"{dashboard.SELECTOR_SERIES} in all; past {dashboard.SELECTOR_SERIES}" in text
+    assert f"with `q`, {dashboard.SEARCH_SERIES} at a time" in text
+    answer = text.split("`/series` lists", 1)[1].split("Every series at once", 1)[0]
+    for key in ("total", "offset", "limit", "q", "next_offset", "series"):
+        assert f"`{key}`" in answer, key
