@@ -120,9 +120,12 @@ def _url(connection: SqlConnection, described: str) -> sa.URL:
     else:
         name = connection.url_env or ""
         text = os.environ.get(name, "")
-        if not text:
+        if not text.strip():
+            # Set to "" (an empty line of an env file) said "is not set", sending one to check a
+            # variable that is there.
+            state = "is not set" if name not in os.environ else "is set but empty"
             raise ConfigError(
-                f"environment variable {name} is not set: export it with the database URL "
+                f"environment variable {name} {state}: export it with the database URL "
                 f"(e.g. export {name}=postgresql://user:password@host:5432/db)"
             )
     try:

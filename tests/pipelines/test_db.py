@@ -76,6 +76,12 @@ def test_missing_environment_variable(monkeypatch) -> None:
         engine_for(SqlConnection(url_env="ANOMALY_TEST_DB"))
 
 
+def test_an_empty_environment_variable_is_told_apart_from_a_missing_one(monkeypatch) -> None:
+    monkeypatch.setenv("ANOMALY_TEST_DB", " ")
+    with pytest.raises(ConfigError, match="ANOMALY_TEST_DB is set but empty: export it"):
+        engine_for(SqlConnection(url_env="ANOMALY_TEST_DB"))
+
+
 @pytest.mark.postgres
 def test_airflow_connection_with_postgres_scheme(postgres_url: str, monkeypatch) -> None:
     # Airflow writes the connection type "postgres", which SQLAlchemy does not know.
