@@ -24,10 +24,10 @@ from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
 from pipelines.errors import ConfigError, DataValidationError, ModelError, PipelineError
-from pipelines.extraction import TimestampZone, first_zone, prepare, series_groups
+from pipelines.extraction import prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
-from pipelines.sources.base import parse_timestamps
+from pipelines.sources.base import TimestampZone, first_zone, parse_timestamps
 from pipelines.sources.file import open_data, suffix_format
 from pipelines.validation import RowNumbers, validate_batch
 from pipelines.workspace import check_output_file

@@ -22,7 +22,7 @@ from pipelines.errors import ConfigError, DataValidationError, SourceDataError, 
 from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
 from pipelines.series import series_key
 from pipelines.sources import FileReader, make_source
-from pipelines.sources.base import parse_timestamps, source_error, window_mask
+from pipelines.sources.base import TimestampZone, first_zone, parse_timestamps, source_error, window_mask
 from pipelines.validation import WINDOW_ROWS, RowNumbers, check_and_raise
 from pipelines.workspace import (
     Window,
@@ -466,35 +466,6 @@ def _check_follows(
     positions = where[lasts]
     rows = (offset + positions + 1).tolist()
     latest.update(zip(names, zip(times.to_numpy()[lasts], rows, [chunk] * len(names), raw.iloc[positions].tolist(), strict=True)))
-
-
-@dataclass(frozen=True)
-class TimestampZone:
-    """Whether timestamps carry a time zone, told by the first that parsed: its row (counted from
-    1 in the file, header excluded), its chunk (counted from 0) and the value as written."""
-
-    aware: bool
-    row: int
-    value: str
-    chunk: int = 0
-
-    def describe(self) -> str:
-        return f"chunk {self.chunk + 1} has them {'with' if self.aware else 'without'} (first at row {self.row}: {self.value!r})"
-
-
-def first_zone(raw: pd.Series, parsed: pd.Series, *, chunk: int = 0, offset: int = 0) -> TimestampZone | None:
-    """The :class:`TimestampZone` of ``raw`` (``parsed`` by :func:`parse_timestamps`, which has
-    checked that its values agree), None when no value parsed; ``offset`` rows come before ``raw``."""
-    found = parsed.notna().to_numpy()
-    if not found.any():
-        return None
-    position = int(found.argmax())
-    if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
-        aware = isinstance(raw.dtype, pd.DatetimeTZDtype)
-    else:
-        # Parsed as parse_timestamps parses text, so both judge a value alike.
-        aware = pd.to_datetime(raw.iloc[[position]].astype("string"), format="mixed").dt.tz is not None
-    return TimestampZone(aware, offset + position + 1, str(raw.iloc[position]), chunk)
 
 
 def _series_counts(chunk: pd.DataFrame, job: JobConfig) -> dict[str, int]:

@@ -6,6 +6,7 @@ that side unbounded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -136,3 +137,32 @@ def window_mask(timestamps: pd.Series, start: pd.Timestamp | None, end: pd.Times
     if end is not None:
         inside &= timestamps < end
     return inside | timestamps.isna()
+
+
+@dataclass(frozen=True)
+class TimestampZone:
+    """Whether timestamps carry a time zone, told by the first that parsed: its row (counted from
+    1 in the file, header excluded), its chunk (counted from 0) and the value as written."""
+
+    aware: bool
+    row: int
+    value: str
+    chunk: int = 0
+
+    def describe(self) -> str:
+        return f"chunk {self.chunk + 1} has them {'with' if self.aware else 'without'} (first at row {self.row}: {self.value!r})"
+
+
+def first_zone(raw: pd.Series, parsed: pd.Series, *, chunk: int = 0, offset: int = 0) -> TimestampZone | None:
+    """The :class:`TimestampZone` of ``raw`` (``parsed`` by :func:`parse_timestamps`, which has
+    checked that its values agree), None when no value parsed; ``offset`` rows come before ``raw``."""
+    found = parsed.notna().to_numpy()
+    if not found.any():
+        return None
+    position = int(found.argmax())
+    if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
+        aware = isinstance(raw.dtype, pd.DatetimeTZDtype)
+    else:
+        # Parsed as parse_timestamps parses text, so both judge a value alike.
+        aware = pd.to_datetime(raw.iloc[[position]].astype("string"), format="mixed").dt.tz is not None
+    return TimestampZone(aware, offset + position + 1, str(raw.iloc[position]), chunk)

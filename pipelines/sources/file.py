@@ -51,7 +51,16 @@ from fsspec.utils import compressions, infer_compression
 from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, resolve_path
 from pipelines.errors import ConfigError, MissingDependencyError, SourceConfigError, SourceDataError, SourceError
 from pipelines.series import series_key
-from pipelines.sources.base import describe_window, job_columns, parse_timestamps, source_error, utc_bound, window_mask
+from pipelines.sources.base import (
+    TimestampZone,
+    describe_window,
+    first_zone,
+    job_columns,
+    parse_timestamps,
+    source_error,
+    utc_bound,
+    window_mask,
+)
 from pipelines.storage import credentials_hint, missing_credentials, unreachable
 
 log = logging.getLogger(__name__)
@@ -212,7 +221,7 @@ class FileReader:
         holding every file whole until the end took memory for all of them (1.1 GB for a day of
         350 MB of csv). A timestamp zone is therefore judged file by file, and the files must agree."""
         frames, held, instants = [], [], []
-        zone: tuple[bool, str, int, str] | None = None  # (aware, file, row, value) of the first timestamp
+        zone: tuple[TimestampZone, str] | None = None  # the first timestamp's, and its file
         for file in files:
             frame = self._read_text(fs, file, fmt, fail)
             shown = self._shown(fs, file.name)
@@ -221,14 +230,15 @@ class FileReader:
             if (lo is not None or hi is not None) and self.job.timestamp in frame.columns:
                 # The error names the file when the source has several.
                 parsed = _timestamps(frame, self.job, fail, f" of {shown}" if len(files) > 1 else "")
-                here = _first_zone(frame[self.job.timestamp], parsed)
+                here = first_zone(frame[self.job.timestamp], parsed)
                 if zone is None and here is not None:
-                    zone = (here[0], shown, *here[1:])
-                elif zone is not None and here is not None and here[0] != zone[0]:
+                    zone = (here, shown)
+                elif zone is not None and here is not None and here.aware != zone[0].aware:
+                    first, where = zone
                     raise fail(
-                        f"column {self.job.timestamp!r} has timestamps {_with(zone[0])} a time zone in {zone[1]} (row {zone[2]}: "
-                        f"{zone[3]!r}) and {_with(here[0])} one in {shown} (row {here[1]}: {here[2]!r}); taking the ones "
-                        "without as UTC would be a guess",
+                        f"column {self.job.timestamp!r} has timestamps {_with(first.aware)} a time zone in {where} (row "
+                        f"{first.row}: {first.value!r}) and {_with(here.aware)} one in {shown} (row {here.row}: {here.value!r}); "
+                        "taking the ones without as UTC would be a guess",
                         "Write every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without "
                         "(then taken as UTC), in every file.",
                         kind=SourceDataError,
@@ -463,21 +473,6 @@ def _timestamps(frame: pd.DataFrame, job: JobConfig, fail: Fail, where: str = ""
             "Write every timestamp with its offset (e.g. 2024-01-01T00:00:00Z) or every one without (then taken as UTC).",
             kind=SourceDataError,
         ) from exc
-
-
-def _first_zone(raw: pd.Series, parsed: pd.Series) -> tuple[bool, int, str] | None:
-    """Whether the timestamps of ``raw`` (which :func:`parse_timestamps` found to agree) carry a
-    zone, with the row (from 1) and value that tell; None when none parsed."""
-    found = parsed.notna().to_numpy()
-    if not found.any():
-        return None
-    position = int(found.argmax())
-    if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
-        aware = isinstance(raw.dtype, pd.DatetimeTZDtype)
-    else:
-        # Parsed as parse_timestamps parses text, so both judge a value alike.
-        aware = pd.to_datetime(raw.iloc[[position]].astype("string"), format="mixed").dt.tz is not None
-    return aware, position + 1, str(raw.iloc[position])
 
 
 _Instants = tuple[np.ndarray, np.ndarray, tuple[pd.Timestamp, pd.Timestamp] | None]
