@@ -252,6 +252,14 @@ def _no_dates(params: Any) -> Any:
     return params
 
 
+def _named_as_bound(params: dict[str, Any], pattern: str, bound_as: str) -> dict[str, Any]:
+    """``params`` when each name matches ``pattern``, the form a query refers to a parameter by."""
+    bad = sorted(name for name in params if not re.fullmatch(pattern, name))
+    if bad:
+        raise ValueError(f"parameter names must be letters, digits and _ ({bound_as}), got {bad}")
+    return params
+
+
 def _as_written(params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     """``params`` unless the job file wrote one as text that YAML 1.1 reads as another value: an
     unquoted yes, no, on or off (booleans), 012 (octal 10), 1_000 or 12:30 (base 60: 750)."""
@@ -429,10 +437,7 @@ class SqlSource(_Model):
         _as_written(_without_window(params, ":start and :end"), info)
         # SQLAlchemy's :name is letters, digits and _: `:my-region` in the query is :my, which no
         # parameter set, and each run failed.
-        bad = sorted(name for name in params if not re.fullmatch(r"\w+", name))
-        if bad:
-            raise ValueError(f"parameter names must be letters, digits and _ (the query's :name), got {bad}")
-        return params
+        return _named_as_bound(params, r"\w+", "the query's :name")
 
     def describe(self) -> str:
         return f"sql source ({self.connection.describe()})"
@@ -466,10 +471,7 @@ class BigQuerySource(_Model):
     @classmethod
     def _params_are_names(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         _as_written(_without_window(params, "@start and @end"), info)
-        bad = sorted(name for name in params if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
-        if bad:
-            raise ValueError(f"parameter names must be letters, digits and _ (BigQuery @name), got {bad}")
-        return params
+        return _named_as_bound(params, r"[A-Za-z_][A-Za-z0-9_]*", "BigQuery @name")
 
     def describe(self) -> str:
         return f"bigquery source (project {self.project or 'default'})"
