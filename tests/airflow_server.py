@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_JOBS = Path(__file__).resolve().parent / "airflow_jobs"
 USERNAME = PASSWORD = "admin"
 #: Fixed so tests may mint tokens with Airflow's own generator; this server is throwaway.
-JWT_SECRET = "anomaly-pipelines-test-secret"
+# 64 bytes: Airflow signs with HS512, and PyJWT warns (on every token) of a shorter key.
+JWT_SECRET = "anomaly-pipelines-test-secret-of-sixty-four-bytes-for-hs512-keys"
 FINISHED = {"success", "failed"}
 
 

@@ -48,7 +48,7 @@ def test_a_bad_body_without_credentials_is_401_not_a_description_of_the_route(cl
 def test_a_token_signed_with_another_secret_is_refused(client, method, path, body):
     from airflow.api_fastapi.auth.tokens import JWTGenerator
 
-    forged = JWTGenerator(secret_key="not-the-server-secret", valid_for=3600, audience="apache-airflow").generate(
+    forged = JWTGenerator(secret_key="not-the-server-secret-" + "x" * 64, valid_for=3600, audience="apache-airflow").generate(
         {"sub": "admin", "role": "admin"}
     )
     answer = client.request(method, path, json=body, headers={"Authorization": f"Bearer {forged}"})
