@@ -23,13 +23,15 @@ only, read as described in :meth:`LabelStore.known_false_alarm`.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,6 +69,10 @@ _SERIES_NAMED = 10
 _KEY = ("job", "series", "feature", "start_time", "end_time")
 #: Tables (engine, name) seen with every column, so that a new store reads them without looking again.
 _READY_TABLES: set[tuple[sa.Engine, str]] = set()
+#: Days of published output an import keeps read (see :class:`_PublishedDays`).
+_DAYS_KEPT = 31
+#: Columns of the published output that :func:`event_value_ranges` reads.
+_RANGE_COLUMNS = ["timestamp", "series", "feature", "value", "is_anomaly"]
 
 
 class LabelError(ConfigError):
@@ -263,17 +269,57 @@ def _output_rows(job: JobConfig, start: datetime | None, end: datetime | None) -
     return ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options).read(job=job.name, start=start, end=end)
 
 
+class _PublishedDays:
+    """The published rows of a job, read a UTC day at a time and kept for the next labels.
+
+    An import of a file without value ranges read the output (a listing of the job's folder and
+    each day file) once per row, about 16 ms each. The most recently used days are kept, so
+    that a file spanning years does not hold all of them in memory.
+    """
+
+    def __init__(self, job: JobConfig, keep: int = _DAYS_KEPT):
+        self.job, self.keep = job, keep
+        self._days: OrderedDict[pd.Timestamp, pd.DataFrame] = OrderedDict()
+
+    def __call__(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """The rows with timestamps in ``[start, end)``."""
+        first = utc_stamp(start).floor("D")
+        days = list(pd.date_range(first, max(first, (utc_stamp(end) - pd.Timedelta(microseconds=1)).floor("D")), freq="D"))
+        missing = [day for day in days if day not in self._days]
+        if missing:  # one read for the label's days not kept (its span: never more than it needs)
+            # Only what a value range is taken from: a day of all columns is many times larger.
+            rows = _output_rows(self.job, missing[0], missing[-1] + pd.Timedelta(days=1))[_RANGE_COLUMNS]
+            by_day = {day: frame for day, frame in rows.groupby(rows["timestamp"].dt.floor("D"))}
+            for day in missing:
+                self._days[day] = by_day.get(day, rows.iloc[:0])
+        for day in days:
+            self._days.move_to_end(day)
+        rows = pd.concat([self._days[day] for day in days], ignore_index=True) if len(days) > 1 else self._days[days[0]]
+        while len(self._days) > max(self.keep, len(days)):
+            self._days.popitem(last=False)
+        return rows[(rows["timestamp"] >= utc_stamp(start)) & (rows["timestamp"] < utc_stamp(end))]
+
+
 def event_value_ranges(
-    job: JobConfig, series: str, feature: str | None, start: datetime, end: datetime, where: str | None = None
+    job: JobConfig,
+    series: str,
+    feature: str | None,
+    start: datetime,
+    end: datetime,
+    where: str | None = None,
+    *,
+    published: Callable[[datetime, datetime], pd.DataFrame] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Range of the actual values of an event's rows in the published output, per feature.
 
     The event's rows are the anomalous rows of the series (and feature) in ``[start, end]``;
     when none is flagged (a person labels an anomaly the model missed), all its rows there. A
     feature without rows among them has no range. ``where`` names the label's source in errors
-    (a file's row) before its job, series and feature.
+    (a file's row) before its job, series and feature. ``published`` reads the job's rows in
+    ``[start, end)`` (for many labels, one that keeps what it read); else the output is read.
     """
-    rows = _output_rows(job, start, end + timedelta(microseconds=1))  # end is inclusive
+    read = published or (lambda low, high: _output_rows(job, low, high))
+    rows = read(start, end + timedelta(microseconds=1))  # end is inclusive
     rows = rows[rows["series"] == series]
     if feature is not None:
         rows = rows[rows["feature"] == feature]
@@ -362,11 +408,17 @@ class LabelStore:
         )
 
     def _validated(
-        self, job: str, given: Mapping[str, Any], where: str | None = None, known: Sequence[str] | None = None
+        self,
+        job: str,
+        given: Mapping[str, Any],
+        where: str | None = None,
+        known: Sequence[str] | None = None,
+        published: Callable[[datetime, datetime], pd.DataFrame] | None = None,
     ) -> Label:
         """The label ``add`` would store from ``given`` (its keyword names), after every check;
         nothing is written. ``where`` names the source in errors (a file and row); ``known`` the
-        series with models, listed once for many labels."""
+        series with models, listed once for many labels; ``published`` reads the job's output
+        (see :func:`event_value_ranges`)."""
         series, start, end, verdict = given["series"], given["start"], given["end"], given["verdict"]
         feature = given.get("feature")
         row = where  # a file's row, or None
@@ -392,7 +444,7 @@ class LabelStore:
             raise LabelError(f"{where}: give both value_min and value_max, or neither (then the published output gives them)")
         ranges: dict[str, tuple[float, float]] | None
         if low is None or high is None:
-            ranges = event_value_ranges(config, series, feature, start_at, end_at, row)
+            ranges = event_value_ranges(config, series, feature, start_at, end_at, row, published=published)
             low, high = min(lo for lo, _ in ranges.values()), max(hi for _, hi in ranges.values())
         elif low > high:
             raise LabelError(f"{where}: value_min {low} is larger than value_max {high}")
@@ -719,7 +771,9 @@ def _file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 items = items["labels"]
             if not isinstance(items, list):
                 raise LabelError(f"{path}: a JSON labels file holds a list of objects (or {{\"labels\": [...]}})")
-            rows = [(f"row {number}", item) for number, item in enumerate(items, start=1)]
+            # With its line: "row 237" of an exported, pretty-printed file left people counting objects.
+            numbered = enumerate(zip(items, _json_item_lines(text), strict=True), start=1)
+            rows = [(f"row {number} (line {line})", item) for number, (item, line) in numbered]
         else:
             # Each line is parsed alone: the decoder's own "line 1" named the wrong line of the file.
             lines = [(line_number, line) for line_number, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -740,6 +794,41 @@ def _file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
             records.append((f"{path}: {row}", item))
         return records
     raise LabelError(f"{path}: unknown labels file type {suffix or '(none)'!r}; use .csv, .json or .jsonl")
+
+
+def _json_item_lines(text: str) -> list[int]:
+    """The line each label object of a valid JSON labels file starts on: the items of its top-level
+    list, or of the list under its (last) "labels" key."""
+    decoder = json.JSONDecoder()
+    newlines = [position for position, char in enumerate(text) if char == "\n"]
+
+    def blank(position: int) -> int:
+        while position < len(text) and text[position] in " \t\r\n":
+            position += 1
+        return position
+
+    def items(position: int) -> list[int]:  # position: at the list's "["
+        lines: list[int] = []
+        position = blank(position + 1)
+        while text[position] != "]":
+            lines.append(bisect.bisect_left(newlines, position) + 1)
+            position = blank(decoder.raw_decode(text, position)[1])
+            position = blank(position + 1) if text[position] == "," else position
+        return lines
+
+    position = blank(0)
+    if text[position] == "[":
+        return items(position)
+    found = 0
+    position = blank(position + 1)
+    while text[position] != "}":
+        key, position = decoder.raw_decode(text, position)
+        position = blank(blank(position) + 1)  # past the ":"
+        if key == "labels":
+            found = position
+        position = blank(decoder.raw_decode(text, position)[1])
+        position = blank(position + 1) if text[position] == "," else position
+    return items(found)
 
 
 def _check_columns(path: Path, columns: list[str], row: str = "") -> None:
@@ -763,6 +852,8 @@ def import_labels(job: JobConfig, path: str | Path, *, author: str = "", store: 
     Every row is checked before anything is written; then all are written in one transaction,
     so a bad row leaves the table as it was. Re-importing a file replaces its labels by the same
     ones (keys are (job, series, feature, start, end)); a key given twice in one file is an error.
+    A label whose verdict is the one stored keeps the time it was first written: overlapping
+    labels are decided by the latest written, and an unchanged file imported again is no later word.
     """
     path = Path(path)
     store = store or label_store(job)
@@ -772,6 +863,7 @@ def import_labels(job: JobConfig, path: str | Path, *, author: str = "", store: 
     # Listed once: per row, a registry of thousands of series (one recursive listing of an
     # object store each time) made importing a file take minutes.
     known = _models_series(job) if records else []
+    published = _PublishedDays(job)  # read once for all rows without value ranges, not once per row
     for where, record in records:
         feature = record.get("feature")
         given = {
@@ -780,15 +872,28 @@ def import_labels(job: JobConfig, path: str | Path, *, author: str = "", store: 
             "feature": feature if feature not in ("", None) else None,
             "author": record.get("author") or author or f"import:{path.name}",
         }
-        label = store._validated(job.name, given, where, known)
+        label = store._validated(job.name, given, where, known, published)
         key = (label.series, label.feature, label.start, label.end)
         if key in seen:
             raise LabelError(f"{where}: the same event as {seen[key].removeprefix(f'{path}: ')}; give each event once")
         seen[key] = where
         labels.append(label)
+    if labels:
+        # Else re-importing the same file made its old verdicts overrule every label given since
+        # (a false alarm a person later confirmed silenced the alerts again).
+        span = min(label.start for label in labels), max(label.end for label in labels)
+        stored = {(label.series, label.feature, label.start, label.end): label for label in store.labels(job.name, None, *span)}
+        labels = [_unchanged_since(label, stored.get((label.series, label.feature, label.start, label.end))) for label in labels]
     store.write(labels)
     log.info("imported %d labels of job %s from %s", len(labels), job.name, path)
     return labels
+
+
+def _unchanged_since(label: Label, stored: Label | None) -> Label:
+    """``label`` written when ``stored`` (its key's row) was, when it gives the same verdict."""
+    if stored is None or stored.verdict != label.verdict:
+        return label
+    return replace(label, created_at=stored.created_at)
 
 
 def label_of(event: AnomalyEvent, labels: Iterable[Label]) -> Label | None:

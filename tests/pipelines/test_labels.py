@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from pipelines import schema
 from pipelines.config import parse_job
 from pipelines.events import published_events
-from pipelines.labels import Label, LabelError, LabelStore, import_labels, label_of, label_store
+from pipelines.labels import Label, LabelError, LabelStore, event_value_ranges, import_labels, label_of, label_store
 from pipelines.sinks.parquet import ParquetSink
 
 EU, US = "region=eu", "region=us"
@@ -242,7 +242,7 @@ def test_import_a_spreadsheet_csv_with_a_byte_order_mark_and_json_verdicts_as_1_
     assert [(label.series, label.verdict) for label in import_labels(job, csv_file, store=store)] == [(EU, True)]
     assert [label.verdict for label in import_labels(job, json_file, store=store)] == [False, True]
     json_file.write_text(json.dumps([{"series": US, "start": "2024-03-03T01:00:00Z", "end": "2024-03-03T01:00:00Z", "verdict": 2}]))
-    with pytest.raises(LabelError, match="row 1: verdict must be true .* got 2"):
+    with pytest.raises(LabelError, match=r"row 1 \(line 1\): verdict must be true .* got 2"):
         import_labels(job, json_file, store=store)
 
 
@@ -267,9 +267,9 @@ def test_import_a_spreadsheet_csv_with_a_byte_order_mark_and_json_verdicts_as_1_
         ("bad.json", json.dumps([{"series": EU, "start": "2024-03-03T02:00:00Z", "end": "2024-03-03T03:00:00Z",
                                   "verdict": True}, {"series": "region=eu", "start": "2024-03-03T02:00:00",
                                   "end": "2024-03-03T03:00:00Z", "verdict": True}]),
-         "bad.json: row 2: start 2024-03-03T02:00:00 has no time zone"),
+         "bad.json: row 2 (line 1): start 2024-03-03T02:00:00 has no time zone"),
         ("bad.json", json.dumps([{"series": EU, "start": "2024-03-03T02:00:00Z", "end": "2024-03-03T03:00:00Z",
-                                  "verdict": True}] * 2), "bad.json: row 2: the same event as row 1"),
+                                  "verdict": True}] * 2), "bad.json: row 2 (line 1): the same event as row 1 (line 1)"),
         ("bad.json", "{not json", "bad.json: not valid JSON"),
         ("bad.jsonl", json.dumps({"series": EU, "start": "2024-03-03T02:00:00Z", "end": "2024-03-03T03:00:00Z",
                                   "verdict": True}) + "\n\n{not json\n", "bad.jsonl: row 2 (line 3) is not valid JSON"),
@@ -594,3 +594,50 @@ def test_an_event_shows_the_label_whose_verdict_holds_on_it_as_alerts_read_it(st
     latency = store.add("web", EU, at(1), at(4), False, feature="latency_ms", value_min=1, value_max=2)
     assert label_of(event, [latency]) is None
     assert label_of(event, [dismissed, latency]) == dismissed
+
+
+def test_an_import_without_value_ranges_reads_the_published_output_once_not_per_row(store, published, tmp_path, job, monkeypatch):
+    reads = []
+    read = ParquetSink.read
+    monkeypatch.setattr(ParquetSink, "read", lambda self, **kw: reads.append(kw) or read(self, **kw))
+    rows = [f"{series},2024-03-03T{hour:02d}:00:00Z,2024-03-03T{hour + 1:02d}:00:00Z,false"
+            for series in (EU, US) for hour in range(5)]
+    rows += [
+        f"{EU},2024-03-02T23:00:00Z,2024-03-03T02:00:00Z,true",  # from a day without output into one with
+        f"{EU},2024-03-03T04:30:00+02:00,2024-03-03T06:00:00+02:00,false",  # 02:30-04:00 UTC: the spike at 03
+    ]
+    path = tmp_path / "known.csv"
+    path.write_text("series,start,end,verdict\n" + "\n".join(rows) + "\n")
+    labels = import_labels(job, path, store=store)
+    assert len(reads) == 2  # 2024-03-03 for the first row, 2024-03-02 once: not one read per row
+    assert [label.value_ranges for label in labels] == [
+        event_value_ranges(job, label.series, None, label.start, label.end) for label in labels
+    ]
+    assert labels[-1].value_ranges == {"requests": (503.0, 503.0)}
+
+
+def test_reimporting_an_unchanged_file_does_not_overrule_verdicts_given_since(store, tmp_path, job):
+    path = tmp_path / "known.csv"
+    path.write_text(f"series,start,end,verdict,value_min,value_max\n{EU},{at(2).isoformat()},{at(3).isoformat()},false,500,510\n")
+    [first] = import_labels(job, path, store=store)
+    store.add("web", EU, at(1), at(4), True, value_min=100, value_max=600)  # a person confirms the wider event later
+    [again] = import_labels(job, path, store=store)
+    assert again.created_at == first.created_at and rows_in(store) == 2
+    assert store.known_false_alarm("web", EU, "requests", 505, 505) is None
+    path.write_text(path.read_text().replace("false", "true"))  # a changed verdict is a new word
+    [changed] = import_labels(job, path, store=store)
+    assert changed.created_at > first.created_at
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_bad_object_of_a_pretty_printed_json_file_is_named_by_its_line(store, tmp_path, job, wrapped):
+    items = [{"series": EU, "start": f"2024-03-0{day}T02:00:00Z", "end": f"2024-03-0{day}T03:00:00Z", "verdict": False,
+              "value_min": 1, "value_max": 2} for day in range(1, 5)]
+    items[2]["end"] = "2024-03-01T00:00:00Z"
+    path = tmp_path / "export.json"
+    text = json.dumps({"exported": "2024-03-05", "labels": items} if wrapped else items, indent=2)
+    path.write_text(text)
+    line = [number for number, line in enumerate(text.splitlines(), start=1) if line.strip() == "{"][-2]  # the third object's
+    with pytest.raises(LabelError, match=rf"export.json: row 3 \(line {line}\): end 2024-03-01T00:00:00\+00:00 is before start"):
+        import_labels(job, path, store=store)
+    assert store.labels("web") == []
