@@ -91,7 +91,8 @@ class AlertState:
     """What was sent for a job, which series are snoozed, and what the digest still has to list.
 
     ``events`` maps a series to the events of it already dealt with (``key``, ``start``, ``end``,
-    ``status`` sent/held/queued/sending/given up/suppressed, ``channels`` delivered; while held, ``periods``:
+    ``status`` sent/held/queued/sending/given up/suppressed/summarized (told in a run's summary
+    message, over ``alerts.max_per_run``), ``channels`` delivered; while held, ``periods``:
     the anomalous periods of each window's part, by the part's start; while its alert is not sent
     everywhere, ``event``: the event told, as :meth:`AnomalyEvent.to_dict`, and ``continues_held``,
     from which a later run re-renders it); ``snoozed_until`` maps a series to the
@@ -114,6 +115,9 @@ class AlertState:
     digest: dict[str, dict[str, Any]] = field(default_factory=dict)
     digest_progress: dict[str, Any] = field(default_factory=dict)
     digests_sent: list[str] = field(default_factory=list)
+    #: The summary messages of events over ``alerts.max_per_run`` not yet sent on every channel,
+    #: by window: ``start``, ``end``, ``channels`` reached and ``events`` (by key, as ``to_dict``).
+    overflow: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, job: JobConfig) -> AlertState:
@@ -530,6 +534,14 @@ def render_event(
     return Message(subject=subject, text=text, html=f"<html><body>{body}</body></html>", slack_blocks=blocks)
 
 
+def range_link(job: JobConfig, start: datetime, end: datetime) -> str:
+    """The job's dashboard page, series with anomalies only, from ``start`` to ``end`` (padded)."""
+    base = _alerts(job).dashboard_url or _airflow_base_url() or DEFAULT_AIRFLOW_URL
+    pad = job.frequency * LINK_PADDING_PERIODS
+    query = urlencode([("start", (start - pad).isoformat()), ("end", (end + pad).isoformat()), ("only_anomalies", "true")])
+    return f"{base.rstrip('/')}{URL_PREFIX}/dashboard/jobs/{quote(job.name)}?{query}"
+
+
 def render_digest(job: JobConfig, events: list[dict[str, Any]], cutoff: datetime) -> Message:
     """The daily digest: every queued event of the day before ``cutoff``, in time order."""
     ordered = sorted(events, key=lambda e: (e["start"], e["series"]))
@@ -571,10 +583,56 @@ def render_digest(job: JobConfig, events: list[dict[str, Any]], cutoff: datetime
         }
         for e in listed
     ]
+    # Slack shows the blocks, not the text and its links: without this, its digest linked nowhere.
+    link = range_link(job, datetime.fromisoformat(ordered[0]["start"]), cutoff) if ordered else None
     if len(ordered) > len(listed):
         more = f"… and {len(ordered) - len(listed)} more event(s), too many for one Slack message: see the dashboard"
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": more}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": more + (f" (<{link}|open it>)" if link else "")}})
+    elif link:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{link}|Open the day in the dashboard>"}})
     return Message(subject=subject, text=text, html=f"<html><body><h2>{html.escape(subject)}</h2>{''.join(parts)}</body></html>", slack_blocks=blocks)
+
+
+def render_overflow(job: JobConfig, events: list[dict[str, Any]]) -> Message:
+    """One message for the events of a run past ``alerts.max_per_run``: how many, where, the
+    worst first, a line each (up to :data:`DIGEST_LISTED_EVENTS`) with its own dashboard link."""
+    told = sorted((AnomalyEvent.from_dict(data) for data in events), key=lambda e: (-e.peak_score, e.start, e.series))
+    first, last = min(e.start for e in told), max(e.end for e in told) + job.frequency
+    series = len({e.series for e in told})
+    worst = told[0]
+    subject = " ".join(
+        f"[anomaly] {job.name}: {len(told)} more event(s) in {series} series, {_moment(first)} to {_moment(last)} "
+        f"(peak score {worst.peak_score:.3f}, {worst.series})".splitlines()
+    )
+    link = range_link(job, first, last)
+    head = [
+        f"Anomalies in job {job.name}: {len(told)} event(s) in {series} series beyond the {_alerts(job).max_per_run} alerts a "
+        "run sends one by one (alerts.max_per_run), told together here, the worst first.",
+        f"Time range: {_moment(first)} to {_moment(last)}",
+        f"Highest peak score: {worst.peak_score:.4f} ({worst.series}, {worst.direction} at {_moment(worst.peak_timestamp)})",
+        "Each one is in the dashboard, and in the daily digest if the job has one.",
+    ]
+    lines: list[str] = []
+    items: list[str] = []
+    for event in told[:DIGEST_LISTED_EVENTS]:
+        line = (f"{event.series}: {_moment(event.start)} to {_moment(event.end + job.frequency)}, peak score "
+                f"{event.peak_score:.4f} ({event.direction}; {', '.join(event.top_features) or 'n/a'})")
+        lines.append(f"  {line}")
+        items.append(f"<li><a href=\"{html.escape(dashboard_link(job, event), quote=True)}\">{html.escape(line)}</a></li>")
+    more = len(told) - DIGEST_LISTED_EVENTS
+    tail = [f"… and {more} more event(s), too many for one message: see the dashboard"] if more > 0 else []
+    text = "\n".join([*head, *lines, *tail, f"Dashboard: {link}"])
+    body = (
+        f"<h3>{html.escape(subject)}</h3>" + "".join(f"<p>{html.escape(line)}</p>" for line in head)
+        + f"<ul>{''.join(items)}</ul>" + "".join(f"<p>{html.escape(line)}</p>" for line in tail)
+        + f"<p><a href=\"{html.escape(link, quote=True)}\">Open in the dashboard</a></p>"
+    )
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "emoji": False, "text": subject[:150]}},
+        {"type": "section", "text": _slack_data(_slack_fit([_mrkdwn(line) for line in [*head, *lines, *tail]], SLACK_SECTION_CHARS))},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"<{link}|Open in the dashboard>"}},
+    ]
+    return Message(subject=subject, text=text, html=f"<html><body>{body}</body></html>", slack_blocks=blocks)
 
 
 # -- delivery -------------------------------------------------------------------------------------
@@ -828,11 +886,17 @@ class AlertSummary:
     filtered: int = 0
     already_sent: int = 0
     queued: int = 0
+    #: Events over alerts.max_per_run, told in one summary message instead of an alert each.
+    summarized: int = 0
     #: Alerts of earlier windows, left unsent when their runs' retries ran out, sent by this run.
     sent_late: int = 0
     #: Such alerts given up (older than PENDING_MAX_AGE, or kept without their event's details).
     given_up: int = 0
     digest: dict[str, Any] | None = None
+    #: The summary messages of events over alerts.max_per_run (this run's, and earlier runs' that
+    #: reached some channels only): ``window``, ``events``, ``decision`` (sent, sent late, given up,
+    #: failed) and ``reason``.
+    overflow: list[dict[str, Any]] = field(default_factory=list)
     #: Digests of earlier days that reached some channels only (their runs' retries ran out), dealt
     #: with by this run: ``cutoff``, ``events``, ``decision`` (sent late, given up, failed) and
     #: ``reason``; said here, not only in the log, so the task's summary (XCom) shows them.
@@ -896,6 +960,7 @@ def process_events(
     keys = {event.key for event in events}
     failures += _send_pending(job, state, window, keys, summary, false_alarms, context, send)
     failed_again = {record["key"] for _, record in state.pending()} - keys  # by _send_pending, just now
+    paged = sum(d["decision"] in ("sent late", "failed") for d in summary.decisions)  # alerts tried one by one
     for event in events:
         record = state.match(event, limit)
         if record is not None:
@@ -912,15 +977,20 @@ def process_events(
                 continue
             if record["status"] == "held":  # by the part's start: a re-run of a window counts its part once
                 record["periods"] = _with_part(record.get("periods", {}), event)
-            if record["status"] == "sent" and set(record["channels"]) >= set(_channels(alerts)):
+            told = record["status"] == "summarized" or (
+                record["status"] == "sent" and set(record["channels"]) >= set(_channels(alerts))
+            )
+            if told:
+                if record["status"] == "sent" and datetime.fromisoformat(record["start"]) >= window.start:
+                    paged += 1  # by an earlier attempt at this window: its retry does not get a fresh cap
                 if alerts.snooze:  # an incident that goes on keeps its series snoozed after its end
                     until = (event.end + job.frequency * alerts.snooze).isoformat()
                     state.snoozed_until[event.series] = max(state.snoozed_until.get(event.series, ""), until)
                     state.snooze_peak[event.series] = max(state.snooze_peak.get(event.series, 0.0), event.peak_score)
-                _queue(state, alerts, record["key"], event, "sent")
+                _queue(state, alerts, record["key"], event, record["status"])
                 state.save(job)
                 summary.already_sent += 1
-                decide(event, "already sent", f"part of event {record['key']}")
+                decide(event, f"already {record['status']}", f"part of event {record['key']}")
                 continue
             # A held incident that grows worse than the alert that snoozed its series escalates
             # below, as it would have had the window held all of it (hourly windows split it).
@@ -965,6 +1035,16 @@ def process_events(
             summary.queued += 1
             decide(event, "queued", "for the digest only (immediate: false)")
             continue
+        if paged >= alerts.max_per_run and not (record is not None and _pending(record)):
+            # Past the cap (an alert this window's earlier attempt left unsent is still retried as
+            # itself): told in the run's summary message, and dealt with as if alerted.
+            record = record or state.remember(event, "summarized")
+            _summarize(job, state, window, record, _whole_incident(event, record) if was_held else event)
+            summary.summarized += 1
+            decide(event, "summarized", f"over the {alerts.max_per_run} alerts a run sends (alerts.max_per_run): "
+                   "told in the run's summary message with the others over it")
+            continue
+        paged += 1
         record = record or state.remember(event, "sending")
         # A held incident escalating in a later window (hourly windows split incidents) is told
         # as the whole incident, from its first start, as one window holding all of it would tell it;
@@ -992,11 +1072,65 @@ def process_events(
         if continues_held:
             escalation += f"; it continues the incident held since {_moment(incident.start)}"
         decide(event, "sent", f"by {', '.join(_channels(alerts))}{escalation}")
+    failures += _send_overflow(job, state, window, summary, context, send)
     summary.digest, digest_failures = _send_digest(
         job, state, window, context=context, send=send, unsent=unsent, earlier=summary.earlier_digests
     )
     _raise_failures(job, failures + digest_failures)
     return summary
+
+
+def _summarize(job: JobConfig, state: AlertState, window: Window, record: dict[str, Any], incident: AnomalyEvent) -> None:
+    """``record``'s event (telling ``incident``), over ``alerts.max_per_run``: put in the summary
+    message of ``window`` and dealt with as if alerted (snooze, digest), in one save, so that a run
+    stopped before the message went out still sends it from its retry."""
+    base = key = f"{window.start.isoformat()}/{window.end.isoformat()}"
+    n = 1
+    # A summary message that reached a channel is not changed (that channel would never get what was
+    # added: a retry finding more rows); what comes after it goes in a message of its own.
+    while key in state.overflow and state.overflow[key]["channels"]:
+        n += 1
+        key = f"{base}#{n}"
+    entry = state.overflow.setdefault(
+        key, {"start": window.start.isoformat(), "end": window.end.isoformat(), "channels": [], "events": {}}
+    )
+    entry["events"][record["key"]] = incident.to_dict()
+    _mark_sent(job, state, record, incident, "summarized")
+
+
+def _send_overflow(
+    job: JobConfig, state: AlertState, window: Window, summary: AlertSummary, context: Mapping[str, Any], send: Notify
+) -> list[_Failure]:
+    """Send every summary message of events over the cap (:func:`_summarize`) not yet sent on every
+    channel, oldest first, on the channels it missed: this run's, a retry's, or a later run's once
+    its run's retries ran out; given up once older than :data:`PENDING_MAX_AGE`, as an unsent alert
+    is (its events are in the dashboard and the digest). The failures."""
+    failures: list[_Failure] = []
+    for key in sorted(state.overflow):
+        entry = state.overflow[key]
+        what = f"the summary message of {len(entry['events'])} event(s) over the cap, window {entry['start']} to {entry['end']}"
+        outcome: dict[str, Any] = {"window": key, "events": len(entry["events"])}
+        ours = key.split("#")[0] == f"{window.start.isoformat()}/{window.end.isoformat()}"
+        age = window.end - datetime.fromisoformat(entry["end"])
+        if age > PENDING_MAX_AGE:
+            del state.overflow[key]
+            state.save(job)
+            never = ", ".join(c for c in _channels(_alerts(job)) if c not in entry["channels"]) or "a channel now removed"
+            reason = f"never sent by {never}: it is {age} old, more than {PENDING_MAX_AGE} (PENDING_MAX_AGE); see the dashboard"
+            summary.overflow.append({**outcome, "decision": "given up", "reason": reason})
+            log.warning("job %s: %s is given up: %s", job.name, what, reason)
+            continue
+        missing = [c for c in _channels(_alerts(job)) if c not in entry["channels"]]
+        failed = _deliver(job, state, what, render_overflow(job, list(entry["events"].values())), entry["channels"], context, send)
+        if failed:
+            state.save(job)
+            failures += failed
+            summary.overflow.append({**outcome, "decision": "failed", "reason": "; ".join(line for line, _ in failed)})
+            continue
+        del state.overflow[key]
+        state.save(job)
+        summary.overflow.append({**outcome, "decision": "sent" if ours else "sent late", "reason": f"by {', '.join(missing) or 'no channel'}"})
+    return failures
 
 
 def _window_events(job: JobConfig, frame: pd.DataFrame, window: Window, read: RowReader | None) -> list[AnomalyEvent]:
@@ -1030,19 +1164,20 @@ def _settle(record: dict[str, Any], status: str) -> None:
         record.pop(kept, None)
 
 
-def _mark_sent(job: JobConfig, state: AlertState, record: dict[str, Any], incident: AnomalyEvent) -> None:
-    """``record``'s alert (telling ``incident``) went out on every channel: snooze its series, queue
-    it for the digest, and save."""
+def _mark_sent(job: JobConfig, state: AlertState, record: dict[str, Any], incident: AnomalyEvent, status: str = "sent") -> None:
+    """``record``'s alert (telling ``incident``) went out on every channel (``status`` ``summarized``:
+    is told in the run's summary message): snooze its series, queue it for the digest, and save."""
     alerts = _alerts(job)
-    _settle(record, "sent")
-    state.held.pop(incident.series, None)
+    _settle(record, status)
+    if status == "sent":  # the held events it listed were told; a summary line lists none
+        state.held.pop(incident.series, None)
     until = (incident.end + job.frequency * alerts.snooze).isoformat()
     # A retry (or a later run) sending an event that failed earlier, after a later event of its
     # series went out, must not shorten the snooze that later alert started.
     if alerts.snooze and until >= state.snoozed_until.get(incident.series, ""):
         state.snoozed_until[incident.series] = until
         state.snooze_peak[incident.series] = incident.peak_score
-    _queue(state, alerts, record["key"], incident, "sent")
+    _queue(state, alerts, record["key"], incident, status)
     state.save(job)
 
 
@@ -1059,6 +1194,9 @@ def _send_pending(
     """Send the alerts of earlier windows still unsent on some channel (their runs' retries ran out),
     on the channels they did not reach, re-rendered from what the state kept; the failures.
 
+    Those past ``alerts.max_per_run`` go in the run's summary message (:func:`_summarize`)
+    rather than one by one: a channel down for hours left up to the cap in every window.
+
     Those of events in ``keys`` (this run's events: its window's retry) are left to the run, which
     tells them from its rows. Those whose event ended more than :data:`PENDING_MAX_AGE` before the
     window's end, or kept without their event (state written before the event was kept: nothing to
@@ -1068,6 +1206,7 @@ def _send_pending(
     succeeded: their snooze applies to what follows.
     """
     failures: list[_Failure] = []
+    tried = 0
 
     def decide(key: str, series: str, decision: str, reason: str) -> None:
         summary.decisions.append({"key": key, "series": series, "decision": decision, "reason": reason})
@@ -1103,6 +1242,13 @@ def _send_pending(
             summary.suppressed += 1
             decide(record["key"], series, "suppressed", _false_alarm_reason(label))
             continue
+        if tried >= _alerts(job).max_per_run:
+            _summarize(job, state, window, record, incident)
+            summary.summarized += 1
+            decide(record["key"], series, "summarized", f"left unsent by the runs of its window, and over the "
+                   f"{_alerts(job).max_per_run} alerts a run sends (alerts.max_per_run): told in this run's summary message")
+            continue
+        tried += 1
         held = [h for h in state.held.get(series, []) if h.get("key") != record["key"]]
         message = render_event(job, incident, held, continues_held=bool(record.get("continues_held")))
         failed = _deliver(job, state, f"the alert for event {incident.key}", message, record["channels"], context, send)
@@ -1272,9 +1418,11 @@ def alert_window(job: JobConfig, window: Window, *, context: Mapping[str, Any] |
     frame = read(window.start, window.end)
     summary = process_events(job, frame, window, context=context, read=read)
     log.info(
-        "job %s: alerts for %s: %d events, %d sent, %d held (snoozed), %d suppressed (false alarms), %d filtered, "
-        "%d seen before; of earlier windows: %d sent late, %d given up; digests of earlier days: %s",
-        job.name, window, summary.events, summary.sent, summary.held, summary.suppressed, summary.filtered, summary.already_sent,
+        "job %s: alerts for %s: %d events, %d sent, %d in one summary message (over the cap), %d held (snoozed), "
+        "%d suppressed (false alarms), %d filtered, %d seen before; of earlier windows: %d sent late, %d given up; "
+        "digests of earlier days: %s",
+        job.name, window, summary.events, summary.sent, summary.summarized, summary.held, summary.suppressed, summary.filtered,
+        summary.already_sent,
         summary.sent_late, summary.given_up,
         ", ".join(f"{d['cutoff']} {d['decision']}" for d in summary.earlier_digests) or "none",
     )
@@ -1291,8 +1439,10 @@ __all__ = [
     "digest_cutoff",
     "notify",
     "process_events",
+    "range_link",
     "render_digest",
     "render_event",
+    "render_overflow",
     "send_digest",
     "state_url",
 ]

@@ -858,6 +858,13 @@ class AlertsConfig(_Model):
         True, description="Send an event of a snoozed series anyway when its peak score beats the alert that snoozed it."
     )
     immediate: bool = Field(True, description="Send each event when found; false: only the digest.")
+    # An outage shared by a job of thousands of series flagged all of them at once and paged
+    # thousands of times in one run; past ten pages at once the news is that something shared
+    # broke, and one message listing the rest (worst first) says that better than more pages.
+    # Those events are not dropped: remembered, snoozing their series, in the digest.
+    max_per_run: Count = Field(
+        10, ge=1, description="Most alerts a run sends one by one; the events past them go in one summary message."
+    )
     digest: DigestConfig | None = Field(None, description="A daily message listing the day's events.")
     dashboard_url: str | None = Field(
         None, description="Airflow's base URL for links; default: Airflow's [api] base_url, else http://localhost:8080."

@@ -30,6 +30,7 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import JobConfig, resolve_path
+from pipelines.errors import ConfigError
 from pipelines.registry import ModelRegistry
 from pipelines.series import series_slug
 from pipelines.workspace import Window, utcnow
@@ -160,13 +161,32 @@ def record_path(job: JobConfig, series: str, window: Window) -> str:
     return storage.join(_series_folder(job, series), "records", f"{window.key()}.json")
 
 
+def _read_json(job: JobConfig, series: str, url: str, needs: tuple[str, ...], remedy: str) -> dict[str, Any]:
+    """The JSON object at ``url`` holding ``needs``; one that is not (edited by hand, cut short by a
+    copy) is a :class:`ConfigError` naming the job, the series, the file and ``remedy``: it failed as
+    a bare JSONDecodeError or KeyError naming none of them, on every run after."""
+    content = storage.read_bytes(url, job.outputs.storage_options)
+    try:
+        document = json.loads(content)
+    except ValueError as exc:
+        wrong = f"is not valid JSON ({exc})"
+    else:
+        missing = [key for key in needs if key not in document] if isinstance(document, dict) else None
+        if missing == []:
+            return document
+        wrong = f"lacks {', '.join(missing)}" if missing else "holds no JSON object"
+    raise ConfigError(f"job {job.name}, series {series}: the monitoring file {url} {wrong}; {remedy}")
+
+
 def read_records(job: JobConfig, series: str) -> list[dict[str, Any]]:
     """Every record of ``series``, oldest interval first."""
     folder = storage.join(_series_folder(job, series), "records")
     records = []
     for name in storage.find(folder, job.outputs.storage_options):
         if name.endswith(".json") and not name.startswith("."):  # dot files: interrupted writes
-            records.append(json.loads(storage.read_bytes(storage.join(folder, name), job.outputs.storage_options)))
+            remedy = "delete it (re-running its interval's predict run writes it again)"
+            needs = ("interval_start", "interval_end", "model_version", "features")
+            records.append(_read_json(job, series, storage.join(folder, name), needs, remedy))
     return sorted(records, key=lambda r: r["interval_start"])
 
 
@@ -175,8 +195,9 @@ def _write_json(url: str, document: dict[str, Any], job: JobConfig) -> None:
 
 
 def read_request(job: JobConfig, series: str) -> dict[str, Any] | None:
+    remedy = "delete it (a retrain still due is requested again by the next run)"
     try:
-        return json.loads(storage.read_bytes(storage.join(_series_folder(job, series), REQUEST), job.outputs.storage_options))
+        return _read_json(job, series, storage.join(_series_folder(job, series), REQUEST), ("model_version", "interval_start"), remedy)
     except FileNotFoundError:
         return None
 

@@ -14,6 +14,7 @@ from email.policy import default as default_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 import pytest
@@ -1223,3 +1224,149 @@ def test_an_alert_state_that_cannot_be_read_names_the_job_and_the_file(tmp_path:
     with pytest.raises(SinkError, match=r"job web: the alert state .*state.json could not be read \(\[Errno 21\] Is a directory.*\); "
                        r"nothing was sent: check that the job's registry storage is reachable and readable"):
         process_events(job, output_rows(anomalies={2: {"requests": 150}}), window(0, 8), send=lambda *args: None)
+
+
+def _outage(series: int, hours: Iterable[int] = (2,)) -> pd.DataFrame:
+    """Published rows of ``series`` series all flagged at ``hours``: an outage they share."""
+    return pd.concat(
+        [output_rows(f"region=r{i:03d}", anomalies={h: {"requests": 150 + i} for h in hours}, dimensions={"region": f"r{i:03d}"})
+         for i in range(series)],
+        ignore_index=True,
+    )
+
+
+def test_an_outage_flagging_many_series_pages_up_to_the_cap_and_tells_the_rest_in_one_message(
+    tmp_path: Path, inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+):
+    # Every series of a job flagged by one shared outage paged once per series: 30 mails here, thousands for a big job.
+    job = make_job(tmp_path, digest={"hour": 8}, max_per_run=5)
+    frame = _outage(30, hours=(2, 3))
+    summary = process_events(job, rows_in(frame, 0, 3), window(0, 3))
+    assert (summary.events, summary.sent, summary.summarized) == (30, 5, 25)
+    assert len(inbox.mails) == 6
+    subject = inbox.subjects[-1]
+    assert subject == ("[anomaly] web: 25 more event(s) in 25 series, 2024-03-01 02:00 UTC to 2024-03-01 03:00 UTC "
+                       "(peak score 0.979, region=r029)")
+    html, text = body(inbox.mails[-1][1])
+    assert "beyond the 5 alerts a run sends one by one (alerts.max_per_run)" in text
+    assert text.count("\n  region=r") == 25 and "region=r004:" not in text  # the 5 alerted are not repeated
+    assert text.index("region=r029:") < text.index("region=r005:")  # the worst first
+    assert "Dashboard: https://airflow.example.com/anomaly-pipelines/dashboard/jobs/web?start=" in text
+    assert html.count("jobs/web?series=region%3Dr") == 25  # a link per event
+    # The link opens the dashboard on the outage, only the series flagged in it.
+    from pipelines.web.dashboard_data import Filters
+
+    query = parse_qs(urlsplit(text.rsplit("Dashboard: ", 1)[1]).query)
+    shown = Filters.parse(start=query["start"][0], end=query["end"][0], only_anomalies=query["only_anomalies"][0])
+    assert shown.start < START + 2 * H and shown.end > START + 3 * H and shown.only_anomalies
+    assert {d["decision"] for d in summary.decisions} == {"sent", "summarized"}
+    assert summary.overflow == [{"window": "2024-03-01T00:00:00+00:00/2024-03-01T03:00:00+00:00", "events": 25,
+                                 "decision": "sent", "reason": "by email"}]
+    # Nothing lost and nothing twice: a re-run sends nothing, the incidents going on page no one,
+    # and the digest lists all 30.
+    assert process_events(job, rows_in(frame, 0, 3), window(0, 3)).summarized == 0
+    later = process_events(job, rows_in(frame, 3, 8), window(3, 8))
+    assert (later.sent, later.summarized, later.already_sent) == (0, 0, 30)
+    assert later.digest == {"cutoff": "2024-03-01T08:00:00+00:00", "events": 30, "sent": True}
+    assert len(inbox.mails) == 7
+    _, digest = body(inbox.mails[-1][1])
+    assert digest.count("[summarized]") == 25 and digest.count("[sent]") == 5
+
+
+def test_a_summary_message_that_fails_is_retried_alone_and_finished_by_a_later_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    job = make_job(tmp_path, max_per_run=3)
+    frame = _outage(8)
+
+    class Send(FlakySend):
+        def __call__(self, channel: str, message: Any, context: Any) -> None:
+            if "more event(s)" in message.subject and self.down:
+                raise ConnectionError("connection refused")
+            self.sent.append(message)
+
+    send = Send(down=True)
+    with pytest.raises(SinkError, match=r"job web: the summary message of 5 event\(s\) over the cap, window "
+                       r"2024-03-01T00:00:00\+00:00 to 2024-03-01T08:00:00\+00:00 could not be sent by email .*connection refused"):
+        process_events(job, rows_in(frame, 0, 8), window(0, 8), send=send)
+    assert len(send.sent) == 3
+    with pytest.raises(SinkError, match="summary message of 5 event"):  # the retry: still down, nothing sent twice
+        process_events(job, rows_in(frame, 0, 8), window(0, 8), send=send)
+    assert len(send.sent) == 3
+    send.down = False
+    later = process_events(job, rows_in(frame, 8, 16), window(8, 16), send=send)  # the retries ran out: the next run
+    assert [m.subject.split(" in ")[0] for m in send.sent[3:]] == ["[anomaly] web: 5 more event(s)"]
+    assert later.overflow[0]["decision"] == "sent late" and AlertState.load(job).overflow == {}
+    process_events(job, rows_in(frame, 0, 8), window(0, 8), send=send)
+    assert len(send.sent) == 4
+
+
+def test_alerts_left_unsent_by_a_channel_down_are_sent_late_up_to_the_cap_and_the_rest_in_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Alerts unsent when a run's retries ran out are sent by the next run: all of them, uncapped,
+    # however many windows a channel was down for (or left by a version without the cap).
+    job = make_job(tmp_path)
+    frame = _outage(10)
+    send = FlakySend(down=True)
+    with pytest.raises(SinkError, match="10 deliveries failed"):
+        process_events(job, rows_in(frame, 0, 8), window(0, 8), send=send)
+    job = job.model_copy(update={"alerts": job.alerts.model_copy(update={"max_per_run": 3})})
+    send.down = False
+    later = process_events(job, rows_in(frame, 8, 16), window(8, 16), send=send)
+    assert (later.sent_late, later.summarized) == (3, 7)
+    assert [m.subject.split(" in ")[0] for m in send.sent[3:]] == ["[anomaly] web: 7 more event(s)"]
+    assert "region=r009: 2024-03-01 02:00 UTC to 2024-03-01 03:00 UTC" in send.sent[-1].text
+    assert AlertState.load(job).pending() == []
+    process_events(job, rows_in(frame, 16, 24), window(16, 24), send=send)
+    assert len(send.sent) == 4
+
+
+def test_a_run_stopped_while_summarizing_sends_the_summary_message_from_its_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The worker killed (a timeout, out of memory) after some events over the cap were marked
+    # summarized: they must not end up in no message at all.
+    from pipelines import alerts
+
+    job = make_job(tmp_path, max_per_run=2)
+    frame = _outage(6)
+    matching, calls = alerts._FalseAlarms.matching, []
+
+    def killed_at_the_fifth(self, event):
+        calls.append(event.key)
+        if len(calls) == 5:
+            raise SystemExit("worker killed")
+        return matching(self, event)
+
+    monkeypatch.setattr(alerts._FalseAlarms, "matching", killed_at_the_fifth)
+    send = FlakySend()
+    with pytest.raises(SystemExit):
+        process_events(job, frame, window(0, 24), send=send)
+    assert len(send.sent) == 2
+    retry = process_events(job, frame, window(0, 24), send=send)
+    assert (retry.already_sent, retry.summarized) == (4, 2)
+    [message] = send.sent[2:]
+    assert message.subject.startswith("[anomaly] web: 4 more event(s) in 4 series")
+
+
+def test_a_slack_digest_links_to_the_dashboard(tmp_path: Path, slack_webhook: list):
+    # Slack shows the blocks, not the text: the digest's blocks held no link, so a person had to
+    # find the job's dashboard page by hand.
+    job = make_job(tmp_path, email=None, slack={"webhook_conn_id": "alerts_webhook"}, immediate=False, digest={"hour": 8})
+    frame = pd.concat(
+        [output_rows("region=eu", hours=8, anomalies={2: {"requests": 150}}),
+         output_rows("region=us", hours=8, anomalies={5: {"requests": 150}}, dimensions={"region": "us"})],
+        ignore_index=True,
+    )
+    assert process_events(job, frame, window(0, 8)).digest["sent"] is True
+    [(_, payload)] = slack_webhook
+    last = payload["blocks"][-1]["text"]
+    assert last["type"] == "mrkdwn" and last["text"].endswith("|Open the day in the dashboard>")
+    link = last["text"][1:].split("|")[0]
+    assert link.startswith("https://airflow.example.com/anomaly-pipelines/dashboard/jobs/web?start=")
+    from pipelines.web.dashboard_data import Filters
+
+    query = parse_qs(urlsplit(link).query)
+    shown = Filters.parse(start=query["start"][0], end=query["end"][0], only_anomalies=query["only_anomalies"][0])
+    assert shown.start <= START + 2 * H and shown.end >= START + 8 * H and shown.only_anomalies

@@ -347,3 +347,30 @@ def test_bad_monitoring_settings_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"monitoring\.statistic: .*'psi' or 'ks'"):
         make_job(tmp_path, hourly(1, seed=0), statistic="wasserstein")
     assert make_job(tmp_path, hourly(1, seed=0), statistic="ks").monitoring.threshold == 0.2
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [('{"job": "monitored", "ser', "is not valid JSON"), ("[]", "holds no JSON object"),
+     ('{"job": "monitored"}', "lacks interval_start, interval_end, model_version, features")],
+    ids=["cut-short", "array", "other-object"],
+)
+def test_a_monitoring_file_that_is_not_a_record_names_the_job_the_series_and_the_file(
+    tmp_path: Path, content: str, said: str
+) -> None:
+    # A record or retrain request edited by hand (or cut short by a copy) failed every later
+    # monitor run with a bare JSONDecodeError, KeyError or TypeError, naming no job or file.
+    from pipelines.errors import ConfigError
+    from pipelines.monitoring import record_path
+
+    job = make_job(tmp_path, hourly(1, seed=0))
+    record = Path(record_path(job, "region=eu", WINDOWS[0]))
+    record.parent.mkdir(parents=True)
+    record.write_text(content)
+    with pytest.raises(ConfigError, match=rf"job monitored, series region=eu: the monitoring file {record} {said}.*; delete it \("):
+        read_records(job, "region=eu")
+    record.unlink()
+    request = record.parents[1] / "retrain_request.json"
+    request.write_text(content)
+    with pytest.raises(ConfigError, match=rf"the monitoring file {request} .*; delete it \(a retrain still due is requested again"):
+        read_request(job, "region=eu")
