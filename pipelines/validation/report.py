@@ -19,6 +19,27 @@ if TYPE_CHECKING:  # pragma: no cover
 #: How many unexpected values and rows a check keeps.
 SAMPLE_SIZE = 5
 
+#: How much of one text value a report shows, its start and its end: a csv cell can hold
+#: megabytes (an HTML error page pasted in), which the report, the task log and the run's error
+#: echoed whole, several times. The end tells apart long values that begin alike (host names).
+SHOWN_CHARS = 60
+_HEAD, _TAIL = 40, 20
+
+_SHORTENED = re.compile(rf".{{{_HEAD}}}… \([\d,]+ characters left out\) ….{{{_TAIL}}}", re.DOTALL)
+
+
+def shortened(value: Any) -> Any:
+    """``value`` (JSON-safe) with each text longer than :data:`SHOWN_CHARS` cut in the middle, as
+    job files' errors cut a long value. Text it cut already is kept as it is: the batch GX sees
+    holds feature text cut so (see ``suite.prepare_batch``)."""
+    if isinstance(value, str) and len(value) > SHOWN_CHARS and not _SHORTENED.fullmatch(value):
+        return f"{value[:_HEAD]}… ({len(value) - _HEAD - _TAIL:,} characters left out) …{value[-_TAIL:]}"
+    if isinstance(value, list):
+        return [shortened(item) for item in value]
+    if isinstance(value, dict):
+        return {key: shortened(item) for key, item in value.items()}
+    return value
+
 
 @dataclass(frozen=True)
 class RowNumbers:
@@ -171,7 +192,7 @@ def build_report(
         if one.result:
             # GX's own JSON form raises on values it does not know (a Timedelta of an interval
             # column, a UUID): the report would crash where it should name them.
-            one.result = json_safe(one.result)
+            one.result = shortened(json_safe(one.result))
     checks = [CheckResult.from_gx(one) for one in result.results]
     located = keys is not None and not keys.empty
     # A job's column the source lacks is explained by its failed existence check.
@@ -204,6 +225,7 @@ def build_report(
         if located:
             check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
     for check in more:
+        check.sample_values = shortened(check.sample_values)
         if located:
             check.sample_where = [_where(keys, row) for row in check.sample_rows if 0 <= row < len(keys)]
         checks.append(check)
@@ -304,7 +326,7 @@ def _columns(kwargs: dict[str, Any]) -> list[str]:
 
 def _where(keys: pd.DataFrame, row: int) -> str:
     """``column=value`` for each key column of ``row``, values as read (a missing one as null)."""
-    values = {name: json_safe(value) for name, value in keys.iloc[row].items()}
+    values = {name: shortened(json_safe(value)) for name, value in keys.iloc[row].items()}
     return ", ".join(f"{name}={'null' if value is None else value}" for name, value in values.items())
 
 

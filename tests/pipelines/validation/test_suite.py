@@ -188,3 +188,57 @@ def test_broken_suite_file_is_a_config_error_naming_it(tmp_path: Path, content: 
         path.write_text(content)
     with pytest.raises(ConfigError, match=rf"(?s){path}: .*{problem}.*fix the file, or validation.suite"):
         load_expectations(str(path))
+
+
+def test_prepare_batch_shortens_feature_text_that_is_not_a_number(make_job) -> None:
+    # GX fingerprints a batch by hashing it, and a column of numbers and text as text of its longest
+    # value's width: one 10 kB cell among 20,000 rows took 800 MB, among a million 40 GB.
+    page = "<html>" + "x" * 10_000 + "</body></html>"
+    frame = pd.DataFrame(
+        {"timestamp": ["2024-02-01T00:00:00Z"] * 3, "region": ["eu", "us", "ap"], "requests": [1, page, "9" * 70], "latency_ms": 1.5}
+    )
+    batch = prepare_batch(frame, make_job())
+
+    assert batch["requests"].tolist() == [1.0, "<html>" + "x" * 34 + "… (9,960 characters left out) …" + "x" * 6 + "</body></html>", 1e70]  # a long number stays one
+    assert frame["requests"][1] == page  # the raw batch, which quarantine keeps, is left alone
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"column": "requests", "min_value": 10, "max_value": 1}, r"min_value 10 is above max_value 1"),
+        ({"column": "region", "regex": "(eu"}, r"regex '\(eu' is not a regular expression \(missing \)"),
+        ({"column": "region", "regex_list": ["eu", "[us"]}, r"regex_list '\[us' is not a regular expression"),
+    ],
+)
+def test_suite_settings_that_can_never_run_are_a_config_error(tmp_path: Path, kwargs: dict, problem: str) -> None:
+    # GX took them and erred on every batch at run time: each run failed validation and quarantined
+    # its data, saying to fix the source.
+    kind = "expect_column_values_to_be_between" if "min_value" in kwargs else (
+        "expect_column_values_to_match_regex" if "regex" in kwargs else "expect_column_values_to_match_regex_list"
+    )
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps({"name": "s", "expectations": [{"type": kind, "kwargs": kwargs}]}))
+    with pytest.raises(ConfigError, match=rf"{path}: expectation 1 \({kind}\) is not valid: {problem}.*fix the file"):
+        load_expectations(str(path))
+
+
+def test_suite_bounds_that_can_run_load(tmp_path: Path) -> None:
+    expectations = [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "requests", "min_value": 5, "max_value": 5}},
+        {"type": "expect_column_max_to_be_between", "kwargs": {"column": "ts", "min_value": "2024-01-01", "max_value": "2024-12-31"}},
+        {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "region", "regex": r"^(eu|us)\d*$"}},
+    ]
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps({"name": "s", "expectations": expectations}))
+    assert len(load_expectations(str(path))) == 3
+
+
+def test_a_long_timestamp_twice_is_quoted_short_by_the_duplicate_check(make_job) -> None:
+    # Its detail quoted the value whole: two rows of one 100 kB cell made a 100 kB line.
+    job = make_job(dimensions=[])
+    frame = pd.DataFrame({"timestamp": ["t" * 100_000 + "Z"] * 2, "requests": [1, 2]})
+    check = duplicate_instants(frame, prepare_batch(frame, job), job)
+
+    assert f"(UTC: '{'t' * 40}… (99,941 characters left out) …{'t' * 19}Z' at rows [0, 1])" in check.detail
+    assert len(check.detail) < 500

@@ -723,3 +723,32 @@ def test_a_rejected_batch_with_integers_beyond_64_bits_is_quarantined(tmp_path: 
     kept = pd.read_parquet(quarantine_dir / "batch.parquet")
     assert kept["requests"].tolist() == [str(2**64 - 1), "-1", "3", "4", "5", "6"]
     assert kept["latency_ms"].tolist() == frame["latency_ms"].tolist()
+
+
+def test_a_long_text_value_is_shown_by_its_start_and_length(tmp_path: Path, make_job, clean_frame: pd.DataFrame) -> None:
+    # An HTML error page pasted into a cell: the report, the log line and the run's error each
+    # echoed the whole of every sampled value (some 10 MB of each for five 2 MB cells).
+    page = "<html>" + "x" * 100_000 + "</body></html>"
+    frame = clean_frame.astype({"latency_ms": object, "timestamp": object})
+    frame.loc[1, "latency_ms"] = page
+    frame.loc[2, "region"] = "r" * 100_000 + "-east"
+    frame.loc[3, "timestamp"] = "t" * 100_000
+    suite = tmp_path / "suite.json"
+    in_set = {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "region", "value_set": ["eu", "us"]}}
+    suite.write_text(json.dumps({"name": "web", "expectations": [in_set]}))
+    quarantine_dir = tmp_path / "quarantine"
+    with pytest.raises(DataValidationError) as raised:
+        check_and_raise(
+            frame, make_job(), window=WINDOW, suite_path=str(suite), report_path=str(tmp_path / "report.json"),
+            quarantine_dir=str(quarantine_dir),
+        )
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    samples = {(check["expectation"], check["column"]): check["sample_values"] for check in report["checks"] if not check["success"]}
+    assert samples[("expect_column_values_to_be_in_type_list", "latency_ms")] == ["<html>" + "x" * 34 + "… (99,960 characters left out) …" + "x" * 6 + "</body></html>"]
+    assert samples[("expect_column_values_to_be_in_set", "region")] == ["r" * 40 + "… (99,945 characters left out) …" + "r" * 15 + "-east"]
+    assert samples[("expect_column_values_to_be_dateutil_parseable", "timestamp")] == ["t" * 40 + "… (99,940 characters left out) …" + "t" * 20]
+    assert len((tmp_path / "report.json").read_text()) < 50_000 and len(str(raised.value)) < 5_000
+    assert "region=" + "r" * 40 + "… (99,945 characters left out) …" + "r" * 15 + "-east" in str(raised.value)
+    kept = pd.read_parquet(quarantine_dir / "batch.parquet")
+    assert (kept["latency_ms"][1], kept["region"][2], kept["timestamp"][3]) == (page, "r" * 100_000 + "-east", "t" * 100_000)
