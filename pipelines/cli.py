@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from pipelines.config import find_job, job_files, jobs_dir, scan_job_files
+from pipelines.config import JobConfig, find_job, job_files, jobs_dir, scan_job_files
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, PipelineError, SinkError
 from pipelines.workspace import file_identity, prediction_window, to_utc, training_window, utcnow
@@ -144,10 +144,24 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     scan = scan_job_files(paths)
     for error in scan.errors:
         print(f"FAIL {error}", file=sys.stderr)
+    failed = bool(scan.errors)
     for name, path in sorted(scan.files.items(), key=lambda item: paths.index(item[1])):
         job = scan.jobs[name]
+        try:
+            _check_suite(job)
+        except ConfigError as exc:
+            print(f"FAIL {path}: {exc}", file=sys.stderr)
+            failed = True
+            continue
         print(f"ok   {path}: job {job.name} ({job.model.kind}, {len(job.features)} features)")
-    return 1 if scan.errors else 0
+    return 1 if failed else 0
+
+
+def _check_suite(job: JobConfig) -> None:
+    if job.validation.suite:  # Great Expectations takes seconds to import: only for a job with a suite
+        from pipelines.validation.suite import check_suite
+
+        check_suite(job)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -89,7 +89,7 @@ class CheckResult:
     def from_gx(cls, result: ExpectationValidationResult) -> CheckResult:
         config = result.expectation_config
         kwargs = config.kwargs
-        column = ", ".join(_columns(kwargs)) or None
+        column = ", ".join(expectation_columns(kwargs)) or None
         outcome = result.result or {}
         error = _exception_message(result.exception_info or {})
         if error:
@@ -200,7 +200,7 @@ def build_report(
     for one, check in zip(result.results, checks, strict=True):
         absent = [
             name
-            for name in _columns(one.expectation_config.kwargs)
+            for name in expectation_columns(one.expectation_config.kwargs)
             if columns is not None and name not in columns and name not in explained
         ]
         if absent and not check.success:
@@ -233,7 +233,7 @@ def build_report(
         if check.sample_rows:
             check.sample_rows = [numbers.first + row for row in check.sample_rows]
             check.rows_of = numbers.of
-    _explain_untyped([(_columns(one.expectation_config.kwargs), check) for one, check in zip(result.results, checks)])
+    _explain_untyped([(expectation_columns(one.expectation_config.kwargs), check) for one, check in zip(result.results, checks)])
     return ValidationReport(
         job=job,
         success=all(check.success for check in checks),
@@ -317,7 +317,7 @@ def _not_numbers(check: CheckResult) -> str:
     return f"{check.column} holds values that are not numbers ({values}; see {_TYPE_CHECK} on {check.column})"
 
 
-def _columns(kwargs: dict[str, Any]) -> list[str]:
+def expectation_columns(kwargs: dict[str, Any]) -> list[str]:
     """The columns an expectation checks: ``column``, ``column_list``, or a pair's ``column_A`` and ``column_B``."""
     if kwargs.get("column"):
         return [kwargs["column"]]

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
 
-from pipelines.config import JobConfig
+from pipelines.config import JobConfig, resolve_path
 from pipelines.errors import ConfigError
 from pipelines.json_values import json_safe
 from pipelines.sources.base import LONGEST_TIMESTAMP, SUPPORTED_YEARS, parse_timestamps
 from pipelines.storage import read_bytes
-from pipelines.validation.report import SAMPLE_SIZE, CheckResult, shortened
+from pipelines.validation.report import SAMPLE_SIZE, CheckResult, expectation_columns, shortened
 
 if TYPE_CHECKING:  # pragma: no cover
     from great_expectations.core import ExpectationSuite
@@ -341,6 +341,23 @@ def load_expectations(path: str) -> list[Expectation]:
         if problem:
             raise ConfigError(f"{path}: expectation {number} ({configuration.type}) is not valid: {problem}; {fix}")
     return expectations
+
+
+def check_suite(job: JobConfig) -> None:
+    """Raise :class:`ConfigError` when the job's expectation suite (``validation.suite``) cannot be
+    loaded or names a column the job does not read: either failed only in the validate task, after
+    extracting the window, quarantining good data and saying to fix the source."""
+    if not job.validation.suite:
+        return
+    path = resolve_path(job.validation.suite)
+    for number, expectation in enumerate(load_expectations(path), start=1):
+        unknown = [name for name in expectation_columns(expectation.configuration.kwargs) if name not in job.columns]
+        if unknown:
+            raise ConfigError(
+                f"{path}: expectation {number} ({expectation.configuration.type}) checks {', '.join(map(repr, unknown))}, "
+                f"which job {job.name} does not read (its columns: {', '.join(job.columns)}); name one of those, or add "
+                "the column to the job's dimensions or features"
+            )
 
 
 def _kwargs_problem(kwargs: dict) -> str | None:

@@ -36,6 +36,29 @@ def test_validate_config_reports_each_file(tmp_path, capsys):
     assert "bad.yaml: invalid job configuration" in err and "featurez: unknown field" in err
 
 
+def test_validate_config_fails_a_suite_that_checks_a_column_the_job_does_not_read(tmp_path, capsys):
+    # It failed only in the validate task of every run, quarantining good data.
+    suite = {"name": "s", "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "v"}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "vv", "min_value": 0}},
+    ]}
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    job = {
+        "name": "checked", "source": {"kind": "file", "path": "x.csv"}, "timestamp": "ts", "frequency": "1h",
+        "features": ["v"], "model": {"kind": "iforest"}, "validation": {"suite": str(tmp_path / "suite.json")},
+    }
+    (tmp_path / "checked.yaml").write_text(yaml.safe_dump(job))
+
+    assert main(["validate-config", str(tmp_path / "checked.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"FAIL {tmp_path / 'checked.yaml'}: {tmp_path / 'suite.json'}: expectation 2 (expect_column_values_to_be_between) " \
+        "checks 'vv', which job checked does not read (its columns: ts, v)" in err
+
+    suite["expectations"].pop()
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    assert main(["validate-config", str(tmp_path / "checked.yaml")]) == 0
+
+
 def test_validate_config_fails_a_job_name_used_by_two_files(tmp_path, monkeypatch, capsys):
     job = {
         "name": "web",
