@@ -109,6 +109,9 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     # dateutil's time grows with the square of a text's length: one 1 MB cell held a worker for
     # 75 s, 16 MiB for hours. No date-time is that long, so such text is unparseable unread.
     text = text.where(~(text.str.len() > LONGEST_TIMESTAMP).fillna(False))
+    fast = _iso_timestamps(text)
+    if fast is not None:
+        return fast
     try:
         parsed = pd.to_datetime(text, format="mixed", errors="coerce")
     except ValueError:
@@ -123,6 +126,38 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
             ) from None
         return parsed
     return parsed.dt.tz_localize("UTC") if parsed.dt.tz is None else parsed.dt.tz_convert("UTC")
+
+
+#: An ISO 8601 time of day followed by its zone (Z, +01:00, +0100 or +01): a time is required, so
+#: the day of a date (2024-03-01) is not read as the offset -01.
+_ZONED = r":\d{2}(?::\d{2})?(?:[.,]\d+)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _iso_timestamps(text: pd.Series) -> pd.Series | None:
+    """:func:`parse_timestamps` of ``text`` when every value is ISO 8601, else None.
+
+    Value by value (``format="mixed"``) took 1.2 s a million aware timestamps and 5.2 s when
+    their offsets change with summer time (each value's zone was then checked in Python); ISO
+    8601, what sources mostly hold, parses at 0.2 s. Any value it cannot read sends the whole
+    column to the value-by-value parser, so the result (and every error) stays that parser's.
+    """
+    held = text.notna()
+    try:
+        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+    except ValueError:  # several offsets (summer time), or naive among aware
+        parsed = None
+    if parsed is not None:
+        if (parsed.isna() & held).any():
+            return None
+        return parsed.dt.tz_localize("UTC") if parsed.dt.tz is None else parsed.dt.tz_convert("UTC")
+    try:
+        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+    except ValueError:
+        return None
+    # With utc=True a naive value is taken as UTC: only every value written with its zone is fine.
+    if (parsed.isna() & held).any() or not text[held].str.contains(_ZONED, regex=True).all():
+        return None
+    return parsed
 
 
 def window_mask(timestamps: pd.Series, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.Series:

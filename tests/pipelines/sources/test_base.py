@@ -93,3 +93,33 @@ def test_text_longer_than_any_time_is_unparseable_without_being_read() -> None:
     parsed = parse_timestamps(values)
     assert parsed.iloc[0] == pd.Timestamp("2024-03-03T08:30:00.123456789Z")
     assert parsed.iloc[1:].isna().all()
+
+
+_WRITTEN = [
+    ["2024-03-01 00:00:00", "2024-03-01 01:00:00"],
+    ["2024-03-01T00:00:00Z", "2024-03-01T01:00:00+00:00"],
+    ["2024-03-01T00:00:00+01:00", "2024-07-01T00:00:00+02:00"],  # summer time: several offsets
+    ["2024-03-01T00:00:00+0100", None, "2024-07-01T00:00:00 +02"],
+    ["2024-03-01", "20240302", "2024-03-01T00:00", "2024-3-1 0:00", " 2024-03-01 00:00:00 "],
+    ["2024-03-01T00:00:00.123456789", "2024-03-01T00:00:00.5"],
+    ["03/01/2024 10:00", "2024-03-01 10:00"],  # not ISO 8601: value by value
+    ["2024-03-01 00:00:00", "garbage", None, "", "NaT", "2024-02-30 00:00:00"],
+    ["0001-01-01", "9999-12-31 00:00:00", "1700-01-01T00:00:00"],
+    ["1700-01-01T00:00:00Z", "2300-01-01T00:00:00-05:00"],
+]
+
+
+@pytest.mark.parametrize("written", _WRITTEN)
+def test_iso_timestamps_parse_as_value_by_value_does(written: list[str | None], monkeypatch: pytest.MonkeyPatch) -> None:
+    # ISO 8601 is parsed in one pass (5 to 6 times faster): it must give what the value-by-value
+    # parser gives, which it falls back to for anything else.
+    values = pd.Series(written, dtype=object)
+    fast = parse_timestamps(values)
+    monkeypatch.setattr("pipelines.sources.base._iso_timestamps", lambda text: None)
+    pd.testing.assert_series_equal(fast, parse_timestamps(values))
+
+
+@pytest.mark.parametrize("written", [["2024-03-01T00:00:00Z", "2024-03-01 00:00:00"], ["2024-03-01T00:00:00+01:00", "2024-03-01"]])
+def test_iso_timestamps_with_and_without_a_zone_are_refused(written: list[str]) -> None:
+    with pytest.raises(ValueError, match="1 of 2 timestamps have no time zone while the others have one"):
+        parse_timestamps(pd.Series(written, dtype=object))
