@@ -31,7 +31,7 @@ from pydantic import (
 
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.durations import duration_text, parse_duration, rows_spanned
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, cut_middle
 from pipelines.schema import OUTPUT_COLUMNS
 
 JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -546,10 +546,7 @@ def _shown(value: Any) -> str:
 def _bounded(line: str) -> str:
     """``line`` cut in the middle when longer than :data:`_LINE_CHARS`: a check's own message may
     quote a given value whole ("... is not a duration: ..."); its end says what to do."""
-    if len(line) <= _LINE_CHARS:
-        return line
-    head, tail = line[: _LINE_CHARS // 2], line[-_LINE_CHARS // 4 :]
-    return f"{head}… ({len(line) - len(head) - len(tail):,} characters left out) …{tail}"
+    return line if len(line) <= _LINE_CHARS else cut_middle(line, _LINE_CHARS // 2, _LINE_CHARS // 4)
 
 
 def _naming_input(message: str, given: Any) -> str:

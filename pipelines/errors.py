@@ -6,6 +6,15 @@ Each message says what failed (job, source, column, rows or window) and what to 
 from __future__ import annotations
 
 
+def cut_middle(text: str, head: int, tail: int) -> str:
+    """``text`` with all but its first ``head`` and last ``tail`` characters replaced by how many
+    were left out, when that shortens it: how a message quotes a value that may be megabytes (the
+    end tells apart long values that begin alike, and often says what to do)."""
+    if len(text) <= head + tail:
+        return text
+    return f"{text[:head]}… ({len(text) - head - tail:,} characters left out) …{text[len(text) - tail:]}"
+
+
 class PipelineError(Exception):
     """Base class: anything the library raises deliberately."""
 

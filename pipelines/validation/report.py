@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from pipelines.errors import cut_middle
 from pipelines.json_values import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,7 +34,7 @@ def shortened(value: Any) -> Any:
     job files' errors cut a long value. Text it cut already is kept as it is: the batch GX sees
     holds feature text cut so (see ``suite.prepare_batch``)."""
     if isinstance(value, str) and len(value) > SHOWN_CHARS and not _SHORTENED.fullmatch(value):
-        return f"{value[:_HEAD]}… ({len(value) - _HEAD - _TAIL:,} characters left out) …{value[-_TAIL:]}"
+        return cut_middle(value, _HEAD, _TAIL)
     if isinstance(value, list):
         return [shortened(item) for item in value]
     if isinstance(value, dict):
