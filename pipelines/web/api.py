@@ -115,10 +115,14 @@ class _BoundedJsonRoute(APIRoute):
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        from fastapi.dependencies.utils import get_flat_dependant
+
         handle = super().get_route_handler()
+        # The query parameters the operation takes: fixed by its signature, so listed once here.
+        taken = [param.alias for param in get_flat_dependant(self.dependant).query_params]
 
         async def bounded(request: Request) -> Response:
-            self._check_query_names(request)
+            self._check_query_names(request, taken)
             if self.body_field is not None and _may_be_parsed(request):
                 await self._check_values(request)
                 if request.headers.get("content-type"):  # without one FastAPI answers 415 unparsed
@@ -127,14 +131,12 @@ class _BoundedJsonRoute(APIRoute):
 
         return bounded
 
-    def _check_query_names(self, request: Request) -> None:
+    def _check_query_names(self, request: Request, taken: list[str]) -> None:
         """Refuse (422, as FastAPI refuses a bad value: the app's handler checks the login first) a query
-        parameter the operation does not take: ``?serie=region=eu`` listed the events of every series,
-        ``?lmit=5`` all 200 of them, as if the parameter had been read."""
-        from fastapi.dependencies.utils import get_flat_dependant
+        parameter other than those the operation takes (``taken``): ``?serie=region=eu`` listed the
+        events of every series, ``?lmit=5`` all 200 of them, as if the parameter had been read."""
         from fastapi.exceptions import RequestValidationError
 
-        taken = [param.alias for param in get_flat_dependant(self.dependant).query_params]
         unknown = [name for name in dict.fromkeys(request.query_params.keys()) if name not in taken]
         if unknown:
             allowed = f"it takes {', '.join(taken)}" if taken else "it takes none"
