@@ -87,6 +87,62 @@ def _no_references(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+#: Words of an fsspec option's name that make its value a credential: s3fs's secret and token,
+#: botocore's aws_secret_access_key, adlfs's sas_token and client_secret, a password, an HTTP
+#: file system's Authorization header.
+_SECRET_WORDS = {"secret", "password", "passwd", "passphrase", "token", "credential", "credentials", "authorization"}
+#: What an option named as a credential may hold that is none: gcsfs's ways to find one.
+_NO_CREDENTIAL = {"anon", "google_default", "cache", "cloud", "browser"}
+
+
+def _is_secret_option(name: str) -> bool:
+    """Whether the fsspec option ``name`` holds a credential (``key``, ``aws_access_key_id``, ``SSECustomerKey``)."""
+    words = [word.lower() for word in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", name)]
+    joined = "_".join(words)
+    # A name ending in "key" is a key (s3fs's key, adlfs's account_key); kms_key_id names one.
+    return bool(_SECRET_WORDS & set(words)) or words[-1:] == ["key"] or "access_key" in joined or "connection_string" in joined
+
+
+def _written_secrets(options: dict[Any, Any], prefix: str = "") -> list[str]:
+    """The options (``key``, ``client_kwargs.aws_secret_access_key``) of ``options`` and the mappings
+    nested in them that hold a credential written out, not a file's path nor gcsfs's ``anon``."""
+    found = []
+    for name, value in options.items():
+        where = f"{prefix}{name}"
+        if isinstance(value, dict) and not _is_secret_option(str(name)):
+            found += _written_secrets(value, f"{where}.")
+        elif _is_secret_option(str(name)) and value not in (None, "") and not isinstance(value, bool):
+            harmless = isinstance(value, str) and (value.startswith(("/", "./", "../")) or value.endswith(".json") or value in _NO_CREDENTIAL)
+            if not harmless:
+                found.append(where)
+    return found
+
+
+def _no_written_secrets(options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """``options`` unless the job file writes a credential among them (see :class:`SqlConnection`'s url)."""
+    # key and secret written in a job file were accepted: the file is kept in git, and the job's
+    # settings are shown to whoever reads them. Only a job file (load_job_file's context): code
+    # may hand over credentials it holds in memory, as the tests' S3 buckets do.
+    if not (isinstance(info.context, dict) and info.context.get("file")):
+        return options
+    secrets = _written_secrets(options)
+    if secrets:
+        job = info.context.get("job")
+        raise ValueError(
+            f"{', '.join(secrets)}: {f'job {job!r} ' if job else 'the job file '}writes {'a credential' if len(secrets) == 1 else 'credentials'} "
+            "out, and a job file is kept in version control and shown to whoever reads the job's settings: remove "
+            f"{'it' if len(secrets) == 1 else 'them'} and give the worker credentials through the environment, which the "
+            "store's own library reads (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, for s3://; "
+            "GOOGLE_APPLICATION_CREDENTIALS naming a key file, or token: <the key file's path>, for gs://); "
+            "options that are not secrets (endpoint_url, anon, profile, region_name) may stay"
+        )
+    return options
+
+
+#: fsspec options of a job file: no reference to an environment variable, no credential written out.
+StorageOptions = Annotated[dict[str, Any], AfterValidator(_no_references), AfterValidator(_no_written_secrets)]
+
+
 def _connection_id(conn_id: str) -> str:
     """``conn_id`` unless Airflow would refuse it as a connection id (its ``RE_SANITIZE_CONN_ID``)."""
     # "${WAREHOUSE}" passed, and each run failed with "The conn_id `${WAREHOUSE}` isn't defined".
@@ -287,6 +343,16 @@ def _without_window(params: dict[str, Any], named: str) -> dict[str, Any]:
     return params
 
 
+#: What one value of a partition format stands for, by its finest field's strptime letters.
+_FORMAT_SPANS = (
+    ("fS", timedelta(seconds=1), "a second"),
+    ("M", timedelta(minutes=1), "a minute"),
+    ("HI", timedelta(hours=1), "an hour"),
+    ("dj", timedelta(days=1), "a day"),
+    ("mbB", timedelta(days=31), "a month, up to 31 days"),
+)
+
+
 class Partitioning(_Model):
     """How one hive partition key (``date=2024-03-01``) maps to the time its files hold.
 
@@ -311,6 +377,29 @@ class Partitioning(_Model):
             raise ValueError("the format must hold the year (%Y), e.g. %Y-%m-%d or %Y-%m-%dT%H")
         return value
 
+    @field_validator("granularity")
+    @classmethod
+    def _holds_a_whole_value(cls, granularity: timedelta | None, info: ValidationInfo) -> timedelta | None:
+        # A partition date=2024-03-01 with granularity 1h was taken to hold 00:00 to 01:00 only:
+        # every window later that day skipped its files, and their rows were never read, unsaid.
+        fmt = info.data.get("format")
+        if granularity is None or fmt is None:
+            return granularity
+        directives = set(re.findall(r"%(.)", fmt))
+        # The finest field of the format, as pipelines.sources.file._finest_step (which imports
+        # pandas); a month or a year at its longest, as a shorter granularity drops its last days.
+        span, named = next(
+            ((span, named) for letters, span, named in _FORMAT_SPANS if directives & set(letters)),
+            (timedelta(days=366), "a year"),
+        )
+        if granularity < span:
+            raise ValueError(
+                f"{duration_text(granularity)} is shorter than what one value of format {fmt!r} stands for ({named}): its "
+                f"partitions would be taken to hold their first {duration_text(granularity)} only, and windows after that "
+                f"would skip their files; leave granularity out (the format's finest field), or give at least {duration_text(span)}"
+            )
+        return granularity
+
 
 class FileSource(_Model):
     kind: Literal["file"]
@@ -331,7 +420,7 @@ class FileSource(_Model):
     prune_partitions: bool = Field(
         True, description="Skip partitions outside the window; false when partition times are not row times."
     )
-    storage_options: Annotated[dict[str, Any], AfterValidator(_no_references)] = Field(default_factory=dict, description="fsspec options")
+    storage_options: StorageOptions = Field(default_factory=dict, description="fsspec options")
 
     @field_validator("encoding")
     @classmethod
@@ -582,6 +671,14 @@ class ThresholdConfig(_Model):
 
     @model_validator(mode="after")
     def _in_range(self) -> ThresholdConfig:
+        if self.kind == "score" and "value" not in self.model_fields_set:
+            # The default value is a share of points (0.5 %): as a cut on the score it flagged
+            # nearly every point, without a word.
+            raise _FieldError(
+                "threshold.value",
+                "a score threshold has no default: write the calibrated score from which a point is an anomaly, "
+                "in (0, 1), e.g. threshold: {kind: score, value: 0.99}",
+            )
         if self.kind in ("contamination", "false_alarm_probability") and not 0 < self.value <= 0.5:
             name = "contamination" if self.kind == "contamination" else "a false alarm probability"
             raise ValueError(f"{name} must be in (0, 0.5], got {self.value}")
@@ -621,10 +718,26 @@ class Schedules(_Model):
         return value
 
 
+def _sql_name(name: str) -> str:
+    """``name`` when a table or schema may be named so without quoting in every database written to."""
+    # pydantic's pattern error showed a regular expression, which said nothing of a hyphen or a dot.
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+        raise ValueError(
+            f"{name!r} is not a plain SQL name: letters, digits and _, starting with a letter or _, at most 63 characters "
+            "(PostgreSQL's limit), e.g. anomalies"
+            + ("; a table's schema is not written before it (outputs.table has its own schema setting)" if "." in name else "")
+        )
+    return name
+
+
+#: A table's or a schema's name, written into SQL statements as it is.
+SqlName = Annotated[str, AfterValidator(_sql_name)]
+
+
 class TableOutput(_Model):
     connection: SqlConnection
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-    db_schema: str | None = Field(None, alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    name: SqlName
+    db_schema: SqlName | None = Field(None, alias="schema")
 
 
 class BigQueryOutput(_Model):
@@ -648,7 +761,7 @@ class Outputs(_Model):
     parquet: Location = Field("var/outputs", description="Root of the Parquet dataset (local or s3://).")
     table: TableOutput | None = None
     bigquery: BigQueryOutput | None = None
-    storage_options: Annotated[dict[str, Any], AfterValidator(_no_references)] = Field(default_factory=dict)
+    storage_options: StorageOptions = Field(default_factory=dict)
 
 
 class ValidationConfig(_Model):
@@ -743,7 +856,7 @@ class LabelsConfig(_Model):
         default_factory=lambda: SqlConnection(url="sqlite:///var/labels.db"),
         description="Database of the labels table; relative sqlite:/// paths resolve against the project root.",
     )
-    table: str = Field("anomaly_labels", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="Table name.")
+    table: SqlName = Field("anomaly_labels", description="Table name.")
 
 
 class MonitoringConfig(_Model):
@@ -772,6 +885,18 @@ class MonitoringConfig(_Model):
         24, ge=1, description="Predict runs after a retrain request before the same champion is reported again."
     )
 
+    @model_validator(mode="after")
+    def _ks_can_pass_the_threshold(self) -> MonitoringConfig:
+        # The KS statistic is at most 1: a drift_threshold of 1 or more (a PSI-sized 1.5 kept when
+        # switching statistic) never counted a drift, and no retrain was ever asked for.
+        if self.statistic == "ks" and self.drift_threshold is not None and self.drift_threshold >= 1:
+            raise _FieldError(
+                "monitoring.drift_threshold",
+                f"the ks statistic is at most 1, so a drift_threshold of {self.drift_threshold:g} would never be passed: "
+                "use a value in (0, 1) (default 0.2 for ks), or statistic: psi",
+            )
+        return self
+
     @property
     def threshold(self) -> float:
         if self.drift_threshold is not None:
@@ -781,6 +906,10 @@ class MonitoringConfig(_Model):
 
 #: Fields an e-mail subject may use (values of the event being alerted).
 ALERT_SUBJECT_FIELDS = ("job", "series", "start", "end", "peak_score", "peak_timestamp", "direction", "features", "rows")
+
+
+#: One e-mail address: no display name, no list.
+_EMAIL_ADDRESS = r"[^@\s,;]+@[^@\s,;]+"
 
 
 class EmailChannel(_Model):
@@ -797,10 +926,22 @@ class EmailChannel(_Model):
     @field_validator("to")
     @classmethod
     def _addresses(cls, to: list[str]) -> list[str]:
-        bad = [address for address in to if not re.fullmatch(r"[^@\s,;]+@[^@\s,;]+", address)]
+        bad = [address for address in to if not re.fullmatch(_EMAIL_ADDRESS, address)]
         if bad:
             raise ValueError(f"not e-mail addresses: {bad} (one address per list item, e.g. oncall@example.com)")
         return to
+
+    @field_validator("from_email")
+    @classmethod
+    def _sender(cls, sender: str | None) -> str | None:
+        # `from_email: alerts` passed, and the SMTP server refused every message at send time.
+        # A display name is fine: smtplib sends from the address inside the angle brackets.
+        if sender is not None and not re.fullmatch(rf"{_EMAIL_ADDRESS}|[^<>@,;]*<{_EMAIL_ADDRESS}>", sender):
+            raise ValueError(
+                f"{sender!r} is not an e-mail address: write one (anomalies@example.com, or Anomalies <anomalies@example.com>), "
+                "or leave from_email out for the SMTP connection's own"
+            )
+        return sender
 
     @field_validator("subject")
     @classmethod
@@ -866,6 +1007,18 @@ class AlertsConfig(_Model):
     dashboard_url: str | None = Field(
         None, description="Airflow's base URL for links; default: Airflow's [api] base_url, else http://localhost:8080."
     )
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _is_a_base_url(cls, url: str | None) -> str | None:
+        # Alert links are this URL followed by the dashboard's path: `airflow.example.com` made
+        # links that no mail client or Slack opened, and nothing said so before an alert was sent.
+        if url is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+            raise ValueError(
+                "must be Airflow's base URL with its scheme and without a query, e.g. https://airflow.example.com, "
+                "which alert links continue with the dashboard's path; leave it out for Airflow's [api] base_url"
+            )
+        return url
 
     @model_validator(mode="after")
     def _something_to_send(self) -> AlertsConfig:
@@ -1044,9 +1197,11 @@ class JobConfig(_Model):
         columns = [self.timestamp, *self.dimensions, *self.features]
         repeated = sorted({c for c in columns if columns.count(c) > 1})
         if repeated:
-            raise ValueError(
+            # Reported at the list that repeats one, not at the top level of the job.
+            raise _FieldError(
+                "dimensions" if set(repeated) & set(self.dimensions) else "features",
                 f"columns used twice among timestamp, dimensions and features: {repeated}; "
-                "a column is the time, a dimension or a feature: keep it in one place"
+                "a column is the time, a dimension or a feature: keep it in one place",
             )
 
     def _dimensions_are_not_output_columns(self) -> None:
@@ -1057,14 +1212,21 @@ class JobConfig(_Model):
         reserved = {name.lower() for name in (*OUTPUT_COLUMNS, "date")}
         taken = sorted(name for name in self.dimensions if name.lower() in reserved)
         if taken:
-            raise ValueError(
+            raise _FieldError(
+                "dimensions",
                 f"dimensions {taken} share their names with columns of the output ({', '.join([*OUTPUT_COLUMNS, 'date'])}); "
-                "rename them in the source (an alias in a SQL query, a header in a file)"
+                "rename them in the source (an alias in a SQL query, a header in a file)",
             )
 
     def _training_window_spans_two_periods(self) -> None:
         if self.training_window < self.frequency * 2:
-            raise ValueError("training_window must span at least two periods of frequency")
+            raise _FieldError(
+                "training_window",
+                f"training_window must span at least two periods of frequency: {duration_text(self.training_window)} holds "
+                f"fewer than two periods of {duration_text(self.frequency)}; use a training_window of at least "
+                f"{duration_text(2 * self.frequency)} (far more in practice: the model's rows checks then say how many), "
+                "or a shorter frequency",
+            )
 
     def _season_spans_two_rows(self) -> None:
         # The seasonal detectors refuse, at every fit, a season that the frequency puts in one row.
@@ -1371,7 +1533,14 @@ class JobConfig(_Model):
     def _alerted_features_exist(self) -> None:
         unknown = sorted(set(self.alerts.features) - set(self.features)) if self.alerts else []
         if unknown:
-            raise ValueError(f"alerts.features names {unknown}, which are not features of the job ({', '.join(self.features)})")
+            # Reported where it is written, not at the top level, where pydantic puts the checks of a whole job.
+            them = "it" if len(unknown) == 1 else "them"
+            raise _FieldError(
+                "alerts.features",
+                f"{', '.join(map(repr, unknown))} {'is not a feature' if len(unknown) == 1 else 'are not features'} of job "
+                f"{self.name!r}, whose features are {', '.join(self.features)}, so no alert would ever be about {them}: "
+                f"correct the spelling, add {them} to features, or remove {them} (an empty alerts.features alerts on every feature)",
+            )
 
     @property
     def columns(self) -> list[str]:
@@ -1471,8 +1640,9 @@ def parse_job(data: Any, *, source: str = "<job>") -> JobConfig:
     return _parse_job(data, source, {})
 
 
-def _parse_job(data: Any, source: str, surprising: dict[_Path, str]) -> JobConfig:
-    """:func:`parse_job`; ``surprising``: the values whose text a job file's YAML read as another value, by where they are."""
+def _parse_job(data: Any, source: str, surprising: dict[_Path, str], from_file: bool = False) -> JobConfig:
+    """:func:`parse_job`; ``surprising``: the values whose text a job file's YAML read as another value, by where they are;
+    ``from_file``: whether ``data`` was read from a job file (storage_options then hold no credential)."""
     if data is None:  # "got NoneType" said nothing of an empty file, or one of comments only
         raise ConfigError(
             f"{source}: the job file is empty (or holds only comments): write the job's settings, at least "
@@ -1486,7 +1656,7 @@ def _parse_job(data: Any, source: str, surprising: dict[_Path, str]) -> JobConfi
     name = data.get("name")
     try:
         # The context marks settings written in a job file, which some checks hold to more (SqlConnection.url).
-        context = {"job": name if isinstance(name, str) else None, "surprising_scalars": surprising}
+        context = {"job": name if isinstance(name, str) else None, "surprising_scalars": surprising, "file": from_file}
         return JobConfig.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(f"{source}: invalid job configuration\n{_format_errors(exc, surprising)}") from None
@@ -1637,7 +1807,7 @@ def load_job_file(path: str | Path) -> JobConfig:
     finally:
         if loader is not None:
             loader.dispose()
-    return _parse_job(data, str(path), getattr(loader, "surprising_scalars", {}))
+    return _parse_job(data, str(path), getattr(loader, "surprising_scalars", {}), from_file=True)
 
 
 @dataclass(frozen=True)

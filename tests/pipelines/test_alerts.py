@@ -496,7 +496,7 @@ def test_alert_window_reads_the_published_rows_and_keeps_state_beside_the_models
     ("alerts", "message"),
     [
         ({"email": None}, "configure at least one channel"),
-        ({"features": ["cpu"]}, r"alerts.features names \['cpu'\], which are not features of the job"),
+        ({"features": ["cpu"]}, r"alerts.features: 'cpu' is not a feature of job 'web', whose features are requests, latency_ms"),
         ({"email": {"to": ["oncall"]}}, r"not e-mail addresses: \['oncall'\]"),
         ({"email": {"to": ["a@b.c"], "subject": "{job} {severity}"}}, r"unknown fields \['severity'\]"),
         ({"immediate": False}, "immediate: false needs a digest"),

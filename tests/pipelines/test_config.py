@@ -115,11 +115,11 @@ def test_defaults_and_durations():
          "holds no whole period of it, counted from 1970-01-01T00:00Z), and such predict runs would fail: use a schedule whose "
          "runs are at least 1h apart, or a shorter frequency"),
         ({"frequency": "5h", "schedules": {"predict": "0 */7 * * *"}}, "schedules.predict", "[2024-01-03T21:00:00+00:00, 2024-01-04T00:00:00+00:00)"),
-        ({"dimensions": ["value"]}, "(top level)", "columns used twice among timestamp, dimensions and features: ['value']; "
+        ({"dimensions": ["value"]}, "dimensions", "columns used twice among timestamp, dimensions and features: ['value']; "
                                                    "a column is the time, a dimension or a feature: keep it in one place"),
-        ({"dimensions": ["feature", "date"]}, "(top level)", "dimensions ['date', 'feature'] share their names with columns of the output"),
+        ({"dimensions": ["feature", "date"]}, "dimensions", "dimensions ['date', 'feature'] share their names with columns of the output"),
         # Databases that fold the case of names (BigQuery, DuckDB, MySQL) took "Timestamp" for "timestamp".
-        ({"dimensions": ["Timestamp", "host"]}, "(top level)", "dimensions ['Timestamp'] share their names with columns of the output"),
+        ({"dimensions": ["Timestamp", "host"]}, "dimensions", "dimensions ['Timestamp'] share their names with columns of the output"),
         ({"threshold": {"kind": "contamination", "value": 0.9}}, "threshold", "contamination must be in (0, 0.5]"),
         ({"start_date": "yesterday"}, "start_date", "must be an ISO 8601 date or date-time, e.g. 2024-02-01"),
         (
@@ -708,7 +708,8 @@ def test_connection_description_never_shows_a_secret(url: str, shown: str) -> No
         ({"model": {"kind": "auto", "params": {"candidates": ["context", "mset"]}}, "tune": {"grid": {"level_window": [6]}}},
          "tune.grid.level_window: no searched detector (context, mset) tunes 'level_window'"),
         # Too short a window: that line alone, not the rows check's on the same cause.
-        ({"training_window": "1h"}, "(top level): training_window must span at least two periods of frequency"),
+        ({"training_window": "1h"}, "training_window: training_window must span at least two periods of frequency: 1h holds "
+                                    "fewer than two periods of 1h; use a training_window of at least 2h"),
         # Grid values every tune trial would fail with: a trial fits on all but tune.holdout_fraction of the rows.
         ({"frequency": "1d", "training_window": "365d", "model": {"kind": "seasonal_mad", "params": {"season": "1w"}},
           "tune": {"grid": {"season": ["1d", "1w"]}}},
@@ -819,7 +820,7 @@ def test_every_check_of_fields_together_is_reported_at_once():
     with pytest.raises(ConfigError) as info:
         parse_job(job, source="jobs/web.yaml")
     assert [line.split(":")[0] for line in str(info.value).splitlines()] == [
-        "jobs/web.yaml", "  (top level)", "  model.params.window", "  tune.grid.windw",
+        "jobs/web.yaml", "  dimensions", "  model.params.window", "  tune.grid.windw",
     ]
     assert "dimensions ['Score'] share their names with columns of the output" in str(info.value)
     job = minimal(
@@ -985,3 +986,170 @@ def test_a_frequency_no_cron_follows_needs_a_written_predict_schedule():
     assert "schedules.predict: the default, hourly, gives data intervals shorter than frequency 5h" in str(info.value)
     assert parse_job(minimal(frequency="5h", training_window="400d", model={"kind": "iforest"},
                              schedules={"predict": "0 0 * * *"})).schedules.predict == "0 0 * * *"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "keys"),
+    [
+        ({"source": {"kind": "file", "path": "s3://bucket/x.csv", "storage_options": {"key": "AKIAEXAMPLE", "secret": "wJalrXUtnFEMI"}}},
+         "source.file.storage_options", "key, secret"),
+        ({"outputs": {"parquet": "s3://bucket/out", "storage_options": {"endpoint_url": "http://minio:9000", "token": "FwoGZXIvYXdzEXAMPLE"}}},
+         "outputs.storage_options", "token"),
+        ({"outputs": {"storage_options": {"client_kwargs": {"aws_access_key_id": "AKIAEXAMPLE", "region_name": "eu-west-1"}}}},
+         "outputs.storage_options", "client_kwargs.aws_access_key_id"),
+        ({"outputs": {"storage_options": {"s3_additional_kwargs": {"SSECustomerKey": "c2VjcmV0EXAMPLE"}}}},
+         "outputs.storage_options", "s3_additional_kwargs.SSECustomerKey"),
+        ({"outputs": {"storage_options": {"account_name": "acct", "account_key": "EXAMPLEkey=="}}}, "outputs.storage_options", "account_key"),
+        ({"outputs": {"storage_options": {"client_secret": "EXAMPLE", "password": "EXAMPLE"}}}, "outputs.storage_options",
+         "client_secret, password"),
+        ({"source": {"kind": "file", "path": "https://example.com/x.csv", "storage_options": {"headers": {"Authorization": "Bearer EXAMPLE"}}}},
+         "source.file.storage_options", "headers.Authorization"),
+        # gcsfs takes a service account's key as a mapping, private key and all.
+        ({"source": {"kind": "file", "path": "gs://bucket/x.csv", "storage_options": {"token": {"private_key": "EXAMPLE"}}}},
+         "source.file.storage_options", "token"),
+    ],
+)
+def test_credentials_written_in_storage_options_are_refused(tmp_path, overrides, field, keys):
+    # They were accepted: a job file is kept in git and its settings are shown to whoever reads them.
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(minimal(**overrides)))
+    with pytest.raises(ConfigError) as info:
+        load_job_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid job configuration")
+    line = next(line for line in message.splitlines() if line.startswith(f"  {field}:"))
+    assert line.startswith(f"  {field}: {keys}: job 'web' writes ")
+    assert "give the worker credentials through the environment, which the store's own library reads (AWS_ACCESS_KEY_ID" in line
+    assert "EXAMPLE" not in message
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"endpoint_url": "http://minio:9000", "anon": True, "profile": "analytics", "client_kwargs": {"region_name": "eu-west-1"}},
+        {"token": "anon"},
+        {"token": "google_default"},
+        {"token": "/run/secrets/gcs-key.json"},  # a key file's path, which the file does not show
+        {"s3_additional_kwargs": {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/metrics"}},
+        {"key": None, "secret": ""},
+    ],
+)
+def test_storage_options_that_hold_no_credential_load(tmp_path, options):
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(minimal(source={"kind": "file", "path": "s3://bucket/x.csv", "storage_options": options},
+                                           outputs={"storage_options": options})))
+    job = load_job_file(path)
+    assert job.source.storage_options == options and job.outputs.storage_options == options
+
+
+def test_code_may_hand_credentials_it_holds_to_storage_options():
+    # Not a job file: the credentials come from memory (the tests' S3 buckets, a secrets manager).
+    job = parse_job(minimal(outputs={"storage_options": {"key": "testing", "secret": "testing"}}))
+    assert job.outputs.storage_options == {"key": "testing", "secret": "testing"}
+
+
+def test_unknown_alerted_features_are_reported_at_alerts_features():
+    # Reported at "(top level)", far from the setting to correct.
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(features=["value", "latency"], alerts={"email": {"to": ["oncall@example.com"]}, "features": ["valeu", "cpu"]}),
+                  source="jobs/web.yaml")
+    line = next(line for line in str(info.value).splitlines() if "not feature" in line)
+    assert line == (
+        "  alerts.features: 'cpu', 'valeu' are not features of job 'web', whose features are value, latency, so no alert would "
+        "ever be about them: correct the spelling, add them to features, or remove them (an empty alerts.features alerts on every feature)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "reason"),
+    [
+        # The default 0.005 is a share of points: as a cut on the score it flagged nearly every point.
+        ({"threshold": {"kind": "score"}}, "threshold.value",
+         "a score threshold has no default: write the calibrated score from which a point is an anomaly, in (0, 1), "
+         "e.g. threshold: {kind: score, value: 0.99}"),
+        # KS is at most 1: no drift was ever counted, no retrain ever asked for.
+        ({"monitoring": {"statistic": "ks", "drift_threshold": 1.5}}, "monitoring.drift_threshold",
+         "the ks statistic is at most 1, so a drift_threshold of 1.5 would never be passed: use a value in (0, 1)"),
+        # Alert links are this URL and the dashboard's path: no mail client opened them.
+        ({"alerts": {"email": {"to": ["oncall@example.com"]}, "dashboard_url": "airflow.example.com"}}, "alerts.dashboard_url",
+         "must be Airflow's base URL with its scheme and without a query, e.g. https://airflow.example.com, which alert links "
+         "continue with the dashboard's path; leave it out for Airflow's [api] base_url (got 'airflow.example.com')"),
+        # The SMTP server refused every message at send time.
+        ({"alerts": {"email": {"to": ["oncall@example.com"], "from_email": "anomalies"}}}, "alerts.email.from_email",
+         "'anomalies' is not an e-mail address: write one (anomalies@example.com, or Anomalies <anomalies@example.com>), "
+         "or leave from_email out for the SMTP connection's own"),
+    ],
+)
+def test_settings_that_would_quietly_do_another_thing_are_refused(overrides, field, reason):
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(**overrides), source="jobs/web.yaml")
+    line = next(line for line in str(info.value).splitlines() if line.startswith(f"  {field}:"))
+    assert reason in line
+
+
+def test_settings_close_to_the_refused_ones_load():
+    job = parse_job(minimal(
+        threshold={"kind": "score", "value": 0.99},
+        monitoring={"statistic": "ks", "drift_threshold": 0.3},
+        alerts={"email": {"to": ["oncall@example.com"], "from_email": "Anomalies <anomalies@example.com>"},
+                "dashboard_url": "https://airflow.example.com/base/"},
+    ))
+    assert job.threshold.value == 0.99 and job.monitoring.threshold == 0.3
+    assert job.alerts.email.from_email == "Anomalies <anomalies@example.com>"
+    assert parse_job(minimal(monitoring={"drift_threshold": 1.5})).monitoring.threshold == 1.5  # psi has no bound
+
+
+@pytest.mark.parametrize(
+    ("fmt", "granularity", "reason"),
+    [
+        ("%Y-%m-%d", "1h", "1h is shorter than what one value of format '%Y-%m-%d' stands for (a day): its partitions would be "
+                           "taken to hold their first 1h only, and windows after that would skip their files; leave granularity "
+                           "out (the format's finest field), or give at least 1d"),
+        ("%Y-%m", "30d", "(a month, up to 31 days)"),
+        ("%Y-%m-%dT%H", "30min", "or give at least 1h"),
+    ],
+)
+def test_a_partition_granularity_shorter_than_its_format_is_refused(fmt, granularity, reason):
+    # date=2024-03-01 with granularity 1h held 00:00 to 01:00 only: the rest of the day's rows were never read.
+    source = {"kind": "file", "path": "data", "partitioning": {"column": "date", "format": fmt, "granularity": granularity}}
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(source=source), source="jobs/web.yaml")
+    line = next(line for line in str(info.value).splitlines() if line.startswith("  source.file.partitioning.granularity:"))
+    assert reason in line
+
+
+@pytest.mark.parametrize(("fmt", "granularity"), [("%Y-%m-%d", "1d"), ("%Y-%m-%d", "7d"), ("%Y-%m-%dT%H-%M", "1d"), ("%Y-%m", "31d")])
+def test_a_partition_granularity_of_its_format_or_longer_loads(fmt, granularity):
+    source = {"kind": "file", "path": "data", "partitioning": {"column": "date", "format": fmt, "granularity": granularity}}
+    assert parse_job(minimal(source=source)).source.partitioning.granularity == parse_duration(granularity)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "reason"),
+    [
+        ({"outputs": {"table": {"connection": {"url": "sqlite://"}, "name": "anomaly-rows"}}}, "outputs.table.name",
+         "'anomaly-rows' is not a plain SQL name: letters, digits and _, starting with a letter or _, at most 63 characters "
+         "(PostgreSQL's limit), e.g. anomalies"),
+        ({"outputs": {"table": {"connection": {"url": "sqlite://"}, "name": "metrics.anomalies"}}}, "outputs.table.name",
+         "a table's schema is not written before it (outputs.table has its own schema setting)"),
+        ({"outputs": {"table": {"connection": {"url": "sqlite://"}, "name": "t", "schema": "1st"}}}, "outputs.table.schema",
+         "'1st' is not a plain SQL name"),
+        ({"labels": {"table": "labels table"}}, "labels.table", "'labels table' is not a plain SQL name"),
+    ],
+)
+def test_table_names_are_refused_in_words(overrides, field, reason):
+    # pydantic's own error showed the regular expression ^[A-Za-z_][A-Za-z0-9_]{0,62}$ and nothing else.
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(**overrides), source="jobs/web.yaml")
+    line = next(line for line in str(info.value).splitlines() if line.startswith(f"  {field}:"))
+    assert reason in line and "should match pattern" not in line
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [({"features": ["value", "value"]}, "features"), ({"features": ["ts"]}, "features"), ({"dimensions": ["ts", "host"]}, "dimensions")],
+)
+def test_a_column_used_twice_is_reported_at_the_list_repeating_it(overrides, field):
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(**overrides), source="jobs/web.yaml")
+    assert str(info.value).splitlines()[1].startswith(f"  {field}: columns used twice among timestamp, dimensions and features")

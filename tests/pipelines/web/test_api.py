@@ -771,12 +771,18 @@ def test_a_run_failed_in_more_chunks_than_airflow_lists_at_once_names_and_counts
     assert body["error"].endswith("Their logs in Airflow say why.")
 
 
-def test_a_registry_that_cannot_be_reached_is_503_naming_it(client, headers, spike_points, web_project, unreachable_s3_options):
+def test_a_registry_that_cannot_be_reached_is_503_naming_it(
+    client, headers, spike_points, web_project, unreachable_s3_options, monkeypatch
+):
     # The store's StorageError reached FastAPI: a bare 500 "Internal Server Error" in text/plain.
     import yaml
 
     job = yaml.safe_load((web_project / "config" / "jobs" / "demo_web_metrics.yaml").read_text())
-    job.update(name="s3_metrics", registry="s3://bucket/models", outputs={"parquet": "s3://bucket/out", "storage_options": unreachable_s3_options})
+    # A job file holds no credential (config refuses one written out): s3fs reads them from the environment.
+    options = {name: value for name, value in unreachable_s3_options.items() if name not in ("key", "secret")}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", unreachable_s3_options["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", unreachable_s3_options["secret"])
+    job.update(name="s3_metrics", registry="s3://bucket/models", outputs={"parquet": "s3://bucket/out", "storage_options": options})
     (web_project / "config" / "jobs" / "s3_metrics.yaml").write_text(yaml.safe_dump(job))
     api = "/api/v1/jobs/s3_metrics"
     for answer in (
