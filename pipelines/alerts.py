@@ -24,13 +24,15 @@ import logging
 import math
 import os
 import re
+import smtplib
+import socket
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta, timezone
 from time import sleep
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import pandas as pd
 
@@ -116,7 +118,8 @@ class AlertState:
     digest_progress: dict[str, Any] = field(default_factory=dict)
     digests_sent: list[str] = field(default_factory=list)
     #: The summary messages of events over ``alerts.max_per_run`` not yet sent on every channel,
-    #: by window: ``start``, ``end``, ``channels`` reached and ``events`` (by key, as ``to_dict``).
+    #: by window: ``start``, ``end``, ``channels`` reached, ``reached`` (channels skipped: they had
+    #: its events' alerts already) and ``events`` (by key, as ``to_dict``).
     overflow: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
@@ -803,6 +806,91 @@ def notify(job: JobConfig, channel: str, message: Message, context: Mapping[str,
         raise
 
 
+def _endpoint(job: JobConfig, channel: str) -> str:
+    """Where ``channel`` sends to (a host, never a webhook's path, which holds its secret token),
+    for the log and the errors; the Airflow connection's id when that connection cannot be read."""
+    alerts = _alerts(job)
+    conn_id = (
+        alerts.email.smtp_conn_id if channel == "email" and alerts.email
+        else (alerts.slack.webhook_conn_id or alerts.slack.api_conn_id) if alerts.slack else None
+    )
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # no Airflow, or no such connection: the send said so already
+        return f"Airflow connection {conn_id!r}"
+    if channel == "email":
+        return f"SMTP host {conn.host}:{conn.port or 'default port'}"
+    if alerts.slack and alerts.slack.webhook_conn_id:  # as SlackWebhookHook builds the URL
+        password = (conn.password or "").strip()
+        url = password if "://" in password else f"{conn.schema or 'https'}://{conn.host or 'hooks.slack.com/services'}"
+    else:
+        url = conn.extra_dejson.get("base_url") or "https://slack.com/api/"
+    return f"Slack host {urlsplit(url if '://' in url else f'https://{url}').netloc}"
+
+
+#: Errors (anywhere in an error's chain) saying a channel's server could not be reached or did not
+#: answer: the next message would wait as long again (SMTP: the connection's ``timeout``, 30 s by
+#: default, times 1 + its ``retry_limit``, 5 by default; a webhook 30 s, twice), not what one message did.
+#: Not a connection closed (``SMTPServerDisconnected`` without a timeout, a reset): some servers
+#: drop one message that way (over a size limit), and giving the channel up would hold every later
+#: alert behind it at each retry.
+_UNREACHABLE = (TimeoutError, ConnectionRefusedError, socket.gaierror, smtplib.SMTPConnectError)
+
+
+def _unreachable(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain saying its server could not be reached, or ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNREACHABLE):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class _ChannelDown(Exception):
+    """A channel whose server could not be reached earlier in the run: not tried again in it."""
+
+
+def _skipping_unreachable(job: JobConfig, send: Notify) -> Notify:
+    """``send``, giving up a channel for the rest of the run once its server could not be reached.
+
+    A blackholed SMTP host or webhook made every message of the run wait the full timeout (and
+    the SMTP hook's retries) again: minutes per run, for nothing. The messages not tried fail as
+    deliveries that failed do (:func:`_deliver`): kept unsent, for the task's retry or the job's
+    next runs, so nothing is lost and nothing sent twice. Only a failure to connect or to get an
+    answer counts: a message refused (too big, a content filter) says nothing about the next one.
+    """
+    down: dict[str, str] = {}
+
+    def guarded(channel: str, message: Message, context: Mapping[str, Any]) -> None:
+        if channel in down:
+            raise _ChannelDown(f"not tried: {down[channel]}")
+        try:
+            send(channel, message, context)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            cause = _unreachable(exc)
+            if cause is None:
+                raise
+            where = _endpoint(job, channel)
+            why = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+            down[channel] = f"{where} could not be reached earlier in this run ({why})"
+            log.warning(
+                "job %s: %s (%s) could not be reached (%s); the run's other messages by %s are not tried, and stay unsent "
+                "for the task's retry (check that the server is up and reachable from the workers, and the connection's "
+                "host and port)", job.name, where, _target(job, channel), why, channel,
+            )
+            # The notifier's own error ("Unable to connect to smtp server") names neither the host nor why.
+            raise _ChannelDown(f"{where} could not be reached ({why}): {exc}") from exc
+
+    return guarded
+
+
 def _channels(alerts: AlertsConfig) -> list[str]:
     return [name for name in ("email", "slack") if getattr(alerts, name)]
 
@@ -934,7 +1022,7 @@ def process_events(
     """
     alerts = _alerts(job)
     context = context or {}
-    send = send or (lambda channel, message, ctx: notify(job, channel, message, ctx))
+    send = _skipping_unreachable(job, send or (lambda channel, message, ctx: notify(job, channel, message, ctx)))
     state = AlertState.load(job)
     try:
         # Written once before anything is sent: a store that cannot take the state (down, read-only,
@@ -1084,15 +1172,20 @@ def _summarize(job: JobConfig, state: AlertState, window: Window, record: dict[s
     """``record``'s event (telling ``incident``), over ``alerts.max_per_run``: put in the summary
     message of ``window`` and dealt with as if alerted (snooze, digest), in one save, so that a run
     stopped before the message went out still sends it from its retry."""
-    base = key = f"{window.start.isoformat()}/{window.end.isoformat()}"
+    # The channels an earlier window's alert reached before its runs' retries ran out told it
+    # already: its summary message skips them (the e-mail that had each alert of an outage got
+    # them all again in a "7 more event(s)" message once Slack was back).
+    reached = sorted(record["channels"])
+    base = key = f"{window.start.isoformat()}/{window.end.isoformat()}" + (f"~{'+'.join(reached)}" if reached else "")
     n = 1
     # A summary message that reached a channel is not changed (that channel would never get what was
     # added: a retry finding more rows); what comes after it goes in a message of its own.
-    while key in state.overflow and state.overflow[key]["channels"]:
+    while key in state.overflow and len(state.overflow[key]["channels"]) > len(state.overflow[key].get("reached", [])):
         n += 1
         key = f"{base}#{n}"
     entry = state.overflow.setdefault(
-        key, {"start": window.start.isoformat(), "end": window.end.isoformat(), "channels": [], "events": {}}
+        key, {"start": window.start.isoformat(), "end": window.end.isoformat(), "channels": list(reached), "reached": reached,
+              "events": {}}
     )
     entry["events"][record["key"]] = incident.to_dict()
     _mark_sent(job, state, record, incident, "summarized")
@@ -1110,7 +1203,7 @@ def _send_overflow(
         entry = state.overflow[key]
         what = f"the summary message of {len(entry['events'])} event(s) over the cap, window {entry['start']} to {entry['end']}"
         outcome: dict[str, Any] = {"window": key, "events": len(entry["events"])}
-        ours = key.split("#")[0] == f"{window.start.isoformat()}/{window.end.isoformat()}"
+        ours = key.split("#")[0].split("~")[0] == f"{window.start.isoformat()}/{window.end.isoformat()}"
         age = window.end - datetime.fromisoformat(entry["end"])
         if age > PENDING_MAX_AGE:
             del state.overflow[key]
@@ -1307,7 +1400,7 @@ def send_digest(
     job: JobConfig, state: AlertState, window: Window, *, context: Mapping[str, Any], send: Notify
 ) -> dict[str, Any] | None:
     """Send the queued events that started before the digest time this window passes."""
-    result, failures = _send_digest(job, state, window, context=context, send=send)
+    result, failures = _send_digest(job, state, window, context=context, send=_skipping_unreachable(job, send))
     _raise_failures(job, failures)
     return result
 

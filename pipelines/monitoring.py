@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import JobConfig, resolve_path
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, ModelError, PipelineError
 from pipelines.registry import ModelRegistry
 from pipelines.series import series_slug
 from pipelines.workspace import Window, utcnow
@@ -395,47 +395,133 @@ def monitor_window(
     if in_window.empty:
         log.warning("job %s: no published rows in window %s; nothing to monitor", job.name, window)
         return MonitorResult(False, [f"no published rows in window {window}"], str(window))
-    reasons, rows, paths = [], [], []
+    reasons: list[str] = []
+    rows: list[dict[str, Any]] = []
+    paths: list[str] = []
+    failed: list[tuple[str, str, Exception]] = []  # (series, what was being done, the error)
+    # Retrain requests, written once every series is monitored: the asset event that carries them
+    # is emitted only when the task succeeds, and a request written by a run that then failed made
+    # the next runs take the retrain as asked (_already_requested) while none was triggered.
+    requests: list[tuple[str, dict[str, Any]]] = []
     for series in sorted(unscored or {}):
-        request = read_request(job, series)
-        if request is not None and request["model_version"] is None and request.get("run_id") != run_id:
-            log.info("job %s, series %s: no model yet; a training was already requested", job.name, series)
-            continue
-        reasons.append(f"series {series}: no model yet, so its rows were not scored")
-        request = {"model_version": None, "interval_start": window.start.isoformat(), "run_id": run_id,
-                   "reason": "no model yet", "requested_at": utcnow().isoformat()}
-        _write_json(storage.join(_series_folder(job, series), REQUEST), request, job)
+        try:
+            _request_first_model(job, series, window, run_id, reasons, requests)
+        except Exception as exc:
+            failed.append((series, "asking for its first model", exc))
+            log.error("job %s, series %s: asking for its first model failed, the other series go on: %s", job.name, series, exc)
     for series, series_rows in published.groupby("series", sort=True):
         series = str(series)
         scored = in_window.loc[in_window["series"] == series, "model_version"]
         if scored.empty:
             continue
         version = str(scored.iloc[-1])
-        metadata = registry.version(job.name, series, version).metadata
-        record = series_record(job, series, series_rows, window, metadata, version, run_id)
-        path = record_path(job, series, window)
-        _write_json(path, record, job)
-        paths.append(path)
-        records = [r for r in read_records(job, series) if r["interval_start"] <= record["interval_start"]]
-        reason = retrain_reason(job, records, version)
-        decision = "ok"
-        if reason is not None:
-            if _already_requested(job, read_request(job, series), records, version, run_id):
-                decision = "retrain already requested"
-                log.info("job %s, series %s: %s; a retrain was already requested for %s", job.name, series, reason, version)
-            else:
-                decision = "retrain"
-                reasons.append(f"series {series}: {reason}")
-                log.warning("job %s, series %s: retrain requested: %s", job.name, series, reason)
-                request = {"model_version": version, "interval_start": record["interval_start"], "run_id": run_id,
-                           "reason": reason, "requested_at": utcnow().isoformat()}
-                _write_json(storage.join(_series_folder(job, series), REQUEST), request, job)
-        for feature, stats in record["features"].items():
-            rows.append({
-                "series": series, "feature": feature, "psi": stats["psi"], "ks": stats["ks"], "drifted": stats["drifted"],
-                "anomaly_rate": record["anomaly_rate"], "calibrated": record["calibrated_anomaly_rate"],
-                "p_value": record["rate_p_value"], "decision": decision,
-            })
-        for note in record["notes"]:
-            log.info("job %s, series %s: %s", job.name, series, note)
+        try:
+            _monitor_series(job, series, series_rows, window, version, run_id, registry, reasons, rows, paths, requests)
+        except Exception as exc:
+            # One series' missing model version or damaged file stopped the run there: the series
+            # after it were not monitored at all, and their sustained drift went unseen.
+            failed.append((series, f"monitoring its rows scored by model version {version}", exc))
+            log.error("job %s, series %s: monitoring failed, the other series go on: %s", job.name, series, exc,
+                      exc_info=not isinstance(exc, PipelineError))
+    if failed:
+        _raise_failed(job, window, failed, reasons)
+    for url, request in requests:
+        _write_json(url, request, job)
     return MonitorResult(bool(reasons), reasons, str(window), rows, paths)
+
+
+def _request_first_model(
+    job: JobConfig, series: str, window: Window, run_id: str, reasons: list[str], requests: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Ask once for a training of ``series``, which had no model to score its rows (appended to ``requests``)."""
+    request = read_request(job, series)
+    if request is not None and request["model_version"] is None and request.get("run_id") != run_id:
+        log.info("job %s, series %s: no model yet; a training was already requested", job.name, series)
+        return
+    reasons.append(f"series {series}: no model yet, so its rows were not scored")
+    request = {"model_version": None, "interval_start": window.start.isoformat(), "run_id": run_id,
+               "reason": "no model yet", "requested_at": utcnow().isoformat()}
+    requests.append((storage.join(_series_folder(job, series), REQUEST), request))
+
+
+#: Series whose failure the task's error details (a registry out of reach fails every series).
+_FAILURES_NAMED = 10
+
+
+def _raise_failed(job: JobConfig, window: Window, failed: list[tuple[str, str, Exception]], reasons: list[str]) -> None:
+    """Fail the run, once every other series was monitored, naming each series that could not be.
+
+    Failing rather than succeeding with a warning: a run that succeeds is not looked at, and a
+    series that is never monitored (its model version gone, a damaged file) would drift unseen for
+    good. The cost: the retrain asset is updated only by a task that succeeds, so a retrain found
+    due for the other series (named here) is asked for again by the task's retry or clear once the
+    bad series is fixed, or by the job's next run that succeeds (its request is not written, so no
+    run takes it as asked), or done by the next scheduled training.
+    """
+    def said(exc: Exception) -> str:
+        if isinstance(exc, ModelError):
+            return f"{exc} (restore that version in the registry, or train the series again)"
+        if isinstance(exc, PipelineError):
+            return str(exc)  # a damaged file, a store out of reach: its message says what to do
+        if isinstance(exc, OSError):
+            return f"{type(exc).__name__}: {exc} (check that the job's outputs and registry storage are reachable)"
+        # Not foreseen (a bare KeyError says "'edges'"): its type, and the traceback in the log.
+        return f"{type(exc).__name__}: {exc} (unexpected: see the traceback in the task's log)"
+
+    # Named in full in the log, one line each; the task's error (a line of the UI) names the first ones.
+    lines = "; ".join(f"series {series}, {what}: {said(exc)}" for series, what, exc in failed[:_FAILURES_NAMED])
+    if len(failed) > _FAILURES_NAMED:
+        lines += f"; and {len(failed) - _FAILURES_NAMED} more series (see the log)"
+    due = f" A retrain is due for {'; '.join(reasons)}; it is asked for once this task succeeds." if reasons else ""
+    message = (
+        f"job {job.name}: monitoring of window {window} failed for {len(failed)} series, the others were monitored and "
+        f"recorded: {lines}. Then clear this task: monitoring a window again replaces its records, never counts them twice.{due}"
+    )
+    # A file to repair or a model to train: retrying as it is cannot help (see dags' fail_fast);
+    # anything else (a store out of reach) keeps the task's retries.
+    if all(isinstance(exc, (ConfigError, ModelError)) for _, _, exc in failed):
+        raise ModelError(message) from failed[0][2]
+    raise PipelineError(message) from failed[0][2]
+
+
+def _monitor_series(
+    job: JobConfig,
+    series: str,
+    series_rows: pd.DataFrame,
+    window: Window,
+    version: str,
+    run_id: str,
+    registry: ModelRegistry,
+    reasons: list[str],
+    rows: list[dict[str, Any]],
+    paths: list[str],
+    requests: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """Record the drift and rate of one series, ask for its retrain when due; appends to the run's lists."""
+    metadata = registry.version(job.name, series, version).metadata
+    record = series_record(job, series, series_rows, window, metadata, version, run_id)
+    path = record_path(job, series, window)
+    _write_json(path, record, job)
+    paths.append(path)
+    records = [r for r in read_records(job, series) if r["interval_start"] <= record["interval_start"]]
+    reason = retrain_reason(job, records, version)
+    decision = "ok"
+    if reason is not None:
+        if _already_requested(job, read_request(job, series), records, version, run_id):
+            decision = "retrain already requested"
+            log.info("job %s, series %s: %s; a retrain was already requested for %s", job.name, series, reason, version)
+        else:
+            decision = "retrain"
+            reasons.append(f"series {series}: {reason}")
+            log.warning("job %s, series %s: retrain requested: %s", job.name, series, reason)
+            request = {"model_version": version, "interval_start": record["interval_start"], "run_id": run_id,
+                       "reason": reason, "requested_at": utcnow().isoformat()}
+            requests.append((storage.join(_series_folder(job, series), REQUEST), request))
+    for feature, stats in record["features"].items():
+        rows.append({
+            "series": series, "feature": feature, "psi": stats["psi"], "ks": stats["ks"], "drifted": stats["drifted"],
+            "anomaly_rate": record["anomaly_rate"], "calibrated": record["calibrated_anomaly_rate"],
+            "p_value": record["rate_p_value"], "decision": decision,
+        })
+    for note in record["notes"]:
+        log.info("job %s, series %s: %s", job.name, series, note)
