@@ -318,9 +318,10 @@ _KILLED_WRITE = """
 import json, os, signal, sys
 import pandas as pd
 from pipelines import storage
-from pipelines.sinks import ParquetSink
+from pipelines.sinks import ParquetSink, parquet
 
 root, options, frame, start, end = json.loads(sys.argv[1])
+parquet.LEASE_SECONDS = 3.0  # the lease this process leaves on an object store: the next write waits for it
 if root.startswith("gs://"):  # as the plain_gcsfs fixture does
     import types
 
@@ -370,8 +371,13 @@ def test_a_write_killed_between_day_files_is_finished_by_the_next_write(
     arguments = json.dumps([sink.root, sink.storage_options, str(tmp_path / "new.parquet"), *map(str, window.values())])
     killed = subprocess.run([sys.executable, "-c", _KILLED_WRITE, arguments], capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr
-    # Killed half-way: some days replaced, others not.
-    assert set(sink.read(job="sales", **window)["run_id"]) == {"old", "new"}
+    # Killed half-way: some days replaced, others not; readers (dashboard, alerts, plots) read the
+    # staged files in place of the days not replaced yet, so they see the whole write, and change nothing.
+    left = storage.find(sink.root, sink.storage_options)
+    pd.testing.assert_frame_equal(sink.read(job="sales", **window), expected(new))
+    assert set(sink.read(job="sales")["run_id"]) == {"old", "new"}
+    assert storage.find(sink.root, sink.storage_options) == left
+    assert any("/_pending/" in f"/{path}" for path in left)
 
     if then == "same window":
         sink.write(new, job="sales", dimensions=[], **window)
@@ -439,3 +445,205 @@ def test_a_day_file_removed_after_the_listing_is_read_as_empty(tmp_path, make_fr
 
     monkeypatch.setattr(storage, "find", find_then_empty_the_first_day)
     pd.testing.assert_frame_equal(sink.read(job="sales"), expected(both[both["timestamp"] >= at("2024-01-06")]))
+
+
+# A publish of the Parquet dataset and a SQL table in the order that keeps them together: the
+# table commits inside ParquetSink.replacing, whose day files are replaced only after that. The
+# child SIGKILLs itself inside the table's transaction ("before the commit") or after the first
+# day file was replaced ("after the commit").
+_KILLED_PUBLISH = """
+import json, os, signal, sys
+import pandas as pd
+import sqlalchemy as sa
+from pipelines import storage
+from pipelines.sinks import ParquetSink, SqlSink, parquet
+
+root, options, database, frame, start, end, point = json.loads(sys.argv[1])
+parquet.LEASE_SECONDS = 3.0
+real = storage.move
+
+def move(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+storage.move = move
+window = {"job": "sales", "dimensions": [], "start": pd.Timestamp(start), "end": pd.Timestamp(end)}
+frame = pd.read_parquet(frame)
+with ParquetSink(root, options).replacing(frame, **window):
+    with SqlSink(sa.create_engine(f"sqlite:///{database}"), "anomalies").replacing(frame, **window):
+        if point == "before the commit":
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("point, then", [("before the commit", "old"), ("after the commit", "new")])
+def test_a_publish_killed_with_a_table_leaves_both_outputs_agreeing(
+    tmp_path, make_frame, request, where: str, point: str, then: str
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import sqlalchemy as sa
+
+    from pipelines.sinks import SqlSink
+
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        sink = ParquetSink(f"s3://{bucket}/outputs", options)
+    else:
+        sink = ParquetSink(str(tmp_path / "outputs"))
+    table = SqlSink(sa.create_engine(f"sqlite:///{tmp_path}/out.db"), "anomalies")
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05 12:00"), "end": at("2024-01-07 12:00")}
+    old = make_frame("sales", "2024-01-05 12:00", "2024-01-07 12:00", run="old")
+    new = make_frame("sales", "2024-01-05 12:00", "2024-01-07 12:00", run="new")
+    for output in (sink, table):
+        output.write(old, **window)
+    new.to_parquet(tmp_path / "new.parquet")
+    arguments = json.dumps(
+        [sink.root, sink.storage_options, str(tmp_path / "out.db"), str(tmp_path / "new.parquet"), str(window["start"]), str(window["end"]), point]
+    )
+    killed = subprocess.run([sys.executable, "-c", _KILLED_PUBLISH, arguments], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    bounds = {"start": window["start"], "end": window["end"]}
+
+    def run_ids() -> tuple[set[str], set[str]]:
+        return set(sink.read(job="sales", **bounds)["run_id"]), set(table.read(job="sales", **bounds)["run_id"])
+
+    assert run_ids() == ({then}, {then})  # readers in between too
+    # The next write of the job (here of another window) discards or finishes the killed one.
+    sink.write(make_frame("sales", "2024-01-08", "2024-01-09", run="next"), job="sales", dimensions=[], start=at("2024-01-08"), end=at("2024-01-09"))
+    assert run_ids() == ({then}, {then})
+    assert storage.find(sink.root, sink.storage_options) == [f"job=sales/date=2024-01-0{day}/part-0.parquet" for day in (5, 6, 7, 8)]
+
+
+def test_an_error_in_the_block_of_replacing_leaves_every_day_file_old(tmp_path, make_frame) -> None:
+    sink = ParquetSink(str(tmp_path))
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05 12:00"), "end": at("2024-01-06 12:00")}
+    old = make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="old")
+    sink.write(old, **window)
+    with pytest.raises(RuntimeError, match="table commit failed"):
+        with sink.replacing(make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="new"), **window) as paths:
+            assert len(paths) == 2
+            assert set(sink.read(job="sales")["run_id"]) == {"old"}  # prepared, not committed
+            raise RuntimeError("table commit failed")
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(old))
+    assert storage.find(str(tmp_path)) == [f"job=sales/date=2024-01-0{day}/part-0.parquet" for day in (5, 6)]
+    with sink.replacing(make_frame("sales", "2024-01-05 12:00", "2024-01-06 12:00", run="new"), **window):
+        pass
+    assert set(sink.read(job="sales")["run_id"]) == {"new"}
+
+
+def object_store_sink(request, tmp_path, where: str) -> ParquetSink:
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        return ParquetSink(f"s3://{bucket}/outputs", options)
+    request.getfixturevalue("plain_gcsfs")
+    emulator = request.getfixturevalue("gcs_emulator")
+    return ParquetSink(f"gs://{emulator.bucket}/{tmp_path.name}/outputs", emulator.options)
+
+
+@pytest.mark.parametrize("where", ["s3", "gs"])
+def test_two_writes_of_one_job_to_an_object_store_keep_both_windows(tmp_path, make_frame, monkeypatch, request, where) -> None:
+    # Object stores have no flock: both writes read the day file before either replaced it, and
+    # the later one dropped the hour the other wrote. The lease makes them take turns.
+    import threading
+    import time
+
+    sink = object_store_sink(request, tmp_path, where)
+    kept = make_frame("sales", "2024-01-05 05:00", "2024-01-05 06:00", freq="1h", run="kept")
+    sink.write(kept, job="sales", dimensions=[], start=at("2024-01-05 05:00"), end=at("2024-01-05 06:00"))
+    real = storage.read_bytes
+
+    def slow(url, *args, **kwargs) -> bytes:
+        data = real(url, *args, **kwargs)
+        if url.endswith("/part-0.parquet"):
+            time.sleep(0.5)  # long enough for the other write to read the same day file meanwhile
+        return data
+
+    monkeypatch.setattr(storage, "read_bytes", slow)
+    hours = [make_frame("sales", f"2024-01-05 0{h}:00", f"2024-01-05 0{h + 1}:00", freq="1h", run=f"h{h}") for h in (0, 1)]
+    errors = []
+
+    def write(frame: pd.DataFrame) -> None:
+        try:
+            sink.write(frame, job="sales", dimensions=[], start=frame["interval_start"].iloc[0], end=frame["interval_end"].iloc[0])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(frame,)) for frame in hours]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.setattr(storage, "read_bytes", real)
+    assert errors == []
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(kept, *hours))
+    assert storage.find(sink.root, sink.storage_options) == ["job=sales/date=2024-01-05/part-0.parquet"]  # lock released
+
+
+@pytest.mark.parametrize("where", ["s3", "gs"])
+def test_a_write_waits_for_the_lease_of_another_and_takes_an_expired_one(tmp_path, make_frame, monkeypatch, request, where) -> None:
+    import json
+    import time
+
+    from pipelines.sinks import parquet
+
+    sink = object_store_sink(request, tmp_path, where)
+    lock = storage.join(sink.root, "job=sales", parquet.LOCK)
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    held = {"owner": "worker-7:123:abc", "expires": time.time() + 3600}
+    storage.atomic_write(lock, json.dumps(held).encode(), sink.storage_options)
+    monkeypatch.setattr(parquet, "WRITE_LOCK_TIMEOUT_SECONDS", 1.0)
+    with pytest.raises(SinkError, match=r"^job 'sales', window .*: another write of job 'sales' \(worker-7:123:abc\) has held \S+_lock.json .*no file was changed\. Wait for it or stop it"):
+        sink.write(frame, **window)
+    assert storage.find(sink.root, sink.storage_options) == ["job=sales/_lock.json"]
+
+    # Left by a killed writer: taken once expired.
+    storage.atomic_write(lock, json.dumps({**held, "expires": time.time() - 1}).encode(), sink.storage_options)
+    sink.write(frame, **window)
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))
+    assert not storage.exists(lock, sink.storage_options)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_read_after_a_killed_write_skips_the_day_files_it_removes(tmp_path, make_frame, request, where: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        sink = ParquetSink(f"s3://{bucket}/outputs", options)
+    else:
+        sink = ParquetSink(str(tmp_path / "outputs"))
+    old = make_frame("sales", "2024-01-05", "2024-01-08", run="old")
+    sink.write(old, job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-08"))
+    window = {"start": at("2024-01-05 12:00"), "end": at("2024-01-07 12:00")}
+    # New rows on the first day only: the 6th is left empty (its file removed), the 7th keeps its afternoon.
+    new = make_frame("sales", "2024-01-05 12:00", "2024-01-06", run="new")
+    new.to_parquet(tmp_path / "new.parquet")
+    arguments = json.dumps([sink.root, sink.storage_options, str(tmp_path / "new.parquet"), *map(str, window.values())])
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITE, arguments], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert storage.exists(storage.join(sink.root, "job=sales", "date=2024-01-06", "part-0.parquet"), sink.storage_options)
+
+    outside = old[(old["timestamp"] < window["start"]) | (old["timestamp"] >= window["end"])]
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(outside, new))
+
+
+def test_a_foreign_file_among_the_journals_is_named_and_only_writes_stop(tmp_path, make_frame, caplog) -> None:
+    sink = ParquetSink(str(tmp_path))
+    window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
+    frame = make_frame("sales", "2024-01-05", "2024-01-06")
+    sink.write(frame, **window)
+    foreign = tmp_path / "job=sales" / "_pending" / "notes.json"
+    foreign.parent.mkdir(exist_ok=True)
+    foreign.write_text("not json")
+
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame))  # alerts and plots go on
+    assert f"ignoring {foreign}, which is not a journal of this sink" in caplog.text
+    with pytest.raises(SinkError, match=rf"could not finish the earlier write of this job recorded in {foreign}.*remove it"):
+        sink.write(frame, **window)
