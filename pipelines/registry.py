@@ -395,9 +395,39 @@ class ModelRegistry:
 
     def record_tuning(self, job: str, series: str, document: dict[str, Any]) -> str:
         """Keep one tune run's trials and decision, whether or not it promoted anything; returns its name."""
-        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.json"
+        # A random part as in a version's name: two tune runs of the series (a CLI one beside a
+        # scheduled one, on other hosts) recording within one microsecond replaced each other's record.
+        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}.json"
         self._write_json(self._url(job, series, TUNING, name), document, f"tuning record of job {job!r}, series {series!r}")
         return name
+
+    def tuned_written(self, job: str, series: str, version: str) -> bool:
+        """Whether the tune run that promoted ``version`` stored its ``tuned.json``: its tuning
+        record, written after that file, names the version.
+
+        A ``tuned.json`` that is missing, or names an earlier version, beside a tuned champion is
+        either not written yet (a tune run promotes its model first, then writes the file; it may
+        also have crashed in between) or was deleted by people to train with the job's configured
+        model. This tells the two apart. Only records named after the version's registration are
+        read, oldest first (the run's own comes first unless other tune runs of the series
+        recorded in between).
+        """
+        folder = self._url(job, series, TUNING)
+        registered = version.partition("-")[0]  # records and versions are named by UTC time alike
+        names = sorted(
+            n for n in storage.find(folder, self.storage_options) if n.endswith(".json") and not n.startswith(".") and n >= registered
+        )
+        for name in names:
+            url = storage.join(folder, name)
+            try:
+                record = _parsed(storage.read_bytes(url, self.storage_options), url, "delete it")
+            except (ModelError, FileNotFoundError) as exc:
+                log.warning("job %s, series %s: tune record left out: %s", job, series, exc)
+                continue
+            decision = record.get("decision")
+            if isinstance(decision, dict) and decision.get("version") == version:
+                return True
+        return False
 
     def tuning_history(self, job: str, series: str, newest: int | None = None) -> list[dict[str, Any]]:
         """Every recorded tune run of the series, oldest first; with ``newest``, only the last that

@@ -6,6 +6,7 @@ Each function chains the same step functions that the Airflow tasks call one by 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -17,13 +18,14 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines import storage
 from pipelines.config import JobConfig, resolve_path
 from pipelines.errors import ConfigError, ModelError, PipelineError, SourceConfigError
 from pipelines.extraction import extract, extract_chunks, read_series, validate
 from pipelines.scoring import PublishResult, check_serving, publish_file, publish_scored, score_chunk, score_series
 from pipelines.training import registry_for, train_series
 from pipelines.tuning import tune_series
-from pipelines.workspace import Window, Workspace, check_output_file, file_identity, one_off_output
+from pipelines.workspace import Window, Workspace, check_output_file, file_identity, one_off_output, validation_report_path
 
 #: Rows per chunk of a one-off scoring input: bounds memory (a few hundred MB per chunk).
 DEFAULT_CHUNK_ROWS = 250_000
@@ -255,6 +257,8 @@ def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None, succeed
     of the same run (an Airflow retry, a cleared task: one run id) rejected, and the attempt that
     succeeded validated the interval again, so the batch kept there was left as a failure of an
     interval that is done, sending people to fix data that was fixed. A failed run keeps them.
+    Other runs' quarantines of the window it validated are marked, not removed
+    (:func:`mark_superseded`).
     """
     workspace = Workspace(job.name, run_id)
     here = workspace.root
@@ -268,6 +272,7 @@ def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None, succeed
                 "job %s, run %s: removed the quarantine a failed attempt of this run left, as this one succeeded: %s",
                 job.name, run_id, [str(folder) for folder in cleared],
             )
+        mark_superseded(job, run_id)
     cutoff = (now or datetime.now(timezone.utc)).timestamp() - ABANDONED_AFTER.total_seconds()
     swept = []
     for folder in sorted(here.parent.iterdir()) if here.parent.is_dir() else []:
@@ -277,6 +282,68 @@ def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None, succeed
     if swept:
         log.info("job %s: removed the work folders of %d runs untouched for %s: %s", job.name, len(swept), ABANDONED_AFTER, swept)
     return swept
+
+
+#: Written into another run's quarantine folder when a run validated the same window successfully.
+SUPERSEDED = "superseded.json"
+
+
+def mark_superseded(job: JobConfig, run_id: str, *, now: datetime | None = None) -> list[str]:
+    """Mark the quarantine of each other run of ``job`` whose rejected window ``run_id`` validated
+    successfully (a manual re-run of a failed scheduled interval) as superseded; returns them.
+
+    Decision: marked with ``superseded.json`` (which run, when, and its validation report), not
+    removed as a run's own quarantine is. Another run id is another run: what it rejected may be
+    what someone is inspecting, or the evidence of a source that sent bad rows once, and a re-run
+    that passed may have passed only because the job's validation settings were loosened. The
+    mark tells whoever opens the folder that the window is done; the folder goes with its own
+    run (its successful retry) or by hand. One-off chunks' folders are inside their run's and
+    have no interval, so only a batch's ``validation.json`` is compared.
+    """
+    own = Path(Workspace(job.name, run_id).quarantine)
+    marked = []
+    for folder in sorted(own.parent.iterdir()) if own.parent.is_dir() else []:
+        if folder == own or not folder.is_dir() or folder.is_symlink() or (folder / SUPERSEDED).exists():
+            continue
+        try:
+            window = Window.from_dict(dict(zip(("start", "end"), json.loads((folder / "validation.json").read_bytes())["window"])))
+        except (OSError, ValueError, KeyError, TypeError, ConfigError):  # not a batch's, or unreadable: not compared
+            continue
+        try:
+            report = _passed_report(job, run_id, window)
+            if report is None:
+                continue
+            note = {
+                "superseded_by": run_id,
+                "at": (now or datetime.now(timezone.utc)).isoformat(),
+                "window": window.to_dict(),
+                "validation_report": report,
+                "why": f"run {run_id} validated this window successfully after this batch was rejected; it is kept for inspection",
+            }
+            storage.atomic_write(str(folder / SUPERSEDED), json.dumps(note, indent=2).encode())
+        except Exception as exc:  # a note for people: a store that cannot be read now must not fail a run that is done
+            log.warning("job %s, run %s: could not check or mark the quarantine %s as superseded: %s", job.name, run_id, folder, exc)
+            continue
+        marked.append(str(folder))
+    if marked:
+        log.info(
+            "job %s, run %s: marked the quarantine of other runs of a window this run validated as superseded (kept, "
+            "see %s in each): %s", job.name, run_id, SUPERSEDED, marked,
+        )
+    return marked
+
+
+def _passed_report(job: JobConfig, run_id: str, window: Window) -> str | None:
+    """The validation report in which ``run_id`` passed ``window`` (of any purpose), or None."""
+    for purpose in ("train", "tune", "predict"):
+        path = validation_report_path(job, purpose, window, run_id)
+        try:
+            report = json.loads(storage.read_bytes(path, job.outputs.storage_options))
+        except (FileNotFoundError, ValueError):
+            continue
+        if isinstance(report, dict) and report.get("success") is True:
+            return path
+    return None
 
 
 def _last_touched(folder: Path) -> float:

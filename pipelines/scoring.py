@@ -225,9 +225,8 @@ def score_chunk(
         fix="fix the input file (or the job's validation settings) and score it again (predict --input, or a predict "
         "run with `input`). No output was written.",
     )
-    data = checked_batch(
-        per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=f"-chunk{index}", rows=numbers
-    )
+    part = Workspace(job.name, run_id).chunk_part(index)
+    data = checked_batch(per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=part, rows=numbers)
     # A series without a model yet (a new dimension value) is not scored, as in a scheduled window:
     # one new group failed the whole file, and the groups with a model got nothing.
     series, unscored = [], {}

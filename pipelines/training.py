@@ -198,28 +198,43 @@ def _tuned(job: JobConfig, series: str, registry: ModelRegistry) -> tuple[dict[s
 
 
 def _serving_tuned(job: JobConfig, series: str, registry: ModelRegistry, document: dict[str, Any]) -> dict[str, Any]:
-    """``document`` (``tuned.json``), unless the champion is a tuned model promoted after the
-    version it names: then the champion's own kind, parameters and record.
+    """``document`` (``tuned.json``, empty when there is none), unless the champion is a tuned
+    model promoted after the version it names (or with no ``tuned.json`` at all) and the tune run
+    that promoted it has not stored its ``tuned.json`` yet: then the champion's own kind,
+    parameters and record.
 
     A tune run promotes its model, then writes ``tuned.json``: a train starting in between read
-    the parameters the tuned model had just beaten, and built (and could promote) them beside it.
-    A ``tuned.json`` naming no version (written before versions were kept, or none at all: deleted
-    to train with the job's model) is taken as it is.
+    the parameters the tuned model had just beaten, or, after the first tuning of the series, none,
+    and built (and could promote) them beside it. Whether that tune run got past its write is
+    told by its tuning record (:meth:`~pipelines.registry.ModelRegistry.tuned_written`): if it
+    did, a missing ``tuned.json`` was deleted (to train with the job's model), which is said. A
+    ``tuned.json`` naming no version (written before versions were kept) is taken as it is.
     """
     named = tuned_version(document)
-    if named is None:
+    if named is None and document:
         return document
     try:
         champion = registry.champion(job.name, series)
     except ModelError:  # a champion that cannot be read is replaced by this training: tuned.json stands
         return document
-    if champion is None or "tuning" not in champion.metadata or champion.version <= named:
+    if champion is None or "tuning" not in champion.metadata or (named is not None and champion.version <= named):
         return document
+    if registry.tuned_written(job.name, series, champion.version):
+        # Read again: it may have been written since it was read, before its record.
+        current = registry.tuned(job.name, series) or {}
+        if not current:
+            log.warning(
+                "job %s, series %s: tuned.json was deleted after tuning stored the parameters of the serving version %s: "
+                "training builds the job's configured model (%s); run tune to tune it again",
+                job.name, series, champion.version, job.model.kind,
+            )
+        return current
     meta = champion.metadata
+    held = f"holds the parameters of version {named}" if named is not None else "is not written yet"
     log.warning(
-        "job %s, series %s: tuned.json holds the parameters of version %s, but the tuned version %s serves: "
+        "job %s, series %s: tuned.json %s, but the tuned version %s serves (its tune run has not stored its parameters): "
         "training builds the serving one's (%s %s)",
-        job.name, series, named, champion.version, meta.get("model"), meta.get("tuned_params"),
+        job.name, series, held, champion.version, meta.get("model"), meta.get("tuned_params"),
     )
     return {
         "kind": meta.get("model"),

@@ -74,17 +74,21 @@ class Workspace:
     def quarantine(self) -> str:
         return str(home() / "quarantine" / self.job / _safe(self.run_id))
 
+    def chunk_part(self, index: int) -> str:
+        """What follows :attr:`quarantine` (and the run id, in the validation report's name) for
+        chunk ``index`` of a one-off input: a folder inside the run's quarantine folder.
+
+        Beside it (``<run>-chunk<N>``), a chunk's folder was the folder of a run named so: run
+        ``X-chunk3``'s rejected batch and run ``X``'s rejected chunk 3 shared a folder, and run
+        ``X`` succeeding removed the other run's quarantine.
+        """
+        return f"/chunk{index}"
+
     def quarantines(self) -> list[Path]:
-        """The run's quarantine folders there are: its batch's, and each one-off chunk's
-        (:attr:`quarantine` followed by ``-chunk<N>``, as :func:`pipelines.scoring.score_chunk` names them)."""
+        """The run's quarantine folder, when there is one: it holds its batch's rejected rows and
+        each one-off chunk's (:meth:`chunk_part`), and no other run's."""
         own = Path(self.quarantine)
-        try:
-            names = os.listdir(own.parent)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        pattern = re.compile(re.escape(own.name) + r"(-chunk[0-9]+)?")
-        found = [own.parent / name for name in names if pattern.fullmatch(name)]
-        return sorted(folder for folder in found if folder.is_dir() and not folder.is_symlink())
+        return [own] if own.is_dir() and not own.is_symlink() else []
 
 
 def to_utc(value: datetime | str | None) -> datetime | None:

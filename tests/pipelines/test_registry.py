@@ -343,3 +343,21 @@ def test_a_cut_slug_takes_its_key_from_a_readable_version(tmp_path) -> None:
     assert registry.series("sales") == [tokyo]
     damaged.parent.parent.joinpath(sorted(p.name for p in damaged.parent.parent.iterdir())[0], "metadata.json").write_bytes(b"{")
     assert registry.series("sales") == []  # no key to tell: left out, with a warning, not a crash
+
+
+def test_two_tune_runs_recording_at_the_same_instant_keep_both_records(registry: ModelRegistry, monkeypatch) -> None:
+    # Named by the microsecond alone, the second record replaced the first (a CLI tune beside a
+    # scheduled one, or two hosts): one run's trials and decision were lost.
+    from datetime import UTC, datetime
+
+    from pipelines import registry as module
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+    monkeypatch.setattr(module, "datetime", Frozen)
+    names = [registry.record_tuning("sales", SERIES, {"run": number}) for number in range(2)]
+    assert names[0] != names[1] and all(name.startswith("20240301T120000123456Z") for name in names)
+    assert sorted(r["run"] for r in registry.tuning_history("sales", SERIES)) == [0, 1]

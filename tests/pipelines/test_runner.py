@@ -19,7 +19,7 @@ from pipelines.config import get_job, load_job_file
 from pipelines.errors import ConfigError, DataValidationError, ModelError, SourceError
 from pipelines.runner import check_one_off, run_predict, run_score_file, run_train, run_tune
 from pipelines.training import registry_for
-from pipelines.workspace import Window, home, to_utc
+from pipelines.workspace import Window, Workspace, home, to_utc
 
 TRAIN = Window(to_utc("2024-02-02T00:00:00Z"), to_utc("2024-03-01T00:00:00Z"))
 DAY = Window(to_utc("2024-03-03T00:00:00Z"), to_utc("2024-03-04T00:00:00Z"))
@@ -501,6 +501,36 @@ def test_a_successful_retry_of_a_run_clears_the_quarantine_its_failed_attempt_le
     assert (other / "batch.parquet").exists() and (other / "validation.json").exists()
 
 
+def test_a_re_run_of_the_interval_under_another_run_id_marks_the_failed_run_s_quarantine_superseded(
+    project: Path, tmp_path: Path
+) -> None:
+    # A manual re-run of a failed scheduled interval (another run id) left the failed run's
+    # quarantine as it was, still saying to fix data that a later run validated. It is kept (it
+    # may be what someone inspects) and marked, and a quarantine of another window is left alone.
+    import shutil
+
+    good = project / "data" / "demo" / "web_metrics.csv"
+    source = tmp_path / "source.csv"
+    in_train = lambda f: f["timestamp"].str.startswith("2024-02-10T05")  # noqa: E731
+    shutil.copy(_bad_csv(project, lambda f: f.assign(requests=f["requests"].mask(in_train(f), "twelve"))), source)
+    job = load_job_file(_write_job(project, "demo_web_metrics", source={"kind": "file", "path": str(source), "format": "csv"}))
+    with pytest.raises(DataValidationError) as failed:
+        run_train(job, TRAIN, run_id="scheduled__2024-03-01")
+    kept = Path(failed.value.quarantine_path)
+    earlier = Window(to_utc("2024-02-01T00:00:00Z"), to_utc("2024-02-29T00:00:00Z"))
+    with pytest.raises(DataValidationError) as failed_earlier:
+        run_train(job, earlier, run_id="scheduled__2024-02-29")
+    other_window = Path(failed_earlier.value.quarantine_path)
+
+    shutil.copy(good, source)
+    run_train(job, TRAIN, run_id="manual__re-run")
+    assert (kept / "batch.parquet").exists() and (kept / "validation.json").exists()
+    note = json.loads((kept / "superseded.json").read_text())
+    assert note["superseded_by"] == "manual__re-run" and note["window"] == TRAIN.to_dict()
+    assert note["validation_report"].endswith("manual__re-run.json") and Path(note["validation_report"]).exists()
+    assert not (other_window / "superseded.json").exists()
+
+
 def test_a_successful_retry_of_a_one_off_run_clears_its_chunks_quarantine(trained, project: Path, tmp_path: Path) -> None:
     frame = pd.read_parquet(project / "var" / "outputs" / f"job={trained.name}")
     wide = frame.pivot_table(index=["timestamp", "region"], columns="feature", values="value").reset_index()
@@ -512,7 +542,8 @@ def test_a_successful_retry_of_a_one_off_run_clears_its_chunks_quarantine(traine
     with pytest.raises(DataValidationError) as failed:
         run_score_file(trained, str(path), run_id="one-off", chunk_rows=20)
     kept = Path(failed.value.quarantine_path)
-    assert kept.name.startswith("one-off-chunk") and (kept / "batch.parquet").exists()
+    assert kept.parent == Path(Workspace(trained.name, "one-off").quarantine) and kept.name.startswith("chunk")
+    assert (kept / "batch.parquet").exists()
 
     wide.to_csv(path, index=False)
     run_score_file(trained, str(path), run_id="one-off", chunk_rows=20)

@@ -199,7 +199,7 @@ def test_a_bad_chunk_is_named_by_its_file_and_rows_and_the_advice_is_to_score_th
         f"job scored: validation of rows 21 to 30 of input file {str(tmp_path / 'input.csv')!r} (chunk 3 of 4) failed 1 of "
     )
     assert message.endswith(
-        "-chunk2; fix the input file (or the job's validation settings) and score it again (predict --input, or a predict "
+        "/chunk2; fix the input file (or the job's validation settings) and score it again (predict --input, or a predict "
         "run with `input`). No output was written."
     )
     assert "window" not in message and "interval" not in message

@@ -673,6 +673,50 @@ def test_a_train_between_a_tune_promotion_and_its_tuned_params_builds_the_servin
     assert registry.version(job.name, SERIES, third.version).metadata["tuned_params"] == {"level_window": 6}
 
 
+def test_a_train_between_the_first_tune_s_promotion_and_its_tuned_json_builds_the_tuned_model(tmp_path, daily, monkeypatch, caplog):
+    """With no tuned.json yet (the series' first tuning), a train between the tune run's promotion
+    and its write built the job's untuned model beside the tuned one, as if tuned.json were deleted."""
+    from pipelines.registry import ModelRegistry
+
+    job = make_job(tmp_path, {"kind": "iforest", "params": {"n_estimators": 50}}, detectors=["iforest", "level_shift"],
+                   grid={"level_window": [6]}, trials=3)
+    write = ModelRegistry.write_tuned_params
+    trained = []
+
+    def a_train_runs_first(self, *args, **kwargs):
+        assert self.tuned(job.name, SERIES) is None  # the first tuning: nothing written yet
+        trained.append(train_series(job, SERIES, daily, _window(daily), run_id="train-in-between"))
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelRegistry, "write_tuned_params", a_train_runs_first)
+    with caplog.at_level("WARNING", logger="pipelines.training"):
+        tuned = tune_series(job, SERIES, daily, _window(daily), run_id="tune-1")
+    assert tuned["promoted"] and tuned["kind"] == "level_shift"
+    [train] = trained
+    built = registry_for(job).version(job.name, SERIES, train.version).metadata
+    assert built["model"] == "level_shift" and built["tuned_params"] == {"level_window": 6}
+    assert f"tuned.json is not written yet, but the tuned version {tuned['version']} serves" in caplog.text
+
+
+def test_a_deleted_tuned_json_is_said_and_train_builds_the_job_s_model(tmp_path, daily, caplog):
+    # Deleting tuned.json is how people go back to the job's configured model: told apart from a
+    # tune run that has not written it yet, it is honoured, and said.
+    job = make_job(tmp_path, {"kind": "iforest", "params": {"n_estimators": 50}}, detectors=["iforest", "level_shift"],
+                   grid={"level_window": [6]}, trials=3)
+    tuned = tune_series(job, SERIES, daily, _window(daily), run_id="tune-1")
+    assert tuned["promoted"] and tuned["kind"] == "level_shift"
+    registry = registry_for(job)
+    (Path(registry.root) / job.name / SERIES / "tuned.json").unlink()
+    with caplog.at_level("WARNING", logger="pipelines.training"):
+        trained = train_series(job, SERIES, daily, _window(daily), run_id="after-delete")
+    built = registry.version(job.name, SERIES, trained.version).metadata
+    assert built["model"] == "iforest" and built["tuned_params"] == {}
+    assert (
+        f"tuned.json was deleted after tuning stored the parameters of the serving version {tuned['version']}: training builds "
+        "the job's configured model (iforest)"
+    ) in caplog.text
+
+
 def test_train_ignores_tuned_params_once_the_job_file_changes_its_model(tmp_path, daily, caplog):
     tuned = tune_series(make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [6]}), SERIES, daily)
     assert tuned["promoted"] and tuned["params"] == {"level_window": 6}

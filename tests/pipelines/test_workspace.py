@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,15 @@ import pytest
 from pipelines.config import parse_job
 from pipelines.errors import ConfigError
 from pipelines.runner import cleanup
-from pipelines.workspace import Workspace, check_output_file, prediction_window, training_window, triggered_training_end
+from pipelines.workspace import (
+    Window,
+    Workspace,
+    check_output_file,
+    prediction_window,
+    training_window,
+    triggered_training_end,
+    validation_report_path,
+)
 
 JOB = parse_job(
     {
@@ -97,18 +106,58 @@ def test_a_run_window_that_cannot_be_is_refused_naming_the_job(make, message: st
 def test_a_run_s_quarantines_are_its_batch_s_and_its_chunks_only(tmp_path: Path, monkeypatch, run_id: str) -> None:
     monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
     run = Workspace(JOB.name, run_id)
-    mine = [Path(run.quarantine), Path(run.quarantine + "-chunk0"), Path(run.quarantine + "-chunk12")]
+    chunks = [Path(run.quarantine + run.chunk_part(0)), Path(run.quarantine + run.chunk_part(12))]
     others = [
         Path(Workspace(JOB.name, "scheduled__2024-03-02").quarantine),
-        Path(run.quarantine + "-chunkX"),
+        # Beside the run's folder: other runs' (a run named so), not this run's chunks.
+        Path(run.quarantine + "-chunk0"),
         Path(run.quarantine + "-chunk1-chunk2"),
         Path(Workspace("other_job", run_id).quarantine),
     ]
     assert run.quarantines() == []
-    for folder in [*mine, *others]:
+    for folder in [*chunks, *others]:
         folder.mkdir(parents=True)
-    assert run.quarantines() == sorted(mine)
+    assert all(chunk.parent == Path(run.quarantine) for chunk in chunks)
+    assert run.quarantines() == [Path(run.quarantine)]
     cleanup(JOB, run_id, succeeded=False)
-    assert all(folder.is_dir() for folder in [*mine, *others])
+    assert all(folder.is_dir() for folder in [*chunks, *others])
     cleanup(JOB, run_id)
-    assert [folder for folder in [*mine, *others] if folder.exists()] == others
+    assert not Path(run.quarantine).exists()
+    assert [folder for folder in [*chunks, *others] if folder.exists()] == others
+
+
+def test_a_run_named_like_another_run_s_chunk_keeps_its_quarantine(tmp_path: Path, monkeypatch) -> None:
+    # Chunk N of run "X" was quarantined in "X-chunkN", the folder of the run literally named
+    # "X-chunkN": the two shared it, and run "X" succeeding removed the other run's batch.
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
+    x, named = Workspace(JOB.name, "X"), Workspace(JOB.name, "X-chunk3")
+    assert x.quarantine + x.chunk_part(3) != named.quarantine
+    Path(named.quarantine).mkdir(parents=True)
+    (Path(named.quarantine) / "batch.parquet").write_bytes(b"rejected")
+    Path(x.quarantine + x.chunk_part(3)).mkdir(parents=True)
+    cleanup(JOB, "X")
+    assert (Path(named.quarantine) / "batch.parquet").read_bytes() == b"rejected"
+    assert not Path(x.quarantine).exists()
+
+
+def _rejected(run_id: str, window: dict[str, str]) -> Path:
+    """A quarantine folder as validation leaves it for ``run_id``'s rejected batch of ``window``."""
+    folder = Path(Workspace(JOB.name, run_id).quarantine)
+    folder.mkdir(parents=True)
+    (folder / "batch.parquet").write_bytes(b"rejected")
+    (folder / "validation.json").write_text(json.dumps({"success": False, "window": [window["start"], window["end"]]}))
+    return folder
+
+
+def test_a_quarantine_that_cannot_be_checked_does_not_fail_a_run_that_succeeded(tmp_path: Path, monkeypatch, caplog) -> None:
+    # Marking another run's quarantine superseded is a note for people: a report that cannot be
+    # read (a store down, a permission) failed the run's last task after its work was done.
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path / "var"))
+    monkeypatch.setenv("ANOMALY_PIPELINES_BASE_DIR", str(tmp_path))
+    window = Window(datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 2, tzinfo=UTC))
+    kept = _rejected("scheduled__2024-03-02", window.to_dict())
+    Path(validation_report_path(JOB, "train", window, "manual__1")).mkdir(parents=True)  # unreadable as a file
+    with caplog.at_level("WARNING", logger="pipelines.runner"):
+        cleanup(JOB, "manual__1")
+    assert (kept / "batch.parquet").exists() and not (kept / "superseded.json").exists()
+    assert f"could not check or mark the quarantine {kept} as superseded" in caplog.text
