@@ -277,9 +277,9 @@ def precise_datetime() -> sa.types.TypeEngine[Any]:
 def _engine(url: sa.URL) -> sa.Engine:
     connect_args = {}
     if url.get_backend_name() == "sqlite" and "timeout" not in url.query:
-        # publish keeps its SQL transaction open while it writes the Parquet files (so both
-        # outputs change together); another writer of the same file waits for the lock, and the
-        # driver's 5 s default is shorter than a large window's Parquet write. ?timeout= overrides.
+        # A writer of the file waits for another's transaction (publish replacing a large window:
+        # deleting and inserting its rows), and the driver's 5 s default is shorter than that
+        # takes. ?timeout= overrides.
         connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_SECONDS
     engine = sa.create_engine(url, connect_args=connect_args)
     database = file_database(url)

@@ -327,10 +327,13 @@ def publish_scored(job: JobConfig, window: Window, results: list[dict[str, Any]]
 def publish(job: JobConfig, window: Window, scored_paths: list[str], *, output: str | None = None) -> PublishResult:
     """Write the staged scores of every series: Parquet dataset, SQL and BigQuery tables, replacing the window.
 
-    The outputs take the new rows together as far as they can: the SQL table commits only after
-    the Parquet files are written, so a failure of either leaves both as they were. A failure
-    after that (the table's commit, BigQuery) raises a SinkError naming the outputs that already
-    hold the new rows; rerunning the interval makes them all agree.
+    The outputs take the new rows together as far as they can: the Parquet files are staged, the
+    SQL table commits, and only then do the staged files replace the day files, so a failure of
+    either write (or a process killed before the commit) leaves both as they were. A failure after
+    the commit (moving the files, BigQuery) raises a SinkError naming the outputs that already hold
+    the new rows; rerunning the interval makes them all agree. A process killed after the commit
+    leaves the Parquet files to the next write of the job, which finishes them (readers meanwhile
+    read the staged files): see :meth:`ParquetSink.replacing`.
 
     With ``output`` (one-off scoring), the staged parts are streamed into that one Parquet file.
     """
@@ -350,12 +353,15 @@ def publish(job: JobConfig, window: Window, scored_paths: list[str], *, output: 
         if job.outputs.table:
             table = job.outputs.table
             table_name = f"{table.db_schema + '.' if table.db_schema else ''}{table.name} ({table.connection.describe()})"
-            # The table's transaction commits after the Parquet files are written: a failed
-            # Parquet write rolls the table back, so both keep their previous rows.
-            with SqlSink(engine_for(table.connection), table.name, table.db_schema).replacing(frame, **window_args):
-                paths = parquet.write(frame, **window_args)
-                replaced.append(f"the Parquet dataset {root}")
-            replaced.append(f"table {table_name}")
+            # The table commits between staging the Parquet files and moving them: a failed (or
+            # killed) table write leaves the day files as they were, and once the table committed,
+            # the Parquet journal makes the day files follow even if this process is killed. The
+            # other way round (the Parquet write inside the table's transaction), a kill rolled the
+            # table back while the next write finished the Parquet files: the outputs disagreed.
+            with parquet.replacing(frame, **window_args) as paths:
+                SqlSink(engine_for(table.connection), table.name, table.db_schema).write(frame, **window_args)
+                replaced.append(f"table {table_name}")
+            replaced.append(f"the Parquet dataset {root}")
         else:
             paths = parquet.write(frame, **window_args)
             replaced.append(f"the Parquet dataset {root}")

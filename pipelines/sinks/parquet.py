@@ -508,6 +508,18 @@ class ParquetSink:
                 f"job {job!r}: {exc}. Check `outputs.parquet` ({self.root}) and `outputs.storage_options` in the job file"
             ) from exc
 
+    def replacements(self, job: str) -> dict[str, str | None]:
+        """The day files (``date=<day>/part-0.parquet``) that committed writes of ``job`` not finished
+        yet replace, each with the staged file to read in its place (None: the write removes it), for
+        readers that list the day files themselves (the dashboard) to read as :meth:`read` does."""
+        folder = storage.join(self.root, f"job={job}")
+        try:
+            names = storage.find(storage.join(folder, PENDING), self.storage_options)
+        except FileNotFoundError:  # a missing bucket: the reads that follow name it
+            return {}
+        journals = [f"{PENDING}/{name}" for name in names if "/" not in name and name.endswith(COMMITTED)]
+        return self._overrides(job, folder, journals)
+
     def _overrides(self, job: str, folder: str, journals: list[str]) -> dict[str, str | None]:
         """Day files (relative to ``folder``) that committed ``journals`` replace, each with its staged
         file, or None when it is removed."""

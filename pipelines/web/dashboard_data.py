@@ -40,6 +40,7 @@ from pipelines import storage
 from pipelines.config import JobConfig, resolve_path
 from pipelines.errors import ConfigError, ModelError, PipelineError, SinkError
 from pipelines.registry import ModelRegistry
+from pipelines.sinks.parquet import ParquetSink
 from pipelines.validation.report import CheckResult
 from pipelines.workspace import to_utc
 
@@ -355,6 +356,7 @@ class JobOutputs:
     def __init__(self, job: JobConfig):
         self.job = job
         self.root = storage.join(resolve_path(job.outputs.parquet), f"job={job.name}")
+        self._sink = ParquetSink(resolve_path(job.outputs.parquet), job.outputs.storage_options)
 
     def day_files(self, start: datetime | None = None, end: datetime | None = None) -> list[tuple[pd.Timestamp, str, float, int]]:
         """``(day, url, modification time, size)`` of the job's day files with rows in ``[start, end)``, by day."""
@@ -365,11 +367,22 @@ class JobOutputs:
             # date=YYYY-MM-DD folder names sort like the days they name.
             return folder.startswith("date=") and (low is None or folder > low) and (high is None or folder <= high)
 
+        # A write killed between its day files (or moving them now) is read as ParquetSink.read
+        # reads it: its staged files in place of the days it replaces, so no day is older than another.
+        replaced = self._sink.replacements(self.job.name)
+        listed = {
+            relative: (storage.join(self.root, relative), modified, size)
+            for relative, modified, size in _list_files(self.root, self.job.outputs.storage_options, wanted)
+        }
+        for relative, staged in replaced.items():
+            if wanted(relative.partition("/")[0]):
+                # A staged file is written once under a name of its own: its URL keys the cache alone.
+                listed[relative] = None if staged is None else (staged, 0.0, 0)
         found = []
-        for relative, modified, size in _list_files(self.root, self.job.outputs.storage_options, wanted):
+        for relative, file in listed.items():
             folder, _, file_name = relative.partition("/")
             # Dot files are temporary files of writes in progress.
-            if not file_name or "/" in file_name or file_name.startswith((".", "_")):
+            if file is None or not file_name or "/" in file_name or file_name.startswith((".", "_")):
                 continue
             try:
                 day = pd.Timestamp(folder.removeprefix("date="), tz="UTC")
@@ -378,7 +391,7 @@ class JobOutputs:
                 continue
             if (start is not None and day + _DAY <= start) or (end is not None and end <= day):
                 continue
-            found.append((day, storage.join(self.root, relative), modified, size))
+            found.append((day, *file))
         return sorted(found)
 
     def _load(self, url: str, day: pd.Timestamp) -> _Part:

@@ -93,7 +93,9 @@ def test_failed_parquet_write_rolls_the_table_back(tmp_path, make_frame, monkeyp
     assert run_ids(job) == ({"old"}, {"old"})
 
 
-def test_failed_table_commit_says_the_parquet_dataset_holds_the_new_rows(tmp_path, make_frame, listen) -> None:
+def test_failed_table_commit_leaves_both_outputs_as_they_were(tmp_path, make_frame, listen) -> None:
+    """The table commits before the staged Parquet files replace the day files: a commit that
+    fails leaves the day files old too (it used to leave them new, the outputs disagreeing)."""
     job = job_config(tmp_path)
     publish_run(job, tmp_path, make_frame, "old")
 
@@ -108,15 +110,30 @@ def test_failed_table_commit_says_the_parquet_dataset_holds_the_new_rows(tmp_pat
 
     listen(job, "before_cursor_execute", note_insert)
     listen(job, "commit", refuse_commit)
+    with pytest.raises(Exception, match="server went away at commit"):
+        publish_run(job, tmp_path, make_frame, "new")
+    assert run_ids(job) == ({"old"}, {"old"})
+    assert not list((tmp_path / "out" / "job=sales").rglob("*.tmp*")), "no staged file is left"
+
+    refusing.clear()
+    publish_run(job, tmp_path, make_frame, "retry")
+    assert run_ids(job) == ({"retry"}, {"retry"})
+
+
+def test_failed_parquet_move_after_the_commit_names_the_table(tmp_path, make_frame, monkeypatch) -> None:
+    job = job_config(tmp_path)
+    publish_run(job, tmp_path, make_frame, "old")
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ParquetSink, "_finish", refuse)
     with pytest.raises(SinkError) as caught:
         publish_run(job, tmp_path, make_frame, "new")
     message = str(caught.value)
-    assert "server went away at commit" in message
-    assert f"the Parquet dataset {tmp_path / 'out'} already holds its new rows" in message
+    assert "disk full" in message and "table anomalies (" in message and "already holds its new rows" in message
     assert "rerun the interval (an Airflow retry of publish does)" in message and "no duplicates" in message
-    assert run_ids(job) == ({"new"}, {"old"})
-
-    refusing.clear()
+    monkeypatch.undo()
     publish_run(job, tmp_path, make_frame, "retry")  # the retry the message asks for
     assert run_ids(job) == ({"retry"}, {"retry"})
 
@@ -137,35 +154,45 @@ def test_failed_bigquery_write_names_the_outputs_already_replaced(tmp_path, make
     message = str(caught.value)
     assert message.startswith("job sales, window ")
     assert "503 unavailable" in message
-    assert f"the Parquet dataset {tmp_path / 'out'} and table anomalies (" in message
+    assert "table anomalies (" in message and f") and the Parquet dataset {tmp_path / 'out'} already hold" in message
     assert "already hold its new rows" in message and "rerun the interval" in message
     assert run_ids(job) == ({"new"}, {"new"})
 
 
-def test_another_sqlite_writer_waits_for_a_publish_whose_parquet_write_is_slow(tmp_path, make_frame, monkeypatch) -> None:
-    """The publish holds the SQLite write lock while it writes Parquet; a writer of another job to
-    the same file must wait for it rather than fail at the driver's 5 s default timeout."""
+def test_another_sqlite_writer_is_not_held_while_publish_moves_its_parquet_files(tmp_path, make_frame, monkeypatch) -> None:
+    """The table commits before the day files are replaced: a writer of another job to the same
+    SQLite file writes while publish is still moving them (publish held the database's write lock
+    through its whole Parquet write, so others waited for it)."""
     import threading
-    import time
 
     job = job_config(tmp_path)
     publish_run(job, tmp_path, make_frame, "old")
-    slow_write, parquet_started = ParquetSink.write, threading.Event()
+    finish, moving, other_written = ParquetSink._finish, threading.Event(), threading.Event()
 
-    def slow_parquet(self, *args, **kwargs):
-        parquet_started.set()
-        time.sleep(6)
-        return slow_write(self, *args, **kwargs)
+    def slow_finish(self, *args, **kwargs):
+        moving.set()
+        assert other_written.wait(30), "the other writer waited for publish"
+        return finish(self, *args, **kwargs)
 
-    monkeypatch.setattr(ParquetSink, "write", slow_parquet)
-    publishing = threading.Thread(target=publish_run, args=(job, tmp_path, make_frame, "new"))
+    monkeypatch.setattr(ParquetSink, "_finish", slow_finish)
+    errors: list[BaseException] = []
+
+    def publishing_run() -> None:
+        try:
+            publish_run(job, tmp_path, make_frame, "new")
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    publishing = threading.Thread(target=publishing_run)
     publishing.start()
-    assert parquet_started.wait(10)
+    assert moving.wait(30)
     other = make_frame("costs", "2024-01-05", "2024-01-06")
     written = SqlSink(engine_for(job.outputs.table.connection), "anomalies").write(
         other, job="costs", dimensions=[], start=START, end=END
     )
+    other_written.set()
     publishing.join()
+    assert not errors, errors
     assert written == len(other)
     assert run_ids(job) == ({"new"}, {"new"})
 

@@ -623,3 +623,41 @@ def test_a_series_flagged_everywhere_is_charted_and_listed_within_bounds(project
     marked = [v for v in feature["anomaly"] if v is not None]
     assert max(marked) == frame["value"].max() and min(marked) == frame["value"].min()
     data._CACHE.clear()
+
+
+def test_a_write_killed_between_its_day_files_is_read_whole(project):
+    """The dashboard lists the day files itself: after a write recorded its journal and was killed
+    before moving every staged file, it showed some days new and others old, where ParquetSink.read
+    reads the staged files in place of the days they replace."""
+    from pipelines.config import resolve_path
+    from pipelines.sinks import ParquetSink
+
+    demo = (project / "config" / "jobs" / "demo_web_metrics.yaml").read_text()
+    (project / "config" / "jobs" / "killed.yaml").write_text(demo.replace("name: demo_web_metrics", "name: killed"))
+    job = get_job("killed")
+    start, end = pd.Timestamp("2024-03-01", tz="UTC"), pd.Timestamp("2024-03-03", tz="UTC")
+    times = pd.date_range(start, end, freq="h", inclusive="left")
+
+    def frame(value: float, times=times) -> pd.DataFrame:
+        return pd.DataFrame({
+            "job": "killed", "series": "region=eu", "region": "eu", "timestamp": times, "feature": "requests",
+            "value": value, "expected": 0.0, "lower": -1.0, "upper": 1.0, "score": 0.1, "feature_score": 0.1,
+            "is_anomaly": False, "model": "seasonal_mad", "model_version": "v1", "run_id": "r", "interval_start": start,
+            "interval_end": end, "scored_at": end,
+        })  # fmt: skip
+
+    sink = ParquetSink(resolve_path(job.outputs.parquet))
+    sink.write(frame(1.0), job="killed", dimensions=["region"], start=start, end=end)
+    # The state a SIGKILL leaves after the journal was committed and before the staged files moved
+    # (tests/pipelines/sinks/test_parquet.py kills a real writer there): staged, recorded, not moved.
+    # The new write keeps the first day only, so the second day file is to be removed.
+    changes = sink._replace(frame(2.0, times[:24]), job="killed", dimensions=["region"], start=start, end=end, where="test")
+    sink._stage("killed", changes, "test", prepared=False)
+    data._CACHE.clear()
+
+    shown = data.chart(job, "region=eu", data.Filters(), buckets=500)
+    [feature] = shown["features"]
+    assert feature["points"] == 24, "the day the write removes is not shown"
+    assert set(v for v in feature["value"] if v is not None) == {2.0}, "every day shown is the write's"
+    assert set(sink.read(job="killed")["value"]) == {2.0}
+    data._CACHE.clear()
