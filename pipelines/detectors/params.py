@@ -7,7 +7,10 @@ Each detector checks its own parameters in ``fit`` through the same model.
 
 from __future__ import annotations
 
+from difflib import get_close_matches
+from functools import cache
 from typing import Annotated, Any, Literal, get_args, get_origin
+from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator, model_validator
 
@@ -181,6 +184,28 @@ class ProphetParams(DetectorParams):
         None, pattern=r"^[A-Z]{2,3}$", description="Country code whose public holidays are modelled, e.g. 'US'."
     )
     growth: Literal["linear", "flat"] = "linear"
+    time_zone: str = Field(
+        "UTC",
+        description=(
+            "IANA time zone (e.g. 'America/New_York') whose wall-clock time the seasonalities and the "
+            "holidays follow; the rows keep their UTC timestamps."
+        ),
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        # Checked here rather than at the fit: an unknown zone would otherwise fail inside pandas
+        # hours after the job file was accepted. 'localtime' is the worker's own zone, not a name:
+        # the same job would model another day on another machine.
+        zones = _time_zones()
+        if value in zones:
+            return value
+        folded = {zone.lower(): zone for zone in zones}
+        key = value.strip().lower()
+        close = [folded[key]] if key in folded else get_close_matches(value, zones, n=3, cutoff=0.85)
+        hint = f" (did you mean {' or '.join(repr(zone) for zone in close)}?)" if close else ""
+        raise ValueError(f"not an IANA time zone name such as 'America/New_York', 'Europe/Paris' or 'UTC'{hint}")
 
     @field_validator("holidays_country")
     @classmethod
@@ -200,6 +225,11 @@ class ProphetParams(DetectorParams):
             codes = ", ".join(sorted(code for code in holidays.list_supported_countries() if len(code) == 2))
             raise ValueError(f"no public holidays are known for it; choose one of {codes}")
         return value
+
+
+@cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(available_timezones() - {"localtime"})
 
 
 class LSTMParams(DetectorParams):

@@ -35,7 +35,9 @@ def _prophet() -> Any:
 
     # cmdstanpy gives its logger a handler at DEBUG on first use when nothing above it has
     # one (a plain script); set that up now, then raise the bar.
-    get_logger().setLevel(logging.WARNING)
+    # Its ERROR for a failed optimisation only repeats the RuntimeError it raises, which the fit
+    # turns into a Newton fit or a ModelError naming the feature.
+    get_logger().setLevel(logging.CRITICAL)
     logging.getLogger("prophet").setLevel(logging.WARNING)
     return prophet, serialize
 
@@ -69,6 +71,11 @@ class ProphetDetector(BaseDetector):
     holidays_country : str or None
         Country code whose public holidays Prophet models (the ``holidays`` package; offline).
     growth : {"linear", "flat"}
+    time_zone : str, default="UTC"
+        IANA time zone whose wall-clock time Prophet fits and forecasts on: the daily and weekly
+        seasonalities and the holidays follow local time (a holiday is the local day; a daily
+        cycle keeps its local hour across daylight-saving changes). The rows keep their UTC
+        timestamps.
     threshold_kind, threshold_value :
         See :class:`~pipelines.config.ThresholdConfig`.
 
@@ -99,6 +106,7 @@ class ProphetDetector(BaseDetector):
         yearly_seasonality: bool | str = "auto",
         holidays_country: str | None = None,
         growth: str = "linear",
+        time_zone: str = "UTC",
         threshold_kind: str = "contamination",
         threshold_value: float = 0.005,
     ):
@@ -111,6 +119,7 @@ class ProphetDetector(BaseDetector):
         self.yearly_seasonality = yearly_seasonality
         self.holidays_country = holidays_country
         self.growth = growth
+        self.time_zone = time_zone
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
 
@@ -162,24 +171,43 @@ class ProphetDetector(BaseDetector):
                 model.add_country_holidays(country_name=params.holidays_country)
             return model
 
+        def optimise(frame: pd.DataFrame, column: Any, init: dict[str, Any]) -> Any:
+            # Prophet's own fallback to Newton when L-BFGS stops abnormally (common where a series
+            # varies little around a large level, such as a counter near 1e9), done here: Prophet
+            # announced it with a cmdstanpy ERROR and a warning, both naming no feature, in the
+            # log of a training that then succeeded.
+            for algorithm in ("LBFGS", "Newton"):
+                model = new_model()
+                model.stan_backend.set_options(newton_fallback=False)
+                try:
+                    return model.fit(frame, algorithm=algorithm, **init)
+                except RuntimeError as exc:
+                    if algorithm == "Newton":
+                        raise
+                    log.info("prophet: L-BFGS stopped on feature %s (%s); fitting it with Newton", column, _stan_reason(exc))
+
         def fit(rows: pd.DataFrame, starts: list[Any] | None, why: str) -> list[Any]:
             models = []
             for f, column in enumerate(rows.columns):
-                frame = _prophet_frame(rows.index, rows[column].to_numpy())
-                model = new_model()
-                if starts is None:
-                    model.fit(frame, algorithm="LBFGS")
-                else:
+                frame = _prophet_frame(rows.index, params.time_zone, rows[column].to_numpy())
+                model = None
+                if starts is not None:
                     from prophet.utilities import warm_start_params
 
                     try:
-                        model.fit(frame, algorithm="LBFGS", init=warm_start_params(starts[f]))
+                        model = optimise(frame, column, {"init": warm_start_params(starts[f])})
                     except (RuntimeError, ValueError) as exc:
                         # "auto" seasonalities depend on the span of the data, so the starting
                         # parameters may not fit this window's model: then that feature fits cold.
                         log.warning("prophet: cannot warm-start feature %s from %s (%s); fitting it cold", column, why, exc)
-                        model = new_model()
-                        model.fit(frame, algorithm="LBFGS")
+                try:
+                    model = optimise(frame, column, {}) if model is None else model
+                except (RuntimeError, ValueError) as exc:  # Stan's failure named neither the feature nor the rows
+                    raise ModelError(
+                        f"ProphetDetector: Stan could not fit feature {column!r} on the {len(rows)} rows from "
+                        f"{rows.index[0]} to {rows.index[-1]} (L-BFGS, then Newton): {_stan_reason(exc)}. Look for "
+                        "values far out of line with the rest of the feature, fix or leave them out, or use another model"
+                    ) from exc
                 models.append(model)
             return models
 
@@ -205,13 +233,18 @@ class ProphetDetector(BaseDetector):
 
     def _forecast(self, index: pd.DatetimeIndex, models: list[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``yhat`` and the half-width of the interval, per row and feature (of ``models``, else the fitted ones)."""
-        frame = _prophet_frame(index)
+        ds = _prophet_frame(index, self.time_zone)["ds"]
+        # Prophet returns its forecast sorted by ds, and local wall-clock times repeat when the
+        # clocks go back (01:45 EDT, then 01:00 EST for quarter-hourly rows): each distinct time
+        # is forecast once and the rows take theirs, in their own order.
+        times, rows = np.unique(ds.to_numpy(), return_inverse=True)
+        frame = pd.DataFrame({"ds": times})
         z = float(norm.ppf(0.5 + self.interval_width / 2))
         expected, half = [], []
         for model in self.models_ if models is None else models:
             forecast = model.predict(frame)
-            expected.append(forecast["yhat"].to_numpy())
-            half.append(z * _predictive_sd(model, forecast))
+            expected.append(forecast["yhat"].to_numpy()[rows])
+            half.append(z * _predictive_sd(model, forecast)[rows])
         return np.column_stack(expected), np.column_stack(half)
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
@@ -278,9 +311,21 @@ def _check_country(country: str) -> None:
         ) from None
 
 
-def _prophet_frame(index: pd.DatetimeIndex, values: np.ndarray | None = None) -> pd.DataFrame:
-    # Prophet refuses time-zone-aware dates; the index is UTC, so dropping the zone is exact.
-    frame = pd.DataFrame({"ds": index.tz_convert("UTC").tz_localize(None)})
+def _stan_reason(exc: Exception) -> str:
+    """The last line of a Stan failure (cmdstanpy's message holds the whole console log)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip(" )")]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _prophet_frame(index: pd.DatetimeIndex, zone: str, values: np.ndarray | None = None) -> pd.DataFrame:
+    """Prophet's frame of the UTC ``index`` on the wall clock of ``zone``.
+
+    Prophet refuses time-zone-aware dates and reads days, hours and holidays off naive ones.
+    A UTC instant has exactly one local time, so converting from UTC neither fails nor drops a
+    row: the hour skipped when the clocks go forward simply has no rows, and the hour repeated
+    when they go back holds the rows of both (Prophet fits repeated ds like any others).
+    """
+    frame = pd.DataFrame({"ds": index.tz_convert(zone).tz_localize(None)})
     if values is not None:
         frame["y"] = values
     return frame

@@ -113,6 +113,20 @@ def test_fitting_does_not_flood_the_log(series, caplog: pytest.LogCaptureFixture
     assert chatter == []
 
 
+def test_a_fit_that_falls_back_to_newton_names_its_feature_and_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    # A counter near 1e9 that varies by units stops L-BFGS ("Line search failed"): Prophet then fits
+    # with Newton, and the training succeeds, but cmdstanpy logged an ERROR and Prophet a warning,
+    # neither naming the feature, into the task's log.
+    index = pd.date_range("2024-01-01", periods=24 * 14, freq="h", tz="UTC")
+    frame = pd.DataFrame({"bytes_total": 1e9 + np.random.default_rng(0).normal(size=len(index))}, index=index)
+    with caplog.at_level(logging.INFO):
+        detector = ProphetDetector().fit(frame)
+    assert [r for r in caplog.records if r.name.startswith(("cmdstanpy", "prophet"))] == []
+    fallbacks = [r.getMessage() for r in caplog.records if "fitting it with Newton" in r.getMessage()]
+    assert fallbacks and all("feature bytes_total (Line search failed" in m and len(m) < 300 for m in fallbacks)
+    assert detector.detect(frame).is_anomaly.mean() <= 0.02
+
+
 def test_a_plain_script_is_not_flooded_either() -> None:
     """Without logging configured, cmdstanpy installs its own handler on first use."""
     code = (
