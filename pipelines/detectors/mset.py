@@ -36,6 +36,17 @@ _BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: overflowed and no row had an estimate. Data recorded to a few digits have states 1e-7 apart
 #: (NAB's art_daily_flatmiddle): those still count.
 _DISTINCT_SPACING = 1e-8
+#: Distance in standard units beyond the memory's range of a state column from which a value is
+#: left out of the other signals' estimates, as if missing. One signal far out (a stuck or broken
+#: sensor) dominated every distance in its row, so the kernel weighed the memory states by that one
+#: signal and the others' estimates followed it to its extreme state: with 30 signals and one 20
+#: sigmas off, the other 29 moved by up to 1.5 of their standard deviations and every one of them
+#: reached the alarm level, blamed along with it. The rule bounds the spill-over: a value that far
+#: out moves no other signal's estimate; one within the margin moves them as any state in the
+#: operating range would. Its own estimate never used it. A signal left with no other value to be
+#: estimated from has no estimate (no evidence) on that row; when every signal is far out, nothing
+#: is left out (a new operating state, each one's residual its own).
+_OUTSIDE_UNITS = 1.0
 #: Training rows the bandwidth is chosen on.
 _BANDWIDTH_SAMPLE = 2000
 _LONE_SIGNAL_LAGS = 3
@@ -74,7 +85,9 @@ class MSETDetector(BaseDetector):
     order). The estimate of signal *i* is a kernel-weighted mean of the memory's values of
     *i*, the weights being a Gaussian similarity between the current state *without signal i*
     and each memory state: every signal is estimated from the others (and from the past, with
-    lags), so a disturbed signal does not pull its own estimate along.
+    lags), so a disturbed signal does not pull its own estimate along. A value more than one
+    standard unit outside the memory's range is left out of the other signals' estimates (as if
+    missing), so one signal far out does not drag theirs to its extreme state and share its blame.
 
     Residuals ``z = (value - estimate) / sigma`` (sigma: robust scale of the training residuals)
     feed Wald's sequential probability ratio test, as a CUSUM of log-likelihood ratios over the
@@ -321,6 +334,29 @@ class MSETDetector(BaseDetector):
     # -- estimation and evidence ------------------------------------------------------------
 
     def _estimate(self, states: np.ndarray, positions: np.ndarray | None = None, own: np.ndarray | None = None) -> np.ndarray:
+        """Leave-one-signal-out kernel estimates of the kept signals, each made without the state
+        values far outside the memory when its own signal is not (see :data:`_OUTSIDE_UNITS`)."""
+        estimates = self._kernel_estimate(states, positions, own)
+        if len(self.signals_) < 2:
+            # A lone signal is estimated from its own lags: no other signal to shield from it.
+            return estimates
+        outside = (states < self.memory_.min(axis=0) - _OUTSIDE_UNITS) | (states > self.memory_.max(axis=0) + _OUTSIDE_UNITS)
+        # Again for each whole block of the estimate with a value far out, not for those rows alone:
+        # a block's rows are multiplied together and a product's last bits depend on its shape, so
+        # a row scores the same number in chunks as in one pass.
+        block_rows = _estimate_block_rows(len(self.memory_))
+        for start in range(0, len(states), block_rows):
+            block = slice(start, start + block_rows)
+            if not outside[block].any():
+                continue
+            shielded = self._kernel_estimate(
+                np.where(outside[block], np.nan, states[block]), None if positions is None else positions[block], own
+            )
+            kept = ~outside[block, : len(self.signals_)] & outside[block].any(axis=1, keepdims=True)
+            estimates[block] = np.where(kept, shielded, estimates[block])
+        return estimates
+
+    def _kernel_estimate(self, states: np.ndarray, positions: np.ndarray | None = None, own: np.ndarray | None = None) -> np.ndarray:
         """Leave-one-signal-out kernel estimates of the kept signals, block by block.
 
         In training, ``own`` names the state row each memory vector was taken from and

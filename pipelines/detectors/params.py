@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from difflib import get_close_matches
 from functools import cache
+from numbers import Real
 from typing import Annotated, Any, Literal, get_args, get_origin
 from zoneinfo import available_timezones
 
@@ -135,6 +136,13 @@ class SeasonalMADParams(DetectorParams):
         return value
 
 
+#: Widest bandwidth of MSET's kernel, in standard units. Memory states of a signal's whole operating
+#: range lie within some hundreds of units of each other, so a kernel this wide already weighs them
+#: all alike (states 1,000 units apart within 5e-7 of each other) and every estimate is the memory's
+#: mean: a wider one is the same flat kernel, given by a slip (1e9 for 1e-9) rather than by choice.
+MAX_MSET_BANDWIDTH = 1e6
+
+
 class MSETParams(DetectorParams):
     """Multivariate state estimation: every signal estimated from the others by similarity to a
     memory of training states, residuals judged by a sequential probability ratio test."""
@@ -162,11 +170,17 @@ class MSETParams(DetectorParams):
             raise ValueError("must be 'auto' or an integer from 0 to 48")
         return value
 
-    @field_validator("bandwidth")
+    @field_validator("bandwidth", mode="before")
     @classmethod
-    def _positive_bandwidth(cls, value: float | str) -> float | str:
-        if isinstance(value, float | int) and value <= 0:
-            raise ValueError("must be 'auto' or a positive number")
+    def _bandwidth_in_range(cls, value: Any) -> Any:
+        # Before pydantic's own checks: they said of nan and inf only "should be a finite number;
+        # should be 'auto'", not which numbers would do; and any positive number passed (1e200: a
+        # flat kernel, no signal estimated from the others at all).
+        if isinstance(value, Real) and not isinstance(value, bool) and not 0 < value <= MAX_MSET_BANDWIDTH:
+            raise ValueError(
+                f"must be 'auto' or a positive number up to {MAX_MSET_BANDWIDTH:.0e} (a finite number: the kernel's width "
+                "in robust standard units); 'auto' picks it on the training data"
+            )
         return value
 
 

@@ -10,6 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+#: Largest |residual| (robust units) the tests compute with; a larger one brings the same evidence.
+#: A row's evidence is a difference of cumulative sums, so one huge residual stayed in every later
+#: difference: from 1e8 the variance test's square (1e16) left later rows' evidence off by units
+#: for good, long after the window had passed (by 3 after a residual of 1e20), and from 1e155 the
+#: square overflowed and inf - inf made them NaN. At 1e4 the square is 1e8 and later rows stay
+#: within 1e-8 of exact, while the evidence (3.75e7) is far beyond any threshold.
+_RESIDUAL_CAP = 1e4
+
+
+def _capped(z: np.ndarray) -> np.ndarray:
+    """Residuals as the tests use them: missing ones bring no evidence, huge ones the cap's."""
+    return np.clip(np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0), -_RESIDUAL_CAP, _RESIDUAL_CAP)
+
 
 def windowed_cusum(increments: np.ndarray, window: int) -> np.ndarray:
     """``max(0, largest sum of the increments over the last k rows, k <= window)`` per row.
@@ -30,9 +43,10 @@ def sprt_evidence(z: np.ndarray, window: int, drift: float, variance_ratio: floa
     residual the following rows that lower the statistic are not flagged; a row that adds a little
     (|z| above ``drift / 2``) within ``window`` rows of it is charged with the large residual's
     evidence too. That suits ``level_shift``, for which a shift is a lasting state; ``mset`` restarts
-    its test after each alarm instead (``MSETDetector``). Missing residuals bring no evidence.
+    its test after each alarm instead (``MSETDetector``). Missing residuals bring no evidence;
+    residuals beyond ``±1e4`` bring that of ``±1e4`` (finite, and never less for a larger one).
     """
-    z = np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0)
+    z = _capped(z)
     increments = [drift * z - drift * drift / 2.0, -drift * z - drift * drift / 2.0]
     if variance_ratio is not None:
         increments.append(-0.5 * np.log(variance_ratio) + 0.5 * z * z * (1.0 - 1.0 / variance_ratio))
@@ -54,7 +68,7 @@ def sprt_bounds(z: np.ndarray, window: int, drift: float, evidence: np.ndarray) 
     mean-shift tests reach ``evidence`` (one value per column), given what the rows before it
     (within the window) already accumulated. Returned as distances: (up, down), both > 0.
     """
-    z = np.nan_to_num(np.asarray(z, dtype="float64"), nan=0.0)
+    z = _capped(z)
     bounds = []
     for sign in (1.0, -1.0):
         increments = drift * sign * z - drift * drift / 2.0
