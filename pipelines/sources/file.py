@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 import logging
 import operator
 import os
@@ -46,7 +47,7 @@ import pyarrow.dataset as ds
 from fsspec import AbstractFileSystem
 from fsspec.compression import compr
 from fsspec.core import url_to_fs
-from fsspec.utils import compressions, infer_compression
+from fsspec.utils import compressions, glob_translate, infer_compression
 
 from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, resolve_path
 from pipelines.errors import ConfigError, MissingDependencyError, SourceConfigError, SourceDataError, SourceError
@@ -154,7 +155,7 @@ class FileReader:
         # see the files that landed since its last read.
         fs.invalidate_cache()
         with _translated(self.advice, fail, path, self.config.format or "the expected format"):
-            files = self._files(fs, root, path, fail)
+            files = self._files(fs, root, path, fail, lo, hi)
         fmt = self._format([file.name for file in files], fail)
         self._check_compression(fs, files, fmt, fail)
         if (lo is None and hi is None) or not self.config.prune_partitions:
@@ -316,18 +317,28 @@ class FileReader:
         """``name`` as the job file writes it: a URL for object stores, a path for local files."""
         return fs.unstrip_protocol(name) if "://" in self.config.path else name
 
-    def _files(self, fs: AbstractFileSystem, root: str, path: str, fail: Fail) -> list[_File]:
+    def _files(
+        self, fs: AbstractFileSystem, root: str, path: str, fail: Fail, lo: pd.Timestamp | None = None, hi: pd.Timestamp | None = None
+    ) -> list[_File]:
+        """The data files of ``root``; with a window, the ``key=value`` folders that cannot hold it
+        are not listed at all (see :meth:`_walk`), so some files outside it may be left out."""
+        pruning = (lo is not None or hi is not None) and self.config.prune_partitions
         if any(char in root for char in "*?["):
-            matches = fs.glob(root, detail=True)
-            names = sorted(name for name, info in matches.items() if info["type"] == "file")
             literal = root[: min(root.index(char) for char in "*?[" if char in root)]
             base = literal.rsplit("/", 1)[0] if "/" in literal else ""
             # fsspec's "*" matches hidden names too, unlike a shell's: as in a folder, hidden and
             # Hadoop-style files and folders (.part-0.csv, _temporary/) are not data, and
             # "data/**/*.csv" read a writer's unfinished attempt beside its output. A pattern
             # naming such a part itself (data/_staging/*.csv below "data/*") is taken at its word.
-            if not any(part.startswith((".", "_")) for part in PurePosixPath(root[len(base) :].lstrip("/")).parts):
-                names = [name for name in names if not _hidden(name, base)]
+            names_hidden = any(part.startswith((".", "_")) for part in PurePosixPath(root[len(base) :].lstrip("/")).parts)
+            names = []
+            if pruning and "**" not in root and base:
+                names = [name for name in self._walk(fs, base, root[len(base) :].strip("/").split("/"), lo, hi)
+                         if names_hidden or not _hidden(name, base)]
+            if not names:  # an empty walk is listed in full, to tell "nothing there" from "nothing in the window"
+                matches = fs.glob(root, detail=True)
+                names = [name for name, info in matches.items() if info["type"] == "file" and (names_hidden or not _hidden(name, base))]
+            names.sort()
             if names:
                 return [_File(name, _hive_keys(name, base), base) for name in names]
             # A pattern does not match a name holding its own brackets ("report [final].csv"):
@@ -342,10 +353,20 @@ class FileReader:
             raise fail("no such file or folder", self._path_hint()) from exc
         if info["type"] != "directory":
             return [_File(root)]
+        # An empty result of the walk is listed in full, to tell "nothing there" from "nothing in the window".
+        files = (self._folder_files(self._walk(fs, root.rstrip("/"), None, lo, hi), root) if pruning else []) or self._folder_files(
+            fs.find(root), root
+        )
+        if not files:
+            raise fail("the folder holds no files", self._path_hint())
+        return files
+
+    @staticmethod
+    def _folder_files(listed: Iterable[str], root: str) -> list[_File]:
         files = []
         # Keys ending in "/" are the empty folder markers that S3 consoles and some tools
         # create: s3fs lists them as files.
-        for name in sorted(name for name in fs.find(root) if not name.endswith("/")):
+        for name in sorted(name for name in listed if not name.endswith("/")):
             relative = PurePosixPath(name[len(root.rstrip("/")) :].lstrip("/"))
             # Hidden and Hadoop-style marker files and folders (_SUCCESS, .crc, _temporary)
             # are not data; sub-folders that are not key=value are not partitions.
@@ -353,9 +374,66 @@ class FileReader:
                 continue
             if all("=" in part for part in relative.parts[:-1]):
                 files.append(_File(name, _hive_keys(name, root.rstrip("/")), root.rstrip("/")))
-        if not files:
-            raise fail("the folder holds no files", self._path_hint())
         return files
+
+    def _walk(
+        self, fs: AbstractFileSystem, base: str, pattern: list[str] | None, lo: pd.Timestamp | None, hi: pd.Timestamp | None
+    ) -> list[str]:
+        """The files below ``base`` (matching the glob components ``pattern``, or all of them),
+        leaving out the ``key=value`` folders whose time cannot overlap ``[lo, hi)``.
+
+        An object store lists a whole tree (``find``) one page of 1000 keys per request, and
+        s3fs's glob lists every folder it passes: a day's read of a bucket of years listed every
+        key before pruning dropped nearly all (732 requests for a glob over two years of daily
+        folders). Here a folder is listed on its own only while its sub-folders carry a time
+        (a level of ``date=``/``year=``... folders); below the first level that does not, the
+        rest is found in one ``find``/``glob``, so a layout that cannot be pruned costs one
+        request more than before, not one per folder.
+
+        A folder is judged by the keys above it and its own (``year=2023`` before its
+        ``month=``): that takes the finer keys below a coarser one to lie within it, as every
+        writer lays them out. Whatever is kept is still filtered by its full keys afterwards."""
+        found: list[str] = []
+        level = [base]
+        for depth in range(len(pattern) if pattern else 1 << 16):
+            last = pattern is not None and depth == len(pattern) - 1
+            part = re.compile(glob_translate(pattern[depth])) if pattern else None
+            deeper: list[str] = []
+            for folder in level:
+                try:
+                    entries = fs.ls(folder, detail=True)
+                except FileNotFoundError:
+                    continue
+                folders = []
+                for entry in entries:
+                    name = entry["name"].rstrip("/")
+                    leaf = name.rsplit("/", 1)[-1]
+                    if name == folder or entry["name"].endswith("/") and entry["type"] != "directory":
+                        continue  # the folder itself, or an S3 folder marker
+                    if part is not None and not part.match(leaf):
+                        continue
+                    if entry["type"] != "directory":
+                        if part is None or last:
+                            found.append(name)
+                    elif part is not None and not last:
+                        folders.append(name)
+                    elif part is None and "=" in leaf and not leaf.startswith((".", "_")):
+                        folders.append(name)  # other folders hold no data of a folder source
+                spans = {name: partition_span(_hive_keys(f"{name}/_", base), self.config.partitioning) for name in folders}
+                if folders and all(span is None for span in spans.values()):
+                    # Nothing here says a time: one listing of the rest, as without a window.
+                    rest = re.compile(glob_translate("/".join(pattern[depth:]))) if pattern else None
+                    found.extend(
+                        name for name in fs.find(folder)
+                        if "/" in name[len(folder) :].strip("/")  # this folder's own files are in already
+                        and (rest is None or rest.match(name[len(folder) :].lstrip("/")))
+                    )
+                    continue
+                deeper.extend(name for name, span in spans.items() if _overlaps(span, lo, hi))
+            level = deeper
+            if not level:
+                break
+        return found
 
     def _check_bucket(self, fs: AbstractFileSystem, root: str, path: str, fail: Fail) -> None:
         """Say so when the bucket itself is missing: "no such file" would send one looking for a key."""
@@ -1106,6 +1184,41 @@ def _check_csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encodin
         _check_unique(next(csv.reader(text, delimiter=_delimiter(job)), []), job)
 
 
+class _ExtraFields(_CorruptArchive):
+    """A csv row with more fields than the header: pandas takes the first fields of such rows
+    as an index and shifts every column by them, so the timestamps read as host names and
+    validation blamed the timestamps."""
+
+    def __init__(self, fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> None:
+        found = _first_long_row(fs, file, job, encoding)
+        where = "" if found is None else f" (line {found[0]} has {found[1]} fields, the header {found[2]})"
+        ValueError.__init__(
+            self, f"has rows with more fields than its header{where}, which would shift the columns of every row"
+        )
+        self.todo = (
+            "Quote the fields that hold the delimiter (\"a,b\"), or give the extra fields a name in the header "
+            "(a delimiter at the end of every row needs one at the end of the header too)."
+        )
+        self.kind = SourceDataError
+
+
+def _first_long_row(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> tuple[int, int, int] | None:
+    """The line, field count and header's field count of the first row longer than the header."""
+    with open_data(fs, file) as handle, io.TextIOWrapper(handle, encoding=_text_encoding(encoding), newline="") as text:
+        rows = csv.reader(text, delimiter=_delimiter(job))
+        header = len(next(rows, []))
+        for row in rows:
+            if len(row) > header:
+                return rows.line_num, len(row), header
+    return None
+
+
+def _check_index(frame: pd.DataFrame, first: int, fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> None:
+    """pandas numbers the rows read (from ``first``) unless rows had more fields than the header."""
+    if not frame.index.equals(pd.RangeIndex(first, first + len(frame))):
+        raise _ExtraFields(fs, file, job, encoding)
+
+
 def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
     seen: list[str] = []
     with _decoding(fs, file, encoding), open_data(fs, file) as handle:
@@ -1114,6 +1227,7 @@ def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) 
         except pd.errors.EmptyDataError:
             return pd.DataFrame()  # see _csv_chunks
     _check_csv_header(fs, file, job, encoding, seen)
+    _check_index(frame, 0, fs, file, job, encoding)
     return frame
 
 
@@ -1128,7 +1242,11 @@ def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str
             # "truncated or corrupt".
             return
         _check_csv_header(fs, file, job, encoding, seen)  # the reader has read the header
-        yield from chunks
+        first = 0
+        for chunk in chunks:
+            _check_index(chunk, first, fs, file, job, encoding)
+            first += len(chunk)
+            yield chunk
 
 
 # dtype=False keeps JSON's own types, as stored: no guessing of dates or numbers in strings (pandas
@@ -1138,13 +1256,67 @@ def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str
 _JSON_OPTIONS = {"dtype": False}
 
 
+class _BadJsonLine(_CorruptArchive):
+    """A jsonl line that is not JSON: pandas' error gives a character position in its buffer,
+    with no word of the line."""
+
+    def __init__(self, line: int, error: ValueError, last: bool) -> None:
+        # json's own message counts lines and characters within the one line it was given.
+        where = f"line {line}, column {error.colno}: {error.msg}" if isinstance(error, json.JSONDecodeError) else f"line {line}: {error}"
+        ValueError.__init__(self, f"is not valid jsonl: {where}")
+        if last:  # a writer may still be appending it
+            self.todo = f"Check that the file is complete: its last line ({line}) ends without a newline."
+            self.kind = SourceError
+        else:
+            self.todo = f"Fix or remove line {line}: every line must hold one JSON object ({{\"ts\": ..., ...}})."
+            self.kind = SourceDataError
+
+
+@contextmanager
+def _jsonl_lines(fs: AbstractFileSystem, file: str, encoding: str) -> Iterator[None]:
+    """Re-raise a parse error of pandas with the file's first line that is not JSON."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise
+    except ValueError as exc:
+        bad = _first_bad_json_line(fs, file, encoding)
+        if bad is None:
+            raise
+        raise _BadJsonLine(*bad) from exc
+
+
+def _first_bad_json_line(fs: AbstractFileSystem, file: str, encoding: str) -> tuple[int, ValueError, bool] | None:
+    with open_data(fs, file) as handle, io.TextIOWrapper(handle, encoding=_text_encoding(encoding)) as text:
+        for number, line in enumerate(text, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except ValueError as exc:
+                return number, exc, not line.endswith("\n")
+    return None
+
+
+#: Lines parsed at once by :func:`_read_jsonl`.
+JSONL_ROWS = 50_000
+
+
 def _read_jsonl(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    with _decoding(fs, file, encoding), open_data(fs, file) as handle:
-        return pd.read_json(handle, lines=True, encoding=_text_encoding(encoding), **_JSON_OPTIONS)
+    # pandas parses every line into a dict of Python objects, the columns the job does not read
+    # included: a whole file of 17 MB took 260 MB at peak. Parsed in parts and cut to the job's
+    # columns at once, it takes a few times the part's size.
+    parts = [job_columns(chunk, job) for chunk in _jsonl_chunks(fs, file, job, encoding, JSONL_ROWS)]
+    if not parts:
+        return pd.DataFrame()
+    frame = pd.concat(parts, ignore_index=True)
+    # A part whose values of a column are all null holds it as objects, and numbers beside them
+    # stay objects: give the column the type the whole file gives it.
+    return frame.infer_objects() if len({tuple(part.dtypes.items()) for part in parts}) > 1 else frame
 
 
 def _jsonl_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
-    with _decoding(fs, file, encoding), open_data(fs, file) as handle:
+    with _decoding(fs, file, encoding), _jsonl_lines(fs, file, encoding), open_data(fs, file) as handle:
         yield from pd.read_json(handle, lines=True, encoding=_text_encoding(encoding), chunksize=rows, **_JSON_OPTIONS)
 
 
