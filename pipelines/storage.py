@@ -76,9 +76,10 @@ def credentials_hint(options: str = "storage_options", exc: BaseException | None
             "service-account key, `gcloud auth application-default login`, or the metadata server's "
             "service account) that may use the bucket."
         )
+    # Not `key` and `secret` in the options: a job file refuses credentials written out.
     return (
-        f"Set `key` and `secret` in {options}, or give this worker credentials "
-        "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role)."
+        "Give this worker credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
+        f"`profile` in {options}, or an instance role) that may use the bucket."
     )
 
 

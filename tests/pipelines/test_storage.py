@@ -384,7 +384,7 @@ def test_missing_s3_credentials_say_where_to_set_them(s3_without_credentials: tu
     bucket, no_keys = s3_without_credentials
     url = f"s3://{bucket}/store/m.bin"
 
-    with pytest.raises(StorageError, match=rf"^no credentials to reach {url} \(.*\)\. Set `key` and `secret` in .*AWS_PROFILE") as caught:
+    with pytest.raises(StorageError, match=rf"^no credentials to reach {url} \(.*\)\. Give this worker credentials \(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE") as caught:
         call(url, no_keys)
     # Neither bad data nor bad configuration: Airflow retries it, as credentials may appear.
     assert not isinstance(caught.value, (ConfigError, DataValidationError, ModelError))

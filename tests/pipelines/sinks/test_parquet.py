@@ -263,7 +263,7 @@ def test_missing_s3_credentials_say_where_to_set_them_not_to_remove_the_file(s3_
     bucket, no_keys = s3_without_credentials
     sink = ParquetSink(f"s3://{bucket}/outputs", no_keys)
 
-    with pytest.raises(StorageError, match=r"^job 'sales', window .*: no credentials to reach s3://.*Set `key` and `secret`") as caught:
+    with pytest.raises(StorageError, match=r"^job 'sales', window .*: no credentials to reach s3://.*Give this worker credentials \(AWS_ACCESS_KEY_ID") as caught:
         sink.write(make_frame("sales", "2024-01-05", "2024-01-06"), job="sales", dimensions=[], start=at("2024-01-05"), end=at("2024-01-06"))
     assert "No file was changed" in str(caught.value)
     assert "remove that file" not in str(caught.value)

@@ -1358,7 +1358,7 @@ def test_missing_credentials_are_a_source_error_that_says_where_to_set_them(make
     bucket, no_keys = s3_without_credentials
     for path in (f"s3://{bucket}/m.csv", f"s3://{bucket}/m/*.csv"):
         job = make_job({"kind": "file", "path": path, "storage_options": no_keys})
-        says = rf"no credentials to read {re.escape(path)} .*Set `key` and `secret` in `storage_options`"
+        says = rf"no credentials to read {re.escape(path)} .*Give this worker credentials \(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or `profile` in `storage_options`"
         with pytest.raises(SourceError, match=says):
             read_window(job, START, END)
 
