@@ -96,7 +96,7 @@ class CheckResult:
         if error:
             detail = f"error: {error}"
         elif "observed_value" in outcome:
-            detail = f"observed {json_safe(outcome['observed_value'])}"
+            detail = f"observed {json_safe(outcome['observed_value'])}{_expected_range(kwargs) if not result.success else ''}"
         else:
             detail = None
         count = outcome.get("unexpected_count")
@@ -316,6 +316,16 @@ def _not_numbers(check: CheckResult) -> str:
     """What the failed type ``check`` found, briefly: its own line gives the count and the rows."""
     values = ", ".join(dict.fromkeys(json.dumps(value, ensure_ascii=False) for value in check.sample_values))
     return f"{check.column} holds values that are not numbers ({values}; see {_TYPE_CHECK} on {check.column})"
+
+
+def _expected_range(kwargs: dict[str, Any]) -> str:
+    """", expected at least 10" for a check of a measure between bounds; "" when it has none. A
+    failed row count said only "observed 0", not how many rows the job wants."""
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    low_said = f"{'more than' if kwargs.get('strict_min') else 'at least'} {json_safe(low)}" if low is not None else None
+    high_said = f"{'less than' if kwargs.get('strict_max') else 'at most'} {json_safe(high)}" if high is not None else None
+    said = " and ".join(part for part in (low_said, high_said) if part)
+    return f", expected {said}" if said else ""
 
 
 def expectation_columns(kwargs: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -263,8 +264,6 @@ def unparseable_instants(
 
 def _dateutil_parseable(value: object) -> bool:
     """Whether dateutil, as GX's parseable check uses it, takes ``value`` as a date."""
-    import warnings
-
     from dateutil import parser
 
     if len(str(value)) > LONGEST_TIMESTAMP:  # dateutil's time grows with the square of the length
@@ -380,4 +379,17 @@ def _kwargs_problem(kwargs: dict) -> str | None:
                 re.compile(pattern)
             except re.error as exc:
                 return f"{name} {pattern!r} is not a regular expression ({exc})"
+            try:
+                # As GX matches it: pandas runs it on pyarrow's RE2 unless it needs Python's re, and
+                # RE2 refuses some patterns re takes (more than 1000 repeats: ^.{1,2000}$).
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "has match groups": GX's own run warns so, not loading
+                    pd.Series([""], dtype=object).astype(str).str.contains(pattern)
+            except ValueError as exc:
+                repeats = (
+                    " (RE2 repeats at most 1000 times: bound a value's length with expect_column_value_lengths_to_be_between)"
+                    if "repetition" in str(exc)
+                    else ""
+                )
+                return f"{name} {pattern!r} cannot run: GX matches it with RE2, which says: {exc}{repeats}"
     return None

@@ -209,6 +209,13 @@ def test_prepare_batch_shortens_feature_text_that_is_not_a_number(make_job) -> N
         ({"column": "requests", "min_value": 10, "max_value": 1}, r"min_value 10 is above max_value 1"),
         ({"column": "region", "regex": "(eu"}, r"regex '\(eu' is not a regular expression \(missing \)"),
         ({"column": "region", "regex_list": ["eu", "[us"]}, r"regex_list '\[us' is not a regular expression"),
+        # Python's re takes them, RE2 (which pandas runs them on) does not: GX erred on every batch.
+        (
+            {"column": "region", "regex": "^[a-z]{1,2000}$"},
+            r"regex '\^\[a-z\]\{1,2000\}\$' cannot run: GX matches it with RE2, which says: .*repetition size.*"
+            r"at most 1000 times: bound a value's length with expect_column_value_lengths_to_be_between",
+        ),
+        ({"column": "region", "regex_list": ["eu", "(?>u)s"]}, r"regex_list '\(\?>u\)s' cannot run: GX matches it with RE2"),
     ],
 )
 def test_suite_settings_that_can_never_run_are_a_config_error(tmp_path: Path, kwargs: dict, problem: str) -> None:
@@ -228,10 +235,12 @@ def test_suite_bounds_that_can_run_load(tmp_path: Path) -> None:
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "requests", "min_value": 5, "max_value": 5}},
         {"type": "expect_column_max_to_be_between", "kwargs": {"column": "ts", "min_value": "2024-01-01", "max_value": "2024-12-31"}},
         {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "region", "regex": r"^(eu|us)\d*$"}},
+        # RE2 has no lookahead: pandas runs these on Python's re.
+        {"type": "expect_column_values_to_not_match_regex", "kwargs": {"column": "region", "regex": r"^(?!eu)x{1,2000}"}},
     ]
     path = tmp_path / "suite.json"
     path.write_text(json.dumps({"name": "s", "expectations": expectations}))
-    assert len(load_expectations(str(path))) == 3
+    assert len(load_expectations(str(path))) == 4
 
 
 def test_a_long_timestamp_twice_is_quoted_short_by_the_duplicate_check(make_job) -> None:

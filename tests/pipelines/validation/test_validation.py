@@ -416,7 +416,35 @@ def test_too_few_rows_fail(make_job, clean_frame: pd.DataFrame) -> None:
     check = _only_failure(validate_batch(clean_frame, make_job(validation={"min_rows": 10})))
 
     assert (check.expectation, check.column) == ("expect_table_row_count_to_be_between", None)
-    assert check.detail == "observed 6"
+    # "observed 6" alone did not say how many rows the job wants.
+    assert check.detail == "observed 6, expected at least 10"
+
+
+def test_a_failed_measure_says_the_range_it_was_expected_in(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
+    suite = tmp_path / "suite.json"
+    mean = {"column": "latency_ms", "min_value": 0, "max_value": 100, "strict_max": True}
+    count = {"min_value": 7, "strict_min": True}
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "web",
+                "expectations": [
+                    {"type": "expect_column_mean_to_be_between", "kwargs": mean},
+                    {"type": "expect_table_row_count_to_be_between", "kwargs": count},
+                    {"type": "expect_column_max_to_be_between", "kwargs": {"column": "requests", "max_value": 5000}},
+                ],
+            }
+        )
+    )
+    report = validate_batch(clean_frame, make_job(), suite_path=str(suite))
+
+    details = {check.expectation: check.detail for check in _failed(report)}
+    assert details == {
+        "expect_column_mean_to_be_between": "observed 114.91666666666667, expected at least 0.0 and less than 100.0",
+        "expect_table_row_count_to_be_between": "observed 6, expected more than 7",
+    }
+    passed = next(check for check in report.checks if check.expectation == "expect_column_max_to_be_between")
+    assert passed.detail == "observed 1869"
 
 
 def test_user_suite_is_applied_after_the_built_in_checks(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -752,3 +780,115 @@ def test_a_long_text_value_is_shown_by_its_start_and_length(tmp_path: Path, make
     assert "region=" + "r" * 40 + "… (99,945 characters left out) …" + "r" * 15 + "-east" in str(raised.value)
     kept = pd.read_parquet(quarantine_dir / "batch.parquet")
     assert (kept["latency_ms"][1], kept["region"][2], kept["timestamp"][3]) == (page, "r" * 100_000 + "-east", "t" * 100_000)
+
+
+def _numbered_regions(make_job, rows: int) -> tuple[pd.DataFrame, str]:
+    """``rows`` distinct dimension values, numbers but for one 10 kB text at row 7 (a host name
+    pasted over a region id), and that text."""
+    long = "host-" + "x" * 10_000
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2024-02-01", periods=rows, freq="h", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": pd.Series(range(rows), dtype=object),
+            "requests": range(rows),
+            "latency_ms": 100.0,
+        }
+    )
+    frame.loc[7, "region"] = long
+    return frame, long
+
+
+def test_a_long_dimension_value_among_numbers_costs_the_fingerprint_no_wide_text(make_job) -> None:
+    # GX fingerprints each batch with pandas, which hashed this column as NumPy text as wide as its
+    # longest value, once per distinct value: 1,000 of them took 40 MB, 20,000 took 800 MB.
+    import tracemalloc
+
+    import great_expectations  # noqa: F401  # its import is not the batch's cost
+
+    frame, _ = _numbered_regions(make_job, 1_000)
+    job = make_job()
+    validate_batch(frame.head(3), job)
+    tracemalloc.start()
+    try:
+        report = validate_batch(frame, job)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert report.success, report.summary()
+    assert peak < 20_000_000
+
+
+def test_the_fingerprint_of_a_batch_is_the_one_gx_computes(make_job) -> None:
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    from pipelines.validation.suite import prepare_batch
+
+    frame, _ = _numbered_regions(make_job, 30)
+    report = validate_batch(frame, make_job())
+
+    gx_own = getattr(engine.hash_pandas_dataframe, "__wrapped__", engine.hash_pandas_dataframe)
+    assert report.gx_result["meta"]["batch_markers"]["pandas_data_fingerprint"] == gx_own(prepare_batch(frame, make_job()))
+
+
+@pytest.mark.parametrize(
+    ("expectation", "passes"),
+    [
+        ({"type": "expect_column_values_to_match_regex", "kwargs": {"column": "region", "regex": r"^\d+$"}}, False),
+        ({"type": "expect_column_values_to_match_regex", "kwargs": {"column": "region", "regex": r"^(?:\d+|host-x+)$"}}, True),
+        ({"type": "expect_column_values_to_not_match_regex", "kwargs": {"column": "region", "regex": "^host-x+$"}}, False),
+        ({"type": "expect_column_value_lengths_to_be_between", "kwargs": {"column": "region", "max_value": 10_005}}, True),
+        ({"type": "expect_column_value_lengths_to_be_between", "kwargs": {"column": "region", "max_value": 10_004}}, False),
+    ],
+)
+def test_suite_checks_see_a_long_dimension_value_whole(make_job, tmp_path: Path, expectation: dict, passes: bool) -> None:
+    frame, _ = _numbered_regions(make_job, 30)
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"name": "web", "expectations": [expectation]}))
+
+    report = validate_batch(frame, make_job(), suite_path=str(suite))
+
+    if passes:
+        assert report.success, report.summary()
+    else:
+        check = _only_failure(report)
+        assert (check.expectation, check.column, check.unexpected_count, check.sample_rows) == (expectation["type"], "region", 1, [7])
+        assert check.sample_values == ["host-" + "x" * 35 + "… (9,945 characters left out) …" + "x" * 20]
+
+
+@pytest.mark.parametrize("has_long", [True, False])
+def test_a_value_set_check_sees_a_long_dimension_value_whole(make_job, tmp_path: Path, has_long: bool) -> None:
+    frame, long = _numbered_regions(make_job, 30)
+    # The long value cut as a report shows it is not the value: a set holding only that must fail.
+    shown = "host-" + "x" * 35 + "… (9,945 characters left out) …" + "x" * 20
+    value_set = [*range(30), long if has_long else shown]
+    suite = tmp_path / "suite.json"
+    in_set = {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "region", "value_set": value_set}}
+    suite.write_text(json.dumps({"name": "web", "expectations": [in_set]}))
+
+    report = validate_batch(frame, make_job(), suite_path=str(suite))
+
+    if has_long:
+        assert report.success, report.summary()
+    else:
+        check = _only_failure(report)
+        assert (check.unexpected_count, check.sample_rows, check.sample_values) == (1, [7], [shown])
+
+
+def test_a_batch_is_loaded_and_fingerprinted_once(make_job, clean_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batch.validate loads the batch anew: getting it first hashed every value twice (seconds
+    # for a window of a million rows).
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    hashed = []
+    inner = engine.hash_pandas_dataframe
+
+    def counted(df: pd.DataFrame) -> str:
+        hashed.append(len(df))
+        return inner(df)
+
+    monkeypatch.setattr(engine, "hash_pandas_dataframe", counted)
+    report = validate_batch(clean_frame, make_job())
+
+    assert report.success, report.summary()
+    assert hashed == [6]
