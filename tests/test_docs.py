@@ -495,3 +495,40 @@ def test_the_dashboards_series_paging_is_the_codes() -> None:
     answer = text.split("`/series` lists", 1)[1].split("Every series at once", 1)[0]
     for key in ("total", "offset", "limit", "q", "next_offset", "series"):
         assert f"`{key}`" in answer, key
+
+
+def _words(name: str) -> str:
+    return " ".join((ROOT / name).read_text(encoding="utf-8").split())
+
+
+def test_the_documented_write_lock_journal_and_quarantine_are_the_codes() -> None:
+    from pipelines import runner
+    from pipelines.sinks import parquet
+    from pipelines.workspace import Workspace
+
+    architecture = _words("docs/ARCHITECTURE.md")
+    assert f"a lease object `job=<job>/{parquet.LOCK}`" in architecture
+    assert f"up to {parquet.LEASE_SECONDS:.0f} s (`parquet.LEASE_SECONDS`)" in architecture
+    assert f"waits (up to {parquet.WRITE_LOCK_TIMEOUT_SECONDS / 60:.0f} minutes)" in architecture
+    assert f"a journal in `job=<job>/{parquet.PENDING}/`" in architecture
+    assert f"`job=<job>/{parquet.LOCK}`" in _words("docs/CONFIGURATION.md")
+    assert f"`job=<job>/{parquet.PENDING}/`" in _words("docs/DASHBOARD.md")
+    # A one-off chunk's rejected rows are inside its run's quarantine folder, as documented.
+    workspace = Workspace("web", "run1")
+    assert workspace.quarantine + workspace.chunk_part(3) == str(Path(workspace.quarantine) / "chunk3")
+    for name in ("docs/ARCHITECTURE.md", "docs/CONFIGURATION.md"):
+        assert "`chunk<N>/`" in _words(name) or "`var/quarantine/<job>/<run>/chunk<N>/`" in _words(name), name
+        assert f"`{runner.SUPERSEDED}`" in _words(name), name
+
+
+def test_the_documented_detector_and_reader_limits_are_the_codes() -> None:
+    from pipelines.detectors import level_shift, mset, sequential
+    from pipelines.detectors.params import MAX_MSET_BANDWIDTH
+    from pipelines.sources import file
+
+    configuration = _words("docs/CONFIGURATION.md")
+    assert f"a number in (0, {MAX_MSET_BANDWIDTH:.0e}]".replace("e+0", "e") in configuration
+    assert mset._OUTSIDE_UNITS == 1.0 and "more than one standard unit outside the memory's range" in configuration
+    assert f"capped at ±{sequential._RESIDUAL_CAP:.0e}".replace("e+0", "e") in configuration
+    assert f"clipped at {level_shift._STEP_CAP:.0f} scales" in configuration
+    assert f"parsed {file.JSONL_ROWS:,} lines at a time" in configuration
