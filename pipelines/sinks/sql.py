@@ -54,8 +54,13 @@ _WRITE_ATTEMPTS = 5
 #: there and reads back as missing; PostgreSQL, SQLite and DuckDB store it as written.
 _NO_INFINITY = frozenset({"mysql", "mariadb", "mssql"})
 _DEADLOCK_BACKOFF_SECONDS = 0.2
-#: The collation of the text columns on MySQL/MariaDB (see :meth:`SqlSink._definition`).
-_BINARY_COLLATION = "utf8mb4_bin"
+#: Longest wait of a MySQL/MariaDB writer for another writer of its job (see :meth:`SqlSink._serialize`).
+_NAMED_LOCK_SECONDS = 3600
+#: The collation of the text columns on MySQL/MariaDB (see :meth:`SqlSink._definition`): the first
+#: of these the server has. utf8mb4_bin, the only one before MariaDB 10.2 and MySQL 8.0, pads the
+#: shorter text with spaces before comparing (PAD SPACE), so "region=EU" and "region=EU " were one
+#: in the table's queries; the two others compare every character (NO PAD).
+_BINARY_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
 
 
 def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
@@ -65,6 +70,29 @@ def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
     if conn.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest(), "big", signed=True)
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _binary_collation(conn: sa.Connection) -> str:
+    """The first of :data:`_BINARY_COLLATIONS` that the MySQL/MariaDB server of ``conn`` has."""
+    names = ", ".join(f"'{name}'" for name in _BINARY_COLLATIONS)
+    found = set(conn.execute(sa.text(f"SELECT collation_name FROM information_schema.collations WHERE collation_name IN ({names})")).scalars())
+    return next((name for name in _BINARY_COLLATIONS if name in found), _BINARY_COLLATIONS[-1])
+
+
+def _unlock(conn: sa.Connection, lock: str | None) -> None:
+    """End the transaction of ``conn`` (rolled back unless committed), then give back the named
+    lock ``lock`` (see :meth:`SqlSink._serialize`): the session keeps it, and the pool would hand
+    it on with the connection, so every later write of the job would wait for it in vain. A
+    connection that cannot give it back is discarded, which ends the session and its lock."""
+    if lock is None or conn.invalidated or conn.closed:
+        return
+    try:
+        conn.rollback()
+        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": lock})
+        conn.rollback()
+    except Exception:
+        with contextlib.suppress(Exception):
+            conn.invalidate()
 
 
 def _column(name: str, kind: str) -> sa.Column[Any]:
@@ -131,7 +159,7 @@ class SqlSink:
         self.db_schema = db_schema
         self.name = f"{db_schema}.{table}" if db_schema else table
 
-    def _definition(self, dimensions: list[str]) -> sa.Table:
+    def _definition(self, dimensions: list[str], collation: str = _BINARY_COLLATIONS[-1]) -> sa.Table:
         columns = [_column(name, kind) for name, kind in schema.OUTPUT_COLUMNS.items()]
         columns += [sa.Column(dim, sa.Text, nullable=True) for dim in dimensions]
         # The naming convention shortens the index name where the database limits its length.
@@ -147,7 +175,7 @@ class SqlSink:
             # A binary collation: their default ones ignore case and accents, so in any query on the
             # table "region=EU" was the series "region=eu" and "city=Koln" was "city=Köln" (one
             # group, a WHERE on one returned both), and a job "Sales" replaced the window of "sales".
-            mysql_collate=_BINARY_COLLATION,
+            mysql_collate=collation,
         )
         sa.Index(None, table.c.job, table.c.timestamp)
         return table
@@ -188,6 +216,8 @@ class SqlSink:
             _lock_for_transaction(conn, "prepare", self.name)
             inspector = sa.inspect(conn)
             if not inspector.has_table(self.table, schema=self.db_schema):
+                if conn.dialect.name in ("mysql", "mariadb"):
+                    table = self._definition(dimensions, _binary_collation(conn))
                 table.create(conn)
                 log.info("created table %s", self.name)
                 return
@@ -210,7 +240,7 @@ class SqlSink:
                 log.info("added dimension column %s to table %s", dim, self.name)
 
     def _warn_if_case_insensitive(self, conn: sa.Connection, table: sa.Table) -> None:
-        """Say how to convert a MySQL/MariaDB table created before it was made ``utf8mb4_bin``.
+        """Say how to convert a MySQL/MariaDB table created before it was made binary (:data:`_BINARY_COLLATIONS`).
 
         A warning, not an error: the writes and reads of a job are right either way (job names
         are lowercase ASCII), what it confuses is the queries people run on the table. Converting
@@ -231,7 +261,7 @@ class SqlSink:
                 "or accents, such as 'region=EU' and 'region=eu', are one in queries on the table; convert it "
                 "once (this rewrites the table) with: ALTER TABLE %s CONVERT TO CHARACTER SET utf8mb4 COLLATE %s",
                 self.name, ", ".join(sorted(loose)), ", ".join(sorted(set(loose.values()))),
-                conn.dialect.identifier_preparer.format_table(table), _BINARY_COLLATION,
+                conn.dialect.identifier_preparer.format_table(table), _binary_collation(conn),
             )
 
     def _stored_columns(self, conn: sa.Connection) -> list[str]:
@@ -244,21 +274,32 @@ class SqlSink:
         everything = sa.select(sa.text("*")).select_from(sa.table(self.table, schema=self.db_schema)).where(sa.false())
         return list(conn.execute(everything).keys())
 
-    def _serialize(self, conn: sa.Connection, job: str) -> None:
-        """Wait, inside the write transaction, until no other write of ``job`` to this table is open.
+    def _serialize(self, conn: sa.Connection, job: str) -> str | None:
+        """Wait, inside the write transaction, until no other write of ``job`` to this table is open;
+        returns the name of the MySQL/MariaDB lock to give back with :func:`_unlock`, else None.
 
         Needed on PostgreSQL: under READ COMMITTED a DELETE does not see the rows another open
         transaction is inserting, so two overlapping writes would both keep their inserts. The
         advisory lock is released with the transaction; writers of other jobs do not wait.
         SQLite needs nothing: it allows one writer per database file, and the DELETE takes the
         write lock that the transaction keeps until it ends (a second writer waits for it, up to
-        the driver's busy timeout). MySQL/MariaDB need nothing either: InnoDB's DELETE locks the
-        index range of the window until the transaction ends, and a second writer's DELETE waits
-        for it (tests/pipelines/sinks/test_sql.py races two writers on a real MariaDB server); it
-        may deadlock with a writer of another job, which :meth:`replacing` runs again.
-        Other databases get no lock here.
+        the driver's busy timeout). On MySQL/MariaDB, InnoDB's DELETE locks the index range of the
+        window only under REPEATABLE READ, the default: under READ COMMITTED (a common server
+        setting) it locks the rows it deletes and nothing else, so two first writes of a window
+        both deleted nothing, neither waited, and both inserts stayed. A named lock (GET_LOCK) of
+        the job and table serializes them whatever the isolation; it is the session's, not the
+        transaction's, so it is given back once the transaction ends. A writer may still deadlock
+        with a writer of another job, which :meth:`replacing` runs again. Other databases get no lock here.
         """
         _lock_for_transaction(conn, "write", self.name, job)
+        if conn.dialect.name not in ("mysql", "mariadb"):
+            return None
+        # At most 64 characters: a digest of the table and job.
+        name = "anomaly-pipelines:" + hashlib.blake2b(f"{self.name}\0{job}".encode(), digest_size=16).hexdigest()
+        got = conn.execute(sa.text("SELECT GET_LOCK(:name, :seconds)"), {"name": name, "seconds": _NAMED_LOCK_SECONDS}).scalar()
+        if got != 1:  # 0 when the wait timed out
+            raise TimeoutError(f"another write of job {job!r} to this table held its lock for {_NAMED_LOCK_SECONDS} s")
+        return name
 
     def write(self, frame: pd.DataFrame, *, job: str, dimensions: list[str], start: datetime, end: datetime) -> int:
         """Replace the rows of ``job`` in ``[start, end)`` by ``frame``; returns the rows written."""
@@ -286,9 +327,16 @@ class SqlSink:
                 conn = self.engine.connect()
             except Exception as exc:
                 raise self._failure(exc, frame, job, start, end) from exc
+            lock = None
             try:
+                if conn.dialect.name == "postgresql":
+                    # Under REPEATABLE READ or SERIALIZABLE (a server's, role's or URL's
+                    # default_transaction_isolation), the advisory lock's SELECT took the snapshot
+                    # before the lock was granted: the DELETE did not see the rows the writer it
+                    # waited for had inserted, and two first writes of a window both stayed.
+                    conn.execution_options(isolation_level="READ COMMITTED")
                 transaction = conn.begin()
-                self._serialize(conn, job)
+                lock = self._serialize(conn, job)
                 deleted = conn.execute(
                     sa.delete(table).where(
                         table.c.job == job, table.c.timestamp >= _naive(start), table.c.timestamp < _naive(end)
@@ -303,6 +351,7 @@ class SqlSink:
                         conn.execute(sa.insert(table), records)
                 break
             except Exception as exc:
+                _unlock(conn, lock)
                 conn.close()  # rolls back whatever was not committed
                 if attempt < _WRITE_ATTEMPTS and deadlocked(exc):
                     log.warning(
@@ -315,16 +364,19 @@ class SqlSink:
                 raise self._failure(exc, frame, job, start, end) from exc
         # Closing the connection rolls back whatever was not committed.
         with conn:
-            yield len(frame)
             try:
-                transaction.commit()
-            except Exception as exc:
-                # SQLAlchemy counts the transaction as ended and would pool the connection as it
-                # is: still inside the transaction on SQLite, keeping the write lock and showing
-                # its rows to the next user. Discarding the connection rolls it back.
-                with contextlib.suppress(Exception):
-                    conn.invalidate()
-                raise self._failure(exc, frame, job, start, end) from exc
+                yield len(frame)
+                try:
+                    transaction.commit()
+                except Exception as exc:
+                    # SQLAlchemy counts the transaction as ended and would pool the connection as it
+                    # is: still inside the transaction on SQLite, keeping the write lock and showing
+                    # its rows to the next user. Discarding the connection rolls it back.
+                    with contextlib.suppress(Exception):
+                        conn.invalidate()
+                    raise self._failure(exc, frame, job, start, end) from exc
+            finally:
+                _unlock(conn, lock)
         log.info(
             "replaced %d rows by %d of job %s for [%s, %s) in table %s", deleted, len(frame), job, start, end, self.name
         )

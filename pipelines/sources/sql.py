@@ -47,7 +47,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from pipelines.config import JobConfig, SqlSource
 from pipelines.db import engine_for, file_database
-from pipelines.errors import ConfigError, SourceConfigError
+from pipelines.errors import ConfigError, SourceConfigError, SourceDataError
 from pipelines.sources.base import bounds, job_columns, source_error, utc_bound
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,17 @@ class SqlReader:
         with connection:
             try:
                 frame = _read_frame(connection, query, params)
+            except _Unconvertible as cause:
+                # psycopg2 converts a timestamp of year 20000 (a typo of 2000) or BC, which PostgreSQL
+                # holds, into a datetime as it fetches the row: a bare "ValueError: year 20000 is out of
+                # range" named no job, window nor row, and failed every retry.
+                raise fail(
+                    f"rows {cause.first + 1:,} to {cause.first + CHUNK_ROWS:,} of the query's result hold a value that "
+                    f"the driver cannot convert to Python ({cause.__cause__}; Python's dates and times hold years 1 to 9999)",
+                    f"Find the row (for a timestamp: WHERE {self.job.timestamp} < '0001-01-01' OR {self.job.timestamp} >= "
+                    "'10000-01-01') and correct it, or leave it out in the query; nothing was read.",
+                    kind=SourceDataError,
+                ) from cause.__cause__
             except SQLAlchemyError as cause:  # raised by the query or by any fetch of its chunks
                 unbound = re.search(r"A value is required for bind parameter '(\w+)'", str(cause))
                 raise fail(
@@ -182,6 +193,8 @@ def _read_frame(connection: Connection, query: TextClause, params: dict[str, Any
     through a server-side cursor (PostgreSQL, MySQL/MariaDB; SQLite and DuckDB fetch as asked)."""
     try:
         result = connection.execution_options(stream_results=True).execute(query, params)
+    except (ValueError, OverflowError) as exc:  # a streaming result fetches its first row at once
+        raise _Unconvertible(0) from exc
     except DBAPIError:
         if connection.dialect.name not in AWARE_DIALECTS:
             raise
@@ -193,10 +206,27 @@ def _read_frame(connection: Connection, query: TextClause, params: dict[str, Any
         result = connection.execution_options(stream_results=False).execute(query, params)
     columns = list(result.keys())
     chunks: list[list[pd.Series]] = []
-    while rows := result.fetchmany(CHUNK_ROWS):
+    fetched = 0
+    while True:
+        try:
+            rows = result.fetchmany(CHUNK_ROWS)
+        except (ValueError, OverflowError) as exc:  # raised by the driver's conversion of a value
+            raise _Unconvertible(fetched) from exc
+        if not rows:
+            break
+        fetched += len(rows)
         chunk = _convert([tuple(row) for row in rows], columns)
         chunks.append([chunk.iloc[:, i] for i in range(len(columns))])
     return _assemble(chunks, columns)
+
+
+class _Unconvertible(Exception):
+    """The driver could not convert a value of the rows fetched after the first ``first`` rows
+    (the error it raised is the cause)."""
+
+    def __init__(self, first: int) -> None:
+        super().__init__(first)
+        self.first = first
 
 
 def _local_session_zone(connection: Connection, frame: pd.DataFrame, timestamp: str) -> str | None:
@@ -259,8 +289,10 @@ def _assemble(chunks: list[list[pd.Series]], columns: list[str]) -> pd.DataFrame
         else:
             values = [(value,) for part in parts for value in _driver_values(part)]
             column = _convert(values, ["value"])["value"]
-        # As pd.read_sql does: aware timestamps in UTC, whatever offset the session gave.
-        result[i] = pd.to_datetime(column, utc=True) if isinstance(column.dtype, pd.DatetimeTZDtype) else column
+        # As pd.read_sql does: aware timestamps in UTC, whatever offset the session gave. Through
+        # tz_convert, which keeps the values: pd.to_datetime(utc=True) gave the same column in a
+        # copy, made through another, three times the column's memory at once.
+        result[i] = column.dt.tz_convert("UTC") if isinstance(column.dtype, pd.DatetimeTZDtype) else column
     frame = pd.DataFrame(result, copy=False)  # the columns are new already: no second copy of the window
     frame.columns = pd.Index(columns)
     return frame

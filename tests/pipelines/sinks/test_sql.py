@@ -159,16 +159,36 @@ def test_sqlite_fast_path_stores_what_sqlalchemy_would(tmp_path, make_frame) -> 
 
 
 @pytest.mark.parametrize(
-    "server", [pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)]
+    ("server", "isolation"),
+    [
+        ("sqlite", None),
+        pytest.param("postgres", None, marks=pytest.mark.postgres),
+        pytest.param("mysql", None, marks=pytest.mark.mysql),
+        # The first write of a window under another isolation level. READ COMMITTED: InnoDB's
+        # DELETE locked nothing. REPEATABLE READ: PostgreSQL's snapshot, taken before the advisory
+        # lock was granted, did not show the other writer's rows. Both writers' rows stayed.
+        pytest.param("postgres", "READ COMMITTED", marks=pytest.mark.postgres),
+        pytest.param("mysql", "READ COMMITTED", marks=pytest.mark.mysql),
+        pytest.param("postgres", "REPEATABLE READ", marks=pytest.mark.postgres),
+        pytest.param("mysql", "REPEATABLE READ", marks=pytest.mark.mysql),
+    ],
 )
-def test_overlapping_writes_of_one_window_leave_one_copy(server: str, request, make_frame) -> None:
+def test_overlapping_writes_of_one_window_leave_one_copy(
+    server: str, isolation: str | None, request, tmp_path, monkeypatch, make_frame
+) -> None:
     # A CLI predict during a scheduled publish, or a retry while the first attempt still runs:
     # writer B starts while writer A has deleted the window but not yet inserted.
-    url = request.getfixturevalue(f"{server}_url")
+    url = f"sqlite:///{tmp_path / 'out.db'}" if server == "sqlite" else request.getfixturevalue(f"{server}_url")
     table = f"anomalies_{uuid.uuid4().hex[:8]}"
     window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
-    engines = {name: sa.create_engine(url) for name in ("setup", "A", "B")}
-    SqlSink(engines["setup"], table).write(make_frame("sales", "2024-01-05", "2024-01-06", run="old"), **window)
+    engines = {name: sa.create_engine(url, **({"isolation_level": isolation} if isolation else {})) for name in ("setup", "A", "B")}
+    if isolation:  # the table exists, with rows of another window
+        other = {**window, "start": at("2024-01-07"), "end": at("2024-01-08")}
+        SqlSink(engines["setup"], table).write(make_frame("sales", "2024-01-07", "2024-01-08", run="old"), **other)
+    else:
+        SqlSink(engines["setup"], table).write(make_frame("sales", "2024-01-05", "2024-01-06", run="old"), **window)
+    # A MySQL/MariaDB lock left held by A's or B's pooled connection would fail the write below.
+    monkeypatch.setattr(sql, "_NAMED_LOCK_SECONDS", 5)
     a_between, b_in_transaction = threading.Event(), threading.Event()
 
     def hold_a_before_its_insert(conn, cursor, statement, parameters, context, executemany) -> None:
@@ -194,7 +214,8 @@ def test_overlapping_writes_of_one_window_leave_one_copy(server: str, request, m
             assert a_between.wait(timeout=30)
             second = pool.submit(write, "B")
             assert first.result(timeout=60) == second.result(timeout=60) == 8
-        rows = SqlSink(engines["setup"], table).read(job="sales")
+        rows = SqlSink(engines["setup"], table).read(job="sales", start=window["start"], end=window["end"])
+        SqlSink(engines["setup"], table).write(make_frame("sales", "2024-01-05", "2024-01-06", run="after"), **window)
     finally:
         for engine in engines.values():
             engine.dispose()
@@ -219,7 +240,7 @@ def test_writes_of_other_jobs_do_not_wait(postgres_url: str, make_frame) -> None
         engine.dispose()
 
 
-def test_error_inside_replacing_rolls_the_table_back(sink: SqlSink, make_frame) -> None:
+def test_error_inside_replacing_rolls_the_table_back(sink: SqlSink, make_frame, monkeypatch) -> None:
     window = {"job": "sales", "dimensions": [], "start": at("2024-01-05"), "end": at("2024-01-06")}
     old = make_frame("sales", "2024-01-05", "2024-01-06", run="r1")
     sink.write(old, **window)
@@ -228,6 +249,13 @@ def test_error_inside_replacing_rolls_the_table_back(sink: SqlSink, make_frame) 
             assert rows == 8
             raise OSError("parquet failed")
     pd.testing.assert_frame_equal(sink.read(job="sales"), expected(old))
+    # Another process's write does not wait for a lock (MySQL/MariaDB's named lock is the session's).
+    monkeypatch.setattr(sql, "_NAMED_LOCK_SECONDS", 5)
+    other = sa.create_engine(sink.engine.url)
+    try:
+        SqlSink(other, sink.table).write(old, **window)
+    finally:
+        other.dispose()
 
 
 @pytest.mark.parametrize("first, second", [("Region", "region"), ("region", "REGION")])
@@ -408,6 +436,27 @@ def test_series_differing_in_case_or_accents_stay_apart_in_the_table(sink: SqlSi
     pd.testing.assert_frame_equal(sink.read(job="Sales"), expected(upper))
 
 
+def test_series_differing_in_trailing_spaces_stay_apart_in_the_table(sink: SqlSink, make_frame) -> None:
+    # MySQL/MariaDB's utf8mb4_bin pads the shorter text with spaces before comparing (PAD SPACE):
+    # a query on the table grouped "region=EU" with "region=EU " and a WHERE on one returned
+    # both, while the pipeline keeps them as two series. New tables are created NO PAD.
+    window = {"start": at("2024-01-05"), "end": at("2024-01-06")}
+    one = make_frame("sales", "2024-01-05", "2024-01-06", dimensions=("region",))
+    one = one[one["series"] == "region=a"]
+    frame = pd.concat([one.assign(region=value) for value in ("EU", "EU ", "EU  ")], ignore_index=True)
+    frame["region"] = frame["region"].astype("string")
+    frame["series"] = ("region=" + frame["region"]).astype("string")
+    sink.write(frame, job="sales", dimensions=["region"], **window)
+
+    with sink.engine.connect() as conn:
+        groups = conn.execute(sa.text(f"SELECT region, count(*) FROM {sink.table} GROUP BY region")).all()
+        eu = conn.execute(sa.text(f"SELECT count(*) FROM {sink.table} WHERE series = 'region=EU'")).scalar_one()
+    assert sorted(groups) == [("EU", 8), ("EU ", 8), ("EU  ", 8)]
+    assert eu == 8
+    sink.write(frame[frame["region"] != "EU "], job="sales", dimensions=["region"], **window)
+    pd.testing.assert_frame_equal(sink.read(job="sales"), expected(frame[frame["region"] != "EU "]))
+
+
 @pytest.mark.mysql
 def test_case_insensitive_table_of_an_older_version_says_how_to_convert_it(mysql_url: str, make_frame, caplog) -> None:
     engine = sa.create_engine(mysql_url)
@@ -422,7 +471,7 @@ def test_case_insensitive_table_of_an_older_version_says_how_to_convert_it(mysql
         sink.write(frame, **window)
         assert f"table {sink.table}: columns feature, job, model, model_version, run_id, series compare text" in caplog.text
         command = caplog.text.split("with: ")[1].splitlines()[0]
-        assert command == f"ALTER TABLE {sink.table} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        assert command == f"ALTER TABLE {sink.table} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"  # MariaDB
 
         caplog.clear()
         with engine.begin() as conn:
