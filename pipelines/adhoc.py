@@ -148,6 +148,26 @@ def _check_columns(timestamp: str | None, features: list[str], dimensions: list[
         )
 
 
+#: The job settings detect builds from its options, and the option that sets each: a job's check
+#: said "model: unknown model kind" and "threshold: contamination must be in (0, 0.5]", naming
+#: fields of a job file the user never wrote.
+_SETTING_OPTIONS = {
+    "model: invalid parameters": "--params: invalid parameters", "model": "--model", "threshold": "--contamination",
+    "timestamp": "--timestamp", "dimensions": "--dimensions", "features": "--features",
+}
+
+
+def _parse_options(settings: dict[str, Any]) -> JobConfig:
+    """The job of detect's options; its errors name the options, one per line."""
+    try:
+        return parse_job(settings, source="detect")
+    except ConfigError as exc:
+        problems = str(exc).split("\n")[1:]
+        for setting, option in _SETTING_OPTIONS.items():
+            problems = [f"  {option}{line[len(setting) + 2:]}" if line.startswith(f"  {setting}") else line for line in problems]
+        raise ConfigError("invalid detect options:\n" + "\n".join(problems)) from None
+
+
 def _zone(zone: TimestampZone) -> str:
     return f"{'with' if zone.aware else 'without'} a time zone (first at row {zone.row}: {zone.value!r})"
 
@@ -237,7 +257,7 @@ def detect_files(
             "rename that column in both files, or give the time column with --timestamp"
         )
     _check_columns(timestamp, features, dimensions)
-    job = parse_job(
+    job = _parse_options(
         {
             "name": "detect",
             "source": source.model_dump(),
@@ -251,7 +271,6 @@ def detect_files(
             "model": {"kind": model, "params": params},
             "threshold": {"kind": "contamination", "value": contamination},
         },
-        source="detect",
     )
     train_rows, train_zone = _read(job, train, "--train")
     input_rows, input_zone = _read(job, input, "--input")
@@ -280,6 +299,9 @@ def detect_files(
         history = trained[key][1]
         detector = make_detector(model, params, threshold_kind="contamination", threshold_value=contamination)
         follows = data.index.min() > history.index.max()  # history only when the input continues it
+        # Said before the work: fitting a series of a million rows takes most of a minute, which -v
+        # showed as silence after the files' validation.
+        log.info("detect: series %s (%d of %d): training on %d rows, then scoring %d", key, done, len(to_score), len(history), len(data))
         try:
             detector.fit(history)
         except ModelError as exc:
@@ -326,11 +348,13 @@ def detect_files(
     if ROW in result:
         labeled[ROW] = result[ROW].astype("int64").to_numpy()
     del result
+    log.info("detect: writing %d rows (series x timestamp x feature) to %s", len(labeled), output)
     buffer = io.BytesIO()
     labeled.to_parquet(buffer, index=False)
     storage.atomic_write(output, buffer.getvalue())
     if unscored:
-        log.warning("detect: %d of %d series of %s not scored, no model: %s", len(unscored), total, input, ", ".join(unscored))
+        # Info, not a warning: the caller reports them (UNSCORED), and the command's stderr said it twice.
+        log.info("detect: %d of %d series of %s not scored, no model: %s", len(unscored), total, input, ", ".join(unscored))
     # Why each series of the --input file that has no model was not scored (see UNSCORED).
     labeled.attrs[UNSCORED] = {key: str(exc) for key, exc in unscored.items()}
     return labeled

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +58,27 @@ def _refuse_overwriting(written: dict[str, str | None], read: dict[str, str | No
         if identity in seen:
             raise ConfigError(f"{option} {path!r} is the {seen[identity]} file: writing it would replace that file; give another path")
         seen[identity] = option
+
+
+def _check_writable(path: str | None, option: str, what: str = "the output") -> None:
+    """Fail before any work when the system would refuse to write ``path`` (a local file): detect
+    scored the whole input, then failed with "[Errno 2] No such file or directory: '/proc/o.parquet'",
+    which named no option. Folders still to be made are made by the write: their nearest existing
+    parent is tried, with a temporary file that is removed at once."""
+    if not path or "://" in path:
+        return
+    folder = os.path.dirname(path.rstrip(os.sep)) or os.sep
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    try:
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        if exc.filename is None:  # the exit status of a refused path (1) goes by the path the system names
+            exc.filename = folder
+        raise SinkError(f"{option}: cannot write {what} {path}: {exc.strerror or exc} ({folder}); choose a writable path") from exc
 
 
 def _json_params(text: str | None) -> dict:
@@ -197,6 +220,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.start or args.end:
             raise ConfigError("--input scores the whole file: leave out --start and --end")
         _refuse_overwriting({"--output": _from_shell(args.output)}, {"--input": _from_shell(args.input)})
+        _check_writable(_from_shell(args.output), "--output")
         result = run_score_file(
             job, _from_shell(args.input), run_id=run_id, output=_from_shell(args.output), chunk_rows=args.chunk_rows
         )
@@ -250,8 +274,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         {"--output": _from_shell(args.output), "--plot": _from_shell(args.plot)},
         {"--train": _from_shell(args.train), "--input": _from_shell(args.input)},
     )
+    _check_writable(_from_shell(args.output), "--output")
     if args.plot:
         _check_picture(_from_shell(args.plot), "--plot")
+        _check_writable(_from_shell(args.plot), "--plot", "the picture")
     frame = detect_files(
         _from_shell(args.train),
         _from_shell(args.input),
@@ -281,7 +307,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         from pipelines.plots import plot_outputs
 
         drawn = plot_outputs(frame, _from_shell(args.plot), title=f"{args.model} on {args.input}")
-        print(f"drawn: {len(drawn)} panels (series x feature) in {args.plot}")
+        print(f"drawn: {_panels(drawn)} in {args.plot}")
     return 0
 
 
@@ -307,15 +333,21 @@ def _typed_character(value: str) -> str:
     return "\t" if value == "\\t" else value
 
 
+def _panels(drawn: list) -> str:
+    # "drawn: 1 panels": detect's own summary already said "1 feature".
+    return f"{len(drawn)} panel{'s' * (len(drawn) != 1)} (series x feature)"
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from pipelines.plots import plot_job
 
     job = find_job(args.job)
     _check_picture(_from_shell(args.out), "--out")
+    _check_writable(_from_shell(args.out), "--out", "the picture")
     window = prediction_window(None, None, start=args.start, end=args.end, job=job)
     drawn = plot_job(job, window.start, window.end, _from_shell(args.out), series=args.series)
     flagged = sum(panel.flagged for panel in drawn)
-    print(f"drawn: {len(drawn)} panels (series x feature), {flagged} flagged rows, in {args.out}")
+    print(f"drawn: {_panels(drawn)}, {flagged} flagged row{'s' * (flagged != 1)}, in {args.out}")
     return 0
 
 
@@ -431,12 +463,28 @@ def _date_time(text: str) -> str:
     return text
 
 
+#: As the README gives them; shown under every --help, where a script's author looks.
+EXIT_STATUS = (
+    "exit status: 0 done; 1 an invalid job file (validate-config) or a path the system refuses; 2 any other "
+    "error (wrong arguments, a step that failed, even for one series); 130 Ctrl-C; 143 SIGTERM; 141 the reader "
+    "of stdout went away"
+)
+
+
+def _command(commands: argparse._SubParsersAction, name: str, *, help: str) -> argparse.ArgumentParser:
+    # `anomaly-pipelines detect --help` said nothing of what detect does: argparse shows a
+    # command's `help` only in the list of commands.
+    return commands.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", epilog=EXIT_STATUS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anomaly-pipelines", description=(__doc__ or "").replace("``", ""))  # the docstring is reST
+    parser = argparse.ArgumentParser(
+        prog="anomaly-pipelines", description=(__doc__ or "").replace("``", ""), epilog=EXIT_STATUS  # the docstring is reST
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    validate = commands.add_parser("validate-config", help="check job files (default: every file in config/jobs)")
+    validate = _command(commands, "validate-config", help="check job files (default: every file in config/jobs)")
     validate.add_argument("paths", nargs="*", help="job files, or folders of them (default: config/jobs or $ANOMALY_PIPELINES_JOBS_DIR)")
     validate.set_defaults(func=cmd_validate_config)
 
@@ -444,13 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", cmd_train, "train every series of a job on its training window"),
         ("tune", cmd_tune, "search detectors and parameters per series (Optuna); promote a winning challenger"),
     ):
-        sub = commands.add_parser(name, help=helptext)
+        sub = _command(commands, name, help=helptext)
         sub.add_argument("job", help=JOB_HELP)
         sub.add_argument("--end", type=_date_time, help="end of the training window (ISO 8601; default now)")
         sub.add_argument("--start", type=_date_time, help="start of the window (default: end - training_window)")
         sub.set_defaults(func=func)
 
-    predict = commands.add_parser("predict", help="score a window with the champion models and write the outputs")
+    predict = _command(commands, "predict", help="score a window with the champion models and write the outputs")
     predict.add_argument("job", help=JOB_HELP)
     predict.add_argument("--start", type=_date_time, help="window start (ISO 8601, inclusive); required without --input")
     predict.add_argument("--end", type=_date_time, help="window end (ISO 8601, exclusive); required without --input")
@@ -461,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--chunk-rows", type=_positive, default=250_000, help="with --input: rows per chunk (bounds memory; default %(default)s)")
     predict.set_defaults(func=cmd_predict)
 
-    detect = commands.add_parser("detect", help="train on one file and score another, no Airflow, no registry")
+    detect = _command(commands, "detect", help="train on one file and score another, no Airflow, no registry")
     detect.add_argument("--train", required=True, help="training data (csv, jsonl, json or parquet)")
     detect.add_argument(
         "--input", required=True, help="data to score; a group without a model (no or too few rows in --train) is named, not scored"
@@ -484,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--plot", metavar="PICTURE", help="also draw each series' values, expected band and anomalies here (.png, .svg or .pdf)")
     detect.set_defaults(func=cmd_detect)
 
-    plot = commands.add_parser("plot", help="draw a job's published outputs for a window (values, expected band, anomalies)")
+    plot = _command(commands, "plot", help="draw a job's published outputs for a window (values, expected band, anomalies)")
     plot.add_argument("job", help=JOB_HELP)
     plot.add_argument("--start", required=True, type=_date_time, help="window start (ISO 8601, inclusive)")
     plot.add_argument("--end", required=True, type=_date_time, help="window end (ISO 8601, exclusive)")
@@ -492,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", required=True, metavar="PICTURE", help="the picture to write (.png, .svg or .pdf)")
     plot.set_defaults(func=cmd_plot)
 
-    label = commands.add_parser("label", help="mark an anomaly event as a true anomaly or a false alarm")
+    label = _command(commands, "label", help="mark an anomaly event as a true anomaly or a false alarm")
     label.add_argument("job", help=JOB_HELP)
     label.add_argument("--series", required=True, help="the event's series, e.g. region=eu ('all' without dimensions)")
     label.add_argument("--start", required=True, help="first anomalous timestamp (ISO 8601 with offset, inclusive)")
@@ -502,10 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--note", default="", help="why, in a few words")
     label.add_argument("--author", help="who gives the verdict (default: your login name)")
     label.add_argument("--value-min", type=float, help="with --value-max: the event's value range (default: from the outputs)")
-    label.add_argument("--value-max", type=float)
+    label.add_argument("--value-max", type=float, help="with --value-min: the top of the event's value range")
     label.set_defaults(func=cmd_label)
 
-    unlabel = commands.add_parser("unlabel", help="withdraw the verdict on an event (the label given by `label`)")
+    unlabel = _command(commands, "unlabel", help="withdraw the verdict on an event (the label given by `label`)")
     unlabel.add_argument("job", help=JOB_HELP)
     unlabel.add_argument("--series", required=True, help="the label's series")
     unlabel.add_argument("--start", required=True, help="the label's start (ISO 8601 with offset)")
@@ -513,14 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     unlabel.add_argument("--feature", help="the label's feature (default: the whole-series label)")
     unlabel.set_defaults(func=cmd_unlabel)
 
-    labels = commands.add_parser("labels", help="list a job's labels as JSON")
+    labels = _command(commands, "labels", help="list a job's labels as JSON")
     labels.add_argument("job", help=JOB_HELP)
     labels.add_argument("--series", help="only this series")
     labels.add_argument("--start", help="only labels ending at or after this time (ISO 8601 with offset)")
     labels.add_argument("--end", help="only labels starting at or before this time")
     labels.set_defaults(func=cmd_labels)
 
-    models = commands.add_parser(
+    models = _command(commands, 
         "models", help="list a job's serving models as JSON: version, training, threshold, metrics; for auto, the detector chosen and why"
     )
     models.add_argument("job", help=JOB_HELP)
@@ -528,13 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--full", action="store_true", help="add each model's whole metadata.json")
     models.set_defaults(func=cmd_models)
 
-    tuning = commands.add_parser("tuning", help="list a job's tune runs as JSON: best trial, promoted or not and why, per series")
+    tuning = _command(commands, "tuning", help="list a job's tune runs as JSON: best trial, promoted or not and why, per series")
     tuning.add_argument("job", help=JOB_HELP)
     tuning.add_argument("--series", help="only this series")
     tuning.add_argument("--limit", type=_positive, default=10, help="most runs per series, newest first (default 10)")
     tuning.set_defaults(func=cmd_tuning)
 
-    labels_import = commands.add_parser("labels-import", help="store the labels of a CSV, JSON or JSONL file of known anomalies")
+    labels_import = _command(commands, "labels-import", help="store the labels of a CSV, JSON or JSONL file of known anomalies")
     labels_import.add_argument("job", help=JOB_HELP)
     labels_import.add_argument(
         "file", help=".csv, .json or .jsonl; columns series, start, end, verdict; optional feature, note, value_min, value_max"
@@ -548,16 +596,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarnOnce(logging.Filter):
+    """Passes each warning the first time only, and counts the repeats: a detector's warning that
+    names no series ("season '1d' spans 1440 rows ... training had 250 rows") came once per series,
+    2,000 identical lines of a detect over 2,000 groups, burying the summary."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:  # -v's progress lines differ anyway
+            return True
+        key = (record.name, record.getMessage())
+        self.seen[key] = self.seen.get(key, 0) + 1
+        return self.seen[key] == 1
+
+    def report(self) -> None:
+        for (name, message), count in self.seen.items():
+            if count > 1:
+                first = message.splitlines()[0]
+                print(f"(the warning of {name} \"{first[:80]}{'...' if len(first) > 80 else ''}\" came {count} times)",
+                      file=sys.stderr)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM, unwinding as SystemExit does (``except Exception`` does not catch it)."""
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # SIGTERM (`kill`, a timeout, a container stopping) ends Python without running `finally`
     # blocks, so a stopped run left its work folder behind (for one-off scoring, a copy of the
     # whole input in chunks). As SystemExit it unwinds like Ctrl-C: the work folder is removed.
-    raise SystemExit(128 + signum)
+    raise _Terminated(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Only on the handler made here: a program calling main() keeps its own handlers as they are.
+    once, ours = _WarnOnce(), [handler for handler in root.handlers if handler not in before]
+    for handler in ours:
+        handler.addFilter(once)
     if args.verbose:
         # Only this library's progress: Great Expectations and alembic log hundreds of INFO lines
         # about their own start-up, which would bury it. Their warnings still show.
@@ -566,12 +648,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
     try:
-        status = args.func(args)
+        try:
+            status = args.func(args)
+        finally:
+            once.report()  # before the error line, which stays the last
         sys.stdout.flush()  # a closed pipe shows here, not at exit, where Python would print its traceback
         return status
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if _refused_path(exc) else 2
+    except _Terminated as stopped:
+        # As Ctrl-C says "interrupted": a run stopped by `kill` or a timeout ended without a word,
+        # and its summary missing looked like a run still going or one that printed nothing.
+        print("stopped (SIGTERM)", file=sys.stderr)
+        return stopped.code
     except KeyboardInterrupt:
         # Ctrl-C: the run's `finally` blocks have removed its work folder; a traceback would only
         # show where it happened to stop.
@@ -594,6 +684,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:  # None: set outside Python, cannot be put back
             signal.signal(signal.SIGTERM, previous)
+        for handler in ours:
+            handler.removeFilter(once)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -415,3 +415,24 @@ def test_a_season_longer_than_a_scheduled_windows_half_is_no_configuration_error
     )
 
     assert len(scored) == 24
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"model": "nosuch"}, "  --model: unknown model kind 'nosuch'; choose one of"),
+        ({"params": {"season": "abc"}}, "  --params: invalid parameters for model 'seasonal_mad': params.season: 'abc' is not a duration"),
+        ({"contamination": 0.0}, "  --contamination: contamination must be in (0, 0.5], got 0.0"),
+        ({"dimensions": ["job"]}, "  --dimensions: dimensions ['job'] share their names with columns of the output"),
+    ],
+)
+def test_invalid_options_are_named_as_options_not_as_a_job_files_fields(tmp_path: Path, options: dict, expected: str) -> None:
+    # The job built from the options was checked as a job file: "detect: invalid job configuration /
+    # model: unknown model kind", "threshold: contamination must be ...", fields the user never wrote.
+    train = _write(tmp_path / "train.csv", "2024-03-01", 100, aware=True)
+    given = {"timestamp": "ts", "features": ["v"], "dimensions": [], "model": "seasonal_mad", "params": {}, "contamination": 0.05}
+    with pytest.raises(ConfigError) as info:
+        detect_files(train, train, **{**given, **options}, output=str(tmp_path / "out.parquet"))
+    assert str(info.value).startswith("invalid detect options:\n")
+    assert expected in str(info.value)
+    assert "job configuration" not in str(info.value) and not (tmp_path / "out.parquet").exists()

@@ -63,6 +63,25 @@ def test_detect_verbose_shows_progress_per_series(tmp_path):
     assert "INFO pipelines.adhoc: detect: series host=b (2 of 2) scored: 24 rows" in lines
 
 
+def test_detect_verbose_says_what_it_is_doing_before_the_long_steps(tmp_path):
+    # Fitting a series of a million rows and writing the output take most of a minute: -v showed
+    # nothing between the files' validation and the first "scored", nor after the last one.
+    train = _hosts(tmp_path / "train.csv", "2024-03-01", ["a", "b"])
+    input = _hosts(tmp_path / "input.csv", "2024-03-06", ["a", "b"], hours=24)
+    output = tmp_path / "out.parquet"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "detect", "--train", train, "--input", input, "--timestamp", "ts",
+         "--features", "v", "--dimensions", "host", "--output", str(output), "-v"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    training = lines.index("INFO pipelines.adhoc: detect: series host=a (1 of 2): training on 96 rows, then scoring 24")
+    fitted = next(i for i, line in enumerate(lines) if line.startswith("INFO pipelines.detectors.base:"))
+    assert training < fitted
+    assert lines[-1] == f"INFO pipelines.adhoc: detect: writing 48 rows (series x timestamp x feature) to {output}"
+
+
 def test_every_options_help_states_its_default():
     # detect's --model, --contamination, --encoding, --delimiter, --decimal and predict's
     # --chunk-rows had defaults their help kept quiet about.
@@ -101,3 +120,22 @@ def test_labels_import_help_names_every_file_type_it_reads(tmp_path, project):
         from pipelines.labels import import_labels
 
         import_labels(get_job("demo_web_metrics"), tmp_path / "labels.txt")
+
+
+def test_a_warning_repeated_for_every_series_is_shown_once_with_its_count(tmp_path):
+    # seasonal_mad's "season '1d' spans 24 rows ... training had 40 rows" names no series: a detect
+    # over 2,000 groups printed 2,000 identical lines before its summary.
+    train = _hosts(tmp_path / "train.csv", "2024-03-01", ["a", "b", "c"], hours=40)
+    input = _hosts(tmp_path / "input.csv", "2024-03-06", ["a", "b", "c"], hours=24)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "detect", "--train", train, "--input", input, "--timestamp", "ts",
+         "--features", "v", "--dimensions", "host", "--output", str(tmp_path / "out.parquet")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    warnings = [line for line in lines if line.startswith("WARNING pipelines.detectors.seasonal_mad:")]
+    assert len(warnings) == 1 and "training had 40 rows" in warnings[0]
+    assert lines[-1].startswith('(the warning of pipelines.detectors.seasonal_mad "seasonal_mad: season')
+    assert lines[-1].endswith('..." came 3 times)')
+

@@ -3,6 +3,9 @@ scored and written, and the shell user is told which were not and what to do."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pandas as pd
 
 from pipelines import cli
@@ -63,3 +66,18 @@ def test_detect_with_no_series_that_has_a_model_exits_2_and_writes_nothing(tmp_p
         "add its rows to the --train file and run detect again. Nothing was written.\n"
     )
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_shell_user_is_told_once_which_series_were_not_scored(tmp_path):
+    # A subprocess, as a shell runs it (pytest's log handlers would hide the library's warnings):
+    # a "WARNING pipelines.adhoc: detect: 1 of 2 series ... not scored" line came before the summary
+    # that says the same with what to do.
+    train = _hosts(tmp_path / "train.csv", "2024-03-01", {"a": 96})
+    input = _hosts(tmp_path / "input.csv", "2024-03-06", {"a": 24, "new": 24})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", *_detect(train, input, str(tmp_path / "out.parquet"))],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("not scored: 1 series without a model"), done.stderr
+    assert done.stderr.count("host=new") == 1

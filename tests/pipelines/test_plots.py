@@ -100,7 +100,7 @@ def test_detect_draws_what_it_wrote(tmp_path, capsys) -> None:
     args = ["detect", "--train", str(tmp_path / "train.csv"), "--input", str(tmp_path / "test.csv"), "--timestamp", "ts",
             "--features", "a", "--output", str(tmp_path / "out.parquet"), "--plot", str(tmp_path / "out.png")]
     assert main(args) == 0
-    assert f"drawn: 1 panels (series x feature) in {tmp_path / 'out.png'}" in capsys.readouterr().out
+    assert f"drawn: 1 panel (series x feature) in {tmp_path / 'out.png'}" in capsys.readouterr().out
     written = pd.read_parquet(tmp_path / "out.parquet")
     assert written["is_anomaly"].any() and red_pixels(tmp_path / "out.png") > 20
 
