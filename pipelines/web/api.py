@@ -283,7 +283,8 @@ def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
             detail=(
                 f"job {job}: {len(body.points):,} rows x {len(config.features)} features = {points:,} data points, "
                 f"more than the {MAX_DETECT_POINTS:,} one synchronous call may score. Split them into smaller calls, "
-                f"or score the whole file with a one-off scoring run: POST {API_PREFIX}/jobs/{job}/score-file."
+                f"or score the whole file with a one-off scoring run: POST {API_PREFIX}/jobs/{job}/score-file "
+                f"(a run of the {job}__predict DAG with the file as its input)."
             ),
         )
     run_id = f"api__{uuid.uuid4().hex[:16]}"

@@ -14,6 +14,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines import __version__
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["URL_PREFIX", "create_app"]
 
+#: Errors a 422 lists (then how many more): a detect body of 15,000 points each with a value of the
+#: wrong type was answered with every error, four a value (one per type it may have): 17 MB in 12 s.
+MAX_LISTED_ERRORS = 20
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
 
@@ -113,7 +117,18 @@ async def _unprocessable(request: Request, exc: RequestValidationError) -> Respo
     # (Python's JSON reader accepts both) then made the answer itself fail, a 500 for a 422.
     from pipelines.json_values import json_safe  # pandas: not at import, which every Airflow process does
 
-    return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+    errors = exc.errors()
+    listed = json_safe(jsonable_encoder(errors[:MAX_LISTED_ERRORS]))
+    if len(errors) > MAX_LISTED_ERRORS:
+        listed.append(
+            {
+                "type": "too_many_errors",
+                "loc": [],
+                "msg": f"{len(errors) - MAX_LISTED_ERRORS:,} more errors not listed ({len(errors):,} in all): "
+                "fix those listed (often the same mistake in every point) and send the request again",
+            }
+        )
+    return JSONResponse({"detail": listed}, status_code=422)
 
 
 def _body_not_json(request: Request, exc: RequestValidationError) -> bool:
@@ -135,6 +150,16 @@ async def _login_redirect_or_error(request: Request, exc: HTTPException) -> Resp
             return RedirectResponse(auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
         except Exception:  # noqa: BLE001 - a broken login URL must not hide the 401 itself
             log.exception("cannot build Airflow's login URL; answering 401")
+    return await http_exception_handler(request, exc)
+
+
+async def _unrouted(request: Request, exc: StarletteHTTPException) -> Response:
+    # Starlette's own 404 (no route) and 405 (not with this method) come before any dependency ran:
+    # anonymous callers could map the routes (401 here, 404 there) and tell a page from a typo.
+    try:
+        await authenticate(request)
+    except HTTPException as refused:
+        return await _login_redirect_or_error(request, refused)
     return await http_exception_handler(request, exc)
 
 
@@ -165,6 +190,7 @@ def create_app() -> FastAPI:
     for router in _routers():
         app.include_router(router)
     app.add_exception_handler(HTTPException, _login_redirect_or_error)  # type: ignore[arg-type]  # Starlette types handlers loosely
+    app.add_exception_handler(StarletteHTTPException, _unrouted)  # type: ignore[arg-type]  # FastAPI's HTTPException is handled above
     app.add_exception_handler(RequestValidationError, _unprocessable)  # type: ignore[arg-type]
     app.add_exception_handler(StorageError, _store_unreachable)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)

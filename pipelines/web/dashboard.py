@@ -26,8 +26,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from pipelines.config import JobConfig
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.errors import ConfigError, PipelineError, StorageError
 from pipelines.web import dashboard_data as data
+from pipelines.web.api import _BoundedJsonRoute
 from pipelines.web.auth import BaseUser, CurrentUser, authorize_job, is_job_authorized, job_scan, require_user, served_job
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,12 @@ def _models_page(job: JobConfig, page: int) -> tuple[list[dict[str, Any]], dict[
 
 
 def _status(exc: PipelineError) -> int:
-    return status.HTTP_400_BAD_REQUEST if isinstance(exc, ConfigError) else status.HTTP_500_INTERNAL_SERVER_ERROR
+    if isinstance(exc, ConfigError):
+        return status.HTTP_400_BAD_REQUEST
+    # A store that does not answer is worth a retry, as the API says of it (pipelines.web.app).
+    if isinstance(exc, StorageError):
+        return status.HTTP_503_SERVICE_UNAVAILABLE
+    return status.HTTP_500_INTERNAL_SERVER_ERROR
 
 
 def _jobs() -> dict[str, JobConfig]:
@@ -421,14 +427,20 @@ def run_page(
 
 # -- data -----------------------------------------------------------------------------------------
 
+# The JSON the pages load, read by scripts too: a query parameter an endpoint does not take is
+# refused (422 naming it and those it takes), as by the API: ?serie=region=eu answered every series
+# and ?lmit=5 all of them, as if the parameter had been read. (Not the pages: what a person's URL
+# or Airflow's iframe adds must not make them an error.)
+_data = APIRouter(prefix="/data", route_class=_BoundedJsonRoute, include_in_schema=False)
 
-@router.get("/data/jobs")
+
+@_data.get("/jobs")
 def jobs_data(user: CurrentUser) -> JSONResponse:
     jobs = [job for name, job in _jobs().items() if is_job_authorized(user, name, "GET")]
     return JSONResponse(_call("the jobs overview", data.overview, jobs))
 
 
-@router.get("/data/jobs/{job_name}/series")
+@_data.get("/jobs/{job_name}/series")
 def series_data(
     job_name: str,
     user: CurrentUser,
@@ -467,7 +479,7 @@ def series_data(
     )
 
 
-@router.get("/data/jobs/{job_name}/chart")
+@_data.get("/jobs/{job_name}/chart")
 def chart_data(
     job_name: str,
     user: CurrentUser,
@@ -485,7 +497,7 @@ def chart_data(
     return JSONResponse(_call(f"job {job_name!r}, series {series!r}: chart", data.chart, job, series, filters, buckets))
 
 
-@router.get("/data/jobs/{job_name}/anomalies")
+@_data.get("/jobs/{job_name}/anomalies")
 def anomalies_data(
     job_name: str,
     user: CurrentUser,
@@ -497,7 +509,7 @@ def anomalies_data(
     return JSONResponse(_call(f"job {job_name!r}: anomaly events", data.anomaly_events, job, filters, limit))
 
 
-@router.get("/data/jobs/{job_name}/models")
+@_data.get("/jobs/{job_name}/models")
 def models_data(job_name: str, user: CurrentUser, page: PageParam = None) -> JSONResponse:
     """Every series' models, or with ``page`` those of one page as on the models page (and where it is)."""
     job = _job(job_name, user)
@@ -507,7 +519,10 @@ def models_data(job_name: str, user: CurrentUser, page: PageParam = None) -> JSO
     return JSONResponse({"job": job_name, **{k: v for k, v in where.items() if k != "first"}, "series": models})
 
 
-@router.get("/data/jobs/{job_name}/validation")
+@_data.get("/jobs/{job_name}/validation")
 def validation_data(job_name: str, user: CurrentUser) -> JSONResponse:
     job = _job(job_name, user)
     return JSONResponse({"job": job_name, "results": _call(f"job {job_name!r}: validation", data.validation_results, job)})
+
+
+router.include_router(_data)  # after its routes: including copies them

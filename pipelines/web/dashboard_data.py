@@ -42,6 +42,7 @@ from pipelines.errors import ConfigError, ModelError, PipelineError, SinkError
 from pipelines.registry import ModelRegistry
 from pipelines.sinks.parquet import ParquetSink
 from pipelines.validation.report import CheckResult
+from pipelines.web.schemas import _LOST_PLUS
 from pipelines.workspace import to_utc
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Filters:
         The features are checked against a job by :meth:`for_job`.
         """
         try:
-            low, high = to_utc(start), to_utc(end)
+            low, high = to_utc(_plus_restored(start)), to_utc(_plus_restored(end))
         except ConfigError as exc:
             raise ConfigError(f"time range filter: {exc}") from exc
         if low is not None and high is not None and high <= low:
@@ -141,6 +142,16 @@ class Filters:
             "features": list(self.features),
             "only_anomalies": self.only_anomalies,
         }
+
+
+def _plus_restored(text: str | None) -> str | None:
+    """``text`` with the '+' of its offset back where a query string read it as a space: a time
+    pasted into the page's URL as written (``start=2024-03-03T14:00:00+02:00``) was refused as
+    "not an ISO 8601 date-time". Nothing else reads a space there: the API says so instead (its
+    callers are scripts, who should encode it), a person's address bar is answered."""
+    if text and (lost := _LOST_PLUS.fullmatch(text.strip())):
+        return f"{text.strip()[: lost.start(1) - 1]}+{lost.group(1)}"
+    return text
 
 
 def _flag(name: str, value: str | bool | None) -> bool:
@@ -452,6 +463,9 @@ class JobOutputs:
         return [_Part.build(arrow, pd.Timestamp(filters.start or _NEVER), pd.Timestamp(filters.end or _FOREVER))]
 
 
+# An unreachable store is the library's StorageError (503, naming the URL and what to check), as
+# for every other read: botocore's bare EndpointConnectionError made the validation page a 500.
+@storage._storage_said
 def _list_files(
     url: str, storage_options: dict[str, Any], folders: Callable[[str], bool] = lambda _: True
 ) -> list[tuple[str, float, int]]:

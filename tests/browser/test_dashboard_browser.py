@@ -597,3 +597,46 @@ def test_the_series_selector_finds_a_series_it_does_not_list(app_server, browser
         assert problems == []
     finally:
         context.close()
+
+
+def test_back_and_forward_show_the_filters_each_page_was_made_with(app_server, browser):
+    """Back restored the filters form as it was left, edits never applied included: after applying a
+    least score and then "only series with anomalies", Back showed the box ticked over a page made
+    without it, and Back again a least score of 0.9 over the unfiltered page."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+
+    def form() -> tuple[str, bool, list[str]]:
+        selected = "options => options.filter(option => option.selected).map(option => option.value)"
+        return (
+            page.locator("[data-testid=filter-min-score]").input_value(),
+            page.locator("[data-testid=filter-only-anomalies]").is_checked(),
+            page.eval_on_selector_all("[data-testid=filter-feature] option", selected),
+        )
+
+    try:
+        page.goto(f"{app_server}/jobs/demo_web_metrics")
+        page.locator("[data-testid=filter-min-score]").fill("0.9")
+        page.locator("[data-testid=apply-filters]").click()
+        page.wait_for_url("**min_score=0.9**")
+        page.locator("[data-testid=filter-only-anomalies]").check()
+        page.locator("[data-testid=filter-feature]").select_option("requests")
+        page.locator("[data-testid=apply-filters]").click()
+        page.wait_for_url("**only_anomalies=true**")
+        assert form() == ("0.9", True, ["requests"])
+        page.go_back()
+        page.wait_for_url("**min_score=0.9")
+        page.wait_for_load_state("load")
+        assert form() == ("0.9", False, [])
+        page.go_back()
+        page.wait_for_url("**/jobs/demo_web_metrics")
+        page.wait_for_load_state("load")
+        assert form() == ("", False, [])
+        page.go_forward()
+        page.go_forward()
+        page.wait_for_url("**only_anomalies=true**")
+        page.wait_for_load_state("load")
+        assert form() == ("0.9", True, ["requests"])
+    finally:
+        context.close()

@@ -309,6 +309,16 @@
     });
   }
 
+  // Back and forward restore the filters form as it was left, edits never applied included: the
+  // form then said "only series with anomalies" or a least score over tables and charts made
+  // without, and applying it again changed the view. Show the filters the page was made with.
+  // Only then: a first load's reset would drop what a person typed before the page finished loading.
+  window.addEventListener("pageshow", (event) => {
+    const navigation = performance.getEntriesByType("navigation")[0];
+    if (!event.persisted && !(navigation && navigation.type === "back_forward")) return;
+    for (const form of document.querySelectorAll("form.filters")) form.reset();
+  });
+
   for (const card of document.querySelectorAll(".chart-card")) {
     const whole = () => load(card, card.dataset.start, card.dataset.end);
     card.querySelector(".reset-zoom").addEventListener("click", whole);

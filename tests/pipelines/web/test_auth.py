@@ -139,3 +139,27 @@ def test_a_token_with_a_role_the_auth_manager_does_not_know_is_403(client, mint)
     answer = client.get(MODEL, headers={"Authorization": f"Bearer {mint('nosuchrole')}"})
     assert answer.status_code == 403
     assert "may not read job 'demo_web_metrics'" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v1/jobs/demo_web_metrics/nothing", 404),
+        ("GET", "/dashboard/data/jobs/demo_web_metrics/nothing", 404),
+        ("GET", "/nothing", 404),
+        ("GET", DETECT, 405),
+        ("DELETE", MODEL, 405),
+        ("HEAD", "/dashboard/", 405),
+    ],
+)
+def test_a_path_or_method_without_a_route_is_401_without_credentials(client, headers, method, path, status):
+    """No route's dependency runs for Starlette's own 404 and 405: an anonymous caller could map the
+    routes (401 for a route, 404 for none) and learn which methods each takes."""
+    anonymous = client.request(method, path, headers={"Accept": "application/json"})
+    assert anonymous.status_code == 401, anonymous.text
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    if method != "HEAD":
+        assert "POST /auth/token" in anonymous.json()["detail"]
+    page = client.request(method, path, headers={"Accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and "login" in page.headers["location"]
+    assert client.request(method, path, headers=headers).status_code == status

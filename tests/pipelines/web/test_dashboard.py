@@ -668,3 +668,62 @@ def test_the_series_selector_lists_the_most_anomalous_and_finds_the_others(dash,
     assert options(chosen) == [rows[-1]] and f'<option value="{rows[-1]}" selected' in chosen
     monkeypatch.setattr(dashboard, "SELECTOR_SERIES", 3)
     assert 'data-testid="filter-series-search"' not in dash.get(f"{D}/jobs/demo_web_metrics").text
+
+
+def test_a_time_pasted_into_the_url_with_its_offset_is_read_as_written(dash):
+    """A query string reads '+' as a space: ``start=2024-03-03T14:00:00+02:00`` typed in the address
+    bar reached the page as "2024-03-03T14:00:00 02:00", refused as not an ISO 8601 date-time."""
+    chart = dash.get(f"{D}/data/jobs/demo_web_metrics/chart?series=region%3Deu&start=2024-03-03T14:00:00+02:00&end=2024-03-03T18:00+05:30")
+    assert chart.status_code == 200, chart.text
+    assert chart.json()["filters"] | {"series": None} == {
+        "series": None, "start": "2024-03-03T12:00:00+00:00", "end": "2024-03-03T12:30:00+00:00",
+        "min_score": 0.0, "features": [], "only_anomalies": False,
+    }  # fmt: skip
+    page = dash.get(f"{D}/jobs/demo_web_metrics?start=2024-03-03T14:00:00+02:00")
+    assert page.status_code == 200, page.text
+    assert 'name="start" value="2024-03-03T12:00"' in page.text  # the form shows it in UTC, as everything
+
+
+def test_outputs_that_cannot_be_reached_are_503_naming_the_store_on_every_page(
+    project, airflow_db, mint, unreachable_s3_options, monkeypatch
+):
+    """The validation page of a job whose outputs' store did not answer was a bare 500 "Internal Server
+    Error" (botocore's error, unwrapped); the job page a 500, where the API says 503: retry later."""
+    import yaml
+    from fastapi.testclient import TestClient
+
+    from pipelines.web.app import create_app
+
+    job = yaml.safe_load((project / "config" / "jobs" / "demo_web_metrics.yaml").read_text())
+    # A job file holds no credential (config refuses one written out): s3fs reads them from the environment.
+    options = {name: value for name, value in unreachable_s3_options.items() if name not in ("key", "secret")}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", unreachable_s3_options["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", unreachable_s3_options["secret"])
+    job.update(name="s3_metrics", outputs={"parquet": "s3://bucket/out", "storage_options": options})
+    (project / "config" / "jobs" / "s3_metrics.yaml").write_text(yaml.safe_dump(job))
+    data._CACHE.clear()
+    client = TestClient(create_app())
+    client.headers["Authorization"] = f"Bearer {mint('admin')}"
+    for path in ("jobs/s3_metrics", "jobs/s3_metrics/validation", "data/jobs/s3_metrics/series", "data/jobs/s3_metrics/validation"):
+        answer = client.get(f"{D}/{path}")
+        assert answer.status_code == 503, (path, answer.text[:300])
+        assert "cannot reach s3://bucket/out" in answer.text and "endpoint_url" in answer.text, path
+    # The overview still lists it, with the error, beside the jobs it can read.
+    overview = client.get(f"{D}/")
+    assert overview.status_code == 200 and "cannot reach s3://bucket/out" in overview.text
+
+
+def test_a_data_endpoint_refuses_a_query_parameter_it_does_not_take(dash):
+    """``?serie=region=eu`` (a typo) answered every series, ``?lmit=1`` all of them, as if read."""
+    url = f"{D}/data/jobs/demo_web_metrics/series"
+    answer = dash.get(url, params={"serie": "region=eu", "lmit": 1})
+    assert answer.status_code == 422, answer.text
+    assert [error["loc"] for error in answer.json()["detail"]] == [["query", "serie"], ["query", "lmit"]]
+    assert "unknown query parameter 'serie' of GET /dashboard/data/jobs/{job_name}/series: it takes " in answer.text
+    assert "series" in answer.json()["detail"][0]["msg"] and "limit" in answer.json()["detail"][0]["msg"]
+    assert dash.get(f"{D}/data/jobs", params={"job": "demo_web_metrics"}).status_code == 422
+    # Anonymous callers learn nothing of the route but that it needs a login.
+    anonymous = dash.get(url, params={"serie": "x"}, headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+    # The pages are left alone: a person's URL may carry anything.
+    assert dash.get(f"{D}/jobs/demo_web_metrics", params={"utm_source": "mail"}).status_code == 200
