@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +22,14 @@ from pipelines.errors import ConfigError, DataValidationError, SourceDataError, 
 from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
 from pipelines.series import series_key
 from pipelines.sources import FileReader, make_source
-from pipelines.sources.base import TimestampZone, first_zone, parse_timestamps, source_error, window_mask
+from pipelines.sources.base import (
+    TimestampZone,
+    binary_as_text,
+    first_zone,
+    parse_timestamps,
+    source_error,
+    window_mask,
+)
 from pipelines.validation import WINDOW_ROWS, RowNumbers, check_and_raise
 from pipelines.workspace import (
     Window,
@@ -55,7 +62,7 @@ class Extracted:
         return cls(list(data["paths"]), int(data["rows"]), Window.from_dict(data["window"]), data["read_from"])
 
 
-def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 0) -> Extracted:
+def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", history_rows: int = 0) -> Extracted:
     """Read ``window`` (plus ``history_rows`` periods before it) and keep it in the run's workspace.
 
     The window is first floored to the job's epoch-aligned ``frequency`` grid (see
@@ -67,7 +74,8 @@ def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 
     """
     window = grid_window(job, window)
     read_start = window.start - job.frequency * history_rows
-    frame = make_source(job).read(read_start, window.end)
+    # Named once, here: kinds, validation, the raw batch and series keys all see the same text.
+    frame = binary_as_text(make_source(job).read(read_start, window.end))
     try:
         parsed = (
             parse_timestamps(frame[job.timestamp])
@@ -106,8 +114,8 @@ def extract(job: JobConfig, window: Window, *, run_id: str, history_rows: int = 
     kinds = schema_kinds(frame, job, parsed)
     check_schema(job, window, kinds, set(frame.columns))
     _refuse_numbered_times(job, frame, parsed, read_start, window.end)  # after drift, which says what changed
-    path = Workspace(job.name, run_id).raw_batch
-    storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(frame)))
+    path = Workspace(job.name, run_id, purpose).raw_batch
+    storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(frame, job.dimensions)))
     record_schema(job, window, kinds, run_id=run_id)
     log.info("job %s: extracted %d rows (%d in window %s) from %s", job.name, len(frame), int(in_window.sum()), window, job.source.describe())
     return Extracted(paths=[path], rows=len(frame), window=window, read_from=job.source.describe())
@@ -317,7 +325,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     its rows in earlier chunks (a duplicate or an earlier timestamp) stops the run here, before
     any chunk is scored.
     """
-    workspace = Workspace(job.name, run_id)
+    workspace = Workspace(job.name, run_id, "predict")  # one-off scoring runs in the predict DAG
     # A one-off file is most often an export like the job's own files: it is read with their text
     # options, so a job reading ;-separated files with decimal commas scores such a file too (read
     # with pandas' defaults it was one column, and the error said to set the delimiter it had set).
@@ -342,6 +350,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
         options.update(dict.fromkeys(("encoding", "delimiter", "decimal", "thousands")))
     reader = FileReader(one_off, path_hint="Check the input path (predict's --input, or the run's `input`).", options=options)
     for index, chunk in enumerate(reader.iter_chunks(chunk_rows)):
+        chunk = binary_as_text(chunk)  # as extract() names them, so the manifest's keys are the batches'
         manifest.append(_series_counts(chunk, job))
         if job.timestamp in chunk.columns:
             try:
@@ -378,15 +387,16 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
                 first = parsed.min() if first is None else min(first, parsed.min())
                 last = parsed.max() if last is None else max(last, parsed.max())
         path = workspace.raw_chunk(index)
-        storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(chunk)))
+        storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(chunk, job.dimensions)))
         paths.append(path)
         rows += len(chunk)
         log.info("job %s: chunk %d: %d rows (%d so far) from %s", job.name, index + 1, len(chunk), rows, input_path)  # counted from 1, as scoring does
     storage.atomic_write(workspace.chunk_manifest, json.dumps(manifest).encode())
     if rows < max(job.validation.min_rows, 1):
         raise SourceDataError(
-            f"job {job.name}: input file {input_path!r} holds {rows} rows; the job needs at least "
-            f"{max(job.validation.min_rows, 1)} (validation.min_rows)"
+            f"job {job.name!r}: input file {input_path!r} holds {rows} rows; the job needs at least "
+            f"{max(job.validation.min_rows, 1)} (validation.min_rows): score a longer input (or lower the job's "
+            "validation.min_rows), then re-run. Nothing was scored or written."
         )
     first = first if first is not None else pd.Timestamp("1970-01-01", tz="UTC")
     last = last if last is not None else first
@@ -481,11 +491,13 @@ def _series_counts(chunk: pd.DataFrame, job: JobConfig) -> dict[str, int]:
     }
 
 
-def _canonical_raw(frame: pd.DataFrame) -> pd.DataFrame:
+def _canonical_raw(frame: pd.DataFrame, dimensions: Sequence[str] = ()) -> pd.DataFrame:
     """Make raw columns storable in Parquet without changing what validation will see.
 
-    Object columns whose values are all numbers (e.g. SQL DECIMAL) become float64; any other
-    object column becomes strings, so an unparseable timestamp or a text feature stays visible.
+    Object columns whose values are all numbers (e.g. SQL DECIMAL), not bools, become float64; any
+    other object column becomes strings, so an unparseable timestamp or a text feature stays visible.
+    A dimension's numbers become strings too: as floats, DECIMAL ids above 2**53 merged (two devices
+    reported as duplicates of an id neither has) and 7 was named 7.0.
     """
     # Shallow: only object columns are replaced (copy-on-write keeps ``frame`` as it was); a deep copy
     # held a second copy of every timestamp and number of a large window while it was written.
@@ -495,7 +507,11 @@ def _canonical_raw(frame: pd.DataFrame) -> pd.DataFrame:
         if column.dtype != object:
             continue
         values = column.dropna()
-        if len(values) and all(isinstance(v, (int, float, np.number)) or _is_decimal(v) for v in values):
+        # A bool is an int to Python: stored as 1.0 it passed validation, which names true and
+        # false among numbers (they are no measurements) only when it sees them as written.
+        if name not in dimensions and len(values) and all(
+            (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)) or _is_decimal(v) for v in values
+        ):
             out[name] = column.astype("float64")
         else:
             out[name] = column.map(lambda v: v if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)).astype("string")
@@ -549,7 +565,7 @@ def checked_batch(
     batch's rows (by default as rows of a window read).
     """
     frame = read_parquet(raw_path)
-    workspace = Workspace(job.name, run_id)
+    workspace = Workspace(job.name, run_id, "predict" if purpose == "one_off" else purpose)  # one-off scoring is a predict run
     check_and_raise(
         frame,
         job,
@@ -571,7 +587,7 @@ def validate(job: JobConfig, window: Window, *, run_id: str, purpose: str, raw_p
     beside the series batch so that :func:`read_series` hands it to training and scoring.
     """
     prepared = checked_batch(job, window, run_id=run_id, purpose=purpose, raw_path=raw_path)
-    workspace = Workspace(job.name, run_id)
+    workspace = Workspace(job.name, run_id, purpose)
     keys: list[str] = []
     stats: dict[str, dict[str, int]] = {}
     for key, _, batch in series_groups(prepared, job):
@@ -605,12 +621,12 @@ def _add_to_report(path: str, job: JobConfig, stats: dict[str, dict[str, int]]) 
     storage.atomic_write(path, json.dumps(report, indent=2, allow_nan=False).encode(), options)
 
 
-def read_series(job: JobConfig, run_id: str, series: str) -> pd.DataFrame:
+def read_series(job: JobConfig, run_id: str, series: str, *, purpose: str) -> pd.DataFrame:
     """The typed batch of one series: a UTC DatetimeIndex and one float column per feature.
 
     ``attrs["resampling"]`` holds what resampling did to it (see :class:`ResampleStats`).
     """
-    workspace = Workspace(job.name, run_id)
+    workspace = Workspace(job.name, run_id, purpose)
     frame = read_parquet(workspace.series_batch(series)).set_index(job.timestamp)[job.features]
     stats_path = _stats_path(workspace, series)
     if storage.exists(stats_path):

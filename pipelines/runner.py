@@ -25,7 +25,15 @@ from pipelines.extraction import extract, extract_chunks, read_series, validate
 from pipelines.scoring import PublishResult, check_serving, publish_file, publish_scored, score_chunk, score_series
 from pipelines.training import registry_for, train_series
 from pipelines.tuning import tune_series
-from pipelines.workspace import Window, Workspace, check_output_file, file_identity, one_off_output, validation_report_path
+from pipelines.workspace import (
+    PURPOSES,
+    Window,
+    Workspace,
+    check_output_file,
+    file_identity,
+    one_off_output,
+    validation_report_path,
+)
 
 #: Rows per chunk of a one-off scoring input: bounds memory (a few hundred MB per chunk).
 DEFAULT_CHUNK_ROWS = 250_000
@@ -61,7 +69,7 @@ def history_rows(job: JobConfig, before: datetime | None = None) -> int:
 def _prepared_series(
     job: JobConfig, window: Window | None, run_id: str, purpose: str, **extract_args: Any
 ) -> tuple[Window, list[str]]:
-    extracted = extract(job, window, run_id=run_id, **extract_args)
+    extracted = extract(job, window, run_id=run_id, purpose=purpose, **extract_args)
     series = validate(job, extracted.window, run_id=run_id, purpose=purpose, raw_path=extracted.paths[0])
     return extracted.window, series
 
@@ -118,41 +126,46 @@ def _rebuilt(kind: type[PipelineError], message: str) -> PipelineError:
 
 
 @contextlib.contextmanager
-def _cleaned_up(job: JobConfig, run_id: str) -> Iterator[None]:
+def _cleaned_up(job: JobConfig, run_id: str, purpose: str) -> Iterator[None]:
     """:func:`cleanup` after the run, telling it whether the run succeeded."""
     try:
         yield
     except BaseException:
-        cleanup(job, run_id, succeeded=False)
+        cleanup(job, run_id, purpose=purpose, succeeded=False)
         raise
-    cleanup(job, run_id)
+    cleanup(job, run_id, purpose=purpose)
 
 
 def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
-    with _cleaned_up(job, run_id):
+    with _cleaned_up(job, run_id, "train"):
         window, series = _prepared_series(job, window, run_id, "train")
         return _fit_each(
-            job, series, lambda s: train_series(job, s, read_series(job, run_id, s), window, run_id=run_id).to_dict(), "train"
+            job,
+            series,
+            lambda s: train_series(job, s, read_series(job, run_id, s, purpose="train"), window, run_id=run_id).to_dict(),
+            "train",
         )
 
 
 def run_tune(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
-    with _cleaned_up(job, run_id):
+    with _cleaned_up(job, run_id, "tune"):
         window, series = _prepared_series(job, window, run_id, "tune")
-        return _fit_each(job, series, lambda s: tune_series(job, s, read_series(job, run_id, s), window, run_id=run_id), "tune")
+        return _fit_each(
+            job, series, lambda s: tune_series(job, s, read_series(job, run_id, s, purpose="tune"), window, run_id=run_id), "tune"
+        )
 
 
 def run_predict(job: JobConfig, window: Window, *, run_id: str) -> PublishResult:
     """Score ``window`` with the champions and publish it to the job's outputs."""
-    with _cleaned_up(job, run_id):
-        extracted = extract(job, window, run_id=run_id, history_rows=history_rows(job, window.start))
+    with _cleaned_up(job, run_id, "predict"):
+        extracted = extract(job, window, run_id=run_id, purpose="predict", history_rows=history_rows(job, window.start))
         # Before the first training: "train first", not a validation failure of a short window
         # whose history is not read without models (with a good batch quarantined). The predict
         # DAG checks it in its extract task.
         check_serving(job)
         window = extracted.window
         series = validate(job, window, run_id=run_id, purpose="predict", raw_path=extracted.paths[0])
-        scored = [score_series(job, s, read_series(job, run_id, s), window, run_id=run_id) for s in series]
+        scored = [score_series(job, s, read_series(job, run_id, s, purpose="predict"), window, run_id=run_id) for s in series]
         return publish_scored(job, window, [result.to_dict() for result in scored])
 
 
@@ -170,7 +183,7 @@ def run_score_file(
     table are never touched.
     """
     check_one_off(job, input_path=input_path, output=output, chunk_rows=chunk_rows)
-    with _cleaned_up(job, run_id):
+    with _cleaned_up(job, run_id, "predict"):
         extracted = extract_chunks(job, run_id=run_id, input_path=input_path, chunk_rows=chunk_rows)
         chunks = [
             score_chunk(job, extracted.window, run_id=run_id, index=index, chunk_paths=extracted.paths, read_from=extracted.read_from)
@@ -248,7 +261,7 @@ def check_one_off(
 ABANDONED_AFTER = timedelta(days=7)
 
 
-def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None, succeeded: bool = True) -> list[str]:
+def cleanup(job: JobConfig, run_id: str, *, purpose: str = "", now: datetime | None = None, succeeded: bool = True) -> list[str]:
     """Remove a run's intermediate files (never its outputs or models), and those of the job's
     runs that have been untouched for :data:`ABANDONED_AFTER` (failed runs clean up nothing);
     returns the run folders swept.
@@ -260,7 +273,7 @@ def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None, succeed
     Other runs' quarantines of the window it validated are marked, not removed
     (:func:`mark_superseded`).
     """
-    workspace = Workspace(job.name, run_id)
+    workspace = Workspace(job.name, run_id, purpose)
     here = workspace.root
     shutil.rmtree(here, ignore_errors=True)
     if succeeded:
@@ -272,10 +285,15 @@ def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None, succeed
                 "job %s, run %s: removed the quarantine a failed attempt of this run left, as this one succeeded: %s",
                 job.name, run_id, [str(folder) for folder in cleared],
             )
-        mark_superseded(job, run_id)
+        mark_superseded(job, run_id, purpose=purpose)
     cutoff = (now or datetime.now(timezone.utc)).timestamp() - ABANDONED_AFTER.total_seconds()
     swept = []
-    for folder in sorted(here.parent.iterdir()) if here.parent.is_dir() else []:
+    folders = sorted(here.parent.iterdir()) if here.parent.is_dir() else []
+    job_folder = Workspace(job.name, run_id).root.parent
+    if purpose and job_folder.is_dir():
+        # Run folders of the layout before purposes (work/<job>/<run>) are swept as their runs'.
+        folders += sorted(folder for folder in job_folder.iterdir() if folder.name not in PURPOSES)
+    for folder in folders:
         if folder.is_dir() and not folder.is_symlink() and _last_touched(folder) < cutoff:
             shutil.rmtree(folder, ignore_errors=True)
             swept.append(folder.name)
@@ -288,7 +306,7 @@ def cleanup(job: JobConfig, run_id: str, *, now: datetime | None = None, succeed
 SUPERSEDED = "superseded.json"
 
 
-def mark_superseded(job: JobConfig, run_id: str, *, now: datetime | None = None) -> list[str]:
+def mark_superseded(job: JobConfig, run_id: str, *, purpose: str = "", now: datetime | None = None) -> list[str]:
     """Mark the quarantine of each other run of ``job`` whose rejected window ``run_id`` validated
     successfully (a manual re-run of a failed scheduled interval) as superseded; returns them.
 
@@ -300,7 +318,7 @@ def mark_superseded(job: JobConfig, run_id: str, *, now: datetime | None = None)
     run (its successful retry) or by hand. One-off chunks' folders are inside their run's and
     have no interval, so only a batch's ``validation.json`` is compared.
     """
-    own = Path(Workspace(job.name, run_id).quarantine)
+    own = Path(Workspace(job.name, run_id, purpose).quarantine)
     marked = []
     for folder in sorted(own.parent.iterdir()) if own.parent.is_dir() else []:
         if folder == own or not folder.is_dir() or folder.is_symlink() or (folder / SUPERSEDED).exists():

@@ -38,16 +38,30 @@ def _safe(text: str) -> str:
     return f"{safe.lstrip('.')[:107]}-{digest}"
 
 
+#: The purposes whose runs have folders of their own (see :class:`Workspace`).
+PURPOSES = ("train", "tune", "predict")
+
+
 @dataclass(frozen=True)
 class Workspace:
-    """Intermediate files of one run of one job."""
+    """Intermediate files of one run of one job, for one purpose (train, tune or predict).
+
+    A run id is not unique across a job's DAGs: Airflow names a scheduled run after the time it
+    runs (``scheduled__<data interval end>``), so the weekly train and the hourly predict due at
+    the same instant got the same id, wrote the same ``raw.parquet``, and the first to finish
+    removed the other's work folder (and a train's success removed the quarantine a failed
+    predict of that id had left). Each purpose has its folder: ``work/<job>/<purpose>/<run>``.
+    """
 
     job: str
     run_id: str
+    #: ``train``, ``tune`` or ``predict``; empty: directly under the job (code and tests that run
+    #: one purpose only).
+    purpose: str = ""
 
     @property
     def root(self) -> Path:
-        return home() / "work" / self.job / _safe(self.run_id)
+        return home() / "work" / self.job / self.purpose / _safe(self.run_id)
 
     @property
     def raw_batch(self) -> str:
@@ -72,7 +86,7 @@ class Workspace:
 
     @property
     def quarantine(self) -> str:
-        return str(home() / "quarantine" / self.job / _safe(self.run_id))
+        return str(home() / "quarantine" / self.job / self.purpose / _safe(self.run_id))
 
     def chunk_part(self, index: int) -> str:
         """What follows :attr:`quarantine` (and the run id, in the validation report's name) for

@@ -448,8 +448,8 @@ sys.exit(main(sys.argv[1:]))
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 128 + 15, done.stderr
-    work = project / "var" / "work" / "demo_web_metrics"
-    assert not [p for p in work.iterdir() if p.is_dir()]
+    work = project / "var" / "work" / "demo_web_metrics"  # then <purpose>/<run>
+    assert not [run for purpose in work.iterdir() if purpose.is_dir() for run in purpose.iterdir()]
     assert not (project / "out.parquet").exists()
 
 
@@ -488,8 +488,8 @@ def test_ctrl_c_says_interrupted_exits_130_and_removes_the_work_folder(project, 
     assert main(["train", "demo_web_metrics", "--end", "2024-03-01T00:00:00Z"]) == 130
     out, err = capsys.readouterr()
     assert out == "" and err == "interrupted\n"
-    work = project / "var" / "work" / "demo_web_metrics"
-    assert not [p for p in work.iterdir() if p.is_dir()]
+    work = project / "var" / "work" / "demo_web_metrics"  # then <purpose>/<run>
+    assert not [run for purpose in work.iterdir() if purpose.is_dir() for run in purpose.iterdir()]
 
 
 def test_a_reader_that_stops_reading_ends_the_command_quietly():
@@ -638,3 +638,33 @@ def test_validate_config_says_the_job_folder_does_not_exist(tmp_path, monkeypatc
     monkeypatch.setenv("ANOMALY_PIPELINES_JOBS_DIR", str(tmp_path / "jobz"))
     assert main(["validate-config"]) == 1
     assert capsys.readouterr().err.startswith(f"the job folder {tmp_path / 'jobz'} does not exist: create it, or point $ANOMALY_PIPELINES_JOBS_DIR")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--output", "{files}/plain/out.parquet"], "error: --output: cannot write the output {files}/plain/out.parquet: Not a directory"),
+     (["--output", "/proc/out.parquet"], "error: --output: cannot write the output /proc/out.parquet: "),
+     (["--output", "{files}/out.parquet", "--plot", "{files}/plain/sub/p.png"],
+      "error: --plot: cannot write the picture {files}/plain/sub/p.png: Not a directory ({files}/plain)")],
+)
+def test_detect_refuses_a_path_it_cannot_write_before_scoring(files, extra, message, capsys):
+    # Found when writing: detect scored the whole input (a million rows: most of a minute), then
+    # failed with "[Errno 2] No such file or directory: '/proc/out.parquet'", naming no option;
+    # an unwritable --plot came after the output was written.
+    (files / "plain").write_text("a file, not a folder")
+    args = ["detect", "--train", str(files / "train.csv"), "--input", str(files / "test.csv"), "--timestamp", "ts", "--features", "a"]
+    assert main([*args, *(part.format(files=files) for part in extra)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message.format(files=files)) and captured.err.rstrip().endswith("choose a writable path")
+    assert captured.out == "" and not (files / "out.parquet").exists()
+
+
+def test_predict_and_plot_refuse_a_path_they_cannot_write_before_any_work(project, tmp_path, capsys):
+    (tmp_path / "plain").write_text("a file, not a folder")
+    scored = ["predict", "demo_web_metrics", "--input", str(REPO / "data" / "demo" / "web_metrics.csv")]
+    assert main([*scored, "--output", str(tmp_path / "plain" / "out.parquet")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: --output: cannot write the output {tmp_path}/plain/out.parquet: Not a directory")
+    # Before looking for outputs: the job has none here, which was the error shown instead.
+    window = ["--start", "2024-03-01T00:00:00Z", "--end", "2024-03-02T00:00:00Z"]
+    assert main(["plot", "demo_web_metrics", *window, "--out", str(tmp_path / "plain" / "p.png")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: --out: cannot write the picture {tmp_path}/plain/p.png: Not a directory")

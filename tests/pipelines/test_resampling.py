@@ -153,7 +153,7 @@ def test_validate_resamples_each_series_and_reports_it(project: Path) -> None:
     job, originals = irregular_job(project, fill="ffill", ffill_limit=1)
     extracted = extract(job, DAY, run_id="rs")
     keys = validate(job, DAY, run_id="rs", purpose="predict", raw_path=extracted.paths[0])
-    eu = read_series(job, "rs", "region=eu")
+    eu = read_series(job, "rs", "region=eu", purpose="predict")
     assert len(eu) == 24 and eu.index.is_monotonic_increasing
     # 14:00 and 14:30 share a bucket: their mean.
     assert eu.loc["2024-03-03 14:00", "requests"] == originals["requests"].iloc[0] + 50
@@ -162,7 +162,7 @@ def test_validate_resamples_each_series_and_reports_it(project: Path) -> None:
     assert eu.loc["2024-03-03 10:00":"2024-03-03 11:00", "requests"].isna().all()  # left missing
     expected = {"rows": 22, "buckets": 24, "merged_rows": 4, "moved_rows": 2, "filled": 2, "missing": 2}
     assert eu.attrs["resampling"] == expected
-    assert read_series(job, "rs", "region=us").attrs["resampling"] == {
+    assert read_series(job, "rs", "region=us", purpose="predict").attrs["resampling"] == {
         "rows": 24, "buckets": 24, "merged_rows": 0, "moved_rows": 0, "filled": 0, "missing": 0
     }
     report = json.loads(Path(validation_report_path(job, "predict", DAY, "rs")).read_text())

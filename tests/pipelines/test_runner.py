@@ -451,7 +451,9 @@ def test_a_finished_run_sweeps_the_work_folders_runs_left_a_week_ago(project: Pa
     from pipelines.workspace import Workspace
 
     job = get_job("demo_web_metrics")
-    folders = {run: Path(Workspace(job.name, run).root) for run in ("failed-long-ago", "failed-yesterday", "this-run", "running")}
+    folders = {run: Path(Workspace(job.name, run, "predict").root) for run in ("failed-long-ago", "failed-yesterday", "this-run", "running")}
+    # A run folder of the layout before purposes (work/<job>/<run>), left by an older version.
+    folders["before-purposes"] = Path(Workspace(job.name, "before-purposes").root)
     for folder in folders.values():
         (folder / "chunks").mkdir(parents=True)
         (folder / "chunks" / "raw-000000.parquet").write_bytes(b"x")
@@ -459,14 +461,14 @@ def test_a_finished_run_sweeps_the_work_folders_runs_left_a_week_ago(project: Pa
     schema.write_text("{}")
     now = time.time()
     long_ago = now - ABANDONED_AFTER.total_seconds() - 3600
-    for path in (folders["failed-long-ago"], folders["failed-long-ago"] / "chunks", folders["failed-long-ago"] / "chunks" / "raw-000000.parquet",
-                 folders["running"], folders["running"] / "chunks", schema):
+    old = [folders[run] / part for run in ("failed-long-ago", "before-purposes") for part in ("", "chunks", "chunks/raw-000000.parquet")]
+    for path in (*old, folders["running"], folders["running"] / "chunks", schema):
         os.utime(path, (long_ago, long_ago))
     # A run still writing: its top folders are old, a file deep inside is fresh.
     (folders["running"] / "chunks" / "raw-000001.parquet").write_bytes(b"x")
     os.utime(folders["running"] / "chunks", (long_ago, long_ago))
 
-    assert cleanup(job, "this-run") == ["failed-long-ago"]
+    assert cleanup(job, "this-run", purpose="predict") == ["failed-long-ago", "before-purposes"]
 
     assert [run for run, folder in folders.items() if folder.exists()] == ["failed-yesterday", "running"]
     assert schema.exists()
@@ -542,7 +544,7 @@ def test_a_successful_retry_of_a_one_off_run_clears_its_chunks_quarantine(traine
     with pytest.raises(DataValidationError) as failed:
         run_score_file(trained, str(path), run_id="one-off", chunk_rows=20)
     kept = Path(failed.value.quarantine_path)
-    assert kept.parent == Path(Workspace(trained.name, "one-off").quarantine) and kept.name.startswith("chunk")
+    assert kept.parent == Path(Workspace(trained.name, "one-off", "predict").quarantine) and kept.name.startswith("chunk")
     assert (kept / "batch.parquet").exists()
 
     wide.to_csv(path, index=False)

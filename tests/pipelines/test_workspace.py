@@ -161,3 +161,22 @@ def test_a_quarantine_that_cannot_be_checked_does_not_fail_a_run_that_succeeded(
         cleanup(JOB, "manual__1")
     assert (kept / "batch.parquet").exists() and not (kept / "superseded.json").exists()
     assert f"could not check or mark the quarantine {kept} as superseded" in caplog.text
+
+
+def test_a_train_and_a_predict_run_of_one_run_id_keep_apart(tmp_path: Path, monkeypatch) -> None:
+    # Airflow names a scheduled run after the time it runs: the weekly train and the hourly predict
+    # due at the same instant both ran as scheduled__<that time>, wrote the same raw.parquet, and
+    # the train's success removed the work folder and the quarantine the predict run was using.
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
+    run_id = "scheduled__2024-03-10T02:00:00+00:00"
+    train, predict = Workspace(JOB.name, run_id, "train"), Workspace(JOB.name, run_id, "predict")
+    assert train.raw_batch != predict.raw_batch and train.quarantine != predict.quarantine
+    for workspace in (train, predict):
+        os.makedirs(workspace.root)
+        Path(workspace.raw_batch).write_bytes(b"rows")
+        os.makedirs(workspace.quarantine)
+    cleanup(JOB, run_id, purpose="train")
+    assert not train.root.exists() and not Path(train.quarantine).exists()
+    assert Path(predict.raw_batch).read_bytes() == b"rows" and Path(predict.quarantine).is_dir()
+    cleanup(JOB, run_id, purpose="predict", succeeded=False)
+    assert not predict.root.exists() and Path(predict.quarantine).is_dir()  # a failed run keeps its quarantine
