@@ -122,6 +122,16 @@ def test_every_start_date_validate_config_takes_makes_dags(tmp_path, monkeypatch
     assert bag.dags["compact_time__train"].start_date.isoformat() == "2024-02-01T06:30:00+00:00"
 
 
+def test_a_worker_running_a_task_builds_the_dags_of_that_tasks_job_only(monkeypatch):
+    # Every task start built every job's three DAGs: 30 ms per configured job (15 s at 500 jobs).
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "demo_sensors__predict")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "score")
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "anomaly_jobs.py"))
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["demo_sensors__predict", "demo_sensors__train", "demo_sensors__tune"]
+
+
 def test_mapped_over_series(dagbag):
     dag = dagbag.dags["demo_web_metrics__predict"]
     score = dag.get_task("score")
