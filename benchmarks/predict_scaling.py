@@ -218,21 +218,30 @@ def _timing_steps(times: dict[str, float]) -> None:
     from pipelines.sinks import ParquetSink, SqlSink
 
     ParquetSink.write = wrap(ParquetSink.write, "parquet")
-    replacing = SqlSink.replacing
+    sql_replacing, parquet_replacing = SqlSink.replacing, ParquetSink.replacing
 
     @contextmanager
-    def timed_replacing(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        # publish writes the Parquet files inside the table's transaction (SqlSink.write goes
-        # through here too): the SQL write's time is the block's less the Parquet write's.
-        start, parquet_before = time.perf_counter(), times.get("parquet", 0.0)
+    def timed_sql(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        start = time.perf_counter()  # SqlSink.write goes through here too
         try:
-            with replacing(*args, **kwargs) as value:
+            with sql_replacing(*args, **kwargs) as value:
                 yield value
         finally:
-            inside = times.get("parquet", 0.0) - parquet_before
-            times["sql"] = times.get("sql", 0.0) + time.perf_counter() - start - inside
+            times["sql"] = times.get("sql", 0.0) + time.perf_counter() - start
 
-    SqlSink.replacing = timed_replacing
+    @contextmanager
+    def timed_parquet(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        # publish writes the SQL table inside the Parquet write's block (between staging the
+        # files and moving them): the Parquet write's time is the block's less the SQL write's.
+        start, sql_before = time.perf_counter(), times.get("sql", 0.0)
+        try:
+            with parquet_replacing(*args, **kwargs) as value:
+                yield value
+        finally:
+            inside = times.get("sql", 0.0) - sql_before
+            times["parquet"] = times.get("parquet", 0.0) + time.perf_counter() - start - inside
+
+    SqlSink.replacing, ParquetSink.replacing = timed_sql, timed_parquet
 
 
 def _peak_rss() -> int:

@@ -187,7 +187,9 @@ class BareProphet:
     settings, ``uncertainty_samples=0``): no calibration, interval, threshold or checks."""
 
     def __init__(self, params: dict[str, Any]):
-        self.params = {k: v for k, v in params.items() if not k.startswith("threshold_") and k != "holidays_country"}
+        # time_zone is ours (the wall clock Prophet is given); the benchmark's series are UTC.
+        ours = ("holidays_country", "time_zone")
+        self.params = {k: v for k, v in params.items() if not k.startswith("threshold_") and k not in ours}
         self.params.pop("interval_width", None)
 
     def prepare(self, frame: pd.DataFrame) -> None:
