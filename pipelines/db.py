@@ -256,6 +256,11 @@ def _loggable(url: sa.URL) -> str:
 
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
+#: Seconds psycopg2 (PostgreSQL, Redshift) waits for a server to answer a new connection. libpq's
+#: default is to wait for ever: a server that takes the TCP connection and never answers (a hung
+#: host, a firewall that drops after the handshake) held the read, and the task's worker slot,
+#: with no error. PyMySQL waits 10 s by default. ``?connect_timeout=`` in the URL overrides.
+PG_CONNECT_TIMEOUT_SECONDS = 10
 
 
 def precise_datetime() -> sa.types.TypeEngine[Any]:
@@ -281,6 +286,8 @@ def _engine(url: sa.URL) -> sa.Engine:
         # deleting and inserting its rows), and the driver's 5 s default is shorter than that
         # takes. ?timeout= overrides.
         connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_SECONDS
+    if url.get_driver_name() == "psycopg2" and "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_SECONDS
     engine = sa.create_engine(url, connect_args=connect_args)
     database = file_database(url)
     if database is not None:

@@ -305,3 +305,36 @@ def test_secret_driver_options_are_not_logged(monkeypatch, caplog) -> None:
     assert "postgresql+psycopg2://user:***@localhost:2/db?sslmode=require&sslpassword=***" in caplog.text
     assert "postgresql+psycopg2://user:***@localhost:3?sslmode=require&sslpassword=***" in caplog.text
     assert "k3y" not in caplog.text and "s3cret" not in caplog.text
+
+
+def test_a_postgres_server_that_never_answers_fails_the_connection_instead_of_hanging(monkeypatch) -> None:
+    # libpq waits for ever by default: a server that took the TCP connection and never answered
+    # held the read (and the worker slot) with no error.
+    import socket
+    import threading
+
+    import sqlalchemy as sa
+
+    from pipelines import db
+    from pipelines.config import SqlConnection
+
+    monkeypatch.setattr(db, "PG_CONNECT_TIMEOUT_SECONDS", 2)
+    with socket.socket() as silent:  # listens, so the handshake completes; never accepts nor answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        engine = db.engine_for(SqlConnection(url=f"postgresql://nobody@127.0.0.1:{port}/silent"))
+        outcome: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                engine.connect().close()
+            except BaseException as exc:  # the outcome the test asserts
+                outcome.append(exc)
+
+        attempt = threading.Thread(target=connect, daemon=True)
+        attempt.start()
+        attempt.join(60)
+        assert not attempt.is_alive(), "the connection still waits for the server"
+        [error] = outcome
+        assert isinstance(error, sa.exc.OperationalError) and "timeout" in str(error).lower()
