@@ -328,3 +328,17 @@ def deadlocked(exc: Exception) -> bool:
     """
     orig = getattr(exc, "orig", None)
     return isinstance(exc, sa.exc.OperationalError) and getattr(orig, "args", ())[:1] == (1213,)
+
+
+#: The collation of text columns on MySQL/MariaDB (the results and labels tables): the first of
+#: these the server has. utf8mb4_bin, the only one before MariaDB 10.2 and MySQL 8.0, pads the
+#: shorter text with spaces before comparing (PAD SPACE), so "region=EU" and "region=EU " were one
+#: in the tables' queries; the two others compare every character (NO PAD).
+BINARY_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
+
+
+def binary_collation(conn: sa.Connection) -> str:
+    """The first of :data:`BINARY_COLLATIONS` that the MySQL/MariaDB server of ``conn`` has."""
+    names = ", ".join(f"'{name}'" for name in BINARY_COLLATIONS)
+    found = set(conn.execute(sa.text(f"SELECT collation_name FROM information_schema.collations WHERE collation_name IN ({names})")).scalars())
+    return next((name for name in BINARY_COLLATIONS if name in found), BINARY_COLLATIONS[-1])

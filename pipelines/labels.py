@@ -24,6 +24,7 @@ only, read as described in :meth:`LabelStore.known_false_alarm`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import difflib
 import json
 import logging
@@ -31,7 +32,7 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +44,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines.config import JobConfig, get_job, resolve_path
-from pipelines.db import deadlocked, engine_for, file_database, precise_datetime
+from pipelines.db import binary_collation, deadlocked, engine_for, file_database, precise_datetime
 from pipelines.errors import ConfigError, SinkError
 from pipelines.series import ALL_SERIES, series_key
 from pipelines.sources.base import SUPPORTED_YEARS
@@ -108,7 +109,7 @@ class Label:
         return out
 
 
-def _definition(name: str) -> sa.Table:
+def _definition(name: str, collation: str = "utf8mb4_bin") -> sa.Table:
     metadata = sa.MetaData()
     return sa.Table(
         name,
@@ -132,8 +133,9 @@ def _definition(name: str) -> sa.Table:
         mysql_charset="utf8mb4",
         # A binary collation: their default ones ignore case and accents, so "region=EU" was the
         # key of "region=eu" and "city=Koln" of "city=Köln": labelling one series deleted another's
-        # label, and a false alarm on one silenced the alerts of the other.
-        mysql_collate="utf8mb4_bin",
+        # label, and a false alarm on one silenced the alerts of the other. The server's NO PAD one
+        # where it has it (see :meth:`LabelStore._prepare`).
+        mysql_collate=collation,
     )
 
 
@@ -358,7 +360,8 @@ class LabelStore:
         self.name = table
         self.table = _definition(table)
         self._jobs = dict(jobs or {})
-        self._ready = False
+        self._ready = False  # the table exists with every column (a read may find it so)
+        self._prepared = False  # and this store made it ready for writes (see _prepare)
 
     def _config(self, job: str) -> JobConfig:
         if job not in self._jobs:
@@ -366,10 +369,19 @@ class LabelStore:
         return self._jobs[job]
 
     def _prepare(self) -> None:
-        if self._ready:
+        if self._prepared:
             return
+        collation = None
         try:
-            self.table.create(self.engine, checkfirst=True)
+            table = self.table
+            if self.engine.dialect.name in ("mysql", "mariadb"):
+                # utf8mb4_bin pads the shorter text with spaces before comparing (PAD SPACE), so the
+                # unique key took "region=EU " for "region=EU": labelling one series deleted the
+                # other's label. The output table's NO PAD collation, where the server has one.
+                with self.engine.connect() as conn:
+                    collation = binary_collation(conn)
+                table = _definition(self.name, collation)
+            table.create(self.engine, checkfirst=True)
         except sa.exc.SQLAlchemyError as exc:
             # Another process may have created it between the check and the CREATE.
             try:
@@ -379,7 +391,9 @@ class LabelStore:
             if not created:
                 raise self._failure("create the labels table", exc) from exc
         self._add_ranges_column()
-        self._ready = True
+        if collation is not None:
+            self._convert_collation(collation)
+        self._ready = self._prepared = True
         _READY_TABLES.add((self.engine, self.name))
 
     def _ranges_column_exists(self) -> bool:
@@ -400,6 +414,40 @@ class LabelStore:
                 added = False
             if not added:
                 raise self._failure(f"add column {_RANGES} to the labels table", exc) from exc
+
+    def _convert_collation(self, collation: str) -> None:
+        """Convert a MySQL/MariaDB table made with another collation (utf8mb4_bin, which pads, or a
+        case-insensitive one) to ``collation``, before its first write here.
+
+        Unlike the output table's (which only gets a warning), this one is converted: its unique
+        key decides which label a write replaces, so until then a write deleted the labels of other
+        series. A labels table is small, and a finer collation cannot make two of its keys equal.
+        """
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(
+                    sa.text(
+                        "SELECT DISTINCT collation_name FROM information_schema.columns WHERE table_schema = DATABASE() "
+                        "AND table_name = :table AND collation_name IS NOT NULL"
+                    ),
+                    {"table": self.name},
+                ).scalars().all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._failure("read the collation of", exc) from exc
+        if set(found) <= {collation}:
+            return
+        table = self.engine.dialect.identifier_preparer.quote(self.name)
+        command = f"ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}"
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(command)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SinkError(
+                f"the labels table {self.name!r} compares text with collation {', '.join(sorted(found))}, under which series "
+                f"keys differing only in trailing spaces, case or accents are one, and converting it failed: "
+                f"{getattr(exc, 'orig', None) or exc}; run once, as a user who may alter it: {command}"
+            ) from exc
+        log.warning("converted the labels table %s from collation %s to %s", self.name, ", ".join(sorted(found)), collation)
 
     def _failure(self, action: str, exc: Exception) -> SinkError:
         return SinkError(
@@ -516,7 +564,7 @@ class LabelStore:
         self._prepare()
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                with self.engine.begin() as conn:
+                with self._transaction() as conn:
                     if rows:
                         conn.execute(delete, keys)
                         conn.execute(sa.insert(self.table), rows)
@@ -528,6 +576,24 @@ class LabelStore:
                 # Random, so that two writers that collided do not meet again.
                 time.sleep(random.uniform(0, _RETRY_BACKOFF_SECONDS * attempt))
         return 0  # pragma: no cover - the loop returns or raises
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction, at READ COMMITTED on PostgreSQL whatever the session's default.
+
+        Under REPEATABLE READ or SERIALIZABLE (a server's, role's or URL's
+        default_transaction_isolation), a writer whose DELETE waited for another writer of the
+        same label failed with "could not serialize access due to concurrent delete" once that
+        one committed, and that person's verdict was lost. Under READ COMMITTED its DELETE skips
+        the row deleted meanwhile and its INSERT meets the new one in the unique key, an
+        IntegrityError that :meth:`write` runs again (as on MySQL/MariaDB and SQLite, whatever
+        their isolation).
+        """
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                yield conn
 
     def remove(
         self, job: str, series: str, start: datetime | str, end: datetime | str, *, feature: str | None = None
@@ -543,11 +609,13 @@ class LabelStore:
         start_at, end_at = as_utc(start, "start", where), as_utc(end, "end", where)
         c = self.table.c
         key = [c.job == job, c.series == series, c.feature == (feature or ""), c.start_time == _naive(start_at), c.end_time == _naive(end_at)]
-        [found] = self._select(sa.select(self.table).where(*key), "read labels from") or [None]
+        [found] = [label for label in self._select(sa.select(self.table).where(*key), "read labels from")
+                   if _exactly(label, job, series, [feature or ""])] or [None]
         if found is None:
             return None
+        self._prepare()  # a table of another collation is converted first: its DELETE would take other series' labels too
         try:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 conn.execute(sa.delete(self.table).where(*key))
         except sa.exc.SQLAlchemyError as exc:
             raise self._failure("remove a label from", exc) from exc
@@ -638,7 +706,8 @@ class LabelStore:
             query = query.where(c.end_time >= _naive(as_utc(start, "start", where)))
         if end is not None:
             query = query.where(c.start_time <= _naive(as_utc(end, "end", where)))
-        return self._select(query.order_by(c.series, c.start_time, c.feature, c.end_time), "read labels from")
+        found = self._select(query.order_by(c.series, c.start_time, c.feature, c.end_time), "read labels from")
+        return [label for label in found if _exactly(label, job, series)]
 
     def known_false_alarm(
         self,
@@ -687,7 +756,7 @@ class LabelStore:
             .where(c.value_min <= low, c.value_max >= high)
             .order_by(c.created_at.desc())
         )
-        candidates = self._select(query, "read labels from")
+        candidates = [label for label in self._select(query, "read labels from") if _exactly(label, job, series, features)]
         if not candidates:
             return None
         # Every label that may overrule a candidate or judge the event itself (one more query, only
@@ -711,6 +780,13 @@ class LabelStore:
             if bounds is not None and bounds[0] <= low and high <= bounds[1]:
                 return replace(label, value_min=bounds[0], value_max=bounds[1])
         return None
+
+
+def _exactly(label: Label, job: str, series: str | None, features: Sequence[str] | None = None) -> bool:
+    """Whether ``label`` is of ``job`` and ``series`` (and one of ``features``, ``""`` for none)
+    character for character: a MySQL/MariaDB table not yet converted (see
+    :meth:`LabelStore._convert_collation`) returns "region=EU" for "region=EU " too."""
+    return label.job == job and series in (None, label.series) and (features is None or (label.feature or "") in features)
 
 
 def label_store(job: JobConfig) -> LabelStore:

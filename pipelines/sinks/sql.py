@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines import schema
-from pipelines.db import deadlocked, file_database, precise_datetime
+from pipelines.db import BINARY_COLLATIONS, binary_collation, deadlocked, file_database, precise_datetime
 from pipelines.errors import SinkError
 from pipelines.sinks.base import as_output, checked_batch, utc
 
@@ -56,11 +56,6 @@ _NO_INFINITY = frozenset({"mysql", "mariadb", "mssql"})
 _DEADLOCK_BACKOFF_SECONDS = 0.2
 #: Longest wait of a MySQL/MariaDB writer for another writer of its job (see :meth:`SqlSink._serialize`).
 _NAMED_LOCK_SECONDS = 3600
-#: The collation of the text columns on MySQL/MariaDB (see :meth:`SqlSink._definition`): the first
-#: of these the server has. utf8mb4_bin, the only one before MariaDB 10.2 and MySQL 8.0, pads the
-#: shorter text with spaces before comparing (PAD SPACE), so "region=EU" and "region=EU " were one
-#: in the table's queries; the two others compare every character (NO PAD).
-_BINARY_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
 
 
 def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
@@ -70,13 +65,6 @@ def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
     if conn.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest(), "big", signed=True)
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-
-
-def _binary_collation(conn: sa.Connection) -> str:
-    """The first of :data:`_BINARY_COLLATIONS` that the MySQL/MariaDB server of ``conn`` has."""
-    names = ", ".join(f"'{name}'" for name in _BINARY_COLLATIONS)
-    found = set(conn.execute(sa.text(f"SELECT collation_name FROM information_schema.collations WHERE collation_name IN ({names})")).scalars())
-    return next((name for name in _BINARY_COLLATIONS if name in found), _BINARY_COLLATIONS[-1])
 
 
 def _unlock(conn: sa.Connection, lock: str | None) -> None:
@@ -159,7 +147,7 @@ class SqlSink:
         self.db_schema = db_schema
         self.name = f"{db_schema}.{table}" if db_schema else table
 
-    def _definition(self, dimensions: list[str], collation: str = _BINARY_COLLATIONS[-1]) -> sa.Table:
+    def _definition(self, dimensions: list[str], collation: str = BINARY_COLLATIONS[-1]) -> sa.Table:
         columns = [_column(name, kind) for name, kind in schema.OUTPUT_COLUMNS.items()]
         columns += [sa.Column(dim, sa.Text, nullable=True) for dim in dimensions]
         # The naming convention shortens the index name where the database limits its length.
@@ -217,7 +205,7 @@ class SqlSink:
             inspector = sa.inspect(conn)
             if not inspector.has_table(self.table, schema=self.db_schema):
                 if conn.dialect.name in ("mysql", "mariadb"):
-                    table = self._definition(dimensions, _binary_collation(conn))
+                    table = self._definition(dimensions, binary_collation(conn))
                 table.create(conn)
                 log.info("created table %s", self.name)
                 return
@@ -240,7 +228,7 @@ class SqlSink:
                 log.info("added dimension column %s to table %s", dim, self.name)
 
     def _warn_if_case_insensitive(self, conn: sa.Connection, table: sa.Table) -> None:
-        """Say how to convert a MySQL/MariaDB table created before it was made binary (:data:`_BINARY_COLLATIONS`).
+        """Say how to convert a MySQL/MariaDB table created before it was made binary (:data:`~pipelines.db.BINARY_COLLATIONS`).
 
         A warning, not an error: the writes and reads of a job are right either way (job names
         are lowercase ASCII), what it confuses is the queries people run on the table. Converting
@@ -261,7 +249,7 @@ class SqlSink:
                 "or accents, such as 'region=EU' and 'region=eu', are one in queries on the table; convert it "
                 "once (this rewrites the table) with: ALTER TABLE %s CONVERT TO CHARACTER SET utf8mb4 COLLATE %s",
                 self.name, ", ".join(sorted(loose)), ", ".join(sorted(set(loose.values()))),
-                conn.dialect.identifier_preparer.format_table(table), _binary_collation(conn),
+                conn.dialect.identifier_preparer.format_table(table), binary_collation(conn),
             )
 
     def _stored_columns(self, conn: sa.Connection) -> list[str]:

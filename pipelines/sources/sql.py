@@ -28,6 +28,9 @@ in, rows at ``end`` are out. Store timestamps in UTC in the dialect's natural ty
   the column itself with the bounds while it holds ISO text with a ``T`` or a local offset is
   refused: such text does not sort with the bounds; compare ``datetime(ts)`` instead (the same
   for a MySQL or MariaDB ``VARCHAR``, compared as text with the bound: ``CAST(ts AS DATETIME(6))``).
+
+A read is stopped by the database after :data:`STATEMENT_TIMEOUT_SECONDS` on PostgreSQL, Redshift
+and MySQL/MariaDB, unless the URL sets the limit itself (:data:`_OWN_LIMIT`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -63,6 +67,20 @@ AWARE_DIALECTS = frozenset({"postgresql", "redshift"})
 #: 50,000, 3.8x at 200,000), at the same speed: a round trip and a conversion per 10,000 rows
 #: cost nothing measurable.
 CHUNK_ROWS = 10_000
+
+#: Longest run of one statement of a source's read (its query; with a server-side cursor, one fetch
+#: of its rows) on PostgreSQL, Redshift and MySQL/MariaDB. Unbounded, a query that never ended (a
+#: lock it waited on, a plan gone wrong) held the run, and the job's only active run, for ever.
+#: An hour: far above any window's read, which the server then stops with an error. Kept when the
+#: URL sets the limit itself (:data:`_OWN_LIMIT`) or the session has one (a role's, a user's).
+STATEMENT_TIMEOUT_SECONDS: float = 3600
+#: Per dialect: the variable, where a URL sets it, and how the error says to raise it.
+_OWN_LIMIT = {
+    "postgresql": ("statement_timeout", "options", "?options=-c%20statement_timeout%3D7200s"),
+    "mariadb": ("max_statement_time", "init_command", "?init_command=SET%20max_statement_time%3D7200"),
+    "mysql": ("max_execution_time", "init_command", "?init_command=SET%20max_execution_time%3D7200000"),
+}
+_OWN_LIMIT["redshift"] = _OWN_LIMIT["postgresql"]
 
 
 class SqlReader:
@@ -123,6 +141,13 @@ class SqlReader:
             ) from _unless_leaking(exc, secret)
         with connection:
             try:
+                limit = _limit_statements(connection)
+            except SQLAlchemyError as exc:
+                raise fail(
+                    f"cannot set the query's statement timeout ({_reason(exc, secret)})",
+                    "Check that the database is running and reachable, then re-run the window.",
+                ) from _unless_leaking(exc, secret)
+            try:
                 frame = _read_frame(connection, query, params)
             except _Unconvertible as cause:
                 # psycopg2 converts a timestamp of year 20000 (a typo of 2000) or BC, which PostgreSQL
@@ -136,6 +161,15 @@ class SqlReader:
                     kind=SourceDataError,
                 ) from cause.__cause__
             except SQLAlchemyError as cause:  # raised by the query or by any fetch of its chunks
+                if limit is not None and _timed_out(cause):
+                    variable, key, example = _OWN_LIMIT[_dialect(connection)]
+                    raise fail(
+                        f"the query ran longer than the source's statement timeout of {limit.seconds:g} s "
+                        f"({_reason(cause, secret)}), so the database stopped it",
+                        f"Make the query faster (an index on {self.job.timestamp}, a narrower window), or raise the limit "
+                        f"({variable}; 0: none): add {example} to the URL (with & after other options; for an Airflow "
+                        f"connection, as its extra {key!r}). Nothing was read.",
+                    ) from _unless_leaking(cause, secret)
                 unbound = re.search(r"A value is required for bind parameter '(\w+)'", str(cause))
                 raise fail(
                     f"the query failed ({_reason(cause, secret)})",
@@ -145,6 +179,9 @@ class SqlReader:
                     else "Check the query against the database (tables, columns, syntax), that this user may "
                     "read them, and that every :name in it is set in `params`.",
                 ) from _unless_leaking(cause, secret)
+            finally:
+                if limit is not None:
+                    limit.restore(connection)
             zone = _local_session_zone(connection, frame, self.job.timestamp)
         if zone:
             raise fail(
@@ -195,14 +232,15 @@ def _read_frame(connection: Connection, query: TextClause, params: dict[str, Any
         result = connection.execution_options(stream_results=True).execute(query, params)
     except (ValueError, OverflowError) as exc:  # a streaming result fetches its first row at once
         raise _Unconvertible(0) from exc
-    except DBAPIError:
-        if connection.dialect.name not in AWARE_DIALECTS:
+    except DBAPIError as exc:
+        if connection.dialect.name not in AWARE_DIALECTS or _timed_out(exc):
             raise
         # psycopg2 streams through ``DECLARE ... CURSOR FOR <query>``, which takes one SELECT:
         # a query of several statements (``SET LOCAL ...; SELECT ...``) that a plain execute
         # runs is refused, and any other failure names the DECLARE. Run as pd.read_sql did: the
         # result is buffered by libpq, as text; Python objects are still made a chunk at a time.
         connection.rollback()
+        _renew_limit(connection)  # PostgreSQL's lasted the transaction just rolled back
         result = connection.execution_options(stream_results=False).execute(query, params)
     columns = list(result.keys())
     chunks: list[list[pd.Series]] = []
@@ -218,6 +256,92 @@ def _read_frame(connection: Connection, query: TextClause, params: dict[str, Any
         chunk = _convert([tuple(row) for row in rows], columns)
         chunks.append([chunk.iloc[:, i] for i in range(len(columns))])
     return _assemble(chunks, columns)
+
+
+def _dialect(connection: Connection) -> str:
+    """The dialect's name, ``mariadb`` for a MariaDB server reached through a ``mysql://`` URL."""
+    name = connection.dialect.name
+    return "mariadb" if name == "mysql" and getattr(connection.dialect, "is_mariadb", False) else name
+
+
+#: The execution option of a read's connection holding PostgreSQL's limit (see :func:`_limit_statements`).
+_LIMIT_OPTION = "anomaly_pipelines_statement_timeout"
+
+
+@dataclass(frozen=True)
+class _Limit:
+    """The statement timeout set for one read (see :func:`_limit_statements`); ``previous``: the
+    MySQL/MariaDB session's own value, given back after it."""
+
+    seconds: float
+    variable: str
+    previous: str | None
+
+    def restore(self, connection: Connection) -> None:
+        """Give the MySQL/MariaDB session its own limit back: the pool hands the connection on, to
+        the output and labels tables' writes among others. A connection that cannot is discarded,
+        with its session. (PostgreSQL's ends with the read's transaction.)"""
+        if self.previous is None or connection.invalidated or connection.closed:
+            return
+        try:
+            connection.rollback()  # a statement the server stopped may leave its transaction open
+            connection.exec_driver_sql(f"SET SESSION {self.variable} = {self.previous}")
+            connection.rollback()
+        except Exception:  # noqa: BLE001 - then the session, and its limit, go with the connection
+            connection.invalidate()
+
+
+def _renew_limit(connection: Connection) -> None:
+    """Set PostgreSQL's limit of this read (if any) for the transaction; a SELECT, as psycopg2's
+    streaming connection runs statements through DECLARE ... CURSOR, which refuses SET."""
+    value = connection.get_execution_options().get(_LIMIT_OPTION)
+    if value:
+        connection.execute(text("SELECT set_config('statement_timeout', :value, true)"), {"value": value})
+
+
+def _limit_statements(connection: Connection) -> _Limit | None:
+    """Set :data:`STATEMENT_TIMEOUT_SECONDS` for one read on ``connection``, unless its URL sets
+    the limit (:data:`_OWN_LIMIT`) or the session has one already (a role's, a user's); None where
+    nothing was set (SQLite has no such limit; DuckDB and SQL Server are not limited here).
+
+    Only for the read: the engine and its pool are shared with the output and labels tables, whose
+    writes a source's limit is not to stop. On PostgreSQL it is set for the read's transaction
+    (rolled back when the connection closes; nothing is left on the session, even behind a pooler
+    such as PgBouncer); MySQL/MariaDB's is the session's, given back by :meth:`_Limit.restore`.
+    """
+    dialect = _dialect(connection)
+    if dialect not in _OWN_LIMIT or not STATEMENT_TIMEOUT_SECONDS:
+        return None
+    variable, key, _ = _OWN_LIMIT[dialect]
+    if variable in str(connection.engine.url.query.get(key, "")):
+        return None
+    seconds = STATEMENT_TIMEOUT_SECONDS
+    if dialect in AWARE_DIALECTS:
+        current = str(connection.execute(text("SELECT current_setting('statement_timeout')")).scalar())
+    else:
+        current = str(connection.exec_driver_sql(f"SELECT @@SESSION.{variable}").scalar())
+    try:
+        if float(current) != 0:
+            return None
+    except ValueError:  # PostgreSQL shows a limit with its unit ("5min"): the session has one
+        return None
+    if dialect in AWARE_DIALECTS:
+        connection.execution_options(**{_LIMIT_OPTION: f"{max(1, round(seconds * 1000))}ms"})
+        _renew_limit(connection)
+        return _Limit(seconds, variable, None)
+    # MariaDB's max_statement_time is in seconds, MySQL's max_execution_time in milliseconds.
+    value = f"{seconds:.6f}" if dialect == "mariadb" else str(max(1, round(seconds * 1000)))
+    connection.exec_driver_sql(f"SET SESSION {variable} = {value}")
+    return _Limit(seconds, variable, current)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether the server stopped the statement at its statement timeout: PostgreSQL's
+    query_canceled (57014) from statement_timeout, MariaDB's 1969, MySQL's 3024."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "pgcode", None) == "57014":
+        return "statement timeout" in str(orig)
+    return getattr(orig, "args", ())[:1] in ((1969,), (3024,))
 
 
 class _Unconvertible(Exception):
