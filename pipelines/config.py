@@ -1103,11 +1103,21 @@ def default_predict_schedule(frequency: timedelta) -> str:
     return "0 0 * * 4" if frequency == timedelta(weeks=1) else "0 * * * *"
 
 
+#: The strptime directives a ``timestamp_format`` may use: what pandas parses, without zone names.
+_TIMESTAMP_DIRECTIVES = "YymbBdHIMSfpzjaA"
+
+
 class JobConfig(_Model):
     name: str
     description: str = ""
     source: Source
     timestamp: Column = Field(description="Column holding the time of each row.")
+    timestamp_format: str | None = Field(
+        None,
+        description="How the timestamp column's text is written, as a strptime format, e.g. '%d/%m/%Y %H:%M' for day-first "
+        "dates; every value must follow it. Unset: ISO 8601 and other forms that read one way only. Values stored "
+        "with a date-time type are not affected.",
+    )
     frequency: timedelta = Field(description="Spacing of the series, e.g. '1h'.")
     dimensions: list[Column] = Field(default_factory=list, description="One model per group of these.")
     features: list[Column] = Field(min_length=1, description="Numeric columns to watch.")
@@ -1129,6 +1139,30 @@ class JobConfig(_Model):
     @classmethod
     def _parse_durations(cls, value: Any) -> timedelta:
         return _duration(value)
+
+    @field_validator("timestamp_format")
+    @classmethod
+    def _timestamp_format_reads_a_date(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        example = "e.g. '%d/%m/%Y %H:%M' for 13/01/2024 14:30, or '%d.%m.%Y %H:%M:%S%z' with an offset"
+        directives = re.findall(r"%(.?)", value.replace("%%", ""))
+        unknown = sorted({f"%{letter}" for letter in directives} - {f"%{letter}" for letter in _TIMESTAMP_DIRECTIVES})
+        if "%Z" in unknown:
+            raise ValueError(f"zone names (%Z) are ambiguous (CST is three zones): write the offsets and read them with %z, {example}")
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} is not a strptime directive that timestamps are read with; use "
+                f"{' '.join('%' + letter for letter in _TIMESTAMP_DIRECTIVES)}, {example}"
+            )
+        lacking = [name for name, letters in (("year (%Y)", "Yy"), ("month (%m)", "mbB"), ("day (%d)", "d")) if not set(letters) & set(directives)]
+        if lacking:
+            raise ValueError(f"the format must hold the date: it lacks the {' and the '.join(lacking)}, {example}")
+        if "I" in directives and "p" not in directives:
+            raise ValueError(f"%I (hour 1-12) needs %p (AM/PM), or 14:30 reads as 02:30; use %H for hours 0-23, {example}")
+        if "H" in directives and "p" in directives:
+            raise ValueError(f"%p (AM/PM) goes with %I (hour 1-12), not %H, {example}")
+        return value
 
     @field_validator("start_date", mode="before")
     @classmethod

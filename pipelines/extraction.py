@@ -23,6 +23,7 @@ from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
 from pipelines.series import series_key
 from pipelines.sources import FileReader, make_source
 from pipelines.sources.base import (
+    DayFirstDates,
     TimestampZone,
     binary_as_text,
     first_zone,
@@ -78,10 +79,16 @@ def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", h
     frame = binary_as_text(make_source(job).read(read_start, window.end))
     try:
         parsed = (
-            parse_timestamps(frame[job.timestamp])
+            parse_timestamps(frame[job.timestamp], job.timestamp_format, refuse_day_first=True)
             if job.timestamp in frame.columns
             else pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
         )
+    except DayFirstDates as exc:
+        raise source_error(
+            job, job.source.describe(), read_start, window.end,
+            f"column {job.timestamp!r}, row {exc.position + 1} of the rows read: {exc}", f"{exc.todo}, then re-run the window.",
+            kind=SourceDataError,
+        ) from exc
     except ValueError as exc:
         # Sources that filter in the database (SQL, BigQuery) hand the timestamps over as stored.
         raise source_error(
@@ -93,6 +100,12 @@ def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", h
             f"{_ONE_ZONE}, then re-run the window.",
             kind=SourceDataError,
         ) from exc
+    unformatted = _unformatted(job, frame[job.timestamp], parsed) if job.timestamp in frame.columns else None
+    if unformatted:
+        raise source_error(
+            job, job.source.describe(), read_start, window.end, unformatted, f"{_FORMAT_TODO}, then re-run the window.",
+            kind=SourceDataError,
+        )
     inside = window_mask(parsed, pd.Timestamp(read_start), pd.Timestamp(window.end))
     if not inside.all():
         # A query whose bounds compare wrongly (e.g. SQLite text in another format than the bound
@@ -119,6 +132,29 @@ def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", h
     record_schema(job, window, kinds, run_id=run_id)
     log.info("job %s: extracted %d rows (%d in window %s) from %s", job.name, len(frame), int(in_window.sum()), window, job.source.describe())
     return Extracted(paths=[path], rows=len(frame), window=window, read_from=job.source.describe())
+
+
+#: What to do about timestamps that do not follow the job's timestamp_format.
+_FORMAT_TODO = "Write every timestamp as timestamp_format says, or set timestamp_format to how they are written"
+
+
+def _unformatted(job: JobConfig, raw: pd.Series, parsed: pd.Series, offset: int = 0) -> str | None:
+    """What is wrong when values of ``raw`` (``offset`` rows come before it) do not follow the job's
+    ``timestamp_format`` (``parsed`` is NaT where they are written); None when all do.
+
+    Refused here, not left to validation: validation parses without the format, and read some of
+    them otherwise (2024-01-13 beside 13/01/2024), so they passed and were then dropped as NaT."""
+    if job.timestamp_format is None or pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        return None
+    bad = (parsed.isna() & raw.notna()).to_numpy()
+    if not bad.any():
+        return None
+    rows = np.flatnonzero(bad)
+    shown = ", ".join(f"row {offset + row + 1}: {str(raw.iloc[row])!r}" for row in rows[:3])
+    return (
+        f"column {job.timestamp!r} has {len(rows)} value(s) that do not follow timestamp_format {job.timestamp_format!r} "
+        f"({shown}{', ...' if len(rows) > 3 else ''})"
+    )
 
 
 #: How to turn epoch seconds into timestamps where the rows are read, per source kind.
@@ -169,8 +205,8 @@ def _refuse_numbered_times(job: JobConfig, frame: pd.DataFrame, parsed: pd.Serie
 def _epoch_numbers(column: pd.Series, parsed: pd.Series) -> tuple[str, bool] | None:
     """What ``column`` holds ("numbers (e.g. 1704067200)") and whether as text, when it holds numbers
     rather than timestamps (``parsed`` from it); else None."""
-    if pd.api.types.is_bool_dtype(column.dtype):
-        return None
+    if pd.api.types.is_bool_dtype(column.dtype) or (pd.api.types.is_numeric_dtype(column.dtype) and parsed.notna().any()):
+        return None  # numbers parse only as the job's timestamp_format says (20240301 for %Y%m%d)
     values = column.dropna()
     if values.empty:
         return None
@@ -354,12 +390,20 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
         manifest.append(_series_counts(chunk, job))
         if job.timestamp in chunk.columns:
             try:
-                parsed = parse_timestamps(chunk[job.timestamp])
+                parsed = parse_timestamps(chunk[job.timestamp], job.timestamp_format, refuse_day_first=True)
+            except DayFirstDates as exc:
+                raise SourceDataError(
+                    f"job {job.name!r}: input file {input_path!r}, row {rows + exc.position + 1}: column {job.timestamp!r}: "
+                    f"{exc}. {exc.todo}, then re-run."
+                ) from exc
             except ValueError as exc:
                 raise SourceDataError(
                     f"job {job.name!r}: input file {input_path!r}, rows {rows + 1} to {rows + len(chunk)}: column "
                     f"{job.timestamp!r} mixes timestamps with and without a time zone ({exc}). {_ONE_ZONE}, then re-run."
                 ) from exc
+            unformatted = _unformatted(job, chunk[job.timestamp], parsed, offset=rows)
+            if unformatted:
+                raise SourceDataError(f"job {job.name!r}: input file {input_path!r}: {unformatted}. {_FORMAT_TODO}, then re-run.")
             numbers = _epoch_numbers(chunk[job.timestamp], parsed)
             if numbers is not None:
                 # Every row failed validation as "not dateutil parseable", in a window made up from 1970.
@@ -369,7 +413,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
                     f"since 1970 would be a guess. Convert them to UTC timestamps {_FROM_EPOCH['file']}, then re-run. "
                     "Nothing was scored or written."
                 )
-            here = first_zone(chunk[job.timestamp], parsed, chunk=index, offset=rows)
+            here = first_zone(chunk[job.timestamp], parsed, chunk=index, offset=rows, form=job.timestamp_format)
             # Each chunk is parsed alone, so naive chunks would be taken as UTC beside aware ones:
             # the guess the check above refuses within a chunk. Stopped here, before any chunk is
             # scored, so no output is begun.
@@ -538,7 +582,7 @@ def prepare(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
     """Typed rows of a validated batch: UTC timestamps, float features, string dimensions."""
     out = pd.DataFrame(
         {
-            job.timestamp: parse_timestamps(frame[job.timestamp]),
+            job.timestamp: parse_timestamps(frame[job.timestamp], job.timestamp_format),
             **{dim: frame[dim].astype("string") for dim in job.dimensions},
             **{feature: pd.to_numeric(frame[feature]).astype("float64") for feature in job.features},
         }
@@ -565,7 +609,7 @@ def checked_batch(
     batch's rows (by default as rows of a window read).
     """
     frame = read_parquet(raw_path)
-    workspace = Workspace(job.name, run_id, "predict" if purpose == "one_off" else purpose)  # one-off scoring is a predict run
+    workspace = Workspace(job.name, run_id, purpose)
     check_and_raise(
         frame,
         job,

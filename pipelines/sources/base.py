@@ -130,24 +130,31 @@ _CLOCK_WORDS = ["now", "today"]
 LONGEST_TIMESTAMP = 64
 
 
-def parse_timestamps(values: pd.Series) -> pd.Series:
+def parse_timestamps(values: pd.Series, form: str | None = None, *, refuse_day_first: bool = False) -> pd.Series:
     """``values`` as UTC timestamps, NaT where missing or unparseable.
 
-    Naive timestamps are taken as UTC; aware ones are converted to UTC. Text is parsed value by
-    value (``format="mixed"``, as the rest of the library does; ISO 8601, or one format that reads
-    alike, faster); text longer than :data:`LONGEST_TIMESTAMP` is unparseable, and so is text
-    that would be dated by the clock (``now``, ``today``, a time without a date). Binary values
-    are read as their text (:func:`bytes_as_text`). Numbers are not parsed: their unit (seconds?
-    milliseconds?) would be a guess, so they count as unparseable.
+    Naive timestamps are taken as UTC; aware ones are converted to UTC. Text is parsed with
+    ``form`` (the job's ``timestamp_format``) when given, and a value that does not follow it is
+    unparseable. Without it, text is parsed value by value (``format="mixed"``, as the rest of the
+    library does; ISO 8601, or one format that reads alike, faster); text longer than
+    :data:`LONGEST_TIMESTAMP` is unparseable, and so is text that would be dated by the clock
+    (``now``, ``today``, a time without a date). Binary values are read as their text
+    (:func:`bytes_as_text`). Numbers are not parsed: their unit (seconds? milliseconds?) would be
+    a guess, so they count as unparseable; only with ``form`` are integers read, as their digits.
 
     Raises ValueError when naive and aware values are mixed: the zone of the naive ones would
-    be a guess.
+    be a guess; with ``refuse_day_first``, :class:`DayFirstDates` (a ValueError) when, without
+    ``form``, a numeric date can only be read day first (what sources ask for: the value-by-value
+    reading of such a column is two readings at once).
     """
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert("UTC")
     if pd.api.types.is_datetime64_dtype(values.dtype):
         return values.dt.tz_localize("UTC")
-    if pd.api.types.is_numeric_dtype(values.dtype):
+    if form is not None and pd.api.types.is_integer_dtype(values.dtype):
+        # A format of digits only (%Y%m%d%H%M) reads as integers from a database or a spreadsheet.
+        values = values.astype("string")
+    elif pd.api.types.is_numeric_dtype(values.dtype):
         return pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
     text = (values.map(bytes_as_text) if _has_binary(values) else values).astype("string")
     # dateutil's time grows with the square of a text's length: one 1 MB cell held a worker for
@@ -155,12 +162,61 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     text = text.where(~(text.str.len() > LONGEST_TIMESTAMP).fillna(False))
     # pandas reads these words as the clock's time (ISO 8601 included); no source means that.
     text = text.where(~text.isin(_CLOCK_WORDS))
+    if form is not None:
+        return _formatted_timestamps(text, form)
     fast = _iso_timestamps(text)
     if fast is None:
         fast = _one_format_timestamps(text)
     if fast is not None:
         return fast
+    # Only here can a date be day first: ISO 8601 is year first, and the one format is month first.
+    if refuse_day_first:
+        _refuse_day_first(text)
     return _mixed_timestamps(text)
+
+
+def _formatted_timestamps(text: pd.Series, form: str) -> pd.Series:
+    aware = "%z" in form
+    parsed = pd.to_datetime(text, format=form, errors="coerce", utc=aware)
+    return parsed if aware else parsed.dt.tz_localize("UTC")
+
+
+#: A numeric date (13/01/2024, 13.01.24, 13-01-2024) whose first two numbers can be day and month.
+_NUMERIC_DATE = r"^\s*(\d{1,2})([/.-])(\d{1,2})\2\d{2}(?:\d{2})?(?!\d)"
+
+
+class DayFirstDates(ValueError):
+    """Numeric dates written day first, found without a ``timestamp_format``: pandas reads
+    01/02/2024 as 2 January and 13/01/2024 (no month 13) as 13 January, so a day-first column
+    was read both ways, silently, and its first twelve days of each month landed in other months.
+
+    ``position`` is the first such value's, counted from 0 in the values parsed."""
+
+    todo = (
+        "Set timestamp_format in the job file to how the dates are written, e.g. timestamp_format: '%d/%m/%Y %H:%M' "
+        "(quoted: YAML does not take a plain value starting with %), or write them as ISO 8601 (2024-01-13T10:00:00Z)"
+    )
+
+    def __init__(self, position: int, value: str, day: int, count: int) -> None:
+        self.position, self.value, self.count = position, value, count
+        super().__init__(
+            f"{value!r} is a date written day first ({day} is no month; {count} value(s) are written so), and dates such "
+            "as 01/02/2024 would be read month first (2 January) unless the job sets timestamp_format"
+        )
+
+
+def _refuse_day_first(text: pd.Series) -> None:
+    """Raise :class:`DayFirstDates` when a value of ``text`` is a numeric date whose first number
+    (above 12) can only be a day: reading the others month first would be a guess that the file
+    itself contradicts."""
+    parts = text.str.extract(_NUMERIC_DATE)
+    if parts.empty or parts[0].isna().all():
+        return
+    first, second = pd.to_numeric(parts[0]), pd.to_numeric(parts[2])
+    day_first = ((first > 12) & (second <= 12)).fillna(False).to_numpy()
+    if day_first.any():
+        position = int(day_first.argmax())
+        raise DayFirstDates(position, str(text.iloc[position]), int(first.iloc[position]), int(day_first.sum()))
 
 
 def _mixed_timestamps(text: pd.Series) -> pd.Series:
@@ -317,15 +373,19 @@ class TimestampZone:
         return f"chunk {self.chunk + 1} has them {'with' if self.aware else 'without'} (first at row {self.row}: {self.value!r})"
 
 
-def first_zone(raw: pd.Series, parsed: pd.Series, *, chunk: int = 0, offset: int = 0) -> TimestampZone | None:
-    """The :class:`TimestampZone` of ``raw`` (``parsed`` by :func:`parse_timestamps`, which has
-    checked that its values agree), None when no value parsed; ``offset`` rows come before ``raw``."""
+def first_zone(
+    raw: pd.Series, parsed: pd.Series, *, chunk: int = 0, offset: int = 0, form: str | None = None
+) -> TimestampZone | None:
+    """The :class:`TimestampZone` of ``raw`` (``parsed`` by :func:`parse_timestamps` with ``form``,
+    which has checked that its values agree), None when no value parsed; ``offset`` rows come before ``raw``."""
     found = parsed.notna().to_numpy()
     if not found.any():
         return None
     position = int(found.argmax())
     if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
         aware = isinstance(raw.dtype, pd.DatetimeTZDtype)
+    elif form is not None:
+        aware = "%z" in form  # every value parsed follows it
     else:
         # Parsed as parse_timestamps parses text, so both judge a value alike.
         aware = pd.to_datetime(raw.iloc[[position]].astype("string"), format="mixed").dt.tz is not None

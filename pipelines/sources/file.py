@@ -6,11 +6,12 @@ Text and pickle files may be compressed (``m.csv.gz``, ``.bz2``, ``.xz``, ``.zip
 infers from the last suffix); they are decompressed as they are read, never whole in memory.
 Parquet reads only the job's columns and, when the timestamp column has a timestamp type, lets
 Arrow skip what lies outside the window; the other formats are read whole and filtered here.
-Text timestamps are parsed by :func:`~pipelines.sources.base.parse_timestamps`: naive ones are
-taken as UTC, and unparseable ones are kept for validation to report. Text files are cut to
-the window one at a time; the files of one window read must agree on whether their timestamps
-carry a zone, and one instant of a series in two of them is refused, naming both: neither row
-wins (Parquet files are read as one dataset, and such repeats are left to validation).
+Text timestamps are parsed by :func:`~pipelines.sources.base.parse_timestamps` (with the job's
+``timestamp_format`` when it sets one): naive ones are taken as UTC, and unparseable ones are kept
+for validation to report. Text files are cut to the window one at a time; the files of one
+window read must agree on whether their timestamps carry a zone, and one instant of a series in
+two of them is refused, naming both: neither row wins (Parquet files are read as one dataset,
+and such repeats are left to validation).
 
 Folders may be hive-partitioned (``date=2024-03-01/part-0.parquet``): files in ``key=value``
 sub-folders are read too, a key the job uses as a column and the files lack becomes that column
@@ -53,6 +54,7 @@ from pipelines.config import FileSource, JobConfig, Partitioning, base_dir, reso
 from pipelines.errors import ConfigError, MissingDependencyError, SourceConfigError, SourceDataError, SourceError
 from pipelines.series import series_key
 from pipelines.sources.base import (
+    DayFirstDates,
     TimestampZone,
     describe_window,
     first_zone,
@@ -231,7 +233,7 @@ class FileReader:
             if (lo is not None or hi is not None) and self.job.timestamp in frame.columns:
                 # The error names the file when the source has several.
                 parsed = _timestamps(frame, self.job, fail, f" of {shown}" if len(files) > 1 else "")
-                here = first_zone(frame[self.job.timestamp], parsed)
+                here = first_zone(frame[self.job.timestamp], parsed, form=self.job.timestamp_format)
                 if zone is None and here is not None:
                     zone = (here, shown)
                 elif zone is not None and here is not None and here.aware != zone[0].aware:
@@ -544,7 +546,9 @@ def in_window(frame: pd.DataFrame, job: JobConfig, lo: pd.Timestamp | None, hi: 
 def _timestamps(frame: pd.DataFrame, job: JobConfig, fail: Fail, where: str = "") -> pd.Series:
     """The timestamp column parsed; ``where`` names the file it came from (\" of m.csv\")."""
     try:
-        return parse_timestamps(frame[job.timestamp])
+        return parse_timestamps(frame[job.timestamp], job.timestamp_format, refuse_day_first=True)
+    except DayFirstDates as exc:
+        raise fail(f"column {job.timestamp!r}{where}, row {exc.position + 1}: {exc}", exc.todo, kind=SourceDataError) from exc
     except ValueError as exc:
         raise fail(
             f"column {job.timestamp!r}{where} mixes timestamps with and without a time zone ({exc})",
@@ -599,7 +603,7 @@ def _refuse_repeats_across_files(
     same = first[first["hash"] == first["hash"].iloc[0]]
     _, frame, _ = instants[int(same["file"].iloc[0])]
     row = frame.loc[same["label"].iloc[0]]
-    instant = parse_timestamps(pd.Series([row[job.timestamp]])).iloc[0]
+    instant = parse_timestamps(pd.Series([row[job.timestamp]]), job.timestamp_format).iloc[0]
     series = "" if not job.dimensions else f" of series {series_key(job.dimensions, [row[name] for name in job.dimensions])}"
     raise fail(
         f"{int(across.sum())} rows share their instant and series with a row of another file; the first: "
@@ -1116,18 +1120,21 @@ def _delimiter(job: JobConfig) -> str:
     return job.source.delimiter if isinstance(job.source, FileSource) else ","
 
 
-def _csv_options(job: JobConfig, encoding: str, seen: list[str]) -> dict[str, Any]:
-    wanted = set(job.columns)
+def _csv_options(job: JobConfig, encoding: str) -> dict[str, Any]:
     source = job.source if isinstance(job.source, FileSource) else None
     marks = {
         "sep": _delimiter(job),
         "decimal": source.decimal if source else ".",
         "thousands": source.thousands if source else None,
     }
-    # CSV has no types: a dimension's text is its identity ("007" must not become 7).
+    # CSV has no types: a dimension's text is its identity ("007" must not become 7). No usecols:
+    # with it pandas drops the fields of a row beyond the header's without a word, so a value
+    # holding an unquoted delimiter moved that row's fields into the wrong columns unseen. Read
+    # whole, such a row fails the parse; the parts read are cut to the job's columns at once.
+    # Nor has a timestamp written as the job's format (01022024 for %d%m%Y) a number's value.
+    text = [*job.dimensions, job.timestamp] if job.timestamp_format else job.dimensions
     return {
-        "usecols": lambda name: seen.append(name) or name in wanted,
-        "dtype": dict.fromkeys(job.dimensions, str),
+        "dtype": dict.fromkeys(text, str),
         "encoding": _text_encoding(encoding),
         **marks,
         # pandas' C reader matches these marks as single bytes of UTF-8: it ignores a no-break
@@ -1185,15 +1192,15 @@ def _check_csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encodin
 
 
 class _ExtraFields(_CorruptArchive):
-    """A csv row with more fields than the header: pandas takes the first fields of such rows
-    as an index and shifts every column by them, so the timestamps read as host names and
-    validation blamed the timestamps."""
+    """A csv row with more fields than the header: pandas takes the first fields of such a first
+    row as an index and shifts every column by them, so the timestamps read as host names and
+    validation blamed the timestamps; a later one fails pandas' parse (see _csv_options)."""
 
     def __init__(self, fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> None:
         found = _first_long_row(fs, file, job, encoding)
         where = "" if found is None else f" (line {found[0]} has {found[1]} fields, the header {found[2]})"
         ValueError.__init__(
-            self, f"has rows with more fields than its header{where}, which would shift the columns of every row"
+            self, f"has rows with more fields than its header{where}, which would read their values into the wrong columns"
         )
         self.todo = (
             "Quote the fields that hold the delimiter (\"a,b\"), or give the extra fields a name in the header "
@@ -1219,34 +1226,49 @@ def _check_index(frame: pd.DataFrame, first: int, fs: AbstractFileSystem, file: 
         raise _ExtraFields(fs, file, job, encoding)
 
 
+#: Rows parsed at once by :func:`_read_csv`: each part holds every column of the file (see
+#: _csv_options) until it is cut to the job's.
+CSV_ROWS = 100_000
+
+
 def _read_csv(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> pd.DataFrame:
-    seen: list[str] = []
-    with _decoding(fs, file, encoding), open_data(fs, file) as handle:
-        try:
-            frame = pd.read_csv(handle, **_csv_options(job, encoding, seen))
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame()  # see _csv_chunks
-    _check_csv_header(fs, file, job, encoding, seen)
-    _check_index(frame, 0, fs, file, job, encoding)
-    return frame
+    parts = [job_columns(chunk, job) for chunk in _csv_chunks(fs, file, job, encoding, CSV_ROWS)]
+    if not parts:
+        return pd.DataFrame()  # see _csv_chunks
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 def _csv_chunks(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str, rows: int) -> Iterator[pd.DataFrame]:
-    seen: list[str] = []
     with _decoding(fs, file, encoding), open_data(fs, file) as handle:
         try:
-            chunks = pd.read_csv(handle, chunksize=rows, **_csv_options(job, encoding, seen))
+            chunks = pd.read_csv(handle, chunksize=rows, **_csv_options(job, encoding))
         except pd.errors.EmptyDataError:
             # A file without even a header holds no rows, as an empty jsonl file does: Spark and
             # other writers leave one per empty partition, and it failed the whole read as
             # "truncated or corrupt".
             return
-        _check_csv_header(fs, file, job, encoding, seen)  # the reader has read the header
+        names: list[str] | None = None
         first = 0
-        for chunk in chunks:
-            _check_index(chunk, first, fs, file, job, encoding)
-            first += len(chunk)
-            yield chunk
+        try:
+            for chunk in chunks:  # a file with only a header gives one chunk without rows
+                if names is None:
+                    names = [str(name) for name in chunk.columns]
+                    _check_csv_header(fs, file, job, encoding, names)
+                _check_index(chunk, first, fs, file, job, encoding)
+                first += len(chunk)
+                yield chunk
+        except pd.errors.ParserError as exc:
+            # A header written with another delimiter is the cause to name first: its rows are
+            # then longer than the one-field header wherever a value holds the configured one.
+            _check_csv_header(fs, file, job, encoding, names if names is not None else _csv_header(fs, file, job, encoding))
+            if _first_long_row(fs, file, job, encoding) is None:
+                raise
+            raise _ExtraFields(fs, file, job, encoding) from exc
+
+
+def _csv_header(fs: AbstractFileSystem, file: str, job: JobConfig, encoding: str) -> list[str]:
+    with open_data(fs, file) as handle, io.TextIOWrapper(handle, encoding=_text_encoding(encoding), newline="") as text:
+        return next(csv.reader(text, delimiter=_delimiter(job)), [])
 
 
 # dtype=False keeps JSON's own types, as stored: no guessing of dates or numbers in strings (pandas

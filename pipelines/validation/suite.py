@@ -112,7 +112,7 @@ def instants(frame: pd.DataFrame, job: JobConfig) -> pd.Series | None:
     ones are mixed: the instant of a naive one would be a guess (extraction refuses such a batch,
     naming the rows)."""
     try:
-        return parse_timestamps(frame[job.timestamp].reset_index(drop=True))
+        return parse_timestamps(frame[job.timestamp].reset_index(drop=True), job.timestamp_format)
     except ValueError:
         return None
 
@@ -194,7 +194,8 @@ def unread_instants(
     (:func:`unparseable_instants`), so no row is reported twice; ``verdicts`` are dateutil's on
     values that check tried already.
     """
-    if parsed is None or job.timestamp not in batch.columns:
+    if parsed is None or job.timestamp not in batch.columns or job.timestamp_format:
+        # With the job's format, a value not written in it is unparseable (the check below), dateutil aside.
         return None
     values = batch[job.timestamp]
     suspects = np.flatnonzero((values.notna() & parsed.isna()).to_numpy())
@@ -241,17 +242,23 @@ def unparseable_instants(
     if job.timestamp not in batch.columns or is_datetime64_any_dtype(batch[job.timestamp]):
         return None
     values = batch[job.timestamp]
-    text = values.astype("string")
-    iso = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True).notna() & text.str.contains(r"\d", regex=True)
-    others = values[values.notna() & ~iso.fillna(False).to_numpy()]
-    verdicts = {} if verdicts is None else verdicts
-    for value in others.unique():
-        if value not in verdicts:
-            verdicts[value] = _dateutil_parseable(value)
-    failed = np.flatnonzero(others.map(verdicts).eq(False).to_numpy())
-    positions = others.index[failed]
+    if job.timestamp_format:
+        # The job says how its times are written: dateutil's guesses (13.01.2024 read either way,
+        # digits-only forms not at all) would judge another reading than the pipeline's.
+        unread = values.notna().to_numpy() & parse_timestamps(values, job.timestamp_format).isna().to_numpy()
+        positions = values.index[unread]
+    else:
+        text = values.astype("string")
+        iso = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True).notna() & text.str.contains(r"\d", regex=True)
+        others = values[values.notna() & ~iso.fillna(False).to_numpy()]
+        verdicts = {} if verdicts is None else verdicts
+        for value in others.unique():
+            if value not in verdicts:
+                verdicts[value] = _dateutil_parseable(value)
+        failed = np.flatnonzero(others.map(verdicts).eq(False).to_numpy())
+        positions = others.index[failed]
     rows = [int(row) for row in positions[:SAMPLE_SIZE]]
-    return CheckResult(
+    check = CheckResult(
         # Named as GX's check was, so reports, messages and what reads them stay as they were.
         expectation="expect_column_values_to_be_dateutil_parseable",
         column=job.timestamp,
@@ -260,6 +267,9 @@ def unparseable_instants(
         sample_values=json_safe(values.loc[rows].tolist()),
         sample_rows=rows,
     )
+    if len(positions) and job.timestamp_format:
+        check.detail = f"these values are not written as the job's timestamp_format {job.timestamp_format!r}: fix them, or the format"
+    return check
 
 
 def _dateutil_parseable(value: object) -> bool:

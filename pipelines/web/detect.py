@@ -19,7 +19,7 @@ from pipelines.errors import DataValidationError, ModelError
 from pipelines.extraction import prepare, series_groups
 from pipelines.resampling import grid_buckets, resample_series
 from pipelines.scoring import labeled_frame
-from pipelines.sources.base import SUPPORTED_YEARS, parse_timestamps
+from pipelines.sources.base import SUPPORTED_YEARS, DayFirstDates, parse_timestamps
 from pipelines.training import load_champion
 from pipelines.validation import validate_batch
 from pipelines.web.schemas import MAX_DETECT_POINTS
@@ -112,7 +112,13 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
     which takes seconds for 30,000 points; missing timestamps stay NaT for the suite to report.
     """
     try:
-        parsed = parse_timestamps(values)  # text too long for a time is unparseable, unread
+        # text too long for a time is unparseable, unread
+        parsed = parse_timestamps(values, job.timestamp_format, refuse_day_first=True)
+    except DayFirstDates as exc:
+        raise DataValidationError(
+            f"job {job.name}: column {job.timestamp!r}, point {values.index[exc.position]}: {exc}. Send ISO 8601 "
+            "(e.g. 2024-03-03T14:00:00Z), or set the job's timestamp_format to how the dates are written."
+        ) from exc
     except ValueError as exc:  # it refuses to guess the zone of naive times among aware ones
         raise DataValidationError(
             f"job {job.name}: column {job.timestamp!r}: {exc}. Send every timestamp with its offset "
@@ -122,9 +128,10 @@ def _parsed_times(job: JobConfig, values: pd.Series) -> pd.Series:
     if bad.any():
         rows = list(values.index[bad])
         raise DataValidationError(
-            f"job {job.name}: column {job.timestamp!r}: {len(rows)} timestamps are not ISO 8601 date-times, "
-            f"e.g. {_listing([_quoted(value) for value in values[bad].tolist()])} in points {_listing(rows)}. "
-            "Send text such as 2024-03-03T14:00:00Z (naive times are taken as UTC)."
+            f"job {job.name}: column {job.timestamp!r}: {len(rows)} timestamps are not "
+            + (f"written as the job's timestamp_format {job.timestamp_format!r}" if job.timestamp_format else "ISO 8601 date-times")
+            + f", e.g. {_listing([_quoted(value) for value in values[bad].tolist()])} in points {_listing(rows)}. "
+            + ("Send them in that form." if job.timestamp_format else "Send text such as 2024-03-03T14:00:00Z (naive times are taken as UTC).")
         )
     first, last = SUPPORTED_YEARS
     far = parsed.notna() & ~parsed.dt.year.between(first, last)

@@ -47,6 +47,37 @@ def test_csv_rows_longer_than_the_header_name_the_line(make_job, tmp_path: Path,
     assert "timestamp" not in message
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["window", "chunks"])
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_later_csv_row_longer_than_the_header_is_refused(make_job, tmp_path: Path, request, where: str, chunked: bool) -> None:
+    # The job picks its columns from the header: pandas then dropped the fields beyond it, so an
+    # unquoted delimiter in a value moved that row's fields into other columns without a word
+    # (here host "a,b" made the value "b" and the note 3).
+    rows = [f"2024-01-01 0{hour}:00:00,a,{hour},n\n" for hour in range(4)]
+    rows[2] = "2024-01-01 02:00:00,a,b,2,n\n"
+    text = "ts,host,value,note\n" + "".join(rows)
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        import fsspec
+
+        path = f"s3://{bucket}/m.csv"
+        with fsspec.open(path, "w", **options) as handle:
+            handle.write(text)
+        job = make_job({"kind": "file", "path": path, "storage_options": options})
+    else:
+        path = str(tmp_path / "m.csv")
+        Path(path).write_text(text)
+        job = make_job({"kind": "file", "path": path})
+
+    with pytest.raises(DataValidationError) as caught:
+        _read(job, chunked)
+
+    message = str(caught.value)
+    assert message.startswith("job 'cpu_load': cannot read file source")
+    assert f"{path} has rows with more fields than its header (line 4 has 5 fields, the header 4)" in message
+    assert "Quote the fields that hold the delimiter" in message
+
+
 def test_csv_rows_of_the_header_length_still_read(make_job, tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text(HEADER + "".join(ROWS))
 

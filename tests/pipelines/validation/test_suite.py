@@ -251,3 +251,21 @@ def test_a_long_timestamp_twice_is_quoted_short_by_the_duplicate_check(make_job)
 
     assert f"(UTC: '{'t' * 40}… (99,941 characters left out) …{'t' * 19}Z' at rows [0, 1])" in check.detail
     assert len(check.detail) < 500
+
+
+def test_with_a_timestamp_format_the_checks_read_timestamps_as_extraction_does(make_job) -> None:
+    job = make_job(dimensions=[]).model_copy(update={"timestamp_format": "%d.%m.%Y %H:%M"})
+    # 1 February and 2 January, written day first, then 1 February in ISO (not written as the format).
+    written = ["01.02.2024 00:00", "02.01.2024 00:00", "2024-02-01 00:00", "13.01.2024 10:00"]
+    frame = pd.DataFrame({"timestamp": written, "requests": range(len(written))})
+    batch = prepare_batch(frame, job)
+
+    assert duplicate_instants(frame, batch, job).success
+    check = unparseable_instants(batch, job)
+    assert (check.success, check.unexpected_count, check.sample_rows) == (False, 1, [2])
+    assert "timestamp_format '%d.%m.%Y %H:%M'" in check.detail
+    # Without the format dateutil takes all four, and the month-first reading takes 02.01.2024 for
+    # 2024-02-01: a duplicate that is not one.
+    plain = make_job(dimensions=[])
+    assert unparseable_instants(batch, plain).success
+    assert duplicate_instants(frame, batch, plain).sample_rows == [1, 2]

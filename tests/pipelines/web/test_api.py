@@ -115,6 +115,8 @@ def test_a_body_over_the_size_limit_is_413_before_parsing(client, headers):
         (lambda p: {**p, "requests": "2400"}, "column 'requests': text where a number (or null) belongs, e.g. '2400' in points 0"),
         (lambda p: {**p, "latency_ms": "NaN"}, "column 'latency_ms': text where a number (or null) belongs, e.g. 'NaN' in points 0"),
         (lambda p: {**p, "timestamp": "yesterday-ish"}, "column 'timestamp': 1 timestamps are not ISO 8601 date-times, e.g. 'yesterday-ish' in points 0"),
+        # Read month first it would be a point from another month, silently.
+        (lambda p: {**p, "timestamp": "13/03/2024 14:00"}, "column 'timestamp', point 0: '13/03/2024 14:00' is a date written day first"),
         (lambda p: {**p, "timestamp": None}, "expect_column_values_to_not_be_null"),
         (lambda p: {**p, "requests": None}, "expect_column_values_to_not_be_null"),
         (lambda p: {**p, "region": "mars"}, "mars"),  # the job's own expectation suite
