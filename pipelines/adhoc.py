@@ -2,7 +2,8 @@
 
 The files go through the same reader and validation as a job's; without a time column the row
 number is the time axis (the scored file's rows continue the training file's), and the output
-has ``timestamp`` empty and a ``row`` column instead.
+has ``timestamp`` empty and a ``row`` column instead: the row in the scored file, counting its
+first data row as 1.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipelines.errors import ConfigError, DataValidationError, ModelError, Pipel
 from pipelines.extraction import prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
-from pipelines.sources.base import TimestampZone, first_zone, parse_timestamps
+from pipelines.sources.base import DayFirstDates, TimestampZone, first_zone, parse_timestamps
 from pipelines.sources.file import open_data, suffix_format
 from pipelines.validation import RowNumbers, validate_batch
 from pipelines.workspace import check_output_file
@@ -63,7 +64,9 @@ def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, Timesta
         # Validation would only report "expect_table_row_count_to_be_between, observed 0".
         raise DataValidationError(f"{path}: the {option} file holds no rows (only a header, or nothing): give a file with data")
     if job.timestamp == _ROW_CLOCK:
-        frame[_ROW_CLOCK] = pd.to_datetime(np.arange(len(frame)), unit="s", utc=True)
+        # The first data row is 1 second, so that the output's `row` is the row as the errors count
+        # it (and as people count a file's rows): the output numbered from 0, the errors from 1.
+        frame[_ROW_CLOCK] = pd.to_datetime(np.arange(1, len(frame) + 1), unit="s", utc=True)
     report = validate_batch(
         frame, job, missing_column_hint=partial(_missing_column_hint, job, path),
         rows=RowNumbers(first=1, of=f"the {option} file, counting its first data row as 1", batch=f"the {option} file {path}"),
@@ -74,13 +77,18 @@ def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, Timesta
     if job.timestamp == _ROW_CLOCK:
         return prepare(frame, job), None
     try:
-        parsed = parse_timestamps(frame[job.timestamp])
+        parsed = parse_timestamps(frame[job.timestamp], job.timestamp_format, refuse_day_first=True)
+    except DayFirstDates as exc:
+        raise DataValidationError(
+            f"{path}: the {option} file's column {job.timestamp!r}, row {exc.position + 1} (counting its first data row "
+            f"as 1): {exc}. Give --timestamp-format '%d/%m/%Y %H:%M' (or the form the dates are written in). Nothing was written."
+        ) from exc
     except ValueError as exc:
         raise DataValidationError(
             f"{path}: the {option} file's column {job.timestamp!r} mixes timestamps with and without a time zone "
             f"({exc}). {_ONE_WAY} Nothing was written."
         ) from exc
-    return prepare(frame, job), first_zone(frame[job.timestamp], parsed)
+    return prepare(frame, job), first_zone(frame[job.timestamp], parsed, form=job.timestamp_format)
 
 
 _ONE_WAY = (
@@ -241,12 +249,14 @@ def detect_files(
     delimiter: str = ",",
     decimal: str = ".",
     thousands: str | None = None,
+    timestamp_format: str | None = None,
 ) -> pd.DataFrame:
     """Fit one detector per series on ``train``, score ``input``, write and return the labeled rows.
 
     ``format`` (one of :data:`FORMATS`; by default inferred from each file's suffix), ``encoding``,
     ``delimiter``, ``decimal`` and ``thousands`` are the options of both files, as a file source's (see
-    :class:`~pipelines.config.FileSource`)."""
+    :class:`~pipelines.config.FileSource`); ``timestamp_format`` is the job's (how the time column's
+    text is written, e.g. ``%d/%m/%Y %H:%M``)."""
     check_output_file(output, "--output")
     source = _file_source(train, format=format, encoding=encoding, delimiter=delimiter, decimal=decimal, thousands=thousands)
     if timestamp is None and ROW in dimensions:
@@ -262,6 +272,7 @@ def detect_files(
             "name": "detect",
             "source": source.model_dump(),
             "timestamp": timestamp or _ROW_CLOCK,
+            "timestamp_format": timestamp_format,
             "frequency": "1s",
             # No window is read: the files are. As long as any file's span, so no check of what a
             # scheduled training window holds (two seasons of rows) refuses a season the file holds.

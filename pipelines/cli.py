@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from pipelines.config import JobConfig, find_job, job_files, jobs_dir, scan_job_files
-from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.errors import ConfigError, PipelineError, SinkError
-from pipelines.workspace import file_identity, prediction_window, to_utc, training_window, utcnow
 
-if TYPE_CHECKING:  # the scoring stack is imported by the commands that need it
+# Only the standard library and the errors at import time: the rest (pydantic, the job models) is
+# imported once main() answers Ctrl-C, which a traceback of the imports answered before (see main).
+if TYPE_CHECKING:
+    from pipelines.config import JobConfig
     from pipelines.scoring import PublishResult
 
 JOB_HELP = "a job's name (a file in config/jobs, or in $ANOMALY_PIPELINES_JOBS_DIR) or a job file's path"
@@ -32,7 +32,15 @@ JOB_HELP = "a job's name (a file in config/jobs, or in $ANOMALY_PIPELINES_JOBS_D
 DETECT_FORMATS = ("csv", "jsonl", "json", "parquet")
 
 
+def _job(name: str) -> JobConfig:
+    from pipelines.config import find_job
+
+    return find_job(name)
+
+
 def _run_id(command: str) -> str:
+    from pipelines.workspace import utcnow
+
     return f"cli__{command}__{utcnow():%Y%m%dT%H%M%S%f}"
 
 
@@ -50,6 +58,8 @@ def _from_shell(path: str | None) -> str | None:
 def _refuse_overwriting(written: dict[str, str | None], read: dict[str, str | None]) -> None:
     """Fail before any work when a file to write is a file the command reads (or another one it
     writes): the scores replaced the data they came from, and nothing said so."""
+    from pipelines.workspace import file_identity
+
     seen = {file_identity(path): option for option, path in read.items() if path}
     for option, path in written.items():
         if not path:
@@ -147,6 +157,8 @@ def _common_folder(paths: list[str]) -> str:
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
+    from pipelines.config import job_files, jobs_dir, scan_job_files
+
     if not args.paths and not jobs_dir().is_dir():
         # It was read as one job file: "FAIL /x: cannot read job file: No such file or directory".
         print(f"the job folder {jobs_dir()} does not exist: create it, or point $ANOMALY_PIPELINES_JOBS_DIR "
@@ -189,8 +201,9 @@ def _check_suite(job: JobConfig) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.runner import run_train
+    from pipelines.workspace import training_window, utcnow
 
-    job = find_job(args.job)
+    job = _job(args.job)
     window = training_window(job, args.end or utcnow(), start=args.start)
     with _reporting_partial(job.name, "trained"):
         results = run_train(job, window, run_id=_run_id("train"))
@@ -201,8 +214,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from pipelines.runner import run_tune
+    from pipelines.workspace import training_window, utcnow
 
-    job = find_job(args.job)
+    job = _job(args.job)
     window = training_window(job, args.end or utcnow(), start=args.start)
     with _reporting_partial(job.name, "tuned"):
         results = run_tune(job, window, run_id=_run_id("tune"))
@@ -213,8 +227,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipelines.runner import run_predict, run_score_file
+    from pipelines.workspace import prediction_window
 
-    job = find_job(args.job)
+    job = _job(args.job)
     run_id = _run_id("predict")
     if args.input:
         if args.start or args.end:
@@ -282,6 +297,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         _from_shell(args.train),
         _from_shell(args.input),
         timestamp=args.timestamp,
+        timestamp_format=args.timestamp_format,
         features=[f.strip() for f in args.features.split(",") if f.strip()],
         dimensions=[d.strip() for d in (args.dimensions or "").split(",") if d.strip()],
         model=args.model,
@@ -340,8 +356,9 @@ def _panels(drawn: list) -> str:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from pipelines.plots import plot_job
+    from pipelines.workspace import prediction_window
 
-    job = find_job(args.job)
+    job = _job(args.job)
     _check_picture(_from_shell(args.out), "--out")
     _check_writable(_from_shell(args.out), "--out", "the picture")
     window = prediction_window(None, None, start=args.start, end=args.end, job=job)
@@ -372,7 +389,7 @@ def _user() -> str:
 def cmd_label(args: argparse.Namespace) -> int:
     from pipelines.labels import label_store
 
-    job = find_job(args.job)
+    job = _job(args.job)
     label = label_store(job).add(
         job.name,
         args.series,
@@ -392,7 +409,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_unlabel(args: argparse.Namespace) -> int:
     from pipelines.labels import LabelError, label_store
 
-    job = find_job(args.job)
+    job = _job(args.job)
     removed = label_store(job).remove(job.name, args.series, args.start, args.end, feature=args.feature)
     if removed is None:
         raise LabelError(
@@ -406,7 +423,7 @@ def cmd_unlabel(args: argparse.Namespace) -> int:
 def cmd_labels(args: argparse.Namespace) -> int:
     from pipelines.labels import LabelError, as_utc, label_store
 
-    job = find_job(args.job)
+    job = _job(args.job)
     if args.start and args.end:
         # A reversed window matches no label: say so rather than print an empty list.
         start, end = as_utc(args.start, "--start", f"job {job.name}"), as_utc(args.end, "--end", f"job {job.name}")
@@ -419,7 +436,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from pipelines.training import champion_models
 
-    job = find_job(args.job)
+    job = _job(args.job)
     champions = champion_models(job, args.series)
     if not champions:
         print(f"job {job.name} has no trained model yet: run `anomaly-pipelines train {job.name}` (or {job.name}__train)", file=sys.stderr)
@@ -430,7 +447,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_tuning(args: argparse.Namespace) -> int:
     from pipelines.tuning import tuning_runs
 
-    job = find_job(args.job)
+    job = _job(args.job)
     runs = tuning_runs(job, args.series, args.limit)
     if not runs:
         print(f"job {job.name} has no tune runs{' for series ' + args.series if args.series else ''} yet: "
@@ -442,7 +459,7 @@ def cmd_tuning(args: argparse.Namespace) -> int:
 def cmd_labels_import(args: argparse.Namespace) -> int:
     from pipelines.labels import import_labels
 
-    job = find_job(args.job)
+    job = _job(args.job)
     labels = import_labels(job, args.file, author=args.author or "")
     _print_json({"job": job.name, "file": args.file, "imported": len(labels)})
     return 0
@@ -456,6 +473,8 @@ def _positive(text: str) -> int:
 
 def _date_time(text: str) -> str:
     """A window bound as given, once it parses: argparse then names the option it was given to."""
+    from pipelines.workspace import to_utc
+
     try:
         to_utc(text)
     except ConfigError as exc:
@@ -478,6 +497,8 @@ def _command(commands: argparse._SubParsersAction, name: str, *, help: str) -> a
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.detectors.params import MODEL_PARAMS
+
     parser = argparse.ArgumentParser(
         prog="anomaly-pipelines", description=(__doc__ or "").replace("``", ""), epilog=EXIT_STATUS  # the docstring is reST
     )
@@ -514,7 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--input", required=True, help="data to score; a group without a model (no or too few rows in --train) is named, not scored"
     )
-    detect.add_argument("--timestamp", help="time column (default: the row number is the time axis)")
+    detect.add_argument(
+        "--timestamp", help="time column (default: the row number is the time axis; the output's `row` counts data rows from 1)"
+    )
+    detect.add_argument(
+        "--timestamp-format", help="how the time column's text is written, as a strptime format, e.g. '%%d/%%m/%%Y %%H:%%M' for "
+        "day-first dates (default: ISO 8601 and other forms that read one way only)"
+    )
     detect.add_argument("--features", required=True, help="comma-separated numeric columns")
     detect.add_argument("--dimensions", help="comma-separated columns: one model per group")
     detect.add_argument("--model", default="seasonal_mad", help=f"detector kind: {', '.join(sorted(MODEL_PARAMS))} (default %(default)s)")
@@ -596,6 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: A failed validation's report is logged as a warning, then raised as the error: the same lines
+#: came twice, the first as a WARNING that looked like another problem. Held until the command
+#: ends, and shown then only if the error did not say it.
+_HELD_LOGGER = "pipelines.validation"
+
+
 class _WarnOnce(logging.Filter):
     """Passes each warning the first time only, and counts the repeats: a detector's warning that
     names no series ("season '1d' spans 1440 rows ... training had 250 rows") came once per series,
@@ -604,15 +637,31 @@ class _WarnOnce(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.seen: dict[tuple[str, str], int] = {}
+        self.held: list[logging.LogRecord] = []
+        self.releasing = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:  # -v's progress lines differ anyway
+        if record.levelno < logging.WARNING or self.releasing:  # -v's progress lines differ anyway
             return True
+        if record.name == _HELD_LOGGER:
+            if not any(record is held for held in self.held):  # once, however many handlers ask
+                self.held.append(record)
+            return False
         key = (record.name, record.getMessage())
         self.seen[key] = self.seen.get(key, 0) + 1
         return self.seen[key] == 1
 
-    def report(self) -> None:
+    def report(self, handlers: list[logging.Handler], error: str | None = None) -> None:
+        """Show the held warnings but those ``error`` (the command's error line) says again, then
+        the counts of repeated ones."""
+        self.releasing = True
+        try:
+            for record in self.held:
+                if error is None or record.getMessage() not in error:
+                    for handler in handlers:
+                        handler.handle(record)
+        finally:
+            self.releasing, self.held = False, []
         for (name, message), count in self.seen.items():
             if count > 1:
                 first = message.splitlines()[0]
@@ -632,6 +681,16 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before the command runs: building the parser imports pydantic and the job and
+        # detector models, a few tenths of a second that ended in a traceback of the imports.
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     root = logging.getLogger()
     before = list(root.handlers)
@@ -648,10 +707,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
     try:
+        error = None
         try:
             status = args.func(args)
+        except PipelineError as exc:
+            error = str(exc)
+            raise
         finally:
-            once.report()  # before the error line, which stays the last
+            once.report(ours, error)  # before the error line, which stays the last
         sys.stdout.flush()  # a closed pipe shows here, not at exit, where Python would print its traceback
         return status
     except PipelineError as exc:

@@ -87,7 +87,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _storage_said(func: Callable[_P, _R]) -> Callable[_P, _R]:
+def as_storage_errors(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Missing credentials and an unreachable store as a :class:`StorageError` naming the URL and
     what to check, instead of botocore's bare NoCredentialsError or EndpointConnectionError. Not a
     configuration error: credentials that appear later (a refreshed role, a mounted secret) or a
@@ -147,7 +147,7 @@ def _writable(fs: AbstractFileSystem, url: str) -> AbstractFileSystem:
     )
 
 
-@_storage_said
+@as_storage_errors
 def atomic_write(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
     """Write ``data`` so that readers see the old content or the new one, never a partial file.
 
@@ -163,7 +163,7 @@ def atomic_write(url: str, data: bytes, storage_options: dict[str, Any] | None =
     _replace_local(path, lambda handle: handle.write(data))
 
 
-@_storage_said
+@as_storage_errors
 def atomic_copy(local_file: str, url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Copy a local file to ``url`` with the same guarantee as :func:`atomic_write`, in constant memory
     (but on ``memory://``, which holds it in memory anyway)."""
@@ -180,7 +180,7 @@ def atomic_copy(local_file: str, url: str, storage_options: dict[str, Any] | Non
         _replace_local(path, lambda handle: shutil.copyfileobj(source, handle, 16 * 1024 * 1024))
 
 
-@_storage_said
+@as_storage_errors
 def move(source: str, url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Move the file at ``source`` onto ``url`` on the same file system, replacing what is there.
 
@@ -258,7 +258,7 @@ class Snapshot:
     generation: str | None = None
 
 
-@_storage_said
+@as_storage_errors
 def read_snapshot(url: str, storage_options: dict[str, Any] | None = None) -> Snapshot:
     """The content of the file at ``url`` (None when there is none), for :func:`replace_if_unchanged`."""
     fs, path = filesystem(url, storage_options)
@@ -280,7 +280,7 @@ def read_snapshot(url: str, storage_options: dict[str, Any] | None = None) -> Sn
         return Snapshot(None)
 
 
-@_storage_said
+@as_storage_errors
 def replace_if_unchanged(url: str, data: bytes, seen: Snapshot, storage_options: dict[str, Any] | None = None) -> bool:
     """Replace the file at ``url`` by ``data`` only if it still holds what ``seen`` read (create it
     only if there was none), in one atomic step; False, writing nothing, when it was written,
@@ -420,7 +420,7 @@ def _s3_error_code(exc: BaseException) -> str | None:
     return None
 
 
-@_storage_said
+@as_storage_errors
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """Content of the file at ``url``; raises ``FileNotFoundError`` when there is none."""
     fs, path = filesystem(url, storage_options)
@@ -430,14 +430,14 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
     return fs.cat_file(path)
 
 
-@_storage_said
+@as_storage_errors
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = filesystem(url, storage_options)
     fs.invalidate_cache(path)  # as in read_bytes: not from a stale cached listing
     return fs.exists(path)
 
 
-@_storage_said
+@as_storage_errors
 def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Delete the file at ``url``; a missing file is not an error."""
     fs, path = filesystem(url, storage_options)
@@ -445,7 +445,7 @@ def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
         fs.rm_file(path)
 
 
-@_storage_said
+@as_storage_errors
 def find(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Paths of all files below the folder ``url``, relative to it and sorted; none if it is missing
     (a FileNotFoundError naming ``url`` if its bucket is)."""

@@ -511,12 +511,17 @@ def anomalies_data(
 
 @_data.get("/jobs/{job_name}/models")
 def models_data(job_name: str, user: CurrentUser, page: PageParam = None) -> JSONResponse:
-    """Every series' models, or with ``page`` those of one page as on the models page (and where it is)."""
+    """The models of one page of series as on the models page (the first without ``page``), where
+    it is (``page``, ``pages``, ``total``, ``page_size``) and ``next_page`` (null after the last)."""
+    # Without ?page it read every series: a job of 100,000 trained series, every version and tune
+    # record of each, in one answer.
     job = _job(job_name, user)
-    if page is None:  # every series, as before pages: a job of 10,000 series takes seconds
-        return JSONResponse({"job": job_name, "series": _call(f"job {job_name!r}: models", data.models, job)})
     models, where = _models_page(job, _page_number(page))
-    return JSONResponse({"job": job_name, **{k: v for k, v in where.items() if k != "first"}, "series": models})
+    later = where["page"] < where["pages"]
+    return JSONResponse(
+        {"job": job_name, **{k: v for k, v in where.items() if k != "first"}, "next_page": where["page"] + 1 if later else None,
+         "series": models}
+    )
 
 
 @_data.get("/jobs/{job_name}/validation")

@@ -465,7 +465,7 @@ class JobOutputs:
 
 # An unreachable store is the library's StorageError (503, naming the URL and what to check), as
 # for every other read: botocore's bare EndpointConnectionError made the validation page a 500.
-@storage._storage_said
+@storage.as_storage_errors
 def _list_files(
     url: str, storage_options: dict[str, Any], folders: Callable[[str], bool] = lambda _: True
 ) -> list[tuple[str, float, int]]:

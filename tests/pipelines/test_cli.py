@@ -231,7 +231,7 @@ def files(tmp_path):
     )
     frame.iloc[:600].to_csv(tmp_path / "train.csv", index=False)
     test = frame.iloc[600:].copy()
-    test.iloc[60, 1] += 3.0  # a spike in a at the 61st scored row (file row 60)
+    test.iloc[60, 1] += 3.0  # a spike in a at the file's 61st data row
     test.to_csv(tmp_path / "test.csv", index=False)
     return tmp_path
 
@@ -255,9 +255,24 @@ def test_detect_without_timestamps_uses_row_numbers(files, capsys):
     assert main([*args, "--features", "a", "--model", "seasonal_mad", "--params", '{"season": 24}', "--output", str(out)]) == 0
     frame = pd.read_parquet(out)
     assert frame["timestamp"].isna().all()
-    assert frame.loc[frame["is_anomaly"], "row"].tolist() == [60]
-    # Rows continue the training file's, so the seasonal slot of row 60 is (600 + 60) % 24.
-    assert abs(frame.loc[frame["row"] == 61, "expected"].iloc[0] - (10 + np.sin(2 * np.pi * 661 / 24))) < 0.2
+    assert frame.loc[frame["is_anomaly"], "row"].tolist() == [61]  # counted from 1, as errors count rows
+    # Rows continue the training file's, so the seasonal slot of data row 61 is (600 + 60) % 24.
+    assert abs(frame.loc[frame["row"] == 62, "expected"].iloc[0] - (10 + np.sin(2 * np.pi * 661 / 24))) < 0.2
+
+
+def test_detect_without_timestamps_numbers_rows_as_its_errors_do(files, capsys):
+    # The output numbered rows from 0, its errors from 1: the spike's row and a bad value in that
+    # same row had different numbers.
+    args = ["detect", "--train", str(files / "train.csv"), "--features", "a", "--params", '{"season": 24}']
+    assert main([*args, "--input", str(files / "test.csv"), "--output", str(files / "rows.parquet")]) == 0
+    frame = pd.read_parquet(files / "rows.parquet")
+    assert frame.loc[frame["is_anomaly"], "row"].tolist() == [61] and frame["row"].min() == 1
+    bad = pd.read_csv(files / "test.csv", dtype=str)
+    bad.loc[60, "a"] = "spike"
+    bad.to_csv(files / "bad.csv", index=False)
+    capsys.readouterr()
+    assert main([*args, "--input", str(files / "bad.csv"), "--output", str(files / "bad.parquet")]) == 2
+    assert 'sample values ["spike"], at rows [61] of the --input file, counting its first data row as 1' in capsys.readouterr().err
 
 
 def test_detect_reads_and_writes_paths_relative_to_the_working_directory(files, monkeypatch, capsys):

@@ -139,3 +139,45 @@ def test_a_warning_repeated_for_every_series_is_shown_once_with_its_count(tmp_pa
     assert lines[-1].startswith('(the warning of pipelines.detectors.seasonal_mad "seasonal_mad: season')
     assert lines[-1].endswith('..." came 3 times)')
 
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["quiet", "verbose"])
+def test_a_validation_failure_is_said_once(tmp_path, verbose):
+    # The report came twice: logged as a WARNING, then again as the error line.
+    train = _hosts(tmp_path / "train.csv", "2024-03-01", ["a"], hours=48)
+    frame = pd.read_csv(train, dtype=str)
+    frame.loc[2, "v"] = "abc"
+    frame.to_csv(train, index=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "detect", "--train", train, "--input", train, "--timestamp", "ts",
+         "--features", "v", "--output", str(tmp_path / "out.parquet"), *verbose],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count('sample values ["abc"], at rows [3]') == 1, done.stderr
+    assert "WARNING" not in done.stderr
+    assert done.stderr.splitlines()[-2].startswith(f"error: {train}: job detect: validation of the --train file")
+
+
+def _day_first(path, start: str, hours: int) -> str:
+    times = pd.date_range(start, periods=hours, freq="h", tz="UTC")
+    pd.DataFrame({"ts": times.strftime("%d/%m/%Y %H:%M"), "v": [hour % 5 for hour in range(hours)]}).to_csv(path, index=False)
+    return str(path)
+
+
+def test_detect_reads_day_first_dates_with_timestamp_format_and_refuses_them_without(tmp_path, capsys):
+    # 96 hours from 11 January: 11/01 and 12/01 would read month first as November and December,
+    # 13/01 onwards only day first; the scored file (1 to 2 February) would be 2 January onwards.
+    train = _day_first(tmp_path / "train.csv", "2024-01-11", 96)
+    input = _day_first(tmp_path / "input.csv", "2024-02-01", 24)
+    args = ["detect", "--train", train, "--input", input, "--timestamp", "ts", "--features", "v", "--output", str(tmp_path / "out.parquet")]
+
+    assert main(args) == 2  # bad data
+    err = capsys.readouterr().err
+    assert "column 'ts', row 49" in err and "'13/01/2024 00:00' is a date written day first" in err and "--timestamp-format" in err
+    assert not (tmp_path / "out.parquet").exists()
+
+    assert main([*args, "--timestamp-format", "%d/%m/%Y %H:%M"]) == 0
+    scored = pd.read_parquet(tmp_path / "out.parquet")
+    assert scored["timestamp"].min() == pd.Timestamp("2024-02-01", tz="UTC")
+    assert scored["timestamp"].max() == pd.Timestamp("2024-02-01T23:00", tz="UTC")

@@ -345,13 +345,40 @@ def test_models_data_is_paged_like_the_page_when_asked(dash, monkeypatch):
         assert answer.status_code == 200, answer.text
         return answer.json()
 
-    assert [e["series"] for e in body()["series"]] == ["region=apac", "region=eu", "region=us"]  # no page: every series
     first = body(page=1)
     assert [e["series"] for e in first["series"]] == ["region=apac", "region=eu"]
-    assert {k: first[k] for k in ("page", "pages", "total", "page_size")} == {"page": 1, "pages": 2, "total": 3, "page_size": 2}
-    assert [e["series"] for e in body(page=2)["series"]] == ["region=us"]
+    assert {k: first[k] for k in ("page", "pages", "total", "page_size", "next_page")} == {
+        "page": 1, "pages": 2, "total": 3, "page_size": 2, "next_page": 2
+    }
+    last = body(page=2)
+    assert [e["series"] for e in last["series"]] == ["region=us"] and last["next_page"] is None
     past = body(page=3)  # past the end: no series, and how many pages there are
-    assert past["series"] == [] and past["pages"] == 2 and past["total"] == 3
+    assert past["series"] == [] and past["pages"] == 2 and past["total"] == 3 and past["next_page"] is None
+
+
+def test_models_data_without_a_page_answers_the_first_page(dash, monkeypatch):
+    """Without ?page it read every series: a job of 100,000 trained series, every version and tune
+    record of each, in one answer."""
+    from pipelines.web import dashboard, dashboard_data
+
+    monkeypatch.setattr(dashboard, "MODELS_PAGE_SERIES", 2)
+    read: list[list[str] | None] = []
+    models = dashboard_data.models
+
+    def reading(job, series=None):
+        read.append(None if series is None else list(series))
+        return models(job, series)
+
+    monkeypatch.setattr(dashboard_data, "models", reading)
+
+    answer = dash.get(f"{D}/data/jobs/demo_web_metrics/models")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert read == [["region=apac", "region=eu"]]  # the others' versions and tune records were not read
+    assert [e["series"] for e in body["series"]] == ["region=apac", "region=eu"]
+    assert {k: body[k] for k in ("page", "pages", "total", "page_size", "next_page")} == {
+        "page": 1, "pages": 2, "total": 3, "page_size": 2, "next_page": 2
+    }
 
 
 @pytest.mark.parametrize("page", ["0", "abc", "-1", "1.5", "1000001", "9" * 5000])
