@@ -82,6 +82,10 @@ class AutoDetector(BaseDetector):
         direct replay the 22 of 370 trainings where a challenger passed two stretches cost ``auto``
         3.1 points against ``context`` (41 false-alarm rows against 6 on one file); a third stretch
         kept ``context`` at 8 of them (docs/BENCHMARKS.md).
+    candidate_params : dict of str to dict, or None, default=None
+        Parameters of candidates by kind, e.g. ``{"prophet": {"time_zone": "America/New_York",
+        "holidays_country": "US"}}``: a series with local-time seasonality or holidays is judged,
+        and served, with them. Candidates not named take their defaults.
     threshold_kind, threshold_value :
         Passed on to every candidate.
 
@@ -109,6 +113,7 @@ class AutoDetector(BaseDetector):
         plantings: int = 5,
         prefer: str | None = "context",
         stretches: int = 3,
+        candidate_params: dict[str, dict[str, Any]] | None = None,
         threshold_kind: str = "contamination",
         threshold_value: float = 0.005,
     ):
@@ -118,13 +123,15 @@ class AutoDetector(BaseDetector):
         self.plantings = plantings
         self.prefer = prefer
         self.stretches = stretches
+        self.candidate_params = candidate_params
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
 
     def _make(self, kind: str) -> BaseDetector:
         from pipelines.detectors import make_detector
 
-        return make_detector(kind, {}, threshold_kind=self.threshold_kind, threshold_value=self.threshold_value)
+        params = (self.candidate_params or {}).get(kind, {})
+        return make_detector(kind, dict(params), threshold_kind=self.threshold_kind, threshold_value=self.threshold_value)
 
     def _fit(self, X: pd.DataFrame, params: AutoParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to hold back rows for choosing a detector")

@@ -13,7 +13,7 @@ from numbers import Real
 from typing import Annotated, Any, Literal, get_args, get_origin
 from zoneinfo import available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipelines.durations import parse_duration
 
@@ -341,6 +341,7 @@ class ContextParams(DetectorParams):
 
 #: What ``model: auto`` tries, cheapest first.
 AUTO_CANDIDATES = ("seasonal_mad", "level_shift", "iforest", "context", "mset", "prophet", "lstm")
+_Candidate = Literal["seasonal_mad", "level_shift", "iforest", "context", "mset", "prophet", "lstm"]
 
 
 class AutoParams(DetectorParams):
@@ -364,6 +365,38 @@ class AutoParams(DetectorParams):
         description="Held-back stretches, latest first (a rolling origin): another candidate replaces the preferred one "
         "only if clearly better on each.",
     )
+    candidate_params: dict[_Candidate, dict[str, Any]] | None = Field(
+        None,
+        description="Parameters of candidates by kind, e.g. {prophet: {time_zone: America/New_York, holidays_country: US}}; "
+        "a candidate not named takes its defaults.",
+    )
+
+    @model_validator(mode="after")
+    def _candidate_params_are_theirs(self) -> AutoParams:
+        # Checked here, with the job file: a candidate's parameter misspelt or out of range would
+        # otherwise only skip that candidate at every training, its reason buried in the trials.
+        problems = []
+        for kind, params in (self.candidate_params or {}).items():
+            if self.candidates is not None and kind not in self.candidates:
+                problems.append(
+                    f"candidate_params.{kind}: {kind} is not among the candidates {self.candidates}: add it to them, "
+                    "or remove its parameters"
+                )
+                continue
+            try:
+                MODEL_PARAMS[kind](**params)
+            except ValidationError as exc:
+                known = ", ".join(sorted(MODEL_PARAMS[kind].model_fields))
+                for err in exc.errors():
+                    where = ".".join(["candidate_params", kind, *map(str, err["loc"])])
+                    if err["type"] == "extra_forbidden":
+                        problems.append(f"{where}: unknown parameter (check its spelling; {kind}'s parameters are {known})")
+                    else:
+                        message, given = err["msg"].removeprefix("Value error, "), repr(err.get("input"))
+                        problems.append(f"{where}: {message}" + ("" if given in message else f" (got {given})"))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _candidates_and_preference_agree(self) -> AutoParams:
