@@ -361,7 +361,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     its rows in earlier chunks (a duplicate or an earlier timestamp) stops the run here, before
     any chunk is scored.
     """
-    workspace = Workspace(job.name, run_id, "predict")  # one-off scoring runs in the predict DAG
+    workspace = Workspace(job.name, run_id, "score")
     # A one-off file is most often an export like the job's own files: it is read with their text
     # options, so a job reading ;-separated files with decimal commas scores such a file too (read
     # with pandas' defaults it was one column, and the error said to set the delimiter it had set).

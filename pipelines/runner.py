@@ -31,6 +31,7 @@ from pipelines.workspace import (
     Workspace,
     check_output_file,
     file_identity,
+    home,
     one_off_output,
     validation_report_path,
 )
@@ -183,7 +184,7 @@ def run_score_file(
     table are never touched.
     """
     check_one_off(job, input_path=input_path, output=output, chunk_rows=chunk_rows)
-    with _cleaned_up(job, run_id, "predict"):
+    with _cleaned_up(job, run_id, "score"):
         extracted = extract_chunks(job, run_id=run_id, input_path=input_path, chunk_rows=chunk_rows)
         chunks = [
             score_chunk(job, extracted.window, run_id=run_id, index=index, chunk_paths=extracted.paths, read_from=extracted.read_from)
@@ -271,7 +272,7 @@ def cleanup(job: JobConfig, run_id: str, *, purpose: str = "", now: datetime | N
     succeeded validated the interval again, so the batch kept there was left as a failure of an
     interval that is done, sending people to fix data that was fixed. A failed run keeps them.
     Other runs' quarantines of the window it validated are marked, not removed
-    (:func:`mark_superseded`).
+    (:func:`mark_superseded`); marked ones are removed later (:func:`sweep_quarantines`).
     """
     workspace = Workspace(job.name, run_id, purpose)
     here = workspace.root
@@ -299,7 +300,52 @@ def cleanup(job: JobConfig, run_id: str, *, purpose: str = "", now: datetime | N
             swept.append(folder.name)
     if swept:
         log.info("job %s: removed the work folders of %d runs untouched for %s: %s", job.name, len(swept), ABANDONED_AFTER, swept)
+    sweep_quarantines(job, purpose=purpose, now=now)
     return swept
+
+
+#: How long a quarantine folder nobody needs to fix a run is kept untouched: one a later run
+#: marked superseded (:data:`SUPERSEDED`), or one of the layout before purposes, which no run of
+#: this version clears or marks. Longer than :data:`ABANDONED_AFTER`: a rejected batch is
+#: evidence people inspect (a source that sent bad rows once), not a task's input. Other
+#: quarantines are kept until their run succeeds.
+QUARANTINE_KEPT = timedelta(days=30)
+
+
+def sweep_quarantines(job: JobConfig, *, purpose: str = "", now: datetime | None = None) -> list[str]:
+    """Remove ``job``'s quarantine folders that are superseded, or of the layout before purposes
+    (``quarantine/<job>/<run>``), and untouched for :data:`QUARANTINE_KEPT`; returns them.
+
+    Without it ``quarantine/`` grew for ever: a superseded folder went only by hand, and an
+    old-layout one was neither cleared by its run's retry nor marked by a re-run, both of which
+    look in the purpose's folder. Old-layout folders are swept, as work folders are, only by a
+    run with a purpose: without one, ``quarantine/<job>/<run>`` is the current layout. Untouched,
+    not marked long ago: a superseded run cleared and rejected again has a fresh batch there,
+    which its error names.
+    """
+    cutoff = (now or datetime.now(timezone.utc)).timestamp() - QUARANTINE_KEPT.total_seconds()
+    job_folder = home() / "quarantine" / job.name
+    removed = []
+    for parent in [job_folder, *(job_folder / name for name in PURPOSES)]:
+        if not parent.is_dir() or parent.is_symlink():
+            continue
+        for folder in sorted(parent.iterdir()):
+            if not folder.is_dir() or folder.is_symlink() or (parent == job_folder and folder.name in PURPOSES):
+                continue
+            old_layout = bool(purpose) and parent == job_folder
+            try:
+                due = ((folder / SUPERSEDED).exists() or old_layout) and _last_touched(folder) < cutoff
+            except OSError:  # swept meanwhile by a run of another purpose finishing too: not this run's failure
+                continue
+            if due:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(str(folder))
+    if removed:
+        log.info(
+            "job %s: removed %d quarantine folders superseded by a later run (or of the layout before purposes) and "
+            "untouched for %s: %s", job.name, len(removed), QUARANTINE_KEPT, removed,
+        )
+    return removed
 
 
 #: Written into another run's quarantine folder when a run validated the same window successfully.
@@ -315,7 +361,8 @@ def mark_superseded(job: JobConfig, run_id: str, *, purpose: str = "", now: date
     what someone is inspecting, or the evidence of a source that sent bad rows once, and a re-run
     that passed may have passed only because the job's validation settings were loosened. The
     mark tells whoever opens the folder that the window is done; the folder goes with its own
-    run (its successful retry) or by hand. One-off chunks' folders are inside their run's and
+    run (its successful retry), by hand, or when untouched for :data:`QUARANTINE_KEPT`
+    (:func:`sweep_quarantines`). One-off chunks' folders are inside their run's and
     have no interval, so only a batch's ``validation.json`` is compared.
     """
     own = Path(Workspace(job.name, run_id, purpose).quarantine)
@@ -336,7 +383,10 @@ def mark_superseded(job: JobConfig, run_id: str, *, purpose: str = "", now: date
                 "at": (now or datetime.now(timezone.utc)).isoformat(),
                 "window": window.to_dict(),
                 "validation_report": report,
-                "why": f"run {run_id} validated this window successfully after this batch was rejected; it is kept for inspection",
+                "why": (
+                    f"run {run_id} validated this window successfully after this batch was rejected; it is kept for "
+                    f"inspection, and removed once untouched for {QUARANTINE_KEPT.days} days"
+                ),
             }
             storage.atomic_write(str(folder / SUPERSEDED), json.dumps(note, indent=2).encode())
         except Exception as exc:  # a note for people: a store that cannot be read now must not fail a run that is done

@@ -211,7 +211,7 @@ def score_chunk(
     """
     # The job's min_rows applies to the whole file (checked when it was split), not to each chunk.
     per_chunk = job.model_copy(update={"validation": job.validation.model_copy(update={"min_rows": 0})})
-    manifest = json.loads(storage.read_bytes(Workspace(job.name, run_id, "predict").chunk_manifest))
+    manifest = json.loads(storage.read_bytes(Workspace(job.name, run_id, "score").chunk_manifest))
     # Rows numbered as rows of the file (from 1, as extraction's errors count them): positions in
     # the chunk sent users to the wrong rows.
     first = _rows_before(chunk_paths[:index], manifest[:index]) + 1
@@ -225,7 +225,7 @@ def score_chunk(
         fix="fix the input file (or the job's validation settings) and score it again (predict --input, or a predict "
         "run with `input`). No output was written.",
     )
-    part = Workspace(job.name, run_id, "predict").chunk_part(index)
+    part = Workspace(job.name, run_id, "score").chunk_part(index)
     data = checked_batch(per_chunk, window, run_id=run_id, purpose="one_off", raw_path=chunk_paths[index], part=part, rows=numbers)
     # A series without a model yet (a new dimension value) is not scored, as in a scheduled window:
     # one new group failed the whole file, and the groups with a model got nothing.
@@ -247,7 +247,7 @@ def score_chunk(
     for key, dims, rows, version, detector in series:
         frames.append(labeled_frame(job, key, dims, (version, detector), rows, history.get(key), window, run_id))
     frame = pd.concat(frames, ignore_index=True)
-    path = Workspace(job.name, run_id, "predict").scored_chunk(index)
+    path = Workspace(job.name, run_id, "score").scored_chunk(index)
     _write_parquet(frame, path)
     log.info("job %s: chunk %d of %d scored: %d rows, %d series", job.name, index + 1, len(chunk_paths), len(frame), len(series))
     return {"chunk": index, "path": path, "rows": len(frame), "unscored": unscored}

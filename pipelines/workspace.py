@@ -39,12 +39,17 @@ def _safe(text: str) -> str:
 
 
 #: The purposes whose runs have folders of their own (see :class:`Workspace`).
-PURPOSES = ("train", "tune", "predict")
+#: ``score`` is one-off scoring of a file (the ``<job>__score`` DAG, ``predict --input``): its own
+#: folders, as a manual predict and a manual score run may be given one run id.
+PURPOSES = ("train", "tune", "predict", "score")
+#: Purposes named otherwise elsewhere: validation calls one-off scoring ``one_off`` (its reports
+#: say so), and its chunks and quarantine are the score run's, which its cleanup clears.
+_RUNS_AS = {"one_off": "score"}
 
 
 @dataclass(frozen=True)
 class Workspace:
-    """Intermediate files of one run of one job, for one purpose (train, tune or predict).
+    """Intermediate files of one run of one job, for one purpose (train, tune, predict or score).
 
     A run id is not unique across a job's DAGs: Airflow names a scheduled run after the time it
     runs (``scheduled__<data interval end>``), so the weekly train and the hourly predict due at
@@ -55,9 +60,14 @@ class Workspace:
 
     job: str
     run_id: str
-    #: ``train``, ``tune`` or ``predict``; empty: directly under the job (code and tests that run
-    #: one purpose only).
+    #: ``train``, ``tune``, ``predict`` or ``score`` (``one_off`` is taken as ``score``); empty: directly
+    #: under the job (code and tests that run one purpose only).
     purpose: str = ""
+
+    def __post_init__(self) -> None:
+        # The rule lives here, not at each caller: validation names its purpose one_off (its
+        # report says so), and a caller passing that on made a one_off folder no cleanup clears.
+        object.__setattr__(self, "purpose", _RUNS_AS.get(self.purpose, self.purpose))
 
     @property
     def root(self) -> Path:

@@ -544,7 +544,7 @@ def test_a_successful_retry_of_a_one_off_run_clears_its_chunks_quarantine(traine
     with pytest.raises(DataValidationError) as failed:
         run_score_file(trained, str(path), run_id="one-off", chunk_rows=20)
     kept = Path(failed.value.quarantine_path)
-    assert kept.parent == Path(Workspace(trained.name, "one-off", "predict").quarantine) and kept.name.startswith("chunk")
+    assert kept.parent == Path(Workspace(trained.name, "one-off", "score").quarantine) and kept.name.startswith("chunk")
     assert (kept / "batch.parquet").exists()
 
     wide.to_csv(path, index=False)

@@ -180,3 +180,60 @@ def test_a_train_and_a_predict_run_of_one_run_id_keep_apart(tmp_path: Path, monk
     assert Path(predict.raw_batch).read_bytes() == b"rows" and Path(predict.quarantine).is_dir()
     cleanup(JOB, run_id, purpose="predict", succeeded=False)
     assert not predict.root.exists() and Path(predict.quarantine).is_dir()  # a failed run keeps its quarantine
+
+
+def test_superseded_and_old_layout_quarantines_are_swept_after_a_month_untouched(tmp_path: Path, monkeypatch, caplog) -> None:
+    # Nothing removed a superseded quarantine, or one of the layout before purposes (which no run
+    # clears or marks any more): var/quarantine grew for ever. A rejected batch nobody needs to
+    # fix a run goes after a month untouched; one still waiting for its run to succeed stays.
+    import time
+
+    from pipelines.runner import QUARANTINE_KEPT, SUPERSEDED
+
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
+    window = {"start": "2024-03-01T00:00:00+00:00", "end": "2024-03-02T00:00:00+00:00"}
+    folders = {
+        "old layout": _rejected("scheduled__2023-01-01", window),
+        "old layout, recent": _rejected("scheduled__2023-01-02", window),
+        "superseded": _rejected("scheduled__2024-03-02", window),
+        "superseded, rejected again since": _rejected("scheduled__2024-03-03", window),
+        "not superseded": _rejected("scheduled__2024-03-04", window),
+    }
+    for name in ("superseded", "superseded, rejected again since", "not superseded"):  # into the train layout
+        moved = Path(Workspace(JOB.name, folders[name].name, "train").quarantine)
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        folders[name] = folders[name].rename(moved)
+    for name in ("superseded", "superseded, rejected again since"):
+        (folders[name] / SUPERSEDED).write_text("{}")
+    long_ago = time.time() - QUARANTINE_KEPT.total_seconds() - 3600
+    for name in ("old layout", "superseded", "superseded, rejected again since", "not superseded"):
+        for path in (folders[name], *folders[name].iterdir()):
+            os.utime(path, (long_ago, long_ago))
+    (folders["superseded, rejected again since"] / "batch.parquet").write_bytes(b"rejected again")
+
+    # Without a purpose, quarantine/<job>/<run> is the current layout: only superseded ones go.
+    cleanup(JOB, "this-run", succeeded=False)
+    assert [name for name, folder in folders.items() if not folder.exists()] == ["superseded"]
+
+    with caplog.at_level("INFO", logger="pipelines.runner"):
+        cleanup(JOB, "this-run", purpose="predict", succeeded=False)
+    assert [name for name, folder in folders.items() if folder.exists()] == [
+        "old layout, recent", "superseded, rejected again since", "not superseded"
+    ]
+    assert "removed 1 quarantine folders superseded by a later run (or of the layout before purposes)" in caplog.text
+    assert str(folders["old layout"]) in caplog.text
+
+
+def test_one_off_scoring_keeps_its_files_in_the_score_run_s_folders(tmp_path: Path, monkeypatch) -> None:
+    # Validation names one-off scoring's purpose one_off, and the rule that its quarantine is the
+    # score run's lived at one call site, so any other caller passing the purpose on made a one_off
+    # folder that the run's cleanup never cleared. Apart from predict's: a manual predict and a
+    # manual score run can be given one run id.
+    monkeypatch.setenv("ANOMALY_PIPELINES_HOME", str(tmp_path))
+    one_off, score = Workspace(JOB.name, "one-off", "one_off"), Workspace(JOB.name, "one-off", "score")
+    assert one_off == score
+    assert (one_off.root, one_off.quarantine, one_off.raw_chunk(0)) == (score.root, score.quarantine, score.raw_chunk(0))
+    assert one_off.root != Workspace(JOB.name, "one-off", "predict").root
+    Path(one_off.quarantine + one_off.chunk_part(2)).mkdir(parents=True)
+    cleanup(JOB, "one-off", purpose="score")
+    assert not Path(one_off.quarantine).exists()
