@@ -61,13 +61,26 @@ def registry_for(job: JobConfig) -> ModelRegistry:
     return ModelRegistry(resolve_path(job.registry), job.outputs.storage_options)
 
 
+def configured_params(job: JobConfig, kind: str) -> dict[str, Any]:
+    """The parameters the job file gives detectors of ``kind``: its model's own for the job's kind;
+    for another kind, those ``model: auto`` gives that candidate (``candidate_params``), else none."""
+    if kind == job.model.kind:
+        return dict(job.model.params)
+    if job.model.kind == "auto":
+        # Tuning an auto job tries each candidate kind: without them its Prophet trials, and a
+        # Prophet challenger promoted by them, lost the time zone and holidays the job gave auto's.
+        return dict((job.model.params.get("candidate_params") or {}).get(kind, {}))
+    return {}
+
+
 def detector_for(job: JobConfig, params: dict[str, Any] | None = None, kind: str | None = None) -> BaseDetector:
-    """The job's detector with ``params`` over the configured ones; another ``kind`` (chosen by
-    tuning) starts from that kind's defaults, the configured params being for the job's kind."""
+    """The job's detector with ``params`` over the configured ones (:func:`configured_params`: a
+    kind chosen by tuning other than the job's starts from its defaults, or from ``auto``'s
+    ``candidate_params`` for it)."""
     kind = kind or job.model.kind
     return make_detector(
         kind,
-        {**(job.model.params if kind == job.model.kind else {}), **(params or {})},
+        {**configured_params(job, kind), **(params or {})},
         threshold_kind=job.threshold.kind,
         threshold_value=job.threshold.value,
     )

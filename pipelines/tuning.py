@@ -53,6 +53,7 @@ from pipelines.labels import label_verdicts
 from pipelines.training import (
     champion_needs,
     configured_model,
+    configured_params,
     detector_for,
     feature_scale,
     frequency_change,
@@ -282,7 +283,7 @@ def _spaces(job: JobConfig) -> dict[str, dict[str, Space]]:
 def _defaults(job: JobConfig, kind: str, space: dict[str, Space]) -> dict[str, Any] | None:
     """The configured (or the detector's default) values of the searched parameters, when all
     lie in the space: that trial runs first, so tuning never ends below the starting point."""
-    base = {**MODEL_PARAMS[kind]().model_dump(), **(job.model.params if kind == job.model.kind else {})}
+    base = {**MODEL_PARAMS[kind]().model_dump(), **configured_params(job, kind)}
     values = {name: base.get(name) for name in space}
     return values if all(space[name].contains(value) for name, value in values.items()) else None
 

@@ -318,6 +318,21 @@ def test_auto_tunes_only_the_candidates_its_job_names(tmp_path):
     assert list(_spaces(job)) == ["iforest"]
 
 
+def test_auto_s_candidate_params_reach_the_kinds_tuning_tries_and_builds(tmp_path):
+    # Tuning an auto job tries each candidate kind from that kind's defaults: a job giving auto's
+    # Prophet its time zone and holidays had them dropped by every Prophet trial and by a Prophet
+    # challenger it promoted.
+    from pipelines.training import detector_for
+    from pipelines.tuning import _defaults, _spaces
+
+    given = {"prophet": {"time_zone": "America/New_York", "holidays_country": "US"}, "seasonal_mad": {"season": "1w"}}
+    job = make_job(tmp_path, {"kind": "auto", "params": {"candidate_params": given}})
+    prophet = detector_for(job, {"changepoint_prior_scale": 0.5}, "prophet").get_params()
+    assert (prophet["time_zone"], prophet["holidays_country"], prophet["changepoint_prior_scale"]) == ("America/New_York", "US", 0.5)
+    assert detector_for(job, {}, "iforest").get_params() == detector_for(make_job(tmp_path, {"kind": "auto"}), {}, "iforest").get_params()
+    assert _defaults(job, "seasonal_mad", _spaces(job)["seasonal_mad"])["season"] == "1w"
+
+
 @pytest.mark.parametrize(
     ("model", "tune", "where", "fragment"),
     [
