@@ -1,6 +1,6 @@
-"""One-off scoring of a large file through the predict DAG: wall time and peak memory.
+"""One-off scoring of a large file through the score DAG: wall time and peak memory.
 
-Like OCI's asynchronous jobs (> 10M points): ``<job>__predict`` is run by Airflow's ``dag.test()``
+Like OCI's asynchronous jobs (> 10M points): ``<job>__score`` is run by Airflow's ``dag.test()``
 with ``{"input": <file>, "output": <file>}``; the file is split into chunks, each validated and
 scored by its own mapped task, and the scored parts are streamed into the output. Each size runs
 in its own process, and its peak RSS is that process's alone (``os.wait4``), so the figures show
@@ -104,12 +104,12 @@ def prepare(directory: Path, rows: int) -> None:
 
 
 def score(directory: Path, chunk_rows: int) -> dict:
-    """Run the predict DAG on the input file (measured: this whole process)."""
+    """Run the score DAG on the input file (measured: this whole process)."""
     import pendulum
     import pyarrow.parquet as pq
     from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(dag_folder=str(REPO / "dags")).dags["big_one_off__predict"]
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["big_one_off__score"]
     output = directory / "scored.parquet"
     started = time.perf_counter()
     run = dag.test(
@@ -161,13 +161,13 @@ def run(quick: bool = False) -> str:
     growth = large["points"] / small["points"]
     return "\n".join(
         [
-            "## One-off scoring of a large file (predict DAG with an input path)",
+            "## One-off scoring of a large file (score DAG)",
             "",
             # The shared sentence describes interleaved repeats; this benchmark runs each size once.
             machine_line("one run").split(" Figures are")[0]
             + " Each size ran once, in its own process; peak RSS is that process's own (os.wait4).",
             "",
-            f"`big_one_off__predict` run by Airflow's `dag.test()` with `{{\"input\": ..., \"output\": ...}}`: "
+            f"`big_one_off__score` run by Airflow's `dag.test()` with `{{\"input\": ..., \"output\": ...}}`: "
             f"{SERIES} series of 1-minute readings in one Parquet file, `seasonal_mad` (daily season), "
             "chunks validated with Great Expectations and scored by mapped tasks, streamed into one output file.",
             "",

@@ -9,7 +9,7 @@ DAG; that time is measured in the same process and reported beside it. The basel
 DAG file holding only ``from airflow.sdk import DAG``.
 
 Jobs are copies of ``config/jobs/demo_web_metrics.yaml`` with different names, in a temporary
-jobs folder (``ANOMALY_PIPELINES_JOBS_DIR``); each job makes three DAGs (train, tune, predict).
+jobs folder (``ANOMALY_PIPELINES_JOBS_DIR``); each job makes four DAGs (train, tune, predict, score).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def markdown(results: list[Measured]) -> str:
             "`load_jobs()` in the same process (imports warm): the share of reading and validating "
             "the YAML files. *serialize DAGs* is `DagSerialization.to_dict` on every DAG, which the "
             "DAG processor does after parsing, in the same process. Jobs are copies of "
-            "`config/jobs/demo_web_metrics.yaml`; each job makes three DAGs (train, tune, predict).",
+            "`config/jobs/demo_web_metrics.yaml`; each job makes four DAGs (train, tune, predict, score).",
             table(headers, rows),
             f"At {largest.variant.jobs:,} jobs, serializing the DAGs takes "
             f"{fmt_ratio(largest.serialize / largest.parse)} the time of parsing them, and reading and "
@@ -244,7 +244,7 @@ def markdown(results: list[Measured]) -> str:
 
 def _cost_note(yaml_share: float) -> str:
     if yaml_share < 50:
-        return "most of the cost is building and serializing three DAGs per job, not the YAML"
+        return "most of the cost is building and serializing four DAGs per job, not the YAML"
     return "the YAML files are most of the parse"
 
 

@@ -1,4 +1,5 @@
-"""Three DAGs per job in config/jobs/: ``<job>__train``, ``<job>__predict`` and ``<job>__tune``.
+"""Four DAGs per job in config/jobs/: ``<job>__train``, ``<job>__predict``, ``<job>__tune`` and
+``<job>__score`` (one-off scoring of a file, triggered only).
 
 This file only turns validated job configs into DAGs. Every task is a few lines that call one
 function of the ``pipelines`` library and pass paths (never data) to the next task. Heavy
@@ -9,10 +10,10 @@ this file costs only pydantic and YAML.
 from __future__ import annotations
 
 import functools
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, get_parsing_context, task
+from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, get_parsing_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.config import JobConfig, scan_jobs
@@ -62,18 +63,19 @@ def _training_window_params(job: JobConfig) -> dict:
     }
 
 
-ONE_OFF_PARAMS = {
+# No default for input: a run without it is refused when it is created (form, CLI or REST API).
+SCORE_PARAMS = {
     "input": Param(
-        None,
-        type=["null", "string"],
-        title="Input file (one-off scoring)",
+        type="string",
+        minLength=1,
+        title="Input file",
         description="Score this whole file (a path relative to the project root, an absolute one, s3:// or gs://) "
-        "instead of the job's source; leave the window start and end empty.",
+        "with the job's serving models; the job's source and outputs are not touched.",
     ),
     "output": Param(
         None,
         type=["null", "string"],
-        title="Output file (one-off scoring)",
+        title="Output file",
         description="The Parquet file to write (relative to the project root); never inside the job's dataset. "
         "Empty: _one_off/ beside the job's dataset.",
     ),
@@ -81,10 +83,49 @@ ONE_OFF_PARAMS = {
         250_000,
         type="integer",
         minimum=1000,
-        title="Rows per chunk (one-off scoring)",
+        title="Rows per chunk",
         description="Each chunk is validated and scored by its own task; bounds memory.",
     ),
 }
+
+
+# A run that hangs (a source that never answers) held its DAG's max_active_runs for ever: no later
+# run of the job started. Each DAG fails a run still going after its dagrun_timeout (the clock starts
+# when the run starts, queued tasks included); its unfinished tasks stop and the next run can start.
+# Train and tune read one training window and fit each series (1,000 series of `context` train in
+# 23 minutes on 2 workers, docs/BENCHMARKS.md): hours mean hung, not slow. Tune fits a whole grid
+# per series, so it gets twice train's time.
+TRAIN_TIMEOUT = timedelta(hours=6)
+TUNE_TIMEOUT = timedelta(hours=12)
+# One-off scoring reads a whole file of any size (10 million points in 40 s on 2 cores): a day
+# leaves room for billions of points on a busy cluster while still freeing the run's slot.
+SCORE_TIMEOUT = timedelta(hours=24)
+# Predict scores one data interval; runs queue behind a slow one (max_active_runs=1). Three intervals
+# let a run ride out its retries and a slow source; beyond that the job falls behind its schedule.
+# At least an hour (a 5-minute schedule would kill a run still in its first retry delay), at most
+# twelve (a daily or weekly job's hung run would otherwise block it for days).
+PREDICT_TIMEOUT_INTERVALS = 3
+PREDICT_TIMEOUT_RANGE = (timedelta(hours=1), timedelta(hours=12))
+
+
+def dagrun_timeout(purpose: str, cron: str | None, job: JobConfig | None = None) -> timedelta:
+    """How long a run of a job's ``purpose`` DAG (scheduled on ``cron``) may take before it is failed:
+    the job's ``timeouts`` setting for it, else the defaults above."""
+    configured = getattr(job.timeouts, purpose) if job is not None else None
+    if configured is not None:
+        return configured
+    if purpose != "predict":
+        return {"train": TRAIN_TIMEOUT, "tune": TUNE_TIMEOUT, "score": SCORE_TIMEOUT}[purpose]
+    shortest, longest = PREDICT_TIMEOUT_RANGE
+    if not cron:  # manual windows only: as long as the longest scheduled one
+        return longest
+    from croniter import croniter
+
+    # The shortest gap between fires: an irregular cron ("0 9-17 * * 1-5") is judged by its busy hours.
+    fires = croniter(cron, datetime(2024, 1, 1, tzinfo=timezone.utc))
+    times = [fires.get_next(datetime) for _ in range(50)]
+    interval = min(later - earlier for earlier, later in zip(times, times[1:]))
+    return min(max(PREDICT_TIMEOUT_INTERVALS * interval, shortest), longest)
 
 
 def fail_fast(func):
@@ -177,7 +218,9 @@ def _dag_doc(job: JobConfig, purpose: str, cron: str | None) -> tuple[str, str]:
             f"champion. Runs {f'on `{cron}` (UTC) and' if cron else '(no cron)'} as soon as `{tuned_asset(job).name}` "
             "(tune stored new parameters) or "
             f"`{retrain_asset(job).name}` (predict's monitoring asks for a retrain) is updated; such a run trains up to the "
-            f"end of the window the event names. Updates `{model_asset(job).name}`. Another window: trigger with `end` "
+            f"end of the window the event names. Updates `{model_asset(job).name}`, naming the series promoted, kept and "
+            "failed: a series whose `fit` failed does not hold back the others' event, and `finish` then fails the run. "
+            "Another window: trigger with `end` "
             f"(and `start`), e.g. `airflow dags trigger {job.name}__train --conf '{{\"end\": \"2024-03-08\"}}'`."
         )
     elif purpose == "tune":
@@ -188,6 +231,17 @@ def _dag_doc(job: JobConfig, purpose: str, cron: str | None) -> tuple[str, str]:
             "serving champion (`tune.promotion_margin`). "
             f"Runs {when}. Updates `{tuned_asset(job).name}`, which starts train on the same window, only when some "
             "series' challenger was promoted (`announce` is skipped otherwise)."
+        )
+    elif purpose == "score":
+        description = f"One-off scoring of a whole file with {job.name}'s serving models, into one Parquet file."
+        what = (
+            "Scores the file given as `input` with the serving models: it is split into chunks of `chunk_rows` rows, each "
+            "validated and scored by its own mapped `score` task, and streamed into one Parquet file, `output` (default: "
+            "`_one_off/` beside the job's dataset). The job's source, outputs, monitoring and alerts are not touched. "
+            f"Only triggered, e.g. `airflow dags trigger {job.name}__score --conf '{{\"input\": \"data/file.csv\"}}'`. "
+            f"Up to {SCORE_MAX_ACTIVE_RUNS} runs at once: each writes its own output file and work folder, so they do not "
+            "clash (give them different outputs), and it runs beside, never blocking, the scheduled predict runs; more would "
+            "crowd the workers that those runs need, each chunk holding its rows in memory."
         )
     else:
         sinks = " and ".join(
@@ -200,15 +254,28 @@ def _dag_doc(job: JobConfig, purpose: str, cron: str | None) -> tuple[str, str]:
             f"(re-running an interval replaces its rows); then `monitor` records drift and anomaly rates and updates "
             f"`{retrain_asset(job).name}` (which starts train) when a retrain is due"
             + ("; `alert` sends the job's alerts" if job.alerts is not None else "")
-            + f". Runs {when}. Another window: trigger with `start` and `end`. One-off scoring of a file (the job's "
-            f"outputs are not touched): `airflow dags trigger {job.name}__predict --conf '{{\"input\": \"data/file.csv\"}}'`, "
-            "written to `output` (default: `_one_off/` beside the job's dataset)."
+            + f". Runs {when}. Another window: trigger with `start` and `end`. One-off scoring of a file is "
+            f"`{job.name}__score`, not this DAG."
         )
+    timeout = duration_text(dagrun_timeout(purpose, cron, job))
+    why = "the job's `timeouts`" if getattr(job.timeouts, purpose) is not None else {
+        "train": "1,000 series train in minutes",
+        "tune": "twice train's: a grid search per series",
+        "score": "a file of billions of points fits in it",
+        "predict": f"{PREDICT_TIMEOUT_INTERVALS} schedule intervals, kept between 1h and 12h: later runs queue behind it",
+    }[purpose]
+    held = f"hold one of its {SCORE_MAX_ACTIVE_RUNS} run slots" if purpose == "score" else "stop the job's later runs"
     doc = (
         f"**{purpose}** for job `{job.name}`. {job.description}\n\n{what}\n\n"
+        f"A run still going after {timeout} ({why}) is failed (`dagrun_timeout`), so that a hung run cannot "
+        f"{held}.\n\n"
         f"Model `{job.model.kind}`, features {', '.join(job.features)}, dimensions {', '.join(job.dimensions) or 'none'}."
     )
     return description, doc
+
+
+#: One-off scoring runs of one job at once (see the score DAG's docs).
+SCORE_MAX_ACTIVE_RUNS = 3
 
 
 def _dag_kwargs(job: JobConfig, purpose: str, cron: str | None, params: dict) -> dict:
@@ -218,10 +285,12 @@ def _dag_kwargs(job: JobConfig, purpose: str, cron: str | None, params: dict) ->
         "schedule": _timetable(cron),
         "start_date": pendulum.instance(job.start_datetime),
         "catchup": False,
-        "max_active_runs": 1,  # runs of one job write the same partitions: one at a time
+        # Runs of one job write the same partitions: one at a time; a one-off run writes its own file.
+        "max_active_runs": SCORE_MAX_ACTIVE_RUNS if purpose == "score" else 1,
+        "dagrun_timeout": dagrun_timeout(purpose, cron, job),
         "default_args": DEFAULT_ARGS,
         "params": params,
-        "tags": ["anomaly-pipelines", job.name, purpose],
+        "tags": ["anomaly-pipelines", job.name, purpose] + (["one-off"] if purpose == "score" else []),
         "description": description,
         "doc_md": doc,
     }
@@ -297,17 +366,28 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
 
             return train_series(job, series, data, window, run_id=run_id).to_dict()
 
-        @task(outlets=outlets)
+        # Once every fit is done and at least one succeeded: one series' failed fit (a new region with
+        # too few rows) made summarize upstream_failed, so the series promoted in the same run got no
+        # model asset event and its consumers never heard of them. `finish` still fails the run.
+        # Only fit is an upstream (extract's and validate's results are pulled): with extract an
+        # upstream, its success alone would run summarize after validate failed.
+        @task(outlets=outlets, trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
         @fail_fast
-        def summarize(results: list[dict], extracted: dict, run_id: str | None = None) -> dict:
-            """Logs each series' version and promotion and removes the run's work folder; train also
-            updates the job's model asset, saying which series' versions now serve."""
+        def summarize(results: list[dict], run_id: str | None = None) -> dict:
+            """Logs each series' version and promotion (and the series whose fit failed); train also updates
+            the job's model asset, saying which series' versions now serve. Removes the run's work folder
+            unless a fit failed (clearing that fit task re-runs it on the same data)."""
             from pipelines.reporting import log_table
             from pipelines.runner import cleanup
 
+            ti = get_current_context()["ti"]
+            extracted, series = ti.xcom_pull(task_ids="extract"), ti.xcom_pull(task_ids="validate")
             results = _materialize(results)
-            log_table(f"job {job.name}: {purpose} results", results)
-            cleanup(job, run_id, purpose=purpose)
+            done = {r["series"] for r in results}
+            failed = [key for key in series if key not in done]
+            log_table(f"job {job.name}: {purpose} results", results + [{"series": key, "failed": True} for key in failed])
+            if not failed:
+                cleanup(job, run_id, purpose=purpose)
             if purpose == "train":
                 # The event said nothing: a DAG scheduled on it could not tell a new serving model from a
                 # run whose every challenger lost to its champion.
@@ -315,9 +395,25 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
                     "end": extracted["window"]["end"],
                     "promoted": {r["series"]: r["version"] for r in results if r.get("promoted")},
                     "kept": sorted(r["series"] for r in results if not r.get("promoted")),
+                    "failed": failed,
                     "run_id": run_id,
                 }
-            return {"series": len(results), "results": results}
+            return {"series": len(results), "results": results, "failed": failed, "total": len(series)}
+
+        @task
+        def finish(summary: dict) -> None:
+            """Fails the run when some series' fit failed, naming them (summarize has announced the others);
+            does nothing otherwise."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            if summary["failed"]:
+                past = {"train": "trained", "tune": "tuned"}[purpose]
+                done = ", ".join(r["series"] for r in summary["results"])
+                raise AirflowFailException(
+                    f"job {job.name}: {purpose} failed for {len(summary['failed'])} of {summary['total']} series "
+                    f"({', '.join(summary['failed'])}): their fit tasks' logs say why; clear those tasks to retry once "
+                    f"fixed. The other series were {past}: {done}"
+                )
 
         # Tune only: succeeds (updating tuned_asset, which schedules train) when some series'
         # challenger was promoted; skipped otherwise, so an unchanged model triggers no train run.
@@ -337,82 +433,74 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
 
         extracted = extract()
         series = validate(extracted)
-        summary = summarize(fit.partial(extracted=extracted).expand(series=series), extracted)
+        summary = summarize(fit.partial(extracted=extracted).expand(series=series))
+        finish(summary)
         if purpose == "tune":
             announce(summary, extracted)
 
     return train_dag()
 
 
+def _refuse_one_off(job: JobConfig) -> None:
+    """A predict run asked for one-off scoring, which moved to ``<job>__score``: say so at once."""
+    conf = getattr(get_current_context().get("dag_run"), "conf", None) or {}
+    asked = [key for key in SCORE_PARAMS if key in conf]
+    if asked:
+        raise ConfigError(
+            f"job {job.name}: {job.name}__predict scores windows of the job's source (start, end) and no longer "
+            f"takes {', '.join(asked)}: one-off scoring of a file has its own DAG. Trigger {job.name}__score instead, "
+            f"with the same conf: airflow dags trigger {job.name}__score --conf '{{\"input\": \"data/file.csv\"}}'"
+        )
+
+
 def build_predict_dag(job: JobConfig):
-    """Score every series: extract (+ history) → validate → one mapped task per series → publish.
+    """Score every series of a window: extract (+ history) → validate → one mapped task per series → publish."""
 
-    With the ``input`` param (one-off scoring) the file is split into chunks instead, each
-    validated and scored by its own mapped task, and streamed into one output file.
-    """
-
-    @dag(**_dag_kwargs(job, "predict", job.schedules.predict, {**WINDOW_PARAMS, **ONE_OFF_PARAMS}))
+    @dag(**_dag_kwargs(job, "predict", job.schedules.predict, WINDOW_PARAMS))
     def predict_dag():
         @task
         @fail_fast
         def extract(run_id: str | None = None) -> dict:
-            """Reads the window (with the history the serving models need), or splits the one-off ``input``
-            file into chunks; refuses a bad run conf and a job with no model yet before reading anything."""
+            """Reads the window with the history the serving models need; refuses a bad run conf and a job
+            with no model yet before reading anything."""
             from pipelines.extraction import extract as extract_window
-            from pipelines.extraction import extract_chunks
-            from pipelines.runner import check_one_off, history_rows
+            from pipelines.runner import history_rows
             from pipelines.scoring import check_serving
             from pipelines.workspace import prediction_window
 
-            interval_start, interval_end, params = _context_window({**WINDOW_PARAMS, **ONE_OFF_PARAMS})
-            # Bad one-off values fail here, not in publish after every chunk is scored.
-            check_one_off(
-                job, input_path=params.get("input"), output=_conf_path(params.get("output")), chunk_rows=int(params["chunk_rows"]),
-                start=params.get("start"), end=params.get("end"),
-            )
+            # One-off scoring ran here and held the job's only active run for as long as a file of
+            # millions of points took: scheduled windows waited. It has its own DAG now.
+            _refuse_one_off(job)
+            interval_start, interval_end, params = _context_window(WINDOW_PARAMS)
             # A window typed wrong is refused as such, even before the job's first training.
-            window = None if params.get("input") else prediction_window(
-                interval_start, interval_end, start=params.get("start"), end=params.get("end"), job=job
-            )
+            window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"), job=job)
             check_serving(job)  # before the first training: "train first", not a validation failure
-            if window is None:
-                extracted = extract_chunks(
-                    job, run_id=run_id, input_path=params["input"], chunk_rows=int(params["chunk_rows"])
-                )
-                return {**extracted.to_dict(), "one_off": True}
             extracted = extract_window(job, window, run_id=run_id, purpose="predict", history_rows=history_rows(job, window.start))
-            return {**extracted.to_dict(), "one_off": False}
+            return extracted.to_dict()
 
         @task
         @fail_fast
         def validate(extracted: dict, run_id: str | None = None) -> list[dict]:
-            """Checks the window's batch and lists its series (one-off: lists the chunks, each checked where
-            it is scored); a failed check fails the run with the batch quarantined."""
+            """Checks the window's batch and lists its series; a failed check fails the run with the batch
+            quarantined."""
             from pipelines.extraction import validate as validate_batch
             from pipelines.workspace import Window
 
-            if extracted["one_off"]:  # each chunk is validated by the task that scores it
-                return [{"chunk": index} for index in range(len(extracted["paths"]))]
             window = Window.from_dict(extracted["window"])
             keys = validate_batch(job, window, run_id=run_id, purpose="predict", raw_path=extracted["paths"][0])
             return [{"series": key} for key in keys]
 
         @task(
             map_index_template="{{ unit_label }}",
-            doc_md="Scores one series (or one chunk of a one-off file) with its serving model.",
+            doc_md="Scores one series with its serving model.",
         )
         @fail_fast
         def score(unit: dict, extracted: dict, run_id: str | None = None) -> dict:
             from pipelines.extraction import read_series
-            from pipelines.scoring import score_chunk, score_series
+            from pipelines.scoring import score_series
             from pipelines.workspace import Window
 
             window = Window.from_dict(extracted["window"])
-            if "chunk" in unit:
-                get_current_context()["unit_label"] = f"chunk {unit['chunk'] + 1} of {len(extracted['paths'])}"
-                return score_chunk(
-                    job, window, run_id=run_id, index=unit["chunk"], chunk_paths=extracted["paths"], read_from=extracted["read_from"]
-                )
             get_current_context()["unit_label"] = unit["series"]  # names the mapped task in the UI
             data = read_series(job, run_id, unit["series"], purpose="predict")
             return score_series(job, unit["series"], data, window, run_id=run_id).to_dict()
@@ -422,23 +510,15 @@ def build_predict_dag(job: JobConfig):
         @task(max_active_tis_per_dag=1)
         @fail_fast
         def publish(scored: list[dict], extracted: dict, run_id: str | None = None) -> dict:
-            """Writes the scored rows to the job's outputs, replacing the interval's rows (one-off: to one
-            Parquet file), and removes the run's work folder."""
+            """Writes the scored rows to the job's outputs, replacing the interval's rows, and removes the
+            run's work folder."""
             from pipelines.reporting import log_table
             from pipelines.runner import cleanup
-            from pipelines.scoring import publish_file, publish_scored
-            from pipelines.workspace import Window, one_off_output
+            from pipelines.scoring import publish_scored
+            from pipelines.workspace import Window
 
-            params = get_current_context()["params"]
             window = Window.from_dict(extracted["window"])
-            scored = _materialize(scored)
-            paths = [s["path"] for s in scored]
-            if extracted["one_off"]:
-                unscored = {key: why for s in scored for key, why in s.get("unscored", {}).items()}
-                output = _conf_path(params.get("output")) or one_off_output(job, run_id)
-                result = publish_file(job, window, paths, output, unscored=unscored)
-            else:
-                result = publish_scored(job, window, scored)
+            result = publish_scored(job, window, _materialize(scored))
             summary = [{"series": k, "timestamps": n, "anomalous": result.anomalies[k]} for k, n in result.rows_per_series.items()]
             summary += [{"series": k, "timestamps": 0, "anomalous": "not scored: no model yet"} for k in result.unscored]
             log_table(f"job {job.name}: scored {window}", summary)
@@ -459,8 +539,6 @@ def build_predict_dag(job: JobConfig):
             from pipelines.reporting import log_table
             from pipelines.workspace import Window
 
-            if extracted["one_off"]:
-                raise AirflowSkipException("one-off scoring does not write the job's outputs: nothing to monitor")
             context = get_current_context()
             window = Window.from_dict(extracted["window"])
             result = monitor_window(job, window, run_id=run_id, unscored=published.get("unscored"))
@@ -482,13 +560,9 @@ def build_predict_dag(job: JobConfig):
         @fail_fast
         def alert(published: dict, extracted: dict) -> dict:
             """Sends the job's alerts for the window's anomalies (snoozes and digests kept between runs)."""
-            from airflow.sdk.exceptions import AirflowSkipException
-
             from pipelines.alerts import alert_window
             from pipelines.workspace import Window
 
-            if extracted["one_off"]:
-                raise AirflowSkipException("one-off scoring does not write the job's outputs: nothing to alert on")
             return alert_window(job, Window.from_dict(extracted["window"]), context=get_current_context())
 
         extracted = extract()
@@ -501,14 +575,91 @@ def build_predict_dag(job: JobConfig):
     return predict_dag()
 
 
+def build_score_dag(job: JobConfig):
+    """One-off scoring of a file: extract (split into chunks) → list_chunks → one mapped task per chunk → publish.
+
+    Its own DAG, triggered only: in the predict DAG (max_active_runs=1) a file of millions of
+    points held the job's scheduled windows back for as long as it took, and they held it back.
+    """
+
+    @dag(**_dag_kwargs(job, "score", None, SCORE_PARAMS))
+    def score_dag():
+        @task
+        @fail_fast
+        def extract(run_id: str | None = None) -> dict:
+            """Splits the ``input`` file into chunks; refuses a bad run conf, a bad input or output and a job
+            with no model yet before reading anything."""
+            from pipelines.extraction import extract_chunks
+            from pipelines.runner import check_one_off
+            from pipelines.scoring import check_serving
+
+            _, _, params = _context_window(SCORE_PARAMS)
+            chunk_rows = int(params["chunk_rows"])
+            # Bad values fail here, not in publish after every chunk is scored.
+            check_one_off(job, input_path=params["input"], output=_conf_path(params.get("output")), chunk_rows=chunk_rows)
+            check_serving(job)  # before the first training: "train first", not a validation failure
+            return extract_chunks(job, run_id=run_id, input_path=params["input"], chunk_rows=chunk_rows).to_dict()
+
+        # Airflow maps over a task's whole return value only, and extract's names every chunk's path,
+        # which each score task needs: the indexes to map over come from here.
+        @task
+        def list_chunks(extracted: dict) -> list[int]:
+            """Lists the chunks of the file, each validated and scored by its own mapped ``score`` task."""
+            return list(range(len(extracted["paths"])))
+
+        @task(
+            map_index_template="{{ chunk_label }}",
+            doc_md="Validates one chunk of the file and scores it with the serving models.",
+        )
+        @fail_fast
+        def score(chunk: int, extracted: dict, run_id: str | None = None) -> dict:
+            from pipelines.scoring import score_chunk
+            from pipelines.workspace import Window
+
+            get_current_context()["chunk_label"] = f"chunk {chunk + 1} of {len(extracted['paths'])}"  # names it in the UI
+            return score_chunk(
+                job, Window.from_dict(extracted["window"]), run_id=run_id, index=chunk, chunk_paths=extracted["paths"],
+                read_from=extracted["read_from"],
+            )
+
+        @task
+        @fail_fast
+        def publish(scored: list[dict], extracted: dict, run_id: str | None = None) -> dict:
+            """Streams the scored chunks into the one ``output`` Parquet file (whole or not at all) and removes
+            the run's work folder."""
+            from pipelines.reporting import log_table
+            from pipelines.runner import cleanup
+            from pipelines.scoring import publish_file
+            from pipelines.workspace import Window, one_off_output
+
+            params = get_current_context()["params"]
+            window = Window.from_dict(extracted["window"])
+            scored = _materialize(scored)
+            unscored = {key: why for s in scored for key, why in s.get("unscored", {}).items()}
+            output = _conf_path(params.get("output")) or one_off_output(job, run_id)
+            result = publish_file(job, window, [s["path"] for s in scored], output, unscored=unscored)
+            summary = [{"series": k, "timestamps": n, "anomalous": result.anomalies[k]}
+                       for k, n in result.rows_per_series.items()]
+            summary += [{"series": k, "timestamps": 0, "anomalous": "not scored: no model yet"} for k in result.unscored]
+            log_table(f"job {job.name}: scored {params['input']} into {output}", summary)
+            cleanup(job, run_id, purpose="score")
+            return result.to_dict()
+
+        extracted = extract()
+        publish(score.partial(extracted=extracted).expand(chunk=list_chunks(extracted)), extracted)
+
+    return score_dag()
+
+
 # A job file that does not validate makes no DAGs, and the other jobs keep theirs (one exception
 # here would drop every DAG of this file); anomaly_job_errors.py reports it as an import error.
 # A worker parses this file to run one task: it builds that task's job only, as building every
 # job's DAGs made each task start 30 ms per configured job later (15 s at 500 jobs).
 _running = get_parsing_context().dag_id
 for _job in scan_jobs().jobs.values():
-    if _running and _running not in {f"{_job.name}__{purpose}" for purpose in ("train", "tune", "predict")}:
+    if _running and _running not in {f"{_job.name}__{purpose}" for purpose in ("train", "tune", "predict", "score")}:
         continue
     build_train_dag(_job, "train")
     build_train_dag(_job, "tune")
     build_predict_dag(_job)
+    build_score_dag(_job)

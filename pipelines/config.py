@@ -718,6 +718,23 @@ class Schedules(_Model):
         return value
 
 
+class Timeouts(_Model):
+    """How long a run of each of the job's DAGs may take before Airflow fails it (``dagrun_timeout``),
+    so that a hung run does not hold the job's run slot for ever; unset: the DAG factory's default
+    (``dags/anomaly_jobs.py``: train 6 h, tune 12 h, score 24 h, predict three schedule intervals
+    kept between 1 h and 12 h)."""
+
+    train: timedelta | None = None
+    tune: timedelta | None = None
+    predict: timedelta | None = None
+    score: timedelta | None = None
+
+    @field_validator("train", "tune", "predict", "score", mode="before")
+    @classmethod
+    def _parse_durations(cls, value: Any) -> timedelta | None:
+        return None if value is None else _duration(value)
+
+
 def _sql_name(name: str) -> str:
     """``name`` when a table or schema may be named so without quoting in every database written to."""
     # pydantic's pattern error showed a regular expression, which said nothing of a hyphen or a dot.
@@ -1125,6 +1142,11 @@ class JobConfig(_Model):
     training_window: timedelta = Field(timedelta(days=28))
     threshold: ThresholdConfig = ThresholdConfig()
     schedules: Schedules = Schedules()
+    timeouts: Timeouts = Field(
+        default_factory=Timeouts,
+        description="Longest run of each DAG (train, tune, predict, score) before it is failed, e.g. {train: 10h}; "
+        "unset: train 6h, tune 12h, score 24h, predict three schedule intervals within 1h-12h.",
+    )
     outputs: Outputs = Outputs()
     validation: ValidationConfig = ValidationConfig()
     tune: TuneConfig = TuneConfig()

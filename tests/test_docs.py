@@ -514,13 +514,14 @@ def test_the_documented_write_lock_journal_and_quarantine_are_the_codes() -> Non
     assert f"`job=<job>/{parquet.LOCK}`" in _words("docs/CONFIGURATION.md")
     assert f"`job=<job>/{parquet.PENDING}/`" in _words("docs/DASHBOARD.md")
     # A one-off chunk's rejected rows are inside its run's quarantine folder, as documented.
+    one_off = Workspace("web", "run1", "score")
+    assert one_off.quarantine + one_off.chunk_part(3) == str(Path(one_off.quarantine) / "chunk3")
     workspace = Workspace("web", "run1", "predict")
-    assert workspace.quarantine + workspace.chunk_part(3) == str(Path(workspace.quarantine) / "chunk3")
     # Work and quarantine folders are per purpose: a train and a predict due at one instant share a run id.
     assert Path(workspace.root).parts[-4:] == ("work", "web", "predict", "run1")
     assert Path(workspace.quarantine).parts[-4:] == ("quarantine", "web", "predict", "run1")
     for name in ("docs/ARCHITECTURE.md", "docs/CONFIGURATION.md"):
-        assert "`chunk<N>/`" in _words(name) or "`var/quarantine/<job>/predict/<run>/chunk<N>/`" in _words(name), name
+        assert "`chunk<N>/`" in _words(name) or "`var/quarantine/<job>/score/<run>/chunk<N>/`" in _words(name), name
         assert "`var/quarantine/<job>/<purpose>/<run>/`" in _words(name), name
         assert f"`{runner.SUPERSEDED}`" in _words(name), name
 

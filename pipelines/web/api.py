@@ -284,7 +284,7 @@ def detect(job: JobName, body: DetectRequest, user: CurrentUser) -> Response:
                 f"job {job}: {len(body.points):,} rows x {len(config.features)} features = {points:,} data points, "
                 f"more than the {MAX_DETECT_POINTS:,} one synchronous call may score. Split them into smaller calls, "
                 f"or score the whole file with a one-off scoring run: POST {API_PREFIX}/jobs/{job}/score-file "
-                f"(a run of the {job}__predict DAG with the file as its input)."
+                f"(a run of the {job}__score DAG with the file as its input)."
             ),
         )
     run_id = f"api__{uuid.uuid4().hex[:16]}"
@@ -603,7 +603,7 @@ def _run_view(
 
 
 def _run_output(config: JobConfig, run: dict[str, Any]) -> str | None:
-    """Where a one-off run of ``config``'s predict DAG writes (None: not a one-off run)."""
+    """Where a one-off run of ``config``'s score DAG writes (None: not a one-off run)."""
     from pipelines.workspace import one_off_output
 
     conf = run.get("conf") or {}
@@ -626,7 +626,7 @@ def _output_lock() -> asyncio.Lock:
 
 
 async def _run_writing(request: Request, config: JobConfig, output: str) -> dict[str, Any] | None:
-    """A queued or running one-off scoring run (of any predict DAG the caller may read) writing ``output``.
+    """A queued or running one-off scoring run (of any ``__score`` DAG the caller may read) writing ``output``.
 
     Two runs given one output both succeeded and both answered it as their result, which held
     the scores of whichever finished last. Finished runs are no conflict: a later run replaces
@@ -644,10 +644,10 @@ async def _run_writing(request: Request, config: JobConfig, output: str) -> dict
         for run in runs:
             dag_id = str(run.get("dag_id", ""))
             conf = run.get("conf") or {}
-            if not dag_id.endswith("__predict") or not conf.get("input"):
+            if not dag_id.endswith("__score") or not conf.get("input"):
                 continue
             # A run without output writes its default file, known for the caller's own job only.
-            written = _run_output(config, run) if dag_id == f"{config.name}__predict" else conf.get("output")
+            written = _run_output(config, run) if dag_id == f"{config.name}__score" else conf.get("output")
             if written and file_identity(written) == wanted:
                 return run
         offset += len(runs)
@@ -752,7 +752,7 @@ async def _failure(request: Request, dag_id: str, run_id: str, output: str) -> t
 async def score_file(
     job: JobName, body: ScoreFileRequest, request: Request, response: Response, user: CurrentUser
 ) -> ScoreFileRun:
-    """Trigger ``<job>__predict`` with ``input`` (and ``output``, ``chunk_rows``); poll the returned run id."""
+    """Trigger ``<job>__score`` with ``input`` (and ``output``, ``chunk_rows``); poll the returned run id."""
     from pipelines.config import base_dir
     from pipelines.workspace import file_identity, home
 
@@ -770,7 +770,7 @@ async def score_file(
             raise _bad_location("output", body.output, "it is the input file: scoring would replace the data it reads; give another path")
     if body.chunk_rows is not None:
         conf["chunk_rows"] = body.chunk_rows
-    dag_id = f"{job}__predict"
+    dag_id = f"{job}__score"
     # Checking for a run writing the output and starting this one are one step (in this process):
     # two calls in the same instant both found no run writing it, and both started one.
     async with _output_lock() if body.output is not None else contextlib.nullcontext():
@@ -803,16 +803,16 @@ async def score_file_run(
     user: CurrentUser,
 ) -> ScoreFileRun:
     config = served_job(user, job, "GET")
-    dag_id = f"{job}__predict"
+    dag_id = f"{job}__score"
     if not run_id.strip("."):
         # "." and ".." are path steps, not run ids: sent on, they named another Airflow resource
-        # (GET /dags/<job>__predict/dagRuns/.. is GET /dags/<job>__predict).
+        # (GET /dags/<job>__score/dagRuns/.. is GET /dags/<job>__score).
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{run_id!r} is not a run id of {dag_id}")
     run = await _airflow(request, "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
     output = _run_output(config, run)
     if output is None:
         raise HTTPException(
-            status.HTTP_404_NOT_FOUND, detail=f"run {run_id} of {dag_id} is a scheduled run, not a one-off scoring run"
+            status.HTTP_404_NOT_FOUND, detail=f"run {run_id} of {dag_id} has no input file in its conf: not a one-off scoring run"
         )
     failure = await _failure(request, dag_id, run_id, output) if run.get("state") == "failed" else None
     return _run_view(config, run, request, failure=failure)

@@ -126,7 +126,12 @@ async def authenticate(request: Request) -> BaseUser:
 
 def job_dag_ids(job_name: str) -> list[str]:
     """The DAGs ``dags/anomaly_jobs.py`` makes for a job."""
-    return [f"{job_name}__{kind}" for kind in ("train", "predict", "tune")]
+    return [f"{job_name}__{kind}" for kind in ("train", "predict", "tune", "score")]
+
+
+def job_run_dag_ids(job_name: str) -> list[str]:
+    """The DAGs whose runs a user who runs the job starts: scheduled scoring and one-off scoring of a file."""
+    return [f"{job_name}__{kind}" for kind in ("predict", "score")]
 
 
 def _team_name(dag_id: str) -> str | None:
@@ -143,8 +148,9 @@ def is_job_authorized(user: BaseUser, job_name: str, method: JobAccess) -> bool:
     """Whether ``user`` may read (``GET``) or run (``POST``) ``job_name``.
 
     Reading needs read access to every DAG of the job (its models come from ``__train``, its
-    scores from ``__predict``); running, i.e. scoring with its models or starting a scoring run,
-    needs the right to trigger ``<job>__predict``, as Airflow's ``POST /dags/{dag_id}/dagRuns``.
+    scores from ``__predict``, its one-off runs from ``__score``); running, i.e. scoring with its
+    models or starting a scoring run, needs the right to trigger ``<job>__predict`` and
+    ``<job>__score``, as Airflow's ``POST /dags/{dag_id}/dagRuns``.
     """
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 
@@ -155,12 +161,14 @@ def is_job_authorized(user: BaseUser, job_name: str, method: JobAccess) -> bool:
                 manager.is_authorized_dag(method="GET", details=DagDetails(id=dag_id, team_name=_team_name(dag_id)), user=user)
                 for dag_id in job_dag_ids(job_name)
             )
-        dag_id = f"{job_name}__predict"
-        return manager.is_authorized_dag(
-            method="POST",
-            access_entity=DagAccessEntity.RUN,
-            details=DagDetails(id=dag_id, team_name=_team_name(dag_id)),
-            user=user,
+        return all(
+            manager.is_authorized_dag(
+                method="POST",
+                access_entity=DagAccessEntity.RUN,
+                details=DagDetails(id=dag_id, team_name=_team_name(dag_id)),
+                user=user,
+            )
+            for dag_id in job_run_dag_ids(job_name)
         )
     except KeyError as exc:
         # SimpleAuthManager looks the token's role up in its own table and raises KeyError for a
@@ -174,7 +182,7 @@ def authorize_job(user: BaseUser, job_name: str, method: JobAccess) -> None:
     if is_job_authorized(user, job_name, method):
         return
     action = "read" if method == "GET" else "trigger runs of"
-    dags = ", ".join(job_dag_ids(job_name)) if method == "GET" else f"{job_name}__predict"
+    dags = ", ".join(job_dag_ids(job_name) if method == "GET" else job_run_dag_ids(job_name))
     log.info("user %r refused %s access to job %r", user.get_name(), method, job_name)
     raise HTTPException(
         status.HTTP_403_FORBIDDEN,

@@ -58,7 +58,7 @@ VALIDATION_LIMIT = 20
 TUNING_RUNS = 5
 
 #: The DAGs ``dags/anomaly_jobs.py`` makes per job: ``<job>__<kind>``.
-DAG_KINDS = ("train", "predict", "tune")
+DAG_KINDS = ("train", "predict", "tune", "score")
 
 #: What the ``only_anomalies`` query parameter may say (a form's checkbox sends ``true``; empty is false).
 _YES = ("true", "1", "yes", "on")
@@ -588,7 +588,7 @@ def _extremes(bucket: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def job_dag_kind(dag_id: str, jobs: dict[str, JobConfig]) -> tuple[JobConfig, str] | None:
-    """``(job, "train" | "predict" | "tune")`` for a DAG made by ``dags/anomaly_jobs.py``, else ``None``."""
+    """``(job, "train" | "predict" | "tune" | "score")`` for a DAG made by ``dags/anomaly_jobs.py``, else ``None``."""
     name, _, kind = dag_id.rpartition("__")
     if kind in DAG_KINDS and name in jobs:
         return jobs[name], kind

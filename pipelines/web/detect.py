@@ -156,7 +156,7 @@ def _check_grid_size(job: JobConfig, groups: list[tuple[str, dict[str, str], pd.
             f"{len(job.features)} features = {points:,} data points (series {widest} alone {buckets[widest]:,} rows), "
             f"more than the {MAX_DETECT_POINTS:,} one call may score. Send points closer together, or score the "
             f"whole file with a one-off scoring run: POST /api/v1/jobs/{job.name}/score-file (a run of the "
-            f"{job.name}__predict DAG with the file as its input)."
+            f"{job.name}__score DAG with the file as its input)."
         )
 
 

@@ -1,4 +1,4 @@
-"""The one-off benchmark's quick mode: the predict DAG scores every point of a chunked file."""
+"""The one-off benchmark's quick mode: the score DAG scores every point of a chunked file."""
 
 from __future__ import annotations
 

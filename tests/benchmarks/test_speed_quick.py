@@ -174,18 +174,18 @@ def test_predict_markdown_has_a_row_per_configuration(predict_results):
 
 
 @pytest.mark.slow
-def test_parse_time_builds_three_dags_per_job():
+def test_parse_time_builds_four_dags_per_job():
     results = parse_time.measure(quick=True)
 
     empty, *with_jobs = results
     assert empty.variant.jobs is None and empty.dags == 0
     assert [m.variant.jobs for m in with_jobs] == list(parse_time.QUICK_JOBS)
     for m in with_jobs:
-        assert m.dags == 3 * m.variant.jobs
+        assert m.dags == 4 * m.variant.jobs
         assert _finite_positive(m.parse) and _finite_positive(m.serialize) and _finite_positive(m.load_jobs)
     rows = report.table_rows(parse_time.markdown(results))
     assert [r[0] for r in rows] == ["empty DAG file", "1 job", "5 jobs"]
-    assert [r[1] for r in rows] == ["0", "3", "15"]
+    assert [r[1] for r in rows] == ["0", "4", "20"]
 
 
 def test_write_jobs_gives_distinct_valid_jobs(tmp_path):

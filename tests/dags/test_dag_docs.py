@@ -10,7 +10,7 @@ from airflow.dag_processing.dagbag import DagBag
 from pipelines.config import load_jobs
 
 REPO = Path(__file__).resolve().parents[2]
-PURPOSES = ("train", "predict", "tune")
+PURPOSES = ("train", "predict", "tune", "score")
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,17 @@ def dagbag() -> DagBag:
 def test_every_dag_says_what_it_does_and_every_task_has_docs(dagbag, purpose):
     # The DAGs' docs said only "**train** for job x" and no task had docs: the UI's Docs panels were empty.
     says = {
-        "train": ["promotes", "_tuned", "_retrain", "_model"],
-        "predict": ["publishes", "_retrain", "airflow dags trigger", '"input"'],
-        "tune": ["grid", "_tuned", "only when"],
+        "train": ["promotes", "_tuned", "_retrain", "_model", "`finish` then fails the run", "after 6h"],
+        # One-off scoring moved to its own DAG: the docs send there.
+        "predict": ["publishes", "_retrain", "`{name}__score`, not this DAG", "`dagrun_timeout`"],
+        "tune": ["grid", "_tuned", "only when", "after 12h"],
+        "score": ["airflow dags trigger {name}__score", '"input"', "Up to 3 runs at once", "not touched", "after 1d"],
     }[purpose]
     for name in load_jobs(REPO / "config" / "jobs"):
         dag = dagbag.dags[f"{name}__{purpose}"]
         assert dag.description, dag.dag_id
         for text in says:
+            text = text.format(name=name)
             assert text in dag.doc_md, (dag.dag_id, text, dag.doc_md)
         undocumented = [task.task_id for task in dag.tasks if not (task.doc_md or "").strip()]
         assert undocumented == [], dag.dag_id
@@ -59,5 +62,11 @@ def test_the_predict_form_keeps_the_scored_window(dagbag):
     params = dagbag.dags["demo_web_metrics__predict"].params
     assert params.get_param("start").schema["title"] == "Window start"
     assert "scheduled data interval" in params.get_param("start").description
-    # A window beside input is refused when the run starts: the form says so before.
-    assert "leave the window start and end empty" in params.get_param("input").description
+    assert set(params.keys()) == {"start", "end"}
+
+
+def test_the_score_form_asks_for_the_file(dagbag):
+    params = dagbag.dags["demo_web_metrics__score"].params
+    # No default: the form (and the REST API) require it.
+    assert params.get_param("input").schema["title"] == "Input file" and not params.get_param("input").has_value
+    assert params.get_param("chunk_rows").value == 250_000

@@ -1,4 +1,4 @@
-"""The DAG file parses cleanly, yields three DAGs per job, and stays light to parse."""
+"""The DAG file parses cleanly, yields four DAGs per job, and stays light to parse."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import inspect
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -37,15 +38,15 @@ def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
 
 
-def test_every_job_yields_train_predict_and_tune(dagbag):
+def test_every_job_yields_train_predict_tune_and_score(dagbag):
     jobs = load_jobs(REPO / "config" / "jobs")
-    expected = {f"{name}__{purpose}" for name in jobs for purpose in ("train", "predict", "tune")}
+    expected = {f"{name}__{purpose}" for name in jobs for purpose in ("train", "predict", "tune", "score")}
     assert expected <= set(dagbag.dag_ids)
     for name, job in jobs.items():
         predict = dagbag.dags[f"{name}__predict"]
         assert isinstance(predict.timetable, CronDataIntervalTimetable)
         assert predict.timetable.summary == job.schedules.predict
-        assert set(predict.params.keys()) == {"start", "end", "input", "output", "chunk_rows"}
+        assert set(predict.params.keys()) == {"start", "end"}
         assert predict.max_active_runs == 1
         order = [t.task_id for t in predict.topological_sort()]
         assert order[:4] == ["extract", "validate", "score", "publish"]
@@ -65,6 +66,10 @@ def test_every_job_yields_train_predict_and_tune(dagbag):
         ]
         summarize = train.get_task("summarize")
         assert [outlet.name for outlet in summarize.outlets] == [f"anomaly_pipelines__{name}__model"]
+        # One series' failed fit must not keep the others' promotions from being announced; finish
+        # (a leaf, after summarize) still fails the run.
+        assert summarize.trigger_rule == "all_done_min_one_success" and summarize.upstream_task_ids == {"fit"}
+        assert train.get_task("finish").upstream_task_ids == {"summarize"} and not train.get_task("finish").downstream_task_ids
         tune = dagbag.dags[f"{name}__tune"]
         assert tune.get_task("summarize").outlets == []
         assert [outlet.name for outlet in tune.get_task("announce").outlets] == [f"anomaly_pipelines__{name}__tuned"]
@@ -73,6 +78,78 @@ def test_every_job_yields_train_predict_and_tune(dagbag):
             assert tune.timetable.summary == job.schedules.tune
         else:
             assert type(tune.timetable).__name__ == "NullTimetable"
+
+
+def test_one_off_scoring_has_its_own_dag_beside_predict(dagbag):
+    # It ran in the predict DAG, whose max_active_runs=1 made a file of millions of points block the
+    # job's scheduled windows for its whole run (and a scheduled run block a one-off one).
+    for name in load_jobs(REPO / "config" / "jobs"):
+        score = dagbag.dags[f"{name}__score"]
+        assert type(score.timetable).__name__ == "NullTimetable"
+        assert {"one-off", name, "anomaly-pipelines"} <= set(score.tags)
+        assert set(score.params.keys()) == {"input", "output", "chunk_rows"}
+        assert 1 < score.max_active_runs <= 4
+        assert [t.task_id for t in score.topological_sort()] == ["extract", "list_chunks", "score", "publish"]
+        assert score.get_task("score").is_mapped
+        # It touches neither the job's outputs nor its assets.
+        assert all(not task.outlets for task in score.tasks)
+
+
+def test_a_one_off_run_without_input_is_refused_when_it_is_created(dagbag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = _scheduler_params(dagbag, "demo_web_metrics__score")
+    with pytest.raises(ParamValidationError, match="input"):
+        params.deep_merge({"output": "scored.parquet"}).validate()
+    assert params.deep_merge({"input": "data/file.csv"}).validate()["chunk_rows"] == 250_000
+
+
+@pytest.mark.parametrize(
+    ("cron", "timeout"),
+    [
+        ("0 * * * *", timedelta(hours=3)),  # three intervals
+        ("*/5 * * * *", timedelta(hours=1)),  # at least an hour: a run in its retry delay is not hung
+        ("0 2 * * *", timedelta(hours=12)),  # at most twelve hours
+        ("0 9-17 * * 1-5", timedelta(hours=3)),  # its busy hours, not the weekend's gap
+        (None, timedelta(hours=12)),
+    ],
+)
+def test_a_predict_run_times_out_after_a_few_of_its_schedule_intervals(dagbag, cron, timeout):
+    task = dagbag.dags["demo_web_metrics__predict"].get_task("extract")
+    assert inspect.getmodule(task.python_callable).dagrun_timeout("predict", cron) == timeout
+
+
+def test_every_dag_fails_a_hung_run_so_later_runs_can_start(dagbag):
+    # No DAG had a dagrun_timeout: a run hung on a source that never answered held max_active_runs=1
+    # for ever, and no later run of the job started.
+    for name, job in load_jobs(REPO / "config" / "jobs").items():
+        purposes = ("train", "tune", "predict", "score")
+        timeouts = {purpose: dagbag.dags[f"{name}__{purpose}"].dagrun_timeout for purpose in purposes}
+        assert timeouts["train"] == timedelta(hours=6) and timeouts["tune"] == timedelta(hours=12), timeouts
+        assert timeouts["score"] == timedelta(hours=24), timeouts
+        assert timedelta(hours=1) <= timeouts["predict"] <= timedelta(hours=12), timeouts
+        for purpose, timeout in timeouts.items():
+            # Kept by the serialized DAG, which is what the scheduler enforces.
+            serialized = _serialized(dagbag, f"{name}__{purpose}")
+            assert serialized.dagrun_timeout == timeout, (name, purpose)
+
+
+def test_a_job_s_timeouts_replace_the_defaults_and_are_checked(dagbag):
+    from pipelines.config import parse_job
+
+    module = inspect.getmodule(dagbag.dags["demo_web_metrics__predict"].get_task("extract").python_callable)
+    job = load_jobs(REPO / "config" / "jobs")["demo_web_metrics"]
+    # A job training 20,000 series needs longer than the default; one scoring every 5 minutes less.
+    slow = job.model_copy(update={"timeouts": job.timeouts.model_copy(update={"train": timedelta(hours=10)})})
+    assert module.dagrun_timeout("train", None, slow) == timedelta(hours=10)
+    assert module.dagrun_timeout("tune", None, slow) == timedelta(hours=12)  # unset: the default
+    assert "after 10h (the job's `timeouts`)" in module.build_train_dag(slow, "train").doc_md
+    import yaml
+
+    raw = yaml.safe_load((REPO / "config" / "jobs" / "demo_web_metrics.yaml").read_text())
+    with pytest.raises(Exception, match=r"timeouts\.predict"):
+        parse_job({**raw, "timeouts": {"predict": "0h"}}, source="x.yaml")
+    assert parse_job({**raw, "timeouts": {"predict": "30m"}}, source="x.yaml").timeouts.predict == timedelta(minutes=30)
 
 
 def _jobs_with_a_variant(folder: Path, monkeypatch, name: str, *replacements: tuple[str, str]) -> None:
@@ -92,9 +169,8 @@ def test_a_broken_job_file_keeps_the_other_jobs_dags_and_says_what_is_wrong(tmp_
     _jobs_with_a_variant(tmp_path, monkeypatch, "broken_web", ("value: 0.005", "value: 7"))
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert {f"{name}__{purpose}" for name in ("demo_sensors", "demo_web_metrics") for purpose in ("train", "predict", "tune")} == set(
-        bag.dag_ids
-    )
+    purposes = ("train", "predict", "tune", "score")
+    assert {f"{name}__{purpose}" for name in ("demo_sensors", "demo_web_metrics") for purpose in purposes} == set(bag.dag_ids)
     [(path, error)] = bag.import_errors.items()
     assert path.endswith("anomaly_job_errors.py")
     assert f"{tmp_path / 'broken_web.yaml'}: invalid job configuration\n  threshold: contamination must be in (0, 0.5], got 7.0" in error
@@ -122,14 +198,15 @@ def test_every_start_date_validate_config_takes_makes_dags(tmp_path, monkeypatch
     assert bag.dags["compact_time__train"].start_date.isoformat() == "2024-02-01T06:30:00+00:00"
 
 
-def test_a_worker_running_a_task_builds_the_dags_of_that_tasks_job_only(monkeypatch):
-    # Every task start built every job's three DAGs: 30 ms per configured job (15 s at 500 jobs).
-    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "demo_sensors__predict")
+@pytest.mark.parametrize("purpose", ["predict", "score"])
+def test_a_worker_running_a_task_builds_the_dags_of_that_tasks_job_only(monkeypatch, purpose):
+    # Every task start built every job's DAGs: 30 ms per configured job (15 s at 500 jobs).
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", f"demo_sensors__{purpose}")
     monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "score")
 
     bag = DagBag(dag_folder=str(REPO / "dags" / "anomaly_jobs.py"))
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["demo_sensors__predict", "demo_sensors__train", "demo_sensors__tune"]
+    assert sorted(bag.dag_ids) == ["demo_sensors__predict", "demo_sensors__score", "demo_sensors__train", "demo_sensors__tune"]
 
 
 def test_mapped_over_series(dagbag):
@@ -155,11 +232,16 @@ def test_parsing_imports_nothing_heavy():
     assert out.stdout.strip() == ""
 
 
-def _scheduler_params(dagbag, dag_id: str):
-    """The DAG's params as the API server and scheduler hold them: from its serialized form."""
+def _serialized(dagbag, dag_id: str):
+    """The DAG as the API server and scheduler hold it: from its serialized form."""
     from airflow.serialization.serialized_objects import DagSerialization
 
-    return DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags[dag_id])).params
+    return DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags[dag_id]))
+
+
+def _scheduler_params(dagbag, dag_id: str):
+    """The DAG's params as the API server and scheduler hold them: from its serialized form."""
+    return _serialized(dagbag, dag_id).params
 
 
 @pytest.mark.parametrize("purpose", ["train", "predict", "tune"])

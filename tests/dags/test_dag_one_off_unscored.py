@@ -1,4 +1,4 @@
-"""The predict DAG's one-off run (`input`) of a file holding a group with no model."""
+"""A one-off run of the score DAG on a file holding a group with no model."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_a_one_off_run_scores_the_groups_with_a_model_and_names_the_others(proje
     with_new = pd.concat([data, data[data["region"] == "eu"].assign(region="latam")]).sort_values("timestamp", kind="stable")
     with_new.to_csv(project / "in.csv", index=False)
 
-    states = task_states("demo_web_metrics__predict", {"input": str(project / "in.csv"), "output": "scored.parquet", "chunk_rows": 1000}, None)
+    states = task_states("demo_web_metrics__score", {"input": str(project / "in.csv"), "output": "scored.parquet", "chunk_rows": 1000}, None)
 
     assert states["publish"] == ("success", 1), states
     assert set(pd.read_parquet(project / "scored.parquet")["series"]) == {"region=eu", "region=us", "region=apac"}

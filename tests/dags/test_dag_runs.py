@@ -118,7 +118,7 @@ def test_a_misspelt_run_conf_key_fails_the_run_instead_of_scoring_the_interval(p
     states = {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
     assert states["extract"].endswith("failed"), states
     # Airflow's task log goes to stdout under dag.test().
-    assert "unknown run conf key(s) inptu; demo_web_metrics__predict takes start, end, input, output, chunk_rows" in capfd.readouterr().out
+    assert "unknown run conf key(s) inptu; demo_web_metrics__predict takes start, end" in capfd.readouterr().out
 
 
 def task_states(dag_id: str, conf: dict, logical_date: str | None) -> dict[str, tuple[str, int]]:
@@ -142,6 +142,23 @@ def test_predict_before_any_training_says_to_train_first(project: Path, airflow_
     assert not (project / "var" / "quarantine").exists()
 
 
+def test_a_predict_run_asked_for_one_off_scoring_is_refused_at_once_naming_the_score_dag(project: Path, airflow_db, capfd):
+    # One-off scoring ran in the predict DAG (max_active_runs=1): a file of millions of points held
+    # the job's scheduled windows back for its whole run. It has its own DAG; a predict run still
+    # given an input must say where it went, not score the interval or read the file.
+    assert run("demo_web_metrics__train", {"end": TRAIN_END}, TRAIN_END).endswith("success")
+    conf = {"input": "data/demo/web_metrics.csv", "output": str(project / "scored.parquet")}
+    states = task_states("demo_web_metrics__predict", conf, PREDICT_WINDOW["end"])
+    assert states["extract"] == ("failed", 1), states
+    assert not any(state == "success" for state, _ in states.values()), states
+    out = capfd.readouterr().out
+    assert (
+        "job demo_web_metrics: demo_web_metrics__predict scores windows of the job's source (start, end) and no longer takes "
+        "input, output: one-off scoring of a file has its own DAG. Trigger demo_web_metrics__score instead" in out
+    )
+    assert not (project / "scored.parquet").exists() and not (project / "var" / "outputs" / "job=demo_web_metrics").exists()
+
+
 def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, capfd, tmp_path_factory, monkeypatch):
     assert run("demo_web_metrics__train", {"end": TRAIN_END}, TRAIN_END).endswith("success")
     data = REPO / "data" / "demo" / "web_metrics.csv"
@@ -156,12 +173,12 @@ def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, ca
         ({"input": str(mixed), "chunk_rows": 1000}, "mixes timestamps with and without a time zone"),
         # Found in publish, after every chunk was scored.
         ({"input": str(data), "output": str(folder)}, f"output {str(folder)!r} is a folder"),
-        # Ignored: the interval was scored into the job's own outputs.
-        ({"output": str(project / "scored.parquet")}, "goes with input (one-off scoring)"),
-        ({"input": str(data), "start": "2024-03-01", "end": "2024-03-02"}, "is scored whole: leave out start and end"),
+        # A window beside input would be ignored: the file is scored whole.
+        ({"input": str(data), "start": "2024-03-01", "end": "2024-03-02"},
+         "unknown run conf key(s) end, start; demo_web_metrics__score takes input, output, chunk_rows"),
     ]
     for conf, message in cases:
-        states = task_states("demo_web_metrics__predict", conf, None)
+        states = task_states("demo_web_metrics__score", conf, None)
         assert states["extract"] == ("failed", 1), (conf, states)
         assert not any(task.startswith("score") and state == "success" for task, (state, _) in states.items()), states
         assert message in capfd.readouterr().out, conf
@@ -171,7 +188,7 @@ def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, ca
     # the worker happened to run in.
     elsewhere = tmp_path_factory.mktemp("worker_cwd")
     monkeypatch.chdir(elsewhere)
-    states = task_states("demo_web_metrics__predict", {"input": "data/demo/web_metrics.csv", "output": "scored/web.parquet"}, None)
+    states = task_states("demo_web_metrics__score", {"input": "data/demo/web_metrics.csv", "output": "scored/web.parquet"}, None)
     assert states["publish"] == ("success", 1), states
     assert len(pd.read_parquet(project / "scored" / "web.parquet")) > 0
     assert not (elsewhere / "scored").exists()

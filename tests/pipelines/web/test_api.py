@@ -80,7 +80,7 @@ def test_more_than_30000_points_is_413_pointing_to_score_file(client, headers, d
     assert "15,001 rows x 2 features = 30,002 data points" in detail
     assert "POST /api/v1/jobs/demo_web_metrics/score-file" in detail and "one-off scoring run" in detail
     # Also for those who start it from Airflow: the DAG a one-off run is.
-    assert detail.endswith("(a run of the demo_web_metrics__predict DAG with the file as its input).")
+    assert detail.endswith("(a run of the demo_web_metrics__score DAG with the file as its input).")
 
 
 def test_exactly_30000_points_are_scored(client, headers, demo_rows):
@@ -373,7 +373,7 @@ def test_score_file_says_when_airflow_cannot_be_reached(client, headers, monkeyp
     monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
     answer = client.post(f"{BASE}/score-file", json={"input": "data/demo/web_metrics.csv"}, headers=headers)
     assert answer.status_code == 502
-    assert "cannot reach Airflow's REST API at http://127.0.0.1:9/api/v2/dags/demo_web_metrics__predict/dagRuns" in answer.json()["detail"]
+    assert "cannot reach Airflow's REST API at http://127.0.0.1:9/api/v2/dags/demo_web_metrics__score/dagRuns" in answer.json()["detail"]
 
 
 def test_the_openapi_document_describes_every_operation(client, headers):
@@ -414,14 +414,14 @@ def test_the_openapi_document_names_the_mount_point_as_its_server(app, headers):
 
 
 def test_score_file_end_to_end_through_airflows_api_server(airflow_server):
-    """The plugin mounted in the real api-server: POST score-file starts <job>__predict, the run
+    """The plugin mounted in the real api-server: POST score-file starts <job>__score, the run
     succeeds, GET reports it and the scored Parquet file exists."""
     from pathlib import Path
 
     import httpx
 
     airflow_server.pipelines_cli("train", "demo_web_metrics", "--start", "2024-02-02T00:00:00Z", "--end", "2024-03-01T00:00:00Z")
-    airflow_server.unpause("demo_web_metrics__predict")
+    airflow_server.unpause("demo_web_metrics__score")
     auth = {"Authorization": f"Bearer {airflow_server.token()}"}
     api = f"{airflow_server.url}/anomaly-pipelines/api/v1/jobs/demo_web_metrics"
     assert httpx.post(f"{api}/score-file", json={"input": "data/demo/web_metrics.csv"}, timeout=60).status_code == 401
@@ -429,10 +429,10 @@ def test_score_file_end_to_end_through_airflows_api_server(airflow_server):
     started = httpx.post(f"{api}/score-file", json={"input": "data/demo/web_metrics.csv", "chunk_rows": 1000}, headers=auth, timeout=60)
     assert started.status_code == 202, started.text
     run = started.json()
-    assert run["dag_id"] == "demo_web_metrics__predict" and run["warning"] is None
+    assert run["dag_id"] == "demo_web_metrics__score" and run["warning"] is None
     assert run["input"] == str(airflow_server.project / "data" / "demo" / "web_metrics.csv")
 
-    assert airflow_server.wait_for_run("demo_web_metrics__predict", run["run_id"]) == "success"
+    assert airflow_server.wait_for_run("demo_web_metrics__score", run["run_id"]) == "success"
     assert started.headers["Location"] == run["status_url"]
     status = httpx.get(run["status_url"], headers=auth, timeout=60)  # the address the answer gave
     assert status.status_code == 200, status.text
@@ -490,7 +490,7 @@ def test_points_far_apart_count_every_row_of_the_grid_between_them(client, heade
     answer = client.post(f"{BASE}/detect", json={"points": points}, headers=headers)
     assert answer.status_code == 413
     assert "span 35,065 rows x 2 features = 70,130 data points (series region=eu alone 35,065 rows)" in answer.json()["detail"]
-    assert answer.json()["detail"].endswith("(a run of the demo_web_metrics__predict DAG with the file as its input).")
+    assert answer.json()["detail"].endswith("(a run of the demo_web_metrics__score DAG with the file as its input).")
 
 
 def test_the_grid_limit_counts_the_buckets_of_points_off_the_hour(client, headers):
@@ -524,11 +524,11 @@ def test_score_file_never_sends_the_token_to_the_host_the_request_names(monkeypa
 
 @pytest.mark.parametrize("run_id", ["%2E", "%2E%2E"])
 def test_a_run_id_of_dots_is_404_without_asking_airflow(client, headers, monkeypatch, run_id):
-    # "..", sent on as a path step, made the question GET /dags/demo_web_metrics__predict (the DAG).
+    # "..", sent on as a path step, made the question GET /dags/demo_web_metrics__score (the DAG).
     monkeypatch.setenv("ANOMALY_PIPELINES_AIRFLOW_URL", "http://127.0.0.1:9")  # nothing listens: a call would be 502
     answer = client.get(f"{BASE}/score-file/{run_id}", headers=headers)
     assert answer.status_code == 404, answer.text
-    assert "is not a run id of demo_web_metrics__predict" in answer.json()["detail"]
+    assert "is not a run id of demo_web_metrics__score" in answer.json()["detail"]
 
 
 def test_score_file_says_when_the_airflow_address_answers_something_else(client, headers, monkeypatch):
@@ -563,7 +563,7 @@ def test_score_file_answers_where_to_follow_the_run(client, headers, monkeypatch
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    run = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__2024-03-03T00:00:00+00:00", "state": "queued"}
+    run = {"dag_id": "demo_web_metrics__score", "dag_run_id": "manual__2024-03-03T00:00:00+00:00", "state": "queued"}
 
     class Airflow(BaseHTTPRequestHandler):
         def _answer(self, body: dict) -> None:
@@ -579,7 +579,7 @@ def test_score_file_answers_where_to_follow_the_run(client, headers, monkeypatch
             self._answer({**run, "conf": conf})
 
         def do_GET(self):  # noqa: N802
-            self._answer({"dag_id": run["dag_id"], "is_paused": False} if self.path.endswith("__predict") else
+            self._answer({"dag_id": run["dag_id"], "is_paused": False} if self.path.endswith("__score") else
                          {**run, "conf": {"input": "/x.csv"}})
 
         def log_message(self, *args):
@@ -699,21 +699,21 @@ def test_score_file_refuses_an_output_a_queued_or_running_run_writes(client, hea
     # which held the scores of whichever finished last.
     routes, requests = stand_in_airflow
     output = str(web_project / "var" / "scored" / "web.parquet")
-    writing = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__1", "state": "running",
+    writing = {"dag_id": "demo_web_metrics__score", "dag_run_id": "manual__1", "state": "running",
                "conf": {"input": "/x.csv", "output": output}}
-    other = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__0", "state": "queued", "conf": {"input": "/y.csv"}}
+    other = {"dag_id": "demo_web_metrics__score", "dag_run_id": "manual__0", "state": "queued", "conf": {"input": "/y.csv"}}
     routes["GET", "/dags/~/dagRuns"] = {"dag_runs": [other, writing], "total_entries": 2}
     body = {"input": "data/demo/web_metrics.csv", "output": "var/scored/web.parquet"}
     answer = client.post(f"{BASE}/score-file", json=body, headers=headers)
     assert answer.status_code == 409, answer.text
-    assert "output 'var/scored/web.parquet' is being written by run manual__1 of demo_web_metrics__predict (running)" in answer.json()["detail"]
+    assert "output 'var/scored/web.parquet' is being written by run manual__1 of demo_web_metrics__score (running)" in answer.json()["detail"]
     assert not [r for r in requests if r[0] == "POST"]  # nothing was triggered
     assert requests[0][2]["state"] == ["queued", "running"]
     # Another output is free; the run is started.
-    run = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__2", "state": "queued",
+    run = {"dag_id": "demo_web_metrics__score", "dag_run_id": "manual__2", "state": "queued",
            "conf": {"input": "/x.csv", "output": str(web_project / "var" / "scored" / "other.parquet")}}
-    routes["POST", "/dags/demo_web_metrics__predict/dagRuns"] = run
-    routes["GET", "/dags/demo_web_metrics__predict"] = {"dag_id": "demo_web_metrics__predict", "is_paused": False}
+    routes["POST", "/dags/demo_web_metrics__score/dagRuns"] = run
+    routes["GET", "/dags/demo_web_metrics__score"] = {"dag_id": "demo_web_metrics__score", "is_paused": False}
     answer = client.post(f"{BASE}/score-file", json={**body, "output": "var/scored/other.parquet"}, headers=headers)
     assert answer.status_code == 202, answer.text
 
@@ -721,8 +721,8 @@ def test_score_file_refuses_an_output_a_queued_or_running_run_writes(client, hea
 def test_a_failed_score_file_run_says_which_task_failed_why_and_that_it_wrote_nothing(client, headers, stand_in_airflow):
     # The answer was only "failed", beside an output location that held an earlier run's file.
     routes, requests = stand_in_airflow
-    run_path = "/dags/demo_web_metrics__predict/dagRuns/manual__7"
-    routes["GET", run_path] = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__7", "state": "failed",
+    run_path = "/dags/demo_web_metrics__score/dagRuns/manual__7"
+    routes["GET", run_path] = {"dag_id": "demo_web_metrics__score", "dag_run_id": "manual__7", "state": "failed",
                                "conf": {"input": "/in.csv", "output": "/var/scored/x.parquet"}}
     routes["GET", f"{run_path}/taskInstances"] = {"task_instances": [
         {"task_id": "score", "map_index": 0, "try_number": 1, "state": "failed"}], "total_entries": 1}
@@ -736,7 +736,7 @@ def test_a_failed_score_file_run_says_which_task_failed_why_and_that_it_wrote_no
     body = answer.json()
     assert body["state"] == "failed" and body["failed_tasks"] == ["score[0]"]
     assert body["error"] == (
-        "run manual__7 of demo_web_metrics__predict failed in task score[0]; it wrote nothing to /var/scored/x.parquet "
+        "run manual__7 of demo_web_metrics__score failed in task score[0]; it wrote nothing to /var/scored/x.parquet "
         "(a file there is another run's). score[0]: DataValidationError: job demo_web_metrics: column 'requests' holds text."
     )
     assert ("GET", f"{run_path}/taskInstances/score/logs/1", {"map_index": ["0"]}) in requests
@@ -755,8 +755,8 @@ def test_a_run_failed_in_more_chunks_than_airflow_lists_at_once_names_and_counts
     # Airflow answers 50 task instances unless asked for more, and at most 100 ([api]
     # maximum_page_limit) whatever is asked: a run failed in 130 chunks was said to fail in 50.
     routes, requests = stand_in_airflow
-    run_path = "/dags/demo_web_metrics__predict/dagRuns/manual__8"
-    routes["GET", run_path] = {"dag_id": "demo_web_metrics__predict", "dag_run_id": "manual__8", "state": "failed",
+    run_path = "/dags/demo_web_metrics__score/dagRuns/manual__8"
+    routes["GET", run_path] = {"dag_id": "demo_web_metrics__score", "dag_run_id": "manual__8", "state": "failed",
                                "conf": {"input": "/in.csv", "output": "/var/scored/x.parquet"}}
     failed = [{"task_id": "score", "map_index": index, "try_number": 1, "state": "failed"} for index in range(130)]
 
@@ -770,7 +770,7 @@ def test_a_run_failed_in_more_chunks_than_airflow_lists_at_once_names_and_counts
     body = client.get(f"{BASE}/score-file/manual__8", headers=headers).json()
     assert body["failed_tasks"] == [f"score[{index}]" for index in range(130)]
     assert body["error"].startswith(
-        "run manual__8 of demo_web_metrics__predict failed in 130 tasks: score[0], score[1], score[2], score[3], score[4], "
+        "run manual__8 of demo_web_metrics__score failed in 130 tasks: score[0], score[1], score[2], score[3], score[4], "
         "score[5], score[6], score[7], score[8], score[9] and 120 more; it wrote nothing to /var/scored/x.parquet"
     )
     assert body["error"].endswith("Their logs in Airflow say why.")
@@ -859,15 +859,15 @@ def test_two_score_file_calls_at_once_for_one_output_start_one_run(app, headers,
     routes, requests = stand_in_airflow
     listed: list[dict] = []
     routes["GET", "/dags/~/dagRuns"] = lambda: {"dag_runs": listed, "total_entries": len(listed)}
-    routes["GET", "/dags/demo_web_metrics__predict"] = {"dag_id": "demo_web_metrics__predict", "is_paused": False}
+    routes["GET", "/dags/demo_web_metrics__score"] = {"dag_id": "demo_web_metrics__score", "is_paused": False}
 
     def trigger() -> dict:
-        run = {"dag_id": "demo_web_metrics__predict", "dag_run_id": f"manual__{len(listed)}", "state": "queued",
+        run = {"dag_id": "demo_web_metrics__score", "dag_run_id": f"manual__{len(listed)}", "state": "queued",
                "conf": {"input": "/x.csv", "output": str(web_project / "var" / "scored" / "web.parquet")}}
         listed.append(run)
         return run
 
-    routes["POST", "/dags/demo_web_metrics__predict/dagRuns"] = trigger
+    routes["POST", "/dags/demo_web_metrics__score/dagRuns"] = trigger
     body = {"input": "data/demo/web_metrics.csv", "output": "var/scored/web.parquet"}
 
     async def both() -> list[int]:

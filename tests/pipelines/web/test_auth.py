@@ -107,7 +107,7 @@ def test_a_viewer_may_read_but_not_score(client, mint, spike_points):
     answer = client.post(DETECT, json={"points": spike_points}, headers=viewer)
     assert answer.status_code == 403
     assert answer.json()["detail"] == (
-        "user 'viewer' may not trigger runs of job 'demo_web_metrics' (DAGs demo_web_metrics__predict): "
+        "user 'viewer' may not trigger runs of job 'demo_web_metrics' (DAGs demo_web_metrics__predict, demo_web_metrics__score): "
         "ask an Airflow admin for access"
     )
     answer = client.post(SCORE_FILE, json={"input": "data/demo/web_metrics.csv"}, headers=viewer)
@@ -132,6 +132,43 @@ def test_authorization_goes_through_the_auth_manager(mint):
     assert not is_job_authorized(viewer, "demo_web_metrics", "POST")
     assert is_job_authorized(op, "demo_web_metrics", "POST")
     assert not is_job_authorized(nobody, "demo_web_metrics", "GET")
+
+
+class _RefusingOneDag:
+    """The real auth manager, except that it refuses one DAG (as per-DAG permissions in FAB can)."""
+
+    def __init__(self, manager, dag_id: str, method: str):
+        self._manager, self._dag_id, self._method = manager, dag_id, method
+
+    def is_authorized_dag(self, *, method, details=None, **kwargs):
+        if method == self._method and details is not None and details.id == self._dag_id:
+            return False
+        return self._manager.is_authorized_dag(method=method, details=details, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._manager, name)
+
+
+def test_starting_a_scoring_run_needs_the_right_to_trigger_the_score_dag(client, mint, monkeypatch):
+    """One-off scoring runs are runs of <job>__score: the right to trigger __predict alone is not enough."""
+    from pipelines.web import auth
+
+    real = auth.auth_manager()
+    monkeypatch.setattr(auth, "auth_manager", lambda: _RefusingOneDag(real, "demo_web_metrics__score", "POST"))
+    answer = client.post(SCORE_FILE, json={"input": "data/demo/web_metrics.csv"}, headers={"Authorization": f"Bearer {mint('op')}"})
+    assert answer.status_code == 403, answer.text
+    assert "(DAGs demo_web_metrics__predict, demo_web_metrics__score)" in answer.json()["detail"]
+
+
+def test_reading_a_job_needs_read_access_to_its_score_dag(client, mint, monkeypatch):
+    """GET score-file/<run_id> reads a __score run: a user who may not read that DAG may not read the job."""
+    from pipelines.web import auth
+
+    real = auth.auth_manager()
+    monkeypatch.setattr(auth, "auth_manager", lambda: _RefusingOneDag(real, "demo_web_metrics__score", "GET"))
+    answer = client.get(SCORE_FILE + "/manual__1", headers={"Authorization": f"Bearer {mint('viewer')}"})
+    assert answer.status_code == 403, answer.text
+    assert "demo_web_metrics__tune, demo_web_metrics__score" in answer.json()["detail"]
 
 
 def test_a_token_with_a_role_the_auth_manager_does_not_know_is_403(client, mint):

@@ -490,6 +490,10 @@ def test_run_tab_of_a_predict_run_shows_its_window(dash):
     assert "has no rows in the job's outputs" in missing
     train = dash.get(f"{D}/runs/demo_web_metrics__train/any").text
     assert "trains the models of job <strong>demo_web_metrics</strong>" in train
+    # A one-off scoring run writes its own file: its page says where to look, not "tunes the models".
+    score = dash.get(f"{D}/runs/demo_web_metrics__score/manual__one").text
+    assert "scores a file with the serving models of job <strong>demo_web_metrics</strong>" in score
+    assert "/api/v1/jobs/demo_web_metrics/score-file/manual__one" in score
     other = dash.get(f"{D}/runs/some_other_dag/any").text
     assert "is not one of the anomaly-detection jobs" in other
 
