@@ -650,7 +650,19 @@ def _naming_input(message: str, given: Any) -> str:
 def _param_problem(err: Any, kind: str, known: str) -> str:
     """One detector-parameter error as ``params.<name>: <what is wrong>``."""
     if err["type"] == "extra_forbidden":
-        return f"params.{'.'.join(str(p) for p in err['loc'])}: unknown parameter (check its spelling; {kind}'s parameters are {known})"
+        name = ".".join(str(p) for p in err["loc"])
+        # auto's candidates take their own parameters under candidate_params: "check its spelling"
+        # sent a correctly spelt holidays_country hunting for a typo.
+        candidates = [k for k in MODEL_PARAMS if k != "auto"] if kind == "auto" else []
+        takers = sorted(k for k in candidates if name in MODEL_PARAMS[k].model_fields)
+        if takers:
+            return (
+                f"params.{name}: auto takes no parameter {name}; it is a parameter of its "
+                f"candidate{'s' if len(takers) > 1 else ''} {', '.join(takers)}: give it as "
+                f"{' or '.join(f'candidate_params.{k}.{name}' for k in takers)} "
+                "(auto passes candidate_params.<kind> to that candidate)"
+            )
+        return f"params.{name}: unknown parameter (check its spelling; {kind}'s parameters are {known})"
     message = err["msg"].removeprefix("Value error, ")
     if not err["loc"]:  # a check of the parameters together: its message names them, the input is all of them
         return f"params: {message}"
@@ -1241,7 +1253,9 @@ class JobConfig(_Model):
         checks = [self._columns_are_distinct, self._dimensions_are_not_output_columns, self._training_window_spans_two_periods]
         if self.training_window >= self.frequency * 2:  # else the line above says it: the rows checks would repeat it
             checks.append(self._training_window_holds_enough_rows)
-        checks.extend([self._season_spans_two_rows, self._season_is_learned, self._tune_grid_fits_the_model])
+        for where in self._seasons():
+            checks.extend([lambda w=where: self._season_spans_two_rows(*w), lambda w=where: self._season_is_learned(*w)])
+        checks.append(self._tune_grid_fits_the_model)
         if self._tune_grid_is_known():  # else the line above (or TuneConfig's) names what is wrong with the grid
             if self.training_window >= self.frequency * 2 and self._trains():  # else a line above says the window is short
                 checks.append(self._tune_trials_have_rows)
@@ -1284,13 +1298,25 @@ class JobConfig(_Model):
                 "or a shorter frequency",
             )
 
-    def _season_spans_two_rows(self) -> None:
+    def _seasons(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The seasons of seasonal detectors the job sets up, as (field of their params, kind, params):
+        model.kind's own, and for auto each candidate's season written in candidate_params (a
+        candidate found unfit only at training was skipped there, its reason among the trials)."""
+        found = []
+        if "season" in MODEL_PARAMS[self.model.kind].model_fields:
+            found.append(("model.params", self.model.kind, self.model.params))
+        if self.model.kind == "auto":
+            for kind, params in (self.model.params.get("candidate_params") or {}).items():
+                # A default season is not checked: auto skips a candidate it does not fit, as it may.
+                if "season" in params and "season" in MODEL_PARAMS[kind].model_fields:
+                    found.append((f"model.params.candidate_params.{kind}", kind, params))
+        return found
+
+    def _season_spans_two_rows(self, field: str, kind: str, params: dict[str, Any]) -> None:
         # The seasonal detectors refuse, at every fit, a season that the frequency puts in one row.
-        if "season" not in MODEL_PARAMS[self.model.kind].model_fields:
-            return
-        written = "season" in self.model.params
-        default = MODEL_PARAMS[self.model.kind].model_fields["season"].default
-        season = self.model.params["season"] if written else default
+        written = "season" in params
+        default = MODEL_PARAMS[kind].model_fields["season"].default
+        season = params["season"] if written else default
         # A whole number is rows (at least 2, checked with the parameters); None is no season.
         if not isinstance(season, str) or rows_spanned(season, self.frequency) >= 2:
             return
@@ -1302,20 +1328,20 @@ class JobConfig(_Model):
             else "season: null for no season"
         )
         raise _FieldError(
-            "model.params.season",
+            f"{field}.season",
             f"{named} is not longer than one period of frequency {duration_text(self.frequency)}, so a season would "
             f"hold one row and a seasonal profile needs two: use at least {duration_text(2 * self.frequency)}, or {instead}",
         )
 
-    def _season_is_learned(self) -> None:
+    def _season_is_learned(self, field: str, kind: str, params: dict[str, Any]) -> None:
         # A seasonal detector fits without its season when its rows hold fewer than two (a new
         # job's fallback, seasonal_mad._learn_season): a training window that never holds two made
         # every training serve a model without the season the job file asks for, with a warning
         # in the task logs only.
-        if "season" not in MODEL_PARAMS[self.model.kind].model_fields or self.training_window < self.frequency * 2:
+        if self.training_window < self.frequency * 2:
             return
-        written = "season" in self.model.params
-        season = self.model.params["season"] if written else MODEL_PARAMS[self.model.kind].model_fields["season"].default
+        written = "season" in params
+        season = params["season"] if written else MODEL_PARAMS[kind].model_fields["season"].default
         if season is None:
             return
         season_rows = season if isinstance(season, int) else rows_spanned(season, self.frequency)
@@ -1326,11 +1352,12 @@ class JobConfig(_Model):
         named = f"season {season}" if written else f"the default season {season}"
         least = _least_window(rows, 2 * season_rows, self.frequency, _TRAINING_HOLDOUT)
         raise _FieldError(
-            "model.params.season" if written else "training_window",
+            f"{field}.season" if written else "training_window",
             f"{named} needs two seasons of rows to learn a profile ({2 * season_rows} rows of {duration_text(self.frequency)}), "
             f"but {self._window_rows(rows)}, and training fits the new model on the first {fitted} of them (the last "
-            f"{_TRAINING_HOLDOUT:.0%} are held back to compare it with the serving model): every training would fit without "
-            f"a season; use a training_window of at least {duration_text(least)}, a shorter season, or season: null for none",
+            f"{_TRAINING_HOLDOUT:.0%} are held back to compare it with the serving model): every training would fit "
+            f"{'' if kind == self.model.kind else f'the {kind} candidate '}without a season; use a training_window of at least "
+            f"{duration_text(least)}, a shorter season, or season: null for none",
         )
 
     def _training_window_holds_enough_rows(self) -> None:

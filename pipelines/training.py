@@ -359,18 +359,19 @@ def version_summary(version: ModelVersion) -> dict[str, Any]:
     }
 
 
-def champion_models(job: JobConfig, series: str | None = None) -> list[dict[str, Any]]:
+def champion_models(job: JobConfig, series: str | None = None, *, keys: list[str] | None = None) -> list[dict[str, Any]]:
     """Each series' serving model from its metadata: version, training window and rows,
     parameters, threshold, metrics, why it was promoted, and for ``auto`` the detector it chose
     and why (:func:`version_summary`); ``metadata`` is the whole metadata.json. Series
     without a champion are left out. What ``GET .../model`` and ``anomaly-pipelines models`` show.
+    ``keys``: those series only, as the caller listed them (a page of them), instead of every one.
 
     Raises :class:`ModelError` naming the series that have models when ``series`` has none, or
     when the champion of ``series`` cannot be read; listing every series, such a series is left
     out with a warning naming it and why.
     """
     registry = registry_for(job)
-    keys = registry.series(job.name)
+    keys = registry.series(job.name) if keys is None else keys
     if series is not None:
         if series not in keys:
             raise ModelError(

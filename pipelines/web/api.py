@@ -350,6 +350,12 @@ def _records_json(frame: pd.DataFrame) -> str:
 
 SeriesQuery = Annotated[SeriesKey | None, Query(description="One series, e.g. 'region=eu' ('all' without dimensions).")]
 
+#: Series of ``GET .../model`` at once, by key (``?page=N`` for the others): without a page it read
+#: every series' champion, a job of 100,000 series in one answer (as the dashboard's models data did).
+MODEL_PAGE_SERIES = 200
+#: Largest ``?page=`` taken (a bound, so that no absurd number is multiplied out).
+MAX_MODEL_PAGE = 1_000_000
+
 
 @router.get(
     "/jobs/{job}/model",
@@ -357,19 +363,59 @@ SeriesQuery = Annotated[SeriesKey | None, Query(description="One series, e.g. 'r
     response_model=ModelInfo,
     responses={**_AUTH_ERRORS, **_STORE_DOWN},
 )
-def model(job: JobName, user: CurrentUser, series: SeriesQuery = None) -> ModelInfo:
-    """Champion metadata per series, like OCI's model information."""
+def model(
+    job: JobName,
+    user: CurrentUser,
+    series: SeriesQuery = None,
+    page: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_MODEL_PAGE, description="Page of the series with models, by key, from 1 (not with series)."),
+    ] = None,
+) -> ModelInfo:
+    """Champion metadata per series, like OCI's model information: one page of series (the first
+    without ``page``), or the one ``series``."""
     from pipelines.errors import ModelError
     from pipelines.training import champion_models
 
     config = served_job(user, job, "GET")
-    try:
-        champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, series)]
-    except ModelError as exc:  # a series without a model
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
-    if not champions:
-        raise _none_yet(job, "champion model", series, "train")
-    return ModelInfo(job=job, model=config.model.kind, features=config.features, dimensions=config.dimensions, champions=champions)
+    if series is not None:
+        if page is not None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"give series or page, not both: series {series!r} is one series, on no page of another",
+            )
+        try:
+            champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, series)]
+        except ModelError as exc:  # a series without a model
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+        if not champions:
+            raise _none_yet(job, "champion model", series, "train")
+        where = {"page": 1, "pages": 1, "total": 1, "page_size": MODEL_PAGE_SERIES, "next_page": None}
+    else:
+        champions, where = _champions_page(config, page or 1)
+        # No series with a model, or none of the job's series (all on page 1) has a champion yet.
+        if not where["total"] or (not champions and where["pages"] == where["page"] == 1):
+            raise _none_yet(job, "champion model", None, "train")
+    return ModelInfo(
+        job=job, model=config.model.kind, features=config.features, dimensions=config.dimensions, **where, champions=champions
+    )
+
+
+def _champions_page(config: JobConfig, page: int) -> tuple[list[ChampionInfo], dict[str, Any]]:
+    """The champions of the series on ``page`` (MODEL_PAGE_SERIES a page, by key), and where it is:
+    ``page``, ``pages``, ``total``, ``page_size``, ``next_page``. A page past the end holds none.
+    Read by :func:`pipelines.training.champion_models`, for the page's series only: a series whose
+    champion cannot be read is left out with a warning."""
+    from pipelines.training import champion_models, registry_for
+
+    keys = registry_for(config).series(config.name)
+    first = (page - 1) * MODEL_PAGE_SERIES
+    champions = [
+        ChampionInfo.model_validate(entry) for entry in champion_models(config, keys=keys[first : first + MODEL_PAGE_SERIES])
+    ]
+    pages = max(1, -(-len(keys) // MODEL_PAGE_SERIES))
+    where = {"page": page, "pages": pages, "total": len(keys), "page_size": MODEL_PAGE_SERIES}
+    return champions, {**where, "next_page": page + 1 if page < pages else None}
 
 
 @router.get(

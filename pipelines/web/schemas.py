@@ -172,7 +172,14 @@ class ModelInfo(BaseModel):
     model: str = Field(description="The job's detector kind.")
     features: list[str]
     dimensions: list[str]
-    champions: list[ChampionInfo]
+    page: int = Field(description="This page of the series with models, by key, from 1 (1 with `series`).")
+    pages: int = Field(description="Pages the series with models fill (1 with `series`).")
+    total: int = Field(description="Series with models (1 with `series`).")
+    page_size: int = Field(description="Series a page holds.")
+    next_page: int | None = Field(description="The `page` to ask for next; null after the last page.")
+    champions: list[ChampionInfo] = Field(
+        description="The champions of this page's series; a series whose champion cannot be read is left out."
+    )
 
 
 class TuningStretch(BaseModel):

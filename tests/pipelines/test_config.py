@@ -776,6 +776,71 @@ def test_settings_that_fail_every_training_together_are_refused_at_the_field(ove
     assert len(lines) == 2 and lines[1].startswith(f"  {line}")
 
 
+def _auto(**params) -> dict:
+    return {"kind": "auto", "params": params}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        # Only model.kind's own season was checked: a candidate's was found at training, where
+        # that candidate was skipped (or fitted without its season), its reason among the trials.
+        ({"model": _auto(candidate_params={"seasonal_mad": {"season": "30m"}})},
+         "model.params.candidate_params.seasonal_mad.season: season 30m is not longer than one period of frequency 1h, so a "
+         "season would hold one row and a seasonal profile needs two: use at least 2h, or leave season out (the default 1d)"),
+        ({"frequency": "1d", "training_window": "365d",
+          "model": _auto(
+              candidates=["level_shift", "iforest"], prefer="iforest", candidate_params={"level_shift": {"season": "1d"}}
+          )},
+         "model.params.candidate_params.level_shift.season: season 1d is not longer than one period of frequency 1d"),
+        ({"training_window": "7d",
+          "model": _auto(candidate_params={"prophet": {"holidays_country": "US"}, "level_shift": {"season": "1w"}})},
+         "model.params.candidate_params.level_shift.season: season 1w needs two seasons of rows to learn a profile (336 rows of "
+         "1h), but a training_window of 7d holds 168 rows of 1h, and training fits the new model on the first 134 of them (the "
+         "last 20% are held back to compare it with the serving model): every training would fit the level_shift candidate "
+         "without a season; use a training_window of at least 18d, a shorter season, or season: null for none"),
+    ],
+)
+def test_a_candidates_season_is_checked_like_the_models(overrides, line):
+    with pytest.raises(ConfigError) as info:
+        parse_job(minimal(**overrides), source="jobs/web.yaml")
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"  {line}")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model": _auto(candidate_params={"seasonal_mad": {"season": "1w"}, "prophet": {"holidays_country": "US"}})},
+        {"model": _auto(candidate_params={"seasonal_mad": {"season": None}, "level_shift": {"season": 24}})},
+        # A candidate's default season that does not fit is not the job file's: auto skips that candidate.
+        {"frequency": "1d", "training_window": "365d", "model": _auto()},
+        {"frequency": "1d", "training_window": "365d", "model": _auto(candidate_params={"seasonal_mad": {"level_window": 7}})},
+    ],
+)
+def test_a_candidates_season_that_fits_is_taken(overrides):
+    assert parse_job(minimal(**overrides)).model.kind == "auto"
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"holidays_country": "US"},
+         "params.holidays_country: auto takes no parameter holidays_country; it is a parameter of its candidate prophet: give "
+         "it as candidate_params.prophet.holidays_country (auto passes candidate_params.<kind> to that candidate)"),
+        ({"season": "1w"},
+         "params.season: auto takes no parameter season; it is a parameter of its candidates level_shift, seasonal_mad: give it "
+         "as candidate_params.level_shift.season or candidate_params.seasonal_mad.season"),
+    ],
+)
+def test_auto_given_a_candidates_parameter_is_told_where_it_goes(params, problem):
+    """It was told "unknown parameter (check its spelling ...)" of a parameter spelt right."""
+    with pytest.raises(ConfigError, match=re.escape(f"invalid parameters for model 'auto': {problem}")):
+        parse_job(minimal(model=_auto(**params)))
+    with pytest.raises(ConfigError, match=re.escape("params.holiday_country: unknown parameter (check its spelling; auto's")):
+        parse_job(minimal(model=_auto(holiday_country="US")))  # a parameter of no candidate
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

@@ -230,6 +230,74 @@ def test_model_of_one_series(client, headers):
     assert "series with models: region=apac, region=eu, region=us" in answer.json()["detail"]
 
 
+def test_model_without_a_series_answers_the_first_page(client, headers, monkeypatch):
+    """Without ?series it read every series' champion: a job of 100,000 series in one answer."""
+    from pipelines.registry import ModelRegistry
+    from pipelines.web import api
+
+    monkeypatch.setattr(api, "MODEL_PAGE_SERIES", 2)
+    read: list[str] = []
+    champion = ModelRegistry.champion
+
+    def reading(self, job, series):
+        read.append(series)
+        return champion(self, job, series)
+
+    monkeypatch.setattr(ModelRegistry, "champion", reading)
+    answer = client.get(f"{BASE}/model", headers=headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert read == ["region=apac", "region=eu"]  # the other series' champions were not read
+    assert [c["series"] for c in body["champions"]] == ["region=apac", "region=eu"]
+    assert {k: body[k] for k in ("page", "pages", "total", "page_size", "next_page")} == {
+        "page": 1, "pages": 2, "total": 3, "page_size": 2, "next_page": 2
+    }
+
+
+def test_model_pages_through_the_series(client, headers, monkeypatch):
+    from pipelines.web import api
+
+    monkeypatch.setattr(api, "MODEL_PAGE_SERIES", 2)
+
+    def body(**params) -> dict:
+        answer = client.get(f"{BASE}/model", params=params, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    last = body(page=2)
+    assert [c["series"] for c in last["champions"]] == ["region=us"] and last["next_page"] is None
+    assert last["page"] == 2 and last["pages"] == 2 and last["total"] == 3
+    past = body(page=3)  # past the end: no champions, and how many pages there are
+    assert past["champions"] == [] and past["pages"] == 2 and past["total"] == 3 and past["next_page"] is None
+    one = body(series="region=eu")  # one series: as before, on a page of its own
+    assert [c["series"] for c in one["champions"]] == ["region=eu"]
+    assert {k: one[k] for k in ("page", "pages", "total", "next_page")} == {"page": 1, "pages": 1, "total": 1, "next_page": None}
+
+
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [
+        ("0", "greater than or equal to 1"),
+        ("-1", "greater than or equal to 1"),
+        ("abc", "valid integer"),
+        ("1.5", "valid integer"),
+        ("1000001", "less than or equal to 1000000"),
+        ("9" * 5000, "integer, exceeded maximum size"),
+    ],
+)
+def test_a_bad_model_page_is_422_naming_it(client, headers, page, message):
+    answer = client.get(f"{BASE}/model", params={"page": page}, headers=headers)
+    assert answer.status_code == 422, answer.text[:300]
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["query", "page"] and message in error["msg"]
+
+
+def test_model_refuses_a_page_with_a_series(client, headers):
+    answer = client.get(f"{BASE}/model", params={"series": "region=eu", "page": 2}, headers=headers)
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "give series or page, not both: series 'region=eu' is one series, on no page of another"
+
+
 def test_model_of_an_untrained_job_is_404(client, headers):
     answer = client.get("/api/v1/jobs/demo_sensors/model", headers=headers)
     assert answer.status_code == 404
