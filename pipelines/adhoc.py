@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import io
 import logging
+import re
 from functools import partial
 from typing import Any
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 ROW = "row"
 #: The key of the returned frame's ``attrs`` naming the series not scored, and why.
 UNSCORED = "unscored"
+#: A detector's refusal of a duration parameter for rows without times (see the detectors' ``fit``).
+_UNTIMED_DURATION = re.compile(r"parameter '(\w+)' is the duration '([^']*)' but the data has no timestamps")
 #: How many reasons an error of every series without a model spells out (the rest it names).
 _REASONS_SHOWN = 10
 _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as seconds
@@ -63,18 +66,19 @@ def _read(job: JobConfig, path: str, option: str) -> tuple[pd.DataFrame, Timesta
     if frame.empty:
         # Validation would only report "expect_table_row_count_to_be_between, observed 0".
         raise DataValidationError(f"{path}: the {option} file holds no rows (only a header, or nothing): give a file with data")
-    if job.timestamp == _ROW_CLOCK:
-        # The first data row is 1 second, so that the output's `row` is the row as the errors count
-        # it (and as people count a file's rows): the output numbered from 0, the errors from 1.
-        frame[_ROW_CLOCK] = pd.to_datetime(np.arange(1, len(frame) + 1), unit="s", utc=True)
+    # Without --timestamp the clock is added after validation: the user never named it, so no
+    # check or row of a report may name it (rows are named by their numbers).
     report = validate_batch(
         frame, job, missing_column_hint=partial(_missing_column_hint, job, path),
         rows=RowNumbers(first=1, of=f"the {option} file, counting its first data row as 1", batch=f"the {option} file {path}"),
-        number_hint=_number_hint,
+        number_hint=_number_hint, timed=job.timestamp != _ROW_CLOCK,
     )
     if not report.success:
         raise DataValidationError(f"{path}: {report.summary()}", report=report.to_dict())
     if job.timestamp == _ROW_CLOCK:
+        # The first data row is 1 second, so that the output's `row` is the row as the errors count
+        # it (and as people count a file's rows): the output numbered from 0, the errors from 1.
+        frame[_ROW_CLOCK] = pd.to_datetime(np.arange(1, len(frame) + 1), unit="s", utc=True)
         return prepare(frame, job), None
     try:
         parsed = parse_timestamps(frame[job.timestamp], job.timestamp_format, refuse_day_first=True)
@@ -266,6 +270,14 @@ def detect_files(
             f"--dimensions names {ROW!r}, the column the output numbers rows in when there is no --timestamp: "
             "rename that column in both files, or give the time column with --timestamp"
         )
+    clashing = [f"--{option} names {_ROW_CLOCK!r}" for option, names in (("features", features), ("dimensions", dimensions))
+                if _ROW_CLOCK in names]
+    if timestamp is None and clashing:
+        # The options check then said "columns used twice among timestamp, ...": no time was given.
+        raise ConfigError(
+            f"{' and '.join(clashing)}, the name detect gives the rows' numbers when there is no --timestamp: "
+            "rename that column in both files, or give the time column with --timestamp"
+        )
     _check_columns(timestamp, features, dimensions)
     job = _parse_options(
         {
@@ -315,6 +327,18 @@ def detect_files(
         log.info("detect: series %s (%d of %d): training on %d rows, then scoring %d", key, done, len(to_score), len(history), len(data))
         try:
             detector.fit(history)
+        except ConfigError as exc:
+            duration = _UNTIMED_DURATION.match(str(exc)) if job.timestamp == _ROW_CLOCK else None
+            if duration is None:
+                raise
+            # The duration may be the model's default ('1d'), which the user never gave, and the
+            # advice was a job file's ("rest: 150"): the fix is an option of this command.
+            name, value = duration.groups()
+            raise ConfigError(
+                f"--model {model}: parameter {name!r} is the duration {value!r}, but without --timestamp the rows have no "
+                f"times: give it as a number of rows with --params (e.g. --params '{{\"{name}\": 24}}'), or give the time "
+                "column with --timestamp. Nothing was written."
+            ) from exc
         except ModelError as exc:
             # The detector names neither the file nor the series (which of several is short?), and
             # its advice is a scheduled job's, which has a window to widen: a file has none.

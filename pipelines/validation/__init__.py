@@ -20,7 +20,14 @@ import pandas as pd
 from pipelines.config import FileSource, JobConfig
 from pipelines.errors import DataValidationError
 from pipelines.storage import atomic_write, join
-from pipelines.validation.report import SAMPLE_SIZE, CheckResult, RowNumbers, ValidationReport, build_report
+from pipelines.validation.report import (
+    SAMPLE_SIZE,
+    CheckResult,
+    RowNumbers,
+    ValidationReport,
+    build_report,
+    expectation_columns,
+)
 from pipelines.validation.suite import (
     build_suite,
     duplicate_instants,
@@ -54,6 +61,7 @@ def validate_batch(
     missing_column_hint: Callable[[str], str] | None = None,
     rows: RowNumbers = RowNumbers(),
     number_hint: Callable[[dict[str, str]], str] | None = None,
+    timed: bool = True,
 ) -> ValidationReport:
     """Check the raw ``frame`` of ``job`` for ``window``; failing data gives a failed report.
 
@@ -64,10 +72,20 @@ def validate_batch(
     0-based positions in it): e.g. a chunk of a file numbers them as rows of the file.
     ``number_hint`` says how to set csv options (``{"decimal": ","}``) that read a feature's
     numbers as a locale writes them ("1,5", "1,234.5"; by default, what the job's source can be
-    told): for callers whose csv options are not a job file's.
+    told): for callers whose csv options are not a job file's. ``timed=False`` says the source
+    has no time column: ``job.timestamp`` names one the caller adds after validation (rows'
+    numbers standing for times), which is neither looked for nor checked, so the report names
+    rows by their numbers and dimensions only.
     """
+    if not timed:
+        # The user never named this column: its checks counted among theirs, and each sampled row
+        # was located at "__row_time__=1970-01-01T00:00:05" (a source may also hold a column so named).
+        frame = frame.drop(columns=job.timestamp, errors="ignore")
     batch = prepare_batch(frame, job)
-    result = _run(batch, build_suite(batch, job, suite_path))
+    suite = build_suite(batch, job, suite_path)
+    if not timed:
+        suite = _without_column(suite, job.timestamp)
+    result = _run(batch, suite)
     bounds = (window[0].isoformat() if window[0] else None, window[1].isoformat() if window[1] else None)
     keys = batch[[name for name in (job.timestamp, *job.dimensions) if name in batch.columns]]
     parsed = instants(frame, job) if job.timestamp in frame.columns else None
@@ -89,6 +107,13 @@ def validate_batch(
     )
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
+
+
+def _without_column(suite: ExpectationSuite, column: str) -> ExpectationSuite:
+    import great_expectations as gx
+
+    kept = [one for one in suite.expectations if column not in expectation_columns(one.configuration.kwargs)]
+    return gx.ExpectationSuite(name=suite.name, expectations=kept)
 
 
 def _number_hint(job: JobConfig, settings: dict[str, str]) -> str:
