@@ -361,7 +361,7 @@ MAX_MODEL_PAGE = 1_000_000
     "/jobs/{job}/model",
     summary="The job's champion models: version, training time, parameters, metrics; for auto, the detector chosen and why",
     response_model=ModelInfo,
-    responses={**_AUTH_ERRORS, **_STORE_DOWN},
+    responses={**_AUTH_ERRORS, **_STORE_DOWN, **_error(422, "A page out of range, or a page with a series.")},
 )
 def model(
     job: JobName,

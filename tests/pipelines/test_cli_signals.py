@@ -30,6 +30,10 @@ def test_sigterm_says_stopped_and_exits_143():
 EARLY_CTRL_C = """
 import os, signal, sys
 
+# As in a terminal: a process started in the background by a non-interactive shell (as a CI
+# script may start the tests) inherits SIGINT ignored, and Python then installs no handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 class CtrlC:
     def find_spec(self, name, path=None, target=None):
         if name == "pipelines.config":
