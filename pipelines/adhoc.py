@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import io
 import logging
-import re
 from functools import partial
 from typing import Any
 
@@ -25,7 +24,7 @@ from pydantic import ValidationError
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, parse_job
 from pipelines.detectors import make_detector
-from pipelines.errors import ConfigError, DataValidationError, ModelError, PipelineError
+from pipelines.errors import ConfigError, DataValidationError, ModelError, PipelineError, UntimedDuration
 from pipelines.extraction import prepare, series_groups
 from pipelines.schema import conform
 from pipelines.sources import FileReader
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 ROW = "row"
 #: The key of the returned frame's ``attrs`` naming the series not scored, and why.
 UNSCORED = "unscored"
-#: A detector's refusal of a duration parameter for rows without times (see the detectors' ``fit``).
-_UNTIMED_DURATION = re.compile(r"parameter '(\w+)' is the duration '([^']*)' but the data has no timestamps")
 #: How many reasons an error of every series without a model spells out (the rest it names).
 _REASONS_SHOWN = 10
 _ROW_CLOCK = "__row_time__"  # validation needs a time column; rows stand in as seconds
@@ -327,13 +324,10 @@ def detect_files(
         log.info("detect: series %s (%d of %d): training on %d rows, then scoring %d", key, done, len(to_score), len(history), len(data))
         try:
             detector.fit(history)
-        except ConfigError as exc:
-            duration = _UNTIMED_DURATION.match(str(exc)) if job.timestamp == _ROW_CLOCK else None
-            if duration is None:
-                raise
+        except UntimedDuration as exc:
             # The duration may be the model's default ('1d'), which the user never gave, and the
             # advice was a job file's ("rest: 150"): the fix is an option of this command.
-            name, value = duration.groups()
+            name, value = exc.parameter, exc.value
             raise ConfigError(
                 f"--model {model}: parameter {name!r} is the duration {value!r}, but without --timestamp the rows have no "
                 f"times: give it as a number of rows with --params (e.g. --params '{{\"{name}\": 24}}'), or give the time "

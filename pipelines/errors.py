@@ -23,6 +23,15 @@ class ConfigError(PipelineError):
     """A job file or a parameter is invalid."""
 
 
+class UntimedDuration(ConfigError):
+    """A detector parameter given as a duration for data without timestamps: ``parameter`` and
+    ``value`` let a caller whose user sets it otherwise (a CLI option) say how to there."""
+
+    def __init__(self, parameter: str, value: str, advice: str) -> None:
+        self.parameter, self.value = parameter, value
+        super().__init__(f"parameter {parameter!r} is the duration {value!r} but the data has no timestamps; {advice}")
+
+
 class SourceError(PipelineError):
     """Data could not be read: missing file, bad format, SQL error, empty window..."""
 

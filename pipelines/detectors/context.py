@@ -22,7 +22,7 @@ from pipelines.detectors.calibration import decision_threshold
 from pipelines.detectors.context_memory import ContextMemory
 from pipelines.detectors.params import ContextParams
 from pipelines.durations import rows_spanned
-from pipelines.errors import ConfigError
+from pipelines.errors import UntimedDuration
 
 #: Fewest training rows: the first half fills the memory, the second sets the threshold.
 _MIN_TRAINING_ROWS = 50
@@ -291,10 +291,7 @@ class ContextDetector(BaseDetector):
         if isinstance(rest, int):
             return rest
         if not isinstance(index, pd.DatetimeIndex):
-            raise ConfigError(
-                f"parameter 'rest' is the duration {rest!r} but the data has no timestamps; "
-                "give the rest as a number of rows (e.g. rest: 150)"
-            )
+            raise UntimedDuration("rest", rest, "give the rest as a number of rows (e.g. rest: 150)")
         return rows_spanned(rest, pd.Series(index).diff().median())  # positive: the index is unique and sorted
 
     def _decision_threshold(self, calibration: np.ndarray, policy: ThresholdConfig) -> float:

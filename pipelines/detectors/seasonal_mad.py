@@ -12,7 +12,7 @@ from pipelines.detectors.base import BaseDetector, Detection, make_detection, wi
 from pipelines.detectors.calibration import ScoreCalibrator, fit_per_feature
 from pipelines.detectors.params import SeasonalMADParams
 from pipelines.durations import parse_duration, rows_spanned
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, UntimedDuration
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,7 @@ class SeasonalMADDetector(BaseDetector):
         if isinstance(season, int):
             self.season_, self.n_slots_ = season, season
         elif not self.time_indexed_:
-            raise ConfigError(
-                f"parameter 'season' is the duration {season!r} but the data has no timestamps; "
-                "give the season as a number of rows"
-            )
+            raise UntimedDuration("season", season, "give the season as a number of rows")
         else:
             self.season_ = pd.Timedelta(parse_duration(season))
             self.n_slots_ = rows_spanned(self.season_, self.step_)

@@ -93,7 +93,7 @@ def validate_batch(
     more = [
         check
         for check in (
-            unparseable_instants(batch, job, verdicts=verdicts),
+            unparseable_instants(batch, job, verdicts=verdicts, parsed=parsed),
             duplicate_instants(frame, batch, job, parsed=parsed, first_row=rows.first),
             unread_instants(batch, job, parsed, verdicts=verdicts),
             far_instants(batch, job, parsed),

@@ -226,7 +226,7 @@ def unread_instants(
 
 
 def unparseable_instants(
-    batch: pd.DataFrame, job: JobConfig, *, verdicts: dict[str, bool] | None = None
+    batch: pd.DataFrame, job: JobConfig, *, verdicts: dict[str, bool] | None = None, parsed: pd.Series | None = None
 ) -> CheckResult | None:
     """The built-in check that every text timestamp of ``batch`` (from :func:`prepare_batch`) is a
     date at all, as GX's ``expect_column_values_to_be_dateutil_parseable`` checked it; None without
@@ -237,7 +237,9 @@ def unparseable_instants(
     bulk of any batch; dateutil sees only the others, each distinct value once. Those must hold a
     digit, since pandas also reads "now" and "today", which dateutil (and a source) does not.
     dateutil's verdicts are added to ``verdicts``, for :func:`unread_instants`: in text that holds
-    no timestamps (epoch seconds) every value is to try, and each took it twice.
+    no timestamps (epoch seconds) every value is to try, and each took it twice. With the job's
+    ``timestamp_format``, a value is unparseable when ``parsed`` (:func:`instants` of the raw
+    batch, parsed here when not given) has none for it.
     """
     if job.timestamp not in batch.columns or is_datetime64_any_dtype(batch[job.timestamp]):
         return None
@@ -245,7 +247,8 @@ def unparseable_instants(
     if job.timestamp_format:
         # The job says how its times are written: dateutil's guesses (13.01.2024 read either way,
         # digits-only forms not at all) would judge another reading than the pipeline's.
-        unread = values.notna().to_numpy() & parse_timestamps(values, job.timestamp_format).isna().to_numpy()
+        read = parsed if parsed is not None else parse_timestamps(values, job.timestamp_format)
+        unread = values.notna().to_numpy() & read.isna().to_numpy()
         positions = values.index[unread]
     else:
         text = values.astype("string")
