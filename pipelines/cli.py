@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from pipelines.errors import ConfigError, PipelineError, SinkError
+from pipelines.paging import PAGE_SERIES, page_of  # tiny: --help names the page size
 
 # Only the standard library and the errors at import time: the rest (pydantic, the job models) is
 # imported once main() answers Ctrl-C, which a traceback of the imports answered before (see main).
@@ -434,13 +435,34 @@ def cmd_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pipelines.training import champion_models
+    import shlex
+
+    from pipelines.training import champion_models, registry_for
 
     job = _job(args.job)
-    champions = champion_models(job, args.series)
-    if not champions:
+    page, pages, total = 1, 1, 1
+    if args.series is not None:
+        if args.page is not None:
+            raise ConfigError(f"give --series or --page, not both: series {args.series!r} is one series, on no page of the others")
+        champions = champion_models(job, args.series)
+    else:
+        # It read and printed every series' champion at once, 100,000 for some jobs.
+        shown, where = page_of(registry_for(job).series(job.name), args.page or 1)
+        page, pages, total = where["page"], where["pages"], where["total"]
+        if page > pages:
+            raise ConfigError(
+                f"job {job.name}: --page {page} is past the last page: its models fill {pages} page{'s' if pages > 1 else ''} "
+                f"({total} series, {PAGE_SERIES} a page); give --page 1 to {pages}"
+            )
+        champions = champion_models(job, keys=shown)
+    # No series with a model, or none of the job's series (all on one page) has a champion yet.
+    if not total or (not champions and pages == 1):
         print(f"job {job.name} has no trained model yet: run `anomaly-pipelines train {job.name}` (or {job.name}__train)", file=sys.stderr)
     _print_json(champions if args.full else [{k: v for k, v in c.items() if k != "metadata"} for c in champions])
+    if page < pages:
+        # On stderr: stdout stays one JSON document that a script can parse.
+        again = ["anomaly-pipelines", "models", args.job, *(["--full"] if args.full else []), "--page", str(page + 1)]
+        print(f"page {page} of {pages} ({total} series); next: {shlex.join(again)}", file=sys.stderr)
     return 0
 
 
@@ -600,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("job", help=JOB_HELP)
     models.add_argument("--series", help="only this series")
+    models.add_argument(
+        "--page", type=_positive, help=f"which page of {PAGE_SERIES} series, by key, to list (default 1; not with --series)"
+    )
     models.add_argument("--full", action="store_true", help="add each model's whole metadata.json")
     models.set_defaults(func=cmd_models)
 

@@ -1260,7 +1260,7 @@ class JobConfig(_Model):
             if self.training_window >= self.frequency * 2 and self._trains():  # else a line above says the window is short
                 checks.append(self._tune_trials_have_rows)
             checks.extend(lambda name=name: self._tune_grid_values_fit(name) for name in self.tune.grid)
-        checks.extend([self._alerted_features_exist, self._predict_runs_hold_a_period])
+        checks.extend([self._alerted_features_exist, self._alerted_series_can_match, self._predict_runs_hold_a_period])
         return checks
 
     def _columns_are_distinct(self) -> None:
@@ -1624,6 +1624,37 @@ class JobConfig(_Model):
                 f"{self.name!r}, whose features are {', '.join(self.features)}, so no alert would ever be about {them}: "
                 f"correct the spelling, add {them} to features, or remove {them} (an empty alerts.features alerts on every feature)",
             )
+
+    def _alerted_series_can_match(self) -> None:
+        # A pattern naming another dimension (host=web* in a job of [region]) or a key of another
+        # job (region=eu in a job without dimensions) matched no series: alerts went silent, unsaid.
+        from pipelines.series import ALL_SERIES, pattern_may_match, series_key
+
+        patterns = self.alerts.series if self.alerts else []
+        never = [(i, pattern) for i, pattern in enumerate(patterns) if not pattern_may_match(pattern, self.dimensions)]
+        if not never:
+            return
+        it = "it" if len(never) == 1 else "them"
+        if self.dimensions:
+            values = [f"{name[:1] or 'v'}1" for name in self.dimensions]
+            glob = series_key(self.dimensions, [*values[:-1], "*"])
+            keys = (
+                f"whose dimensions are [{', '.join(self.dimensions)}]: each key is "
+                f"{series_key(self.dimensions, ['<value>'] * len(self.dimensions))} (e.g. {series_key(self.dimensions, values)!r}; "
+                "',', '=' and '%' inside a value are written %2C, %3D and %25)"
+            )
+            fix = f"correct {it} (e.g. {glob!r} for every {self.dimensions[-1]}" + (f" of {values[-2]})" if len(values) > 1 else ")")
+        else:
+            keys, fix = f"which has no dimensions: its only series key is {ALL_SERIES!r}", f"correct {it}"
+        if len(never) == 1:
+            listed = repr(never[0][1])
+        else:
+            listed = ", ".join(f"alerts.series.{i} {pattern!r}" for i, pattern in never)
+        raise _FieldError(
+            f"alerts.series.{never[0][0]}" if len(never) == 1 else "alerts.series",
+            f"{listed} can never match a series key of job {self.name!r}, {keys}, so no alert would ever be sent for {it}; "
+            f"{fix}, or remove {it} (an empty alerts.series alerts on every series)",
+        )
 
     @property
     def columns(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote, unquote
@@ -63,3 +64,83 @@ def series_slug(key: str) -> str:
 def slug_may_be_cut(slug: str) -> bool:
     """Whether ``unquote(slug)`` may not be the series key (see :func:`series_slug`)."""
     return len(slug) == MAX_SLUG_CHARS
+
+
+def _glob_tokens(pattern: str) -> list[str]:
+    """``pattern`` cut as :func:`fnmatch.translate` reads it: ``*``, ``?``, a whole ``[...]``
+    class, or one literal character (an unclosed ``[`` is literal)."""
+    tokens: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        i += 1
+        if char == "[":
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j < n:
+                char, i = pattern[i - 1 : j + 1], j + 1
+        elif char == "*" and tokens[-1:] == ["*"]:
+            continue  # ** is *
+        tokens.append(char)
+    return tokens
+
+
+#: Stands for a dimension value in the shape of a series key: any text without "," or "=" (the
+#: key escapes them inside values; "%" is left free, so a pattern of escapes is never refused).
+_VALUE = None
+#: Characters tried for a class that may match inside a value: beside the class's own, ones next
+#: to "," and "=" (ranges ending there) and some no class names.
+_VALUE_PROBES = "+-.<>aZ0_ \x01\uffff"
+
+
+def pattern_may_match(pattern: str, dimensions: list[str]) -> bool:
+    """Whether the glob ``pattern`` (as :func:`fnmatch.fnmatchcase` reads it) matches at least one
+    key of the shape :func:`pipelines.series.series_key` gives a job of ``dimensions``: both are
+    automata, walked together over (pattern token, key position) pairs. In doubt, True."""
+    shape: list[str | None] = []
+    if not dimensions:
+        shape.extend(ALL_SERIES)
+    else:
+        # The escaped names as the key writes them, from a key of one-character values.
+        for part in series_key(dimensions, ["v"] * len(dimensions)).split(","):
+            shape.extend(part[:-1])
+            shape.extend([_VALUE, ","])
+        shape.pop()
+    tokens = _glob_tokens(pattern)
+
+    def in_value(token: str) -> bool:
+        probes = set(token) | set(_VALUE_PROBES)
+        return any(fnmatch.fnmatchcase(c, token) for c in probes - {",", "="}) or (len(token) > 1 and "-" in token)
+
+    seen: set[tuple[int, int]] = set()
+    todo = [(0, 0)]
+    while todo:
+        state = todo.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        i, j = state
+        if i == len(tokens) and j == len(shape):
+            return True
+        star = i < len(tokens) and tokens[i] == "*"
+        if star:
+            todo.append((i + 1, j))
+        if j < len(shape) and shape[j] is _VALUE:
+            todo.append((i, j + 1))
+        if i == len(tokens) or j == len(shape):
+            continue
+        # One character read by both: the pattern's token moves on (a * stays), the key's shape too
+        # (a value stays, for its next character).
+        token, want = tokens[i], shape[j]
+        after = i if star else i + 1
+        if want is _VALUE:
+            if not star and in_value(token):
+                todo.append((after, j))
+        elif fnmatch.fnmatchcase(want, token):
+            todo.append((after, j + 1))
+    return False

@@ -6,6 +6,8 @@ that side unbounded.
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +19,8 @@ from pandas.tseries.api import guess_datetime_format
 
 from pipelines.config import JobConfig
 from pipelines.errors import SourceError
+
+log = logging.getLogger(__name__)
 
 #: What an unbounded side of the window is bound as in a query that always compares both
 #: sides; the widest range that Python, PostgreSQL, SQLite text and BigQuery TIMESTAMP share.
@@ -145,7 +149,9 @@ def parse_timestamps(values: pd.Series, form: str | None = None, *, refuse_day_f
     Raises ValueError when naive and aware values are mixed: the zone of the naive ones would
     be a guess; with ``refuse_day_first``, :class:`DayFirstDates` (a ValueError) when, without
     ``form``, a numeric date can only be read day first (what sources ask for: the value-by-value
-    reading of such a column is two readings at once).
+    reading of such a column is two readings at once). With ``refuse_day_first`` too, one warning
+    when numeric dates are read month first but could as well be day first (see
+    :func:`_warn_if_day_first_may_be_meant`).
     """
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert("UTC")
@@ -165,14 +171,17 @@ def parse_timestamps(values: pd.Series, form: str | None = None, *, refuse_day_f
     if form is not None:
         return _formatted_timestamps(text, form)
     fast = _iso_timestamps(text)
-    if fast is None:
-        fast = _one_format_timestamps(text)
     if fast is not None:
         return fast
-    # Only here can a date be day first: ISO 8601 is year first, and the one format is month first.
+    parsed = _one_format_timestamps(text)
+    if parsed is None:
+        # Only here can a date be day first: ISO 8601 is year first, and the one format is month first.
+        if refuse_day_first:
+            _refuse_day_first(text)
+        parsed = _mixed_timestamps(text)
     if refuse_day_first:
-        _refuse_day_first(text)
-    return _mixed_timestamps(text)
+        _warn_if_day_first_may_be_meant(text, parsed, values.name)
+    return parsed
 
 
 def _formatted_timestamps(text: pd.Series, form: str) -> pd.Series:
@@ -217,6 +226,45 @@ def _refuse_day_first(text: pd.Series) -> None:
     if day_first.any():
         position = int(day_first.argmax())
         raise DayFirstDates(position, str(text.iloc[position]), int(first.iloc[position]), int(day_first.sum()))
+
+
+def _warn_if_day_first_may_be_meant(text: pd.Series, parsed: pd.Series, column: object) -> None:
+    """Log one warning when ``text``, numeric dates (:data:`_NUMERIC_DATE`) read month first into
+    ``parsed``, could as well be day first: both first numbers at most 12 on every row (one above
+    12 tells the order: in second place month first is proven, in first :func:`_refuse_day_first`
+    refused) and the first not the same on every row. With the first the same, month first reads
+    days of one month, day first the same day of several months: the data speak for month first,
+    unless they are monthly. Warned of is what continuous data written day first over the first 12
+    days of a month look like, which month first reads as days of up to 12 months apart.
+
+    Read from ``parsed``, whose month and day are the two numbers where the text is such a date
+    (pandas reads them month first): a few vectorised passes, the text matched at one value of each
+    month only, so that a column of ISO dates or one with days past 12 costs a look at its days.
+    """
+    held = parsed.dropna()
+    if held.empty:
+        return
+    days = held.dt.day.to_numpy()
+    if days.max() > 12:
+        return
+    months = held.dt.month.to_numpy()
+    if months.min() == months.max():
+        return
+    rows = np.flatnonzero(parsed.notna().to_numpy())  # by position: an index may repeat labels
+    examples = []
+    for at in np.unique(months, return_index=True)[1]:
+        value = str(text.iloc[rows[at]])
+        found = re.match(_NUMERIC_DATE, value)
+        if not found or (int(found[1]), int(found[3])) != (months[at], days[at]):
+            return  # another way of writing dates, which the numbers above say nothing of
+        examples.append((found[1] == found[3], value, found[2]))
+    _, example, separator = min(examples)  # one whose two numbers differ, if any: 03/04/2024, not 03/03/2024
+    form = separator.join(("%d", "%m", "%Y"))
+    log.warning(
+        "timestamp column %r: numeric dates such as %r are read month first; set timestamp_format (e.g. '%s %%H:%%M') if it "
+        "is day first (every date's first two numbers are at most 12, so nothing in the data tells which is the day)",
+        column, example, form,
+    )
 
 
 def _mixed_timestamps(text: pd.Series) -> pd.Series:

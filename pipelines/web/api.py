@@ -23,6 +23,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
+from pipelines.paging import PAGE_SERIES, page_of
 from pipelines.web.auth import SESSION_COOKIE, CurrentUser, authenticate, job_scan, served_job
 from pipelines.web.schemas import (
     JOB_NAME_PATTERN,
@@ -352,7 +353,6 @@ SeriesQuery = Annotated[SeriesKey | None, Query(description="One series, e.g. 'r
 
 #: Series of ``GET .../model`` at once, by key (``?page=N`` for the others): without a page it read
 #: every series' champion, a job of 100,000 series in one answer (as the dashboard's models data did).
-MODEL_PAGE_SERIES = 200
 #: Largest ``?page=`` taken (a bound, so that no absurd number is multiplied out).
 MAX_MODEL_PAGE = 1_000_000
 
@@ -390,7 +390,7 @@ def model(
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
         if not champions:
             raise _none_yet(job, "champion model", series, "train")
-        where = {"page": 1, "pages": 1, "total": 1, "page_size": MODEL_PAGE_SERIES, "next_page": None}
+        where = {"page": 1, "pages": 1, "total": 1, "page_size": PAGE_SERIES, "next_page": None}
     else:
         champions, where = _champions_page(config, page or 1)
         # No series with a model, or none of the job's series (all on page 1) has a champion yet.
@@ -402,20 +402,15 @@ def model(
 
 
 def _champions_page(config: JobConfig, page: int) -> tuple[list[ChampionInfo], dict[str, Any]]:
-    """The champions of the series on ``page`` (MODEL_PAGE_SERIES a page, by key), and where it is:
+    """The champions of the series on ``page`` (:func:`pipelines.paging.page_of`), and where it is:
     ``page``, ``pages``, ``total``, ``page_size``, ``next_page``. A page past the end holds none.
     Read by :func:`pipelines.training.champion_models`, for the page's series only: a series whose
     champion cannot be read is left out with a warning."""
     from pipelines.training import champion_models, registry_for
 
-    keys = registry_for(config).series(config.name)
-    first = (page - 1) * MODEL_PAGE_SERIES
-    champions = [
-        ChampionInfo.model_validate(entry) for entry in champion_models(config, keys=keys[first : first + MODEL_PAGE_SERIES])
-    ]
-    pages = max(1, -(-len(keys) // MODEL_PAGE_SERIES))
-    where = {"page": page, "pages": pages, "total": len(keys), "page_size": MODEL_PAGE_SERIES}
-    return champions, {**where, "next_page": page + 1 if page < pages else None}
+    shown, where = page_of(registry_for(config).series(config.name), page)
+    champions = [ChampionInfo.model_validate(entry) for entry in champion_models(config, keys=shown)]
+    return champions, {key: value for key, value in where.items() if key != "first"}
 
 
 @router.get(

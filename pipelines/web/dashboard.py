@@ -25,11 +25,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from pipelines import paging
 from pipelines.config import JobConfig
 from pipelines.errors import ConfigError, PipelineError, StorageError
 from pipelines.web import dashboard_data as data
 from pipelines.web.api import _BoundedJsonRoute
-from pipelines.web.auth import BaseUser, CurrentUser, authorize_job, is_job_authorized, job_scan, require_user, served_job
+from pipelines.web.auth import (
+    BaseUser,
+    CurrentUser,
+    authorize_job,
+    is_job_authorized,
+    job_scan,
+    require_user,
+    served_job,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,9 +64,6 @@ SERIES_LIMIT = 500
 MAX_SERIES_LIMIT = 5_000
 #: Series the selector's search box suggests at once.
 SEARCH_SERIES = 20
-#: Series of the models page at once, in key order (?page=N for the others): a job of 10,000
-#: trained series read every champion, version and tune record, some 8 s on a local disk.
-MODELS_PAGE_SERIES = 200
 
 templates = Jinja2Templates(directory=HERE / "templates")
 _static = StaticFiles(directory=HERE / "static")
@@ -74,7 +80,7 @@ OnlyAnomaliesParam = Annotated[
     str | None, Query(description="true: only the series with at least one anomaly in the range (true or false)")
 ]
 # Text, not an int: FastAPI's 422 for ?page=abc was JSON, not the error page a person should see.
-PageParam = Annotated[str | None, Query(description=f"page of {MODELS_PAGE_SERIES} series, by key, from 1")]
+PageParam = Annotated[str | None, Query(description=f"page of {paging.PAGE_SERIES} series, by key, from 1")]
 #: Largest page number taken (a bound, so that no absurd number is multiplied out).
 MAX_PAGE = 1_000_000
 
@@ -92,16 +98,10 @@ def _page_number(page: str | None) -> int:
     return int(text)
 
 
-def _models_page(job: JobConfig, page: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The models of the series on ``page`` (MODELS_PAGE_SERIES a page, by key), and where it is:
-    ``page``, ``pages``, ``total``, ``first`` (0-based index of its first series), ``page_size``.
-    A page past the end holds no series (its answer still says how many pages there are)."""
-    keys = _call(f"job {job.name!r}: models", data.model_series, job)
-    first = (page - 1) * MODELS_PAGE_SERIES
-    shown = keys[first : first + MODELS_PAGE_SERIES]
-    models = _call(f"job {job.name!r}: models", data.models, job, shown)
-    pages = max(1, -(-len(keys) // MODELS_PAGE_SERIES))
-    return models, {"page": page, "pages": pages, "total": len(keys), "first": first, "page_size": MODELS_PAGE_SERIES}
+def _models_page(job: JobConfig, page: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The models of the series on ``page`` (:func:`pipelines.paging.page_of`), and where it is."""
+    shown, where = paging.page_of(_call(f"job {job.name!r}: models", data.model_series, job), page)
+    return _call(f"job {job.name!r}: models", data.models, job, shown), where
 
 
 def _status(exc: PipelineError) -> int:
@@ -373,7 +373,7 @@ def _job_view(request: Request, job: JobConfig, filters: data.Filters, run: dict
 
 @router.get("/jobs/{job_name}/models", response_class=HTMLResponse)
 def models_page(request: Request, job_name: str, user: CurrentUser, page: PageParam = None) -> HTMLResponse:
-    """The model versions of the series, MODELS_PAGE_SERIES at a time, their metrics, the champion marked."""
+    """The model versions of the series, a page (paging.PAGE_SERIES) at a time, their metrics, the champion marked."""
     try:
         job = _job(job_name, user)
         models, where = _models_page(job, _page_number(page))
@@ -517,11 +517,7 @@ def models_data(job_name: str, user: CurrentUser, page: PageParam = None) -> JSO
     # record of each, in one answer.
     job = _job(job_name, user)
     models, where = _models_page(job, _page_number(page))
-    later = where["page"] < where["pages"]
-    return JSONResponse(
-        {"job": job_name, **{k: v for k, v in where.items() if k != "first"}, "next_page": where["page"] + 1 if later else None,
-         "series": models}
-    )
+    return JSONResponse({"job": job_name, **{k: v for k, v in where.items() if k != "first"}, "series": models})
 
 
 @_data.get("/jobs/{job_name}/validation")

@@ -276,7 +276,7 @@ def test_an_escalated_held_incident_is_told_from_its_first_start(
     [
         ({}, ["region=eu", "region=us", "site=berlin"]),
         ({"series": ["region=*"]}, ["region=eu", "region=us"]),
-        ({"series": ["site=berlin", "region=us"]}, ["region=us", "site=berlin"]),
+        ({"series": ["*=berlin", "region=us"]}, ["region=us", "site=berlin"]),
         ({"features": ["latency_ms"]}, ["region=us"]),  # eu and berlin were driven by requests
         ({"min_score": 0.96}, ["region=eu"]),
         ({"direction": "fall"}, ["region=us"]),

@@ -493,10 +493,10 @@ def test_an_alias_that_holds_itself_is_refused(tmp_path):
 
 def test_aliases_that_add_few_values_are_read(tmp_path):
     (tmp_path / "a.yaml").write_text(
-        yaml.safe_dump(minimal(), sort_keys=False).replace("- value\n", "- a\n- b\n- c\n")
-        + "alerts: {features: &f [a, b, c], series: *f, slack: {webhook_conn_id: hook}}\n"
+        yaml.safe_dump(minimal(), sort_keys=False).replace("features:\n- value\n", "features: &f [a, b, c]\n")
+        + "alerts: {features: *f, slack: {webhook_conn_id: hook}}\n"
     )
-    assert load_job_file(tmp_path / "a.yaml").alerts.series == ["a", "b", "c"]
+    assert load_job_file(tmp_path / "a.yaml").alerts.features == ["a", "b", "c"]
 
 
 def test_values_nested_too_deeply_are_a_config_error_that_hides_no_other_job(tmp_path):

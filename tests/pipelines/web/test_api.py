@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from pipelines import paging
 from pipelines.schema import output_columns
 
 BASE = "/api/v1/jobs/demo_web_metrics"
@@ -233,9 +234,8 @@ def test_model_of_one_series(client, headers):
 def test_model_without_a_series_answers_the_first_page(client, headers, monkeypatch):
     """Without ?series it read every series' champion: a job of 100,000 series in one answer."""
     from pipelines.registry import ModelRegistry
-    from pipelines.web import api
 
-    monkeypatch.setattr(api, "MODEL_PAGE_SERIES", 2)
+    monkeypatch.setattr(paging, "PAGE_SERIES", 2)
     read: list[str] = []
     champion = ModelRegistry.champion
 
@@ -255,9 +255,8 @@ def test_model_without_a_series_answers_the_first_page(client, headers, monkeypa
 
 
 def test_model_pages_through_the_series(client, headers, monkeypatch):
-    from pipelines.web import api
 
-    monkeypatch.setattr(api, "MODEL_PAGE_SERIES", 2)
+    monkeypatch.setattr(paging, "PAGE_SERIES", 2)
 
     def body(**params) -> dict:
         answer = client.get(f"{BASE}/model", params=params, headers=headers)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import paging
 from pipelines.config import get_job
 from pipelines.web import dashboard_data as data
 from tests.pipelines.web.test_dashboard_data import PREDICT, PREDICT_RUN, build_scored_project
@@ -318,9 +319,8 @@ def test_models_page_marks_the_champion(dash):
 
 def test_models_page_of_many_series_is_paged(dash, monkeypatch):
     """A job of 10,000 trained series read every version and tune record of each: 8 s a page."""
-    from pipelines.web import dashboard
 
-    monkeypatch.setattr(dashboard, "MODELS_PAGE_SERIES", 2)
+    monkeypatch.setattr(paging, "PAGE_SERIES", 2)
 
     def listed(**params) -> list[str]:
         return re.findall(r'<section class="series-models" data-series="([^"]+)"', dash.get(f"{D}/jobs/demo_web_metrics/models", params=params).text)
@@ -330,15 +330,14 @@ def test_models_page_of_many_series_is_paged(dash, monkeypatch):
     assert "Series 1–2 of 3, by key (page 1 of 2" in first and 'href="?page=2" data-testid="models-next"' in first
     assert 'href="?page=1" data-testid="models-previous"' in dash.get(f"{D}/jobs/demo_web_metrics/models", params={"page": 2}).text
     assert "No series on page 3: the 3 series fill 2 page(s)" in dash.get(f"{D}/jobs/demo_web_metrics/models", params={"page": 3}).text
-    monkeypatch.setattr(dashboard, "MODELS_PAGE_SERIES", 3)
+    monkeypatch.setattr(paging, "PAGE_SERIES", 3)
     assert 'data-testid="models-paged"' not in dash.get(f"{D}/jobs/demo_web_metrics/models").text
 
 
 def test_models_data_is_paged_like_the_page_when_asked(dash, monkeypatch):
     """The JSON read every series of the job (10,000 series: some 8 s) with no way to ask for fewer."""
-    from pipelines.web import dashboard
 
-    monkeypatch.setattr(dashboard, "MODELS_PAGE_SERIES", 2)
+    monkeypatch.setattr(paging, "PAGE_SERIES", 2)
 
     def body(**params) -> dict:
         answer = dash.get(f"{D}/data/jobs/demo_web_metrics/models", params=params)
@@ -359,9 +358,9 @@ def test_models_data_is_paged_like_the_page_when_asked(dash, monkeypatch):
 def test_models_data_without_a_page_answers_the_first_page(dash, monkeypatch):
     """Without ?page it read every series: a job of 100,000 trained series, every version and tune
     record of each, in one answer."""
-    from pipelines.web import dashboard, dashboard_data
+    from pipelines.web import dashboard_data
 
-    monkeypatch.setattr(dashboard, "MODELS_PAGE_SERIES", 2)
+    monkeypatch.setattr(paging, "PAGE_SERIES", 2)
     read: list[list[str] | None] = []
     models = dashboard_data.models
 
