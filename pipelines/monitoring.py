@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ SKETCH_POINTS = 101
 #: Share given to a bin that holds no value, so that the logarithm in the PSI stays finite.
 _PSI_FLOOR = 1e-4
 REQUEST = "retrain_request.json"
+#: The name of a record written by :func:`record_path` (its window's key).
+_KEY = re.compile(r"\d{8}T\d{6}_\d{8}T\d{6}\.json$")
 
 
 # -- reference at train time -------------------------------------------------------------------
@@ -188,6 +191,50 @@ def read_records(job: JobConfig, series: str) -> list[dict[str, Any]]:
             needs = ("interval_start", "interval_end", "model_version", "features")
             records.append(_read_json(job, series, storage.join(folder, name), needs, remedy))
     return sorted(records, key=lambda r: r["interval_start"])
+
+
+def _recent_records(
+    job: JobConfig, series: str, window: Window, version: str, request: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The records up to ``window``'s start that :func:`retrain_reason` and :func:`_already_requested`
+    look at, oldest first: read newest first, and only back to the last ``sustained_runs`` records of
+    ``version`` or the latest record of another champion (a champion's records count from its latest
+    promotion on), and, if a retrain was asked for it, to that request or ``repeat_after_runs`` records.
+
+    A series gains a record every run and every run read them all: after a year of hourly runs that
+    was 8,760 files per series and run, minutes of GETs per series on object storage.
+    """
+    folder = storage.join(_series_folder(job, series), "records")
+    latest = f"{window.key().split('_')[0]}_"  # names are <start>_<end>.json, sorted by start
+    names = [
+        name for name in storage.find(folder, job.outputs.storage_options)
+        if name.endswith(".json") and not name.startswith(".")  # dot files: interrupted writes
+        # Later intervals (a backfill runs behind the scheduled runs) are not read; a file named
+        # otherwise (copied in by hand) is, and sorts after them, so it is read first.
+        and (name[: len(latest)] <= latest or not _KEY.match(name))
+    ]
+    settings = job.monitoring
+    since = request["interval_start"] if request is not None and request["model_version"] == version else None
+    remedy = "delete it (re-running its interval's predict run writes it again)"
+    needs = ("interval_start", "interval_end", "model_version", "features")
+    picked: list[dict[str, Any]] = []
+    own = own_since = 0
+    for name in reversed(names):
+        record = _read_json(job, series, storage.join(folder, name), needs, remedy)
+        if record["interval_start"] > window.start.isoformat():
+            continue
+        picked.append(record)
+        if record["model_version"] != version:
+            if since is None:
+                break  # an earlier champion's: the ones before it never count (it starts afresh)
+            continue
+        own += 1
+        own_since += since is not None and record["interval_start"] > since
+        if own >= settings.sustained_runs and (
+            since is None or record["interval_start"] <= since or own_since >= settings.repeat_after_runs
+        ):
+            break
+    return sorted(picked, key=lambda r: r["interval_start"])
 
 
 def _write_json(url: str, document: dict[str, Any], job: JobConfig) -> None:
@@ -503,11 +550,14 @@ def _monitor_series(
     path = record_path(job, series, window)
     _write_json(path, record, job)
     paths.append(path)
-    records = [r for r in read_records(job, series) if r["interval_start"] <= record["interval_start"]]
+    records = _recent_records(job, series, window, version, None)
     reason = retrain_reason(job, records, version)
     decision = "ok"
     if reason is not None:
-        if _already_requested(job, read_request(job, series), records, version, run_id):
+        request = read_request(job, series)
+        if request is not None and request["model_version"] == version:
+            records = _recent_records(job, series, window, version, request)  # back to the request
+        if _already_requested(job, request, records, version, run_id):
             decision = "retrain already requested"
             log.info("job %s, series %s: %s; a retrain was already requested for %s", job.name, series, reason, version)
         else:

@@ -13,7 +13,12 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     """A plain-text table of ``rows`` (dicts), one line per row, columns aligned."""
     if not rows:
         return "(nothing)"
-    columns = list(columns or [key for key in rows[0] if not isinstance(rows[0][key], (dict, list))])
+    if not columns:
+        # Every row's keys, not only the first's: a train run's failed series ({"series": ..., "failed":
+        # True} after the results) showed as a row of blanks, its "failed" column dropped.
+        nested = {key for row in rows for key, value in row.items() if isinstance(value, (dict, list))}
+        columns = [key for key in dict.fromkeys(key for row in rows for key in row) if key not in nested]
+    columns = list(columns)
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
     lines = ["  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True))]

@@ -16,6 +16,13 @@ a bucket whose rows all carry one timestamp is labelled by it, and an empty buck
 of day of the last bucket with rows: data stamped at a local midnight (05:00Z in New York's
 winter, 04:00Z in its summer) keep their own timestamps across a daylight-saving change, the same
 in every run, instead of moving to 00:00Z whenever a run's rows happen to straddle the change.
+Rows a whole number of periods apart give or take a daylight-saving shift (an hour) are one
+period each even when two share a UTC day: London's midnight is 00:00Z in winter and 23:00Z in
+summer, so its two local days either side of the spring change fell in one UTC day (merged,
+one day's value lost) and the autumn change left a UTC day empty (a day invented an hour before
+the next). Rows of a frequency of 4 hours or more that follow a local clock that way are
+labelled by their own timestamps too: 12-hourly rows at New York's 00:00 and 12:00 all moved to
+00:00Z and 12:00Z whenever a run's rows straddled a change.
 """
 
 from __future__ import annotations
@@ -91,12 +98,51 @@ def _grid_offset(stamps: np.ndarray, step: int) -> int:
     return int(phases[0]) if (phases == phases[0]).all() else 0
 
 
+#: Most a day's rows move when the clocks change (an hour; Lord Howe Island's half hour is less).
+_DST_SHIFT = pd.Timedelta(hours=1).value
+#: Shortest frequency whose rows may follow a local clock: a shift of an hour is then at most a
+#: quarter of a period, not to be mistaken for rows of another period (a gap of 2h at 3h).
+_CLOCK_STEP = 4 * _DST_SHIFT
+
+
+def _clock_buckets(stamps: np.ndarray, step: int) -> np.ndarray | None:
+    """The bucket number of each row (sorted ns stamps) when every row follows the one before it by
+    a whole number of periods give or take a daylight-saving shift (or shares its timestamp): rows
+    of a local clock, one period each counted from the first, whatever UTC grid they fall on (see
+    the module docstring); else None."""
+    if len(stamps) < 2:
+        return stamps // step
+    gaps = np.diff(stamps)
+    periods = (gaps + step // 2) // step
+    if not ((gaps == 0) | ((periods >= 1) & (np.abs(gaps - periods * step) <= _DST_SHIFT))).all():
+        return None
+    return stamps[0] // step + np.r_[0, np.cumsum(periods)]
+
+
+def _day_buckets(stamps: np.ndarray, step: int) -> np.ndarray:
+    """The bucket number of each row under a frequency of whole days (or rows of a local clock):
+    :func:`_clock_buckets` when the rows follow one, else their UTC bucket."""
+    clock = _clock_buckets(stamps, step)
+    return stamps // step if clock is None else clock
+
+
+def _labelled(stamps: np.ndarray, step: int) -> bool:
+    """Whether rows are bucketed by :func:`_day_buckets` and labelled by their own timestamps:
+    under whole days, or a frequency of several hours whose rows follow a local clock (12-hourly
+    data at New York's 00:00 and 12:00 are at 05:00Z and 17:00Z, then 04:00Z and 16:00Z: a run
+    whose rows straddled the change moved every row to 00:00Z and 12:00Z, one on either side kept them)."""
+    return _whole_days(step) or (step >= _CLOCK_STEP and _clock_buckets(stamps, step) is not None)
+
+
 def grid_buckets(index: pd.DatetimeIndex, frequency: timedelta) -> int:
     """How many buckets :func:`resample_series` makes of rows stamped ``index`` (first to last)."""
     if index.empty:
         return 0
     stamps, step = index.as_unit("ns").asi8, pd.Timedelta(frequency).value
-    offset = 0 if _whole_days(step) else _grid_offset(stamps, step)
+    if _labelled(np.sort(stamps), step):
+        buckets = _day_buckets(np.sort(stamps), step)
+        return int(buckets[-1] - buckets[0]) + 1
+    offset = _grid_offset(stamps, step)
     return int((stamps.max() - offset) // step - (stamps.min() - offset) // step) + 1
 
 
@@ -106,7 +152,7 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
     if rows.empty:
         return rows, ResampleStats(0, 0, 0, 0, 0, 0)
     stamps = rows.index.as_unit("ns").asi8
-    if _whole_days(step.value):
+    if _labelled(stamps, step.value):
         return _resample_days(rows, stamps, step, rule)
     phases = stamps % step.value
     offset = _grid_offset(stamps, step.value)
@@ -128,7 +174,8 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
 
 
 def _resample_days(rows: pd.DataFrame, stamps: np.ndarray, step: pd.Timedelta, rule: ResampleConfig) -> tuple[pd.DataFrame, ResampleStats]:
-    """:func:`resample_series` for a frequency of whole days: UTC buckets labelled by their rows' own time.
+    """:func:`resample_series` for a frequency of whole days (UTC buckets, or periods of the rows' local
+    clock, :func:`_day_buckets`) or rows of a local clock: buckets labelled by their rows' own time.
 
     A daily series stamped at a zone's local midnight has two times of day, an hour apart, on
     either side of a daylight-saving change. Shifting the grid by one shared offset (as for
@@ -137,23 +184,28 @@ def _resample_days(rows: pd.DataFrame, stamps: np.ndarray, step: pd.Timedelta, r
     timestamp when they all carry one keeps every day's stamp whatever the window, and the
     buckets stay those the windows are floored to, so a label never leaves its run's window.
     """
-    index = stamps // step.value
+    index = _day_buckets(stamps, step.value)
     if len(index) < 2 or (np.diff(index) == 1).all():
         # One row per bucket without gaps: every row keeps its timestamp, nothing to change.
         return rows, ResampleStats(len(rows), len(rows), 0, 0, 0, 0)
-    out, counts, filled = _aggregate(rows, step, pd.Timestamp(0, tz="UTC"), rule)
+    # Aggregated on the bucket numbers (UTC days, or periods counted from a first row that
+    # follows a daylight-saving clock), then labelled.
+    buckets = pd.DatetimeIndex(index * step.value, tz="UTC", name=rows.index.name)
+    out, counts, filled = _aggregate(rows.set_axis(buckets), step, pd.Timestamp(0, tz="UTC"), rule)
     position = index - index[0]  # of each row's bucket in ``out`` (the rows are sorted)
     starts = out.index.as_unit("ns").asi8
     held, first = np.unique(position, return_index=True)
     last = len(position) - 1 - np.unique(position[::-1], return_index=True)[1]
-    # The time of day of a bucket whose rows share one timestamp, else none (rows merged: the
-    # bucket's start); an empty bucket takes that of the last bucket with rows, so a missing
-    # local day sits at the local midnight of the day before it. Integers throughout: a float
-    # cannot hold a nanosecond timestamp exactly.
-    shift = np.full(len(out), -1, dtype="int64")
-    shift[held] = np.where(stamps[first] == stamps[last], stamps[first] - starts[held], 0)
-    shift = shift[np.maximum.accumulate(np.where(shift >= 0, np.arange(len(out)), 0))]
-    labels = starts + shift
+    # A bucket whose rows share one timestamp is labelled by it, else (rows merged) by its start;
+    # an empty bucket takes the time of day of the last bucket with rows, so a missing local day
+    # sits at the local midnight of the day before it. Integers throughout: a float cannot hold a
+    # nanosecond timestamp exactly.
+    own = np.zeros(len(out), dtype="int64")
+    own[held] = np.where(stamps[first] == stamps[last], stamps[first], starts[held])
+    has_rows = np.zeros(len(out), dtype=bool)
+    has_rows[held] = True
+    source = np.maximum.accumulate(np.where(has_rows, np.arange(len(out)), 0))
+    labels = own[source] + (np.arange(len(out)) - source) * step.value
     out = out.set_axis(pd.DatetimeIndex(labels, tz="UTC", name=rows.index.name).as_unit(rows.index.unit))
     stats = ResampleStats(
         rows=len(rows),

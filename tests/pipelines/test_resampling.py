@@ -227,6 +227,10 @@ def test_grid_buckets_counts_the_buckets_resample_series_makes(stamps: list[str]
         ("America/New_York", "2024-10-25", "2024-11-10"),  # 04:00Z, then 05:00Z from 2024-11-04
         ("Europe/Berlin", "2024-03-20", "2024-04-05"),  # 23:00Z, then 22:00Z the day before
         ("Australia/Sydney", "2024-03-28", "2024-04-15"),  # 13:00Z, then 14:00Z the day before
+        # 00:00Z, then 23:00Z the day before from 2024-04-01: two local days in UTC's 2024-03-31 (merged)
+        ("Europe/London", "2024-03-25", "2024-04-10"),
+        # 23:00Z, then 00:00Z from 2024-10-28: no local day in UTC's 2024-10-27 (one invented)
+        ("Europe/London", "2024-10-20", "2024-11-05"),
     ],
 )
 @pytest.mark.parametrize("days", [1, 7])
@@ -253,6 +257,42 @@ def test_days_at_local_midnight_keep_their_stamps_across_a_dst_change_in_every_w
     assert grid_buckets(rows.drop(stamps[5]).index, frequency) == len(out)
 
 
+def test_a_missing_london_day_across_the_spring_change_is_one_missing_row() -> None:
+    """London's local days either side of the change share UTC's 2024-03-31: before, they were
+    averaged into one row, and a day missing just before them went unnoticed."""
+    stamps = pd.date_range("2024-03-28", "2024-04-03", freq="D", tz="Europe/London").tz_convert("UTC").rename("ts")
+    rows = pd.DataFrame({"a": np.arange(float(len(stamps)))}, index=stamps).drop(stamps[2])  # local 03-30
+    out, stats = resample_series(rows, timedelta(days=1), ResampleConfig(fill="ffill"))
+    assert stats == ResampleStats(rows=6, buckets=7, merged_rows=0, moved_rows=0, filled=1, missing=0)
+    assert out["a"].tolist() == [0.0, 1.0, 1.0, 3.0, 4.0, 5.0, 6.0]
+    assert out.index[2] == stamps[1] + pd.Timedelta(days=1) and out.index.drop(out.index[2]).equals(rows.index)
+    assert grid_buckets(rows.index, timedelta(days=1)) == len(out)
+
+
+@pytest.mark.parametrize("hours", [4, 6, 12])
+def test_rows_every_few_hours_of_a_local_clock_keep_their_stamps_across_a_dst_change(hours: int) -> None:
+    """12-hourly rows at New York's 00:00 and 12:00 (05:00Z and 17:00Z, then 04:00Z and 16:00Z):
+    before, a window straddling the change moved every row to 00:00Z and 12:00Z, while a window on
+    one side kept them."""
+    for first, last in (("2024-03-05", "2024-03-15"), ("2024-10-28", "2024-11-08")):
+        stamps = pd.date_range(first, last, freq=f"{hours}h").tz_localize("America/New_York").tz_convert("UTC").rename("ts")
+        rows = pd.DataFrame({"a": np.arange(float(len(stamps)))}, index=stamps)
+        frequency = timedelta(hours=hours)
+        for start in range(0, len(rows) - 1, 3):
+            out, stats = resample_series(rows.iloc[start:], frequency, ResampleConfig())
+            assert out.index.equals(stamps[start:]) and not stats.changed, (first, start)
+        out, stats = resample_series(rows.drop(stamps[10]), frequency, ResampleConfig())
+        assert stats.missing == 1 and out.index.drop(out.index[10]).equals(stamps.drop(stamps[10]))
+        assert grid_buckets(rows.drop(stamps[10]).index, frequency) == len(out)
+
+
+def test_rows_two_hours_apart_at_a_three_hour_frequency_share_a_bucket() -> None:
+    """A gap of an hour less than a period is a local clock's shift only at several hours' frequency."""
+    rows = series(("2024-01-01 00:00", 1.0, 1.0), ("2024-01-01 02:00", 3.0, 3.0), ("2024-01-01 03:00", 5.0, 5.0))
+    out, stats = resample_series(rows, timedelta(hours=3), ResampleConfig())
+    assert out["a"].tolist() == [2.0, 5.0] and stats.merged_rows == 2
+
+
 def test_daily_rows_at_different_times_of_one_utc_day_are_merged_at_its_start() -> None:
     rows = series(("2024-01-01 05:00", 1.0, 1.0), ("2024-01-01 17:00", 3.0, 3.0), ("2024-01-03 05:00", 5.0, 5.0))
     out, stats = resample_series(rows, timedelta(days=1), ResampleConfig(fill="ffill"))
@@ -264,13 +304,25 @@ def test_daily_rows_at_different_times_of_one_utc_day_are_merged_at_its_start() 
     assert stats == ResampleStats(rows=3, buckets=3, merged_rows=2, moved_rows=2, filled=1, missing=0)
 
 
-def test_a_daily_job_publishes_each_local_day_once_under_one_stamp_in_every_run(project: Path) -> None:
-    """A daily job over a CSV stamped at New York midnight with offsets (-05:00, -04:00): each
-    local day is published once, at its local midnight, whether it is scored alone or by a
-    re-run of a longer window, around the March and the November changes."""
+@pytest.mark.parametrize(
+    ("zone", "stretches"),
+    [
+        ("America/New_York", (("2024-03-09", "2024-03-12"), ("2024-11-02", "2024-11-05"))),
+        # Midnight at 00:00Z in winter, 23:00Z the day before in summer: a one-day run reads two local
+        # days (spring) or none (autumn); the backfill merged two local days into one row.
+        ("Europe/London", (("2024-03-29", "2024-04-02"), ("2024-10-25", "2024-10-29"))),
+    ],
+)
+def test_a_daily_job_publishes_each_local_day_once_under_one_stamp_in_every_run(
+    project: Path, zone: str, stretches: tuple[tuple[str, str], ...]
+) -> None:
+    """A daily job over a CSV stamped at a zone's midnight with its offsets (New York's -05:00 and
+    -04:00, London's +00:00 and +01:00): each local day is published once, at its local midnight,
+    whether it is scored alone or by a re-run of a longer window, around the spring and the autumn
+    changes."""
     import sqlalchemy as sa
 
-    local = pd.date_range("2024-01-01", "2024-12-31", freq="D", tz="America/New_York")
+    local = pd.date_range("2024-01-01", "2024-12-31", freq="D", tz=zone)
     values = 100 + np.sin(np.arange(len(local)))
     path = project / "daily.csv"
     pd.DataFrame(
@@ -297,13 +349,15 @@ def test_a_daily_job_publishes_each_local_day_once_under_one_stamp_in_every_run(
         return sorted(parquet["timestamp"]), sorted(stamps[stamps.between(start, end, inclusive="left")])
 
     # The days after each change: the history a one-day run reads straddles it.
-    for first, last in (("2024-03-09", "2024-03-12"), ("2024-11-02", "2024-11-05")):
+    stamps = local.tz_convert("UTC")
+    for first, last in stretches:
         days = pd.date_range(first, last, freq="D", tz="UTC")
         end = days[-1] + pd.Timedelta(days=1)
-        expected = list(pd.date_range(first, last, freq="D", tz="America/New_York").tz_convert("UTC"))
+        expected = list(stamps[(stamps >= days[0]) & (stamps < end)])
         for day in days[-2:]:  # the scheduled runs, one day each
             run_predict(job, Window(day.to_pydatetime(), (day + pd.Timedelta(days=1)).to_pydatetime()), run_id=f"p{day:%m%d}")
-        assert published(str(days[-2]), str(end)) == (expected[-2:], expected[-2:])
+        scheduled = [t for t in expected if t >= days[-2]]
+        assert published(str(days[-2]), str(end)) == (scheduled, scheduled)
         # A backfill of the whole stretch replaces those rows under the same stamps, and adds the others.
         run_predict(job, Window(days[0].to_pydatetime(), end.to_pydatetime()), run_id=f"b{first}")
         assert published(first, str(end)) == (expected, expected)
