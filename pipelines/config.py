@@ -1068,7 +1068,7 @@ _FEWEST_ROWS = {
     "auto": 60, "context": 50, "iforest": 20, "level_shift": 20, "lstm": 40, "mset": 30, "prophet": 20, "seasonal_mad": 20,
 }
 #: Windows of rows the window detectors fit on at least (their ``_require_rows``: "two windows at least").
-_WINDOWS_FITTED = {"iforest": 2, "lstm": 5}
+WINDOWS_FITTED = {"iforest": 2, "lstm": 5}
 #: Lags MSET takes with ``lags: auto`` for a lone signal (``_LONE_SIGNAL_LAGS`` of mset.py).
 _MSET_LONE_SIGNAL_LAGS = 3
 #: Fewest rows of a tune run's fitted head and of its held-back tail, where anomalies are planted
@@ -1090,8 +1090,8 @@ def _fewest_training_rows(kind: str, params: dict[str, Any], n_features: int) ->
     tests/pipelines/test_config.py fits each detector on one row fewer to check that both agree.
     """
     fewest = _FEWEST_ROWS[kind]
-    if kind in _WINDOWS_FITTED:
-        windows, window = _WINDOWS_FITTED[kind], params["window"]
+    if kind in WINDOWS_FITTED:
+        windows, window = WINDOWS_FITTED[kind], params["window"]
         needed = windows * window
         return max(fewest, needed), "window" if needed > fewest else None, f"{windows} windows of {window} rows"
     if kind == "mset":

@@ -46,6 +46,8 @@ TUNING = "tuning"
 #: Rounds of read, compare and conditional write in one promotion. Another round follows a failed
 #: write only when the pointer read again still names the expected version (rewritten meanwhile).
 _PROMOTION_TRIES = 5
+#: Versions an error about a missing version names (the newest).
+_NAMES_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,11 @@ class ModelRegistry:
         """``version`` if complete, else :class:`ModelError` saying ``gone`` of the complete versions (joined)."""
         metadata = self._metadata(job, series, version)
         if metadata is None:
-            raise ModelError(gone(", ".join(v.version for v in self.versions(job, series))))
+            # Names from one listing, the newest few: reading every version's metadata to say them
+            # took a minute on S3 for 3,000 versions, and the message held all 3,000 (93 kB).
+            names = self._complete_names(job, series)
+            shown = ", ".join(names[-_NAMES_SHOWN:])
+            raise ModelError(gone(shown if len(names) <= _NAMES_SHOWN else f"{len(names)}, the newest {_NAMES_SHOWN}: {shown}"))
         return ModelVersion(job, series, version, metadata)
 
     def _metadata(self, job: str, series: str, version: str) -> dict[str, Any] | None:
@@ -268,21 +274,28 @@ class ModelRegistry:
         names = [n for n in storage.find(folder, self.storage_options) if n != METADATA and not n.startswith(".")]
         return {name: storage.read_bytes(storage.join(folder, name), self.storage_options) for name in names}
 
-    def versions(self, job: str, series: str) -> list[ModelVersion]:
-        """Complete versions, oldest first; one whose metadata cannot be read is left out, with a warning."""
-        folder = self._url(job, series, "versions")
+    def versions(self, job: str, series: str, newest: int | None = None) -> list[ModelVersion]:
+        """Complete versions, oldest first; one whose metadata cannot be read is left out, with a
+        warning. With ``newest``, only the last that many, and only their metadata is read (one
+        request each on object stores: 3,000 versions took half a minute on a local S3 endpoint)."""
+        names = self._complete_names(job, series)
+        if newest is not None:
+            names = names[len(names) - newest :] if newest > 0 else []
         found = []
-        for path in storage.find(folder, self.storage_options):
-            version, _, name = path.partition("/")
-            if name == METADATA:
-                try:
-                    metadata = self._metadata(job, series, version)
-                except ModelError as exc:  # one bad file does not hide the other versions
-                    log.warning("job %s, series %s: version %s left out: %s", job, series, version, exc)
-                    continue
-                if metadata is not None:  # None: removed since it was listed
-                    found.append(ModelVersion(job, series, version, metadata))
-        return sorted(found, key=lambda v: v.version)
+        for version in names:
+            try:
+                metadata = self._metadata(job, series, version)
+            except ModelError as exc:  # one bad file does not hide the other versions
+                log.warning("job %s, series %s: version %s left out: %s", job, series, version, exc)
+                continue
+            if metadata is not None:  # None: removed since it was listed
+                found.append(ModelVersion(job, series, version, metadata))
+        return found
+
+    def _complete_names(self, job: str, series: str) -> list[str]:
+        """Names of the versions with a ``metadata.json``, oldest first, from one listing."""
+        listed = (path.partition("/") for path in storage.find(self._url(job, series, "versions"), self.storage_options))
+        return sorted(version for version, _, name in listed if name == METADATA)
 
     def series(self, job: str) -> list[str]:
         """Keys of the series of ``job`` that have at least one complete version, sorted."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import JobConfig
+from pipelines.config import WINDOWS_FITTED, JobConfig
 from pipelines.detectors.auto import _NEEDS as _KIND_PACKAGES  # auto keeps the one list of optional packages
 from pipelines.detectors.params import MODEL_PARAMS
 from pipelines.detectors.search_spaces import (
@@ -47,7 +47,7 @@ from pipelines.detectors.search_spaces import (
 )
 from pipelines.detectors.selection import compare, held_back_stretches
 from pipelines.detectors.synthetic import Injected, detection_f1_by_planting, mean_of_parts, plant_repeatedly
-from pipelines.durations import duration_text
+from pipelines.durations import duration_text, rows_spanned
 from pipelines.errors import ConfigError, MissingDependencyError, ModelError
 from pipelines.labels import label_verdicts
 from pipelines.training import (
@@ -280,6 +280,38 @@ def _spaces(job: JobConfig) -> dict[str, dict[str, Space]]:
     return usable
 
 
+def _learnable(job: JobConfig, spaces: dict[str, dict[str, Space]], head_rows: int) -> tuple[dict[str, dict[str, Space]], list[str]]:
+    """``spaces`` without what no trial fitted on ``head_rows`` can learn, and why each part was
+    left out: a season spanning fewer than two rows of the job's frequency (refused at fit) or more
+    than half the head (a profile needs two seasons: such a trial is skipped), and windows longer
+    than the head holds as many times as the kind fits (refused at fit). Proposed anyway, they were
+    a fifth to a quarter of a short series' trials, each skipped. What the job's ``tune.grid``
+    names stays: the skipped trials say why."""
+    narrowed, left_out = {}, []
+    for kind, space in spaces.items():
+        space = dict(space)
+        season = space.get("season")
+        if isinstance(season, Choice) and "season" not in job.tune.grid:
+            kept = []
+            for value in season.values:
+                rows = None if value is None else rows_spanned(value, job.frequency)
+                if rows is not None and rows < 2:
+                    left_out.append(f"{kind} season {value}: spans {rows} row of {duration_text(job.frequency)}, a season needs two")
+                elif rows is not None and 2 * rows > head_rows:
+                    left_out.append(f"{kind} season {value}: a profile needs two seasons ({2 * rows} rows), a trial fits on {head_rows}")
+                else:
+                    kept.append(value)
+            space["season"] = Choice(tuple(kept))
+        window, times = space.get("window"), WINDOWS_FITTED.get(kind)
+        if isinstance(window, IntRange) and times and "window" not in job.tune.grid:
+            longest = head_rows // times
+            if window.low <= longest < window.high:
+                left_out.append(f"{kind} window above {longest}: it fits on {times} windows, a trial on {head_rows} rows")
+                space["window"] = IntRange(window.low, longest, log=window.log)
+        narrowed[kind] = space
+    return narrowed, left_out
+
+
 def _defaults(job: JobConfig, kind: str, space: dict[str, Space]) -> dict[str, Any] | None:
     """The configured (or the detector's default) values of the searched parameters, when all
     lie in the space: that trial runs first, so tuning never ends below the starting point."""
@@ -403,7 +435,9 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
     The champion is judged as the trials are, its kind and parameters fitted afresh on each
     stretch's head. As it serves, it was fitted on the held-back rows too, so it would be judged on
     rows it learned: a memory (``context``) or a forecaster has seen their clean values, and an
-    ``auto`` model has chosen its kind with them."""
+    ``auto`` model has chosen its kind with them. A stretch whose head is too short to refit it as
+    it serves (fewer rows than its window needs, or than two of its seasons) cannot judge it: the
+    champion is kept, as when the challenger cannot fit."""
     from sklearn.base import clone
 
     margin = job.tune.promotion_margin
@@ -421,6 +455,7 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
         return {**decision, "promoted": True, "reason": "no champion yet", "planted_afresh": False, "stretches": [], "champion": None}
     version, champion = current
     champion_kind = version.metadata.get("model")
+    trained_rows = version.metadata.get("rows") or 0
     moved = frequency_change(job, version)
     if moved is not None:
         # Scoring refuses a model of another grid: kept, it would leave nothing serving.
@@ -445,13 +480,27 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
             entry.update(challenger_error=str(exc), clearly_better=False, verdict=f"the challenger cannot fit here: {exc}")
             break
         try:
-            entry["champion"] = evaluate(clone(champion).fit(stretch.head), stretch)
+            refitted = clone(champion).fit(stretch.head)
+            # Fitted without the season it serves with, it would be judged as another, weaker model.
+            fallback = None if getattr(champion, "season_fallback_", None) else getattr(refitted, "season_fallback_", None)
+            if fallback is None:
+                entry["champion"] = evaluate(refitted, stretch)
         except MissingDependencyError as exc:  # this worker lacks a package: the champion is not broken
             raise champion_needs(job, series, version, exc) from exc
-        except Exception as exc:  # a champion that cannot score current data must be replaceable
-            log.warning("job %s, series %s: champion %s cannot score held-back stretch %d: %s", job.name, series, version.version, number, exc)
-            entry.update(champion_error=str(exc), clearly_better=True, verdict=f"the champion cannot fit or score here: {exc}")
-            continue
+        except Exception as exc:
+            if not (isinstance(exc, ModelError) and len(stretch.head) < trained_rows):
+                # A champion that cannot score current data must be replaceable.
+                log.warning(
+                    "job %s, series %s: champion %s cannot score held-back stretch %d: %s", job.name, series, version.version, number, exc
+                )
+                entry.update(champion_error=str(exc), clearly_better=True, verdict=f"the champion cannot fit or score here: {exc}")
+                continue
+            # It serves, fitted on more rows: too few here is this comparison's limit, not a broken model, and
+            # taken as one it let any challenger (the worst of the space) replace it unjudged.
+            fallback = str(exc)
+        if fallback is not None:
+            entry.update(champion_error=fallback, clearly_better=False, verdict=_unjudged(job, number, stretch, fallback))
+            break
         comparison = compare(entry["challenger"]["objective_by_planting"], entry["champion"]["objective_by_planting"], margin)
         entry.update(
             gain=round(comparison.gain, 6), p_value=comparison.p_value, clearly_better=comparison.clearly_better, verdict=comparison.describe()
@@ -486,6 +535,17 @@ def _decide(job: JobConfig, series: str, best: dict[str, Any], holdout: Holdout)
     }
 
 
+def _unjudged(job: JobConfig, number: int, stretch: Holdout, why: str) -> str:
+    remedy = (
+        f"lower tune.holdout_fraction ({job.tune.holdout_fraction:g})" if number == 1
+        else f"set tune.stretches to {number - 1} to compare on the later stretches only"
+    )
+    return (
+        f"the champion cannot be refitted as it serves on the {len(stretch.head)} rows before held-back stretch {number} "
+        f"({why}), so nothing shows the challenger is better there: widen training_window, or {remedy}"
+    )
+
+
 def _versus(entry: dict[str, Any]) -> str:
     if "challenger" not in entry or "champion" not in entry:
         return entry["verdict"]
@@ -505,6 +565,9 @@ def tune_series(
     spaces = _spaces(job)
     labels = _series_labels(job, series, data)
     holdout = prepare_holdout(job, series, data, labels)
+    spaces, left_out = _learnable(job, spaces, len(holdout.head))
+    if left_out:
+        log.info("job %s, series %s: not searched: %s", job.name, series, "; ".join(left_out))
     # The model registered is fitted on the whole window with people's confirmed anomalies left
     # out, as the trials' heads were and as train fits it.
     fitted, masking = leave_out_confirmed(data, label_verdicts(data.index, data.columns, labels))
@@ -531,6 +594,7 @@ def tune_series(
         "objective": holdout.describe(),
         "budget": {"trials": job.tune.trials, "timeout_seconds": job.tune.timeout.total_seconds()},
         "searched": {kind: sorted(space) for kind, space in spaces.items()},
+        "not_searched": left_out,
         "trials": trials,
         "default": None if default is None else _scores(default),
         "decision": decision,
@@ -546,7 +610,20 @@ def tune_series(
         return {"tuning": {**{k: record[k] for k in ("objective", "budget", "trials")}, "decision": agreed}}
 
     if promoted:
-        final = detector_for(job, best["params"], best["kind"]).fit(fitted)
+        try:
+            final = detector_for(job, best["params"], best["kind"]).fit(fitted)
+        except Exception as exc:  # it fitted on every head, not always on the whole window (a numerical failure)
+            serving = f" and champion {decision['champion']['version']} keeps serving" if decision["champion"] else ""
+            # Raised bare, it named no job, series or trial, lost the run's trials, and stopped the other series.
+            failure = ModelError(
+                f"job {job.name}, series {series}: the tuned challenger (trial {best['number'] + 1}: {best['kind']} {best['params']}) "
+                f"cannot be fitted on the whole window ({type(exc).__name__}: {exc}); nothing was promoted{serving}; leave these "
+                "parameters out with tune.grid, or change tune.seed to search others"
+            )
+            decision.update(promoted=False, reason=f"{reason}; not promoted after all: {failure}")
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            registry.record_tuning(job.name, series, record)
+            raise failure from exc
         registered = register_model(
             job, series, final, fitted, window or _default_window(job, data),
             run_id=run_id, kind=best["kind"], tuned=best["params"],

@@ -235,6 +235,32 @@ def test_a_searched_season_a_trial_cannot_learn_is_skipped_not_scored_as_no_seas
     assert result["params"] == {"season": None}
 
 
+@pytest.mark.parametrize(
+    ("frequency", "rows", "kind", "left_out"),
+    [
+        # A daily season spans one row of a daily series: every such trial was refused at fit.
+        ("1d", 300, "seasonal_mad", ["seasonal_mad season 1d: spans 1 row of 1d, a season needs two"]),
+        # Ten days of hours: a trial fits on 180 rows, under two weeks: every 1w trial was skipped.
+        ("1h", 240, "seasonal_mad", ["seasonal_mad season 1w: a profile needs two seasons (336 rows), a trial fits on 180"]),
+        # 150 rows hold two windows of at most 75: the forest refused longer ones at fit.
+        ("1d", 200, "iforest", ["iforest window above 75: it fits on 2 windows, a trial on 150 rows"]),
+    ],
+)
+def test_what_no_trial_can_learn_is_not_searched(tmp_path, frequency, rows, kind, left_out):
+    rng = np.random.default_rng(0)
+    index = pd.date_range("2024-01-01", periods=rows, freq=pd.Timedelta(frequency), tz="UTC")
+    data = pd.DataFrame({"requests": 100 + 30 * np.sin(np.arange(rows) / 3) + rng.normal(0, 1.5, rows)}, index=index)
+    data["latency"] = data["requests"] / 2 + rng.normal(0, 1, rows)
+    params = {"season": None} if kind == "seasonal_mad" else {"window": 12}  # valid at every frequency and row count here
+    job = make_job(tmp_path, {"kind": kind, "params": params}, trials=20)
+    job = job.model_copy(update={"frequency": pd.Timedelta(frequency).to_pytimedelta()})
+    tune_series(job, SERIES, data)
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    assert record["not_searched"] == left_out
+    assert not [t for t in record["trials"] if "skipped" in t]
+    assert len(record["trials"]) == 20
+
+
 def test_the_trial_budget_and_the_timeout_stop_the_search(tmp_path, daily):
     job = make_job(tmp_path, {"kind": "level_shift"}, trials=4)
     assert tune_series(job, SERIES, daily)["trials"] == 4
@@ -523,6 +549,75 @@ def test_a_challenger_that_fails_on_an_earlier_stretch_keeps_the_champion(tmp_pa
     assert registry_for(job).champion(job.name, SERIES).version == champion
     [record] = registry_for(job).tuning_history(job.name, SERIES)
     assert [s["clearly_better"] for s in record["decision"]["stretches"]] == [True, False]
+
+
+def test_a_winner_that_cannot_fit_the_whole_window_fails_naming_the_trial_and_keeps_its_record(tmp_path, daily, monkeypatch):
+    from pipelines.detectors.seasonal_mad import SeasonalMADDetector
+
+    # A bare LinAlgError named no job, series or trial, lost the trials, and (not a pipeline error)
+    # stopped the tuning of every other series.
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"level_window": [24]})
+    _fails_when(monkeypatch, SeasonalMADDetector, lambda detector, X: len(X) == len(daily))
+    with pytest.raises(ModelError) as raised:
+        tune_series(job, SERIES, daily, _window(daily))
+    assert str(raised.value) == (
+        f"job tuned_job, series {SERIES}: the tuned challenger (trial 1: seasonal_mad {{'level_window': 24}}) cannot be fitted "
+        "on the whole window (LinAlgError: SVD did not converge); nothing was promoted; leave these parameters out with "
+        "tune.grid, or change tune.seed to search others"
+    )
+    registry = registry_for(job)
+    assert registry.champion(job.name, SERIES) is None and registry.versions(job.name, SERIES) == []
+    [record] = registry.tuning_history(job.name, SERIES)
+    assert len(record["trials"]) == 1 and not record["decision"]["promoted"]
+    assert record["decision"]["reason"].startswith("no champion yet; not promoted after all: job tuned_job")
+
+
+@pytest.mark.parametrize(
+    ("window", "unjudged", "remedy"),
+    [
+        (200, 1, "lower tune.holdout_fraction (0.25)"),  # 400 rows: trained on 504, the head of stretch 1 holds 378
+        (160, 2, "set tune.stretches to 1 to compare on the later stretches only"),  # 320 rows: stretch 2's head holds 283
+    ],
+)
+def test_a_champion_too_big_to_refit_on_a_stretch_s_head_is_not_replaced_unjudged(tmp_path, daily, window, unjudged, remedy):
+    # Its refusal to fit on fewer rows than it serves with was taken for a broken champion: the
+    # stretch counted as won, and any challenger replaced a healthy model without a comparison.
+    served = make_job(tmp_path, {"kind": "iforest", "params": {"n_estimators": 50, "window": window}})
+    champion = train_series(served, SERIES, daily, _window(daily), run_id="train").version
+    pinned = {"season": ["1w"], "level_window": [4], "shift_window": [4], "drift": [3.4]}  # wins each stretch it is compared on
+    job = make_job(tmp_path, {"kind": "iforest"}, detectors=["level_shift"], trials=4, grid=pinned)
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert not result["promoted"] and result["version"] is None
+    assert registry_for(job).champion(job.name, SERIES).version == champion
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    stretches = record["decision"]["stretches"]
+    assert [s["clearly_better"] for s in stretches] == [True] * (unjudged - 1) + [False]
+    assert "champion" not in stretches[-1]
+    assert stretches[-1]["champion_error"].startswith(f"IsolationForestDetector needs at least {2 * window}")
+    assert stretches[-1]["verdict"].startswith(f"the champion cannot be refitted as it serves on the {[378, 283][unjudged - 1]} rows "
+                                               f"before held-back stretch {unjudged} (IsolationForestDetector needs at least {2 * window}")
+    assert stretches[-1]["verdict"].endswith(f"widen training_window, or {remedy}")
+    assert f"on held-back stretch {unjudged} of 3" in result["reason"]
+
+
+def test_a_champion_refitted_without_its_season_is_not_judged_as_that_weaker_model(tmp_path, daily, monkeypatch):
+    from pipelines.detectors.selection import Comparison
+
+    # A weekly season fits twice in the heads of stretch 1 (378 rows) but not of stretch 2 (283):
+    # refitted there the champion fell back to no season and was compared as that other model.
+    served = make_job(tmp_path, {"kind": "seasonal_mad", "params": {"season": "1w", "level_window": 24}})
+    champion = train_series(served, SERIES, daily, _window(daily), run_id="train").version
+    # Every comparison made is won: what is tested is which stretches are compared at all.
+    monkeypatch.setattr("pipelines.tuning.compare", lambda challenger, reference, margin: Comparison(0.5, 0.001, margin))
+    job = make_job(tmp_path, {"kind": "seasonal_mad"}, grid={"season": ["1d"], "level_window": [24]}, trials=1)
+    result = tune_series(job, SERIES, daily, _window(daily))
+    assert not result["promoted"] and registry_for(job).champion(job.name, SERIES).version == champion
+    [record] = registry_for(job).tuning_history(job.name, SERIES)
+    first, second = record["decision"]["stretches"]
+    assert first["clearly_better"] and "champion" in first
+    assert not second["clearly_better"] and "champion" not in second
+    assert second["verdict"].startswith("the champion cannot be refitted as it serves on the 283 rows before held-back stretch 2 (")
+    assert second["champion_error"].startswith("season '1w' spans 168 rows and a profile needs two seasons, but training had 283 rows")
 
 
 def test_tuning_replaces_a_champion_that_cannot_be_loaded(tmp_path, daily):
