@@ -55,6 +55,12 @@ HOLDOUT_FRACTION = 0.2
 #: compares out of sample (a 30-day window: 24 of 144 hourly rows, 288 of 1,728 at 5 minutes).
 MIN_COMPARED_ROWS = 10
 MIN_COMPARED_SHARE = 1 / 20
+#: What the stored decision of a version registered to be promoted says until the outcome of its
+#: promotion is recorded (:func:`register_model`).
+UNCONFIRMED = (
+    "promotion not confirmed: registered to be promoted, but no outcome of the champion pointer's write is recorded "
+    "(the run was still promoting, or stopped or failed first); it serves only if the champion pointer names it"
+)
 
 
 def registry_for(job: JobConfig) -> ModelRegistry:
@@ -391,10 +397,11 @@ def champion_models(job: JobConfig, series: str | None = None, *, keys: list[str
             continue
         if version is None:
             continue
-        meta = version.metadata
-        out.append(
-            {"series": key, **version_summary(version), "features": meta.get("features") or list(job.features), "metadata": meta}
-        )
+        meta, summary = version.metadata, version_summary(version)
+        if (summary["decision"] or {}).get("pending"):
+            # Its run stopped after the champion pointer named it, before recording that: it serves.
+            summary["decision"] = {**summary["decision"], "promoted": True}
+        out.append({"series": key, **summary, "features": meta.get("features") or list(job.features), "metadata": meta})
     return out
 
 
@@ -635,10 +642,18 @@ def register_model(
     given the final decision (tuning adds its trials and its own copy of the decision).
     ``masking`` says which values of ``data`` people's true labels left out
     (:func:`leave_out_confirmed`); ``data`` is as fitted, with them missing.
+
+    A version to promote is registered first (a champion must be a complete version), its decision
+    ``{"promoted": False, "pending": True}`` with :data:`UNCONFIRMED` in its reason, and says
+    ``promoted`` only once the champion pointer names it: a run killed before the pointer's write,
+    or whose write failed, left a version shown as promoted that never served. Killed after it, the
+    version serves with its decision unconfirmed; what serves is what the champion pointer names.
     """
     registry = registry_for(job)
     metrics = {**metrics, "train_anomaly_rate": final.training_anomaly_rate(data)}
-    decision = {"promoted": promoted, "reason": reason}
+    decision: dict[str, Any] = {"promoted": False, "reason": reason}
+    if promoted:
+        decision.update(pending=True, reason=f"{reason}; {UNCONFIRMED}")
     metadata = {
         "model": kind,
         "params": final.get_params(),
@@ -674,7 +689,20 @@ def register_model(
         return version
     serving = registry.promote_if_champion(job.name, series, version.version, compared_with)
     if serving == version.version:
-        return version
+        decision = {"promoted": True, "reason": reason}
+        changes = {"decision": decision, **(extra(decision) if extra else {})}
+        try:
+            return registry.amend(job.name, series, version.version, changes)
+        except (OSError, ModelError) as exc:
+            # It serves (the pointer names it, and displays take serving from the pointer): failing
+            # the run now would report a promoted model as a failed training, and a tune run would
+            # not store its parameters. The stored decision stays unconfirmed, which is true.
+            log.warning(
+                "job %s, series %s: version %s serves (the champion pointer names it), but recording its promotion in its "
+                "metadata failed (%s): its decision keeps saying the promotion is not confirmed",
+                job.name, series, version.version, exc,
+            )
+            return ModelVersion(job.name, series, version.version, {**version.metadata, **changes})
     changed = (
         f"another run promoted version {serving} while this model was compared with {compared_with or 'no champion'}, "
         f"and it was never compared with {serving}"
@@ -683,5 +711,4 @@ def register_model(
     )
     decision = {"promoted": False, "reason": f"{reason}; not promoted after all: {changed}. Run train (or tune) again to compare with it"}
     log.warning("job %s, series %s: %s", job.name, series, decision["reason"])
-    # Registered as promoted (a champion must be a complete version): the metadata says otherwise now.
     return registry.amend(job.name, series, version.version, {"decision": decision, **(extra(decision) if extra else {})})

@@ -56,6 +56,11 @@ MAX_EVENTS = 500
 VALIDATION_LIMIT = 20
 #: Tune runs shown per series on the models page (the API gives up to 100).
 TUNING_RUNS = 5
+#: Model versions shown per series on the models page, newest first, plus the champion when it is
+#: older. Each is one metadata.json read (a GET on object stores), and a series retrained hourly
+#: for a year has 8,760 versions: the page read every one. 20 is most of a day of hourly trainings
+#: or about three weeks of daily ones, enough to see the latest decisions beside the champion.
+MODEL_VERSIONS = 20
 
 #: The DAGs ``dags/anomaly_jobs.py`` makes per job: ``<job>__<kind>``.
 DAG_KINDS = ("train", "predict", "tune", "score")
@@ -775,12 +780,18 @@ def model_series(job: JobConfig) -> list[str]:
 
 
 def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Per series (``series``, else every series with a model): every complete model version
-    (newest first) with its metrics, the champion marked; and its latest tune runs (newest first,
-    :func:`pipelines.tuning.tuning_runs`), promoted or not: a run that kept the champion registers
-    no version. ``error`` says why the champion of a series cannot be told (an unreadable
-    ``champion.json``, or a champion whose ``metadata.json`` cannot be read; the other series are
-    still listed), else None."""
+    """Per series (``series``, else every series with a model): its newest :data:`MODEL_VERSIONS`
+    complete model versions (newest first) with their metrics, then the champion when it is older
+    (``older`` True), the champion marked; ``version_count``, how many complete versions there are
+    in all, and ``newest``, how many of the newest were listed; and its latest tune runs (newest
+    first, :func:`pipelines.tuning.tuning_runs`), promoted or not: a run that kept the champion
+    registers no version. ``error`` says why the champion of
+    a series cannot be told (an unreadable ``champion.json``, or a champion whose ``metadata.json``
+    cannot be read; the other series are still listed), else None.
+
+    What serves is what the champion pointer names: the champion is ``promoted`` whatever its
+    stored decision says. A version registered to be promoted whose run stopped or failed before
+    recording the outcome of the pointer's write is ``pending`` (its promotion not confirmed)."""
     from pipelines.training import version_summary
     from pipelines.tuning import tuning_runs  # tuning pulls in the detectors: only when the page is asked for
 
@@ -789,32 +800,56 @@ def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str
     for series in registry.series(job.name) if series is None else series:
         error = None
         try:
-            # The pointer only: the versions listed below carry the champion's metadata.
             champion_version = registry.champion_version(job.name, series)
         except ModelError as exc:  # one damaged pointer does not hide the other series
             log.warning("dashboard: job %s, series %s: %s", job.name, series, exc)
             champion_version, error = None, str(exc)
+        # One listing gives the count and the newest names (ModelRegistry.versions(newest=) would
+        # list again, and says no count): a listing page holds 1,000 keys, a metadata read one version.
+        names = registry._complete_names(job.name, series)
+        newest = names[len(names) - MODEL_VERSIONS :]
+        shown = newest[::-1]
+        if champion_version is not None and champion_version in names and champion_version not in newest:
+            shown.append(champion_version)  # older than every version shown: last
         versions = []
-        for version in reversed(registry.versions(job.name, series)):
+        for name in shown:
+            try:
+                version = registry.version(job.name, series, name)
+            except ModelError as exc:  # damaged, or removed since listed: the others are still shown
+                log.warning("dashboard: job %s, series %s: version %s left out: %s", job.name, series, name, exc)
+                continue
             summary = version_summary(version)
             decision = summary.pop("decision") or {}
+            champion = version.version == champion_version
             versions.append(
                 {
                     **summary,
-                    "champion": version.version == champion_version,
+                    "champion": champion,
+                    "older": name not in newest,
                     "metrics": {k: _metric(v) for k, v in summary["metrics"].items()},
-                    "promoted": decision.get("promoted"),
+                    "promoted": True if champion else decision.get("promoted"),
+                    "pending": bool(decision.get("pending")) and not champion,
                     "reason": decision.get("reason"),
                 }
             )
         if champion_version is not None and not any(v["champion"] for v in versions):
-            # The pointer names a version whose metadata cannot be read (versions() left it out).
+            # The pointer names a version whose metadata cannot be read (left out above, or not listed).
             error = (
                 f"the champion {champion_version} is not among the readable versions (its metadata.json is "
                 f"missing or damaged): run {job.name}__train to register and promote a new model"
             )
         tuning = [run for entry in tuning_runs(job, series, TUNING_RUNS) for run in entry["runs"]]
-        out.append({"series": series, "champion": champion_version, "versions": versions, "tuning": tuning, "error": error})
+        out.append(
+            {
+                "series": series,
+                "champion": champion_version,
+                "versions": versions,
+                "version_count": len(names),
+                "newest": len(newest),
+                "tuning": tuning,
+                "error": error,
+            }
+        )
     return out
 
 
