@@ -365,6 +365,19 @@ def test_a_model_compared_with_a_champion_replaced_meanwhile_is_not_promoted(tmp
     assert registry.version(job.name, "all", late.version).metadata["decision"] == {"promoted": False, "reason": late.reason}
 
 
+def registry_at(job: JobConfig, where: str, request: pytest.FixtureRequest) -> JobConfig:
+    """``job`` with its registry on local disk as it is, or (``where`` "s3") in a moto bucket."""
+    if where != "s3":
+        return job
+    bucket, options = request.getfixturevalue("s3_bucket")
+    return job.model_copy(update={"registry": f"s3://{bucket}/models", "outputs": job.outputs.model_copy(update={"storage_options": options})})
+
+
+def job_stored_at(tmp_path: Path, where: str, request: pytest.FixtureRequest) -> JobConfig:
+    """A daily-season job whose registry is on local disk or (``where`` "s3") in a moto bucket."""
+    return registry_at(make_job(tmp_path, season="1d"), where, request)
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_of_two_promotions_racing_from_the_same_champion_exactly_one_wins(
     tmp_path: Path, where: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -373,12 +386,7 @@ def test_of_two_promotions_racing_from_the_same_champion_exactly_one_wins(
 
     from pipelines import storage, training
 
-    job = make_job(tmp_path, season="1d")
-    if where == "s3":
-        bucket, options = request.getfixturevalue("s3_bucket")
-        job = job.model_copy(
-            update={"registry": f"s3://{bucket}/models", "outputs": job.outputs.model_copy(update={"storage_options": options})}
-        )
+    job = job_stored_at(tmp_path, where, request)
     data = cycle(0)
     racers = {"racer-0", "racer-1"}
     both_read = threading.Barrier(len(racers), timeout=30)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.training import UNCONFIRMED, champion_models, registry_for, train_series
-from tests.pipelines.test_training import WINDOW, cycle, make_job
+from tests.pipelines.test_training import WINDOW, cycle, job_stored_at, make_job
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ import sys, time
 from pathlib import Path
 from pipelines.registry import ModelRegistry
 from pipelines.training import train_series
-from tests.pipelines.test_training import WINDOW, cycle, make_job
+from tests.pipelines.test_training import WINDOW, cycle, job_stored_at, make_job
 
 base, method, marker = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 real = getattr(ModelRegistry, method)
@@ -118,12 +118,7 @@ def test_a_failed_champion_pointer_write_leaves_the_version_unpromoted(
 ) -> None:
     from pipelines import storage
 
-    job = make_job(tmp_path, season="1d")
-    if where == "s3":
-        bucket, options = request.getfixturevalue("s3_bucket")
-        job = job.model_copy(
-            update={"registry": f"s3://{bucket}/models", "outputs": job.outputs.model_copy(update={"storage_options": options})}
-        )
+    job = job_stored_at(tmp_path, where, request)
 
     def refused(*args, **kwargs):
         raise OSError("503 SlowDown: please reduce your request rate")

@@ -13,19 +13,14 @@ import pytest
 from pipelines import storage
 from pipelines.config import get_job
 from pipelines.web import dashboard_data as data
+from tests.pipelines.test_training import registry_at
 
 D = "/dashboard"
 SERIES = "region=eu"
 
 
 def _job(where: str, request: pytest.FixtureRequest):
-    job = get_job("demo_web_metrics")
-    if where == "s3":
-        bucket, options = request.getfixturevalue("s3_bucket")
-        job = job.model_copy(
-            update={"registry": f"s3://{bucket}/models", "outputs": job.outputs.model_copy(update={"storage_options": options})}
-        )
-    return job
+    return registry_at(get_job("demo_web_metrics"), where, request)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
