@@ -376,9 +376,9 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
         def summarize(results: list[dict], run_id: str | None = None) -> dict:
             """Logs each series' version and promotion (and the series whose fit failed); train also updates
             the job's model asset, saying which series' versions now serve. Removes the run's work folder
-            unless a fit failed (clearing that fit task re-runs it on the same data)."""
+            unless a fit failed (clearing that fit task re-runs it on the same data), and old model versions."""
             from pipelines.reporting import log_table
-            from pipelines.runner import cleanup
+            from pipelines.runner import cleanup, prune_models
 
             ti = get_current_context()["ti"]
             extracted, series = ti.xcom_pull(task_ids="extract"), ti.xcom_pull(task_ids="validate")
@@ -388,6 +388,8 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             log_table(f"job {job.name}: {purpose} results", results + [{"series": key, "failed": True} for key in failed])
             if not failed:
                 cleanup(job, run_id, purpose=purpose)
+            else:
+                prune_models(job)  # as cleanup does: one series failing every run must not keep the others' old versions
             if purpose == "train":
                 # The event said nothing: a DAG scheduled on it could not tell a new serving model from a
                 # run whose every challenger lost to its champion.

@@ -466,6 +466,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pipelines.training import registry_for
+
+    job = _job(args.job)
+    registry, keep = registry_for(job), args.keep or job.registry_keep
+    pruned = {args.series: registry.prune(job.name, args.series, keep)} if args.series else registry.prune_job(job.name, keep)
+    _print_json({series: {"removed": done.removed, "failed": done.failed} for series, done in pruned.items()})
+    return 1 if any(done.failed for done in pruned.values()) else 0
+
+
 def cmd_tuning(args: argparse.Namespace) -> int:
     from pipelines.tuning import tuning_runs
 
@@ -633,6 +643,16 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--series", help="only this series")
     tuning.add_argument("--limit", type=_positive, default=10, help="most runs per series, newest first (default 10)")
     tuning.set_defaults(func=cmd_tuning)
+
+    prune = _command(
+        commands, "prune",
+        help="remove a job's old model versions now, as each train and tune run does (keeps the champion, earlier champions, "
+        "the tuned version and the last hour's)",
+    )
+    prune.add_argument("job", help=JOB_HELP)
+    prune.add_argument("--series", help="only this series")
+    prune.add_argument("--keep", type=_positive, help="newest versions kept per series (default: the job's registry_keep)")
+    prune.set_defaults(func=cmd_prune)
 
     labels_import = _command(commands, "labels-import", help="store the labels of a CSV, JSON or JSONL file of known anomalies")
     labels_import.add_argument("job", help=JOB_HELP)

@@ -1167,6 +1167,11 @@ class JobConfig(_Model):
     labels: LabelsConfig = LabelsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     registry: Location = Field("var/models", description="Model registry root (local or s3://).")
+    registry_keep: Count = Field(
+        30, ge=1,
+        description="Newest model versions kept per series; older ones are removed after each train and tune run, except "
+        "the champion, the two earlier champions before those kept, the tuned version and versions of the last hour.",
+    )
     start_date: str = Field("2024-01-01", description="First data interval the schedules may run.")
 
     @field_validator("frequency", "training_window", mode="before")

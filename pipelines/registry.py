@@ -10,7 +10,8 @@ Layout under ``root`` (a local folder or ``s3://bucket/prefix``)::
     <job>/<series slug>/tuned.json.lock                     local folders: the lock of tuned.json writes
     <job>/<series slug>/tuning/<timestamp>.json             one tune run: every trial and the decision
 
-A version without ``metadata.json`` was interrupted while being registered and is ignored.
+A version without ``metadata.json`` was interrupted while being registered (or removed by
+:meth:`ModelRegistry.prune`, which deletes it first) and is ignored.
 Pointers are replaced atomically (:func:`pipelines.storage.atomic_write`), so a reader sees the
 old champion or the new one, and a champion is always a complete version. The champion pointer is
 only replaced by a conditional write (:func:`pipelines.storage.replace_if_unchanged`: a lock on
@@ -21,19 +22,22 @@ same champion, one wins and the other learns which version won.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines import storage
+from pipelines.durations import duration_text
 from pipelines.errors import ModelError
 from pipelines.series import series_slug, slug_may_be_cut
 
@@ -48,6 +52,13 @@ TUNING = "tuning"
 _PROMOTION_TRIES = 5
 #: Versions an error about a missing version names (the newest).
 _NAMES_SHOWN = 10
+#: Versions registered this recently are never pruned: the run that registered one may still be
+#: about to promote it (or amend its decision), and a promotion checks the version only once.
+PRUNE_GRACE = timedelta(hours=1)
+#: Earlier champions kept beyond the newest versions: what a rollback (champion.json pointed back
+#: by hand) needs when every recent version lost its comparison.
+_EARLIER_CHAMPIONS_KEPT = 2
+_VERSION_TIME = "%Y%m%dT%H%M%S%fZ"
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,24 @@ def _now() -> str:
 def _new_version() -> str:
     # The time makes versions sort in registration order; the random part keeps two
     # registrations within one microsecond (other workers, other hosts) apart.
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
+    return f"{datetime.now(UTC).strftime(_VERSION_TIME)}-{secrets.token_hex(3)}"
+
+
+def _registered_at(version: str) -> datetime | None:
+    """When ``version`` was registered, from its name; None for a name not made by :func:`_new_version`."""
+    try:
+        return datetime.strptime(version.partition("-")[0], _VERSION_TIME).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What :meth:`ModelRegistry.prune` did to one series: versions removed, and those it failed to
+    remove (version -> error), which the next prune tries again."""
+
+    removed: list[str]
+    failed: dict[str, str]
 
 
 def _parsed(data: bytes, url: str, remedy: str) -> dict[str, Any]:
@@ -176,7 +204,7 @@ class ModelRegistry:
         if metadata is None:
             # Names from one listing, the newest few: reading every version's metadata to say them
             # took a minute on S3 for 3,000 versions, and the message held all 3,000 (93 kB).
-            names = self._complete_names(job, series)
+            names = self.version_names(job, series)
             shown = ", ".join(names[-_NAMES_SHOWN:])
             raise ModelError(gone(shown if len(names) <= _NAMES_SHOWN else f"{len(names)}, the newest {_NAMES_SHOWN}: {shown}"))
         return ModelVersion(job, series, version, metadata)
@@ -211,11 +239,34 @@ class ModelRegistry:
             if serving != expected:
                 return serving
             if storage.replace_if_unchanged(url, pointer, seen, self.storage_options):
+                self._check_still_complete(job, series, version, url, seen.data)
                 log.info("promoted model version %s of job %s, series %s", version, job, series)
                 return version
             # Written since it was read: the next read says by whom. It may name this version when
             # a retried request of this write was refused because its first try had landed.
         return self.champion_version(job, series, unreadable=expected == UNREADABLE)
+
+    def _check_still_complete(self, job: str, series: str, version: str, url: str, previous: bytes | None) -> None:
+        """After ``version`` was made champion: :class:`ModelError` when it is no longer complete,
+        with the pointer put back to ``previous`` (removed when None) if it still names ``version``.
+
+        :meth:`prune` (another process) may have removed the version between the check before the
+        write and the write; it deletes ``metadata.json`` first, so this sees it. Left so, the
+        pointer named a version that is gone, and scoring failed until the next promotion.
+        """
+        if self._metadata(job, series, version) is not None:
+            return
+        now = storage.read_snapshot(url, self.storage_options)
+        if self._serving(now.data, url, job, series, unreadable=True) == version:
+            if previous is None:
+                storage.remove(url, self.storage_options)
+            else:
+                storage.replace_if_unchanged(url, previous, now, self.storage_options)
+        raise ModelError(
+            f"job {job}, series {series}: version {version} was removed (by the pruning of old versions) while it was being "
+            f"promoted, so it was not promoted and the champion pointer {url} was put back; run the job's train (or tune) "
+            "again to register and promote a new model"
+        )
 
     @staticmethod
     def _serving(data: bytes | None, url: str, job: str, series: str, unreadable: bool) -> str | None:
@@ -278,7 +329,7 @@ class ModelRegistry:
         """Complete versions, oldest first; one whose metadata cannot be read is left out, with a
         warning. With ``newest``, only the last that many, and only their metadata is read (one
         request each on object stores: 3,000 versions took half a minute on a local S3 endpoint)."""
-        names = self._complete_names(job, series)
+        names = self.version_names(job, series)
         if newest is not None:
             names = names[len(names) - newest :] if newest > 0 else []
         found = []
@@ -292,7 +343,7 @@ class ModelRegistry:
                 found.append(ModelVersion(job, series, version, metadata))
         return found
 
-    def _complete_names(self, job: str, series: str) -> list[str]:
+    def version_names(self, job: str, series: str) -> list[str]:
         """Names of the versions with a ``metadata.json``, oldest first, from one listing."""
         listed = (path.partition("/") for path in storage.find(self._url(job, series, "versions"), self.storage_options))
         return sorted(version for version, _, name in listed if name == METADATA)
@@ -348,6 +399,114 @@ class ModelRegistry:
             if len(parts) == 4 and parts[1] == "versions" and parts[3] == METADATA:
                 found.setdefault(parts[0], []).append(parts[2])
         return {slug: sorted(versions, reverse=True) for slug, versions in found.items()}
+
+    def prune(self, job: str, series: str, keep: int, *, now: datetime | None = None) -> Pruned:
+        """Remove the versions of one series that nothing needs any more.
+
+        Kept whatever their age: the newest ``keep`` complete versions, the champion, the
+        :data:`_EARLIER_CHAMPIONS_KEPT` newest versions among the older ones that were promoted (a
+        rollback's targets), the version ``tuned.json`` names, and any version registered within
+        :data:`PRUNE_GRACE` of ``now``. Folders of versions never completed (interrupted
+        registrations, or removals) are removed once older than :data:`PRUNE_GRACE`.
+
+        Each version's ``metadata.json`` goes first, so a version half removed is incomplete
+        (listings skip it, a promotion of it fails) and the next prune finishes it; then the
+        champion pointer is read again, and a version promoted meanwhile (by hand) gets its
+        metadata back and is kept. One version that cannot be removed does not stop the others.
+        Nothing is removed when the champion pointer or ``tuned.json`` cannot be read
+        (:class:`ModelError`): what they protect cannot be told.
+        """
+        if keep < 1:
+            raise ModelError(f"job {job}, series {series}: cannot keep {keep} model versions; keep at least 1")
+        champion = self.champion_version(job, series)
+        tuned = tuned_version(self.tuned(job, series))
+        folder = self._url(job, series, "versions")
+        files: dict[str, list[str]] = {}
+        for path in storage.find(folder, self.storage_options):
+            version, _, name = path.partition("/")
+            if name:
+                files.setdefault(version, []).append(name)
+        complete = sorted(version for version, names in files.items() if METADATA in names)
+        cutoff = (now or datetime.now(UTC)) - PRUNE_GRACE
+
+        def recent(version: str) -> bool:
+            registered = _registered_at(version)
+            return registered is None or registered > cutoff  # a name not of ours is never removed
+
+        kept = {*complete[-keep:], champion, tuned}
+        earlier_champions = 0
+        removed: list[str] = []
+        failed: dict[str, str] = {}
+        for version in sorted(files, reverse=True):
+            if version in kept or recent(version):
+                continue
+            try:
+                # Newest first, so the earlier champions kept are the latest ones.
+                rollback = earlier_champions < _EARLIER_CHAMPIONS_KEPT and METADATA in files[version]
+                if rollback and self._was_promoted(job, series, version):
+                    earlier_champions += 1
+                    continue
+                if self._remove_version(job, series, version):
+                    removed.append(version)
+            except Exception as exc:  # the others are still removed; the next prune tries this one again
+                log.warning("job %s, series %s: could not remove model version %s: %s", job, series, version, exc)
+                failed[version] = f"{type(exc).__name__}: {exc}"
+        if removed or failed:
+            log.info(
+                "job %s, series %s: removed %d old model versions%s; kept the newest %d, the champion, earlier champions, "
+                "the tuned version and those registered in the last %s",
+                job, series, len(removed), f" ({len(failed)} could not be removed: see the warnings)" if failed else "",
+                keep, duration_text(PRUNE_GRACE),
+            )
+        return Pruned(removed[::-1], failed)
+
+    def prune_job(self, job: str, keep: int, *, now: datetime | None = None) -> dict[str, Pruned]:
+        """:meth:`prune` every series of ``job``; a series that cannot be pruned is logged and left
+        as it is, and the others are pruned."""
+        out = {}
+        for series in self.series(job):
+            try:
+                out[series] = self.prune(job, series, keep, now=now)
+            except Exception as exc:
+                log.warning("job %s, series %s: old model versions not removed: %s", job, series, exc)
+        return out
+
+    def _was_promoted(self, job: str, series: str, version: str) -> bool:
+        try:
+            metadata = self._metadata(job, series, version)
+        except ModelError:  # damaged: it cannot serve again
+            return False
+        decision = (metadata or {}).get("decision")
+        return isinstance(decision, dict) and decision.get("promoted") is True
+
+    def _remove_version(self, job: str, series: str, version: str) -> bool:
+        """Remove one version's folder, ``metadata.json`` first; False when it was promoted
+        meanwhile (then it is kept, complete)."""
+        folder = self._url(job, series, "versions", version)
+        url = storage.join(folder, METADATA)
+        try:
+            metadata = storage.read_bytes(url, self.storage_options)
+        except FileNotFoundError:
+            metadata = None
+        storage.remove(url, self.storage_options)
+        # A promotion checks the version, then writes the pointer: one that checked before the
+        # removal may have written since. Its own check after the write may not have seen the
+        # removal yet, so the version is given back.
+        if self.champion_version(job, series, unreadable=True) == version:
+            if metadata is not None:
+                storage.atomic_write(url, metadata, self.storage_options)
+            log.warning("job %s, series %s: model version %s was promoted while being pruned: kept", job, series, version)
+            return False
+        fs, path = storage.filesystem(folder, self.storage_options)
+        if isinstance(fs, LocalFileSystem):
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another prune
+                shutil.rmtree(path)
+        else:
+            names = storage.find(folder, self.storage_options)
+            if names:
+                fs.rm([f"{path.rstrip('/')}/{name}" for name in names])
+                fs.invalidate_cache(path)
+        return True
 
     def write_tuned_params(
         self,

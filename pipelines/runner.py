@@ -301,7 +301,19 @@ def cleanup(job: JobConfig, run_id: str, *, purpose: str = "", now: datetime | N
     if swept:
         log.info("job %s: removed the work folders of %d runs untouched for %s: %s", job.name, len(swept), ABANDONED_AFTER, swept)
     sweep_quarantines(job, purpose=purpose, now=now)
+    if purpose in ("train", "tune"):
+        prune_models(job, now=now)
     return swept
+
+
+def prune_models(job: JobConfig, *, now: datetime | None = None) -> None:
+    """Remove the job's old model versions (:meth:`ModelRegistry.prune_job`), after a train or tune
+    run, failed ones too: every run registers a version, promoted or not, so a series trained hourly
+    kept 8,760 a year, and one series failing every run must not stop the others' being removed."""
+    try:
+        registry_for(job).prune_job(job.name, job.registry_keep, now=now)
+    except Exception as exc:  # a store that cannot be read now must not fail a run that is done
+        log.warning("job %s: old model versions not removed: %s", job.name, exc)
 
 
 #: How long a quarantine folder nobody needs to fix a run is kept untouched: one a later run

@@ -806,7 +806,7 @@ def models(job: JobConfig, series: Iterable[str] | None = None) -> list[dict[str
             champion_version, error = None, str(exc)
         # One listing gives the count and the newest names (ModelRegistry.versions(newest=) would
         # list again, and says no count): a listing page holds 1,000 keys, a metadata read one version.
-        names = registry._complete_names(job.name, series)
+        names = registry.version_names(job.name, series)
         newest = names[len(names) - MODEL_VERSIONS :]
         shown = newest[::-1]
         if champion_version is not None and champion_version in names and champion_version not in newest:
