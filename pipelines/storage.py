@@ -427,6 +427,12 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
     # s3fs answers from a listing cached by an earlier find(): a file written since by another
     # process would be missing, one deleted since would still be read from the listing.
     fs.invalidate_cache(path)
+    if _is_s3(fs):
+        # s3fs sizes a whole-file read from that cache first (to split a large file into ranged
+        # GETs): a listing another thread started before the file was written can refill it right
+        # after the invalidation, and the read said the file was missing (a registry read beside a
+        # listing, 3 of 5 rounds of a stress run). One GET asks S3 itself.
+        return fs.cat_file(path, max_concurrency=1)
     return fs.cat_file(path)
 
 

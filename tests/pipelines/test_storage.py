@@ -237,6 +237,24 @@ def test_s3_reads_see_what_another_process_wrote_after_a_listing(s3_bucket: tupl
         storage.read_bytes(storage.join(url, "old.json"), options)
 
 
+def test_an_s3_read_is_not_answered_from_a_listing_that_refilled_the_cache_after_the_file_was_written(
+    s3_bucket: tuple[str, dict], monkeypatch
+) -> None:
+    # Another thread's listing, started before the file was written, can land in s3fs's cache
+    # between read_bytes' invalidation and its read: here the stale listing is put in place and
+    # the invalidation does nothing, which is that moment. The read said the file was missing.
+    bucket, options = s3_bucket
+    url = f"s3://{bucket}/store"
+    storage.atomic_write(storage.join(url, "old.json"), b"old", options)
+    fs, path = storage.filesystem(url, options)
+    stale = fs.ls(path, detail=True)
+    storage.atomic_write(storage.join(url, "new.json"), b"new", options)
+    fs.dircache[path] = stale
+    monkeypatch.setattr(type(fs), "invalidate_cache", lambda self, path=None: None)
+
+    assert storage.read_bytes(storage.join(url, "new.json"), options) == b"new"
+
+
 def test_replace_if_unchanged_refuses_a_file_written_created_or_removed_since_it_was_read(root: tuple[str, dict]) -> None:
     url, options = root
     target = storage.join(url, "pointer.json")
