@@ -50,7 +50,7 @@ def _model_events(run_id: str) -> list:
         ).all()
 
 
-def test_a_series_that_fails_to_train_does_not_hide_the_promotions_of_the_others(project: Path, airflow_db, capfd):
+def test_a_series_that_fails_to_train_does_not_hide_the_promotions_of_the_others(project: Path, airflow_db, capfd, monkeypatch):
     # A region that appeared two days before the end of the training window ("af") has too few
     # rows for its model: its fit task fails. summarize then never ran, so the three regions
     # promoted in the same run got no model asset event and their consumers never heard of them.
@@ -60,7 +60,18 @@ def test_a_series_that_fails_to_train_does_not_hide_the_promotions_of_the_others
     suite = project / "config" / "expectations" / f"{JOB}.json"
     suite.write_text(suite.read_text().replace('["eu", "us", "apac"]', '["eu", "us", "apac", "af"]'))
     job_file = project / "config" / "jobs" / f"{JOB}.yaml"
-    job_file.write_text(job_file.read_text().replace("path: data/demo/web_metrics.csv", f"path: {project / 'new_region.csv'}"))
+    job_file.write_text(
+        job_file.read_text().replace("path: data/demo/web_metrics.csv", f"path: {project / 'new_region.csv'}") + "registry_keep: 1\n"
+    )
+    # Versions of an earlier day, never promoted: old enough to go even when a fit of the run fails.
+    from datetime import UTC, datetime, timedelta
+
+    from pipelines import registry as registry_module
+
+    names = iter(f"{datetime.now(UTC) - timedelta(hours=3, seconds=i):%Y%m%dT%H%M%S%fZ}-{i:06x}" for i in range(3, 0, -1))
+    with monkeypatch.context() as patched:
+        patched.setattr(registry_module, "_new_version", lambda: next(names))
+        planted = [registry_for(get_job(JOB)).register(JOB, "region=eu", {"m": b"m"}, {}).version for _ in range(3)]
 
     dag = DagBag(dag_folder=str(REPO / "dags")).dags[f"{JOB}__train"]
     dagrun = dag.test(logical_date=pendulum.parse(TRAIN_END), run_conf={"end": TRAIN_END})
@@ -76,3 +87,5 @@ def test_a_series_that_fails_to_train_does_not_hide_the_promotions_of_the_others
     [event] = _model_events(dagrun.run_id)
     assert event.extra == {"end": TRAIN_END, "promoted": serving, "kept": [], "failed": ["region=af"], "run_id": dagrun.run_id}
     assert registry.champion(JOB, "region=af") is None
+    # ...and the job's old model versions are removed all the same.
+    assert not set(planted) & set(registry.version_names(JOB, "region=eu"))
