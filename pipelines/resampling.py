@@ -119,19 +119,19 @@ def _clock_buckets(stamps: np.ndarray, step: int) -> np.ndarray | None:
     return stamps[0] // step + np.r_[0, np.cumsum(periods)]
 
 
-def _day_buckets(stamps: np.ndarray, step: int) -> np.ndarray:
-    """The bucket number of each row under a frequency of whole days (or rows of a local clock):
-    :func:`_clock_buckets` when the rows follow one, else their UTC bucket."""
+def _labelled_buckets(stamps: np.ndarray, step: int) -> np.ndarray | None:
+    """The bucket number of each row (sorted ns stamps) when rows are labelled by their own
+    timestamps, else None (one grid offset for the series): under whole days (:func:`_clock_buckets`
+    when the rows follow a local clock, else their UTC day), or a frequency of several hours whose
+    rows follow a local clock (12-hourly data at New York's 00:00 and 12:00 are at 05:00Z and 17:00Z,
+    then 04:00Z and 16:00Z: a run whose rows straddled the change moved every row to 00:00Z and
+    12:00Z, one on either side kept them)."""
+    if not _whole_days(step) and step < _CLOCK_STEP:
+        return None
     clock = _clock_buckets(stamps, step)
-    return stamps // step if clock is None else clock
-
-
-def _labelled(stamps: np.ndarray, step: int) -> bool:
-    """Whether rows are bucketed by :func:`_day_buckets` and labelled by their own timestamps:
-    under whole days, or a frequency of several hours whose rows follow a local clock (12-hourly
-    data at New York's 00:00 and 12:00 are at 05:00Z and 17:00Z, then 04:00Z and 16:00Z: a run
-    whose rows straddled the change moved every row to 00:00Z and 12:00Z, one on either side kept them)."""
-    return _whole_days(step) or (step >= _CLOCK_STEP and _clock_buckets(stamps, step) is not None)
+    if clock is None and _whole_days(step):
+        return stamps // step
+    return clock
 
 
 def grid_buckets(index: pd.DatetimeIndex, frequency: timedelta) -> int:
@@ -139,8 +139,8 @@ def grid_buckets(index: pd.DatetimeIndex, frequency: timedelta) -> int:
     if index.empty:
         return 0
     stamps, step = index.as_unit("ns").asi8, pd.Timedelta(frequency).value
-    if _labelled(np.sort(stamps), step):
-        buckets = _day_buckets(np.sort(stamps), step)
+    buckets = _labelled_buckets(np.sort(stamps), step)
+    if buckets is not None:
         return int(buckets[-1] - buckets[0]) + 1
     offset = _grid_offset(stamps, step)
     return int((stamps.max() - offset) // step - (stamps.min() - offset) // step) + 1
@@ -152,8 +152,9 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
     if rows.empty:
         return rows, ResampleStats(0, 0, 0, 0, 0, 0)
     stamps = rows.index.as_unit("ns").asi8
-    if _labelled(stamps, step.value):
-        return _resample_days(rows, stamps, step, rule)
+    buckets = _labelled_buckets(stamps, step.value)
+    if buckets is not None:
+        return _resample_days(rows, stamps, buckets, step, rule)
     phases = stamps % step.value
     offset = _grid_offset(stamps, step.value)
     on_grid = phases == offset
@@ -173,9 +174,11 @@ def resample_series(rows: pd.DataFrame, frequency: timedelta, rule: ResampleConf
     return out.astype("float64"), stats
 
 
-def _resample_days(rows: pd.DataFrame, stamps: np.ndarray, step: pd.Timedelta, rule: ResampleConfig) -> tuple[pd.DataFrame, ResampleStats]:
-    """:func:`resample_series` for a frequency of whole days (UTC buckets, or periods of the rows' local
-    clock, :func:`_day_buckets`) or rows of a local clock: buckets labelled by their rows' own time.
+def _resample_days(
+    rows: pd.DataFrame, stamps: np.ndarray, index: np.ndarray, step: pd.Timedelta, rule: ResampleConfig
+) -> tuple[pd.DataFrame, ResampleStats]:
+    """:func:`resample_series` for a frequency of whole days or rows of a local clock, each row in
+    its bucket ``index`` (:func:`_labelled_buckets`): buckets labelled by their rows' own time.
 
     A daily series stamped at a zone's local midnight has two times of day, an hour apart, on
     either side of a daylight-saving change. Shifting the grid by one shared offset (as for
@@ -184,7 +187,6 @@ def _resample_days(rows: pd.DataFrame, stamps: np.ndarray, step: pd.Timedelta, r
     timestamp when they all carry one keeps every day's stamp whatever the window, and the
     buckets stay those the windows are floored to, so a label never leaves its run's window.
     """
-    index = _day_buckets(stamps, step.value)
     if len(index) < 2 or (np.diff(index) == 1).all():
         # One row per bucket without gaps: every row keeps its timestamp, nothing to change.
         return rows, ResampleStats(len(rows), len(rows), 0, 0, 0, 0)
