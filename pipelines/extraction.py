@@ -24,6 +24,7 @@ from pipelines.series import series_key
 from pipelines.sources import FileReader, make_source
 from pipelines.sources.base import (
     DayFirstDates,
+    DayFirstDoubt,
     TimestampZone,
     binary_as_text,
     first_zone,
@@ -75,11 +76,15 @@ def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", h
     """
     window = grid_window(job, window)
     read_start = window.start - job.frequency * history_rows
-    # Named once, here: kinds, validation, the raw batch and series keys all see the same text.
-    frame = binary_as_text(make_source(job).read(read_start, window.end))
+    # One warning of dates that could be day first, judged over all the reader parsed (whole files,
+    # not only the window's rows) and the rows kept: the reader warned once per file, and this again.
+    doubt = DayFirstDoubt()
+    with doubt.collecting():
+        # Named once, here: kinds, validation, the raw batch and series keys all see the same text.
+        frame = binary_as_text(make_source(job).read(read_start, window.end))
     try:
         parsed = (
-            parse_timestamps(frame[job.timestamp], job.timestamp_format, refuse_day_first=True)
+            parse_timestamps(frame[job.timestamp], job.timestamp_format, refuse_day_first=True, doubt=doubt)
             if job.timestamp in frame.columns
             else pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
         )
@@ -100,6 +105,7 @@ def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", h
             f"{_ONE_ZONE}, then re-run the window.",
             kind=SourceDataError,
         ) from exc
+    doubt.warn()
     unformatted = _unformatted(job, frame[job.timestamp], parsed) if job.timestamp in frame.columns else None
     if unformatted:
         raise source_error(
@@ -385,12 +391,13 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
         # field its source refuses): the advice is to convert the file.
         options.update(dict.fromkeys(("encoding", "delimiter", "decimal", "thousands")))
     reader = FileReader(one_off, path_hint="Check the input path (predict's --input, or the run's `input`).", options=options)
+    doubt = DayFirstDoubt()  # of the whole file: one warning, at its end (see DayFirstDoubt)
     for index, chunk in enumerate(reader.iter_chunks(chunk_rows)):
         chunk = binary_as_text(chunk)  # as extract() names them, so the manifest's keys are the batches'
         manifest.append(_series_counts(chunk, job))
         if job.timestamp in chunk.columns:
             try:
-                parsed = parse_timestamps(chunk[job.timestamp], job.timestamp_format, refuse_day_first=True)
+                parsed = parse_timestamps(chunk[job.timestamp], job.timestamp_format, refuse_day_first=True, doubt=doubt)
             except DayFirstDates as exc:
                 raise SourceDataError(
                     f"job {job.name!r}: input file {input_path!r}, row {rows + exc.position + 1}: column {job.timestamp!r}: "
@@ -442,6 +449,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
             f"{max(job.validation.min_rows, 1)} (validation.min_rows): score a longer input (or lower the job's "
             "validation.min_rows), then re-run. Nothing was scored or written."
         )
+    doubt.warn()
     first = first if first is not None else pd.Timestamp("1970-01-01", tz="UTC")
     last = last if last is not None else first
     window = Window(first.to_pydatetime(), (last + job.frequency).to_pydatetime())

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -134,7 +137,9 @@ _CLOCK_WORDS = ["now", "today"]
 LONGEST_TIMESTAMP = 64
 
 
-def parse_timestamps(values: pd.Series, form: str | None = None, *, refuse_day_first: bool = False) -> pd.Series:
+def parse_timestamps(
+    values: pd.Series, form: str | None = None, *, refuse_day_first: bool = False, doubt: DayFirstDoubt | None = None
+) -> pd.Series:
     """``values`` as UTC timestamps, NaT where missing or unparseable.
 
     Naive timestamps are taken as UTC; aware ones are converted to UTC. Text is parsed with
@@ -151,7 +156,9 @@ def parse_timestamps(values: pd.Series, form: str | None = None, *, refuse_day_f
     ``form``, a numeric date can only be read day first (what sources ask for: the value-by-value
     reading of such a column is two readings at once). With ``refuse_day_first`` too, one warning
     when numeric dates are read month first but could as well be day first (see
-    :func:`_warn_if_day_first_may_be_meant`).
+    :class:`DayFirstDoubt`); given ``doubt``, or within :meth:`DayFirstDoubt.collecting`, a read of
+    several parts (chunks, files) notes each part there instead, and warns once, when it has read
+    them all (:meth:`DayFirstDoubt.warn`).
     """
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert("UTC")
@@ -162,6 +169,8 @@ def parse_timestamps(values: pd.Series, form: str | None = None, *, refuse_day_f
         values = values.astype("string")
     elif pd.api.types.is_numeric_dtype(values.dtype):
         return pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    if refuse_day_first and doubt is None:
+        doubt = _COLLECTING.get()
     text = (values.map(bytes_as_text) if _has_binary(values) else values).astype("string")
     # dateutil's time grows with the square of a text's length: one 1 MB cell held a worker for
     # 75 s, 16 MiB for hours. No date-time is that long, so such text is unparseable unread.
@@ -172,6 +181,8 @@ def parse_timestamps(values: pd.Series, form: str | None = None, *, refuse_day_f
         return _formatted_timestamps(text, form)
     fast = _iso_timestamps(text)
     if fast is not None:
+        if refuse_day_first and doubt is not None and fast.notna().any():
+            doubt.told = True  # ISO 8601 here, numeric dates in another part: written two ways, no guess at which
         return fast
     parsed = _one_format_timestamps(text)
     if parsed is None:
@@ -180,7 +191,10 @@ def parse_timestamps(values: pd.Series, form: str | None = None, *, refuse_day_f
             _refuse_day_first(text)
         parsed = _mixed_timestamps(text)
     if refuse_day_first:
-        _warn_if_day_first_may_be_meant(text, parsed, values.name)
+        noted = doubt if doubt is not None else DayFirstDoubt()
+        noted.note(text, parsed, values.name)
+        if doubt is None:
+            noted.warn()
     return parsed
 
 
@@ -228,43 +242,85 @@ def _refuse_day_first(text: pd.Series) -> None:
         raise DayFirstDates(position, str(text.iloc[position]), int(first.iloc[position]), int(day_first.sum()))
 
 
-def _warn_if_day_first_may_be_meant(text: pd.Series, parsed: pd.Series, column: object) -> None:
-    """Log one warning when ``text``, numeric dates (:data:`_NUMERIC_DATE`) read month first into
-    ``parsed``, could as well be day first: both first numbers at most 12 on every row (one above
-    12 tells the order: in second place month first is proven, in first :func:`_refuse_day_first`
-    refused) and the first not the same on every row. With the first the same, month first reads
-    days of one month, day first the same day of several months: the data speak for month first,
-    unless they are monthly. Warned of is what continuous data written day first over the first 12
-    days of a month look like, which month first reads as days of up to 12 months apart.
+class DayFirstDoubt:
+    """Whether the numeric dates (:data:`_NUMERIC_DATE`) of one read, read month first, could as
+    well be day first, judged over every part of one read (the chunks of a one-off input, the files
+    of a window and the rows kept) as over one column; :meth:`warn` logs it once, at the read's end.
 
-    Read from ``parsed``, whose month and day are the two numbers where the text is such a date
-    (pandas reads them month first): a few vectorised passes, the text matched at one value of each
-    month only, so that a column of ISO dates or one with days past 12 costs a look at its days.
+    They could when both first numbers are at most 12 on every row (one above 12 tells the order:
+    in second place month first is proven, in first :func:`_refuse_day_first` refused) and the first
+    is not the same on every row. With the first the same, month first reads days of one month, day
+    first the same day of several months: the data speak for month first, unless they are monthly.
+    Warned of is what continuous data written day first over the first 12 days of a month look like,
+    which month first reads as days of up to 12 months apart.
+
+    Judged part by part, a read of ten chunks warned up to ten times, warned of chunks that a later
+    one proved month first (13 in second place), and never warned when each chunk held one date
+    (chunks of a day each) although the file went from day to day. So parts are noted and the
+    warning waits for the read's end: all it keeps is whether the order was told and the first value
+    read in each month (at most 12), so memory stays that of one chunk. A later part that proves
+    the dates day first raises before the end, and its error stands alone.
+
+    Read from the parsed timestamps, whose month and day are the two numbers where the text is such
+    a date (pandas reads them month first): a few vectorised passes, the text matched at the first
+    value of each month only, so that a column of ISO dates or one with days past 12 costs a look
+    at its days.
     """
-    held = parsed.dropna()
-    if held.empty:
-        return
-    days = held.dt.day.to_numpy()
-    if days.max() > 12:
-        return
-    months = held.dt.month.to_numpy()
-    if months.min() == months.max():
-        return
-    rows = np.flatnonzero(parsed.notna().to_numpy())  # by position: an index may repeat labels
-    examples = []
-    for at in np.unique(months, return_index=True)[1]:
-        value = str(text.iloc[rows[at]])
-        found = re.match(_NUMERIC_DATE, value)
-        if not found or (int(found[1]), int(found[3])) != (months[at], days[at]):
-            return  # another way of writing dates, which the numbers above say nothing of
-        examples.append((found[1] == found[3], value, found[2]))
-    _, example, separator = min(examples)  # one whose two numbers differ, if any: 03/04/2024, not 03/03/2024
-    form = separator.join(("%d", "%m", "%Y"))
-    log.warning(
-        "timestamp column %r: numeric dates such as %r are read month first; set timestamp_format (e.g. '%s %%H:%%M') if it "
-        "is day first (every date's first two numbers are at most 12, so nothing in the data tells which is the day)",
-        column, example, form,
-    )
+
+    def __init__(self) -> None:
+        self.told = False  # the data say the order (a day past 12), or are written some other way
+        self.column: object = None
+        #: The first value read in each month: (its two numbers alike, the value, its separator).
+        self.firsts: dict[int, tuple[bool, str, str]] = {}
+
+    def note(self, text: pd.Series, parsed: pd.Series, column: object) -> None:
+        """Take in one part of the read: ``text`` as written, ``parsed`` month first from it."""
+        self.column = column
+        held = parsed.dropna()
+        if self.told or held.empty:
+            return
+        days = held.dt.day.to_numpy()
+        if days.max() > 12:
+            self.told = True
+            return
+        months = held.dt.month.to_numpy()
+        rows = np.flatnonzero(parsed.notna().to_numpy())  # by position: an index may repeat labels
+        for at in np.unique(months, return_index=True)[1]:
+            if int(months[at]) in self.firsts:
+                continue
+            value = str(text.iloc[rows[at]])
+            found = re.match(_NUMERIC_DATE, value)
+            if not found or (int(found[1]), int(found[3])) != (months[at], days[at]):
+                self.told = True  # another way of writing dates, which the numbers above say nothing of
+                return
+            self.firsts[int(months[at])] = (found[1] == found[3], value, found[2])
+
+    @contextmanager
+    def collecting(self) -> Iterator[DayFirstDoubt]:
+        """Within it, :func:`parse_timestamps` notes here what it would warn of: a source's reader
+        parses its files (to cut the window) where extraction cannot pass a doubt along, and saw
+        more than the rows extraction keeps (every row of the files, not one day of them)."""
+        token = _COLLECTING.set(self)
+        try:
+            yield self
+        finally:
+            _COLLECTING.reset(token)
+
+    def warn(self) -> None:
+        """Log the warning when every part read could as well be day first."""
+        if self.told or len(self.firsts) < 2:
+            return
+        _, example, separator = min(self.firsts.values())  # one whose two numbers differ, if any: 03/04/2024, not 03/03/2024
+        form = separator.join(("%d", "%m", "%Y"))
+        log.warning(
+            "timestamp column %r: numeric dates such as %r are read month first; set timestamp_format (e.g. '%s %%H:%%M') if "
+            "it is day first (every date's first two numbers are at most 12, so nothing in the data tells which is the day)",
+            self.column, example, form,
+        )
+
+
+#: The doubt of the read under way (:meth:`DayFirstDoubt.collecting`), if any.
+_COLLECTING: ContextVar[DayFirstDoubt | None] = ContextVar("day_first_doubt", default=None)
 
 
 def _mixed_timestamps(text: pd.Series) -> pd.Series:
