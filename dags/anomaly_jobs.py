@@ -387,9 +387,9 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             failed = [key for key in series if key not in done]
             log_table(f"job {job.name}: {purpose} results", results + [{"series": key, "failed": True} for key in failed])
             if not failed:
-                cleanup(job, run_id, purpose=purpose)
+                cleanup(job, run_id, purpose=purpose, series=series)
             else:
-                prune_models(job)  # as cleanup does: one series failing every run must not keep the others' old versions
+                prune_models(job, series=series)  # as cleanup does: one series failing every run must not keep the others' old versions
             if purpose == "train":
                 # The event said nothing: a DAG scheduled on it could not tell a new serving model from a
                 # run whose every challenger lost to its champion.

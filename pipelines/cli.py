@@ -467,13 +467,39 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from pipelines.registry import Pruned
     from pipelines.training import registry_for
 
     job = _job(args.job)
     registry, keep = registry_for(job), args.keep or job.registry_keep
-    pruned = {args.series: registry.prune(job.name, args.series, keep)} if args.series else registry.prune_job(job.name, keep)
-    _print_json({series: {"removed": done.removed, "failed": done.failed} for series, done in pruned.items()})
-    return 1 if any(done.failed for done in pruned.values()) else 0
+    if args.series is not None and not registry.holds(job.name, args.series):
+        # It printed an empty result and succeeded: a misspelt key looked like a series with nothing to remove.
+        held = registry.series(job.name)
+        shown = ", ".join(held[:_SERIES_SHOWN])
+        if len(held) > _SERIES_SHOWN:
+            shown += f" (the first {_SERIES_SHOWN} of {len(held)})"
+        holding = f"series it holds: {shown}" if held else f"no series yet (run `anomaly-pipelines train {job.name}` first)"
+        raise ConfigError(f"job {job.name}: the model registry {registry.root} holds no series {args.series!r}; {holding}")
+    if args.series is not None:
+        pruned = {args.series: registry.prune(job.name, args.series, keep)}
+    else:
+        pruned = registry.prune_job(job.name, keep)
+
+    def said(done: Pruned) -> dict[str, object]:
+        out: dict[str, object] = {"removed": done.removed, "failed": done.failed}
+        # Only when there are any: most series have no tuning record to remove.
+        if done.records_removed:
+            out["tuning_records_removed"] = done.records_removed
+        if done.records_failed:
+            out["tuning_records_failed"] = done.records_failed
+        return out
+
+    _print_json({series: said(done) for series, done in pruned.items()})
+    return 1 if any(done.failed or done.records_failed for done in pruned.values()) else 0
+
+
+#: Series an error of `prune --series` about a series the registry does not hold names.
+_SERIES_SHOWN = 10
 
 
 def cmd_tuning(args: argparse.Namespace) -> int:
@@ -646,12 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = _command(
         commands, "prune",
-        help="remove a job's old model versions now, as each train and tune run does (keeps the champion, earlier champions, "
-        "the tuned version and the last hour's)",
+        help="remove a job's old model versions and tuning records now, as each train and tune run does for the series it "
+        "trained (keeps the champion, earlier champions, the tuned version and the last hour's)",
     )
     prune.add_argument("job", help=JOB_HELP)
     prune.add_argument("--series", help="only this series")
-    prune.add_argument("--keep", type=_positive, help="newest versions kept per series (default: the job's registry_keep)")
+    prune.add_argument(
+        "--keep", type=_positive, help="newest versions and tuning records kept per series (default: the job's registry_keep)"
+    )
     prune.set_defaults(func=cmd_prune)
 
     labels_import = _command(commands, "labels-import", help="store the labels of a CSV, JSON or JSONL file of known anomalies")

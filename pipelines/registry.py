@@ -28,8 +28,8 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -90,10 +90,13 @@ def _registered_at(version: str) -> datetime | None:
 @dataclass(frozen=True)
 class Pruned:
     """What :meth:`ModelRegistry.prune` did to one series: versions removed, and those it failed to
-    remove (version -> error), which the next prune tries again."""
+    remove (version -> error), which the next prune tries again; likewise tuning records (by file
+    name)."""
 
     removed: list[str]
     failed: dict[str, str]
+    records_removed: list[str] = field(default_factory=list)
+    records_failed: dict[str, str] = field(default_factory=dict)
 
 
 def _parsed(data: bytes, url: str, remedy: str) -> dict[str, Any]:
@@ -401,56 +404,90 @@ class ModelRegistry:
         return {slug: sorted(versions, reverse=True) for slug, versions in found.items()}
 
     def prune(self, job: str, series: str, keep: int, *, now: datetime | None = None) -> Pruned:
-        """Remove the versions of one series that nothing needs any more.
+        """Remove the versions and tuning records of one series that nothing needs any more.
 
-        Kept whatever their age: the newest ``keep`` complete versions, the champion, the
+        Versions kept whatever their age: the newest ``keep`` complete versions, the champion, the
         :data:`_EARLIER_CHAMPIONS_KEPT` newest versions among the older ones that were promoted (a
-        rollback's targets), the version ``tuned.json`` names, and any version registered within
-        :data:`PRUNE_GRACE` of ``now``. Folders of versions never completed (interrupted
-        registrations, or removals) are removed once older than :data:`PRUNE_GRACE`.
+        rollback's targets, with those whose promotion was never confirmed: see below), the version
+        ``tuned.json`` names, and any version registered within :data:`PRUNE_GRACE` of ``now``.
+        Folders of versions never completed (interrupted registrations, or removals) are removed once
+        older than :data:`PRUNE_GRACE`.
+
+        A version whose run stopped between the champion pointer's write and the record of its
+        promotion keeps the decision ``{"promoted": False, "pending": True}`` for ever, whether it
+        served or not: nothing tells which without a history of the pointer. Such versions are kept
+        like earlier champions, but do not count as one (at most :data:`_EARLIER_CHAMPIONS_KEPT`,
+        newer than the oldest earlier champion kept).
+
+        Tuning records (``tuning/<timestamp>.json``, one per tune run) kept: the newest ``keep``, any
+        written within :data:`PRUNE_GRACE`, and those of the tune runs that promoted the version
+        ``tuned.json`` names and the champion (their ``decision`` names the version), which
+        :meth:`tuned_written` reads to tell a ``tuned.json`` deleted by people from one not written
+        yet. The others are removed: small, but a series tuned daily gained 365 a year, kept for ever.
 
         Each version's ``metadata.json`` goes first, so a version half removed is incomplete
         (listings skip it, a promotion of it fails) and the next prune finishes it; then the
         champion pointer is read again, and a version promoted meanwhile (by hand) gets its
-        metadata back and is kept. One version that cannot be removed does not stop the others.
-        Nothing is removed when the champion pointer or ``tuned.json`` cannot be read
-        (:class:`ModelError`): what they protect cannot be told.
+        metadata back and is kept. One version or record that cannot be removed does not stop the
+        others. Nothing is removed when the champion pointer or ``tuned.json`` cannot be read
+        (:class:`ModelError`): what they protect cannot be told. A series with nothing beyond what
+        ``keep`` keeps costs one listing: the pointers are read only when something may go.
         """
         if keep < 1:
             raise ModelError(f"job {job}, series {series}: cannot keep {keep} model versions; keep at least 1")
-        champion = self.champion_version(job, series)
-        tuned = tuned_version(self.tuned(job, series))
-        folder = self._url(job, series, "versions")
+        # One listing of the series' folder: its versions and its tuning records.
         files: dict[str, list[str]] = {}
-        for path in storage.find(folder, self.storage_options):
-            version, _, name = path.partition("/")
-            if name:
-                files.setdefault(version, []).append(name)
+        records: list[str] = []
+        for path in storage.find(self._url(job, series), self.storage_options):
+            top, _, rest = path.partition("/")
+            if top == "versions":
+                version, _, name = rest.partition("/")
+                if name:
+                    files.setdefault(version, []).append(name)
+            elif top == TUNING and "/" not in rest and rest.endswith(".json") and not rest.startswith("."):
+                records.append(rest)  # dot files are temporary files of writes still going (or interrupted)
         complete = sorted(version for version, names in files.items() if METADATA in names)
         cutoff = (now or datetime.now(UTC)) - PRUNE_GRACE
 
-        def recent(version: str) -> bool:
-            registered = _registered_at(version)
+        def recent(name: str) -> bool:
+            registered = _registered_at(name)
             return registered is None or registered > cutoff  # a name not of ours is never removed
 
-        kept = {*complete[-keep:], champion, tuned}
-        earlier_champions = 0
+        newest = set(complete[-keep:])
+        candidates = [version for version in sorted(files, reverse=True) if version not in newest and not recent(version)]
+        old_records = [name for name in sorted(records)[:-keep] if not recent(name.removesuffix(".json"))]
+        if not candidates and not old_records:
+            return Pruned([], {})
+        champion = self.champion_version(job, series)
+        tuned = tuned_version(self.tuned(job, series))
+        kept = {*newest, champion, tuned}
+        earlier_champions = unconfirmed = 0
         removed: list[str] = []
         failed: dict[str, str] = {}
-        for version in sorted(files, reverse=True):
-            if version in kept or recent(version):
+        for version in candidates:  # newest first, so the earlier champions kept are the latest ones
+            if version in kept:
                 continue
             try:
-                # Newest first, so the earlier champions kept are the latest ones.
-                rollback = earlier_champions < _EARLIER_CHAMPIONS_KEPT and METADATA in files[version]
-                if rollback and self._was_promoted(job, series, version):
+                looking = earlier_champions < _EARLIER_CHAMPIONS_KEPT and METADATA in files[version]
+                state = self._promotion(job, series, version) if looking else None
+                if state == "promoted":
                     earlier_champions += 1
+                    continue
+                # Pending: it may have served (the pointer was written, then its run stopped) and
+                # been replaced since, which makes it a rollback target; or it never served. Which
+                # one only a history of the pointer could tell, so it is kept, as keeping one too
+                # many costs a folder and removing a rollback target loses it. It does not take an
+                # earlier champion's place, so the confirmed ones are still kept; capped, so a
+                # series whose promotions are never confirmed does not keep every version.
+                if state == "pending" and unconfirmed < _EARLIER_CHAMPIONS_KEPT:
+                    unconfirmed += 1
                     continue
                 if self._remove_version(job, series, version):
                     removed.append(version)
             except Exception as exc:  # the others are still removed; the next prune tries this one again
                 log.warning("job %s, series %s: could not remove model version %s: %s", job, series, version, exc)
                 failed[version] = f"{type(exc).__name__}: {exc}"
+        records_removed, records_failed = self._prune_records(job, series, old_records, {champion, tuned})
         if removed or failed:
             log.info(
                 "job %s, series %s: removed %d old model versions%s; kept the newest %d, the champion, earlier champions, "
@@ -458,26 +495,101 @@ class ModelRegistry:
                 job, series, len(removed), f" ({len(failed)} could not be removed: see the warnings)" if failed else "",
                 keep, duration_text(PRUNE_GRACE),
             )
-        return Pruned(removed[::-1], failed)
+        if records_removed or records_failed:
+            log.info(
+                "job %s, series %s: removed %d old tuning records%s; kept the newest %d, those of the tuned and champion "
+                "versions and those written in the last %s",
+                job, series, len(records_removed),
+                f" ({len(records_failed)} could not be removed or read: see the warnings)" if records_failed else "",
+                keep, duration_text(PRUNE_GRACE),
+            )
+        return Pruned(removed[::-1], failed, records_removed, records_failed)
 
-    def prune_job(self, job: str, keep: int, *, now: datetime | None = None) -> dict[str, Pruned]:
-        """:meth:`prune` every series of ``job``; a series that cannot be pruned is logged and left
-        as it is, and the others are pruned."""
-        out = {}
-        for series in self.series(job):
+    def _prune_records(
+        self, job: str, series: str, names: list[str], versions: set[str | None]
+    ) -> tuple[list[str], dict[str, str]]:
+        """Remove the tuning records ``names`` (oldest first) but those of the tune runs that promoted
+        ``versions``; returns those removed, and those that could not be removed or read (-> error).
+
+        A tune run records after it registered its version, so its record is named after the
+        version's registration: only records from then on are read, oldest first, until each
+        version's is found (usually the first, as :meth:`tuned_written` finds it).
+        """
+        folder = self._url(job, series, TUNING)
+        wanted = {version: version.partition("-")[0] for version in versions if version is not None}
+        protected: set[str] = set()
+        failed: dict[str, str] = {}
+        for name in names:
+            if not wanted:
+                break
+            if name < min(wanted.values()):
+                continue
+            url = storage.join(folder, name)
             try:
-                out[series] = self.prune(job, series, keep, now=now)
+                decision = _parsed(storage.read_bytes(url, self.storage_options), url, "delete it").get("decision")
+            except (ModelError, FileNotFoundError):  # unreadable (tuned_written skips it too) or removed meanwhile
+                continue
+            except Exception as exc:  # it may be one of them: kept this time, read again next time
+                log.warning("job %s, series %s: tuning record %s kept: it cannot be read (%s)", job, series, url, exc)
+                protected.add(name)
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            named = decision.get("version") if isinstance(decision, dict) else None
+            if isinstance(named, str) and named in wanted and name >= wanted[named]:
+                protected.add(name)
+                del wanted[named]
+        removed = []
+        for name in names:
+            if name in protected:
+                continue
+            try:
+                storage.remove(storage.join(folder, name), self.storage_options)
+                removed.append(name)
+            except Exception as exc:  # the others are still removed; the next prune tries this one again
+                log.warning("job %s, series %s: could not remove tuning record %s: %s", job, series, name, exc)
+                failed[name] = f"{type(exc).__name__}: {exc}"
+        return removed, failed
+
+    def prune_job(
+        self, job: str, keep: int, *, now: datetime | None = None, series: Iterable[str] | None = None
+    ) -> dict[str, Pruned]:
+        """:meth:`prune` the series of ``job`` (``series``: only those, e.g. the ones a run trained or
+        tried; None: every series, found by listing the whole job); a series that cannot be pruned is
+        logged and left as it is, and the others are pruned.
+
+        Pruning costs about three requests a series on object stores when something may go (a
+        listing, the two pointers, more for each version read or removed), and listing every series
+        a request per 1,000 files of the job: after a run that trained one series of 10,000, pruning
+        all of them cost some 30,000 requests for the one series that had gained a version. Only
+        series that gained versions or tuning records have anything new to remove.
+        """
+        out = {}
+        for key in self.series(job) if series is None else sorted(set(series)):
+            try:
+                out[key] = self.prune(job, key, keep, now=now)
             except Exception as exc:
-                log.warning("job %s, series %s: old model versions not removed: %s", job, series, exc)
+                log.warning("job %s, series %s: old model versions not removed: %s", job, key, exc)
         return out
 
-    def _was_promoted(self, job: str, series: str, version: str) -> bool:
+    def holds(self, job: str, series: str) -> bool:
+        """Whether the registry holds anything of ``series`` of ``job`` (a version, complete or not,
+        a pointer or a tuning record): one listing."""
+        return bool(storage.find(self._url(job, series), self.storage_options))
+
+    def _promotion(self, job: str, series: str, version: str) -> str | None:
+        """What the decision of ``version`` says of its promotion: "promoted", "pending" (registered
+        to be promoted, outcome never recorded: see :func:`pipelines.training.register_model`), or
+        None (not promoted, or damaged: it cannot serve again)."""
         try:
             metadata = self._metadata(job, series, version)
-        except ModelError:  # damaged: it cannot serve again
-            return False
+        except ModelError:
+            return None
         decision = (metadata or {}).get("decision")
-        return isinstance(decision, dict) and decision.get("promoted") is True
+        if not isinstance(decision, dict):
+            return None
+        if decision.get("promoted") is True:
+            return "promoted"
+        return "pending" if decision.get("pending") is True else None
 
     def _remove_version(self, job: str, series: str, version: str) -> bool:
         """Remove one version's folder, ``metadata.json`` first; False when it was promoted

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -127,19 +127,22 @@ def _rebuilt(kind: type[PipelineError], message: str) -> PipelineError:
 
 
 @contextlib.contextmanager
-def _cleaned_up(job: JobConfig, run_id: str, purpose: str) -> Iterator[None]:
-    """:func:`cleanup` after the run, telling it whether the run succeeded."""
+def _cleaned_up(job: JobConfig, run_id: str, purpose: str) -> Iterator[list[str]]:
+    """:func:`cleanup` after the run, telling it whether the run succeeded and the series it tried
+    (the list yielded, which the run fills): only theirs can have gained model versions."""
+    tried: list[str] = []
     try:
-        yield
+        yield tried
     except BaseException:
-        cleanup(job, run_id, purpose=purpose, succeeded=False)
+        cleanup(job, run_id, purpose=purpose, succeeded=False, series=tried)
         raise
-    cleanup(job, run_id, purpose=purpose)
+    cleanup(job, run_id, purpose=purpose, series=tried)
 
 
 def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
-    with _cleaned_up(job, run_id, "train"):
+    with _cleaned_up(job, run_id, "train") as tried:
         window, series = _prepared_series(job, window, run_id, "train")
+        tried.extend(series)
         return _fit_each(
             job,
             series,
@@ -149,8 +152,9 @@ def run_train(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, 
 
 
 def run_tune(job: JobConfig, window: Window, *, run_id: str) -> list[dict[str, Any]]:
-    with _cleaned_up(job, run_id, "tune"):
+    with _cleaned_up(job, run_id, "tune") as tried:
         window, series = _prepared_series(job, window, run_id, "tune")
+        tried.extend(series)
         return _fit_each(
             job, series, lambda s: tune_series(job, s, read_series(job, run_id, s, purpose="tune"), window, run_id=run_id), "tune"
         )
@@ -262,7 +266,15 @@ def check_one_off(
 ABANDONED_AFTER = timedelta(days=7)
 
 
-def cleanup(job: JobConfig, run_id: str, *, purpose: str = "", now: datetime | None = None, succeeded: bool = True) -> list[str]:
+def cleanup(
+    job: JobConfig,
+    run_id: str,
+    *,
+    purpose: str = "",
+    now: datetime | None = None,
+    succeeded: bool = True,
+    series: Iterable[str] | None = None,
+) -> list[str]:
     """Remove a run's intermediate files (never its outputs or models), and those of the job's
     runs that have been untouched for :data:`ABANDONED_AFTER` (failed runs clean up nothing);
     returns the run folders swept.
@@ -302,16 +314,22 @@ def cleanup(job: JobConfig, run_id: str, *, purpose: str = "", now: datetime | N
         log.info("job %s: removed the work folders of %d runs untouched for %s: %s", job.name, len(swept), ABANDONED_AFTER, swept)
     sweep_quarantines(job, purpose=purpose, now=now)
     if purpose in ("train", "tune"):
-        prune_models(job, now=now)
+        prune_models(job, now=now, series=series)  # series: those the run tried; None: every series of the job
     return swept
 
 
-def prune_models(job: JobConfig, *, now: datetime | None = None) -> None:
-    """Remove the job's old model versions (:meth:`ModelRegistry.prune_job`), after a train or tune
-    run, failed ones too: every run registers a version, promoted or not, so a series trained hourly
-    kept 8,760 a year, and one series failing every run must not stop the others' being removed."""
+def prune_models(job: JobConfig, *, now: datetime | None = None, series: Iterable[str] | None = None) -> None:
+    """Remove the job's old model versions and tuning records (:meth:`ModelRegistry.prune_job`),
+    after a train or tune run, failed ones too: every run registers a version, promoted or not, so
+    a series trained hourly kept 8,760 a year, and one series failing every run must not stop the
+    others' being removed.
+
+    ``series``: the series the run trained or tried, the only ones that can have gained versions
+    (pruning every series of a job of 10,000 on S3 cost some 30,000 requests a run); None prunes
+    every series of the job, for callers that cannot tell.
+    """
     try:
-        registry_for(job).prune_job(job.name, job.registry_keep, now=now)
+        registry_for(job).prune_job(job.name, job.registry_keep, now=now, series=series)
     except Exception as exc:  # a store that cannot be read now must not fail a run that is done
         log.warning("job %s: old model versions not removed: %s", job.name, exc)
 

@@ -235,6 +235,29 @@ def test_train_runs_prune_the_job_s_versions(project: Path) -> None:
         assert [v.version for v in registry.versions(job.name, series)] == sorted({champion, versions[-1]})
 
 
+def test_a_train_run_prunes_the_series_it_trained_and_leaves_the_others_unread(project: Path, monkeypatch) -> None:
+    # Pruning every series after each run cost some 30,000 requests for a job of 10,000 series on S3.
+    from pipelines.runner import run_train
+    from pipelines.training import registry_for
+    from pipelines.workspace import Window, to_utc
+
+    job = get_job("demo_web_metrics").model_copy(update={"registry_keep": 1})
+    registry = registry_for(job)
+    untrained = [registry.register(job.name, "region=zz", {"m": b"m"}, {}).version for _ in range(3)]
+    window = Window(to_utc("2024-02-02T00:00:00Z"), to_utc("2024-03-01T00:00:00Z"))
+    run_train(job, window, run_id="train-0")
+    run_train(job, window, run_id="train-1")
+    monkeypatch.setattr(registry_module, "PRUNE_GRACE", timedelta(0))  # the run's own prune may remove anything
+    run_train(job, window, run_id="train-2")
+
+    trained = [s for s in registry.series(job.name) if s != "region=zz"]
+    assert trained
+    for series in trained:
+        versions = [v.version for v in registry.versions(job.name, series)]
+        assert len(versions) <= 2 and registry.champion_version(job.name, series) in versions
+    assert [v.version for v in registry.versions(job.name, "region=zz")] == untrained
+
+
 def test_predict_runs_do_not_prune(project: Path) -> None:
     from pipelines.runner import cleanup
     from pipelines.training import registry_for
