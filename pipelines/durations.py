@@ -65,6 +65,17 @@ def duration_text(value: timedelta) -> str:
     return f"{seconds}s"
 
 
+def rough_duration_text(seconds: float) -> str:
+    """``seconds`` as people read a time taken or left: 45s, 12min 5s, 3h 20min (not a job file's
+    duration: :func:`duration_text` is exact)."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}min {seconds % 60}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}min"
+
+
 def rows_spanned(duration: str | timedelta, step: timedelta) -> int:
     """Rows ``duration`` spans at one row per ``step``, rounded up (``"1d"`` at 5 minutes: 288)."""
     return math.ceil((parse_duration(duration) if isinstance(duration, str) else duration) / step)

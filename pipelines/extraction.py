@@ -6,12 +6,16 @@ CLI call these functions with the same arguments.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -366,8 +370,39 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
     end of the previous chunk as history. A series whose rows in a chunk do not all come after
     its rows in earlier chunks (a duplicate or an earlier timestamp) stops the run here, before
     any chunk is scored.
+
+    A split that fails (bad rows in a late chunk, a read error, the task killed) removes the
+    chunks it wrote before raising: nothing reads them, and on the DAG path they stayed, a copy of
+    most of the input, until the work folder was swept as abandoned days later.
     """
     workspace = Workspace(job.name, run_id, "score")
+    try:
+        return _split(job, workspace, input_path=input_path, chunk_rows=chunk_rows)
+    except BaseException:
+        _remove_chunks(job, workspace)
+        raise
+
+
+def _remove_chunks(job: JobConfig, workspace: Workspace) -> None:
+    """Remove the raw chunks and manifest of a split that failed, and the run's folder if that
+    leaves it empty; a failure to remove is logged, never raised over the split's own error.
+
+    Work folders are always local (under :func:`~pipelines.workspace.home`), as cleanup's are.
+    """
+    folder = Path(workspace.chunk_manifest).parent
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass  # failed before its first chunk was written
+    except OSError as exc:
+        log.warning("job %s: could not remove the chunks of a failed split, %s: %s", job.name, folder, exc)
+        return
+    with contextlib.suppress(OSError):  # not empty: another attempt's scored chunks, left to cleanup
+        workspace.root.rmdir()
+
+
+def _split(job: JobConfig, workspace: Workspace, *, input_path: str, chunk_rows: int) -> Extracted:
+    """:func:`extract_chunks`, leaving what it wrote behind when it fails."""
     # A one-off file is most often an export like the job's own files: it is read with their text
     # options, so a job reading ;-separated files with decimal commas scores such a file too (read
     # with pandas' defaults it was one column, and the error said to set the delimiter it had set).
@@ -392,6 +427,7 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
         options.update(dict.fromkeys(("encoding", "delimiter", "decimal", "thousands")))
     reader = FileReader(one_off, path_hint="Check the input path (predict's --input, or the run's `input`).", options=options)
     doubt = DayFirstDoubt()  # of the whole file: one warning, at its end (see DayFirstDoubt)
+    started = time.monotonic()
     for index, chunk in enumerate(reader.iter_chunks(chunk_rows)):
         chunk = binary_as_text(chunk)  # as extract() names them, so the manifest's keys are the batches'
         manifest.append(_series_counts(chunk, job))
@@ -441,7 +477,12 @@ def extract_chunks(job: JobConfig, *, run_id: str, input_path: str, chunk_rows: 
         storage.atomic_write(path, _to_parquet_bytes(_canonical_raw(chunk, job.dimensions)))
         paths.append(path)
         rows += len(chunk)
-        log.info("job %s: chunk %d: %d rows (%d so far) from %s", job.name, index + 1, len(chunk), rows, input_path)  # counted from 1, as scoring does
+        # The file's size in rows is unknown until its end: rows so far and the rate say how it goes.
+        rate = rows / max(time.monotonic() - started, 1e-6)
+        log.info(
+            "job %s: chunk %d: %d rows (%s so far, %s rows/s) from %s",
+            job.name, index + 1, len(chunk), f"{rows:,}", f"{rate:,.0f}", input_path,  # counted from 1, as scoring does
+        )
     storage.atomic_write(workspace.chunk_manifest, json.dumps(manifest).encode())
     if rows < max(job.validation.min_rows, 1):
         raise SourceDataError(
