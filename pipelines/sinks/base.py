@@ -15,7 +15,12 @@ class Sink(Protocol):
     def write(
         self, frame: pd.DataFrame, *, job: str, dimensions: list[str], start: datetime, end: datetime
     ) -> object:
-        """Replace the rows of ``job`` in ``[start, end)`` by ``frame``."""
+        """Replace the rows of ``job`` in ``[start, end)`` by ``frame``.
+
+        Every row of the job in the window goes, also those of series (or features) that ``frame``
+        lacks: a series gone from the source has no rows in a rerun of the window, as it had none
+        in the source, rather than the scores of an earlier run beside the new ones.
+        """
 
     def read(self, *, job: str, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
         """Rows of ``job`` in ``[start, end)`` (unbounded where ``None``), in the output schema."""
@@ -41,6 +46,7 @@ def checked_batch(
     where = f"job {job!r}, window [{start}, {end})"
     if start >= end:
         raise SinkError(f"{where}: the window is empty; start must come before end")
+    _refuse_guessed_values(frame, where)
     try:
         frame = schema.conform(frame, dimensions)
     except ValueError as exc:
@@ -75,6 +81,46 @@ def checked_batch(
             "write each job and window separately"
         )
     return frame, start, end
+
+
+def _refuse_guessed_values(frame: pd.DataFrame, where: str) -> None:
+    """Refuse the values that :func:`pipelines.schema.conform` would store as a guess.
+
+    It reads a time without a zone as UTC: a frame of local times (a source in Europe/Berlin) was
+    stored an hour or two off, on the wrong day file, while the window itself must be
+    timezone-aware (:func:`utc`). It casts ``is_anomaly`` with ``bool``: a missing flag (NaN) and
+    the text "False" became True, an anomaly no detector found, alerted on.
+    """
+
+    def first(rows: pd.Series) -> str:
+        row = frame[rows].iloc[0]
+        return f"series {row.get('series')!r}, feature {row.get('feature')!r} at {row.get('timestamp')}"
+
+    for column, kind in schema.OUTPUT_COLUMNS.items():
+        if not kind.startswith("timestamp") or column not in frame.columns:
+            continue
+        values = frame[column]
+        if pd.api.types.is_datetime64_dtype(values) and not isinstance(values.dtype, pd.DatetimeTZDtype):
+            naive = values.notna()
+        elif values.dtype == object:
+            naive = values.map(lambda v: isinstance(v, datetime) and v.tzinfo is None).astype(bool)
+        else:
+            continue
+        if naive.any():
+            raise SinkError(
+                f"{where}: {int(naive.sum())} of {len(frame)} rows have a {column} without a time zone (first: "
+                f"{first(naive)}), which would be a guess; make the column timezone-aware (e.g. "
+                f"tz_localize the source's zone, then tz_convert('UTC')); nothing was written"
+            )
+    if "is_anomaly" in frame.columns:
+        flags = frame["is_anomaly"]
+        wrong = flags.isna() | ~flags.isin([True, False])
+        if wrong.any():
+            shown = flags[wrong].iloc[0]
+            raise SinkError(
+                f"{where}: {int(wrong.sum())} of {len(frame)} rows have an is_anomaly that is not True or False (first: "
+                f"{shown!r}, {first(wrong)}); label every row, True or False; nothing was written"
+            )
 
 
 def as_output(frame: pd.DataFrame) -> pd.DataFrame:

@@ -67,16 +67,57 @@ def _lock_for_transaction(conn: sa.Connection, *parts: str) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-def _unlock(conn: sa.Connection, lock: str | None) -> None:
+def _settle_session(conn: sa.Connection) -> dict[str, str] | None:
+    """Make the session of ``conn`` store times as UTC and refuse values that do not fit, inside
+    its transaction; returns the MySQL/MariaDB settings to put back with :func:`_unlock`, else None.
+
+    The times are bound naive (UTC), and a ``TIMESTAMPTZ`` (PostgreSQL) or ``TIMESTAMP``
+    (MySQL/MariaDB) column of a table created by hand reads them in the session's time zone, the
+    server's by default: every time was stored hours off, two UTC hours in a daylight-saving gap
+    of that zone were stored as one (a row lost, another twice), and a writer in another session
+    zone deleted another window, so its rerun left duplicates. PostgreSQL's ``SET LOCAL`` ends
+    with the transaction; MySQL/MariaDB's settings are the session's, given back by :func:`_unlock`.
+
+    Without a strict ``sql_mode`` (no STRICT_ALL_TABLES or STRICT_TRANS_TABLES), MySQL/MariaDB
+    cut a value longer than its column (a table created by hand with ``series VARCHAR(20)``) with
+    only a warning: two series sharing their first 20 characters were stored as one, and a
+    character the column's charset lacks became "?". Strict, the insert fails and the write is
+    rolled back, naming the column.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SET LOCAL TIME ZONE 'UTC'"))
+        return None
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return None
+    zone, mode = conn.execute(sa.text("SELECT @@SESSION.time_zone, @@SESSION.sql_mode")).one()
+    saved = {}
+    if zone not in ("+00:00", "UTC"):
+        saved["time_zone"] = zone
+    if not {"STRICT_ALL_TABLES", "STRICT_TRANS_TABLES"} & set((mode or "").upper().split(",")):
+        saved["sql_mode"] = mode or ""
+    if saved:
+        conn.execute(
+            sa.text("SET SESSION time_zone = '+00:00', sql_mode = :mode"),
+            {"mode": ",".join(filter(None, [mode, "STRICT_ALL_TABLES" if "sql_mode" in saved else ""]))},
+        )
+    return saved or None
+
+
+def _unlock(conn: sa.Connection, lock: str | None, settings: dict[str, str] | None = None) -> None:
     """End the transaction of ``conn`` (rolled back unless committed), then give back the named
-    lock ``lock`` (see :meth:`SqlSink._serialize`): the session keeps it, and the pool would hand
-    it on with the connection, so every later write of the job would wait for it in vain. A
-    connection that cannot give it back is discarded, which ends the session and its lock."""
-    if lock is None or conn.invalidated or conn.closed:
+    lock ``lock`` (see :meth:`SqlSink._serialize`) and the session's own ``settings`` (see
+    :func:`_settle_session`): the session keeps both, and the pool would hand them on with the
+    connection, so every later write of the job would wait for the lock in vain. A connection
+    that cannot give them back is discarded, which ends the session and its lock."""
+    if (lock is None and not settings) or conn.invalidated or conn.closed:
         return
     try:
         conn.rollback()
-        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": lock})
+        if lock is not None:
+            conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": lock})
+        if settings:
+            assignments = ", ".join(f"{name} = :{name}" for name in settings)  # names from _settle_session
+            conn.execute(sa.text(f"SET SESSION {assignments}"), settings)
         conn.rollback()
     except Exception:
         with contextlib.suppress(Exception):
@@ -315,7 +356,7 @@ class SqlSink:
                 conn = self.engine.connect()
             except Exception as exc:
                 raise self._failure(exc, frame, job, start, end) from exc
-            lock = None
+            lock = settings = None
             try:
                 if conn.dialect.name == "postgresql":
                     # Under REPEATABLE READ or SERIALIZABLE (a server's, role's or URL's
@@ -325,6 +366,7 @@ class SqlSink:
                     conn.execution_options(isolation_level="READ COMMITTED")
                 transaction = conn.begin()
                 lock = self._serialize(conn, job)
+                settings = _settle_session(conn)
                 deleted = conn.execute(
                     sa.delete(table).where(
                         table.c.job == job, table.c.timestamp >= _naive(start), table.c.timestamp < _naive(end)
@@ -339,7 +381,7 @@ class SqlSink:
                         conn.execute(sa.insert(table), records)
                 break
             except Exception as exc:
-                _unlock(conn, lock)
+                _unlock(conn, lock, settings)
                 conn.close()  # rolls back whatever was not committed
                 if attempt < _WRITE_ATTEMPTS and deadlocked(exc):
                     log.warning(
@@ -364,7 +406,7 @@ class SqlSink:
                         conn.invalidate()
                     raise self._failure(exc, frame, job, start, end) from exc
             finally:
-                _unlock(conn, lock)
+                _unlock(conn, lock, settings)
         log.info(
             "replaced %d rows by %d of job %s for [%s, %s) in table %s", deleted, len(frame), job, start, end, self.name
         )
@@ -387,9 +429,11 @@ class SqlSink:
                 "first publish creates both)"
             )
         try:
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn, contextlib.ExitStack() as settled:
                 if not sa.inspect(conn).has_table(self.table, schema=self.db_schema):
                     raise sa.exc.NoSuchTableError(f"no table {self.name!r} in the database")
+                # The times of a TIMESTAMPTZ (TIMESTAMP) column as written (see _settle_session).
+                settled.callback(_unlock, conn, None, _settle_session(conn))
                 # The output columns typed as written (see _stored_columns for why not reflected).
                 stored = self._stored_columns(conn)
                 table = self._definition([name for name in stored if name not in schema.OUTPUT_COLUMNS])
