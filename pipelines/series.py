@@ -43,6 +43,14 @@ def parse_series_key(key: str, dimensions: Sequence[str]) -> dict[str, str]:
     return {d: parts[d] for d in dimensions}
 
 
+def key_dimensions(key: str) -> list[str]:
+    """The dimension names of a series key, in its order (``[]`` for :data:`ALL_SERIES`): what a
+    reader that does not know the job learns of its dimensions from a key."""
+    if key == ALL_SERIES:
+        return []
+    return [unquote(part.partition("=")[0]) for part in key.split(",")]
+
+
 #: Longest slug: file systems allow 255 bytes per name, and the workspace adds ".parquet". A key
 #: of 28 CJK characters is already 252 bytes once percent-encoded.
 MAX_SLUG_CHARS = 200

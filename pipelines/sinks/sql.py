@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from pipelines import schema
 from pipelines.db import BINARY_COLLATIONS, binary_collation, deadlocked, file_database, precise_datetime
 from pipelines.errors import SinkError
+from pipelines.series import key_dimensions
 from pipelines.sinks.base import as_output, checked_batch, utc
 
 log = logging.getLogger(__name__)
@@ -449,6 +450,21 @@ class SqlSink:
                 f"could not read job {job!r} from table {self.name!r}: {getattr(exc, 'orig', None) or exc}; "
                 "check that the table exists and the database is reachable"
             ) from exc
-        # The table holds the dimension columns of every job; those of other jobs are empty here.
-        other = [c for c in rows.columns if c not in schema.OUTPUT_COLUMNS and rows[c].isna().all()]
-        return as_output(rows.drop(columns=other))
+        return as_output(rows[[*schema.OUTPUT_COLUMNS, *self._job_dimensions(rows, self.engine.dialect.name)]])
+
+    @staticmethod
+    def _job_dimensions(rows: pd.DataFrame, dialect: str) -> list[str]:
+        """The dimension columns of the job of ``rows``, in the job's order.
+
+        The table holds the dimension columns of every job; those of other jobs are empty here.
+        Emptiness alone dropped a dimension of the job whose values are all missing, which the
+        Parquet sink keeps: the series keys (``region=eu,host=None``) name the job's dimensions.
+        """
+        stored = [c for c in rows.columns if c not in schema.OUTPUT_COLUMNS]
+        # A job's "region" is stored in a column "Region" where column names ignore case.
+        fold = str.lower if dialect in _CASE_INSENSITIVE_COLUMNS else str
+        columns = {fold(c): c for c in reversed(stored)}
+        named = (fold(name) for key in pd.unique(rows["series"].dropna()) for name in key_dimensions(key))
+        kept = [columns[name] for name in dict.fromkeys(named) if name in columns]
+        # Whatever has values is the job's too, even if its keys were not made by series_key.
+        return kept + [c for c in stored if c not in kept and rows[c].notna().any()]

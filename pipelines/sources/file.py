@@ -264,9 +264,10 @@ class FileReader:
 
     def iter_chunks(self, rows: int) -> Iterator[pd.DataFrame]:
         """The whole source in file order, ``rows`` rows at a time (the last chunk may be
-        shorter), raw as :meth:`read` returns it. Memory stays bounded whatever the size of
-        csv, jsonl and parquet files; a json array or a pickle is read whole first (neither
-        format can be parsed in parts), then handed out in chunks."""
+        shorter; with text formats, the last of each file), raw as :meth:`read` returns it.
+        Memory stays bounded whatever the size of csv, jsonl and parquet files; a json array or a
+        pickle is read whole first (neither format can be parsed in parts), then handed out in
+        chunks."""
         path, fail, fs, files, fmt = self._locate(None, None)
         log.info("job %s: reading %d %s file(s) from %s in chunks of %d rows", self.job.name, len(files), fmt, path, rows)
         if fmt == "parquet":
@@ -287,19 +288,26 @@ class FileReader:
         pending: list[pa.RecordBatch] = []
         size = 0
         # File by file, so that an error names its file; the dataset's schema fills in the
-        # partition columns. Batches end at row-group boundaries; gather them so each chunk
-        # holds about ``rows`` rows. No read-ahead: memory must stay at about one chunk.
+        # partition columns. Batches end at row-group boundaries (a dataset scan, unlike
+        # ParquetFile.iter_batches, does not join row groups): gathering whole batches made
+        # chunks of up to twice ``rows`` (400,000 rows for 250,000 from row groups of 200,000),
+        # so the batch that crosses the limit is cut (a slice, no copy) and its rest begins the
+        # next chunk. No read-ahead: memory must stay at about one chunk.
         for fragment in dataset.get_fragments():
             with _translated(self.advice, fail, self._shown(fs, fragment.path), "parquet"):
                 batches = fragment.to_batches(
                     schema=dataset.schema, columns=columns, batch_size=rows, batch_readahead=0, fragment_readahead=0
                 )
                 for batch in batches:
-                    pending.append(batch)
-                    size += batch.num_rows
-                    if size >= rows:
+                    while size + batch.num_rows >= rows:
+                        taken = rows - size
+                        pending.append(batch.slice(0, taken))
                         yield pa.Table.from_batches(pending).to_pandas()
                         pending, size = [], 0
+                        batch = batch.slice(taken)
+                    if batch.num_rows:
+                        pending.append(batch)
+                        size += batch.num_rows
         if pending:
             yield pa.Table.from_batches(pending).to_pandas()
 

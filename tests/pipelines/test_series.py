@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.series import ALL_SERIES, MAX_SLUG_CHARS, parse_series_key, series_key, series_slug, slug_may_be_cut
+from pipelines.series import (
+    ALL_SERIES,
+    MAX_SLUG_CHARS,
+    key_dimensions,
+    parse_series_key,
+    series_key,
+    series_slug,
+    slug_may_be_cut,
+)
 
 
 def test_a_job_without_dimensions_has_one_series():
@@ -50,3 +58,10 @@ def test_a_long_key_gets_a_bounded_slug_that_stays_distinct():
     assert all(slug_may_be_cut(slug) for slug in slugs)
     # Keys that fit keep their reversible slug, so models already stored stay where they are.
     assert series_slug("region=eu west,host=a") == "region=eu%20west,host=a" and not slug_may_be_cut("region=eu%20west,host=a")
+
+
+@pytest.mark.parametrize("dimensions", [[], ["region"], ["region", "host"], ["share%,=", "Ort"]])
+def test_key_dimensions_names_a_key_s_dimensions_in_order(dimensions) -> None:
+    key = series_key(dimensions, ["a,b=c%d"] * len(dimensions))
+    assert key_dimensions(key) == dimensions
+    assert key_dimensions(ALL_SERIES) == []
