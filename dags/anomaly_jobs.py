@@ -10,6 +10,7 @@ this file costs only pydantic and YAML.
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pendulum
@@ -18,6 +19,8 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipelines.config import JobConfig, scan_jobs
 from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ARGS = {"owner": "anomaly-pipelines", "retries": 2, "retry_delay": timedelta(minutes=1)}
 
@@ -35,11 +38,13 @@ def _window_param(title: str, description: str) -> Param:
 WINDOW_PARAMS = {
     "start": _window_param(
         "Window start",
-        "ISO 8601 date or date-time, e.g. 2024-03-01T00:00:00Z (UTC if no offset). Empty: the scheduled data interval.",
+        "ISO 8601 date or date-time, e.g. 2024-03-01T00:00:00Z (UTC if no offset). Empty: the scheduled data interval "
+        "(a run triggered without a logical date: the schedule's last complete interval).",
     ),
     "end": _window_param(
         "Window end",
-        "ISO 8601 date or date-time, exclusive, e.g. 2024-03-08 (UTC if no offset). Empty: the scheduled data interval's end.",
+        "ISO 8601 date or date-time, exclusive, e.g. 2024-03-08 (UTC if no offset). Empty: the scheduled data interval's end "
+        "(a run triggered without a logical date: the schedule's last complete interval's).",
     ),
 }
 
@@ -167,6 +172,31 @@ def _timetable(cron: str | None) -> CronDataIntervalTimetable | None:
     return CronDataIntervalTimetable(cron, timezone="UTC") if cron else None
 
 
+def _last_complete_interval(job: JobConfig) -> tuple[datetime, datetime]:
+    """The window of a predict run triggered without a logical date (``airflow dags trigger``'s
+    default), which has no data interval: the last complete interval of the predict schedule
+    before the run was due, as the schedule's own timetable infers a manual run's; the last whole
+    period of the job's frequency when predict has no schedule. Such a run failed with "predict
+    needs a window" whatever the trigger meant."""
+    from pipelines.workspace import last_period
+
+    context = get_current_context()
+    due = getattr(context.get("dag_run"), "run_after", None) or datetime.now(timezone.utc)
+    timetable = context["dag"].timetable
+    if isinstance(timetable, CronDataIntervalTimetable):
+        interval = timetable.infer_manual_data_interval(run_after=pendulum.instance(due))
+        start, end, what = interval.start, interval.end, f"interval of the predict schedule `{job.schedules.predict}`"
+    else:
+        window = last_period(job, due)
+        start, end, what = window.start, window.end, f"period of the job's frequency ({job.frequency})"
+    log.info(
+        "job %s: no data interval, start or end given: scoring [%s, %s), the last complete %s before %s; "
+        "trigger with start and end for another window",
+        job.name, start.isoformat(), end.isoformat(), what, due.isoformat(),
+    )
+    return start, end
+
+
 def _train_schedule(job: JobConfig):
     """Train runs on its cron and as soon as tuning stores new parameters or monitoring asks
     for a retrain; on those assets alone when the job has no train cron."""
@@ -186,6 +216,18 @@ def _context_window(declared: dict) -> tuple[object, object, dict]:
         raise ConfigError(
             f"unknown run conf key(s) {', '.join(unknown)}; "
             f"{context['dag'].dag_id} takes {', '.join(declared)} (check the spelling and trigger again)"
+        )
+    # A backfill gives every one of its runs the same conf: each run redid that one window and
+    # none scored (or trained on) the interval it stands for.
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    run_type = getattr(context.get("dag_run"), "run_type", None)
+    bounds = {key: conf[key] for key in ("start", "end") if conf.get(key)}
+    if bounds and getattr(run_type, "value", run_type) == "backfill":
+        given = ", ".join(f"{key} {value!r}" for key, value in bounds.items())
+        raise ConfigError(
+            f"{context['dag'].dag_id}: a backfill run works on its own data interval, but the backfill gave every run "
+            f"the same {given}: each run would redo that one window. Leave start and end out of --dag-run-conf "
+            "and give the range with --from-date and --to-date"
         )
     return context.get("data_interval_start"), context.get("data_interval_end"), context["params"]
 
@@ -385,7 +427,9 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
             results = _materialize(results)
             done = {r["series"] for r in results}
             failed = [key for key in series if key not in done]
-            log_table(f"job {job.name}: {purpose} results", results + [{"series": key, "failed": True} for key in failed])
+            # Which window: a manual or asset-triggered run chose it itself (see extract).
+            window = "[{start}, {end})".format(**extracted["window"])
+            log_table(f"job {job.name}: {purpose} results, window {window}", results + [{"series": key, "failed": True} for key in failed])
             if not failed:
                 cleanup(job, run_id, purpose=purpose, series=series)
             else:
@@ -474,6 +518,11 @@ def build_predict_dag(job: JobConfig):
             # millions of points took: scheduled windows waited. It has its own DAG now.
             _refuse_one_off(job)
             interval_start, interval_end, params = _context_window(WINDOW_PARAMS)
+            if interval_end is None and not params.get("end"):
+                # Triggered without a logical date (`airflow dags trigger`'s default): no data interval.
+                # A start alone scores from it up to the default's end; an end alone is refused (a start
+                # from the default would not be what was meant).
+                interval_start, interval_end = _last_complete_interval(job)
             # A window typed wrong is refused as such, even before the job's first training.
             window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"), job=job)
             check_serving(job)  # before the first training: "train first", not a validation failure

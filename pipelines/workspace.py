@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pipelines.config import JobConfig, base_dir, resolve_path
@@ -192,16 +192,26 @@ def prediction_window(
     start: datetime | str | None = None,
     end: datetime | str | None = None,
     job: JobConfig | None = None,
+    now: datetime | None = None,
 ) -> Window:
     """The window predict scores: the data interval, unless a manual run overrides either bound.
 
-    ``job``: the job it is for, named by the errors (every error names its job).
+    ``job``: the job it is for, named by the errors (every error names its job). A ``start`` after
+    ``now`` (default: the current time) is refused: no data can be in the window yet.
     """
     chosen_start = _bound(job, "start", start) or _bound(job, "interval start", interval_start)
     chosen_end = _bound(job, "end", end) or _bound(job, "interval end", interval_end)
+    if chosen_start is None and end:
+        raise ConfigError(
+            f"{_job_said(job)}end {str(end)!r} needs a start too: the run has no data interval to take one from. "
+            f"Give start as well, e.g. start {chosen_end - timedelta(days=1):%Y-%m-%d}"
+        )
     if chosen_start is None or chosen_end is None:
         raise ConfigError(f"{_job_said(job)}predict needs a window: a scheduled data interval, or both 'start' and 'end'")
-    return _run_window(job, chosen_start, chosen_end)
+    window = _run_window(job, chosen_start, chosen_end)
+    if start:
+        _refuse_future(job, window, "start", start, now)
+    return window
 
 
 def training_window(
@@ -210,12 +220,45 @@ def training_window(
     *,
     start: datetime | str | None = None,
     end: datetime | str | None = None,
+    now: datetime | None = None,
 ) -> Window:
-    """Train reads ``training_window`` back from the interval end (or the overrides)."""
+    """Train reads ``training_window`` back from the interval end (or the overrides); a window
+    that a given ``start`` or ``end`` puts after ``now`` (default: the current time) is refused."""
     chosen_end = _bound(job, "end", end) or _bound(job, "interval end", interval_end)
     if chosen_end is None:
         raise ConfigError(f"{_job_said(job)}the training window needs an end: a scheduled data interval, or 'end'")
-    return _run_window(job, _bound(job, "start", start) or chosen_end - job.training_window, chosen_end)
+    window = _run_window(job, _bound(job, "start", start) or chosen_end - job.training_window, chosen_end)
+    if start:
+        _refuse_future(job, window, "start", start, now)
+    elif end:
+        _refuse_future(job, window, "end", end, now)
+    return window
+
+
+def _refuse_future(job: JobConfig | None, window: Window, name: str, value: datetime | str, now: datetime | None) -> None:
+    """Refuse a window, set by the ``name`` bound a person gave, that starts after ``now``.
+
+    No data can be in it yet: reading it failed as "no rows, the data may not have landed yet",
+    a source error that Airflow retried for minutes, and never named the bound that was wrong.
+    """
+    now = to_utc(now) or utcnow()
+    if window.start < now:
+        return
+    raise ConfigError(
+        f"{_job_said(job)}{name} {str(value)!r} puts the window {window} after now ({now:%Y-%m-%dT%H:%M}Z): no data "
+        f"can be in it yet. Give {'a start' if name == 'start' else 'an end'} before now, "
+        f"e.g. {name} {(now - timedelta(days=1)):%Y-%m-%d}"
+    )
+
+
+def last_period(job: JobConfig, due: datetime | str | None) -> Window:
+    """The last whole period of the job's ``frequency`` before ``due`` (else now): the window of a
+    predict run that has no data interval, no ``start`` and ``end``, and no predict schedule to
+    infer one from."""
+    from pipelines.resampling import floor_to_grid
+
+    end = floor_to_grid(to_utc(due) or utcnow(), job.frequency)
+    return Window(end - job.frequency, end)
 
 
 def triggered_training_end(job: JobConfig, event_ends: list[str], due: datetime | None) -> datetime:
@@ -286,6 +329,7 @@ __all__ = [
     "Workspace",
     "check_output_file",
     "home",
+    "last_period",
     "one_off_output",
     "prediction_window",
     "schema_record_path",

@@ -16,6 +16,7 @@ from pipelines.workspace import (
     Window,
     Workspace,
     check_output_file,
+    last_period,
     prediction_window,
     training_window,
     triggered_training_end,
@@ -237,3 +238,8 @@ def test_one_off_scoring_keeps_its_files_in_the_score_run_s_folders(tmp_path: Pa
     Path(one_off.quarantine + one_off.chunk_part(2)).mkdir(parents=True)
     cleanup(JOB, "one-off", purpose="score")
     assert not Path(one_off.quarantine).exists()
+
+
+def test_a_run_without_interval_or_schedule_scores_the_last_whole_period_before_it_was_due() -> None:
+    assert last_period(JOB, "2024-03-02T05:30:00Z") == Window(datetime(2024, 3, 2, 4, tzinfo=UTC), datetime(2024, 3, 2, 5, tzinfo=UTC))
+    assert last_period(JOB, datetime(2024, 3, 2, 5, tzinfo=UTC)).end == datetime(2024, 3, 2, 5, tzinfo=UTC)  # on the grid: ends there
