@@ -9,6 +9,7 @@ this file costs only pydantic and YAML.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from datetime import datetime, timedelta, timezone
@@ -150,6 +151,24 @@ def fail_fast(func):
             raise AirflowFailException(str(exc)) from exc
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _given_window_fails_fast(params: dict):
+    """A window a person gave (``start`` or ``end`` in the run's conf) that holds no rows fails the
+    task at once: a retry reads the same window again (it was retried twice, minutes, and the run
+    failed as if the data had not landed). A scheduled run's empty window keeps its retries."""
+    from pipelines.errors import EmptyWindowError
+
+    try:
+        yield
+    except EmptyWindowError as exc:
+        if not (params.get("start") or params.get("end")):
+            raise
+        from airflow.sdk.exceptions import AirflowFailException
+
+        given = ", ".join(f"{key} {params[key]!r}" for key in ("start", "end") if params.get(key))
+        raise AirflowFailException(f"{exc} The window came from the run's conf ({given}): check it and trigger again.") from exc
 
 
 def model_asset(job: JobConfig) -> Asset:
@@ -372,7 +391,8 @@ def build_train_dag(job: JobConfig, purpose: str = "train"):
                 due = context.get("logical_date") or getattr(context.get("dag_run"), "run_after", None)
                 interval_end = triggered_training_end(job, ends, due)
             window = training_window(job, interval_end, start=params.get("start"), end=params.get("end"))
-            return extract_window(job, window, run_id=run_id, purpose=purpose).to_dict()
+            with _given_window_fails_fast(params):
+                return extract_window(job, window, run_id=run_id, purpose=purpose).to_dict()
 
         @task
         @fail_fast
@@ -526,7 +546,8 @@ def build_predict_dag(job: JobConfig):
             # A window typed wrong is refused as such, even before the job's first training.
             window = prediction_window(interval_start, interval_end, start=params.get("start"), end=params.get("end"), job=job)
             check_serving(job)  # before the first training: "train first", not a validation failure
-            extracted = extract_window(job, window, run_id=run_id, purpose="predict", history_rows=history_rows(job, window.start))
+            with _given_window_fails_fast(params):
+                extracted = extract_window(job, window, run_id=run_id, purpose="predict", history_rows=history_rows(job, window.start))
             return extracted.to_dict()
 
         @task

@@ -57,6 +57,11 @@ class SourceConfigError(SourceError, ConfigError):
     those, and bad configuration for Airflow's tasks, which fail at once instead of retrying."""
 
 
+class EmptyWindowError(SourceError):
+    """The window holds no rows. A scheduled run retries (the data may land later); a run whose
+    window a person gave fails at once (see the DAGs' ``extract``): it was retried for minutes."""
+
+
 class StorageError(PipelineError):
     """A file or object store could not be reached: no credentials, an endpoint that does not
     answer. Neither bad data nor bad configuration: credentials that appear later (a refreshed

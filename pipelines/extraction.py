@@ -22,7 +22,7 @@ import pandas as pd
 
 from pipelines import storage
 from pipelines.config import FileSource, JobConfig, resolve_path
-from pipelines.errors import ConfigError, DataValidationError, SourceDataError, SourceError
+from pipelines.errors import ConfigError, DataValidationError, EmptyWindowError, SourceDataError
 from pipelines.resampling import ResampleStats, floor_to_grid, resample_series
 from pipelines.series import series_key
 from pipelines.sources import FileReader, make_source
@@ -73,7 +73,7 @@ def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", h
 
     The window is first floored to the job's epoch-aligned ``frequency`` grid (see
     :func:`grid_window`), so that every bucket of a series is scored by exactly one run.
-    Raises :class:`SourceError` when the window holds no rows (the data may not have landed yet),
+    Raises :class:`EmptyWindowError` (a :class:`SourceError`) when the window holds no rows (the data may not have landed yet),
     :class:`SourceDataError` when it mixes timestamps with and without a time zone (a retry reads
     the same), and :class:`DataValidationError` when a
     job column disappeared or changed its kind since the previous run of the same source.
@@ -129,7 +129,7 @@ def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", h
     # Unparseable timestamps count as in the window: validation must see and report them.
     in_window = parsed.isna() | (parsed >= window.start)
     if not in_window.any():
-        raise SourceError(
+        raise EmptyWindowError(
             f"job {job.name!r}: {job.source.describe()} has no rows in window {window} "
             f"({len(frame)} rows before it were read as history): the data may not have landed yet; "
             "re-run when it has, or check the query/path. Nothing was written."
