@@ -73,10 +73,10 @@ def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", h
 
     The window is first floored to the job's epoch-aligned ``frequency`` grid (see
     :func:`grid_window`), so that every bucket of a series is scored by exactly one run.
-    Raises :class:`EmptyWindowError` (a :class:`SourceError`) when the window holds no rows (the data may not have landed yet),
-    :class:`SourceDataError` when it mixes timestamps with and without a time zone (a retry reads
-    the same), and :class:`DataValidationError` when a
-    job column disappeared or changed its kind since the previous run of the same source.
+    Raises :class:`EmptyWindowError` (a :class:`SourceError`) when the window holds no rows (the
+    data may not have landed yet), :class:`SourceDataError` when it mixes timestamps with and
+    without a time zone (a retry reads the same), and :class:`DataValidationError` when a job
+    column disappeared or changed its kind since the previous run of the same source.
     """
     window = grid_window(job, window)
     read_start = window.start - job.frequency * history_rows

@@ -87,6 +87,12 @@ def _registered_at(version: str) -> datetime | None:
         return None
 
 
+def _is_record(name: str) -> bool:
+    """Whether ``name`` in a series' ``tuning`` folder is a tune record: dot files are temporary
+    files of writes still going (or interrupted)."""
+    return name.endswith(".json") and not name.startswith(".")
+
+
 @dataclass(frozen=True)
 class Pruned:
     """What :meth:`ModelRegistry.prune` did to one series: versions removed, and those it failed to
@@ -444,8 +450,8 @@ class ModelRegistry:
                 version, _, name = rest.partition("/")
                 if name:
                     files.setdefault(version, []).append(name)
-            elif top == TUNING and "/" not in rest and rest.endswith(".json") and not rest.startswith("."):
-                records.append(rest)  # dot files are temporary files of writes still going (or interrupted)
+            elif top == TUNING and "/" not in rest and _is_record(rest):
+                records.append(rest)
         complete = sorted(version for version, names in files.items() if METADATA in names)
         cutoff = (now or datetime.now(UTC)) - PRUNE_GRACE
 
@@ -681,7 +687,7 @@ class ModelRegistry:
         """Keep one tune run's trials and decision, whether or not it promoted anything; returns its name."""
         # A random part as in a version's name: two tune runs of the series (a CLI one beside a
         # scheduled one, on other hosts) recording within one microsecond replaced each other's record.
-        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}.json"
+        name = f"{_new_version()}.json"
         self._write_json(self._url(job, series, TUNING, name), document, f"tuning record of job {job!r}, series {series!r}")
         return name
 
@@ -699,7 +705,7 @@ class ModelRegistry:
         folder = self._url(job, series, TUNING)
         registered = version.partition("-")[0]  # records and versions are named by UTC time alike
         names = sorted(
-            n for n in storage.find(folder, self.storage_options) if n.endswith(".json") and not n.startswith(".") and n >= registered
+            n for n in storage.find(folder, self.storage_options) if _is_record(n) and n >= registered
         )
         for name in names:
             url = storage.join(folder, name)
@@ -717,8 +723,7 @@ class ModelRegistry:
         """Every recorded tune run of the series, oldest first; with ``newest``, only the last that
         many (only those are read)."""
         folder = self._url(job, series, TUNING)
-        # Dot files are temporary files of interrupted writes.
-        names = sorted(n for n in storage.find(folder, self.storage_options) if n.endswith(".json") and not n.startswith("."))
+        names = sorted(n for n in storage.find(folder, self.storage_options) if _is_record(n))
         if newest is not None:
             names = names[len(names) - newest :] if newest > 0 else []
         records = []
