@@ -492,7 +492,7 @@ def _check_frame(frame: Any, what: str) -> pd.DataFrame:
     elif not pd.api.types.is_integer_dtype(index.dtype):
         raise ModelError(f"{what} must be indexed by UTC timestamps or row numbers, got a {type(index).__name__}")
     if not (frame.index.is_monotonic_increasing and frame.index.is_unique):
-        raise ModelError(f"{what} must be sorted by its index without duplicates; sort it and drop repeated rows")
+        raise ModelError(f"{what} must be sorted by its index without duplicates ({_disorder(frame.index)}); sort it and drop repeated rows")
     dtypes = _column_dtypes(frame)
     # The usual frame, all float64, is returned without reading its column names: with string
     # columns that costs more than the rest of these checks.
@@ -503,3 +503,15 @@ def _check_frame(frame: Any, what: str) -> pd.DataFrame:
         raise ModelError(f"{what} has non-numeric feature columns {text}; features must be numbers")
     # A copy only when some column is not float64 yet: scoring never writes into the frame.
     return frame.astype("float64")
+
+
+def _disorder(index: pd.Index) -> str:
+    """Where ``index`` first repeats or goes back, and how often, for an error a user can act on."""
+    repeated = index[index.duplicated()].unique()
+    steps = np.flatnonzero(np.asarray(index[1:] < index[:-1]))
+    parts = []
+    if len(repeated):
+        parts.append(f"{len(repeated)} repeated, first {', '.join(str(v) for v in repeated[:3])}")
+    if len(steps):
+        parts.append(f"{len(steps)} going back, first at position {steps[0] + 1} ({index[steps[0] + 1]} after {index[steps[0]]})")
+    return "; ".join(parts)

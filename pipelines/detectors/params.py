@@ -7,6 +7,7 @@ Each detector checks its own parameters in ``fit`` through the same model.
 
 from __future__ import annotations
 
+import re
 from difflib import get_close_matches
 from functools import cache
 from numbers import Real
@@ -184,6 +185,10 @@ class MSETParams(DetectorParams):
         return value
 
 
+#: What ``holidays_country`` takes: a code of the holidays package (alpha-2 or alpha-3) or of a market (ECB).
+_COUNTRY_CODE = r"^[A-Z]{2,3}$"
+
+
 class ProphetParams(DetectorParams):
     """Prophet per feature; an anomaly is an actual outside the forecast interval."""
 
@@ -195,7 +200,7 @@ class ProphetParams(DetectorParams):
     weekly_seasonality: bool | Literal["auto"] = "auto"
     yearly_seasonality: bool | Literal["auto"] = "auto"
     holidays_country: str | None = Field(
-        None, pattern=r"^[A-Z]{2,3}$", description="Country code whose public holidays are modelled, e.g. 'US'."
+        None, pattern=_COUNTRY_CODE, description="Country code whose public holidays are modelled, e.g. 'US'."
     )
     growth: Literal["linear", "flat"] = "linear"
     time_zone: str = Field(
@@ -221,6 +226,23 @@ class ProphetParams(DetectorParams):
         hint = f" (did you mean {' or '.join(repr(zone) for zone in close)}?)" if close else ""
         raise ValueError(f"not an IANA time zone name such as 'America/New_York', 'Europe/Paris' or 'UTC'{hint}")
 
+    @field_validator("holidays_country", mode="before")
+    @classmethod
+    def _code_not_name(cls, value: Any) -> Any:
+        # Before the pattern: Prophet's own API calls it country_name, and "Germany" or "us" was
+        # refused with only "String should match pattern '^[A-Z]{2,3}$'", no code nor where to find one.
+        if not isinstance(value, str) or re.fullmatch(_COUNTRY_CODE, value):
+            return value
+        what = f"should match pattern '{_COUNTRY_CODE}', a country code such as 'US' or 'DE'"
+        try:
+            import holidays
+        except ImportError:
+            raise ValueError(what) from None
+        code = _country_codes(holidays).get(re.sub(r"[^a-z]", "", value.lower()))
+        if code is not None:
+            raise ValueError(f"{what}: write {code!r} for {value}")
+        raise ValueError(f"{what}; choose one of {_two_letter_codes(holidays)}")
+
     @field_validator("holidays_country")
     @classmethod
     def _known_country(cls, value: str | None) -> str | None:
@@ -236,9 +258,23 @@ class ProphetParams(DetectorParams):
         # Callable, as Prophet builds it: the package also exports calendar constants (MON = 0,
         # JAN = 1) whose names pass the pattern and failed the fit with "'int' object is not callable".
         if not callable(getattr(holidays, {"TU": "TR"}.get(value, value), None)):
-            codes = ", ".join(sorted(code for code in holidays.list_supported_countries() if len(code) == 2))
-            raise ValueError(f"no public holidays are known for it; choose one of {codes}")
+            raise ValueError(f"no public holidays are known for it; choose one of {_two_letter_codes(holidays)}")
         return value
+
+
+def _two_letter_codes(holidays: Any) -> str:
+    return ", ".join(sorted(code for code in holidays.list_supported_countries() if len(code) == 2))
+
+
+def _country_codes(holidays: Any) -> dict[str, str]:
+    """Country codes of the holidays package by folded name, alias or code ('unitedstates',
+    'usa', 'us' -> 'US', or 'USA' for its own alpha-3 code); empty if its registry moved."""
+    codes: dict[str, str] = {}
+    for module, (class_name, alpha2, alpha3, *aliases) in getattr(getattr(holidays, "registry", None), "COUNTRIES", {}).items():
+        for name in (module, class_name, *aliases):
+            codes.setdefault(re.sub(r"[^a-z]", "", name.lower()), alpha2)
+        codes[alpha2.lower()], codes[alpha3.lower()] = alpha2, alpha3
+    return codes
 
 
 @cache

@@ -12,7 +12,7 @@ from scipy.stats import norm
 from pipelines.config import ThresholdConfig
 from pipelines.detectors.base import BaseDetector, Detection, make_detection
 from pipelines.detectors.calibration import ScoreCalibrator, held_back_rows
-from pipelines.detectors.params import ProphetParams
+from pipelines.detectors.params import ProphetParams, _two_letter_codes
 from pipelines.errors import ConfigError, MissingDependencyError, ModelError
 
 _MIN_TRAINING_ROWS = 20
@@ -283,7 +283,16 @@ class ProphetDetector(BaseDetector):
         missing = [name for name in names if name not in files]
         if missing:
             raise ModelError(f"the prophet artifact lacks {missing}; it was not written by to_files(): retrain")
-        self.models_ = [serialize.model_from_json(files[name].decode()) for name in names]
+        self.models_ = []
+        for name in names:
+            try:
+                self.models_.append(serialize.model_from_json(files[name].decode()))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # A damaged file raised JSONDecodeError, UnicodeDecodeError or KeyError: 'seasonality_mode',
+                # naming neither the file nor what to do.
+                raise ModelError(
+                    f"cannot load the prophet model from {name}: {type(exc).__name__}: {exc}; the artifact is damaged: retrain"
+                ) from exc
         self.calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["calibrators_"]]
         self.calibration_rows_ = int(state.get("calibration_rows_", 0))  # absent before held-back calibration
 
@@ -301,13 +310,13 @@ def _check_country(country: str) -> None:
     try:
         # Built once, as the fit would: the holidays package also exports calendar constants
         # (MON, JAN, SUN...) that pass the code's pattern and Prophet's lookup, then failed the
-        # fit with "'int' object is not callable".
-        get_country_holidays_class(country)(years=[2000])
+        # fit with "'int' object is not callable". Built for no year: for 2000, India's warned at
+        # every check that its holidays are "available only from 2001".
+        get_country_holidays_class(country)()
     except (AttributeError, TypeError):
-        codes = ", ".join(sorted(code for code in holidays.list_supported_countries() if len(code) == 2))
         raise ConfigError(
             f"invalid ProphetDetector ('prophet') parameters: parameter 'holidays_country': no public holidays are "
-            f"known for it; choose one of {codes} (got {country!r}). Fix them in the job's model settings."
+            f"known for it; choose one of {_two_letter_codes(holidays)} (got {country!r}). Fix them in the job's model settings."
         ) from None
 
 

@@ -57,3 +57,14 @@ def test_a_feature_of_values_too_large_to_compute_with_is_named_as_such() -> Non
     # without saying why a finite number counted as infinite.
     with pytest.raises(ModelError, match=r"features \['b'\] have no values .*too large to compute with: \|value\| >= 1.34e\+154"):
         SeasonalMADDetector(season=None).fit(_noise().assign(b=-1.7e308))
+
+
+def test_an_unsorted_or_repeated_index_is_refused_naming_the_first_offending_times() -> None:
+    # The message said only "must be sorted ... without duplicates": which of 10,000 rows, not said.
+    index = pd.DatetimeIndex(["2024-01-01", "2024-01-02", "2024-01-02", "2024-01-01 12:00"], tz="UTC")
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]}, index=index)
+    with pytest.raises(ModelError) as caught:
+        _check_frame(frame, "X")
+    message = str(caught.value)
+    assert "1 repeated, first 2024-01-02 00:00:00+00:00" in message
+    assert "1 going back, first at position 3 (2024-01-01 12:00:00+00:00 after 2024-01-02 00:00:00+00:00)" in message
