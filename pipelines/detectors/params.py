@@ -194,6 +194,10 @@ class ProphetParams(DetectorParams):
 
     interval_width: float = Field(0.95, ge=0.5, le=0.999, description="Coverage of the forecast interval.")
     changepoint_prior_scale: float = Field(0.05, gt=0.0, le=10.0, description="Flexibility of the trend.")
+    n_changepoints: int = Field(25, ge=0, le=500, description="Potential trend changepoints, spread over the history.")
+    changepoint_range: float = Field(
+        0.8, gt=0.0, le=1.0, description="Share of the training rows, from the start, where the trend may change."
+    )
     seasonality_prior_scale: float = Field(10.0, gt=0.0, le=100.0, description="Flexibility of the seasonalities.")
     seasonality_mode: Literal["additive", "multiplicative"] = "additive"
     daily_seasonality: bool | Literal["auto"] = "auto"

@@ -66,6 +66,10 @@ class ProphetDetector(BaseDetector):
         Coverage of the forecast interval.
     changepoint_prior_scale, seasonality_prior_scale : float
         Prophet's flexibility of the trend and of the seasonalities.
+    n_changepoints : int, default=25
+    changepoint_range : float, default=0.8
+        Prophet's potential changepoints of the trend and the share of the history they are
+        spread over (a trend change in the latest 20 % of the rows is missed with the default).
     seasonality_mode : {"additive", "multiplicative"}
     daily_seasonality, weekly_seasonality, yearly_seasonality : bool or "auto"
     holidays_country : str or None
@@ -99,6 +103,8 @@ class ProphetDetector(BaseDetector):
         *,
         interval_width: float = 0.95,
         changepoint_prior_scale: float = 0.05,
+        n_changepoints: int = 25,
+        changepoint_range: float = 0.8,
         seasonality_prior_scale: float = 10.0,
         seasonality_mode: str = "additive",
         daily_seasonality: bool | str = "auto",
@@ -112,6 +118,8 @@ class ProphetDetector(BaseDetector):
     ):
         self.interval_width = interval_width
         self.changepoint_prior_scale = changepoint_prior_scale
+        self.n_changepoints = n_changepoints
+        self.changepoint_range = changepoint_range
         self.seasonality_prior_scale = seasonality_prior_scale
         self.seasonality_mode = seasonality_mode
         self.daily_seasonality = daily_seasonality
@@ -160,6 +168,8 @@ class ProphetDetector(BaseDetector):
                 growth=params.growth,
                 interval_width=params.interval_width,
                 changepoint_prior_scale=params.changepoint_prior_scale,
+                n_changepoints=params.n_changepoints,
+                changepoint_range=params.changepoint_range,
                 seasonality_prior_scale=params.seasonality_prior_scale,
                 seasonality_mode=params.seasonality_mode,
                 daily_seasonality=params.daily_seasonality,

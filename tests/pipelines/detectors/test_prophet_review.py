@@ -91,3 +91,30 @@ def test_checking_a_country_warns_about_no_year_of_its_own() -> None:
         warnings.simplefilter("always")
         ProphetDetector(holidays_country="IN")._check_params()
     assert [str(w.message) for w in caught if "pipelines" in w.filename] == []
+
+
+def test_changepoint_settings_reach_prophet_and_let_a_late_trend_change_bend_the_forecast() -> None:
+    # Only changepoint_prior_scale was exposed: with Prophet's changepoint_range of 0.8, a trend
+    # that turned in the latest fifth of the training rows was forecast on its old slope.
+    import numpy as np
+    import pandas as pd
+
+    index = pd.date_range("2024-01-01", periods=200, freq="D", tz="UTC")
+    t = np.arange(200.0)
+    values = np.where(t < 180, t, 180 - 3 * (t - 180)) + np.random.default_rng(0).normal(0, 0.5, 200)
+    train = pd.DataFrame({"orders": values}, index=index)
+    ahead = pd.DataFrame({"orders": 180 - 3 * (np.arange(200.0, 210.0) - 180)}, index=pd.date_range(index[-1], periods=11, freq="D")[1:])
+    settings = {"weekly_seasonality": False, "yearly_seasonality": False, "daily_seasonality": False}
+    default = ProphetDetector(**settings).fit(train)
+    late = ProphetDetector(**settings, changepoint_range=1.0, n_changepoints=40).fit(train)
+    assert (late.models_[0].changepoint_range, late.models_[0].n_changepoints) == (1.0, 40)
+    error = {name: np.abs(model.detect(ahead).to_frame()["expected"].to_numpy() - ahead["orders"].to_numpy()).mean()
+             for name, model in (("default", default), ("late", late))}
+    assert error["late"] < 10 < error["default"], error
+
+
+def test_changepoint_settings_out_of_range_are_refused_naming_them() -> None:
+    with pytest.raises(ConfigError, match="changepoint_range"):
+        parse_job(_job({"changepoint_range": 1.5}), source="sales.yaml")
+    with pytest.raises(ConfigError, match="n_changepoints"):
+        parse_job(_job({"n_changepoints": -1}), source="sales.yaml")
