@@ -681,6 +681,21 @@ class ThresholdConfig(_Model):
     kind: Literal["contamination", "score", "false_alarm_probability"] = "contamination"
     value: Number = 0.005
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_as_key(cls, data: Any) -> Any:
+        # OCI writes targetFap as a key of its own: {false_alarm_probability: 0.01} was refused as
+        # an "unknown field", which did not say how to write it here.
+        if isinstance(data, dict):
+            named = [key for key in ("contamination", "score", "false_alarm_probability") if key in data]
+            if named:
+                raise _FieldError(
+                    f"threshold.{named[0]}",
+                    f"the kind of threshold is a value of 'kind', not a key: write threshold: {{kind: {named[0]}, "
+                    f"value: {data[named[0]]}}}" + (" (one kind per job)" if len(named) > 1 else ""),
+                )
+        return data
+
     @model_validator(mode="after")
     def _in_range(self) -> ThresholdConfig:
         if self.kind == "score" and "value" not in self.model_fields_set:

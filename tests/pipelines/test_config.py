@@ -121,6 +121,9 @@ def test_defaults_and_durations():
         # Databases that fold the case of names (BigQuery, DuckDB, MySQL) took "Timestamp" for "timestamp".
         ({"dimensions": ["Timestamp", "host"]}, "dimensions", "dimensions ['Timestamp'] share their names with columns of the output"),
         ({"threshold": {"kind": "contamination", "value": 0.9}}, "threshold", "contamination must be in (0, 0.5]"),
+        # OCI's targetFap is a key of its own: "unknown field" did not say how to write it here.
+        ({"threshold": {"false_alarm_probability": 0.01}}, "threshold.false_alarm_probability",
+         "the kind of threshold is a value of 'kind', not a key: write threshold: {kind: false_alarm_probability, value: 0.01}"),
         ({"start_date": "yesterday"}, "start_date", "must be an ISO 8601 date or date-time, e.g. 2024-02-01"),
         (
             {"source": {"kind": "sql", "connection": {"url": "sqlite://"}, "query": "SELECT * FROM t"}},
