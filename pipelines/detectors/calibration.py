@@ -79,7 +79,9 @@ class _PiecewiseLinear:
         if self.overflows:
             return self._without_overflow(x), None
         if knots.size < 2 or self.inverse_width == 0.0:
-            return np.asarray(np.interp(x, knots, self.values, left=self.left)), None
+            # np.interp gives a NaN point the one knot's value (training scores all tied): a
+            # missing raw score scored 0 instead of staying missing.
+            return np.where(np.isnan(x), np.nan, np.interp(x, knots, self.values, left=self.left)), None
         # Few new arrays: at 100,000 points each costs about as much as the arithmetic on it
         # (fresh memory), so every array is reused in place once its content is no longer needed.
         with np.errstate(invalid="ignore"):  # NaN and inf land in a clipped bucket and are set below
@@ -203,6 +205,17 @@ class ScoreCalibrator:
         body = self._body_map()(raw)
         tail = -np.log(self.tail_mass_) + np.maximum(raw - self.tail_start_, 0.0) / self.tail_scale_
         return np.where(raw > self.tail_start_, tail, -np.log1p(-np.minimum(body, 1.0 - self.tail_mass_)))
+
+    def raw_at_surprise(self, surprise: float) -> float:
+        """The smallest raw score whose :meth:`surprise` reaches ``surprise`` (inf for inf)."""
+        if not np.isfinite(surprise):
+            return float("inf")
+        start = -np.log(self.tail_mass_)
+        if surprise > start:
+            # Solved in the tail itself: through the calibrated score, 1 - exp(-surprise) rounds
+            # to 1.0 (an infinite raw score) from a surprise of about 37.
+            return float(self.tail_start_ + self.tail_scale_ * (surprise - start))
+        return float(self.inverse(-np.expm1(-surprise)))
 
     def inverse(self, score: np.ndarray | float) -> np.ndarray:
         """The smallest raw score whose calibrated score reaches ``score`` (inf for 1)."""

@@ -115,15 +115,18 @@ class MSETDetector(BaseDetector):
     ``expected`` is the estimate; the bounds are where a single residual would reach the threshold
     from no prior evidence.
 
-    Signals that are constant or missing in more than ``max_missing`` of the training rows, or
-    that report within too short a stretch of them to be estimated, are dropped, with the reason
+    Signals that are constant or missing in more than ``max_missing`` of the training rows, that
+    change value once only beside other signals (a step: a setting or a mode switched), or that
+    report within too short a stretch of them to be estimated, are dropped, with the reason
     kept in :attr:`dropped_signals_`. A constant one keeps its constant as ``expected``, ``lower``
     and ``upper`` (:attr:`constant_signals_`): a scored value that differs from it (beyond
     floating-point noise) was never seen in training, so it gets ``feature_score`` 1 and its row
     ``score`` 1, an anomaly whatever the threshold (a sensor coming alive, a setting changed, an
     error counter leaving 0); the same value, or none, scores 0. Such an alarm does not restart
     the other signals' tests: it spends none of their evidence. The other dropped signals have no
-    estimate: ``expected``, ``lower`` and ``upper`` are NaN and their ``feature_score`` is 0.
+    estimate: ``expected``, ``lower`` and ``upper`` are NaN and their ``feature_score`` is 0,
+    except that a step's value other than the two of training (:attr:`step_values_`) scores 1
+    like a constant's change.
 
     Parameters
     ----------
@@ -155,6 +158,8 @@ class MSETDetector(BaseDetector):
         Dropped signals and why.
     constant_signals_ : dict of str to float
         The dropped signals that were constant in training, and their constant.
+    step_values_ : dict of str to list of float
+        The dropped signals that changed once in training, and their values before and after.
     center_, scale_ : ndarray of shape (n_features_in_,)
         Median and robust scale of each feature (dropped ones included).
     lags_ : int
@@ -224,7 +229,11 @@ class MSETDetector(BaseDetector):
         # a signal's std was 0 and it was taken for a constant that moved at every row.
         varies = np.nanmax(values, axis=0) > np.nanmin(values, axis=0)
         dropped, self.constant_signals_ = _dropped(X, varies, params.max_missing)
-        self.dropped_signals_ = {**dropped, **(unmeasurable or {})}
+        unmeasurable = unmeasurable or {}
+        gone = dropped.keys() | unmeasurable.keys()
+        steps, self.step_values_ = _steps(X, [j for j, name in enumerate(X.columns) if str(name) not in gone])
+        dropped.update(steps)
+        self.dropped_signals_ = {**dropped, **unmeasurable}
         kept = [i for i, name in enumerate(X.columns) if str(name) not in self.dropped_signals_]
         if not kept:
             raise ModelError(
@@ -277,12 +286,13 @@ class MSETDetector(BaseDetector):
                 )
                 for name, v in zip(self.signals_[unmeasured], share, strict=True)
             }
-            if unmeasured.size == len(self.signals_):
+            # A step dropped beside them is back when they go (see _steps): it is fitted alone.
+            if unmeasured.size == len(self.signals_) and not steps:
                 raise ModelError(
                     f"MSETDetector has no signal left to model ({_named_reasons(reasons)}). Leave such signals out of the "
                     "job's features until they have reported for longer."
                 )
-            return self._fit(X, params, {**(unmeasurable or {}), **reasons})
+            return self._fit(X, params, {**unmeasurable, **reasons})
         spread = np.nanmedian(np.abs(residuals - np.nanmedian(residuals, axis=0)), axis=0) * _MAD_TO_SIGMA
         self.residual_scale_ = np.maximum(np.nan_to_num(spread, nan=1.0), 1e-6)
         z = residuals / self.residual_scale_
@@ -452,7 +462,10 @@ class MSETDetector(BaseDetector):
         """Per signal, the smallest raw score with which that signal alone makes the row's score
         reach ``threshold`` (inf when nothing does)."""
         surprise = float(self.row_calibrator_.inverse(threshold))
-        return np.asarray([_raw_for_surprise(c, surprise) for c in self.feature_calibrators_])
+        # Solved by the calibrator, which knows its tail: solved here for an exponential tail, the
+        # levels fell short of the alarm once the tail could be heavier, and the tests restarted on
+        # rows that were no alarm.
+        return np.asarray([c.raw_at_surprise(surprise) for c in self.feature_calibrators_])
 
     def _row_surprise(self, raw: np.ndarray) -> np.ndarray:
         surprises = np.column_stack([c.surprise(raw[:, j]) for j, c in enumerate(self.feature_calibrators_)])
@@ -506,6 +519,13 @@ class MSETDetector(BaseDetector):
         # outside its bounds is flagged. A missing value (NaN) compares as no change.
         with np.errstate(invalid="ignore"):
             moved = np.abs(values - constant) > _CONSTANT_RTOL * np.abs(constant)
+        # So is a value of a step other than its two: an error counter that left 0 once in training
+        # and now leaves 1. The two values seen, and none, score 0.
+        names = [str(c) for c in frame.columns]
+        for name, known in self.step_values_.items():
+            j = names.index(name)
+            with np.errstate(invalid="ignore"):
+                moved[:, j] = np.logical_and.reduce([np.abs(values[:, j] - k) > _CONSTANT_RTOL * abs(k) for k in known])
         feature_score[moved] = 1.0
         row_score[moved.any(axis=1)] = 1.0
         cut = slice(n_history, None)
@@ -528,6 +548,7 @@ class MSETDetector(BaseDetector):
             "signals_": [str(s) for s in self.signals_],
             "dropped_signals_": self.dropped_signals_,
             "constant_signals_": self.constant_signals_,
+            "step_values_": self.step_values_,
             "lags_": self.lags_,
             "bandwidth_": self.bandwidth_,
             "sprt_window_": self.sprt_window_,
@@ -558,6 +579,8 @@ class MSETDetector(BaseDetector):
                 for name, why in self.dropped_signals_.items()
                 if why.startswith("constant (")
             }
+        # Saved before steps were dropped: none was.
+        self.step_values_ = {str(name): [float(v) for v in known] for name, known in state.get("step_values_", {}).items()}
         self.lags_ = int(state["lags_"])
         self.bandwidth_ = float(state["bandwidth_"])
         self.sprt_window_ = int(state["sprt_window_"])
@@ -598,6 +621,32 @@ def _dropped(X: pd.DataFrame, varies: np.ndarray, max_missing: float) -> tuple[d
             constants[str(name)] = float(X.iloc[:, j].dropna().iloc[0])
             reasons[str(name)] = f"constant ({constants[str(name)]!r}) in every training row: nothing to estimate"
     return reasons, constants
+
+
+def _steps(X: pd.DataFrame, kept: list[int]) -> tuple[dict[str, str], dict[str, list[float]]]:
+    """The signals among ``kept`` (column positions) that change value once in training (a step),
+    why they go, and their values before and after the step.
+
+    A step is a time marker, not a signal to estimate: kept, the few memory states after a step
+    late in training (a setting switched) weighed every other signal's estimate at scoring, where
+    all rows are after it, and the other signals of a plant were flagged on 40% of the rows while
+    the step itself was never blamed. They go only when some other signal stays: a lone step is
+    estimated from its own lags, with nothing to skew.
+    """
+    reasons, known = {}, {}
+    for j in kept:
+        column = X.iloc[:, j].dropna()
+        values = column.to_numpy()
+        steps = np.flatnonzero(values[1:] != values[:-1])
+        if steps.size == 1:
+            before, after = float(values[steps[0]]), float(values[steps[0] + 1])
+            known[str(X.columns[j])] = [before, after]
+            reasons[str(X.columns[j])] = (
+                f"changes once in training, from {before!r} to {after!r} at {column.index[steps[0] + 1]}: a step (a setting "
+                "or mode switched) that the other signals cannot estimate, and whose states on one side of it would skew "
+                "their estimates; a value other than these two is an anomaly"
+            )
+    return (reasons, known) if len(reasons) < len(kept) else ({}, {})
 
 
 def _named_reasons(reasons: dict[str, str]) -> str:
@@ -665,18 +714,6 @@ def _contribution(calibrator: ScoreCalibrator, raw: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):  # only the rows below the knee, not taken
         tail = 1.0 - np.exp(-_CONTRIBUTION_KNEE) / (1.0 + _CONTRIBUTION_KNEE * np.log(surprise / _CONTRIBUTION_KNEE))
     return np.where(beyond, tail, score)
-
-
-def _raw_for_surprise(calibrator: ScoreCalibrator, surprise: float) -> float:
-    """The smallest raw score whose :meth:`ScoreCalibrator.surprise` reaches ``surprise``."""
-    if not np.isfinite(surprise):
-        return float("inf")
-    tail = -np.log(calibrator.tail_mass_)
-    if surprise > tail:
-        # Solved in the tail itself: through the calibrated score, 1 - exp(-surprise) rounds to
-        # 1.0 (an infinite level) from a surprise of about 37.
-        return float(calibrator.tail_start_ + calibrator.tail_scale_ * (surprise - tail))
-    return float(calibrator.inverse(-np.expm1(-surprise)))
 
 
 def _restarting_sprt(z: np.ndarray, window: int, drift: float, variance_ratio: float, restart: np.ndarray) -> np.ndarray:
