@@ -34,6 +34,13 @@ def window_features(
     ``1..lags`` rows back; then, with ``calendar`` and timestamps, the hour of day and the day of
     week as points on circles (sine, cosine), so that a value normal at noon can be unusual at 3 am.
 
+    Windows, differences and lags count rows, not time: the pipeline first puts every series on
+    its job's ``frequency`` grid (:mod:`pipelines.resampling`), so a row is one period and a gap
+    is rows of NaN; irregular timestamps given here directly are read as consecutive periods. The
+    calendar parts are those of the index as given; the detectors pass UTC (see
+    :func:`pipelines.detectors.base._check_frame`), so a series that follows a local clock moves
+    by an hour against them at each daylight-saving change, alike in training and scoring.
+
     ``values`` must hold no NaN (see :func:`fill_missing`). The first row has no difference, and
     the spread is NaN until a full window exists (a spread of a few rows is mostly noise, and in
     the training data it made the first rows the most anomalous); lags are NaN before the start:
