@@ -80,6 +80,13 @@ def install_hint(package: str, extra: str) -> str:
     """The command that installs ``extra``: anomaly-pipelines is installed from its repository
     (``make`` runs ``pip install -e``), not from PyPI, where ``pip install 'anomaly-pipelines[extra]'``
     finds no such project; ``-c constraints.txt`` keeps the versions the lock pins."""
+    if package == "torch":
+        # PyPI's Linux torch wheel is a CUDA build pulling GBs of nvidia-* packages: the CPU build
+        # comes from PyTorch's own index, as the Makefile installs it.
+        return (
+            "pip install --extra-index-url https://download.pytorch.org/whl/cpu -c constraints.txt -e '.[lstm]' "
+            "in the anomaly-pipelines repository (the CPU-only build; plain pip install torch takes a CUDA build on Linux)"
+        )
     return f"pip install -c constraints.txt -e '.[{extra}]' in the anomaly-pipelines repository (or pip install {package})"
 
 

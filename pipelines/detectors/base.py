@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zipfile
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Self
@@ -378,7 +379,12 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         missing = [name for name in ("detector.json", "arrays.npz") if name not in files]
         if missing:
             raise ModelError(f"the model artifact lacks {missing}; it was not written by to_files(): retrain")
-        meta = json.loads(files["detector.json"])
+        try:
+            meta = json.loads(files["detector.json"])
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError named no file
+            raise ModelError(f"the model artifact's detector.json is damaged ({type(exc).__name__}: {exc}): retrain") from exc
+        if not isinstance(meta, dict):
+            raise ModelError(f"the model artifact's detector.json holds a {type(meta).__name__}, not a detector's settings: retrain")
         if meta.get("kind") != cls.kind or meta.get("format") != ARTIFACT_FORMAT:
             raise ModelError(
                 f"the model artifact holds a {meta.get('kind')!r} detector in format {meta.get('format')}, "
@@ -386,8 +392,11 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
             )
         detector = cls(**{cls.renamed_params.get(name, name): value for name, value in meta["params"].items()})
         learned = meta["learned"]
-        with np.load(io.BytesIO(files["arrays.npz"]), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        try:
+            with np.load(io.BytesIO(files["arrays.npz"]), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a truncated or bit-flipped archive
+            raise ModelError(f"the model artifact's arrays.npz is damaged ({type(exc).__name__}: {exc}): retrain") from exc
         detector.threshold_ = float(learned["threshold_"])
         detector.lookback_ = int(learned["lookback_"])
         detector.feature_names_in_ = np.asarray(learned["feature_names_in_"], dtype=object)

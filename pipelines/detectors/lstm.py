@@ -29,6 +29,10 @@ _SCORE_BATCH = 512
 #: weight into NaN. A million scales saturate the LSTM's gates anyway, and squared errors of that
 #: size still sum finitely in float32.
 _STANDARD_BOUND = 1e6
+#: Relative difference from a feature's training constant below which a scored value is that same
+#: constant (as in MSET): a constant that went through an aggregation comes back a few units in the
+#: last place off. Relative, so a constant of 0 allows no other value.
+_CONSTANT_RTOL = 1e-9
 
 
 def _torch() -> Any:
@@ -83,6 +87,9 @@ class LSTMDetector(BaseDetector):
     ----------
     center_, scale_ : ndarray of shape (n_features_in_,)
         Standardisation of the inputs.
+    constants_ : ndarray of shape (n_features_in_,)
+        The value of each feature that had one value in every training row (NaN for the others):
+        it is what is expected, and any other value scores 1 (beyond a relative 1e-9).
     error_scale_ : ndarray of shape (n_features_in_,)
         Robust scale of the held-back forecast errors (standard units).
     calibrators_ : list of ScoreCalibrator
@@ -151,6 +158,12 @@ class LSTMDetector(BaseDetector):
         spread = np.nanmedian(np.abs(values - self.center_), axis=0) * _MAD_TO_SIGMA
         std = np.nanstd(values, axis=0)
         self.scale_ = np.where(spread > 0, spread, np.where(std > 0, std, 1.0))
+        # A feature with one value in every training row has no forecast error to learn a scale
+        # from: the network's forecast missed it by a constant, so the band lay beside the
+        # constant, and 5 - 1e-12 on a series of 5.0 scored 1 while 5.01 scored 0. Its constant
+        # is what is expected, and any other value is beyond what training saw.
+        varies = np.nanmax(values, axis=0) > np.nanmin(values, axis=0)
+        self.constants_ = np.where(varies, np.nan, self.center_)
         standard = self._standard(values)
         windows, targets = _windows(standard, params.window)
         observed = ~np.isnan(targets)
@@ -182,7 +195,9 @@ class LSTMDetector(BaseDetector):
         # Calibrated on the held-back windows only: errors on windows it trained on are too small.
         self.calibrators_ = [ScoreCalibrator().fit(raw[params.window + split :, f]) for f in range(raw.shape[1])]
         log.info("LSTM trained %d epochs; held-back MSE %.4f", self.epochs_, self.validation_loss_)
-        return self._calibrate(np.nan_to_num(raw))  # a missing value scores 0, as in detect()
+        scores = self._calibrate(np.nan_to_num(raw))  # a missing value scores 0, as in detect()
+        # The threshold is taken from the features that vary: a constant one scores 0 or 1 (detect).
+        return scores[:, varies] if varies.any() else np.zeros_like(scores)
 
     def _forecast(self, torch: Any, network: Any, standard: np.ndarray, n_history: int) -> np.ndarray:
         """Forecasts, in original units, of the rows after the first ``n_history`` of ``standard``."""
@@ -211,11 +226,24 @@ class LSTMDetector(BaseDetector):
         values = X.to_numpy()
         frame, n_history = with_history(X, history)
         standard = self._standard(frame.to_numpy())
+        constant = ~np.isnan(self.constants_)
+        # The network only ever read a constant feature at its constant (0): its weights for that
+        # input never trained, and a change of it (a setting switched) moved the forecasts of the
+        # other features, flagging them. The change itself is flagged below.
+        standard[:, constant] = 0.0
         expected = self._forecast(torch, self._loaded_network(), standard, n_history=n_history)
         score = self._calibrate(np.abs(values - expected) / (self.error_scale_ * self.scale_))
         beyond = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
         half_width = np.broadcast_to(beyond * self.error_scale_ * self.scale_, values.shape)
-        return make_detection(X.index, list(X.columns), values, expected, half_width, score, score, score >= self.threshold_)
+        is_anomaly = score >= self.threshold_
+        if constant.any():
+            with np.errstate(invalid="ignore"):  # a missing value compares as no change
+                moved = np.abs(values - self.constants_) > _CONSTANT_RTOL * np.abs(self.constants_)
+            expected[:, constant] = self.constants_[constant]
+            half_width = np.where(constant, 0.0, half_width)
+            score[:, constant] = moved[:, constant]
+            is_anomaly = np.where(constant, moved, is_anomaly)
+        return make_detection(X.index, list(X.columns), values, expected, half_width, score, score, is_anomaly)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
         state = {
@@ -224,7 +252,7 @@ class LSTMDetector(BaseDetector):
             "validation_loss_": self.validation_loss_,
             "state_names_": list(self.state_dict_),
         }
-        arrays = {"center_": self.center_, "scale_": self.scale_, "error_scale_": self.error_scale_}
+        arrays = {"center_": self.center_, "scale_": self.scale_, "error_scale_": self.error_scale_, "constants_": self.constants_}
         arrays.update({f"state_dict.{name}": array for name, array in self.state_dict_.items()})
         return state, arrays, {}
 
@@ -232,14 +260,61 @@ class LSTMDetector(BaseDetector):
         self.calibrators_ = [ScoreCalibrator.from_dict(c) for c in state["calibrators_"]]
         self.epochs_ = int(state["epochs_"])
         self.validation_loss_ = float(state["validation_loss_"])
+        _check_arrays(arrays, state["state_names_"], self.n_features_in_, self.hidden_size, self.num_layers, len(self.calibrators_))
         self.state_dict_ = {name: arrays[f"state_dict.{name}"] for name in state["state_names_"]}
         self.center_, self.scale_, self.error_scale_ = arrays["center_"], arrays["scale_"], arrays["error_scale_"]
+        # Saved before 2026-12-07: its constant features were scored as forecasts, as then.
+        self.constants_ = arrays.get("constants_", np.full(self.n_features_in_, np.nan))
         # A model saved before 2026-12-06 asked for window rows of history, too few for the
         # bounded forward fill to score rows in pieces as in one call.
         self.lookback_ = max(self.lookback_, 2 * self.window)
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "epochs": self.epochs_, "validation_mse": self.validation_loss_}
+
+
+def _weight_shapes(n_features: int, hidden: int, layers: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight of :func:`_network` (torch's names), known without torch."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(layers):
+        shapes[f"lstm.weight_ih_l{layer}"] = (4 * hidden, n_features if layer == 0 else hidden)
+        shapes[f"lstm.weight_hh_l{layer}"] = (4 * hidden, hidden)
+        shapes[f"lstm.bias_ih_l{layer}"] = shapes[f"lstm.bias_hh_l{layer}"] = (4 * hidden,)
+    return {**shapes, "head.weight": (n_features, hidden), "head.bias": (n_features,)}
+
+
+def _check_arrays(
+    arrays: dict[str, np.ndarray], names: list[str], n_features: int, hidden: int, layers: int, n_calibrators: int
+) -> None:
+    """Refuse an artifact whose arrays do not make the model its detector.json describes.
+
+    Such an artifact loaded, then scoring failed inside torch ("Error(s) in loading state_dict for
+    Forecaster"), past the loading step that names the model version and says to retrain; a
+    standardisation of the wrong length was broadcast into scores, and NaN weights scored NaN.
+    """
+    problems = []
+    wanted = {f"state_dict.{name}": shape for name, shape in _weight_shapes(n_features, hidden, layers).items()}
+    if sorted(f"state_dict.{name}" for name in names) != sorted(wanted):
+        problems.append(f"detector.json names the weights {sorted(names)}, not {sorted(_weight_shapes(n_features, hidden, layers))}")
+    wanted.update({name: (n_features,) for name in ("center_", "scale_", "error_scale_")})
+    if "constants_" in arrays:  # NaN where a feature varies; absent from models saved before 2026-12-07
+        wanted["constants_"] = (n_features,)
+    for name, shape in wanted.items():
+        array = arrays.get(name)
+        if array is None:
+            problems.append(f"arrays.npz lacks {name}")
+        elif array.shape != shape or array.dtype.kind != "f":
+            problems.append(f"arrays.npz holds {name} as {array.dtype} of shape {array.shape}, not floats of shape {shape}")
+        elif not np.isfinite(array).all() and name != "constants_":
+            problems.append(f"arrays.npz holds {name} with {int((~np.isfinite(array)).sum())} NaN or infinite value(s)")
+    if n_calibrators != n_features:
+        problems.append(f"detector.json has {n_calibrators} score calibrators, not one per feature")
+    if problems:
+        raise ModelError(
+            f"the lstm model artifact is damaged: for {n_features} feature(s), hidden_size={hidden} and "
+            f"num_layers={layers} (detector.json), {'; '.join(problems[:3])}"
+            f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; retrain the model"
+        )
 
 
 class _deterministic:

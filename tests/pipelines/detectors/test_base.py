@@ -68,3 +68,24 @@ def test_an_unsorted_or_repeated_index_is_refused_naming_the_first_offending_tim
     message = str(caught.value)
     assert "1 repeated, first 2024-01-02 00:00:00+00:00" in message
     assert "1 going back, first at position 3 (2024-01-01 12:00:00+00:00 after 2024-01-02 00:00:00+00:00)" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("detector.json", lambda b: b[: len(b) // 2], r"detector.json is damaged \(JSONDecodeError"),
+        ("detector.json", lambda b: b"\x80" + b, r"detector.json is damaged \(UnicodeDecodeError"),
+        ("detector.json", lambda b: b"[1, 2]", "detector.json holds a list"),
+        ("arrays.npz", lambda b: b[: len(b) // 2], r"arrays.npz is damaged \(BadZipFile"),
+        ("arrays.npz", lambda b: b"not a zip", r"arrays.npz is damaged"),
+    ],
+)
+def test_a_damaged_artifact_file_is_named_with_what_to_do(name, damage, message) -> None:
+    # A truncated file raised json's or zipfile's own error, naming neither the file nor a remedy.
+    index = pd.date_range("2024-01-01", periods=200, freq="h", tz="UTC")
+    frame = pd.DataFrame({"a": np.sin(np.arange(200) / 4.0)}, index=index)
+    files = SeasonalMADDetector(season=None).fit(frame).to_files()
+    files[name] = damage(files[name])
+    with pytest.raises(ModelError, match=message) as caught:
+        SeasonalMADDetector.from_files(files)
+    assert str(caught.value).endswith("retrain")

@@ -75,7 +75,11 @@ def test_without_torch_the_extra_is_named() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
-    assert "pip install -c constraints.txt -e '.[lstm]' in the anomaly-pipelines repository" in result.stderr
+    # The CPU build's index: plain `pip install torch` takes a CUDA build with GBs of nvidia-* packages on Linux.
+    assert (
+        "pip install --extra-index-url https://download.pytorch.org/whl/cpu -c constraints.txt -e '.[lstm]' "
+        "in the anomaly-pipelines repository (the CPU-only build" in result.stderr
+    )
 
 
 # -- warm start ---------------------------------------------------------------------------------------
