@@ -24,9 +24,13 @@ class LevelShiftDetector(SeasonalMADDetector):
     ``±drift`` scales over the last ``shift_window`` rows (:mod:`pipelines.detectors.sequential`).
     A lone large residual still scores high (one step carries its own evidence) and, once the row
     after it is back, brings none to the rows after it; a run of moderate residuals in one
-    direction — a shift of 1 to 2 scales, invisible point by point — adds up until it crosses the threshold, usually within a few rows of the change. The causal
-    level (median of the last ``level_window`` residuals) then absorbs the new level and the
-    evidence stops growing: the change is flagged, the new normal is not.
+    direction — a shift of 1 to 2 scales, invisible point by point — adds up until it crosses the
+    threshold, or not: the causal level (median of the last ``level_window`` residuals) absorbs
+    the new level within about ``level_window / 2`` rows and the evidence stops growing, so the
+    change is flagged, the new normal is not. With the defaults on hourly noise, a shift of 2
+    scales was flagged within 10 rows 18 times in 20 (after 2 rows at the median), one of 1.5
+    scales 14 times (after 6), one of 1 scale only 4 times: a longer ``level_window`` gives a
+    small shift more rows to add up, and flags a large one longer.
 
     Parameters
     ----------
