@@ -51,6 +51,7 @@ class LevelShiftDetector(SeasonalMADDetector):
         season: int | str | None = "1d",
         level_window: int = 24,
         min_scale: float = 1e-9,
+        time_zone: str = "UTC",
         shift_window: int = 24,
         drift: float = 1.5,
         threshold_kind: str = "contamination",
@@ -60,6 +61,7 @@ class LevelShiftDetector(SeasonalMADDetector):
             season=season,
             level_window=level_window,
             min_scale=min_scale,
+            time_zone=time_zone,
             threshold_kind=threshold_kind,
             threshold_value=threshold_value,
         )

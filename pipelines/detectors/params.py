@@ -126,6 +126,18 @@ class SeasonalMADParams(DetectorParams):
         "Floor of the robust scale, for flat series, as a share of the series' typical magnitude "
         "(median absolute training value)."
     ))
+    time_zone: str = Field(
+        "UTC",
+        description=(
+            "IANA time zone (e.g. 'Europe/Berlin') whose wall-clock time places a row in its season, so a "
+            "series that follows a local clock keeps its daily shape across daylight-saving changes."
+        ),
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return known_time_zone(value)
 
     @field_validator("season")
     @classmethod
@@ -218,17 +230,7 @@ class ProphetParams(DetectorParams):
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        # Checked here rather than at the fit: an unknown zone would otherwise fail inside pandas
-        # hours after the job file was accepted. 'localtime' is the worker's own zone, not a name:
-        # the same job would model another day on another machine.
-        zones = _time_zones()
-        if value in zones:
-            return value
-        folded = {zone.lower(): zone for zone in zones}
-        key = value.strip().lower()
-        close = [folded[key]] if key in folded else get_close_matches(value, zones, n=3, cutoff=0.85)
-        hint = f" (did you mean {' or '.join(repr(zone) for zone in close)}?)" if close else ""
-        raise ValueError(f"not an IANA time zone name such as 'America/New_York', 'Europe/Paris' or 'UTC'{hint}")
+        return known_time_zone(value)
 
     @field_validator("holidays_country", mode="before")
     @classmethod
@@ -279,6 +281,23 @@ def _country_codes(holidays: Any) -> dict[str, str]:
             codes.setdefault(re.sub(r"[^a-z]", "", name.lower()), alpha2)
         codes[alpha2.lower()], codes[alpha3.lower()] = alpha2, alpha3
     return codes
+
+
+def known_time_zone(value: str) -> str:
+    """``value`` if it is an IANA time zone name, else a ValueError with the closest names.
+
+    Checked with the job file rather than at the fit: an unknown zone would otherwise fail inside
+    pandas hours after the job file was accepted. 'localtime' is the worker's own zone, not a
+    name: the same job would model another day on another machine.
+    """
+    zones = _time_zones()
+    if value in zones:
+        return value
+    folded = {zone.lower(): zone for zone in zones}
+    key = value.strip().lower()
+    close = [folded[key]] if key in folded else get_close_matches(value, zones, n=3, cutoff=0.85)
+    hint = f" (did you mean {' or '.join(repr(zone) for zone in close)}?)" if close else ""
+    raise ValueError(f"not an IANA time zone name such as 'America/New_York', 'Europe/Paris' or 'UTC'{hint}")
 
 
 @cache

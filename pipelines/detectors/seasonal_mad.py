@@ -53,8 +53,11 @@ class SeasonalMADDetector(BaseDetector):
         follows a local clock with daylight saving moves an hour against its profile at each
         change, and its rows around the daily swings alarm until the training window has moved
         past the change (business hours on 15-minute rows: 8 to 9 false alarms a day in the weeks
-        after the change, where there were none before). Such series suit ``prophet`` with its
-        ``time_zone``, or a season of None, better.
+        after the change, where there were none before): give such series their ``time_zone``.
+    time_zone : str, default="UTC"
+        IANA time zone whose wall-clock time places a row in its season (09:00 local stays one
+        slot across daylight-saving changes; in the hour repeated when the clocks go back, both
+        rows share their slot). The rows keep their UTC timestamps.
     level_window : int, default=24
         Residuals whose median is the level; also the history :meth:`detect` uses. The median
         moves once half the window holds a new level, so a level change is flagged for about
@@ -105,12 +108,14 @@ class SeasonalMADDetector(BaseDetector):
         season: int | str | None = "1d",
         level_window: int = 24,
         min_scale: float = 1e-9,
+        time_zone: str = "UTC",
         threshold_kind: str = "contamination",
         threshold_value: float = 0.005,
     ):
         self.season = season
         self.level_window = level_window
         self.min_scale = min_scale
+        self.time_zone = time_zone
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
 
@@ -188,6 +193,10 @@ class SeasonalMADDetector(BaseDetector):
             return np.zeros(len(index), dtype=np.int64)
         if not self.time_indexed_:
             return np.asarray(index, dtype=np.int64) % self.season_
+        if self.time_zone != "UTC":
+            # The local wall-clock time, as if it were UTC: a day of 23 or 25 hours at a clock
+            # change keeps each hour in its slot (09:00 stays 09:00), as the series' users see it.
+            index = index.tz_convert(self.time_zone).tz_localize(None).tz_localize("UTC")
         # Integer ticks of the index's own unit since the epoch: the same arithmetic as on
         # Timedeltas, without pandas building intermediate indexes (or a nanosecond copy) per call.
         # Durations that are whole ticks give the same slots in ticks as in nanoseconds.
