@@ -109,7 +109,24 @@ class IsolationForestParams(DetectorParams):
         return value
 
 
-class SeasonalMADParams(DetectorParams):
+class _WallClock(DetectorParams):
+    """Parameters of a detector that follows a local clock (seasons, holidays)."""
+
+    time_zone: str = Field(
+        "UTC",
+        description=(
+            "IANA time zone (e.g. 'Europe/Berlin') whose wall-clock time the seasons (and Prophet's holidays) "
+            "follow across daylight-saving changes; the rows keep their UTC timestamps."
+        ),
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return known_time_zone(value)
+
+
+class SeasonalMADParams(_WallClock):
     """Seasonal median profile plus a rolling level, with a robust (MAD) scale."""
 
     season: int | str | None = Field(
@@ -126,18 +143,6 @@ class SeasonalMADParams(DetectorParams):
         "Floor of the robust scale, for flat series, as a share of the series' typical magnitude "
         "(median absolute training value)."
     ))
-    time_zone: str = Field(
-        "UTC",
-        description=(
-            "IANA time zone (e.g. 'Europe/Berlin') whose wall-clock time places a row in its season, so a "
-            "series that follows a local clock keeps its daily shape across daylight-saving changes."
-        ),
-    )
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return known_time_zone(value)
 
     @field_validator("season")
     @classmethod
@@ -201,7 +206,7 @@ class MSETParams(DetectorParams):
 _COUNTRY_CODE = r"^[A-Z]{2,3}$"
 
 
-class ProphetParams(DetectorParams):
+class ProphetParams(_WallClock):
     """Prophet per feature; an anomaly is an actual outside the forecast interval."""
 
     interval_width: float = Field(0.95, ge=0.5, le=0.999, description="Coverage of the forecast interval.")
@@ -219,18 +224,6 @@ class ProphetParams(DetectorParams):
         None, pattern=_COUNTRY_CODE, description="Country code whose public holidays are modelled, e.g. 'US'."
     )
     growth: Literal["linear", "flat"] = "linear"
-    time_zone: str = Field(
-        "UTC",
-        description=(
-            "IANA time zone (e.g. 'America/New_York') whose wall-clock time the seasonalities and the "
-            "holidays follow; the rows keep their UTC timestamps."
-        ),
-    )
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return known_time_zone(value)
 
     @field_validator("holidays_country", mode="before")
     @classmethod
