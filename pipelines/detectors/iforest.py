@@ -231,7 +231,9 @@ class IsolationForestDetector(BaseDetector):
             deviation = np.vstack([deviation, deviation[-held_back:]])
         self.row_calibrator_ = ScoreCalibrator().fit(raw)
         combined = self._row_surprise(raw, deviation)
-        self.combined_calibrator_ = ScoreCalibrator().fit(combined)
+        # Exponential: the largest of surprises already tails exponentially; a fitted shape on top of
+        # the row and feature calibrators' own counted the heavy tail twice (as in MSET's row calibrator).
+        self.combined_calibrator_ = ScoreCalibrator(exponential_tail=True).fit(combined)
         return self.combined_calibrator_.transform(combined)
 
     def features(self, values: pd.DataFrame, expected: pd.DataFrame | None = None) -> np.ndarray:

@@ -141,7 +141,11 @@ def test_the_segment_lookup_gives_exactly_np_interp(seed: int) -> None:
         [rng.uniform(-1, 2 * knots[-1] + 1, 20_000), knots, rng.choice(training, 500), [np.nan, np.inf, -np.inf, 0.0]]
     )
     body = np.interp(raw, knots, calibrator.knots_score_, left=0.0)
-    tail = 1.0 - calibrator.tail_mass_ * np.exp(-np.maximum(raw - calibrator.tail_start_, 0.0) / calibrator.tail_scale_)
+    # The generalized Pareto tail (exponential at shape 0): lognormal training scores get a shape.
+    excess, shape = np.maximum(raw - calibrator.tail_start_, 0.0), calibrator.tail_shape_
+    with np.errstate(over="ignore"):
+        surprise = excess / calibrator.tail_scale_ if shape == 0 else np.log1p(excess / (calibrator.tail_scale_ / shape)) / shape
+    tail = 1.0 - calibrator.tail_mass_ * np.exp(-surprise)
     expected = np.where(raw > calibrator.tail_start_, tail, body)
     np.testing.assert_array_equal(calibrator.transform(raw), expected)
     assert calibrator.transform(np.float64(knots[0])).shape == ()
