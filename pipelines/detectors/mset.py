@@ -112,8 +112,8 @@ class MSETDetector(BaseDetector):
     keeps the others from piling up the spill-over of the disturbed signal into their estimates
     and taking the blame. The training evidence restarts at the levels of a first calibration
     without restarts.
-    ``expected`` is the estimate; the bounds are where a single residual would reach the threshold
-    from no prior evidence.
+    ``expected`` is the estimate; the bounds are where a lone residual of that signal, with no
+    evidence before it, makes the row an anomaly.
 
     Signals that are constant or missing in more than ``max_missing`` of the training rows, that
     change value once only beside other signals (a step: a setting or a mode switched), or that
@@ -514,9 +514,10 @@ class MSETDetector(BaseDetector):
                     [_contribution(c, raw[:, j]) for j, c in enumerate(self.feature_calibrators_)]
                 )
                 row_score[start:stop] = self.row_calibrator_.transform(self._row_surprise(raw))
-            widths = [
-                float(single_step_residual(float(c.inverse(self.threshold_)), self.drift_, self.variance_ratio_)) for c in self.feature_calibrators_
-            ]
+            # Where the row alarms on that one signal (its restart level), not where the signal's own
+            # score reaches the threshold: the row's calibration of the signals' largest surprise is
+            # stricter, and a value 15 % inside the alarm was shown outside the bounds, unflagged.
+            widths = [float(single_step_residual(float(level), self.drift_, self.variance_ratio_)) for level in restart]
             half_width[self.kept_] = np.asarray(widths) * self.residual_scale_ * self.scale_[self.kept_]
         # A constant signal that moved is beyond anything seen in training, like an infinite value
         # (see BaseDetector): feature score 1 and row score 1, above any threshold, so the value

@@ -45,3 +45,19 @@ def test_a_far_spike_on_heavy_tailed_signals_is_an_anomaly_at_a_strict_threshold
     detection = detector.detect(test, history=train)
     assert detection.is_anomaly[150, 0]
     assert detection.feature_score[150].argmax() == 1
+
+
+def test_a_lone_value_just_outside_the_bounds_is_flagged_and_just_inside_is_not() -> None:
+    # The bounds came from each signal's own calibration, 15 % inside where the row alarms: values
+    # between were shown outside the bounds yet not flagged.
+    frame = _heavy_tailed_signals(3300)
+    train, test = frame.iloc[:3000], frame.iloc[3000:]
+    detector = MSETDetector().fit(train)
+    clean = detector.detect(test, history=train)
+    row = int(np.argmin(clean.score[100:200])) + 100  # a quiet row, no evidence carried into it
+    for factor, flagged in ((1.02, True), (0.98, False)):
+        disturbed = test.copy()
+        expected, upper = clean.expected[row, 1], clean.upper[row, 1]
+        disturbed.iloc[row, 1] = expected + factor * (upper - expected)
+        detection = detector.detect(disturbed, history=train)
+        assert detection.is_anomaly[row, 0] == flagged, (factor, detection.score[row])
