@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipelines.config import ThresholdConfig
 from pipelines.detectors.calibration import decision_threshold
-from pipelines.detectors.params import DetectorParams
+from pipelines.detectors.params import LARGEST_VALUE, DetectorParams
 from pipelines.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -442,7 +442,7 @@ def _json_scalar(value: Any) -> Any:
 #: and rolling statistics of the value turn infinite inside the detectors (scikit-learn then
 #: refused the rows; MSET's similarity of every row went to 0). Such numbers are no measurement;
 #: ``-1.7e308`` is a common "no data" marker.
-_TOO_LARGE = float(np.sqrt(np.finfo(np.float64).max))
+_TOO_LARGE = LARGEST_VALUE
 
 
 def _without_infinities(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None]:

@@ -9,6 +9,8 @@ while it scores, so a new normal stops being new after it has been seen a few ti
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from collections import deque
 from typing import Any
@@ -23,6 +25,8 @@ from pipelines.detectors.context_memory import ContextMemory
 from pipelines.detectors.params import ContextParams
 from pipelines.durations import rows_spanned
 from pipelines.errors import UntimedDuration
+
+log = logging.getLogger(__name__)
 
 #: Fewest training rows: the first half fills the memory, the second sets the threshold.
 _MIN_TRAINING_ROWS = 50
@@ -130,7 +134,8 @@ class ContextDetector(BaseDetector):
     learns the sequence of levels online and gives each step a raw score in [0, 1]: half the
     share of the remembered contexts the step failed to confirm, plus half the share of new
     contexts it made. After a raw score of ``rest_above``, the rows of the next ``rest`` score 0,
-    as in CAD: one anomaly is reported once, at its start. The rest is a duration (12 hours by
+    as in CAD: one anomaly is reported once, at its start; rows whose value is missing count
+    towards it (a rest does not outlast a silent sensor). The rest is a duration (12 hours by
     default; rows of the training rows' median spacing, :attr:`rest_rows_`), or a number of rows:
     a rest of rows means a different time on every series (150 rows were six days of an hourly
     series, and a false alarm's rest muted the real anomaly days later). A value beyond every level is scored
@@ -267,6 +272,17 @@ class ContextDetector(BaseDetector):
         return raw[len(X) // 2 :]
 
     def can_warm_start_from(self, other: BaseDetector, features: list[str]) -> bool:
+        if (
+            isinstance(other, ContextDetector)
+            and other.value_range is not None
+            and self.value_range is not None
+            and list(other.value_range) == list(self.value_range)
+        ):
+            # A model read from its files holds value_range as a list (JSON has no tuples), one made
+            # in Python as given, often a tuple: the same range compared unequal, and every warm start
+            # from a served model was cold.
+            other = copy.copy(other)
+            other.value_range = self.value_range
         return bool(self.warm_start) and super().can_warm_start_from(other, features)
 
     def _fit_warm(self, X: pd.DataFrame, params: ContextParams, champion: BaseDetector) -> np.ndarray:
@@ -342,6 +358,9 @@ class ContextDetector(BaseDetector):
             for i, value in enumerate(values[:, f].tolist()):
                 if value != value:  # missing: nothing to learn, nothing to score
                     column_middle[i], column_half[i] = quantiser.low + (last_level + 0.5) * quantiser.step, quantiser.step / 2
+                    # The row still passes: a rest of 12 hours outlasted two days of a silent sensor
+                    # and muted the first anomaly after it.
+                    since_high += 1
                     continue
                 level = quantiser.level(value)
                 score, predicted = memory.step(facts[level - lowest])
@@ -366,6 +385,15 @@ class ContextDetector(BaseDetector):
         streams = [stream.copy() for stream in self.streams_]
         if history is not None:
             unseen = history.loc[history.index > self.training_end_]
+            if len(unseen) >= self.lookback_:
+                # detect() kept the last lookback_ rows of history: rows right after the training ones
+                # were cut, the memory skips them, and the scores depend on how rows were split into runs.
+                log.warning(
+                    "%s: the history after the last training row (%s) fills the %d rows it reads, so rows before %s "
+                    "may be missing from it: the memory goes on without them and the scores depend on how the rows "
+                    "are split into runs; retrain at least every %d rows",
+                    type(self).__name__, self.training_end_, self.lookback_, unseen.index[0], self.lookback_,
+                )
             if len(unseen):
                 self._run(streams, unseen.to_numpy())
         values = X.to_numpy()

@@ -8,6 +8,7 @@ Each detector checks its own parameters in ``fit`` through the same model.
 from __future__ import annotations
 
 import re
+import sys
 from difflib import get_close_matches
 from functools import cache
 from numbers import Real
@@ -88,6 +89,9 @@ def _accepted(annotation: Any) -> tuple[bool, tuple[str, ...], set[type]]:
 _Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 #: A bound of a range: true read as 1 and "100" as 100, a slip hidden in the job file.
 _Bound = Annotated[float, Strict()]
+#: Magnitudes the detectors take as infinite, no measurement: their squares overflow float64
+#: (see ``base._TOO_LARGE``).
+LARGEST_VALUE = sys.float_info.max ** 0.5
 
 
 class IsolationForestParams(DetectorParams):
@@ -388,6 +392,10 @@ class ContextParams(DetectorParams):
     def _increasing_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
         if value is not None and not value[0] < value[1]:
             raise ValueError("must be [low, high] with low < high")
+        if value is not None and max(map(abs, value)) >= LARGEST_VALUE:
+            # A span past float64's largest number ([-1e308, 1e308]) made every level NaN and the
+            # fit crashed; the detectors take values that large as infinite anyway.
+            raise ValueError(f"bounds must lie within +-{LARGEST_VALUE:.3g}: larger values are taken as infinite")
         return value
 
 
