@@ -27,7 +27,13 @@ def rolling_expected(values: pd.DataFrame, window: int) -> pd.DataFrame:
 
 
 def window_features(
-    values: pd.DataFrame, window: int, *, lags: int = 0, calendar: bool = False, expected: pd.DataFrame | None = None
+    values: pd.DataFrame,
+    window: int,
+    *,
+    lags: int = 0,
+    calendar: bool = False,
+    expected: pd.DataFrame | None = None,
+    time_zone: str = "UTC",
 ) -> pd.DataFrame:
     """For every column: the value, its first difference, its deviation from
     :func:`rolling_expected`, the standard deviation of the last ``window`` rows, and its values
@@ -37,9 +43,9 @@ def window_features(
     Windows, differences and lags count rows, not time: the pipeline first puts every series on
     its job's ``frequency`` grid (:mod:`pipelines.resampling`), so a row is one period and a gap
     is rows of NaN; irregular timestamps given here directly are read as consecutive periods. The
-    calendar parts are those of the index as given; the detectors pass UTC (see
-    :func:`pipelines.detectors.base._check_frame`), so a series that follows a local clock moves
-    by an hour against them at each daylight-saving change, alike in training and scoring.
+    calendar parts are the wall-clock hour and day of ``time_zone`` (the detectors pass UTC
+    timestamps, see :func:`pipelines.detectors.base._check_frame`): in UTC, a series that follows a
+    local clock moves by an hour against them at each daylight-saving change.
 
     ``values`` must hold no NaN (see :func:`fill_missing`). The first row has no difference, and
     the spread is NaN until a full window exists (a spread of a few rows is mostly noise, and in
@@ -60,9 +66,11 @@ def window_features(
     }
     columns = {f"{column}:{name}": part[column] for column in values.columns for name, part in parts.items()}
     if calendar and isinstance(values.index, pd.DatetimeIndex):
-        hours = values.index.hour.to_numpy() + values.index.minute.to_numpy() / 60
+        local = time_zone != "UTC" and values.index.tz is not None
+        clock = values.index.tz_convert(time_zone) if local else values.index
+        hours = clock.hour.to_numpy() + clock.minute.to_numpy() / 60
         # day_of_week, not its alias dayofweek: pandas 3.1 deprecates the alias (Pandas4Warning).
-        days = values.index.day_of_week.to_numpy() + hours / 24
+        days = clock.day_of_week.to_numpy() + hours / 24
         for name, turn in (("hour", hours / 24), ("weekday", days / 7)):
             columns[f"calendar:{name}_sin"] = np.sin(2 * np.pi * turn)
             columns[f"calendar:{name}_cos"] = np.cos(2 * np.pi * turn)

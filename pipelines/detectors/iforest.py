@@ -106,6 +106,8 @@ class IsolationForestDetector(BaseDetector):
         Past values of each feature added to its window features.
     calendar : bool, default=True
         Add the hour of day and day of week (sine and cosine), for timestamped data.
+    time_zone : str, default="UTC"
+        IANA time zone whose wall-clock hour and day the calendar parts are.
     random_state : int, default=0
         Seed of the forest; a fixed seed makes training reproducible.
     threshold_kind : {"contamination", "score"}, default="contamination"
@@ -147,6 +149,7 @@ class IsolationForestDetector(BaseDetector):
         window: int = 24,
         lags: int = 0,
         calendar: bool = True,
+        time_zone: str = "UTC",
         random_state: int = 0,
         threshold_kind: str = "contamination",
         threshold_value: float = 0.005,
@@ -157,6 +160,7 @@ class IsolationForestDetector(BaseDetector):
         self.window = window
         self.lags = lags
         self.calendar = calendar
+        self.time_zone = time_zone
         self.random_state = random_state
         self.threshold_kind = threshold_kind
         self.threshold_value = threshold_value
@@ -238,7 +242,9 @@ class IsolationForestDetector(BaseDetector):
 
     def features(self, values: pd.DataFrame, expected: pd.DataFrame | None = None) -> np.ndarray:
         """The forest's input for gap-filled ``values`` (see :func:`window_features`)."""
-        return window_features(values, self.window, lags=self.lags, calendar=self.calendar, expected=expected).to_numpy()
+        return window_features(
+            values, self.window, lags=self.lags, calendar=self.calendar, expected=expected, time_zone=self.time_zone
+        ).to_numpy()
 
     def _feature_scores(self, deviation: np.ndarray) -> np.ndarray:
         return np.column_stack([c.transform(deviation[:, f]) for f, c in enumerate(self.feature_calibrators_)])

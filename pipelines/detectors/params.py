@@ -94,7 +94,24 @@ _Bound = Annotated[float, Strict()]
 LARGEST_VALUE = sys.float_info.max ** 0.5
 
 
-class IsolationForestParams(DetectorParams):
+class _WallClock(DetectorParams):
+    """Parameters of a detector that follows a local clock (seasons, holidays)."""
+
+    time_zone: str = Field(
+        "UTC",
+        description=(
+            "IANA time zone (e.g. 'Europe/Berlin') whose wall-clock time the seasons, calendar parts and "
+            "holidays follow across daylight-saving changes; the rows keep their UTC timestamps."
+        ),
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return known_time_zone(value)
+
+
+class IsolationForestParams(_WallClock):
     """Isolation Forest on windowed features (value, change, deviation from a rolling median)."""
 
     n_estimators: int = Field(200, ge=10, le=5000, description="Number of trees.")
@@ -111,23 +128,6 @@ class IsolationForestParams(DetectorParams):
         if isinstance(value, int) and value < 2:
             raise ValueError("must be 'auto' or an integer >= 2")
         return value
-
-
-class _WallClock(DetectorParams):
-    """Parameters of a detector that follows a local clock (seasons, holidays)."""
-
-    time_zone: str = Field(
-        "UTC",
-        description=(
-            "IANA time zone (e.g. 'Europe/Berlin') whose wall-clock time the seasons (and Prophet's holidays) "
-            "follow across daylight-saving changes; the rows keep their UTC timestamps."
-        ),
-    )
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return known_time_zone(value)
 
 
 class SeasonalMADParams(_WallClock):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.detectors.iforest import IsolationForestDetector
@@ -49,3 +50,18 @@ def test_calendar_parts_are_utc_in_training_and_scoring_whatever_zone_the_rows_c
     scored = local.detect(test.tz_convert("America/New_York"), history=train.tz_convert("Europe/Paris"))
     np.testing.assert_array_equal(scored.score, utc.detect(test, history=train).score)
     assert str(scored.index.tz) == "UTC"
+
+
+def test_calendar_parts_follow_the_time_zone_given() -> None:
+    from pipelines.detectors.features import window_features
+
+    index = pd.DatetimeIndex(["2024-03-30 08:00", "2024-04-01 07:00"], tz="UTC")  # 09:00 in Berlin, before and after the change
+    frame = pd.DataFrame({"a": [1.0, 2.0]}, index=index)
+    utc = window_features(frame, 2, calendar=True)
+    local = window_features(frame, 2, calendar=True, time_zone="Europe/Berlin")
+    assert utc["calendar:hour_sin"].iloc[0] != utc["calendar:hour_sin"].iloc[1]
+    assert local["calendar:hour_sin"].iloc[0] == pytest.approx(local["calendar:hour_sin"].iloc[1])
+    assert local["calendar:hour_sin"].iloc[0] == pytest.approx(np.sin(2 * np.pi * 9 / 24))
+    detector = IsolationForestDetector(time_zone="Europe/Berlin", n_estimators=20)
+    train = pd.DataFrame({"a": np.sin(np.arange(200) / 5)}, index=pd.date_range("2024-03-25", periods=200, freq="h", tz="UTC"))
+    assert IsolationForestDetector.from_files(detector.fit(train).to_files()).time_zone == "Europe/Berlin"
