@@ -128,6 +128,13 @@ class SeasonalMADDetector(BaseDetector):
     def _learn_raw_at_threshold(self) -> None:
         # Once per fit (threshold_ is set after _fit) rather than on every detect.
         self.raw_at_threshold_ = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
+        # The features whose threshold a float rounding of their values could reach (a flat
+        # series: its training residuals all 0, its threshold just above): only those are checked
+        # for rounding when scoring. Elsewhere a rounding residual is far below the threshold, and
+        # the check on every cell cost 3 % of the scoring at 10,000 points, 8 % at 100,000.
+        magnitude = np.abs(self.profile_).max(axis=0) + np.abs(self.level_fallback_)
+        rounding_z = 1e3 * _ROUNDING * magnitude / self.scale_.min(axis=0)
+        self.rounding_features_ = np.flatnonzero(self.raw_at_threshold_ <= rounding_z)
 
     def _fit(self, X: pd.DataFrame, params: SeasonalMADParams) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "to calibrate its scores")
@@ -248,7 +255,10 @@ class SeasonalMADDetector(BaseDetector):
         values = frame.to_numpy()
         expected = self._expected(values, slots)
         scale = self.scale_[slots]
-        z = _without_rounding(np.subtract(values, expected), values)
+        z = np.subtract(values, expected)
+        rounded = self.rounding_features_  # see _learn_raw_at_threshold
+        if rounded.size:
+            z[:, rounded] = _without_rounding(z[:, rounded], values[:, rounded])
         z /= scale
         above, below = self._bounds(z, self.raw_at_threshold_)
         score = self._calibrate(self._raw(z)[n_history:])  # last: it may overwrite z
@@ -259,10 +269,11 @@ class SeasonalMADDetector(BaseDetector):
         half_width = np.multiply(above[n_history:], scale, out=scale)
         # Within rounding of the expected value nothing is flagged (_without_rounding), so
         # neither is it outside the bounds, which a flat series' threshold leaves at 0 wide.
-        rounding = np.abs(expected[n_history:]) * _ROUNDING
-        np.maximum(half_width, rounding, out=half_width)
-        if below is not None:
-            np.maximum(below, rounding, out=below)
+        if rounded.size:
+            rounding = np.abs(expected[n_history:, rounded]) * _ROUNDING
+            half_width[:, rounded] = np.maximum(half_width[:, rounded], rounding)
+            if below is not None:
+                below[:, rounded] = np.maximum(below[:, rounded], rounding)
         return make_detection(
             X.index,
             list(X.columns),
