@@ -631,7 +631,8 @@ def test_tuning_replaces_a_champion_that_cannot_be_loaded(tmp_path, daily):
     result = tune_series(job, SERIES, daily, _window(daily))
     assert result["promoted"] and result["champion_objective"] is None
     assert result["reason"].startswith(f"the champion cannot be loaded, so it is replaced: job tuned_job, series {SERIES}: "
-                                       f"the serving model version {old.version} cannot be loaded (ValueError")
+                                       f"the serving model version {old.version} cannot be loaded (ModelError: the model "
+                                       "artifact's arrays.npz is damaged (ValueError")
     assert registry.champion(job.name, SERIES).version == result["version"] != old.version
     [record] = registry.tuning_history(job.name, SERIES)
     assert record["decision"]["champion"]["version"] == old.version

@@ -41,12 +41,15 @@ def test_a_history_cut_to_the_lookback_is_warned_of(series, caplog) -> None:
     model = ContextDetector(rest=12).fit(train)
     # Scoring 10,000 rows takes about 15 s; a shorter lookback shows the same cut.
     model.lookback_ = 48
-    with caplog.at_level(logging.WARNING, logger="pipelines.detectors.context"):
-        model.detect(test.iloc[40:50], history=pd.concat([train, test.iloc[:40]]))
-    assert not caplog.records  # every row since training is in the history
-    with caplog.at_level(logging.WARNING, logger="pipelines.detectors.context"):
-        model.detect(test.iloc[60:70], history=pd.concat([train, test.iloc[:60]]))
-    assert [record.getMessage() for record in caplog.records] == [
+
+    def warnings_of(rows: slice, history_rows: int) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipelines.detectors.context"):
+            model.detect(test.iloc[rows], history=pd.concat([train, test.iloc[:history_rows]]))
+        return [r.getMessage() for r in caplog.records if r.name == "pipelines.detectors.context" and r.levelno >= logging.WARNING]
+
+    assert not warnings_of(slice(40, 50), 40)  # every row since training is in the history
+    assert warnings_of(slice(60, 70), 60) == [
         "ContextDetector: the history after the last training row (2024-01-21 23:00:00+00:00) fills the 48 rows it "
         "reads, so rows before 2024-01-22 12:00:00+00:00 may be missing from it: the memory goes on without them and "
         "the scores depend on how the rows are split into runs; retrain at least every 48 rows"
