@@ -76,6 +76,22 @@ def with_history(X: pd.DataFrame, history: pd.DataFrame | None) -> tuple[pd.Data
     return pd.concat([history, X]), len(history)
 
 
+#: Relative difference from a value seen in training below which a scored value is that same value.
+#: A constant that went through text or an aggregation comes back a few units in the last place off
+#: (the mean of three readings of 0.1 is 0.10000000000000002): the same reading, not a change. 1e-9
+#: is millions of such units, and far below any change of a sensor or a setting. Being relative, a
+#: constant of 0 allows no other value: an error counter leaving 0 is a change.
+SAME_VALUE_RTOL = 1e-9
+
+
+def unseen_values(values: np.ndarray, *seen: np.ndarray | float) -> np.ndarray:
+    """Where ``values`` differ from every one of ``seen`` (each broadcast against ``values``) by
+    more than :data:`SAME_VALUE_RTOL`: a value training never held. A missing value, or a NaN in
+    ``seen``, compares as no change."""
+    with np.errstate(invalid="ignore"):
+        return np.logical_and.reduce([np.abs(values - known) > SAME_VALUE_RTOL * np.abs(known) for known in seen])
+
+
 def make_detection(
     index: pd.Index,
     features: list[str],

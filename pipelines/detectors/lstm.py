@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
+from pipelines.detectors.base import BaseDetector, Detection, make_detection, unseen_values, with_history
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import LSTMParams
 from pipelines.errors import MissingDependencyError, ModelError
@@ -29,10 +29,6 @@ _SCORE_BATCH = 512
 #: weight into NaN. A million scales saturate the LSTM's gates anyway, and squared errors of that
 #: size still sum finitely in float32.
 _STANDARD_BOUND = 1e6
-#: Relative difference from a feature's training constant below which a scored value is that same
-#: constant (as in MSET): a constant that went through an aggregation comes back a few units in the
-#: last place off. Relative, so a constant of 0 allows no other value.
-_CONSTANT_RTOL = 1e-9
 
 
 def _torch() -> Any:
@@ -247,8 +243,7 @@ class LSTMDetector(BaseDetector):
         half_width = np.broadcast_to(beyond * self.error_scale_ * self.scale_, values.shape)
         is_anomaly = score >= self.threshold_
         if constant.any():
-            with np.errstate(invalid="ignore"):  # a missing value compares as no change
-                moved = np.abs(values - self.constants_) > _CONSTANT_RTOL * np.abs(self.constants_)
+            moved = unseen_values(values, self.constants_)
             expected[:, constant] = self.constants_[constant]
             half_width = np.where(constant, 0.0, half_width)
             score[:, constant] = moved[:, constant]
@@ -303,9 +298,10 @@ def _check_arrays(
     standardisation of the wrong length was broadcast into scores, and NaN weights scored NaN.
     """
     problems = []
-    wanted = {f"state_dict.{name}": shape for name, shape in _weight_shapes(n_features, hidden, layers).items()}
-    if sorted(f"state_dict.{name}" for name in names) != sorted(wanted):
-        problems.append(f"detector.json names the weights {sorted(names)}, not {sorted(_weight_shapes(n_features, hidden, layers))}")
+    weights = _weight_shapes(n_features, hidden, layers)
+    if sorted(names) != sorted(weights):
+        problems.append(f"detector.json names the weights {sorted(names)}, not {sorted(weights)}")
+    wanted = {f"state_dict.{name}": shape for name, shape in weights.items()}
     wanted.update({name: (n_features,) for name in ("center_", "scale_", "error_scale_")})
     if "constants_" in arrays:  # NaN where a feature varies; absent from models saved before 2026-12-07
         wanted["constants_"] = (n_features,)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.detectors.base import BaseDetector, Detection, make_detection, with_history
+from pipelines.detectors.base import BaseDetector, Detection, make_detection, unseen_values, with_history
 from pipelines.detectors.calibration import ScoreCalibrator
 from pipelines.detectors.params import MSETParams
 from pipelines.detectors.sequential import single_step_residual
@@ -60,12 +60,6 @@ _CALIBRATION_FOLDS = 4
 #: of them, not the most disturbed; at 20 the score is 1 - 2e-9, beyond any threshold in use, and
 #: float64 still tells surprises a few in 10,000 apart up to 1e12.
 _CONTRIBUTION_KNEE = 20.0
-#: Relative difference from a signal's training constant below which a scored value is that same
-#: constant. A constant that went through text or an aggregation comes back a few units in the last
-#: place off (the mean of three readings of 0.1 is 0.10000000000000002): the same reading, not a
-#: change. 1e-9 is millions of such units, and far below any change of a sensor or a setting. Being
-#: relative, a constant of 0 allows no other value: an error counter leaving 0 is a change.
-_CONSTANT_RTOL = 1e-9
 #: Largest distance from the training median, and largest residual, in robust units that the
 #: estimate and the sequential test compute with. A value 1e165 of its signal's scales away (a
 #: signal in units of 1e-165 reading 1.0) squared to infinity: the distances became inf - inf,
@@ -522,15 +516,13 @@ class MSETDetector(BaseDetector):
         # A constant signal that moved is beyond anything seen in training, like an infinite value
         # (see BaseDetector): feature score 1 and row score 1, above any threshold, so the value
         # outside its bounds is flagged. A missing value (NaN) compares as no change.
-        with np.errstate(invalid="ignore"):
-            moved = np.abs(values - constant) > _CONSTANT_RTOL * np.abs(constant)
+        moved = unseen_values(values, constant)
         # So is a value of a step other than its two: an error counter that left 0 once in training
         # and now leaves 1. The two values seen, and none, score 0.
         names = [str(c) for c in frame.columns]
         for name, known in self.step_values_.items():
             j = names.index(name)
-            with np.errstate(invalid="ignore"):
-                moved[:, j] = np.logical_and.reduce([np.abs(values[:, j] - k) > _CONSTANT_RTOL * abs(k) for k in known])
+            moved[:, j] = unseen_values(values[:, j], *known)
         feature_score[moved] = 1.0
         row_score[moved.any(axis=1)] = 1.0
         cut = slice(n_history, None)
