@@ -76,6 +76,13 @@ def with_history(X: pd.DataFrame, history: pd.DataFrame | None) -> tuple[pd.Data
     return pd.concat([history, X]), len(history)
 
 
+def _as_saved(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as a model read from its files holds them: JSON has no tuples, so a range given
+    as a tuple comes back a list, and the same settings compared unequal (every warm start from a
+    served model was cold)."""
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in params.items()}
+
+
 #: Relative difference from a value seen in training below which a scored value is that same value.
 #: A constant that went through text or an aggregation comes back a few units in the last place off
 #: (the mean of three readings of 0.1 is 0.10000000000000002): the same reading, not a change. 1e-9
@@ -286,7 +293,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
             self.supports_warm_start
             and type(other) is type(self)
             and hasattr(other, "threshold_")
-            and other.get_params() == self.get_params()
+            and _as_saved(other.get_params()) == _as_saved(self.get_params())
             and [str(c) for c in other.feature_names_in_] == [str(c) for c in features]
         )
 

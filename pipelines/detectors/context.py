@@ -9,7 +9,6 @@ while it scores, so a new normal stops being new after it has been seen a few ti
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections import deque
@@ -272,17 +271,6 @@ class ContextDetector(BaseDetector):
         return raw[len(X) // 2 :]
 
     def can_warm_start_from(self, other: BaseDetector, features: list[str]) -> bool:
-        if (
-            isinstance(other, ContextDetector)
-            and other.value_range is not None
-            and self.value_range is not None
-            and list(other.value_range) == list(self.value_range)
-        ):
-            # A model read from its files holds value_range as a list (JSON has no tuples), one made
-            # in Python as given, often a tuple: the same range compared unequal, and every warm start
-            # from a served model was cold.
-            other = copy.copy(other)
-            other.value_range = self.value_range
         return bool(self.warm_start) and super().can_warm_start_from(other, features)
 
     def _fit_warm(self, X: pd.DataFrame, params: ContextParams, champion: BaseDetector) -> np.ndarray:

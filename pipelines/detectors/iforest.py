@@ -59,8 +59,10 @@ def _observed_rows(X: pd.DataFrame) -> np.ndarray:
     return ~np.isnan(X.to_numpy()).all(axis=1)
 
 
-def _require_observed_rows(X: pd.DataFrame) -> None:
-    observed = int(np.count_nonzero(_observed_rows(X)))
+def _require_observed_rows(X: pd.DataFrame) -> np.ndarray:
+    """:func:`_observed_rows` of ``X``, refused when they are too few to fit on."""
+    mask = _observed_rows(X)
+    observed = int(np.count_nonzero(mask))
     if observed < _MIN_TRAINING_ROWS:
         # The forest and its calibration learn from these rows alone (see _observed_rows).
         raise ModelError(
@@ -68,6 +70,7 @@ def _require_observed_rows(X: pd.DataFrame) -> None:
             f"calibration needs a spread of training scores); got {observed} of {len(X)} rows, the others have no "
             "value in any feature. Widen the training window or check the source."
         )
+    return mask
 
 
 def _warm_trees(params: IsolationForestParams) -> int:
@@ -172,7 +175,7 @@ class IsolationForestDetector(BaseDetector):
         from sklearn.preprocessing import RobustScaler
 
         self._require_rows(X, max(_MIN_TRAINING_ROWS, 2 * params.window), "two windows at least")
-        _require_observed_rows(X)
+        observed = _require_observed_rows(X)
         self.lookback_ = _lookback(params.window, params.lags)
         self.medians_ = X.median().to_numpy()
         values = fill_missing(X, pd.Series(self.medians_, index=X.columns), limit=_fill_limit(params.window, params.lags))
@@ -186,8 +189,8 @@ class IsolationForestDetector(BaseDetector):
         self.model_ = make_pipeline(RobustScaler(), imputer, forest)
         expected = rolling_expected(values, params.window)
         features = self.features(values, expected)
-        self.model_.fit(features[_observed_rows(X)])
-        return self._calibrate_training(X, expected, features)
+        self.model_.fit(features[observed])
+        return self._calibrate_training(X, expected, features, observed)
 
     def _fit_warm(self, X: pd.DataFrame, params: IsolationForestParams, champion: BaseDetector) -> np.ndarray:
         # The champion's trees split on features scaled by the champion's scaler, so that scaler
@@ -198,7 +201,7 @@ class IsolationForestDetector(BaseDetector):
         import copy
 
         self._require_rows(X, max(_MIN_TRAINING_ROWS, 2 * params.window), "two windows at least")
-        _require_observed_rows(X)
+        observed = _require_observed_rows(X)
         forest = champion.model_[-1]
         if len(forest.estimators_) + _warm_trees(params) > 2 * params.n_estimators:
             self.warm_started_ = False
@@ -211,12 +214,13 @@ class IsolationForestDetector(BaseDetector):
         expected = rolling_expected(values, params.window)
         features = self.features(values, expected)
         grown = forest.set_params(warm_start=True, n_estimators=len(forest.estimators_) + _warm_trees(params))
-        grown.fit(imputer.fit_transform(scaler.transform(features[_observed_rows(X)])))
+        grown.fit(imputer.fit_transform(scaler.transform(features[observed])))
         grown.set_params(warm_start=False)  # a later plain fit of this object must start afresh
-        return self._calibrate_training(X, expected, features)
+        return self._calibrate_training(X, expected, features, observed)
 
-    def _calibrate_training(self, X: pd.DataFrame, expected: pd.DataFrame, features: np.ndarray) -> np.ndarray:
-        observed = _observed_rows(X)
+    def _calibrate_training(
+        self, X: pd.DataFrame, expected: pd.DataFrame, features: np.ndarray, observed: np.ndarray
+    ) -> np.ndarray:
         raw = np.where(observed, -self.model_.score_samples(features), np.nan)
         deviation = np.abs(X.to_numpy() - expected.to_numpy())
         # Deviations are causal (from earlier rows only): in-sample is out of sample for them.
