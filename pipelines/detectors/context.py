@@ -386,7 +386,7 @@ class ContextDetector(BaseDetector):
                 self._run(streams, unseen.to_numpy())
         values = X.to_numpy()
         score, middle, half = self._run(streams, values)
-        return make_detection(X.index, list(X.columns), values, middle, half, score, score, score >= self.threshold_)
+        return make_detection(X.index, self._feature_list(), values, middle, half, score, score, score >= self.threshold_)
 
     # -- artifacts ------------------------------------------------------------------------
 

@@ -281,7 +281,7 @@ class IsolationForestDetector(BaseDetector):
         score = np.repeat(row_score[:, None], observed.shape[1], axis=1)
         return make_detection(
             X.index,
-            list(X.columns),
+            self._feature_list(),
             observed,
             expected,
             np.broadcast_to(half_width, observed.shape),

@@ -93,13 +93,14 @@ class LevelShiftDetector(SeasonalMADDetector):
             shift = np.maximum(shift, np.where(own > 0, own + prior, 0.0))
         return np.maximum(shift, np.maximum(self.drift_ * np.abs(z) - self.drift_**2 / 2.0, 0.0))
 
-    def _bounds(self, z: np.ndarray, raw_at_threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _bounds(self, z: np.ndarray, raw_at_threshold: np.ndarray, n_history: int) -> tuple[np.ndarray, np.ndarray]:
         # Where a row would be flagged given the evidence the rows before it gathered: the bounds
         # narrow while a shift is building up, and are wide after calm rows. Beyond the clip the
         # shift test cannot reach the threshold; the row's own step then decides.
-        alone = np.broadcast_to(raw_at_threshold / self.drift_ + self.drift_ / 2.0, z.shape)
+        alone = raw_at_threshold / self.drift_ + self.drift_ / 2.0
         # sprt_bounds takes a row's prior evidence from the rows before it only.
         up, down = sprt_bounds(_carried(np.nan_to_num(z, nan=0.0)), self.shift_window_, self.drift_, raw_at_threshold)
+        up, down = up[n_history:], down[n_history:]
         return (np.minimum(np.where(up <= _STEP_CAP, up, np.inf), alone), np.minimum(np.where(down <= _STEP_CAP, down, np.inf), alone))
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:

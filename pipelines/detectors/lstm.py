@@ -248,7 +248,7 @@ class LSTMDetector(BaseDetector):
             half_width = np.where(constant, 0.0, half_width)
             score[:, constant] = moved[:, constant]
             is_anomaly = np.where(constant, moved, is_anomaly)
-        return make_detection(X.index, list(X.columns), values, expected, half_width, score, score, is_anomaly)
+        return make_detection(X.index, self._feature_list(), values, expected, half_width, score, score, is_anomaly)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
         state = {

@@ -519,7 +519,7 @@ class MSETDetector(BaseDetector):
         moved = unseen_values(values, constant)
         # So is a value of a step other than its two: an error counter that left 0 once in training
         # and now leaves 1. The two values seen, and none, score 0.
-        names = [str(c) for c in frame.columns]
+        names = self._feature_list()
         for name, known in self.step_values_.items():
             j = names.index(name)
             moved[:, j] = unseen_values(values[:, j], *known)
@@ -529,7 +529,7 @@ class MSETDetector(BaseDetector):
         score = np.repeat(row_score[:, None], values.shape[1], axis=1)[cut]
         return make_detection(
             X.index,
-            list(X.columns),
+            self._feature_list(),
             X.to_numpy(),
             expected[cut],
             np.broadcast_to(half_width, (len(X), values.shape[1])),

@@ -264,13 +264,13 @@ class ProphetDetector(BaseDetector):
         values = X.to_numpy()
         if not len(X):
             empty = np.zeros(values.shape)
-            return make_detection(X.index, list(X.columns), values, empty, empty, empty, empty, empty.astype(bool))
+            return make_detection(X.index, self._feature_list(), values, empty, empty, empty, empty, empty.astype(bool))
         expected, half = self._forecast(X.index)
         score = self._calibrate(_outside(values, expected, half))
         beyond = np.array([float(c.inverse(self.threshold_)) for c in self.calibrators_])
         return make_detection(
             X.index,
-            list(X.columns),
+            self._feature_list(),
             values,
             expected,
             half + beyond * 2 * half,

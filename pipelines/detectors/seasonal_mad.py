@@ -244,10 +244,10 @@ class SeasonalMADDetector(BaseDetector):
         overwrite ``z``."""
         return np.abs(z, out=z)
 
-    def _bounds(self, z: np.ndarray, raw_at_threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per row, the residuals (robust units, above and below ``expected``) that reach the threshold."""
-        width = np.broadcast_to(raw_at_threshold, z.shape)
-        return width, width
+    def _bounds(self, z: np.ndarray, raw_at_threshold: np.ndarray, n_history: int) -> tuple[np.ndarray, np.ndarray]:
+        """The residuals (robust units, above and below ``expected``) that reach the threshold, for
+        the rows after the ``n_history`` first of ``z``: arrays that broadcast against those rows."""
+        return raw_at_threshold, raw_at_threshold
 
     def _detect(self, X: pd.DataFrame, history: pd.DataFrame | None) -> Detection:
         frame, n_history = with_history(X, history)
@@ -260,13 +260,13 @@ class SeasonalMADDetector(BaseDetector):
         if rounded.size:
             z[:, rounded] = _without_rounding(z[:, rounded], values[:, rounded])
         z /= scale
-        above, below = self._bounds(z, self.raw_at_threshold_)
+        above, below = self._bounds(z, self.raw_at_threshold_, n_history)
         score = self._calibrate(self._raw(z)[n_history:])  # last: it may overwrite z
         scale = scale[n_history:]
         # Symmetric bounds (the same array twice) are computed once, into the scale's own
         # array: at 100,000 rows a new array costs about as much as the arithmetic.
-        below = None if below is above else below[n_history:] * scale
-        half_width = np.multiply(above[n_history:], scale, out=scale)
+        below = None if below is above else below * scale
+        half_width = np.multiply(above, scale, out=scale)
         # Within rounding of the expected value nothing is flagged (_without_rounding), so
         # neither is it outside the bounds, which a flat series' threshold leaves at 0 wide.
         if rounded.size:
@@ -276,8 +276,8 @@ class SeasonalMADDetector(BaseDetector):
                 below[:, rounded] = np.maximum(below[:, rounded], rounding)
         return make_detection(
             X.index,
-            list(X.columns),
-            X.to_numpy(),
+            self._feature_list(),
+            values[n_history:],
             expected[n_history:],
             half_width,
             score,

@@ -138,7 +138,13 @@ def test_the_segment_lookup_gives_exactly_np_interp(seed: int) -> None:
     calibrator = ScoreCalibrator().fit(training)
     knots = calibrator.knots_raw_
     raw = np.concatenate(
-        [rng.uniform(-1, 2 * knots[-1] + 1, 20_000), knots, rng.choice(training, 500), [np.nan, np.inf, -np.inf, 0.0]]
+        [
+            rng.uniform(-1, 2 * knots[-1] + 1, 20_000),
+            knots,
+            np.nextafter(knots, -np.inf),  # just below each knot: the comparison that splits a bucket
+            rng.choice(training, 500),
+            [np.nan, np.inf, -np.inf, 0.0, 1e300, -1e300],  # beyond the grid and beyond an integer bucket
+        ]
     )
     body = np.interp(raw, knots, calibrator.knots_score_, left=0.0)
     # The generalized Pareto tail (exponential at shape 0): lognormal training scores get a shape.
@@ -149,6 +155,8 @@ def test_the_segment_lookup_gives_exactly_np_interp(seed: int) -> None:
     expected = np.where(raw > calibrator.tail_start_, tail, body)
     np.testing.assert_array_equal(calibrator.transform(raw), expected)
     assert calibrator.transform(np.float64(knots[0])).shape == ()
+    if seed % 3 == 2:  # knots spread over decades: some buckets hold several knots and are searched
+        assert calibrator._body_map().bucket_searched.any()
 
 
 def test_a_column_of_raw_scores_is_calibrated_as_a_column(calibrator: ScoreCalibrator, training_raw: np.ndarray) -> None:

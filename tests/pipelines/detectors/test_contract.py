@@ -114,6 +114,20 @@ def test_unfitted_detector_refuses_to_score(kind: str, data) -> None:
         DETECTORS[kind]().detect(data[1])
 
 
+@pytest.mark.parametrize("kind", ["seasonal_mad", "mset", "iforest"])
+def test_a_detection_names_its_features_as_text_in_the_fitted_order(kind: str, data) -> None:
+    # Scoring takes the names from the fit (the frame's Arrow strings are slow to read): they must
+    # still be the frame's features, as text, in the fitted order, whatever order X has them in.
+    train, test = data
+    numbered = {name: i for i, name in enumerate(train.columns)}
+    detector = fitted(kind, train.rename(columns=numbered))
+    shuffled = test.rename(columns=numbered)[list(reversed(range(train.shape[1])))]
+    for frame in (test.rename(columns=numbered), shuffled):
+        detection = detector.detect(frame)
+        assert detection.features == [str(i) for i in range(train.shape[1])]
+        np.testing.assert_array_equal(detection.values, test.to_numpy())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_detect_does_not_change_the_model(kind: str, data) -> None:
     train, test = data
