@@ -221,7 +221,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         X = _check_frame(X, "X")
         if X.columns.empty:
             raise ModelError(f"{type(self).__name__}: X has no feature columns; pass at least one")
-        names = [str(c) for c in X.columns]
+        names = _column_names(X)
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:  # scoring finds features by name: two columns of one name cannot be told apart
             raise ModelError(f"{type(self).__name__}: X has repeated feature columns {repeated}; give each feature one column")
@@ -362,7 +362,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
 
     def _check_features(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
         expected = self._feature_list()
-        columns = [str(c) for c in frame.columns]
+        columns = _column_names(frame)
         if columns == expected:  # the usual case: no renamed copy, no reordering (fit refused repeats)
             self._check_index_kind(frame, what)
             return frame
@@ -536,6 +536,21 @@ def _column_dtypes(frame: pd.DataFrame) -> list[Any]:
     """
     get_dtypes = getattr(getattr(frame, "_mgr", None), "get_dtypes", None)
     return list(get_dtypes()) if callable(get_dtypes) else frame.dtypes.tolist()
+
+
+def _column_names(frame: pd.DataFrame) -> list[str]:
+    """The names of the columns of ``frame`` as text, in order.
+
+    pandas 3 keeps string column names in Arrow, and iterating them builds one Arrow scalar per
+    name: 75 µs with the caches cold after scoring (3 % of a 10,000-row seasonal_mad score), where
+    one Arrow call lists them in 25. Any other names, a name missing in Arrow, or a pandas release
+    that stores them otherwise take the public path.
+    """
+    columns = frame.columns
+    arrow = getattr(columns.array, "_pa_array", None) if isinstance(columns.dtype, pd.StringDtype) else None
+    if arrow is not None and getattr(arrow, "null_count", 1) == 0:
+        return [str(name) for name in arrow.to_pylist()]
+    return [str(c) for c in columns]
 
 
 def _check_frame(frame: Any, what: str) -> pd.DataFrame:

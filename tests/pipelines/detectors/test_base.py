@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.detectors.base import _check_frame, _column_dtypes
+from pipelines.detectors.base import _check_frame, _column_dtypes, _column_names
 from pipelines.detectors.seasonal_mad import SeasonalMADDetector
 from pipelines.errors import ModelError
 
@@ -26,6 +26,21 @@ def test_column_dtypes_are_those_pandas_reports_in_column_order() -> None:
         index=INDEX,
     )
     assert _column_dtypes(frame) == frame.dtypes.tolist()
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        ["a", "b"],  # Arrow strings, pandas 3's default: the one-call path
+        pd.Index(["a", None], dtype="str"),  # a name missing in Arrow: the public path spells it
+        pd.Index(["x", "y"], dtype=object),
+        [0, 1],
+        pd.date_range("2024-01-01", periods=2, tz="UTC"),
+    ],
+)
+def test_column_names_are_the_names_as_text_pandas_iterates(columns) -> None:
+    frame = pd.DataFrame(np.ones((2, 2)), columns=columns)
+    assert _column_names(frame) == [str(c) for c in frame.columns]
 
 
 def test_only_frames_of_float64_columns_are_returned_as_they_are() -> None:
