@@ -82,7 +82,7 @@ class _PiecewiseLinear:
         # such knots take :meth:`_without_overflow` instead.
         self.overflows = not (np.isfinite(self.slopes).all() and np.isfinite(span) and np.isfinite(self.inverse_width))
         if self.overflows or not span > 0:
-            self.inverse_width = 0.0  # values_and_outside then takes np.interp or _without_overflow
+            self.inverse_width = 0.0  # values_and_beyond then takes np.interp or _without_overflow
             return
         last = knots.size - 1
         edges = knots[0] + np.arange(self.buckets + 1) / self.inverse_width
@@ -101,11 +101,11 @@ class _PiecewiseLinear:
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """The values at ``points`` (any shape; NaN stays NaN)."""
-        return self.values_and_outside(np.ravel(points))[0].reshape(np.shape(points))
+        return self.values_and_beyond(np.ravel(points))[0].reshape(np.shape(points))
 
-    def values_and_outside(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The values at the points of the 1-d ``x``, and the indices of the points outside
-        ``[knots[0], knots[-1])`` (NaN included), or None when not worked out."""
+    def values_and_beyond(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The values at the points of the 1-d ``x``, and the indices of some points that include
+        every one at or beyond ``knots[-1]`` (or None when not worked out)."""
         knots = self.knots
         if self.overflows:
             return self._without_overflow(x), None
@@ -126,21 +126,21 @@ class _PiecewiseLinear:
         if self.searches:
             searched = np.flatnonzero(self.bucket_searched.take(bucket, mode="clip"))
             segment[searched] = np.clip(np.searchsorted(knots, x[searched], side="right") - 1, 0, knots.size - 2)
-        # Points outside [knots[0], knots[-1]) (NaN included) are in the first or last bucket, or
-        # beyond the grid: one unsigned comparison finds bucket <= 0 or >= buckets - 1 (the first
-        # bucket wraps around to the largest), and only those points are compared with the knots.
+        # Points outside [knots[0], knots[-1]) are in the first or last bucket, or beyond the
+        # grid: one unsigned comparison finds bucket <= 0 or >= buckets - 1 (the first bucket
+        # wraps around to the largest), and only those points are compared with the knots.
         np.subtract(bucket, 1, out=bucket)
-        candidates = np.flatnonzero(bucket.view(np.uint64) >= self.buckets - 2)
+        near = np.flatnonzero(bucket.view(np.uint64) >= self.buckets - 2)
         gathered = bucket.view(np.float64)
         out = knots.take(segment)
         np.subtract(x, out, out=out)
         out *= self.slopes.take(segment, out=gathered)
         out += self.values.take(segment, out=gathered)
-        near = x[candidates]
-        beyond = ~((near >= knots[0]) & (near < knots[-1]))
-        outside, near = candidates[beyond], near[beyond]
-        out[outside] = np.where(near < knots[0], self.left, np.where(near >= knots[-1], self.values[-1], np.nan))
-        return out, outside
+        # A NaN point's value is NaN already (arithmetic on NaN); the others outside the knots
+        # are set here.
+        at = x[near]
+        out[near] = np.where(at < knots[0], self.left, np.where(at >= knots[-1], self.values[-1], out[near]))
+        return out, near
 
     def _without_overflow(self, x: np.ndarray) -> np.ndarray:
         """The values at ``x`` as the share of its segment it has covered, a ratio in [0, 1]: the
@@ -235,11 +235,11 @@ class ScoreCalibrator:
         raw = np.asarray(raw, dtype="float64")
         flat_raw = raw.reshape(-1)
         body = self._body_map()
-        out, outside = body.values_and_outside(flat_raw)
-        if outside is not None and self.tail_start_ >= body.knots[-1]:
-            # The tail starts where the body's knots end (as fitted): only points outside them
+        out, beyond = body.values_and_beyond(flat_raw)
+        if beyond is not None and self.tail_start_ >= body.knots[-1]:
+            # The tail starts where the body's knots end (as fitted): only points beyond them
             # can be in it, and comparing those few is cheaper than comparing every point.
-            tail = outside[flat_raw[outside] > self.tail_start_]
+            tail = beyond[flat_raw[beyond] > self.tail_start_]
         else:
             tail = np.flatnonzero(flat_raw > self.tail_start_)
         out[tail] = 1.0 - self.tail_mass_ * np.exp(-self._tail_surprise(flat_raw[tail] - self.tail_start_))
