@@ -226,7 +226,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
         if repeated:  # scoring finds features by name: two columns of one name cannot be told apart
             raise ModelError(f"{type(self).__name__}: X has repeated feature columns {repeated}; give each feature one column")
         X, _ = _without_infinities(X)
-        empty = [str(c) for c, seen in zip(X.columns, np.isfinite(X.to_numpy()).any(axis=0).tolist(), strict=True) if not seen]
+        empty = [name for name, seen in zip(names, np.isfinite(X.to_numpy()).any(axis=0).tolist(), strict=True) if not seen]
         if empty:
             raise ModelError(
                 f"{type(self).__name__}: features {empty} have no values in the training rows (each one is "
@@ -314,7 +314,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
             and type(other) is type(self)
             and hasattr(other, "threshold_")
             and _as_saved(other.get_params()) == _as_saved(self.get_params())
-            and [str(c) for c in other.feature_names_in_] == [str(c) for c in features]
+            and other._feature_list() == [str(c) for c in features]
         )
 
     def _fit_warm(self, X: pd.DataFrame, params: Any, champion: BaseDetector) -> np.ndarray:
@@ -404,7 +404,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
             "learned": {
                 "threshold_": self.threshold_,
                 "lookback_": self.lookback_,
-                "feature_names_in_": [str(c) for c in self.feature_names_in_],
+                "feature_names_in_": self._feature_list(),
                 "training_rows_": self.training_rows_,
                 "time_indexed_": self.time_indexed_,
                 "training_score_quantiles_": self.training_score_quantiles_,
