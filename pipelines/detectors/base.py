@@ -177,6 +177,9 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
     requires_timestamps: ClassVar[bool] = False
     #: Whether :meth:`fit` can start from a fitted detector of the same kind (``_fit_warm``).
     supports_warm_start: ClassVar[bool] = False
+    #: Whether ``_fit`` drops a feature with no value in the training rows itself (with a reason
+    #: it records) rather than :meth:`fit` refusing the training.
+    drops_empty_features: ClassVar[bool] = False
     #: Parameters renamed since models were saved: old name -> new name (:meth:`from_files`).
     renamed_params: ClassVar[dict[str, str]] = {}
 
@@ -227,7 +230,7 @@ class BaseDetector(BaseEstimator, metaclass=ABCMeta):
             raise ModelError(f"{type(self).__name__}: X has repeated feature columns {repeated}; give each feature one column")
         X, _ = _without_infinities(X)
         empty = [name for name, seen in zip(names, np.isfinite(X.to_numpy()).any(axis=0).tolist(), strict=True) if not seen]
-        if empty:
+        if empty and not self.drops_empty_features:
             raise ModelError(
                 f"{type(self).__name__}: features {empty} have no values in the training rows (each one is "
                 f"missing or infinite, or too large to compute with: |value| >= {_TOO_LARGE:.3g}); fix them at "

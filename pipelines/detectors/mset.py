@@ -7,6 +7,7 @@ Written here rather than taken from a library: no maintained Python package impl
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,10 @@ class MSETDetector(BaseDetector):
 
     kind = "mset"
     params_model = MSETParams
+    # A signal that never reported in training is an uninformative one: dropped with its reason
+    # ("missing in 100% of training rows") like any other, so one dead sensor of 300 does not
+    # stop the other 299 from being watched.
+    drops_empty_features = True
 
     def __init__(
         self,
@@ -201,27 +206,32 @@ class MSETDetector(BaseDetector):
     def _fit(self, X: pd.DataFrame, params: MSETParams, unmeasurable: dict[str, str] | None = None) -> np.ndarray:
         self._require_rows(X, _MIN_TRAINING_ROWS, "for its memory and score calibration")
         values = X.to_numpy()
-        self.center_ = np.nanmedian(values, axis=0)
-        mad = np.nanmedian(np.abs(values - self.center_), axis=0) * _MAD_TO_SIGMA
-        with np.errstate(over="ignore"):
-            std = np.nanstd(values, axis=0)
-        # The squares of values within 1e-162 of their mean underflow, and those of values near
-        # 1e154 overflow: such a signal's std was 0 (scaled by 1, it stayed in its median's
-        # 1e-162, and no value of it ever scored) or inf. Measured on the values over their
-        # largest magnitude instead.
-        lost = ~np.isfinite(std) | (std == 0)
-        if lost.any():
-            size = np.nanmax(np.abs(values[:, lost]), axis=0)
-            size = np.where(size > 0, size, 1.0)
-            std[lost] = np.nanstd(values[:, lost] / size, axis=0) * size
-        # A signal whose MAD is 0 but that still moves (mostly constant, with excursions) is
-        # scaled by its standard deviation instead, so its excursions stay finite.
-        self.scale_ = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
-        # Constant means every value equal, not a standard deviation of 0: the mean of 1,000 copies
-        # of 0.1 is off in its last bit, so their std was 1e-17 and the signal was kept, flagging its
-        # own constant after an aggregation; and the squares of values near 1e-170 underflow, so such
-        # a signal's std was 0 and it was taken for a constant that moved at every row.
-        varies = np.nanmax(values, axis=0) > np.nanmin(values, axis=0)
+        with warnings.catch_warnings():
+            # A signal with no value in training (see drops_empty_features) has NaN statistics,
+            # and is dropped below as missing; numpy's "All-NaN slice" warning says nothing more.
+            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+            warnings.filterwarnings("ignore", "Degrees of freedom", RuntimeWarning)
+            self.center_ = np.nanmedian(values, axis=0)
+            mad = np.nanmedian(np.abs(values - self.center_), axis=0) * _MAD_TO_SIGMA
+            with np.errstate(over="ignore", invalid="ignore"):
+                std = np.nanstd(values, axis=0)
+            # The squares of values within 1e-162 of their mean underflow, and those of values near
+            # 1e154 overflow: such a signal's std was 0 (scaled by 1, it stayed in its median's
+            # 1e-162, and no value of it ever scored) or inf. Measured on the values over their
+            # largest magnitude instead.
+            lost = ~np.isfinite(std) | (std == 0)
+            if lost.any():
+                size = np.nanmax(np.abs(values[:, lost]), axis=0)
+                size = np.where(size > 0, size, 1.0)
+                std[lost] = np.nanstd(values[:, lost] / size, axis=0) * size
+            # A signal whose MAD is 0 but that still moves (mostly constant, with excursions) is
+            # scaled by its standard deviation instead, so its excursions stay finite.
+            self.scale_ = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
+            # Constant means every value equal, not a standard deviation of 0: the mean of 1,000 copies
+            # of 0.1 is off in its last bit, so their std was 1e-17 and the signal was kept, flagging its
+            # own constant after an aggregation; and the squares of values near 1e-170 underflow, so such
+            # a signal's std was 0 and it was taken for a constant that moved at every row.
+            varies = np.nanmax(values, axis=0) > np.nanmin(values, axis=0)
         dropped, self.constant_signals_ = _dropped(X, varies, params.max_missing)
         unmeasurable = unmeasurable or {}
         gone = dropped.keys() | unmeasurable.keys()

@@ -466,18 +466,35 @@ def test_no_rows_to_score(kind: str, data) -> None:
         (pd.DataFrame({"a": [1.0, 2.0]}, index=[1, 0]), "sorted by its index"),
         (pd.DataFrame({"a": ["x", "y"]}), r"non-numeric feature columns \['a'\]"),
         (pd.DataFrame({"a": [1.0, 2.0]}, index=["p", "q"]), "indexed by UTC timestamps or row numbers"),
-        (pd.DataFrame({"a": [np.nan] * 30}), r"features \['a'\] have no values"),
         # Scoring finds features by name (iforest failed inside pandas; others scored both as one name).
         (pd.DataFrame(np.ones((30, 3)), columns=["a", "a", "b"]), r"repeated feature columns \['a'\]"),
         (pd.DataFrame(np.ones((30, 2)), columns=[0, "0"]), r"repeated feature columns \['0'\]"),
-        # Infinities are no measurements: a feature with nothing else is as empty (and named).
-        (pd.DataFrame({"a": np.arange(30.0), "b": [np.inf, -np.inf, np.nan] * 10}), r"features \['b'\] have no values .*missing or infinite"),
     ],
 )
 @pytest.mark.parametrize("kind", KINDS)
 def test_unusable_input_is_refused(kind: str, frame: pd.DataFrame, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         make_detector(kind, {}).fit(frame)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_feature_without_training_values_is_refused_or_dropped_by_name(kind: str) -> None:
+    # Infinities are no measurements: a feature with nothing else is as empty (and named).
+    rows = 300
+    empty = pd.DataFrame({"a": np.sin(np.arange(rows) / 5.0), "b": [np.inf, -np.inf, np.nan] * (rows // 3)})
+    detector = make_detector(kind, {})
+    if not detector.drops_empty_features:
+        with pytest.raises(ModelError, match=r"features \['b'\] have no values .*missing or infinite"):
+            detector.fit(empty)
+        with pytest.raises(ModelError, match=r"features \['b'\] have no values"):
+            make_detector(kind, {}).fit(empty[["b"]])
+        return
+    # MSET drops an uninformative signal with its reason, and watches the others.
+    _skip_without_package(kind)
+    assert detector.fit(empty).dropped_signals_ == {"b": "missing in 100% of training rows (more than max_missing 50%)"}
+    assert np.isfinite(detector.detect(empty).score).all()
+    with pytest.raises(ModelError, match=r"no signal left to model \(b: missing in 100% of training rows"):
+        make_detector(kind, {}).fit(empty[["b"]])
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -158,6 +158,21 @@ def test_flat_and_mostly_missing_signals_are_dropped_with_a_reason(data) -> None
     assert (detection.feature_score[:, 4:] == 0).all() and (detection.expected[:, 4] == 5.0).all()
 
 
+def test_a_signal_that_never_reported_in_training_is_dropped_and_the_others_watched(data) -> None:
+    # The base check refused the whole training ("features ['dead'] have no values"): one dead
+    # sensor of many stopped every other one from being watched.
+    train, test = data
+    detector = MSETDetector().fit(train.assign(dead=np.nan))
+    assert detector.dropped_signals_ == {"dead": "missing in 100% of training rows (more than max_missing 50%)"}
+    broken = test.assign(dead=np.nan)
+    broken.iloc[[40, 100], 2] += 3.0
+    detection = detector.detect(broken, history=train.assign(dead=np.nan))
+    assert detection.is_anomaly[[40, 100], 0].all() and (detection.feature_score[[40, 100]].argmax(axis=1) == 2).all()
+    assert (detection.feature_score[:, 4] == 0).all()
+    loaded = load_detector("mset", detector.to_files())
+    np.testing.assert_array_equal(loaded.detect(broken, history=train.assign(dead=np.nan)).score, detection.score)
+
+
 def test_a_lone_signal_is_estimated_from_its_own_past() -> None:
     frame = plant(TRAIN_ROWS + TEST_ROWS, seed=3, signals=1)
     train, test = frame.iloc[:TRAIN_ROWS], frame.iloc[TRAIN_ROWS:].copy()
