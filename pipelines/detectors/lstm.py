@@ -4,6 +4,7 @@ scored by its standardised forecast error per feature."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -323,23 +324,39 @@ def _check_arrays(
         )
 
 
+#: Held through a training: torch's seed (which initialises the weights) and its deterministic
+#: mode belong to the process, so two trainings in threads of one process seeded each other's
+#: weights and restored each other's mode. One at a time is what determinism costs there; across
+#: processes (Airflow's mapped tasks, the benchmarks' workers) nothing is shared.
+_TRAINING = threading.Lock()
+
+
 class _deterministic:
-    """Seeded, single-threaded, deterministic PyTorch for the duration of a training."""
+    """Seeded, single-threaded, deterministic PyTorch for the duration of a training, one
+    training of the process at a time (:data:`_TRAINING`)."""
 
     def __init__(self, torch: Any, seed: int) -> None:
         self.torch, self.seed = torch, seed
 
     def __enter__(self) -> None:
+        _TRAINING.acquire()
         torch = self.torch
         self.saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
-        torch.set_num_threads(1)  # parallel reductions may add in another order
-        torch.use_deterministic_algorithms(True)
-        torch.manual_seed(self.seed)
+        try:
+            torch.set_num_threads(1)  # parallel reductions may add in another order
+            torch.use_deterministic_algorithms(True)
+            torch.manual_seed(self.seed)
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        threads, deterministic = self.saved
-        self.torch.set_num_threads(threads)
-        self.torch.use_deterministic_algorithms(deterministic)
+        try:
+            threads, deterministic = self.saved
+            self.torch.set_num_threads(threads)
+            self.torch.use_deterministic_algorithms(deterministic)
+        finally:
+            _TRAINING.release()
 
 
 def _windows(standard: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
