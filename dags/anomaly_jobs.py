@@ -18,7 +18,7 @@ import pendulum
 from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, get_parsing_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines.config import JobConfig, scan_jobs
+from pipelines.config import DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS, JobConfig, scan_jobs
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,10 @@ SCORE_PARAMS = {
         "Empty: _one_off/ beside the job's dataset.",
     ),
     "chunk_rows": Param(
-        250_000,
+        DEFAULT_CHUNK_ROWS,
         type="integer",
         minimum=1000,
+        maximum=MAX_CHUNK_ROWS,
         title="Rows per chunk",
         description="Each chunk is validated and scored by its own task; bounds memory.",
     ),

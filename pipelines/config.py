@@ -36,6 +36,12 @@ from pipelines.schema import OUTPUT_COLUMNS
 
 JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Rows per chunk of a one-off scoring input: bounds memory (a few hundred MB per chunk).
+DEFAULT_CHUNK_ROWS = 250_000
+#: Most rows per chunk any interface accepts: a task reads its chunk whole, and a mistyped
+#: 1,000,000,000 read the whole input into one task until the worker ran out of memory.
+#: 10,000,000 rows of one feature are about 1.5 GB in a task (docs/BENCHMARKS.md, one-off scoring).
+MAX_CHUNK_ROWS = 10_000_000
 
 
 class _Model(BaseModel):

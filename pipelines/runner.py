@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines import storage
-from pipelines.config import JobConfig, resolve_path
+from pipelines.config import DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS, JobConfig, resolve_path
 from pipelines.durations import rough_duration_text
 from pipelines.errors import ConfigError, ModelError, PipelineError, SourceConfigError
 from pipelines.extraction import extract, extract_chunks, read_series, validate
@@ -37,9 +37,6 @@ from pipelines.workspace import (
     one_off_output,
     validation_report_path,
 )
-
-#: Rows per chunk of a one-off scoring input: bounds memory (a few hundred MB per chunk).
-DEFAULT_CHUNK_ROWS = 250_000
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +277,11 @@ def check_one_off(
         return
     if start or end:
         raise ConfigError(f"job {job.name}: input {input_path!r} is scored whole: leave out start and end")
-    if chunk_rows < 1:
-        raise ConfigError(f"job {job.name}: chunk_rows must be a positive number of rows, got {chunk_rows}")
+    if not 1 <= chunk_rows <= MAX_CHUNK_ROWS:
+        raise ConfigError(
+            f"job {job.name}: chunk_rows must be a positive number of rows up to {MAX_CHUNK_ROWS:,} (a task reads "
+            f"its chunk whole), got {chunk_rows:,}"
+        )
     # A job's source may not have landed yet, so reading it fails as a source error, which Airflow
     # retries; a misspelt input of a one-off run does not appear on a retry, and the predict DAG
     # spent its two retries (minutes) on it. A local file is checked here, as a configuration error.

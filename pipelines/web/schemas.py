@@ -19,6 +19,8 @@ from pydantic import (
     StrictStr,
 )
 
+from pipelines.config import DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS
+
 #: OCI Anomaly Detection's limit for synchronous detection: data points = timestamps x signals.
 MAX_DETECT_POINTS = 30_000
 #: Largest request body accepted at all (30,000 points as JSON records fit in a few MiB).
@@ -234,8 +236,8 @@ class ScoreFileRequest(_Body):
             "s3:// or gs:// URL. Default: _one_off/ beside the job's dataset."
         ),
     )
-    chunk_rows: Annotated[int, Field(ge=1000, le=10_000_000)] | None = Field(
-        None, description="Rows per scoring chunk (default 250,000)."
+    chunk_rows: Annotated[int, Field(ge=1000, le=MAX_CHUNK_ROWS)] | None = Field(
+        None, description=f"Rows per scoring chunk (default {DEFAULT_CHUNK_ROWS:,})."
     )
 
 

@@ -102,6 +102,8 @@ def test_a_one_off_run_without_input_is_refused_when_it_is_created(dagbag):
     with pytest.raises(ParamValidationError, match="input"):
         params.deep_merge({"output": "scored.parquet"}).validate()
     assert params.deep_merge({"input": "data/file.csv"}).validate()["chunk_rows"] == 250_000
+    with pytest.raises(ParamValidationError, match="chunk_rows"):
+        params.deep_merge({"input": "data/file.csv", "chunk_rows": 10_000_001}).validate()
 
 
 @pytest.mark.parametrize(

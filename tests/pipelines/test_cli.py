@@ -404,6 +404,19 @@ def test_chunk_rows_below_one_names_the_option(project, capsys):
     assert "argument --chunk-rows: '0' is not a whole number of at least 1" in capsys.readouterr().err
 
 
+def test_chunk_rows_beyond_the_largest_is_refused_before_anything_is_read(project, capsys):
+    # A mistyped 1,000,000,000 read the whole input into one task until the worker ran out of memory.
+    from pipelines.config import DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS
+
+    args = ["predict", "demo_web_metrics", "--input", "never-read.csv", "--output", "y.parquet"]
+    assert main([*args, "--chunk-rows", str(MAX_CHUNK_ROWS + 1)]) == 2
+    assert f"chunk_rows must be a positive number of rows up to {MAX_CHUNK_ROWS:,}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps it
+    assert f"up to {MAX_CHUNK_ROWS:,} (bounds memory; default {DEFAULT_CHUNK_ROWS:,})" in help_text
+
+
 @pytest.mark.parametrize(
     ("command", "option"),
     [(["train", "demo_web_metrics"], "--end"), (["tune", "demo_web_metrics"], "--start"),

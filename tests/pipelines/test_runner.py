@@ -309,7 +309,7 @@ def test_publishing_a_one_off_run_into_a_folder_is_a_configuration_error(trained
     [
         ({"input_path": None, "output": "scored.parquet"}, r"output 'scored.parquet' goes with input \(one-off scoring\)"),
         ({"start": "2024-03-01"}, r"input 'in.csv' is scored whole: leave out start and end"),
-        ({"chunk_rows": 0}, r"chunk_rows must be a positive number of rows, got 0"),
+        ({"chunk_rows": 0}, r"chunk_rows must be a positive number of rows up to 10,000,000 \(a task reads its chunk whole\), got 0"),
         ({"output": "{folder}"}, r"job demo_web_metrics: output '.*/out' is a folder: give the path of the Parquet file"),
         # The input resolves against the project root: the same file, however each is spelt.
         ({"output": "{base}/in.csv"}, r"output '.*/in.csv' is the input file \('in.csv'\): writing the scores there would replace"),

@@ -431,7 +431,15 @@ def test_score_file_output_may_not_be_its_input(client, headers, web_project, mo
     assert other.status_code == 502  # allowed: it got as far as calling Airflow
 
 
-@pytest.mark.parametrize("body", [{"input": "data/demo/web_metrics.csv", "chunk_rows": 10}, {"input": ""}, {"input": "x", "extra": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": "data/demo/web_metrics.csv", "chunk_rows": 10},
+        {"input": "data/demo/web_metrics.csv", "chunk_rows": 10_000_001},
+        {"input": ""},
+        {"input": "x", "extra": 1},
+    ],
+)
 def test_score_file_validates_its_body(client, headers, body):
     assert client.post(f"{BASE}/score-file", json=body, headers=headers).status_code == 422
 
