@@ -686,14 +686,17 @@ def build_score_dag(job: JobConfig):
         )
         @fail_fast
         def score(chunk: int, extracted: dict, run_id: str | None = None) -> dict:
+            from pipelines.runner import log_score_run_progress
             from pipelines.scoring import score_chunk
             from pipelines.workspace import Window
 
             get_current_context()["chunk_label"] = f"chunk {chunk + 1} of {len(extracted['paths'])}"  # names it in the UI
-            return score_chunk(
+            scored = score_chunk(
                 job, Window.from_dict(extracted["window"]), run_id=run_id, index=chunk, chunk_paths=extracted["paths"],
                 read_from=extracted["read_from"],
             )
+            log_score_run_progress(job, run_id=run_id, chunk_paths=extracted["paths"], split_at=extracted.get("split_at"))
+            return scored
 
         @task
         @fail_fast

@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +59,19 @@ class Extracted:
     rows: int
     window: Window
     read_from: str
+    #: When a one-off input's split ended (ISO 8601, UTC): where the whole run's scoring rate is
+    #: measured from (:func:`pipelines.runner.log_score_run_progress`); None for a window.
+    split_at: str | None = None
 
     def to_dict(self) -> dict:
-        return {"paths": self.paths, "rows": self.rows, "window": self.window.to_dict(), "read_from": self.read_from}
+        return {
+            "paths": self.paths, "rows": self.rows, "window": self.window.to_dict(), "read_from": self.read_from,
+            "split_at": self.split_at,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Extracted:
-        return cls(list(data["paths"]), int(data["rows"]), Window.from_dict(data["window"]), data["read_from"])
+        return cls(list(data["paths"]), int(data["rows"]), Window.from_dict(data["window"]), data["read_from"], data.get("split_at"))
 
 
 def extract(job: JobConfig, window: Window, *, run_id: str, purpose: str = "", history_rows: int = 0) -> Extracted:
@@ -494,7 +500,8 @@ def _split(job: JobConfig, workspace: Workspace, *, input_path: str, chunk_rows:
     first = first if first is not None else pd.Timestamp("1970-01-01", tz="UTC")
     last = last if last is not None else first
     window = Window(first.to_pydatetime(), (last + job.frequency).to_pydatetime())
-    return Extracted(paths=paths, rows=rows, window=window, read_from=f"input file {input_path!r}")
+    split_at = datetime.now(UTC).isoformat()
+    return Extracted(paths=paths, rows=rows, window=window, read_from=f"input file {input_path!r}", split_at=split_at)
 
 
 #: A series' latest row in a one-off input: its time (UTC, naive), its row (counted from 1 in the

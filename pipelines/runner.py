@@ -24,7 +24,15 @@ from pipelines.config import DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS, JobConfig, reso
 from pipelines.durations import rough_duration_text
 from pipelines.errors import ConfigError, ModelError, PipelineError, SourceConfigError
 from pipelines.extraction import extract, extract_chunks, read_series, validate
-from pipelines.scoring import PublishResult, check_serving, publish_file, publish_scored, score_chunk, score_series
+from pipelines.scoring import (
+    PublishResult,
+    check_serving,
+    chunk_input_rows,
+    publish_file,
+    publish_scored,
+    score_chunk,
+    score_series,
+)
 from pipelines.training import registry_for, train_series
 from pipelines.tuning import tune_series
 from pipelines.workspace import (
@@ -240,6 +248,38 @@ class _Progress:
             self.job.name, index + 1, self.chunks, f"{self.done:,}", f"{self.rows:,}",
             100 * self.done / max(self.rows, 1), rough_duration_text(now - self.started), f"{rate:,.0f}", left,
         )
+
+
+def log_score_run_progress(job: JobConfig, *, run_id: str, chunk_paths: list[str], split_at: str | None) -> str | None:
+    """Logs (and returns) how far the whole one-off run is, from the scored chunks in its workspace.
+
+    On Airflow each chunk is its own mapped task, and its log said only "chunk 3 of 40 scored":
+    how long the run still needs was left to whoever added up the tasks. The rate is the input
+    rows of the chunks done so far over the wall-clock time since the split ended (``split_at``),
+    so chunks scored side by side count as they should. A chunk with no series that has a model
+    writes no file and stays "not done": the time left then errs long. None when nothing can be
+    measured yet.
+    """
+
+    if split_at is None:
+        return None
+    workspace = Workspace(job.name, run_id, "score")
+    names = set(storage.find(str(Path(workspace.scored_chunk(0)).parent)))
+    done = [i for i in range(len(chunk_paths)) if Path(workspace.scored_chunk(i)).name in names]
+    if not done:
+        return None
+    manifest = json.loads(storage.read_bytes(workspace.chunk_manifest))
+    total = chunk_input_rows(chunk_paths, manifest)
+    rows = chunk_input_rows([chunk_paths[i] for i in done], [manifest[i] for i in done])
+    elapsed = max((datetime.now(timezone.utc) - datetime.fromisoformat(split_at)).total_seconds(), 1e-6)
+    rate = rows / elapsed
+    left = "all scored" if len(done) == len(chunk_paths) else f"about {rough_duration_text((total - rows) / rate if rate else 0.0)} left"
+    line = (
+        f"job {job.name}: the run has scored {len(done)} of {len(chunk_paths)} chunks, {rows:,} of {total:,} input rows "
+        f"({100 * rows / max(total, 1):.0f}%) in {rough_duration_text(elapsed)} since the split, {rate:,.0f} rows/s; {left}"
+    )
+    log.info("%s", line)
+    return line
 
 
 def _input_rows(chunk_path: str) -> int:

@@ -214,8 +214,8 @@ def score_chunk(
     manifest = json.loads(storage.read_bytes(Workspace(job.name, run_id, "score").chunk_manifest))
     # Rows numbered as rows of the file (from 1, as extraction's errors count them): positions in
     # the chunk sent users to the wrong rows.
-    first = _rows_before(chunk_paths[:index], manifest[:index]) + 1
-    last = first - 1 + _rows_before(chunk_paths[index : index + 1], manifest[index : index + 1])
+    first = chunk_input_rows(chunk_paths[:index], manifest[:index]) + 1
+    last = first - 1 + chunk_input_rows(chunk_paths[index : index + 1], manifest[index : index + 1])
     # Said as a one-off's: which file and which of its rows (the window spans the whole file),
     # and that the file is to be fixed and scored again (there is no interval to re-run).
     numbers = RowNumbers(
@@ -253,14 +253,14 @@ def score_chunk(
     return {"chunk": index, "path": path, "rows": len(frame), "unscored": unscored}
 
 
-def _rows_before(earlier: list[str], manifest: list[dict[str, int]]) -> int:
-    """Rows of the input file in the ``earlier`` chunks: the sum of the manifest's rows per
-    series, or, for a chunk whose series could not be told (a dimension column missing, which
-    validation reports), the row count in its Parquet footer."""
+def chunk_input_rows(chunks: list[str], manifest: list[dict[str, int]]) -> int:
+    """Rows of the input file in the raw ``chunks`` (with their ``manifest`` entries): the sum of
+    the manifest's rows per series, or, for a chunk whose series could not be told (a dimension
+    column missing, which validation reports), the row count in its Parquet footer."""
     import pyarrow.parquet as pq
 
     total = 0
-    for path, counts in zip(earlier, manifest, strict=True):
+    for path, counts in zip(chunks, manifest, strict=True):
         if counts:
             total += sum(counts.values())
             continue

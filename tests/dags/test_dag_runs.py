@@ -159,7 +159,7 @@ def test_a_predict_run_asked_for_one_off_scoring_is_refused_at_once_naming_the_s
     assert not (project / "scored.parquet").exists() and not (project / "var" / "outputs" / "job=demo_web_metrics").exists()
 
 
-def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, capfd, tmp_path_factory, monkeypatch):
+def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, capfd, caplog, tmp_path_factory, monkeypatch):
     assert run("demo_web_metrics__train", {"end": TRAIN_END}, TRAIN_END).endswith("success")
     data = REPO / "data" / "demo" / "web_metrics.csv"
     folder = project / "out"
@@ -188,9 +188,12 @@ def test_bad_one_off_requests_fail_extract_at_once(project: Path, airflow_db, ca
     # the worker happened to run in.
     elsewhere = tmp_path_factory.mktemp("worker_cwd")
     monkeypatch.chdir(elsewhere)
-    states = task_states("demo_web_metrics__score", {"input": "data/demo/web_metrics.csv", "output": "scored/web.parquet"}, None)
+    with caplog.at_level("INFO", logger="pipelines.runner"):
+        states = task_states("demo_web_metrics__score", {"input": "data/demo/web_metrics.csv", "output": "scored/web.parquet"}, None)
     assert states["publish"] == ("success", 1), states
     assert len(pd.read_parquet(project / "scored" / "web.parquet")) > 0
+    # The chunk's task says how far the whole run is (here one chunk: all of it).
+    assert "job demo_web_metrics: the run has scored 1 of 1 chunks, 2,592 of 2,592 input rows (100%)" in caplog.text
     assert not (elsewhere / "scored").exists()
 
 
