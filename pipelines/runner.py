@@ -258,19 +258,23 @@ def log_score_run_progress(job: JobConfig, *, run_id: str, chunk_paths: list[str
     rows of the chunks done so far over the wall-clock time since the split ended (``split_at``),
     so chunks scored side by side count as they should. A chunk with no series that has a model
     writes no file and stays "not done": the time left then errs long. None when nothing can be
-    measured yet.
+    measured yet, or when the workspace cannot be read: the chunk is scored, and a progress line
+    must not fail its task.
     """
-
     if split_at is None:
         return None
     workspace = Workspace(job.name, run_id, "score")
-    names = set(storage.find(str(Path(workspace.scored_chunk(0)).parent)))
-    done = [i for i in range(len(chunk_paths)) if Path(workspace.scored_chunk(i)).name in names]
-    if not done:
+    try:
+        names = set(storage.find(str(Path(workspace.scored_chunk(0)).parent)))
+        done = [i for i in range(len(chunk_paths)) if Path(workspace.scored_chunk(i)).name in names]
+        if not done:
+            return None
+        manifest = json.loads(storage.read_bytes(workspace.chunk_manifest))
+        total = chunk_input_rows(chunk_paths, manifest)
+        rows = chunk_input_rows([chunk_paths[i] for i in done], [manifest[i] for i in done])
+    except (OSError, ValueError) as exc:  # ValueError: a manifest that is not JSON
+        log.warning("job %s: cannot tell how far run %s is (%s); its chunks score on", job.name, run_id, exc)
         return None
-    manifest = json.loads(storage.read_bytes(workspace.chunk_manifest))
-    total = chunk_input_rows(chunk_paths, manifest)
-    rows = chunk_input_rows([chunk_paths[i] for i in done], [manifest[i] for i in done])
     elapsed = max((datetime.now(timezone.utc) - datetime.fromisoformat(split_at)).total_seconds(), 1e-6)
     rate = rows / elapsed
     left = "all scored" if len(done) == len(chunk_paths) else f"about {rough_duration_text((total - rows) / rate if rate else 0.0)} left"

@@ -131,6 +131,11 @@ def test_each_chunk_of_a_mapped_one_off_run_says_how_far_the_whole_run_is(traine
         score_chunk(trained, extracted.window, run_id="mapped", index=index, chunk_paths=extracted.paths, read_from=extracted.read_from)
     line = log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, split_at=ten_seconds_ago)
     assert "scored 4 of 4 chunks, 72 of 72 input rows (100%)" in line and line.endswith("; all scored")
+    # A workspace it cannot read costs the line, never the chunk's task.
+    Path(Workspace(trained.name, "mapped", "score").chunk_manifest).write_text("{not json")
+    with caplog.at_level("WARNING", logger="pipelines.runner"):
+        assert log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, split_at=ten_seconds_ago) is None
+    assert "job demo_web_metrics: cannot tell how far run mapped is" in caplog.text
 
 
 def test_one_off_scoring_stops_on_a_bad_chunk_and_writes_no_output(trained, project, tmp_path):
