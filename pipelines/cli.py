@@ -237,8 +237,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError("--input scores the whole file: leave out --start and --end")
         _refuse_overwriting({"--output": _from_shell(args.output)}, {"--input": _from_shell(args.input)})
         _check_writable(_from_shell(args.output), "--output")
-        chunk_rows = {} if args.chunk_rows is None else {"chunk_rows": args.chunk_rows}
-        result = run_score_file(job, _from_shell(args.input), run_id=run_id, output=_from_shell(args.output), **chunk_rows)
+        result = run_score_file(
+            job, _from_shell(args.input), run_id=run_id, output=_from_shell(args.output), chunk_rows=args.chunk_rows
+        )
     else:
         if args.output:
             raise ConfigError("--output goes with --input (one-off scoring); scheduled windows write the job's outputs")
@@ -587,9 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--chunk-rows",
         type=_positive,
-        # The default and the largest are pipelines.config's (DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS),
-        # applied by run_score_file: importing the config here would slow every --help.
-        help="with --input: rows per chunk, up to 10,000,000 (bounds memory; default 250,000)",
+        # pipelines.config's DEFAULT_CHUNK_ROWS and MAX_CHUNK_ROWS, written out so that building the
+        # parser does not import the config (tests hold them equal); run_score_file refuses more.
+        default=250_000,
+        help="with --input: rows per chunk, up to 10,000,000 (bounds memory; default %(default)s)",
     )
     predict.set_defaults(func=cmd_predict)
 

@@ -414,7 +414,7 @@ def test_chunk_rows_beyond_the_largest_is_refused_before_anything_is_read(projec
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps it
-    assert f"up to {MAX_CHUNK_ROWS:,} (bounds memory; default {DEFAULT_CHUNK_ROWS:,})" in help_text
+    assert f"up to {MAX_CHUNK_ROWS:,} (bounds memory; default {DEFAULT_CHUNK_ROWS})" in help_text
 
 
 @pytest.mark.parametrize(

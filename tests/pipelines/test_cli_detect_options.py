@@ -102,7 +102,7 @@ def test_every_options_help_states_its_default():
 
 def test_predicts_chunk_rows_default_is_the_runners():
     # Written out in the parser, so that building it does not import the scoring stack.
-    from pipelines.runner import DEFAULT_CHUNK_ROWS
+    from pipelines.config import DEFAULT_CHUNK_ROWS
 
     predict = build_parser()._subparsers._group_actions[0].choices["predict"]
     assert predict.get_default("chunk_rows") == DEFAULT_CHUNK_ROWS
