@@ -695,7 +695,9 @@ def build_score_dag(job: JobConfig):
                 job, Window.from_dict(extracted["window"]), run_id=run_id, index=chunk, chunk_paths=extracted["paths"],
                 read_from=extracted["read_from"],
             )
-            log_score_run_progress(job, run_id=run_id, chunk_paths=extracted["paths"], split_at=extracted.get("split_at"))
+            log_score_run_progress(
+                job, run_id=run_id, chunk_paths=extracted["paths"], total_rows=extracted["rows"], split_at=extracted.get("split_at")
+            )
             return scored
 
         @task

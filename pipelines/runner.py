@@ -27,6 +27,7 @@ from pipelines.extraction import extract, extract_chunks, read_series, validate
 from pipelines.scoring import (
     PublishResult,
     check_serving,
+    chunk_file_rows,
     chunk_input_rows,
     publish_file,
     publish_scored,
@@ -203,7 +204,9 @@ def run_score_file(
             chunks.append(
                 score_chunk(job, extracted.window, run_id=run_id, index=index, chunk_paths=extracted.paths, read_from=extracted.read_from)
             )
-            progress.scored(index, _input_rows(path))
+            # Input rows, not scored ones (resampled, series without a model left out): progress is
+            # through the input.
+            progress.scored(index, chunk_file_rows(path))
         unscored = {key: why for chunk in chunks for key, why in chunk.get("unscored", {}).items()}
         parts = [chunk["path"] for chunk in chunks]
         output = output or one_off_output(job, run_id)
@@ -250,12 +253,14 @@ class _Progress:
         )
 
 
-def log_score_run_progress(job: JobConfig, *, run_id: str, chunk_paths: list[str], split_at: str | None) -> str | None:
+def log_score_run_progress(
+    job: JobConfig, *, run_id: str, chunk_paths: list[str], total_rows: int, split_at: str | None
+) -> str | None:
     """Logs (and returns) how far the whole one-off run is, from the scored chunks in its workspace.
 
     On Airflow each chunk is its own mapped task, and its log said only "chunk 3 of 40 scored":
-    how long the run still needs was left to whoever added up the tasks. The rate is the input
-    rows of the chunks done so far over the wall-clock time since the split ended (``split_at``),
+    how long the run still needs was left to whoever added up the tasks. ``total_rows`` are the
+    input's rows, as the split counted them. The rate is the input rows of the chunks done so far over the wall-clock time since the split ended (``split_at``),
     so chunks scored side by side count as they should. A chunk with no series that has a model
     writes no file and stays "not done": the time left then errs long. None when nothing can be
     measured yet, or when the workspace cannot be read: the chunk is scored, and a progress line
@@ -270,30 +275,20 @@ def log_score_run_progress(job: JobConfig, *, run_id: str, chunk_paths: list[str
         if not done:
             return None
         manifest = json.loads(storage.read_bytes(workspace.chunk_manifest))
-        total = chunk_input_rows(chunk_paths, manifest)
         rows = chunk_input_rows([chunk_paths[i] for i in done], [manifest[i] for i in done])
     except (OSError, ValueError) as exc:  # ValueError: a manifest that is not JSON
         log.warning("job %s: cannot tell how far run %s is (%s); its chunks score on", job.name, run_id, exc)
         return None
     elapsed = max((datetime.now(timezone.utc) - datetime.fromisoformat(split_at)).total_seconds(), 1e-6)
     rate = rows / elapsed
-    left = "all scored" if len(done) == len(chunk_paths) else f"about {rough_duration_text((total - rows) / rate if rate else 0.0)} left"
+    left = "all scored" if len(done) == len(chunk_paths) else f"about {rough_duration_text((total_rows - rows) / rate if rate else 0.0)} left"
     line = (
-        f"job {job.name}: the run has scored {len(done)} of {len(chunk_paths)} chunks, {rows:,} of {total:,} input rows "
-        f"({100 * rows / max(total, 1):.0f}%) in {rough_duration_text(elapsed)} since the split, {rate:,.0f} rows/s; {left}"
+        f"job {job.name}: the run has scored {len(done)} of {len(chunk_paths)} chunks, {rows:,} of {total_rows:,} input rows "
+        f"({100 * rows / max(total_rows, 1):.0f}%) in {rough_duration_text(elapsed)} since the split, {rate:,.0f} rows/s; {left}"
     )
     log.info("%s", line)
     return line
 
-
-def _input_rows(chunk_path: str) -> int:
-    """Rows of the input in a raw chunk (its Parquet footer): the scored rows differ (resampled,
-    series without a model left out), and progress is through the input."""
-    import pyarrow.parquet as pq
-
-    fs, inner = storage.filesystem(chunk_path)
-    with fs.open(inner, "rb") as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
 
 
 def check_one_off(

@@ -257,17 +257,16 @@ def chunk_input_rows(chunks: list[str], manifest: list[dict[str, int]]) -> int:
     """Rows of the input file in the raw ``chunks`` (with their ``manifest`` entries): the sum of
     the manifest's rows per series, or, for a chunk whose series could not be told (a dimension
     column missing, which validation reports), the row count in its Parquet footer."""
+    return sum(sum(counts.values()) if counts else chunk_file_rows(path) for path, counts in zip(chunks, manifest, strict=True))
+
+
+def chunk_file_rows(chunk_path: str) -> int:
+    """Rows of the input in a raw chunk, from its Parquet footer (nothing else is read)."""
     import pyarrow.parquet as pq
 
-    total = 0
-    for path, counts in zip(chunks, manifest, strict=True):
-        if counts:
-            total += sum(counts.values())
-            continue
-        fs, inner = storage.filesystem(path)
-        with fs.open(inner, "rb") as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+    fs, inner = storage.filesystem(chunk_path)
+    with fs.open(inner, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
 
 
 @dataclass(frozen=True)

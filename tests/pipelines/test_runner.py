@@ -116,25 +116,25 @@ def test_each_chunk_of_a_mapped_one_off_run_says_how_far_the_whole_run_is(traine
     data[data["timestamp"].str.startswith("2024-03-05")].to_csv(tmp_path / "new.csv", index=False)
     extracted = extract_chunks(trained, run_id="mapped", input_path=str(tmp_path / "new.csv"), chunk_rows=18)
     assert len(extracted.paths) == 4 and extracted.rows == 72
-    assert log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, split_at=extracted.split_at) is None
-    assert log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, split_at=None) is None
+    assert log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, total_rows=extracted.rows, split_at=extracted.split_at) is None
+    assert log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, total_rows=extracted.rows, split_at=None) is None
     # Chunks finish in any order, as mapped tasks do; 10 s after the split, two of four are done.
     for index in (2, 0):
         score_chunk(trained, extracted.window, run_id="mapped", index=index, chunk_paths=extracted.paths, read_from=extracted.read_from)
     ten_seconds_ago = (datetime.now(UTC) - timedelta(seconds=10)).isoformat()
     with caplog.at_level("INFO", logger="pipelines.runner"):
-        line = log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, split_at=ten_seconds_ago)
+        line = log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, total_rows=extracted.rows, split_at=ten_seconds_ago)
     assert line in caplog.text
     assert line.startswith("job demo_web_metrics: the run has scored 2 of 4 chunks, 36 of 72 input rows (50%) in 10s since the split, 4 rows/s")
     assert line.endswith("; about 10s left")
     for index in (1, 3):
         score_chunk(trained, extracted.window, run_id="mapped", index=index, chunk_paths=extracted.paths, read_from=extracted.read_from)
-    line = log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, split_at=ten_seconds_ago)
+    line = log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, total_rows=extracted.rows, split_at=ten_seconds_ago)
     assert "scored 4 of 4 chunks, 72 of 72 input rows (100%)" in line and line.endswith("; all scored")
     # A workspace it cannot read costs the line, never the chunk's task.
     Path(Workspace(trained.name, "mapped", "score").chunk_manifest).write_text("{not json")
     with caplog.at_level("WARNING", logger="pipelines.runner"):
-        assert log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, split_at=ten_seconds_ago) is None
+        assert log_score_run_progress(trained, run_id="mapped", chunk_paths=extracted.paths, total_rows=extracted.rows, split_at=ten_seconds_ago) is None
     assert "job demo_web_metrics: cannot tell how far run mapped is" in caplog.text
 
 
