@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial, wraps
@@ -61,6 +62,7 @@ def validate_batch(
     missing_column_hint: Callable[[str], str] | None = None,
     rows: RowNumbers = RowNumbers(),
     number_hint: Callable[[dict[str, str]], str] | None = None,
+    missing_values_hint: Callable[[str], str] | None = None,
     timed: bool = True,
 ) -> ValidationReport:
     """Check the raw ``frame`` of ``job`` for ``window``; failing data gives a failed report.
@@ -72,10 +74,12 @@ def validate_batch(
     0-based positions in it): e.g. a chunk of a file numbers them as rows of the file.
     ``number_hint`` says how to set csv options (``{"decimal": ","}``) that read a feature's
     numbers as a locale writes them ("1,5", "1,234.5"; by default, what the job's source can be
-    told): for callers whose csv options are not a job file's. ``timed=False`` says the source
-    has no time column: ``job.timestamp`` names one the caller adds after validation (rows'
-    numbers standing for times), which is neither looked for nor checked, so the report names
-    rows by their numbers and dimensions only.
+    told): for callers whose csv options are not a job file's. ``missing_values_hint`` says, given
+    a feature with more missing values than ``validation.max_null_fraction`` allows, what to do (by
+    default: the job file's setting): for callers whose settings are not a job file's.
+    ``timed=False`` says the source has no time column: ``job.timestamp`` names one the caller
+    adds after validation (rows' numbers standing for times), which is neither looked for nor
+    checked, so the report names rows by their numbers and dimensions only.
     """
     if not timed:
         # The user never named this column: its checks counted among theirs, and each sampled row
@@ -105,8 +109,46 @@ def validate_batch(
         columns=list(batch.columns), more=more, numbers=rows, number_hint=number_hint or partial(_number_hint, job),
         suite=suite_path,
     )
+    _explain_missing(report, result, job, missing_values_hint or partial(_missing_values_hint, job))
     log.log(logging.INFO if report.success else logging.WARNING, "%s", report.summary())
     return report
+
+
+#: The expectation of the built-in check of a feature's share of missing values (``suite.build_suite``).
+_MISSING_CHECK = "expect_column_values_to_not_be_null"
+
+
+def _explain_missing(
+    report: ValidationReport, result: ExpectationSuiteValidationResult, job: JobConfig, hint: Callable[[str], str]
+) -> None:
+    """Add to each failed check of a feature's missing values how many rows lack one, and ``hint``'s
+    advice: the check alone said "2016 unexpected, sample values [null, ...]", and a sensor that
+    stopped reporting failed every run of the job without a word of ``validation.max_null_fraction``.
+    A suite file's own check of another share is left as it is."""
+    limit = job.validation.max_null_fraction
+    # The report lists GX's checks first, in the suite's order, then the checks run outside GX.
+    for one, check in zip(result.results, report.checks):
+        built_in = math.isclose(float(one.expectation_config.kwargs.get("mostly", 1.0)), 1.0 - limit)
+        if check.success or check.expectation != _MISSING_CHECK or check.column not in job.features or not built_in:
+            continue
+        missing = check.unexpected_count or 0
+        share = missing / report.rows if report.rows else 0.0
+        if missing == report.rows:
+            count = "no row has a value"
+        else:
+            count = f"{missing:,} of the {report.rows:,} rows ({share:.1%}) {'has' if missing == 1 else 'have'} no value"
+        advice = f"{count} of {check.column}: {hint(check.column)}"
+        check.detail = f"{check.detail}; {advice}" if check.detail else advice
+
+
+def _missing_values_hint(job: JobConfig, column: str) -> str:
+    limit = job.validation.max_null_fraction
+    allowed = "none" if limit == 0 else f"at most {limit:.1%}"
+    return (
+        f"the job allows {allowed} (validation.max_null_fraction); fill the missing values in the source, or, if {column} may go "
+        "missing, raise validation.max_null_fraction in the job file: the detectors take missing values (a feature "
+        "with no value in a training window is left out by mset, and refused by name by the others)"
+    )
 
 
 def _without_column(suite: ExpectationSuite, column: str) -> ExpectationSuite:

@@ -55,8 +55,11 @@ def test_without_dimensions_a_bad_row_is_named_by_its_number_alone(tmp_path: Pat
 
     assert str(info.value).endswith(
         "expect_column_values_to_not_be_null on cpu, 1 unexpected, sample values [null], at rows [2] of the --input "
-        "file, counting its first data row as 1"
+        "file, counting its first data row as 1, 1 of the 3 rows (33.3%) has no value of cpu: detect takes no missing "
+        "value: fill the missing values in the file, or leave those rows out of it"
     )
+    # A job file's setting is no advice for a command that has none.
+    assert "max_null_fraction" not in str(info.value)
     assert _CLOCK not in json.dumps(info.value.report)
 
 

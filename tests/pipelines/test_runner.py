@@ -379,6 +379,32 @@ def test_bad_one_off_arguments_are_refused_before_any_work(project, tmp_path, ar
     check_one_off(get_job("demo_web_metrics"), input_path=None, output=None, chunk_rows=1000, start="2024-03-01")
 
 
+def test_a_sensor_that_never_reported_stops_the_run_naming_the_setting_that_lets_mset_watch_the_others(project):
+    # latency_ms has no value in any row: validation stops the run, naming the share and the setting;
+    # with the setting raised, mset trains on the signal left and records why it left latency_ms out.
+    frame = pd.read_csv(project / "data" / "demo" / "web_metrics.csv", dtype=object)
+    frame.assign(latency_ms=None).to_csv(project / "dead_sensor.csv", index=False)
+    changes = {"source": {"kind": "file", "path": str(project / "dead_sensor.csv")}, "model": {"kind": "mset"}}
+    job = load_job_file(_write_job(project, "demo_web_metrics", **changes))
+    with pytest.raises(
+        DataValidationError,
+        match=r"expect_column_values_to_not_be_null on latency_ms, .*no row has a value of latency_ms: the job allows at "
+        r"most 1\.0% \(validation.max_null_fraction\); .*raise validation.max_null_fraction in the job file",
+    ):
+        run_train(job, TRAIN, run_id="train-dead-sensor")
+    assert registry_for(job).series(job.name) == []
+
+    validation = {**yaml.safe_load((project / "config" / "jobs" / "demo_web_metrics.yaml").read_text())["validation"], "max_null_fraction": 1.0}
+    job = load_job_file(_write_job(project, "demo_web_metrics", **changes, validation=validation))
+    run_train(job, TRAIN, run_id="train-dead-sensor-allowed")
+    registry = registry_for(job)
+    assert registry.series(job.name) == ["region=apac", "region=eu", "region=us"]
+    for series in registry.series(job.name):
+        detector = registry.champion(job.name, series).metadata["detector"]
+        assert detector["signals"] == ["requests"]
+        assert detector["dropped_signals"] == {"latency_ms": "missing in 100% of training rows (more than max_missing 50%)"}
+
+
 def _job_with_a_new_region(project, region: str, when: str):
     """demo_web_metrics over its data plus a copy of region eu's rows whose time starts with
     ``when``, as ``region`` (which its expectation suite allows)."""

@@ -389,6 +389,46 @@ def test_null_fraction_limit(make_job, clean_frame: pd.DataFrame, nulls: int, fa
     assert check.sample_values == [None, None]
 
 
+@pytest.mark.parametrize(
+    ("limit", "missing", "said"),
+    [
+        (0.0, [0, 1, 2, 3, 4, 5], "no row has a value of latency_ms: the job allows none (validation.max_null_fraction); "),
+        (0.2, [3, 5], "2 of the 6 rows (33.3%) have no value of latency_ms: the job allows at most 20.0% (validation.max_null_fraction); "),
+    ],
+)
+def test_a_feature_missing_too_often_says_how_often_and_the_setting_that_allows_it(
+    make_job, clean_frame: pd.DataFrame, limit: float, missing: list[int], said: str
+) -> None:
+    # A sensor that stopped reporting failed every run with "6 unexpected, sample values [null, ...]" alone.
+    frame = clean_frame.copy()
+    frame.loc[missing, "latency_ms"] = np.nan
+    check = _only_failure(validate_batch(frame, make_job(validation={"max_null_fraction": limit})))
+
+    assert (check.expectation, check.column) == ("expect_column_values_to_not_be_null", "latency_ms")
+    assert check.detail == (
+        said + "fill the missing values in the source, or, if latency_ms may go missing, raise validation.max_null_fraction in "
+        "the job file: the detectors take missing values (a feature with no value in a training window is left out by "
+        "mset, and refused by name by the others)"
+    )
+    # The setting it names lets the batch through.
+    assert validate_batch(frame, make_job(validation={"max_null_fraction": 1.0})).success
+
+
+def test_a_suite_file_s_own_check_of_missing_values_gets_no_advice_on_the_job_setting(
+    make_job, clean_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    # Its share is the suite's, not validation.max_null_fraction: raising that would not pass it.
+    suite = tmp_path / "suite.json"
+    mostly = {"column": "latency_ms", "mostly": 0.9}
+    suite.write_text(json.dumps({"name": "web", "expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": mostly}]}))
+    frame = clean_frame.assign(latency_ms=clean_frame["latency_ms"].where(clean_frame.index != 3))
+    report = validate_batch(frame, make_job(validation={"max_null_fraction": 0.5}), suite_path=str(suite))
+
+    check = _only_failure(report)
+    assert (check.expectation, check.column, check.unexpected_count) == ("expect_column_values_to_not_be_null", "latency_ms", 1)
+    assert check.detail is None
+
+
 def test_infinite_values_fail(make_job, clean_frame: pd.DataFrame) -> None:
     frame = clean_frame.assign(latency_ms=[1.0, np.inf, np.nan, 2.0, -np.inf, 3.0])
     check = _only_failure(validate_batch(frame, make_job(validation={"max_null_fraction": 0.5})))
@@ -405,6 +445,7 @@ def test_a_row_without_its_dimension_value_fails(make_job, clean_frame: pd.DataF
 
     assert (check.expectation, check.column) == ("expect_column_values_to_not_be_null", "region")
     assert (check.unexpected_count, check.sample_rows) == (1, [2])
+    assert check.detail is None  # a dimension's missing value is no feature's: no share allows it
 
 
 def test_nullable_integer_features_pass(make_job, clean_frame: pd.DataFrame) -> None:
