@@ -457,8 +457,12 @@ def test_too_few_rows_fail(make_job, clean_frame: pd.DataFrame) -> None:
     check = _only_failure(validate_batch(clean_frame, make_job(validation={"min_rows": 10})))
 
     assert (check.expectation, check.column) == ("expect_table_row_count_to_be_between", None)
-    # "observed 6" alone did not say how many rows the job wants.
-    assert check.detail == "observed 6, expected at least 10"
+    # "observed 6" alone did not say how many rows the job wants; "expected at least 10" not which setting wants them.
+    assert check.detail == (
+        "observed 6, expected at least 10; the job asks for at least 10 rows a window (validation.min_rows): check that "
+        "the source holds the window's rows (a late load, a filter, the time zone of its timestamps), or lower "
+        "validation.min_rows in the job file if windows this short are normal"
+    )
 
 
 def test_a_failed_measure_says_the_range_it_was_expected_in(make_job, clean_frame: pd.DataFrame, tmp_path: Path) -> None:
