@@ -260,11 +260,11 @@ def log_score_run_progress(
 
     On Airflow each chunk is its own mapped task, and its log said only "chunk 3 of 40 scored":
     how long the run still needs was left to whoever added up the tasks. ``total_rows`` are the
-    input's rows, as the split counted them. The rate is the input rows of the chunks done so far over the wall-clock time since the split ended (``split_at``),
-    so chunks scored side by side count as they should. A chunk with no series that has a model
-    writes no file and stays "not done": the time left then errs long. None when nothing can be
-    measured yet, or when the workspace cannot be read: the chunk is scored, and a progress line
-    must not fail its task.
+    input's rows, as the split counted them. The rate is the input rows of the chunks done so far
+    over the wall-clock time since the split ended (``split_at``), so chunks scored side by side
+    count as they should. A chunk with no series that has a model writes no file and stays "not
+    done": the time left then errs long. None when nothing can be measured yet, or when the
+    workspace cannot be read: the chunk is scored, and a progress line must not fail its task.
     """
     if split_at is None:
         return None
@@ -288,7 +288,6 @@ def log_score_run_progress(
     )
     log.info("%s", line)
     return line
-
 
 
 def check_one_off(

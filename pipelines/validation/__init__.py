@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial, wraps
@@ -30,6 +29,7 @@ from pipelines.validation.report import (
     expectation_columns,
 )
 from pipelines.validation.suite import (
+    JOB_LIMIT,
     build_suite,
     duplicate_instants,
     far_instants,
@@ -114,45 +114,35 @@ def validate_batch(
     return report
 
 
-#: The expectations of the built-in checks of a feature's share of missing values and of a batch's
-#: fewest rows (``suite.build_suite``).
-_MISSING_CHECK = "expect_column_values_to_not_be_null"
-_ROWS_CHECK = "expect_table_row_count_to_be_between"
-
-
 def _explain_limits(
     report: ValidationReport, result: ExpectationSuiteValidationResult, job: JobConfig, missing_hint: Callable[[str], str]
 ) -> None:
-    """Add to each failed built-in check of a limit the job sets what was found and the setting:
-    the checks alone said "2016 unexpected, sample values [null, ...]" or "observed 6, expected at
-    least 24", and a sensor that stopped reporting failed every run of the job without a word of
-    ``validation.max_null_fraction``. For a feature's missing values the advice is ``missing_hint``'s.
-    A suite file's own check of another share or count is left as it is."""
-    limit = job.validation.max_null_fraction
+    """Add to each failed built-in check of a limit the job sets (marked :data:`JOB_LIMIT` by
+    ``build_suite``) what was found and the setting: the checks alone said "2016 unexpected,
+    sample values [null, ...]" or "observed 6, expected at least 24", and a sensor that stopped
+    reporting failed every run of the job without a word of ``validation.max_null_fraction``. For
+    a feature's missing values the advice is ``missing_hint``'s. A suite file's checks are left
+    as they are."""
     # The report lists GX's checks first, in the suite's order, then the checks run outside GX.
     for one, check in zip(result.results, report.checks):
-        if check.success:
+        setting = (one.expectation_config.meta or {}).get(JOB_LIMIT)
+        if check.success or setting is None:
             continue
-        kwargs = one.expectation_config.kwargs
-        advice = None
-        built_in_share = math.isclose(float(kwargs.get("mostly", 1.0)), 1.0 - limit)
-        built_in_rows = kwargs.get("min_value") == job.validation.min_rows and kwargs.get("max_value") is None
-        if check.expectation == _MISSING_CHECK and check.column in job.features and built_in_share:
+        if setting == "validation.max_null_fraction":
             missing = check.unexpected_count or 0
             if missing == report.rows:
                 count = "no row has a value"
             else:
                 share = missing / report.rows if report.rows else 0.0
                 count = f"{missing:,} of the {report.rows:,} rows ({share:.1%}) {'has' if missing == 1 else 'have'} no value"
-            advice = f"{count} of {check.column}: {missing_hint(check.column)}"
-        elif check.expectation == _ROWS_CHECK and built_in_rows:
+            advice = f"{count} of {check.column}: {missing_hint(str(check.column))}"
+        else:
             advice = (
-                f"the job asks for at least {job.validation.min_rows:,} rows a window (validation.min_rows): check that the "
+                f"the job asks for at least {job.validation.min_rows:,} rows a window ({setting}): check that the "
                 "source holds the window's rows (a late load, a filter, the time zone of its timestamps), or lower "
-                "validation.min_rows in the job file if windows this short are normal"
+                f"{setting} in the job file if windows this short are normal"
             )
-        if advice:
-            check.detail = f"{check.detail}; {advice}" if check.detail else advice
+        check.detail = f"{check.detail}; {advice}" if check.detail else advice
 
 
 def _missing_values_hint(job: JobConfig, column: str) -> str:

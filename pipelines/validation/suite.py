@@ -74,6 +74,11 @@ def prepare_batch(frame: pd.DataFrame, job: JobConfig) -> pd.DataFrame:
     return batch
 
 
+#: Meta key marking a built-in check of a limit the job sets, valued with its setting
+#: (``validation.max_null_fraction``, ``validation.min_rows``): a failure of it names the setting.
+JOB_LIMIT = "job_limit"
+
+
 def build_suite(batch: pd.DataFrame, job: JobConfig, suite_path: str | None = None) -> ExpectationSuite:
     """Built-in checks for ``batch`` (from :func:`prepare_batch`), then those of ``suite_path``.
 
@@ -97,10 +102,12 @@ def build_suite(batch: pd.DataFrame, job: JobConfig, suite_path: str | None = No
             gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES),
             # NaN is not in the set (GX counts it as missing), so this flags exactly +/-inf.
             gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf]),
-            gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=1 - job.validation.max_null_fraction),
+            gxe.ExpectColumnValuesToNotBeNull(
+                column=name, mostly=1 - job.validation.max_null_fraction, meta={JOB_LIMIT: "validation.max_null_fraction"}
+            ),
         ]
     # One row per timestamp and series: checked by duplicate_instants, not here (see there why).
-    checks.append(gxe.ExpectTableRowCountToBeBetween(min_value=job.validation.min_rows))
+    checks.append(gxe.ExpectTableRowCountToBeBetween(min_value=job.validation.min_rows, meta={JOB_LIMIT: "validation.min_rows"}))
     if suite_path:
         checks += load_expectations(suite_path)
     return gx.ExpectationSuite(name=job.name, expectations=checks)

@@ -394,7 +394,8 @@ def test_a_sensor_that_never_reported_stops_the_run_naming_the_setting_that_lets
         run_train(job, TRAIN, run_id="train-dead-sensor")
     assert registry_for(job).series(job.name) == []
 
-    validation = {**yaml.safe_load((project / "config" / "jobs" / "demo_web_metrics.yaml").read_text())["validation"], "max_null_fraction": 1.0}
+    written = yaml.safe_load((project / "config" / "jobs" / "demo_web_metrics.yaml").read_text())
+    validation = {**written["validation"], "max_null_fraction": 1.0}
     job = load_job_file(_write_job(project, "demo_web_metrics", **changes, validation=validation))
     run_train(job, TRAIN, run_id="train-dead-sensor-allowed")
     registry = registry_for(job)
